@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs everything Cairn's build, run and tests need on a fresh Debian 12 with only the Rust
+# toolchain. Idempotent and quick when everything is already there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Debian packages: build tools, test peers (fio, NBD clients, QEMU, OVMF, GRUB, Chromium) and the
+# kernel source the appliance image is built from.
+PKGS=(
+  build-essential pkg-config bc flex bison libelf-dev libssl-dev cpio xz-utils zstd
+  fio libnbd-bin nbd-client qemu-system-x86 qemu-utils qemu-block-extra ovmf
+  grub-pc-bin grub-efi-amd64-bin grub-common xorriso mtools dosfstools
+  linux-source-6.1 linux-image-amd64 busybox-static
+  chromium iproute2 ethtool socat wrk nginx-light
+)
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -q
+  $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+# Web UI dependencies (built and embedded into the binary by its build script).
+if [ -f ui/package.json ] && [ ! -d ui/node_modules ]; then
+  (cd ui && npm ci --no-audit --no-fund)
+fi

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Command 2 of the README: set up, then run every test Cairn has. `.ci/run` runs exactly this.
+# Long soaks and fuzzing are not here: see ci/soak.sh.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+bash ci/setup.sh || { echo "ci: setup failed"; exit 1; }
+
+log=$(mktemp -d)/ci.log
+fail=0
+step() {
+  echo "=== $*"
+  if ! "$@" 2>&1 | tee -a "$log"; then
+    echo "=== FAILED: $*"
+    fail=1
+  fi
+}
+
+step cargo fmt --all -- --check
+step cargo clippy --workspace --all-targets -- -D warnings
+step cargo test --workspace --no-fail-fast
+for s in ci/suites/*.sh; do
+  [ -e "$s" ] || continue
+  step bash "$s"
+done
+
+passed=$(grep -oE 'test result: [a-zA-Z]+\. [0-9]+ passed' "$log" | awk '{s+=$4} END {print s+0}')
+failed=$(grep -oE '[0-9]+ failed;' "$log" | awk '{s+=$1} END {print s+0}')
+suite_passed=$(grep -cE '^suite-pass: ' "$log")
+suite_failed=$(grep -cE '^suite-fail: ' "$log")
+skipped=$(grep -cE 'skipped: ' "$log")
+passed=$((passed + suite_passed))
+failed=$((failed + suite_failed))
+if [ "$fail" -ne 0 ] && [ "$failed" -eq 0 ]; then failed=1; fi
+echo "total: $passed passed, $failed failed, $skipped skipped"
+[ "$fail" -eq 0 ]
