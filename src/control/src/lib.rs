@@ -1,3 +1,44 @@
-//! The one control surface: every mutation, from the CLI, the API, a peer or a schedule, is an
-//! `Action` handled in one place. (Being written.)
+//! The one control surface of a Cairn node.
+//!
+//! Every storage action and query — from the CLI over the node's unix socket, from the HTTPS API,
+//! later from a peer node or a schedule — is a [`Request`] executed by one [`Controller`]
+//! (the node). Front ends only parse input into a `Request`, name the [`Actor`], and render the
+//! typed [`Reply`] or [`ControlError`]. Who may do what is decided in one place, [`allowed`].
+//!
+//! This crate is deliberately light (serde, thiserror): it never does I/O, never talks to the
+//! engine, and never decides anything a front end could disagree with — validation of names and
+//! sizes lives here so the CLI and the API reject the same input with the same words.
 #![forbid(unsafe_code)]
+
+mod error;
+mod parse;
+mod policy;
+mod reply;
+mod request;
+
+pub use error::{ControlError, ErrorCode, EXIT_OK, EXIT_UNREACHABLE};
+pub use parse::{format_size, parse_size, validate_name, MAX_NAME_LEN, MAX_VDISK_SIZE_BYTES};
+pub use policy::{allowed, Actor, Role, Via};
+pub use reply::{
+    DiskProbeView, DiskView, NbdExportView, PoolView, Range, Reply, SnapshotView, StatsView,
+    TransferView, VdiskView,
+};
+pub use request::Request;
+
+use std::future::Future;
+use std::pin::Pin;
+
+/// A boxed future so `Controller` is object safe (`Arc<dyn Controller>`).
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The result of executing one request.
+pub type ControlResult = Result<Reply, ControlError>;
+
+/// The one place every request is executed. Implemented by the node; front ends hold an
+/// `Arc<dyn Controller>` and never reach around it.
+///
+/// Implementations check [`allowed`] and [`Request::validate`] themselves, so a front end that
+/// forgets cannot bypass them; front ends may check earlier to fail fast.
+pub trait Controller: Send + Sync + 'static {
+    fn execute(&self, actor: Actor, req: Request) -> BoxFuture<'_, ControlResult>;
+}

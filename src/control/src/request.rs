@@ -1,0 +1,302 @@
+//! Every storage action and query a Cairn node accepts.
+
+use crate::error::ControlError;
+use crate::parse::{validate_name, validate_path, validate_vdisk_size};
+use serde::{Deserialize, Serialize};
+
+/// One request to the node. Serialized as `{"action":"vdisk_create","name":..,"size_bytes":..}`.
+///
+/// Host paths (`path`, `file`) are absolute paths on the node's host; the CLI resolves relative
+/// paths before sending. VM requests will be added here by the VMM work.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case", deny_unknown_fields)]
+#[non_exhaustive]
+pub enum Request {
+    // ---- physical disks and the pool
+    DiskList,
+    /// Add a file or block device to the pool (blank: formatted; ours: reopened; foreign: refused).
+    DiskAdd {
+        path: String,
+    },
+    /// Drain a disk and take it out of the pool (by id or name).
+    DiskRemove {
+        disk: String,
+    },
+    /// Start verifying every block of every disk in the background.
+    DiskScrub,
+    /// Say what a file or device holds without claiming it.
+    DiskProbe {
+        path: String,
+    },
+    PoolInfo,
+
+    // ---- virtual disks
+    VdiskCreate {
+        name: String,
+        size_bytes: u64,
+    },
+    VdiskList,
+    VdiskGet {
+        name: String,
+    },
+    /// Grow a disk (shrinking is refused).
+    VdiskResize {
+        name: String,
+        size_bytes: u64,
+    },
+    VdiskDelete {
+        name: String,
+    },
+    /// Thin clone of a disk's current contents or of one of its snapshots.
+    VdiskClone {
+        source: String,
+        #[serde(default)]
+        snapshot: Option<String>,
+        name: String,
+    },
+    /// Create `name` sized to the raw image `file` (rounded up to 4 KiB) and copy it in.
+    VdiskImport {
+        name: String,
+        file: String,
+    },
+    /// Write a disk (or one of its snapshots) to a new sparse raw image `file`.
+    VdiskExport {
+        name: String,
+        #[serde(default)]
+        snapshot: Option<String>,
+        file: String,
+    },
+
+    // ---- snapshots
+    SnapshotCreate {
+        vdisk: String,
+        name: String,
+    },
+    SnapshotList {
+        vdisk: String,
+    },
+    SnapshotDelete {
+        vdisk: String,
+        name: String,
+    },
+    SnapshotRollback {
+        vdisk: String,
+        name: String,
+    },
+    /// Byte ranges that differ between snapshot `from` and snapshot `to` (None: the live disk).
+    SnapshotDiff {
+        vdisk: String,
+        from: String,
+        #[serde(default)]
+        to: Option<String>,
+    },
+
+    // ---- NBD exports (backup and import tools; never the VM data path)
+    NbdStart {
+        vdisk: String,
+        #[serde(default)]
+        snapshot: Option<String>,
+        /// `ip:port` to listen on; default 127.0.0.1 with a free port.
+        #[serde(default)]
+        listen: Option<String>,
+        /// Export read-only even though it is a live disk (snapshots are always read-only).
+        #[serde(default)]
+        read_only: bool,
+    },
+    NbdStop {
+        id: u64,
+    },
+    NbdList,
+
+    // ---- observability
+    Stats,
+}
+
+impl Request {
+    /// Whether executing this request changes state (and so is audited and needs more than the
+    /// read-only role).
+    pub fn is_mutation(&self) -> bool {
+        !matches!(
+            self,
+            Request::DiskList
+                | Request::DiskProbe { .. }
+                | Request::PoolInfo
+                | Request::VdiskList
+                | Request::VdiskGet { .. }
+                | Request::SnapshotList { .. }
+                | Request::SnapshotDiff { .. }
+                | Request::NbdList
+                | Request::Stats
+        )
+    }
+
+    /// A short stable name for logs and the audit trail (`"vdisk_create"`).
+    pub fn action(&self) -> &'static str {
+        match self {
+            Request::DiskList => "disk_list",
+            Request::DiskAdd { .. } => "disk_add",
+            Request::DiskRemove { .. } => "disk_remove",
+            Request::DiskScrub => "disk_scrub",
+            Request::DiskProbe { .. } => "disk_probe",
+            Request::PoolInfo => "pool_info",
+            Request::VdiskCreate { .. } => "vdisk_create",
+            Request::VdiskList => "vdisk_list",
+            Request::VdiskGet { .. } => "vdisk_get",
+            Request::VdiskResize { .. } => "vdisk_resize",
+            Request::VdiskDelete { .. } => "vdisk_delete",
+            Request::VdiskClone { .. } => "vdisk_clone",
+            Request::VdiskImport { .. } => "vdisk_import",
+            Request::VdiskExport { .. } => "vdisk_export",
+            Request::SnapshotCreate { .. } => "snapshot_create",
+            Request::SnapshotList { .. } => "snapshot_list",
+            Request::SnapshotDelete { .. } => "snapshot_delete",
+            Request::SnapshotRollback { .. } => "snapshot_rollback",
+            Request::SnapshotDiff { .. } => "snapshot_diff",
+            Request::NbdStart { .. } => "nbd_start",
+            Request::NbdStop { .. } => "nbd_stop",
+            Request::NbdList => "nbd_list",
+            Request::Stats => "stats",
+        }
+    }
+
+    /// Check names, sizes and paths without touching any state. The controller calls this
+    /// before anything else, so bad input never changes anything.
+    pub fn validate(&self) -> Result<(), ControlError> {
+        let vd = |n: &str| validate_name("virtual disk", n);
+        let snap = |n: &str| validate_name("snapshot", n);
+        match self {
+            Request::DiskList
+            | Request::DiskScrub
+            | Request::PoolInfo
+            | Request::VdiskList
+            | Request::NbdList
+            | Request::Stats
+            | Request::NbdStop { .. } => Ok(()),
+            Request::DiskAdd { path } | Request::DiskProbe { path } => validate_path("disk", path),
+            Request::DiskRemove { disk } => {
+                if disk.is_empty() || disk.len() > 256 {
+                    Err(ControlError::invalid("disk id is empty or too long"))
+                } else {
+                    Ok(())
+                }
+            }
+            Request::VdiskCreate { name, size_bytes }
+            | Request::VdiskResize { name, size_bytes } => {
+                vd(name)?;
+                validate_vdisk_size(*size_bytes)
+            }
+            Request::VdiskGet { name } | Request::VdiskDelete { name } => vd(name),
+            Request::VdiskClone {
+                source,
+                snapshot,
+                name,
+            } => {
+                vd(source)?;
+                if let Some(s) = snapshot {
+                    snap(s)?;
+                }
+                vd(name)
+            }
+            Request::VdiskImport { name, file } => {
+                vd(name)?;
+                validate_path("image", file)
+            }
+            Request::VdiskExport {
+                name,
+                snapshot,
+                file,
+            } => {
+                vd(name)?;
+                if let Some(s) = snapshot {
+                    snap(s)?;
+                }
+                validate_path("image", file)
+            }
+            Request::SnapshotCreate { vdisk, name }
+            | Request::SnapshotDelete { vdisk, name }
+            | Request::SnapshotRollback { vdisk, name } => {
+                vd(vdisk)?;
+                snap(name)
+            }
+            Request::SnapshotList { vdisk } => vd(vdisk),
+            Request::SnapshotDiff { vdisk, from, to } => {
+                vd(vdisk)?;
+                snap(from)?;
+                if let Some(t) = to {
+                    snap(t)?;
+                }
+                Ok(())
+            }
+            Request::NbdStart {
+                vdisk,
+                snapshot,
+                listen,
+                ..
+            } => {
+                vd(vdisk)?;
+                if let Some(s) = snapshot {
+                    snap(s)?;
+                }
+                if let Some(l) = listen {
+                    l.parse::<std::net::SocketAddr>().map_err(|_| {
+                        ControlError::invalid(format!(
+                            "listen address {l:?} is not ip:port (example: 127.0.0.1:10809)"
+                        ))
+                    })?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_form_is_tagged_and_strict() {
+        let r = Request::VdiskCreate {
+            name: "a".into(),
+            size_bytes: 4096,
+        };
+        let json = serde_json::to_string(&r).unwrap();
+        assert_eq!(
+            json,
+            r#"{"action":"vdisk_create","name":"a","size_bytes":4096}"#
+        );
+        assert_eq!(serde_json::from_str::<Request>(&json).unwrap(), r);
+        assert!(serde_json::from_str::<Request>(r#"{"action":"nope"}"#).is_err());
+        assert!(
+            serde_json::from_str::<Request>(r#"{"action":"vdisk_get","name":"a","extra":1}"#)
+                .is_err()
+        );
+        let clone: Request =
+            serde_json::from_str(r#"{"action":"vdisk_clone","source":"a","name":"b"}"#).unwrap();
+        assert_eq!(clone.action(), "vdisk_clone");
+    }
+
+    #[test]
+    fn mutations_and_validation() {
+        assert!(!Request::VdiskList.is_mutation());
+        assert!(Request::DiskScrub.is_mutation());
+        let bad = Request::VdiskCreate {
+            name: "a b".into(),
+            size_bytes: 4096,
+        };
+        assert!(bad.validate().is_err());
+        let bad = Request::NbdStart {
+            vdisk: "a".into(),
+            snapshot: None,
+            listen: Some("localhost".into()),
+            read_only: false,
+        };
+        assert!(bad.validate().is_err());
+        let good = Request::SnapshotDiff {
+            vdisk: "a".into(),
+            from: "s1".into(),
+            to: None,
+        };
+        good.validate().unwrap();
+    }
+}
