@@ -59,7 +59,10 @@ impl AlignedBuf {
     /// Share this buffer read-only, for writes.
     pub fn into_write(self) -> WriteBuf {
         let len = self.len;
-        WriteBuf { buf: Arc::new(self), range: 0..len }
+        WriteBuf {
+            buf: Arc::new(self),
+            range: 0..len,
+        }
     }
 }
 
@@ -116,7 +119,10 @@ impl WriteBuf {
         assert!(range.start.is_multiple_of(BLOCK_SIZE) && range.end.is_multiple_of(BLOCK_SIZE));
         assert!(range.start <= range.end && range.end <= self.len());
         let start = self.range.start + range.start;
-        WriteBuf { buf: self.buf.clone(), range: start..self.range.start + range.end }
+        WriteBuf {
+            buf: self.buf.clone(),
+            range: start..self.range.start + range.end,
+        }
     }
 
     pub fn len(&self) -> usize {

@@ -28,11 +28,19 @@ pub struct BlockError {
 
 impl BlockError {
     pub fn new(kind: ErrorKind, context: impl Into<String>) -> Self {
-        Self { kind, context: context.into(), source: None }
+        Self {
+            kind,
+            context: context.into(),
+            source: None,
+        }
     }
 
     pub fn io(kind: ErrorKind, context: impl Into<String>, source: std::io::Error) -> Self {
-        Self { kind, context: context.into(), source: Some(source) }
+        Self {
+            kind,
+            context: context.into(),
+            source: Some(source),
+        }
     }
 }
 

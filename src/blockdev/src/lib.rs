@@ -10,10 +10,12 @@
 
 mod buf;
 mod error;
+pub mod fault;
 mod ram;
 
 pub use buf::{AlignedBuf, WriteBuf};
 pub use error::{BlockError, ErrorKind, Result};
+pub use fault::{FaultDevice, FaultOp, FaultStats, PowerCutPolicy, PowerCutReport, Trigger};
 pub use ram::RamDevice;
 
 use std::future::Future;
@@ -60,7 +62,10 @@ pub fn check_io(info: &DeviceInfo, offset: u64, len: u64) -> Result<()> {
     if !offset.is_multiple_of(bs) || !len.is_multiple_of(bs) {
         return Err(BlockError::new(
             ErrorKind::Misaligned,
-            format!("{}: offset {offset} / length {len} not aligned to {bs}", info.name),
+            format!(
+                "{}: offset {offset} / length {len} not aligned to {bs}",
+                info.name
+            ),
         ));
     }
     match offset.checked_add(len) {

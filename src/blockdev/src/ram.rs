@@ -15,7 +15,11 @@ impl RamDevice {
         let size = size_bytes - size_bytes % crate::BLOCK_SIZE as u64;
         let len = usize::try_from(size).expect("RAM device fits in memory");
         Self {
-            info: DeviceInfo { size_bytes: size, name: name.into(), supports_discard: true },
+            info: DeviceInfo {
+                size_bytes: size,
+                name: name.into(),
+                supports_discard: true,
+            },
             data: RwLock::new(vec![0; len]),
         }
     }
@@ -74,9 +78,14 @@ mod tests {
         let d = RamDevice::new("ram0", 16 * BLOCK_SIZE as u64);
         let w = AlignedBuf::from_slice(&[0xab; BLOCK_SIZE]).into_write();
         d.write_at(BLOCK_SIZE as u64, w).await.unwrap();
-        let r = d.read_at(BLOCK_SIZE as u64, AlignedBuf::zeroed(BLOCK_SIZE)).await.unwrap();
+        let r = d
+            .read_at(BLOCK_SIZE as u64, AlignedBuf::zeroed(BLOCK_SIZE))
+            .await
+            .unwrap();
         assert!(r.iter().all(|&b| b == 0xab));
-        let e = d.read_at(16 * BLOCK_SIZE as u64, AlignedBuf::zeroed(BLOCK_SIZE)).await;
+        let e = d
+            .read_at(16 * BLOCK_SIZE as u64, AlignedBuf::zeroed(BLOCK_SIZE))
+            .await;
         assert_eq!(e.unwrap_err().kind, ErrorKind::OutOfRange);
         let e = d.read_at(100, AlignedBuf::zeroed(BLOCK_SIZE)).await;
         assert_eq!(e.unwrap_err().kind, ErrorKind::Misaligned);
