@@ -1,0 +1,438 @@
+//! The calling side: one TLS connection per peer, many requests multiplexed on it by request id.
+//!
+//! Back-pressure: at most `max_in_flight` requests per connection; further callers wait for a
+//! slot (with their timeout running). Outgoing frames go through a bounded queue to one writer
+//! task. A broken connection fails every request on it; the next call reconnects.
+use std::collections::HashMap;
+use std::marker::PhantomData;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rustls_pki_types::ServerName;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_rustls::TlsConnector;
+
+use crate::codec::{decode, encode};
+use crate::frame::{Frame, FrameKind};
+use crate::Error;
+
+/// Client limits and timeouts.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    pub max_frame_bytes: u32,
+    pub max_in_flight: usize,
+    pub connect_timeout: Duration,
+    pub call_timeout: Duration,
+    /// Chunk size for streamed bodies.
+    pub chunk_bytes: usize,
+    /// Frames queued for the writer before senders wait.
+    pub write_queue_frames: usize,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            max_frame_bytes: 16 * 1024 * 1024,
+            max_in_flight: 64,
+            connect_timeout: Duration::from_secs(3),
+            call_timeout: Duration::from_secs(10),
+            chunk_bytes: 256 * 1024,
+            write_queue_frames: 128,
+        }
+    }
+}
+
+struct Pending {
+    resp: oneshot::Sender<Result<Vec<u8>, Error>>,
+    credits: Option<Arc<Semaphore>>,
+}
+
+struct Conn {
+    tx: mpsc::Sender<Frame>,
+    pending: Mutex<HashMap<u64, Pending>>,
+    next_id: AtomicU64,
+    inflight: Arc<Semaphore>,
+    closed: AtomicBool,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Conn {
+    fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        self.inflight.close();
+        let drained: Vec<Pending> = lock(&self.pending).drain().map(|(_, p)| p).collect();
+        for p in drained {
+            if let Some(c) = &p.credits {
+                c.close();
+            }
+            let _ = p.resp.send(Err(Error::Closed));
+        }
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        for t in lock(&self.tasks).drain(..) {
+            t.abort();
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding this lock cannot leave the map inconsistent (single inserts and
+    // removes), so a poisoned lock is still usable.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A typed RPC client to one peer.
+pub struct Client<Req, Resp> {
+    inner: Arc<Inner>,
+    _types: PhantomData<fn(Req) -> Resp>,
+}
+
+impl<Req, Resp> Clone for Client<Req, Resp> {
+    fn clone(&self) -> Self {
+        Client {
+            inner: self.inner.clone(),
+            _types: PhantomData,
+        }
+    }
+}
+
+impl<Req, Resp> std::fmt::Debug for Client<Req, Resp> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("addr", &self.inner.addr)
+            .finish()
+    }
+}
+
+struct Inner {
+    cfg: ClientConfig,
+    addr: SocketAddr,
+    server_name: ServerName<'static>,
+    tls: Arc<rustls::ClientConfig>,
+    conn: tokio::sync::Mutex<Option<Arc<Conn>>>,
+}
+
+impl<Req: Serialize, Resp: DeserializeOwned> Client<Req, Resp> {
+    /// A client for the peer at `addr` whose certificate must carry `server_name`. Does not
+    /// connect until the first call.
+    pub fn new(
+        addr: SocketAddr,
+        server_name: ServerName<'static>,
+        tls: Arc<rustls::ClientConfig>,
+        cfg: ClientConfig,
+    ) -> Self {
+        Client {
+            inner: Arc::new(Inner {
+                cfg,
+                addr,
+                server_name,
+                tls,
+                conn: tokio::sync::Mutex::new(None),
+            }),
+            _types: PhantomData,
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.inner.addr
+    }
+
+    /// Connects now (calls do this on their own); useful to surface handshake errors.
+    pub async fn connect(&self) -> Result<(), Error> {
+        self.conn().await.map(|_| ())
+    }
+
+    /// Drops the current connection; the next call reconnects.
+    pub async fn disconnect(&self) {
+        if let Some(c) = self.inner.conn.lock().await.take() {
+            c.close();
+        }
+    }
+
+    /// One request, one response, with the configured timeout.
+    pub async fn call(&self, req: &Req) -> Result<Resp, Error> {
+        self.call_timeout(req, self.inner.cfg.call_timeout).await
+    }
+
+    /// One request, one response, with an explicit timeout covering connecting, waiting for an
+    /// in-flight slot, sending and the reply.
+    pub async fn call_timeout(&self, req: &Req, timeout: Duration) -> Result<Resp, Error> {
+        let payload = encode(req, u64::from(self.inner.cfg.max_frame_bytes))?;
+        let deadline = Instant::now() + timeout;
+        let conn = until(deadline, timeout, self.conn()).await?;
+        let _permit = until(deadline, timeout, async {
+            conn.inflight
+                .clone()
+                .acquire_owned()
+                .await
+                .map_err(|_| Error::Closed)
+        })
+        .await?;
+        let (id, rx) = register(&conn, None);
+        let _guard = PendingGuard { conn: &conn, id };
+        let bytes = until(deadline, timeout, async {
+            send(&conn, Frame::new(FrameKind::Request, id, payload)).await?;
+            rx.await.map_err(|_| Error::Closed)?
+        })
+        .await?;
+        decode(&bytes, u64::from(self.inner.cfg.max_frame_bytes))
+    }
+
+    /// A request followed by a streamed body read from `body` in chunks, sent only as fast as
+    /// the receiver grants credit. `stall_timeout` bounds each wait (for a slot, credit or the
+    /// reply), not the whole transfer.
+    pub async fn call_streaming<R: AsyncRead + Unpin>(
+        &self,
+        req: &Req,
+        body: &mut R,
+        stall_timeout: Duration,
+    ) -> Result<Resp, Error> {
+        let payload = encode(req, u64::from(self.inner.cfg.max_frame_bytes))?;
+        let conn = run_with_timeout(self.conn(), stall_timeout).await?;
+        let _permit = run_with_timeout(
+            async {
+                conn.inflight
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .map_err(|_| Error::Closed)
+            },
+            stall_timeout,
+        )
+        .await?;
+        let credits = Arc::new(Semaphore::new(0));
+        let (id, rx) = register(&conn, Some(credits.clone()));
+        let _guard = PendingGuard { conn: &conn, id };
+        send(&conn, Frame::new(FrameKind::StreamRequest, id, payload)).await?;
+        let max_chunk = self.inner.cfg.max_frame_bytes as usize - crate::FRAME_HEADER_BYTES;
+        let mut buf = vec![0u8; self.inner.cfg.chunk_bytes.clamp(1, max_chunk)];
+        loop {
+            let n = read_full(body, &mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            let permit = run_with_timeout(
+                async { credits.acquire().await.map_err(|_| Error::Closed) },
+                stall_timeout,
+            )
+            .await?;
+            permit.forget();
+            send(&conn, Frame::new(FrameKind::Chunk, id, buf[..n].to_vec())).await?;
+        }
+        send(&conn, Frame::new(FrameKind::End, id, Vec::new())).await?;
+        let bytes = run_with_timeout(
+            async { rx.await.map_err(|_| Error::Closed)? },
+            stall_timeout,
+        )
+        .await?;
+        decode(&bytes, u64::from(self.inner.cfg.max_frame_bytes))
+    }
+
+    async fn conn(&self) -> Result<Arc<Conn>, Error> {
+        let mut slot = self.inner.conn.lock().await;
+        if let Some(c) = slot.as_ref() {
+            if !c.closed.load(Ordering::SeqCst) {
+                return Ok(c.clone());
+            }
+        }
+        *slot = None;
+        let c = connect(&self.inner).await?;
+        *slot = Some(c.clone());
+        Ok(c)
+    }
+}
+
+/// Removes a request's pending entry however the call ends (a late reply is then dropped).
+struct PendingGuard<'a> {
+    conn: &'a Conn,
+    id: u64,
+}
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        lock(&self.conn.pending).remove(&self.id);
+    }
+}
+
+async fn until<T>(
+    deadline: Instant,
+    timeout: Duration,
+    fut: impl std::future::Future<Output = Result<T, Error>>,
+) -> Result<T, Error> {
+    tokio::time::timeout_at(deadline, fut)
+        .await
+        .map_err(|_| Error::Timeout {
+            timeout_ms: timeout.as_millis() as u64,
+        })?
+}
+
+async fn run_with_timeout<T>(
+    fut: impl std::future::Future<Output = Result<T, Error>>,
+    timeout: Duration,
+) -> Result<T, Error> {
+    tokio::time::timeout(timeout, fut)
+        .await
+        .map_err(|_| Error::Timeout {
+            timeout_ms: timeout.as_millis() as u64,
+        })?
+}
+
+/// Fills `buf` as far as the reader allows; returns bytes read (0 only at EOF).
+async fn read_full<R: AsyncRead + Unpin>(r: &mut R, buf: &mut [u8]) -> Result<usize, Error> {
+    let mut n = 0;
+    while n < buf.len() {
+        let got = r.read(&mut buf[n..]).await?;
+        if got == 0 {
+            break;
+        }
+        n += got;
+    }
+    Ok(n)
+}
+
+fn register(
+    conn: &Conn,
+    credits: Option<Arc<Semaphore>>,
+) -> (u64, oneshot::Receiver<Result<Vec<u8>, Error>>) {
+    let id = conn.next_id.fetch_add(1, Ordering::Relaxed);
+    let (tx, rx) = oneshot::channel();
+    lock(&conn.pending).insert(id, Pending { resp: tx, credits });
+    (id, rx)
+}
+
+async fn send(conn: &Conn, frame: Frame) -> Result<(), Error> {
+    conn.tx.send(frame).await.map_err(|_| Error::Closed)
+}
+
+async fn connect(inner: &Inner) -> Result<Arc<Conn>, Error> {
+    let addr = inner.addr;
+    let cerr = |reason: String| Error::Connect {
+        addr: addr.to_string(),
+        reason,
+    };
+    let tls = tokio::time::timeout(inner.cfg.connect_timeout, async {
+        let tcp = TcpStream::connect(addr)
+            .await
+            .map_err(|e| cerr(e.to_string()))?;
+        tcp.set_nodelay(true).map_err(|e| cerr(e.to_string()))?;
+        TlsConnector::from(inner.tls.clone())
+            .connect(inner.server_name.clone(), tcp)
+            .await
+            .map_err(|e| cerr(format!("tls handshake: {e}")))
+    })
+    .await
+    .map_err(|_| cerr("timed out".into()))??;
+    let (mut rd, wr) = tokio::io::split(tls);
+    let (tx, rx) = mpsc::channel(inner.cfg.write_queue_frames.max(1));
+    let conn = Arc::new(Conn {
+        tx,
+        pending: Mutex::new(HashMap::new()),
+        next_id: AtomicU64::new(1),
+        inflight: Arc::new(Semaphore::new(inner.cfg.max_in_flight.max(1))),
+        closed: AtomicBool::new(false),
+        tasks: Mutex::new(Vec::new()),
+    });
+    let max = inner.cfg.max_frame_bytes;
+    let weak = Arc::downgrade(&conn);
+    let writer = tokio::spawn(writer_loop(wr, rx, max, weak.clone()));
+    let reader = tokio::spawn(async move {
+        loop {
+            let frame = match Frame::read_from(&mut rd, max).await {
+                Ok(Some(f)) => f,
+                Ok(None) | Err(_) => break,
+            };
+            let Some(conn) = weak.upgrade() else { break };
+            if !on_client_frame(&conn, frame) {
+                break;
+            }
+        }
+        if let Some(conn) = weak.upgrade() {
+            conn.close();
+        }
+    });
+    lock(&conn.tasks).extend([writer, reader]);
+    Ok(conn)
+}
+
+/// Handles one frame from the server; `false` means the server broke protocol.
+fn on_client_frame(conn: &Conn, frame: Frame) -> bool {
+    match frame.kind {
+        FrameKind::Response | FrameKind::Error => {
+            // An unknown id is a reply to a request we gave up on (timeout): drop it.
+            if let Some(p) = lock(&conn.pending).remove(&frame.id) {
+                let r = if frame.kind == FrameKind::Response {
+                    Ok(frame.payload)
+                } else {
+                    Err(Error::Remote(
+                        String::from_utf8_lossy(&frame.payload).into_owned(),
+                    ))
+                };
+                let _ = p.resp.send(r);
+            }
+            true
+        }
+        FrameKind::Credit => {
+            let Ok(n) = <[u8; 4]>::try_from(frame.payload.as_slice()).map(u32::from_le_bytes)
+            else {
+                return false;
+            };
+            if let Some(c) = lock(&conn.pending)
+                .get(&frame.id)
+                .and_then(|p| p.credits.clone())
+            {
+                // Bound what a confused server can grant.
+                let room = Semaphore::MAX_PERMITS.saturating_sub(c.available_permits());
+                c.add_permits((n as usize).min(room).min(1 << 20));
+            }
+            true
+        }
+        _ => false,
+    }
+}
+
+async fn writer_loop<W: tokio::io::AsyncWrite + Unpin>(
+    wr: W,
+    mut rx: mpsc::Receiver<Frame>,
+    max_frame_bytes: u32,
+    conn: std::sync::Weak<Conn>,
+) {
+    if write_frames(wr, &mut rx, max_frame_bytes).await.is_err() {
+        if let Some(c) = conn.upgrade() {
+            c.close();
+        }
+    }
+}
+
+/// Writes queued frames, batching whatever is already queued into one flush.
+pub(crate) async fn write_frames<W: tokio::io::AsyncWrite + Unpin>(
+    mut wr: W,
+    rx: &mut mpsc::Receiver<Frame>,
+    max_frame_bytes: u32,
+) -> Result<(), Error> {
+    let mut buf = Vec::with_capacity(64 * 1024);
+    while let Some(first) = rx.recv().await {
+        buf.clear();
+        first.encode_into(&mut buf, max_frame_bytes)?;
+        while buf.len() < 1024 * 1024 {
+            match rx.try_recv() {
+                Ok(f) => f.encode_into(&mut buf, max_frame_bytes)?,
+                Err(_) => break,
+            }
+        }
+        wr.write_all(&buf).await?;
+        wr.flush().await?;
+    }
+    let _ = wr.shutdown().await;
+    Ok(())
+}

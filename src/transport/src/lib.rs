@@ -1,0 +1,37 @@
+//! Node-to-node RPC over mutual TLS under the cluster CA.
+//!
+//! Owns: the cluster PKI (CA creation, node certificate issue, peer identity), TLS 1.3 configs
+//! that accept only peers holding a certificate from *this* cluster's CA, the wire framing
+//! (length-prefixed frames with request ids, bounded size), a multiplexing client with a bounded
+//! number of requests in flight, credit-based streaming for large transfers, reconnect and
+//! timeouts, and a server that dispatches typed requests to a [`Handler`].
+//!
+//! Must never: decode peer bytes without a size bound, panic on peer input, buffer without a
+//! bound, or talk to a peer whose certificate does not chain to the cluster CA.
+#![forbid(unsafe_code)]
+
+mod client;
+mod codec;
+mod error;
+mod frame;
+mod pki;
+mod server;
+mod stream;
+mod tls;
+
+pub use client::{Client, ClientConfig};
+pub use codec::{decode, encode};
+pub use error::Error;
+pub use frame::{Frame, FrameKind, FRAME_HEADER_BYTES};
+pub use pki::{node_id_from_cert, node_server_name, ClusterCa, NodeIdentity, CLUSTER_SERVER_NAME};
+pub use server::{Handler, RemoteError, Server, ServerConfig, ServerHandle};
+pub use stream::StreamRx;
+pub use tls::{
+    client_tls_config, join_client_tls_config, join_server_tls_config, server_tls_config,
+};
+
+/// Node ids are small integers allocated by the cluster (the raft node id).
+pub type NodeId = u64;
+
+/// Hard ceiling for any frame, whatever the configuration says.
+pub const MAX_FRAME_BYTES_LIMIT: u32 = 64 * 1024 * 1024;

@@ -1,0 +1,305 @@
+//! The serving side: accepts mutual-TLS connections from cluster members, reads framed requests
+//! and runs them on a [`Handler`], at most `max_in_flight` at a time per connection (beyond
+//! that we stop reading, so TCP pushes back on the peer).
+//!
+//! A peer whose certificate does not chain to the cluster CA fails the handshake and never
+//! reaches a handler. A peer that breaks protocol is disconnected.
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch, Semaphore};
+use tokio_rustls::TlsAcceptor;
+
+use crate::codec::{decode, encode};
+use crate::frame::{Frame, FrameKind};
+use crate::pki::node_id_from_cert;
+use crate::stream::StreamRx;
+use crate::{Error, NodeId};
+
+/// Server limits and timeouts.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub max_frame_bytes: u32,
+    pub max_in_flight_per_conn: usize,
+    pub max_connections: usize,
+    pub handshake_timeout: Duration,
+    /// Chunks a streamed body may have buffered before the sender must wait for credit.
+    pub stream_window_chunks: u32,
+    pub write_queue_frames: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            max_frame_bytes: 16 * 1024 * 1024,
+            max_in_flight_per_conn: 64,
+            max_connections: 256,
+            handshake_timeout: Duration::from_secs(5),
+            stream_window_chunks: 8,
+            write_queue_frames: 128,
+        }
+    }
+}
+
+/// A handler's failure, sent to the caller as text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteError(pub String);
+
+impl<E: std::fmt::Display> From<E> for RemoteError {
+    fn from(e: E) -> Self {
+        RemoteError(e.to_string())
+    }
+}
+
+/// What a server runs for each request. `peer` is the verified node id of the caller; `body` is
+/// present for streamed requests.
+pub trait Handler: Send + Sync + 'static {
+    type Request: DeserializeOwned + Send + 'static;
+    type Response: Serialize + Send + 'static;
+    fn handle(
+        &self,
+        peer: NodeId,
+        req: Self::Request,
+        body: Option<StreamRx>,
+    ) -> impl Future<Output = Result<Self::Response, RemoteError>> + Send;
+}
+
+/// Binds and runs servers.
+#[derive(Debug)]
+pub struct Server;
+
+/// A running server; dropping it (or `shutdown`) stops accepting and cuts every connection.
+#[derive(Debug)]
+pub struct ServerHandle {
+    local_addr: SocketAddr,
+    stop: watch::Sender<bool>,
+}
+
+impl ServerHandle {
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn shutdown(&self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+impl Drop for ServerHandle {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+impl Server {
+    /// Binds `addr` and serves `handler` to peers accepted by `tls`.
+    pub async fn bind<H: Handler>(
+        addr: SocketAddr,
+        tls: Arc<rustls::ServerConfig>,
+        cfg: ServerConfig,
+        handler: Arc<H>,
+    ) -> Result<ServerHandle, Error> {
+        let listener = TcpListener::bind(addr).await?;
+        let local_addr = listener.local_addr()?;
+        let (stop, stop_rx) = watch::channel(false);
+        tokio::spawn(accept_loop(
+            listener,
+            TlsAcceptor::from(tls),
+            cfg,
+            handler,
+            stop_rx,
+        ));
+        Ok(ServerHandle { local_addr, stop })
+    }
+}
+
+async fn accept_loop<H: Handler>(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    cfg: ServerConfig,
+    handler: Arc<H>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let conns = Arc::new(Semaphore::new(cfg.max_connections.max(1)));
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = stop.changed() => return,
+        };
+        let Ok((tcp, _peer_addr)) = accepted else {
+            // Out of descriptors and the like: back off instead of spinning.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let Ok(permit) = conns.clone().try_acquire_owned() else {
+            drop(tcp); // at the connection limit
+            continue;
+        };
+        let (acceptor, cfg, handler, mut stop) =
+            (acceptor.clone(), cfg.clone(), handler.clone(), stop.clone());
+        tokio::spawn(async move {
+            let _permit = permit;
+            tokio::select! {
+                r = serve_conn(tcp, acceptor, cfg, handler) => {
+                    if let Err(e) = r {
+                        tracing::debug!("transport: connection ended: {e}");
+                    }
+                }
+                _ = stop.changed() => {}
+            }
+        });
+    }
+}
+
+type Streams = Arc<Mutex<HashMap<u64, mpsc::Sender<Option<Vec<u8>>>>>>;
+
+async fn serve_conn<H: Handler>(
+    tcp: TcpStream,
+    acceptor: TlsAcceptor,
+    cfg: ServerConfig,
+    handler: Arc<H>,
+) -> Result<(), Error> {
+    tcp.set_nodelay(true)?;
+    let tls = tokio::time::timeout(cfg.handshake_timeout, acceptor.accept(tcp))
+        .await
+        .map_err(|_| Error::Tls("handshake timed out".into()))?
+        .map_err(|e| Error::Tls(e.to_string()))?;
+    let peer = {
+        let certs = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .ok_or_else(|| Error::Cert("peer presented no certificate".into()))?;
+        node_id_from_cert(
+            certs
+                .first()
+                .ok_or_else(|| Error::Cert("empty chain".into()))?,
+        )?
+    };
+    let (mut rd, wr) = tokio::io::split(tls);
+    let (tx, mut rx) = mpsc::channel::<Frame>(cfg.write_queue_frames.max(1));
+    let max = cfg.max_frame_bytes;
+    let _writer = AbortOnDrop(tokio::spawn(async move {
+        crate::client::write_frames(wr, &mut rx, max).await
+    }));
+    let inflight = Arc::new(Semaphore::new(cfg.max_in_flight_per_conn.max(1)));
+    let streams: Streams = Arc::new(Mutex::new(HashMap::new()));
+    let result = async {
+        while let Some(frame) = Frame::read_from(&mut rd, max).await? {
+            match frame.kind {
+                FrameKind::Request | FrameKind::StreamRequest => {
+                    let permit = inflight
+                        .clone()
+                        .acquire_owned()
+                        .await
+                        .map_err(|_| Error::Closed)?;
+                    let body = if frame.kind == FrameKind::StreamRequest {
+                        Some(open_stream(&streams, &tx, frame.id, cfg.stream_window_chunks).await?)
+                    } else {
+                        None
+                    };
+                    let (handler, tx, streams) = (handler.clone(), tx.clone(), streams.clone());
+                    tokio::spawn(async move {
+                        let reply =
+                            run_handler(&*handler, peer, frame.id, &frame.payload, body, max).await;
+                        lock(&streams).remove(&frame.id);
+                        let _ = tx.send(reply).await;
+                        drop(permit);
+                    });
+                }
+                FrameKind::Chunk | FrameKind::End => {
+                    let chunk = (frame.kind == FrameKind::Chunk).then_some(frame.payload);
+                    let is_end = chunk.is_none();
+                    let sender = lock(&streams).get(&frame.id).cloned();
+                    if let Some(sender) = sender {
+                        // The channel holds exactly the granted window (+1 for End): a full
+                        // channel means the peer ignored flow control.
+                        match sender.try_send(chunk) {
+                            Ok(()) => {}
+                            Err(mpsc::error::TrySendError::Full(_)) => {
+                                return Err(Error::Stream("peer exceeded its credit".into()));
+                            }
+                            Err(mpsc::error::TrySendError::Closed(_)) => {}
+                        }
+                        if is_end {
+                            lock(&streams).remove(&frame.id);
+                        }
+                    }
+                    // Unknown id: the handler already finished and dropped its stream.
+                }
+                other => {
+                    return Err(Error::BadFrame(format!("unexpected {other:?} from client")));
+                }
+            }
+        }
+        Ok(())
+    }
+    .await;
+    result
+}
+
+/// Cuts the writer (and so the connection) when the connection task ends or is dropped by
+/// shutdown, instead of leaving it to outlive the server.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+async fn open_stream(
+    streams: &Streams,
+    tx: &mpsc::Sender<Frame>,
+    id: u64,
+    window: u32,
+) -> Result<StreamRx, Error> {
+    let window = window.max(1);
+    let (stx, srx) = mpsc::channel(window as usize + 1);
+    lock(streams).insert(id, stx);
+    tx.send(Frame::new(
+        FrameKind::Credit,
+        id,
+        window.to_le_bytes().to_vec(),
+    ))
+    .await
+    .map_err(|_| Error::Closed)?;
+    Ok(StreamRx {
+        id,
+        rx: srx,
+        out: tx.clone(),
+        done: false,
+    })
+}
+
+async fn run_handler<H: Handler>(
+    handler: &H,
+    peer: NodeId,
+    id: u64,
+    payload: &[u8],
+    body: Option<StreamRx>,
+    max_frame_bytes: u32,
+) -> Frame {
+    let limit = u64::from(max_frame_bytes);
+    let result = match decode::<H::Request>(payload, limit) {
+        Ok(req) => handler.handle(peer, req, body).await,
+        Err(e) => Err(RemoteError(format!("bad request: {e}"))),
+    };
+    match result
+        .map_err(|e| e.0)
+        .and_then(|resp| encode(&resp, limit).map_err(|e| e.to_string()))
+    {
+        Ok(bytes) => Frame::new(FrameKind::Response, id, bytes),
+        Err(msg) => Frame::new(FrameKind::Error, id, msg.into_bytes()),
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}

@@ -1,0 +1,382 @@
+//! Transport over real TLS on 127.0.0.x: calls, multiplexing with bounded in-flight, streaming,
+//! rejection of peers without a cluster certificate, timeouts and reconnect.
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use transport::{
+    client_tls_config, node_server_name, server_tls_config, Client, ClientConfig, ClusterCa, Error,
+    Handler, NodeIdentity, RemoteError, Server, ServerConfig, ServerHandle, StreamRx,
+    CLUSTER_SERVER_NAME,
+};
+
+#[derive(Debug, Serialize, Deserialize)]
+enum Req {
+    Echo(String),
+    WhoAmI,
+    Sleep(u64),
+    Upload,
+    Fail,
+}
+
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+enum Resp {
+    Echo(String),
+    Peer(u64),
+    Slept,
+    Uploaded { bytes: u64, sum: u64 },
+}
+
+#[derive(Default)]
+struct TestHandler {
+    calls: AtomicUsize,
+    active: AtomicUsize,
+    max_active: AtomicUsize,
+}
+
+impl Handler for TestHandler {
+    type Request = Req;
+    type Response = Resp;
+    async fn handle(
+        &self,
+        peer: u64,
+        req: Req,
+        body: Option<StreamRx>,
+    ) -> Result<Resp, RemoteError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        let now = self.active.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max_active.fetch_max(now, Ordering::SeqCst);
+        let r = match req {
+            Req::Echo(s) => Ok(Resp::Echo(s)),
+            Req::WhoAmI => Ok(Resp::Peer(peer)),
+            Req::Sleep(ms) => {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                Ok(Resp::Slept)
+            }
+            Req::Upload => {
+                let mut body = body.ok_or_else(|| RemoteError("no body".into()))?;
+                let (mut bytes, mut sum) = (0u64, 0u64);
+                while let Some(chunk) = body.next_chunk().await? {
+                    // Slow consumer: the sender must wait for credit.
+                    tokio::time::sleep(Duration::from_micros(200)).await;
+                    bytes += chunk.len() as u64;
+                    sum = chunk
+                        .iter()
+                        .fold(sum, |s, b| s.wrapping_mul(31).wrapping_add(u64::from(*b)));
+                }
+                Ok(Resp::Uploaded { bytes, sum })
+            }
+            Req::Fail => Err(RemoteError("refused".into())),
+        };
+        self.active.fetch_sub(1, Ordering::SeqCst);
+        r
+    }
+}
+
+async fn serve(ip: &str, id: &NodeIdentity, cfg: ServerConfig) -> (ServerHandle, Arc<TestHandler>) {
+    let handler = Arc::new(TestHandler::default());
+    let addr: SocketAddr = format!("{ip}:0").parse().unwrap();
+    let h = Server::bind(addr, server_tls_config(id).unwrap(), cfg, handler.clone())
+        .await
+        .unwrap();
+    (h, handler)
+}
+
+fn client(
+    addr: SocketAddr,
+    me: &NodeIdentity,
+    target: u64,
+    cfg: ClientConfig,
+) -> Client<Req, Resp> {
+    Client::new(
+        addr,
+        node_server_name(target),
+        client_tls_config(me).unwrap(),
+        cfg,
+    )
+}
+
+#[tokio::test]
+async fn call_echo_and_peer_identity() {
+    let ca = ClusterCa::generate("t").unwrap();
+    let (a, b) = (ca.issue(1).unwrap(), ca.issue(2).unwrap());
+    let (srv, h) = serve("127.0.0.2", &a, ServerConfig::default()).await;
+    let c = client(srv.local_addr(), &b, 1, ClientConfig::default());
+    assert_eq!(
+        c.call(&Req::Echo("hi".into())).await.unwrap(),
+        Resp::Echo("hi".into())
+    );
+    assert_eq!(c.call(&Req::WhoAmI).await.unwrap(), Resp::Peer(2));
+    assert!(matches!(c.call(&Req::Fail).await, Err(Error::Remote(m)) if m == "refused"));
+    // The connection survives a handler error.
+    assert_eq!(c.call(&Req::WhoAmI).await.unwrap(), Resp::Peer(2));
+    assert_eq!(h.calls.load(Ordering::SeqCst), 4);
+}
+
+#[tokio::test]
+async fn server_name_must_match_target_node() {
+    let ca = ClusterCa::generate("t").unwrap();
+    let (a, b) = (ca.issue(1).unwrap(), ca.issue(2).unwrap());
+    let (srv, _h) = serve("127.0.0.3", &a, ServerConfig::default()).await;
+    let wrong = client(srv.local_addr(), &b, 7, ClientConfig::default());
+    assert!(matches!(wrong.connect().await, Err(Error::Connect { .. })));
+    let any = Client::<Req, Resp>::new(
+        srv.local_addr(),
+        CLUSTER_SERVER_NAME.try_into().unwrap(),
+        client_tls_config(&b).unwrap(),
+        ClientConfig::default(),
+    );
+    assert_eq!(any.call(&Req::WhoAmI).await.unwrap(), Resp::Peer(2));
+}
+
+#[tokio::test]
+async fn many_concurrent_calls_are_multiplexed_and_bounded() {
+    let ca = ClusterCa::generate("t").unwrap();
+    let (a, b) = (ca.issue(1).unwrap(), ca.issue(2).unwrap());
+    let (srv, h) = serve("127.0.0.4", &a, ServerConfig::default()).await;
+    let cfg = ClientConfig {
+        max_in_flight: 4,
+        ..ClientConfig::default()
+    };
+    let c = client(srv.local_addr(), &b, 1, cfg);
+    let mut tasks = Vec::new();
+    for _ in 0..40 {
+        let c = c.clone();
+        tasks.push(tokio::spawn(async move { c.call(&Req::Sleep(5)).await }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap().unwrap(), Resp::Slept);
+    }
+    assert_eq!(h.calls.load(Ordering::SeqCst), 40);
+    let max = h.max_active.load(Ordering::SeqCst);
+    assert!(max <= 4, "client allowed {max} in flight");
+    assert!(
+        max >= 2,
+        "calls were not concurrent on the one connection (max {max})"
+    );
+}
+
+#[tokio::test]
+async fn server_bounds_in_flight_per_connection() {
+    let ca = ClusterCa::generate("t").unwrap();
+    let (a, b) = (ca.issue(1).unwrap(), ca.issue(2).unwrap());
+    let scfg = ServerConfig {
+        max_in_flight_per_conn: 3,
+        ..ServerConfig::default()
+    };
+    let (srv, h) = serve("127.0.0.5", &a, scfg).await;
+    let c = client(
+        srv.local_addr(),
+        &b,
+        1,
+        ClientConfig {
+            max_in_flight: 32,
+            ..Default::default()
+        },
+    );
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let c = c.clone();
+        tasks.push(tokio::spawn(async move { c.call(&Req::Sleep(5)).await }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap().unwrap(), Resp::Slept);
+    }
+    assert!(h.max_active.load(Ordering::SeqCst) <= 3);
+}
+
+#[tokio::test]
+async fn streaming_upload_with_flow_control() {
+    let ca = ClusterCa::generate("t").unwrap();
+    let (a, b) = (ca.issue(1).unwrap(), ca.issue(2).unwrap());
+    let scfg = ServerConfig {
+        stream_window_chunks: 2,
+        ..ServerConfig::default()
+    };
+    let (srv, _h) = serve("127.0.0.6", &a, scfg).await;
+    let c = client(
+        srv.local_addr(),
+        &b,
+        1,
+        ClientConfig {
+            chunk_bytes: 16 * 1024,
+            ..Default::default()
+        },
+    );
+    let data: Vec<u8> = (0..3_000_000u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    let want = data
+        .iter()
+        .fold(0u64, |s, b| s.wrapping_mul(31).wrapping_add(u64::from(*b)));
+    let mut rd = &data[..];
+    let r = c
+        .call_streaming(&Req::Upload, &mut rd, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(
+        r,
+        Resp::Uploaded {
+            bytes: data.len() as u64,
+            sum: want
+        }
+    );
+    // Plain calls still work on the same connection afterwards.
+    assert_eq!(c.call(&Req::WhoAmI).await.unwrap(), Resp::Peer(2));
+}
+
+#[tokio::test]
+async fn timeout_then_connection_still_usable() {
+    let ca = ClusterCa::generate("t").unwrap();
+    let (a, b) = (ca.issue(1).unwrap(), ca.issue(2).unwrap());
+    let (srv, _h) = serve("127.0.0.7", &a, ServerConfig::default()).await;
+    let c = client(srv.local_addr(), &b, 1, ClientConfig::default());
+    let r = c
+        .call_timeout(&Req::Sleep(2000), Duration::from_millis(100))
+        .await;
+    assert!(matches!(r, Err(Error::Timeout { timeout_ms: 100 })));
+    assert_eq!(
+        c.call(&Req::Echo("x".into())).await.unwrap(),
+        Resp::Echo("x".into())
+    );
+}
+
+#[tokio::test]
+async fn reconnects_after_server_restart() {
+    let ca = ClusterCa::generate("t").unwrap();
+    let (a, b) = (ca.issue(1).unwrap(), ca.issue(2).unwrap());
+    let (srv, _h) = serve("127.0.0.8", &a, ServerConfig::default()).await;
+    let addr = srv.local_addr();
+    let c = client(
+        addr,
+        &b,
+        1,
+        ClientConfig {
+            call_timeout: Duration::from_secs(2),
+            ..Default::default()
+        },
+    );
+    assert_eq!(c.call(&Req::WhoAmI).await.unwrap(), Resp::Peer(2));
+    drop(srv);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(c.call(&Req::WhoAmI).await.is_err(), "server is down");
+    let h2 = Arc::new(TestHandler::default());
+    let _srv2 = Server::bind(
+        addr,
+        server_tls_config(&a).unwrap(),
+        ServerConfig::default(),
+        h2.clone(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(c.call(&Req::WhoAmI).await.unwrap(), Resp::Peer(2));
+    assert_eq!(h2.calls.load(Ordering::SeqCst), 1);
+}
+
+/// Peers without a certificate from this cluster's CA get nothing: the handshake fails and
+/// the handler is never reached.
+#[tokio::test]
+async fn peers_without_valid_certificate_are_refused() {
+    let ca = ClusterCa::generate("t").unwrap();
+    let a = ca.issue(1).unwrap();
+    let (srv, h) = serve("127.0.0.9", &a, ServerConfig::default()).await;
+    let addr = srv.local_addr();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(a.ca_cert_der.clone().into()).unwrap();
+    let roots = Arc::new(roots);
+
+    // 1. No client certificate at all.
+    let no_cert = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots.clone())
+        .with_no_client_auth();
+    // 2. A self-signed certificate claiming to be node 2.
+    let key = rcgen::KeyPair::generate().unwrap();
+    let selfsigned = rcgen::CertificateParams::new(vec!["node-2.cairn".to_string()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let ss_id = NodeIdentity::from_parts(
+        2,
+        selfsigned.der().to_vec(),
+        key.serialize_der(),
+        a.ca_cert_der.clone(),
+    );
+    let self_signed = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots.clone())
+        .with_client_auth_cert(vec![ss_id.chain()[0].clone()], ss_id.key())
+        .unwrap();
+    // 3. A proper node certificate from another cluster's CA.
+    let other = ClusterCa::generate("other").unwrap().issue(2).unwrap();
+    let other_ca = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots.clone())
+        .with_client_auth_cert(other.chain(), other.key())
+        .unwrap();
+
+    for (name, cfg) in [
+        ("no cert", no_cert),
+        ("self-signed", self_signed),
+        ("other CA", other_ca),
+    ] {
+        let c = Client::<Req, Resp>::new(
+            addr,
+            node_server_name(1),
+            Arc::new(cfg),
+            ClientConfig {
+                call_timeout: Duration::from_secs(2),
+                ..Default::default()
+            },
+        );
+        let r = c.call(&Req::WhoAmI).await;
+        assert!(r.is_err(), "{name}: a call got through: {r:?}");
+    }
+    assert_eq!(
+        h.calls.load(Ordering::SeqCst),
+        0,
+        "a rejected peer reached the handler"
+    );
+
+    // And the other direction: a member of another cluster serving, our node calling.
+    let (osrv, oh) = serve("127.0.0.10", &other, ServerConfig::default()).await;
+    let c = client(osrv.local_addr(), &a, 2, ClientConfig::default());
+    assert!(matches!(c.connect().await, Err(Error::Connect { .. })));
+    assert_eq!(oh.calls.load(Ordering::SeqCst), 0);
+}
+
+/// Raw garbage on the wire after a valid handshake closes the connection; the server stays up.
+#[tokio::test]
+async fn garbage_frames_close_connection_not_server() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let ca = ClusterCa::generate("t").unwrap();
+    let (a, b) = (ca.issue(1).unwrap(), ca.issue(2).unwrap());
+    let (srv, h) = serve("127.0.0.11", &a, ServerConfig::default()).await;
+    let tcp = tokio::net::TcpStream::connect(srv.local_addr())
+        .await
+        .unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(client_tls_config(&b).unwrap())
+        .connect(node_server_name(1), tcp)
+        .await
+        .unwrap();
+    // A frame claiming 4 GiB.
+    tls.write_all(&[0xff, 0xff, 0xff, 0xff, 1, 0, 0, 0])
+        .await
+        .unwrap();
+    tls.flush().await.unwrap();
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(Duration::from_secs(5), tls.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap_or(0);
+    assert_eq!(n, 0, "server should close the connection");
+    let c = client(srv.local_addr(), &b, 1, ClientConfig::default());
+    assert_eq!(c.call(&Req::WhoAmI).await.unwrap(), Resp::Peer(2));
+    assert_eq!(h.calls.load(Ordering::SeqCst), 1);
+}
