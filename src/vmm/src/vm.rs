@@ -1,0 +1,244 @@
+//! The lifecycle API the node uses: create, start, pause, resume, stop, delete, stats.
+//!
+//! A [`Vm`] owns its configuration and, while running, one [`Machine`]. Every transition is
+//! checked against the current state and refused with [`VmmError::InvalidState`] rather than
+//! half-applied. Stopping tears the machine down; starting again builds a fresh one on the same
+//! disk backends (that is a VM restart).
+
+use crate::config::VmConfig;
+use crate::devices::ExitReason;
+use crate::error::{Result, VmmError};
+use crate::machine::Machine;
+use crate::stats::VmStats;
+use std::time::{Duration, Instant};
+
+/// Lifecycle state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum VmState {
+    /// Configured and built, never started (or stopped and rebuilt).
+    Created,
+    /// vCPUs running.
+    Running,
+    /// vCPUs parked.
+    Paused,
+    /// The guest exited or was stopped; `start` builds a new machine.
+    Stopped,
+}
+
+impl VmState {
+    fn name(self) -> &'static str {
+        match self {
+            VmState::Created => "created",
+            VmState::Running => "running",
+            VmState::Paused => "paused",
+            VmState::Stopped => "stopped",
+        }
+    }
+}
+
+/// A virtual machine.
+pub struct Vm {
+    cfg: VmConfig,
+    machine: Option<Machine>,
+    state: VmState,
+    last_exit: Option<ExitReason>,
+}
+
+/// How long pausing may take before it is reported as a failure.
+pub const PAUSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl Vm {
+    /// Validates `cfg` and builds the machine (memory, devices, kernel loaded) without running it.
+    pub fn create(cfg: VmConfig) -> Result<Vm> {
+        let machine = Machine::build(&cfg)?;
+        Ok(Vm {
+            cfg,
+            machine: Some(machine),
+            state: VmState::Created,
+            last_exit: None,
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &VmConfig {
+        &self.cfg
+    }
+
+    /// Current state (a guest that exited on its own reads as `Stopped`).
+    pub fn state(&mut self) -> VmState {
+        self.refresh();
+        self.state
+    }
+
+    /// Why the guest last stopped.
+    pub fn exit_reason(&mut self) -> Option<ExitReason> {
+        self.refresh();
+        self.last_exit.clone()
+    }
+
+    fn refresh(&mut self) {
+        if matches!(self.state, VmState::Running | VmState::Paused) {
+            if let Some(r) = self.machine.as_ref().and_then(|m| m.exit.get()) {
+                self.last_exit = Some(r);
+                self.state = VmState::Stopped;
+            }
+        }
+    }
+
+    fn invalid(&self, action: &'static str) -> VmmError {
+        VmmError::InvalidState {
+            state: self.state.name(),
+            action,
+        }
+    }
+
+    /// Starts the vCPUs. From `Stopped`, builds a fresh machine first (a restart).
+    pub fn start(&mut self) -> Result<()> {
+        self.refresh();
+        match self.state {
+            VmState::Created => {}
+            VmState::Stopped => {
+                if let Some(mut m) = self.machine.take() {
+                    m.shutdown();
+                }
+                self.machine = Some(Machine::build(&self.cfg)?);
+            }
+            _ => return Err(self.invalid("start")),
+        }
+        let m = self.machine.as_mut().ok_or(VmmError::InvalidState {
+            state: "deleted",
+            action: "start",
+        })?;
+        m.start(&self.cfg.name, self.cfg.seccomp)?;
+        self.state = VmState::Running;
+        self.last_exit = None;
+        Ok(())
+    }
+
+    /// Parks every vCPU.
+    pub fn pause(&mut self) -> Result<()> {
+        self.refresh();
+        if self.state != VmState::Running {
+            return Err(self.invalid("pause"));
+        }
+        self.machine
+            .as_ref()
+            .ok_or_else(|| self.invalid("pause"))?
+            .set_paused(true, PAUSE_TIMEOUT)?;
+        self.state = VmState::Paused;
+        Ok(())
+    }
+
+    /// Lets paused vCPUs run again.
+    pub fn resume(&mut self) -> Result<()> {
+        self.refresh();
+        if self.state != VmState::Paused {
+            return Err(self.invalid("resume"));
+        }
+        self.machine
+            .as_ref()
+            .ok_or_else(|| self.invalid("resume"))?
+            .set_paused(false, PAUSE_TIMEOUT)?;
+        self.state = VmState::Running;
+        Ok(())
+    }
+
+    /// Graceful stop: raises the shutdown request (the guest sees it on the debug shutdown
+    /// port), waits up to `timeout` for the guest to exit, then stops it by force.
+    /// Returns the exit reason (`Stopped` when forced).
+    pub fn stop(&mut self, timeout: Duration) -> Result<ExitReason> {
+        self.refresh();
+        match self.state {
+            VmState::Running | VmState::Paused => {}
+            VmState::Stopped => return Ok(self.last_exit.clone().unwrap_or(ExitReason::Stopped)),
+            VmState::Created => return Err(self.invalid("stop")),
+        }
+        let m = self.machine.as_mut().ok_or(VmmError::InvalidState {
+            state: "deleted",
+            action: "stop",
+        })?;
+        if self.state == VmState::Paused {
+            m.set_paused(false, PAUSE_TIMEOUT)?;
+        }
+        m.debug.request_shutdown();
+        let reason = m.exit.wait(timeout).unwrap_or(ExitReason::Stopped);
+        m.shutdown();
+        self.last_exit = Some(reason.clone());
+        self.state = VmState::Stopped;
+        Ok(reason)
+    }
+
+    /// Waits up to `timeout` for the guest to exit on its own; returns the reason if it did.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitReason> {
+        let r = self.machine.as_ref()?.exit.wait(timeout);
+        if r.is_some() {
+            if let Some(m) = self.machine.as_mut() {
+                m.shutdown();
+            }
+            self.refresh();
+        }
+        r
+    }
+
+    /// Stops (forcefully, at once) and releases everything.
+    pub fn delete(mut self) {
+        if let Some(mut m) = self.machine.take() {
+            m.shutdown();
+        }
+    }
+
+    /// Bytes the guest wrote to the debug character port (0xe9).
+    pub fn debug_output(&self) -> Vec<u8> {
+        self.machine
+            .as_ref()
+            .map(|m| m.debug.output.snapshot())
+            .unwrap_or_default()
+    }
+
+    /// Console (COM1) output.
+    pub fn console_output(&self) -> Vec<u8> {
+        self.machine
+            .as_ref()
+            .map(|m| m.serial.output.snapshot())
+            .unwrap_or_default()
+    }
+
+    /// Queues console input; returns the bytes accepted.
+    pub fn console_input(&self, bytes: &[u8]) -> usize {
+        self.machine
+            .as_ref()
+            .map(|m| m.serial.input(bytes))
+            .unwrap_or(0)
+    }
+
+    /// Time from `start` to the guest's first debug-port write.
+    pub fn time_to_first_debug_write(&self) -> Option<Duration> {
+        let m = self.machine.as_ref()?;
+        Some(
+            m.debug
+                .first_write()?
+                .saturating_duration_since(m.started_at?),
+        )
+    }
+
+    /// When the machine was last started.
+    pub fn started_at(&self) -> Option<Instant> {
+        self.machine.as_ref()?.started_at
+    }
+
+    /// Live statistics.
+    pub fn stats(&self) -> VmStats {
+        match &self.machine {
+            Some(m) => crate::stats::collect(&self.cfg, m),
+            None => VmStats::default(),
+        }
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        if let Some(mut m) = self.machine.take() {
+            m.shutdown();
+        }
+    }
+}

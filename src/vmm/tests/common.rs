@@ -1,0 +1,54 @@
+//! Helpers for the test-guest tests: boot the guest ELF with a command line, collect its output.
+#![allow(dead_code)]
+
+use std::time::Duration;
+use vmm::{BootConfig, ExitReason, Vm, VmConfig};
+
+/// Returns false (after printing the skip line) when /dev/kvm cannot be used.
+pub fn kvm_or_skip() -> bool {
+    if vmm::kvm_available() {
+        true
+    } else {
+        println!("skipped: /dev/kvm not available");
+        false
+    }
+}
+
+/// A config for the test guest with `cmdline`.
+pub fn guest_config(name: &str, cmdline: &str) -> VmConfig {
+    let boot = BootConfig {
+        kernel: test_guests::guest_elf_path().into(),
+        initrd: None,
+        cmdline: cmdline.into(),
+    };
+    let mut cfg = VmConfig::new(name, boot);
+    cfg.memory_bytes = 64 << 20;
+    cfg
+}
+
+/// Boots, waits for the guest to exit (up to `timeout`), returns (exit reason, debug output).
+pub fn run_guest(cfg: VmConfig, timeout: Duration) -> (Option<ExitReason>, String) {
+    let mut vm = Vm::create(cfg).expect("create VM");
+    vm.start().expect("start VM");
+    let reason = vm.wait_exit(timeout);
+    let out = String::from_utf8_lossy(&vm.debug_output()).into_owned();
+    vm.delete();
+    (reason, out)
+}
+
+/// Asserts the guest passed: exit code 0, "result pass", and each `expect`ed ok line.
+pub fn assert_pass(reason: &Option<ExitReason>, out: &str, expect: &[&str]) {
+    assert_eq!(
+        reason,
+        &Some(ExitReason::DebugExit(0)),
+        "guest output:\n{out}"
+    );
+    assert!(out.contains("result pass"), "guest output:\n{out}");
+    assert!(!out.contains("\nfail "), "guest output:\n{out}");
+    for e in expect {
+        assert!(
+            out.contains(&format!("ok {e}\n")),
+            "missing 'ok {e}' in guest output:\n{out}"
+        );
+    }
+}

@@ -1,0 +1,63 @@
+/*
+ * Ring-3 entry of the test guest. The command line (PVH start info) names the tests to run;
+ * results go to the debug port as lines, and the return value becomes the exit code written to
+ * port 0x501 (0 = every check passed).
+ */
+#include "guest.h"
+
+int run_pci_tests(const char *cmdline);
+
+int guest_main(u32 start_info_pa) {
+    const struct hvm_start_info *si = (const struct hvm_start_info *)(usize)start_info_pa;
+    const char *cmdline = 0;
+    puts("hello from ring 3\n");
+    if (si && si->magic == 0x336ec578) {
+        check(1, "pvh-magic", "");
+        if (si->cmdline_paddr) cmdline = (const char *)(usize)si->cmdline_paddr;
+        u64 ram = 0;
+        const struct hvm_memmap_entry *mm = (const struct hvm_memmap_entry *)(usize)si->memmap_paddr;
+        for (u32 i = 0; si->memmap_paddr && i < si->memmap_entries && i < 64; i++)
+            if (mm[i].type == 1) ram += mm[i].size;
+        puts("ram-bytes ");
+        put_dec(ram);
+        puts("\n");
+    } else {
+        check(0, "pvh-magic", "bad start info");
+    }
+    if (cmdline) {
+        puts("cmdline ");
+        puts(cmdline);
+        puts("\n");
+    }
+    if (has_word(cmdline, "porttest")) {
+        u16 p = 0xe9;
+        __asm__ volatile("outb %0, %1" : : "a"((u8)'A'), "Nd"((u16)0xe9));
+        puts(" imm-out ok\n");
+        { u8 v; __asm__ volatile("inb $0x80, %0" : "=a"(v)); }
+        puts("imm-in ok\n");
+        __asm__ volatile("outb %%al, %%dx" : : "a"((u8)'B'), "d"(p));
+        puts(" dx-out ok\n");
+        { u8 v; __asm__ volatile("inb %%dx, %%al" : "=a"(v) : "d"(p)); }
+        puts("dx-in-e9 ok\n");
+        static const u16 ports[] = {0x3f8, 0x400, 0x501, 0xcf8, 0xcfc};
+        for (unsigned i = 0; i < sizeof(ports) / sizeof(ports[0]); i++) {
+            (void)inb(ports[i]);
+            puts("in ok ");
+            put_hex(ports[i]);
+            puts("\n");
+        }
+    }
+    if (has_word(cmdline, "spin"))
+        for (;;) __asm__ volatile("pause");
+    if (has_word(cmdline, "wait-shutdown")) {
+        /* Graceful stop: the host raises port 0x504; answer with exit code 7. */
+        while (!inb(0x504)) __asm__ volatile("pause");
+        puts("shutdown requested\n");
+        return 7;
+    }
+    if (has_word(cmdline, "pci") || has_word(cmdline, "blk") || has_word(cmdline, "rng") ||
+        has_word(cmdline, "net"))
+        run_pci_tests(cmdline);
+    puts(failures ? "result fail\n" : "result pass\n");
+    return failures ? 1 : 0;
+}
