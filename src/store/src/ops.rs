@@ -1,0 +1,462 @@
+//! Object-level operations: clone, rollback, delete, prune, changed blocks, export/import,
+//! repair, scrub, and the invariant check used by tests.
+//!
+//! Every map change here goes through `Inner::log` (one record, applied and journaled under the
+//! state lock). Must never hold the state lock across device I/O.
+
+use std::collections::BTreeSet;
+
+use blockdev::{AlignedBuf, WriteBuf};
+
+use crate::codec::{Record, MAX_PRUNE_SNAPS};
+use crate::error::{Result, StoreError};
+use crate::layout::BS;
+use crate::maps::{visible_data, TOMB};
+use crate::store::{check_gen, Store};
+use crate::{BlockVersions, ObjectId, ScrubReport, VersionData};
+
+impl Store {
+    /// Share every block of `src` visible at `at_gen` into the empty object `dst` at `dst_gen`.
+    pub async fn clone_object(
+        &self,
+        src: ObjectId,
+        at_gen: u64,
+        dst: ObjectId,
+        dst_gen: u64,
+    ) -> Result<()> {
+        let inner = &*self.inner;
+        inner.check_ok()?;
+        check_gen(dst_gen)?;
+        if src == dst {
+            return Err(StoreError::invalid(format!("clone of {src} onto itself")));
+        }
+        {
+            let mut st = inner.state.write();
+            if st.maps.objs.contains_key(&dst) {
+                return Err(StoreError::invalid(format!(
+                    "clone target {dst} is not empty"
+                )));
+            }
+            let rec = Record::Clone {
+                src,
+                at_gen,
+                dst,
+                dst_gen,
+            };
+            let add = st.maps.max_added_versions(&rec);
+            if st.maps.nversions + st.inflight + add > inner.layout().version_cap {
+                return Err(StoreError::NoSpace("metadata full".into()));
+            }
+            inner.log(&mut st, rec);
+        }
+        inner.maybe_flush().await
+    }
+
+    /// Make the live view of `obj` equal its view at `snap_gen`, as new versions at `gen`.
+    pub async fn rollback_object(
+        &self,
+        obj: ObjectId,
+        snap_gen: u64,
+        gen: u64,
+        pin_gen: u64,
+    ) -> Result<()> {
+        let inner = &*self.inner;
+        inner.check_ok()?;
+        check_gen(gen)?;
+        {
+            let mut st = inner.state.write();
+            if let Some(m) = st.maps.objs.get(&obj) {
+                if let Some((b, g)) = m
+                    .iter()
+                    .filter_map(|(b, vs)| vs.last().map(|v| (*b, v.gen)))
+                    .find(|&(_, g)| g > gen)
+                {
+                    return Err(StoreError::invalid(format!(
+                        "rollback of {obj} at generation {gen} below block {b}'s newest {g}"
+                    )));
+                }
+            }
+            let rec = Record::Rollback {
+                obj,
+                snap_gen,
+                gen,
+                pin_gen,
+            };
+            let add = st.maps.max_added_versions(&rec);
+            if st.maps.nversions + st.inflight + add > inner.layout().version_cap {
+                return Err(StoreError::NoSpace("metadata full".into()));
+            }
+            inner.log(&mut st, rec);
+        }
+        inner.maybe_flush().await
+    }
+
+    /// Drop every version of `obj` (space returns after the next flush).
+    pub async fn delete_object(&self, obj: ObjectId) -> Result<()> {
+        let inner = &*self.inner;
+        inner.check_ok()?;
+        {
+            let mut st = inner.state.write();
+            if !st.maps.objs.contains_key(&obj) {
+                return Ok(());
+            }
+            inner.log(&mut st, Record::Delete { obj });
+        }
+        inner.maybe_flush().await
+    }
+
+    /// Drop versions of every object of `vdisk` that neither a snapshot in `snap_gens` nor the
+    /// live view needs.
+    pub async fn prune(&self, vdisk: u64, snap_gens: &[u64]) -> Result<()> {
+        let inner = &*self.inner;
+        inner.check_ok()?;
+        if snap_gens.len() > MAX_PRUNE_SNAPS {
+            return Err(StoreError::invalid(format!(
+                "{} snapshots exceed {MAX_PRUNE_SNAPS}",
+                snap_gens.len()
+            )));
+        }
+        let mut snaps = snap_gens.to_vec();
+        snaps.sort_unstable();
+        snaps.dedup();
+        {
+            let mut st = inner.state.write();
+            inner.log(&mut st, Record::Prune { vdisk, snaps });
+        }
+        inner.maybe_flush().await
+    }
+
+    pub fn objects(&self) -> Vec<ObjectId> {
+        let mut v: Vec<ObjectId> = self.inner.state.read().maps.objs.keys().copied().collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// Blocks whose visible content differs between `from_gen` and `to_gen` (metadata only).
+    pub fn changed_blocks(&self, obj: ObjectId, from_gen: u64, to_gen: u64) -> Vec<u64> {
+        let st = self.inner.state.read();
+        let Some(m) = st.maps.objs.get(&obj) else {
+            return Vec::new();
+        };
+        m.iter()
+            .filter(|(_, vs)| {
+                visible_data(vs, from_gen).map(|v| v.phys)
+                    != visible_data(vs, to_gen).map(|v| v.phys)
+            })
+            .map(|(b, _)| *b)
+            .collect()
+    }
+
+    /// Every version of every block of `obj`, with data (oldest first).
+    pub async fn export_object(&self, obj: ObjectId) -> Result<Vec<BlockVersions>> {
+        let inner = &*self.inner;
+        inner.check_ok()?;
+        let snapshot: Vec<(u64, Vec<crate::maps::Version>)> = {
+            let st = inner.state.read();
+            match st.maps.objs.get(&obj) {
+                None => return Ok(Vec::new()),
+                Some(m) => m.iter().map(|(b, vs)| (*b, vs.clone())).collect(),
+            }
+        };
+        let mut out = Vec::with_capacity(snapshot.len());
+        for (block, vs) in snapshot {
+            let mut versions = Vec::with_capacity(vs.len());
+            for v in vs {
+                let data = if v.phys == TOMB {
+                    None
+                } else {
+                    let buf = inner
+                        .dev_read(inner.layout().data_offset(v.phys), 1, "data")
+                        .await?;
+                    if crc32c::crc32c(&buf) != v.crc {
+                        inner
+                            .counters
+                            .checksum_errors
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        return Err(StoreError::Corrupt {
+                            obj,
+                            block,
+                            gen: v.gen,
+                        });
+                    }
+                    Some(buf)
+                };
+                versions.push(VersionData { gen: v.gen, data });
+            }
+            out.push(BlockVersions { block, versions });
+        }
+        Ok(out)
+    }
+
+    /// Recreate `obj` from an export (replacing whatever was here). Not atomic across a crash:
+    /// callers record completion themselves (and delete + re-import after a crash).
+    pub async fn import_object(&self, obj: ObjectId, versions: Vec<BlockVersions>) -> Result<()> {
+        let inner = &*self.inner;
+        inner.check_ok()?;
+        let mut seen = BTreeSet::new();
+        let mut ndata = 0u64;
+        let mut nvers = 0u64;
+        for bv in &versions {
+            if bv.block >= 1 << 40 || !seen.insert(bv.block) {
+                return Err(StoreError::invalid(format!(
+                    "import of {obj}: block {} duplicated or out of range",
+                    bv.block
+                )));
+            }
+            if bv.versions.is_empty() || !bv.versions.windows(2).all(|w| w[0].gen < w[1].gen) {
+                return Err(StoreError::invalid(format!(
+                    "import of {obj} block {}: versions not strictly ordered",
+                    bv.block
+                )));
+            }
+            for v in &bv.versions {
+                check_gen(v.gen)?;
+                match &v.data {
+                    Some(d) if d.len() != BS as usize => {
+                        return Err(StoreError::invalid(format!(
+                            "import of {obj} block {}: data is not one block",
+                            bv.block
+                        )))
+                    }
+                    Some(_) => ndata += 1,
+                    None => {}
+                }
+                nvers += 1;
+            }
+        }
+        if ndata == 0 && nvers == 0 {
+            return self.delete_object(obj).await;
+        }
+        let runs = if ndata > 0 {
+            inner.alloc(ndata)?
+        } else {
+            Vec::new()
+        };
+        // Gather the data into one buffer so each run is one device write.
+        let mut buf = AlignedBuf::zeroed((ndata.max(1) * BS) as usize);
+        let mut crcs = Vec::with_capacity(ndata as usize);
+        let mut i = 0usize;
+        for v in versions.iter().flat_map(|bv| bv.versions.iter()) {
+            if let Some(d) = &v.data {
+                buf[i * BS as usize..(i + 1) * BS as usize].copy_from_slice(d);
+                crcs.push(crc32c::crc32c(d));
+                i += 1;
+            }
+        }
+        let data: WriteBuf = buf.into_write();
+        if ndata > 0 {
+            if let Err(e) = inner.write_runs(&runs, &data).await {
+                inner.unalloc(&runs, ndata);
+                return Err(e);
+            }
+        }
+        {
+            let mut st = inner.state.write();
+            st.inflight -= ndata;
+            if st.maps.objs.contains_key(&obj) {
+                inner.log(&mut st, Record::Delete { obj });
+            }
+            let mut phys_iter = runs.iter().flat_map(|&(s, l)| s..s + l);
+            let mut k = 0usize;
+            for bv in &versions {
+                for v in &bv.versions {
+                    let (phys, crc) = match &v.data {
+                        Some(_) => {
+                            let p = phys_iter
+                                .next()
+                                .expect("one allocated block per data version");
+                            k += 1;
+                            (p, crcs[k - 1])
+                        }
+                        None => (TOMB, 0),
+                    };
+                    inner.log(
+                        &mut st,
+                        Record::Import {
+                            obj,
+                            block: bv.block,
+                            gen: v.gen,
+                            phys,
+                            crc,
+                        },
+                    );
+                }
+            }
+        }
+        inner.maybe_flush().await
+    }
+
+    /// Replace the data of version `gen` of `block` with `good` (from the peer replica). The
+    /// data must match the checksum recorded for that version.
+    pub async fn repair(&self, obj: ObjectId, block: u64, gen: u64, good: WriteBuf) -> Result<()> {
+        let inner = &*self.inner;
+        inner.check_ok()?;
+        if good.len() != BS as usize {
+            return Err(StoreError::invalid("repair data must be exactly one block"));
+        }
+        let crc = crc32c::crc32c(good.as_slice());
+        let old_phys = {
+            let st = inner.state.read();
+            let v = st
+                .maps
+                .objs
+                .get(&obj)
+                .and_then(|m| m.get(&block))
+                .and_then(|vs| vs.iter().find(|v| v.gen == gen && v.phys != TOMB))
+                .copied();
+            match v {
+                None => return Err(StoreError::invalid(format!("{obj} block {block} has no data version {gen}"))),
+                Some(v) if v.crc != crc => {
+                    return Err(StoreError::invalid(format!(
+                        "repair data for {obj} block {block} gen {gen} does not match its recorded checksum"
+                    )))
+                }
+                Some(v) => v.phys,
+            }
+        };
+        let runs = inner.alloc(1)?;
+        if let Err(e) = inner.write_runs(&runs, &good).await {
+            inner.unalloc(&runs, 1);
+            return Err(e);
+        }
+        {
+            let mut st = inner.state.write();
+            st.inflight -= 1;
+            let still = st
+                .maps
+                .objs
+                .get(&obj)
+                .and_then(|m| m.get(&block))
+                .and_then(|vs| vs.iter().find(|v| v.gen == gen))
+                .is_some_and(|v| v.phys == old_phys);
+            if still {
+                inner.log(
+                    &mut st,
+                    Record::Repair {
+                        obj,
+                        block,
+                        gen,
+                        phys: runs[0].0,
+                        crc,
+                    },
+                );
+                inner
+                    .counters
+                    .repairs
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            } else {
+                // The version changed meanwhile; the new block was never referenced.
+                st.alloc.release(runs[0].0);
+            }
+        }
+        inner.maybe_flush().await
+    }
+
+    /// Read and verify every referenced block; report every corrupt (obj, block, gen).
+    pub async fn scrub(&self) -> Result<ScrubReport> {
+        let inner = &*self.inner;
+        inner.check_ok()?;
+        let mut report = ScrubReport::default();
+        for obj in self.objects() {
+            let entries: Vec<(u64, u64, u64, u32)> = {
+                let st = inner.state.read();
+                let Some(m) = st.maps.objs.get(&obj) else {
+                    continue;
+                };
+                let mut e: Vec<_> = m
+                    .iter()
+                    .flat_map(|(b, vs)| {
+                        vs.iter()
+                            .filter(|v| v.phys != TOMB)
+                            .map(move |v| (v.phys, *b, v.gen, v.crc))
+                    })
+                    .collect();
+                e.sort_unstable();
+                e
+            };
+            let mut i = 0;
+            while i < entries.len() {
+                // One read per run of consecutive physical blocks (bounded).
+                let mut j = i + 1;
+                while j < entries.len() && j - i < 256 && entries[j].0 <= entries[j - 1].0 + 1 {
+                    j += 1;
+                }
+                let start = entries[i].0;
+                let len = entries[j - 1].0 - start + 1;
+                let buf = inner
+                    .dev_read(inner.layout().data_offset(start), len, "data")
+                    .await?;
+                for &(phys, block, gen, crc) in &entries[i..j] {
+                    let o = ((phys - start) * BS) as usize;
+                    report.checked_blocks += 1;
+                    if crc32c::crc32c(&buf[o..o + BS as usize]) != crc {
+                        // Same race as in read: only report it if the version is still there.
+                        let st = inner.state.read();
+                        let still = st
+                            .maps
+                            .objs
+                            .get(&obj)
+                            .and_then(|m| m.get(&block))
+                            .and_then(|vs| vs.iter().find(|v| v.gen == gen))
+                            .is_some_and(|v| v.phys == phys);
+                        if still {
+                            inner
+                                .counters
+                                .checksum_errors
+                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            report.corrupt.push((obj, block, gen));
+                        }
+                    }
+                }
+                i = j;
+            }
+        }
+        Ok(report)
+    }
+
+    /// Recompute refcounts, version count and space from the maps and compare them with what
+    /// the store tracks. Exact when no write is in flight.
+    pub fn check_invariants(&self) -> Result<()> {
+        let inner = &*self.inner;
+        let st = inner.state.read();
+        let (refs, n) = st.maps.recount();
+        if n != st.maps.nversions {
+            return Err(StoreError::bad_meta(format!(
+                "version count {} but maps hold {n}",
+                st.maps.nversions
+            )));
+        }
+        if let Some(b) = (0..refs.len()).find(|&b| refs[b] != st.maps.refs[b]) {
+            return Err(StoreError::bad_meta(format!(
+                "data block {b}: refcount {} but {} references",
+                st.maps.refs[b], refs[b]
+            )));
+        }
+        let pending: BTreeSet<u64> = inner.jbuf.lock().frees.iter().copied().collect();
+        let mut unreferenced_used = 0u64;
+        for (b, &r) in refs.iter().enumerate() {
+            let used = st.alloc.is_used(b as u64);
+            if r > 0 && !used {
+                return Err(StoreError::bad_meta(format!(
+                    "data block {b} is referenced but free"
+                )));
+            }
+            if r == 0 && used {
+                unreferenced_used += 1;
+                if st.inflight == 0 && !pending.contains(&(b as u64)) {
+                    return Err(StoreError::bad_meta(format!(
+                        "data block {b} leaked (used, unreferenced, not pending)"
+                    )));
+                }
+            }
+        }
+        let referenced = refs.iter().filter(|&&r| r > 0).count() as u64;
+        let free = st.alloc.free_blocks();
+        if referenced + unreferenced_used + free != st.alloc.total_blocks() {
+            return Err(StoreError::bad_meta(
+                "space accounting does not add up".to_string(),
+            ));
+        }
+        Ok(())
+    }
+}

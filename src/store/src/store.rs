@@ -1,0 +1,617 @@
+//! The `Store` itself: shared state, the write/read/flush paths, checkpoints and space.
+//!
+//! Locking: `state` (maps + allocator) is a short-held RwLock — readers share it, mutations take
+//! it exclusively — and is never held across device I/O. `jbuf` (pending journal records and the
+//! blocks they freed) is taken inside `state` when logging. `ring` (journal ring position) is an
+//! async mutex held by the one flush/checkpoint in progress, which is what serialises metadata
+//! writes. Must never: overwrite a block a durable map entry points to, reuse a freed block before
+//! a flush made the free durable, or write a journal record before its data is durable.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use blockdev::{AlignedBuf, BlockDevice, WriteBuf};
+use parking_lot::{Mutex, RwLock};
+
+use crate::alloc::Allocator;
+use crate::codec::{Record, Writer};
+use crate::disk::{encode_maps, BatchHdr, CkptHdr};
+use crate::error::{Result, StoreError};
+use crate::layout::{Layout, Superblock, BS};
+use crate::maps::{visible_data, Maps};
+use crate::{ObjectId, Space, StoreStats};
+
+/// Largest single read or write, in blocks (4 MiB).
+pub const MAX_IO_BLOCKS: u32 = 1024;
+/// Largest write to the device in one call when writing metadata.
+const MAX_META_IO: usize = 8 << 20;
+
+pub(crate) struct State {
+    pub maps: Maps,
+    pub alloc: Allocator,
+    /// Blocks allocated by writes whose data is being written (not yet in the maps).
+    pub inflight: u64,
+}
+
+/// Journal records logged but not yet written, and the blocks they freed.
+pub(crate) struct JBuf {
+    pub w: Writer,
+    pub nrecs: u32,
+    /// Sequence number of the newest record logged.
+    pub last_seq: u64,
+    pub frees: Vec<u64>,
+}
+
+/// Journal ring position; owned by the flush in progress.
+pub(crate) struct Ring {
+    pub head: u64,
+    pub used: u64,
+    pub chain: u32,
+    pub ckpt_seq: u64,
+    pub ckpt_slot: usize,
+    /// Every record up to this sequence number is durable.
+    pub durable_seq: u64,
+}
+
+pub(crate) struct MetaState {
+    pub seq: u64,
+    pub slot: usize,
+}
+
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub checksum_errors: AtomicU64,
+    pub repairs: AtomicU64,
+    pub flushes: AtomicU64,
+    pub checkpoints: AtomicU64,
+    pub journal_batches: AtomicU64,
+}
+
+pub(crate) struct Inner {
+    pub dev: Arc<dyn BlockDevice>,
+    pub sb: Superblock,
+    pub state: RwLock<State>,
+    pub jbuf: Mutex<JBuf>,
+    pub ring: tokio::sync::Mutex<Ring>,
+    /// Frees taken by the flush in progress (still "pending" for `space()`).
+    pub flushing_frees: AtomicU64,
+    pub meta: tokio::sync::Mutex<MetaState>,
+    pub meta_cache: RwLock<Option<Vec<u8>>>,
+    pub poisoned: AtomicBool,
+    pub poison_reason: Mutex<String>,
+    pub counters: Counters,
+}
+
+/// The node-local store on one device. Cheap to clone (shared inside).
+#[derive(Clone)]
+pub struct Store {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Store({})", self.inner.dev.info().name)
+    }
+}
+
+fn check_obj_range(block: u64, n: u64) -> Result<()> {
+    if n == 0 {
+        return Err(StoreError::invalid("zero blocks"));
+    }
+    if n > u64::from(MAX_IO_BLOCKS) {
+        return Err(StoreError::invalid(format!(
+            "{n} blocks exceeds the maximum of {MAX_IO_BLOCKS} per call"
+        )));
+    }
+    if block.checked_add(n).is_none_or(|e| e > 1 << 40) {
+        return Err(StoreError::invalid(format!(
+            "block range {block}+{n} out of range"
+        )));
+    }
+    Ok(())
+}
+
+pub(crate) fn check_gen(gen: u64) -> Result<()> {
+    if gen == 0 || gen == u64::MAX {
+        return Err(StoreError::invalid(format!(
+            "generation {gen} is not valid for a write"
+        )));
+    }
+    Ok(())
+}
+
+impl Inner {
+    pub fn layout(&self) -> &Layout {
+        &self.sb.layout
+    }
+
+    pub fn check_ok(&self) -> Result<()> {
+        if self.poisoned.load(Ordering::Acquire) {
+            return Err(StoreError::Poisoned(self.poison_reason.lock().clone()));
+        }
+        Ok(())
+    }
+
+    pub fn poison(&self, why: String) -> StoreError {
+        let mut r = self.poison_reason.lock();
+        if !self.poisoned.swap(true, Ordering::AcqRel) {
+            *r = why.clone();
+        }
+        StoreError::Poisoned(why)
+    }
+
+    /// Device flush; a failure poisons the store.
+    pub async fn dev_flush(&self) -> Result<()> {
+        self.dev.flush().await.map_err(|e| {
+            self.poison(format!(
+                "device flush failed on {}: {e}",
+                self.dev.info().name
+            ))
+        })
+    }
+
+    /// Metadata write; a failure poisons the store (the on-disk state is no longer known).
+    pub async fn meta_write(&self, offset: u64, bytes: Vec<u8>) -> Result<()> {
+        let mut off = 0;
+        while off < bytes.len() {
+            let end = (off + MAX_META_IO).min(bytes.len());
+            let buf = AlignedBuf::from_slice(&bytes[off..end]).into_write();
+            self.dev
+                .write_at(offset + off as u64, buf)
+                .await
+                .map_err(|e| {
+                    self.poison(format!(
+                        "metadata write failed on {}: {e}",
+                        self.dev.info().name
+                    ))
+                })?;
+            off = end;
+        }
+        Ok(())
+    }
+
+    pub async fn dev_read(&self, offset: u64, nblocks: u64, what: &str) -> Result<AlignedBuf> {
+        self.dev
+            .read_at(offset, AlignedBuf::zeroed((nblocks * BS) as usize))
+            .await
+            .map_err(|e| StoreError::dev(format!("reading {what} on {}", self.dev.info().name), e))
+    }
+
+    /// Apply a record to the maps and log it. Called with `state` held exclusively, which
+    /// keeps map order and journal order identical.
+    pub fn log(&self, st: &mut State, rec: Record) {
+        st.maps.apply(&rec);
+        let mut j = self.jbuf.lock();
+        rec.encode(&mut j.w);
+        j.nrecs += 1;
+        j.last_seq += 1;
+        j.frees.append(&mut st.maps.freed);
+    }
+
+    /// Journal bytes beyond which a write pays for a flush (bounded buffer).
+    fn jbuf_limit(&self) -> usize {
+        let ring_bytes = (self.layout().journal_blocks * BS) as usize;
+        (ring_bytes / 8).min(1 << 20)
+    }
+
+    pub async fn maybe_flush(&self) -> Result<()> {
+        if self.jbuf.lock().w.buf.len() > self.jbuf_limit() {
+            self.flush(false).await?;
+        }
+        Ok(())
+    }
+
+    fn release(&self, frees: &[u64]) {
+        if frees.is_empty() {
+            return;
+        }
+        let mut st = self.state.write();
+        for &b in frees {
+            assert_eq!(
+                st.maps.refs[b as usize], 0,
+                "releasing referenced data block {b}"
+            );
+            st.alloc.release(b);
+        }
+    }
+
+    /// Make every logged record durable (group commit); checkpoint when the ring is half full
+    /// or when `force_ckpt`.
+    pub async fn flush(&self, force_ckpt: bool) -> Result<()> {
+        self.check_ok()?;
+        let target = self.jbuf.lock().last_seq;
+        let mut ring = self.ring.lock().await;
+        self.check_ok()?;
+        if !force_ckpt && ring.durable_seq >= target {
+            return Ok(());
+        }
+        self.counters.flushes.fetch_add(1, Ordering::Relaxed);
+        let (payload, nrecs, last_seq, frees) = {
+            let mut j = self.jbuf.lock();
+            let payload = std::mem::take(&mut j.w.buf);
+            let frees = std::mem::take(&mut j.frees);
+            self.flushing_frees
+                .store(frees.len() as u64, Ordering::Relaxed);
+            let n = std::mem::replace(&mut j.nrecs, 0);
+            (payload, n, j.last_seq, frees)
+        };
+        // Data of every record in the batch was written before the record was logged; this
+        // flush makes it durable before any record that points at it can be.
+        self.dev_flush().await?;
+        if nrecs == 0 {
+            ring.durable_seq = last_seq;
+            if force_ckpt {
+                return self.checkpoint(&mut ring, frees).await;
+            }
+            return Ok(());
+        }
+        let first_seq = last_seq - u64::from(nrecs) + 1;
+        let (bytes, crc) = BatchHdr::build(self.sb.nonce, first_seq, nrecs, ring.chain, &payload);
+        drop(payload);
+        let nblocks = bytes.len() as u64 / BS;
+        let jb = self.layout().journal_blocks;
+        let (pos, waste) = if ring.head + nblocks <= jb {
+            (ring.head, 0)
+        } else {
+            (0, jb - ring.head)
+        };
+        let fits = ring.used + waste + nblocks <= jb;
+        if !fits || force_ckpt {
+            return self.checkpoint(&mut ring, frees).await;
+        }
+        self.meta_write((self.layout().journal_start + pos) * BS, bytes)
+            .await?;
+        self.dev_flush().await?;
+        self.counters
+            .journal_batches
+            .fetch_add(1, Ordering::Relaxed);
+        ring.head = pos + nblocks;
+        ring.used += waste + nblocks;
+        ring.chain = crc;
+        ring.durable_seq = last_seq;
+        self.release(&frees);
+        self.flushing_frees.store(0, Ordering::Relaxed);
+        if ring.used * 2 > jb {
+            return self.checkpoint(&mut ring, Vec::new()).await;
+        }
+        Ok(())
+    }
+
+    /// Write the full maps to the older checkpoint slot; afterwards the journal is empty.
+    async fn checkpoint(&self, ring: &mut Ring, mut frees: Vec<u64>) -> Result<()> {
+        let (payload, nentries, last_seq) = {
+            let st = self.state.read();
+            let (payload, n) = encode_maps(&st.maps);
+            // No mutation can run while `state` is held, so this is an exact cut: every record
+            // up to `last_seq` is in the payload and no later one is.
+            let mut j = self.jbuf.lock();
+            j.w.buf.clear();
+            j.nrecs = 0;
+            frees.append(&mut j.frees);
+            self.flushing_frees
+                .store(frees.len() as u64, Ordering::Relaxed);
+            (payload, n, j.last_seq)
+        };
+        self.dev_flush().await?;
+        let slot = 1 - ring.ckpt_slot;
+        let hdr = CkptHdr {
+            nonce: self.sb.nonce,
+            ckpt_seq: ring.ckpt_seq + 1,
+            next_seq: last_seq + 1,
+            journal_pos: ring.head,
+            chain: ring.chain,
+            nentries,
+            payload_crc: crc32c::crc32c(&payload),
+        };
+        let mut bytes = hdr.encode();
+        bytes.extend_from_slice(&payload);
+        drop(payload);
+        self.meta_write(self.layout().ckpt[slot] * BS, bytes)
+            .await?;
+        self.dev_flush().await?;
+        self.counters.checkpoints.fetch_add(1, Ordering::Relaxed);
+        ring.ckpt_slot = slot;
+        ring.ckpt_seq += 1;
+        ring.used = 0;
+        ring.durable_seq = last_seq;
+        self.release(&frees);
+        self.flushing_frees.store(0, Ordering::Relaxed);
+        Ok(())
+    }
+
+    pub fn space(&self) -> Space {
+        let st = self.state.read();
+        let pending =
+            self.jbuf.lock().frees.len() as u64 + self.flushing_frees.load(Ordering::Relaxed);
+        let total = st.alloc.total_blocks();
+        let free = st.alloc.free_blocks();
+        Space {
+            total_blocks: total,
+            used_blocks: total - free - pending.min(total - free),
+            free_blocks: free,
+            pending_free_blocks: pending.min(total - free),
+        }
+    }
+
+    pub fn stats(&self) -> StoreStats {
+        let c = &self.counters;
+        StoreStats {
+            checksum_errors: c.checksum_errors.load(Ordering::Relaxed),
+            repairs: c.repairs.load(Ordering::Relaxed),
+            flushes: c.flushes.load(Ordering::Relaxed),
+            checkpoints: c.checkpoints.load(Ordering::Relaxed),
+            journal_batches: c.journal_batches.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Allocate `n` data blocks (never overcommits) and reserve `n` versions.
+    pub fn alloc(&self, n: u64) -> Result<Vec<(u64, u64)>> {
+        let mut st = self.state.write();
+        let cap = self.layout().version_cap;
+        if st.maps.nversions + st.inflight + n > cap {
+            return Err(StoreError::NoSpace(format!(
+                "metadata full: {} versions of at most {cap}",
+                st.maps.nversions
+            )));
+        }
+        let mut runs = Vec::new();
+        if !st.alloc.alloc(n, &mut runs) {
+            return Err(StoreError::NoSpace(format!(
+                "{n} blocks wanted, {} free of {}",
+                st.alloc.free_blocks(),
+                st.alloc.total_blocks()
+            )));
+        }
+        st.inflight += n;
+        Ok(runs)
+    }
+
+    /// Give back blocks of a write that failed before it was logged (never referenced, so they
+    /// may be reused at once).
+    pub fn unalloc(&self, runs: &[(u64, u64)], n: u64) {
+        let mut st = self.state.write();
+        st.inflight -= n;
+        for &(s, l) in runs {
+            for b in s..s + l {
+                st.alloc.release(b);
+            }
+        }
+    }
+
+    /// Write `data` to the allocated runs, one device I/O per run.
+    pub async fn write_runs(&self, runs: &[(u64, u64)], data: &WriteBuf) -> Result<()> {
+        let mut off = 0usize;
+        for &(s, l) in runs {
+            let len = (l * BS) as usize;
+            self.dev
+                .write_at(self.layout().data_offset(s), data.slice(off..off + len))
+                .await
+                .map_err(|e| {
+                    StoreError::dev(format!("writing data on {}", self.dev.info().name), e)
+                })?;
+            off += len;
+        }
+        Ok(())
+    }
+}
+
+impl Store {
+    pub async fn write(
+        &self,
+        obj: ObjectId,
+        block: u64,
+        data: WriteBuf,
+        gen: u64,
+        pin_gen: u64,
+    ) -> Result<()> {
+        let inner = &*self.inner;
+        inner.check_ok()?;
+        if data.is_empty() || !data.len().is_multiple_of(BS as usize) {
+            return Err(StoreError::invalid(format!(
+                "write of {} bytes is not whole blocks",
+                data.len()
+            )));
+        }
+        let n = (data.len() as u64) / BS;
+        check_obj_range(block, n)?;
+        check_gen(gen)?;
+        {
+            let st = inner.state.read();
+            for b in block..block + n {
+                if let Some(g) = st.maps.newest_gen(obj, b) {
+                    if g > gen {
+                        return Err(StoreError::invalid(format!(
+                            "write to {obj} block {b} at generation {gen} below its newest {g}"
+                        )));
+                    }
+                }
+            }
+        }
+        let runs = inner.alloc(n)?;
+        if let Err(e) = inner.write_runs(&runs, &data).await {
+            inner.unalloc(&runs, n);
+            return Err(e);
+        }
+        {
+            let mut st = inner.state.write();
+            st.inflight -= n;
+            let mut i = 0usize;
+            for &(s, l) in &runs {
+                for phys in s..s + l {
+                    let crc = crc32c::crc32c(
+                        data.slice(i * BS as usize..(i + 1) * BS as usize)
+                            .as_slice(),
+                    );
+                    let b = block + i as u64;
+                    inner.log(
+                        &mut st,
+                        Record::Put {
+                            obj,
+                            block: b,
+                            gen,
+                            pin_gen,
+                            phys,
+                            crc,
+                        },
+                    );
+                    i += 1;
+                }
+            }
+        }
+        inner.maybe_flush().await
+    }
+
+    pub async fn read(
+        &self,
+        obj: ObjectId,
+        block: u64,
+        nblocks: u32,
+        at_gen: u64,
+    ) -> Result<AlignedBuf> {
+        let inner = &*self.inner;
+        inner.check_ok()?;
+        check_obj_range(block, u64::from(nblocks))?;
+        let n = nblocks as usize;
+        let mut attempt = 0;
+        loop {
+            // (index in the read, phys, crc, gen) of every block that has data.
+            let plan: Vec<(usize, u64, u32, u64)> = {
+                let st = inner.state.read();
+                match st.maps.objs.get(&obj) {
+                    None => Vec::new(),
+                    Some(m) => m
+                        .range(block..block + n as u64)
+                        .filter_map(|(b, vs)| {
+                            visible_data(vs, at_gen)
+                                .map(|v| ((b - block) as usize, v.phys, v.crc, v.gen))
+                        })
+                        .collect(),
+                }
+            };
+            let mut out = AlignedBuf::zeroed(n * BS as usize);
+            let mut i = 0;
+            while i < plan.len() {
+                let mut j = i + 1;
+                while j < plan.len()
+                    && plan[j].0 == plan[j - 1].0 + 1
+                    && plan[j].1 == plan[j - 1].1 + 1
+                {
+                    j += 1;
+                }
+                let (idx, phys) = (plan[i].0, plan[i].1);
+                let len = j - i;
+                let off = inner.layout().data_offset(phys);
+                if len == n {
+                    out = inner.dev_read(off, len as u64, "data").await?;
+                } else {
+                    let tmp = inner.dev_read(off, len as u64, "data").await?;
+                    out[idx * BS as usize..(idx + len) * BS as usize].copy_from_slice(&tmp);
+                }
+                i = j;
+            }
+            let bad = plan.iter().find(|&&(idx, _, crc, _)| {
+                crc32c::crc32c(&out[idx * BS as usize..(idx + 1) * BS as usize]) != crc
+            });
+            match bad {
+                None => return Ok(out),
+                Some(&(idx, phys, _, gen)) => {
+                    // A concurrent write may have replaced the version and (after a flush) the
+                    // block been reused while we read: look again before calling it corrupt.
+                    let b = block + idx as u64;
+                    let still = {
+                        let st = inner.state.read();
+                        st.maps
+                            .objs
+                            .get(&obj)
+                            .and_then(|m| m.get(&b))
+                            .and_then(|vs| visible_data(vs, at_gen))
+                            .is_some_and(|v| v.phys == phys && v.gen == gen)
+                    };
+                    attempt += 1;
+                    if still || attempt >= 3 {
+                        inner
+                            .counters
+                            .checksum_errors
+                            .fetch_add(1, Ordering::Relaxed);
+                        return Err(StoreError::Corrupt { obj, block: b, gen });
+                    }
+                }
+            }
+        }
+    }
+
+    pub async fn discard(
+        &self,
+        obj: ObjectId,
+        block: u64,
+        nblocks: u32,
+        gen: u64,
+        pin_gen: u64,
+    ) -> Result<()> {
+        let inner = &*self.inner;
+        inner.check_ok()?;
+        check_obj_range(block, u64::from(nblocks))?;
+        check_gen(gen)?;
+        {
+            let mut st = inner.state.write();
+            let blocks: Vec<u64> = match st.maps.objs.get(&obj) {
+                None => return Ok(()),
+                Some(m) => m
+                    .range(block..block + u64::from(nblocks))
+                    .map(|(b, _)| *b)
+                    .collect(),
+            };
+            for &b in &blocks {
+                if let Some(g) = st.maps.newest_gen(obj, b) {
+                    if g > gen {
+                        return Err(StoreError::invalid(format!(
+                            "discard of {obj} block {b} at generation {gen} below its newest {g}"
+                        )));
+                    }
+                }
+            }
+            let cap = inner.layout().version_cap;
+            if st.maps.nversions + st.inflight + blocks.len() as u64 > cap {
+                return Err(StoreError::NoSpace("metadata full".into()));
+            }
+            for b in blocks {
+                let rec = Record::Put {
+                    obj,
+                    block: b,
+                    gen,
+                    pin_gen,
+                    phys: crate::maps::TOMB,
+                    crc: 0,
+                };
+                inner.log(&mut st, rec);
+            }
+        }
+        inner.maybe_flush().await
+    }
+
+    pub async fn flush(&self) -> Result<()> {
+        self.inner.flush(false).await
+    }
+
+    /// Flush + checkpoint, for a clean shutdown (recovery does not need it).
+    pub async fn close(&self) -> Result<()> {
+        self.inner.flush(true).await
+    }
+
+    pub fn space(&self) -> Space {
+        self.inner.space()
+    }
+
+    pub fn stats(&self) -> StoreStats {
+        self.inner.stats()
+    }
+
+    pub fn label(&self) -> &crate::Label {
+        &self.inner.sb.label
+    }
+
+    /// Whether a failed flush or metadata write poisoned this store.
+    pub fn is_poisoned(&self) -> bool {
+        self.inner.poisoned.load(Ordering::Acquire)
+    }
+}

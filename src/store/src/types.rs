@@ -1,0 +1,84 @@
+//! Plain data types of the store's public surface.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// One object (a chunk replica): a sparse array of 4 KiB blocks with a version history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ObjectId {
+    pub vdisk: u64,
+    pub chunk: u64,
+}
+
+impl fmt::Display for ObjectId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.vdisk, self.chunk)
+    }
+}
+
+/// Who a disk belongs to; written once by `format`, read back by `probe`/`open`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Label {
+    pub pool_id: Uuid,
+    pub disk_id: Uuid,
+    pub node_id: u64,
+    pub created_unix: u64,
+}
+
+/// What `probe` found on a device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Probe {
+    /// All zeros where any label or signature would be: safe to format.
+    Blank,
+    /// A Cairn store.
+    Ours(Label),
+    /// Someone else's data (the reason names what was recognised); never written.
+    Foreign(String),
+}
+
+/// Space of the data area, in 4 KiB blocks. `used + free + pending_free == total` exactly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Space {
+    pub total_blocks: u64,
+    /// Blocks referenced by some version (or being written right now).
+    pub used_blocks: u64,
+    /// Blocks a write may take now.
+    pub free_blocks: u64,
+    /// Blocks no longer referenced that become free at the next completed flush.
+    pub pending_free_blocks: u64,
+}
+
+/// One version of one block, with its data (None = tombstone: reads as zeros).
+#[derive(Debug, Clone)]
+pub struct VersionData {
+    pub gen: u64,
+    pub data: Option<blockdev::AlignedBuf>,
+}
+
+/// Every version of one block (oldest first), for rebuild/rebalance.
+#[derive(Debug, Clone)]
+pub struct BlockVersions {
+    pub block: u64,
+    pub versions: Vec<VersionData>,
+}
+
+/// Result of `scrub`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ScrubReport {
+    /// Distinct physical blocks read and verified.
+    pub checked_blocks: u64,
+    /// (object, block, generation) of every version whose data failed its checksum.
+    pub corrupt: Vec<(ObjectId, u64, u64)>,
+}
+
+/// Counters since open.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreStats {
+    pub checksum_errors: u64,
+    pub repairs: u64,
+    pub flushes: u64,
+    pub checkpoints: u64,
+    pub journal_batches: u64,
+}
