@@ -1,0 +1,109 @@
+//! Embeds the web UI (`ui/dist`, built by `npm run build` in `ui/`) into the binary, gzip
+//! pre-compressed with content-hash ETags. If the UI was not built, embeds one page that says so
+//! and how to build it, so `cargo build` alone never fails.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+const NOT_BUILT: &str = r#"<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Cairn</title>
+<meta name="viewport" content="width=device-width,initial-scale=1"></head>
+<body style="font-family:sans-serif;max-width:40em;margin:3em auto;padding:0 1em">
+<h1>Cairn</h1><p>The web UI was not built into this binary. The API works at <code>/api/v1</code>.</p>
+<p>To build the UI: <code>cd ui &amp;&amp; npm ci &amp;&amp; npm run build</code>, then rebuild the binary
+(<code>cargo build</code>). <code>ci/setup.sh</code> does both steps.</p></body></html>"#;
+
+fn content_type(p: &Path) -> &'static str {
+    match p.extension().and_then(|e| e.to_str()).unwrap_or("") {
+        "html" => "text/html; charset=utf-8",
+        "js" | "mjs" => "text/javascript; charset=utf-8",
+        "css" => "text/css; charset=utf-8",
+        "json" | "map" => "application/json",
+        "svg" => "image/svg+xml",
+        "png" => "image/png",
+        "ico" => "image/x-icon",
+        "woff2" => "font/woff2",
+        "txt" => "text/plain; charset=utf-8",
+        _ => "application/octet-stream",
+    }
+}
+
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut entries: Vec<_> = rd.filter_map(|e| e.ok()).map(|e| e.path()).collect();
+    entries.sort();
+    for p in entries {
+        if p.is_dir() {
+            walk(&p, out);
+        } else {
+            out.push(p);
+        }
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn main() {
+    let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
+    let out = PathBuf::from(std::env::var("OUT_DIR").unwrap());
+    let ui = manifest.join("../../ui");
+    let dist = ui.join("dist");
+    let built = dist.join("index.html").is_file();
+    if built {
+        println!("cargo:rerun-if-changed={}", dist.display());
+    } else {
+        println!(
+            "cargo:rerun-if-changed={}",
+            ui.join("package.json").display()
+        );
+        println!("cargo:rerun-if-changed={}", ui.display());
+    }
+    let mut files: Vec<(String, Vec<u8>)> = Vec::new();
+    if built {
+        let mut paths = Vec::new();
+        walk(&dist, &mut paths);
+        for p in paths {
+            let rel = p
+                .strip_prefix(&dist)
+                .unwrap()
+                .to_string_lossy()
+                .replace('\\', "/");
+            if rel.ends_with(".map") || rel.ends_with(".gz") || rel.ends_with(".br") {
+                continue;
+            }
+            files.push((format!("/{rel}"), std::fs::read(&p).unwrap()));
+        }
+    } else {
+        files.push(("/index.html".into(), NOT_BUILT.as_bytes().to_vec()));
+    }
+    let mut code = String::new();
+    code.push_str(&format!("const UI_BUILT: bool = {built};\n"));
+    code.push_str("static ASSETS: &[Asset] = &[\n");
+    for (i, (path, data)) in files.iter().enumerate() {
+        use sha2::Digest;
+        let etag = format!("\"{}\"", &hex(&sha2::Sha256::digest(data))[..20]);
+        let raw = out.join(format!("asset{i}"));
+        std::fs::write(&raw, data).unwrap();
+        let ct = content_type(Path::new(path));
+        let compressible = ct.starts_with("text/") || ct.contains("json") || ct.contains("svg");
+        let gz = if compressible && data.len() > 256 {
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+            e.write_all(data).unwrap();
+            let g = e.finish().unwrap();
+            let gp = out.join(format!("asset{i}.gz"));
+            std::fs::write(&gp, &g).unwrap();
+            format!("Some(include_bytes!({:?}))", gp.display().to_string())
+        } else {
+            "None".into()
+        };
+        code.push_str(&format!(
+            "    Asset {{ path: {path:?}, content_type: {ct:?}, raw: include_bytes!({:?}), gzip: {gz}, etag: {etag:?} }},\n",
+            raw.display().to_string()
+        ));
+    }
+    code.push_str("];\n");
+    std::fs::write(out.join("ui_assets.rs"), code).unwrap();
+}

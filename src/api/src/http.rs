@@ -1,0 +1,190 @@
+//! HTTP plumbing shared by every handler: the body type, bounded body reading, JSON and error
+//! responses, cookies, query strings and pagination. No policy lives here.
+
+use bytes::Bytes;
+use control::{ControlError, ErrorCode};
+use http::{header, HeaderMap, HeaderValue, Response, StatusCode};
+use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full, Limited};
+use serde::Serialize;
+use std::convert::Infallible;
+
+pub type Body = UnsyncBoxBody<Bytes, Infallible>;
+pub type Resp = Response<Body>;
+
+/// Largest JSON request body (certificate uploads included).
+pub const MAX_BODY_BYTES: usize = 256 * 1024;
+pub const DEFAULT_LIMIT: usize = 100;
+pub const MAX_LIMIT: usize = 1000;
+
+pub fn full(b: impl Into<Bytes>) -> Body {
+    Full::new(b.into()).boxed_unsync()
+}
+
+pub fn empty() -> Body {
+    full(Bytes::new())
+}
+
+pub fn json<T: Serialize + ?Sized>(status: StatusCode, v: &T) -> Resp {
+    match serde_json::to_vec(v) {
+        Ok(b) => with_type(status, "application/json", b),
+        Err(e) => error(&ControlError::internal(format!(
+            "cannot encode the reply: {e}"
+        ))),
+    }
+}
+
+pub fn with_type(status: StatusCode, ctype: &'static str, b: impl Into<Bytes>) -> Resp {
+    let mut r = Response::new(full(b));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(ctype));
+    r
+}
+
+pub fn no_content() -> Resp {
+    let mut r = Response::new(empty());
+    *r.status_mut() = StatusCode::NO_CONTENT;
+    r
+}
+
+/// `{"error":{"code":"...","message":"..."}}` with the code's HTTP status.
+pub fn error(e: &ControlError) -> Resp {
+    let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    json(
+        status,
+        &serde_json::json!({"error": {"code": e.code.as_str(), "message": e.message}}),
+    )
+}
+
+pub fn err(code: ErrorCode, msg: impl Into<String>) -> ControlError {
+    ControlError::new(code, msg)
+}
+
+/// Read a request body, refusing more than `max` bytes.
+pub async fn read_body(body: hyper::body::Incoming, max: usize) -> Result<Bytes, ControlError> {
+    match Limited::new(body, max).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ControlError::new(
+            ErrorCode::InvalidArgument,
+            format!("the request body is larger than {max} bytes"),
+        )),
+        Err(e) => Err(ControlError::invalid(format!(
+            "cannot read the request body: {e}"
+        ))),
+    }
+}
+
+/// Parse a JSON body into `T`, with a message that names the problem.
+pub fn parse_json<T: for<'de> serde::Deserialize<'de>>(b: &[u8]) -> Result<T, ControlError> {
+    if b.is_empty() {
+        return Err(ControlError::invalid("a JSON request body is required"));
+    }
+    serde_json::from_slice(b)
+        .map_err(|e| ControlError::invalid(format!("the request body is not valid: {e}")))
+}
+
+pub fn cookie<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    h.get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+pub fn header_str<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    h.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// Decoded `?a=b&c=d` pairs (percent-decoding and `+` as space); at most 32.
+pub fn query(q: Option<&str>) -> Vec<(String, String)> {
+    q.unwrap_or("")
+        .split('&')
+        .filter(|s| !s.is_empty())
+        .take(32)
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            (pct_decode(k), pct_decode(v))
+        })
+        .collect()
+}
+
+pub fn pct_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < b.len() => {
+                let h = std::str::from_utf8(&b[i + 1..i + 3])
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok());
+                match h {
+                    Some(v) => {
+                        out.push(v);
+                        i += 2;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// `limit` and `cursor` from a query string.
+pub fn paging(q: &[(String, String)]) -> Result<(usize, Option<String>), ControlError> {
+    let mut limit = DEFAULT_LIMIT;
+    let mut cursor = None;
+    for (k, v) in q {
+        match k.as_str() {
+            "limit" => {
+                limit = v
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| (1..=MAX_LIMIT).contains(n))
+                    .ok_or_else(|| {
+                        ControlError::invalid(format!(
+                            "limit must be a number from 1 to {MAX_LIMIT}"
+                        ))
+                    })?;
+            }
+            "cursor" if !v.is_empty() => {
+                if v.len() > 256 {
+                    return Err(ControlError::invalid("cursor is too long"));
+                }
+                cursor = Some(v.clone());
+            }
+            _ => {}
+        }
+    }
+    Ok((limit, cursor))
+}
+
+/// One page of a list sorted by `key`: items after `cursor`, at most `limit`, plus the cursor
+/// of the next page (null on the last page).
+pub fn page<T: Serialize>(
+    mut items: Vec<T>,
+    key: impl Fn(&T) -> String,
+    limit: usize,
+    cursor: Option<&str>,
+) -> serde_json::Value {
+    items.sort_by_key(|a| key(a));
+    let start = match cursor {
+        Some(c) => items
+            .iter()
+            .position(|i| key(i).as_str() > c)
+            .unwrap_or(items.len()),
+        None => 0,
+    };
+    let rest = items.len() - start;
+    let taken: Vec<&T> = items.iter().skip(start).take(limit).collect();
+    let next = (rest > limit)
+        .then(|| taken.last().map(|t| key(t)))
+        .flatten();
+    serde_json::json!({"items": taken, "next_cursor": next})
+}

@@ -1,0 +1,194 @@
+//! The route table of `/api/v1`: one row per (method, path pattern). Adding an endpoint (the VM
+//! endpoints, later) is one row here plus one arm in `v1::dispatch`; the OpenAPI test checks that
+//! this table and `openapi.json` list the same operations.
+
+use http::Method;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum R {
+    Health,
+    OpenApi,
+    Login,
+    Logout,
+    Me,
+    Nodes,
+    Node,
+    Disks,
+    DiskAdd,
+    DiskRemove,
+    DiskScrub,
+    DiskProbe,
+    Pool,
+    Vdisks,
+    VdiskCreate,
+    VdiskGet,
+    VdiskResize,
+    VdiskDelete,
+    VdiskClone,
+    VdiskImport,
+    VdiskExport,
+    Snapshots,
+    SnapshotCreate,
+    SnapshotDelete,
+    SnapshotRollback,
+    SnapshotDiff,
+    NbdList,
+    NbdStart,
+    NbdStop,
+    Tasks,
+    Task,
+    Events,
+    Alerts,
+    Users,
+    UserCreate,
+    UserGet,
+    UserUpdate,
+    UserDelete,
+    Tokens,
+    TokenCreate,
+    TokenRevoke,
+    Cert,
+    CertReplace,
+    Audit,
+    Stats,
+    StatsHistory,
+    StatsStream,
+}
+
+/// Every route: method, pattern under `/api/v1` (`{x}` is one path segment), handler.
+pub const ROUTES: &[(Method, &str, R)] = &[
+    (Method::GET, "/health", R::Health),
+    (Method::GET, "/openapi.json", R::OpenApi),
+    (Method::POST, "/auth/login", R::Login),
+    (Method::POST, "/auth/logout", R::Logout),
+    (Method::GET, "/auth/me", R::Me),
+    (Method::GET, "/nodes", R::Nodes),
+    (Method::GET, "/nodes/{id}", R::Node),
+    (Method::GET, "/disks", R::Disks),
+    (Method::POST, "/disks", R::DiskAdd),
+    (Method::DELETE, "/disks/{id}", R::DiskRemove),
+    (Method::POST, "/disks/scrub", R::DiskScrub),
+    (Method::POST, "/disks/probe", R::DiskProbe),
+    (Method::GET, "/pool", R::Pool),
+    (Method::GET, "/vdisks", R::Vdisks),
+    (Method::POST, "/vdisks", R::VdiskCreate),
+    (Method::POST, "/vdisks/import", R::VdiskImport),
+    (Method::GET, "/vdisks/{name}", R::VdiskGet),
+    (Method::PATCH, "/vdisks/{name}", R::VdiskResize),
+    (Method::DELETE, "/vdisks/{name}", R::VdiskDelete),
+    (Method::POST, "/vdisks/{name}/clone", R::VdiskClone),
+    (Method::POST, "/vdisks/{name}/export", R::VdiskExport),
+    (Method::GET, "/vdisks/{name}/snapshots", R::Snapshots),
+    (Method::POST, "/vdisks/{name}/snapshots", R::SnapshotCreate),
+    (
+        Method::DELETE,
+        "/vdisks/{name}/snapshots/{snapshot}",
+        R::SnapshotDelete,
+    ),
+    (
+        Method::POST,
+        "/vdisks/{name}/snapshots/{snapshot}/rollback",
+        R::SnapshotRollback,
+    ),
+    (Method::GET, "/vdisks/{name}/diff", R::SnapshotDiff),
+    (Method::GET, "/nbd", R::NbdList),
+    (Method::POST, "/nbd", R::NbdStart),
+    (Method::DELETE, "/nbd/{id}", R::NbdStop),
+    (Method::GET, "/tasks", R::Tasks),
+    (Method::GET, "/tasks/{id}", R::Task),
+    (Method::GET, "/events", R::Events),
+    (Method::GET, "/alerts", R::Alerts),
+    (Method::GET, "/users", R::Users),
+    (Method::POST, "/users", R::UserCreate),
+    (Method::GET, "/users/{name}", R::UserGet),
+    (Method::PATCH, "/users/{name}", R::UserUpdate),
+    (Method::DELETE, "/users/{name}", R::UserDelete),
+    (Method::GET, "/tokens", R::Tokens),
+    (Method::POST, "/tokens", R::TokenCreate),
+    (Method::DELETE, "/tokens/{id}", R::TokenRevoke),
+    (Method::GET, "/certificate", R::Cert),
+    (Method::PUT, "/certificate", R::CertReplace),
+    (Method::GET, "/audit", R::Audit),
+    (Method::GET, "/stats", R::Stats),
+    (Method::GET, "/stats/history", R::StatsHistory),
+    (Method::GET, "/stats/stream", R::StatsStream),
+];
+
+/// Routes anyone may call without logging in.
+pub fn is_public(r: R) -> bool {
+    matches!(r, R::Health | R::OpenApi | R::Login)
+}
+
+pub enum Found {
+    Route(R, Vec<String>),
+    /// The path exists but not with this method (405).
+    WrongMethod(Vec<Method>),
+    NotFound,
+}
+
+/// Longest accepted path segment (names are at most 64 bytes; ids shorter).
+const MAX_SEGMENT: usize = 256;
+
+pub fn find(method: &Method, path: &str) -> Found {
+    let segs: Vec<&str> = path.trim_end_matches('/').split('/').collect();
+    let mut allowed = Vec::new();
+    for (m, pat, r) in ROUTES {
+        let psegs: Vec<&str> = pat.split('/').collect();
+        if psegs.len() != segs.len() {
+            continue;
+        }
+        let mut params = Vec::new();
+        let ok = psegs.iter().zip(&segs).all(|(p, s)| {
+            if p.starts_with('{') {
+                if s.is_empty() || s.len() > MAX_SEGMENT {
+                    return false;
+                }
+                params.push(crate::http::pct_decode(s));
+                true
+            } else {
+                p == s
+            }
+        });
+        if !ok {
+            continue;
+        }
+        // A literal route wins over a pattern (`/disks/scrub` is not `/disks/{id}`).
+        if m == method || (method == Method::HEAD && *m == Method::GET) {
+            return Found::Route(*r, params);
+        }
+        allowed.push(m.clone());
+    }
+    if allowed.is_empty() {
+        Found::NotFound
+    } else {
+        Found::WrongMethod(allowed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn literal_before_pattern_and_405() {
+        assert!(matches!(
+            find(&Method::POST, "/disks/scrub"),
+            Found::Route(R::DiskScrub, _)
+        ));
+        assert!(
+            matches!(find(&Method::DELETE, "/disks/d1"), Found::Route(R::DiskRemove, p) if p == ["d1"])
+        );
+        assert!(matches!(
+            find(&Method::POST, "/vdisks/import"),
+            Found::Route(R::VdiskImport, _)
+        ));
+        assert!(
+            matches!(find(&Method::GET, "/vdisks/a%20b"), Found::Route(R::VdiskGet, p) if p == ["a b"])
+        );
+        assert!(matches!(
+            find(&Method::PUT, "/vdisks"),
+            Found::WrongMethod(_)
+        ));
+        assert!(matches!(find(&Method::GET, "/nope"), Found::NotFound));
+    }
+}

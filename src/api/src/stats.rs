@@ -1,0 +1,292 @@
+//! Live statistics: sampled once a second, the last hour kept in a ring buffer, new samples
+//! broadcast to SSE subscribers. Node CPU and memory come from /proc; pool, disk and virtual
+//! disk figures from the controller's `Stats` and `VdiskList` requests (as the `internal` actor).
+//! Counters are turned into per-second rates here. Never blocks a request: the sampler owns the
+//! only writer; readers clone.
+
+use control::{Actor, Controller, Reply, Request};
+use parking_lot::Mutex;
+use serde::Serialize;
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// One hour at one sample per second.
+pub const HISTORY: usize = 3600;
+/// Virtual disks reported per sample (the rest are summed into the totals only).
+pub const MAX_VDISKS_PER_SAMPLE: usize = 256;
+
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct DiskSample {
+    pub name: String,
+    pub read_iops: f64,
+    pub write_iops: f64,
+    pub used_bytes: u64,
+    pub size_bytes: u64,
+    pub state: String,
+}
+
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct VdiskSample {
+    pub name: String,
+    pub used_bytes: u64,
+    pub size_bytes: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Sample {
+    pub time_ms: u64,
+    pub cpu_percent: f64,
+    pub mem_used_bytes: u64,
+    pub mem_total_bytes: u64,
+    pub read_iops: f64,
+    pub write_iops: f64,
+    pub read_bytes_per_sec: f64,
+    pub write_bytes_per_sec: f64,
+    pub pool_used_bytes: u64,
+    pub pool_raw_bytes: u64,
+    pub degraded_chunks: u64,
+    pub disks: Vec<DiskSample>,
+    pub vdisks: Vec<VdiskSample>,
+}
+
+#[derive(Debug)]
+pub struct StatsHub {
+    history: Mutex<VecDeque<Arc<Sample>>>,
+    tx: tokio::sync::broadcast::Sender<Arc<Sample>>,
+}
+
+impl Default for StatsHub {
+    fn default() -> Self {
+        let (tx, _) = tokio::sync::broadcast::channel(16);
+        StatsHub {
+            history: Mutex::new(VecDeque::with_capacity(HISTORY)),
+            tx,
+        }
+    }
+}
+
+impl StatsHub {
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Arc<Sample>> {
+        self.tx.subscribe()
+    }
+
+    /// Samples newer than `since_ms`, oldest first, at most `limit`.
+    pub fn history(&self, since_ms: u64, limit: usize) -> Vec<Arc<Sample>> {
+        let h = self.history.lock();
+        let v: Vec<_> = h.iter().filter(|s| s.time_ms > since_ms).cloned().collect();
+        let skip = v.len().saturating_sub(limit);
+        v.into_iter().skip(skip).collect()
+    }
+
+    pub fn latest(&self) -> Option<Arc<Sample>> {
+        self.history.lock().back().cloned()
+    }
+
+    fn push(&self, s: Sample) {
+        let s = Arc::new(s);
+        {
+            let mut h = self.history.lock();
+            if h.len() >= HISTORY {
+                h.pop_front();
+            }
+            h.push_back(s.clone());
+        }
+        let _ = self.tx.send(s);
+    }
+}
+
+#[derive(Default)]
+struct Prev {
+    cpu: Option<(u64, u64)>,
+    at: Option<std::time::Instant>,
+    totals: Option<[u64; 4]>,
+    disks: HashMap<String, (u64, u64)>,
+}
+
+/// Run the sampler until the hub is dropped by everyone else.
+pub async fn run_sampler(
+    hub: std::sync::Weak<StatsHub>,
+    controller: Arc<dyn Controller>,
+    period: Duration,
+) {
+    let mut prev = Prev::default();
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(hub) = hub.upgrade() else { return };
+        let s = sample(&mut prev, controller.as_ref()).await;
+        hub.push(s);
+    }
+}
+
+fn num(v: &serde_json::Value, k: &str) -> u64 {
+    v.get(k).and_then(|x| x.as_u64()).unwrap_or(0)
+}
+
+fn rate(now: u64, before: u64, secs: f64) -> f64 {
+    if secs <= 0.0 {
+        return 0.0;
+    }
+    now.saturating_sub(before) as f64 / secs
+}
+
+async fn sample(prev: &mut Prev, controller: &dyn Controller) -> Sample {
+    let now = std::time::Instant::now();
+    let secs = prev
+        .at
+        .map(|a| now.duration_since(a).as_secs_f64())
+        .unwrap_or(0.0);
+    prev.at = Some(now);
+    let mut s = Sample {
+        time_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0),
+        ..Default::default()
+    };
+    if let Some((busy, total)) = read_cpu() {
+        if let Some((pb, pt)) = prev.cpu {
+            let dt = total.saturating_sub(pt);
+            if dt > 0 {
+                s.cpu_percent =
+                    (busy.saturating_sub(pb) as f64 * 100.0 / dt as f64).clamp(0.0, 100.0);
+            }
+        }
+        prev.cpu = Some((busy, total));
+    }
+    if let Some((used, total)) = read_mem() {
+        s.mem_used_bytes = used;
+        s.mem_total_bytes = total;
+    }
+    let actor = Actor::internal("stats");
+    if let Ok(Reply::Stats(st)) = controller.execute(actor.clone(), Request::Stats).await {
+        s.pool_used_bytes = st.pool.used_raw_bytes;
+        s.pool_raw_bytes = st.pool.raw_bytes;
+        s.degraded_chunks = st.pool.degraded_chunks;
+        let e = &st.engine;
+        let totals = [
+            num(e, "reads"),
+            num(e, "writes"),
+            num(e, "read_bytes"),
+            num(e, "write_bytes"),
+        ];
+        if let Some(p) = prev.totals {
+            s.read_iops = rate(totals[0], p[0], secs);
+            s.write_iops = rate(totals[1], p[1], secs);
+            s.read_bytes_per_sec = rate(totals[2], p[2], secs);
+            s.write_bytes_per_sec = rate(totals[3], p[3], secs);
+        }
+        prev.totals = Some(totals);
+        let engine_disks: HashMap<String, (u64, u64)> = e
+            .get("disks")
+            .and_then(|d| d.as_array())
+            .map(|a| {
+                a.iter()
+                    .map(|d| {
+                        let id = d
+                            .get("id")
+                            .and_then(|x| x.as_str())
+                            .unwrap_or("")
+                            .to_string();
+                        (id, (num(d, "reads"), num(d, "writes")))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut next = HashMap::new();
+        for d in st.disks.iter().take(256) {
+            let counters = engine_disks.get(&d.id).copied();
+            let mut ds = DiskSample {
+                name: d.name.clone(),
+                used_bytes: d.used_bytes,
+                size_bytes: d.size_bytes,
+                state: d.state.clone(),
+                ..Default::default()
+            };
+            if let Some((r, w)) = counters {
+                if let Some((pr, pw)) = prev.disks.get(&d.id) {
+                    ds.read_iops = rate(r, *pr, secs);
+                    ds.write_iops = rate(w, *pw, secs);
+                }
+                next.insert(d.id.clone(), (r, w));
+            }
+            s.disks.push(ds);
+        }
+        prev.disks = next;
+    }
+    if let Ok(Reply::Vdisks(v)) = controller.execute(actor, Request::VdiskList).await {
+        s.vdisks = v
+            .iter()
+            .take(MAX_VDISKS_PER_SAMPLE)
+            .map(|d| VdiskSample {
+                name: d.name.clone(),
+                used_bytes: d.used_bytes,
+                size_bytes: d.size_bytes,
+            })
+            .collect();
+    }
+    s
+}
+
+/// (busy, total) jiffies from the first line of /proc/stat.
+fn read_cpu() -> Option<(u64, u64)> {
+    let t = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = t.lines().next()?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    if v.len() < 4 {
+        return None;
+    }
+    let total: u64 = v.iter().take(8).sum();
+    let idle = v[3] + v.get(4).copied().unwrap_or(0);
+    Some((total.saturating_sub(idle), total))
+}
+
+/// (used, total) bytes from /proc/meminfo (used = total - available).
+fn read_mem() -> Option<(u64, u64)> {
+    let t = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let field = |k: &str| {
+        t.lines()
+            .find(|l| l.starts_with(k))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|x| x.parse::<u64>().ok())
+            .map(|kb| kb * 1024)
+    };
+    let total = field("MemTotal:")?;
+    let avail = field("MemAvailable:").unwrap_or(0);
+    Some((total.saturating_sub(avail), total))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proc_readers_give_sane_values() {
+        let (busy, total) = read_cpu().unwrap();
+        assert!(busy <= total && total > 0);
+        let (used, total) = read_mem().unwrap();
+        assert!(used <= total && total > 0);
+    }
+
+    #[test]
+    fn history_is_bounded_and_filtered() {
+        let hub = StatsHub::default();
+        for i in 0..(HISTORY + 10) {
+            hub.push(Sample {
+                time_ms: i as u64 + 1,
+                ..Default::default()
+            });
+        }
+        assert_eq!(hub.history(0, usize::MAX).len(), HISTORY);
+        let recent = hub.history((HISTORY + 5) as u64, 100);
+        assert_eq!(recent.len(), 5);
+        assert_eq!(hub.history(0, 3).len(), 3);
+        assert_eq!(hub.latest().unwrap().time_ms, (HISTORY + 10) as u64);
+    }
+}

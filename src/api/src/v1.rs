@@ -1,0 +1,885 @@
+//! `/api/v1`: authentication, then one arm per route that parses the input into a
+//! `control::Request` (forwarded to the controller) or an `admin::AdminAction` (applied by
+//! `admin::apply`), or reads the api's own state (tasks, audit, stats). No storage logic here.
+
+use crate::admin::AdminAction;
+use crate::http::{self as h, err, Resp};
+use crate::idempotency::{Lookup, Stored};
+use crate::render::reply_value;
+use crate::routes::{self, Found, R};
+use crate::sessions::{self, csrf_ok};
+use crate::state::{is_long, target_of, Auth, Caller, State};
+use control::{ControlError, ErrorCode, Reply, Request};
+use http::{header, HeaderValue, Method, StatusCode};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+pub static OPENAPI: &str = include_str!("../openapi.json");
+
+pub async fn handle(
+    st: Arc<State>,
+    req: hyper::Request<hyper::body::Incoming>,
+    peer: SocketAddr,
+) -> Resp {
+    let path = req
+        .uri()
+        .path()
+        .strip_prefix("/api/v1")
+        .unwrap_or("")
+        .to_string();
+    let (r, params) = match routes::find(req.method(), &path) {
+        Found::Route(r, p) => (r, p),
+        Found::NotFound => {
+            return h::error(&err(
+                ErrorCode::NotFound,
+                format!("no API endpoint {}", req.uri().path()),
+            ))
+        }
+        Found::WrongMethod(ms) => {
+            let mut resp = h::json(
+                StatusCode::METHOD_NOT_ALLOWED,
+                &json!({"error": {"code": "method_not_allowed", "message": format!("{} is not allowed here", req.method())}}),
+            );
+            let allow = ms.iter().map(|m| m.as_str()).collect::<Vec<_>>().join(", ");
+            if let Ok(v) = HeaderValue::from_str(&allow) {
+                resp.headers_mut().insert(header::ALLOW, v);
+            }
+            return resp;
+        }
+    };
+    match handle_route(&st, r, params, req, peer).await {
+        Ok(resp) => resp,
+        Err(e) => h::error(&e),
+    }
+}
+
+fn authenticate(
+    st: &State,
+    hdrs: &http::HeaderMap,
+    peer: SocketAddr,
+) -> Result<Caller, ControlError> {
+    if let Some(a) = h::header_str(hdrs, "authorization") {
+        let tok = a.strip_prefix("Bearer ").ok_or_else(|| {
+            err(
+                ErrorCode::Unauthorized,
+                "Authorization must be 'Bearer <token>'",
+            )
+        })?;
+        let (user, role, id) = st.directory.check_token(tok.trim()).ok_or_else(|| {
+            err(
+                ErrorCode::Unauthorized,
+                "the API token is not valid, expired or revoked",
+            )
+        })?;
+        return Ok(Caller {
+            user,
+            role,
+            auth: Auth::Token { id },
+            source: peer,
+        });
+    }
+    if let Some(cookie) = h::cookie(hdrs, sessions::SESSION_COOKIE) {
+        if let Some(s) = st.sessions.get(cookie) {
+            // The role comes from the directory so a demoted user is demoted at once.
+            let role = st.directory.role_of(&s.user).unwrap_or(s.role);
+            return Ok(Caller {
+                user: s.user,
+                role,
+                auth: Auth::Session {
+                    cookie: cookie.to_string(),
+                    csrf: s.csrf,
+                },
+                source: peer,
+            });
+        }
+    }
+    Err(err(
+        ErrorCode::Unauthorized,
+        "log in first (session expired or no credentials)",
+    ))
+}
+
+async fn handle_route(
+    st: &Arc<State>,
+    r: R,
+    params: Vec<String>,
+    req: hyper::Request<hyper::body::Incoming>,
+    peer: SocketAddr,
+) -> Result<Resp, ControlError> {
+    let q = h::query(req.uri().query());
+    let method = req.method().clone();
+    let hdrs = req.headers().clone();
+    let mutation = !matches!(method, Method::GET | Method::HEAD);
+    match r {
+        R::Health => return Ok(h::json(StatusCode::OK, &json!({"status": "ok"}))),
+        R::OpenApi => return Ok(h::with_type(StatusCode::OK, "application/json", OPENAPI)),
+        R::Login => {
+            let body = h::read_body(req.into_body(), 4096).await?;
+            return login(st, &body, peer).await;
+        }
+        _ => {}
+    }
+    let caller = authenticate(st, &hdrs, peer)?;
+    if mutation {
+        if let Auth::Session { csrf, .. } = &caller.auth {
+            if !csrf_ok(
+                csrf,
+                h::header_str(&hdrs, sessions::CSRF_HEADER),
+                h::cookie(&hdrs, sessions::CSRF_COOKIE),
+            ) {
+                return Err(err(
+                    ErrorCode::Forbidden,
+                    "missing or wrong CSRF token (X-CSRF-Token header); reload the page",
+                ));
+            }
+        }
+    }
+    if r == R::StatsStream {
+        return crate::sse::stream(st.clone());
+    }
+    let body = if mutation {
+        h::read_body(req.into_body(), h::MAX_BODY_BYTES).await?
+    } else {
+        bytes::Bytes::new()
+    };
+    let idem_key = if mutation {
+        h::header_str(&hdrs, "idempotency-key").map(str::to_string)
+    } else {
+        None
+    };
+    if let Some(k) = &idem_key {
+        if k.is_empty() || k.len() > crate::idempotency::MAX_KEY_LEN || !k.is_ascii() {
+            return Err(ControlError::invalid(format!(
+                "Idempotency-Key must be 1-{} ASCII characters",
+                crate::idempotency::MAX_KEY_LEN
+            )));
+        }
+        let mut fp = format!("{} {}\n", method, path_of(r, &params)).into_bytes();
+        fp.extend_from_slice(&body);
+        let fp = crate::files::sha256_hex(&fp);
+        match st.idempotency.begin(&caller.user, k, &fp) {
+            Lookup::Fresh => {}
+            Lookup::Replay(s) => {
+                let mut resp = h::with_type(
+                    StatusCode::from_u16(s.status).unwrap_or(StatusCode::OK),
+                    "application/json",
+                    s.body,
+                );
+                resp.headers_mut()
+                    .insert("idempotent-replayed", HeaderValue::from_static("true"));
+                return Ok(resp);
+            }
+            Lookup::Mismatch => {
+                return Err(err(
+                    ErrorCode::Conflict,
+                    "this Idempotency-Key was used for a different request",
+                ))
+            }
+            Lookup::InFlight => {
+                return Err(err(
+                    ErrorCode::Conflict,
+                    "a request with this Idempotency-Key is still running",
+                ))
+            }
+        }
+    }
+    let res = dispatch(st, r, &params, &q, &body, &caller).await;
+    if let Some(k) = &idem_key {
+        match &res {
+            // Only answers that reflect a decision are remembered; a transient failure may be retried.
+            Ok((status, v)) => st.idempotency.finish(
+                &caller.user,
+                k,
+                Stored {
+                    fingerprint: String::new(),
+                    status: *status,
+                    body: encode(v).into(),
+                },
+            ),
+            Err(e) if e.http_status() < 500 => st.idempotency.finish(
+                &caller.user,
+                k,
+                Stored {
+                    fingerprint: String::new(),
+                    status: e.http_status(),
+                    body: encode(
+                        &json!({"error": {"code": e.code.as_str(), "message": e.message}}),
+                    )
+                    .into(),
+                },
+            ),
+            Err(_) => st.idempotency.abandon(&caller.user, k),
+        }
+    }
+    match res {
+        Ok((204, _)) => Ok(h::no_content()),
+        Ok((status, v)) => Ok(h::json(
+            StatusCode::from_u16(status).unwrap_or(StatusCode::OK),
+            &v,
+        )),
+        Err(e) => Err(e),
+    }
+}
+
+fn encode(v: &Value) -> Vec<u8> {
+    if v.is_null() {
+        Vec::new()
+    } else {
+        serde_json::to_vec(v).unwrap_or_default()
+    }
+}
+
+fn path_of(r: R, params: &[String]) -> String {
+    format!("{r:?}/{}", params.join("/"))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LoginBody {
+    user: String,
+    password: String,
+}
+
+async fn login(st: &Arc<State>, body: &[u8], peer: SocketAddr) -> Result<Resp, ControlError> {
+    let ip = peer.ip();
+    if let Err(secs) = st.limiter.check(ip) {
+        let mut r = h::error(&err(
+            ErrorCode::Busy,
+            format!("too many failed logins from {ip}; try again in {secs} s"),
+        ));
+        *r.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        return Ok(r);
+    }
+    let b: LoginBody = h::parse_json(body)?;
+    if b.user.len() > 64 || b.password.len() > crate::users::MAX_PASSWORD_LEN {
+        return Err(ControlError::invalid("user or password is too long"));
+    }
+    let st2 = st.clone();
+    let (user, pw) = (b.user.clone(), b.password);
+    let role = tokio::task::spawn_blocking(move || st2.directory.login(&user, &pw))
+        .await
+        .map_err(|e| ControlError::internal(e.to_string()))?;
+    let source = ip.to_string();
+    let Some(role) = role else {
+        st.limiter.failed(ip);
+        st.audit.record(
+            &b.user,
+            "login",
+            &source,
+            "login",
+            &b.user,
+            "unauthorized",
+            "wrong user name or password",
+        );
+        return Err(err(ErrorCode::Unauthorized, "wrong user name or password"));
+    };
+    st.limiter.succeeded(ip);
+    st.audit
+        .record(&b.user, "login", &source, "login", &b.user, "ok", "");
+    let (cookie, csrf) = st.sessions.create(&b.user, role);
+    let mut r = h::json(
+        StatusCode::OK,
+        &json!({"user": b.user, "role": role, "csrf_token": csrf}),
+    );
+    let c1 = format!(
+        "{}={cookie}; Path=/; Secure; HttpOnly; SameSite=Strict",
+        sessions::SESSION_COOKIE
+    );
+    let c2 = format!(
+        "{}={csrf}; Path=/; Secure; SameSite=Strict",
+        sessions::CSRF_COOKIE
+    );
+    for c in [c1, c2] {
+        if let Ok(v) = HeaderValue::from_str(&c) {
+            r.headers_mut().append(header::SET_COOKIE, v);
+        }
+    }
+    Ok(r)
+}
+
+fn qget<'a>(q: &'a [(String, String)], k: &str) -> Option<&'a str> {
+    q.iter().find(|(a, _)| a == k).map(|(_, v)| v.as_str())
+}
+
+fn size_of(size_bytes: Option<u64>, size: Option<&str>) -> Result<u64, ControlError> {
+    match (size_bytes, size) {
+        (Some(n), None) => Ok(n),
+        (None, Some(s)) => control::parse_size(s),
+        (Some(_), Some(_)) => Err(ControlError::invalid("give size_bytes or size, not both")),
+        (None, None) => Err(ControlError::invalid(
+            "size_bytes (or size, like \"10G\") is required",
+        )),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VdiskCreateBody {
+    name: String,
+    size_bytes: Option<u64>,
+    size: Option<String>,
+}
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResizeBody {
+    size_bytes: Option<u64>,
+    size: Option<String>,
+}
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NameBody {
+    name: String,
+}
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PathBody {
+    path: String,
+}
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CloneBody {
+    name: String,
+    snapshot: Option<String>,
+}
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ImportBody {
+    name: String,
+    file: String,
+}
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExportBody {
+    file: String,
+    snapshot: Option<String>,
+}
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NbdBody {
+    vdisk: String,
+    snapshot: Option<String>,
+    listen: Option<String>,
+    #[serde(default)]
+    read_only: bool,
+}
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UserCreateBody {
+    name: String,
+    role: control::Role,
+    password: String,
+}
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UserUpdateBody {
+    role: Option<control::Role>,
+    password: Option<String>,
+}
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenBody {
+    name: String,
+    role: Option<control::Role>,
+    expires_in_secs: Option<u64>,
+}
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CertBody {
+    cert_pem: String,
+    key_pem: String,
+}
+
+type Out = Result<(u16, Value), ControlError>;
+
+async fn dispatch(
+    st: &Arc<State>,
+    r: R,
+    p: &[String],
+    q: &[(String, String)],
+    body: &[u8],
+    c: &Caller,
+) -> Out {
+    let param = |i: usize| p.get(i).cloned().unwrap_or_default();
+    match r {
+        R::Health | R::OpenApi | R::Login => Err(ControlError::internal("handled before dispatch")),
+        R::Logout => {
+            if let Auth::Session { cookie, .. } = &c.auth {
+                st.sessions.remove(cookie);
+            }
+            Ok((204, Value::Null))
+        }
+        R::Me => Ok((
+            200,
+            json!({"user": c.user, "role": c.role, "via": c.via(),
+            "csrf_token": match &c.auth { Auth::Session { csrf, .. } => Some(csrf.clone()), _ => None }}),
+        )),
+        R::Nodes | R::Node => {
+            let node = node_view(st, c).await?;
+            if r == R::Nodes {
+                return Ok((200, json!({"items": [node], "next_cursor": null})));
+            }
+            let id = param(0);
+            if node["id"].to_string() == id || node["name"].as_str() == Some(id.as_str()) {
+                Ok((200, node))
+            } else {
+                Err(ControlError::not_found(format!("no node {id:?}")))
+            }
+        }
+        R::Disks => {
+            list(st, c, Request::DiskList, q, |v| {
+                v["name"].as_str().unwrap_or("").to_string()
+            })
+            .await
+        }
+        R::DiskAdd => {
+            let b: PathBody = h::parse_json(body)?;
+            simple(st, c, Request::DiskAdd { path: b.path }, 201).await
+        }
+        R::DiskRemove => simple(st, c, Request::DiskRemove { disk: param(0) }, 200).await,
+        R::DiskScrub => task(st, c, Request::DiskScrub).await,
+        R::DiskProbe => {
+            let b: PathBody = h::parse_json(body)?;
+            simple(st, c, Request::DiskProbe { path: b.path }, 200).await
+        }
+        R::Pool => simple(st, c, Request::PoolInfo, 200).await,
+        R::Vdisks => {
+            list(st, c, Request::VdiskList, q, |v| {
+                v["name"].as_str().unwrap_or("").to_string()
+            })
+            .await
+        }
+        R::VdiskCreate => {
+            let b: VdiskCreateBody = h::parse_json(body)?;
+            let size_bytes = size_of(b.size_bytes, b.size.as_deref())?;
+            simple(
+                st,
+                c,
+                Request::VdiskCreate {
+                    name: b.name,
+                    size_bytes,
+                },
+                201,
+            )
+            .await
+        }
+        R::VdiskGet => simple(st, c, Request::VdiskGet { name: param(0) }, 200).await,
+        R::VdiskResize => {
+            let b: ResizeBody = h::parse_json(body)?;
+            let size_bytes = size_of(b.size_bytes, b.size.as_deref())?;
+            simple(
+                st,
+                c,
+                Request::VdiskResize {
+                    name: param(0),
+                    size_bytes,
+                },
+                200,
+            )
+            .await
+        }
+        R::VdiskDelete => simple(st, c, Request::VdiskDelete { name: param(0) }, 204).await,
+        R::VdiskClone => {
+            let b: CloneBody = h::parse_json(body)?;
+            task(
+                st,
+                c,
+                Request::VdiskClone {
+                    source: param(0),
+                    snapshot: b.snapshot,
+                    name: b.name,
+                },
+            )
+            .await
+        }
+        R::VdiskImport => {
+            let b: ImportBody = h::parse_json(body)?;
+            task(
+                st,
+                c,
+                Request::VdiskImport {
+                    name: b.name,
+                    file: b.file,
+                },
+            )
+            .await
+        }
+        R::VdiskExport => {
+            let b: ExportBody = h::parse_json(body)?;
+            task(
+                st,
+                c,
+                Request::VdiskExport {
+                    name: param(0),
+                    snapshot: b.snapshot,
+                    file: b.file,
+                },
+            )
+            .await
+        }
+        R::Snapshots => {
+            list(st, c, Request::SnapshotList { vdisk: param(0) }, q, |v| {
+                v["name"].as_str().unwrap_or("").to_string()
+            })
+            .await
+        }
+        R::SnapshotCreate => {
+            let b: NameBody = h::parse_json(body)?;
+            simple(
+                st,
+                c,
+                Request::SnapshotCreate {
+                    vdisk: param(0),
+                    name: b.name,
+                },
+                201,
+            )
+            .await
+        }
+        R::SnapshotDelete => {
+            simple(
+                st,
+                c,
+                Request::SnapshotDelete {
+                    vdisk: param(0),
+                    name: param(1),
+                },
+                204,
+            )
+            .await
+        }
+        R::SnapshotRollback => {
+            task(
+                st,
+                c,
+                Request::SnapshotRollback {
+                    vdisk: param(0),
+                    name: param(1),
+                },
+            )
+            .await
+        }
+        R::SnapshotDiff => {
+            let from = qget(q, "from").ok_or_else(|| {
+                ControlError::invalid("query parameter 'from' (a snapshot name) is required")
+            })?;
+            let to = qget(q, "to").filter(|s| !s.is_empty()).map(str::to_string);
+            let req = Request::SnapshotDiff {
+                vdisk: param(0),
+                from: from.into(),
+                to,
+            };
+            let reply = st.control(c, req).await?;
+            Ok((200, json!({"ranges": reply_value(&reply)?})))
+        }
+        R::NbdList => {
+            list(st, c, Request::NbdList, q, |v| {
+                format!("{:020}", v["id"].as_u64().unwrap_or(0))
+            })
+            .await
+        }
+        R::NbdStart => {
+            let b: NbdBody = h::parse_json(body)?;
+            simple(
+                st,
+                c,
+                Request::NbdStart {
+                    vdisk: b.vdisk,
+                    snapshot: b.snapshot,
+                    listen: b.listen,
+                    read_only: b.read_only,
+                },
+                201,
+            )
+            .await
+        }
+        R::NbdStop => {
+            let id = param(0)
+                .parse::<u64>()
+                .map_err(|_| ControlError::invalid("export id must be a number"))?;
+            simple(st, c, Request::NbdStop { id }, 204).await
+        }
+        R::Tasks => {
+            let (limit, cursor) = h::paging(q)?;
+            let before = parse_cursor(cursor)?;
+            let items = st.tasks.list(before, limit + 1);
+            Ok((200, id_page(items, limit, |t| t.id)))
+        }
+        R::Task => {
+            let id = param(0)
+                .parse::<u64>()
+                .map_err(|_| ControlError::invalid("task id must be a number"))?;
+            let t = st
+                .tasks
+                .get(id)
+                .ok_or_else(|| ControlError::not_found(format!("no task {id}")))?;
+            Ok((200, serde_json::to_value(t).unwrap_or_default()))
+        }
+        R::Events => {
+            let (limit, cursor) = h::paging(q)?;
+            let before = parse_cursor(cursor)?;
+            let items: Vec<_> = st
+                .events
+                .lock()
+                .1
+                .iter()
+                .rev()
+                .filter(|e| before == 0 || e.id < before)
+                .take(limit + 1)
+                .cloned()
+                .collect();
+            Ok((200, id_page(items, limit, |e| e.id)))
+        }
+        R::Alerts => Ok((200, json!({"items": crate::sse::alerts(st)}))),
+        R::Users | R::UserGet => {
+            if c.role != control::Role::Admin && !(r == R::UserGet && param(0) == c.user) {
+                return Err(err(ErrorCode::Forbidden, "only an admin may list users"));
+            }
+            if r == R::UserGet {
+                let u = st.directory.user(&param(0)).ok_or_else(|| {
+                    ControlError::not_found(format!("no user named {:?}", param(0)))
+                })?;
+                return Ok((200, serde_json::to_value(u).unwrap_or_default()));
+            }
+            let (limit, cursor) = h::paging(q)?;
+            Ok((
+                200,
+                h::page(
+                    st.directory.users(),
+                    |u| u.name.clone(),
+                    limit,
+                    cursor.as_deref(),
+                ),
+            ))
+        }
+        R::UserCreate => {
+            let b: UserCreateBody = h::parse_json(body)?;
+            admin(
+                st,
+                c,
+                AdminAction::UserCreate {
+                    name: b.name,
+                    role: b.role,
+                    password: b.password,
+                },
+            )
+            .await
+        }
+        R::UserUpdate => {
+            let b: UserUpdateBody = h::parse_json(body)?;
+            admin(
+                st,
+                c,
+                AdminAction::UserUpdate {
+                    name: param(0),
+                    role: b.role,
+                    password: b.password,
+                },
+            )
+            .await
+        }
+        R::UserDelete => admin(st, c, AdminAction::UserDelete { name: param(0) }).await,
+        R::Tokens => {
+            let (limit, cursor) = h::paging(q)?;
+            let mine: Vec<_> = st
+                .directory
+                .tokens()
+                .into_iter()
+                .filter(|t| c.role == control::Role::Admin || t.owner == c.user)
+                .collect();
+            Ok((
+                200,
+                h::page(
+                    mine,
+                    |t| format!("{:020}-{}", t.created_unix, t.id),
+                    limit,
+                    cursor.as_deref(),
+                ),
+            ))
+        }
+        R::TokenCreate => {
+            let b: TokenBody = h::parse_json(body)?;
+            admin(
+                st,
+                c,
+                AdminAction::TokenCreate {
+                    name: b.name,
+                    role: b.role,
+                    expires_in_secs: b.expires_in_secs,
+                },
+            )
+            .await
+        }
+        R::TokenRevoke => admin(st, c, AdminAction::TokenRevoke { id: param(0) }).await,
+        R::Cert => {
+            let mut v = serde_json::to_value(st.certs.info()).unwrap_or_default();
+            v["cert_pem"] = Value::String(
+                st.certs
+                    .cert_pem()
+                    .map_err(|e| ControlError::internal(e.to_string()))?,
+            );
+            Ok((200, v))
+        }
+        R::CertReplace => {
+            let b: CertBody = h::parse_json(body)?;
+            admin(
+                st,
+                c,
+                AdminAction::CertificateReplace {
+                    cert_pem: b.cert_pem,
+                    key_pem: b.key_pem,
+                },
+            )
+            .await
+        }
+        R::Audit => {
+            let (limit, cursor) = h::paging(q)?;
+            let before = parse_cursor(cursor)?;
+            let items = st.audit.list(before, limit + 1);
+            Ok((200, id_page(items, limit, |e| e.id)))
+        }
+        R::Stats => Ok((
+            200,
+            st.stats
+                .latest()
+                .map(|s| serde_json::to_value(&*s).unwrap_or_default())
+                .unwrap_or(json!(null)),
+        )),
+        R::StatsHistory => {
+            let since = match qget(q, "since_ms") {
+                Some(s) => s.parse::<u64>().map_err(|_| {
+                    ControlError::invalid("since_ms must be a number (milliseconds since 1970)")
+                })?,
+                None => 0,
+            };
+            let limit = match qget(q, "limit") {
+                Some(s) => s
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| (1..=crate::stats::HISTORY).contains(n))
+                    .ok_or_else(|| ControlError::invalid("limit must be 1-3600"))?,
+                None => crate::stats::HISTORY,
+            };
+            let items = st.stats.history(since, limit);
+            let items: Vec<&crate::stats::Sample> = items.iter().map(|s| &**s).collect();
+            Ok((200, json!({"items": items})))
+        }
+        R::StatsStream => Err(ControlError::internal("handled before dispatch")),
+    }
+}
+
+fn parse_cursor(c: Option<String>) -> Result<u64, ControlError> {
+    match c {
+        None => Ok(0),
+        Some(s) => s
+            .parse::<u64>()
+            .map_err(|_| ControlError::invalid("cursor is not one this list gave out")),
+    }
+}
+
+/// A page of a newest-first list keyed by numeric id; `items` holds up to limit + 1 entries.
+fn id_page<T: serde::Serialize>(mut items: Vec<T>, limit: usize, id: impl Fn(&T) -> u64) -> Value {
+    let more = items.len() > limit;
+    items.truncate(limit);
+    let next = if more {
+        items.last().map(|t| id(t).to_string())
+    } else {
+        None
+    };
+    json!({"items": items, "next_cursor": next})
+}
+
+async fn simple(st: &State, c: &Caller, req: Request, status: u16) -> Out {
+    let reply = st.control(c, req).await?;
+    if status == 204 {
+        return Ok((204, Value::Null));
+    }
+    let status = if matches!(reply, Reply::Done) && status == 201 {
+        200
+    } else {
+        status
+    };
+    Ok((status, reply_value(&reply)?))
+}
+
+async fn list(
+    st: &State,
+    c: &Caller,
+    req: Request,
+    q: &[(String, String)],
+    key: fn(&Value) -> String,
+) -> Out {
+    let (limit, cursor) = h::paging(q)?;
+    let reply = st.control(c, req).await?;
+    let items = match reply_value(&reply)? {
+        Value::Array(a) => a,
+        other => vec![other],
+    };
+    Ok((200, h::page(items, key, limit, cursor.as_deref())))
+}
+
+/// Long operations: check role, input and that the source exists now (so a typo is a 404, not
+/// a failed task), then run in the background and answer 202 with the task.
+async fn task(st: &Arc<State>, c: &Caller, req: Request) -> Out {
+    debug_assert!(is_long(&req));
+    st.precheck(c, &req)?;
+    let exists = match &req {
+        Request::VdiskClone { source, .. } => Some(source.clone()),
+        Request::VdiskExport { name, .. } => Some(name.clone()),
+        Request::SnapshotRollback { vdisk, .. } => Some(vdisk.clone()),
+        _ => None,
+    };
+    if let Some(name) = exists {
+        st.run(c, Request::VdiskGet { name }).await?;
+    }
+    let t = st.tasks.start(req.action(), &target_of(&req), &c.user)?;
+    st.event(
+        "info",
+        "task",
+        format!("task {} started: {} {}", t.id, t.action, t.target),
+    );
+    let (st2, c2, id) = (st.clone(), c.clone(), t.id);
+    tokio::spawn(async move {
+        let res = st2.run(&c2, req).await;
+        st2.tasks.finish(id, &res);
+        match &res {
+            Ok(_) => st2.event("info", "task", format!("task {id} succeeded")),
+            Err(e) => st2.event("error", "task", format!("task {id} failed: {}", e.message)),
+        }
+    });
+    Ok((202, serde_json::to_value(t).unwrap_or_default()))
+}
+
+async fn admin(st: &Arc<State>, c: &Caller, a: AdminAction) -> Out {
+    let (st2, c2) = (st.clone(), c.clone());
+    tokio::task::spawn_blocking(move || crate::admin::apply(&st2, &c2, a))
+        .await
+        .map_err(|e| ControlError::internal(e.to_string()))?
+        .map(|(s, v)| (s, v))
+}
+
+async fn node_view(st: &State, c: &Caller) -> Result<Value, ControlError> {
+    let reply = st.control(c, Request::Stats).await?;
+    let Reply::Stats(s) = reply else {
+        return Err(ControlError::internal(
+            "the node answered stats with something else",
+        ));
+    };
+    let latest = st.stats.latest();
+    Ok(json!({
+        "id": s.node_id,
+        "name": s.node_name,
+        "uptime_secs": s.uptime_secs,
+        "state": "up",
+        "cpu_count": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        "cpu_percent": latest.as_ref().map(|l| l.cpu_percent).unwrap_or(0.0),
+        "mem_used_bytes": latest.as_ref().map(|l| l.mem_used_bytes).unwrap_or(0),
+        "mem_total_bytes": latest.as_ref().map(|l| l.mem_total_bytes).unwrap_or(0),
+        "disks": s.disks.len(),
+        "vdisks": s.vdisks,
+        "version": env!("CARGO_PKG_VERSION"),
+    }))
+}
