@@ -12,11 +12,13 @@ mod buf;
 mod error;
 pub mod fault;
 mod ram;
+mod uring;
 
 pub use buf::{AlignedBuf, WriteBuf};
 pub use error::{BlockError, ErrorKind, Result};
 pub use fault::{FaultDevice, FaultOp, FaultStats, PowerCutPolicy, PowerCutReport, Trigger};
 pub use ram::RamDevice;
+pub use uring::{create_sparse_file, open_device, UringDevice, UringOptions};
 
 use std::future::Future;
 use std::pin::Pin;

@@ -1,0 +1,321 @@
+//! One io_uring instance shared by all requests of a device, and the task that reaps it.
+//!
+//! Owns the ring, a fixed table of in-flight slots (each holding the request's buffer until the
+//! kernel is done with it), and a semaphore that bounds in-flight requests to the slot count, so
+//! the submission and completion queues can never overflow. Completions arrive through an
+//! eventfd registered with the tokio reactor: the reaper task wakes the waiting futures, lets
+//! them run, then submits everything they queued with one `io_uring_enter`.
+//!
+//! It must never free or reuse a slot (and its buffer) before the kernel's completion for it was
+//! reaped, even when the request future was dropped.
+
+use std::future::poll_fn;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+
+use io_uring::{squeue, IoUring};
+use parking_lot::Mutex;
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
+use tokio::sync::{Notify, Semaphore};
+
+use crate::{AlignedBuf, WriteBuf};
+
+/// The buffer a request lends the kernel while it is in flight.
+pub(crate) enum Hold {
+    None,
+    Read(AlignedBuf),
+    Write(WriteBuf),
+}
+
+enum Slot {
+    Free,
+    Waiting {
+        waker: Option<Waker>,
+        hold: Hold,
+    },
+    Done {
+        res: i32,
+        hold: Hold,
+    },
+    /// The future was dropped; the slot is freed when the completion arrives.
+    Abandoned {
+        _hold: Hold,
+    },
+}
+
+struct Core {
+    slots: Vec<Slot>,
+    free: Vec<usize>,
+    in_flight: usize,
+    /// Entries pushed to the submission queue that no `io_uring_enter` has been asked to take.
+    unsubmitted: usize,
+    /// The reaper will submit after the futures it just woke have run: they only queue.
+    reaper_submits: bool,
+}
+
+pub(crate) struct Ring {
+    // Declared before `file`: the ring (and its fixed-file reference) goes first.
+    uring: IoUring,
+    core: Mutex<Core>,
+    permits: Semaphore,
+    notify: Notify,
+    closing: AtomicBool,
+    /// Kept open for as long as the ring may reference it.
+    _file: std::fs::File,
+}
+
+impl Ring {
+    /// A ring with `depth` slots (a power of two), the file registered as fixed file 0, and its
+    /// reaper spawned on the current tokio runtime.
+    pub(crate) fn start(file: std::fs::File, depth: u32) -> io::Result<Arc<Ring>> {
+        let uring = IoUring::builder().setup_cqsize(depth * 2).build(depth)?;
+        uring.submitter().register_files(&[file.as_raw_fd()])?;
+        // SAFETY: eventfd has no memory-safety preconditions; the result is checked below.
+        let efd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if efd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `efd` is a freshly created descriptor that nothing else owns.
+        let efd = unsafe { OwnedFd::from_raw_fd(efd) };
+        uring.submitter().register_eventfd(efd.as_raw_fd())?;
+        // SAFETY: the AsyncFd owns the OwnedFd and nothing else closes or replaces it.
+        let afd = unsafe { AsyncFd::register_with_interest(efd, Interest::READABLE)? };
+        let n = depth as usize;
+        let core = Core {
+            slots: (0..n).map(|_| Slot::Free).collect(),
+            free: (0..n).rev().collect(),
+            in_flight: 0,
+            unsubmitted: 0,
+            reaper_submits: false,
+        };
+        let ring = Arc::new(Ring {
+            uring,
+            core: Mutex::new(core),
+            permits: Semaphore::new(n),
+            notify: Notify::new(),
+            closing: AtomicBool::new(false),
+            _file: file,
+        });
+        tokio::spawn(reap_loop(ring.clone(), afd));
+        Ok(ring)
+    }
+
+    /// Ask the reaper to exit once nothing is in flight (the device was dropped).
+    pub(crate) fn close(&self) {
+        self.closing.store(true, Ordering::Release);
+        self.notify.notify_one();
+    }
+
+    /// Submit `entry` and wait for its result (a negative errno or a byte count).
+    ///
+    /// # Safety
+    /// Every address in `entry` must point into the buffer held by `hold` (heap memory that
+    /// stays put while `hold` lives), and its fd must be fixed file 0.
+    pub(crate) async unsafe fn run(&self, entry: squeue::Entry, hold: Hold) -> (i32, Hold) {
+        let permit = self
+            .permits
+            .acquire()
+            .await
+            .expect("the semaphore is never closed");
+        permit.forget();
+        let (idx, submit_now) = {
+            let mut core = self.core.lock();
+            let idx = core.free.pop().expect("a permit guarantees a free slot");
+            core.slots[idx] = Slot::Waiting { waker: None, hold };
+            core.in_flight += 1;
+            // SAFETY: SubmissionQueues are only created while holding `core`, so this is the
+            // only one; it is dropped (publishing the tail) before the lock is released.
+            let mut sq = unsafe { self.uring.submission_shared() };
+            let entry = entry.user_data(idx as u64);
+            // SAFETY: the buffer `entry` points to lives in slot `idx` until its completion is
+            // reaped (a dropped future only marks the slot abandoned), per this fn's contract.
+            let pushed = unsafe { sq.push(&entry) };
+            // In-flight requests are bounded by the slot count = SQ size, so there is room.
+            assert!(
+                pushed.is_ok(),
+                "submission queue full despite the in-flight bound"
+            );
+            drop(sq);
+            core.unsubmitted += 1;
+            (idx, !core.reaper_submits)
+        };
+        if submit_now {
+            self.submit_pending();
+        }
+        let mut guard = SlotGuard {
+            ring: self,
+            idx,
+            finished: false,
+        };
+        poll_fn(|cx| guard.poll(cx)).await
+    }
+
+    /// One `io_uring_enter` for everything queued, unless nothing is.
+    fn submit_pending(&self) {
+        let n = std::mem::take(&mut self.core.lock().unsubmitted);
+        if n == 0 {
+            return;
+        }
+        for _ in 0..1000 {
+            match self.uring.submit() {
+                Ok(_) => return,
+                Err(e) if is_transient(&e) => std::thread::yield_now(),
+                Err(_) => break,
+            }
+        }
+        // The entries stay in the queue; the next submit (any request's or the reaper's) takes
+        // them. Nothing is freed, so the kernel can never see a dangling buffer.
+        self.core.lock().unsubmitted += n;
+        self.notify.notify_one();
+    }
+
+    /// Move every completion into its slot; returns how many futures were woken.
+    fn reap(&self) -> usize {
+        let mut wakers = Vec::new();
+        {
+            let mut core = self.core.lock();
+            // SAFETY: CompletionQueues are only created while holding `core`.
+            let cq = unsafe { self.uring.completion_shared() };
+            let mut freed = 0;
+            for cqe in cq {
+                let idx = cqe.user_data() as usize;
+                let Some(slot) = core.slots.get_mut(idx) else {
+                    continue;
+                };
+                match std::mem::replace(slot, Slot::Free) {
+                    Slot::Waiting { waker, hold } => {
+                        *slot = Slot::Done {
+                            res: cqe.result(),
+                            hold,
+                        };
+                        wakers.extend(waker);
+                    }
+                    Slot::Abandoned { .. } => {
+                        core.free.push(idx);
+                        core.in_flight -= 1;
+                        freed += 1;
+                    }
+                    other => *slot = other,
+                }
+            }
+            self.permits.add_permits(freed);
+        }
+        let n = wakers.len();
+        for w in wakers {
+            w.wake();
+        }
+        n
+    }
+
+    fn in_flight(&self) -> usize {
+        self.core.lock().in_flight
+    }
+}
+
+fn is_transient(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EINTR | libc::EAGAIN | libc::EBUSY)
+    )
+}
+
+impl Drop for Ring {
+    fn drop(&mut self) {
+        // Abandoned requests may still be in the kernel (e.g. the runtime stopped the reaper):
+        // their buffers die with us, so wait for them first.
+        while self.in_flight() > 0 {
+            match self.uring.submit_and_wait(1) {
+                Ok(_) => {}
+                Err(e) if is_transient(&e) => {}
+                Err(_) => break,
+            }
+            self.reap();
+        }
+    }
+}
+
+/// The request's claim on its slot; dropping it early abandons the slot to the reaper.
+struct SlotGuard<'a> {
+    ring: &'a Ring,
+    idx: usize,
+    finished: bool,
+}
+
+impl SlotGuard<'_> {
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<(i32, Hold)> {
+        let mut core = self.ring.core.lock();
+        let slot = &mut core.slots[self.idx];
+        match slot {
+            Slot::Waiting { waker, .. } => {
+                match waker {
+                    Some(w) if w.will_wake(cx.waker()) => {}
+                    _ => *waker = Some(cx.waker().clone()),
+                }
+                Poll::Pending
+            }
+            Slot::Done { .. } => {
+                let Slot::Done { res, hold } = std::mem::replace(slot, Slot::Free) else {
+                    unreachable!("matched Done above")
+                };
+                core.free.push(self.idx);
+                core.in_flight -= 1;
+                self.finished = true;
+                drop(core);
+                self.ring.permits.add_permits(1);
+                Poll::Ready((res, hold))
+            }
+            Slot::Free | Slot::Abandoned { .. } => {
+                panic!("slot {} lost while its request was waiting", self.idx)
+            }
+        }
+    }
+}
+
+impl Drop for SlotGuard<'_> {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        let mut core = self.ring.core.lock();
+        let slot = &mut core.slots[self.idx];
+        match std::mem::replace(slot, Slot::Free) {
+            Slot::Waiting { hold, .. } => *slot = Slot::Abandoned { _hold: hold },
+            Slot::Done { .. } => {
+                core.free.push(self.idx);
+                core.in_flight -= 1;
+                drop(core);
+                self.ring.permits.add_permits(1);
+            }
+            other => *slot = other,
+        }
+    }
+}
+
+async fn reap_loop(ring: Arc<Ring>, afd: AsyncFd<OwnedFd>) {
+    loop {
+        if ring.closing.load(Ordering::Acquire) && ring.in_flight() == 0 {
+            return;
+        }
+        tokio::select! {
+            ready = afd.readable() => match ready {
+                // Edge-triggered: clearing before reaping cannot lose a completion, since any
+                // completion after the reap signals the eventfd again. The counter is never
+                // read; it cannot overflow in practice (2^64 completions).
+                Ok(mut guard) => guard.clear_ready(),
+                Err(_) => return,
+            },
+            _ = ring.notify.notified() => {}
+        }
+        if ring.reap() > 0 {
+            // Let the woken futures run first: whatever they queue goes in one submit.
+            ring.core.lock().reaper_submits = true;
+            tokio::task::yield_now().await;
+            ring.core.lock().reaper_submits = false;
+        }
+        ring.submit_pending();
+    }
+}
