@@ -1,3 +1,129 @@
 //! The block engine: virtual disks, chunking and placement across disks and nodes, replica I/O,
-//! snapshots, thin clones, snapshot diffs, rebuild and resync. (Being written; see DESIGN.md.)
+//! snapshots, thin clones, snapshot diffs, rebuild and resync (single node today; replicas sit
+//! behind the internal `Replica` trait so remote ones can be added for the cluster).
+//!
+//! It owns the pool metadata and the mapping from virtual disk bytes to chunk replicas; it never
+//! touches a device directly (every byte goes through a `store::Store`).
+//!
+//! # Design choices
+//! - **Chunk = 1 MiB (256 blocks of 4 KiB).** Small enough that rebalancing and re-mirroring
+//!   move data in short steps (a chunk is locked only while it is copied) and that load spreads
+//!   evenly over many disks; large enough that a 1 MiB sequential request touches one chunk per
+//!   replica and that per-chunk metadata (one index entry per allocated chunk) stays small.
+//! - **Placement:** weighted rendezvous hashing on (placement seed, chunk index) over the active
+//!   disks, node first as failure domain (see `placement`). Clones inherit their source's seed.
+//!   Where chunks *are* is learned from the stores (`objects()`), so a crash in the middle of a
+//!   move can only leave an extra copy, which the rebalancer trims.
+//! - **Logical limit:** a virtual disk may be at most usable capacity (raw / 2) x `OVERCOMMIT`
+//!   (4), and never more than `MAX_VDISK_BYTES` (1 PiB). Sizes are rounded up to 4 KiB.
+//! - **Reads** go to the less busy replica; after an unclean shutdown (replicas may differ in
+//!   blocks written but never flushed) every read of a chunk goes to the same replica, so a
+//!   block never flips between old and new contents.
+//! - **`used_bytes` of a virtual disk** counts allocated chunks (an upper bound, metadata only).
+//!
+//! # Public API (the contract with the node/CLI side; additions allowed)
+//! ```text
+//! pub struct EngineConfig { pub node_id: u64, pub node_name: String }
+//! #[derive(Clone)] pub struct Engine { /* Arc inside */ }
+//!
+//! impl Engine {
+//!     /// Start an engine with no disks; disks are added with add_disk (on restart: add them all,
+//!     /// the engine recovers its metadata from the pool disks themselves).
+//!     pub async fn open(cfg: EngineConfig) -> Result<Engine>;
+//!     /// Blank disk -> formatted and joins the pool (rebalance starts in background);
+//!     /// our disk -> opened/recovered; foreign data -> Err(kind ForeignData), never written.
+//!     pub async fn add_disk(&self, dev: Arc<dyn blockdev::BlockDevice>) -> Result<DiskInfo>;
+//!     /// Start draining a disk; it leaves the pool once drained (state Draining -> Removed).
+//!     pub async fn remove_disk(&self, disk: &str /* disk id or name */) -> Result<DiskInfo>;
+//!     pub fn disks(&self) -> Vec<DiskInfo>;
+//!     pub fn pool(&self) -> PoolInfo;
+//!     /// Probe without claiming: Blank / Cairn / Foreign(reason).
+//!     pub async fn probe(dev: &dyn blockdev::BlockDevice) -> Result<DiskProbe>;
+//!
+//!     pub async fn create_vdisk(&self, name: &str, size_bytes: u64) -> Result<VdiskInfo>;
+//!     pub fn vdisks(&self) -> Vec<VdiskInfo>;
+//!     pub fn vdisk(&self, name: &str) -> Result<VdiskInfo>;
+//!     pub async fn resize_vdisk(&self, name: &str, new_size_bytes: u64) -> Result<VdiskInfo>; // grow only
+//!     pub async fn delete_vdisk(&self, name: &str) -> Result<()>;
+//!     pub fn open_vdisk(&self, name: &str) -> Result<VdiskHandle>;              // read-write
+//!     pub fn open_snapshot(&self, vdisk: &str, snap: &str) -> Result<VdiskHandle>; // read-only
+//!
+//!     pub async fn create_snapshot(&self, vdisk: &str, snap: &str) -> Result<SnapshotInfo>;
+//!     pub fn snapshots(&self, vdisk: &str) -> Result<Vec<SnapshotInfo>>;
+//!     pub async fn delete_snapshot(&self, vdisk: &str, snap: &str) -> Result<()>;
+//!     pub async fn rollback(&self, vdisk: &str, snap: &str) -> Result<()>;
+//!     /// Thin clone of a disk (snap None = its current contents) or of one of its snapshots.
+//!     pub async fn clone_vdisk(&self, src: &str, snap: Option<&str>, new_name: &str) -> Result<VdiskInfo>;
+//!     /// Byte ranges (offset, len) that differ between snapshot `from` and snapshot `to`
+//!     /// (None = the live disk), from metadata only.
+//!     pub async fn changed_ranges(&self, vdisk: &str, from: &str, to: Option<&str>) -> Result<Vec<(u64, u64)>>;
+//!
+//!     pub fn start_scrub(&self) -> Result<()>;          // background
+//!     pub fn stats(&self) -> EngineStats;               // counters incl. scrub progress, repairs, checksum errors, per-disk I/O
+//!     pub async fn shutdown(&self) -> Result<()>;       // flush + checkpoint everything
+//!     // additions: wait_rebalanced(timeout), wait_scrub(timeout)
+//! }
+//!
+//! #[derive(Clone)] pub struct VdiskHandle { .. }
+//! impl VdiskHandle {
+//!     pub fn size_bytes(&self) -> u64;
+//!     pub fn read_only(&self) -> bool;
+//!     /// Any byte offset/length inside the disk (fast path when 4 KiB aligned).
+//!     pub async fn read(&self, offset: u64, buf: &mut [u8]) -> Result<()>;
+//!     pub async fn write(&self, offset: u64, data: &[u8]) -> Result<()>;   // ack = all live replicas hold it
+//!     pub async fn flush(&self) -> Result<()>;                             // durable on all live replicas
+//!     pub async fn discard(&self, offset: u64, len: u64) -> Result<()>;   // frees space
+//!     pub async fn write_zeroes(&self, offset: u64, len: u64) -> Result<()>;
+//! }
+//!
+//! // Info types: serde Serialize/Deserialize + Clone + Debug.
+//! pub struct DiskInfo { pub id: String, pub name: String, pub node_id: u64, pub size_bytes: u64,
+//!     pub used_bytes: u64, pub state: DiskState /* Active|Draining|Removed|Failed */, pub errors: u64,
+//!     pub attached: bool /* addition */ }
+//! pub struct PoolInfo { pub raw_bytes: u64, pub used_raw_bytes: u64, pub usable_bytes: u64 /* raw/2 */,
+//!     pub logical_limit_bytes: u64, pub disks: usize, pub degraded_chunks: u64, pub rebalancing: bool,
+//!     /* additions: */ pub pool_id: String, pub misplaced_chunks: u64 }
+//! pub struct VdiskInfo { pub name: String, pub id: u64, pub size_bytes: u64, pub used_bytes: u64,
+//!     pub snapshots: usize, pub created_unix: u64 }
+//! pub struct SnapshotInfo { pub vdisk: String, pub name: String, pub id: u64, pub created_unix: u64 }
+//! pub enum DiskProbe { Blank, Cairn { pool_id: String, disk_id: String }, Foreign { reason: String } }
+//!
+//! // Errors: one thiserror enum `EngineError` with a `kind()` -> ErrorKind
+//! // { NotFound, AlreadyExists, InvalidArgument, NoSpace, ForeignData, ReadOnly, Io, Corrupt, Busy, Degraded }
+//! // so callers map them to exit codes / HTTP statuses.
+//! ```
 #![forbid(unsafe_code)]
+
+mod background;
+mod core;
+mod error;
+mod handle;
+mod io;
+mod meta;
+mod placement;
+mod pool;
+mod replica;
+mod types;
+mod vdisks;
+
+pub use error::{EngineError, ErrorKind, Result};
+pub use handle::{VdiskHandle, MAX_IO_BYTES};
+pub use meta::validate_name;
+pub use pool::Engine;
+pub use types::{
+    DiskInfo, DiskProbe, DiskState, DiskStats, EngineConfig, EngineStats, PoolInfo, RebalanceStats,
+    ScrubStats, SnapshotInfo, VdiskInfo,
+};
+
+/// The I/O unit of every store: 4 KiB.
+pub const BLOCK_BYTES: u64 = blockdev::BLOCK_SIZE as u64;
+/// Blocks per chunk (see "Design choices").
+pub const CHUNK_BLOCKS: u64 = 256;
+/// Bytes per chunk: 1 MiB.
+pub const CHUNK_BYTES: u64 = CHUNK_BLOCKS * BLOCK_BYTES;
+/// Thin overcommit: a virtual disk may be up to usable capacity x this.
+pub const OVERCOMMIT: u64 = 4;
+/// Absolute bound on a virtual disk's size (1 PiB).
+pub const MAX_VDISK_BYTES: u64 = 1 << 50;
+/// Smallest device accepted into the pool (16 MiB).
+pub const MIN_DISK_BYTES: u64 = 16 << 20;

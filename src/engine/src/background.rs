@@ -1,0 +1,420 @@
+//! Background work: pruning snapshot versions no one needs, deleting orphaned objects of
+//! deleted disks, rebalancing chunk replicas onto the disks placement wants (disk added,
+//! draining, failed), and scrubbing. Guest I/O keeps priority: one chunk at a time, each under
+//! its stripe lock only for the copy of that chunk, yielding between chunks.
+//!
+//! It never acts before the engine is in use (until then the metadata may still be replaced by
+//! a newer copy from a disk added later).
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use crate::core::{Disk, Inner};
+use crate::error::{EngineError, Result};
+use crate::pool::Engine;
+use crate::replica::is_device_failure;
+use crate::types::DiskState;
+
+pub(crate) fn spawn_maintenance(inner: &Arc<Inner>) {
+    let weak: Weak<Inner> = Arc::downgrade(inner);
+    tokio::spawn(async move {
+        loop {
+            let Some(inner) = weak.upgrade() else { break };
+            if inner.shutting_down.load(Ordering::Acquire) {
+                break;
+            }
+            let mut again = false;
+            if inner.in_use.load(Ordering::Acquire) {
+                again = inner.maintenance_pass().await;
+            }
+            if !again {
+                // Hold the engine only briefly, so dropping it ends this task.
+                let _ =
+                    tokio::time::timeout(Duration::from_millis(500), inner.kick.notified()).await;
+            }
+            drop(inner);
+            tokio::task::yield_now().await;
+        }
+    });
+}
+
+impl Inner {
+    /// One round of background work; true if it changed something (run again soon).
+    pub(crate) async fn maintenance_pass(&self) -> bool {
+        // Intents left by a previous run were dealt with when their disks were opened.
+        if self
+            .meta
+            .read()
+            .as_ref()
+            .is_some_and(|m| !m.importing.is_empty())
+            && self.copies_in_progress.load(Ordering::Acquire) == 0
+        {
+            let r = self
+                .update_meta(|m| {
+                    if self.copies_in_progress.load(Ordering::Acquire) == 0 {
+                        m.importing.clear();
+                    }
+                    Ok(())
+                })
+                .await;
+            if let Err(e) = r {
+                tracing::warn!(error = %e, "clearing copy intents failed");
+            }
+        }
+        self.prune_pending().await;
+        match self.rebalance_pass().await {
+            Ok(changed) => changed,
+            Err(e) => {
+                tracing::warn!(error = %e, "rebalance pass failed");
+                false
+            }
+        }
+    }
+
+    async fn prune_pending(&self) {
+        let Some(m) = self.meta_snapshot() else {
+            return;
+        };
+        for vid in m.prune_pending.clone() {
+            if let Some(v) = m.vdisk_by_id(vid) {
+                let gens = v.snap_gens();
+                let disks: Vec<Arc<Disk>> = self
+                    .disks
+                    .read()
+                    .iter()
+                    .filter(|d| d.live())
+                    .cloned()
+                    .collect();
+                let mut ok = true;
+                for d in disks {
+                    match d.replica.prune(vid, gens.clone()).await {
+                        Ok(()) => {
+                            d.write_seq.fetch_add(1, Ordering::Release);
+                        }
+                        Err(e) => {
+                            ok = false;
+                            tracing::warn!(disk = %d.name, error = %e, "prune failed");
+                        }
+                    }
+                }
+                if !ok {
+                    continue;
+                }
+            }
+            let r = self
+                .update_meta(|m| {
+                    m.prune_pending.retain(|p| *p != vid);
+                    Ok(())
+                })
+                .await;
+            if let Err(e) = r {
+                tracing::warn!(error = %e, "recording prune failed");
+            }
+        }
+    }
+
+    /// Bring every chunk to its placement: copy missing replicas, then drop extra ones.
+    async fn rebalance_pass(&self) -> Result<bool> {
+        let Some(meta) = self.meta_snapshot() else {
+            return Ok(false);
+        };
+        let view = self.view.read().clone();
+        self.rebalance.lock().running = true;
+        let entries = self.index.all();
+        let mut pending = 0u64;
+        let mut changed = false;
+        let mut to_fail: Vec<(Arc<Disk>, store::StoreError)> = Vec::new();
+        for (obj, holders) in entries {
+            if self.shutting_down.load(Ordering::Acquire) {
+                break;
+            }
+            let Some(v) = meta.vdisk_by_id(obj.vdisk) else {
+                if obj.vdisk < meta.next_vdisk_id
+                    && self
+                        .meta
+                        .read()
+                        .as_ref()
+                        .is_some_and(|m| m.vdisk_by_id(obj.vdisk).is_none())
+                {
+                    // An object of a deleted disk (or an interrupted clone): remove it.
+                    let _l = self.stripe(obj).write().await;
+                    for d in self.live_disks(holders) {
+                        if d.replica.delete_object(obj).await.is_ok() {
+                            d.write_seq.fetch_add(1, Ordering::Release);
+                        }
+                    }
+                    self.index.remove(obj);
+                    self.rebalance.lock().orphans_deleted += 1;
+                    changed = true;
+                }
+                continue;
+            };
+            let target = view.place(v.seed, obj.chunk);
+            let live = self.live_disks(holders);
+            let missing: Vec<u16> = target
+                .as_slice()
+                .iter()
+                .copied()
+                .filter(|t| !holders.contains(*t))
+                .collect();
+            let extra = holders.as_slice().iter().any(|h| !target.contains(*h));
+            if missing.is_empty() && !extra {
+                continue;
+            }
+            if live.is_empty() {
+                pending += 1; // nothing to copy from; stays degraded
+                continue;
+            }
+            {
+                let _l = self.stripe(obj).write().await;
+                let Some(holders) = self.index.get(obj) else {
+                    continue;
+                };
+                for t in target.as_slice() {
+                    if holders.contains(*t) {
+                        continue;
+                    }
+                    let Some(dst) = self.disk(*t).filter(|d| d.state() == DiskState::Active) else {
+                        continue;
+                    };
+                    let mut done = false;
+                    for src in self.live_disks(holders) {
+                        match self.copy_object(obj, &src, &dst).await {
+                            Ok(bytes) => {
+                                let mut rb = self.rebalance.lock();
+                                rb.chunks_copied += 1;
+                                rb.bytes_copied += bytes;
+                                done = true;
+                                changed = true;
+                                break;
+                            }
+                            Err(Some(e)) => {
+                                if is_device_failure(&e) {
+                                    to_fail.push((dst.clone(), e));
+                                } else {
+                                    tracing::warn!(%obj, disk = %dst.name, error = %e, "import failed");
+                                }
+                                break;
+                            }
+                            Err(None) => continue, // try the other source
+                        }
+                    }
+                    if !done {
+                        pending += 1;
+                    }
+                }
+                // Only once every wanted replica is in place may the others go.
+                let now = self.index.get(obj).unwrap_or_default();
+                let complete = target
+                    .as_slice()
+                    .iter()
+                    .all(|t| now.contains(*t) && self.disk(*t).is_some_and(|d| d.live()));
+                if complete {
+                    for h in now
+                        .as_slice()
+                        .iter()
+                        .copied()
+                        .filter(|h| !target.contains(*h))
+                    {
+                        self.index.remove_slot(obj, h);
+                        if let Some(d) = self.disk(h).filter(|d| d.live()) {
+                            match d.replica.delete_object(obj).await {
+                                // Durable with the next flush of that disk (a stale copy that
+                                // survives a crash can only hold unflushed-era data).
+                                Ok(()) => {
+                                    d.write_seq.fetch_add(1, Ordering::Release);
+                                }
+                                Err(e) => {
+                                    tracing::warn!(%obj, disk = %d.name, error = %e, "dropping old replica failed")
+                                }
+                            }
+                        }
+                        self.rebalance.lock().chunks_dropped += 1;
+                        changed = true;
+                    }
+                } else if !target.is_empty() {
+                    pending += 1;
+                }
+            }
+            for (d, e) in to_fail.drain(..) {
+                let _ = self.fail_disk(&d, &e).await;
+            }
+            tokio::task::yield_now().await;
+        }
+        // Make moves durable so the old copies' removal cannot be undone by a crash.
+        if changed {
+            if let Err(e) = self.flush_all().await {
+                tracing::warn!(error = %e, "flush after rebalance failed");
+            }
+        }
+        self.finish_drains().await;
+        let mut rb = self.rebalance.lock();
+        rb.running = false;
+        rb.passes += 1;
+        rb.chunks_pending = pending;
+        Ok(changed)
+    }
+
+    /// Draining disks that hold no replica any more leave the pool.
+    async fn finish_drains(&self) {
+        let draining: Vec<Arc<Disk>> = self
+            .disks
+            .read()
+            .iter()
+            .filter(|d| d.state() == DiskState::Draining)
+            .cloned()
+            .collect();
+        for d in draining {
+            let holds = self.index.all().iter().any(|(_, s)| s.contains(d.slot));
+            if holds {
+                continue;
+            }
+            let id = d.id.clone();
+            let r = self
+                .update_meta(|m| {
+                    if let Some(dm) = m.disks.iter_mut().find(|dm| dm.id == id) {
+                        dm.state = DiskState::Removed;
+                    }
+                    m.map_version += 1;
+                    Ok(())
+                })
+                .await;
+            match r {
+                Ok(()) => {
+                    d.set_state(DiskState::Removed);
+                    let _ = d.replica.close().await;
+                    tracing::info!(disk = %d.name, "drained disk removed from the pool");
+                }
+                Err(e) => tracing::warn!(disk = %d.name, error = %e, "recording removal failed"),
+            }
+        }
+    }
+
+    async fn scrub_all(&self) {
+        let disks: Vec<Arc<Disk>> = self
+            .disks
+            .read()
+            .iter()
+            .filter(|d| d.live())
+            .cloned()
+            .collect();
+        self.scrub.lock().disks_total = disks.len() as u64;
+        for d in disks {
+            if self.shutting_down.load(Ordering::Acquire) {
+                break;
+            }
+            match d.replica.scrub().await {
+                Ok(report) => {
+                    self.scrub.lock().checked_blocks += report.checked_blocks;
+                    for (obj, block, gen) in report.corrupt {
+                        self.scrub.lock().corrupt_found += 1;
+                        d.checksum_errors.fetch_add(1, Ordering::Relaxed);
+                        let peers: Vec<Arc<Disk>> = self
+                            .index
+                            .get(obj)
+                            .map(|h| self.live_disks(h))
+                            .unwrap_or_default()
+                            .into_iter()
+                            .filter(|p| p.slot != d.slot)
+                            .collect();
+                        let mut fixed = false;
+                        for p in peers {
+                            if self.repair_one(obj, &d, &p, block, gen).await.is_ok() {
+                                fixed = true;
+                                break;
+                            }
+                        }
+                        let mut s = self.scrub.lock();
+                        if fixed {
+                            s.repaired += 1;
+                        } else {
+                            s.unrepairable += 1;
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(disk = %d.name, error = %e, "scrub failed");
+                    if is_device_failure(&e) {
+                        let _ = self.fail_disk(&d, &e).await;
+                    }
+                }
+            }
+            self.scrub.lock().disks_done += 1;
+        }
+        if let Err(e) = self.flush_all().await {
+            tracing::warn!(error = %e, "flush after scrub failed");
+        }
+        let mut s = self.scrub.lock();
+        s.running = false;
+        s.passes += 1;
+    }
+}
+
+impl Engine {
+    /// Verify every replica's blocks in the background; bad copies are repaired from the other
+    /// replica. Progress and results in `stats().scrub`.
+    pub fn start_scrub(&self) -> Result<()> {
+        let inner = self.inner.clone();
+        {
+            let mut s = inner.scrub.lock();
+            if s.running {
+                return Err(EngineError::Busy("a scrub is already running".into()));
+            }
+            s.running = true;
+            s.disks_done = 0;
+            s.checked_blocks = 0;
+            s.corrupt_found = 0;
+            s.repaired = 0;
+            s.unrepairable = 0;
+        }
+        inner.in_use.store(true, Ordering::Release);
+        tokio::spawn(async move { inner.scrub_all().await });
+        Ok(())
+    }
+
+    /// Wait until background rebalancing has nothing left to do (or the timeout passes);
+    /// true if settled. For tests, tools and orderly disk removal.
+    pub async fn wait_rebalanced(&self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            self.inner.in_use.store(true, Ordering::Release);
+            let passes = self.inner.rebalance.lock().passes;
+            self.inner.kick.notify_one();
+            // Wait for a full pass that started after this call.
+            loop {
+                if tokio::time::Instant::now() > deadline {
+                    return false;
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                let rb = self.inner.rebalance.lock().clone();
+                if rb.passes >= passes + 2 && !rb.running {
+                    if rb.chunks_pending == 0 {
+                        let draining = self
+                            .inner
+                            .disks
+                            .read()
+                            .iter()
+                            .any(|d| d.state() == DiskState::Draining);
+                        if !draining {
+                            return true;
+                        }
+                    }
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Wait for a running scrub to finish (or the timeout); true if finished.
+    pub async fn wait_scrub(&self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while self.inner.scrub.lock().running {
+            if tokio::time::Instant::now() > deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        true
+    }
+}

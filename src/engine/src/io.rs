@@ -1,0 +1,469 @@
+//! Replica I/O for one chunk: mirrored writes and discards, reads from one replica with
+//! fail-over, and repair of a bad replica from the good one. Used by `VdiskHandle` and by
+//! metadata operations that touch every chunk (clone, rollback).
+//!
+//! Every function here assumes the caller checked bounds; it never changes pool metadata except
+//! to mark a disk Failed.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use blockdev::{AlignedBuf, WriteBuf};
+use store::{ObjectId, StoreError};
+
+use crate::core::{Disk, Inner};
+use crate::error::{EngineError, Result};
+use crate::placement::Slots;
+use crate::replica::is_device_failure;
+use crate::{BLOCK_BYTES, CHUNK_BLOCKS};
+
+/// One mutation sent to every live replica of a chunk.
+#[derive(Clone)]
+pub(crate) enum Op {
+    Write { block: u64, data: WriteBuf },
+    Discard { block: u64, nblocks: u32 },
+    Rollback { snap_gen: u64 },
+}
+
+/// A bad copy found while reading, repaired after the stripe lock is released.
+pub(crate) enum Repair {
+    /// One version of one block failed its checksum on `bad`.
+    Version {
+        bad: Arc<Disk>,
+        good: Arc<Disk>,
+        block: u64,
+        gen: u64,
+        at_gen: u64,
+        nblocks: u32,
+        first: u64,
+    },
+    /// `bad` returned EIO: rebuild its whole copy of the chunk from `good`.
+    Resync { bad: Arc<Disk>, good: Arc<Disk> },
+}
+
+impl Inner {
+    /// Replicas for `obj`: where it is, or (first write) where placement puts it.
+    pub(crate) fn holders_or_place(&self, obj: ObjectId, seed: u64) -> Result<Slots> {
+        let s = self
+            .index
+            .get_or_insert(obj, || self.view.read().place(seed, obj.chunk));
+        if s.is_empty() {
+            self.index.remove(obj);
+            return Err(EngineError::NoSpace("the pool has no active disk".into()));
+        }
+        Ok(s)
+    }
+
+    /// Send `op` to every live replica of `obj` at once; Ok when every live replica took it.
+    /// A replica whose device fails is marked Failed and no longer counts as live.
+    pub(crate) async fn replicate(
+        &self,
+        obj: ObjectId,
+        holders: Slots,
+        op: &Op,
+        gen: u64,
+        pin: u64,
+    ) -> Result<()> {
+        let live = self.live_disks(holders);
+        if live.is_empty() {
+            return Err(EngineError::Degraded(format!(
+                "chunk {obj}: every replica is on a failed disk"
+            )));
+        }
+        fn issue<'a>(
+            d: &'a Arc<Disk>,
+            obj: ObjectId,
+            op: &Op,
+            gen: u64,
+            pin: u64,
+        ) -> blockdev::BoxFuture<'a, std::result::Result<(), StoreError>> {
+            d.inflight.fetch_add(1, Ordering::Relaxed);
+            match op {
+                Op::Write { block, data } => d.replica.write(obj, *block, data.clone(), gen, pin),
+                Op::Discard { block, nblocks } => {
+                    d.replica.discard(obj, *block, *nblocks, gen, pin)
+                }
+                Op::Rollback { snap_gen } => d.replica.rollback_object(obj, *snap_gen, gen, pin),
+            }
+        }
+        let results: Vec<std::result::Result<(), StoreError>> = if live.len() == 2 {
+            let (a, b) = futures::future::join(
+                issue(&live[0], obj, op, gen, pin),
+                issue(&live[1], obj, op, gen, pin),
+            )
+            .await;
+            vec![a, b]
+        } else {
+            futures::future::join_all(live.iter().map(|d| issue(d, obj, op, gen, pin))).await
+        };
+        let mut ok = 0;
+        let mut other = None;
+        for (d, r) in live.iter().zip(results) {
+            d.inflight.fetch_sub(1, Ordering::Relaxed);
+            match r {
+                Ok(()) => {
+                    ok += 1;
+                    d.writes.fetch_add(1, Ordering::Relaxed);
+                    d.write_seq.fetch_add(1, Ordering::Release);
+                }
+                Err(e) if is_device_failure(&e) => self.fail_disk(d, &e).await?,
+                Err(e) => other = Some(e),
+            }
+        }
+        if let Some(e) = other {
+            return Err(EngineError::store(format!("chunk {obj}"), e));
+        }
+        if ok == 0 {
+            return Err(EngineError::io(format!(
+                "chunk {obj}: every replica failed"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Write whole blocks of one chunk (stripe lock shared: many writers, no mover).
+    pub(crate) async fn write_blocks(
+        &self,
+        obj: ObjectId,
+        seed: u64,
+        block: u64,
+        data: WriteBuf,
+        gen: u64,
+        pin: u64,
+    ) -> Result<()> {
+        debug_assert!(block + (data.len() / BLOCK_BYTES as usize) as u64 <= CHUNK_BLOCKS);
+        let _l = self.stripe(obj).read().await;
+        let holders = self.holders_or_place(obj, seed)?;
+        self.replicate(obj, holders, &Op::Write { block, data }, gen, pin)
+            .await
+    }
+
+    pub(crate) async fn discard_blocks(
+        &self,
+        obj: ObjectId,
+        block: u64,
+        nblocks: u32,
+        gen: u64,
+        pin: u64,
+    ) -> Result<()> {
+        let _l = self.stripe(obj).read().await;
+        // Nothing stored: already reads as zeros.
+        let Some(holders) = self.index.get(obj) else {
+            return Ok(());
+        };
+        self.replicate(obj, holders, &Op::Discard { block, nblocks }, gen, pin)
+            .await
+    }
+
+    /// Read whole blocks of one chunk into `out`, repairing a bad replica on the way.
+    pub(crate) async fn read_blocks(
+        &self,
+        obj: ObjectId,
+        block: u64,
+        at_gen: u64,
+        out: &mut [u8],
+    ) -> Result<()> {
+        let mut repairs = Vec::new();
+        let r = {
+            let _l = self.stripe(obj).read().await;
+            self.read_locked(obj, block, at_gen, out, &mut repairs)
+                .await
+        };
+        self.run_repairs(obj, repairs).await;
+        r
+    }
+
+    /// The read itself, with the stripe lock held (shared or exclusive) by the caller.
+    pub(crate) async fn read_locked(
+        &self,
+        obj: ObjectId,
+        block: u64,
+        at_gen: u64,
+        out: &mut [u8],
+        repairs: &mut Vec<Repair>,
+    ) -> Result<()> {
+        let nblocks = u32::try_from(out.len() / BLOCK_BYTES as usize)
+            .map_err(|_| EngineError::invalid("read too large"))?;
+        let Some(holders) = self.index.get(obj) else {
+            out.fill(0); // thin: never written
+            return Ok(());
+        };
+        let mut live = self.live_disks(holders);
+        if live.is_empty() {
+            return Err(EngineError::Degraded(format!(
+                "chunk {obj}: every replica is on a failed disk"
+            )));
+        }
+        if live.len() > 1 && self.balanced_reads.load(Ordering::Relaxed) {
+            // Least loaded first; ties alternate by block so both disks share sequential scans.
+            let a = live[0].inflight.load(Ordering::Relaxed);
+            let b = live[1].inflight.load(Ordering::Relaxed);
+            if b < a || (a == b && (obj.chunk ^ (block / 16)) & 1 == 1) {
+                live.swap(0, 1);
+            }
+        }
+        let mut failures: Vec<(Arc<Disk>, StoreError)> = Vec::new();
+        for d in &live {
+            d.inflight.fetch_add(1, Ordering::Relaxed);
+            let r = d.replica.read(obj, block, nblocks, at_gen).await;
+            d.inflight.fetch_sub(1, Ordering::Relaxed);
+            d.reads.fetch_add(1, Ordering::Relaxed);
+            match r {
+                Ok(buf) => {
+                    out.copy_from_slice(&buf[..out.len()]);
+                    for (bad, e) in failures {
+                        repairs.push(self.classify(bad, d.clone(), &e, block, nblocks, at_gen));
+                    }
+                    return Ok(());
+                }
+                Err(e) => {
+                    self.note_read_error(d, &e);
+                    failures.push((d.clone(), e));
+                }
+            }
+        }
+        self.counters
+            .unrecoverable_reads
+            .fetch_add(1, Ordering::Relaxed);
+        let corrupt = failures
+            .iter()
+            .any(|(_, e)| matches!(e.kind(), store::ErrorKind::Corrupt { .. }));
+        let detail: Vec<String> = failures
+            .iter()
+            .map(|(d, e)| format!("{}: {e}", d.name))
+            .collect();
+        let msg = format!(
+            "chunk {obj} blocks {block}+{nblocks}: {}",
+            detail.join("; ")
+        );
+        Err(if corrupt {
+            EngineError::Corrupt(msg)
+        } else {
+            EngineError::io(msg)
+        })
+    }
+
+    fn note_read_error(&self, d: &Disk, e: &StoreError) {
+        if matches!(e.kind(), store::ErrorKind::Corrupt { .. }) {
+            self.counters
+                .checksum_errors
+                .fetch_add(1, Ordering::Relaxed);
+            d.checksum_errors.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.counters.read_io_errors.fetch_add(1, Ordering::Relaxed);
+            d.errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn classify(
+        &self,
+        bad: Arc<Disk>,
+        good: Arc<Disk>,
+        e: &StoreError,
+        first: u64,
+        nblocks: u32,
+        at_gen: u64,
+    ) -> Repair {
+        match e.kind() {
+            store::ErrorKind::Corrupt { block, gen, .. } => Repair::Version {
+                bad,
+                good,
+                block,
+                gen,
+                at_gen,
+                nblocks,
+                first,
+            },
+            _ => Repair::Resync { bad, good },
+        }
+    }
+
+    /// Fix bad copies found by a read. Best effort: a failure here is counted and logged; the
+    /// read already returned good data.
+    pub(crate) async fn run_repairs(&self, obj: ObjectId, repairs: Vec<Repair>) {
+        for r in repairs {
+            let res = match r {
+                Repair::Version {
+                    bad,
+                    good,
+                    block,
+                    gen,
+                    at_gen,
+                    nblocks,
+                    first,
+                } => {
+                    self.repair_versions(obj, &bad, &good, block, gen, first, nblocks, at_gen)
+                        .await
+                }
+                Repair::Resync { bad, good } => self.resync_chunk(obj, &bad, &good).await,
+            };
+            if let Err(e) = res {
+                tracing::warn!(%obj, error = %e, "replica repair failed");
+            }
+        }
+    }
+
+    /// Repair the reported bad version, then re-read the range on the bad replica to catch the
+    /// other bad blocks of the same read (bounded by the range length).
+    #[allow(clippy::too_many_arguments)]
+    async fn repair_versions(
+        &self,
+        obj: ObjectId,
+        bad: &Arc<Disk>,
+        good: &Arc<Disk>,
+        mut block: u64,
+        mut gen: u64,
+        first: u64,
+        nblocks: u32,
+        at_gen: u64,
+    ) -> Result<()> {
+        for _ in 0..=nblocks {
+            self.repair_one(obj, bad, good, block, gen).await?;
+            let _l = self.stripe(obj).read().await;
+            match bad.replica.read(obj, first, nblocks, at_gen).await {
+                Ok(_) => return Ok(()),
+                Err(e) => match e.kind() {
+                    store::ErrorKind::Corrupt {
+                        block: b, gen: g, ..
+                    } if (b, g) != (block, gen) => {
+                        self.counters
+                            .checksum_errors
+                            .fetch_add(1, Ordering::Relaxed);
+                        bad.checksum_errors.fetch_add(1, Ordering::Relaxed);
+                        (block, gen) = (b, g);
+                    }
+                    _ => {
+                        return Err(EngineError::store(
+                            format!("re-reading repaired chunk {obj}"),
+                            e,
+                        ))
+                    }
+                },
+            }
+        }
+        Ok(())
+    }
+
+    /// Replace version `gen` of `block` on `bad` with the copy on `good`.
+    pub(crate) async fn repair_one(
+        &self,
+        obj: ObjectId,
+        bad: &Arc<Disk>,
+        good: &Arc<Disk>,
+        block: u64,
+        gen: u64,
+    ) -> Result<()> {
+        let _l = self.stripe(obj).read().await;
+        let data =
+            good.replica.read(obj, block, 1, gen).await.map_err(|e| {
+                EngineError::store(format!("reading good copy of {obj}/{block}"), e)
+            })?;
+        let wb = data.into_write();
+        match bad.replica.repair(obj, block, gen, wb).await {
+            Ok(()) => {
+                bad.write_seq.fetch_add(1, Ordering::Release);
+                bad.repairs.fetch_add(1, Ordering::Relaxed);
+                self.counters.repairs.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(e) => Err(EngineError::store(
+                format!("repairing {obj}/{block} gen {gen} on {}", bad.name),
+                e,
+            )),
+        }
+    }
+
+    /// Rebuild `bad`'s copy of `obj` from `good` (whole history), with writers held off.
+    pub(crate) async fn resync_chunk(
+        &self,
+        obj: ObjectId,
+        bad: &Arc<Disk>,
+        good: &Arc<Disk>,
+    ) -> Result<()> {
+        let outcome = {
+            let _l = self.stripe(obj).write().await;
+            self.copy_object(obj, good, bad).await
+        };
+        match outcome {
+            Ok(_) => {
+                bad.repairs.fetch_add(1, Ordering::Relaxed);
+                self.counters.repairs.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(Some(e)) if is_device_failure(&e) => self.fail_disk(bad, &e).await,
+            Err(Some(e)) => Err(EngineError::store(format!("resyncing {obj}"), e)),
+            Err(None) => Err(EngineError::io(format!("resyncing {obj}: source failed"))),
+        }
+    }
+
+    /// Copy `obj` with its history from `src` to `dst` and make it durable there. Caller holds
+    /// the stripe lock exclusively. Err(Some(e)): `dst` failed; Err(None): `src` failed.
+    /// Returns the bytes copied.
+    pub(crate) async fn copy_object(
+        &self,
+        obj: ObjectId,
+        src: &Arc<Disk>,
+        dst: &Arc<Disk>,
+    ) -> std::result::Result<u64, Option<StoreError>> {
+        self.copies_in_progress.fetch_add(1, Ordering::AcqRel);
+        let r = self.copy_object_inner(obj, src, dst).await;
+        self.copies_in_progress.fetch_sub(1, Ordering::AcqRel);
+        r
+    }
+
+    async fn copy_object_inner(
+        &self,
+        obj: ObjectId,
+        src: &Arc<Disk>,
+        dst: &Arc<Disk>,
+    ) -> std::result::Result<u64, Option<StoreError>> {
+        let versions = match src.replica.export_object(obj).await {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!(%obj, disk = %src.name, error = %e, "export failed");
+                return Err(None);
+            }
+        };
+        let bytes: u64 = versions
+            .iter()
+            .map(|b| b.versions.iter().filter(|v| v.data.is_some()).count() as u64 * BLOCK_BYTES)
+            .sum();
+        let entry = (dst.id.clone(), obj);
+        let e2 = entry.clone();
+        if let Err(e) = self
+            .update_meta(move |m| {
+                m.importing.push(e2);
+                Ok(())
+            })
+            .await
+        {
+            tracing::warn!(%obj, error = %e, "recording copy intent failed");
+            return Err(None);
+        }
+        // Until the intent is cleared, a crash leaves this copy marked incomplete.
+        self.index.remove_slot(obj, dst.slot);
+        dst.replica.delete_object(obj).await.map_err(Some)?;
+        dst.replica
+            .import_object(obj, versions)
+            .await
+            .map_err(Some)?;
+        dst.replica.flush().await.map_err(Some)?;
+        if let Err(e) = self
+            .update_meta(move |m| {
+                m.importing.retain(|x| *x != entry);
+                Ok(())
+            })
+            .await
+        {
+            tracing::warn!(%obj, error = %e, "recording copy completion failed");
+            return Err(None);
+        }
+        self.index.add(obj, dst.slot);
+        Ok(bytes)
+    }
+}
+
+/// A zeroed aligned buffer for `len` bytes (whole blocks).
+pub(crate) fn zero_buf(len: usize) -> AlignedBuf {
+    AlignedBuf::zeroed(len)
+}

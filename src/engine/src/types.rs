@@ -1,0 +1,150 @@
+//! Plain data types of the engine's public surface: configuration, the info records the CLI and
+//! API print, and statistics. No behaviour lives here.
+
+use serde::{Deserialize, Serialize};
+
+/// Who this engine is. Placement treats the node as the first failure domain.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EngineConfig {
+    pub node_id: u64,
+    pub node_name: String,
+}
+
+/// Life cycle of a pool disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DiskState {
+    /// Holds replicas and takes new ones.
+    Active,
+    /// Being emptied by the rebalancer; still serves the replicas it holds.
+    Draining,
+    /// Empty and out of the pool.
+    Removed,
+    /// Returned EIO on a write or flush, or vanished; its replicas are re-mirrored elsewhere.
+    Failed,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DiskInfo {
+    /// The disk's UUID (from its label).
+    pub id: String,
+    /// The device's name (path) as given when it was added.
+    pub name: String,
+    pub node_id: u64,
+    pub size_bytes: u64,
+    pub used_bytes: u64,
+    pub state: DiskState,
+    /// I/O errors seen on this disk since the engine started.
+    pub errors: u64,
+    /// Whether the device is attached to this engine right now (a pool member listed in the
+    /// pool metadata may not have been added yet after a restart).
+    pub attached: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PoolInfo {
+    /// Empty until the first disk joins.
+    pub pool_id: String,
+    pub raw_bytes: u64,
+    pub used_raw_bytes: u64,
+    /// raw_bytes / 2 (two replicas).
+    pub usable_bytes: u64,
+    /// Largest virtual disk size accepted: usable_bytes x `OVERCOMMIT`.
+    pub logical_limit_bytes: u64,
+    pub disks: usize,
+    /// Chunks with fewer live replicas than wanted.
+    pub degraded_chunks: u64,
+    /// Chunks not (yet) on the disks placement wants them on.
+    pub misplaced_chunks: u64,
+    pub rebalancing: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VdiskInfo {
+    pub name: String,
+    pub id: u64,
+    pub size_bytes: u64,
+    /// Bytes written and not freed, as counted on one replica (shared clone blocks counted in
+    /// every clone).
+    pub used_bytes: u64,
+    pub snapshots: usize,
+    pub created_unix: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SnapshotInfo {
+    pub vdisk: String,
+    pub name: String,
+    pub id: u64,
+    pub created_unix: u64,
+}
+
+/// What a device holds, without claiming it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DiskProbe {
+    Blank,
+    Cairn { pool_id: String, disk_id: String },
+    Foreign { reason: String },
+}
+
+/// Progress of the last (or running) scrub.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ScrubStats {
+    pub running: bool,
+    pub passes: u64,
+    pub disks_total: u64,
+    pub disks_done: u64,
+    pub checked_blocks: u64,
+    pub corrupt_found: u64,
+    pub repaired: u64,
+    pub unrepairable: u64,
+}
+
+/// Progress of rebalance / re-mirroring.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RebalanceStats {
+    pub running: bool,
+    pub passes: u64,
+    /// Chunk replicas copied to a new disk since start.
+    pub chunks_copied: u64,
+    /// Chunk replicas removed from a disk that should no longer hold them.
+    pub chunks_dropped: u64,
+    /// Chunks still to move in the current view (degraded + misplaced).
+    pub chunks_pending: u64,
+    pub bytes_copied: u64,
+    /// Objects of deleted virtual disks that were removed.
+    pub orphans_deleted: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct DiskStats {
+    pub id: String,
+    pub name: String,
+    pub reads: u64,
+    pub writes: u64,
+    pub flushes: u64,
+    pub errors: u64,
+    pub checksum_errors: u64,
+    pub repairs: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct EngineStats {
+    pub reads: u64,
+    pub writes: u64,
+    pub read_bytes: u64,
+    pub write_bytes: u64,
+    pub flushes: u64,
+    pub discards: u64,
+    /// Checksum mismatches seen by reads (each one is repaired or reported).
+    pub checksum_errors: u64,
+    /// Read errors (EIO) on one replica answered from the other.
+    pub read_io_errors: u64,
+    /// Bad replica copies repaired from the good one (reads and scrub).
+    pub repairs: u64,
+    /// Reads that failed on every replica (an error was returned, never data).
+    pub unrecoverable_reads: u64,
+    pub degraded_chunks: u64,
+    pub scrub: ScrubStats,
+    pub rebalance: RebalanceStats,
+    pub disks: Vec<DiskStats>,
+}

@@ -1,0 +1,520 @@
+//! Virtual disk and snapshot operations: create, resize, delete, open, snapshot, rollback, thin
+//! clone, changed ranges. Snapshots are O(1) (record the generation, bump it, persist); clones
+//! share blocks through `clone_object` per chunk; every metadata change is durable before it
+//! returns.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use store::ObjectId;
+
+use crate::core::{now_unix, Inner, SnapRt, VdiskRt};
+use crate::error::{EngineError, Result};
+use crate::handle::VdiskHandle;
+use crate::io::Op;
+use crate::meta::{
+    validate_name, SnapMeta, VdiskMeta, MAX_SNAPSHOTS_PER_VDISK, MAX_SNAPSHOTS_TOTAL, MAX_VDISKS,
+};
+use crate::placement::mix64;
+use crate::pool::Engine;
+use crate::types::{SnapshotInfo, VdiskInfo};
+use crate::{BLOCK_BYTES, CHUNK_BYTES, MAX_VDISK_BYTES, OVERCOMMIT};
+
+impl Inner {
+    /// Runtime state for a disk recorded in the metadata (created on first use).
+    pub(crate) fn rt_for(&self, v: &VdiskMeta) -> Arc<VdiskRt> {
+        if let Some(rt) = self.vdisk_rt(v.id) {
+            return rt;
+        }
+        let mut map = self.vdisks.write();
+        map.entry(v.id)
+            .or_insert_with(|| {
+                Arc::new(VdiskRt::new(v.id, v.seed, v.size_bytes, v.gen, v.pin_gen()))
+            })
+            .clone()
+    }
+
+    fn logical_limit(&self) -> u64 {
+        let raw: u64 = self
+            .disks
+            .read()
+            .iter()
+            .filter(|d| d.state() == crate::types::DiskState::Active)
+            .map(|d| d.size_bytes)
+            .sum();
+        (raw / 2).saturating_mul(OVERCOMMIT).min(MAX_VDISK_BYTES)
+    }
+
+    fn check_size(&self, size_bytes: u64) -> Result<u64> {
+        if size_bytes == 0 {
+            return Err(EngineError::invalid("size must be greater than zero"));
+        }
+        let size = size_bytes
+            .checked_next_multiple_of(BLOCK_BYTES)
+            .ok_or_else(|| EngineError::invalid("size too large"))?;
+        let limit = self.logical_limit();
+        if size > limit {
+            return Err(EngineError::NoSpace(format!(
+                "size {size} exceeds the pool's logical limit of {limit} bytes \
+                 (usable capacity x {OVERCOMMIT})"
+            )));
+        }
+        Ok(size)
+    }
+
+    fn info(&self, v: &VdiskMeta) -> VdiskInfo {
+        let chunks = self.index.of_vdisk(v.id).len() as u64;
+        VdiskInfo {
+            name: v.name.clone(),
+            id: v.id,
+            size_bytes: v.size_bytes,
+            used_bytes: (chunks * CHUNK_BYTES).min(v.size_bytes),
+            snapshots: v.snapshots.iter().filter(|s| !s.hidden).count(),
+            created_unix: v.created_unix,
+        }
+    }
+
+    /// Take a snapshot (hidden ones back a clone of the live disk). Returns its record.
+    async fn snapshot_locked(&self, vdisk: &str, snap: &str, hidden: bool) -> Result<SnapMeta> {
+        let (sm, gen, id) = self
+            .update_meta(|m| {
+                let total = m.total_snapshots();
+                let next_snap = m.next_snap_id;
+                let v = m.vdisk_mut(vdisk)?;
+                if v.snapshots.iter().any(|s| s.name == snap) {
+                    return Err(EngineError::AlreadyExists(format!("snapshot {snap:?} of {vdisk:?}")));
+                }
+                if v.snapshots.len() >= MAX_SNAPSHOTS_PER_VDISK || total >= MAX_SNAPSHOTS_TOTAL {
+                    return Err(EngineError::NoSpace(format!(
+                        "snapshot limit reached ({MAX_SNAPSHOTS_PER_VDISK} per disk, {MAX_SNAPSHOTS_TOTAL} per pool)"
+                    )));
+                }
+                let sm = SnapMeta { name: snap.to_string(), id: next_snap, gen: v.gen, created_unix: now_unix(), hidden };
+                v.gen += 1;
+                v.snapshots.push(sm.clone());
+                let out = (sm, v.gen, v.id);
+                m.next_snap_id += 1;
+                Ok(out)
+            })
+            .await?;
+        if let Some(rt) = self.vdisk_rt(id) {
+            // Writes that already picked the old generation land in the snapshot; wait for them
+            // so the snapshot is stable once this returns.
+            rt.change_gens(gen, sm.gen).await;
+        }
+        Ok(sm)
+    }
+
+    async fn delete_snapshot_locked(&self, vdisk: &str, snap_id: u64) -> Result<()> {
+        let (id, gen, pin) = self
+            .update_meta(|m| {
+                let v = m.vdisk_mut(vdisk)?;
+                let before = v.snapshots.len();
+                v.snapshots.retain(|s| s.id != snap_id);
+                if v.snapshots.len() == before {
+                    return Err(EngineError::not_found(format!(
+                        "snapshot {snap_id} of {vdisk:?}"
+                    )));
+                }
+                let out = (v.id, v.gen, v.pin_gen());
+                if !m.prune_pending.contains(&out.0) {
+                    m.prune_pending.push(out.0);
+                }
+                Ok(out)
+            })
+            .await?;
+        if let Some(rt) = self.vdisk_rt(id) {
+            if let Some(s) = rt.snaps.write().remove(&snap_id) {
+                s.deleted.store(true, Ordering::Release);
+            }
+            rt.change_gens(gen, pin).await;
+        }
+        self.kick.notify_one();
+        Ok(())
+    }
+
+    /// Delete every object of a disk from every live replica (space is freed; a crash midway
+    /// leaves orphans the maintenance task removes).
+    pub(crate) async fn delete_objects(&self, vdisk: u64) {
+        for (obj, holders) in self.index.of_vdisk(vdisk) {
+            let _l = self.stripe(obj).write().await;
+            for d in self.live_disks(holders) {
+                match d.replica.delete_object(obj).await {
+                    Ok(()) => {
+                        d.write_seq.fetch_add(1, Ordering::Release);
+                    }
+                    Err(e) => {
+                        tracing::warn!(%obj, disk = %d.name, error = %e, "delete_object failed")
+                    }
+                }
+            }
+            self.index.remove(obj);
+        }
+    }
+}
+
+impl Engine {
+    pub async fn create_vdisk(&self, name: &str, size_bytes: u64) -> Result<VdiskInfo> {
+        validate_name(name)?;
+        let inner = &self.inner;
+        let _op = inner.op.lock().await;
+        inner.mark_unclean().await?;
+        let size = inner.check_size(size_bytes)?;
+        let v = inner
+            .update_meta(|m| {
+                if m.vdisks.iter().any(|v| v.name == name) {
+                    return Err(EngineError::AlreadyExists(format!("virtual disk {name:?}")));
+                }
+                if m.vdisks.len() >= MAX_VDISKS {
+                    return Err(EngineError::NoSpace(format!(
+                        "at most {MAX_VDISKS} virtual disks"
+                    )));
+                }
+                let id = m.next_vdisk_id;
+                m.next_vdisk_id += 1;
+                let v = VdiskMeta {
+                    name: name.to_string(),
+                    id,
+                    size_bytes: size,
+                    gen: 1,
+                    seed: mix64(id ^ uuid::Uuid::new_v4().as_u64_pair().0),
+                    created_unix: now_unix(),
+                    snapshots: Vec::new(),
+                };
+                m.vdisks.push(v.clone());
+                Ok(v)
+            })
+            .await?;
+        Ok(inner.info(&v))
+    }
+
+    pub fn vdisks(&self) -> Vec<VdiskInfo> {
+        let meta = self.inner.meta_snapshot();
+        meta.map(|m| m.vdisks.iter().map(|v| self.inner.info(v)).collect())
+            .unwrap_or_default()
+    }
+
+    pub fn vdisk(&self, name: &str) -> Result<VdiskInfo> {
+        let m = self.meta()?;
+        Ok(self.inner.info(m.vdisk(name)?))
+    }
+
+    fn meta(&self) -> Result<crate::meta::PoolMeta> {
+        self.inner
+            .meta_snapshot()
+            .ok_or_else(|| EngineError::not_found("the pool has no disks yet"))
+    }
+
+    /// Grow a disk (shrinking is refused: it would silently drop data).
+    pub async fn resize_vdisk(&self, name: &str, new_size_bytes: u64) -> Result<VdiskInfo> {
+        let inner = &self.inner;
+        let _op = inner.op.lock().await;
+        inner.mark_unclean().await?;
+        let size = inner.check_size(new_size_bytes)?;
+        let v = inner
+            .update_meta(|m| {
+                let v = m.vdisk_mut(name)?;
+                if size < v.size_bytes {
+                    return Err(EngineError::invalid(format!(
+                        "{name}: shrinking from {} to {size} bytes is not supported",
+                        v.size_bytes
+                    )));
+                }
+                v.size_bytes = size;
+                Ok(v.clone())
+            })
+            .await?;
+        if let Some(rt) = inner.vdisk_rt(v.id) {
+            rt.size_bytes.store(size, Ordering::Release);
+        }
+        Ok(inner.info(&v))
+    }
+
+    /// Delete a disk and all its snapshots. Clones keep their data (shared blocks are
+    /// reference counted in the stores).
+    pub async fn delete_vdisk(&self, name: &str) -> Result<()> {
+        let inner = &self.inner;
+        let _op = inner.op.lock().await;
+        inner.mark_unclean().await?;
+        let id = inner
+            .update_meta(|m| {
+                let id = m.vdisk(name)?.id;
+                m.vdisks.retain(|v| v.id != id);
+                m.prune_pending.retain(|p| *p != id);
+                Ok(id)
+            })
+            .await?;
+        if let Some(rt) = inner.vdisks.write().remove(&id) {
+            rt.deleted.store(true, Ordering::Release);
+            for s in rt.snaps.read().values() {
+                s.deleted.store(true, Ordering::Release);
+            }
+        }
+        inner.delete_objects(id).await;
+        Ok(())
+    }
+
+    pub fn open_vdisk(&self, name: &str) -> Result<VdiskHandle> {
+        let m = self.meta()?;
+        let v = m.vdisk(name)?;
+        self.inner.in_use.store(true, Ordering::Release);
+        let rt = self.inner.rt_for(v);
+        Ok(VdiskHandle {
+            inner: self.inner.clone(),
+            rt,
+            snap: None,
+            name: name.to_string(),
+        })
+    }
+
+    pub fn open_snapshot(&self, vdisk: &str, snap: &str) -> Result<VdiskHandle> {
+        let m = self.meta()?;
+        let v = m.vdisk(vdisk)?;
+        let s = v.snapshot(snap)?;
+        self.inner.in_use.store(true, Ordering::Release);
+        let rt = self.inner.rt_for(v);
+        let srt = rt
+            .snaps
+            .write()
+            .entry(s.id)
+            .or_insert_with(|| {
+                Arc::new(SnapRt {
+                    gen: s.gen,
+                    deleted: false.into(),
+                })
+            })
+            .clone();
+        Ok(VdiskHandle {
+            inner: self.inner.clone(),
+            rt,
+            snap: Some(srt),
+            name: format!("{vdisk}@{snap}"),
+        })
+    }
+
+    /// O(1): record the current generation as the snapshot's, bump it, persist.
+    pub async fn create_snapshot(&self, vdisk: &str, snap: &str) -> Result<SnapshotInfo> {
+        validate_name(snap)?;
+        let inner = &self.inner;
+        let _op = inner.op.lock().await;
+        inner.mark_unclean().await?;
+        let sm = inner.snapshot_locked(vdisk, snap, false).await?;
+        Ok(SnapshotInfo {
+            vdisk: vdisk.to_string(),
+            name: sm.name,
+            id: sm.id,
+            created_unix: sm.created_unix,
+        })
+    }
+
+    pub fn snapshots(&self, vdisk: &str) -> Result<Vec<SnapshotInfo>> {
+        let m = self.meta()?;
+        let v = m.vdisk(vdisk)?;
+        Ok(v.snapshots
+            .iter()
+            .filter(|s| !s.hidden)
+            .map(|s| SnapshotInfo {
+                vdisk: vdisk.to_string(),
+                name: s.name.clone(),
+                id: s.id,
+                created_unix: s.created_unix,
+            })
+            .collect())
+    }
+
+    /// Remove the snapshot from the metadata; its old versions are pruned in the background.
+    pub async fn delete_snapshot(&self, vdisk: &str, snap: &str) -> Result<()> {
+        let inner = &self.inner;
+        let _op = inner.op.lock().await;
+        inner.mark_unclean().await?;
+        let id = self.meta()?.vdisk(vdisk)?.snapshot(snap)?.id;
+        inner.delete_snapshot_locked(vdisk, id).await
+    }
+
+    /// Make the live disk's contents equal to the snapshot's (later snapshots stay).
+    pub async fn rollback(&self, vdisk: &str, snap: &str) -> Result<()> {
+        let inner = &self.inner;
+        let _op = inner.op.lock().await;
+        inner.mark_unclean().await?;
+        let m = self.meta()?;
+        let v = m.vdisk(vdisk)?;
+        let snap_gen = v.snapshot(snap)?.gen;
+        let rt = inner.rt_for(v);
+        {
+            let g = rt.enter();
+            for (obj, _) in inner.index.of_vdisk(v.id) {
+                let _l = inner.stripe(obj).read().await;
+                let Some(holders) = inner.index.get(obj) else {
+                    continue;
+                };
+                inner
+                    .replicate(obj, holders, &Op::Rollback { snap_gen }, g.gen, g.pin)
+                    .await?;
+            }
+        }
+        inner.flush_all().await
+    }
+
+    /// Thin clone of a disk's current contents (`snap: None`) or of one of its snapshots.
+    /// Metadata only; the clone is independent of its source from the moment it exists.
+    pub async fn clone_vdisk(
+        &self,
+        src: &str,
+        snap: Option<&str>,
+        new_name: &str,
+    ) -> Result<VdiskInfo> {
+        validate_name(new_name)?;
+        let inner = &self.inner;
+        let _op = inner.op.lock().await;
+        inner.mark_unclean().await?;
+        let m = self.meta()?;
+        let v = m.vdisk(src)?.clone();
+        if m.vdisks.iter().any(|x| x.name == new_name) {
+            return Err(EngineError::AlreadyExists(format!(
+                "virtual disk {new_name:?}"
+            )));
+        }
+        // A live clone is taken from a hidden snapshot so concurrent writes cannot tear it.
+        let (at_gen, hidden) = match snap {
+            Some(s) => (v.snapshot(s)?.gen, None),
+            None => {
+                let name = format!("~clone-{}", m.next_vdisk_id);
+                let sm = inner.snapshot_locked(src, &name, true).await?;
+                (sm.gen, Some(sm.id))
+            }
+        };
+        let result = self.clone_objects(&v, at_gen, new_name).await;
+        if let Some(id) = hidden {
+            if let Err(e) = inner.delete_snapshot_locked(src, id).await {
+                tracing::warn!(error = %e, "removing the clone's temporary snapshot failed");
+            }
+        }
+        result
+    }
+
+    async fn clone_objects(&self, v: &VdiskMeta, at_gen: u64, new_name: &str) -> Result<VdiskInfo> {
+        let inner = &self.inner;
+        // Reserve the id first: if we crash midway, the copies are orphans of an id that is
+        // never reused, and maintenance deletes them.
+        let new_id = inner
+            .update_meta(|m| {
+                if m.vdisks.len() >= MAX_VDISKS {
+                    return Err(EngineError::NoSpace(format!(
+                        "at most {MAX_VDISKS} virtual disks"
+                    )));
+                }
+                let id = m.next_vdisk_id;
+                m.next_vdisk_id += 1;
+                Ok(id)
+            })
+            .await?;
+        for (obj, _) in inner.index.of_vdisk(v.id) {
+            let _l = inner.stripe(obj).read().await;
+            let Some(holders) = inner.index.get(obj) else {
+                continue;
+            };
+            let dst = ObjectId {
+                vdisk: new_id,
+                chunk: obj.chunk,
+            };
+            let live = inner.live_disks(holders);
+            if live.is_empty() {
+                return Err(EngineError::Degraded(format!(
+                    "chunk {obj}: no live replica to clone"
+                )));
+            }
+            let results = futures::future::join_all(
+                live.iter()
+                    .map(|d| d.replica.clone_object(obj, at_gen, dst, 1)),
+            )
+            .await;
+            let mut ok = 0;
+            for (d, r) in live.iter().zip(results) {
+                match r {
+                    Ok(()) => {
+                        ok += 1;
+                        d.write_seq.fetch_add(1, Ordering::Release);
+                        inner.index.add(dst, d.slot);
+                    }
+                    Err(e) if crate::replica::is_device_failure(&e) => {
+                        inner.fail_disk(d, &e).await?
+                    }
+                    Err(e) => return Err(EngineError::store(format!("cloning chunk {obj}"), e)),
+                }
+            }
+            if ok == 0 {
+                return Err(EngineError::io(format!(
+                    "cloning chunk {obj}: every replica failed"
+                )));
+            }
+        }
+        // The shared references must be durable before the clone is recorded.
+        inner.flush_all().await?;
+        let nv = inner
+            .update_meta(|m| {
+                if m.vdisks.iter().any(|x| x.name == new_name) {
+                    return Err(EngineError::AlreadyExists(format!(
+                        "virtual disk {new_name:?}"
+                    )));
+                }
+                let nv = VdiskMeta {
+                    name: new_name.to_string(),
+                    id: new_id,
+                    size_bytes: v.size_bytes,
+                    gen: 1,
+                    seed: v.seed,
+                    created_unix: now_unix(),
+                    snapshots: Vec::new(),
+                };
+                m.vdisks.push(nv.clone());
+                Ok(nv)
+            })
+            .await?;
+        inner.kick.notify_one();
+        Ok(inner.info(&nv))
+    }
+
+    /// Byte ranges (offset, len) whose contents differ between snapshot `from` and snapshot
+    /// `to` (None = the live disk), from metadata only. Conservative: a block rewritten with
+    /// the same data counts as changed.
+    pub async fn changed_ranges(
+        &self,
+        vdisk: &str,
+        from: &str,
+        to: Option<&str>,
+    ) -> Result<Vec<(u64, u64)>> {
+        let m = self.meta()?;
+        let v = m.vdisk(vdisk)?;
+        let from_gen = v.snapshot(from)?.gen;
+        let to_gen = match to {
+            Some(t) => v.snapshot(t)?.gen,
+            None => u64::MAX,
+        };
+        if to_gen <= from_gen {
+            return Err(EngineError::invalid(format!(
+                "snapshot {from:?} is not older than {to:?}"
+            )));
+        }
+        let inner = &self.inner;
+        let mut out: Vec<(u64, u64)> = Vec::new();
+        for (obj, holders) in inner.index.of_vdisk(v.id) {
+            let live = inner.live_disks(holders);
+            let d = live
+                .first()
+                .ok_or_else(|| EngineError::Degraded(format!("chunk {obj}: no live replica")))?;
+            let mut blocks = d.replica.changed_blocks(obj, from_gen, to_gen);
+            blocks.sort_unstable();
+            for b in blocks {
+                let off = obj.chunk * CHUNK_BYTES + b * BLOCK_BYTES;
+                if off >= v.size_bytes {
+                    continue;
+                }
+                match out.last_mut() {
+                    Some((o, l)) if *o + *l == off => *l += BLOCK_BYTES,
+                    _ => out.push((off, BLOCK_BYTES)),
+                }
+            }
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,50 @@
+//! Shared helpers for the engine's integration tests.
+#![allow(dead_code)]
+
+use std::sync::Arc;
+
+use blockdev::{BlockDevice, RamDevice};
+use engine::{Engine, EngineConfig};
+
+pub const MIB: u64 = 1 << 20;
+
+pub fn cfg() -> EngineConfig {
+    EngineConfig {
+        node_id: 1,
+        node_name: "test".into(),
+    }
+}
+
+pub fn ram_disks(n: usize, size: u64) -> Vec<Arc<RamDevice>> {
+    (0..n)
+        .map(|i| Arc::new(RamDevice::new(format!("ram{i}"), size)))
+        .collect()
+}
+
+/// An engine over the given devices (formats blank ones, opens ours).
+pub async fn engine_on(devs: &[Arc<dyn BlockDevice>]) -> anyhow::Result<Engine> {
+    let e = Engine::open(cfg()).await?;
+    for d in devs {
+        e.add_disk(d.clone()).await?;
+    }
+    Ok(e)
+}
+
+pub fn as_dyn(devs: &[Arc<RamDevice>]) -> Vec<Arc<dyn BlockDevice>> {
+    devs.iter()
+        .map(|d| d.clone() as Arc<dyn BlockDevice>)
+        .collect()
+}
+
+/// Deterministic test pattern: every byte depends on the seed and its position.
+pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
