@@ -1,7 +1,26 @@
 //! `cairn`: PID 1 on the appliance, `cairn node` on a Linux host, and the CLI client.
+//!
+//! `main` only parses arguments and dispatches; each mode lives in its own module. Exit codes
+//! are documented in `control::ErrorCode::exit_code` (0 ok, 2 usage, 3 not found, 4 conflict,
+//! 5 no space, 6 I/O, 7 cannot reach the node, 8 not allowed, 9 foreign data, 1 other).
 #![forbid(unsafe_code)]
 
-fn main() -> anyhow::Result<()> {
-    eprintln!("cairn: being written");
-    Ok(())
+mod bench;
+mod cli;
+mod client;
+mod nodecmd;
+mod render;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let args = cli::Cli::parse();
+    let code = match args.command {
+        cli::Command::Node(n) => nodecmd::run(n),
+        cli::Command::Bench(cli::BenchCmd::Engine(b)) => bench::run(b),
+        cmd => client::run(&args.target, args.json, cmd),
+    };
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
 }

@@ -1,0 +1,285 @@
+//! `cairn bench engine`: the block engine against its anchors (BENCHMARKS.md), one JSON line
+//! per figure. A benchmark, never part of the test run.
+//!
+//! Phases, each on files this command writes itself under `--dir`:
+//! 1. engine: a two-replica virtual disk on two pre-written files, driven in-process at QD 1 and
+//!    32 (4 KiB random) and 1 MiB sequential; then fio (io_uring, O_DIRECT) on the same files —
+//!    reads spread over both files, writes as two jobs writing both files (the mirror's work);
+//! 2. NBD: fio's nbd engine against our NBD export and against qemu-storage-daemon serving a
+//!    qcow2 image on the same file system;
+//! 3. snapshots: create time on an empty disk vs after `--snapshot-fill` written, and p99 of the
+//!    first write after a snapshot vs a normal write.
+
+mod fio;
+mod load;
+mod nbdbench;
+mod snap;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use engine::{Engine, EngineConfig, VdiskHandle};
+
+#[derive(Debug, Args)]
+pub struct EngineBenchArgs {
+    /// Directory for the bench files (on the file system to measure).
+    #[arg(long, default_value = "/var/tmp/cairn-bench")]
+    pub dir: PathBuf,
+    /// Size of each of the two pre-written device files.
+    #[arg(long, value_parser = crate::cli::size_arg, default_value = "1G")]
+    pub file_size: u64,
+    /// Seconds per measurement.
+    #[arg(long, default_value_t = 5)]
+    pub seconds: u64,
+    /// Runs per figure; the median is printed.
+    #[arg(long, default_value_t = 1)]
+    pub runs: usize,
+    /// Data written before the second snapshot-create measurement.
+    #[arg(long, value_parser = crate::cli::size_arg, default_value = "4G")]
+    pub snapshot_fill: u64,
+    #[arg(long)]
+    pub skip_nbd: bool,
+    #[arg(long)]
+    pub skip_snapshot: bool,
+    /// Leave the bench files in place afterwards.
+    #[arg(long)]
+    pub keep: bool,
+}
+
+/// One printed figure.
+pub struct Figure {
+    pub metric: String,
+    pub ours: f64,
+    pub anchor: f64,
+    pub anchor_name: String,
+    pub higher_is_better: bool,
+}
+
+impl Figure {
+    pub fn print(&self) {
+        let ratio = if self.anchor > 0.0 {
+            self.ours / self.anchor
+        } else {
+            0.0
+        };
+        let line = serde_json::json!({
+            "bench": "engine", "metric": self.metric,
+            "ours": round(self.ours), "anchor": round(self.anchor),
+            "anchor_name": self.anchor_name, "ratio": (ratio * 1000.0).round() / 1000.0,
+            "higher_is_better": self.higher_is_better,
+        });
+        println!("{line}");
+    }
+}
+
+fn round(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}
+
+pub fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    v[v.len() / 2]
+}
+
+pub fn run(args: EngineBenchArgs) -> i32 {
+    crate::nodecmd::init_tracing();
+    match run_inner(&args) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("cairn bench engine: {e:#}");
+            1
+        }
+    }
+}
+
+fn run_inner(a: &EngineBenchArgs) -> Result<()> {
+    std::fs::create_dir_all(&a.dir).with_context(|| format!("create {}", a.dir.display()))?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let files = [a.dir.join("dev-a.img"), a.dir.join("dev-b.img")];
+    for f in &files {
+        write_zero_file(f, a.file_size)?;
+    }
+    let span = (a.file_size / 4) & !((1 << 20) - 1);
+    let dur = Duration::from_secs(a.seconds);
+    rt.block_on(engine_phase(a, &files, span, dur))?;
+    if !a.skip_nbd {
+        for f in &files {
+            write_zero_file(f, a.file_size)?;
+        }
+        rt.block_on(nbdbench::run(a, &files, span, dur))?;
+    }
+    if !a.skip_snapshot {
+        rt.block_on(snap::run(a))?;
+    }
+    if !a.keep {
+        for f in &files {
+            let _ = std::fs::remove_file(f);
+        }
+    }
+    Ok(())
+}
+
+/// A file of `size` bytes written in full (so reads hit the device, not holes).
+pub fn write_zero_file(path: &Path, size: u64) -> Result<()> {
+    use std::io::Write;
+    let mut f =
+        std::fs::File::create(path).with_context(|| format!("create {}", path.display()))?;
+    let chunk = vec![0u8; 4 << 20];
+    let mut left = size;
+    while left > 0 {
+        let n = left.min(chunk.len() as u64) as usize;
+        f.write_all(&chunk[..n])?;
+        left -= n as u64;
+    }
+    f.sync_all()?;
+    Ok(())
+}
+
+/// An engine on the given device files with one vdisk `name` of `size` bytes.
+pub async fn engine_on(files: &[PathBuf], name: &str, size: u64) -> Result<(Engine, VdiskHandle)> {
+    let engine = Engine::open(EngineConfig {
+        node_id: 1,
+        node_name: "bench".into(),
+    })
+    .await?;
+    for f in files {
+        let dev = node::open_device(f).map_err(|e| anyhow::anyhow!(e.message))?;
+        engine.add_disk(dev).await?;
+    }
+    engine.create_vdisk(name, size).await?;
+    let h = engine.open_vdisk(name)?;
+    Ok((engine, h))
+}
+
+/// The six I/O patterns: (metric stem, pattern for the engine, fio rw, fio bs, qd).
+pub fn patterns(span: u64) -> Vec<(&'static str, load::Pattern, &'static str, &'static str)> {
+    let p = |write, random, block_bytes, qd| load::Pattern {
+        write,
+        random,
+        block_bytes,
+        qd,
+        span_bytes: span,
+    };
+    vec![
+        ("randread_4k_qd1", p(false, true, 4096, 1), "randread", "4k"),
+        (
+            "randread_4k_qd32",
+            p(false, true, 4096, 32),
+            "randread",
+            "4k",
+        ),
+        (
+            "randwrite_4k_qd1",
+            p(true, true, 4096, 1),
+            "randwrite",
+            "4k",
+        ),
+        (
+            "randwrite_4k_qd32",
+            p(true, true, 4096, 32),
+            "randwrite",
+            "4k",
+        ),
+        ("seqread_1m", p(false, false, 1 << 20, 8), "read", "1m"),
+        ("seqwrite_1m", p(true, false, 1 << 20, 8), "write", "1m"),
+    ]
+}
+
+async fn engine_phase(
+    a: &EngineBenchArgs,
+    files: &[PathBuf; 2],
+    span: u64,
+    dur: Duration,
+) -> Result<()> {
+    let (engine, h) = engine_on(files, "bench", span).await?;
+    load::prefill(&h, span).await?;
+    let mut ours = Vec::new();
+    for (stem, pat, _, _) in patterns(span) {
+        let mut iops = Vec::new();
+        let mut cpu = Vec::new();
+        for _ in 0..a.runs {
+            let r = load::run(&h, pat, dur).await?;
+            iops.push(r.iops());
+            cpu.push(r.cpu_secs / r.ops.max(1) as f64 * 1e6);
+            h.flush().await?;
+        }
+        ours.push((stem, pat, median(iops), median(cpu)));
+    }
+    engine.shutdown().await?;
+    drop(h);
+    drop(engine);
+
+    // The anchor on the very same files (engine data is overwritten; it is not used again).
+    let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+    for ((stem, pat, our_iops, our_cpu), (_, _, rw, bs)) in ours.into_iter().zip(patterns(span)) {
+        let mut iops = Vec::new();
+        let mut cpu = Vec::new();
+        for _ in 0..a.runs {
+            let mut args: Vec<String> = [
+                "--ioengine=io_uring",
+                "--direct=1",
+                "--time_based",
+                "--group_reporting=0",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+            args.push(format!("--runtime={}", dur.as_secs()));
+            args.push(format!("--size={span}"));
+            args.push(format!("--rw={rw}"));
+            args.push(format!("--bs={bs}"));
+            args.push(format!("--iodepth={}", pat.qd));
+            let writers = pat.write;
+            if writers {
+                // The mirror's work: the same writes to both files, at the same depth.
+                for (i, n) in names.iter().enumerate() {
+                    args.push(format!("--name=w{i}"));
+                    args.push(format!("--filename={n}"));
+                }
+            } else {
+                args.push("--name=r".into());
+                args.push(format!("--filename={}", names.join(":")));
+                args.push("--file_service_type=random".into());
+            }
+            let r = fio::run(&args)?;
+            let per_mirror = if writers { r.iops / 2.0 } else { r.iops };
+            iops.push(per_mirror);
+            cpu.push(r.cpu_secs / (r.ios / if writers { 2.0 } else { 1.0 }).max(1.0) * 1e6);
+        }
+        let (anchor_iops, anchor_cpu) = (median(iops), median(cpu));
+        let seq = stem.starts_with("seq");
+        Figure {
+            metric: if seq {
+                format!("{stem}_mib_s")
+            } else {
+                format!("{stem}_iops")
+            },
+            // 1 MiB blocks: IOPS and MiB/s are the same number.
+            ours: our_iops,
+            anchor: anchor_iops,
+            anchor_name: if pat.write {
+                "fio io_uring direct, same writes to both files".into()
+            } else {
+                "fio io_uring direct, reads over both files".into()
+            },
+            higher_is_better: true,
+        }
+        .print();
+        Figure {
+            metric: format!("{stem}_cpu_us_per_io"),
+            ours: our_cpu,
+            anchor: anchor_cpu,
+            anchor_name: "fio usr+sys".into(),
+            higher_is_better: false,
+        }
+        .print();
+    }
+    Ok(())
+}

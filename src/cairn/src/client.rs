@@ -1,0 +1,121 @@
+//! CLI commands that talk to a running node: build a `control::Request`, send it over the
+//! node's socket, print the reply (text, or `--json`), and exit with the documented code.
+
+use std::path::Path;
+
+use control::{ControlError, Request};
+
+use crate::cli::{Command, DiskCmd, NbdCmd, SnapshotCmd, Target, VdiskCmd};
+use crate::render;
+
+/// Host paths go to the node as absolute paths: it does not share our working directory.
+fn abs(p: &Path) -> Result<String, ControlError> {
+    std::path::absolute(p)
+        .map(|p| p.display().to_string())
+        .map_err(|e| ControlError::invalid(format!("path {}: {e}", p.display())))
+}
+
+fn request(cmd: Command) -> Result<Request, ControlError> {
+    Ok(match cmd {
+        Command::Disk(d) => match d {
+            DiskCmd::List => Request::DiskList,
+            DiskCmd::Add { path } => Request::DiskAdd { path: abs(&path)? },
+            DiskCmd::Remove { disk } => Request::DiskRemove { disk },
+            DiskCmd::Scrub => Request::DiskScrub,
+            DiskCmd::Probe { path } => Request::DiskProbe { path: abs(&path)? },
+        },
+        Command::Vdisk(v) => match v {
+            VdiskCmd::Create { name, size } => Request::VdiskCreate {
+                name,
+                size_bytes: size,
+            },
+            VdiskCmd::List => Request::VdiskList,
+            VdiskCmd::Show { name } => Request::VdiskGet { name },
+            VdiskCmd::Resize { name, size } => Request::VdiskResize {
+                name,
+                size_bytes: size,
+            },
+            VdiskCmd::Delete { name } => Request::VdiskDelete { name },
+            VdiskCmd::Clone {
+                source,
+                name,
+                snapshot,
+            } => Request::VdiskClone {
+                source,
+                snapshot,
+                name,
+            },
+            VdiskCmd::Import { name, file } => Request::VdiskImport {
+                name,
+                file: abs(&file)?,
+            },
+            VdiskCmd::Export {
+                name,
+                file,
+                snapshot,
+            } => Request::VdiskExport {
+                name,
+                snapshot,
+                file: abs(&file)?,
+            },
+            VdiskCmd::Nbd {
+                name,
+                snapshot,
+                listen,
+                read_only,
+            } => Request::NbdStart {
+                vdisk: name,
+                snapshot,
+                listen,
+                read_only,
+            },
+        },
+        Command::Snapshot(s) => match s {
+            SnapshotCmd::Create { vdisk, name } => Request::SnapshotCreate { vdisk, name },
+            SnapshotCmd::List { vdisk } => Request::SnapshotList { vdisk },
+            SnapshotCmd::Delete { vdisk, name } => Request::SnapshotDelete { vdisk, name },
+            SnapshotCmd::Rollback { vdisk, name } => Request::SnapshotRollback { vdisk, name },
+            SnapshotCmd::Diff { vdisk, from, to } => Request::SnapshotDiff { vdisk, from, to },
+        },
+        Command::Nbd(n) => match n {
+            NbdCmd::List => Request::NbdList,
+            NbdCmd::Stop { id } => Request::NbdStop { id },
+        },
+        Command::Pool => Request::PoolInfo,
+        Command::Stats => Request::Stats,
+        Command::Node(_) | Command::Bench(_) => {
+            return Err(ControlError::internal("not a client command"))
+        }
+    })
+}
+
+/// Run one client command; returns the process exit code.
+pub fn run(target: &Target, json: bool, cmd: Command) -> i32 {
+    let result = request(cmd).and_then(|req| {
+        // Check locally first: bad input fails fast with the node's own words, and never
+        // reaches the node at all.
+        req.validate()?;
+        node::socket::call(&target.socket_path(), &req)
+    });
+    match result {
+        Ok(reply) => {
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&reply).unwrap_or_else(|e| format!("{e}"))
+                );
+            } else {
+                print!("{}", render::reply(&reply));
+            }
+            control::EXIT_OK
+        }
+        Err(e) => {
+            if json {
+                let body = serde_json::json!({"error": {"code": e.code, "message": e.message}});
+                println!("{body}");
+            }
+            eprintln!("cairn: error: {}", e.message);
+            e.exit_code()
+        }
+    }
+}

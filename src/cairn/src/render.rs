@@ -1,0 +1,173 @@
+//! Text output of replies for people (the `--json` output is the reply itself).
+
+use control::{format_size, DiskProbeView, Reply};
+use std::fmt::Write;
+
+/// Left-aligned columns, two spaces apart.
+fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
+    let mut width: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in &rows {
+        for (i, c) in r.iter().enumerate() {
+            width[i] = width[i].max(c.len());
+        }
+    }
+    let mut out = String::new();
+    let line = |out: &mut String, cells: Vec<&str>| {
+        let mut l = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            let _ = write!(l, "{:<w$}  ", c, w = width[i]);
+        }
+        out.push_str(l.trim_end());
+        out.push('\n');
+    };
+    line(&mut out, header.to_vec());
+    for r in &rows {
+        line(&mut out, r.iter().map(|s| s.as_str()).collect());
+    }
+    out
+}
+
+fn when(unix: u64) -> String {
+    // Seconds since the epoch keep the CLI free of a time-zone library; --json has the same.
+    format!("@{unix}")
+}
+
+pub fn reply(r: &Reply) -> String {
+    match r {
+        Reply::Done => "ok\n".into(),
+        Reply::Disks(d) => table(
+            &["ID", "PATH", "SIZE", "USED", "STATE", "ERRORS"],
+            d.iter()
+                .map(|d| {
+                    vec![
+                        d.id.clone(),
+                        d.path.clone(),
+                        format_size(d.size_bytes),
+                        format_size(d.used_bytes),
+                        d.state.clone(),
+                        d.errors.to_string(),
+                    ]
+                })
+                .collect(),
+        ),
+        Reply::Disk(d) => format!(
+            "disk {} ({}): {}, {} used, {}\n",
+            d.id,
+            d.path,
+            format_size(d.size_bytes),
+            format_size(d.used_bytes),
+            d.state
+        ),
+        Reply::Probe(p) => match p {
+            DiskProbeView::Blank => "blank: can join the pool\n".into(),
+            DiskProbeView::Cairn { pool_id, disk_id } => {
+                format!("cairn disk {disk_id} of pool {pool_id}\n")
+            }
+            DiskProbeView::Foreign { reason } => {
+                format!("foreign data ({reason}): will be refused\n")
+            }
+        },
+        Reply::Pool(p) => format!(
+            "disks:          {}\nraw:            {} ({} used)\nusable:         {} (two replicas)\nlogical limit:  {}\ndegraded:       {} chunks\nrebalancing:    {}\n",
+            p.disks,
+            format_size(p.raw_bytes),
+            format_size(p.used_raw_bytes),
+            format_size(p.usable_bytes),
+            format_size(p.logical_limit_bytes),
+            p.degraded_chunks,
+            if p.rebalancing { "yes" } else { "no" }
+        ),
+        Reply::Vdisks(v) => table(
+            &["NAME", "SIZE", "USED", "SNAPSHOTS", "CREATED"],
+            v.iter()
+                .map(|v| {
+                    vec![
+                        v.name.clone(),
+                        format_size(v.size_bytes),
+                        format_size(v.used_bytes),
+                        v.snapshots.to_string(),
+                        when(v.created_unix),
+                    ]
+                })
+                .collect(),
+        ),
+        Reply::Vdisk(v) => format!(
+            "name:       {}\nid:         {}\nsize:       {} ({} bytes)\nused:       {}\nsnapshots:  {}\ncreated:    {}\n",
+            v.name,
+            v.id,
+            format_size(v.size_bytes),
+            v.size_bytes,
+            format_size(v.used_bytes),
+            v.snapshots,
+            when(v.created_unix)
+        ),
+        Reply::Snapshots(s) => table(
+            &["DISK", "SNAPSHOT", "ID", "CREATED"],
+            s.iter()
+                .map(|s| {
+                    vec![
+                        s.vdisk.clone(),
+                        s.name.clone(),
+                        s.id.to_string(),
+                        when(s.created_unix),
+                    ]
+                })
+                .collect(),
+        ),
+        Reply::Snapshot(s) => format!("snapshot {}@{} created\n", s.vdisk, s.name),
+        Reply::Ranges(r) => {
+            let total: u64 = r.iter().map(|r| r.len).sum();
+            let mut out = table(
+                &["OFFSET", "LENGTH"],
+                r.iter()
+                    .map(|r| vec![r.offset.to_string(), r.len.to_string()])
+                    .collect(),
+            );
+            let _ = writeln!(out, "{} ranges, {} changed", r.len(), format_size(total));
+            out
+        }
+        Reply::Transfer(t) => format!(
+            "{} <-> {}: {} ({} written, zero blocks skipped) in {} ms\n",
+            t.vdisk,
+            t.file,
+            format_size(t.size_bytes),
+            format_size(t.written_bytes),
+            t.elapsed_ms
+        ),
+        Reply::NbdExports(x) => table(
+            &["ID", "DISK", "SNAPSHOT", "URI", "MODE"],
+            x.iter()
+                .map(|x| {
+                    vec![
+                        x.id.to_string(),
+                        x.vdisk.clone(),
+                        x.snapshot.clone().unwrap_or_else(|| "-".into()),
+                        format!("nbd://{}/{}", x.listen, x.export_name),
+                        if x.read_only { "ro" } else { "rw" }.into(),
+                    ]
+                })
+                .collect(),
+        ),
+        Reply::NbdExport(x) => format!(
+            "export {}: nbd://{}/{} ({})\n",
+            x.id,
+            x.listen,
+            x.export_name,
+            if x.read_only { "read-only" } else { "read-write" }
+        ),
+        Reply::Stats(s) => format!(
+            "node:      {} (id {})\nuptime:    {} s\ndisks:     {}\nvdisks:    {}\nexports:   {}\nrequests:  {}\nraw:       {} ({} used)\nengine:    {}\n",
+            s.node_name,
+            s.node_id,
+            s.uptime_secs,
+            s.disks.len(),
+            s.vdisks,
+            s.nbd_exports,
+            s.requests,
+            format_size(s.pool.raw_bytes),
+            format_size(s.pool.used_raw_bytes),
+            s.engine
+        ),
+        other => format!("{other:?}\n"),
+    }
+}

@@ -1,0 +1,374 @@
+//! The node's `control::Controller`: the one place every request is executed. It checks the
+//! role policy and the request's own validation first (so bad input changes nothing), calls the
+//! engine, converts the answer to typed replies, and writes an audit line for every mutation.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use control::{
+    allowed, Actor, BoxFuture, ControlError, ControlResult, Controller, DiskView, ErrorCode, Range,
+    Reply, Request, StatsView,
+};
+
+use crate::disks::{self, Seen};
+use crate::{convert, transfer, NodeInner};
+
+/// Cheap to clone; every clone executes against the same node.
+#[derive(Clone)]
+pub struct NodeController {
+    pub(crate) inner: Arc<NodeInner>,
+}
+
+impl Controller for NodeController {
+    fn execute(&self, actor: Actor, req: Request) -> BoxFuture<'_, ControlResult> {
+        Box::pin(async move {
+            let started = Instant::now();
+            self.inner.requests.fetch_add(1, Ordering::Relaxed);
+            let result = if !allowed(actor.role, &req) {
+                Err(ControlError::new(
+                    ErrorCode::Forbidden,
+                    format!(
+                        "role {:?} may not {}",
+                        actor.role,
+                        req.action().replace('_', " ")
+                    ),
+                ))
+            } else if let Err(e) = req.validate() {
+                Err(e)
+            } else {
+                self.dispatch(&req).await
+            };
+            if req.is_mutation() || result.is_err() {
+                self.inner.audit(&actor, &req, &result, started.elapsed());
+            }
+            result
+        })
+    }
+}
+
+impl NodeController {
+    async fn dispatch(&self, req: &Request) -> ControlResult {
+        let engine = &self.inner.engine;
+        let e = convert::error;
+        Ok(match req {
+            Request::DiskList => Reply::Disks(self.disk_views()),
+            Request::DiskAdd { path } => Reply::Disk(self.add_disk(Path::new(path), true).await?),
+            Request::DiskRemove { disk } => {
+                Reply::Disk(convert::disk(engine.remove_disk(disk).await.map_err(e)?))
+            }
+            Request::DiskScrub => {
+                engine.start_scrub().map_err(e)?;
+                Reply::Done
+            }
+            Request::DiskProbe { path } => {
+                let canon = disks::check_disk_path(Path::new(path))?;
+                let dev = disks::open_device(&canon)?;
+                Reply::Probe(convert::probe(
+                    engine::Engine::probe(&*dev).await.map_err(e)?,
+                ))
+            }
+            Request::PoolInfo => Reply::Pool(convert::pool(engine.pool())),
+            Request::VdiskCreate { name, size_bytes } => Reply::Vdisk(convert::vdisk(
+                engine.create_vdisk(name, *size_bytes).await.map_err(e)?,
+            )),
+            Request::VdiskList => {
+                let mut v: Vec<_> = engine.vdisks().into_iter().map(convert::vdisk).collect();
+                v.sort_by(|a, b| a.name.cmp(&b.name));
+                Reply::Vdisks(v)
+            }
+            Request::VdiskGet { name } => {
+                Reply::Vdisk(convert::vdisk(engine.vdisk(name).map_err(e)?))
+            }
+            Request::VdiskResize { name, size_bytes } => {
+                let cur = engine.vdisk(name).map_err(e)?;
+                if *size_bytes < cur.size_bytes {
+                    return Err(ControlError::invalid(format!(
+                        "{name} is {}; virtual disks can only grow, not shrink to {}",
+                        control::format_size(cur.size_bytes),
+                        control::format_size(*size_bytes)
+                    )));
+                }
+                if *size_bytes == cur.size_bytes {
+                    Reply::Vdisk(convert::vdisk(cur))
+                } else {
+                    Reply::Vdisk(convert::vdisk(
+                        engine.resize_vdisk(name, *size_bytes).await.map_err(e)?,
+                    ))
+                }
+            }
+            Request::VdiskDelete { name } => {
+                self.refuse_if_exported(name, None)?;
+                engine.delete_vdisk(name).await.map_err(e)?;
+                Reply::Done
+            }
+            Request::VdiskClone {
+                source,
+                snapshot,
+                name,
+            } => Reply::Vdisk(convert::vdisk(
+                engine
+                    .clone_vdisk(source, snapshot.as_deref(), name)
+                    .await
+                    .map_err(e)?,
+            )),
+            Request::VdiskImport { name, file } => {
+                let pool_paths = self.pool_paths();
+                Reply::Transfer(
+                    transfer::import(
+                        engine,
+                        name,
+                        Path::new(file),
+                        &pool_paths,
+                        &self.inner.cfg.data_dir.join("importing"),
+                    )
+                    .await?,
+                )
+            }
+            Request::VdiskExport {
+                name,
+                snapshot,
+                file,
+            } => {
+                let handle = match snapshot {
+                    Some(s) => engine.open_snapshot(name, s),
+                    None => engine.open_vdisk(name),
+                }
+                .map_err(e)?;
+                Reply::Transfer(
+                    transfer::export(handle, name, Path::new(file), &self.inner.cfg.disks_dir())
+                        .await?,
+                )
+            }
+            Request::SnapshotCreate { vdisk, name } => Reply::Snapshot(convert::snapshot(
+                engine.create_snapshot(vdisk, name).await.map_err(e)?,
+            )),
+            Request::SnapshotList { vdisk } => Reply::Snapshots(
+                engine
+                    .snapshots(vdisk)
+                    .map_err(e)?
+                    .into_iter()
+                    .map(convert::snapshot)
+                    .collect(),
+            ),
+            Request::SnapshotDelete { vdisk, name } => {
+                self.refuse_if_exported(vdisk, Some(name))?;
+                engine.delete_snapshot(vdisk, name).await.map_err(e)?;
+                Reply::Done
+            }
+            Request::SnapshotRollback { vdisk, name } => {
+                self.refuse_if_exported(vdisk, None)?;
+                engine.rollback(vdisk, name).await.map_err(e)?;
+                Reply::Done
+            }
+            Request::SnapshotDiff { vdisk, from, to } => Reply::Ranges(
+                engine
+                    .changed_ranges(vdisk, from, to.as_deref())
+                    .await
+                    .map_err(e)?
+                    .into_iter()
+                    .map(|(offset, len)| Range { offset, len })
+                    .collect(),
+            ),
+            Request::NbdStart {
+                vdisk,
+                snapshot,
+                listen,
+                read_only,
+            } => Reply::NbdExport(
+                self.inner
+                    .exports
+                    .start(
+                        engine,
+                        vdisk,
+                        snapshot.as_deref(),
+                        listen.as_deref(),
+                        *read_only,
+                        self.inner.cfg.nbd_bind_ip,
+                    )
+                    .await?,
+            ),
+            Request::NbdStop { id } => {
+                self.inner.exports.stop(*id)?;
+                Reply::Done
+            }
+            Request::NbdList => Reply::NbdExports(self.inner.exports.list()),
+            Request::Stats => Reply::Stats(Box::new(self.stats())),
+            _ => {
+                return Err(ControlError::invalid(format!(
+                    "{} is not supported by this node",
+                    req.action()
+                )))
+            }
+        })
+    }
+
+    fn disk_views(&self) -> Vec<DiskView> {
+        self.inner
+            .engine
+            .disks()
+            .into_iter()
+            .map(convert::disk)
+            .collect()
+    }
+
+    /// Canonical paths of the pool's disks (import must never read one as an image).
+    fn pool_paths(&self) -> Vec<PathBuf> {
+        self.inner
+            .engine
+            .disks()
+            .into_iter()
+            .filter_map(|d| std::fs::canonicalize(&d.name).ok())
+            .collect()
+    }
+
+    fn refuse_if_exported(&self, vdisk: &str, snapshot: Option<&str>) -> Result<(), ControlError> {
+        if let Some(x) = self.inner.exports.find(vdisk, snapshot) {
+            return Err(ControlError::conflict(format!(
+                "{vdisk}{} is exported over NBD on {} (export {}); stop it first: cairn nbd stop {}",
+                snapshot.map(|s| format!("@{s}")).unwrap_or_default(),
+                x.listen,
+                x.id,
+                x.id
+            )));
+        }
+        Ok(())
+    }
+
+    fn stats(&self) -> StatsView {
+        let engine = &self.inner.engine;
+        StatsView {
+            node_name: self.inner.node_name.clone(),
+            node_id: self.inner.node_id,
+            uptime_secs: self.inner.started.elapsed().as_secs(),
+            pool: convert::pool(engine.pool()),
+            disks: self.disk_views(),
+            vdisks: engine.vdisks().len(),
+            nbd_exports: self.inner.exports.list().len(),
+            requests: self.inner.requests.load(Ordering::Relaxed),
+            engine: serde_json::to_value(engine.stats()).unwrap_or(serde_json::Value::Null),
+        }
+    }
+
+    /// Add one disk path to the pool. `explicit` is an admin's `disk add` (errors are reported
+    /// and a path outside the disk directory is linked into it so restarts find it again);
+    /// otherwise it is the watcher or startup, which remember refusals instead of retrying.
+    pub(crate) async fn add_disk(
+        &self,
+        path: &Path,
+        explicit: bool,
+    ) -> Result<DiskView, ControlError> {
+        let canon = disks::check_disk_path(path)?;
+        let mut reg = self.inner.disks.lock().await;
+        if reg.seen.get(&canon) == Some(&Seen::InPool) {
+            return Err(ControlError::new(
+                ErrorCode::AlreadyExists,
+                format!("{} is already a disk of this pool", path.display()),
+            ));
+        }
+        let result = async {
+            let dev = disks::open_device(&canon)?;
+            // The engine probes again and refuses foreign data itself; probing here first
+            // gives the clearer message and guarantees nothing is opened for writing by it.
+            if let engine::DiskProbe::Foreign { reason } =
+                engine::Engine::probe(&*dev).await.map_err(convert::error)?
+            {
+                return Err(ControlError::new(
+                    ErrorCode::ForeignData,
+                    format!(
+                        "{} holds data that is not Cairn's ({reason}); it was not touched",
+                        path.display()
+                    ),
+                ));
+            }
+            let info = self
+                .inner
+                .engine
+                .add_disk(dev)
+                .await
+                .map_err(convert::error)?;
+            Ok(convert::disk(info))
+        }
+        .await;
+        match &result {
+            Ok(view) => {
+                reg.seen.insert(canon.clone(), Seen::InPool);
+                tracing::info!(disk = %view.id, path = %canon.display(), "disk joined the pool");
+                if explicit {
+                    self.link_into_disk_dir(&canon, &mut reg);
+                }
+            }
+            Err(err) => {
+                if let Some((len, mtime_ns)) = disks::fingerprint(&canon) {
+                    reg.seen
+                        .insert(canon.clone(), Seen::Refused { len, mtime_ns });
+                }
+                tracing::warn!(path = %canon.display(), error = %err, "disk not added");
+            }
+        }
+        result
+    }
+
+    /// Remember a disk added from outside `DATA/disks/` with a symlink there, so the next start
+    /// opens it with the others.
+    fn link_into_disk_dir(&self, canon: &Path, reg: &mut disks::DiskRegistry) {
+        let dir = self.inner.cfg.disks_dir();
+        if let Ok(d) = std::fs::canonicalize(&dir) {
+            if canon.starts_with(&d) {
+                return;
+            }
+        }
+        let base = canon
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "disk".into());
+        for i in 0..1000 {
+            let link = dir.join(if i == 0 {
+                format!("ext-{base}")
+            } else {
+                format!("ext-{base}-{i}")
+            });
+            match std::os::unix::fs::symlink(canon, &link) {
+                Ok(()) => {
+                    reg.seen.insert(link, Seen::InPool);
+                    return;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => {
+                    tracing::warn!(path = %canon.display(), error = %e, "could not link disk into the disk directory; it must be added again after a restart");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// One pass of the disk directory watcher: add every new file; retry a refused one only
+    /// after it changed.
+    pub(crate) async fn scan_disk_dir(&self) {
+        for path in disks::scan(&self.inner.cfg.disks_dir()) {
+            let Ok(canon) = std::fs::canonicalize(&path) else {
+                continue;
+            };
+            {
+                let reg = self.inner.disks.lock().await;
+                match reg.seen.get(&canon) {
+                    Some(Seen::InPool) => continue,
+                    Some(Seen::Refused { len, mtime_ns }) => {
+                        if disks::fingerprint(&canon) == Some((*len, *mtime_ns)) {
+                            continue;
+                        }
+                    }
+                    None => {}
+                }
+            }
+            let actor = Actor::internal("disk-watch");
+            let req = Request::DiskAdd {
+                path: canon.display().to_string(),
+            };
+            let started = Instant::now();
+            let result = self.add_disk(&canon, false).await.map(Reply::Disk);
+            self.inner.audit(&actor, &req, &result, started.elapsed());
+        }
+    }
+}
