@@ -149,6 +149,7 @@ async fn handle_route(
     } else {
         None
     };
+    let mut fingerprint = String::new();
     if let Some(k) = &idem_key {
         if k.is_empty() || k.len() > crate::idempotency::MAX_KEY_LEN || !k.is_ascii() {
             return Err(ControlError::invalid(format!(
@@ -158,8 +159,8 @@ async fn handle_route(
         }
         let mut fp = format!("{} {}\n", method, path_of(r, &params)).into_bytes();
         fp.extend_from_slice(&body);
-        let fp = crate::files::sha256_hex(&fp);
-        match st.idempotency.begin(&caller.user, k, &fp) {
+        fingerprint = crate::files::sha256_hex(&fp);
+        match st.idempotency.begin(&caller.user, k, &fingerprint) {
             Lookup::Fresh => {}
             Lookup::Replay(s) => {
                 let mut resp = h::with_type(
@@ -193,7 +194,7 @@ async fn handle_route(
                 &caller.user,
                 k,
                 Stored {
-                    fingerprint: String::new(),
+                    fingerprint: fingerprint.clone(),
                     status: *status,
                     body: encode(v).into(),
                 },
@@ -202,7 +203,7 @@ async fn handle_route(
                 &caller.user,
                 k,
                 Stored {
-                    fingerprint: String::new(),
+                    fingerprint: fingerprint.clone(),
                     status: e.http_status(),
                     body: encode(
                         &json!({"error": {"code": e.code.as_str(), "message": e.message}}),
