@@ -42,6 +42,7 @@ pub mod memory;
 pub mod pci;
 pub mod seccomp;
 pub mod stats;
+pub mod virtio;
 pub mod vm;
 
 pub use backend::{BackendError, DiskBackend, RamDisk};

@@ -61,6 +61,15 @@ fn common() -> Vec<libc::c_long> {
         libc::SYS_statx,
         libc::SYS_rseq,
         libc::SYS_set_robust_list,
+        // Device activation runs on the vCPU that wrote DRIVER_OK: it creates eventfds and
+        // spawns the device's I/O threads, which then install their own (narrower) filter.
+        libc::SYS_eventfd2,
+        libc::SYS_clone,
+        libc::SYS_clone3,
+        libc::SYS_prctl,
+        libc::SYS_seccomp,
+        libc::SYS_dup,
+        libc::SYS_getrandom,
     ]
 }
 

@@ -1,0 +1,287 @@
+/*
+ * Ring-3 PCI + virtio-pci (modern) driver for the tests: enumerates bus 0 through 0xCF8/0xCFC,
+ * parses virtio capabilities, programs MSI-X to the LAPIC, negotiates features and drives
+ * virtio-blk (QD1 and QD32, flush, discard, write-zeroes, GET_ID) and virtio-rng by polling the
+ * used ring. Results are "ok/fail" lines (see lib.c).
+ */
+#include "guest.h"
+
+#define LAPIC 0xFEE00000ull
+#define QSZ 128
+#define BATCH 32
+
+struct vdesc { u64 addr; u32 len; u16 flags; u16 next; };
+struct vdev {
+    int slot;
+    u64 common, notify, isr, device;
+    u32 notify_mult;
+    u64 msix_table;
+    int msix_cap;
+    u64 features;
+};
+struct vq {
+    struct vdesc desc[QSZ] __attribute__((aligned(4096)));
+    struct { u16 flags, idx, ring[QSZ], used_event; } avail __attribute__((aligned(4096)));
+    struct { u16 flags, idx; struct { u32 id, len; } ring[QSZ]; u16 avail_event; } used __attribute__((aligned(4096)));
+    u16 last_used;
+    u64 notify_addr;
+};
+
+struct blk_req { u32 type, reserved; u64 sector; };
+
+static struct vq blkq, rngq;
+static u8 data[BATCH][4096] __attribute__((aligned(4096)));
+static struct blk_req reqs[BATCH];
+static u8 status[BATCH];
+static u8 seg16[16];
+
+static u32 pci_addr(int slot, int off) { return 0x80000000u | ((u32)slot << 11) | (u32)(off & 0xfc); }
+static u32 pci_r32(int slot, int off) { outl(0xcf8, pci_addr(slot, off)); return inl(0xcfc); }
+static u8 pci_r8(int slot, int off) { return (u8)(pci_r32(slot, off) >> ((off & 3) * 8)); }
+static void pci_w16(int slot, int off, u16 v) { outl(0xcf8, pci_addr(slot, off)); outw(0xcfc + (off & 2), v); }
+
+static int find_device(u16 device_id) {
+    for (int slot = 0; slot < 32; slot++)
+        if (pci_r32(slot, 0) == (0x1af4u | ((u32)device_id << 16))) return slot;
+    return -1;
+}
+
+static int probe(int slot, struct vdev *d) {
+    memset(d, 0, sizeof(*d));
+    d->slot = slot;
+    u64 bar0 = pci_r32(slot, 0x10) & ~0xfull;
+    pci_w16(slot, 4, 0x6); /* memory space + bus master */
+    int cap = pci_r8(slot, 0x34);
+    for (int guard = 0; cap && guard < 48; guard++) {
+        u8 id = pci_r8(slot, cap);
+        if (id == 0x09) {
+            u8 type = pci_r8(slot, cap + 3);
+            u64 addr = bar0 + pci_r32(slot, cap + 8);
+            if (type == 1) d->common = addr;
+            if (type == 2) { d->notify = addr; d->notify_mult = pci_r32(slot, cap + 16); }
+            if (type == 3) d->isr = addr;
+            if (type == 4) d->device = addr;
+        } else if (id == 0x11) {
+            d->msix_cap = cap;
+            d->msix_table = bar0 + (pci_r32(slot, cap + 4) & ~7u);
+        }
+        cap = pci_r8(slot, cap + 1);
+    }
+    return d->common && d->notify && d->device && d->msix_cap;
+}
+
+static void msix_setup(struct vdev *d, int nvec, u8 vector_base) {
+    for (int v = 0; v < nvec; v++) {
+        u64 e = d->msix_table + 16 * (u64)v;
+        mmio_w32(e, (u32)LAPIC);
+        mmio_w32(e + 4, 0);
+        mmio_w32(e + 8, vector_base + v);
+        mmio_w32(e + 12, 0);
+    }
+    pci_w16(d->slot, d->msix_cap + 2, 0x8000);
+}
+
+static int lapic_irr(u8 vector) {
+    return (mmio_r32(LAPIC + 0x200 + 0x10 * (vector / 32)) >> (vector % 32)) & 1;
+}
+
+static int negotiate(struct vdev *d, u64 wanted) {
+    u64 c = d->common;
+    mmio_w8(c + 0x14, 0);
+    mmio_w8(c + 0x14, 1);
+    mmio_w8(c + 0x14, 3);
+    mmio_w32(c + 0x00, 0);
+    u64 f = mmio_r32(c + 0x04);
+    mmio_w32(c + 0x00, 1);
+    f |= (u64)mmio_r32(c + 0x04) << 32;
+    d->features = f & wanted;
+    mmio_w32(c + 0x08, 0);
+    mmio_w32(c + 0x0c, (u32)d->features);
+    mmio_w32(c + 0x08, 1);
+    mmio_w32(c + 0x0c, (u32)(d->features >> 32));
+    mmio_w8(c + 0x14, 3 | 8);
+    return (mmio_r8(c + 0x14) & 8) != 0;
+}
+
+static int queue_setup(struct vdev *d, struct vq *q, u16 index, u16 vector) {
+    u64 c = d->common;
+    memset(q, 0, sizeof(*q));
+    mmio_w16(c + 0x16, index);
+    if (mmio_r16(c + 0x18) < QSZ) return 0;
+    mmio_w16(c + 0x18, QSZ);
+    mmio_w16(c + 0x1a, vector);
+    mmio_w64(c + 0x20, (u64)(usize)q->desc);
+    mmio_w64(c + 0x28, (u64)(usize)&q->avail);
+    mmio_w64(c + 0x30, (u64)(usize)&q->used);
+    mmio_w16(c + 0x1c, 1);
+    q->notify_addr = d->notify + (u64)mmio_r16(c + 0x1e) * d->notify_mult;
+    return mmio_r16(c + 0x1a) == vector;
+}
+
+static int driver_ok(struct vdev *d) {
+    mmio_w8(d->common + 0x14, 1 | 2 | 4 | 8);
+    return (mmio_r8(d->common + 0x14) & 0xc0) == 0;
+}
+
+/* Publishes n chains starting at descriptor heads and waits for n completions. */
+static int submit_wait(struct vq *q, u16 index, const u16 *heads, int n) {
+    for (int i = 0; i < n; i++) q->avail.ring[(q->avail.idx + i) % QSZ] = heads[i];
+    /* Event index: ask for an interrupt once the device passes our current position. */
+    q->avail.used_event = q->last_used;
+    mb();
+    q->avail.idx += n;
+    mb();
+    mmio_w16(q->notify_addr, index);
+    u16 target = q->last_used + n;
+    for (u64 spin = 0; spin < 2000000000ull; spin++) {
+        barrier();
+        if (*(volatile u16 *)&q->used.idx == target) {
+            q->last_used = target;
+            return 1;
+        }
+        __asm__ volatile("pause");
+    }
+    return 0;
+}
+
+/* Builds request slot i: header, optional data (dlen bytes, device-writable if in), status. */
+static u16 build_req(int i, u32 type, u64 sector, void *buf, u32 dlen, int dev_writes) {
+    u16 h = (u16)(i * 3);
+    reqs[i].type = type;
+    reqs[i].reserved = 0;
+    reqs[i].sector = sector;
+    status[i] = 0xff;
+    struct vdesc *d = blkq.desc;
+    d[h] = (struct vdesc){(u64)(usize)&reqs[i], 16, 1, (u16)(h + 1)};
+    if (dlen) {
+        d[h + 1] = (struct vdesc){(u64)(usize)buf, dlen, (u16)(1 | (dev_writes ? 2 : 0)), (u16)(h + 2)};
+        d[h + 2] = (struct vdesc){(u64)(usize)&status[i], 1, 2, 0};
+    } else {
+        d[h + 1] = (struct vdesc){(u64)(usize)&status[i], 1, 2, 0};
+    }
+    return h;
+}
+
+static void pattern(u8 *b, u64 seed, u64 sector) {
+    u64 x = seed * 0x9E3779B97F4A7C15ull ^ (sector + 1) * 0xBF58476D1CE4E5B9ull;
+    for (int i = 0; i < 4096; i += 8) {
+        x ^= x << 13; x ^= x >> 7; x ^= x << 17;
+        *(u64 *)(b + i) = x;
+    }
+}
+
+static int rw_batch(int n, u32 type, u64 first_sector, u64 seed, int verify) {
+    u16 heads[BATCH];
+    for (int i = 0; i < n; i++) {
+        u64 s = first_sector + 8 * (u64)i;
+        if (type == 1) pattern(data[i], seed, s); else memset(data[i], 0xAA, 4096);
+        heads[i] = build_req(i, type, s, data[i], 4096, type == 0);
+    }
+    if (!submit_wait(&blkq, 0, heads, n)) return 0;
+    u8 expect[4096];
+    for (int i = 0; i < n; i++) {
+        if (status[i] != 0) return 0;
+        if (verify) {
+            pattern(expect, seed, first_sector + 8 * (u64)i);
+            if (memcmp(expect, data[i], 4096)) return 0;
+        }
+    }
+    return 1;
+}
+
+static int single(u32 type, u64 sector, void *buf, u32 len, int dev_writes) {
+    u16 h = build_req(0, type, sector, buf, len, dev_writes);
+    if (!submit_wait(&blkq, 0, &h, 1)) return -1;
+    return status[0];
+}
+
+static int all_zero(const u8 *b, int n) {
+    for (int i = 0; i < n; i++) if (b[i]) return 0;
+    return 1;
+}
+
+static void run_blk(const char *cmdline) {
+    struct vdev d;
+    int slot = find_device(0x1042);
+    check(slot > 0, "pci-find-blk", "no virtio-blk on bus 0");
+    if (slot <= 0) return;
+    check(probe(slot, &d), "virtio-caps", "missing virtio or MSI-X capability");
+    msix_setup(&d, 2, 0x40);
+    /* VERSION_1 | EVENT_IDX | FLUSH | DISCARD | WRITE_ZEROES | BLK_SIZE | SEG_MAX */
+    u64 wanted = (1ull << 32) | (1ull << 29) | (1 << 9) | (1 << 13) | (1 << 14) | (1 << 6) | (1 << 2);
+    check(negotiate(&d, wanted), "virtio-features", "FEATURES_OK not accepted");
+    check((d.features & (1ull << 32)) && (d.features & (1 << 9)), "virtio-features-offered", "VERSION_1/FLUSH missing");
+    check(queue_setup(&d, &blkq, 0, 1), "virtio-queue", "queue setup failed");
+    check(driver_ok(&d), "virtio-driver-ok", "device needs reset");
+    u64 capacity = (u64)mmio_r32(d.device) | ((u64)mmio_r32(d.device + 4) << 32);
+    puts("capacity-sectors ");
+    put_dec(capacity);
+    puts("\n");
+    u64 seed = arg_u64(cmdline, "seed", 1);
+    u64 base = arg_u64(cmdline, "base", 2048);
+
+    if (has_word(cmdline, "blk-verify")) {
+        check(rw_batch(BATCH, 0, base, seed, 1), "blk-verify-after-restart", "data differs");
+        return;
+    }
+    /* QD1: write then read back, one request at a time. */
+    int ok = 1;
+    for (int i = 0; i < 8 && ok; i++) ok = rw_batch(1, 1, base + 8 * (u64)i, seed, 0) && rw_batch(1, 0, base + 8 * (u64)i, seed, 1);
+    check(ok, "blk-qd1", "QD1 write/read mismatch");
+    mmio_w32(LAPIC + 0xf0, 0x1ff); /* software-enable the LAPIC so MSIs land in IRR */
+    ok = rw_batch(1, 0, base, seed, 1);
+    check(ok && lapic_irr(0x41), "msix-delivered", "queue vector 0x41 not pending in LAPIC IRR");
+    /* QD32: 32 writes in flight, then 32 reads, verified. */
+    check(rw_batch(BATCH, 1, base, seed, 0), "blk-qd32-write", "QD32 writes failed");
+    check(rw_batch(BATCH, 0, base, seed, 1), "blk-qd32-read", "QD32 read-back mismatch");
+    check(single(4, 0, 0, 0, 0) == 0, "blk-flush", "flush failed");
+    char id[20];
+    memset(id, 0, sizeof(id));
+    check(single(8, 0, id, 20, 1) == 0 && str_starts(id, "cairn-test-disk"), "blk-get-id", "serial mismatch");
+    /* Discard the 5th block of the pattern and zero the 6th; both then read as zeros. */
+    *(u64 *)seg16 = base + 8 * 4;
+    *(u32 *)(seg16 + 8) = 8;
+    *(u32 *)(seg16 + 12) = 0;
+    check(single(11, 0, seg16, 16, 0) == 0, "blk-discard", "discard failed");
+    *(u64 *)seg16 = base + 8 * 5;
+    check(single(13, 0, seg16, 16, 0) == 0, "blk-write-zeroes", "write zeroes failed");
+    int zero_ok = single(0, base + 8 * 4, data[0], 4096, 1) == 0 && all_zero(data[0], 4096) &&
+                  single(0, base + 8 * 5, data[0], 4096, 1) == 0 && all_zero(data[0], 4096);
+    check(zero_ok, "blk-discarded-reads-zero", "discarded data still visible");
+    check(single(0, capacity, data[0], 4096, 1) == 1, "blk-out-of-range-ioerr", "read past end not rejected");
+    check(single(99, 0, 0, 0, 0) == 2, "blk-unknown-unsupp", "unknown type not UNSUPP");
+    if (has_word(cmdline, "blk-write")) {
+        /* Leave the pattern (rewritten over the discarded blocks) for the restart check. */
+        check(rw_batch(BATCH, 1, base, seed, 0), "blk-write-for-restart", "writes failed");
+        check(single(4, 0, 0, 0, 0) == 0, "blk-flush-for-restart", "flush failed");
+    }
+}
+
+static void run_rng(void) {
+    struct vdev d;
+    int slot = find_device(0x1044);
+    check(slot > 0, "pci-find-rng", "no virtio-rng");
+    if (slot <= 0) return;
+    check(probe(slot, &d), "rng-caps", "missing capabilities");
+    msix_setup(&d, 2, 0x50);
+    check(negotiate(&d, 1ull << 32), "rng-features", "FEATURES_OK refused");
+    check(queue_setup(&d, &rngq, 0, 1), "rng-queue", "queue setup failed");
+    check(driver_ok(&d), "rng-driver-ok", "needs reset");
+    static u8 a[64], b[64];
+    rngq.desc[0] = (struct vdesc){(u64)(usize)a, 64, 2, 0};
+    rngq.desc[1] = (struct vdesc){(u64)(usize)b, 64, 2, 0};
+    u16 h0 = 0, h1 = 1;
+    int ok = submit_wait(&rngq, 0, &h0, 1) && rngq.used.ring[0].len == 64;
+    ok = ok && submit_wait(&rngq, 0, &h1, 1) && rngq.used.ring[1].len == 64;
+    check(ok && !all_zero(a, 64) && memcmp(a, b, 64) != 0, "rng-entropy", "no or repeated entropy");
+}
+
+int run_pci_tests(const char *cmdline) {
+    int host = find_device(0) ;
+    (void)host;
+    check(pci_r32(0, 0) != 0xffffffffu, "pci-host-bridge", "no device at 00:00.0");
+    check(pci_r32(31, 0) == 0xffffffffu || pci_r32(31, 0) != 0, "pci-empty-slot", "");
+    if (has_word(cmdline, "blk") || has_word(cmdline, "blk-write") || has_word(cmdline, "blk-verify")) run_blk(cmdline);
+    if (has_word(cmdline, "rng")) run_rng();
+    return failures;
+}
