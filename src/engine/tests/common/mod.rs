@@ -48,3 +48,33 @@ pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
         })
         .collect()
 }
+
+/// Byte offsets of every 4 KiB block of `dev` whose contents equal one of the 4 KiB blocks of
+/// `data` (where the store put our data).
+pub fn find_blocks(dev: &RamDevice, data: &[u8]) -> Vec<u64> {
+    let wanted: std::collections::HashSet<&[u8]> = data.chunks(4096).collect();
+    let img = dev.snapshot();
+    img.chunks(4096)
+        .enumerate()
+        .filter(|(_, b)| wanted.contains(b))
+        .map(|(i, _)| i as u64 * 4096)
+        .collect()
+}
+
+pub fn fault_disks(devs: &[Arc<RamDevice>], seed: u64) -> Vec<Arc<blockdev::FaultDevice>> {
+    devs.iter()
+        .enumerate()
+        .map(|(i, d)| {
+            Arc::new(blockdev::FaultDevice::new(
+                d.clone() as Arc<dyn BlockDevice>,
+                seed + i as u64,
+            ))
+        })
+        .collect()
+}
+
+pub fn fault_dyn(devs: &[Arc<blockdev::FaultDevice>]) -> Vec<Arc<dyn BlockDevice>> {
+    devs.iter()
+        .map(|d| d.clone() as Arc<dyn BlockDevice>)
+        .collect()
+}
