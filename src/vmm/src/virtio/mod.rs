@@ -2,6 +2,8 @@
 //! drives, queue interrupts, and the per-queue I/O thread fed by an ioeventfd.
 
 pub mod blk;
+#[cfg(test)]
+mod blk_tests;
 pub mod net;
 pub mod pci;
 pub mod rng;
