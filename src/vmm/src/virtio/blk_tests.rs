@@ -7,7 +7,7 @@ use crate::stats::DeviceCounters;
 use std::sync::Arc;
 use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
 use virtio_queue::mock::MockSplitQueue;
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::Queue;
 use vm_memory::{Address, Bytes, GuestAddress};
 
 const QLEN: u16 = 16;
