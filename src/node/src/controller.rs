@@ -354,12 +354,12 @@ impl NodeController {
                 let reg = self.inner.disks.lock().await;
                 match reg.seen.get(&canon) {
                     Some(Seen::InPool) => continue,
-                    Some(Seen::Refused { len, mtime_ns }) => {
-                        if disks::fingerprint(&canon) == Some((*len, *mtime_ns)) {
-                            continue;
-                        }
+                    Some(Seen::Refused { len, mtime_ns })
+                        if disks::fingerprint(&canon) == Some((*len, *mtime_ns)) =>
+                    {
+                        continue
                     }
-                    None => {}
+                    _ => {}
                 }
             }
             let actor = Actor::internal("disk-watch");

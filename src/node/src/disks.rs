@@ -117,20 +117,34 @@ pub(crate) fn check_disk_path(path: &Path) -> std::result::Result<PathBuf, Contr
     Ok(canon)
 }
 
-/// Open a disk path for the engine: the io_uring device when blockdev provides it, else a
-/// positional-I/O file device.
+/// Open a disk path for the engine: blockdev's io_uring device (O_DIRECT), or, where io_uring
+/// is unavailable (old kernels, seccomp), the positional-I/O `FileDevice`.
 pub fn open_device(path: &Path) -> std::result::Result<Arc<dyn BlockDevice>, ControlError> {
-    let dev = crate::filedev::FileDevice::open(path)
-        .map_err(|e| ControlError::new(ErrorCode::Io, format!("open {}: {e}", path.display())))?;
-    if blockdev::BlockDevice::info(&dev).size_bytes < MIN_DISK_SIZE_BYTES {
+    let dev: Arc<dyn BlockDevice> = match blockdev::open_device(path) {
+        Ok(d) => d,
+        Err(uring_err) => match crate::filedev::FileDevice::open(path) {
+            Ok(d) => {
+                tracing::warn!(path = %path.display(), error = %uring_err, "io_uring unavailable; using positional I/O");
+                Arc::new(d)
+            }
+            Err(_) => {
+                return Err(ControlError::new(
+                    ErrorCode::Io,
+                    format!("open {}: {uring_err}", path.display()),
+                ))
+            }
+        },
+    };
+    let size = dev.info().size_bytes;
+    if size < MIN_DISK_SIZE_BYTES {
         return Err(ControlError::invalid(format!(
             "{} is {}; a disk must be at least {}",
             path.display(),
-            control::format_size(blockdev::BlockDevice::info(&dev).size_bytes),
+            control::format_size(size),
             control::format_size(MIN_DISK_SIZE_BYTES)
         )));
     }
-    Ok(Arc::new(dev))
+    Ok(dev)
 }
 
 #[cfg(test)]
@@ -161,8 +175,8 @@ mod tests {
         assert_eq!(scan(&cfg.disks_dir()), made);
     }
 
-    #[test]
-    fn disk_paths_are_checked() {
+    #[tokio::test]
+    async fn disk_paths_are_checked() {
         let dir = tempfile::tempdir().unwrap();
         assert_eq!(
             check_disk_path(&dir.path().join("nope")).unwrap_err().code,

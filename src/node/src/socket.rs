@@ -201,7 +201,7 @@ mod tests {
         assert!(matches!(read_frame(&mut r, 10).await.unwrap(), Frame::Line(l) if l.is_empty()));
         assert!(matches!(read_frame(&mut r, 10).await.unwrap(), Frame::Line(l) if l == b"xyz"));
         assert!(matches!(read_frame(&mut r, 10).await.unwrap(), Frame::Eof));
-        let long = vec![b'a'; 100];
+        let long = [b'a'; 100];
         let mut r = tokio::io::BufReader::with_capacity(8, &long[..]);
         assert!(matches!(
             read_frame(&mut r, 10).await.unwrap(),
