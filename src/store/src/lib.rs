@@ -46,6 +46,7 @@
 //! put_meta(blob <= 1 MiB) / get_meta()    atomic: newest complete put survives any crash
 //! close()                                 flush + checkpoint (recovery never needs it)
 //! check_invariants()                      recount refcounts/space from the maps (tests)
+//! stats(), is_poisoned(), area_offsets(), locate(obj, block, gen)   (diagnostics, tests)
 //! ```
 //! Errors: [`StoreError`] with [`StoreError::kind`]: Io, Poisoned, Corrupt{obj, block, gen},
 //! NoSpace, NotBlank, NotOurs, InvalidArgument, BadMetadata.
@@ -79,6 +80,7 @@ mod types;
 
 pub use error::{ErrorKind, Result, StoreError};
 pub use layout::{MAX_META_BYTES, MIN_DEVICE_BYTES};
+pub use ops::AreaOffsets;
 pub use store::{Store, MAX_IO_BLOCKS};
 pub use types::{
     BlockVersions, Label, ObjectId, Probe, ScrubReport, Space, StoreStats, VersionData,

@@ -460,3 +460,42 @@ impl Store {
         Ok(())
     }
 }
+
+/// Byte offsets of the on-disk areas, for fault-injection tests and diagnostics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AreaOffsets {
+    pub meta: [u64; 2],
+    pub ckpt: [u64; 2],
+    pub journal: u64,
+    pub journal_bytes: u64,
+    pub data: u64,
+    pub data_bytes: u64,
+}
+
+impl Store {
+    /// Where each metadata area lives on the device.
+    pub fn area_offsets(&self) -> AreaOffsets {
+        let l = self.inner.layout();
+        AreaOffsets {
+            meta: [l.meta[0] * BS, l.meta[1] * BS],
+            ckpt: [l.ckpt[0] * BS, l.ckpt[1] * BS],
+            journal: l.journal_start * BS,
+            journal_bytes: l.journal_blocks * BS,
+            data: l.data_start * BS,
+            data_bytes: l.data_blocks * BS,
+        }
+    }
+
+    /// Device byte offset holding version `gen` of `block` of `obj` (None: no data there).
+    pub fn locate(&self, obj: ObjectId, block: u64, gen: u64) -> Option<u64> {
+        let st = self.inner.state.read();
+        let v = st
+            .maps
+            .objs
+            .get(&obj)?
+            .get(&block)?
+            .iter()
+            .find(|v| v.gen == gen && v.phys != TOMB)?;
+        Some(self.inner.layout().data_offset(v.phys))
+    }
+}

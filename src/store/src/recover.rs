@@ -146,6 +146,7 @@ impl Store {
             }
         }
         cands.sort_by_key(|(h, _)| std::cmp::Reverse(h.ckpt_seq));
+        let headers = cands.clone();
         let mut loaded = None;
         let mut why = String::from("no checkpoint header is valid");
         for (h, slot) in cands {
@@ -178,7 +179,41 @@ impl Store {
         let Some((h, slot, mut maps)) = loaded else {
             return Err(StoreError::bad_meta(format!("{name}: {why}")));
         };
-        let ring = replay(&*dev, &sb, &h, slot, &mut maps).await?;
+        let mut ring = replay(&*dev, &sb, &h, slot, &mut maps).await?;
+        match headers
+            .iter()
+            .find(|(o, s)| *s != slot && o.ckpt_seq > h.ckpt_seq)
+        {
+            // Fell back to the older checkpoint: the journal must have carried us at least to
+            // where the newer one was, or something durable is gone.
+            Some((newer, _)) if ring.durable_seq + 1 < newer.next_seq => {
+                return Err(StoreError::bad_meta(format!(
+                    "{name}: newest checkpoint {} is damaged ({why}) and the journal after the older one ends early",
+                    newer.ckpt_seq
+                )));
+            }
+            Some(_) => {}
+            None => {
+                // Keep the interval between the older checkpoint and this one intact (it is the
+                // fallback if this checkpoint ever becomes unreadable).
+                if let Some((older, _)) = headers
+                    .iter()
+                    .find(|(o, s)| *s != slot && o.ckpt_seq + 1 == h.ckpt_seq)
+                {
+                    let jb = l.journal_blocks;
+                    ring.prev_used = if older.next_seq == h.next_seq {
+                        0
+                    } else {
+                        let d = (h.journal_pos + jb - older.journal_pos) % jb;
+                        if d == 0 {
+                            jb
+                        } else {
+                            d
+                        }
+                    };
+                }
+            }
+        }
         let mut alloc = Allocator::new(l.data_blocks);
         for (b, &r) in maps.refs.iter().enumerate() {
             if r > 0 {
@@ -238,6 +273,7 @@ async fn replay(
     let mut ring = Ring {
         head: ck.journal_pos,
         used: 0,
+        prev_used: 0,
         chain: ck.chain,
         ckpt_seq: ck.ckpt_seq,
         ckpt_slot: slot,
@@ -271,6 +307,16 @@ async fn replay(
                 read_raw(dev, (l.journal_start + pos) * BS, nb * BS).await?
             };
             if !h.verify(&whole) {
+                // Torn (never durable) or rotted (was durable)? If the batch after it exists,
+                // this one was complete once: a later batch is only written after the flush
+                // that made this one durable.
+                if successor_exists(dev, sb, &h, pos + nb).await? {
+                    return Err(StoreError::bad_meta(format!(
+                        "{}: journal batch at ring block {pos} (records from {}) is damaged but later batches exist",
+                        dev.info().name,
+                        h.first_seq
+                    )));
+                }
                 continue;
             }
             found = Some((pos, waste, h, whole));
@@ -311,6 +357,41 @@ async fn replay(
         )));
     }
     Ok(ring)
+}
+
+async fn successor_exists(
+    dev: &dyn BlockDevice,
+    sb: &Superblock,
+    h: &BatchHdr,
+    next: u64,
+) -> Result<bool> {
+    let l = sb.layout;
+    for pos in [next, 0] {
+        if pos >= l.journal_blocks {
+            continue;
+        }
+        let first = read_raw(dev, (l.journal_start + pos) * BS, BS).await?;
+        let Some(n) = BatchHdr::parse(&first, sb.nonce) else {
+            continue;
+        };
+        if n.first_seq != h.first_seq + u64::from(h.nrecs) || n.prev_chain != h.crc || n.nrecs == 0
+        {
+            continue;
+        }
+        let nb = n.total_blocks();
+        if pos + nb > l.journal_blocks {
+            continue;
+        }
+        let whole = if nb == 1 {
+            first
+        } else {
+            read_raw(dev, (l.journal_start + pos) * BS, nb * BS).await?
+        };
+        if n.verify(&whole) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 async fn load_meta(dev: &dyn BlockDevice, sb: &Superblock) -> Result<(Option<Vec<u8>>, MetaState)> {

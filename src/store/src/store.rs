@@ -45,7 +45,12 @@ pub(crate) struct JBuf {
 /// Journal ring position; owned by the flush in progress.
 pub(crate) struct Ring {
     pub head: u64,
+    /// Ring blocks written since the newest checkpoint.
     pub used: u64,
+    /// Ring blocks between the older and the newest checkpoint. Kept intact so that, if the
+    /// newest checkpoint is ever unreadable, the older one plus the whole journal after it
+    /// still recovers everything.
+    pub prev_used: u64,
     pub chain: u32,
     pub ckpt_seq: u64,
     pub ckpt_slot: usize,
@@ -215,7 +220,7 @@ impl Inner {
         }
     }
 
-    /// Make every logged record durable (group commit); checkpoint when the ring is half full
+    /// Make every logged record durable (group commit); checkpoint when a third of the ring is used since the last one
     /// or when `force_ckpt`.
     pub async fn flush(&self, force_ckpt: bool) -> Result<()> {
         self.check_ok()?;
@@ -226,28 +231,51 @@ impl Inner {
             return Ok(());
         }
         self.counters.flushes.fetch_add(1, Ordering::Relaxed);
-        let (payload, nrecs, last_seq, frees) = {
-            let mut j = self.jbuf.lock();
-            let payload = std::mem::take(&mut j.w.buf);
-            let frees = std::mem::take(&mut j.frees);
-            self.flushing_frees
-                .store(frees.len() as u64, Ordering::Relaxed);
-            let n = std::mem::replace(&mut j.nrecs, 0);
-            (payload, n, j.last_seq, frees)
-        };
+        let (payload, nrecs, last_seq, frees) = self.take_jbuf(Vec::new());
         // Data of every record in the batch was written before the record was logged; this
         // flush makes it durable before any record that points at it can be.
         self.dev_flush().await?;
-        if nrecs == 0 {
-            ring.durable_seq = last_seq;
-            if force_ckpt {
-                return self.checkpoint(&mut ring, frees).await;
+        if nrecs > 0 {
+            if !self
+                .append_batch(&mut ring, &payload, nrecs, last_seq)
+                .await?
+            {
+                // No room: the records go into a checkpoint only, so the older checkpoint is
+                // no fallback any more; write the new one to both slots.
+                return self.checkpoint(&mut ring, frees, true).await;
             }
-            return Ok(());
+            self.dev_flush().await?;
+            self.release(&frees);
+            self.flushing_frees.store(0, Ordering::Relaxed);
         }
+        ring.durable_seq = last_seq;
+        if force_ckpt || ring.used * 3 > self.layout().journal_blocks {
+            return self.checkpoint(&mut ring, Vec::new(), false).await;
+        }
+        Ok(())
+    }
+
+    /// Take the pending records and frees (adding `frees` taken earlier).
+    fn take_jbuf(&self, mut frees: Vec<u64>) -> (Vec<u8>, u32, u64, Vec<u64>) {
+        let mut j = self.jbuf.lock();
+        let payload = std::mem::take(&mut j.w.buf);
+        frees.append(&mut j.frees);
+        self.flushing_frees
+            .store(frees.len() as u64, Ordering::Relaxed);
+        let n = std::mem::replace(&mut j.nrecs, 0);
+        (payload, n, j.last_seq, frees)
+    }
+
+    /// Write one batch at the ring head (no flush). Returns false if it does not fit.
+    async fn append_batch(
+        &self,
+        ring: &mut Ring,
+        payload: &[u8],
+        nrecs: u32,
+        last_seq: u64,
+    ) -> Result<bool> {
         let first_seq = last_seq - u64::from(nrecs) + 1;
-        let (bytes, crc) = BatchHdr::build(self.sb.nonce, first_seq, nrecs, ring.chain, &payload);
-        drop(payload);
+        let (bytes, crc) = BatchHdr::build(self.sb.nonce, first_seq, nrecs, ring.chain, payload);
         let nblocks = bytes.len() as u64 / BS;
         let jb = self.layout().journal_blocks;
         let (pos, waste) = if ring.head + nblocks <= jb {
@@ -255,45 +283,41 @@ impl Inner {
         } else {
             (0, jb - ring.head)
         };
-        let fits = ring.used + waste + nblocks <= jb;
-        if !fits || force_ckpt {
-            return self.checkpoint(&mut ring, frees).await;
+        if ring.prev_used + ring.used + waste + nblocks > jb {
+            return Ok(false);
         }
         self.meta_write((self.layout().journal_start + pos) * BS, bytes)
             .await?;
-        self.dev_flush().await?;
         self.counters
             .journal_batches
             .fetch_add(1, Ordering::Relaxed);
         ring.head = pos + nblocks;
         ring.used += waste + nblocks;
         ring.chain = crc;
-        ring.durable_seq = last_seq;
-        self.release(&frees);
-        self.flushing_frees.store(0, Ordering::Relaxed);
-        if ring.used * 2 > jb {
-            return self.checkpoint(&mut ring, Vec::new()).await;
-        }
-        Ok(())
+        Ok(true)
     }
 
-    /// Write the full maps to the older checkpoint slot; afterwards the journal is empty.
-    async fn checkpoint(&self, ring: &mut Ring, mut frees: Vec<u64>) -> Result<()> {
-        let (payload, nentries, last_seq) = {
+    /// Write the full maps to the older checkpoint slot (or both); afterwards the journal
+    /// after the new checkpoint is empty. Records logged since the last batch are journaled
+    /// first, so the older checkpoint plus the journal always equals the new checkpoint.
+    async fn checkpoint(&self, ring: &mut Ring, frees: Vec<u64>, mut both: bool) -> Result<()> {
+        let (payload, nentries, rest, nrest, last_seq, frees) = {
             let st = self.state.read();
             let (payload, n) = encode_maps(&st.maps);
             // No mutation can run while `state` is held, so this is an exact cut: every record
             // up to `last_seq` is in the payload and no later one is.
-            let mut j = self.jbuf.lock();
-            j.w.buf.clear();
-            j.nrecs = 0;
-            frees.append(&mut j.frees);
-            self.flushing_frees
-                .store(frees.len() as u64, Ordering::Relaxed);
-            (payload, n, j.last_seq)
+            let (rest, nrest, last_seq, frees) = self.take_jbuf(frees);
+            (payload, n, rest, nrest, last_seq, frees)
         };
         self.dev_flush().await?;
-        let slot = 1 - ring.ckpt_slot;
+        if nrest > 0 {
+            if self.append_batch(ring, &rest, nrest, last_seq).await? {
+                self.dev_flush().await?;
+            } else {
+                both = true;
+            }
+        }
+        drop(rest);
         let hdr = CkptHdr {
             nonce: self.sb.nonce,
             ckpt_seq: ring.ckpt_seq + 1,
@@ -303,15 +327,22 @@ impl Inner {
             nentries,
             payload_crc: crc32c::crc32c(&payload),
         };
+        let slot = 1 - ring.ckpt_slot;
         let mut bytes = hdr.encode();
         bytes.extend_from_slice(&payload);
         drop(payload);
+        if both {
+            self.meta_write(self.layout().ckpt[ring.ckpt_slot] * BS, bytes.clone())
+                .await?;
+        }
         self.meta_write(self.layout().ckpt[slot] * BS, bytes)
             .await?;
         self.dev_flush().await?;
         self.counters.checkpoints.fetch_add(1, Ordering::Relaxed);
         ring.ckpt_slot = slot;
         ring.ckpt_seq += 1;
+        // The interval just closed stays untouched until the next checkpoint (see `prev_used`).
+        ring.prev_used = if both { 0 } else { ring.used };
         ring.used = 0;
         ring.durable_seq = last_seq;
         self.release(&frees);
