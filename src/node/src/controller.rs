@@ -190,7 +190,7 @@ impl NodeController {
                     .await?,
             ),
             Request::NbdStop { id } => {
-                self.inner.exports.stop(*id)?;
+                self.inner.exports.stop(*id).await?;
                 Reply::Done
             }
             Request::NbdList => Reply::NbdExports(self.inner.exports.list()),

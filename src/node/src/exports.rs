@@ -1,19 +1,89 @@
 //! NBD exports of virtual disks and snapshots, for backup and import tools (never the VM data
-//! path). Owns the list of running exports; binds 127.0.0.1 unless told otherwise.
+//! path). Owns the list of running exports, one NBD server (one port) each; binds 127.0.0.1
+//! unless the request names another address. Adapts an engine `VdiskHandle` to `nbd::NbdExport`.
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 use control::{ControlError, ErrorCode, NbdExportView};
-use engine::Engine;
+use engine::{Engine, EngineError, ErrorKind, VdiskHandle};
+use nbd::{BoxFuture, NbdExport, NbdHandle, NbdServer};
 use parking_lot::Mutex;
+
+use crate::convert;
 
 /// Bound on concurrently running exports.
 pub(crate) const MAX_EXPORTS: usize = 64;
 
+/// An engine disk or snapshot as an NBD export.
+pub struct VdiskExport {
+    handle: VdiskHandle,
+    read_only: bool,
+}
+
+impl VdiskExport {
+    pub fn new(handle: VdiskHandle, read_only: bool) -> Self {
+        let read_only = read_only || handle.read_only();
+        VdiskExport { handle, read_only }
+    }
+}
+
+fn io_error(e: EngineError) -> io::Error {
+    let errno = match e.kind() {
+        ErrorKind::NoSpace => libc::ENOSPC,
+        ErrorKind::ReadOnly => libc::EPERM,
+        ErrorKind::InvalidArgument => libc::EINVAL,
+        _ => libc::EIO,
+    };
+    tracing::warn!(error = %e, "nbd export: I/O failed");
+    io::Error::from_raw_os_error(errno)
+}
+
+impl NbdExport for VdiskExport {
+    fn size_bytes(&self) -> u64 {
+        self.handle.size_bytes()
+    }
+
+    fn read_only(&self) -> bool {
+        self.read_only
+    }
+
+    fn read<'a>(&'a self, offset: u64, buf: &'a mut [u8]) -> BoxFuture<'a, io::Result<()>> {
+        Box::pin(async move { self.handle.read(offset, buf).await.map_err(io_error) })
+    }
+
+    fn write<'a>(&'a self, offset: u64, data: &'a [u8]) -> BoxFuture<'a, io::Result<()>> {
+        Box::pin(async move { self.handle.write(offset, data).await.map_err(io_error) })
+    }
+
+    fn flush(&self) -> BoxFuture<'_, io::Result<()>> {
+        Box::pin(async move { self.handle.flush().await.map_err(io_error) })
+    }
+
+    fn trim(&self, offset: u64, len: u64) -> BoxFuture<'_, io::Result<()>> {
+        Box::pin(async move { self.handle.discard(offset, len).await.map_err(io_error) })
+    }
+
+    fn write_zeroes(
+        &self,
+        offset: u64,
+        len: u64,
+        _may_trim: bool,
+    ) -> BoxFuture<'_, io::Result<()>> {
+        Box::pin(async move {
+            self.handle
+                .write_zeroes(offset, len)
+                .await
+                .map_err(io_error)
+        })
+    }
+}
+
 struct Running {
     view: NbdExportView,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    server: NbdHandle,
 }
 
 #[derive(Default)]
@@ -31,8 +101,8 @@ impl Exports {
             .collect()
     }
 
-    /// The export serving `vdisk` (and `snapshot`, or any snapshot of it when None... only the
-    /// live disk when None).
+    /// A running export of `vdisk`: of snapshot `snapshot` if given, else of the disk or any of
+    /// its snapshots.
     pub(crate) fn find(&self, vdisk: &str, snapshot: Option<&str>) -> Option<NbdExportView> {
         self.running
             .lock()
@@ -53,43 +123,79 @@ impl Exports {
         read_only: bool,
         bind_ip: IpAddr,
     ) -> Result<NbdExportView, ControlError> {
-        let _ = (
-            engine,
-            vdisk,
-            snapshot,
-            listen,
-            read_only,
-            bind_ip,
-            &self.next_id,
-        );
         if self.running.lock().len() >= MAX_EXPORTS {
             return Err(ControlError::new(
                 ErrorCode::Busy,
                 format!("at most {MAX_EXPORTS} NBD exports can run at once"),
             ));
         }
-        Err(ControlError::new(
-            ErrorCode::Unavailable,
-            "this build has no NBD server yet",
-        ))
+        let handle = match snapshot {
+            Some(s) => engine.open_snapshot(vdisk, s),
+            None => engine.open_vdisk(vdisk),
+        }
+        .map_err(convert::error)?;
+        let addr: SocketAddr = match listen {
+            Some(l) => l.parse().map_err(|_| {
+                ControlError::invalid(format!("listen address {l:?} is not ip:port"))
+            })?,
+            None => SocketAddr::new(bind_ip, 0),
+        };
+        let server = NbdServer::bind(addr).await.map_err(|e| {
+            ControlError::new(ErrorCode::Conflict, format!("NBD export on {addr}: {e}"))
+        })?;
+        let export_name = match snapshot {
+            Some(s) => format!("{vdisk}@{s}"),
+            None => vdisk.to_string(),
+        };
+        let export = Arc::new(VdiskExport::new(handle, read_only));
+        let ro = export.read_only();
+        server
+            .add_export(&export_name, export)
+            .map_err(|e| ControlError::internal(format!("NBD export: {e}")))?;
+        let server = server
+            .spawn()
+            .map_err(|e| ControlError::internal(format!("NBD export: {e}")))?;
+        let id = {
+            let mut n = self.next_id.lock();
+            *n += 1;
+            *n
+        };
+        let view = NbdExportView {
+            id,
+            vdisk: vdisk.to_string(),
+            snapshot: snapshot.map(str::to_string),
+            listen: server.local_addr().to_string(),
+            export_name,
+            read_only: ro,
+        };
+        tracing::info!(id, vdisk, listen = %view.listen, "NBD export started");
+        self.running.lock().insert(
+            id,
+            Running {
+                view: view.clone(),
+                server,
+            },
+        );
+        Ok(view)
     }
 
-    pub(crate) fn stop(&self, id: u64) -> Result<(), ControlError> {
-        let mut r = self
+    pub(crate) async fn stop(&self, id: u64) -> Result<(), ControlError> {
+        let r = self
             .running
             .lock()
             .remove(&id)
             .ok_or_else(|| ControlError::not_found(format!("no NBD export with id {id}")))?;
-        if let Some(tx) = r.stop.take() {
-            let _ = tx.send(());
-        }
+        r.server.stop().await;
+        tracing::info!(id, "NBD export stopped");
         Ok(())
     }
 
-    pub(crate) fn stop_all(&self) {
-        let ids: Vec<u64> = self.running.lock().keys().copied().collect();
-        for id in ids {
-            let _ = self.stop(id);
+    pub(crate) async fn stop_all(&self) {
+        let all: Vec<Running> = std::mem::take(&mut *self.running.lock())
+            .into_values()
+            .collect();
+        for r in all {
+            r.server.stop().await;
         }
     }
 }

@@ -25,6 +25,7 @@ pub use config::{NodeConfig, DEFAULT_DISK_COUNT, DEFAULT_DISK_SIZE_BYTES, MIN_DI
 pub use controller::NodeController;
 pub use disks::open_device;
 pub use error::{NodeError, Result};
+pub use exports::VdiskExport;
 pub use filedev::FileDevice;
 
 use std::fs::File;
@@ -194,7 +195,7 @@ impl Node {
         for t in self.tasks {
             let _ = t.await;
         }
-        self.inner.exports.stop_all();
+        self.inner.exports.stop_all().await;
         let res = self.inner.engine.shutdown().await;
         let _ = std::fs::remove_file(self.inner.cfg.socket());
         res.map_err(NodeError::from)
