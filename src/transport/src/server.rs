@@ -57,14 +57,15 @@ impl<E: std::fmt::Display> From<E> for RemoteError {
     }
 }
 
-/// What a server runs for each request. `peer` is the verified node id of the caller; `body` is
-/// present for streamed requests.
+/// What a server runs for each request. `peer` is the verified node id of the caller (always
+/// `Some` on a mutual-TLS server; `None` only on a server whose TLS config asks for no client
+/// certificate, such as the join endpoint); `body` is present for streamed requests.
 pub trait Handler: Send + Sync + 'static {
     type Request: DeserializeOwned + Send + 'static;
     type Response: Serialize + Send + 'static;
     fn handle(
         &self,
-        peer: NodeId,
+        peer: Option<NodeId>,
         req: Self::Request,
         body: Option<StreamRx>,
     ) -> impl Future<Output = Result<Self::Response, RemoteError>> + Send;
@@ -170,17 +171,15 @@ async fn serve_conn<H: Handler>(
         .await
         .map_err(|_| Error::Tls("handshake timed out".into()))?
         .map_err(|e| Error::Tls(e.to_string()))?;
-    let peer = {
-        let certs = tls
-            .get_ref()
-            .1
-            .peer_certificates()
-            .ok_or_else(|| Error::Cert("peer presented no certificate".into()))?;
-        node_id_from_cert(
+    // rustls has verified any certificate against the CA already; no certificate at all is
+    // only possible when the TLS config does not ask for one (the join endpoint).
+    let peer = match tls.get_ref().1.peer_certificates() {
+        Some(certs) => Some(node_id_from_cert(
             certs
                 .first()
                 .ok_or_else(|| Error::Cert("empty chain".into()))?,
-        )?
+        )?),
+        None => None,
     };
     let (mut rd, wr) = tokio::io::split(tls);
     let (tx, mut rx) = mpsc::channel::<Frame>(cfg.write_queue_frames.max(1));
@@ -280,7 +279,7 @@ async fn open_stream(
 
 async fn run_handler<H: Handler>(
     handler: &H,
-    peer: NodeId,
+    peer: Option<NodeId>,
     id: u64,
     payload: &[u8],
     body: Option<StreamRx>,

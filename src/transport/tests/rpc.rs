@@ -41,7 +41,7 @@ impl Handler for TestHandler {
     type Response = Resp;
     async fn handle(
         &self,
-        peer: u64,
+        peer: Option<u64>,
         req: Req,
         body: Option<StreamRx>,
     ) -> Result<Resp, RemoteError> {
@@ -50,7 +50,9 @@ impl Handler for TestHandler {
         self.max_active.fetch_max(now, Ordering::SeqCst);
         let r = match req {
             Req::Echo(s) => Ok(Resp::Echo(s)),
-            Req::WhoAmI => Ok(Resp::Peer(peer)),
+            Req::WhoAmI => Ok(Resp::Peer(
+                peer.ok_or_else(|| RemoteError("anonymous".into()))?,
+            )),
             Req::Sleep(ms) => {
                 tokio::time::sleep(Duration::from_millis(ms)).await;
                 Ok(Resp::Slept)

@@ -1,0 +1,239 @@
+//! Raft's network over the `transport` crate: the peer protocol (raft RPCs plus the few
+//! cluster RPCs that must reach the leader) and openraft's `RaftNetworkFactory` on top of
+//! mutual-TLS clients, one connection per peer, reused.
+//!
+//! Must never: talk to a peer except through `transport` (mutual TLS under the cluster CA).
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use serde::{Deserialize, Serialize};
+use transport::{node_server_name, Client, ClientConfig, NodeIdentity};
+
+use crate::state::{Command, CommandResult};
+use crate::types::{CairnNode, NodeId, Role, TypeConfig};
+use crate::Error;
+
+/// A joiner admitted through a member's join endpoint, forwarded to the leader.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AdmitRequest {
+    pub token_secret_hex: String,
+    pub name: String,
+    pub addr: String,
+    pub join_addr: String,
+}
+
+/// What the leader hands an admitted joiner.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AdmitResponse {
+    pub node_id: NodeId,
+    pub role: Role,
+    pub cluster_id: String,
+    pub identity: NodeIdentity,
+    /// Active members' (id, cluster RPC address), so the joiner can reach the leader.
+    pub members: Vec<(NodeId, String)>,
+}
+
+/// Member-to-member requests.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum PeerRequest {
+    AppendEntries(AppendEntriesRequest<TypeConfig>),
+    Vote(VoteRequest<NodeId>),
+    InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
+    /// Commit a command (sent to the leader by a follower).
+    Propose(Command),
+    /// Admit a joiner (sent to the leader by the member whose join endpoint it reached).
+    Admit(AdmitRequest),
+    /// Make an admitted node a voter (sent by the joiner itself once it is serving).
+    Promote {
+        id: NodeId,
+    },
+    /// Remove a member from raft and the cluster state.
+    Remove {
+        id: NodeId,
+    },
+    /// Liveness probe for the failure detector.
+    Ping,
+}
+
+/// Replies, one variant per request kind. Errors cross the wire as text.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum PeerResponse {
+    AppendEntries(Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>),
+    Vote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),
+    InstallSnapshot(
+        Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>,
+    ),
+    Proposed(Result<CommandResult, String>),
+    Admitted(Result<AdmitResponse, String>),
+    Done(Result<(), String>),
+    Pong {
+        leader: Option<NodeId>,
+        term: u64,
+    },
+}
+
+pub type PeerClient = Client<PeerRequest, PeerResponse>;
+
+/// Builds (and caches) mutual-TLS clients to peers.
+#[derive(Clone)]
+pub struct PeerClients {
+    identity: NodeIdentity,
+    tls: Arc<rustls::ClientConfig>,
+    cfg: ClientConfig,
+    cache: Arc<Mutex<HashMap<(NodeId, String), PeerClient>>>,
+}
+
+impl std::fmt::Debug for PeerClients {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerClients")
+            .field("me", &self.identity.node_id)
+            .finish()
+    }
+}
+
+impl PeerClients {
+    pub fn new(identity: NodeIdentity, cfg: ClientConfig) -> Result<PeerClients, Error> {
+        let tls = transport::client_tls_config(&identity)?;
+        Ok(PeerClients {
+            identity,
+            tls,
+            cfg,
+            cache: Arc::new(Mutex::new(HashMap::new())),
+        })
+    }
+
+    /// The client for node `id` at `addr` (the peer must present node `id`'s certificate).
+    pub fn get(&self, id: NodeId, addr: &str) -> Result<PeerClient, Error> {
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = cache.get(&(id, addr.to_string())) {
+            return Ok(c.clone());
+        }
+        let sock: SocketAddr = addr
+            .parse()
+            .map_err(|e| Error::Config(format!("bad peer address {addr:?}: {e}")))?;
+        let c = PeerClient::new(
+            sock,
+            node_server_name(id),
+            self.tls.clone(),
+            self.cfg.clone(),
+        );
+        cache.insert((id, addr.to_string()), c.clone());
+        Ok(c)
+    }
+}
+
+/// openraft's network factory.
+#[derive(Debug, Clone)]
+pub struct Network {
+    pub clients: PeerClients,
+}
+
+/// One peer as openraft sees it.
+#[derive(Debug)]
+pub struct PeerConn {
+    target: NodeId,
+    client: Result<PeerClient, String>,
+}
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = PeerConn;
+
+    async fn new_client(&mut self, target: NodeId, node: &CairnNode) -> PeerConn {
+        PeerConn {
+            target,
+            client: self
+                .clients
+                .get(target, &node.addr)
+                .map_err(|e| e.to_string()),
+        }
+    }
+}
+
+fn unreachable<E: std::error::Error + 'static>(e: &E) -> Unreachable {
+    Unreachable::new(e)
+}
+
+impl PeerConn {
+    async fn call<E: std::error::Error>(
+        &self,
+        req: PeerRequest,
+        ttl: Duration,
+    ) -> Result<PeerResponse, RPCError<NodeId, CairnNode, E>> {
+        let client = self
+            .client
+            .as_ref()
+            .map_err(|e| RPCError::Unreachable(unreachable(&Error::Config(e.clone()))))?;
+        client.call_timeout(&req, ttl).await.map_err(|e| match e {
+            transport::Error::Connect { .. } | transport::Error::Closed => {
+                RPCError::Unreachable(unreachable(&e))
+            }
+            other => RPCError::Network(NetworkError::new(&other)),
+        })
+    }
+}
+
+fn unexpected<E: std::error::Error>(what: &str) -> RPCError<NodeId, CairnNode, E> {
+    RPCError::Network(NetworkError::new(&Error::Raft(format!(
+        "unexpected reply to {what}"
+    ))))
+}
+
+impl RaftNetwork<TypeConfig> for PeerConn {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, CairnNode, RaftError<NodeId>>> {
+        match self
+            .call(PeerRequest::AppendEntries(rpc), option.hard_ttl())
+            .await?
+        {
+            PeerResponse::AppendEntries(r) => {
+                r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+            }
+            _ => Err(unexpected("append_entries")),
+        }
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<NodeId>,
+        RPCError<NodeId, CairnNode, RaftError<NodeId, InstallSnapshotError>>,
+    > {
+        match self
+            .call(PeerRequest::InstallSnapshot(rpc), option.hard_ttl())
+            .await?
+        {
+            PeerResponse::InstallSnapshot(r) => {
+                r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+            }
+            _ => Err(unexpected("install_snapshot")),
+        }
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, CairnNode, RaftError<NodeId>>> {
+        match self.call(PeerRequest::Vote(rpc), option.hard_ttl()).await? {
+            PeerResponse::Vote(r) => {
+                r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+            }
+            _ => Err(unexpected("vote")),
+        }
+    }
+}

@@ -1,0 +1,441 @@
+//! A running cluster member: raft over our stores, the mutual-TLS peer server, the join
+//! endpoint, and the operations the rest of Cairn calls (propose, read state, status).
+//!
+//! On disk under `data_dir`: `identity` (this node's certificate, key and CA), `raft/log`,
+//! `raft/sm`. Must never: start raft without a certificate from the cluster CA, or run two
+//! nodes on one data directory.
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use openraft::error::{ClientWriteError, RaftError};
+use serde::{Deserialize, Serialize};
+use transport::{ClientConfig, NodeIdentity, ServerConfig, ServerHandle};
+
+use crate::handler::{JoinHandler, PeerHandler};
+use crate::health::Health;
+use crate::log_store::LogStore;
+use crate::network::{Network, PeerClients, PeerRequest, PeerResponse};
+use crate::sm_store::{StateMachineStore, StateReader};
+use crate::state::{ClusterState, Command, CommandResult};
+use crate::types::{CairnNode, NodeId, Raft, Role};
+use crate::Error;
+
+/// Raft timing. Defaults suit a LAN; tests use the same defaults.
+#[derive(Debug, Clone)]
+pub struct RaftTimings {
+    pub heartbeat_ms: u64,
+    pub election_min_ms: u64,
+    pub election_max_ms: u64,
+    /// Build a snapshot (and purge the log) after this many applied entries.
+    pub snapshot_every_entries: u64,
+}
+
+impl Default for RaftTimings {
+    fn default() -> Self {
+        RaftTimings {
+            heartbeat_ms: 100,
+            election_min_ms: 400,
+            election_max_ms: 800,
+            snapshot_every_entries: 1000,
+        }
+    }
+}
+
+/// How to run one node.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub data_dir: PathBuf,
+    pub name: String,
+    /// Mutual-TLS cluster RPC listener (raft and member-to-member calls).
+    pub rpc_addr: SocketAddr,
+    /// Token-authenticated join listener (server-only TLS).
+    pub join_addr: SocketAddr,
+    pub timings: RaftTimings,
+}
+
+/// What a node keeps about itself besides raft.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Persisted {
+    cluster_id: String,
+    role: Role,
+    identity: NodeIdentity,
+}
+
+/// Hops a proposal may be forwarded / retried while leadership settles.
+const PROPOSE_ATTEMPTS: u32 = 20;
+const PROPOSE_RETRY_MS: u64 = 100;
+
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// A running member.
+pub struct ClusterNode {
+    pub(crate) id: NodeId,
+    pub(crate) role: Role,
+    pub(crate) cluster_id: String,
+    pub(crate) raft: Raft,
+    pub(crate) state: StateReader,
+    pub(crate) clients: PeerClients,
+    pub(crate) identity: NodeIdentity,
+    pub(crate) cfg: NodeConfig,
+    pub(crate) health: Health,
+    pub(crate) started: std::time::Instant,
+    stopped: std::sync::atomic::AtomicBool,
+    servers: std::sync::Mutex<Vec<ServerHandle>>,
+}
+
+impl std::fmt::Debug for ClusterNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterNode")
+            .field("id", &self.id)
+            .field("role", &self.role)
+            .finish()
+    }
+}
+
+fn write_durable(path: &Path, bytes: &[u8]) -> Result<(), Error> {
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp).map_err(|e| Error::io("write identity", e))?;
+    f.write_all(bytes)
+        .and_then(|_| f.sync_all())
+        .map_err(|e| Error::io("write identity", e))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io("write identity", e))?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| Error::io("sync data dir", e))?;
+    }
+    Ok(())
+}
+
+fn save_persisted(dir: &Path, p: &Persisted) -> Result<(), Error> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io("create data dir", e))?;
+    let bytes = serde_json::to_vec(p).map_err(|e| Error::Config(e.to_string()))?;
+    write_durable(&dir.join("identity"), &bytes)
+}
+
+fn load_persisted(dir: &Path) -> Result<Persisted, Error> {
+    let bytes = std::fs::read(dir.join("identity")).map_err(|e| Error::io("read identity", e))?;
+    serde_json::from_slice(&bytes).map_err(|e| Error::Corrupt(format!("identity file: {e}")))
+}
+
+impl ClusterNode {
+    /// Creates a new cluster with this node as its first (data) member: makes the cluster CA,
+    /// issues this node's certificate, initialises raft and records the cluster in its state.
+    pub async fn create(cfg: NodeConfig) -> Result<Arc<ClusterNode>, Error> {
+        if cfg.data_dir.join("identity").exists() {
+            return Err(Error::Config(
+                "data directory already belongs to a cluster".into(),
+            ));
+        }
+        let cluster_id = random_hex(16);
+        let ca = transport::ClusterCa::generate(&cluster_id)?;
+        let identity = ca.issue(1)?;
+        save_persisted(
+            &cfg.data_dir,
+            &Persisted {
+                cluster_id: cluster_id.clone(),
+                role: Role::Data,
+                identity,
+            },
+        )?;
+        let node = ClusterNode::open(cfg).await?;
+        let me = CairnNode {
+            addr: node.cfg.rpc_addr.to_string(),
+            role: Role::Data,
+        };
+        node.raft
+            .initialize(BTreeMap::from([(1, me)]))
+            .await
+            .map_err(|e| Error::Raft(e.to_string()))?;
+        let first = crate::state::Member {
+            id: 1,
+            name: node.cfg.name.clone(),
+            addr: node.cfg.rpc_addr.to_string(),
+            join_addr: node.cfg.join_addr.to_string(),
+            role: Role::Data,
+            state: crate::state::MemberState::Active,
+        };
+        match node
+            .propose(Command::InitCluster {
+                cluster_id,
+                ca,
+                first,
+            })
+            .await?
+        {
+            CommandResult::Ok => Ok(node),
+            other => Err(Error::Rejected(format!("{other:?}"))),
+        }
+    }
+
+    /// Starts a node that already belongs to a cluster (after a restart).
+    pub async fn open(cfg: NodeConfig) -> Result<Arc<ClusterNode>, Error> {
+        let p = load_persisted(&cfg.data_dir)?;
+        let id = p.identity.node_id;
+        let (log, report) = LogStore::open(&cfg.data_dir.join("raft/log"))?;
+        if report.torn_bytes > 0 {
+            tracing::warn!(
+                node = id,
+                torn = report.torn_bytes,
+                "raft log had a torn tail"
+            );
+        }
+        let sm = StateMachineStore::open(&cfg.data_dir.join("raft/sm"))?;
+        let state = sm.reader();
+        let clients = PeerClients::new(
+            p.identity.clone(),
+            ClientConfig {
+                call_timeout: Duration::from_secs(5),
+                connect_timeout: Duration::from_secs(1),
+                ..ClientConfig::default()
+            },
+        )?;
+        let t = &cfg.timings;
+        let raft_cfg = openraft::Config {
+            cluster_name: p.cluster_id.clone(),
+            heartbeat_interval: t.heartbeat_ms,
+            election_timeout_min: t.election_min_ms,
+            election_timeout_max: t.election_max_ms,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(t.snapshot_every_entries),
+            max_in_snapshot_log_to_keep: 100,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| Error::Config(e.to_string()))?;
+        let network = Network {
+            clients: clients.clone(),
+        };
+        let raft = Raft::new(id, Arc::new(raft_cfg), network, log, sm)
+            .await
+            .map_err(|e| Error::Raft(e.to_string()))?;
+        let node = Arc::new(ClusterNode {
+            id,
+            role: p.role,
+            cluster_id: p.cluster_id,
+            raft,
+            state,
+            clients,
+            identity: p.identity,
+            cfg,
+            health: Health::default(),
+            started: std::time::Instant::now(),
+            stopped: std::sync::atomic::AtomicBool::new(false),
+            servers: std::sync::Mutex::new(Vec::new()),
+        });
+        node.start_servers().await?;
+        crate::health::spawn_detector(Arc::downgrade(&node));
+        Ok(node)
+    }
+
+    async fn start_servers(self: &Arc<Self>) -> Result<(), Error> {
+        let peer = transport::Server::bind(
+            self.cfg.rpc_addr,
+            transport::server_tls_config(&self.identity)?,
+            ServerConfig::default(),
+            Arc::new(PeerHandler {
+                node: Arc::downgrade(self),
+            }),
+        )
+        .await?;
+        let join = transport::Server::bind(
+            self.cfg.join_addr,
+            transport::join_server_tls_config(&self.identity)?,
+            ServerConfig {
+                max_in_flight_per_conn: 4,
+                max_connections: 32,
+                ..ServerConfig::default()
+            },
+            Arc::new(JoinHandler {
+                node: Arc::downgrade(self),
+            }),
+        )
+        .await?;
+        let mut s = self.servers.lock().unwrap_or_else(|e| e.into_inner());
+        s.push(peer);
+        s.push(join);
+        Ok(())
+    }
+
+    pub(crate) fn is_stopped(&self) -> bool {
+        self.stopped.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    pub fn cfg(&self) -> &NodeConfig {
+        &self.cfg
+    }
+
+    /// Where joiners can reach this member.
+    pub fn cfg_join_addr(&self) -> SocketAddr {
+        self.cfg.join_addr
+    }
+
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    pub fn cluster_id(&self) -> &str {
+        &self.cluster_id
+    }
+
+    pub fn raft(&self) -> &Raft {
+        &self.raft
+    }
+
+    /// Reads the applied cluster state (possibly slightly behind the leader; use
+    /// [`ClusterNode::read_linearizable`] when that matters).
+    pub fn read<T>(&self, f: impl FnOnce(&ClusterState) -> T) -> T {
+        f(&self.state.read().state)
+    }
+
+    /// Reads the state after confirming leadership and applying everything committed up to
+    /// now: the result reflects every write acknowledged before the call. Leader only.
+    pub async fn read_linearizable<T>(
+        &self,
+        f: impl FnOnce(&ClusterState) -> T,
+    ) -> Result<T, Error> {
+        self.raft
+            .ensure_linearizable()
+            .await
+            .map_err(|e| Error::Raft(e.to_string()))?;
+        Ok(self.read(f))
+    }
+
+    /// The current leader, if known.
+    pub fn leader(&self) -> Option<NodeId> {
+        self.raft.metrics().borrow().current_leader
+    }
+
+    /// Commits a command, forwarding to the leader when this node is not it. Returns the
+    /// command's result once a quorum has it durably and it has been applied on the leader.
+    pub async fn propose(&self, cmd: Command) -> Result<CommandResult, Error> {
+        let mut last_err = Error::NoLeader;
+        for _ in 0..PROPOSE_ATTEMPTS {
+            match self.raft.client_write(cmd.clone()).await {
+                Ok(resp) => return Ok(resp.data),
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                    if let (Some(lid), Some(lnode)) = (f.leader_id, f.leader_node) {
+                        if lid != self.id {
+                            match self
+                                .forward(lid, &lnode.addr, PeerRequest::Propose(cmd.clone()))
+                                .await
+                            {
+                                Ok(PeerResponse::Proposed(Ok(r))) => return Ok(r),
+                                Ok(PeerResponse::Proposed(Err(e))) => last_err = Error::Raft(e),
+                                Ok(other) => {
+                                    last_err = Error::Raft(format!("unexpected reply {other:?}"))
+                                }
+                                Err(e) => last_err = e,
+                            }
+                        }
+                    } else {
+                        last_err = Error::NoLeader;
+                    }
+                }
+                Err(e) => return Err(Error::Raft(e.to_string())),
+            }
+            tokio::time::sleep(Duration::from_millis(PROPOSE_RETRY_MS)).await;
+        }
+        Err(last_err)
+    }
+
+    /// Commits on this node only if it is the leader (used by the peer handler so forwarded
+    /// proposals never bounce around).
+    pub(crate) async fn propose_local(&self, cmd: Command) -> Result<CommandResult, String> {
+        self.raft
+            .client_write(cmd)
+            .await
+            .map(|r| r.data)
+            .map_err(|e| e.to_string())
+    }
+
+    pub(crate) async fn forward(
+        &self,
+        id: NodeId,
+        addr: &str,
+        req: PeerRequest,
+    ) -> Result<PeerResponse, Error> {
+        let c = self.clients.get(id, addr)?;
+        Ok(c.call_timeout(&req, Duration::from_secs(30)).await?)
+    }
+
+    /// Sends a request to the leader (or handles it here if we are the leader's peer handler
+    /// path), retrying while leadership settles.
+    pub(crate) async fn to_leader(
+        &self,
+        req: impl Fn() -> PeerRequest,
+    ) -> Result<PeerResponse, Error> {
+        let mut last = Error::NoLeader;
+        for _ in 0..PROPOSE_ATTEMPTS {
+            if let Some(lid) = self.leader() {
+                let addr = self
+                    .raft
+                    .metrics()
+                    .borrow()
+                    .membership_config
+                    .membership()
+                    .get_node(&lid)
+                    .map(|n| n.addr.clone());
+                if let Some(addr) = addr {
+                    match self.forward(lid, &addr, req()).await {
+                        Ok(r) => return Ok(r),
+                        Err(e) => last = e,
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(PROPOSE_RETRY_MS)).await;
+        }
+        Err(last)
+    }
+
+    /// Stops raft and both servers (what a crash looks like to the others, minus the disk
+    /// state, which stays as it is).
+    pub async fn shutdown(&self) {
+        self.stopped
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        for s in self
+            .servers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+        {
+            s.shutdown();
+        }
+        let _ = self.raft.shutdown().await;
+    }
+}
+
+pub(crate) fn random_hex(bytes: usize) -> String {
+    use rand::RngCore;
+    let mut b = vec![0u8; bytes];
+    rand::thread_rng().fill_bytes(&mut b);
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+pub(crate) fn save_joined(
+    dir: &Path,
+    cluster_id: &str,
+    role: Role,
+    identity: NodeIdentity,
+) -> Result<(), Error> {
+    save_persisted(
+        dir,
+        &Persisted {
+            cluster_id: cluster_id.to_string(),
+            role,
+            identity,
+        },
+    )
+}

@@ -1,0 +1,270 @@
+//! The raft state machine: applies committed commands to [`ClusterState`], builds and installs
+//! snapshots, and keeps the latest snapshot durable in one checksummed file.
+//!
+//! The state itself lives in memory; after a restart it is the last snapshot plus openraft
+//! re-applying committed log entries (the log store keeps the committed index). Snapshot file:
+//! `magic | u32 crc32c(body) | u64 body len | body = bincode(meta, state bytes)`, written to a temp
+//! file, synced, renamed, directory synced.
+//!
+//! Must never: expose a half-applied batch to readers, or keep serving after a corrupt snapshot
+//! file (that is an error at open, not a silent empty state).
+// openraft's trait methods return its (large) StorageError; our helpers return it too.
+#![allow(clippy::result_large_err)]
+
+use std::fs::File;
+use std::io::{Cursor, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use openraft::storage::RaftStateMachine;
+use openraft::{EntryPayload, ErrorSubject, ErrorVerb, RaftLogId, RaftSnapshotBuilder, Snapshot};
+use serde::{Deserialize, Serialize};
+
+use crate::state::{ClusterState, CommandResult};
+use crate::types::{
+    sto_err, Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
+};
+
+const MAGIC: &[u8; 8] = b"CAIRNSN1";
+/// Snapshots bigger than this are refused (from disk or from a peer).
+pub const MAX_SNAPSHOT_BYTES: u64 = 512 * 1024 * 1024;
+
+/// The applied state, shared with readers.
+#[derive(Debug, Default)]
+pub struct Applied {
+    pub state: ClusterState,
+    pub last_applied: Option<LogId>,
+    pub last_membership: StoredMembership,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct SnapshotFile {
+    meta: SnapshotMeta,
+    data: Vec<u8>,
+}
+
+#[derive(Debug)]
+struct SnapshotSlot {
+    current: Option<SnapshotFile>,
+    seq: u64,
+}
+
+/// Read access to the applied cluster state.
+#[derive(Debug, Clone)]
+pub struct StateReader(Arc<RwLock<Applied>>);
+
+impl StateReader {
+    pub fn read(&self) -> RwLockReadGuard<'_, Applied> {
+        self.0.read().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The state machine store.
+#[derive(Debug, Clone)]
+pub struct StateMachineStore {
+    applied: Arc<RwLock<Applied>>,
+    snap: Arc<std::sync::Mutex<SnapshotSlot>>,
+    dir: PathBuf,
+}
+
+fn bopts() -> impl bincode::Options {
+    use bincode::Options;
+    bincode::DefaultOptions::new()
+        .with_limit(MAX_SNAPSHOT_BYTES)
+        .reject_trailing_bytes()
+}
+
+fn ser<T: Serialize>(v: &T) -> Result<Vec<u8>, StorageError> {
+    use bincode::Options;
+    bopts()
+        .serialize(v)
+        .map_err(|e| sto_err(ErrorSubject::StateMachine, ErrorVerb::Write, e))
+}
+
+fn de<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, String> {
+    use bincode::Options;
+    bopts().deserialize(b).map_err(|e| e.to_string())
+}
+
+impl StateMachineStore {
+    /// Opens the state machine in `dir`, loading the latest snapshot if there is one.
+    pub fn open(dir: &Path) -> Result<StateMachineStore, crate::Error> {
+        std::fs::create_dir_all(dir).map_err(|e| crate::Error::io("create state dir", e))?;
+        let path = dir.join("snapshot");
+        let mut applied = Applied::default();
+        let mut current = None;
+        if path.exists() {
+            let bytes = std::fs::read(&path).map_err(|e| crate::Error::io("read snapshot", e))?;
+            let snap = parse_snapshot_file(&bytes)
+                .map_err(|e| crate::Error::Corrupt(format!("{}: {e}", path.display())))?;
+            applied.state = de(&snap.data)
+                .map_err(|e| crate::Error::Corrupt(format!("snapshot state: {e}")))?;
+            applied.last_applied = snap.meta.last_log_id;
+            applied.last_membership = snap.meta.last_membership.clone();
+            current = Some(snap);
+        }
+        Ok(StateMachineStore {
+            applied: Arc::new(RwLock::new(applied)),
+            snap: Arc::new(std::sync::Mutex::new(SnapshotSlot { current, seq: 0 })),
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    pub fn reader(&self) -> StateReader {
+        StateReader(self.applied.clone())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, Applied> {
+        self.applied.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn persist(&self, snap: &SnapshotFile) -> Result<(), StorageError> {
+        let body = ser(snap)?;
+        let mut out = MAGIC.to_vec();
+        out.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
+        out.extend_from_slice(&(body.len() as u64).to_le_bytes());
+        out.extend_from_slice(&body);
+        let tmp = self.dir.join("snapshot.tmp");
+        let sig = Some(snap.meta.signature());
+        let io =
+            |e: std::io::Error| sto_err(ErrorSubject::Snapshot(sig.clone()), ErrorVerb::Write, e);
+        let mut f = File::create(&tmp).map_err(io)?;
+        f.write_all(&out).map_err(io)?;
+        f.sync_all().map_err(io)?;
+        std::fs::rename(&tmp, self.dir.join("snapshot")).map_err(io)?;
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io)?;
+        Ok(())
+    }
+
+    fn slot(&self) -> std::sync::MutexGuard<'_, SnapshotSlot> {
+        self.snap.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn parse_snapshot_file(bytes: &[u8]) -> Result<SnapshotFile, String> {
+    if bytes.len() < 20 || &bytes[..8] != MAGIC {
+        return Err("not a cairn snapshot".into());
+    }
+    let crc = u32::from_le_bytes(bytes[8..12].try_into().map_err(|_| "short header")?);
+    let len = u64::from_le_bytes(bytes[12..20].try_into().map_err(|_| "short header")?);
+    let body = bytes.get(20..).ok_or("short body")?;
+    if body.len() as u64 != len || len > MAX_SNAPSHOT_BYTES {
+        return Err(format!("body is {} bytes, header says {len}", body.len()));
+    }
+    if crc32c::crc32c(body) != crc {
+        return Err("checksum mismatch".into());
+    }
+    de(body)
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        let (data, last_log_id, last_membership) = {
+            let a = self.applied.read().unwrap_or_else(|e| e.into_inner());
+            (ser(&a.state)?, a.last_applied, a.last_membership.clone())
+        };
+        let seq = {
+            let mut s = self.slot();
+            s.seq += 1;
+            s.seq
+        };
+        let snapshot_id = match last_log_id {
+            Some(l) => format!("{}-{}-{seq}", l.leader_id, l.index),
+            None => format!("none-{seq}"),
+        };
+        let meta = SnapshotMeta {
+            last_log_id,
+            last_membership,
+            snapshot_id,
+        };
+        let file = SnapshotFile {
+            meta: meta.clone(),
+            data: data.clone(),
+        };
+        self.persist(&file)?;
+        self.slot().current = Some(file);
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotBuilder = StateMachineStore;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        let a = self.applied.read().unwrap_or_else(|e| e.into_inner());
+        Ok((a.last_applied, a.last_membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<CommandResult>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + openraft::OptionalSend,
+        I::IntoIter: openraft::OptionalSend,
+    {
+        let mut a = self.write();
+        let mut out = Vec::new();
+        for e in entries {
+            let log_id = *e.get_log_id();
+            a.last_applied = Some(log_id);
+            let r = match e.payload {
+                EntryPayload::Blank => CommandResult::Ok,
+                EntryPayload::Normal(cmd) => a.state.apply(&cmd),
+                EntryPayload::Membership(m) => {
+                    a.last_membership = StoredMembership::new(Some(log_id), m);
+                    CommandResult::Ok
+                }
+            };
+            out.push(r);
+        }
+        Ok(out)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
+        let data = snapshot.into_inner();
+        let state: ClusterState = de(&data).map_err(|e| {
+            sto_err(
+                ErrorSubject::Snapshot(Some(meta.signature())),
+                ErrorVerb::Read,
+                e,
+            )
+        })?;
+        let file = SnapshotFile {
+            meta: meta.clone(),
+            data,
+        };
+        // Durable first: once applied state moves past the log, the snapshot must survive.
+        self.persist(&file)?;
+        {
+            let mut a = self.write();
+            a.state = state;
+            a.last_applied = meta.last_log_id;
+            a.last_membership = meta.last_membership.clone();
+        }
+        self.slot().current = Some(file);
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+        let s = self.slot();
+        Ok(s.current.as_ref().map(|f| Snapshot {
+            meta: f.meta.clone(),
+            snapshot: Box::new(Cursor::new(f.data.clone())),
+        }))
+    }
+}

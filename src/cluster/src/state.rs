@@ -1,0 +1,634 @@
+//! The cluster state machine's data: members, the versioned placement map, disk / virtual disk /
+//! snapshot / VM definitions, users, schedules and join tokens, and the commands that change it.
+//!
+//! `apply` is deterministic: everything time-dependent (token expiry) comes inside the command,
+//! stamped by the proposer. A command that does not fit the current state is *rejected* with a
+//! result, not an error: it still consumes its log entry, and every replica rejects it alike.
+//! Must never: read a clock, randomness or anything outside the command and the state.
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use transport::ClusterCa;
+
+use crate::types::{NodeId, Role};
+
+/// Bounds on what one command may carry, so a bad proposer cannot bloat the state.
+pub const MAX_NAME_BYTES: usize = 256;
+pub const MAX_DISKS_PER_NODE: usize = 256;
+pub const MAX_OBJECTS: usize = 100_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MemberState {
+    /// Admitted with a token; not yet a voter.
+    Joining,
+    Active,
+    /// Being removed: its data is moved away first (by the engine), then it leaves.
+    Draining,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    pub id: NodeId,
+    pub name: String,
+    /// Cluster RPC address (mutual TLS).
+    pub addr: String,
+    /// Join endpoint address (server-only TLS, token-authenticated).
+    pub join_addr: String,
+    pub role: Role,
+    pub state: MemberState,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DiskState {
+    /// Takes new data.
+    In,
+    /// Data is being moved off; takes no new data.
+    Draining,
+    /// Holds nothing and takes nothing (failed or removed).
+    Out,
+}
+
+/// One disk in the placement map.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlacementDisk {
+    pub disk_id: String,
+    /// Relative share of new data; normally the usable capacity in bytes.
+    pub weight: u64,
+    pub state: DiskState,
+}
+
+/// The versioned placement map the engine consumes. Nodes are the first failure domain: the
+/// two replicas of a chunk always go to two different nodes here, and within a node to its
+/// disks by weight. Witness nodes never appear. Every change bumps `version`; the engine fences
+/// replica I/O by it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlacementMap {
+    pub version: u64,
+    pub nodes: BTreeMap<NodeId, Vec<PlacementDisk>>,
+}
+
+impl PlacementMap {
+    /// Nodes that can take new data (at least one disk `In` with non-zero weight).
+    pub fn writable_nodes(&self) -> impl Iterator<Item = NodeId> + '_ {
+        self.nodes.iter().filter_map(|(id, disks)| {
+            disks
+                .iter()
+                .any(|d| d.state == DiskState::In && d.weight > 0)
+                .then_some(*id)
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskDef {
+    pub id: String,
+    pub node: NodeId,
+    /// Stable device identity (serial / by-id path).
+    pub device: String,
+    pub size_bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VdiskDef {
+    pub id: String,
+    pub name: String,
+    pub size_bytes: u64,
+    /// Snapshot this disk was cloned from, if any.
+    pub parent_snapshot: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotDef {
+    pub id: String,
+    pub vdisk: String,
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum VmPower {
+    Running,
+    Stopped,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmDef {
+    pub id: String,
+    pub name: String,
+    pub vcpus: u32,
+    pub memory_mib: u64,
+    pub vdisks: Vec<String>,
+    /// Node the VM should run on (`None`: the scheduler picks a data node).
+    pub node: Option<NodeId>,
+    pub power: VmPower,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserDef {
+    pub name: String,
+    /// PHC-format password hash (hashing happens before proposing; never a plain password).
+    pub password_hash: String,
+    pub role: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScheduleDef {
+    pub id: String,
+    pub vdisk: String,
+    pub every_secs: u64,
+    pub keep: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinTokenDef {
+    pub expires_ms: u64,
+    pub role: Role,
+}
+
+/// Everything the cluster agrees on.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterState {
+    pub cluster_id: String,
+    /// The cluster CA including its key: members need it to issue certificates to joiners.
+    pub ca: Option<ClusterCa>,
+    pub members: BTreeMap<NodeId, Member>,
+    pub next_node_id: NodeId,
+    pub placement: PlacementMap,
+    pub disks: BTreeMap<String, DiskDef>,
+    pub vdisks: BTreeMap<String, VdiskDef>,
+    pub snapshots: BTreeMap<String, SnapshotDef>,
+    pub vms: BTreeMap<String, VmDef>,
+    pub users: BTreeMap<String, UserDef>,
+    pub schedules: BTreeMap<String, ScheduleDef>,
+    /// SHA-256 (hex) of each outstanding join token's secret.
+    pub join_tokens: BTreeMap<String, JoinTokenDef>,
+}
+
+/// A change to the cluster state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    Noop,
+    InitCluster {
+        cluster_id: String,
+        ca: ClusterCa,
+        first: Member,
+    },
+    IssueJoinToken {
+        token_hash: String,
+        expires_ms: u64,
+        role: Role,
+    },
+    /// Consumes a token (single use, checked against `now_ms`) and admits a new member with a
+    /// fresh node id.
+    ConsumeJoinToken {
+        token_hash: String,
+        now_ms: u64,
+        name: String,
+        addr: String,
+        join_addr: String,
+    },
+    SetMemberState {
+        id: NodeId,
+        state: MemberState,
+    },
+    RemoveMember {
+        id: NodeId,
+    },
+    /// Replaces a node's disk list in the placement map (bumps the version).
+    SetNodeDisks {
+        node: NodeId,
+        disks: Vec<PlacementDisk>,
+    },
+    PutDisk(DiskDef),
+    RemoveDisk {
+        id: String,
+    },
+    CreateVdisk(VdiskDef),
+    DeleteVdisk {
+        id: String,
+    },
+    CreateSnapshot(SnapshotDef),
+    DeleteSnapshot {
+        id: String,
+    },
+    CloneVdisk {
+        snapshot: String,
+        new: VdiskDef,
+    },
+    PutVm(VmDef),
+    DeleteVm {
+        id: String,
+    },
+    PutUser(UserDef),
+    DeleteUser {
+        name: String,
+    },
+    PutSchedule(ScheduleDef),
+    DeleteSchedule {
+        id: String,
+    },
+}
+
+/// What applying a command produced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum CommandResult {
+    #[default]
+    Ok,
+    /// A new member's id.
+    NodeId(NodeId),
+    /// The placement map's new version.
+    PlacementVersion(u64),
+    /// The command did not fit the state; nothing changed.
+    Rejected(String),
+}
+
+fn reject(msg: impl Into<String>) -> CommandResult {
+    CommandResult::Rejected(msg.into())
+}
+
+fn check_name(name: &str) -> Result<(), CommandResult> {
+    if name.is_empty() || name.len() > MAX_NAME_BYTES {
+        return Err(reject(format!("name must be 1..={MAX_NAME_BYTES} bytes")));
+    }
+    Ok(())
+}
+
+fn check_room<K, V>(map: &BTreeMap<K, V>) -> Result<(), CommandResult> {
+    if map.len() >= MAX_OBJECTS {
+        return Err(reject("too many objects"));
+    }
+    Ok(())
+}
+
+impl ClusterState {
+    /// Applies one command. Never panics on any input; a rejected command changes nothing.
+    pub fn apply(&mut self, cmd: &Command) -> CommandResult {
+        match self.apply_inner(cmd) {
+            Ok(r) => r,
+            Err(r) => r,
+        }
+    }
+
+    fn apply_inner(&mut self, cmd: &Command) -> Result<CommandResult, CommandResult> {
+        use Command::*;
+        match cmd {
+            Noop => {}
+            InitCluster {
+                cluster_id,
+                ca,
+                first,
+            } => {
+                if self.ca.is_some() {
+                    return Err(reject("cluster already initialised"));
+                }
+                check_name(cluster_id)?;
+                self.cluster_id = cluster_id.clone();
+                self.ca = Some(ca.clone());
+                self.members.insert(first.id, first.clone());
+                self.next_node_id = first.id.saturating_add(1).max(self.next_node_id);
+            }
+            IssueJoinToken {
+                token_hash,
+                expires_ms,
+                role,
+            } => {
+                check_room(&self.join_tokens)?;
+                self.join_tokens.insert(
+                    token_hash.clone(),
+                    JoinTokenDef {
+                        expires_ms: *expires_ms,
+                        role: *role,
+                    },
+                );
+            }
+            ConsumeJoinToken {
+                token_hash,
+                now_ms,
+                name,
+                addr,
+                join_addr,
+            } => {
+                check_name(name)?;
+                // Expired tokens are dropped as a side effect of any consume attempt.
+                self.join_tokens.retain(|_, t| t.expires_ms > *now_ms);
+                let token = self
+                    .join_tokens
+                    .remove(token_hash)
+                    .ok_or_else(|| reject("join token unknown, used or expired"))?;
+                let id = self.next_node_id.max(1);
+                self.next_node_id = id + 1;
+                self.members.insert(
+                    id,
+                    Member {
+                        id,
+                        name: name.clone(),
+                        addr: addr.clone(),
+                        join_addr: join_addr.clone(),
+                        role: token.role,
+                        state: MemberState::Joining,
+                    },
+                );
+                return Ok(CommandResult::NodeId(id));
+            }
+            SetMemberState { id, state } => {
+                let m = self
+                    .members
+                    .get_mut(id)
+                    .ok_or_else(|| reject("no such member"))?;
+                m.state = *state;
+            }
+            RemoveMember { id } => {
+                self.members
+                    .remove(id)
+                    .ok_or_else(|| reject("no such member"))?;
+                if self.placement.nodes.remove(id).is_some() {
+                    self.placement.version += 1;
+                }
+                self.disks.retain(|_, d| d.node != *id);
+            }
+            SetNodeDisks { node, disks } => {
+                let m = self
+                    .members
+                    .get(node)
+                    .ok_or_else(|| reject("no such member"))?;
+                if m.role == Role::Witness {
+                    return Err(reject("a witness holds no disks"));
+                }
+                if disks.len() > MAX_DISKS_PER_NODE {
+                    return Err(reject("too many disks"));
+                }
+                self.placement.nodes.insert(*node, disks.clone());
+                self.placement.version += 1;
+                return Ok(CommandResult::PlacementVersion(self.placement.version));
+            }
+            PutDisk(d) => {
+                check_name(&d.id)?;
+                let m = self
+                    .members
+                    .get(&d.node)
+                    .ok_or_else(|| reject("no such member"))?;
+                if m.role == Role::Witness {
+                    return Err(reject("a witness holds no disks"));
+                }
+                check_room(&self.disks)?;
+                self.disks.insert(d.id.clone(), d.clone());
+            }
+            RemoveDisk { id } => {
+                self.disks
+                    .remove(id)
+                    .ok_or_else(|| reject("no such disk"))?;
+            }
+            CreateVdisk(v) => {
+                check_name(&v.id)?;
+                check_name(&v.name)?;
+                check_room(&self.vdisks)?;
+                if self.vdisks.contains_key(&v.id) || self.vdisks.values().any(|x| x.name == v.name)
+                {
+                    return Err(reject("virtual disk exists"));
+                }
+                self.vdisks.insert(v.id.clone(), v.clone());
+            }
+            DeleteVdisk { id } => {
+                if self.snapshots.values().any(|s| &s.vdisk == id) {
+                    return Err(reject("virtual disk has snapshots"));
+                }
+                if self.vms.values().any(|vm| vm.vdisks.contains(id)) {
+                    return Err(reject("virtual disk is attached to a VM"));
+                }
+                self.vdisks
+                    .remove(id)
+                    .ok_or_else(|| reject("no such virtual disk"))?;
+            }
+            CreateSnapshot(s) => {
+                check_name(&s.id)?;
+                check_name(&s.name)?;
+                check_room(&self.snapshots)?;
+                if !self.vdisks.contains_key(&s.vdisk) {
+                    return Err(reject("no such virtual disk"));
+                }
+                if self.snapshots.contains_key(&s.id) {
+                    return Err(reject("snapshot exists"));
+                }
+                self.snapshots.insert(s.id.clone(), s.clone());
+            }
+            DeleteSnapshot { id } => {
+                self.snapshots
+                    .remove(id)
+                    .ok_or_else(|| reject("no such snapshot"))?;
+            }
+            CloneVdisk { snapshot, new } => {
+                if !self.snapshots.contains_key(snapshot) {
+                    return Err(reject("no such snapshot"));
+                }
+                let mut v = new.clone();
+                v.parent_snapshot = Some(snapshot.clone());
+                return self.apply_inner(&CreateVdisk(v));
+            }
+            PutVm(vm) => {
+                check_name(&vm.id)?;
+                check_name(&vm.name)?;
+                if !self.vms.contains_key(&vm.id) {
+                    check_room(&self.vms)?;
+                }
+                if let Some(missing) = vm.vdisks.iter().find(|d| !self.vdisks.contains_key(*d)) {
+                    return Err(reject(format!("no such virtual disk {missing}")));
+                }
+                if let Some(n) = vm.node {
+                    match self.members.get(&n) {
+                        Some(m) if m.role == Role::Data => {}
+                        _ => return Err(reject("VMs run only on data nodes")),
+                    }
+                }
+                self.vms.insert(vm.id.clone(), vm.clone());
+            }
+            DeleteVm { id } => {
+                self.vms.remove(id).ok_or_else(|| reject("no such VM"))?;
+            }
+            PutUser(u) => {
+                check_name(&u.name)?;
+                if !self.users.contains_key(&u.name) {
+                    check_room(&self.users)?;
+                }
+                self.users.insert(u.name.clone(), u.clone());
+            }
+            DeleteUser { name } => {
+                self.users
+                    .remove(name)
+                    .ok_or_else(|| reject("no such user"))?;
+            }
+            PutSchedule(s) => {
+                check_name(&s.id)?;
+                if !self.vdisks.contains_key(&s.vdisk) {
+                    return Err(reject("no such virtual disk"));
+                }
+                if s.every_secs == 0 {
+                    return Err(reject("schedule interval must be positive"));
+                }
+                if !self.schedules.contains_key(&s.id) {
+                    check_room(&self.schedules)?;
+                }
+                self.schedules.insert(s.id.clone(), s.clone());
+            }
+            DeleteSchedule { id } => {
+                self.schedules
+                    .remove(id)
+                    .ok_or_else(|| reject("no such schedule"))?;
+            }
+        }
+        Ok(CommandResult::Ok)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(id: NodeId, role: Role) -> Member {
+        Member {
+            id,
+            name: format!("n{id}"),
+            addr: "127.0.0.1:1".into(),
+            join_addr: "127.0.0.1:2".into(),
+            role,
+            state: MemberState::Active,
+        }
+    }
+
+    fn vdisk(id: &str) -> VdiskDef {
+        VdiskDef {
+            id: id.into(),
+            name: id.into(),
+            size_bytes: 1 << 30,
+            parent_snapshot: None,
+        }
+    }
+
+    fn init() -> ClusterState {
+        let mut s = ClusterState::default();
+        let ca = ClusterCa::generate("c").unwrap();
+        let r = s.apply(&Command::InitCluster {
+            cluster_id: "c".into(),
+            ca,
+            first: member(1, Role::Data),
+        });
+        assert_eq!(r, CommandResult::Ok);
+        s
+    }
+
+    #[test]
+    fn join_token_is_single_use_and_expires() {
+        let mut s = init();
+        s.apply(&Command::IssueJoinToken {
+            token_hash: "h".into(),
+            expires_ms: 1000,
+            role: Role::Witness,
+        });
+        let consume = |now_ms| Command::ConsumeJoinToken {
+            token_hash: "h".into(),
+            now_ms,
+            name: "w".into(),
+            addr: "a".into(),
+            join_addr: "j".into(),
+        };
+        assert_eq!(s.apply(&consume(10)), CommandResult::NodeId(2));
+        assert_eq!(s.members[&2].role, Role::Witness);
+        assert!(
+            matches!(s.apply(&consume(10)), CommandResult::Rejected(_)),
+            "second use"
+        );
+        s.apply(&Command::IssueJoinToken {
+            token_hash: "h".into(),
+            expires_ms: 1000,
+            role: Role::Data,
+        });
+        assert!(
+            matches!(s.apply(&consume(1000)), CommandResult::Rejected(_)),
+            "expired"
+        );
+        assert!(s.join_tokens.is_empty());
+    }
+
+    #[test]
+    fn witness_holds_no_disks_and_runs_no_vms() {
+        let mut s = init();
+        s.members.insert(2, member(2, Role::Witness));
+        let disks = vec![PlacementDisk {
+            disk_id: "d".into(),
+            weight: 1,
+            state: DiskState::In,
+        }];
+        assert!(matches!(
+            s.apply(&Command::SetNodeDisks {
+                node: 2,
+                disks: disks.clone()
+            }),
+            CommandResult::Rejected(_)
+        ));
+        assert_eq!(
+            s.apply(&Command::SetNodeDisks { node: 1, disks }),
+            CommandResult::PlacementVersion(1)
+        );
+        assert_eq!(s.placement.writable_nodes().collect::<Vec<_>>(), vec![1]);
+        s.apply(&Command::CreateVdisk(vdisk("v")));
+        let vm = VmDef {
+            id: "vm".into(),
+            name: "vm".into(),
+            vcpus: 1,
+            memory_mib: 64,
+            vdisks: vec!["v".into()],
+            node: Some(2),
+            power: VmPower::Stopped,
+        };
+        assert!(matches!(
+            s.apply(&Command::PutVm(vm.clone())),
+            CommandResult::Rejected(_)
+        ));
+        assert_eq!(
+            s.apply(&Command::PutVm(VmDef {
+                node: Some(1),
+                ..vm
+            })),
+            CommandResult::Ok
+        );
+        assert!(matches!(
+            s.apply(&Command::DeleteVdisk { id: "v".into() }),
+            CommandResult::Rejected(_)
+        ));
+    }
+
+    #[test]
+    fn vdisk_snapshot_clone_lifecycle() {
+        let mut s = init();
+        assert_eq!(
+            s.apply(&Command::CreateVdisk(vdisk("a"))),
+            CommandResult::Ok
+        );
+        assert!(matches!(
+            s.apply(&Command::CreateVdisk(vdisk("a"))),
+            CommandResult::Rejected(_)
+        ));
+        let snap = SnapshotDef {
+            id: "s".into(),
+            vdisk: "a".into(),
+            name: "s".into(),
+        };
+        assert_eq!(s.apply(&Command::CreateSnapshot(snap)), CommandResult::Ok);
+        assert_eq!(
+            s.apply(&Command::CloneVdisk {
+                snapshot: "s".into(),
+                new: vdisk("b")
+            }),
+            CommandResult::Ok
+        );
+        assert_eq!(s.vdisks["b"].parent_snapshot.as_deref(), Some("s"));
+        assert!(matches!(
+            s.apply(&Command::DeleteVdisk { id: "a".into() }),
+            CommandResult::Rejected(_)
+        ));
+        let before = s.clone();
+        assert!(matches!(
+            s.apply(&Command::CreateVdisk(vdisk(""))),
+            CommandResult::Rejected(_)
+        ));
+        assert_eq!(s, before, "a rejected command changes nothing");
+    }
+}
