@@ -2,12 +2,23 @@
 //! shape as `fio --ioengine=io_uring --direct=1 --bs=4k --rw=randread --iodepth=N` so the two
 //! can be compared. Not a test; the system benchmark lives in `cairn bench`.
 //!
-//! usage: uring_bench FILE [SECONDS] [SIZE_MIB]   (the file is created and pre-written)
+//! usage: uring_bench FILE [SECONDS] [SIZE_MIB] [METRIC-FILTER]
+//! (the file is created and pre-written if it is missing or too small)
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use blockdev::{AlignedBuf, BlockDevice, UringDevice, UringOptions, BLOCK_SIZE};
+
+/// User + system CPU seconds of this process so far.
+fn cpu_seconds() -> f64 {
+    // SAFETY: getrusage only writes into the zeroed struct we pass.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `u` is a valid, writable rusage.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
+    let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
+    t(u.ru_utime) + t(u.ru_stime)
+}
 
 async fn run(dev: Arc<UringDevice>, depth: u64, write: bool, secs: u64) -> f64 {
     let blocks = dev.info().size_bytes / BLOCK_SIZE as u64;
@@ -49,6 +60,7 @@ fn main() -> anyhow::Result<()> {
         .ok_or_else(|| anyhow::anyhow!("usage: uring_bench FILE [SECONDS] [SIZE_MIB]"))?;
     let secs: u64 = args.next().map_or(Ok(10), |s| s.parse())?;
     let size_mib: u64 = args.next().map_or(Ok(1024), |s| s.parse())?;
+    let filter = args.next().unwrap_or_default();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -75,8 +87,15 @@ fn main() -> anyhow::Result<()> {
             ("randwrite_qd1", 1, true),
             ("randwrite_qd32", 32, true),
         ] {
+            if !name.contains(filter.as_str()) {
+                continue;
+            }
+            let cpu0 = cpu_seconds();
             let iops = run(dev.clone(), depth, write, secs).await;
-            println!("{{\"metric\":\"{name}\",\"iops\":{iops:.0}}}");
+            let cpu_us_per_io = (cpu_seconds() - cpu0) * 1e6 / (iops * secs as f64);
+            println!(
+                "{{\"metric\":\"{name}\",\"iops\":{iops:.0},\"cpu_us_per_io\":{cpu_us_per_io:.2}}}"
+            );
         }
         anyhow::Ok(())
     })

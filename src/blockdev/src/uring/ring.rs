@@ -51,6 +51,8 @@ struct Core {
     slots: Vec<Slot>,
     free: Vec<usize>,
     in_flight: usize,
+    /// Requests the kernel has (pushed, completion not yet reaped).
+    in_kernel: usize,
     /// Entries pushed to the submission queue that no `io_uring_enter` has been asked to take.
     unsubmitted: usize,
     /// The reaper will submit after the futures it just woke have run: they only queue.
@@ -89,6 +91,7 @@ impl Ring {
             slots: (0..n).map(|_| Slot::Free).collect(),
             free: (0..n).rev().collect(),
             in_flight: 0,
+            in_kernel: 0,
             unsubmitted: 0,
             reaper_submits: false,
         };
@@ -127,6 +130,7 @@ impl Ring {
             let idx = core.free.pop().expect("a permit guarantees a free slot");
             core.slots[idx] = Slot::Waiting { waker: None, hold };
             core.in_flight += 1;
+            core.in_kernel += 1;
             // SAFETY: SubmissionQueues are only created while holding `core`, so this is the
             // only one; it is dropped (publishing the tail) before the lock is released.
             let mut sq = unsafe { self.uring.submission_shared() };
@@ -173,15 +177,19 @@ impl Ring {
         self.notify.notify_one();
     }
 
-    /// Move every completion into its slot; returns how many futures were woken.
-    fn reap(&self) -> usize {
+    /// Move every completion into its slot and wake the futures. Returns whether the queue is
+    /// busy: completions arrived while others are still in the kernel.
+    fn reap(&self) -> bool {
         let mut wakers = Vec::new();
+        let busy;
         {
             let mut core = self.core.lock();
             // SAFETY: CompletionQueues are only created while holding `core`.
             let cq = unsafe { self.uring.completion_shared() };
             let mut freed = 0;
+            let mut reaped = 0;
             for cqe in cq {
+                reaped += 1;
                 let idx = cqe.user_data() as usize;
                 let Some(slot) = core.slots.get_mut(idx) else {
                     continue;
@@ -203,12 +211,13 @@ impl Ring {
                 }
             }
             self.permits.add_permits(freed);
+            core.in_kernel -= reaped;
+            busy = reaped > 0 && core.in_kernel > 0;
         }
-        let n = wakers.len();
         for w in wakers {
             w.wake();
         }
-        n
+        busy
     }
 
     fn in_flight(&self) -> usize {
@@ -310,8 +319,9 @@ async fn reap_loop(ring: Arc<Ring>, afd: AsyncFd<OwnedFd>) {
             },
             _ = ring.notify.notified() => {}
         }
-        if ring.reap() > 0 {
-            // Let the woken futures run first: whatever they queue goes in one submit.
+        if ring.reap() {
+            // The queue is busy: let the woken futures run first, and submit whatever they
+            // queue with one syscall. (At low depth this would only add latency.)
             ring.core.lock().reaper_submits = true;
             tokio::task::yield_now().await;
             ring.core.lock().reaper_submits = false;
