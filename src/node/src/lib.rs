@@ -17,6 +17,7 @@ mod disks;
 mod error;
 mod exports;
 mod filedev;
+mod https;
 mod identity;
 pub mod socket;
 mod transfer;
@@ -89,6 +90,8 @@ pub struct Node {
     inner: Arc<NodeInner>,
     shutdown_tx: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// The HTTPS API, when `cfg.api_listen` is set.
+    api: Option<api::ApiHandle>,
     _lock: File,
 }
 
@@ -154,10 +157,15 @@ impl Node {
             shutdown_rx.clone(),
         )));
         tasks.push(tokio::spawn(watch_disks(ctl, shutdown_rx)));
+        let api_ctl = Arc::new(NodeController {
+            inner: inner.clone(),
+        });
+        let api = https::start(&inner.cfg, api_ctl).await?;
         Ok(Node {
             inner,
             shutdown_tx,
             tasks,
+            api,
             _lock: lock,
         })
     }
@@ -185,6 +193,11 @@ impl Node {
         &self.inner.node_name
     }
 
+    /// Where the HTTPS API listens (None when disabled).
+    pub fn api_addr(&self) -> Option<std::net::SocketAddr> {
+        self.api.as_ref().map(|a| a.local_addr)
+    }
+
     pub fn config(&self) -> &NodeConfig {
         &self.inner.cfg
     }
@@ -192,6 +205,9 @@ impl Node {
     /// Stop serving, end NBD exports, and flush and checkpoint the engine.
     pub async fn shutdown(self) -> Result<()> {
         let _ = self.shutdown_tx.send(true);
+        if let Some(a) = self.api {
+            a.shutdown().await;
+        }
         for t in self.tasks {
             let _ = t.await;
         }
