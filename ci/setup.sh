@@ -25,7 +25,18 @@ if [ ${#missing[@]} -gt 0 ]; then
   $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
 
-# Web UI dependencies (built and embedded into the binary by its build script).
-if [ -f ui/package.json ] && [ ! -d ui/node_modules ]; then
-  (cd ui && npm ci --no-audit --no-fund)
+# Web UI: install its dependencies and build it to ui/dist, which the api crate's build script
+# embeds into the binary. Rebuilt only when its sources changed (hash kept in ui/dist).
+if [ -f ui/package.json ]; then
+  if [ ! -d ui/node_modules ] || [ ui/package-lock.json -nt ui/node_modules/.package-lock.json ]; then
+    (cd ui && npm ci --no-audit --no-fund) || echo "setup: npm ci failed in ui/"
+  fi
+  ui_hash=$(cd ui && find src index.html package-lock.json vite.config.ts tsconfig.json -type f -print0 2>/dev/null | sort -z | xargs -0 sha256sum | sha256sum | cut -d' ' -f1)
+  if [ "$(cat ui/dist/.build-hash 2>/dev/null)" != "$ui_hash" ]; then
+    if (cd ui && npm run build); then
+      echo "$ui_hash" > ui/dist/.build-hash
+    else
+      echo "setup: the web UI did not build; the binary will embed a 'UI not built' page"
+    fi
+  fi
 fi

@@ -71,7 +71,11 @@ fn main() {
                 .unwrap()
                 .to_string_lossy()
                 .replace('\\', "/");
-            if rel.ends_with(".map") || rel.ends_with(".gz") || rel.ends_with(".br") {
+            if rel.ends_with(".map")
+                || rel.ends_with(".gz")
+                || rel.ends_with(".br")
+                || rel.starts_with('.')
+            {
                 continue;
             }
             files.push((format!("/{rel}"), std::fs::read(&p).unwrap()));

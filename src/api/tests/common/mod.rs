@@ -30,33 +30,59 @@ impl Harness {
         let n = node::Node::start(cfg).await.context("start node")?;
         let state = dir.path().join("api");
         let pw = api::bootstrap_admin(&state)?.context("first start gives a password")?;
-        assert!(api::bootstrap_admin(&state)?.is_none(), "second start prints nothing");
+        assert!(
+            api::bootstrap_admin(&state)?.is_none(),
+            "second start prints nothing"
+        );
         let mut acfg = api::ApiConfig::new("127.0.0.1:0".parse()?, state.clone());
         acfg.stats_period = std::time::Duration::from_millis(200);
         let h = api::serve(acfg, n.controller()).await?;
         let addr = h.local_addr;
         let tls = connector(&state)?;
-        Ok(Harness { dir, node: Some(n), api: Some(h), addr, admin_password: pw, tls })
+        Ok(Harness {
+            dir,
+            node: Some(n),
+            api: Some(h),
+            addr,
+            admin_password: pw,
+            tls,
+        })
     }
 
     pub fn client(&self) -> Client {
-        Client { addr: self.addr, tls: self.tls.clone(), cookie: None, csrf: None, bearer: None, ip: None }
+        Client {
+            addr: self.addr,
+            tls: self.tls.clone(),
+            cookie: None,
+            csrf: None,
+            bearer: None,
+            ip: None,
+        }
     }
 
     pub async fn admin(&self) -> Client {
         let mut c = self.client();
-        c.login("admin", &self.admin_password).await.expect("admin login");
+        c.login("admin", &self.admin_password)
+            .await
+            .expect("admin login");
         c
     }
 
     /// A client holding a token of a new user with `role`.
     pub async fn user_with_token(&self, admin: &Client, name: &str, role: &str) -> Client {
         let pw = "correct horse battery staple";
-        let r = admin.post("/api/v1/users", serde_json::json!({"name": name, "role": role, "password": pw})).await;
+        let r = admin
+            .post(
+                "/api/v1/users",
+                serde_json::json!({"name": name, "role": role, "password": pw}),
+            )
+            .await;
         assert_eq!(r.status, 201, "{}", r.text);
         let mut c = self.client();
         c.login(name, pw).await.unwrap();
-        let t = c.post("/api/v1/tokens", serde_json::json!({"name": "t"})).await;
+        let t = c
+            .post("/api/v1/tokens", serde_json::json!({"name": "t"}))
+            .await;
         assert_eq!(t.status, 201, "{}", t.text);
         let mut tc = self.client();
         tc.bearer = Some(t.json["token"].as_str().unwrap().to_string());
@@ -80,10 +106,12 @@ pub fn connector(state: &std::path::Path) -> Result<tokio_rustls::TlsConnector> 
     for c in rustls::pki_types::CertificateDer::pem_slice_iter(&pem) {
         roots.add(c?)?;
     }
-    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
     // Every request verifies the certificate afresh (a resumed session would skip that).
     cfg.resumption = rustls::client::Resumption::disabled();
     Ok(tokio_rustls::TlsConnector::from(Arc::new(cfg)))
@@ -109,7 +137,12 @@ pub struct Client {
 
 impl Client {
     pub async fn login(&mut self, user: &str, pw: &str) -> Result<Resp> {
-        let r = self.post("/api/v1/auth/login", serde_json::json!({"user": user, "password": pw})).await;
+        let r = self
+            .post(
+                "/api/v1/auth/login",
+                serde_json::json!({"user": user, "password": pw}),
+            )
+            .await;
         anyhow::ensure!(r.status == 200, "login {user}: {} {}", r.status, r.text);
         let mut cookies = Vec::new();
         for v in r.headers.get_all("set-cookie") {
@@ -138,12 +171,26 @@ impl Client {
         self.call("DELETE", path, None, &[]).await
     }
 
-    pub async fn call(&self, method: &str, path: &str, body: Option<Value>, extra: &[(&str, &str)]) -> Resp {
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+        extra: &[(&str, &str)],
+    ) -> Resp {
         let raw = body.map(|b| serde_json::to_vec(&b).unwrap());
-        self.raw(method, path, raw, extra).await.unwrap_or_else(|e| panic!("{method} {path}: {e:#}"))
+        self.raw(method, path, raw, extra)
+            .await
+            .unwrap_or_else(|e| panic!("{method} {path}: {e:#}"))
     }
 
-    pub async fn raw(&self, method: &str, path: &str, body: Option<Vec<u8>>, extra: &[(&str, &str)]) -> Result<Resp> {
+    pub async fn raw(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Vec<u8>>,
+        extra: &[(&str, &str)],
+    ) -> Result<Resp> {
         let sock = match self.ip {
             Some(ip) => {
                 let s = tokio::net::TcpSocket::new_v4()?;
@@ -156,7 +203,10 @@ impl Client {
         let tls = self.tls.connect(name, sock).await?;
         let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
         tokio::spawn(conn);
-        let mut b = http::Request::builder().method(method).uri(path).header("host", "localhost");
+        let mut b = http::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "localhost");
         if let Some(c) = &self.cookie {
             b = b.header("cookie", c);
         }
@@ -179,7 +229,12 @@ impl Client {
         let bytes = resp.into_body().collect().await?.to_bytes();
         let text = String::from_utf8_lossy(&bytes).into_owned();
         let json = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        Ok(Resp { status, headers, text, json })
+        Ok(Resp {
+            status,
+            headers,
+            text,
+            json,
+        })
     }
 
     /// Poll a task until it finishes (bounded: 30 s).

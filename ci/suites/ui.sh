@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Browser test of the web UI: a real `cairn node` (2 small file-backed disks, temp data dir, a
+# free port on 127.0.0.1) and real headless Chromium driven by playwright-core.
+# Screenshots go to $TEST_ARTIFACTS/ui (default target/test-artifacts/ui).
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+name=ui
+fail() { echo "suite-fail: $name ($*)"; exit 1; }
+[ -x /usr/bin/chromium ] || { echo "skipped: $name (no /usr/bin/chromium)"; exit 0; }
+command -v node >/dev/null || { echo "skipped: $name (no node)"; exit 0; }
+if [ ! -d ui/node_modules/playwright-core ]; then
+  (cd ui && npm ci --no-audit --no-fund) || fail "npm ci"
+fi
+[ -f ui/dist/index.html ] || (cd ui && npm run build) || fail "ui build"
+cargo build -q -p cairn || fail "cargo build"
+bin="${CARGO_TARGET_DIR:-target}/debug/cairn"
+[ -x "$bin" ] || fail "no binary at $bin"
+art="${TEST_ARTIFACTS:-target/test-artifacts}/ui"
+mkdir -p "$art"
+work=$(mktemp -d)
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+"$bin" node --data "$work/data" --disks 2 --disk-size 256M --name ui-test \
+  --api-listen "127.0.0.1:$port" >"$work/node.log" 2>&1 &
+pid=$!
+cleanup() { kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; rm -rf "$work"; }
+trap cleanup EXIT
+pw=""
+for _ in $(seq 1 300); do
+  pw=$(sed -n 's/.*one-time password: \([A-Za-z0-9]*\).*/\1/p' "$work/node.log" | head -1)
+  if [ -n "$pw" ] && grep -q "Web UI and API" "$work/node.log"; then break; fi
+  kill -0 "$pid" 2>/dev/null || { cat "$work/node.log"; fail "node exited"; }
+  sleep 0.1
+done
+[ -n "$pw" ] || { cat "$work/node.log"; fail "no bootstrap password printed"; }
+if timeout 300 node ui/tests/browser.mjs "https://127.0.0.1:$port/" admin "$pw" "$art"; then
+  echo "suite-pass: $name"
+else
+  tail -20 "$work/node.log"
+  fail "browser test failed; screenshots in $art"
+fi

@@ -1,0 +1,44 @@
+// A small live line chart on uPlot: mounts once, then `setData` on every new sample.
+import uPlot from 'uplot';
+import 'uplot/dist/uPlot.min.css';
+import { useEffect, useRef } from 'preact/hooks';
+import { html } from './ui';
+
+export interface Series {
+  label: string;
+  color: string;
+}
+
+export function Chart(props: { title: string; id: string; series: Series[]; data: number[][]; unit: string }) {
+  const el = useRef<HTMLDivElement>(null);
+  const plot = useRef<uPlot | null>(null);
+  useEffect(() => {
+    if (!el.current) return;
+    const width = Math.max(240, el.current.clientWidth || 300);
+    const opts: uPlot.Options = {
+      width,
+      height: 160,
+      legend: { show: true },
+      scales: { x: { time: true } },
+      axes: [{}, { values: (_u, vals) => vals.map((v) => `${+v.toFixed(1)}${props.unit}`), size: 60 }],
+      series: [{}, ...props.series.map((s) => ({ label: s.label, stroke: s.color, width: 1.5 }))],
+    };
+    plot.current = new uPlot(opts, props.data as uPlot.AlignedData, el.current);
+    const onResize = () => {
+      if (el.current && plot.current) plot.current.setSize({ width: Math.max(240, el.current.clientWidth), height: 160 });
+    };
+    window.addEventListener('resize', onResize);
+    return () => {
+      window.removeEventListener('resize', onResize);
+      plot.current?.destroy();
+      plot.current = null;
+    };
+  }, []);
+  useEffect(() => {
+    plot.current?.setData(props.data as uPlot.AlignedData);
+  }, [props.data]);
+  return html`<figure class="chart" aria-labelledby=${props.id + '-t'}>
+    <figcaption id=${props.id + '-t'}>${props.title}</figcaption>
+    <div ref=${el} id=${props.id} data-points=${props.data[0]?.length ?? 0}></div>
+  </figure>`;
+}

@@ -1,0 +1,103 @@
+import { useEffect, useState } from 'preact/hooks';
+import { api, fmtBytes } from '../api';
+import { Chart } from '../chart';
+import { html, ErrorBox, useLoad } from '../ui';
+
+interface Sample {
+  time_ms: number;
+  cpu_percent: number;
+  mem_used_bytes: number;
+  mem_total_bytes: number;
+  read_iops: number;
+  write_iops: number;
+  pool_used_bytes: number;
+  pool_raw_bytes: number;
+}
+
+const KEEP = 600; // ten minutes on screen
+
+function columns(s: Sample[]): number[][] {
+  return [
+    s.map((x) => x.time_ms / 1000),
+    s.map((x) => x.cpu_percent),
+    s.map((x) => (x.mem_total_bytes ? (100 * x.mem_used_bytes) / x.mem_total_bytes : 0)),
+    s.map((x) => x.read_iops),
+    s.map((x) => x.write_iops),
+  ];
+}
+
+export function Dashboard() {
+  const [samples, setSamples] = useState<Sample[]>([]);
+  const [live, setLive] = useState(false);
+  const alerts = useLoad<any>('/alerts', 5000);
+  const pool = useLoad<any>('/pool', 5000);
+  const nodes = useLoad<any>('/nodes', 5000);
+  useEffect(() => {
+    let stopped = false;
+    api<{ items: Sample[] }>('GET', `/stats/history?limit=${KEEP}`)
+      .then((h) => {
+        if (stopped) return;
+        // Live samples may already have arrived: keep them and put the older history before.
+        setSamples((cur) => {
+          const first = cur.length ? cur[0].time_ms : Infinity;
+          const merged = h.items.filter((s) => s.time_ms < first).concat(cur);
+          return merged.slice(Math.max(0, merged.length - KEEP));
+        });
+      })
+      .catch(() => {});
+    const es = new EventSource('/api/v1/stats/stream');
+    es.addEventListener('sample', (ev: MessageEvent) => {
+      const s = JSON.parse(ev.data) as Sample;
+      setLive(true);
+      setSamples((cur) => {
+        if (cur.length && cur[cur.length - 1].time_ms >= s.time_ms) return cur;
+        const next = cur.concat([s]);
+        return next.length > KEEP ? next.slice(next.length - KEEP) : next;
+      });
+    });
+    es.onerror = () => setLive(false);
+    return () => {
+      stopped = true;
+      es.close();
+    };
+  }, []);
+  const cols = columns(samples);
+  const last = samples[samples.length - 1];
+  const p = pool.data;
+  const usedPct = p && p.raw_bytes ? Math.round((100 * p.used_raw_bytes) / p.raw_bytes) : 0;
+  const items: any[] = alerts.data?.items ?? [];
+  return html`<section aria-labelledby="dash-h">
+    <h2 id="dash-h">Dashboard</h2>
+    <div class="cards">
+      <div class="card">
+        <h3>Health</h3>
+        ${items.length === 0
+          ? html`<p class="ok">All good: no alerts.</p>`
+          : html`<ul class="alerts">${items.map((a) => html`<li class=${a.severity}>${a.message}</li>`)}</ul>`}
+        <p>${nodes.data ? `${nodes.data.items.length} node(s) up` : ''}</p>
+      </div>
+      <div class="card">
+        <h3>Capacity</h3>
+        ${p
+          ? html`<p>${fmtBytes(p.used_raw_bytes)} of ${fmtBytes(p.raw_bytes)} raw used (${usedPct}%)</p>
+              <progress max="100" value=${usedPct} aria-label="pool used">${usedPct}%</progress>
+              <p>${fmtBytes(p.usable_bytes)} usable with two copies, ${p.disks} disks${p.rebalancing ? ', rebalancing' : ''}</p>`
+          : html`<p>Loading…</p>`}
+        <${ErrorBox} error=${pool.error} />
+      </div>
+      <div class="card">
+        <h3>Now</h3>
+        ${last
+          ? html`<p>CPU ${last.cpu_percent.toFixed(0)}% · RAM ${fmtBytes(last.mem_used_bytes)} of ${fmtBytes(last.mem_total_bytes)}</p>
+              <p>${(last.read_iops + last.write_iops).toFixed(0)} IOPS</p>`
+          : html`<p>Waiting for statistics…</p>`}
+        <p class="muted" id="live-state">${live ? 'Live' : 'Connecting…'}</p>
+      </div>
+    </div>
+    <div class="charts">
+      <${Chart} id="chart-cpu" title="CPU" unit="%" series=${[{ label: 'CPU %', color: '#2563eb' }]} data=${[cols[0], cols[1]]} />
+      <${Chart} id="chart-ram" title="Memory" unit="%" series=${[{ label: 'RAM %', color: '#16a34a' }]} data=${[cols[0], cols[2]]} />
+      <${Chart} id="chart-iops" title="Disk IOPS" unit="" series=${[{ label: 'read', color: '#9333ea' }, { label: 'write', color: '#ea580c' }]} data=${[cols[0], cols[3], cols[4]]} />
+    </div>
+  </section>`;
+}
