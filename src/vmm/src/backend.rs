@@ -47,6 +47,12 @@ pub trait DiskBackend: Send + Sync {
     fn discard(&self, offset: u64, len: u64) -> Result<(), BackendError>;
     /// Writes zeros over `len` bytes at `offset`.
     fn write_zeroes(&self, offset: u64, len: u64) -> Result<(), BackendError>;
+    /// How many requests per queue are worth running at once. 1 (the default) serves requests
+    /// inline on the queue thread (best for memory-speed backends); more spreads them over that
+    /// many I/O lanes (for backends that block on devices or the network).
+    fn concurrency(&self) -> usize {
+        1
+    }
 }
 
 /// Checks `offset+len` lies inside `size`.

@@ -30,6 +30,8 @@
 //! request fails that request, never the VM or the host.
 
 pub mod backend;
+pub mod backend_file;
+pub mod bench;
 pub mod boot;
 pub mod bus;
 pub mod config;
@@ -46,6 +48,7 @@ pub mod virtio;
 pub mod vm;
 
 pub use backend::{BackendError, DiskBackend, RamDisk};
+pub use backend_file::FileDisk;
 pub use boot::BootConfig;
 pub use config::{DiskConfig, NetConfig, VmConfig};
 pub use devices::ExitReason;

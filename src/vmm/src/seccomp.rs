@@ -69,7 +69,10 @@ fn common() -> Vec<libc::c_long> {
         libc::SYS_prctl,
         libc::SYS_seccomp,
         libc::SYS_dup,
-        libc::SYS_getrandom,
+        // glibc opens /sys files lazily (e.g. get_nprocs on a thread's first malloc). These are
+        // let through the allowlist only to be answered EACCES by the second filter below.
+        libc::SYS_openat,
+        libc::SYS_open,
     ]
 }
 
@@ -99,10 +102,34 @@ pub fn program(kind: ThreadKind) -> Result<BpfProgram> {
         .map_err(|e: seccompiler::BackendError| VmmError::Seccomp(format!("compile: {e}")))
 }
 
-/// Installs the allowlist for `kind` on the calling thread.
+/// A filter that fails every open with EACCES (guest-facing threads never open files).
+fn deny_open() -> Result<BpfProgram> {
+    let rules: BTreeMap<i64, Vec<SeccompRule>> = [libc::SYS_openat, libc::SYS_open]
+        .into_iter()
+        .map(|c| (c, Vec::new()))
+        .collect();
+    let filter = SeccompFilter::new(
+        rules,
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::EACCES as u32),
+        std::env::consts::ARCH
+            .try_into()
+            .map_err(|e| VmmError::Seccomp(format!("arch: {e:?}")))?,
+    )
+    .map_err(|e| VmmError::Seccomp(format!("filter: {e}")))?;
+    filter
+        .try_into()
+        .map_err(|e: seccompiler::BackendError| VmmError::Seccomp(format!("compile: {e}")))
+}
+
+/// Installs the allowlist for `kind` on the calling thread. Two filters stack: the allowlist
+/// (anything else kills the process) and one that turns opens into EACCES; the kernel applies
+/// the most restrictive verdict.
 pub fn apply(kind: ThreadKind) -> Result<()> {
     let prog = program(kind)?;
-    seccompiler::apply_filter(&prog).map_err(|e| VmmError::Seccomp(format!("apply: {e}")))
+    let deny = deny_open()?;
+    seccompiler::apply_filter(&prog).map_err(|e| VmmError::Seccomp(format!("apply: {e}")))?;
+    seccompiler::apply_filter(&deny).map_err(|e| VmmError::Seccomp(format!("apply: {e}")))
 }
 
 #[cfg(test)]
@@ -122,6 +149,10 @@ mod tests {
         // Installing is per-thread; do it on a scratch thread so the test process is unaffected.
         let ok = std::thread::spawn(|| {
             apply(ThreadKind::Device).unwrap();
+            assert!(
+                std::fs::File::open("/etc/hostname").is_err(),
+                "opens are refused"
+            );
             // SAFETY: gettid has no preconditions and is on the allowlist.
             unsafe { libc::gettid() > 0 }
         })

@@ -103,3 +103,38 @@ fn virtio_rng_gives_entropy() {
         &["pci-find-rng", "rng-driver-ok", "rng-entropy"],
     );
 }
+
+#[test]
+fn virtio_blk_on_a_file_with_io_lanes() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("disk.raw");
+    std::fs::File::create(&path)
+        .unwrap()
+        .set_len(32 << 20)
+        .unwrap();
+    let backend: Arc<dyn DiskBackend> = Arc::new(vmm::FileDisk::open(&path, false, false).unwrap());
+    assert!(backend.concurrency() > 1, "file disks use the lane pool");
+    let mut cfg = guest_config("blkfile", "blk-write seed=11");
+    cfg.disks.push(disk(backend, 2));
+    let (reason, out) = run_guest(cfg, Duration::from_secs(60));
+    assert_pass(
+        &reason,
+        &out,
+        &[
+            "blk-qd1",
+            "msix-delivered",
+            "blk-qd32-read",
+            "blk-discarded-reads-zero",
+            "blk-flush-for-restart",
+        ],
+    );
+    // Restart on the same file, through a fresh backend handle.
+    let backend: Arc<dyn DiskBackend> = Arc::new(vmm::FileDisk::open(&path, false, false).unwrap());
+    let mut cfg = guest_config("blkfile2", "blk-verify seed=11");
+    cfg.disks.push(disk(backend, 1));
+    let (reason, out) = run_guest(cfg, Duration::from_secs(60));
+    assert_pass(&reason, &out, &["blk-verify-after-restart"]);
+}

@@ -56,7 +56,8 @@ int guest_main(u32 start_info_pa) {
         return 7;
     }
     if (has_word(cmdline, "pci") || has_word(cmdline, "blk") || has_word(cmdline, "rng") ||
-        has_word(cmdline, "blk-write") || has_word(cmdline, "blk-verify"))
+        has_word(cmdline, "blk-write") || has_word(cmdline, "blk-verify") ||
+        has_word(cmdline, "bench-read") || has_word(cmdline, "bench-write"))
         run_pci_tests(cmdline);
     puts(failures ? "result fail\n" : "result pass\n");
     return failures ? 1 : 0;

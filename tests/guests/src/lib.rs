@@ -9,3 +9,6 @@
 pub fn guest_elf_path() -> &'static str {
     concat!(env!("OUT_DIR"), "/guest.elf")
 }
+
+/// The built test guest ELF, embedded so callers (benchmarks) need no build tree at run time.
+pub const GUEST_ELF: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/guest.elf"));

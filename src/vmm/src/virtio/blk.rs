@@ -196,6 +196,8 @@ pub struct BlkQueueHandler {
     serial: [u8; SERIAL_BYTES],
     counters: Arc<DeviceCounters>,
     bounce: Vec<u8>,
+    /// Start of the 4 KiB-aligned window in `bounce` (O_DIRECT backends need aligned buffers).
+    bounce_off: usize,
     read_only: bool,
 }
 
@@ -212,12 +214,15 @@ impl BlkQueueHandler {
             *d = b;
         }
         let read_only = backend.read_only();
+        let bounce = vec![0u8; MAX_REQUEST_BYTES + 4096];
+        let bounce_off = bounce.as_ptr().align_offset(4096).min(4096);
         Self {
             backend,
             mem,
             serial: s,
             counters,
-            bounce: vec![0u8; MAX_REQUEST_BYTES],
+            bounce,
+            bounce_off,
             read_only,
         }
     }
@@ -263,10 +268,9 @@ impl BlkQueueHandler {
                     return ioerr;
                 }
                 let (off, n) = (off.unwrap_or(0), len as usize);
+                let buf = &mut self.bounce[self.bounce_off..self.bounce_off + n];
                 if rtype == T_IN {
-                    if self.backend.read(off, &mut self.bounce[..n]).is_err()
-                        || !chain.scatter(&mem, 0, &self.bounce[..n])
-                    {
+                    if self.backend.read(off, buf).is_err() || !chain.scatter(&mem, 0, buf) {
                         return ioerr;
                     }
                     self.counters.read_ops.fetch_add(1, Ordering::Relaxed);
@@ -274,8 +278,8 @@ impl BlkQueueHandler {
                     ok(len)
                 } else {
                     if self.read_only
-                        || !chain.gather(&mem, 16, &mut self.bounce[..n])
-                        || self.backend.write(off, &self.bounce[..n]).is_err()
+                        || !chain.gather(&mem, 16, buf)
+                        || self.backend.write(off, buf).is_err()
                     {
                         return ioerr;
                     }
@@ -342,6 +346,18 @@ impl BlkQueueHandler {
         }
     }
 
+    /// Executes `chain` and writes its status byte; returns the used length to report.
+    pub fn complete(&mut self, chain: &Chain) -> u32 {
+        let out = self.execute(chain);
+        if out.status != S_OK {
+            self.counters.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        match chain.status_addr() {
+            Some(a) if self.mem.write_obj(out.status, a).is_ok() => out.used_len,
+            _ => 0,
+        }
+    }
+
     /// Drains the queue; returns true if the guest must be interrupted.
     pub fn process_queue(&mut self, queue: &mut Queue) -> bool {
         let mem = self.mem.clone();
@@ -358,16 +374,7 @@ impl BlkQueueHandler {
                     chain.map(|d| (d.addr().0, d.len(), d.is_write_only())),
                 );
                 let used_len = match walked {
-                    Ok(c) => {
-                        let out = self.execute(&c);
-                        if out.status != S_OK {
-                            self.counters.errors.fetch_add(1, Ordering::Relaxed);
-                        }
-                        match c.status_addr() {
-                            Some(a) if mem.write_obj(out.status, a).is_ok() => out.used_len,
-                            _ => 0,
-                        }
-                    }
+                    Ok(c) => self.complete(&c),
                     Err(_) => {
                         self.counters.errors.fetch_add(1, Ordering::Relaxed);
                         0
@@ -399,6 +406,7 @@ pub struct Blk {
     queue_size: u16,
     counters: Arc<DeviceCounters>,
     workers: Vec<Worker>,
+    pools: Vec<super::blk_pool::Pool>,
     config: [u8; 60],
 }
 
@@ -425,6 +433,7 @@ impl Blk {
             queue_size: cfg.queue_size,
             counters: Arc::new(DeviceCounters::default()),
             workers: Vec::new(),
+            pools: Vec::new(),
             config,
         }
     }
@@ -462,8 +471,24 @@ impl VirtioDevice for Blk {
         super::read_config_bytes(&self.config, offset, data);
     }
 
-    fn activate(&mut self, ctx: ActivateContext) -> Result<()> {
-        for aq in ctx.queues {
+    fn activate(&mut self, mut ctx: ActivateContext) -> Result<()> {
+        let lanes = self
+            .backend
+            .concurrency()
+            .clamp(1, super::blk_pool::MAX_LANES);
+        for aq in std::mem::take(&mut ctx.queues) {
+            if lanes > 1 {
+                let pool = super::blk_pool::spawn(
+                    &ctx,
+                    aq,
+                    self.backend.clone(),
+                    &self.id,
+                    self.counters.clone(),
+                    lanes,
+                )?;
+                self.pools.push(pool);
+                continue;
+            }
             let mut handler = BlkQueueHandler::new(
                 self.backend.clone(),
                 ctx.mem.clone(),
@@ -492,6 +517,9 @@ impl VirtioDevice for Blk {
     fn reset(&mut self) {
         for mut w in self.workers.drain(..) {
             w.stop();
+        }
+        for mut p in self.pools.drain(..) {
+            p.stop();
         }
     }
 

@@ -1,0 +1,22 @@
+//! Runs the VMM-vs-QEMU benchmark (`cairn bench vmm` will call the same function).
+//! Usage: cargo run --release -p vmm --example bench_vmm [ops] [runs]
+
+fn main() -> anyhow::Result<()> {
+    if !vmm::kvm_available() {
+        println!("skipped: /dev/kvm not available");
+        return Ok(());
+    }
+    let mut args = std::env::args().skip(1);
+    let ops = args.next().and_then(|a| a.parse().ok()).unwrap_or(20000);
+    let runs = args.next().and_then(|a| a.parse().ok()).unwrap_or(3);
+    let opts = vmm::bench::BenchOptions {
+        work_dir: std::env::temp_dir().join("cairn-bench-vmm"),
+        guest_elf: test_guests::GUEST_ELF.to_vec(),
+        disk_bytes: 256 << 20,
+        ops,
+        runs,
+        qemu: "qemu-system-x86_64".into(),
+    };
+    vmm::bench::run(&opts)?;
+    Ok(())
+}

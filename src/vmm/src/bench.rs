@@ -1,0 +1,429 @@
+//! `cairn bench vmm`: the same test guest on Cairn's VMM and on QEMU (`-accel kvm -cpu qemu64`,
+//! virtio-blk-pci with an iothread, `cache=none,aio=io_uring`) in one invocation, printing JSON
+//! lines in the engine benchmark's format. Measures guest-side 4 KiB random IOPS at QD1/QD32
+//! (RAM disk vs QEMU `null-co`; file vs QEMU raw file), boot-to-first-debug-write time, and VMM
+//! memory overhead (process RSS minus resident guest RAM). Never used by tests.
+
+use crate::backend::DiskBackend;
+use crate::backend_file::FileDisk;
+use crate::config::{DiskConfig, VmConfig};
+use crate::error::{io_err, kvm_err, Result, VmmError};
+use crate::{BootConfig, RamDisk, Vm};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Benchmark parameters.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// Scratch directory for the guest ELF and the backing file.
+    pub work_dir: PathBuf,
+    /// The test guest ELF bytes (`test_guests::GUEST_ELF`).
+    pub guest_elf: Vec<u8>,
+    /// Disk size.
+    pub disk_bytes: u64,
+    /// Requests per IOPS run.
+    pub ops: u64,
+    /// Runs per metric (the median is reported).
+    pub runs: usize,
+    /// QEMU binary.
+    pub qemu: String,
+}
+
+/// One JSON output line.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BenchLine {
+    /// Always "vmm".
+    pub bench: &'static str,
+    /// Metric name.
+    pub metric: String,
+    /// Cairn's value.
+    pub ours: f64,
+    /// QEMU's value.
+    pub anchor: f64,
+    /// What the anchor was.
+    pub anchor_name: String,
+    /// ours / anchor.
+    pub ratio: f64,
+    /// Direction of goodness.
+    pub higher_is_better: bool,
+}
+
+impl BenchLine {
+    fn new(
+        metric: &str,
+        ours: f64,
+        anchor: f64,
+        anchor_name: &str,
+        higher_is_better: bool,
+    ) -> Self {
+        let ratio = if anchor > 0.0 { ours / anchor } else { 0.0 };
+        Self {
+            bench: "vmm",
+            metric: metric.into(),
+            ours,
+            anchor,
+            anchor_name: anchor_name.into(),
+            ratio,
+            higher_is_better,
+        }
+    }
+
+    /// The line as JSON.
+    pub fn to_json(&self) -> String {
+        format!(
+            "{{\"bench\":\"vmm\",\"metric\":\"{}\",\"ours\":{:.1},\"anchor\":{:.1},\"anchor_name\":\"{}\",\"ratio\":{:.3},\"higher_is_better\":{}}}",
+            self.metric, self.ours, self.anchor, self.anchor_name, self.ratio, self.higher_is_better
+        )
+    }
+}
+
+/// Host TSC frequency as KVM reports it for a vCPU (guests see the same rate by default).
+pub fn host_tsc_hz() -> Result<f64> {
+    let kvm = kvm_ioctls::Kvm::new().map_err(kvm_err("open /dev/kvm"))?;
+    let vm = kvm.create_vm().map_err(kvm_err("create_vm"))?;
+    let vcpu = vm.create_vcpu(0).map_err(kvm_err("create_vcpu"))?;
+    let khz = vcpu.get_tsc_khz().map_err(kvm_err("get_tsc_khz"))?;
+    Ok(f64::from(khz) * 1000.0)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// Parses "bench <op> qd=<n> ops=<m> tsc=<t> errors=0" into IOPS.
+fn parse_iops(out: &str, tsc_hz: f64) -> Result<f64> {
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("bench "))
+        .ok_or_else(|| VmmError::Backend(format!("guest printed no bench line: {out}")))?;
+    let field = |k: &str| -> Option<f64> {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(k).and_then(|v| v.parse::<f64>().ok()))
+    };
+    match (field("ops="), field("tsc="), field("errors=")) {
+        (Some(ops), Some(tsc), Some(e)) if tsc > 0.0 && e == 0.0 => Ok(ops / (tsc / tsc_hz)),
+        _ => Err(VmmError::Backend(format!("bad bench line: {line}"))),
+    }
+}
+
+fn ours_run(
+    opts: &BenchOptions,
+    elf: &Path,
+    cmdline: &str,
+    backend: Arc<dyn DiskBackend>,
+) -> Result<(String, Duration)> {
+    let boot = BootConfig {
+        kernel: elf.to_path_buf(),
+        initrd: None,
+        cmdline: cmdline.into(),
+    };
+    let mut cfg = VmConfig::new("bench", boot);
+    cfg.disks.push(DiskConfig {
+        id: "bench-disk".into(),
+        backend,
+        queues: 1,
+        queue_size: 256,
+    });
+    let t0 = Instant::now();
+    let mut vm = Vm::create(cfg)?;
+    vm.start()?;
+    let reason = vm.wait_exit(Duration::from_secs(300));
+    let out = String::from_utf8_lossy(&vm.debug_output()).into_owned();
+    let boot = vm
+        .started_at()
+        .zip(vm.time_to_first_debug_write())
+        .map(|(s, d)| s.saturating_duration_since(t0) + d)
+        .unwrap_or_default();
+    vm.delete();
+    if reason != Some(crate::ExitReason::DebugExit(0)) {
+        return Err(VmmError::Backend(format!(
+            "guest failed ({reason:?}): {out}"
+        )));
+    }
+    let _ = opts;
+    Ok((out, boot))
+}
+
+/// Runs QEMU on the guest; returns (debug output, time to first debug byte, RSS overhead bytes).
+fn qemu_run(
+    opts: &BenchOptions,
+    elf: &Path,
+    cmdline: &str,
+    drive: &str,
+) -> Result<(String, Duration, u64)> {
+    let measure_memory = cmdline == "spin";
+    let t0 = Instant::now();
+    let mut child = Command::new(&opts.qemu)
+        .args([
+            "-accel",
+            "kvm",
+            "-cpu",
+            "qemu64",
+            "-m",
+            "128",
+            "-smp",
+            "1",
+            "-nodefaults",
+            "-no-user-config",
+        ])
+        .args([
+            "-nographic",
+            "-display",
+            "none",
+            "-monitor",
+            "none",
+            "-serial",
+            "none",
+        ])
+        .arg("-kernel")
+        .arg(elf)
+        .args(["-append", cmdline])
+        .args([
+            "-chardev",
+            "stdio,id=dbg",
+            "-device",
+            "isa-debugcon,iobase=0xe9,chardev=dbg",
+        ])
+        .args([
+            "-device",
+            "isa-debug-exit,iobase=0x501,iosize=2",
+            "-object",
+            "iothread,id=io0",
+        ])
+        .args(["-drive", drive])
+        .args([
+            "-device",
+            "virtio-blk-pci,drive=d0,iothread=io0,disable-legacy=on,serial=bench-disk",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(io_err("spawn qemu"))?;
+    let pid = child.id();
+    let mut stdout = child
+        .stdout
+        .take()
+        .ok_or(VmmError::Timeout("qemu stdout"))?;
+    let mut out = Vec::new();
+    let mut first = None;
+    let mut rss_overhead = 0u64;
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = stdout.read(&mut buf).map_err(io_err("read qemu output"))?;
+        if n == 0 {
+            break;
+        }
+        first.get_or_insert_with(|| t0.elapsed());
+        out.extend_from_slice(&buf[..n]);
+        if measure_memory && rss_overhead == 0 && out.windows(8).any(|w| w == b"cmdline ") {
+            // The guest has booted and now spins: measure, then stop it.
+            std::thread::sleep(Duration::from_millis(200));
+            rss_overhead = process_overhead(pid, 128 << 20);
+            let _ = child.kill();
+        }
+    }
+    let _ = child.wait();
+    Ok((
+        String::from_utf8_lossy(&out).into_owned(),
+        first.unwrap_or_default(),
+        rss_overhead,
+    ))
+}
+
+/// RSS of `pid` minus the resident part of its guest RAM mapping (the mapping of `ram_bytes`).
+fn process_overhead(pid: u32, ram_bytes: u64) -> u64 {
+    let Ok(smaps) = std::fs::read_to_string(format!("/proc/{pid}/smaps")) else {
+        return 0;
+    };
+    let (mut total, mut guest, mut in_guest) = (0u64, 0u64, false);
+    for line in smaps.lines() {
+        if let Some(kb) = line
+            .strip_prefix("Size:")
+            .and_then(|v| v.trim().trim_end_matches(" kB").parse::<u64>().ok())
+        {
+            in_guest = kb * 1024 == ram_bytes;
+        } else if let Some(kb) = line
+            .strip_prefix("Rss:")
+            .and_then(|v| v.trim().trim_end_matches(" kB").parse::<u64>().ok())
+        {
+            total += kb * 1024;
+            if in_guest {
+                guest += kb * 1024;
+            }
+        }
+    }
+    total.saturating_sub(guest)
+}
+
+/// Runs every metric and returns the lines (also printed to stdout as they complete).
+pub fn run(opts: &BenchOptions) -> Result<Vec<BenchLine>> {
+    std::fs::create_dir_all(&opts.work_dir).map_err(io_err("create bench dir"))?;
+    let elf = opts.work_dir.join("guest.elf");
+    std::fs::write(&elf, &opts.guest_elf).map_err(io_err("write guest elf"))?;
+    let file = opts.work_dir.join("disk.raw");
+    // Pre-write the file so reads touch real blocks (a never-written file reads as zeros for free).
+    {
+        let f = std::fs::File::create(&file).map_err(io_err("create disk file"))?;
+        f.set_len(opts.disk_bytes)
+            .map_err(io_err("size disk file"))?;
+        let chunk = vec![0x5au8; 1 << 20];
+        let mut off = 0;
+        while off < opts.disk_bytes {
+            std::os::unix::fs::FileExt::write_all_at(&f, &chunk, off)
+                .map_err(io_err("fill disk file"))?;
+            off += chunk.len() as u64;
+        }
+        f.sync_all().map_err(io_err("sync disk file"))?;
+    }
+    let tsc_hz = host_tsc_hz()?;
+    let mut lines = Vec::new();
+    let emit = |l: BenchLine, lines: &mut Vec<BenchLine>| {
+        println!("{}", l.to_json());
+        lines.push(l);
+    };
+    let file_str = file.display().to_string();
+    let null_drive = format!(
+        "driver=null-co,size={},read-zeroes=on,if=none,id=d0",
+        opts.disk_bytes
+    );
+    let file_drive = format!("file={file_str},if=none,id=d0,format=raw,cache=none,aio=io_uring");
+    let ram_disk = RamDisk::new(opts.disk_bytes);
+    // Touch every chunk once so the measurement is the virtio path, not first-touch zeroing.
+    let chunk = vec![0u8; 1 << 20];
+    let mut off = 0;
+    while off + chunk.len() as u64 <= opts.disk_bytes {
+        ram_disk
+            .write(off, &chunk)
+            .map_err(|e| VmmError::Backend(e.to_string()))?;
+        off += chunk.len() as u64;
+    }
+    let ram: Arc<dyn DiskBackend> = Arc::new(ram_disk);
+    let filedisk: Arc<dyn DiskBackend> =
+        Arc::new(FileDisk::open(&file, false, true).map_err(|e| VmmError::Backend(e.to_string()))?);
+    for (kind, ours_backend, drive, anchor_name) in [
+        ("ram", &ram, &null_drive, "qemu null-co"),
+        (
+            "file",
+            &filedisk,
+            &file_drive,
+            "qemu raw file cache=none aio=io_uring",
+        ),
+    ] {
+        for op in ["read", "write"] {
+            for qd in [1u32, 32] {
+                let cmd = format!("bench-{op} qd={qd} ops={}", opts.ops);
+                let mut o = Vec::new();
+                let mut a = Vec::new();
+                for _ in 0..opts.runs.max(1) {
+                    o.push(parse_iops(
+                        &ours_run(opts, &elf, &cmd, ours_backend.clone())?.0,
+                        tsc_hz,
+                    )?);
+                    a.push(parse_iops(&qemu_run(opts, &elf, &cmd, drive)?.0, tsc_hz)?);
+                }
+                emit(
+                    BenchLine::new(
+                        &format!("{kind}_rand{op}_qd{qd}_iops"),
+                        median(o),
+                        median(a),
+                        anchor_name,
+                        true,
+                    ),
+                    &mut lines,
+                );
+            }
+        }
+    }
+    let (mut o, mut a, mut om, mut am) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..opts.runs.max(1) {
+        let (_, boot) = ours_run(opts, &elf, "hello", ram.clone())?;
+        o.push(boot.as_secs_f64() * 1000.0);
+        om.push(ours_overhead(&elf)? as f64 / (1 << 20) as f64);
+        let (_, qboot, qmem) = qemu_run(opts, &elf, "spin", &null_drive)?;
+        a.push(qboot.as_secs_f64() * 1000.0);
+        am.push(qmem as f64 / (1 << 20) as f64);
+    }
+    emit(
+        BenchLine::new(
+            "boot_to_first_debug_write_ms",
+            median(o),
+            median(a),
+            "qemu",
+            false,
+        ),
+        &mut lines,
+    );
+    emit(
+        BenchLine::new(
+            "vmm_memory_overhead_mib",
+            median(om),
+            median(am),
+            "qemu",
+            false,
+        ),
+        &mut lines,
+    );
+    Ok(lines)
+}
+
+/// Our overhead for a 1 vCPU / 128 MiB guest: RSS growth while the VM exists, minus its resident
+/// guest RAM.
+fn ours_overhead(elf: &Path) -> Result<u64> {
+    let before = crate::stats::process_rss_bytes();
+    let boot = BootConfig {
+        kernel: elf.to_path_buf(),
+        initrd: None,
+        cmdline: "wait-shutdown".into(),
+    };
+    let mut cfg = VmConfig::new("bench-mem", boot);
+    cfg.disks.push(DiskConfig {
+        id: "d".into(),
+        backend: Arc::new(RamDisk::new(64 << 20)),
+        queues: 1,
+        queue_size: 256,
+    });
+    let mut vm = Vm::create(cfg)?;
+    vm.start()?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !String::from_utf8_lossy(&vm.debug_output()).contains("cmdline")
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let after = crate::stats::process_rss_bytes();
+    let guest = guest_rss(std::process::id(), 128 << 20);
+    vm.delete();
+    Ok(after
+        .saturating_sub(guest)
+        .saturating_sub(before.min(after)))
+}
+
+fn guest_rss(pid: u32, ram_bytes: u64) -> u64 {
+    let Ok(smaps) = std::fs::read_to_string(format!("/proc/{pid}/smaps")) else {
+        return 0;
+    };
+    let mut in_guest = false;
+    let mut guest = 0;
+    for line in smaps.lines() {
+        if let Some(kb) = line
+            .strip_prefix("Size:")
+            .and_then(|v| v.trim().trim_end_matches(" kB").parse::<u64>().ok())
+        {
+            in_guest = kb * 1024 == ram_bytes;
+        } else if let Some(kb) = line
+            .strip_prefix("Rss:")
+            .and_then(|v| v.trim().trim_end_matches(" kB").parse::<u64>().ok())
+        {
+            if in_guest {
+                guest += kb * 1024;
+            }
+        }
+    }
+    guest
+}
