@@ -62,12 +62,39 @@ impl Inner {
                 tracing::warn!(error = %e, "clearing copy intents failed");
             }
         }
+        self.redo_rollbacks().await;
         self.prune_pending().await;
         match self.rebalance_pass().await {
             Ok(changed) => changed,
             Err(e) => {
                 tracing::warn!(error = %e, "rebalance pass failed");
                 false
+            }
+        }
+    }
+
+    /// Finish rollbacks a crash (or an error) interrupted, before any prune can drop the
+    /// snapshot versions they restore.
+    async fn redo_rollbacks(&self) {
+        let Some(m) = self.meta_snapshot() else {
+            return;
+        };
+        if m.rollbacks.is_empty() {
+            return;
+        }
+        let _op = self.op.lock().await;
+        for (vid, snap_gen) in m.rollbacks.clone() {
+            let r = if m.vdisk_by_id(vid).is_some() {
+                self.finish_rollback(vid, snap_gen).await
+            } else {
+                self.update_meta(|m| {
+                    m.rollbacks.retain(|r| r.0 != vid);
+                    Ok(())
+                })
+                .await
+            };
+            if let Err(e) = r {
+                tracing::warn!(vdisk = vid, error = %e, "completing a rollback failed");
             }
         }
     }
@@ -131,6 +158,7 @@ impl Inner {
             }
             let Some(v) = meta.vdisk_by_id(obj.vdisk) else {
                 if obj.vdisk < meta.next_vdisk_id
+                    && !self.building.lock().contains(&obj.vdisk)
                     && self
                         .meta
                         .read()

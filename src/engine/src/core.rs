@@ -199,6 +199,8 @@ pub(crate) struct VdiskRt {
     pub seed: u64,
     pub size_bytes: AtomicU64,
     pub deleted: AtomicBool,
+    /// A rollback is running or must be redone: live I/O is refused (Busy) meanwhile.
+    pub rolling_back: AtomicBool,
     gens: RwLock<GenState>,
     inflight: [AtomicU64; 2],
     pub snaps: RwLock<HashMap<u64, Arc<SnapRt>>>,
@@ -226,6 +228,7 @@ impl VdiskRt {
             seed,
             size_bytes: AtomicU64::new(size_bytes),
             deleted: AtomicBool::new(false),
+            rolling_back: AtomicBool::new(false),
             gens: RwLock::new(GenState { gen, pin, epoch: 0 }),
             inflight: [AtomicU64::new(0), AtomicU64::new(0)],
             snaps: RwLock::new(HashMap::new()),
@@ -299,6 +302,9 @@ pub(crate) struct Inner {
     pub shutting_down: AtomicBool,
     /// Chunk copies (rebalance, resync) running now; see `PoolMeta::importing`.
     pub copies_in_progress: AtomicU64,
+    /// Virtual disk ids whose objects are being created (a clone before it is recorded): not
+    /// orphans, whatever the metadata says yet.
+    pub building: Mutex<std::collections::HashSet<u64>>,
 }
 
 impl Inner {
@@ -322,6 +328,7 @@ impl Inner {
             kick: tokio::sync::Notify::new(),
             shutting_down: AtomicBool::new(false),
             copies_in_progress: AtomicU64::new(0),
+            building: Mutex::new(std::collections::HashSet::new()),
         }
     }
 

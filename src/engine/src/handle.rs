@@ -90,6 +90,12 @@ impl VdiskHandle {
     }
 
     fn check(&self, offset: u64, len: u64, write: bool) -> Result<()> {
+        if self.snap.is_none() && self.rt.rolling_back.load(Ordering::Acquire) {
+            return Err(EngineError::Busy(format!(
+                "{:?} is being rolled back",
+                self.name
+            )));
+        }
         if self.rt.deleted.load(Ordering::Acquire) {
             return Err(EngineError::not_found(format!(
                 "virtual disk {:?} was deleted",

@@ -95,6 +95,7 @@
 #![forbid(unsafe_code)]
 
 mod background;
+pub mod bench;
 mod core;
 mod error;
 mod handle;

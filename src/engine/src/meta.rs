@@ -45,6 +45,10 @@ pub(crate) struct PoolMeta {
     /// listed here is incomplete and is deleted when its disk is opened.
     #[serde(default)]
     pub importing: Vec<(String, store::ObjectId)>,
+    /// (vdisk id, snapshot generation) rollbacks started and not known complete: redone before
+    /// the disk serves I/O again (a rollback touches every chunk and is not atomic by itself).
+    #[serde(default)]
+    pub rollbacks: Vec<(u64, u64)>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -95,6 +99,7 @@ impl PoolMeta {
             vdisks: Vec::new(),
             prune_pending: Vec::new(),
             importing: Vec::new(),
+            rollbacks: Vec::new(),
         }
     }
 

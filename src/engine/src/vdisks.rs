@@ -26,10 +26,17 @@ impl Inner {
         if let Some(rt) = self.vdisk_rt(v.id) {
             return rt;
         }
+        let pending = self
+            .meta
+            .read()
+            .as_ref()
+            .is_some_and(|m| m.rollbacks.iter().any(|r| r.0 == v.id));
         let mut map = self.vdisks.write();
         map.entry(v.id)
             .or_insert_with(|| {
-                Arc::new(VdiskRt::new(v.id, v.seed, v.size_bytes, v.gen, v.pin_gen()))
+                let rt = VdiskRt::new(v.id, v.seed, v.size_bytes, v.gen, v.pin_gen());
+                rt.rolling_back.store(pending, Ordering::Release);
+                Arc::new(rt)
             })
             .clone()
     }
@@ -130,6 +137,41 @@ impl Inner {
             rt.change_gens(gen, pin).await;
         }
         self.kick.notify_one();
+        Ok(())
+    }
+
+    /// Roll every chunk of `vid` back to `snap_gen` (idempotent), make it durable, then clear
+    /// the record. Caller holds the op lock.
+    pub(crate) async fn finish_rollback(&self, vid: u64, snap_gen: u64) -> Result<()> {
+        if let Some(rt) = self.vdisk_rt(vid) {
+            let g = rt.enter();
+            for (obj, _) in self.index.of_vdisk(vid) {
+                let _l = self.stripe(obj).read().await;
+                let Some(holders) = self.index.get(obj) else {
+                    continue;
+                };
+                self.replicate(obj, holders, &Op::Rollback { snap_gen }, g.gen, g.pin)
+                    .await?;
+            }
+        } else {
+            // Not opened in this run: build its state from the metadata first.
+            let m = self
+                .meta_snapshot()
+                .ok_or_else(|| EngineError::io("no pool metadata"))?;
+            if let Some(v) = m.vdisk_by_id(vid) {
+                self.rt_for(v);
+                return Box::pin(self.finish_rollback(vid, snap_gen)).await;
+            }
+        }
+        self.flush_all().await?;
+        self.update_meta(|m| {
+            m.rollbacks.retain(|r| *r != (vid, snap_gen));
+            Ok(())
+        })
+        .await?;
+        if let Some(rt) = self.vdisk_rt(vid) {
+            rt.rolling_back.store(false, Ordering::Release);
+        }
         Ok(())
     }
 
@@ -339,20 +381,16 @@ impl Engine {
         let m = self.meta()?;
         let v = m.vdisk(vdisk)?;
         let snap_gen = v.snapshot(snap)?.gen;
+        let id = v.id;
         let rt = inner.rt_for(v);
-        {
-            let g = rt.enter();
-            for (obj, _) in inner.index.of_vdisk(v.id) {
-                let _l = inner.stripe(obj).read().await;
-                let Some(holders) = inner.index.get(obj) else {
-                    continue;
-                };
-                inner
-                    .replicate(obj, holders, &Op::Rollback { snap_gen }, g.gen, g.pin)
-                    .await?;
-            }
-        }
-        inner.flush_all().await
+        inner
+            .update_meta(|m| {
+                m.rollbacks.push((id, snap_gen));
+                Ok(())
+            })
+            .await?;
+        rt.rolling_back.store(true, Ordering::Release);
+        inner.finish_rollback(id, snap_gen).await
     }
 
     /// Thin clone of a disk's current contents (`snap: None`) or of one of its snapshots.
@@ -408,6 +446,22 @@ impl Engine {
                 Ok(id)
             })
             .await?;
+        inner.building.lock().insert(new_id);
+        let r = self
+            .clone_objects_reserved(v, at_gen, new_name, new_id)
+            .await;
+        inner.building.lock().remove(&new_id);
+        r
+    }
+
+    async fn clone_objects_reserved(
+        &self,
+        v: &VdiskMeta,
+        at_gen: u64,
+        new_name: &str,
+        new_id: u64,
+    ) -> Result<VdiskInfo> {
+        let inner = &self.inner;
         for (obj, _) in inner.index.of_vdisk(v.id) {
             let _l = inner.stripe(obj).read().await;
             let Some(holders) = inner.index.get(obj) else {

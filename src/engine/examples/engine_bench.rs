@@ -1,0 +1,58 @@
+//! Quick engine benchmark on two file-backed (io_uring, O_DIRECT) disks:
+//! `cargo run --release -p engine --example engine_bench -- DIR [SECONDS]`.
+//! The system-level comparison against fio is `cairn bench engine`; this is a developer tool.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use engine::bench::{prefill, run, Pattern, Workload};
+use engine::{Engine, EngineConfig};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let mut args = std::env::args().skip(1);
+    let dir = args
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("usage: engine_bench DIR [SECONDS]"))?;
+    let secs: u64 = args.next().map(|s| s.parse()).transpose()?.unwrap_or(5);
+    let e = Engine::open(EngineConfig {
+        node_id: 1,
+        node_name: "bench".into(),
+    })
+    .await?;
+    for i in 0..2 {
+        let path = format!("{dir}/disk{i}.img");
+        let _ = std::fs::remove_file(&path);
+        blockdev::create_sparse_file(&path, 2 << 30)?;
+        e.add_disk(blockdev::open_device(&path)?).await?;
+    }
+    let region = 512u64 << 20;
+    e.create_vdisk("bench", region).await?;
+    let h = e.open_vdisk("bench")?;
+    prefill(&h, region).await?;
+    let h = Arc::new(h);
+    for (pattern, bs, qd) in [
+        (Pattern::RandRead, 4096, 1),
+        (Pattern::RandRead, 4096, 32),
+        (Pattern::RandWrite, 4096, 1),
+        (Pattern::RandWrite, 4096, 32),
+        (Pattern::SeqRead, 1 << 20, 4),
+        (Pattern::SeqWrite, 1 << 20, 4),
+    ] {
+        let w = Workload {
+            pattern,
+            request_bytes: bs,
+            queue_depth: qd,
+            duration: Duration::from_secs(secs),
+            region_bytes: region,
+            flush_every: 0,
+        };
+        let r = run(&h, &w).await?;
+        println!(
+            "{}",
+            serde_json::json!({"pattern": format!("{pattern:?}"), "bs": bs, "qd": qd, "result": r})
+        );
+    }
+    e.shutdown().await?;
+    Ok(())
+}
