@@ -363,6 +363,61 @@ static void run_bench(const char *cmdline) {
     check(errors == 0, "bench-no-errors", "requests failed");
 }
 
+static struct vq rxq, txq;
+static u8 rxbuf[8][2048] __attribute__((aligned(4096)));
+static u8 txbuf[2048];
+
+/* Sends an 0x88b5 "cairn-ping" broadcast and waits for a "cairn-pong" addressed to us. */
+static void run_net(void) {
+    struct vdev d;
+    int slot = find_device(0x1041);
+    check(slot > 0, "pci-find-net", "no virtio-net");
+    if (slot <= 0) return;
+    check(probe(slot, &d), "net-caps", "missing capabilities");
+    msix_setup(&d, 3, 0x60);
+    check(negotiate(&d, (1ull << 32) | (1 << 5)), "net-features", "FEATURES_OK refused");
+    check(queue_setup(&d, &rxq, 0, 1) && queue_setup(&d, &txq, 1, 2), "net-queues", "queue setup failed");
+    check(driver_ok(&d), "net-driver-ok", "needs reset");
+    u8 mac[6];
+    for (int i = 0; i < 6; i++) mac[i] = mmio_r8(d.device + i);
+    check(mac[0] == 0x52 && mac[1] == 0x54, "net-mac", "unexpected MAC");
+    for (u16 i = 0; i < 8; i++) {
+        rxq.desc[i] = (struct vdesc){(u64)(usize)rxbuf[i], 2048, 2, 0};
+        rxq.avail.ring[i] = i;
+    }
+    mb();
+    rxq.avail.idx = 8;
+    mb();
+    mmio_w16(rxq.notify_addr, 0);
+    memset(txbuf, 0, sizeof(txbuf));
+    u8 *f = txbuf + 12;
+    memset(f, 0xff, 6);
+    memcpy(f + 6, mac, 6);
+    f[12] = 0x88;
+    f[13] = 0xb5;
+    memcpy(f + 14, "cairn-ping", 10);
+    txq.desc[0] = (struct vdesc){(u64)(usize)txbuf, 12 + 60, 0, 0};
+    u16 h = 0;
+    check(submit_wait(&txq, 1, &h, 1), "net-tx", "tx not completed");
+    int found = 0;
+    for (u64 spin = 0; spin < 4000000000ull && !found; spin++) {
+        barrier();
+        if (*(volatile u16 *)&rxq.used.idx == rxq.last_used) { __asm__ volatile("pause"); continue; }
+        u32 id = rxq.used.ring[rxq.last_used % QSZ].id;
+        rxq.last_used++;
+        if (id >= 8) break;
+        u8 *r = rxbuf[id] + 12;
+        if (r[12] == 0x88 && r[13] == 0xb5 && !memcmp(r + 14, "cairn-pong", 10) && !memcmp(r, mac, 6)) found = 1;
+        /* Give the buffer back. */
+        rxq.avail.ring[rxq.avail.idx % QSZ] = (u16)id;
+        mb();
+        rxq.avail.idx++;
+        mb();
+        mmio_w16(rxq.notify_addr, 0);
+    }
+    check(found, "net-rx", "no reply frame received");
+}
+
 int run_pci_tests(const char *cmdline) {
     int host = find_device(0) ;
     (void)host;
@@ -370,6 +425,7 @@ int run_pci_tests(const char *cmdline) {
     check(pci_r32(31, 0) == 0xffffffffu || pci_r32(31, 0) != 0, "pci-empty-slot", "");
     if (has_word(cmdline, "blk") || has_word(cmdline, "blk-write") || has_word(cmdline, "blk-verify")) run_blk(cmdline);
     if (has_word(cmdline, "rng")) run_rng();
+    if (has_word(cmdline, "net")) run_net();
     if (has_word(cmdline, "bench-read") || has_word(cmdline, "bench-write")) run_bench(cmdline);
     return failures;
 }

@@ -507,6 +507,7 @@ impl VirtioDevice for Blk {
                     if handler.process_queue(&mut q) {
                         irq.trigger();
                     }
+                    true
                 },
             )?;
             self.workers.push(w);

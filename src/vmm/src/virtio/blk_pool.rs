@@ -129,7 +129,7 @@ pub fn spawn(
                         Ok(chain) => {
                             drop(q);
                             if tx.send(Job { head, chain, start }).is_err() {
-                                return;
+                                return true;
                             }
                             q = dshared.queue.lock();
                         }
@@ -145,6 +145,7 @@ pub fn spawn(
                     break;
                 }
             }
+            true
         },
     )?;
     Ok(Pool {

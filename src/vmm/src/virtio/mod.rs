@@ -8,6 +8,7 @@ mod blk_tests;
 pub mod net;
 pub mod pci;
 pub mod rng;
+pub mod tap;
 
 use crate::error::{io_err, Result};
 use crate::memory::GuestMemoryMmap;
@@ -121,13 +122,15 @@ pub struct Worker {
 
 impl Worker {
     /// Spawns a thread that calls `on_event(false)` when `notify` fires and `on_event(true)` when
-    /// `extra` (e.g. a tap fd) is readable, until stopped.
+    /// `extra` (e.g. a tap fd) is readable, until stopped. `on_event` returns whether `extra`
+    /// should keep being watched (false while the device cannot take more input, e.g. no rx
+    /// buffers; the next kick re-arms it).
     pub fn spawn(
         name: String,
         seccomp: bool,
         notify: EventFd,
         extra: Option<RawFd>,
-        mut on_event: impl FnMut(bool) + Send + 'static,
+        mut on_event: impl FnMut(bool) -> bool + Send + 'static,
     ) -> Result<Worker> {
         let stop = EventFd::new(libc::EFD_NONBLOCK).map_err(io_err("worker stop eventfd"))?;
         let stop2 = stop.try_clone().map_err(io_err("clone eventfd"))?;
@@ -138,7 +141,7 @@ impl Worker {
                     return;
                 }
                 // Serve anything queued before the first kick.
-                on_event(false);
+                let mut watch_extra = on_event(false);
                 let mut fds = [
                     libc::pollfd {
                         fd: notify.as_raw_fd(),
@@ -167,11 +170,13 @@ impl Worker {
                     }
                     if fds[0].revents != 0 {
                         let _ = notify.read();
-                        on_event(false);
+                        watch_extra = on_event(false);
                     }
                     if fds[2].revents != 0 {
-                        on_event(true);
+                        watch_extra = on_event(true);
                     }
+                    fds[2].fd = if watch_extra { extra.unwrap_or(-1) } else { -1 };
+                    fds[2].revents = 0;
                 }
             })
             .map_err(io_err("spawn device thread"))?;

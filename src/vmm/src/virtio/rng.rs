@@ -98,6 +98,7 @@ impl VirtioDevice for Rng {
                     if used && q.needs_notification(&*mem).unwrap_or(true) {
                         irq.trigger();
                     }
+                    true
                 },
             )?;
             self.workers.push(w);

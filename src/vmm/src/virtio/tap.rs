@@ -1,0 +1,102 @@
+//! A Linux tap device opened through /dev/net/tun with a virtio-net header, non-blocking. The
+//! tap is created in the calling thread's network namespace.
+
+use crate::error::{Result, VmmError};
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::fs::OpenOptionsExt;
+
+const IFF_TAP: libc::c_short = 0x0002;
+const IFF_NO_PI: libc::c_short = 0x1000;
+const IFF_VNET_HDR: libc::c_short = 0x4000;
+const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+const TUNSETVNETHDRSZ: libc::c_ulong = 0x4004_54d8;
+
+#[repr(C)]
+struct IfReq {
+    name: [u8; 16],
+    flags: libc::c_short,
+    _pad: [u8; 22],
+}
+
+/// An open tap.
+pub struct Tap {
+    file: File,
+}
+
+impl Tap {
+    /// Opens (creating if needed) tap `name` with a `vnet_hdr_len`-byte virtio-net header.
+    pub fn open(name: &str, vnet_hdr_len: i32) -> Result<Tap> {
+        if name.is_empty()
+            || name.len() >= 16
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(VmmError::InvalidConfig(format!("bad tap name {name:?}")));
+        }
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open("/dev/net/tun")
+            .map_err(|source| VmmError::Io {
+                what: "open /dev/net/tun",
+                source,
+            })?;
+        let mut req = IfReq {
+            name: [0; 16],
+            flags: IFF_TAP | IFF_NO_PI | IFF_VNET_HDR,
+            _pad: [0; 22],
+        };
+        req.name[..name.len()].copy_from_slice(name.as_bytes());
+        // SAFETY: TUNSETIFF reads and writes an ifreq, which `req` is (layout-compatible, 40 bytes).
+        if unsafe { libc::ioctl(file.as_raw_fd(), TUNSETIFF, &mut req) } < 0 {
+            return Err(VmmError::Io {
+                what: "TUNSETIFF",
+                source: io::Error::last_os_error(),
+            });
+        }
+        // SAFETY: TUNSETVNETHDRSZ reads one int from the pointer, which points at a live i32.
+        if unsafe { libc::ioctl(file.as_raw_fd(), TUNSETVNETHDRSZ, &vnet_hdr_len) } < 0 {
+            return Err(VmmError::Io {
+                what: "TUNSETVNETHDRSZ",
+                source: io::Error::last_os_error(),
+            });
+        }
+        Ok(Tap { file })
+    }
+
+    /// Reads one frame (with its vnet header); Ok(None) when nothing is queued.
+    pub fn read_frame(&self, buf: &mut [u8]) -> io::Result<Option<usize>> {
+        // SAFETY: buf is valid for writes of buf.len() bytes.
+        let n = unsafe { libc::read(self.file.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        match usize::try_from(n) {
+            Ok(n) => Ok(Some(n)),
+            Err(_) => {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::WouldBlock {
+                    Ok(None)
+                } else {
+                    Err(e)
+                }
+            }
+        }
+    }
+
+    /// Writes one frame (with its vnet header).
+    pub fn write_frame(&self, frame: &[u8]) -> io::Result<()> {
+        // SAFETY: frame is valid for reads of frame.len() bytes.
+        let n = unsafe { libc::write(self.file.as_raw_fd(), frame.as_ptr().cast(), frame.len()) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// The fd, for polling.
+    pub fn raw_fd(&self) -> RawFd {
+        self.file.as_raw_fd()
+    }
+}

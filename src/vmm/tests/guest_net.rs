@@ -1,0 +1,163 @@
+//! virtio-net through a tap inside a network namespace the test creates for itself: the guest
+//! broadcasts a frame, the test answers through an AF_PACKET socket on the tap, the guest checks
+//! the reply. Nothing leaves the private namespace.
+
+mod common;
+
+use common::*;
+use std::time::Duration;
+use vmm::{NetConfig, Vm};
+
+const TAP: &str = "cairn-tap0";
+const ETHERTYPE: [u8; 2] = [0x88, 0xb5];
+
+fn ifreq_name(name: &str) -> [libc::c_char; 16] {
+    let mut n = [0 as libc::c_char; 16];
+    for (d, b) in n.iter_mut().zip(name.bytes()) {
+        *d = b as libc::c_char;
+    }
+    n
+}
+
+/// Brings `name` up in the current thread's namespace.
+fn link_up(name: &str) -> std::io::Result<()> {
+    // SAFETY: plain socket creation.
+    let s = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0) };
+    if s < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: ifreq is plain data; zeroed is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    req.ifr_name = ifreq_name(name);
+    req.ifr_ifru.ifru_flags = (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+    // SAFETY: SIOCSIFFLAGS reads an ifreq we own.
+    let r = unsafe { libc::ioctl(s, libc::SIOCSIFFLAGS, &req) };
+    let err = std::io::Error::last_os_error();
+    // SAFETY: closing the socket we opened.
+    unsafe { libc::close(s) };
+    if r < 0 {
+        Err(err)
+    } else {
+        Ok(())
+    }
+}
+
+/// An AF_PACKET socket bound to `name` with a receive timeout.
+fn packet_socket(name: &str) -> std::io::Result<i32> {
+    let proto = (libc::ETH_P_ALL as u16).to_be();
+    // SAFETY: plain socket creation.
+    let s = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(proto)) };
+    if s < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let cname = std::ffi::CString::new(name).unwrap();
+    // SAFETY: cname is a valid NUL-terminated string.
+    let ifindex = unsafe { libc::if_nametoindex(cname.as_ptr()) };
+    // SAFETY: sockaddr_ll is plain data; zeroed is valid.
+    let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    sll.sll_family = libc::AF_PACKET as u16;
+    sll.sll_protocol = proto;
+    sll.sll_ifindex = ifindex as i32;
+    // SAFETY: binds our socket to a correctly sized sockaddr_ll.
+    let r = unsafe {
+        libc::bind(
+            s,
+            (&sll as *const libc::sockaddr_ll).cast(),
+            std::mem::size_of::<libc::sockaddr_ll>() as u32,
+        )
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let tv = libc::timeval {
+        tv_sec: 1,
+        tv_usec: 0,
+    };
+    // SAFETY: SO_RCVTIMEO takes a timeval of the given size.
+    unsafe {
+        libc::setsockopt(
+            s,
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&tv as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as u32,
+        )
+    };
+    Ok(s)
+}
+
+#[test]
+fn virtio_net_frames_through_a_tap_in_a_private_netns() {
+    if !kvm_or_skip() {
+        return;
+    }
+    if !std::path::Path::new("/dev/net/tun").exists() {
+        println!("skipped: /dev/net/tun not available");
+        return;
+    }
+    let result = std::thread::spawn(|| {
+        // SAFETY: unshare only changes this thread's network namespace; the VM's threads are
+        // spawned from here and inherit it, so the tap lives and dies in the private namespace.
+        if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+            println!(
+                "skipped: cannot create a network namespace: {}",
+                std::io::Error::last_os_error()
+            );
+            return None;
+        }
+        let mut cfg = guest_config("net", "net");
+        cfg.nets.push(NetConfig {
+            id: "nic0".into(),
+            tap: TAP.into(),
+            mac: [0x52, 0x54, 0, 0x12, 0x34, 0x56],
+        });
+        let mut vm = Vm::create(cfg).expect("create VM with a tap");
+        link_up(TAP).expect("bring tap up");
+        let sock = packet_socket(TAP).expect("packet socket");
+        vm.start().unwrap();
+        let mut buf = [0u8; 2048];
+        let mut guest_mac = None;
+        for _ in 0..30 {
+            // SAFETY: buf is valid for writes of its length.
+            let n = unsafe { libc::recv(sock, buf.as_mut_ptr().cast(), buf.len(), 0) };
+            if n >= 24 && buf[12..14] == ETHERTYPE && &buf[14..24] == b"cairn-ping" {
+                guest_mac = Some(<[u8; 6]>::try_from(&buf[6..12]).unwrap());
+                break;
+            }
+        }
+        let mac = guest_mac.expect("the guest's frame reached the tap");
+        let mut reply = [0u8; 60];
+        reply[..6].copy_from_slice(&mac);
+        reply[6..12].copy_from_slice(&[0x02, 0, 0, 0, 0, 1]);
+        reply[12..14].copy_from_slice(&ETHERTYPE);
+        reply[14..24].copy_from_slice(b"cairn-pong");
+        // SAFETY: reply is valid for reads of its length; the socket is bound to the tap.
+        let sent = unsafe { libc::send(sock, reply.as_ptr().cast(), reply.len(), 0) };
+        assert_eq!(sent, 60, "send: {}", std::io::Error::last_os_error());
+        let reason = vm.wait_exit(Duration::from_secs(60));
+        let out = String::from_utf8_lossy(&vm.debug_output()).into_owned();
+        let stats = vm.stats();
+        vm.delete();
+        // SAFETY: closing our socket.
+        unsafe { libc::close(sock) };
+        Some((reason, out, stats))
+    })
+    .join()
+    .unwrap();
+    let Some((reason, out, stats)) = result else {
+        return;
+    };
+    assert_pass(
+        &reason,
+        &out,
+        &[
+            "pci-find-net",
+            "net-driver-ok",
+            "net-mac",
+            "net-tx",
+            "net-rx",
+        ],
+    );
+    let nic = &stats.nics[0];
+    assert!(nic.write_ops >= 1 && nic.read_ops >= 1, "{nic:?}");
+}
