@@ -10,12 +10,14 @@
 //! with an error or a closed connection, never a panic; every size a client sends is bounded.
 #![forbid(unsafe_code)]
 
+mod device;
 mod export;
 mod handshake;
 pub mod proto;
 mod server;
 mod transmission;
 
+pub use device::DeviceExport;
 #[cfg(any(test, feature = "test-util"))]
 pub use export::RamExport;
 pub use export::{nbd_errno, BoxFuture, NbdExport};

@@ -9,10 +9,11 @@ use std::io;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
+use futures::future::BoxFuture;
+use futures::stream::{FuturesUnordered, StreamExt};
 use futures::FutureExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
-use tokio::task::JoinSet;
 
 use crate::export::nbd_errno;
 use crate::handshake::Chosen;
@@ -30,21 +31,56 @@ struct Reply {
     _permits: (OwnedSemaphorePermit, Option<OwnedSemaphorePermit>),
 }
 
-async fn write_replies<W: AsyncWrite + Unpin>(
-    w: W,
-    mut rx: mpsc::Receiver<Reply>,
-) -> io::Result<()> {
+/// What the reader hands the executor: an answer already known, or a request to run.
+enum Job {
+    Now(Reply),
+    Run(BoxFuture<'static, Reply>),
+}
+
+/// Runs the connection's requests (all in this one task, so a request costs no task spawn or
+/// cross-thread wake) and writes their replies in completion order, batching replies that are
+/// ready together into one send. Returns when the reader is gone and everything is answered.
+async fn execute<W: AsyncWrite + Unpin>(w: W, mut rx: mpsc::Receiver<Job>) -> io::Result<()> {
     let mut w = BufWriter::with_capacity(256 << 10, w);
-    while let Some(r) = rx.recv().await {
-        w.write_all(&r.header).await?;
-        if let Some(d) = &r.data {
-            w.write_all(d).await?;
+    let mut running = FuturesUnordered::new();
+    let mut open = true;
+    loop {
+        let first = tokio::select! {
+            Some(r) = running.next(), if !running.is_empty() => r,
+            job = rx.recv(), if open => match job {
+                Some(Job::Now(r)) => r,
+                Some(Job::Run(f)) => {
+                    running.push(f);
+                    continue;
+                }
+                None => {
+                    open = false;
+                    continue;
+                }
+            },
+            else => break,
+        };
+        let mut reply = Some(first);
+        while let Some(r) = reply.take() {
+            w.write_all(&r.header).await?;
+            if let Some(d) = &r.data {
+                w.write_all(d).await?;
+            }
+            drop(r);
+            // More answers ready right now go out in the same send.
+            reply = match running.next().now_or_never() {
+                Some(Some(r)) => Some(r),
+                _ => match rx.try_recv() {
+                    Ok(Job::Now(r)) => Some(r),
+                    Ok(Job::Run(f)) => {
+                        running.push(f);
+                        running.next().now_or_never().flatten()
+                    }
+                    Err(_) => None,
+                },
+            };
         }
-        drop(r);
-        // Batch replies that are already waiting into one send.
-        if rx.is_empty() {
-            w.flush().await?;
-        }
+        w.flush().await?;
     }
     w.flush().await?;
     w.shutdown().await
@@ -139,13 +175,11 @@ where
         export,
         mut removed,
     } = chosen;
-    let (tx, rx) = mpsc::channel::<Reply>(MAX_IN_FLIGHT_REQUESTS);
-    let writer_task = tokio::spawn(write_replies(writer, rx));
+    let (tx, rx) = mpsc::channel::<Job>(MAX_IN_FLIGHT_REQUESTS);
+    let executor = tokio::spawn(execute(writer, rx));
     let requests = Arc::new(Semaphore::new(MAX_IN_FLIGHT_REQUESTS));
     let bytes = Arc::new(Semaphore::new(MAX_IN_FLIGHT_BYTES));
-    let mut tasks = JoinSet::new();
     let result = loop {
-        while tasks.try_join_next().is_some() {}
         let mut hdr = [0u8; 28];
         tokio::select! {
             r = reader.read_exact(&mut hdr) => if let Err(e) = r {
@@ -195,21 +229,15 @@ where
             None
         };
         let permits = (req_permit, byte_permit);
-        let tx = tx.clone();
-        match decide(export.as_ref(), &req, payload) {
-            Err(errno) => {
-                let reply = Reply {
-                    header: simple_reply(errno, req.handle),
-                    data: None,
-                    _permits: permits,
-                };
-                if tx.send(reply).await.is_err() {
-                    break Ok(());
-                }
-            }
+        let job = match decide(export.as_ref(), &req, payload) {
+            Err(errno) => Job::Now(Reply {
+                header: simple_reply(errno, req.handle),
+                data: None,
+                _permits: permits,
+            }),
             Ok(op) => {
                 let export = export.clone();
-                tasks.spawn(async move {
+                Job::Run(Box::pin(async move {
                     let fua = req.flags & CMD_FLAG_FUA != 0;
                     let fut = run(export.as_ref(), op, req.offset, u64::from(req.length), fua);
                     let (errno, data) = match AssertUnwindSafe(fut).catch_unwind().await {
@@ -218,22 +246,21 @@ where
                         // A backend bug fails this request, not the connection or the server.
                         Err(_) => (EIO, None),
                     };
-                    let header = simple_reply(errno, req.handle);
-                    // The writer is gone only if the connection is; nothing left to tell.
-                    let _ = tx
-                        .send(Reply {
-                            header,
-                            data,
-                            _permits: permits,
-                        })
-                        .await;
-                });
+                    Reply {
+                        header: simple_reply(errno, req.handle),
+                        data,
+                        _permits: permits,
+                    }
+                }))
             }
+        };
+        if tx.send(job).await.is_err() {
+            // The executor stopped: the client is not reading any more.
+            break Ok(());
         }
     };
-    while tasks.join_next().await.is_some() {}
     drop(tx);
-    let written = writer_task.await;
+    let written = executor.await;
     match (result, written) {
         (Err(e), _) => Err(e),
         (Ok(()), Ok(Err(e))) if e.kind() != io::ErrorKind::BrokenPipe => Err(e.into()),

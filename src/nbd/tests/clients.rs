@@ -242,3 +242,59 @@ async fn fio_randrw_verifies() {
     assert!(!out.status.success(), "fio must detect corrupted reads");
     h.stop().await;
 }
+
+/// The whole real path: nbdcopy -> our server -> DeviceExport -> io_uring (O_DIRECT) -> file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nbdcopy_through_an_io_uring_file() {
+    if !have("nbdcopy") {
+        return;
+    }
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("nbd-tests");
+    std::fs::create_dir_all(&dir).unwrap();
+    let backing = dir.join(format!("backing-{}", std::process::id()));
+    let input = dir.join(format!("uin-{}", std::process::id()));
+    let output = dir.join(format!("uout-{}", std::process::id()));
+    let size = 12 << 20;
+    let _ = std::fs::remove_file(&backing);
+    blockdev::create_sparse_file(&backing, size as u64).unwrap();
+    let dev = blockdev::open_device(&backing).unwrap();
+    let server = NbdServer::bind("127.0.0.1:0").await.unwrap();
+    server
+        .add_export("file", Arc::new(nbd::DeviceExport::new(dev, false)))
+        .unwrap();
+    let h = server.spawn().unwrap();
+    let uri = format!("nbd://127.0.0.1:{}/file", h.local_addr().port());
+    let data = random_bytes(size, 7);
+    std::fs::write(&input, &data).unwrap();
+    let out = run(args(&[
+        "nbdcopy",
+        "--flush",
+        "--request-size=65536",
+        input.to_str().unwrap(),
+        &uri,
+    ]))
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run(args(&["nbdcopy", &uri, output.to_str().unwrap()])).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        std::fs::read(&output).unwrap() == data,
+        "round trip through io_uring"
+    );
+    assert!(
+        std::fs::read(&backing).unwrap() == data,
+        "the backing file holds the data"
+    );
+    h.stop().await;
+    for p in [backing, input, output] {
+        std::fs::remove_file(p).unwrap();
+    }
+}
