@@ -398,3 +398,30 @@ async fn block_device_via_loop() {
         std::panic::resume_unwind(p);
     }
 }
+
+/// A device that outlives the runtime it was opened on fails cleanly instead of hanging.
+#[test]
+fn device_outliving_its_runtime_fails_cleanly() {
+    let path = temp_file("outlive", 64 * BS);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let dev = rt.block_on(async {
+        let dev = UringDevice::open(&path, UringOptions::default()).unwrap();
+        let w = AlignedBuf::from_slice(&[1u8; BLOCK_SIZE]).into_write();
+        dev.write_at(0, w).await.unwrap();
+        dev
+    });
+    drop(rt);
+    let rt2 = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let e = rt2
+        .block_on(dev.read_at(0, AlignedBuf::zeroed(BLOCK_SIZE)))
+        .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Gone);
+    drop(dev);
+    std::fs::remove_file(path).unwrap();
+}

@@ -6,7 +6,9 @@
 //! device: every later call fails with `ErrorKind::Poisoned`, because after a failed fsync the
 //! kernel may have dropped dirty data and retrying would report success falsely.
 //!
-//! It must be opened inside a tokio runtime that outlives it (its completion reaper runs there).
+//! It must be opened inside a tokio runtime (its completion reaper runs there); it can be driven
+//! from any thread or runtime. If that runtime shuts down first, later requests fail with
+//! `ErrorKind::Gone` instead of hanging.
 //! It never retries a failed write or flush, and never opens a block device that is in use
 //! (O_EXCL).
 
@@ -214,8 +216,13 @@ impl UringDevice {
     }
 
     fn errno(&self, what: String, res: i32) -> BlockError {
+        let kind = if res == -libc::ESHUTDOWN {
+            ErrorKind::Gone
+        } else {
+            ErrorKind::Io
+        };
         BlockError::io(
-            ErrorKind::Io,
+            kind,
             format!("{}: {what}", self.info.name),
             io::Error::from_raw_os_error(-res),
         )

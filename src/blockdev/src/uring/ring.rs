@@ -66,6 +66,8 @@ pub(crate) struct Ring {
     permits: Semaphore,
     notify: Notify,
     closing: AtomicBool,
+    /// The reaper task is gone (its runtime shut down): new requests fail instead of hanging.
+    reaper_gone: AtomicBool,
     /// Kept open for as long as the ring may reference it.
     _file: std::fs::File,
 }
@@ -101,6 +103,7 @@ impl Ring {
             permits: Semaphore::new(n),
             notify: Notify::new(),
             closing: AtomicBool::new(false),
+            reaper_gone: AtomicBool::new(false),
             _file: file,
         });
         tokio::spawn(reap_loop(ring.clone(), afd));
@@ -124,9 +127,14 @@ impl Ring {
             .acquire()
             .await
             .expect("the semaphore is never closed");
-        permit.forget();
         let (idx, submit_now) = {
             let mut core = self.core.lock();
+            // Checked under the lock the reaper's exit path also takes, so no request can slip
+            // in after the final drain.
+            if self.reaper_gone.load(Ordering::Acquire) {
+                return (-libc::ESHUTDOWN, hold);
+            }
+            permit.forget();
             let idx = core.free.pop().expect("a permit guarantees a free slot");
             core.slots[idx] = Slot::Waiting { waker: None, hold };
             core.in_flight += 1;
@@ -304,7 +312,30 @@ impl Drop for SlotGuard<'_> {
     }
 }
 
+/// Dropped with the reaper task, also when its runtime shuts down under it: completes what the
+/// kernel still has synchronously and makes later requests fail with ESHUTDOWN.
+struct ReaperExit(Arc<Ring>);
+
+impl Drop for ReaperExit {
+    fn drop(&mut self) {
+        let ring = &self.0;
+        {
+            let _core = ring.core.lock();
+            ring.reaper_gone.store(true, Ordering::Release);
+        }
+        while ring.core.lock().in_kernel > 0 {
+            match ring.uring.submit_and_wait(1) {
+                Ok(_) => {}
+                Err(e) if is_transient(&e) => {}
+                Err(_) => break,
+            }
+            ring.reap();
+        }
+    }
+}
+
 async fn reap_loop(ring: Arc<Ring>, afd: AsyncFd<OwnedFd>) {
+    let _exit = ReaperExit(ring.clone());
     loop {
         if ring.closing.load(Ordering::Acquire) && ring.in_flight() == 0 {
             return;
