@@ -7,6 +7,7 @@
 //! refcount drops to zero are handed out through `freed` for the store's deferred-free rule.
 
 use std::collections::{BTreeMap, HashMap};
+use std::hash::{BuildHasherDefault, Hasher};
 
 use crate::codec::Record;
 use crate::ObjectId;
@@ -24,8 +25,29 @@ pub(crate) struct Version {
 pub(crate) type Versions = Vec<Version>;
 pub(crate) type ObjMap = BTreeMap<u64, Versions>;
 
+/// A cheap hasher for `ObjectId` keys (two u64s chosen by us, not by an attacker), so the
+/// per-I/O map lookup costs a few multiplies instead of SipHash.
+#[derive(Default)]
+pub(crate) struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
+pub(crate) type ObjTable = HashMap<ObjectId, ObjMap, BuildHasherDefault<IdHasher>>;
+
 pub(crate) struct Maps {
-    pub objs: HashMap<ObjectId, ObjMap>,
+    pub objs: ObjTable,
     /// References per data block.
     pub refs: Vec<u32>,
     /// Versions held (data and tombstones), bounded by `version_cap` so a checkpoint always fits.
@@ -47,7 +69,7 @@ pub(crate) fn visible_data(vs: &[Version], at_gen: u64) -> Option<&Version> {
 impl Maps {
     pub fn new(data_blocks: u64) -> Self {
         Self {
-            objs: HashMap::new(),
+            objs: ObjTable::default(),
             refs: vec![0; data_blocks as usize],
             nversions: 0,
             freed: Vec::new(),

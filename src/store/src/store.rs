@@ -375,9 +375,38 @@ impl Inner {
         }
     }
 
+    /// `alloc`, after checking that no block of the write has a newer generation (one lock
+    /// acquisition for both).
+    fn alloc_for_write(
+        &self,
+        obj: ObjectId,
+        block: u64,
+        n: u64,
+        gen: u64,
+    ) -> Result<Vec<(u64, u64)>> {
+        let st = self.state.write();
+        if let Some(m) = st.maps.objs.get(&obj) {
+            for (b, vs) in m.range(block..block + n) {
+                if let Some(g) = vs.last().map(|v| v.gen).filter(|&g| g > gen) {
+                    return Err(StoreError::invalid(format!(
+                        "write to {obj} block {b} at generation {gen} below its newest {g}"
+                    )));
+                }
+            }
+        }
+        self.alloc_locked(st, n)
+    }
+
     /// Allocate `n` data blocks (never overcommits) and reserve `n` versions.
     pub fn alloc(&self, n: u64) -> Result<Vec<(u64, u64)>> {
-        let mut st = self.state.write();
+        self.alloc_locked(self.state.write(), n)
+    }
+
+    fn alloc_locked(
+        &self,
+        mut st: parking_lot::RwLockWriteGuard<'_, State>,
+        n: u64,
+    ) -> Result<Vec<(u64, u64)>> {
         let cap = self.layout().version_cap;
         if st.maps.nversions + st.inflight + n > cap {
             return Err(StoreError::NoSpace(format!(
@@ -446,19 +475,13 @@ impl Store {
         let n = (data.len() as u64) / BS;
         check_obj_range(block, n)?;
         check_gen(gen)?;
-        {
-            let st = inner.state.read();
-            for b in block..block + n {
-                if let Some(g) = st.maps.newest_gen(obj, b) {
-                    if g > gen {
-                        return Err(StoreError::invalid(format!(
-                            "write to {obj} block {b} at generation {gen} below its newest {g}"
-                        )));
-                    }
-                }
-            }
+        // Checksums before any lock: the lock is held only for map bookkeeping.
+        let mut crcs = Vec::with_capacity(n as usize);
+        let d = data.as_slice();
+        for i in 0..n as usize {
+            crcs.push(crc32c::crc32c(&d[i * BS as usize..(i + 1) * BS as usize]));
         }
-        let runs = inner.alloc(n)?;
+        let runs = inner.alloc_for_write(obj, block, n, gen)?;
         if let Err(e) = inner.write_runs(&runs, &data).await {
             inner.unalloc(&runs, n);
             return Err(e);
@@ -469,10 +492,7 @@ impl Store {
             let mut i = 0usize;
             for &(s, l) in &runs {
                 for phys in s..s + l {
-                    let crc = crc32c::crc32c(
-                        data.slice(i * BS as usize..(i + 1) * BS as usize)
-                            .as_slice(),
-                    );
+                    let crc = crcs[i];
                     let b = block + i as u64;
                     inner.log(
                         &mut st,
@@ -510,6 +530,12 @@ impl Store {
                 let st = inner.state.read();
                 match st.maps.objs.get(&obj) {
                     None => Vec::new(),
+                    // Point lookup for single-block reads (cheaper than a range walk).
+                    Some(m) if n == 1 => m
+                        .get(&block)
+                        .and_then(|vs| visible_data(vs, at_gen))
+                        .map(|v| vec![(0, v.phys, v.crc, v.gen)])
+                        .unwrap_or_default(),
                     Some(m) => m
                         .range(block..block + n as u64)
                         .filter_map(|(b, vs)| {
@@ -519,27 +545,37 @@ impl Store {
                         .collect(),
                 }
             };
-            let mut out = AlignedBuf::zeroed(n * BS as usize);
-            let mut i = 0;
-            while i < plan.len() {
-                let mut j = i + 1;
-                while j < plan.len()
-                    && plan[j].0 == plan[j - 1].0 + 1
-                    && plan[j].1 == plan[j - 1].1 + 1
+            let out = match plan.first() {
+                // One contiguous run covering the whole read (the common 4 KiB case): read
+                // straight into the buffer we return.
+                Some(&(0, phys, _, _))
+                    if plan.len() == n && plan.windows(2).all(|w| w[1].1 == w[0].1 + 1) =>
                 {
-                    j += 1;
+                    inner
+                        .dev_read(inner.layout().data_offset(phys), n as u64, "data")
+                        .await?
                 }
-                let (idx, phys) = (plan[i].0, plan[i].1);
-                let len = j - i;
-                let off = inner.layout().data_offset(phys);
-                if len == n {
-                    out = inner.dev_read(off, len as u64, "data").await?;
-                } else {
-                    let tmp = inner.dev_read(off, len as u64, "data").await?;
-                    out[idx * BS as usize..(idx + len) * BS as usize].copy_from_slice(&tmp);
+                _ => {
+                    let mut out = AlignedBuf::zeroed(n * BS as usize);
+                    let mut i = 0;
+                    while i < plan.len() {
+                        let mut j = i + 1;
+                        while j < plan.len()
+                            && plan[j].0 == plan[j - 1].0 + 1
+                            && plan[j].1 == plan[j - 1].1 + 1
+                        {
+                            j += 1;
+                        }
+                        let (idx, phys) = (plan[i].0, plan[i].1);
+                        let len = j - i;
+                        let off = inner.layout().data_offset(phys);
+                        let tmp = inner.dev_read(off, len as u64, "data").await?;
+                        out[idx * BS as usize..(idx + len) * BS as usize].copy_from_slice(&tmp);
+                        i = j;
+                    }
+                    out
                 }
-                i = j;
-            }
+            };
             let bad = plan.iter().find(|&&(idx, _, crc, _)| {
                 crc32c::crc32c(&out[idx * BS as usize..(idx + 1) * BS as usize]) != crc
             });
