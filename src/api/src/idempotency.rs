@@ -17,9 +17,12 @@ pub struct Stored {
     pub body: bytes::Bytes,
 }
 
+/// (user, key) -> (first seen, stored answer; None while the first request runs).
+type Entries = HashMap<(String, String), (Instant, Option<Stored>)>;
+
 #[derive(Debug, Default)]
 pub struct IdempotencyCache {
-    map: Mutex<HashMap<(String, String), (Instant, Option<Stored>)>>,
+    map: Mutex<Entries>,
 }
 
 pub enum Lookup {

@@ -424,7 +424,9 @@ async fn dispatch(
                 return Ok((200, json!({"items": [node], "next_cursor": null})));
             }
             let id = param(0);
-            if node["id"].to_string() == id || node["name"].as_str() == Some(id.as_str()) {
+            if node["id"].as_u64().map(|n| n.to_string()).as_deref() == Some(id.as_str())
+                || node["name"].as_str() == Some(id.as_str())
+            {
                 Ok((200, node))
             } else {
                 Err(ControlError::not_found(format!("no node {id:?}")))
@@ -859,7 +861,6 @@ async fn admin(st: &Arc<State>, c: &Caller, a: AdminAction) -> Out {
     tokio::task::spawn_blocking(move || crate::admin::apply(&st2, &c2, a))
         .await
         .map_err(|e| ControlError::internal(e.to_string()))?
-        .map(|(s, v)| (s, v))
 }
 
 async fn node_view(st: &State, c: &Caller) -> Result<Value, ControlError> {
