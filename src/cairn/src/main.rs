@@ -16,6 +16,10 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    // Appliance hook (owned by the appliance work): as PID 1, `cairn` is the init system.
+    if std::process::id() == 1 {
+        init::pid1_main()
+    }
     let args = cli::Cli::parse();
     let code = match args.command {
         cli::Command::Node(n) => nodecmd::run(n),
