@@ -209,4 +209,23 @@ mod tests {
         assert_eq!(&h[4..8], &EIO.to_be_bytes());
         assert_eq!(option_reply(OPT_LIST, REP_ACK, &[]).len(), 20);
     }
+
+    proptest::proptest! {
+        /// Any bytes a client sends parse to a value or `None`, never a panic, and a parsed
+        /// info request is consistent with its length fields.
+        #[test]
+        fn arbitrary_bytes_never_panic(data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64)) {
+            if let Some(r) = parse_info_request(&data) {
+                proptest::prop_assert_eq!(data.len(), 4 + r.name.len() + 2 + 2 * r.infos.len());
+            }
+            let mut hdr = [0u8; 28];
+            for (i, b) in data.iter().take(28).enumerate() {
+                hdr[i] = *b;
+            }
+            let _ = parse_request(&hdr);
+            let mut opt = [0u8; 16];
+            opt.copy_from_slice(&hdr[..16]);
+            let _ = parse_option_header(&opt);
+        }
+    }
 }
