@@ -53,7 +53,15 @@
 //!
 //! ## Things the caller should know
 //! - Space freed by discard/delete/prune/overwrite shows as `pending_free_blocks` until the
-//!   next `flush()` completes, then as free.
+//!   next `flush()` completes, then as free. A write that finds no free block but some pending
+//!   ones flushes (releasing them) and retries before it reports NoSpace.
+//! - One call moves at most `MAX_IO_BLOCKS` (1024 blocks = 4 MiB); devices must be at least
+//!   `MIN_DEVICE_BYTES` (8 MiB). Metadata overhead is about 3% of the device (checkpoint slots
+//!   sized for 1.5 versions per block, journal 1/64 of the device, 256 KiB..256 MiB).
+//! - A read or write touching several physical runs issues them all at once; a single
+//!   contiguous run (the common case) is one device I/O into the buffer that is returned.
+//! - Writes, discards and rollbacks below a block's newest generation are refused
+//!   (InvalidArgument); `repair` refuses data whose crc differs from the recorded one.
 //! - `flush()` costs two device flushes (data, then journal) when there is anything to commit,
 //!   and nothing when there is not; concurrent flushes are grouped.
 //! - Writes never wait for the journal, except that every ~1 MiB of pending journal records

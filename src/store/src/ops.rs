@@ -228,7 +228,7 @@ impl Store {
             return self.delete_object(obj).await;
         }
         let runs = if ndata > 0 {
-            inner.alloc(ndata)?
+            inner.alloc_or_flush(ndata, None).await?
         } else {
             Vec::new()
         };
@@ -314,7 +314,7 @@ impl Store {
                 Some(v) => v.phys,
             }
         };
-        let runs = inner.alloc(1)?;
+        let runs = inner.alloc_or_flush(1, None).await?;
         if let Err(e) = inner.write_runs(&runs, &good).await {
             inner.unalloc(&runs, 1);
             return Err(e);

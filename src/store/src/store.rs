@@ -441,17 +441,47 @@ impl Inner {
     /// Write `data` to the allocated runs, one device I/O per run.
     pub async fn write_runs(&self, runs: &[(u64, u64)], data: &WriteBuf) -> Result<()> {
         let mut off = 0usize;
+        let mut ios = Vec::with_capacity(runs.len());
         for &(s, l) in runs {
             let len = (l * BS) as usize;
-            self.dev
-                .write_at(self.layout().data_offset(s), data.slice(off..off + len))
-                .await
-                .map_err(|e| {
-                    StoreError::dev(format!("writing data on {}", self.dev.info().name), e)
-                })?;
+            ios.push(
+                self.dev
+                    .write_at(self.layout().data_offset(s), data.slice(off..off + len)),
+            );
             off += len;
         }
-        Ok(())
+        // Fragmented free space: all runs in flight at once, not one after another.
+        let res = if ios.len() == 1 {
+            ios.pop().expect("one").await
+        } else {
+            futures::future::try_join_all(ios).await.map(|_| ())
+        };
+        res.map_err(|e| StoreError::dev(format!("writing data on {}", self.dev.info().name), e))
+    }
+
+    /// Allocate, and if the only thing missing is space freed since the last flush, flush
+    /// (which releases it) and try once more.
+    pub async fn alloc_or_flush(
+        &self,
+        n: u64,
+        check: Option<(ObjectId, u64, u64)>,
+    ) -> Result<Vec<(u64, u64)>> {
+        let attempt = || match check {
+            Some((obj, block, gen)) => self.alloc_for_write(obj, block, n, gen),
+            None => self.alloc(n),
+        };
+        match attempt() {
+            Err(StoreError::NoSpace(why)) => {
+                let pending = self.jbuf.lock().frees.len() as u64
+                    + self.flushing_frees.load(Ordering::Relaxed);
+                if pending == 0 {
+                    return Err(StoreError::NoSpace(why));
+                }
+                self.flush(false).await?;
+                attempt()
+            }
+            r => r,
+        }
     }
 }
 
@@ -481,7 +511,7 @@ impl Store {
         for i in 0..n as usize {
             crcs.push(crc32c::crc32c(&d[i * BS as usize..(i + 1) * BS as usize]));
         }
-        let runs = inner.alloc_for_write(obj, block, n, gen)?;
+        let runs = inner.alloc_or_flush(n, Some((obj, block, gen))).await?;
         if let Err(e) = inner.write_runs(&runs, &data).await {
             inner.unalloc(&runs, n);
             return Err(e);
@@ -557,6 +587,7 @@ impl Store {
                 }
                 _ => {
                     let mut out = AlignedBuf::zeroed(n * BS as usize);
+                    let mut runs = Vec::new();
                     let mut i = 0;
                     while i < plan.len() {
                         let mut j = i + 1;
@@ -566,12 +597,16 @@ impl Store {
                         {
                             j += 1;
                         }
-                        let (idx, phys) = (plan[i].0, plan[i].1);
-                        let len = j - i;
-                        let off = inner.layout().data_offset(phys);
-                        let tmp = inner.dev_read(off, len as u64, "data").await?;
-                        out[idx * BS as usize..(idx + len) * BS as usize].copy_from_slice(&tmp);
+                        runs.push((plan[i].0, plan[i].1, j - i));
                         i = j;
+                    }
+                    // Every run in flight at once.
+                    let reads = runs.iter().map(|&(_, phys, len)| {
+                        inner.dev_read(inner.layout().data_offset(phys), len as u64, "data")
+                    });
+                    let bufs = futures::future::try_join_all(reads).await?;
+                    for (&(idx, _, len), tmp) in runs.iter().zip(bufs) {
+                        out[idx * BS as usize..(idx + len) * BS as usize].copy_from_slice(&tmp);
                     }
                     out
                 }

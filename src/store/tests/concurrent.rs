@@ -22,13 +22,21 @@ async fn verify(s: &Store, t: u64, model: &BTreeMap<u64, u64>) {
     let buf = s.read(obj(1, t), 0, BLOCKS as u32, u64::MAX).await.unwrap();
     for b in 0..BLOCKS {
         let got = tag_of(&buf[b as usize * BS..(b as usize + 1) * BS], b).unwrap();
-        assert_eq!(got, model.get(&b).copied().unwrap_or(0), "writer {t} block {b}");
+        assert_eq!(
+            got,
+            model.get(&b).copied().unwrap_or(0),
+            "writer {t} block {b}"
+        );
     }
 }
 
 #[test]
 fn concurrent_io_flush_clone_scrub() {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         let dev = Arc::new(RamDevice::new("ram", 16 << 20));
         let s = Arc::new(Store::format(dev.clone(), label()).await.unwrap());
@@ -47,7 +55,9 @@ fn concurrent_io_flush_clone_scrub() {
                             let n = rng.gen_range(1..=(BLOCKS - b).min(4));
                             let tags: Vec<u64> = (0..n).map(|i| tag + i).collect();
                             tag += n;
-                            s.write(obj(1, t), b, pattern(&tags, b), 1, 0).await.unwrap();
+                            s.write(obj(1, t), b, pattern(&tags, b), 1, 0)
+                                .await
+                                .unwrap();
                             for (i, tg) in tags.iter().enumerate() {
                                 model.insert(b + i as u64, *tg);
                             }
@@ -57,8 +67,13 @@ fn concurrent_io_flush_clone_scrub() {
                             model.remove(&b);
                         }
                         _ => {
-                            let got = tag_of(&s.read(obj(1, t), b, 1, u64::MAX).await.unwrap(), b).unwrap();
-                            assert_eq!(got, model.get(&b).copied().unwrap_or(0), "writer {t} block {b}");
+                            let got = tag_of(&s.read(obj(1, t), b, 1, u64::MAX).await.unwrap(), b)
+                                .unwrap();
+                            assert_eq!(
+                                got,
+                                model.get(&b).copied().unwrap_or(0),
+                                "writer {t} block {b}"
+                            );
                         }
                     }
                     if rng.gen_range(0..8) == 0 {
