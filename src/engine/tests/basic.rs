@@ -57,6 +57,21 @@ async fn io_snapshot_clone_restart() -> anyhow::Result<()> {
     h.read(MIB, &mut buf).await?;
     assert_eq!(buf, pattern(3, 4096));
     assert_eq!(e.changed_ranges("a", "s1", None).await?, vec![(MIB, 4096)]);
+    // Between two snapshots, after another restart.
+    h.write(3 * MIB, &pattern(4, 3 * 4096)).await?;
+    e.create_snapshot("a", "s2").await?;
+    h.write(6 * MIB, &pattern(5, 4096)).await?;
+    h.flush().await?;
+    e.shutdown().await?;
+    let e = engine_on(&as_dyn(&devs)).await?;
+    assert_eq!(
+        e.changed_ranges("a", "s1", Some("s2")).await?,
+        vec![(MIB, 4096), (3 * MIB, 3 * 4096)]
+    );
+    assert_eq!(
+        e.changed_ranges("a", "s2", None).await?,
+        vec![(6 * MIB, 4096)]
+    );
     let c = e.open_vdisk("c")?;
     let mut buf = vec![0u8; d1.len()];
     c.read(MIB - 4096, &mut buf).await?;

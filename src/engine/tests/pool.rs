@@ -27,21 +27,33 @@ async fn added_disks_take_a_share_and_data_stays() -> anyhow::Result<()> {
     let data = pattern(1, 24 * MIB as usize);
     h.write(0, &data).await?;
     h.flush().await?;
-    // A writer keeps going while the new disks join and chunks move.
+    // A writer keeps going (and checks what it wrote) while the new disks join and chunks move.
     let writer = {
         let h = h.clone();
+        let head = data[..8 * MIB as usize].to_vec();
         tokio::spawn(async move {
-            for i in 0..64u64 {
-                let d = pattern(100 + i, 4096);
-                h.write(24 * MIB + (i % 32) * 4096 * 17 % (8 * MIB - 4096), &d)
-                    .await?;
+            let mut expect = head;
+            for i in 0..200u64 {
+                let off = (i * 7919 * 4096) % (8 * MIB - 8192);
+                let d = pattern(100 + i, 8192);
+                h.write(off, &d).await?;
+                expect[off as usize..off as usize + 8192].copy_from_slice(&d);
+                if i % 16 == 0 {
+                    h.flush().await?;
+                }
+                let mut back = vec![0u8; 8192];
+                h.read(off, &mut back).await?;
+                anyhow::ensure!(back == d, "read-back during rebalance differs at {off}");
+                tokio::task::yield_now().await;
             }
-            anyhow::Ok(())
+            anyhow::Ok(expect)
         })
     };
     e.add_disk(devs[2].clone()).await?;
     e.add_disk(devs[3].clone()).await?;
-    writer.await??;
+    let expect_head = writer.await??;
+    let mut data = data;
+    data[..8 * MIB as usize].copy_from_slice(&expect_head);
     assert!(
         e.wait_rebalanced(Duration::from_secs(120)).await,
         "rebalance did not settle"
