@@ -11,7 +11,6 @@ use crate::sessions::{self, csrf_ok};
 use crate::state::{is_long, target_of, Auth, Caller, State};
 use control::{ControlError, ErrorCode, Reply, Request};
 use http::{header, HeaderValue, Method, StatusCode};
-use serde::Deserialize;
 use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -100,6 +99,9 @@ fn authenticate(
         "log in first (session expired or no credentials)",
     ))
 }
+
+use crate::bodies::*;
+use crate::login::login;
 
 async fn handle_route(
     st: &Arc<State>,
@@ -236,72 +238,6 @@ fn path_of(r: R, params: &[String]) -> String {
     format!("{r:?}/{}", params.join("/"))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct LoginBody {
-    user: String,
-    password: String,
-}
-
-async fn login(st: &Arc<State>, body: &[u8], peer: SocketAddr) -> Result<Resp, ControlError> {
-    let ip = peer.ip();
-    if let Err(secs) = st.limiter.check(ip) {
-        let mut r = h::error(&err(
-            ErrorCode::Busy,
-            format!("too many failed logins from {ip}; try again in {secs} s"),
-        ));
-        *r.status_mut() = StatusCode::TOO_MANY_REQUESTS;
-        r.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
-        return Ok(r);
-    }
-    let b: LoginBody = h::parse_json(body)?;
-    if b.user.len() > 64 || b.password.len() > crate::users::MAX_PASSWORD_LEN {
-        return Err(ControlError::invalid("user or password is too long"));
-    }
-    let st2 = st.clone();
-    let (user, pw) = (b.user.clone(), b.password);
-    let role = tokio::task::spawn_blocking(move || st2.directory.login(&user, &pw))
-        .await
-        .map_err(|e| ControlError::internal(e.to_string()))?;
-    let source = ip.to_string();
-    let Some(role) = role else {
-        st.limiter.failed(ip);
-        st.audit.record(
-            &b.user,
-            "login",
-            &source,
-            "login",
-            &b.user,
-            "unauthorized",
-            "wrong user name or password",
-        );
-        return Err(err(ErrorCode::Unauthorized, "wrong user name or password"));
-    };
-    st.limiter.succeeded(ip);
-    st.audit
-        .record(&b.user, "login", &source, "login", &b.user, "ok", "");
-    let (cookie, csrf) = st.sessions.create(&b.user, role);
-    let mut r = h::json(
-        StatusCode::OK,
-        &json!({"user": b.user, "role": role, "csrf_token": csrf}),
-    );
-    let c1 = format!(
-        "{}={cookie}; Path=/; Secure; HttpOnly; SameSite=Strict",
-        sessions::SESSION_COOKIE
-    );
-    let c2 = format!(
-        "{}={csrf}; Path=/; Secure; SameSite=Strict",
-        sessions::CSRF_COOKIE
-    );
-    for c in [c1, c2] {
-        if let Ok(v) = HeaderValue::from_str(&c) {
-            r.headers_mut().append(header::SET_COOKIE, v);
-        }
-    }
-    Ok(r)
-}
-
 fn qget<'a>(q: &'a [(String, String)], k: &str) -> Option<&'a str> {
     q.iter().find(|(a, _)| a == k).map(|(_, v)| v.as_str())
 }
@@ -315,83 +251,6 @@ fn size_of(size_bytes: Option<u64>, size: Option<&str>) -> Result<u64, ControlEr
             "size_bytes (or size, like \"10G\") is required",
         )),
     }
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct VdiskCreateBody {
-    name: String,
-    size_bytes: Option<u64>,
-    size: Option<String>,
-}
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ResizeBody {
-    size_bytes: Option<u64>,
-    size: Option<String>,
-}
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NameBody {
-    name: String,
-}
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PathBody {
-    path: String,
-}
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CloneBody {
-    name: String,
-    snapshot: Option<String>,
-}
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ImportBody {
-    name: String,
-    file: String,
-}
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ExportBody {
-    file: String,
-    snapshot: Option<String>,
-}
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NbdBody {
-    vdisk: String,
-    snapshot: Option<String>,
-    listen: Option<String>,
-    #[serde(default)]
-    read_only: bool,
-}
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct UserCreateBody {
-    name: String,
-    role: control::Role,
-    password: String,
-}
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct UserUpdateBody {
-    role: Option<control::Role>,
-    password: Option<String>,
-}
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TokenBody {
-    name: String,
-    role: Option<control::Role>,
-    expires_in_secs: Option<u64>,
-}
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CertBody {
-    cert_pem: String,
-    key_pem: String,
 }
 
 type Out = Result<(u16, Value), ControlError>;

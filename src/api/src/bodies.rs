@@ -1,0 +1,80 @@
+//! Request bodies of `/api/v1`, strict: unknown fields are an error, so a typo is never ignored.
+
+use serde::Deserialize;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct VdiskCreateBody {
+    pub(crate) name: String,
+    pub(crate) size_bytes: Option<u64>,
+    pub(crate) size: Option<String>,
+}
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ResizeBody {
+    pub(crate) size_bytes: Option<u64>,
+    pub(crate) size: Option<String>,
+}
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct NameBody {
+    pub(crate) name: String,
+}
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PathBody {
+    pub(crate) path: String,
+}
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CloneBody {
+    pub(crate) name: String,
+    pub(crate) snapshot: Option<String>,
+}
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ImportBody {
+    pub(crate) name: String,
+    pub(crate) file: String,
+}
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ExportBody {
+    pub(crate) file: String,
+    pub(crate) snapshot: Option<String>,
+}
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct NbdBody {
+    pub(crate) vdisk: String,
+    pub(crate) snapshot: Option<String>,
+    pub(crate) listen: Option<String>,
+    #[serde(default)]
+    pub(crate) read_only: bool,
+}
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct UserCreateBody {
+    pub(crate) name: String,
+    pub(crate) role: control::Role,
+    pub(crate) password: String,
+}
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct UserUpdateBody {
+    pub(crate) role: Option<control::Role>,
+    pub(crate) password: Option<String>,
+}
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TokenBody {
+    pub(crate) name: String,
+    pub(crate) role: Option<control::Role>,
+    pub(crate) expires_in_secs: Option<u64>,
+}
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CertBody {
+    pub(crate) cert_pem: String,
+    pub(crate) key_pem: String,
+}
