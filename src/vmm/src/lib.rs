@@ -30,6 +30,7 @@
 //! request fails that request, never the VM or the host.
 
 pub mod backend;
+pub mod backend_engine;
 pub mod backend_file;
 pub mod bench;
 pub mod boot;
@@ -48,6 +49,7 @@ pub mod virtio;
 pub mod vm;
 
 pub use backend::{BackendError, DiskBackend, RamDisk};
+pub use backend_engine::EngineDisk;
 pub use backend_file::FileDisk;
 pub use boot::BootConfig;
 pub use config::{DiskConfig, NetConfig, VmConfig};
