@@ -173,7 +173,10 @@ pub fn page<T: Serialize>(
     limit: usize,
     cursor: Option<&str>,
 ) -> serde_json::Value {
-    items.sort_by_key(|a| key(a));
+    // Lists usually arrive sorted already; sort (with each key computed once) only if not.
+    if !items.windows(2).all(|w| key(&w[0]) <= key(&w[1])) {
+        items.sort_by_cached_key(|a| key(a));
+    }
     let start = match cursor {
         Some(c) => items
             .iter()

@@ -210,4 +210,6 @@ pub enum NbdCmd {
 pub enum BenchCmd {
     /// The block engine against fio and qemu-storage-daemon (see BENCHMARKS.md).
     Engine(crate::bench::EngineBenchArgs),
+    /// The HTTPS API against nginx serving the same JSON (see BENCHMARKS.md).
+    Api(crate::apibench::ApiBenchArgs),
 }

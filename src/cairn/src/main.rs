@@ -5,6 +5,7 @@
 //! 5 no space, 6 I/O, 7 cannot reach the node, 8 not allowed, 9 foreign data, 1 other).
 #![forbid(unsafe_code)]
 
+mod apibench;
 mod bench;
 mod cli;
 mod client;
@@ -24,6 +25,7 @@ fn main() -> ExitCode {
     let code = match args.command {
         cli::Command::Node(n) => nodecmd::run(n),
         cli::Command::Bench(cli::BenchCmd::Engine(b)) => bench::run(b),
+        cli::Command::Bench(cli::BenchCmd::Api(b)) => apibench::run(b),
         cmd => client::run(&args.target, args.json, cmd),
     };
     ExitCode::from(u8::try_from(code).unwrap_or(1))

@@ -1,0 +1,204 @@
+//! `cairn bench api`: the HTTPS API under load, against nginx serving the same JSON body as a
+//! static file over TLS (the anchor in BENCHMARKS.md). A benchmark, never part of the test run.
+//!
+//! Defines `--vdisks` virtual disks (default 5,000) on a throwaway node with small file-backed
+//! disks, serves the API on 127.0.0.1, and runs wrk (100 connections, keep-alive) against the
+//! virtual disk list (one page of `--page` entries) and a single virtual disk get. VMs do not
+//! exist yet, so the VM list figure is reported as skipped. Owned by the api work.
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use control::{Actor, Controller, Request};
+
+#[derive(Debug, Args)]
+pub struct ApiBenchArgs {
+    /// Scratch directory (node data, nginx files).
+    #[arg(long, default_value = "/var/tmp/cairn-bench-api")]
+    pub dir: PathBuf,
+    /// Virtual disks to define before measuring.
+    #[arg(long, default_value_t = 5000)]
+    pub vdisks: usize,
+    /// Entries per list page requested.
+    #[arg(long, default_value_t = 100)]
+    pub page: usize,
+    /// Concurrent connections.
+    #[arg(long, default_value_t = 100)]
+    pub connections: usize,
+    /// Seconds per measurement.
+    #[arg(long, default_value_t = 10)]
+    pub seconds: u64,
+}
+
+struct Wrk {
+    rps: f64,
+    p99_ms: f64,
+}
+
+fn wrk(url: &str, token: Option<&str>, a: &ApiBenchArgs) -> Result<Wrk> {
+    let mut cmd = Command::new("wrk");
+    cmd.args(["-t2", &format!("-c{}", a.connections), &format!("-d{}s", a.seconds), "--latency"]);
+    if let Some(t) = token {
+        cmd.args(["-H", &format!("Authorization: Bearer {t}")]);
+    }
+    let out = cmd.arg(url).output().context("run wrk (apt-get install wrk)")?;
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let rps = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .with_context(|| format!("wrk output without Requests/sec:\n{text}"))?;
+    let p99 = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("99%"))
+        .map(|v| parse_ms(v.trim()))
+        .with_context(|| format!("wrk output without a 99% line:\n{text}"))??;
+    if text.contains("Non-2xx") {
+        bail!("wrk saw error answers from {url}:\n{text}");
+    }
+    Ok(Wrk { rps, p99_ms: p99 })
+}
+
+fn parse_ms(v: &str) -> Result<f64> {
+    let (num, mult) = if let Some(n) = v.strip_suffix("us") {
+        (n, 0.001)
+    } else if let Some(n) = v.strip_suffix("ms") {
+        (n, 1.0)
+    } else if let Some(n) = v.strip_suffix('s') {
+        (n, 1000.0)
+    } else {
+        bail!("unknown latency unit in {v:?}")
+    };
+    Ok(num.parse::<f64>()? * mult)
+}
+
+fn print(metric: &str, ours: f64, anchor: f64, higher_is_better: bool) {
+    let ratio = if anchor > 0.0 { ours / anchor } else { 0.0 };
+    let line = serde_json::json!({
+        "bench": "api", "metric": metric, "ours": (ours * 100.0).round() / 100.0,
+        "anchor": (anchor * 100.0).round() / 100.0, "anchor_name": "nginx static file (TLS)",
+        "ratio": (ratio * 1000.0).round() / 1000.0, "higher_is_better": higher_is_better,
+    });
+    println!("{line}");
+}
+
+pub fn run(a: ApiBenchArgs) -> i32 {
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cairn bench api: {e}");
+            return 1;
+        }
+    };
+    match rt.block_on(bench(&a)) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("cairn bench api: {e:#}");
+            1
+        }
+    }
+}
+
+async fn bench(a: &ApiBenchArgs) -> Result<()> {
+    let _ = std::fs::remove_dir_all(&a.dir);
+    std::fs::create_dir_all(&a.dir)?;
+    let mut cfg = node::NodeConfig::new(a.dir.join("node"));
+    cfg.disk_count = 2;
+    cfg.disk_size_bytes = 1 << 30;
+    cfg.api_listen = None;
+    cfg.node_name = Some("bench".into());
+    let n = node::Node::start(cfg).await.context("start node")?;
+    let ctl: Arc<dyn Controller> = n.controller();
+    eprintln!("defining {} virtual disks…", a.vdisks);
+    let t0 = std::time::Instant::now();
+    let mut next = 0usize;
+    while next < a.vdisks {
+        let batch: Vec<_> = (next..(next + 64).min(a.vdisks))
+            .map(|i| {
+                let ctl = ctl.clone();
+                async move {
+                    let req = Request::VdiskCreate { name: format!("bench-{i:05}"), size_bytes: 1 << 30 };
+                    ctl.execute(Actor::internal("bench"), req).await
+                }
+            })
+            .collect();
+        for r in futures::future::join_all(batch).await {
+            r.map_err(|e| anyhow::anyhow!("create: {e}"))?;
+        }
+        next += 64;
+    }
+    eprintln!("defined in {:.1} s", t0.elapsed().as_secs_f64());
+    println!(
+        "{}",
+        serde_json::json!({"bench": "api", "metric": "vm_list_p99_ms", "skipped": "no VM endpoints yet (VMM not wired)"})
+    );
+
+    let state = a.dir.join("api");
+    api::bootstrap_admin(&state)?;
+    let (_, token) = api::users::Directory::open(&state)?
+        .create_token(api::BOOTSTRAP_ADMIN, "bench", control::Role::ReadOnly, 3600)
+        .map_err(|(_, m)| anyhow::anyhow!(m))?;
+    let h = api::serve(api::ApiConfig::new("127.0.0.1:0".parse()?, state.clone()), ctl.clone()).await?;
+    let base = format!("https://127.0.0.1:{}", h.local_addr.port());
+    let list_url = format!("{base}/api/v1/vdisks?limit={}", a.page);
+    let get_url = format!("{base}/api/v1/vdisks/bench-{:05}", a.vdisks / 2);
+
+    // The anchor: nginx serving the very same bodies as static files over TLS.
+    let www = a.dir.join("www");
+    std::fs::create_dir_all(&www)?;
+    for (url, file) in [(&list_url, "list.json"), (&get_url, "get.json")] {
+        let out = Command::new("curl")
+            .args(["-skf", "-H", &format!("Authorization: Bearer {token}"), url])
+            .output()
+            .context("run curl")?;
+        if !out.status.success() {
+            bail!("curl {url} failed");
+        }
+        std::fs::write(www.join(file), &out.stdout)?;
+    }
+    let nginx_port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+        l.local_addr()?.port()
+    };
+    let conf = a.dir.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "worker_processes 2;\nerror_log {d}/nginx-error.log;\npid {d}/nginx.pid;\nevents {{ worker_connections 1024; }}\n\
+             http {{ access_log off; keepalive_requests 100000; default_type application/json;\n\
+             server {{ listen 127.0.0.1:{nginx_port} ssl; ssl_protocols TLSv1.3 TLSv1.2;\n\
+             ssl_certificate {s}/tls/cert.pem; ssl_certificate_key {s}/tls/key.pem; root {w}; }} }}\n",
+            d = a.dir.display(),
+            s = state.display(),
+            w = www.display()
+        ),
+    )?;
+    let mut nginx = Command::new("nginx")
+        .args(["-c", &conf.display().to_string(), "-p", &a.dir.display().to_string(), "-g", "daemon off;"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("start nginx (apt-get install nginx-light)")?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let result = (|| -> Result<()> {
+        let ours_list = wrk(&list_url, Some(&token), a)?;
+        let anchor_list = wrk(&format!("https://127.0.0.1:{nginx_port}/list.json"), None, a)?;
+        let ours_get = wrk(&get_url, Some(&token), a)?;
+        let anchor_get = wrk(&format!("https://127.0.0.1:{nginx_port}/get.json"), None, a)?;
+        print("vdisk_list_rps", ours_list.rps, anchor_list.rps, true);
+        print("vdisk_list_p99_ms", ours_list.p99_ms, anchor_list.p99_ms, false);
+        print("vdisk_get_rps", ours_get.rps, anchor_get.rps, true);
+        print("vdisk_get_p99_ms", ours_get.p99_ms, anchor_get.p99_ms, false);
+        Ok(())
+    })();
+    let _ = nginx.kill();
+    let _ = nginx.wait();
+    h.shutdown().await;
+    n.shutdown().await?;
+    let _ = std::fs::remove_dir_all(&a.dir);
+    result
+}
