@@ -19,6 +19,7 @@ export function Users({ me }: { me: any }) {
   const [nu, setNu] = useState({ name: '', role: 'operator', password: '' });
   const [nt, setNt] = useState({ name: '', role: me.role, days: '90' });
   const [secret, setSecret] = useState<string | null>(null);
+  const [pw, setPw] = useState('');
   const createToken = (e: Event) => {
     e.preventDefault();
     act.run(`Create token ${nt.name}`, async () => {
@@ -47,6 +48,10 @@ export function Users({ me }: { me: any }) {
         <${Field} label="Password" id="nu-pw" hint="at least 12 characters"><input id="nu-pw" type="password" autocomplete="new-password" value=${nu.password} onInput=${(e: any) => setNu({ ...nu, password: e.currentTarget.value })} required minlength="12" /></${Field}>
         <button type="submit">Add user</button>
       </form>` : null}
+    <form class="inline" aria-label="change my password" onSubmit=${(e: Event) => { e.preventDefault(); act.run('Change password', () => api('PATCH', `/users/${encodeURIComponent(me.user)}`, { password: pw })).then(() => setPw('')); }}>
+      <${Field} label="New password for you" id="my-pw" hint="at least 12 characters; you will log in again"><input id="my-pw" type="password" autocomplete="new-password" value=${pw} onInput=${(e: any) => setPw(e.currentTarget.value)} required minlength="12" /></${Field}>
+      <button type="submit">Change my password</button>
+    </form>
     <h3>API tokens</h3>
     <p class="muted">Tokens let scripts and the CLI use the API. A token's secret is shown once.</p>
     ${secret ? html`<div class="secret" role="status"><p>Copy this token now; it will not be shown again:</p><code id="token-secret">${secret}</code> <button onClick=${() => setSecret(null)}>I copied it</button></div>` : null}
