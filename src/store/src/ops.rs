@@ -150,42 +150,75 @@ impl Store {
     /// Every version of every block of `obj`, with data (oldest first).
     pub async fn export_object(&self, obj: ObjectId) -> Result<Vec<BlockVersions>> {
         let inner = &*self.inner;
-        inner.check_ok()?;
-        let snapshot: Vec<(u64, Vec<crate::maps::Version>)> = {
-            let st = inner.state.read();
-            match st.maps.objs.get(&obj) {
-                None => return Ok(Vec::new()),
-                Some(m) => m.iter().map(|(b, vs)| (*b, vs.clone())).collect(),
+        let mut attempt = 0;
+        loop {
+            inner.check_ok()?;
+            let snapshot: Vec<(u64, Vec<crate::maps::Version>)> = {
+                let st = inner.state.read();
+                match st.maps.objs.get(&obj) {
+                    None => return Ok(Vec::new()),
+                    Some(m) => m.iter().map(|(b, vs)| (*b, vs.clone())).collect(),
+                }
+            };
+            // Every data version, read 64 at a time.
+            let wanted: Vec<(u64, crate::maps::Version)> = snapshot
+                .iter()
+                .flat_map(|(b, vs)| vs.iter().filter(|v| v.phys != TOMB).map(move |v| (*b, *v)))
+                .collect();
+            let mut data = Vec::with_capacity(wanted.len());
+            for group in wanted.chunks(64) {
+                let reads = group
+                    .iter()
+                    .map(|(_, v)| inner.dev_read(inner.layout().data_offset(v.phys), 1, "data"));
+                data.extend(futures::future::try_join_all(reads).await?);
             }
-        };
-        let mut out = Vec::with_capacity(snapshot.len());
-        for (block, vs) in snapshot {
-            let mut versions = Vec::with_capacity(vs.len());
-            for v in vs {
-                let data = if v.phys == TOMB {
-                    None
-                } else {
-                    let buf = inner
-                        .dev_read(inner.layout().data_offset(v.phys), 1, "data")
-                        .await?;
-                    if crc32c::crc32c(&buf) != v.crc {
-                        inner
-                            .counters
-                            .checksum_errors
-                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        return Err(StoreError::Corrupt {
-                            obj,
-                            block,
-                            gen: v.gen,
-                        });
-                    }
-                    Some(buf)
-                };
-                versions.push(VersionData { gen: v.gen, data });
+            let bad = wanted
+                .iter()
+                .zip(&data)
+                .find(|((_, v), buf)| crc32c::crc32c(buf) != v.crc);
+            if let Some((&(block, v), _)) = bad {
+                // The version may have been replaced (and its block reused) while we read.
+                attempt += 1;
+                if self.version_phys(obj, block, v.gen) == Some(v.phys) || attempt >= 3 {
+                    inner
+                        .counters
+                        .checksum_errors
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    return Err(StoreError::Corrupt {
+                        obj,
+                        block,
+                        gen: v.gen,
+                    });
+                }
+                continue;
             }
-            out.push(BlockVersions { block, versions });
+            let mut data = data.into_iter();
+            let mut out = Vec::with_capacity(snapshot.len());
+            for (block, vs) in snapshot {
+                let versions = vs
+                    .iter()
+                    .map(|v| VersionData {
+                        gen: v.gen,
+                        data: if v.phys == TOMB { None } else { data.next() },
+                    })
+                    .collect();
+                out.push(BlockVersions { block, versions });
+            }
+            return Ok(out);
         }
-        Ok(out)
+    }
+
+    /// Physical block of version `gen` of a block, if it still exists with data.
+    fn version_phys(&self, obj: ObjectId, block: u64, gen: u64) -> Option<u64> {
+        let st = self.inner.state.read();
+        let v = st
+            .maps
+            .objs
+            .get(&obj)?
+            .get(&block)?
+            .iter()
+            .find(|v| v.gen == gen)?;
+        (v.phys != TOMB).then_some(v.phys)
     }
 
     /// Recreate `obj` from an export (replacing whatever was here). Not atomic across a crash:

@@ -116,6 +116,19 @@ fn check_obj_range(block: u64, n: u64) -> Result<()> {
     Ok(())
 }
 
+/// Discards move no data, so they may cover up to 4 GiB per call.
+fn check_discard_range(block: u64, n: u64) -> Result<()> {
+    if n == 0 {
+        return Err(StoreError::invalid("zero blocks"));
+    }
+    if block.checked_add(n).is_none_or(|e| e > 1 << 40) {
+        return Err(StoreError::invalid(format!(
+            "block range {block}+{n} out of range"
+        )));
+    }
+    Ok(())
+}
+
 pub(crate) fn check_gen(gen: u64) -> Result<()> {
     if gen == 0 || gen == u64::MAX {
         return Err(StoreError::invalid(format!(
@@ -652,7 +665,7 @@ impl Store {
     ) -> Result<()> {
         let inner = &*self.inner;
         inner.check_ok()?;
-        check_obj_range(block, u64::from(nblocks))?;
+        check_discard_range(block, u64::from(nblocks))?;
         check_gen(gen)?;
         {
             let mut st = inner.state.write();
