@@ -219,8 +219,7 @@ async fn connection(
         _ = stopping.wait_for(|s| *s) => return Ok(()),
     };
     let Some(chosen) = chosen else { return Ok(()) };
-    let (reader, writer) = stream.into_split();
-    let reader = tokio::io::BufReader::with_capacity(256 << 10, reader);
+    let (reader, writer) = stream.split();
     transmission::serve(reader, writer, chosen, stop).await
 }
 

@@ -1,19 +1,23 @@
-//! The transmission phase of one connection: read requests, run them concurrently against the
+//! The transmission phase of one connection: parse requests, run them concurrently against the
 //! export (bounded in count and bytes), send simple replies as they finish (possibly out of
 //! order), and close on NBD_CMD_DISC, a malformed stream, export removal or server stop.
+//!
+//! One task does all of it for a connection (reading into its own buffer, running requests as
+//! futures, writing replies), so a request costs no task spawn and no cross-thread wake-up.
+//! Requests that started always run to completion, even when the client goes away.
 //!
 //! It never trusts a length or offset from the client: every request is checked against the
 //! export's size and `MAX_REQUEST_BYTES` before any buffer is allocated.
 
 use std::io;
 use std::panic::AssertUnwindSafe;
-use std::sync::Arc;
 
+use bytes::{Buf, Bytes, BytesMut};
 use futures::future::BoxFuture;
 use futures::stream::{FuturesUnordered, StreamExt};
 use futures::FutureExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
-use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::watch;
 
 use crate::export::nbd_errno;
 use crate::handshake::Chosen;
@@ -24,72 +28,18 @@ use crate::{NbdError, NbdExport, MAX_REQUEST_BYTES};
 const MAX_IN_FLIGHT_REQUESTS: usize = 64;
 /// Payload bytes one connection may have in flight (reads and writes).
 const MAX_IN_FLIGHT_BYTES: usize = 64 << 20;
+const HEADER_BYTES: usize = 28;
 
-struct Reply {
+/// A finished request: its reply and what it held of the connection's budget.
+struct Done {
     header: [u8; 16],
     data: Option<Vec<u8>>,
-    _permits: (OwnedSemaphorePermit, Option<OwnedSemaphorePermit>),
+    cost_bytes: usize,
 }
 
-/// What the reader hands the executor: an answer already known, or a request to run.
-enum Job {
-    Now(Reply),
-    Run(BoxFuture<'static, Reply>),
-}
-
-/// Runs the connection's requests (all in this one task, so a request costs no task spawn or
-/// cross-thread wake) and writes their replies in completion order, batching replies that are
-/// ready together into one send. Returns when the reader is gone and everything is answered.
-async fn execute<W: AsyncWrite + Unpin>(w: W, mut rx: mpsc::Receiver<Job>) -> io::Result<()> {
-    let mut w = BufWriter::with_capacity(256 << 10, w);
-    let mut running = FuturesUnordered::new();
-    let mut open = true;
-    loop {
-        let first = tokio::select! {
-            Some(r) = running.next(), if !running.is_empty() => r,
-            job = rx.recv(), if open => match job {
-                Some(Job::Now(r)) => r,
-                Some(Job::Run(f)) => {
-                    running.push(f);
-                    continue;
-                }
-                None => {
-                    open = false;
-                    continue;
-                }
-            },
-            else => break,
-        };
-        let mut reply = Some(first);
-        while let Some(r) = reply.take() {
-            w.write_all(&r.header).await?;
-            if let Some(d) = &r.data {
-                w.write_all(d).await?;
-            }
-            drop(r);
-            // More answers ready right now go out in the same send.
-            reply = match running.next().now_or_never() {
-                Some(Some(r)) => Some(r),
-                _ => match rx.try_recv() {
-                    Ok(Job::Now(r)) => Some(r),
-                    Ok(Job::Run(f)) => {
-                        running.push(f);
-                        running.next().now_or_never().flatten()
-                    }
-                    Err(_) => None,
-                },
-            };
-        }
-        w.flush().await?;
-    }
-    w.flush().await?;
-    w.shutdown().await
-}
-
-/// What a request does, decided before running it.
 enum Op {
     Read,
-    Write(Vec<u8>),
+    Write(Bytes),
     Flush,
     Trim,
     Zeroes { may_trim: bool },
@@ -124,7 +74,7 @@ async fn run(
 }
 
 /// Check a request and say what to run, or the error to reply with.
-fn decide(export: &dyn NbdExport, req: &Request, payload: Option<Vec<u8>>) -> Result<Op, u32> {
+fn decide(export: &dyn NbdExport, req: &Request, payload: Option<Bytes>) -> Result<Op, u32> {
     let len = u64::from(req.length);
     let in_range = req
         .offset
@@ -160,7 +110,8 @@ fn decide(export: &dyn NbdExport, req: &Request, payload: Option<Vec<u8>>) -> Re
 }
 
 /// Serve requests until the client disconnects, the stream turns bad, the export is removed or
-/// `stop` fires. Requests already running are answered before returning.
+/// `stop` fires. Requests already running are finished (and answered if the client still
+/// listens) before returning.
 pub(crate) async fn serve<R, W>(
     mut reader: R,
     writer: W,
@@ -169,101 +120,155 @@ pub(crate) async fn serve<R, W>(
 ) -> Result<(), NbdError>
 where
     R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin,
 {
     let Chosen {
         export,
         mut removed,
     } = chosen;
-    let (tx, rx) = mpsc::channel::<Job>(MAX_IN_FLIGHT_REQUESTS);
-    let executor = tokio::spawn(execute(writer, rx));
-    let requests = Arc::new(Semaphore::new(MAX_IN_FLIGHT_REQUESTS));
-    let bytes = Arc::new(Semaphore::new(MAX_IN_FLIGHT_BYTES));
-    let result = loop {
-        let mut hdr = [0u8; 28];
+    let mut w = BufWriter::with_capacity(256 << 10, writer);
+    let mut inbuf = BytesMut::with_capacity(256 << 10);
+    let mut running: FuturesUnordered<BoxFuture<'static, Done>> = FuturesUnordered::new();
+    let (mut in_flight, mut bytes_in_flight) = (0usize, 0usize);
+    // Set once no more requests are taken: why the connection ends.
+    let mut ending: Option<Result<(), NbdError>> = None;
+    // Set once a reply could not be sent: requests still finish, their replies are dropped.
+    let mut write_error: Option<io::Error> = None;
+    loop {
+        // Take every complete request the budget allows.
+        let mut starved = true; // whether more input is what we wait for
+        while ending.is_none() {
+            if in_flight >= MAX_IN_FLIGHT_REQUESTS {
+                starved = false;
+                break;
+            }
+            let Some(hdr) = inbuf.get(..HEADER_BYTES) else {
+                break;
+            };
+            let hdr: &[u8; HEADER_BYTES] = hdr.try_into().expect("sliced to the header size");
+            let Some(req) = parse_request(hdr) else {
+                ending = Some(Err(NbdError::Protocol("bad request magic".into())));
+                break;
+            };
+            if req.kind == CMD_DISC {
+                ending = Some(Ok(()));
+                break;
+            }
+            if req.kind == CMD_WRITE && req.length > MAX_REQUEST_BYTES {
+                // Its payload cannot be skipped cheaply; the stream is given up.
+                ending = Some(Err(NbdError::Protocol(format!(
+                    "write of {} bytes",
+                    req.length
+                ))));
+                break;
+            }
+            let cost_bytes = match req.kind {
+                CMD_READ | CMD_WRITE => req.length.min(MAX_REQUEST_BYTES) as usize,
+                _ => 0,
+            };
+            if in_flight > 0 && bytes_in_flight + cost_bytes > MAX_IN_FLIGHT_BYTES {
+                starved = false;
+                break;
+            }
+            let payload_len = if req.kind == CMD_WRITE {
+                req.length as usize
+            } else {
+                0
+            };
+            if inbuf.len() < HEADER_BYTES + payload_len {
+                inbuf.reserve(HEADER_BYTES + payload_len - inbuf.len());
+                break;
+            }
+            inbuf.advance(HEADER_BYTES);
+            let payload = (req.kind == CMD_WRITE).then(|| inbuf.split_to(payload_len).freeze());
+            in_flight += 1;
+            bytes_in_flight += cost_bytes;
+            let job: BoxFuture<'static, Done> = match decide(export.as_ref(), &req, payload) {
+                Err(errno) => {
+                    let header = simple_reply(errno, req.handle);
+                    Box::pin(async move {
+                        Done {
+                            header,
+                            data: None,
+                            cost_bytes,
+                        }
+                    })
+                }
+                Ok(op) => {
+                    let export = export.clone();
+                    Box::pin(async move {
+                        let fua = req.flags & CMD_FLAG_FUA != 0;
+                        let fut = run(export.as_ref(), op, req.offset, u64::from(req.length), fua);
+                        let (errno, data) = match AssertUnwindSafe(fut).catch_unwind().await {
+                            Ok(Ok(data)) => (0, data),
+                            Ok(Err(e)) => (nbd_errno(&e), None),
+                            // A backend bug fails this request, not the connection or server.
+                            Err(_) => (EIO, None),
+                        };
+                        Done {
+                            header: simple_reply(errno, req.handle),
+                            data,
+                            cost_bytes,
+                        }
+                    })
+                }
+            };
+            running.push(job);
+        }
+        if ending.is_some() && running.is_empty() {
+            break;
+        }
+        if inbuf.capacity() - inbuf.len() < 16 << 10 {
+            inbuf.reserve(64 << 10);
+        }
+        let want_input = ending.is_none() && starved;
         tokio::select! {
-            r = reader.read_exact(&mut hdr) => if let Err(e) = r {
-                // A client that just hangs up without NBD_CMD_DISC is not an error worth more.
-                break if e.kind() == io::ErrorKind::UnexpectedEof { Ok(()) } else { Err(e.into()) };
-            },
-            _ = stop.changed() => break Ok(()),
-            _ = removed.changed() => break Ok(()),
-        }
-        let Some(req) = parse_request(&hdr) else {
-            break Err(NbdError::Protocol("bad request magic".into()));
-        };
-        if req.kind == CMD_DISC {
-            break Ok(());
-        }
-        if req.kind == CMD_WRITE && req.length > MAX_REQUEST_BYTES {
-            // Its payload cannot be skipped cheaply; the stream is given up.
-            break Err(NbdError::Protocol(format!("write of {} bytes", req.length)));
-        }
-        let req_permit = requests
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("never closed");
-        let payload_bytes = match req.kind {
-            CMD_READ | CMD_WRITE => req.length.min(MAX_REQUEST_BYTES),
-            _ => 0,
-        };
-        let byte_permit = if payload_bytes > 0 {
-            Some(
-                bytes
-                    .clone()
-                    .acquire_many_owned(payload_bytes)
-                    .await
-                    .expect("never closed"),
-            )
-        } else {
-            None
-        };
-        let payload = if req.kind == CMD_WRITE {
-            let mut buf = vec![0u8; req.length as usize];
-            if let Err(e) = reader.read_exact(&mut buf).await {
-                break Err(e.into());
-            }
-            Some(buf)
-        } else {
-            None
-        };
-        let permits = (req_permit, byte_permit);
-        let job = match decide(export.as_ref(), &req, payload) {
-            Err(errno) => Job::Now(Reply {
-                header: simple_reply(errno, req.handle),
-                data: None,
-                _permits: permits,
-            }),
-            Ok(op) => {
-                let export = export.clone();
-                Job::Run(Box::pin(async move {
-                    let fua = req.flags & CMD_FLAG_FUA != 0;
-                    let fut = run(export.as_ref(), op, req.offset, u64::from(req.length), fua);
-                    let (errno, data) = match AssertUnwindSafe(fut).catch_unwind().await {
-                        Ok(Ok(data)) => (0, data),
-                        Ok(Err(e)) => (nbd_errno(&e), None),
-                        // A backend bug fails this request, not the connection or the server.
-                        Err(_) => (EIO, None),
-                    };
-                    Reply {
-                        header: simple_reply(errno, req.handle),
-                        data,
-                        _permits: permits,
+            Some(done) = running.next(), if !running.is_empty() => {
+                let mut next = Some(done);
+                while let Some(d) = next.take() {
+                    in_flight -= 1;
+                    bytes_in_flight -= d.cost_bytes;
+                    if write_error.is_none() {
+                        if let Err(e) = send(&mut w, &d).await {
+                            write_error = Some(e);
+                            ending.get_or_insert(Ok(()));
+                        }
                     }
-                }))
+                    // Answers ready right now go out in the same send.
+                    next = running.next().now_or_never().flatten();
+                }
+                if write_error.is_none() {
+                    if let Err(e) = w.flush().await {
+                        write_error = Some(e);
+                        ending.get_or_insert(Ok(()));
+                    }
+                }
             }
-        };
-        if tx.send(job).await.is_err() {
-            // The executor stopped: the client is not reading any more.
-            break Ok(());
+            r = reader.read_buf(&mut inbuf), if want_input => match r {
+                // A client that hangs up without NBD_CMD_DISC is not an error worth more.
+                Ok(0) => ending = Some(Ok(())),
+                Ok(_) => {}
+                Err(e) => ending = Some(Err(e.into())),
+            },
+            _ = stop.changed(), if ending.is_none() => ending = Some(Ok(())),
+            _ = removed.changed(), if ending.is_none() => ending = Some(Ok(())),
         }
-    };
-    drop(tx);
-    let written = executor.await;
-    match (result, written) {
+    }
+    if write_error.is_none() {
+        let _ = w.flush().await;
+        let _ = w.shutdown().await;
+    }
+    match (ending.unwrap_or(Ok(())), write_error) {
         (Err(e), _) => Err(e),
-        (Ok(()), Ok(Err(e))) if e.kind() != io::ErrorKind::BrokenPipe => Err(e.into()),
+        (Ok(()), Some(e)) if e.kind() != io::ErrorKind::BrokenPipe => Err(e.into()),
         (Ok(()), _) => Ok(()),
     }
+}
+
+async fn send<W: AsyncWrite + Unpin>(w: &mut W, d: &Done) -> io::Result<()> {
+    w.write_all(&d.header).await?;
+    if let Some(data) = &d.data {
+        w.write_all(data).await?;
+    }
+    Ok(())
 }

@@ -423,3 +423,92 @@ async fn garbage_never_kills_the_server() {
     );
     h.stop().await;
 }
+
+/// Writes and reads take a while, so requests pile up against the in-flight bounds.
+struct Slow(RamExport);
+
+impl nbd::NbdExport for Slow {
+    fn size_bytes(&self) -> u64 {
+        self.0.size_bytes()
+    }
+    fn read_only(&self) -> bool {
+        false
+    }
+    fn read<'a>(&'a self, o: u64, b: &'a mut [u8]) -> nbd::BoxFuture<'a, std::io::Result<()>> {
+        Box::pin(async move {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            self.0.read(o, b).await
+        })
+    }
+    fn write<'a>(&'a self, o: u64, d: &'a [u8]) -> nbd::BoxFuture<'a, std::io::Result<()>> {
+        Box::pin(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            self.0.write(o, d).await
+        })
+    }
+    fn flush(&self) -> nbd::BoxFuture<'_, std::io::Result<()>> {
+        self.0.flush()
+    }
+    fn trim(&self, o: u64, l: u64) -> nbd::BoxFuture<'_, std::io::Result<()>> {
+        self.0.trim(o, l)
+    }
+    fn write_zeroes(&self, o: u64, l: u64, t: bool) -> nbd::BoxFuture<'_, std::io::Result<()>> {
+        self.0.write_zeroes(o, l, t)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bounds_backpressure_and_abandoned_requests() {
+    let server = NbdServer::bind("127.0.0.1:0").await.unwrap();
+    let slow = Arc::new(Slow(RamExport::new(1 << 20, false)));
+    server.add_export("slow", slow.clone()).unwrap();
+    let h = server.spawn().unwrap();
+    // 300 pipelined reads (more than may be in flight at once): every one is answered.
+    let mut s = connect_go(&h, "slow").await;
+    let (mut rd, mut wr) = s.split();
+    let send = async {
+        for i in 0..300u64 {
+            request_on(&mut wr, CMD_READ, i, i * 512, 512).await;
+        }
+    };
+    let recv = async {
+        let mut seen = [false; 300];
+        for _ in 0..300 {
+            assert_eq!(rd.read_u32().await.unwrap(), SIMPLE_REPLY_MAGIC);
+            assert_eq!(rd.read_u32().await.unwrap(), 0);
+            let handle = rd.read_u64().await.unwrap() as usize;
+            let mut d = [0u8; 512];
+            rd.read_exact(&mut d).await.unwrap();
+            assert!(!std::mem::replace(&mut seen[handle], true));
+        }
+    };
+    tokio::join!(send, recv);
+    drop(s);
+    // A write whose client vanishes right after sending it still completes.
+    let mut s = connect_go(&h, "slow").await;
+    request(&mut s, CMD_WRITE, 0, 1, 8192, 4).await;
+    s.write_all(b"kept").await.unwrap();
+    s.flush().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    drop(s);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(&slow.0.contents()[8192..8196], b"kept");
+    h.stop().await;
+}
+
+async fn request_on<W: AsyncWriteExt + Unpin>(
+    w: &mut W,
+    kind: u16,
+    handle: u64,
+    offset: u64,
+    len: u32,
+) {
+    let mut b = Vec::with_capacity(28);
+    b.extend_from_slice(&REQUEST_MAGIC.to_be_bytes());
+    b.extend_from_slice(&0u16.to_be_bytes());
+    b.extend_from_slice(&kind.to_be_bytes());
+    b.extend_from_slice(&handle.to_be_bytes());
+    b.extend_from_slice(&offset.to_be_bytes());
+    b.extend_from_slice(&len.to_be_bytes());
+    w.write_all(&b).await.unwrap();
+}
