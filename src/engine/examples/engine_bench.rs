@@ -1,5 +1,5 @@
 //! Quick engine benchmark on two file-backed (io_uring, O_DIRECT) disks:
-//! `cargo run --release -p engine --example engine_bench -- DIR [SECONDS]`.
+//! `cargo run --release -p engine --example engine_bench -- DIR [SECONDS] [RandRead32]`.
 //! The system-level comparison against fio is `cairn bench engine`; this is a developer tool.
 
 use std::sync::Arc;
@@ -15,6 +15,7 @@ async fn main() -> anyhow::Result<()> {
         .next()
         .ok_or_else(|| anyhow::anyhow!("usage: engine_bench DIR [SECONDS]"))?;
     let secs: u64 = args.next().map(|s| s.parse()).transpose()?.unwrap_or(5);
+    let only: Option<String> = args.next();
     let e = Engine::open(EngineConfig {
         node_id: 1,
         node_name: "bench".into(),
@@ -39,6 +40,12 @@ async fn main() -> anyhow::Result<()> {
         (Pattern::SeqRead, 1 << 20, 4),
         (Pattern::SeqWrite, 1 << 20, 4),
     ] {
+        if only
+            .as_deref()
+            .is_some_and(|o| o != format!("{pattern:?}{qd}"))
+        {
+            continue;
+        }
         let w = Workload {
             pattern,
             request_bytes: bs,

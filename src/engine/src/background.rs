@@ -19,6 +19,10 @@ use crate::types::DiskState;
 pub(crate) fn spawn_maintenance(inner: &Arc<Inner>) {
     let weak: Weak<Inner> = Arc::downgrade(inner);
     tokio::spawn(async move {
+        // A full pass scans every chunk: run one when asked, and otherwise only now and then
+        // while something is still pending (for example a chunk with no disk to go to yet).
+        const RETRY_PENDING: Duration = Duration::from_secs(10);
+        let mut last_pass = tokio::time::Instant::now();
         loop {
             let Some(inner) = weak.upgrade() else { break };
             if inner.shutting_down.load(Ordering::Acquire) {
@@ -26,7 +30,18 @@ pub(crate) fn spawn_maintenance(inner: &Arc<Inner>) {
             }
             let mut again = false;
             if inner.in_use.load(Ordering::Acquire) {
-                again = inner.maintenance_pass().await;
+                let asked = inner.bg_dirty.swap(false, Ordering::AcqRel);
+                let queued = inner.meta.read().as_ref().is_some_and(|m| {
+                    !m.prune_pending.is_empty()
+                        || !m.rollbacks.is_empty()
+                        || !m.importing.is_empty()
+                });
+                let pending = inner.rebalance.lock().chunks_pending > 0
+                    && last_pass.elapsed() >= RETRY_PENDING;
+                if asked || queued || pending {
+                    again = inner.maintenance_pass().await;
+                    last_pass = tokio::time::Instant::now();
+                }
             }
             if !again {
                 // Hold the engine only briefly, so dropping it ends this task.
@@ -408,13 +423,14 @@ impl Engine {
         loop {
             self.inner.in_use.store(true, Ordering::Release);
             let passes = self.inner.rebalance.lock().passes;
-            self.inner.kick.notify_one();
+            self.inner.kick_bg();
             // Wait for a full pass that started after this call.
             loop {
                 if tokio::time::Instant::now() > deadline {
                     return false;
                 }
                 tokio::time::sleep(Duration::from_millis(2)).await;
+                self.inner.kick_bg();
                 let rb = self.inner.rebalance.lock().clone();
                 if rb.passes >= passes + 2 && !rb.running {
                     if rb.chunks_pending == 0 {

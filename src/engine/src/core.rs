@@ -299,6 +299,8 @@ pub(crate) struct Inner {
     pub scrub: Mutex<ScrubStats>,
     pub rebalance: Mutex<RebalanceStats>,
     pub kick: tokio::sync::Notify,
+    /// Something may need background work (a disk changed, a snapshot went, a clone appeared).
+    pub bg_dirty: AtomicBool,
     pub shutting_down: AtomicBool,
     /// Chunk copies (rebalance, resync) running now; see `PoolMeta::importing`.
     pub copies_in_progress: AtomicU64,
@@ -326,10 +328,17 @@ impl Inner {
             scrub: Mutex::new(ScrubStats::default()),
             rebalance: Mutex::new(RebalanceStats::default()),
             kick: tokio::sync::Notify::new(),
+            bg_dirty: AtomicBool::new(true),
             shutting_down: AtomicBool::new(false),
             copies_in_progress: AtomicU64::new(0),
             building: Mutex::new(std::collections::HashSet::new()),
         }
+    }
+
+    /// Ask the maintenance task for a pass soon.
+    pub(crate) fn kick_bg(&self) {
+        self.bg_dirty.store(true, Ordering::Release);
+        self.kick.notify_one();
     }
 
     pub(crate) fn stripe(&self, obj: ObjectId) -> &tokio::sync::RwLock<()> {
@@ -457,7 +466,7 @@ impl Inner {
             m.map_version += 1;
             m.seq += 1;
             self.refresh_view();
-            self.kick.notify_one();
+            self.kick_bg();
         }
         Err(EngineError::io(
             "pool metadata could not be written to any disk",
@@ -492,7 +501,7 @@ impl Inner {
                 Ok(())
             })
             .await;
-        self.kick.notify_one();
+        self.kick_bg();
         r
     }
 

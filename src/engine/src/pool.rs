@@ -85,7 +85,7 @@ impl Engine {
             Probe::Ours(label) => self.join_ours(dev, name, label).await?,
         };
         inner.refresh_view();
-        inner.kick.notify_one();
+        inner.kick_bg();
         let d = inner
             .disk(slot)
             .ok_or_else(|| EngineError::io("disk vanished while joining"))?;
@@ -335,7 +335,7 @@ impl Engine {
             .await?;
         d.set_state(DiskState::Draining);
         inner.refresh_view();
-        inner.kick.notify_one();
+        inner.kick_bg();
         Ok(self.disk_info(&d))
     }
 
@@ -490,7 +490,7 @@ impl Engine {
         if inner.shutting_down.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
-        inner.kick.notify_one();
+        inner.kick_bg();
         // Let a running rebalance step finish its chunk (it checks the flag between chunks).
         let _ = tokio::time::timeout(std::time::Duration::from_secs(10), async {
             while inner.rebalance.lock().running || inner.scrub.lock().running {

@@ -136,7 +136,7 @@ impl Inner {
             }
             rt.change_gens(gen, pin).await;
         }
-        self.kick.notify_one();
+        self.kick_bg();
         Ok(())
     }
 
@@ -524,7 +524,7 @@ impl Engine {
                 Ok(nv)
             })
             .await?;
-        inner.kick.notify_one();
+        inner.kick_bg();
         Ok(inner.info(&nv))
     }
 
