@@ -277,10 +277,10 @@ async fn replay(
         chain: ck.chain,
         ckpt_seq: ck.ckpt_seq,
         ckpt_slot: slot,
-        durable_seq: ck.next_seq - 1,
+        durable_seq: ck.next_seq.saturating_sub(1),
     };
     loop {
-        let expect_seq = ring.durable_seq + 1;
+        let expect_seq = ring.durable_seq.saturating_add(1);
         let mut found = None;
         let mut cands = vec![(ring.head, 0)];
         if ring.head != 0 {
@@ -346,7 +346,7 @@ async fn replay(
         ring.head = pos + h.total_blocks();
         ring.used += waste + h.total_blocks();
         ring.chain = h.crc;
-        ring.durable_seq = h.first_seq + u64::from(h.nrecs) - 1;
+        ring.durable_seq = h.first_seq.saturating_add(u64::from(h.nrecs) - 1);
     }
     if maps.nversions > l.version_cap {
         return Err(StoreError::bad_meta(format!(

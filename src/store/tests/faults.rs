@@ -361,3 +361,46 @@ async fn damaged_metadata_uses_the_other_copy_or_fails_clearly() {
     assert_eq!(e.kind(), ErrorKind::BadMetadata, "{e}");
     assert!(e.to_string().contains("journal"), "{e}");
 }
+
+#[tokio::test]
+async fn random_damage_to_metadata_never_panics() {
+    let ram = Arc::new(RamDevice::new("ram", 8 << 20));
+    let dev: Arc<dyn BlockDevice> = ram.clone();
+    let s = Store::format(dev.clone(), label()).await.unwrap();
+    let a = s.area_offsets();
+    for i in 0..40u64 {
+        s.write(obj(1, i % 4), i, pattern(&[i + 1], i), 1, 0)
+            .await
+            .unwrap();
+        if i % 7 == 0 {
+            s.flush().await.unwrap();
+        }
+        if i % 13 == 0 {
+            s.close().await.unwrap();
+        }
+    }
+    s.put_meta(b"m").await.unwrap();
+    s.flush().await.unwrap();
+    drop(s);
+    let image = ram.snapshot();
+    let mut rng = StdRng::seed_from_u64(5);
+    for round in 0..60 {
+        // Restore the good image, then damage 1..8 random bytes of the metadata areas.
+        dev.write_at(0, AlignedBuf::from_slice(&image).into_write())
+            .await
+            .unwrap();
+        for _ in 0..rng.gen_range(1..8) {
+            let off = rng.gen_range(0..a.data);
+            write_byte(&*dev, off, rng.gen_range(1..=255)).await;
+        }
+        match Store::open(dev.clone()).await {
+            Ok(s) => s
+                .check_invariants()
+                .unwrap_or_else(|e| panic!("round {round}: {e}")),
+            Err(e) => assert!(
+                matches!(e.kind(), ErrorKind::BadMetadata | ErrorKind::NotOurs),
+                "round {round}: {e}"
+            ),
+        }
+    }
+}
