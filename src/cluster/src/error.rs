@@ -14,6 +14,10 @@ pub enum Error {
     Transport(#[from] transport::Error),
     #[error("raft: {0}")]
     Raft(String),
+    /// A write whose outcome is unknown: it may or may not have been committed (the leader
+    /// stopped or the connection broke after the request was sent). Never retried blindly.
+    #[error("outcome unknown: {0}")]
+    Indeterminate(String),
     #[error("no leader known")]
     NoLeader,
     #[error("rejected: {0}")]

@@ -6,9 +6,11 @@
 //! or acknowledge a change before a quorum has it durably.
 #![forbid(unsafe_code)]
 
+pub mod bench;
 mod error;
 mod handler;
 pub mod health;
+pub mod linearize;
 pub mod log_store;
 pub mod membership;
 pub mod network;

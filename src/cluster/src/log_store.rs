@@ -347,7 +347,10 @@ fn replay(
     }
 }
 
-fn range_entries<RB: RangeBounds<u64>>(mem: &LogMem, range: RB) -> Vec<Entry> {
+pub(crate) fn range_entries<RB: RangeBounds<u64>>(
+    entries: &BTreeMap<u64, Entry>,
+    range: RB,
+) -> Vec<Entry> {
     let start = match range.start_bound() {
         Bound::Included(s) => Bound::Included(*s),
         Bound::Excluded(s) => Bound::Excluded(*s),
@@ -370,7 +373,7 @@ fn range_entries<RB: RangeBounds<u64>>(mem: &LogMem, range: RB) -> Vec<Entry> {
     if empty {
         return Vec::new();
     }
-    mem.entries
+    entries
         .range((start, end))
         .map(|(_, e)| e.clone())
         .collect()
@@ -383,7 +386,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
     ) -> Result<Vec<Entry>, StorageError> {
         let g = lock(&self.inner);
         g.check()?;
-        Ok(range_entries(&g.mem, range))
+        Ok(range_entries(&g.mem.entries, range))
     }
 }
 

@@ -199,7 +199,11 @@ impl ClusterNode {
             addr: req.addr.clone(),
             join_addr: req.join_addr.clone(),
         };
-        let id = match self.propose_local(cmd).await? {
+        let id = match self
+            .propose_local(cmd)
+            .await
+            .map_err(|e| format!("{e:?}"))?
+        {
             CommandResult::NodeId(id) => id,
             CommandResult::Rejected(m) => return Err(m),
             other => return Err(format!("unexpected result {other:?}")),
@@ -253,7 +257,8 @@ impl ClusterNode {
                 id,
                 state: MemberState::Active,
             })
-            .await?
+            .await
+            .map_err(|e| format!("{e:?}"))?
         {
             CommandResult::Ok => Ok(()),
             other => Err(format!("{other:?}")),
@@ -284,7 +289,9 @@ impl ClusterNode {
         }
         // After removing itself the old leader is no longer leader: route through the new one.
         let r = if self.is_leader() {
-            self.propose_local(Command::RemoveMember { id }).await?
+            self.propose_local(Command::RemoveMember { id })
+                .await
+                .map_err(|e| format!("{e:?}"))?
         } else {
             self.propose(Command::RemoveMember { id })
                 .await

@@ -43,6 +43,15 @@ pub struct AdmitResponse {
     pub members: Vec<(NodeId, String)>,
 }
 
+/// Why a forwarded proposal failed, in the two classes the proposer must tell apart.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ProposeError {
+    /// The receiver is not the leader and did not append the command: safe to retry.
+    NotLeader,
+    /// The command may or may not have been committed.
+    Indeterminate(String),
+}
+
 /// Member-to-member requests.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum PeerRequest {
@@ -73,7 +82,7 @@ pub enum PeerResponse {
     InstallSnapshot(
         Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>,
     ),
-    Proposed(Result<CommandResult, String>),
+    Proposed(Result<CommandResult, ProposeError>),
     Admitted(Result<AdmitResponse, String>),
     Done(Result<(), String>),
     Pong {

@@ -18,7 +18,7 @@ use transport::{ClientConfig, NodeIdentity, ServerConfig, ServerHandle};
 use crate::handler::{JoinHandler, PeerHandler};
 use crate::health::Health;
 use crate::log_store::LogStore;
-use crate::network::{Network, PeerClients, PeerRequest, PeerResponse};
+use crate::network::{Network, PeerClients, PeerRequest, PeerResponse, ProposeError};
 use crate::sm_store::{StateMachineStore, StateReader};
 use crate::state::{ClusterState, Command, CommandResult};
 use crate::types::{CairnNode, NodeId, Raft, Role};
@@ -320,31 +320,47 @@ impl ClusterNode {
 
     /// Commits a command, forwarding to the leader when this node is not it. Returns the
     /// command's result once a quorum has it durably and it has been applied on the leader.
+    ///
+    /// Retries only when the command was certainly not appended (no leader yet, a node that
+    /// is not the leader refused it, the leader could not be reached at all); any failure after
+    /// the command may have been appended is `Error::Indeterminate`, so a command is never
+    /// applied twice by a retry here.
     pub async fn propose(&self, cmd: Command) -> Result<CommandResult, Error> {
         let mut last_err = Error::NoLeader;
         for _ in 0..PROPOSE_ATTEMPTS {
             match self.raft.client_write(cmd.clone()).await {
                 Ok(resp) => return Ok(resp.data),
+                // openraft answers ForwardToLeader only for entries it did not append, or
+                // appended and then truncated: never committed.
                 Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                    if let (Some(lid), Some(lnode)) = (f.leader_id, f.leader_node) {
-                        if lid != self.id {
+                    match (f.leader_id, f.leader_node) {
+                        (Some(lid), Some(lnode)) if lid != self.id => {
                             match self
                                 .forward(lid, &lnode.addr, PeerRequest::Propose(cmd.clone()))
                                 .await
                             {
                                 Ok(PeerResponse::Proposed(Ok(r))) => return Ok(r),
-                                Ok(PeerResponse::Proposed(Err(e))) => last_err = Error::Raft(e),
-                                Ok(other) => {
-                                    last_err = Error::Raft(format!("unexpected reply {other:?}"))
+                                Ok(PeerResponse::Proposed(Err(ProposeError::NotLeader))) => {
+                                    last_err = Error::NoLeader
                                 }
-                                Err(e) => last_err = e,
+                                Ok(PeerResponse::Proposed(Err(ProposeError::Indeterminate(e)))) => {
+                                    return Err(Error::Indeterminate(e))
+                                }
+                                Ok(other) => {
+                                    return Err(Error::Indeterminate(format!(
+                                        "unexpected reply {other:?}"
+                                    )))
+                                }
+                                Err(Error::Transport(e @ transport::Error::Connect { .. })) => {
+                                    last_err = Error::Transport(e)
+                                }
+                                Err(e) => return Err(Error::Indeterminate(e.to_string())),
                             }
                         }
-                    } else {
-                        last_err = Error::NoLeader;
+                        _ => last_err = Error::NoLeader,
                     }
                 }
-                Err(e) => return Err(Error::Raft(e.to_string())),
+                Err(e) => return Err(Error::Indeterminate(e.to_string())),
             }
             tokio::time::sleep(Duration::from_millis(PROPOSE_RETRY_MS)).await;
         }
@@ -353,12 +369,14 @@ impl ClusterNode {
 
     /// Commits on this node only if it is the leader (used by the peer handler so forwarded
     /// proposals never bounce around).
-    pub(crate) async fn propose_local(&self, cmd: Command) -> Result<CommandResult, String> {
-        self.raft
-            .client_write(cmd)
-            .await
-            .map(|r| r.data)
-            .map_err(|e| e.to_string())
+    pub(crate) async fn propose_local(&self, cmd: Command) -> Result<CommandResult, ProposeError> {
+        match self.raft.client_write(cmd).await {
+            Ok(r) => Ok(r.data),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+                Err(ProposeError::NotLeader)
+            }
+            Err(e) => Err(ProposeError::Indeterminate(e.to_string())),
+        }
     }
 
     pub(crate) async fn forward(
