@@ -1,0 +1,175 @@
+//! Early boot of PID 1: the pseudo filesystems, /dev/console, consoles, signals, the watchdog.
+//! Owns the order these come up in. Must never abort boot for a missing optional piece
+//! (hugetlbfs, a watchdog): those are logged and skipped.
+
+use std::fs::{File, OpenOptions};
+use std::os::fd::AsRawFd;
+use std::time::Duration;
+
+use crate::power::{self, PowerAction};
+use crate::{log, logln, sys};
+
+const NOSUID_NODEV_NOEXEC: libc::c_ulong = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+
+/// Mounts proc, sys, devtmpfs (/dev), /run (tmpfs), cgroup2 and hugetlbfs. A failure of the
+/// first four is fatal for the caller; the others are logged.
+pub fn mount_filesystems() -> Result<(), String> {
+    let table: [(&str, &str, &str, libc::c_ulong, &str, bool); 6] = [
+        ("proc", "/proc", "proc", NOSUID_NODEV_NOEXEC, "", true),
+        ("sysfs", "/sys", "sysfs", NOSUID_NODEV_NOEXEC, "", true),
+        (
+            "devtmpfs",
+            "/dev",
+            "devtmpfs",
+            libc::MS_NOSUID,
+            "mode=0755",
+            true,
+        ),
+        (
+            "tmpfs",
+            "/run",
+            "tmpfs",
+            libc::MS_NOSUID | libc::MS_NODEV,
+            "mode=0755,size=50%",
+            true,
+        ),
+        (
+            "cgroup2",
+            "/sys/fs/cgroup",
+            "cgroup2",
+            NOSUID_NODEV_NOEXEC,
+            "",
+            false,
+        ),
+        (
+            "hugetlbfs",
+            "/dev/hugepages",
+            "hugetlbfs",
+            libc::MS_NODEV,
+            "",
+            false,
+        ),
+    ];
+    for (src, target, fstype, flags, data, required) in table {
+        let _ = std::fs::create_dir_all(target);
+        match sys::mount(src, target, fstype, flags, data) {
+            Ok(()) => {}
+            // devtmpfs may already be mounted by the kernel (CONFIG_DEVTMPFS_MOUNT).
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {}
+            Err(e) if required => return Err(format!("mount {fstype} on {target}: {e}")),
+            Err(e) => logln!("optional mount {fstype} on {target} skipped: {e}"),
+        }
+    }
+    // /dev/console is 5:1; devtmpfs has it, but make sure (an empty /dev would lose all output).
+    if std::fs::metadata("/dev/console").is_err() {
+        let _ = sys::mknod_char("/dev/console", 0o600, 5, 1);
+    }
+    for d in ["/run/cairn", "/dev/pts", "/dev/shm"] {
+        let _ = std::fs::create_dir_all(d);
+    }
+    Ok(())
+}
+
+/// The consoles the kernel command line chose (`console=` words), from
+/// /sys/class/tty/console/active, opened read-write. Falls back to /dev/console.
+pub fn open_consoles() -> Vec<(String, File)> {
+    let active = std::fs::read_to_string("/sys/class/tty/console/active").unwrap_or_default();
+    let mut out = Vec::new();
+    for name in active.split_whitespace() {
+        let path = format!("/dev/{name}");
+        match OpenOptions::new().read(true).write(true).open(&path) {
+            Ok(f) => {
+                let _ = sys::sane_terminal(f.as_raw_fd());
+                out.push((name.to_string(), f));
+            }
+            Err(e) => eprintln!("cairn: cannot open console {path}: {e}"),
+        }
+    }
+    if out.is_empty() {
+        if let Ok(f) = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/console")
+        {
+            out.push(("console".to_string(), f));
+        }
+    }
+    out
+}
+
+/// Installs the consoles as log outputs; returns them for input.
+pub fn setup_consoles() -> Vec<(String, File)> {
+    let cons = open_consoles();
+    let writers = cons
+        .iter()
+        .filter_map(|(_, f)| f.try_clone().ok())
+        .collect();
+    log::set_consoles(writers);
+    cons
+}
+
+/// Sets the kernel hostname.
+pub fn set_hostname(name: &str) {
+    match sys::sethostname(name) {
+        Ok(()) => logln!("hostname {name}"),
+        Err(e) => logln!("sethostname {name}: {e}"),
+    }
+}
+
+/// Starts the signal thread: reaps zombies and turns power signals into an orderly end.
+/// SIGINT (ctrl-alt-del) and SIGTERM reboot, SIGUSR1 halts, SIGUSR2 and SIGPWR power off.
+/// The handled signals must already be blocked ([`sys::block_handled_signals`]).
+pub fn spawn_signal_thread() {
+    if let Err(e) = sys::ctrl_alt_del_to_signal() {
+        logln!("ctrl-alt-del stays a hard reboot: {e}");
+    }
+    std::thread::Builder::new()
+        .name("pid1-signals".into())
+        .spawn(|| loop {
+            let Some(sig) = sys::wait_signal(5_000) else {
+                // Reap on a timer too: a lost SIGCHLD must not leave zombies forever.
+                sys::reap_children();
+                continue;
+            };
+            let action = match sig {
+                libc::SIGCHLD => {
+                    for (pid, status) in sys::reap_children() {
+                        logln!("reaped child {pid} (status {status:#x})");
+                    }
+                    continue;
+                }
+                libc::SIGINT | libc::SIGTERM => PowerAction::Reboot,
+                libc::SIGUSR1 => PowerAction::Halt,
+                _ => PowerAction::PowerOff,
+            };
+            logln!("signal {sig}: {action:?} requested");
+            crate::service::stop_node(Duration::from_secs(20));
+            power::finish(action);
+        })
+        .map(|_| ())
+        .unwrap_or_else(|e| logln!("cannot start the signal thread: {e}"));
+}
+
+/// Opens /dev/watchdog if the machine has one and kicks it every 10 s from a thread. The kicks
+/// stop when PID 1 hangs badly enough to starve this thread, and the hardware resets the box.
+pub fn start_watchdog() {
+    if std::fs::metadata("/dev/watchdog").is_err() {
+        logln!("no hardware watchdog");
+        return;
+    }
+    let mut dev = match OpenOptions::new().write(true).open("/dev/watchdog") {
+        Ok(f) => f,
+        Err(e) => {
+            logln!("watchdog present but cannot be opened: {e}");
+            return;
+        }
+    };
+    logln!("watchdog armed (kicked every 10 s)");
+    let _ = std::thread::Builder::new()
+        .name("pid1-watchdog".into())
+        .spawn(move || loop {
+            use std::io::Write;
+            let _ = dev.write_all(b"k");
+            std::thread::sleep(Duration::from_secs(10));
+        });
+}

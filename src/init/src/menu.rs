@@ -1,0 +1,122 @@
+//! The console status screen and menu after setup: UI address and node health, then network,
+//! logs, reboot, shut down, reset. Owns nothing but the dialogue. Must never change anything
+//! without an explicit confirmation.
+
+use std::time::Duration;
+
+use crate::net::NetStatus;
+use crate::power::{self, PowerAction};
+use crate::record::NodeRecord;
+use crate::wizard::{ask_network, Term};
+use crate::{hw, log, logln, service};
+
+fn status(t: &mut dyn Term, rec: &NodeRecord, net: &Option<NetStatus>) {
+    t.say("");
+    t.say(&format!("=== Cairn node {} ===", rec.hostname));
+    match net.as_ref().and_then(|n| n.addr) {
+        Some((a, _)) => t.say(&format!("UI: https://{a}:{}/", service::API_PORT)),
+        None => t.say("UI: no network address (choose 1 to set up the network)"),
+    }
+    let h = service::health();
+    if h.running {
+        let state = if h.degraded_chunks == 0 {
+            "ok"
+        } else {
+            "degraded"
+        };
+        t.say(&format!(
+            "Health: {state}; pool {} disks, {} usable, {} virtual disks",
+            h.disks,
+            hw::human(h.usable_bytes),
+            h.vdisks
+        ));
+    } else {
+        t.say("Health: node service starting");
+    }
+    t.say(&format!("Memory: node RSS {} MiB", rss_kib() / 1024));
+    t.say("1) network  2) show logs  3) reboot  4) shut down  5) reset node  (enter: refresh)");
+}
+
+/// Resident memory of this process (PID 1 runs the node service), from /proc/self/status.
+pub fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn confirm(t: &mut dyn Term, what: &str) -> bool {
+    matches!(
+        t.ask(&format!("{what} Type yes to confirm: "))
+            .as_deref()
+            .map(str::trim),
+        Some("yes")
+    )
+}
+
+/// Runs the menu forever.
+pub fn run(t: &mut dyn Term, rec: &NodeRecord, net: Option<NetStatus>) -> ! {
+    loop {
+        status(t, rec, &net);
+        let Some(choice) = t.ask("Choice: ") else {
+            // No console input: keep the service running, re-check now and then.
+            std::thread::sleep(Duration::from_secs(60));
+            continue;
+        };
+        match choice.trim() {
+            "" => {}
+            "1" => {
+                let inv = hw::inventory();
+                match ask_network(t, &inv) {
+                    Ok(n) => {
+                        t.say(&format!("New network: {n} (applied at the next boot)"));
+                        if confirm(t, "Save it?") {
+                            match service::update_record(|r| r.net = n) {
+                                Ok(()) => {
+                                    t.say("saved.");
+                                    if confirm(t, "Reboot now to apply it?") {
+                                        service::stop_node(Duration::from_secs(20));
+                                        power::finish(PowerAction::Reboot);
+                                    }
+                                }
+                                Err(e) => t.say(&format!("error: {e}")),
+                            }
+                        } else {
+                            t.say("Nothing was changed.");
+                        }
+                    }
+                    Err(_) => t.say("Nothing was changed."),
+                }
+            }
+            "2" => {
+                for l in log::recent(0, 50) {
+                    t.say(&l.text);
+                }
+            }
+            "3" if confirm(t, "Reboot?") => {
+                service::stop_node(Duration::from_secs(20));
+                power::finish(PowerAction::Reboot);
+            }
+            "4" if confirm(t, "Shut down?") => {
+                service::stop_node(Duration::from_secs(20));
+                power::finish(PowerAction::PowerOff);
+            }
+            "5" if confirm(t, "Reset: forget this node's configuration and run setup at the next boot (pool data stays)?") => {
+                match service::delete_record() {
+                    Ok(()) => {
+                        logln!("configuration record deleted; rebooting into setup");
+                        service::stop_node(Duration::from_secs(20));
+                        power::finish(PowerAction::Reboot);
+                    }
+                    Err(e) => t.say(&format!("error: {e}")),
+                }
+            }
+            "3" | "4" | "5" => t.say("Nothing was changed."),
+            other => t.say(&format!("error: no menu entry {other:?}")),
+        }
+    }
+}

@@ -1,0 +1,313 @@
+//! The node service on the appliance: the same `node::Node` as `cairn node`, on the machine's
+//! blank and Cairn block devices, plus the HTTPS API on :8443, and the configuration record kept
+//! in the pool. Owns the appliance data directory (/run/cairn/node, in RAM) and its rebuilding
+//! from the record at each boot. Must never hand a disk with other data to the node (only
+//! blank and Cairn disks are linked into its disk directory).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Condvar, Mutex};
+use std::time::Duration;
+
+use engine::{Engine, EngineConfig};
+
+use crate::logln;
+use crate::record::{self, NodeRecord, API_STATE_FILES, RECORD_VDISK, RECORD_VDISK_BYTES};
+
+pub const DATA_DIR: &str = "/run/cairn/node";
+pub const API_PORT: u16 = 8443;
+/// How often API state changes (users, tokens, certificate) are copied into the record.
+const SYNC_EVERY: Duration = Duration::from_secs(10);
+
+fn api_dir() -> PathBuf {
+    Path::new(DATA_DIR).join("api")
+}
+
+/// What the status screen shows.
+#[derive(Debug, Clone, Default)]
+pub struct Health {
+    pub running: bool,
+    pub disks: usize,
+    pub usable_bytes: u64,
+    pub degraded_chunks: u64,
+    pub vdisks: usize,
+}
+
+struct Running {
+    rt: tokio::runtime::Handle,
+    engine: Engine,
+    record: NodeRecord,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+static RUNNING: Mutex<Option<Running>> = Mutex::new(None);
+static STOPPED: (Mutex<bool>, Condvar) = (Mutex::new(false), Condvar::new());
+
+fn rt() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("cairn-node")
+        .build()
+        .map_err(|e| format!("tokio runtime: {e}"))
+}
+
+async fn read_record_from(engine: &Engine) -> Result<Option<NodeRecord>, String> {
+    let h = match engine.open_vdisk(RECORD_VDISK) {
+        Ok(h) => h,
+        Err(e) if e.kind() == engine::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("open {RECORD_VDISK}: {e}")),
+    };
+    let mut buf = vec![0u8; RECORD_VDISK_BYTES as usize];
+    h.read(0, &mut buf)
+        .await
+        .map_err(|e| format!("read {RECORD_VDISK}: {e}"))?;
+    match record::decode(&buf) {
+        Ok(r) => Ok(Some(r)),
+        Err(record::RecordError::Missing) => Ok(None),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+async fn write_record_to(engine: &Engine, rec: &NodeRecord) -> Result<(), String> {
+    let bytes = record::encode(rec).map_err(|e| e.to_string())?;
+    if engine.vdisk(RECORD_VDISK).is_err() {
+        engine
+            .create_vdisk(RECORD_VDISK, RECORD_VDISK_BYTES)
+            .await
+            .map_err(|e| format!("create {RECORD_VDISK}: {e}"))?;
+    }
+    let h = engine
+        .open_vdisk(RECORD_VDISK)
+        .map_err(|e| format!("open {RECORD_VDISK}: {e}"))?;
+    h.write(0, &bytes)
+        .await
+        .map_err(|e| format!("write {RECORD_VDISK}: {e}"))?;
+    h.flush()
+        .await
+        .map_err(|e| format!("flush {RECORD_VDISK}: {e}"))
+}
+
+/// Reads the record from the Cairn disks with a short-lived engine (before the node starts, so
+/// the node can be started with the right identity). `Ok(None)`: the pool has no record.
+pub fn read_record(cairn_disks: &[String]) -> Result<Option<NodeRecord>, String> {
+    let rt = rt()?;
+    rt.block_on(async {
+        let engine = Engine::open(EngineConfig {
+            node_id: 1,
+            node_name: "boot-probe".into(),
+        })
+        .await
+        .map_err(|e| format!("engine: {e}"))?;
+        for d in cairn_disks {
+            let path = format!("/dev/{d}");
+            match node::open_device(Path::new(&path)) {
+                Ok(dev) => {
+                    if let Err(e) = engine.add_disk(dev).await {
+                        logln!("{path}: not opened: {e}");
+                    }
+                }
+                Err(e) => logln!("{path}: {}", e.message),
+            }
+        }
+        let r = read_record_from(&engine).await;
+        let _ = engine.shutdown().await;
+        r
+    })
+}
+
+fn snapshot_api_files() -> BTreeMap<String, String> {
+    let mut m = BTreeMap::new();
+    for f in API_STATE_FILES {
+        if let Ok(s) = std::fs::read_to_string(api_dir().join(f)) {
+            m.insert(f.to_string(), s);
+        }
+    }
+    m
+}
+
+/// Lays out /run/cairn/node from the record: node identity, disk links, API state.
+fn prepare_data_dir(
+    rec: &NodeRecord,
+    pool_disks: &[String],
+    admin_password: Option<&str>,
+) -> Result<(), String> {
+    let data = Path::new(DATA_DIR);
+    let disks = data.join("disks");
+    std::fs::create_dir_all(&disks).map_err(|e| format!("{}: {e}", disks.display()))?;
+    std::fs::create_dir_all(api_dir().join("tls")).map_err(|e| format!("api dir: {e}"))?;
+    for d in pool_disks {
+        let link = disks.join(d);
+        if std::fs::symlink_metadata(&link).is_err() {
+            std::os::unix::fs::symlink(format!("/dev/{d}"), &link)
+                .map_err(|e| format!("{}: {e}", link.display()))?;
+        }
+    }
+    // node.json: the node crate's identity file (node_id, node_name, created_unix).
+    let id = serde_json::json!({
+        "node_id": rec.node_id, "node_name": rec.hostname, "created_unix": rec.created_unix,
+    });
+    std::fs::write(data.join("node.json"), id.to_string())
+        .map_err(|e| format!("node.json: {e}"))?;
+    for (name, body) in &rec.api_files {
+        if !API_STATE_FILES.contains(&name.as_str()) {
+            continue;
+        }
+        std::fs::write(api_dir().join(name), body).map_err(|e| format!("api {name}: {e}"))?;
+    }
+    if let Some(pw) = admin_password {
+        let dir = api::users::Directory::open(&api_dir()).map_err(|e| format!("api users: {e}"))?;
+        if dir.is_empty() {
+            dir.add_user(api::BOOTSTRAP_ADMIN, control::Role::Admin, pw)
+                .map_err(|(_, m)| format!("create admin: {m}"))?;
+        }
+    }
+    Ok(())
+}
+
+/// Runs the node service until asked to stop. Returns only on failure or stop.
+/// `admin_password` is set on the first start after the wizard.
+pub fn run(
+    mut rec: NodeRecord,
+    pool_disks: Vec<String>,
+    admin_password: Option<String>,
+    fail: bool,
+) -> Result<(), String> {
+    if fail {
+        return Err(
+            "node service failed on purpose (cairn.fail_node on the kernel command line)".into(),
+        );
+    }
+    prepare_data_dir(&rec, &pool_disks, admin_password.as_deref())?;
+    let rt = rt()?;
+    let first = admin_password.is_some();
+    let result = rt.block_on(async move {
+        let mut cfg = node::NodeConfig::new(DATA_DIR);
+        cfg.disk_count = 0;
+        cfg.node_name = Some(rec.hostname.clone());
+        // The node starts the HTTPS API itself, with its state in DATA/api (prepared above).
+        cfg.api_listen = Some(SocketAddr::from(([0, 0, 0, 0], API_PORT)));
+        let node = node::Node::start(cfg)
+            .await
+            .map_err(|e| format!("node: {e}"))?;
+        let engine = node.engine().clone();
+        rec.api_files = snapshot_api_files();
+        if first || read_record_from(&engine).await.ok().flatten().is_none() {
+            write_record_to(&engine, &rec).await?;
+            logln!("configuration record saved in the pool ({RECORD_VDISK})");
+        }
+        let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel();
+        *RUNNING.lock().unwrap_or_else(|p| p.into_inner()) = Some(Running {
+            rt: tokio::runtime::Handle::current(),
+            engine: engine.clone(),
+            record: rec.clone(),
+            stop: Some(stop_tx),
+        });
+        logln!(
+            "node service running: {} disks, {} usable",
+            engine.pool().disks,
+            crate::hw::human(engine.pool().usable_bytes)
+        );
+        loop {
+            tokio::select! {
+                _ = &mut stop_rx => break,
+                _ = tokio::time::sleep(SYNC_EVERY) => {
+                    let files = snapshot_api_files();
+                    let changed = {
+                        let mut g = RUNNING.lock().unwrap_or_else(|p| p.into_inner());
+                        match g.as_mut() {
+                            Some(r) if r.record.api_files != files => {
+                                r.record.api_files = files;
+                                Some(r.record.clone())
+                            }
+                            _ => None,
+                        }
+                    };
+                    if let Some(r) = changed {
+                        if let Err(e) = write_record_to(&engine, &r).await {
+                            logln!("saving API state into the record: {e}");
+                        }
+                    }
+                }
+            }
+        }
+        node.shutdown()
+            .await
+            .map_err(|e| format!("node shutdown: {e}"))
+    });
+    *RUNNING.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    let (m, cv) = &STOPPED;
+    *m.lock().unwrap_or_else(|p| p.into_inner()) = true;
+    cv.notify_all();
+    result
+}
+
+/// Asks the node service to stop (flush and checkpoint the engine) and waits up to `timeout`.
+pub fn stop_node(timeout: Duration) {
+    let stop = RUNNING
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .as_mut()
+        .and_then(|r| r.stop.take());
+    let Some(stop) = stop else { return };
+    logln!("stopping the node service");
+    let _ = stop.send(());
+    let (m, cv) = &STOPPED;
+    let g = m.lock().unwrap_or_else(|p| p.into_inner());
+    let _ = cv.wait_timeout_while(g, timeout, |stopped| !*stopped);
+}
+
+/// Current health, for the status screen.
+pub fn health() -> Health {
+    let g = RUNNING.lock().unwrap_or_else(|p| p.into_inner());
+    match g.as_ref() {
+        None => Health::default(),
+        Some(r) => {
+            let p = r.engine.pool();
+            Health {
+                running: true,
+                disks: p.disks,
+                usable_bytes: p.usable_bytes,
+                degraded_chunks: p.degraded_chunks,
+                vdisks: r.engine.vdisks().len(),
+            }
+        }
+    }
+}
+
+/// Applies `f` to the stored record and writes it to the pool.
+pub fn update_record(f: impl FnOnce(&mut NodeRecord)) -> Result<(), String> {
+    let (rt, engine, rec) = {
+        let mut g = RUNNING.lock().unwrap_or_else(|p| p.into_inner());
+        let r = g.as_mut().ok_or("the node service is not running")?;
+        f(&mut r.record);
+        (r.rt.clone(), r.engine.clone(), r.record.clone())
+    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    rt.spawn(async move {
+        let _ = tx.send(write_record_to(&engine, &rec).await);
+    });
+    rx.recv_timeout(Duration::from_secs(30))
+        .map_err(|_| "timed out saving the record".to_string())?
+}
+
+/// Removes the record (the next boot runs the wizard again; pool data stays).
+pub fn delete_record() -> Result<(), String> {
+    let (rt, engine) = {
+        let g = RUNNING.lock().unwrap_or_else(|p| p.into_inner());
+        let r = g.as_ref().ok_or("the node service is not running")?;
+        (r.rt.clone(), r.engine.clone())
+    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    rt.spawn(async move {
+        let _ = tx.send(
+            engine
+                .delete_vdisk(RECORD_VDISK)
+                .await
+                .map_err(|e| e.to_string()),
+        );
+    });
+    rx.recv_timeout(Duration::from_secs(30))
+        .map_err(|_| "timed out deleting the record".to_string())?
+}
