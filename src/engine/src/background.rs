@@ -78,6 +78,7 @@ impl Inner {
             }
         }
         self.redo_rollbacks().await;
+        self.resync_after_crash().await;
         self.prune_pending().await;
         match self.rebalance_pass().await {
             Ok(changed) => changed,
@@ -112,6 +113,67 @@ impl Inner {
                 tracing::warn!(vdisk = vid, error = %e, "completing a rollback failed");
             }
         }
+    }
+
+    /// After an unclean shutdown the two replicas of a chunk may differ where writes were never
+    /// flushed. Compare every chunk's replicas (full history) and rewrite the others from the
+    /// first one, which is the one reads have used meanwhile; then reads may alternate again.
+    async fn resync_after_crash(&self) {
+        if !self.meta.read().as_ref().is_some_and(|m| m.needs_resync) {
+            return;
+        }
+        self.rebalance.lock().resync_running = true;
+        for (obj, _) in self.index.all() {
+            if self.shutting_down.load(Ordering::Acquire) {
+                self.rebalance.lock().resync_running = false;
+                return;
+            }
+            let mut fail = None;
+            {
+                let _l = self.stripe(obj).write().await;
+                let Some(holders) = self.index.get(obj) else {
+                    continue;
+                };
+                let live = self.live_disks(holders);
+                if live.len() < 2 {
+                    continue;
+                }
+                let Ok(truth) = live[0].replica.export_object(obj).await else {
+                    tracing::warn!(%obj, "resync: reading the primary replica failed");
+                    continue;
+                };
+                for other in &live[1..] {
+                    let same = match other.replica.export_object(obj).await {
+                        Ok(v) => same_versions(&truth, &v),
+                        Err(_) => false,
+                    };
+                    if same {
+                        continue;
+                    }
+                    match self.copy_object(obj, &live[0], other).await {
+                        Ok(_) => self.rebalance.lock().resync_fixed += 1,
+                        Err(Some(e)) if is_device_failure(&e) => fail = Some((other.clone(), e)),
+                        Err(_) => tracing::warn!(%obj, disk = %other.name, "resync copy failed"),
+                    }
+                }
+                self.rebalance.lock().resync_checked += 1;
+            }
+            if let Some((d, e)) = fail {
+                let _ = self.fail_disk(&d, &e).await;
+            }
+            tokio::task::yield_now().await;
+        }
+        let r = self
+            .update_meta(|m| {
+                m.needs_resync = false;
+                Ok(())
+            })
+            .await;
+        match r {
+            Ok(()) => self.balanced_reads.store(true, Ordering::Release),
+            Err(e) => tracing::warn!(error = %e, "recording the end of resync failed"),
+        }
+        self.rebalance.lock().resync_running = false;
     }
 
     async fn prune_pending(&self) {
@@ -460,5 +522,95 @@ impl Engine {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
         true
+    }
+}
+
+/// Whether two exports hold the same versions with the same contents.
+fn same_versions(a: &[store::BlockVersions], b: &[store::BlockVersions]) -> bool {
+    a.len() == b.len()
+        && a.iter().zip(b).all(|(x, y)| {
+            x.block == y.block
+                && x.versions.len() == y.versions.len()
+                && x.versions.iter().zip(&y.versions).all(|(p, q)| {
+                    p.gen == q.gen
+                        && match (&p.data, &q.data) {
+                            (None, None) => true,
+                            (Some(d), Some(e)) => d[..] == e[..],
+                            _ => false,
+                        }
+                })
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use blockdev::{AlignedBuf, BlockDevice, RamDevice};
+    use store::ObjectId;
+
+    use crate::{Engine, EngineConfig};
+
+    /// Replicas that differ (as after a crash between the two replicas' flushes) are made equal
+    /// again from the replica reads used, and reads stick to that replica until then.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn resync_makes_diverged_replicas_equal() {
+        let e = Engine::open(EngineConfig {
+            node_id: 1,
+            node_name: "t".into(),
+        })
+        .await
+        .unwrap();
+        for i in 0..2 {
+            let d: Arc<dyn BlockDevice> = Arc::new(RamDevice::new(format!("r{i}"), 32 << 20));
+            e.add_disk(d).await.unwrap();
+        }
+        e.create_vdisk("v", 4 << 20).await.unwrap();
+        let h = e.open_vdisk("v").unwrap();
+        h.write(0, &[1u8; 8192]).await.unwrap();
+        h.flush().await.unwrap();
+        let inner = &e.inner;
+        let obj = ObjectId {
+            vdisk: h.rt.id,
+            chunk: 0,
+        };
+        let holders = inner.index.get(obj).unwrap();
+        let live = inner.live_disks(holders);
+        assert_eq!(live.len(), 2);
+        // Diverge: the second replica gets a write the first never saw.
+        let g = h.rt.enter();
+        let buf = AlignedBuf::from_slice(&[2u8; 4096]).into_write();
+        live[1]
+            .replica
+            .write(obj, 1, buf, g.gen, g.pin)
+            .await
+            .unwrap();
+        drop(g);
+        inner
+            .balanced_reads
+            .store(false, std::sync::atomic::Ordering::Release);
+        inner
+            .update_meta(|m| {
+                m.needs_resync = true;
+                Ok(())
+            })
+            .await
+            .unwrap();
+        // Sticky reads: always the first replica's contents.
+        for _ in 0..4 {
+            let mut b = vec![0u8; 8192];
+            h.read(0, &mut b).await.unwrap();
+            assert!(b.iter().all(|&x| x == 1));
+        }
+        inner.maintenance_pass().await;
+        assert!(!inner.meta.read().as_ref().unwrap().needs_resync);
+        assert!(inner
+            .balanced_reads
+            .load(std::sync::atomic::Ordering::Acquire));
+        assert_eq!(inner.rebalance.lock().resync_fixed, 1);
+        let a = live[0].replica.read(obj, 0, 2, u64::MAX).await.unwrap();
+        let b = live[1].replica.read(obj, 0, 2, u64::MAX).await.unwrap();
+        assert!(a[..] == b[..], "replicas still differ");
+        assert!(b.iter().all(|&x| x == 1));
     }
 }

@@ -49,6 +49,11 @@ pub(crate) struct PoolMeta {
     /// the disk serves I/O again (a rollback touches every chunk and is not atomic by itself).
     #[serde(default)]
     pub rollbacks: Vec<(u64, u64)>,
+    /// The pool was not shut down cleanly at some point and the replicas have not been
+    /// compared since: they may differ in blocks written but never flushed. Until a resync pass
+    /// clears it, every read of a chunk goes to the same replica.
+    #[serde(default)]
+    pub needs_resync: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -100,6 +105,7 @@ impl PoolMeta {
             prune_pending: Vec::new(),
             importing: Vec::new(),
             rollbacks: Vec::new(),
+            needs_resync: false,
         }
     }
 

@@ -197,8 +197,13 @@ impl Engine {
             (Some(c), Some(f)) if f.seq > c.seq && !in_use => Some(f),
             _ => None,
         };
-        if let Some(m) = adopted {
-            inner.balanced_reads.store(m.clean, Ordering::Release);
+        if let Some(mut m) = adopted {
+            if !m.clean {
+                m.needs_resync = true; // persisted with the next metadata change
+            }
+            inner
+                .balanced_reads
+                .store(m.clean && !m.needs_resync, Ordering::Release);
             inner.unclean_marked.store(!m.clean, Ordering::Release);
             // Disks attached earlier follow the newer record of their state.
             for d in inner.disks.read().iter() {

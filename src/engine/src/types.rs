@@ -113,6 +113,11 @@ pub struct RebalanceStats {
     pub bytes_copied: u64,
     /// Objects of deleted virtual disks that were removed.
     pub orphans_deleted: u64,
+    /// After an unclean shutdown: chunks whose replicas were compared, and those found
+    /// different (rewritten from the replica reads were served from).
+    pub resync_checked: u64,
+    pub resync_fixed: u64,
+    pub resync_running: bool,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
