@@ -64,8 +64,9 @@
 //!   (InvalidArgument); `repair` refuses data whose crc differs from the recorded one.
 //! - `flush()` costs two device flushes (data, then journal) when there is anything to commit,
 //!   and nothing when there is not; concurrent flushes are grouped.
-//! - Writes never wait for the journal, except that every ~1 MiB of pending journal records
-//!   (about 20k block writes) one write pays for a flush.
+//! - Writes never wait for the journal: past ~1 MiB of pending records (about 20k block
+//!   writes) a background task writes them out; only if that falls 4x behind does a writer
+//!   wait for a flush itself.
 //! - `import_object` is not atomic across a crash: record completion yourself.
 //!
 //! ## On-disk layout

@@ -49,7 +49,7 @@ impl Store {
             }
             inner.log(&mut st, rec);
         }
-        inner.maybe_flush().await
+        self.inner.maybe_flush().await
     }
 
     /// Make the live view of `obj` equal its view at `snap_gen`, as new versions at `gen`.
@@ -88,7 +88,7 @@ impl Store {
             }
             inner.log(&mut st, rec);
         }
-        inner.maybe_flush().await
+        self.inner.maybe_flush().await
     }
 
     /// Drop every version of `obj` (space returns after the next flush).
@@ -102,7 +102,7 @@ impl Store {
             }
             inner.log(&mut st, Record::Delete { obj });
         }
-        inner.maybe_flush().await
+        self.inner.maybe_flush().await
     }
 
     /// Drop versions of every object of `vdisk` that neither a snapshot in `snap_gens` nor the
@@ -123,7 +123,7 @@ impl Store {
             let mut st = inner.state.write();
             inner.log(&mut st, Record::Prune { vdisk, snaps });
         }
-        inner.maybe_flush().await
+        self.inner.maybe_flush().await
     }
 
     pub fn objects(&self) -> Vec<ObjectId> {
@@ -316,7 +316,7 @@ impl Store {
                 }
             }
         }
-        inner.maybe_flush().await
+        self.inner.maybe_flush().await
     }
 
     /// Replace the data of version `gen` of `block` with `good` (from the peer replica). The
@@ -382,7 +382,7 @@ impl Store {
                 st.alloc.release(runs[0].0);
             }
         }
-        inner.maybe_flush().await
+        self.inner.maybe_flush().await
     }
 
     /// Read and verify every referenced block; report every corrupt (obj, block, gen).

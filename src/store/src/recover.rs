@@ -241,6 +241,7 @@ impl Store {
             meta: tokio::sync::Mutex::new(meta_state),
             meta_cache: RwLock::new(meta),
             poisoned: AtomicBool::new(false),
+            bg_flush: AtomicBool::new(false),
             poison_reason: Mutex::new(String::new()),
             counters: Counters::default(),
         };

@@ -83,6 +83,8 @@ pub(crate) struct Inner {
     pub meta: tokio::sync::Mutex<MetaState>,
     pub meta_cache: RwLock<Option<Vec<u8>>>,
     pub poisoned: AtomicBool,
+    /// A background journal write-out is running.
+    pub bg_flush: AtomicBool,
     pub poison_reason: Mutex<String>,
     pub counters: Counters,
 }
@@ -212,11 +214,28 @@ impl Inner {
         (ring_bytes / 8).min(1 << 20)
     }
 
-    pub async fn maybe_flush(&self) -> Result<()> {
-        if self.jbuf.lock().w.buf.len() > self.jbuf_limit() {
-            self.flush(false).await?;
+    /// Bound the journal buffer: past the limit a background flush writes it out; past four
+    /// times the limit (the disk cannot keep up) the caller waits for a flush itself.
+    pub async fn maybe_flush(self: &Arc<Self>) -> Result<()> {
+        let len = self.jbuf.lock().w.buf.len();
+        let limit = self.jbuf_limit();
+        if len <= limit {
+            return Ok(());
         }
-        Ok(())
+        if len <= 4 * limit {
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                if !self.bg_flush.swap(true, Ordering::AcqRel) {
+                    let me = self.clone();
+                    rt.spawn(async move {
+                        // A failure poisons the store; the next caller sees it.
+                        let _ = me.flush(false).await;
+                        me.bg_flush.store(false, Ordering::Release);
+                    });
+                }
+                return Ok(());
+            }
+        }
+        self.flush(false).await
     }
 
     fn release(&self, frees: &[u64]) {
@@ -552,7 +571,7 @@ impl Store {
                 }
             }
         }
-        inner.maybe_flush().await
+        self.inner.maybe_flush().await
     }
 
     pub async fn read(
@@ -701,7 +720,7 @@ impl Store {
                 inner.log(&mut st, rec);
             }
         }
-        inner.maybe_flush().await
+        self.inner.maybe_flush().await
     }
 
     pub async fn flush(&self) -> Result<()> {
