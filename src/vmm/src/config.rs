@@ -68,6 +68,8 @@ pub struct VmConfig {
     pub nets: Vec<NetConfig>,
     /// Add a virtio-rng device.
     pub rng: bool,
+    /// Add a virtio-console device (single port).
+    pub virtio_console: bool,
     /// Install seccomp filters on vCPU and device threads.
     pub seccomp: bool,
 }
@@ -83,6 +85,7 @@ impl VmConfig {
             disks: Vec::new(),
             nets: Vec::new(),
             rng: false,
+            virtio_console: false,
             seccomp: true,
         }
     }

@@ -211,6 +211,24 @@ impl Vm {
             .unwrap_or(0)
     }
 
+    /// Output the guest wrote to the virtio-console (empty without one).
+    pub fn virtio_console_output(&self) -> Vec<u8> {
+        self.machine
+            .as_ref()
+            .and_then(|m| m.pci.console.as_ref())
+            .map(|c| c.output.snapshot())
+            .unwrap_or_default()
+    }
+
+    /// Queues input for the virtio-console; returns the bytes accepted.
+    pub fn virtio_console_input(&self, bytes: &[u8]) -> usize {
+        self.machine
+            .as_ref()
+            .and_then(|m| m.pci.console.as_ref())
+            .map(|c| c.input(bytes))
+            .unwrap_or(0)
+    }
+
     /// Time from `start` to the guest's first debug-port write.
     pub fn time_to_first_debug_write(&self) -> Option<Duration> {
         let m = self.machine.as_ref()?;

@@ -138,3 +138,25 @@ fn virtio_blk_on_a_file_with_io_lanes() {
     let (reason, out) = run_guest(cfg, Duration::from_secs(60));
     assert_pass(&reason, &out, &["blk-verify-after-restart"]);
 }
+
+#[test]
+fn virtio_console_output_and_input() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let mut cfg = guest_config("con", "console");
+    cfg.virtio_console = true;
+    let mut vm = vmm::Vm::create(cfg).unwrap();
+    assert_eq!(vm.virtio_console_input(b"ping"), 4);
+    vm.start().unwrap();
+    let reason = vm.wait_exit(Duration::from_secs(60));
+    let out = String::from_utf8_lossy(&vm.debug_output()).into_owned();
+    let console = String::from_utf8_lossy(&vm.virtio_console_output()).into_owned();
+    vm.delete();
+    assert_pass(
+        &reason,
+        &out,
+        &["pci-find-console", "con-driver-ok", "con-tx", "con-rx"],
+    );
+    assert_eq!(console, "hello virtio-console\n");
+}

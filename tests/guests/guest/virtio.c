@@ -418,6 +418,31 @@ static void run_net(void) {
     check(found, "net-rx", "no reply frame received");
 }
 
+static struct vq conrx, contx;
+static u8 conin[64], conout[64];
+
+/* Writes a line on the virtio-console and waits for "ping" from the host. */
+static void run_console(void) {
+    struct vdev d;
+    int slot = find_device(0x1043);
+    check(slot > 0, "pci-find-console", "no virtio-console");
+    if (slot <= 0) return;
+    check(probe(slot, &d), "con-caps", "missing capabilities");
+    msix_setup(&d, 3, 0x70);
+    check(negotiate(&d, 1ull << 32), "con-features", "FEATURES_OK refused");
+    check(queue_setup(&d, &conrx, 0, 1) && queue_setup(&d, &contx, 1, 2), "con-queues", "queue setup failed");
+    check(driver_ok(&d), "con-driver-ok", "needs reset");
+    static const char msg[] = "hello virtio-console\n";
+    memcpy(conout, msg, sizeof(msg) - 1);
+    contx.desc[0] = (struct vdesc){(u64)(usize)conout, (u32)(sizeof(msg) - 1), 0, 0};
+    u16 h = 0;
+    check(submit_wait(&contx, 1, &h, 1), "con-tx", "tx not completed");
+    conrx.desc[0] = (struct vdesc){(u64)(usize)conin, sizeof(conin), 2, 0};
+    int ok = submit_wait(&conrx, 0, &h, 1);
+    u32 len = conrx.used.ring[0].len;
+    check(ok && len >= 4 && !memcmp(conin, "ping", 4), "con-rx", "no input from host");
+}
+
 int run_pci_tests(const char *cmdline) {
     int host = find_device(0) ;
     (void)host;
@@ -426,6 +451,7 @@ int run_pci_tests(const char *cmdline) {
     if (has_word(cmdline, "blk") || has_word(cmdline, "blk-write") || has_word(cmdline, "blk-verify")) run_blk(cmdline);
     if (has_word(cmdline, "rng")) run_rng();
     if (has_word(cmdline, "net")) run_net();
+    if (has_word(cmdline, "console")) run_console();
     if (has_word(cmdline, "bench-read") || has_word(cmdline, "bench-write")) run_bench(cmdline);
     return failures;
 }

@@ -260,6 +260,8 @@ impl BusDevice for PciConfigMmio {
 #[derive(Default)]
 pub struct PciSetup {
     devices: Vec<Arc<VirtioPciDevice>>,
+    /// Host end of the virtio-console, if configured.
+    pub console: Option<Arc<crate::virtio::console::ConsolePort>>,
 }
 
 impl PciSetup {
@@ -310,6 +312,12 @@ impl PciSetup {
                 &mut root,
             )?;
         }
+        let mut console = None;
+        if cfg.virtio_console {
+            let (dev, port) = crate::virtio::console::Console::new()?;
+            add(Box::new(dev), "console".into(), &mut root)?;
+            console = Some(port);
+        }
         for nic in &cfg.nets {
             add(
                 Box::new(crate::virtio::net::Net::new(nic)?),
@@ -328,7 +336,7 @@ impl PciSetup {
             layout::PCI_ECAM_SIZE,
             Arc::new(PciConfigMmio(root)),
         )?;
-        Ok(Self { devices })
+        Ok(Self { devices, console })
     }
 
     /// Stops every device's threads.

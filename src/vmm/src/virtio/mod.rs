@@ -5,6 +5,7 @@ pub mod blk;
 pub mod blk_pool;
 #[cfg(test)]
 mod blk_tests;
+pub mod console;
 pub mod net;
 pub mod pci;
 pub mod rng;
