@@ -12,9 +12,13 @@ use std::time::Duration;
 
 use crate::core::{Disk, Inner};
 use crate::error::{EngineError, Result};
+use crate::placement::Slots;
 use crate::pool::Engine;
 use crate::replica::is_device_failure;
 use crate::types::DiskState;
+
+/// Chunk copies whose intents are recorded together.
+const REBALANCE_BATCH: usize = 32;
 
 pub(crate) fn spawn_maintenance(inner: &Arc<Inner>) {
     let weak: Weak<Inner> = Arc::downgrade(inner);
@@ -229,6 +233,7 @@ impl Inner {
         let mut pending = 0u64;
         let mut changed = false;
         let mut to_fail: Vec<(Arc<Disk>, store::StoreError)> = Vec::new();
+        let mut work: Vec<(store::ObjectId, Slots)> = Vec::new();
         for (obj, holders) in entries {
             if self.shutting_down.load(Ordering::Acquire) {
                 break;
@@ -256,96 +261,74 @@ impl Inner {
                 continue;
             };
             let target = view.place(v.seed, obj.chunk);
-            let live = self.live_disks(holders);
-            let missing: Vec<u16> = target
-                .as_slice()
-                .iter()
-                .copied()
-                .filter(|t| !holders.contains(*t))
-                .collect();
+            let missing = target.as_slice().iter().any(|t| !holders.contains(*t));
             let extra = holders.as_slice().iter().any(|h| !target.contains(*h));
-            if missing.is_empty() && !extra {
+            if !missing && !extra {
                 continue;
             }
-            if live.is_empty() {
+            if self.live_disks(holders).is_empty() {
                 pending += 1; // nothing to copy from; stays degraded
                 continue;
             }
-            {
-                let _l = self.stripe(obj).write().await;
-                let Some(holders) = self.index.get(obj) else {
-                    continue;
-                };
-                for t in target.as_slice() {
-                    if holders.contains(*t) {
-                        continue;
-                    }
-                    let Some(dst) = self.disk(*t).filter(|d| d.state() == DiskState::Active) else {
-                        continue;
-                    };
-                    let mut done = false;
-                    for src in self.live_disks(holders) {
-                        match self.copy_object(obj, &src, &dst).await {
-                            Ok(bytes) => {
-                                let mut rb = self.rebalance.lock();
-                                rb.chunks_copied += 1;
-                                rb.bytes_copied += bytes;
-                                done = true;
-                                changed = true;
-                                break;
-                            }
-                            Err(Some(e)) => {
-                                if is_device_failure(&e) {
-                                    to_fail.push((dst.clone(), e));
-                                } else {
-                                    tracing::warn!(%obj, disk = %dst.name, error = %e, "import failed");
-                                }
-                                break;
-                            }
-                            Err(None) => continue, // try the other source
-                        }
-                    }
-                    if !done {
-                        pending += 1;
-                    }
-                }
-                // Only once every wanted replica is in place may the others go.
-                let now = self.index.get(obj).unwrap_or_default();
-                let complete = target
-                    .as_slice()
-                    .iter()
-                    .all(|t| now.contains(*t) && self.disk(*t).is_some_and(|d| d.live()));
-                if complete {
-                    for h in now
+            work.push((obj, target));
+        }
+        // Copies run in batches whose intents are recorded with one metadata write.
+        for batch in work.chunks(REBALANCE_BATCH) {
+            if self.shutting_down.load(Ordering::Acquire) {
+                break;
+            }
+            let intents: Vec<(String, store::ObjectId)> = batch
+                .iter()
+                .flat_map(|(obj, target)| {
+                    let holders = self.index.get(*obj).unwrap_or_default();
+                    target
                         .as_slice()
                         .iter()
-                        .copied()
-                        .filter(|h| !target.contains(*h))
-                    {
-                        self.index.remove_slot(obj, h);
-                        if let Some(d) = self.disk(h).filter(|d| d.live()) {
-                            match d.replica.delete_object(obj).await {
-                                // Durable with the next flush of that disk (a stale copy that
-                                // survives a crash can only hold unflushed-era data).
-                                Ok(()) => {
-                                    d.write_seq.fetch_add(1, Ordering::Release);
-                                }
-                                Err(e) => {
-                                    tracing::warn!(%obj, disk = %d.name, error = %e, "dropping old replica failed")
-                                }
-                            }
-                        }
-                        self.rebalance.lock().chunks_dropped += 1;
-                        changed = true;
-                    }
-                } else if !target.is_empty() {
-                    pending += 1;
+                        .filter(move |t| !holders.contains(**t))
+                        .filter_map(|t| self.disk(*t))
+                        .map(|d| (d.id.clone(), *obj))
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            self.copies_in_progress.fetch_add(1, Ordering::AcqRel);
+            let recorded = if intents.is_empty() {
+                Ok(())
+            } else {
+                let add = intents.clone();
+                self.update_meta(move |m| {
+                    m.importing.extend(add);
+                    Ok(())
+                })
+                .await
+            };
+            if let Err(e) = recorded {
+                self.copies_in_progress.fetch_sub(1, Ordering::AcqRel);
+                tracing::warn!(error = %e, "recording copy intents failed");
+                pending += batch.len() as u64;
+                break;
+            }
+            for (obj, target) in batch {
+                let (p, c) = self.move_chunk(*obj, *target, &mut to_fail).await;
+                pending += p;
+                changed |= c;
+                for (d, e) in to_fail.drain(..) {
+                    let _ = self.fail_disk(&d, &e).await;
+                }
+                tokio::task::yield_now().await;
+            }
+            if !intents.is_empty() {
+                let done = intents;
+                let r = self
+                    .update_meta(move |m| {
+                        m.importing.retain(|x| !done.contains(x));
+                        Ok(())
+                    })
+                    .await;
+                if let Err(e) = r {
+                    tracing::warn!(error = %e, "recording copy completion failed");
                 }
             }
-            for (d, e) in to_fail.drain(..) {
-                let _ = self.fail_disk(&d, &e).await;
-            }
-            tokio::task::yield_now().await;
+            self.copies_in_progress.fetch_sub(1, Ordering::AcqRel);
         }
         // Make moves durable so the old copies' removal cannot be undone by a crash.
         if changed {
@@ -359,6 +342,89 @@ impl Inner {
         rb.passes += 1;
         rb.chunks_pending = pending;
         Ok(changed)
+    }
+
+    /// Bring one chunk to `target` (copy what is missing, then drop what is not wanted), with
+    /// its stripe lock held exclusively. The caller recorded the copy intents. Returns
+    /// (still pending, changed something).
+    async fn move_chunk(
+        &self,
+        obj: store::ObjectId,
+        target: Slots,
+        to_fail: &mut Vec<(Arc<Disk>, store::StoreError)>,
+    ) -> (u64, bool) {
+        let mut pending = 0;
+        let mut changed = false;
+        let _l = self.stripe(obj).write().await;
+        let Some(holders) = self.index.get(obj) else {
+            return (0, false);
+        };
+        for t in target.as_slice() {
+            if holders.contains(*t) {
+                continue;
+            }
+            let Some(dst) = self.disk(*t).filter(|d| d.state() == DiskState::Active) else {
+                continue;
+            };
+            let mut done = false;
+            for src in self.live_disks(holders) {
+                match self.copy_object_inner(obj, &src, &dst, false).await {
+                    Ok(bytes) => {
+                        let mut rb = self.rebalance.lock();
+                        rb.chunks_copied += 1;
+                        rb.bytes_copied += bytes;
+                        done = true;
+                        changed = true;
+                        break;
+                    }
+                    Err(Some(e)) => {
+                        if is_device_failure(&e) {
+                            to_fail.push((dst.clone(), e));
+                        } else {
+                            tracing::warn!(%obj, disk = %dst.name, error = %e, "import failed");
+                        }
+                        break;
+                    }
+                    Err(None) => continue, // try the other source
+                }
+            }
+            if !done {
+                pending += 1;
+            }
+        }
+        // Only once every wanted replica is in place may the others go.
+        let now = self.index.get(obj).unwrap_or_default();
+        let complete = target
+            .as_slice()
+            .iter()
+            .all(|t| now.contains(*t) && self.disk(*t).is_some_and(|d| d.live()));
+        if complete {
+            for h in now
+                .as_slice()
+                .iter()
+                .copied()
+                .filter(|h| !target.contains(*h))
+            {
+                self.index.remove_slot(obj, h);
+                if let Some(d) = self.disk(h).filter(|d| d.live()) {
+                    match d.replica.delete_object(obj).await {
+                        // Durable with the next flush of that disk (a stale copy that survives
+                        // a crash can only hold data from before that flush).
+                        Ok(()) => {
+                            d.write_seq.fetch_add(1, Ordering::Release);
+                        }
+                        Err(e) => {
+                            tracing::warn!(%obj, disk = %d.name, error = %e, "dropping old replica failed")
+                        }
+                    }
+                }
+                self.rebalance.lock().chunks_dropped += 1;
+                changed = true;
+            }
+        } else if !target.is_empty() {
+            pending += 1;
+        }
+        (pending, changed)
     }
 
     /// Draining disks that hold no replica any more leave the pool.

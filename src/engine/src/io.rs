@@ -406,16 +406,18 @@ impl Inner {
         dst: &Arc<Disk>,
     ) -> std::result::Result<u64, Option<StoreError>> {
         self.copies_in_progress.fetch_add(1, Ordering::AcqRel);
-        let r = self.copy_object_inner(obj, src, dst).await;
+        let r = self.copy_object_inner(obj, src, dst, true).await;
         self.copies_in_progress.fetch_sub(1, Ordering::AcqRel);
         r
     }
 
-    async fn copy_object_inner(
+    /// The copy itself; with `intent: false` the caller has recorded the intent (a batch).
+    pub(crate) async fn copy_object_inner(
         &self,
         obj: ObjectId,
         src: &Arc<Disk>,
         dst: &Arc<Disk>,
+        intent: bool,
     ) -> std::result::Result<u64, Option<StoreError>> {
         let versions = match src.replica.export_object(obj).await {
             Ok(v) => v,
@@ -429,16 +431,18 @@ impl Inner {
             .map(|b| b.versions.iter().filter(|v| v.data.is_some()).count() as u64 * BLOCK_BYTES)
             .sum();
         let entry = (dst.id.clone(), obj);
-        let e2 = entry.clone();
-        if let Err(e) = self
-            .update_meta(move |m| {
-                m.importing.push(e2);
-                Ok(())
-            })
-            .await
-        {
-            tracing::warn!(%obj, error = %e, "recording copy intent failed");
-            return Err(None);
+        if intent {
+            let e2 = entry.clone();
+            if let Err(e) = self
+                .update_meta(move |m| {
+                    m.importing.push(e2);
+                    Ok(())
+                })
+                .await
+            {
+                tracing::warn!(%obj, error = %e, "recording copy intent failed");
+                return Err(None);
+            }
         }
         // Until the intent is cleared, a crash leaves this copy marked incomplete.
         self.index.remove_slot(obj, dst.slot);
@@ -448,15 +452,17 @@ impl Inner {
             .await
             .map_err(Some)?;
         dst.replica.flush().await.map_err(Some)?;
-        if let Err(e) = self
-            .update_meta(move |m| {
-                m.importing.retain(|x| *x != entry);
-                Ok(())
-            })
-            .await
-        {
-            tracing::warn!(%obj, error = %e, "recording copy completion failed");
-            return Err(None);
+        if intent {
+            if let Err(e) = self
+                .update_meta(move |m| {
+                    m.importing.retain(|x| *x != entry);
+                    Ok(())
+                })
+                .await
+            {
+                tracing::warn!(%obj, error = %e, "recording copy completion failed");
+                return Err(None);
+            }
         }
         self.index.add(obj, dst.slot);
         Ok(bytes)
