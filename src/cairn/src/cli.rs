@@ -30,6 +30,21 @@ pub struct Target {
     /// The node's control socket (overrides --data).
     #[arg(long, global = true, env = "CAIRN_SOCKET", value_name = "PATH")]
     pub socket: Option<PathBuf>,
+    /// Talk to a node's HTTPS API instead of its socket (`https://host:8443`).
+    #[arg(long, global = true, env = "CAIRN_SERVER", value_name = "URL")]
+    pub server: Option<String>,
+    /// API token for --server (create one under Users & tokens).
+    #[arg(
+        long,
+        global = true,
+        env = "CAIRN_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
+    /// Certificate to trust for --server (the node's own: Settings, or DATA/api/tls/cert.pem).
+    #[arg(long, global = true, env = "CAIRN_CA_CERT", value_name = "FILE")]
+    pub ca_cert: Option<PathBuf>,
 }
 
 impl Target {

@@ -95,7 +95,7 @@ pub fn run(target: &Target, json: bool, cmd: Command) -> i32 {
         // Check locally first: bad input fails fast with the node's own words, and never
         // reaches the node at all.
         req.validate()?;
-        node::socket::call(&target.socket_path(), &req)
+        crate::remote::call(target, &req)
     });
     match result {
         Ok(reply) => {

@@ -10,6 +10,7 @@ mod bench;
 mod cli;
 mod client;
 mod nodecmd;
+mod remote;
 mod render;
 
 use std::process::ExitCode;

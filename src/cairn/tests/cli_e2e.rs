@@ -259,6 +259,40 @@ fn disks_join_foreign_data_is_refused_and_state_survives_restart() {
     let stats = n.ok(&["stats"]);
     assert_eq!(stats["value"]["vdisks"], 1);
     n.ok(&["disk", "scrub"]);
+
+    // Removing a disk drains it first; data stays readable throughout and after.
+    let img = pattern(9, 8 << 20);
+    let img_path = dir.path().join("r.raw");
+    std::fs::write(&img_path, &img).unwrap();
+    n.ok(&["vdisk", "import", "r", &img_path.display().to_string()]);
+    let list = n.ok(&["disk", "list"]);
+    let id = list["value"][0]["id"].as_str().unwrap().to_string();
+    n.fails(&["disk", "remove", "no-such-disk"], 3);
+    n.ok(&["disk", "remove", &id]);
+    let t = Instant::now();
+    loop {
+        let list = n.ok(&["disk", "list"]);
+        let d = list["value"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["id"] == id.as_str())
+            .cloned();
+        if d.is_none() || d.as_ref().unwrap()["state"] == "removed" {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "disk never drained: {list}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let out = dir.path().join("r-out.raw");
+    n.ok(&["vdisk", "export", "r", &out.display().to_string()]);
+    assert!(
+        std::fs::read(&out).unwrap() == img,
+        "data lost by draining a disk"
+    );
     // The audit log has every mutation with its actor.
     let audit = std::fs::read_to_string(n.data().join("audit.log")).unwrap();
     assert!(
