@@ -103,6 +103,10 @@ impl Inner {
             return;
         }
         let _op = self.op.lock().await;
+        // Re-read under the op lock: a rollback that was running when we looked is done now.
+        let Some(m) = self.meta_snapshot() else {
+            return;
+        };
         for (vid, snap_gen) in m.rollbacks.clone() {
             let r = if m.vdisk_by_id(vid).is_some() {
                 self.finish_rollback(vid, snap_gen).await

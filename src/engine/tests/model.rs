@@ -467,3 +467,137 @@ fn regression_clone_of_live_then_restarts() {
     let r = rt.block_on(run(ops));
     assert!(r.is_ok(), "{:#}", r.unwrap_err());
 }
+
+#[test]
+fn regression_rollback_redone_after_it_completed() {
+    let ops = vec![
+        Op::Write {
+            disk: 3,
+            off: 140992,
+            len: 20689,
+            seed: 13656372636455031509,
+        },
+        Op::Crash,
+        Op::Write {
+            disk: 3,
+            off: 1981518,
+            len: 20412,
+            seed: 10593333250307276323,
+        },
+        Op::Snapshot { disk: 2 },
+        Op::Flush,
+        Op::Write {
+            disk: 0,
+            off: 2531516,
+            len: 28918,
+            seed: 1098195391357022057,
+        },
+        Op::Flush,
+        Op::Zeroes {
+            disk: 1,
+            off: 1880064,
+            len: 49152,
+        },
+        Op::Read {
+            disk: 0,
+            off: 516492,
+            len: 67086,
+        },
+        Op::Write {
+            disk: 1,
+            off: 781408,
+            len: 67775,
+            seed: 15657455367287974055,
+        },
+        Op::Delete { disk: 3 },
+        Op::Read {
+            disk: 3,
+            off: 2940928,
+            len: 32768,
+        },
+        Op::Clone {
+            disk: 1,
+            snap: Some(1),
+        },
+        Op::Crash,
+        Op::Rollback { disk: 2, snap: 1 },
+        Op::Delete { disk: 3 },
+        Op::Write {
+            disk: 0,
+            off: 1715458,
+            len: 27363,
+            seed: 18441555873921903822,
+        },
+        Op::Restart,
+        Op::Rollback { disk: 1, snap: 0 },
+        Op::Write {
+            disk: 0,
+            off: 1891482,
+            len: 2983,
+            seed: 9044589855506366861,
+        },
+        Op::DeleteSnapshot { disk: 2, snap: 0 },
+        Op::Write {
+            disk: 3,
+            off: 3072000,
+            len: 20480,
+            seed: 1633964418166921626,
+        },
+        Op::Read {
+            disk: 2,
+            off: 610304,
+            len: 94208,
+        },
+        Op::Crash,
+        Op::Write {
+            disk: 0,
+            off: 1591243,
+            len: 15299,
+            seed: 673146984846402787,
+        },
+        Op::Read {
+            disk: 2,
+            off: 2039808,
+            len: 8192,
+        },
+        Op::Write {
+            disk: 0,
+            off: 1363968,
+            len: 118784,
+            seed: 10439839466622000079,
+        },
+        Op::Snapshot { disk: 3 },
+        Op::Zeroes {
+            disk: 3,
+            off: 172032,
+            len: 94208,
+        },
+        Op::Zeroes {
+            disk: 3,
+            off: 1728512,
+            len: 114688,
+        },
+        Op::Clone {
+            disk: 0,
+            snap: Some(0),
+        },
+        Op::Read {
+            disk: 3,
+            off: 440087,
+            len: 41492,
+        },
+        Op::Write {
+            disk: 2,
+            off: 323584,
+            len: 53248,
+            seed: 16320859024075348394,
+        },
+        Op::DeleteSnapshot { disk: 0, snap: 0 },
+    ];
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let r = rt.block_on(run(ops));
+    assert!(r.is_ok(), "{:#}", r.unwrap_err());
+}
