@@ -16,9 +16,23 @@
 //!   move can only leave an extra copy, which the rebalancer trims.
 //! - **Logical limit:** a virtual disk may be at most usable capacity (raw / 2) x `OVERCOMMIT`
 //!   (4), and never more than `MAX_VDISK_BYTES` (1 PiB). Sizes are rounded up to 4 KiB.
-//! - **Reads** go to the less busy replica; after an unclean shutdown (replicas may differ in
-//!   blocks written but never flushed) every read of a chunk goes to the same replica, so a
-//!   block never flips between old and new contents.
+//! - **Reads** go to the less busy replica. After an unclean shutdown the replicas may differ
+//!   in blocks written but never flushed (power lost between the two replicas' flushes): every
+//!   read of a chunk then goes to the same replica until a background resync has compared
+//!   both replicas' full history and rewritten the other from it (`needs_resync` in the pool
+//!   metadata, progress in `stats().rebalance.resync_*`). So a block never flips between old
+//!   and new contents.
+//! - **Multi-step operations are recorded before they start** in the pool metadata: chunk
+//!   copies (`importing`: an interrupted import is deleted when its disk is opened), rollbacks
+//!   (redone before the disk serves I/O again; live I/O gets `Busy` meanwhile), snapshot
+//!   prunes, and clone ids (reserved first; objects of an id that never got recorded are
+//!   orphans the maintenance task deletes).
+//! - **Writes** go to every live replica at once; an EIO (or a vanished device) on a write or
+//!   flush marks that disk Failed durably before the write is acknowledged, and its chunks are
+//!   re-mirrored in the background. Read errors are answered from the other replica and the
+//!   bad copy is repaired (one version via `Store::repair`, or the whole chunk re-copied).
+//! - **After a restart, add every pool disk before opening virtual disks**: a pool member that
+//!   shows up after I/O started is refused (`Busy`), since its replicas may be stale.
 //! - **`used_bytes` of a virtual disk** counts allocated chunks (an upper bound, metadata only).
 //!
 //! # Public API (the contract with the node/CLI side; additions allowed)
@@ -61,7 +75,7 @@
 //!     pub fn start_scrub(&self) -> Result<()>;          // background
 //!     pub fn stats(&self) -> EngineStats;               // counters incl. scrub progress, repairs, checksum errors, per-disk I/O
 //!     pub async fn shutdown(&self) -> Result<()>;       // flush + checkpoint everything
-//!     // additions: wait_rebalanced(timeout), wait_scrub(timeout)
+//!     // additions: wait_rebalanced(timeout), wait_scrub(timeout); module `bench` (load generator)
 //! }
 //!
 //! #[derive(Clone)] pub struct VdiskHandle { .. }
