@@ -299,3 +299,64 @@ fn disks_join_foreign_data_is_refused_and_state_survives_restart() {
         audit.contains("\"action\":\"snapshot_create\"") && audit.contains("\"user\":\"local\"")
     );
 }
+
+#[test]
+fn import_that_runs_out_of_space_leaves_nothing_behind() {
+    let n = TestNode::start(2, "128M");
+    let dir = tempfile::tempdir().unwrap();
+    // Random data larger than the pool's usable space: the import fails midway.
+    let img = dir.path().join("big.raw");
+    std::fs::write(&img, pattern(21, 200 << 20)).unwrap();
+    let o = n.cli(&["vdisk", "import", "big", &img.display().to_string()]);
+    assert_eq!(o.code, 5, "expected no space: {}{}", o.stdout, o.stderr);
+    assert!(n.vdisk_names().is_empty(), "half-imported disk left behind");
+    // The space is given back: a small import still fits.
+    let small = dir.path().join("small.raw");
+    std::fs::write(&small, pattern(22, 4 << 20)).unwrap();
+    n.ok(&["vdisk", "import", "small", &small.display().to_string()]);
+}
+
+#[test]
+fn control_socket_answers_bad_frames_with_errors() {
+    use std::io::{BufRead, BufReader, Write};
+    type Reader = BufReader<std::os::unix::net::UnixStream>;
+    let n = TestNode::start(2, "128M");
+    let sock = std::os::unix::net::UnixStream::connect(n.data().join("cairn.sock")).unwrap();
+    let mut w = sock.try_clone().unwrap();
+    let mut r = BufReader::new(sock);
+    let answer = |r: &mut Reader, w: &mut std::os::unix::net::UnixStream, line: &[u8]| {
+        w.write_all(line).unwrap();
+        let mut a = String::new();
+        r.read_line(&mut a).unwrap();
+        serde_json::from_str::<serde_json::Value>(&a).unwrap()
+    };
+    let a = answer(&mut r, &mut w, b"this is not json\n");
+    assert_eq!(a["error"]["code"], "invalid_argument", "{a}");
+    let a = answer(
+        &mut r,
+        &mut w,
+        b"{\"action\":\"vdisk_create\",\"name\":\"x\"}\n",
+    );
+    assert_eq!(a["error"]["code"], "invalid_argument", "{a}");
+    let a = answer(
+        &mut r,
+        &mut w,
+        b"{\"action\":\"vdisk_create\",\"name\":\"../x\",\"size_bytes\":4096}\n",
+    );
+    assert_eq!(a["error"]["code"], "invalid_argument", "{a}");
+    // The same connection still serves good requests.
+    let a = answer(&mut r, &mut w, b"{\"action\":\"vdisk_list\"}\n");
+    assert_eq!(a["ok"]["kind"], "vdisks", "{a}");
+    // An oversized frame gets an error and the connection is closed.
+    let big = vec![b'x'; 2 << 20];
+    let _ = w.write_all(&big);
+    let mut last = String::new();
+    r.read_line(&mut last).unwrap();
+    let a: serde_json::Value = serde_json::from_str(&last).unwrap();
+    assert_eq!(a["error"]["code"], "invalid_argument", "{a}");
+    assert!(
+        a["error"]["message"].as_str().unwrap().contains("longer"),
+        "{a}"
+    );
+    assert!(n.vdisk_names().is_empty());
+}
