@@ -260,8 +260,78 @@ fn process_overhead(pid: u32, ram_bytes: u64) -> u64 {
     total.saturating_sub(guest)
 }
 
+/// Environment variable that turns `run` into the memory-measurement child (see `ours_memory`).
+pub const CHILD_ENV: &str = "CAIRN_VMM_BENCH_MEM_CHILD";
+
+/// Child mode: boot one 1 vCPU / 128 MiB VM with a RAM disk, say "ready", idle until killed.
+fn memory_child(elf: &Path) -> Result<Vec<BenchLine>> {
+    let boot = BootConfig {
+        kernel: elf.to_path_buf(),
+        initrd: None,
+        cmdline: "spin".into(),
+    };
+    let mut cfg = VmConfig::new("bench-mem", boot);
+    cfg.disks.push(DiskConfig {
+        id: "d".into(),
+        backend: Arc::new(RamDisk::new(64 << 20)),
+        queues: 1,
+        queue_size: 256,
+    });
+    let mut vm = Vm::create(cfg)?;
+    vm.start()?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !String::from_utf8_lossy(&vm.debug_output()).contains("cmdline")
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    println!("ready");
+    std::thread::sleep(Duration::from_secs(60));
+    vm.delete();
+    Ok(Vec::new())
+}
+
+/// Our VMM's memory overhead measured like QEMU's: a separate process (this executable, re-run
+/// with the same arguments and `CHILD_ENV` set) holding one idle VM; RSS minus resident guest RAM.
+fn ours_memory(elf: &Path) -> Result<u64> {
+    let exe = std::env::current_exe().map_err(io_err("current exe"))?;
+    let mut child = Command::new(exe)
+        .args(std::env::args_os().skip(1))
+        .env(CHILD_ENV, elf)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(io_err("spawn memory child"))?;
+    let mut out = child
+        .stdout
+        .take()
+        .ok_or(VmmError::Timeout("child stdout"))?;
+    let mut buf = [0u8; 64];
+    let mut seen = Vec::new();
+    while !String::from_utf8_lossy(&seen).contains("ready") {
+        let n = out.read(&mut buf).map_err(io_err("read child"))?;
+        if n == 0 {
+            break;
+        }
+        seen.extend_from_slice(&buf[..n]);
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let overhead = process_overhead(child.id(), 128 << 20);
+    let _ = child.kill();
+    let _ = child.wait();
+    if !String::from_utf8_lossy(&seen).contains("ready") {
+        return Err(VmmError::Backend("memory child did not start a VM".into()));
+    }
+    Ok(overhead)
+}
+
 /// Runs every metric and returns the lines (also printed to stdout as they complete).
+/// The calling binary is re-executed with the same arguments for the memory measurement, so
+/// it must reach `run` again with the same options (it does when it simply calls `run`).
 pub fn run(opts: &BenchOptions) -> Result<Vec<BenchLine>> {
+    if let Some(elf) = std::env::var_os(CHILD_ENV) {
+        return memory_child(Path::new(&elf));
+    }
     std::fs::create_dir_all(&opts.work_dir).map_err(io_err("create bench dir"))?;
     let elf = opts.work_dir.join("guest.elf");
     std::fs::write(&elf, &opts.guest_elf).map_err(io_err("write guest elf"))?;
@@ -305,14 +375,17 @@ pub fn run(opts: &BenchOptions) -> Result<Vec<BenchLine>> {
     let ram: Arc<dyn DiskBackend> = Arc::new(ram_disk);
     let filedisk: Arc<dyn DiskBackend> =
         Arc::new(FileDisk::open(&file, false, true).map_err(|e| VmmError::Backend(e.to_string()))?);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(io_err("tokio runtime"))?;
+    let (engine, enginedisk) = engine_backend(opts, &rt)?;
+    let raw = "qemu raw file cache=none aio=io_uring";
     for (kind, ours_backend, drive, anchor_name) in [
         ("ram", &ram, &null_drive, "qemu null-co"),
-        (
-            "file",
-            &filedisk,
-            &file_drive,
-            "qemu raw file cache=none aio=io_uring",
-        ),
+        ("file", &filedisk, &file_drive, raw),
+        ("engine", &enginedisk, &file_drive, raw),
     ] {
         for op in ["read", "write"] {
             for qd in [1u32, 32] {
@@ -343,7 +416,7 @@ pub fn run(opts: &BenchOptions) -> Result<Vec<BenchLine>> {
     for _ in 0..opts.runs.max(1) {
         let (_, boot) = ours_run(opts, &elf, "hello", ram.clone())?;
         o.push(boot.as_secs_f64() * 1000.0);
-        om.push(ours_overhead(&elf)? as f64 / (1 << 20) as f64);
+        om.push(ours_memory(&elf)? as f64 / (1 << 20) as f64);
         let (_, qboot, qmem) = qemu_run(opts, &elf, "spin", &null_drive)?;
         a.push(qboot.as_secs_f64() * 1000.0);
         am.push(qmem as f64 / (1 << 20) as f64);
@@ -368,62 +441,51 @@ pub fn run(opts: &BenchOptions) -> Result<Vec<BenchLine>> {
         ),
         &mut lines,
     );
+    drop(enginedisk);
+    rt.block_on(engine.shutdown())
+        .map_err(|e| VmmError::Backend(e.to_string()))?;
     Ok(lines)
 }
 
-/// Our overhead for a 1 vCPU / 128 MiB guest: RSS growth while the VM exists, minus its resident
-/// guest RAM.
-fn ours_overhead(elf: &Path) -> Result<u64> {
-    let before = crate::stats::process_rss_bytes();
-    let boot = BootConfig {
-        kernel: elf.to_path_buf(),
-        initrd: None,
-        cmdline: "wait-shutdown".into(),
-    };
-    let mut cfg = VmConfig::new("bench-mem", boot);
-    cfg.disks.push(DiskConfig {
-        id: "d".into(),
-        backend: Arc::new(RamDisk::new(64 << 20)),
-        queues: 1,
-        queue_size: 256,
-    });
-    let mut vm = Vm::create(cfg)?;
-    vm.start()?;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !String::from_utf8_lossy(&vm.debug_output()).contains("cmdline")
-        && Instant::now() < deadline
-    {
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    std::thread::sleep(Duration::from_millis(200));
-    let after = crate::stats::process_rss_bytes();
-    let guest = guest_rss(std::process::id(), 128 << 20);
-    vm.delete();
-    Ok(after
-        .saturating_sub(guest)
-        .saturating_sub(before.min(after)))
-}
-
-fn guest_rss(pid: u32, ram_bytes: u64) -> u64 {
-    let Ok(smaps) = std::fs::read_to_string(format!("/proc/{pid}/smaps")) else {
-        return 0;
-    };
-    let mut in_guest = false;
-    let mut guest = 0;
-    for line in smaps.lines() {
-        if let Some(kb) = line
-            .strip_prefix("Size:")
-            .and_then(|v| v.trim().trim_end_matches(" kB").parse::<u64>().ok())
-        {
-            in_guest = kb * 1024 == ram_bytes;
-        } else if let Some(kb) = line
-            .strip_prefix("Rss:")
-            .and_then(|v| v.trim().trim_end_matches(" kB").parse::<u64>().ok())
-        {
-            if in_guest {
-                guest += kb * 1024;
-            }
+/// An engine with two file-backed pool disks (io_uring, O_DIRECT) in the work dir and one
+/// pre-written vdisk of `disk_bytes`, as a VM disk backend.
+fn engine_backend(
+    opts: &BenchOptions,
+    rt: &tokio::runtime::Runtime,
+) -> Result<(engine::Engine, Arc<dyn DiskBackend>)> {
+    let be = |e: &dyn std::fmt::Display| VmmError::Backend(e.to_string());
+    let engine = rt.block_on(async {
+        let e = engine::Engine::open(engine::EngineConfig {
+            node_id: 1,
+            node_name: "bench".into(),
+        })
+        .await
+        .map_err(|e| be(&e))?;
+        for i in 0..2 {
+            let path = opts.work_dir.join(format!("pool{i}.img"));
+            let _ = std::fs::remove_file(&path);
+            blockdev::create_sparse_file(&path, (opts.disk_bytes * 4).max(1 << 30))
+                .map_err(|e| be(&e))?;
+            e.add_disk(blockdev::open_device(&path).map_err(|e| be(&e))?)
+                .await
+                .map_err(|e| be(&e))?;
         }
-    }
-    guest
+        e.create_vdisk("bench", opts.disk_bytes)
+            .await
+            .map_err(|e| be(&e))?;
+        let h = e.open_vdisk("bench").map_err(|e| be(&e))?;
+        let chunk = vec![0x5au8; 1 << 20];
+        let mut off = 0;
+        while off + chunk.len() as u64 <= opts.disk_bytes {
+            h.write(off, &chunk).await.map_err(|e| be(&e))?;
+            off += chunk.len() as u64;
+        }
+        h.flush().await.map_err(|e| be(&e))?;
+        Ok::<_, VmmError>(e)
+    })?;
+    let handle = engine.open_vdisk("bench").map_err(|e| be(&e))?;
+    Ok((
+        engine,
+        Arc::new(crate::EngineDisk::new(handle, rt.handle().clone())),
+    ))
 }

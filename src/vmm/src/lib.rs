@@ -29,6 +29,7 @@
 //! Guest-provided values (descriptors, lengths, addresses, config writes) are validated; a bad
 //! request fails that request, never the VM or the host.
 
+pub mod acpi;
 pub mod backend;
 pub mod backend_engine;
 pub mod backend_file;

@@ -101,7 +101,7 @@ impl Machine {
 
         let pci = PciSetup::build(cfg, &vm, &mem, &pio, &mmio)?;
 
-        let entry = boot::load(&mem, &cfg.boot)?;
+        let entry = boot::load(&mem, &cfg.boot, cfg.vcpus)?;
         let mut vcpus = Vec::with_capacity(usize::from(cfg.vcpus));
         for id in 0..cfg.vcpus {
             vcpus.push(cpu::create_vcpu(&kvm, &vm, id, cfg.vcpus)?);

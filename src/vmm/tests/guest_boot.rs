@@ -96,3 +96,15 @@ fn ring3_port_io_reaches_high_ports() {
     assert_pass(&reason, &out, &[]);
     assert!(out.contains("in ok 0x0000000000000cfc"), "{out}");
 }
+
+#[test]
+fn acpi_tables_describe_cpus_and_ecam() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let mut cfg = guest_config("acpi", "acpi");
+    cfg.vcpus = 3;
+    let (reason, out) = run_guest(cfg, Duration::from_secs(30));
+    assert_pass(&reason, &out, &["acpi-rsdp", "acpi-mcfg"]);
+    assert!(out.contains("acpi-cpus 3\n"), "{out}");
+}

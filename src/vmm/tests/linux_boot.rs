@@ -38,7 +38,7 @@ fn bzimage_zero_page_initrd_and_e820() {
         initrd: Some(initrd.clone()),
         cmdline: cmdline.into(),
     };
-    let entry = boot::load(&mem, &cfg).unwrap();
+    let entry = boot::load(&mem, &cfg, 2).unwrap();
     let BootEntry::Linux64 { entry, zero_page } = entry else {
         panic!("bzImage must use the Linux protocol")
     };

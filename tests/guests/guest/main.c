@@ -7,6 +7,35 @@
 
 int run_pci_tests(const char *cmdline);
 
+/* Follows RSDP -> XSDT -> MADT/MCFG, counts enabled LAPICs and checks the ECAM base. */
+static void check_acpi(u64 rsdp) {
+    const u8 *r = (const u8 *)(usize)rsdp;
+    u8 sum = 0;
+    for (int i = 0; i < 36; i++) sum += r[i];
+    check(!memcmp(r, "RSD PTR ", 8) && sum == 0, "acpi-rsdp", "bad RSDP");
+    const u8 *x = (const u8 *)(usize)*(const u64 *)(r + 24);
+    u32 xlen = *(const u32 *)(x + 4);
+    int cpus = 0;
+    u64 ecam = 0;
+    for (u32 off = 36; off + 8 <= xlen && off < 36 + 8 * 16; off += 8) {
+        const u8 *t = (const u8 *)(usize)*(const u64 *)(x + off);
+        u32 len = *(const u32 *)(t + 4);
+        if (!memcmp(t, "APIC", 4)) {
+            for (u32 p = 44; p + 2 <= len && p < 4096;) {
+                if (t[p] == 0 && (*(const u32 *)(t + p + 4) & 1)) cpus++;
+                if (t[p + 1] == 0) break;
+                p += t[p + 1];
+            }
+        } else if (!memcmp(t, "MCFG", 4)) {
+            ecam = *(const u64 *)(t + 44);
+        }
+    }
+    puts("acpi-cpus ");
+    put_dec((u64)cpus);
+    puts("\n");
+    check(ecam == 0xE0000000ull, "acpi-mcfg", "MCFG ECAM base wrong");
+}
+
 int guest_main(u32 start_info_pa) {
     const struct hvm_start_info *si = (const struct hvm_start_info *)(usize)start_info_pa;
     const char *cmdline = 0;
@@ -24,6 +53,7 @@ int guest_main(u32 start_info_pa) {
     } else {
         check(0, "pvh-magic", "bad start info");
     }
+    if (si && si->rsdp_paddr && has_word(cmdline, "acpi")) check_acpi(si->rsdp_paddr);
     if (cmdline) {
         puts("cmdline ");
         puts(cmdline);

@@ -132,7 +132,9 @@ fn write_cmdline(mem: &GuestMemoryMmap, cmdline: &str) -> Result<()> {
 }
 
 /// Loads the kernel (and initrd, command line, boot structures) into guest memory.
-pub fn load(mem: &GuestMemoryMmap, cfg: &BootConfig) -> Result<BootEntry> {
+/// `vcpus` sizes the ACPI MADT; the RSDP address goes into the start info / zero page.
+pub fn load(mem: &GuestMemoryMmap, cfg: &BootConfig, vcpus: u8) -> Result<BootEntry> {
+    let rsdp = crate::acpi::write_tables(mem, vcpus)?;
     if cfg.cmdline.len() >= CMDLINE_MAX_BYTES {
         return Err(VmmError::Boot(format!(
             "command line longer than {} bytes",
@@ -146,9 +148,9 @@ pub fn load(mem: &GuestMemoryMmap, cfg: &BootConfig) -> Result<BootEntry> {
             write_cmdline(mem, &cfg.cmdline)?;
             match res.pvh_boot_cap {
                 PvhBootCapability::PvhEntryPresent(entry) => {
-                    configure_pvh(mem, cfg, &res, entry.raw_value())
+                    configure_pvh(mem, cfg, &res, entry.raw_value(), rsdp)
                 }
-                _ => configure_linux(mem, cfg, &res, res.kernel_load.raw_value()),
+                _ => configure_linux(mem, cfg, &res, res.kernel_load.raw_value(), rsdp),
             }
         }
         Err(loader::Error::Elf(loader::elf::Error::InvalidElfMagicNumber)) => {
@@ -160,7 +162,7 @@ pub fn load(mem: &GuestMemoryMmap, cfg: &BootConfig) -> Result<BootEntry> {
             })?;
             write_cmdline(mem, &cfg.cmdline)?;
             // The 64-bit entry of a bzImage is 0x200 past the protected-mode code start.
-            configure_linux(mem, cfg, &res, res.kernel_load.raw_value() + 0x200)
+            configure_linux(mem, cfg, &res, res.kernel_load.raw_value() + 0x200, rsdp)
         }
         Err(e) => Err(VmmError::Boot(format!("{}: {e}", cfg.kernel.display()))),
     }
@@ -171,6 +173,7 @@ fn configure_pvh(
     cfg: &BootConfig,
     res: &KernelLoaderResult,
     entry: u64,
+    rsdp: u64,
 ) -> Result<BootEntry> {
     let map = memory_map(mem);
     let mut start = hvm_start_info {
@@ -178,6 +181,7 @@ fn configure_pvh(
         version: 1,
         cmdline_paddr: CMDLINE_START,
         memmap_paddr: PVH_MEMMAP_START,
+        rsdp_paddr: rsdp,
         memmap_entries: u32::try_from(map.len())
             .map_err(|_| VmmError::Boot("memmap too long".into()))?,
         ..Default::default()
@@ -221,6 +225,7 @@ fn configure_linux(
     cfg: &BootConfig,
     res: &KernelLoaderResult,
     entry: u64,
+    rsdp: u64,
 ) -> Result<BootEntry> {
     let mut params = boot_params::default();
     if let Some(hdr) = res.setup_header {
@@ -232,6 +237,7 @@ fn configure_linux(
     params.hdr.cmd_line_ptr = CMDLINE_START as u32;
     params.hdr.cmdline_size = u32::try_from(cfg.cmdline.len() + 1).unwrap_or(u32::MAX);
     params.hdr.kernel_alignment = KERNEL_MIN_ALIGNMENT_BYTES;
+    params.acpi_rsdp_addr = rsdp;
     if let Some(initrd) = &cfg.initrd {
         let max = match params.hdr.initrd_addr_max {
             0 => 0x37ff_ffff,
@@ -308,7 +314,7 @@ mod tests {
             initrd: None,
             cmdline: String::new(),
         };
-        let err = load(&mem, &cfg).unwrap_err();
+        let err = load(&mem, &cfg, 1).unwrap_err();
         std::fs::remove_file(&dir).unwrap();
         assert!(err.to_string().contains("neither ELF nor bzImage"), "{err}");
         let cfg = BootConfig {
@@ -316,6 +322,9 @@ mod tests {
             initrd: None,
             cmdline: String::new(),
         };
-        assert!(load(&mem, &cfg).unwrap_err().to_string().contains("open"));
+        assert!(load(&mem, &cfg, 1)
+            .unwrap_err()
+            .to_string()
+            .contains("open"));
     }
 }
