@@ -19,6 +19,7 @@ mod assets;
 pub use assets::ui_built;
 pub mod audit;
 mod bodies;
+pub mod client;
 mod error;
 mod files;
 mod http;

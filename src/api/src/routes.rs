@@ -53,6 +53,7 @@ pub enum R {
     Stats,
     StatsHistory,
     StatsStream,
+    Control,
 }
 
 /// Every route: method, pattern under `/api/v1` (`{x}` is one path segment), handler.
@@ -112,6 +113,7 @@ pub const ROUTES: &[(Method, &str, R)] = &[
     (Method::GET, "/stats", R::Stats),
     (Method::GET, "/stats/history", R::StatsHistory),
     (Method::GET, "/stats/stream", R::StatsStream),
+    (Method::POST, "/control", R::Control),
 ];
 
 /// Routes anyone may call without logging in.

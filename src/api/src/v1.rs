@@ -630,6 +630,16 @@ async fn dispatch(
             Ok((200, json!({"items": items})))
         }
         R::StatsStream => Err(ControlError::internal("handled before dispatch")),
+        // Any control request as-is (the CLI's `--server` mode): same policy, validation and
+        // audit as the REST routes; long operations run to completion before answering.
+        R::Control => {
+            let req: Request = h::parse_json(body)?;
+            let reply = st.control(c, req).await?;
+            Ok((
+                200,
+                serde_json::to_value(&reply).map_err(|e| ControlError::internal(e.to_string()))?,
+            ))
+        }
     }
 }
 

@@ -197,6 +197,18 @@ fn rows() -> Vec<(&'static str, &'static str, Option<Value>, Rule)> {
             Some(json!({"name": "t2"})),
             Anyone,
         ),
+        (
+            "POST",
+            "/api/v1/control",
+            Some(json!({"action": "vdisk_list"})),
+            Control(Request::VdiskList),
+        ),
+        (
+            "POST",
+            "/api/v1/control",
+            Some(json!({"action": "disk_add", "path": "/nonexistent"})),
+            Control(Request::DiskAdd { path: "/x".into() }),
+        ),
         ("GET", "/api/v1/certificate", None, Anyone),
         (
             "PUT",

@@ -157,3 +157,74 @@ async fn tls_versions_http2_and_sse() {
     assert!(v["time_ms"].as_u64().unwrap() > 0);
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_client_over_https() {
+    let h = Harness::start().await.unwrap();
+    let a = h.admin().await;
+    let t = a
+        .post(
+            "/api/v1/tokens",
+            serde_json::json!({"name": "cli", "role": "operator"}),
+        )
+        .await;
+    let token = t.json["token"].as_str().unwrap().to_string();
+    let ca = std::fs::read(h.dir.path().join("api/tls/cert.pem")).unwrap();
+    let url = format!("https://127.0.0.1:{}", h.addr.port());
+    let req = control::Request::VdiskCreate {
+        name: "cli1".into(),
+        size_bytes: 8 << 20,
+    };
+    let r = api::client::call(&url, &token, &ca, &req).await.unwrap();
+    assert!(
+        matches!(r, control::Reply::Vdisk(ref v) if v.name == "cli1"),
+        "{r:?}"
+    );
+    let r = api::client::call(&url, &token, &ca, &control::Request::VdiskList)
+        .await
+        .unwrap();
+    assert!(matches!(r, control::Reply::Vdisks(ref v) if v.len() == 1));
+    // Errors keep their code; the role policy applies (operator may not add disks).
+    let e = api::client::call(
+        &url,
+        &token,
+        &ca,
+        &control::Request::VdiskGet {
+            name: "nope".into(),
+        },
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.code, control::ErrorCode::NotFound);
+    let e = api::client::call(
+        &url,
+        &token,
+        &ca,
+        &control::Request::DiskAdd { path: "/x".into() },
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.code, control::ErrorCode::Forbidden);
+    let e = api::client::call(&url, "cairn_bad", &ca, &control::Request::VdiskList)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, control::ErrorCode::Unauthorized);
+    // A certificate we do not trust is refused before any request is sent.
+    let (other, _) = api::tls::self_signed().unwrap();
+    let e = api::client::call(&url, &token, other.as_bytes(), &control::Request::VdiskList)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, control::ErrorCode::Unavailable);
+    assert!(e.message.contains("TLS"), "{}", e.message);
+    // The audit log names the token.
+    let audit = a.get("/api/v1/audit?limit=100").await;
+    assert!(
+        audit.json["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"] == "vdisk_create"
+                && e["via"].as_str().unwrap().starts_with("token:"))
+    );
+    h.stop().await;
+}
