@@ -43,6 +43,10 @@ pub(crate) fn spawn_maintenance(inner: &Arc<Inner>) {
                 let pending = inner.rebalance.lock().chunks_pending > 0
                     && last_pass.elapsed() >= RETRY_PENDING;
                 if asked || queued || pending {
+                    let _bg = inner.bg.lock().await;
+                    if inner.shutting_down.load(Ordering::Acquire) {
+                        break;
+                    }
                     again = inner.maintenance_pass().await;
                     last_pass = tokio::time::Instant::now();
                 }
@@ -103,6 +107,9 @@ impl Inner {
             return;
         }
         let _op = self.op.lock().await;
+        if self.shutting_down.load(Ordering::Acquire) {
+            return;
+        }
         // Re-read under the op lock: a rollback that was running when we looked is done now.
         let Some(m) = self.meta_snapshot() else {
             return;
@@ -544,7 +551,14 @@ impl Engine {
             s.unrepairable = 0;
         }
         inner.in_use.store(true, Ordering::Release);
-        tokio::spawn(async move { inner.scrub_all().await });
+        tokio::spawn(async move {
+            let _bg = inner.bg.lock().await;
+            if inner.shutting_down.load(Ordering::Acquire) {
+                inner.scrub.lock().running = false;
+                return;
+            }
+            inner.scrub_all().await
+        });
         Ok(())
     }
 

@@ -301,6 +301,11 @@ pub(crate) struct Inner {
     pub kick: tokio::sync::Notify,
     /// Something may need background work (a disk changed, a snapshot went, a clone appeared).
     pub bg_dirty: AtomicBool,
+    /// Held by background work (maintenance pass, scrub) while it runs; shutdown takes it.
+    /// Lock order: bg -> op.
+    pub bg: tokio::sync::Mutex<()>,
+    /// Shut down: no metadata is written any more.
+    pub closed: AtomicBool,
     pub shutting_down: AtomicBool,
     /// Chunk copies (rebalance, resync) running now; see `PoolMeta::importing`.
     pub copies_in_progress: AtomicU64,
@@ -329,6 +334,8 @@ impl Inner {
             rebalance: Mutex::new(RebalanceStats::default()),
             kick: tokio::sync::Notify::new(),
             bg_dirty: AtomicBool::new(true),
+            bg: tokio::sync::Mutex::new(()),
+            closed: AtomicBool::new(false),
             shutting_down: AtomicBool::new(false),
             copies_in_progress: AtomicU64::new(0),
             building: Mutex::new(std::collections::HashSet::new()),
@@ -395,6 +402,9 @@ impl Inner {
         f: impl FnOnce(&mut PoolMeta) -> Result<T>,
     ) -> Result<T> {
         let _p = self.persist.lock().await;
+        if self.closed.load(Ordering::Acquire) {
+            return Err(EngineError::Busy("the engine is shut down".into()));
+        }
         let mut m = self
             .meta_snapshot()
             .ok_or_else(|| EngineError::Degraded("the pool has no disks yet".into()))?;

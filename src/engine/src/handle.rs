@@ -90,6 +90,9 @@ impl VdiskHandle {
     }
 
     fn check(&self, offset: u64, len: u64, write: bool) -> Result<()> {
+        if self.inner.shutting_down.load(Ordering::Acquire) {
+            return Err(EngineError::Busy("the engine is shutting down".into()));
+        }
         if self.snap.is_none() && self.rt.rolling_back.load(Ordering::Acquire) {
             return Err(EngineError::Busy(format!(
                 "{:?} is being rolled back",

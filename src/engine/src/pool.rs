@@ -491,18 +491,13 @@ impl Engine {
     /// Further calls fail with Busy.
     pub async fn shutdown(&self) -> Result<()> {
         let inner = &self.inner;
-        let _op = inner.op.lock().await;
         if inner.shutting_down.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
         inner.kick_bg();
-        // Let a running rebalance step finish its chunk (it checks the flag between chunks).
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(10), async {
-            while inner.rebalance.lock().running || inner.scrub.lock().running {
-                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-            }
-        })
-        .await;
+        // Background work stops at its next check; after this nothing else touches the disks.
+        let _bg = inner.bg.lock().await;
+        let _op = inner.op.lock().await;
         let flushed = inner.flush_all().await;
         let mut result = flushed;
         if result.is_ok() && inner.meta.read().is_some() {
@@ -528,6 +523,7 @@ impl Engine {
                 }
             }
         }
+        inner.closed.store(true, Ordering::Release);
         result
     }
 }

@@ -601,3 +601,124 @@ fn regression_rollback_redone_after_it_completed() {
     let r = rt.block_on(run(ops));
     assert!(r.is_ok(), "{:#}", r.unwrap_err());
 }
+
+#[test]
+fn regression_background_work_outliving_shutdown() {
+    let ops = vec![
+        Op::Write {
+            disk: 1,
+            off: 1110016,
+            len: 77824,
+            seed: 18170004611020229996,
+        },
+        Op::Write {
+            disk: 1,
+            off: 342223,
+            len: 64532,
+            seed: 3317332281011471335,
+        },
+        Op::Restart,
+        Op::Discard {
+            disk: 2,
+            off: 1093632,
+            len: 16384,
+        },
+        Op::Clone {
+            disk: 0,
+            snap: None,
+        },
+        Op::Crash,
+        Op::Snapshot { disk: 0 },
+        Op::Write {
+            disk: 3,
+            off: 434176,
+            len: 28672,
+            seed: 1752689849720121733,
+        },
+        Op::Clone {
+            disk: 2,
+            snap: None,
+        },
+        Op::Write {
+            disk: 3,
+            off: 2113536,
+            len: 4096,
+            seed: 4664880584435514900,
+        },
+        Op::Flush,
+        Op::Clone {
+            disk: 1,
+            snap: Some(3),
+        },
+        Op::Write {
+            disk: 2,
+            off: 2177002,
+            len: 50546,
+            seed: 17688862655779569568,
+        },
+        Op::Crash,
+        Op::Write {
+            disk: 3,
+            off: 3135553,
+            len: 609,
+            seed: 854231339337565792,
+        },
+        Op::Snapshot { disk: 2 },
+        Op::DeleteSnapshot { disk: 3, snap: 0 },
+        Op::Write {
+            disk: 0,
+            off: 2301952,
+            len: 81920,
+            seed: 9013041471254206925,
+        },
+        Op::Write {
+            disk: 1,
+            off: 71244,
+            len: 12902,
+            seed: 13128681811999085787,
+        },
+        Op::Snapshot { disk: 3 },
+        Op::Restart,
+        Op::DeleteSnapshot { disk: 3, snap: 3 },
+        Op::Restart,
+        Op::DeleteSnapshot { disk: 1, snap: 2 },
+        Op::Clone {
+            disk: 3,
+            snap: Some(3),
+        },
+        Op::Snapshot { disk: 0 },
+        Op::Discard {
+            disk: 2,
+            off: 478287,
+            len: 67121,
+        },
+        Op::Write {
+            disk: 1,
+            off: 883424,
+            len: 23782,
+            seed: 9804731838172286239,
+        },
+        Op::Rollback { disk: 2, snap: 1 },
+        Op::Restart,
+        Op::Discard {
+            disk: 3,
+            off: 1961597,
+            len: 57806,
+        },
+        Op::Flush,
+        Op::Clone {
+            disk: 3,
+            snap: None,
+        },
+        Op::Snapshot { disk: 3 },
+        Op::Restart,
+        Op::Crash,
+        Op::DeleteSnapshot { disk: 3, snap: 0 },
+    ];
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let r = rt.block_on(run(ops));
+    assert!(r.is_ok(), "{:#}", r.unwrap_err());
+}
