@@ -41,11 +41,19 @@ struct Wrk {
 
 fn wrk(url: &str, token: Option<&str>, a: &ApiBenchArgs) -> Result<Wrk> {
     let mut cmd = Command::new("wrk");
-    cmd.args(["-t2", &format!("-c{}", a.connections), &format!("-d{}s", a.seconds), "--latency"]);
+    cmd.args([
+        "-t2",
+        &format!("-c{}", a.connections),
+        &format!("-d{}s", a.seconds),
+        "--latency",
+    ]);
     if let Some(t) = token {
         cmd.args(["-H", &format!("Authorization: Bearer {t}")]);
     }
-    let out = cmd.arg(url).output().context("run wrk (apt-get install wrk)")?;
+    let out = cmd
+        .arg(url)
+        .output()
+        .context("run wrk (apt-get install wrk)")?;
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     let rps = text
         .lines()
@@ -87,7 +95,10 @@ fn print(metric: &str, ours: f64, anchor: f64, higher_is_better: bool) {
 }
 
 pub fn run(a: ApiBenchArgs) -> i32 {
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("cairn bench api: {e}");
@@ -121,7 +132,10 @@ async fn bench(a: &ApiBenchArgs) -> Result<()> {
             .map(|i| {
                 let ctl = ctl.clone();
                 async move {
-                    let req = Request::VdiskCreate { name: format!("bench-{i:05}"), size_bytes: 1 << 30 };
+                    let req = Request::VdiskCreate {
+                        name: format!("bench-{i:05}"),
+                        size_bytes: 1 << 30,
+                    };
                     ctl.execute(Actor::internal("bench"), req).await
                 }
             })
@@ -142,7 +156,11 @@ async fn bench(a: &ApiBenchArgs) -> Result<()> {
     let (_, token) = api::users::Directory::open(&state)?
         .create_token(api::BOOTSTRAP_ADMIN, "bench", control::Role::ReadOnly, 3600)
         .map_err(|(_, m)| anyhow::anyhow!(m))?;
-    let h = api::serve(api::ApiConfig::new("127.0.0.1:0".parse()?, state.clone()), ctl.clone()).await?;
+    let h = api::serve(
+        api::ApiConfig::new("127.0.0.1:0".parse()?, state.clone()),
+        ctl.clone(),
+    )
+    .await?;
     let base = format!("https://127.0.0.1:{}", h.local_addr.port());
     let list_url = format!("{base}/api/v1/vdisks?limit={}", a.page);
     let get_url = format!("{base}/api/v1/vdisks/bench-{:05}", a.vdisks / 2);
@@ -178,7 +196,14 @@ async fn bench(a: &ApiBenchArgs) -> Result<()> {
         ),
     )?;
     let mut nginx = Command::new("nginx")
-        .args(["-c", &conf.display().to_string(), "-p", &a.dir.display().to_string(), "-g", "daemon off;"])
+        .args([
+            "-c",
+            &conf.display().to_string(),
+            "-p",
+            &a.dir.display().to_string(),
+            "-g",
+            "daemon off;",
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -186,13 +211,27 @@ async fn bench(a: &ApiBenchArgs) -> Result<()> {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let result = (|| -> Result<()> {
         let ours_list = wrk(&list_url, Some(&token), a)?;
-        let anchor_list = wrk(&format!("https://127.0.0.1:{nginx_port}/list.json"), None, a)?;
+        let anchor_list = wrk(
+            &format!("https://127.0.0.1:{nginx_port}/list.json"),
+            None,
+            a,
+        )?;
         let ours_get = wrk(&get_url, Some(&token), a)?;
         let anchor_get = wrk(&format!("https://127.0.0.1:{nginx_port}/get.json"), None, a)?;
         print("vdisk_list_rps", ours_list.rps, anchor_list.rps, true);
-        print("vdisk_list_p99_ms", ours_list.p99_ms, anchor_list.p99_ms, false);
+        print(
+            "vdisk_list_p99_ms",
+            ours_list.p99_ms,
+            anchor_list.p99_ms,
+            false,
+        );
         print("vdisk_get_rps", ours_get.rps, anchor_get.rps, true);
-        print("vdisk_get_p99_ms", ours_get.p99_ms, anchor_get.p99_ms, false);
+        print(
+            "vdisk_get_p99_ms",
+            ours_get.p99_ms,
+            anchor_get.p99_ms,
+            false,
+        );
         Ok(())
     })();
     let _ = nginx.kill();
