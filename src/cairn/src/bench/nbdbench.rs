@@ -57,6 +57,8 @@ impl Drop for Qsd {
 }
 
 fn start_qsd(image: &Path, span: u64) -> Result<Qsd> {
+    // Its stderr goes to a log next to the image (the readiness probe makes it complain).
+    let log = std::fs::File::create(image.with_extension("log"))?;
     let _ = std::fs::remove_file(image);
     let st = Command::new("qemu-img")
         .args(["create", "-q", "-f", "qcow2"])
@@ -85,6 +87,7 @@ fn start_qsd(image: &Path, span: u64) -> Result<Qsd> {
         ])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
+        .stderr(log)
         .spawn()
         .context("start qemu-storage-daemon")?;
     wait_listening(port, &mut child)?;
@@ -182,6 +185,7 @@ pub async fn run(
     }
     drop(qsd);
     let _ = std::fs::remove_file(a.dir.join("qsd.qcow2"));
+    let _ = std::fs::remove_file(a.dir.join("qsd.log"));
     server.stop().await;
     drop(h);
     engine.shutdown().await?;
