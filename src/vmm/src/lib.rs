@@ -7,7 +7,12 @@
 //! use vmm::{BootConfig, DiskConfig, RamDisk, Vm, VmConfig};
 //! let boot = BootConfig { kernel: "guest.elf".into(), initrd: None, cmdline: "blk".into() };
 //! let mut cfg = VmConfig::new("vm1", boot);
-//! cfg.disks.push(DiskConfig { id: "disk0".into(), backend: Arc::new(RamDisk::new(64 << 20)), queues: 1, queue_size: 256 });
+//! cfg.disks.push(DiskConfig {
+//!     id: "disk0".into(),
+//!     backend: Arc::new(RamDisk::new(64 << 20)),
+//!     queues: 1,
+//!     queue_size: 256,
+//! });
 //! let mut vm = Vm::create(cfg)?;      // builds memory, devices, loads the kernel
 //! vm.start()?;                         // one thread per vCPU
 //! vm.pause()?; vm.resume()?;
@@ -20,11 +25,25 @@
 //! # What is inside
 //! - [`machine`]: KVM VM with in-kernel irqchip + PIT, guest memory ([`memory`]), vCPU threads
 //!   ([`cpu`]), port/MMIO buses ([`bus`]), legacy devices ([`devices`]: COM1, i8042 reset, debug
-//!   ports 0x80/0xe9/0x501/0x504 for test guests).
-//! - [`boot`]: PVH ELF and Linux boot protocol (bzImage / vmlinux, initrd, command line, e820).
-//! - [`pci`]: PCI root (0xCF8/0xCFC and ECAM), MSI-X, and virtio-pci (modern) devices in
-//!   [`virtio`]: blk on a [`DiskBackend`], rng, net on a tap.
-//! - [`vm`]: the lifecycle API; [`stats`]: counters; [`seccomp`]: thread allowlists.
+//!   ports 0x80 progress / 0xe9 bytes / 0x501 exit code / 0x504 shutdown request).
+//! - [`boot`]: PVH ELF and Linux boot protocol (bzImage / vmlinux, initrd, command line, e820),
+//!   plus [`acpi`] tables (MADT, MCFG, FADT, XSDT/RSDP).
+//! - [`pci`]: PCI root (0xCF8/0xCFC and ECAM), MSI-X through KVM GSI routes + irqfds, and
+//!   virtio-pci (modern) devices in [`virtio`]: blk (multi-queue, flush, discard, write-zeroes,
+//!   read-only, serial, event index; inline or with I/O lanes), net on a tap, rng, console.
+//!   Notifications arrive on ioeventfds; each queue has its own thread.
+//! - Disk backends behind [`DiskBackend`]: [`RamDisk`], [`FileDisk`], and [`EngineDisk`] (an
+//!   engine virtual disk called directly).
+//! - [`vm`]: the lifecycle API; [`stats`]: counters; [`seccomp`]: allowlists installed on every
+//!   vCPU and device thread before it touches guest data.
+//! - [`bench`]: `cairn bench vmm` (ours vs QEMU, JSON lines). The binary that calls
+//!   [`bench::run`] is re-executed once (env [`bench::CHILD_ENV`]) to measure memory.
+//!
+//! # Test guests
+//! `tests/guests` builds a freestanding C/asm PVH ELF with gcc; it enters long mode, drops to
+//! ring 3 with IOPL=3 and a full TSS I/O bitmap (PVM checks it), and drives the devices named on
+//! its command line, reporting `ok`/`fail` lines on port 0xe9. The same ELF boots under
+//! `qemu-system-x86_64 -accel kvm -cpu qemu64 -kernel guest.elf`.
 //!
 //! Guest-provided values (descriptors, lengths, addresses, config writes) are validated; a bad
 //! request fails that request, never the VM or the host.

@@ -24,7 +24,12 @@ fuzz_target!(|data: &[u8]| {
         (addr, len, c[12] & 1 == 1)
     });
     let backend: Arc<dyn DiskBackend> = Arc::new(RamDisk::new(1 << 20));
-    let mut h = BlkQueueHandler::new(backend, mem.clone(), "fuzz", Arc::new(DeviceCounters::default()));
+    let mut h = BlkQueueHandler::new(
+        backend,
+        mem.clone(),
+        "fuzz",
+        Arc::new(DeviceCounters::default()),
+    );
     if let Ok(chain) = Chain::walk(&mem, iter) {
         let out = h.execute(&chain);
         assert!(out.status <= 2);

@@ -301,3 +301,33 @@ fn oversized_request_is_refused() {
     let too_big = u32::try_from(MAX_REQUEST_BYTES).unwrap() + 512;
     assert_eq!(r.run(&rw(too_big, false)).0, S_IOERR);
 }
+
+#[test]
+fn indirect_descriptor_table() {
+    const INDIRECT: u16 = 4;
+    const TABLE: u64 = 0x40_0000;
+    let mut r = Rig::new(false);
+    r.backend.write(0, &[0x33; 512]).unwrap();
+    r.header(T_IN, 0);
+    for (i, (addr, len, flags, next)) in [
+        (HDR, 16u32, NEXT, 1u16),
+        (DATA, 512, NEXT | WRITE, 2),
+        (STATUS, 1, WRITE, 0),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let at = TABLE + 16 * i as u64;
+        r.mem.write_obj(addr, GuestAddress(at)).unwrap();
+        r.mem.write_obj(len, GuestAddress(at + 8)).unwrap();
+        r.mem.write_obj(flags, GuestAddress(at + 12)).unwrap();
+        r.mem.write_obj(next, GuestAddress(at + 14)).unwrap();
+    }
+    assert_eq!(r.run(&[(TABLE, 48, INDIRECT)]), (S_OK, 513));
+    let mut b = [0u8; 512];
+    r.mem.read_slice(&mut b, GuestAddress(DATA)).unwrap();
+    assert_eq!(b, [0x33; 512]);
+    // An indirect table that lies outside guest memory fails the request, not the device.
+    r.header(T_IN, 0);
+    assert_eq!(r.run(&[(0xdead_0000_0000, 48, INDIRECT)]).1, 0);
+}
