@@ -118,6 +118,7 @@ impl Proposer for RaftProposer {
 
 /// Runs ours and the anchor for each client count and returns the figures.
 pub async fn metadata_commits(opts: &BenchOpts) -> Result<Vec<BenchLine>, Error> {
+    let fsync_ms = fdatasync_latency_ms(&opts.dir)?;
     let ours = OurCluster::start(opts).await?;
     let anchor = MemCluster::start(&opts.dir.join("anchor")).await?;
     let mut lines = Vec::new();
@@ -137,10 +138,42 @@ pub async fn metadata_commits(opts: &BenchOpts) -> Result<Vec<BenchLine>, Error>
             },
             higher_is_better: true,
         });
+        if clients == 1 && o > 0.0 {
+            // The floor for a durable commit: one fdatasync (leader and follower sync in
+            // parallel) plus a round trip. Measured on the same disk in the same run.
+            let ms = 1000.0 / o;
+            lines.push(BenchLine {
+                bench: "cluster",
+                metric: "metadata_commit_latency_ms_1_client".into(),
+                ours: (ms * 1000.0).round() / 1000.0,
+                anchor: (fsync_ms * 1000.0).round() / 1000.0,
+                anchor_name: "one 200 B append + fdatasync on the same disk",
+                ratio: ((ms / fsync_ms) * 1000.0).round() / 1000.0,
+                higher_is_better: false,
+            });
+        }
     }
     ours.stop().await;
     anchor.stop().await;
     Ok(lines)
+}
+
+/// Mean latency of a small append + fdatasync in `dir` (what every durable commit pays).
+fn fdatasync_latency_ms(dir: &std::path::Path) -> Result<f64, Error> {
+    use std::io::Write;
+    std::fs::create_dir_all(dir).map_err(|e| Error::io("bench dir", e))?;
+    let path = dir.join("fsync-probe");
+    let mut f = std::fs::File::create(&path).map_err(|e| Error::io("fsync probe", e))?;
+    let n = 200;
+    let start = Instant::now();
+    for _ in 0..n {
+        f.write_all(&[7u8; 200])
+            .and_then(|_| f.sync_data())
+            .map_err(|e| Error::io("fsync probe", e))?;
+    }
+    let ms = start.elapsed().as_secs_f64() * 1000.0 / f64::from(n);
+    let _ = std::fs::remove_file(&path);
+    Ok(ms)
 }
 
 struct OurCluster {

@@ -12,6 +12,7 @@ mod handler;
 pub mod health;
 pub mod linearize;
 pub mod log_store;
+mod log_writer;
 pub mod membership;
 pub mod network;
 mod node;

@@ -3,7 +3,8 @@
 //!
 //! Record: `u32 payload len | u32 crc32c(kind + payload) | u8 kind | payload` (little endian).
 //! Durability: an append is acknowledged to openraft (`LogFlushed`) only after `fdatasync`
-//! returned; a vote is durable before `save_vote` returns. A torn tail (short or
+//! returned; a vote is durable before `save_vote` returns. All file writes go through one
+//! writer thread (`log_writer`) in order, with group commit. A torn tail (short or
 //! checksum-failing last records, from a crash mid-write) is cut at open. After any failed write
 //! or sync the store is poisoned and every later call fails (fail-stop, never retried).
 //! When purged records dominate the file it is rewritten (temp file, fsync, rename, fsync dir).
@@ -19,12 +20,16 @@ use std::fs::{File, OpenOptions};
 use std::io::Read;
 use std::ops::{Bound, RangeBounds};
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{LogState, OptionalSend, RaftLogId, RaftLogReader};
 
+use tokio::sync::{mpsc, oneshot};
+
+use crate::log_writer::{Done, Job, Shared, Writer, QUEUE_JOBS};
 use crate::types::{log_write_err, sto_err, Entry, LogId, StorageError, TypeConfig, Vote};
 
 const MAGIC: &[u8; 8] = b"CAIRNLG1";
@@ -124,19 +129,27 @@ impl LogMem {
     }
 }
 
-struct LogFile {
-    dir: PathBuf,
-    path: PathBuf,
-    file: File,
-    /// Where the next record goes.
-    end: u64,
-    poisoned: bool,
-    mem: LogMem,
+struct LogInner {
+    mem: Mutex<LogMem>,
+    tx: Option<mpsc::Sender<Job>>,
+    shared: Arc<Shared>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
-impl LogFile {
+impl Drop for LogInner {
+    fn drop(&mut self) {
+        // Let the writer finish what was queued, so a reopen in the same process never races
+        // with a late write from the old instance.
+        self.tx.take();
+        if let Some(h) = self.writer.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = h.join();
+        }
+    }
+}
+
+impl LogInner {
     fn check(&self) -> Result<(), StorageError> {
-        if self.poisoned {
+        if self.shared.poisoned.load(Ordering::SeqCst) {
             return Err(log_write_err(
                 "raft log poisoned by an earlier write failure",
             ));
@@ -144,69 +157,56 @@ impl LogFile {
         Ok(())
     }
 
-    /// Writes records at the end; syncs if asked. Any failure poisons the store.
-    fn write(&mut self, buf: &[u8], sync: bool) -> Result<(), StorageError> {
-        self.check()?;
-        let r = self.file.write_all_at(buf, self.end).and_then(|_| {
-            if sync {
-                self.file.sync_data()
-            } else {
-                Ok(())
-            }
-        });
-        if let Err(e) = r {
-            self.poisoned = true;
-            return Err(log_write_err(e));
-        }
-        self.end += buf.len() as u64;
-        Ok(())
+    fn mem(&self) -> MutexGuard<'_, LogMem> {
+        self.mem.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn live_bytes(&self) -> u64 {
-        self.mem.entry_bytes.values().sum::<u64>() + 1024
+    async fn submit(&self, job: Job) -> Result<(), StorageError> {
+        self.check()?;
+        let tx = self
+            .tx
+            .as_ref()
+            .ok_or_else(|| log_write_err("raft log closed"))?;
+        tx.send(job)
+            .await
+            .map_err(|_| log_write_err("raft log writer stopped"))
     }
 
-    /// Rewrites the file with only live content when dead records dominate.
-    fn maybe_compact(&mut self) -> Result<(), StorageError> {
-        if self.end < COMPACT_MIN_BYTES || self.end < 2 * self.live_bytes() {
-            return Ok(());
+    /// Queues a write and waits until it is done (and durable if `sync`).
+    async fn write_wait(&self, buf: Vec<u8>, sync: bool) -> Result<(), StorageError> {
+        let (tx, rx) = oneshot::channel();
+        self.submit(Job::Write {
+            buf,
+            sync,
+            done: Done::Notify(tx),
+        })
+        .await?;
+        rx.await
+            .map_err(|_| log_write_err("raft log writer stopped"))?
+            .map_err(log_write_err)
+    }
+
+    /// The live content as a fresh log file image, when dead records dominate the file.
+    fn compaction_image(&self, mem: &LogMem) -> Result<Option<Vec<u8>>, StorageError> {
+        let end = self.shared.end.load(Ordering::SeqCst);
+        let live = mem.entry_bytes.values().sum::<u64>() + 1024;
+        if end < COMPACT_MIN_BYTES || end < 2 * live {
+            return Ok(None);
         }
-        self.check()?;
-        let tmp = self.dir.join("log.tmp");
         let mut buf = MAGIC.to_vec();
-        if let Some(v) = &self.mem.vote {
+        if let Some(v) = &mem.vote {
             push_record(&mut buf, Kind::Vote, &encode(v)?)?;
         }
-        if let Some(c) = &self.mem.committed {
+        if let Some(c) = &mem.committed {
             push_record(&mut buf, Kind::Committed, &encode(c)?)?;
         }
-        if let Some(p) = &self.mem.last_purged {
+        if let Some(p) = &mem.last_purged {
             push_record(&mut buf, Kind::Purge, &encode(p)?)?;
         }
-        for e in self.mem.entries.values() {
+        for e in mem.entries.values() {
             push_record(&mut buf, Kind::Entry, &encode(e)?)?;
         }
-        let io = |e: std::io::Error| log_write_err(e);
-        let f = OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .write(true)
-            .read(true)
-            .open(&tmp)
-            .map_err(io)?;
-        f.write_all_at(&buf, 0).map_err(io)?;
-        f.sync_all().map_err(io)?;
-        std::fs::rename(&tmp, &self.path).map_err(io)?;
-        if let Err(e) = File::open(&self.dir).and_then(|d| d.sync_all()) {
-            // The rename may or may not survive a crash; both files are complete logs, but we
-            // can no longer say which one is on disk: fail-stop.
-            self.poisoned = true;
-            return Err(io(e));
-        }
-        self.file = f;
-        self.end = buf.len() as u64;
-        tracing::debug!(bytes = self.end, "raft log compacted");
-        Ok(())
+        Ok(Some(buf))
     }
 }
 
@@ -221,25 +221,12 @@ pub struct RecoveryReport {
 /// The durable raft log store.
 #[derive(Clone)]
 pub struct LogStore {
-    inner: Arc<Mutex<LogFile>>,
+    inner: Arc<LogInner>,
 }
 
 impl Debug for LogStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LogStore").finish_non_exhaustive()
-    }
-}
-
-fn lock(m: &Mutex<LogFile>) -> MutexGuard<'_, LogFile> {
-    // A panic while holding the lock leaves a half-updated view; poison the store instead of
-    // serving it.
-    match m.lock() {
-        Ok(g) => g,
-        Err(e) => {
-            let mut g = e.into_inner();
-            g.poisoned = true;
-            g
-        }
     }
 }
 
@@ -284,22 +271,33 @@ impl LogStore {
             }
             good as u64
         };
+        let shared = Arc::new(Shared::default());
+        shared.end.store(end, Ordering::SeqCst);
+        let (tx, rx) = mpsc::channel(QUEUE_JOBS);
+        let writer = Writer {
+            file,
+            dir: dir.to_path_buf(),
+            path,
+            shared: shared.clone(),
+        };
+        let handle = std::thread::Builder::new()
+            .name("raft-log-writer".into())
+            .spawn(move || writer.run(rx))
+            .map_err(|e| crate::Error::io("start raft log writer", e))?;
         let store = LogStore {
-            inner: Arc::new(Mutex::new(LogFile {
-                dir: dir.to_path_buf(),
-                path,
-                file,
-                end,
-                poisoned: false,
-                mem,
-            })),
+            inner: Arc::new(LogInner {
+                mem: Mutex::new(mem),
+                tx: Some(tx),
+                shared,
+                writer: Mutex::new(Some(handle)),
+            }),
         };
         Ok((store, report))
     }
 
     /// Size of the log file in bytes (for tests and status).
     pub fn file_bytes(&self) -> u64 {
-        lock(&self.inner).end
+        self.inner.shared.end.load(Ordering::SeqCst)
     }
 }
 
@@ -384,9 +382,8 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, StorageError> {
-        let g = lock(&self.inner);
-        g.check()?;
-        Ok(range_entries(&g.mem.entries, range))
+        self.inner.check()?;
+        Ok(range_entries(&self.inner.mem().entries, range))
     }
 }
 
@@ -394,11 +391,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogStore;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
-        let g = lock(&self.inner);
-        g.check()?;
+        self.inner.check()?;
+        let m = self.inner.mem();
         Ok(LogState {
-            last_purged_log_id: g.mem.last_purged,
-            last_log_id: g.mem.last_log_id(),
+            last_purged_log_id: m.last_purged,
+            last_log_id: m.last_log_id(),
         })
     }
 
@@ -409,39 +406,38 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
         let mut buf = Vec::new();
         push_record(&mut buf, Kind::Vote, &encode(vote)?)?;
-        let mut g = lock(&self.inner);
-        g.write(&buf, true).map_err(|_| {
-            sto_err(
-                openraft::ErrorSubject::Vote,
-                openraft::ErrorVerb::Write,
-                "vote write failed",
-            )
-        })?;
-        g.mem.vote = Some(*vote);
+        self.inner
+            .write_wait(buf, true)
+            .await
+            .map_err(|e| sto_err(openraft::ErrorSubject::Vote, openraft::ErrorVerb::Write, e))?;
+        self.inner.mem().vote = Some(*vote);
         Ok(())
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
-        let g = lock(&self.inner);
-        g.check()?;
-        Ok(g.mem.vote)
+        self.inner.check()?;
+        Ok(self.inner.mem().vote)
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
         let mut buf = Vec::new();
         push_record(&mut buf, Kind::Committed, &encode(&committed)?)?;
-        let mut g = lock(&self.inner);
         // Not synced: openraft allows the committed index to lag; it only shortens the replay
         // at the next start. It becomes durable with the next synced record.
-        g.write(&buf, false)?;
-        g.mem.committed = committed;
+        self.inner
+            .submit(Job::Write {
+                buf,
+                sync: false,
+                done: Done::Nothing,
+            })
+            .await?;
+        self.inner.mem().committed = committed;
         Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
-        let g = lock(&self.inner);
-        g.check()?;
-        Ok(g.mem.committed)
+        self.inner.check()?;
+        Ok(self.inner.mem().committed)
     }
 
     async fn append<I>(
@@ -459,38 +455,60 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let n = push_record(&mut buf, Kind::Entry, &encode(&e)?)?;
             staged.push((e, n as u64));
         }
-        let mut g = lock(&self.inner);
-        if let Err(e) = g.write(&buf, true) {
-            callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
-            return Err(e);
+        // Visible to readers at once (openraft may replicate entries before they are flushed
+        // locally); counted by openraft only when the writer calls `callback` after the sync.
+        {
+            let mut m = self.inner.mem();
+            for (e, n) in staged {
+                let idx = e.get_log_id().index;
+                m.entries.insert(idx, e);
+                m.entry_bytes.insert(idx, n);
+            }
         }
-        for (e, n) in staged {
-            let idx = e.get_log_id().index;
-            g.mem.entries.insert(idx, e);
-            g.mem.entry_bytes.insert(idx, n);
-        }
-        drop(g);
-        // Durable: only now may openraft count these entries.
-        callback.log_io_completed(Ok(()));
-        Ok(())
+        self.inner
+            .submit(Job::Write {
+                buf,
+                sync: true,
+                done: Done::Flushed(callback),
+            })
+            .await
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
         let mut buf = Vec::new();
         push_record(&mut buf, Kind::Truncate, &encode(&log_id.index)?)?;
-        let mut g = lock(&self.inner);
-        g.write(&buf, true)?;
-        g.mem.truncate(log_id.index);
-        Ok(())
+        self.inner.mem().truncate(log_id.index);
+        self.inner.write_wait(buf, true).await
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         let mut buf = Vec::new();
         push_record(&mut buf, Kind::Purge, &encode(&log_id)?)?;
-        let mut g = lock(&self.inner);
         // Not synced: a lost purge only brings back entries the snapshot already covers.
-        g.write(&buf, false)?;
-        g.mem.purge(log_id);
-        g.maybe_compact()
+        self.inner
+            .submit(Job::Write {
+                buf,
+                sync: false,
+                done: Done::Nothing,
+            })
+            .await?;
+        let image = {
+            let mut m = self.inner.mem();
+            m.purge(log_id);
+            self.inner.compaction_image(&m)?
+        };
+        if let Some(buf) = image {
+            let (tx, rx) = oneshot::channel();
+            self.inner
+                .submit(Job::Rewrite {
+                    buf,
+                    done: Done::Notify(tx),
+                })
+                .await?;
+            rx.await
+                .map_err(|_| log_write_err("raft log writer stopped"))?
+                .map_err(log_write_err)?;
+        }
+        Ok(())
     }
 }
