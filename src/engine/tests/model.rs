@@ -59,6 +59,10 @@ enum Op {
     },
     Restart,
     Crash,
+    AddDisk,
+    RemoveDisk {
+        which: usize,
+    },
 }
 
 fn range() -> impl Strategy<Value = (u64, u64)> {
@@ -87,6 +91,8 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (d, range()).prop_map(|(disk, (off, len))| Op::Read { disk, off, len }),
         1 => Just(Op::Restart),
         1 => Just(Op::Crash),
+        1 => Just(Op::AddDisk),
+        1 => (0usize..8).prop_map(|which| Op::RemoveDisk { which }),
     ]
 }
 
@@ -264,8 +270,35 @@ impl World {
             }
             Op::Restart => {
                 self.engine.shutdown().await?;
-                self.engine = engine_on(&fault_dyn(&self.devs)).await?;
+                self.engine = start(&self.devs).await?;
                 self.verify_all().await?;
+            }
+            Op::AddDisk => {
+                if self.devs.len() >= 5 {
+                    return Ok(());
+                }
+                let d = fault_disks(&ram_disks(1, 24 * MIB), self.devs.len() as u64).remove(0);
+                d.set_power_cut_policy(blockdev::PowerCutPolicy {
+                    keep: 1.0,
+                    tear: 0.0,
+                });
+                self.engine.add_disk(d.clone()).await?;
+                self.devs.push(d);
+            }
+            Op::RemoveDisk { which } => {
+                let active: Vec<String> = self
+                    .engine
+                    .disks()
+                    .into_iter()
+                    .filter(|d| d.state == engine::DiskState::Active)
+                    .map(|d| d.id)
+                    .collect();
+                if active.len() < 4 {
+                    return Ok(());
+                }
+                self.engine
+                    .remove_disk(&active[which % active.len()])
+                    .await?;
             }
             Op::Crash => {
                 // Unflushed writes may be lost in a crash; the model is exact for flushed ones.
@@ -281,12 +314,29 @@ impl World {
                     .iter()
                     .map(|d| std::sync::Arc::new(d.reopen()))
                     .collect();
-                self.engine = engine_on(&fault_dyn(&self.devs)).await?;
+                self.engine = start(&self.devs).await?;
                 self.verify_all().await?;
             }
         }
         Ok(())
     }
+}
+
+/// Start an engine on every device; a disk that was drained and removed is refused (it must
+/// be wiped to come back), which is expected here.
+async fn start(devs: &[std::sync::Arc<blockdev::FaultDevice>]) -> anyhow::Result<Engine> {
+    let e = Engine::open(cfg()).await?;
+    for d in devs {
+        if let Err(err) = e.add_disk(d.clone()).await {
+            let removed = err.to_string().contains("Removed");
+            anyhow::ensure!(
+                removed,
+                "adding {}: {err}",
+                blockdev::BlockDevice::info(&**d).name
+            );
+        }
+    }
+    Ok(e)
 }
 
 async fn run(ops: Vec<Op>) -> anyhow::Result<()> {
