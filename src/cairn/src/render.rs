@@ -27,9 +27,25 @@ fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
     out
 }
 
+/// `2026-11-25 17:44 UTC` from seconds since the epoch (no time-zone library: UTC only).
 fn when(unix: u64) -> String {
-    // Seconds since the epoch keep the CLI free of a time-zone library; --json has the same.
-    format!("@{unix}")
+    let days = (unix / 86_400) as i64;
+    let secs = unix % 86_400;
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02} UTC",
+        secs / 3600,
+        secs % 3600 / 60
+    )
 }
 
 pub fn reply(r: &Reply) -> String {
@@ -169,5 +185,15 @@ pub fn reply(r: &Reply) -> String {
             s.engine
         ),
         other => format!("{other:?}\n"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn dates_render_in_utc() {
+        assert_eq!(super::when(0), "1970-01-01 00:00 UTC");
+        assert_eq!(super::when(951_782_400), "2000-02-29 00:00 UTC");
+        assert_eq!(super::when(1_795_628_654), "2026-11-25 17:44 UTC");
     }
 }
