@@ -9,7 +9,8 @@ use crate::net::{parse_static, parse_vlan, NetConfig, NetMode};
 /// Most attempts at one question before the wizard starts over (a stuck script must not loop
 /// forever on one field).
 pub const MAX_TRIES: usize = 20;
-pub const MIN_PASSWORD_CHARS: usize = 8;
+/// The HTTPS API's own minimum (the admin account is created with it).
+pub const MIN_PASSWORD_CHARS: usize = api::users::MIN_PASSWORD_LEN;
 pub const MAX_PASSWORD_CHARS: usize = 128;
 
 /// Line-based console I/O.
@@ -76,7 +77,9 @@ pub fn validate_password(p: &str) -> Result<(), String> {
     if p.chars().any(char::is_control) {
         return Err("password must not contain control characters".into());
     }
-    Ok(())
+    // The API's rules decide in the end; checking them here keeps a bad password from failing
+    // after the confirmation.
+    api::users::validate_password(p)
 }
 
 pub fn validate_join_address(s: &str) -> Result<String, String> {
@@ -342,18 +345,18 @@ mod tests {
                 "maybe",
                 "create",
                 "short",
-                "password1",
-                "password2",
-                "password1",
-                "password1",
+                "password1-long",
+                "password2-long",
+                "password1-long",
+                "password1-long",
                 "no",
                 "",
                 "",
                 "dhcp",
                 "node1",
                 "create",
-                "password1",
-                "password1",
+                "password1-long",
+                "password1-long",
                 "yes",
             ]
             .into(),
@@ -365,7 +368,7 @@ mod tests {
         assert_eq!(
             setup.cluster,
             ClusterChoice::Create {
-                admin_password: "password1".into()
+                admin_password: "password1-long".into()
             }
         );
         let out = s.out.join("\n");
