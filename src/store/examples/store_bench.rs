@@ -3,6 +3,7 @@
 //! test; the system benchmark with fio as the anchor is `cairn bench engine`.
 //!
 //! usage: store_bench DIR [SECONDS] [SIZE_MIB]   (creates DIR/raw.img and DIR/store.img)
+//! ONLY_RAM=1 skips the file figures and prints only the CPU cost per operation on RAM devices.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,7 +25,6 @@ async fn raw(dev: Arc<dyn BlockDevice>, span: u64, depth: u64, write: bool, secs
     let mut tasks = Vec::new();
     for w in 0..depth {
         let dev = dev.clone();
-        let fresh = std::env::var("FRESH").is_ok();
         tasks.push(tokio::spawn(async move {
             let mut x = 0x1234_5678_9abc_def1u64 ^ (w << 32);
             let mut buf = AlignedBuf::zeroed(BLOCK_SIZE);
@@ -35,17 +35,7 @@ async fn raw(dev: Arc<dyn BlockDevice>, span: u64, depth: u64, write: bool, secs
                 if write {
                     dev.write_at(off, data.clone()).await.expect("write");
                 } else {
-                    buf = dev
-                        .read_at(
-                            off,
-                            if fresh {
-                                AlignedBuf::zeroed(BLOCK_SIZE)
-                            } else {
-                                buf
-                            },
-                        )
-                        .await
-                        .expect("read");
+                    buf = dev.read_at(off, buf).await.expect("read");
                 }
                 n += 1;
             }
