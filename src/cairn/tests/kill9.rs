@@ -55,6 +55,10 @@ fn kill9_loop_keeps_every_flushed_write() {
     let mut maybe: Vec<BTreeSet<u8>> = vec![BTreeSet::new(); SLOTS];
     let mut snapshots: Vec<String> = Vec::new();
     let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("image.raw");
+    let image_bytes = common::pattern(seed, 8 << 20);
+    std::fs::write(&image, &image_bytes).unwrap();
+    let mut imports_survived = 0;
     let mut next_pattern: u8 = 1;
     // Blocks found holding an in-flight (unflushed) write after a kill: shows kills land mid-I/O.
     let mut landed_in_flight = 0u64;
@@ -153,6 +157,17 @@ fn kill9_loop_keeps_every_flushed_write() {
                 cmds.push("flush".into());
             }
         }
+        // A control-plane mutation in flight as well: an import cut short must leave no disk.
+        let imp = format!("imp{cycle}");
+        let mut importer = Command::new(common::BIN)
+            .arg("--data")
+            .arg(n.data())
+            .args(["vdisk", "import", &imp])
+            .arg(&image)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
         let mut writer = qemu_io(&uri, &cmds)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -161,9 +176,23 @@ fn kill9_loop_keeps_every_flushed_write() {
         std::thread::sleep(Duration::from_millis(rng.gen_range(0..250)));
         n.kill9();
         let _ = writer.wait();
+        let _ = importer.wait();
         n.restart();
+        // The import either finished (whole image) or left nothing behind.
+        if n.vdisk_names().contains(&imp) {
+            let out = dir.path().join("imp.raw");
+            n.ok(&["vdisk", "export", &imp, &out.display().to_string()]);
+            assert!(
+                std::fs::read(&out).unwrap() == image_bytes,
+                "cycle {cycle}: interrupted import {imp} kept partial data (seed {seed})"
+            );
+            std::fs::remove_file(&out).unwrap();
+            n.ok(&["vdisk", "delete", &imp]);
+            imports_survived += 1;
+        }
     }
     println!("{landed_in_flight} blocks held unflushed in-flight writes after kills");
+    println!("{imports_survived} of {CYCLES} imports completed before their kill");
     // One clean shutdown at the end must also keep everything.
     n.stop();
     n.restart();
