@@ -192,7 +192,10 @@ fn kill9_loop_keeps_every_flushed_write() {
         }
     }
     println!("{landed_in_flight} blocks held unflushed in-flight writes after kills");
-    println!("{imports_survived} of {CYCLES} imports completed before their kill");
+    println!(
+        "{imports_survived} of {CYCLES} imports completed before their kill; {} cut-short imports deleted at restart",
+        n.log().matches("import was interrupted").count()
+    );
     // One clean shutdown at the end must also keep everything.
     n.stop();
     n.restart();
