@@ -32,6 +32,9 @@ pub struct RaftTimings {
     pub election_max_ms: u64,
     /// Build a snapshot (and purge the log) after this many applied entries.
     pub snapshot_every_entries: u64,
+    /// Log entries kept behind a snapshot (lagging followers within this catch up from the
+    /// log; further behind, they get the snapshot).
+    pub keep_log_entries: u64,
 }
 
 impl Default for RaftTimings {
@@ -41,6 +44,7 @@ impl Default for RaftTimings {
             election_min_ms: 400,
             election_max_ms: 800,
             snapshot_every_entries: 1000,
+            keep_log_entries: 100,
         }
     }
 }
@@ -206,7 +210,7 @@ impl ClusterNode {
             election_timeout_min: t.election_min_ms,
             election_timeout_max: t.election_max_ms,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(t.snapshot_every_entries),
-            max_in_snapshot_log_to_keep: 100,
+            max_in_snapshot_log_to_keep: t.keep_log_entries,
             ..Default::default()
         }
         .validate()

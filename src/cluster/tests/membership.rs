@@ -238,3 +238,78 @@ async fn join_tokens_are_single_use_and_bound_to_the_cluster() {
         n.shutdown().await;
     }
 }
+
+/// A member that was down while the others snapshotted and purged their logs catches up by
+/// snapshot install over the transport, then by log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lagging_member_catches_up_by_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let small = |ip: &str, name: &str| {
+        let mut c = config(dir.path(), ip, name);
+        c.timings.snapshot_every_entries = 20;
+        c.timings.keep_log_entries = 5;
+        c
+    };
+    let n1 = ClusterNode::create(small("127.0.0.24", "n1"))
+        .await
+        .unwrap();
+    let t = n1
+        .issue_join_token(Role::Data, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let n2 = ClusterNode::join(small("127.0.0.25", "n2"), &t, n1.cfg_join_addr())
+        .await
+        .unwrap();
+    let t = n1
+        .issue_join_token(Role::Witness, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let n3 = ClusterNode::join(small("127.0.0.26", "n3"), &t, n1.cfg_join_addr())
+        .await
+        .unwrap();
+    wait_leader(&[&n1, &n2, &n3], Duration::from_secs(10)).await;
+    let leader = [&n1, &n2, &n3]
+        .into_iter()
+        .find(|n| n.leader() == Some(n.id()))
+        .unwrap()
+        .clone();
+    let lagger = [&n1, &n2, &n3]
+        .into_iter()
+        .find(|n| n.id() != leader.id())
+        .unwrap()
+        .clone();
+    let lag_cfg = lagger.cfg().clone();
+    lagger.shutdown().await;
+    drop(lagger);
+    for i in 0..80 {
+        assert_eq!(
+            leader.propose(vdisk(&format!("s{i}"))).await.unwrap(),
+            CommandResult::Ok
+        );
+    }
+    wait_for("leader snapshot and purge", Duration::from_secs(10), || {
+        let m = leader.raft().metrics().borrow().clone();
+        m.snapshot.is_some_and(|s| s.index >= 60) && m.purged.is_some_and(|p| p.index >= 50)
+    })
+    .await;
+    let back = ClusterNode::open(lag_cfg).await.unwrap();
+    wait_for("snapshot installed", Duration::from_secs(20), || {
+        back.read(|s| (0..80).all(|i| s.vdisks.contains_key(&format!("s{i}"))))
+    })
+    .await;
+    let snap = back.raft().metrics().borrow().snapshot;
+    assert!(
+        snap.is_some_and(|s| s.index >= 60),
+        "caught up without a snapshot: {snap:?}"
+    );
+    assert_eq!(
+        back.propose(vdisk("after")).await.unwrap(),
+        CommandResult::Ok
+    );
+    for n in [&n1, &n2, &n3] {
+        if n.id() != back.id() {
+            n.shutdown().await;
+        }
+    }
+    back.shutdown().await;
+}
