@@ -247,7 +247,24 @@ async fn bench(a: &ApiBenchArgs) -> Result<()> {
         );
         Ok(())
     })();
-    let _ = nginx.kill();
+    // SIGKILL on the master would orphan its workers: ask it to stop them first.
+    let stopped = Command::new("nginx")
+        .args([
+            "-c",
+            &conf.display().to_string(),
+            "-p",
+            &a.dir.display().to_string(),
+            "-s",
+            "stop",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !stopped {
+        let _ = nginx.kill();
+    }
     let _ = nginx.wait();
     h.shutdown().await;
     n.shutdown().await?;
