@@ -313,3 +313,64 @@ async fn lagging_member_catches_up_by_snapshot() {
     }
     back.shutdown().await;
 }
+
+/// Replacing a dead node: remove it while the other two keep a quorum, then join a new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replace_a_dead_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let n1 = ClusterNode::create(config(dir.path(), "127.0.0.27", "n1"))
+        .await
+        .unwrap();
+    let t = n1
+        .issue_join_token(Role::Data, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let n2 = ClusterNode::join(
+        config(dir.path(), "127.0.0.28", "n2"),
+        &t,
+        n1.cfg_join_addr(),
+    )
+    .await
+    .unwrap();
+    let t = n1
+        .issue_join_token(Role::Witness, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let n3 = ClusterNode::join(
+        config(dir.path(), "127.0.0.29", "n3"),
+        &t,
+        n1.cfg_join_addr(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(n1.propose(vdisk("keep")).await.unwrap(), CommandResult::Ok);
+    // n2 dies for good.
+    n2.shutdown().await;
+    n1.remove_member(2).await.expect("remove dead node");
+    wait_for("dead node out", Duration::from_secs(10), || {
+        voters(&n1) == BTreeSet::from([1, 3]) && n3.read(|s| !s.members.contains_key(&2))
+    })
+    .await;
+    // A fresh node takes its place (new id: ids are never reused).
+    let t = n3
+        .issue_join_token(Role::Data, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let n4 = ClusterNode::join(
+        config(dir.path(), "127.0.0.30", "n4"),
+        &t,
+        n3.cfg_join_addr(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(n4.id(), 4);
+    assert_eq!(voters(&n1), BTreeSet::from([1, 3, 4]));
+    wait_for("new node has the state", Duration::from_secs(10), || {
+        n4.read(|s| s.vdisks.contains_key("keep"))
+    })
+    .await;
+    assert_eq!(n4.propose(vdisk("new")).await.unwrap(), CommandResult::Ok);
+    for n in [n1, n3, n4] {
+        n.shutdown().await;
+    }
+}
