@@ -156,7 +156,12 @@ pub fn pid1_main() -> ! {
     let spawned = std::thread::Builder::new()
         .name("node-service".into())
         .spawn(move || {
-            let what = match service::run(svc_rec, usable, password, fail) {
+            let r = service::run(svc_rec, usable, password, fail);
+            if service::stop_requested() {
+                // A power request stopped it; that request finishes the shutdown.
+                park()
+            }
+            let what = match r {
                 Ok(()) => "the node service stopped".to_string(),
                 Err(e) => format!("the node service failed: {e}"),
             };

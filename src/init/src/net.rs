@@ -262,7 +262,11 @@ fn dhcp_thread(
                     let _ = tx.send(r);
                 }
             }
-            Ok(None) => logln!("network: DHCP lease lost on {link}; still trying"),
+            // smoltcp reports "deconfigured" once at start too; only a real loss is news.
+            Ok(None) if first.is_none() => {
+                logln!("network: DHCP lease lost on {link}; still trying")
+            }
+            Ok(None) => {}
             Err(_) => {}
         }
     }

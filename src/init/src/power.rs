@@ -2,6 +2,8 @@
 //! shutdown sequence (stop the node service, sync, unmount, reboot(2)). Must never return and
 //! never let PID 1 exit (that would panic the kernel).
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use crate::{logln, sys};
 
 /// How the machine should end.
@@ -15,9 +17,22 @@ pub enum PowerAction {
 /// Mount points PID 1 made, unmounted in reverse on the way down.
 const UNMOUNT_ORDER: [&str; 5] = ["/sys/fs/cgroup", "/run", "/dev/hugepages", "/sys", "/proc"];
 
+/// Set by the first caller of [`finish`]: a second, racing request (a signal during a menu
+/// power-off) must not change what the machine does.
+static GOING_DOWN: AtomicBool = AtomicBool::new(false);
+
+fn park() -> ! {
+    loop {
+        std::thread::sleep(std::time::Duration::from_secs(3600));
+    }
+}
+
 /// Sync, unmount, and reboot/power off/halt. Never returns: if reboot(2) fails PID 1 parks
 /// forever rather than exit.
 pub fn finish(action: PowerAction) -> ! {
+    if GOING_DOWN.swap(true, Ordering::SeqCst) {
+        park();
+    }
     logln!("system going down: {action:?}");
     sys::sync();
     for m in UNMOUNT_ORDER {
@@ -32,9 +47,7 @@ pub fn finish(action: PowerAction) -> ! {
     };
     let err = sys::reboot(cmd);
     logln!("reboot(2) failed: {err}; halting here");
-    loop {
-        std::thread::sleep(std::time::Duration::from_secs(3600));
-    }
+    park()
 }
 
 /// The fatal-error path: log, then reboot or halt as the kernel command line says.

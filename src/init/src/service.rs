@@ -41,6 +41,14 @@ struct Running {
     stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
+/// Set when the node is stopped on purpose (power request): its end is then not a failure.
+static STOP_REQUESTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether the node service was asked to stop (by a power request).
+pub fn stop_requested() -> bool {
+    STOP_REQUESTED.load(std::sync::atomic::Ordering::SeqCst)
+}
+
 static RUNNING: Mutex<Option<Running>> = Mutex::new(None);
 static STOPPED: (Mutex<bool>, Condvar) = (Mutex::new(false), Condvar::new());
 
@@ -245,6 +253,7 @@ pub fn run(
 
 /// Asks the node service to stop (flush and checkpoint the engine) and waits up to `timeout`.
 pub fn stop_node(timeout: Duration) {
+    STOP_REQUESTED.store(true, std::sync::atomic::Ordering::SeqCst);
     let stop = RUNNING
         .lock()
         .unwrap_or_else(|p| p.into_inner())
