@@ -15,6 +15,7 @@ mod parse;
 mod policy;
 mod reply;
 mod request;
+mod vm;
 
 pub use error::{ControlError, ErrorCode, EXIT_OK, EXIT_UNREACHABLE};
 pub use parse::{format_size, parse_size, validate_name, MAX_NAME_LEN, MAX_VDISK_SIZE_BYTES};
@@ -24,6 +25,11 @@ pub use reply::{
     TransferView, VdiskView,
 };
 pub use request::Request;
+pub use vm::{
+    ConsoleView, VmDeviceStatsView, VmStatsView, VmView, DEFAULT_CONSOLE_BYTES,
+    DEFAULT_STOP_TIMEOUT_MS, MAX_CONSOLE_BYTES, MAX_VCPUS, MAX_VM_DISKS, MAX_VM_MEMORY_MIB,
+    MIN_VM_MEMORY_MIB,
+};
 
 use std::future::Future;
 use std::pin::Pin;

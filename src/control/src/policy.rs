@@ -59,8 +59,10 @@ impl Actor {
 
 /// Whether `role` may execute `req`. The one policy table; front ends never decide this.
 ///
-/// - read-only: queries, except those that read host paths (probe);
-/// - operator: also every virtual disk, snapshot, clone and NBD action, and starting a scrub;
+/// - read-only: queries (including VM list, get and console), except those that read host
+///   paths (probe);
+/// - operator: also every virtual disk, snapshot, clone, NBD and VM action, and starting a scrub
+///   (a VM's kernel file is read-only input, so VM work does not count as touching the host);
 /// - admin: also physical disks (add, remove, probe) and anything naming a host file
 ///   (import, export), since a host path reaches outside the pool.
 pub fn allowed(role: Role, req: &Request) -> bool {

@@ -126,6 +126,9 @@ pub enum Reply {
     NbdExports(Vec<NbdExportView>),
     NbdExport(NbdExportView),
     Stats(Box<StatsView>),
+    Vms(Vec<crate::VmView>),
+    Vm(Box<crate::VmView>),
+    Console(crate::ConsoleView),
 }
 
 #[cfg(test)]

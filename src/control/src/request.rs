@@ -110,6 +110,52 @@ pub enum Request {
 
     // ---- observability
     Stats,
+
+    // ---- virtual machines (checks in `vm.rs`)
+    /// Define a VM (nothing runs until `vm_start`). `kernel` is a PVH ELF or bzImage on the host.
+    VmCreate {
+        name: String,
+        vcpus: u8,
+        memory_mib: u64,
+        /// Virtual disk names, attached in this order as virtio-blk devices.
+        #[serde(default)]
+        disks: Vec<String>,
+        kernel: String,
+        #[serde(default)]
+        cmdline: Option<String>,
+    },
+    VmList,
+    VmGet {
+        name: String,
+    },
+    VmStart {
+        name: String,
+    },
+    /// Ask the guest to shut down, wait `timeout_ms` (default 10 s), then stop it by force;
+    /// `force` stops at once.
+    VmStop {
+        name: String,
+        #[serde(default)]
+        force: bool,
+        #[serde(default)]
+        timeout_ms: Option<u64>,
+    },
+    VmPause {
+        name: String,
+    },
+    VmResume {
+        name: String,
+    },
+    /// Delete a stopped VM's definition (its virtual disks are kept).
+    VmDelete {
+        name: String,
+    },
+    /// The last `max_bytes` (default 64 KiB) of the VM's serial console output.
+    VmConsole {
+        name: String,
+        #[serde(default)]
+        max_bytes: Option<u64>,
+    },
 }
 
 impl Request {
@@ -127,6 +173,9 @@ impl Request {
                 | Request::SnapshotDiff { .. }
                 | Request::NbdList
                 | Request::Stats
+                | Request::VmList
+                | Request::VmGet { .. }
+                | Request::VmConsole { .. }
         )
     }
 
@@ -156,6 +205,15 @@ impl Request {
             Request::NbdStop { .. } => "nbd_stop",
             Request::NbdList => "nbd_list",
             Request::Stats => "stats",
+            Request::VmCreate { .. } => "vm_create",
+            Request::VmList => "vm_list",
+            Request::VmGet { .. } => "vm_get",
+            Request::VmStart { .. } => "vm_start",
+            Request::VmStop { .. } => "vm_stop",
+            Request::VmPause { .. } => "vm_pause",
+            Request::VmResume { .. } => "vm_resume",
+            Request::VmDelete { .. } => "vm_delete",
+            Request::VmConsole { .. } => "vm_console",
         }
     }
 
@@ -246,6 +304,31 @@ impl Request {
                 }
                 Ok(())
             }
+            Request::VmList => Ok(()),
+            Request::VmCreate {
+                name,
+                vcpus,
+                memory_mib,
+                disks,
+                kernel,
+                cmdline,
+            } => crate::vm::validate_create(
+                name,
+                *vcpus,
+                *memory_mib,
+                disks,
+                kernel,
+                cmdline.as_deref(),
+            ),
+            Request::VmGet { name }
+            | Request::VmStart { name }
+            | Request::VmPause { name }
+            | Request::VmResume { name }
+            | Request::VmDelete { name } => validate_name("VM", name),
+            Request::VmStop {
+                name, timeout_ms, ..
+            } => crate::vm::validate_stop(name, *timeout_ms),
+            Request::VmConsole { name, max_bytes } => crate::vm::validate_console(name, *max_bytes),
         }
     }
 }
