@@ -31,6 +31,9 @@ impl Handler for PeerHandler {
             .node
             .upgrade()
             .ok_or_else(|| RemoteError("node stopped".into()))?;
+        if node.is_isolated() {
+            return Err(RemoteError("isolated (fault injection)".into()));
+        }
         Ok(match req {
             PeerRequest::AppendEntries(r) => {
                 PeerResponse::AppendEntries(node.raft.append_entries(r).await)

@@ -102,6 +102,9 @@ pub(crate) fn spawn_detector(node: Weak<ClusterNode>) {
             let pings = targets.into_iter().map(|(id, addr)| {
                 let n = n.clone();
                 async move {
+                    if n.is_isolated() {
+                        return;
+                    }
                     let Ok(c) = n.clients.get(id, &addr) else {
                         return;
                     };

@@ -100,6 +100,8 @@ pub struct PeerClients {
     tls: Arc<rustls::ClientConfig>,
     cfg: ClientConfig,
     cache: Arc<Mutex<HashMap<(NodeId, String), PeerClient>>>,
+    /// Fault injection: when set, this node neither sends nor accepts member traffic.
+    isolated: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl std::fmt::Debug for PeerClients {
@@ -118,7 +120,16 @@ impl PeerClients {
             tls,
             cfg,
             cache: Arc::new(Mutex::new(HashMap::new())),
+            isolated: Arc::default(),
         })
+    }
+
+    pub fn is_isolated(&self) -> bool {
+        self.isolated.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    pub(crate) fn set_isolated(&self, on: bool) {
+        self.isolated.store(on, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// The client for node `id` at `addr` (the peer must present node `id`'s certificate).
@@ -152,6 +163,7 @@ pub struct Network {
 pub struct PeerConn {
     target: NodeId,
     client: Result<PeerClient, String>,
+    clients: PeerClients,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -164,6 +176,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
                 .clients
                 .get(target, &node.addr)
                 .map_err(|e| e.to_string()),
+            clients: self.clients.clone(),
         }
     }
 }
@@ -178,6 +191,10 @@ impl PeerConn {
         req: PeerRequest,
         ttl: Duration,
     ) -> Result<PeerResponse, RPCError<NodeId, CairnNode, E>> {
+        if self.clients.is_isolated() {
+            let e = Error::Config("isolated (fault injection)".into());
+            return Err(RPCError::Unreachable(unreachable(&e)));
+        }
         let client = self
             .client
             .as_ref()

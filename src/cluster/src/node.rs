@@ -383,12 +383,29 @@ impl ClusterNode {
         }
     }
 
+    /// Fault injection for tests: while set, this node sends no member traffic and refuses
+    /// all it receives (a network partition around it; the join endpoint is not affected).
+    pub fn set_isolated(&self, on: bool) {
+        self.clients.set_isolated(on);
+    }
+
+    pub fn is_isolated(&self) -> bool {
+        self.clients.is_isolated()
+    }
+
     pub(crate) async fn forward(
         &self,
         id: NodeId,
         addr: &str,
         req: PeerRequest,
     ) -> Result<PeerResponse, Error> {
+        if self.is_isolated() {
+            // Never sent: callers may treat it like an unreachable peer.
+            return Err(Error::Transport(transport::Error::Connect {
+                addr: addr.to_string(),
+                reason: "isolated (fault injection)".into(),
+            }));
+        }
         let c = self.clients.get(id, addr)?;
         Ok(c.call_timeout(&req, Duration::from_secs(30)).await?)
     }

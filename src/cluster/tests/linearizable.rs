@@ -1,7 +1,8 @@
 //! Metadata operations (create / delete / linearizable read of virtual disks) from concurrent
-//! clients against a three-member cluster while the leader is repeatedly stopped and
-//! restarted from disk; the recorded history must be linearizable and all members must end
-//! with the same state.
+//! clients against a three-member cluster while the leader is repeatedly stopped and restarted
+//! from disk, or cut off from the others (a partition, by the network layer's fault switch) and
+//! healed; the recorded history must be linearizable and all members must end with the same
+//! state.
 mod common;
 
 use std::sync::{Arc, Mutex};
@@ -16,8 +17,8 @@ type Slots = Arc<Mutex<Vec<Option<Arc<ClusterNode>>>>>;
 
 const KEYS: usize = 3;
 const CLIENTS: usize = 3;
-const RUN: Duration = Duration::from_secs(12);
-const FAULT_CYCLES: usize = 3;
+const RUN: Duration = Duration::from_secs(15);
+const FAULT_CYCLES: usize = 4;
 
 fn pick(slots: &Slots, rng: &mut impl Rng) -> Option<Arc<ClusterNode>> {
     let s = slots.lock().unwrap();
@@ -52,7 +53,7 @@ async fn reopen(cfg: NodeConfig) -> Arc<ClusterNode> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn metadata_history_is_linearizable_under_leader_failures() {
+async fn metadata_history_is_linearizable_under_leader_crashes_and_partitions() {
     let dir = tempfile::tempdir().unwrap();
     let n1 = ClusterNode::create(config(dir.path(), "127.0.0.41", "n1"))
         .await
@@ -145,9 +146,10 @@ async fn metadata_history_is_linearizable_under_leader_failures() {
         }));
     }
 
-    // Faults: stop the leader, let the others carry on, restart it from disk.
-    let mut leaders_killed = Vec::new();
-    for _ in 0..FAULT_CYCLES {
+    // Faults, alternating: stop the leader and restart it from disk; cut the leader off from
+    // the others (both directions) and heal.
+    let mut leaders_hit = Vec::new();
+    for cycle in 0..FAULT_CYCLES {
         tokio::time::sleep(Duration::from_millis(1000)).await;
         let victim = {
             let s = slots.lock().unwrap();
@@ -157,12 +159,16 @@ async fn metadata_history_is_linearizable_under_leader_failures() {
         };
         let Some(victim) = victim else { continue };
         let idx = (victim.id() - 1) as usize;
-        slots.lock().unwrap()[idx] = None;
-        victim.shutdown().await;
-        leaders_killed.push(victim.id());
-        drop(victim);
+        leaders_hit.push(victim.id());
+        let partition = cycle % 2 == 1;
+        if partition {
+            victim.set_isolated(true);
+        } else {
+            slots.lock().unwrap()[idx] = None;
+            victim.shutdown().await;
+        }
         // Followers wait out the leader lease plus an election timeout (1.2-1.6 s with the
-        // default timings) before electing: stay down longer than that.
+        // default timings) before electing: keep the fault longer than that.
         tokio::time::sleep(Duration::from_millis(2500)).await;
         {
             let s = slots.lock().unwrap();
@@ -171,10 +177,18 @@ async fn metadata_history_is_linearizable_under_leader_failures() {
                 .flatten()
                 .map(|n| (n.id(), n.leader(), n.raft().metrics().borrow().current_term))
                 .collect();
-            eprintln!("after stopping {}: (id, leader, term) = {view:?}", idx + 1);
+            eprintln!(
+                "fault on {} (partition: {partition}): (id, leader, term) = {view:?}",
+                idx + 1
+            );
         }
-        let back = reopen(cfgs[idx].clone()).await;
-        slots.lock().unwrap()[idx] = Some(back);
+        if partition {
+            victim.set_isolated(false);
+        } else {
+            drop(victim);
+            let back = reopen(cfgs[idx].clone()).await;
+            slots.lock().unwrap()[idx] = Some(back);
+        }
     }
     let mut done = 0;
     let mut unknown = 0;
@@ -184,16 +198,19 @@ async fn metadata_history_is_linearizable_under_leader_failures() {
         unknown += u;
     }
     assert!(
-        leaders_killed.len() >= 2,
-        "faults did not happen: {leaders_killed:?}"
+        leaders_hit.len() >= 2,
+        "faults did not happen: {leaders_hit:?}"
     );
-    let distinct: std::collections::BTreeSet<u64> = leaders_killed.iter().copied().collect();
+    let distinct: std::collections::BTreeSet<u64> = leaders_hit.iter().copied().collect();
     assert!(
         distinct.len() >= 2,
-        "leadership never moved: {leaders_killed:?}"
+        "leadership never moved: {leaders_hit:?}"
     );
     let h = history.lock().unwrap().clone();
-    eprintln!("history: {} ops ({done} completed, {unknown} unknown), leaders stopped: {leaders_killed:?}", h.len());
+    eprintln!(
+        "history: {} ops ({done} completed, {unknown} unknown), leaders hit: {leaders_hit:?}",
+        h.len()
+    );
     assert!(
         done >= 50,
         "too few completed operations ({done}) to mean anything"
