@@ -1,16 +1,65 @@
 //! Buffers aligned for O_DIRECT, owned by the I/O while it is in flight.
+//!
+//! Freed buffers of the common I/O sizes (powers of two from 4 KiB to 4 MiB) are kept in a small
+//! bounded pool and handed out again: a stream of 1 MiB requests otherwise pays for fresh pages
+//! (page faults and kernel page clearing) and a full memset on every request. Pooled memory is
+//! always initialised (every buffer starts zeroed and is only ever written through safe slices),
+//! so handing it out again never exposes uninitialised memory.
 
 use std::alloc::{self, Layout};
 use std::ops::{Deref, DerefMut, Range};
 use std::ptr::NonNull;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use crate::BLOCK_SIZE;
 
-/// A zero-initialised heap buffer whose address and length are multiples of `BLOCK_SIZE`.
+/// Size classes kept: `BLOCK_SIZE << 0 ..= BLOCK_SIZE << 10` (4 KiB to 4 MiB).
+const POOL_CLASSES: usize = 11;
+/// Bound on the memory one class may hold while idle.
+const POOL_BYTES_PER_CLASS: usize = 16 << 20;
+/// Bound on the number of idle buffers in one class (the 4 KiB class).
+const POOL_MAX_PER_CLASS: usize = 512;
+
+/// An idle allocation of its class's size, with the `Layout` `AlignedBuf::layout` gives it.
+struct Idle(NonNull<u8>);
+// SAFETY: an idle allocation is owned by the pool alone; nothing else points into it.
+unsafe impl Send for Idle {}
+
+static POOL: [Mutex<Vec<Idle>>; POOL_CLASSES] = [const { Mutex::new(Vec::new()) }; POOL_CLASSES];
+
+fn class_of(len: usize) -> Option<usize> {
+    let blocks = len / BLOCK_SIZE;
+    (len.is_multiple_of(BLOCK_SIZE) && blocks.is_power_of_two())
+        .then(|| blocks.trailing_zeros() as usize)
+        .filter(|&c| c < POOL_CLASSES)
+}
+
+fn pool_take(len: usize) -> Option<NonNull<u8>> {
+    let c = class_of(len)?;
+    let mut idle = POOL[c].lock().unwrap_or_else(|e| e.into_inner());
+    idle.pop().map(|i| i.0)
+}
+
+/// Keep `ptr` (an allocation of `len` bytes) for reuse; false if the pool is full.
+fn pool_give(ptr: NonNull<u8>, len: usize) -> bool {
+    let Some(c) = class_of(len) else {
+        return false;
+    };
+    let cap = (POOL_BYTES_PER_CLASS / len).min(POOL_MAX_PER_CLASS);
+    let mut idle = POOL[c].lock().unwrap_or_else(|e| e.into_inner());
+    if idle.len() >= cap {
+        return false;
+    }
+    idle.push(Idle(ptr));
+    true
+}
+
+/// A heap buffer whose address and length are multiples of `BLOCK_SIZE`.
 pub struct AlignedBuf {
     ptr: NonNull<u8>,
     len: usize,
+    /// Taken from the pool and not yet cleared (only `zeroed` cares).
+    recycled: bool,
 }
 
 // SAFETY: AlignedBuf uniquely owns its allocation, like a Box<[u8]>.
@@ -21,18 +70,44 @@ unsafe impl Sync for AlignedBuf {}
 impl AlignedBuf {
     /// A zeroed buffer of `len` bytes; `len` is rounded up to a whole block (minimum one block).
     pub fn zeroed(len: usize) -> Self {
+        let mut b = Self::for_overwrite(len);
+        if b.recycled {
+            b.fill(0);
+            b.recycled = false;
+        }
+        b
+    }
+
+    /// A buffer of `len` bytes (rounded up like `zeroed`) whose contents are unspecified: zeros,
+    /// or bytes an earlier buffer held. For callers that overwrite all of it before looking at
+    /// it, such as a device read (which either fills the whole buffer or fails). Never
+    /// uninitialised memory.
+    pub fn for_overwrite(len: usize) -> Self {
         let len = len.max(1).div_ceil(BLOCK_SIZE) * BLOCK_SIZE;
+        if let Some(ptr) = pool_take(len) {
+            return Self {
+                ptr,
+                len,
+                recycled: true,
+            };
+        }
         let layout = Self::layout(len);
         // SAFETY: layout has non-zero size (len >= BLOCK_SIZE) and a valid power-of-two alignment.
         let raw = unsafe { alloc::alloc_zeroed(layout) };
         let ptr = NonNull::new(raw).unwrap_or_else(|| alloc::handle_alloc_error(layout));
-        Self { ptr, len }
+        Self {
+            ptr,
+            len,
+            recycled: false,
+        }
     }
 
     /// A buffer holding a copy of `data`, zero-padded to a whole block.
     pub fn from_slice(data: &[u8]) -> Self {
-        let mut b = Self::zeroed(data.len());
+        let mut b = Self::for_overwrite(data.len());
         b[..data.len()].copy_from_slice(data);
+        b[data.len()..].fill(0);
+        b.recycled = false;
         b
     }
 
@@ -68,7 +143,11 @@ impl AlignedBuf {
 
 impl Drop for AlignedBuf {
     fn drop(&mut self) {
-        // SAFETY: ptr was allocated in `zeroed` with exactly this layout and is freed once.
+        if pool_give(self.ptr, self.len) {
+            return;
+        }
+        // SAFETY: ptr was allocated in `for_overwrite` with exactly this layout (pooled
+        // allocations keep their class's layout) and is freed once.
         unsafe { alloc::dealloc(self.ptr.as_ptr(), Self::layout(self.len)) }
     }
 }
@@ -163,5 +242,33 @@ mod tests {
         assert_eq!(s.len(), BLOCK_SIZE);
         assert_eq!(s.as_ptr() as usize % BLOCK_SIZE, 0);
         assert!(s.as_slice().iter().all(|&x| x == 7));
+    }
+
+    #[test]
+    fn recycled_buffers_come_back_zeroed_or_copied() {
+        // Leave dirty buffers of a pooled size behind, then ask for the same size again.
+        for _ in 0..4 {
+            let mut b = AlignedBuf::for_overwrite(8 * BLOCK_SIZE);
+            b.fill(0xab);
+        }
+        let z = AlignedBuf::zeroed(8 * BLOCK_SIZE);
+        assert!(
+            z.iter().all(|&x| x == 0),
+            "zeroed must clear a recycled buffer"
+        );
+        drop(z);
+        let mut dirty = AlignedBuf::for_overwrite(8 * BLOCK_SIZE);
+        dirty.fill(0xcd);
+        drop(dirty);
+        let f = AlignedBuf::from_slice(&[5u8; 8 * BLOCK_SIZE - 100]);
+        assert!(f[..8 * BLOCK_SIZE - 100].iter().all(|&x| x == 5));
+        assert!(
+            f[8 * BLOCK_SIZE - 100..].iter().all(|&x| x == 0),
+            "padding is zero"
+        );
+        assert_eq!(f.as_ptr() as usize % BLOCK_SIZE, 0);
+        assert_eq!(class_of(3 * BLOCK_SIZE), None);
+        assert_eq!(class_of(BLOCK_SIZE << 10), Some(10));
+        assert_eq!(class_of(BLOCK_SIZE << 11), None);
     }
 }
