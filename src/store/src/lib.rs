@@ -90,7 +90,7 @@ mod types;
 pub use error::{ErrorKind, Result, StoreError};
 pub use layout::{MAX_META_BYTES, MIN_DEVICE_BYTES};
 pub use ops::AreaOffsets;
-pub use store::{Store, MAX_IO_BLOCKS};
+pub use store::{block_crcs, Store, MAX_IO_BLOCKS};
 pub use types::{
     BlockVersions, Label, ObjectId, Probe, ScrubReport, Space, StoreStats, VersionData,
 };

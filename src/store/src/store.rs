@@ -192,7 +192,7 @@ impl Inner {
 
     pub async fn dev_read(&self, offset: u64, nblocks: u64, what: &str) -> Result<AlignedBuf> {
         self.dev
-            .read_at(offset, AlignedBuf::zeroed((nblocks * BS) as usize))
+            .read_at(offset, AlignedBuf::for_overwrite((nblocks * BS) as usize))
             .await
             .map_err(|e| StoreError::dev(format!("reading {what} on {}", self.dev.info().name), e))
     }
@@ -517,12 +517,34 @@ impl Inner {
     }
 }
 
+/// The crc32c of every block of `data` (what `Store::write_with_crcs` expects).
+pub fn block_crcs(data: &[u8]) -> Vec<u32> {
+    data.chunks(BS as usize).map(crc32c::crc32c).collect()
+}
+
 impl Store {
     pub async fn write(
         &self,
         obj: ObjectId,
         block: u64,
         data: WriteBuf,
+        gen: u64,
+        pin_gen: u64,
+    ) -> Result<()> {
+        // Checksums before any lock: the lock is held only for map bookkeeping.
+        let crcs = block_crcs(data.as_slice());
+        self.write_with_crcs(obj, block, data, &crcs, gen, pin_gen)
+            .await
+    }
+
+    /// `write` with the checksums computed by the caller (`block_crcs` of the same immutable
+    /// buffer), so a mirror computes them once for all its replicas instead of once per copy.
+    pub async fn write_with_crcs(
+        &self,
+        obj: ObjectId,
+        block: u64,
+        data: WriteBuf,
+        crcs: &[u32],
         gen: u64,
         pin_gen: u64,
     ) -> Result<()> {
@@ -537,12 +559,13 @@ impl Store {
         let n = (data.len() as u64) / BS;
         check_obj_range(block, n)?;
         check_gen(gen)?;
-        // Checksums before any lock: the lock is held only for map bookkeeping.
-        let mut crcs = Vec::with_capacity(n as usize);
-        let d = data.as_slice();
-        for i in 0..n as usize {
-            crcs.push(crc32c::crc32c(&d[i * BS as usize..(i + 1) * BS as usize]));
+        if crcs.len() as u64 != n {
+            return Err(StoreError::invalid(format!(
+                "{} checksums for a write of {n} blocks",
+                crcs.len()
+            )));
         }
+        debug_assert_eq!(crcs, block_crcs(data.as_slice()), "caller's checksums");
         let runs = inner.alloc_or_flush(n, Some((obj, block, gen))).await?;
         if let Err(e) = inner.write_runs(&runs, &data).await {
             inner.unalloc(&runs, n);
