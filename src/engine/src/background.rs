@@ -664,9 +664,10 @@ mod tests {
         // Diverge: the second replica gets a write the first never saw.
         let g = h.rt.enter();
         let buf = AlignedBuf::from_slice(&[2u8; 4096]).into_write();
+        let crcs = store::block_crcs(buf.as_slice()).into();
         live[1]
             .replica
-            .write(obj, 1, buf, g.gen, g.pin)
+            .write_with_crcs(obj, 1, buf, crcs, g.gen, g.pin)
             .await
             .unwrap();
         drop(g);

@@ -305,9 +305,11 @@ impl VdiskHandle {
                     }
                     match self.inner.holders_or_place(obj, self.rt.seed) {
                         Ok(h) => {
+                            let crcs = store::block_crcs(&buf).into();
                             let op = crate::io::Op::Write {
                                 block: start / BLOCK_BYTES,
                                 data: buf.into_write(),
+                                crcs,
                             };
                             self.inner.replicate(obj, h, &op, g.gen, g.pin).await
                         }

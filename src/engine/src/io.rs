@@ -20,9 +20,19 @@ use crate::{BLOCK_BYTES, CHUNK_BLOCKS};
 /// One mutation sent to every live replica of a chunk.
 #[derive(Clone)]
 pub(crate) enum Op {
-    Write { block: u64, data: WriteBuf },
-    Discard { block: u64, nblocks: u32 },
-    Rollback { snap_gen: u64 },
+    /// `crcs` = `store::block_crcs(data)`: checksummed once, not once per replica.
+    Write {
+        block: u64,
+        data: WriteBuf,
+        crcs: Arc<[u32]>,
+    },
+    Discard {
+        block: u64,
+        nblocks: u32,
+    },
+    Rollback {
+        snap_gen: u64,
+    },
 }
 
 /// A bad copy found while reading, repaired after the stripe lock is released.
@@ -79,7 +89,10 @@ impl Inner {
         ) -> blockdev::BoxFuture<'a, std::result::Result<(), StoreError>> {
             d.inflight.fetch_add(1, Ordering::Relaxed);
             match op {
-                Op::Write { block, data } => d.replica.write(obj, *block, data.clone(), gen, pin),
+                Op::Write { block, data, crcs } => {
+                    d.replica
+                        .write_with_crcs(obj, *block, data.clone(), crcs.clone(), gen, pin)
+                }
                 Op::Discard { block, nblocks } => {
                     d.replica.discard(obj, *block, *nblocks, gen, pin)
                 }
@@ -132,9 +145,10 @@ impl Inner {
         pin: u64,
     ) -> Result<()> {
         debug_assert!(block + (data.len() / BLOCK_BYTES as usize) as u64 <= CHUNK_BLOCKS);
+        let crcs = store::block_crcs(data.as_slice()).into();
         let _l = self.stripe(obj).read().await;
         let holders = self.holders_or_place(obj, seed)?;
-        self.replicate(obj, holders, &Op::Write { block, data }, gen, pin)
+        self.replicate(obj, holders, &Op::Write { block, data, crcs }, gen, pin)
             .await
     }
 

@@ -13,11 +13,14 @@ type R<T> = std::result::Result<T, StoreError>;
 
 /// Chunk-replica operations, with the store's semantics (see store-api.md).
 pub(crate) trait Replica: Send + Sync + 'static {
-    fn write(
+    /// The store's `write`, with `crcs` = `store::block_crcs(data)` computed once by the
+    /// caller for every replica.
+    fn write_with_crcs(
         &self,
         obj: ObjectId,
         block: u64,
         data: WriteBuf,
+        crcs: Arc<[u32]>,
         gen: u64,
         pin: u64,
     ) -> BoxFuture<'_, R<()>>;
@@ -68,15 +71,20 @@ pub(crate) trait Replica: Send + Sync + 'static {
 pub(crate) struct LocalReplica(pub Arc<Store>);
 
 impl Replica for LocalReplica {
-    fn write(
+    fn write_with_crcs(
         &self,
         obj: ObjectId,
         block: u64,
         data: WriteBuf,
+        crcs: Arc<[u32]>,
         gen: u64,
         pin: u64,
     ) -> BoxFuture<'_, R<()>> {
-        Box::pin(self.0.write(obj, block, data, gen, pin))
+        Box::pin(async move {
+            self.0
+                .write_with_crcs(obj, block, data, &crcs, gen, pin)
+                .await
+        })
     }
     fn read(
         &self,
