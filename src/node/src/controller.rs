@@ -100,6 +100,12 @@ impl NodeController {
             }
             Request::VdiskDelete { name } => {
                 self.refuse_if_exported(name, None)?;
+                if let Some(vm) = self.inner.vms.user_of(name) {
+                    return Err(ControlError::new(
+                        ErrorCode::Busy,
+                        format!("{name} is a disk of VM {vm}; delete the VM first: cairn vm delete {vm}"),
+                    ));
+                }
                 engine.delete_vdisk(name).await.map_err(e)?;
                 Reply::Done
             }
@@ -159,6 +165,12 @@ impl NodeController {
             }
             Request::SnapshotRollback { vdisk, name } => {
                 self.refuse_if_exported(vdisk, None)?;
+                if let Some(vm) = self.inner.vms.active_user_of(vdisk) {
+                    return Err(ControlError::new(
+                        ErrorCode::Busy,
+                        format!("{vdisk} is in use by running VM {vm}; stop it first: cairn vm stop {vm}"),
+                    ));
+                }
                 engine.rollback(vdisk, name).await.map_err(e)?;
                 Reply::Done
             }
@@ -195,6 +207,52 @@ impl NodeController {
             }
             Request::NbdList => Reply::NbdExports(self.inner.exports.list()),
             Request::Stats => Reply::Stats(Box::new(self.stats())),
+            Request::VmCreate {
+                name,
+                vcpus,
+                memory_mib,
+                disks,
+                kernel,
+                cmdline,
+            } => Reply::Vm(Box::new(
+                self.inner
+                    .vms
+                    .create(
+                        engine,
+                        name,
+                        *vcpus,
+                        *memory_mib,
+                        disks,
+                        kernel,
+                        cmdline.as_deref(),
+                    )
+                    .await?,
+            )),
+            Request::VmList => Reply::Vms(self.inner.vms.list()),
+            Request::VmGet { name } => Reply::Vm(Box::new(self.inner.vms.get_view(name)?)),
+            Request::VmStart { name } => {
+                Reply::Vm(Box::new(self.inner.vms.start(engine, name).await?))
+            }
+            Request::VmStop {
+                name,
+                force,
+                timeout_ms,
+            } => Reply::Vm(Box::new(
+                self.inner.vms.stop(name, *force, *timeout_ms).await?,
+            )),
+            Request::VmPause { name } => {
+                Reply::Vm(Box::new(self.inner.vms.pause(name, true).await?))
+            }
+            Request::VmResume { name } => {
+                Reply::Vm(Box::new(self.inner.vms.pause(name, false).await?))
+            }
+            Request::VmDelete { name } => {
+                self.inner.vms.delete(name).await?;
+                Reply::Done
+            }
+            Request::VmConsole { name, max_bytes } => {
+                Reply::Console(self.inner.vms.console(name, *max_bytes)?)
+            }
             _ => {
                 return Err(ControlError::invalid(format!(
                     "{} is not supported by this node",

@@ -21,6 +21,7 @@ mod https;
 mod identity;
 pub mod socket;
 mod transfer;
+mod vms;
 
 pub use config::{NodeConfig, DEFAULT_DISK_COUNT, DEFAULT_DISK_SIZE_BYTES, MIN_DISK_SIZE_BYTES};
 pub use controller::NodeController;
@@ -47,6 +48,7 @@ pub(crate) struct NodeInner {
     pub(crate) engine: Engine,
     pub(crate) disks: tokio::sync::Mutex<disks::DiskRegistry>,
     pub(crate) exports: exports::Exports,
+    pub(crate) vms: vms::Vms,
     pub(crate) started: Instant,
     pub(crate) requests: AtomicU64,
     audit_log: parking_lot::Mutex<Option<File>>,
@@ -129,6 +131,7 @@ impl Node {
             engine,
             disks: Default::default(),
             exports: Default::default(),
+            vms: vms::Vms::load(&data)?,
             started: Instant::now(),
             requests: AtomicU64::new(0),
             audit_log: parking_lot::Mutex::new(Some(audit_file)),
@@ -212,6 +215,7 @@ impl Node {
             let _ = t.await;
         }
         self.inner.exports.stop_all().await;
+        self.inner.vms.stop_all().await;
         let res = self.inner.engine.shutdown().await;
         let _ = std::fs::remove_file(self.inner.cfg.socket());
         res.map_err(NodeError::from)

@@ -1,0 +1,470 @@
+//! The node's virtual machines: their definitions (persisted in `DATA/vms.json`, replaced
+//! atomically, so they survive restarts) and the running `vmm::Vm`s, whose virtio-blk disks call
+//! the engine directly through `vmm::EngineDisk` — no file, loop device or NBD in between.
+//!
+//! Running state is not persisted: after a node restart every VM is `defined` until started.
+//! This module never decides policy (the controller does) and never touches disk contents.
+//! VMM calls block (building guest memory, waiting for a guest to stop), so they run on tokio's
+//! blocking pool, never on a runtime worker.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use control::{
+    ConsoleView, ControlError, ErrorCode, VmDeviceStatsView, VmStatsView, VmView,
+    DEFAULT_CONSOLE_BYTES, DEFAULT_STOP_TIMEOUT_MS,
+};
+use engine::Engine;
+use serde::{Deserialize, Serialize};
+
+/// Most VMs one node defines.
+pub const MAX_VMS: usize = 256;
+/// Largest kernel file accepted (a bzImage is ~10 MiB).
+const MAX_KERNEL_BYTES: u64 = 256 << 20;
+
+/// What `vm create` stores.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct VmDef {
+    name: String,
+    vcpus: u8,
+    memory_mib: u64,
+    disks: Vec<String>,
+    kernel: String,
+    cmdline: String,
+    created_unix: u64,
+}
+
+struct Slot {
+    def: VmDef,
+    vm: Option<vmm::Vm>,
+}
+
+type SlotRef = Arc<parking_lot::Mutex<Slot>>;
+
+/// All VMs of the node.
+pub(crate) struct Vms {
+    file: PathBuf,
+    slots: parking_lot::Mutex<BTreeMap<String, SlotRef>>,
+    /// Serializes create/delete so the saved file always matches the map.
+    save: tokio::sync::Mutex<()>,
+}
+
+fn vmm_err(e: vmm::VmmError) -> ControlError {
+    match e {
+        vmm::VmmError::InvalidState { .. } => ControlError::conflict(e.to_string()),
+        vmm::VmmError::InvalidConfig(_) | vmm::VmmError::Boot(_) => {
+            ControlError::invalid(e.to_string())
+        }
+        _ => ControlError::internal(e.to_string()),
+    }
+}
+
+fn not_found(name: &str) -> ControlError {
+    ControlError::not_found(format!("no VM named {name}"))
+}
+
+fn exit_text(r: &vmm::ExitReason) -> String {
+    match r {
+        vmm::ExitReason::DebugExit(c) => format!("exit code {c}"),
+        vmm::ExitReason::Reset(why) => format!("reset ({why})"),
+        vmm::ExitReason::Shutdown => "powered off".into(),
+        vmm::ExitReason::Stopped => "stopped".into(),
+        vmm::ExitReason::Error(e) => format!("error: {e}"),
+    }
+}
+
+fn dev_view(d: vmm::DeviceStats, id: String) -> VmDeviceStatsView {
+    VmDeviceStatsView {
+        id,
+        read_ops: d.read_ops,
+        read_bytes: d.read_bytes,
+        write_ops: d.write_ops,
+        write_bytes: d.write_bytes,
+        flush_ops: d.flush_ops,
+        discard_ops: d.discard_ops,
+        errors: d.errors,
+        mean_latency_ns: d.mean_latency_ns,
+    }
+}
+
+fn view(slot: &mut Slot) -> VmView {
+    let d = &slot.def;
+    let (state, last_exit, stats) = match slot.vm.as_mut() {
+        None => ("defined".to_string(), None, None),
+        Some(vm) => {
+            let state = match vm.state() {
+                vmm::VmState::Created => "defined",
+                vmm::VmState::Running => "running",
+                vmm::VmState::Paused => "paused",
+                vmm::VmState::Stopped => "stopped",
+            };
+            let s = vm.stats();
+            // Disk devices carry their virtual disk's name as id.
+            let disks = s
+                .disks
+                .into_iter()
+                .map(|ds| {
+                    let id = ds.id.clone();
+                    dev_view(ds, id)
+                })
+                .collect();
+            let nics = s
+                .nics
+                .into_iter()
+                .map(|n| {
+                    let id = n.id.clone();
+                    dev_view(n, id)
+                })
+                .collect();
+            (
+                state.to_string(),
+                vm.exit_reason().as_ref().map(exit_text),
+                Some(VmStatsView {
+                    cpu_time_ns: s.vcpu_time_ns,
+                    vcpu_exits: s.vcpu_exits,
+                    memory_bytes: s.memory_bytes,
+                    disks,
+                    nics,
+                }),
+            )
+        }
+    };
+    VmView {
+        name: d.name.clone(),
+        state,
+        vcpus: d.vcpus,
+        memory_mib: d.memory_mib,
+        disks: d.disks.clone(),
+        kernel: d.kernel.clone(),
+        cmdline: d.cmdline.clone(),
+        created_unix: d.created_unix,
+        last_exit,
+        stats,
+    }
+}
+
+/// Run a blocking VMM call on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ControlError> + Send + 'static,
+) -> Result<T, ControlError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ControlError::internal(format!("VM task failed: {e}")))?
+}
+
+impl Vms {
+    /// Load the definitions saved in `data_dir` (a missing file means none).
+    pub(crate) fn load(data_dir: &Path) -> crate::Result<Vms> {
+        let file = data_dir.join("vms.json");
+        let defs: Vec<VmDef> = match std::fs::read(&file) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+                crate::NodeError::Config(format!("{} is not a VM list: {e}", file.display()))
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(crate::NodeError::io("read VM definitions", &file, e)),
+        };
+        let slots = defs
+            .into_iter()
+            .map(|def| {
+                let name = def.name.clone();
+                (
+                    name,
+                    Arc::new(parking_lot::Mutex::new(Slot { def, vm: None })),
+                )
+            })
+            .collect();
+        Ok(Vms {
+            file,
+            slots: parking_lot::Mutex::new(slots),
+            save: Default::default(),
+        })
+    }
+
+    fn get(&self, name: &str) -> Result<SlotRef, ControlError> {
+        self.slots
+            .lock()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| not_found(name))
+    }
+
+    /// Write every definition to a temporary file, sync it, and rename it over `vms.json`.
+    fn persist(&self, defs: &[VmDef]) -> Result<(), ControlError> {
+        let tmp = self.file.with_extension("json.tmp");
+        let write = || -> std::io::Result<()> {
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&serde_json::to_vec_pretty(defs).map_err(std::io::Error::other)?)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &self.file)?;
+            if let Some(dir) = self.file.parent() {
+                std::fs::File::open(dir)?.sync_all()?;
+            }
+            Ok(())
+        };
+        write().map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            ControlError::new(ErrorCode::Io, format!("could not save VM definitions: {e}"))
+        })
+    }
+
+    fn defs_with(&self, extra: Option<&VmDef>, without: Option<&str>) -> Vec<VmDef> {
+        let slots: Vec<SlotRef> = self.slots.lock().values().cloned().collect();
+        let mut defs: Vec<VmDef> = slots
+            .iter()
+            .map(|s| s.lock().def.clone())
+            .filter(|d| Some(d.name.as_str()) != without)
+            .collect();
+        defs.extend(extra.cloned());
+        defs
+    }
+
+    /// Name of a VM whose definition uses `vdisk` (running or not).
+    pub(crate) fn user_of(&self, vdisk: &str) -> Option<String> {
+        let slots: Vec<SlotRef> = self.slots.lock().values().cloned().collect();
+        slots.iter().find_map(|s| {
+            let s = s.lock();
+            s.def
+                .disks
+                .iter()
+                .any(|d| d == vdisk)
+                .then(|| s.def.name.clone())
+        })
+    }
+
+    /// Name of a running or paused VM using `vdisk`.
+    pub(crate) fn active_user_of(&self, vdisk: &str) -> Option<String> {
+        let slots: Vec<SlotRef> = self.slots.lock().values().cloned().collect();
+        slots.iter().find_map(|s| {
+            let mut s = s.lock();
+            let active = s.vm.as_mut().is_some_and(|vm| {
+                matches!(vm.state(), vmm::VmState::Running | vmm::VmState::Paused)
+            });
+            (active && s.def.disks.iter().any(|d| d == vdisk)).then(|| s.def.name.clone())
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn create(
+        &self,
+        engine: &Engine,
+        name: &str,
+        vcpus: u8,
+        memory_mib: u64,
+        disks: &[String],
+        kernel: &str,
+        cmdline: Option<&str>,
+    ) -> Result<VmView, ControlError> {
+        let _g = self.save.lock().await;
+        if self.slots.lock().contains_key(name) {
+            return Err(ControlError::new(
+                ErrorCode::AlreadyExists,
+                format!("a VM named {name} already exists"),
+            ));
+        }
+        if self.slots.lock().len() >= MAX_VMS {
+            return Err(ControlError::invalid(format!(
+                "this node already has {MAX_VMS} VMs"
+            )));
+        }
+        for d in disks {
+            engine.vdisk(d).map_err(crate::convert::error)?;
+        }
+        check_kernel(Path::new(kernel))?;
+        let def = VmDef {
+            name: name.to_string(),
+            vcpus,
+            memory_mib,
+            disks: disks.to_vec(),
+            kernel: kernel.to_string(),
+            cmdline: cmdline.unwrap_or_default().to_string(),
+            created_unix: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+        };
+        self.persist(&self.defs_with(Some(&def), None))?;
+        let slot = Arc::new(parking_lot::Mutex::new(Slot { def, vm: None }));
+        let v = view(&mut slot.lock());
+        self.slots.lock().insert(name.to_string(), slot);
+        Ok(v)
+    }
+
+    pub(crate) fn list(&self) -> Vec<VmView> {
+        let slots: Vec<SlotRef> = self.slots.lock().values().cloned().collect();
+        slots.iter().map(|s| view(&mut s.lock())).collect()
+    }
+
+    pub(crate) fn get_view(&self, name: &str) -> Result<VmView, ControlError> {
+        Ok(view(&mut self.get(name)?.lock()))
+    }
+
+    /// Build a fresh machine on the VM's engine disks and run it.
+    pub(crate) async fn start(&self, engine: &Engine, name: &str) -> Result<VmView, ControlError> {
+        let slot = self.get(name)?;
+        let def = slot.lock().def.clone();
+        let rt = tokio::runtime::Handle::current();
+        let mut disks = Vec::with_capacity(def.disks.len());
+        for d in &def.disks {
+            let handle = engine.open_vdisk(d).map_err(crate::convert::error)?;
+            disks.push(vmm::DiskConfig {
+                // The guest sees the virtual disk's name as the disk serial (first 20 bytes).
+                id: d.clone(),
+                backend: Arc::new(vmm::EngineDisk::new(handle, rt.clone())),
+                queues: 1,
+                queue_size: 256,
+            });
+        }
+        blocking(move || {
+            let mut s = slot.lock();
+            if let Some(vm) = s.vm.as_mut() {
+                if matches!(vm.state(), vmm::VmState::Running | vmm::VmState::Paused) {
+                    return Err(ControlError::conflict(format!(
+                        "{} is already running",
+                        def.name
+                    )));
+                }
+            }
+            // A stopped VM is rebuilt from its definition (disks may have grown meanwhile).
+            s.vm = None;
+            let mut cfg = vmm::VmConfig::new(
+                &def.name,
+                vmm::BootConfig {
+                    kernel: PathBuf::from(&def.kernel),
+                    initrd: None,
+                    cmdline: def.cmdline.clone(),
+                },
+            );
+            cfg.vcpus = def.vcpus;
+            cfg.memory_bytes = def.memory_mib << 20;
+            cfg.disks = disks;
+            let mut vm = vmm::Vm::create(cfg).map_err(vmm_err)?;
+            vm.start().map_err(vmm_err)?;
+            s.vm = Some(vm);
+            Ok(view(&mut s))
+        })
+        .await
+    }
+
+    pub(crate) async fn stop(
+        &self,
+        name: &str,
+        force: bool,
+        timeout_ms: Option<u64>,
+    ) -> Result<VmView, ControlError> {
+        let slot = self.get(name)?;
+        let name = name.to_string();
+        let timeout = if force {
+            Duration::ZERO
+        } else {
+            Duration::from_millis(timeout_ms.unwrap_or(DEFAULT_STOP_TIMEOUT_MS))
+        };
+        blocking(move || {
+            let mut s = slot.lock();
+            let vm =
+                s.vm.as_mut()
+                    .ok_or_else(|| ControlError::conflict(format!("{name} is not running")))?;
+            vm.stop(timeout).map_err(vmm_err)?;
+            Ok(view(&mut s))
+        })
+        .await
+    }
+
+    pub(crate) async fn pause(&self, name: &str, pause: bool) -> Result<VmView, ControlError> {
+        let slot = self.get(name)?;
+        let name = name.to_string();
+        blocking(move || {
+            let mut s = slot.lock();
+            let vm =
+                s.vm.as_mut()
+                    .ok_or_else(|| ControlError::conflict(format!("{name} is not running")))?;
+            if pause { vm.pause() } else { vm.resume() }.map_err(vmm_err)?;
+            Ok(view(&mut s))
+        })
+        .await
+    }
+
+    /// Forget a VM that is not running. Its virtual disks are kept.
+    pub(crate) async fn delete(&self, name: &str) -> Result<(), ControlError> {
+        let _g = self.save.lock().await;
+        let slot = self.get(name)?;
+        {
+            let mut s = slot.lock();
+            if let Some(vm) = s.vm.as_mut() {
+                if matches!(vm.state(), vmm::VmState::Running | vmm::VmState::Paused) {
+                    return Err(ControlError::conflict(format!(
+                        "{name} is running; stop it first: cairn vm stop {name}"
+                    )));
+                }
+            }
+        }
+        self.persist(&self.defs_with(None, Some(name)))?;
+        let removed = self.slots.lock().remove(name);
+        if let Some(slot) = removed {
+            if let Some(vm) = slot.lock().vm.take() {
+                drop(tokio::task::spawn_blocking(move || vm.delete()));
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn console(
+        &self,
+        name: &str,
+        max_bytes: Option<u64>,
+    ) -> Result<ConsoleView, ControlError> {
+        let slot = self.get(name)?;
+        let s = slot.lock();
+        let out =
+            s.vm.as_ref()
+                .map(|vm| {
+                    // The serial console, plus the debug port test guests report on.
+                    let mut o = vm.console_output();
+                    o.extend(vm.debug_output());
+                    o
+                })
+                .unwrap_or_default();
+        let max = max_bytes.unwrap_or(DEFAULT_CONSOLE_BYTES) as usize;
+        let tail = &out[out.len().saturating_sub(max)..];
+        Ok(ConsoleView {
+            name: name.to_string(),
+            output: String::from_utf8_lossy(tail).into_owned(),
+            total_bytes: out.len() as u64,
+        })
+    }
+
+    /// Stop every VM at once (node shutdown; the engine is shut down next).
+    pub(crate) async fn stop_all(&self) {
+        let slots: Vec<SlotRef> = self.slots.lock().values().cloned().collect();
+        let _ = tokio::task::spawn_blocking(move || {
+            for s in slots {
+                if let Some(vm) = s.lock().vm.take() {
+                    vm.delete();
+                }
+            }
+        })
+        .await;
+    }
+}
+
+fn check_kernel(path: &Path) -> Result<(), ControlError> {
+    let md = std::fs::metadata(path)
+        .map_err(|e| ControlError::invalid(format!("kernel {}: {e}", path.display())))?;
+    if !md.is_file() {
+        return Err(ControlError::invalid(format!(
+            "kernel {} is not a regular file",
+            path.display()
+        )));
+    }
+    if md.len() == 0 || md.len() > MAX_KERNEL_BYTES {
+        return Err(ControlError::invalid(format!(
+            "kernel {} is {} bytes; expected 1 byte to {} MiB",
+            path.display(),
+            md.len(),
+            MAX_KERNEL_BYTES >> 20
+        )));
+    }
+    Ok(())
+}

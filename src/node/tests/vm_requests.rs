@@ -1,0 +1,205 @@
+//! VM requests through the node's controller: role policy, bad input refused with nothing
+//! created, definitions persisted across a restart, and a VM's disk protected from deletion.
+//! Needs no KVM: nothing here starts a guest.
+
+use control::{Actor, ErrorCode, Reply, Request, Role, Via};
+use node::{Node, NodeConfig};
+
+fn actor(role: Role) -> Actor {
+    Actor {
+        user: format!("{role:?}").to_lowercase(),
+        role,
+        via: Via::Api,
+    }
+}
+
+fn cfg(dir: &std::path::Path) -> NodeConfig {
+    let mut cfg = NodeConfig::new(dir.join("data"));
+    cfg.disk_count = 2;
+    cfg.disk_size_bytes = 128 << 20;
+    cfg.api_listen = None;
+    cfg
+}
+
+fn create(name: &str, vcpus: u8, mem: u64, disks: &[&str], kernel: &str) -> Request {
+    Request::VmCreate {
+        name: name.into(),
+        vcpus,
+        memory_mib: mem,
+        disks: disks.iter().map(|d| d.to_string()).collect(),
+        kernel: kernel.into(),
+        cmdline: Some("hello".into()),
+    }
+}
+
+async fn vm_names(ctl: &std::sync::Arc<dyn control::Controller>) -> Vec<String> {
+    match ctl
+        .execute(actor(Role::ReadOnly), Request::VmList)
+        .await
+        .unwrap()
+    {
+        Reply::Vms(v) => v.into_iter().map(|v| v.name).collect(),
+        r => panic!("{r:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vm_roles_bad_input_persistence_and_busy_disks() {
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = dir.path().join("kernel.elf");
+    std::fs::write(&kernel, b"\x7fELF not really").unwrap();
+    let k = kernel.to_str().unwrap();
+    let n = Node::start(cfg(dir.path())).await.unwrap();
+    let ctl = n.controller();
+    ctl.execute(
+        actor(Role::Operator),
+        Request::VdiskCreate {
+            name: "d1".into(),
+            size_bytes: 64 << 20,
+        },
+    )
+    .await
+    .unwrap();
+
+    // Read-only may not create, start, stop, pause, resume or delete.
+    for req in [
+        create("vm1", 1, 128, &["d1"], k),
+        Request::VmStart { name: "vm1".into() },
+        Request::VmStop {
+            name: "vm1".into(),
+            force: true,
+            timeout_ms: None,
+        },
+        Request::VmPause { name: "vm1".into() },
+        Request::VmResume { name: "vm1".into() },
+        Request::VmDelete { name: "vm1".into() },
+    ] {
+        let e = ctl
+            .execute(actor(Role::ReadOnly), req.clone())
+            .await
+            .unwrap_err();
+        assert_eq!(e.code, ErrorCode::Forbidden, "{req:?}");
+    }
+
+    // Bad input: clear error, nothing created.
+    let missing = dir.path().join("nope.elf");
+    for (req, code, words) in [
+        (
+            create("vm1", 1, 128, &["ghost"], k),
+            ErrorCode::NotFound,
+            "ghost",
+        ),
+        (
+            create("vm1", 0, 128, &["d1"], k),
+            ErrorCode::InvalidArgument,
+            "vCPU",
+        ),
+        (
+            create("vm1", 1, 1 << 40, &["d1"], k),
+            ErrorCode::InvalidArgument,
+            "memory",
+        ),
+        (
+            create("vm1", 1, 128, &["d1"], missing.to_str().unwrap()),
+            ErrorCode::InvalidArgument,
+            "nope.elf",
+        ),
+        (
+            create("vm1", 1, 128, &["d1"], dir.path().to_str().unwrap()),
+            ErrorCode::InvalidArgument,
+            "regular file",
+        ),
+        (
+            create("bad name", 1, 128, &["d1"], k),
+            ErrorCode::InvalidArgument,
+            "name",
+        ),
+    ] {
+        let e = ctl
+            .execute(actor(Role::Operator), req.clone())
+            .await
+            .unwrap_err();
+        assert_eq!(e.code, code, "{req:?}: {e:?}");
+        assert!(e.message.contains(words), "{req:?}: {}", e.message);
+    }
+    assert!(vm_names(&ctl).await.is_empty());
+    assert!(!dir.path().join("data/vms.json").exists());
+
+    // Operator creates; read-only may see it and read its (empty) console.
+    let r = ctl
+        .execute(actor(Role::Operator), create("vm1", 2, 64, &["d1"], k))
+        .await
+        .unwrap();
+    assert!(
+        matches!(r, Reply::Vm(ref v) if v.state == "defined" && v.vcpus == 2),
+        "{r:?}"
+    );
+    let e = ctl
+        .execute(actor(Role::Operator), create("vm1", 1, 64, &["d1"], k))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, ErrorCode::AlreadyExists);
+    let r = ctl
+        .execute(actor(Role::ReadOnly), Request::VmGet { name: "vm1".into() })
+        .await
+        .unwrap();
+    assert!(matches!(r, Reply::Vm(ref v) if v.disks == ["d1"]), "{r:?}");
+    let r = ctl
+        .execute(
+            actor(Role::ReadOnly),
+            Request::VmConsole {
+                name: "vm1".into(),
+                max_bytes: None,
+            },
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(r, Reply::Console(ref c) if c.total_bytes == 0),
+        "{r:?}"
+    );
+    // Stopping a VM that never ran is a conflict, not a crash.
+    let e = ctl
+        .execute(
+            actor(Role::Operator),
+            Request::VmStop {
+                name: "vm1".into(),
+                force: false,
+                timeout_ms: None,
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, ErrorCode::Conflict, "{e:?}");
+
+    // The VM's disk cannot be deleted while the VM exists.
+    let e = ctl
+        .execute(
+            actor(Role::Operator),
+            Request::VdiskDelete { name: "d1".into() },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, ErrorCode::Busy);
+    assert!(e.message.contains("vm1"), "{}", e.message);
+
+    // Definitions survive a restart.
+    n.shutdown().await.unwrap();
+    let n = Node::start(cfg(dir.path())).await.unwrap();
+    let ctl = n.controller();
+    assert_eq!(vm_names(&ctl).await, ["vm1"]);
+    ctl.execute(
+        actor(Role::Operator),
+        Request::VmDelete { name: "vm1".into() },
+    )
+    .await
+    .unwrap();
+    assert!(vm_names(&ctl).await.is_empty());
+    ctl.execute(
+        actor(Role::Operator),
+        Request::VdiskDelete { name: "d1".into() },
+    )
+    .await
+    .unwrap();
+    n.shutdown().await.unwrap();
+}
