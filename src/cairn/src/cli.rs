@@ -84,6 +84,9 @@ pub enum Command {
     /// Running NBD exports.
     #[command(subcommand)]
     Nbd(NbdCmd),
+    /// Virtual machines.
+    #[command(subcommand)]
+    Vm(crate::vmcmd::VmCmd),
     /// Pool capacity.
     Pool,
     /// Node statistics.

@@ -83,6 +83,7 @@ fn request(cmd: Command) -> Result<Request, ControlError> {
         },
         Command::Pool => Request::PoolInfo,
         Command::Stats => Request::Stats,
+        Command::Vm(v) => crate::vmcmd::request(v)?,
         Command::Node(_) | Command::Bench(_) => {
             return Err(ControlError::internal("not a client command"))
         }

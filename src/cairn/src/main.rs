@@ -12,6 +12,7 @@ mod client;
 mod nodecmd;
 mod remote;
 mod render;
+mod vmcmd;
 
 use std::process::ExitCode;
 

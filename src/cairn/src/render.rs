@@ -184,6 +184,9 @@ pub fn reply(r: &Reply) -> String {
             format_size(s.pool.used_raw_bytes),
             s.engine
         ),
+        Reply::Vm(_) | Reply::Vms(_) | Reply::Console(_) => {
+            crate::vmcmd::render(r).unwrap_or_default()
+        }
         other => format!("{other:?}\n"),
     }
 }

@@ -1,0 +1,202 @@
+//! `cairn vm ...`: the VM subcommands, turned into `control::Request`s, and their text output.
+//! Parsing and rendering only; the node decides everything.
+
+use std::path::PathBuf;
+
+use clap::Subcommand;
+use control::{format_size, ControlError, Reply, Request, VmView};
+
+fn name_arg(s: &str) -> Result<String, String> {
+    control::validate_name("VM", s).map_err(|e| e.message)?;
+    Ok(s.to_string())
+}
+
+/// Memory like `128M`, `2G` (bytes are rounded down to whole MiB).
+fn mem_arg(s: &str) -> Result<u64, String> {
+    let bytes = control::parse_size(s).map_err(|e| e.message)?;
+    if bytes % (1 << 20) != 0 {
+        return Err(format!("memory {s} is not a whole number of MiB"));
+    }
+    Ok(bytes >> 20)
+}
+
+#[derive(Debug, Subcommand)]
+pub enum VmCmd {
+    /// Define a VM booting KERNEL (a PVH ELF or bzImage on the node's host) on virtual disks.
+    Create {
+        #[arg(value_parser = name_arg)]
+        name: String,
+        #[arg(long, default_value_t = 1)]
+        vcpus: u8,
+        /// Guest memory (like 128M or 2G).
+        #[arg(long, value_parser = mem_arg, default_value = "128M")]
+        memory: u64,
+        /// A virtual disk to attach (repeat for more; attached in order).
+        #[arg(long = "disk", value_name = "VDISK")]
+        disks: Vec<String>,
+        #[arg(long)]
+        kernel: PathBuf,
+        /// Kernel command line.
+        #[arg(long)]
+        cmdline: Option<String>,
+    },
+    /// List VMs.
+    List,
+    /// Show one VM with its live statistics.
+    Show {
+        name: String,
+    },
+    Start {
+        name: String,
+    },
+    /// Ask the guest to shut down, then stop it by force after --timeout-ms.
+    Stop {
+        name: String,
+        /// Stop at once, without asking the guest.
+        #[arg(long)]
+        force: bool,
+        #[arg(long)]
+        timeout_ms: Option<u64>,
+    },
+    Pause {
+        name: String,
+    },
+    Resume {
+        name: String,
+    },
+    /// Delete a stopped VM (its virtual disks are kept).
+    Delete {
+        name: String,
+    },
+    /// Print the tail of the VM's console output.
+    Console {
+        name: String,
+        /// Most bytes to print.
+        #[arg(long)]
+        bytes: Option<u64>,
+    },
+}
+
+pub fn request(cmd: VmCmd) -> Result<Request, ControlError> {
+    Ok(match cmd {
+        VmCmd::Create {
+            name,
+            vcpus,
+            memory,
+            disks,
+            kernel,
+            cmdline,
+        } => Request::VmCreate {
+            name,
+            vcpus,
+            memory_mib: memory,
+            disks,
+            kernel: std::path::absolute(&kernel)
+                .map_err(|e| ControlError::invalid(format!("kernel {}: {e}", kernel.display())))?
+                .display()
+                .to_string(),
+            cmdline,
+        },
+        VmCmd::List => Request::VmList,
+        VmCmd::Show { name } => Request::VmGet { name },
+        VmCmd::Start { name } => Request::VmStart { name },
+        VmCmd::Stop {
+            name,
+            force,
+            timeout_ms,
+        } => Request::VmStop {
+            name,
+            force,
+            timeout_ms,
+        },
+        VmCmd::Pause { name } => Request::VmPause { name },
+        VmCmd::Resume { name } => Request::VmResume { name },
+        VmCmd::Delete { name } => Request::VmDelete { name },
+        VmCmd::Console { name, bytes } => Request::VmConsole {
+            name,
+            max_bytes: bytes,
+        },
+    })
+}
+
+fn show(v: &VmView) -> String {
+    let mut out = format!(
+        "name:     {}\nstate:    {}\nvcpus:    {}\nmemory:   {} MiB\nkernel:   {}\ncmdline:  {}\ndisks:    {}\n",
+        v.name,
+        v.state,
+        v.vcpus,
+        v.memory_mib,
+        v.kernel,
+        v.cmdline,
+        v.disks.join(", ")
+    );
+    if let Some(e) = &v.last_exit {
+        out += &format!("exit:     {e}\n");
+    }
+    if let Some(s) = &v.stats {
+        out += &format!(
+            "cpu time: {:.3} s\nexits:    {}\n",
+            s.cpu_time_ns as f64 / 1e9,
+            s.vcpu_exits
+        );
+        for d in s.disks.iter().chain(&s.nics) {
+            out += &format!(
+                "device {}: {} reads ({}), {} writes ({}), {} flushes, {} errors, mean {} us\n",
+                d.id,
+                d.read_ops,
+                format_size(d.read_bytes),
+                d.write_ops,
+                format_size(d.write_bytes),
+                d.flush_ops,
+                d.errors,
+                d.mean_latency_ns / 1000
+            );
+        }
+    }
+    out
+}
+
+/// Text for VM replies; None for other replies.
+pub fn render(r: &Reply) -> Option<String> {
+    Some(match r {
+        Reply::Vm(v) => show(v),
+        Reply::Vms(vs) => {
+            let mut out = format!(
+                "{:<24} {:<8} {:>5} {:>10}  DISKS\n",
+                "NAME", "STATE", "VCPUS", "MEMORY"
+            );
+            for v in vs {
+                out += &format!(
+                    "{:<24} {:<8} {:>5} {:>6} MiB  {}\n",
+                    v.name,
+                    v.state,
+                    v.vcpus,
+                    v.memory_mib,
+                    v.disks.join(",")
+                );
+            }
+            out
+        }
+        Reply::Console(c) => {
+            let mut s = c.output.clone();
+            if !s.ends_with('\n') && !s.is_empty() {
+                s.push('\n');
+            }
+            s
+        }
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_sizes() {
+        assert_eq!(mem_arg("128M").unwrap(), 128);
+        assert_eq!(mem_arg("2G").unwrap(), 2048);
+        assert!(mem_arg("1000").is_err());
+        assert!(mem_arg("lots").is_err());
+    }
+}

@@ -1,0 +1,216 @@
+//! VMs through the CLI against a real `cairn node`: a test guest boots on KVM with its disk on
+//! an engine virtual disk, runs its virtio-blk checks, shows up as running, pauses and resumes,
+//! stops gracefully and by force, and is deleted; bad input changes nothing.
+
+mod common;
+
+use common::TestNode;
+use std::time::{Duration, Instant};
+
+fn kvm_usable() -> bool {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok()
+}
+
+/// Poll `vm show` until `pred` holds (or fail after `secs`).
+fn wait_vm(
+    n: &TestNode,
+    name: &str,
+    secs: u64,
+    pred: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let t = Instant::now();
+    loop {
+        let v = n.ok(&["vm", "show", name])["value"].clone();
+        if pred(&v) {
+            return v;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(secs),
+            "VM {name} never reached the expected state: {v}\nconsole: {}",
+            n.cli(&["vm", "console", name]).stdout
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn vm_lifecycle_on_an_engine_vdisk() {
+    if !kvm_usable() {
+        println!("skipped: /dev/kvm not available");
+        return;
+    }
+    let guest = test_guests::guest_elf_path();
+    let n = TestNode::start(2, "256M");
+    // The guest checks that the disk serial starts with this (the node uses the vdisk name).
+    n.ok(&["vdisk", "create", "cairn-test-disk", "32M"]);
+
+    // Bad input: clear error, nothing created.
+    let bad: [(&[&str], i32, &str); 4] = [
+        (&["--disk", "ghost", "--kernel", guest], 3, "ghost"),
+        (
+            &[
+                "--vcpus",
+                "0",
+                "--disk",
+                "cairn-test-disk",
+                "--kernel",
+                guest,
+            ],
+            2,
+            "vCPU",
+        ),
+        (
+            &[
+                "--memory",
+                "4096G",
+                "--disk",
+                "cairn-test-disk",
+                "--kernel",
+                guest,
+            ],
+            2,
+            "memory",
+        ),
+        (
+            &[
+                "--disk",
+                "cairn-test-disk",
+                "--kernel",
+                "/nonexistent/guest.elf",
+            ],
+            2,
+            "guest.elf",
+        ),
+    ];
+    for (args, code, words) in bad {
+        let mut a = vec!["vm", "create", "bad"];
+        a.extend_from_slice(args);
+        let err = n.fails(&a, code);
+        assert!(err.contains(words), "{args:?}: {err}");
+    }
+    assert_eq!(n.ok(&["vm", "list"])["value"], serde_json::json!([]));
+
+    // A guest that drives virtio-blk on the engine disk and exits with its verdict.
+    let v = n.ok(&[
+        "vm",
+        "create",
+        "blk",
+        "--vcpus",
+        "1",
+        "--memory",
+        "64M",
+        "--disk",
+        "cairn-test-disk",
+        "--kernel",
+        guest,
+        "--cmdline",
+        "blk-write seed=9",
+    ]);
+    assert_eq!(v["value"]["state"], "defined");
+    n.ok(&["vm", "start", "blk"]);
+    let v = wait_vm(&n, "blk", 120, |v| v["state"] == "stopped");
+    let console = n.ok(&["vm", "console", "blk"])["value"]["output"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(console.contains("result pass"), "{console}");
+    assert_eq!(v["last_exit"], "exit code 0", "{v}\n{console}");
+    let disk = &v["stats"]["disks"][0];
+    assert_eq!(disk["id"], "cairn-test-disk");
+    assert!(disk["write_ops"].as_u64().unwrap() > 0, "{v}");
+    assert!(disk["read_ops"].as_u64().unwrap() > 0, "{v}");
+    assert!(disk["write_bytes"].as_u64().unwrap() >= 4096, "{v}");
+    // vCPU CPU time is read from live threads (0 once they exited); exits are counted.
+    assert!(v["stats"]["vcpu_exits"].as_u64().unwrap() > 0, "{v}");
+    // The disk is in use by a defined VM: deleting it is refused.
+    let err = n.fails(&["vdisk", "delete", "cairn-test-disk"], 4);
+    assert!(err.contains("blk"), "{err}");
+
+    // A guest that idles until asked to shut down: running, pause, resume, graceful stop.
+    n.ok(&[
+        "vm",
+        "create",
+        "idle",
+        "--memory",
+        "32M",
+        "--kernel",
+        guest,
+        "--cmdline",
+        "wait-shutdown",
+    ]);
+    n.ok(&["vm", "start", "idle"]);
+    wait_vm(&n, "idle", 30, |v| {
+        v["state"] == "running" && v["stats"]["cpu_time_ns"].as_u64().unwrap_or(0) > 0
+    });
+    n.fails(&["vm", "start", "idle"], 4);
+    n.fails(&["vm", "delete", "idle"], 4);
+    let v = n.ok(&["vm", "pause", "idle"]);
+    assert_eq!(v["value"]["state"], "paused");
+    let v = n.ok(&["vm", "resume", "idle"]);
+    assert_eq!(v["value"]["state"], "running");
+    let listed = n.cli(&["vm", "list"]).stdout;
+    assert!(
+        listed.contains("idle") && listed.contains("running"),
+        "{listed}"
+    );
+    let v = n.ok(&["vm", "stop", "idle", "--timeout-ms", "20000"]);
+    assert_eq!(v["value"]["state"], "stopped");
+    assert_eq!(v["value"]["last_exit"], "exit code 7", "{v}");
+    let console = n.cli(&["vm", "console", "idle"]).stdout;
+    assert!(console.contains("shutdown requested"), "{console}");
+
+    // Forced stop: start again and stop at once, without asking the guest.
+    n.ok(&["vm", "start", "idle"]);
+    let v = n.ok(&["vm", "stop", "idle", "--force"]);
+    assert_eq!(v["value"]["state"], "stopped");
+    assert_eq!(v["value"]["last_exit"], "stopped", "{v}");
+
+    // Definitions survive a node restart; nothing runs until started.
+    let mut n = n;
+    n.stop();
+    n.restart();
+    let names: Vec<String> = n.ok(&["vm", "list"])["value"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| {
+            format!(
+                "{}:{}",
+                v["name"].as_str().unwrap(),
+                v["state"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(names, ["blk:defined", "idle:defined"]);
+    // After the restart the guest verifies the data it wrote before.
+    n.ok(&["vm", "delete", "blk"]);
+    n.ok(&[
+        "vm",
+        "create",
+        "verify",
+        "--memory",
+        "64M",
+        "--disk",
+        "cairn-test-disk",
+        "--kernel",
+        guest,
+        "--cmdline",
+        "blk-verify seed=9",
+    ]);
+    n.ok(&["vm", "start", "verify"]);
+    let v = wait_vm(&n, "verify", 120, |v| v["state"] == "stopped");
+    let console = n.cli(&["vm", "console", "verify"]).stdout;
+    assert!(console.contains("result pass"), "{console}");
+    assert_eq!(v["last_exit"], "exit code 0", "{v}\n{console}");
+
+    for vm in ["idle", "verify"] {
+        n.ok(&["vm", "delete", vm]);
+    }
+    n.fails(&["vm", "show", "idle"], 3);
+    n.ok(&["vdisk", "delete", "cairn-test-disk"]);
+    n.stop();
+}
