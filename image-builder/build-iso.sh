@@ -24,6 +24,8 @@ bin="$CARGO_TARGET_DIR/x86_64-unknown-linux-gnu/release/cairn"
 if readelf -d "$bin" | grep -q "(NEEDED)"; then echo "build-iso: $bin is not static" >&2; exit 1; fi
 cp "$bin" "$out/cairn"
 strip --strip-all -o "$out/cairn.stripped" "$out/cairn"
+# gen_init_cpio stores a file's own mtime: pin it.
+touch -d "@$SOURCE_DATE_EPOCH" "$out/cairn.stripped"
 
 echo "build-iso: initramfs" >&2
 gen="$kdir/usr/gen_init_cpio"
