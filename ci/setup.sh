@@ -11,7 +11,7 @@ PKGS=(
   fio libnbd-bin nbd-client qemu-system-x86 qemu-utils qemu-block-extra ovmf
   grub-pc-bin grub-efi-amd64-bin grub-common xorriso mtools dosfstools
   linux-source-6.1 linux-image-amd64 busybox-static
-  chromium iproute2 ethtool socat wrk nginx-light procps
+  chromium iproute2 ethtool socat wrk nginx-light procps python3
 )
 missing=()
 for p in "${PKGS[@]}"; do
@@ -22,7 +22,13 @@ if [ ${#missing[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
   export DEBIAN_FRONTEND=noninteractive
   $SUDO apt-get update -q
-  $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
+  # qemu-utils may come from backports on some images and then breaks Debian 12's qemu-system:
+  # pin the whole QEMU family to bookworm's release so they install together.
+  extra=()
+  for p in "${missing[@]}"; do
+    case "$p" in qemu-*) extra=(--allow-downgrades qemu-utils/bookworm qemu-system-common/bookworm qemu-block-extra/bookworm); break ;; esac
+  done
+  $SUDO apt-get install -y -q --no-install-recommends "${extra[@]}" "${missing[@]}"
 fi
 
 # Web UI: install its dependencies and build it to ui/dist, which the api crate's build script
