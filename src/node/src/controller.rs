@@ -228,8 +228,8 @@ impl NodeController {
                     )
                     .await?,
             )),
-            Request::VmList => Reply::Vms(self.inner.vms.list()),
-            Request::VmGet { name } => Reply::Vm(Box::new(self.inner.vms.get_view(name)?)),
+            Request::VmList => Reply::Vms(self.inner.vms.list().await?),
+            Request::VmGet { name } => Reply::Vm(Box::new(self.inner.vms.get_view(name).await?)),
             Request::VmStart { name } => {
                 Reply::Vm(Box::new(self.inner.vms.start(engine, name).await?))
             }

@@ -292,13 +292,16 @@ impl Vms {
         Ok(v)
     }
 
-    pub(crate) fn list(&self) -> Vec<VmView> {
+    /// Views wait for a VM's slot, which a graceful stop holds for up to its timeout, so they
+    /// run on the blocking pool rather than stall a runtime worker.
+    pub(crate) async fn list(&self) -> Result<Vec<VmView>, ControlError> {
         let slots: Vec<SlotRef> = self.slots.lock().values().cloned().collect();
-        slots.iter().map(|s| view(&mut s.lock())).collect()
+        blocking(move || Ok(slots.iter().map(|s| view(&mut s.lock())).collect())).await
     }
 
-    pub(crate) fn get_view(&self, name: &str) -> Result<VmView, ControlError> {
-        Ok(view(&mut self.get(name)?.lock()))
+    pub(crate) async fn get_view(&self, name: &str) -> Result<VmView, ControlError> {
+        let slot = self.get(name)?;
+        blocking(move || Ok(view(&mut slot.lock()))).await
     }
 
     /// Build a fresh machine on the VM's engine disks and run it.
