@@ -23,8 +23,6 @@ use crate::{ObjectId, Space, StoreStats};
 
 /// Largest single read or write, in blocks (4 MiB).
 pub const MAX_IO_BLOCKS: u32 = 1024;
-/// A read spans holes of up to this many unneeded blocks rather than split into two I/Os.
-const READ_GAP_BLOCKS: u64 = 8;
 /// Largest write to the device in one call when writing metadata.
 const MAX_META_IO: usize = 8 << 20;
 
@@ -644,40 +642,26 @@ impl Store {
                 }
                 _ => {
                     let mut out = AlignedBuf::zeroed(n * BS as usize);
-                    // Overwrites move blocks (redirect-on-write), so a range that was written
-                    // sequentially and then partly overwritten is its old run with holes plus
-                    // scattered new blocks. Group the blocks in physical order and read each
-                    // group with one device read, reading across small holes (their bytes are
-                    // discarded unchecked): one I/O for the old run instead of one per piece.
-                    let mut order: Vec<(u64, usize)> = plan.iter().map(|p| (p.1, p.0)).collect();
-                    order.sort_unstable();
-                    let mut groups = Vec::new();
+                    let mut runs = Vec::new();
                     let mut i = 0;
-                    while i < order.len() {
+                    while i < plan.len() {
                         let mut j = i + 1;
-                        while j < order.len()
-                            && order[j].0 - order[j - 1].0 <= READ_GAP_BLOCKS + 1
-                            && order[j].0 - order[i].0 < u64::from(MAX_IO_BLOCKS)
+                        while j < plan.len()
+                            && plan[j].0 == plan[j - 1].0 + 1
+                            && plan[j].1 == plan[j - 1].1 + 1
                         {
                             j += 1;
                         }
-                        groups.push(i..j);
+                        runs.push((plan[i].0, plan[i].1, j - i));
                         i = j;
                     }
-                    // Every group in flight at once.
-                    let reads = groups.iter().map(|g| {
-                        let first = order[g.start].0;
-                        let len = order[g.end - 1].0 - first + 1;
-                        inner.dev_read(inner.layout().data_offset(first), len, "data")
+                    // Every run in flight at once.
+                    let reads = runs.iter().map(|&(_, phys, len)| {
+                        inner.dev_read(inner.layout().data_offset(phys), len as u64, "data")
                     });
                     let bufs = futures::future::try_join_all(reads).await?;
-                    let bs = BS as usize;
-                    for (g, tmp) in groups.into_iter().zip(bufs) {
-                        let first = order[g.start].0;
-                        for &(phys, idx) in &order[g] {
-                            let at = (phys - first) as usize * bs;
-                            out[idx * bs..(idx + 1) * bs].copy_from_slice(&tmp[at..at + bs]);
-                        }
+                    for (&(idx, _, len), tmp) in runs.iter().zip(bufs) {
+                        out[idx * BS as usize..(idx + len) * BS as usize].copy_from_slice(&tmp);
                     }
                     out
                 }
