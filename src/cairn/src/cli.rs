@@ -230,4 +230,8 @@ pub enum BenchCmd {
     Engine(crate::bench::EngineBenchArgs),
     /// The HTTPS API against nginx serving the same JSON (see BENCHMARKS.md).
     Api(crate::apibench::ApiBenchArgs),
+    /// The VMM against QEMU on the same test guest and backing file (see BENCHMARKS.md).
+    Vmm(crate::benchmore::VmmBenchArgs),
+    /// Metadata commits of a three-member cluster against openraft's in-memory store.
+    Cluster(crate::benchmore::ClusterBenchArgs),
 }

@@ -7,6 +7,7 @@
 
 mod apibench;
 mod bench;
+mod benchmore;
 mod cli;
 mod client;
 mod nodecmd;
@@ -28,6 +29,8 @@ fn main() -> ExitCode {
         cli::Command::Node(n) => nodecmd::run(n),
         cli::Command::Bench(cli::BenchCmd::Engine(b)) => bench::run(b),
         cli::Command::Bench(cli::BenchCmd::Api(b)) => apibench::run(b),
+        cli::Command::Bench(cli::BenchCmd::Vmm(b)) => benchmore::run_vmm(b),
+        cli::Command::Bench(cli::BenchCmd::Cluster(b)) => benchmore::run_cluster(b),
         cmd => client::run(&args.target, args.json, cmd),
     };
     ExitCode::from(u8::try_from(code).unwrap_or(1))

@@ -1,0 +1,94 @@
+//! `cairn bench vmm` and `cairn bench cluster`: thin front ends over the benchmarks that live
+//! with the code they measure (`vmm::bench`, `cluster::bench`). Each prints the JSON lines of
+//! BENCHMARKS.md: ours, anchor and ratio from one invocation.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, clap::Args)]
+pub struct VmmBenchArgs {
+    /// Requests per IOPS run.
+    #[arg(long, default_value_t = 20_000)]
+    pub ops: u64,
+    /// Runs per figure (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
+    /// Scratch directory for the guest and the backing file (on the file system to measure).
+    #[arg(long, default_value = "/var/tmp/cairn-bench-vmm")]
+    pub dir: PathBuf,
+    /// QEMU binary used as the anchor.
+    #[arg(long, default_value = "qemu-system-x86_64")]
+    pub qemu: String,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ClusterBenchArgs {
+    /// Measurement time per figure, in seconds.
+    #[arg(long, default_value_t = 3)]
+    pub seconds: u64,
+    /// Scratch directory for the three members' data.
+    #[arg(long, default_value = "/var/tmp/cairn-bench-cluster")]
+    pub dir: PathBuf,
+}
+
+pub fn run_vmm(a: VmmBenchArgs) -> i32 {
+    if !vmm::kvm_available() {
+        println!("skipped: /dev/kvm not available");
+        return 0;
+    }
+    let opts = vmm::bench::BenchOptions {
+        work_dir: a.dir,
+        guest_elf: test_guests::GUEST_ELF.to_vec(),
+        disk_bytes: 256 << 20,
+        ops: a.ops,
+        runs: a.runs,
+        qemu: a.qemu,
+    };
+    match vmm::bench::run(&opts) {
+        Ok(_) => 0,
+        Err(e) => {
+            eprintln!("cairn bench vmm: {e:#}");
+            1
+        }
+    }
+}
+
+pub fn run_cluster(a: ClusterBenchArgs) -> i32 {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cairn bench cluster: cannot start a runtime: {e}");
+            return 1;
+        }
+    };
+    let result = rt.block_on(async {
+        let _ = std::fs::remove_dir_all(&a.dir);
+        std::fs::create_dir_all(&a.dir)?;
+        let opts = cluster::bench::BenchOpts {
+            dir: a.dir.clone(),
+            duration: Duration::from_secs(a.seconds.max(1)),
+            clients: vec![1, 32],
+            ips: [
+                "127.0.0.51".into(),
+                "127.0.0.52".into(),
+                "127.0.0.53".into(),
+            ],
+        };
+        let lines = cluster::bench::metadata_commits(&opts).await?;
+        for line in lines {
+            println!("{}", serde_json::to_string(&line)?);
+        }
+        anyhow::Ok(())
+    });
+    let _ = std::fs::remove_dir_all(&a.dir);
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("cairn bench cluster: {e:#}");
+            1
+        }
+    }
+}
