@@ -72,6 +72,10 @@ struct Persisted {
 /// Hops a proposal may be forwarded / retried while leadership settles.
 const PROPOSE_ATTEMPTS: u32 = 20;
 const PROPOSE_RETRY_MS: u64 = 100;
+/// How long one commit or linearizable read may wait for a quorum. An isolated leader never
+/// gets one, and a caller must not hang with it: past this the outcome is reported as unknown
+/// (a write may still commit later) rather than waited for forever.
+const QUORUM_WAIT: Duration = Duration::from_secs(10);
 
 pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
@@ -310,10 +314,10 @@ impl ClusterNode {
         &self,
         f: impl FnOnce(&ClusterState) -> T,
     ) -> Result<T, Error> {
-        self.raft
-            .ensure_linearizable()
-            .await
-            .map_err(|e| Error::Raft(e.to_string()))?;
+        match tokio::time::timeout(QUORUM_WAIT, self.raft.ensure_linearizable()).await {
+            Ok(r) => r.map_err(|e| Error::Raft(e.to_string()))?,
+            Err(_) => return Err(Error::Raft("no quorum confirmed leadership in time".into())),
+        };
         Ok(self.read(f))
     }
 
@@ -332,7 +336,14 @@ impl ClusterNode {
     pub async fn propose(&self, cmd: Command) -> Result<CommandResult, Error> {
         let mut last_err = Error::NoLeader;
         for _ in 0..PROPOSE_ATTEMPTS {
-            match self.raft.client_write(cmd.clone()).await {
+            let Ok(written) =
+                tokio::time::timeout(QUORUM_WAIT, self.raft.client_write(cmd.clone())).await
+            else {
+                return Err(Error::Indeterminate(
+                    "no commit within the quorum wait".into(),
+                ));
+            };
+            match written {
                 Ok(resp) => return Ok(resp.data),
                 // openraft answers ForwardToLeader only for entries it did not append, or
                 // appended and then truncated: never committed.
@@ -374,7 +385,13 @@ impl ClusterNode {
     /// Commits on this node only if it is the leader (used by the peer handler so forwarded
     /// proposals never bounce around).
     pub(crate) async fn propose_local(&self, cmd: Command) -> Result<CommandResult, ProposeError> {
-        match self.raft.client_write(cmd).await {
+        let Ok(written) = tokio::time::timeout(QUORUM_WAIT, self.raft.client_write(cmd)).await
+        else {
+            return Err(ProposeError::Indeterminate(
+                "no commit within the quorum wait".into(),
+            ));
+        };
+        match written {
             Ok(r) => Ok(r.data),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
                 Err(ProposeError::NotLeader)
