@@ -18,10 +18,11 @@ step() {
 step cargo fmt --all -- --check
 step cargo clippy --workspace --all-targets -- -D warnings
 # --show-output makes a passing test's "skipped: <reason>" line visible, so skips are counted.
-step cargo test --workspace --no-fail-fast -- --show-output
+# Time limits turn a hung test into a failure with a name instead of a silent CI timeout.
+step timeout 2700 cargo test --workspace --no-fail-fast -- --show-output
 for s in ci/suites/*.sh; do
   [ -e "$s" ] || continue
-  step bash "$s"
+  step timeout 1800 bash "$s"
 done
 
 passed=$(grep -oE 'test result: [a-zA-Z]+\. [0-9]+ passed' "$log" | awk '{s+=$4} END {print s+0}')
