@@ -1,8 +1,12 @@
-//! ACPI tables so guests find their CPUs, interrupt controllers and PCI: RSDP, XSDT, FADT
-//! (hardware-reduced), an empty DSDT, MADT (one LAPIC per vCPU, the IOAPIC, IRQ0->GSI2) and
-//! MCFG (ECAM for bus 0). Written once at boot into the reserved area below 1 MiB; never read
-//! back from the guest.
+//! ACPI tables so guests find their CPUs, interrupt controllers, PCI and the power button: RSDP,
+//! XSDT, FADT (fixed hardware: PM1a event/control blocks, SCI on IRQ 9, fixed power button),
+//! FACS, a DSDT holding only `\_S5` (the soft-off SLP_TYP), MADT (one LAPIC per vCPU, the
+//! IOAPIC, IRQ0->GSI2, IRQ9 level/active high) and MCFG (ECAM for bus 0). Written once at boot
+//! into the reserved area below 1 MiB; never read back from the guest.
 
+use crate::devices::acpi_pm::{
+    PM1A_CNT_PORT, PM1A_EVT_PORT, PM1_CNT_LEN, PM1_EVT_LEN, S5_SLP_TYP, SCI_IRQ,
+};
 use crate::error::{Result, VmmError};
 use crate::layout::{IOAPIC_START, LAPIC_START, PCI_ECAM_START};
 use crate::memory::GuestMemoryMmap;
@@ -48,6 +52,10 @@ fn madt(vcpus: u8) -> Vec<u8> {
     b.extend_from_slice(&[2, 10, 0, 0]); // ISA IRQ0 -> GSI 2
     b.extend_from_slice(&2u32.to_le_bytes());
     b.extend_from_slice(&0u16.to_le_bytes());
+    // ISA IRQ9 (the SCI) -> GSI 9, level triggered, active high (how the PM device drives it).
+    b.extend_from_slice(&[2, 10, 0, SCI_IRQ as u8]);
+    b.extend_from_slice(&u32::from(SCI_IRQ).to_le_bytes());
+    b.extend_from_slice(&0x000du16.to_le_bytes());
     sdt(b"APIC", 4, &b)
 }
 
@@ -60,23 +68,61 @@ fn mcfg() -> Vec<u8> {
     sdt(b"MCFG", 1, &b)
 }
 
-fn fadt(dsdt: u64) -> Vec<u8> {
+/// A Generic Address Structure for a system-I/O register of `bits` bits at `port`.
+fn gas_io(port: u16, bits: u8) -> [u8; 12] {
+    let mut g = [0u8; 12];
+    g[0] = 1; // system I/O space
+    g[1] = bits;
+    g[3] = 2; // word access
+    g[4..12].copy_from_slice(&u64::from(port).to_le_bytes());
+    g
+}
+
+fn fadt(dsdt: u64, facs: u64) -> Vec<u8> {
     // FADT 6.x body is 276 - 36 bytes; offsets below are from the table start.
     let mut t = vec![0u8; 276 - 36];
     let mut put =
         |off: usize, bytes: &[u8]| t[off - 36..off - 36 + bytes.len()].copy_from_slice(bytes);
+    put(36, &(facs as u32).to_le_bytes()); // FIRMWARE_CTRL (below 4 GiB, so no X_ form)
     put(40, &(dsdt as u32).to_le_bytes());
+    put(46, &SCI_IRQ.to_le_bytes()); // SCI_INT; SMI_CMD stays 0: always in ACPI mode
+    put(56, &u32::from(PM1A_EVT_PORT).to_le_bytes()); // PM1a_EVT_BLK
+    put(64, &u32::from(PM1A_CNT_PORT).to_le_bytes()); // PM1a_CNT_BLK
+    put(88, &[PM1_EVT_LEN, PM1_CNT_LEN]);
     put(109, &(1u16 << 1 | 1 << 2).to_le_bytes()); // IAPC_BOOT_ARCH: 8042 present, no VGA
-    put(112, &(1u32 << 20).to_le_bytes()); // HW_REDUCED_ACPI
+                                                   // Flags: WBINVD; PWR_BUTTON clear = fixed-feature power button present; SLP_BUTTON set = no
+                                                   // sleep button. Not hardware-reduced: the PM1 blocks above are the fixed hardware.
+    put(112, &(1u32 | 1 << 5).to_le_bytes());
     put(131, &[1]); // minor version 6.1
     put(140, &dsdt.to_le_bytes()); // X_DSDT
+    put(148, &gas_io(PM1A_EVT_PORT, PM1_EVT_LEN * 8)); // X_PM1a_EVT_BLK
+    put(172, &gas_io(PM1A_CNT_PORT, PM1_CNT_LEN * 8)); // X_PM1a_CNT_BLK
     put(268, b"CAIRNVMM"); // hypervisor vendor identity
     sdt(b"FACP", 6, &t)
 }
 
+/// The 64-byte FACS (no checksum; firmware waking vector and global lock unused).
+fn facs() -> Vec<u8> {
+    let mut f = vec![0u8; 64];
+    f[0..4].copy_from_slice(b"FACS");
+    f[4..8].copy_from_slice(&64u32.to_le_bytes());
+    f[32] = 2; // version
+    f
+}
+
+/// DSDT AML: `Name (\_S5, Package () { S5, S5, 0, 0 })`, the SLP_TYP values for soft-off.
+fn dsdt() -> Vec<u8> {
+    let mut aml = vec![0x08]; // NameOp
+    aml.extend_from_slice(b"_S5_");
+    // PackageOp, PkgLength (8 bytes incl. itself), NumElements 4, ByteConst x2, Zero x2.
+    aml.extend_from_slice(&[
+        0x12, 0x08, 0x04, 0x0a, S5_SLP_TYP, 0x0a, S5_SLP_TYP, 0x00, 0x00,
+    ]);
+    sdt(b"DSDT", 2, &aml)
+}
+
 /// Writes all tables at [`RSDP_START`]; returns the RSDP address.
 pub fn write_tables(mem: &GuestMemoryMmap, vcpus: u8) -> Result<u64> {
-    let dsdt = sdt(b"DSDT", 2, &[]);
     let mut addr = RSDP_START + 64;
     let mut place = |bytes: &[u8]| -> Result<u64> {
         let at = addr;
@@ -85,8 +131,10 @@ pub fn write_tables(mem: &GuestMemoryMmap, vcpus: u8) -> Result<u64> {
         addr = (at + bytes.len() as u64).next_multiple_of(16);
         Ok(at)
     };
-    let dsdt_at = place(&dsdt)?;
-    let fadt_at = place(&fadt(dsdt_at))?;
+    // First, so it gets the 64-byte alignment the FACS needs (RSDP_START + 64).
+    let facs_at = place(&facs())?;
+    let dsdt_at = place(&dsdt())?;
+    let fadt_at = place(&fadt(dsdt_at, facs_at))?;
     let madt_at = place(&madt(vcpus))?;
     let mcfg_at = place(&mcfg())?;
     let mut entries = Vec::new();
@@ -141,9 +189,29 @@ mod tests {
             if &sig == b"APIC" {
                 assert_eq!(
                     len,
-                    36 + 8 + 3 * 8 + 12 + 10,
-                    "three LAPICs, an IOAPIC, one override"
+                    36 + 8 + 3 * 8 + 12 + 10 + 10,
+                    "three LAPICs, an IOAPIC, two overrides"
                 );
+            }
+            if &sig == b"FACP" {
+                let flags: u32 = mem.read_obj(GuestAddress(t + 112)).unwrap();
+                assert_eq!(flags & (1 << 20), 0, "not hardware-reduced");
+                assert_eq!(flags & (1 << 4), 0, "fixed power button");
+                let evt: u32 = mem.read_obj(GuestAddress(t + 56)).unwrap();
+                assert_eq!(evt, u32::from(PM1A_EVT_PORT));
+                let facs: u32 = mem.read_obj(GuestAddress(t + 36)).unwrap();
+                assert_eq!(facs % 64, 0, "FACS 64-byte aligned");
+                let mut fsig = [0u8; 4];
+                mem.read_slice(&mut fsig, GuestAddress(u64::from(facs)))
+                    .unwrap();
+                assert_eq!(&fsig, b"FACS");
+                let dsdt: u64 = mem.read_obj(GuestAddress(t + 140)).unwrap();
+                let dlen: u32 = mem.read_obj(GuestAddress(dsdt + 4)).unwrap();
+                assert_eq!(sum(&mem, dsdt, dlen as usize), 0);
+                let mut aml = vec![0u8; dlen as usize - 36];
+                mem.read_slice(&mut aml, GuestAddress(dsdt + 36)).unwrap();
+                assert_eq!(&aml[1..5], b"_S5_");
+                assert_eq!(aml[9], S5_SLP_TYP);
             }
         }
         assert_eq!(sigs, [*b"FACP", *b"APIC", *b"MCFG"]);

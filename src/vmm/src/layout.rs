@@ -57,8 +57,6 @@ pub mod ports {
     pub const DEBUG_CHAR: u16 = 0xe9;
     /// Exit code (QEMU `isa-debug-exit` compatible address).
     pub const DEBUG_EXIT: u16 = 0x501;
-    /// Graceful-shutdown request (reads 1 when the host wants the guest to stop).
-    pub const DEBUG_SHUTDOWN: u16 = 0x504;
     /// COM1.
     pub const SERIAL_COM1: u16 = 0x3f8;
     /// i8042 controller (data 0x60, command 0x64).

@@ -25,7 +25,8 @@
 //! # What is inside
 //! - [`machine`]: KVM VM with in-kernel irqchip + PIT, guest memory ([`memory`]), vCPU threads
 //!   ([`cpu`]), port/MMIO buses ([`bus`]), legacy devices ([`devices`]: COM1, i8042 reset, debug
-//!   ports 0x80 progress / 0xe9 bytes / 0x501 exit code / 0x504 shutdown request).
+//!   ports 0x80 progress / 0xe9 bytes / 0x501 exit code, ACPI PM1 registers at 0x600/0x604:
+//!   power button + SCI on IRQ 9, soft-off through SLP_TYP/SLP_EN).
 //! - [`boot`]: PVH ELF and Linux boot protocol (bzImage / vmlinux, initrd, command line, e820),
 //!   plus [`acpi`] tables (MADT, MCFG, FADT, XSDT/RSDP).
 //! - [`pci`]: PCI root (0xCF8/0xCFC and ECAM), MSI-X through KVM GSI routes + irqfds, and

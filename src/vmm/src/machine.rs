@@ -6,6 +6,7 @@ use crate::boot;
 use crate::bus::Bus;
 use crate::config::VmConfig;
 use crate::cpu::{self, VcpuShared};
+use crate::devices::acpi_pm::{self, AcpiPm, AcpiPmPort};
 use crate::devices::debug::{DebugPort, DebugPortKind, DebugPorts};
 use crate::devices::serial::{SerialConsole, I8042};
 use crate::devices::{ExitLatch, ExitReason};
@@ -35,6 +36,8 @@ pub struct Machine {
     pub serial: Arc<SerialConsole>,
     /// First exit reason.
     pub exit: Arc<ExitLatch>,
+    /// ACPI PM1 registers (power button, soft-off).
+    pub pm: Arc<AcpiPm>,
     /// PCI devices (virtio).
     pub pci: PciSetup,
     vcpus: Vec<VcpuFd>,
@@ -72,7 +75,6 @@ impl Machine {
             (ports::DEBUG_PROGRESS, DebugPortKind::Progress),
             (ports::DEBUG_CHAR, DebugPortKind::Char),
             (ports::DEBUG_EXIT, DebugPortKind::Exit),
-            (ports::DEBUG_SHUTDOWN, DebugPortKind::Shutdown),
         ] {
             let len = if matches!(kind, DebugPortKind::Exit) {
                 2
@@ -99,6 +101,21 @@ impl Machine {
             Arc::new(I8042::new(exit.clone())),
         )?;
 
+        let pm = Arc::new(AcpiPm::new(vm.clone(), exit.clone()));
+        for (port, len, base_offset) in [
+            (acpi_pm::PM1A_EVT_PORT, acpi_pm::PM1_EVT_LEN, 0),
+            (acpi_pm::PM1A_CNT_PORT, acpi_pm::PM1_CNT_LEN, 4),
+        ] {
+            pio.insert(
+                u64::from(port),
+                u64::from(len),
+                Arc::new(AcpiPmPort {
+                    pm: pm.clone(),
+                    base_offset,
+                }),
+            )?;
+        }
+
         let pci = PciSetup::build(cfg, &vm, &mem, &pio, &mmio)?;
 
         let entry = boot::load(&mem, &cfg.boot, cfg.vcpus)?;
@@ -115,6 +132,7 @@ impl Machine {
             debug,
             serial,
             exit,
+            pm,
             pci,
             vcpus,
             threads: Vec::new(),

@@ -143,9 +143,10 @@ impl Vm {
         Ok(())
     }
 
-    /// Graceful stop: raises the shutdown request (the guest sees it on the debug shutdown
-    /// port), waits up to `timeout` for the guest to exit, then stops it by force.
-    /// Returns the exit reason (`Stopped` when forced).
+    /// Graceful stop: presses the ACPI power button (PWRBTN_STS + SCI), waits up to `timeout`
+    /// for the guest to power off (S5 through PM1a_CNT) or exit otherwise, then stops it by
+    /// force. Returns the exit reason (`Shutdown` when the guest powered off, `Stopped` when
+    /// forced).
     pub fn stop(&mut self, timeout: Duration) -> Result<ExitReason> {
         self.refresh();
         match self.state {
@@ -160,7 +161,7 @@ impl Vm {
         if self.state == VmState::Paused {
             m.set_paused(false, PAUSE_TIMEOUT)?;
         }
-        m.debug.request_shutdown();
+        m.pm.press_power_button();
         let reason = m.exit.wait(timeout).unwrap_or(ExitReason::Stopped);
         m.shutdown();
         self.last_exit = Some(reason.clone());

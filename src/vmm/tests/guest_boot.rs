@@ -37,7 +37,8 @@ fn lifecycle_pause_resume_graceful_and_forced_stop() {
     if !kvm_or_skip() {
         return;
     }
-    // "wait-shutdown" makes the guest poll the shutdown port and exit with code 7 when asked.
+    // "wait-shutdown": the guest enables the ACPI power button, routes the SCI to its LAPIC,
+    // polls PM1_STS, then powers off through SLP_TYP=S5 | SLP_EN.
     let mut vm = Vm::create(guest_config("life", "wait-shutdown")).unwrap();
     assert_eq!(vm.state(), VmState::Created);
     assert!(vm.pause().is_err(), "pause before start must be refused");
@@ -49,12 +50,22 @@ fn lifecycle_pause_resume_graceful_and_forced_stop() {
     vm.resume().unwrap();
     assert_eq!(vm.state(), VmState::Running);
     let reason = vm.stop(Duration::from_secs(20)).unwrap();
-    assert_eq!(
-        reason,
-        ExitReason::DebugExit(7),
-        "{}",
-        String::from_utf8_lossy(&vm.debug_output())
-    );
+    let out = String::from_utf8_lossy(&vm.debug_output()).into_owned();
+    assert_eq!(reason, ExitReason::Shutdown, "{out}");
+    for ok in [
+        "acpi-fixed-power-button",
+        "acpi-s5",
+        "acpi-sci-en",
+        "acpi-sci",
+        "acpi-pwrbtn-cleared",
+    ] {
+        assert!(
+            out.contains(&format!("ok {ok}\n")),
+            "missing ok {ok}:\n{out}"
+        );
+    }
+    assert!(out.contains("shutdown requested"), "{out}");
+    assert!(!out.contains("\nfail "), "{out}");
     assert_eq!(vm.state(), VmState::Stopped);
     let stats = vm.stats();
     assert_eq!(stats.memory_bytes, 64 << 20);

@@ -6,6 +6,7 @@
 #include "guest.h"
 
 int run_pci_tests(const char *cmdline);
+void run_acpi_shutdown(u64 rsdp);
 
 /* Follows RSDP -> XSDT -> MADT/MCFG, counts enabled LAPICs and checks the ECAM base. */
 static void check_acpi(u64 rsdp) {
@@ -80,10 +81,9 @@ int guest_main(u32 start_info_pa) {
     if (has_word(cmdline, "spin"))
         for (;;) __asm__ volatile("pause");
     if (has_word(cmdline, "wait-shutdown")) {
-        /* Graceful stop: the host raises port 0x504; answer with exit code 7. */
-        while (!inb(0x504)) __asm__ volatile("pause");
-        puts("shutdown requested\n");
-        return 7;
+        /* Graceful stop: wait for the ACPI power button, then power off through S5. */
+        run_acpi_shutdown(si ? si->rsdp_paddr : 0);
+        return 1;
     }
     if (has_word(cmdline, "pci") || has_word(cmdline, "blk") || has_word(cmdline, "rng") ||
         has_word(cmdline, "blk-write") || has_word(cmdline, "blk-verify") ||

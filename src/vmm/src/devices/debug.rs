@@ -1,12 +1,12 @@
 //! Debug ports for test guests: a progress byte (0x80), a character stream (0xe9, QEMU
 //! `debugcon` compatible) and an exit code (0x501, QEMU `isa-debug-exit` address). Writing the
-//! exit port stops the VM with [`ExitReason::DebugExit`]; port 0x504 reads 1 once the host asked
-//! for a graceful shutdown. Never blocks a vCPU.
+//! exit port stops the VM with [`ExitReason::DebugExit`]. (Graceful shutdown requests go through
+//! the ACPI power button, [`super::acpi_pm`].) Never blocks a vCPU.
 
 use super::{BoundedLog, ExitLatch, ExitReason};
 use crate::bus::BusDevice;
 use parking_lot::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -18,7 +18,6 @@ pub struct DebugPorts {
     /// Everything written to the character port.
     pub output: BoundedLog,
     progress: AtomicU8,
-    shutdown_requested: AtomicBool,
     first_write: Mutex<Option<Instant>>,
     exit: Arc<ExitLatch>,
 }
@@ -29,7 +28,6 @@ impl DebugPorts {
         Self {
             output: BoundedLog::new(DEBUG_LOG_BYTES),
             progress: AtomicU8::new(0),
-            shutdown_requested: AtomicBool::new(false),
             first_write: Mutex::new(None),
             exit,
         }
@@ -43,11 +41,6 @@ impl DebugPorts {
     /// When the guest first wrote any debug port (boot-time measurements).
     pub fn first_write(&self) -> Option<Instant> {
         *self.first_write.lock()
-    }
-
-    /// Raises the graceful-shutdown request the guest polls on port 0x504.
-    pub fn request_shutdown(&self) {
-        self.shutdown_requested.store(true, Ordering::Release);
     }
 
     /// Resets state for a VM restart.
@@ -82,8 +75,6 @@ pub enum DebugPortKind {
     Char,
     /// 0x501.
     Exit,
-    /// 0x504: reads 1 once the host asked for a graceful shutdown.
-    Shutdown,
 }
 
 impl BusDevice for DebugPort {
@@ -93,9 +84,6 @@ impl BusDevice for DebugPort {
             DebugPortKind::Char => 0xe9,
             DebugPortKind::Progress => self.ports.progress(),
             DebugPortKind::Exit => 0xff,
-            DebugPortKind::Shutdown => {
-                u8::from(self.ports.shutdown_requested.load(Ordering::Acquire))
-            }
         };
         data.fill(v);
     }
@@ -109,7 +97,7 @@ impl BusDevice for DebugPort {
             DebugPortKind::Exit if offset == 0 => {
                 self.ports.exit.set(ExitReason::DebugExit(first));
             }
-            DebugPortKind::Exit | DebugPortKind::Shutdown => {}
+            DebugPortKind::Exit => {}
         }
     }
 }

@@ -1,5 +1,7 @@
-//! Legacy platform devices: debug ports for test guests, the 16550 console, the i8042 reset line.
+//! Legacy platform devices: debug ports for test guests, the 16550 console, the i8042 reset line,
+//! and the ACPI PM1 registers (power button, soft-off).
 
+pub mod acpi_pm;
 pub mod debug;
 pub mod serial;
 

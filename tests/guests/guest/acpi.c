@@ -1,0 +1,84 @@
+/*
+ * ACPI power button from ring 3: finds the FADT and DSDT, enables PWRBTN_EN, routes the SCI
+ * through the IOAPIC to the LAPIC (interrupts stay off: the test looks at the LAPIC IRR),
+ * polls PM1_STS until the host presses the button, clears it and powers off with the \_S5
+ * SLP_TYP through PM1a_CNT (SLP_EN).
+ */
+#include "guest.h"
+
+#define LAPIC 0xFEE00000ull
+#define IOAPIC 0xFEC00000ull
+#define SCI_VECTOR 0x90
+#define PWRBTN (1u << 8)
+
+static const u8 *find_table(u64 rsdp, const char *sig) {
+    const u8 *r = (const u8 *)(usize)rsdp;
+    const u8 *x = (const u8 *)(usize)*(const u64 *)(r + 24);
+    u32 xlen = *(const u32 *)(x + 4);
+    for (u32 off = 36; off + 8 <= xlen && off < 36 + 8 * 16; off += 8) {
+        const u8 *t = (const u8 *)(usize)*(const u64 *)(x + off);
+        if (!memcmp(t, sig, 4)) return t;
+    }
+    return 0;
+}
+
+/* SLP_TYP of \_S5 from the DSDT's Name(_S5_, Package(){ByteConst..}); -1 if absent. */
+static int s5_slp_typ(const u8 *dsdt) {
+    u32 len = *(const u32 *)(dsdt + 4);
+    for (u32 i = 36; i + 10 <= len && i < 65536; i++) {
+        if (memcmp(dsdt + i, "_S5_", 4) || dsdt[i + 4] != 0x12) continue;
+        const u8 *p = dsdt + i + 5;
+        p += 1 + (p[0] >> 6); /* PkgLength: lead byte + extra bytes */
+        p += 1;               /* NumElements */
+        if (p[0] == 0x0a) return p[1];
+        if (p[0] <= 1) return p[0]; /* ZeroOp / OneOp */
+        return -1;
+    }
+    return -1;
+}
+
+static void ioapic_write(u32 reg, u32 v) {
+    mmio_w32(IOAPIC, reg);
+    mmio_w32(IOAPIC + 0x10, v);
+}
+
+static int lapic_irr(u8 vector) {
+    return (mmio_r32(LAPIC + 0x200 + 0x10 * (vector / 32)) >> (vector % 32)) & 1;
+}
+
+/* Returns only if the power-off did not happen (the exit code then reports failure). */
+void run_acpi_shutdown(u64 rsdp) {
+    const u8 *fadt = rsdp ? find_table(rsdp, "FACP") : 0;
+    check(fadt != 0, "acpi-fadt", "no FADT");
+    if (!fadt) return;
+    u32 flags = *(const u32 *)(fadt + 112);
+    u16 sci = *(const u16 *)(fadt + 46);
+    u16 evt = (u16)*(const u32 *)(fadt + 56);
+    u16 cnt = (u16)*(const u32 *)(fadt + 64);
+    const u8 *dsdt = (const u8 *)(usize)*(const u64 *)(fadt + 140);
+    check(!(flags & (1u << 20)) && !(flags & (1u << 4)) && evt && cnt && fadt[88] == 4,
+          "acpi-fixed-power-button", "FADT lacks PM1 blocks or a fixed power button");
+    int slp_typ = s5_slp_typ(dsdt);
+    check(slp_typ >= 0, "acpi-s5", "no \\_S5 in the DSDT");
+    check(inw(cnt) & 1, "acpi-sci-en", "SCI_EN clear: not in ACPI mode");
+    /* SCI: IOAPIC pin `sci` -> vector 0x90 on APIC 0, level, active high, unmasked. */
+    mmio_w32(LAPIC + 0xf0, 0x1ff);
+    ioapic_write(0x11 + 2 * sci, 0);
+    ioapic_write(0x10 + 2 * sci, SCI_VECTOR | (1u << 15));
+    outw(evt + 2, PWRBTN);
+    puts("acpi-waiting\n");
+    while (!(inw(evt) & PWRBTN)) __asm__ volatile("pause");
+    puts("shutdown requested\n");
+    int irr = 0;
+    for (int i = 0; i < 1000000 && !irr; i++) irr = lapic_irr(SCI_VECTOR);
+    check(irr, "acpi-sci", "SCI vector not pending in the LAPIC IRR");
+    outw(evt, PWRBTN); /* write 1 to clear */
+    check(!(inw(evt) & PWRBTN), "acpi-pwrbtn-cleared", "PWRBTN_STS did not clear");
+    if (failures) {
+        puts("result fail\n");
+        outb(0x501, 1);
+    }
+    outw(cnt, (u16)((slp_typ & 7) << 10) | (1u << 13));
+    for (u64 spin = 0; spin < 100000000ull; spin++) __asm__ volatile("pause");
+    check(0, "acpi-poweroff", "still running after SLP_EN");
+}
