@@ -208,7 +208,12 @@ impl Inner {
                 "chunk {obj}: every replica is on a failed disk"
             )));
         }
-        if live.len() > 1 && self.balanced_reads.load(Ordering::Relaxed) {
+        if live.len() > 1 && live[0].node_id != live[1].node_id {
+            // Another node's replica costs a network round trip: read the local one first.
+            if live[0].node_id != self.cfg.node_id {
+                live.swap(0, 1);
+            }
+        } else if live.len() > 1 && self.balanced_reads.load(Ordering::Relaxed) {
             // Least loaded first; ties alternate by block so both disks share sequential scans.
             let a = live[0].inflight.load(Ordering::Relaxed);
             let b = live[1].inflight.load(Ordering::Relaxed);
