@@ -37,8 +37,8 @@ pub struct VcpuShared {
     pub stop: AtomicBool,
     pause: Mutex<PauseState>,
     pause_cv: Condvar,
-    /// Host thread ids of the vCPUs, for CPU-time accounting.
-    pub tids: Mutex<Vec<i32>>,
+    /// CPU time of the vCPU threads.
+    pub cpu: Arc<crate::stats::ThreadCpu>,
     /// Exits handled in userspace.
     pub exits: AtomicU64,
 }
@@ -59,7 +59,7 @@ impl VcpuShared {
             stop: AtomicBool::new(false),
             pause: Mutex::new(PauseState::default()),
             pause_cv: Condvar::new(),
-            tids: Mutex::new(Vec::new()),
+            cpu: Arc::default(),
             exits: AtomicU64::new(0),
         }
     }
@@ -215,9 +215,7 @@ pub fn create_vcpu(kvm: &Kvm, vm: &VmFd, id: u8, count: u8) -> Result<VcpuFd> {
 
 /// The vCPU thread body: run until stopped, dispatching exits.
 pub fn run_loop(mut vcpu: VcpuFd, id: u8, shared: Arc<VcpuShared>) {
-    // SAFETY: gettid has no preconditions.
-    let tid = unsafe { libc::gettid() };
-    shared.tids.lock().push(tid);
+    let _cpu = shared.cpu.enter();
     loop {
         if shared.stop.load(Ordering::Acquire) || shared.exit.is_set() {
             break;

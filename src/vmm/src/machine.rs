@@ -14,6 +14,7 @@ use crate::error::{io_err, kvm_err, Result, VmmError};
 use crate::layout::{self, ports};
 use crate::memory::{self, GuestMemoryMmap};
 use crate::pci::PciSetup;
+use crate::stats::ThreadCpu;
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -40,6 +41,8 @@ pub struct Machine {
     pub pm: Arc<AcpiPm>,
     /// PCI devices (virtio).
     pub pci: PciSetup,
+    /// CPU time of the device threads (queue workers, I/O lanes).
+    pub device_cpu: Arc<ThreadCpu>,
     vcpus: Vec<VcpuFd>,
     threads: Vec<JoinHandle<()>>,
     /// When `start` ran.
@@ -116,7 +119,8 @@ impl Machine {
             )?;
         }
 
-        let pci = PciSetup::build(cfg, &vm, &mem, &pio, &mmio)?;
+        let device_cpu = Arc::new(ThreadCpu::default());
+        let pci = PciSetup::build(cfg, &vm, &mem, &pio, &mmio, &device_cpu)?;
 
         let entry = boot::load(&mem, &cfg.boot, cfg.vcpus)?;
         let mut vcpus = Vec::with_capacity(usize::from(cfg.vcpus));
@@ -134,6 +138,7 @@ impl Machine {
             exit,
             pm,
             pci,
+            device_cpu,
             vcpus,
             threads: Vec::new(),
             started_at: None,

@@ -29,7 +29,11 @@ struct vq {
 
 struct blk_req { u32 type, reserved; u64 sector; };
 
-static struct vq blkq, rngq;
+static struct vq blkqs[2], rngq;
+/* The virtio-blk queue requests go to (queue index bq_index); multi-queue tests switch it. */
+static struct vq *bq = &blkqs[0];
+static u16 bq_index;
+static int blk_nqueues = 1;
 static u8 data[BATCH][4096] __attribute__((aligned(4096)));
 static struct blk_req reqs[BATCH];
 static u8 status[BATCH];
@@ -131,8 +135,8 @@ static int driver_ok(struct vdev *d) {
     return (mmio_r8(d->common + 0x14) & 0xc0) == 0;
 }
 
-/* Publishes n chains starting at descriptor heads and waits for n completions. */
-static int submit_wait(struct vq *q, u16 index, const u16 *heads, int n) {
+/* Publishes n chains starting at descriptor heads and notifies queue `index`. */
+static void publish(struct vq *q, u16 index, const u16 *heads, int n) {
     for (int i = 0; i < n; i++) q->avail.ring[(q->avail.idx + i) % QSZ] = heads[i];
     /* Event index: ask for an interrupt once the device passes our current position. */
     q->avail.used_event = q->last_used;
@@ -140,6 +144,10 @@ static int submit_wait(struct vq *q, u16 index, const u16 *heads, int n) {
     q->avail.idx += n;
     mb();
     mmio_w16(q->notify_addr, index);
+}
+
+/* Waits until n more chains are used. */
+static int wait_used(struct vq *q, int n) {
     u16 target = q->last_used + n;
     for (u64 spin = 0; spin < 2000000000ull; spin++) {
         barrier();
@@ -152,6 +160,12 @@ static int submit_wait(struct vq *q, u16 index, const u16 *heads, int n) {
     return 0;
 }
 
+/* Publishes n chains and waits for their completion. */
+static int submit_wait(struct vq *q, u16 index, const u16 *heads, int n) {
+    publish(q, index, heads, n);
+    return wait_used(q, n);
+}
+
 /* Builds request slot i: header, optional data (dlen bytes, device-writable if in), status. */
 static u16 build_req(int i, u32 type, u64 sector, void *buf, u32 dlen, int dev_writes) {
     u16 h = (u16)(i * 3);
@@ -159,7 +173,7 @@ static u16 build_req(int i, u32 type, u64 sector, void *buf, u32 dlen, int dev_w
     reqs[i].reserved = 0;
     reqs[i].sector = sector;
     status[i] = 0xff;
-    struct vdesc *d = blkq.desc;
+    struct vdesc *d = bq->desc;
     d[h] = (struct vdesc){(u64)(usize)&reqs[i], 16, 1, (u16)(h + 1)};
     if (dlen) {
         d[h + 1] = (struct vdesc){(u64)(usize)buf, dlen, (u16)(1 | (dev_writes ? 2 : 0)), (u16)(h + 2)};
@@ -185,7 +199,7 @@ static int rw_batch(int n, u32 type, u64 first_sector, u64 seed, int verify) {
         if (type == 1) pattern(data[i], seed, s); else memset(data[i], 0xAA, 4096);
         heads[i] = build_req(i, type, s, data[i], 4096, type == 0);
     }
-    if (!submit_wait(&blkq, 0, heads, n)) return 0;
+    if (!submit_wait(bq, bq_index, heads, n)) return 0;
     u8 expect[4096];
     for (int i = 0; i < n; i++) {
         if (status[i] != 0) return 0;
@@ -199,7 +213,7 @@ static int rw_batch(int n, u32 type, u64 first_sector, u64 seed, int verify) {
 
 static int single(u32 type, u64 sector, void *buf, u32 len, int dev_writes) {
     u16 h = build_req(0, type, sector, buf, len, dev_writes);
-    if (!submit_wait(&blkq, 0, &h, 1)) return -1;
+    if (!submit_wait(bq, bq_index, &h, 1)) return -1;
     return status[0];
 }
 
@@ -209,18 +223,28 @@ static int all_zero(const u8 *b, int n) {
 }
 
 /* Finds, probes and starts the virtio-blk device; returns its capacity in sectors (0 = failed). */
-static u64 blk_init(void) {
+static u64 blk_init(int want_mq) {
     struct vdev d;
     int slot = find_device(0x1042);
     check(slot > 0, "pci-find-blk", "no virtio-blk on bus 0");
     if (slot <= 0) return 0;
     check(probe(slot, &d), "virtio-caps", "missing virtio or MSI-X capability");
-    msix_setup(&d, 2, 0x40);
-    /* VERSION_1 | EVENT_IDX | FLUSH | DISCARD | WRITE_ZEROES | BLK_SIZE | SEG_MAX */
+    msix_setup(&d, want_mq ? 3 : 2, 0x40);
+    /* VERSION_1 | EVENT_IDX | FLUSH | DISCARD | WRITE_ZEROES | BLK_SIZE | SEG_MAX (| MQ) */
     u64 wanted = (1ull << 32) | (1ull << 29) | (1 << 9) | (1 << 13) | (1 << 14) | (1 << 6) | (1 << 2);
+    if (want_mq) wanted |= 1 << 12;
     check(negotiate(&d, wanted), "virtio-features", "FEATURES_OK not accepted");
     check((d.features & (1ull << 32)) && (d.features & (1 << 9)), "virtio-features-offered", "VERSION_1/FLUSH missing");
-    check(queue_setup(&d, &blkq, 0, 1), "virtio-queue", "queue setup failed");
+    check(queue_setup(&d, &blkqs[0], 0, 1), "virtio-queue", "queue setup failed");
+    blk_nqueues = 1;
+    if (want_mq) {
+        /* num_queues (config offset 34) and the common config's num_queues must agree. */
+        u16 nq = mmio_r16(d.device + 34);
+        check((d.features & (1 << 12)) && nq >= 2 && mmio_r16(d.common + 0x12) == nq, "blk-mq-offered", "VIRTIO_BLK_F_MQ or num_queues missing");
+        /* Queue 1 gets its own MSI-X vector (table entry 2 -> vector 0x42). */
+        check(nq >= 2 && queue_setup(&d, &blkqs[1], 1, 2), "blk-mq-queue1", "queue 1 setup failed");
+        if (nq >= 2) blk_nqueues = 2;
+    }
     check(driver_ok(&d), "virtio-driver-ok", "device needs reset");
     u64 capacity = (u64)mmio_r32(d.device) | ((u64)mmio_r32(d.device + 4) << 32);
     puts("capacity-sectors ");
@@ -229,8 +253,53 @@ static u64 blk_init(void) {
     return failures ? 0 : capacity;
 }
 
+/*
+ * Multi-queue: 16 writes in flight on queue 0 and 16 on queue 1 at the same time, then the same
+ * as reads, verified; each queue's own MSI-X vector must be pending in the LAPIC IRR.
+ */
+static void run_blk_mq(const char *cmdline) {
+    u64 capacity = blk_init(1);
+    if (!capacity || blk_nqueues < 2) return;
+    u64 seed = arg_u64(cmdline, "seed", 1), base = arg_u64(cmdline, "base", 2048);
+    mmio_w32(LAPIC + 0xf0, 0x1ff); /* software-enable the LAPIC so MSIs land in IRR */
+    int ok = 1;
+    static const u32 types[2] = {1, 0}; /* writes, then reads */
+    for (int t = 0; t < 2; t++) {
+        u32 type = types[t];
+        u16 heads[2][BATCH / 2];
+        for (int q = 0; q < 2; q++) {
+            bq = &blkqs[q];
+            for (int i = 0; i < BATCH / 2; i++) {
+                int slot = q * (BATCH / 2) + i;
+                u64 s = base + 8 * (u64)slot;
+                if (type == 1) pattern(data[slot], seed, s); else memset(data[slot], 0xAA, 4096);
+                heads[q][i] = build_req(slot, type, s, data[slot], 4096, type == 0);
+            }
+        }
+        publish(&blkqs[0], 0, heads[0], BATCH / 2);
+        publish(&blkqs[1], 1, heads[1], BATCH / 2);
+        ok = ok && wait_used(&blkqs[0], BATCH / 2) && wait_used(&blkqs[1], BATCH / 2);
+        u8 expect[4096];
+        for (int slot = 0; ok && slot < BATCH; slot++) {
+            if (status[slot] != 0) ok = 0;
+            if (type == 0) {
+                pattern(expect, seed, base + 8 * (u64)slot);
+                if (memcmp(expect, data[slot], 4096)) ok = 0;
+            }
+        }
+    }
+    bq = &blkqs[0];
+    bq_index = 0;
+    check(ok, "blk-mq-both-queues", "requests on two queues failed or read back wrong");
+    check(lapic_irr(0x41) && lapic_irr(0x42), "blk-mq-vectors", "queue vectors 0x41/0x42 not both pending");
+}
+
 static void run_blk(const char *cmdline) {
-    u64 capacity = blk_init();
+    if (has_word(cmdline, "blk-mq")) {
+        run_blk_mq(cmdline);
+        return;
+    }
+    u64 capacity = blk_init(0);
     if (!capacity) return;
     u64 seed = arg_u64(cmdline, "seed", 1);
     u64 base = arg_u64(cmdline, "base", 2048);
@@ -302,7 +371,7 @@ static int need_event(u16 event, u16 new_idx, u16 old_idx) {
  * Prints "bench <op> qd=<n> ops=<m> tsc=<cycles> errors=<e>"; the host converts cycles to time.
  */
 static void run_bench(const char *cmdline) {
-    u64 capacity = blk_init();
+    u64 capacity = blk_init(0);
     if (!capacity) return;
     int write = has_word(cmdline, "bench-write");
     u64 qd = arg_u64(cmdline, "qd", 1), ops = arg_u64(cmdline, "ops", 20000);
@@ -311,7 +380,7 @@ static void run_bench(const char *cmdline) {
     if (ops < qd) ops = qd;
     u64 blocks = capacity / 8, x = 0x2545F4914F6CDD1Dull, submitted = 0, completed = 0, errors = 0;
     for (u64 i = 0; i < qd; i++) pattern(data[i], 1, i);
-    struct vq *q = &blkq;
+    struct vq *q = bq;
     u64 t0 = rdtsc();
     u16 old = q->avail.idx;
     for (u64 i = 0; i < qd; i++, submitted++) {
@@ -448,7 +517,7 @@ int run_pci_tests(const char *cmdline) {
     (void)host;
     check(pci_r32(0, 0) != 0xffffffffu, "pci-host-bridge", "no device at 00:00.0");
     check(pci_r32(31, 0) == 0xffffffffu || pci_r32(31, 0) != 0, "pci-empty-slot", "");
-    if (has_word(cmdline, "blk") || has_word(cmdline, "blk-write") || has_word(cmdline, "blk-verify")) run_blk(cmdline);
+    if (has_word(cmdline, "blk") || has_word(cmdline, "blk-write") || has_word(cmdline, "blk-verify") || has_word(cmdline, "blk-mq")) run_blk(cmdline);
     if (has_word(cmdline, "rng")) run_rng();
     if (has_word(cmdline, "net")) run_net();
     if (has_word(cmdline, "console")) run_console();

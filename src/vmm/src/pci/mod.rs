@@ -272,6 +272,7 @@ impl PciSetup {
         mem: &Arc<GuestMemoryMmap>,
         pio: &Arc<Bus>,
         mmio: &Arc<Bus>,
+        cpu: &Arc<crate::stats::ThreadCpu>,
     ) -> Result<Self> {
         let mut root = PciRoot::new();
         let router = Arc::new(msix::GsiRouter::new(vm.clone()));
@@ -289,7 +290,10 @@ impl PciSetup {
                 vm.clone(),
                 mem.clone(),
                 router.clone(),
-                cfg.seccomp,
+                crate::virtio::ThreadEnv {
+                    seccomp: cfg.seccomp,
+                    cpu: cpu.clone(),
+                },
             )?);
             mmio.insert(next_bar, crate::virtio::pci::BAR_SIZE, d.clone())?;
             root.slots[slot] = Some(d.clone());

@@ -199,6 +199,7 @@ pub struct BlkQueueHandler {
     /// Start of the 4 KiB-aligned window in `bounce` (O_DIRECT backends need aligned buffers).
     bounce_off: usize,
     read_only: bool,
+    queue_index: usize,
 }
 
 impl BlkQueueHandler {
@@ -224,7 +225,14 @@ impl BlkQueueHandler {
             bounce,
             bounce_off,
             read_only,
+            queue_index: 0,
         }
+    }
+
+    /// The queue this handler serves (for the per-queue request counters).
+    pub fn with_queue_index(mut self, index: u16) -> Self {
+        self.queue_index = usize::from(index);
+        self
     }
 
     /// Executes one walked chain.
@@ -367,6 +375,7 @@ impl BlkQueueHandler {
                 let _ = queue.disable_notification(&*mem);
             }
             while let Some(chain) = queue.pop_descriptor_chain(&*mem) {
+                self.counters.count_queue(self.queue_index);
                 let t0 = Instant::now();
                 let head = chain.head_index();
                 let walked = Chain::walk(
@@ -494,12 +503,14 @@ impl VirtioDevice for Blk {
                 ctx.mem.clone(),
                 &self.id,
                 self.counters.clone(),
-            );
+            )
+            .with_queue_index(aq.index);
             let queue = Mutex::new(aq.queue);
             let irq: QueueIrq = aq.irq;
             let w = Worker::spawn(
                 format!("{}-q{}", ctx.name, aq.index),
                 ctx.seccomp,
+                ctx.cpu.clone(),
                 aq.notify,
                 None,
                 move |_| {

@@ -89,10 +89,11 @@ pub fn spawn(
     for lane in 0..lanes {
         let mut handler =
             BlkQueueHandler::new(backend.clone(), ctx.mem.clone(), serial, counters.clone());
-        let (rx, shared, seccomp) = (rx.clone(), shared.clone(), ctx.seccomp);
+        let (rx, shared, seccomp, cpu) = (rx.clone(), shared.clone(), ctx.seccomp, ctx.cpu.clone());
         let h = std::thread::Builder::new()
             .name(format!("{}-q{}-l{lane}", ctx.name, aq.index))
             .spawn(move || {
+                let _cpu = cpu.enter();
                 if seccomp && crate::seccomp::apply(crate::seccomp::ThreadKind::Device).is_err() {
                     return;
                 }
@@ -107,9 +108,11 @@ pub fn spawn(
         handles.push(h);
     }
     let dshared = shared.clone();
+    let qindex = usize::from(aq.index);
     let dispatcher = Worker::spawn(
         format!("{}-q{}", ctx.name, aq.index),
         ctx.seccomp,
+        ctx.cpu.clone(),
         aq.notify,
         None,
         move |_| {
@@ -120,6 +123,7 @@ pub fn spawn(
                     let _ = q.disable_notification(&*mem);
                 }
                 while let Some(chain) = q.pop_descriptor_chain(&*mem) {
+                    dshared.counters.count_queue(qindex);
                     let start = Instant::now();
                     let head = chain.head_index();
                     match Chain::walk(

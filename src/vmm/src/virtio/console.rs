@@ -96,6 +96,7 @@ impl VirtioDevice for Console {
             let w = Worker::spawn(
                 format!("{}-con{}", ctx.name, aq.index),
                 ctx.seccomp,
+                ctx.cpu.clone(),
                 aq.notify,
                 extra,
                 move |from_extra| {

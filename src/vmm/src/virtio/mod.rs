@@ -14,7 +14,7 @@ pub mod tap;
 use crate::error::{io_err, Result};
 use crate::memory::GuestMemoryMmap;
 use crate::pci::msix::{Msix, NO_VECTOR};
-use crate::stats::DeviceCounters;
+use crate::stats::{DeviceCounters, ThreadCpu};
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -58,6 +58,15 @@ impl QueueIrq {
     }
 }
 
+/// How a device's threads run: under seccomp or not, and where their CPU time is counted.
+#[derive(Clone)]
+pub struct ThreadEnv {
+    /// Install the device seccomp filter on each thread.
+    pub seccomp: bool,
+    /// CPU-time accounting for the VM's device threads.
+    pub cpu: Arc<ThreadCpu>,
+}
+
 /// A queue handed to a device on activation.
 pub struct ActiveQueue {
     /// Queue index.
@@ -82,6 +91,8 @@ pub struct ActivateContext {
     pub seccomp: bool,
     /// Name prefix for threads.
     pub name: String,
+    /// Where device threads register for CPU-time accounting.
+    pub cpu: Arc<ThreadCpu>,
 }
 
 /// A virtio device model, driven by the PCI transport.
@@ -129,6 +140,7 @@ impl Worker {
     pub fn spawn(
         name: String,
         seccomp: bool,
+        cpu: Arc<ThreadCpu>,
         notify: EventFd,
         extra: Option<RawFd>,
         mut on_event: impl FnMut(bool) -> bool + Send + 'static,
@@ -138,6 +150,7 @@ impl Worker {
         let thread = std::thread::Builder::new()
             .name(name)
             .spawn(move || {
+                let _cpu = cpu.enter();
                 if seccomp && crate::seccomp::apply(crate::seccomp::ThreadKind::Device).is_err() {
                     return;
                 }

@@ -85,6 +85,7 @@ impl VirtioDevice for Net {
                 let w = Worker::spawn(
                     format!("{}-rx", ctx.name),
                     ctx.seccomp,
+                    ctx.cpu.clone(),
                     aq.notify,
                     Some(tap.raw_fd()),
                     move |_| {
@@ -156,6 +157,7 @@ impl VirtioDevice for Net {
                 let w = Worker::spawn(
                     format!("{}-tx", ctx.name),
                     ctx.seccomp,
+                    ctx.cpu.clone(),
                     aq.notify,
                     None,
                     move |_| {

@@ -68,7 +68,7 @@ pub struct VirtioPciDevice {
     notify: Vec<EventFd>,
     mem: Arc<GuestMemoryMmap>,
     counters: Arc<DeviceCounters>,
-    seccomp: bool,
+    threads: super::ThreadEnv,
 }
 
 impl VirtioPciDevice {
@@ -80,7 +80,7 @@ impl VirtioPciDevice {
         vm: Arc<VmFd>,
         mem: Arc<GuestMemoryMmap>,
         router: Arc<GsiRouter>,
-        seccomp: bool,
+        threads: super::ThreadEnv,
     ) -> Result<Self> {
         let device_type = device.device_type();
         let maxes = device.queue_max_sizes();
@@ -160,7 +160,7 @@ impl VirtioPciDevice {
             notify,
             mem,
             counters,
-            seccomp,
+            threads,
         })
     }
 
@@ -244,7 +244,8 @@ impl VirtioPciDevice {
             mem: self.mem.clone(),
             features: c.driver_features,
             queues,
-            seccomp: self.seccomp,
+            seccomp: self.threads.seccomp,
+            cpu: self.threads.cpu.clone(),
             name: self.id.clone(),
         };
         self.device.lock().activate(ctx).is_ok()

@@ -63,6 +63,7 @@ impl VirtioDevice for Rng {
             let w = Worker::spawn(
                 format!("{}-rng", ctx.name),
                 ctx.seccomp,
+                ctx.cpu.clone(),
                 aq.notify,
                 None,
                 move |_| {
