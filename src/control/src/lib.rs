@@ -33,6 +33,7 @@ pub use vm::{
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 
 /// A boxed future so `Controller` is object safe (`Arc<dyn Controller>`).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -47,4 +48,27 @@ pub type ControlResult = Result<Reply, ControlError>;
 /// forgets cannot bypass them; front ends may check earlier to fail fast.
 pub trait Controller: Send + Sync + 'static {
     fn execute(&self, actor: Actor, req: Request) -> BoxFuture<'_, ControlResult>;
+
+    /// Attach to a VM's serial console for an interactive session (the web console). Outside
+    /// [`Request`] because keystrokes are raw bytes, not audited one by one. The implementation
+    /// checks the role: anyone allowed `vm_console` may watch; typing needs the right to start
+    /// the VM. Default: not supported.
+    fn console_port(&self, actor: Actor, name: &str) -> Result<Arc<dyn ConsolePort>, ControlError> {
+        let _ = (actor, name);
+        Err(ControlError::invalid(
+            "interactive consoles are not supported by this node",
+        ))
+    }
+}
+
+/// A live handle on one VM's console. Calls may block briefly (the VM's lock), so async callers
+/// run them on a blocking thread.
+pub trait ConsolePort: Send + Sync {
+    /// The console logs as they are now, one per output stream (serial, then the debug port),
+    /// each bounded by the VMM with the oldest bytes dropped. Empty before the VM first runs.
+    fn output(&self) -> Result<Vec<Vec<u8>>, ControlError>;
+    /// Queue input on the serial port; returns the bytes accepted (0 when the VM is not running).
+    fn input(&self, bytes: &[u8]) -> Result<usize, ControlError>;
+    /// Whether this attachment may type (else `input` is refused).
+    fn can_type(&self) -> bool;
 }

@@ -46,6 +46,31 @@ impl Controller for NodeController {
             result
         })
     }
+
+    fn console_port(
+        &self,
+        actor: Actor,
+        name: &str,
+    ) -> Result<Arc<dyn control::ConsolePort>, ControlError> {
+        let watch = Request::VmConsole {
+            name: name.to_string(),
+            max_bytes: None,
+        };
+        if !allowed(actor.role, &watch) {
+            return Err(ControlError::new(
+                ErrorCode::Forbidden,
+                format!("role {:?} may not watch VM consoles", actor.role),
+            ));
+        }
+        watch.validate()?;
+        let can_type = allowed(
+            actor.role,
+            &Request::VmStart {
+                name: name.to_string(),
+            },
+        );
+        Ok(Arc::new(self.inner.vms.console_port(name, can_type)?))
+    }
 }
 
 impl NodeController {

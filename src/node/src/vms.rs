@@ -438,6 +438,19 @@ impl Vms {
         })
     }
 
+    /// A live console handle for the web console. It holds the VM's slot, so it follows the VM
+    /// across restarts; after a delete it reads nothing and accepts no input.
+    pub(crate) fn console_port(
+        &self,
+        name: &str,
+        can_type: bool,
+    ) -> Result<ConsolePort, ControlError> {
+        Ok(ConsolePort {
+            slot: self.get(name)?,
+            can_type,
+        })
+    }
+
     /// Stop every VM at once (node shutdown; the engine is shut down next).
     pub(crate) async fn stop_all(&self) {
         let slots: Vec<SlotRef> = self.slots.lock().values().cloned().collect();
@@ -449,6 +462,41 @@ impl Vms {
             }
         })
         .await;
+    }
+}
+
+/// See [`Vms::console_port`].
+pub(crate) struct ConsolePort {
+    slot: SlotRef,
+    can_type: bool,
+}
+
+impl control::ConsolePort for ConsolePort {
+    fn output(&self) -> Result<Vec<Vec<u8>>, ControlError> {
+        let s = self.slot.lock();
+        Ok(match s.vm.as_ref() {
+            Some(vm) => vec![vm.console_output(), vm.debug_output()],
+            None => vec![Vec::new(), Vec::new()],
+        })
+    }
+
+    fn input(&self, bytes: &[u8]) -> Result<usize, ControlError> {
+        if !self.can_type {
+            return Err(ControlError::new(
+                ErrorCode::Forbidden,
+                "this role may watch the console but not type",
+            ));
+        }
+        Ok(self
+            .slot
+            .lock()
+            .vm
+            .as_ref()
+            .map_or(0, |vm| vm.console_input(bytes)))
+    }
+
+    fn can_type(&self) -> bool {
+        self.can_type
     }
 }
 
