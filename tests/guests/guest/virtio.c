@@ -487,6 +487,107 @@ static void run_net(void) {
     check(found, "net-rx", "no reply frame received");
 }
 
+static u16 csum_add(u32 sum, const u8 *p, int n) {
+    for (int i = 0; i + 1 < n; i += 2) sum += (u32)(p[i] << 8 | p[i + 1]);
+    if (n & 1) sum += (u32)(p[n - 1] << 8);
+    while (sum >> 16) sum = (sum & 0xffff) + (sum >> 16);
+    return (u16)sum;
+}
+
+/*
+ * Checksum offloads through the tap (host side: 10.0.0.1, UDP port 5555; we are 10.0.0.2).
+ * tx: a UDP datagram with VIRTIO_NET_HDR_F_NEEDS_CSUM and only the pseudo-header sum in its
+ * checksum field; the host stack accepts it only if the header reached the tap intact.
+ * rx: the host's reply must arrive with NEEDS_CSUM or DATA_VALID set, which the tap only does
+ * once told (TUNSETOFFLOAD) that we negotiated VIRTIO_NET_F_GUEST_CSUM.
+ */
+static void run_net_offload(void) {
+    struct vdev d;
+    int slot = find_device(0x1041);
+    check(slot > 0, "pci-find-net", "no virtio-net");
+    if (slot <= 0) return;
+    check(probe(slot, &d), "net-caps", "missing capabilities");
+    msix_setup(&d, 3, 0x60);
+    /* VERSION_1 | MAC | CSUM | GUEST_CSUM | GUEST_TSO4 | HOST_TSO4 */
+    u64 want = (1ull << 32) | (1 << 5) | (1 << 0) | (1 << 1) | (1 << 7) | (1 << 11);
+    check(negotiate(&d, want) && d.features == want, "net-offload-features", "offload features not offered/accepted");
+    check(queue_setup(&d, &rxq, 0, 1) && queue_setup(&d, &txq, 1, 2), "net-queues", "queue setup failed");
+    check(driver_ok(&d), "net-driver-ok", "needs reset");
+    u8 mac[6];
+    for (int i = 0; i < 6; i++) mac[i] = mmio_r8(d.device + i);
+    for (u16 i = 0; i < 8; i++) {
+        rxq.desc[i] = (struct vdesc){(u64)(usize)rxbuf[i], 2048, 2, 0};
+        rxq.avail.ring[i] = i;
+    }
+    mb();
+    rxq.avail.idx = 8;
+    mb();
+    mmio_w16(rxq.notify_addr, 0);
+
+    static const u8 me[4] = {10, 0, 0, 2}, host[4] = {10, 0, 0, 1};
+    static const char payload[] = "cairn-udp-csum";
+    u16 plen = sizeof(payload) - 1, ulen = 8 + plen, tlen = 20 + ulen;
+    memset(txbuf, 0, sizeof(txbuf));
+    u8 *h = txbuf, *f = txbuf + 12, *ip = f + 14, *udp = ip + 20;
+    h[0] = 1;                              /* flags: NEEDS_CSUM */
+    *(u16 *)(h + 6) = 14 + 20;             /* csum_start: the UDP header */
+    *(u16 *)(h + 8) = 6;                   /* csum_offset: UDP checksum field */
+    memset(f, 0xff, 6);
+    memcpy(f + 6, mac, 6);
+    f[12] = 0x08;
+    f[13] = 0x00;
+    ip[0] = 0x45;
+    ip[2] = (u8)(tlen >> 8);
+    ip[3] = (u8)tlen;
+    ip[8] = 64;
+    ip[9] = 17;
+    memcpy(ip + 12, me, 4);
+    memcpy(ip + 16, host, 4);
+    u16 ipsum = (u16)~csum_add(0, ip, 20);
+    ip[10] = (u8)(ipsum >> 8);
+    ip[11] = (u8)ipsum;
+    udp[0] = 4444 >> 8; udp[1] = 4444 & 0xff;
+    udp[2] = 5555 >> 8; udp[3] = 5555 & 0xff;
+    udp[4] = (u8)(ulen >> 8); udp[5] = (u8)ulen;
+    memcpy(udp + 8, payload, plen);
+    /* Pseudo-header sum only (not complemented): the device side completes it. */
+    u8 pseudo[12];
+    memcpy(pseudo, me, 4);
+    memcpy(pseudo + 4, host, 4);
+    pseudo[8] = 0; pseudo[9] = 17; pseudo[10] = (u8)(ulen >> 8); pseudo[11] = (u8)ulen;
+    u16 ps = csum_add(0, pseudo, 12);
+    udp[6] = (u8)(ps >> 8);
+    udp[7] = (u8)ps;
+    txq.desc[0] = (struct vdesc){(u64)(usize)txbuf, (u32)(12 + 14 + tlen), 0, 0};
+    u16 head = 0;
+    check(submit_wait(&txq, 1, &head, 1), "net-tx", "tx not completed");
+
+    int found = 0;
+    for (u64 spin = 0; spin < 4000000000ull && !found; spin++) {
+        barrier();
+        if (*(volatile u16 *)&rxq.used.idx == rxq.last_used) { __asm__ volatile("pause"); continue; }
+        u32 id = rxq.used.ring[rxq.last_used % QSZ].id;
+        rxq.last_used++;
+        if (id >= 8) break;
+        u8 *rh = rxbuf[id], *r = rxbuf[id] + 12;
+        if (r[12] == 0x08 && r[13] == 0x00 && r[14 + 9] == 17 && r[14 + 22] == (5555 >> 8) &&
+            r[14 + 23] == (5555 & 0xff) && !memcmp(r + 14 + 28, "cairn-udp-host", 14)) {
+            found = 1;
+            puts("net-rx-hdr-flags ");
+            put_dec(rh[0]);
+            puts("\n");
+            check((rh[0] & 3) != 0, "net-rx-csum-offload", "reply without NEEDS_CSUM/DATA_VALID");
+            check(*(u16 *)(rh + 10) == 1, "net-rx-num-buffers", "num_buffers != 1");
+        }
+        rxq.avail.ring[rxq.avail.idx % QSZ] = (u16)id;
+        mb();
+        rxq.avail.idx++;
+        mb();
+        mmio_w16(rxq.notify_addr, 0);
+    }
+    check(found, "net-rx", "no UDP reply received");
+}
+
 static struct vq conrx, contx;
 static u8 conin[64], conout[64];
 
@@ -520,6 +621,7 @@ int run_pci_tests(const char *cmdline) {
     if (has_word(cmdline, "blk") || has_word(cmdline, "blk-write") || has_word(cmdline, "blk-verify") || has_word(cmdline, "blk-mq")) run_blk(cmdline);
     if (has_word(cmdline, "rng")) run_rng();
     if (has_word(cmdline, "net")) run_net();
+    if (has_word(cmdline, "net-offload")) run_net_offload();
     if (has_word(cmdline, "console")) run_console();
     if (has_word(cmdline, "bench-read") || has_word(cmdline, "bench-write")) run_bench(cmdline);
     return failures;

@@ -1,7 +1,9 @@
 //! virtio-net on a host tap device: one rx and one tx queue, each on its own thread. Frames pass
-//! through with the 12-byte virtio-net header (the tap is opened with the same header size), no
-//! offloads are offered, and frames larger than the guest's rx buffer chain are dropped and
-//! counted. Buffers are allocated once at activation.
+//! through with the 12-byte virtio-net header (the tap is opened with the same header size), so
+//! checksum and TSO offloads cost nothing here: the guest's NEEDS_CSUM/GSO headers go to the tap
+//! as they are, and the tap is told (TUNSETOFFLOAD) which offloads the guest accepted on
+//! receive. Frames larger than the guest's rx buffer chain are dropped and counted. Buffers are
+//! allocated once at activation.
 
 use super::tap::Tap;
 use super::{ActivateContext, VirtioDevice, Worker, F_EVENT_IDX, F_VERSION_1, TYPE_NET};
@@ -14,7 +16,36 @@ use std::sync::Arc;
 use virtio_queue::QueueT;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
+/// Device accepts frames with partial checksums (guest tx).
+pub const F_CSUM: u64 = 1 << 0;
+/// Driver accepts frames with partial checksums (guest rx).
+pub const F_GUEST_CSUM: u64 = 1 << 1;
+/// Driver accepts TCPv4 GSO frames.
+pub const F_GUEST_TSO4: u64 = 1 << 7;
+/// Driver accepts TCPv6 GSO frames.
+pub const F_GUEST_TSO6: u64 = 1 << 8;
+/// Device accepts TCPv4 GSO frames.
+pub const F_HOST_TSO4: u64 = 1 << 11;
+/// Device accepts TCPv6 GSO frames.
+pub const F_HOST_TSO6: u64 = 1 << 12;
 const F_MAC: u64 = 1 << 5;
+
+/// The tap offloads matching the driver's receive features (TSO only together with checksums,
+/// as both virtio and the tap require).
+pub fn tap_offloads(features: u64) -> u32 {
+    use super::tap::{TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6};
+    if features & F_GUEST_CSUM == 0 {
+        return 0;
+    }
+    let mut f = TUN_F_CSUM;
+    if features & F_GUEST_TSO4 != 0 {
+        f |= TUN_F_TSO4;
+    }
+    if features & F_GUEST_TSO6 != 0 {
+        f |= TUN_F_TSO6;
+    }
+    f
+}
 /// virtio_net_hdr_v1 (with num_buffers), the only header layout under VERSION_1.
 pub const VNET_HDR_BYTES: usize = 12;
 /// Largest frame plus header we move (no TSO, so 1514 + header; room for jumbo-ish frames).
@@ -50,7 +81,15 @@ impl VirtioDevice for Net {
         vec![256, 256]
     }
     fn features(&self) -> u64 {
-        F_VERSION_1 | F_EVENT_IDX | F_MAC
+        F_VERSION_1
+            | F_EVENT_IDX
+            | F_MAC
+            | F_CSUM
+            | F_GUEST_CSUM
+            | F_GUEST_TSO4
+            | F_GUEST_TSO6
+            | F_HOST_TSO4
+            | F_HOST_TSO6
     }
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         // mac[6], status u16 (link up), max_virtqueue_pairs u16.
@@ -69,6 +108,9 @@ impl VirtioDevice for Net {
         super::read_config_bytes(&cfg, offset, data);
     }
     fn activate(&mut self, ctx: ActivateContext) -> Result<()> {
+        // Also after a reset with fewer features: the tap must not hand over what the guest
+        // cannot take.
+        self.tap.set_offload(tap_offloads(ctx.features))?;
         for aq in ctx.queues {
             let (mem, tap, counters, irq) = (
                 ctx.mem.clone(),
@@ -96,7 +138,14 @@ impl VirtioDevice for Net {
                             let len = match pending.take() {
                                 Some(n) => n,
                                 None => match tap.read_frame(&mut buf) {
-                                    Ok(Some(n)) => n,
+                                    Ok(Some(n)) => {
+                                        // The tap fills the 10-byte legacy header; without
+                                        // MRG_RXBUF, num_buffers is 1.
+                                        if n >= VNET_HDR_BYTES {
+                                            buf[10..12].copy_from_slice(&1u16.to_le_bytes());
+                                        }
+                                        n
+                                    }
                                     _ => break,
                                 },
                             };
@@ -228,5 +277,23 @@ impl VirtioDevice for Net {
     }
     fn counters(&self) -> Arc<DeviceCounters> {
         self.counters.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::virtio::tap::{TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6};
+
+    #[test]
+    fn tap_offloads_follow_the_guest_receive_features() {
+        assert_eq!(tap_offloads(F_VERSION_1 | F_CSUM | F_HOST_TSO4), 0);
+        assert_eq!(tap_offloads(F_GUEST_CSUM), TUN_F_CSUM);
+        assert_eq!(
+            tap_offloads(F_GUEST_CSUM | F_GUEST_TSO4 | F_GUEST_TSO6),
+            TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6
+        );
+        // TSO without checksum offload would be refused by the tap: never asked for.
+        assert_eq!(tap_offloads(F_GUEST_TSO4), 0);
     }
 }

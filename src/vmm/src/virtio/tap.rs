@@ -12,6 +12,13 @@ const IFF_NO_PI: libc::c_short = 0x1000;
 const IFF_VNET_HDR: libc::c_short = 0x4000;
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 const TUNSETVNETHDRSZ: libc::c_ulong = 0x4004_54d8;
+const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
+/// TUNSETOFFLOAD: the reader (we, for the guest) accepts partial checksums.
+pub const TUN_F_CSUM: u32 = 0x01;
+/// TUNSETOFFLOAD: the reader accepts TCPv4 GSO frames.
+pub const TUN_F_TSO4: u32 = 0x02;
+/// TUNSETOFFLOAD: the reader accepts TCPv6 GSO frames.
+pub const TUN_F_TSO6: u32 = 0x04;
 
 #[repr(C)]
 struct IfReq {
@@ -66,6 +73,28 @@ impl Tap {
             });
         }
         Ok(Tap { file })
+    }
+
+    /// Tells the kernel which offloads frames read from the tap may carry (`TUN_F_*`): with
+    /// [`TUN_F_CSUM`] the stack hands over partially checksummed frames (vnet header
+    /// NEEDS_CSUM), with TSO4/TSO6 unsegmented TCP frames. Frames written to the tap may always
+    /// carry them.
+    pub fn set_offload(&self, flags: u32) -> Result<()> {
+        // SAFETY: TUNSETOFFLOAD takes its argument by value (an unsigned int); no memory is passed.
+        if unsafe {
+            libc::ioctl(
+                self.file.as_raw_fd(),
+                TUNSETOFFLOAD,
+                libc::c_ulong::from(flags),
+            )
+        } < 0
+        {
+            return Err(VmmError::Io {
+                what: "TUNSETOFFLOAD",
+                source: io::Error::last_os_error(),
+            });
+        }
+        Ok(())
     }
 
     /// Reads one frame (with its vnet header); Ok(None) when nothing is queued.
