@@ -5,7 +5,8 @@
 //! into the reserved area below 1 MiB; never read back from the guest.
 
 use crate::devices::acpi_pm::{
-    PM1A_CNT_PORT, PM1A_EVT_PORT, PM1_CNT_LEN, PM1_EVT_LEN, S5_SLP_TYP, SCI_IRQ,
+    GPE0_LEN, GPE0_PORT, PM1A_CNT_PORT, PM1A_EVT_PORT, PM1_CNT_LEN, PM1_EVT_LEN, S5_SLP_TYP,
+    SCI_IRQ,
 };
 use crate::error::{Result, VmmError};
 use crate::layout::{IOAPIC_START, LAPIC_START, PCI_ECAM_START};
@@ -88,7 +89,9 @@ fn fadt(dsdt: u64, facs: u64) -> Vec<u8> {
     put(46, &SCI_IRQ.to_le_bytes()); // SCI_INT; SMI_CMD stays 0: always in ACPI mode
     put(56, &u32::from(PM1A_EVT_PORT).to_le_bytes()); // PM1a_EVT_BLK
     put(64, &u32::from(PM1A_CNT_PORT).to_le_bytes()); // PM1a_CNT_BLK
+    put(80, &u32::from(GPE0_PORT).to_le_bytes()); // GPE0_BLK
     put(88, &[PM1_EVT_LEN, PM1_CNT_LEN]);
+    put(92, &[GPE0_LEN]);
     put(109, &(1u16 << 1 | 1 << 2).to_le_bytes()); // IAPC_BOOT_ARCH: 8042 present, no VGA
                                                    // Flags: WBINVD; PWR_BUTTON clear = fixed-feature power button present; SLP_BUTTON set = no
                                                    // sleep button. Not hardware-reduced: the PM1 blocks above are the fixed hardware.
@@ -97,6 +100,9 @@ fn fadt(dsdt: u64, facs: u64) -> Vec<u8> {
     put(140, &dsdt.to_le_bytes()); // X_DSDT
     put(148, &gas_io(PM1A_EVT_PORT, PM1_EVT_LEN * 8)); // X_PM1a_EVT_BLK
     put(172, &gas_io(PM1A_CNT_PORT, PM1_CNT_LEN * 8)); // X_PM1a_CNT_BLK
+    let mut gpe = gas_io(GPE0_PORT, GPE0_LEN * 8);
+    gpe[3] = 1; // GPE registers are byte-accessed
+    put(220, &gpe); // X_GPE0_BLK
     put(268, b"CAIRNVMM"); // hypervisor vendor identity
     sdt(b"FACP", 6, &t)
 }

@@ -108,6 +108,7 @@ impl Machine {
         for (port, len, base_offset) in [
             (acpi_pm::PM1A_EVT_PORT, acpi_pm::PM1_EVT_LEN, 0),
             (acpi_pm::PM1A_CNT_PORT, acpi_pm::PM1_CNT_LEN, 4),
+            (acpi_pm::GPE0_PORT, acpi_pm::GPE0_LEN, 6),
         ] {
             pio.insert(
                 u64::from(port),

@@ -169,6 +169,28 @@ impl Vm {
         Ok(reason)
     }
 
+    /// Attaches a disk. A running (or paused, or created) VM gets a new virtio-blk device on the
+    /// live PCI bus, visible at the guest's next enumeration, and GPE0 bit 1 + the SCI tell the
+    /// guest to rescan; a stopped VM gets it at its next start. The disk stays in the
+    /// configuration either way. Refused (nothing changed) if the result is not a valid
+    /// configuration (duplicate id, too many disks, bad queue settings) or the bus is full.
+    pub fn attach_disk(&mut self, disk: crate::config::DiskConfig) -> Result<()> {
+        self.refresh();
+        let mut cfg = self.cfg.clone();
+        cfg.disks.push(disk.clone());
+        cfg.validate()?;
+        if self.state != VmState::Stopped {
+            let m = self.machine.as_mut().ok_or(VmmError::InvalidState {
+                state: "deleted",
+                action: "attach a disk",
+            })?;
+            m.pci.hot_add_disk(&disk)?;
+            m.pm.signal_pci_change();
+        }
+        self.cfg = cfg;
+        Ok(())
+    }
+
     /// Waits up to `timeout` for the guest to exit on its own; returns the reason if it did.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitReason> {
         let r = self.machine.as_ref()?.exit.wait(timeout);

@@ -210,3 +210,51 @@ fn virtio_blk_two_queues_each_served() {
         );
     }
 }
+
+/// Hot-attach: the guest boots without a disk, waits for ACPI GPE0 bit 1 (with the SCI), then
+/// rescans the bus, finds the new virtio-blk and runs the full block test on it.
+#[test]
+fn virtio_blk_hot_attach_to_a_running_vm() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let mut vm = vmm::Vm::create(guest_config("hot", "hotplug blk seed=5")).unwrap();
+    vm.start().unwrap();
+    let t = std::time::Instant::now();
+    while !String::from_utf8_lossy(&vm.debug_output()).contains("hotplug-waiting") {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "guest never got ready: {}",
+            String::from_utf8_lossy(&vm.debug_output())
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let backend: Arc<dyn DiskBackend> = Arc::new(RamDisk::new(64 << 20));
+    let mut hot = disk(backend.clone(), 1);
+    hot.id = "cairn-test-disk-hot".into();
+    vm.attach_disk(hot.clone()).unwrap();
+    // The same id again is refused and changes nothing.
+    assert!(vm.attach_disk(hot).is_err());
+    let reason = vm.wait_exit(Duration::from_secs(60));
+    let out = String::from_utf8_lossy(&vm.debug_output()).into_owned();
+    let stats = vm.stats();
+    assert_pass(
+        &reason,
+        &out,
+        &[
+            "acpi-gpe0",
+            "hotplug-none-before",
+            "hotplug-sci",
+            "hotplug-gpe-cleared",
+            "hotplug-found",
+            "blk-qd32-read",
+            "blk-get-id",
+        ],
+    );
+    assert_eq!(stats.disks.len(), 1);
+    assert_eq!(stats.disks[0].id, "cairn-test-disk-hot");
+    assert!(stats.disks[0].write_ops > 0, "{:?}", stats.disks[0]);
+    // The attached disk stays in the configuration: a restart has it from the start.
+    assert_eq!(vm.config().disks.len(), 1);
+    vm.delete();
+}

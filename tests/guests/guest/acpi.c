@@ -1,8 +1,9 @@
 /*
- * ACPI power button from ring 3: finds the FADT and DSDT, enables PWRBTN_EN, routes the SCI
+ * ACPI events from ring 3. Power button: finds the FADT and DSDT, enables PWRBTN_EN, routes the SCI
  * through the IOAPIC to the LAPIC (interrupts stay off: the test looks at the LAPIC IRR),
  * polls PM1_STS until the host presses the button, clears it and powers off with the \_S5
- * SLP_TYP through PM1a_CNT (SLP_EN).
+ * SLP_TYP through PM1a_CNT (SLP_EN). Hot-attach: waits for GPE0 bit 1 (PCI devices changed)
+ * with the SCI routed the same way, after which the caller rescans the bus.
  */
 #include "guest.h"
 
@@ -46,6 +47,40 @@ static int lapic_irr(u8 vector) {
     return (mmio_r32(LAPIC + 0x200 + 0x10 * (vector / 32)) >> (vector % 32)) & 1;
 }
 
+/* SCI: IOAPIC pin `sci` -> vector 0x90 on APIC 0, level, active high, unmasked. */
+static void route_sci(u16 sci) {
+    mmio_w32(LAPIC + 0xf0, 0x1ff);
+    ioapic_write(0x11 + 2 * sci, 0);
+    ioapic_write(0x10 + 2 * sci, SCI_VECTOR | (1u << 15));
+}
+
+static int sci_pending(void) {
+    int irr = 0;
+    for (int i = 0; i < 1000000 && !irr; i++) irr = lapic_irr(SCI_VECTOR);
+    return irr;
+}
+
+/* Waits for the host to hot-attach a disk: GPE0_STS bit 1 and the SCI; clears the event. */
+void run_hotplug_wait(u64 rsdp) {
+    const u8 *fadt = rsdp ? find_table(rsdp, "FACP") : 0;
+    check(fadt != 0, "acpi-fadt", "no FADT");
+    if (!fadt) return;
+    u16 sci = *(const u16 *)(fadt + 46);
+    u16 gpe = (u16)*(const u32 *)(fadt + 80);
+    u8 gpe_len = fadt[92];
+    check(gpe && gpe_len >= 2, "acpi-gpe0", "no GPE0 block");
+    if (!gpe) return;
+    check(find_device(0x1042) < 0, "hotplug-none-before", "a virtio-blk disk is already there");
+    route_sci(sci);
+    outb(gpe + gpe_len / 2, 2); /* GPE0_EN bit 1 */
+    puts("hotplug-waiting\n");
+    while (!(inb(gpe) & 2)) __asm__ volatile("pause");
+    check(sci_pending(), "hotplug-sci", "SCI vector not pending in the LAPIC IRR");
+    outb(gpe, 2); /* write 1 to clear */
+    check(!(inb(gpe) & 2), "hotplug-gpe-cleared", "GPE0_STS bit 1 did not clear");
+    check(find_device(0x1042) > 0, "hotplug-found", "no virtio-blk after the event");
+}
+
 /* Returns only if the power-off did not happen (the exit code then reports failure). */
 void run_acpi_shutdown(u64 rsdp) {
     const u8 *fadt = rsdp ? find_table(rsdp, "FACP") : 0;
@@ -61,17 +96,12 @@ void run_acpi_shutdown(u64 rsdp) {
     int slp_typ = s5_slp_typ(dsdt);
     check(slp_typ >= 0, "acpi-s5", "no \\_S5 in the DSDT");
     check(inw(cnt) & 1, "acpi-sci-en", "SCI_EN clear: not in ACPI mode");
-    /* SCI: IOAPIC pin `sci` -> vector 0x90 on APIC 0, level, active high, unmasked. */
-    mmio_w32(LAPIC + 0xf0, 0x1ff);
-    ioapic_write(0x11 + 2 * sci, 0);
-    ioapic_write(0x10 + 2 * sci, SCI_VECTOR | (1u << 15));
+    route_sci(sci);
     outw(evt + 2, PWRBTN);
     puts("acpi-waiting\n");
     while (!(inw(evt) & PWRBTN)) __asm__ volatile("pause");
     puts("shutdown requested\n");
-    int irr = 0;
-    for (int i = 0; i < 1000000 && !irr; i++) irr = lapic_irr(SCI_VECTOR);
-    check(irr, "acpi-sci", "SCI vector not pending in the LAPIC IRR");
+    check(sci_pending(), "acpi-sci", "SCI vector not pending in the LAPIC IRR");
     outw(evt, PWRBTN); /* write 1 to clear */
     check(!(inw(evt) & PWRBTN), "acpi-pwrbtn-cleared", "PWRBTN_STS did not clear");
     if (failures) {

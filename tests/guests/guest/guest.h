@@ -63,6 +63,9 @@ int str_starts(const char *s, const char *prefix);
 u64 arg_u64(const char *cmdline, const char *key, u64 dflt);
 int has_word(const char *cmdline, const char *word);
 
+/* PCI slot on bus 0 of the first virtio device with this PCI device id, or -1. */
+int find_device(u16 device_id);
+
 /* Result protocol read by the Rust tests: "ok <name>\n" / "fail <name> <why>\n". */
 extern int failures;
 void check(int cond, const char *name, const char *why);

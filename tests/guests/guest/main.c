@@ -7,6 +7,7 @@
 
 int run_pci_tests(const char *cmdline);
 void run_acpi_shutdown(u64 rsdp);
+void run_hotplug_wait(u64 rsdp);
 
 /* Follows RSDP -> XSDT -> MADT/MCFG, counts enabled LAPICs and checks the ECAM base. */
 static void check_acpi(u64 rsdp) {
@@ -85,6 +86,7 @@ int guest_main(u32 start_info_pa) {
         run_acpi_shutdown(si ? si->rsdp_paddr : 0);
         return 1;
     }
+    if (has_word(cmdline, "hotplug")) run_hotplug_wait(si ? si->rsdp_paddr : 0);
     if (has_word(cmdline, "pci") || has_word(cmdline, "blk") || has_word(cmdline, "rng") ||
         has_word(cmdline, "blk-write") || has_word(cmdline, "blk-verify") || has_word(cmdline, "blk-mq") ||
         has_word(cmdline, "bench-read") || has_word(cmdline, "bench-write") ||

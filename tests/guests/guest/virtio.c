@@ -44,7 +44,7 @@ static u32 pci_r32(int slot, int off) { outl(0xcf8, pci_addr(slot, off)); return
 static u8 pci_r8(int slot, int off) { return (u8)(pci_r32(slot, off) >> ((off & 3) * 8)); }
 static void pci_w16(int slot, int off, u16 v) { outl(0xcf8, pci_addr(slot, off)); outw(0xcfc + (off & 2), v); }
 
-static int find_device(u16 device_id) {
+int find_device(u16 device_id) {
     for (int slot = 0; slot < 32; slot++)
         if (pci_r32(slot, 0) == (0x1af4u | ((u32)device_id << 16))) return slot;
     return -1;

@@ -3,7 +3,8 @@
 //! button ([`AcpiPm::press_power_button`]): PWRBTN_STS latches and, while the guest has
 //! PWRBTN_EN set, the SCI (ISA IRQ 9, level, active high) is asserted on the in-kernel irqchip.
 //! The guest clears the status (write 1 to clear), and writing SLP_TYP=S5 with SLP_EN to PM1a_CNT
-//! powers the VM off ([`ExitReason::Shutdown`]).
+//! powers the VM off ([`ExitReason::Shutdown`]). A GPE0 block carries one more event: bit 1,
+//! "PCI devices changed" (a disk was hot-attached; the guest rescans the bus), on the same SCI.
 //!
 //! Never blocks a vCPU beyond one short lock; a guest writing nonsense (unknown sleep types,
 //! odd access sizes) changes nothing but these registers.
@@ -23,6 +24,12 @@ pub const PM1_EVT_LEN: u8 = 4;
 pub const PM1A_CNT_PORT: u16 = 0x604;
 /// Length of the PM1a control block.
 pub const PM1_CNT_LEN: u8 = 2;
+/// I/O port of the GPE0 block (4 bytes: GPE0_STS, GPE0_EN).
+pub const GPE0_PORT: u16 = 0x620;
+/// Length of the GPE0 block.
+pub const GPE0_LEN: u8 = 4;
+/// GPE0 bit: PCI devices were added (QEMU uses the same bit for PCI hotplug).
+pub const GPE_PCI_HOTPLUG: u16 = 1 << 1;
 /// The SCI: ISA IRQ / GSI 9 (an override in the MADT makes it level, active high).
 pub const SCI_IRQ: u16 = 9;
 /// SLP_TYP value the DSDT's `\_S5` package names for soft-off.
@@ -46,8 +53,13 @@ struct Regs {
     sts: u16,
     en: u16,
     cnt: u16,
+    gpe_sts: u16,
+    gpe_en: u16,
     sci_level: bool,
 }
+
+/// Bytes in the register file the bus entries map into: PM1 STS/EN/CNT, GPE0 STS/EN.
+const REG_BYTES: usize = 10;
 
 /// Raises and lowers the SCI line (the KVM VM in production, a recorder in unit tests).
 pub trait SciLine: Send + Sync {
@@ -89,34 +101,43 @@ impl AcpiPm {
         self.update_sci(&mut r);
     }
 
+    /// Raises GPE0 bit 1 (PCI devices changed) and the SCI if the guest enabled it.
+    pub fn signal_pci_change(&self) {
+        let mut r = self.regs.lock();
+        r.gpe_sts |= GPE_PCI_HOTPLUG;
+        self.update_sci(&mut r);
+    }
+
     /// How many times the power button was pressed.
     pub fn presses(&self) -> u64 {
         self.presses.load(Ordering::Relaxed)
     }
 
     fn update_sci(&self, r: &mut Regs) {
-        let level = r.sts & r.en != 0;
+        let level = r.sts & r.en != 0 || r.gpe_sts & r.gpe_en != 0;
         if level != r.sci_level {
             r.sci_level = level;
             self.line.set(level);
         }
     }
 
-    /// The six register bytes as the guest sees them: STS, EN, CNT (little endian).
-    fn bytes(r: &Regs) -> [u8; 6] {
-        let mut b = [0u8; 6];
+    /// The register bytes as the guest sees them (little endian).
+    fn bytes(r: &Regs) -> [u8; REG_BYTES] {
+        let mut b = [0u8; REG_BYTES];
         b[0..2].copy_from_slice(&r.sts.to_le_bytes());
         b[2..4].copy_from_slice(&r.en.to_le_bytes());
         b[4..6].copy_from_slice(&(r.cnt | SCI_EN).to_le_bytes());
+        b[6..8].copy_from_slice(&r.gpe_sts.to_le_bytes());
+        b[8..10].copy_from_slice(&r.gpe_en.to_le_bytes());
         b
     }
 }
 
-/// One bus entry per block; `base_offset` places the block in the 6-byte register file.
+/// One bus entry per block; `base_offset` places the block in the register file.
 pub struct AcpiPmPort {
     /// Shared registers.
     pub pm: Arc<AcpiPm>,
-    /// 0 for the event block, 4 for the control block.
+    /// 0 for the PM1 event block, 4 for the PM1 control block, 6 for the GPE0 block.
     pub base_offset: usize,
 }
 
@@ -134,13 +155,13 @@ impl BusDevice for AcpiPmPort {
 
     fn write(&self, _base: u64, offset: u64, data: &[u8]) {
         // Split the access into per-register (16-bit) values and masks.
-        let mut vals = [0u16; 3];
-        let mut masks = [0u16; 3];
+        let mut vals = [0u16; REG_BYTES / 2];
+        let mut masks = [0u16; REG_BYTES / 2];
         for (i, b) in data.iter().enumerate() {
             let Some(at) = usize::try_from(offset)
                 .ok()
                 .map(|o| self.base_offset + o + i)
-                .filter(|&a| a < 6)
+                .filter(|&a| a < REG_BYTES)
             else {
                 continue;
             };
@@ -155,6 +176,9 @@ impl BusDevice for AcpiPmPort {
         r.en = (r.en & !masks[1]) | (vals[1] & masks[1] & EN_MASK);
         // PM1_CNT: SLP_TYP kept, SLP_EN starts the transition.
         r.cnt = (r.cnt & !(masks[2] & CNT_KEEP)) | (vals[2] & masks[2] & CNT_KEEP);
+        // GPE0_STS: write 1 to clear; GPE0_EN: read/write, only the bits we implement.
+        r.gpe_sts &= !(vals[3] & masks[3]);
+        r.gpe_en = (r.gpe_en & !masks[4]) | (vals[4] & masks[4] & GPE_PCI_HOTPLUG);
         let sleep = masks[2] & SLP_EN != 0 && vals[2] & SLP_EN != 0;
         let slp_typ = (r.cnt >> SLP_TYP_SHIFT) & 7;
         self.pm.update_sci(&mut r);
@@ -228,6 +252,29 @@ mod tests {
     }
 
     #[test]
+    fn gpe_pci_change_shares_the_sci() {
+        let (rec, _exit, evt, _cnt) = setup();
+        let gpe = AcpiPmPort {
+            pm: evt.pm.clone(),
+            base_offset: 6,
+        };
+        evt.pm.signal_pci_change();
+        assert_eq!(r16(&gpe, 0), GPE_PCI_HOTPLUG);
+        assert!(!rec.0.load(Ordering::SeqCst));
+        gpe.write(0, 2, &[0xff]);
+        assert_eq!(
+            r16(&gpe, 2),
+            GPE_PCI_HOTPLUG,
+            "only implemented enables stick"
+        );
+        assert!(rec.0.load(Ordering::SeqCst));
+        gpe.write(0, 0, &[GPE_PCI_HOTPLUG as u8]);
+        assert_eq!(r16(&gpe, 0), 0);
+        assert!(!rec.0.load(Ordering::SeqCst));
+        assert_eq!(r16(&evt, 0), 0, "PM1 untouched");
+    }
+
+    #[test]
     fn only_s5_powers_off() {
         let (_rec, exit, _evt, cnt) = setup();
         cnt.write(0, 0, &(3u16 << SLP_TYP_SHIFT | SLP_EN).to_le_bytes());
@@ -249,7 +296,7 @@ mod tests {
         // Out-of-range offsets are ignored.
         cnt.write(0, 7, &[0xff; 4]);
         let mut b = [0u8; 4];
-        cnt.read(0, 3, &mut b);
+        cnt.read(0, 7, &mut b);
         assert_eq!(b, [0; 4]);
     }
 }

@@ -1,6 +1,8 @@
 //! PCI: configuration space model, the bus-0 root reached through 0xCF8/0xCFC and ECAM, and the
 //! VM's set of PCI devices. BARs are assigned once by the VMM (no firmware); a guest writing a
-//! BAR can size it but cannot move it (moves are ignored).
+//! BAR can size it but cannot move it (moves are ignored). A disk can be added to a running VM
+//! ([`PciSetup::hot_add_disk`]): it takes the next free slot and BAR window and is visible at
+//! the guest's next enumeration; the caller then signals the guest (ACPI GPE).
 
 pub mod msix;
 
@@ -12,7 +14,7 @@ use crate::memory::GuestMemoryMmap;
 use crate::stats::DeviceStats;
 use crate::virtio::pci::VirtioPciDevice;
 use kvm_ioctls::VmFd;
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use std::sync::Arc;
 
 /// A function on bus 0.
@@ -136,9 +138,9 @@ impl PciDevice for HostBridge {
     }
 }
 
-/// Bus 0: up to 32 single-function devices.
+/// Bus 0: up to 32 single-function devices (slots fill while the VM runs on hot-add).
 pub struct PciRoot {
-    slots: Vec<Option<Arc<dyn PciDevice>>>,
+    slots: RwLock<Vec<Option<Arc<dyn PciDevice>>>>,
     address: Mutex<u32>,
 }
 
@@ -150,16 +152,20 @@ impl PciRoot {
             0x8086, 0x0d57, 0x06_0000, 0, 0,
         )))));
         Self {
-            slots,
+            slots: RwLock::new(slots),
             address: Mutex::new(0),
         }
+    }
+
+    fn slot(&self, dev: u32) -> Option<Arc<dyn PciDevice>> {
+        self.slots.read().get(dev as usize).and_then(|s| s.clone())
     }
 
     fn read(&self, bus: u32, dev: u32, func: u32, reg: usize) -> u32 {
         if bus != 0 || func != 0 {
             return 0xffff_ffff;
         }
-        match self.slots.get(dev as usize).and_then(|s| s.as_ref()) {
+        match self.slot(dev) {
             Some(d) => d.config_read(reg),
             None => 0xffff_ffff,
         }
@@ -169,7 +175,7 @@ impl PciRoot {
         if bus != 0 || func != 0 {
             return;
         }
-        if let Some(d) = self.slots.get(dev as usize).and_then(|s| s.as_ref()) {
+        if let Some(d) = self.slot(dev) {
             d.config_write(reg, offset, data);
         }
     }
@@ -256,12 +262,56 @@ impl BusDevice for PciConfigMmio {
     }
 }
 
+/// What adding a PCI device needs, kept for hot-add.
+struct Wiring {
+    root: Arc<PciRoot>,
+    router: Arc<msix::GsiRouter>,
+    vm: Arc<VmFd>,
+    mem: Arc<GuestMemoryMmap>,
+    mmio: Arc<Bus>,
+    threads: crate::virtio::ThreadEnv,
+    next_bar: u64,
+    next_slot: usize,
+}
+
+impl Wiring {
+    /// Wraps `dev` in virtio-pci at the next free slot and BAR window.
+    fn add(
+        &mut self,
+        dev: Box<dyn crate::virtio::VirtioDevice>,
+        id: String,
+    ) -> Result<Arc<VirtioPciDevice>> {
+        let bar_end = layout::MMIO_START + layout::PCI_MMIO_SIZE;
+        if self.next_slot >= 32 || self.next_bar + crate::virtio::pci::BAR_SIZE > bar_end {
+            return Err(crate::error::VmmError::InvalidConfig(
+                "no free PCI slot (bus 0 holds 31 devices)".into(),
+            ));
+        }
+        let d = Arc::new(VirtioPciDevice::new(
+            id,
+            dev,
+            self.next_bar,
+            self.vm.clone(),
+            self.mem.clone(),
+            self.router.clone(),
+            self.threads.clone(),
+        )?);
+        self.mmio
+            .insert(self.next_bar, crate::virtio::pci::BAR_SIZE, d.clone())?;
+        self.root.slots.write()[self.next_slot] = Some(d.clone());
+        self.next_bar += crate::virtio::pci::BAR_SIZE;
+        self.next_slot += 1;
+        Ok(d)
+    }
+}
+
 /// The VM's PCI root and devices.
 #[derive(Default)]
 pub struct PciSetup {
     devices: Vec<Arc<VirtioPciDevice>>,
     /// Host end of the virtio-console, if configured.
     pub console: Option<Arc<crate::virtio::console::ConsolePort>>,
+    wiring: Option<Wiring>,
 }
 
 impl PciSetup {
@@ -274,62 +324,43 @@ impl PciSetup {
         mmio: &Arc<Bus>,
         cpu: &Arc<crate::stats::ThreadCpu>,
     ) -> Result<Self> {
-        let mut root = PciRoot::new();
-        let router = Arc::new(msix::GsiRouter::new(vm.clone()));
+        let root = Arc::new(PciRoot::new());
+        let mut w = Wiring {
+            root: root.clone(),
+            router: Arc::new(msix::GsiRouter::new(vm.clone())),
+            vm: vm.clone(),
+            mem: mem.clone(),
+            mmio: mmio.clone(),
+            threads: crate::virtio::ThreadEnv {
+                seccomp: cfg.seccomp,
+                cpu: cpu.clone(),
+            },
+            next_bar: layout::MMIO_START,
+            next_slot: 1,
+        };
         let mut devices = Vec::new();
-        let mut next_bar = layout::MMIO_START;
-        let mut slot = 1usize;
-        let mut add = |dev: Box<dyn crate::virtio::VirtioDevice>,
-                       id: String,
-                       root: &mut PciRoot|
-         -> Result<()> {
-            let d = Arc::new(VirtioPciDevice::new(
-                id,
-                dev,
-                next_bar,
-                vm.clone(),
-                mem.clone(),
-                router.clone(),
-                crate::virtio::ThreadEnv {
-                    seccomp: cfg.seccomp,
-                    cpu: cpu.clone(),
-                },
-            )?);
-            mmio.insert(next_bar, crate::virtio::pci::BAR_SIZE, d.clone())?;
-            root.slots[slot] = Some(d.clone());
-            devices.push(d);
-            next_bar += crate::virtio::pci::BAR_SIZE;
-            slot += 1;
+        let mut add = |dev: Box<dyn crate::virtio::VirtioDevice>, id: String| -> Result<()> {
+            devices.push(w.add(dev, id)?);
             Ok(())
         };
         for disk in &cfg.disks {
             add(
                 Box::new(crate::virtio::blk::Blk::new(disk)),
                 disk.id.clone(),
-                &mut root,
             )?;
         }
         if cfg.rng {
-            add(
-                Box::<crate::virtio::rng::Rng>::default(),
-                "rng".into(),
-                &mut root,
-            )?;
+            add(Box::<crate::virtio::rng::Rng>::default(), "rng".into())?;
         }
         let mut console = None;
         if cfg.virtio_console {
             let (dev, port) = crate::virtio::console::Console::new()?;
-            add(Box::new(dev), "console".into(), &mut root)?;
+            add(Box::new(dev), "console".into())?;
             console = Some(port);
         }
         for nic in &cfg.nets {
-            add(
-                Box::new(crate::virtio::net::Net::new(nic)?),
-                nic.id.clone(),
-                &mut root,
-            )?;
+            add(Box::new(crate::virtio::net::Net::new(nic)?), nic.id.clone())?;
         }
-        let root = Arc::new(root);
         pio.insert(
             u64::from(ports::PCI_CONFIG_ADDRESS),
             8,
@@ -340,7 +371,32 @@ impl PciSetup {
             layout::PCI_ECAM_SIZE,
             Arc::new(PciConfigMmio(root)),
         )?;
-        Ok(Self { devices, console })
+        Ok(Self {
+            devices,
+            console,
+            wiring: Some(w),
+        })
+    }
+
+    /// Adds a virtio-blk device for `disk` to the live bus (next free slot). The guest sees it
+    /// at its next enumeration; the caller signals the change.
+    pub fn hot_add_disk(&mut self, disk: &crate::config::DiskConfig) -> Result<()> {
+        if self.devices.iter().any(|d| d.id() == disk.id) {
+            return Err(crate::error::VmmError::InvalidConfig(format!(
+                "a device with id {:?} is already attached",
+                disk.id
+            )));
+        }
+        let w = self
+            .wiring
+            .as_mut()
+            .ok_or_else(|| crate::error::VmmError::InvalidConfig("PCI bus not built".into()))?;
+        let d = w.add(
+            Box::new(crate::virtio::blk::Blk::new(disk)),
+            disk.id.clone(),
+        )?;
+        self.devices.push(d);
+        Ok(())
     }
 
     /// Stops every device's threads.
