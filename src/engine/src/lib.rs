@@ -117,6 +117,7 @@ mod io;
 mod meta;
 mod placement;
 mod pool;
+pub mod remote;
 mod replica;
 mod types;
 mod vdisks;
@@ -125,6 +126,10 @@ pub use error::{EngineError, ErrorKind, Result};
 pub use handle::{VdiskHandle, MAX_IO_BYTES};
 pub use meta::validate_name;
 pub use pool::Engine;
+pub use remote::{RemoteDisk, RemoteStatus};
+pub use replica::{
+    is_device_failure, LocalReplica, Reachability, Replica, FOREIGN_VDISK_BIT, PRUNE_MARK_CHUNK,
+};
 pub use types::{
     DiskInfo, DiskProbe, DiskState, DiskStats, EngineConfig, EngineStats, PoolInfo, RebalanceStats,
     ScrubStats, SnapshotInfo, VdiskInfo,

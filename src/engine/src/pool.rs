@@ -21,6 +21,7 @@ use crate::{BLOCK_BYTES, OVERCOMMIT};
 #[derive(Clone)]
 pub struct Engine {
     pub(crate) inner: Arc<Inner>,
+    pub(crate) remote: Arc<crate::remote::RemoteCtl>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -35,7 +36,10 @@ impl Engine {
     pub async fn open(cfg: EngineConfig) -> Result<Engine> {
         let inner = Arc::new(Inner::new(cfg));
         crate::background::spawn_maintenance(&inner);
-        Ok(Engine { inner })
+        Ok(Engine {
+            inner,
+            remote: Arc::default(),
+        })
     }
 
     /// Probe without claiming: Blank / Cairn / Foreign(reason).
@@ -252,6 +256,9 @@ impl Engine {
         );
         if let Some(d) = inner.disk(slot) {
             for obj in d.replica.objects() {
+                if obj.vdisk & crate::replica::FOREIGN_VDISK_BIT != 0 {
+                    continue; // a replica this node holds for another node's virtual disk
+                }
                 if meta
                     .importing
                     .iter()
@@ -501,9 +508,13 @@ impl Engine {
         let flushed = inner.flush_all().await;
         let mut result = flushed;
         if result.is_ok() && inner.meta.read().is_some() {
+            // A peer that missed writes must be compared in full at the next start, since the
+            // list of what it missed does not survive this process.
+            let peers_stale = !crate::remote::remotes_in_sync(inner);
             result = inner
                 .update_meta(|m| {
                     m.clean = true;
+                    m.needs_resync |= peers_stale;
                     Ok(())
                 })
                 .await;

@@ -1,6 +1,10 @@
-//! The seam between the engine and one replica holder. Today every replica is a local
-//! `store::Store`; a remote replica (another node, over `transport`) will implement the same
-//! trait, so the engine's I/O, repair and rebalance code never knows which it talks to.
+//! The seam between the engine and one replica holder: a local `store::Store`
+//! ([`LocalReplica`]) or another node's store over the network (the `mirror` crate's
+//! `RemoteReplica`), so the engine's I/O, repair and rebalance code never knows which it talks to.
+//!
+//! A remote holder can be *away* (its node unreachable): it then takes mutations by recording
+//! the objects they touch as dirty instead of sending them, and the engine resyncs exactly those
+//! objects when it is back (see `remote`). Local holders are never away.
 //!
 //! This module owns only the trait and the local adapter. It never decides placement.
 
@@ -11,8 +15,27 @@ use store::{BlockVersions, ObjectId, ScrubReport, Space, Store, StoreError};
 
 type R<T> = std::result::Result<T, StoreError>;
 
+/// Object ids of mirrored replicas a node holds *for other nodes* carry this bit in `vdisk`
+/// inside its stores, so they never mix with the node's own virtual disks.
+pub const FOREIGN_VDISK_BIT: u64 = 1 << 63;
+
+/// A dirty "object" with this chunk index stands for "a prune of this virtual disk was missed
+/// while the holder was away" (redone with the current snapshot list at resync).
+pub const PRUNE_MARK_CHUNK: u64 = u64::MAX;
+
+/// Whether a replica holder can be reached now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Reachability {
+    /// Every request goes to the holder.
+    Up,
+    /// Unreachable: mutations are recorded as dirty objects, not sent; reads fail fast.
+    Away,
+    /// Reachable again; dirty objects still need a resync.
+    Back,
+}
+
 /// Chunk-replica operations, with the store's semantics (see store-api.md).
-pub(crate) trait Replica: Send + Sync + 'static {
+pub trait Replica: Send + Sync + 'static {
     /// The store's `write`, with `crcs` = `store::block_crcs(data)` computed once by the
     /// caller for every replica.
     fn write_with_crcs(
@@ -65,10 +88,31 @@ pub(crate) trait Replica: Send + Sync + 'static {
     fn objects(&self) -> Vec<ObjectId>;
     fn changed_blocks(&self, obj: ObjectId, from_gen: u64, to_gen: u64) -> Vec<u64>;
     fn space(&self) -> Space;
+
+    /// Remote holders only: whether the holder is reachable now.
+    fn reachability(&self) -> Reachability {
+        Reachability::Up
+    }
+    /// Remote holders only: when it went away (None while up).
+    fn away_since(&self) -> Option<std::time::Instant> {
+        None
+    }
+    /// Objects changed while the holder was away (or written and not yet flushed when it went
+    /// away): they must be copied from a live replica before this one is trusted again.
+    fn dirty_objects(&self) -> Vec<ObjectId> {
+        Vec::new()
+    }
+    /// `obj` is about to be (or was) rewritten from a good replica; later mutations of it go to
+    /// the holder again. The caller holds the chunk's stripe lock exclusively.
+    fn mark_clean(&self, _obj: ObjectId) {}
+    /// `obj` must be resynced (a copy to this holder failed, or its contents are unknown).
+    fn mark_dirty(&self, _obj: ObjectId) {}
+    /// Deferred work done and nothing dirty: let the holder count as fully in sync again.
+    fn resync_done(&self) {}
 }
 
 /// A replica on a disk of this node.
-pub(crate) struct LocalReplica(pub Arc<Store>);
+pub struct LocalReplica(pub Arc<Store>);
 
 impl Replica for LocalReplica {
     fn write_with_crcs(
@@ -162,6 +206,6 @@ impl Replica for LocalReplica {
 }
 
 /// Whether a replica error means the disk itself is bad (fail it) rather than the request.
-pub(crate) fn is_device_failure(e: &StoreError) -> bool {
+pub fn is_device_failure(e: &StoreError) -> bool {
     matches!(e.kind(), store::ErrorKind::Io | store::ErrorKind::Poisoned)
 }

@@ -1,0 +1,843 @@
+//! The calling side: a link to one peer node ([`PeerLink`]: one mutual-TLS connection, bounded
+//! in flight, session numbers) and one [`RemoteReplica`] per disk of that peer, implementing the
+//! engine's `Replica` trait.
+//!
+//! Failure handling (timeouts in [`MirrorConfig`]): a request that cannot reach the peer
+//! (connect refused, reset, no answer within `call_timeout`) makes the replica *away*. While
+//! away, mutations are not sent: the objects they touch are recorded as dirty and the call
+//! succeeds, so the engine acknowledges on the surviving replica. Objects written since the
+//! peer's last completed flush are dirty too (a crashed peer may have lost them). Reads of an
+//! away or dirty replica fail at once (the engine reads the other replica). Heartbeats notice
+//! the peer coming back; the replica then opens a new session (older requests still queued at
+//! the peer are refused from then on) and reports `Back`; the engine copies the dirty objects
+//! and calls `resync_done`. A reply from a new server instance (the peer restarted) also
+//! makes every unflushed object dirty.
+//!
+//! Fencing: every mutation carries (virtual disk, epoch from the [`EpochBook`], session). A
+//! `Fenced` reply is an error to the caller (this node no longer owns the disk), never a reason
+//! to go away and continue alone.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use blockdev::{AlignedBuf, BoxFuture, WriteBuf};
+use engine::{Reachability, Replica, PRUNE_MARK_CHUNK};
+use parking_lot::Mutex;
+use store::{BlockVersions, ObjectId, ScrubReport, Space, StoreError};
+use transport::{Client, ClientConfig, NodeIdentity};
+
+use crate::error::{MirrorError, Result};
+use crate::fence::EpochBook;
+use crate::server::{from_wire, to_wire};
+use crate::wire::*;
+
+type R<T> = std::result::Result<T, StoreError>;
+
+/// Timeouts and limits of the replica client.
+#[derive(Debug, Clone)]
+pub struct MirrorConfig {
+    /// A data request (read, write, flush, ...) not answered within this makes the peer away.
+    pub call_timeout: Duration,
+    pub connect_timeout: Duration,
+    /// Export/import of a whole chunk and scrub may take longer.
+    pub bulk_timeout: Duration,
+    /// Heartbeat period; `heartbeat_misses` missed in a row make an idle peer away.
+    pub heartbeat: Duration,
+    pub heartbeat_misses: u32,
+    /// Requests in flight per peer connection (further ones wait: back-pressure).
+    pub max_in_flight: usize,
+}
+
+impl Default for MirrorConfig {
+    fn default() -> Self {
+        MirrorConfig {
+            call_timeout: Duration::from_secs(2),
+            connect_timeout: Duration::from_secs(1),
+            bulk_timeout: Duration::from_secs(60),
+            heartbeat: Duration::from_millis(250),
+            heartbeat_misses: 2,
+            max_in_flight: 64,
+        }
+    }
+}
+
+/// Why a call failed.
+enum CallErr {
+    /// The peer could not be reached or did not answer: go away.
+    Net(String),
+    /// The peer answered with an error.
+    Wire(WireError),
+}
+
+/// One peer node: the connection, its session and the server instance last seen.
+pub struct PeerLink {
+    node_id: u64,
+    client: Client<Req, Resp>,
+    cfg: MirrorConfig,
+    epochs: Arc<EpochBook>,
+    session: Mutex<u64>,
+    instance: AtomicU64,
+    /// Bumped whenever a new server instance is seen; replicas compare to notice restarts.
+    restarts: AtomicU64,
+}
+
+impl std::fmt::Debug for PeerLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "PeerLink(node {} at {})",
+            self.node_id,
+            self.client.addr()
+        )
+    }
+}
+
+impl PeerLink {
+    /// A link to node `node_id` at `addr`, authenticated with this node's `identity`. Does not
+    /// connect yet.
+    pub fn new(
+        node_id: u64,
+        addr: SocketAddr,
+        identity: &NodeIdentity,
+        epochs: Arc<EpochBook>,
+        cfg: MirrorConfig,
+    ) -> Result<Arc<PeerLink>> {
+        let ccfg = ClientConfig {
+            max_frame_bytes: MAX_MSG_BYTES,
+            max_in_flight: cfg.max_in_flight,
+            connect_timeout: cfg.connect_timeout,
+            call_timeout: cfg.call_timeout,
+            ..ClientConfig::default()
+        };
+        let client = Client::new(
+            addr,
+            transport::node_server_name(node_id),
+            transport::client_tls_config(identity)?,
+            ccfg,
+        );
+        Ok(Arc::new(PeerLink {
+            node_id,
+            client,
+            cfg,
+            epochs,
+            session: Mutex::new(1),
+            instance: AtomicU64::new(0),
+            restarts: AtomicU64::new(0),
+        }))
+    }
+
+    pub fn node_id(&self) -> u64 {
+        self.node_id
+    }
+
+    pub fn epochs(&self) -> &Arc<EpochBook> {
+        &self.epochs
+    }
+
+    fn session(&self) -> u64 {
+        *self.session.lock()
+    }
+
+    async fn call(&self, req: &Req, timeout: Duration) -> std::result::Result<Body, CallErr> {
+        match self.client.call_timeout(req, timeout).await {
+            Ok(resp) => {
+                let prev = self.instance.swap(resp.instance, Ordering::AcqRel);
+                if prev != 0 && prev != resp.instance {
+                    self.restarts.fetch_add(1, Ordering::AcqRel);
+                }
+                match resp.result {
+                    Ok(b) => Ok(b),
+                    // A peer that lost its disks, or an old session: treat as unreachable.
+                    Err(w @ (WireError::NoDisk(_) | WireError::StaleSession { .. })) => {
+                        Err(CallErr::Net(w.to_string()))
+                    }
+                    Err(w) => Err(CallErr::Wire(w)),
+                }
+            }
+            Err(transport::Error::Remote(m)) => Err(CallErr::Wire(WireError::Server(m))),
+            Err(e) => Err(CallErr::Net(e.to_string())),
+        }
+    }
+
+    /// Open a session (a new one if `away_session` is still current) and list the peer's disks.
+    async fn hello(
+        &self,
+        away_session: Option<u64>,
+    ) -> std::result::Result<Vec<DiskDesc>, CallErr> {
+        let session = {
+            let mut s = self.session.lock();
+            if away_session == Some(*s) {
+                *s += 1;
+            }
+            *s
+        };
+        match self
+            .call(&Req::Hello { session }, self.cfg.call_timeout)
+            .await?
+        {
+            Body::Hello { disks } => Ok(disks),
+            other => Err(CallErr::Wire(WireError::Server(format!(
+                "unexpected reply {other:?}"
+            )))),
+        }
+    }
+
+    /// The disks the peer serves.
+    pub async fn disks(&self) -> Result<Vec<DiskDesc>> {
+        self.hello(None).await.map_err(call_err)
+    }
+
+    /// Take over `vdisk` at `epoch`: record it as this node's epoch and raise it on the peer,
+    /// so that writers with an older epoch are refused there from now on.
+    pub async fn raise(&self, vdisk: u64, epoch: u64) -> Result<()> {
+        self.epochs.set(vdisk, epoch);
+        match self
+            .call(&Req::Raise { vdisk, epoch }, self.cfg.call_timeout)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) => Err(call_err(e)),
+        }
+    }
+
+    /// A replica on the peer's disk `desc` (fetches its object list and space first).
+    pub async fn open_disk(self: &Arc<Self>, desc: &DiskDesc) -> Result<Arc<RemoteReplica>> {
+        let objects = match self
+            .call(
+                &Req::Objects {
+                    disk: desc.id.clone(),
+                },
+                self.cfg.bulk_timeout,
+            )
+            .await
+            .map_err(call_err)?
+        {
+            Body::Objects(o) => o,
+            other => return Err(MirrorError::Protocol(format!("objects: {other:?}"))),
+        };
+        let space = match self
+            .call(
+                &Req::Ping {
+                    disk: desc.id.clone(),
+                },
+                self.cfg.call_timeout,
+            )
+            .await
+            .map_err(call_err)?
+        {
+            Body::Space(s) => s,
+            other => return Err(MirrorError::Protocol(format!("ping: {other:?}"))),
+        };
+        let r = Arc::new(RemoteReplica {
+            link: self.clone(),
+            disk: desc.clone(),
+            objects,
+            space: Mutex::new(space),
+            st: Mutex::new(State {
+                mode: Reachability::Up,
+                since: None,
+                away_session: 0,
+                dirty: HashSet::new(),
+                unflushed: HashMap::new(),
+                seq: 0,
+                restarts_seen: self.restarts.load(Ordering::Acquire),
+                misses: 0,
+            }),
+            away_events: AtomicU64::new(0),
+        });
+        spawn_heartbeat(Arc::downgrade(&r), self.cfg.heartbeat);
+        Ok(r)
+    }
+}
+
+fn call_err(e: CallErr) -> MirrorError {
+    match e {
+        CallErr::Net(m) => MirrorError::Protocol(format!("peer unreachable: {m}")),
+        CallErr::Wire(w) => MirrorError::Peer(w),
+    }
+}
+
+struct State {
+    mode: Reachability,
+    since: Option<Instant>,
+    /// The session in use when the replica went away.
+    away_session: u64,
+    dirty: HashSet<ObjectId>,
+    /// Objects written since the peer's last completed flush, with the write's sequence.
+    unflushed: HashMap<ObjectId, u64>,
+    seq: u64,
+    restarts_seen: u64,
+    misses: u32,
+}
+
+impl State {
+    fn go_away(&mut self, session: u64) {
+        if self.mode != Reachability::Away {
+            self.mode = Reachability::Away;
+            self.since = Some(Instant::now());
+            self.away_session = session;
+        }
+        self.misses = 0;
+        let lost: Vec<ObjectId> = self.unflushed.drain().map(|(o, _)| o).collect();
+        self.dirty.extend(lost);
+    }
+}
+
+/// A replica on a disk of another node.
+pub struct RemoteReplica {
+    link: Arc<PeerLink>,
+    disk: DiskDesc,
+    objects: Vec<ObjectId>,
+    space: Mutex<Space>,
+    st: Mutex<State>,
+    away_events: AtomicU64,
+}
+
+impl std::fmt::Debug for RemoteReplica {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "RemoteReplica({} on node {})",
+            self.disk.name, self.link.node_id
+        )
+    }
+}
+
+fn gone(node: u64, what: &str) -> StoreError {
+    StoreError::Io {
+        context: format!("replica on node {node}"),
+        source: blockdev::BlockError::new(blockdev::ErrorKind::Gone, what.to_string()),
+    }
+}
+
+fn wire_to_store(node: u64, w: WireError) -> StoreError {
+    match w {
+        WireError::Store { kind, msg } => {
+            let msg = format!("node {node}: {msg}");
+            match kind {
+                StoreKind::Io => StoreError::Io {
+                    context: msg.clone(),
+                    source: blockdev::BlockError::new(blockdev::ErrorKind::Io, msg),
+                },
+                StoreKind::Poisoned => StoreError::Poisoned(msg),
+                StoreKind::Corrupt { obj, block, gen } => StoreError::Corrupt { obj, block, gen },
+                StoreKind::NoSpace => StoreError::NoSpace(msg),
+                StoreKind::NotBlank => StoreError::NotBlank(msg),
+                StoreKind::NotOurs => StoreError::NotOurs(msg),
+                StoreKind::InvalidArgument => StoreError::InvalidArgument(msg),
+                StoreKind::BadMetadata => StoreError::BadMetadata(msg),
+            }
+        }
+        other => StoreError::InvalidArgument(format!("node {node}: {other}")),
+    }
+}
+
+impl RemoteReplica {
+    pub fn desc(&self) -> &DiskDesc {
+        &self.disk
+    }
+
+    /// Times this replica went away.
+    pub fn away_events(&self) -> u64 {
+        self.away_events.load(Ordering::Relaxed)
+    }
+
+    fn fence(&self, vdisk: u64) -> Fence {
+        Fence {
+            vdisk,
+            epoch: self.link.epochs.get(vdisk),
+            session: self.link.session(),
+        }
+    }
+
+    fn note_restart(&self, st: &mut State) {
+        let r = self.link.restarts.load(Ordering::Acquire);
+        if r != st.restarts_seen {
+            st.restarts_seen = r;
+            // The peer restarted: whatever it had not flushed may be gone.
+            let lost: Vec<ObjectId> = st.unflushed.drain().map(|(o, _)| o).collect();
+            st.dirty.extend(lost);
+            if st.mode == Reachability::Up && !st.dirty.is_empty() {
+                st.mode = Reachability::Back;
+            }
+        }
+    }
+
+    fn went_away(&self, st: &mut State, session: u64) {
+        if st.mode != Reachability::Away {
+            self.away_events.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(node = self.link.node_id, disk = %self.disk.name, "peer replica away; writes continue on the survivor");
+        }
+        st.go_away(session);
+    }
+
+    /// Send a mutation unless the replica is away or one of `check` is dirty (then record
+    /// `mark` as dirty and succeed).
+    async fn mutate(&self, check: &[ObjectId], mark: &[ObjectId], req: Req) -> R<()> {
+        {
+            let mut st = self.st.lock();
+            if st.mode == Reachability::Away || check.iter().any(|o| st.dirty.contains(o)) {
+                st.dirty.extend(mark.iter().copied());
+                return Ok(());
+            }
+        }
+        let session = req.fence().map_or(0, |f| f.session);
+        let timeout = match req {
+            Req::Import { .. } => self.link.cfg.bulk_timeout,
+            _ => self.link.cfg.call_timeout,
+        };
+        let r = self.link.call(&req, timeout).await;
+        let mut st = self.st.lock();
+        self.note_restart(&mut st);
+        match r {
+            Ok(_) => {
+                st.seq += 1;
+                let s = st.seq;
+                for o in mark {
+                    st.unflushed.insert(*o, s);
+                }
+                Ok(())
+            }
+            Err(CallErr::Net(_)) => {
+                self.went_away(&mut st, session);
+                st.dirty.extend(mark.iter().copied());
+                Ok(())
+            }
+            Err(CallErr::Wire(w)) => Err(wire_to_store(self.link.node_id, w)),
+        }
+    }
+
+    /// A read-only request; fails fast while away.
+    async fn query(&self, obj: Option<ObjectId>, req: Req, timeout: Duration) -> R<Body> {
+        {
+            let st = self.st.lock();
+            if st.mode == Reachability::Away {
+                return Err(gone(self.link.node_id, "node unreachable"));
+            }
+            if obj.is_some_and(|o| st.dirty.contains(&o)) {
+                return Err(gone(self.link.node_id, "replica stale until resynced"));
+            }
+        }
+        let session = self.link.session();
+        let r = self.link.call(&req, timeout).await;
+        let mut st = self.st.lock();
+        self.note_restart(&mut st);
+        match r {
+            Ok(b) => Ok(b),
+            Err(CallErr::Net(m)) => {
+                self.went_away(&mut st, session);
+                Err(gone(self.link.node_id, &m))
+            }
+            Err(CallErr::Wire(w)) => Err(wire_to_store(self.link.node_id, w)),
+        }
+    }
+
+    fn bad_reply(&self, what: &str, b: Body) -> StoreError {
+        StoreError::InvalidArgument(format!(
+            "node {}: unexpected reply to {what}: {b:?}",
+            self.link.node_id
+        ))
+    }
+
+    /// One heartbeat: true while the replica should keep beating.
+    async fn beat(&self) {
+        let mode = self.st.lock().mode;
+        let ping = Req::Ping {
+            disk: self.disk.id.clone(),
+        };
+        match mode {
+            Reachability::Away => {
+                let away_session = self.st.lock().away_session;
+                if self.link.hello(Some(away_session)).await.is_err() {
+                    return;
+                }
+                if let Ok(Body::Space(s)) = self.link.call(&ping, self.link.cfg.call_timeout).await
+                {
+                    *self.space.lock() = s;
+                    let mut st = self.st.lock();
+                    self.note_restart(&mut st);
+                    if st.mode == Reachability::Away {
+                        st.mode = Reachability::Back;
+                        st.misses = 0;
+                        tracing::info!(node = self.link.node_id, disk = %self.disk.name, dirty = st.dirty.len(), "peer replica back; resync pending");
+                    }
+                }
+            }
+            Reachability::Up | Reachability::Back => {
+                let session = self.link.session();
+                let r = self.link.call(&ping, self.link.cfg.call_timeout).await;
+                let mut st = self.st.lock();
+                self.note_restart(&mut st);
+                match r {
+                    Ok(Body::Space(s)) => {
+                        st.misses = 0;
+                        *self.space.lock() = s;
+                    }
+                    _ => {
+                        st.misses += 1;
+                        if st.misses >= self.link.cfg.heartbeat_misses {
+                            self.went_away(&mut st, session);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn spawn_heartbeat(weak: Weak<RemoteReplica>, period: Duration) {
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(period).await;
+            let Some(r) = weak.upgrade() else { break };
+            r.beat().await;
+        }
+    });
+}
+
+impl Replica for RemoteReplica {
+    fn write_with_crcs(
+        &self,
+        obj: ObjectId,
+        block: u64,
+        data: WriteBuf,
+        crcs: Arc<[u32]>,
+        gen: u64,
+        pin: u64,
+    ) -> BoxFuture<'_, R<()>> {
+        Box::pin(async move {
+            let req = Req::Write {
+                disk: self.disk.id.clone(),
+                fence: self.fence(obj.vdisk),
+                obj,
+                block,
+                data: Bytes(data.as_slice().to_vec()),
+                crcs: crcs.to_vec(),
+                gen,
+                pin,
+            };
+            self.mutate(&[obj], &[obj], req).await
+        })
+    }
+
+    fn read(
+        &self,
+        obj: ObjectId,
+        block: u64,
+        nblocks: u32,
+        at_gen: u64,
+    ) -> BoxFuture<'_, R<AlignedBuf>> {
+        Box::pin(async move {
+            let req = Req::Read {
+                disk: self.disk.id.clone(),
+                obj,
+                block,
+                nblocks,
+                at_gen,
+            };
+            match self
+                .query(Some(obj), req, self.link.cfg.call_timeout)
+                .await?
+            {
+                Body::Data(d) if d.0.len() == nblocks as usize * 4096 => {
+                    Ok(AlignedBuf::from_slice(&d.0))
+                }
+                other => Err(self.bad_reply("read", other)),
+            }
+        })
+    }
+
+    fn discard(
+        &self,
+        obj: ObjectId,
+        block: u64,
+        nblocks: u32,
+        gen: u64,
+        pin: u64,
+    ) -> BoxFuture<'_, R<()>> {
+        Box::pin(async move {
+            let req = Req::Discard {
+                disk: self.disk.id.clone(),
+                fence: self.fence(obj.vdisk),
+                obj,
+                block,
+                nblocks,
+                gen,
+                pin,
+            };
+            self.mutate(&[obj], &[obj], req).await
+        })
+    }
+
+    fn flush(&self) -> BoxFuture<'_, R<()>> {
+        Box::pin(async move {
+            let upto = {
+                let st = self.st.lock();
+                if st.mode == Reachability::Away {
+                    return Ok(());
+                }
+                st.seq
+            };
+            let session = self.link.session();
+            let r = self
+                .link
+                .call(
+                    &Req::Flush {
+                        disk: self.disk.id.clone(),
+                    },
+                    self.link.cfg.call_timeout,
+                )
+                .await;
+            let mut st = self.st.lock();
+            self.note_restart(&mut st);
+            match r {
+                Ok(_) => {
+                    st.unflushed.retain(|_, s| *s > upto);
+                    Ok(())
+                }
+                Err(CallErr::Net(_)) => {
+                    self.went_away(&mut st, session);
+                    Ok(())
+                }
+                Err(CallErr::Wire(w)) => Err(wire_to_store(self.link.node_id, w)),
+            }
+        })
+    }
+
+    fn clone_object(
+        &self,
+        src: ObjectId,
+        at_gen: u64,
+        dst: ObjectId,
+        dst_gen: u64,
+    ) -> BoxFuture<'_, R<()>> {
+        Box::pin(async move {
+            let req = Req::Clone {
+                disk: self.disk.id.clone(),
+                fence: self.fence(dst.vdisk),
+                src,
+                at_gen,
+                dst,
+                dst_gen,
+            };
+            self.mutate(&[src, dst], &[dst], req).await
+        })
+    }
+
+    fn rollback_object(
+        &self,
+        obj: ObjectId,
+        snap_gen: u64,
+        gen: u64,
+        pin: u64,
+    ) -> BoxFuture<'_, R<()>> {
+        Box::pin(async move {
+            let req = Req::Rollback {
+                disk: self.disk.id.clone(),
+                fence: self.fence(obj.vdisk),
+                obj,
+                snap_gen,
+                gen,
+                pin,
+            };
+            self.mutate(&[obj], &[obj], req).await
+        })
+    }
+
+    fn delete_object(&self, obj: ObjectId) -> BoxFuture<'_, R<()>> {
+        Box::pin(async move {
+            let req = Req::Delete {
+                disk: self.disk.id.clone(),
+                fence: self.fence(obj.vdisk),
+                obj,
+            };
+            self.mutate(&[obj], &[obj], req).await
+        })
+    }
+
+    fn prune(&self, vdisk: u64, snap_gens: Vec<u64>) -> BoxFuture<'_, R<()>> {
+        Box::pin(async move {
+            let mark = ObjectId {
+                vdisk,
+                chunk: PRUNE_MARK_CHUNK,
+            };
+            let req = Req::Prune {
+                disk: self.disk.id.clone(),
+                fence: self.fence(vdisk),
+                snap_gens,
+            };
+            self.mutate(&[mark], &[mark], req).await?;
+            // A prune is durable with the next flush like any change; nothing to track.
+            self.st.lock().unflushed.remove(&mark);
+            Ok(())
+        })
+    }
+
+    fn export_object(&self, obj: ObjectId) -> BoxFuture<'_, R<Vec<BlockVersions>>> {
+        Box::pin(async move {
+            let req = Req::Export {
+                disk: self.disk.id.clone(),
+                obj,
+            };
+            match self
+                .query(Some(obj), req, self.link.cfg.bulk_timeout)
+                .await?
+            {
+                Body::Versions(v) => {
+                    if v.iter().any(|b| {
+                        b.versions
+                            .iter()
+                            .any(|x| x.data.as_ref().is_some_and(|d| d.0.len() != 4096))
+                    }) {
+                        return Err(StoreError::InvalidArgument(format!(
+                            "node {}: export with a version that is not one block",
+                            self.link.node_id
+                        )));
+                    }
+                    Ok(from_wire(v))
+                }
+                other => Err(self.bad_reply("export", other)),
+            }
+        })
+    }
+
+    fn import_object(&self, obj: ObjectId, versions: Vec<BlockVersions>) -> BoxFuture<'_, R<()>> {
+        Box::pin(async move {
+            let req = Req::Import {
+                disk: self.disk.id.clone(),
+                fence: self.fence(obj.vdisk),
+                obj,
+                versions: to_wire(versions),
+            };
+            self.mutate(&[obj], &[obj], req).await
+        })
+    }
+
+    fn repair(&self, obj: ObjectId, block: u64, gen: u64, good: WriteBuf) -> BoxFuture<'_, R<()>> {
+        Box::pin(async move {
+            let req = Req::Repair {
+                disk: self.disk.id.clone(),
+                fence: self.fence(obj.vdisk),
+                obj,
+                block,
+                gen,
+                data: Bytes(good.as_slice().to_vec()),
+            };
+            self.mutate(&[obj], &[obj], req).await
+        })
+    }
+
+    fn scrub(&self) -> BoxFuture<'_, R<ScrubReport>> {
+        Box::pin(async move {
+            let req = Req::Scrub {
+                disk: self.disk.id.clone(),
+            };
+            // Unreachable is not a disk failure: report it as a refused request.
+            match self.query(None, req, Duration::from_secs(3600)).await {
+                Ok(Body::Scrub {
+                    checked_blocks,
+                    corrupt,
+                }) => Ok(ScrubReport {
+                    checked_blocks,
+                    corrupt,
+                }),
+                Ok(other) => Err(self.bad_reply("scrub", other)),
+                Err(e) if matches!(e.kind(), store::ErrorKind::Io) => {
+                    Err(StoreError::InvalidArgument(format!(
+                        "scrub of node {} skipped: {e}",
+                        self.link.node_id
+                    )))
+                }
+                Err(e) => Err(e),
+            }
+        })
+    }
+
+    fn put_meta(&self, _blob: Vec<u8>) -> BoxFuture<'_, R<()>> {
+        // The peer's metadata slot belongs to the peer's own engine; this node's pool metadata
+        // lives on its own disks (and the cluster's in raft).
+        Box::pin(async { Ok(()) })
+    }
+
+    fn close(&self) -> BoxFuture<'_, R<()>> {
+        // The peer's store is the peer's to close.
+        Box::pin(async { Ok(()) })
+    }
+
+    fn objects(&self) -> Vec<ObjectId> {
+        self.objects.clone()
+    }
+
+    fn changed_blocks(&self, obj: ObjectId, from_gen: u64, to_gen: u64) -> Vec<u64> {
+        let all = || (0..engine::CHUNK_BLOCKS).collect();
+        let multi = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        if !multi {
+            return all(); // conservative, as the contract allows
+        }
+        let req = Req::Changed {
+            disk: self.disk.id.clone(),
+            obj,
+            from_gen,
+            to_gen,
+        };
+        let r = tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current().block_on(self.query(
+                Some(obj),
+                req,
+                self.link.cfg.call_timeout,
+            ))
+        });
+        match r {
+            Ok(Body::Blocks(b)) => b
+                .into_iter()
+                .filter(|b| *b < engine::CHUNK_BLOCKS)
+                .collect(),
+            _ => all(),
+        }
+    }
+
+    fn space(&self) -> Space {
+        *self.space.lock()
+    }
+
+    fn reachability(&self) -> Reachability {
+        self.st.lock().mode
+    }
+
+    fn away_since(&self) -> Option<Instant> {
+        let st = self.st.lock();
+        (st.mode == Reachability::Away)
+            .then_some(st.since)
+            .flatten()
+    }
+
+    fn dirty_objects(&self) -> Vec<ObjectId> {
+        let mut v: Vec<ObjectId> = self.st.lock().dirty.iter().copied().collect();
+        v.sort();
+        v
+    }
+
+    fn mark_clean(&self, obj: ObjectId) {
+        self.st.lock().dirty.remove(&obj);
+    }
+
+    fn mark_dirty(&self, obj: ObjectId) {
+        let mut st = self.st.lock();
+        st.dirty.insert(obj);
+        if st.mode == Reachability::Up {
+            st.mode = Reachability::Back;
+        }
+    }
+
+    fn resync_done(&self) {
+        let mut st = self.st.lock();
+        if st.mode == Reachability::Back && st.dirty.is_empty() {
+            st.mode = Reachability::Up;
+            st.since = None;
+        }
+    }
+}

@@ -1,0 +1,178 @@
+//! Fencing epochs. The owner of a virtual disk writes with an epoch; every replica server keeps
+//! the highest epoch it has seen per virtual disk *durably* (a small file, replaced atomically)
+//! and refuses mutations carrying a lower one. A new owner raises the epoch on every replica
+//! holder before its first write, so the old owner can never write there again, even after a
+//! restart of the server.
+//!
+//! Raising an epoch takes the virtual disk's shard lock exclusively, and every mutation holds
+//! it shared while it runs: once a raise returns, no mutation with an older epoch is still in
+//! flight or can start.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use parking_lot::RwLock;
+
+use crate::error::{MirrorError, Result};
+use crate::wire::WireError;
+
+const SHARDS: usize = 64;
+/// Bound on the table (virtual disks a server has ever seen epochs for).
+const MAX_ENTRIES: usize = 1 << 20;
+
+/// The server's durable epoch table.
+pub struct EpochTable {
+    path: PathBuf,
+    map: RwLock<HashMap<u64, u64>>,
+    shards: Box<[tokio::sync::RwLock<()>]>,
+    persist: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for EpochTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "EpochTable({})", self.path.display())
+    }
+}
+
+impl EpochTable {
+    /// Opens (or creates) the table in `dir` (`epochs.json`).
+    pub fn open(dir: &Path) -> Result<EpochTable> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| MirrorError::State(format!("creating {}: {e}", dir.display())))?;
+        let path = dir.join("epochs.json");
+        let map: HashMap<u64, u64> = match std::fs::read(&path) {
+            Ok(bytes) => {
+                let v: Vec<(u64, u64)> = serde_json::from_slice(&bytes).map_err(|e| {
+                    MirrorError::State(format!("{} is damaged: {e}", path.display()))
+                })?;
+                v.into_iter().collect()
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => HashMap::new(),
+            Err(e) => {
+                return Err(MirrorError::State(format!(
+                    "reading {}: {e}",
+                    path.display()
+                )))
+            }
+        };
+        Ok(EpochTable {
+            path,
+            map: RwLock::new(map),
+            shards: (0..SHARDS).map(|_| tokio::sync::RwLock::new(())).collect(),
+            persist: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    pub fn current(&self, vdisk: u64) -> u64 {
+        self.map.read().get(&vdisk).copied().unwrap_or(0)
+    }
+
+    fn shard(&self, vdisk: u64) -> &tokio::sync::RwLock<()> {
+        &self.shards[(vdisk.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 58) as usize % SHARDS]
+    }
+
+    /// Raise `vdisk` to `epoch` durably (no-op if already there); refused if lower.
+    pub async fn raise(&self, vdisk: u64, epoch: u64) -> std::result::Result<(), WireError> {
+        let _x = self.shard(vdisk).write().await;
+        self.raise_locked(vdisk, epoch).await
+    }
+
+    async fn raise_locked(&self, vdisk: u64, epoch: u64) -> std::result::Result<(), WireError> {
+        let current = self.current(vdisk);
+        if epoch < current {
+            return Err(WireError::Fenced {
+                vdisk,
+                sent: epoch,
+                current,
+            });
+        }
+        if epoch == current {
+            return Ok(());
+        }
+        let _p = self.persist.lock().await;
+        let mut next = self.map.read().clone();
+        if next.len() >= MAX_ENTRIES && !next.contains_key(&vdisk) {
+            return Err(WireError::Server("epoch table full".into()));
+        }
+        next.insert(vdisk, epoch);
+        let path = self.path.clone();
+        let snapshot: Vec<(u64, u64)> = next.iter().map(|(k, v)| (*k, *v)).collect();
+        tokio::task::spawn_blocking(move || write_atomic(&path, &snapshot))
+            .await
+            .map_err(|e| WireError::Server(format!("persisting epochs: {e}")))?
+            .map_err(|e| WireError::Server(format!("persisting epochs: {e}")))?;
+        *self.map.write() = next;
+        Ok(())
+    }
+
+    /// Admit a mutation with `epoch` for `vdisk`: returns a guard to hold while it runs. A
+    /// higher epoch is recorded durably first.
+    pub async fn admit(
+        &self,
+        vdisk: u64,
+        epoch: u64,
+    ) -> std::result::Result<tokio::sync::RwLockReadGuard<'_, ()>, WireError> {
+        if epoch > self.current(vdisk) {
+            self.raise(vdisk, epoch).await?;
+        }
+        let g = self.shard(vdisk).read().await;
+        let current = self.current(vdisk);
+        if epoch < current {
+            return Err(WireError::Fenced {
+                vdisk,
+                sent: epoch,
+                current,
+            });
+        }
+        Ok(g)
+    }
+}
+
+fn write_atomic(path: &Path, entries: &[(u64, u64)]) -> std::io::Result<()> {
+    let tmp = path.with_extension("json.tmp");
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&serde_json::to_vec(entries).map_err(std::io::Error::other)?)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// The writer's side: the epoch this node writes each virtual disk with. The cluster layer
+/// sets it when this node becomes a virtual disk's owner (the raft-assigned epoch), and calls
+/// `RemoteReplica::raise` (or `MirrorPeers::raise`) so the holders learn it before any write.
+#[derive(Debug)]
+pub struct EpochBook {
+    base: std::sync::atomic::AtomicU64,
+    per: RwLock<HashMap<u64, u64>>,
+}
+
+impl EpochBook {
+    /// Every virtual disk starts at `base` (use 1 when no cluster assigns epochs).
+    pub fn new(base: u64) -> EpochBook {
+        EpochBook {
+            base: std::sync::atomic::AtomicU64::new(base),
+            per: RwLock::new(HashMap::new()),
+        }
+    }
+    pub fn get(&self, vdisk: u64) -> u64 {
+        let base = self.base.load(std::sync::atomic::Ordering::Acquire);
+        self.per.read().get(&vdisk).map_or(base, |e| (*e).max(base))
+    }
+    /// Set this node's epoch for `vdisk` (never lowered).
+    pub fn set(&self, vdisk: u64, epoch: u64) {
+        let mut m = self.per.write();
+        let e = m.entry(vdisk).or_insert(0);
+        *e = (*e).max(epoch);
+    }
+    /// Raise the default for every virtual disk (never lowered).
+    pub fn set_base(&self, epoch: u64) {
+        self.base
+            .fetch_max(epoch, std::sync::atomic::Ordering::AcqRel);
+    }
+}

@@ -1,0 +1,406 @@
+//! The replica server: serves this node's pool disks to peers that mirror their virtual disks
+//! onto them, over mutual TLS (`transport`), with fencing.
+//!
+//! Objects of other nodes' virtual disks live in our stores under `FOREIGN_VDISK_BIT`, so they
+//! never mix with this node's own. The server never writes a store's metadata slot and never
+//! closes a store (the local engine owns both). A request that fails validation, names an
+//! unknown disk, carries an old epoch or an old session gets a typed error reply.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use blockdev::AlignedBuf;
+use engine::{Engine, Replica, FOREIGN_VDISK_BIT};
+use parking_lot::{Mutex, RwLock};
+use store::{BlockVersions, ObjectId, StoreError, VersionData};
+use transport::{Handler, NodeId, NodeIdentity, RemoteError, ServerConfig, ServerHandle, StreamRx};
+
+use crate::error::Result;
+use crate::fence::EpochTable;
+use crate::wire::*;
+
+/// A served disk: what peers are told about it, and its replica.
+type Served = (DiskDesc, Arc<dyn Replica>);
+
+/// Serves local disks to peers. Create with [`ReplicaServer::new`], add disks, then `start`.
+pub struct ReplicaServer {
+    instance: u64,
+    node_id: u64,
+    disks: RwLock<HashMap<String, Served>>,
+    epochs: EpochTable,
+    /// Highest session each peer node has opened.
+    sessions: Mutex<HashMap<NodeId, u64>>,
+}
+
+impl std::fmt::Debug for ReplicaServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ReplicaServer(node {})", self.node_id)
+    }
+}
+
+pub(crate) fn to_local(o: ObjectId) -> ObjectId {
+    ObjectId {
+        vdisk: o.vdisk | FOREIGN_VDISK_BIT,
+        chunk: o.chunk,
+    }
+}
+
+pub(crate) fn from_local(o: ObjectId) -> ObjectId {
+    ObjectId {
+        vdisk: o.vdisk & !FOREIGN_VDISK_BIT,
+        chunk: o.chunk,
+    }
+}
+
+fn store_err(e: StoreError) -> WireError {
+    use store::ErrorKind as K;
+    let kind = match e.kind() {
+        K::Io => StoreKind::Io,
+        K::Poisoned => StoreKind::Poisoned,
+        K::Corrupt { obj, block, gen } => StoreKind::Corrupt {
+            obj: from_local(obj),
+            block,
+            gen,
+        },
+        K::NoSpace => StoreKind::NoSpace,
+        K::NotBlank => StoreKind::NotBlank,
+        K::NotOurs => StoreKind::NotOurs,
+        K::InvalidArgument => StoreKind::InvalidArgument,
+        K::BadMetadata => StoreKind::BadMetadata,
+    };
+    WireError::Store {
+        kind,
+        msg: e.to_string(),
+    }
+}
+
+impl ReplicaServer {
+    /// `state_dir` holds the durable epoch table (keep it on the node's data disk).
+    pub fn new(node_id: u64, state_dir: &Path) -> Result<Arc<ReplicaServer>> {
+        Ok(Arc::new(ReplicaServer {
+            instance: rand::random::<u64>() | 1,
+            node_id,
+            disks: RwLock::new(HashMap::new()),
+            epochs: EpochTable::open(state_dir)?,
+            sessions: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    /// Serve one disk (replaces an earlier entry with the same id).
+    pub fn serve_disk(&self, desc: DiskDesc, replica: Arc<dyn Replica>) {
+        self.disks.write().insert(desc.id.clone(), (desc, replica));
+    }
+
+    /// Serve every disk of this node's engine (call again after disks are added).
+    pub fn serve_engine(&self, engine: &Engine) {
+        for (info, replica) in engine.local_replicas() {
+            self.serve_disk(
+                DiskDesc {
+                    id: info.id,
+                    name: info.name,
+                    node_id: self.node_id,
+                    size_bytes: info.size_bytes,
+                },
+                replica,
+            );
+        }
+    }
+
+    /// Stop serving a disk.
+    pub fn unserve_disk(&self, id: &str) {
+        self.disks.write().remove(id);
+    }
+
+    pub fn disks(&self) -> Vec<DiskDesc> {
+        let mut v: Vec<DiskDesc> = self.disks.read().values().map(|(d, _)| d.clone()).collect();
+        v.sort_by(|a, b| a.id.cmp(&b.id));
+        v
+    }
+
+    pub fn epochs(&self) -> &EpochTable {
+        &self.epochs
+    }
+
+    /// Listen on `addr` (mutual TLS with this node's cluster identity).
+    pub async fn start(
+        self: &Arc<Self>,
+        addr: SocketAddr,
+        identity: &NodeIdentity,
+    ) -> Result<ServerHandle> {
+        let cfg = ServerConfig {
+            max_frame_bytes: MAX_MSG_BYTES,
+            ..ServerConfig::default()
+        };
+        let tls = transport::server_tls_config(identity)?;
+        let h =
+            transport::Server::bind(addr, tls, cfg, Arc::new(ServerHandler(self.clone()))).await?;
+        Ok(h)
+    }
+
+    fn disk(&self, id: &str) -> std::result::Result<Arc<dyn Replica>, WireError> {
+        self.disks
+            .read()
+            .get(id)
+            .map(|(_, r)| r.clone())
+            .ok_or_else(|| WireError::NoDisk(id.to_string()))
+    }
+
+    async fn serve(&self, peer: Option<NodeId>, req: Req) -> std::result::Result<Body, WireError> {
+        req.validate()?;
+        let peer = peer.ok_or_else(|| WireError::BadRequest("anonymous peer".into()))?;
+        if let Some(f) = req.fence() {
+            let floor = self.sessions.lock().get(&peer).copied().unwrap_or(0);
+            if f.session < floor {
+                return Err(WireError::StaleSession {
+                    sent: f.session,
+                    current: floor,
+                });
+            }
+        }
+        let _admitted = match req.fence() {
+            Some(f) => Some(self.epochs.admit(f.vdisk, f.epoch).await?),
+            None => None,
+        };
+        let se = store_err;
+        match req {
+            Req::Hello { session } => {
+                let mut s = self.sessions.lock();
+                let e = s.entry(peer).or_insert(0);
+                *e = (*e).max(session);
+                drop(s);
+                Ok(Body::Hello {
+                    disks: self.disks(),
+                })
+            }
+            Req::Raise { vdisk, epoch } => {
+                self.epochs.raise(vdisk, epoch).await?;
+                Ok(Body::Unit)
+            }
+            Req::Ping { disk } => Ok(Body::Space(self.disk(&disk)?.space())),
+            Req::Objects { disk } => Ok(Body::Objects(
+                self.disk(&disk)?
+                    .objects()
+                    .into_iter()
+                    .filter(|o| o.vdisk & FOREIGN_VDISK_BIT != 0)
+                    .map(from_local)
+                    .collect(),
+            )),
+            Req::Write {
+                disk,
+                obj,
+                block,
+                data,
+                crcs,
+                gen,
+                pin,
+                ..
+            } => {
+                // TLS protects the bytes in flight; this catches a sender that checksummed
+                // something else than it sent.
+                if store::block_crcs(&data.0) != crcs {
+                    return Err(WireError::BadRequest(
+                        "block checksums do not match the data".into(),
+                    ));
+                }
+                let r = self.disk(&disk)?;
+                let buf = AlignedBuf::from_slice(&data.0).into_write();
+                r.write_with_crcs(to_local(obj), block, buf, crcs.into(), gen, pin)
+                    .await
+                    .map_err(se)?;
+                Ok(Body::Unit)
+            }
+            Req::Read {
+                disk,
+                obj,
+                block,
+                nblocks,
+                at_gen,
+            } => {
+                let b = self
+                    .disk(&disk)?
+                    .read(to_local(obj), block, nblocks, at_gen)
+                    .await
+                    .map_err(se)?;
+                Ok(Body::Data(Bytes(b[..nblocks as usize * 4096].to_vec())))
+            }
+            Req::Discard {
+                disk,
+                obj,
+                block,
+                nblocks,
+                gen,
+                pin,
+                ..
+            } => {
+                self.disk(&disk)?
+                    .discard(to_local(obj), block, nblocks, gen, pin)
+                    .await
+                    .map_err(se)?;
+                Ok(Body::Unit)
+            }
+            Req::Flush { disk } => {
+                self.disk(&disk)?.flush().await.map_err(se)?;
+                Ok(Body::Unit)
+            }
+            Req::Clone {
+                disk,
+                src,
+                at_gen,
+                dst,
+                dst_gen,
+                ..
+            } => {
+                self.disk(&disk)?
+                    .clone_object(to_local(src), at_gen, to_local(dst), dst_gen)
+                    .await
+                    .map_err(se)?;
+                Ok(Body::Unit)
+            }
+            Req::Rollback {
+                disk,
+                obj,
+                snap_gen,
+                gen,
+                pin,
+                ..
+            } => {
+                self.disk(&disk)?
+                    .rollback_object(to_local(obj), snap_gen, gen, pin)
+                    .await
+                    .map_err(se)?;
+                Ok(Body::Unit)
+            }
+            Req::Delete { disk, obj, .. } => {
+                self.disk(&disk)?
+                    .delete_object(to_local(obj))
+                    .await
+                    .map_err(se)?;
+                Ok(Body::Unit)
+            }
+            Req::Prune {
+                disk,
+                fence,
+                snap_gens,
+                ..
+            } => {
+                let mut gens = snap_gens;
+                gens.sort_unstable();
+                self.disk(&disk)?
+                    .prune(fence.vdisk | FOREIGN_VDISK_BIT, gens)
+                    .await
+                    .map_err(se)?;
+                Ok(Body::Unit)
+            }
+            Req::Export { disk, obj } => {
+                let v = self
+                    .disk(&disk)?
+                    .export_object(to_local(obj))
+                    .await
+                    .map_err(se)?;
+                Ok(Body::Versions(to_wire(v)))
+            }
+            Req::Import {
+                disk,
+                obj,
+                versions,
+                ..
+            } => {
+                self.disk(&disk)?
+                    .import_object(to_local(obj), from_wire(versions))
+                    .await
+                    .map_err(se)?;
+                Ok(Body::Unit)
+            }
+            Req::Repair {
+                disk,
+                obj,
+                block,
+                gen,
+                data,
+                ..
+            } => {
+                let buf = AlignedBuf::from_slice(&data.0).into_write();
+                self.disk(&disk)?
+                    .repair(to_local(obj), block, gen, buf)
+                    .await
+                    .map_err(se)?;
+                Ok(Body::Unit)
+            }
+            Req::Scrub { disk } => {
+                let rep = self.disk(&disk)?.scrub().await.map_err(se)?;
+                Ok(Body::Scrub {
+                    checked_blocks: rep.checked_blocks,
+                    corrupt: rep
+                        .corrupt
+                        .into_iter()
+                        .filter(|(o, _, _)| o.vdisk & FOREIGN_VDISK_BIT != 0)
+                        .map(|(o, b, g)| (from_local(o), b, g))
+                        .collect(),
+                })
+            }
+            Req::Changed {
+                disk,
+                obj,
+                from_gen,
+                to_gen,
+            } => Ok(Body::Blocks(self.disk(&disk)?.changed_blocks(
+                to_local(obj),
+                from_gen,
+                to_gen,
+            ))),
+        }
+    }
+}
+
+pub(crate) fn to_wire(v: Vec<BlockVersions>) -> Vec<WireBlock> {
+    v.into_iter()
+        .map(|b| WireBlock {
+            block: b.block,
+            versions: b
+                .versions
+                .into_iter()
+                .map(|x| WireVersion {
+                    gen: x.gen,
+                    data: x.data.map(|d| Bytes(d[..].to_vec())),
+                })
+                .collect(),
+        })
+        .collect()
+}
+
+pub(crate) fn from_wire(v: Vec<WireBlock>) -> Vec<BlockVersions> {
+    v.into_iter()
+        .map(|b| BlockVersions {
+            block: b.block,
+            versions: b
+                .versions
+                .into_iter()
+                .map(|x| VersionData {
+                    gen: x.gen,
+                    data: x.data.map(|d| AlignedBuf::from_slice(&d.0)),
+                })
+                .collect(),
+        })
+        .collect()
+}
+
+struct ServerHandler(Arc<ReplicaServer>);
+
+impl Handler for ServerHandler {
+    type Request = Req;
+    type Response = Resp;
+    async fn handle(
+        &self,
+        peer: Option<NodeId>,
+        req: Req,
+        _body: Option<StreamRx>,
+    ) -> std::result::Result<Resp, RemoteError> {
+        let result = self.0.serve(peer, req).await;
+        Ok(Resp {
+            instance: self.0.instance,
+            result,
+        })
+    }
+}

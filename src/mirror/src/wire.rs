@@ -1,0 +1,369 @@
+//! The replica protocol's messages and their validation. Everything a peer sends is checked
+//! here (sizes, block counts, object ids) before it reaches a store; a bad message becomes a
+//! `WireError::BadRequest`, never a panic.
+//!
+//! Object ids travel as the owner's engine sees them; the server adds
+//! `engine::FOREIGN_VDISK_BIT` before touching its store and strips it on the way back.
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use store::{ObjectId, Space};
+
+/// Largest message either side accepts (a chunk's full history on export/import).
+pub const MAX_MSG_BYTES: u32 = 64 * 1024 * 1024;
+/// Largest single read or write, in blocks (one chunk).
+pub const MAX_IO_BLOCKS: u32 = 256;
+const BLOCK: usize = 4096;
+
+/// Raw bytes, (de)serialized as one byte string instead of element by element.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Bytes(pub Vec<u8>);
+
+impl std::fmt::Debug for Bytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Bytes({})", self.0.len())
+    }
+}
+
+impl Serialize for Bytes {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Bytes {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Bytes;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a byte string")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Bytes, E> {
+                Ok(Bytes(v.to_vec()))
+            }
+            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Bytes, E> {
+                Ok(Bytes(v))
+            }
+        }
+        d.deserialize_byte_buf(V)
+    }
+}
+
+/// Carried by every mutating request: who may write this virtual disk now.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Fence {
+    pub vdisk: u64,
+    pub epoch: u64,
+    /// The sender's connection session; requests of an older session (sent before the sender
+    /// saw this server go away and come back) are refused, so a delayed write can never land
+    /// after the resync that replaced it.
+    pub session: u64,
+}
+
+/// One version of one block on the wire (`data` None = discarded).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WireVersion {
+    pub gen: u64,
+    pub data: Option<Bytes>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WireBlock {
+    pub block: u64,
+    pub versions: Vec<WireVersion>,
+}
+
+/// A disk this server serves.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DiskDesc {
+    pub id: String,
+    pub name: String,
+    pub node_id: u64,
+    pub size_bytes: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Req {
+    /// First request of a session; raises the sender's session floor.
+    Hello {
+        session: u64,
+    },
+    Ping {
+        disk: String,
+    },
+    Objects {
+        disk: String,
+    },
+    Write {
+        disk: String,
+        fence: Fence,
+        obj: ObjectId,
+        block: u64,
+        data: Bytes,
+        crcs: Vec<u32>,
+        gen: u64,
+        pin: u64,
+    },
+    Read {
+        disk: String,
+        obj: ObjectId,
+        block: u64,
+        nblocks: u32,
+        at_gen: u64,
+    },
+    Discard {
+        disk: String,
+        fence: Fence,
+        obj: ObjectId,
+        block: u64,
+        nblocks: u32,
+        gen: u64,
+        pin: u64,
+    },
+    Flush {
+        disk: String,
+    },
+    Clone {
+        disk: String,
+        fence: Fence,
+        src: ObjectId,
+        at_gen: u64,
+        dst: ObjectId,
+        dst_gen: u64,
+    },
+    Rollback {
+        disk: String,
+        fence: Fence,
+        obj: ObjectId,
+        snap_gen: u64,
+        gen: u64,
+        pin: u64,
+    },
+    Delete {
+        disk: String,
+        fence: Fence,
+        obj: ObjectId,
+    },
+    Prune {
+        disk: String,
+        fence: Fence,
+        snap_gens: Vec<u64>,
+    },
+    Export {
+        disk: String,
+        obj: ObjectId,
+    },
+    Import {
+        disk: String,
+        fence: Fence,
+        obj: ObjectId,
+        versions: Vec<WireBlock>,
+    },
+    Repair {
+        disk: String,
+        fence: Fence,
+        obj: ObjectId,
+        block: u64,
+        gen: u64,
+        data: Bytes,
+    },
+    Scrub {
+        disk: String,
+    },
+    Changed {
+        disk: String,
+        obj: ObjectId,
+        from_gen: u64,
+        to_gen: u64,
+    },
+    /// Raise the epoch of a virtual disk (a new owner taking over); refused if lower.
+    Raise {
+        vdisk: u64,
+        epoch: u64,
+    },
+}
+
+impl Req {
+    /// The fence of a mutating request.
+    pub fn fence(&self) -> Option<Fence> {
+        match self {
+            Req::Write { fence, .. }
+            | Req::Discard { fence, .. }
+            | Req::Clone { fence, .. }
+            | Req::Rollback { fence, .. }
+            | Req::Delete { fence, .. }
+            | Req::Prune { fence, .. }
+            | Req::Import { fence, .. }
+            | Req::Repair { fence, .. } => Some(*fence),
+            _ => None,
+        }
+    }
+
+    /// Structural checks that need no state. The store checks block ranges again.
+    pub fn validate(&self) -> Result<(), WireError> {
+        let bad = |m: String| Err(WireError::BadRequest(m));
+        let obj_ok = |o: &ObjectId| o.vdisk & engine::FOREIGN_VDISK_BIT == 0;
+        match self {
+            Req::Write {
+                obj,
+                block,
+                data,
+                crcs,
+                ..
+            } => {
+                let n = data.0.len();
+                if !obj_ok(obj) {
+                    return bad(format!("object {obj}: reserved virtual disk id"));
+                }
+                if n == 0 || n % BLOCK != 0 || n / BLOCK > MAX_IO_BLOCKS as usize {
+                    return bad(format!(
+                        "write of {n} bytes: must be 1..={MAX_IO_BLOCKS} whole blocks"
+                    ));
+                }
+                if crcs.len() != n / BLOCK {
+                    return bad(format!("{} checksums for {} blocks", crcs.len(), n / BLOCK));
+                }
+                if *block >= engine::CHUNK_BLOCKS {
+                    return bad(format!("block {block} outside the chunk"));
+                }
+            }
+            Req::Read { obj, nblocks, .. } | Req::Discard { obj, nblocks, .. } => {
+                if !obj_ok(obj) {
+                    return bad(format!("object {obj}: reserved virtual disk id"));
+                }
+                if *nblocks == 0 || *nblocks > MAX_IO_BLOCKS {
+                    return bad(format!("{nblocks} blocks: must be 1..={MAX_IO_BLOCKS}"));
+                }
+            }
+            Req::Clone { src, dst, .. } => {
+                if !obj_ok(src) || !obj_ok(dst) {
+                    return bad("clone: reserved virtual disk id".into());
+                }
+            }
+            Req::Rollback { obj, .. }
+            | Req::Delete { obj, .. }
+            | Req::Export { obj, .. }
+            | Req::Changed { obj, .. } => {
+                if !obj_ok(obj) {
+                    return bad(format!("object {obj}: reserved virtual disk id"));
+                }
+            }
+            Req::Import { obj, versions, .. } => {
+                if !obj_ok(obj) {
+                    return bad(format!("object {obj}: reserved virtual disk id"));
+                }
+                for b in versions {
+                    if b.block >= engine::CHUNK_BLOCKS {
+                        return bad(format!("import: block {} outside the chunk", b.block));
+                    }
+                    for v in &b.versions {
+                        if v.data.as_ref().is_some_and(|d| d.0.len() != BLOCK) {
+                            return bad("import: a version is not one block".into());
+                        }
+                    }
+                }
+            }
+            Req::Repair { obj, data, .. } => {
+                if !obj_ok(obj) || data.0.len() != BLOCK {
+                    return bad("repair: one block of a valid object expected".into());
+                }
+            }
+            Req::Prune {
+                fence, snap_gens, ..
+            } => {
+                if fence.vdisk & engine::FOREIGN_VDISK_BIT != 0 {
+                    return bad("prune: reserved virtual disk id".into());
+                }
+                if snap_gens.len() > 1 << 20 {
+                    return bad("prune: too many snapshot generations".into());
+                }
+            }
+            Req::Raise { vdisk, .. } => {
+                if vdisk & engine::FOREIGN_VDISK_BIT != 0 {
+                    return bad("raise: reserved virtual disk id".into());
+                }
+            }
+            Req::Hello { .. }
+            | Req::Ping { .. }
+            | Req::Objects { .. }
+            | Req::Flush { .. }
+            | Req::Scrub { .. } => {}
+        }
+        if let Some(f) = self.fence() {
+            let vd = match self {
+                Req::Write { obj, .. }
+                | Req::Discard { obj, .. }
+                | Req::Rollback { obj, .. }
+                | Req::Delete { obj, .. }
+                | Req::Import { obj, .. }
+                | Req::Repair { obj, .. } => obj.vdisk,
+                Req::Clone { dst, .. } => dst.vdisk,
+                _ => f.vdisk,
+            };
+            if vd != f.vdisk {
+                return bad(format!(
+                    "fence names virtual disk {} but the request touches {vd}",
+                    f.vdisk
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What went wrong on the serving side, typed so the caller can react.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    /// The virtual disk has a newer owner: this writer must stop.
+    #[error("fenced: virtual disk {vdisk} is at epoch {current}, this writer has {sent} (another node took it over)")]
+    Fenced { vdisk: u64, sent: u64, current: u64 },
+    #[error("stale session {sent} (current {current}): request sent before a reconnect")]
+    StaleSession { sent: u64, current: u64 },
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    #[error("no such disk on this node: {0}")]
+    NoDisk(String),
+    /// The store's error, with its kind.
+    #[error("{msg}")]
+    Store { kind: StoreKind, msg: String },
+    #[error("replica server: {0}")]
+    Server(String),
+}
+
+/// `store::ErrorKind` on the wire.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub enum StoreKind {
+    Io,
+    Poisoned,
+    Corrupt { obj: ObjectId, block: u64, gen: u64 },
+    NoSpace,
+    NotBlank,
+    NotOurs,
+    InvalidArgument,
+    BadMetadata,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Body {
+    Unit,
+    Hello {
+        disks: Vec<DiskDesc>,
+    },
+    Space(Space),
+    Objects(Vec<ObjectId>),
+    Data(Bytes),
+    Versions(Vec<WireBlock>),
+    Scrub {
+        checked_blocks: u64,
+        corrupt: Vec<(ObjectId, u64, u64)>,
+    },
+    Blocks(Vec<u64>),
+}
+
+/// Every reply names the server's instance (random per process start), so a client notices a
+/// restart even when no request failed.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Resp {
+    pub instance: u64,
+    pub result: Result<Body, WireError>,
+}

@@ -1,0 +1,254 @@
+//! Mirrored I/O between two engines over real mutual TLS on 127.0.0.x: both replicas hold the
+//! same bytes, writes continue while the peer is gone, only the chunks written meanwhile are
+//! resynced, a peer away past the grace period is rebuilt elsewhere, and fencing stops an old
+//! owner.
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use engine::{DiskState, Reachability};
+use mirror::{attach_peer, EpochBook};
+use transport::ClusterCa;
+
+const SIZE: u64 = 16 * MIB;
+
+async fn write_and_model(
+    h: &engine::VdiskHandle,
+    model: &mut [u8],
+    round: u64,
+    chunks: impl Iterator<Item = u64>,
+) {
+    for c in chunks {
+        // Two 4 KiB blocks and one 64 KiB run per chunk.
+        for (off, len) in [
+            (c * MIB, 4096usize),
+            (c * MIB + 300 * 1024, 65536),
+            (c * MIB + MIB - 4096, 4096),
+        ] {
+            let data = pattern(round, off, len);
+            h.write(off, &data).await.unwrap();
+            model[off as usize..off as usize + len].copy_from_slice(&data);
+        }
+    }
+}
+
+async fn verify_model(h: &engine::VdiskHandle, model: &[u8]) {
+    for (i, want) in model.chunks(MIB as usize).enumerate() {
+        let mut buf = vec![0u8; want.len()];
+        h.read(i as u64 * MIB, &mut buf).await.unwrap();
+        assert!(buf == want, "chunk {i}: acknowledged data lost or wrong");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mirrored_writes_land_identically_on_both_nodes() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = ClusterCa::generate("t").unwrap();
+    let n1 = Node::start(&ca, 1, "127.0.0.2", 1, dir.path()).await;
+    let n2 = Node::start(&ca, 2, "127.0.0.3", 1, dir.path()).await;
+    let l12 = link(&n1, &n2, Arc::new(EpochBook::new(1)));
+    let added = attach_peer(&n1.engine, &l12).await.unwrap();
+    assert_eq!(added.len(), 1);
+    assert_eq!(added[0].node_id, 2);
+    // Attaching again is a no-op.
+    assert!(attach_peer(&n1.engine, &l12).await.unwrap().is_empty());
+
+    let v = n1.engine.create_vdisk("v", SIZE).await.unwrap();
+    let h = n1.engine.open_vdisk("v").unwrap();
+    let mut model = vec![0u8; SIZE as usize];
+    write_and_model(&h, &mut model, 1, 0..16).await;
+    h.flush().await.unwrap();
+    verify_model(&h, &model).await;
+    let compared = assert_replicas_identical(&n1, &n2, v.id, SIZE).await;
+    assert_eq!(compared, 16, "every chunk must have a replica on each node");
+    // Node 2's own engine does not see the mirrored objects as its own.
+    assert_eq!(n2.engine.pool().degraded_chunks, 0);
+    assert!(n1.engine.remotes_in_sync());
+    // Discard and snapshot + overwrite go to both replicas too.
+    h.discard(2 * MIB, MIB).await.unwrap();
+    model[2 * MIB as usize..3 * MIB as usize].fill(0);
+    n1.engine.create_snapshot("v", "s1").await.unwrap();
+    write_and_model(&h, &mut model, 2, 0..2).await;
+    h.flush().await.unwrap();
+    assert_replicas_identical(&n1, &n2, v.id, SIZE).await;
+    verify_model(&h, &model).await;
+    let snap = n1.engine.open_snapshot("v", "s1").unwrap();
+    let mut b = vec![0u8; 4096];
+    snap.read(0, &mut b).await.unwrap();
+    assert_eq!(b, pattern(1, 0, 4096), "snapshot keeps the old contents");
+    n1.engine.shutdown().await.unwrap();
+    n2.engine.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_away_then_back_resyncs_only_changed_chunks() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = ClusterCa::generate("t").unwrap();
+    let n1 = Node::start(&ca, 1, "127.0.0.2", 1, dir.path()).await;
+    let mut n2 = Node::start(&ca, 2, "127.0.0.3", 1, dir.path()).await;
+    let l12 = link(&n1, &n2, Arc::new(EpochBook::new(1)));
+    attach_peer(&n1.engine, &l12).await.unwrap();
+    let v = n1.engine.create_vdisk("v", SIZE).await.unwrap();
+    let h = n1.engine.open_vdisk("v").unwrap();
+    let mut model = vec![0u8; SIZE as usize];
+    write_and_model(&h, &mut model, 1, 0..16).await;
+    h.flush().await.unwrap();
+
+    // Phase 1: the peer dies while idle; exactly 3 chunks are written while it is away.
+    n2.stop_server();
+    let t = Instant::now();
+    write_and_model(&h, &mut model, 2, [1u64, 5, 9].into_iter()).await;
+    h.flush().await.unwrap();
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "writes stalled {:?}",
+        t.elapsed()
+    );
+    let st = n1.engine.remote_disks();
+    assert_eq!(st[0].reachability, Reachability::Away);
+    assert_eq!(st[0].state, DiskState::Active, "away is not failed");
+    assert_eq!(st[0].dirty_chunks, 3);
+    verify_model(&h, &model).await;
+    n2.restart_server().await;
+    wait_for("resync", Duration::from_secs(20), || {
+        n1.engine.remotes_in_sync()
+    })
+    .await;
+    let st = n1.engine.remote_disks();
+    assert_eq!(
+        st[0].resynced_chunks, 3,
+        "only the chunks written while away are copied"
+    );
+    assert_eq!(st[0].resyncs, 1);
+    assert_eq!(assert_replicas_identical(&n1, &n2, v.id, SIZE).await, 16);
+
+    // Phase 2: the peer dies in the middle of a stream of writes; none of them fails.
+    let writer = {
+        let h = h.clone();
+        tokio::spawn(async move {
+            let mut m = Vec::new();
+            let mut worst = Duration::ZERO;
+            for i in 0..400u64 {
+                let off = (i * 37 % 1536) * 4096; // chunks 0..6 only
+                let data = pattern(100 + i, off, 4096);
+                let t = Instant::now();
+                h.write(off, &data).await.unwrap();
+                worst = worst.max(t.elapsed());
+                m.push((off, data));
+                if i % 50 == 0 {
+                    h.flush().await.unwrap();
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            h.flush().await.unwrap();
+            (m, worst)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    n2.stop_server();
+    let (m2, worst) = writer.await.unwrap();
+    assert!(
+        worst < Duration::from_secs(4),
+        "a write stalled for {worst:?}"
+    );
+    for (off, data) in m2 {
+        model[off as usize..off as usize + data.len()].copy_from_slice(&data);
+    }
+    verify_model(&h, &model).await;
+    let dirty = n1.engine.remote_disks()[0].dirty_chunks;
+    assert!(
+        (1..=6).contains(&dirty),
+        "{dirty} chunks dirty; the writer touched 6"
+    );
+    n2.restart_server().await;
+    wait_for("second resync", Duration::from_secs(20), || {
+        n1.engine.remotes_in_sync()
+    })
+    .await;
+    let st = n1.engine.remote_disks();
+    assert_eq!(st[0].resynced_chunks, 3 + dirty);
+    assert_eq!(assert_replicas_identical(&n1, &n2, v.id, SIZE).await, 16);
+    verify_model(&h, &model).await;
+    n1.engine.shutdown().await.unwrap();
+    n2.engine.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_away_past_grace_is_rebuilt_on_other_disks() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = ClusterCa::generate("t").unwrap();
+    let n1 = Node::start(&ca, 1, "127.0.0.2", 2, dir.path()).await;
+    let mut n2 = Node::start(&ca, 2, "127.0.0.3", 1, dir.path()).await;
+    n1.engine.set_remote_grace(Duration::from_secs(1));
+    let l12 = link(&n1, &n2, Arc::new(EpochBook::new(1)));
+    attach_peer(&n1.engine, &l12).await.unwrap();
+    n1.engine.create_vdisk("v", SIZE).await.unwrap();
+    let h = n1.engine.open_vdisk("v").unwrap();
+    let mut model = vec![0u8; SIZE as usize];
+    write_and_model(&h, &mut model, 1, 0..8).await;
+    h.flush().await.unwrap();
+    n2.stop_server();
+    write_and_model(&h, &mut model, 2, 0..2).await;
+    wait_for("remote disk failed", Duration::from_secs(15), || {
+        n1.engine.remote_disks()[0].state == DiskState::Failed
+    })
+    .await;
+    assert!(n1.engine.wait_rebalanced(Duration::from_secs(30)).await);
+    assert_eq!(
+        n1.engine.pool().degraded_chunks,
+        0,
+        "redundancy rebuilt on node 1's disks"
+    );
+    verify_model(&h, &model).await;
+    n1.engine.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_owner_fences_the_old_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = ClusterCa::generate("t").unwrap();
+    let n1 = Node::start(&ca, 1, "127.0.0.2", 1, dir.path()).await;
+    let mut n2 = Node::start(&ca, 2, "127.0.0.3", 1, dir.path()).await;
+    let n3 = Node::start(&ca, 3, "127.0.0.4", 1, dir.path()).await;
+    let l12 = link(&n1, &n2, Arc::new(EpochBook::new(1)));
+    attach_peer(&n1.engine, &l12).await.unwrap();
+    let v = n1.engine.create_vdisk("v", SIZE).await.unwrap();
+    let h = n1.engine.open_vdisk("v").unwrap();
+    h.write(0, &pattern(1, 0, 8192)).await.unwrap();
+    h.flush().await.unwrap();
+
+    // Node 3 takes the disk over at epoch 2 on node 2's replica server.
+    let l32 = link(&n3, &n2, Arc::new(EpochBook::new(1)));
+    l32.raise(v.id, 2).await.unwrap();
+    assert_eq!(n2.server.epochs().current(v.id), 2);
+    let err = h.write(0, &pattern(2, 0, 4096)).await.unwrap_err();
+    assert!(err.to_string().contains("fenced"), "{err}");
+    assert_eq!(
+        n1.engine.remote_disks()[0].reachability,
+        Reachability::Up,
+        "fencing must not look like an absent peer (that would let the old owner go on alone)"
+    );
+    // Lowering is refused; the epoch survives a restart of the server.
+    assert!(l32.raise(v.id, 1).await.is_err());
+    n2.restart_server().await;
+    assert_eq!(n2.server.epochs().current(v.id), 2);
+    let err = h.write(4096, &pattern(3, 4096, 4096)).await.unwrap_err();
+    assert!(err.to_string().contains("fenced"), "after restart: {err}");
+    // The new owner writes fine with its epoch.
+    let disks = l32.disks().await.unwrap();
+    let r = l32.open_disk(&disks[0]).await.unwrap();
+    let obj = store::ObjectId {
+        vdisk: v.id,
+        chunk: 0,
+    };
+    let buf = blockdev::AlignedBuf::from_slice(&pattern(4, 0, 4096)).into_write();
+    let crcs: Arc<[u32]> = store::block_crcs(buf.as_slice()).into();
+    use engine::Replica;
+    r.write_with_crcs(obj, 0, buf, crcs, 1, 0).await.unwrap();
+    assert_eq!(r.reachability(), Reachability::Up);
+    let back = r.read(obj, 0, 1, u64::MAX).await.unwrap();
+    assert_eq!(&back[..4096], &pattern(4, 0, 4096)[..]);
+    n1.engine.shutdown().await.unwrap();
+}
