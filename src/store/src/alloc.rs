@@ -83,6 +83,66 @@ impl Allocator {
         unreachable!("allocator: free count {} but no free bit", self.free)
     }
 
+    /// Length of the free run starting at `start`, looking at most `max` blocks (word at a
+    /// time: a defragment searches whole free extents, so bit by bit would be too slow).
+    fn free_run_len(&self, start: u64, max: u64) -> u64 {
+        let mut len = 0;
+        while len < max && start + len < self.nbits {
+            let b = start + len;
+            let avail = 64 - b % 64;
+            let w = self.words[(b / 64) as usize] >> (b % 64);
+            let z = if w == 0 {
+                avail
+            } else {
+                u64::from(w.trailing_zeros()).min(avail)
+            };
+            len += z;
+            if z < avail {
+                break;
+            }
+        }
+        len.min(max).min(self.nbits - start)
+    }
+
+    /// Allocate `n` blocks as ONE contiguous run (next fit from the cursor, wrapping once), or
+    /// nothing when no free extent is that long.
+    pub fn alloc_contig(&mut self, n: u64) -> Option<u64> {
+        if n == 0 || self.free < n {
+            return None;
+        }
+        let mut pos = if self.cursor >= self.nbits {
+            0
+        } else {
+            self.cursor
+        };
+        // Blocks looked at so far; one full lap (plus a run crossing the start) ends the search.
+        let mut scanned = 0u64;
+        while scanned <= self.nbits + n {
+            let start = self.find_free(pos);
+            scanned += if start >= pos {
+                start - pos
+            } else {
+                self.nbits - pos + start
+            };
+            let len = self.free_run_len(start, n);
+            if len == n {
+                for b in start..start + n {
+                    self.words[(b / 64) as usize] |= 1u64 << (b % 64);
+                }
+                self.free -= n;
+                self.cursor = start + n;
+                return Some(start);
+            }
+            // The run ends at a used block (or the end of the area): skip past it.
+            scanned += len + 1;
+            pos = start + len + 1;
+            if pos >= self.nbits {
+                pos = 0;
+            }
+        }
+        None
+    }
+
     /// Allocate exactly `n` blocks as a list of (start, len) runs appended to `out`,
     /// or nothing at all when fewer than `n` are free.
     pub fn alloc(&mut self, n: u64, out: &mut Vec<(u64, u64)>) -> bool {
@@ -122,6 +182,28 @@ impl Allocator {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn contiguous_run_or_nothing() {
+        let mut a = Allocator::new(300);
+        let mut runs = Vec::new();
+        assert!(a.alloc(300, &mut runs));
+        // Free holes of 3, 70 and 10 blocks.
+        for b in (5..8).chain(100..170).chain(250..260) {
+            a.release(b);
+        }
+        assert_eq!(a.alloc_contig(64), Some(100));
+        assert_eq!(a.free_blocks(), 3 + 6 + 10);
+        assert_eq!(a.alloc_contig(11), None, "no run of 11 left");
+        assert_eq!(a.alloc_contig(10), Some(250));
+        assert_eq!(a.alloc_contig(6), Some(164));
+        assert_eq!(a.alloc_contig(3), Some(5));
+        assert_eq!(a.free_blocks(), 0);
+        assert_eq!(a.alloc_contig(1), None);
+        for b in 0..300 {
+            assert!(a.is_used(b));
+        }
+    }
 
     #[test]
     fn contiguous_then_fragmented_then_full() {

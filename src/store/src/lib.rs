@@ -68,6 +68,10 @@
 //!   writes) a background task writes them out; only if that falls 4x behind does a writer
 //!   wait for a flush itself.
 //! - `import_object` is not atomic across a crash: record completion yourself.
+//! - A read of >= 64 blocks that finds its range in many short physical runs (random overwrites
+//!   scattered it) writes the data it read once more, contiguously, and moves the versions there
+//!   before it returns (`StoreStats::defrag_*`); `set_defrag(false)` turns this off. Blocks
+//!   shared with clones are never moved.
 //!
 //! ## On-disk layout
 //! Superblock (two copies) | meta slots A/B | checkpoint slots A/B | journal ring | data.
@@ -78,6 +82,7 @@
 
 mod alloc;
 mod codec;
+mod defrag;
 mod disk;
 mod error;
 mod layout;

@@ -242,6 +242,7 @@ impl Store {
             meta_cache: RwLock::new(meta),
             poisoned: AtomicBool::new(false),
             bg_flush: AtomicBool::new(false),
+            defrag_enabled: AtomicBool::new(true),
             poison_reason: Mutex::new(String::new()),
             counters: Counters::default(),
         };

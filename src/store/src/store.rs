@@ -70,6 +70,8 @@ pub(crate) struct Counters {
     pub flushes: AtomicU64,
     pub checkpoints: AtomicU64,
     pub journal_batches: AtomicU64,
+    pub defrag_runs: AtomicU64,
+    pub defrag_blocks: AtomicU64,
 }
 
 pub(crate) struct Inner {
@@ -85,6 +87,8 @@ pub(crate) struct Inner {
     pub poisoned: AtomicBool,
     /// A background journal write-out is running.
     pub bg_flush: AtomicBool,
+    /// Large fragmented reads rewrite their range contiguously (see `defrag`).
+    pub defrag_enabled: AtomicBool,
     pub poison_reason: Mutex<String>,
     pub counters: Counters,
 }
@@ -404,6 +408,8 @@ impl Inner {
             flushes: c.flushes.load(Ordering::Relaxed),
             checkpoints: c.checkpoints.load(Ordering::Relaxed),
             journal_batches: c.journal_batches.load(Ordering::Relaxed),
+            defrag_runs: c.defrag_runs.load(Ordering::Relaxed),
+            defrag_blocks: c.defrag_blocks.load(Ordering::Relaxed),
         }
     }
 
@@ -630,6 +636,7 @@ impl Store {
                         .collect(),
                 }
             };
+            let mut nruns = 1;
             let out = match plan.first() {
                 // One contiguous run covering the whole read (the common 4 KiB case): read
                 // straight into the buffer we return.
@@ -655,6 +662,7 @@ impl Store {
                         runs.push((plan[i].0, plan[i].1, j - i));
                         i = j;
                     }
+                    nruns = runs.len();
                     // Every run in flight at once.
                     let reads = runs.iter().map(|&(_, phys, len)| {
                         inner.dev_read(inner.layout().data_offset(phys), len as u64, "data")
@@ -670,7 +678,15 @@ impl Store {
                 crc32c::crc32c(&out[idx * BS as usize..(idx + 1) * BS as usize]) != crc
             });
             match bad {
-                None => return Ok(out),
+                None => {
+                    if crate::defrag::worth_it(n, &plan, nruns)
+                        && inner.defrag(obj, block, &plan, &out).await > 0
+                    {
+                        // The moves are journal records like any other: keep the buffer bounded.
+                        self.inner.maybe_flush().await?;
+                    }
+                    return Ok(out);
+                }
                 Some(&(idx, phys, _, gen)) => {
                     // A concurrent write may have replaced the version and (after a flush) the
                     // block been reused while we read: look again before calling it corrupt.
@@ -761,6 +777,11 @@ impl Store {
 
     pub fn stats(&self) -> StoreStats {
         self.inner.stats()
+    }
+
+    /// Turn read-triggered defragmentation on or off (on by default).
+    pub fn set_defrag(&self, enabled: bool) {
+        self.inner.defrag_enabled.store(enabled, Ordering::Relaxed);
     }
 
     pub fn label(&self) -> &crate::Label {

@@ -81,4 +81,9 @@ pub struct StoreStats {
     pub flushes: u64,
     pub checkpoints: u64,
     pub journal_batches: u64,
+    /// Fragmented ranges rewritten contiguously after a read, and the blocks moved.
+    #[serde(default)]
+    pub defrag_runs: u64,
+    #[serde(default)]
+    pub defrag_blocks: u64,
 }
