@@ -11,10 +11,15 @@ command -v node >/dev/null || { echo "skipped: $name (no node)"; exit 0; }
 if [ ! -d ui/node_modules/playwright-core ]; then
   (cd ui && npm ci --no-audit --no-fund) || fail "npm ci"
 fi
-[ -f ui/dist/index.html ] || (cd ui && npm run build) || fail "ui build"
-cargo build -q -p cairn || fail "cargo build"
+# Always rebuild: a stale ui/dist would be embedded and tested instead of the current sources.
+(cd ui && npm run build) || fail "ui build"
+cargo build -q -p cairn -p test-guests || fail "cargo build"
 bin="${CARGO_TARGET_DIR:-target}/debug/cairn"
 [ -x "$bin" ] || fail "no binary at $bin"
+# The VM steps boot the test guest (tests/guests) under KVM; without KVM they skip themselves.
+guest=$(ls -t "${CARGO_TARGET_DIR:-target}"/debug/build/test-guests-*/out/guest.elf 2>/dev/null | head -1)
+kvm=""
+if python3 -c 'import os; os.close(os.open("/dev/kvm", os.O_RDWR))' 2>/dev/null; then kvm=kvm; fi
 art="${TEST_ARTIFACTS:-target/test-artifacts}/ui"
 mkdir -p "$art"
 work=$(mktemp -d)
@@ -32,7 +37,7 @@ for _ in $(seq 1 300); do
   sleep 0.1
 done
 [ -n "$pw" ] || { cat "$work/node.log"; fail "no bootstrap password printed"; }
-if timeout 300 node ui/tests/browser.mjs "https://127.0.0.1:$port/" admin "$pw" "$art"; then
+if timeout 300 node ui/tests/browser.mjs "https://127.0.0.1:$port/" admin "$pw" "$art" "$guest" "$kvm"; then
   echo "suite-pass: $name"
 else
   tail -20 "$work/node.log"

@@ -65,7 +65,7 @@ function App() {
   switch (view) {
     case 'disks': body = html`<${Disks} role=${me.role} />`; break;
     case 'vdisks': body = html`<${Vdisks} role=${me.role} />`; break;
-    case 'vms': body = html`<${Vms} />`; break;
+    case 'vms': body = html`<${Vms} role=${me.role} />`; break;
     case 'tasks': body = html`<${Tasks} />`; break;
     case 'users': body = html`<${Users} me=${me} />`; break;
     case 'settings': body = html`<${Settings} role=${me.role} />`; break;

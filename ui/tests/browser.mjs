@@ -7,7 +7,7 @@ import { mkdtempSync, mkdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
-const [url, user, password, outDir] = process.argv.slice(2);
+const [url, user, password, outDir, guestKernel = '', kvm = ''] = process.argv.slice(2);
 if (!url || !user || !password || !outDir) {
   console.error('usage: browser.mjs URL USER PASSWORD ARTIFACT_DIR');
   process.exit(2);
@@ -51,6 +51,133 @@ const go = async (view) => {
   await page.click(`nav a[href="#/${view}"]`);
   await page.waitForFunction((v) => location.hash === `#/${v}`, view);
 };
+
+const vmRow = (name) => page.locator(`tr[data-vm="${name}"]`);
+const vmState = (name, state, timeout = 60000) =>
+  page.locator(`tr[data-vm="${name}"][data-state="${state}"]`).waitFor({ timeout });
+const rowButton = (name, label) => vmRow(name).getByRole('button', { name: label, exact: true });
+
+// The VM steps: the create wizard (with a clone of web1@s1 as second disk), a create that fails
+// and leaves nothing behind, power actions and the console on a real KVM guest (the test guest
+// in tests/guests), snapshot and clone of a VM's disks, delete.
+async function vmSteps() {
+  await step('wizard explains a bad name before asking the node', async () => {
+    await go('vms');
+    await page.getByRole('button', { name: 'New VM' }).click();
+    await page.getByRole('button', { name: 'Next' }).click();
+    await page.getByRole('alert').filter({ hasText: 'The name must be' }).waitFor();
+  });
+  const wizard = async (name, disks, cmdline) => {
+    await page.getByLabel('VM name').fill(name);
+    await page.getByLabel('vCPUs').fill('1');
+    await page.getByLabel('Memory (MiB)').fill('64');
+    await page.getByRole('button', { name: 'Next' }).click();
+    for (const [i, d] of disks.entries()) {
+      await page.getByRole('button', { name: 'Add a disk' }).click();
+      await page.locator(`#wd-mode-${i}`).selectOption(d.mode);
+      if (d.source) await page.locator(`#wd-src-${i}`).selectOption(d.source);
+      if (d.snapshot) {
+        await page.locator(`#wd-snap-${i} option[value="${d.snapshot}"]`).waitFor({ state: 'attached' });
+        await page.locator(`#wd-snap-${i}`).selectOption(d.snapshot);
+      }
+      if (d.name) await page.locator(`#wd-name-${i}`).fill(d.name);
+      if (d.size) await page.locator(`#wd-size-${i}`).fill(d.size);
+    }
+    await page.getByRole('button', { name: 'Next' }).click();
+    await page.getByLabel('Kernel file on the node').fill(guestKernel || '/nonexistent/kernel');
+    await page.getByLabel('Kernel command line').fill(cmdline);
+    await page.getByRole('button', { name: 'Next' }).click();
+    await page.getByRole('heading', { name: /step 4 of 4/ }).waitFor();
+  };
+  if (!guestKernel) {
+    console.log('skipped: VM wizard, power and console (the test guest kernel was not built)');
+    return;
+  }
+  await step('create a VM through the wizard (new disk + clone of a snapshot, with progress)', async () => {
+    await wizard('vm1', [{ mode: 'new', name: 'vm1-root', size: '16M' }, { mode: 'clone', source: 'web1', snapshot: 's1', name: 'vm1-data' }], 'wait-shutdown');
+    await shot('11-vm-wizard-review');
+    await page.getByRole('button', { name: 'Create VM' }).click();
+    await vmState('vm1', 'defined');
+    const disks = await page.evaluate(() => fetch('/api/v1/vdisks?limit=1000').then((r) => r.json()));
+    const names = disks.items.map((d) => d.name);
+    if (!names.includes('vm1-root') || !names.includes('vm1-data')) throw new Error(`disks: ${names}`);
+  });
+  await step('a failed create is explained in words and leaves no disks behind', async () => {
+    await page.getByRole('button', { name: 'New VM' }).click();
+    await wizard('vm1', [{ mode: 'new', name: 'vm1-extra', size: '16M' }], '');
+    await page.getByRole('button', { name: 'Create VM' }).click();
+    await page.getByRole('alert').filter({ hasText: 'Creating vm1 failed. Conflict: a VM named vm1 already exists.' }).waitFor();
+    await page.getByText('The disks created for it were removed again.').waitFor();
+    await shot('12-vm-create-error');
+    const disks = await page.evaluate(() => fetch('/api/v1/vdisks?limit=1000').then((r) => r.json()));
+    if (disks.items.some((d) => d.name === 'vm1-extra')) throw new Error('vm1-extra was left behind');
+    await page.getByRole('button', { name: 'Cancel' }).click();
+  });
+  if (kvm !== 'kvm') {
+    console.log('skipped: VM power actions and console (no usable /dev/kvm here)');
+  } else {
+    await step('power on, pause, resume; live CPU figure', async () => {
+      await rowButton('vm1', 'Start').click();
+      await vmState('vm1', 'running');
+      await rowButton('vm1', 'Pause').click();
+      await vmState('vm1', 'paused');
+      await rowButton('vm1', 'Resume').click();
+      await vmState('vm1', 'running');
+      await vmRow('vm1').getByText(/^\d+ %$/).waitFor({ timeout: 15000 });
+      await shot('13-vm-running');
+    });
+    await step('console shows guest output; graceful shut down', async () => {
+      await rowButton('vm1', 'Console').click();
+      await page.getByText('live — click in the console to type').waitFor();
+      await rowButton('vm1', 'Shut down').click();
+      await page.locator('.term .xterm-rows').filter({ hasText: 'shutdown requested' }).waitFor({ timeout: 30000 });
+      await vmState('vm1', 'stopped');
+      await vmRow('vm1').getByText('(exit code 7)').waitFor();
+      await shot('14-vm-console');
+    });
+    await step('operator keystrokes reach the console without an error', async () => {
+      await rowButton('vm1', 'Start').click();
+      await vmState('vm1', 'running');
+      await page.locator('.term').click();
+      await page.keyboard.type('hello');
+      await page.waitForTimeout(500);
+      const refused = await page.getByText('The console refused that').count();
+      if (refused) throw new Error('typing was refused');
+    });
+    await step('force stop', async () => {
+      await rowButton('vm1', 'Force stop').click();
+      await vmState('vm1', 'stopped');
+      await vmRow('vm1').getByText('(stopped)').waitFor();
+      await page.getByRole('button', { name: 'Close console' }).click();
+    });
+  }
+  await step("snapshot a VM's disks and clone the VM from it", async () => {
+    const details = rowButton('vm1', 'Disks & snapshots');
+    if ((await details.getAttribute('aria-expanded')) !== 'true') await details.click();
+    answers.push('vs1');
+    await page.getByRole('button', { name: 'Snapshot all disks' }).click();
+    await page.getByText('Snapshot vm1: done.').waitFor();
+    await page.getByRole('list', { name: 'snapshots of vm1' }).getByText('vs1').waitFor();
+    answers.push('vm2');
+    await page.getByRole('button', { name: 'Clone VM from vs1' }).click();
+    await page.getByText('Clone vm1 to vm2: done.').waitFor();
+    await vmState('vm2', 'defined');
+    await shot('15-vm-snapshots');
+  });
+  await step('delete a VM after confirming', async () => {
+    await rowButton('vm2', 'Delete').click();
+    await vmRow('vm2').waitFor({ state: 'detached' });
+    await page.getByText('Delete vm2: done.').waitFor();
+  });
+  await step('phone width: VM view fits', async () => {
+    await page.setViewportSize({ width: 390, height: 844 });
+    await page.waitForTimeout(300);
+    const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+    if (overflow > 2) throw new Error(`VM page is ${overflow}px wider than the phone screen`);
+    await shot('16-phone-vms');
+    await page.setViewportSize({ width: 1280, height: 860 });
+  });
+}
 
 try {
   await step('login page loads over HTTPS', async () => {
@@ -121,8 +248,9 @@ try {
     await page.getByText('SHA-256').waitFor();
     await shot('08-settings');
   });
+  await vmSteps();
   await step('every control has a label', async () => {
-    for (const view of ['vdisks', 'users', 'settings', 'disks']) {
+    for (const view of ['vdisks', 'users', 'settings', 'disks', 'vms']) {
       await go(view);
       await page.waitForTimeout(300);
       const unlabelled = await page.evaluate(() =>
