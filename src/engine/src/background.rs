@@ -374,7 +374,11 @@ impl Inner {
             if holders.contains(*t) {
                 continue;
             }
-            let Some(dst) = self.disk(*t).filter(|d| d.state() == DiskState::Active) else {
+            // A peer that is away (or still resyncing) would only record the copy as dirty.
+            let Some(dst) = self.disk(*t).filter(|d| {
+                d.state() == DiskState::Active
+                    && d.replica.reachability() == crate::replica::Reachability::Up
+            }) else {
                 continue;
             };
             let mut done = false;

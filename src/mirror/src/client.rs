@@ -23,15 +23,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use blockdev::{AlignedBuf, BoxFuture, WriteBuf};
-use engine::{Reachability, Replica, PRUNE_MARK_CHUNK};
+use engine::Reachability;
 use parking_lot::Mutex;
-use store::{BlockVersions, ObjectId, ScrubReport, Space, StoreError};
+use store::{ObjectId, Space, StoreError};
 use transport::{Client, ClientConfig, NodeIdentity};
 
 use crate::error::{MirrorError, Result};
 use crate::fence::EpochBook;
-use crate::server::{from_wire, to_wire};
 use crate::wire::*;
 
 type R<T> = std::result::Result<T, StoreError>;
@@ -65,7 +63,7 @@ impl Default for MirrorConfig {
 }
 
 /// Why a call failed.
-enum CallErr {
+pub(crate) enum CallErr {
     /// The peer could not be reached or did not answer: go away.
     Net(String),
     /// The peer answered with an error.
@@ -74,10 +72,10 @@ enum CallErr {
 
 /// One peer node: the connection, its session and the server instance last seen.
 pub struct PeerLink {
-    node_id: u64,
+    pub(crate) node_id: u64,
     client: Client<Req, Resp>,
-    cfg: MirrorConfig,
-    epochs: Arc<EpochBook>,
+    pub(crate) cfg: MirrorConfig,
+    pub(crate) epochs: Arc<EpochBook>,
     session: Mutex<u64>,
     instance: AtomicU64,
     /// Bumped whenever a new server instance is seen; replicas compare to notice restarts.
@@ -123,7 +121,13 @@ impl PeerLink {
             client,
             cfg,
             epochs,
-            session: Mutex::new(1),
+            // Sessions start at the clock so a restarted process is never behind the floor
+            // its predecessor left on the peer.
+            session: Mutex::new(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(1, |d| d.as_micros() as u64),
+            ),
             instance: AtomicU64::new(0),
             restarts: AtomicU64::new(0),
         }))
@@ -137,11 +141,15 @@ impl PeerLink {
         &self.epochs
     }
 
-    fn session(&self) -> u64 {
+    pub(crate) fn session(&self) -> u64 {
         *self.session.lock()
     }
 
-    async fn call(&self, req: &Req, timeout: Duration) -> std::result::Result<Body, CallErr> {
+    pub(crate) async fn call(
+        &self,
+        req: &Req,
+        timeout: Duration,
+    ) -> std::result::Result<Body, CallErr> {
         match self.client.call_timeout(req, timeout).await {
             Ok(resp) => {
                 let prev = self.instance.swap(resp.instance, Ordering::AcqRel);
@@ -182,6 +190,23 @@ impl PeerLink {
             other => Err(CallErr::Wire(WireError::Server(format!(
                 "unexpected reply {other:?}"
             )))),
+        }
+    }
+
+    /// One round trip: the space of the peer's disk `disk`.
+    pub async fn ping(&self, disk: &str) -> Result<Space> {
+        match self
+            .call(
+                &Req::Ping {
+                    disk: disk.to_string(),
+                },
+                self.cfg.call_timeout,
+            )
+            .await
+            .map_err(call_err)?
+        {
+            Body::Space(s) => Ok(s),
+            other => Err(MirrorError::Protocol(format!("ping: {other:?}"))),
         }
     }
 
@@ -260,15 +285,15 @@ fn call_err(e: CallErr) -> MirrorError {
     }
 }
 
-struct State {
-    mode: Reachability,
-    since: Option<Instant>,
+pub(crate) struct State {
+    pub(crate) mode: Reachability,
+    pub(crate) since: Option<Instant>,
     /// The session in use when the replica went away.
     away_session: u64,
-    dirty: HashSet<ObjectId>,
+    pub(crate) dirty: HashSet<ObjectId>,
     /// Objects written since the peer's last completed flush, with the write's sequence.
-    unflushed: HashMap<ObjectId, u64>,
-    seq: u64,
+    pub(crate) unflushed: HashMap<ObjectId, u64>,
+    pub(crate) seq: u64,
     restarts_seen: u64,
     misses: u32,
 }
@@ -288,12 +313,12 @@ impl State {
 
 /// A replica on a disk of another node.
 pub struct RemoteReplica {
-    link: Arc<PeerLink>,
-    disk: DiskDesc,
-    objects: Vec<ObjectId>,
-    space: Mutex<Space>,
-    st: Mutex<State>,
-    away_events: AtomicU64,
+    pub(crate) link: Arc<PeerLink>,
+    pub(crate) disk: DiskDesc,
+    pub(crate) objects: Vec<ObjectId>,
+    pub(crate) space: Mutex<Space>,
+    pub(crate) st: Mutex<State>,
+    pub(crate) away_events: AtomicU64,
 }
 
 impl std::fmt::Debug for RemoteReplica {
@@ -306,14 +331,14 @@ impl std::fmt::Debug for RemoteReplica {
     }
 }
 
-fn gone(node: u64, what: &str) -> StoreError {
+pub(crate) fn gone(node: u64, what: &str) -> StoreError {
     StoreError::Io {
         context: format!("replica on node {node}"),
         source: blockdev::BlockError::new(blockdev::ErrorKind::Gone, what.to_string()),
     }
 }
 
-fn wire_to_store(node: u64, w: WireError) -> StoreError {
+pub(crate) fn wire_to_store(node: u64, w: WireError) -> StoreError {
     match w {
         WireError::Store { kind, msg } => {
             let msg = format!("node {node}: {msg}");
@@ -345,7 +370,7 @@ impl RemoteReplica {
         self.away_events.load(Ordering::Relaxed)
     }
 
-    fn fence(&self, vdisk: u64) -> Fence {
+    pub(crate) fn fence(&self, vdisk: u64) -> Fence {
         Fence {
             vdisk,
             epoch: self.link.epochs.get(vdisk),
@@ -353,7 +378,7 @@ impl RemoteReplica {
         }
     }
 
-    fn note_restart(&self, st: &mut State) {
+    pub(crate) fn note_restart(&self, st: &mut State) {
         let r = self.link.restarts.load(Ordering::Acquire);
         if r != st.restarts_seen {
             st.restarts_seen = r;
@@ -366,7 +391,7 @@ impl RemoteReplica {
         }
     }
 
-    fn went_away(&self, st: &mut State, session: u64) {
+    pub(crate) fn went_away(&self, st: &mut State, session: u64) {
         if st.mode != Reachability::Away {
             self.away_events.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(node = self.link.node_id, disk = %self.disk.name, "peer replica away; writes continue on the survivor");
@@ -376,7 +401,7 @@ impl RemoteReplica {
 
     /// Send a mutation unless the replica is away or one of `check` is dirty (then record
     /// `mark` as dirty and succeed).
-    async fn mutate(&self, check: &[ObjectId], mark: &[ObjectId], req: Req) -> R<()> {
+    pub(crate) async fn mutate(&self, check: &[ObjectId], mark: &[ObjectId], req: Req) -> R<()> {
         {
             let mut st = self.st.lock();
             if st.mode == Reachability::Away || check.iter().any(|o| st.dirty.contains(o)) {
@@ -411,7 +436,12 @@ impl RemoteReplica {
     }
 
     /// A read-only request; fails fast while away.
-    async fn query(&self, obj: Option<ObjectId>, req: Req, timeout: Duration) -> R<Body> {
+    pub(crate) async fn query(
+        &self,
+        obj: Option<ObjectId>,
+        req: Req,
+        timeout: Duration,
+    ) -> R<Body> {
         {
             let st = self.st.lock();
             if st.mode == Reachability::Away {
@@ -435,7 +465,7 @@ impl RemoteReplica {
         }
     }
 
-    fn bad_reply(&self, what: &str, b: Body) -> StoreError {
+    pub(crate) fn bad_reply(&self, what: &str, b: Body) -> StoreError {
         StoreError::InvalidArgument(format!(
             "node {}: unexpected reply to {what}: {b:?}",
             self.link.node_id
@@ -496,348 +526,4 @@ fn spawn_heartbeat(weak: Weak<RemoteReplica>, period: Duration) {
             r.beat().await;
         }
     });
-}
-
-impl Replica for RemoteReplica {
-    fn write_with_crcs(
-        &self,
-        obj: ObjectId,
-        block: u64,
-        data: WriteBuf,
-        crcs: Arc<[u32]>,
-        gen: u64,
-        pin: u64,
-    ) -> BoxFuture<'_, R<()>> {
-        Box::pin(async move {
-            let req = Req::Write {
-                disk: self.disk.id.clone(),
-                fence: self.fence(obj.vdisk),
-                obj,
-                block,
-                data: Bytes(data.as_slice().to_vec()),
-                crcs: crcs.to_vec(),
-                gen,
-                pin,
-            };
-            self.mutate(&[obj], &[obj], req).await
-        })
-    }
-
-    fn read(
-        &self,
-        obj: ObjectId,
-        block: u64,
-        nblocks: u32,
-        at_gen: u64,
-    ) -> BoxFuture<'_, R<AlignedBuf>> {
-        Box::pin(async move {
-            let req = Req::Read {
-                disk: self.disk.id.clone(),
-                obj,
-                block,
-                nblocks,
-                at_gen,
-            };
-            match self
-                .query(Some(obj), req, self.link.cfg.call_timeout)
-                .await?
-            {
-                Body::Data(d) if d.0.len() == nblocks as usize * 4096 => {
-                    Ok(AlignedBuf::from_slice(&d.0))
-                }
-                other => Err(self.bad_reply("read", other)),
-            }
-        })
-    }
-
-    fn discard(
-        &self,
-        obj: ObjectId,
-        block: u64,
-        nblocks: u32,
-        gen: u64,
-        pin: u64,
-    ) -> BoxFuture<'_, R<()>> {
-        Box::pin(async move {
-            let req = Req::Discard {
-                disk: self.disk.id.clone(),
-                fence: self.fence(obj.vdisk),
-                obj,
-                block,
-                nblocks,
-                gen,
-                pin,
-            };
-            self.mutate(&[obj], &[obj], req).await
-        })
-    }
-
-    fn flush(&self) -> BoxFuture<'_, R<()>> {
-        Box::pin(async move {
-            let upto = {
-                let st = self.st.lock();
-                if st.mode == Reachability::Away {
-                    return Ok(());
-                }
-                st.seq
-            };
-            let session = self.link.session();
-            let r = self
-                .link
-                .call(
-                    &Req::Flush {
-                        disk: self.disk.id.clone(),
-                    },
-                    self.link.cfg.call_timeout,
-                )
-                .await;
-            let mut st = self.st.lock();
-            self.note_restart(&mut st);
-            match r {
-                Ok(_) => {
-                    st.unflushed.retain(|_, s| *s > upto);
-                    Ok(())
-                }
-                Err(CallErr::Net(_)) => {
-                    self.went_away(&mut st, session);
-                    Ok(())
-                }
-                Err(CallErr::Wire(w)) => Err(wire_to_store(self.link.node_id, w)),
-            }
-        })
-    }
-
-    fn clone_object(
-        &self,
-        src: ObjectId,
-        at_gen: u64,
-        dst: ObjectId,
-        dst_gen: u64,
-    ) -> BoxFuture<'_, R<()>> {
-        Box::pin(async move {
-            let req = Req::Clone {
-                disk: self.disk.id.clone(),
-                fence: self.fence(dst.vdisk),
-                src,
-                at_gen,
-                dst,
-                dst_gen,
-            };
-            self.mutate(&[src, dst], &[dst], req).await
-        })
-    }
-
-    fn rollback_object(
-        &self,
-        obj: ObjectId,
-        snap_gen: u64,
-        gen: u64,
-        pin: u64,
-    ) -> BoxFuture<'_, R<()>> {
-        Box::pin(async move {
-            let req = Req::Rollback {
-                disk: self.disk.id.clone(),
-                fence: self.fence(obj.vdisk),
-                obj,
-                snap_gen,
-                gen,
-                pin,
-            };
-            self.mutate(&[obj], &[obj], req).await
-        })
-    }
-
-    fn delete_object(&self, obj: ObjectId) -> BoxFuture<'_, R<()>> {
-        Box::pin(async move {
-            let req = Req::Delete {
-                disk: self.disk.id.clone(),
-                fence: self.fence(obj.vdisk),
-                obj,
-            };
-            self.mutate(&[obj], &[obj], req).await
-        })
-    }
-
-    fn prune(&self, vdisk: u64, snap_gens: Vec<u64>) -> BoxFuture<'_, R<()>> {
-        Box::pin(async move {
-            let mark = ObjectId {
-                vdisk,
-                chunk: PRUNE_MARK_CHUNK,
-            };
-            let req = Req::Prune {
-                disk: self.disk.id.clone(),
-                fence: self.fence(vdisk),
-                snap_gens,
-            };
-            self.mutate(&[mark], &[mark], req).await?;
-            // A prune is durable with the next flush like any change; nothing to track.
-            self.st.lock().unflushed.remove(&mark);
-            Ok(())
-        })
-    }
-
-    fn export_object(&self, obj: ObjectId) -> BoxFuture<'_, R<Vec<BlockVersions>>> {
-        Box::pin(async move {
-            let req = Req::Export {
-                disk: self.disk.id.clone(),
-                obj,
-            };
-            match self
-                .query(Some(obj), req, self.link.cfg.bulk_timeout)
-                .await?
-            {
-                Body::Versions(v) => {
-                    if v.iter().any(|b| {
-                        b.versions
-                            .iter()
-                            .any(|x| x.data.as_ref().is_some_and(|d| d.0.len() != 4096))
-                    }) {
-                        return Err(StoreError::InvalidArgument(format!(
-                            "node {}: export with a version that is not one block",
-                            self.link.node_id
-                        )));
-                    }
-                    Ok(from_wire(v))
-                }
-                other => Err(self.bad_reply("export", other)),
-            }
-        })
-    }
-
-    fn import_object(&self, obj: ObjectId, versions: Vec<BlockVersions>) -> BoxFuture<'_, R<()>> {
-        Box::pin(async move {
-            let req = Req::Import {
-                disk: self.disk.id.clone(),
-                fence: self.fence(obj.vdisk),
-                obj,
-                versions: to_wire(versions),
-            };
-            self.mutate(&[obj], &[obj], req).await
-        })
-    }
-
-    fn repair(&self, obj: ObjectId, block: u64, gen: u64, good: WriteBuf) -> BoxFuture<'_, R<()>> {
-        Box::pin(async move {
-            let req = Req::Repair {
-                disk: self.disk.id.clone(),
-                fence: self.fence(obj.vdisk),
-                obj,
-                block,
-                gen,
-                data: Bytes(good.as_slice().to_vec()),
-            };
-            self.mutate(&[obj], &[obj], req).await
-        })
-    }
-
-    fn scrub(&self) -> BoxFuture<'_, R<ScrubReport>> {
-        Box::pin(async move {
-            let req = Req::Scrub {
-                disk: self.disk.id.clone(),
-            };
-            // Unreachable is not a disk failure: report it as a refused request.
-            match self.query(None, req, Duration::from_secs(3600)).await {
-                Ok(Body::Scrub {
-                    checked_blocks,
-                    corrupt,
-                }) => Ok(ScrubReport {
-                    checked_blocks,
-                    corrupt,
-                }),
-                Ok(other) => Err(self.bad_reply("scrub", other)),
-                Err(e) if matches!(e.kind(), store::ErrorKind::Io) => {
-                    Err(StoreError::InvalidArgument(format!(
-                        "scrub of node {} skipped: {e}",
-                        self.link.node_id
-                    )))
-                }
-                Err(e) => Err(e),
-            }
-        })
-    }
-
-    fn put_meta(&self, _blob: Vec<u8>) -> BoxFuture<'_, R<()>> {
-        // The peer's metadata slot belongs to the peer's own engine; this node's pool metadata
-        // lives on its own disks (and the cluster's in raft).
-        Box::pin(async { Ok(()) })
-    }
-
-    fn close(&self) -> BoxFuture<'_, R<()>> {
-        // The peer's store is the peer's to close.
-        Box::pin(async { Ok(()) })
-    }
-
-    fn objects(&self) -> Vec<ObjectId> {
-        self.objects.clone()
-    }
-
-    fn changed_blocks(&self, obj: ObjectId, from_gen: u64, to_gen: u64) -> Vec<u64> {
-        let all = || (0..engine::CHUNK_BLOCKS).collect();
-        let multi = tokio::runtime::Handle::try_current()
-            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-        if !multi {
-            return all(); // conservative, as the contract allows
-        }
-        let req = Req::Changed {
-            disk: self.disk.id.clone(),
-            obj,
-            from_gen,
-            to_gen,
-        };
-        let r = tokio::task::block_in_place(|| {
-            tokio::runtime::Handle::current().block_on(self.query(
-                Some(obj),
-                req,
-                self.link.cfg.call_timeout,
-            ))
-        });
-        match r {
-            Ok(Body::Blocks(b)) => b
-                .into_iter()
-                .filter(|b| *b < engine::CHUNK_BLOCKS)
-                .collect(),
-            _ => all(),
-        }
-    }
-
-    fn space(&self) -> Space {
-        *self.space.lock()
-    }
-
-    fn reachability(&self) -> Reachability {
-        self.st.lock().mode
-    }
-
-    fn away_since(&self) -> Option<Instant> {
-        let st = self.st.lock();
-        (st.mode == Reachability::Away)
-            .then_some(st.since)
-            .flatten()
-    }
-
-    fn dirty_objects(&self) -> Vec<ObjectId> {
-        let mut v: Vec<ObjectId> = self.st.lock().dirty.iter().copied().collect();
-        v.sort();
-        v
-    }
-
-    fn mark_clean(&self, obj: ObjectId) {
-        self.st.lock().dirty.remove(&obj);
-    }
-
-    fn mark_dirty(&self, obj: ObjectId) {
-        let mut st = self.st.lock();
-        st.dirty.insert(obj);
-        if st.mode == Reachability::Up {
-            st.mode = Reachability::Back;
-        }
-    }
-
-    fn resync_done(&self) {
-        let mut st = self.st.lock();
-        if st.mode == Reachability::Back && st.dirty.is_empty() {
-            st.mode = Reachability::Up;
-            st.since = None;
-        }
-    }
 }

@@ -28,6 +28,7 @@ pub mod bench;
 mod client;
 mod error;
 mod fence;
+mod replica;
 mod server;
 pub mod wire;
 
