@@ -123,7 +123,8 @@ fn view(slot: &mut Slot) -> VmView {
                 state.to_string(),
                 vm.exit_reason().as_ref().map(exit_text),
                 Some(VmStatsView {
-                    cpu_time_ns: s.vcpu_time_ns,
+                    // vCPU and device threads (queue workers, I/O lanes) together.
+                    cpu_time_ns: s.cpu_time_ns,
                     vcpu_exits: s.vcpu_exits,
                     memory_bytes: s.memory_bytes,
                     disks,

@@ -35,8 +35,11 @@
 //!   Notifications arrive on ioeventfds; each queue has its own thread.
 //! - Disk backends behind [`DiskBackend`]: [`RamDisk`], [`FileDisk`], and [`EngineDisk`] (an
 //!   engine virtual disk called directly).
-//! - [`vm`]: the lifecycle API; [`stats`]: counters; [`seccomp`]: allowlists installed on every
-//!   vCPU and device thread before it touches guest data.
+//! - [`vm`]: the lifecycle API (graceful stop = ACPI power button, then force; hot-attach of
+//!   a disk = new PCI device + ACPI GPE0 bit 1); [`stats`]: CPU time of vCPU and device
+//!   threads, per-disk/per-NIC counters (IOPS, bytes, latency, per-queue requests);
+//!   [`seccomp`]: allowlists installed on every vCPU and device thread before it touches guest
+//!   data.
 //! - [`bench`]: `cairn bench vmm` (ours vs QEMU, JSON lines). The binary that calls
 //!   [`bench::run`] is re-executed once (env [`bench::CHILD_ENV`]) to measure memory.
 //!
