@@ -94,6 +94,11 @@ pub enum Command {
     /// Benchmarks (not tests): compare against the anchors in BENCHMARKS.md.
     #[command(subcommand)]
     Bench(BenchCmd),
+    /// The cluster this node belongs to: status, join tokens, join, remove.
+    #[command(subcommand)]
+    Cluster(crate::clustercmd::ClusterCmd),
+    /// Run a witness in the foreground: no disks, no VMs, only a cluster vote.
+    Witness(crate::clustercmd::WitnessArgs),
 }
 
 #[derive(Debug, Args)]
@@ -119,6 +124,10 @@ pub struct NodeArgs {
     /// Do not serve the HTTPS API.
     #[arg(long)]
     pub no_api: bool,
+    /// Cluster address (ip:port; the join endpoint is the next port). Fixed at the first
+    /// start; default a free port on 127.0.0.1.
+    #[arg(long, value_name = "ADDR")]
+    pub cluster_listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -84,7 +84,7 @@ fn request(cmd: Command) -> Result<Request, ControlError> {
         Command::Pool => Request::PoolInfo,
         Command::Stats => Request::Stats,
         Command::Vm(v) => crate::vmcmd::request(v)?,
-        Command::Node(_) | Command::Bench(_) => {
+        Command::Node(_) | Command::Bench(_) | Command::Cluster(_) | Command::Witness(_) => {
             return Err(ControlError::internal("not a client command"))
         }
     })

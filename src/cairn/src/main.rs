@@ -10,6 +10,7 @@ mod bench;
 mod benchmore;
 mod cli;
 mod client;
+mod clustercmd;
 mod nodecmd;
 mod remote;
 mod render;
@@ -31,6 +32,8 @@ fn main() -> ExitCode {
         cli::Command::Bench(cli::BenchCmd::Api(b)) => apibench::run(b),
         cli::Command::Bench(cli::BenchCmd::Vmm(b)) => benchmore::run_vmm(b),
         cli::Command::Bench(cli::BenchCmd::Cluster(b)) => benchmore::run_cluster(b),
+        cli::Command::Witness(w) => clustercmd::run_witness(w),
+        cli::Command::Cluster(c) => clustercmd::run(&args.target, args.json, c),
         cmd => client::run(&args.target, args.json, cmd),
     };
     ExitCode::from(u8::try_from(code).unwrap_or(1))

@@ -10,6 +10,7 @@ pub fn run(a: NodeArgs) -> i32 {
     cfg.node_name = a.name;
     cfg.nbd_bind_ip = a.nbd_bind;
     cfg.api_listen = if a.no_api { None } else { Some(a.api_listen) };
+    cfg.cluster_listen = a.cluster_listen;
     let result = node::run(cfg, |n| {
         let pool = n.engine().pool();
         println!(
@@ -25,6 +26,7 @@ pub fn run(a: NodeArgs) -> i32 {
             n.config().data_dir.display(),
             n.socket_path().display()
         );
+        println!("Cluster address: {}", n.cluster_addr());
         println!("Ctrl-C stops the node.");
     });
     match result {

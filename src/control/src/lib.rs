@@ -10,6 +10,7 @@
 //! sizes lives here so the CLI and the API reject the same input with the same words.
 #![forbid(unsafe_code)]
 
+mod cluster;
 mod error;
 mod parse;
 mod policy;
@@ -17,6 +18,10 @@ mod reply;
 mod request;
 mod vm;
 
+pub use cluster::{
+    ClusterDataView, ClusterMemberView, ClusterTokenView, ClusterView, DEFAULT_TOKEN_TTL_SECS,
+    MAX_TOKEN_TTL_SECS,
+};
 pub use error::{ControlError, ErrorCode, EXIT_OK, EXIT_UNREACHABLE};
 pub use parse::{format_size, parse_size, validate_name, MAX_NAME_LEN, MAX_VDISK_SIZE_BYTES};
 pub use policy::{allowed, Actor, Role, Via};

@@ -64,7 +64,8 @@ impl Actor {
 /// - operator: also every virtual disk, snapshot, clone, NBD and VM action, and starting a scrub
 ///   (a VM's kernel file is read-only input, so VM work does not count as touching the host);
 /// - admin: also physical disks (add, remove, probe) and anything naming a host file
-///   (import, export), since a host path reaches outside the pool.
+///   (import, export), since a host path reaches outside the pool, and cluster membership
+///   (token, join, remove).
 pub fn allowed(role: Role, req: &Request) -> bool {
     let touches_host = matches!(
         req,
@@ -73,6 +74,10 @@ pub fn allowed(role: Role, req: &Request) -> bool {
             | Request::DiskProbe { .. }
             | Request::VdiskImport { .. }
             | Request::VdiskExport { .. }
+            // Cluster membership decides whose disks hold the data: admin only too.
+            | Request::ClusterToken { .. }
+            | Request::ClusterJoin { .. }
+            | Request::ClusterRemove { .. }
     );
     match role {
         Role::Admin => true,

@@ -129,6 +129,8 @@ pub enum Reply {
     Vms(Vec<crate::VmView>),
     Vm(Box<crate::VmView>),
     Console(crate::ConsoleView),
+    Cluster(Box<crate::ClusterView>),
+    ClusterToken(crate::ClusterTokenView),
 }
 
 #[cfg(test)]

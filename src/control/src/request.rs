@@ -156,6 +156,28 @@ pub enum Request {
         #[serde(default)]
         max_bytes: Option<u64>,
     },
+
+    // ---- cluster (checks in `cluster.rs`)
+    /// Members, leader, health, raft term and commit index, degraded / rebuilding data.
+    ClusterStatus,
+    /// Issue a one-time join token (for a witness when `witness`), valid `ttl_secs`
+    /// (default 1 hour).
+    ClusterToken {
+        #[serde(default)]
+        witness: bool,
+        #[serde(default)]
+        ttl_secs: Option<u64>,
+    },
+    /// Make this fresh node (nothing defined on it yet) join the cluster of the member at
+    /// `address` (its cluster address) with a token from `cluster_token`.
+    ClusterJoin {
+        address: String,
+        token: String,
+    },
+    /// Remove a member (by id or name) from the cluster.
+    ClusterRemove {
+        node: String,
+    },
 }
 
 impl Request {
@@ -176,6 +198,7 @@ impl Request {
                 | Request::VmList
                 | Request::VmGet { .. }
                 | Request::VmConsole { .. }
+                | Request::ClusterStatus
         )
     }
 
@@ -214,6 +237,10 @@ impl Request {
             Request::VmResume { .. } => "vm_resume",
             Request::VmDelete { .. } => "vm_delete",
             Request::VmConsole { .. } => "vm_console",
+            Request::ClusterStatus => "cluster_status",
+            Request::ClusterToken { .. } => "cluster_token",
+            Request::ClusterJoin { .. } => "cluster_join",
+            Request::ClusterRemove { .. } => "cluster_remove",
         }
     }
 
@@ -329,6 +356,12 @@ impl Request {
                 name, timeout_ms, ..
             } => crate::vm::validate_stop(name, *timeout_ms),
             Request::VmConsole { name, max_bytes } => crate::vm::validate_console(name, *max_bytes),
+            Request::ClusterStatus => Ok(()),
+            Request::ClusterToken { ttl_secs, .. } => crate::cluster::validate_token_ttl(*ttl_secs),
+            Request::ClusterJoin { address, token } => {
+                crate::cluster::validate_join(address, token)
+            }
+            Request::ClusterRemove { node } => crate::cluster::validate_member(node),
         }
     }
 }

@@ -31,6 +31,9 @@ pub struct NodeConfig {
     pub api_listen: Option<SocketAddr>,
     /// How often `data_dir/disks/` is checked for new disk files.
     pub disk_watch_interval: Duration,
+    /// Cluster address (member RPC; the join endpoint is the next port). Fixed at the first
+    /// start in `cluster.json`; None there picks a free loopback pair.
+    pub cluster_listen: Option<SocketAddr>,
 }
 
 impl NodeConfig {
@@ -44,6 +47,7 @@ impl NodeConfig {
             nbd_bind_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
             api_listen: Some(SocketAddr::from(([0, 0, 0, 0], 8443))),
             disk_watch_interval: Duration::from_secs(2),
+            cluster_listen: None,
         }
     }
 

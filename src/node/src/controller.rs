@@ -95,9 +95,9 @@ impl NodeController {
                 ))
             }
             Request::PoolInfo => Reply::Pool(convert::pool(engine.pool())),
-            Request::VdiskCreate { name, size_bytes } => Reply::Vdisk(convert::vdisk(
-                engine.create_vdisk(name, *size_bytes).await.map_err(e)?,
-            )),
+            Request::VdiskCreate { name, size_bytes } => {
+                Reply::Vdisk(self.create_vdisk_recorded(name, *size_bytes).await?)
+            }
             Request::VdiskList => {
                 let mut v: Vec<_> = engine.vdisks().into_iter().map(convert::vdisk).collect();
                 v.sort_by(|a, b| a.name.cmp(&b.name));
@@ -131,31 +131,31 @@ impl NodeController {
                         format!("{name} is a disk of VM {vm}; delete the VM first: cairn vm delete {vm}"),
                     ));
                 }
-                engine.delete_vdisk(name).await.map_err(e)?;
+                self.delete_vdisk_recorded(name).await?;
                 Reply::Done
             }
             Request::VdiskClone {
                 source,
                 snapshot,
                 name,
-            } => Reply::Vdisk(convert::vdisk(
-                engine
-                    .clone_vdisk(source, snapshot.as_deref(), name)
-                    .await
-                    .map_err(e)?,
-            )),
+            } => Reply::Vdisk(
+                self.clone_vdisk_recorded(source, snapshot.as_deref(), name)
+                    .await?,
+            ),
             Request::VdiskImport { name, file } => {
                 let pool_paths = self.pool_paths();
-                Reply::Transfer(
-                    transfer::import(
-                        engine,
-                        name,
-                        Path::new(file),
-                        &pool_paths,
-                        &self.inner.cfg.data_dir.join("importing"),
-                    )
-                    .await?,
+                let t = transfer::import(
+                    engine,
+                    name,
+                    Path::new(file),
+                    &pool_paths,
+                    &self.inner.cfg.data_dir.join("importing"),
                 )
+                .await?;
+                if let Ok(v) = engine.vdisk(name) {
+                    self.record_vdisk(&convert::vdisk(v)).await;
+                }
+                Reply::Transfer(t)
             }
             Request::VdiskExport {
                 name,
@@ -172,9 +172,11 @@ impl NodeController {
                         .await?,
                 )
             }
-            Request::SnapshotCreate { vdisk, name } => Reply::Snapshot(convert::snapshot(
-                engine.create_snapshot(vdisk, name).await.map_err(e)?,
-            )),
+            Request::SnapshotCreate { vdisk, name } => {
+                let s = engine.create_snapshot(vdisk, name).await.map_err(e)?;
+                self.record_snapshot(vdisk, name, true).await;
+                Reply::Snapshot(convert::snapshot(s))
+            }
             Request::SnapshotList { vdisk } => Reply::Snapshots(
                 engine
                     .snapshots(vdisk)
@@ -186,6 +188,7 @@ impl NodeController {
             Request::SnapshotDelete { vdisk, name } => {
                 self.refuse_if_exported(vdisk, Some(name))?;
                 engine.delete_snapshot(vdisk, name).await.map_err(e)?;
+                self.record_snapshot(vdisk, name, false).await;
                 Reply::Done
             }
             Request::SnapshotRollback { vdisk, name } => {
@@ -239,8 +242,9 @@ impl NodeController {
                 disks,
                 kernel,
                 cmdline,
-            } => Reply::Vm(Box::new(
-                self.inner
+            } => {
+                let vm = self
+                    .inner
                     .vms
                     .create(
                         engine,
@@ -251,8 +255,10 @@ impl NodeController {
                         kernel,
                         cmdline.as_deref(),
                     )
-                    .await?,
-            )),
+                    .await?;
+                self.record_vm(&vm).await;
+                Reply::Vm(Box::new(vm))
+            }
             Request::VmList => Reply::Vms(self.inner.vms.list().await?),
             Request::VmGet { name } => Reply::Vm(Box::new(self.inner.vms.get_view(name).await?)),
             Request::VmStart { name } => {
@@ -273,11 +279,16 @@ impl NodeController {
             }
             Request::VmDelete { name } => {
                 self.inner.vms.delete(name).await?;
+                self.record_vm_deleted(name).await;
                 Reply::Done
             }
             Request::VmConsole { name, max_bytes } => {
                 Reply::Console(self.inner.vms.console(name, *max_bytes)?)
             }
+            Request::ClusterStatus
+            | Request::ClusterToken { .. }
+            | Request::ClusterJoin { .. }
+            | Request::ClusterRemove { .. } => self.cluster_request(req).await?,
             _ => {
                 return Err(ControlError::invalid(format!(
                     "{} is not supported by this node",

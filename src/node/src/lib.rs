@@ -10,6 +10,8 @@
 //! outside `controller` (front ends only forward).
 #![forbid(unsafe_code)]
 
+mod clusterctl;
+mod clusterhost;
 mod config;
 mod controller;
 mod convert;
@@ -22,6 +24,7 @@ mod identity;
 pub mod socket;
 mod transfer;
 mod vms;
+mod witness;
 
 pub use config::{NodeConfig, DEFAULT_DISK_COUNT, DEFAULT_DISK_SIZE_BYTES, MIN_DISK_SIZE_BYTES};
 pub use controller::NodeController;
@@ -29,6 +32,7 @@ pub use disks::open_device;
 pub use error::{NodeError, Result};
 pub use exports::VdiskExport;
 pub use filedev::FileDevice;
+pub use witness::{run_witness, WitnessConfig};
 
 use std::fs::File;
 use std::io::Write;
@@ -49,6 +53,7 @@ pub(crate) struct NodeInner {
     pub(crate) disks: tokio::sync::Mutex<disks::DiskRegistry>,
     pub(crate) exports: exports::Exports,
     pub(crate) vms: vms::Vms,
+    pub(crate) cluster: clusterhost::ClusterHost,
     pub(crate) started: Instant,
     pub(crate) requests: AtomicU64,
     audit_log: parking_lot::Mutex<Option<File>>,
@@ -119,6 +124,13 @@ impl Node {
             node_name: id.node_name.clone(),
         })
         .await?;
+        let cluster = clusterhost::ClusterHost::start(
+            &data,
+            &id.node_name,
+            cfg.cluster_listen,
+            cluster::Role::Data,
+        )
+        .await?;
         let audit_path = data.join("audit.log");
         let audit_file = std::fs::OpenOptions::new()
             .create(true)
@@ -132,6 +144,7 @@ impl Node {
             disks: Default::default(),
             exports: Default::default(),
             vms: vms::Vms::load(&data)?,
+            cluster,
             started: Instant::now(),
             requests: AtomicU64::new(0),
             audit_log: parking_lot::Mutex::new(Some(audit_file)),
@@ -143,6 +156,18 @@ impl Node {
         // Every disk file present now joins (or re-joins: the engine recovers from them).
         ctl.scan_disk_dir().await;
         transfer::clean_interrupted_imports(&inner.engine, &data.join("importing")).await;
+        {
+            // Virtual disks made before clustering (or lost to a crash before their record)
+            // get recorded; in the background, since it waits for a leader.
+            let inner = inner.clone();
+            let local = inner
+                .engine
+                .vdisks()
+                .into_iter()
+                .map(|v| (v.name, v.size_bytes))
+                .collect();
+            tokio::spawn(async move { inner.cluster.reconcile_vdisks(local).await });
+        }
 
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let mut tasks = Vec::new();
@@ -201,6 +226,11 @@ impl Node {
         self.api.as_ref().map(|a| a.local_addr)
     }
 
+    /// This node's cluster address (member RPC; joiners use it with `cluster join`).
+    pub fn cluster_addr(&self) -> std::net::SocketAddr {
+        self.inner.cluster.address()
+    }
+
     pub fn config(&self) -> &NodeConfig {
         &self.inner.cfg
     }
@@ -216,6 +246,7 @@ impl Node {
         }
         self.inner.exports.stop_all().await;
         self.inner.vms.stop_all().await;
+        self.inner.cluster.shutdown().await;
         let res = self.inner.engine.shutdown().await;
         let _ = std::fs::remove_file(self.inner.cfg.socket());
         res.map_err(NodeError::from)

@@ -1,0 +1,210 @@
+//! `cairn cluster ...` (status, token, join, remove: control requests to the local node or
+//! witness) and `cairn witness` (run a witness in the foreground).
+
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand};
+use control::{ClusterTokenView, ClusterView, ControlError, Reply, Request};
+
+use crate::cli::Target;
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCmd {
+    /// Members, leader, each node's health, raft term and commit index, degraded data.
+    Status,
+    /// Issue a one-time join token for a new node (or a witness).
+    Token {
+        /// The token admits a witness (a vote only) instead of a data node.
+        #[arg(long)]
+        witness: bool,
+        /// How long the token stays valid, in seconds (default 3600).
+        #[arg(long, value_name = "SECS")]
+        ttl: Option<u64>,
+    },
+    /// Make this fresh node join the cluster of the member at ADDRESS.
+    Join {
+        /// A member's cluster address (shown by `cairn cluster token` and `cluster status`).
+        #[arg(long)]
+        address: String,
+        /// A token from `cairn cluster token` on a member.
+        #[arg(long)]
+        token: String,
+    },
+    /// Remove a member (by id or name) from the cluster.
+    Remove { node: String },
+}
+
+#[derive(Debug, Args)]
+pub struct WitnessArgs {
+    /// Data directory (created if missing): raft state and the control socket.
+    #[arg(long, value_name = "DIR")]
+    pub data: PathBuf,
+    /// Cluster address (ip:port; the join endpoint is the next port). Fixed at the first start.
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<std::net::SocketAddr>,
+    /// Member name (default "witness").
+    #[arg(long)]
+    pub name: Option<String>,
+}
+
+fn request(cmd: ClusterCmd) -> Request {
+    match cmd {
+        ClusterCmd::Status => Request::ClusterStatus,
+        ClusterCmd::Token { witness, ttl } => Request::ClusterToken {
+            witness,
+            ttl_secs: ttl,
+        },
+        ClusterCmd::Join { address, token } => Request::ClusterJoin { address, token },
+        ClusterCmd::Remove { node } => Request::ClusterRemove { node },
+    }
+}
+
+/// Run one `cairn cluster` command; returns the exit code.
+pub fn run(target: &Target, json: bool, cmd: ClusterCmd) -> i32 {
+    let req = request(cmd);
+    let result = req
+        .validate()
+        .and_then(|_| crate::remote::call(target, &req));
+    match result {
+        Ok(reply) => {
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&reply).unwrap_or_else(|e| format!("{e}"))
+                );
+            } else {
+                print!("{}", render(&reply));
+            }
+            control::EXIT_OK
+        }
+        Err(e) => fail(json, e),
+    }
+}
+
+fn fail(json: bool, e: ControlError) -> i32 {
+    if json {
+        let body = serde_json::json!({"error": {"code": e.code, "message": e.message}});
+        println!("{body}");
+    }
+    eprintln!("cairn: error: {}", e.message);
+    e.exit_code()
+}
+
+fn render(r: &Reply) -> String {
+    match r {
+        Reply::Cluster(v) => status(v),
+        Reply::ClusterToken(t) => token(t),
+        Reply::Done => "ok\n".into(),
+        other => format!("{other:?}\n"),
+    }
+}
+
+fn status(v: &ClusterView) -> String {
+    let mut out = format!(
+        "cluster {}  leader {}  term {}  commit index {}  (this node: {})\n",
+        v.cluster_id,
+        v.leader.map_or("none".into(), |l| l.to_string()),
+        v.term,
+        v.commit_index.map_or("-".into(), |i| i.to_string()),
+        v.me,
+    );
+    let header = [
+        "ID", "NAME", "ADDRESS", "ROLE", "STATE", "VOTER", "HEALTH", "SEEN",
+    ];
+    let rows: Vec<[String; 8]> = v
+        .members
+        .iter()
+        .map(|m| {
+            [
+                format!("{}{}", m.id, if m.leader { "*" } else { "" }),
+                m.name.clone(),
+                m.address.clone(),
+                m.role.clone(),
+                m.state.clone(),
+                if m.voter { "yes" } else { "no" }.into(),
+                m.health.clone(),
+                m.last_seen_ms_ago
+                    .map_or("-".into(), |ms| format!("{:.1}s ago", ms as f64 / 1000.0)),
+            ]
+        })
+        .collect();
+    let mut width: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in &rows {
+        for (i, c) in r.iter().enumerate() {
+            width[i] = width[i].max(c.len());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut s = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            s.push_str(&format!("{c:<w$}  ", w = width[i]));
+        }
+        s.trim_end().to_string() + "\n"
+    };
+    out.push_str(&line(header.to_vec()));
+    for r in &rows {
+        out.push_str(&line(r.iter().map(String::as_str).collect()));
+    }
+    out.push_str(&format!(
+        "objects: {} virtual disks, {} snapshots, {} VMs\n",
+        v.vdisks.len(),
+        v.snapshots,
+        v.vms.len()
+    ));
+    out.push_str(&if v.data.degraded_chunks == 0 && !v.data.rebuilding {
+        "data: fully redundant on this node's view\n".to_string()
+    } else {
+        format!(
+            "data: {} degraded chunks{}\n",
+            v.data.degraded_chunks,
+            if v.data.rebuilding {
+                ", rebuilding"
+            } else {
+                ""
+            }
+        )
+    });
+    out
+}
+
+fn token(t: &ClusterTokenView) -> String {
+    format!(
+        "{}\n(one-time {} token, valid {} s; on the new {}: cairn cluster join --address {} --token <token>)\n",
+        t.token,
+        t.role,
+        t.expires_in_secs,
+        if t.role == "witness" { "witness" } else { "node" },
+        t.address
+    )
+}
+
+/// `cairn witness`: runs until SIGINT/SIGTERM.
+pub fn run_witness(a: WitnessArgs) -> i32 {
+    crate::nodecmd::init_tracing();
+    let cfg = node::WitnessConfig {
+        data_dir: a.data.clone(),
+        listen: a.listen,
+        name: a.name,
+    };
+    let result = node::run_witness(cfg, |addr| {
+        println!(
+            "cairn witness running: data {}, cluster address {addr}",
+            a.data.display()
+        );
+        println!(
+            "Join it with a witness token: cairn --data {} cluster join --address MEMBER --token TOKEN",
+            a.data.display()
+        );
+    });
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("cairn witness: {e}");
+            match e {
+                node::NodeError::AlreadyRunning(_) => 4,
+                node::NodeError::Config(_) => 2,
+                _ => 1,
+            }
+        }
+    }
+}

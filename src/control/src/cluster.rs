@@ -1,0 +1,126 @@
+//! Cluster requests' views and checks: what `cairn cluster status` and `/api/v1/cluster` show,
+//! and the validation of token, join and remove input.
+//!
+//! Plain data like the rest of this crate: the node fills these from its raft member and engine.
+//! Must never: carry a join token anywhere but the one reply that issues it.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::ControlError;
+
+/// Longest a join token may live (the cluster enforces the same bound).
+pub const MAX_TOKEN_TTL_SECS: u64 = 7 * 24 * 3600;
+/// Default join token lifetime.
+pub const DEFAULT_TOKEN_TTL_SECS: u64 = 3600;
+/// Longest join token we accept as input (real ones are ~140 characters).
+pub const MAX_TOKEN_LEN: usize = 512;
+
+/// One member of the cluster as the answering node sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterMemberView {
+    pub id: u64,
+    pub name: String,
+    /// Cluster address (`ip:port`); its join endpoint is the next port.
+    pub address: String,
+    /// `data` or `witness`.
+    pub role: String,
+    /// `joining`, `active` or `draining`.
+    pub state: String,
+    pub voter: bool,
+    pub leader: bool,
+    /// `up`, `down` or `unknown` (heartbeats; see the cluster crate's health module).
+    pub health: String,
+    pub last_seen_ms_ago: Option<u64>,
+}
+
+/// Data redundancy as this node's engine reports it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterDataView {
+    /// Chunks with fewer replicas than they should have.
+    pub degraded_chunks: u64,
+    /// Whether a rebuild / rebalance is running.
+    pub rebuilding: bool,
+}
+
+/// The answer to `cluster_status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterView {
+    pub cluster_id: String,
+    /// The answering node's member id.
+    pub me: u64,
+    pub leader: Option<u64>,
+    pub term: u64,
+    /// Highest log index this node knows committed (and has applied).
+    pub commit_index: Option<u64>,
+    /// Highest log index this node holds (may be ahead of `commit_index`).
+    pub last_log_index: Option<u64>,
+    pub placement_version: u64,
+    pub members: Vec<ClusterMemberView>,
+    /// Objects recorded in the replicated state (every member sees the same).
+    pub vdisks: Vec<String>,
+    pub snapshots: usize,
+    pub vms: Vec<String>,
+    pub data: ClusterDataView,
+}
+
+/// The answer to `cluster_token`: a one-time secret, shown once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterTokenView {
+    pub token: String,
+    /// `data` or `witness`: what the joining node becomes.
+    pub role: String,
+    pub expires_in_secs: u64,
+    /// This node's cluster address, for `cairn cluster join --address`.
+    pub address: String,
+}
+
+pub(crate) fn validate_token_ttl(ttl_secs: Option<u64>) -> Result<(), ControlError> {
+    match ttl_secs {
+        Some(t) if t == 0 || t > MAX_TOKEN_TTL_SECS => Err(ControlError::invalid(format!(
+            "token lifetime must be 1..={MAX_TOKEN_TTL_SECS} seconds"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+pub(crate) fn validate_join(address: &str, token: &str) -> Result<(), ControlError> {
+    address.parse::<std::net::SocketAddr>().map_err(|_| {
+        ControlError::invalid(format!(
+            "cluster address {address:?} is not ip:port (example: 127.0.0.2:7440)"
+        ))
+    })?;
+    if token.is_empty() || token.len() > MAX_TOKEN_LEN || !token.is_ascii() {
+        return Err(ControlError::invalid(
+            "join token is empty, too long or not ASCII (get one with `cairn cluster token`)",
+        ));
+    }
+    Ok(())
+}
+
+pub(crate) fn validate_member(node: &str) -> Result<(), ControlError> {
+    if node.is_empty() || node.len() > 256 {
+        return Err(ControlError::invalid(
+            "member must be a node id or name (see `cairn cluster status`)",
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_input_checks() {
+        assert!(validate_token_ttl(None).is_ok());
+        assert!(validate_token_ttl(Some(60)).is_ok());
+        assert!(validate_token_ttl(Some(0)).is_err());
+        assert!(validate_token_ttl(Some(MAX_TOKEN_TTL_SECS + 1)).is_err());
+        assert!(validate_join("127.0.0.1:7440", "cairn1.aa.bb").is_ok());
+        assert!(validate_join("localhost", "cairn1.aa.bb").is_err());
+        assert!(validate_join("127.0.0.1:7440", "").is_err());
+        assert!(validate_join("127.0.0.1:7440", &"x".repeat(MAX_TOKEN_LEN + 1)).is_err());
+        assert!(validate_member("").is_err());
+        assert!(validate_member("2").is_ok());
+    }
+}

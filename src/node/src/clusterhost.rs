@@ -1,0 +1,633 @@
+//! The node's cluster member: a `cluster::ClusterNode` created on first start (a cluster of
+//! one), reopened on every later start, and replaced by membership in another cluster on
+//! `cluster join`. Also the bridge from control requests (status, token, join, remove) and
+//! from object definitions (virtual disks, snapshots, VMs) to raft.
+//!
+//! On disk: `DATA/cluster.json` (this node's cluster address, fixed once chosen) and
+//! `DATA/cluster/` (identity, raft log, raft state machine). The raft files live under DATA,
+//! not yet on the pool disks.
+//! Must never: join another cluster while this node holds objects or other members, or leave
+//! the node without a working member when a join fails.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use cluster::{
+    ClusterNode, Command, CommandResult, JoinToken, MemberState, NodeHealth, RaftTimings, Role,
+    SnapshotDef, VdiskDef,
+};
+use control::{
+    ClusterDataView, ClusterMemberView, ClusterTokenView, ClusterView, ControlError, ErrorCode,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{NodeError, Result};
+
+/// How long `cluster join` waits for the cluster address to be reachable before giving up
+/// (and changing nothing).
+const REACH_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a stopped member's listeners may take to let go of their ports.
+const PORT_FREE_WAIT: Duration = Duration::from_secs(5);
+
+/// `DATA/cluster.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Addrs {
+    /// Member RPC (mutual TLS); the join endpoint listens on the next port.
+    address: SocketAddr,
+}
+
+/// A node's join endpoint: the port after its cluster address.
+pub fn join_addr_of(address: SocketAddr) -> Option<SocketAddr> {
+    let port = address.port().checked_add(1)?;
+    Some(SocketAddr::new(address.ip(), port))
+}
+
+fn ports_free(a: SocketAddr) -> bool {
+    let Some(j) = join_addr_of(a) else {
+        return false;
+    };
+    TcpListener::bind(a).is_ok() && TcpListener::bind(j).is_ok()
+}
+
+/// A free address pair on loopback, for a node started without `--cluster-listen`.
+fn pick_loopback() -> Result<SocketAddr> {
+    for _ in 0..64 {
+        let l = TcpListener::bind("127.0.0.1:0")
+            .map_err(|e| NodeError::io("pick a cluster port", "127.0.0.1:0", e))?;
+        let a = l
+            .local_addr()
+            .map_err(|e| NodeError::io("pick a cluster port", "127.0.0.1:0", e))?;
+        drop(l);
+        if ports_free(a) {
+            return Ok(a);
+        }
+    }
+    Err(NodeError::Config(
+        "no two consecutive free ports on 127.0.0.1; pass --cluster-listen".into(),
+    ))
+}
+
+/// The cluster address: the one recorded at the first start, else `flag`, else a free
+/// loopback pair. A different `flag` later is refused: the other members know the old one.
+fn addresses(data: &Path, flag: Option<SocketAddr>) -> Result<SocketAddr> {
+    let path = data.join("cluster.json");
+    match std::fs::read(&path) {
+        Ok(bytes) => {
+            let a: Addrs = serde_json::from_slice(&bytes)
+                .map_err(|e| NodeError::Config(format!("{}: {e}", path.display())))?;
+            if let Some(f) = flag {
+                if f != a.address {
+                    return Err(NodeError::Config(format!(
+                        "this node's cluster address is {} (fixed at its first start; other members know it), not {f}",
+                        a.address
+                    )));
+                }
+            }
+            Ok(a.address)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let address = match flag {
+                Some(f) => f,
+                None => pick_loopback()?,
+            };
+            if join_addr_of(address).is_none() {
+                return Err(NodeError::Config(format!(
+                    "cluster address {address}: the join endpoint needs the next port free"
+                )));
+            }
+            let bytes = serde_json::to_vec(&Addrs { address })
+                .map_err(|e| NodeError::Config(e.to_string()))?;
+            let tmp = path.with_extension("tmp");
+            std::fs::write(&tmp, bytes)
+                .and_then(|_| std::fs::rename(&tmp, &path))
+                .map_err(|e| NodeError::io("write", &path, e))?;
+            Ok(address)
+        }
+        Err(e) => Err(NodeError::io("read", &path, e)),
+    }
+}
+
+/// Map a cluster error to what a front end shows.
+pub(crate) fn cluster_error(e: cluster::Error) -> ControlError {
+    use cluster::Error as E;
+    match e {
+        E::Rejected(m) => ControlError::conflict(m),
+        E::BadToken(m) => ControlError::invalid(format!("invalid join token: {m}")),
+        E::Config(m) => ControlError::invalid(m),
+        e @ (E::NoLeader | E::Indeterminate(_) | E::Transport(_) | E::Raft(_)) => {
+            ControlError::new(
+                ErrorCode::Unavailable,
+                format!("the cluster did not confirm this (is a majority of members up?): {e}"),
+            )
+        }
+        e => ControlError::internal(e.to_string()),
+    }
+}
+
+fn not_in_cluster() -> ControlError {
+    ControlError::new(
+        ErrorCode::Unavailable,
+        "this node is not a member of a cluster yet (a witness waits for `cairn cluster join`)",
+    )
+}
+
+fn role_name(r: Role) -> &'static str {
+    match r {
+        Role::Data => "data",
+        Role::Witness => "witness",
+    }
+}
+
+/// The node's seat in the cluster.
+pub(crate) struct ClusterHost {
+    dir: PathBuf,
+    address: SocketAddr,
+    name: String,
+    role: Role,
+    member: parking_lot::Mutex<Option<Arc<ClusterNode>>>,
+    /// Held across a join, so no two joins (or a join and a shutdown) interleave.
+    join_lock: tokio::sync::Mutex<()>,
+}
+
+impl ClusterHost {
+    /// Opens (or, for a data node's first start, creates) this node's cluster member. A
+    /// witness starts without one until it joins.
+    pub(crate) async fn start(
+        data: &Path,
+        name: &str,
+        flag: Option<SocketAddr>,
+        role: Role,
+    ) -> Result<ClusterHost> {
+        let address = addresses(data, flag)?;
+        let host = ClusterHost {
+            dir: data.join("cluster"),
+            address,
+            name: name.to_string(),
+            role,
+            member: parking_lot::Mutex::new(None),
+            join_lock: tokio::sync::Mutex::new(()),
+        };
+        let cfg = host.node_cfg()?;
+        let member = if host.dir.join("identity").exists() {
+            Some(ClusterNode::open(cfg).await)
+        } else if role == Role::Data {
+            Some(ClusterNode::create(cfg).await)
+        } else {
+            None
+        };
+        if let Some(m) = member {
+            let m = m.map_err(|e| NodeError::Config(format!("cluster member: {e}")))?;
+            tracing::info!(id = m.id(), %address, cluster = m.cluster_id(), "cluster member running");
+            *host.member.lock() = Some(m);
+        }
+        Ok(host)
+    }
+
+    fn node_cfg(&self) -> Result<cluster::NodeConfig> {
+        Ok(cluster::NodeConfig {
+            data_dir: self.dir.clone(),
+            name: self.name.clone(),
+            rpc_addr: self.address,
+            join_addr: join_addr_of(self.address)
+                .ok_or_else(|| NodeError::Config("cluster port out of range".into()))?,
+            timings: RaftTimings::default(),
+        })
+    }
+
+    pub(crate) fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    pub(crate) fn member(&self) -> std::result::Result<Arc<ClusterNode>, ControlError> {
+        self.member.lock().clone().ok_or_else(not_in_cluster)
+    }
+
+    /// This node's member id (None for a witness that has not joined).
+    pub(crate) fn member_id(&self) -> Option<u64> {
+        self.member.lock().as_ref().map(|m| m.id())
+    }
+
+    pub(crate) fn status(
+        &self,
+        data: ClusterDataView,
+    ) -> std::result::Result<ClusterView, ControlError> {
+        let m = self.member()?;
+        let st = m.status();
+        let metrics = m.raft().metrics().borrow().clone();
+        let (vdisks, snapshots, vms) = m.read(|s| {
+            (
+                s.vdisks.values().map(|v| v.name.clone()).collect(),
+                s.snapshots.len(),
+                s.vms.values().map(|v| v.name.clone()).collect(),
+            )
+        });
+        Ok(ClusterView {
+            cluster_id: st.cluster_id,
+            me: st.me,
+            leader: st.leader,
+            term: st.term,
+            commit_index: metrics.last_applied.map(|l| l.index),
+            last_log_index: metrics.last_log_index,
+            placement_version: st.placement_version,
+            members: st
+                .members
+                .into_iter()
+                .map(|x| ClusterMemberView {
+                    id: x.id,
+                    name: x.name,
+                    address: x.addr,
+                    role: role_name(x.role).into(),
+                    state: match x.state {
+                        MemberState::Joining => "joining",
+                        MemberState::Active => "active",
+                        MemberState::Draining => "draining",
+                    }
+                    .into(),
+                    voter: x.voter,
+                    leader: st.leader == Some(x.id),
+                    health: match x.health {
+                        NodeHealth::Up => "up",
+                        NodeHealth::Down => "down",
+                        NodeHealth::Unknown => "unknown",
+                    }
+                    .into(),
+                    last_seen_ms_ago: x.last_seen_ms_ago,
+                })
+                .collect(),
+            vdisks,
+            snapshots,
+            vms,
+            data,
+        })
+    }
+
+    pub(crate) async fn token(
+        &self,
+        witness: bool,
+        ttl_secs: Option<u64>,
+    ) -> std::result::Result<ClusterTokenView, ControlError> {
+        let m = self.member()?;
+        let ttl = ttl_secs.unwrap_or(control::DEFAULT_TOKEN_TTL_SECS);
+        let role = if witness { Role::Witness } else { Role::Data };
+        let token = m
+            .issue_join_token(role, Duration::from_secs(ttl))
+            .await
+            .map_err(cluster_error)?;
+        Ok(ClusterTokenView {
+            token,
+            role: role_name(role).into(),
+            expires_in_secs: ttl,
+            address: self.address.to_string(),
+        })
+    }
+
+    /// Removes a member named by id or name.
+    pub(crate) async fn remove(&self, node: &str) -> std::result::Result<(), ControlError> {
+        let m = self.member()?;
+        let id = m
+            .read(|s| {
+                s.members
+                    .values()
+                    .find(|x| x.name == node || x.id.to_string() == node)
+                    .map(|x| x.id)
+            })
+            .ok_or_else(|| {
+                ControlError::not_found(format!(
+                    "no member {node:?} in this cluster (see `cairn cluster status`)"
+                ))
+            })?;
+        m.remove_member(id).await.map_err(cluster_error)
+    }
+
+    /// Joins the cluster of the member at `address` with `token`. `local_objects` is how many
+    /// virtual disks and VMs this node holds outside the cluster state; only a fresh node
+    /// (nothing defined, no other members) may join. On failure the node keeps its own
+    /// cluster as before.
+    pub(crate) async fn join(
+        &self,
+        address: SocketAddr,
+        token: &str,
+        local_objects: usize,
+    ) -> std::result::Result<(), ControlError> {
+        let _g = self.join_lock.lock().await;
+        JoinToken::parse(token).map_err(|e| {
+            ControlError::invalid(format!("{e} (get one with `cairn cluster token`)"))
+        })?;
+        let join_addr = join_addr_of(address)
+            .ok_or_else(|| ControlError::invalid("cluster address port out of range"))?;
+        if address == self.address {
+            return Err(ControlError::invalid(
+                "that is this node's own cluster address; give the address of a member of the cluster to join",
+            ));
+        }
+        let current = self.member.lock().clone();
+        if let Some(m) = &current {
+            let (members, objects) = m.read(|s| {
+                (
+                    s.members.len(),
+                    s.vdisks.len() + s.snapshots.len() + s.vms.len(),
+                )
+            });
+            if members > 1 {
+                return Err(ControlError::conflict(format!(
+                    "this node is already member {} of cluster {} ({members} members); remove it there first: cairn cluster remove {}",
+                    m.id(),
+                    m.cluster_id(),
+                    m.id()
+                )));
+            }
+            if objects > 0 || local_objects > 0 {
+                return Err(ControlError::conflict(
+                    "only a fresh node can join a cluster: this one already holds virtual disks, snapshots or VMs",
+                ));
+            }
+        }
+        // Reachability first: an unreachable address must leave this node as it was.
+        match tokio::time::timeout(REACH_TIMEOUT, tokio::net::TcpStream::connect(join_addr)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                return Err(ControlError::new(
+                    ErrorCode::Unavailable,
+                    format!(
+                        "cannot reach a cluster member at {address} (join port {join_addr}): {e}"
+                    ),
+                ))
+            }
+            Err(_) => {
+                return Err(ControlError::new(
+                    ErrorCode::Unavailable,
+                    format!(
+                        "no answer from a cluster member at {address} within {REACH_TIMEOUT:?}"
+                    ),
+                ))
+            }
+        }
+        let aside = self.dir.with_extension("solo");
+        if let Some(m) = current {
+            *self.member.lock() = None;
+            m.shutdown().await;
+            drop(m);
+            let _ = std::fs::remove_dir_all(&aside);
+            std::fs::rename(&self.dir, &aside)
+                .map_err(|e| ControlError::internal(format!("set the solo cluster aside: {e}")))?;
+        }
+        let t = std::time::Instant::now();
+        while !ports_free(self.address) && t.elapsed() < PORT_FREE_WAIT {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let cfg = self
+            .node_cfg()
+            .map_err(|e| ControlError::internal(e.to_string()))?;
+        let joined = match ClusterNode::join(cfg, token, join_addr).await {
+            Ok(n) if n.role() != self.role => {
+                let wrong = n.role();
+                let _ = n.remove_member(n.id()).await;
+                n.shutdown().await;
+                Err(ControlError::invalid(format!(
+                    "the token is for a {} node but this is a {} node (use `cairn cluster token{}`)",
+                    role_name(wrong),
+                    role_name(self.role),
+                    if self.role == Role::Witness { " --witness" } else { "" }
+                )))
+            }
+            Ok(n) => Ok(n),
+            Err(e) => Err(join_error(e)),
+        };
+        match joined {
+            Ok(n) => {
+                tracing::info!(id = n.id(), cluster = n.cluster_id(), "joined the cluster");
+                *self.member.lock() = Some(n);
+                let _ = std::fs::remove_dir_all(&aside);
+                Ok(())
+            }
+            Err(err) => {
+                tracing::warn!(error = %err.message, "join failed; keeping this node's own cluster");
+                let _ = std::fs::remove_dir_all(&self.dir);
+                if aside.exists() {
+                    if let Err(e) = std::fs::rename(&aside, &self.dir) {
+                        tracing::error!(error = %e, "could not restore the solo cluster");
+                        return Err(err);
+                    }
+                    let t = std::time::Instant::now();
+                    while !ports_free(self.address) && t.elapsed() < PORT_FREE_WAIT {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    match self.node_cfg() {
+                        Ok(cfg) => match ClusterNode::open(cfg).await {
+                            Ok(m) => *self.member.lock() = Some(m),
+                            Err(e) => {
+                                tracing::error!(error = %e, "could not reopen the solo cluster")
+                            }
+                        },
+                        Err(e) => tracing::error!(error = %e, "cluster config"),
+                    }
+                }
+                Err(err)
+            }
+        }
+    }
+
+    pub(crate) async fn shutdown(&self) {
+        let _g = self.join_lock.lock().await;
+        let m = self.member.lock().take();
+        if let Some(m) = m {
+            m.shutdown().await;
+        }
+    }
+
+    // ---- object definitions
+
+    fn vdisk_id(me: u64, name: &str) -> String {
+        format!("{me}/{name}")
+    }
+
+    /// Reserves a virtual disk name cluster-wide before the engine creates it. A definition
+    /// this node left behind (crash between reserve and create) is reclaimed.
+    pub(crate) async fn reserve_vdisk(
+        &self,
+        name: &str,
+        size_bytes: u64,
+        parent_snapshot: Option<String>,
+        exists_locally: impl Fn(&str) -> bool,
+    ) -> std::result::Result<(), ControlError> {
+        let Ok(m) = self.member() else {
+            return Ok(());
+        };
+        let def = VdiskDef {
+            id: Self::vdisk_id(m.id(), name),
+            name: name.to_string(),
+            size_bytes,
+            parent_snapshot,
+        };
+        for _ in 0..2 {
+            match m
+                .propose(Command::CreateVdisk(def.clone()))
+                .await
+                .map_err(cluster_error)?
+            {
+                CommandResult::Rejected(msg) => {
+                    let holder = m.read(|s| {
+                        s.vdisks
+                            .values()
+                            .find(|v| v.name == name)
+                            .map(|v| v.id.clone())
+                    });
+                    match holder {
+                        Some(id) if id == def.id && !exists_locally(name) => {
+                            tracing::warn!(vdisk = name, "reclaiming a stale cluster definition");
+                            m.propose(Command::DeleteVdisk { id })
+                                .await
+                                .map_err(cluster_error)?;
+                        }
+                        Some(id) => {
+                            return Err(ControlError::new(
+                                ErrorCode::AlreadyExists,
+                                format!(
+                                    "virtual disk {name} already exists in the cluster (defined by member {})",
+                                    id.split('/').next().unwrap_or("?")
+                                ),
+                            ))
+                        }
+                        None => return Err(ControlError::conflict(msg)),
+                    }
+                }
+                _ => return Ok(()),
+            }
+        }
+        Err(ControlError::conflict(format!(
+            "virtual disk {name}: its cluster definition keeps changing; retry"
+        )))
+    }
+
+    /// Drops this node's definition of `name` (and its snapshots') from the cluster state.
+    pub(crate) async fn release_vdisk(&self, name: &str) -> std::result::Result<(), ControlError> {
+        let Ok(m) = self.member() else {
+            return Ok(());
+        };
+        let id = Self::vdisk_id(m.id(), name);
+        let snaps: Vec<String> = m.read(|s| {
+            s.snapshots
+                .values()
+                .filter(|x| x.vdisk == id)
+                .map(|x| x.id.clone())
+                .collect()
+        });
+        for s in snaps {
+            m.propose(Command::DeleteSnapshot { id: s })
+                .await
+                .map_err(cluster_error)?;
+        }
+        if m.read(|s| s.vdisks.contains_key(&id)) {
+            m.propose(Command::DeleteVdisk { id })
+                .await
+                .map_err(cluster_error)?;
+        }
+        Ok(())
+    }
+
+    /// Records a definition change that already happened on this node. Best effort: the
+    /// local object exists either way; a failure is logged (and the vdisk reconcile at
+    /// start repairs vdisk records).
+    pub(crate) async fn record(&self, what: &str, cmd: impl FnOnce(u64) -> Command) {
+        let Ok(m) = self.member() else { return };
+        match m.propose(cmd(m.id())).await {
+            Ok(CommandResult::Rejected(msg)) => {
+                tracing::warn!(what, reason = %msg, "cluster state refused a record")
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(what, error = %e, "could not record in the cluster state"),
+        }
+    }
+
+    pub(crate) fn snapshot_cmd(me: u64, vdisk: &str, name: &str) -> Command {
+        let vid = Self::vdisk_id(me, vdisk);
+        Command::CreateSnapshot(SnapshotDef {
+            id: format!("{vid}@{name}"),
+            vdisk: vid,
+            name: name.to_string(),
+        })
+    }
+
+    pub(crate) fn snapshot_delete_cmd(me: u64, vdisk: &str, name: &str) -> Command {
+        Command::DeleteSnapshot {
+            id: format!("{}@{name}", Self::vdisk_id(me, vdisk)),
+        }
+    }
+
+    pub(crate) fn vm_id(me: u64, name: &str) -> String {
+        format!("{me}/{name}")
+    }
+
+    pub(crate) fn vdisk_ids(me: u64, names: &[String]) -> Vec<String> {
+        names.iter().map(|n| Self::vdisk_id(me, n)).collect()
+    }
+
+    /// Makes the cluster state agree with the engine about this node's virtual disks: records
+    /// the ones it lacks (created before clustering, or a crash before the record). Never
+    /// deletes anything. Retries until a leader is there.
+    pub(crate) async fn reconcile_vdisks(&self, local: Vec<(String, u64)>) {
+        let Ok(m) = self.member() else { return };
+        let me = m.id();
+        for (name, size_bytes) in local {
+            let id = Self::vdisk_id(me, &name);
+            if m.read(|s| s.vdisks.contains_key(&id)) {
+                continue;
+            }
+            let def = VdiskDef {
+                id,
+                name: name.clone(),
+                size_bytes,
+                parent_snapshot: None,
+            };
+            match m.propose(Command::CreateVdisk(def)).await {
+                Ok(CommandResult::Rejected(msg)) => {
+                    tracing::warn!(vdisk = %name, reason = %msg, "local virtual disk not recorded in the cluster")
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(vdisk = %name, error = %e, "reconcile stopped; retried at next start");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// What a failed join shows: a bad or used token is the user's input, an unreachable cluster is
+/// unavailability.
+fn join_error(e: cluster::Error) -> ControlError {
+    let msg = e.to_string();
+    match e {
+        cluster::Error::BadToken(_) => ControlError::invalid(msg),
+        _ if msg.contains("token") => ControlError::invalid(format!(
+            "the cluster refused the join: {msg} (tokens work once and expire; get a new one with `cairn cluster token`)"
+        )),
+        cluster::Error::Transport(_) => ControlError::new(
+            ErrorCode::Unavailable,
+            format!("join failed talking to the cluster: {msg} (is the token from that cluster?)"),
+        ),
+        other => cluster_error(other),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_address_is_fixed_once_chosen() {
+        let d = tempfile::tempdir().unwrap();
+        let a = addresses(d.path(), None).unwrap();
+        assert!(a.ip().is_loopback());
+        assert_eq!(addresses(d.path(), None).unwrap(), a);
+        assert_eq!(addresses(d.path(), Some(a)).unwrap(), a);
+        let other = SocketAddr::new(a.ip(), a.port().wrapping_add(7));
+        assert!(matches!(
+            addresses(d.path(), Some(other)),
+            Err(NodeError::Config(_))
+        ));
+        assert!(join_addr_of("127.0.0.1:65535".parse().unwrap()).is_none());
+    }
+}
