@@ -54,6 +54,7 @@ pub enum R {
     StatsHistory,
     StatsStream,
     Control,
+    VmConsoleWs,
 }
 
 /// Every route: method, pattern under `/api/v1` (`{x}` is one path segment), handler.
@@ -114,6 +115,7 @@ pub const ROUTES: &[(Method, &str, R)] = &[
     (Method::GET, "/stats/history", R::StatsHistory),
     (Method::GET, "/stats/stream", R::StatsStream),
     (Method::POST, "/control", R::Control),
+    (Method::GET, "/vms/{name}/console/ws", R::VmConsoleWs),
 ];
 
 /// Routes anyone may call without logging in.

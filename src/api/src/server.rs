@@ -61,7 +61,7 @@ pub async fn accept_loop(
                 let st = st.clone();
                 async move { Ok::<_, std::convert::Infallible>(entry(st, req, peer).await) }
             });
-            let conn = builder.serve_connection(TokioIo::new(tls), svc);
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), svc);
             tokio::pin!(conn);
             tokio::select! {
                 _ = conn.as_mut() => {}

@@ -141,6 +141,9 @@ async fn handle_route(
     if r == R::StatsStream {
         return crate::sse::stream(st.clone());
     }
+    if r == R::VmConsoleWs {
+        return crate::ws::console(st.clone(), caller, &params[0], req);
+    }
     let body = if mutation {
         h::read_body(req.into_body(), h::MAX_BODY_BYTES).await?
     } else {
@@ -629,7 +632,7 @@ async fn dispatch(
             let items: Vec<&crate::stats::Sample> = items.iter().map(|s| &**s).collect();
             Ok((200, json!({"items": items})))
         }
-        R::StatsStream => Err(ControlError::internal("handled before dispatch")),
+        R::StatsStream | R::VmConsoleWs => Err(ControlError::internal("handled before dispatch")),
         // Any control request as-is (the CLI's `--server` mode): same policy, validation and
         // audit as the REST routes; long operations run to completion before answering.
         R::Control => {
