@@ -115,6 +115,9 @@ impl Disk {
 /// current by writes, clones, deletes and the rebalancer; never persisted by the engine.
 pub(crate) struct ChunkIndex {
     shards: Box<[RwLock<HashMap<ObjectId, Slots>>]>,
+    /// Objects per virtual disk, kept with the shards (changed only while the object's shard is
+    /// write-locked), so "space used" of one disk is a lookup, not a scan of every chunk.
+    counts: Mutex<HashMap<u64, u64>>,
 }
 
 impl ChunkIndex {
@@ -123,7 +126,24 @@ impl ChunkIndex {
             shards: (0..INDEX_SHARDS)
                 .map(|_| RwLock::new(HashMap::new()))
                 .collect(),
+            counts: Mutex::new(HashMap::new()),
         }
+    }
+    fn count(&self, vdisk: u64, added: bool) {
+        let mut c = self.counts.lock();
+        let n = c.entry(vdisk).or_insert(0);
+        if added {
+            *n += 1;
+        } else {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                c.remove(&vdisk);
+            }
+        }
+    }
+    /// Number of chunk objects of `vdisk` (on any disk).
+    pub(crate) fn count_of(&self, vdisk: u64) -> u64 {
+        self.counts.lock().get(&vdisk).copied().unwrap_or(0)
     }
     fn shard(&self, obj: ObjectId) -> &RwLock<HashMap<ObjectId, Slots>> {
         &self.shards[(mix64(obj.vdisk ^ mix64(obj.chunk)) % INDEX_SHARDS as u64) as usize]
@@ -135,10 +155,20 @@ impl ChunkIndex {
         if let Some(s) = self.get(obj) {
             return s;
         }
-        *self.shard(obj).write().entry(obj).or_insert_with(f)
+        let mut sh = self.shard(obj).write();
+        *sh.entry(obj).or_insert_with(|| {
+            self.count(obj.vdisk, true);
+            f()
+        })
     }
     pub(crate) fn add(&self, obj: ObjectId, slot: u16) {
-        self.shard(obj).write().entry(obj).or_default().insert(slot);
+        let mut sh = self.shard(obj).write();
+        sh.entry(obj)
+            .or_insert_with(|| {
+                self.count(obj.vdisk, true);
+                Slots::default()
+            })
+            .insert(slot);
     }
     pub(crate) fn remove_slot(&self, obj: ObjectId, slot: u16) {
         let mut sh = self.shard(obj).write();
@@ -146,11 +176,14 @@ impl ChunkIndex {
             s.remove(slot);
             if s.is_empty() {
                 sh.remove(&obj);
+                self.count(obj.vdisk, false);
             }
         }
     }
     pub(crate) fn remove(&self, obj: ObjectId) {
-        self.shard(obj).write().remove(&obj);
+        if self.shard(obj).write().remove(&obj).is_some() {
+            self.count(obj.vdisk, false);
+        }
     }
     /// Every object of `vdisk`, by chunk.
     pub(crate) fn of_vdisk(&self, vdisk: u64) -> Vec<(ObjectId, Slots)> {
@@ -179,6 +212,63 @@ impl ChunkIndex {
     }
 }
 
+/// Upper bounds (microseconds) of the per-virtual-disk latency histogram buckets; one more
+/// bucket counts everything slower than the last bound.
+pub const LATENCY_BUCKETS_US: [u64; 10] = [
+    50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 50_000, 100_000,
+];
+
+/// Counters of one kind of request on one virtual disk (relaxed atomics: a few adds per I/O).
+#[derive(Default)]
+pub(crate) struct OpCounters {
+    ops: AtomicU64,
+    bytes: AtomicU64,
+    errors: AtomicU64,
+    lat_ns: AtomicU64,
+    hist: [AtomicU64; LATENCY_BUCKETS_US.len() + 1],
+}
+
+impl OpCounters {
+    pub(crate) fn record(&self, bytes: u64, started: std::time::Instant, ok: bool) {
+        let ns = started.elapsed().as_nanos().min(u128::from(u64::MAX)) as u64;
+        self.ops.fetch_add(1, Ordering::Relaxed);
+        if ok {
+            self.bytes.fetch_add(bytes, Ordering::Relaxed);
+        } else {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        self.lat_ns.fetch_add(ns, Ordering::Relaxed);
+        let us = ns / 1000;
+        let i = LATENCY_BUCKETS_US.partition_point(|&b| b < us);
+        self.hist[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn snapshot(&self) -> crate::types::OpStats {
+        crate::types::OpStats {
+            ops: self.ops.load(Ordering::Relaxed),
+            bytes: self.bytes.load(Ordering::Relaxed),
+            errors: self.errors.load(Ordering::Relaxed),
+            latency_us_sum: self.lat_ns.load(Ordering::Relaxed) / 1000,
+            latency_hist: self
+                .hist
+                .iter()
+                .map(|h| h.load(Ordering::Relaxed))
+                .collect(),
+        }
+    }
+}
+
+/// Request counters of one virtual disk since the engine started (snapshot handles count
+/// toward their disk).
+#[derive(Default)]
+pub(crate) struct IoCounters {
+    pub read: OpCounters,
+    pub write: OpCounters,
+    pub flush: OpCounters,
+    /// Discards and write-zeroes.
+    pub discard: OpCounters,
+}
+
 /// Generation state of one virtual disk, read by every write.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct GenState {
@@ -204,6 +294,7 @@ pub(crate) struct VdiskRt {
     gens: RwLock<GenState>,
     inflight: [AtomicU64; 2],
     pub snaps: RwLock<HashMap<u64, Arc<SnapRt>>>,
+    pub io: IoCounters,
 }
 
 /// Held by a write for its whole duration: the generation it writes at cannot be snapshotted
@@ -232,6 +323,7 @@ impl VdiskRt {
             gens: RwLock::new(GenState { gen, pin, epoch: 0 }),
             inflight: [AtomicU64::new(0), AtomicU64::new(0)],
             snaps: RwLock::new(HashMap::new()),
+            io: IoCounters::default(),
         }
     }
     pub(crate) fn enter(&self) -> GenGuard<'_> {
@@ -283,6 +375,8 @@ pub(crate) struct Inner {
     /// Serialises persisting the metadata; see `update_meta`.
     persist: tokio::sync::Mutex<()>,
     pub meta: RwLock<Option<PoolMeta>>,
+    /// A shared copy of `meta`, made once per metadata change (see `meta_arc`).
+    meta_cache: RwLock<Option<Arc<PoolMeta>>>,
     pub disks: RwLock<Vec<Arc<Disk>>>,
     pub view: RwLock<Arc<PlacementView>>,
     pub index: ChunkIndex,
@@ -321,6 +415,7 @@ impl Inner {
             op: tokio::sync::Mutex::new(()),
             persist: tokio::sync::Mutex::new(()),
             meta: RwLock::new(None),
+            meta_cache: RwLock::new(None),
             disks: RwLock::new(Vec::new()),
             view: RwLock::new(Arc::new(PlacementView::default())),
             index: ChunkIndex::new(),
@@ -370,6 +465,23 @@ impl Inner {
 
     pub(crate) fn meta_snapshot(&self) -> Option<PoolMeta> {
         self.meta.read().clone()
+    }
+
+    /// The current metadata, shared: read-only callers (lists, lookups, opening a handle) get
+    /// it without a copy. Metadata only changes through `update_meta` (every change raises
+    /// `seq`) or by adopting a newer copy at disk attach (higher `seq`), so a cached copy with
+    /// the same pool and `seq` is the same metadata. Lock order: `meta` -> `meta_cache`.
+    pub(crate) fn meta_arc(&self) -> Option<Arc<PoolMeta>> {
+        let m = self.meta.read();
+        let m = m.as_ref()?;
+        if let Some(c) = self.meta_cache.read().as_ref() {
+            if c.seq == m.seq && c.pool_id == m.pool_id {
+                return Some(c.clone());
+            }
+        }
+        let a = Arc::new(m.clone());
+        *self.meta_cache.write() = Some(a.clone());
+        Some(a)
     }
 
     /// Rebuild the placement view from the attached disks that are Active.

@@ -7,6 +7,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Instant;
 
 use store::ObjectId;
 
@@ -147,6 +148,14 @@ impl VdiskHandle {
 
     /// Read `buf.len()` bytes at `offset`. Unwritten ranges read as zeros.
     pub async fn read(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let t = Instant::now();
+        let len = buf.len() as u64;
+        let r = self.read_counted(offset, buf).await;
+        self.rt.io.read.record(len, t, r.is_ok());
+        r
+    }
+
+    async fn read_counted(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
         let len = buf.len() as u64;
         self.check(offset, len, false)?;
         if len == 0 {
@@ -194,6 +203,13 @@ impl VdiskHandle {
 
     /// Write `data` at `offset`; returns when every live replica holds it.
     pub async fn write(&self, offset: u64, data: &[u8]) -> Result<()> {
+        let t = Instant::now();
+        let r = self.write_counted(offset, data).await;
+        self.rt.io.write.record(data.len() as u64, t, r.is_ok());
+        r
+    }
+
+    async fn write_counted(&self, offset: u64, data: &[u8]) -> Result<()> {
         let len = data.len() as u64;
         self.check(offset, len, true)?;
         if len == 0 {
@@ -325,22 +341,39 @@ impl VdiskHandle {
 
     /// Make every write acknowledged before this call durable on every live replica.
     pub async fn flush(&self) -> Result<()> {
-        self.check(0, 0, false)?;
-        self.inner.counters.flushes.fetch_add(1, Ordering::Relaxed);
-        self.inner.flush_all().await
+        let t = Instant::now();
+        let r = match self.check(0, 0, false) {
+            Ok(()) => {
+                self.inner.counters.flushes.fetch_add(1, Ordering::Relaxed);
+                self.inner.flush_all().await
+            }
+            Err(e) => Err(e),
+        };
+        self.rt.io.flush.record(0, t, r.is_ok());
+        r
     }
 
     /// Free the whole 4 KiB blocks inside the range (they read as zeros afterwards); partial
     /// blocks at the edges are left as they are.
     pub async fn discard(&self, offset: u64, len: u64) -> Result<()> {
-        self.check(offset, len, true)?;
-        self.zero_range(offset, len, false).await
+        let t = Instant::now();
+        let r = match self.check(offset, len, true) {
+            Ok(()) => self.zero_range(offset, len, false).await,
+            Err(e) => Err(e),
+        };
+        self.rt.io.discard.record(len, t, r.is_ok());
+        r
     }
 
     /// Make the range read as zeros, freeing whole blocks.
     pub async fn write_zeroes(&self, offset: u64, len: u64) -> Result<()> {
-        self.check(offset, len, true)?;
-        self.zero_range(offset, len, true).await
+        let t = Instant::now();
+        let r = match self.check(offset, len, true) {
+            Ok(()) => self.zero_range(offset, len, true).await,
+            Err(e) => Err(e),
+        };
+        self.rt.io.discard.record(len, t, r.is_ok());
+        r
     }
 
     async fn zero_range(&self, offset: u64, len: u64, edges: bool) -> Result<()> {

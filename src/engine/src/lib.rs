@@ -131,8 +131,8 @@ pub use replica::{
     is_device_failure, LocalReplica, Reachability, Replica, FOREIGN_VDISK_BIT, PRUNE_MARK_CHUNK,
 };
 pub use types::{
-    DiskInfo, DiskProbe, DiskState, DiskStats, EngineConfig, EngineStats, PoolInfo, RebalanceStats,
-    ScrubStats, SnapshotInfo, VdiskInfo,
+    DiskInfo, DiskProbe, DiskState, DiskStats, EngineConfig, EngineStats, OpStats, PoolInfo,
+    RebalanceStats, ScrubStats, SnapshotInfo, VdiskInfo, VdiskStats,
 };
 
 /// The I/O unit of every store: 4 KiB.

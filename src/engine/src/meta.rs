@@ -15,7 +15,8 @@ use crate::types::DiskState;
 pub(crate) const META_FORMAT: u32 = 1;
 /// The store's metadata slot holds at most 1 MiB; stay well below it.
 pub(crate) const MAX_META_BYTES: usize = 900 * 1024;
-pub(crate) const MAX_VDISKS: usize = 1024;
+/// Bounded by the metadata size in practice (about 200 bytes per disk in a 900 KiB slot).
+pub(crate) const MAX_VDISKS: usize = 4096;
 pub(crate) const MAX_SNAPSHOTS_PER_VDISK: usize = 256;
 pub(crate) const MAX_SNAPSHOTS_TOTAL: usize = 4096;
 pub(crate) const MAX_DISKS: usize = 256;

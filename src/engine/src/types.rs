@@ -132,6 +132,39 @@ pub struct DiskStats {
     pub repairs: u64,
 }
 
+/// Counters of one kind of request on one virtual disk since the engine started.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpStats {
+    /// Requests completed (including failed ones).
+    pub ops: u64,
+    /// Bytes moved by the successful ones (for discards: bytes discarded or zeroed).
+    pub bytes: u64,
+    pub errors: u64,
+    /// Sum of request latencies: mean = latency_us_sum / ops.
+    pub latency_us_sum: u64,
+    /// Requests per latency bucket: `latency_hist[i]` counts latencies <= `latency_buckets_us[i]`
+    /// (and above the previous bound); the last entry counts everything slower.
+    pub latency_hist: Vec<u64>,
+}
+
+/// Per-virtual-disk I/O figures (`Engine::vdisk_stats`). IOPS and throughput are the change of
+/// `ops`/`bytes` between two samples divided by the time between them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VdiskStats {
+    pub name: String,
+    pub id: u64,
+    pub size_bytes: u64,
+    /// As in `VdiskInfo::used_bytes`.
+    pub used_bytes: u64,
+    pub read: OpStats,
+    pub write: OpStats,
+    pub flush: OpStats,
+    /// Discards and write-zeroes.
+    pub discard: OpStats,
+    /// Upper bounds of the latency histogram buckets, microseconds.
+    pub latency_buckets_us: Vec<u64>,
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct EngineStats {
     pub reads: u64,

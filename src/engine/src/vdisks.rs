@@ -17,7 +17,7 @@ use crate::meta::{
 };
 use crate::placement::mix64;
 use crate::pool::Engine;
-use crate::types::{SnapshotInfo, VdiskInfo};
+use crate::types::{SnapshotInfo, VdiskInfo, VdiskStats};
 use crate::{BLOCK_BYTES, CHUNK_BYTES, MAX_VDISK_BYTES, OVERCOMMIT};
 
 impl Inner {
@@ -70,7 +70,7 @@ impl Inner {
     }
 
     fn info(&self, v: &VdiskMeta) -> VdiskInfo {
-        let chunks = self.index.of_vdisk(v.id).len() as u64;
+        let chunks = self.index.count_of(v.id);
         VdiskInfo {
             name: v.name.clone(),
             id: v.id,
@@ -79,6 +79,31 @@ impl Inner {
             snapshots: v.snapshots.iter().filter(|s| !s.hidden).count(),
             created_unix: v.created_unix,
         }
+    }
+
+    fn vdisk_stats(&self, v: &VdiskMeta) -> VdiskStats {
+        let info = self.info(v);
+        let mut s = VdiskStats {
+            name: info.name,
+            id: v.id,
+            size_bytes: v.size_bytes,
+            used_bytes: info.used_bytes,
+            latency_buckets_us: crate::core::LATENCY_BUCKETS_US.to_vec(),
+            ..VdiskStats::default()
+        };
+        // Never opened since start: all zeros, histograms included.
+        let zero = crate::types::OpStats {
+            latency_hist: vec![0; crate::core::LATENCY_BUCKETS_US.len() + 1],
+            ..Default::default()
+        };
+        (s.read, s.write, s.flush, s.discard) = (zero.clone(), zero.clone(), zero.clone(), zero);
+        if let Some(rt) = self.vdisk_rt(v.id) {
+            s.read = rt.io.read.snapshot();
+            s.write = rt.io.write.snapshot();
+            s.flush = rt.io.flush.snapshot();
+            s.discard = rt.io.discard.snapshot();
+        }
+        s
     }
 
     /// Take a snapshot (hidden ones back a clone of the live disk). Returns its record.
@@ -231,7 +256,7 @@ impl Engine {
     }
 
     pub fn vdisks(&self) -> Vec<VdiskInfo> {
-        let meta = self.inner.meta_snapshot();
+        let meta = self.inner.meta_arc();
         meta.map(|m| m.vdisks.iter().map(|v| self.inner.info(v)).collect())
             .unwrap_or_default()
     }
@@ -241,9 +266,24 @@ impl Engine {
         Ok(self.inner.info(m.vdisk(name)?))
     }
 
-    fn meta(&self) -> Result<crate::meta::PoolMeta> {
+    /// I/O counters of one virtual disk since the engine started (zeros until it is opened),
+    /// with its size and space used.
+    pub fn vdisk_stats(&self, name: &str) -> Result<VdiskStats> {
+        let m = self.meta()?;
+        Ok(self.inner.vdisk_stats(m.vdisk(name)?))
+    }
+
+    /// `vdisk_stats` of every virtual disk, in metadata order.
+    pub fn vdisks_stats(&self) -> Vec<VdiskStats> {
         self.inner
-            .meta_snapshot()
+            .meta_arc()
+            .map(|m| m.vdisks.iter().map(|v| self.inner.vdisk_stats(v)).collect())
+            .unwrap_or_default()
+    }
+
+    fn meta(&self) -> Result<Arc<crate::meta::PoolMeta>> {
+        self.inner
+            .meta_arc()
             .ok_or_else(|| EngineError::not_found("the pool has no disks yet"))
     }
 

@@ -70,7 +70,8 @@
 //! - `import_object` is not atomic across a crash: record completion yourself.
 //! - A read of >= 64 blocks that finds its range in many short physical runs (random overwrites
 //!   scattered it) writes the data it read once more, contiguously, and moves the versions there
-//!   before it returns (`StoreStats::defrag_*`); `set_defrag(false)` turns this off. Blocks
+//!   before it returns (`StoreStats::defrag_*`); `set_defrag(false)` (or the environment
+//!   variable `CAIRN_STORE_DEFRAG=0` at open) turns this off. Blocks
 //!   shared with clones are never moved.
 //!
 //! ## On-disk layout
