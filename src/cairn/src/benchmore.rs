@@ -81,6 +81,16 @@ pub fn run_cluster(a: ClusterBenchArgs) -> i32 {
         for line in lines {
             println!("{}", serde_json::to_string(&line)?);
         }
+        // Mirrored I/O between two nodes (latency vs its model, IOPS vs one node).
+        let mopts = mirror::bench::BenchOpts {
+            dir: a.dir.join("mirror"),
+            duration: Duration::from_secs(a.seconds.max(1)),
+            ips: ["127.0.0.54".into(), "127.0.0.55".into()],
+            disk_bytes: 1 << 30,
+        };
+        for line in mirror::bench::mirrored_io(&mopts).await? {
+            println!("{}", serde_json::to_string(&line)?);
+        }
         anyhow::Ok(())
     });
     let _ = std::fs::remove_dir_all(&a.dir);
