@@ -29,7 +29,13 @@ impl NodeController {
                 let a: SocketAddr = address
                     .parse()
                     .map_err(|_| ControlError::invalid("cluster address is not ip:port"))?;
-                let local = self.inner.engine.vdisks().len() + self.inner.vms.list().await?.len();
+                // The node's own internal disks (the appliance's record) do not count as data.
+                let vdisks = self.inner.engine.vdisks();
+                let own = vdisks
+                    .iter()
+                    .filter(|v| !crate::internal::is_internal_vdisk(&v.name))
+                    .count();
+                let local = own + self.inner.vms.list().await?.len();
                 host.join(a, token, local).await?;
                 Ok(Reply::Cluster(Box::new(host.status(self.data_view())?)))
             }
