@@ -3,7 +3,9 @@
 # under BIOS and UEFI. Steps: appliance kernel (cached, build-kernel.sh), static `cairn`,
 # initramfs (newc cpio with sorted entries, fixed mtimes and owners, /dev/console, /init =
 # cairn; zstd), grub-mkrescue. Reproducible: every timestamp comes from SOURCE_DATE_EPOCH (the
-# commit time), so two builds of one commit are byte-identical. Prints the image size.
+# commit time) and the EFI FAT image's volume serial is pinned, so two builds of one commit are
+# byte-identical (cairn.iso included). Prints the image size. CAIRN_BIN=path: use that static
+# cairn instead of building one.
 # Outputs (not in git): out/cairn.iso, out/bzImage, out/initrd.img, out/cairn.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -16,11 +18,20 @@ export TZ=UTC LC_ALL=C
 kernel="$("$here/build-kernel.sh" | tail -n1)"
 kdir="$(dirname "$kernel")/src"
 
-echo "build-iso: static cairn" >&2
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$root/target}"
-(cd "$root" && RUSTFLAGS="-C target-feature=+crt-static --remap-path-prefix=$root=/cairn" \
-  nice -n 10 cargo build -q --release --target x86_64-unknown-linux-gnu -p cairn)
-bin="$CARGO_TARGET_DIR/x86_64-unknown-linux-gnu/release/cairn"
+if [ -n "${CAIRN_BIN:-}" ]; then
+  # A static cairn built elsewhere (e.g. by an earlier step of the same CI run).
+  echo "build-iso: using CAIRN_BIN=$CAIRN_BIN" >&2
+  bin="$CAIRN_BIN"
+else
+  # Cargo's own fingerprints decide whether the release build is up to date: a rebuild of an
+  # unchanged tree is a no-op of a second or two. The static build lives under its own
+  # --target directory, so it never invalidates the host (debug/test) build and vice versa.
+  echo "build-iso: static cairn" >&2
+  (cd "$root" && RUSTFLAGS="-C target-feature=+crt-static --remap-path-prefix=$root=/cairn" \
+    nice -n 10 cargo build -q --release --target x86_64-unknown-linux-gnu -p cairn)
+  bin="$CARGO_TARGET_DIR/x86_64-unknown-linux-gnu/release/cairn"
+fi
 if readelf -d "$bin" | grep -q "(NEEDED)"; then echo "build-iso: $bin is not static" >&2; exit 1; fi
 cp "$bin" "$out/cairn"
 strip --strip-all -o "$out/cairn.stripped" "$out/cairn"
@@ -43,9 +54,18 @@ cp "$out/bzImage" "$out/initrd.img" "$stage/boot/"
 cp "$root/initramfs/grub.cfg" "$stage/boot/grub/grub.cfg"
 find "$stage" -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
 rm -f "$out/cairn.iso"
+# grub-mkrescue makes the EFI system partition (a FAT image) with mformat/mcopy. mtools takes
+# its timestamps from SOURCE_DATE_EPOCH, but mformat picks a random volume serial number: a
+# wrapper first in PATH pins it (derived from SOURCE_DATE_EPOCH, so it is stable per commit).
+tools="$out/tools"
+mkdir -p "$tools"
+serial="$(printf %08x $((SOURCE_DATE_EPOCH & 0xffffffff)))"
+real_mformat="$(command -v mformat)"
+printf '#!/bin/sh\nexec %s -N %s "$@"\n' "$real_mformat" "$serial" > "$tools/mformat"
+chmod +x "$tools/mformat"
 # xorriso takes its dates from SOURCE_DATE_EPOCH; the volume UUID/date are pinned explicitly.
 vol_date="$(date -u -d "@$SOURCE_DATE_EPOCH" +%Y%m%d%H%M%S00)"
-grub-mkrescue -o "$out/cairn.iso" "$stage" -- \
+PATH="$tools:$PATH" grub-mkrescue -o "$out/cairn.iso" "$stage" -- \
   -volid CAIRN -volume_date uuid "$vol_date" -volume_date all_file_dates "=$SOURCE_DATE_EPOCH" \
   >"$out/grub-mkrescue.log" 2>&1 || { cat "$out/grub-mkrescue.log" >&2; exit 1; }
 size=$(stat -c %s "$out/cairn.iso")

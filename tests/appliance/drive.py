@@ -10,6 +10,11 @@ Scenarios (argv[1]):
             are unchanged afterwards (the boot medium is never written).
   pid1-fail direct kernel boot with cairn.fail_node=1 on disks configured by bios-cd: PID 1
             logs the failure and reboots cleanly (no kernel panic), twice in a row.
+  live      direct kernel boot on the disks configured by bios-cd, with an i6300esb watchdog:
+            network changes from the console menu applied without a reboot (static address:
+            the API moves to it; VLAN 42: tagged frames on the wire; back to DHCP); the node is
+            not reset while PID 1 kicks the watchdog (> 60 s), and is reset when a test hook
+            stops the kicks.
 Prints `ok: ...` lines; exits non-zero with `FAIL: ...` on the first failed check.
 Only 127.0.0.1 is used on the host side.
 """
@@ -58,17 +63,20 @@ def sha(path):
 
 
 class Vm:
-    def __init__(self, name, args, port):
+    def __init__(self, name, args, port, hostfwd_extra=""):
         self.name, self.port = name, port
         self.sock_path = os.path.join(OUT, f"{name}.serial")
         self.log_path = os.path.join(OUT, f"{name}.log")
-        if os.path.exists(self.sock_path):
-            os.unlink(self.sock_path)
+        self.mon_path = os.path.join(OUT, f"{name}.mon")
+        for p in (self.sock_path, self.mon_path):
+            if os.path.exists(p):
+                os.unlink(p)
         cmd = ["qemu-system-x86_64", "-machine", "q35", "-accel", "tcg", "-m", "1536", "-smp", "2",
-               "-display", "none", "-vga", "std", "-monitor", "none",
+               "-display", "none", "-vga", "std",
+               "-monitor", f"unix:{self.mon_path},server=on,wait=off",
                "-chardev", f"socket,id=ser0,path={self.sock_path},server=on,wait=on",
                "-serial", "chardev:ser0",
-               "-netdev", f"user,id=n0,hostfwd=tcp:127.0.0.1:{port}-:8443",
+               "-netdev", f"user,id=n0,hostfwd=tcp:127.0.0.1:{port}-:8443{hostfwd_extra}",
                "-device", "virtio-net-pci,netdev=n0"] + args
         self.qemu = subprocess.Popen(cmd, stdout=open(self.log_path + ".qemu", "w"), stderr=subprocess.STDOUT)
         deadline = time.time() + 20
@@ -121,6 +129,38 @@ class Vm:
         self.expect(re.escape(prompt), timeout)
         self.send(line)
 
+    def hmp(self, command, timeout=30):
+        """One QEMU human-monitor command; returns its output."""
+        m = socket.socket(socket.AF_UNIX)
+        m.connect(self.mon_path)
+        m.settimeout(timeout)
+        got = b""
+        try:
+            while not got.endswith(b"(qemu) "):
+                got += m.recv(65536)
+            m.sendall(command.encode() + b"\n")
+            got = b""
+            while not got.endswith(b"(qemu) "):
+                d = m.recv(1 << 20)
+                if not d:
+                    break
+                got += d
+        finally:
+            m.close()
+        return got.decode("latin-1")
+
+    def vga_text(self):
+        """The characters in the VGA text buffer (all 32 KiB vgacon scrolls through)."""
+        out = self.hmp("xp /16384hx 0xb8000")
+        chars = []
+        for line in out.splitlines():
+            mm = re.match(r"^\s*[0-9a-f]+:((?:\s+0x[0-9a-f]{4})+)", line.strip())
+            if mm:
+                for w in mm.group(1).split():
+                    c = int(w, 16) & 0xFF
+                    chars.append(chr(c) if 32 <= c < 127 else " ")
+        return "".join(chars)
+
     def stop(self):
         try:
             self.qemu.kill()
@@ -140,14 +180,14 @@ class Api:
         self.base = f"https://127.0.0.1:{port}/api/v1"
         self.csrf = ""
 
-    def call(self, method, path, body=None):
+    def call(self, method, path, body=None, timeout=30):
         data = None if body is None else json.dumps(body).encode()
         req = urllib.request.Request(self.base + path, data=data, method=method)
         req.add_header("Content-Type", "application/json")
         if self.csrf:
             req.add_header("X-CSRF-Token", self.csrf)
         try:
-            with self.op.open(req, timeout=30) as r:
+            with self.op.open(req, timeout=timeout) as r:
                 return r.status, json.loads(r.read() or b"null")
         except urllib.error.HTTPError as e:
             return e.code, json.loads(e.read() or b"null")
@@ -243,6 +283,13 @@ def bios_cd():
     try:
         vm.expect(r"Cairn \S+ starting as PID 1", 180, "PID 1 banner")
         ok(f"bios-cd: kernel + PID 1 up in {time.time() - vm.started:.1f} s")
+        vm.expect(r"Network link \[", 180, "the first wizard question")
+        screen = vm.vga_text()
+        for want in ("=== Cairn setup ===", "Disks:", "Network link ["):
+            if want not in screen:
+                fail(f"bios-cd: the VGA screen does not show {want!r}: {screen[-400:]!r}")
+        ok("bios-cd: the screen (VGA text console) shows the wizard too")
+        vm.pos = 0
         wizard(vm, True)
         vm.expect(r"network: eth0 10\.0\.2\.\d+/24", 60, "DHCP lease from slirp")
         ok("bios-cd: DHCP lease applied")
@@ -347,6 +394,105 @@ def pid1_fail():
         vm.stop()
 
 
+def pcap_vlan_frames(path, vid):
+    """Ethernet frames in a pcap file that carry an 802.1Q tag with `vid`."""
+    import struct
+    data = open(path, "rb").read()
+    if len(data) < 24:
+        return 0
+    endian = "<" if data[:4] == b"\xd4\xc3\xb2\xa1" else ">"
+    off, n = 24, 0
+    while off + 16 <= len(data):
+        incl = struct.unpack(endian + "I", data[off + 8:off + 12])[0]
+        frame = data[off + 16:off + 16 + incl]
+        if len(frame) >= 16 and frame[12:14] == b"\x81\x00" and \
+                (int.from_bytes(frame[14:16], "big") & 0xFFF) == vid:
+            n += 1
+        off += 16 + incl
+    return n
+
+
+def change_net(vm, vlan, address, want):
+    vm.expect(r"Choice: ", 60, "the menu")
+    vm.send("1")
+    vm.answer("Network link [", "", 30)
+    vm.answer("VLAN id (empty for none): ", vlan)
+    vm.answer("[dhcp]: ", address)
+    vm.expect(r"New network: .*\(applied now, without a reboot\)", 10)
+    vm.answer("Type yes to confirm: ", "yes")
+    m = vm.expect(r"(network applied: .*|error: .*)\n", 60, "the live network change")
+    if not re.match(want, m.group(1)):
+        fail(f"{vm.name}: network change gave {m.group(1)!r}, want {want!r}")
+    vm.expect(r"saved: the next boot uses it too", 30)
+    ok(f"{vm.name}: live network change -> {m.group(1)}")
+
+
+def api_down(port):
+    try:
+        Api(port).call("GET", "/health", timeout=5)
+    except Exception:
+        return True
+    return False
+
+
+def live():
+    d = [os.path.join(OUT, f"cd-nvme{i}.raw") for i in range(2)]
+    if not all(os.path.exists(p) for p in d):
+        fail("live needs the disks configured by bios-cd")
+    port, port_static = free_port(), free_port()
+    pcap = os.path.join(OUT, "live.pcap")
+    starve_after = 80
+    args = ["-kernel", KERNEL, "-initrd", INITRD,
+            "-append", f"console=ttyS0,115200 cairn.watchdog_starve_after={starve_after}",
+            "-device", "i6300esb", "-action", "watchdog=reset",
+            "-object", f"filter-dump,id=dump0,netdev=n0,file={pcap}"] + nvme(d[0], "n0") + nvme(d[1], "n1")
+    vm = Vm("live", args, port, f",hostfwd=tcp:127.0.0.1:{port_static}-10.0.2.20:8443")
+    try:
+        m = vm.expect(r"watchdog armed: (.*) \((/dev/watchdog\d+)\), timeout (\d+) s", 180, "the watchdog")
+        armed = time.time()
+        if "i6300ESB" not in m.group(1):
+            fail(f"live: PID 1 armed {m.group(1)!r}, not the i6300ESB")
+        ok(f"live: PID 1 armed the {m.group(1)} ({m.group(2)}, timeout {m.group(3)} s)")
+        vm.expect(r"configured node", 180)
+        Api(port).wait_health()
+        change_net(vm, "", "10.0.2.20/24 10.0.2.2 10.0.2.3", r"network applied: eth0 10\.0\.2\.20/24$")
+        api = Api(port_static)
+        api.wait_health(30)
+        if api.login(PASSWORD) != 200:
+            fail("live: login on the new static address failed")
+        if not api_down(port):
+            fail("live: the API still answers on the old DHCP address")
+        ok("live: the API moved to the static address without a reboot (old address gone)")
+        change_net(vm, "42", "10.0.42.2/24", r"network applied: eth0\.42 10\.0\.42\.2/24$")
+        time.sleep(4)  # the VLAN link's IPv6 start-up (DAD, router solicitation) goes out tagged
+        if not api_down(port_static):
+            fail("live: the API still answers on the untagged static address after the VLAN change")
+        change_net(vm, "", "dhcp", r"network applied: eth0 10\.0\.2\.15/24$")
+        Api(port).wait_health(30)
+        ok("live: back on DHCP without a reboot, the API answers again")
+        vlan_frames = pcap_vlan_frames(pcap, 42)
+        if vlan_frames == 0:
+            fail("live: no frame tagged with VLAN 42 reached the wire")
+        ok(f"live: {vlan_frames} frames tagged VLAN 42 on the wire")
+        while time.time() - armed < 65:
+            vm._read()
+        if vm.buf.count(" starting as PID 1") != 1:
+            fail("live: the node was reset while PID 1 was kicking the watchdog")
+        ok(f"live: no reset in {time.time() - armed:.0f} s while PID 1 kicks the watchdog")
+        vm.expect(r"watchdog: kicks stop now", starve_after, "the test hook stopping the kicks")
+        stopped = time.time()
+        vm.expect(r"Cairn \S+ starting as PID 1", 120, "a watchdog reset")
+        took = time.time() - stopped
+        if took < 10:
+            fail(f"live: the node restarted {took:.0f} s after the kicks stopped: not the watchdog")
+        ok(f"live: the i6300esb reset the starved node {took:.0f} s after the kicks stopped")
+        vm.expect(r"configured node", 180, "the node after the watchdog reset")
+        vm.expect(r"network: DHCP on eth0", 60, "the saved network after the reset")
+        ok("live: after the reset the node comes back with the last saved network")
+    finally:
+        vm.stop()
+
+
 def cpio_newc(entries):
     """entries: (name, mode, data_bytes, rdev_major, rdev_minor); fixed mtime/uid 0."""
     out = bytearray()
@@ -434,4 +580,4 @@ def bench():
 
 
 if __name__ == "__main__":
-    {"bios-cd": bios_cd, "uefi-usb": uefi_usb, "pid1-fail": pid1_fail, "bench": bench}[sys.argv[1]]()
+    {"bios-cd": bios_cd, "uefi-usb": uefi_usb, "pid1-fail": pid1_fail, "live": live, "bench": bench}[sys.argv[1]]()

@@ -4,6 +4,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use crate::power::{self, PowerAction};
@@ -150,26 +151,78 @@ pub fn spawn_signal_thread() {
         .unwrap_or_else(|e| logln!("cannot start the signal thread: {e}"));
 }
 
-/// Opens /dev/watchdog if the machine has one and kicks it every 10 s from a thread. The kicks
-/// stop when PID 1 hangs badly enough to starve this thread, and the hardware resets the box.
-pub fn start_watchdog() {
-    if std::fs::metadata("/dev/watchdog").is_err() {
+/// The timeout PID 1 asks the watchdog driver for, and how often it kicks.
+pub const WATCHDOG_TIMEOUT_S: i32 = 30;
+const WATCHDOG_KICK_EVERY: Duration = Duration::from_secs(5);
+
+/// The open watchdog device, kept so a halt can disarm it (a halted box must stay halted).
+static WATCHDOG: Mutex<Option<File>> = Mutex::new(None);
+
+/// Watchdog devices as (device path, identity), hardware ones first (the kernel's softdog only
+/// helps when PID 1 hangs, not when the kernel does).
+pub fn watchdog_devices() -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir("/sys/class/watchdog") else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        let identity = std::fs::read_to_string(e.path().join("identity"))
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default();
+        out.push((format!("/dev/{name}"), identity));
+    }
+    out.sort_by_key(|(dev, id)| (id == "Software Watchdog", dev.clone()));
+    out
+}
+
+/// Opens the best watchdog the machine has, sets its timeout to [`WATCHDOG_TIMEOUT_S`] and
+/// kicks it from a thread. The kicks stop when PID 1 hangs badly enough to starve this thread,
+/// and the hardware resets the box. `starve_after` (a test hook, `cairn.watchdog_starve_after`)
+/// stops the kicks after that many seconds to prove the reset really happens.
+pub fn start_watchdog(starve_after: Option<u64>) {
+    let Some((path, identity)) = watchdog_devices().into_iter().next() else {
         logln!("no hardware watchdog");
         return;
-    }
-    let mut dev = match OpenOptions::new().write(true).open("/dev/watchdog") {
+    };
+    let dev = match OpenOptions::new().write(true).open(&path) {
         Ok(f) => f,
         Err(e) => {
-            logln!("watchdog present but cannot be opened: {e}");
+            logln!("watchdog {identity} present but {path} cannot be opened: {e}");
             return;
         }
     };
-    logln!("watchdog armed (kicked every 10 s)");
+    let timeout = match sys::watchdog_set_timeout(dev.as_raw_fd(), WATCHDOG_TIMEOUT_S) {
+        Ok(t) => format!("{t} s"),
+        Err(e) => format!("driver default (setting {WATCHDOG_TIMEOUT_S} s: {e})"),
+    };
+    *WATCHDOG.lock().unwrap_or_else(|p| p.into_inner()) = Some(dev);
+    logln!(
+        "watchdog armed: {identity} ({path}), timeout {timeout}, kicked every {} s",
+        WATCHDOG_KICK_EVERY.as_secs()
+    );
+    let started = std::time::Instant::now();
     let _ = std::thread::Builder::new()
         .name("pid1-watchdog".into())
         .spawn(move || loop {
-            use std::io::Write;
-            let _ = dev.write_all(b"k");
-            std::thread::sleep(Duration::from_secs(10));
+            if starve_after.is_some_and(|s| started.elapsed() >= Duration::from_secs(s)) {
+                logln!("watchdog: kicks stop now (cairn.watchdog_starve_after test hook)");
+                return;
+            }
+            // Through the one shared descriptor: a halt closes it, and only the last close of
+            // the device disarms it.
+            if let Some(f) = WATCHDOG.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+                use std::io::Write;
+                let _ = f.write_all(b"k");
+            }
+            std::thread::sleep(WATCHDOG_KICK_EVERY);
         });
+}
+
+/// Disarms the watchdog (the magic close 'V'), for a halt: nothing kicks it any more.
+pub fn disarm_watchdog() {
+    if let Some(mut f) = WATCHDOG.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        use std::io::Write;
+        let _ = f.write_all(b"V");
+    }
 }

@@ -4,6 +4,8 @@
 //! - `cairn.on_fatal=reboot|halt` — what PID 1 does after a fatal error (default reboot).
 //! - `cairn.fail_node=1` — test hook: the node service fails at once (proves PID 1 recovers).
 //! - `cairn.wizard=0` — skip the first-boot wizard (the node waits, configured by nothing).
+//! - `cairn.watchdog_starve_after=S` — test hook: PID 1 stops kicking the watchdog after S
+//!   seconds (1..=86400), which proves the hardware watchdog really resets a hung node.
 
 /// What to do after a fatal error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,6 +20,7 @@ pub struct Cmdline {
     pub on_fatal: OnFatal,
     pub fail_node: bool,
     pub wizard: bool,
+    pub watchdog_starve_after: Option<u64>,
 }
 
 impl Default for Cmdline {
@@ -26,6 +29,7 @@ impl Default for Cmdline {
             on_fatal: OnFatal::Reboot,
             fail_node: false,
             wizard: true,
+            watchdog_starve_after: None,
         }
     }
 }
@@ -40,6 +44,9 @@ impl Cmdline {
                 ("cairn.on_fatal", "reboot") => c.on_fatal = OnFatal::Reboot,
                 ("cairn.fail_node", "1" | "") => c.fail_node = true,
                 ("cairn.wizard", "0") => c.wizard = false,
+                ("cairn.watchdog_starve_after", s) => {
+                    c.watchdog_starve_after = s.parse().ok().filter(|s| (1..=86_400).contains(s));
+                }
                 _ => {}
             }
         }
@@ -64,6 +71,13 @@ mod tests {
         assert_eq!(c.on_fatal, OnFatal::Halt);
         assert!(c.fail_node);
         assert!(c.wizard);
+        assert_eq!(c.watchdog_starve_after, None);
+        let w = Cmdline::parse("cairn.watchdog_starve_after=75");
+        assert_eq!(w.watchdog_starve_after, Some(75));
+        for bad in ["0", "x", "86401", ""] {
+            let w = Cmdline::parse(&format!("cairn.watchdog_starve_after={bad}"));
+            assert_eq!(w.watchdog_starve_after, None, "{bad}");
+        }
         let d = Cmdline::parse("cairn.on_fatal=explode cairn.wizard=0");
         assert_eq!(d.on_fatal, OnFatal::Reboot);
         assert!(!d.fail_node);

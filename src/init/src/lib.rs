@@ -17,6 +17,7 @@ pub mod log;
 mod menu;
 pub mod net;
 pub mod netlink;
+pub mod netlive;
 pub mod power;
 pub mod record;
 pub mod service;
@@ -74,7 +75,7 @@ pub fn pid1_main() -> ! {
     }
     init_tracing();
     boot::spawn_signal_thread();
-    boot::start_watchdog();
+    boot::start_watchdog(cmd.watchdog_starve_after);
     net::loopback_up();
     boot::set_hostname("cairn");
     let mut term = console::ConsoleTerm::start(consoles);
@@ -145,13 +146,9 @@ pub fn pid1_main() -> ! {
         },
     };
     boot::set_hostname(&rec.hostname);
-    let net_status = match net::apply(&rec.net, DHCP_TIMEOUT) {
-        Ok(s) => Some(s),
-        Err(e) => {
-            logln!("network: {e} (the node starts anyway; fix it from the menu)");
-            None
-        }
-    };
+    if let Err(e) = net::apply(&rec.net, DHCP_TIMEOUT) {
+        logln!("network: {e} (the node starts anyway; fix it from the menu)");
+    }
     let (svc_rec, fail, on_fatal) = (rec.clone(), cmd.fail_node, cmd.on_fatal);
     let spawned = std::thread::Builder::new()
         .name("node-service".into())
@@ -173,7 +170,7 @@ pub fn pid1_main() -> ! {
             cmd.on_fatal,
         );
     }
-    menu::run(&mut term, &rec, net_status)
+    menu::run(&mut term, &rec)
 }
 
 /// Waits forever (signals still work: the signal thread reboots or powers off).

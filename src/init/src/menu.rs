@@ -4,16 +4,19 @@
 
 use std::time::Duration;
 
-use crate::net::NetStatus;
+/// How long a network change waits for a DHCP lease before it restores the previous network.
+const NET_CHANGE_DHCP_TIMEOUT: Duration = Duration::from_secs(20);
+
+use crate::net;
 use crate::power::{self, PowerAction};
 use crate::record::NodeRecord;
 use crate::wizard::{ask_network, Term};
 use crate::{hw, log, logln, service};
 
-fn status(t: &mut dyn Term, rec: &NodeRecord, net: &Option<NetStatus>) {
+fn status(t: &mut dyn Term, rec: &NodeRecord) {
     t.say("");
     t.say(&format!("=== Cairn node {} ===", rec.hostname));
-    match net.as_ref().and_then(|n| n.addr) {
+    match net::status().and_then(|n| n.addr) {
         Some((a, _)) => t.say(&format!("UI: https://{a}:{}/", service::API_PORT)),
         None => t.say("UI: no network address (choose 1 to set up the network)"),
     }
@@ -58,10 +61,45 @@ fn confirm(t: &mut dyn Term, what: &str) -> bool {
     )
 }
 
+/// Asks for a new network configuration and, once confirmed, applies it live (the previous one
+/// comes back if the new one fails) and then stores it in the record for the next boots.
+fn change_network(t: &mut dyn Term) {
+    let inv = hw::inventory();
+    let Ok(n) = ask_network(t, &inv) else {
+        t.say("Nothing was changed.");
+        return;
+    };
+    t.say(&format!("New network: {n} (applied now, without a reboot)"));
+    if !confirm(t, "Apply it?") {
+        t.say("Nothing was changed.");
+        return;
+    }
+    match net::replace(&n, NET_CHANGE_DHCP_TIMEOUT) {
+        Ok(s) => {
+            let at = s
+                .addr
+                .map(|(a, p)| format!("{a}/{p}"))
+                .unwrap_or_else(|| "no address".into());
+            t.say(&format!("network applied: {} {at}", s.link));
+        }
+        Err(e) => {
+            t.say(&format!("error: {e}"));
+            t.say("The stored configuration was not changed.");
+            return;
+        }
+    }
+    match service::update_record(|r| r.net = n) {
+        Ok(()) => t.say("saved: the next boot uses it too."),
+        Err(e) => t.say(&format!(
+            "error: applied but not saved ({e}); the next boot uses the previous configuration"
+        )),
+    }
+}
+
 /// Runs the menu forever.
-pub fn run(t: &mut dyn Term, rec: &NodeRecord, net: Option<NetStatus>) -> ! {
+pub fn run(t: &mut dyn Term, rec: &NodeRecord) -> ! {
     loop {
-        status(t, rec, &net);
+        status(t, rec);
         let Some(choice) = t.ask("Choice: ") else {
             // No console input: keep the service running, re-check now and then.
             std::thread::sleep(Duration::from_secs(60));
@@ -69,29 +107,7 @@ pub fn run(t: &mut dyn Term, rec: &NodeRecord, net: Option<NetStatus>) -> ! {
         };
         match choice.trim() {
             "" => {}
-            "1" => {
-                let inv = hw::inventory();
-                match ask_network(t, &inv) {
-                    Ok(n) => {
-                        t.say(&format!("New network: {n} (applied at the next boot)"));
-                        if confirm(t, "Save it?") {
-                            match service::update_record(|r| r.net = n) {
-                                Ok(()) => {
-                                    t.say("saved.");
-                                    if confirm(t, "Reboot now to apply it?") {
-                                        service::stop_node(Duration::from_secs(20));
-                                        power::finish(PowerAction::Reboot);
-                                    }
-                                }
-                                Err(e) => t.say(&format!("error: {e}")),
-                            }
-                        } else {
-                            t.say("Nothing was changed.");
-                        }
-                    }
-                    Err(_) => t.say("Nothing was changed."),
-                }
-            }
+            "1" => change_network(t),
             "2" => {
                 for l in log::recent(0, 50) {
                     t.say(&l.text);

@@ -1,16 +1,10 @@
 //! The node's network configuration: what the wizard asks for (DHCP or a static IPv4 address,
-//! optional VLAN), its validation, and applying it with netlink (+ DHCP). DNS servers go to
-//! /run/resolv.conf for the node's own use. Must never apply an invalid configuration, and never
-//! touch a link other than the chosen one (and loopback).
-
-use std::fmt;
-use std::net::Ipv4Addr;
-use std::time::Duration;
+//! optional VLAN) and its validation. Applying it lives in `netlive`. Must never let an invalid
+//! configuration through.
 
 use serde::{Deserialize, Serialize};
-
-use crate::netlink::{if_index, Netlink};
-use crate::{dhcp, logln};
+use std::fmt;
+use std::net::Ipv4Addr;
 
 /// How the address is obtained.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -141,136 +135,7 @@ pub fn parse_vlan(s: &str) -> Result<Option<u16>, String> {
         .ok_or_else(|| format!("VLAN id {s:?} must be a number from 1 to 4094 (or empty for none)"))
 }
 
-/// What the network ended up as (for the status screen).
-#[derive(Debug, Clone, Default)]
-pub struct NetStatus {
-    pub link: String,
-    pub addr: Option<(Ipv4Addr, u8)>,
-    pub gateway: Option<Ipv4Addr>,
-    pub dns: Vec<Ipv4Addr>,
-}
-
-fn write_resolv(dns: &[Ipv4Addr]) {
-    let mut s = String::from("# written by cairn PID 1\n");
-    for d in dns.iter().take(3) {
-        s.push_str(&format!("nameserver {d}\n"));
-    }
-    if let Err(e) = std::fs::write("/run/resolv.conf", s) {
-        logln!("cannot write /run/resolv.conf: {e}");
-    }
-}
-
-fn apply_addr(
-    nl: &mut Netlink,
-    index: u32,
-    link: &str,
-    addr: Ipv4Addr,
-    prefix: u8,
-    gw: Option<Ipv4Addr>,
-    dns: &[Ipv4Addr],
-) -> Result<NetStatus, String> {
-    nl.add_addr(index, addr, prefix)
-        .map_err(|e| format!("{link}: add address {addr}/{prefix}: {e}"))?;
-    if let Some(g) = gw {
-        nl.add_default_route(index, g)
-            .map_err(|e| format!("{link}: default route via {g}: {e}"))?;
-    }
-    write_resolv(dns);
-    logln!("network: {link} {addr}/{prefix} gateway {gw:?} dns {dns:?}");
-    Ok(NetStatus {
-        link: link.to_string(),
-        addr: Some((addr, prefix)),
-        gateway: gw,
-        dns: dns.to_vec(),
-    })
-}
-
-/// Brings loopback up (always wanted, also before the wizard).
-pub fn loopback_up() {
-    let r = Netlink::open().and_then(|mut nl| nl.link_up(if_index("lo")?));
-    if let Err(e) = r {
-        logln!("loopback: {e}");
-    }
-}
-
-/// Applies `cfg`: link up, VLAN, then static address or DHCP (waits up to `dhcp_timeout` for
-/// the first lease; renewals continue in a background thread).
-pub fn apply(cfg: &NetConfig, dhcp_timeout: Duration) -> Result<NetStatus, String> {
-    let mut nl = Netlink::open().map_err(|e| format!("netlink: {e}"))?;
-    let parent = if_index(&cfg.iface).map_err(|e| format!("no link {}: {e}", cfg.iface))?;
-    nl.link_up(parent)
-        .map_err(|e| format!("{}: link up: {e}", cfg.iface))?;
-    let link = match cfg.vlan {
-        None => cfg.iface.clone(),
-        Some(vid) => {
-            let name = format!("{}.{vid}", cfg.iface);
-            if if_index(&name).is_err() {
-                nl.add_vlan(parent, &name, vid)
-                    .map_err(|e| format!("create VLAN {name}: {e}"))?;
-            }
-            let idx = if_index(&name).map_err(|e| format!("{name}: {e}"))?;
-            nl.link_up(idx)
-                .map_err(|e| format!("{name}: link up: {e}"))?;
-            name
-        }
-    };
-    let index = if_index(&link).map_err(|e| format!("{link}: {e}"))?;
-    match &cfg.mode {
-        NetMode::Static {
-            addr,
-            prefix,
-            gateway,
-            dns,
-        } => apply_addr(&mut nl, index, &link, *addr, *prefix, *gateway, dns),
-        NetMode::Dhcp => {
-            logln!("network: DHCP on {link}");
-            // The smoltcp device is not Send: the client lives on its own thread for good
-            // (renewals), and hands the first lease back here.
-            let (tx, rx) = std::sync::mpsc::channel::<Result<NetStatus, String>>();
-            let thread_link = link.clone();
-            std::thread::Builder::new()
-                .name("dhcp".into())
-                .spawn(move || dhcp_thread(thread_link, index, tx))
-                .map_err(|e| format!("dhcp thread: {e}"))?;
-            rx.recv_timeout(dhcp_timeout + Duration::from_secs(1))
-                .map_err(|_| format!("{link}: no DHCP lease within {} s", dhcp_timeout.as_secs()))?
-        }
-    }
-}
-
-fn dhcp_thread(
-    link: String,
-    index: u32,
-    first: std::sync::mpsc::Sender<Result<NetStatus, String>>,
-) {
-    let setup = Netlink::open()
-        .map_err(|e| format!("netlink: {e}"))
-        .and_then(|nl| Ok((nl, dhcp::Client::new(&link)?)));
-    let (mut nl, mut client) = match setup {
-        Ok(x) => x,
-        Err(e) => {
-            let _ = first.send(Err(e));
-            return;
-        }
-    };
-    let mut first = Some(first);
-    loop {
-        match client.next_event(Duration::from_secs(3600)) {
-            Ok(Some(l)) => {
-                let r = apply_addr(&mut nl, index, &link, l.addr, l.prefix, l.router, &l.dns);
-                if let Some(tx) = first.take() {
-                    let _ = tx.send(r);
-                }
-            }
-            // smoltcp reports "deconfigured" once at start too; only a real loss is news.
-            Ok(None) if first.is_none() => {
-                logln!("network: DHCP lease lost on {link}; still trying")
-            }
-            Ok(None) => {}
-            Err(_) => {}
-        }
-    }
-}
+pub use crate::netlive::{apply, loopback_up, replace, status, NetStatus};
 
 #[cfg(test)]
 mod tests {

@@ -1,5 +1,5 @@
-//! rtnetlink over a raw NETLINK_ROUTE socket: bring links up, create VLAN links, add IPv4
-//! addresses and the default route. Owns the message encoding (a handful of fixed structs and
+//! rtnetlink over a raw NETLINK_ROUTE socket: bring links up, create and delete VLAN links, add
+//! and remove IPv4 addresses and the default route. Owns the message encoding (a handful of fixed structs and
 //! attributes, built by hand to keep dependencies small). Must never assume a request worked
 //! without the kernel's ACK.
 
@@ -14,8 +14,11 @@ const NLM_F_REPLACE: u16 = 0x100;
 const NLM_F_EXCL: u16 = 0x200;
 const NLM_F_CREATE: u16 = 0x400;
 const RTM_NEWLINK: u16 = 16;
+const RTM_DELLINK: u16 = 17;
 const RTM_NEWADDR: u16 = 20;
+const RTM_DELADDR: u16 = 21;
 const RTM_NEWROUTE: u16 = 24;
+const RTM_DELROUTE: u16 = 25;
 const IFLA_IFNAME: u16 = 3;
 const IFLA_LINK: u16 = 5;
 const IFLA_LINKINFO: u16 = 18;
@@ -190,46 +193,89 @@ impl Netlink {
 
     /// Adds an IPv4 address with its broadcast address (replacing an identical one).
     pub fn add_addr(&mut self, index: u32, addr: Ipv4Addr, prefix: u8) -> io::Result<()> {
-        let mut m = Msg::new(RTM_NEWADDR, NLM_F_CREATE | NLM_F_REPLACE, 0);
-        let mut fixed = [0u8; 8];
-        fixed[0] = libc::AF_INET as u8;
-        fixed[1] = prefix;
-        fixed[4..8].copy_from_slice(&index.to_ne_bytes());
-        let mask = if prefix == 0 {
-            0
-        } else {
-            u32::MAX << (32 - u32::from(prefix.min(32)))
-        };
-        let bcast = Ipv4Addr::from(u32::from(addr) | !mask);
-        m.raw(&fixed)
-            .attr(IFA_LOCAL, &addr.octets())
-            .attr(IFA_ADDRESS, &addr.octets())
-            .attr(IFA_BROADCAST, &bcast.octets());
+        let m = addr_msg(
+            RTM_NEWADDR,
+            NLM_F_CREATE | NLM_F_REPLACE,
+            index,
+            addr,
+            prefix,
+        );
         self.request(m)
+    }
+
+    /// Removes an IPv4 address from a link.
+    pub fn del_addr(&mut self, index: u32, addr: Ipv4Addr, prefix: u8) -> io::Result<()> {
+        self.request(addr_msg(RTM_DELADDR, 0, index, addr, prefix))
     }
 
     /// Adds (or replaces) the default route via `gw` on link `index`.
     pub fn add_default_route(&mut self, index: u32, gw: Ipv4Addr) -> io::Result<()> {
-        let mut m = Msg::new(RTM_NEWROUTE, NLM_F_CREATE | NLM_F_REPLACE, 0);
-        let mut fixed = [0u8; 12];
-        fixed[0] = libc::AF_INET as u8;
-        fixed[4] = libc::RT_TABLE_MAIN;
-        fixed[5] = libc::RTPROT_BOOT;
-        fixed[6] = libc::RT_SCOPE_UNIVERSE;
-        fixed[7] = libc::RTN_UNICAST;
-        m.raw(&fixed)
-            .attr(RTA_GATEWAY, &gw.octets())
-            .attr(RTA_OIF, &index.to_ne_bytes());
+        self.request(route_msg(
+            RTM_NEWROUTE,
+            NLM_F_CREATE | NLM_F_REPLACE,
+            index,
+            gw,
+        ))
+    }
+
+    /// Removes the default route via `gw` on link `index`.
+    pub fn del_default_route(&mut self, index: u32, gw: Ipv4Addr) -> io::Result<()> {
+        self.request(route_msg(RTM_DELROUTE, 0, index, gw))
+    }
+
+    /// Deletes a link (used for VLAN links this node created; its addresses and routes go too).
+    pub fn del_link(&mut self, index: u32) -> io::Result<()> {
+        let mut m = Msg::new(RTM_DELLINK, 0, 0);
+        m.raw(&ifinfomsg(index as i32, 0, 0));
         self.request(m)
     }
 }
 
-/// Interface index from sysfs.
+fn addr_msg(kind: u16, flags: u16, index: u32, addr: Ipv4Addr, prefix: u8) -> Msg {
+    let mut m = Msg::new(kind, flags, 0);
+    let mut fixed = [0u8; 8];
+    fixed[0] = libc::AF_INET as u8;
+    fixed[1] = prefix;
+    fixed[4..8].copy_from_slice(&index.to_ne_bytes());
+    let mask = if prefix == 0 {
+        0
+    } else {
+        u32::MAX << (32 - u32::from(prefix.min(32)))
+    };
+    let bcast = Ipv4Addr::from(u32::from(addr) | !mask);
+    m.raw(&fixed)
+        .attr(IFA_LOCAL, &addr.octets())
+        .attr(IFA_ADDRESS, &addr.octets())
+        .attr(IFA_BROADCAST, &bcast.octets());
+    m
+}
+
+fn route_msg(kind: u16, flags: u16, index: u32, gw: Ipv4Addr) -> Msg {
+    let mut m = Msg::new(kind, flags, 0);
+    let mut fixed = [0u8; 12];
+    fixed[0] = libc::AF_INET as u8;
+    fixed[4] = libc::RT_TABLE_MAIN;
+    fixed[5] = libc::RTPROT_BOOT;
+    fixed[6] = libc::RT_SCOPE_UNIVERSE;
+    fixed[7] = libc::RTN_UNICAST;
+    m.raw(&fixed)
+        .attr(RTA_GATEWAY, &gw.octets())
+        .attr(RTA_OIF, &index.to_ne_bytes());
+    m
+}
+
+/// Interface index of a link in the calling thread's network namespace (if_nametoindex, not
+/// sysfs: /sys shows the namespace it was mounted in, which need not be ours).
 pub fn if_index(name: &str) -> io::Result<u32> {
-    let s = std::fs::read_to_string(format!("/sys/class/net/{name}/ifindex"))?;
-    s.trim()
-        .parse()
-        .map_err(|_| io::Error::other(format!("bad ifindex for {name}")))
+    let c = std::ffi::CString::new(name)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "link name with a NUL byte"))?;
+    // SAFETY: `c` is a valid NUL-terminated string for the duration of the call.
+    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if i == 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(i)
+    }
 }
 
 #[cfg(test)]

@@ -34,6 +34,10 @@ pub fn finish(action: PowerAction) -> ! {
         park();
     }
     logln!("system going down: {action:?}");
+    if action == PowerAction::Halt {
+        // A halted machine must stay halted, not be reset by the watchdog a minute later.
+        crate::boot::disarm_watchdog();
+    }
     sys::sync();
     for m in UNMOUNT_ORDER {
         // MNT_DETACH: a busy mount must not stop the reboot; the sync above made data durable.

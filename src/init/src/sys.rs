@@ -196,3 +196,14 @@ pub fn block_size_bytes(fd: RawFd) -> io::Result<u64> {
     check(unsafe { libc::ioctl(fd, BLKGETSIZE64 as _, &mut size) })?;
     Ok(size)
 }
+
+/// Sets a watchdog device's timeout (WDIOC_SETTIMEOUT) and returns the timeout the driver
+/// actually chose (drivers round or clamp it).
+pub fn watchdog_set_timeout(fd: RawFd, secs: i32) -> io::Result<i32> {
+    // _IOWR('W', 6, int) from <linux/watchdog.h>.
+    const WDIOC_SETTIMEOUT: u64 = 0xC004_5706;
+    let mut t: libc::c_int = secs;
+    // SAFETY: the ioctl reads and writes one c_int, which `t` is, valid for the call.
+    check(unsafe { libc::ioctl(fd, WDIOC_SETTIMEOUT as _, &mut t) })?;
+    Ok(t)
+}

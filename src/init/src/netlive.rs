@@ -1,0 +1,294 @@
+//! Applying the management network to the kernel, and replacing it live (no reboot): parent link
+//! up, VLAN link, static address or DHCP (a smoltcp client thread), default route, and the
+//! node's resolver file. Owns the record of what this node applied, so that exactly that can be
+//! taken down again.
+//!
+//! Must never touch an address, route or link it did not create (other than bringing the chosen
+//! parent link up), and must never leave a running node with neither configuration: when a new
+//! one cannot be applied, the previous one is restored.
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+use crate::net::{NetConfig, NetMode};
+use crate::netlink::{if_index, Netlink};
+use crate::{dhcp, logln};
+
+/// What the network is now (for the status screen).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NetStatus {
+    pub link: String,
+    pub addr: Option<(Ipv4Addr, u8)>,
+    pub gateway: Option<Ipv4Addr>,
+    pub dns: Vec<Ipv4Addr>,
+}
+
+/// What this node put into the kernel.
+#[derive(Debug)]
+struct Applied {
+    cfg: NetConfig,
+    link: String,
+    index: u32,
+    /// The VLAN link was created here (and is deleted when the configuration goes).
+    created_vlan: bool,
+    addr: Option<(Ipv4Addr, u8)>,
+    gateway: Option<Ipv4Addr>,
+    dns: Vec<Ipv4Addr>,
+}
+
+impl Applied {
+    fn status(&self) -> NetStatus {
+        NetStatus {
+            link: self.link.clone(),
+            addr: self.addr,
+            gateway: self.gateway,
+            dns: self.dns.clone(),
+        }
+    }
+}
+
+static APPLIED: Mutex<Option<Applied>> = Mutex::new(None);
+/// Serializes whole replacements (take down + bring up + maybe restore).
+static REPLACING: Mutex<()> = Mutex::new(());
+/// The DHCP thread whose number this is may apply leases; every other one stops.
+static DHCP_GENERATION: AtomicU64 = AtomicU64::new(0);
+static RESOLV_PATH: OnceLock<PathBuf> = OnceLock::new();
+
+fn applied() -> std::sync::MutexGuard<'static, Option<Applied>> {
+    APPLIED.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Where DNS servers are written (default /run/resolv.conf; tests point it elsewhere). Only the
+/// first call has an effect.
+pub fn set_resolv_path(p: PathBuf) {
+    let _ = RESOLV_PATH.set(p);
+}
+
+fn write_resolv(dns: &[Ipv4Addr]) {
+    let path = RESOLV_PATH.get_or_init(|| PathBuf::from("/run/resolv.conf"));
+    let mut s = String::from("# written by cairn PID 1\n");
+    for d in dns.iter().take(3) {
+        s.push_str(&format!("nameserver {d}\n"));
+    }
+    if let Err(e) = std::fs::write(path, s) {
+        logln!("cannot write {}: {e}", path.display());
+    }
+}
+
+/// The network as applied now; `None` before the first configuration.
+pub fn status() -> Option<NetStatus> {
+    applied().as_ref().map(Applied::status)
+}
+
+/// Brings loopback up (always wanted, also before the wizard).
+pub fn loopback_up() {
+    let r = Netlink::open().and_then(|mut nl| nl.link_up(if_index("lo")?));
+    if let Err(e) = r {
+        logln!("loopback: {e}");
+    }
+}
+
+/// Applies the first configuration at boot. With DHCP, waits up to `dhcp_timeout` for the
+/// first lease; if none comes the client keeps trying in the background (renewals too).
+pub fn apply(cfg: &NetConfig, dhcp_timeout: Duration) -> Result<NetStatus, String> {
+    replace(cfg, dhcp_timeout)
+}
+
+/// Replaces whatever configuration is applied with `cfg`, live. If `cfg` cannot be applied
+/// (missing link, the kernel refuses, no DHCP lease within `dhcp_timeout`), it is taken down
+/// again and the previous configuration is restored; the error says so.
+pub fn replace(cfg: &NetConfig, dhcp_timeout: Duration) -> Result<NetStatus, String> {
+    let _one = REPLACING.lock().unwrap_or_else(|p| p.into_inner());
+    let old = take_down();
+    let err = match bring_up(cfg, dhcp_timeout) {
+        Ok(s) => return Ok(s),
+        Err(e) => e,
+    };
+    // At boot there is nothing to go back to: leave DHCP trying.
+    let Some(old) = old else { return Err(err) };
+    take_down();
+    logln!("network: {err}; restoring {old}");
+    match bring_up(&old, dhcp_timeout) {
+        Ok(_) => Err(format!("{err} (the previous configuration was restored)")),
+        Err(e2) => Err(format!(
+            "{err}; restoring the previous configuration failed too: {e2}"
+        )),
+    }
+}
+
+/// Removes what this node applied (stops DHCP, deletes the address and route, or the VLAN link
+/// with everything on it). Returns the configuration that was applied.
+fn take_down() -> Option<NetConfig> {
+    DHCP_GENERATION.fetch_add(1, Ordering::SeqCst);
+    let a = applied().take()?;
+    let r = Netlink::open().and_then(|mut nl| {
+        if a.created_vlan {
+            return nl.del_link(a.index);
+        }
+        if let Some(g) = a.gateway {
+            ignore_gone(nl.del_default_route(a.index, g))?;
+        }
+        if let Some((ip, p)) = a.addr {
+            ignore_gone(nl.del_addr(a.index, ip, p))?;
+        }
+        Ok(())
+    });
+    match r {
+        Ok(()) => logln!("network: {} taken down from {}", a.cfg, a.link),
+        Err(e) => logln!("network: taking down {} on {}: {e}", a.cfg, a.link),
+    }
+    Some(a.cfg)
+}
+
+/// Deleting something already gone (the kernel drops routes with their address) is fine.
+fn ignore_gone(r: std::io::Result<()>) -> std::io::Result<()> {
+    match r {
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ESRCH | libc::EADDRNOTAVAIL)) => Ok(()),
+        r => r,
+    }
+}
+
+fn bring_up(cfg: &NetConfig, dhcp_timeout: Duration) -> Result<NetStatus, String> {
+    let mut nl = Netlink::open().map_err(|e| format!("netlink: {e}"))?;
+    let parent = if_index(&cfg.iface).map_err(|e| format!("no link {}: {e}", cfg.iface))?;
+    nl.link_up(parent)
+        .map_err(|e| format!("{}: link up: {e}", cfg.iface))?;
+    let (link, created_vlan) = match cfg.vlan {
+        None => (cfg.iface.clone(), false),
+        Some(vid) => {
+            let name = format!("{}.{vid}", cfg.iface);
+            let created = if if_index(&name).is_err() {
+                nl.add_vlan(parent, &name, vid)
+                    .map_err(|e| format!("create VLAN {name}: {e}"))?;
+                true
+            } else {
+                false
+            };
+            (name, created)
+        }
+    };
+    let index = if_index(&link).map_err(|e| format!("{link}: {e}"))?;
+    // Recorded before anything else can fail, so a failure is taken down completely.
+    *applied() = Some(Applied {
+        cfg: cfg.clone(),
+        link: link.clone(),
+        index,
+        created_vlan,
+        addr: None,
+        gateway: None,
+        dns: Vec::new(),
+    });
+    nl.link_up(index)
+        .map_err(|e| format!("{link}: link up: {e}"))?;
+    match &cfg.mode {
+        NetMode::Static {
+            addr,
+            prefix,
+            gateway,
+            dns,
+        } => {
+            let mut g = applied();
+            let a = g.as_mut().ok_or("network: configuration vanished")?;
+            set_addr(&mut nl, a, *addr, *prefix, *gateway, dns)
+        }
+        NetMode::Dhcp => {
+            logln!("network: DHCP on {link}");
+            let generation = DHCP_GENERATION.fetch_add(1, Ordering::SeqCst) + 1;
+            // The smoltcp device is not Send: the client lives on its own thread (renewals),
+            // and hands the first lease back here.
+            let (tx, rx) = std::sync::mpsc::channel::<Result<NetStatus, String>>();
+            let thread_link = link.clone();
+            std::thread::Builder::new()
+                .name("dhcp".into())
+                .spawn(move || dhcp_thread(thread_link, index, generation, tx))
+                .map_err(|e| format!("dhcp thread: {e}"))?;
+            rx.recv_timeout(dhcp_timeout + Duration::from_secs(1))
+                .map_err(|_| format!("{link}: no DHCP lease within {} s", dhcp_timeout.as_secs()))?
+        }
+    }
+}
+
+/// Puts `addr/prefix` (and the default route via `gw`) on the applied link, replacing the
+/// address and route it had, and records them.
+fn set_addr(
+    nl: &mut Netlink,
+    a: &mut Applied,
+    addr: Ipv4Addr,
+    prefix: u8,
+    gw: Option<Ipv4Addr>,
+    dns: &[Ipv4Addr],
+) -> Result<NetStatus, String> {
+    let link = a.link.clone();
+    if let Some(old_gw) = a.gateway.filter(|g| Some(*g) != gw) {
+        let _ = ignore_gone(nl.del_default_route(a.index, old_gw));
+        a.gateway = None;
+    }
+    if let Some((old, p)) = a.addr.filter(|o| *o != (addr, prefix)) {
+        let _ = ignore_gone(nl.del_addr(a.index, old, p));
+        a.addr = None;
+    }
+    nl.add_addr(a.index, addr, prefix)
+        .map_err(|e| format!("{link}: add address {addr}/{prefix}: {e}"))?;
+    a.addr = Some((addr, prefix));
+    if let Some(g) = gw {
+        nl.add_default_route(a.index, g)
+            .map_err(|e| format!("{link}: default route via {g}: {e}"))?;
+        a.gateway = Some(g);
+    }
+    a.dns = dns.to_vec();
+    write_resolv(dns);
+    logln!("network: {link} {addr}/{prefix} gateway {gw:?} dns {dns:?}");
+    Ok(a.status())
+}
+
+fn dhcp_thread(
+    link: String,
+    index: u32,
+    generation: u64,
+    first: std::sync::mpsc::Sender<Result<NetStatus, String>>,
+) {
+    let current = || DHCP_GENERATION.load(Ordering::SeqCst) == generation;
+    let setup = Netlink::open()
+        .map_err(|e| format!("netlink: {e}"))
+        .and_then(|nl| Ok((nl, dhcp::Client::new(&link)?)));
+    let (mut nl, mut client) = match setup {
+        Ok(x) => x,
+        Err(e) => {
+            let _ = first.send(Err(e));
+            return;
+        }
+    };
+    let mut first = Some(first);
+    loop {
+        if !current() {
+            logln!("network: DHCP client on {link} stopped");
+            return;
+        }
+        // Short slices, so a replaced configuration stops this thread within a second.
+        match client.next_event(Duration::from_secs(1)) {
+            Ok(Some(l)) => {
+                let mut g = applied();
+                // Checked under the lock take_down() also holds: a stale client never applies.
+                let a = match g.as_mut() {
+                    Some(a) if current() && a.index == index => a,
+                    _ => return,
+                };
+                let r = set_addr(&mut nl, a, l.addr, l.prefix, l.router, &l.dns);
+                drop(g);
+                if let Some(tx) = first.take() {
+                    let _ = tx.send(r);
+                } else if let Err(e) = r {
+                    logln!("network: applying a renewed lease: {e}");
+                }
+            }
+            // smoltcp reports "deconfigured" once at start too; only a real loss is news.
+            Ok(None) if first.is_none() => {
+                logln!("network: DHCP lease lost on {link}; still trying")
+            }
+            Ok(None) | Err(_) => {}
+        }
+    }
+}
