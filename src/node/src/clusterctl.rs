@@ -64,6 +64,7 @@ impl NodeController {
         size_bytes: u64,
     ) -> Result<VdiskView, ControlError> {
         let engine = &self.inner.engine;
+        let _g = self.inner.cluster.vdisk_lock.lock().await;
         self.inner
             .cluster
             .reserve_vdisk(name, size_bytes, None, |n| engine.vdisk(n).is_ok())
@@ -84,6 +85,7 @@ impl NodeController {
         name: &str,
     ) -> Result<VdiskView, ControlError> {
         let engine = &self.inner.engine;
+        let _g = self.inner.cluster.vdisk_lock.lock().await;
         let size = engine.vdisk(source).map_err(convert::error)?.size_bytes;
         let me = self.inner.cluster.member_id().unwrap_or(0);
         let parent = snapshot.map(|s| format!("{me}/{source}@{s}"));
@@ -112,6 +114,7 @@ impl NodeController {
 
     pub(crate) async fn delete_vdisk_recorded(&self, name: &str) -> Result<(), ControlError> {
         let engine = &self.inner.engine;
+        let _g = self.inner.cluster.vdisk_lock.lock().await;
         let info = engine.vdisk(name).map_err(convert::error)?;
         self.inner.cluster.release_vdisk(name).await?;
         if let Err(err) = engine.delete_vdisk(name).await {

@@ -149,6 +149,9 @@ pub(crate) struct ClusterHost {
     member: parking_lot::Mutex<Option<Arc<ClusterNode>>>,
     /// Held across a join, so no two joins (or a join and a shutdown) interleave.
     join_lock: tokio::sync::Mutex<()>,
+    /// Held from a virtual disk's reservation to the engine's create (and across a delete), so
+    /// a reservation this node is still acting on is never mistaken for a stale one.
+    pub(crate) vdisk_lock: tokio::sync::Mutex<()>,
 }
 
 impl ClusterHost {
@@ -168,6 +171,7 @@ impl ClusterHost {
             role,
             member: parking_lot::Mutex::new(None),
             join_lock: tokio::sync::Mutex::new(()),
+            vdisk_lock: tokio::sync::Mutex::new(()),
         };
         let cfg = host.node_cfg()?;
         let member = if host.dir.join("identity").exists() {
@@ -476,7 +480,7 @@ impl ClusterHost {
                     });
                     match holder {
                         Some(id) if id == def.id && !exists_locally(name) => {
-                            tracing::warn!(vdisk = name, "reclaiming a stale cluster definition");
+                            tracing::warn!(vdisk = name, "released a stale cluster record");
                             m.propose(Command::DeleteVdisk { id })
                                 .await
                                 .map_err(cluster_error)?;
@@ -565,33 +569,67 @@ impl ClusterHost {
     }
 
     /// Makes the cluster state agree with the engine about this node's virtual disks: records
-    /// the ones it lacks (created before clustering, or a crash before the record). Never
-    /// deletes anything. Retries until a leader is there.
-    pub(crate) async fn reconcile_vdisks(&self, local: Vec<(String, u64)>) {
+    /// the ones it lacks (made before clustering, or a crash before the record) and releases
+    /// this node's records of disks the engine does not have (a crash between the reservation
+    /// and the engine's create). Runs at start under the vdisk lock, so no create is in flight;
+    /// retries while there is no leader, for a bounded time.
+    pub(crate) async fn reconcile_vdisks(&self, engine: &engine::Engine) {
+        let _g = self.vdisk_lock.lock().await;
         let Ok(m) = self.member() else { return };
         let me = m.id();
-        for (name, size_bytes) in local {
-            let id = Self::vdisk_id(me, &name);
-            if m.read(|s| s.vdisks.contains_key(&id)) {
-                continue;
+        let prefix = format!("{me}/");
+        for attempt in 0..20u32 {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis(500)).await;
             }
-            let def = VdiskDef {
-                id,
-                name: name.clone(),
-                size_bytes,
-                parent_snapshot: None,
-            };
-            match m.propose(Command::CreateVdisk(def)).await {
-                Ok(CommandResult::Rejected(msg)) => {
-                    tracing::warn!(vdisk = %name, reason = %msg, "local virtual disk not recorded in the cluster")
+            let local: Vec<(String, u64)> = engine
+                .vdisks()
+                .into_iter()
+                .map(|v| (v.name, v.size_bytes))
+                .collect();
+            let stale: Vec<String> = m.read(|s| {
+                s.vdisks
+                    .values()
+                    .filter(|v| {
+                        v.id.starts_with(&prefix) && !local.iter().any(|(n, _)| *n == v.name)
+                    })
+                    .map(|v| v.name.clone())
+                    .collect()
+            });
+            let mut failed = false;
+            for name in stale {
+                match self.release_vdisk(&name).await {
+                    Ok(()) => tracing::warn!(vdisk = %name, "released a stale cluster record"),
+                    Err(e) => {
+                        tracing::debug!(vdisk = %name, error = %e.message, "release failed");
+                        failed = true;
+                    }
                 }
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::warn!(vdisk = %name, error = %e, "reconcile stopped; retried at next start");
-                    return;
+            }
+            for (name, size_bytes) in &local {
+                let id = Self::vdisk_id(me, name);
+                if m.read(|s| s.vdisks.contains_key(&id)) {
+                    continue;
                 }
+                let def = VdiskDef {
+                    id,
+                    name: name.clone(),
+                    size_bytes: *size_bytes,
+                    parent_snapshot: None,
+                };
+                match m.propose(Command::CreateVdisk(def)).await {
+                    Ok(CommandResult::Rejected(msg)) => {
+                        tracing::warn!(vdisk = %name, reason = %msg, "local virtual disk not recorded in the cluster")
+                    }
+                    Ok(_) => {}
+                    Err(_) => failed = true,
+                }
+            }
+            if !failed {
+                return;
             }
         }
+        tracing::warn!("cluster reconcile gave up (no leader); retried at next start");
     }
 }
 

@@ -21,7 +21,6 @@ mod exports;
 mod filedev;
 mod https;
 mod identity;
-mod internal;
 pub mod socket;
 mod transfer;
 mod vms;
@@ -33,7 +32,6 @@ pub use disks::open_device;
 pub use error::{NodeError, Result};
 pub use exports::VdiskExport;
 pub use filedev::FileDevice;
-pub use internal::{is_internal_vdisk, INTERNAL_VDISK_PREFIX};
 pub use witness::{run_witness, WitnessConfig};
 
 use std::fs::File;
@@ -159,17 +157,10 @@ impl Node {
         ctl.scan_disk_dir().await;
         transfer::clean_interrupted_imports(&inner.engine, &data.join("importing")).await;
         {
-            // Virtual disks made before clustering (or lost to a crash before their record)
-            // get recorded; in the background, since it waits for a leader.
+            // The cluster's record of this node's virtual disks is made to match the engine;
+            // in the background, since it waits for a leader.
             let inner = inner.clone();
-            let local = inner
-                .engine
-                .vdisks()
-                .into_iter()
-                .filter(|v| !internal::is_internal_vdisk(&v.name))
-                .map(|v| (v.name, v.size_bytes))
-                .collect();
-            tokio::spawn(async move { inner.cluster.reconcile_vdisks(local).await });
+            tokio::spawn(async move { inner.cluster.reconcile_vdisks(&inner.engine).await });
         }
 
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
