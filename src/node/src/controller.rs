@@ -77,6 +77,8 @@ impl NodeController {
     async fn dispatch(&self, req: &Request) -> ControlResult {
         let engine = &self.inner.engine;
         let e = convert::error;
+        // The node's own virtual disks (the appliance's record) are not the user's.
+        crate::internal::refuse_internal(req)?;
         Ok(match req {
             Request::DiskList => Reply::Disks(self.disk_views()),
             Request::DiskAdd { path } => Reply::Disk(self.add_disk(Path::new(path), true).await?),
@@ -99,7 +101,12 @@ impl NodeController {
                 Reply::Vdisk(self.create_vdisk_recorded(name, *size_bytes).await?)
             }
             Request::VdiskList => {
-                let mut v: Vec<_> = engine.vdisks().into_iter().map(convert::vdisk).collect();
+                let mut v: Vec<_> = engine
+                    .vdisks()
+                    .into_iter()
+                    .filter(|v| !crate::internal::is_internal_vdisk(&v.name))
+                    .map(convert::vdisk)
+                    .collect();
                 v.sort_by(|a, b| a.name.cmp(&b.name));
                 Reply::Vdisks(v)
             }
@@ -338,7 +345,11 @@ impl NodeController {
             uptime_secs: self.inner.started.elapsed().as_secs(),
             pool: convert::pool(engine.pool()),
             disks: self.disk_views(),
-            vdisks: engine.vdisks().len(),
+            vdisks: engine
+                .vdisks()
+                .iter()
+                .filter(|v| !crate::internal::is_internal_vdisk(&v.name))
+                .count(),
             nbd_exports: self.inner.exports.list().len(),
             requests: self.inner.requests.load(Ordering::Relaxed),
             engine: serde_json::to_value(engine.stats()).unwrap_or(serde_json::Value::Null),

@@ -21,6 +21,7 @@ mod exports;
 mod filedev;
 mod https;
 mod identity;
+mod internal;
 pub mod socket;
 mod transfer;
 mod vms;
@@ -32,6 +33,7 @@ pub use disks::open_device;
 pub use error::{NodeError, Result};
 pub use exports::VdiskExport;
 pub use filedev::FileDevice;
+pub use internal::{is_internal_vdisk, INTERNAL_VDISK_PREFIX};
 pub use witness::{run_witness, WitnessConfig};
 
 use std::fs::File;
