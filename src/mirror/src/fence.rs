@@ -11,6 +11,8 @@
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+#[cfg(test)]
+use std::sync::Arc;
 
 use parking_lot::RwLock;
 
@@ -174,5 +176,64 @@ impl EpochBook {
     pub fn set_base(&self, epoch: u64) {
         self.base
             .fetch_max(epoch, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn epochs_survive_reopen_and_never_go_down() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = EpochTable::open(dir.path()).unwrap();
+        assert_eq!(t.current(7), 0);
+        drop(t.admit(7, 1).await.unwrap());
+        t.raise(7, 3).await.unwrap();
+        assert!(matches!(
+            t.admit(7, 2).await,
+            Err(WireError::Fenced {
+                vdisk: 7,
+                sent: 2,
+                current: 3
+            })
+        ));
+        assert!(t.raise(7, 2).await.is_err());
+        drop(t);
+        let t = EpochTable::open(dir.path()).unwrap();
+        assert_eq!(t.current(7), 3);
+        assert!(t.admit(7, 2).await.is_err());
+        drop(t.admit(7, 3).await.unwrap());
+        std::fs::write(dir.path().join("epochs.json"), b"{not json").unwrap();
+        let e = EpochTable::open(dir.path()).unwrap_err();
+        assert!(e.to_string().contains("damaged"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_raise_waits_for_admitted_writers() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = Arc::new(EpochTable::open(dir.path()).unwrap());
+        let g = t.admit(1, 1).await.unwrap();
+        let t2 = t.clone();
+        let raise = tokio::spawn(async move { t2.raise(1, 2).await });
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(
+            !raise.is_finished(),
+            "raise must wait for the writer in flight"
+        );
+        drop(g);
+        raise.await.unwrap().unwrap();
+        assert!(t.admit(1, 1).await.is_err());
+    }
+
+    #[test]
+    fn epoch_book_never_lowers() {
+        let b = EpochBook::new(1);
+        assert_eq!(b.get(5), 1);
+        b.set(5, 4);
+        b.set(5, 2);
+        assert_eq!(b.get(5), 4);
+        b.set_base(6);
+        assert_eq!(b.get(5), 6);
     }
 }

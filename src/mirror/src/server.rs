@@ -223,7 +223,11 @@ impl ReplicaServer {
                     .read(to_local(obj), block, nblocks, at_gen)
                     .await
                     .map_err(se)?;
-                Ok(Body::Data(Bytes(b[..nblocks as usize * 4096].to_vec())))
+                let n = nblocks as usize * 4096;
+                let data = b.get(..n).ok_or_else(|| {
+                    WireError::Server(format!("store returned {} bytes for {n}", b.len()))
+                })?;
+                Ok(Body::Data(Bytes(data.to_vec())))
             }
             Req::Discard {
                 disk,

@@ -367,3 +367,93 @@ pub struct Resp {
     pub instance: u64,
     pub result: Result<Body, WireError>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn f(vdisk: u64) -> Fence {
+        Fence {
+            vdisk,
+            epoch: 1,
+            session: 1,
+        }
+    }
+
+    fn write(obj: ObjectId, len: usize, ncrc: usize, fence: Fence) -> Req {
+        Req::Write {
+            disk: "d".into(),
+            fence,
+            obj,
+            block: 0,
+            data: Bytes(vec![0; len]),
+            crcs: vec![0; ncrc],
+            gen: 1,
+            pin: 0,
+        }
+    }
+
+    #[test]
+    fn bad_requests_are_refused() {
+        let o = ObjectId { vdisk: 3, chunk: 0 };
+        assert!(write(o, 4096, 1, f(3)).validate().is_ok());
+        assert!(write(o, 4095, 1, f(3)).validate().is_err());
+        assert!(write(o, 0, 0, f(3)).validate().is_err());
+        assert!(write(o, 8192, 1, f(3)).validate().is_err());
+        assert!(write(o, 4096 * 257, 257, f(3)).validate().is_err());
+        assert!(
+            write(o, 4096, 1, f(4)).validate().is_err(),
+            "fence for another disk"
+        );
+        let reserved = ObjectId {
+            vdisk: engine::FOREIGN_VDISK_BIT | 3,
+            chunk: 0,
+        };
+        assert!(write(reserved, 4096, 1, f(reserved.vdisk))
+            .validate()
+            .is_err());
+        let read = |n| Req::Read {
+            disk: "d".into(),
+            obj: o,
+            block: 0,
+            nblocks: n,
+            at_gen: 1,
+        };
+        assert!(read(1).validate().is_ok());
+        assert!(read(0).validate().is_err());
+        assert!(read(10_000).validate().is_err());
+        let import = Req::Import {
+            disk: "d".into(),
+            fence: f(3),
+            obj: o,
+            versions: vec![WireBlock {
+                block: 0,
+                versions: vec![WireVersion {
+                    gen: 1,
+                    data: Some(Bytes(vec![0; 100])),
+                }],
+            }],
+        };
+        assert!(import.validate().is_err());
+    }
+
+    #[test]
+    fn garbage_never_decodes_into_a_panic() {
+        let limit = u64::from(MAX_MSG_BYTES);
+        let mut x = 0x1234_5678_9abc_def0u64;
+        for len in 0..400usize {
+            let bytes: Vec<u8> = (0..len)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                })
+                .collect();
+            if let Ok(r) = transport::decode::<Req>(&bytes, limit) {
+                let _ = r.validate();
+            }
+            let _ = transport::decode::<Resp>(&bytes, limit);
+        }
+    }
+}

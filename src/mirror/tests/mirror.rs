@@ -252,3 +252,60 @@ async fn a_new_owner_fences_the_old_one() {
     assert_eq!(&back[..4096], &pattern(4, 0, 4096)[..]);
     n1.engine.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_and_unauthorised_requests_get_errors_not_panics() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = ClusterCa::generate("t").unwrap();
+    let n1 = Node::start(&ca, 1, "127.0.0.2", 1, dir.path()).await;
+    let n2 = Node::start(&ca, 2, "127.0.0.3", 1, dir.path()).await;
+    // Bytes that are not a request.
+    let junk = transport::Client::<u64, mirror::wire::Resp>::new(
+        n2.addr,
+        transport::node_server_name(2),
+        transport::client_tls_config(&n1.identity).unwrap(),
+        transport::ClientConfig::default(),
+    );
+    let e = junk.call(&u64::MAX).await.unwrap_err();
+    assert!(e.to_string().contains("bad request"), "{e}");
+    // A well-formed request the server must refuse (bad size), on the same connection.
+    let typed = transport::Client::<mirror::wire::Req, mirror::wire::Resp>::new(
+        n2.addr,
+        transport::node_server_name(2),
+        transport::client_tls_config(&n1.identity).unwrap(),
+        transport::ClientConfig::default(),
+    );
+    let disk = n2.server.disks()[0].id.clone();
+    let r = typed
+        .call(&mirror::wire::Req::Read {
+            disk: disk.clone(),
+            obj: store::ObjectId { vdisk: 1, chunk: 0 },
+            block: 0,
+            nblocks: 100_000,
+            at_gen: 1,
+        })
+        .await
+        .unwrap();
+    assert!(
+        matches!(r.result, Err(mirror::wire::WireError::BadRequest(_))),
+        "{r:?}"
+    );
+    let r = typed
+        .call(&mirror::wire::Req::Ping {
+            disk: "nope".into(),
+        })
+        .await
+        .unwrap();
+    assert!(
+        matches!(r.result, Err(mirror::wire::WireError::NoDisk(_))),
+        "{r:?}"
+    );
+    // A client with a certificate from another cluster gets nothing.
+    let other = ClusterCa::generate("other").unwrap().issue(1).unwrap();
+    let l =
+        mirror::PeerLink::new(2, n2.addr, &other, Arc::new(EpochBook::new(1)), fast_cfg()).unwrap();
+    assert!(l.disks().await.is_err());
+    // The server still serves.
+    let r = typed.call(&mirror::wire::Req::Ping { disk }).await.unwrap();
+    assert!(r.result.is_ok());
+}
