@@ -131,6 +131,16 @@ impl Inner {
                 "chunk {obj}: every replica failed"
             )));
         }
+        // A replica on an unreachable node only records the change for a later resync: at
+        // least one replica must really hold it (local ones are always reachable).
+        if !live
+            .iter()
+            .any(|d| d.replica.reachability() == crate::replica::Reachability::Up)
+        {
+            return Err(EngineError::Degraded(format!(
+                "chunk {obj}: every replica is on an unreachable node"
+            )));
+        }
         Ok(())
     }
 
