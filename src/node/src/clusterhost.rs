@@ -585,6 +585,8 @@ impl ClusterHost {
             let local: Vec<(String, u64)> = engine
                 .vdisks()
                 .into_iter()
+                // The node's own internal disks are per node, never cluster objects.
+                .filter(|v| !crate::internal::is_internal_vdisk(&v.name))
                 .map(|v| (v.name, v.size_bytes))
                 .collect();
             let stale: Vec<String> = m.read(|s| {
