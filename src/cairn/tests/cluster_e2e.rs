@@ -562,5 +562,15 @@ fn two_data_nodes_and_a_witness_survive_kill9_and_sigstop() {
         Outcome::Linearizable,
         "{ops:#?}"
     );
+
+    // Remove: an unknown member is not found; removing the witness leaves two voters.
+    let o = cli(&a.data, &["cluster", "remove", "nosuch"]);
+    assert_eq!(o.code, 3, "{}", o.stderr);
+    ok_json(&a.data, &["cluster", "remove", "w"]);
+    wait_for(20, "the witness gone from the member list", || {
+        let s = a.status();
+        let m = s["members"].as_array().unwrap();
+        m.len() == 2 && m.iter().all(|x| x["name"] != "w")
+    });
     drop(w);
 }
