@@ -21,6 +21,7 @@ use rand::{Rng, SeedableRng};
 
 use crate::error::SimError;
 use crate::trace::Trace;
+use crate::tripwire::{Tripwire, Wire};
 
 const BS: usize = 4096;
 const DISK_BYTES: u64 = 16 << 20;
@@ -32,6 +33,8 @@ pub struct DiskConfig {
     pub ops_per_cycle: usize,
     /// Virtual disk size in 4 KiB blocks.
     pub blocks: u64,
+    /// Also cut the power in the middle of operations (at a seeded write or flush).
+    pub midop_cuts: bool,
 }
 
 /// What the data half of a run saw.
@@ -41,8 +44,10 @@ pub struct DiskReport {
     pub flushes: u64,
     pub reads: u64,
     pub restarts: u64,
-    /// Unflushed writes that were still there after a power cut.
+    /// Blocks whose unflushed value was still there after a power cut.
     pub kept_unflushed: u64,
+    /// Unflushed device writes a power cut dropped or tore.
+    pub cut_lost_writes: u64,
     /// Faults the bad disk really injected (read/write/flush errors, tears, flips, corruptions).
     pub faults_injected: u64,
     /// The engine marked the bad disk failed, or refused it at a restart.
@@ -78,6 +83,8 @@ struct Model {
     pending: Vec<BTreeSet<u64>>,
     /// What a read must return now; `None` when a failed write left it open.
     live: Vec<Option<u64>>,
+    /// Tags below this were handed out (for naming stale values in reports).
+    next_tag: u64,
 }
 
 impl Model {
@@ -86,10 +93,12 @@ impl Model {
             durable: vec![0; blocks as usize],
             pending: vec![BTreeSet::new(); blocks as usize],
             live: vec![Some(0); blocks as usize],
+            next_tag: 1,
         }
     }
 
     fn wrote(&mut self, b: usize, tag: u64, acked: bool) {
+        self.next_tag = self.next_tag.max(tag + 1);
         self.pending[b].insert(tag);
         self.live[b] = acked.then_some(tag);
     }
@@ -100,7 +109,7 @@ impl Model {
             Some(t) if content(t) == got => Ok(()),
             Some(t) => Err(format!(
                 "block {b} read back {}, the last acknowledged write was tag {t}",
-                describe(got, self, b)
+                describe(got, self.next_tag)
             )),
             None => {
                 let t = which(
@@ -127,7 +136,7 @@ impl Model {
                     format!(
                         "after restart block {b} holds {}: neither its flushed value (tag {}) nor \
                          a newer one",
-                        describe(got, self, b),
+                        describe(got, self.next_tag),
                         self.durable[b]
                     )
                 })?
@@ -146,22 +155,27 @@ impl Model {
     }
 }
 
-fn describe(got: &[u8], m: &Model, b: usize) -> String {
+/// Names what a block holds: zeroes, or the write (tag) that produced it, if any did.
+fn describe(got: &[u8], next_tag: u64) -> String {
     if got.iter().all(|x| *x == 0) {
-        return "zeroes".into();
+        return "zeroes (an older value)".into();
     }
-    match which(got, m.pending[b].iter().copied().chain([m.durable[b]])) {
-        Some(t) => format!("tag {t}"),
-        None => "unknown bytes".into(),
+    match which(got, 1..next_tag) {
+        Some(t) => format!("tag {t} (an older value)"),
+        None => "bytes no write produced".into(),
     }
 }
 
 struct Run {
     rng: StdRng,
+    /// A stream of its own, so adding mid-operation cuts left the other decisions unchanged.
+    cut_rng: StdRng,
     trace: Trace,
     cfg: DiskConfig,
     ram: Vec<Arc<RamDevice>>,
     devs: Vec<Arc<FaultDevice>>,
+    /// Cuts the power in the middle of an operation when armed (one per engine instance).
+    wire: Arc<Wire>,
     bad: usize,
     /// The bad disk got a fault that may make the engine fail it (or refuse it at a restart).
     bad_may_go: bool,
@@ -184,8 +198,13 @@ impl Run {
         })
         .await
         .map_err(|e| fail(cycle, format!("engine open: {e}")))?;
+        self.wire = Wire::new(&self.devs);
         for (i, d) in self.devs.iter().enumerate() {
-            match e.add_disk(d.clone() as Arc<dyn BlockDevice>).await {
+            let dev = Arc::new(Tripwire {
+                dev: d.clone(),
+                wire: self.wire.clone(),
+            });
+            match e.add_disk(dev as Arc<dyn BlockDevice>).await {
                 Ok(_) => {}
                 Err(err) if i == self.bad && (self.bad_may_go || self.bad_gone) => {
                     self.trace.event(format!("disk: bad disk refused: {err}"));
@@ -257,7 +276,8 @@ impl Run {
         Ok(img)
     }
 
-    async fn op(&mut self, cycle: usize, e: &Engine, h: &VdiskHandle) -> Result<(), SimError> {
+    /// One random operation; `Ok(false)` when the power went in the middle of it.
+    async fn op(&mut self, cycle: usize, e: &Engine, h: &VdiskHandle) -> Result<bool, SimError> {
         let state = |e: &Engine| {
             let disks: Vec<_> = e.disks().iter().map(|d| (d.state, d.errors)).collect();
             format!(
@@ -278,10 +298,15 @@ impl Run {
                     "disk: write {b}+{n} -> {:?}",
                     r.as_ref().map_err(|e| e.kind())
                 ));
+                let cut = self.wire.fired();
                 for (i, t) in tags.iter().enumerate() {
-                    self.model.wrote((b + i as u64) as usize, *t, r.is_ok());
+                    self.model
+                        .wrote((b + i as u64) as usize, *t, r.is_ok() && !cut);
                 }
                 self.report.writes += 1;
+                if cut {
+                    return Ok(false);
+                }
                 r.map_err(|err| {
                     fail(
                         cycle,
@@ -297,8 +322,12 @@ impl Run {
                     "disk: discard {b}+{n} -> {:?}",
                     r.as_ref().map_err(|e| e.kind())
                 ));
+                let cut = self.wire.fired();
                 for i in b..b + n {
-                    self.model.wrote(i as usize, 0, r.is_ok());
+                    self.model.wrote(i as usize, 0, r.is_ok() && !cut);
+                }
+                if cut {
+                    return Ok(false);
                 }
                 r.map_err(|e| fail(cycle, format!("discard failed: {e}")))?;
             }
@@ -309,6 +338,9 @@ impl Run {
                     r.as_ref().map_err(|e| e.kind())
                 ));
                 self.report.flushes += 1;
+                if self.wire.fired() {
+                    return Ok(false);
+                }
                 r.map_err(|err| {
                     fail(
                         cycle,
@@ -331,6 +363,9 @@ impl Run {
                     r.as_ref().map_err(|e| e.kind())
                 ));
                 self.report.reads += 1;
+                if self.wire.fired() {
+                    return Ok(false);
+                }
                 r.map_err(|err| {
                     fail(
                         cycle,
@@ -344,11 +379,20 @@ impl Run {
                 }
             }
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Ends a cycle: a clean shutdown or a power cut, then fresh device handles.
     async fn stop(&mut self, cycle: usize, e: Engine, h: VdiskHandle) -> Result<(), SimError> {
+        self.wire.arm(0);
+        if self.wire.fired() {
+            let lost = self.wire.lost();
+            self.trace.event(format!(
+                "disk: power cut in the middle of an operation, {lost} writes lost"
+            ));
+            self.report.cut_lost_writes += lost;
+            return self.reopen(e, h);
+        }
         let clean = self.rng.gen_range(0..5) == 0;
         if clean {
             let r = e.shutdown().await;
@@ -386,6 +430,11 @@ impl Run {
             self.trace
                 .event(format!("disk: power cut {policy:?}: {c:?}"));
         }
+        self.reopen(e, h)
+    }
+
+    /// The devices after a cut, as a restarted process sees them.
+    fn reopen(&mut self, e: Engine, h: VdiskHandle) -> Result<(), SimError> {
         if !e.disks().iter().all(|d| d.state != DiskState::Failed) {
             self.report.bad_disk_dropped = true;
         }
@@ -432,10 +481,12 @@ pub async fn run(seed: u64, cfg: DiskConfig, trace: Trace) -> Result<DiskReport,
     let bad = rng.gen_range(0..2);
     let mut run = Run {
         rng,
+        cut_rng: StdRng::seed_from_u64(seed ^ 0x0c07),
         trace,
         cfg,
         ram,
         devs,
+        wire: Wire::new(&[]),
         bad,
         bad_may_go: false,
         bad_gone: false,
@@ -472,8 +523,16 @@ pub async fn run(seed: u64, cfg: DiskConfig, trace: Trace) -> Result<DiskReport,
             ));
         }
         run.arm_fault(cycle);
+        if cfg.midop_cuts && run.cut_rng.gen_bool(0.5) {
+            let n = run.cut_rng.gen_range(1..=cfg.ops_per_cycle as i64 * 3);
+            run.wire.arm(n);
+            run.trace
+                .event(format!("disk: power cut armed at write/flush {n}"));
+        }
         for _ in 0..cfg.ops_per_cycle {
-            run.op(cycle, &e, &h).await?;
+            if !run.op(cycle, &e, &h).await? {
+                break;
+            }
         }
         run.stop(cycle, e, h).await?;
     }

@@ -14,6 +14,9 @@ const TAIL_LINES: usize = 60;
 struct Inner {
     start: tokio::time::Instant,
     hash: u64,
+    /// The disk half's lines alone (the cluster half's are `hash` minus these).
+    disk_hash: u64,
+    meta_hash: u64,
     events: u64,
     /// Recent lines of the cluster half and of the disk half (kept apart so a failure in one
     /// is not buried under the other's chatter).
@@ -40,6 +43,8 @@ impl Trace {
         Trace(Arc::new(Mutex::new(Inner {
             start: tokio::time::Instant::now(),
             hash: 0xcbf2_9ce4_8422_2325,
+            disk_hash: 0xcbf2_9ce4_8422_2325,
+            meta_hash: 0xcbf2_9ce4_8422_2325,
             events: 0,
             tail: VecDeque::new(),
             disk_tail: VecDeque::new(),
@@ -72,11 +77,13 @@ impl Trace {
         t.hash = fnv(t.hash, line.as_bytes());
         t.hash = fnv(t.hash, b"\n");
         t.events += 1;
-        let tail = if what.as_ref().starts_with("disk:") {
-            &mut t.disk_tail
+        let disk = what.as_ref().starts_with("disk:");
+        if disk {
+            t.disk_hash = fnv(fnv(t.disk_hash, line.as_bytes()), b"\n");
         } else {
-            &mut t.tail
-        };
+            t.meta_hash = fnv(fnv(t.meta_hash, line.as_bytes()), b"\n");
+        }
+        let tail = if disk { &mut t.disk_tail } else { &mut t.tail };
         if tail.len() == TAIL_LINES {
             tail.pop_front();
         }
@@ -85,6 +92,12 @@ impl Trace {
 
     pub fn hash(&self) -> u64 {
         self.lock().hash
+    }
+
+    /// Hashes of the cluster half's and the disk half's lines.
+    pub fn half_hashes(&self) -> (u64, u64) {
+        let t = self.lock();
+        (t.meta_hash, t.disk_hash)
     }
 
     pub fn events(&self) -> u64 {
