@@ -277,6 +277,41 @@ try {
     await shot('09-phone-dashboard');
     await page.setViewportSize({ width: 1280, height: 860 });
   });
+  if (guestKernel) await step('a read-only user watches a console but cannot type', async () => {
+    const made = await page.evaluate(() => {
+      const csrf = document.cookie.match(/(?:^|;\s*)cairn_csrf=([^;]+)/)?.[1] ?? '';
+      return fetch('/api/v1/users', {
+        method: 'POST',
+        headers: { 'Content-Type': 'application/json', 'X-CSRF-Token': csrf },
+        body: JSON.stringify({ name: 'viewer', role: 'read_only', password: 'viewer-password-1234' }),
+      }).then((r) => r.status);
+    });
+    if (made !== 201) throw new Error(`creating the read-only user answered ${made}`);
+    await page.getByRole('button', { name: 'Log out' }).click();
+    await page.getByLabel('User name').fill('viewer');
+    await page.getByLabel('Password').fill('viewer-password-1234');
+    await page.getByRole('button', { name: 'Log in' }).click();
+    await go('vms');
+    if (await page.getByRole('button', { name: 'New VM' }).count()) throw new Error('read-only user sees New VM');
+    await rowButton('vm1', 'Console').click();
+    await page.getByText('watching only').waitFor();
+    const msgs = await page.evaluate(() => new Promise((resolve, reject) => {
+      const ws = new WebSocket(`wss://${location.host}/api/v1/vms/vm1/console/ws`);
+      const seen = [];
+      ws.onmessage = (e) => {
+        if (typeof e.data !== 'string') return;
+        const m = JSON.parse(e.data);
+        seen.push(m);
+        if (m.type === 'hello') ws.send('x');
+        if (m.type === 'error') { ws.close(); resolve(seen); }
+      };
+      ws.onerror = () => reject(new Error('the console socket failed'));
+      setTimeout(() => reject(new Error(`no refusal: ${JSON.stringify(seen)}`)), 10000);
+    }));
+    if (msgs[0].type !== 'hello' || msgs[0].can_type !== false) throw new Error(JSON.stringify(msgs));
+    if (!/may watch the console but not type/.test(msgs[msgs.length - 1].message)) throw new Error(JSON.stringify(msgs));
+    await shot('17-readonly-console');
+  });
   await step('log out', async () => {
     await page.getByRole('button', { name: 'Log out' }).click();
     await page.getByLabel('User name').waitFor();

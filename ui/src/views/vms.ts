@@ -221,7 +221,7 @@ export function Vms({ role }: { role: string }) {
     ${canWrite && !wizard ? html`<p><button type="button" onClick=${() => setWizard(true)}>New VM</button></p>` : null}
     ${wizard ? html`<${CreateWizard} onCancel=${() => setWizard(false)} onDone=${(n: string) => { setWizard(false); reload(); setOpen(n); }} />` : null}
     ${vms && items.length === 0 ? html`<p class="empty">No VMs yet.</p>` : null}
-    ${items.length > 0 ? html`<div class="table-wrap"><table aria-label="virtual machines">
+    ${items.length > 0 ? html`<div class="table-wrap"><table class="vm-table" aria-label="virtual machines">
       <thead><tr><th scope="col">Name</th><th scope="col">State</th><th scope="col">vCPUs</th><th scope="col">Memory</th><th scope="col">CPU</th><th scope="col">Disk IOPS</th><th scope="col">Disk I/O</th><th scope="col">Actions</th></tr></thead>
       <tbody>${items.map((v) => html`<tr data-vm=${v.name} data-state=${v.state}>
           <td>${v.name}</td>
