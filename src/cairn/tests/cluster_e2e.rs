@@ -233,7 +233,7 @@ fn client(
         while !stop.load(Ordering::SeqCst) {
             i += 1;
             let key = keys[i % keys.len()].clone();
-            let delete = mine.contains(&key) && i % 3 == 0;
+            let delete = mine.contains(&key) && i.is_multiple_of(3);
             let call = start.elapsed().as_nanos() as u64;
             let o = if delete {
                 cli(&data, &["vdisk", "delete", &key])
