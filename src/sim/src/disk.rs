@@ -1,8 +1,9 @@
 //! The data half of a run: the real engine over two mirrored `RamDevice`s behind seeded
 //! `FaultDevice`s. Random writes, discards, flushes and reads run in cycles; one disk (the "bad"
-//! one) gets EIO on reads, writes or flushes, torn writes, bit flips on reads or corruption at
-//! rest; every cycle ends in a power cut (unflushed writes kept, dropped or torn per a seeded
-//! policy) or a clean shutdown, and the engine restarts on the same media.
+//! one) gets EIO on reads, writes or flushes, torn writes or bit flips on reads; a seeded
+//! tripwire may cut the power in the middle of an operation, and every cycle ends in a power cut
+//! (unflushed writes kept, dropped or torn per a seeded policy) or a clean shutdown; the engine
+//! then restarts on the same media.
 //!
 //! Checked against a model of every 4 KiB block: between restarts a read returns exactly the
 //! last acknowledged value; after a restart each block holds its value as of the last completed

@@ -3,11 +3,15 @@
 //! A run is two halves, each on its own tokio current-thread runtime on paused virtual time:
 //! three raft members over the real `cluster` stores on a simulated, seeded network with
 //! crashes and partitions ([`meta`]), and the real engine over seeded fault-injecting RAM disks
-//! with power cuts ([`disk`]). Every decision comes from the seed; the event trace's hash is
-//! the same for every run of a seed (a test checks it).
+//! with power cuts, also in the middle of an operation ([`disk`]). Every decision of the
+//! simulation comes from the seed, and the cluster half's trace is identical for every run of a
+//! seed (a test checks it). The engine draws its pool, disk and placement ids at random, so the
+//! disk half replays the same workload and faults but not always the same engine choices.
 //!
-//! Rerun one seed: `CAIRN_SIM_SEED=n cargo test -p sim --test seeds -- --nocapture`.
-//! More seeds: `CAIRN_SIM_SEEDS=5000 cargo test --release -p sim --test seeds`.
+//! Rerun one seed: `CAIRN_SIM_SEED=n cargo test -p sim --test seeds seeds -- --nocapture`.
+//! More seeds (soak): `CAIRN_SIM_SEEDS=5000 CAIRN_SIM_SEED_BASE=1000 cargo test --release -p sim
+//! --test seeds seeds -- --nocapture`. A failure whose signature is a known engine bug is
+//! counted, not failed on (see [`known_bug_signature`]).
 //!
 //! Must never: use the wall clock, an unseeded generator or real sockets in a run.
 #![forbid(unsafe_code)]
@@ -171,7 +175,7 @@ impl std::fmt::Display for SimFailure {
         writeln!(f, "sim seed {} failed: {}", self.seed, self.error)?;
         writeln!(
             f,
-            "rerun: CAIRN_SIM_SEED={} cargo test -p sim --test seeds -- --nocapture",
+            "rerun: CAIRN_SIM_SEED={} cargo test -p sim --test seeds seeds -- --nocapture",
             self.seed
         )?;
         writeln!(f, "last events:")?;
