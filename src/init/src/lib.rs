@@ -107,14 +107,14 @@ pub fn pid1_main() -> ! {
             }
         }
     };
-    let (rec, password) = match stored {
+    let (rec, password, join) = match stored {
         Some(r) => {
             logln!(
                 "configured node {} (id {:016x}); no setup needed",
                 r.hostname,
                 r.node_id
             );
-            (r, None)
+            (r, None, None)
         }
         None if !cmd.wizard => {
             logln!("not configured and cairn.wizard=0: waiting");
@@ -122,22 +122,27 @@ pub fn pid1_main() -> ! {
         }
         None => match wizard::run(&mut term, &inv) {
             Ok(setup) => {
-                let pw = match setup.cluster {
-                    wizard::ClusterChoice::Create { admin_password } => admin_password,
-                    wizard::ClusterChoice::Join { .. } => {
-                        power::fatal("join is not supported", cmd.on_fatal)
-                    }
+                let (pw, join) = match setup.cluster {
+                    wizard::ClusterChoice::Create { admin_password } => (admin_password, None),
+                    wizard::ClusterChoice::Join {
+                        address,
+                        token,
+                        admin_password,
+                    } => (admin_password, Some(service::JoinIntent { address, token })),
                 };
                 let rec = NodeRecord {
                     node_id: random_node_id(),
                     hostname: setup.hostname,
                     net: setup.net,
-                    cluster: "created".into(),
+                    cluster: match &join {
+                        None => "created".into(),
+                        Some(j) => format!("joining {}", j.address),
+                    },
                     created_unix: now_unix(),
                     api_files: Default::default(),
                 };
                 logln!("setup confirmed: applying");
-                (rec, Some(pw))
+                (rec, Some(pw), join)
             }
             Err(e) => {
                 logln!("setup ended without a configuration ({e:?}); waiting for a console");
@@ -153,7 +158,7 @@ pub fn pid1_main() -> ! {
     let spawned = std::thread::Builder::new()
         .name("node-service".into())
         .spawn(move || {
-            let r = service::run(svc_rec, usable, password, fail);
+            let r = service::run(svc_rec, usable, password, join, fail);
             if service::stop_requested() {
                 // A power request stopped it; that request finishes the shutdown.
                 park()

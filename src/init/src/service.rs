@@ -174,12 +174,48 @@ fn prepare_data_dir(
     Ok(())
 }
 
+/// The wizard's "join a cluster" answer, carried out once the node service runs.
+#[derive(Debug, Clone)]
+pub struct JoinIntent {
+    /// A member's cluster address (IP:PORT).
+    pub address: String,
+    pub token: String,
+}
+
+/// Joins the cluster through the node's own controller (`cluster join`). A failure is logged
+/// and leaves the node a cluster of its own (the join can be repeated from the API or CLI).
+async fn join_cluster(node: &node::Node, j: JoinIntent) -> String {
+    logln!("joining the cluster of {}", j.address);
+    let actor = control::Actor {
+        user: "setup".into(),
+        role: control::Role::Admin,
+        via: control::Via::Internal,
+    };
+    let req = control::Request::ClusterJoin {
+        address: j.address.clone(),
+        token: j.token,
+    };
+    match node.controller().execute(actor, req).await {
+        Ok(_) => {
+            logln!("joined the cluster of {}", j.address);
+            format!("joined {}", j.address)
+        }
+        Err(e) => {
+            logln!(
+                "cluster join failed: {e}; this node stays a cluster of its own (join later with the API or `cairn cluster join`)"
+            );
+            "created".into()
+        }
+    }
+}
+
 /// Runs the node service until asked to stop. Returns only on failure or stop.
-/// `admin_password` is set on the first start after the wizard.
+/// `admin_password` is set on the first start after the wizard, `join` when it chose to join.
 pub fn run(
     mut rec: NodeRecord,
     pool_disks: Vec<String>,
     admin_password: Option<String>,
+    join: Option<JoinIntent>,
     fail: bool,
 ) -> Result<(), String> {
     if fail {
@@ -196,10 +232,18 @@ pub fn run(
         cfg.node_name = Some(rec.hostname.clone());
         // The node starts the HTTPS API itself, with its state in DATA/api (prepared above).
         cfg.api_listen = Some(SocketAddr::from(([0, 0, 0, 0], API_PORT)));
+        // Other nodes reach this one's cluster member on its management address.
+        cfg.cluster_listen = crate::net::status()
+            .and_then(|s| s.addr)
+            .map(|(ip, _)| SocketAddr::from((ip, crate::wizard::CLUSTER_PORT)));
         let node = node::Node::start(cfg)
             .await
             .map_err(|e| format!("node: {e}"))?;
+        logln!("cluster address {}", node.cluster_addr());
         let engine = node.engine().clone();
+        if let Some(j) = join {
+            rec.cluster = join_cluster(&node, j).await;
+        }
         rec.api_files = snapshot_api_files();
         if first || read_record_from(&engine).await.ok().flatten().is_none() {
             write_record_to(&engine, &rec).await?;

@@ -25,8 +25,16 @@ pub trait Term {
 /// Create a new cluster, or join an existing one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClusterChoice {
-    Create { admin_password: String },
-    Join { address: String, token: String },
+    Create {
+        admin_password: String,
+    },
+    /// Join the cluster of the member at `address` (its cluster address) with a one-time
+    /// token; `admin_password` is for this node's own HTTPS API.
+    Join {
+        address: String,
+        token: String,
+        admin_password: String,
+    },
 }
 
 /// Everything the wizard collected, confirmed.
@@ -45,8 +53,8 @@ pub enum Abort {
     TooManyTries(String),
 }
 
-/// Whether joining a cluster is implemented in this build.
-pub const JOIN_SUPPORTED: bool = false;
+/// The port of the appliance's cluster address (member RPC); the join endpoint is the next one.
+pub const CLUSTER_PORT: u16 = 8444;
 
 pub fn validate_hostname(s: &str) -> Result<String, String> {
     let s = s.trim().to_ascii_lowercase();
@@ -82,15 +90,28 @@ pub fn validate_password(p: &str) -> Result<(), String> {
     api::users::validate_password(p)
 }
 
+/// A member's cluster address: IP:PORT (the node's join endpoint is the next port).
 pub fn validate_join_address(s: &str) -> Result<String, String> {
     let s = s.trim();
-    let (host, port) = s
-        .rsplit_once(':')
-        .ok_or_else(|| format!("{s:?}: give HOST:PORT, e.g. 192.168.1.10:8443"))?;
-    if host.is_empty() || port.parse::<u16>().map(|p| p == 0).unwrap_or(true) {
-        return Err(format!("{s:?}: give HOST:PORT with a port from 1 to 65535"));
+    let a: std::net::SocketAddr = s.parse().map_err(|_| {
+        format!("{s:?}: give IP:PORT of a cluster member, e.g. 192.168.1.10:{CLUSTER_PORT}")
+    })?;
+    if a.port() == 0 || a.port() == u16::MAX {
+        return Err(format!("{s:?}: the port must be from 1 to 65534"));
     }
-    Ok(s.to_string())
+    if a.ip().is_unspecified() || a.ip().is_multicast() {
+        return Err(format!("{s:?}: not the address of a node"));
+    }
+    Ok(a.to_string())
+}
+
+/// A join token as `cairn cluster token` prints it (checked for form only; the cluster checks
+/// it for real when the node joins).
+pub fn validate_join_token(s: &str) -> Result<String, String> {
+    let s = s.trim();
+    cluster::JoinToken::parse(s)
+        .map(|_| s.to_string())
+        .map_err(|e| format!("join token: {e}"))
 }
 
 /// Prints the machine summary (CPUs, RAM, NICs with link state, disks with their contents).
@@ -217,38 +238,33 @@ pub fn run(t: &mut dyn Term, inv: &Inventory) -> Result<Setup, Abort> {
         }
         let net = ask_network(t, inv)?;
         let hostname = ask_valid(t, "Hostname", "cairn", validate_hostname)?;
-        let cluster = loop {
-            let choice = ask_valid(
-                t,
-                "Create a new cluster or join one? (create/join)",
-                "create",
-                |s| match s {
-                    "create" | "join" => Ok(s.to_string()),
-                    _ => Err(format!("answer create or join, not {s:?}")),
-                },
-            )?;
-            if choice == "create" {
-                break ClusterChoice::Create {
-                    admin_password: ask_password(t)?,
-                };
+        let choice = ask_valid(
+            t,
+            "Create a new cluster or join one? (create/join)",
+            "create",
+            |s| match s {
+                "create" | "join" => Ok(s.to_string()),
+                _ => Err(format!("answer create or join, not {s:?}")),
+            },
+        )?;
+        let cluster = if choice == "create" {
+            ClusterChoice::Create {
+                admin_password: ask_password(t)?,
             }
+        } else {
             let address = ask_valid(
                 t,
-                "Address of a cluster node (HOST:PORT)",
+                "Cluster address of a member (IP:PORT)",
                 "",
                 validate_join_address,
             )?;
-            let token = ask_valid(t, "Join token", "", |s| {
-                if s.is_empty() || s.len() > 512 {
-                    Err("the join token is 1-512 characters".to_string())
-                } else {
-                    Ok(s.to_string())
-                }
-            })?;
-            if JOIN_SUPPORTED {
-                break ClusterChoice::Join { address, token };
+            let token = ask_valid(t, "Join token", "", validate_join_token)?;
+            t.say("This node's own web UI gets an admin account too:");
+            ClusterChoice::Join {
+                address,
+                token,
+                admin_password: ask_password(t)?,
             }
-            t.say("error: joining a cluster is not yet supported in this build; choose create");
         };
         t.say("");
         t.say("Summary:");
@@ -256,7 +272,9 @@ pub fn run(t: &mut dyn Term, inv: &Inventory) -> Result<Setup, Abort> {
         t.say(&format!("  hostname: {hostname}"));
         match &cluster {
             ClusterChoice::Create { .. } => t.say("  cluster:  create a new cluster (user admin)"),
-            ClusterChoice::Join { address, .. } => t.say(&format!("  cluster:  join {address}")),
+            ClusterChoice::Join { address, .. } => t.say(&format!(
+                "  cluster:  join the cluster of {address} (user admin on this node)"
+            )),
         }
         for d in &inv.disks {
             let fate = match d.kind {
@@ -383,14 +401,50 @@ mod tests {
     }
 
     #[test]
-    fn join_is_refused_clearly_and_eof_aborts() {
+    fn join_validates_address_and_token() {
+        let token = format!("cairn1.{}.{}", "a".repeat(64), "b".repeat(64));
+        let tok: &'static str = Box::leak(token.clone().into_boxed_str());
         let mut s = Script {
-            input: ["", "", "", "", "join", "nohost", "10.0.0.1:8443", "tok"].into(),
+            input: [
+                "",
+                "",
+                "",
+                "",
+                "join",
+                "nohost",
+                "10.0.0.1:0",
+                "10.0.0.1:8444",
+                "tok",
+                tok,
+                "password1-long",
+                "password1-long",
+                "yes",
+            ]
+            .into(),
+            out: Vec::new(),
+        };
+        let setup = run(&mut s, &inv()).unwrap();
+        assert_eq!(
+            setup.cluster,
+            ClusterChoice::Join {
+                address: "10.0.0.1:8444".into(),
+                token,
+                admin_password: "password1-long".into(),
+            }
+        );
+        let out = s.out.join("\n");
+        assert!(out.contains("error: \"nohost\": give IP:PORT"));
+        assert!(out.contains("error: \"10.0.0.1:0\": the port must be"));
+        assert!(out.contains("error: join token:"));
+        assert!(out.contains("join the cluster of 10.0.0.1:8444"));
+    }
+
+    #[test]
+    fn eof_aborts() {
+        let mut s = Script {
+            input: ["", "", "", "", "join", "10.0.0.1:8444"].into(),
             out: Vec::new(),
         };
         assert_eq!(run(&mut s, &inv()), Err(Abort::Eof));
-        let out = s.out.join("\n");
-        assert!(out.contains("error: \"nohost\": give HOST:PORT"));
-        assert!(out.contains("joining a cluster is not yet supported"));
     }
 }
