@@ -16,16 +16,8 @@ for i in 1 2 3 4 5; do
   run env CAIRN_KILL9_SEED=$RANDOM cargo test --release -p cairn --test kill9
 done
 
-# Fuzzing: cargo-fuzz needs nightly compiler features; RUSTC_BOOTSTRAP lets the stable toolchain
-# (the only one these machines have) build the sanitizer-instrumented targets.
-command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
-for dir in src/*/fuzz; do
-  [ -f "$dir/Cargo.toml" ] || continue
-  for t in "$dir"/fuzz_targets/*.rs; do
-    name=$(basename "$t" .rs)
-    run bash -c "cd $dir && RUSTC_BOOTSTRAP=1 cargo fuzz run $name -- -max_total_time=$fuzz_secs"
-  done
-done
+# Fuzzing: every cargo-fuzz target for $fuzz_secs seconds (ci/fuzz.sh; runs alone too).
+run bash ci/fuzz.sh "$fuzz_secs"
 
 [ "$fail" -eq 0 ] && echo "soak: all passed" || echo "soak: failures above"
 exit "$fail"
