@@ -234,6 +234,14 @@ async fn a_new_owner_fences_the_old_one() {
     assert!(l32.raise(v.id, 1).await.is_err());
     n2.restart_server().await;
     assert_eq!(n2.server.epochs().current(v.id), 2);
+    // Let node 1 notice the restart and reconnect (a write on the cut connection would only
+    // find the peer away and be recorded for resync, which the fence then refuses).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    wait_for("peer up again", Duration::from_secs(10), || {
+        let st = &n1.engine.remote_disks()[0];
+        st.reachability == Reachability::Up && st.dirty_chunks == 0
+    })
+    .await;
     let err = h.write(4096, &pattern(3, 4096, 4096)).await.unwrap_err();
     assert!(err.to_string().contains("fenced"), "after restart: {err}");
     // The new owner writes fine with its epoch.
