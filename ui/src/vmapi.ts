@@ -32,20 +32,48 @@ async function ctl<T>(req: Record<string, unknown>): Promise<T> {
   return r?.value as T;
 }
 
+const enc = encodeURIComponent;
+
+// Whether this node has the REST VM routes (/api/v1/vms); learnt from the first list.
+let rest: boolean | null = null;
+
+async function listVms(): Promise<VmView[]> {
+  if (rest !== false) {
+    try {
+      const d = await api<{ items: VmView[] }>('GET', '/vms?limit=1000');
+      rest = true;
+      return d.items ?? [];
+    } catch (e) {
+      if (!(e instanceof ApiError && (e.status === 404 || e.status === 405)) || rest === true) throw e;
+      rest = false;
+    }
+  }
+  return ctl<VmView[]>({ action: 'vm_list' });
+}
+
+/** A REST VM action, or the same request through /control on nodes without the routes. */
+async function vmCall<T>(method: string, path: string, body: unknown, req: Record<string, unknown>): Promise<T> {
+  if (rest === null) await listVms();
+  if (!rest) return ctl<T>(req);
+  const r = await api<any>(method, path, body);
+  await follow(r);
+  return r as T;
+}
+
 export const vmApi = {
-  list: () => ctl<VmView[]>({ action: 'vm_list' }),
-  get: (name: string) => ctl<VmView>({ action: 'vm_get', name }),
+  list: listVms,
   create: (b: { name: string; vcpus: number; memory_mib: number; disks: string[]; kernel: string; cmdline?: string }) =>
-    ctl<VmView>({ action: 'vm_create', ...b }),
-  start: (name: string) => ctl<VmView>({ action: 'vm_start', name }),
-  stop: (name: string, force: boolean, timeout_ms?: number) =>
-    ctl<VmView>({ action: 'vm_stop', name, force, ...(timeout_ms ? { timeout_ms } : {}) }),
-  pause: (name: string) => ctl<VmView>({ action: 'vm_pause', name }),
-  resume: (name: string) => ctl<VmView>({ action: 'vm_resume', name }),
-  remove: (name: string) => ctl<void>({ action: 'vm_delete', name }),
+    vmCall<VmView>('POST', '/vms', b, { action: 'vm_create', ...b }),
+  start: (name: string) => vmCall<VmView>('POST', `/vms/${enc(name)}/start`, {}, { action: 'vm_start', name }),
+  stop: (name: string, force: boolean, timeout_ms?: number) => {
+    const b = { force, ...(timeout_ms ? { timeout_ms } : {}) };
+    return vmCall<VmView>('POST', `/vms/${enc(name)}/stop`, b, { action: 'vm_stop', name, ...b });
+  },
+  pause: (name: string) => vmCall<VmView>('POST', `/vms/${enc(name)}/pause`, {}, { action: 'vm_pause', name }),
+  resume: (name: string) => vmCall<VmView>('POST', `/vms/${enc(name)}/resume`, {}, { action: 'vm_resume', name }),
+  remove: (name: string) => vmCall<void>('DELETE', `/vms/${enc(name)}`, undefined, { action: 'vm_delete', name }),
 };
 
-const enc = encodeURIComponent;
 
 /** Follow a REST call that may return a task; throw the task's error in words. */
 async function follow(r: any, onTask?: (t: Task) => void): Promise<void> {
