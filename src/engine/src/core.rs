@@ -406,6 +406,8 @@ pub(crate) struct Inner {
     /// Virtual disk ids whose objects are being created (a clone before it is recorded): not
     /// orphans, whatever the metadata says yet.
     pub building: Mutex<std::collections::HashSet<u64>>,
+    /// Chunks whose replicas must be made equal before they serve I/O (see `reconcile`).
+    pub reconcile: crate::reconcile::ReconcileState,
 }
 
 impl Inner {
@@ -434,6 +436,7 @@ impl Inner {
             shutting_down: AtomicBool::new(false),
             copies_in_progress: AtomicU64::new(0),
             building: Mutex::new(std::collections::HashSet::new()),
+            reconcile: Default::default(),
         }
     }
 
@@ -681,7 +684,8 @@ impl Inner {
             }
             match err {
                 None => {
-                    if did {
+                    // An unreachable node's replica "flushes" without holding anything.
+                    if did && d.replica.reachability() == crate::replica::Reachability::Up {
                         flushed_ok += 1;
                     }
                 }
