@@ -123,4 +123,23 @@ mod tests {
         assert!(validate_member("").is_err());
         assert!(validate_member("2").is_ok());
     }
+
+    #[test]
+    fn cluster_requests_on_the_wire() {
+        use crate::Request;
+        let r: Request = serde_json::from_str(r#"{"action":"cluster_status"}"#).unwrap();
+        assert_eq!(r, Request::ClusterStatus);
+        assert!(!r.is_mutation());
+        let t: Request =
+            serde_json::from_str(r#"{"action":"cluster_token","witness":true}"#).unwrap();
+        assert_eq!(t.action(), "cluster_token");
+        assert!(t.is_mutation());
+        assert!(!crate::allowed(crate::Role::Operator, &t));
+        assert!(crate::allowed(crate::Role::ReadOnly, &r));
+        let bad = Request::ClusterJoin {
+            address: "nowhere".into(),
+            token: "x".into(),
+        };
+        assert!(bad.validate().is_err());
+    }
 }

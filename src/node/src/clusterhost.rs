@@ -523,12 +523,44 @@ impl ClusterHost {
                 .await
                 .map_err(cluster_error)?;
         }
-        if m.read(|s| s.vdisks.contains_key(&id)) {
-            m.propose(Command::DeleteVdisk { id })
-                .await
-                .map_err(cluster_error)?;
+        // Always proposed, whatever this member's (possibly lagging) copy of the state says:
+        // the leader's state decides, and "no such virtual disk" means already released.
+        match m
+            .propose(Command::DeleteVdisk { id: id.clone() })
+            .await
+            .map_err(cluster_error)?
+        {
+            CommandResult::Rejected(msg) if msg.contains("snapshots") => {
+                // Snapshot records this member had not applied yet: wait for them, then retry.
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                let snaps: Vec<String> = m.read(|s| {
+                    s.snapshots
+                        .values()
+                        .filter(|x| x.vdisk == id)
+                        .map(|x| x.id.clone())
+                        .collect()
+                });
+                for s in snaps {
+                    m.propose(Command::DeleteSnapshot { id: s })
+                        .await
+                        .map_err(cluster_error)?;
+                }
+                match m
+                    .propose(Command::DeleteVdisk { id })
+                    .await
+                    .map_err(cluster_error)?
+                {
+                    CommandResult::Rejected(msg) if !msg.contains("no such") => {
+                        Err(ControlError::conflict(msg))
+                    }
+                    _ => Ok(()),
+                }
+            }
+            CommandResult::Rejected(msg) if !msg.contains("no such") => {
+                Err(ControlError::conflict(msg))
+            }
+            _ => Ok(()),
         }
-        Ok(())
     }
 
     /// Records a definition change that already happened on this node. Best effort: the
@@ -623,7 +655,12 @@ impl ClusterHost {
                     Ok(CommandResult::Rejected(msg)) => {
                         tracing::warn!(vdisk = %name, reason = %msg, "local virtual disk not recorded in the cluster")
                     }
-                    Ok(_) => {}
+                    // Made before clustering, or its delete was cut short between the release
+                    // and the engine's delete: the disk is kept (never deleted behind the
+                    // user's back) and named again.
+                    Ok(_) => {
+                        tracing::warn!(vdisk = %name, "recorded a local virtual disk in the cluster")
+                    }
                     Err(_) => failed = true,
                 }
             }
