@@ -27,6 +27,10 @@ pub(crate) const DEFRAG_MIN_BLOCKS: usize = 64;
 /// A range is fragmented when its average physical run is shorter than this (blocks).
 const DEFRAG_MIN_AVG_RUN: usize = 32;
 
+/// After a failed search for a free extent, this many candidate reads skip the search (it
+/// scans the free-space bitmap under the state lock; free space rarely changes that fast).
+const BACKOFF_READS: u64 = 256;
+
 /// What a read found: (index in the read, phys, crc, gen) of every block, all with data.
 pub(crate) type Plan = [(usize, u64, u32, u64)];
 
@@ -43,6 +47,13 @@ impl Inner {
         if !self.defrag_enabled.load(Ordering::Relaxed) || self.check_ok().is_err() {
             return 0;
         }
+        if self
+            .defrag_backoff
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| b.checked_sub(1))
+            .is_ok()
+        {
+            return 0;
+        }
         let n = plan.len() as u64;
         let start = {
             let mut st = self.state.write();
@@ -55,6 +66,8 @@ impl Inner {
                 return 0;
             }
             let Some(start) = st.alloc.alloc_contig(n) else {
+                // Free space is fragmented: no extent that long anywhere.
+                self.defrag_backoff.store(BACKOFF_READS, Ordering::Relaxed);
                 return 0;
             };
             st.inflight += n;

@@ -72,7 +72,8 @@
 //!   scattered it) writes the data it read once more, contiguously, and moves the versions there
 //!   before it returns (`StoreStats::defrag_*`); `set_defrag(false)` (or the environment
 //!   variable `CAIRN_STORE_DEFRAG=0` at open) turns this off. Blocks
-//!   shared with clones are never moved.
+//!   shared with clones are never moved. It needs one free extent as long as the range: when
+//!   free space itself is fragmented (a device swept by random overwrites) nothing moves.
 //!
 //! ## On-disk layout
 //! Superblock (two copies) | meta slots A/B | checkpoint slots A/B | journal ring | data.

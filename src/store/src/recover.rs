@@ -242,6 +242,7 @@ impl Store {
             meta_cache: RwLock::new(meta),
             poisoned: AtomicBool::new(false),
             bg_flush: AtomicBool::new(false),
+            defrag_backoff: AtomicU64::new(0),
             // CAIRN_STORE_DEFRAG=0 turns it off (A/B benchmarks).
             defrag_enabled: AtomicBool::new(
                 std::env::var_os("CAIRN_STORE_DEFRAG").is_none_or(|v| v != "0"),

@@ -89,6 +89,8 @@ pub(crate) struct Inner {
     pub bg_flush: AtomicBool,
     /// Large fragmented reads rewrite their range contiguously (see `defrag`).
     pub defrag_enabled: AtomicBool,
+    /// Defragment candidates still to skip after a failed extent search.
+    pub defrag_backoff: AtomicU64,
     pub poison_reason: Mutex<String>,
     pub counters: Counters,
 }
