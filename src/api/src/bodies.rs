@@ -78,3 +78,22 @@ pub(crate) struct CertBody {
     pub(crate) cert_pem: String,
     pub(crate) key_pem: String,
 }
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct VmCreateBody {
+    pub(crate) name: String,
+    pub(crate) vcpus: u8,
+    pub(crate) memory_mib: u64,
+    #[serde(default)]
+    pub(crate) disks: Vec<String>,
+    pub(crate) kernel: String,
+    pub(crate) cmdline: Option<String>,
+}
+/// `POST /vms/{name}/stop`; an empty body means a graceful stop with the default timeout.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct VmStopBody {
+    #[serde(default)]
+    pub(crate) force: bool,
+    pub(crate) timeout_ms: Option<u64>,
+}

@@ -36,6 +36,7 @@ mod tasks;
 pub mod tls;
 pub mod users;
 mod v1;
+mod vms;
 mod ws;
 
 pub use error::{ApiError, Result};

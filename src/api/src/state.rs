@@ -90,6 +90,8 @@ pub fn is_long(req: &Request) -> bool {
             | Request::VdiskExport { .. }
             | Request::SnapshotRollback { .. }
             | Request::DiskScrub
+            // A graceful stop waits for the guest (10 s by default, up to 10 min).
+            | Request::VmStop { force: false, .. }
     )
 }
 
@@ -118,6 +120,14 @@ pub fn target_of(req: &Request) -> String {
         Request::SnapshotList { vdisk } | Request::SnapshotDiff { vdisk, .. } => vdisk.clone(),
         Request::NbdStart { vdisk, .. } => vdisk.clone(),
         Request::NbdStop { id } => id.to_string(),
+        Request::VmCreate { name, .. }
+        | Request::VmGet { name }
+        | Request::VmStart { name }
+        | Request::VmStop { name, .. }
+        | Request::VmPause { name }
+        | Request::VmResume { name }
+        | Request::VmDelete { name }
+        | Request::VmConsole { name, .. } => name.clone(),
         _ => String::new(),
     }
 }

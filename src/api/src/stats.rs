@@ -33,6 +33,24 @@ pub struct VdiskSample {
     pub size_bytes: u64,
 }
 
+/// One VM's figures over the last sample period. CPU is percent of one host CPU (a VM with
+/// two busy vCPUs shows 200); disk and network figures sum the VM's devices; latency is the
+/// devices' mean request latency weighted by their requests.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct VmSample {
+    pub name: String,
+    pub state: String,
+    pub cpu_percent: f64,
+    pub memory_bytes: u64,
+    pub disk_read_iops: f64,
+    pub disk_write_iops: f64,
+    pub disk_read_bytes_per_sec: f64,
+    pub disk_write_bytes_per_sec: f64,
+    pub disk_latency_us: f64,
+    pub net_rx_bytes_per_sec: f64,
+    pub net_tx_bytes_per_sec: f64,
+}
+
 #[derive(Debug, Clone, Serialize, Default)]
 pub struct Sample {
     pub time_ms: u64,
@@ -48,6 +66,7 @@ pub struct Sample {
     pub degraded_chunks: u64,
     pub disks: Vec<DiskSample>,
     pub vdisks: Vec<VdiskSample>,
+    pub vms: Vec<VmSample>,
 }
 
 #[derive(Debug)]
@@ -102,6 +121,51 @@ struct Prev {
     at: Option<std::time::Instant>,
     totals: Option<[u64; 4]>,
     disks: HashMap<String, (u64, u64)>,
+    /// Per VM: cpu_time_ns, then disk read ops, write ops, read bytes, write bytes, net rx, tx.
+    vms: HashMap<String, [u64; 7]>,
+}
+
+/// VMs reported per sample (a node defines at most 256).
+pub const MAX_VMS_PER_SAMPLE: usize = 256;
+
+fn vm_sample(v: &control::VmView, prev: Option<&[u64; 7]>, secs: f64) -> (VmSample, [u64; 7]) {
+    let mut s = VmSample {
+        name: v.name.clone(),
+        state: v.state.clone(),
+        ..Default::default()
+    };
+    let Some(st) = &v.stats else {
+        return (s, [0; 7]);
+    };
+    s.memory_bytes = st.memory_bytes;
+    let mut now = [st.cpu_time_ns, 0, 0, 0, 0, 0, 0];
+    let (mut lat_sum, mut lat_ops) = (0f64, 0u64);
+    for d in &st.disks {
+        now[1] += d.read_ops;
+        now[2] += d.write_ops;
+        now[3] += d.read_bytes;
+        now[4] += d.write_bytes;
+        let ops = d.read_ops + d.write_ops + d.flush_ops;
+        lat_sum += d.mean_latency_ns as f64 * ops as f64;
+        lat_ops += ops;
+    }
+    for n in &st.nics {
+        now[5] += n.read_bytes;
+        now[6] += n.write_bytes;
+    }
+    if lat_ops > 0 {
+        s.disk_latency_us = lat_sum / lat_ops as f64 / 1000.0;
+    }
+    if let Some(p) = prev {
+        s.cpu_percent = rate(now[0], p[0], secs) / 1e7;
+        s.disk_read_iops = rate(now[1], p[1], secs);
+        s.disk_write_iops = rate(now[2], p[2], secs);
+        s.disk_read_bytes_per_sec = rate(now[3], p[3], secs);
+        s.disk_write_bytes_per_sec = rate(now[4], p[4], secs);
+        s.net_rx_bytes_per_sec = rate(now[5], p[5], secs);
+        s.net_tx_bytes_per_sec = rate(now[6], p[6], secs);
+    }
+    (s, now)
 }
 
 /// Run the sampler until the hub is dropped by everyone else.
@@ -216,6 +280,15 @@ async fn sample(prev: &mut Prev, controller: &dyn Controller) -> Sample {
         }
         prev.disks = next;
     }
+    if let Ok(Reply::Vms(vms)) = controller.execute(actor.clone(), Request::VmList).await {
+        let mut next = HashMap::new();
+        for v in vms.iter().take(MAX_VMS_PER_SAMPLE) {
+            let (vs, counters) = vm_sample(v, prev.vms.get(&v.name), secs);
+            s.vms.push(vs);
+            next.insert(v.name.clone(), counters);
+        }
+        prev.vms = next;
+    }
     if let Ok(Reply::Vdisks(v)) = controller.execute(actor, Request::VdiskList).await {
         s.vdisks = v
             .iter()
@@ -272,6 +345,49 @@ mod tests {
         assert!(busy <= total && total > 0);
         let (used, total) = read_mem().unwrap();
         assert!(used <= total && total > 0);
+    }
+
+    #[test]
+    fn vm_rates_come_from_counter_deltas() {
+        let dev = |id: &str, r: u64, w: u64| control::VmDeviceStatsView {
+            id: id.into(),
+            read_ops: r,
+            read_bytes: r * 4096,
+            write_ops: w,
+            write_bytes: w * 4096,
+            flush_ops: 0,
+            discard_ops: 0,
+            errors: 0,
+            mean_latency_ns: 50_000,
+        };
+        let view = |cpu: u64, r: u64, w: u64| control::VmView {
+            name: "vm1".into(),
+            state: "running".into(),
+            vcpus: 1,
+            memory_mib: 64,
+            disks: vec!["d".into()],
+            kernel: "/k".into(),
+            cmdline: String::new(),
+            created_unix: 0,
+            last_exit: None,
+            stats: Some(control::VmStatsView {
+                cpu_time_ns: cpu,
+                vcpu_exits: 0,
+                memory_bytes: 64 << 20,
+                disks: vec![dev("d", r, w)],
+                nics: vec![dev("n", r, w)],
+            }),
+        };
+        let (first, c) = vm_sample(&view(0, 0, 0), None, 0.0);
+        assert_eq!(first.disk_read_iops, 0.0);
+        let (s, _) = vm_sample(&view(500_000_000, 100, 50), Some(&c), 1.0);
+        assert_eq!(s.cpu_percent, 50.0);
+        assert_eq!(s.disk_read_iops, 100.0);
+        assert_eq!(s.disk_write_iops, 50.0);
+        assert_eq!(s.disk_write_bytes_per_sec, 50.0 * 4096.0);
+        assert_eq!(s.net_rx_bytes_per_sec, 100.0 * 4096.0);
+        assert_eq!(s.disk_latency_us, 50.0);
+        assert_eq!(s.memory_bytes, 64 << 20);
     }
 
     #[test]

@@ -256,7 +256,7 @@ fn size_of(size_bytes: Option<u64>, size: Option<&str>) -> Result<u64, ControlEr
     }
 }
 
-type Out = Result<(u16, Value), ControlError>;
+pub(crate) type Out = Result<(u16, Value), ControlError>;
 
 async fn dispatch(
     st: &Arc<State>,
@@ -268,6 +268,17 @@ async fn dispatch(
 ) -> Out {
     let param = |i: usize| p.get(i).cloned().unwrap_or_default();
     match r {
+        R::Vms
+        | R::VmCreate
+        | R::VmGet
+        | R::VmDelete
+        | R::VmStart
+        | R::VmStop
+        | R::VmPause
+        | R::VmResume
+        | R::VmConsole
+        | R::VmDisks
+        | R::Cluster => crate::vms::dispatch(st, r, p, q, body, c).await,
         R::Health | R::OpenApi | R::Login => Err(ControlError::internal("handled before dispatch")),
         R::Logout => {
             if let Auth::Session { cookie, .. } = &c.auth {
@@ -294,12 +305,7 @@ async fn dispatch(
                 Err(ControlError::not_found(format!("no node {id:?}")))
             }
         }
-        R::Disks => {
-            list(st, c, Request::DiskList, q, |v| {
-                v["name"].as_str().unwrap_or("").to_string()
-            })
-            .await
-        }
+        R::Disks => list(st, c, Request::DiskList, q).await,
         R::DiskAdd => {
             let b: PathBody = h::parse_json(body)?;
             simple(st, c, Request::DiskAdd { path: b.path }, 201).await
@@ -311,12 +317,7 @@ async fn dispatch(
             simple(st, c, Request::DiskProbe { path: b.path }, 200).await
         }
         R::Pool => simple(st, c, Request::PoolInfo, 200).await,
-        R::Vdisks => {
-            list(st, c, Request::VdiskList, q, |v| {
-                v["name"].as_str().unwrap_or("").to_string()
-            })
-            .await
-        }
+        R::Vdisks => list(st, c, Request::VdiskList, q).await,
         R::VdiskCreate => {
             let b: VdiskCreateBody = h::parse_json(body)?;
             let size_bytes = size_of(b.size_bytes, b.size.as_deref())?;
@@ -385,12 +386,7 @@ async fn dispatch(
             )
             .await
         }
-        R::Snapshots => {
-            list(st, c, Request::SnapshotList { vdisk: param(0) }, q, |v| {
-                v["name"].as_str().unwrap_or("").to_string()
-            })
-            .await
-        }
+        R::Snapshots => list(st, c, Request::SnapshotList { vdisk: param(0) }, q).await,
         R::SnapshotCreate => {
             let b: NameBody = h::parse_json(body)?;
             simple(
@@ -440,12 +436,7 @@ async fn dispatch(
             let reply = st.control(c, req).await?;
             Ok((200, json!({"ranges": reply_value(&reply)?})))
         }
-        R::NbdList => {
-            list(st, c, Request::NbdList, q, |v| {
-                format!("{:020}", v["id"].as_u64().unwrap_or(0))
-            })
-            .await
-        }
+        R::NbdList => list(st, c, Request::NbdList, q).await,
         R::NbdStart => {
             let b: NbdBody = h::parse_json(body)?;
             simple(
@@ -667,7 +658,7 @@ fn id_page<T: serde::Serialize>(mut items: Vec<T>, limit: usize, id: impl Fn(&T)
     json!({"items": items, "next_cursor": next})
 }
 
-async fn simple(st: &State, c: &Caller, req: Request, status: u16) -> Out {
+pub(crate) async fn simple(st: &State, c: &Caller, req: Request, status: u16) -> Out {
     let reply = st.control(c, req).await?;
     if status == 204 {
         return Ok((204, Value::Null));
@@ -680,25 +671,32 @@ async fn simple(st: &State, c: &Caller, req: Request, status: u16) -> Out {
     Ok((status, reply_value(&reply)?))
 }
 
-async fn list(
-    st: &State,
-    c: &Caller,
-    req: Request,
-    q: &[(String, String)],
-    key: fn(&Value) -> String,
-) -> Out {
+/// A paged list. The reply's items stay typed until the page is cut, so a list of thousands
+/// costs one page of JSON, not thousands of `Value` trees.
+pub(crate) async fn list(st: &State, c: &Caller, req: Request, q: &[(String, String)]) -> Out {
     let (limit, cursor) = h::paging(q)?;
-    let reply = st.control(c, req).await?;
-    let items = match reply_value(&reply)? {
-        Value::Array(a) => a,
-        other => vec![other],
+    let cur = cursor.as_deref();
+    let page = match st.control(c, req).await? {
+        Reply::Vdisks(v) => h::page_by(v, |d| d.name.as_str(), limit, cur),
+        Reply::Disks(v) => h::page_by(v, |d| d.name.as_str(), limit, cur),
+        Reply::Snapshots(v) => h::page_by(v, |s| s.name.as_str(), limit, cur),
+        Reply::Vms(v) => h::page_by(v, |m| m.name.as_str(), limit, cur),
+        Reply::NbdExports(v) => h::page(v, |e| format!("{:020}", e.id), limit, cur),
+        other => {
+            return Err(ControlError::internal(format!(
+                "the node answered a list with {}",
+                reply_value(&other)
+                    .map(|v| v.to_string())
+                    .unwrap_or_default()
+            )))
+        }
     };
-    Ok((200, h::page(items, key, limit, cursor.as_deref())))
+    Ok((200, page))
 }
 
 /// Long operations: check role, input and that the source exists now (so a typo is a 404, not
 /// a failed task), then run in the background and answer 202 with the task.
-async fn task(st: &Arc<State>, c: &Caller, req: Request) -> Out {
+pub(crate) async fn task(st: &Arc<State>, c: &Caller, req: Request) -> Out {
     debug_assert!(is_long(&req));
     st.precheck(c, &req)?;
     let exists = match &req {
@@ -709,6 +707,20 @@ async fn task(st: &Arc<State>, c: &Caller, req: Request) -> Out {
     };
     if let Some(name) = exists {
         st.run(c, Request::VdiskGet { name }).await?;
+    }
+    if let Request::VmStop { name, .. } = &req {
+        // A stop of a VM that is not running is refused now, not as a failed task.
+        let Reply::Vm(vm) = st.run(c, Request::VmGet { name: name.clone() }).await? else {
+            return Err(ControlError::internal(
+                "the node answered vm_get with something else",
+            ));
+        };
+        if !matches!(vm.state.as_str(), "running" | "paused") {
+            return Err(err(
+                ErrorCode::Conflict,
+                format!("{name} is not running (it is {})", vm.state),
+            ));
+        }
     }
     let t = st.tasks.start(req.action(), &target_of(&req), &c.user)?;
     st.event(

@@ -209,6 +209,91 @@ fn rows() -> Vec<(&'static str, &'static str, Option<Value>, Rule)> {
             Some(json!({"action": "disk_add", "path": "/nonexistent"})),
             Control(Request::DiskAdd { path: "/x".into() }),
         ),
+        ("GET", "/api/v1/vms", None, Control(Request::VmList)),
+        (
+            "POST",
+            "/api/v1/vms",
+            Some(json!({"name": "vmx", "vcpus": 1, "memory_mib": 64, "kernel": "/nonexistent/k"})),
+            Control(Request::VmCreate {
+                name: vd("v"),
+                vcpus: 1,
+                memory_mib: 64,
+                disks: vec![],
+                kernel: "/k".into(),
+                cmdline: None,
+            }),
+        ),
+        (
+            "GET",
+            "/api/v1/vms/novm",
+            None,
+            Control(Request::VmGet { name: vd("v") }),
+        ),
+        (
+            "GET",
+            "/api/v1/vms/novm/disks",
+            None,
+            Control(Request::VmGet { name: vd("v") }),
+        ),
+        (
+            "GET",
+            "/api/v1/vms/novm/console",
+            None,
+            Control(Request::VmConsole {
+                name: vd("v"),
+                max_bytes: None,
+            }),
+        ),
+        (
+            "POST",
+            "/api/v1/vms/novm/start",
+            None,
+            Control(Request::VmStart { name: vd("v") }),
+        ),
+        (
+            "POST",
+            "/api/v1/vms/novm/stop",
+            None,
+            Control(Request::VmStop {
+                name: vd("v"),
+                force: false,
+                timeout_ms: None,
+            }),
+        ),
+        (
+            "POST",
+            "/api/v1/vms/novm/stop",
+            Some(json!({"force": true})),
+            Control(Request::VmStop {
+                name: vd("v"),
+                force: true,
+                timeout_ms: None,
+            }),
+        ),
+        (
+            "POST",
+            "/api/v1/vms/novm/pause",
+            None,
+            Control(Request::VmPause { name: vd("v") }),
+        ),
+        (
+            "POST",
+            "/api/v1/vms/novm/resume",
+            None,
+            Control(Request::VmResume { name: vd("v") }),
+        ),
+        (
+            "DELETE",
+            "/api/v1/vms/novm",
+            None,
+            Control(Request::VmDelete { name: vd("v") }),
+        ),
+        (
+            "GET",
+            "/api/v1/cluster",
+            None,
+            Control(Request::ClusterStatus),
+        ),
         ("GET", "/api/v1/certificate", None, Anyone),
         (
             "PUT",
@@ -393,6 +478,11 @@ async fn openapi_matches_routes_and_live_answers() {
 
     let h = Harness::start().await.unwrap();
     let a = h.admin().await;
+    // VM definitions only check that the kernel is a file; these tests never boot it.
+    let kernel = h.dir.path().join("not-a-kernel.bin");
+    std::fs::write(&kernel, [0u8; 4096]).unwrap();
+    let vm_body = json!({"name": "v1", "vcpus": 1, "memory_mib": 64, "disks": ["o1"],
+        "kernel": kernel.display().to_string()});
     let calls: Vec<(&str, &str, &str, Option<Value>)> = vec![
         ("get", "/health", "/api/v1/health", None),
         ("get", "/auth/me", "/api/v1/auth/me", None),
@@ -486,11 +576,68 @@ async fn openapi_matches_routes_and_live_answers() {
             None,
         ),
         ("delete", "/users/{name}", "/api/v1/users/u1", None),
+        ("post", "/vms", "/api/v1/vms", Some(vm_body.clone())),
+        ("post", "/vms", "/api/v1/vms", Some(vm_body)),
+        (
+            "post",
+            "/vms",
+            "/api/v1/vms",
+            Some(json!({"name": "v2", "vcpus": 0, "memory_mib": 64, "kernel": "/k"})),
+        ),
+        ("get", "/vms", "/api/v1/vms?limit=10", None),
+        ("get", "/vms/{name}", "/api/v1/vms/v1", None),
+        ("get", "/vms/{name}", "/api/v1/vms/none", None),
+        ("get", "/vms/{name}/disks", "/api/v1/vms/v1/disks", None),
+        (
+            "get",
+            "/vms/{name}/console",
+            "/api/v1/vms/v1/console?max_bytes=100",
+            None,
+        ),
+        ("post", "/vms/{name}/stop", "/api/v1/vms/v1/stop", None),
+        (
+            "post",
+            "/vms/{name}/stop",
+            "/api/v1/vms/v1/stop",
+            Some(json!({"force": true})),
+        ),
+        ("post", "/vms/{name}/pause", "/api/v1/vms/v1/pause", None),
+        ("post", "/vms/{name}/resume", "/api/v1/vms/v1/resume", None),
+        ("post", "/vms/{name}/start", "/api/v1/vms/v1/start", None),
+        ("delete", "/vms/{name}", "/api/v1/vms/v1", None),
+        ("get", "/cluster", "/api/v1/cluster", None),
     ];
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let mut statuses = Vec::new();
     for (m, p, url, body) in calls {
         let r = a.call(&m.to_uppercase(), url, body, &[]).await;
         check(&doc, p, m, &r);
+        statuses.push((format!("{m} {url}"), r.status));
+    }
+    // The VM calls answered as designed, not merely in some documented shape.
+    let want = [
+        ("post /api/v1/vms", 201),
+        ("get /api/v1/vms/v1", 200),
+        ("get /api/v1/vms/none", 404),
+        ("get /api/v1/vms/v1/disks", 200),
+        ("post /api/v1/vms/v1/stop", 409),
+        ("delete /api/v1/vms/v1", 204),
+    ];
+    for (call, status) in want {
+        assert!(
+            statuses.iter().any(|(c, s)| c == call && *s == status),
+            "{call} never answered {status}: {statuses:?}"
+        );
+    }
+    let audit = a.get("/api/v1/audit?limit=1000").await;
+    let items = audit.json["items"].as_array().unwrap();
+    for action in ["vm_create", "vm_delete"] {
+        assert!(
+            items
+                .iter()
+                .any(|e| e["action"] == action && e["target"] == "v1" && e["result"] == "ok"),
+            "{action} of v1 is not in the audit log"
+        );
     }
     h.stop().await;
 }
