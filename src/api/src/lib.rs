@@ -3,9 +3,10 @@
 //! protection, API tokens), the REST API under `/api/v1` (documented in `openapi.json`), live
 //! statistics over Server-Sent Events, the audit log, and the embedded web UI.
 //!
-//! What it owns: its state dir (`tls/`, `users.json`, `tokens.json`, `audit.jsonl`) and the HTTP
-//! surface. What it must never do: touch the engine or any storage state directly. Every storage
-//! request is parsed into a [`control::Request`], authorized with [`control::allowed`], and
+//! What it owns: its state dir (`tls/`, `users.json`, `tokens.json`, `tasks.json`,
+//! `audit.jsonl`) and the HTTP surface. What it must never do: touch the engine or any storage
+//! state directly. Every storage request is parsed into a [`control::Request`], authorized with
+//! [`control::allowed`], and
 //! forwarded to the node's [`control::Controller`]. Users, tokens and the certificate are the
 //! api's own state; their mutations are one [`admin::AdminAction`] type applied in one function
 //! ([`admin::apply`]) — see that module for why they are not `control::Request` variants.
@@ -129,7 +130,7 @@ pub async fn serve(cfg: ApiConfig, controller: Arc<dyn Controller>) -> Result<Ap
         limiter: Default::default(),
         audit: audit::AuditLog::open(&cfg.state_dir),
         idempotency: Default::default(),
-        tasks: Default::default(),
+        tasks: tasks::Tasks::open(&cfg.state_dir),
         stats: hub.clone(),
         certs,
         events: Default::default(),

@@ -1,18 +1,22 @@
-//! Long operations (import, export, clone, rollback, scrub) run as tasks: the request returns a
-//! task id at once and the work continues on the runtime; clients poll `GET /tasks/{id}`.
-//! In memory, bounded: the newest `MAX_TASKS` are kept (finished ones are evicted first).
+//! Long operations (import, export, clone, rollback, scrub, graceful VM stop) run as tasks: the
+//! request returns a task id at once and the work continues on the runtime; clients poll
+//! `GET /tasks/{id}`. Bounded: the newest `MAX_TASKS` are kept (finished ones are evicted first).
+//! Persisted in `state_dir/tasks.json` (rewritten atomically when a task starts or ends), so
+//! ids stay unique and results stay readable across restarts; a task that was running when the
+//! node stopped is marked failed on the next start, since its work did not survive.
 
 use crate::files::now_unix;
 use control::{ControlError, Reply};
 use parking_lot::Mutex;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
+use std::path::PathBuf;
 
 pub const MAX_TASKS: usize = 1000;
 /// Running tasks at once; more is refused with `busy` rather than queued without bound.
 pub const MAX_RUNNING: usize = 64;
 
-#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum TaskState {
     Running,
@@ -20,7 +24,7 @@ pub enum TaskState {
     Failed,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TaskView {
     pub id: u64,
     pub action: String,
@@ -38,9 +42,46 @@ pub struct TaskView {
 #[derive(Debug, Default)]
 pub struct Tasks {
     inner: Mutex<(u64, VecDeque<TaskView>)>,
+    /// Where the list is kept; None keeps it in memory only (unit tests).
+    file: Option<PathBuf>,
 }
 
 impl Tasks {
+    /// Load `state_dir/tasks.json`; a missing or unreadable file starts an empty list (tasks
+    /// are a convenience record, never a reason to refuse to start).
+    pub fn open(state_dir: &std::path::Path) -> Tasks {
+        let file = state_dir.join("tasks.json");
+        let mut list: VecDeque<TaskView> = crate::files::read_optional(&file)
+            .ok()
+            .flatten()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        while list.len() > MAX_TASKS {
+            list.pop_front();
+        }
+        for t in list.iter_mut().filter(|t| t.state == TaskState::Running) {
+            t.state = TaskState::Failed;
+            t.finished_unix = Some(now_unix());
+            t.error = Some(ControlError::internal(
+                "interrupted: the node stopped while this task ran; check the object and retry",
+            ));
+        }
+        let next = list.iter().map(|t| t.id).max().unwrap_or(0);
+        Tasks {
+            inner: Mutex::new((next, list)),
+            file: Some(file),
+        }
+    }
+
+    fn save(&self, list: &VecDeque<TaskView>) {
+        if let Some(f) = &self.file {
+            let b = serde_json::to_vec(list).unwrap_or_default();
+            if let Err(e) = crate::files::write_atomic(f, &b) {
+                tracing::warn!("api: cannot save tasks: {e}");
+            }
+        }
+    }
+
     pub fn start(&self, action: &str, target: &str, user: &str) -> Result<TaskView, ControlError> {
         let mut g = self.inner.lock();
         let running = g.1.iter().filter(|t| t.state == TaskState::Running).count();
@@ -72,6 +113,7 @@ impl Tasks {
             }
         }
         g.1.push_back(t.clone());
+        self.save(&g.1);
         Ok(t)
     }
 
@@ -90,6 +132,7 @@ impl Tasks {
                     t.error = Some(e.clone());
                 }
             }
+            self.save(&g.1);
         }
     }
 
@@ -108,5 +151,29 @@ impl Tasks {
             .take(limit)
             .cloned()
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tasks_survive_a_restart_and_running_ones_fail() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = Tasks::open(dir.path());
+        let a = t.start("vdisk_clone", "a -> b", "admin").unwrap();
+        let b = t.start("vm_stop", "vm1", "admin").unwrap();
+        t.finish(a.id, &Ok(Reply::Done));
+        drop(t);
+        let t = Tasks::open(dir.path());
+        assert_eq!(t.get(a.id).unwrap().state, TaskState::Succeeded);
+        let b2 = t.get(b.id).unwrap();
+        assert_eq!(b2.state, TaskState::Failed);
+        assert!(b2.error.unwrap().message.contains("interrupted"));
+        let c = t.start("disk_scrub", "", "admin").unwrap();
+        assert!(c.id > b.id, "ids are never reused");
+        std::fs::write(dir.path().join("tasks.json"), b"not json").unwrap();
+        assert!(Tasks::open(dir.path()).list(0, 10).is_empty());
     }
 }
