@@ -12,6 +12,8 @@ run env CAIRN_SOAK_CYCLES=20000 cargo test --release -p store --test crash
 run env CAIRN_POWERCUT_CYCLES=5000 cargo test --release -p engine --test powercut
 run env PROPTEST_CASES=2000 cargo test --release -p engine --test model
 run env PROPTEST_CASES=2000 cargo test --release -p store
+# Deterministic simulation of engine + cluster: thousands of seeds (the default run has 200).
+run env CAIRN_SIM_SEEDS=5000 CAIRN_SIM_SEED_BASE=1000 cargo test --release -p sim --test seeds seeds -- --nocapture
 for i in 1 2 3 4 5; do
   run env CAIRN_KILL9_SEED=$RANDOM cargo test --release -p cairn --test kill9
 done
