@@ -131,52 +131,37 @@ impl Inner {
     }
 
     /// After an unclean shutdown the two replicas of a chunk may differ where writes were never
-    /// flushed. Compare every chunk's replicas (full history) and rewrite the others from the
-    /// first one, which is the one reads have used meanwhile; then reads may alternate again.
+    /// flushed. Reconcile every chunk not reconciled yet by a request (see `reconcile`); only
+    /// when every chunk was done may reads alternate again and the pool stop counting as
+    /// needing it.
     async fn resync_after_crash(&self) {
         if !self.meta.read().as_ref().is_some_and(|m| m.needs_resync) {
             return;
         }
+        // The metadata is the record: whatever set it, every chunk counts as pending now.
+        if !self.reconcile_all_pending() {
+            self.set_reconcile_pending(true);
+        }
         self.rebalance.lock().resync_running = true;
+        let mut all = true;
         for (obj, _) in self.index.all() {
             if self.shutting_down.load(Ordering::Acquire) {
                 self.rebalance.lock().resync_running = false;
                 return;
             }
-            let mut fail = None;
-            {
-                let _l = self.stripe(obj).write().await;
-                let Some(holders) = self.index.get(obj) else {
-                    continue;
-                };
-                let live = self.live_disks(holders);
-                if live.len() < 2 {
-                    continue;
-                }
-                let Ok(truth) = live[0].replica.export_object(obj).await else {
-                    tracing::warn!(%obj, "resync: reading the primary replica failed");
-                    continue;
-                };
-                for other in &live[1..] {
-                    let same = match other.replica.export_object(obj).await {
-                        Ok(v) => same_versions(&truth, &v),
-                        Err(_) => false,
-                    };
-                    if same {
-                        continue;
-                    }
-                    match self.copy_object(obj, &live[0], other).await {
-                        Ok(_) => self.rebalance.lock().resync_fixed += 1,
-                        Err(Some(e)) if is_device_failure(&e) => fail = Some((other.clone(), e)),
-                        Err(_) => tracing::warn!(%obj, disk = %other.name, "resync copy failed"),
-                    }
-                }
-                self.rebalance.lock().resync_checked += 1;
+            if self.reconciled(obj) {
+                continue;
             }
-            if let Some((d, e)) = fail {
-                let _ = self.fail_disk(&d, &e).await;
+            if let Err(e) = self.reconcile_chunk(obj).await {
+                tracing::warn!(%obj, error = %e, "resync of a chunk failed");
             }
+            all &= self.reconciled(obj);
+            self.rebalance.lock().resync_checked += 1;
             tokio::task::yield_now().await;
+        }
+        if !all {
+            self.rebalance.lock().resync_running = false;
+            return; // retried by the next pass
         }
         let r = self
             .update_meta(|m| {
@@ -185,7 +170,10 @@ impl Inner {
             })
             .await;
         match r {
-            Ok(()) => self.balanced_reads.store(true, Ordering::Release),
+            Ok(()) => {
+                self.reconcile_finished();
+                self.balanced_reads.store(true, Ordering::Release);
+            }
             Err(e) => tracing::warn!(error = %e, "recording the end of resync failed"),
         }
         self.rebalance.lock().resync_running = false;
@@ -614,22 +602,6 @@ impl Engine {
 }
 
 /// Whether two exports hold the same versions with the same contents.
-fn same_versions(a: &[store::BlockVersions], b: &[store::BlockVersions]) -> bool {
-    a.len() == b.len()
-        && a.iter().zip(b).all(|(x, y)| {
-            x.block == y.block
-                && x.versions.len() == y.versions.len()
-                && x.versions.iter().zip(&y.versions).all(|(p, q)| {
-                    p.gen == q.gen
-                        && match (&p.data, &q.data) {
-                            (None, None) => true,
-                            (Some(d), Some(e)) => d[..] == e[..],
-                            _ => false,
-                        }
-                })
-        })
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;

@@ -280,6 +280,7 @@ impl VdiskHandle {
                 )
                 .await;
         }
+        self.inner.ensure_reconciled(obj).await?;
         let mut repairs = Vec::new();
         let result = {
             let _l = self.inner.stripe(obj).write().await;

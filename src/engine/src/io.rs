@@ -111,11 +111,13 @@ impl Inner {
         };
         let mut ok = 0;
         let mut other = None;
+        let mut took = None;
         for (d, r) in live.iter().zip(results) {
             d.inflight.fetch_sub(1, Ordering::Relaxed);
             match r {
                 Ok(()) => {
                     ok += 1;
+                    took = Some(d.slot);
                     d.writes.fetch_add(1, Ordering::Relaxed);
                     d.write_seq.fetch_add(1, Ordering::Release);
                 }
@@ -124,6 +126,11 @@ impl Inner {
             }
         }
         if let Some(e) = other {
+            if let Some(good) = took {
+                // One replica took the change and another refused it: make them agree
+                // before the chunk serves anything else.
+                self.mark_suspect(obj, good);
+            }
             return Err(EngineError::store(format!("chunk {obj}"), e));
         }
         if ok == 0 {
@@ -156,6 +163,7 @@ impl Inner {
     ) -> Result<()> {
         debug_assert!(block + (data.len() / BLOCK_BYTES as usize) as u64 <= CHUNK_BLOCKS);
         let crcs = store::block_crcs(data.as_slice()).into();
+        self.ensure_reconciled(obj).await?;
         let _l = self.stripe(obj).read().await;
         let holders = self.holders_or_place(obj, seed)?;
         self.replicate(obj, holders, &Op::Write { block, data, crcs }, gen, pin)
@@ -170,6 +178,7 @@ impl Inner {
         gen: u64,
         pin: u64,
     ) -> Result<()> {
+        self.ensure_reconciled(obj).await?;
         let _l = self.stripe(obj).read().await;
         // Nothing stored: already reads as zeros.
         let Some(holders) = self.index.get(obj) else {
@@ -187,6 +196,7 @@ impl Inner {
         at_gen: u64,
         out: &mut [u8],
     ) -> Result<()> {
+        self.ensure_reconciled(obj).await?;
         let mut repairs = Vec::new();
         let r = {
             let _l = self.stripe(obj).read().await;

@@ -117,6 +117,7 @@ mod io;
 mod meta;
 mod placement;
 mod pool;
+mod reconcile;
 pub mod remote;
 mod replica;
 mod types;

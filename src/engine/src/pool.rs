@@ -205,6 +205,7 @@ impl Engine {
             if !m.clean {
                 m.needs_resync = true; // persisted with the next metadata change
             }
+            inner.set_reconcile_pending(m.needs_resync);
             inner
                 .balanced_reads
                 .store(m.clean && !m.needs_resync, Ordering::Release);
@@ -255,6 +256,7 @@ impl Engine {
             },
         );
         if let Some(d) = inner.disk(slot) {
+            let mut deleted = false;
             for obj in d.replica.objects() {
                 if obj.vdisk & crate::replica::FOREIGN_VDISK_BIT != 0 {
                     continue; // a replica this node holds for another node's virtual disk
@@ -269,9 +271,22 @@ impl Engine {
                         tracing::warn!(%obj, error = %e, "deleting an incomplete copy failed");
                     }
                     d.write_seq.fetch_add(1, Ordering::Release);
+                    deleted = true;
                     continue;
                 }
                 inner.index.add(obj, slot);
+            }
+            // The intents are cleared by the next maintenance pass: the deletes must be durable
+            // first, or a crash would bring the stale partial copy back as a valid replica
+            // (and it could win a later reconcile over the copy holding flushed writes).
+            if deleted {
+                if let Err(e) = d.replica.flush().await {
+                    d.set_state(DiskState::Failed);
+                    return Err(EngineError::store(
+                        format!("{name}: making deleted partial copies durable"),
+                        e,
+                    ));
+                }
             }
         }
         if member.is_none() {

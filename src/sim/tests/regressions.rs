@@ -28,37 +28,31 @@ fn every_regression_has_a_named_test() {
 }
 
 #[test]
-#[ignore = "known engine bug (sim::REGRESSIONS seed 44): replicas diverge after a power cut"]
 fn seed_44() {
     seed(44);
 }
 
 #[test]
-#[ignore = "known engine bug (sim::REGRESSIONS seed 67): replicas diverge after a power cut"]
 fn seed_67() {
     seed(67);
 }
 
 #[test]
-#[ignore = "known engine bug (sim::REGRESSIONS seed 74): replicas diverge after a power cut"]
 fn seed_74() {
     seed(74);
 }
 
 #[test]
-#[ignore = "known engine bug (sim::REGRESSIONS seed 87): replicas diverge after a power cut"]
 fn seed_87() {
     seed(87);
 }
 
 #[test]
-#[ignore = "known engine bug (sim::REGRESSIONS seed 125): degraded chunk never re-mirrored"]
 fn seed_125() {
     seed(125);
 }
 
 #[test]
-#[ignore = "known engine bug (sim::REGRESSIONS seed 162): flush fails with one healthy disk"]
 fn seed_162() {
     seed(162);
 }
