@@ -65,18 +65,22 @@ pub(crate) fn spawn_maintenance(inner: &Arc<Inner>) {
 impl Inner {
     /// One round of background work; true if it changed something (run again soon).
     pub(crate) async fn maintenance_pass(&self) -> bool {
-        // Intents left by a previous run were dealt with when their disks were opened.
-        if self
+        // Intents left by a previous run were dealt with when their disks were opened; those of
+        // copies that failed here left a partial object behind, removed (durably) first.
+        let intents = self
             .meta
             .read()
             .as_ref()
-            .is_some_and(|m| !m.importing.is_empty())
+            .map(|m| m.importing.clone())
+            .unwrap_or_default();
+        if !intents.is_empty()
             && self.copies_in_progress.load(Ordering::Acquire) == 0
+            && self.drop_partial_copies(&intents).await
         {
             let r = self
                 .update_meta(|m| {
                     if self.copies_in_progress.load(Ordering::Acquire) == 0 {
-                        m.importing.clear();
+                        m.importing.retain(|x| !intents.contains(x));
                     }
                     Ok(())
                 })

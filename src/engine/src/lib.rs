@@ -17,11 +17,14 @@
 //! - **Logical limit:** a virtual disk may be at most usable capacity (raw / 2) x `OVERCOMMIT`
 //!   (4), and never more than `MAX_VDISK_BYTES` (1 PiB). Sizes are rounded up to 4 KiB.
 //! - **Reads** go to the less busy replica. After an unclean shutdown the replicas may differ
-//!   in blocks written but never flushed (power lost between the two replicas' flushes): every
-//!   read of a chunk then goes to the same replica until a background resync has compared
-//!   both replicas' full history and rewritten the other from it (`needs_resync` in the pool
-//!   metadata, progress in `stats().rebalance.resync_*`). So a block never flips between old
-//!   and new contents.
+//!   in blocks written but never flushed (power lost between the two replicas' writes or
+//!   flushes), and a chunk may be left with one replica. Every chunk is then *pending*: the
+//!   first request on it makes its replicas equal (the first readable replica is the truth)
+//!   and re-creates a missing one before it is served, and the first request after such an
+//!   open re-mirrors every under-replicated chunk (`reconcile`). A background resync does the
+//!   chunks nobody touched (`needs_resync` in the pool metadata, progress in
+//!   `stats().rebalance.resync_*`), then reads alternate again. So no read can fail over to an
+//!   older value than one already returned, and a clean restart does none of this work.
 //! - **Multi-step operations are recorded before they start** in the pool metadata: chunk
 //!   copies (`importing`: an interrupted import is deleted when its disk is opened), rollbacks
 //!   (redone before the disk serves I/O again; live I/O gets `Busy` meanwhile), snapshot

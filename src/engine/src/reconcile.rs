@@ -264,6 +264,52 @@ impl Inner {
         Ok(fixed)
     }
 
+    /// Before copy intents are forgotten: a copy that failed after it deleted the target's
+    /// object may have left part of a copy there, which the index does not count but a restart
+    /// would (as a replica with stale data, possibly chosen as the truth). Delete such leftovers
+    /// and make that durable. True when every intent may be cleared.
+    pub(crate) async fn drop_partial_copies(&self, intents: &[(String, ObjectId)]) -> bool {
+        let mut touched: Vec<Arc<Disk>> = Vec::new();
+        let mut ok = true;
+        for (disk_id, obj) in intents {
+            let Some(d) = self
+                .disks
+                .read()
+                .iter()
+                .find(|d| d.id == *disk_id && d.live())
+                .cloned()
+            else {
+                continue; // gone or failed: refused at the next open, never served
+            };
+            let _l = self.stripe(*obj).write().await;
+            if self.index.get(*obj).is_some_and(|s| s.contains(d.slot)) {
+                continue; // the copy completed
+            }
+            if !d.replica.objects().contains(obj) {
+                continue;
+            }
+            match d.replica.delete_object(*obj).await {
+                Ok(()) => {
+                    d.write_seq.fetch_add(1, Ordering::Release);
+                    if !touched.iter().any(|t| t.slot == d.slot) {
+                        touched.push(d.clone());
+                    }
+                }
+                Err(e) => {
+                    ok = false;
+                    tracing::warn!(%obj, disk = %d.name, error = %e, "dropping a partial copy failed");
+                }
+            }
+        }
+        for d in touched {
+            if let Err(e) = d.replica.flush().await {
+                ok = false;
+                tracing::warn!(disk = %d.name, error = %e, "flushing dropped partial copies failed");
+            }
+        }
+        ok
+    }
+
     fn mark_reconciled(&self, obj: ObjectId) {
         let r = &self.reconcile;
         if r.all_pending.load(Ordering::Acquire) {
@@ -378,6 +424,29 @@ mod tests {
         h.read(0, &mut b).await.unwrap();
         assert!(b.iter().all(|&x| x == 1));
         h.write(0, &[4u8; 4096]).await.unwrap();
+    }
+
+    /// A copy that failed after deleting its target's object leaves a partial copy the index
+    /// does not count; before its intent is forgotten it is deleted, so no restart can take it
+    /// for a replica.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn partial_copy_is_dropped_before_its_intent() {
+        let (e, h) = pool().await;
+        let obj = ObjectId {
+            vdisk: h.rt.id,
+            chunk: 0,
+        };
+        let live = replicas(&e, obj);
+        let dst = live[1].clone();
+        // As a failed copy leaves it: not in the index, still in the store, intent recorded.
+        e.inner.index.remove_slot(obj, dst.slot);
+        let intent = (dst.id.clone(), obj);
+        assert!(e.inner.drop_partial_copies(&[intent]).await);
+        assert!(!dst.replica.objects().contains(&obj));
+        // A completed copy (in the index) is left alone.
+        let kept = (live[0].id.clone(), obj);
+        assert!(e.inner.drop_partial_copies(&[kept]).await);
+        assert!(live[0].replica.objects().contains(&obj));
     }
 
     /// A clean pool never pays for reconciling: nothing is pending, nothing is compared.
