@@ -1,10 +1,11 @@
 //! `cairn bench api`: the HTTPS API under load, against nginx serving the same JSON body as a
 //! static file over TLS (the anchor in BENCHMARKS.md). A benchmark, never part of the test run.
 //!
-//! Defines `--vdisks` virtual disks (default 5,000) on a throwaway node with small file-backed
-//! disks, serves the API on 127.0.0.1, and runs wrk (100 connections, keep-alive) against the
-//! virtual disk list (one page of `--page` entries) and a single virtual disk get. VMs do not
-//! exist yet, so the VM list figure is reported as skipped. Owned by the api work.
+//! Defines `--vdisks` virtual disks (default 5,000) and `--vms` VM definitions (default 1,000;
+//! the node's own bound may stop it earlier, which is reported) on a throwaway node with small
+//! file-backed disks, serves the API on 127.0.0.1, and runs wrk (100 connections, keep-alive,
+//! one TLS handshake per connection) against the VM list and virtual disk list (one page of
+//! `--page` entries), a single VM get and a single virtual disk get. Owned by the api work.
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -23,6 +24,9 @@ pub struct ApiBenchArgs {
     /// Virtual disks to define before measuring.
     #[arg(long, default_value_t = 5000)]
     pub vdisks: usize,
+    /// VM definitions to create before measuring (never started).
+    #[arg(long, default_value_t = 1000)]
+    pub vms: usize,
     /// Entries per list page requested.
     #[arg(long, default_value_t = 100)]
     pub page: usize,
@@ -159,9 +163,31 @@ async fn bench(a: &ApiBenchArgs) -> Result<()> {
         serde_json::json!({"bench": "api", "metric": "vdisks_defined", "ours": defined, "asked": a.vdisks})
     );
     eprintln!("defined in {:.1} s", t0.elapsed().as_secs_f64());
+    // VMs are definitions only (never started): the kernel must merely be a file.
+    let kernel = a.dir.join("kernel.bin");
+    std::fs::write(&kernel, [0u8; 4096])?;
+    let mut vms = 0usize;
+    for i in 0..a.vms {
+        let req = Request::VmCreate {
+            name: format!("vm-{i:05}"),
+            vcpus: 1,
+            memory_mib: 64,
+            disks: vec![format!("bench-{:05}", i % defined.max(1))],
+            kernel: kernel.display().to_string(),
+            cmdline: None,
+        };
+        match ctl.execute(Actor::internal("bench"), req).await {
+            Ok(_) => vms += 1,
+            Err(e) if vms > 0 => {
+                eprintln!("VM limit reached: {}", e.message);
+                break;
+            }
+            Err(e) => bail!("vm create: {e}"),
+        }
+    }
     println!(
         "{}",
-        serde_json::json!({"bench": "api", "metric": "vm_list_p99_ms", "skipped": "no VM endpoints yet (VMM not wired)"})
+        serde_json::json!({"bench": "api", "metric": "vms_defined", "ours": vms, "asked": a.vms})
     );
 
     let state = a.dir.join("api");
@@ -177,11 +203,18 @@ async fn bench(a: &ApiBenchArgs) -> Result<()> {
     let base = format!("https://127.0.0.1:{}", h.local_addr.port());
     let list_url = format!("{base}/api/v1/vdisks?limit={}", a.page);
     let get_url = format!("{base}/api/v1/vdisks/bench-{:05}", defined / 2);
+    let vm_list_url = format!("{base}/api/v1/vms?limit={}", a.page);
+    let vm_get_url = format!("{base}/api/v1/vms/vm-{:05}", vms / 2);
 
     // The anchor: nginx serving the very same bodies as static files over TLS.
     let www = a.dir.join("www");
     std::fs::create_dir_all(&www)?;
-    for (url, file) in [(&list_url, "list.json"), (&get_url, "get.json")] {
+    for (url, file) in [
+        (&list_url, "list.json"),
+        (&get_url, "get.json"),
+        (&vm_list_url, "vms.json"),
+        (&vm_get_url, "vm.json"),
+    ] {
         let out = Command::new("curl")
             .args(["-skf", "-H", &format!("Authorization: Bearer {token}"), url])
             .output()
@@ -223,6 +256,21 @@ async fn bench(a: &ApiBenchArgs) -> Result<()> {
         .context("start nginx (apt-get install nginx-light)")?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let result = (|| -> Result<()> {
+        let anchor = |f: &str| format!("https://127.0.0.1:{nginx_port}/{f}");
+        for (metric, url, file) in [
+            ("vm_list", &vm_list_url, "vms.json"),
+            ("vm_get", &vm_get_url, "vm.json"),
+        ] {
+            let ours = wrk(url, Some(&token), a)?;
+            let nginx = wrk(&anchor(file), None, a)?;
+            print(&format!("{metric}_rps"), ours.rps, nginx.rps, true);
+            print(
+                &format!("{metric}_p99_ms"),
+                ours.p99_ms,
+                nginx.p99_ms,
+                false,
+            );
+        }
         let ours_list = wrk(&list_url, Some(&token), a)?;
         let anchor_list = wrk(
             &format!("https://127.0.0.1:{nginx_port}/list.json"),
