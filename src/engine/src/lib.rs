@@ -116,6 +116,7 @@ pub mod bench;
 mod core;
 mod error;
 mod handle;
+mod ids;
 mod io;
 mod meta;
 mod placement;
@@ -128,6 +129,7 @@ mod vdisks;
 
 pub use error::{EngineError, ErrorKind, Result};
 pub use handle::{VdiskHandle, MAX_IO_BYTES};
+pub use ids::seed_ids_for_this_thread;
 pub use meta::validate_name;
 pub use pool::Engine;
 pub use remote::{RemoteDisk, RemoteStatus};

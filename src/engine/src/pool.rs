@@ -102,9 +102,9 @@ impl Engine {
         let pool_id = match &existing {
             Some(p) => Uuid::parse_str(p)
                 .map_err(|e| EngineError::Corrupt(format!("pool id {p:?}: {e}")))?,
-            None => Uuid::new_v4(),
+            None => crate::ids::new_uuid(),
         };
-        let disk_id = Uuid::new_v4();
+        let disk_id = crate::ids::new_uuid();
         let label = Label {
             pool_id,
             disk_id,

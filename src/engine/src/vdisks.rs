@@ -244,7 +244,7 @@ impl Engine {
                     id,
                     size_bytes: size,
                     gen: 1,
-                    seed: mix64(id ^ uuid::Uuid::new_v4().as_u64_pair().0),
+                    seed: mix64(id ^ crate::ids::new_uuid().as_u64_pair().0),
                     created_unix: now_unix(),
                     snapshots: Vec::new(),
                 };

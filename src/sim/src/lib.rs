@@ -4,9 +4,9 @@
 //! three raft members over the real `cluster` stores on a simulated, seeded network with
 //! crashes and partitions ([`meta`]), and the real engine over seeded fault-injecting RAM disks
 //! with power cuts, also in the middle of an operation ([`disk`]). Every decision of the
-//! simulation comes from the seed, and the cluster half's trace is identical for every run of a
-//! seed (a test checks it). The engine draws its pool, disk and placement ids at random, so the
-//! disk half replays the same workload and faults but not always the same engine choices.
+//! simulation comes from the seed, and the trace of both halves is identical for every run of a
+//! seed (a test checks it): the engine draws its pool, disk and placement ids from the seed too
+//! (`engine::seed_ids_for_this_thread`), so the disk half replays the engine's choices as well.
 //!
 //! Rerun one seed: `CAIRN_SIM_SEED=n cargo test -p sim --test seeds seeds -- --nocapture`.
 //! More seeds (soak): `CAIRN_SIM_SEEDS=5000 CAIRN_SIM_SEED_BASE=1000 cargo test --release -p sim
@@ -173,14 +173,18 @@ fn paused_runtime() -> Result<tokio::runtime::Runtime, SimError> {
 pub fn run_seed(seed: u64, cfg: SimConfig) -> Result<SimReport, SimFailure> {
     let failure = |error: SimError, tail: Vec<String>| SimFailure { seed, error, tail };
     let rt = paused_runtime().map_err(|e| failure(e, Vec::new()))?;
-    let (disk, disk_trace) = rt.block_on(async {
+    // The engine's ids (pool, disks, placement seeds) from the seed, so its choices replay too.
+    engine::seed_ids_for_this_thread(Some(seed));
+    let disk_half = rt.block_on(async {
         let trace = trace::Trace::new();
         trace.event(format!("disk: seed {seed}"));
         match disk::run(seed ^ 0xd15c, cfg.disk, trace.clone()).await {
             Ok(d) => Ok((d, trace)),
             Err(e) => Err(failure(e, trace.tail(true))),
         }
-    })?;
+    });
+    engine::seed_ids_for_this_thread(None);
+    let (disk, disk_trace) = disk_half?;
     drop(rt);
     let rt = paused_runtime().map_err(|e| failure(e, Vec::new()))?;
     let (meta, meta_trace) = rt.block_on(async {

@@ -136,9 +136,8 @@ fn seeds() {
     }
 }
 
-/// One seed, two runs, one trace. The cluster half must match exactly. The disk half replays
-/// the same workload and faults, but the engine draws its pool, disk and placement ids at random
-/// (which replica a read tries first depends on them), so only the cluster half is compared.
+/// One seed, two runs, one trace: both halves must match exactly (the engine's ids come from the
+/// seed, so which replica a read tries first replays too).
 #[test]
 fn one_seed_reproduces_its_trace() {
     let mut hashes = Vec::new();
@@ -149,6 +148,10 @@ fn one_seed_reproduces_its_trace() {
         assert_eq!(
             a.half_hashes.0, b.half_hashes.0,
             "seed {seed}: the cluster half differs between two runs"
+        );
+        assert_eq!(
+            a.half_hashes.1, b.half_hashes.1,
+            "seed {seed}: the disk half differs between two runs"
         );
         assert_eq!(
             (a.meta.ops, a.meta.unknown, a.meta.crashes),
