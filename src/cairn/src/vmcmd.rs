@@ -68,6 +68,12 @@ pub enum VmCmd {
     Delete {
         name: String,
     },
+    /// Attach a virtual disk to a VM: at once if it runs (a new virtio-blk device appears to
+    /// the guest), at its next start otherwise.
+    Attach {
+        name: String,
+        vdisk: String,
+    },
     /// Print the tail of the VM's console output.
     Console {
         name: String,
@@ -112,6 +118,7 @@ pub fn request(cmd: VmCmd) -> Result<Request, ControlError> {
         VmCmd::Pause { name } => Request::VmPause { name },
         VmCmd::Resume { name } => Request::VmResume { name },
         VmCmd::Delete { name } => Request::VmDelete { name },
+        VmCmd::Attach { name, vdisk } => Request::VmDiskAttach { name, vdisk },
         VmCmd::Console { name, bytes } => Request::VmConsole {
             name,
             max_bytes: bytes,

@@ -170,6 +170,49 @@ fn vm_lifecycle_on_an_engine_vdisk() {
     assert_eq!(v["value"]["state"], "stopped");
     assert_eq!(v["value"]["last_exit"], "stopped", "{v}");
 
+    // Hot-attach: a guest with no disk waits for a PCI change, `vm attach` adds an engine
+    // virtual disk to the running VM, and the guest finds it and runs its block checks on it.
+    n.ok(&["vdisk", "create", "cairn-test-disk-hot", "32M"]);
+    n.ok(&[
+        "vm",
+        "create",
+        "hot",
+        "--memory",
+        "32M",
+        "--kernel",
+        guest,
+        "--cmdline",
+        "hotplug blk seed=5",
+    ]);
+    n.fails(&["vm", "attach", "hot", "no-such-disk"], 3);
+    n.ok(&["vm", "start", "hot"]);
+    let t = Instant::now();
+    while !n
+        .cli(&["vm", "console", "hot"])
+        .stdout
+        .contains("hotplug-waiting")
+    {
+        assert!(t.elapsed() < Duration::from_secs(60), "guest never waited");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let v = n.ok(&["vm", "attach", "hot", "cairn-test-disk-hot"]);
+    assert_eq!(
+        v["value"]["disks"],
+        serde_json::json!(["cairn-test-disk-hot"])
+    );
+    // Attaching it again is refused and changes nothing.
+    n.fails(&["vm", "attach", "hot", "cairn-test-disk-hot"], 4);
+    let v = wait_vm(&n, "hot", 120, |v| v["state"] == "stopped");
+    let console = n.cli(&["vm", "console", "hot"]).stdout;
+    assert!(
+        console.contains("hotplug-found") && console.contains("result pass"),
+        "{console}"
+    );
+    assert_eq!(v["last_exit"], "exit code 0", "{v}\n{console}");
+    assert_eq!(v["disks"], serde_json::json!(["cairn-test-disk-hot"]));
+    n.ok(&["vm", "delete", "hot"]);
+    n.ok(&["vdisk", "delete", "cairn-test-disk-hot"]);
+
     // Definitions survive a node restart; nothing runs until started.
     let mut n = n;
     n.stop();

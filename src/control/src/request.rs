@@ -150,6 +150,12 @@ pub enum Request {
     VmDelete {
         name: String,
     },
+    /// Attach a virtual disk to a VM as one more virtio-blk device: at once when it runs (the
+    /// guest sees a PCI device appear), at its next start otherwise. Kept in its definition.
+    VmDiskAttach {
+        name: String,
+        vdisk: String,
+    },
     /// The last `max_bytes` (default 64 KiB) of the VM's serial console output.
     VmConsole {
         name: String,
@@ -236,6 +242,7 @@ impl Request {
             Request::VmPause { .. } => "vm_pause",
             Request::VmResume { .. } => "vm_resume",
             Request::VmDelete { .. } => "vm_delete",
+            Request::VmDiskAttach { .. } => "vm_disk_attach",
             Request::VmConsole { .. } => "vm_console",
             Request::ClusterStatus => "cluster_status",
             Request::ClusterToken { .. } => "cluster_token",
@@ -356,6 +363,10 @@ impl Request {
                 name, timeout_ms, ..
             } => crate::vm::validate_stop(name, *timeout_ms),
             Request::VmConsole { name, max_bytes } => crate::vm::validate_console(name, *max_bytes),
+            Request::VmDiskAttach { name, vdisk } => {
+                validate_name("VM", name)?;
+                validate_name("virtual disk", vdisk)
+            }
             Request::ClusterStatus => Ok(()),
             Request::ClusterToken { ttl_secs, .. } => crate::cluster::validate_token_ttl(*ttl_secs),
             Request::ClusterJoin { address, token } => {

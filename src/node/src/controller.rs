@@ -292,6 +292,11 @@ impl NodeController {
             Request::VmConsole { name, max_bytes } => {
                 Reply::Console(self.inner.vms.console(name, *max_bytes)?)
             }
+            Request::VmDiskAttach { name, vdisk } => {
+                let vm = self.inner.vms.attach_disk(engine, name, vdisk).await?;
+                self.record_vm(&vm).await;
+                Reply::Vm(Box::new(vm))
+            }
             Request::ClusterStatus
             | Request::ClusterToken { .. }
             | Request::ClusterJoin { .. }

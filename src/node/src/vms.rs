@@ -390,6 +390,63 @@ impl Vms {
         .await
     }
 
+    /// Attach `vdisk` as one more virtio-blk device: hot-added when the VM runs, at its next
+    /// start otherwise. The definition is saved first only when the device could be added, so
+    /// a refused attach leaves both the running VM and the saved file as they were.
+    pub(crate) async fn attach_disk(
+        &self,
+        engine: &Engine,
+        name: &str,
+        vdisk: &str,
+    ) -> Result<VmView, ControlError> {
+        let _g = self.save.lock().await;
+        let slot = self.get(name)?;
+        let def = slot.lock().def.clone();
+        if def.disks.iter().any(|d| d == vdisk) {
+            return Err(ControlError::conflict(format!(
+                "{vdisk} is already attached to {name}"
+            )));
+        }
+        if def.disks.len() >= control::MAX_VM_DISKS {
+            return Err(ControlError::invalid(format!(
+                "{name} already has {} disks, the most a VM can have",
+                control::MAX_VM_DISKS
+            )));
+        }
+        if let Some(other) = self.user_of(vdisk) {
+            return Err(ControlError::conflict(format!(
+                "{vdisk} is already a disk of VM {other}"
+            )));
+        }
+        let handle = engine.open_vdisk(vdisk).map_err(crate::convert::error)?;
+        let rt = tokio::runtime::Handle::current();
+        let mut new_def = def.clone();
+        new_def.disks.push(vdisk.to_string());
+        let mut defs = self.defs_with(None, Some(name));
+        defs.push(new_def.clone());
+        let disk = vmm::DiskConfig {
+            id: vdisk.to_string(),
+            backend: Arc::new(vmm::EngineDisk::new(handle, rt)),
+            queues: 1,
+            queue_size: 256,
+        };
+        let slot2 = slot.clone();
+        blocking(move || {
+            let mut s = slot2.lock();
+            if let Some(vm) = s.vm.as_mut() {
+                if matches!(vm.state(), vmm::VmState::Running | vmm::VmState::Paused) {
+                    vm.attach_disk(disk).map_err(vmm_err)?;
+                }
+            }
+            Ok(())
+        })
+        .await?;
+        self.persist(&defs)?;
+        let mut s = slot.lock();
+        s.def = new_def;
+        Ok(view(&mut s))
+    }
+
     /// Forget a VM that is not running. Its virtual disks are kept.
     pub(crate) async fn delete(&self, name: &str) -> Result<(), ControlError> {
         let _g = self.save.lock().await;
