@@ -158,22 +158,51 @@ const WATCHDOG_KICK_EVERY: Duration = Duration::from_secs(5);
 /// The open watchdog device, kept so a halt can disarm it (a halted box must stay halted).
 static WATCHDOG: Mutex<Option<File>> = Mutex::new(None);
 
-/// Watchdog devices as (device path, identity), hardware ones first (the kernel's softdog only
-/// helps when PID 1 hangs, not when the kernel does).
-pub fn watchdog_devices() -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    let Ok(rd) = std::fs::read_dir("/sys/class/watchdog") else {
-        return out;
-    };
-    for e in rd.flatten() {
-        let name = e.file_name().to_string_lossy().to_string();
-        let identity = std::fs::read_to_string(e.path().join("identity"))
-            .map(|s| s.trim().to_string())
-            .unwrap_or_default();
-        out.push((format!("/dev/{name}"), identity));
-    }
-    out.sort_by_key(|(dev, id)| (id == "Software Watchdog", dev.clone()));
+/// Watchdog device nodes (/dev/watchdogN), in order.
+pub fn watchdog_devices() -> Vec<String> {
+    let mut out: Vec<String> = std::fs::read_dir("/sys/class/watchdog")
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| format!("/dev/{}", e.file_name().to_string_lossy()))
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
     out
+}
+
+const SOFTWARE_WATCHDOG: &str = "Software Watchdog";
+
+/// Opens the best watchdog: a hardware one, else the kernel's softdog (which only helps when
+/// PID 1 hangs, not when the kernel does). Opening arms a watchdog, so a softdog opened while
+/// looking is disarmed again (magic close) when a hardware one turns up.
+fn open_best_watchdog() -> Option<(String, String, File)> {
+    let mut soft: Option<(String, String, File)> = None;
+    for path in watchdog_devices() {
+        let f = match OpenOptions::new().write(true).open(&path) {
+            Ok(f) => f,
+            Err(e) => {
+                logln!("watchdog {path} cannot be opened: {e}");
+                continue;
+            }
+        };
+        let identity = sys::watchdog_identity(f.as_raw_fd()).unwrap_or_default();
+        if identity != SOFTWARE_WATCHDOG {
+            if let Some((_, _, mut s)) = soft.take() {
+                use std::io::Write;
+                let _ = s.write_all(b"V");
+            }
+            return Some((path, identity, f));
+        }
+        if soft.is_none() {
+            soft = Some((path, identity, f));
+        } else {
+            use std::io::Write;
+            let mut f = f;
+            let _ = f.write_all(b"V");
+        }
+    }
+    soft
 }
 
 /// Opens the best watchdog the machine has, sets its timeout to [`WATCHDOG_TIMEOUT_S`] and
@@ -181,16 +210,9 @@ pub fn watchdog_devices() -> Vec<(String, String)> {
 /// and the hardware resets the box. `starve_after` (a test hook, `cairn.watchdog_starve_after`)
 /// stops the kicks after that many seconds to prove the reset really happens.
 pub fn start_watchdog(starve_after: Option<u64>) {
-    let Some((path, identity)) = watchdog_devices().into_iter().next() else {
+    let Some((path, identity, dev)) = open_best_watchdog() else {
         logln!("no hardware watchdog");
         return;
-    };
-    let dev = match OpenOptions::new().write(true).open(&path) {
-        Ok(f) => f,
-        Err(e) => {
-            logln!("watchdog {identity} present but {path} cannot be opened: {e}");
-            return;
-        }
     };
     let timeout = match sys::watchdog_set_timeout(dev.as_raw_fd(), WATCHDOG_TIMEOUT_S) {
         Ok(t) => format!("{t} s"),

@@ -207,3 +207,15 @@ pub fn watchdog_set_timeout(fd: RawFd, secs: i32) -> io::Result<i32> {
     check(unsafe { libc::ioctl(fd, WDIOC_SETTIMEOUT as _, &mut t) })?;
     Ok(t)
 }
+
+/// A watchdog driver's identity string (WDIOC_GETSUPPORT), e.g. "i6300ESB timer".
+pub fn watchdog_identity(fd: RawFd) -> io::Result<String> {
+    // _IOR('W', 0, struct watchdog_info): u32 options, u32 firmware_version, u8 identity[32].
+    const WDIOC_GETSUPPORT: u64 = 0x8028_5700;
+    let mut info = [0u8; 40];
+    // SAFETY: the ioctl writes one 40-byte struct watchdog_info into `info`, valid for the call.
+    check(unsafe { libc::ioctl(fd, WDIOC_GETSUPPORT as _, info.as_mut_ptr()) })?;
+    let id = &info[8..];
+    let end = id.iter().position(|&b| b == 0).unwrap_or(id.len());
+    Ok(String::from_utf8_lossy(&id[..end]).into_owned())
+}
