@@ -112,6 +112,7 @@ impl Inner {
         let mut ok = 0;
         let mut other = None;
         let mut took = None;
+        let mut refused_locally = false;
         for (d, r) in live.iter().zip(results) {
             d.inflight.fetch_sub(1, Ordering::Relaxed);
             match r {
@@ -122,13 +123,17 @@ impl Inner {
                     d.write_seq.fetch_add(1, Ordering::Release);
                 }
                 Err(e) if is_device_failure(&e) => self.fail_disk(d, &e).await?,
-                Err(e) => other = Some(e),
+                Err(e) => {
+                    refused_locally |= d.node_id == self.cfg.node_id;
+                    other = Some(e);
+                }
             }
         }
         if let Some(e) = other {
-            if let Some(good) = took {
-                // One replica took the change and another refused it: make them agree
-                // before the chunk serves anything else.
+            if let (Some(good), true) = (took, refused_locally) {
+                // A local replica refused a change another one took: make them agree before
+                // the chunk serves anything else. (A peer's refusal, such as a fence, is the
+                // peer's to resolve: copying over it would drop it from the chunk.)
                 self.mark_suspect(obj, good);
             }
             return Err(EngineError::store(format!("chunk {obj}"), e));
