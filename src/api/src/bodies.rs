@@ -89,6 +89,13 @@ pub(crate) struct VmCreateBody {
     pub(crate) kernel: String,
     pub(crate) cmdline: Option<String>,
 }
+/// `POST /vms/{name}/disks`: attach an existing virtual disk.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct VmDiskAttachBody {
+    pub(crate) vdisk: String,
+}
+
 /// `POST /vms/{name}/stop`; an empty body means a graceful stop with the default timeout.
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]

@@ -59,6 +59,7 @@ pub enum R {
     VmGet,
     VmDelete,
     VmStart,
+    VmDiskAttach,
     VmStop,
     VmPause,
     VmResume,
@@ -136,6 +137,7 @@ pub const ROUTES: &[(Method, &str, R)] = &[
     (Method::POST, "/vms/{name}/resume", R::VmResume),
     (Method::GET, "/vms/{name}/console", R::VmConsole),
     (Method::GET, "/vms/{name}/disks", R::VmDisks),
+    (Method::POST, "/vms/{name}/disks", R::VmDiskAttach),
     (Method::GET, "/cluster", R::Cluster),
     (Method::GET, "/vms/{name}/console/ws", R::VmConsoleWs),
 ];

@@ -128,6 +128,7 @@ pub fn target_of(req: &Request) -> String {
         | Request::VmResume { name }
         | Request::VmDelete { name }
         | Request::VmConsole { name, .. } => name.clone(),
+        Request::VmDiskAttach { name, vdisk } => format!("{vdisk} -> {name}"),
         _ => String::new(),
     }
 }

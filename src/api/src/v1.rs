@@ -278,6 +278,7 @@ async fn dispatch(
         | R::VmResume
         | R::VmConsole
         | R::VmDisks
+        | R::VmDiskAttach
         | R::Cluster => crate::vms::dispatch(st, r, p, q, body, c).await,
         R::Health | R::OpenApi | R::Login => Err(ControlError::internal("handled before dispatch")),
         R::Logout => {

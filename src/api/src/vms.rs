@@ -3,7 +3,7 @@
 //! validation and audit in `State::control`). A graceful stop runs as a task, since it waits for
 //! the guest. Never touches a VM or the VMM directly.
 
-use crate::bodies::{VmCreateBody, VmStopBody};
+use crate::bodies::{VmCreateBody, VmDiskAttachBody, VmStopBody};
 use crate::http as h;
 use crate::render::reply_value;
 use crate::routes::R;
@@ -69,6 +69,14 @@ pub(crate) async fn dispatch(
             simple(st, c, Request::VmConsole { name, max_bytes }, 200).await
         }
         R::VmDisks => vm_disks(st, c, name).await,
+        R::VmDiskAttach => {
+            let b: VmDiskAttachBody = h::parse_json(body)?;
+            let req = Request::VmDiskAttach {
+                name,
+                vdisk: b.vdisk,
+            };
+            simple(st, c, req, 200).await
+        }
         R::Cluster => simple(st, c, Request::ClusterStatus, 200).await,
         _ => Err(ControlError::internal("not a VM route")),
     }

@@ -272,6 +272,15 @@ fn rows() -> Vec<(&'static str, &'static str, Option<Value>, Rule)> {
         ),
         (
             "POST",
+            "/api/v1/vms/novm/disks",
+            Some(json!({"vdisk": "nodisk"})),
+            Control(Request::VmDiskAttach {
+                name: vd("v"),
+                vdisk: vd("d"),
+            }),
+        ),
+        (
+            "POST",
             "/api/v1/vms/novm/pause",
             None,
             Control(Request::VmPause { name: vd("v") }),
