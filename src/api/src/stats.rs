@@ -31,6 +31,13 @@ pub struct VdiskSample {
     pub name: String,
     pub used_bytes: u64,
     pub size_bytes: u64,
+    pub read_iops: f64,
+    pub write_iops: f64,
+    pub read_bytes_per_sec: f64,
+    pub write_bytes_per_sec: f64,
+    /// Mean latency of the reads (writes) completed during the period; 0 when there were none.
+    pub read_latency_us: f64,
+    pub write_latency_us: f64,
 }
 
 /// One VM's figures over the last sample period. CPU is percent of one host CPU (a VM with
@@ -123,6 +130,40 @@ struct Prev {
     disks: HashMap<String, (u64, u64)>,
     /// Per VM: cpu_time_ns, then disk read ops, write ops, read bytes, write bytes, net rx, tx.
     vms: HashMap<String, [u64; 7]>,
+    /// Per vdisk: read ops, write ops, read bytes, write bytes, read and write latency sums (us).
+    vdisks: HashMap<String, [u64; 6]>,
+}
+
+/// One vdisk's counters from the engine's `vdisk_io` entry, in `Prev::vdisks` order.
+fn vdisk_counters(v: &serde_json::Value) -> [u64; 6] {
+    let op = |k: &str| v.get(k).cloned().unwrap_or(serde_json::Value::Null);
+    let (r, w) = (op("read"), op("write"));
+    [
+        num(&r, "ops"),
+        num(&w, "ops"),
+        num(&r, "bytes"),
+        num(&w, "bytes"),
+        num(&r, "latency_us_sum"),
+        num(&w, "latency_us_sum"),
+    ]
+}
+
+/// Rates and mean latencies of one vdisk over the period from two counter snapshots.
+fn vdisk_rates(s: &mut VdiskSample, now: &[u64; 6], before: &[u64; 6], secs: f64) {
+    s.read_iops = rate(now[0], before[0], secs);
+    s.write_iops = rate(now[1], before[1], secs);
+    s.read_bytes_per_sec = rate(now[2], before[2], secs);
+    s.write_bytes_per_sec = rate(now[3], before[3], secs);
+    let mean = |lat: usize, ops: usize| {
+        let n = now[ops].saturating_sub(before[ops]);
+        if n == 0 {
+            0.0
+        } else {
+            now[lat].saturating_sub(before[lat]) as f64 / n as f64
+        }
+    };
+    s.read_latency_us = mean(4, 0);
+    s.write_latency_us = mean(5, 1);
 }
 
 /// VMs reported per sample (a node defines at most 256).
@@ -225,6 +266,7 @@ async fn sample(prev: &mut Prev, controller: &dyn Controller) -> Sample {
         s.mem_total_bytes = total;
     }
     let actor = Actor::internal("stats");
+    let mut vdisk_io: HashMap<String, [u64; 6]> = HashMap::new();
     if let Ok(Reply::Stats(st)) = controller.execute(actor.clone(), Request::Stats).await {
         s.pool_used_bytes = st.pool.used_raw_bytes;
         s.pool_raw_bytes = st.pool.raw_bytes;
@@ -243,6 +285,13 @@ async fn sample(prev: &mut Prev, controller: &dyn Controller) -> Sample {
             s.write_bytes_per_sec = rate(totals[3], p[3], secs);
         }
         prev.totals = Some(totals);
+        if let Some(a) = e.get("vdisk_io").and_then(|v| v.as_array()) {
+            for v in a {
+                if let Some(name) = v.get("name").and_then(|n| n.as_str()) {
+                    vdisk_io.insert(name.to_string(), vdisk_counters(v));
+                }
+            }
+        }
         let engine_disks: HashMap<String, (u64, u64)> = e
             .get("disks")
             .and_then(|d| d.as_array())
@@ -293,13 +342,22 @@ async fn sample(prev: &mut Prev, controller: &dyn Controller) -> Sample {
         s.vdisks = v
             .iter()
             .take(MAX_VDISKS_PER_SAMPLE)
-            .map(|d| VdiskSample {
-                name: d.name.clone(),
-                used_bytes: d.used_bytes,
-                size_bytes: d.size_bytes,
+            .map(|d| {
+                let mut vs = VdiskSample {
+                    name: d.name.clone(),
+                    used_bytes: d.used_bytes,
+                    size_bytes: d.size_bytes,
+                    ..Default::default()
+                };
+                if let (Some(now), Some(before)) = (vdisk_io.get(&d.name), prev.vdisks.get(&d.name))
+                {
+                    vdisk_rates(&mut vs, now, before, secs);
+                }
+                vs
             })
             .collect();
     }
+    prev.vdisks = vdisk_io;
     s
 }
 
@@ -388,6 +446,32 @@ mod tests {
         assert_eq!(s.net_rx_bytes_per_sec, 100.0 * 4096.0);
         assert_eq!(s.disk_latency_us, 50.0);
         assert_eq!(s.memory_bytes, 64 << 20);
+    }
+
+    #[test]
+    fn vdisk_rates_come_from_engine_counter_deltas() {
+        let io = |r: u64, w: u64, rl: u64, wl: u64| {
+            serde_json::json!({
+                "name": "d1",
+                "read": {"ops": r, "bytes": r * 4096, "latency_us_sum": rl},
+                "write": {"ops": w, "bytes": w * 8192, "latency_us_sum": wl},
+            })
+        };
+        let before = vdisk_counters(&io(10, 5, 1_000, 2_000));
+        let now = vdisk_counters(&io(210, 105, 21_000, 52_000));
+        let mut s = VdiskSample::default();
+        vdisk_rates(&mut s, &now, &before, 2.0);
+        assert_eq!(s.read_iops, 100.0);
+        assert_eq!(s.write_iops, 50.0);
+        assert_eq!(s.read_bytes_per_sec, 100.0 * 4096.0);
+        assert_eq!(s.write_bytes_per_sec, 50.0 * 8192.0);
+        assert_eq!(s.read_latency_us, 100.0);
+        assert_eq!(s.write_latency_us, 500.0);
+        // No reads in the period: latency 0, not a division by zero.
+        let idle = vdisk_counters(&io(210, 106, 21_000, 52_100));
+        vdisk_rates(&mut s, &idle, &now, 1.0);
+        assert_eq!((s.read_iops, s.read_latency_us), (0.0, 0.0));
+        assert_eq!(s.write_latency_us, 100.0);
     }
 
     #[test]
