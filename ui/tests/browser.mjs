@@ -211,6 +211,8 @@ try {
     await page.getByLabel('Size').fill('64M');
     await page.getByRole('button', { name: 'Create disk' }).click();
     await page.locator('tr[data-vdisk="web1"]').waitFor();
+    // The live I/O column fills from the per-vdisk figures of the stats sampler.
+    await page.locator('td[data-io="web1"]').filter({ hasText: 'idle' }).waitFor({ timeout: 15000 });
   });
   await step('take a snapshot', async () => {
     answers.push('s1');

@@ -20,8 +20,22 @@ function Snapshots({ vd, act, canWrite }: { vd: any; act: ReturnType<typeof useA
   </div>`;
 }
 
+/** "12 r / 3 w IOPS, 1.2 MiB/s, 180 µs" from a live vdisk sample; a dash when idle or unknown. */
+function ioText(s: any): string {
+  if (!s) return '–';
+  const iops = (s.read_iops ?? 0) + (s.write_iops ?? 0);
+  if (iops < 0.05) return 'idle';
+  const bytes = (s.read_bytes_per_sec ?? 0) + (s.write_bytes_per_sec ?? 0);
+  const lat = Math.max(s.read_latency_us ?? 0, s.write_latency_us ?? 0);
+  return `${Math.round(s.read_iops)} r / ${Math.round(s.write_iops)} w IOPS, ${fmtBytes(bytes)}/s, ${Math.round(lat)} µs`;
+}
+
 export function Vdisks({ role }: { role: string }) {
   const list = useLoad<any>('/vdisks?limit=1000', 10000);
+  // The latest live sample (refreshed every 2 s) carries each disk's I/O over the last second.
+  const live = useLoad<any>('/stats', 2000);
+  const io: Record<string, any> = {};
+  for (const s of live.data?.vdisks ?? []) io[s.name] = s;
   const act = useAction(() => list.reload());
   const [name, setName] = useState('');
   const [size, setSize] = useState('10G');
@@ -42,9 +56,9 @@ export function Vdisks({ role }: { role: string }) {
     </form>` : null}
     ${items.length === 0 && list.data ? html`<p class="muted">No virtual disks yet.</p>` : null}
     <div class="table-wrap"><table>
-      <thead><tr><th scope="col">Name</th><th scope="col">Size</th><th scope="col">Used</th><th scope="col">Snapshots</th><th scope="col">Created</th><th scope="col">Actions</th></tr></thead>
+      <thead><tr><th scope="col">Name</th><th scope="col">Size</th><th scope="col">Used</th><th scope="col">Snapshots</th><th scope="col">I/O now</th><th scope="col">Created</th><th scope="col">Actions</th></tr></thead>
       <tbody>${items.map((v) => html`<tr data-vdisk=${v.name}>
-          <td>${v.name}</td><td>${fmtBytes(v.size_bytes)}</td><td>${fmtBytes(v.used_bytes)}</td><td>${v.snapshots}</td><td>${fmtTime(v.created_unix)}</td>
+          <td>${v.name}</td><td>${fmtBytes(v.size_bytes)}</td><td>${fmtBytes(v.used_bytes)}</td><td>${v.snapshots}</td><td data-io=${v.name}>${ioText(io[v.name])}</td><td>${fmtTime(v.created_unix)}</td>
           <td class="actions">
             <button aria-expanded=${open === v.name} onClick=${() => setOpen(open === v.name ? null : v.name)}>Snapshots</button>
             ${canWrite ? html`
