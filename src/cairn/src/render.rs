@@ -171,19 +171,41 @@ pub fn reply(r: &Reply) -> String {
             x.export_name,
             if x.read_only { "read-only" } else { "read-write" }
         ),
-        Reply::Stats(s) => format!(
-            "node:      {} (id {})\nuptime:    {} s\ndisks:     {}\nvdisks:    {}\nexports:   {}\nrequests:  {}\nraw:       {} ({} used)\nengine:    {}\n",
-            s.node_name,
-            s.node_id,
-            s.uptime_secs,
-            s.disks.len(),
-            s.vdisks,
-            s.nbd_exports,
-            s.requests,
-            format_size(s.pool.raw_bytes),
-            format_size(s.pool.used_raw_bytes),
-            s.engine
-        ),
+        Reply::Stats(s) => {
+            // The per-vdisk counters get a line each instead of one long JSON run.
+            let mut engine = s.engine.clone();
+            let io = engine
+                .as_object_mut()
+                .and_then(|o| o.remove("vdisk_io"))
+                .unwrap_or_default();
+            let mut out = format!(
+                "node:      {} (id {})\nuptime:    {} s\ndisks:     {}\nvdisks:    {}\nexports:   {}\nrequests:  {}\nraw:       {} ({} used)\nengine:    {}\n",
+                s.node_name,
+                s.node_id,
+                s.uptime_secs,
+                s.disks.len(),
+                s.vdisks,
+                s.nbd_exports,
+                s.requests,
+                format_size(s.pool.raw_bytes),
+                format_size(s.pool.used_raw_bytes),
+                engine
+            );
+            for v in io.as_array().into_iter().flatten() {
+                let n = |op: &str, k: &str| v[op][k].as_u64().unwrap_or(0);
+                out.push_str(&format!(
+                    "vdisk {}: reads {} ({}), writes {} ({}), flushes {}, errors {}\n",
+                    v["name"].as_str().unwrap_or("?"),
+                    n("read", "ops"),
+                    format_size(n("read", "bytes")),
+                    n("write", "ops"),
+                    format_size(n("write", "bytes")),
+                    n("flush", "ops"),
+                    n("read", "errors") + n("write", "errors") + n("flush", "errors"),
+                ));
+            }
+            out
+        }
         Reply::Vm(_) | Reply::Vms(_) | Reply::Console(_) => {
             crate::vmcmd::render(r).unwrap_or_default()
         }

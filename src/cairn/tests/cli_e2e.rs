@@ -258,6 +258,16 @@ fn disks_join_foreign_data_is_refused_and_state_survives_restart() {
     assert_eq!(pool["value"]["disks"], 4);
     let stats = n.ok(&["stats"]);
     assert_eq!(stats["value"]["vdisks"], 1);
+    // Per-vdisk I/O counters ride along for the live charts (internal vdisks left out).
+    let io = &stats["value"]["engine"]["vdisk_io"];
+    assert_eq!(io.as_array().map(|a| a.len()), Some(1), "{stats}");
+    assert_eq!(io[0]["name"], "keep");
+    assert!(io[0]["write"]["ops"].is_u64(), "{stats}");
+    let text = n.cli(&["stats"]).stdout;
+    assert!(
+        text.contains("keep") && !text.contains("vdisk_io"),
+        "{text}"
+    );
     n.ok(&["disk", "scrub"]);
 
     // Removing a disk drains it first; data stays readable throughout and after.
