@@ -52,6 +52,11 @@ pub(crate) struct Vms {
     save: tokio::sync::Mutex<()>,
 }
 
+/// A VM whose machine exists and holds its disks: running or paused.
+fn is_active(vm: &mut vmm::Vm) -> bool {
+    matches!(vm.state(), vmm::VmState::Running | vmm::VmState::Paused)
+}
+
 fn vmm_err(e: vmm::VmmError) -> ControlError {
     match e {
         vmm::VmmError::InvalidState { .. } => ControlError::conflict(e.to_string()),
@@ -240,9 +245,7 @@ impl Vms {
         let slots: Vec<SlotRef> = self.slots.lock().values().cloned().collect();
         slots.iter().find_map(|s| {
             let mut s = s.lock();
-            let active = s.vm.as_mut().is_some_and(|vm| {
-                matches!(vm.state(), vmm::VmState::Running | vmm::VmState::Paused)
-            });
+            let active = s.vm.as_mut().is_some_and(is_active);
             (active && s.def.disks.iter().any(|d| d == vdisk)).then(|| s.def.name.clone())
         })
     }
@@ -324,7 +327,7 @@ impl Vms {
         blocking(move || {
             let mut s = slot.lock();
             if let Some(vm) = s.vm.as_mut() {
-                if matches!(vm.state(), vmm::VmState::Running | vmm::VmState::Paused) {
+                if is_active(vm) {
                     return Err(ControlError::conflict(format!(
                         "{} is already running",
                         def.name
@@ -434,7 +437,7 @@ impl Vms {
         blocking(move || {
             let mut s = slot2.lock();
             if let Some(vm) = s.vm.as_mut() {
-                if matches!(vm.state(), vmm::VmState::Running | vmm::VmState::Paused) {
+                if is_active(vm) {
                     vm.attach_disk(disk).map_err(vmm_err)?;
                 }
             }
@@ -454,7 +457,7 @@ impl Vms {
         {
             let mut s = slot.lock();
             if let Some(vm) = s.vm.as_mut() {
-                if matches!(vm.state(), vmm::VmState::Running | vmm::VmState::Paused) {
+                if is_active(vm) {
                     return Err(ControlError::conflict(format!(
                         "{name} is running; stop it first: cairn vm stop {name}"
                     )));
