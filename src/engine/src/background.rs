@@ -608,31 +608,14 @@ impl Engine {
 /// Whether two exports hold the same versions with the same contents.
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
-    use blockdev::{AlignedBuf, BlockDevice, RamDevice};
+    use blockdev::AlignedBuf;
     use store::ObjectId;
-
-    use crate::{Engine, EngineConfig};
 
     /// Replicas that differ (as after a crash between the two replicas' flushes) are made equal
     /// again from the replica reads used, and reads stick to that replica until then.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn resync_makes_diverged_replicas_equal() {
-        let e = Engine::open(EngineConfig {
-            node_id: 1,
-            node_name: "t".into(),
-        })
-        .await
-        .unwrap();
-        for i in 0..2 {
-            let d: Arc<dyn BlockDevice> = Arc::new(RamDevice::new(format!("r{i}"), 32 << 20));
-            e.add_disk(d).await.unwrap();
-        }
-        e.create_vdisk("v", 4 << 20).await.unwrap();
-        let h = e.open_vdisk("v").unwrap();
-        h.write(0, &[1u8; 8192]).await.unwrap();
-        h.flush().await.unwrap();
+        let (e, h) = crate::reconcile::tests::pool().await;
         let inner = &e.inner;
         let obj = ObjectId {
             vdisk: h.rt.id,

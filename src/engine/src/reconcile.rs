@@ -322,7 +322,7 @@ impl Inner {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::sync::Arc;
 
     use blockdev::{AlignedBuf, BlockDevice, RamDevice};
@@ -332,7 +332,9 @@ mod tests {
     use crate::types::DiskState;
     use crate::{Engine, EngineConfig, VdiskHandle};
 
-    async fn pool() -> (Engine, VdiskHandle) {
+    /// A two-disk RAM pool with vdisk "v" whose first chunk holds two flushed blocks: the
+    /// fixture of the replica-divergence tests here and in `background`.
+    pub(crate) async fn pool() -> (Engine, VdiskHandle) {
         let e = Engine::open(EngineConfig {
             node_id: 1,
             node_name: "t".into(),
