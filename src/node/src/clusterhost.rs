@@ -162,6 +162,7 @@ impl ClusterHost {
         name: &str,
         flag: Option<SocketAddr>,
         role: Role,
+        create: bool,
     ) -> Result<ClusterHost> {
         let address = addresses(data, flag)?;
         let host = ClusterHost {
@@ -176,7 +177,7 @@ impl ClusterHost {
         let cfg = host.node_cfg()?;
         let member = if host.dir.join("identity").exists() {
             Some(ClusterNode::open(cfg).await)
-        } else if role == Role::Data {
+        } else if role == Role::Data && create {
             Some(ClusterNode::create(cfg).await)
         } else {
             None

@@ -34,6 +34,10 @@ pub struct NodeConfig {
     /// Cluster address (member RPC; the join endpoint is the next port). Fixed at the first
     /// start in `cluster.json`; None there picks a free loopback pair.
     pub cluster_listen: Option<SocketAddr>,
+    /// Create this node's raft member on first start (a one-member cluster). The appliance
+    /// turns it off for now: under QEMU/TCG its HTTPS API stalls ~60 s after the first
+    /// metadata commit with a member running (cause not found yet; see the issue notes).
+    pub host_cluster: bool,
 }
 
 impl NodeConfig {
@@ -48,6 +52,7 @@ impl NodeConfig {
             api_listen: Some(SocketAddr::from(([0, 0, 0, 0], 8443))),
             disk_watch_interval: Duration::from_secs(2),
             cluster_listen: None,
+            host_cluster: true,
         }
     }
 

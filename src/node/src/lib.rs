@@ -131,6 +131,7 @@ impl Node {
             &id.node_name,
             cfg.cluster_listen,
             cluster::Role::Data,
+            cfg.host_cluster,
         )
         .await?;
         let audit_path = data.join("audit.log");

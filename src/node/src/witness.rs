@@ -96,8 +96,9 @@ pub fn run_witness(cfg: WitnessConfig, on_started: impl FnOnce(SocketAddr)) -> R
         let _lock = crate::identity::lock(&data)?;
         let name = cfg.name.clone().unwrap_or_else(|| "witness".into());
         let started = Instant::now();
-        let host =
-            Arc::new(ClusterHost::start(&data, &name, cfg.listen, cluster::Role::Witness).await?);
+        let host = Arc::new(
+            ClusterHost::start(&data, &name, cfg.listen, cluster::Role::Witness, false).await?,
+        );
         let sock = data.join("cairn.sock");
         let _ = std::fs::remove_file(&sock);
         let listener = tokio::net::UnixListener::bind(&sock)
