@@ -18,6 +18,8 @@ bin="${CARGO_TARGET_DIR:-target}/debug/cairn"
 [ -x "$bin" ] || fail "no binary at $bin"
 # The VM steps boot the test guest (tests/guests) under KVM; without KVM they skip themselves.
 guest=$(ls -t "${CARGO_TARGET_DIR:-target}"/debug/build/test-guests-*/out/guest.elf 2>/dev/null | head -1)
+# The wizard asks for an absolute kernel path (the node refuses relative ones), so make it one.
+[ -n "$guest" ] && guest=$(realpath "$guest")
 kvm=""
 if python3 -c 'import os; os.close(os.open("/dev/kvm", os.O_RDWR))' 2>/dev/null; then kvm=kvm; fi
 art="${TEST_ARTIFACTS:-target/test-artifacts}/ui"
