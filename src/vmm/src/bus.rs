@@ -55,6 +55,14 @@ impl Bus {
         Ok(())
     }
 
+    /// Releases the range starting at `start` (hot-unplug); returns whether one was there.
+    pub fn remove(&self, start: u64) -> bool {
+        let mut entries = self.entries.write();
+        let before = entries.len();
+        entries.retain(|e| e.start != start);
+        entries.len() != before
+    }
+
     fn find(&self, addr: u64) -> Option<(u64, Arc<dyn BusDevice>)> {
         let entries = self.entries.read();
         let idx = entries.partition_point(|e| e.start <= addr);
@@ -119,5 +127,9 @@ mod tests {
         assert!(bus.write(0x10a, &[1]));
         assert_eq!(p.0.load(Ordering::SeqCst), 0xa);
         assert!(!bus.write(0xff, &[1]));
+        assert!(bus.remove(0x100));
+        assert!(!bus.remove(0x100));
+        assert!(!bus.read(0x105, &mut b));
+        bus.insert(0x100, 0x10, p).unwrap();
     }
 }

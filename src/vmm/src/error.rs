@@ -47,6 +47,19 @@ pub enum VmmError {
     /// A timed operation did not finish in time.
     #[error("timed out: {0}")]
     Timeout(&'static str),
+    /// No device with this id is attached to the VM.
+    #[error("no device {0:?} is attached")]
+    NoSuchDevice(String),
+    /// The guest did not release a device it was asked to eject; the device stays attached.
+    #[error(
+        "the guest did not release {id:?} within {waited_ms} ms; it stays attached (detach with force to remove it anyway)"
+    )]
+    EjectTimeout {
+        /// Device id.
+        id: String,
+        /// How long the VMM waited.
+        waited_ms: u64,
+    },
 }
 
 /// Result alias for this crate.

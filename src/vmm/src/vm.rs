@@ -191,6 +191,76 @@ impl Vm {
         Ok(())
     }
 
+    /// Detaches the disk with config id `id`, the reverse of [`Vm::attach_disk`].
+    ///
+    /// A running guest is asked to release it (the slot's eject request, GPE0 bit 1 + the SCI)
+    /// and has `timeout` to eject it (`_EJ0`); then in-flight requests drain, the device leaves
+    /// the bus and its slot is free for the next attach. A guest that does not answer gets
+    /// [`VmmError::EjectTimeout`] and keeps the disk, unless `force`, which removes it anyway
+    /// and tells the guest the slot changed. A paused guest cannot answer: only `force` works
+    /// there. A created (never started) VM loses it at once, a stopped one from its
+    /// configuration. On success the disk is gone from the configuration; on error nothing
+    /// changed.
+    pub fn detach_disk(&mut self, id: &str, timeout: Duration, force: bool) -> Result<()> {
+        self.refresh();
+        let pos = self
+            .cfg
+            .disks
+            .iter()
+            .position(|d| d.id == id)
+            .ok_or_else(|| VmmError::NoSuchDevice(id.to_string()))?;
+        if self.state != VmState::Stopped {
+            let state = self.state;
+            if state == VmState::Paused && !force {
+                return Err(VmmError::InvalidState {
+                    state: "paused",
+                    action: "detach a disk without force (a paused guest cannot release it)",
+                });
+            }
+            let m = self.machine.as_mut().ok_or(VmmError::InvalidState {
+                state: "deleted",
+                action: "detach a disk",
+            })?;
+            let slot = m
+                .pci
+                .slot_of(id)
+                .ok_or_else(|| VmmError::NoSuchDevice(id.to_string()))?;
+            let hp = m
+                .pci
+                .hotplug()
+                .cloned()
+                .ok_or_else(|| VmmError::InvalidConfig("PCI bus not built".into()))?;
+            if state == VmState::Running {
+                hp.request_eject(slot);
+                m.pm.signal_pci_change();
+                if !hp.wait_ejected(slot, timeout) {
+                    if !force {
+                        return Err(VmmError::EjectTimeout {
+                            id: id.to_string(),
+                            waited_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+                        });
+                    }
+                    hp.unplug(slot);
+                    hp.mark_changed(slot);
+                    m.pm.signal_pci_change();
+                }
+            } else if state == VmState::Paused {
+                hp.unplug(slot);
+                hp.mark_changed(slot);
+                m.pm.signal_pci_change();
+            }
+            m.pci.finish_remove(slot);
+        }
+        self.cfg.disks.remove(pos);
+        Ok(())
+    }
+
+    /// The PCI slot (bus 0) of the device with config id `id`, while the machine exists.
+    pub fn pci_slot(&self, id: &str) -> Option<u8> {
+        let slot = self.machine.as_ref()?.pci.slot_of(id)?;
+        u8::try_from(slot).ok()
+    }
+
     /// Waits up to `timeout` for the guest to exit on its own; returns the reason if it did.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitReason> {
         let r = self.machine.as_ref()?.exit.wait(timeout);
@@ -224,6 +294,15 @@ impl Vm {
             .as_ref()
             .map(|m| m.serial.output.snapshot())
             .unwrap_or_default()
+    }
+
+    /// Receivers that change whenever the guest writes the console (COM1) or the debug
+    /// character port, in that order. They end when the machine is dropped (a delete, or a
+    /// start that builds a new one). None before the machine exists.
+    pub fn output_watch(&self) -> Option<[tokio::sync::watch::Receiver<u64>; 2]> {
+        self.machine
+            .as_ref()
+            .map(|m| [m.serial.output.watch(), m.debug.output.watch()])
     }
 
     /// Queues console input; returns the bytes accepted.

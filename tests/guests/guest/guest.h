@@ -66,6 +66,11 @@ int has_word(const char *cmdline, const char *word);
 /* PCI slot on bus 0 of the first virtio device with this PCI device id, or -1. */
 int find_device(u16 device_id);
 
+/* Vendor/device id dword of a bus-0 slot (all-ones when empty). */
+u32 pci_id(int slot);
+/* Resets the virtio device in `slot` and turns off its decoding; 1 on success. */
+int virtio_release_slot(int slot);
+
 /* Result protocol read by the Rust tests: "ok <name>\n" / "fail <name> <why>\n". */
 extern int failures;
 void check(int cond, const char *name, const char *why);

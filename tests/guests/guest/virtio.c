@@ -50,6 +50,8 @@ int find_device(u16 device_id) {
     return -1;
 }
 
+u32 pci_id(int slot) { return pci_r32(slot, 0); }
+
 /* Address of memory BAR `bar` (32- or 64-bit), as assigned by the VMM or firmware. */
 static u64 bar_addr(int slot, int bar) {
     u32 lo = pci_r32(slot, 0x10 + 4 * bar);
@@ -611,6 +613,27 @@ static void run_console(void) {
     int ok = submit_wait(&conrx, 0, &h, 1);
     u32 len = conrx.used.ring[0].len;
     check(ok && len >= 4 && !memcmp(conin, "ping", 4), "con-rx", "no input from host");
+}
+
+/*
+ * The driver lets go of the device in `slot` before ejecting it (what Linux does on an eject
+ * request): device reset (status 0, which drains the host side), then memory and bus master off.
+ */
+int virtio_release_slot(int slot) {
+    struct vdev d;
+    if (!probe(slot, &d)) return 0;
+    mmio_w8(d.common + 0x14, 0);
+    int reset = mmio_r8(d.common + 0x14) == 0;
+    pci_w16(slot, 4, 0);
+    return reset;
+}
+
+/* After a re-attach: the pattern written before the detach is still on the disk. */
+void run_blk_verify_again(const char *cmdline) {
+    u64 capacity = blk_init(0);
+    if (!capacity) return;
+    check(rw_batch(BATCH, 0, arg_u64(cmdline, "base", 2048), arg_u64(cmdline, "seed", 1), 1),
+          "blk-verify-after-reattach", "data differs after detach + attach");
 }
 
 int run_pci_tests(const char *cmdline) {

@@ -71,6 +71,9 @@ impl ExitLatch {
 pub struct BoundedLog {
     buf: Mutex<std::collections::VecDeque<u8>>,
     cap: usize,
+    /// Bytes pushed so far; watchers ([`BoundedLog::watch`]) wake on every push, so a console
+    /// viewer is told about output instead of polling for it.
+    written: tokio::sync::watch::Sender<u64>,
 }
 
 impl BoundedLog {
@@ -79,15 +82,27 @@ impl BoundedLog {
         Self {
             buf: Mutex::new(std::collections::VecDeque::new()),
             cap,
+            written: tokio::sync::watch::Sender::new(0),
         }
     }
 
-    /// Appends, dropping the oldest bytes beyond the cap.
+    /// Appends, dropping the oldest bytes beyond the cap, and wakes the watchers (without
+    /// blocking: a vCPU thread calls this).
     pub fn push(&self, bytes: &[u8]) {
-        let mut b = self.buf.lock();
-        b.extend(bytes.iter().copied());
-        let excess = b.len().saturating_sub(self.cap);
-        b.drain(..excess);
+        {
+            let mut b = self.buf.lock();
+            b.extend(bytes.iter().copied());
+            let excess = b.len().saturating_sub(self.cap);
+            b.drain(..excess);
+        }
+        self.written
+            .send_modify(|n| *n = n.wrapping_add(bytes.len() as u64));
+    }
+
+    /// A receiver that changes on every push (its value counts the bytes pushed) and ends
+    /// when the log is dropped with its machine.
+    pub fn watch(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.written.subscribe()
     }
 
     /// A copy of the current contents.
@@ -98,5 +113,27 @@ impl BoundedLog {
     /// Empties the log.
     pub fn clear(&self) {
         self.buf.lock().clear();
+    }
+}
+
+#[cfg(test)]
+mod log_tests {
+    use super::BoundedLog;
+
+    #[test]
+    fn push_keeps_the_newest_bytes_and_wakes_watchers() {
+        let log = BoundedLog::new(4);
+        let mut rx = log.watch();
+        assert!(!rx.has_changed().unwrap());
+        log.push(b"abcdef");
+        assert!(rx.has_changed().unwrap());
+        assert_eq!(*rx.borrow_and_update(), 6);
+        assert_eq!(log.snapshot(), b"cdef");
+        assert!(!rx.has_changed().unwrap());
+        log.push(b"g");
+        assert_eq!(*rx.borrow_and_update(), 7);
+        // A dropped log ends its watchers (a console then follows the next machine).
+        drop(log);
+        assert!(rx.has_changed().is_err());
     }
 }

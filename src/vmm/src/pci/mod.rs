@@ -1,9 +1,12 @@
 //! PCI: configuration space model, the bus-0 root reached through 0xCF8/0xCFC and ECAM, and the
 //! VM's set of PCI devices. BARs are assigned once by the VMM (no firmware); a guest writing a
 //! BAR can size it but cannot move it (moves are ignored). A disk can be added to a running VM
-//! ([`PciSetup::hot_add_disk`]): it takes the next free slot and BAR window and is visible at
-//! the guest's next enumeration; the caller then signals the guest (ACPI GPE).
+//! ([`PciSetup::hot_add_disk`]): it takes the lowest free slot and that slot's BAR window and is
+//! visible at the guest's next enumeration; the caller then signals the guest (ACPI GPE). A disk
+//! leaves through [`hotplug`] (the guest's eject, or by force) and [`PciSetup::finish_remove`],
+//! which frees the slot, its BAR window, eventfds and interrupt routes for reuse.
 
+pub mod hotplug;
 pub mod msix;
 
 use crate::bus::{Bus, BusDevice};
@@ -270,45 +273,54 @@ struct Wiring {
     mem: Arc<GuestMemoryMmap>,
     mmio: Arc<Bus>,
     threads: crate::virtio::ThreadEnv,
-    next_bar: u64,
-    next_slot: usize,
+    hotplug: Arc<hotplug::PciHotplug>,
 }
 
 impl Wiring {
-    /// Wraps `dev` in virtio-pci at the next free slot and BAR window.
-    fn add(
-        &mut self,
-        dev: Box<dyn crate::virtio::VirtioDevice>,
-        id: String,
-    ) -> Result<Arc<VirtioPciDevice>> {
-        let bar_end = layout::MMIO_START + layout::PCI_MMIO_SIZE;
-        if self.next_slot >= 32 || self.next_bar + crate::virtio::pci::BAR_SIZE > bar_end {
-            return Err(crate::error::VmmError::InvalidConfig(
-                "no free PCI slot (bus 0 holds 31 devices)".into(),
-            ));
-        }
+    /// Wraps `dev` in virtio-pci at the lowest free slot and that slot's BAR window.
+    fn add(&mut self, dev: Box<dyn crate::virtio::VirtioDevice>, id: String) -> Result<Attached> {
+        let slot = (hotplug::FIRST_SLOT..hotplug::SLOTS)
+            .find(|&s| self.root.slots.read()[s].is_none())
+            .ok_or_else(|| {
+                crate::error::VmmError::InvalidConfig(
+                    "no free PCI slot (bus 0 holds 31 devices)".into(),
+                )
+            })?;
+        let bar = hotplug::bar_of(slot);
+        debug_assert!(
+            bar + crate::virtio::pci::BAR_SIZE <= layout::MMIO_START + layout::PCI_MMIO_SIZE
+        );
         let d = Arc::new(VirtioPciDevice::new(
             id,
             dev,
-            self.next_bar,
+            bar,
             self.vm.clone(),
             self.mem.clone(),
             self.router.clone(),
             self.threads.clone(),
         )?);
-        self.mmio
-            .insert(self.next_bar, crate::virtio::pci::BAR_SIZE, d.clone())?;
-        self.root.slots.write()[self.next_slot] = Some(d.clone());
-        self.next_bar += crate::virtio::pci::BAR_SIZE;
-        self.next_slot += 1;
-        Ok(d)
+        if let Err(e) = self
+            .mmio
+            .insert(bar, crate::virtio::pci::BAR_SIZE, d.clone())
+        {
+            d.release(&self.vm);
+            return Err(e);
+        }
+        self.root.slots.write()[slot] = Some(d.clone());
+        Ok(Attached { slot, dev: d })
     }
+}
+
+/// A device on the bus and the slot it occupies.
+struct Attached {
+    slot: usize,
+    dev: Arc<VirtioPciDevice>,
 }
 
 /// The VM's PCI root and devices.
 #[derive(Default)]
 pub struct PciSetup {
-    devices: Vec<Arc<VirtioPciDevice>>,
+    devices: Vec<Attached>,
     /// Host end of the virtio-console, if configured.
     pub console: Option<Arc<crate::virtio::console::ConsolePort>>,
     wiring: Option<Wiring>,
@@ -335,8 +347,7 @@ impl PciSetup {
                 seccomp: cfg.seccomp,
                 cpu: cpu.clone(),
             },
-            next_bar: layout::MMIO_START,
-            next_slot: 1,
+            hotplug: Arc::new(hotplug::PciHotplug::new(root.clone(), mmio.clone())),
         };
         let mut devices = Vec::new();
         let mut add = |dev: Box<dyn crate::virtio::VirtioDevice>, id: String| -> Result<()> {
@@ -362,6 +373,11 @@ impl PciSetup {
             add(Box::new(crate::virtio::net::Net::new(nic)?), nic.id.clone())?;
         }
         pio.insert(
+            u64::from(hotplug::PCIHP_PORT),
+            u64::from(hotplug::PCIHP_LEN),
+            w.hotplug.clone(),
+        )?;
+        pio.insert(
             u64::from(ports::PCI_CONFIG_ADDRESS),
             8,
             Arc::new(PciConfigIo(root.clone())),
@@ -381,7 +397,7 @@ impl PciSetup {
     /// Adds a virtio-blk device for `disk` to the live bus (next free slot). The guest sees it
     /// at its next enumeration; the caller signals the change.
     pub fn hot_add_disk(&mut self, disk: &crate::config::DiskConfig) -> Result<()> {
-        if self.devices.iter().any(|d| d.id() == disk.id) {
+        if self.devices.iter().any(|d| d.dev.id() == disk.id) {
             return Err(crate::error::VmmError::InvalidConfig(format!(
                 "a device with id {:?} is already attached",
                 disk.id
@@ -395,14 +411,43 @@ impl PciSetup {
             Box::new(crate::virtio::blk::Blk::new(disk)),
             disk.id.clone(),
         )?;
+        w.hotplug.mark_changed(d.slot);
         self.devices.push(d);
         Ok(())
+    }
+
+    /// The slot holding the device with config id `id`.
+    pub fn slot_of(&self, id: &str) -> Option<usize> {
+        self.devices
+            .iter()
+            .find(|d| d.dev.id() == id)
+            .map(|d| d.slot)
+    }
+
+    /// The hot-plug registers (None before the bus is built).
+    pub fn hotplug(&self) -> Option<&Arc<hotplug::PciHotplug>> {
+        self.wiring.as_ref().map(|w| &w.hotplug)
+    }
+
+    /// Releases the device in `slot` after it left the bus (guest eject or forced unplug):
+    /// takes it off the bus if still there, stops its threads once in-flight requests are
+    /// done, and frees its eventfds, interrupt routes and slot for reuse.
+    pub fn finish_remove(&mut self, slot: usize) {
+        let Some(pos) = self.devices.iter().position(|d| d.slot == slot) else {
+            return;
+        };
+        let d = self.devices.remove(pos);
+        if let Some(w) = &self.wiring {
+            w.hotplug.unplug(slot);
+            d.dev.reset_device();
+            d.dev.release(&w.vm);
+        }
     }
 
     /// Stops every device's threads.
     pub fn shutdown(&mut self) {
         for d in &self.devices {
-            d.reset_device();
+            d.dev.reset_device();
         }
     }
 
@@ -419,8 +464,8 @@ impl PciSetup {
     fn stats_of(&self, ty: u32) -> Vec<DeviceStats> {
         self.devices
             .iter()
-            .filter(|d| d.device_type() == ty)
-            .map(|d| d.counters().snapshot(d.id()))
+            .filter(|d| d.dev.device_type() == ty)
+            .map(|d| d.dev.counters().snapshot(d.dev.id()))
             .collect()
     }
 }

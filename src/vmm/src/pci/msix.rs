@@ -21,6 +21,8 @@ type MsiRoutes = BTreeMap<u32, (u64, u32)>;
 pub struct GsiRouter {
     vm: Arc<VmFd>,
     msi: Mutex<(u32, MsiRoutes)>,
+    /// GSIs given back by removed devices, reused before fresh ones (hot-plug cycles).
+    free: Mutex<Vec<u32>>,
 }
 
 impl GsiRouter {
@@ -29,11 +31,15 @@ impl GsiRouter {
         Self {
             vm,
             msi: Mutex::new((MSI_GSI_BASE, BTreeMap::new())),
+            free: Mutex::new(Vec::new()),
         }
     }
 
     /// Hands out a fresh GSI for an MSI vector.
     pub fn alloc(&self) -> Result<u32> {
+        if let Some(gsi) = self.free.lock().pop() {
+            return Ok(gsi);
+        }
         let mut g = self.msi.lock();
         if g.0 > MAX_GSI {
             return Err(VmmError::InvalidConfig("out of GSIs".into()));
@@ -197,6 +203,17 @@ impl Msix {
                 let _ = self.irqfds[v].write(1);
             }
         }
+    }
+
+    /// Gives the vectors back when the device leaves the bus: unregisters the irqfds, drops
+    /// the routes and returns the GSIs for reuse. The device must no longer be signalled.
+    pub fn release(&self) {
+        for (fd, &gsi) in self.irqfds.iter().zip(&self.gsis) {
+            let _ = self.router.vm.unregister_irqfd(fd, gsi);
+            let _ = self.router.set(gsi, None);
+        }
+        self.state.lock().enabled = false;
+        self.router.free.lock().extend_from_slice(&self.gsis);
     }
 
     /// Table MMIO read.

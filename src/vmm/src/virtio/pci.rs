@@ -66,6 +66,7 @@ pub struct VirtioPciDevice {
     msix: Arc<Msix>,
     msix_cap: usize,
     notify: Vec<EventFd>,
+    bar: u64,
     mem: Arc<GuestMemoryMmap>,
     counters: Arc<DeviceCounters>,
     threads: super::ThreadEnv,
@@ -158,6 +159,7 @@ impl VirtioPciDevice {
             msix,
             msix_cap,
             notify,
+            bar,
             mem,
             counters,
             threads,
@@ -177,6 +179,17 @@ impl VirtioPciDevice {
     /// Counters.
     pub fn counters(&self) -> Arc<DeviceCounters> {
         self.counters.clone()
+    }
+
+    /// Hot-unplug: unregisters the notify ioeventfds and the MSI-X irqfds and routes so the
+    /// slot's BAR window and the GSIs can be reused. Call after [`Self::reset_device`].
+    pub fn release(&self, vm: &VmFd) {
+        for (q, fd) in self.notify.iter().enumerate() {
+            let addr =
+                IoEventAddress::Mmio(self.bar + NOTIFY + q as u64 * u64::from(NOTIFY_MULTIPLIER));
+            let _ = vm.unregister_ioevent(fd, &addr, NoDatamatch);
+        }
+        self.msix.release();
     }
 
     /// Device reset: stops threads, forgets queue state.

@@ -1,12 +1,14 @@
 //! ACPI tables so guests find their CPUs, interrupt controllers, PCI and the power button: RSDP,
 //! XSDT, FADT (fixed hardware: PM1a event/control blocks, SCI on IRQ 9, fixed power button),
-//! FACS, a DSDT holding only `\_S5` (the soft-off SLP_TYP), MADT (one LAPIC per vCPU, the
+//! FACS, a DSDT (`\_S5`, the PCI root with hot-plug slots, the GPE handler: see [`dsdt`]), MADT (one LAPIC per vCPU, the
 //! IOAPIC, IRQ0->GSI2, IRQ9 level/active high) and MCFG (ECAM for bus 0). Written once at boot
 //! into the reserved area below 1 MiB; never read back from the guest.
 
+pub mod aml;
+pub mod dsdt;
+
 use crate::devices::acpi_pm::{
-    GPE0_LEN, GPE0_PORT, PM1A_CNT_PORT, PM1A_EVT_PORT, PM1_CNT_LEN, PM1_EVT_LEN, S5_SLP_TYP,
-    SCI_IRQ,
+    GPE0_LEN, GPE0_PORT, PM1A_CNT_PORT, PM1A_EVT_PORT, PM1_CNT_LEN, PM1_EVT_LEN, SCI_IRQ,
 };
 use crate::error::{Result, VmmError};
 use crate::layout::{IOAPIC_START, LAPIC_START, PCI_ECAM_START};
@@ -116,15 +118,9 @@ fn facs() -> Vec<u8> {
     f
 }
 
-/// DSDT AML: `Name (\_S5, Package () { S5, S5, 0, 0 })`, the SLP_TYP values for soft-off.
+/// The DSDT (see [`dsdt`]).
 fn dsdt() -> Vec<u8> {
-    let mut aml = vec![0x08]; // NameOp
-    aml.extend_from_slice(b"_S5_");
-    // PackageOp, PkgLength (8 bytes incl. itself), NumElements 4, ByteConst x2, Zero x2.
-    aml.extend_from_slice(&[
-        0x12, 0x08, 0x04, 0x0a, S5_SLP_TYP, 0x0a, S5_SLP_TYP, 0x00, 0x00,
-    ]);
-    sdt(b"DSDT", 2, &aml)
+    sdt(b"DSDT", 2, &dsdt::aml())
 }
 
 /// Writes all tables at [`RSDP_START`]; returns the RSDP address.
@@ -167,6 +163,7 @@ pub fn write_tables(mem: &GuestMemoryMmap, vcpus: u8) -> Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::devices::acpi_pm::S5_SLP_TYP;
     use crate::memory::{create_memory, ram_ranges};
 
     fn sum(mem: &GuestMemoryMmap, at: u64, len: usize) -> u8 {
