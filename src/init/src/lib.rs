@@ -36,7 +36,9 @@ const DHCP_TIMEOUT: Duration = Duration::from_secs(30);
 fn init_tracing() {
     use tracing_subscriber::EnvFilter;
     let _ = tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::new("info"))
+        // openraft's info lines are its internal state dumps (over a kilobyte each): warnings
+        // and errors only, or they drown the console and the log ring.
+        .with_env_filter(EnvFilter::new("info,openraft=warn"))
         .with_ansi(false)
         .without_time()
         .with_writer(log::LineWriter::default)

@@ -1,12 +1,19 @@
 //! The appliance log: every line goes to each active console and into an in-memory ring buffer
 //! that the HTTPS API (or the console menu) reads with [`recent`]. Owns the console writers.
 //! Must never block boot on a slow or absent console, and never grow without bound.
+//!
+//! Console output is queued: each console has its own writer thread ([`ConsoleOut`]), and
+//! logging only appends to its queue. A write to a tty blocks once the UART's buffer is full,
+//! which on a serial line nobody reads (QEMU's serial socket with no reader, a stuck terminal
+//! server) is forever; the node's async workers log, so a direct write there stalled the whole
+//! node (HTTPS API included) until someone read the serial port. A queue over its bound drops new
+//! text (counted, and said on that console once it catches up); the ring keeps every line.
 
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io::Write;
-use std::sync::Mutex;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Lines kept in memory; older ones are dropped first.
 pub const RING_LINES: usize = 2000;
@@ -31,23 +38,170 @@ static RING: Mutex<Ring> = Mutex::new(Ring {
     lines: VecDeque::new(),
     next_seq: 1,
 });
-static CONSOLES: Mutex<Vec<File>> = Mutex::new(Vec::new());
+static CONSOLES: Mutex<Vec<Arc<ConsoleOut>>> = Mutex::new(Vec::new());
 
-/// Sets the files console output goes to (replacing earlier ones).
-pub fn set_consoles(files: Vec<File>) {
-    *CONSOLES.lock().unwrap_or_else(|p| p.into_inner()) = files;
+/// Text one console may have queued; beyond it new text is dropped until the console catches up.
+pub const MAX_PENDING_BYTES: usize = 256 * 1024;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Writes raw text to every console without logging it (prompts, menus).
+enum Item {
+    Text(String),
+    /// This many writes were dropped here because the queue was full.
+    Dropped(u64),
+}
+
+#[derive(Default)]
+struct Pending {
+    items: VecDeque<Item>,
+    bytes: usize,
+    /// The writer holds an item it has not finished writing.
+    busy: bool,
+    closed: bool,
+}
+
+/// One console's output queue and the thread that drains it (see the module docs).
+pub struct ConsoleOut {
+    pending: Mutex<Pending>,
+    cv: Condvar,
+}
+
+impl std::fmt::Debug for ConsoleOut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConsoleOut").finish_non_exhaustive()
+    }
+}
+
+impl ConsoleOut {
+    /// Starts the writer thread for `w`.
+    pub fn start(w: impl Write + Send + 'static, name: &str) -> std::io::Result<Arc<ConsoleOut>> {
+        let out = Arc::new(ConsoleOut {
+            pending: Mutex::new(Pending::default()),
+            cv: Condvar::new(),
+        });
+        let o = out.clone();
+        std::thread::Builder::new()
+            .name(format!("console-out-{name}"))
+            .spawn(move || o.run(w))?;
+        Ok(out)
+    }
+
+    /// Queues `text`; never waits for the console. False when it was dropped (queue full).
+    pub fn push(&self, text: &str) -> bool {
+        let mut p = lock(&self.pending);
+        if p.closed {
+            return false;
+        }
+        if p.bytes + text.len() > MAX_PENDING_BYTES {
+            match p.items.back_mut() {
+                Some(Item::Dropped(n)) => *n += 1,
+                _ => p.items.push_back(Item::Dropped(1)),
+            }
+            self.cv.notify_all();
+            return false;
+        }
+        p.bytes += text.len();
+        p.items.push_back(Item::Text(text.to_string()));
+        self.cv.notify_all();
+        true
+    }
+
+    /// Waits until everything queued before the call is written, for at most `timeout`.
+    pub fn flush(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut p = lock(&self.pending);
+        while !p.items.is_empty() || p.busy {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            p = self
+                .cv
+                .wait_timeout(p, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        true
+    }
+
+    /// Stops the writer once the queue is empty; later pushes are dropped.
+    fn close(&self) {
+        lock(&self.pending).closed = true;
+        self.cv.notify_all();
+    }
+
+    fn run(&self, mut w: impl Write) {
+        loop {
+            let item = {
+                let mut p = lock(&self.pending);
+                loop {
+                    if let Some(item) = p.items.pop_front() {
+                        if let Item::Text(t) = &item {
+                            p.bytes -= t.len();
+                        }
+                        p.busy = true;
+                        break item;
+                    }
+                    if p.closed {
+                        return;
+                    }
+                    p = self.cv.wait(p).unwrap_or_else(|e| e.into_inner());
+                }
+            };
+            // Errors are ignored: there is nowhere else to report a console failure.
+            let _ = match item {
+                Item::Text(t) => w.write_all(t.as_bytes()),
+                Item::Dropped(n) => w.write_all(
+                    format!(
+                        "\n[cairn: {n} console writes dropped: this console was not keeping up; the log (menu 2, or the API) has every line]\n"
+                    )
+                    .as_bytes(),
+                ),
+            };
+            let _ = w.flush();
+            lock(&self.pending).busy = false;
+            self.cv.notify_all();
+        }
+    }
+}
+
+/// Sets the files console output goes to (replacing earlier ones), each with its own writer.
+pub fn set_consoles(files: Vec<File>) {
+    let mut outs = Vec::new();
+    for (i, f) in files.into_iter().enumerate() {
+        match ConsoleOut::start(f, &i.to_string()) {
+            Ok(o) => outs.push(o),
+            Err(e) => eprintln!("cairn: console writer {i}: {e}"),
+        }
+    }
+    let old = std::mem::replace(&mut *lock(&CONSOLES), outs);
+    for o in old {
+        o.close();
+    }
+}
+
+/// Writes raw text to every console without logging it (prompts, menus). Never waits for a
+/// console (see the module docs); before any console is set up it goes to stderr.
 pub fn console_write(text: &str) {
-    let mut cons = CONSOLES.lock().unwrap_or_else(|p| p.into_inner());
+    let cons = lock(&CONSOLES);
     if cons.is_empty() {
         let _ = std::io::stderr().write_all(text.as_bytes());
         return;
     }
-    for c in cons.iter_mut() {
-        let _ = c.write_all(text.as_bytes());
-        let _ = c.flush();
+    for c in cons.iter() {
+        c.push(text);
+    }
+}
+
+/// Waits (at most `timeout` in all) until every console has written what was queued: before a
+/// reboot, so its last lines are seen.
+pub fn flush_consoles(timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    let cons: Vec<Arc<ConsoleOut>> = lock(&CONSOLES).clone();
+    for c in cons {
+        c.flush(deadline.saturating_duration_since(Instant::now()));
     }
 }
 
@@ -157,5 +311,86 @@ mod tests {
         );
         assert!(all.windows(2).all(|w| w[0].seq < w[1].seq));
         assert_eq!(recent(0, 3).len(), 3);
+    }
+
+    /// Reads `r` until `want` shows up (or fails after a bound).
+    fn read_until(r: &mut std::os::unix::net::UnixStream, got: &mut Vec<u8>, want: &str) {
+        use std::io::Read;
+        r.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut buf = vec![0u8; 64 * 1024];
+        while !String::from_utf8_lossy(got).contains(want) {
+            let n = r.read(&mut buf).expect("console output stopped");
+            assert!(n > 0, "console writer closed before {want:?}");
+            got.extend_from_slice(&buf[..n]);
+        }
+    }
+
+    /// The appliance's stall: a serial console nobody reads (QEMU's serial socket while the
+    /// test talks HTTPS) filled up, and every thread that logged, the node's async workers
+    /// included, blocked in write(2) until someone read it. Logging must return regardless.
+    #[test]
+    fn logging_never_waits_for_a_console_nobody_reads() {
+        let (mut reader, writer) = std::os::unix::net::UnixStream::pair().unwrap();
+        let out = ConsoleOut::start(writer, "test").unwrap();
+        // 8 MiB: far beyond what the socket buffer and the queue hold together.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let o = out.clone();
+        std::thread::spawn(move || {
+            let line = format!("{}\n", "x".repeat(1023));
+            let accepted = (0..8192).filter(|_| o.push(&line)).count();
+            let _ = tx.send(accepted);
+        });
+        let accepted = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("logging blocked on a console nobody reads");
+        assert!(accepted > 0 && accepted < 8192, "accepted {accepted}");
+        assert!(
+            !out.flush(Duration::from_millis(50)),
+            "nothing can be flushed yet"
+        );
+        // Once read, the console gets what was queued, then says how much it lost.
+        let mut got = Vec::new();
+        read_until(&mut reader, &mut got, "console writes dropped");
+        assert!(out.push("tail\n"));
+        read_until(&mut reader, &mut got, "tail\n");
+        assert!(out.flush(Duration::from_secs(30)));
+        let text = String::from_utf8_lossy(&got);
+        // Every dropped write is counted in a note at the place it was lost.
+        let dropped: usize = text
+            .split("[cairn: ")
+            .skip(1)
+            .map(|s| {
+                s.split(' ')
+                    .next()
+                    .and_then(|n| n.parse::<usize>().ok())
+                    .expect("the note says how many")
+            })
+            .sum();
+        assert_eq!(dropped, 8192 - accepted);
+        assert_eq!(text.matches('x').count(), accepted * 1023);
+        assert!(text.ends_with("tail\n"));
+    }
+
+    #[test]
+    fn console_write_goes_through_the_queue() {
+        // The global path: set_consoles + console_write + flush_consoles.
+        let (mut reader, writer) = std::os::unix::net::UnixStream::pair().unwrap();
+        let f = File::from(std::os::fd::OwnedFd::from(writer));
+        set_consoles(vec![f]);
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for i in 0..4096 {
+                console_write(&format!("{i:01000}\n"));
+            }
+            let _ = tx.send(());
+        });
+        rx.recv_timeout(Duration::from_secs(60))
+            .expect("console_write blocked on a console nobody reads");
+        let mut got = Vec::new();
+        read_until(&mut reader, &mut got, "dropped");
+        console_write("end\n");
+        read_until(&mut reader, &mut got, "end\n");
+        flush_consoles(Duration::from_secs(10));
+        set_consoles(Vec::new());
     }
 }

@@ -34,6 +34,9 @@ pub fn finish(action: PowerAction) -> ! {
         park();
     }
     logln!("system going down: {action:?}");
+    // Console output is queued (log.rs): let it reach the screen and serial line first,
+    // but never let a console nobody reads hold up the reboot.
+    crate::log::flush_consoles(std::time::Duration::from_secs(2));
     if action == PowerAction::Halt {
         // A halted machine must stay halted, not be reset by the watchdog a minute later.
         crate::boot::disarm_watchdog();
@@ -51,6 +54,7 @@ pub fn finish(action: PowerAction) -> ! {
     };
     let err = sys::reboot(cmd);
     logln!("reboot(2) failed: {err}; halting here");
+    crate::log::flush_consoles(std::time::Duration::from_secs(2));
     park()
 }
 
