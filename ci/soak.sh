@@ -14,6 +14,8 @@ run env PROPTEST_CASES=2000 cargo test --release -p engine --test model
 run env PROPTEST_CASES=2000 cargo test --release -p store
 # Deterministic simulation of engine + cluster: thousands of seeds (the default run has 200).
 run env CAIRN_SIM_SEEDS=5000 CAIRN_SIM_SEED_BASE=1000 cargo test --release -p sim --test seeds seeds -- --nocapture
+# Fault cycles (kill -9, SIGSTOP, partitions) on 3-node clusters: thousands instead of 50.
+run env CAIRN_FAULT_CYCLES=2500 cargo test --release -p cairn --test cluster_faults -- --nocapture
 for i in 1 2 3 4 5; do
   run env CAIRN_KILL9_SEED=$RANDOM cargo test --release -p cairn --test kill9
 done
