@@ -164,6 +164,36 @@ fn status(v: &ClusterView) -> String {
             }
         )
     });
+    out.push_str(&mirror_lines(&v.data));
+    out
+}
+
+/// Mirrored I/O: this node's replicas on other nodes, and what it holds for them.
+fn mirror_lines(d: &control::ClusterDataView) -> String {
+    let Some(listen) = &d.mirror_listen else {
+        return String::new();
+    };
+    let mut out = format!(
+        "mirror: serving on {listen}, write epoch {}, holding {} chunks of other nodes; {} stale chunks awaiting resync\n",
+        d.write_epoch, d.hosted_chunks, d.stale_chunks
+    );
+    for r in &d.remote_replicas {
+        out.push_str(&format!(
+            "  remote replica {} (node {}): {} {}{}, {} dirty chunks, {} resynced in {} resyncs\n",
+            r.disk,
+            r.node,
+            r.state,
+            r.reachability,
+            if r.away_secs > 0 {
+                format!(" for {} s", r.away_secs)
+            } else {
+                String::new()
+            },
+            r.dirty_chunks,
+            r.resynced_chunks,
+            r.resyncs
+        ));
+    }
     out
 }
 

@@ -40,6 +40,42 @@ pub struct ClusterDataView {
     pub degraded_chunks: u64,
     /// Whether a rebuild / rebalance is running.
     pub rebuilding: bool,
+    /// This node's replicas on other nodes' disks (mirrored I/O; empty on a single node).
+    #[serde(default)]
+    pub remote_replicas: Vec<RemoteReplicaView>,
+    /// Chunks whose replica on another node is stale (written while that node was away) and
+    /// waits for a resync.
+    #[serde(default)]
+    pub stale_chunks: u64,
+    /// Chunks of other nodes' virtual disks that this node's disks hold.
+    #[serde(default)]
+    pub hosted_chunks: u64,
+    /// The fencing epoch this node writes its virtual disks with (0: not mirroring).
+    #[serde(default)]
+    pub write_epoch: u64,
+    /// Where this node serves its disks to peers (None: not mirroring).
+    #[serde(default)]
+    pub mirror_listen: Option<String>,
+}
+
+/// One disk of another node that holds replicas of this node's virtual disks.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoteReplicaView {
+    pub disk: String,
+    /// The member id of the node the disk is on.
+    pub node: u64,
+    /// `active`, `draining` or `failed` (given up after the grace period).
+    pub state: String,
+    /// `up`, `away` (unreachable: writes continue on this node, changes are tracked) or
+    /// `resyncing` (back; the chunks written meanwhile are being copied).
+    pub reachability: String,
+    pub away_secs: u64,
+    /// Chunks waiting for a resync.
+    pub dirty_chunks: u64,
+    /// Chunks copied by resyncs since this node started.
+    pub resynced_chunks: u64,
+    /// Times the node came back and was resynced.
+    pub resyncs: u64,
 }
 
 /// The answer to `cluster_status`.

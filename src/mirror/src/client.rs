@@ -73,6 +73,8 @@ pub(crate) enum CallErr {
 /// One peer node: the connection, its session and the server instance last seen.
 pub struct PeerLink {
     pub(crate) node_id: u64,
+    /// This node's id (from its certificate): the peer files our copies under it.
+    home: u64,
     client: Client<Req, Resp>,
     pub(crate) cfg: MirrorConfig,
     pub(crate) epochs: Arc<EpochBook>,
@@ -118,6 +120,7 @@ impl PeerLink {
         );
         Ok(Arc::new(PeerLink {
             node_id,
+            home: identity.node_id,
             client,
             cfg,
             epochs,
@@ -215,12 +218,18 @@ impl PeerLink {
         self.hello(None).await.map_err(call_err)
     }
 
-    /// Take over `vdisk` at `epoch`: record it as this node's epoch and raise it on the peer,
-    /// so that writers with an older epoch are refused there from now on.
+    /// Raise this node's own `vdisk` to `epoch`: record it as this node's epoch and raise it
+    /// on the peer, so that writers with an older epoch are refused there from now on.
     pub async fn raise(&self, vdisk: u64, epoch: u64) -> Result<()> {
         self.epochs.set(vdisk, epoch);
+        self.raise_for(self.home, vdisk, epoch).await
+    }
+
+    /// Fence the copies node `home` keeps on the peer for its `vdisk` at `epoch` (a node
+    /// taking over another's virtual disk): its older writers are refused there from now on.
+    pub async fn raise_for(&self, home: u64, vdisk: u64, epoch: u64) -> Result<()> {
         match self
-            .call(&Req::Raise { vdisk, epoch }, self.cfg.call_timeout)
+            .call(&Req::Raise { home, vdisk, epoch }, self.cfg.call_timeout)
             .await
         {
             Ok(_) => Ok(()),

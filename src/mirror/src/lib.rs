@@ -20,7 +20,7 @@
 //! let link = PeerLink::new(peer_id, peer_addr, &identity, epochs.clone(), MirrorConfig::default())?;
 //! attach_peer(&engine, &link).await?;               // adds the peer's disks to the pool
 //! // taking over a virtual disk after its owner died (epoch from raft, higher than before):
-//! for l in links { l.raise(vdisk_id, new_epoch).await?; }
+//! for l in links { l.raise_for(old_owner_id, vdisk_id, new_epoch).await?; }
 //! ```
 #![forbid(unsafe_code)]
 
@@ -35,7 +35,7 @@ pub mod wire;
 pub use client::{MirrorConfig, PeerLink, RemoteReplica};
 pub use error::{MirrorError, Result};
 pub use fence::{EpochBook, EpochTable};
-pub use server::ReplicaServer;
+pub use server::{hosted_objects, ReplicaServer};
 pub use wire::DiskDesc;
 
 use std::sync::Arc;

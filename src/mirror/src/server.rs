@@ -1,8 +1,10 @@
 //! The replica server: serves this node's pool disks to peers that mirror their virtual disks
 //! onto them, over mutual TLS (`transport`), with fencing.
 //!
-//! Objects of other nodes' virtual disks live in our stores under `FOREIGN_VDISK_BIT`, so they
-//! never mix with this node's own. The server never writes a store's metadata slot and never
+//! Objects of other nodes' virtual disks live in our stores under `wire::hosted_id` (the
+//! `FOREIGN_VDISK_BIT`, the writing peer's node id from its certificate, its virtual disk id),
+//! so they never mix with this node's own nor with another peer's, and a peer only ever reaches
+//! its own copies. Epochs are kept per hosted id too. The server never writes a store's metadata slot and never
 //! closes a store (the local engine owns both). A request that fails validation, names an
 //! unknown disk, carries an old epoch or an old session gets a typed error reply.
 
@@ -40,18 +42,37 @@ impl std::fmt::Debug for ReplicaServer {
     }
 }
 
-pub(crate) fn to_local(o: ObjectId) -> ObjectId {
+pub(crate) fn to_local(home: NodeId, o: ObjectId) -> ObjectId {
     ObjectId {
-        vdisk: o.vdisk | FOREIGN_VDISK_BIT,
+        vdisk: hosted_id(home, o.vdisk),
         chunk: o.chunk,
     }
 }
 
 pub(crate) fn from_local(o: ObjectId) -> ObjectId {
     ObjectId {
-        vdisk: o.vdisk & !FOREIGN_VDISK_BIT,
+        vdisk: o.vdisk & MAX_WIRE_VDISK,
         chunk: o.chunk,
     }
+}
+
+/// Whether a local object is a copy `home` wrote.
+fn of_home(home: NodeId, o: &ObjectId) -> bool {
+    o.vdisk & FOREIGN_VDISK_BIT != 0 && hosted_home(o.vdisk) == Some(home)
+}
+
+/// Objects in `engine`'s stores that are copies of other nodes' virtual disks.
+pub fn hosted_objects(engine: &Engine) -> u64 {
+    engine
+        .local_replicas()
+        .iter()
+        .map(|(_, r)| {
+            r.objects()
+                .iter()
+                .filter(|o| o.vdisk & FOREIGN_VDISK_BIT != 0 && o.chunk != engine::PRUNE_MARK_CHUNK)
+                .count() as u64
+        })
+        .sum()
 }
 
 fn store_err(e: StoreError) -> WireError {
@@ -150,6 +171,11 @@ impl ReplicaServer {
     async fn serve(&self, peer: Option<NodeId>, req: Req) -> std::result::Result<Body, WireError> {
         req.validate()?;
         let peer = peer.ok_or_else(|| WireError::BadRequest("anonymous peer".into()))?;
+        if peer > MAX_HOME_NODE {
+            return Err(WireError::BadRequest(format!(
+                "node id {peer} out of range for a replica writer"
+            )));
+        }
         if let Some(f) = req.fence() {
             let floor = self.sessions.lock().get(&peer).copied().unwrap_or(0);
             if f.session < floor {
@@ -160,10 +186,16 @@ impl ReplicaServer {
             }
         }
         let _admitted = match req.fence() {
-            Some(f) => Some(self.epochs.admit(f.vdisk, f.epoch).await?),
+            Some(f) => Some(
+                self.epochs
+                    .admit(hosted_id(peer, f.vdisk), f.epoch)
+                    .await
+                    .map_err(|e| wire_vdisk(e, f.vdisk))?,
+            ),
             None => None,
         };
         let se = store_err;
+        let to_local = |o| to_local(peer, o);
         match req {
             Req::Hello { session } => {
                 let mut s = self.sessions.lock();
@@ -174,8 +206,11 @@ impl ReplicaServer {
                     disks: self.disks(),
                 })
             }
-            Req::Raise { vdisk, epoch } => {
-                self.epochs.raise(vdisk, epoch).await?;
+            Req::Raise { home, vdisk, epoch } => {
+                self.epochs
+                    .raise(hosted_id(home, vdisk), epoch)
+                    .await
+                    .map_err(|e| wire_vdisk(e, vdisk))?;
                 Ok(Body::Unit)
             }
             Req::Ping { disk } => Ok(Body::Space(self.disk(&disk)?.space())),
@@ -183,7 +218,7 @@ impl ReplicaServer {
                 self.disk(&disk)?
                     .objects()
                     .into_iter()
-                    .filter(|o| o.vdisk & FOREIGN_VDISK_BIT != 0)
+                    .filter(|o| of_home(peer, o))
                     .map(from_local)
                     .collect(),
             )),
@@ -292,7 +327,7 @@ impl ReplicaServer {
                 let mut gens = snap_gens;
                 gens.sort_unstable();
                 self.disk(&disk)?
-                    .prune(fence.vdisk | FOREIGN_VDISK_BIT, gens)
+                    .prune(hosted_id(peer, fence.vdisk), gens)
                     .await
                     .map_err(se)?;
                 Ok(Body::Unit)
@@ -339,7 +374,7 @@ impl ReplicaServer {
                     corrupt: rep
                         .corrupt
                         .into_iter()
-                        .filter(|(o, _, _)| o.vdisk & FOREIGN_VDISK_BIT != 0)
+                        .filter(|(o, _, _)| of_home(peer, o))
                         .map(|(o, b, g)| (from_local(o), b, g))
                         .collect(),
                 })
@@ -355,6 +390,18 @@ impl ReplicaServer {
                 to_gen,
             ))),
         }
+    }
+}
+
+/// An epoch error names the epoch table's key; the peer knows the disk by its own id.
+fn wire_vdisk(e: WireError, vdisk: u64) -> WireError {
+    match e {
+        WireError::Fenced { sent, current, .. } => WireError::Fenced {
+            vdisk,
+            sent,
+            current,
+        },
+        other => other,
     }
 }
 

@@ -2,8 +2,10 @@
 //! here (sizes, block counts, object ids) before it reaches a store; a bad message becomes a
 //! `WireError::BadRequest`, never a panic.
 //!
-//! Object ids travel as the owner's engine sees them; the server adds
-//! `engine::FOREIGN_VDISK_BIT` before touching its store and strips it on the way back.
+//! Object ids travel as the owner's engine sees them; the server stores them under
+//! [`hosted_id`]: `engine::FOREIGN_VDISK_BIT`, the *home* node (the authenticated peer that
+//! writes them) and the owner's virtual disk id, so the copies of two owners never mix (engine
+//! virtual disk ids are per node, sequential) and a peer can only ever reach its own.
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use store::{ObjectId, Space};
@@ -13,6 +15,21 @@ pub const MAX_MSG_BYTES: u32 = 64 * 1024 * 1024;
 /// Largest single read or write, in blocks (one chunk).
 pub const MAX_IO_BLOCKS: u32 = 256;
 const BLOCK: usize = 4096;
+/// Largest virtual disk id on the wire (the low bits of a hosted id).
+pub const MAX_WIRE_VDISK: u64 = (1 << 40) - 1;
+/// Largest node id that may write to a replica server (the middle bits of a hosted id).
+pub const MAX_HOME_NODE: u64 = (1 << 23) - 1;
+
+/// The id a replica server stores virtual disk `vdisk` of node `home` under. Both must be in
+/// range (`validate` and the server check before calling this).
+pub fn hosted_id(home: u64, vdisk: u64) -> u64 {
+    engine::FOREIGN_VDISK_BIT | ((home & MAX_HOME_NODE) << 40) | (vdisk & MAX_WIRE_VDISK)
+}
+
+/// The home node of a hosted id (None for an id that is not a hosted one).
+pub fn hosted_home(local_vdisk: u64) -> Option<u64> {
+    (local_vdisk & engine::FOREIGN_VDISK_BIT != 0).then_some((local_vdisk >> 40) & MAX_HOME_NODE)
+}
 
 /// Raw bytes, (de)serialized as one byte string instead of element by element.
 #[derive(Clone, Default, PartialEq, Eq)]
@@ -176,8 +193,10 @@ pub enum Req {
         from_gen: u64,
         to_gen: u64,
     },
-    /// Raise the epoch of a virtual disk (a new owner taking over); refused if lower.
+    /// Raise the epoch of virtual disk `vdisk` of node `home` (a new owner taking over);
+    /// refused if lower.
     Raise {
+        home: u64,
         vdisk: u64,
         epoch: u64,
     },
@@ -202,7 +221,7 @@ impl Req {
     /// Structural checks that need no state. The store checks block ranges again.
     pub fn validate(&self) -> Result<(), WireError> {
         let bad = |m: String| Err(WireError::BadRequest(m));
-        let obj_ok = |o: &ObjectId| o.vdisk & engine::FOREIGN_VDISK_BIT == 0;
+        let obj_ok = |o: &ObjectId| o.vdisk <= MAX_WIRE_VDISK;
         match self {
             Req::Write {
                 obj,
@@ -271,16 +290,16 @@ impl Req {
             Req::Prune {
                 fence, snap_gens, ..
             } => {
-                if fence.vdisk & engine::FOREIGN_VDISK_BIT != 0 {
+                if fence.vdisk > MAX_WIRE_VDISK {
                     return bad("prune: reserved virtual disk id".into());
                 }
                 if snap_gens.len() > 1 << 20 {
                     return bad("prune: too many snapshot generations".into());
                 }
             }
-            Req::Raise { vdisk, .. } => {
-                if vdisk & engine::FOREIGN_VDISK_BIT != 0 {
-                    return bad("raise: reserved virtual disk id".into());
+            Req::Raise { home, vdisk, .. } => {
+                if *vdisk > MAX_WIRE_VDISK || *home > MAX_HOME_NODE {
+                    return bad("raise: virtual disk or node id out of range".into());
                 }
             }
             Req::Hello { .. }
@@ -435,6 +454,25 @@ mod tests {
             }],
         };
         assert!(import.validate().is_err());
+        let raise = |home, vdisk| Req::Raise {
+            home,
+            vdisk,
+            epoch: 2,
+        };
+        assert!(raise(1, 3).validate().is_ok());
+        assert!(raise(MAX_HOME_NODE + 1, 3).validate().is_err());
+        assert!(raise(1, MAX_WIRE_VDISK + 1).validate().is_err());
+    }
+
+    #[test]
+    fn hosted_ids_keep_owners_apart() {
+        let a = hosted_id(1, 5);
+        let b = hosted_id(3, 5);
+        assert_ne!(a, b);
+        assert_eq!(hosted_home(a), Some(1));
+        assert_eq!(hosted_home(b), Some(3));
+        assert_eq!(a & MAX_WIRE_VDISK, 5);
+        assert_eq!(hosted_home(5), None);
     }
 
     #[test]

@@ -221,8 +221,11 @@ async fn a_new_owner_fences_the_old_one() {
 
     // Node 3 takes the disk over at epoch 2 on node 2's replica server.
     let l32 = link(&n3, &n2, Arc::new(EpochBook::new(1)));
-    l32.raise(v.id, 2).await.unwrap();
-    assert_eq!(n2.server.epochs().current(v.id), 2);
+    l32.raise_for(1, v.id, 2).await.unwrap();
+    assert_eq!(
+        n2.server.epochs().current(mirror::wire::hosted_id(1, v.id)),
+        2
+    );
     let err = h.write(0, &pattern(2, 0, 4096)).await.unwrap_err();
     assert!(err.to_string().contains("fenced"), "{err}");
     assert_eq!(
@@ -231,9 +234,12 @@ async fn a_new_owner_fences_the_old_one() {
         "fencing must not look like an absent peer (that would let the old owner go on alone)"
     );
     // Lowering is refused; the epoch survives a restart of the server.
-    assert!(l32.raise(v.id, 1).await.is_err());
+    assert!(l32.raise_for(1, v.id, 1).await.is_err());
     n2.restart_server().await;
-    assert_eq!(n2.server.epochs().current(v.id), 2);
+    assert_eq!(
+        n2.server.epochs().current(mirror::wire::hosted_id(1, v.id)),
+        2
+    );
     // Let node 1 notice the restart and reconnect (a write on the cut connection would only
     // find the peer away and be recorded for resync, which the fence then refuses).
     tokio::time::sleep(Duration::from_millis(500)).await;

@@ -52,10 +52,13 @@ impl NodeController {
 
     fn data_view(&self) -> ClusterDataView {
         let p = self.inner.engine.pool();
-        ClusterDataView {
+        let mut v = ClusterDataView {
             degraded_chunks: p.degraded_chunks,
             rebuilding: p.rebalancing,
-        }
+            ..ClusterDataView::default()
+        };
+        self.inner.mirror.fill(&self.inner.engine, &mut v);
+        v
     }
 
     pub(crate) async fn create_vdisk_recorded(

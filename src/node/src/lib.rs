@@ -22,6 +22,7 @@ mod filedev;
 mod https;
 mod identity;
 mod internal;
+mod mirrorhost;
 pub mod socket;
 mod transfer;
 mod vms;
@@ -56,6 +57,7 @@ pub(crate) struct NodeInner {
     pub(crate) exports: exports::Exports,
     pub(crate) vms: vms::Vms,
     pub(crate) cluster: clusterhost::ClusterHost,
+    pub(crate) mirror: mirrorhost::MirrorHost,
     pub(crate) started: Instant,
     pub(crate) requests: AtomicU64,
     audit_log: parking_lot::Mutex<Option<File>>,
@@ -148,6 +150,7 @@ impl Node {
             exports: Default::default(),
             vms: vms::Vms::load(&data)?,
             cluster,
+            mirror: Default::default(),
             started: Instant::now(),
             requests: AtomicU64::new(0),
             audit_log: parking_lot::Mutex::new(Some(audit_file)),
@@ -181,7 +184,9 @@ impl Node {
             Arc::new(ctl.clone()),
             shutdown_rx.clone(),
         )));
-        tasks.push(tokio::spawn(watch_disks(ctl, shutdown_rx)));
+        tasks.push(tokio::spawn(watch_disks(ctl, shutdown_rx.clone())));
+        // Mirrored I/O with the other data members (see mirrorhost).
+        tasks.push(tokio::spawn(mirrorhost::run(inner.clone(), shutdown_rx)));
         let api_ctl = Arc::new(NodeController {
             inner: inner.clone(),
         });

@@ -524,3 +524,314 @@ impl NbdClient {
         Ok(buf)
     }
 }
+
+// ---- clusters of real processes (mirror_e2e)
+
+/// A free `ip:port` whose next two ports are free too (join endpoint at +1, mirror at +2).
+pub fn free_cluster_addr(ip: &str) -> std::net::SocketAddr {
+    use std::net::TcpListener;
+    for _ in 0..200 {
+        let l = TcpListener::bind((ip, 0)).unwrap();
+        let a = l.local_addr().unwrap();
+        drop(l);
+        if a.port() < 65534
+            && TcpListener::bind((ip, a.port() + 1)).is_ok()
+            && TcpListener::bind((ip, a.port() + 2)).is_ok()
+        {
+            return a;
+        }
+    }
+    panic!("no three free consecutive ports on {ip}");
+}
+
+/// A `cairn node` (data) or `cairn witness` process of a cluster on its own loopback address.
+pub struct ClusterProc {
+    pub data: PathBuf,
+    pub addr: std::net::SocketAddr,
+    pub witness: bool,
+    pub name: String,
+    /// The network namespace it runs in (`None`: the host's, on a 127.0.0.x address).
+    pub netns: Option<String>,
+    child: Option<Child>,
+}
+
+impl ClusterProc {
+    pub fn start(root: &Path, name: &str, ip: &str, witness: bool) -> ClusterProc {
+        let mut p = ClusterProc {
+            data: root.join(name),
+            addr: free_cluster_addr(ip),
+            witness,
+            name: name.into(),
+            netns: None,
+            child: None,
+        };
+        p.restart();
+        p
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.data.with_extension("log")).unwrap_or_default()
+    }
+
+    /// Start (again) on the same data directory and address; waits until it answers.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "{} already running", self.name);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.data.with_extension("log"))
+            .unwrap();
+        let addr = self.addr.to_string();
+        let mut c = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, BIN]);
+                c
+            }
+            None => Command::new(BIN),
+        };
+        if self.witness {
+            c.args(["witness", "--data"])
+                .arg(&self.data)
+                .args(["--listen", &addr, "--name", &self.name]);
+        } else {
+            c.args(["node", "--no-api", "--data"])
+                .arg(&self.data)
+                .args([
+                    "--disks",
+                    "2",
+                    "--disk-size",
+                    "256M",
+                    "--name",
+                    &self.name,
+                    "--cluster-listen",
+                    &addr,
+                ]);
+        }
+        let child = c
+            .env("CAIRN_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawn cairn");
+        self.child = Some(child);
+        let t = Instant::now();
+        loop {
+            let o = cli_at(&self.data, &["cluster", "status"]);
+            if o.code == 0 || o.stderr.contains("not a member") {
+                return;
+            }
+            if let Some(s) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("{} exited early ({s}):\n{}", self.name, self.log());
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(60),
+                "{} did not come up:\n{}",
+                self.name,
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn pid(&self) -> String {
+        self.child.as_ref().expect("running").id().to_string()
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let s = Command::new("kill")
+            .args([sig, &self.pid()])
+            .status()
+            .unwrap();
+        assert!(s.success(), "kill {sig} {}", self.name);
+    }
+
+    /// kill -9: no shutdown, no flush.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+            let t = Instant::now();
+            loop {
+                if let Some(s) = c.try_wait().unwrap() {
+                    assert!(
+                        s.success(),
+                        "{} exited with {s}:\n{}",
+                        self.name,
+                        self.log()
+                    );
+                    return;
+                }
+                if t.elapsed() > Duration::from_secs(60) {
+                    let _ = c.kill();
+                    panic!("{} did not stop on SIGTERM:\n{}", self.name, self.log());
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+
+    /// `cairn --json ARGS` that must succeed.
+    pub fn ok(&self, args: &[&str]) -> serde_json::Value {
+        let mut a = vec!["--json"];
+        a.extend_from_slice(args);
+        let o = cli_at(&self.data, &a);
+        assert_eq!(
+            o.code, 0,
+            "{}: cairn {args:?}: {}{}",
+            self.name, o.stdout, o.stderr
+        );
+        o.json()
+    }
+
+    pub fn status(&self) -> serde_json::Value {
+        self.ok(&["cluster", "status"])["value"].clone()
+    }
+
+    /// Joins the cluster of `via` with a fresh token from it.
+    pub fn join(&self, via: &ClusterProc) {
+        let mut args = vec!["cluster", "token"];
+        if self.witness {
+            args.push("--witness");
+        }
+        let token = via.ok(&args)["value"]["token"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        self.ok(&[
+            "cluster",
+            "join",
+            "--address",
+            &via.addr.to_string(),
+            "--token",
+            &token,
+        ]);
+    }
+}
+
+impl Drop for ClusterProc {
+    fn drop(&mut self) {
+        if let Some(c) = &self.child {
+            // A stopped process must be continued to die on SIGKILL.
+            let _ = Command::new("kill")
+                .args(["-CONT", &c.id().to_string()])
+                .status();
+        }
+        self.kill9();
+    }
+}
+
+/// Polls `f` until it holds, failing with `what` after `secs`.
+pub fn wait_until(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !f() {
+        assert!(
+            t.elapsed() < Duration::from_secs(secs),
+            "timed out after {secs} s waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A minimal NBD client (fixed newstyle handshake, NBD_OPT_EXPORT_NAME, simple replies), so a
+/// test can write with a known acknowledgement for every request.
+pub struct NbdClient {
+    s: std::net::TcpStream,
+    pub size: u64,
+    next: u64,
+}
+
+impl NbdClient {
+    pub fn connect(addr: &str, export: &str) -> std::io::Result<NbdClient> {
+        use nbd::proto::*;
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(addr)?;
+        s.set_nodelay(true)?;
+        let mut hello = [0u8; 18];
+        s.read_exact(&mut hello)?;
+        let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_string());
+        if u64::from_be_bytes(hello[..8].try_into().unwrap()) != NBDMAGIC
+            || u64::from_be_bytes(hello[8..16].try_into().unwrap()) != IHAVEOPT
+        {
+            return Err(bad("not an NBD newstyle server"));
+        }
+        s.write_all(&(FLAG_C_FIXED_NEWSTYLE | FLAG_C_NO_ZEROES).to_be_bytes())?;
+        let mut opt = Vec::new();
+        opt.extend_from_slice(&IHAVEOPT.to_be_bytes());
+        opt.extend_from_slice(&OPT_EXPORT_NAME.to_be_bytes());
+        opt.extend_from_slice(&(export.len() as u32).to_be_bytes());
+        opt.extend_from_slice(export.as_bytes());
+        s.write_all(&opt)?;
+        let mut info = [0u8; 10];
+        s.read_exact(&mut info)?;
+        let size = u64::from_be_bytes(info[..8].try_into().unwrap());
+        Ok(NbdClient { s, size, next: 1 })
+    }
+
+    fn request(&mut self, kind: u16, offset: u64, len: u32, data: &[u8]) -> std::io::Result<u64> {
+        use nbd::proto::*;
+        use std::io::Write;
+        let handle = self.next;
+        self.next += 1;
+        let mut r = Vec::with_capacity(28 + data.len());
+        r.extend_from_slice(&REQUEST_MAGIC.to_be_bytes());
+        r.extend_from_slice(&0u16.to_be_bytes());
+        r.extend_from_slice(&kind.to_be_bytes());
+        r.extend_from_slice(&handle.to_be_bytes());
+        r.extend_from_slice(&offset.to_be_bytes());
+        r.extend_from_slice(&len.to_be_bytes());
+        r.extend_from_slice(data);
+        self.s.write_all(&r)?;
+        Ok(handle)
+    }
+
+    fn reply(&mut self, handle: u64) -> std::io::Result<()> {
+        use nbd::proto::*;
+        use std::io::Read;
+        let mut h = [0u8; 16];
+        self.s.read_exact(&mut h)?;
+        let magic = u32::from_be_bytes(h[..4].try_into().unwrap());
+        let err = u32::from_be_bytes(h[4..8].try_into().unwrap());
+        let got = u64::from_be_bytes(h[8..].try_into().unwrap());
+        if magic != SIMPLE_REPLY_MAGIC || got != handle {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("bad reply magic {magic:#x} handle {got} (want {handle})"),
+            ));
+        }
+        if err != 0 {
+            return Err(std::io::Error::other(format!("NBD error {err}")));
+        }
+        Ok(())
+    }
+
+    /// Returns once the server acknowledged the write.
+    pub fn write(&mut self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        let h = self.request(nbd::proto::CMD_WRITE, offset, data.len() as u32, data)?;
+        self.reply(h)
+    }
+
+    pub fn flush(&mut self) -> std::io::Result<()> {
+        let h = self.request(nbd::proto::CMD_FLUSH, 0, 0, &[])?;
+        self.reply(h)
+    }
+
+    pub fn read(&mut self, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
+        use std::io::Read;
+        let h = self.request(nbd::proto::CMD_READ, offset, len as u32, &[])?;
+        self.reply(h)?;
+        let mut buf = vec![0u8; len];
+        self.s.read_exact(&mut buf)?;
+        Ok(buf)
+    }
+}

@@ -114,7 +114,7 @@ pub async fn assert_replicas_identical(owner: &Node, peer: &Node, vid: u64, size
     for chunk in 0..size.div_ceil(MIB) {
         let obj = ObjectId { vdisk: vid, chunk };
         let pobj = ObjectId {
-            vdisk: vid | engine::FOREIGN_VDISK_BIT,
+            vdisk: mirror::wire::hosted_id(owner.id, vid),
             chunk,
         };
         let mut a = None;
