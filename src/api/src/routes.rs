@@ -60,6 +60,7 @@ pub enum R {
     VmDelete,
     VmStart,
     VmDiskAttach,
+    VmDiskDetach,
     VmStop,
     VmPause,
     VmResume,
@@ -138,6 +139,7 @@ pub const ROUTES: &[(Method, &str, R)] = &[
     (Method::GET, "/vms/{name}/console", R::VmConsole),
     (Method::GET, "/vms/{name}/disks", R::VmDisks),
     (Method::POST, "/vms/{name}/disks", R::VmDiskAttach),
+    (Method::DELETE, "/vms/{name}/disks/{vdisk}", R::VmDiskDetach),
     (Method::GET, "/cluster", R::Cluster),
     (Method::GET, "/vms/{name}/console/ws", R::VmConsoleWs),
 ];

@@ -279,6 +279,7 @@ async fn dispatch(
         | R::VmConsole
         | R::VmDisks
         | R::VmDiskAttach
+        | R::VmDiskDetach
         | R::Cluster => crate::vms::dispatch(st, r, p, q, body, c).await,
         R::Health | R::OpenApi | R::Login => Err(ControlError::internal("handled before dispatch")),
         R::Logout => {

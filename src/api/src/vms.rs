@@ -77,6 +77,27 @@ pub(crate) async fn dispatch(
             };
             simple(st, c, req, 200).await
         }
+        R::VmDiskDetach => {
+            let force = match q.iter().find(|(k, _)| k == "force") {
+                Some((_, v)) => v
+                    .parse::<bool>()
+                    .map_err(|_| ControlError::invalid("force must be true or false"))?,
+                None => false,
+            };
+            let timeout_ms = match q.iter().find(|(k, _)| k == "timeout_ms") {
+                Some((_, v)) => Some(v.parse::<u64>().map_err(|_| {
+                    ControlError::invalid("timeout_ms must be a number of milliseconds")
+                })?),
+                None => None,
+            };
+            let req = Request::VmDiskDetach {
+                name,
+                vdisk: p.get(1).cloned().unwrap_or_default(),
+                force,
+                timeout_ms,
+            };
+            simple(st, c, req, 200).await
+        }
         R::Cluster => simple(st, c, Request::ClusterStatus, 200).await,
         _ => Err(ControlError::internal("not a VM route")),
     }

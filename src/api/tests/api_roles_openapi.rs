@@ -280,6 +280,17 @@ fn rows() -> Vec<(&'static str, &'static str, Option<Value>, Rule)> {
             }),
         ),
         (
+            "DELETE",
+            "/api/v1/vms/novm/disks/nodisk?force=true",
+            None,
+            Control(Request::VmDiskDetach {
+                name: vd("v"),
+                vdisk: vd("d"),
+                force: true,
+                timeout_ms: None,
+            }),
+        ),
+        (
             "POST",
             "/api/v1/vms/novm/pause",
             None,
@@ -612,6 +623,24 @@ async fn openapi_matches_routes_and_live_answers() {
         ),
         ("post", "/vms/{name}/pause", "/api/v1/vms/v1/pause", None),
         ("post", "/vms/{name}/resume", "/api/v1/vms/v1/resume", None),
+        (
+            "delete",
+            "/vms/{name}/disks/{vdisk}",
+            "/api/v1/vms/v1/disks/nope",
+            None,
+        ),
+        (
+            "delete",
+            "/vms/{name}/disks/{vdisk}",
+            "/api/v1/vms/v1/disks/o1?force=maybe",
+            None,
+        ),
+        (
+            "delete",
+            "/vms/{name}/disks/{vdisk}",
+            "/api/v1/vms/v1/disks/o1?timeout_ms=100",
+            None,
+        ),
         ("post", "/vms/{name}/start", "/api/v1/vms/v1/start", None),
         ("delete", "/vms/{name}", "/api/v1/vms/v1", None),
         ("get", "/cluster", "/api/v1/cluster", None),
@@ -630,6 +659,9 @@ async fn openapi_matches_routes_and_live_answers() {
         ("get /api/v1/vms/none", 404),
         ("get /api/v1/vms/v1/disks", 200),
         ("post /api/v1/vms/v1/stop", 409),
+        ("delete /api/v1/vms/v1/disks/nope", 404),
+        ("delete /api/v1/vms/v1/disks/o1?force=maybe", 400),
+        ("delete /api/v1/vms/v1/disks/o1?timeout_ms=100", 200),
         ("delete /api/v1/vms/v1", 204),
     ];
     for (call, status) in want {

@@ -74,6 +74,17 @@ pub enum VmCmd {
         name: String,
         vdisk: String,
     },
+    /// Detach a virtual disk from a VM: a running guest is asked to release it (ACPI eject)
+    /// and has --timeout-ms to answer; a stopped VM just loses it from its definition.
+    Detach {
+        name: String,
+        vdisk: String,
+        /// Remove it even if the guest does not release it in time.
+        #[arg(long)]
+        force: bool,
+        #[arg(long)]
+        timeout_ms: Option<u64>,
+    },
     /// Print the tail of the VM's console output.
     Console {
         name: String,
@@ -119,6 +130,17 @@ pub fn request(cmd: VmCmd) -> Result<Request, ControlError> {
         VmCmd::Resume { name } => Request::VmResume { name },
         VmCmd::Delete { name } => Request::VmDelete { name },
         VmCmd::Attach { name, vdisk } => Request::VmDiskAttach { name, vdisk },
+        VmCmd::Detach {
+            name,
+            vdisk,
+            force,
+            timeout_ms,
+        } => Request::VmDiskDetach {
+            name,
+            vdisk,
+            force,
+            timeout_ms,
+        },
         VmCmd::Console { name, bytes } => Request::VmConsole {
             name,
             max_bytes: bytes,

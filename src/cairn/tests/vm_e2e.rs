@@ -182,7 +182,7 @@ fn vm_lifecycle_on_an_engine_vdisk() {
         "--kernel",
         guest,
         "--cmdline",
-        "hotplug blk seed=5",
+        "hotplug hotunplug blk-write seed=5",
     ]);
     n.fails(&["vm", "attach", "hot", "no-such-disk"], 3);
     n.ok(&["vm", "start", "hot"]);
@@ -202,10 +202,39 @@ fn vm_lifecycle_on_an_engine_vdisk() {
     );
     // Attaching it again is refused and changes nothing.
     n.fails(&["vm", "attach", "hot", "cairn-test-disk-hot"], 4);
+    // Hot-detach once the guest has used it: the guest releases and ejects it, the definition
+    // loses it; then it is attached again and the guest reads back what it wrote before.
+    let t = Instant::now();
+    while !n
+        .cli(&["vm", "console", "hot"])
+        .stdout
+        .contains("hotunplug-waiting")
+    {
+        assert!(
+            t.elapsed() < Duration::from_secs(120),
+            "guest never used the disk"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    n.fails(&["vm", "detach", "hot", "no-such-disk"], 3);
+    let v = n.ok(&[
+        "vm",
+        "detach",
+        "hot",
+        "cairn-test-disk-hot",
+        "--timeout-ms",
+        "30000",
+    ]);
+    assert_eq!(v["value"]["disks"], serde_json::json!([]), "{v}");
+    n.ok(&["vm", "attach", "hot", "cairn-test-disk-hot"]);
     let v = wait_vm(&n, "hot", 120, |v| v["state"] == "stopped");
     let console = n.cli(&["vm", "console", "hot"]).stdout;
     assert!(
-        console.contains("hotplug-found") && console.contains("result pass"),
+        console.contains("hotplug-found")
+            && console.contains("ok hotunplug-gone")
+            && console.contains("ok hotplug-same-slot")
+            && console.contains("ok blk-verify-after-reattach")
+            && console.contains("result pass"),
         "{console}"
     );
     assert_eq!(v["last_exit"], "exit code 0", "{v}\n{console}");

@@ -156,6 +156,18 @@ pub enum Request {
         name: String,
         vdisk: String,
     },
+    /// Detach a virtual disk from a VM. A running guest is asked to release it (ACPI eject)
+    /// and has `timeout_ms` (default 10 s) to do so; without an answer the disk stays attached
+    /// and the request fails, unless `force`, which removes it anyway. Taken out of the
+    /// definition only when it is gone from the VM.
+    VmDiskDetach {
+        name: String,
+        vdisk: String,
+        #[serde(default)]
+        force: bool,
+        #[serde(default)]
+        timeout_ms: Option<u64>,
+    },
     /// The last `max_bytes` (default 64 KiB) of the VM's serial console output.
     VmConsole {
         name: String,
@@ -243,6 +255,7 @@ impl Request {
             Request::VmResume { .. } => "vm_resume",
             Request::VmDelete { .. } => "vm_delete",
             Request::VmDiskAttach { .. } => "vm_disk_attach",
+            Request::VmDiskDetach { .. } => "vm_disk_detach",
             Request::VmConsole { .. } => "vm_console",
             Request::ClusterStatus => "cluster_status",
             Request::ClusterToken { .. } => "cluster_token",
@@ -365,6 +378,16 @@ impl Request {
             Request::VmConsole { name, max_bytes } => crate::vm::validate_console(name, *max_bytes),
             Request::VmDiskAttach { name, vdisk } => {
                 validate_name("VM", name)?;
+                validate_name("virtual disk", vdisk)
+            }
+            Request::VmDiskDetach {
+                name,
+                vdisk,
+                timeout_ms,
+                ..
+            } => {
+                // Same bound as a graceful stop: both wait for the guest.
+                crate::vm::validate_stop(name, *timeout_ms)?;
                 validate_name("virtual disk", vdisk)
             }
             Request::ClusterStatus => Ok(()),

@@ -300,6 +300,20 @@ impl NodeController {
                 self.record_vm(&vm).await;
                 Reply::Vm(Box::new(vm))
             }
+            Request::VmDiskDetach {
+                name,
+                vdisk,
+                force,
+                timeout_ms,
+            } => {
+                let vm = self
+                    .inner
+                    .vms
+                    .detach_disk(name, vdisk, *force, *timeout_ms)
+                    .await?;
+                self.record_vm(&vm).await;
+                Reply::Vm(Box::new(vm))
+            }
             Request::ClusterStatus
             | Request::ClusterToken { .. }
             | Request::ClusterJoin { .. }

@@ -20,6 +20,8 @@ use control::{
 use engine::Engine;
 use serde::{Deserialize, Serialize};
 
+mod watch;
+
 /// Most VMs one node defines.
 pub const MAX_VMS: usize = 256;
 /// Largest kernel file accepted (a bzImage is ~10 MiB).
@@ -52,6 +54,9 @@ pub(crate) struct Vms {
     save: tokio::sync::Mutex<()>,
 }
 
+/// How long a running guest has to release a disk being detached, unless the request says.
+pub const DETACH_TIMEOUT_MS: u64 = 10_000;
+
 /// A VM whose machine exists and holds its disks: running or paused.
 fn is_active(vm: &mut vmm::Vm) -> bool {
     matches!(vm.state(), vmm::VmState::Running | vmm::VmState::Paused)
@@ -59,7 +64,10 @@ fn is_active(vm: &mut vmm::Vm) -> bool {
 
 fn vmm_err(e: vmm::VmmError) -> ControlError {
     match e {
-        vmm::VmmError::InvalidState { .. } => ControlError::conflict(e.to_string()),
+        vmm::VmmError::InvalidState { .. } | vmm::VmmError::EjectTimeout { .. } => {
+            ControlError::conflict(e.to_string())
+        }
+        vmm::VmmError::NoSuchDevice(_) => ControlError::not_found(e.to_string()),
         vmm::VmmError::InvalidConfig(_) | vmm::VmmError::Boot(_) => {
             ControlError::invalid(e.to_string())
         }
@@ -450,6 +458,47 @@ impl Vms {
         Ok(view(&mut s))
     }
 
+    /// Detach `vdisk`: a running guest is asked to release it and has `timeout_ms` (default
+    /// [`DETACH_TIMEOUT_MS`]) to answer, or it is removed anyway with `force`; a stopped VM just
+    /// loses it from its definition. The definition is saved only once the disk is gone from
+    /// the VM, so a refused or timed-out detach leaves both as they were.
+    pub(crate) async fn detach_disk(
+        &self,
+        name: &str,
+        vdisk: &str,
+        force: bool,
+        timeout_ms: Option<u64>,
+    ) -> Result<VmView, ControlError> {
+        let _g = self.save.lock().await;
+        let slot = self.get(name)?;
+        let def = slot.lock().def.clone();
+        if !def.disks.iter().any(|d| d == vdisk) {
+            return Err(ControlError::not_found(format!(
+                "{vdisk} is not a disk of {name}"
+            )));
+        }
+        let mut new_def = def.clone();
+        new_def.disks.retain(|d| d != vdisk);
+        let mut defs = self.defs_with(None, Some(name));
+        defs.push(new_def.clone());
+        let timeout = Duration::from_millis(timeout_ms.unwrap_or(DETACH_TIMEOUT_MS));
+        let (slot2, id) = (slot.clone(), vdisk.to_string());
+        blocking(move || {
+            let mut s = slot2.lock();
+            if let Some(vm) = s.vm.as_mut() {
+                if is_active(vm) {
+                    vm.detach_disk(&id, timeout, force).map_err(vmm_err)?;
+                }
+            }
+            Ok(())
+        })
+        .await?;
+        self.persist(&defs)?;
+        let mut s = slot.lock();
+        s.def = new_def;
+        Ok(view(&mut s))
+    }
+
     /// Forget a VM that is not running. Its virtual disks are kept.
     pub(crate) async fn delete(&self, name: &str) -> Result<(), ControlError> {
         let _g = self.save.lock().await;
@@ -558,6 +607,10 @@ impl control::ConsolePort for ConsolePort {
 
     fn can_type(&self) -> bool {
         self.can_type
+    }
+
+    fn watch(&self) -> Option<Box<dyn control::ConsoleWatch>> {
+        Some(Box::new(watch::OutputWatch::new(self.slot.clone())))
     }
 }
 
