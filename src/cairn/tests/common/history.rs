@@ -230,7 +230,13 @@ pub fn unissued_ops(p: &ClusterProc, keys: &[String]) -> Vec<Op<MetaInput, MetaO
             continue;
         }
         for k in keys {
-            if clean.contains(&format!("vdisk={k}")) {
+            // The name is logged quoted (`vdisk = name`) or bare (`vdisk = %name`).
+            let bare = format!("vdisk={k}");
+            let named = clean.contains(&format!("vdisk=\"{k}\""))
+                || clean
+                    .split_whitespace()
+                    .any(|w| w == bare || w.strip_prefix(bare.as_str()) == Some(","));
+            if named {
                 ops.push(Op {
                     client: 8,
                     call: 0,
