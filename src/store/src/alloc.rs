@@ -1,15 +1,79 @@
-//! Free space of the data area: a bitmap with a next-fit cursor, so consecutive allocations
-//! (and multi-block writes) land in contiguous runs and cost one device I/O each.
+//! Free space of the data area: a bitmap plus per-segment counts, with an allocation policy that
+//! keeps free space in long runs.
+//!
+//! The area is cut into segments of [`SEG_BLOCKS`] (1 MiB, one engine chunk). Two kinds of
+//! request get two kinds of space:
+//! - small writes (at most [`SMALL_MAX`] blocks: random 4 KiB overwrites) fill the holes of
+//!   segments that are already partly used, so they never eat into empty segments while holes
+//!   exist;
+//! - larger writes (and the defragmenter) take whole empty segments, continuing where the last
+//!   extent ended, so a sequentially written range is one physical run.
+//!
+//! Redirect-on-write frees old versions at random places; with plain next-fit those holes and
+//! the new blocks would spread live data evenly over the whole device and no free extent would
+//! survive a few sweeps of random overwrites. Filling holes first keeps live data packed and the
+//! rest empty, which is what lets a defragment (or a sequential rewrite) find room.
 //!
 //! Owns only "which data blocks may be handed out". It never decides when a block is free:
 //! the maps (refcounts) and the deferred-free rule in the store do.
+
+/// Blocks per segment (1 MiB).
+pub(crate) const SEG_BLOCKS: u64 = 256;
+/// Allocations of at most this many blocks fill holes; larger ones take empty segments.
+pub(crate) const SMALL_MAX: u64 = 8;
 
 #[derive(Debug, Clone)]
 pub(crate) struct Allocator {
     words: Vec<u64>,
     nbits: u64,
     free: u64,
-    cursor: u64,
+    /// Used blocks per segment.
+    seg_used: Vec<u16>,
+    /// One bit per segment: some but not all of its blocks are used.
+    partial: Vec<u64>,
+    /// One bit per segment: none of its blocks is used.
+    empty: Vec<u64>,
+    /// Block where the hole filler continues.
+    hole_cursor: u64,
+    /// Block right after the last extent handed out (a sequential stream continues there).
+    ext_cursor: u64,
+}
+
+fn get_bit(v: &[u64], i: u64) -> bool {
+    v[(i / 64) as usize] & (1u64 << (i % 64)) != 0
+}
+
+fn put_bit(v: &mut [u64], i: u64, on: bool) {
+    let w = &mut v[(i / 64) as usize];
+    if on {
+        *w |= 1u64 << (i % 64);
+    } else {
+        *w &= !(1u64 << (i % 64));
+    }
+}
+
+/// First set bit at or after `from` among the first `n` bits of `v`, wrapping once.
+fn next_set(v: &[u64], n: u64, from: u64) -> Option<u64> {
+    if n == 0 {
+        return None;
+    }
+    let from = if from >= n { 0 } else { from };
+    let nwords = v.len();
+    let start = (from / 64) as usize;
+    for i in 0..=nwords {
+        let wi = (start + i) % nwords;
+        let mut w = v[wi];
+        if i == 0 {
+            w &= !0u64 << (from % 64);
+        }
+        if w != 0 {
+            let bit = wi as u64 * 64 + u64::from(w.trailing_zeros());
+            if bit < n {
+                return Some(bit);
+            }
+        }
+    }
+    None
 }
 
 impl Allocator {
@@ -24,11 +88,21 @@ impl Allocator {
                 *last = !0u64 << tail;
             }
         }
+        let nsegs = nbits.div_ceil(SEG_BLOCKS);
+        let swords = nsegs.div_ceil(64) as usize;
+        let mut empty = vec![0u64; swords];
+        for s in 0..nsegs {
+            put_bit(&mut empty, s, true);
+        }
         Self {
             words,
             nbits,
             free: nbits,
-            cursor: 0,
+            seg_used: vec![0; nsegs as usize],
+            partial: vec![0u64; swords],
+            empty,
+            hole_cursor: 0,
+            ext_cursor: 0,
         }
     }
 
@@ -40,27 +114,54 @@ impl Allocator {
         self.nbits
     }
 
+    fn nsegs(&self) -> u64 {
+        self.seg_used.len() as u64
+    }
+
+    /// Blocks in segment `s` (the last one may be short).
+    fn seg_len(&self, s: u64) -> u64 {
+        SEG_BLOCKS.min(self.nbits - s * SEG_BLOCKS)
+    }
+
     pub fn is_used(&self, b: u64) -> bool {
-        self.words[(b / 64) as usize] & (1u64 << (b % 64)) != 0
+        get_bit(&self.words, b)
+    }
+
+    /// Keep the per-segment count and the partial/empty bits in step with one block's change.
+    fn seg_note(&mut self, b: u64, used: bool) {
+        let s = b / SEG_BLOCKS;
+        let len = self.seg_len(s);
+        let c = &mut self.seg_used[s as usize];
+        if used {
+            *c += 1;
+        } else {
+            *c -= 1;
+        }
+        let c = u64::from(*c);
+        put_bit(&mut self.empty, s, c == 0);
+        put_bit(&mut self.partial, s, c > 0 && c < len);
+    }
+
+    fn take(&mut self, b: u64) {
+        debug_assert!(!self.is_used(b));
+        put_bit(&mut self.words, b, true);
+        self.free -= 1;
+        self.seg_note(b, true);
     }
 
     /// Mark one block used (loading maps at open).
     pub fn mark_used(&mut self, b: u64) {
-        let w = &mut self.words[(b / 64) as usize];
-        let bit = 1u64 << (b % 64);
-        if *w & bit == 0 {
-            *w |= bit;
-            self.free -= 1;
+        if !self.is_used(b) {
+            self.take(b);
         }
     }
 
     /// Return one block to the free pool.
     pub fn release(&mut self, b: u64) {
-        let w = &mut self.words[(b / 64) as usize];
-        let bit = 1u64 << (b % 64);
-        assert!(*w & bit != 0, "double free of data block {b}");
-        *w &= !bit;
+        assert!(self.is_used(b), "double free of data block {b}");
+        put_bit(&mut self.words, b, false);
         self.free += 1;
+        self.seg_note(b, false);
     }
 
     /// First free block at or after `from`, wrapping once. Requires `free > 0`.
@@ -83,6 +184,20 @@ impl Allocator {
         unreachable!("allocator: free count {} but no free bit", self.free)
     }
 
+    /// First free block in `from..end` (word at a time).
+    fn find_free_in(&self, from: u64, end: u64) -> Option<u64> {
+        let mut b = from;
+        while b < end {
+            let w = !self.words[(b / 64) as usize] >> (b % 64);
+            if w != 0 {
+                let f = b + u64::from(w.trailing_zeros());
+                return (f < end).then_some(f);
+            }
+            b += 64 - b % 64;
+        }
+        None
+    }
+
     /// Length of the free run starting at `start`, looking at most `max` blocks (word at a
     /// time: a defragment searches whole free extents, so bit by bit would be too slow).
     fn free_run_len(&self, start: u64, max: u64) -> u64 {
@@ -101,19 +216,80 @@ impl Allocator {
                 break;
             }
         }
-        len.min(max).min(self.nbits - start)
+        len.min(max).min(self.nbits.saturating_sub(start))
     }
 
-    /// Allocate `n` blocks as ONE contiguous run (next fit from the cursor, wrapping once), or
-    /// nothing when no free extent is that long.
+    /// Mark `start..start + len` used (all free) and append it to `out`, merging with the run
+    /// before it when adjacent.
+    fn take_run(&mut self, start: u64, len: u64, out: &mut Vec<(u64, u64)>) {
+        for b in start..start + len {
+            self.take(b);
+        }
+        match out.last_mut() {
+            Some((s, l)) if *s + *l == start => *l += len,
+            _ => out.push((start, len)),
+        }
+    }
+
+    /// Start of `k` consecutive empty segments at or after segment `from` (wrapping once).
+    fn find_empty_segs(&self, from: u64, k: u64) -> Option<u64> {
+        let n = self.nsegs();
+        let mut pos = if from >= n { 0 } else { from };
+        // Segments looked at; one lap ends the search.
+        let mut scanned = 0u64;
+        while scanned <= n {
+            let s = next_set(&self.empty, n, pos)?;
+            scanned += if s >= pos { s - pos } else { n - pos + s };
+            let mut len = 1;
+            while len < k && s + len < n && get_bit(&self.empty, s + len) {
+                len += 1;
+            }
+            if len == k {
+                return Some(s);
+            }
+            scanned += len + 1;
+            pos = s + len + 1;
+            if pos >= n {
+                pos = 0;
+            }
+        }
+        None
+    }
+
+    /// Allocate `n` blocks as ONE contiguous run, or nothing when no free extent is that long.
+    /// Tries, in order: right after the last extent, empty segments, then any free run.
     pub fn alloc_contig(&mut self, n: u64) -> Option<u64> {
         if n == 0 || self.free < n {
             return None;
         }
-        let mut pos = if self.cursor >= self.nbits {
+        let mut out = Vec::with_capacity(1);
+        if self.ext_cursor < self.nbits && self.free_run_len(self.ext_cursor, n) == n {
+            let start = self.ext_cursor;
+            self.take_run(start, n, &mut out);
+            self.ext_cursor = start + n;
+            return Some(start);
+        }
+        let k = n.div_ceil(SEG_BLOCKS);
+        if let Some(s) = self.find_empty_segs(self.ext_cursor / SEG_BLOCKS, k) {
+            let start = s * SEG_BLOCKS;
+            if self.free_run_len(start, n) == n {
+                self.take_run(start, n, &mut out);
+                self.ext_cursor = start + n;
+                return Some(start);
+            }
+        }
+        let start = self.scan_contig(n)?;
+        self.take_run(start, n, &mut out);
+        self.ext_cursor = start + n;
+        Some(start)
+    }
+
+    /// Any free run of `n` blocks (next fit from the extent cursor, one lap of the bitmap).
+    fn scan_contig(&self, n: u64) -> Option<u64> {
+        let mut pos = if self.ext_cursor >= self.nbits {
             0
         } else {
-            self.cursor
+            self.ext_cursor
         };
         // Blocks looked at so far; one full lap (plus a run crossing the start) ends the search.
         let mut scanned = 0u64;
@@ -126,11 +302,6 @@ impl Allocator {
             };
             let len = self.free_run_len(start, n);
             if len == n {
-                for b in start..start + n {
-                    self.words[(b / 64) as usize] |= 1u64 << (b % 64);
-                }
-                self.free -= n;
-                self.cursor = start + n;
                 return Some(start);
             }
             // The run ends at a used block (or the end of the area): skip past it.
@@ -149,39 +320,104 @@ impl Allocator {
         if n == 0 || self.free < n {
             return n == 0;
         }
-        let mut need = n;
-        let mut pos = if self.cursor >= self.nbits {
-            0
+        let need = if n > SMALL_MAX {
+            self.alloc_extents(n, out)
         } else {
-            self.cursor
+            n
         };
-        while need > 0 {
-            let start = self.find_free(pos);
-            let mut len = 0;
-            while len < need && start + len < self.nbits && !self.is_used(start + len) {
-                let b = start + len;
-                self.words[(b / 64) as usize] |= 1u64 << (b % 64);
-                len += 1;
-            }
-            match out.last_mut() {
-                Some((s, l)) if *s + *l == start => *l += len,
-                _ => out.push((start, len)),
-            }
-            need -= len;
-            pos = start + len;
-            if pos >= self.nbits {
-                pos = 0;
-            }
-        }
-        self.free -= n;
-        self.cursor = pos;
+        self.fill_holes(need, out);
         true
+    }
+
+    /// Take empty segments (or the free run after the last extent) for up to `n` blocks;
+    /// returns how many are still needed (no empty segment left).
+    fn alloc_extents(&mut self, n: u64, out: &mut Vec<(u64, u64)>) -> u64 {
+        let mut need = n;
+        while need > 0 {
+            if self.ext_cursor < self.nbits {
+                let len = self.free_run_len(self.ext_cursor, need);
+                // Continue a sequential stream, or finish the segment it is in.
+                if len == need || (len > 0 && (self.ext_cursor + len).is_multiple_of(SEG_BLOCKS)) {
+                    let start = self.ext_cursor;
+                    self.take_run(start, len, out);
+                    self.ext_cursor = start + len;
+                    need -= len;
+                    continue;
+                }
+            }
+            let Some(s) = next_set(&self.empty, self.nsegs(), self.ext_cursor / SEG_BLOCKS) else {
+                break;
+            };
+            let start = s * SEG_BLOCKS;
+            let len = need.min(self.seg_len(s));
+            self.take_run(start, len, out);
+            self.ext_cursor = start + len;
+            need -= len;
+        }
+        need
+    }
+
+    /// Take `need` blocks from holes in partly used segments, opening an empty segment only
+    /// when no hole is left. Requires `free >= need`.
+    fn fill_holes(&mut self, mut need: u64, out: &mut Vec<(u64, u64)>) {
+        while need > 0 {
+            let pos = if self.hole_cursor >= self.nbits {
+                0
+            } else {
+                self.hole_cursor
+            };
+            let seg = pos / SEG_BLOCKS;
+            let seg_end = seg * SEG_BLOCKS + self.seg_len(seg);
+            // Stay in the current segment while it has free blocks after the cursor (a partial
+            // one: the cursor may also have just crossed into an empty segment).
+            let here = if get_bit(&self.partial, seg) {
+                self.find_free_in(pos, seg_end)
+            } else {
+                None
+            };
+            let b = match here {
+                Some(b) => b,
+                None => {
+                    let n = self.nsegs();
+                    let s = next_set(&self.partial, n, seg + 1)
+                        .or_else(|| next_set(&self.empty, n, seg + 1))
+                        .expect("free blocks exist, so some segment has room");
+                    let first = s * SEG_BLOCKS;
+                    self.find_free_in(first, first + self.seg_len(s))
+                        .expect("a partial or empty segment has a free block")
+                }
+            };
+            let seg_end = (b / SEG_BLOCKS) * SEG_BLOCKS + self.seg_len(b / SEG_BLOCKS);
+            let len = self.free_run_len(b, need).min(seg_end - b);
+            self.take_run(b, len, out);
+            need -= len;
+            self.hole_cursor = b + len;
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn check_counts(a: &Allocator) {
+        let mut free = 0;
+        for s in 0..a.nsegs() {
+            let len = a.seg_len(s);
+            let used = (s * SEG_BLOCKS..s * SEG_BLOCKS + len)
+                .filter(|&b| a.is_used(b))
+                .count() as u64;
+            free += len - used;
+            assert_eq!(u64::from(a.seg_used[s as usize]), used, "segment {s}");
+            assert_eq!(get_bit(&a.empty, s), used == 0, "empty bit of {s}");
+            assert_eq!(
+                get_bit(&a.partial, s),
+                used > 0 && used < len,
+                "partial {s}"
+            );
+        }
+        assert_eq!(free, a.free_blocks());
+    }
 
     #[test]
     fn contiguous_run_or_nothing() {
@@ -203,6 +439,7 @@ mod tests {
         for b in 0..300 {
             assert!(a.is_used(b));
         }
+        check_counts(&a);
     }
 
     #[test]
@@ -224,5 +461,85 @@ mod tests {
         assert_eq!(runs.iter().map(|r| r.1).sum::<u64>(), 5);
         assert_eq!(a.free_blocks(), 0);
         assert!(!a.alloc(1, &mut runs));
+        check_counts(&a);
+    }
+
+    /// The property the policy exists for: random single-block overwrites of a packed data set
+    /// keep filling the holes they leave, so empty segments survive any number of sweeps.
+    #[test]
+    fn random_overwrites_keep_empty_segments() {
+        let nsegs = 64u64;
+        let mut a = Allocator::new(nsegs * SEG_BLOCKS);
+        // 16 objects of one segment each, written whole.
+        let mut where_: Vec<u64> = Vec::new();
+        for _ in 0..16 {
+            let mut runs = Vec::new();
+            assert!(a.alloc(SEG_BLOCKS, &mut runs));
+            assert_eq!(runs.len(), 1, "a whole-segment write is one run");
+            where_.extend(runs[0].0..runs[0].0 + SEG_BLOCKS);
+        }
+        // Many sweeps of random overwrites; frees are released in batches (as at a flush).
+        let mut x = 12345u64;
+        let mut pending = Vec::new();
+        for i in 0..(20 * nsegs * SEG_BLOCKS) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let k = (x % where_.len() as u64) as usize;
+            let mut runs = Vec::new();
+            assert!(a.alloc(1, &mut runs));
+            pending.push(std::mem::replace(&mut where_[k], runs[0].0));
+            if i % 500 == 0 {
+                for b in pending.drain(..) {
+                    a.release(b);
+                }
+            }
+        }
+        check_counts(&a);
+        let empty = (0..nsegs).filter(|&s| get_bit(&a.empty, s)).count() as u64;
+        assert!(
+            empty >= nsegs - 16 - 4,
+            "live data stayed packed: {empty} of {nsegs} segments empty"
+        );
+        // So a defragment of a whole segment finds room, in one extent.
+        let start = a.alloc_contig(SEG_BLOCKS).expect("an empty segment");
+        assert_eq!(start % SEG_BLOCKS, 0);
+        check_counts(&a);
+    }
+
+    #[test]
+    fn large_writes_are_contiguous_and_small_ones_fill_holes() {
+        let mut a = Allocator::new(10 * SEG_BLOCKS + 17);
+        let mut runs = Vec::new();
+        assert!(a.alloc(3 * SEG_BLOCKS + 5, &mut runs));
+        assert_eq!(runs, vec![(0, 3 * SEG_BLOCKS + 5)]);
+        // Holes in the first segment.
+        for b in [3, 4, 5, 90] {
+            a.release(b);
+        }
+        runs.clear();
+        assert!(a.alloc(4, &mut runs));
+        assert_eq!(runs, vec![(3, 3), (90, 1)], "small writes take the holes");
+        runs.clear();
+        assert!(a.alloc(16, &mut runs));
+        assert_eq!(
+            runs,
+            vec![(3 * SEG_BLOCKS + 5, 16)],
+            "a larger write continues after the last extent"
+        );
+        check_counts(&a);
+        // Fill everything, including the short last segment, then free it all.
+        runs.clear();
+        let rest = a.free_blocks();
+        assert!(a.alloc(rest, &mut runs));
+        assert_eq!(a.free_blocks(), 0);
+        check_counts(&a);
+        for &(s, l) in &runs.clone() {
+            for b in s..s + l {
+                a.release(b);
+            }
+        }
+        check_counts(&a);
+        assert_eq!(a.free_blocks(), rest);
     }
 }

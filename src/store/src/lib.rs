@@ -72,8 +72,10 @@
 //!   scattered it) writes the data it read once more, contiguously, and moves the versions there
 //!   before it returns (`StoreStats::defrag_*`); `set_defrag(false)` (or the environment
 //!   variable `CAIRN_STORE_DEFRAG=0` at open) turns this off. Blocks
-//!   shared with clones are never moved. It needs one free extent as long as the range: when
-//!   free space itself is fragmented (a device swept by random overwrites) nothing moves.
+//!   shared with clones are never moved. It needs one free extent as long as the range; the
+//!   allocator keeps free space in whole 1 MiB segments for that (small writes fill the holes
+//!   of partly used segments first, larger writes take empty ones), so random overwrites of a
+//!   device do not leave free space scattered.
 //!
 //! ## On-disk layout
 //! Superblock (two copies) | meta slots A/B | checkpoint slots A/B | journal ring | data.
