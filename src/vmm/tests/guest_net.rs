@@ -268,3 +268,124 @@ fn virtio_net_checksum_offload_through_the_tap() {
         ],
     );
 }
+
+/// An IPv4/UDP frame from the host side (10.0.0.1:`sport` -> 10.0.0.2:5555) to `mac`.
+fn udp_frame(mac: &[u8; 6], sport: u16) -> Vec<u8> {
+    let payload = b"cairn-mq";
+    let mut f = Vec::with_capacity(64);
+    f.extend_from_slice(mac);
+    f.extend_from_slice(&[0x02, 0, 0, 0, 0, 1]);
+    f.extend_from_slice(&[0x08, 0x00]);
+    let total = (20 + 8 + payload.len()) as u16;
+    let mut ip = vec![0x45, 0];
+    ip.extend_from_slice(&total.to_be_bytes());
+    ip.extend_from_slice(&[0, 0, 0, 0, 64, 17, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2]);
+    let sum = !ip
+        .chunks(2)
+        .fold(0u32, |a, w| a + u32::from(u16::from_be_bytes([w[0], w[1]])));
+    let sum = (sum & 0xffff) as u16; // only approximately folded: the guest never checks it
+    ip[10..12].copy_from_slice(&sum.to_be_bytes());
+    f.extend_from_slice(&ip);
+    f.extend_from_slice(&sport.to_be_bytes());
+    f.extend_from_slice(&5555u16.to_be_bytes());
+    f.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    f.extend_from_slice(&[0, 0]);
+    f.extend_from_slice(payload);
+    f.resize(f.len().max(60), 0);
+    f
+}
+
+/// Multi-queue: two vCPUs give two queue pairs on a multi-queue tap. The guest enables both
+/// through the control queue, transmits on each pair, and the host's many UDP flows reach
+/// both rx queues (the tap spreads flows over its attached queues).
+#[test]
+fn virtio_net_multiqueue_one_pair_per_vcpu() {
+    if !kvm_or_skip() {
+        return;
+    }
+    if !std::path::Path::new("/dev/net/tun").exists() {
+        println!("skipped: /dev/net/tun not available");
+        return;
+    }
+    const TAP2: &str = "cairn-tap2";
+    let result = std::thread::spawn(|| {
+        // SAFETY: unshare only changes this thread's network namespace (see the first test).
+        if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+            println!(
+                "skipped: cannot create a network namespace: {}",
+                std::io::Error::last_os_error()
+            );
+            return None;
+        }
+        let mut cfg = guest_config("netmq", "net-mq");
+        cfg.vcpus = 2;
+        cfg.nets.push(NetConfig {
+            id: "nic0".into(),
+            tap: TAP2.into(),
+            mac: [0x52, 0x54, 0, 0x12, 0x34, 0x57],
+        });
+        let mut vm = Vm::create(cfg).expect("create VM with a multi-queue tap");
+        link_up(TAP2).expect("bring tap up");
+        let sock = packet_socket(TAP2).expect("packet socket");
+        vm.start().unwrap();
+        let mut buf = [0u8; 2048];
+        let mut seen = [false; 2];
+        let mut mac = [0u8; 6];
+        for _ in 0..60 {
+            // SAFETY: buf is valid for writes of its length.
+            let n = unsafe { libc::recv(sock, buf.as_mut_ptr().cast(), buf.len(), 0) };
+            if n >= 25 && buf[12..14] == ETHERTYPE && &buf[14..24] == b"cairn-ping" {
+                mac.copy_from_slice(&buf[6..12]);
+                if let Some(s) = seen.get_mut(usize::from(buf[24])) {
+                    *s = true;
+                }
+            }
+            if seen == [true, true] {
+                break;
+            }
+        }
+        let pings = seen;
+        if pings == [true, true] {
+            for sport in 0..32u16 {
+                let f = udp_frame(&mac, 40000 + sport * 7);
+                // SAFETY: f is valid for reads of its length; the socket is bound to the tap.
+                let sent = unsafe { libc::send(sock, f.as_ptr().cast(), f.len(), 0) };
+                assert_eq!(sent, f.len() as isize);
+            }
+        }
+        let reason = vm.wait_exit(Duration::from_secs(60));
+        let out = String::from_utf8_lossy(&vm.debug_output()).into_owned();
+        vm.delete();
+        // SAFETY: closing our socket.
+        unsafe { libc::close(sock) };
+        Some((pings, reason, out))
+    })
+    .join()
+    .unwrap();
+    let Some((pings, reason, out)) = result else {
+        return;
+    };
+    assert_eq!(
+        pings,
+        [true, true],
+        "a ping per pair reached the tap:\n{out}"
+    );
+    assert_pass(
+        &reason,
+        &out,
+        &[
+            "net-mq-features",
+            "net-mq-pairs",
+            "net-mq-queues",
+            "net-mq-ctrl-set",
+            "net-mq-ctrl-refused",
+            "net-mq-tx-both",
+            "net-mq-rx-both",
+        ],
+    );
+    assert!(out.contains("net-max-pairs 2\n"), "{out}");
+    // Frames per rx queue, for the record.
+    if let Some(l) = out.lines().find(|l| l.starts_with("net-mq-rx ")) {
+        println!("{l}");
+    }
+}

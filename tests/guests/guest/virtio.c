@@ -590,6 +590,113 @@ static void run_net_offload(void) {
     check(found, "net-rx", "no UDP reply received");
 }
 
+/*
+ * Multi-queue: two queue pairs and the control queue. The driver turns on both pairs
+ * (VQ_PAIRS_SET 2; an out-of-range count is refused), sends a ping on each pair's tx queue
+ * (byte 24 = the pair), and counts the host's UDP frames ("cairn-mq", many flows) per rx queue:
+ * the tap spreads flows over the attached queues, so both rx queues must see some.
+ */
+static struct vq mq_rx[2], mq_tx[2], ctrlq;
+static u8 mq_rxbuf[2][8][2048] __attribute__((aligned(4096)));
+static u8 mq_txbuf[2][128];
+static u8 ctrl_hdr[2], ctrl_data[2], ctrl_ack;
+
+static int ctrl_pairs_set(u16 index, u16 n) {
+    ctrl_hdr[0] = 4; /* VIRTIO_NET_CTRL_MQ */
+    ctrl_hdr[1] = 0; /* VQ_PAIRS_SET */
+    ctrl_data[0] = (u8)n;
+    ctrl_data[1] = (u8)(n >> 8);
+    ctrl_ack = 0xff;
+    ctrlq.desc[0] = (struct vdesc){(u64)(usize)ctrl_hdr, 2, 1, 1};
+    ctrlq.desc[1] = (struct vdesc){(u64)(usize)ctrl_data, 2, 1, 2};
+    ctrlq.desc[2] = (struct vdesc){(u64)(usize)&ctrl_ack, 1, 2, 0};
+    u16 h = 0;
+    if (!submit_wait(&ctrlq, index, &h, 1)) return -1;
+    return ctrl_ack;
+}
+
+static void run_net_mq(void) {
+    struct vdev d;
+    int slot = find_device(0x1041);
+    check(slot > 0, "pci-find-net", "no virtio-net");
+    if (slot <= 0) return;
+    check(probe(slot, &d), "net-caps", "missing capabilities");
+    msix_setup(&d, 6, 0x60);
+    /* VERSION_1 | MAC | CTRL_VQ | MQ */
+    u64 want = (1ull << 32) | (1 << 5) | (1 << 17) | (1 << 22);
+    check(negotiate(&d, want) && d.features == want, "net-mq-features", "MQ/CTRL_VQ not offered");
+    u16 pairs = mmio_r16(d.device + 8);
+    puts("net-max-pairs ");
+    put_dec(pairs);
+    puts("\n");
+    check(pairs >= 2 && mmio_r16(d.common + 0x12) == 2 * pairs + 1, "net-mq-pairs", "fewer than 2 pairs or wrong queue count");
+    if (pairs < 2) return;
+    u16 ctrl = (u16)(2 * pairs);
+    int ok = 1;
+    for (u16 p = 0; p < 2; p++)
+        ok = ok && queue_setup(&d, &mq_rx[p], (u16)(2 * p), (u16)(1 + 2 * p)) &&
+             queue_setup(&d, &mq_tx[p], (u16)(2 * p + 1), (u16)(2 + 2 * p));
+    ok = ok && queue_setup(&d, &ctrlq, ctrl, 5);
+    check(ok, "net-mq-queues", "queue setup failed");
+    check(driver_ok(&d), "net-driver-ok", "needs reset");
+    check(ctrl_pairs_set(ctrl, 2) == 0, "net-mq-ctrl-set", "VQ_PAIRS_SET 2 not acknowledged");
+    check(ctrl_pairs_set(ctrl, (u16)(pairs + 1)) == 1, "net-mq-ctrl-refused", "too many pairs accepted");
+    u8 mac[6];
+    for (int i = 0; i < 6; i++) mac[i] = mmio_r8(d.device + i);
+    for (int p = 0; p < 2; p++) {
+        for (u16 i = 0; i < 8; i++) {
+            mq_rx[p].desc[i] = (struct vdesc){(u64)(usize)mq_rxbuf[p][i], 2048, 2, 0};
+            mq_rx[p].avail.ring[i] = i;
+        }
+        mb();
+        mq_rx[p].avail.idx = 8;
+        mb();
+        mmio_w16(mq_rx[p].notify_addr, (u16)(2 * p));
+    }
+    int sent = 0;
+    for (int p = 0; p < 2; p++) {
+        u8 *f = mq_txbuf[p] + 12;
+        memset(mq_txbuf[p], 0, sizeof(mq_txbuf[p]));
+        memset(f, 0xff, 6);
+        memcpy(f + 6, mac, 6);
+        f[12] = 0x88;
+        f[13] = 0xb5;
+        memcpy(f + 14, "cairn-ping", 10);
+        f[24] = (u8)p;
+        mq_tx[p].desc[0] = (struct vdesc){(u64)(usize)mq_txbuf[p], 12 + 60, 0, 0};
+        u16 h = 0;
+        sent += submit_wait(&mq_tx[p], (u16)(2 * p + 1), &h, 1);
+    }
+    check(sent == 2, "net-mq-tx-both", "a pair's tx queue did not complete");
+    int got[2] = {0, 0};
+    for (u64 spin = 0; spin < 4000000000ull && (!got[0] || !got[1]) && got[0] + got[1] < 64; spin++) {
+        int idle = 1;
+        for (int p = 0; p < 2; p++) {
+            struct vq *q = &mq_rx[p];
+            barrier();
+            if (*(volatile u16 *)&q->used.idx == q->last_used) continue;
+            idle = 0;
+            u32 id = q->used.ring[q->last_used % QSZ].id;
+            q->last_used++;
+            if (id >= 8) { spin = ~0ull - 1; break; }
+            u8 *r = mq_rxbuf[p][id] + 12;
+            if (r[12] == 0x08 && r[13] == 0x00 && !memcmp(r + 14 + 28, "cairn-mq", 8)) got[p]++;
+            q->avail.ring[q->avail.idx % QSZ] = (u16)id;
+            mb();
+            q->avail.idx++;
+            mb();
+            mmio_w16(q->notify_addr, (u16)(2 * p));
+        }
+        if (idle) __asm__ volatile("pause");
+    }
+    puts("net-mq-rx ");
+    put_dec((u64)got[0]);
+    puts(" ");
+    put_dec((u64)got[1]);
+    puts("\n");
+    check(got[0] > 0 && got[1] > 0, "net-mq-rx-both", "received flows did not reach both rx queues");
+}
+
 static struct vq conrx, contx;
 static u8 conin[64], conout[64];
 
@@ -645,6 +752,7 @@ int run_pci_tests(const char *cmdline) {
     if (has_word(cmdline, "rng")) run_rng();
     if (has_word(cmdline, "net")) run_net();
     if (has_word(cmdline, "net-offload")) run_net_offload();
+    if (has_word(cmdline, "net-mq")) run_net_mq();
     if (has_word(cmdline, "console")) run_console();
     if (has_word(cmdline, "bench-read") || has_word(cmdline, "bench-write")) run_bench(cmdline);
     return failures;

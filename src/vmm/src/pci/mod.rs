@@ -370,7 +370,9 @@ impl PciSetup {
             console = Some(port);
         }
         for nic in &cfg.nets {
-            add(Box::new(crate::virtio::net::Net::new(nic)?), nic.id.clone())?;
+            // One queue pair per vCPU, so each vCPU can have its own rx/tx path.
+            let net = crate::virtio::net::Net::new(nic, u16::from(cfg.vcpus))?;
+            add(Box::new(net), nic.id.clone())?;
         }
         pio.insert(
             u64::from(hotplug::PCIHP_PORT),

@@ -1,4 +1,7 @@
-//! virtio-net on a host tap device: one rx and one tx queue, each on its own thread. Frames pass
+//! virtio-net on a host tap device: one rx and one tx queue per queue pair, each on its own
+//! thread. With several pairs (multi-queue, one per vCPU) the tap is multi-queue, pair i moves
+//! frames through the tap's queue i, and a control queue lets the driver choose how many pairs
+//! are in use (VIRTIO_NET_CTRL_MQ); the tap only steers received flows to those. Frames pass
 //! through with the 12-byte virtio-net header (the tap is opened with the same header size), so
 //! checksum and TSO offloads cost nothing here: the guest's NEEDS_CSUM/GSO headers go to the tap
 //! as they are, and the tap is told (TUNSETOFFLOAD) which offloads the guest accepted on
@@ -29,6 +32,16 @@ pub const F_HOST_TSO4: u64 = 1 << 11;
 /// Device accepts TCPv6 GSO frames.
 pub const F_HOST_TSO6: u64 = 1 << 12;
 const F_MAC: u64 = 1 << 5;
+/// Control virtqueue.
+pub const F_CTRL_VQ: u64 = 1 << 17;
+/// Multi-queue (with the control queue to choose the number of pairs).
+pub const F_MQ: u64 = 1 << 22;
+/// Most queue pairs a NIC offers.
+pub const MAX_QUEUE_PAIRS: u16 = 8;
+const CTRL_MQ: u8 = 4;
+const CTRL_MQ_VQ_PAIRS_SET: u8 = 0;
+const CTRL_OK: u8 = 0;
+const CTRL_ERR: u8 = 1;
 
 /// The tap offloads matching the driver's receive features (TSO only together with checksums,
 /// as both virtio and the tap require).
@@ -54,22 +67,66 @@ const MAX_DESCS: usize = 64;
 
 /// The NIC.
 pub struct Net {
-    tap: Arc<Tap>,
+    taps: Vec<Arc<Tap>>,
     mac: [u8; 6],
     counters: Arc<DeviceCounters>,
     workers: Vec<Worker>,
 }
 
 impl Net {
-    /// Opens the tap named in `cfg`.
-    pub fn new(cfg: &NetConfig) -> Result<Self> {
-        let tap = Arc::new(Tap::open(&cfg.tap, VNET_HDR_BYTES as i32)?);
+    /// Opens the tap named in `cfg` with `pairs` queue pairs (clamped to 1..=8; one per vCPU is
+    /// the usual choice). A tap that already exists as a single-queue device gets one pair.
+    pub fn new(cfg: &NetConfig, pairs: u16) -> Result<Self> {
+        let pairs = usize::from(pairs.clamp(1, MAX_QUEUE_PAIRS));
+        let hdr = VNET_HDR_BYTES as i32;
+        let taps = match Tap::open_queues(&cfg.tap, hdr, pairs) {
+            Ok(t) => t,
+            Err(_) if pairs > 1 => vec![Tap::open(&cfg.tap, hdr)?],
+            Err(e) => return Err(e),
+        };
         Ok(Self {
-            tap,
+            taps: taps.into_iter().map(Arc::new).collect(),
             mac: cfg.mac,
             counters: Arc::new(DeviceCounters::default()),
             workers: Vec::new(),
         })
+    }
+
+    fn pairs(&self) -> u16 {
+        self.taps.len() as u16
+    }
+}
+
+/// Lets the first `n` tap queues receive (at least the first); the rest are detached.
+fn use_pairs(taps: &[Arc<Tap>], n: usize) -> Result<()> {
+    if taps.len() < 2 {
+        return Ok(());
+    }
+    for (i, t) in taps.iter().enumerate() {
+        if i < n.max(1) {
+            t.set_queue_attached(true)?;
+        }
+    }
+    for (i, t) in taps.iter().enumerate() {
+        if i >= n.max(1) {
+            t.set_queue_attached(false)?;
+        }
+    }
+    Ok(())
+}
+
+/// Answers one control command (class, command, data): only MQ_VQ_PAIRS_SET is offered.
+fn control_command(cmd: &[u8], mq: bool, taps: &[Arc<Tap>]) -> u8 {
+    match cmd {
+        [CTRL_MQ, CTRL_MQ_VQ_PAIRS_SET, lo, hi, ..] => {
+            let n = usize::from(u16::from_le_bytes([*lo, *hi]));
+            if mq && (1..=taps.len()).contains(&n) && use_pairs(taps, n).is_ok() {
+                CTRL_OK
+            } else {
+                CTRL_ERR
+            }
+        }
+        _ => CTRL_ERR,
     }
 }
 
@@ -78,10 +135,19 @@ impl VirtioDevice for Net {
         TYPE_NET
     }
     fn queue_max_sizes(&self) -> Vec<u16> {
-        vec![256, 256]
+        let mut q = vec![256; 2 * usize::from(self.pairs())];
+        if self.pairs() > 1 {
+            q.push(256); // control queue, after all the pairs
+        }
+        q
     }
     fn features(&self) -> u64 {
-        F_VERSION_1
+        let mq = if self.pairs() > 1 {
+            F_CTRL_VQ | F_MQ
+        } else {
+            0
+        };
+        mq | F_VERSION_1
             | F_EVENT_IDX
             | F_MAC
             | F_CSUM
@@ -102,30 +168,38 @@ impl VirtioDevice for Net {
             self.mac[5],
             1,
             0,
-            1,
-            0,
+            self.pairs() as u8,
+            (self.pairs() >> 8) as u8,
         ];
         super::read_config_bytes(&cfg, offset, data);
     }
-    fn activate(&mut self, ctx: ActivateContext) -> Result<()> {
+    fn activate(&mut self, mut ctx: ActivateContext) -> Result<()> {
         // Also after a reset with fewer features: the tap must not hand over what the guest
         // cannot take.
-        self.tap.set_offload(tap_offloads(ctx.features))?;
-        for aq in ctx.queues {
-            let (mem, tap, counters, irq) = (
-                ctx.mem.clone(),
-                self.tap.clone(),
-                self.counters.clone(),
-                aq.irq,
-            );
+        self.taps[0].set_offload(tap_offloads(ctx.features))?;
+        // Only the first pair until the driver asks for more (virtio 1.2, 5.1.6.5.5).
+        use_pairs(&self.taps, 1)?;
+        let mq = ctx.features & F_MQ != 0;
+        let ctrl_index = 2 * self.pairs();
+        for aq in std::mem::take(&mut ctx.queues) {
+            if self.pairs() > 1 && aq.index == ctrl_index {
+                let w = spawn_control(&ctx, aq, mq, self.taps.clone())?;
+                self.workers.push(w);
+                continue;
+            }
+            let pair = usize::from(aq.index / 2);
+            let Some(tap) = self.taps.get(pair).cloned() else {
+                continue;
+            };
+            let (mem, counters, irq) = (ctx.mem.clone(), self.counters.clone(), aq.irq);
             let queue = Mutex::new(aq.queue);
             let mut buf = vec![0u8; MAX_FRAME_BYTES];
-            if aq.index == 0 {
+            if aq.index % 2 == 0 {
                 // rx: move frames from the tap into guest buffers; hold one frame while the guest
                 // has no buffers (and stop watching the tap until it kicks).
                 let mut pending: Option<usize> = None;
                 let w = Worker::spawn(
-                    format!("{}-rx", ctx.name),
+                    format!("{}-rx{pair}", ctx.name),
                     ctx.seccomp,
                     ctx.cpu.clone(),
                     aq.notify,
@@ -204,7 +278,7 @@ impl VirtioDevice for Net {
                 self.workers.push(w);
             } else {
                 let w = Worker::spawn(
-                    format!("{}-tx", ctx.name),
+                    format!("{}-tx{pair}", ctx.name),
                     ctx.seccomp,
                     ctx.cpu.clone(),
                     aq.notify,
@@ -280,6 +354,70 @@ impl VirtioDevice for Net {
     }
 }
 
+/// The control queue's thread: reads each command (device-readable descriptors), answers
+/// with the one-byte ack in the first device-writable descriptor.
+fn spawn_control(
+    ctx: &ActivateContext,
+    aq: super::ActiveQueue,
+    mq: bool,
+    taps: Vec<Arc<Tap>>,
+) -> Result<Worker> {
+    let (mem, irq) = (ctx.mem.clone(), aq.irq);
+    let queue = Mutex::new(aq.queue);
+    Worker::spawn(
+        format!("{}-ctrl", ctx.name),
+        ctx.seccomp,
+        ctx.cpu.clone(),
+        aq.notify,
+        None,
+        move |_| {
+            let mut q = queue.lock();
+            let mut used = false;
+            loop {
+                if q.event_idx_enabled() {
+                    let _ = q.disable_notification(&*mem);
+                }
+                while let Some(chain) = q.pop_descriptor_chain(&*mem) {
+                    let head = chain.head_index();
+                    let mut cmd = [0u8; 8];
+                    let mut got = 0usize;
+                    let mut ack_at = None;
+                    for d in chain.take(MAX_DESCS) {
+                        if d.is_write_only() {
+                            if ack_at.is_none() && d.len() >= 1 {
+                                ack_at = Some(d.addr());
+                            }
+                            continue;
+                        }
+                        let n = (d.len() as usize).min(cmd.len() - got);
+                        if mem.read_slice(&mut cmd[got..got + n], d.addr()).is_ok() {
+                            got += n;
+                        }
+                    }
+                    let mut written = 0;
+                    if let Some(at) = ack_at {
+                        let ack = control_command(&cmd[..got], mq, &taps);
+                        if mem.write_obj(ack, at).is_ok() {
+                            written = 1;
+                        }
+                    }
+                    if q.add_used(&*mem, head, written).is_err() {
+                        return true;
+                    }
+                    used = true;
+                }
+                if !q.event_idx_enabled() || !q.enable_notification(&*mem).unwrap_or(false) {
+                    break;
+                }
+            }
+            if used && q.needs_notification(&*mem).unwrap_or(true) {
+                irq.trigger();
+            }
+            true
+        },
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -295,5 +433,17 @@ mod tests {
         );
         // TSO without checksum offload would be refused by the tap: never asked for.
         assert_eq!(tap_offloads(F_GUEST_TSO4), 0);
+    }
+
+    #[test]
+    fn control_commands_other_than_pairs_set_are_refused() {
+        // No taps needed for the refusals; a single-pair NIC has nothing to switch.
+        assert_eq!(
+            control_command(&[CTRL_MQ, CTRL_MQ_VQ_PAIRS_SET, 1, 0], true, &[]),
+            CTRL_ERR
+        );
+        assert_eq!(control_command(&[0, 0, 1], true, &[]), CTRL_ERR);
+        assert_eq!(control_command(&[CTRL_MQ], true, &[]), CTRL_ERR);
+        assert_eq!(control_command(&[], false, &[]), CTRL_ERR);
     }
 }

@@ -1,5 +1,8 @@
 //! A Linux tap device opened through /dev/net/tun with a virtio-net header, non-blocking. The
-//! tap is created in the calling thread's network namespace.
+//! tap is created in the calling thread's network namespace. A multi-queue tap
+//! ([`Tap::open_queues`], IFF_MULTI_QUEUE) has one fd per queue; the kernel spreads received
+//! flows over the attached queues, and a queue can be detached and attached again
+//! ([`Tap::set_queue_attached`]).
 
 use crate::error::{Result, VmmError};
 use std::fs::{File, OpenOptions};
@@ -10,6 +13,12 @@ use std::os::unix::fs::OpenOptionsExt;
 const IFF_TAP: libc::c_short = 0x0002;
 const IFF_NO_PI: libc::c_short = 0x1000;
 const IFF_VNET_HDR: libc::c_short = 0x4000;
+const IFF_MULTI_QUEUE: libc::c_short = 0x0100;
+const IFF_ATTACH_QUEUE: libc::c_short = 0x0200;
+const IFF_DETACH_QUEUE: libc::c_short = 0x0400;
+const TUNSETQUEUE: libc::c_ulong = 0x4004_54d9;
+/// Most queues one tap may have here (the kernel allows more; a VM never needs them).
+pub const MAX_TAP_QUEUES: usize = 16;
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 const TUNSETVNETHDRSZ: libc::c_ulong = 0x4004_54d8;
 const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
@@ -27,14 +36,62 @@ struct IfReq {
     _pad: [u8; 22],
 }
 
-/// An open tap.
+/// An open tap (or one queue of a multi-queue tap).
 pub struct Tap {
     file: File,
+    attached: std::sync::atomic::AtomicBool,
 }
 
 impl Tap {
     /// Opens (creating if needed) tap `name` with a `vnet_hdr_len`-byte virtio-net header.
     pub fn open(name: &str, vnet_hdr_len: i32) -> Result<Tap> {
+        Self::open_with(name, vnet_hdr_len, 0)
+    }
+
+    /// Opens `queues` queues of multi-queue tap `name` (creating it if needed); one queue is a
+    /// plain [`Tap::open`]. Fails if the tap exists as a single-queue device.
+    pub fn open_queues(name: &str, vnet_hdr_len: i32, queues: usize) -> Result<Vec<Tap>> {
+        if queues == 0 || queues > MAX_TAP_QUEUES {
+            return Err(VmmError::InvalidConfig(format!(
+                "a tap has 1..={MAX_TAP_QUEUES} queues, not {queues}"
+            )));
+        }
+        if queues == 1 {
+            return Ok(vec![Self::open(name, vnet_hdr_len)?]);
+        }
+        (0..queues)
+            .map(|_| Self::open_with(name, vnet_hdr_len, IFF_MULTI_QUEUE))
+            .collect()
+    }
+
+    /// Attaches (true) or detaches this queue of a multi-queue tap: the kernel only hands
+    /// received frames to attached queues. Idempotent.
+    pub fn set_queue_attached(&self, on: bool) -> Result<()> {
+        use std::sync::atomic::Ordering;
+        if self.attached.load(Ordering::Acquire) == on {
+            return Ok(());
+        }
+        let mut req = IfReq {
+            name: [0; 16],
+            flags: if on {
+                IFF_ATTACH_QUEUE
+            } else {
+                IFF_DETACH_QUEUE
+            },
+            _pad: [0; 22],
+        };
+        // SAFETY: TUNSETQUEUE reads an ifreq (only its flags), which `req` is (40 bytes).
+        if unsafe { libc::ioctl(self.file.as_raw_fd(), TUNSETQUEUE, &mut req) } < 0 {
+            return Err(VmmError::Io {
+                what: "TUNSETQUEUE",
+                source: io::Error::last_os_error(),
+            });
+        }
+        self.attached.store(on, Ordering::Release);
+        Ok(())
+    }
+
+    fn open_with(name: &str, vnet_hdr_len: i32, extra_flags: libc::c_short) -> Result<Tap> {
         if name.is_empty()
             || name.len() >= 16
             || !name
@@ -54,7 +111,7 @@ impl Tap {
             })?;
         let mut req = IfReq {
             name: [0; 16],
-            flags: IFF_TAP | IFF_NO_PI | IFF_VNET_HDR,
+            flags: IFF_TAP | IFF_NO_PI | IFF_VNET_HDR | extra_flags,
             _pad: [0; 22],
         };
         req.name[..name.len()].copy_from_slice(name.as_bytes());
@@ -72,7 +129,10 @@ impl Tap {
                 source: io::Error::last_os_error(),
             });
         }
-        Ok(Tap { file })
+        Ok(Tap {
+            file,
+            attached: std::sync::atomic::AtomicBool::new(true),
+        })
     }
 
     /// Tells the kernel which offloads frames read from the tap may carry (`TUN_F_*`): with
