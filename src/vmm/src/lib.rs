@@ -28,15 +28,19 @@
 //!   ports 0x80 progress / 0xe9 bytes / 0x501 exit code, ACPI PM1 registers at 0x600/0x604:
 //!   power button + SCI on IRQ 9, soft-off through SLP_TYP/SLP_EN).
 //! - [`boot`]: PVH ELF and Linux boot protocol (bzImage / vmlinux, initrd, command line, e820),
-//!   plus [`acpi`] tables (MADT, MCFG, FADT, XSDT/RSDP).
+//!   plus [`acpi`] tables (MADT, MCFG, FADT, XSDT/RSDP, and a DSDT with the PCI root, one
+//!   hot-plug slot device per slot and the GPE handler, written by our own small AML encoder).
 //! - [`pci`]: PCI root (0xCF8/0xCFC and ECAM), MSI-X through KVM GSI routes + irqfds, and
 //!   virtio-pci (modern) devices in [`virtio`]: blk (multi-queue, flush, discard, write-zeroes,
-//!   read-only, serial, event index; inline or with I/O lanes), net on a tap, rng, console.
+//!   read-only, serial, event index; inline or with I/O lanes), net on a tap (one queue pair
+//!   per vCPU on a multi-queue tap, control queue for the pair count), rng, console.
 //!   Notifications arrive on ioeventfds; each queue has its own thread.
 //! - Disk backends behind [`DiskBackend`]: [`RamDisk`], [`FileDisk`], and [`EngineDisk`] (an
 //!   engine virtual disk called directly).
 //! - [`vm`]: the lifecycle API (graceful stop = ACPI power button, then force; hot-attach of
-//!   a disk = new PCI device + ACPI GPE0 bit 1); [`stats`]: CPU time of vCPU and device
+//!   a disk = new PCI device + ACPI GPE0 bit 1; hot-detach = ACPI eject request, the guest's
+//!   `_EJ0`, drain, slot freed for reuse, or forced after a timeout, see [`pci::hotplug`]);
+//!   [`stats`]: CPU time of vCPU and device
 //!   threads, per-disk/per-NIC counters (IOPS, bytes, latency, per-queue requests);
 //!   [`seccomp`]: allowlists installed on every vCPU and device thread before it touches guest
 //!   data.
