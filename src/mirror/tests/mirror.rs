@@ -323,3 +323,58 @@ async fn malformed_and_unauthorised_requests_get_errors_not_panics() {
     let r = typed.call(&mirror::wire::Req::Ping { disk }).await.unwrap();
     assert!(r.result.is_ok());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_owners_with_the_same_vdisk_id_never_mix_on_a_holder() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = ClusterCa::generate("t").unwrap();
+    let n1 = Node::start(&ca, 1, "127.0.0.2", 1, dir.path()).await;
+    let n2 = Node::start(&ca, 2, "127.0.0.3", 1, dir.path()).await;
+    let n3 = Node::start(&ca, 3, "127.0.0.4", 1, dir.path()).await;
+    let l12 = link(&n1, &n2, Arc::new(EpochBook::new(1)));
+    let l32 = link(&n3, &n2, Arc::new(EpochBook::new(1)));
+    attach_peer(&n1.engine, &l12).await.unwrap();
+    attach_peer(&n3.engine, &l32).await.unwrap();
+    // Engine virtual disk ids are per node: both owners call theirs 1.
+    let v1 = n1.engine.create_vdisk("v", SIZE).await.unwrap();
+    let v3 = n3.engine.create_vdisk("v", SIZE).await.unwrap();
+    assert_eq!(v1.id, v3.id);
+    let h1 = n1.engine.open_vdisk("v").unwrap();
+    let h3 = n3.engine.open_vdisk("v").unwrap();
+    let (mut m1, mut m3) = (vec![0u8; SIZE as usize], vec![0u8; SIZE as usize]);
+    write_and_model(&h1, &mut m1, 1, 0..4).await;
+    write_and_model(&h3, &mut m3, 3, 0..4).await;
+    h1.flush().await.unwrap();
+    h3.flush().await.unwrap();
+    assert_eq!(assert_replicas_identical(&n1, &n2, v1.id, SIZE).await, 4);
+    assert_eq!(assert_replicas_identical(&n3, &n2, v3.id, SIZE).await, 4);
+    verify_model(&h1, &m1).await;
+    verify_model(&h3, &m3).await;
+    // Each owner is told about its own copies only.
+    let d = l12.disks().await.unwrap();
+    let r = l12.open_disk(&d[0]).await.unwrap();
+    assert_eq!(
+        engine::Replica::objects(r.as_ref()).len(),
+        4,
+        "node 3's copies are not node 1's"
+    );
+    // Fencing is per owner: node 1 raising its disk's epoch does not stop node 3's writes.
+    l12.raise(v1.id, 5).await.unwrap();
+    h3.write(0, &pattern(9, 0, 4096)).await.unwrap();
+    h1.write(0, &pattern(9, 0, 4096)).await.unwrap();
+    assert_eq!(
+        n2.server
+            .epochs()
+            .current(mirror::wire::hosted_id(1, v1.id)),
+        5
+    );
+    assert_eq!(
+        n2.server
+            .epochs()
+            .current(mirror::wire::hosted_id(3, v3.id)),
+        1
+    );
+    n1.engine.shutdown().await.unwrap();
+    n3.engine.shutdown().await.unwrap();
+    n2.engine.shutdown().await.unwrap();
+}
