@@ -67,6 +67,9 @@ pub fn pid1_main() -> ! {
     let sig = sys::block_handled_signals();
     let mounted = boot::mount_filesystems();
     let consoles = boot::setup_consoles();
+    if !consoles.is_empty() {
+        log::capture_stdio();
+    }
     logln!("Cairn {} starting as PID 1", env!("CARGO_PKG_VERSION"));
     let cmd = Cmdline::read();
     if let Err(e) = mounted {

@@ -195,6 +195,49 @@ pub fn console_write(text: &str) {
     }
 }
 
+/// From now on, what anything prints to stdout or stderr (a library's `println!`, a panic
+/// message) is logged like any line: console writes through stdio would block on a stuck
+/// serial line (stdio is /dev/console there). Call once the consoles are set up.
+pub fn capture_stdio() {
+    let r = match crate::sys::stdio_to_pipe() {
+        Ok(r) => r,
+        Err(e) => {
+            log(&format!("stdout/stderr stay on the console: {e}"));
+            return;
+        }
+    };
+    let spawned = std::thread::Builder::new()
+        .name("stdio-log".into())
+        .spawn(move || {
+            use std::io::{BufRead, Read};
+            let mut r = std::io::BufReader::new(r);
+            let mut line = Vec::new();
+            loop {
+                line.clear();
+                // Bounded: a longer "line" comes out in pieces.
+                match r
+                    .by_ref()
+                    .take(MAX_LINE_BYTES as u64)
+                    .read_until(b'\n', &mut line)
+                {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {
+                        let text = String::from_utf8_lossy(&line);
+                        let text = text.trim_end();
+                        record(text);
+                        // Never console_write's stderr fallback: that is this pipe.
+                        for c in lock(&CONSOLES).iter() {
+                            c.push(&format!("{text}\n"));
+                        }
+                    }
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        log(&format!("stdout/stderr capture thread: {e}"));
+    }
+}
+
 /// Waits (at most `timeout` in all) until every console has written what was queued: before a
 /// reboot, so its last lines are seen.
 pub fn flush_consoles(timeout: Duration) {

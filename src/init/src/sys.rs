@@ -219,3 +219,29 @@ pub fn watchdog_identity(fd: RawFd) -> io::Result<String> {
     let end = id.iter().position(|&b| b == 0).unwrap_or(id.len());
     Ok(String::from_utf8_lossy(&id[..end]).into_owned())
 }
+
+/// Points this process's stdout and stderr at a new pipe and returns its read end: output a
+/// library prints directly (not through the log) then reaches the log instead of a console
+/// write that can block (see log.rs).
+pub fn stdio_to_pipe() -> io::Result<std::fs::File> {
+    use std::os::fd::FromRawFd;
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: pipe2 writes two descriptors into the array we pass; nothing else is touched.
+    check(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) })?;
+    // SAFETY: both descriptors were just created by pipe2 and are owned by nobody else.
+    let (r, w) = unsafe {
+        (
+            std::fs::File::from_raw_fd(fds[0]),
+            std::fs::File::from_raw_fd(fds[1]),
+        )
+    };
+    use std::os::fd::AsRawFd;
+    for target in [libc::STDOUT_FILENO, libc::STDERR_FILENO] {
+        // SAFETY: dup2 on descriptors we own; the old stdout/stderr are closed atomically.
+        if unsafe { libc::dup2(w.as_raw_fd(), target) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    drop(w);
+    Ok(r)
+}
