@@ -236,9 +236,6 @@ pub fn run(
         cfg.cluster_listen = crate::net::status()
             .and_then(|s| s.addr)
             .map(|(ip, _)| SocketAddr::from((ip, crate::wizard::CLUSTER_PORT)));
-        // No raft member on the appliance yet: with one, the API stalls under QEMU/TCG after
-        // the first metadata commit (being investigated; joining therefore reports an error).
-        cfg.host_cluster = false;
         let node = node::Node::start(cfg)
             .await
             .map_err(|e| format!("node: {e}"))?;

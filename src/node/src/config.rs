@@ -34,9 +34,8 @@ pub struct NodeConfig {
     /// Cluster address (member RPC; the join endpoint is the next port). Fixed at the first
     /// start in `cluster.json`; None there picks a free loopback pair.
     pub cluster_listen: Option<SocketAddr>,
-    /// Create this node's raft member on first start (a one-member cluster). The appliance
-    /// turns it off for now: under QEMU/TCG its HTTPS API stalls ~60 s after the first
-    /// metadata commit with a member running (cause not found yet; see the issue notes).
+    /// Create this node's raft member on first start (a one-member cluster); when off, the
+    /// node has no member until it joins a cluster.
     pub host_cluster: bool,
 }
 
