@@ -8,7 +8,8 @@
 //! committed name may be lost or doubled, and the whole recorded history must be linearizable.
 //!
 //! `CAIRN_FAULT_CYCLES=N` runs N cycles per cluster (default 34 + 16); ci/soak.sh runs thousands.
-//! `CAIRN_FAULT_ONLY=kill9|stop|partition` runs one kind; `CAIRN_FAULT_KEEP=DIR` copies the
+//! `CAIRN_FAULT_ONLY=kill9|stop|partition` runs one kind; `CAIRN_FAULT_HOLD_MS=N` holds every
+//! fault N ms (default: until the probe commits, 0.3-1 s); `CAIRN_FAULT_KEEP=DIR` copies the
 //! members' logs there after the cycles.
 
 mod common;

@@ -185,6 +185,8 @@ pub struct Cluster {
     pub lan: Option<Lan>,
     /// Probe names cycle through a few, each deleted again in its cycle.
     probes: usize,
+    /// `CAIRN_FAULT_HOLD_MS`: hold every fault this long instead (longer partitions).
+    pub hold: Option<Duration>,
 }
 
 /// What one cycle did, for the test's summary.
@@ -220,6 +222,9 @@ impl Cluster {
             procs,
             lan,
             probes: 0,
+            hold: std::env::var("CAIRN_FAULT_HOLD_MS")
+                .ok()
+                .map(|v| Duration::from_millis(v.parse().expect("CAIRN_FAULT_HOLD_MS in ms"))),
         };
         let n = members.len();
         poll(
@@ -312,9 +317,12 @@ impl Cluster {
             // Hold the fault at least 300 ms (a follower falls a few heartbeats behind) and at
             // most a second past failover, or until the probe is in.
             let hold = Instant::now();
-            while hold.elapsed() < Duration::from_secs(1)
-                && (hold.elapsed() < Duration::from_millis(300)
-                    || !probe_done.load(Ordering::SeqCst))
+            let (min, max) = match self.hold {
+                Some(d) => (d, d),
+                None => (Duration::from_millis(300), Duration::from_secs(1)),
+            };
+            while hold.elapsed() < max
+                && (hold.elapsed() < min || !probe_done.load(Ordering::SeqCst))
             {
                 std::thread::sleep(Duration::from_millis(20));
             }
