@@ -64,6 +64,8 @@ impl StateReader {
 pub struct StateMachineStore {
     applied: Arc<RwLock<Applied>>,
     snap: Arc<std::sync::Mutex<SnapshotSlot>>,
+    /// One snapshot file write at a time (they share the temp file).
+    persisting: Arc<std::sync::Mutex<()>>,
     dir: PathBuf,
 }
 
@@ -106,6 +108,7 @@ impl StateMachineStore {
         Ok(StateMachineStore {
             applied: Arc::new(RwLock::new(applied)),
             snap: Arc::new(std::sync::Mutex::new(SnapshotSlot { current, seq: 0 })),
+            persisting: Arc::default(),
             dir: dir.to_path_buf(),
         })
     }
@@ -119,6 +122,7 @@ impl StateMachineStore {
     }
 
     fn persist(&self, snap: &SnapshotFile) -> Result<(), StorageError> {
+        let _one = self.persisting.lock().unwrap_or_else(|e| e.into_inner());
         let body = ser(snap)?;
         let mut out = MAGIC.to_vec();
         out.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
@@ -136,6 +140,16 @@ impl StateMachineStore {
             .and_then(|d| d.sync_all())
             .map_err(io)?;
         Ok(())
+    }
+
+    /// [`Self::persist`] on a blocking thread: writing and syncing a snapshot (up to
+    /// [`MAX_SNAPSHOT_BYTES`]) must not hold up an async worker (raft, the API).
+    async fn persist_off_runtime(&self, file: SnapshotFile) -> Result<SnapshotFile, StorageError> {
+        let this = self.clone();
+        let sig = Some(file.meta.signature());
+        tokio::task::spawn_blocking(move || this.persist(&file).map(|()| file))
+            .await
+            .map_err(|e| sto_err(ErrorSubject::Snapshot(sig), ErrorVerb::Write, e))?
     }
 
     fn slot(&self) -> std::sync::MutexGuard<'_, SnapshotSlot> {
@@ -183,7 +197,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
             meta: meta.clone(),
             data: data.clone(),
         };
-        self.persist(&file)?;
+        let file = self.persist_off_runtime(file).await?;
         self.slot().current = Some(file);
         Ok(Snapshot {
             meta,
@@ -249,7 +263,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             data,
         };
         // Durable first: once applied state moves past the log, the snapshot must survive.
-        self.persist(&file)?;
+        let file = self.persist_off_runtime(file).await?;
         {
             let mut a = self.write();
             a.state = state;
