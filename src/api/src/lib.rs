@@ -4,8 +4,8 @@
 //! statistics over Server-Sent Events, the audit log, and the embedded web UI.
 //!
 //! What it owns: its state dir (`tls/`, `users.json`, `tokens.json`, `tasks.json`,
-//! `audit.jsonl`) and the HTTP surface. What it must never do: touch the engine or any storage
-//! state directly. Every storage request is parsed into a [`control::Request`], authorized with
+//! `audit.jsonl`, `idempotency.jsonl`) and the HTTP surface. What it must never do: touch the
+//! engine or any storage state directly. Every storage request is parsed into a [`control::Request`], authorized with
 //! [`control::allowed`], and
 //! forwarded to the node's [`control::Controller`]. Users, tokens and the certificate are the
 //! api's own state; their mutations are one [`admin::AdminAction`] type applied in one function
@@ -25,6 +25,7 @@ mod error;
 mod files;
 mod http;
 mod idempotency;
+mod lists;
 mod login;
 mod render;
 pub mod routes;
@@ -62,6 +63,9 @@ pub struct ApiConfig {
     /// How often statistics are sampled (1 s in production; tests may go faster).
     pub stats_period: Duration,
     pub max_connections: usize,
+    /// Keep the virtual disk and VM lists between changes (see `lists`). Off only to measure
+    /// what it saves (`cairn bench api --no-list-cache`).
+    pub list_cache: bool,
 }
 
 impl ApiConfig {
@@ -71,6 +75,7 @@ impl ApiConfig {
             state_dir,
             stats_period: Duration::from_secs(1),
             max_connections: 1024,
+            list_cache: true,
         }
     }
 }
@@ -129,7 +134,8 @@ pub async fn serve(cfg: ApiConfig, controller: Arc<dyn Controller>) -> Result<Ap
         sessions: Default::default(),
         limiter: Default::default(),
         audit: audit::AuditLog::open(&cfg.state_dir),
-        idempotency: Default::default(),
+        idempotency: idempotency::IdempotencyCache::open(&cfg.state_dir),
+        lists: lists::ListCache::new(cfg.list_cache),
         tasks: tasks::Tasks::open(&cfg.state_dir),
         stats: hub.clone(),
         certs,

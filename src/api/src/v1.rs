@@ -144,6 +144,11 @@ async fn handle_route(
     if r == R::VmConsoleWs {
         return crate::ws::console(st.clone(), caller, &params[0], req);
     }
+    if !mutation {
+        if let Some(resp) = crate::lists::serve(st, r, &params, &q, &caller).await? {
+            return Ok(resp);
+        }
+    }
     let body = if mutation {
         h::read_body(req.into_body(), h::MAX_BODY_BYTES).await?
     } else {
@@ -319,7 +324,7 @@ async fn dispatch(
             simple(st, c, Request::DiskProbe { path: b.path }, 200).await
         }
         R::Pool => simple(st, c, Request::PoolInfo, 200).await,
-        R::Vdisks => list(st, c, Request::VdiskList, q).await,
+        R::Vdisks => Err(ControlError::internal("handled before dispatch")),
         R::VdiskCreate => {
             let b: VdiskCreateBody = h::parse_json(body)?;
             let size_bytes = size_of(b.size_bytes, b.size.as_deref())?;

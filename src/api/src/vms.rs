@@ -8,7 +8,7 @@ use crate::http as h;
 use crate::render::reply_value;
 use crate::routes::R;
 use crate::state::{Caller, State};
-use crate::v1::{list, simple, task, Out};
+use crate::v1::{simple, task, Out};
 use control::{ControlError, Reply, Request};
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -23,7 +23,7 @@ pub(crate) async fn dispatch(
 ) -> Out {
     let name = p.first().cloned().unwrap_or_default();
     match r {
-        R::Vms => list(st, c, Request::VmList, q).await,
+        R::Vms => Err(ControlError::internal("handled before dispatch")),
         R::VmCreate => {
             let b: VmCreateBody = h::parse_json(body)?;
             let req = Request::VmCreate {

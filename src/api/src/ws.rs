@@ -7,6 +7,10 @@
 //! bool}` first, later `{"type":"error","message":...}` (for example typing without the right
 //! to). Browser to server: text or binary frames are keystrokes for the serial port.
 //!
+//! Output is pushed: the node says when the guest writes ([`control::ConsolePort::watch`]), so
+//! an idle console costs nothing and new bytes leave at once (a busy one is looked at every
+//! [`MIN_GAP`] at most).
+//!
 //! Security: the caller is authenticated like every API call (session cookie or token) before
 //! the upgrade; a browser `Origin` must be this host (no cross-site socket riding on the
 //! cookie); read-only callers watch, operators and admins type (the node decides, see
@@ -18,7 +22,7 @@
 
 use crate::http::{empty, Resp};
 use crate::state::{Auth, Caller, State};
-use control::{ConsolePort, ControlError, ErrorCode, Request};
+use control::{ConsolePort, ConsoleWatch, ControlError, ErrorCode, Request};
 use futures::{SinkExt, StreamExt};
 use http::{header, HeaderMap, HeaderValue, Response, StatusCode};
 use hyper_util::rt::TokioIo;
@@ -36,8 +40,12 @@ pub const MAX_CONSOLES: usize = 64;
 pub const MAX_INPUT_MESSAGE: usize = 64 << 10;
 /// Console bytes sent when a socket opens (per output stream).
 const INITIAL_TAIL: usize = 64 << 10;
-/// How often the console logs are looked at for new output.
+/// How often the console logs are looked at when the node cannot say when the guest writes
+/// (a controller without `ConsolePort::watch`).
 const POLL: Duration = Duration::from_millis(100);
+/// Least time between two looks at a busy console: the first bytes after a quiet spell go out
+/// at once, a burst is gathered (each look copies the logs).
+const MIN_GAP: Duration = Duration::from_millis(20);
 /// How often the session and the VM's existence are re-checked.
 const RECHECK: Duration = Duration::from_secs(3);
 
@@ -180,6 +188,31 @@ impl Seen {
     }
 }
 
+/// Ends the wake-up task with the socket.
+struct Waker(tokio::task::JoinHandle<()>);
+
+impl Drop for Waker {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Turn the node's output notifications (or a timer, without them) into wake-ups, at most one
+/// per [`MIN_GAP`].
+async fn wake_on_output(watch: Option<Box<dyn ConsoleWatch>>, wake: Arc<tokio::sync::Notify>) {
+    match watch {
+        Some(mut w) => loop {
+            w.changed().await;
+            wake.notify_one();
+            tokio::time::sleep(MIN_GAP).await;
+        },
+        None => loop {
+            tokio::time::sleep(POLL).await;
+            wake.notify_one();
+        },
+    }
+}
+
 async fn output(port: &Arc<dyn ConsolePort>) -> Result<Vec<Vec<u8>>, ControlError> {
     let p = port.clone();
     tokio::task::spawn_blocking(move || p.output())
@@ -208,12 +241,16 @@ async fn bridge<S>(
     }
     let mut seen: Vec<Seen> = Vec::new();
     let mut first = true;
-    let mut poll = tokio::time::interval(POLL);
+    // Told when the guest writes (pushed by the node), with a permit kept for a wake-up that
+    // comes while the loop below is busy; polled only when the node cannot tell.
+    let wake = Arc::new(tokio::sync::Notify::new());
+    wake.notify_one();
+    let _waker = Waker(tokio::spawn(wake_on_output(port.watch(), wake.clone())));
     let mut recheck = tokio::time::interval(RECHECK);
     recheck.tick().await;
     let close_reason: Option<&str> = loop {
         tokio::select! {
-            _ = poll.tick() => {
+            _ = wake.notified() => {
                 let Ok(logs) = output(&port).await else { break Some("console unavailable") };
                 seen.resize_with(logs.len(), Seen::default);
                 let mut out = Vec::new();
@@ -288,6 +325,36 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A node-side watch that wakes once per message on a channel.
+    struct Fake(tokio::sync::mpsc::Receiver<()>);
+
+    impl ConsoleWatch for Fake {
+        fn changed(&mut self) -> control::BoxFuture<'_, ()> {
+            Box::pin(async move {
+                if self.0.recv().await.is_none() {
+                    std::future::pending::<()>().await;
+                }
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn output_wakes_the_socket_without_polling() {
+        let (tx, rx) = tokio::sync::mpsc::channel(8);
+        let wake = Arc::new(tokio::sync::Notify::new());
+        let _w = Waker(tokio::spawn(wake_on_output(
+            Some(Box::new(Fake(rx))),
+            wake.clone(),
+        )));
+        // Quiet guest: no wake-up, not even after several poll periods.
+        let quiet = tokio::time::timeout(POLL * 3, wake.notified()).await;
+        assert!(quiet.is_err(), "woken without output");
+        tx.send(()).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(5), wake.notified())
+            .await
+            .expect("output did not wake the socket");
+    }
 
     #[test]
     fn seen_follows_growth_cap_and_restart() {

@@ -36,6 +36,9 @@ pub struct ApiBenchArgs {
     /// Seconds per measurement.
     #[arg(long, default_value_t = 10)]
     pub seconds: u64,
+    /// Serve lists without the api's list cache (to measure what the cache saves).
+    #[arg(long)]
+    pub no_list_cache: bool,
 }
 
 struct Wrk {
@@ -187,7 +190,8 @@ async fn bench(a: &ApiBenchArgs) -> Result<()> {
     }
     println!(
         "{}",
-        serde_json::json!({"bench": "api", "metric": "vms_defined", "ours": vms, "asked": a.vms})
+        serde_json::json!({"bench": "api", "metric": "vms_defined", "ours": vms, "asked": a.vms,
+            "list_cache": !a.no_list_cache})
     );
 
     let state = a.dir.join("api");
@@ -195,11 +199,9 @@ async fn bench(a: &ApiBenchArgs) -> Result<()> {
     let (_, token) = api::users::Directory::open(&state)?
         .create_token(api::BOOTSTRAP_ADMIN, "bench", control::Role::ReadOnly, 3600)
         .map_err(|(_, m)| anyhow::anyhow!(m))?;
-    let h = api::serve(
-        api::ApiConfig::new("127.0.0.1:0".parse()?, state.clone()),
-        ctl.clone(),
-    )
-    .await?;
+    let mut api_cfg = api::ApiConfig::new("127.0.0.1:0".parse()?, state.clone());
+    api_cfg.list_cache = !a.no_list_cache;
+    let h = api::serve(api_cfg, ctl.clone()).await?;
     let base = format!("https://127.0.0.1:{}", h.local_addr.port());
     let list_url = format!("{base}/api/v1/vdisks?limit={}", a.page);
     let get_url = format!("{base}/api/v1/vdisks/bench-{:05}", defined / 2);

@@ -54,6 +54,15 @@ pub type ControlResult = Result<Reply, ControlError>;
 pub trait Controller: Send + Sync + 'static {
     fn execute(&self, actor: Actor, req: Request) -> BoxFuture<'_, ControlResult>;
 
+    /// A number that changes after every request that changed something through this
+    /// controller ([`Request::is_mutation`]), counted once the change is visible. Front ends may
+    /// keep list answers while it stays the same, but only briefly: counters (`used_bytes`, VM
+    /// statistics, a guest powering itself off) move without a request. Default `None`: changes
+    /// are not tracked and nothing may be cached.
+    fn generation(&self) -> Option<u64> {
+        None
+    }
+
     /// Attach to a VM's serial console for an interactive session (the web console). Outside
     /// [`Request`] because keystrokes are raw bytes, not audited one by one. The implementation
     /// checks the role: anyone allowed `vm_console` may watch; typing needs the right to start
@@ -76,4 +85,18 @@ pub trait ConsolePort: Send + Sync {
     fn input(&self, bytes: &[u8]) -> Result<usize, ControlError>;
     /// Whether this attachment may type (else `input` is refused).
     fn can_type(&self) -> bool;
+
+    /// A waiter told when the guest writes, so a viewer need not poll [`ConsolePort::output`].
+    /// Default: none (the caller polls).
+    fn watch(&self) -> Option<Box<dyn ConsoleWatch>> {
+        None
+    }
+}
+
+/// See [`ConsolePort::watch`].
+pub trait ConsoleWatch: Send {
+    /// Resolves when the console may have new output since the last call: on guest writes,
+    /// when the VM's machine is replaced (a restart), and after a few seconds anyway, so a
+    /// missed wake-up delays output but never loses it. Cancel safe.
+    fn changed(&mut self) -> BoxFuture<'_, ()>;
 }

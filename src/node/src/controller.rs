@@ -41,6 +41,8 @@ impl Controller for NodeController {
             } else if let Err(e) = req.validate() {
                 Err(e)
             } else {
+                // Counted on drop, so a mutation whose caller went away midway still counts.
+                let _changed = req.is_mutation().then(|| Changed(&self.inner.changes));
                 self.dispatch(&req).await
             };
             if req.is_mutation() || result.is_err() {
@@ -48,6 +50,10 @@ impl Controller for NodeController {
             }
             result
         })
+    }
+
+    fn generation(&self) -> Option<u64> {
+        Some(self.inner.changes.load(Ordering::Acquire))
     }
 
     fn console_port(
@@ -73,6 +79,15 @@ impl Controller for NodeController {
             },
         );
         Ok(Arc::new(self.inner.vms.console_port(name, can_type)?))
+    }
+}
+
+/// Bumps the node's change counter ([`Controller::generation`]) when a mutation ends.
+struct Changed<'a>(&'a std::sync::atomic::AtomicU64);
+
+impl Drop for Changed<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::Release);
     }
 }
 

@@ -60,6 +60,8 @@ pub(crate) struct NodeInner {
     pub(crate) mirror: mirrorhost::MirrorHost,
     pub(crate) started: Instant,
     pub(crate) requests: AtomicU64,
+    /// Mutations executed so far (see `Controller::generation`).
+    pub(crate) changes: AtomicU64,
     audit_log: parking_lot::Mutex<Option<File>>,
 }
 
@@ -153,6 +155,7 @@ impl Node {
             mirror: Default::default(),
             started: Instant::now(),
             requests: AtomicU64::new(0),
+            changes: AtomicU64::new(0),
             audit_log: parking_lot::Mutex::new(Some(audit_file)),
             cfg,
         });

@@ -20,6 +20,8 @@ use control::{
 use engine::Engine;
 use serde::{Deserialize, Serialize};
 
+mod watch;
+
 /// Most VMs one node defines.
 pub const MAX_VMS: usize = 256;
 /// Largest kernel file accepted (a bzImage is ~10 MiB).
@@ -605,6 +607,10 @@ impl control::ConsolePort for ConsolePort {
 
     fn can_type(&self) -> bool {
         self.can_type
+    }
+
+    fn watch(&self) -> Option<Box<dyn control::ConsoleWatch>> {
+        Some(Box::new(watch::OutputWatch::new(self.slot.clone())))
     }
 }
 
