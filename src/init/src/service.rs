@@ -232,7 +232,9 @@ pub fn run(
         cfg.node_name = Some(rec.hostname.clone());
         // The node starts the HTTPS API itself, with its state in DATA/api (prepared above).
         cfg.api_listen = Some(SocketAddr::from(([0, 0, 0, 0], API_PORT)));
-        // Other nodes reach this one's cluster member on its management address.
+        // Other nodes reach this one's cluster member on its management address. Its raft
+        // state lives under DATA_DIR, in RAM: each boot starts a new one-member cluster (and a
+        // joined node forgets its cluster) until that state moves onto the pool (issue 6).
         cfg.cluster_listen = crate::net::status()
             .and_then(|s| s.addr)
             .map(|(ip, _)| SocketAddr::from((ip, crate::wizard::CLUSTER_PORT)));
