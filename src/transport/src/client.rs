@@ -62,9 +62,29 @@ struct Conn {
     inflight: Arc<Semaphore>,
     closed: AtomicBool,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// When the connection was made; `last_rx_us` counts from here.
+    born: Instant,
+    /// Microseconds after `born` at which the last frame arrived from the server.
+    last_rx_us: AtomicU64,
 }
 
 impl Conn {
+    fn now_us(&self) -> u64 {
+        self.born.elapsed().as_micros() as u64
+    }
+
+    /// After a call timed out: if nothing at all arrived on this connection since the call was
+    /// sent, the peer (or the path to it) is gone, not just slow. Such a connection is closed so
+    /// the next call dials afresh instead of queueing behind TCP's backed-off retransmissions
+    /// (after a healed partition that can take tens of seconds). A connection that is still
+    /// carrying other replies is kept: one slow request must not fail its neighbours.
+    fn close_if_silent_since(&self, sent_us: u64) {
+        // `<=`: a reply cannot arrive in the same microsecond its request was sent.
+        if self.last_rx_us.load(Ordering::SeqCst) <= sent_us {
+            self.close();
+        }
+    }
+
     fn close(&self) {
         self.closed.store(true, Ordering::SeqCst);
         self.inflight.close();
@@ -181,12 +201,16 @@ impl<Req: Serialize, Resp: DeserializeOwned> Client<Req, Resp> {
         .await?;
         let (id, rx) = register(&conn, None);
         let _guard = PendingGuard { conn: &conn, id };
-        let bytes = until(deadline, timeout, async {
+        let sent_us = conn.now_us();
+        let reply = until(deadline, timeout, async {
             send(&conn, Frame::new(FrameKind::Request, id, payload)).await?;
             rx.await.map_err(|_| Error::Closed)?
         })
-        .await?;
-        decode(&bytes, u64::from(self.inner.cfg.max_frame_bytes))
+        .await;
+        if let Err(Error::Timeout { .. }) = &reply {
+            conn.close_if_silent_since(sent_us);
+        }
+        decode(&reply?, u64::from(self.inner.cfg.max_frame_bytes))
     }
 
     /// A request followed by a streamed body read from `body` in chunks, sent only as fast as
@@ -342,6 +366,8 @@ async fn connect(inner: &Inner) -> Result<Arc<Conn>, Error> {
         inflight: Arc::new(Semaphore::new(inner.cfg.max_in_flight.max(1))),
         closed: AtomicBool::new(false),
         tasks: Mutex::new(Vec::new()),
+        born: Instant::now(),
+        last_rx_us: AtomicU64::new(0),
     });
     let max = inner.cfg.max_frame_bytes;
     let weak = Arc::downgrade(&conn);
@@ -353,6 +379,7 @@ async fn connect(inner: &Inner) -> Result<Arc<Conn>, Error> {
                 Ok(None) | Err(_) => break,
             };
             let Some(conn) = weak.upgrade() else { break };
+            conn.last_rx_us.fetch_max(conn.now_us(), Ordering::SeqCst);
             if !on_client_frame(&conn, frame) {
                 break;
             }

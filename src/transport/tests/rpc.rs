@@ -382,3 +382,122 @@ async fn garbage_frames_close_connection_not_server() {
     assert_eq!(c.call(&Req::WhoAmI).await.unwrap(), Resp::Peer(2));
     assert_eq!(h.calls.load(Ordering::SeqCst), 1);
 }
+
+/// A TCP relay that can cut its current connections without closing them: bytes on a cut
+/// connection are swallowed, as on a partitioned link whose TCP session has not yet noticed.
+/// Connections made after the cut are relayed normally (the link has healed).
+struct Relay {
+    addr: SocketAddr,
+    cut_before: Arc<AtomicUsize>,
+    accepted: Arc<AtomicUsize>,
+}
+
+impl Relay {
+    async fn start(ip: &str, target: SocketAddr) -> Relay {
+        let listener = tokio::net::TcpListener::bind(format!("{ip}:0"))
+            .await
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        let cut_before = Arc::new(AtomicUsize::new(0));
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let (cut, acc) = (cut_before.clone(), accepted.clone());
+        tokio::spawn(async move {
+            while let Ok((inbound, _)) = listener.accept().await {
+                let n = acc.fetch_add(1, Ordering::SeqCst) + 1;
+                let outbound = tokio::net::TcpStream::connect(target).await.unwrap();
+                let (ri, wi) = inbound.into_split();
+                let (ro, wo) = outbound.into_split();
+                tokio::spawn(pump(ri, wo, n, cut.clone()));
+                tokio::spawn(pump(ro, wi, n, cut.clone()));
+            }
+        });
+        Relay {
+            addr,
+            cut_before,
+            accepted,
+        }
+    }
+
+    /// Every connection accepted so far goes silent for good.
+    fn cut_existing(&self) {
+        self.cut_before
+            .store(self.accepted.load(Ordering::SeqCst) + 1, Ordering::SeqCst);
+    }
+}
+
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    conn_no: usize,
+    cut_before: Arc<AtomicUsize>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if conn_no < cut_before.load(Ordering::SeqCst) {
+            continue; // swallowed: the link is cut for this connection
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// After a call times out on a connection that has gone completely silent (a partition), the
+/// next call must dial a new connection rather than queue behind the dead one.
+#[tokio::test]
+async fn silent_connection_is_replaced_after_a_timeout() {
+    let ca = ClusterCa::generate("t").unwrap();
+    let (a, b) = (ca.issue(1).unwrap(), ca.issue(2).unwrap());
+    let (srv, h) = serve("127.0.0.11", &a, ServerConfig::default()).await;
+    let relay = Relay::start("127.0.0.11", srv.local_addr()).await;
+    let c = client(relay.addr, &b, 1, ClientConfig::default());
+    assert_eq!(c.call(&Req::WhoAmI).await.unwrap(), Resp::Peer(2));
+    relay.cut_existing();
+    let r = c
+        .call_timeout(&Req::Echo("lost".into()), Duration::from_millis(300))
+        .await;
+    assert!(matches!(r, Err(Error::Timeout { .. })), "{r:?}");
+    // The link is back for new connections; the old one stays a black hole.
+    let r = c
+        .call_timeout(&Req::Echo("again".into()), Duration::from_secs(3))
+        .await;
+    assert_eq!(r.unwrap(), Resp::Echo("again".into()));
+    assert_eq!(
+        relay.accepted.load(Ordering::SeqCst),
+        2,
+        "one new connection"
+    );
+    assert_eq!(
+        h.calls.load(Ordering::SeqCst),
+        2,
+        "the cut request never arrived"
+    );
+}
+
+/// A slow request that times out on a connection still carrying other replies does not tear
+/// the connection down under its neighbours.
+#[tokio::test]
+async fn a_slow_call_timing_out_keeps_a_live_connection() {
+    let ca = ClusterCa::generate("t").unwrap();
+    let (a, b) = (ca.issue(1).unwrap(), ca.issue(2).unwrap());
+    let (srv, _h) = serve("127.0.0.12", &a, ServerConfig::default()).await;
+    let relay = Relay::start("127.0.0.12", srv.local_addr()).await;
+    let c = client(relay.addr, &b, 1, ClientConfig::default());
+    let slow = c.call_timeout(&Req::Sleep(5_000), Duration::from_millis(400));
+    let busy = async {
+        for i in 0..8 {
+            let s = format!("{i}");
+            assert_eq!(c.call(&Req::Echo(s.clone())).await.unwrap(), Resp::Echo(s));
+            tokio::time::sleep(Duration::from_millis(80)).await;
+        }
+    };
+    let (r, ()) = tokio::join!(slow, busy);
+    assert!(matches!(r, Err(Error::Timeout { .. })), "{r:?}");
+    c.call(&Req::WhoAmI).await.unwrap();
+    assert_eq!(relay.accepted.load(Ordering::SeqCst), 1, "same connection");
+}
