@@ -6,6 +6,7 @@ import { html } from './ui';
 import { Login } from './views/login';
 import { Dashboard } from './views/dashboard';
 import { Disks } from './views/disks';
+import { Cluster } from './views/cluster';
 import { Vdisks } from './views/vdisks';
 import { Vms } from './views/vms';
 import { Tasks } from './views/tasks';
@@ -16,6 +17,7 @@ import './style.css';
 const VIEWS: [string, string][] = [
   ['dashboard', 'Dashboard'],
   ['disks', 'Nodes & disks'],
+  ['cluster', 'Cluster'],
   ['vdisks', 'Virtual disks'],
   ['vms', 'VMs'],
   ['tasks', 'Tasks & audit'],
@@ -64,6 +66,7 @@ function App() {
   let body;
   switch (view) {
     case 'disks': body = html`<${Disks} role=${me.role} />`; break;
+    case 'cluster': body = html`<${Cluster} />`; break;
     case 'vdisks': body = html`<${Vdisks} role=${me.role} />`; break;
     case 'vms': body = html`<${Vms} role=${me.role} />`; break;
     case 'tasks': body = html`<${Tasks} />`; break;

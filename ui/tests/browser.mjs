@@ -1,6 +1,7 @@
 // Browser test of the web UI in real headless Chromium (Debian's /usr/bin/chromium, driven by
 // playwright-core): log in, create a disk, snapshot it, clone the snapshot, watch a live chart
-// move, visit every view (screenshots at laptop and phone widths), check labels, log out.
+// move, visit every view (screenshots at laptop and phone widths), check the cluster view, check
+// labels, log out.
 // Usage: node ui/tests/browser.mjs URL USER PASSWORD ARTIFACT_DIR
 import { chromium } from 'playwright-core';
 import { mkdtempSync, mkdirSync, rmSync } from 'node:fs';
@@ -251,9 +252,33 @@ try {
     await page.getByText('SHA-256').waitFor();
     await shot('08-settings');
   });
+  await step('cluster view: the single node is the one member, leader and up, refreshed live', async () => {
+    await go('cluster');
+    await page.getByRole('heading', { name: 'Cluster', exact: true }).waitFor();
+    const rows = page.getByRole('table', { name: 'cluster members' }).locator('tbody tr');
+    await rows.first().waitFor();
+    if ((await rows.count()) !== 1) throw new Error(`${await rows.count()} member rows, want 1`);
+    // Health is "unknown" for a moment after start; the row must settle on up.
+    const me = page.locator('tr[data-member="ui-test"][data-leader="yes"][data-health="up"]');
+    await me.waitFor({ timeout: 15000 });
+    await me.getByText('leader', { exact: true }).waitFor();
+    await me.getByText('(this node)').waitFor();
+    await page.locator('[data-fact="leader"]').filter({ hasText: 'ui-test' }).waitFor();
+    await page.locator('[data-fact="degraded"]').filter({ hasText: /^0$/ }).waitFor();
+    await page.locator('[data-replicas="none"]').waitFor();
+    // The view polls: another GET /cluster arrives without any click.
+    await page.waitForResponse((r) => r.url().endsWith('/api/v1/cluster') && r.status() === 200, { timeout: 10000 });
+    await shot('04b-cluster');
+    await page.setViewportSize({ width: 390, height: 844 });
+    await page.waitForTimeout(300);
+    const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+    if (overflow > 2) throw new Error(`cluster page is ${overflow}px wider than the phone screen`);
+    await shot('04c-phone-cluster');
+    await page.setViewportSize({ width: 1280, height: 860 });
+  });
   await vmSteps();
   await step('every control has a label', async () => {
-    for (const view of ['vdisks', 'users', 'settings', 'disks', 'vms']) {
+    for (const view of ['vdisks', 'users', 'settings', 'disks', 'cluster', 'vms']) {
       await go(view);
       await page.waitForTimeout(300);
       const unlabelled = await page.evaluate(() =>

@@ -1,0 +1,52 @@
+// Words for the cluster view: how long ago a member was heard from, how long a replica has been
+// away, and one sentence for a remote replica's state. Pure functions (no DOM, no fetch) so they
+// can be checked on their own (ui/tests/clusterfmt.test.mjs).
+
+/** "now", "4 s ago", "3 min ago", "2 h ago", "5 d ago"; "never" when the node has no record. */
+export function fmtAgo(ms: number | null | undefined): string {
+  if (ms == null || !Number.isFinite(ms) || ms < 0) return 'never';
+  if (ms < 1000) return 'now';
+  return `${fmtSpan(ms / 1000)} ago`;
+}
+
+/** A length of time in the largest unit that keeps it readable: "45 s", "12 min", "3 h", "2 d". */
+export function fmtSpan(secs: number): string {
+  if (!Number.isFinite(secs) || secs < 0) return '–';
+  if (secs < 60) return `${Math.floor(secs)} s`;
+  if (secs < 3600) return `${Math.floor(secs / 60)} min`;
+  if (secs < 86400) return `${Math.floor(secs / 3600)} h`;
+  return `${Math.floor(secs / 86400)} d`;
+}
+
+/** CSS class for a health or reachability word: good, bad or in between. */
+export function healthClass(word: string): string {
+  if (word === 'up' || word === 'active') return 'ok';
+  if (word === 'down' || word === 'away' || word === 'failed') return 'bad';
+  return 'warn';
+}
+
+export interface RemoteReplica {
+  disk: string;
+  node: number;
+  state: string;
+  reachability: string;
+  away_secs: number;
+  dirty_chunks: number;
+  resynced_chunks: number;
+  resyncs: number;
+}
+
+/** One sentence for where a remote replica stands, e.g. "away for 3 min, 12 chunks to resync". */
+export function replicaText(r: RemoteReplica): string {
+  const dirty = r.dirty_chunks === 1 ? '1 chunk' : `${r.dirty_chunks} chunks`;
+  switch (r.reachability) {
+    case 'up':
+      return r.dirty_chunks > 0 ? `up, ${dirty} to resync` : 'up, in sync';
+    case 'away':
+      return `away for ${fmtSpan(r.away_secs)}, ${dirty} to resync`;
+    case 'resyncing':
+      return `resyncing, ${dirty} left`;
+    default:
+      return r.reachability || 'unknown';
+  }
+}

@@ -1,0 +1,56 @@
+// Unit tests of the cluster view's wording helpers (src/clusterfmt.ts), with node's own test
+// runner. The TypeScript source is transpiled in memory with the project's own `typescript`, so
+// no extra test framework is needed. Run: npm test (from ui/).
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { readFileSync, mkdtempSync, writeFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, dirname } from 'node:path';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+import ts from 'typescript';
+
+const src = readFileSync(join(dirname(fileURLToPath(import.meta.url)), '../src/clusterfmt.ts'), 'utf8');
+const js = ts.transpileModule(src, { compilerOptions: { module: ts.ModuleKind.ES2022, target: ts.ScriptTarget.ES2022 } }).outputText;
+const dir = mkdtempSync(join(tmpdir(), 'cairn-ui-test-'));
+writeFileSync(join(dir, 'clusterfmt.mjs'), js);
+const f = await import(pathToFileURL(join(dir, 'clusterfmt.mjs')).href);
+rmSync(dir, { recursive: true, force: true });
+
+test('fmtAgo: never, now, and each unit', () => {
+  assert.equal(f.fmtAgo(null), 'never');
+  assert.equal(f.fmtAgo(undefined), 'never');
+  assert.equal(f.fmtAgo(-5), 'never');
+  assert.equal(f.fmtAgo(0), 'now');
+  assert.equal(f.fmtAgo(999), 'now');
+  assert.equal(f.fmtAgo(4500), '4 s ago');
+  assert.equal(f.fmtAgo(3 * 60_000 + 59_000), '3 min ago');
+  assert.equal(f.fmtAgo(2 * 3_600_000), '2 h ago');
+  assert.equal(f.fmtAgo(5 * 86_400_000), '5 d ago');
+});
+
+test('fmtSpan rejects nonsense', () => {
+  assert.equal(f.fmtSpan(NaN), '–');
+  assert.equal(f.fmtSpan(-1), '–');
+  assert.equal(f.fmtSpan(59.9), '59 s');
+  assert.equal(f.fmtSpan(60), '1 min');
+});
+
+test('healthClass', () => {
+  assert.equal(f.healthClass('up'), 'ok');
+  assert.equal(f.healthClass('active'), 'ok');
+  assert.equal(f.healthClass('down'), 'bad');
+  assert.equal(f.healthClass('away'), 'bad');
+  assert.equal(f.healthClass('failed'), 'bad');
+  assert.equal(f.healthClass('unknown'), 'warn');
+  assert.equal(f.healthClass('resyncing'), 'warn');
+});
+
+test('replicaText for each reachability', () => {
+  const r = { disk: 'd', node: 2, state: 'active', reachability: 'up', away_secs: 0, dirty_chunks: 0, resynced_chunks: 0, resyncs: 0 };
+  assert.equal(f.replicaText(r), 'up, in sync');
+  assert.equal(f.replicaText({ ...r, dirty_chunks: 1 }), 'up, 1 chunk to resync');
+  assert.equal(f.replicaText({ ...r, reachability: 'away', away_secs: 190, dirty_chunks: 12 }), 'away for 3 min, 12 chunks to resync');
+  assert.equal(f.replicaText({ ...r, reachability: 'resyncing', dirty_chunks: 7 }), 'resyncing, 7 chunks left');
+  assert.equal(f.replicaText({ ...r, reachability: '' }), 'unknown');
+  assert.equal(f.replicaText({ ...r, reachability: 'partitioned' }), 'partitioned');
+});
