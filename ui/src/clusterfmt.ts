@@ -1,6 +1,6 @@
 // Words for the cluster view: how long ago a member was heard from, how long a replica has been
-// away, and one sentence for a remote replica's state. Pure functions (no DOM, no fetch) so they
-// can be checked on their own (ui/tests/clusterfmt.test.mjs).
+// away, one sentence for a remote replica's state, and counted nouns. Pure functions (no DOM, no
+// fetch) so they can be checked on their own (ui/tests/clusterfmt.test.mjs).
 
 /** "now", "4 s ago", "3 min ago", "2 h ago", "5 d ago"; "never" when the node has no record. */
 export function fmtAgo(ms: number | null | undefined): string {
@@ -49,4 +49,9 @@ export function replicaText(r: RemoteReplica): string {
     default:
       return r.reachability || 'unknown';
   }
+}
+
+/** "1 snapshot", "3 snapshots", "0 VMs": a count with its noun, plural unless exactly one. */
+export function plural(n: number, one: string, many = `${one}s`): string {
+  return `${n} ${n === 1 ? one : many}`;
 }

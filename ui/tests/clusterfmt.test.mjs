@@ -54,3 +54,10 @@ test('replicaText for each reachability', () => {
   assert.equal(f.replicaText({ ...r, reachability: '' }), 'unknown');
   assert.equal(f.replicaText({ ...r, reachability: 'partitioned' }), 'partitioned');
 });
+
+test('plural', () => {
+  assert.equal(f.plural(1, 'snapshot'), '1 snapshot');
+  assert.equal(f.plural(0, 'VM'), '0 VMs');
+  assert.equal(f.plural(2, 'virtual disk'), '2 virtual disks');
+  assert.equal(f.plural(3, 'replica', 'replicas!'), '3 replicas!');
+});

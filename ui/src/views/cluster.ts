@@ -2,7 +2,7 @@
 // (degraded and rebuilding chunks, its replicas on other nodes' disks). Read-only: joining and
 // removing nodes stay with `cairn cluster` on the command line. Polls GET /cluster every 3 s.
 import { html, ErrorBox, useLoad } from '../ui';
-import { fmtAgo, healthClass, replicaText, RemoteReplica } from '../clusterfmt';
+import { fmtAgo, healthClass, plural, replicaText, RemoteReplica } from '../clusterfmt';
 import './cluster.css';
 
 interface Member {
@@ -96,7 +96,7 @@ export function Cluster() {
         <dt>Leader</dt><dd data-fact="leader">${leader ? leader.name : c.leader == null ? html`<span class="bad">none (no quorum?)</span>` : `member ${c.leader}`}</dd>
         <dt>Term</dt><dd>${c.term}</dd>
         <dt>Commit index</dt><dd>${c.commit_index ?? '–'}${c.last_log_index != null && c.last_log_index !== c.commit_index ? ` (log up to ${c.last_log_index})` : ''}</dd>
-        <dt>Replicated objects</dt><dd>${c.vdisks.length} virtual disks, ${c.snapshots} snapshots, ${c.vms.length} VMs</dd>
+        <dt>Replicated objects</dt><dd>${plural(c.vdisks.length, 'virtual disk')}, ${plural(c.snapshots, 'snapshot')}, ${plural(c.vms.length, 'VM')}</dd>
       </dl>
       <h3>Members (${c.members.length})</h3>
       <${Members} c=${c} />
