@@ -11,6 +11,7 @@ command -v node >/dev/null || { echo "skipped: $name (no node)"; exit 0; }
 if [ ! -d ui/node_modules/playwright-core ]; then
   (cd ui && npm ci --no-audit --no-fund) || fail "npm ci"
 fi
+(cd ui && npm test) || fail "ui unit tests"
 # Always rebuild: a stale ui/dist would be embedded and tested instead of the current sources.
 (cd ui && npm run build) || fail "ui build"
 cargo build -q -p cairn -p test-guests || fail "cargo build"
