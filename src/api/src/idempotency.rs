@@ -212,7 +212,7 @@ impl Inner {
     /// Rewrite the file with the answers kept now (oldest first).
     fn compact(&mut self) {
         let Some(file) = &self.file else { return };
-        let mut live: Vec<(&(String, String), &(u64, Option<Stored>))> = self
+        let mut live: Vec<_> = self
             .map
             .iter()
             .filter(|(_, (_, s))| {

@@ -96,6 +96,14 @@ async fn storage_endpoints_end_to_end() {
     let r = a.patch("/api/v1/vdisks/vm1", json!({"size": "128M"})).await;
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(r.json["size_bytes"], 128 << 20);
+    // Lists and gets come from the api's cache (filled just above); a change shows at once.
+    assert_eq!(
+        a.get("/api/v1/vdisks/vm1").await.json["size_bytes"],
+        128 << 20
+    );
+    let l = a.get("/api/v1/vdisks?limit=10").await;
+    assert_eq!(l.json["items"][0]["name"], "vm1");
+    assert_eq!(l.json["items"][0]["size_bytes"], 128 << 20);
     let r = a.patch("/api/v1/vdisks/vm1", json!({"size": "1M"})).await;
     assert!(
         r.status == 400 || r.status == 409,
@@ -240,8 +248,17 @@ async fn storage_endpoints_end_to_end() {
         a.delete("/api/v1/vdisks/vm1/snapshots/s1").await.status,
         404
     );
+    let l = a.get("/api/v1/vdisks?limit=1000").await;
+    assert!(l.text.contains("\"vm1\""), "{}", l.text);
     assert_eq!(a.delete("/api/v1/vdisks/vm1").await.status, 204);
     assert_eq!(a.delete("/api/v1/vdisks/vm1").await.status, 404);
+    assert_eq!(a.get("/api/v1/vdisks/vm1").await.status, 404);
+    let l = a.get("/api/v1/vdisks?limit=1000").await;
+    assert!(
+        !l.text.contains("\"vm1\""),
+        "deleted, still listed: {}",
+        l.text
+    );
     assert_eq!(
         a.get("/api/v1/vdisks/vm1-clone").await.status,
         200,
@@ -298,7 +315,7 @@ async fn storage_endpoints_end_to_end() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_csrf_idempotency_and_rate_limit() {
-    let h = Harness::start().await.unwrap();
+    let mut h = Harness::start().await.unwrap();
     let a = h.admin().await;
 
     // A session mutation without the CSRF header is refused; with it, allowed.
@@ -345,6 +362,31 @@ async fn sessions_csrf_idempotency_and_rate_limit() {
         .filter(|e| e["target"] == "idem")
         .count();
     assert_eq!(n, 1, "the replay did not act again");
+
+    // The answer outlives an api restart: the retry is replayed, not run again.
+    h.api.take().unwrap().shutdown().await;
+    let state = h.dir.path().join("api");
+    let node = h.node.as_ref().unwrap();
+    let api2 = api::serve(
+        api::ApiConfig::new("127.0.0.1:0".parse().unwrap(), state),
+        node.controller(),
+    )
+    .await
+    .unwrap();
+    h.addr = api2.local_addr;
+    h.api = Some(api2);
+    let a = h.admin().await;
+    let r4 = a
+        .call(
+            "POST",
+            "/api/v1/vdisks",
+            Some(json!({"name": "idem", "size": "8M"})),
+            &hdr,
+        )
+        .await;
+    assert_eq!(r4.status, 201, "replayed after the restart: {}", r4.text);
+    assert_eq!(r4.headers.get("idempotent-replayed").unwrap(), "true");
+    assert_eq!(r4.json, r1.json);
 
     // Logout ends the session.
     assert_eq!(a.post("/api/v1/auth/logout", json!({})).await.status, 204);
