@@ -31,6 +31,9 @@ impl Handler for PeerHandler {
             .node
             .upgrade()
             .ok_or_else(|| RemoteError("node stopped".into()))?;
+        while node.is_silent() && !node.is_stopped() {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
         if node.is_isolated() {
             return Err(RemoteError("isolated (fault injection)".into()));
         }

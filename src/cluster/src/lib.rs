@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod bench;
+pub mod dedup;
 mod error;
 mod handler;
 pub mod health;

@@ -155,7 +155,12 @@ impl ClusterNode {
         for _ in 0..3 {
             for (mid, addr) in &admitted.members {
                 match node
-                    .forward(*mid, addr, PeerRequest::Promote { id: node.id })
+                    .forward(
+                        *mid,
+                        addr,
+                        PeerRequest::Promote { id: node.id },
+                        crate::node::FORWARD_WAIT,
+                    )
                     .await
                 {
                     Ok(PeerResponse::Done(Ok(()))) => return Ok(node),

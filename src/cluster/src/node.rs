@@ -69,9 +69,17 @@ struct Persisted {
     identity: NodeIdentity,
 }
 
-/// Hops a proposal may be forwarded / retried while leadership settles.
+/// Hops a request may be forwarded / retried while leadership settles.
 const PROPOSE_ATTEMPTS: u32 = 20;
 const PROPOSE_RETRY_MS: u64 = 100;
+/// How long [`ClusterNode::propose`] keeps retrying (against whoever leads by then) before it
+/// reports the outcome. Covers an election (~1.5 s) plus a full quorum wait.
+const PROPOSE_DEADLINE: Duration = Duration::from_secs(15);
+/// One forwarded proposal's wait: a healthy leader commits in milliseconds; a leader that
+/// went silent (cut off) must not hold the caller, since the retry is safe (request id).
+const FORWARD_ATTEMPT: Duration = Duration::from_secs(2);
+/// Calls other than proposals (admission, membership changes).
+pub(crate) const FORWARD_WAIT: Duration = Duration::from_secs(30);
 /// How long one commit or linearizable read may wait for a quorum. An isolated leader never
 /// gets one, and a caller must not hang with it: past this the outcome is reported as unknown
 /// (a write may still commit later) rather than waited for forever.
@@ -97,6 +105,8 @@ pub struct ClusterNode {
     pub(crate) health: Health,
     pub(crate) started: std::time::Instant,
     stopped: std::sync::atomic::AtomicBool,
+    /// Fault injection: inbound member calls get no answer (see [`ClusterNode::set_silent`]).
+    silent: std::sync::atomic::AtomicBool,
     servers: std::sync::Mutex<Vec<ServerHandle>>,
 }
 
@@ -237,6 +247,7 @@ impl ClusterNode {
             health: Health::default(),
             started: std::time::Instant::now(),
             stopped: std::sync::atomic::AtomicBool::new(false),
+            silent: std::sync::atomic::AtomicBool::new(false),
             servers: std::sync::Mutex::new(Vec::new()),
         });
         node.start_servers().await?;
@@ -329,29 +340,49 @@ impl ClusterNode {
     /// Commits a command, forwarding to the leader when this node is not it. Returns the
     /// command's result once a quorum has it durably and it has been applied on the leader.
     ///
-    /// Retries only when the command was certainly not appended (no leader yet, a node that
-    /// is not the leader refused it, the leader could not be reached at all); any failure after
-    /// the command may have been appended is `Error::Indeterminate`, so a command is never
-    /// applied twice by a retry here.
+    /// The command is tagged with a fresh request id ([`Command::Once`]) that the state machine
+    /// applies at most once, so an attempt whose outcome is unknown (a forward to a leader that
+    /// went silent, a leader that lost its quorum) is retried against whoever leads now,
+    /// within [`PROPOSE_DEADLINE`]: a metadata call completes soon after a new leader exists
+    /// instead of waiting on a cut-off one. Past the deadline, a command that may have been
+    /// appended somewhere is `Error::Indeterminate`.
     pub async fn propose(&self, cmd: Command) -> Result<CommandResult, Error> {
+        let cmd = match cmd {
+            c @ Command::Once { .. } => c,
+            c => Command::Once {
+                request: random_hex(16),
+                cmd: Box::new(c),
+            },
+        };
+        let deadline = tokio::time::Instant::now() + PROPOSE_DEADLINE;
         let mut last_err = Error::NoLeader;
-        for _ in 0..PROPOSE_ATTEMPTS {
-            let Ok(written) =
-                tokio::time::timeout(QUORUM_WAIT, self.raft.client_write(cmd.clone())).await
-            else {
-                return Err(Error::Indeterminate(
-                    "no commit within the quorum wait".into(),
-                ));
-            };
+        // Set once an attempt may have been appended: the final answer is then "unknown".
+        let mut maybe_sent: Option<String> = None;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            let written =
+                tokio::time::timeout(left.min(QUORUM_WAIT), self.raft.client_write(cmd.clone()))
+                    .await;
             match written {
-                Ok(resp) => return Ok(resp.data),
+                Err(_) => maybe_sent = Some("no commit within the quorum wait".into()),
+                Ok(Ok(resp)) => return Ok(resp.data),
                 // openraft answers ForwardToLeader only for entries it did not append, or
                 // appended and then truncated: never committed.
-                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
                     match (f.leader_id, f.leader_node) {
                         (Some(lid), Some(lnode)) if lid != self.id => {
+                            let left =
+                                deadline.saturating_duration_since(tokio::time::Instant::now());
                             match self
-                                .forward(lid, &lnode.addr, PeerRequest::Propose(cmd.clone()))
+                                .forward(
+                                    lid,
+                                    &lnode.addr,
+                                    PeerRequest::Propose(cmd.clone()),
+                                    left.min(FORWARD_ATTEMPT),
+                                )
                                 .await
                             {
                                 Ok(PeerResponse::Proposed(Ok(r))) => return Ok(r),
@@ -359,7 +390,7 @@ impl ClusterNode {
                                     last_err = Error::NoLeader
                                 }
                                 Ok(PeerResponse::Proposed(Err(ProposeError::Indeterminate(e)))) => {
-                                    return Err(Error::Indeterminate(e))
+                                    maybe_sent = Some(e)
                                 }
                                 Ok(other) => {
                                     return Err(Error::Indeterminate(format!(
@@ -369,17 +400,26 @@ impl ClusterNode {
                                 Err(Error::Transport(e @ transport::Error::Connect { .. })) => {
                                     last_err = Error::Transport(e)
                                 }
-                                Err(e) => return Err(Error::Indeterminate(e.to_string())),
+                                // Timed out or broke after sending: may have been appended.
+                                Err(e) => maybe_sent = Some(e.to_string()),
                             }
                         }
                         _ => last_err = Error::NoLeader,
                     }
                 }
-                Err(e) => return Err(Error::Indeterminate(e.to_string())),
+                // Raft stopped under a pending write (this node shut down): it may have been
+                // appended and replicated already, and nothing here can retry it.
+                Ok(Err(e @ RaftError::Fatal(_))) => {
+                    return Err(Error::Indeterminate(e.to_string()))
+                }
+                Ok(Err(e)) => maybe_sent = Some(e.to_string()),
             }
             tokio::time::sleep(Duration::from_millis(PROPOSE_RETRY_MS)).await;
         }
-        Err(last_err)
+        Err(match maybe_sent {
+            Some(e) => Error::Indeterminate(e),
+            None => last_err,
+        })
     }
 
     /// Commits on this node only if it is the leader (used by the peer handler so forwarded
@@ -410,11 +450,24 @@ impl ClusterNode {
         self.clients.is_isolated()
     }
 
+    /// Fault injection for tests: a partition that drops packets. Like [`Self::set_isolated`],
+    /// but member calls reaching this node get no answer at all while it lasts (callers see
+    /// silence until their own timeout, as with a cut link), and are refused after.
+    pub fn set_silent(&self, on: bool) {
+        self.silent.store(on, std::sync::atomic::Ordering::SeqCst);
+        self.clients.set_isolated(on);
+    }
+
+    pub(crate) fn is_silent(&self) -> bool {
+        self.silent.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     pub(crate) async fn forward(
         &self,
         id: NodeId,
         addr: &str,
         req: PeerRequest,
+        wait: Duration,
     ) -> Result<PeerResponse, Error> {
         if self.is_isolated() {
             // Never sent: callers may treat it like an unreachable peer.
@@ -424,7 +477,7 @@ impl ClusterNode {
             }));
         }
         let c = self.clients.get(id, addr)?;
-        Ok(c.call_timeout(&req, Duration::from_secs(30)).await?)
+        Ok(c.call_timeout(&req, wait).await?)
     }
 
     /// Sends a request to the leader (or handles it here if we are the leader's peer handler
@@ -445,7 +498,7 @@ impl ClusterNode {
                     .get_node(&lid)
                     .map(|n| n.addr.clone());
                 if let Some(addr) = addr {
-                    match self.forward(lid, &addr, req()).await {
+                    match self.forward(lid, &addr, req(), FORWARD_WAIT).await {
                         Ok(r) => return Ok(r),
                         Err(e) => last = e,
                     }

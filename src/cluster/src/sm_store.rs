@@ -20,7 +20,8 @@ use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, ErrorSubject, ErrorVerb, RaftLogId, RaftSnapshotBuilder, Snapshot};
 use serde::{Deserialize, Serialize};
 
-use crate::state::{ClusterState, CommandResult};
+use crate::dedup::RequestLog;
+use crate::state::{ClusterState, Command, CommandResult};
 use crate::types::{
     sto_err, Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
 };
@@ -33,6 +34,8 @@ pub const MAX_SNAPSHOT_BYTES: u64 = 512 * 1024 * 1024;
 #[derive(Debug, Default)]
 pub struct Applied {
     pub state: ClusterState,
+    /// Results of recent request-tagged commands (exactly-once retries).
+    pub requests: RequestLog,
     pub last_applied: Option<LogId>,
     pub last_membership: StoredMembership,
 }
@@ -88,6 +91,37 @@ fn de<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, String> {
     bopts().deserialize(b).map_err(|e| e.to_string())
 }
 
+/// Snapshot data: the state followed by the request log. Data written before the request log
+/// existed is the state alone (it fails to decode as the pair: it ends early) and means an
+/// empty log.
+fn de_state(b: &[u8]) -> Result<(ClusterState, RequestLog), String> {
+    match de::<(ClusterState, RequestLog)>(b) {
+        Ok(pair) => Ok(pair),
+        Err(e) => match de::<ClusterState>(b) {
+            Ok(state) => Ok((state, RequestLog::default())),
+            Err(_) => Err(e),
+        },
+    }
+}
+
+/// Applies one command, at most once per request id.
+fn apply_once(a: &mut Applied, cmd: &Command) -> CommandResult {
+    match cmd {
+        Command::Once { request, .. } => {
+            if let Some(r) = a.requests.get(request) {
+                return r.clone();
+            }
+            let r = a.state.apply(cmd);
+            // A malformed tag was rejected without effect: nothing to remember.
+            if request.len() <= crate::dedup::MAX_REQUEST_ID_BYTES && !request.is_empty() {
+                a.requests.insert(request, r.clone());
+            }
+            r
+        }
+        _ => a.state.apply(cmd),
+    }
+}
+
 impl StateMachineStore {
     /// Opens the state machine in `dir`, loading the latest snapshot if there is one.
     pub fn open(dir: &Path) -> Result<StateMachineStore, crate::Error> {
@@ -99,7 +133,7 @@ impl StateMachineStore {
             let bytes = std::fs::read(&path).map_err(|e| crate::Error::io("read snapshot", e))?;
             let snap = parse_snapshot_file(&bytes)
                 .map_err(|e| crate::Error::Corrupt(format!("{}: {e}", path.display())))?;
-            applied.state = de(&snap.data)
+            (applied.state, applied.requests) = de_state(&snap.data)
                 .map_err(|e| crate::Error::Corrupt(format!("snapshot state: {e}")))?;
             applied.last_applied = snap.meta.last_log_id;
             applied.last_membership = snap.meta.last_membership.clone();
@@ -177,7 +211,11 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
         let (data, last_log_id, last_membership) = {
             let a = self.applied.read().unwrap_or_else(|e| e.into_inner());
-            (ser(&a.state)?, a.last_applied, a.last_membership.clone())
+            (
+                ser(&(&a.state, &a.requests))?,
+                a.last_applied,
+                a.last_membership.clone(),
+            )
         };
         let seq = {
             let mut s = self.slot();
@@ -226,7 +264,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             a.last_applied = Some(log_id);
             let r = match e.payload {
                 EntryPayload::Blank => CommandResult::Ok,
-                EntryPayload::Normal(cmd) => a.state.apply(&cmd),
+                EntryPayload::Normal(cmd) => apply_once(&mut a, &cmd),
                 EntryPayload::Membership(m) => {
                     a.last_membership = StoredMembership::new(Some(log_id), m);
                     CommandResult::Ok
@@ -251,7 +289,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError> {
         let data = snapshot.into_inner();
-        let state: ClusterState = de(&data).map_err(|e| {
+        let (state, requests) = de_state(&data).map_err(|e| {
             sto_err(
                 ErrorSubject::Snapshot(Some(meta.signature())),
                 ErrorVerb::Read,
@@ -267,6 +305,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         {
             let mut a = self.write();
             a.state = state;
+            a.requests = requests;
             a.last_applied = meta.last_log_id;
             a.last_membership = meta.last_membership.clone();
         }

@@ -226,6 +226,13 @@ pub enum Command {
     DeleteSchedule {
         id: String,
     },
+    /// `cmd` tagged with a request id: the state machine applies it at most once per id (see
+    /// [`crate::dedup`]), so the proposer may retry it after an unknown outcome. Kept last so
+    /// the log encoding of the older commands does not change.
+    Once {
+        request: String,
+        cmd: Box<Command>,
+    },
 }
 
 /// What applying a command produced.
@@ -472,6 +479,17 @@ impl ClusterState {
                 self.schedules
                     .remove(id)
                     .ok_or_else(|| reject("no such schedule"))?;
+            }
+            // Deduplication is the state machine's (it keeps the request log); here the
+            // command simply applies. Tags do not nest.
+            Once { request, cmd } => {
+                if request.is_empty() || request.len() > crate::dedup::MAX_REQUEST_ID_BYTES {
+                    return Err(reject("bad request id"));
+                }
+                if matches!(**cmd, Once { .. }) {
+                    return Err(reject("nested request id"));
+                }
+                return self.apply_inner(cmd);
             }
         }
         Ok(CommandResult::Ok)

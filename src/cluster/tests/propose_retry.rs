@@ -1,0 +1,127 @@
+//! Proposals under a silent (packet-dropping) leader: a follower's forward must not wait on
+//! the cut-off leader but retry against the new one, and a retried proposal must apply once.
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cluster::{ClusterNode, Command, CommandResult, Role, StateMachineStore, VdiskDef};
+use common::{config, wait_for, wait_leader};
+use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
+
+fn vdisk(name: &str) -> Command {
+    Command::CreateVdisk(VdiskDef {
+        id: name.into(),
+        name: name.into(),
+        size_bytes: 1 << 30,
+        parent_snapshot: None,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follower_commits_soon_after_a_silent_leader_is_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let n1 = ClusterNode::create(config(dir.path(), "127.0.0.51", "n1"))
+        .await
+        .expect("create");
+    let mut nodes: Vec<Arc<ClusterNode>> = vec![n1.clone()];
+    for (ip, name) in [("127.0.0.52", "n2"), ("127.0.0.53", "n3")] {
+        let t = n1
+            .issue_join_token(Role::Data, Duration::from_secs(60))
+            .await
+            .unwrap();
+        let n = ClusterNode::join(config(dir.path(), ip, name), &t, n1.cfg_join_addr())
+            .await
+            .expect("join");
+        nodes.push(n);
+    }
+    let all: Vec<&Arc<ClusterNode>> = nodes.iter().collect();
+    let leader = wait_leader(&all, Duration::from_secs(20)).await;
+    let old = nodes.iter().find(|n| n.id() == leader).unwrap().clone();
+    let via = nodes.iter().find(|n| n.id() != leader).unwrap().clone();
+
+    // The leader's link goes dead: nothing it is sent gets an answer.
+    old.set_silent(true);
+    assert_eq!(
+        via.leader(),
+        Some(leader),
+        "the follower still follows the old leader"
+    );
+    let t = Instant::now();
+    let r = via.propose(vdisk("during")).await;
+    let took = t.elapsed();
+    assert_eq!(
+        r.expect("committed through the majority"),
+        CommandResult::Ok
+    );
+    // Before per-attempt forwarding this waited out a 30 s call timeout on the old leader.
+    assert!(
+        took < Duration::from_secs(12),
+        "the proposal waited on the cut-off leader for {took:?}"
+    );
+    assert_ne!(via.leader(), Some(leader));
+
+    old.set_silent(false);
+    wait_for(
+        "the old leader catching up",
+        Duration::from_secs(20),
+        || old.read(|s| s.vdisks.contains_key("during")),
+    )
+    .await;
+    for n in &nodes {
+        assert_eq!(n.read(|s| s.vdisks.len()), 1, "applied exactly once");
+        n.shutdown().await;
+    }
+}
+
+fn entry(index: u64, cmd: Command) -> cluster::Entry {
+    cluster::Entry {
+        log_id: openraft::LogId::new(openraft::CommittedLeaderId::new(1, 1), index),
+        payload: openraft::EntryPayload::Normal(cmd),
+    }
+}
+
+#[tokio::test]
+async fn a_request_id_applies_once_and_survives_a_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sm = StateMachineStore::open(dir.path()).unwrap();
+    let once = |id: &str, cmd: Command| Command::Once {
+        request: id.into(),
+        cmd: Box::new(cmd),
+    };
+    let r = sm
+        .apply(vec![
+            entry(1, once("r1", vdisk("a"))),
+            // The same proposal again (a retry whose first copy also committed).
+            entry(2, once("r1", vdisk("a"))),
+            // A different request for the same name is a new command: rejected.
+            entry(3, once("r2", vdisk("a"))),
+            entry(4, once("", vdisk("b"))),
+            entry(5, once("r3", once("r4", vdisk("c")))),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(r[0], CommandResult::Ok);
+    assert_eq!(
+        r[1],
+        CommandResult::Ok,
+        "the retry answers the first result"
+    );
+    assert!(matches!(r[2], CommandResult::Rejected(_)), "{:?}", r[2]);
+    assert!(matches!(r[3], CommandResult::Rejected(_)), "empty id");
+    assert!(matches!(r[4], CommandResult::Rejected(_)), "nested ids");
+    assert_eq!(
+        sm.reader().read().state.vdisks.keys().collect::<Vec<_>>(),
+        vec!["a"]
+    );
+
+    let mut b = sm.get_snapshot_builder().await;
+    b.build_snapshot().await.unwrap();
+    drop(sm);
+    let mut sm = StateMachineStore::open(dir.path()).unwrap();
+    let r = sm
+        .apply(vec![entry(6, once("r1", vdisk("a")))])
+        .await
+        .unwrap();
+    assert_eq!(r[0], CommandResult::Ok, "remembered across the snapshot");
+}
