@@ -30,8 +30,14 @@ pub enum ClusterCmd {
         #[arg(long)]
         token: String,
     },
-    /// Remove a member (by id or name) from the cluster.
-    Remove { node: String },
+    /// Remove a member (by id or name) from the cluster. Refused while it owns virtual disks
+    /// or VMs (they are listed); delete or move them first.
+    Remove {
+        node: String,
+        /// Remove it anyway: the node is dead and being replaced (its definitions stay).
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -55,7 +61,7 @@ fn request(cmd: ClusterCmd) -> Request {
             ttl_secs: ttl,
         },
         ClusterCmd::Join { address, token } => Request::ClusterJoin { address, token },
-        ClusterCmd::Remove { node } => Request::ClusterRemove { node },
+        ClusterCmd::Remove { node, force } => Request::ClusterRemove { node, force },
     }
 }
 

@@ -243,6 +243,23 @@ fn two_data_nodes_and_a_witness_survive_kill9_and_sigstop() {
     // Remove: an unknown member is not found; removing the witness leaves two voters.
     let o = cli(&a.data, &["cluster", "remove", "nosuch"]);
     assert_eq!(o.code, 3, "{}", o.stderr);
+    // A member that still owns virtual disks is refused, with them listed, and stays.
+    b.ok(&["vdisk", "create", "owned-by-b", "16M"]);
+    let o = cli(&a.data, &["cluster", "remove", "b"]);
+    assert_ne!(o.code, 0, "removing a member that owns disks: {}", o.stdout);
+    assert!(
+        o.stderr.contains("owned-by-b") && o.stderr.contains("--force"),
+        "{}",
+        o.stderr
+    );
+    assert!(
+        a.status()["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x["name"] == "b"),
+        "b was removed anyway"
+    );
     a.ok(&["cluster", "remove", "w"]);
     wait_for(20, "the witness gone from the member list", || {
         let s = a.status();

@@ -195,6 +195,9 @@ pub enum Request {
     /// Remove a member (by id or name) from the cluster.
     ClusterRemove {
         node: String,
+        /// Remove even while the member owns virtual disks or VMs (a dead node being replaced).
+        #[serde(default)]
+        force: bool,
     },
 }
 
@@ -395,7 +398,7 @@ impl Request {
             Request::ClusterJoin { address, token } => {
                 crate::cluster::validate_join(address, token)
             }
-            Request::ClusterRemove { node } => crate::cluster::validate_member(node),
+            Request::ClusterRemove { node, .. } => crate::cluster::validate_member(node),
         }
     }
 }

@@ -39,8 +39,8 @@ impl NodeController {
                 host.join(a, token, local).await?;
                 Ok(Reply::Cluster(Box::new(host.status(self.data_view())?)))
             }
-            Request::ClusterRemove { node } => {
-                host.remove(node).await?;
+            Request::ClusterRemove { node, force } => {
+                host.remove(node, *force).await?;
                 Ok(Reply::Done)
             }
             other => Err(ControlError::internal(format!(

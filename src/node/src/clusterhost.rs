@@ -288,8 +288,14 @@ impl ClusterHost {
         })
     }
 
-    /// Removes a member named by id or name.
-    pub(crate) async fn remove(&self, node: &str) -> std::result::Result<(), ControlError> {
+    /// Removes a member named by id or name. Refused while the member still owns virtual
+    /// disks or VMs (they would stay behind, owned by nobody), unless `force` (a dead node being
+    /// replaced: its definitions are kept in the cluster state).
+    pub(crate) async fn remove(
+        &self,
+        node: &str,
+        force: bool,
+    ) -> std::result::Result<(), ControlError> {
         let m = self.member()?;
         let id = m
             .read(|s| {
@@ -303,6 +309,18 @@ impl ClusterHost {
                     "no member {node:?} in this cluster (see `cairn cluster status`)"
                 ))
             })?;
+        if !force {
+            let (name, vdisks, vms) = m.read(|s| owned_by(s, id));
+            if !vdisks.is_empty() || !vms.is_empty() {
+                return Err(ControlError::conflict(format!(
+                    "member {name} still owns virtual disks [{}] and VMs [{}]: delete them (or \
+                     move them to another node) first, or pass --force if the node is dead and \
+                     being replaced",
+                    vdisks.join(", "),
+                    vms.join(", ")
+                )));
+            }
+        }
         m.remove_member(id).await.map_err(cluster_error)
     }
 
@@ -690,6 +708,31 @@ fn join_error(e: cluster::Error) -> ControlError {
     }
 }
 
+/// The member's name and the names of the virtual disks (ids `<node>/<name>`) and VMs (placed on
+/// it) it owns, sorted.
+pub(crate) fn owned_by(s: &cluster::ClusterState, id: u64) -> (String, Vec<String>, Vec<String>) {
+    let name = s
+        .members
+        .get(&id)
+        .map(|x| x.name.clone())
+        .unwrap_or_else(|| id.to_string());
+    let prefix = format!("{id}/");
+    let vdisks: Vec<String> = s
+        .vdisks
+        .values()
+        .filter(|v| v.id.starts_with(&prefix))
+        .map(|v| v.name.clone())
+        .collect();
+    let mut vms: Vec<String> = s
+        .vms
+        .values()
+        .filter(|v| v.node == Some(id))
+        .map(|v| v.name.clone())
+        .collect();
+    vms.sort();
+    (name, vdisks, vms)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -707,5 +750,39 @@ mod tests {
             Err(NodeError::Config(_))
         ));
         assert!(join_addr_of("127.0.0.1:65535".parse().unwrap()).is_none());
+    }
+
+    #[test]
+    fn owned_by_lists_the_members_vdisks_and_vms() {
+        let mut s = cluster::ClusterState::default();
+        for (id, name) in [("2/b", "b"), ("2/a", "a"), ("3/c", "c")] {
+            s.vdisks.insert(
+                id.into(),
+                VdiskDef {
+                    id: id.into(),
+                    name: name.into(),
+                    size_bytes: 1,
+                    parent_snapshot: None,
+                },
+            );
+        }
+        s.vms.insert(
+            "vm".into(),
+            cluster::VmDef {
+                id: "vm".into(),
+                name: "web".into(),
+                vcpus: 1,
+                memory_mib: 64,
+                vdisks: vec![],
+                node: Some(2),
+                power: cluster::VmPower::Stopped,
+            },
+        );
+        let (name, vdisks, vms) = owned_by(&s, 2);
+        assert_eq!(name, "2");
+        assert_eq!(vdisks, vec!["a", "b"]);
+        assert_eq!(vms, vec!["web"]);
+        let (_, vdisks, vms) = owned_by(&s, 4);
+        assert!(vdisks.is_empty() && vms.is_empty());
     }
 }

@@ -60,8 +60,8 @@ impl Controller for WitnessController {
                         self.host.status(ClusterDataView::default())?,
                     )))
                 }
-                Request::ClusterRemove { node } => {
-                    self.host.remove(node).await.map(|_| Reply::Done)
+                Request::ClusterRemove { node, force } => {
+                    self.host.remove(node, *force).await.map(|_| Reply::Done)
                 }
                 other => Err(ControlError::invalid(format!(
                     "this is a witness (a cluster vote only): it has no disks, virtual disks or VMs, so {} does not apply; ask a data node",
