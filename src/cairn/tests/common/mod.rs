@@ -104,31 +104,13 @@ impl TestNode {
 
     /// kill -9: no shutdown, no flush.
     pub fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        kill9_child(&mut self.child);
     }
 
     /// SIGTERM and wait for a clean exit.
     pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &c.id().to_string()])
-                .status();
-            let t = Instant::now();
-            loop {
-                if let Some(s) = c.try_wait().unwrap() {
-                    assert!(s.success(), "node exited with {s}:\n{}", self.log());
-                    return;
-                }
-                if t.elapsed() > Duration::from_secs(60) {
-                    let _ = c.kill();
-                    panic!("node did not stop on SIGTERM:\n{}", self.log());
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
+        let child = self.child.take();
+        stop_child(child, "node", || self.log());
     }
 
     pub fn cli(&self, args: &[&str]) -> Out {
@@ -338,36 +320,13 @@ impl ClusterProc {
 
     /// kill -9: no shutdown, no flush.
     pub fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        kill9_child(&mut self.child);
     }
 
     /// SIGTERM and wait for a clean exit.
     pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &c.id().to_string()])
-                .status();
-            let t = Instant::now();
-            loop {
-                if let Some(s) = c.try_wait().unwrap() {
-                    assert!(
-                        s.success(),
-                        "{} exited with {s}:\n{}",
-                        self.name,
-                        self.log()
-                    );
-                    return;
-                }
-                if t.elapsed() > Duration::from_secs(60) {
-                    let _ = c.kill();
-                    panic!("{} did not stop on SIGTERM:\n{}", self.name, self.log());
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
+        let child = self.child.take();
+        stop_child(child, &self.name, || self.log());
     }
 
     /// `cairn --json ARGS` that must succeed.
@@ -522,5 +481,33 @@ impl NbdClient {
         let mut buf = vec![0u8; len];
         self.s.read_exact(&mut buf)?;
         Ok(buf)
+    }
+}
+
+/// kill -9 of a child process (no shutdown, no flush); nothing if it is not running.
+fn kill9_child(child: &mut Option<Child>) {
+    if let Some(mut c) = child.take() {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
+
+/// SIGTERM, then wait up to 60 s for a clean (zero) exit; the log is shown on failure.
+fn stop_child(child: Option<Child>, what: &str, log: impl Fn() -> String) {
+    let Some(mut c) = child else { return };
+    let _ = Command::new("kill")
+        .args(["-TERM", &c.id().to_string()])
+        .status();
+    let t = Instant::now();
+    loop {
+        if let Some(s) = c.try_wait().unwrap() {
+            assert!(s.success(), "{what} exited with {s}:\n{}", log());
+            return;
+        }
+        if t.elapsed() > Duration::from_secs(60) {
+            let _ = c.kill();
+            panic!("{what} did not stop on SIGTERM:\n{}", log());
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
