@@ -241,6 +241,7 @@ pub enum BenchCmd {
     Api(crate::apibench::ApiBenchArgs),
     /// The VMM against QEMU on the same test guest and backing file (see BENCHMARKS.md).
     Vmm(crate::benchmore::VmmBenchArgs),
-    /// Metadata commits of a three-member cluster against openraft's in-memory store.
+    /// Metadata commits of a three-member cluster against openraft's in-memory store, and
+    /// mirrored I/O between two engines over mutual TLS against one engine.
     Cluster(crate::benchmore::ClusterBenchArgs),
 }

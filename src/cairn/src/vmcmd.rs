@@ -43,12 +43,9 @@ pub enum VmCmd {
     /// List VMs.
     List,
     /// Show one VM with its live statistics.
-    Show {
-        name: String,
-    },
-    Start {
-        name: String,
-    },
+    Show { name: String },
+    /// Power the VM on (its virtual disks are opened on this node).
+    Start { name: String },
     /// Ask the guest to shut down, then stop it by force after --timeout-ms.
     Stop {
         name: String,
@@ -58,22 +55,15 @@ pub enum VmCmd {
         #[arg(long)]
         timeout_ms: Option<u64>,
     },
-    Pause {
-        name: String,
-    },
-    Resume {
-        name: String,
-    },
+    /// Freeze the VM's vCPUs (memory and devices stay as they are).
+    Pause { name: String },
+    /// Let a paused VM run again.
+    Resume { name: String },
     /// Delete a stopped VM (its virtual disks are kept).
-    Delete {
-        name: String,
-    },
+    Delete { name: String },
     /// Attach a virtual disk to a VM: at once if it runs (a new virtio-blk device appears to
     /// the guest), at its next start otherwise.
-    Attach {
-        name: String,
-        vdisk: String,
-    },
+    Attach { name: String, vdisk: String },
     /// Detach a virtual disk from a VM: a running guest is asked to release it (ACPI eject)
     /// and has --timeout-ms to answer; a stopped VM just loses it from its definition.
     Detach {
