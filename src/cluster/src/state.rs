@@ -486,7 +486,7 @@ impl ClusterState {
                 if request.is_empty() || request.len() > crate::dedup::MAX_REQUEST_ID_BYTES {
                     return Err(reject("bad request id"));
                 }
-                if matches!(**cmd, Once { .. }) {
+                if let Once { .. } = **cmd {
                     return Err(reject("nested request id"));
                 }
                 return self.apply_inner(cmd);

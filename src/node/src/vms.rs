@@ -433,29 +433,14 @@ impl Vms {
         let rt = tokio::runtime::Handle::current();
         let mut new_def = def.clone();
         new_def.disks.push(vdisk.to_string());
-        let mut defs = self.defs_with(None, Some(name));
-        defs.push(new_def.clone());
         let disk = vmm::DiskConfig {
             id: vdisk.to_string(),
             backend: Arc::new(vmm::EngineDisk::new(handle, rt)),
             queues: 1,
             queue_size: 256,
         };
-        let slot2 = slot.clone();
-        blocking(move || {
-            let mut s = slot2.lock();
-            if let Some(vm) = s.vm.as_mut() {
-                if is_active(vm) {
-                    vm.attach_disk(disk).map_err(vmm_err)?;
-                }
-            }
-            Ok(())
-        })
-        .await?;
-        self.persist(&defs)?;
-        let mut s = slot.lock();
-        s.def = new_def;
-        Ok(view(&mut s))
+        self.change_disks(name, &slot, new_def, move |vm| vm.attach_disk(disk))
+            .await
     }
 
     /// Detach `vdisk`: a running guest is asked to release it and has `timeout_ms` (default
@@ -479,15 +464,32 @@ impl Vms {
         }
         let mut new_def = def.clone();
         new_def.disks.retain(|d| d != vdisk);
+        let timeout = Duration::from_millis(timeout_ms.unwrap_or(DETACH_TIMEOUT_MS));
+        let id = vdisk.to_string();
+        self.change_disks(name, &slot, new_def, move |vm| {
+            vm.detach_disk(&id, timeout, force)
+        })
+        .await
+    }
+
+    /// The shared tail of attach and detach: apply `op` to the VM if it is running or paused
+    /// (on the blocking pool), and only if that worked save `new_def` and make it current.
+    /// The caller holds `self.save`.
+    async fn change_disks(
+        &self,
+        name: &str,
+        slot: &SlotRef,
+        new_def: VmDef,
+        op: impl FnOnce(&mut vmm::Vm) -> Result<(), vmm::VmmError> + Send + 'static,
+    ) -> Result<VmView, ControlError> {
         let mut defs = self.defs_with(None, Some(name));
         defs.push(new_def.clone());
-        let timeout = Duration::from_millis(timeout_ms.unwrap_or(DETACH_TIMEOUT_MS));
-        let (slot2, id) = (slot.clone(), vdisk.to_string());
+        let live = slot.clone();
         blocking(move || {
-            let mut s = slot2.lock();
+            let mut s = live.lock();
             if let Some(vm) = s.vm.as_mut() {
                 if is_active(vm) {
-                    vm.detach_disk(&id, timeout, force).map_err(vmm_err)?;
+                    op(vm).map_err(vmm_err)?;
                 }
             }
             Ok(())
