@@ -10,6 +10,8 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use futures::StreamExt;
+
 use crate::core::{Disk, Inner};
 use crate::error::{EngineError, Result};
 use crate::placement::Slots;
@@ -19,6 +21,19 @@ use crate::types::DiskState;
 
 /// Chunk copies whose intents are recorded together.
 const REBALANCE_BATCH: usize = 32;
+/// Chunk moves in flight at once within a batch.
+pub(crate) const REBUILD_PARALLEL: usize = 4;
+
+/// What moving one chunk did.
+#[derive(Default)]
+struct Moved {
+    /// Replicas still missing (or extra) afterwards.
+    pending: u64,
+    changed: bool,
+    bytes: u64,
+    /// Disks that failed a copy: marked Failed by the caller.
+    failed: Vec<(Arc<Disk>, store::StoreError)>,
+}
 
 pub(crate) fn spawn_maintenance(inner: &Arc<Inner>) {
     let weak: Weak<Inner> = Arc::downgrade(inner);
@@ -275,6 +290,7 @@ impl Inner {
             }
             work.push((obj, target));
         }
+        self.rebuild.begin(work.len() as u64);
         // Copies run in batches whose intents are recorded with one metadata write.
         for batch in work.chunks(REBALANCE_BATCH) {
             if self.shutting_down.load(Ordering::Acquire) {
@@ -310,15 +326,24 @@ impl Inner {
                 pending += batch.len() as u64;
                 break;
             }
-            for (obj, target) in batch {
-                let (p, c) = self.move_chunk(*obj, *target, &mut to_fail).await;
-                pending += p;
-                changed |= c;
-                for (d, e) in to_fail.drain(..) {
-                    let _ = self.fail_disk(&d, &e).await;
+            // Several chunks at once (each under its own stripe lock), so a rebuild keeps more
+            // than one request in flight per device; pacing happens before each one.
+            let mut moves = futures::stream::iter(batch.iter().copied())
+                .map(|(obj, target)| self.move_chunk(obj, target))
+                .buffer_unordered(REBUILD_PARALLEL);
+            while let Some(m) = moves.next().await {
+                pending += m.pending;
+                changed |= m.changed;
+                if m.pending == 0 {
+                    self.rebuild.chunk_done(m.bytes);
                 }
-                tokio::task::yield_now().await;
+                to_fail.extend(m.failed);
             }
+            drop(moves);
+            for (d, e) in to_fail.drain(..) {
+                let _ = self.fail_disk(&d, &e).await;
+            }
+            tokio::task::yield_now().await;
             if !intents.is_empty() {
                 let done = intents;
                 let r = self
@@ -339,6 +364,7 @@ impl Inner {
                 tracing::warn!(error = %e, "flush after rebalance failed");
             }
         }
+        self.rebuild.end();
         self.finish_drains().await;
         let mut rb = self.rebalance.lock();
         rb.running = false;
@@ -348,19 +374,26 @@ impl Inner {
     }
 
     /// Bring one chunk to `target` (copy what is missing, then drop what is not wanted), with
-    /// its stripe lock held exclusively. The caller recorded the copy intents. Returns
-    /// (still pending, changed something).
-    async fn move_chunk(
-        &self,
-        obj: store::ObjectId,
-        target: Slots,
-        to_fail: &mut Vec<(Arc<Disk>, store::StoreError)>,
-    ) -> (u64, bool) {
+    /// its stripe lock held exclusively (after pacing, which holds no lock). The caller
+    /// recorded the copy intents.
+    async fn move_chunk(&self, obj: store::ObjectId, target: Slots) -> Moved {
+        let mut out = Moved::default();
         let mut pending = 0;
         let mut changed = false;
+        let mut to_fail: Vec<(Arc<Disk>, store::StoreError)> = Vec::new();
+        if let Some((src, dst)) = self.index.get(obj).and_then(|h| {
+            let dst = target
+                .as_slice()
+                .iter()
+                .find(|t| !h.contains(**t))
+                .and_then(|t| self.disk(*t))?;
+            Some((self.live_disks(h).into_iter().next()?, dst))
+        }) {
+            self.pace_copy(&src, &dst).await;
+        }
         let _l = self.stripe(obj).write().await;
         let Some(holders) = self.index.get(obj) else {
-            return (0, false);
+            return out;
         };
         for t in target.as_slice() {
             if holders.contains(*t) {
@@ -377,6 +410,8 @@ impl Inner {
             for src in self.live_disks(holders) {
                 match self.copy_object_inner(obj, &src, &dst, false).await {
                     Ok(bytes) => {
+                        self.rebuild.charge(bytes);
+                        out.bytes += bytes;
                         let mut rb = self.rebalance.lock();
                         rb.chunks_copied += 1;
                         rb.bytes_copied += bytes;
@@ -431,7 +466,10 @@ impl Inner {
         } else if !target.is_empty() {
             pending += 1;
         }
-        (pending, changed)
+        out.pending = pending;
+        out.changed = changed;
+        out.failed = to_fail;
+        out
     }
 
     /// Draining disks that hold no replica any more leave the pool.
@@ -530,6 +568,42 @@ impl Inner {
 }
 
 impl Engine {
+    /// Set the rebuild speed limits (see `RebuildLimits`); they apply from the next chunk.
+    pub fn set_rebuild_limits(&self, limits: crate::RebuildLimits) {
+        self.inner.rebuild.set_limits(limits);
+    }
+
+    pub fn rebuild_limits(&self) -> crate::RebuildLimits {
+        self.inner.rebuild.limits()
+    }
+
+    /// Progress of the current (or last) rebuild pass (also in `stats().rebalance.rebuild`).
+    pub fn rebuild_progress(&self) -> crate::RebuildProgress {
+        self.inner.rebuild.progress()
+    }
+
+    /// Chunks of this engine with a replica on a live disk of node `node_id`: what still
+    /// depends on that node (0 once its disks are drained or given up).
+    pub fn chunks_on_node(&self, node_id: u64) -> u64 {
+        let inner = &self.inner;
+        let disks = inner.disks.read();
+        let on: Vec<u16> = disks
+            .iter()
+            .filter(|d| d.node_id == node_id && d.live())
+            .map(|d| d.slot)
+            .collect();
+        drop(disks);
+        if on.is_empty() {
+            return 0;
+        }
+        inner
+            .index
+            .all()
+            .iter()
+            .filter(|(_, s)| on.iter().any(|x| s.contains(*x)))
+            .count() as u64
+    }
+
     /// Verify every replica's blocks in the background; bad copies are repaired from the other
     /// replica. Progress and results in `stats().scrub`.
     pub fn start_scrub(&self) -> Result<()> {

@@ -408,6 +408,8 @@ pub(crate) struct Inner {
     pub building: Mutex<std::collections::HashSet<u64>>,
     /// Chunks whose replicas must be made equal before they serve I/O (see `reconcile`).
     pub reconcile: crate::reconcile::ReconcileState,
+    /// Rebuild pacing and progress (see `rebuild`).
+    pub rebuild: crate::rebuild::RebuildCtl,
 }
 
 impl Inner {
@@ -437,6 +439,7 @@ impl Inner {
             copies_in_progress: AtomicU64::new(0),
             building: Mutex::new(std::collections::HashSet::new()),
             reconcile: Default::default(),
+            rebuild: Default::default(),
         }
     }
 

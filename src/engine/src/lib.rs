@@ -113,6 +113,7 @@
 
 mod background;
 pub mod bench;
+pub mod bench_rebuild;
 mod core;
 mod error;
 mod handle;
@@ -121,6 +122,7 @@ mod io;
 mod meta;
 mod placement;
 mod pool;
+mod rebuild;
 mod reconcile;
 pub mod remote;
 mod replica;
@@ -132,13 +134,14 @@ pub use handle::{VdiskHandle, MAX_IO_BYTES};
 pub use ids::seed_ids_for_this_thread;
 pub use meta::validate_name;
 pub use pool::Engine;
+pub use rebuild::{RebuildLimits, BUSY_WINDOW, DEFAULT_BUSY_BYTES_PER_SEC, MAX_YIELD};
 pub use remote::{RemoteDisk, RemoteStatus};
 pub use replica::{
     is_device_failure, LocalReplica, Reachability, Replica, FOREIGN_VDISK_BIT, PRUNE_MARK_CHUNK,
 };
 pub use types::{
     DiskInfo, DiskProbe, DiskState, DiskStats, EngineConfig, EngineStats, OpStats, PoolInfo,
-    RebalanceStats, ScrubStats, SnapshotInfo, VdiskInfo, VdiskStats,
+    RebalanceStats, RebuildProgress, ScrubStats, SnapshotInfo, VdiskInfo, VdiskStats,
 };
 
 /// The I/O unit of every store: 4 KiB.

@@ -504,7 +504,10 @@ impl Engine {
             unrecoverable_reads: l(&c.unrecoverable_reads),
             degraded_chunks: self.pool().degraded_chunks,
             scrub: inner.scrub.lock().clone(),
-            rebalance: inner.rebalance.lock().clone(),
+            rebalance: RebalanceStats {
+                rebuild: inner.rebuild.progress(),
+                ..inner.rebalance.lock().clone()
+            },
             disks,
         }
     }

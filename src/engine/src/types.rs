@@ -118,6 +118,35 @@ pub struct RebalanceStats {
     pub resync_checked: u64,
     pub resync_fixed: u64,
     pub resync_running: bool,
+    /// The current (or last) rebuild pass: progress, rate, time left, pacing.
+    #[serde(default)]
+    pub rebuild: RebuildProgress,
+}
+
+/// Progress of one rebuild / rebalance pass (re-mirroring degraded chunks, draining, spreading
+/// onto new disks) and how it is paced against guest I/O.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RebuildProgress {
+    pub running: bool,
+    /// Chunks this pass moves (each missing or misplaced replica set counts once).
+    pub chunks_total: u64,
+    /// Chunks of this pass moved so far (never above `chunks_total`).
+    pub chunks_done: u64,
+    /// Upper bound of the bytes to copy (`chunks_total` whole chunks; thin chunks copy less).
+    pub bytes_estimate: u64,
+    pub bytes_done: u64,
+    /// Bytes copied per second over this pass so far.
+    pub rate_bytes_per_sec: u64,
+    /// Seconds left at the pass's rate so far; None while idle or before the first chunk.
+    pub eta_secs: Option<u64>,
+    /// Rebuild ceiling in force at the last chunk, bytes/s (0: none).
+    pub ceiling_bytes_per_sec: u64,
+    /// Whether guest I/O was active at the last chunk (the busy ceiling applies).
+    pub guest_busy: bool,
+    /// Time spent waiting for the ceiling or for queued guest I/O, since the engine started.
+    pub throttled_ms: u64,
+    /// Chunk copies that first waited for queued guest I/O on their disks.
+    pub guest_yields: u64,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

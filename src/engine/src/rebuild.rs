@@ -1,0 +1,374 @@
+//! Pacing and progress of rebuild / rebalance copies (re-mirroring after a disk or node is
+//! lost, draining a disk, spreading data onto a new one).
+//!
+//! Guest I/O keeps priority in two ways:
+//! - **Yield to queued guest I/O:** before each chunk copy the rebuilder waits (up to
+//!   [`MAX_YIELD`] per chunk, so it is never starved) while guest requests are in flight on the
+//!   copy's source or target disk.
+//! - **Token bucket:** copied bytes are charged to a bucket refilled at a ceiling in bytes/s.
+//!   While guest I/O was seen in the last [`BUSY_WINDOW`] the ceiling is
+//!   `RebuildLimits::busy_bytes_per_sec`; on an idle engine it is `max_bytes_per_sec`, and 0
+//!   there means none: an idle system rebuilds at full device speed. A copy may overdraw the
+//!   bucket (its size is known only afterwards); the next one waits until the debt is repaid,
+//!   so over any stretch the bytes moved are at most the ceiling times the time plus one burst
+//!   and one chunk per copy in flight.
+//!
+//! Progress: a pass counts the chunks it will move, then each one done and the bytes copied;
+//! rate and time left are derived from the pass's elapsed time. Idle: no estimate.
+//!
+//! Must never: hold a stripe lock while it waits (pacing happens before the chunk is locked).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+
+use crate::core::{Disk, Inner};
+use crate::types::RebuildProgress;
+
+/// Guest I/O seen within this window makes the engine "busy" for pacing.
+pub const BUSY_WINDOW: Duration = Duration::from_millis(250);
+/// Longest a chunk copy waits for queued guest I/O on its disks before it goes anyway.
+pub const MAX_YIELD: Duration = Duration::from_millis(20);
+/// Default ceiling while guests do I/O.
+pub const DEFAULT_BUSY_BYTES_PER_SEC: u64 = 64 << 20;
+/// Bucket size: how much may be copied at once after an idle stretch (4 chunks).
+const BURST_BYTES: u64 = 4 * crate::CHUNK_BYTES;
+
+/// Rebuild speed limits (`Engine::set_rebuild_limits`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RebuildLimits {
+    /// Ceiling at all times, bytes/s; 0 = none (an idle engine copies at device speed).
+    pub max_bytes_per_sec: u64,
+    /// Ceiling while guest I/O is active, bytes/s; 0 = only `max_bytes_per_sec` applies.
+    pub busy_bytes_per_sec: u64,
+}
+
+impl Default for RebuildLimits {
+    fn default() -> Self {
+        RebuildLimits {
+            max_bytes_per_sec: 0,
+            busy_bytes_per_sec: DEFAULT_BUSY_BYTES_PER_SEC,
+        }
+    }
+}
+
+impl RebuildLimits {
+    /// The ceiling in force (0 = none).
+    pub fn ceiling(&self, guest_busy: bool) -> u64 {
+        match (guest_busy, self.max_bytes_per_sec, self.busy_bytes_per_sec) {
+            (true, 0, b) => b,
+            (true, m, 0) => m,
+            (true, m, b) => m.min(b),
+            (false, m, _) => m,
+        }
+    }
+}
+
+/// A token bucket in bytes, driven by explicit refills (so its accounting is testable without
+/// clocks). Tokens may go negative: a debt the next copy waits out.
+#[derive(Debug, Clone)]
+pub(crate) struct Bucket {
+    rate: u64,
+    burst: u64,
+    tokens: i128,
+}
+
+impl Bucket {
+    pub(crate) fn new(rate: u64, burst: u64) -> Self {
+        Bucket {
+            rate,
+            burst,
+            tokens: i128::from(burst),
+        }
+    }
+    /// Change the rate (a full bucket stays full; debt stays).
+    pub(crate) fn set_rate(&mut self, rate: u64) {
+        self.rate = rate;
+    }
+    pub(crate) fn refill(&mut self, dt: Duration) {
+        let add = i128::from(self.rate) * dt.as_nanos() as i128 / 1_000_000_000;
+        self.tokens = (self.tokens + add).min(i128::from(self.burst));
+    }
+    pub(crate) fn charge(&mut self, bytes: u64) {
+        self.tokens -= i128::from(bytes);
+    }
+    /// How long until a copy may start (zero if tokens are not negative).
+    pub(crate) fn wait(&self) -> Duration {
+        if self.tokens >= 0 || self.rate == 0 {
+            return Duration::ZERO;
+        }
+        let ns = (-self.tokens) * 1_000_000_000 / i128::from(self.rate);
+        Duration::from_nanos(u64::try_from(ns).unwrap_or(u64::MAX))
+    }
+}
+
+#[derive(Debug)]
+struct Pace {
+    bucket: Bucket,
+    last_refill: Instant,
+}
+
+#[derive(Debug, Default)]
+struct Pass {
+    started: Option<Instant>,
+    progress: RebuildProgress,
+}
+
+/// Per-engine rebuild pacing and progress.
+#[derive(Debug)]
+pub(crate) struct RebuildCtl {
+    limits: Mutex<RebuildLimits>,
+    pace: Mutex<Pace>,
+    /// Guest operations counted at the last look, and when that count last changed.
+    seen_ops: AtomicU64,
+    ops_changed: Mutex<Instant>,
+    pass: Mutex<Pass>,
+}
+
+impl Default for RebuildCtl {
+    fn default() -> Self {
+        let now = Instant::now();
+        RebuildCtl {
+            limits: Mutex::new(RebuildLimits::default()),
+            pace: Mutex::new(Pace {
+                bucket: Bucket::new(0, BURST_BYTES),
+                last_refill: now,
+            }),
+            seen_ops: AtomicU64::new(0),
+            ops_changed: Mutex::new(now - BUSY_WINDOW * 2),
+            pass: Mutex::new(Pass::default()),
+        }
+    }
+}
+
+impl RebuildCtl {
+    pub(crate) fn set_limits(&self, l: RebuildLimits) {
+        *self.limits.lock() = l;
+    }
+    pub(crate) fn limits(&self) -> RebuildLimits {
+        *self.limits.lock()
+    }
+
+    /// A pass starts with `total` chunks to move. A pass with nothing to move keeps the
+    /// figures of the last one that moved something (idle: not running, no estimate).
+    pub(crate) fn begin(&self, total: u64) {
+        let mut p = self.pass.lock();
+        if total == 0 {
+            p.started = None;
+            p.progress.running = false;
+            p.progress.eta_secs = None;
+            return;
+        }
+        let keep = p.progress.clone();
+        p.started = Some(Instant::now());
+        p.progress = RebuildProgress {
+            running: true,
+            chunks_total: total,
+            bytes_estimate: total * crate::CHUNK_BYTES,
+            ceiling_bytes_per_sec: keep.ceiling_bytes_per_sec,
+            throttled_ms: keep.throttled_ms,
+            guest_yields: keep.guest_yields,
+            ..RebuildProgress::default()
+        };
+    }
+
+    /// One chunk of the pass finished (`bytes` copied for it).
+    pub(crate) fn chunk_done(&self, bytes: u64) {
+        let mut p = self.pass.lock();
+        let elapsed = p.started.map(|s| s.elapsed());
+        let g = &mut p.progress;
+        g.chunks_done = (g.chunks_done + 1).min(g.chunks_total);
+        g.bytes_done += bytes;
+        if let Some(el) = elapsed.filter(|e| !e.is_zero()) {
+            g.rate_bytes_per_sec = (g.bytes_done as f64 / el.as_secs_f64()) as u64;
+            let left = g.chunks_total - g.chunks_done;
+            g.eta_secs = if left == 0 {
+                Some(0)
+            } else {
+                let per_chunk = el.as_secs_f64() / g.chunks_done as f64;
+                Some((per_chunk * left as f64).ceil() as u64)
+            };
+        }
+    }
+
+    /// The pass ended: no estimate while idle.
+    pub(crate) fn end(&self) {
+        let mut p = self.pass.lock();
+        p.started = None;
+        p.progress.running = false;
+        p.progress.eta_secs = None;
+    }
+
+    pub(crate) fn progress(&self) -> RebuildProgress {
+        self.pass.lock().progress.clone()
+    }
+
+    /// Whether guests did I/O within `BUSY_WINDOW` (given their total operation count now).
+    fn guest_busy(&self, ops_now: u64) -> bool {
+        if self.seen_ops.swap(ops_now, Ordering::AcqRel) != ops_now {
+            *self.ops_changed.lock() = Instant::now();
+            return true;
+        }
+        self.ops_changed.lock().elapsed() < BUSY_WINDOW
+    }
+
+    /// Charge a finished copy's bytes to the bucket.
+    pub(crate) fn charge(&self, bytes: u64) {
+        self.pace.lock().bucket.charge(bytes);
+    }
+}
+
+/// Guest requests counted by the engine so far (reads, writes, flushes, discards).
+fn guest_ops(inner: &Inner) -> u64 {
+    let c = &inner.counters;
+    c.reads.load(Ordering::Relaxed)
+        + c.writes.load(Ordering::Relaxed)
+        + c.flushes.load(Ordering::Relaxed)
+        + c.discards.load(Ordering::Relaxed)
+}
+
+impl Inner {
+    /// Before copying a chunk from `src` to `dst`: give way to guest I/O queued on them, then
+    /// wait for the bucket (see the module docs). Called with no lock held.
+    pub(crate) async fn pace_copy(&self, src: &Disk, dst: &Disk) {
+        let ctl = &self.rebuild;
+        let t0 = Instant::now();
+        let mut yielded = false;
+        while (src.inflight.load(Ordering::Relaxed) > 0 || dst.inflight.load(Ordering::Relaxed) > 0)
+            && t0.elapsed() < MAX_YIELD
+            && !self.shutting_down.load(Ordering::Acquire)
+        {
+            yielded = true;
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let busy = yielded || ctl.guest_busy(guest_ops(self));
+        let ceiling = ctl.limits().ceiling(busy);
+        let wait = {
+            let mut p = ctl.pace.lock();
+            let now = Instant::now();
+            let dt = now.duration_since(p.last_refill);
+            p.last_refill = now;
+            p.bucket.refill(dt);
+            p.bucket.set_rate(ceiling);
+            if ceiling == 0 {
+                // No ceiling: forget any debt so a later ceiling starts fresh.
+                p.bucket = Bucket::new(0, BURST_BYTES);
+                Duration::ZERO
+            } else {
+                p.bucket.wait()
+            }
+        };
+        {
+            let mut g = ctl.pass.lock();
+            g.progress.ceiling_bytes_per_sec = ceiling;
+            g.progress.guest_busy = busy;
+            if yielded {
+                g.progress.guest_yields += 1;
+            }
+            g.progress.throttled_ms += (wait.as_millis() as u64) + t0.elapsed().as_millis() as u64;
+        }
+        if !wait.is_zero() {
+            tokio::time::sleep(wait.min(Duration::from_secs(5))).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CHUNK: u64 = crate::CHUNK_BYTES;
+
+    /// A copier that starts a chunk whenever the bucket allows moves at most the ceiling per
+    /// refill (plus the one burst and one chunk of overdraft), and no less than the ceiling
+    /// allows: pure accounting, no clock.
+    #[test]
+    fn bucket_obeys_its_ceiling_per_refill() {
+        let rate = 10 * CHUNK; // bytes per second
+        let tick = Duration::from_millis(100);
+        let mut b = Bucket::new(rate, BURST_BYTES);
+        let mut moved_total = 0u64;
+        let refills = 200u64;
+        for i in 0..refills {
+            b.refill(tick);
+            let mut moved = 0;
+            while b.wait().is_zero() {
+                b.charge(CHUNK);
+                moved += CHUNK;
+            }
+            // After the first refill (which may spend the burst), each refill admits at most
+            // its own tokens plus one chunk of overdraft.
+            if i > 0 {
+                assert!(moved <= rate / 10 + CHUNK, "refill {i} moved {moved}");
+            }
+            moved_total += moved;
+        }
+        let allowed = rate * refills / 10;
+        assert!(
+            moved_total <= allowed + BURST_BYTES + CHUNK,
+            "{moved_total}"
+        );
+        assert!(
+            moved_total + CHUNK >= allowed,
+            "ceiling not reached: {moved_total}"
+        );
+        // A debt is waited out in proportion to its size.
+        let mut d = Bucket::new(rate, 0);
+        d.charge(rate / 2);
+        assert_eq!(d.wait(), Duration::from_millis(500));
+        d.refill(Duration::from_millis(500));
+        assert!(d.wait().is_zero());
+    }
+
+    #[test]
+    fn ceiling_is_none_when_idle_by_default_and_capped_when_busy() {
+        let l = RebuildLimits::default();
+        assert_eq!(l.ceiling(false), 0);
+        assert_eq!(l.ceiling(true), DEFAULT_BUSY_BYTES_PER_SEC);
+        let l = RebuildLimits {
+            max_bytes_per_sec: 10,
+            busy_bytes_per_sec: 20,
+        };
+        assert_eq!((l.ceiling(false), l.ceiling(true)), (10, 10));
+        let l = RebuildLimits {
+            max_bytes_per_sec: 30,
+            busy_bytes_per_sec: 0,
+        };
+        assert_eq!(l.ceiling(true), 30);
+    }
+
+    #[test]
+    fn progress_reaches_total_and_has_no_eta_when_idle() {
+        let c = RebuildCtl::default();
+        assert_eq!(c.progress().eta_secs, None);
+        c.begin(3);
+        assert!(c.progress().running);
+        for _ in 0..3 {
+            std::thread::sleep(Duration::from_millis(2));
+            c.chunk_done(CHUNK);
+        }
+        // A stray extra completion never pushes done past total.
+        c.chunk_done(CHUNK);
+        let p = c.progress();
+        assert_eq!((p.chunks_done, p.chunks_total), (3, 3));
+        assert_eq!(p.bytes_done, 4 * CHUNK);
+        assert_eq!(p.eta_secs, Some(0));
+        assert!(p.rate_bytes_per_sec > 0);
+        c.end();
+        let p = c.progress();
+        assert!(!p.running);
+        assert_eq!(p.eta_secs, None);
+        // An empty pass keeps the last figures, idle.
+        c.begin(0);
+        let q = c.progress();
+        assert!(!q.running);
+        assert_eq!(q.eta_secs, None);
+        assert_eq!((q.chunks_done, q.chunks_total), (3, 3));
+        // A new pass starts from zero.
+        c.begin(5);
+        let q = c.progress();
+        assert_eq!((q.chunks_done, q.chunks_total, q.bytes_done), (0, 5, 0));
+    }
+}
