@@ -63,6 +63,29 @@ impl Bus {
         entries.len() != before
     }
 
+    /// True when no device claims any byte of `start..start+len`.
+    pub fn is_free(&self, start: u64, len: u64) -> bool {
+        let Some(end) = start.checked_add(len) else {
+            return false;
+        };
+        !self
+            .entries
+            .read()
+            .iter()
+            .any(|e| start < e.start + e.len && e.start < end)
+    }
+
+    /// Releases the range starting at `start` only if `dev` owns it (a device moving its BAR
+    /// must never take another device's range off the bus); returns whether it did.
+    pub fn remove_device(&self, start: u64, dev: &Arc<dyn BusDevice>) -> bool {
+        let mut entries = self.entries.write();
+        let before = entries.len();
+        entries.retain(|e| {
+            e.start != start || !std::ptr::addr_eq(Arc::as_ptr(&e.dev), Arc::as_ptr(dev))
+        });
+        entries.len() != before
+    }
+
     fn find(&self, addr: u64) -> Option<(u64, Arc<dyn BusDevice>)> {
         let entries = self.entries.read();
         let idx = entries.partition_point(|e| e.start <= addr);
@@ -130,6 +153,13 @@ mod tests {
         assert!(bus.remove(0x100));
         assert!(!bus.remove(0x100));
         assert!(!bus.read(0x105, &mut b));
-        bus.insert(0x100, 0x10, p).unwrap();
+        bus.insert(0x100, 0x10, p.clone()).unwrap();
+        // Only the owner can take a range off by device.
+        let other: Arc<dyn BusDevice> = Arc::new(Probe(AtomicU64::new(0)));
+        assert!(!bus.remove_device(0x100, &other));
+        assert!(bus.read(0x105, &mut b));
+        let mine: Arc<dyn BusDevice> = p;
+        assert!(bus.remove_device(0x100, &mine));
+        assert!(!bus.read(0x105, &mut b));
     }
 }

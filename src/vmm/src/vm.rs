@@ -261,6 +261,12 @@ impl Vm {
         u8::try_from(slot).ok()
     }
 
+    /// Where the device with config id `id` decodes its BAR 0 now, while the machine exists
+    /// (None: not on the bus: decode off, or the guest put it somewhere unusable).
+    pub fn pci_bar(&self, id: &str) -> Option<u64> {
+        self.machine.as_ref()?.pci.bar_of(id)
+    }
+
     /// Waits up to `timeout` for the guest to exit on its own; returns the reason if it did.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitReason> {
         let r = self.machine.as_ref()?.exit.wait(timeout);

@@ -71,6 +71,20 @@ u32 pci_id(int slot);
 /* Resets the virtio device in `slot` and turns off its decoding; 1 on success. */
 int virtio_release_slot(int slot);
 
+/* Config space of a bus-0 slot through 0xCF8/0xCFC. */
+u32 pci_r32(int slot, int off);
+void pci_w16(int slot, int off, u16 v);
+void pci_w32(int slot, int off, u32 v);
+
+/* virtio-blk driver pieces for tests that move the device under a running driver (virtio.c). */
+#define BLK_BATCH 32
+u64 virtio_blk_init(void);
+int blk_rw(int n, u32 type, u64 first_sector, u64 seed);
+u64 blk_notify_addr(void);
+void blk_set_notify_addr(u64 a);
+void blk_post_reads(int n, u64 first_sector, u64 notify);
+int blk_reap_reads(int n, u64 spins, u64 first_sector, u64 seed);
+
 /* Result protocol read by the Rust tests: "ok <name>\n" / "fail <name> <why>\n". */
 extern int failures;
 void check(int cond, const char *name, const char *why);

@@ -10,6 +10,7 @@ void run_acpi_shutdown(u64 rsdp);
 void run_hotplug_wait(u64 rsdp);
 void run_hotunplug(void);
 void run_blk_verify_again(const char *cmdline);
+void run_bar_tests(const char *cmdline);
 
 /* Follows RSDP -> XSDT -> MADT/MCFG, counts enabled LAPICs and checks the ECAM base. */
 static void check_acpi(u64 rsdp) {
@@ -95,6 +96,7 @@ int guest_main(u32 start_info_pa) {
         has_word(cmdline, "net") || has_word(cmdline, "net-offload") || has_word(cmdline, "net-mq") ||
         has_word(cmdline, "console"))
         run_pci_tests(cmdline);
+    if (has_word(cmdline, "bar-move")) run_bar_tests(cmdline);
     if (has_word(cmdline, "hotunplug")) {
         run_hotunplug();
         run_blk_verify_again(cmdline);

@@ -40,9 +40,10 @@ static u8 status[BATCH];
 static u8 seg16[16];
 
 static u32 pci_addr(int slot, int off) { return 0x80000000u | ((u32)slot << 11) | (u32)(off & 0xfc); }
-static u32 pci_r32(int slot, int off) { outl(0xcf8, pci_addr(slot, off)); return inl(0xcfc); }
+u32 pci_r32(int slot, int off) { outl(0xcf8, pci_addr(slot, off)); return inl(0xcfc); }
 static u8 pci_r8(int slot, int off) { return (u8)(pci_r32(slot, off) >> ((off & 3) * 8)); }
-static void pci_w16(int slot, int off, u16 v) { outl(0xcf8, pci_addr(slot, off)); outw(0xcfc + (off & 2), v); }
+void pci_w16(int slot, int off, u16 v) { outl(0xcf8, pci_addr(slot, off)); outw(0xcfc + (off & 2), v); }
+void pci_w32(int slot, int off, u32 v) { outl(0xcf8, pci_addr(slot, off)); outl(0xcfc, v); }
 
 int find_device(u16 device_id) {
     for (int slot = 0; slot < 32; slot++)
@@ -196,6 +197,7 @@ static void pattern(u8 *b, u64 seed, u64 sector) {
 
 static int rw_batch(int n, u32 type, u64 first_sector, u64 seed, int verify) {
     u16 heads[BATCH];
+    if (n < 1 || n > BATCH) return 0;
     for (int i = 0; i < n; i++) {
         u64 s = first_sector + 8 * (u64)i;
         if (type == 1) pattern(data[i], seed, s); else memset(data[i], 0xAA, 4096);
@@ -741,6 +743,45 @@ void run_blk_verify_again(const char *cmdline) {
     if (!capacity) return;
     check(rw_batch(BATCH, 0, arg_u64(cmdline, "base", 2048), arg_u64(cmdline, "seed", 1), 1),
           "blk-verify-after-reattach", "data differs after detach + attach");
+}
+
+/* For bar.c: the virtio-blk driver's queue 0, driven through whatever notify address is given. */
+u64 virtio_blk_init(void) { return blk_init(0); }
+int blk_rw(int n, u32 type, u64 first_sector, u64 seed) { return rw_batch(n, type, first_sector, seed, type == 0); }
+u64 blk_notify_addr(void) { return bq->notify_addr; }
+void blk_set_notify_addr(u64 a) { bq->notify_addr = a; }
+
+/* Publishes n reads of the pattern blocks at first_sector and writes the notify to `notify`. */
+void blk_post_reads(int n, u64 first_sector, u64 notify) {
+    u16 heads[BATCH];
+    if (n > BATCH) n = BATCH;
+    for (int i = 0; i < n; i++) {
+        memset(data[i], 0xAA, 4096);
+        heads[i] = build_req(i, 0, first_sector + 8 * (u64)i, data[i], 4096, 1);
+    }
+    for (int i = 0; i < n; i++) bq->avail.ring[(bq->avail.idx + i) % QSZ] = heads[i];
+    bq->avail.used_event = bq->last_used;
+    mb();
+    bq->avail.idx += (u16)n;
+    mb();
+    mmio_w16(notify, bq_index);
+}
+
+/* Whether the n posted reads completed within `spins` polls; if so, whether they match `seed`. */
+int blk_reap_reads(int n, u64 spins, u64 first_sector, u64 seed) {
+    u16 target = (u16)(bq->last_used + n);
+    u64 spin = 0;
+    while (*(volatile u16 *)&bq->used.idx != target) {
+        if (++spin > spins) return 0;
+        __asm__ volatile("pause");
+    }
+    bq->last_used = target;
+    u8 expect[4096];
+    for (int i = 0; i < n; i++) {
+        pattern(expect, seed, first_sector + 8 * (u64)i);
+        if (status[i] != 0 || memcmp(expect, data[i], 4096)) return -1;
+    }
+    return 1;
 }
 
 int run_pci_tests(const char *cmdline) {

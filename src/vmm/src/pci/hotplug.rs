@@ -17,7 +17,7 @@
 //! slot the host did not ask for.
 
 use super::PciRoot;
-use crate::bus::{Bus, BusDevice};
+use crate::bus::BusDevice;
 use crate::layout;
 use parking_lot::{Condvar, Mutex};
 use std::sync::Arc;
@@ -56,17 +56,15 @@ struct State {
 /// The hot-plug register block of one VM.
 pub struct PciHotplug {
     root: Arc<PciRoot>,
-    mmio: Arc<Bus>,
     state: Mutex<State>,
     cond: Condvar,
 }
 
 impl PciHotplug {
-    /// Registers for the devices on `root`, whose BARs live on `mmio`.
-    pub fn new(root: Arc<PciRoot>, mmio: Arc<Bus>) -> Self {
+    /// Registers for the devices on `root`.
+    pub fn new(root: Arc<PciRoot>) -> Self {
         Self {
             root,
-            mmio,
             state: Mutex::new(State::default()),
             cond: Condvar::new(),
         }
@@ -119,10 +117,15 @@ impl PciHotplug {
     fn unplug_locked(&self, s: &mut State, slot: usize) {
         let bit = Self::bit(slot);
         s.eject_req &= !bit;
-        if let Some(entry) = self.root.slots.write().get_mut(slot) {
-            if entry.take().is_some() {
-                self.mmio.remove(bar_of(slot));
-            }
+        let taken = self
+            .root
+            .slots
+            .write()
+            .get_mut(slot)
+            .and_then(|entry| entry.take());
+        // Wherever the guest moved its BARs: off the bus, for good.
+        if let Some(dev) = taken {
+            dev.detach_bars();
         }
     }
 
@@ -189,14 +192,22 @@ impl BusDevice for PciHotplug {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bus::Bus;
     use crate::pci::PciDevice;
 
-    struct Dummy;
+    /// A function whose BAR sits at `at` on `mmio` until it is detached.
+    struct Dummy {
+        mmio: Arc<Bus>,
+        at: u64,
+    }
     impl PciDevice for Dummy {
         fn config_read(&self, _reg: usize) -> u32 {
             0x1234_1af4
         }
         fn config_write(&self, _reg: usize, _offset: usize, _data: &[u8]) {}
+        fn detach_bars(&self) {
+            self.mmio.remove(self.at);
+        }
     }
     impl BusDevice for Dummy {
         fn read(&self, _base: u64, _offset: u64, data: &mut [u8]) {
@@ -216,11 +227,15 @@ mod tests {
         let root = Arc::new(PciRoot::new());
         let mmio = Arc::new(Bus::new());
         for slot in [2usize, 3] {
-            root.slots.write()[slot] = Some(Arc::new(Dummy));
-            mmio.insert(bar_of(slot), crate::virtio::pci::BAR_SIZE, Arc::new(Dummy))
+            let d = Arc::new(Dummy {
+                mmio: mmio.clone(),
+                at: bar_of(slot),
+            });
+            root.slots.write()[slot] = Some(d.clone());
+            mmio.insert(bar_of(slot), crate::virtio::pci::BAR_SIZE, d)
                 .unwrap();
         }
-        let hp = Arc::new(PciHotplug::new(root.clone(), mmio.clone()));
+        let hp = Arc::new(PciHotplug::new(root.clone()));
         assert_eq!(r32(&hp, REG_PRES), 1 | 1 << 2 | 1 << 3);
         hp.mark_changed(3);
         assert_eq!(r32(&hp, REG_PCIU), 1 << 3);

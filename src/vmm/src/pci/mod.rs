@@ -1,13 +1,20 @@
-//! PCI: configuration space model, the bus-0 root reached through 0xCF8/0xCFC and ECAM, and the
-//! VM's set of PCI devices. BARs are assigned once by the VMM (no firmware); a guest writing a
-//! BAR can size it but cannot move it (moves are ignored). A disk can be added to a running VM
-//! ([`PciSetup::hot_add_disk`]): it takes the lowest free slot and that slot's BAR window and is
+//! PCI: the bus-0 root reached through 0xCF8/0xCFC and ECAM, and the VM's set of PCI devices.
+//! Config space lives in [`config`]. The VMM pre-assigns every BAR (no firmware) with decode
+//! off; the guest turns decode on and may size and move BARs like on real hardware: the device
+//! then follows on the MMIO bus, with its ioeventfds (see [`bar`]). After any device's ranges
+//! change, every other device re-checks its own, so one that was blocked by an overlap gets its
+//! range once it is free. A disk can be added to a running VM ([`PciSetup::hot_add_disk`]): it
+//! takes the lowest free slot and a free BAR address and is
 //! visible at the guest's next enumeration; the caller then signals the guest (ACPI GPE). A disk
 //! leaves through [`hotplug`] (the guest's eject, or by force) and [`PciSetup::finish_remove`],
 //! which frees the slot, its BAR window, eventfds and interrupt routes for reuse.
 
+pub mod bar;
+pub mod config;
 pub mod hotplug;
 pub mod msix;
+
+pub use config::{BarKind, ConfigSpace};
 
 use crate::bus::{Bus, BusDevice};
 use crate::config::VmConfig;
@@ -26,107 +33,16 @@ pub trait PciDevice: Send + Sync {
     fn config_read(&self, reg: usize) -> u32;
     /// Writes `data` at byte `offset` (0..4) of register `reg`.
     fn config_write(&self, reg: usize, offset: usize, data: &[u8]);
-}
-
-/// 256 bytes of config space with per-bit write masks.
-pub struct ConfigSpace {
-    regs: [u32; 64],
-    wmask: [u32; 64],
-    bars: [(u64, u64); 6],
-    next_cap: usize,
-    last_cap: usize,
-}
-
-impl ConfigSpace {
-    /// A type-0 header.
-    pub fn new(vendor: u16, device: u16, class: u32, subsys_vendor: u16, subsys: u16) -> Self {
-        let mut c = ConfigSpace {
-            regs: [0; 64],
-            wmask: [0; 64],
-            bars: [(0, 0); 6],
-            next_cap: 0x40,
-            last_cap: 0,
-        };
-        c.regs[0] = u32::from(vendor) | (u32::from(device) << 16);
-        c.regs[1] = 1 << 20; // status: capabilities list
-        c.wmask[1] = 0x0000_0547; // command: io, mem, bus master, parity, serr, intx disable
-        c.regs[2] = (class << 8) | 1; // revision 1
-        c.regs[11] = u32::from(subsys_vendor) | (u32::from(subsys) << 16);
-        c.regs[15] = 0x0100; // interrupt pin A, line 0
-        c.wmask[15] = 0xff;
-        c
+    /// Brings the device's ranges on the bus in line with its BARs and command register;
+    /// true when a range left or joined the bus. Devices without BARs keep the default.
+    fn sync_bars(&self) -> bool {
+        false
     }
-
-    /// Declares 32-bit memory BAR `idx` at `addr` of `size` (a power of two).
-    pub fn set_bar(&mut self, idx: usize, addr: u64, size: u64) {
-        self.bars[idx] = (addr, size);
-        self.regs[4 + idx] = addr as u32;
-        self.wmask[4 + idx] = !(size as u32 - 1) & !0xf;
-    }
-
-    /// Appends a capability with body `body` (after the id/next bytes); returns its offset.
-    pub fn add_capability(&mut self, id: u8, body: &[u8]) -> usize {
-        let off = self.next_cap;
-        let len = (2 + body.len()).div_ceil(4) * 4;
-        let mut bytes = vec![id, 0];
-        bytes.extend_from_slice(body);
-        bytes.resize(len, 0);
-        for (i, b) in bytes.iter().enumerate() {
-            self.set_byte(off + i, *b);
-        }
-        if off == 0x40 {
-            self.set_byte(0x34, 0x40);
-        } else {
-            let prev = self.last_cap;
-            self.set_byte(prev + 1, off as u8);
-        }
-        self.last_cap = off;
-        self.next_cap = off + len;
-        off
-    }
-
-    fn set_byte(&mut self, off: usize, v: u8) {
-        let shift = (off % 4) * 8;
-        self.regs[off / 4] = (self.regs[off / 4] & !(0xff << shift)) | (u32::from(v) << shift);
-    }
-
-    /// Marks bytes `off..off+len` guest-writable.
-    pub fn set_writable(&mut self, off: usize, len: usize) {
-        for o in off..off + len {
-            self.wmask[o / 4] |= 0xff << ((o % 4) * 8);
-        }
-    }
-
-    /// Register read.
-    pub fn read(&self, reg: usize) -> u32 {
-        self.regs.get(reg).copied().unwrap_or(0)
-    }
-
-    /// Byte-granular write through the write mask; BAR moves are undone.
-    pub fn write(&mut self, reg: usize, offset: usize, data: &[u8]) {
-        if reg >= 64 || offset + data.len() > 4 {
-            return;
-        }
-        let mut v = 0u32;
-        let mut m = 0u32;
-        for (i, b) in data.iter().enumerate() {
-            v |= u32::from(*b) << ((offset + i) * 8);
-            m |= 0xff << ((offset + i) * 8);
-        }
-        let m = m & self.wmask[reg];
-        self.regs[reg] = (self.regs[reg] & !m) | (v & m);
-        if (4..10).contains(&reg) {
-            let (addr, size) = self.bars[reg - 4];
-            let probe = !(size as u32).wrapping_sub(1) & !0xf;
-            if size != 0 && self.regs[reg] != probe {
-                self.regs[reg] = addr as u32;
-            }
-        }
-    }
-
-    /// Byte at `off` (capability parsing in tests).
-    pub fn byte(&self, off: usize) -> u8 {
-        (self.read(off / 4) >> ((off % 4) * 8)) as u8
+    /// Takes the device's ranges off the bus for good (hot-unplug).
+    fn detach_bars(&self) {}
+    /// The memory ranges its BARs are programmed to, decoding or not (placing a new device).
+    fn bar_ranges(&self) -> Vec<(u64, u64)> {
+        Vec::new()
     }
 }
 
@@ -178,8 +94,18 @@ impl PciRoot {
         if bus != 0 || func != 0 {
             return;
         }
-        if let Some(d) = self.slot(dev) {
-            d.config_write(reg, offset, data);
+        let Some(d) = self.slot(dev) else {
+            return;
+        };
+        d.config_write(reg, offset, data);
+        if d.sync_bars() {
+            // A range was freed or taken: a device whose BAR overlapped may now fit.
+            let others: Vec<_> = self.slots.read().iter().flatten().cloned().collect();
+            for o in others {
+                if !Arc::ptr_eq(&o, &d) {
+                    o.sync_bars();
+                }
+            }
         }
     }
 }
@@ -286,28 +212,46 @@ impl Wiring {
                     "no free PCI slot (bus 0 holds 31 devices)".into(),
                 )
             })?;
-        let bar = hotplug::bar_of(slot);
-        debug_assert!(
-            bar + crate::virtio::pci::BAR_SIZE <= layout::MMIO_START + layout::PCI_MMIO_SIZE
-        );
-        let d = Arc::new(VirtioPciDevice::new(
+        let bar = self.free_bar(hotplug::bar_of(slot))?;
+        let d = VirtioPciDevice::new(
             id,
             dev,
             bar,
             self.vm.clone(),
+            &self.mmio,
             self.mem.clone(),
             self.router.clone(),
             self.threads.clone(),
-        )?);
-        if let Err(e) = self
-            .mmio
-            .insert(bar, crate::virtio::pci::BAR_SIZE, d.clone())
-        {
-            d.release(&self.vm);
-            return Err(e);
-        }
+        )?;
         self.root.slots.write()[slot] = Some(d.clone());
         Ok(Attached { slot, dev: d })
+    }
+}
+
+impl Wiring {
+    /// `preferred` if no device claims or was assigned any of it, else the first such
+    /// BAR-sized, aligned address in the window (a guest may have moved a BAR onto the slot's
+    /// default place).
+    fn free_bar(&self, preferred: u64) -> Result<u64> {
+        let size = crate::virtio::pci::BAR_SIZE;
+        let taken: Vec<(u64, u64)> = self
+            .root
+            .slots
+            .read()
+            .iter()
+            .flatten()
+            .flat_map(|d| d.bar_ranges())
+            .collect();
+        let free = |a: u64| {
+            bar::in_window(a, size)
+                && self.mmio.is_free(a, size)
+                && taken.iter().all(|&(s, l)| a + size <= s || s + l <= a)
+        };
+        let (start, end) = bar::window();
+        std::iter::once(preferred)
+            .chain((start..end).step_by(size as usize))
+            .find(|&a| free(a))
+            .ok_or_else(|| crate::error::VmmError::InvalidConfig("no free BAR space".into()))
     }
 }
 
@@ -347,7 +291,7 @@ impl PciSetup {
                 seccomp: cfg.seccomp,
                 cpu: cpu.clone(),
             },
-            hotplug: Arc::new(hotplug::PciHotplug::new(root.clone(), mmio.clone())),
+            hotplug: Arc::new(hotplug::PciHotplug::new(root.clone())),
         };
         let mut devices = Vec::new();
         let mut add = |dev: Box<dyn crate::virtio::VirtioDevice>, id: String| -> Result<()> {
@@ -426,6 +370,15 @@ impl PciSetup {
             .map(|d| d.slot)
     }
 
+    /// Where the device with config id `id` decodes its BAR 0 now (None: not on the bus,
+    /// e.g. decode off, moved out of the window or onto another device).
+    pub fn bar_of(&self, id: &str) -> Option<u64> {
+        self.devices
+            .iter()
+            .find(|d| d.dev.id() == id)
+            .and_then(|d| d.dev.bar_address())
+    }
+
     /// The hot-plug registers (None before the bus is built).
     pub fn hotplug(&self) -> Option<&Arc<hotplug::PciHotplug>> {
         self.wiring.as_ref().map(|w| &w.hotplug)
@@ -442,7 +395,7 @@ impl PciSetup {
         if let Some(w) = &self.wiring {
             w.hotplug.unplug(slot);
             d.dev.reset_device();
-            d.dev.release(&w.vm);
+            d.dev.release();
         }
     }
 
@@ -473,24 +426,4 @@ impl PciSetup {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn bar_sizing_and_moves() {
-        let mut c = ConfigSpace::new(0x1af4, 0x1042, 0x01_0000, 0x1af4, 2);
-        c.set_bar(0, 0xc000_0000, 0x8000);
-        c.write(4, 0, &0xffff_ffffu32.to_le_bytes());
-        assert_eq!(c.read(4), 0xffff_8000);
-        c.write(4, 0, &0xd000_0000u32.to_le_bytes());
-        assert_eq!(c.read(4), 0xc000_0000, "BAR moves are refused");
-        c.write(0, 0, &[0xff, 0xff, 0xff, 0xff]);
-        assert_eq!(c.read(0), 0x1042_1af4, "ids are read-only");
-        let off = c.add_capability(0x11, &[1, 2]);
-        let off2 = c.add_capability(0x09, &[3]);
-        assert_eq!(c.byte(0x34) as usize, off);
-        assert_eq!(c.byte(off + 1) as usize, off2);
-        c.write(70, 0, &[1]); // out of range: ignored, no panic
-        assert_eq!(c.read(70), 0);
-    }
-}
+mod tests;

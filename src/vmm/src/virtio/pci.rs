@@ -1,18 +1,22 @@
 //! virtio-pci (modern) transport: the PCI function with virtio vendor capabilities, the common
 //! configuration registers, ISR, device config, notify area (backed by ioeventfds) and the MSI-X
-//! table, all in BAR 0. Drives the device through reset and DRIVER_OK. A driver that programs an
-//! invalid queue gets DEVICE_NEEDS_RESET, never a host failure.
+//! table, all in BAR 0 (64-bit, memory). BAR 0 is on the MMIO bus only while the guest has
+//! memory decode on and the BAR at a usable address; the notify ioeventfds are registered exactly
+//! while it is, at its current address, so a moved BAR takes them along and an unreachable one
+//! drops them. Drives the device through reset and DRIVER_OK. A driver that programs an invalid
+//! queue gets DEVICE_NEEDS_RESET, never a host failure.
 
 use super::{ActivateContext, ActiveQueue, QueueIrq, VirtioDevice};
-use crate::bus::BusDevice;
-use crate::error::{io_err, kvm_err, Result};
+use crate::bus::{Bus, BusDevice};
+use crate::error::{io_err, Result};
 use crate::memory::GuestMemoryMmap;
+use crate::pci::bar::BarMapping;
 use crate::pci::msix::{GsiRouter, Msix, NO_VECTOR};
-use crate::pci::{ConfigSpace, PciDevice};
+use crate::pci::{BarKind, ConfigSpace, PciDevice};
 use crate::stats::DeviceCounters;
 use kvm_ioctls::{IoEventAddress, NoDatamatch, VmFd};
 use parking_lot::Mutex;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use virtio_queue::{Queue, QueueT};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -21,7 +25,7 @@ pub const BAR_SIZE: u64 = 0x8000;
 const COMMON: u64 = 0x0000;
 const ISR: u64 = 0x1000;
 const DEVICE: u64 = 0x2000;
-const NOTIFY: u64 = 0x3000;
+pub(crate) const NOTIFY: u64 = 0x3000;
 const NOTIFY_MULTIPLIER: u32 = 4;
 const MSIX_TABLE: u64 = 0x4000;
 const MSIX_PBA: u64 = 0x5000;
@@ -66,23 +70,29 @@ pub struct VirtioPciDevice {
     msix: Arc<Msix>,
     msix_cap: usize,
     notify: Vec<EventFd>,
-    bar: u64,
+    bar: Mutex<BarMapping>,
+    vm: Arc<VmFd>,
+    /// This device as the bus sees it (to put BAR 0 on the bus from `&self`).
+    self_ref: Weak<VirtioPciDevice>,
     mem: Arc<GuestMemoryMmap>,
     counters: Arc<DeviceCounters>,
     threads: super::ThreadEnv,
 }
 
 impl VirtioPciDevice {
-    /// Wraps `device` with BAR 0 at `bar`, registering ioeventfds and irqfds with `vm`.
+    /// Wraps `device` with BAR 0 assigned at `bar` (off the bus until the guest turns memory
+    /// decode on), registering irqfds with `vm`; BAR 0 joins `mmio` when it decodes.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         id: String,
         device: Box<dyn VirtioDevice>,
         bar: u64,
         vm: Arc<VmFd>,
+        mmio: &Arc<Bus>,
         mem: Arc<GuestMemoryMmap>,
         router: Arc<GsiRouter>,
         threads: super::ThreadEnv,
-    ) -> Result<Self> {
+    ) -> Result<Arc<Self>> {
         let device_type = device.device_type();
         let maxes = device.queue_max_sizes();
         let nq = u16::try_from(maxes.len()).unwrap_or(u16::MAX);
@@ -95,7 +105,7 @@ impl VirtioPciDevice {
             _ => 0xff_0000,
         };
         let mut cs = ConfigSpace::new(0x1af4, pci_id, class, 0x1af4, 0x40);
-        cs.set_bar(0, bar, BAR_SIZE);
+        cs.add_bar(0, BarKind::Mem64, bar, BAR_SIZE);
         // MSI-X: control (table size - 1), table at BAR0+MSIX_TABLE, PBA at BAR0+MSIX_PBA.
         let mut body = Vec::new();
         body.extend_from_slice(&(vectors - 1).to_le_bytes());
@@ -118,12 +128,8 @@ impl VirtioPciDevice {
             cs.add_capability(0x09, &b);
         }
         let mut notify = Vec::new();
-        for q in 0..u64::from(nq) {
-            let fd = EventFd::new(libc::EFD_NONBLOCK).map_err(io_err("notify eventfd"))?;
-            let addr = IoEventAddress::Mmio(bar + NOTIFY + q * u64::from(NOTIFY_MULTIPLIER));
-            vm.register_ioevent(&fd, &addr, NoDatamatch)
-                .map_err(kvm_err("register_ioevent"))?;
-            notify.push(fd);
+        for _ in 0..nq {
+            notify.push(EventFd::new(libc::EFD_NONBLOCK).map_err(io_err("notify eventfd"))?);
         }
         let queues = maxes
             .iter()
@@ -139,7 +145,8 @@ impl VirtioPciDevice {
             .collect();
         let counters = device.counters();
         let features = device.features();
-        Ok(Self {
+        let bar = Mutex::new(BarMapping::new(mmio));
+        Ok(Arc::new_cyclic(|self_ref| Self {
             id,
             device_type,
             config: Mutex::new(cs),
@@ -160,10 +167,12 @@ impl VirtioPciDevice {
             msix_cap,
             notify,
             bar,
+            vm,
+            self_ref: self_ref.clone(),
             mem,
             counters,
             threads,
-        })
+        }))
     }
 
     /// Config id.
@@ -181,15 +190,48 @@ impl VirtioPciDevice {
         self.counters.clone()
     }
 
-    /// Hot-unplug: unregisters the notify ioeventfds and the MSI-X irqfds and routes so the
-    /// slot's BAR window and the GSIs can be reused. Call after [`Self::reset_device`].
-    pub fn release(&self, vm: &VmFd) {
-        for (q, fd) in self.notify.iter().enumerate() {
-            let addr =
-                IoEventAddress::Mmio(self.bar + NOTIFY + q as u64 * u64::from(NOTIFY_MULTIPLIER));
-            let _ = vm.unregister_ioevent(fd, &addr, NoDatamatch);
-        }
+    /// Hot-unplug: takes BAR 0 off the bus with its notify ioeventfds and releases the MSI-X
+    /// irqfds and routes so the BAR space and the GSIs can be reused. Call after
+    /// [`Self::reset_device`].
+    pub fn release(&self) {
+        self.detach_bars();
         self.msix.release();
+    }
+
+    /// Where BAR 0 decodes now (None when it is off the bus).
+    pub fn bar_address(&self) -> Option<u64> {
+        self.bar.lock().at()
+    }
+
+    fn notify_addr(base: u64, q: usize) -> IoEventAddress {
+        IoEventAddress::Mmio(base + NOTIFY + q as u64 * u64::from(NOTIFY_MULTIPLIER))
+    }
+
+    fn unregister_notify(&self, base: u64, count: usize) {
+        for (q, fd) in self.notify.iter().enumerate().take(count) {
+            let _ = self
+                .vm
+                .unregister_ioevent(fd, &Self::notify_addr(base, q), NoDatamatch);
+        }
+    }
+
+    /// Registers every queue's notify ioeventfd under BAR 0 at `base`; all or none.
+    fn register_notify(&self, base: u64) -> bool {
+        for (q, fd) in self.notify.iter().enumerate() {
+            if self
+                .vm
+                .register_ioevent(fd, &Self::notify_addr(base, q), NoDatamatch)
+                .is_err()
+            {
+                self.unregister_notify(base, q);
+                return false;
+            }
+        }
+        true
+    }
+
+    fn as_bus_device(&self) -> Option<Arc<dyn BusDevice>> {
+        self.self_ref.upgrade().map(|d| -> Arc<dyn BusDevice> { d })
     }
 
     /// Device reset: stops threads, forgets queue state.
@@ -379,6 +421,42 @@ impl VirtioPciDevice {
 impl PciDevice for VirtioPciDevice {
     fn config_read(&self, reg: usize) -> u32 {
         self.config.lock().read(reg)
+    }
+
+    fn sync_bars(&self) -> bool {
+        let Some(me) = self.as_bus_device() else {
+            return false;
+        };
+        let n = self.notify.len();
+        // The mapping lock serialises moves; config is read under it so two vCPUs writing
+        // config at once cannot leave the bus behind the registers.
+        let mut bar = self.bar.lock();
+        let want = self.config.lock().bar_decode(0);
+        bar.sync(
+            want,
+            &me,
+            &mut |old| self.unregister_notify(old, n),
+            &mut |new| self.register_notify(new),
+        )
+    }
+
+    fn detach_bars(&self) {
+        let Some(me) = self.as_bus_device() else {
+            return;
+        };
+        let n = self.notify.len();
+        self.bar
+            .lock()
+            .detach(&me, &mut |old| self.unregister_notify(old, n));
+    }
+
+    fn bar_ranges(&self) -> Vec<(u64, u64)> {
+        self.config
+            .lock()
+            .bar(0)
+            .map(|(_, a, s)| (a, s))
+            .into_iter()
+            .collect()
     }
 
     fn config_write(&self, reg: usize, offset: usize, data: &[u8]) {
