@@ -1,5 +1,6 @@
 //! Runs the VMM-vs-QEMU benchmark (`cairn bench vmm` will call the same function).
-//! Usage: cargo run --release -p vmm --example bench_vmm [ops] [runs]
+//! Usage: cargo run --release -p vmm --example bench_vmm [ops] [runs] [net]
+//! (`net`: only the virtio-net case.)
 
 fn main() -> anyhow::Result<()> {
     if !vmm::kvm_available() {
@@ -17,6 +18,10 @@ fn main() -> anyhow::Result<()> {
         runs,
         qemu: "qemu-system-x86_64".into(),
     };
-    vmm::bench::run(&opts)?;
+    if args.next().as_deref() == Some("net") {
+        vmm::bench::run_net_only(&opts)?;
+    } else {
+        vmm::bench::run(&opts)?;
+    }
     Ok(())
 }

@@ -2,7 +2,8 @@
 //! virtio-blk-pci with an iothread, `cache=none,aio=io_uring`) in one invocation, printing JSON
 //! lines in the engine benchmark's format. Measures guest-side 4 KiB random IOPS at QD1/QD32
 //! (RAM disk vs QEMU `null-co`; file vs QEMU raw file), boot-to-first-debug-write time, and VMM
-//! memory overhead (process RSS minus resident guest RAM). Never used by tests.
+//! memory overhead (process RSS minus resident guest RAM), and virtio-net transmit throughput
+//! with 1 and N queue pairs ([`crate::bench_net`]). Never used by tests.
 
 use crate::backend::DiskBackend;
 use crate::backend_file::FileDisk;
@@ -52,7 +53,7 @@ pub struct BenchLine {
 }
 
 impl BenchLine {
-    fn new(
+    pub(crate) fn new(
         metric: &str,
         ours: f64,
         anchor: f64,
@@ -89,7 +90,7 @@ pub fn host_tsc_hz() -> Result<f64> {
     Ok(f64::from(khz) * 1000.0)
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
     v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
@@ -148,12 +149,29 @@ fn ours_run(
     Ok((out, boot))
 }
 
-/// Runs QEMU on the guest; returns (debug output, time to first debug byte, RSS overhead bytes).
-fn qemu_run(
+/// QEMU arguments for the benchmark disk: `drive` on virtio-blk-pci with an iothread.
+fn blk_args(drive: &str) -> Vec<String> {
+    [
+        "-object",
+        "iothread,id=io0",
+        "-drive",
+        drive,
+        "-device",
+        "virtio-blk-pci,drive=d0,iothread=io0,disable-legacy=on,serial=bench-disk",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// Runs QEMU (`vcpus` vCPUs, `devices` as extra arguments) on the guest; returns (debug output,
+/// time to first debug byte, RSS overhead bytes).
+pub(crate) fn qemu_run(
     opts: &BenchOptions,
     elf: &Path,
     cmdline: &str,
-    drive: &str,
+    devices: &[String],
+    vcpus: u8,
 ) -> Result<(String, Duration, u64)> {
     let measure_memory = cmdline == "spin";
     let t0 = Instant::now();
@@ -165,11 +183,11 @@ fn qemu_run(
             "qemu64",
             "-m",
             "128",
-            "-smp",
-            "1",
             "-nodefaults",
             "-no-user-config",
+            "-smp",
         ])
+        .arg(vcpus.to_string())
         .args([
             "-nographic",
             "-display",
@@ -188,17 +206,8 @@ fn qemu_run(
             "-device",
             "isa-debugcon,iobase=0xe9,chardev=dbg",
         ])
-        .args([
-            "-device",
-            "isa-debug-exit,iobase=0x501,iosize=2",
-            "-object",
-            "iothread,id=io0",
-        ])
-        .args(["-drive", drive])
-        .args([
-            "-device",
-            "virtio-blk-pci,drive=d0,iothread=io0,disable-legacy=on,serial=bench-disk",
-        ])
+        .args(["-device", "isa-debug-exit,iobase=0x501,iosize=2"])
+        .args(devices)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -397,7 +406,10 @@ pub fn run(opts: &BenchOptions) -> Result<Vec<BenchLine>> {
                         &ours_run(opts, &elf, &cmd, ours_backend.clone())?.0,
                         tsc_hz,
                     )?);
-                    a.push(parse_iops(&qemu_run(opts, &elf, &cmd, drive)?.0, tsc_hz)?);
+                    a.push(parse_iops(
+                        &qemu_run(opts, &elf, &cmd, &blk_args(drive), 1)?.0,
+                        tsc_hz,
+                    )?);
                 }
                 emit(
                     BenchLine::new(
@@ -417,7 +429,7 @@ pub fn run(opts: &BenchOptions) -> Result<Vec<BenchLine>> {
         let (_, boot) = ours_run(opts, &elf, "hello", ram.clone())?;
         o.push(boot.as_secs_f64() * 1000.0);
         om.push(ours_memory(&elf)? as f64 / (1 << 20) as f64);
-        let (_, qboot, qmem) = qemu_run(opts, &elf, "spin", &null_drive)?;
+        let (_, qboot, qmem) = qemu_run(opts, &elf, "spin", &blk_args(&null_drive), 1)?;
         a.push(qboot.as_secs_f64() * 1000.0);
         am.push(qmem as f64 / (1 << 20) as f64);
     }
@@ -441,10 +453,19 @@ pub fn run(opts: &BenchOptions) -> Result<Vec<BenchLine>> {
         ),
         &mut lines,
     );
+    lines.extend(crate::bench_net::run(opts, &elf, tsc_hz)?);
     drop(enginedisk);
     rt.block_on(engine.shutdown())
         .map_err(|e| VmmError::Backend(e.to_string()))?;
     Ok(lines)
+}
+
+/// Only the virtio-net case of [`run`] (1 vs N queue pairs against QEMU), for quick runs.
+pub fn run_net_only(opts: &BenchOptions) -> Result<Vec<BenchLine>> {
+    std::fs::create_dir_all(&opts.work_dir).map_err(io_err("create bench dir"))?;
+    let elf = opts.work_dir.join("guest.elf");
+    std::fs::write(&elf, &opts.guest_elf).map_err(io_err("write guest elf"))?;
+    crate::bench_net::run(opts, &elf, host_tsc_hz()?)
 }
 
 /// An engine with two file-backed pool disks (io_uring, O_DIRECT) in the work dir and one

@@ -30,7 +30,9 @@
 //! - [`boot`]: PVH ELF and Linux boot protocol (bzImage / vmlinux, initrd, command line, e820),
 //!   plus [`acpi`] tables (MADT, MCFG, FADT, XSDT/RSDP, and a DSDT with the PCI root, one
 //!   hot-plug slot device per slot and the GPE handler, written by our own small AML encoder).
-//! - [`pci`]: PCI root (0xCF8/0xCFC and ECAM), MSI-X through KVM GSI routes + irqfds, and
+//! - [`pci`]: PCI root (0xCF8/0xCFC and ECAM; BARs decode where the guest programs them, with
+//!   memory decode on, inside the window and not on another device), MSI-X through KVM GSI
+//!   routes + irqfds, and
 //!   virtio-pci (modern) devices in [`virtio`]: blk (multi-queue, flush, discard, write-zeroes,
 //!   read-only, serial, event index; inline or with I/O lanes), net on a tap (one queue pair
 //!   per vCPU on a multi-queue tap, control queue for the pair count), rng, console.
@@ -44,7 +46,8 @@
 //!   threads, per-disk/per-NIC counters (IOPS, bytes, latency, per-queue requests);
 //!   [`seccomp`]: allowlists installed on every vCPU and device thread before it touches guest
 //!   data.
-//! - [`bench`]: `cairn bench vmm` (ours vs QEMU, JSON lines). The binary that calls
+//! - [`bench`]: `cairn bench vmm` (ours vs QEMU, JSON lines; virtio-net 1 vs N queue pairs in
+//!   [`bench_net`]). The binary that calls
 //!   [`bench::run`] is re-executed once (env [`bench::CHILD_ENV`]) to measure memory.
 //!
 //! # Test guests
@@ -61,6 +64,7 @@ pub mod backend;
 pub mod backend_engine;
 pub mod backend_file;
 pub mod bench;
+pub mod bench_net;
 pub mod boot;
 pub mod bus;
 pub mod config;

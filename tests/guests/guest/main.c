@@ -11,6 +11,7 @@ void run_hotplug_wait(u64 rsdp);
 void run_hotunplug(void);
 void run_blk_verify_again(const char *cmdline);
 void run_bar_tests(const char *cmdline);
+void run_net_bench(const char *cmdline);
 
 /* Follows RSDP -> XSDT -> MADT/MCFG, counts enabled LAPICs and checks the ECAM base. */
 static void check_acpi(u64 rsdp) {
@@ -97,6 +98,7 @@ int guest_main(u32 start_info_pa) {
         has_word(cmdline, "console"))
         run_pci_tests(cmdline);
     if (has_word(cmdline, "bar-move")) run_bar_tests(cmdline);
+    if (has_word(cmdline, "bench-net")) run_net_bench(cmdline);
     if (has_word(cmdline, "hotunplug")) {
         run_hotunplug();
         run_blk_verify_again(cmdline);

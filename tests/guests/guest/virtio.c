@@ -6,26 +6,10 @@
  */
 #include "guest.h"
 
-#define LAPIC 0xFEE00000ull
-#define QSZ 128
-#define BATCH 32
+#include "virtio.h"
 
-struct vdesc { u64 addr; u32 len; u16 flags; u16 next; };
-struct vdev {
-    int slot;
-    u64 common, notify, isr, device;
-    u32 notify_mult;
-    u64 msix_table;
-    int msix_cap;
-    u64 features;
-};
-struct vq {
-    struct vdesc desc[QSZ] __attribute__((aligned(4096)));
-    struct { u16 flags, idx, ring[QSZ], used_event; } avail __attribute__((aligned(4096)));
-    struct { u16 flags, idx; struct { u32 id, len; } ring[QSZ]; u16 avail_event; } used __attribute__((aligned(4096)));
-    u16 last_used;
-    u64 notify_addr;
-};
+#define LAPIC 0xFEE00000ull
+#define BATCH 32
 
 struct blk_req { u32 type, reserved; u64 sector; };
 
@@ -61,7 +45,7 @@ static u64 bar_addr(int slot, int bar) {
     return a;
 }
 
-static int probe(int slot, struct vdev *d) {
+int probe(int slot, struct vdev *d) {
     memset(d, 0, sizeof(*d));
     d->slot = slot;
     pci_w16(slot, 4, 0x6); /* memory space + bus master */
@@ -85,7 +69,7 @@ static int probe(int slot, struct vdev *d) {
     return d->common && d->notify && d->device && d->msix_cap;
 }
 
-static void msix_setup(struct vdev *d, int nvec, u8 vector_base) {
+void msix_setup(struct vdev *d, int nvec, u8 vector_base) {
     for (int v = 0; v < nvec; v++) {
         u64 e = d->msix_table + 16 * (u64)v;
         mmio_w32(e, (u32)LAPIC);
@@ -100,7 +84,7 @@ static int lapic_irr(u8 vector) {
     return (mmio_r32(LAPIC + 0x200 + 0x10 * (vector / 32)) >> (vector % 32)) & 1;
 }
 
-static int negotiate(struct vdev *d, u64 wanted) {
+int negotiate(struct vdev *d, u64 wanted) {
     u64 c = d->common;
     mmio_w8(c + 0x14, 0);
     mmio_w8(c + 0x14, 1);
@@ -118,12 +102,16 @@ static int negotiate(struct vdev *d, u64 wanted) {
     return (mmio_r8(c + 0x14) & 8) != 0;
 }
 
-static int queue_setup(struct vdev *d, struct vq *q, u16 index, u16 vector) {
+int queue_setup(struct vdev *d, struct vq *q, u16 index, u16 vector) {
+    return queue_setup_sized(d, q, index, vector, QSZ);
+}
+
+int queue_setup_sized(struct vdev *d, struct vq *q, u16 index, u16 vector, u16 size) {
     u64 c = d->common;
     memset(q, 0, sizeof(*q));
     mmio_w16(c + 0x16, index);
-    if (mmio_r16(c + 0x18) < QSZ) return 0;
-    mmio_w16(c + 0x18, QSZ);
+    if (size > QSZ || mmio_r16(c + 0x18) < size) return 0;
+    mmio_w16(c + 0x18, size);
     mmio_w16(c + 0x1a, vector);
     mmio_w64(c + 0x20, (u64)(usize)q->desc);
     mmio_w64(c + 0x28, (u64)(usize)&q->avail);
@@ -133,7 +121,7 @@ static int queue_setup(struct vdev *d, struct vq *q, u16 index, u16 vector) {
     return mmio_r16(c + 0x1a) == vector;
 }
 
-static int driver_ok(struct vdev *d) {
+int driver_ok(struct vdev *d) {
     mmio_w8(d->common + 0x14, 1 | 2 | 4 | 8);
     return (mmio_r8(d->common + 0x14) & 0xc0) == 0;
 }
