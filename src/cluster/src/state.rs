@@ -233,6 +233,15 @@ pub enum Command {
         request: String,
         cmd: Box<Command>,
     },
+    /// Takeover: every virtual disk `from` owns (id `"{from}/{name}"`) becomes `to`'s (id
+    /// `"{to}/{name}"`), with its snapshot records, and the VMs on `from` that use them are
+    /// assigned to `to`. Bumps the placement version and returns it: the takeover's fencing
+    /// epoch. Rejected if `from` owns nothing or `to` is not a data member. After `Once` so the
+    /// encoding of the older commands does not change.
+    MoveVdisks {
+        from: NodeId,
+        to: NodeId,
+    },
 }
 
 /// What applying a command produced.
@@ -480,6 +489,7 @@ impl ClusterState {
                     .remove(id)
                     .ok_or_else(|| reject("no such schedule"))?;
             }
+            MoveVdisks { from, to } => return self.move_vdisks(*from, *to),
             // Deduplication is the state machine's (it keeps the request log); here the
             // command simply applies. Tags do not nest.
             Once { request, cmd } => {
@@ -493,6 +503,61 @@ impl ClusterState {
             }
         }
         Ok(CommandResult::Ok)
+    }
+}
+
+/// The member that owns virtual disk `id` (`"{owner}/{name}"`).
+pub fn vdisk_owner(id: &str) -> Option<NodeId> {
+    id.split_once('/').and_then(|(n, _)| n.parse().ok())
+}
+
+impl ClusterState {
+    fn move_vdisks(&mut self, from: NodeId, to: NodeId) -> Result<CommandResult, CommandResult> {
+        match self.members.get(&to) {
+            Some(m) if m.role == Role::Data && to != from => {}
+            _ => return Err(reject("takeover target must be another data member")),
+        }
+        let moving: Vec<String> = self
+            .vdisks
+            .keys()
+            .filter(|id| vdisk_owner(id) == Some(from))
+            .cloned()
+            .collect();
+        if moving.is_empty() {
+            return Err(reject("the member owns no virtual disks"));
+        }
+        let renamed = |id: &str| match id.split_once('/') {
+            Some((_, name)) if vdisk_owner(id) == Some(from) => format!("{to}/{name}"),
+            _ => id.to_string(),
+        };
+        // Checked whole before anything changes: a clash leaves the state as it was.
+        for id in &moving {
+            let new = renamed(id);
+            if self.vdisks.contains_key(&new) {
+                return Err(reject(format!("virtual disk {new} exists")));
+            }
+        }
+        for id in moving {
+            if let Some(mut v) = self.vdisks.remove(&id) {
+                v.id = renamed(&id);
+                self.vdisks.insert(v.id.clone(), v);
+            }
+        }
+        for s in self.snapshots.values_mut() {
+            s.vdisk = renamed(&s.vdisk);
+        }
+        for s in self.schedules.values_mut() {
+            s.vdisk = renamed(&s.vdisk);
+        }
+        for vm in self.vms.values_mut() {
+            let uses = vm.vdisks.iter().any(|d| vdisk_owner(d) == Some(from));
+            vm.vdisks = vm.vdisks.iter().map(|d| renamed(d)).collect();
+            if uses && vm.node == Some(from) {
+                vm.node = Some(to);
+            }
+        }
+        self.placement.version += 1;
+        Ok(CommandResult::PlacementVersion(self.placement.version))
     }
 }
 
@@ -611,6 +676,60 @@ mod tests {
             s.apply(&Command::DeleteVdisk { id: "v".into() }),
             CommandResult::Rejected(_)
         ));
+    }
+
+    #[test]
+    fn move_vdisks_hands_a_members_disks_snapshots_and_vms_over() {
+        let mut s = init();
+        s.members.insert(2, member(2, Role::Data));
+        s.members.insert(3, member(3, Role::Witness));
+        s.apply(&Command::CreateVdisk(vdisk("1/a")));
+        s.apply(&Command::CreateVdisk(vdisk("2/b")));
+        s.apply(&Command::CreateSnapshot(SnapshotDef {
+            id: "1/a@s".into(),
+            vdisk: "1/a".into(),
+            name: "s".into(),
+        }));
+        s.apply(&Command::PutVm(VmDef {
+            id: "vm".into(),
+            name: "vm".into(),
+            vcpus: 1,
+            memory_mib: 64,
+            vdisks: vec!["1/a".into(), "2/b".into()],
+            node: Some(1),
+            power: VmPower::Running,
+        }));
+        let v0 = s.placement.version;
+        let before = s.clone();
+        for bad in [
+            Command::MoveVdisks { from: 1, to: 3 },
+            Command::MoveVdisks { from: 1, to: 1 },
+            Command::MoveVdisks { from: 4, to: 2 },
+        ] {
+            assert!(
+                matches!(s.apply(&bad), CommandResult::Rejected(_)),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(s, before, "a rejected takeover changes nothing");
+        assert_eq!(
+            s.apply(&Command::MoveVdisks { from: 1, to: 2 }),
+            CommandResult::PlacementVersion(v0 + 1)
+        );
+        assert!(s.vdisks.contains_key("2/a") && !s.vdisks.contains_key("1/a"));
+        assert_eq!(s.vdisks["2/a"].name, "1/a");
+        assert_eq!(s.snapshots["1/a@s"].vdisk, "2/a");
+        assert_eq!(
+            s.vms["vm"].vdisks,
+            vec!["2/a".to_string(), "2/b".to_string()]
+        );
+        assert_eq!(s.vms["vm"].node, Some(2));
+        assert!(matches!(
+            s.apply(&Command::MoveVdisks { from: 1, to: 2 }),
+            CommandResult::Rejected(_)
+        ));
+        assert_eq!(vdisk_owner("12/x/y"), Some(12));
+        assert_eq!(vdisk_owner("x"), None);
     }
 
     #[test]

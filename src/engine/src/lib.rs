@@ -111,6 +111,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+mod adopt;
 mod background;
 pub mod bench;
 pub mod bench_rebuild;
@@ -129,6 +130,7 @@ mod replica;
 mod types;
 mod vdisks;
 
+pub use adopt::{SnapRecord, VdiskRecord};
 pub use error::{EngineError, ErrorKind, Result};
 pub use handle::{VdiskHandle, MAX_IO_BYTES};
 pub use ids::seed_ids_for_this_thread;

@@ -237,6 +237,17 @@ impl PeerLink {
         }
     }
 
+    /// Tell the peer what this node's virtual disks are now (see `Req::Describe`).
+    pub async fn describe(&self, vdisks: Vec<engine::VdiskRecord>) -> Result<()> {
+        match self
+            .call(&Req::Describe { vdisks }, self.cfg.call_timeout)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) => Err(call_err(e)),
+        }
+    }
+
     /// A replica on the peer's disk `desc` (fetches its object list and space first).
     pub async fn open_disk(self: &Arc<Self>, desc: &DiskDesc) -> Result<Arc<RemoteReplica>> {
         let objects = match self

@@ -26,6 +26,7 @@
 
 pub mod bench;
 mod client;
+mod described;
 mod error;
 mod fence;
 mod replica;
@@ -36,7 +37,7 @@ pub use client::{MirrorConfig, PeerLink, RemoteReplica};
 pub use error::{MirrorError, Result};
 pub use fence::{EpochBook, EpochTable};
 pub use server::{hosted_objects, ReplicaServer};
-pub use wire::DiskDesc;
+pub use wire::{hosted_id, DiskDesc};
 
 use std::sync::Arc;
 

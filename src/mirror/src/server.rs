@@ -32,6 +32,7 @@ pub struct ReplicaServer {
     node_id: u64,
     disks: RwLock<HashMap<String, Served>>,
     epochs: EpochTable,
+    described: crate::described::Described,
     /// Highest session each peer node has opened.
     sessions: Mutex<HashMap<NodeId, u64>>,
 }
@@ -105,6 +106,7 @@ impl ReplicaServer {
             node_id,
             disks: RwLock::new(HashMap::new()),
             epochs: EpochTable::open(state_dir)?,
+            described: crate::described::Described::open(state_dir)?,
             sessions: Mutex::new(HashMap::new()),
         }))
     }
@@ -142,6 +144,26 @@ impl ReplicaServer {
 
     pub fn epochs(&self) -> &EpochTable {
         &self.epochs
+    }
+
+    /// What each peer (by node id) last described of its virtual disks (`Req::Describe`).
+    pub fn described(&self) -> Vec<(u64, Vec<engine::VdiskRecord>)> {
+        self.described.all()
+    }
+
+    /// Retire the copy `home` keeps here for its `vdisk` (a takeover): its epoch goes to the
+    /// maximum, so no writer (the old owner, even restarted with a newer epoch) can ever change
+    /// it again. Once this returns, no write of the old owner is still running on it.
+    pub async fn retire(&self, home: u64, vdisk: u64) -> Result<()> {
+        self.epochs
+            .raise(hosted_id(home, vdisk), u64::MAX)
+            .await
+            .map_err(crate::error::MirrorError::Peer)
+    }
+
+    /// Forget `home`'s description of `vdisk` (after its copy was taken over).
+    pub async fn forget_described(&self, home: u64, vdisk: u64) -> Result<()> {
+        self.described.forget(home, vdisk).await
     }
 
     /// Listen on `addr` (mutual TLS with this node's cluster identity).
@@ -205,6 +227,13 @@ impl ReplicaServer {
                 Ok(Body::Hello {
                     disks: self.disks(),
                 })
+            }
+            Req::Describe { vdisks } => {
+                self.described
+                    .set(peer, vdisks)
+                    .await
+                    .map_err(|e| WireError::Server(format!("recording descriptions: {e}")))?;
+                Ok(Body::Unit)
             }
             Req::Raise { home, vdisk, epoch } => {
                 self.epochs

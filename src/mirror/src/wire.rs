@@ -200,7 +200,15 @@ pub enum Req {
         vdisk: u64,
         epoch: u64,
     },
+    /// The sender's virtual disks as they are now (replaces what it described before), so a
+    /// node holding their copies can take them over if the sender is lost.
+    Describe {
+        vdisks: Vec<engine::VdiskRecord>,
+    },
 }
+
+/// Bound on the virtual disks one `Describe` may carry.
+pub const MAX_DESCRIBED: usize = 4096;
 
 impl Req {
     /// The fence of a mutating request.
@@ -300,6 +308,22 @@ impl Req {
             Req::Raise { home, vdisk, .. } => {
                 if *vdisk > MAX_WIRE_VDISK || *home > MAX_HOME_NODE {
                     return bad("raise: virtual disk or node id out of range".into());
+                }
+            }
+            Req::Describe { vdisks } => {
+                if vdisks.len() > MAX_DESCRIBED {
+                    return bad(format!("describe: more than {MAX_DESCRIBED} virtual disks"));
+                }
+                let mut names = std::collections::HashSet::new();
+                for v in vdisks {
+                    if v.id == 0 || v.id > MAX_WIRE_VDISK || !names.insert(v.name.as_str()) {
+                        return bad(format!(
+                            "describe: bad or duplicate virtual disk {:?}",
+                            v.name
+                        ));
+                    }
+                    v.validate()
+                        .map_err(|e| WireError::BadRequest(format!("describe: {e}")))?;
                 }
             }
             Req::Hello { .. }

@@ -24,6 +24,7 @@ mod identity;
 mod internal;
 mod mirrorhost;
 pub mod socket;
+mod takeover;
 mod transfer;
 mod vms;
 mod witness;

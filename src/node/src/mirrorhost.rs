@@ -108,6 +108,7 @@ struct Running {
     peers: HashMap<u64, Peer>,
     /// Last problem logged, so a persisting one is logged once.
     last_warning: String,
+    takeover: crate::takeover::Takeover,
 }
 
 impl Running {
@@ -241,6 +242,7 @@ async fn step(inner: &NodeInner, running: &mut Option<Running>) {
             epoch: 0,
             peers: HashMap::new(),
             last_warning: String::new(),
+            takeover: Default::default(),
         });
     }
     let Some(r) = running.as_mut() else { return };
@@ -361,6 +363,14 @@ async fn step(inner: &NodeInner, running: &mut Option<Running>) {
             }
         }
     }
+
+    // Descriptions for the peers, takeovers of lost members, stale copies after one.
+    let links: Vec<(u64, Arc<PeerLink>)> = r
+        .peers
+        .iter()
+        .map(|(id, p)| (*id, p.link.clone()))
+        .collect();
+    crate::takeover::step(inner, &m, &r.server, &links, &mut r.takeover).await;
 
     // Members that left (or drain): their disks leave this pool, redundancy is rebuilt here.
     let gone: Vec<u64> = r

@@ -1,0 +1,363 @@
+//! Surviving the loss of a virtual disk's owner: another data node takes its virtual disks over
+//! from the copies it holds, and the old owner, when it returns, drops its stale copies.
+//!
+//! # What a holder has
+//! A node mirroring onto this one leaves here one replica of every chunk of its virtual disks,
+//! with every block version (so its snapshots), filed under (owner id, owner's disk id) by the
+//! replica server. Each mirror tick the owner also *describes* its virtual disks to every peer
+//! (`PeerLink::describe`: name, engine id, size, generation, placement seed, snapshots), which
+//! the holder keeps durably (`ReplicaServer::described`). So the held copy describes itself; no
+//! raft traffic per write or per snapshot. A description can lag the owner by one tick (500 ms):
+//! blocks written meanwhile are kept (adoption raises the generation past every version found),
+//! a snapshot taken in that window is lost, and a virtual disk created and written in that window
+//! cannot be adopted (it is reported).
+//!
+//! # Takeover (the survivor)
+//! Each tick, for every other data member that the failure detector shows `Down` for longer than
+//! the takeover delay ([`delay`]: `CAIRN_TAKEOVER_DELAY_MS`, default 20 s, `off` disables it),
+//! that owns virtual disks in the cluster state, and when this node is the only other data
+//! member (with two data nodes every chunk has its second replica here; with more, a chunk may
+//! sit on a third node, so automatic takeover is not attempted and this is logged), this node
+//! commits `Command::MoveVdisks { from, to: me }` through raft: the member's virtual disks,
+//! snapshot records and VM assignments become this node's, and the placement map's version
+//! rises; that version is the takeover's epoch (strictly above any before). A majority is
+//! needed, so two survivors cannot both win, and a node cut off from the majority changes
+//! nothing.
+//!
+//! Then (and after any restart, until done) every virtual disk the cluster state assigns to this
+//! node that the engine does not have is *adopted*: the held copy is fenced forever first
+//! (`ReplicaServer::retire`: its epoch goes to the maximum here and on the other peers, so the
+//! old owner, alive behind a partition or restarted with a newer epoch, can never write it
+//! again: its writes fail instead of being acknowledged alone), then `Engine::adopt_vdisk`
+//! copies it into a local virtual disk, which is from then on served and mirrored like any
+//! other (the maintenance pass re-mirrors it onto the other node's disks; while that node is
+//! away the chunks are tracked and copied when it returns).
+//!
+//! # The old owner's return
+//! Each tick, a local virtual disk whose name the cluster state assigns to another member is a
+//! candidate stale copy. It is dropped (NBD exports of it stopped, the engine's disk deleted)
+//! once the peer holding its mirror confirms that copy was retired (an epoch probe: `Raise` to
+//! epoch 0 answers `Fenced` with the current epoch); until then it is only reported, so a name
+//! clash that is not a takeover never deletes anything.
+//!
+//! VMs: the cluster's VM definition moves with its disks (`node` = the new owner), but the
+//! VM's local definition (kernel, command line, NICs) lives on the old owner, so the VM is not
+//! started here: it is logged as "needs a start on node N".
+//!
+//! Must never: adopt without first fencing the held copy, take over from a member that is not
+//! down past the delay, or drop a local disk the holder did not confirm as retired.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cluster::{ClusterNode, Command, CommandResult, NodeHealth, Role};
+use engine::VdiskRecord;
+use mirror::{MirrorError, PeerLink, ReplicaServer};
+
+use crate::NodeInner;
+
+/// Default takeover delay (see the module docs).
+pub(crate) const DEFAULT_DELAY: Duration = Duration::from_secs(20);
+/// A description is sent again after this long even if unchanged (cheap; heals a lost one).
+const REDESCRIBE: Duration = Duration::from_secs(30);
+const CALL_TIMEOUT: Duration = Duration::from_secs(3);
+const PROPOSE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The takeover delay: `CAIRN_TAKEOVER_DELAY_MS` (milliseconds, or `off`), else 20 s.
+pub(crate) fn delay() -> Option<Duration> {
+    match std::env::var("CAIRN_TAKEOVER_DELAY_MS") {
+        Ok(v) if v.trim() == "off" => None,
+        Ok(v) => match v.trim().parse::<u64>() {
+            Ok(ms) => Some(Duration::from_millis(ms)),
+            Err(_) => {
+                tracing::warn!(value = %v, "CAIRN_TAKEOVER_DELAY_MS is not a number or `off`; using the default");
+                Some(DEFAULT_DELAY)
+            }
+        },
+        Err(_) => Some(DEFAULT_DELAY),
+    }
+}
+
+/// Per-mirror takeover state (kept with the running mirror).
+#[derive(Default)]
+pub(crate) struct Takeover {
+    /// What each peer was last told, and when.
+    told: HashMap<u64, (Vec<VdiskRecord>, Instant)>,
+    /// When this node first saw a member down without ever having heard from it.
+    down_since: HashMap<u64, Instant>,
+    /// Problems already logged (logged once while they persist).
+    logged: HashSet<String>,
+}
+
+impl Takeover {
+    fn once(&mut self, what: String) {
+        if self.logged.insert(what.clone()) {
+            tracing::warn!(problem = %what, "takeover");
+        }
+    }
+}
+
+/// One tick of the takeover work (see the module docs). `links` are this node's peer links.
+pub(crate) async fn step(
+    inner: &NodeInner,
+    m: &Arc<ClusterNode>,
+    server: &ReplicaServer,
+    links: &[(u64, Arc<PeerLink>)],
+    t: &mut Takeover,
+) {
+    describe(inner, links, t).await;
+    maybe_take_over(m, t).await;
+    adopt_assigned(inner, m, server, links, t).await;
+    drop_stale(inner, m, links, t).await;
+}
+
+/// Send this node's virtual disk descriptions to every peer whose copy is out of date.
+async fn describe(inner: &NodeInner, links: &[(u64, Arc<PeerLink>)], t: &mut Takeover) {
+    let records: Vec<VdiskRecord> = inner
+        .engine
+        .vdisk_records()
+        .into_iter()
+        .filter(|v| v.id <= mirror::wire::MAX_WIRE_VDISK)
+        .take(mirror::wire::MAX_DESCRIBED)
+        .collect();
+    for (id, link) in links {
+        let fresh = t
+            .told
+            .get(id)
+            .is_some_and(|(r, at)| *r == records && at.elapsed() < REDESCRIBE);
+        if fresh {
+            continue;
+        }
+        match tokio::time::timeout(CALL_TIMEOUT, link.describe(records.clone())).await {
+            Ok(Ok(())) => {
+                t.told.insert(*id, (records.clone(), Instant::now()));
+            }
+            Ok(Err(e)) => tracing::debug!(member = id, error = %e, "describing virtual disks"),
+            Err(_) => tracing::debug!(member = id, "describing virtual disks: timed out"),
+        }
+    }
+}
+
+/// Commit a takeover of a member down past the delay (two data members only).
+async fn maybe_take_over(m: &Arc<ClusterNode>, t: &mut Takeover) {
+    let Some(delay) = delay() else { return };
+    let me = m.id();
+    let status = m.status();
+    let data: Vec<_> = status
+        .members
+        .iter()
+        .filter(|x| x.role == Role::Data)
+        .collect();
+    for x in &data {
+        if x.id == me || x.health != NodeHealth::Down {
+            t.down_since.remove(&x.id);
+            continue;
+        }
+        let down_for = match x.last_seen_ms_ago {
+            Some(ms) => Duration::from_millis(ms),
+            None => t
+                .down_since
+                .entry(x.id)
+                .or_insert_with(Instant::now)
+                .elapsed(),
+        };
+        if down_for < delay {
+            continue;
+        }
+        let owned = m.read(|s| {
+            s.vdisks
+                .keys()
+                .filter(|id| cluster::vdisk_owner(id) == Some(x.id))
+                .count()
+        });
+        if owned == 0 {
+            continue;
+        }
+        if data.len() != 2 {
+            t.once(format!(
+                "member {} is down with {owned} virtual disks, but automatic takeover needs \
+                 exactly two data members (with more, a chunk's other replica may be on a third)",
+                x.id
+            ));
+            continue;
+        }
+        tracing::warn!(
+            member = x.id,
+            down_ms = down_for.as_millis() as u64,
+            vdisks = owned,
+            "takeover: member down past the takeover delay; taking its virtual disks over"
+        );
+        let cmd = Command::MoveVdisks { from: x.id, to: me };
+        match tokio::time::timeout(PROPOSE_TIMEOUT, m.propose(cmd)).await {
+            Ok(Ok(CommandResult::PlacementVersion(epoch))) => {
+                tracing::warn!(
+                    from = x.id,
+                    epoch,
+                    "takeover: committed; this node owns the member's virtual disks now"
+                );
+            }
+            Ok(Ok(other)) => tracing::info!(from = x.id, result = ?other, "takeover refused"),
+            Ok(Err(e)) => tracing::warn!(from = x.id, error = %e, "takeover: no commit"),
+            Err(_) => tracing::warn!(from = x.id, "takeover: no commit in time"),
+        }
+    }
+}
+
+/// Adopt every virtual disk the cluster assigns to this node that the engine lacks.
+async fn adopt_assigned(
+    inner: &NodeInner,
+    m: &Arc<ClusterNode>,
+    server: &ReplicaServer,
+    links: &[(u64, Arc<PeerLink>)],
+    t: &mut Takeover,
+) {
+    let me = m.id();
+    let assigned: Vec<(String, String)> = m.read(|s| {
+        s.vdisks
+            .values()
+            .filter(|v| cluster::vdisk_owner(&v.id) == Some(me))
+            .map(|v| (v.id.clone(), v.name.clone()))
+            .collect()
+    });
+    let local: HashSet<String> = inner.engine.vdisks().into_iter().map(|v| v.name).collect();
+    let missing: Vec<_> = assigned
+        .into_iter()
+        .filter(|(_, n)| !local.contains(n))
+        .collect();
+    if missing.is_empty() {
+        return;
+    }
+    let described = server.described();
+    for (id, name) in missing {
+        // The newest description of that name by another node.
+        let found = described
+            .iter()
+            .filter(|(home, _)| *home != me)
+            .flat_map(|(home, list)| list.iter().map(move |r| (*home, r)))
+            .filter(|(_, r)| r.name == name)
+            .max_by_key(|(_, r)| r.gen);
+        let Some((home, rec)) = found else {
+            // A reservation in progress looks the same for a moment: only say so once.
+            t.once(format!(
+                "virtual disk {name} ({id}) is assigned to this node, but no copy held here \
+                 describes it"
+            ));
+            continue;
+        };
+        let _g = inner.cluster.vdisk_lock.lock().await;
+        if inner.engine.vdisk(&name).is_ok() {
+            continue;
+        }
+        let started = Instant::now();
+        // Fence first: from here on the old owner can never change this copy.
+        if let Err(e) = server.retire(home, rec.id).await {
+            tracing::warn!(vdisk = %name, error = %e, "takeover: fencing the held copy failed");
+            continue;
+        }
+        for (peer, link) in links {
+            if *peer == home {
+                continue;
+            }
+            if let Err(e) = link.raise_for(home, rec.id, u64::MAX).await {
+                tracing::warn!(vdisk = %name, member = peer, error = %e, "takeover: fencing the copy on a peer failed");
+            }
+        }
+        let source = mirror::hosted_id(home, rec.id);
+        let held = inner.engine.held_chunks(source);
+        match inner.engine.adopt_vdisk(rec, source).await {
+            Ok(v) => {
+                if let Err(e) = server.forget_described(home, rec.id).await {
+                    tracing::warn!(vdisk = %name, error = %e, "takeover: forgetting the description");
+                }
+                tracing::warn!(
+                    vdisk = %name,
+                    from = home,
+                    chunks = held,
+                    size = v.size_bytes,
+                    took_ms = started.elapsed().as_millis() as u64,
+                    "takeover: virtual disk adopted from the held copy; served by this node now"
+                );
+                let vms: Vec<String> = m.read(|s| {
+                    s.vms
+                        .values()
+                        .filter(|vm| vm.node == Some(me) && vm.vdisks.contains(&id))
+                        .map(|vm| vm.name.clone())
+                        .collect()
+                });
+                for vm in vms {
+                    tracing::warn!(vm = %vm, node = me, "takeover: VM needs a start on node {me} (its disks moved here; its local definition stayed on node {home})");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(vdisk = %name, error = %e, "takeover: adopting the held copy failed; retried")
+            }
+        }
+    }
+}
+
+/// Whether the mirror of this node's `vdisk` on `link`'s peer was retired (taken over).
+async fn retired_on(link: &PeerLink, me: u64, vdisk: u64) -> Option<bool> {
+    match tokio::time::timeout(CALL_TIMEOUT, link.raise_for(me, vdisk, 0)).await {
+        Ok(Ok(())) => Some(false),
+        Ok(Err(MirrorError::Peer(mirror::wire::WireError::Fenced { current, .. }))) => {
+            Some(current == u64::MAX)
+        }
+        _ => None,
+    }
+}
+
+/// Drop local virtual disks the cluster assigns to another member once a holder confirms
+/// their mirror was retired (see the module docs).
+async fn drop_stale(
+    inner: &NodeInner,
+    m: &Arc<ClusterNode>,
+    links: &[(u64, Arc<PeerLink>)],
+    t: &mut Takeover,
+) {
+    let me = m.id();
+    for v in inner.engine.vdisks() {
+        if crate::internal::is_internal_vdisk(&v.name) {
+            continue;
+        }
+        let owner = m.read(|s| {
+            s.vdisks
+                .values()
+                .find(|d| d.name == v.name)
+                .and_then(|d| cluster::vdisk_owner(&d.id))
+        });
+        let Some(owner) = owner.filter(|o| *o != me) else {
+            continue;
+        };
+        let mut confirmed = false;
+        for (_, link) in links {
+            if retired_on(link, me, v.id).await == Some(true) {
+                confirmed = true;
+                break;
+            }
+        }
+        if !confirmed {
+            t.once(format!(
+                "virtual disk {} is owned by member {owner} in the cluster; this node's copy is \
+                 stale and is dropped once a peer confirms the takeover",
+                v.name
+            ));
+            continue;
+        }
+        let _g = inner.cluster.vdisk_lock.lock().await;
+        for e in inner.exports.list() {
+            if e.vdisk == v.name {
+                let _ = inner.exports.stop(e.id).await;
+            }
+        }
+        match inner.engine.delete_vdisk(&v.name).await {
+            Ok(()) => tracing::warn!(
+                vdisk = %v.name,
+                owner,
+                "takeover: member {owner} took this virtual disk over while this node was away; \
+                 the stale local copy is dropped and never served again"
+            ),
+            Err(e) => tracing::warn!(vdisk = %v.name, error = %e, "dropping a stale copy failed"),
+        }
+    }
+}
