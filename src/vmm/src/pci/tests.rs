@@ -225,3 +225,55 @@ fn overlapping_bars_stay_off_until_the_range_is_free() {
     assert!(!taken.sync_bars());
     assert_eq!(r.r32(rng_home), 0xffff_ffff);
 }
+
+/// A disk hot-added after the guest moved another BAR onto the new slot's default address
+/// gets a free address instead, and decodes there once the guest turns decode on.
+#[test]
+fn hot_add_avoids_a_range_the_guest_took() {
+    let Ok(kvm) = Kvm::new() else {
+        println!("skipped: /dev/kvm not available");
+        return;
+    };
+    let vm = Arc::new(kvm.create_vm().expect("create_vm"));
+    vm.create_irq_chip().expect("irqchip");
+    let mem = Arc::new(
+        crate::memory::create_memory(&crate::memory::ram_ranges(16 << 20).unwrap()).unwrap(),
+    );
+    let disk = |id: &str| crate::config::DiskConfig {
+        id: id.into(),
+        backend: Arc::new(crate::RamDisk::new(1 << 20)),
+        queues: 1,
+        queue_size: 64,
+    };
+    let boot = crate::BootConfig {
+        kernel: "unused".into(),
+        initrd: None,
+        cmdline: String::new(),
+    };
+    let mut cfg = VmConfig::new("bars", boot);
+    cfg.disks.push(disk("a"));
+    let (pio, mmio) = (Arc::new(Bus::new()), Arc::new(Bus::new()));
+    let cpu = Arc::new(crate::stats::ThreadCpu::default());
+    let mut setup = PciSetup::build(&cfg, &vm, &mem, &pio, &mmio, &cpu).unwrap();
+    let cfgio = PciConfigIo(setup.wiring.as_ref().unwrap().root.clone());
+    let cw32 = |slot: u32, off: u32, v: u32| {
+        cfgio.write(0, 0, &(0x8000_0000 | (slot << 11) | off).to_le_bytes());
+        cfgio.write(0, 4, &v.to_le_bytes());
+    };
+    // The guest moves disk "a" (slot 1) onto slot 2's default BAR address.
+    let taken = hotplug::bar_of(2);
+    cw32(1, 0x10, taken as u32);
+    cw32(1, 0x04, 0x2);
+    assert_eq!(setup.bar_of("a"), Some(taken));
+
+    setup.hot_add_disk(&disk("b")).unwrap();
+    assert_eq!(setup.slot_of("b"), Some(2));
+    cw32(2, 0x04, 0x2);
+    let b = setup.bar_of("b").expect("b decodes at a free address");
+    assert!(
+        b + BAR_SIZE <= taken || taken + BAR_SIZE <= b,
+        "{b:#x} vs {taken:#x}"
+    );
+    assert_eq!(setup.bar_of("a"), Some(taken), "a keeps its range");
+    setup.shutdown();
+}
