@@ -123,7 +123,7 @@ fn run_in_namespace(
     if !Path::new("/dev/net/tun").exists() {
         return Err("/dev/net/tun not available".into());
     }
-    let frames = (opts.ops * 10).max(10_000);
+    let frames = (opts.ops * 50).max(10_000);
     let mut lines = Vec::new();
     for pairs in [1u8, multi_queue_pairs()] {
         // A persistent tap, up, that both VMMs attach to in turn: single-queue for one pair
