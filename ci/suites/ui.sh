@@ -40,7 +40,8 @@ for _ in $(seq 1 300); do
   sleep 0.1
 done
 [ -n "$pw" ] || { cat "$work/node.log"; fail "no bootstrap password printed"; }
-if timeout 300 node ui/tests/browser.mjs "https://127.0.0.1:$port/" admin "$pw" "$art" "$guest" "$kvm"; then
+# The cluster steps start a witness from this binary and join it with a token made in the UI.
+if CAIRN_BIN=$(realpath "$bin") timeout 420 node ui/tests/browser.mjs "https://127.0.0.1:$port/" admin "$pw" "$art" "$guest" "$kvm"; then
   echo "suite-pass: $name"
 else
   tail -20 "$work/node.log"

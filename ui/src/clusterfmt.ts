@@ -1,6 +1,7 @@
 // Words for the cluster view: how long ago a member was heard from, how long a replica has been
-// away, one sentence for a remote replica's state, and counted nouns. Pure functions (no DOM, no
-// fetch) so they can be checked on their own (ui/tests/clusterfmt.test.mjs).
+// away, one sentence for a remote replica's state, counted nouns, and the `cairn cluster join`
+// command for a join token. Pure functions (no DOM, no fetch) so they can be checked on their own
+// (ui/tests/clusterfmt.test.mjs).
 
 /** "now", "4 s ago", "3 min ago", "2 h ago", "5 d ago"; "never" when the node has no record. */
 export function fmtAgo(ms: number | null | undefined): string {
@@ -54,4 +55,10 @@ export function replicaText(r: RemoteReplica): string {
 /** "1 snapshot", "3 snapshots", "0 VMs": a count with its noun, plural unless exactly one. */
 export function plural(n: number, one: string, many = `${one}s`): string {
   return `${n} ${n === 1 ? one : many}`;
+}
+
+/** The command to run on the joining machine, exactly as the CLI takes it. */
+export function joinCommand(address: string, token: string): string {
+  const q = (s: string) => (/^[A-Za-z0-9._:\/@=+-]+$/.test(s) ? s : `'${s.replace(/'/g, `'\\''`)}'`);
+  return `cairn cluster join --address ${q(address)} --token ${q(token)}`;
 }

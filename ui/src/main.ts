@@ -66,7 +66,7 @@ function App() {
   let body;
   switch (view) {
     case 'disks': body = html`<${Disks} role=${me.role} />`; break;
-    case 'cluster': body = html`<${Cluster} />`; break;
+    case 'cluster': body = html`<${Cluster} role=${me.role} />`; break;
     case 'vdisks': body = html`<${Vdisks} role=${me.role} />`; break;
     case 'vms': body = html`<${Vms} role=${me.role} />`; break;
     case 'tasks': body = html`<${Tasks} />`; break;

@@ -16,10 +16,14 @@ export interface VmDevStats {
 
 export interface VmView {
   name: string;
+  description?: string;
   state: 'defined' | 'running' | 'paused' | 'stopped' | string;
+  /** A change under way that waits (a disk detach); other changes are refused meanwhile. */
+  operation?: string | null;
   vcpus: number;
   memory_mib: number;
   disks: string[];
+  nics?: { id: string; tap: string; mac: string }[];
   kernel: string;
   cmdline: string;
   created_unix: number;
@@ -72,6 +76,11 @@ export const vmApi = {
   pause: (name: string) => vmCall<VmView>('POST', `/vms/${enc(name)}/pause`, {}, { action: 'vm_pause', name }),
   resume: (name: string) => vmCall<VmView>('POST', `/vms/${enc(name)}/resume`, {}, { action: 'vm_resume', name }),
   remove: (name: string) => vmCall<void>('DELETE', `/vms/${enc(name)}`, undefined, { action: 'vm_delete', name }),
+  /** Change a VM; `body` holds only the changed fields (see vmeditfmt.ts). */
+  update: (name: string, body: Record<string, unknown>) => {
+    const { name: new_name, ...rest } = body;
+    return vmCall<VmView>('PATCH', `/vms/${enc(name)}`, body, { action: 'vm_update', name, ...rest, ...(new_name ? { new_name } : {}) });
+  },
 };
 
 

@@ -3,18 +3,9 @@
 // no extra test framework is needed. Run: npm test (from ui/).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { readFileSync, mkdtempSync, writeFileSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join, dirname } from 'node:path';
-import { fileURLToPath, pathToFileURL } from 'node:url';
-import ts from 'typescript';
+import { loadTs } from './load.mjs';
 
-const src = readFileSync(join(dirname(fileURLToPath(import.meta.url)), '../src/clusterfmt.ts'), 'utf8');
-const js = ts.transpileModule(src, { compilerOptions: { module: ts.ModuleKind.ES2022, target: ts.ScriptTarget.ES2022 } }).outputText;
-const dir = mkdtempSync(join(tmpdir(), 'cairn-ui-test-'));
-writeFileSync(join(dir, 'clusterfmt.mjs'), js);
-const f = await import(pathToFileURL(join(dir, 'clusterfmt.mjs')).href);
-rmSync(dir, { recursive: true, force: true });
+const f = await loadTs('src/clusterfmt.ts');
 
 test('fmtAgo: never, now, and each unit', () => {
   assert.equal(f.fmtAgo(null), 'never');
@@ -60,4 +51,9 @@ test('plural', () => {
   assert.equal(f.plural(0, 'VM'), '0 VMs');
   assert.equal(f.plural(2, 'virtual disk'), '2 virtual disks');
   assert.equal(f.plural(3, 'replica', 'replicas!'), '3 replicas!');
+});
+
+test('join command: exact CLI form, quoted only when needed', () => {
+  assert.equal(f.joinCommand('127.0.0.1:7443', 'abc.DEF-123'), 'cairn cluster join --address 127.0.0.1:7443 --token abc.DEF-123');
+  assert.equal(f.joinCommand('[::1]:7443', "it's"), "cairn cluster join --address '[::1]:7443' --token 'it'\\''s'");
 });

@@ -104,3 +104,25 @@ pub(crate) struct VmStopBody {
     pub(crate) force: bool,
     pub(crate) timeout_ms: Option<u64>,
 }
+
+/// `PATCH /vms/{name}`: only the fields given change.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct VmUpdateBody {
+    pub(crate) name: Option<String>,
+    pub(crate) description: Option<String>,
+    pub(crate) vcpus: Option<u8>,
+    pub(crate) memory_mib: Option<u64>,
+    pub(crate) cmdline: Option<String>,
+    pub(crate) disks: Option<Vec<String>>,
+    pub(crate) nics: Option<Vec<control::VmNicSpec>>,
+}
+
+/// `POST /cluster/tokens`; an empty body means a data-node token valid one hour.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ClusterTokenBody {
+    #[serde(default)]
+    pub(crate) witness: bool,
+    pub(crate) ttl_secs: Option<u64>,
+}

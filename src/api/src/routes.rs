@@ -68,6 +68,9 @@ pub enum R {
     VmDisks,
     Cluster,
     VmConsoleWs,
+    VmUpdate,
+    ClusterToken,
+    ClusterRemove,
 }
 
 /// Every route: method, pattern under `/api/v1` (`{x}` is one path segment), handler.
@@ -142,6 +145,9 @@ pub const ROUTES: &[(Method, &str, R)] = &[
     (Method::DELETE, "/vms/{name}/disks/{vdisk}", R::VmDiskDetach),
     (Method::GET, "/cluster", R::Cluster),
     (Method::GET, "/vms/{name}/console/ws", R::VmConsoleWs),
+    (Method::PATCH, "/vms/{name}", R::VmUpdate),
+    (Method::POST, "/cluster/tokens", R::ClusterToken),
+    (Method::DELETE, "/cluster/members/{node}", R::ClusterRemove),
 ];
 
 /// Routes anyone may call without logging in.

@@ -130,6 +130,19 @@ pub fn target_of(req: &Request) -> String {
         | Request::VmDelete { name }
         | Request::VmConsole { name, .. } => name.clone(),
         Request::VmDiskAttach { name, vdisk } => format!("{vdisk} -> {name}"),
+        Request::VmDiskDetach { name, vdisk, .. } => format!("{vdisk} <- {name}"),
+        Request::VmUpdate { name, new_name, .. } => match new_name {
+            Some(n) if n != name => format!("{name} -> {n}"),
+            _ => name.clone(),
+        },
+        Request::ClusterRemove { node, .. } => node.clone(),
+        Request::ClusterToken { witness, .. } => {
+            if *witness {
+                "witness".into()
+            } else {
+                "data".into()
+            }
+        }
         _ => String::new(),
     }
 }

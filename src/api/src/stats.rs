@@ -420,10 +420,13 @@ mod tests {
         };
         let view = |cpu: u64, r: u64, w: u64| control::VmView {
             name: "vm1".into(),
+            description: String::new(),
             state: "running".into(),
+            operation: None,
             vcpus: 1,
             memory_mib: 64,
             disks: vec!["d".into()],
+            nics: Vec::new(),
             kernel: "/k".into(),
             cmdline: String::new(),
             created_unix: 0,

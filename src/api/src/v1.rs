@@ -285,7 +285,10 @@ async fn dispatch(
         | R::VmDisks
         | R::VmDiskAttach
         | R::VmDiskDetach
-        | R::Cluster => crate::vms::dispatch(st, r, p, q, body, c).await,
+        | R::VmUpdate
+        | R::Cluster
+        | R::ClusterToken
+        | R::ClusterRemove => crate::vms::dispatch(st, r, p, q, body, c).await,
         R::Health | R::OpenApi | R::Login => Err(ControlError::internal("handled before dispatch")),
         R::Logout => {
             if let Auth::Session { cookie, .. } = &c.auth {
@@ -675,6 +678,17 @@ pub(crate) async fn simple(st: &State, c: &Caller, req: Request, status: u16) ->
     } else {
         status
     };
+    Ok((status, reply_value(&reply)?))
+}
+
+/// A quick mutation that still leaves a task record (so the Tasks view lists it with its
+/// result, like the long ones): checked first, so bad input or a denied role makes no task.
+pub(crate) async fn recorded(st: &State, c: &Caller, req: Request, status: u16) -> Out {
+    st.precheck(c, &req)?;
+    let t = st.tasks.start(req.action(), &target_of(&req), &c.user)?;
+    let res = st.run(c, req).await;
+    st.tasks.finish(t.id, &res);
+    let reply = res?;
     Ok((status, reply_value(&reply)?))
 }
 

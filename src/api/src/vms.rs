@@ -1,14 +1,15 @@
-//! `/api/v1/vms` (define, list, power, console tail, disks) and `/api/v1/cluster`: each route
+//! `/api/v1/vms` (define, edit, list, power, console tail, disks) and `/api/v1/cluster` (status,
+//! join tokens, member removal): each route
 //! parses its input into a `control::Request` and forwards it like every other route (policy,
 //! validation and audit in `State::control`). A graceful stop runs as a task, since it waits for
 //! the guest. Never touches a VM or the VMM directly.
 
-use crate::bodies::{VmCreateBody, VmDiskAttachBody, VmStopBody};
+use crate::bodies::{ClusterTokenBody, VmCreateBody, VmDiskAttachBody, VmStopBody, VmUpdateBody};
 use crate::http as h;
 use crate::render::reply_value;
 use crate::routes::R;
 use crate::state::{Caller, State};
-use crate::v1::{simple, task, Out};
+use crate::v1::{recorded, simple, task, Out};
 use control::{ControlError, Reply, Request};
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -98,7 +99,43 @@ pub(crate) async fn dispatch(
             };
             simple(st, c, req, 200).await
         }
+        R::VmUpdate => {
+            let b: VmUpdateBody = h::parse_json(body)?;
+            let req = Request::VmUpdate {
+                name,
+                new_name: b.name,
+                description: b.description,
+                vcpus: b.vcpus,
+                memory_mib: b.memory_mib,
+                cmdline: b.cmdline,
+                disks: b.disks,
+                nics: b.nics,
+            };
+            recorded(st, c, req, 200).await
+        }
         R::Cluster => simple(st, c, Request::ClusterStatus, 200).await,
+        R::ClusterToken => {
+            let b: ClusterTokenBody = if body.iter().all(u8::is_ascii_whitespace) {
+                ClusterTokenBody::default()
+            } else {
+                h::parse_json(body)?
+            };
+            let req = Request::ClusterToken {
+                witness: b.witness,
+                ttl_secs: b.ttl_secs,
+            };
+            simple(st, c, req, 201).await
+        }
+        R::ClusterRemove => {
+            let force = match q.iter().find(|(k, _)| k == "force") {
+                Some((_, v)) => v
+                    .parse::<bool>()
+                    .map_err(|_| ControlError::invalid("force must be true or false"))?,
+                None => false,
+            };
+            let req = Request::ClusterRemove { node: name, force };
+            recorded(st, c, req, 200).await
+        }
         _ => Err(ControlError::internal("not a VM route")),
     }
 }

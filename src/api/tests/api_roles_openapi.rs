@@ -314,6 +314,39 @@ fn rows() -> Vec<(&'static str, &'static str, Option<Value>, Rule)> {
             None,
             Control(Request::ClusterStatus),
         ),
+        (
+            "PATCH",
+            "/api/v1/vms/novm",
+            Some(json!({"vcpus": 2})),
+            Control(Request::VmUpdate {
+                name: vd("v"),
+                new_name: None,
+                description: None,
+                vcpus: Some(2),
+                memory_mib: None,
+                cmdline: None,
+                disks: None,
+                nics: None,
+            }),
+        ),
+        (
+            "POST",
+            "/api/v1/cluster/tokens",
+            Some(json!({"ttl_secs": 60})),
+            Control(Request::ClusterToken {
+                witness: false,
+                ttl_secs: Some(60),
+            }),
+        ),
+        (
+            "DELETE",
+            "/api/v1/cluster/members/nonode",
+            None,
+            Control(Request::ClusterRemove {
+                node: vd("x"),
+                force: false,
+            }),
+        ),
         ("GET", "/api/v1/certificate", None, Anyone),
         (
             "PUT",
@@ -641,6 +674,31 @@ async fn openapi_matches_routes_and_live_answers() {
             "/api/v1/vms/v1/disks/o1?timeout_ms=100",
             None,
         ),
+        (
+            "patch",
+            "/vms/{name}",
+            "/api/v1/vms/v1",
+            Some(json!({"description": "d", "vcpus": 2, "nics": [{"tap": "t0"}]})),
+        ),
+        ("patch", "/vms/{name}", "/api/v1/vms/v1", Some(json!({}))),
+        (
+            "patch",
+            "/vms/{name}",
+            "/api/v1/vms/none",
+            Some(json!({"vcpus": 2})),
+        ),
+        (
+            "post",
+            "/cluster/tokens",
+            "/api/v1/cluster/tokens",
+            Some(json!({"witness": true})),
+        ),
+        (
+            "delete",
+            "/cluster/members/{node}",
+            "/api/v1/cluster/members/nobody",
+            None,
+        ),
         ("post", "/vms/{name}/start", "/api/v1/vms/v1/start", None),
         ("delete", "/vms/{name}", "/api/v1/vms/v1", None),
         ("get", "/cluster", "/api/v1/cluster", None),
@@ -663,6 +721,11 @@ async fn openapi_matches_routes_and_live_answers() {
         ("delete /api/v1/vms/v1/disks/o1?force=maybe", 400),
         ("delete /api/v1/vms/v1/disks/o1?timeout_ms=100", 200),
         ("delete /api/v1/vms/v1", 204),
+        ("patch /api/v1/vms/v1", 200),
+        ("patch /api/v1/vms/v1", 400),
+        ("patch /api/v1/vms/none", 404),
+        ("post /api/v1/cluster/tokens", 201),
+        ("delete /api/v1/cluster/members/nobody", 404),
     ];
     for (call, status) in want {
         assert!(

@@ -31,9 +31,9 @@ pub use reply::{
 };
 pub use request::Request;
 pub use vm::{
-    ConsoleView, VmDeviceStatsView, VmStatsView, VmView, DEFAULT_CONSOLE_BYTES,
-    DEFAULT_STOP_TIMEOUT_MS, MAX_CONSOLE_BYTES, MAX_VCPUS, MAX_VM_DISKS, MAX_VM_MEMORY_MIB,
-    MIN_VM_MEMORY_MIB,
+    format_mac, parse_mac, ConsoleView, VmDeviceStatsView, VmNicSpec, VmNicView, VmStatsView,
+    VmView, DEFAULT_CONSOLE_BYTES, DEFAULT_STOP_TIMEOUT_MS, MAX_CONSOLE_BYTES, MAX_VCPUS,
+    MAX_VM_DISKS, MAX_VM_MEMORY_MIB, MAX_VM_NICS, MIN_VM_MEMORY_MIB,
 };
 
 use std::future::Future;

@@ -168,6 +168,26 @@ pub enum Request {
         #[serde(default)]
         timeout_ms: Option<u64>,
     },
+    /// Change a VM's definition; only the fields given change. Renaming, vCPUs, memory, the
+    /// command line, the disk order (`disks`: the current disks reordered, the first boots) and
+    /// the NICs need the VM stopped; the description can change any time. Checks in `vm.rs`.
+    VmUpdate {
+        name: String,
+        #[serde(default)]
+        new_name: Option<String>,
+        #[serde(default)]
+        description: Option<String>,
+        #[serde(default)]
+        vcpus: Option<u8>,
+        #[serde(default)]
+        memory_mib: Option<u64>,
+        #[serde(default)]
+        cmdline: Option<String>,
+        #[serde(default)]
+        disks: Option<Vec<String>>,
+        #[serde(default)]
+        nics: Option<Vec<crate::vm::VmNicSpec>>,
+    },
     /// The last `max_bytes` (default 64 KiB) of the VM's serial console output.
     VmConsole {
         name: String,
@@ -258,6 +278,7 @@ impl Request {
             Request::VmResume { .. } => "vm_resume",
             Request::VmDelete { .. } => "vm_delete",
             Request::VmDiskAttach { .. } => "vm_disk_attach",
+            Request::VmUpdate { .. } => "vm_update",
             Request::VmDiskDetach { .. } => "vm_disk_detach",
             Request::VmConsole { .. } => "vm_console",
             Request::ClusterStatus => "cluster_status",
@@ -379,6 +400,25 @@ impl Request {
                 name, timeout_ms, ..
             } => crate::vm::validate_stop(name, *timeout_ms),
             Request::VmConsole { name, max_bytes } => crate::vm::validate_console(name, *max_bytes),
+            Request::VmUpdate {
+                name,
+                new_name,
+                description,
+                vcpus,
+                memory_mib,
+                cmdline,
+                disks,
+                nics,
+            } => crate::vm::validate_update(
+                name,
+                new_name.as_deref(),
+                description.as_deref(),
+                *vcpus,
+                *memory_mib,
+                cmdline.as_deref(),
+                disks.as_deref(),
+                nics.as_deref(),
+            ),
             Request::VmDiskAttach { name, vdisk } => {
                 validate_name("VM", name)?;
                 validate_name("virtual disk", vdisk)

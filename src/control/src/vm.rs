@@ -21,6 +21,12 @@ pub const MAX_CMDLINE_LEN: usize = 2048;
 pub const DEFAULT_CONSOLE_BYTES: u64 = 64 << 10;
 /// Most console bytes one request returns.
 pub const MAX_CONSOLE_BYTES: u64 = 1 << 20;
+/// NICs per VM (the VMM's bound).
+pub const MAX_VM_NICS: usize = 8;
+/// Longest VM description.
+pub const MAX_DESCRIPTION_LEN: usize = 1024;
+/// Longest host tap device name (Linux IFNAMSIZ - 1).
+pub const MAX_TAP_NAME_LEN: usize = 15;
 /// Graceful stop timeout when the request does not say.
 pub const DEFAULT_STOP_TIMEOUT_MS: u64 = 10_000;
 /// Longest graceful stop timeout.
@@ -35,17 +41,180 @@ pub(crate) fn validate_create(
     cmdline: Option<&str>,
 ) -> Result<(), ControlError> {
     validate_name("VM", name)?;
+    validate_vcpus(vcpus)?;
+    validate_memory(memory_mib)?;
+    validate_disk_list(disks)?;
+    validate_path("kernel", kernel)?;
+    if let Some(c) = cmdline {
+        validate_cmdline(c)?;
+    }
+    Ok(())
+}
+
+fn validate_vcpus(vcpus: u8) -> Result<(), ControlError> {
     if vcpus == 0 || vcpus > MAX_VCPUS {
         return Err(ControlError::invalid(format!(
             "a VM needs 1 to {MAX_VCPUS} vCPUs, not {vcpus}"
         )));
     }
+    Ok(())
+}
+
+fn validate_memory(memory_mib: u64) -> Result<(), ControlError> {
     if !(MIN_VM_MEMORY_MIB..=MAX_VM_MEMORY_MIB).contains(&memory_mib) {
         return Err(ControlError::invalid(format!(
             "VM memory must be {MIN_VM_MEMORY_MIB} MiB to {} GiB, not {memory_mib} MiB",
             MAX_VM_MEMORY_MIB >> 10
         )));
     }
+    Ok(())
+}
+
+fn validate_cmdline(c: &str) -> Result<(), ControlError> {
+    if c.len() > MAX_CMDLINE_LEN || c.bytes().any(|b| b == 0 || b == b'\n') {
+        return Err(ControlError::invalid(format!(
+            "kernel command line must be one line of at most {MAX_CMDLINE_LEN} bytes"
+        )));
+    }
+    Ok(())
+}
+
+/// Parse `aa:bb:cc:dd:ee:ff` (either case). A guest NIC needs a unicast, non-zero address.
+pub fn parse_mac(mac: &str) -> Result<[u8; 6], ControlError> {
+    let bad = || {
+        ControlError::invalid(format!(
+            "MAC address {mac:?} must look like 02:00:00:00:00:01 (six hex pairs)"
+        ))
+    };
+    let mut out = [0u8; 6];
+    let mut parts = mac.split(':');
+    for b in &mut out {
+        let p = parts.next().ok_or_else(bad)?;
+        if p.len() != 2 {
+            return Err(bad());
+        }
+        *b = u8::from_str_radix(p, 16).map_err(|_| bad())?;
+    }
+    if parts.next().is_some() {
+        return Err(bad());
+    }
+    if out[0] & 1 == 1 {
+        return Err(ControlError::invalid(format!(
+            "MAC address {mac} is a multicast address; a NIC needs a unicast one"
+        )));
+    }
+    if out == [0; 6] {
+        return Err(ControlError::invalid(
+            "MAC address 00:00:00:00:00:00 is not usable",
+        ));
+    }
+    Ok(out)
+}
+
+/// Format a MAC address the way [`parse_mac`] reads it (lower case).
+pub fn format_mac(mac: [u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+fn validate_nics(nics: &[VmNicSpec]) -> Result<(), ControlError> {
+    if nics.len() > MAX_VM_NICS {
+        return Err(ControlError::invalid(format!(
+            "a VM has at most {MAX_VM_NICS} NICs, not {}",
+            nics.len()
+        )));
+    }
+    let mut macs = Vec::with_capacity(nics.len());
+    for (i, n) in nics.iter().enumerate() {
+        let t = &n.tap;
+        let ok = !t.is_empty()
+            && t.len() <= MAX_TAP_NAME_LEN
+            && t.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+            && t != "."
+            && t != "..";
+        if !ok {
+            return Err(ControlError::invalid(format!(
+                "NIC {} tap device name {t:?} must be 1-{MAX_TAP_NAME_LEN} letters, digits, '-', '_' or '.'",
+                i + 1
+            )));
+        }
+        if nics[..i].iter().any(|o| o.tap == *t) {
+            return Err(ControlError::invalid(format!(
+                "tap device {t} is used by two NICs"
+            )));
+        }
+        if let Some(m) = &n.mac {
+            let m = parse_mac(m)?;
+            if macs.contains(&m) {
+                return Err(ControlError::invalid(format!(
+                    "MAC address {} is used by two NICs",
+                    format_mac(m)
+                )));
+            }
+            macs.push(m);
+        }
+    }
+    Ok(())
+}
+
+/// Check the shape of a `vm_update`. `disks`, when given, must list each disk once; that it is
+/// a reordering of the VM's current disks is the node's check.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn validate_update(
+    name: &str,
+    new_name: Option<&str>,
+    description: Option<&str>,
+    vcpus: Option<u8>,
+    memory_mib: Option<u64>,
+    cmdline: Option<&str>,
+    disks: Option<&[String]>,
+    nics: Option<&[VmNicSpec]>,
+) -> Result<(), ControlError> {
+    validate_name("VM", name)?;
+    if let Some(n) = new_name {
+        validate_name("new VM", n)?;
+    }
+    if let Some(d) = description {
+        if d.len() > MAX_DESCRIPTION_LEN || d.bytes().any(|b| b == 0) {
+            return Err(ControlError::invalid(format!(
+                "a VM description is at most {MAX_DESCRIPTION_LEN} bytes of text"
+            )));
+        }
+    }
+    if let Some(v) = vcpus {
+        validate_vcpus(v)?;
+    }
+    if let Some(m) = memory_mib {
+        validate_memory(m)?;
+    }
+    if let Some(c) = cmdline {
+        validate_cmdline(c)?;
+    }
+    if let Some(disks) = disks {
+        validate_disk_list(disks)?;
+    }
+    if let Some(nics) = nics {
+        validate_nics(nics)?;
+    }
+    let nothing = new_name.is_none()
+        && description.is_none()
+        && vcpus.is_none()
+        && memory_mib.is_none()
+        && cmdline.is_none()
+        && disks.is_none()
+        && nics.is_none();
+    if nothing {
+        return Err(ControlError::invalid(
+            "nothing to change: give new_name, description, vcpus, memory_mib, cmdline, disks or nics",
+        ));
+    }
+    Ok(())
+}
+
+fn validate_disk_list(disks: &[String]) -> Result<(), ControlError> {
     if disks.len() > MAX_VM_DISKS {
         return Err(ControlError::invalid(format!(
             "a VM has at most {MAX_VM_DISKS} disks, not {}",
@@ -57,14 +226,6 @@ pub(crate) fn validate_create(
         if disks[..i].contains(d) {
             return Err(ControlError::invalid(format!(
                 "virtual disk {d} is listed twice"
-            )));
-        }
-    }
-    validate_path("kernel", kernel)?;
-    if let Some(c) = cmdline {
-        if c.len() > MAX_CMDLINE_LEN || c.bytes().any(|b| b == 0 || b == b'\n') {
-            return Err(ControlError::invalid(format!(
-                "kernel command line must be one line of at most {MAX_CMDLINE_LEN} bytes"
             )));
         }
     }
@@ -120,15 +281,42 @@ pub struct VmStatsView {
     pub nics: Vec<VmDeviceStatsView>,
 }
 
+/// A NIC as a request gives it: the host tap device it is wired to, and its MAC address
+/// (the node picks a stable locally administered one when it is left out).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmNicSpec {
+    pub tap: String,
+    #[serde(default)]
+    pub mac: Option<String>,
+}
+
+/// A NIC of a VM: `net0`, `net1`, ... in order, the host tap device, the guest MAC address.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmNicView {
+    pub id: String,
+    pub tap: String,
+    pub mac: String,
+}
+
 /// A VM: its definition, state and (once it ran) statistics.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VmView {
     pub name: String,
+    /// Free text for people (at most 1 KiB).
+    #[serde(default)]
+    pub description: String,
     /// `defined` (never started since the node started), `running`, `paused` or `stopped`.
     pub state: String,
+    /// A change under way that waits (`detaching disk d1`); other changes are refused meanwhile.
+    #[serde(default)]
+    pub operation: Option<String>,
     pub vcpus: u8,
     pub memory_mib: u64,
+    /// Virtual disks in attach order; the first is the boot disk (the guest's first virtio-blk
+    /// device, `/dev/vda` in Linux).
     pub disks: Vec<String>,
+    #[serde(default)]
+    pub nics: Vec<VmNicView>,
     pub kernel: String,
     pub cmdline: String,
     pub created_unix: u64,
@@ -189,6 +377,105 @@ mod tests {
             max_bytes: Some(0),
         };
         assert!(con.validate().is_err());
+    }
+
+    fn update() -> Request {
+        Request::VmUpdate {
+            name: "vm1".into(),
+            new_name: None,
+            description: None,
+            vcpus: None,
+            memory_mib: None,
+            cmdline: None,
+            disks: None,
+            nics: None,
+        }
+    }
+
+    #[test]
+    fn vm_update_validation() {
+        let with = |f: &dyn Fn(&mut Request)| {
+            let mut r = update();
+            f(&mut r);
+            r.validate()
+        };
+        // Nothing to change is an error, not a silent success.
+        let e = update().validate().unwrap_err();
+        assert!(e.message.contains("nothing to change"), "{}", e.message);
+        let set = |r: &mut Request, v: Option<u8>, m: Option<u64>| {
+            if let Request::VmUpdate {
+                vcpus, memory_mib, ..
+            } = r
+            {
+                *vcpus = v;
+                *memory_mib = m;
+            }
+        };
+        with(&|r| set(r, Some(2), Some(256))).unwrap();
+        assert!(with(&|r| set(r, Some(0), None)).is_err());
+        assert!(with(&|r| set(r, Some(33), None)).is_err());
+        assert!(with(&|r| set(r, None, Some(8))).is_err());
+        let nics = |list: Vec<(&str, Option<&str>)>| {
+            let mut r = update();
+            if let Request::VmUpdate { nics, .. } = &mut r {
+                *nics = Some(
+                    list.into_iter()
+                        .map(|(t, m)| crate::VmNicSpec {
+                            tap: t.into(),
+                            mac: m.map(Into::into),
+                        })
+                        .collect(),
+                );
+            }
+            r.validate()
+        };
+        nics(vec![("tap0", Some("02:00:00:00:00:01")), ("tap1", None)]).unwrap();
+        nics(vec![]).unwrap();
+        assert!(nics(vec![("tap0", None), ("tap0", None)]).is_err());
+        assert!(nics(vec![("a-very-long-tap-name", None)]).is_err());
+        assert!(nics(vec![("tap/0", None)]).is_err());
+        assert!(nics(vec![("..", None)]).is_err());
+        assert!(nics(vec![("t0", Some("01:00:00:00:00:01"))]).is_err());
+        assert!(nics(vec![("t0", Some("00:00:00:00:00:00"))]).is_err());
+        assert!(nics(vec![("t0", Some("02:00:00:00:00"))]).is_err());
+        assert!(nics(vec![("t0", Some("02:00:00:00:00:0g"))]).is_err());
+        assert!(nics(vec![
+            ("t0", Some("02:00:00:00:00:01")),
+            ("t1", Some("02:00:00:00:00:01"))
+        ])
+        .is_err());
+        let nine = ["a", "b", "c", "d", "e", "f", "g", "h", "i"];
+        assert!(nics(nine.iter().map(|t| (*t, None)).collect()).is_err());
+        let twice = with(&|r| {
+            if let Request::VmUpdate { disks, .. } = r {
+                *disks = Some(vec!["d".into(), "d".into()]);
+            }
+        });
+        assert!(twice.is_err());
+        let bad_name = with(&|r| {
+            if let Request::VmUpdate { new_name, .. } = r {
+                *new_name = Some("-x".into());
+            }
+        });
+        assert!(bad_name.is_err());
+        let long = with(&|r| {
+            if let Request::VmUpdate { description, .. } = r {
+                *description = Some("x".repeat(crate::vm::MAX_DESCRIPTION_LEN + 1));
+            }
+        });
+        assert!(long.is_err());
+        assert_eq!(
+            crate::format_mac(crate::parse_mac("02:AB:00:00:00:0f").unwrap()),
+            "02:ab:00:00:00:0f"
+        );
+        let r: Request = serde_json::from_str(
+            r#"{"action":"vm_update","name":"a","vcpus":2,"nics":[{"tap":"t0"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(r.action(), "vm_update");
+        assert!(r.is_mutation());
+        assert!(allowed(Role::Operator, &r));
+        assert!(!allowed(Role::ReadOnly, &r));
     }
 
     #[test]

@@ -329,6 +329,32 @@ impl NodeController {
                 self.record_vm(&vm).await;
                 Reply::Vm(Box::new(vm))
             }
+            Request::VmUpdate {
+                name,
+                new_name,
+                description,
+                vcpus,
+                memory_mib,
+                cmdline,
+                disks,
+                nics,
+            } => {
+                let change = crate::vms::VmChange {
+                    new_name: new_name.clone(),
+                    description: description.clone(),
+                    vcpus: *vcpus,
+                    memory_mib: *memory_mib,
+                    cmdline: cmdline.clone(),
+                    disks: disks.clone(),
+                    nics: nics.clone(),
+                };
+                let (vm, renamed_from) = self.inner.vms.update(name, change).await?;
+                if let Some(old) = renamed_from {
+                    self.record_vm_deleted(&old).await;
+                }
+                self.record_vm(&vm).await;
+                Reply::Vm(Box::new(vm))
+            }
             Request::ClusterStatus
             | Request::ClusterToken { .. }
             | Request::ClusterJoin { .. }

@@ -20,28 +20,68 @@ use control::{
 use engine::Engine;
 use serde::{Deserialize, Serialize};
 
+mod disks;
+mod edit;
 mod watch;
+
+pub(crate) use edit::VmChange;
 
 /// Most VMs one node defines.
 pub const MAX_VMS: usize = 256;
 /// Largest kernel file accepted (a bzImage is ~10 MiB).
 const MAX_KERNEL_BYTES: u64 = 256 << 20;
 
-/// What `vm create` stores.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// What `vm create` stores (and `vm update` changes).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct VmDef {
     name: String,
+    #[serde(default)]
+    description: String,
     vcpus: u8,
     memory_mib: u64,
     disks: Vec<String>,
+    #[serde(default)]
+    nics: Vec<NicDef>,
     kernel: String,
     cmdline: String,
     created_unix: u64,
 }
 
+/// A NIC: the host tap device it is wired to and the guest's MAC address. Its id is `net<i>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct NicDef {
+    tap: String,
+    mac: String,
+}
+
 struct Slot {
     def: VmDef,
     vm: Option<vmm::Vm>,
+    /// A change that waits (a disk detach waiting for the guest) and runs without holding
+    /// this slot's lock: while set, other changes of this VM are refused with a conflict;
+    /// views, the console and stop go on.
+    busy: Option<String>,
+}
+
+impl Slot {
+    fn new(def: VmDef) -> Slot {
+        Slot {
+            def,
+            vm: None,
+            busy: None,
+        }
+    }
+
+    /// Refuse a change while another one is under way.
+    fn check_idle(&self) -> Result<(), ControlError> {
+        match &self.busy {
+            Some(what) => Err(ControlError::conflict(format!(
+                "{} is busy {what}; try again when that is done",
+                self.def.name
+            ))),
+            None => Ok(()),
+        }
+    }
 }
 
 type SlotRef = Arc<parking_lot::Mutex<Slot>>;
@@ -148,10 +188,22 @@ fn view(slot: &mut Slot) -> VmView {
     };
     VmView {
         name: d.name.clone(),
+        description: d.description.clone(),
         state,
+        operation: slot.busy.clone(),
         vcpus: d.vcpus,
         memory_mib: d.memory_mib,
         disks: d.disks.clone(),
+        nics: d
+            .nics
+            .iter()
+            .enumerate()
+            .map(|(i, n)| control::VmNicView {
+                id: format!("net{i}"),
+                tap: n.tap.clone(),
+                mac: n.mac.clone(),
+            })
+            .collect(),
         kernel: d.kernel.clone(),
         cmdline: d.cmdline.clone(),
         created_unix: d.created_unix,
@@ -184,10 +236,7 @@ impl Vms {
             .into_iter()
             .map(|def| {
                 let name = def.name.clone();
-                (
-                    name,
-                    Arc::new(parking_lot::Mutex::new(Slot { def, vm: None })),
-                )
+                (name, Arc::new(parking_lot::Mutex::new(Slot::new(def))))
             })
             .collect();
         Ok(Vms {
@@ -207,21 +256,7 @@ impl Vms {
 
     /// Write every definition to a temporary file, sync it, and rename it over `vms.json`.
     fn persist(&self, defs: &[VmDef]) -> Result<(), ControlError> {
-        let tmp = self.file.with_extension("json.tmp");
-        let write = || -> std::io::Result<()> {
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&serde_json::to_vec_pretty(defs).map_err(std::io::Error::other)?)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &self.file)?;
-            if let Some(dir) = self.file.parent() {
-                std::fs::File::open(dir)?.sync_all()?;
-            }
-            Ok(())
-        };
-        write().map_err(|e| {
-            let _ = std::fs::remove_file(&tmp);
-            ControlError::new(ErrorCode::Io, format!("could not save VM definitions: {e}"))
-        })
+        persist_to(&self.file, defs)
     }
 
     fn defs_with(&self, extra: Option<&VmDef>, without: Option<&str>) -> Vec<VmDef> {
@@ -233,6 +268,17 @@ impl Vms {
             .collect();
         defs.extend(extra.cloned());
         defs
+    }
+
+    /// Every slot but `name`'s, to read their definitions on the blocking pool (a graceful stop
+    /// holds its slot) before saving a change of `name`. The caller holds `self.save`.
+    fn other_slots(&self, name: &str) -> Vec<SlotRef> {
+        self.slots
+            .lock()
+            .iter()
+            .filter(|(k, _)| k.as_str() != name)
+            .map(|(_, v)| v.clone())
+            .collect()
     }
 
     /// Name of a VM whose definition uses `vdisk` (running or not).
@@ -287,9 +333,11 @@ impl Vms {
         check_kernel(Path::new(kernel))?;
         let def = VmDef {
             name: name.to_string(),
+            description: String::new(),
             vcpus,
             memory_mib,
             disks: disks.to_vec(),
+            nics: Vec::new(),
             kernel: kernel.to_string(),
             cmdline: cmdline.unwrap_or_default().to_string(),
             created_unix: std::time::SystemTime::now()
@@ -298,7 +346,7 @@ impl Vms {
                 .unwrap_or(0),
         };
         self.persist(&self.defs_with(Some(&def), None))?;
-        let slot = Arc::new(parking_lot::Mutex::new(Slot { def, vm: None }));
+        let slot = Arc::new(parking_lot::Mutex::new(Slot::new(def)));
         let v = view(&mut slot.lock());
         self.slots.lock().insert(name.to_string(), slot);
         Ok(v)
@@ -334,13 +382,22 @@ impl Vms {
         }
         blocking(move || {
             let mut s = slot.lock();
+            s.check_idle()?;
             if let Some(vm) = s.vm.as_mut() {
                 if is_active(vm) {
                     return Err(ControlError::conflict(format!(
                         "{} is already running",
-                        def.name
+                        s.def.name
                     )));
                 }
+            }
+            // The disks were opened from the definition read before taking the lock; an edit
+            // or attach in between would start a machine the definition no longer describes.
+            if s.def != def {
+                return Err(ControlError::conflict(format!(
+                    "{} was changed while it was being started; start it again",
+                    def.name
+                )));
             }
             // A stopped VM is rebuilt from its definition (disks may have grown meanwhile).
             s.vm = None;
@@ -355,6 +412,7 @@ impl Vms {
             cfg.vcpus = def.vcpus;
             cfg.memory_bytes = def.memory_mib << 20;
             cfg.disks = disks;
+            cfg.nets = nets_of(&def)?;
             let mut vm = vmm::Vm::create(cfg).map_err(vmm_err)?;
             vm.start().map_err(vmm_err)?;
             s.vm = Some(vm);
@@ -392,6 +450,8 @@ impl Vms {
         let name = name.to_string();
         blocking(move || {
             let mut s = slot.lock();
+            // A paused guest cannot answer a pending detach: refuse until it is settled.
+            s.check_idle()?;
             let vm =
                 s.vm.as_mut()
                     .ok_or_else(|| ControlError::conflict(format!("{name} is not running")))?;
@@ -401,121 +461,31 @@ impl Vms {
         .await
     }
 
-    /// Attach `vdisk` as one more virtio-blk device: hot-added when the VM runs, at its next
-    /// start otherwise. The definition is saved first only when the device could be added, so
-    /// a refused attach leaves both the running VM and the saved file as they were.
-    pub(crate) async fn attach_disk(
-        &self,
-        engine: &Engine,
-        name: &str,
-        vdisk: &str,
-    ) -> Result<VmView, ControlError> {
-        let _g = self.save.lock().await;
-        let slot = self.get(name)?;
-        let def = slot.lock().def.clone();
-        if def.disks.iter().any(|d| d == vdisk) {
-            return Err(ControlError::conflict(format!(
-                "{vdisk} is already attached to {name}"
-            )));
-        }
-        if def.disks.len() >= control::MAX_VM_DISKS {
-            return Err(ControlError::invalid(format!(
-                "{name} already has {} disks, the most a VM can have",
-                control::MAX_VM_DISKS
-            )));
-        }
-        if let Some(other) = self.user_of(vdisk) {
-            return Err(ControlError::conflict(format!(
-                "{vdisk} is already a disk of VM {other}"
-            )));
-        }
-        let handle = engine.open_vdisk(vdisk).map_err(crate::convert::error)?;
-        let rt = tokio::runtime::Handle::current();
-        let mut new_def = def.clone();
-        new_def.disks.push(vdisk.to_string());
-        let disk = vmm::DiskConfig {
-            id: vdisk.to_string(),
-            backend: Arc::new(vmm::EngineDisk::new(handle, rt)),
-            queues: 1,
-            queue_size: 256,
-        };
-        self.change_disks(name, &slot, new_def, move |vm| vm.attach_disk(disk))
-            .await
-    }
-
-    /// Detach `vdisk`: a running guest is asked to release it and has `timeout_ms` (default
-    /// [`DETACH_TIMEOUT_MS`]) to answer, or it is removed anyway with `force`; a stopped VM just
-    /// loses it from its definition. The definition is saved only once the disk is gone from
-    /// the VM, so a refused or timed-out detach leaves both as they were.
-    pub(crate) async fn detach_disk(
-        &self,
-        name: &str,
-        vdisk: &str,
-        force: bool,
-        timeout_ms: Option<u64>,
-    ) -> Result<VmView, ControlError> {
-        let _g = self.save.lock().await;
-        let slot = self.get(name)?;
-        let def = slot.lock().def.clone();
-        if !def.disks.iter().any(|d| d == vdisk) {
-            return Err(ControlError::not_found(format!(
-                "{vdisk} is not a disk of {name}"
-            )));
-        }
-        let mut new_def = def.clone();
-        new_def.disks.retain(|d| d != vdisk);
-        let timeout = Duration::from_millis(timeout_ms.unwrap_or(DETACH_TIMEOUT_MS));
-        let id = vdisk.to_string();
-        self.change_disks(name, &slot, new_def, move |vm| {
-            vm.detach_disk(&id, timeout, force)
-        })
-        .await
-    }
-
-    /// The shared tail of attach and detach: apply `op` to the VM if it is running or paused
-    /// (on the blocking pool), and only if that worked save `new_def` and make it current.
-    /// The caller holds `self.save`.
-    async fn change_disks(
-        &self,
-        name: &str,
-        slot: &SlotRef,
-        new_def: VmDef,
-        op: impl FnOnce(&mut vmm::Vm) -> Result<(), vmm::VmmError> + Send + 'static,
-    ) -> Result<VmView, ControlError> {
-        let mut defs = self.defs_with(None, Some(name));
-        defs.push(new_def.clone());
-        let live = slot.clone();
-        blocking(move || {
-            let mut s = live.lock();
-            if let Some(vm) = s.vm.as_mut() {
-                if is_active(vm) {
-                    op(vm).map_err(vmm_err)?;
-                }
-            }
-            Ok(())
-        })
-        .await?;
-        self.persist(&defs)?;
-        let mut s = slot.lock();
-        s.def = new_def;
-        Ok(view(&mut s))
-    }
-
     /// Forget a VM that is not running. Its virtual disks are kept.
     pub(crate) async fn delete(&self, name: &str) -> Result<(), ControlError> {
         let _g = self.save.lock().await;
         let slot = self.get(name)?;
-        {
-            let mut s = slot.lock();
+        let check = slot.clone();
+        let who = name.to_string();
+        blocking(move || {
+            let mut s = check.lock();
+            s.check_idle()?;
             if let Some(vm) = s.vm.as_mut() {
                 if is_active(vm) {
                     return Err(ControlError::conflict(format!(
-                        "{name} is running; stop it first: cairn vm stop {name}"
+                        "{who} is running; stop it first: cairn vm stop {who}"
                     )));
                 }
             }
+            // Claimed, so a start cannot slip in between this check and the removal.
+            s.busy = Some("being deleted".into());
+            Ok(())
+        })
+        .await?;
+        if let Err(e) = self.persist(&self.defs_with(None, Some(name))) {
+            slot.lock().busy = None;
+            return Err(e);
         }
-        self.persist(&self.defs_with(None, Some(name)))?;
         let removed = self.slots.lock().remove(name);
         if let Some(slot) = removed {
             if let Some(vm) = slot.lock().vm.take() {
@@ -614,6 +584,47 @@ impl control::ConsolePort for ConsolePort {
     fn watch(&self) -> Option<Box<dyn control::ConsoleWatch>> {
         Some(Box::new(watch::OutputWatch::new(self.slot.clone())))
     }
+}
+
+/// Write `defs` to a temporary file next to `file`, sync it, and rename it over `file`.
+fn persist_to(file: &Path, defs: &[VmDef]) -> Result<(), ControlError> {
+    let tmp = file.with_extension("json.tmp");
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&serde_json::to_vec_pretty(defs).map_err(std::io::Error::other)?)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, file)?;
+        if let Some(dir) = file.parent() {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    };
+    write().map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        ControlError::new(ErrorCode::Io, format!("could not save VM definitions: {e}"))
+    })
+}
+
+/// Save `others`' definitions (locked one at a time, never the caller's own slot) plus `def`.
+fn persist_with(file: &Path, others: &[SlotRef], def: &VmDef) -> Result<(), ControlError> {
+    let mut defs: Vec<VmDef> = others.iter().map(|s| s.lock().def.clone()).collect();
+    defs.push(def.clone());
+    persist_to(file, &defs)
+}
+
+/// The VMM's NICs for a definition, `net0`, `net1`, ... in order.
+fn nets_of(def: &VmDef) -> Result<Vec<vmm::NetConfig>, ControlError> {
+    def.nics
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            Ok(vmm::NetConfig {
+                id: format!("net{i}"),
+                tap: n.tap.clone(),
+                mac: control::parse_mac(&n.mac)?,
+            })
+        })
+        .collect()
 }
 
 fn check_kernel(path: &Path) -> Result<(), ControlError> {

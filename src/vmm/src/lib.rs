@@ -88,7 +88,7 @@ pub use config::{DiskConfig, NetConfig, VmConfig};
 pub use devices::ExitReason;
 pub use error::{Result, VmmError};
 pub use stats::{DeviceStats, VmStats};
-pub use vm::{Vm, VmState};
+pub use vm::{DetachWait, Vm, VmState};
 
 /// True if this host can run VMs (/dev/kvm opens).
 pub fn kvm_available() -> bool {

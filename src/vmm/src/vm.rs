@@ -9,7 +9,9 @@ use crate::config::VmConfig;
 use crate::devices::ExitReason;
 use crate::error::{Result, VmmError};
 use crate::machine::Machine;
+use crate::pci::hotplug::PciHotplug;
 use crate::stats::VmStats;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Lifecycle state.
@@ -33,6 +35,37 @@ impl VmState {
             VmState::Paused => "paused",
             VmState::Stopped => "stopped",
         }
+    }
+}
+
+/// A disk detach in progress, between [`Vm::begin_detach`] and [`Vm::finish_detach`].
+pub struct DetachWait {
+    id: String,
+    slot: usize,
+    /// The hot-plug block the request went to; None when the guest was not asked (a created,
+    /// paused or stopped VM), so there is nothing to wait for.
+    hp: Option<Arc<PciHotplug>>,
+    waited: Duration,
+}
+
+impl DetachWait {
+    /// Waits up to `timeout` for the guest to release the disk; true once it did, or when there
+    /// is nothing to wait for. May be called again (e.g. in slices, checking for a stop between).
+    pub fn wait(&mut self, timeout: Duration) -> bool {
+        match &self.hp {
+            Some(hp) => {
+                let t0 = Instant::now();
+                let done = hp.ejected_within(self.slot, timeout);
+                self.waited = self.waited.saturating_add(t0.elapsed());
+                done
+            }
+            None => true,
+        }
+    }
+
+    /// The disk's config id.
+    pub fn id(&self) -> &str {
+        &self.id
     }
 }
 
@@ -200,9 +233,65 @@ impl Vm {
     /// and tells the guest the slot changed. A paused guest cannot answer: only `force` works
     /// there. A created (never started) VM loses it at once, a stopped one from its
     /// configuration. On success the disk is gone from the configuration; on error nothing
-    /// changed.
+    /// changed. The same as [`Vm::begin_detach`], [`DetachWait::wait`], [`Vm::finish_detach`]
+    /// in a row, for callers that may hold the VM for the whole wait.
     pub fn detach_disk(&mut self, id: &str, timeout: Duration, force: bool) -> Result<()> {
+        let mut w = self.begin_detach(id, force)?;
+        w.wait(timeout);
+        self.finish_detach(w, force)
+    }
+
+    /// First half of a detach: checks it can happen and, when the guest runs, asks it to release
+    /// the disk. Wait for the answer with [`DetachWait::wait`] (it does not need the `Vm`, so the
+    /// VM can be looked at or stopped meanwhile) and end with [`Vm::finish_detach`]. A wait that
+    /// is dropped unfinished leaves the request pending until the next detach of that slot.
+    pub fn begin_detach(&mut self, id: &str, force: bool) -> Result<DetachWait> {
         self.refresh();
+        if !self.cfg.disks.iter().any(|d| d.id == id) {
+            return Err(VmmError::NoSuchDevice(id.to_string()));
+        }
+        let mut w = DetachWait {
+            id: id.to_string(),
+            slot: 0,
+            hp: None,
+            waited: Duration::ZERO,
+        };
+        match self.state {
+            VmState::Paused if !force => Err(VmmError::InvalidState {
+                state: "paused",
+                action: "detach a disk without force (a paused guest cannot release it)",
+            }),
+            VmState::Running => {
+                let m = self.machine.as_mut().ok_or(VmmError::InvalidState {
+                    state: "deleted",
+                    action: "detach a disk",
+                })?;
+                w.slot = m
+                    .pci
+                    .slot_of(id)
+                    .ok_or_else(|| VmmError::NoSuchDevice(id.to_string()))?;
+                let hp = m
+                    .pci
+                    .hotplug()
+                    .cloned()
+                    .ok_or_else(|| VmmError::InvalidConfig("PCI bus not built".into()))?;
+                hp.request_eject(w.slot);
+                m.pm.signal_pci_change();
+                w.hp = Some(hp);
+                Ok(w)
+            }
+            _ => Ok(w),
+        }
+    }
+
+    /// Second half of a detach (see [`Vm::begin_detach`]): takes the disk off the machine if the
+    /// guest released it, or by force, and out of the configuration. Without an answer and
+    /// without `force` it fails with [`VmmError::EjectTimeout`] and the request is withdrawn.
+    /// A VM stopped meanwhile just loses the disk from its configuration; one restarted
+    /// meanwhile (a new machine the request never reached) is refused.
+    pub fn finish_detach(&mut self, w: DetachWait, force: bool) -> Result<()> {
+        self.refresh();
+        let id = w.id.as_str();
         let pos = self
             .cfg
             .disks
@@ -211,12 +300,6 @@ impl Vm {
             .ok_or_else(|| VmmError::NoSuchDevice(id.to_string()))?;
         if self.state != VmState::Stopped {
             let state = self.state;
-            if state == VmState::Paused && !force {
-                return Err(VmmError::InvalidState {
-                    state: "paused",
-                    action: "detach a disk without force (a paused guest cannot release it)",
-                });
-            }
             let m = self.machine.as_mut().ok_or(VmmError::InvalidState {
                 state: "deleted",
                 action: "detach a disk",
@@ -230,24 +313,37 @@ impl Vm {
                 .hotplug()
                 .cloned()
                 .ok_or_else(|| VmmError::InvalidConfig("PCI bus not built".into()))?;
-            if state == VmState::Running {
-                hp.request_eject(slot);
-                m.pm.signal_pci_change();
-                if !hp.wait_ejected(slot, timeout) {
-                    if !force {
-                        return Err(VmmError::EjectTimeout {
-                            id: id.to_string(),
-                            waited_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
-                        });
-                    }
-                    hp.unplug(slot);
-                    hp.mark_changed(slot);
-                    m.pm.signal_pci_change();
-                }
-            } else if state == VmState::Paused {
+            let unplug = |m: &mut Machine| {
                 hp.unplug(slot);
                 hp.mark_changed(slot);
                 m.pm.signal_pci_change();
+            };
+            match &w.hp {
+                Some(asked) if !Arc::ptr_eq(asked, &hp) || w.slot != slot => {
+                    return Err(VmmError::InvalidState {
+                        state: "restarted",
+                        action: "finish a disk detach begun before the restart",
+                    })
+                }
+                Some(_) => {
+                    if !hp.settle_eject(slot) {
+                        if !force {
+                            return Err(VmmError::EjectTimeout {
+                                id: id.to_string(),
+                                waited_ms: u64::try_from(w.waited.as_millis()).unwrap_or(u64::MAX),
+                            });
+                        }
+                        unplug(m);
+                    }
+                }
+                None if state == VmState::Created => {}
+                None if force => unplug(m),
+                None => {
+                    return Err(VmmError::InvalidState {
+                        state: state.name(),
+                        action: "finish a disk detach the guest was never asked about",
+                    })
+                }
             }
             m.pci.finish_remove(slot);
         }

@@ -1,7 +1,9 @@
 // The cluster view: raft members with leader and health, and this node's data redundancy
-// (degraded and rebuilding chunks, its replicas on other nodes' disks). Read-only: joining and
-// removing nodes stay with `cairn cluster` on the command line. Polls GET /cluster every 3 s.
-import { html, ErrorBox, useLoad } from '../ui';
+// (degraded and rebuilding chunks, its replicas on other nodes' disks); for admins, join tokens
+// and member removal (./clustermembers.ts). Polls GET /cluster every 3 s.
+import { useState } from 'preact/hooks';
+import { html, ErrorBox, Note, useLoad } from '../ui';
+import { JoinToken, RemoveMember } from './clustermembers';
 import { fmtAgo, healthClass, plural, replicaText, RemoteReplica } from '../clusterfmt';
 import './cluster.css';
 
@@ -40,9 +42,9 @@ interface ClusterView {
   };
 }
 
-function Members({ c }: { c: ClusterView }) {
+function Members({ c, admin, onRemoved }: { c: ClusterView; admin: boolean; onRemoved: (msg: string | null, err: string | null) => void }) {
   return html`<div class="table-wrap"><table aria-label="cluster members">
-    <thead><tr><th scope="col">Name</th><th scope="col">ID</th><th scope="col">Address</th><th scope="col">Role</th><th scope="col">State</th><th scope="col">Health</th></tr></thead>
+    <thead><tr><th scope="col">Name</th><th scope="col">ID</th><th scope="col">Address</th><th scope="col">Role</th><th scope="col">State</th><th scope="col">Health</th>${admin ? html`<th scope="col">Actions</th>` : null}</tr></thead>
     <tbody>${c.members.map((m) => html`<tr data-member=${m.name} data-health=${m.health} data-leader=${m.leader ? 'yes' : 'no'}>
       <td>${m.name}${m.id === c.me ? html` <small class="muted">(this node)</small>` : null}
         ${m.leader ? html` <span class="badge leader" title="the raft leader">leader</span>` : null}</td>
@@ -52,6 +54,7 @@ function Members({ c }: { c: ClusterView }) {
       <td>${m.state}</td>
       <td><span class=${healthClass(m.health)}>${m.health}</span>
         ${m.id === c.me ? null : html` <small class="muted">seen ${fmtAgo(m.last_seen_ms_ago)}</small>`}</td>
+      ${admin ? html`<td>${m.id === c.me ? html`<span class="muted">this node</span>` : html`<${RemoveMember} id=${m.id} name=${m.name} onDone=${onRemoved} />`}</td>` : null}
     </tr>`)}</tbody>
   </table></div>`;
 }
@@ -83,9 +86,17 @@ function Data({ c }: { c: ClusterView }) {
       </table></div>`}`;
 }
 
-export function Cluster() {
+export function Cluster({ role }: { role?: string }) {
   const cl = useLoad<ClusterView>('/cluster', 3000);
   const c = cl.data;
+  const admin = role === 'admin';
+  const [msg, setMsg] = useState<string | null>(null);
+  const [err, setErr] = useState<string | null>(null);
+  const onRemoved = (m: string | null, e: string | null) => {
+    setMsg(m);
+    setErr(e);
+    cl.reload();
+  };
   const leader = c?.members.find((m) => m.id === c.leader);
   return html`<section aria-labelledby="cluster-h">
     <h2 id="cluster-h">Cluster</h2>
@@ -99,7 +110,10 @@ export function Cluster() {
         <dt>Replicated objects</dt><dd>${plural(c.vdisks.length, 'virtual disk')}, ${plural(c.snapshots, 'snapshot')}, ${plural(c.vms.length, 'VM')}</dd>
       </dl>
       <h3>Members (${c.members.length})</h3>
-      <${Members} c=${c} />
+      <${ErrorBox} error=${err} />
+      <${Note} text=${msg} />
+      <${Members} c=${c} admin=${admin} onRemoved=${onRemoved} />
+      ${admin ? html`<h3>Add a node</h3><${JoinToken} />` : null}
       <h3>Data on this node</h3>
       <${Data} c=${c} />`}
   </section>`;

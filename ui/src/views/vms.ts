@@ -7,6 +7,7 @@ import { html, ErrorBox, Note, Progress, useAction } from '../ui';
 import { diskApi, Step, vmApi, VmView } from '../vmapi';
 import { CreateWizard, StepList } from './vmcreate';
 import { Console } from './console';
+import { VmEdit } from './vmedit';
 
 interface Rates {
   cpu: number | null; // percent of the VM's vCPUs
@@ -167,6 +168,7 @@ function VmDisks({ vm, canWrite, reload }: { vm: VmView; canWrite: boolean; relo
       <dt>Kernel</dt><dd class="mono">${vm.kernel}</dd>
       <dt>Command line</dt><dd class="mono">${vm.cmdline || '(empty)'}</dd>
       <dt>Created</dt><dd>${fmtTime(vm.created_unix)}</dd>
+      <dt>Network cards</dt><dd class="mono" data-fact="nics">${(vm.nics ?? []).map((n) => `${n.id}: ${n.tap} ${n.mac}`).join('; ') || 'none'}</dd>
       <dt>Last stop</dt><dd>${vm.last_exit ?? '–'}</dd>
       <dt>Memory in use</dt><dd>${vm.stats ? fmtBytes(vm.stats.memory_bytes) : '–'}</dd>
     </dl>
@@ -200,6 +202,7 @@ export function Vms({ role }: { role: string }) {
   const [wizard, setWizard] = useState(false);
   const [open, setOpen] = useState<string | null>(null);
   const [console, setConsole] = useState<string | null>(null);
+  const [editing, setEditing] = useState<string | null>(null);
   const canWrite = role !== 'read_only';
   const items = vms ?? [];
   const power = (v: VmView) => {
@@ -224,7 +227,7 @@ export function Vms({ role }: { role: string }) {
     ${items.length > 0 ? html`<div class="table-wrap"><table class="vm-table" aria-label="virtual machines">
       <thead><tr><th scope="col">Name</th><th scope="col">State</th><th scope="col">vCPUs</th><th scope="col">Memory</th><th scope="col">CPU</th><th scope="col">Disk IOPS</th><th scope="col">Disk I/O</th><th scope="col">Actions</th></tr></thead>
       <tbody>${items.map((v) => html`<tr data-vm=${v.name} data-state=${v.state}>
-          <td>${v.name}</td>
+          <td>${v.name}${v.description ? html`<br /><small class="muted">${v.description}</small>` : null}${v.operation ? html`<br /><small class="note" role="status">${v.operation}…</small>` : null}</td>
           <td class=${'vm-state ' + v.state}>${STATE_WORDS[v.state] ?? v.state}${v.last_exit && v.state === 'stopped' ? html` <small class="muted">(${v.last_exit})</small>` : null}</td>
           <td>${v.vcpus}</td><td>${v.memory_mib} MiB</td>
           <td>${fmtRate(rates[v.name], 'cpu', (x) => `${x.toFixed(0)} %`)}</td>
@@ -232,10 +235,12 @@ export function Vms({ role }: { role: string }) {
           <td>${fmtRate(rates[v.name], 'bps', (x) => `${fmtBytes(x)}/s`)}</td>
           <td class="actions">
             ${canWrite ? power(v) : null}
+            ${canWrite ? html`<button type="button" aria-expanded=${editing === v.name} onClick=${() => setEditing(editing === v.name ? null : v.name)}>Edit</button>` : null}
             <button type="button" onClick=${() => setConsole(console === v.name ? null : v.name)} aria-pressed=${console === v.name}>Console</button>
             <button type="button" aria-expanded=${open === v.name} onClick=${() => setOpen(open === v.name ? null : v.name)}>Disks & snapshots</button>
           </td>
         </tr>
+        ${editing === v.name ? html`<tr><td colspan="8"><${VmEdit} key=${v.name} vm=${v} onCancel=${() => setEditing(null)} onDone=${(n: string) => { setEditing(null); if (open === v.name) setOpen(n); reload(); }} /></td></tr>` : null}
         ${open === v.name ? html`<tr><td colspan="8"><${VmDisks} vm=${v} canWrite=${canWrite} reload=${reload} /></td></tr>` : null}`)}
       </tbody>
     </table></div>` : null}

@@ -107,6 +107,35 @@ impl PciHotplug {
         true
     }
 
+    /// Waits up to `timeout` for the guest to release `slot`, leaving the request in place either
+    /// way: the caller ends it with [`PciHotplug::settle_eject`]. True once the guest released it.
+    pub fn ejected_within(&self, slot: usize, timeout: Duration) -> bool {
+        let bit = Self::bit(slot);
+        let deadline = Instant::now() + timeout;
+        let mut s = self.state.lock();
+        while s.ejected & bit == 0 {
+            if self.cond.wait_until(&mut s, deadline).timed_out() {
+                return s.ejected & bit != 0;
+            }
+        }
+        true
+    }
+
+    /// Ends an eject request: true (answer consumed) when the guest released `slot`, false with
+    /// the request withdrawn otherwise, so a late answer changes nothing. Decided under one lock,
+    /// so an answer racing the decision is never half-taken.
+    pub fn settle_eject(&self, slot: usize) -> bool {
+        let bit = Self::bit(slot);
+        let mut s = self.state.lock();
+        if s.ejected & bit != 0 {
+            s.ejected &= !bit;
+            true
+        } else {
+            s.eject_req &= !bit;
+            false
+        }
+    }
+
     /// Takes `slot` off config space and its BAR off the MMIO bus (forced removal, or the
     /// guest's eject). Idempotent.
     pub fn unplug(&self, slot: usize) {

@@ -1,0 +1,73 @@
+// Unit tests of the VM edit form's logic (src/vmeditfmt.ts). Run: npm test (from ui/).
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { loadTs } from './load.mjs';
+
+const f = await loadTs('src/vmeditfmt.ts');
+
+const vm = {
+  name: 'web',
+  description: '',
+  vcpus: 1,
+  memory_mib: 128,
+  cmdline: 'console=ttyS0',
+  disks: ['root', 'data'],
+  nics: [{ id: 'net0', tap: 'tap0', mac: '02:00:00:00:00:01' }],
+};
+
+test('an untouched form changes nothing and says so', () => {
+  assert.deepEqual(f.editBody(vm, f.formOf(vm)), { error: 'Nothing changed.' });
+});
+
+test('only the changed fields are sent', () => {
+  const form = { ...f.formOf(vm), vcpus: '2', description: 'front end' };
+  assert.deepEqual(f.editBody(vm, form), { body: { vcpus: 2, description: 'front end' } });
+  const renamed = { ...f.formOf(vm), name: ' web2 ' };
+  assert.deepEqual(f.editBody(vm, renamed), { body: { name: 'web2' } });
+});
+
+test('disk order: moving the second disk up makes it the boot disk', () => {
+  const form = f.formOf(vm);
+  form.disks = f.moved(form.disks, 1, -1);
+  assert.deepEqual(form.disks, ['data', 'root']);
+  assert.deepEqual(f.editBody(vm, form), { body: { disks: ['data', 'root'] } });
+  assert.deepEqual(f.moved(['a', 'b'], 0, -1), ['a', 'b'], 'out of range changes nothing');
+  assert.deepEqual(f.moved(['a', 'b'], 1, 1), ['a', 'b']);
+});
+
+test('NICs: add, keep MAC case-insensitively, empty MAC left to the node', () => {
+  const same = f.formOf(vm);
+  same.nics = [{ tap: 'tap0', mac: '02:00:00:00:00:01'.toUpperCase() }];
+  assert.deepEqual(f.editBody(vm, same), { error: 'Nothing changed.' });
+  const add = f.formOf(vm);
+  add.nics = [...add.nics, { tap: 'tap1', mac: '' }];
+  assert.deepEqual(f.editBody(vm, add), { body: { nics: [{ tap: 'tap0', mac: '02:00:00:00:00:01' }, { tap: 'tap1' }] } });
+  const removed = f.formOf(vm);
+  removed.nics = [];
+  assert.deepEqual(f.editBody(vm, removed), { body: { nics: [] } });
+});
+
+test('mistakes are explained before asking the node', () => {
+  const bad = (patch, re) => {
+    const r = f.editBody(vm, { ...f.formOf(vm), ...patch });
+    assert.ok('error' in r && re.test(r.error), `${JSON.stringify(patch)} -> ${JSON.stringify(r)}`);
+  };
+  bad({ vcpus: '0' }, /vCPUs must be/);
+  bad({ vcpus: '1.5' }, /vCPUs must be/);
+  bad({ vcpus: '33' }, /vCPUs must be/);
+  bad({ memory_mib: '8' }, /Memory must be/);
+  bad({ name: '-x' }, /The name must be/);
+  bad({ cmdline: 'a\nb' }, /one line/);
+  bad({ description: 'x'.repeat(1025) }, /at most 1024 bytes/);
+  bad({ nics: [{ tap: '', mac: '' }] }, /Network card 1: the tap device name/);
+  bad({ nics: [{ tap: 'a-very-long-tap-name', mac: '' }] }, /tap device name/);
+  bad({ nics: [{ tap: 't0', mac: '' }, { tap: 't0', mac: '' }] }, /Network card 2: tap device t0 is already used/);
+  bad({ nics: [{ tap: 't0', mac: '02:00:00:00:00' }] }, /must look like/);
+  bad({ nics: [{ tap: 't0', mac: '01:00:00:00:00:01' }] }, /multicast/);
+  bad({ nics: Array.from({ length: 9 }, (_, i) => ({ tap: `t${i}`, mac: '' })) }, /at most 8 network cards/);
+});
+
+test('needsStop names what only a stopped VM may change', () => {
+  assert.deepEqual(f.needsStop({ description: 'x' }), []);
+  assert.deepEqual(f.needsStop({ vcpus: 2, disks: [], description: 'x', nics: [] }), ['vCPUs', 'disk order', 'network cards']);
+});
