@@ -43,9 +43,19 @@ pub struct Tap {
 }
 
 impl Tap {
-    /// Opens (creating if needed) tap `name` with a `vnet_hdr_len`-byte virtio-net header.
+    /// Opens (creating if needed) tap `name` with a `vnet_hdr_len`-byte virtio-net header. A
+    /// tap that already exists as a multi-queue device (e.g. `ip tuntap add ... multi_queue`)
+    /// refuses a plain open; one queue of it serves a single pair just as well.
     pub fn open(name: &str, vnet_hdr_len: i32) -> Result<Tap> {
-        Self::open_with(name, vnet_hdr_len, 0)
+        match Self::open_with(name, vnet_hdr_len, 0) {
+            Err(VmmError::Io {
+                what: "TUNSETIFF",
+                source,
+            }) if source.raw_os_error() == Some(libc::EINVAL) => {
+                Self::open_with(name, vnet_hdr_len, IFF_MULTI_QUEUE)
+            }
+            r => r,
+        }
     }
 
     /// Opens `queues` queues of multi-queue tap `name` (creating it if needed); one queue is a
