@@ -22,7 +22,9 @@
 
 use crate::http::{empty, Resp};
 use crate::state::{Auth, Caller, State};
-use control::{ConsolePort, ConsoleWatch, ControlError, ErrorCode, Request};
+use control::{
+    ConsoleChunk, ConsolePlace, ConsolePort, ConsoleWatch, ControlError, ErrorCode, Request,
+};
 use futures::{SinkExt, StreamExt};
 use http::{header, HeaderMap, HeaderValue, Response, StatusCode};
 use hyper_util::rt::TokioIo;
@@ -40,6 +42,8 @@ pub const MAX_CONSOLES: usize = 64;
 pub const MAX_INPUT_MESSAGE: usize = 64 << 10;
 /// Console bytes sent when a socket opens (per output stream).
 const INITIAL_TAIL: usize = 64 << 10;
+/// Most bytes of one stream sent per look (a guest that wrote more meanwhile: its newest).
+const MAX_DELTA: usize = 1 << 20;
 /// How often the console logs are looked at when the node cannot say when the guest writes
 /// (a controller without `ConsolePort::watch`).
 const POLL: Duration = Duration::from_millis(100);
@@ -213,6 +217,17 @@ async fn wake_on_output(watch: Option<Box<dyn ConsoleWatch>>, wake: Arc<tokio::s
     }
 }
 
+async fn since(
+    port: &Arc<dyn ConsolePort>,
+    places: &[ConsolePlace],
+    max: usize,
+) -> Option<Result<Vec<ConsoleChunk>, ControlError>> {
+    let (p, at) = (port.clone(), places.to_vec());
+    tokio::task::spawn_blocking(move || p.output_since(&at, max))
+        .await
+        .unwrap_or_else(|e| Some(Err(ControlError::internal(e.to_string()))))
+}
+
 async fn output(port: &Arc<dyn ConsolePort>) -> Result<Vec<Vec<u8>>, ControlError> {
     let p = port.clone();
     tokio::task::spawn_blocking(move || p.output())
@@ -240,6 +255,7 @@ async fn bridge<S>(
         return;
     }
     let mut seen: Vec<Seen> = Vec::new();
+    let mut places: Vec<ConsolePlace> = Vec::new();
     let mut first = true;
     // Told when the guest writes (pushed by the node), with a permit kept for a wake-up that
     // comes while the loop below is busy; polled only when the node cannot tell.
@@ -251,13 +267,26 @@ async fn bridge<S>(
     let close_reason: Option<&str> = loop {
         tokio::select! {
             _ = wake.notified() => {
-                let Ok(logs) = output(&port).await else { break Some("console unavailable") };
-                seen.resize_with(logs.len(), Seen::default);
+                let max = if first { INITIAL_TAIL } else { MAX_DELTA };
                 let mut out = Vec::new();
-                for (s, log) in seen.iter_mut().zip(&logs) {
-                    let new = s.fresh(log);
-                    let new = if first { &new[new.len().saturating_sub(INITIAL_TAIL)..] } else { new };
-                    out.extend_from_slice(new);
+                match since(&port, &places, max).await {
+                    // Only what is new, copied once (the node counts each stream's bytes).
+                    Some(Ok(chunks)) => {
+                        places = chunks.iter().map(|c| c.place).collect();
+                        for c in chunks {
+                            out.extend_from_slice(&c.bytes);
+                        }
+                    }
+                    Some(Err(_)) => break Some("console unavailable"),
+                    // A node without counts: compare copies of the whole logs.
+                    None => {
+                        let Ok(logs) = output(&port).await else { break Some("console unavailable") };
+                        seen.resize_with(logs.len(), Seen::default);
+                        for (s, log) in seen.iter_mut().zip(&logs) {
+                            let new = s.fresh(log);
+                            out.extend_from_slice(&new[new.len().saturating_sub(max)..]);
+                        }
+                    }
                 }
                 first = false;
                 if !out.is_empty() && tx.send(Message::Binary(out.into())).await.is_err() {

@@ -413,6 +413,18 @@ async fn running_vm_edit_and_a_waiting_detach_block_nothing_else() {
     assert_eq!(v.json["state"], "running");
     let con = a.get("/api/v1/vms/g/console").await;
     assert_eq!(con.status, 200, "{}", con.text);
+    // The console tail is served from the VMM's counted logs: the guest's words, and a total
+    // that counts every byte written (at least what is shown).
+    let out = con.json["output"].as_str().unwrap_or_default();
+    assert!(out.contains("acpi-waiting"), "{out}");
+    assert!(con.json["total_bytes"].as_u64().unwrap() >= out.len() as u64);
+    let tail = a.get("/api/v1/vms/g/console?max_bytes=5").await;
+    assert_eq!(
+        tail.json["output"].as_str().unwrap().len(),
+        5,
+        "{}",
+        tail.text
+    );
     assert!(
         t.elapsed() < Duration::from_secs(3),
         "status and console waited for the detach: {:?}",

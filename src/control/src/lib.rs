@@ -31,9 +31,9 @@ pub use reply::{
 };
 pub use request::Request;
 pub use vm::{
-    format_mac, parse_mac, ConsoleView, VmDeviceStatsView, VmNicSpec, VmNicView, VmStatsView,
-    VmView, DEFAULT_CONSOLE_BYTES, DEFAULT_STOP_TIMEOUT_MS, MAX_CONSOLE_BYTES, MAX_VCPUS,
-    MAX_VM_DISKS, MAX_VM_MEMORY_MIB, MAX_VM_NICS, MIN_VM_MEMORY_MIB,
+    format_mac, parse_mac, ConsoleChunk, ConsolePlace, ConsoleView, VmDeviceStatsView, VmNicSpec,
+    VmNicView, VmStatsView, VmView, DEFAULT_CONSOLE_BYTES, DEFAULT_STOP_TIMEOUT_MS,
+    MAX_CONSOLE_BYTES, MAX_VCPUS, MAX_VM_DISKS, MAX_VM_MEMORY_MIB, MAX_VM_NICS, MIN_VM_MEMORY_MIB,
 };
 
 use std::future::Future;
@@ -89,6 +89,19 @@ pub trait ConsolePort: Send + Sync {
     /// A waiter told when the guest writes, so a viewer need not poll [`ConsolePort::output`].
     /// Default: none (the caller polls).
     fn watch(&self) -> Option<Box<dyn ConsoleWatch>> {
+        None
+    }
+
+    /// What each output stream (serial, then the debug port) gained since the reader's places
+    /// `seen` (from the last answer; none at first), at most the newest `max_bytes` per stream,
+    /// copying only that rather than whole logs. Default `None`: not supported, and the
+    /// caller compares [`ConsolePort::output`] copies instead.
+    fn output_since(
+        &self,
+        seen: &[ConsolePlace],
+        max_bytes: usize,
+    ) -> Option<Result<Vec<ConsoleChunk>, ControlError>> {
+        let _ = (seen, max_bytes);
         None
     }
 }

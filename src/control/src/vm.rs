@@ -325,6 +325,22 @@ pub struct VmView {
     pub stats: Option<VmStatsView>,
 }
 
+/// Where a console reader is in one output stream: which log (each machine of a VM has its
+/// own) and how many of its bytes the reader has seen. The default is "nothing seen yet".
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ConsolePlace {
+    pub log_id: u64,
+    pub seen: u64,
+}
+
+/// New output of one console stream ([`crate::ConsolePort::output_since`]) and the reader's
+/// place after it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsoleChunk {
+    pub bytes: Vec<u8>,
+    pub place: ConsolePlace,
+}
+
 /// The tail of a VM's serial console (lossy UTF-8).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConsoleView {

@@ -14,8 +14,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use control::{
-    ConsoleView, ControlError, ErrorCode, VmDeviceStatsView, VmStatsView, VmView,
-    DEFAULT_CONSOLE_BYTES, DEFAULT_STOP_TIMEOUT_MS,
+    ConsoleChunk, ConsolePlace, ConsoleView, ControlError, ErrorCode, VmDeviceStatsView,
+    VmStatsView, VmView, DEFAULT_CONSOLE_BYTES, DEFAULT_STOP_TIMEOUT_MS,
 };
 use engine::Engine;
 use serde::{Deserialize, Serialize};
@@ -502,21 +502,24 @@ impl Vms {
     ) -> Result<ConsoleView, ControlError> {
         let slot = self.get(name)?;
         let s = slot.lock();
-        let out =
-            s.vm.as_ref()
-                .map(|vm| {
-                    // The serial console, plus the debug port test guests report on.
-                    let mut o = vm.console_output();
-                    o.extend(vm.debug_output());
-                    o
-                })
-                .unwrap_or_default();
-        let max = max_bytes.unwrap_or(DEFAULT_CONSOLE_BYTES) as usize;
+        let max = usize::try_from(max_bytes.unwrap_or(DEFAULT_CONSOLE_BYTES)).unwrap_or(usize::MAX);
+        // The serial console, plus the debug port test guests report on: the newest `max`
+        // bytes of each (copying only those, not the whole logs), then of both together.
+        let (mut out, mut total) = (Vec::new(), 0u64);
+        if let Some(vm) = s.vm.as_ref() {
+            for c in [vm.console_since(0, 0, max), vm.debug_since(0, 0, max)]
+                .into_iter()
+                .flatten()
+            {
+                out.extend_from_slice(&c.bytes);
+                total = total.saturating_add(c.total);
+            }
+        }
         let tail = &out[out.len().saturating_sub(max)..];
         Ok(ConsoleView {
             name: name.to_string(),
             output: String::from_utf8_lossy(tail).into_owned(),
-            total_bytes: out.len() as u64,
+            total_bytes: total,
         })
     }
 
@@ -583,6 +586,41 @@ impl control::ConsolePort for ConsolePort {
 
     fn watch(&self) -> Option<Box<dyn control::ConsoleWatch>> {
         Some(Box::new(watch::OutputWatch::new(self.slot.clone())))
+    }
+
+    fn output_since(
+        &self,
+        seen: &[ConsolePlace],
+        max_bytes: usize,
+    ) -> Option<Result<Vec<ConsoleChunk>, ControlError>> {
+        let at = |i: usize| seen.get(i).copied().unwrap_or_default();
+        let s = self.slot.lock();
+        let chunk = |i: usize, c: Option<vmm::LogChunk>| match c {
+            Some(c) => ConsoleChunk {
+                bytes: c.bytes,
+                place: ConsolePlace {
+                    log_id: c.log_id,
+                    seen: c.total,
+                },
+            },
+            // No machine (never started): nothing new, and the place stays.
+            None => ConsoleChunk {
+                bytes: Vec::new(),
+                place: at(i),
+            },
+        };
+        let vm = s.vm.as_ref();
+        let (p0, p1) = (at(0), at(1));
+        Some(Ok(vec![
+            chunk(
+                0,
+                vm.and_then(|v| v.console_since(p0.log_id, p0.seen, max_bytes)),
+            ),
+            chunk(
+                1,
+                vm.and_then(|v| v.debug_since(p1.log_id, p1.seen, max_bytes)),
+            ),
+        ]))
     }
 }
 

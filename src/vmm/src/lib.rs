@@ -85,7 +85,7 @@ pub use backend_engine::EngineDisk;
 pub use backend_file::FileDisk;
 pub use boot::BootConfig;
 pub use config::{DiskConfig, NetConfig, VmConfig};
-pub use devices::ExitReason;
+pub use devices::{ExitReason, LogChunk};
 pub use error::{Result, VmmError};
 pub use stats::{DeviceStats, VmStats};
 pub use vm::{DetachWait, Vm, VmState};

@@ -398,6 +398,33 @@ impl Vm {
             .unwrap_or_default()
     }
 
+    /// Console (COM1) output a reader has not seen yet, copying only that (see
+    /// [`crate::devices::BoundedLog::since`]). None before the machine exists.
+    pub fn console_since(
+        &self,
+        log_id: u64,
+        from: u64,
+        max: usize,
+    ) -> Option<crate::devices::LogChunk> {
+        Some(
+            self.machine
+                .as_ref()?
+                .serial
+                .output
+                .since(log_id, from, max),
+        )
+    }
+
+    /// Debug character port output a reader has not seen yet (as [`Vm::console_since`]).
+    pub fn debug_since(
+        &self,
+        log_id: u64,
+        from: u64,
+        max: usize,
+    ) -> Option<crate::devices::LogChunk> {
+        Some(self.machine.as_ref()?.debug.output.since(log_id, from, max))
+    }
+
     /// Receivers that change whenever the guest writes the console (COM1) or the debug
     /// character port, in that order. They end when the machine is dropped (a delete, or a
     /// start that builds a new one). None before the machine exists.

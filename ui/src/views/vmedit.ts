@@ -39,7 +39,7 @@ export function VmEdit({ vm, onDone, onCancel }: { vm: VmView; onDone: (name: st
     }
   };
   const id = (s: string) => `ve-${s}`;
-  return html`<form class="vm-edit" aria-label=${`edit ${vm.name}`} onSubmit=${save}>
+  return html`<form class="vm-edit" aria-label=${`edit ${vm.name}`} onSubmit=${save} noValidate>
     <h3>Edit ${vm.name}</h3>
     ${running ? html`<p class="note">${vm.name} is ${vm.state}: only the description can change until it is stopped.</p>` : null}
     <${ErrorBox} error=${error} />

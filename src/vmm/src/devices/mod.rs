@@ -67,9 +67,28 @@ impl ExitLatch {
     }
 }
 
+/// Ids of [`BoundedLog`]s, unique in the process.
+static NEXT_LOG_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// An answer of [`BoundedLog::since`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogChunk {
+    /// The bytes the reader had not seen (the newest ones when there were more than asked).
+    pub bytes: Vec<u8>,
+    /// The log they come from; pass it back with `total` on the next call.
+    pub log_id: u64,
+    /// Bytes pushed to that log so far.
+    pub total: u64,
+}
+
 /// A byte buffer that keeps at most `cap` bytes, dropping the oldest (console and debug logs).
 pub struct BoundedLog {
     buf: Mutex<std::collections::VecDeque<u8>>,
+    /// Bytes pushed so far, under the same lock as `buf`, so [`BoundedLog::since`] can say
+    /// exactly which bytes a reader has not seen.
+    total: Mutex<u64>,
+    /// Tells this log from the one of the next machine (a restart starts a new log).
+    id: u64,
     cap: usize,
     /// Bytes pushed so far; watchers ([`BoundedLog::watch`]) wake on every push, so a console
     /// viewer is told about output instead of polling for it.
@@ -81,6 +100,8 @@ impl BoundedLog {
     pub fn new(cap: usize) -> Self {
         Self {
             buf: Mutex::new(std::collections::VecDeque::new()),
+            total: Mutex::new(0),
+            id: NEXT_LOG_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             cap,
             written: tokio::sync::watch::Sender::new(0),
         }
@@ -94,6 +115,9 @@ impl BoundedLog {
             b.extend(bytes.iter().copied());
             let excess = b.len().saturating_sub(self.cap);
             b.drain(..excess);
+            // Lock order: buf, then total (here and in `since`).
+            let mut t = self.total.lock();
+            *t = t.wrapping_add(bytes.len() as u64);
         }
         self.written
             .send_modify(|n| *n = n.wrapping_add(bytes.len() as u64));
@@ -108,6 +132,27 @@ impl BoundedLog {
     /// A copy of the current contents.
     pub fn snapshot(&self) -> Vec<u8> {
         self.buf.lock().iter().copied().collect()
+    }
+
+    /// What a reader that has seen the first `from` bytes of the log with id `log_id` has not:
+    /// the newest `max` bytes at most of those pushed since, plus this log's id and count. A
+    /// reader of another log (a new machine) gets this log's newest `max` bytes. Copies only
+    /// what it returns, not the whole log.
+    pub fn since(&self, log_id: u64, from: u64, max: usize) -> LogChunk {
+        let b = self.buf.lock();
+        let total = *self.total.lock();
+        let kept = b.len();
+        let unseen = if log_id == self.id {
+            usize::try_from(total.saturating_sub(from)).unwrap_or(usize::MAX)
+        } else {
+            kept
+        };
+        let n = unseen.min(kept).min(max);
+        LogChunk {
+            bytes: b.range(kept - n..).copied().collect(),
+            log_id: self.id,
+            total,
+        }
     }
 
     /// Empties the log.
@@ -135,5 +180,30 @@ mod log_tests {
         // A dropped log ends its watchers (a console then follows the next machine).
         drop(log);
         assert!(rx.has_changed().is_err());
+    }
+
+    #[test]
+    fn since_returns_only_what_a_reader_has_not_seen() {
+        let log = BoundedLog::new(8);
+        let other = BoundedLog::new(8);
+        let first = log.since(0, 0, 100);
+        assert!(first.bytes.is_empty());
+        assert_eq!(first.total, 0);
+        log.push(b"hello ");
+        // A reader of another log (or none yet) gets the newest bytes, at most `max`.
+        let c = log.since(other.since(0, 0, 1).log_id, 0, 4);
+        assert_eq!(c.bytes, b"llo ");
+        assert_eq!(c.total, 6);
+        let c = log.since(c.log_id, c.total, 100);
+        assert!(c.bytes.is_empty(), "nothing new");
+        log.push(b"world");
+        let d = log.since(c.log_id, c.total, 100);
+        assert_eq!(d.bytes, b"world");
+        assert_eq!(d.total, 11);
+        // More than the log keeps was written since: only what is kept (the cap) comes back.
+        log.push(b"0123456789");
+        let e = log.since(d.log_id, d.total, 100);
+        assert_eq!(e.bytes, b"23456789");
+        assert_eq!(e.total, 21);
     }
 }
