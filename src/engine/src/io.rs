@@ -249,12 +249,15 @@ impl Inner {
         let mut failures: Vec<(Arc<Disk>, StoreError)> = Vec::new();
         for d in &live {
             d.inflight.fetch_add(1, Ordering::Relaxed);
-            let r = d.replica.read(obj, block, nblocks, at_gen).await;
+            // Verified and copied block by block into the caller's memory (one pass).
+            let r = d
+                .replica
+                .read_into(obj, block, nblocks, at_gen, &mut *out)
+                .await;
             d.inflight.fetch_sub(1, Ordering::Relaxed);
             d.reads.fetch_add(1, Ordering::Relaxed);
             match r {
-                Ok(buf) => {
-                    out.copy_from_slice(&buf[..out.len()]);
+                Ok(()) => {
                     for (bad, e) in failures {
                         repairs.push(self.classify(bad, d.clone(), &e, block, nblocks, at_gen));
                     }

@@ -54,6 +54,30 @@ pub trait Replica: Send + Sync + 'static {
         nblocks: u32,
         at_gen: u64,
     ) -> BoxFuture<'_, R<AlignedBuf>>;
+    /// `read` into the caller's memory (`out` is exactly `nblocks` blocks). A holder that can
+    /// verify and copy in one pass (a local store) overrides this; the default copies the
+    /// verified buffer `read` returns. On error `out` holds unspecified bytes.
+    fn read_into<'a>(
+        &'a self,
+        obj: ObjectId,
+        block: u64,
+        nblocks: u32,
+        at_gen: u64,
+        out: &'a mut [u8],
+    ) -> BoxFuture<'a, R<()>> {
+        Box::pin(async move {
+            let buf = self.read(obj, block, nblocks, at_gen).await?;
+            if buf.len() < out.len() {
+                return Err(StoreError::InvalidArgument(format!(
+                    "replica returned {} bytes for a read of {}",
+                    buf.len(),
+                    out.len()
+                )));
+            }
+            out.copy_from_slice(&buf[..out.len()]);
+            Ok(())
+        })
+    }
     fn discard(
         &self,
         obj: ObjectId,
@@ -138,6 +162,16 @@ impl Replica for LocalReplica {
         at_gen: u64,
     ) -> BoxFuture<'_, R<AlignedBuf>> {
         Box::pin(self.0.read(obj, block, nblocks, at_gen))
+    }
+    fn read_into<'a>(
+        &'a self,
+        obj: ObjectId,
+        block: u64,
+        nblocks: u32,
+        at_gen: u64,
+        out: &'a mut [u8],
+    ) -> BoxFuture<'a, R<()>> {
+        Box::pin(self.0.read_into(obj, block, nblocks, at_gen, out))
     }
     fn discard(
         &self,

@@ -92,6 +92,7 @@ mod error;
 mod layout;
 mod maps;
 mod ops;
+mod read;
 mod recover;
 mod store;
 mod types;

@@ -18,7 +18,7 @@ use crate::codec::{Record, Writer};
 use crate::disk::{encode_maps, BatchHdr, CkptHdr};
 use crate::error::{Result, StoreError};
 use crate::layout::{Layout, Superblock, BS};
-use crate::maps::{visible_data, Maps};
+use crate::maps::Maps;
 use crate::{ObjectId, Space, StoreStats};
 
 /// Largest single read or write, in blocks (4 MiB).
@@ -107,7 +107,7 @@ impl std::fmt::Debug for Store {
     }
 }
 
-fn check_obj_range(block: u64, n: u64) -> Result<()> {
+pub(crate) fn check_obj_range(block: u64, n: u64) -> Result<()> {
     if n == 0 {
         return Err(StoreError::invalid("zero blocks"));
     }
@@ -603,116 +603,6 @@ impl Store {
             }
         }
         self.inner.maybe_flush().await
-    }
-
-    pub async fn read(
-        &self,
-        obj: ObjectId,
-        block: u64,
-        nblocks: u32,
-        at_gen: u64,
-    ) -> Result<AlignedBuf> {
-        let inner = &*self.inner;
-        inner.check_ok()?;
-        check_obj_range(block, u64::from(nblocks))?;
-        let n = nblocks as usize;
-        let mut attempt = 0;
-        loop {
-            // (index in the read, phys, crc, gen) of every block that has data.
-            let plan: Vec<(usize, u64, u32, u64)> = {
-                let st = inner.state.read();
-                match st.maps.objs.get(&obj) {
-                    None => Vec::new(),
-                    // Point lookup for single-block reads (cheaper than a range walk).
-                    Some(m) if n == 1 => m
-                        .get(&block)
-                        .and_then(|vs| visible_data(vs, at_gen))
-                        .map(|v| vec![(0, v.phys, v.crc, v.gen)])
-                        .unwrap_or_default(),
-                    Some(m) => m
-                        .range(block..block + n as u64)
-                        .filter_map(|(b, vs)| {
-                            visible_data(vs, at_gen)
-                                .map(|v| ((b - block) as usize, v.phys, v.crc, v.gen))
-                        })
-                        .collect(),
-                }
-            };
-            let mut nruns = 1;
-            let out = match plan.first() {
-                // One contiguous run covering the whole read (the common 4 KiB case): read
-                // straight into the buffer we return.
-                Some(&(0, phys, _, _))
-                    if plan.len() == n && plan.windows(2).all(|w| w[1].1 == w[0].1 + 1) =>
-                {
-                    inner
-                        .dev_read(inner.layout().data_offset(phys), n as u64, "data")
-                        .await?
-                }
-                _ => {
-                    let mut out = AlignedBuf::zeroed(n * BS as usize);
-                    let mut runs = Vec::new();
-                    let mut i = 0;
-                    while i < plan.len() {
-                        let mut j = i + 1;
-                        while j < plan.len()
-                            && plan[j].0 == plan[j - 1].0 + 1
-                            && plan[j].1 == plan[j - 1].1 + 1
-                        {
-                            j += 1;
-                        }
-                        runs.push((plan[i].0, plan[i].1, j - i));
-                        i = j;
-                    }
-                    nruns = runs.len();
-                    // Every run in flight at once.
-                    let reads = runs.iter().map(|&(_, phys, len)| {
-                        inner.dev_read(inner.layout().data_offset(phys), len as u64, "data")
-                    });
-                    let bufs = futures::future::try_join_all(reads).await?;
-                    for (&(idx, _, len), tmp) in runs.iter().zip(bufs) {
-                        out[idx * BS as usize..(idx + len) * BS as usize].copy_from_slice(&tmp);
-                    }
-                    out
-                }
-            };
-            let bad = plan.iter().find(|&&(idx, _, crc, _)| {
-                crc32c::crc32c(&out[idx * BS as usize..(idx + 1) * BS as usize]) != crc
-            });
-            match bad {
-                None => {
-                    if crate::defrag::worth_it(n, &plan, nruns)
-                        && inner.defrag(obj, block, &plan, &out).await > 0
-                    {
-                        // The moves are journal records like any other: keep the buffer bounded.
-                        self.inner.maybe_flush().await?;
-                    }
-                    return Ok(out);
-                }
-                Some(&(idx, phys, _, gen)) => {
-                    // A concurrent write may have replaced the version and (after a flush) the
-                    // block been reused while we read: look again before calling it corrupt.
-                    let b = block + idx as u64;
-                    let still = {
-                        let st = inner.state.read();
-                        st.maps
-                            .objs
-                            .get(&obj)
-                            .and_then(|m| m.get(&b))
-                            .and_then(|vs| visible_data(vs, at_gen))
-                            .is_some_and(|v| v.phys == phys && v.gen == gen)
-                    };
-                    attempt += 1;
-                    if still || attempt >= 3 {
-                        inner
-                            .counters
-                            .checksum_errors
-                            .fetch_add(1, Ordering::Relaxed);
-                        return Err(StoreError::Corrupt { obj, block: b, gen });
-                    }
-                }
-            }
-        }
     }
 
     pub async fn discard(
