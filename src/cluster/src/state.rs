@@ -161,6 +161,13 @@ pub struct ClusterState {
     pub schedules: BTreeMap<String, ScheduleDef>,
     /// SHA-256 (hex) of each outstanding join token's secret.
     pub join_tokens: BTreeMap<String, JoinTokenDef>,
+    /// (owner, holder): the owner acknowledged writes its replicas on the holder did not get
+    /// (the holder was unreachable), so the holder's copies are outdated until resynced and it
+    /// must not take the owner's virtual disks over. Committed before the first such write.
+    pub outdated: std::collections::BTreeSet<(NodeId, NodeId)>,
+    /// Members whose virtual disks were taken over, with the takeover's epoch: an incarnation
+    /// of that member with an older write epoch may no longer write alone.
+    pub taken_over: BTreeMap<NodeId, u64>,
 }
 
 /// A change to the cluster state.
@@ -241,6 +248,19 @@ pub enum Command {
     MoveVdisks {
         from: NodeId,
         to: NodeId,
+    },
+    /// `owner` (writing with `epoch`) is about to acknowledge writes without its replicas on
+    /// `holder` (see [`ClusterState::outdated`]). Rejected if `owner` was taken over at or after
+    /// `epoch`: that incarnation must stop writing.
+    Outdate {
+        owner: NodeId,
+        holder: NodeId,
+        epoch: u64,
+    },
+    /// The holder's copies of `owner`'s virtual disks are in sync again.
+    ClearOutdated {
+        owner: NodeId,
+        holder: NodeId,
     },
 }
 
@@ -490,6 +510,24 @@ impl ClusterState {
                     .ok_or_else(|| reject("no such schedule"))?;
             }
             MoveVdisks { from, to } => return self.move_vdisks(*from, *to),
+            Outdate {
+                owner,
+                holder,
+                epoch,
+            } => {
+                if self.taken_over.get(owner).is_some_and(|t| *t >= *epoch) {
+                    return Err(reject(
+                        "this member's virtual disks were taken over; it may not write alone",
+                    ));
+                }
+                if !self.members.contains_key(owner) || !self.members.contains_key(holder) {
+                    return Err(reject("no such member"));
+                }
+                self.outdated.insert((*owner, *holder));
+            }
+            ClearOutdated { owner, holder } => {
+                self.outdated.remove(&(*owner, *holder));
+            }
             // Deduplication is the state machine's (it keeps the request log); here the
             // command simply applies. Tags do not nest.
             Once { request, cmd } => {
@@ -526,6 +564,12 @@ impl ClusterState {
         if moving.is_empty() {
             return Err(reject("the member owns no virtual disks"));
         }
+        if self.outdated.contains(&(from, to)) {
+            return Err(reject(
+                "the target's copies are outdated (the owner wrote without them); taking over \
+                 would lose acknowledged writes",
+            ));
+        }
         let renamed = |id: &str| match id.split_once('/') {
             Some((_, name)) if vdisk_owner(id) == Some(from) => format!("{to}/{name}"),
             _ => id.to_string(),
@@ -557,6 +601,8 @@ impl ClusterState {
             }
         }
         self.placement.version += 1;
+        self.taken_over.insert(from, self.placement.version);
+        self.outdated.retain(|(o, _)| *o != from);
         Ok(CommandResult::PlacementVersion(self.placement.version))
     }
 }
@@ -727,6 +773,38 @@ mod tests {
         assert!(matches!(
             s.apply(&Command::MoveVdisks { from: 1, to: 2 }),
             CommandResult::Rejected(_)
+        ));
+        // The old incarnation (epoch before the takeover) may not write alone any more; a
+        // later one may.
+        assert!(matches!(
+            s.apply(&Command::Outdate {
+                owner: 1,
+                holder: 2,
+                epoch: v0
+            }),
+            CommandResult::Rejected(_)
+        ));
+        assert_eq!(
+            s.apply(&Command::Outdate {
+                owner: 1,
+                holder: 2,
+                epoch: v0 + 2
+            }),
+            CommandResult::Ok
+        );
+        // An outdated holder cannot take over; once resynced it can.
+        s.apply(&Command::CreateVdisk(vdisk("1/c")));
+        assert!(matches!(
+            s.apply(&Command::MoveVdisks { from: 1, to: 2 }),
+            CommandResult::Rejected(_)
+        ));
+        s.apply(&Command::ClearOutdated {
+            owner: 1,
+            holder: 2,
+        });
+        assert!(matches!(
+            s.apply(&Command::MoveVdisks { from: 1, to: 2 }),
+            CommandResult::PlacementVersion(_)
         ));
         assert_eq!(vdisk_owner("12/x/y"), Some(12));
         assert_eq!(vdisk_owner("x"), None);

@@ -422,12 +422,17 @@ impl RemoteReplica {
     /// Send a mutation unless the replica is away or one of `check` is dirty (then record
     /// `mark` as dirty and succeed).
     pub(crate) async fn mutate(&self, check: &[ObjectId], mark: &[ObjectId], req: Req) -> R<()> {
-        {
+        let alone = {
             let mut st = self.st.lock();
             if st.mode == Reachability::Away || check.iter().any(|o| st.dirty.contains(o)) {
                 st.dirty.extend(mark.iter().copied());
-                return Ok(());
+                true
+            } else {
+                false
             }
+        };
+        if alone {
+            return self.without_holder().await;
         }
         let session = req.fence().map_or(0, |f| f.session);
         let timeout = match req {
@@ -435,24 +440,38 @@ impl RemoteReplica {
             _ => self.link.cfg.call_timeout,
         };
         let r = self.link.call(&req, timeout).await;
-        let mut st = self.st.lock();
-        self.note_restart(&mut st);
-        match r {
-            Ok(_) => {
-                st.seq += 1;
-                let s = st.seq;
-                for o in mark {
-                    st.unflushed.insert(*o, s);
+        {
+            let mut st = self.st.lock();
+            self.note_restart(&mut st);
+            match r {
+                Ok(_) => {
+                    st.seq += 1;
+                    let s = st.seq;
+                    for o in mark {
+                        st.unflushed.insert(*o, s);
+                    }
+                    return Ok(());
                 }
-                Ok(())
+                Err(CallErr::Net(_)) => {
+                    self.went_away(&mut st, session);
+                    st.dirty.extend(mark.iter().copied());
+                }
+                Err(CallErr::Wire(w)) => return Err(wire_to_store(self.link.node_id, w)),
             }
-            Err(CallErr::Net(_)) => {
-                self.went_away(&mut st, session);
-                st.dirty.extend(mark.iter().copied());
-                Ok(())
-            }
-            Err(CallErr::Wire(w)) => Err(wire_to_store(self.link.node_id, w)),
         }
+        self.without_holder().await
+    }
+
+    /// A mutation was recorded as dirty instead of reaching the holder: it may count as done
+    /// only if the cluster agrees this node writes without the holder (see `AlonePermit`).
+    async fn without_holder(&self) -> R<()> {
+        if self.link.epochs.may_write_without(self.link.node_id).await {
+            return Ok(());
+        }
+        Err(StoreError::InvalidArgument(format!(
+            "node {} is unreachable and the cluster did not confirm that this node may write              without it (no majority reachable, or this node's virtual disks were taken over              by another node); write refused",
+            self.link.node_id
+        )))
     }
 
     /// A read-only request; fails fast while away.

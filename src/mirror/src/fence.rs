@@ -148,10 +148,28 @@ fn write_atomic(path: &Path, entries: &[(u64, u64)]) -> std::io::Result<()> {
 /// The writer's side: the epoch this node writes each virtual disk with. The cluster layer
 /// sets it when this node becomes a virtual disk's owner (the raft-assigned epoch), and calls
 /// `RemoteReplica::raise` (or `MirrorPeers::raise`) so the holders learn it before any write.
-#[derive(Debug)]
 pub struct EpochBook {
     base: std::sync::atomic::AtomicU64,
     per: RwLock<HashMap<u64, u64>>,
+    alone: RwLock<Option<std::sync::Arc<dyn AlonePermit>>>,
+}
+
+impl std::fmt::Debug for EpochBook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "EpochBook(base {})",
+            self.base.load(std::sync::atomic::Ordering::Relaxed)
+        )
+    }
+}
+
+/// Asked before this node acknowledges a write that its replica on node `holder` did not get
+/// (the holder is away): `true` once the cluster has recorded that the holder's copies are
+/// outdated, so the holder can never take the virtual disk over without these writes. `false`
+/// (no quorum, or this node's disks were taken over): the write fails instead.
+pub trait AlonePermit: Send + Sync + 'static {
+    fn permit(&self, holder: u64) -> blockdev::BoxFuture<'static, bool>;
 }
 
 impl EpochBook {
@@ -160,6 +178,22 @@ impl EpochBook {
         EpochBook {
             base: std::sync::atomic::AtomicU64::new(base),
             per: RwLock::new(HashMap::new()),
+            alone: RwLock::new(None),
+        }
+    }
+
+    /// Install the permit asked before writing without an away holder (none: always allowed,
+    /// for a node that is not in a cluster).
+    pub fn set_alone_permit(&self, p: std::sync::Arc<dyn AlonePermit>) {
+        *self.alone.write() = Some(p);
+    }
+
+    /// Whether a write may be acknowledged without the replicas on node `holder`.
+    pub async fn may_write_without(&self, holder: u64) -> bool {
+        let p = self.alone.read().clone();
+        match p {
+            Some(p) => p.permit(holder).await,
+            None => true,
         }
     }
     pub fn get(&self, vdisk: u64) -> u64 {

@@ -19,8 +19,14 @@
 //! let epochs = Arc::new(EpochBook::new(1));         // one per node, shared by its links
 //! let link = PeerLink::new(peer_id, peer_addr, &identity, epochs.clone(), MirrorConfig::default())?;
 //! attach_peer(&engine, &link).await?;               // adds the peer's disks to the pool
-//! // taking over a virtual disk after its owner died (epoch from raft, higher than before):
-//! for l in links { l.raise_for(old_owner_id, vdisk_id, new_epoch).await?; }
+//! // owners describe their virtual disks to holders (each change):
+//! link.describe(engine.vdisk_records()).await?;
+//! // writing while a peer is away needs the cluster's word (see `AlonePermit`):
+//! epochs.set_alone_permit(permit);
+//! // taking over a virtual disk after its owner died: fence the held copy forever, adopt it
+//! srv.retire(old_owner_id, vdisk_id).await?;                 // and raise_for on other peers
+//! let rec = /* from srv.described() */;
+//! engine.adopt_vdisk(&rec, hosted_id(old_owner_id, vdisk_id)).await?;
 //! ```
 #![forbid(unsafe_code)]
 
@@ -35,7 +41,7 @@ pub mod wire;
 
 pub use client::{MirrorConfig, PeerLink, RemoteReplica};
 pub use error::{MirrorError, Result};
-pub use fence::{EpochBook, EpochTable};
+pub use fence::{AlonePermit, EpochBook, EpochTable};
 pub use server::{hosted_objects, ReplicaServer};
 pub use wire::{hosted_id, DiskDesc};
 

@@ -28,11 +28,18 @@
 //! committed before, by any node. That version becomes this node's write epoch for all its
 //! virtual disks (`EpochBook::set_base`), and every mutation it sends carries it. Replica
 //! servers keep the highest epoch seen per virtual disk durably and refuse lower ones, so after
-//! a restart the previous incarnation's delayed writes are refused, and a node taking a virtual
-//! disk over (not implemented yet: see below) would commit a newer version and raise it on the
-//! holders (`PeerLink::raise_for`), fencing the old owner even if it is still running behind a
-//! partition. No peer is attached before the epoch is committed, so nothing is ever sent with
-//! an epoch raft did not hand out.
+//! a restart the previous incarnation's delayed writes are refused. A node taking a virtual
+//! disk over commits a newer version (`MoveVdisks`) and retires the held copy (epoch maximum,
+//! here and on the other peers via `PeerLink::raise_for`), fencing the old owner even if it is
+//! still running behind a partition (see `crate::takeover`). No peer is attached before the
+//! epoch is committed, so nothing is ever sent with an epoch raft did not hand out.
+//!
+//! Writing alone: a write or other change that an away peer's replica does not get is
+//! acknowledged only once the cluster has recorded that the peer's copies are outdated
+//! (`Command::Outdate`, committed once per away period, before the first such write; cleared
+//! when the peer is back in sync). That peer can then not take this node's disks over without
+//! those writes, and an owner cut off from the majority gets write errors instead of
+//! acknowledging writes a takeover would lose (`crate::takeover::AlonePermit`).
 //!
 //! # Failures
 //! A peer that dies or hangs makes its replicas *away* within the mirror call timeout (2 s) or
@@ -41,8 +48,16 @@
 //! engine's remote watcher, `engine::remote`). Past the engine's grace period (300 s) the
 //! peer's disks are given up and the data re-mirrored on the remaining disks.
 //!
-//! Not done yet: taking over a dead owner's virtual disks on another node (the disks stay
-//! served by their owner; a survivor holds a full, fenced copy that a takeover would use).
+//! Takeover: each tick also describes this node's virtual disks to its peers, takes over the
+//! virtual disks of a data member down past the takeover delay (`CAIRN_TAKEOVER_DELAY_MS`,
+//! default 20 s), adopts what raft assigned to this node from the copies held here, and drops
+//! stale local copies of disks another node took over (all in `crate::takeover`).
+//!
+//! Not done yet: automatic takeover with more than two data members (a chunk's second replica
+//! may then be on a third node, which the new owner cannot read yet); a manual
+//! `cairn vdisk takeover`; restarting the moved VMs (their local definitions stay on the old
+//! owner: logged as "needs a start on node N"); reads on an owner cut off from the majority are
+//! still served from its local copy until the takeover's fence stops its writes.
 //!
 //! Must never: attach a peer before the epoch is committed, attach this node's own disks as
 //! remote, or serve disks to anything without a certificate from this cluster's CA.
@@ -109,6 +124,7 @@ struct Running {
     /// Last problem logged, so a persisting one is logged once.
     last_warning: String,
     takeover: crate::takeover::Takeover,
+    permit: crate::takeover::AlonePermit,
 }
 
 impl Running {
@@ -232,17 +248,21 @@ async fn step(inner: &NodeInner, running: &mut Option<Running>) {
                 return;
             }
         };
+        let epochs = Arc::new(EpochBook::new(1));
+        let permit = crate::takeover::AlonePermit::new(m.clone());
+        epochs.set_alone_permit(permit.handle());
         *running = Some(Running {
             cluster_id: m.cluster_id().to_string(),
             me,
             identity,
             server,
             handle: None,
-            epochs: Arc::new(EpochBook::new(1)),
+            epochs,
             epoch: 0,
             peers: HashMap::new(),
             last_warning: String::new(),
             takeover: Default::default(),
+            permit,
         });
     }
     let Some(r) = running.as_mut() else { return };
@@ -283,6 +303,7 @@ async fn step(inner: &NodeInner, running: &mut Option<Running>) {
         match tokio::time::timeout(EPOCH_TIMEOUT, m.propose(cmd)).await {
             Ok(Ok(CommandResult::PlacementVersion(v))) => {
                 r.epochs.set_base(v);
+                r.permit.set_epoch(v);
                 r.epoch = v;
                 inner.mirror.shown.lock().epoch = v;
                 tracing::info!(epoch = v, member = me, "mirror: write epoch committed");
@@ -371,6 +392,7 @@ async fn step(inner: &NodeInner, running: &mut Option<Running>) {
         .map(|(id, p)| (*id, p.link.clone()))
         .collect();
     crate::takeover::step(inner, &m, &r.server, &links, &mut r.takeover).await;
+    crate::takeover::clear_outdated(inner, &r.permit).await;
 
     // Members that left (or drain): their disks leave this pool, redundancy is rebuilt here.
     let gone: Vec<u64> = r

@@ -197,7 +197,7 @@ async fn maybe_take_over(m: &Arc<ClusterNode>, t: &mut Takeover) {
                     "takeover: committed; this node owns the member's virtual disks now"
                 );
             }
-            Ok(Ok(other)) => tracing::info!(from = x.id, result = ?other, "takeover refused"),
+            Ok(Ok(other)) => t.once(format!("taking over member {} refused: {other:?}", x.id)),
             Ok(Err(e)) => tracing::warn!(from = x.id, error = %e, "takeover: no commit"),
             Err(_) => tracing::warn!(from = x.id, "takeover: no commit in time"),
         }
@@ -358,6 +358,164 @@ async fn drop_stale(
                  the stale local copy is dropped and never served again"
             ),
             Err(e) => tracing::warn!(vdisk = %v.name, error = %e, "dropping a stale copy failed"),
+        }
+    }
+}
+
+/// Bound on recording "writing without a holder" in the cluster; the write waits that long.
+const OUTDATE_TIMEOUT: Duration = Duration::from_secs(6);
+/// After a refusal, writes without that holder fail at once for this long (no proposal storm).
+const REFUSED_FOR: Duration = Duration::from_secs(1);
+
+/// The node's [`mirror::AlonePermit`]: before the first write acknowledged without an away
+/// holder, `Command::Outdate` is committed (so that holder can never take this node's virtual
+/// disks over without those writes, and a takeover that won first makes this node's writes
+/// fail instead); once the holder is back in sync, `ClearOutdated` (see [`clear_outdated`]).
+pub(crate) struct AlonePermit(Arc<PermitInner>);
+
+pub(crate) struct PermitInner {
+    member: Arc<ClusterNode>,
+    /// This node's write epoch (0 until committed).
+    epoch: std::sync::atomic::AtomicU64,
+    /// Held while proposing Outdate or ClearOutdated, so the two never interleave.
+    gate: tokio::sync::Mutex<()>,
+    /// Holders this node committed as outdated (the local state may lag the leader's).
+    granted: parking_lot::Mutex<HashSet<u64>>,
+    refused: parking_lot::Mutex<HashMap<u64, Instant>>,
+}
+
+impl AlonePermit {
+    pub(crate) fn new(member: Arc<ClusterNode>) -> AlonePermit {
+        AlonePermit(Arc::new(PermitInner {
+            member,
+            epoch: Default::default(),
+            gate: Default::default(),
+            granted: Default::default(),
+            refused: Default::default(),
+        }))
+    }
+
+    pub(crate) fn handle(&self) -> Arc<dyn mirror::AlonePermit> {
+        Arc::new(AlonePermit(self.0.clone()))
+    }
+
+    pub(crate) fn set_epoch(&self, epoch: u64) {
+        self.0
+            .epoch
+            .store(epoch, std::sync::atomic::Ordering::Release);
+    }
+}
+
+impl PermitInner {
+    fn known(&self, holder: u64) -> bool {
+        let me = self.member.id();
+        self.granted.lock().contains(&holder)
+            || self.member.read(|s| s.outdated.contains(&(me, holder)))
+    }
+
+    async fn ask(&self, holder: u64) -> bool {
+        if self.known(holder) {
+            return true;
+        }
+        let _g = self.gate.lock().await;
+        if self.known(holder) {
+            return true;
+        }
+        if self
+            .refused
+            .lock()
+            .get(&holder)
+            .is_some_and(|t| t.elapsed() < REFUSED_FOR)
+        {
+            return false;
+        }
+        let epoch = self.epoch.load(std::sync::atomic::Ordering::Acquire);
+        let me = self.member.id();
+        let cmd = Command::Outdate {
+            owner: me,
+            holder,
+            epoch,
+        };
+        let why = match tokio::time::timeout(OUTDATE_TIMEOUT, self.member.propose(cmd)).await {
+            Ok(Ok(CommandResult::Ok)) => {
+                self.granted.lock().insert(holder);
+                tracing::warn!(
+                    holder,
+                    "mirror: member {holder} is unreachable; recorded in the cluster that its \
+                     copies are outdated, writes continue on this node"
+                );
+                return true;
+            }
+            Ok(Ok(other)) => format!("{other:?}"),
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "no commit in time".into(),
+        };
+        self.refused.lock().insert(holder, Instant::now());
+        tracing::warn!(
+            holder,
+            reason = %why,
+            "mirror: writes without member {holder} refused (the cluster did not confirm this \
+             node may write alone)"
+        );
+        false
+    }
+}
+
+impl mirror::AlonePermit for AlonePermit {
+    fn permit(&self, holder: u64) -> blockdev::BoxFuture<'static, bool> {
+        let inner = self.0.clone();
+        Box::pin(async move { inner.ask(holder).await })
+    }
+}
+
+/// Clear this node's "outdated" records for holders whose every disk is attached, up and has
+/// nothing left to resync.
+pub(crate) async fn clear_outdated(inner: &NodeInner, permit: &AlonePermit) {
+    let p = &permit.0;
+    let me = p.member.id();
+    let mut holders: HashSet<u64> = p.granted.lock().clone();
+    holders.extend(p.member.read(|s| {
+        s.outdated
+            .iter()
+            .filter(|(o, _)| *o == me)
+            .map(|(_, h)| *h)
+            .collect::<Vec<_>>()
+    }));
+    for h in holders {
+        let in_sync = |inner: &NodeInner| {
+            let disks: Vec<_> = inner
+                .engine
+                .remote_disks()
+                .into_iter()
+                .filter(|d| d.node_id == h && d.state != engine::DiskState::Removed)
+                .collect();
+            !disks.is_empty()
+                && disks.iter().all(|d| {
+                    d.state == engine::DiskState::Active
+                        && d.reachability == engine::Reachability::Up
+                        && d.dirty_chunks == 0
+                })
+        };
+        if !in_sync(inner) {
+            continue;
+        }
+        let _g = p.gate.lock().await;
+        // Writes without the holder pass the gate: checked again under it.
+        if !in_sync(inner) {
+            continue;
+        }
+        let cmd = Command::ClearOutdated {
+            owner: me,
+            holder: h,
+        };
+        match tokio::time::timeout(OUTDATE_TIMEOUT, p.member.propose(cmd)).await {
+            Ok(Ok(CommandResult::Ok)) => {
+                p.granted.lock().remove(&h);
+                tracing::info!(holder = h, "mirror: member {h} is in sync again");
+            }
+            other => {
+                tracing::debug!(holder = h, result = ?other.map(|r| r.map_err(|e| e.to_string())), "clearing the outdated record")
+            }
         }
     }
 }

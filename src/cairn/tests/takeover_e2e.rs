@@ -1,0 +1,305 @@
+//! Surviving the loss of a virtual disk's owner, with real processes: two data nodes and a
+//! witness on 127.0.0.2-4, a short takeover delay. A virtual disk made on node a is written
+//! through NBD (and snapshotted); a is killed -9; b takes the disk over from the copy it holds
+//! within the delay plus a few seconds; every acknowledged write reads back from b, and so does
+//! the snapshot; b writes more. When a restarts it drops its stale copy (never serves it), and
+//! after the resync a holds b's mirror: both copies agree byte for byte with what was
+//! acknowledged.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{pattern, wait_until, ClusterProc, NbdClient};
+
+const MIB: u64 = 1 << 20;
+const VDISK_MIB: u64 = 32;
+const DELAY_MS: u64 = 4000;
+
+fn remotes(s: &serde_json::Value) -> Vec<serde_json::Value> {
+    s["data"]["remote_replicas"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn in_sync(s: &serde_json::Value, want: usize) -> bool {
+    let r = remotes(s);
+    r.len() == want
+        && r.iter()
+            .all(|x| x["state"] == "active" && x["reachability"] == "up" && x["dirty_chunks"] == 0)
+}
+
+fn vdisks(p: &ClusterProc) -> Vec<serde_json::Value> {
+    p.ok(&["vdisk", "list"])["value"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn has_vdisk(p: &ClusterProc, name: &str) -> Option<u64> {
+    vdisks(p)
+        .iter()
+        .find(|v| v["name"] == name)
+        .map(|v| v["id"].as_u64().unwrap())
+}
+
+fn nbd(p: &ClusterProc, args: &[&str]) -> NbdClient {
+    let mut a = vec!["vdisk", "nbd"];
+    a.extend_from_slice(args);
+    let x = p.ok(&a);
+    let addr = x["value"]["listen"].as_str().unwrap().to_string();
+    let export = x["value"]["export_name"].as_str().unwrap().to_string();
+    NbdClient::connect(&addr, &export).unwrap()
+}
+
+fn check_all(c: &mut NbdClient, model: &[u8], what: &str) {
+    for i in 0..VDISK_MIB {
+        let got = c.read(i * MIB, MIB as usize).unwrap();
+        assert!(
+            got[..] == model[(i * MIB) as usize..((i + 1) * MIB) as usize],
+            "chunk {i}: {what}: read differs from what was acknowledged"
+        );
+    }
+}
+
+/// Small writes with a recorded pattern into `model` (each flushed before it counts).
+fn scribble(c: &mut NbdClient, model: &mut [u8], seed: u64, n: u64) {
+    let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ seed;
+    for k in 0..n {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let blocks = 1 + (x >> 40) % 8;
+        let off = (x % (VDISK_MIB * MIB / 4096 - blocks)) * 4096;
+        let d = pattern(seed * 1000 + k, (blocks * 4096) as usize);
+        c.write(off, &d).unwrap();
+        model[off as usize..off as usize + d.len()].copy_from_slice(&d);
+    }
+    c.flush().unwrap();
+}
+
+#[test]
+fn a_dead_owners_vdisk_is_taken_over_and_its_return_is_fenced() {
+    let started = Instant::now();
+    // Inherited by the node processes this test starts (this file is its own test binary).
+    std::env::set_var("CAIRN_TAKEOVER_DELAY_MS", DELAY_MS.to_string());
+    let tmp = tempfile::Builder::new()
+        .prefix("cairn-takeover-")
+        .tempdir()
+        .unwrap();
+    let root = tmp.path();
+    let mut a = ClusterProc::start(root, "a", "127.0.0.2", false);
+    let mut b = ClusterProc::start(root, "b", "127.0.0.3", false);
+    let w = ClusterProc::start(root, "w", "127.0.0.4", true);
+    b.join(&a);
+    w.join(&b);
+    wait_until(30, "both data nodes mirroring onto each other", || {
+        in_sync(&a.status(), 2) && in_sync(&b.status(), 2)
+    });
+    let sa = a.status();
+    let me_a = sa["me"].as_u64().unwrap();
+    let cluster_id = sa["cluster_id"].as_str().unwrap().to_string();
+    let me_b = b.status()["me"].as_u64().unwrap();
+
+    // A virtual disk on a: written in full, snapshotted, then partly rewritten.
+    let v = a.ok(&["vdisk", "create", "t", &format!("{VDISK_MIB}M")]);
+    let vid_a = v["value"]["id"].as_u64().unwrap();
+    let mut model = vec![0u8; (VDISK_MIB * MIB) as usize];
+    {
+        let mut c = nbd(&a, &["t"]);
+        for i in 0..VDISK_MIB {
+            let d = pattern(i, MIB as usize);
+            c.write(i * MIB, &d).unwrap();
+            model[(i * MIB) as usize..((i + 1) * MIB) as usize].copy_from_slice(&d);
+        }
+        c.flush().unwrap();
+    }
+    a.ok(&["snapshot", "create", "t", "s1"]);
+    let snap_model = model.clone();
+    {
+        let mut c = nbd(&a, &["t"]);
+        scribble(&mut c, &mut model, 1, 200);
+    }
+    wait_until(20, "b holding a replica of every chunk", || {
+        b.status()["data"]["hosted_chunks"].as_u64() >= Some(VDISK_MIB)
+    });
+    wait_until(20, "a's replicas on b in sync", || in_sync(&a.status(), 2));
+    // b keeps a's description of the disk (snapshot included) next to the copy.
+    let described = b
+        .data
+        .join("mirror")
+        .join(&cluster_id)
+        .join("described.json");
+    wait_until(10, "b holding a's description of the disk", || {
+        std::fs::read_to_string(&described).is_ok_and(|s| s.contains("\"t\"") && s.contains("s1"))
+    });
+    println!("written and mirrored after {:?}", started.elapsed());
+
+    // The owner dies; b takes over within the delay and a few seconds.
+    a.kill9();
+    let t0 = Instant::now();
+    wait_until(DELAY_MS / 1000 + 30, "b taking the disk over", || {
+        has_vdisk(&b, "t").is_some()
+    });
+    let took = t0.elapsed();
+    println!("takeover after {took:?} (delay {DELAY_MS} ms)");
+    assert!(
+        took < Duration::from_millis(DELAY_MS) + Duration::from_secs(12),
+        "takeover took {took:?}"
+    );
+    let vid_b = has_vdisk(&b, "t").unwrap();
+    // The held copy is fenced forever: a can never write it again.
+    let epochs: Vec<(u64, u64)> = serde_json::from_slice(
+        &std::fs::read(b.data.join("mirror").join(&cluster_id).join("epochs.json")).unwrap(),
+    )
+    .unwrap();
+    assert!(
+        epochs.contains(&(mirror::wire::hosted_id(me_a, vid_a), u64::MAX)),
+        "a's copy on b not retired: {epochs:?}"
+    );
+    // Every acknowledged write, and the snapshot, read back from b; b writes more.
+    {
+        let mut c = nbd(&b, &["t"]);
+        check_all(&mut c, &model, "on b after the takeover");
+        scribble(&mut c, &mut model, 2, 200);
+        check_all(&mut c, &model, "on b after writing there");
+    }
+    {
+        let mut c = nbd(&b, &["t", "--snapshot", "s1", "--read-only"]);
+        check_all(&mut c, &snap_model, "snapshot s1 on b");
+    }
+    let log_b = b.log();
+    assert!(log_b.contains("takeover: committed"), "{log_b}");
+
+    // a returns: it must drop its stale copy, never serve it, and become b's mirror.
+    a.restart();
+    wait_until(40, "a dropping its stale copy", || {
+        has_vdisk(&a, "t").is_none()
+    });
+    let o = common::cli_at(&a.data, &["vdisk", "nbd", "t"]);
+    assert_ne!(o.code, 0, "a still exports the disk: {}", o.stdout);
+    wait_until(60, "b's chunks mirrored onto a again", || {
+        let s = b.status();
+        in_sync(&s, 2) && a.status()["data"]["hosted_chunks"].as_u64() >= Some(VDISK_MIB)
+    });
+    {
+        let mut c = nbd(&b, &["t"]);
+        scribble(&mut c, &mut model, 3, 50);
+        check_all(&mut c, &model, "on b with a back");
+    }
+    wait_until(40, "mirror in sync after the last writes", || {
+        in_sync(&b.status(), 2)
+    });
+    println!("a returned and resynced after {:?}", started.elapsed());
+    let log_a = a.log();
+    assert!(log_a.contains("stale local copy is dropped"), "{log_a}");
+    // b wrote while a was away only after the cluster recorded a's copies as outdated, and
+    // cleared that once a was resynced.
+    let log_b = b.log();
+    assert!(log_b.contains("copies are outdated"), "{log_b}");
+    wait_until(20, "b clearing the outdated record", || {
+        b.log().contains("is in sync again")
+    });
+    for (n, log) in [("a", &log_a), ("b", &b.log())] {
+        for l in log.lines().filter(|l| {
+            l.contains("node::takeover") || l.contains("outdated") || l.contains("in sync again")
+        }) {
+            println!("{n}: {l}");
+        }
+    }
+
+    // Both copies byte-identical with the model: stop cleanly, compare the disks.
+    a.stop();
+    b.stop();
+    drop(w);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let compared = rt.block_on(compare(
+        &b.data,
+        &a.data,
+        vid_b,
+        mirror::wire::hosted_id(me_b, vid_b),
+        vid_a,
+        &model,
+    ));
+    assert_eq!(compared, VDISK_MIB);
+    println!("done in {:?}", started.elapsed());
+}
+
+/// Opens both nodes' disk files here and compares every chunk: b's own copy, a's hosted copy
+/// of b's disk and the model agree; a keeps nothing of its old disk id.
+async fn compare(
+    b: &std::path::Path,
+    a: &std::path::Path,
+    vid: u64,
+    hosted: u64,
+    old_vid_a: u64,
+    model: &[u8],
+) -> u64 {
+    async fn open(dir: &std::path::Path) -> engine::Engine {
+        let me: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join("node.json")).unwrap()).unwrap();
+        let id = me["node_id"].as_u64().unwrap();
+        let e = engine::Engine::open(engine::EngineConfig {
+            node_id: id,
+            node_name: format!("check{id}"),
+        })
+        .await
+        .unwrap();
+        let mut files: Vec<_> = std::fs::read_dir(dir.join("disks"))
+            .unwrap()
+            .map(|f| f.unwrap().path())
+            .collect();
+        files.sort();
+        for f in files {
+            e.add_disk(node::open_device(&f).unwrap()).await.unwrap();
+        }
+        e
+    }
+    let eb = open(b).await;
+    let ea = open(a).await;
+    assert!(
+        ea.vdisks().iter().all(|v| v.name != "t"),
+        "a still has the disk"
+    );
+    for (_, r) in ea.local_replicas() {
+        assert!(
+            r.objects().iter().all(|o| o.vdisk != old_vid_a),
+            "a kept chunks of its stale copy"
+        );
+    }
+    let mut compared = 0;
+    for chunk in 0..VDISK_MIB {
+        let mut copies = Vec::new();
+        for (e, vd) in [(&eb, vid), (&ea, hosted)] {
+            for (_, r) in e.local_replicas() {
+                let found = r
+                    .objects()
+                    .into_iter()
+                    .find(|o| o.vdisk == vd && o.chunk == chunk);
+                if let Some(obj) = found {
+                    let buf = r.read(obj, 0, 256, u64::MAX).await.unwrap();
+                    copies.push(buf[..MIB as usize].to_vec());
+                }
+            }
+        }
+        assert_eq!(copies.len(), 2, "chunk {chunk}: one copy per node expected");
+        let want = &model[(chunk * MIB) as usize..((chunk + 1) * MIB) as usize];
+        assert!(
+            copies[0] == want,
+            "chunk {chunk}: b's copy is not what was acknowledged"
+        );
+        assert!(
+            copies[1] == want,
+            "chunk {chunk}: a's copy differs from b's"
+        );
+        compared += 1;
+    }
+    ea.shutdown().await.unwrap();
+    eb.shutdown().await.unwrap();
+    compared
+}
