@@ -1,9 +1,87 @@
 //! `cairn node`: run a node in the foreground on this host.
+//!
+//! Its log lines and start-up text go through bounded queues drained by writer threads
+//! (`init::log::ConsoleOut`, the appliance consoles' writer), never straight to stdout/stderr:
+//! a terminal or pipe that stops reading would otherwise block whichever async worker logged,
+//! and with it the node (API, raft heartbeats). Over the bound new text is dropped and
+//! counted; the count is said in the stream once it drains, and at exit.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use init::log::ConsoleOut;
 
 use crate::cli::NodeArgs;
 
+/// The queued stdout and stderr of `cairn node`.
+struct Outs {
+    stdout: Arc<ConsoleOut>,
+    stderr: Arc<ConsoleOut>,
+}
+
+static OUTS: OnceLock<Option<Outs>> = OnceLock::new();
+static DROPPED: AtomicU64 = AtomicU64::new(0);
+
+fn outs() -> Option<&'static Outs> {
+    OUTS.get_or_init(|| {
+        let stdout = ConsoleOut::start(std::io::stdout(), "stdout").ok()?;
+        let stderr = ConsoleOut::start(std::io::stderr(), "stderr").ok()?;
+        Some(Outs { stdout, stderr })
+    })
+    .as_ref()
+}
+
+/// Writes `text` to stdout without waiting for the reader (queued; counted when dropped).
+fn say(text: &str) {
+    match outs() {
+        Some(o) => {
+            if !o.stdout.push(text) {
+                DROPPED.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        None => print!("{text}"),
+    }
+}
+
+/// A tracing writer onto the queued stderr.
+struct QueuedStderr;
+
+impl std::io::Write for QueuedStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match outs() {
+            Some(o) => {
+                if !o.stderr.push(&String::from_utf8_lossy(buf)) {
+                    DROPPED.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            None => std::io::Write::write_all(&mut std::io::stderr(), buf)?,
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Lets queued text out before the process ends (bounded: a reader that never comes back
+/// does not keep the node from exiting).
+fn drain() {
+    if let Some(o) = outs() {
+        let dropped = DROPPED.load(Ordering::Relaxed);
+        if dropped > 0 {
+            o.stderr.push(&format!(
+                "cairn node: {dropped} log writes were dropped while the output was not read\n"
+            ));
+        }
+        o.stdout.flush(Duration::from_secs(2));
+        o.stderr.flush(Duration::from_secs(2));
+    }
+}
+
 pub fn run(a: NodeArgs) -> i32 {
-    init_tracing();
+    init_queued_tracing();
     let mut cfg = node::NodeConfig::new(&a.data);
     cfg.disk_count = a.disks;
     cfg.disk_size_bytes = a.disk_size;
@@ -13,22 +91,23 @@ pub fn run(a: NodeArgs) -> i32 {
     cfg.cluster_listen = a.cluster_listen;
     let result = node::run(cfg, |n| {
         let pool = n.engine().pool();
-        println!(
-            "cairn node {} (id {:016x}) running: data {}, {} disks, {} usable",
+        say(&format!(
+            "cairn node {} (id {:016x}) running: data {}, {} disks, {} usable\n",
             n.node_name(),
             n.node_id(),
             n.config().data_dir.display(),
             pool.disks,
             control::format_size(pool.usable_bytes),
-        );
-        println!(
-            "CLI: cairn --data {} <command>   (socket {})",
+        ));
+        say(&format!(
+            "CLI: cairn --data {} <command>   (socket {})\n",
             n.config().data_dir.display(),
             n.socket_path().display()
-        );
-        println!("Cluster address: {}", n.cluster_addr());
-        println!("Ctrl-C stops the node.");
+        ));
+        say(&format!("Cluster address: {}\n", n.cluster_addr()));
+        say("Ctrl-C stops the node.\n");
     });
+    drain();
     match result {
         Ok(()) => 0,
         Err(e) => {
@@ -40,6 +119,16 @@ pub fn run(a: NodeArgs) -> i32 {
             }
         }
     }
+}
+
+/// Tracing to stderr through the queue (see the module docs).
+fn init_queued_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CAIRN_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(|| QueuedStderr)
+        .try_init();
 }
 
 pub fn init_tracing() {

@@ -195,6 +195,7 @@ impl OurCluster {
                 rpc_addr: free(&opts.ips[i])?,
                 join_addr: free(&opts.ips[i])?,
                 timings: RaftTimings::default(),
+                media: None,
             })
         };
         let n1 = ClusterNode::create(cfg(0)?).await?;

@@ -14,6 +14,7 @@ pub mod health;
 pub mod linearize;
 pub mod log_store;
 mod log_writer;
+pub mod medium;
 pub mod membership;
 pub mod network;
 mod node;
@@ -24,6 +25,9 @@ pub mod types;
 pub use error::Error;
 pub use health::{ClusterStatus, MemberStatus, NodeHealth};
 pub use log_store::{LogStore, RecoveryReport};
+pub use medium::{
+    has_identity, FileMedia, FileMedium, Medium, MemMedia, MemMedium, Part, RaftMedia,
+};
 pub use membership::JoinToken;
 pub use node::{ClusterNode, NodeConfig, RaftTimings};
 pub use sm_store::{StateMachineStore, StateReader};

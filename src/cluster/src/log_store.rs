@@ -1,13 +1,14 @@
-//! The durable raft log: one append-only file of checksummed records (vote, entries, truncate,
-//! purge, committed index), replayed into memory at open.
+//! The durable raft log: one append-only byte string of checksummed records (vote, entries,
+//! truncate, purge, committed index) on a [`Medium`] (a file, or an area of the node's internal
+//! raft vdisk), replayed into memory at open.
 //!
 //! Record: `u32 payload len | u32 crc32c(kind + payload) | u8 kind | payload` (little endian).
-//! Durability: an append is acknowledged to openraft (`LogFlushed`) only after `fdatasync`
-//! returned; a vote is durable before `save_vote` returns. All file writes go through one
+//! Durability: an append is acknowledged to openraft (`LogFlushed`) only after the medium's
+//! sync returned; a vote is durable before `save_vote` returns. All writes go through one
 //! writer thread (`log_writer`) in order, with group commit. A torn tail (short or
 //! checksum-failing last records, from a crash mid-write) is cut at open. After any failed write
 //! or sync the store is poisoned and every later call fails (fail-stop, never retried).
-//! When purged records dominate the file it is rewritten (temp file, fsync, rename, fsync dir).
+//! When purged records dominate the log it is rewritten with the medium's atomic replace.
 //!
 //! Must never: acknowledge an append before it is durable, or return entries it cannot vouch
 //! for (a record that passes its checksum but does not decode is an error, not a torn tail).
@@ -16,10 +17,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
-use std::fs::{File, OpenOptions};
-use std::io::Read;
 use std::ops::{Bound, RangeBounds};
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -30,6 +28,7 @@ use openraft::{LogState, OptionalSend, RaftLogId, RaftLogReader};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::log_writer::{Done, Job, Shared, Writer, QUEUE_JOBS};
+use crate::medium::{FileMedium, Medium};
 use crate::types::{log_write_err, sto_err, Entry, LogId, StorageError, TypeConfig, Vote};
 
 const MAGIC: &[u8; 8] = b"CAIRNLG1";
@@ -231,42 +230,40 @@ impl Debug for LogStore {
 }
 
 impl LogStore {
-    /// Opens (or creates) the log in `dir`, replaying it and cutting a torn tail.
+    /// Opens (or creates) the log in `dir` (file `dir/log`), replaying it and cutting a torn
+    /// tail.
     pub fn open(dir: &Path) -> Result<(LogStore, RecoveryReport), crate::Error> {
         std::fs::create_dir_all(dir).map_err(|e| crate::Error::io("create log dir", e))?;
-        let path = dir.join("log");
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .open(&path)
-            .map_err(|e| crate::Error::io("open raft log", e))?;
-        let mut bytes = Vec::new();
-        (&file)
-            .read_to_end(&mut bytes)
+        LogStore::open_on(Box::new(FileMedium::new(dir.join("log"))))
+    }
+
+    /// Opens (or creates) the log on `medium`, replaying it and cutting a torn tail.
+    pub fn open_on(
+        mut medium: Box<dyn Medium>,
+    ) -> Result<(LogStore, RecoveryReport), crate::Error> {
+        let bytes = medium
+            .read_all()
             .map_err(|e| crate::Error::io("read raft log", e))?;
         let mut report = RecoveryReport::default();
         let mut mem = LogMem::default();
         let end = if bytes.is_empty() {
-            file.write_all_at(MAGIC, 0)
-                .and_then(|_| file.sync_all())
-                .and_then(|_| File::open(dir)?.sync_all())
+            medium
+                .replace(MAGIC)
                 .map_err(|e| crate::Error::io("initialise raft log", e))?;
             MAGIC.len() as u64
         } else {
             if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
                 return Err(crate::Error::Corrupt(format!(
                     "{} is not a cairn raft log",
-                    path.display()
+                    medium.describe()
                 )));
             }
             let good = replay(&bytes, &mut mem, &mut report)?;
             if good < bytes.len() {
                 report.torn_bytes = (bytes.len() - good) as u64;
                 tracing::warn!(cut = report.torn_bytes, "raft log: cutting torn tail");
-                file.set_len(good as u64)
-                    .and_then(|_| file.sync_all())
+                medium
+                    .set_len(good as u64)
                     .map_err(|e| crate::Error::io("cut torn raft log tail", e))?;
             }
             good as u64
@@ -275,9 +272,7 @@ impl LogStore {
         shared.end.store(end, Ordering::SeqCst);
         let (tx, rx) = mpsc::channel(QUEUE_JOBS);
         let writer = Writer {
-            file,
-            dir: dir.to_path_buf(),
-            path,
+            medium,
             shared: shared.clone(),
         };
         let handle = std::thread::Builder::new()
@@ -295,7 +290,7 @@ impl LogStore {
         Ok((store, report))
     }
 
-    /// Size of the log file in bytes (for tests and status).
+    /// Size of the log content in bytes (for tests and status).
     pub fn file_bytes(&self) -> u64 {
         self.inner.shared.end.load(Ordering::SeqCst)
     }

@@ -1,19 +1,17 @@
-//! The raft log's writer thread: every write to the log file happens here, in submission
-//! order, so `fdatasync` never blocks an async worker and queued writes share one sync (group
-//! commit). Completions (openraft's `LogFlushed` callbacks, or a waiting caller) are signalled
+//! The raft log's writer thread: every write to the log's medium happens here, in submission
+//! order, so a sync never blocks an async worker and queued writes share one sync (group
+//! commit; consecutive appends of a batch go to the medium as one write). Completions (openraft's `LogFlushed` callbacks, or a waiting caller) are signalled
 //! only after the data is durable. After any failed write or sync the log is poisoned: that
 //! write and every later one fail.
 //!
 //! Must never: complete a synced job before its sync returned, or reorder jobs.
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::FileExt;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use openraft::storage::LogFlushed;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::medium::Medium;
 use crate::types::TypeConfig;
 
 /// Jobs queued before submitters wait.
@@ -46,7 +44,7 @@ pub(crate) enum Job {
         sync: bool,
         done: Done,
     },
-    /// Replace the whole file with `buf` (compaction): temp file, sync, rename, sync dir.
+    /// Replace the whole content with `buf` (compaction), atomically and durably.
     Rewrite { buf: Vec<u8>, done: Done },
 }
 
@@ -59,9 +57,7 @@ pub(crate) struct Shared {
 }
 
 pub(crate) struct Writer {
-    pub(crate) file: File,
-    pub(crate) dir: PathBuf,
-    pub(crate) path: PathBuf,
+    pub(crate) medium: Box<dyn Medium>,
     pub(crate) shared: Arc<Shared>,
 }
 
@@ -99,50 +95,37 @@ impl Writer {
     fn write_batch(&mut self, batch: &mut [Job]) -> Result<(), String> {
         let mut need_sync = false;
         let mut end = self.shared.end.load(Ordering::SeqCst);
+        // Appends waiting to go out as one write (one medium write per run of appends).
+        let mut pending: Vec<u8> = Vec::new();
         for job in batch.iter() {
             match job {
                 Job::Write { buf, sync, .. } => {
-                    self.file
-                        .write_all_at(buf, end)
-                        .map_err(|e| format!("raft log write: {e}"))?;
-                    end += buf.len() as u64;
+                    pending.extend_from_slice(buf);
                     need_sync |= *sync;
                 }
                 Job::Rewrite { buf, .. } => {
                     // Earlier writes in this batch are part of `buf` already.
-                    self.rewrite(buf)?;
+                    pending.clear();
+                    self.medium
+                        .replace(buf)
+                        .map_err(|e| format!("raft log compaction: {e}"))?;
                     end = buf.len() as u64;
                     need_sync = false;
                 }
             }
         }
+        if !pending.is_empty() {
+            self.medium
+                .write_at(end, &pending)
+                .map_err(|e| format!("raft log write: {e}"))?;
+            end += pending.len() as u64;
+        }
         if need_sync {
-            self.file
-                .sync_data()
-                .map_err(|e| format!("raft log fdatasync: {e}"))?;
+            self.medium
+                .sync()
+                .map_err(|e| format!("raft log sync: {e}"))?;
         }
         self.shared.end.store(end, Ordering::SeqCst);
-        Ok(())
-    }
-
-    fn rewrite(&mut self, buf: &[u8]) -> Result<(), String> {
-        let err = |e: std::io::Error| format!("raft log compaction: {e}");
-        let tmp = self.dir.join("log.tmp");
-        let f = OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .write(true)
-            .read(true)
-            .open(&tmp)
-            .map_err(err)?;
-        f.write_all_at(buf, 0).map_err(err)?;
-        f.sync_all().map_err(err)?;
-        std::fs::rename(&tmp, &self.path).map_err(err)?;
-        // If the directory sync fails we cannot say which file is on disk: fail-stop.
-        File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(err)?;
-        self.file = f;
         Ok(())
     }
 }

@@ -112,7 +112,7 @@ impl ClusterNode {
         token: &str,
         member_join_addr: SocketAddr,
     ) -> Result<Arc<ClusterNode>, Error> {
-        if cfg.data_dir.join("identity").exists() {
+        if cfg.has_member()? {
             return Err(Error::Config(
                 "data directory already belongs to a cluster".into(),
             ));
@@ -145,7 +145,7 @@ impl ClusterNode {
             ));
         }
         save_joined(
-            &cfg.data_dir,
+            &cfg,
             &admitted.cluster_id,
             admitted.role,
             admitted.identity.clone(),

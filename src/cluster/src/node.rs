@@ -1,13 +1,12 @@
 //! A running cluster member: raft over our stores, the mutual-TLS peer server, the join
 //! endpoint, and the operations the rest of Cairn calls (propose, read state, status).
 //!
-//! On disk under `data_dir`: `identity` (this node's certificate, key and CA), `raft/log`,
-//! `raft/sm`. Must never: start raft without a certificate from the cluster CA, or run two
+//! Kept on the config's [`RaftMedia`] (by default files under `data_dir`: `identity` (this
+//! node's certificate, key and CA), `raft/log`, `raft/sm`). Must never: start raft without a certificate from the cluster CA, or run two
 //! nodes on one data directory.
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -18,6 +17,7 @@ use transport::{ClientConfig, NodeIdentity, ServerConfig, ServerHandle};
 use crate::handler::{JoinHandler, PeerHandler};
 use crate::health::Health;
 use crate::log_store::LogStore;
+use crate::medium::{FileMedia, Part, RaftMedia};
 use crate::network::{Network, PeerClients, PeerRequest, PeerResponse, ProposeError};
 use crate::sm_store::{StateMachineStore, StateReader};
 use crate::state::{ClusterState, Command, CommandResult};
@@ -59,6 +59,23 @@ pub struct NodeConfig {
     /// Token-authenticated join listener (server-only TLS).
     pub join_addr: SocketAddr,
     pub timings: RaftTimings,
+    /// Where the identity, raft log and snapshot live; None: files under `data_dir`.
+    pub media: Option<Arc<dyn RaftMedia>>,
+}
+
+impl NodeConfig {
+    /// The media this member's state lives on.
+    pub fn media(&self) -> Arc<dyn RaftMedia> {
+        match &self.media {
+            Some(m) => m.clone(),
+            None => Arc::new(FileMedia::new(self.data_dir.clone())),
+        }
+    }
+
+    /// Whether this config's media already hold a member (the node belongs to a cluster).
+    pub fn has_member(&self) -> Result<bool, Error> {
+        crate::medium::has_identity(&*self.media())
+    }
 }
 
 /// What a node keeps about itself besides raft.
@@ -119,37 +136,30 @@ impl std::fmt::Debug for ClusterNode {
     }
 }
 
-fn write_durable(path: &Path, bytes: &[u8]) -> Result<(), Error> {
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp).map_err(|e| Error::io("write identity", e))?;
-    f.write_all(bytes)
-        .and_then(|_| f.sync_all())
-        .map_err(|e| Error::io("write identity", e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io("write identity", e))?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| Error::io("sync data dir", e))?;
-    }
-    Ok(())
-}
-
-fn save_persisted(dir: &Path, p: &Persisted) -> Result<(), Error> {
-    std::fs::create_dir_all(dir).map_err(|e| Error::io("create data dir", e))?;
+fn save_persisted(cfg: &NodeConfig, p: &Persisted) -> Result<(), Error> {
     let bytes = serde_json::to_vec(p).map_err(|e| Error::Config(e.to_string()))?;
-    write_durable(&dir.join("identity"), &bytes)
+    let mut m = cfg.media().open(Part::Identity)?;
+    m.replace(&bytes)
+        .map_err(|e| Error::io("write identity", e))
 }
 
-fn load_persisted(dir: &Path) -> Result<Persisted, Error> {
-    let bytes = std::fs::read(dir.join("identity")).map_err(|e| Error::io("read identity", e))?;
-    serde_json::from_slice(&bytes).map_err(|e| Error::Corrupt(format!("identity file: {e}")))
+fn load_persisted(cfg: &NodeConfig) -> Result<Persisted, Error> {
+    let mut m = cfg.media().open(Part::Identity)?;
+    let bytes = m.read_all().map_err(|e| Error::io("read identity", e))?;
+    if bytes.is_empty() {
+        return Err(Error::Config(format!(
+            "{}: no member identity (this node has not created or joined a cluster)",
+            m.describe()
+        )));
+    }
+    serde_json::from_slice(&bytes).map_err(|e| Error::Corrupt(format!("identity: {e}")))
 }
 
 impl ClusterNode {
     /// Creates a new cluster with this node as its first (data) member: makes the cluster CA,
     /// issues this node's certificate, initialises raft and records the cluster in its state.
     pub async fn create(cfg: NodeConfig) -> Result<Arc<ClusterNode>, Error> {
-        if cfg.data_dir.join("identity").exists() {
+        if cfg.has_member()? {
             return Err(Error::Config(
                 "data directory already belongs to a cluster".into(),
             ));
@@ -158,7 +168,7 @@ impl ClusterNode {
         let ca = transport::ClusterCa::generate(&cluster_id)?;
         let identity = ca.issue(1)?;
         save_persisted(
-            &cfg.data_dir,
+            &cfg,
             &Persisted {
                 cluster_id: cluster_id.clone(),
                 role: Role::Data,
@@ -197,9 +207,10 @@ impl ClusterNode {
 
     /// Starts a node that already belongs to a cluster (after a restart).
     pub async fn open(cfg: NodeConfig) -> Result<Arc<ClusterNode>, Error> {
-        let p = load_persisted(&cfg.data_dir)?;
+        let p = load_persisted(&cfg)?;
         let id = p.identity.node_id;
-        let (log, report) = LogStore::open(&cfg.data_dir.join("raft/log"))?;
+        let media = cfg.media();
+        let (log, report) = LogStore::open_on(media.open(Part::Log)?)?;
         if report.torn_bytes > 0 {
             tracing::warn!(
                 node = id,
@@ -207,7 +218,7 @@ impl ClusterNode {
                 "raft log had a torn tail"
             );
         }
-        let sm = StateMachineStore::open(&cfg.data_dir.join("raft/sm"))?;
+        let sm = StateMachineStore::open_on(media.open(Part::Snapshot)?)?;
         let state = sm.reader();
         let clients = PeerClients::new(
             p.identity.clone(),
@@ -534,13 +545,13 @@ pub(crate) fn random_hex(bytes: usize) -> String {
 }
 
 pub(crate) fn save_joined(
-    dir: &Path,
+    cfg: &NodeConfig,
     cluster_id: &str,
     role: Role,
     identity: NodeIdentity,
 ) -> Result<(), Error> {
     save_persisted(
-        dir,
+        cfg,
         &Persisted {
             cluster_id: cluster_id.to_string(),
             role,

@@ -1,19 +1,19 @@
 //! The raft state machine: applies committed commands to [`ClusterState`], builds and installs
-//! snapshots, and keeps the latest snapshot durable in one checksummed file.
+//! snapshots, and keeps the latest snapshot durable in one checksummed image on a [`Medium`]
+//! (a file, or an area of the node's internal raft vdisk).
 //!
 //! The state itself lives in memory; after a restart it is the last snapshot plus openraft
-//! re-applying committed log entries (the log store keeps the committed index). Snapshot file:
-//! `magic | u32 crc32c(body) | u64 body len | body = bincode(meta, state bytes)`, written to a temp
-//! file, synced, renamed, directory synced.
+//! re-applying committed log entries (the log store keeps the committed index). Snapshot image:
+//! `magic | u32 crc32c(body) | u64 body len | body = bincode(meta, state bytes)`, written with the
+//! medium's atomic replace (for a file: temp file, synced, renamed, directory synced).
 //!
 //! Must never: expose a half-applied batch to readers, or keep serving after a corrupt snapshot
 //! file (that is an error at open, not a silent empty state).
 // openraft's trait methods return its (large) StorageError; our helpers return it too.
 #![allow(clippy::result_large_err)]
 
-use std::fs::File;
-use std::io::{Cursor, Write};
-use std::path::{Path, PathBuf};
+use std::io::Cursor;
+use std::path::Path;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use openraft::storage::RaftStateMachine;
@@ -21,6 +21,7 @@ use openraft::{EntryPayload, ErrorSubject, ErrorVerb, RaftLogId, RaftSnapshotBui
 use serde::{Deserialize, Serialize};
 
 use crate::dedup::RequestLog;
+use crate::medium::{FileMedium, Medium};
 use crate::state::{ClusterState, Command, CommandResult};
 use crate::types::{
     sto_err, Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
@@ -67,9 +68,8 @@ impl StateReader {
 pub struct StateMachineStore {
     applied: Arc<RwLock<Applied>>,
     snap: Arc<std::sync::Mutex<SnapshotSlot>>,
-    /// One snapshot file write at a time (they share the temp file).
-    persisting: Arc<std::sync::Mutex<()>>,
-    dir: PathBuf,
+    /// Where the snapshot is kept; one write at a time.
+    medium: Arc<std::sync::Mutex<Box<dyn Medium>>>,
 }
 
 fn bopts() -> impl bincode::Options {
@@ -123,16 +123,24 @@ fn apply_once(a: &mut Applied, cmd: &Command) -> CommandResult {
 }
 
 impl StateMachineStore {
-    /// Opens the state machine in `dir`, loading the latest snapshot if there is one.
+    /// Opens the state machine in `dir` (file `dir/snapshot`), loading the latest snapshot if
+    /// there is one.
     pub fn open(dir: &Path) -> Result<StateMachineStore, crate::Error> {
         std::fs::create_dir_all(dir).map_err(|e| crate::Error::io("create state dir", e))?;
-        let path = dir.join("snapshot");
+        StateMachineStore::open_on(Box::new(FileMedium::new(dir.join("snapshot"))))
+    }
+
+    /// Opens the state machine with its snapshot on `medium`, loading the latest snapshot if
+    /// there is one.
+    pub fn open_on(mut medium: Box<dyn Medium>) -> Result<StateMachineStore, crate::Error> {
         let mut applied = Applied::default();
         let mut current = None;
-        if path.exists() {
-            let bytes = std::fs::read(&path).map_err(|e| crate::Error::io("read snapshot", e))?;
+        let bytes = medium
+            .read_all()
+            .map_err(|e| crate::Error::io("read snapshot", e))?;
+        if !bytes.is_empty() {
             let snap = parse_snapshot_file(&bytes)
-                .map_err(|e| crate::Error::Corrupt(format!("{}: {e}", path.display())))?;
+                .map_err(|e| crate::Error::Corrupt(format!("{}: {e}", medium.describe())))?;
             (applied.state, applied.requests) = de_state(&snap.data)
                 .map_err(|e| crate::Error::Corrupt(format!("snapshot state: {e}")))?;
             applied.last_applied = snap.meta.last_log_id;
@@ -142,8 +150,7 @@ impl StateMachineStore {
         Ok(StateMachineStore {
             applied: Arc::new(RwLock::new(applied)),
             snap: Arc::new(std::sync::Mutex::new(SnapshotSlot { current, seq: 0 })),
-            persisting: Arc::default(),
-            dir: dir.to_path_buf(),
+            medium: Arc::new(std::sync::Mutex::new(medium)),
         })
     }
 
@@ -156,24 +163,16 @@ impl StateMachineStore {
     }
 
     fn persist(&self, snap: &SnapshotFile) -> Result<(), StorageError> {
-        let _one = self.persisting.lock().unwrap_or_else(|e| e.into_inner());
+        let mut medium = self.medium.lock().unwrap_or_else(|e| e.into_inner());
         let body = ser(snap)?;
         let mut out = MAGIC.to_vec();
         out.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
         out.extend_from_slice(&(body.len() as u64).to_le_bytes());
         out.extend_from_slice(&body);
-        let tmp = self.dir.join("snapshot.tmp");
         let sig = Some(snap.meta.signature());
-        let io =
-            |e: std::io::Error| sto_err(ErrorSubject::Snapshot(sig.clone()), ErrorVerb::Write, e);
-        let mut f = File::create(&tmp).map_err(io)?;
-        f.write_all(&out).map_err(io)?;
-        f.sync_all().map_err(io)?;
-        std::fs::rename(&tmp, self.dir.join("snapshot")).map_err(io)?;
-        File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io)?;
-        Ok(())
+        medium
+            .replace(&out)
+            .map_err(|e| sto_err(ErrorSubject::Snapshot(sig), ErrorVerb::Write, e))
     }
 
     /// [`Self::persist`] on a blocking thread: writing and syncing a snapshot (up to

@@ -4,8 +4,8 @@ use std::collections::BTreeSet;
 use std::io::Write;
 
 use cluster::{
-    CairnNode, ClusterState, Command, CommandResult, Entry, LogId, LogStore, StateMachineStore,
-    StorageError, TypeConfig, VdiskDef, Vote,
+    CairnNode, ClusterState, Command, CommandResult, Entry, LogId, LogStore, MemMedia, Part,
+    RaftMedia, StateMachineStore, StorageError, TypeConfig, VdiskDef, Vote,
 };
 use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftStateMachine};
 use openraft::testing::{StoreBuilder, Suite};
@@ -26,6 +26,64 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, TempDir> for Builder 
 #[test]
 fn openraft_storage_suite_passes() {
     Suite::test_all(Builder).expect("openraft storage suite");
+}
+
+/// The same stores on in-memory media: the log and snapshot code is the same, only the
+/// medium differs (the node crate runs the suite on its raft vdisk medium too).
+struct MemBuilder;
+
+impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, MemMedia> for MemBuilder {
+    async fn build(&self) -> Result<(MemMedia, LogStore, StateMachineStore), StorageError> {
+        let media = MemMedia::default();
+        let (log, _) = LogStore::open_on(media.open(Part::Log).expect("log medium")).expect("log");
+        let sm =
+            StateMachineStore::open_on(media.open(Part::Snapshot).expect("sm medium")).expect("sm");
+        Ok((media, log, sm))
+    }
+}
+
+#[test]
+fn openraft_storage_suite_passes_on_memory_media() {
+    Suite::test_all(MemBuilder).expect("openraft storage suite on memory media");
+}
+
+/// Reopening on the same media gives back the log and the snapshot (the medium, not the
+/// file system, is what persists).
+#[test]
+fn memory_media_reopen_keeps_log_and_snapshot() {
+    let media = MemMedia::default();
+    rt().block_on(async {
+        {
+            let (mut log, _) = LogStore::open_on(media.open(Part::Log).unwrap()).unwrap();
+            log.save_vote(&Vote::new(2, 1)).await.unwrap();
+            log.blocking_append((1..=4).map(|i| cmd_entry(1, i, &format!("m{i}"))))
+                .await
+                .unwrap();
+            let mut sm = StateMachineStore::open_on(media.open(Part::Snapshot).unwrap()).unwrap();
+            sm.apply([cmd_entry(1, 1, "m1")]).await.unwrap();
+            sm.get_snapshot_builder()
+                .await
+                .build_snapshot()
+                .await
+                .unwrap();
+        }
+        let (mut log, rep) = LogStore::open_on(media.open(Part::Log).unwrap()).unwrap();
+        assert_eq!(rep.torn_bytes, 0);
+        assert_eq!(log.read_vote().await.unwrap(), Some(Vote::new(2, 1)));
+        assert_eq!(
+            log.get_log_state().await.unwrap().last_log_id,
+            Some(log_id(1, 4))
+        );
+        let sm = StateMachineStore::open_on(media.open(Part::Snapshot).unwrap()).unwrap();
+        assert!(sm.reader().read().state.vdisks.contains_key("m1"));
+        // A torn tail on the medium is cut the same way as in a file.
+        let mut m = media.open(Part::Log).unwrap();
+        let len = m.read_all().unwrap().len() as u64;
+        m.write_at(len, &[9, 0, 0, 0, 1, 2]).unwrap();
+        let (_, rep) = LogStore::open_on(media.open(Part::Log).unwrap()).unwrap();
+        assert_eq!(rep.torn_bytes, 6);
+        assert_eq!(m.read_all().unwrap().len() as u64, len);
+    });
 }
 
 fn log_id(term: u64, index: u64) -> LogId {

@@ -1,7 +1,7 @@
 //! The node service on the appliance: the same `node::Node` as `cairn node`, on the machine's
 //! blank and Cairn block devices, plus the HTTPS API on :8443, and the configuration record kept
 //! in the pool. Owns the appliance data directory (/run/cairn/node, in RAM) and its rebuilding
-//! from the record at each boot. Must never hand a disk with other data to the node (only
+//! from the record at each boot; the raft state is not in it but on the pool (`node::raftdisk`). Must never hand a disk with other data to the node (only
 //! blank and Cairn disks are linked into its disk directory).
 
 use std::collections::BTreeMap;
@@ -232,9 +232,12 @@ pub fn run(
         cfg.node_name = Some(rec.hostname.clone());
         // The node starts the HTTPS API itself, with its state in DATA/api (prepared above).
         cfg.api_listen = Some(SocketAddr::from(([0, 0, 0, 0], API_PORT)));
-        // Other nodes reach this one's cluster member on its management address. Its raft
-        // state lives under DATA_DIR, in RAM: each boot starts a new one-member cluster (and a
-        // joined node forgets its cluster) until that state moves onto the pool (issue 6).
+        // The raft member's identity, log and snapshot live on the pool (the node's internal
+        // raft vdisk), never in DATA_DIR (RAM): a reboot reopens the same cluster, same CA and
+        // member id, and a joined node stays joined. No pool disk is an error, never a new
+        // cluster.
+        cfg.raft_place = node::RaftPlace::Pool;
+        // Other nodes reach this one's cluster member on its management address.
         cfg.cluster_listen = crate::net::status()
             .and_then(|s| s.addr)
             .map(|(ip, _)| SocketAddr::from((ip, crate::wizard::CLUSTER_PORT)));

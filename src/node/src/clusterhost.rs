@@ -3,9 +3,9 @@
 //! `cluster join`. Also the bridge from control requests (status, token, join, remove) and
 //! from object definitions (virtual disks, snapshots, VMs) to raft.
 //!
-//! On disk: `DATA/cluster.json` (this node's cluster address, fixed once chosen) and
-//! `DATA/cluster/` (identity, raft log, raft state machine). The raft files live under DATA,
-//! not yet on the pool disks.
+//! On disk: `DATA/cluster.json` (this node's cluster address, fixed once chosen); the member's
+//! identity, raft log and snapshot on its [`cluster::RaftMedia`]: the pool's raft vdisk
+//! (`raftdisk`) on a data node with disks, else files under `DATA/cluster/`.
 //! Must never: join another cluster while this node holds objects or other members, or leave
 //! the node without a working member when a join fails.
 
@@ -147,6 +147,8 @@ pub(crate) struct ClusterHost {
     name: String,
     role: Role,
     member: parking_lot::Mutex<Option<Arc<ClusterNode>>>,
+    /// Where the member's state lives (None: files under `dir`); set before the member opens.
+    media: parking_lot::Mutex<Option<Arc<dyn cluster::RaftMedia>>>,
     /// Held across a join, so no two joins (or a join and a shutdown) interleave.
     join_lock: tokio::sync::Mutex<()>,
     /// Held from a virtual disk's reservation to the engine's create (and across a delete), so
@@ -164,20 +166,47 @@ impl ClusterHost {
         role: Role,
         create: bool,
     ) -> Result<ClusterHost> {
+        let host = ClusterHost::new(data, name, flag, role)?;
+        host.open_member(create, None).await?;
+        Ok(host)
+    }
+
+    /// The host without a member yet ([`ClusterHost::open_member`] opens it).
+    pub(crate) fn new(
+        data: &Path,
+        name: &str,
+        flag: Option<SocketAddr>,
+        role: Role,
+    ) -> Result<ClusterHost> {
         let address = addresses(data, flag)?;
-        let host = ClusterHost {
+        Ok(ClusterHost {
             dir: data.join("cluster"),
             address,
             name: name.to_string(),
             role,
             member: parking_lot::Mutex::new(None),
+            media: parking_lot::Mutex::new(None),
             join_lock: tokio::sync::Mutex::new(()),
             vdisk_lock: tokio::sync::Mutex::new(()),
-        };
-        let cfg = host.node_cfg()?;
-        let member = if host.dir.join("identity").exists() {
+        })
+    }
+
+    /// Opens this node's member on `media` (None: files under `DATA/cluster`), creating a
+    /// one-member cluster if it has none and `create` is set.
+    pub(crate) async fn open_member(
+        &self,
+        create: bool,
+        media: Option<Arc<dyn cluster::RaftMedia>>,
+    ) -> Result<()> {
+        let address = self.address;
+        *self.media.lock() = media;
+        let cfg = self.node_cfg()?;
+        let has = cfg
+            .has_member()
+            .map_err(|e| NodeError::Config(format!("cluster member state: {e}")))?;
+        let member = if has {
             Some(ClusterNode::open(cfg).await)
-        } else if role == Role::Data && create {
+        } else if self.role == Role::Data && create {
             Some(ClusterNode::create(cfg).await)
         } else {
             None
@@ -185,9 +214,9 @@ impl ClusterHost {
         if let Some(m) = member {
             let m = m.map_err(|e| NodeError::Config(format!("cluster member: {e}")))?;
             tracing::info!(id = m.id(), %address, cluster = m.cluster_id(), "cluster member running");
-            *host.member.lock() = Some(m);
+            *self.member.lock() = Some(m);
         }
-        Ok(host)
+        Ok(())
     }
 
     fn node_cfg(&self) -> Result<cluster::NodeConfig> {
@@ -198,6 +227,7 @@ impl ClusterHost {
             join_addr: join_addr_of(self.address)
                 .ok_or_else(|| NodeError::Config("cluster port out of range".into()))?,
             timings: RaftTimings::default(),
+            media: self.media.lock().clone(),
         })
     }
 
@@ -387,13 +417,17 @@ impl ClusterHost {
                 ))
             }
         }
-        let aside = self.dir.with_extension("solo");
+        let media = self
+            .node_cfg()
+            .map_err(|e| ControlError::internal(e.to_string()))?
+            .media();
+        let had_member = current.is_some();
         if let Some(m) = current {
             *self.member.lock() = None;
             m.shutdown().await;
             drop(m);
-            let _ = std::fs::remove_dir_all(&aside);
-            std::fs::rename(&self.dir, &aside)
+            media
+                .set_aside()
                 .map_err(|e| ControlError::internal(format!("set the solo cluster aside: {e}")))?;
         }
         let t = std::time::Instant::now();
@@ -422,17 +456,17 @@ impl ClusterHost {
             Ok(n) => {
                 tracing::info!(id = n.id(), cluster = n.cluster_id(), "joined the cluster");
                 *self.member.lock() = Some(n);
-                let _ = std::fs::remove_dir_all(&aside);
+                media.drop_aside();
                 Ok(())
             }
             Err(err) => {
                 tracing::warn!(error = %err.message, "join failed; keeping this node's own cluster");
-                let _ = std::fs::remove_dir_all(&self.dir);
-                if aside.exists() {
-                    if let Err(e) = std::fs::rename(&aside, &self.dir) {
-                        tracing::error!(error = %e, "could not restore the solo cluster");
-                        return Err(err);
-                    }
+                // Clears what the failed join left and brings back the solo cluster, if any.
+                if let Err(e) = media.restore_aside() {
+                    tracing::error!(error = %e, "could not restore the solo cluster");
+                    return Err(err);
+                }
+                if had_member {
                     let t = std::time::Instant::now();
                     while !ports_free(self.address) && t.elapsed() < PORT_FREE_WAIT {
                         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -37,6 +37,20 @@ pub struct NodeConfig {
     /// Create this node's raft member on first start (a one-member cluster); when off, the
     /// node has no member until it joins a cluster.
     pub host_cluster: bool,
+    /// Where the raft member keeps its identity, log and snapshot (see `raftdisk`).
+    pub raft_place: RaftPlace,
+}
+
+/// Where a node's raft state lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RaftPlace {
+    /// On the pool once it has disks (files before that, moved over once); never back to
+    /// files after the move.
+    Auto,
+    /// Files under `data_dir/cluster`.
+    Files,
+    /// On the pool's internal raft vdisk; starting without pool disks is an error.
+    Pool,
 }
 
 impl NodeConfig {
@@ -52,6 +66,7 @@ impl NodeConfig {
             disk_watch_interval: Duration::from_secs(2),
             cluster_listen: None,
             host_cluster: true,
+            raft_place: RaftPlace::Files,
         }
     }
 

@@ -23,13 +23,16 @@ mod https;
 mod identity;
 mod internal;
 mod mirrorhost;
+pub mod raftdisk;
 pub mod socket;
 mod takeover;
 mod transfer;
 mod vms;
 mod witness;
 
-pub use config::{NodeConfig, DEFAULT_DISK_COUNT, DEFAULT_DISK_SIZE_BYTES, MIN_DISK_SIZE_BYTES};
+pub use config::{
+    NodeConfig, RaftPlace, DEFAULT_DISK_COUNT, DEFAULT_DISK_SIZE_BYTES, MIN_DISK_SIZE_BYTES,
+};
 pub use controller::NodeController;
 pub use disks::open_device;
 pub use error::{NodeError, Result};
@@ -131,14 +134,12 @@ impl Node {
             node_name: id.node_name.clone(),
         })
         .await?;
-        let cluster = clusterhost::ClusterHost::start(
+        let cluster = clusterhost::ClusterHost::new(
             &data,
             &id.node_name,
             cfg.cluster_listen,
             cluster::Role::Data,
-            cfg.host_cluster,
-        )
-        .await?;
+        )?;
         let audit_path = data.join("audit.log");
         let audit_file = std::fs::OpenOptions::new()
             .create(true)
@@ -165,6 +166,12 @@ impl Node {
         };
         // Every disk file present now joins (or re-joins: the engine recovers from them).
         ctl.scan_disk_dir().await;
+        // The member's state lives on the pool (raftdisk), so it opens once the disks are in.
+        let media = raftdisk::host_media(&inner.engine, &data, inner.cfg.raft_place).await?;
+        inner
+            .cluster
+            .open_member(inner.cfg.host_cluster, media)
+            .await?;
         transfer::clean_interrupted_imports(&inner.engine, &data.join("importing")).await;
         {
             // The cluster's record of this node's virtual disks is made to match the engine;

@@ -26,6 +26,7 @@ async fn main() -> anyhow::Result<()> {
         rpc_addr: args[4].parse().context("rpc addr")?,
         join_addr: args[5].parse().context("join addr")?,
         timings: RaftTimings::default(),
+        media: None,
     };
     let node = match args[1].as_str() {
         "create" => ClusterNode::create(cfg).await?,

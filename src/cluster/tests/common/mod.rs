@@ -21,6 +21,7 @@ pub fn config(dir: &Path, ip: &str, name: &str) -> NodeConfig {
         rpc_addr: free_addr(ip),
         join_addr: free_addr(ip),
         timings: RaftTimings::default(),
+        media: None,
     }
 }
 
