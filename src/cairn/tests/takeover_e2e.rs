@@ -79,8 +79,12 @@ fn scribble(c: &mut NbdClient, model: &mut [u8], seed: u64, n: u64) {
     c.flush().unwrap();
 }
 
+/// The tests run one after the other: 2 cores cannot host two clusters at once.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn a_dead_owners_vdisk_is_taken_over_and_its_return_is_fenced() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let started = Instant::now();
     // Inherited by the node processes this test starts (this file is its own test binary).
     std::env::set_var("CAIRN_TAKEOVER_DELAY_MS", DELAY_MS.to_string());
@@ -228,6 +232,112 @@ fn a_dead_owners_vdisk_is_taken_over_and_its_return_is_fenced() {
     ));
     assert_eq!(compared, VDISK_MIB);
     println!("done in {:?}", started.elapsed());
+}
+
+/// A hung owner (SIGSTOP past the takeover delay) is taken over while its writer is blocked
+/// mid-stream; when it runs again, nothing more it writes is acknowledged (the holder's copy
+/// is retired, and raft refuses it the right to write alone), and the new owner holds exactly
+/// what was acknowledged.
+#[test]
+fn a_hung_owner_cannot_write_after_the_takeover() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    std::env::set_var("CAIRN_TAKEOVER_DELAY_MS", DELAY_MS.to_string());
+    let tmp = tempfile::Builder::new()
+        .prefix("cairn-takeover-hung-")
+        .tempdir()
+        .unwrap();
+    let root = tmp.path();
+    let a = ClusterProc::start(root, "a", "127.0.0.2", false);
+    let b = ClusterProc::start(root, "b", "127.0.0.3", false);
+    let w = ClusterProc::start(root, "w", "127.0.0.4", true);
+    b.join(&a);
+    w.join(&b);
+    wait_until(30, "both data nodes mirroring onto each other", || {
+        in_sync(&a.status(), 2) && in_sync(&b.status(), 2)
+    });
+    a.ok(&["vdisk", "create", "h", &format!("{VDISK_MIB}M")]);
+    let mut model = vec![0u8; (VDISK_MIB * MIB) as usize];
+    let mut c = nbd(&a, &["h"]);
+    for i in 0..VDISK_MIB {
+        let d = pattern(500 + i, MIB as usize);
+        c.write(i * MIB, &d).unwrap();
+        model[(i * MIB) as usize..((i + 1) * MIB) as usize].copy_from_slice(&d);
+    }
+    c.flush().unwrap();
+    wait_until(20, "b holding a replica of every chunk", || {
+        b.status()["data"]["hosted_chunks"].as_u64() >= Some(VDISK_MIB)
+    });
+    let described = b
+        .data
+        .join("mirror")
+        .join(a.status()["cluster_id"].as_str().unwrap())
+        .join("described.json");
+    wait_until(10, "b holding a's description", || {
+        std::fs::read_to_string(&described).is_ok_and(|s| s.contains("\"h\""))
+    });
+    // A writer on a that keeps going until its first error; every acknowledged write counts.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let stop = stop.clone();
+        let mut model = model.clone();
+        std::thread::spawn(move || {
+            let mut n = 0u64;
+            let mut err = None;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let off = (n * 7 % (VDISK_MIB * 256 - 4)) * 4096;
+                let d = pattern(9000 + n, 16384);
+                match c.write(off, &d).and_then(|_| c.flush()) {
+                    Ok(()) => {
+                        model[off as usize..off as usize + d.len()].copy_from_slice(&d);
+                        n += 1;
+                    }
+                    Err(e) => {
+                        err = Some(e.to_string());
+                        break;
+                    }
+                }
+            }
+            (model, n, err)
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    a.signal("-STOP");
+    let t0 = Instant::now();
+    wait_until(
+        DELAY_MS / 1000 + 30,
+        "b taking the hung owner's disk over",
+        || has_vdisk(&b, "h").is_some(),
+    );
+    println!("takeover of a hung owner after {:?}", t0.elapsed());
+    a.signal("-CONT");
+    // The old owner runs again: its writer must fail, and a must drop its copy.
+    wait_until(30, "a dropping its stale copy", || {
+        has_vdisk(&a, "h").is_none()
+    });
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (model, acked, err) = writer.join().unwrap();
+    println!("writer: {acked} writes acknowledged, then {err:?}");
+    assert!(acked > 0, "the writer never got going");
+    assert!(
+        err.is_some(),
+        "the old owner kept acknowledging writes after the takeover"
+    );
+    // b holds every acknowledged write. The one write in flight when a hung (never
+    // acknowledged) may or may not have reached b's copy before the fence; nothing else differs.
+    let off = ((acked * 7 % (VDISK_MIB * 256 - 4)) * 4096) as usize;
+    let pending = pattern(9000 + acked, 16384);
+    let mut c = nbd(&b, &["h"]);
+    let got = c.read(0, (VDISK_MIB * MIB) as usize).unwrap();
+    assert!(
+        got[..off] == model[..off] && got[off + 16384..] == model[off + 16384..],
+        "b lost or changed an acknowledged write"
+    );
+    let mid = &got[off..off + 16384];
+    assert!(
+        mid == &model[off..off + 16384] || mid == &pending[..],
+        "b holds something nobody wrote at {off}"
+    );
+    drop(w);
 }
 
 /// Opens both nodes' disk files here and compares every chunk: b's own copy, a's hosted copy
