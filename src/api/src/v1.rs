@@ -159,6 +159,14 @@ async fn handle_route(
     } else {
         None
     };
+    // Stored answers are kept on disk for a day: one that carries a secret shown once (an API
+    // token, a cluster join token) must never be, so such a request takes no key.
+    if idem_key.is_some() && matches!(r, R::TokenCreate | R::ClusterToken) {
+        return Err(ControlError::invalid(
+            "this answer holds a secret that is shown once and never stored, so it cannot be \
+             replayed: send it without an Idempotency-Key (a retry makes a new one)",
+        ));
+    }
     let mut fingerprint = String::new();
     if let Some(k) = &idem_key {
         if k.is_empty() || k.len() > crate::idempotency::MAX_KEY_LEN || !k.is_ascii() {

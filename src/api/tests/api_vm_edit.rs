@@ -267,6 +267,18 @@ async fn cluster_tokens_and_member_removal() {
         400,
         "unknown field",
     );
+    // A join token (like an API token) is never kept for an idempotent replay.
+    for path in ["/api/v1/cluster/tokens", "/api/v1/tokens"] {
+        let r = a
+            .call(
+                "POST",
+                path,
+                Some(json!({"name": "k"})),
+                &[("idempotency-key", "tok-1")],
+            )
+            .await;
+        err_has(&r, 400, "cannot be replayed");
+    }
     let op = h.user_with_token(&a, "oscar", "operator").await;
     assert_eq!(
         op.post("/api/v1/cluster/tokens", json!({})).await.status,
