@@ -91,6 +91,14 @@ pub fn run_cluster(a: ClusterBenchArgs) -> i32 {
         for line in mirror::bench::mirrored_io(&mopts).await? {
             println!("{}", serde_json::to_string(&line)?);
         }
+        // Rebuild speed after a node loss vs the device's sequential write bandwidth.
+        let ropts = engine::bench_rebuild::RebuildOpts {
+            dir: a.dir.join("rebuild"),
+            data_bytes: 1 << 30,
+        };
+        for line in engine::bench_rebuild::rebuild_after_node_loss(&ropts).await? {
+            println!("{}", serde_json::to_string(&line)?);
+        }
         anyhow::Ok(())
     });
     let _ = std::fs::remove_dir_all(&a.dir);

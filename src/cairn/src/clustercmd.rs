@@ -31,10 +31,13 @@ pub enum ClusterCmd {
         token: String,
     },
     /// Remove a member (by id or name) from the cluster. Refused while it owns virtual disks
-    /// or VMs (they are listed); delete or move them first.
+    /// or VMs (they are listed); delete or move them first. A data node is drained first: its
+    /// data is re-mirrored on the other nodes (progress is printed), then it leaves. Refused if
+    /// the other nodes lack the room (or fewer than two data nodes would remain).
     Remove {
         node: String,
-        /// Remove it anyway: the node is dead and being replaced (its definitions stay).
+        /// Remove it at once, without draining: the node is dead and being replaced (its
+        /// definitions stay; redundancy is rebuilt afterwards).
         #[arg(long)]
         force: bool,
     },
@@ -65,12 +68,17 @@ fn request(cmd: ClusterCmd) -> Request {
     }
 }
 
+/// Longest `cluster remove` keeps asking while the member drains (it can be run again: the
+/// drain goes on in the cluster meanwhile).
+const REMOVE_WAIT: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
 /// Run one `cairn cluster` command; returns the exit code.
 pub fn run(target: &Target, json: bool, cmd: ClusterCmd) -> i32 {
     let req = request(cmd);
-    let result = req
-        .validate()
-        .and_then(|_| crate::remote::call(target, &req));
+    let result = req.validate().and_then(|_| match &req {
+        Request::ClusterRemove { node, force: false } => remove_waiting(target, &req, node),
+        _ => crate::remote::call(target, &req),
+    });
     match result {
         Ok(reply) => {
             if json {
@@ -84,6 +92,88 @@ pub fn run(target: &Target, json: bool, cmd: ClusterCmd) -> i32 {
             control::EXIT_OK
         }
         Err(e) => fail(json, e),
+    }
+}
+
+/// `cluster remove` of a data member: the node answers with the cluster view while the
+/// member drains; ask again (printing what is left) until it answers Done.
+fn remove_waiting(target: &Target, req: &Request, node: &str) -> Result<Reply, ControlError> {
+    let start = std::time::Instant::now();
+    loop {
+        let reply = crate::remote::call(target, req)?;
+        let Reply::Cluster(v) = &reply else {
+            return Ok(reply);
+        };
+        let Some(d) = v
+            .data
+            .draining
+            .iter()
+            .find(|d| d.name == node || d.node.to_string() == node)
+        else {
+            return Ok(reply);
+        };
+        eprintln!("{}", drain_line(d, &v.data.rebuild));
+        if start.elapsed() >= REMOVE_WAIT {
+            return Err(ControlError::new(
+                control::ErrorCode::Busy,
+                format!("{node} is still draining; run the command again to keep waiting"),
+            ));
+        }
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    }
+}
+
+fn drain_line(d: &control::DrainView, r: &control::RebuildView) -> String {
+    let mut s = format!("draining {} (member {}): ", d.name, d.node);
+    if d.hosted_chunks_left > 0 {
+        s.push_str(&format!(
+            "{} chunks of other nodes still on its disks",
+            d.hosted_chunks_left
+        ));
+    } else {
+        s.push_str(&format!("{} chunks here still on its disks", d.chunks_left));
+    }
+    if r.running {
+        s.push_str(&format!("; {}", rebuild_text(r)));
+    }
+    s
+}
+
+/// "rebuilding 40/120 chunks (33%), 85.3 MiB/s, about 2m 10s left".
+fn rebuild_text(r: &control::RebuildView) -> String {
+    let mut s = format!(
+        "rebuilding {}/{} chunks ({}%)",
+        r.chunks_done, r.chunks_total, r.percent
+    );
+    if r.rate_bytes_per_sec > 0 {
+        s.push_str(&format!(
+            ", {}/s",
+            control::format_size(r.rate_bytes_per_sec)
+        ));
+    }
+    match r.eta_secs {
+        Some(t) => s.push_str(&format!(", about {} left", duration_text(t))),
+        None => s.push_str(", time left not known yet"),
+    }
+    if r.ceiling_bytes_per_sec > 0 {
+        s.push_str(&format!(
+            " (limited to {}/s{})",
+            control::format_size(r.ceiling_bytes_per_sec),
+            if r.guest_busy {
+                " while guests do I/O"
+            } else {
+                ""
+            }
+        ));
+    }
+    s
+}
+
+fn duration_text(secs: u64) -> String {
+    match secs {
+        s if s < 60 => format!("{s}s"),
+        s if s < 3600 => format!("{}m {}s", s / 60, s % 60),
+        s => format!("{}h {}m", s / 3600, (s % 3600) / 60),
     }
 }
 
@@ -157,21 +247,27 @@ fn status(v: &ClusterView) -> String {
         v.snapshots,
         v.vms.len()
     ));
-    out.push_str(&if v.data.degraded_chunks == 0 && !v.data.rebuilding {
-        "data: fully redundant on this node's view\n".to_string()
-    } else {
-        format!(
-            "data: {} degraded chunks{}\n",
-            v.data.degraded_chunks,
-            if v.data.rebuilding {
-                ", rebuilding"
-            } else {
-                ""
-            }
-        )
-    });
+    out.push_str(&data_line(&v.data));
+    for d in &v.data.draining {
+        out.push_str(&drain_line(d, &control::RebuildView::default()));
+        out.push('\n');
+    }
     out.push_str(&mirror_lines(&v.data));
     out
+}
+
+/// Degraded and rebuilding data as this node's engine sees it.
+fn data_line(d: &control::ClusterDataView) -> String {
+    if d.degraded_chunks == 0 && !d.rebuilding && !d.rebuild.running {
+        return "data: fully redundant on this node's view\n".to_string();
+    }
+    let mut s = format!("data: {} degraded chunks", d.degraded_chunks);
+    if d.rebuild.running {
+        s.push_str(&format!("; {}", rebuild_text(&d.rebuild)));
+    } else if d.rebuilding {
+        s.push_str(", rebuild pending");
+    }
+    s + "\n"
 }
 
 /// Mirrored I/O: this node's replicas on other nodes, and what it holds for them.
@@ -242,5 +338,46 @@ pub fn run_witness(a: WitnessArgs) -> i32 {
                 _ => 1,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rebuild_progress_renders_percent_rate_and_time_left() {
+        let mut d = control::ClusterDataView {
+            degraded_chunks: 80,
+            rebuilding: true,
+            ..Default::default()
+        };
+        d.rebuild = control::RebuildView {
+            running: true,
+            chunks_total: 120,
+            chunks_done: 40,
+            percent: 33,
+            bytes_done: 40 << 20,
+            rate_bytes_per_sec: 85 << 20,
+            eta_secs: Some(130),
+            ceiling_bytes_per_sec: 64 << 20,
+            guest_busy: true,
+        };
+        let s = data_line(&d);
+        assert!(s.contains("80 degraded"), "{s}");
+        assert!(s.contains("40/120 chunks (33%)"), "{s}");
+        assert!(s.contains("about 2m 10s left"), "{s}");
+        assert!(s.contains("while guests do I/O"), "{s}");
+        d.rebuild.eta_secs = None;
+        assert!(data_line(&d).contains("not known yet"));
+        let idle = control::ClusterDataView::default();
+        assert!(data_line(&idle).contains("fully redundant"));
+        let dv = control::DrainView {
+            node: 3,
+            name: "c".into(),
+            chunks_left: 57,
+            hosted_chunks_left: 0,
+        };
+        assert!(drain_line(&dv, &control::RebuildView::default()).contains("57 chunks here"));
     }
 }

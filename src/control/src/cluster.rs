@@ -56,6 +56,54 @@ pub struct ClusterDataView {
     /// Where this node serves its disks to peers (None: not mirroring).
     #[serde(default)]
     pub mirror_listen: Option<String>,
+    /// The current (or last) rebuild of this node's engine: progress, rate, time left.
+    #[serde(default)]
+    pub rebuild: RebuildView,
+    /// Members being drained before their removal, with what still depends on them here.
+    #[serde(default)]
+    pub draining: Vec<DrainView>,
+}
+
+/// Rebuild / rebalance progress (re-mirroring degraded chunks, draining, spreading data onto
+/// new disks) as this node's engine reports it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RebuildView {
+    pub running: bool,
+    /// Chunks the current (or last) pass moves, and those moved so far.
+    pub chunks_total: u64,
+    pub chunks_done: u64,
+    /// chunks_done / chunks_total in percent (100 when there was nothing to do).
+    pub percent: u32,
+    pub bytes_done: u64,
+    /// Bytes copied per second in this pass so far.
+    pub rate_bytes_per_sec: u64,
+    /// Seconds left at that rate; None while idle or before the first chunk is done.
+    pub eta_secs: Option<u64>,
+    /// The rebuild speed ceiling in force (bytes/s; 0 = none: an idle node rebuilds at device
+    /// speed) and whether guest I/O is active (the lower, busy ceiling applies).
+    pub ceiling_bytes_per_sec: u64,
+    pub guest_busy: bool,
+}
+
+impl RebuildView {
+    /// `done` of `total` in percent, rounded down (100 for an empty total).
+    pub fn percent_of(done: u64, total: u64) -> u32 {
+        (done.min(total) * 100)
+            .checked_div(total)
+            .map_or(100, |p| p as u32)
+    }
+}
+
+/// A member being drained before removal (`cairn cluster remove`), as this node sees it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DrainView {
+    pub node: u64,
+    pub name: String,
+    /// Chunks of this node's virtual disks that still have a replica on the member's disks.
+    pub chunks_left: u64,
+    /// When the answering node is the member itself: copies of other nodes' chunks it still
+    /// holds.
+    pub hosted_chunks_left: u64,
 }
 
 /// One disk of another node that holds replicas of this node's virtual disks.
@@ -158,6 +206,19 @@ mod tests {
         assert!(validate_join("127.0.0.1:7440", &"x".repeat(MAX_TOKEN_LEN + 1)).is_err());
         assert!(validate_member("").is_err());
         assert!(validate_member("2").is_ok());
+    }
+
+    /// Views from nodes without the rebuild fields still parse (the UI and older nodes).
+    #[test]
+    fn data_view_without_rebuild_fields_parses() {
+        let v: ClusterDataView =
+            serde_json::from_str(r#"{"degraded_chunks":3,"rebuilding":true}"#).unwrap();
+        assert_eq!(v.degraded_chunks, 3);
+        assert_eq!(v.rebuild, RebuildView::default());
+        assert!(v.draining.is_empty());
+        assert_eq!(RebuildView::percent_of(1, 3), 33);
+        assert_eq!(RebuildView::percent_of(5, 3), 100);
+        assert_eq!(RebuildView::percent_of(0, 0), 100);
     }
 
     #[test]

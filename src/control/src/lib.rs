@@ -19,8 +19,8 @@ mod request;
 mod vm;
 
 pub use cluster::{
-    ClusterDataView, ClusterMemberView, ClusterTokenView, ClusterView, RemoteReplicaView,
-    DEFAULT_TOKEN_TTL_SECS, MAX_TOKEN_TTL_SECS,
+    ClusterDataView, ClusterMemberView, ClusterTokenView, ClusterView, DrainView, RebuildView,
+    RemoteReplicaView, DEFAULT_TOKEN_TTL_SECS, MAX_TOKEN_TTL_SECS,
 };
 pub use error::{ControlError, ErrorCode, EXIT_OK, EXIT_UNREACHABLE};
 pub use parse::{format_size, parse_size, validate_name, MAX_NAME_LEN, MAX_VDISK_SIZE_BYTES};

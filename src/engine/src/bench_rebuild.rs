@@ -32,9 +32,11 @@ pub struct RebuildLine {
     pub anchor_name: &'static str,
     pub ratio: f64,
     pub higher_is_better: bool,
-    /// Bytes the rebuild copied and how long it took.
+    /// Bytes the rebuild copied and how long it took (loss to redundancy back).
     pub bytes: u64,
     pub secs: f64,
+    /// The rebuild pass's own rate (without noticing the loss and confirming the end).
+    pub pass_mib_s: f64,
 }
 
 #[derive(Debug, Clone)]
@@ -150,6 +152,7 @@ pub async fn rebuild_after_node_loss(opts: &RebuildOpts) -> Result<Vec<RebuildLi
         ));
     }
     let ours = bytes as f64 / secs.max(1e-9) / f64::from(1u32 << 20);
+    let pass_mib_s = e1.rebuild_progress().rate_bytes_per_sec as f64 / f64::from(1u32 << 20);
     e1.shutdown().await?;
     e2.shutdown().await?;
     e3.shutdown().await?;
@@ -165,5 +168,6 @@ pub async fn rebuild_after_node_loss(opts: &RebuildOpts) -> Result<Vec<RebuildLi
         higher_is_better: true,
         bytes,
         secs,
+        pass_mib_s,
     }])
 }

@@ -8,13 +8,74 @@
 //! except through here.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
-use cluster::{Command, VmDef, VmPower};
-use control::{ClusterDataView, ControlError, Reply, Request, VdiskView, VmView};
+use cluster::{Command, MemberState, Role, VmDef, VmPower};
+use control::{
+    ClusterDataView, ControlError, DrainView, ErrorCode, RebuildView, Reply, Request, VdiskView,
+    VmView,
+};
 
 use crate::clusterhost::ClusterHost;
 use crate::controller::NodeController;
 use crate::convert;
+
+/// How long one `cluster_remove` request waits for a member's drain before it answers with the
+/// progress (the CLI asks again until the member is gone).
+const DRAIN_WAIT: Duration = Duration::from_secs(5);
+/// Pause before the first drain check: the mirror starts draining within its tick.
+const DRAIN_FIRST_LOOK: Duration = Duration::from_millis(600);
+
+/// One pool disk as the drain capacity check sees it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct DiskRoom {
+    pub node: u64,
+    pub size_bytes: u64,
+    pub used_bytes: u64,
+    pub active: bool,
+}
+
+/// Whether the data nodes left after removing member `id` can take what its disks hold:
+/// at least two of them (each chunk on two nodes) and enough free space on their active disks.
+pub(crate) fn drain_capacity(
+    name: &str,
+    id: u64,
+    remaining_data_nodes: usize,
+    disks: &[DiskRoom],
+) -> Result<(), ControlError> {
+    if remaining_data_nodes < 2 {
+        return Err(ControlError::new(
+            ErrorCode::NoSpace,
+            format!(
+                "removing {name} would leave {remaining_data_nodes} data node(s): its data could \
+                 not stay mirrored on two nodes; join another data node first, or pass --force \
+                 if {name} is dead and being replaced"
+            ),
+        ));
+    }
+    let held: u64 = disks
+        .iter()
+        .filter(|d| d.node == id)
+        .map(|d| d.used_bytes)
+        .sum();
+    let free: u64 = disks
+        .iter()
+        .filter(|d| d.node != id && d.active)
+        .map(|d| d.size_bytes.saturating_sub(d.used_bytes))
+        .sum();
+    if held > free {
+        return Err(ControlError::new(
+            ErrorCode::NoSpace,
+            format!(
+                "the other nodes' disks have {} free, but {name}'s disks hold {}: add disks or \
+                 nodes first, or pass --force if {name} is dead and being replaced",
+                control::format_size(free),
+                control::format_size(held)
+            ),
+        ));
+    }
+    Ok(())
+}
 
 impl NodeController {
     /// `cluster_status`, `cluster_token`, `cluster_join`, `cluster_remove`.
@@ -39,10 +100,7 @@ impl NodeController {
                 host.join(a, token, local).await?;
                 Ok(Reply::Cluster(Box::new(host.status(self.data_view())?)))
             }
-            Request::ClusterRemove { node, force } => {
-                host.remove(node, *force).await?;
-                Ok(Reply::Done)
-            }
+            Request::ClusterRemove { node, force } => self.remove_member(node, *force).await,
             other => Err(ControlError::internal(format!(
                 "{} is not a cluster request",
                 other.action()
@@ -51,14 +109,161 @@ impl NodeController {
     }
 
     fn data_view(&self) -> ClusterDataView {
-        let p = self.inner.engine.pool();
+        let engine = &self.inner.engine;
+        let p = engine.pool();
+        let r = engine.rebuild_progress();
         let mut v = ClusterDataView {
             degraded_chunks: p.degraded_chunks,
             rebuilding: p.rebalancing,
+            rebuild: RebuildView {
+                running: r.running,
+                chunks_total: r.chunks_total,
+                chunks_done: r.chunks_done,
+                percent: RebuildView::percent_of(r.chunks_done, r.chunks_total),
+                bytes_done: r.bytes_done,
+                rate_bytes_per_sec: r.rate_bytes_per_sec,
+                eta_secs: r.eta_secs,
+                ceiling_bytes_per_sec: r.ceiling_bytes_per_sec,
+                guest_busy: r.guest_busy,
+            },
             ..ClusterDataView::default()
         };
-        self.inner.mirror.fill(&self.inner.engine, &mut v);
+        if let Ok(m) = self.inner.cluster.member() {
+            let me = m.id();
+            let draining: Vec<(u64, String)> = m.read(|s| {
+                s.members
+                    .values()
+                    .filter(|x| x.state == MemberState::Draining)
+                    .map(|x| (x.id, x.name.clone()))
+                    .collect()
+            });
+            v.draining = draining
+                .into_iter()
+                .map(|(id, name)| self.drain_left(id, name, me))
+                .collect();
+        }
+        self.inner.mirror.fill(engine, &mut v);
         v
+    }
+
+    /// What still depends on member `id`'s disks, as this node sees it.
+    fn drain_left(&self, id: u64, name: String, me: u64) -> DrainView {
+        let engine = &self.inner.engine;
+        if id == me {
+            DrainView {
+                node: id,
+                name,
+                chunks_left: 0,
+                hosted_chunks_left: mirror::hosted_objects(engine),
+            }
+        } else {
+            DrainView {
+                node: id,
+                name,
+                chunks_left: engine.chunks_on_node(id),
+                hosted_chunks_left: 0,
+            }
+        }
+    }
+
+    /// `cluster remove NODE`: a data member is first marked draining (after checking that the
+    /// others can take its data), which makes every data node re-mirror the chunks it has on
+    /// that member's disks elsewhere (`mirrorhost`); once nothing here depends on it, it leaves
+    /// raft. A request waits up to [`DRAIN_WAIT`] and otherwise answers with the cluster view
+    /// (the member draining, with what is left): asking again continues. `--force` removes at
+    /// once (a dead node being replaced). A witness holds no data and leaves at once.
+    ///
+    /// The wait sees this node's chunks (and, when this node is the one leaving, the copies of
+    /// every other node's chunks it holds); each other node drains its own chunks likewise.
+    async fn remove_member(&self, node: &str, force: bool) -> Result<Reply, ControlError> {
+        let host = &self.inner.cluster;
+        if force {
+            host.remove(node, true).await?;
+            return Ok(Reply::Done);
+        }
+        let m = host.member()?;
+        let me = m.id();
+        let (target, members) = m.read(|s| {
+            (
+                s.members
+                    .values()
+                    .find(|x| x.name == node || x.id.to_string() == node)
+                    .cloned(),
+                s.members.values().cloned().collect::<Vec<_>>(),
+            )
+        });
+        let target = target.ok_or_else(|| {
+            ControlError::not_found(format!(
+                "no member {node:?} in this cluster (see `cairn cluster status`)"
+            ))
+        })?;
+        if target.role != Role::Data {
+            host.remove(node, false).await?;
+            return Ok(Reply::Done);
+        }
+        let (name, vdisks, vms) = m.read(|s| crate::clusterhost::owned_by(s, target.id));
+        if !vdisks.is_empty() || !vms.is_empty() {
+            return Err(ControlError::conflict(format!(
+                "member {name} still owns virtual disks [{}] and VMs [{}]: delete them (or move \
+                 them to another node) first, or pass --force if the node is dead and being \
+                 replaced",
+                vdisks.join(", "),
+                vms.join(", ")
+            )));
+        }
+        if target.state != MemberState::Draining {
+            let remaining = members
+                .iter()
+                .filter(|x| {
+                    x.id != target.id && x.role == Role::Data && x.state != MemberState::Draining
+                })
+                .count();
+            let disks: Vec<DiskRoom> = self
+                .inner
+                .engine
+                .disks()
+                .into_iter()
+                .filter(|d| d.attached)
+                .map(|d| DiskRoom {
+                    node: d.node_id,
+                    size_bytes: d.size_bytes,
+                    used_bytes: d.used_bytes,
+                    active: d.state == engine::DiskState::Active,
+                })
+                .collect();
+            drain_capacity(&name, target.id, remaining, &disks)?;
+            let cmd = Command::SetMemberState {
+                id: target.id,
+                state: MemberState::Draining,
+            };
+            match m
+                .propose(cmd)
+                .await
+                .map_err(crate::clusterhost::cluster_error)?
+            {
+                cluster::CommandResult::Rejected(why) => {
+                    return Err(ControlError::conflict(format!(
+                        "the cluster refused to drain {name}: {why}"
+                    )))
+                }
+                _ => tracing::info!(member = target.id, "member draining before removal"),
+            }
+        }
+        let t = tokio::time::Instant::now();
+        // Give the mirror a tick to start draining before the first look.
+        tokio::time::sleep(DRAIN_FIRST_LOOK).await;
+        loop {
+            let left = self.drain_left(target.id, name.clone(), me);
+            if left.chunks_left == 0 && left.hosted_chunks_left == 0 {
+                host.remove(node, false).await?;
+                tracing::info!(member = target.id, "drained member removed");
+                return Ok(Reply::Done);
+            }
+            if t.elapsed() >= DRAIN_WAIT {
+                return Ok(Reply::Cluster(Box::new(host.status(self.data_view())?)));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 
     pub(crate) async fn create_vdisk_recorded(
@@ -191,5 +396,42 @@ impl NodeController {
                 id: ClusterHost::vm_id(me, name),
             })
             .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn disk(node: u64, size_mib: u64, used_mib: u64) -> DiskRoom {
+        DiskRoom {
+            node,
+            size_bytes: size_mib << 20,
+            used_bytes: used_mib << 20,
+            active: true,
+        }
+    }
+
+    #[test]
+    fn drain_needs_two_other_data_nodes_and_room() {
+        let disks = [disk(1, 100, 40), disk(2, 100, 40), disk(3, 100, 60)];
+        // Two nodes left with 120 MiB free for node 3's 60 MiB: fine.
+        assert!(drain_capacity("c", 3, 2, &disks).is_ok());
+        // One node left: nowhere to keep the second replica.
+        let e = drain_capacity("c", 3, 1, &disks).unwrap_err();
+        assert_eq!(e.code, ErrorCode::NoSpace);
+        assert!(e.message.contains("--force"), "{}", e.message);
+        // Not enough free space on the others.
+        let full = [disk(1, 100, 90), disk(2, 100, 90), disk(3, 100, 60)];
+        let e = drain_capacity("c", 3, 2, &full).unwrap_err();
+        assert_eq!(e.code, ErrorCode::NoSpace);
+        assert!(e.message.contains("free"), "{}", e.message);
+        // A draining (inactive) disk's room does not count.
+        let mut d = full;
+        d[0] = DiskRoom {
+            active: false,
+            ..disk(1, 1000, 0)
+        };
+        assert!(drain_capacity("c", 3, 2, &d).is_err());
     }
 }
