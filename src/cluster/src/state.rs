@@ -587,8 +587,33 @@ impl ClusterState {
                 self.vdisks.insert(v.id.clone(), v);
             }
         }
-        for s in self.snapshots.values_mut() {
-            s.vdisk = renamed(&s.vdisk);
+        // Snapshot ids are "{vdisk id}@{name}": re-keyed with their disk, so the new owner
+        // names them the way it names its own (references from clones follow).
+        let snap_ids: Vec<String> = self
+            .snapshots
+            .values()
+            .filter(|x| vdisk_owner(&x.vdisk) == Some(from))
+            .map(|x| x.id.clone())
+            .collect();
+        let mut rekeyed = BTreeMap::new();
+        for id in snap_ids {
+            if let Some(mut snap) = self.snapshots.remove(&id) {
+                let old_vdisk = snap.vdisk.clone();
+                snap.vdisk = renamed(&old_vdisk);
+                if id == format!("{old_vdisk}@{}", snap.name) {
+                    let new_id = format!("{}@{}", snap.vdisk, snap.name);
+                    if !self.snapshots.contains_key(&new_id) {
+                        rekeyed.insert(id.clone(), new_id.clone());
+                        snap.id = new_id;
+                    }
+                }
+                self.snapshots.insert(snap.id.clone(), snap);
+            }
+        }
+        for v in self.vdisks.values_mut() {
+            if let Some(p) = v.parent_snapshot.as_ref().and_then(|p| rekeyed.get(p)) {
+                v.parent_snapshot = Some(p.clone());
+            }
         }
         for s in self.schedules.values_mut() {
             s.vdisk = renamed(&s.vdisk);
@@ -764,7 +789,8 @@ mod tests {
         );
         assert!(s.vdisks.contains_key("2/a") && !s.vdisks.contains_key("1/a"));
         assert_eq!(s.vdisks["2/a"].name, "1/a");
-        assert_eq!(s.snapshots["1/a@s"].vdisk, "2/a");
+        assert_eq!(s.snapshots["2/a@s"].vdisk, "2/a");
+        assert!(!s.snapshots.contains_key("1/a@s"));
         assert_eq!(
             s.vms["vm"].vdisks,
             vec!["2/a".to_string(), "2/b".to_string()]
