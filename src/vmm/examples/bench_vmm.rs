@@ -1,6 +1,7 @@
 //! Runs the VMM-vs-QEMU benchmark (`cairn bench vmm` will call the same function).
-//! Usage: cargo run --release -p vmm --example bench_vmm [ops] [runs] [net]
-//! (`net`: only the virtio-net case.)
+//! Usage: cargo run --release -p vmm --example bench_vmm [ops] [runs] [net | KIND...]
+//! (`net`: only the virtio-net case; KIND = ram, file, engine, or e.g. engine-write: only
+//! those disk cases.)
 
 fn main() -> anyhow::Result<()> {
     if !vmm::kvm_available() {
@@ -18,8 +19,12 @@ fn main() -> anyhow::Result<()> {
         runs,
         qemu: "qemu-system-x86_64".into(),
     };
-    if args.next().as_deref() == Some("net") {
+    let rest: Vec<String> = args.collect();
+    if rest.first().map(String::as_str) == Some("net") {
         vmm::bench::run_net_only(&opts)?;
+    } else if !rest.is_empty() {
+        let kinds: Vec<&str> = rest.iter().map(String::as_str).collect();
+        vmm::bench::run_disks(&opts, &kinds)?;
     } else {
         vmm::bench::run(&opts)?;
     }

@@ -4,6 +4,15 @@
 //! (RAM disk vs QEMU `null-co`; file vs QEMU raw file), boot-to-first-debug-write time, and VMM
 //! memory overhead (process RSS minus resident guest RAM), and virtio-net transmit throughput
 //! with 1 and N queue pairs ([`crate::bench_net`]). Never used by tests.
+//!
+//! Fairness of the disk comparison: the guest never flushes during a run, on either side. QEMU's
+//! `cache=none` is O_DIRECT with no fsync per write (one copy, a guest-visible write-back cache);
+//! ours writes two replicas with O_DIRECT plus checksums, and the engine's log reaches the disk
+//! only on a flush or when its buffer fills — so neither side syncs per write, and ours does two
+//! device writes per guest write to QEMU's one. Every backing file (QEMU's raw file and the
+//! engine's two pool files) is fully written before measuring, like a real device: a write into
+//! a hole of a sparse file makes the file system allocate (and serialise on the inode), which
+//! would measure ext4, not the VMM.
 
 use crate::backend::DiskBackend;
 use crate::backend_file::FileDisk;
@@ -341,89 +350,18 @@ pub fn run(opts: &BenchOptions) -> Result<Vec<BenchLine>> {
     if let Some(elf) = std::env::var_os(CHILD_ENV) {
         return memory_child(Path::new(&elf));
     }
-    std::fs::create_dir_all(&opts.work_dir).map_err(io_err("create bench dir"))?;
+    let mut lines = run_disks(opts, &["ram", "file", "engine"])?;
     let elf = opts.work_dir.join("guest.elf");
-    std::fs::write(&elf, &opts.guest_elf).map_err(io_err("write guest elf"))?;
-    let file = opts.work_dir.join("disk.raw");
-    // Pre-write the file so reads touch real blocks (a never-written file reads as zeros for free).
-    {
-        let f = std::fs::File::create(&file).map_err(io_err("create disk file"))?;
-        f.set_len(opts.disk_bytes)
-            .map_err(io_err("size disk file"))?;
-        let chunk = vec![0x5au8; 1 << 20];
-        let mut off = 0;
-        while off < opts.disk_bytes {
-            std::os::unix::fs::FileExt::write_all_at(&f, &chunk, off)
-                .map_err(io_err("fill disk file"))?;
-            off += chunk.len() as u64;
-        }
-        f.sync_all().map_err(io_err("sync disk file"))?;
-    }
     let tsc_hz = host_tsc_hz()?;
-    let mut lines = Vec::new();
     let emit = |l: BenchLine, lines: &mut Vec<BenchLine>| {
         println!("{}", l.to_json());
         lines.push(l);
     };
-    let file_str = file.display().to_string();
     let null_drive = format!(
         "driver=null-co,size={},read-zeroes=on,if=none,id=d0",
         opts.disk_bytes
     );
-    let file_drive = format!("file={file_str},if=none,id=d0,format=raw,cache=none,aio=io_uring");
-    let ram_disk = RamDisk::new(opts.disk_bytes);
-    // Touch every chunk once so the measurement is the virtio path, not first-touch zeroing.
-    let chunk = vec![0u8; 1 << 20];
-    let mut off = 0;
-    while off + chunk.len() as u64 <= opts.disk_bytes {
-        ram_disk
-            .write(off, &chunk)
-            .map_err(|e| VmmError::Backend(e.to_string()))?;
-        off += chunk.len() as u64;
-    }
-    let ram: Arc<dyn DiskBackend> = Arc::new(ram_disk);
-    let filedisk: Arc<dyn DiskBackend> =
-        Arc::new(FileDisk::open(&file, false, true).map_err(|e| VmmError::Backend(e.to_string()))?);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(io_err("tokio runtime"))?;
-    let (engine, enginedisk) = engine_backend(opts, &rt)?;
-    let raw = "qemu raw file cache=none aio=io_uring";
-    for (kind, ours_backend, drive, anchor_name) in [
-        ("ram", &ram, &null_drive, "qemu null-co"),
-        ("file", &filedisk, &file_drive, raw),
-        ("engine", &enginedisk, &file_drive, raw),
-    ] {
-        for op in ["read", "write"] {
-            for qd in [1u32, 32] {
-                let cmd = format!("bench-{op} qd={qd} ops={}", opts.ops);
-                let mut o = Vec::new();
-                let mut a = Vec::new();
-                for _ in 0..opts.runs.max(1) {
-                    o.push(parse_iops(
-                        &ours_run(opts, &elf, &cmd, ours_backend.clone())?.0,
-                        tsc_hz,
-                    )?);
-                    a.push(parse_iops(
-                        &qemu_run(opts, &elf, &cmd, &blk_args(drive), 1)?.0,
-                        tsc_hz,
-                    )?);
-                }
-                emit(
-                    BenchLine::new(
-                        &format!("{kind}_rand{op}_qd{qd}_iops"),
-                        median(o),
-                        median(a),
-                        anchor_name,
-                        true,
-                    ),
-                    &mut lines,
-                );
-            }
-        }
-    }
+    let ram: Arc<dyn DiskBackend> = Arc::new(RamDisk::new(opts.disk_bytes));
     let (mut o, mut a, mut om, mut am) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..opts.runs.max(1) {
         let (_, boot) = ours_run(opts, &elf, "hello", ram.clone())?;
@@ -454,9 +392,123 @@ pub fn run(opts: &BenchOptions) -> Result<Vec<BenchLine>> {
         &mut lines,
     );
     lines.extend(crate::bench_net::run(opts, &elf, tsc_hz)?);
+    Ok(lines)
+}
+
+/// Fills `path` (created or truncated) with `bytes` bytes of `fill` and syncs it, so every
+/// block is allocated and written before a measurement (the engine only adopts a pool disk
+/// whose first MiB is blank, so its files are filled with zeros).
+fn prewrite_file(path: &Path, bytes: u64, fill: u8) -> Result<()> {
+    let f = std::fs::File::create(path).map_err(io_err("create bench file"))?;
+    f.set_len(bytes).map_err(io_err("size bench file"))?;
+    let chunk = vec![fill; 1 << 20];
+    let mut off = 0;
+    while off < bytes {
+        let n = (bytes - off).min(chunk.len() as u64) as usize;
+        std::os::unix::fs::FileExt::write_all_at(&f, &chunk[..n], off)
+            .map_err(io_err("fill bench file"))?;
+        off += n as u64;
+    }
+    f.sync_all().map_err(io_err("sync bench file"))
+}
+
+/// Only the disk IOPS cases of [`run`], for the disk kinds named in `kinds` ("ram", "file",
+/// "engine", or one operation of a kind such as "engine-write"); prints and returns their lines.
+pub fn run_disks(opts: &BenchOptions, kinds: &[&str]) -> Result<Vec<BenchLine>> {
+    std::fs::create_dir_all(&opts.work_dir).map_err(io_err("create bench dir"))?;
+    let elf = opts.work_dir.join("guest.elf");
+    std::fs::write(&elf, &opts.guest_elf).map_err(io_err("write guest elf"))?;
+    let file = opts.work_dir.join("disk.raw");
+    // Pre-written so reads touch real blocks and writes overwrite (see the module comment).
+    prewrite_file(&file, opts.disk_bytes, 0x5a)?;
+    let tsc_hz = host_tsc_hz()?;
+    let mut lines = Vec::new();
+    let emit = |l: BenchLine, lines: &mut Vec<BenchLine>| {
+        println!("{}", l.to_json());
+        lines.push(l);
+    };
+    let file_str = file.display().to_string();
+    let null_drive = format!(
+        "driver=null-co,size={},read-zeroes=on,if=none,id=d0",
+        opts.disk_bytes
+    );
+    let file_drive = format!("file={file_str},if=none,id=d0,format=raw,cache=none,aio=io_uring");
+    let ram_disk = RamDisk::new(opts.disk_bytes);
+    // Touch every chunk once so the measurement is the virtio path, not first-touch zeroing.
+    let chunk = vec![0u8; 1 << 20];
+    let mut off = 0;
+    while off + chunk.len() as u64 <= opts.disk_bytes {
+        ram_disk
+            .write(off, &chunk)
+            .map_err(|e| VmmError::Backend(e.to_string()))?;
+        off += chunk.len() as u64;
+    }
+    let ram: Arc<dyn DiskBackend> = Arc::new(ram_disk);
+    let filedisk: Arc<dyn DiskBackend> =
+        Arc::new(FileDisk::open(&file, false, true).map_err(|e| VmmError::Backend(e.to_string()))?);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(io_err("tokio runtime"))?;
+    let wanted = |kind: &str, op: &str| {
+        kinds
+            .iter()
+            .any(|k| *k == kind || k.strip_prefix(kind) == Some(&format!("-{op}")))
+    };
+    // The engine (and its two pre-written pool files) only when an engine case is wanted.
+    let engine = if wanted("engine", "read") || wanted("engine", "write") {
+        Some(engine_backend(opts, &rt)?)
+    } else {
+        None
+    };
+    let enginedisk: Arc<dyn DiskBackend> = match &engine {
+        Some((_, d)) => d.clone(),
+        None => ram.clone(),
+    };
+    let raw = "qemu raw file cache=none aio=io_uring";
+    for (kind, ours_backend, drive, anchor_name) in [
+        ("ram", &ram, &null_drive, "qemu null-co"),
+        ("file", &filedisk, &file_drive, raw),
+        ("engine", &enginedisk, &file_drive, raw),
+    ] {
+        for op in ["read", "write"] {
+            if !wanted(kind, op) {
+                continue;
+            }
+            for qd in [1u32, 32] {
+                let cmd = format!("bench-{op} qd={qd} ops={}", opts.ops);
+                let mut o = Vec::new();
+                let mut a = Vec::new();
+                for _ in 0..opts.runs.max(1) {
+                    o.push(parse_iops(
+                        &ours_run(opts, &elf, &cmd, ours_backend.clone())?.0,
+                        tsc_hz,
+                    )?);
+                    a.push(parse_iops(
+                        &qemu_run(opts, &elf, &cmd, &blk_args(drive), 1)?.0,
+                        tsc_hz,
+                    )?);
+                }
+                emit(
+                    BenchLine::new(
+                        &format!("{kind}_rand{op}_qd{qd}_iops"),
+                        median(o),
+                        median(a),
+                        anchor_name,
+                        true,
+                    ),
+                    &mut lines,
+                );
+            }
+        }
+    }
     drop(enginedisk);
-    rt.block_on(engine.shutdown())
-        .map_err(|e| VmmError::Backend(e.to_string()))?;
+    if let Some((engine, disk)) = engine {
+        drop(disk);
+        rt.block_on(engine.shutdown())
+            .map_err(|e| VmmError::Backend(e.to_string()))?;
+    }
     Ok(lines)
 }
 
@@ -485,8 +537,7 @@ fn engine_backend(
         for i in 0..2 {
             let path = opts.work_dir.join(format!("pool{i}.img"));
             let _ = std::fs::remove_file(&path);
-            blockdev::create_sparse_file(&path, (opts.disk_bytes * 4).max(1 << 30))
-                .map_err(|e| be(&e))?;
+            prewrite_file(&path, (opts.disk_bytes * 4).max(1 << 30), 0)?;
             e.add_disk(blockdev::open_device(&path).map_err(|e| be(&e))?)
                 .await
                 .map_err(|e| be(&e))?;
