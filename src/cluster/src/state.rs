@@ -544,99 +544,14 @@ impl ClusterState {
     }
 }
 
-/// The member that owns virtual disk `id` (`"{owner}/{name}"`).
-pub fn vdisk_owner(id: &str) -> Option<NodeId> {
-    id.split_once('/').and_then(|(n, _)| n.parse().ok())
-}
-
-impl ClusterState {
-    fn move_vdisks(&mut self, from: NodeId, to: NodeId) -> Result<CommandResult, CommandResult> {
-        match self.members.get(&to) {
-            Some(m) if m.role == Role::Data && to != from => {}
-            _ => return Err(reject("takeover target must be another data member")),
-        }
-        let moving: Vec<String> = self
-            .vdisks
-            .keys()
-            .filter(|id| vdisk_owner(id) == Some(from))
-            .cloned()
-            .collect();
-        if moving.is_empty() {
-            return Err(reject("the member owns no virtual disks"));
-        }
-        if self.outdated.contains(&(from, to)) {
-            return Err(reject(
-                "the target's copies are outdated (the owner wrote without them); taking over \
-                 would lose acknowledged writes",
-            ));
-        }
-        let renamed = |id: &str| match id.split_once('/') {
-            Some((_, name)) if vdisk_owner(id) == Some(from) => format!("{to}/{name}"),
-            _ => id.to_string(),
-        };
-        // Checked whole before anything changes: a clash leaves the state as it was.
-        for id in &moving {
-            let new = renamed(id);
-            if self.vdisks.contains_key(&new) {
-                return Err(reject(format!("virtual disk {new} exists")));
-            }
-        }
-        for id in moving {
-            if let Some(mut v) = self.vdisks.remove(&id) {
-                v.id = renamed(&id);
-                self.vdisks.insert(v.id.clone(), v);
-            }
-        }
-        // Snapshot ids are "{vdisk id}@{name}": re-keyed with their disk, so the new owner
-        // names them the way it names its own (references from clones follow).
-        let snap_ids: Vec<String> = self
-            .snapshots
-            .values()
-            .filter(|x| vdisk_owner(&x.vdisk) == Some(from))
-            .map(|x| x.id.clone())
-            .collect();
-        let mut rekeyed = BTreeMap::new();
-        for id in snap_ids {
-            if let Some(mut snap) = self.snapshots.remove(&id) {
-                let old_vdisk = snap.vdisk.clone();
-                snap.vdisk = renamed(&old_vdisk);
-                if id == format!("{old_vdisk}@{}", snap.name) {
-                    let new_id = format!("{}@{}", snap.vdisk, snap.name);
-                    if !self.snapshots.contains_key(&new_id) {
-                        rekeyed.insert(id.clone(), new_id.clone());
-                        snap.id = new_id;
-                    }
-                }
-                self.snapshots.insert(snap.id.clone(), snap);
-            }
-        }
-        for v in self.vdisks.values_mut() {
-            if let Some(p) = v.parent_snapshot.as_ref().and_then(|p| rekeyed.get(p)) {
-                v.parent_snapshot = Some(p.clone());
-            }
-        }
-        for s in self.schedules.values_mut() {
-            s.vdisk = renamed(&s.vdisk);
-        }
-        for vm in self.vms.values_mut() {
-            let uses = vm.vdisks.iter().any(|d| vdisk_owner(d) == Some(from));
-            vm.vdisks = vm.vdisks.iter().map(|d| renamed(d)).collect();
-            if uses && vm.node == Some(from) {
-                vm.node = Some(to);
-            }
-        }
-        self.placement.version += 1;
-        self.taken_over.insert(from, self.placement.version);
-        self.outdated.retain(|(o, _)| *o != from);
-        Ok(CommandResult::PlacementVersion(self.placement.version))
-    }
-}
+mod takeover;
+pub use takeover::vdisk_owner;
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn member(id: NodeId, role: Role) -> Member {
+    pub(crate) fn member(id: NodeId, role: Role) -> Member {
         Member {
             id,
             name: format!("n{id}"),
@@ -647,7 +562,7 @@ mod tests {
         }
     }
 
-    fn vdisk(id: &str) -> VdiskDef {
+    pub(crate) fn vdisk(id: &str) -> VdiskDef {
         VdiskDef {
             id: id.into(),
             name: id.into(),
@@ -656,7 +571,7 @@ mod tests {
         }
     }
 
-    fn init() -> ClusterState {
+    pub(crate) fn init() -> ClusterState {
         let mut s = ClusterState::default();
         let ca = ClusterCa::generate("c").unwrap();
         let r = s.apply(&Command::InitCluster {
@@ -747,93 +662,6 @@ mod tests {
             s.apply(&Command::DeleteVdisk { id: "v".into() }),
             CommandResult::Rejected(_)
         ));
-    }
-
-    #[test]
-    fn move_vdisks_hands_a_members_disks_snapshots_and_vms_over() {
-        let mut s = init();
-        s.members.insert(2, member(2, Role::Data));
-        s.members.insert(3, member(3, Role::Witness));
-        s.apply(&Command::CreateVdisk(vdisk("1/a")));
-        s.apply(&Command::CreateVdisk(vdisk("2/b")));
-        s.apply(&Command::CreateSnapshot(SnapshotDef {
-            id: "1/a@s".into(),
-            vdisk: "1/a".into(),
-            name: "s".into(),
-        }));
-        s.apply(&Command::PutVm(VmDef {
-            id: "vm".into(),
-            name: "vm".into(),
-            vcpus: 1,
-            memory_mib: 64,
-            vdisks: vec!["1/a".into(), "2/b".into()],
-            node: Some(1),
-            power: VmPower::Running,
-        }));
-        let v0 = s.placement.version;
-        let before = s.clone();
-        for bad in [
-            Command::MoveVdisks { from: 1, to: 3 },
-            Command::MoveVdisks { from: 1, to: 1 },
-            Command::MoveVdisks { from: 4, to: 2 },
-        ] {
-            assert!(
-                matches!(s.apply(&bad), CommandResult::Rejected(_)),
-                "{bad:?}"
-            );
-        }
-        assert_eq!(s, before, "a rejected takeover changes nothing");
-        assert_eq!(
-            s.apply(&Command::MoveVdisks { from: 1, to: 2 }),
-            CommandResult::PlacementVersion(v0 + 1)
-        );
-        assert!(s.vdisks.contains_key("2/a") && !s.vdisks.contains_key("1/a"));
-        assert_eq!(s.vdisks["2/a"].name, "1/a");
-        assert_eq!(s.snapshots["2/a@s"].vdisk, "2/a");
-        assert!(!s.snapshots.contains_key("1/a@s"));
-        assert_eq!(
-            s.vms["vm"].vdisks,
-            vec!["2/a".to_string(), "2/b".to_string()]
-        );
-        assert_eq!(s.vms["vm"].node, Some(2));
-        assert!(matches!(
-            s.apply(&Command::MoveVdisks { from: 1, to: 2 }),
-            CommandResult::Rejected(_)
-        ));
-        // The old incarnation (epoch before the takeover) may not write alone any more; a
-        // later one may.
-        assert!(matches!(
-            s.apply(&Command::Outdate {
-                owner: 1,
-                holder: 2,
-                epoch: v0
-            }),
-            CommandResult::Rejected(_)
-        ));
-        assert_eq!(
-            s.apply(&Command::Outdate {
-                owner: 1,
-                holder: 2,
-                epoch: v0 + 2
-            }),
-            CommandResult::Ok
-        );
-        // An outdated holder cannot take over; once resynced it can.
-        s.apply(&Command::CreateVdisk(vdisk("1/c")));
-        assert!(matches!(
-            s.apply(&Command::MoveVdisks { from: 1, to: 2 }),
-            CommandResult::Rejected(_)
-        ));
-        s.apply(&Command::ClearOutdated {
-            owner: 1,
-            holder: 2,
-        });
-        assert!(matches!(
-            s.apply(&Command::MoveVdisks { from: 1, to: 2 }),
-            CommandResult::PlacementVersion(_)
-        ));
-        assert_eq!(vdisk_owner("12/x/y"), Some(12));
-        assert_eq!(vdisk_owner("x"), None);
     }
 
     #[test]
