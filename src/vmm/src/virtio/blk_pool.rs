@@ -10,9 +10,9 @@ use crate::backend::DiskBackend;
 use crate::error::{io_err, Result};
 use crate::memory::GuestMemoryMmap;
 use crate::stats::DeviceCounters;
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
+use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
-use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
@@ -25,6 +25,46 @@ struct Job {
     head: u16,
     chain: Chain,
     start: Instant,
+}
+
+/// Jobs from the dispatcher to the lanes. Idle lanes all wait on the condvar and a job wakes
+/// exactly one of them (a receiver behind a mutex would wake a second lane per job: the one
+/// waiting for the mutex). Capacity is the queue size, reserved once: in-flight requests never
+/// exceed it, so pushing never allocates.
+struct Jobs {
+    state: Mutex<(VecDeque<Job>, bool)>,
+    ready: Condvar,
+}
+
+impl Jobs {
+    fn push(&self, job: Job) {
+        self.state.lock().0.push_back(job);
+        self.ready.notify_one();
+    }
+
+    /// The next job, or None once closed and drained.
+    fn pop(&self) -> Option<Job> {
+        let mut st = self.state.lock();
+        loop {
+            if let Some(j) = st.0.pop_front() {
+                return Some(j);
+            }
+            if st.1 {
+                return None;
+            }
+            self.ready.wait(&mut st);
+        }
+    }
+}
+
+/// Owned by the dispatcher: when it goes (the worker stopped), the lanes finish and exit.
+struct CloseOnDrop(Arc<Jobs>);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        self.0.state.lock().1 = true;
+        self.0.ready.notify_all();
+    }
 }
 
 /// A queue served by lanes.
@@ -83,13 +123,17 @@ pub fn spawn(
         mem: ctx.mem.clone(),
         counters: counters.clone(),
     });
-    let (tx, rx) = mpsc::sync_channel::<Job>(bound);
-    let rx = Arc::new(Mutex::new(rx));
+    let jobs = Arc::new(Jobs {
+        state: Mutex::new((VecDeque::with_capacity(bound), false)),
+        ready: Condvar::new(),
+    });
+    let tx = CloseOnDrop(jobs.clone());
     let mut handles = Vec::new();
     for lane in 0..lanes {
         let mut handler =
             BlkQueueHandler::new(backend.clone(), ctx.mem.clone(), serial, counters.clone());
-        let (rx, shared, seccomp, cpu) = (rx.clone(), shared.clone(), ctx.seccomp, ctx.cpu.clone());
+        let (rx, shared, seccomp, cpu) =
+            (jobs.clone(), shared.clone(), ctx.seccomp, ctx.cpu.clone());
         let h = std::thread::Builder::new()
             .name(format!("{}-q{}-l{lane}", ctx.name, aq.index))
             .spawn(move || {
@@ -97,9 +141,7 @@ pub fn spawn(
                 if seccomp && crate::seccomp::apply(crate::seccomp::ThreadKind::Device).is_err() {
                     return;
                 }
-                loop {
-                    let job = rx.lock().recv();
-                    let Ok(job) = job else { return };
+                while let Some(job) = rx.pop() {
                     let len = handler.complete(&job.chain);
                     shared.add_used(job.head, len, job.start);
                 }
@@ -132,9 +174,7 @@ pub fn spawn(
                     ) {
                         Ok(chain) => {
                             drop(q);
-                            if tx.send(Job { head, chain, start }).is_err() {
-                                return true;
-                            }
+                            tx.0.push(Job { head, chain, start });
                             q = dshared.queue.lock();
                         }
                         Err(_) => {
