@@ -62,3 +62,11 @@ export function joinCommand(address: string, token: string): string {
   const q = (s: string) => (/^[A-Za-z0-9._:\/@=+-]+$/.test(s) ? s : `'${s.replace(/'/g, `'\\''`)}'`);
   return `cairn cluster join --address ${q(address)} --token ${q(token)}`;
 }
+
+/** Chunks still depending on member `id` in a remove answer, or null once it is removed. */
+export function drainLeft(view: any, id: number): number | null {
+  const d = view?.data?.draining;
+  if (!Array.isArray(d)) return null;
+  const row = d.find((x: any) => x?.node === id);
+  return row ? Number(row.chunks_left ?? 0) + Number(row.hosted_chunks_left ?? 0) : 0;
+}

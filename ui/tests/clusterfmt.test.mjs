@@ -57,3 +57,11 @@ test('join command: exact CLI form, quoted only when needed', () => {
   assert.equal(f.joinCommand('127.0.0.1:7443', 'abc.DEF-123'), 'cairn cluster join --address 127.0.0.1:7443 --token abc.DEF-123');
   assert.equal(f.joinCommand('[::1]:7443', "it's"), "cairn cluster join --address '[::1]:7443' --token 'it'\\''s'");
 });
+
+test('drainLeft: chunks left while draining, null once removed', () => {
+  assert.equal(f.drainLeft(null, 3), null);
+  assert.equal(f.drainLeft({ done: true }, 3), null);
+  assert.equal(f.drainLeft({ data: { draining: [{ node: 3, chunks_left: 5, hosted_chunks_left: 2 }] } }, 3), 7);
+  // The member is no longer draining (another one is): nothing left for it.
+  assert.equal(f.drainLeft({ data: { draining: [{ node: 4, chunks_left: 9 }] } }, 3), 0);
+});

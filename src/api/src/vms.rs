@@ -134,7 +134,11 @@ pub(crate) async fn dispatch(
                 None => false,
             };
             let req = Request::ClusterRemove { node: name, force };
-            recorded(st, c, req, 200).await
+            // A data member is drained before it leaves: until then the node answers with the
+            // cluster view (the member draining, what is left), and the caller asks again.
+            let (_, v) = recorded(st, c, req, 200).await?;
+            let draining = v.get("data").and_then(|d| d.get("draining")).is_some();
+            Ok((if draining { 202 } else { 200 }, v))
         }
         _ => Err(ControlError::internal("not a VM route")),
     }

@@ -5,7 +5,7 @@
 import { useState } from 'preact/hooks';
 import { api, explain } from '../api';
 import { html, ErrorBox, Field } from '../ui';
-import { joinCommand } from '../clusterfmt';
+import { drainLeft, joinCommand } from '../clusterfmt';
 
 interface TokenView {
   token: string;
@@ -91,7 +91,15 @@ export function RemoveMember({ id, name, onDone }: { id: number; name: string; o
     if (!confirm(`Remove ${name} (member ${id}) from the cluster? It stops voting and its copies stop counting. The node refuses while ${name} still owns virtual disks or VMs.`)) return;
     setBusy(true);
     try {
-      await api('DELETE', `/cluster/members/${encodeURIComponent(String(id))}`);
+      // A data member is drained first: while its data is re-mirrored elsewhere the node
+      // answers with the cluster view (202) and the request is repeated until it is gone.
+      for (;;) {
+        const view = await api<any>('DELETE', `/cluster/members/${encodeURIComponent(String(id))}`);
+        const left = drainLeft(view, id);
+        if (left === null) break;
+        onDone(`Draining ${name}: ${left} chunks still to re-mirror elsewhere…`, null);
+        await new Promise((r) => setTimeout(r, 2000));
+      }
       onDone(`Removed ${name} from the cluster.`, null);
     } catch (err) {
       onDone(null, `Removing ${name} failed. ${explain(err)}`);
