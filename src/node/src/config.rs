@@ -37,7 +37,10 @@ pub struct NodeConfig {
     /// Create this node's raft member on first start (a one-member cluster); when off, the
     /// node has no member until it joins a cluster.
     pub host_cluster: bool,
-    /// Where the raft member keeps its identity, log and snapshot (see `raftdisk`).
+    /// Where the raft member keeps its identity, log and snapshot (see `raftdisk`). Files by
+    /// default on a host: the pool's vdisks are mirrored to the other data nodes and fenced
+    /// through raft, so a raft log on one would wait on (and be refused without) the very
+    /// quorum it implements when a peer is lost; the appliance (no persistent DATA) uses Pool.
     pub raft_place: RaftPlace,
 }
 

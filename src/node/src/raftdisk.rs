@@ -142,15 +142,19 @@ fn eng(e: engine::EngineError) -> io::Error {
     io::Error::other(e.to_string())
 }
 
-/// Runs an engine future to completion from synchronous code: directly on a plain thread, on
-/// a short-lived helper thread when called from inside a runtime (where `block_on` is not
-/// allowed).
+/// Runs an engine future to completion from synchronous code: directly on a plain thread;
+/// from inside a multi-thread runtime through `block_in_place`, so the worker's duties (the
+/// I/O driver the engine's completions need) move to another thread instead of starving;
+/// elsewhere (a current-thread runtime) on a short-lived helper thread.
 fn block<T: Send>(
     rt: &tokio::runtime::Handle,
     f: impl Future<Output = io::Result<T>> + Send,
 ) -> io::Result<T> {
-    if tokio::runtime::Handle::try_current().is_err() {
+    let Ok(cur) = tokio::runtime::Handle::try_current() else {
         return rt.block_on(f);
+    };
+    if cur.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread {
+        return tokio::task::block_in_place(|| rt.block_on(f));
     }
     std::thread::scope(|s| {
         s.spawn(|| rt.block_on(f))
