@@ -88,6 +88,8 @@ impl Engine {
         };
         m.vdisks
             .iter()
+            // Node-private disks have no copies on peers: nothing another node could adopt.
+            .filter(|v| !v.local_only)
             .map(|v| VdiskRecord {
                 name: v.name.clone(),
                 id: v.id,
@@ -247,6 +249,7 @@ impl Engine {
                         now_unix()
                     },
                     snapshots,
+                    local_only: false,
                 };
                 m.vdisks.push(nv.clone());
                 // Versions of snapshots the record did not list are dropped.

@@ -278,7 +278,7 @@ impl Inner {
                 }
                 continue;
             };
-            let target = view.place(v.seed, obj.chunk);
+            let target = self.place_vdisk(&view, v, obj.chunk);
             let missing = target.as_slice().iter().any(|t| !holders.contains(*t));
             let extra = holders.as_slice().iter().any(|h| !target.contains(*h));
             if !missing && !extra {

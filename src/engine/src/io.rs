@@ -13,7 +13,8 @@ use store::{ObjectId, StoreError};
 
 use crate::core::{Disk, Inner};
 use crate::error::{EngineError, Result};
-use crate::placement::Slots;
+use crate::meta::VdiskMeta;
+use crate::placement::{PlacementView, Slots};
 use crate::replica::is_device_failure;
 use crate::{BLOCK_BYTES, CHUNK_BLOCKS};
 
@@ -52,11 +53,34 @@ pub(crate) enum Repair {
 }
 
 impl Inner {
+    /// Where placement puts chunk `chunk` of `v` (only on this node's disks when `v` is
+    /// node-private).
+    pub(crate) fn place_vdisk(&self, view: &PlacementView, v: &VdiskMeta, chunk: u64) -> Slots {
+        view.place_in(v.seed, chunk, v.local_only.then_some(self.cfg.node_id))
+    }
+
+    /// Where placement puts `obj` of the virtual disk with placement seed `seed` (looks the
+    /// disk up for its node-private flag: first writes and repairs only, not the hot path).
+    pub(crate) fn place_obj(&self, obj: ObjectId, seed: u64) -> Slots {
+        let local = self
+            .meta_arc()
+            .and_then(|m| m.vdisk_by_id(obj.vdisk).map(|v| v.local_only))
+            .unwrap_or(false);
+        self.view
+            .read()
+            .place_in(seed, obj.chunk, local.then_some(self.cfg.node_id))
+    }
+
     /// Replicas for `obj`: where it is, or (first write) where placement puts it.
     pub(crate) fn holders_or_place(&self, obj: ObjectId, seed: u64) -> Result<Slots> {
-        let s = self
-            .index
-            .get_or_insert(obj, || self.view.read().place(seed, obj.chunk));
+        // Placement is computed before the index's shard lock is taken (it reads the metadata).
+        let s = match self.index.get(obj) {
+            Some(s) => s,
+            None => {
+                let placed = self.place_obj(obj, seed);
+                self.index.get_or_insert(obj, || placed)
+            }
+        };
         if s.is_empty() {
             self.index.remove(obj);
             return Err(EngineError::NoSpace("the pool has no active disk".into()));

@@ -78,6 +78,10 @@ pub(crate) struct VdiskMeta {
     pub created_unix: u64,
     /// Oldest first; generations strictly rising.
     pub snapshots: Vec<SnapMeta>,
+    /// Node-private: every replica on this node's own disks, never on a peer's (the node's raft
+    /// log and configuration record). Absent in older metadata: false.
+    #[serde(default)]
+    pub local_only: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -257,6 +261,7 @@ mod tests {
             gen: 3,
             seed: 9,
             created_unix: 1,
+            local_only: false,
             snapshots: vec![SnapMeta {
                 name: "s".into(),
                 id: 1,

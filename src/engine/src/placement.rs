@@ -6,6 +6,10 @@
 //! Node is the first failure domain: the second replica goes to the best disk on another node
 //! when the pool has more than one node; on one node, to the best other disk.
 //!
+//! A node-private virtual disk (the node's own raft log and configuration record) is placed
+//! only on the disks of one node (`place_in` with `only_node`): both replicas stay local, so
+//! its writes never depend on a peer or on the cluster's permission to write without one.
+//!
 //! This module is pure computation; it never looks at where chunks actually are.
 
 /// One disk placement may use.
@@ -96,10 +100,22 @@ fn score(seed: u64, chunk: u64, c: &Candidate) -> f64 {
 impl PlacementView {
     /// The disks chunk `chunk` of a disk with placement seed `seed` should live on, best first.
     /// Fewer than `REPLICAS` when the pool has fewer disks.
+    #[cfg(test)]
     pub(crate) fn place(&self, seed: u64, chunk: u64) -> Slots {
+        self.place_in(seed, chunk, None)
+    }
+
+    /// Like `place`, but with `only_node` set only that node's disks are candidates (both
+    /// replicas on two of its disks, or one replica when it has a single disk).
+    pub(crate) fn place_in(&self, seed: u64, chunk: u64, only_node: Option<u64>) -> Slots {
         let mut best: [Option<(f64, usize)>; 2] = [None, None];
+        let allowed = |c: &Candidate| only_node.is_none_or(|n| c.node_id == n);
+        let spread = self.multi_node && only_node.is_none();
         // First replica: the best disk overall.
         for (i, c) in self.candidates.iter().enumerate() {
+            if !allowed(c) {
+                continue;
+            }
             let s = score(seed, chunk, c);
             if best[0].is_none_or(|(b, _)| s > b) {
                 best[0] = Some((s, i));
@@ -113,7 +129,7 @@ impl PlacementView {
         let first_node = self.candidates[first].node_id;
         // Second replica: the best disk on another node if there is one, else any other disk.
         for (i, c) in self.candidates.iter().enumerate() {
-            if i == first || (self.multi_node && c.node_id == first_node) {
+            if i == first || !allowed(c) || (spread && c.node_id == first_node) {
                 continue;
             }
             let s = score(seed, chunk, c);

@@ -140,7 +140,7 @@ impl Inner {
             let Some(v) = meta.vdisk_by_id(obj.vdisk) else {
                 continue; // an orphan: the maintenance task deletes it
             };
-            let target = view.place(v.seed, obj.chunk);
+            let target = self.place_vdisk(&view, v, obj.chunk);
             if target.as_slice().iter().all(|t| holders.contains(*t)) {
                 continue;
             }
@@ -234,7 +234,7 @@ impl Inner {
             .meta_arc()
             .and_then(|m| m.vdisk_by_id(obj.vdisk).map(|v| v.seed))
         {
-            let target = self.view.read().place(seed, obj.chunk);
+            let target = self.place_obj(obj, seed);
             let now = self.index.get(obj).unwrap_or_default();
             for t in target.as_slice() {
                 if now.contains(*t) {

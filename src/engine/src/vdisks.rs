@@ -222,6 +222,44 @@ impl Inner {
 
 impl Engine {
     pub async fn create_vdisk(&self, name: &str, size_bytes: u64) -> Result<VdiskInfo> {
+        self.create_vdisk_placed(name, size_bytes, false).await
+    }
+
+    /// A node-private virtual disk: both replicas on this node's own disks, never on a peer's,
+    /// so its writes never wait for (or need the cluster's permission without) a peer. For the
+    /// node's own state — its raft log and configuration record — which must stay writable
+    /// exactly when the rest of the cluster is unreachable.
+    pub async fn create_local_vdisk(&self, name: &str, size_bytes: u64) -> Result<VdiskInfo> {
+        self.create_vdisk_placed(name, size_bytes, true).await
+    }
+
+    /// Make an existing virtual disk node-private (see `create_local_vdisk`); the background
+    /// rebalance then moves replicas it has on peers' disks onto this node's. Idempotent.
+    pub async fn make_vdisk_local(&self, name: &str) -> Result<()> {
+        let inner = &self.inner;
+        let _op = inner.op.lock().await;
+        if self.meta()?.vdisk(name)?.local_only {
+            return Ok(());
+        }
+        inner
+            .update_meta(|m| {
+                let v = m
+                    .vdisks
+                    .iter_mut()
+                    .find(|v| v.name == name)
+                    .ok_or_else(|| EngineError::NotFound(format!("virtual disk {name:?}")))?;
+                v.local_only = true;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn create_vdisk_placed(
+        &self,
+        name: &str,
+        size_bytes: u64,
+        local_only: bool,
+    ) -> Result<VdiskInfo> {
         validate_name(name)?;
         let inner = &self.inner;
         let _op = inner.op.lock().await;
@@ -247,6 +285,7 @@ impl Engine {
                     seed: mix64(id ^ crate::ids::new_uuid().as_u64_pair().0),
                     created_unix: now_unix(),
                     snapshots: Vec::new(),
+                    local_only,
                 };
                 m.vdisks.push(v.clone());
                 Ok(v)
@@ -559,6 +598,7 @@ impl Engine {
                     seed: v.seed,
                     created_unix: now_unix(),
                     snapshots: Vec::new(),
+                    local_only: false,
                 };
                 m.vdisks.push(nv.clone());
                 Ok(nv)

@@ -80,11 +80,18 @@ async fn read_record_from(engine: &Engine) -> Result<Option<NodeRecord>, String>
 
 async fn write_record_to(engine: &Engine, rec: &NodeRecord) -> Result<(), String> {
     let bytes = record::encode(rec).map_err(|e| e.to_string())?;
+    // Node-private (both replicas on this node's disks): the record is this node's alone and
+    // must stay writable when its peers are unreachable.
     if engine.vdisk(RECORD_VDISK).is_err() {
         engine
-            .create_vdisk(RECORD_VDISK, RECORD_VDISK_BYTES)
+            .create_local_vdisk(RECORD_VDISK, RECORD_VDISK_BYTES)
             .await
             .map_err(|e| format!("create {RECORD_VDISK}: {e}"))?;
+    } else {
+        engine
+            .make_vdisk_local(RECORD_VDISK)
+            .await
+            .map_err(|e| format!("make {RECORD_VDISK} node-private: {e}"))?;
     }
     let h = engine
         .open_vdisk(RECORD_VDISK)

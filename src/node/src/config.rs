@@ -37,10 +37,11 @@ pub struct NodeConfig {
     /// Create this node's raft member on first start (a one-member cluster); when off, the
     /// node has no member until it joins a cluster.
     pub host_cluster: bool,
-    /// Where the raft member keeps its identity, log and snapshot (see `raftdisk`). Files by
-    /// default on a host: the pool's vdisks are mirrored to the other data nodes and fenced
-    /// through raft, so a raft log on one would wait on (and be refused without) the very
-    /// quorum it implements when a peer is lost; the appliance (no persistent DATA) uses Pool.
+    /// Where the raft member keeps its identity, log and snapshot (see `raftdisk`). The raft
+    /// vdisk is node-private (`Engine::create_local_vdisk`: both replicas on this node's disks),
+    /// so it never waits on a peer nor needs the quorum it implements to write. Files by default
+    /// on a host (DATA/cluster, next to the file-backed pool disks); the appliance (no
+    /// persistent DATA) uses Pool.
     pub raft_place: RaftPlace,
 }
 

@@ -405,8 +405,12 @@ impl VdiskMedia {
     pub async fn open_named(engine: &Engine, name: &str, layout: Layout) -> Result<VdiskMedia> {
         let err = |e: io::Error| NodeError::io("raft disk", name, e);
         layout.validate().map_err(err)?;
+        // Node-private: both replicas on this node's disks. A raft log mirrored to peers would
+        // be fenced through raft itself and refused exactly when a peer is lost.
         if engine.vdisk(name).is_err() {
-            engine.create_vdisk(name, layout.total()).await?;
+            engine.create_local_vdisk(name, layout.total()).await?;
+        } else {
+            engine.make_vdisk_local(name).await?;
         }
         let handle = engine.open_vdisk(name)?;
         let mut sb = vec![0u8; BLOCK as usize];

@@ -78,3 +78,34 @@ pub fn fault_dyn(devs: &[Arc<blockdev::FaultDevice>]) -> Vec<Arc<dyn BlockDevice
         .map(|d| d.clone() as Arc<dyn BlockDevice>)
         .collect()
 }
+
+/// An engine for node `id` with `disks` RAM disks of 96 MiB.
+pub async fn ram_node(id: u64, disks: usize) -> Engine {
+    let e = Engine::open(EngineConfig {
+        node_id: id,
+        node_name: format!("n{id}"),
+    })
+    .await
+    .unwrap();
+    for i in 0..disks {
+        let d: Arc<dyn BlockDevice> = Arc::new(RamDevice::new(format!("n{id}d{i}"), 96 * MIB));
+        e.add_disk(d).await.unwrap();
+    }
+    e
+}
+
+/// Attach every local disk of `peer` (node `id`) to `host` as a remote replica, as the mirror
+/// does between nodes (in one process, without the network).
+pub async fn attach_as_remote(host: &Engine, peer: &Engine, id: u64) {
+    for (info, replica) in peer.local_replicas() {
+        host.add_remote_disk(engine::RemoteDisk {
+            id: info.id,
+            name: format!("n{id}:{}", info.name),
+            node_id: id,
+            size_bytes: info.size_bytes,
+            replica,
+        })
+        .await
+        .unwrap();
+    }
+}
