@@ -115,11 +115,8 @@ async fn progress_done_reaches_total() {
         .into_iter()
         .find(|d| d.node_id == 3)
         .expect("node 3's disk attached");
-    let copied_before = e1.stats().rebalance.bytes_copied;
-    let t = std::time::Instant::now();
     e1.remove_disk(&n3.id).await.unwrap();
     assert!(e1.wait_rebalanced(Duration::from_secs(30)).await);
-    let took = t.elapsed();
     // The last pass that moved something (idle passes keep its figures) finished all of it.
     let p = e1.rebuild_progress();
     assert!(!p.running);
