@@ -39,9 +39,9 @@ pub struct NodeConfig {
     pub host_cluster: bool,
     /// Where the raft member keeps its identity, log and snapshot (see `raftdisk`). The raft
     /// vdisk is node-private (`Engine::create_local_vdisk`: both replicas on this node's disks),
-    /// so it never waits on a peer nor needs the quorum it implements to write. Files by default
-    /// on a host (DATA/cluster, next to the file-backed pool disks); the appliance (no
-    /// persistent DATA) uses Pool.
+    /// so it never waits on a peer nor needs the quorum it implements to write. `Auto` on a host
+    /// (an existing DATA/cluster moves onto the pool once); the appliance (no persistent DATA)
+    /// uses Pool.
     pub raft_place: RaftPlace,
 }
 
@@ -70,7 +70,7 @@ impl NodeConfig {
             disk_watch_interval: Duration::from_secs(2),
             cluster_listen: None,
             host_cluster: true,
-            raft_place: RaftPlace::Files,
+            raft_place: RaftPlace::Auto,
         }
     }
 
