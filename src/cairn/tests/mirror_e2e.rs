@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{pattern, wait_until, ClusterProc, NbdClient};
+use common::{compare_copies, open_node_engine, pattern, wait_until, ClusterProc, NbdClient};
 
 const MIB: u64 = 1 << 20;
 const VDISK_MIB: u64 = 64;
@@ -308,57 +308,9 @@ async fn compare_replicas(
     hosted: u64,
     model: &[u8],
 ) -> u64 {
-    async fn open(dir: &std::path::Path) -> engine::Engine {
-        // The engine's own node id (its disks are labelled with it).
-        let me: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(dir.join("node.json")).unwrap()).unwrap();
-        let id = me["node_id"].as_u64().unwrap();
-        let e = engine::Engine::open(engine::EngineConfig {
-            node_id: id,
-            node_name: format!("check{id}"),
-        })
-        .await
-        .unwrap();
-        let mut files: Vec<_> = std::fs::read_dir(dir.join("disks"))
-            .unwrap()
-            .map(|f| f.unwrap().path())
-            .collect();
-        files.sort();
-        for f in files {
-            let dev = node::open_device(&f).unwrap();
-            e.add_disk(dev).await.unwrap();
-        }
-        e
-    }
-    let ea = open(a).await;
-    let eb = open(b).await;
-    let mut compared = 0;
-    for chunk in 0..VDISK_MIB {
-        let mut copies = Vec::new();
-        for (e, vd) in [(&ea, vid), (&eb, hosted)] {
-            for (_, r) in e.local_replicas() {
-                let found = r
-                    .objects()
-                    .into_iter()
-                    .find(|o| o.vdisk == vd && o.chunk == chunk);
-                if let Some(obj) = found {
-                    let buf = r.read(obj, 0, 256, u64::MAX).await.unwrap();
-                    copies.push(buf[..MIB as usize].to_vec());
-                }
-            }
-        }
-        assert_eq!(copies.len(), 2, "chunk {chunk}: one copy per node expected");
-        let want = &model[(chunk * MIB) as usize..((chunk + 1) * MIB) as usize];
-        assert!(
-            copies[0] == want,
-            "chunk {chunk}: a's copy is not what was acknowledged"
-        );
-        assert!(
-            copies[1] == want,
-            "chunk {chunk}: b's copy differs from a's"
-        );
-        compared += 1;
-    }
+    let ea = open_node_engine(a).await;
+    let eb = open_node_engine(b).await;
+    let compared = compare_copies(&ea, vid, &eb, hosted, model, VDISK_MIB).await;
     ea.shutdown().await.unwrap();
     eb.shutdown().await.unwrap();
     compared

@@ -10,7 +10,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{pattern, wait_until, ClusterProc, NbdClient};
+use common::{compare_copies, open_node_engine, pattern, wait_until, ClusterProc, NbdClient};
 
 const MIB: u64 = 1 << 20;
 const VDISK_MIB: u64 = 32;
@@ -350,28 +350,8 @@ async fn compare(
     old_vid_a: u64,
     model: &[u8],
 ) -> u64 {
-    async fn open(dir: &std::path::Path) -> engine::Engine {
-        let me: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(dir.join("node.json")).unwrap()).unwrap();
-        let id = me["node_id"].as_u64().unwrap();
-        let e = engine::Engine::open(engine::EngineConfig {
-            node_id: id,
-            node_name: format!("check{id}"),
-        })
-        .await
-        .unwrap();
-        let mut files: Vec<_> = std::fs::read_dir(dir.join("disks"))
-            .unwrap()
-            .map(|f| f.unwrap().path())
-            .collect();
-        files.sort();
-        for f in files {
-            e.add_disk(node::open_device(&f).unwrap()).await.unwrap();
-        }
-        e
-    }
-    let eb = open(b).await;
-    let ea = open(a).await;
+    let eb = open_node_engine(b).await;
+    let ea = open_node_engine(a).await;
     assert!(
         ea.vdisks().iter().all(|v| v.name != "t"),
         "a still has the disk"
@@ -382,33 +362,7 @@ async fn compare(
             "a kept chunks of its stale copy"
         );
     }
-    let mut compared = 0;
-    for chunk in 0..VDISK_MIB {
-        let mut copies = Vec::new();
-        for (e, vd) in [(&eb, vid), (&ea, hosted)] {
-            for (_, r) in e.local_replicas() {
-                let found = r
-                    .objects()
-                    .into_iter()
-                    .find(|o| o.vdisk == vd && o.chunk == chunk);
-                if let Some(obj) = found {
-                    let buf = r.read(obj, 0, 256, u64::MAX).await.unwrap();
-                    copies.push(buf[..MIB as usize].to_vec());
-                }
-            }
-        }
-        assert_eq!(copies.len(), 2, "chunk {chunk}: one copy per node expected");
-        let want = &model[(chunk * MIB) as usize..((chunk + 1) * MIB) as usize];
-        assert!(
-            copies[0] == want,
-            "chunk {chunk}: b's copy is not what was acknowledged"
-        );
-        assert!(
-            copies[1] == want,
-            "chunk {chunk}: a's copy differs from b's"
-        );
-        compared += 1;
-    }
+    let compared = compare_copies(&eb, vid, &ea, hosted, model, VDISK_MIB).await;
     ea.shutdown().await.unwrap();
     eb.shutdown().await.unwrap();
     compared

@@ -511,3 +511,68 @@ fn stop_child(child: Option<Child>, what: &str, log: impl Fn() -> String) {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// Opens a stopped node's disk files (DATA/disks) in this process as an engine with the node's
+/// own id (from DATA/node.json: its disks are labelled with it).
+pub async fn open_node_engine(dir: &Path) -> engine::Engine {
+    let me: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("node.json")).unwrap()).unwrap();
+    let id = me["node_id"].as_u64().unwrap();
+    let e = engine::Engine::open(engine::EngineConfig {
+        node_id: id,
+        node_name: format!("check{id}"),
+    })
+    .await
+    .unwrap();
+    let mut files: Vec<_> = std::fs::read_dir(dir.join("disks"))
+        .unwrap()
+        .map(|f| f.unwrap().path())
+        .collect();
+    files.sort();
+    for f in files {
+        e.add_disk(node::open_device(&f).unwrap()).await.unwrap();
+    }
+    e
+}
+
+/// Compares chunks `0..chunks` of virtual disk `vid` on `owner` with the copy `hosted` that
+/// `holder` keeps for it and with `model`: exactly one copy per node, all byte-identical.
+/// Returns the chunks compared.
+pub async fn compare_copies(
+    owner: &engine::Engine,
+    vid: u64,
+    holder: &engine::Engine,
+    hosted: u64,
+    model: &[u8],
+    chunks: u64,
+) -> u64 {
+    const MIB: u64 = 1 << 20;
+    let mut compared = 0;
+    for chunk in 0..chunks {
+        let mut copies = Vec::new();
+        for (e, vd) in [(owner, vid), (holder, hosted)] {
+            for (_, r) in e.local_replicas() {
+                let found = r
+                    .objects()
+                    .into_iter()
+                    .find(|o| o.vdisk == vd && o.chunk == chunk);
+                if let Some(obj) = found {
+                    let buf = r.read(obj, 0, 256, u64::MAX).await.unwrap();
+                    copies.push(buf[..MIB as usize].to_vec());
+                }
+            }
+        }
+        assert_eq!(copies.len(), 2, "chunk {chunk}: one copy per node expected");
+        let want = &model[(chunk * MIB) as usize..((chunk + 1) * MIB) as usize];
+        assert!(
+            copies[0] == want,
+            "chunk {chunk}: the owner's copy is not what was acknowledged"
+        );
+        assert!(
+            copies[1] == want,
+            "chunk {chunk}: the holder's copy differs from the owner's"
+        );
+        compared += 1;
+    }
+    compared
+}
