@@ -22,7 +22,7 @@ use store::ObjectId;
 
 use crate::core::now_unix;
 use crate::error::{EngineError, Result};
-use crate::meta::{validate_name, SnapMeta, VdiskMeta, MAX_SNAPSHOTS_PER_VDISK, MAX_VDISKS};
+use crate::meta::{validate_name, SnapMeta, VdiskMeta, MAX_SNAPSHOTS_PER_VDISK};
 use crate::pool::Engine;
 use crate::replica::FOREIGN_VDISK_BIT;
 use crate::types::VdiskInfo;
@@ -160,14 +160,7 @@ impl Engine {
                         rec.name
                     )));
                 }
-                if m.vdisks.len() >= MAX_VDISKS {
-                    return Err(EngineError::NoSpace(format!(
-                        "at most {MAX_VDISKS} virtual disks"
-                    )));
-                }
-                let id = m.next_vdisk_id;
-                m.next_vdisk_id += 1;
-                Ok(id)
+                m.take_vdisk_id()
             })
             .await?;
         // Until recorded, the new id's objects must not look like orphans.

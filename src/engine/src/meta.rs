@@ -96,6 +96,19 @@ pub(crate) struct SnapMeta {
 }
 
 impl PoolMeta {
+    /// Hands out the next virtual disk id (never reused), or NoSpace when the pool already has
+    /// [`MAX_VDISKS`] virtual disks.
+    pub(crate) fn take_vdisk_id(&mut self) -> Result<u64> {
+        if self.vdisks.len() >= MAX_VDISKS {
+            return Err(EngineError::NoSpace(format!(
+                "at most {MAX_VDISKS} virtual disks"
+            )));
+        }
+        let id = self.next_vdisk_id;
+        self.next_vdisk_id += 1;
+        Ok(id)
+    }
+
     pub(crate) fn new(pool_id: String) -> Self {
         PoolMeta {
             format: META_FORMAT,

@@ -13,7 +13,7 @@ use crate::error::{EngineError, Result};
 use crate::handle::VdiskHandle;
 use crate::io::Op;
 use crate::meta::{
-    validate_name, SnapMeta, VdiskMeta, MAX_SNAPSHOTS_PER_VDISK, MAX_SNAPSHOTS_TOTAL, MAX_VDISKS,
+    validate_name, SnapMeta, VdiskMeta, MAX_SNAPSHOTS_PER_VDISK, MAX_SNAPSHOTS_TOTAL,
 };
 use crate::placement::mix64;
 use crate::pool::Engine;
@@ -270,13 +270,7 @@ impl Engine {
                 if m.vdisks.iter().any(|v| v.name == name) {
                     return Err(EngineError::AlreadyExists(format!("virtual disk {name:?}")));
                 }
-                if m.vdisks.len() >= MAX_VDISKS {
-                    return Err(EngineError::NoSpace(format!(
-                        "at most {MAX_VDISKS} virtual disks"
-                    )));
-                }
-                let id = m.next_vdisk_id;
-                m.next_vdisk_id += 1;
+                let id = m.take_vdisk_id()?;
                 let v = VdiskMeta {
                     name: name.to_string(),
                     id,
@@ -513,18 +507,7 @@ impl Engine {
         let inner = &self.inner;
         // Reserve the id first: if we crash midway, the copies are orphans of an id that is
         // never reused, and maintenance deletes them.
-        let new_id = inner
-            .update_meta(|m| {
-                if m.vdisks.len() >= MAX_VDISKS {
-                    return Err(EngineError::NoSpace(format!(
-                        "at most {MAX_VDISKS} virtual disks"
-                    )));
-                }
-                let id = m.next_vdisk_id;
-                m.next_vdisk_id += 1;
-                Ok(id)
-            })
-            .await?;
+        let new_id = inner.update_meta(|m| m.take_vdisk_id()).await?;
         inner.building.lock().insert(new_id);
         let r = self
             .clone_objects_reserved(v, at_gen, new_name, new_id)
