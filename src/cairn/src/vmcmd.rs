@@ -20,6 +20,21 @@ fn mem_arg(s: &str) -> Result<u64, String> {
     Ok(bytes >> 20)
 }
 
+/// A NIC as `TAP` or `TAP,MAC` (the node checks both; a missing MAC is kept or generated).
+fn nic_arg(s: &str) -> Result<control::VmNicSpec, String> {
+    let (tap, mac) = match s.split_once(',') {
+        Some((t, m)) => (t, Some(m.to_string())),
+        None => (s, None),
+    };
+    if tap.is_empty() {
+        return Err(format!("NIC {s:?}: the tap device name is empty"));
+    }
+    Ok(control::VmNicSpec {
+        tap: tap.to_string(),
+        mac,
+    })
+}
+
 #[derive(Debug, Subcommand)]
 pub enum VmCmd {
     /// Define a VM booting KERNEL (a PVH ELF or bzImage on the node's host) on virtual disks.
@@ -74,6 +89,29 @@ pub enum VmCmd {
         force: bool,
         #[arg(long)]
         timeout_ms: Option<u64>,
+    },
+    /// Change a VM's definition. Everything but --description needs the VM stopped. --disk
+    /// (repeat, in boot order) must list exactly the VM's current disks; --nic TAP[,MAC]
+    /// (repeat) replaces every NIC, --no-nics removes them all.
+    Edit {
+        name: String,
+        #[arg(long, value_parser = name_arg)]
+        rename: Option<String>,
+        #[arg(long)]
+        description: Option<String>,
+        #[arg(long)]
+        vcpus: Option<u8>,
+        /// Guest memory (like 128M or 2G).
+        #[arg(long, value_parser = mem_arg)]
+        memory: Option<u64>,
+        #[arg(long)]
+        cmdline: Option<String>,
+        #[arg(long = "disk", value_name = "VDISK")]
+        disks: Vec<String>,
+        #[arg(long = "nic", value_name = "TAP[,MAC]", value_parser = nic_arg, conflicts_with = "no_nics")]
+        nics: Vec<control::VmNicSpec>,
+        #[arg(long)]
+        no_nics: bool,
     },
     /// Print the tail of the VM's console output.
     Console {
@@ -131,6 +169,33 @@ pub fn request(cmd: VmCmd) -> Result<Request, ControlError> {
             force,
             timeout_ms,
         },
+        VmCmd::Edit {
+            name,
+            rename,
+            description,
+            vcpus,
+            memory,
+            cmdline,
+            disks,
+            nics,
+            no_nics,
+        } => {
+            let nics = if no_nics {
+                Some(Vec::new())
+            } else {
+                (!nics.is_empty()).then_some(nics)
+            };
+            Request::VmUpdate {
+                name,
+                new_name: rename,
+                description,
+                vcpus,
+                memory_mib: memory,
+                cmdline,
+                disks: (!disks.is_empty()).then_some(disks),
+                nics,
+            }
+        }
         VmCmd::Console { name, bytes } => Request::VmConsole {
             name,
             max_bytes: bytes,
@@ -149,6 +214,15 @@ fn show(v: &VmView) -> String {
         v.cmdline,
         v.disks.join(", ")
     );
+    if !v.description.is_empty() {
+        out += &format!("about:    {}\n", v.description);
+    }
+    for n in &v.nics {
+        out += &format!("nic {}:   tap {} mac {}\n", n.id, n.tap, n.mac);
+    }
+    if let Some(op) = &v.operation {
+        out += &format!("busy:     {op}\n");
+    }
     if let Some(e) = &v.last_exit {
         out += &format!("exit:     {e}\n");
     }
@@ -217,5 +291,44 @@ mod tests {
         assert_eq!(mem_arg("2G").unwrap(), 2048);
         assert!(mem_arg("1000").is_err());
         assert!(mem_arg("lots").is_err());
+    }
+
+    #[test]
+    fn nic_arguments() {
+        let n = nic_arg("tap0").unwrap();
+        assert_eq!((n.tap.as_str(), n.mac), ("tap0", None));
+        let n = nic_arg("tap1,52:54:00:12:34:56").unwrap();
+        assert_eq!(n.mac.as_deref(), Some("52:54:00:12:34:56"));
+        assert!(nic_arg(",52:54:00:12:34:56").is_err());
+    }
+
+    #[test]
+    fn edit_sends_only_what_was_given() {
+        let Request::VmUpdate {
+            name,
+            description,
+            vcpus,
+            disks,
+            nics,
+            ..
+        } = request(VmCmd::Edit {
+            name: "web".into(),
+            rename: None,
+            description: Some("front end".into()),
+            vcpus: None,
+            memory: None,
+            cmdline: None,
+            disks: Vec::new(),
+            nics: Vec::new(),
+            no_nics: true,
+        })
+        .unwrap()
+        else {
+            panic!("not an update");
+        };
+        assert_eq!(name, "web");
+        assert_eq!(description.as_deref(), Some("front end"));
+        assert_eq!((vcpus, disks), (None, None));
+        assert_eq!(nics, Some(Vec::new()), "--no-nics removes every NIC");
     }
 }

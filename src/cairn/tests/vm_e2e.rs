@@ -158,11 +158,19 @@ fn vm_lifecycle_on_an_engine_vdisk() {
         listed.contains("idle") && listed.contains("running"),
         "{listed}"
     );
+    // Edit: the description changes while it runs; anything else needs it stopped.
+    let v = n.ok(&["vm", "edit", "idle", "--description", "kept running"]);
+    assert_eq!(v["value"]["description"], "kept running", "{v}");
+    n.fails(&["vm", "edit", "idle", "--vcpus", "2"], 4);
+    n.fails(&["vm", "edit", "idle", "--memory", "100000"], 2);
     let v = n.ok(&["vm", "stop", "idle", "--timeout-ms", "20000"]);
     assert_eq!(v["value"]["state"], "stopped");
     assert_eq!(v["value"]["last_exit"], "powered off", "{v}");
     let console = n.cli(&["vm", "console", "idle"]).stdout;
     assert!(console.contains("shutdown requested"), "{console}");
+    let v = n.ok(&["vm", "edit", "idle", "--memory", "48M"]);
+    assert_eq!(v["value"]["memory_mib"], 48, "{v}");
+    assert_eq!(v["value"]["description"], "kept running", "{v}");
 
     // Forced stop: start again and stop at once, without asking the guest.
     n.ok(&["vm", "start", "idle"]);
