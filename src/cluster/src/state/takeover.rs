@@ -133,10 +133,8 @@ mod tests {
             Command::MoveVdisks { from: 1, to: 1 },
             Command::MoveVdisks { from: 4, to: 2 },
         ] {
-            assert!(
-                matches!(s.apply(&bad), CommandResult::Rejected(_)),
-                "{bad:?}"
-            );
+            let rejected = matches!(s.apply(&bad), CommandResult::Rejected(_));
+            assert!(rejected, "{bad:?} must be rejected");
         }
         assert_eq!(s, before, "a rejected takeover changes nothing");
         assert_eq!(
