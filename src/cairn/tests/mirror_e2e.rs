@@ -11,7 +11,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{compare_copies, open_node_engine, pattern, wait_until, ClusterProc, NbdClient};
+use common::{
+    compare_copies, in_sync, mirrored_pair, open_node_engine, pattern, remotes, wait_until,
+    NbdClient,
+};
 
 const MIB: u64 = 1 << 20;
 const VDISK_MIB: u64 = 64;
@@ -19,21 +22,6 @@ const VDISK_MIB: u64 = 64;
 const HOT_CHUNKS: u64 = 12;
 /// Budget for fault cycles.
 const FAULT_BUDGET: Duration = Duration::from_secs(45);
-
-fn remotes(s: &serde_json::Value) -> Vec<serde_json::Value> {
-    s["data"]["remote_replicas"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-}
-
-/// Every remote replica up with nothing left to resync.
-fn in_sync(s: &serde_json::Value, want: usize) -> bool {
-    let r = remotes(s);
-    r.len() == want
-        && r.iter()
-            .all(|x| x["state"] == "active" && x["reachability"] == "up" && x["dirty_chunks"] == 0)
-}
 
 fn resynced(s: &serde_json::Value) -> u64 {
     remotes(s)
@@ -104,15 +92,8 @@ fn mirrored_vdisk_survives_repeated_peer_faults() {
         .tempdir()
         .unwrap();
     let root = tmp.path();
-    let mut a = ClusterProc::start(root, "a", "127.0.0.2", false);
-    let mut b = ClusterProc::start(root, "b", "127.0.0.3", false);
-    let w = ClusterProc::start(root, "w", "127.0.0.4", true);
-    b.join(&a);
-    w.join(&b);
     // Each data node attaches the other's two disks as remote replicas.
-    wait_until(30, "both data nodes mirroring onto each other", || {
-        in_sync(&a.status(), 2) && in_sync(&b.status(), 2)
-    });
+    let (mut a, mut b, w) = mirrored_pair(root);
     let sa = a.status();
     let epoch_a = sa["data"]["write_epoch"].as_u64().unwrap();
     assert!(epoch_a > 0, "a writes with a raft-assigned epoch: {sa}");

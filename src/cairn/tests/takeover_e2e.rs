@@ -10,25 +10,14 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{compare_copies, open_node_engine, pattern, wait_until, ClusterProc, NbdClient};
+use common::{
+    compare_copies, in_sync, mirrored_pair, open_node_engine, pattern, wait_until, ClusterProc,
+    NbdClient,
+};
 
 const MIB: u64 = 1 << 20;
 const VDISK_MIB: u64 = 32;
 const DELAY_MS: u64 = 4000;
-
-fn remotes(s: &serde_json::Value) -> Vec<serde_json::Value> {
-    s["data"]["remote_replicas"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-}
-
-fn in_sync(s: &serde_json::Value, want: usize) -> bool {
-    let r = remotes(s);
-    r.len() == want
-        && r.iter()
-            .all(|x| x["state"] == "active" && x["reachability"] == "up" && x["dirty_chunks"] == 0)
-}
 
 fn vdisks(p: &ClusterProc) -> Vec<serde_json::Value> {
     p.ok(&["vdisk", "list"])["value"]
@@ -93,14 +82,7 @@ fn a_dead_owners_vdisk_is_taken_over_and_its_return_is_fenced() {
         .tempdir()
         .unwrap();
     let root = tmp.path();
-    let mut a = ClusterProc::start(root, "a", "127.0.0.2", false);
-    let mut b = ClusterProc::start(root, "b", "127.0.0.3", false);
-    let w = ClusterProc::start(root, "w", "127.0.0.4", true);
-    b.join(&a);
-    w.join(&b);
-    wait_until(30, "both data nodes mirroring onto each other", || {
-        in_sync(&a.status(), 2) && in_sync(&b.status(), 2)
-    });
+    let (mut a, mut b, w) = mirrored_pair(root);
     let sa = a.status();
     let me_a = sa["me"].as_u64().unwrap();
     let cluster_id = sa["cluster_id"].as_str().unwrap().to_string();
@@ -247,14 +229,7 @@ fn a_hung_owner_cannot_write_after_the_takeover() {
         .tempdir()
         .unwrap();
     let root = tmp.path();
-    let a = ClusterProc::start(root, "a", "127.0.0.2", false);
-    let b = ClusterProc::start(root, "b", "127.0.0.3", false);
-    let w = ClusterProc::start(root, "w", "127.0.0.4", true);
-    b.join(&a);
-    w.join(&b);
-    wait_until(30, "both data nodes mirroring onto each other", || {
-        in_sync(&a.status(), 2) && in_sync(&b.status(), 2)
-    });
+    let (a, b, w) = mirrored_pair(root);
     a.ok(&["vdisk", "create", "h", &format!("{VDISK_MIB}M")]);
     let mut model = vec![0u8; (VDISK_MIB * MIB) as usize];
     let mut c = nbd(&a, &["h"]);

@@ -576,3 +576,33 @@ pub async fn compare_copies(
     }
     compared
 }
+
+/// A node's remote replicas as `cluster status --json` shows them.
+pub fn remotes(s: &serde_json::Value) -> Vec<serde_json::Value> {
+    s["data"]["remote_replicas"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// `want` remote replicas, every one up with nothing left to resync.
+pub fn in_sync(s: &serde_json::Value, want: usize) -> bool {
+    let r = remotes(s);
+    r.len() == want
+        && r.iter()
+            .all(|x| x["state"] == "active" && x["reachability"] == "up" && x["dirty_chunks"] == 0)
+}
+
+/// Two data nodes (a on 127.0.0.2, b on .3) and a witness (w on .4) under `root`, joined, each
+/// data node mirroring onto the other's two disks.
+pub fn mirrored_pair(root: &Path) -> (ClusterProc, ClusterProc, ClusterProc) {
+    let a = ClusterProc::start(root, "a", "127.0.0.2", false);
+    let b = ClusterProc::start(root, "b", "127.0.0.3", false);
+    let w = ClusterProc::start(root, "w", "127.0.0.4", true);
+    b.join(&a);
+    w.join(&b);
+    wait_until(30, "both data nodes mirroring onto each other", || {
+        in_sync(&a.status(), 2) && in_sync(&b.status(), 2)
+    });
+    (a, b, w)
+}
