@@ -266,15 +266,8 @@ impl Vm {
                     state: "deleted",
                     action: "detach a disk",
                 })?;
-                w.slot = m
-                    .pci
-                    .slot_of(id)
-                    .ok_or_else(|| VmmError::NoSuchDevice(id.to_string()))?;
-                let hp = m
-                    .pci
-                    .hotplug()
-                    .cloned()
-                    .ok_or_else(|| VmmError::InvalidConfig("PCI bus not built".into()))?;
+                let (slot, hp) = hotplug_slot(m, id)?;
+                w.slot = slot;
                 hp.request_eject(w.slot);
                 m.pm.signal_pci_change();
                 w.hp = Some(hp);
@@ -304,15 +297,7 @@ impl Vm {
                 state: "deleted",
                 action: "detach a disk",
             })?;
-            let slot = m
-                .pci
-                .slot_of(id)
-                .ok_or_else(|| VmmError::NoSuchDevice(id.to_string()))?;
-            let hp = m
-                .pci
-                .hotplug()
-                .cloned()
-                .ok_or_else(|| VmmError::InvalidConfig("PCI bus not built".into()))?;
+            let (slot, hp) = hotplug_slot(m, id)?;
             let unplug = |m: &mut Machine| {
                 hp.unplug(slot);
                 hp.mark_changed(slot);
@@ -482,6 +467,20 @@ impl Vm {
             None => VmStats::default(),
         }
     }
+}
+
+/// The PCI slot of device `id` on `m` and the hot-plug controller that can eject it.
+fn hotplug_slot(m: &Machine, id: &str) -> Result<(usize, Arc<PciHotplug>)> {
+    let slot = m
+        .pci
+        .slot_of(id)
+        .ok_or_else(|| VmmError::NoSuchDevice(id.to_string()))?;
+    let hp = m
+        .pci
+        .hotplug()
+        .cloned()
+        .ok_or_else(|| VmmError::InvalidConfig("PCI bus not built".into()))?;
+    Ok((slot, hp))
 }
 
 impl Drop for Vm {
