@@ -343,6 +343,32 @@ impl ClusterNode {
         Ok(self.read(f))
     }
 
+    /// Reads the state after applying, on this node, everything committed before the call —
+    /// on any member, not only the leader: a follower commits a no-op through the leader and
+    /// waits until it has applied it itself. For decisions a stale view would get wrong (which
+    /// virtual disks a member owns before removing it).
+    pub async fn read_fresh<T>(&self, f: impl FnOnce(&ClusterState) -> T) -> Result<T, Error> {
+        if self.is_leader() {
+            return self.read_linearizable(f).await;
+        }
+        let request = random_hex(16);
+        self.propose(Command::Once {
+            request: request.clone(),
+            cmd: Box::new(Command::Noop),
+        })
+        .await?;
+        let deadline = tokio::time::Instant::now() + QUORUM_WAIT;
+        while self.state.read().requests.get(&request).is_none() {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Error::Raft(
+                    "this member did not apply the cluster's latest changes in time".into(),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Ok(self.read(f))
+    }
+
     /// The current leader, if known.
     pub fn leader(&self) -> Option<NodeId> {
         self.raft.metrics().borrow().current_leader

@@ -201,7 +201,12 @@ impl NodeController {
             host.remove(node, false).await?;
             return Ok(Reply::Done);
         }
-        let (name, vdisks, vms) = m.read(|s| crate::clusterhost::owned_by(s, target.id));
+        // What the member owns, as committed by now (a disk it created a moment ago may not
+        // be applied on this member yet).
+        let (name, vdisks, vms) = m
+            .read_fresh(|s| crate::clusterhost::owned_by(s, target.id))
+            .await
+            .map_err(crate::clusterhost::cluster_error)?;
         if !vdisks.is_empty() || !vms.is_empty() {
             return Err(ControlError::conflict(format!(
                 "member {name} still owns virtual disks [{}] and VMs [{}]: delete them (or move \

@@ -340,7 +340,10 @@ impl ClusterHost {
                 ))
             })?;
         if !force {
-            let (name, vdisks, vms) = m.read(|s| owned_by(s, id));
+            let (name, vdisks, vms) = m
+                .read_fresh(|s| owned_by(s, id))
+                .await
+                .map_err(cluster_error)?;
             if !vdisks.is_empty() || !vms.is_empty() {
                 return Err(ControlError::conflict(format!(
                     "member {name} still owns virtual disks [{}] and VMs [{}]: delete them (or \
