@@ -16,6 +16,8 @@ use crate::types::{NodeId, Role};
 pub const MAX_NAME_BYTES: usize = 256;
 pub const MAX_DISKS_PER_NODE: usize = 256;
 pub const MAX_OBJECTS: usize = 100_000;
+/// Largest node-side VM definition ([`Command::PutVmSpec`]).
+pub const MAX_VM_SPEC_BYTES: usize = 64 << 10;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MemberState {
@@ -168,6 +170,10 @@ pub struct ClusterState {
     /// Members whose virtual disks were taken over, with the takeover's epoch: an incarnation
     /// of that member with an older write epoch may no longer write alone.
     pub taken_over: BTreeMap<NodeId, u64>,
+    /// Each VM's full definition as its node keeps it (kernel, command line, NICs: the node's
+    /// own format, opaque here), by VM id, so another node can restart the VM after taking its
+    /// disks over. Removed with the VM.
+    pub vm_specs: BTreeMap<String, String>,
 }
 
 /// A change to the cluster state.
@@ -261,6 +267,12 @@ pub enum Command {
     ClearOutdated {
         owner: NodeId,
         holder: NodeId,
+    },
+    /// VM `id`'s node-side definition (see [`ClusterState::vm_specs`]); the VM must exist, the
+    /// spec is at most [`MAX_VM_SPEC_BYTES`]. Last, so the older commands' encoding stays.
+    PutVmSpec {
+        id: String,
+        spec: String,
     },
 }
 
@@ -478,6 +490,18 @@ impl ClusterState {
             }
             DeleteVm { id } => {
                 self.vms.remove(id).ok_or_else(|| reject("no such VM"))?;
+                self.vm_specs.remove(id);
+            }
+            PutVmSpec { id, spec } => {
+                if !self.vms.contains_key(id) {
+                    return Err(reject("no such VM"));
+                }
+                if spec.len() > MAX_VM_SPEC_BYTES {
+                    return Err(reject(format!(
+                        "VM definition is over {MAX_VM_SPEC_BYTES} bytes"
+                    )));
+                }
+                self.vm_specs.insert(id.clone(), spec.clone());
             }
             PutUser(u) => {
                 check_name(&u.name)?;
