@@ -91,6 +91,7 @@ mod disk;
 mod error;
 mod layout;
 mod maps;
+mod objmap;
 mod ops;
 mod read;
 mod recover;

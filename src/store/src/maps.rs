@@ -6,7 +6,7 @@
 //! needs, tombstones, prune). Must never do I/O and never free a block itself: blocks whose
 //! refcount drops to zero are handed out through `freed` for the store's deferred-free rule.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
 use crate::codec::Record;
@@ -23,7 +23,7 @@ pub(crate) struct Version {
 }
 
 pub(crate) type Versions = Vec<Version>;
-pub(crate) type ObjMap = BTreeMap<u64, Versions>;
+pub(crate) use crate::objmap::ObjMap;
 
 /// A cheap hasher for `ObjectId` keys (two u64s chosen by us, not by an attacker), so the
 /// per-I/O map lookup costs a few multiplies instead of SipHash.
