@@ -10,7 +10,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use cluster::{Command, MemberState, Role, VmDef, VmPower};
+use cluster::{Command, MemberState, Role};
 use control::{
     ClusterDataView, ControlError, DrainView, ErrorCode, RebuildView, Reply, Request, VdiskView,
     VmView,
@@ -376,31 +376,13 @@ impl NodeController {
             .await;
     }
 
+    /// Record `vm` (with its definition) in the cluster, keeping whether it should run.
     pub(crate) async fn record_vm(&self, vm: &VmView) {
-        let vm = vm.clone();
-        self.inner
-            .cluster
-            .record("vm", |me| {
-                Command::PutVm(VmDef {
-                    id: ClusterHost::vm_id(me, &vm.name),
-                    name: vm.name.clone(),
-                    vcpus: u32::from(vm.vcpus),
-                    memory_mib: vm.memory_mib,
-                    vdisks: ClusterHost::vdisk_ids(me, &vm.disks),
-                    node: Some(me),
-                    power: VmPower::Stopped,
-                })
-            })
-            .await;
+        crate::harestart::record_vm(&self.inner, vm, None).await;
     }
 
     pub(crate) async fn record_vm_deleted(&self, name: &str) {
-        self.inner
-            .cluster
-            .record("vm", |me| Command::DeleteVm {
-                id: ClusterHost::vm_id(me, name),
-            })
-            .await;
+        crate::harestart::record_vm_deleted(&self.inner, name).await;
     }
 }
 

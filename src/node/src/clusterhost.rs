@@ -648,14 +648,6 @@ impl ClusterHost {
         }
     }
 
-    pub(crate) fn vm_id(me: u64, name: &str) -> String {
-        format!("{me}/{name}")
-    }
-
-    pub(crate) fn vdisk_ids(me: u64, names: &[String]) -> Vec<String> {
-        names.iter().map(|n| Self::vdisk_id(me, n)).collect()
-    }
-
     /// Makes the cluster state agree with the engine about this node's virtual disks: records
     /// the ones it lacks (made before clustering, or a crash before the record) and releases
     /// this node's records of disks the engine does not have (a crash between the reservation

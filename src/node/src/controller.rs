@@ -286,16 +286,20 @@ impl NodeController {
             }
             Request::VmList => Reply::Vms(self.inner.vms.list().await?),
             Request::VmGet { name } => Reply::Vm(Box::new(self.inner.vms.get_view(name).await?)),
-            Request::VmStart { name } => {
-                Reply::Vm(Box::new(self.inner.vms.start(engine, name).await?))
-            }
+            Request::VmStart { name } => Reply::Vm(Box::new(
+                crate::harestart::start_vm(&self.inner, name).await?,
+            )),
             Request::VmStop {
                 name,
                 force,
                 timeout_ms,
-            } => Reply::Vm(Box::new(
-                self.inner.vms.stop(name, *force, *timeout_ms).await?,
-            )),
+            } => {
+                let vm = self.inner.vms.stop(name, *force, *timeout_ms).await?;
+                // Stopped on purpose: a takeover must not start it elsewhere.
+                let power = Some(cluster::VmPower::Stopped);
+                crate::harestart::record_vm(&self.inner, &vm, power).await;
+                Reply::Vm(Box::new(vm))
+            }
             Request::VmPause { name } => {
                 Reply::Vm(Box::new(self.inner.vms.pause(name, true).await?))
             }

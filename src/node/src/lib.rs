@@ -19,6 +19,7 @@ mod disks;
 mod error;
 mod exports;
 mod filedev;
+mod harestart;
 mod https;
 mod identity;
 mod internal;

@@ -40,9 +40,10 @@
 //! epoch 0 answers `Fenced` with the current epoch); until then it is only reported, so a name
 //! clash that is not a takeover never deletes anything.
 //!
-//! VMs: the cluster's VM definition moves with its disks (`node` = the new owner), but the
-//! VM's local definition (kernel, command line, NICs) lives on the old owner, so the VM is not
-//! started here: it is logged as "needs a start on node N".
+//! VMs: the cluster's VM record moves with its disks (`node` = the new owner); once the disks
+//! are adopted, `crate::harestart` defines the VM here from the definition kept in the cluster
+//! and starts it if it was meant to run, and the returning old owner stops and forgets its copy
+//! of the VM (before its stale disks are dropped).
 //!
 //! Must never: adopt without first fencing the held copy, take over from a member that is not
 //! down past the delay, or drop a local disk the holder did not confirm as retired.
@@ -88,6 +89,8 @@ pub(crate) struct Takeover {
     down_since: HashMap<u64, Instant>,
     /// Problems already logged (logged once while they persist).
     logged: HashSet<String>,
+    /// VM restarts after takeovers.
+    ha: crate::harestart::HaRestart,
 }
 
 impl Takeover {
@@ -108,7 +111,9 @@ pub(crate) async fn step(
 ) {
     describe(inner, links, t).await;
     maybe_take_over(m, t).await;
+    crate::harestart::forget_moved(inner, m).await;
     adopt_assigned(inner, m, server, links, t).await;
+    crate::harestart::step(inner, m, &mut t.ha).await;
     drop_stale(inner, m, links, t).await;
 }
 
@@ -278,16 +283,6 @@ async fn adopt_assigned(
                     took_ms = started.elapsed().as_millis() as u64,
                     "takeover: virtual disk adopted from the held copy; served by this node now"
                 );
-                let vms: Vec<String> = m.read(|s| {
-                    s.vms
-                        .values()
-                        .filter(|vm| vm.node == Some(me) && vm.vdisks.contains(&id))
-                        .map(|vm| vm.name.clone())
-                        .collect()
-                });
-                for vm in vms {
-                    tracing::warn!(vm = %vm, node = me, "takeover: VM needs a start on node {me} (its disks moved here; its local definition stayed on node {home})");
-                }
             }
             Err(e) => {
                 tracing::warn!(vdisk = %name, error = %e, "takeover: adopting the held copy failed; retried")

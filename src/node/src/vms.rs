@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 
 mod disks;
 mod edit;
+mod spec;
 mod watch;
 
 pub(crate) use edit::VmChange;
@@ -61,6 +62,9 @@ struct Slot {
     /// this slot's lock: while set, other changes of this VM are refused with a conflict;
     /// views, the console and stop go on.
     busy: Option<String>,
+    /// Why the VM has no machine although it should (a restart after a takeover failed):
+    /// shown as `last_exit` until a machine exists.
+    note: Option<String>,
 }
 
 impl Slot {
@@ -69,6 +73,7 @@ impl Slot {
             def,
             vm: None,
             busy: None,
+            note: None,
         }
     }
 
@@ -146,7 +151,7 @@ fn dev_view(d: vmm::DeviceStats, id: String) -> VmDeviceStatsView {
 fn view(slot: &mut Slot) -> VmView {
     let d = &slot.def;
     let (state, last_exit, stats) = match slot.vm.as_mut() {
-        None => ("defined".to_string(), None, None),
+        None => ("defined".to_string(), slot.note.clone(), None),
         Some(vm) => {
             let state = match vm.state() {
                 vmm::VmState::Created => "defined",
@@ -416,6 +421,7 @@ impl Vms {
             let mut vm = vmm::Vm::create(cfg).map_err(vmm_err)?;
             vm.start().map_err(vmm_err)?;
             s.vm = Some(vm);
+            s.note = None;
             Ok(view(&mut s))
         })
         .await

@@ -1,0 +1,462 @@
+//! High availability for VMs: after a takeover (see `crate::takeover`) the VMs that ran on the
+//! lost node run again on the node that took their disks over, and the lost node, when it
+//! returns, never runs them too.
+//!
+//! # What the cluster knows
+//! Every VM's cluster record (`cluster::VmDef`) says where it runs (`node`) and whether it
+//! should run (`power`: `Running` after a `vm start`, `Stopped` after a `vm stop`; a guest that
+//! powers itself off stays `Running`), and its full node-side definition (kernel, command line,
+//! NICs) is kept next to it (`cluster::Command::PutVmSpec`) whenever the node records the VM.
+//! A takeover (`MoveVdisks`) moves the records' `node` to the new owner.
+//!
+//! # The new owner ([`step`], each mirror tick after the adoptions)
+//! A VM the cluster assigns to this node that is not defined here can only come from a
+//! takeover: once every one of its virtual disks is adopted (served here), it is defined from
+//! the recorded definition, and started if it should run — through [`start_vm`], the same path
+//! as `vm start`. A failed start (too little memory, the kernel file missing here, KVM not
+//! usable) is logged with its reason, shown by `vm show` as `last_exit`, and tried again after
+//! 30 s, doubling up to 10 min, while the cluster still says the VM should run here; the other
+//! VMs start regardless. A VM already defined here is never started by this module (a node
+//! restart does not start VMs, with or without HA).
+//!
+//! # The old owner ([`forget_moved`], each tick before stale disks are dropped)
+//! A VM defined here whose cluster record now sits on another node with the same disks was
+//! taken over: its machine, if it still runs (a hung node that woke up), is killed at once —
+//! its disks are fenced already, so its writes fail, but two copies of a guest must not run —
+//! and its definition here is dropped (without touching the cluster record, which is the new
+//! owner's now). [`start_vm`] refuses to start a VM whose disks another node owns.
+//!
+//! Must never: start a VM whose disks are not all served by this node, start a VM the user
+//! stopped, retry a failing start sooner than the back-off, or delete a cluster record.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use cluster::{ClusterNode, ClusterState, Command, VmDef, VmPower};
+use control::{ControlError, VmView};
+
+use crate::NodeInner;
+
+/// First retry of a failed restart; each further one waits twice as long, up to [`MAX_RETRY`].
+const FIRST_RETRY: Duration = Duration::from_secs(30);
+const MAX_RETRY: Duration = Duration::from_secs(600);
+
+/// Restarts under way on this node (kept with the running mirror).
+#[derive(Default)]
+pub(crate) struct HaRestart {
+    /// VMs defined here after a takeover that should run and have not started yet, by id.
+    pending: HashMap<String, Pending>,
+    /// Problems already logged (logged once while they persist).
+    logged: HashSet<String>,
+}
+
+struct Pending {
+    name: String,
+    attempts: u32,
+    next: Instant,
+}
+
+impl HaRestart {
+    fn once(&mut self, what: String) {
+        if self.logged.insert(what.clone()) {
+            tracing::warn!(problem = %what, "HA restart");
+        }
+    }
+}
+
+/// A VM the cluster assigns to a node, as this module needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Assigned {
+    id: String,
+    name: String,
+    /// Its virtual disks' names, in attach order.
+    disks: Vec<String>,
+    run: bool,
+    spec: Option<String>,
+}
+
+/// The name of virtual disk `id` (ids are `"{owner}/{name}"`).
+fn disk_name(s: &ClusterState, id: &str) -> String {
+    s.vdisks.get(id).map_or_else(
+        || id.split_once('/').map_or(id, |(_, n)| n).to_string(),
+        |d| d.name.clone(),
+    )
+}
+
+/// Every VM the cluster assigns to `me`.
+fn assigned_to(s: &ClusterState, me: u64) -> Vec<Assigned> {
+    s.vms
+        .values()
+        .filter(|vm| vm.node == Some(me))
+        .map(|vm| Assigned {
+            id: vm.id.clone(),
+            name: vm.name.clone(),
+            disks: vm.vdisks.iter().map(|d| disk_name(s, d)).collect(),
+            run: vm.power == VmPower::Running,
+            spec: s.vm_specs.get(&vm.id).cloned(),
+        })
+        .collect()
+}
+
+/// The node a VM defined here (`name` on `disks`) was moved to, if a takeover moved it: no
+/// record of that name is on `me`, and one on another node uses the same disks.
+fn moved_to(s: &ClusterState, me: u64, name: &str, disks: &[String]) -> Option<u64> {
+    if disks.is_empty() || s.vms.values().any(|v| v.name == name && v.node == Some(me)) {
+        return None;
+    }
+    let mine: HashSet<&str> = disks.iter().map(String::as_str).collect();
+    s.vms.values().find_map(|v| {
+        let other = v.node.filter(|n| *n != me)?;
+        let theirs: Vec<String> = v.vdisks.iter().map(|d| disk_name(s, d)).collect();
+        let same = theirs.len() == mine.len() && theirs.iter().all(|d| mine.contains(d.as_str()));
+        (v.name == name && same).then_some(other)
+    })
+}
+
+/// The member owning the virtual disk named `disk`, if the cluster knows it.
+fn disk_owner(s: &ClusterState, disk: &str) -> Option<u64> {
+    s.vdisks
+        .values()
+        .find(|d| d.name == disk)
+        .and_then(|d| cluster::vdisk_owner(&d.id))
+}
+
+/// The id of this node's cluster record of VM `name` (a VM taken over keeps the id it was
+/// created with, `"{first node}/{name}"`).
+fn record_id(s: &ClusterState, me: u64, name: &str) -> String {
+    s.vms
+        .values()
+        .find(|v| v.node == Some(me) && v.name == name)
+        .map_or_else(|| format!("{me}/{name}"), |v| v.id.clone())
+}
+
+/// Refuses to start `name` when one of its disks belongs to another node (taken over).
+fn check_runs_here(inner: &NodeInner, name: &str) -> Result<(), ControlError> {
+    let Ok(m) = inner.cluster.member() else {
+        return Ok(());
+    };
+    let me = m.id();
+    let Some((_, disks)) = inner.vms.defined().into_iter().find(|(n, _)| n == name) else {
+        return Ok(());
+    };
+    m.read(|s| {
+        for d in &disks {
+            if let Some(o) = disk_owner(s, d).filter(|o| *o != me) {
+                return Err(ControlError::conflict(format!(
+                    "{name}'s virtual disk {d} belongs to node {o} now (taken over while this \
+                     node was away); the VM runs there"
+                )));
+            }
+        }
+        Ok(())
+    })
+}
+
+/// Start VM `name`: the one path for `vm start` and restarts after a takeover. Records in the
+/// cluster that the VM should run.
+pub(crate) async fn start_vm(inner: &NodeInner, name: &str) -> Result<VmView, ControlError> {
+    check_runs_here(inner, name)?;
+    let v = inner.vms.start(&inner.engine, name).await?;
+    record_vm(inner, &v, Some(VmPower::Running)).await;
+    Ok(v)
+}
+
+/// Record VM `vm` in the cluster state with its definition; `power` if given, else what the
+/// cluster had (a new VM: stopped). Nothing when this node is not in a cluster.
+pub(crate) async fn record_vm(inner: &NodeInner, vm: &VmView, power: Option<VmPower>) {
+    let Ok(m) = inner.cluster.member() else {
+        return;
+    };
+    let me = m.id();
+    let (id, had, vdisks) = m.read(|s| {
+        let id = record_id(s, me, &vm.name);
+        let had = s.vms.get(&id).map(|v| v.power);
+        let vdisks = vm
+            .disks
+            .iter()
+            .map(|n| {
+                s.vdisks
+                    .values()
+                    .find(|d| d.name == *n)
+                    .map_or_else(|| format!("{me}/{n}"), |d| d.id.clone())
+            })
+            .collect();
+        (id, had, vdisks)
+    });
+    let def = VmDef {
+        id: id.clone(),
+        name: vm.name.clone(),
+        vcpus: u32::from(vm.vcpus),
+        memory_mib: vm.memory_mib,
+        vdisks,
+        node: Some(me),
+        power: power.or(had).unwrap_or(VmPower::Stopped),
+    };
+    inner.cluster.record("vm", |_| Command::PutVm(def)).await;
+    if let Some(spec) = inner.vms.spec_of(&vm.name) {
+        inner
+            .cluster
+            .record("vm definition", |_| Command::PutVmSpec { id, spec })
+            .await;
+    }
+}
+
+/// Remove this node's cluster record of VM `name`.
+pub(crate) async fn record_vm_deleted(inner: &NodeInner, name: &str) {
+    let Ok(m) = inner.cluster.member() else {
+        return;
+    };
+    let id = m.read(|s| record_id(s, m.id(), name));
+    inner
+        .cluster
+        .record("vm", |_| Command::DeleteVm { id })
+        .await;
+}
+
+/// The old owner's side (see the module docs): stop and forget VMs taken over by another node.
+pub(crate) async fn forget_moved(inner: &NodeInner, m: &ClusterNode) {
+    let me = m.id();
+    for (name, disks) in inner.vms.defined() {
+        let Some(to) = m.read(|s| moved_to(s, me, &name, &disks)) else {
+            continue;
+        };
+        match inner.vms.forget(&name).await {
+            Ok(was_running) => tracing::warn!(
+                vm = %name,
+                node = to,
+                was_running,
+                "takeover: VM {name} was moved to node {to} with its disks while this node was \
+                 away; its machine here is stopped and its definition here dropped (it runs on \
+                 node {to})"
+            ),
+            Err(e) => tracing::warn!(vm = %name, error = %e, "takeover: forgetting a moved VM"),
+        }
+    }
+}
+
+/// The new owner's side (see the module docs): define VMs moved here, start those that should
+/// run, retry failed starts with back-off.
+pub(crate) async fn step(inner: &NodeInner, m: &ClusterNode, ha: &mut HaRestart) {
+    let me = m.id();
+    let assigned = m.read(|s| assigned_to(s, me));
+    let defined: HashMap<String, Vec<String>> = inner.vms.defined().into_iter().collect();
+    for a in &assigned {
+        if ha.pending.contains_key(&a.id) {
+            continue;
+        }
+        match defined.get(&a.name) {
+            Some(d) if *d == a.disks => continue,
+            Some(_) => {
+                ha.once(format!(
+                    "VM {} ({}) was moved to this node, but another VM of that name is defined \
+                     here; not defined or started",
+                    a.name, a.id
+                ));
+                continue;
+            }
+            None => {}
+        }
+        // Its disks are adopted one by one; define it once all are served here.
+        if a.disks.iter().any(|d| inner.engine.vdisk(d).is_err()) {
+            continue;
+        }
+        let Some(spec) = &a.spec else {
+            ha.once(format!(
+                "VM {} ({}) was moved to this node, but the cluster holds no definition of it \
+                 (recorded by an older build); define it here by hand",
+                a.name, a.id
+            ));
+            continue;
+        };
+        match inner.vms.import(&inner.engine, spec).await {
+            Ok(_) => tracing::warn!(
+                vm = %a.name,
+                start = a.run,
+                "takeover: VM {} defined on this node with its disks (taken over)",
+                a.name
+            ),
+            Err(e) => {
+                ha.once(format!(
+                    "VM {} ({}) was moved to this node, but its definition was refused: {}",
+                    a.name, a.id, e.message
+                ));
+                continue;
+            }
+        }
+        if a.run {
+            ha.pending.insert(
+                a.id.clone(),
+                Pending {
+                    name: a.name.clone(),
+                    attempts: 0,
+                    next: Instant::now(),
+                },
+            );
+        }
+    }
+    // Starts due now; a VM no longer meant to run here (stopped, deleted, moved) is let go.
+    let wanted: HashSet<&str> = assigned
+        .iter()
+        .filter(|a| a.run)
+        .map(|a| a.id.as_str())
+        .collect();
+    ha.pending.retain(|id, p| {
+        let keep = wanted.contains(id.as_str());
+        if !keep {
+            inner.vms.set_note(&p.name, None);
+        }
+        keep
+    });
+    let now = Instant::now();
+    let due: Vec<String> = ha
+        .pending
+        .iter()
+        .filter(|(_, p)| p.next <= now)
+        .map(|(id, _)| id.clone())
+        .collect();
+    for id in due {
+        let Some(mut p) = ha.pending.remove(&id) else {
+            continue;
+        };
+        let name = p.name.clone();
+        if inner.vms.is_running(&name) {
+            continue;
+        }
+        match start_vm(inner, &name).await {
+            Ok(_) => tracing::warn!(
+                vm = %name,
+                attempts = p.attempts + 1,
+                "takeover: VM {name} restarted on this node after its node was lost"
+            ),
+            Err(e) => {
+                p.attempts += 1;
+                let wait = backoff(p.attempts);
+                p.next = Instant::now() + wait;
+                let note = format!(
+                    "not restarted after the takeover (attempt {}, next in {} s): {}",
+                    p.attempts,
+                    wait.as_secs(),
+                    e.message
+                );
+                tracing::warn!(
+                    vm = %name,
+                    reason = %e.message,
+                    attempts = p.attempts,
+                    retry_in_s = wait.as_secs(),
+                    "takeover: VM {name} could not be restarted on this node"
+                );
+                inner.vms.set_note(&name, Some(note));
+                ha.pending.insert(id, p);
+            }
+        }
+    }
+}
+
+/// How long to wait after the `attempts`-th failed start.
+fn backoff(attempts: u32) -> Duration {
+    let doublings = attempts.saturating_sub(1).min(16);
+    FIRST_RETRY.saturating_mul(1u32 << doublings).min(MAX_RETRY)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cluster::VdiskDef;
+
+    fn state() -> ClusterState {
+        let mut s = ClusterState::default();
+        for id in ["2/a", "2/b", "2/c"] {
+            s.vdisks.insert(
+                id.into(),
+                VdiskDef {
+                    id: id.into(),
+                    name: id[2..].into(),
+                    size_bytes: 1,
+                    parent_snapshot: None,
+                },
+            );
+        }
+        let vm = |id: &str, name: &str, disks: &[&str], node, power| VmDef {
+            id: id.into(),
+            name: name.into(),
+            vcpus: 1,
+            memory_mib: 32,
+            vdisks: disks.iter().map(|d| d.to_string()).collect(),
+            node: Some(node),
+            power,
+        };
+        // web was created on 1 and taken over by 2; db is 2's own; old stays on 1.
+        for v in [
+            vm("1/web", "web", &["2/a", "2/b"], 2, VmPower::Running),
+            vm("2/db", "db", &["2/c"], 2, VmPower::Stopped),
+            vm("1/old", "old", &[], 1, VmPower::Running),
+        ] {
+            s.vms.insert(v.id.clone(), v);
+        }
+        s.vm_specs.insert("1/web".into(), "{}".into());
+        s
+    }
+
+    #[test]
+    fn the_new_owner_sees_the_moved_vms_with_their_disk_names() {
+        let s = state();
+        let mut a = assigned_to(&s, 2);
+        a.sort_by(|x, y| x.name.cmp(&y.name));
+        assert_eq!(a.len(), 2);
+        assert_eq!(a[1].name, "web");
+        assert_eq!(a[1].disks, vec!["a", "b"]);
+        assert!(a[1].run && !a[0].run);
+        assert_eq!(a[1].spec.as_deref(), Some("{}"));
+        assert_eq!(a[0].spec, None);
+        assert_eq!(record_id(&s, 2, "web"), "1/web");
+        assert_eq!(record_id(&s, 2, "new"), "2/new");
+        assert_eq!(disk_owner(&s, "b"), Some(2));
+        assert_eq!(disk_owner(&s, "zz"), None);
+    }
+
+    #[test]
+    fn the_old_owner_finds_only_vms_moved_with_the_same_disks() {
+        let s = state();
+        assert_eq!(moved_to(&s, 1, "web", &["b".into(), "a".into()]), Some(2));
+        // Another VM of that name with other disks: not this one.
+        assert_eq!(moved_to(&s, 1, "web", &["a".into()]), None);
+        // Still recorded here: not moved.
+        assert_eq!(moved_to(&s, 1, "old", &["x".into()]), None);
+        // The new owner never forgets its own.
+        assert_eq!(moved_to(&s, 2, "web", &["a".into(), "b".into()]), None);
+        // No disks: never moved by a takeover.
+        assert_eq!(moved_to(&s, 1, "web", &[]), None);
+    }
+
+    #[test]
+    fn a_vm_spec_goes_with_its_vm_and_is_bounded() {
+        let mut s = state();
+        let put = |id: &str, n: usize| Command::PutVmSpec {
+            id: id.into(),
+            spec: "x".repeat(n),
+        };
+        assert_eq!(s.apply(&put("2/db", 10)), cluster::CommandResult::Ok);
+        let big = s.apply(&put("2/db", cluster::MAX_VM_SPEC_BYTES + 1));
+        assert!(
+            matches!(big, cluster::CommandResult::Rejected(_)),
+            "{big:?}"
+        );
+        let ghost = s.apply(&put("9/ghost", 1));
+        assert!(
+            matches!(ghost, cluster::CommandResult::Rejected(_)),
+            "{ghost:?}"
+        );
+        assert_eq!(s.vm_specs["2/db"].len(), 10);
+        s.apply(&Command::DeleteVm { id: "2/db".into() });
+        assert!(!s.vm_specs.contains_key("2/db"));
+    }
+
+    #[test]
+    fn retries_back_off_to_ten_minutes() {
+        assert_eq!(backoff(1), Duration::from_secs(30));
+        assert_eq!(backoff(2), Duration::from_secs(60));
+        assert_eq!(backoff(5), Duration::from_secs(480));
+        assert_eq!(backoff(6), MAX_RETRY);
+        assert_eq!(backoff(u32::MAX), MAX_RETRY);
+    }
+}
