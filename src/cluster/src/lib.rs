@@ -9,6 +9,7 @@
 pub mod bench;
 pub mod dedup;
 mod error;
+pub mod format;
 mod handler;
 pub mod health;
 pub mod linearize;

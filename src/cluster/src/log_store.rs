@@ -3,6 +3,12 @@
 //! raft vdisk), replayed into memory at open.
 //!
 //! Record: `u32 payload len | u32 crc32c(kind + payload) | u8 kind | payload` (little endian).
+//! Entries are written as kind 6, `u16 format version | JSON(entry)` ([`crate::format`]: an
+//! entry written by an older binary stays readable after a field is added). Kind 1 (bincode,
+//! format v1, written before) is still read and migrated. Vote, committed, truncate and purge
+//! records hold openraft's own small fixed types (and a u64) in bincode; an openraft upgrade
+//! that changed them would need new kinds. A kind or entry version this binary does not know
+//! (written by a newer one) is an error naming the record's offset, never skipped.
 //! Durability: an append is acknowledged to openraft (`LogFlushed`) only after the medium's
 //! sync returned; a vote is durable before `save_vote` returns. All writes go through one
 //! writer thread (`log_writer`) in order, with group commit. A torn tail (short or
@@ -40,21 +46,25 @@ const COMPACT_MIN_BYTES: u64 = 4 * 1024 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
-    Entry = 1,
+    /// Format v1 (bincode); read only.
+    EntryV1 = 1,
     Vote = 2,
     Committed = 3,
     Truncate = 4,
     Purge = 5,
+    /// Versioned ([`crate::format`]); what this binary writes.
+    Entry = 6,
 }
 
 impl Kind {
     fn from_u8(v: u8) -> Option<Kind> {
         Some(match v {
-            1 => Kind::Entry,
+            1 => Kind::EntryV1,
             2 => Kind::Vote,
             3 => Kind::Committed,
             4 => Kind::Truncate,
             5 => Kind::Purge,
+            6 => Kind::Entry,
             _ => return None,
         })
     }
@@ -75,6 +85,10 @@ fn encode<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, StorageError> {
 fn decode<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, String> {
     use bincode::Options;
     bincode_opts().deserialize(b).map_err(|e| e.to_string())
+}
+
+fn encode_entry(e: &Entry) -> Result<Vec<u8>, StorageError> {
+    crate::format::encode_entry(e).map_err(log_write_err)
 }
 
 fn push_record(buf: &mut Vec<u8>, kind: Kind, payload: &[u8]) -> Result<usize, StorageError> {
@@ -203,7 +217,7 @@ impl LogInner {
             push_record(&mut buf, Kind::Purge, &encode(p)?)?;
         }
         for e in mem.entries.values() {
-            push_record(&mut buf, Kind::Entry, &encode(e)?)?;
+            push_record(&mut buf, Kind::Entry, &encode_entry(e)?)?;
         }
         Ok(Some(buf))
     }
@@ -322,9 +336,20 @@ fn replay(
             return Ok(off);
         }
         let corrupt = |e: String| crate::Error::Corrupt(format!("raft log record at {off}: {e}"));
-        match Kind::from_u8(hdr[8]).ok_or_else(|| corrupt("unknown kind".into()))? {
-            Kind::Entry => {
-                let e: Entry = decode(payload).map_err(corrupt)?;
+        let kind = Kind::from_u8(hdr[8]).ok_or_else(|| {
+            corrupt(format!(
+                "record kind {} unknown to this binary (written by a newer cairn?)",
+                hdr[8]
+            ))
+        })?;
+        match kind {
+            Kind::Entry | Kind::EntryV1 => {
+                let e = if kind == Kind::Entry {
+                    crate::format::decode_entry(payload)
+                } else {
+                    crate::format::decode_entry_v1(payload, u64::from(MAX_RECORD_BYTES))
+                }
+                .map_err(corrupt)?;
                 let idx = e.get_log_id().index;
                 mem.entries.insert(idx, e);
                 mem.entry_bytes
@@ -447,7 +472,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let mut buf = Vec::new();
         let mut staged = Vec::new();
         for e in entries {
-            let n = push_record(&mut buf, Kind::Entry, &encode(&e)?)?;
+            let n = push_record(&mut buf, Kind::Entry, &encode_entry(&e)?)?;
             staged.push((e, n as u64));
         }
         // Visible to readers at once (openraft may replicate entries before they are flushed

@@ -3,12 +3,17 @@
 //! (a file, or an area of the node's internal raft vdisk).
 //!
 //! The state itself lives in memory; after a restart it is the last snapshot plus openraft
-//! re-applying committed log entries (the log store keeps the committed index). Snapshot image:
-//! `magic | u32 crc32c(body) | u64 body len | body = bincode(meta, state bytes)`, written with the
-//! medium's atomic replace (for a file: temp file, synced, renamed, directory synced).
+//! re-applying committed log entries (the log store keeps the committed index). Snapshot image,
+//! written with the medium's atomic replace (for a file: temp file, synced, renamed, directory
+//! synced): `"CAIRNSN2" | u32 crc32c(body) | u64 body len | body`, body =
+//! `u32 meta len | JSON(meta) | data`. The data (also what a leader sends in install-snapshot)
+//! is versioned itself ([`crate::format`]: `"CAIRN-SD" | u16 version | JSON`). Images written
+//! before ("CAIRNSN1": body = bincode(meta, data), data in format v1) still load; the next
+//! snapshot is written in the current format.
 //!
 //! Must never: expose a half-applied batch to readers, or keep serving after a corrupt snapshot
-//! file (that is an error at open, not a silent empty state).
+//! file or one in an unknown format (that is an error at open naming the medium and what failed,
+//! not a silent empty state or a panic).
 // openraft's trait methods return its (large) StorageError; our helpers return it too.
 #![allow(clippy::result_large_err)]
 
@@ -21,13 +26,18 @@ use openraft::{EntryPayload, ErrorSubject, ErrorVerb, RaftLogId, RaftSnapshotBui
 use serde::{Deserialize, Serialize};
 
 use crate::dedup::RequestLog;
+use crate::format;
 use crate::medium::{FileMedium, Medium};
 use crate::state::{ClusterState, Command, CommandResult};
 use crate::types::{
     sto_err, Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
 };
 
-const MAGIC: &[u8; 8] = b"CAIRNSN1";
+/// Image written by this binary.
+const MAGIC: &[u8; 8] = b"CAIRNSN2";
+/// Image written before the versioned format (still read).
+const MAGIC_V1: &[u8; 8] = b"CAIRNSN1";
+const HEADER_BYTES: usize = 20;
 /// Snapshots bigger than this are refused (from disk or from a peer).
 pub const MAX_SNAPSHOT_BYTES: u64 = 512 * 1024 * 1024;
 
@@ -72,36 +82,14 @@ pub struct StateMachineStore {
     medium: Arc<std::sync::Mutex<Box<dyn Medium>>>,
 }
 
-fn bopts() -> impl bincode::Options {
-    use bincode::Options;
-    bincode::DefaultOptions::new()
-        .with_limit(MAX_SNAPSHOT_BYTES)
-        .reject_trailing_bytes()
-}
-
-fn ser<T: Serialize>(v: &T) -> Result<Vec<u8>, StorageError> {
-    use bincode::Options;
-    bopts()
-        .serialize(v)
-        .map_err(|e| sto_err(ErrorSubject::StateMachine, ErrorVerb::Write, e))
-}
-
-fn de<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, String> {
-    use bincode::Options;
-    bopts().deserialize(b).map_err(|e| e.to_string())
-}
-
-/// Snapshot data: the state followed by the request log. Data written before the request log
-/// existed is the state alone (it fails to decode as the pair: it ends early) and means an
-/// empty log.
+/// Snapshot data (the state and the request log) in any readable format.
 fn de_state(b: &[u8]) -> Result<(ClusterState, RequestLog), String> {
-    match de::<(ClusterState, RequestLog)>(b) {
-        Ok(pair) => Ok(pair),
-        Err(e) => match de::<ClusterState>(b) {
-            Ok(state) => Ok((state, RequestLog::default())),
-            Err(_) => Err(e),
-        },
-    }
+    format::decode_state(b, MAX_SNAPSHOT_BYTES)
+}
+
+fn ser_state(state: &ClusterState, requests: &RequestLog) -> Result<Vec<u8>, StorageError> {
+    format::encode_state(state, requests)
+        .map_err(|e| sto_err(ErrorSubject::StateMachine, ErrorVerb::Write, e))
 }
 
 /// Applies one command, at most once per request id.
@@ -141,8 +129,13 @@ impl StateMachineStore {
         if !bytes.is_empty() {
             let snap = parse_snapshot_file(&bytes)
                 .map_err(|e| crate::Error::Corrupt(format!("{}: {e}", medium.describe())))?;
-            (applied.state, applied.requests) = de_state(&snap.data)
-                .map_err(|e| crate::Error::Corrupt(format!("snapshot state: {e}")))?;
+            (applied.state, applied.requests) = de_state(&snap.data).map_err(|e| {
+                crate::Error::Corrupt(format!(
+                    "{}: snapshot {}: {e}",
+                    medium.describe(),
+                    snap.meta.snapshot_id
+                ))
+            })?;
             applied.last_applied = snap.meta.last_log_id;
             applied.last_membership = snap.meta.last_membership.clone();
             current = Some(snap);
@@ -163,13 +156,10 @@ impl StateMachineStore {
     }
 
     fn persist(&self, snap: &SnapshotFile) -> Result<(), StorageError> {
-        let mut medium = self.medium.lock().unwrap_or_else(|e| e.into_inner());
-        let body = ser(snap)?;
-        let mut out = MAGIC.to_vec();
-        out.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
-        out.extend_from_slice(&(body.len() as u64).to_le_bytes());
-        out.extend_from_slice(&body);
         let sig = Some(snap.meta.signature());
+        let out = snapshot_image(snap)
+            .map_err(|e| sto_err(ErrorSubject::Snapshot(sig.clone()), ErrorVerb::Write, e))?;
+        let mut medium = self.medium.lock().unwrap_or_else(|e| e.into_inner());
         medium
             .replace(&out)
             .map_err(|e| sto_err(ErrorSubject::Snapshot(sig), ErrorVerb::Write, e))
@@ -190,20 +180,81 @@ impl StateMachineStore {
     }
 }
 
-fn parse_snapshot_file(bytes: &[u8]) -> Result<SnapshotFile, String> {
-    if bytes.len() < 20 || &bytes[..8] != MAGIC {
-        return Err("not a cairn snapshot".into());
+/// The image of a snapshot as kept on the medium (current format).
+fn snapshot_image(snap: &SnapshotFile) -> Result<Vec<u8>, String> {
+    let meta = serde_json::to_vec(&snap.meta).map_err(|e| format!("snapshot meta: {e}"))?;
+    let meta_len = u32::try_from(meta.len()).map_err(|_| "snapshot meta too large")?;
+    let mut body = meta_len.to_le_bytes().to_vec();
+    body.extend_from_slice(&meta);
+    body.extend_from_slice(&snap.data);
+    if body.len() as u64 > MAX_SNAPSHOT_BYTES {
+        return Err(format!(
+            "snapshot of {} bytes exceeds the limit of {MAX_SNAPSHOT_BYTES}",
+            body.len()
+        ));
     }
-    let crc = u32::from_le_bytes(bytes[8..12].try_into().map_err(|_| "short header")?);
-    let len = u64::from_le_bytes(bytes[12..20].try_into().map_err(|_| "short header")?);
-    let body = bytes.get(20..).ok_or("short body")?;
+    let mut out = MAGIC.to_vec();
+    out.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
+    out.extend_from_slice(&(body.len() as u64).to_le_bytes());
+    out.extend_from_slice(&body);
+    Ok(out)
+}
+
+/// Reads a snapshot image (current or v1). The data inside is checked when it is decoded.
+fn parse_snapshot_file(bytes: &[u8]) -> Result<SnapshotFile, String> {
+    let (Some(magic), Some(crc), Some(len), Some(body)) = (
+        bytes.get(..8),
+        bytes.get(8..12),
+        bytes.get(12..HEADER_BYTES),
+        bytes.get(HEADER_BYTES..),
+    ) else {
+        return Err(format!(
+            "{} bytes: too short for a snapshot header",
+            bytes.len()
+        ));
+    };
+    if magic != MAGIC && magic != MAGIC_V1 {
+        return Err(format!(
+            "not a cairn snapshot image (magic {:?}; this binary reads CAIRNSN1 and CAIRNSN2)",
+            String::from_utf8_lossy(magic)
+        ));
+    }
+    let crc = u32::from_le_bytes([crc[0], crc[1], crc[2], crc[3]]);
+    let mut len8 = [0u8; 8];
+    len8.copy_from_slice(len);
+    let len = u64::from_le_bytes(len8);
     if body.len() as u64 != len || len > MAX_SNAPSHOT_BYTES {
-        return Err(format!("body is {} bytes, header says {len}", body.len()));
+        return Err(format!(
+            "snapshot body is {} bytes, header says {len} (limit {MAX_SNAPSHOT_BYTES})",
+            body.len()
+        ));
     }
     if crc32c::crc32c(body) != crc {
-        return Err("checksum mismatch".into());
+        return Err("snapshot checksum mismatch".into());
     }
-    de(body)
+    if magic == MAGIC_V1 {
+        use bincode::Options;
+        return bincode::DefaultOptions::new()
+            .with_limit(MAX_SNAPSHOT_BYTES)
+            .reject_trailing_bytes()
+            .deserialize(body)
+            .map_err(|e| format!("snapshot image v1 (bincode meta): {e}"));
+    }
+    let (Some(meta_len), Some(rest)) = (body.get(..4), body.get(4..)) else {
+        return Err("snapshot body too short for its meta length".into());
+    };
+    let meta_len = u32::from_le_bytes([meta_len[0], meta_len[1], meta_len[2], meta_len[3]]);
+    let Some((meta, data)) = rest.split_at_checked(meta_len as usize) else {
+        return Err(format!(
+            "snapshot meta length {meta_len} runs past the body ({} bytes)",
+            rest.len()
+        ));
+    };
+    let meta = serde_json::from_slice(meta).map_err(|e| format!("snapshot meta (JSON): {e}"))?;
+    Ok(SnapshotFile {
+        meta,
+        data: data.to_vec(),
+    })
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
@@ -211,7 +262,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
         let (data, last_log_id, last_membership) = {
             let a = self.applied.read().unwrap_or_else(|e| e.into_inner());
             (
-                ser(&(&a.state, &a.requests))?,
+                ser_state(&a.state, &a.requests)?,
                 a.last_applied,
                 a.last_membership.clone(),
             )
@@ -292,7 +343,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             sto_err(
                 ErrorSubject::Snapshot(Some(meta.signature())),
                 ErrorVerb::Read,
-                e,
+                format!(
+                    "snapshot {} received from the leader: {e}",
+                    meta.snapshot_id
+                ),
             )
         })?;
         let file = SnapshotFile {

@@ -29,6 +29,7 @@ pub enum MemberState {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Member {
     pub id: NodeId,
     pub name: String,
@@ -52,6 +53,7 @@ pub enum DiskState {
 
 /// One disk in the placement map.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PlacementDisk {
     pub disk_id: String,
     /// Relative share of new data; normally the usable capacity in bytes.
@@ -64,6 +66,7 @@ pub struct PlacementDisk {
 /// disks by weight. Witness nodes never appear. Every change bumps `version`; the engine fences
 /// replica I/O by it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PlacementMap {
     pub version: u64,
     pub nodes: BTreeMap<NodeId, Vec<PlacementDisk>>,
@@ -82,6 +85,7 @@ impl PlacementMap {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct DiskDef {
     pub id: String,
     pub node: NodeId,
@@ -91,6 +95,7 @@ pub struct DiskDef {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct VdiskDef {
     pub id: String,
     pub name: String,
@@ -100,6 +105,7 @@ pub struct VdiskDef {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct SnapshotDef {
     pub id: String,
     pub vdisk: String,
@@ -113,6 +119,7 @@ pub enum VmPower {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct VmDef {
     pub id: String,
     pub name: String,
@@ -125,6 +132,7 @@ pub struct VmDef {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct UserDef {
     pub name: String,
     /// PHC-format password hash (hashing happens before proposing; never a plain password).
@@ -133,6 +141,7 @@ pub struct UserDef {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ScheduleDef {
     pub id: String,
     pub vdisk: String,
@@ -141,6 +150,7 @@ pub struct ScheduleDef {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct JoinTokenDef {
     pub expires_ms: u64,
     pub role: Role,
@@ -148,6 +158,7 @@ pub struct JoinTokenDef {
 
 /// Everything the cluster agrees on.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ClusterState {
     pub cluster_id: String,
     /// The cluster CA including its key: members need it to issue certificates to joiners.
@@ -178,6 +189,8 @@ pub struct ClusterState {
 
 /// A change to the cluster state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+// On disk and on the wire through crate::format (versioned; its compatibility rule applies).
+#[serde(remote = "Self", deny_unknown_fields)]
 pub enum Command {
     Noop,
     InitCluster {
@@ -278,6 +291,7 @@ pub enum Command {
 
 /// What applying a command produced.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(remote = "Self")]
 pub enum CommandResult {
     #[default]
     Ok,
