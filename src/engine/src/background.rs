@@ -10,8 +10,6 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use futures::StreamExt;
-
 use crate::core::{Disk, Inner};
 use crate::error::{EngineError, Result};
 use crate::placement::Slots;
@@ -19,21 +17,9 @@ use crate::pool::Engine;
 use crate::replica::is_device_failure;
 use crate::types::DiskState;
 
-/// Chunk copies whose intents are recorded together.
+/// Chunk copies whose intents are recorded together and made durable with one flush per
+/// target disk.
 const REBALANCE_BATCH: usize = 32;
-/// Chunk moves in flight at once within a batch.
-pub(crate) const REBUILD_PARALLEL: usize = 4;
-
-/// What moving one chunk did.
-#[derive(Default)]
-struct Moved {
-    /// Replicas still missing (or extra) afterwards.
-    pending: u64,
-    changed: bool,
-    bytes: u64,
-    /// Disks that failed a copy: marked Failed by the caller.
-    failed: Vec<(Arc<Disk>, store::StoreError)>,
-}
 
 pub(crate) fn spawn_maintenance(inner: &Arc<Inner>) {
     let weak: Weak<Inner> = Arc::downgrade(inner);
@@ -250,7 +236,6 @@ impl Inner {
         let entries = self.index.all();
         let mut pending = 0u64;
         let mut changed = false;
-        let mut to_fail: Vec<(Arc<Disk>, store::StoreError)> = Vec::new();
         let mut work: Vec<(store::ObjectId, Slots)> = Vec::new();
         for (obj, holders) in entries {
             if self.shutting_down.load(Ordering::Acquire) {
@@ -291,72 +276,19 @@ impl Inner {
             work.push((obj, target));
         }
         self.rebuild.begin(work.len() as u64);
-        // Copies run in batches whose intents are recorded with one metadata write.
+        self.prime_pacing();
+        // Copies run in batches: one intent record and one flush per target disk for many
+        // chunks (see `rebuild_copy`).
         for batch in work.chunks(REBALANCE_BATCH) {
             if self.shutting_down.load(Ordering::Acquire) {
                 break;
             }
-            let intents: Vec<(String, store::ObjectId)> = batch
-                .iter()
-                .flat_map(|(obj, target)| {
-                    let holders = self.index.get(*obj).unwrap_or_default();
-                    target
-                        .as_slice()
-                        .iter()
-                        .filter(move |t| !holders.contains(**t))
-                        .filter_map(|t| self.disk(*t))
-                        .map(|d| (d.id.clone(), *obj))
-                        .collect::<Vec<_>>()
-                })
-                .collect();
-            self.copies_in_progress.fetch_add(1, Ordering::AcqRel);
-            let recorded = if intents.is_empty() {
-                Ok(())
-            } else {
-                let add = intents.clone();
-                self.update_meta(move |m| {
-                    m.importing.extend(add);
-                    Ok(())
-                })
-                .await
-            };
-            if let Err(e) = recorded {
-                self.copies_in_progress.fetch_sub(1, Ordering::AcqRel);
-                tracing::warn!(error = %e, "recording copy intents failed");
-                pending += batch.len() as u64;
+            let b = self.move_batch(batch).await;
+            pending += b.pending;
+            changed |= b.changed;
+            if b.stop {
                 break;
             }
-            // Several chunks at once (each under its own stripe lock), so a rebuild keeps more
-            // than one request in flight per device; pacing happens before each one.
-            let mut moves = futures::stream::iter(batch.iter().copied())
-                .map(|(obj, target)| self.move_chunk(obj, target))
-                .buffer_unordered(REBUILD_PARALLEL);
-            while let Some(m) = moves.next().await {
-                pending += m.pending;
-                changed |= m.changed;
-                if m.pending == 0 {
-                    self.rebuild.chunk_done(m.bytes);
-                }
-                to_fail.extend(m.failed);
-            }
-            drop(moves);
-            for (d, e) in to_fail.drain(..) {
-                let _ = self.fail_disk(&d, &e).await;
-            }
-            tokio::task::yield_now().await;
-            if !intents.is_empty() {
-                let done = intents;
-                let r = self
-                    .update_meta(move |m| {
-                        m.importing.retain(|x| !done.contains(x));
-                        Ok(())
-                    })
-                    .await;
-                if let Err(e) = r {
-                    tracing::warn!(error = %e, "recording copy completion failed");
-                }
-            }
-            self.copies_in_progress.fetch_sub(1, Ordering::AcqRel);
         }
         // Make moves durable so the old copies' removal cannot be undone by a crash.
         if changed {
@@ -371,105 +303,6 @@ impl Inner {
         rb.passes += 1;
         rb.chunks_pending = pending;
         Ok(changed)
-    }
-
-    /// Bring one chunk to `target` (copy what is missing, then drop what is not wanted), with
-    /// its stripe lock held exclusively (after pacing, which holds no lock). The caller
-    /// recorded the copy intents.
-    async fn move_chunk(&self, obj: store::ObjectId, target: Slots) -> Moved {
-        let mut out = Moved::default();
-        let mut pending = 0;
-        let mut changed = false;
-        let mut to_fail: Vec<(Arc<Disk>, store::StoreError)> = Vec::new();
-        if let Some((src, dst)) = self.index.get(obj).and_then(|h| {
-            let dst = target
-                .as_slice()
-                .iter()
-                .find(|t| !h.contains(**t))
-                .and_then(|t| self.disk(*t))?;
-            Some((self.live_disks(h).into_iter().next()?, dst))
-        }) {
-            self.pace_copy(&src, &dst).await;
-        }
-        let _l = self.stripe(obj).write().await;
-        let Some(holders) = self.index.get(obj) else {
-            return out;
-        };
-        for t in target.as_slice() {
-            if holders.contains(*t) {
-                continue;
-            }
-            // A peer that is away (or still resyncing) would only record the copy as dirty.
-            let Some(dst) = self.disk(*t).filter(|d| {
-                d.state() == DiskState::Active
-                    && d.replica.reachability() == crate::replica::Reachability::Up
-            }) else {
-                continue;
-            };
-            let mut done = false;
-            for src in self.live_disks(holders) {
-                match self.copy_object_inner(obj, &src, &dst, false).await {
-                    Ok(bytes) => {
-                        self.rebuild.charge(bytes);
-                        out.bytes += bytes;
-                        let mut rb = self.rebalance.lock();
-                        rb.chunks_copied += 1;
-                        rb.bytes_copied += bytes;
-                        done = true;
-                        changed = true;
-                        break;
-                    }
-                    Err(Some(e)) => {
-                        if is_device_failure(&e) {
-                            to_fail.push((dst.clone(), e));
-                        } else {
-                            tracing::warn!(%obj, disk = %dst.name, error = %e, "import failed");
-                        }
-                        break;
-                    }
-                    Err(None) => continue, // try the other source
-                }
-            }
-            if !done {
-                pending += 1;
-            }
-        }
-        // Only once every wanted replica is in place may the others go.
-        let now = self.index.get(obj).unwrap_or_default();
-        let complete = target
-            .as_slice()
-            .iter()
-            .all(|t| now.contains(*t) && self.disk(*t).is_some_and(|d| d.live()));
-        if complete {
-            for h in now
-                .as_slice()
-                .iter()
-                .copied()
-                .filter(|h| !target.contains(*h))
-            {
-                self.index.remove_slot(obj, h);
-                if let Some(d) = self.disk(h).filter(|d| d.live()) {
-                    match d.replica.delete_object(obj).await {
-                        // Durable with the next flush of that disk (a stale copy that survives
-                        // a crash can only hold data from before that flush).
-                        Ok(()) => {
-                            d.write_seq.fetch_add(1, Ordering::Release);
-                        }
-                        Err(e) => {
-                            tracing::warn!(%obj, disk = %d.name, error = %e, "dropping old replica failed")
-                        }
-                    }
-                }
-                self.rebalance.lock().chunks_dropped += 1;
-                changed = true;
-            }
-        } else if !target.is_empty() {
-            pending += 1;
-        }
-        out.pending = pending;
-        out.changed = changed;
-        out.failed = to_fail;
-        out
     }
 
     /// Draining disks that hold no replica any more leave the pool.

@@ -7,6 +7,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Instant;
 
 use blockdev::{AlignedBuf, WriteBuf};
 use store::{ObjectId, StoreError};
@@ -15,6 +16,7 @@ use crate::core::{Disk, Inner};
 use crate::error::{EngineError, Result};
 use crate::meta::VdiskMeta;
 use crate::placement::{PlacementView, Slots};
+use crate::rebuild::Phase;
 use crate::replica::is_device_failure;
 use crate::{BLOCK_BYTES, CHUNK_BLOCKS};
 
@@ -467,9 +469,12 @@ impl Inner {
         }
     }
 
-    /// Copy `obj` with its history from `src` to `dst` and make it durable there. Caller holds
-    /// the stripe lock exclusively. Err(Some(e)): `dst` failed; Err(None): `src` failed.
-    /// Returns the bytes copied.
+    /// Copy `obj` with its history from `src` to `dst` and make it durable there, recording
+    /// the copy's intent around it (a crash before the end deletes the copy at open). Caller
+    /// holds the stripe lock exclusively. Err(Some(e)): `dst` failed; Err(None): `src` failed
+    /// (or the intent could not be recorded). Returns the bytes copied. A rebalance pass copies
+    /// in batches instead (`rebuild_copy`): one intent record and one flush per target for
+    /// many chunks.
     pub(crate) async fn copy_object(
         &self,
         obj: ObjectId,
@@ -477,19 +482,66 @@ impl Inner {
         dst: &Arc<Disk>,
     ) -> std::result::Result<u64, Option<StoreError>> {
         self.copies_in_progress.fetch_add(1, Ordering::AcqRel);
-        let r = self.copy_object_inner(obj, src, dst, true).await;
+        let r = self.copy_object_durably(obj, src, dst).await;
         self.copies_in_progress.fetch_sub(1, Ordering::AcqRel);
         r
     }
 
-    /// The copy itself; with `intent: false` the caller has recorded the intent (a batch).
-    pub(crate) async fn copy_object_inner(
+    async fn copy_object_durably(
         &self,
         obj: ObjectId,
         src: &Arc<Disk>,
         dst: &Arc<Disk>,
-        intent: bool,
     ) -> std::result::Result<u64, Option<StoreError>> {
+        let prof = &self.rebuild.profile;
+        let entry = (dst.id.clone(), obj);
+        let e2 = entry.clone();
+        let t = Instant::now();
+        if let Err(e) = self
+            .update_meta(move |m| {
+                m.importing.push(e2);
+                Ok(())
+            })
+            .await
+        {
+            tracing::warn!(%obj, error = %e, "recording copy intent failed");
+            return Err(None);
+        }
+        prof.add(Phase::Meta, t);
+        // Until the intent is cleared, a crash leaves this copy marked incomplete.
+        let bytes = self.import_copy(obj, src, dst).await?;
+        let t = Instant::now();
+        dst.replica.flush().await.map_err(Some)?;
+        prof.add(Phase::Flush, t);
+        let t = Instant::now();
+        if let Err(e) = self
+            .update_meta(move |m| {
+                m.importing.retain(|x| *x != entry);
+                Ok(())
+            })
+            .await
+        {
+            tracing::warn!(%obj, error = %e, "recording copy completion failed");
+            return Err(None);
+        }
+        prof.add(Phase::Meta, t);
+        self.index.add(obj, dst.slot);
+        prof.copied(bytes);
+        Ok(bytes)
+    }
+
+    /// Export `obj`'s history from `src` and import it on `dst` (replacing whatever `dst`
+    /// held), with `dst` taken out of the chunk's holders first. Nothing is flushed and `dst`
+    /// is not added back: the caller makes the copy durable, then records it. Caller holds the
+    /// stripe lock exclusively and recorded the copy's intent. Errors as in `copy_object`.
+    pub(crate) async fn import_copy(
+        &self,
+        obj: ObjectId,
+        src: &Arc<Disk>,
+        dst: &Arc<Disk>,
+    ) -> std::result::Result<u64, Option<StoreError>> {
+        let prof = &self.rebuild.profile;
+        let t = Instant::now();
         let versions = match src.replica.export_object(obj).await {
             Ok(v) => v,
             Err(e) => {
@@ -497,45 +549,19 @@ impl Inner {
                 return Err(None);
             }
         };
+        prof.add(Phase::Export, t);
         let bytes: u64 = versions
             .iter()
             .map(|b| b.versions.iter().filter(|v| v.data.is_some()).count() as u64 * BLOCK_BYTES)
             .sum();
-        let entry = (dst.id.clone(), obj);
-        if intent {
-            let e2 = entry.clone();
-            if let Err(e) = self
-                .update_meta(move |m| {
-                    m.importing.push(e2);
-                    Ok(())
-                })
-                .await
-            {
-                tracing::warn!(%obj, error = %e, "recording copy intent failed");
-                return Err(None);
-            }
-        }
-        // Until the intent is cleared, a crash leaves this copy marked incomplete.
         self.index.remove_slot(obj, dst.slot);
-        dst.replica.delete_object(obj).await.map_err(Some)?;
+        // The import replaces any older (partial or stale) copy on `dst` itself.
+        let t = Instant::now();
         dst.replica
             .import_object(obj, versions)
             .await
             .map_err(Some)?;
-        dst.replica.flush().await.map_err(Some)?;
-        if intent {
-            if let Err(e) = self
-                .update_meta(move |m| {
-                    m.importing.retain(|x| *x != entry);
-                    Ok(())
-                })
-                .await
-            {
-                tracing::warn!(%obj, error = %e, "recording copy completion failed");
-                return Err(None);
-            }
-        }
-        self.index.add(obj, dst.slot);
+        prof.add(Phase::Import, t);
         Ok(bytes)
     }
 }

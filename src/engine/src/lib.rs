@@ -124,6 +124,7 @@ mod meta;
 mod placement;
 mod pool;
 mod rebuild;
+mod rebuild_copy;
 mod reconcile;
 pub mod remote;
 mod replica;
@@ -136,7 +137,9 @@ pub use handle::{VdiskHandle, MAX_IO_BYTES};
 pub use ids::seed_ids_for_this_thread;
 pub use meta::validate_name;
 pub use pool::Engine;
-pub use rebuild::{RebuildLimits, BUSY_WINDOW, DEFAULT_BUSY_BYTES_PER_SEC, MAX_YIELD};
+pub use rebuild::{
+    RebuildLimits, RebuildProfile, BUSY_WINDOW, DEFAULT_BUSY_BYTES_PER_SEC, MAX_YIELD,
+};
 pub use remote::{RemoteDisk, RemoteStatus};
 pub use replica::{
     is_device_failure, LocalReplica, Reachability, Replica, FOREIGN_VDISK_BIT, PRUNE_MARK_CHUNK,

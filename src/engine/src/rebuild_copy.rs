@@ -1,0 +1,319 @@
+//! One batch of a rebalance pass's chunk moves (re-mirroring after a disk or node is lost,
+//! draining, spreading onto a new disk), made crash safe with one metadata record and one flush
+//! per target disk for the whole batch instead of both per chunk:
+//!
+//! 1. the batch's copy intents are recorded (one metadata write);
+//! 2. each chunk (a few at once, each paced first, then under its stripe lock) is exported from
+//!    a live holder and imported on each missing target. The target joins the chunk's holders
+//!    in memory at once, so guest writes from then on reach it too and the copy cannot go
+//!    stale, but nothing durable says it is complete;
+//! 3. every target of the batch is flushed once;
+//! 4. the intents of the copies whose target flushed are cleared (one metadata write): from
+//!    here a restart keeps those copies;
+//! 5. only then are the replicas placement no longer wants dropped, chunk by chunk.
+//!
+//! A crash before 4 leaves the intents: opening the target disk deletes its copies, and the old
+//! replicas, never dropped, still hold every chunk. A target whose flush fails (or that went
+//! away) is taken out of its chunks' holders again and keeps its intents, so its copies are
+//! deleted by the next maintenance pass; its chunks stay pending for the next pass.
+//!
+//! Must never: drop a replica before the chunk's new copies are durable and their intents
+//! cleared; hold a stripe lock while pacing or flushing.
+
+use std::collections::HashSet;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures::StreamExt;
+use store::{ObjectId, StoreError};
+
+use crate::core::{Disk, Inner};
+use crate::placement::Slots;
+use crate::rebuild::Phase;
+use crate::replica::{is_device_failure, Reachability};
+use crate::types::DiskState;
+
+/// Chunk moves in flight at once within a batch (each keeps one request in flight per device
+/// at a time: a read on the source, then a write on the target).
+pub(crate) const REBUILD_PARALLEL: usize = 4;
+
+/// What a batch did, for the pass.
+#[derive(Debug, Default)]
+pub(crate) struct BatchOutcome {
+    /// Replicas still missing (or extra) afterwards.
+    pub pending: u64,
+    pub changed: bool,
+    /// The intents could not be recorded: stop the pass (retried later).
+    pub stop: bool,
+}
+
+/// What step 2 did for one chunk.
+struct Copied {
+    obj: ObjectId,
+    target: Slots,
+    /// Targets that received a copy (holders in memory, not yet durable).
+    made: Vec<Arc<Disk>>,
+    bytes: u64,
+    /// Targets whose import failed: whatever it left is deleted later (their intents stay).
+    tried: Vec<Arc<Disk>>,
+    /// Missing replicas that could not be copied now.
+    pending: u64,
+    /// Targets that failed a copy: marked Failed.
+    failed: Vec<(Arc<Disk>, StoreError)>,
+}
+
+impl Inner {
+    /// Bring every chunk of `batch` to its target placement (see the module docs).
+    pub(crate) async fn move_batch(&self, batch: &[(ObjectId, Slots)]) -> BatchOutcome {
+        let prof = &self.rebuild.profile;
+        let mut out = BatchOutcome::default();
+        let intents: Vec<(String, ObjectId)> = batch
+            .iter()
+            .flat_map(|(obj, target)| {
+                let holders = self.index.get(*obj).unwrap_or_default();
+                target
+                    .as_slice()
+                    .iter()
+                    .filter(move |t| !holders.contains(**t))
+                    .filter_map(|t| self.disk(*t))
+                    .map(|d| (d.id.clone(), *obj))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        self.copies_in_progress.fetch_add(1, Ordering::AcqRel);
+        if !intents.is_empty() {
+            let add = intents.clone();
+            let t = Instant::now();
+            let r = self
+                .update_meta(move |m| {
+                    m.importing.extend(add);
+                    Ok(())
+                })
+                .await;
+            prof.add(Phase::Meta, t);
+            if let Err(e) = r {
+                self.copies_in_progress.fetch_sub(1, Ordering::AcqRel);
+                tracing::warn!(error = %e, "recording copy intents failed");
+                out.pending += batch.len() as u64;
+                out.stop = true;
+                return out;
+            }
+        }
+        // Step 2: copies, several chunks at once so each device keeps requests in flight.
+        let mut copied: Vec<Copied> = futures::stream::iter(batch.iter().copied())
+            .map(|(obj, target)| self.copy_missing(obj, target))
+            .buffer_unordered(REBUILD_PARALLEL)
+            .collect()
+            .await;
+        let failed: Vec<(Arc<Disk>, StoreError)> =
+            copied.iter_mut().flat_map(|c| c.failed.drain(..)).collect();
+        for (d, e) in &failed {
+            let _ = self.fail_disk(d, e).await;
+        }
+        // Step 3: one flush per target.
+        let mut targets: Vec<Arc<Disk>> = Vec::new();
+        for d in copied.iter().flat_map(|c| c.made.iter()) {
+            if !targets.iter().any(|t| t.slot == d.slot) {
+                targets.push(d.clone());
+            }
+        }
+        let flushed = futures::future::join_all(targets.iter().map(|d| async move {
+            let t = Instant::now();
+            let r = d.replica.flush().await;
+            prof.add(Phase::Flush, t);
+            (d.clone(), r)
+        }))
+        .await;
+        let mut bad: HashSet<u16> = HashSet::new();
+        for (d, r) in flushed {
+            match r {
+                // An away peer's replica "flushes" without holding anything.
+                Ok(()) if d.live() && d.replica.reachability() == Reachability::Up => {}
+                Ok(()) => {
+                    bad.insert(d.slot);
+                }
+                Err(e) => {
+                    bad.insert(d.slot);
+                    tracing::warn!(disk = %d.name, error = %e, "flushing rebuilt copies failed");
+                    if is_device_failure(&e) {
+                        let _ = self.fail_disk(&d, &e).await;
+                    }
+                }
+            }
+        }
+        // Copies that are not durable leave the holders again; their intents stay, so the next
+        // maintenance pass deletes whatever they left (as it does for failed imports).
+        let mut keep: Vec<(String, ObjectId)> = Vec::new();
+        for c in &mut copied {
+            let (ok, lost): (Vec<_>, Vec<_>) =
+                c.made.drain(..).partition(|d| !bad.contains(&d.slot));
+            if !lost.is_empty() {
+                let _l = self.stripe(c.obj).write().await;
+                for d in &lost {
+                    self.index.remove_slot(c.obj, d.slot);
+                    c.pending += 1;
+                }
+            }
+            keep.extend(lost.iter().chain(&c.tried).map(|d| (d.id.clone(), c.obj)));
+            c.made = ok;
+        }
+        // Step 4: the durable copies are recorded (and the intents of copies never tried).
+        let clear: Vec<(String, ObjectId)> =
+            intents.into_iter().filter(|x| !keep.contains(x)).collect();
+        let recorded = if clear.is_empty() {
+            true
+        } else {
+            let t = Instant::now();
+            let r = self
+                .update_meta(move |m| {
+                    m.importing.retain(|x| !clear.contains(x));
+                    Ok(())
+                })
+                .await;
+            prof.add(Phase::Meta, t);
+            match r {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::warn!(error = %e, "recording copy completion failed");
+                    false
+                }
+            }
+        };
+        // Step 5: progress, then drop what placement no longer wants.
+        for c in copied {
+            if !c.made.is_empty() {
+                let mut rb = self.rebalance.lock();
+                rb.chunks_copied += c.made.len() as u64;
+                rb.bytes_copied += c.bytes;
+                drop(rb);
+                prof.copied(c.bytes);
+                out.changed = true;
+            }
+            let mut pending = c.pending;
+            if recorded {
+                let (p, changed) = self.drop_extras(c.obj, &c.target).await;
+                pending += p;
+                out.changed |= changed;
+            } else {
+                pending += 1; // the old replicas stay until the new ones are recorded
+            }
+            if pending == 0 {
+                self.rebuild.chunk_done(c.bytes);
+            }
+            out.pending += pending;
+        }
+        self.copies_in_progress.fetch_sub(1, Ordering::AcqRel);
+        tokio::task::yield_now().await;
+        out
+    }
+
+    /// Step 2 for one chunk: copy it onto every target that lacks it (paced first, then under
+    /// the stripe lock). Each copy joins the holders in memory; nothing is flushed.
+    async fn copy_missing(&self, obj: ObjectId, target: Slots) -> Copied {
+        let mut out = Copied {
+            obj,
+            target,
+            made: Vec::new(),
+            tried: Vec::new(),
+            bytes: 0,
+            pending: 0,
+            failed: Vec::new(),
+        };
+        if let Some((src, dst)) = self.index.get(obj).and_then(|h| {
+            let dst = target
+                .as_slice()
+                .iter()
+                .find(|t| !h.contains(**t))
+                .and_then(|t| self.disk(*t))?;
+            Some((self.live_disks(h).into_iter().next()?, dst))
+        }) {
+            self.pace_copy(&src, &dst).await;
+        }
+        let t = Instant::now();
+        let _l = self.stripe(obj).write().await;
+        self.rebuild.profile.add(Phase::Lock, t);
+        let Some(holders) = self.index.get(obj) else {
+            return out;
+        };
+        for t in target.as_slice() {
+            if holders.contains(*t) {
+                continue;
+            }
+            // A peer that is away (or still resyncing) would only record the copy as dirty.
+            let Some(dst) = self.disk(*t).filter(|d| {
+                d.state() == DiskState::Active && d.replica.reachability() == Reachability::Up
+            }) else {
+                continue;
+            };
+            let mut done = false;
+            for src in self.live_disks(holders) {
+                match self.import_copy(obj, &src, &dst).await {
+                    Ok(bytes) => {
+                        self.rebuild.charge(bytes);
+                        out.bytes += bytes;
+                        // Guest writes from now on reach the copy too.
+                        self.index.add(obj, dst.slot);
+                        out.made.push(dst.clone());
+                        done = true;
+                        break;
+                    }
+                    Err(Some(e)) => {
+                        out.tried.push(dst.clone());
+                        if is_device_failure(&e) {
+                            out.failed.push((dst.clone(), e));
+                        } else {
+                            tracing::warn!(%obj, disk = %dst.name, error = %e, "import failed");
+                        }
+                        break;
+                    }
+                    Err(None) => continue, // try the other source
+                }
+            }
+            if !done {
+                out.pending += 1;
+            }
+        }
+        out
+    }
+
+    /// Step 5 for one chunk: once every wanted replica is in place and live, drop the others.
+    /// Returns (replica sets still pending, whether something changed).
+    async fn drop_extras(&self, obj: ObjectId, target: &Slots) -> (u64, bool) {
+        let _l = self.stripe(obj).write().await;
+        let Some(now) = self.index.get(obj) else {
+            return (0, false);
+        };
+        let complete = target
+            .as_slice()
+            .iter()
+            .all(|t| now.contains(*t) && self.disk(*t).is_some_and(|d| d.live()));
+        if !complete {
+            return (u64::from(!target.is_empty()), false);
+        }
+        let mut changed = false;
+        for h in now
+            .as_slice()
+            .iter()
+            .copied()
+            .filter(|h| !target.contains(*h))
+        {
+            self.index.remove_slot(obj, h);
+            if let Some(d) = self.disk(h).filter(|d| d.live()) {
+                match d.replica.delete_object(obj).await {
+                    // Durable with the next flush of that disk (a stale copy that survives a
+                    // crash can only hold data from before that flush).
+                    Ok(()) => {
+                        d.write_seq.fetch_add(1, Ordering::Release);
+                    }
+                    Err(e) => {
+                        tracing::warn!(%obj, disk = %d.name, error = %e, "dropping old replica failed")
+                    }
+                }
+            }
+            self.rebalance.lock().chunks_dropped += 1;
+            changed = true;
+        }
+        (0, changed)
+    }
+}
