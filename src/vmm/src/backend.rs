@@ -3,9 +3,14 @@
 //! [`DiskBackend`] is synchronous and called from a device's I/O threads (one per queue), so a
 //! backend must be `Send + Sync` and handle concurrent calls on disjoint or overlapping ranges.
 //! Offsets and lengths are validated by the device before they reach the backend, but backends
-//! still check bounds: they are the last line of defence for data.
+//! still check bounds: they are the last line of defence for data. A backend that is async by
+//! nature also offers [`AsyncDisk`], which virtio-blk prefers (no thread blocks per request).
 
+use blockdev::AlignedBuf;
 use parking_lot::RwLock;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
 
 /// Errors a backend reports; the device turns every one into `VIRTIO_BLK_S_IOERR`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -53,6 +58,37 @@ pub trait DiskBackend: Send + Sync {
     fn concurrency(&self) -> usize {
         1
     }
+    /// The same disk as an [`AsyncDisk`] if it has one: virtio-blk then runs each request as a
+    /// task on the backend's runtime instead of blocking a thread on it.
+    fn as_async(&self) -> Option<Arc<dyn AsyncDisk>> {
+        None
+    }
+}
+
+/// A boxed future of a backend operation (`'static`: it owns what it needs).
+pub type IoFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+/// The async side of a backend whose I/O is async by nature (the engine). Offsets and lengths
+/// come already checked against the disk; buffers are owned by the operation while it runs.
+pub trait AsyncDisk: Send + Sync {
+    /// The runtime the operations run on.
+    fn runtime(&self) -> &tokio::runtime::Handle;
+    /// Reads `len` bytes at `offset` into the start of `buf` and gives the buffer back.
+    fn read(
+        &self,
+        offset: u64,
+        buf: AlignedBuf,
+        len: usize,
+    ) -> IoFuture<(AlignedBuf, Result<(), BackendError>)>;
+    /// Writes the first `len` bytes of `buf` at `offset`.
+    fn write(&self, offset: u64, buf: AlignedBuf, len: usize)
+        -> IoFuture<Result<(), BackendError>>;
+    /// Makes every write completed before the call durable.
+    fn flush(&self) -> IoFuture<Result<(), BackendError>>;
+    /// Frees `len` bytes at `offset` (reads return zeros).
+    fn discard(&self, offset: u64, len: u64) -> IoFuture<Result<(), BackendError>>;
+    /// Writes zeros over `len` bytes at `offset`.
+    fn write_zeroes(&self, offset: u64, len: u64) -> IoFuture<Result<(), BackendError>>;
 }
 
 /// Checks `offset+len` lies inside `size`.

@@ -70,6 +70,18 @@ impl DeviceCounters {
         self.queue_requests[index.min(QUEUE_STATS - 1)].fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Counts one completed read of `len` bytes.
+    pub fn count_read(&self, len: usize) {
+        self.read_ops.fetch_add(1, Ordering::Relaxed);
+        self.read_bytes.fetch_add(len as u64, Ordering::Relaxed);
+    }
+
+    /// Counts one completed write of `len` bytes.
+    pub fn count_write(&self, len: usize) {
+        self.write_ops.fetch_add(1, Ordering::Relaxed);
+        self.write_bytes.fetch_add(len as u64, Ordering::Relaxed);
+    }
+
     /// Snapshot under the given id.
     pub fn snapshot(&self, id: &str) -> DeviceStats {
         let l = |a: &AtomicU64| a.load(Ordering::Relaxed);

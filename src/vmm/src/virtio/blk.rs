@@ -6,13 +6,14 @@
 //! memory, sector ranges inside the disk, request size bounds. A bad request completes with
 //! IOERR/UNSUPP; nothing the guest writes can fail the VM or the host.
 
+use super::blk_async::{AsyncQueue, QueueSetup, WriteOrder, DRAIN_TIMEOUT};
 use super::{
     ActivateContext, QueueIrq, VirtioDevice, Worker, F_EVENT_IDX, F_INDIRECT_DESC, F_VERSION_1,
     TYPE_BLOCK,
 };
-use crate::backend::DiskBackend;
+use crate::backend::{AsyncDisk, DiskBackend};
 use crate::config::DiskConfig;
-use crate::error::Result;
+use crate::error::{io_err, Result};
 use crate::memory::GuestMemoryMmap;
 use crate::stats::DeviceCounters;
 use parking_lot::Mutex;
@@ -60,7 +61,8 @@ pub const MAX_REQUEST_BYTES: usize = (SEG_MAX as usize) * (SIZE_MAX as usize);
 pub const MAX_CHAIN: usize = SEG_MAX as usize + 4;
 /// Maximum sectors per discard / write-zeroes segment.
 pub const MAX_DISCARD_SECTORS: u32 = 1 << 22;
-const SERIAL_BYTES: usize = 20;
+/// Bytes of the serial number GET_ID returns.
+pub const SERIAL_BYTES: usize = 20;
 
 #[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
 struct Seg {
@@ -127,14 +129,14 @@ impl Chain {
     }
 
     /// Copies readable bytes `[from, from+buf.len())` (readable-space offsets) into `buf`.
-    fn gather(&self, mem: &GuestMemoryMmap, from: u64, buf: &mut [u8]) -> bool {
+    pub fn gather(&self, mem: &GuestMemoryMmap, from: u64, buf: &mut [u8]) -> bool {
         self.copy(mem, false, from, buf.len(), |m, addr, at, n| {
             m.read_slice(&mut buf[at..at + n], addr).is_ok()
         })
     }
 
     /// Copies `buf` into writable space starting at writable offset `from`.
-    fn scatter(&self, mem: &GuestMemoryMmap, from: u64, buf: &[u8]) -> bool {
+    pub fn scatter(&self, mem: &GuestMemoryMmap, from: u64, buf: &[u8]) -> bool {
         self.copy(mem, true, from, buf.len(), |m, addr, at, n| {
             m.write_slice(&buf[at..at + n], addr).is_ok()
         })
@@ -171,13 +173,22 @@ impl Chain {
     }
 
     /// Guest address of the status byte (the last writable byte).
-    fn status_addr(&self) -> Option<GuestAddress> {
+    pub fn status_addr(&self) -> Option<GuestAddress> {
         let s = self.segs[..self.n]
             .iter()
             .rev()
             .find(|s| s.write && s.len > 0)?;
         Some(GuestAddress(s.addr + u64::from(s.len) - 1))
     }
+}
+
+/// The serial number as GET_ID returns it: the first 20 bytes, zero-padded.
+pub fn serial_bytes(serial: &str) -> [u8; SERIAL_BYTES] {
+    let mut s = [0u8; SERIAL_BYTES];
+    for (d, b) in s.iter_mut().zip(serial.bytes()) {
+        *d = b;
+    }
+    s
 }
 
 /// One request's outcome: the status and how many bytes were written to the guest.
@@ -187,6 +198,151 @@ pub struct Outcome {
     pub status: u8,
     /// Bytes written into the chain including the status byte.
     pub used_len: u32,
+}
+
+impl Outcome {
+    /// The request failed (bad request or backend error): only the status byte is written.
+    pub const IOERR: Outcome = Outcome {
+        status: S_IOERR,
+        used_len: 1,
+    };
+    /// Success with `data` bytes written to the guest before the status byte.
+    pub fn ok(data: u64) -> Outcome {
+        Outcome {
+            status: S_OK,
+            used_len: u32::try_from(data + 1).unwrap_or(u32::MAX),
+        }
+    }
+}
+
+/// A request after every guest value in it was checked: what the backend has to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Req {
+    /// Read `len` bytes at `off` into the chain's writable data.
+    Read {
+        /// Byte offset on the disk.
+        off: u64,
+        /// Bytes (a multiple of 512, at most [`MAX_REQUEST_BYTES`]).
+        len: usize,
+    },
+    /// Write the chain's `len` readable data bytes (after the header) at `off`.
+    Write {
+        /// Byte offset on the disk.
+        off: u64,
+        /// Bytes (a multiple of 512, at most [`MAX_REQUEST_BYTES`]).
+        len: usize,
+    },
+    /// Make every completed write durable.
+    Flush,
+    /// Write the first `len` bytes of the serial number.
+    GetId {
+        /// At most the serial's 20 bytes.
+        len: usize,
+    },
+    /// Free `len` bytes at `off`.
+    Discard {
+        /// Byte offset on the disk.
+        off: u64,
+        /// Bytes.
+        len: u64,
+    },
+    /// Zero `len` bytes at `off`.
+    WriteZeroes {
+        /// Byte offset on the disk.
+        off: u64,
+        /// Bytes.
+        len: u64,
+    },
+    /// Answered without the backend (malformed, out of range, read-only or unsupported).
+    Done(Outcome),
+}
+
+fn le_u64(b: &[u8]) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[..8]);
+    u64::from_le_bytes(a)
+}
+
+fn le_u32(b: &[u8]) -> u32 {
+    let mut a = [0u8; 4];
+    a.copy_from_slice(&b[..4]);
+    u32::from_le_bytes(a)
+}
+
+/// Reads and checks the request in `chain` for a disk of `size` bytes: the header, the data
+/// length against the chain and [`MAX_REQUEST_BYTES`], the sector range against the disk, the
+/// discard segment. Reads guest memory only through the chain's checked segments.
+pub fn parse(mem: &GuestMemoryMmap, chain: &Chain, size: u64, read_only: bool) -> Req {
+    let ioerr = Req::Done(Outcome::IOERR);
+    let mut hdr = [0u8; 16];
+    if chain.readable_bytes < 16 || !chain.gather(mem, 0, &mut hdr) {
+        return ioerr;
+    }
+    let rtype = le_u32(&hdr[0..4]);
+    let sector = le_u64(&hdr[8..16]);
+    let payload_in = chain.readable_bytes - 16;
+    let payload_out = chain.writable_bytes - 1;
+    let range =
+        |off: Option<u64>, len: u64| off.filter(|o| o.checked_add(len).is_some_and(|e| e <= size));
+    match rtype {
+        T_IN | T_OUT => {
+            let len = if rtype == T_IN {
+                payload_out
+            } else {
+                payload_in
+            };
+            if len % 512 != 0 || len > MAX_REQUEST_BYTES as u64 {
+                return ioerr;
+            }
+            let Some(off) = range(sector.checked_mul(512), len) else {
+                return ioerr;
+            };
+            let len = len as usize;
+            if rtype == T_IN {
+                Req::Read { off, len }
+            } else if read_only {
+                ioerr
+            } else {
+                Req::Write { off, len }
+            }
+        }
+        T_FLUSH => Req::Flush,
+        T_GET_ID => Req::GetId {
+            len: usize::try_from(payload_out).map_or(SERIAL_BYTES, |n| n.min(SERIAL_BYTES)),
+        },
+        T_DISCARD | T_WRITE_ZEROES => {
+            // One 16-byte segment {sector, num_sectors, flags}; we advertise max_*_seg = 1.
+            let mut seg = [0u8; 16];
+            if payload_in != 16 || read_only || !chain.gather(mem, 16, &mut seg) {
+                return ioerr;
+            }
+            let count = le_u32(&seg[8..12]);
+            let flags = le_u32(&seg[12..16]);
+            let allowed = if rtype == T_WRITE_ZEROES { 1 } else { 0 };
+            if flags & !allowed != 0 {
+                return Req::Done(Outcome {
+                    status: S_UNSUPP,
+                    used_len: 1,
+                });
+            }
+            let len = u64::from(count) * 512;
+            if count > MAX_DISCARD_SECTORS {
+                return ioerr;
+            }
+            let Some(off) = range(le_u64(&seg[0..8]).checked_mul(512), len) else {
+                return ioerr;
+            };
+            if rtype == T_DISCARD {
+                Req::Discard { off, len }
+            } else {
+                Req::WriteZeroes { off, len }
+            }
+        }
+        _ => Req::Done(Outcome {
+            status: S_UNSUPP,
+            used_len: 1,
+        }),
+    }
 }
 
 /// Serves one queue: parses chains, calls the backend, completes requests.
@@ -210,10 +366,7 @@ impl BlkQueueHandler {
         serial: &str,
         counters: Arc<DeviceCounters>,
     ) -> Self {
-        let mut s = [0u8; SERIAL_BYTES];
-        for (d, b) in s.iter_mut().zip(serial.bytes()) {
-            *d = b;
-        }
+        let s = serial_bytes(serial);
         let read_only = backend.read_only();
         let bounce = vec![0u8; MAX_REQUEST_BYTES + 4096];
         let bounce_off = bounce.as_ptr().align_offset(4096).min(4096);
@@ -238,119 +391,51 @@ impl BlkQueueHandler {
     /// Executes one walked chain.
     pub fn execute(&mut self, chain: &Chain) -> Outcome {
         let mem = self.mem.clone();
-        let mut hdr = [0u8; 16];
-        if chain.readable_bytes < 16 || !chain.gather(&mem, 0, &mut hdr) {
-            return Outcome {
-                status: S_IOERR,
-                used_len: 1,
-            };
-        }
-        let rtype = u32::from_le_bytes([hdr[0], hdr[1], hdr[2], hdr[3]]);
-        let sector = u64::from_le_bytes([
-            hdr[8], hdr[9], hdr[10], hdr[11], hdr[12], hdr[13], hdr[14], hdr[15],
-        ]);
-        let payload_in = chain.readable_bytes - 16;
-        let payload_out = chain.writable_bytes - 1;
-        let size = self.backend.size_bytes();
-        let range_ok = |off: Option<u64>, len: u64| {
-            off.and_then(|o| o.checked_add(len))
-                .is_some_and(|e| e <= size)
-        };
-        let ok = |used: u64| Outcome {
-            status: S_OK,
-            used_len: u32::try_from(used + 1).unwrap_or(u32::MAX),
-        };
-        let ioerr = Outcome {
-            status: S_IOERR,
-            used_len: 1,
-        };
-        match rtype {
-            T_IN | T_OUT => {
-                let len = if rtype == T_IN {
-                    payload_out
-                } else {
-                    payload_in
-                };
-                let off = sector.checked_mul(512);
-                if len % 512 != 0 || len as usize > MAX_REQUEST_BYTES || !range_ok(off, len) {
+        let req = parse(&mem, chain, self.backend.size_bytes(), self.read_only);
+        let ioerr = Outcome::IOERR;
+        match req {
+            Req::Done(out) => out,
+            Req::Read { off, len } => {
+                let buf = &mut self.bounce[self.bounce_off..self.bounce_off + len];
+                if self.backend.read(off, buf).is_err() || !chain.scatter(&mem, 0, buf) {
                     return ioerr;
                 }
-                let (off, n) = (off.unwrap_or(0), len as usize);
-                let buf = &mut self.bounce[self.bounce_off..self.bounce_off + n];
-                if rtype == T_IN {
-                    if self.backend.read(off, buf).is_err() || !chain.scatter(&mem, 0, buf) {
-                        return ioerr;
-                    }
-                    self.counters.read_ops.fetch_add(1, Ordering::Relaxed);
-                    self.counters.read_bytes.fetch_add(len, Ordering::Relaxed);
-                    ok(len)
-                } else {
-                    if self.read_only
-                        || !chain.gather(&mem, 16, buf)
-                        || self.backend.write(off, buf).is_err()
-                    {
-                        return ioerr;
-                    }
-                    self.counters.write_ops.fetch_add(1, Ordering::Relaxed);
-                    self.counters.write_bytes.fetch_add(len, Ordering::Relaxed);
-                    ok(0)
-                }
+                self.counters.count_read(len);
+                Outcome::ok(len as u64)
             }
-            T_FLUSH => {
+            Req::Write { off, len } => {
+                let buf = &mut self.bounce[self.bounce_off..self.bounce_off + len];
+                if !chain.gather(&mem, 16, buf) || self.backend.write(off, buf).is_err() {
+                    return ioerr;
+                }
+                self.counters.count_write(len);
+                Outcome::ok(0)
+            }
+            Req::Flush => {
                 self.counters.flush_ops.fetch_add(1, Ordering::Relaxed);
                 if self.backend.flush().is_err() {
                     return ioerr;
                 }
-                ok(0)
+                Outcome::ok(0)
             }
-            T_GET_ID => {
-                let n = (payload_out as usize).min(SERIAL_BYTES);
-                if !chain.scatter(&mem, 0, &self.serial[..n]) {
+            Req::GetId { len } => {
+                if !chain.scatter(&mem, 0, &self.serial[..len]) {
                     return ioerr;
                 }
-                ok(n as u64)
+                Outcome::ok(len as u64)
             }
-            T_DISCARD | T_WRITE_ZEROES => {
-                // One 16-byte segment {sector, num_sectors, flags}; we advertise max_*_seg = 1.
-                if payload_in != 16 || self.read_only {
-                    return ioerr;
-                }
-                let mut seg = [0u8; 16];
-                if !chain.gather(&mem, 16, &mut seg) {
-                    return ioerr;
-                }
-                let start = u64::from_le_bytes([
-                    seg[0], seg[1], seg[2], seg[3], seg[4], seg[5], seg[6], seg[7],
-                ]);
-                let count = u32::from_le_bytes([seg[8], seg[9], seg[10], seg[11]]);
-                let flags = u32::from_le_bytes([seg[12], seg[13], seg[14], seg[15]]);
-                let allowed = if rtype == T_WRITE_ZEROES { 1 } else { 0 };
-                if flags & !allowed != 0 {
-                    return Outcome {
-                        status: S_UNSUPP,
-                        used_len: 1,
-                    };
-                }
-                let len = u64::from(count) * 512;
-                let off = start.checked_mul(512);
-                if count > MAX_DISCARD_SECTORS || !range_ok(off, len) {
-                    return ioerr;
-                }
-                let r = if rtype == T_DISCARD {
-                    self.backend.discard(off.unwrap_or(0), len)
+            Req::Discard { off, len } | Req::WriteZeroes { off, len } => {
+                let r = if matches!(req, Req::Discard { .. }) {
+                    self.backend.discard(off, len)
                 } else {
-                    self.backend.write_zeroes(off.unwrap_or(0), len)
+                    self.backend.write_zeroes(off, len)
                 };
                 self.counters.discard_ops.fetch_add(1, Ordering::Relaxed);
                 if r.is_err() {
                     return ioerr;
                 }
-                ok(0)
+                Outcome::ok(0)
             }
-            _ => Outcome {
-                status: S_UNSUPP,
-                used_len: 1,
-            },
         }
     }
 
@@ -416,6 +501,7 @@ pub struct Blk {
     counters: Arc<DeviceCounters>,
     workers: Vec<Worker>,
     pools: Vec<super::blk_pool::Pool>,
+    asyncs: Vec<(Worker, Arc<AsyncQueue>)>,
     config: [u8; 60],
 }
 
@@ -443,8 +529,56 @@ impl Blk {
             counters: Arc::new(DeviceCounters::default()),
             workers: Vec::new(),
             pools: Vec::new(),
+            asyncs: Vec::new(),
             config,
         }
+    }
+}
+
+impl Blk {
+    /// One queue thread per queue submitting requests as tasks on the disk's runtime.
+    fn activate_async(&mut self, mut ctx: ActivateContext, disk: Arc<dyn AsyncDisk>) -> Result<()> {
+        let queues = std::mem::take(&mut ctx.queues);
+        let max_inflight = queues.iter().map(|q| usize::from(q.queue.size())).sum();
+        let order = Arc::new(WriteOrder::new(max_inflight));
+        for aq in queues {
+            let kick = aq
+                .notify
+                .try_clone()
+                .map_err(io_err("clone queue eventfd"))?;
+            let irq = aq.irq;
+            let limit = usize::from(aq.queue.size());
+            let q = AsyncQueue::new(
+                aq.queue,
+                QueueSetup {
+                    mem: ctx.mem.clone(),
+                    disk: disk.clone(),
+                    order: order.clone(),
+                    counters: self.counters.clone(),
+                    irq: Box::new(move || irq.trigger()),
+                    serial: serial_bytes(&self.id),
+                    size: self.backend.size_bytes(),
+                    read_only: self.backend.read_only(),
+                    queue_index: usize::from(aq.index),
+                    kick,
+                    limit,
+                },
+            );
+            let polled = q.clone();
+            let w = Worker::spawn(
+                format!("{}-q{}", ctx.name, aq.index),
+                ctx.seccomp,
+                ctx.cpu.clone(),
+                aq.notify,
+                None,
+                move |_| {
+                    polled.poll();
+                    true
+                },
+            )?;
+            self.asyncs.push((w, q));
+        }
+        Ok(())
     }
 }
 
@@ -481,6 +615,9 @@ impl VirtioDevice for Blk {
     }
 
     fn activate(&mut self, mut ctx: ActivateContext) -> Result<()> {
+        if let Some(disk) = self.backend.as_async() {
+            return self.activate_async(ctx, disk);
+        }
         let lanes = self
             .backend
             .concurrency()
@@ -529,6 +666,16 @@ impl VirtioDevice for Blk {
     fn reset(&mut self) {
         for mut w in self.workers.drain(..) {
             w.stop();
+        }
+        // Stop taking requests on every queue first, then wait for each queue's in-flight ones.
+        for (w, _) in self.asyncs.iter_mut() {
+            w.stop();
+        }
+        for (_, q) in self.asyncs.drain(..) {
+            // Requests cut off from guest memory after the drain timeout count as errors (the
+            // guest reset the device, so nobody waits for their answer).
+            let left = q.close(DRAIN_TIMEOUT) as u64;
+            self.counters.errors.fetch_add(left, Ordering::Relaxed);
         }
         for mut p in self.pools.drain(..) {
             p.stop();

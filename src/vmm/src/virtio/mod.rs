@@ -2,6 +2,9 @@
 //! drives, queue interrupts, and the per-queue I/O thread fed by an ioeventfd.
 
 pub mod blk;
+pub mod blk_async;
+#[cfg(test)]
+mod blk_async_tests;
 pub mod blk_pool;
 #[cfg(test)]
 mod blk_tests;
