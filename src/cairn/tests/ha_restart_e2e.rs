@@ -43,8 +43,12 @@ fn has_vdisk(p: &ClusterProc, name: &str) -> bool {
         .is_some_and(|l| l.iter().any(|v| v["name"] == name))
 }
 
+/// The tests run one after the other: 2 cores cannot host two clusters at once.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn a_lost_nodes_running_vms_restart_on_the_survivor() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let started = Instant::now();
     // Inherited by the node processes this test starts (this file is its own test binary).
     std::env::set_var("CAIRN_TAKEOVER_DELAY_MS", DELAY_MS.to_string());
@@ -182,4 +186,73 @@ fn a_lost_nodes_running_vms_restart_on_the_survivor() {
         b.ok(&["vm", "stop", "web", "--force"]);
     }
     println!("done after {:?}", started.elapsed());
+}
+
+/// A hung node (SIGSTOP past the takeover delay) still has its guest's machine when it wakes
+/// up: the VM already runs on b, so a kills its copy at once and forgets it.
+#[test]
+fn a_hung_nodes_vm_is_killed_when_it_wakes_up() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if !kvm_usable() {
+        println!("skipped: /dev/kvm not usable; no guest can run on the hung node");
+        return;
+    }
+    std::env::set_var("CAIRN_TAKEOVER_DELAY_MS", DELAY_MS.to_string());
+    let tmp = tempfile::Builder::new()
+        .prefix("cairn-ha-hung-")
+        .tempdir()
+        .unwrap();
+    let guest = test_guests::guest_elf_path();
+    let (a, b, _w) = mirrored_pair(tmp.path());
+    a.ok(&["vdisk", "create", "hung-web", "16M"]);
+    a.ok(&[
+        "vm",
+        "create",
+        "web",
+        "--memory",
+        "32M",
+        "--disk",
+        "hung-web",
+        "--kernel",
+        guest,
+        "--cmdline",
+        "wait-shutdown",
+    ]);
+    a.ok(&["vm", "start", "web"]);
+    wait_until(30, "web running on a", || {
+        vm(&a, "web").is_some_and(|v| v["state"] == "running")
+    });
+    wait_until(30, "a's replicas on b in sync", || {
+        common::in_sync(&a.status(), 2)
+    });
+    let described = b
+        .data
+        .join("mirror")
+        .join(a.status()["cluster_id"].as_str().unwrap())
+        .join("described.json");
+    wait_until(20, "b holding a's description of the disk", || {
+        std::fs::read_to_string(&described).is_ok_and(|s| s.contains("hung-web"))
+    });
+
+    a.signal("-STOP");
+    let t0 = Instant::now();
+    wait_until(DELAY_MS / 1000 + 40, "web running on b", || {
+        vm(&b, "web").is_some_and(|v| v["state"] == "running")
+    });
+    println!("web running on b {:?} after a hung", t0.elapsed());
+    a.signal("-CONT");
+    wait_until(40, "a killing and forgetting its copy of web", || {
+        vm(&a, "web").is_none()
+    });
+    let log_a = a.log();
+    assert!(
+        log_a.contains("VM web was moved to node")
+            && log_a.contains("still ran here and is killed"),
+        "{log_a}"
+    );
+    let o = common::cli_at(&a.data, &["vm", "start", "web"]);
+    assert_ne!(o.code, 0, "a started web again: {}", o.stdout);
+    let web = vm(&b, "web").unwrap();
+    assert_eq!(web["state"], "running", "{web}");
+    b.ok(&["vm", "stop", "web", "--force"]);
 }

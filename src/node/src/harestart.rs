@@ -221,13 +221,18 @@ pub(crate) async fn forget_moved(inner: &NodeInner, m: &ClusterNode) {
             continue;
         };
         match inner.vms.forget(&name).await {
-            Ok(was_running) => tracing::warn!(
+            Ok(true) => tracing::warn!(
                 vm = %name,
                 node = to,
-                was_running,
                 "takeover: VM {name} was moved to node {to} with its disks while this node was \
-                 away; its machine here is stopped and its definition here dropped (it runs on \
-                 node {to})"
+                 hung or cut off; its machine still ran here and is killed (its disks are \
+                 fenced), its definition here dropped: it runs on node {to}"
+            ),
+            Ok(false) => tracing::warn!(
+                vm = %name,
+                node = to,
+                "takeover: VM {name} was moved to node {to} with its disks while this node was \
+                 away; its definition here is dropped: it runs on node {to}"
             ),
             Err(e) => tracing::warn!(vm = %name, error = %e, "takeover: forgetting a moved VM"),
         }
