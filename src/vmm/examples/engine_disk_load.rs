@@ -1,7 +1,7 @@
-//! Developer probe: how much the VMM's engine backend (`EngineDisk`, blocking calls from device
-//! threads) costs over the engine alone, with no guest. One engine on two pre-written pool files
+//! Developer probe: how much `EngineDisk`'s blocking calls from plain threads cost over the engine
+//! alone, with no guest (virtio-blk no longer uses them: it submits tasks through `AsyncDisk`). One engine on two pre-written pool files
 //! in DIR; 4 KiB random writes (or reads) at QD 1 and 32, first through `engine::bench::run`
-//! (async tasks), then through `EngineDisk` from QD plain threads, like the blk I/O lanes.
+//! (async tasks), then through `EngineDisk` from QD plain threads (the old blk I/O lanes).
 //! Usage: cargo run --release -p vmm --example engine_disk_load -- DIR [SECONDS] [read|sparse|read,sparse]
 //! (`sparse`: pool files left sparse, as the VMM bench had them, to show what holes cost.)
 

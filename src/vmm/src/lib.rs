@@ -34,7 +34,8 @@
 //!   memory decode on, inside the window and not on another device), MSI-X through KVM GSI
 //!   routes + irqfds, and
 //!   virtio-pci (modern) devices in [`virtio`]: blk (multi-queue, flush, discard, write-zeroes,
-//!   read-only, serial, event index; inline or with I/O lanes), net on a tap (one queue pair
+//!   read-only, serial, event index; inline, with I/O lanes for files, or as tasks on the
+//!   engine's runtime for engine disks), net on a tap (one queue pair
 //!   per vCPU on a multi-queue tap, control queue for the pair count), rng, console.
 //!   Notifications arrive on ioeventfds; each queue has its own thread.
 //! - Disk backends behind [`DiskBackend`]: [`RamDisk`], [`FileDisk`], and [`EngineDisk`] (an

@@ -1,8 +1,10 @@
 //! virtio-blk on a [`DiskBackend`]: request parsing (the descriptor-chain walk and every
 //! validation), request execution, and the per-queue I/O threads.
 //!
-//! Each queue has its own thread and its own bounce buffer allocated once, so the hot path does
-//! not allocate. Every guest value is checked: chain length and direction, addresses inside guest
+//! Each queue has its own thread. Memory-speed backends run requests inline with a bounce
+//! buffer allocated once; blocking backends (files) spread them over I/O lanes
+//! ([`super::blk_pool`]); async backends (the engine) get each request as a task on their
+//! runtime ([`super::blk_async`]). Every guest value is checked: chain length and direction, addresses inside guest
 //! memory, sector ranges inside the disk, request size bounds. A bad request completes with
 //! IOERR/UNSUPP; nothing the guest writes can fail the VM or the host.
 
