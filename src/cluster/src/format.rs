@@ -10,8 +10,9 @@
 //!   - snapshot data: `"CAIRN-SD" | u16 version | JSON {"state", "requests"}`;
 //!   - a log entry record (kind 6 in the log store): `u16 version | JSON(entry)`;
 //!   - a `Command` or `CommandResult` inside a binary encoding (the bincode peer protocol:
-//!     append-entries, forwarded proposals): a byte string `u16 version | JSON(value)`. In a
-//!     human-readable encoding (JSON, so inside the above) the value is written inline.
+//!     append-entries, forwarded proposals): a byte string `u16 version | JSON(value)`, padded
+//!     with spaces to [`MIN_VALUE_BYTES`]. In a human-readable encoding (JSON, so inside the
+//!     above) the value is written inline.
 //!
 //! Why JSON rather than a versioned bincode with hand-written migrations: it names every field
 //! and variant, so an additive change needs no migration code at all (serde fills a missing
@@ -38,7 +39,10 @@
 //! newer snapshot) fails that entry with an error naming it, instead of applying a command
 //! with the field dropped (which would make its state differ from the other replicas'). A
 //! version newer than [`FORMAT_VERSION`] is refused the same way. Once every member runs the
-//! newer binary, the cluster proceeds.
+//! newer binary, the cluster proceeds. Between a v1 binary and this one: a v1 node refuses the
+//! new log kind and snapshot image by name, and every command byte string as an invalid
+//! variant index (see [`MIN_VALUE_BYTES`]); this one refuses v1 commands from the wire (wrong
+//! version or length). Neither applies what it cannot read.
 //!
 //! Must never: decode without a bound, panic on any input, or accept bytes it cannot read
 //! completely (trailing bytes, unknown fields).
@@ -60,6 +64,10 @@ pub const FORMAT_VERSION: u16 = 2;
 pub const STATE_MAGIC: &[u8; 8] = b"CAIRN-SD";
 /// Largest command or result accepted as a byte string inside a binary encoding.
 pub const MAX_VALUE_BYTES: usize = 16 * 1024 * 1024;
+/// Shortest such byte string (JSON padded with spaces). A v1 binary reads the string's length
+/// where it expects the command's variant index (at most 24), so it refuses every string at
+/// least this long with "invalid variant index" instead of misreading it as another command.
+pub const MIN_VALUE_BYTES: usize = 32;
 
 fn check_version(what: &str, v: u16) -> Result<(), String> {
     if v == FORMAT_VERSION {
@@ -197,6 +205,9 @@ macro_rules! versioned_serde {
                 }
                 let mut out = FORMAT_VERSION.to_le_bytes().to_vec();
                 out.extend_from_slice(&json_ser($what, self).map_err(S::Error::custom)?);
+                if out.len() < MIN_VALUE_BYTES {
+                    out.resize(MIN_VALUE_BYTES, b' ');
+                }
                 s.serialize_bytes(&out)
             }
         }

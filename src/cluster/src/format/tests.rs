@@ -53,6 +53,10 @@ fn command_in_binary_is_a_versioned_json_string_and_round_trips() {
     let expect = blob(FORMAT_VERSION, &serde_json::to_string(&c).unwrap());
     assert_eq!(b, expect, "bincode(command) = bytes(version | JSON)");
     assert_eq!(from_bincode::<Command>(&b).unwrap(), c);
+    // Short values are padded, so their length never reads as a v1 variant index.
+    let b = to_bincode(&Command::Noop);
+    assert_eq!(usize::from(b[0]), MIN_VALUE_BYTES);
+    assert_eq!(from_bincode::<Command>(&b).unwrap(), Command::Noop);
     let r = CommandResult::Rejected("no".into());
     assert_eq!(from_bincode::<CommandResult>(&to_bincode(&r)).unwrap(), r);
 }
@@ -66,6 +70,24 @@ fn command_in_json_is_inline_as_before() {
         "{j}"
     );
     assert_eq!(serde_json::from_str::<Command>(&j).unwrap(), once(1));
+}
+
+#[test]
+fn a_v1_binary_refuses_every_current_command_and_result() {
+    let cmds = [
+        Command::Noop,
+        Command::RemoveMember { id: 1 },
+        Command::DeleteVm { id: "x".into() },
+        Command::MoveVdisks { from: 1, to: 2 },
+        once(0),
+        once(2),
+    ];
+    for c in cmds {
+        let err = v1::decode_command(&to_bincode(&c), 1 << 20).unwrap_err();
+        assert!(err.contains("variant index"), "{c:?}: {err}");
+    }
+    let r = to_bincode(&CommandResult::Ok);
+    assert!(r[0] >= 4, "CommandResult had 4 variants in v1");
 }
 
 #[test]

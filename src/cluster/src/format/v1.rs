@@ -62,6 +62,12 @@ pub(super) fn decode_entry(b: &[u8], limit: u64) -> Result<crate::types::Entry, 
     super::migrate(&e, "v1 log entry")
 }
 
+/// What a v1 binary makes of a command from the wire (for the mixed-version tests).
+#[cfg(test)]
+pub(super) fn decode_command(b: &[u8], limit: u64) -> Result<(), String> {
+    de::<Command>(b, limit).map(drop)
+}
+
 thread_local! {
     static NESTING: Cell<u32> = const { Cell::new(0) };
 }
