@@ -349,8 +349,10 @@ async fn watch_round(inner: &Inner, ctl: &RemoteCtl) {
 }
 
 /// Copy each dirty chunk from a reachable replica to `d` (or drop `d`'s copy of a chunk that
-/// is no longer placed there). One chunk at a time, each under its stripe lock.
+/// is no longer placed there). One chunk at a time, each paced like a rebuild's copies (it
+/// yields to queued guest I/O and is charged to the same ceiling), then under its stripe lock.
 async fn resync_disk(inner: &Inner, ctl: &RemoteCtl, d: &Arc<Disk>, dirty: Vec<ObjectId>) {
+    inner.prime_pacing();
     for obj in dirty {
         if inner.shutting_down.load(Ordering::Acquire)
             || d.replica.reachability() == Reachability::Away
@@ -372,6 +374,15 @@ async fn resync_disk(inner: &Inner, ctl: &RemoteCtl, d: &Arc<Disk>, dirty: Vec<O
             }
             continue;
         }
+        // Paced like a rebuild (guest I/O keeps priority), before the chunk is locked.
+        if let Some(src) = inner.index.get(obj).and_then(|h| {
+            inner
+                .live_disks(h)
+                .into_iter()
+                .find(|x| x.slot != d.slot && x.replica.reachability() == Reachability::Up)
+        }) {
+            inner.pace_copy(&src, d).await;
+        }
         let _l = inner.stripe(obj).write().await;
         let holders = inner.index.get(obj);
         let src = holders.and_then(|h| {
@@ -385,6 +396,7 @@ async fn resync_disk(inner: &Inner, ctl: &RemoteCtl, d: &Arc<Disk>, dirty: Vec<O
                 d.replica.mark_clean(obj);
                 match inner.copy_object(obj, &src, d).await {
                     Ok(bytes) => {
+                        inner.rebuild.charge(bytes);
                         let mut c = ctl.counts.lock();
                         let e = c.entry(d.slot).or_default();
                         e.chunks += 1;

@@ -457,10 +457,9 @@ pub(crate) fn from_wire(v: Vec<WireBlock>) -> Vec<BlockVersions> {
             versions: b
                 .versions
                 .into_iter()
-                .map(|x| VersionData {
-                    gen: x.gen,
-                    data: x.data.map(|d| AlignedBuf::from_slice(&d.0)),
-                })
+                // Checksummed here, once: the peer's export checked its data against its map
+                // and TLS carried it; the import takes this crc as it is.
+                .map(|x| VersionData::new(x.gen, x.data.map(|d| AlignedBuf::from_slice(&d.0))))
                 .collect(),
         })
         .collect()

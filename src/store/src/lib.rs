@@ -103,5 +103,6 @@ pub use layout::{MAX_META_BYTES, MIN_DEVICE_BYTES};
 pub use ops::AreaOffsets;
 pub use store::{block_crcs, Store, MAX_IO_BLOCKS};
 pub use types::{
-    BlockVersions, Label, ObjectId, Probe, ScrubReport, Space, StoreStats, VersionData,
+    BlockData, BlockVersions, Label, ObjectId, Probe, ScrubReport, Space, StoreStats,
+    VersionData,
 };

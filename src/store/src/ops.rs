@@ -6,14 +6,14 @@
 
 use std::collections::BTreeSet;
 
-use blockdev::{AlignedBuf, WriteBuf};
+use blockdev::WriteBuf;
 
 use crate::codec::{Record, MAX_PRUNE_SNAPS};
 use crate::error::{Result, StoreError};
 use crate::layout::BS;
 use crate::maps::{visible_data, TOMB};
 use crate::store::{check_gen, Store};
-use crate::{BlockVersions, ObjectId, ScrubReport, VersionData};
+use crate::{BlockData, BlockVersions, ObjectId, ScrubReport, VersionData};
 
 /// Blocks an export reads at once (1 MiB).
 const EXPORT_READ_BLOCKS: u64 = 256;
@@ -186,19 +186,22 @@ impl Store {
                 }
                 in_group += 1;
             }
-            let mut data = Vec::with_capacity(wanted.len());
+            // Each read's buffer is shared by the blocks it holds (windows, no copy per block).
+            let mut data: Vec<BlockData> = Vec::with_capacity(wanted.len());
             for group in &groups {
                 let reads = group
                     .iter()
                     .map(|&(s, n)| inner.dev_read(inner.layout().data_offset(s), n, "data"));
                 for buf in futures::future::try_join_all(reads).await? {
-                    if buf.len() == BS as usize {
-                        data.push(buf);
-                    } else {
-                        data.extend(buf.chunks(BS as usize).map(AlignedBuf::from_slice));
-                    }
+                    let n = buf.len() / BS as usize;
+                    let seg = buf.into_write();
+                    data.extend(
+                        (0..n)
+                            .map(|i| BlockData::window(seg.clone(), i * BS as usize, BS as usize)),
+                    );
                 }
             }
+            // The one checksum pass of a copy: the import takes these crcs as they are.
             let bad = wanted
                 .iter()
                 .zip(&data)
@@ -224,9 +227,20 @@ impl Store {
             for (block, vs) in snapshot {
                 let versions = vs
                     .iter()
-                    .map(|v| VersionData {
-                        gen: v.gen,
-                        data: if v.phys == TOMB { None } else { data.next() },
+                    .map(|v| {
+                        if v.phys == TOMB {
+                            VersionData {
+                                gen: v.gen,
+                                crc: 0,
+                                data: None,
+                            }
+                        } else {
+                            VersionData {
+                                gen: v.gen,
+                                crc: v.crc,
+                                data: data.next(),
+                            }
+                        }
                     })
                     .collect();
                 out.push(BlockVersions { block, versions });
@@ -249,7 +263,10 @@ impl Store {
     }
 
     /// Recreate `obj` from an export (replacing whatever was here). Not atomic across a crash:
-    /// callers record completion themselves (and delete + re-import after a crash).
+    /// callers record completion themselves (and delete + re-import after a crash). Each
+    /// version's `crc` is taken as the checksum of its data, unchecked (the export checked it);
+    /// adjacent windows of one export buffer that land on one allocated run are written with
+    /// one request, straight from that buffer.
     pub async fn import_object(&self, obj: ObjectId, versions: Vec<BlockVersions>) -> Result<()> {
         let inner = &*self.inner;
         inner.check_ok()?;
@@ -287,28 +304,24 @@ impl Store {
         if ndata == 0 && nvers == 0 {
             return self.delete_object(obj).await;
         }
+        // The crcs came with the data (an export checked them where it read the data).
+        debug_assert!(versions
+            .iter()
+            .flat_map(|bv| bv.versions.iter())
+            .all(|v| v.data.as_deref().is_none_or(|d| crc32c::crc32c(d) == v.crc)));
         let runs = if ndata > 0 {
             inner.alloc_or_flush(ndata, None).await?
         } else {
             Vec::new()
         };
-        // Gather the data into one buffer so each run is one device write.
-        let mut buf = AlignedBuf::zeroed((ndata.max(1) * BS) as usize);
-        let mut crcs = Vec::with_capacity(ndata as usize);
-        let mut i = 0usize;
-        for v in versions.iter().flat_map(|bv| bv.versions.iter()) {
-            if let Some(d) = &v.data {
-                buf[i * BS as usize..(i + 1) * BS as usize].copy_from_slice(d);
-                crcs.push(crc32c::crc32c(d));
-                i += 1;
-            }
-        }
-        let data: WriteBuf = buf.into_write();
-        if ndata > 0 {
-            if let Err(e) = inner.write_runs(&runs, &data).await {
-                inner.unalloc(&runs, ndata);
-                return Err(e);
-            }
+        let blocks: Vec<&BlockData> = versions
+            .iter()
+            .flat_map(|bv| bv.versions.iter())
+            .filter_map(|v| v.data.as_ref())
+            .collect();
+        if let Err(e) = write_windows(inner, &runs, &blocks).await {
+            inner.unalloc(&runs, ndata);
+            return Err(e);
         }
         {
             let mut st = inner.state.write();
@@ -317,7 +330,6 @@ impl Store {
                 inner.log(&mut st, Record::Delete { obj });
             }
             let mut phys_iter = runs.iter().flat_map(|&(s, l)| s..s + l);
-            let mut k = 0usize;
             for bv in &versions {
                 for v in &bv.versions {
                     let (phys, crc) = match &v.data {
@@ -325,8 +337,7 @@ impl Store {
                             let p = phys_iter
                                 .next()
                                 .expect("one allocated block per data version");
-                            k += 1;
-                            (p, crcs[k - 1])
+                            (p, v.crc)
                         }
                         None => (TOMB, 0),
                     };
@@ -519,6 +530,53 @@ impl Store {
         }
         Ok(())
     }
+}
+
+/// Write `blocks` (one per allocated block, in order) to `runs`: one request per stretch that
+/// is both one allocated run and adjacent windows of one buffer, all in flight at once.
+async fn write_windows(
+    inner: &crate::store::Inner,
+    runs: &[(u64, u64)],
+    blocks: &[&BlockData],
+) -> Result<()> {
+    let mut ios = Vec::new();
+    let mut next = blocks.iter();
+    for &(start, len) in runs {
+        let mut i = 0u64;
+        while i < len {
+            let Some(first) = next.next() else {
+                return Err(StoreError::invalid(
+                    "import: fewer data blocks than allocated",
+                ));
+            };
+            let (seg, off) = first.segment();
+            let mut n = 1u64;
+            let mut last = *first;
+            while i + n < len {
+                match next.clone().next() {
+                    Some(b) if last.followed_by(b) => {
+                        last = b;
+                        next.next();
+                        n += 1;
+                    }
+                    _ => break,
+                }
+            }
+            let buf = seg.slice(off..off + (n * BS) as usize);
+            ios.push(
+                inner
+                    .dev
+                    .write_at(inner.layout().data_offset(start + i), buf),
+            );
+            i += n;
+        }
+    }
+    let res = if ios.len() == 1 {
+        ios.pop().expect("one").await
+    } else {
+        futures::future::try_join_all(ios).await.map(|_| ())
+    };
+    res.map_err(|e| StoreError::dev(format!("writing data on {}", inner.dev.info().name), e))
 }
 
 /// Byte offsets of the on-disk areas, for fault-injection tests and diagnostics.

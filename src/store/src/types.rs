@@ -50,11 +50,74 @@ pub struct Space {
     pub pending_free_blocks: u64,
 }
 
-/// One version of one block, with its data (None = tombstone: reads as zeros).
+/// One version of one block, with its data (None = tombstone: reads as zeros) and the crc32c
+/// of that data (0 for a tombstone). An export fills `crc` from its map and checks the data
+/// against it; an import takes it as is (like `Store::write_with_crcs`), so a copy is
+/// checksummed once, where its data was read.
 #[derive(Debug, Clone)]
 pub struct VersionData {
     pub gen: u64,
-    pub data: Option<blockdev::AlignedBuf>,
+    pub crc: u32,
+    pub data: Option<BlockData>,
+}
+
+impl VersionData {
+    /// A version holding `data` (one block), its crc computed here.
+    pub fn new(gen: u64, data: Option<blockdev::AlignedBuf>) -> Self {
+        let data = data.map(BlockData::new);
+        VersionData {
+            gen,
+            crc: data.as_deref().map_or(0, crc32c::crc32c),
+            data,
+        }
+    }
+}
+
+/// One block of an export's data: a window of a larger shared buffer (an export reads runs of
+/// blocks with one request each and hands out windows of them, and an import writes adjacent
+/// windows of one buffer with one request: no copy per block on either side).
+#[derive(Debug, Clone)]
+pub struct BlockData {
+    seg: blockdev::WriteBuf,
+    off: usize,
+    len: usize,
+}
+
+impl BlockData {
+    /// A block in a buffer of its own.
+    pub fn new(buf: blockdev::AlignedBuf) -> Self {
+        let len = buf.len();
+        BlockData {
+            seg: buf.into_write(),
+            off: 0,
+            len,
+        }
+    }
+
+    /// Bytes `off..off + len` of `seg`.
+    pub(crate) fn window(seg: blockdev::WriteBuf, off: usize, len: usize) -> Self {
+        debug_assert!(off + len <= seg.len());
+        BlockData { seg, off, len }
+    }
+
+    /// Whether `next` is the window right after this one in the same buffer.
+    pub(crate) fn followed_by(&self, next: &BlockData) -> bool {
+        self.seg.as_ptr() == next.seg.as_ptr()
+            && self.seg.len() == next.seg.len()
+            && self.off + self.len == next.off
+    }
+
+    /// The shared buffer and this block's offset in it.
+    pub(crate) fn segment(&self) -> (&blockdev::WriteBuf, usize) {
+        (&self.seg, self.off)
+    }
+}
+
+impl std::ops::Deref for BlockData {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.seg.as_slice()[self.off..self.off + self.len]
+    }
 }
 
 /// Every version of one block (oldest first), for rebuild/rebalance.
