@@ -67,7 +67,10 @@
 //! - Writes never wait for the journal: past ~1 MiB of pending records (about 20k block
 //!   writes) a background task writes them out; only if that falls 4x behind does a writer
 //!   wait for a flush itself.
-//! - `import_object` is not atomic across a crash: record completion yourself.
+//! - `import_object` is not atomic across a crash: record completion yourself. It takes each
+//!   `VersionData::crc` as the checksum of that version's data without checking it (the
+//!   export checked it where it read the data; `VersionData::new` computes it for data from
+//!   elsewhere), and writes an export's adjacent blocks straight from the export's buffers.
 //! - A read of >= 64 blocks that finds its range in many short physical runs (random overwrites
 //!   scattered it) writes the data it read once more, contiguously, and moves the versions there
 //!   before it returns (`StoreStats::defrag_*`); `set_defrag(false)` (or the environment
