@@ -673,10 +673,13 @@ impl VirtioDevice for Blk {
         for (w, _) in self.asyncs.iter_mut() {
             w.stop();
         }
+        // One bound for the whole device, not one per queue.
+        let deadline = std::time::Instant::now() + DRAIN_TIMEOUT;
         for (_, q) in self.asyncs.drain(..) {
             // Requests cut off from guest memory after the drain timeout count as errors (the
             // guest reset the device, so nobody waits for their answer).
-            let left = q.close(DRAIN_TIMEOUT) as u64;
+            let left =
+                q.close(deadline.saturating_duration_since(std::time::Instant::now())) as u64;
             self.counters.errors.fetch_add(left, Ordering::Relaxed);
         }
         for mut p in self.pools.drain(..) {
