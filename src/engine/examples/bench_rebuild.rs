@@ -1,6 +1,6 @@
 //! Runs only the rebuild figure of `cairn bench cluster` (which also runs the metadata and
 //! mirrored-I/O benchmarks): `cargo run --release -p engine --example bench_rebuild [DIR]
-//! [DATA_MIB]`. Prints one JSON line.
+//! [DATA_MIB]`. Prints its JSON lines (see `engine::bench_rebuild`).
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
