@@ -4,9 +4,10 @@
 //!
 //! # What the cluster knows
 //! Every VM's cluster record (`cluster::VmDef`) says where it runs (`node`) and whether it
-//! should run (`power`: `Running` after a `vm start`, `Stopped` after a `vm stop`; a guest that
-//! powers itself off stays `Running`), and its full node-side definition (kernel, command line,
-//! NICs) is kept next to it (`cluster::Command::PutVmSpec`) whenever the node records the VM.
+//! should run (`power`: `Running` after a `vm start`; `Stopped` after a `vm stop`, or once the
+//! node sees the guest's machine ended on its own — a guest that powered off is not brought
+//! back by a takeover), and its full node-side definition (kernel, command line, NICs) is kept
+//! next to it (`cluster::Command::PutVmSpec`) whenever the node records the VM.
 //! A takeover (`MoveVdisks`) moves the records' `node` to the new owner.
 //!
 //! # The new owner ([`step`], each mirror tick after the adoptions)
@@ -245,6 +246,30 @@ pub(crate) async fn step(inner: &NodeInner, m: &ClusterNode, ha: &mut HaRestart)
     let me = m.id();
     let assigned = m.read(|s| assigned_to(s, me));
     let defined: HashMap<String, Vec<String>> = inner.vms.defined().into_iter().collect();
+    // Guests that ended on their own are no longer meant to run.
+    for a in assigned
+        .iter()
+        .filter(|a| a.run && !ha.pending.contains_key(&a.id))
+    {
+        if defined.get(&a.name) != Some(&a.disks) || !inner.vms.has_exited(&a.name) {
+            continue;
+        }
+        if let Ok(v) = inner.vms.get_view(&a.name).await {
+            record_vm(inner, &v, Some(VmPower::Stopped)).await;
+            // Said once the record is applied here: from then on a takeover leaves it stopped.
+            // (Not applied yet: tried again next tick.)
+            let id = a.id.as_str();
+            if m.read(|s| s.vms.get(id).map(|x| x.power)) != Some(VmPower::Stopped) {
+                continue;
+            }
+            tracing::info!(
+                vm = %a.name,
+                exit = ?v.last_exit,
+                "VM {} ended on its own; recorded as stopped",
+                a.name
+            );
+        }
+    }
     for a in &assigned {
         if ha.pending.contains_key(&a.id) {
             continue;

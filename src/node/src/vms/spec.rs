@@ -91,6 +91,17 @@ impl Vms {
         }
     }
 
+    /// Whether `name`'s machine ended (the guest powered off, reset or failed) without a
+    /// `vm stop`: it has a machine in the stopped state.
+    pub(crate) fn has_exited(&self, name: &str) -> bool {
+        let Some(slot) = self.slots.lock().get(name).cloned() else {
+            return false;
+        };
+        let mut s = slot.lock();
+        s.vm.as_mut()
+            .is_some_and(|vm| vm.state() == vmm::VmState::Stopped)
+    }
+
     /// Whether `name` has a running or paused machine.
     pub(crate) fn is_running(&self, name: &str) -> bool {
         let Some(slot) = self.slots.lock().get(name).cloned() else {
