@@ -229,38 +229,6 @@ fn open_outside_runtime_is_an_error() {
     std::fs::remove_file(path).unwrap();
 }
 
-/// One task issues a burst far deeper than the point where requests stop submitting themselves
-/// and wait for the reaper's batch: every one of them still completes with the right data, on a
-/// single-threaded runtime too (the reaper shares the thread with the waiting task).
-#[tokio::test(flavor = "current_thread")]
-async fn burst_from_one_task_completes() {
-    let blocks = 256u64;
-    let path = temp_file("burst", blocks * BS);
-    let dev = UringDevice::open(&path, UringOptions::default()).unwrap();
-    let writes = (0..blocks).map(|b| {
-        let w = AlignedBuf::from_slice(&pattern(b, 3)).into_write();
-        dev.write_at(b * BS, w)
-    });
-    // A request left unsubmitted would hang: turn that into a failure (generous bound).
-    let limit = std::time::Duration::from_secs(120);
-    let done = tokio::time::timeout(limit, futures::future::join_all(writes));
-    for r in done.await.expect("burst of writes hung") {
-        r.unwrap();
-    }
-    let reads = (0..blocks).map(|b| dev.read_at(b * BS, AlignedBuf::zeroed(BLOCK_SIZE)));
-    let done = tokio::time::timeout(limit, futures::future::join_all(reads));
-    for (b, r) in done
-        .await
-        .expect("burst of reads hung")
-        .into_iter()
-        .enumerate()
-    {
-        assert!(r.unwrap()[..] == pattern(b as u64, 3)[..], "block {b}");
-    }
-    drop(dev);
-    std::fs::remove_file(path).unwrap();
-}
-
 #[tokio::test]
 async fn dropped_requests_keep_buffers_alive() {
     let path = temp_file("dropped", 1024 * BS);

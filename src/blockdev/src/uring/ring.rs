@@ -24,11 +24,6 @@ use tokio::sync::{Notify, Semaphore};
 
 use crate::{AlignedBuf, WriteBuf};
 
-/// With this many submitted requests still in the kernel, a new request is not submitted by
-/// its own future but batched into the reaper's next submit (which follows the next completion,
-/// a fraction of one device latency away). Below it, latency wins: submit at once.
-const SUBMIT_BEHIND: usize = 4;
-
 /// The buffer a request lends the kernel while it is in flight.
 pub(crate) enum Hold {
     None,
@@ -140,9 +135,6 @@ impl Ring {
                 return (-libc::ESHUTDOWN, hold);
             }
             permit.forget();
-            // Requests the kernel has taken and not yet completed: each completion wakes the
-            // reaper, which submits whatever is queued after it reaped.
-            let behind = core.in_kernel - core.unsubmitted;
             let idx = core.free.pop().expect("a permit guarantees a free slot");
             core.slots[idx] = Slot::Waiting { waker: None, hold };
             core.in_flight += 1;
@@ -161,11 +153,7 @@ impl Ring {
             );
             drop(sq);
             core.unsubmitted += 1;
-            // With several requests already in the kernel, leave the entry for the reaper's
-            // next pass (at most one completion away) instead of one `io_uring_enter` per
-            // request: each enter dispatches its requests to the device separately, and the
-            // per-dispatch doorbell was the largest kernel cost of a deep random read.
-            (idx, !core.reaper_submits && behind < SUBMIT_BEHIND)
+            (idx, !core.reaper_submits)
         };
         if submit_now {
             self.submit_pending();
