@@ -106,6 +106,5 @@ pub use layout::{MAX_META_BYTES, MIN_DEVICE_BYTES};
 pub use ops::AreaOffsets;
 pub use store::{block_crcs, Store, MAX_IO_BLOCKS};
 pub use types::{
-    BlockData, BlockVersions, Label, ObjectId, Probe, ScrubReport, Space, StoreStats,
-    VersionData,
+    BlockData, BlockVersions, Label, ObjectId, Probe, ScrubReport, Space, StoreStats, VersionData,
 };
