@@ -11,7 +11,7 @@ PKGS=(
   fio libnbd-bin nbd-client qemu-system-x86 qemu-utils qemu-block-extra ovmf
   grub-pc-bin grub-efi-amd64-bin grub-common xorriso mtools dosfstools
   linux-source-6.1 linux-image-amd64 busybox-static
-  chromium iproute2 ethtool socat wrk nginx-light procps python3 acpica-tools
+  chromium iproute2 ethtool socat wrk nginx-light procps python3 python3-venv acpica-tools
 )
 missing=()
 for p in "${PKGS[@]}"; do

@@ -20,6 +20,7 @@ for i in 1 2 3 4 5; do
   run env CAIRN_KILL9_SEED=$RANDOM cargo test --release -p cairn --test kill9
 done
 
+run env CAIRN_APIFUZZ_EXAMPLES=200 CAIRN_APIFUZZ_SEED=$RANDOM CAIRN_APIFUZZ_PHASES=coverage,fuzzing,stateful bash ci/suites/apifuzz.sh
 # Fuzzing: every cargo-fuzz target for $fuzz_secs seconds (ci/fuzz.sh; runs alone too).
 run bash ci/fuzz.sh "$fuzz_secs"
 

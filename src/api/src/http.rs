@@ -60,6 +60,37 @@ pub fn err(code: ErrorCode, msg: impl Into<String>) -> ControlError {
     ControlError::new(code, msg)
 }
 
+/// What an answer must say about an HTTP/1 connection whose request carried a body.
+///
+/// Handlers read a body only when they need it: an answer that comes first (no such route,
+/// wrong method, not logged in, a GET that carries one) leaves it on the connection, and hyper
+/// then closes the connection after the answer. A client that was not told reuses it and its
+/// next request fails mid-send (schemathesis found this: `PUT /api/v1/nbd` after a 405). So
+/// such an answer says `Connection: close`. Mutations that succeed have read their body; an
+/// error answer may have read it too, and closing then only costs a new handshake.
+/// HTTP/2 needs none of this (a stream ends on its own) and must not send the header.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyOnWire {
+    http1_with_body: bool,
+    read_only_method: bool,
+}
+
+impl BodyOnWire {
+    pub fn of<B: hyper::body::Body>(req: &http::Request<B>) -> BodyOnWire {
+        BodyOnWire {
+            http1_with_body: req.version() <= http::Version::HTTP_11 && !req.body().is_end_stream(),
+            read_only_method: matches!(*req.method(), http::Method::GET | http::Method::HEAD),
+        }
+    }
+
+    pub fn must_close(self, status: StatusCode) -> bool {
+        self.http1_with_body
+            && (status.is_client_error()
+                || status.is_server_error()
+                || (self.read_only_method && status != StatusCode::SWITCHING_PROTOCOLS))
+    }
+}
+
 /// Read a request body, refusing more than `max` bytes.
 pub async fn read_body(body: hyper::body::Incoming, max: usize) -> Result<Bytes, ControlError> {
     match Limited::new(body, max).collect().await {
@@ -214,6 +245,31 @@ pub fn page_by<T: Serialize>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn connection_closes_only_when_a_body_may_be_left_unread() {
+        let req = |m: http::Method, v: http::Version, body: &'static str| {
+            let mut r = http::Request::new(Full::new(Bytes::from_static(body.as_bytes())));
+            *r.method_mut() = m;
+            *r.version_mut() = v;
+            BodyOnWire::of(&r)
+        };
+        use http::{Method as M, Version as V};
+        let put = req(M::PUT, V::HTTP_11, "{}");
+        assert!(put.must_close(StatusCode::METHOD_NOT_ALLOWED));
+        assert!(put.must_close(StatusCode::UNAUTHORIZED));
+        assert!(put.must_close(StatusCode::INTERNAL_SERVER_ERROR));
+        assert!(
+            !put.must_close(StatusCode::CREATED),
+            "a success read its body"
+        );
+        assert!(!req(M::PUT, V::HTTP_11, "").must_close(StatusCode::NOT_FOUND));
+        assert!(!req(M::PUT, V::HTTP_2, "{}").must_close(StatusCode::NOT_FOUND));
+        let get = req(M::GET, V::HTTP_11, "x");
+        assert!(get.must_close(StatusCode::OK), "a GET never reads its body");
+        assert!(!get.must_close(StatusCode::SWITCHING_PROTOCOLS));
+        assert!(!req(M::GET, V::HTTP_11, "").must_close(StatusCode::OK));
+    }
 
     #[test]
     fn page_by_walks_every_item_once() {

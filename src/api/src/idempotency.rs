@@ -28,6 +28,22 @@ pub const MAX_PERSISTED_BODY: usize = 64 << 10;
 /// Largest line read back (a body escaped in JSON, plus the rest).
 const MAX_LINE: usize = 4 * MAX_PERSISTED_BODY;
 
+/// The `Idempotency-Key` of a request: absent, or 1..=[`MAX_KEY_LEN`] printable ASCII
+/// characters. A key that is present but not that is refused, never taken as absent: the
+/// client meant a retry to be safe, and acting twice would be the one wrong answer.
+pub fn key_of(h: &http::HeaderMap) -> Result<Option<String>, control::ControlError> {
+    let Some(v) = h.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let b = v.as_bytes();
+    if b.is_empty() || b.len() > MAX_KEY_LEN || !b.iter().all(|c| (0x20..0x7f).contains(c)) {
+        return Err(control::ControlError::invalid(format!(
+            "Idempotency-Key must be 1-{MAX_KEY_LEN} printable ASCII characters"
+        )));
+    }
+    Ok(Some(String::from_utf8_lossy(b).into_owned()))
+}
+
 #[derive(Debug, Clone)]
 pub struct Stored {
     pub fingerprint: String,
@@ -252,6 +268,24 @@ impl Inner {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_key_is_absent_or_printable_ascii_never_ignored() {
+        let with = |v: &[u8]| {
+            let mut h = http::HeaderMap::new();
+            h.insert("idempotency-key", http::HeaderValue::from_bytes(v).unwrap());
+            key_of(&h)
+        };
+        assert_eq!(key_of(&http::HeaderMap::new()).unwrap(), None);
+        assert_eq!(with(b"retry 1").unwrap().as_deref(), Some("retry 1"));
+        // What schemathesis sent: Latin-1 bytes. They used to be read as "no key".
+        let e = with(&[0xd7, 0xf8, 0x9b]).unwrap_err();
+        assert!(e.message.contains("printable ASCII"), "{}", e.message);
+        assert!(with(b"").is_err());
+        assert!(with(b"a\tb").is_err());
+        assert!(with(&[b'k'; MAX_KEY_LEN + 1]).is_err());
+        assert!(with(&[b'k'; MAX_KEY_LEN]).is_ok());
+    }
 
     fn stored(fp: &str, body: &str) -> Stored {
         Stored {

@@ -77,11 +77,16 @@ async fn entry(
     peer: SocketAddr,
 ) -> Resp {
     let path = req.uri().path();
+    let body_unread_on = crate::http::BodyOnWire::of(&req);
     let mut resp = if path == "/api/v1" || path.starts_with("/api/") {
         crate::v1::handle(st, req, peer).await
     } else {
         crate::assets::serve(req.method(), path, req.headers())
     };
+    if body_unread_on.must_close(resp.status()) {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     let h = resp.headers_mut();
     h.insert(
         header::STRICT_TRANSPORT_SECURITY,

@@ -4,9 +4,11 @@
 //! Counters are turned into per-second rates here. Never blocks a request: the sampler owns the
 //! only writer; readers clone.
 
-use control::{Actor, Controller, Reply, Request};
+use crate::state::{Caller, State};
+use control::{Actor, ControlError, Controller, Reply, Request};
 use parking_lot::Mutex;
 use serde::Serialize;
+use serde_json::{json, Value};
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
@@ -359,6 +361,30 @@ async fn sample(prev: &mut Prev, controller: &dyn Controller) -> Sample {
     }
     prev.vdisks = vdisk_io;
     s
+}
+
+/// The node as `GET /nodes` lists it: identity, uptime, CPU and memory from the last sample.
+pub(crate) async fn node_view(st: &State, c: &Caller) -> Result<Value, ControlError> {
+    let reply = st.control(c, Request::Stats).await?;
+    let Reply::Stats(s) = reply else {
+        return Err(ControlError::internal(
+            "the node answered stats with something else",
+        ));
+    };
+    let latest = st.stats.latest();
+    Ok(json!({
+        "id": s.node_id,
+        "name": s.node_name,
+        "uptime_secs": s.uptime_secs,
+        "state": "up",
+        "cpu_count": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        "cpu_percent": latest.as_ref().map(|l| l.cpu_percent).unwrap_or(0.0),
+        "mem_used_bytes": latest.as_ref().map(|l| l.mem_used_bytes).unwrap_or(0),
+        "mem_total_bytes": latest.as_ref().map(|l| l.mem_total_bytes).unwrap_or(0),
+        "disks": s.disks.len(),
+        "vdisks": s.vdisks,
+        "version": env!("CARGO_PKG_VERSION"),
+    }))
 }
 
 /// (busy, total) jiffies from the first line of /proc/stat.

@@ -155,7 +155,7 @@ async fn handle_route(
         bytes::Bytes::new()
     };
     let idem_key = if mutation {
-        h::header_str(&hdrs, "idempotency-key").map(str::to_string)
+        crate::idempotency::key_of(&hdrs)?
     } else {
         None
     };
@@ -169,12 +169,6 @@ async fn handle_route(
     }
     let mut fingerprint = String::new();
     if let Some(k) = &idem_key {
-        if k.is_empty() || k.len() > crate::idempotency::MAX_KEY_LEN || !k.is_ascii() {
-            return Err(ControlError::invalid(format!(
-                "Idempotency-Key must be 1-{} ASCII characters",
-                crate::idempotency::MAX_KEY_LEN
-            )));
-        }
         let mut fp = format!("{} {}\n", method, path_of(r, &params)).into_bytes();
         fp.extend_from_slice(&body);
         fingerprint = crate::files::sha256_hex(&fp);
@@ -310,9 +304,15 @@ async fn dispatch(
             "csrf_token": match &c.auth { Auth::Session { csrf, .. } => Some(csrf.clone()), _ => None }}),
         )),
         R::Nodes | R::Node => {
-            let node = node_view(st, c).await?;
-            if r == R::Nodes {
-                return Ok((200, json!({"items": [node], "next_cursor": null})));
+            let paging = if r == R::Nodes {
+                Some(h::paging(q)?)
+            } else {
+                None
+            };
+            let node = crate::stats::node_view(st, c).await?;
+            if let Some((limit, cursor)) = paging {
+                let key = |n: &Value| n["name"].as_str().unwrap_or_default().to_string();
+                return Ok((200, h::page(vec![node], key, limit, cursor.as_deref())));
             }
             let id = param(0);
             if node["id"].as_u64().map(|n| n.to_string()).as_deref() == Some(id.as_str())
@@ -774,27 +774,4 @@ async fn admin(st: &Arc<State>, c: &Caller, a: AdminAction) -> Out {
     tokio::task::spawn_blocking(move || crate::admin::apply(&st2, &c2, a))
         .await
         .map_err(|e| ControlError::internal(e.to_string()))?
-}
-
-async fn node_view(st: &State, c: &Caller) -> Result<Value, ControlError> {
-    let reply = st.control(c, Request::Stats).await?;
-    let Reply::Stats(s) = reply else {
-        return Err(ControlError::internal(
-            "the node answered stats with something else",
-        ));
-    };
-    let latest = st.stats.latest();
-    Ok(json!({
-        "id": s.node_id,
-        "name": s.node_name,
-        "uptime_secs": s.uptime_secs,
-        "state": "up",
-        "cpu_count": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
-        "cpu_percent": latest.as_ref().map(|l| l.cpu_percent).unwrap_or(0.0),
-        "mem_used_bytes": latest.as_ref().map(|l| l.mem_used_bytes).unwrap_or(0),
-        "mem_total_bytes": latest.as_ref().map(|l| l.mem_total_bytes).unwrap_or(0),
-        "disks": s.disks.len(),
-        "vdisks": s.vdisks,
-        "version": env!("CARGO_PKG_VERSION"),
-    }))
 }

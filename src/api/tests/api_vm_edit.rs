@@ -149,10 +149,10 @@ async fn vm_edit_validation_conflicts_and_records() {
     assert_eq!(a.get("/api/v1/vms/v1").await.status, 404);
     let w = a.get("/api/v1/vms/web").await;
     assert_eq!(w.json["disks"], json!(["d2", "d1"]), "the rest moved along");
-    // The disks stay in use by the renamed VM (the node answers "busy" for a disk in use).
+    // The disks stay in use by the renamed VM (a conflict: delete the VM first).
     err_has(
         &a.delete("/api/v1/vdisks/d1").await,
-        503,
+        409,
         "d1 is a disk of VM web",
     );
 

@@ -101,7 +101,17 @@ impl NodeController {
             Request::DiskList => Reply::Disks(self.disk_views()),
             Request::DiskAdd { path } => Reply::Disk(self.add_disk(Path::new(path), true).await?),
             Request::DiskRemove { disk } => {
-                Reply::Disk(convert::disk(engine.remove_disk(disk).await.map_err(e)?))
+                // The engine refuses to drain the last active disk as "no space" (its data
+                // would have nowhere to go). To the caller that is a request the pool's state
+                // refuses (409), not a server out of room (507, which reads as our fault).
+                let info = engine.remove_disk(disk).await.map_err(|err| {
+                    if err.kind() == engine::ErrorKind::NoSpace {
+                        ControlError::conflict(err.to_string())
+                    } else {
+                        e(err)
+                    }
+                })?;
+                Reply::Disk(convert::disk(info))
             }
             Request::DiskScrub => {
                 engine.start_scrub().map_err(e)?;
@@ -150,9 +160,11 @@ impl NodeController {
             }
             Request::VdiskDelete { name } => {
                 self.refuse_if_exported(name, None)?;
+                // In use is a conflict with the pool's state (409), not a node too busy to
+                // answer (503, "try again later"): only deleting the VM changes the answer.
                 if let Some(vm) = self.inner.vms.user_of(name) {
                     return Err(ControlError::new(
-                        ErrorCode::Busy,
+                        ErrorCode::Conflict,
                         format!("{name} is a disk of VM {vm}; delete the VM first: cairn vm delete {vm}"),
                     ));
                 }
@@ -220,7 +232,7 @@ impl NodeController {
                 self.refuse_if_exported(vdisk, None)?;
                 if let Some(vm) = self.inner.vms.active_user_of(vdisk) {
                     return Err(ControlError::new(
-                        ErrorCode::Busy,
+                        ErrorCode::Conflict,
                         format!("{vdisk} is in use by running VM {vm}; stop it first: cairn vm stop {vm}"),
                     ));
                 }

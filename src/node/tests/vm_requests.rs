@@ -180,7 +180,7 @@ async fn vm_roles_bad_input_persistence_and_busy_disks() {
         )
         .await
         .unwrap_err();
-    assert_eq!(e.code, ErrorCode::Busy);
+    assert_eq!(e.code, ErrorCode::Conflict);
     assert!(e.message.contains("vm1"), "{}", e.message);
 
     // Definitions survive a restart.
