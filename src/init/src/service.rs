@@ -109,21 +109,37 @@ async fn write_record_to(engine: &Engine, rec: &NodeRecord) -> Result<(), String
 pub fn read_record(cairn_disks: &[String]) -> Result<Option<NodeRecord>, String> {
     let rt = rt()?;
     rt.block_on(async {
+        let mut devs = Vec::new();
+        for d in cairn_disks {
+            let path = format!("/dev/{d}");
+            match node::open_device(Path::new(&path)) {
+                Ok(dev) => devs.push((path, dev)),
+                Err(e) => logln!("{path}: {}", e.message),
+            }
+        }
+        // The probe must run as the node that owns the disks: node-private vdisks (this
+        // record, the raft state) are placed by node id, and an engine of another id takes
+        // their chunks for misplaced ones and moves them in the background, which lost the
+        // raft state and the record at a reboot (a new cluster came up).
+        let mut node_id = None;
+        for (_, dev) in &devs {
+            if let Ok(store::Probe::Ours(label)) = store::Store::probe(&**dev).await {
+                node_id = Some(label.node_id);
+                break;
+            }
+        }
+        let Some(node_id) = node_id else {
+            return Ok(None);
+        };
         let engine = Engine::open(EngineConfig {
-            node_id: 1,
+            node_id,
             node_name: "boot-probe".into(),
         })
         .await
         .map_err(|e| format!("engine: {e}"))?;
-        for d in cairn_disks {
-            let path = format!("/dev/{d}");
-            match node::open_device(Path::new(&path)) {
-                Ok(dev) => {
-                    if let Err(e) = engine.add_disk(dev).await {
-                        logln!("{path}: not opened: {e}");
-                    }
-                }
-                Err(e) => logln!("{path}: {}", e.message),
+        for (path, dev) in devs {
+            if let Err(e) = engine.add_disk(dev).await {
+                logln!("{path}: not opened: {e}");
             }
         }
         let r = read_record_from(&engine).await;
