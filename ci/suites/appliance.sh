@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Appliance suite: builds the ISO (image-builder/build-iso.sh; the kernel is cached after the
 # first build, which takes ~10-25 min on 2 cores), then boots it under QEMU TCG and drives the
-# serial setup wizard (tests/appliance/drive.py): SeaBIOS from CD (serial and VGA screen), OVMF
+# serial setup wizard (tests/appliance/drive.py): SeaBIOS from CD (serial and VGA screen; a reboot
+# keeps the cluster id, CA, API certificate, admin password and virtual disk bytes), OVMF
 # from a USB stick, PID 1's recovery from a failing node service, and live network changes
 # (static, VLAN) plus the hardware watchdog (i6300esb). Also checks the ISO is byte-reproducible.
 # Prints suite-pass:/suite-fail: lines; exits non-zero on any failure.
@@ -9,7 +10,7 @@ set -uo pipefail
 cd "$(dirname "$0")/../.."
 root="$PWD"
 
-for t in qemu-system-x86_64 grub-mkrescue xorriso zstd python3; do
+for t in qemu-system-x86_64 grub-mkrescue xorriso zstd python3 nbdcopy; do
   if ! command -v "$t" >/dev/null; then
     echo "skipped: appliance suite needs $t (ci/setup.sh installs it)"
     exit 0
@@ -23,6 +24,9 @@ fi
 work="$(mktemp -d /tmp/cairn-appliance.XXXXXX)"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$root/target}"
 export CAIRN_IMAGE_OUT="$work/img1"
+# Both builds must see the same commit time: in a shared working tree HEAD can move between
+# them (another commit lands), which changes SOURCE_DATE_EPOCH and with it every timestamp.
+export SOURCE_DATE_EPOCH="${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || echo 0)}"
 fail=0
 pass() { echo "suite-pass: appliance-$1"; }
 bad() { echo "suite-fail: appliance-$1"; fail=1; }

@@ -4,8 +4,10 @@
 Scenarios (argv[1]):
   bios-cd   SeaBIOS, ISO as CD: wizard with bad input first, create cluster, API login through
             the port forward, both NVMe disks in the pool, the foreign disk untouched, a virtual
-            disk created; reboot from the menu; comes back configured without the wizard, same
-            password, same virtual disk.
+            disk created and filled with random bytes over NBD; reboot from the menu; comes back
+            configured without the wizard, with the same cluster id and member id, cluster CA
+            (fingerprint in a join token), API certificate, admin password (the wrong one still
+            refused), and the same virtual disks with the same bytes (read back over NBD).
   uefi-usb  OVMF, ISO as a USB stick on xHCI: wizard, API login, pool of two; the stick's bytes
             are unchanged afterwards (the boot medium is never written).
   pid1-fail direct kernel boot with cairn.fail_node=1 on disks configured by bios-cd: PID 1
@@ -27,6 +29,9 @@ KERNEL = os.environ.get("CAIRN_KERNEL", "")
 INITRD = os.environ.get("CAIRN_INITRD", "")
 PASSWORD = "correct-horse-42"
 DISK_BYTES = 512 << 20
+# Where the appliance's NBD export of the data check listens (reached through a port forward).
+NBD_GUEST_PORT = 10809
+DATA_VDISK_BYTES = 16 << 20
 
 
 def fail(msg):
@@ -211,6 +216,59 @@ class Api:
         return st
 
 
+def value(b):
+    """A reply's payload (some replies wrap it in {"value": ...})."""
+    return b["value"] if isinstance(b, dict) and "value" in b else b
+
+
+def tls_fingerprint(port):
+    """SHA-256 of the certificate the HTTPS API presents."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as raw:
+        with ctx.wrap_socket(raw) as t:
+            return hashlib.sha256(t.getpeercert(binary_form=True)).hexdigest()
+
+
+def identity(api, vm, port):
+    """What must survive a reboot: cluster id, member id, the members (id, cluster address,
+    role), cluster CA fingerprint (the middle of a join token), the API's certificate."""
+    st, b = api.call("GET", "/cluster")
+    if st != 200:
+        fail(f"{vm.name}: GET /cluster -> {st} {b}")
+    c = value(b)
+    st, t = api.call("POST", "/cluster/tokens")
+    if st != 201:
+        fail(f"{vm.name}: POST /cluster/tokens -> {st} {t}")
+    token = value(t)["token"]
+    parts = token.split(".")
+    if len(parts) != 3 or parts[0] != "cairn1" or not re.fullmatch(r"[0-9a-f]{64}", parts[1]):
+        fail(f"{vm.name}: join token {token[:20]}... is not cairn1.<CA fingerprint>.<secret>")
+    return {"cluster_id": c["cluster_id"], "member_id": c["me"],
+            "members": sorted((m["id"], m["address"], m["role"]) for m in c["members"]),
+            "ca_fingerprint": parts[1], "api_certificate": tls_fingerprint(port)}
+
+
+def nbd_start(api, vm, vdisk):
+    st, b = api.call("POST", "/nbd", {"vdisk": vdisk, "listen": f"0.0.0.0:{NBD_GUEST_PORT}"})
+    if st != 201:
+        fail(f"{vm.name}: NBD export of {vdisk} -> {st} {b}")
+    return value(b)
+
+
+def nbd_stop(api, vm, export):
+    st, b = api.call("DELETE", f"/nbd/{export['id']}")
+    if st != 204:
+        fail(f"{vm.name}: stop NBD export {export['id']} -> {st} {b}")
+
+
+def nbdcopy(vm, src, dst):
+    r = subprocess.run(["nbdcopy", "--flush", src, dst], capture_output=True, text=True, timeout=300)
+    if r.returncode != 0:
+        fail(f"{vm.name}: nbdcopy {src} {dst}: {r.stderr.strip()}")
+
+
 def wizard(vm, bad_input):
     vm.expect(r"=== Cairn setup ===", 180, "the setup wizard")
     vm.expect(r"Disks:")
@@ -277,9 +335,14 @@ def bios_cd():
     d = [os.path.join(OUT, f"cd-nvme{i}.raw") for i in range(3)]
     make_disk(d[0]); make_disk(d[1]); make_disk(d[2], foreign=True)
     foreign_before = sha(d[2])
-    port = free_port()
+    port, nbd_port = free_port(), free_port()
     args = ["-cdrom", ISO, "-boot", "d"] + nvme(d[0], "n0") + nvme(d[1], "n1") + nvme(d[2], "n2")
-    vm = Vm("bios-cd", args, port)
+    vm = Vm("bios-cd", args, port, f",hostfwd=tcp:127.0.0.1:{nbd_port}-:{NBD_GUEST_PORT}")
+    nbd_uri = f"nbd://127.0.0.1:{nbd_port}/data1"
+    pattern = os.path.join(OUT, "data1.pattern")
+    with open(pattern, "wb") as f:
+        f.write(os.urandom(DATA_VDISK_BYTES))
+    readback = os.path.join(OUT, "data1.readback")
     try:
         vm.expect(r"Cairn \S+ starting as PID 1", 180, "PID 1 banner")
         ok(f"bios-cd: kernel + PID 1 up in {time.time() - vm.started:.1f} s")
@@ -307,6 +370,16 @@ def bios_cd():
         if st not in (200, 201):
             fail(f"bios-cd: create vdisk -> {st} {b}")
         ok("bios-cd: virtual disk created")
+        st, b = api.call("POST", "/vdisks", {"name": "data1", "size_bytes": DATA_VDISK_BYTES})
+        if st not in (200, 201):
+            fail(f"bios-cd: create vdisk data1 -> {st} {b}")
+        export = nbd_start(api, vm, "data1")
+        nbdcopy(vm, pattern, nbd_uri)
+        nbd_stop(api, vm, export)
+        ok(f"bios-cd: {DATA_VDISK_BYTES >> 20} MiB of random bytes written to data1 over NBD")
+        before = identity(api, vm, port)
+        ok(f"bios-cd: cluster {before['cluster_id']}, member {before['member_id']}, "
+           f"CA {before['ca_fingerprint'][:16]}..., API certificate {before['api_certificate'][:16]}...")
         # Let the API-state sync put the TLS key and users into the record, then reboot.
         time.sleep(12)
         vm.send("3")
@@ -320,12 +393,29 @@ def bios_cd():
         ok("bios-cd: rebooted straight to service, no wizard")
         api = Api(port)
         api.wait_health()
+        if api.login(PASSWORD + "wrong") != 401:
+            fail("bios-cd: a wrong password is not refused after reboot")
         if api.login(PASSWORD) != 200:
             fail("bios-cd: login after reboot failed (users not kept)")
-        st, b = api.call("GET", "/vdisks/vol1")
-        if st != 200:
-            fail(f"bios-cd: vol1 after reboot -> {st} {b}")
-        ok("bios-cd: same password and virtual disk after reboot")
+        ok("bios-cd: the admin password is kept (and a wrong one still refused)")
+        after = identity(api, vm, port)
+        for k, v in before.items():
+            if after[k] != v:
+                fail(f"bios-cd: {k} changed across the reboot: {v} -> {after[k]}")
+        ok("bios-cd: same cluster id, member id, members, cluster CA and API certificate after reboot")
+        for name, size in (("vol1", 64 << 20), ("data1", DATA_VDISK_BYTES)):
+            st, b = api.call("GET", f"/vdisks/{name}")
+            if st != 200:
+                fail(f"bios-cd: {name} after reboot -> {st} {b}")
+            got = value(b).get("size_bytes")
+            if got != size:
+                fail(f"bios-cd: {name} is {got} bytes after reboot, want {size}")
+        export = nbd_start(api, vm, "data1")
+        nbdcopy(vm, nbd_uri, readback)
+        nbd_stop(api, vm, export)
+        if sha(readback) != sha(pattern):
+            fail("bios-cd: data1 reads back different bytes after the reboot")
+        ok(f"bios-cd: both virtual disks kept; data1 reads back its {DATA_VDISK_BYTES >> 20} MiB byte for byte")
         vm.send("4")
         vm.answer("Type yes to confirm: ", "yes")
         vm.expect(r"system going down: PowerOff", 60)
