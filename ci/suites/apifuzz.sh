@@ -44,21 +44,8 @@ bin="$target/debug/cairn"
 art="${TEST_ARTIFACTS:-target/test-artifacts}/$name"
 rm -rf "$art"
 mkdir -p "$art"
-work=$(mktemp -d)
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-"$bin" node --data "$work/data" --disks 2 --disk-size 256M --name apifuzz-test \
-  --api-listen "127.0.0.1:$port" >"$work/node.log" 2>&1 &
-pid=$!
-cleanup() { kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; rm -rf "$work"; }
-trap cleanup EXIT
-pw=""
-for _ in $(seq 1 600); do
-  pw=$(sed -n 's/.*one-time password: \([A-Za-z0-9]*\).*/\1/p' "$work/node.log" | head -1)
-  if [ -n "$pw" ] && grep -q "Web UI and API" "$work/node.log"; then break; fi
-  kill -0 "$pid" 2>/dev/null || { cat "$work/node.log"; fail "node exited"; }
-  sleep 0.1
-done
-[ -n "$pw" ] || { cat "$work/node.log"; fail "no bootstrap password printed"; }
+. ci/test-node.sh
+start_test_node "$bin" apifuzz-test
 
 base="https://127.0.0.1:$port/api/v1"
 # The node's own self-signed certificate is the only one trusted: TLS stays verified.

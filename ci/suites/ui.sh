@@ -25,21 +25,8 @@ kvm=""
 if python3 -c 'import os; os.close(os.open("/dev/kvm", os.O_RDWR))' 2>/dev/null; then kvm=kvm; fi
 art="${TEST_ARTIFACTS:-target/test-artifacts}/ui"
 mkdir -p "$art"
-work=$(mktemp -d)
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-"$bin" node --data "$work/data" --disks 2 --disk-size 256M --name ui-test \
-  --api-listen "127.0.0.1:$port" >"$work/node.log" 2>&1 &
-pid=$!
-cleanup() { kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; rm -rf "$work"; }
-trap cleanup EXIT
-pw=""
-for _ in $(seq 1 300); do
-  pw=$(sed -n 's/.*one-time password: \([A-Za-z0-9]*\).*/\1/p' "$work/node.log" | head -1)
-  if [ -n "$pw" ] && grep -q "Web UI and API" "$work/node.log"; then break; fi
-  kill -0 "$pid" 2>/dev/null || { cat "$work/node.log"; fail "node exited"; }
-  sleep 0.1
-done
-[ -n "$pw" ] || { cat "$work/node.log"; fail "no bootstrap password printed"; }
+. ci/test-node.sh
+start_test_node "$bin" ui-test
 # The cluster steps start a witness from this binary and join it with a token made in the UI.
 if CAIRN_BIN=$(realpath "$bin") timeout 420 node ui/tests/browser.mjs "https://127.0.0.1:$port/" admin "$pw" "$art" "$guest" "$kvm"; then
   echo "suite-pass: $name"
