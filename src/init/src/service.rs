@@ -336,7 +336,17 @@ pub fn stop_node(timeout: Duration) {
     let _ = stop.send(());
     let (m, cv) = &STOPPED;
     let g = m.lock().unwrap_or_else(|p| p.into_inner());
-    let _ = cv.wait_timeout_while(g, timeout, |stopped| !*stopped);
+    let (_g, waited) = cv
+        .wait_timeout_while(g, timeout, |stopped| !*stopped)
+        .unwrap_or_else(|p| p.into_inner());
+    if waited.timed_out() {
+        // The caller reboots or powers off next: say that the node did not finish stopping,
+        // so a slow shutdown is visible on the console and in the log.
+        logln!(
+            "the node service did not stop within {} s; going on without it",
+            timeout.as_secs()
+        );
+    }
 }
 
 /// Current health, for the status screen.
