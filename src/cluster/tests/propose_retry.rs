@@ -18,23 +18,29 @@ fn vdisk(name: &str) -> Command {
     })
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn follower_commits_soon_after_a_silent_leader_is_replaced() {
-    let dir = tempfile::tempdir().unwrap();
-    let n1 = ClusterNode::create(config(dir.path(), "127.0.0.51", "n1"))
+/// A cluster of three data members on the given loopback addresses (n1 creates, n2 and n3 join).
+async fn three_data_members(dir: &std::path::Path, ips: [&str; 3]) -> Vec<Arc<ClusterNode>> {
+    let n1 = ClusterNode::create(config(dir, ips[0], "n1"))
         .await
         .expect("create");
-    let mut nodes: Vec<Arc<ClusterNode>> = vec![n1.clone()];
-    for (ip, name) in [("127.0.0.52", "n2"), ("127.0.0.53", "n3")] {
+    let mut nodes = vec![n1.clone()];
+    for (ip, name) in [(ips[1], "n2"), (ips[2], "n3")] {
         let t = n1
             .issue_join_token(Role::Data, Duration::from_secs(60))
             .await
             .unwrap();
-        let n = ClusterNode::join(config(dir.path(), ip, name), &t, n1.cfg_join_addr())
+        let n = ClusterNode::join(config(dir, ip, name), &t, n1.cfg_join_addr())
             .await
             .expect("join");
         nodes.push(n);
     }
+    nodes
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follower_commits_soon_after_a_silent_leader_is_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = three_data_members(dir.path(), ["127.0.0.51", "127.0.0.52", "127.0.0.53"]).await;
     let all: Vec<&Arc<ClusterNode>> = nodes.iter().collect();
     let leader = wait_leader(&all, Duration::from_secs(20)).await;
     let old = nodes.iter().find(|n| n.id() == leader).unwrap().clone();
@@ -129,20 +135,7 @@ async fn a_request_id_applies_once_and_survives_a_snapshot() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fresh_read_on_a_follower_sees_what_the_leader_just_committed() {
     let dir = tempfile::tempdir().unwrap();
-    let n1 = ClusterNode::create(config(dir.path(), "127.0.0.54", "n1"))
-        .await
-        .expect("create");
-    let mut nodes: Vec<Arc<ClusterNode>> = vec![n1.clone()];
-    for (ip, name) in [("127.0.0.55", "n2"), ("127.0.0.56", "n3")] {
-        let t = n1
-            .issue_join_token(Role::Data, Duration::from_secs(60))
-            .await
-            .unwrap();
-        let n = ClusterNode::join(config(dir.path(), ip, name), &t, n1.cfg_join_addr())
-            .await
-            .expect("join");
-        nodes.push(n);
-    }
+    let nodes = three_data_members(dir.path(), ["127.0.0.54", "127.0.0.55", "127.0.0.56"]).await;
     let all: Vec<&Arc<ClusterNode>> = nodes.iter().collect();
     let leader = wait_leader(&all, Duration::from_secs(20)).await;
     let lead = nodes.iter().find(|n| n.id() == leader).unwrap().clone();
