@@ -20,6 +20,7 @@ pub const MAX_REQUEST_ID_BYTES: usize = 64;
 
 /// Recent request ids and their results.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RequestLog {
     results: BTreeMap<String, CommandResult>,
     /// Ids in apply order (the oldest first), for eviction.

@@ -21,6 +21,7 @@ pub enum Role {
 
 /// How raft reaches a node: its cluster RPC address (mutual TLS) and role.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
 pub struct CairnNode {
     /// `ip:port` of the node's cluster RPC listener.
     pub addr: String,

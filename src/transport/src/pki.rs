@@ -29,6 +29,7 @@ fn cert_err(e: impl std::fmt::Display) -> Error {
 /// The cluster certificate authority: its certificate and signing key. The key is cluster
 /// secret: it lives only in the replicated cluster state, which only members can read.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ClusterCa {
     pub cluster_id: String,
     pub cert_der: Vec<u8>,

@@ -114,6 +114,40 @@ fn newer_version_unknown_field_and_unknown_variant_are_refused_by_name() {
 }
 
 #[test]
+fn unknown_fields_in_the_request_log_membership_node_and_ca_are_refused_by_name() {
+    let state = ClusterState {
+        cluster_id: "c".into(),
+        ..Default::default()
+    };
+    let mut b = STATE_MAGIC.to_vec();
+    b.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    let json = serde_json::json!({
+        "state": &state,
+        "requests": { "results": {}, "order": [], "ttl": 5 },
+    });
+    b.extend_from_slice(&serde_json::to_vec(&json).unwrap());
+    let e = decode_state(&b, 1 << 20).unwrap_err();
+    assert!(e.contains("unknown field `ttl`"), "{e}");
+
+    let node = serde_json::from_str::<crate::CairnNode>(
+        r#"{"addr":"127.0.0.1:1","role":"Data","zone":"rack-2"}"#,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(node.contains("unknown field `zone`"), "{node}");
+    let ok = serde_json::from_str::<crate::CairnNode>(r#"{"addr":"127.0.0.1:1","role":"Data"}"#);
+    assert!(ok.is_ok(), "{ok:?}");
+
+    let ca = transport::ClusterCa::generate("c").unwrap();
+    let mut v = serde_json::to_value(&ca).unwrap();
+    v["rotated"] = serde_json::json!(true);
+    let e = serde_json::from_value::<transport::ClusterCa>(v)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("unknown field `rotated`"), "{e}");
+}
+
+#[test]
 fn a_defaulted_field_may_be_missing() {
     // `requests` is `#[serde(default)]` in the snapshot document: data without it loads, the
     // way data from an older binary loads after a field is added under the rule.
