@@ -205,8 +205,14 @@ impl NodeController {
                 }
                 .map_err(e)?;
                 Reply::Transfer(
-                    transfer::export(handle, name, Path::new(file), &self.inner.cfg.disks_dir())
-                        .await?,
+                    transfer::export(
+                        handle,
+                        name,
+                        Path::new(file),
+                        &self.inner.cfg.disks_dir(),
+                        &self.inner.lease.gate(),
+                    )
+                    .await?,
                 )
             }
             Request::SnapshotCreate { vdisk, name } => {
@@ -263,6 +269,7 @@ impl NodeController {
                         listen.as_deref(),
                         *read_only,
                         self.inner.cfg.nbd_bind_ip,
+                        self.inner.lease.gate(),
                     )
                     .await?,
             ),

@@ -21,20 +21,49 @@ pub(crate) const MAX_EXPORTS: usize = 64;
 pub struct VdiskExport {
     handle: VdiskHandle,
     read_only: bool,
+    /// The node's isolation-lease gate (`crate::lease`), passed before every request.
+    gate: Option<crate::lease::Gate>,
 }
 
 impl VdiskExport {
     pub fn new(handle: VdiskHandle, read_only: bool) -> Self {
         let read_only = read_only || handle.read_only();
-        VdiskExport { handle, read_only }
+        VdiskExport {
+            handle,
+            read_only,
+            gate: None,
+        }
     }
+
+    /// Requests wait while `gate` is closed (and fail with EIO past its wait limit).
+    pub(crate) fn gated(mut self, gate: crate::lease::Gate) -> Self {
+        self.gate = Some(gate);
+        self
+    }
+
+    async fn pass(&self) -> io::Result<()> {
+        match &self.gate {
+            Some(g) => g.pass().await,
+            None => Ok(()),
+        }
+    }
+}
+
+/// A trim or write-zeroes range (NBD bounds them only by the export's size) cut into pieces
+/// the engine takes in one call.
+fn engine_pieces(offset: u64, len: u64) -> impl Iterator<Item = (u64, u64)> {
+    let step = engine::MAX_IO_BYTES;
+    (0..len.div_ceil(step)).map(move |i| (offset + i * step, (len - i * step).min(step)))
 }
 
 fn io_error(e: EngineError) -> io::Error {
     let errno = match e.kind() {
         ErrorKind::NoSpace => libc::ENOSPC,
         ErrorKind::ReadOnly => libc::EPERM,
-        ErrorKind::InvalidArgument => libc::EINVAL,
+        // The NBD layer has checked the request's range and size against the export already,
+        // so an "invalid argument" from below is not the client's: it is a peer refusing the
+        // change (a fenced write after a takeover) or a fault of the storage. EIO, so the
+        // client treats it as the failed write it is.
         _ => libc::EIO,
     };
     tracing::warn!(error = %e, "nbd export: I/O failed");
@@ -51,19 +80,34 @@ impl NbdExport for VdiskExport {
     }
 
     fn read<'a>(&'a self, offset: u64, buf: &'a mut [u8]) -> BoxFuture<'a, io::Result<()>> {
-        Box::pin(async move { self.handle.read(offset, buf).await.map_err(io_error) })
+        Box::pin(async move {
+            self.pass().await?;
+            self.handle.read(offset, buf).await.map_err(io_error)
+        })
     }
 
     fn write<'a>(&'a self, offset: u64, data: &'a [u8]) -> BoxFuture<'a, io::Result<()>> {
-        Box::pin(async move { self.handle.write(offset, data).await.map_err(io_error) })
+        Box::pin(async move {
+            self.pass().await?;
+            self.handle.write(offset, data).await.map_err(io_error)
+        })
     }
 
     fn flush(&self) -> BoxFuture<'_, io::Result<()>> {
-        Box::pin(async move { self.handle.flush().await.map_err(io_error) })
+        Box::pin(async move {
+            self.pass().await?;
+            self.handle.flush().await.map_err(io_error)
+        })
     }
 
     fn trim(&self, offset: u64, len: u64) -> BoxFuture<'_, io::Result<()>> {
-        Box::pin(async move { self.handle.discard(offset, len).await.map_err(io_error) })
+        Box::pin(async move {
+            self.pass().await?;
+            for (o, l) in engine_pieces(offset, len) {
+                self.handle.discard(o, l).await.map_err(io_error)?;
+            }
+            Ok(())
+        })
     }
 
     fn write_zeroes(
@@ -73,10 +117,11 @@ impl NbdExport for VdiskExport {
         _may_trim: bool,
     ) -> BoxFuture<'_, io::Result<()>> {
         Box::pin(async move {
-            self.handle
-                .write_zeroes(offset, len)
-                .await
-                .map_err(io_error)
+            self.pass().await?;
+            for (o, l) in engine_pieces(offset, len) {
+                self.handle.write_zeroes(o, l).await.map_err(io_error)?;
+            }
+            Ok(())
         })
     }
 }
@@ -114,6 +159,8 @@ impl Exports {
             .map(|r| r.view.clone())
     }
 
+    // The request's four fields plus the node's context (engine, bind address, lease gate).
+    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn start(
         &self,
         engine: &Engine,
@@ -122,6 +169,7 @@ impl Exports {
         listen: Option<&str>,
         read_only: bool,
         bind_ip: IpAddr,
+        gate: crate::lease::Gate,
     ) -> Result<NbdExportView, ControlError> {
         if self.running.lock().len() >= MAX_EXPORTS {
             return Err(ControlError::new(
@@ -147,7 +195,7 @@ impl Exports {
             Some(s) => format!("{vdisk}@{s}"),
             None => vdisk.to_string(),
         };
-        let export = Arc::new(VdiskExport::new(handle, read_only));
+        let export = Arc::new(VdiskExport::new(handle, read_only).gated(gate));
         let ro = export.read_only();
         server
             .add_export(&export_name, export)
@@ -197,5 +245,37 @@ impl Exports {
         for r in all {
             r.server.stop().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fenced_write_reaches_the_client_as_eio_not_einval() {
+        // What the engine returns when the peer holding the other replica refuses a write
+        // because the disk was taken over (mirror's `Fenced`, a non-device refusal).
+        let fenced = EngineError::InvalidArgument(
+            "chunk 3: invalid argument: node 2: fenced: virtual disk 7 epoch 4 < 18446744073709551615"
+                .into(),
+        );
+        assert_eq!(io_error(fenced).raw_os_error(), Some(libc::EIO));
+        let full = EngineError::NoSpace("pool".into());
+        assert_eq!(io_error(full).raw_os_error(), Some(libc::ENOSPC));
+        let ro = EngineError::ReadOnly("snapshot".into());
+        assert_eq!(io_error(ro).raw_os_error(), Some(libc::EPERM));
+    }
+
+    #[test]
+    fn long_trims_are_cut_into_engine_sized_pieces() {
+        let step = engine::MAX_IO_BYTES;
+        let p: Vec<_> = engine_pieces(4096, 2 * step + 8192).collect();
+        assert_eq!(
+            p,
+            vec![(4096, step), (4096 + step, step), (4096 + 2 * step, 8192)]
+        );
+        assert_eq!(engine_pieces(0, 0).count(), 0);
+        assert_eq!(engine_pieces(0, step).collect::<Vec<_>>(), vec![(0, step)]);
     }
 }

@@ -157,6 +157,14 @@ fn check_runs_here(inner: &NodeInner, name: &str) -> Result<(), ControlError> {
 /// cluster that the VM should run.
 pub(crate) async fn start_vm(inner: &NodeInner, name: &str) -> Result<VmView, ControlError> {
     check_runs_here(inner, name)?;
+    // A node cut off from the majority starts nothing on disks it may no longer own (waits
+    // for its isolation lease, bounded; see `crate::lease`).
+    inner
+        .lease
+        .gate()
+        .pass()
+        .await
+        .map_err(|_| crate::lease::closed_error())?;
     let v = inner.vms.start(&inner.engine, name).await?;
     record_vm(inner, &v, Some(VmPower::Running)).await;
     Ok(v)

@@ -23,6 +23,7 @@ mod harestart;
 mod https;
 mod identity;
 mod internal;
+mod lease;
 mod mirrorhost;
 pub mod raftdisk;
 pub mod socket;
@@ -63,6 +64,8 @@ pub(crate) struct NodeInner {
     pub(crate) vms: vms::Vms,
     pub(crate) cluster: clusterhost::ClusterHost,
     pub(crate) mirror: mirrorhost::MirrorHost,
+    /// The isolation lease and the I/O gate it drives (see `lease`).
+    pub(crate) lease: lease::Lease,
     pub(crate) started: Instant,
     pub(crate) requests: AtomicU64,
     /// Mutations executed so far (see `Controller::generation`).
@@ -156,6 +159,7 @@ impl Node {
             vms: vms::Vms::load(&data)?,
             cluster,
             mirror: Default::default(),
+            lease: Default::default(),
             started: Instant::now(),
             requests: AtomicU64::new(0),
             changes: AtomicU64::new(0),
@@ -198,7 +202,12 @@ impl Node {
         )));
         tasks.push(tokio::spawn(watch_disks(ctl, shutdown_rx.clone())));
         // Mirrored I/O with the other data members (see mirrorhost).
-        tasks.push(tokio::spawn(mirrorhost::run(inner.clone(), shutdown_rx)));
+        tasks.push(tokio::spawn(mirrorhost::run(
+            inner.clone(),
+            shutdown_rx.clone(),
+        )));
+        // The isolation lease: a node cut off from the majority stops serving (see lease).
+        tasks.push(tokio::spawn(lease::run(inner.clone(), shutdown_rx)));
         let api_ctl = Arc::new(NodeController {
             inner: inner.clone(),
         });

@@ -230,6 +230,8 @@ async fn adopt_assigned(
         .into_iter()
         .filter(|(_, n)| !local.contains(n))
         .collect();
+    // Served only once the old owner's isolation lease has surely run out (`crate::lease`).
+    let missing = inner.lease.held_back(missing);
     if missing.is_empty() {
         return;
     }

@@ -280,6 +280,7 @@ pub(crate) async fn export(
     name: &str,
     file: &Path,
     disks_dir: &Path,
+    gate: &crate::lease::Gate,
 ) -> Result<TransferView, ControlError> {
     let started = Instant::now();
     let parent = file
@@ -302,7 +303,7 @@ pub(crate) async fn export(
         .open(file)
         .map_err(|e| io_err("create export file", file, e))?;
     let size = handle.size_bytes();
-    let result = copy_out(&handle, out, file, size).await;
+    let result = copy_out(&handle, out, file, size, gate).await;
     match result {
         Ok(written_bytes) => Ok(TransferView {
             vdisk: name.to_string(),
@@ -323,6 +324,7 @@ async fn copy_out(
     out: File,
     path: &Path,
     size: u64,
+    gate: &crate::lease::Gate,
 ) -> Result<u64, ControlError> {
     out.set_len(size)
         .map_err(|e| io_err("size export file", path, e))?;
@@ -333,6 +335,10 @@ async fn copy_out(
     while offset < size {
         let len = (size - offset).min(STEP_BYTES as u64) as usize;
         let mut buf = vec![0u8; len];
+        // Never a possibly stale copy: this node's isolation lease must be valid.
+        gate.pass()
+            .await
+            .map_err(|_| crate::lease::closed_error())?;
         handle
             .read(offset, &mut buf)
             .await

@@ -1,0 +1,491 @@
+//! The isolation lease: a data node cut off from the cluster's majority stops serving its
+//! virtual disks and pauses its VMs before another node can have taken them over, and the node
+//! that takes them over waits until the old owner's lease has surely run out.
+//!
+//! # Why
+//! A takeover (`crate::takeover`) fences the old owner's *writes* (its peer refuses them), but
+//! reads are served from the local replica. Without a lease, an owner alive behind a cut link
+//! would go on returning its stale copy to NBD clients and guests after the survivor wrote
+//! newer data, and its VMs would run on as zombies. VMware calls the answer "isolation
+//! response"; here it is a quorum lease.
+//!
+//! # The lease (every data node with at least one other data member)
+//! A task renews the lease every [`renew_every`] (a fifth of the lease, 1 s by default) by a
+//! linearizable round trip through raft (`ClusterNode::read_fresh`: on the leader a quorum
+//! confirms its leadership; on a follower a no-op is committed through the leader and applied
+//! here) whose read also checks that the cluster state still assigns this node's virtual
+//! disks to it. A renewal that succeeds makes the lease valid until the moment it was *sent*
+//! (monotonic clock) plus the lease length L ([`length`]: `CAIRN_LEASE_MS`, default 5 s; every
+//! member must use the same value). When the lease is not valid — expired, never obtained
+//! since the start, or a renewal saw a disk of this node assigned to another member — the
+//! node's I/O gate ([`Gate`]) closes: NBD exports and image transfers of this node's virtual
+//! disks wait for it to open again, up to [`wait_limit`] (`CAIRN_LEASE_WAIT_MS`, default 30 s)
+//! and then fail with EIO, instead of being answered from a possibly stale replica; and every
+//! running VM is paused (guests issue no I/O while paused). When a renewal succeeds again (a
+//! short partition healed without a takeover) the gate opens and the VMs this lease paused are
+//! resumed — except VMs the cluster moved to another node, which `crate::harestart` stops.
+//! A node alone (no cluster, a single data member, a witness) never closes its gate. Node-
+//! private virtual disks (the raft log's) are never gated: the renewal itself needs them.
+//!
+//! Checking the gate costs one atomic load per request.
+//!
+//! # The survivor ([`Lease::adoptable`])
+//! A virtual disk the cluster assigns to this node that the engine lacks came from a takeover
+//! (`MoveVdisks`). It is adopted — and so served, and its VMs started — only once it has been
+//! seen so for L plus a margin M ([`hold`]; M = max(2 s, L/2)). The timing argument: the
+//! old owner's last successful renewal was sent at T0 and linearized (read the state) before
+//! the move committed at C, since a renewal reading the state after C sees its disks assigned
+//! elsewhere and fails; so T0 < C, and the old owner stops serving by T0 + L < C + L. This node
+//! first sees the move applied at S >= C, and serves from S + L + M > C + L: M covers the old
+//! owner's timer firing late (a loaded machine), its pause taking effect, and requests admitted
+//! just before its gate closed. The wait counts from this node's observation, not from the
+//! proposal: a proposal may take seconds to commit, and an owner renewing meanwhile holds a
+//! lease past proposal + L. After a restart the wait starts again at the first observation (the
+//! commit was earlier, so that is later than needed, never sooner).
+//!
+//! How this fits the takeover delay D (`CAIRN_TAKEOVER_DELAY_MS`, default 20 s) and the
+//! failure detector (heartbeats every 250 ms, a member Down after 3 s without one): with a
+//! clean cut the old owner can renew nothing after the cut, so it stops serving at most L after
+//! it (5 s), long before the survivor even proposes the move (D after it saw the owner Down).
+//! The hold matters when the partition is asymmetric: the old owner still reaches the leader
+//! (say the witness) but not the survivor, keeps renewing, and the survivor, which sees it
+//! Down, commits the move through the witness. The old owner's next renewal then reads the
+//! move and fails, and the argument above bounds what it served. A partition shorter than D
+//! costs the cut-off owner at most the partition's length plus a renewal of waiting I/O and
+//! paused guests, and no takeover. L must stay well under D (L + M too), so a takeover is never
+//! slower because of the lease than because of the delay itself.
+//!
+//! Must never: open the gate without a renewal sent less than L ago, resume a VM this lease
+//! did not pause or one the cluster moved away, gate a node-private disk, or serve an adopted
+//! disk before the hold has passed.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use cluster::{ClusterNode, Role};
+use tokio::sync::{watch, Notify};
+use tokio::time::Instant;
+
+use crate::NodeInner;
+
+/// Default lease length (see the module docs).
+pub(crate) const DEFAULT_LENGTH: Duration = Duration::from_secs(5);
+/// Default bound on a request waiting at a closed gate.
+pub(crate) const DEFAULT_WAIT: Duration = Duration::from_secs(30);
+const MIN_LENGTH: Duration = Duration::from_millis(500);
+const MAX_LENGTH: Duration = Duration::from_secs(120);
+const MAX_WAIT: Duration = Duration::from_secs(600);
+/// How often "is a lease needed here" is looked at while none is.
+const IDLE_TICK: Duration = Duration::from_millis(500);
+
+fn env_ms(name: &str, default: Duration, min: Duration, max: Duration) -> Duration {
+    match std::env::var(name) {
+        Ok(v) => match v.trim().parse::<u64>() {
+            Ok(ms) => Duration::from_millis(ms).clamp(min, max),
+            Err(_) => {
+                tracing::warn!(value = %v, "{name} is not a number of milliseconds; using the default");
+                default
+            }
+        },
+        Err(_) => default,
+    }
+}
+
+/// The lease length L: `CAIRN_LEASE_MS` (0.5-120 s), else 5 s. Same on every member.
+pub(crate) fn length() -> Duration {
+    env_ms("CAIRN_LEASE_MS", DEFAULT_LENGTH, MIN_LENGTH, MAX_LENGTH)
+}
+
+/// How long a request waits at a closed gate before failing with EIO: `CAIRN_LEASE_WAIT_MS`
+/// (0-600 s), else 30 s.
+pub(crate) fn wait_limit() -> Duration {
+    env_ms(
+        "CAIRN_LEASE_WAIT_MS",
+        DEFAULT_WAIT,
+        Duration::ZERO,
+        MAX_WAIT,
+    )
+}
+
+/// How often the lease is renewed: a fifth of its length.
+pub(crate) fn renew_every() -> Duration {
+    length() / 5
+}
+
+/// How long a node taking disks over waits before serving them: L + max(2 s, L/2).
+pub(crate) fn hold() -> Duration {
+    let l = length();
+    l + (l / 2).max(Duration::from_secs(2))
+}
+
+/// The node's I/O gate: open while the lease is valid (or none is needed).
+#[derive(Clone)]
+pub(crate) struct Gate(Arc<GateInner>);
+
+struct GateInner {
+    open: AtomicBool,
+    opened: Notify,
+    wait: Duration,
+}
+
+impl Gate {
+    fn new() -> Gate {
+        Gate(Arc::new(GateInner {
+            open: AtomicBool::new(true),
+            opened: Notify::new(),
+            wait: wait_limit(),
+        }))
+    }
+
+    pub(crate) fn is_open(&self) -> bool {
+        self.0.open.load(Ordering::Acquire)
+    }
+
+    fn set(&self, open: bool) {
+        let was = self.0.open.swap(open, Ordering::AcqRel);
+        if open && !was {
+            self.0.opened.notify_waiters();
+        }
+    }
+
+    /// Returns at once while the gate is open; else waits for it up to the wait limit, then
+    /// fails with EIO.
+    pub(crate) async fn pass(&self) -> std::io::Result<()> {
+        if self.is_open() {
+            return Ok(());
+        }
+        self.wait_open().await
+    }
+
+    #[cold]
+    async fn wait_open(&self) -> std::io::Result<()> {
+        let deadline = Instant::now() + self.0.wait;
+        loop {
+            let opened = self.0.opened.notified();
+            tokio::pin!(opened);
+            // Registered before the check, so an opening in between is not missed.
+            opened.as_mut().enable();
+            if self.is_open() {
+                return Ok(());
+            }
+            if tokio::time::timeout_at(deadline, opened).await.is_err() {
+                return Err(std::io::Error::from_raw_os_error(libc::EIO));
+            }
+        }
+    }
+}
+
+/// The error a closed gate gives a control request (an image transfer).
+pub(crate) fn closed_error() -> control::ControlError {
+    control::ControlError::new(
+        control::ErrorCode::Io,
+        "this node is cut off from the cluster's majority (its isolation lease expired): its \
+         virtual disks are not served until it is back",
+    )
+}
+
+/// The lease's state, kept in the node.
+pub(crate) struct Lease {
+    gate: Gate,
+    /// VMs this lease paused (resumed when it is valid again).
+    paused: parking_lot::Mutex<HashSet<String>>,
+    /// Virtual disks assigned to this node but not here yet, and when that was first seen.
+    seen_missing: parking_lot::Mutex<HashMap<String, Instant>>,
+}
+
+impl Default for Lease {
+    fn default() -> Self {
+        Lease {
+            gate: Gate::new(),
+            paused: Default::default(),
+            seen_missing: Default::default(),
+        }
+    }
+}
+
+impl Lease {
+    pub(crate) fn gate(&self) -> Gate {
+        self.gate.clone()
+    }
+
+    /// Of `missing` (virtual disks assigned to this node that it lacks: `(id, name)`), those
+    /// seen so for [`hold`] — adoptable now. Remembers when each was first seen.
+    pub(crate) fn held_back(&self, missing: Vec<(String, String)>) -> Vec<(String, String)> {
+        let hold = hold();
+        let mut seen = self.seen_missing.lock();
+        seen.retain(|k, _| missing.iter().any(|(id, _)| id == k));
+        missing
+            .into_iter()
+            .filter(|(id, name)| {
+                let first = *seen.entry(id.clone()).or_insert_with(|| {
+                    tracing::warn!(
+                        vdisk = %name,
+                        hold_ms = hold.as_millis() as u64,
+                        "takeover: waiting for the old owner's isolation lease to run out before \
+                         serving this virtual disk"
+                    );
+                    Instant::now()
+                });
+                first.elapsed() >= hold
+            })
+            .collect()
+    }
+}
+
+/// What a renewal learned.
+struct Renewal {
+    /// This node's virtual disks the cluster assigns to another member.
+    lost: Vec<String>,
+    /// VM names whose record moved to another member.
+    moved_vms: HashSet<String>,
+}
+
+/// The member whose lease this node needs: a data member with at least one other data member.
+fn needed(inner: &NodeInner) -> Option<Arc<ClusterNode>> {
+    let m = inner.cluster.member().ok()?;
+    if m.role() != Role::Data {
+        return None;
+    }
+    let me = m.id();
+    let peers = m.read(|s| {
+        s.members
+            .values()
+            .filter(|x| x.id != me && x.role == Role::Data)
+            .count()
+    });
+    (peers > 0).then_some(m)
+}
+
+async fn renew(inner: &NodeInner, m: &ClusterNode) -> Result<Renewal, String> {
+    let me = m.id();
+    let local: Vec<String> = inner
+        .engine
+        .vdisks()
+        .into_iter()
+        .map(|v| v.name)
+        .filter(|n| !crate::internal::is_internal_vdisk(n))
+        .collect();
+    let defined: Vec<String> = inner.vms.defined().into_iter().map(|(n, _)| n).collect();
+    m.read_fresh(|s| {
+        let lost = local
+            .iter()
+            .filter(|n| {
+                s.vdisks
+                    .values()
+                    .any(|d| d.name == **n && cluster::vdisk_owner(&d.id) != Some(me))
+            })
+            .cloned()
+            .collect();
+        let moved_vms = defined
+            .iter()
+            .filter(|n| {
+                let here = s.vms.values().any(|v| v.name == **n && v.node == Some(me));
+                let away = s.vms.values().any(|v| v.name == **n && v.node != Some(me));
+                away && !here
+            })
+            .cloned()
+            .collect();
+        Renewal { lost, moved_vms }
+    })
+    .await
+    .map_err(|e| e.to_string())
+}
+
+/// Close the gate and pause every running VM (recording which).
+async fn close(inner: &NodeInner, why: &str) {
+    let lease = &inner.lease;
+    if lease.gate.is_open() {
+        lease.gate.set(false);
+        tracing::warn!(
+            reason = why,
+            "isolation lease: not valid; this node's virtual disks are not served and its VMs \
+             are paused until it is renewed"
+        );
+    }
+    let Ok(vms) = inner.vms.list().await else {
+        return;
+    };
+    for vm in vms.into_iter().filter(|v| v.state == "running") {
+        match inner.vms.pause(&vm.name, true).await {
+            Ok(_) => {
+                lease.paused.lock().insert(vm.name.clone());
+                tracing::warn!(vm = %vm.name, "isolation lease: VM paused");
+            }
+            Err(e) => {
+                tracing::warn!(vm = %vm.name, error = %e, "isolation lease: pausing a VM failed")
+            }
+        }
+    }
+}
+
+/// Open the gate and resume the VMs this lease paused, except those moved away.
+async fn open(inner: &NodeInner, moved: &HashSet<String>) {
+    let lease = &inner.lease;
+    if !lease.gate.is_open() {
+        lease.gate.set(true);
+        tracing::warn!("isolation lease: valid again; serving this node's virtual disks");
+    }
+    let paused: Vec<String> = lease.paused.lock().drain().collect();
+    for name in paused {
+        if moved.contains(&name) {
+            tracing::warn!(vm = %name, "isolation lease: VM moved to another node; left paused");
+            continue;
+        }
+        match inner.vms.pause(&name, false).await {
+            Ok(_) => tracing::warn!(vm = %name, "isolation lease: VM resumed"),
+            Err(e) => {
+                tracing::warn!(vm = %name, error = %e, "isolation lease: resuming a VM failed")
+            }
+        }
+    }
+}
+
+/// Sleeps until `until`; closes the gate (and pauses VMs) if the lease runs out meanwhile.
+/// Returns false on shutdown.
+async fn wait_watching(
+    inner: &NodeInner,
+    until: Instant,
+    valid_until: &mut Option<Instant>,
+    shutdown: &mut watch::Receiver<bool>,
+) -> bool {
+    loop {
+        let expiry = valid_until.filter(|_| inner.lease.gate.is_open());
+        tokio::select! {
+            _ = tokio::time::sleep_until(until) => return true,
+            _ = tokio::time::sleep_until(expiry.unwrap_or(until)), if expiry.is_some_and(|e| e < until) => {
+                *valid_until = None;
+                close(inner, "no renewal confirmed by the cluster within the lease").await;
+            }
+            _ = shutdown.changed() => return false,
+        }
+    }
+}
+
+/// The lease task (see the module docs); runs until shutdown.
+pub(crate) async fn run(inner: Arc<NodeInner>, mut shutdown: watch::Receiver<bool>) {
+    let mut valid_until: Option<Instant> = None;
+    let mut last_problem = String::new();
+    loop {
+        let Some(m) = needed(&inner) else {
+            valid_until = None;
+            if !inner.lease.gate.is_open() || !inner.lease.paused.lock().is_empty() {
+                open(&inner, &HashSet::new()).await;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(IDLE_TICK) => continue,
+                _ = shutdown.changed() => return,
+            }
+        };
+        let l = length();
+        if valid_until.is_none() {
+            // Never renewed since the start (or expired): nothing is served until a renewal.
+            close(&inner, "no valid lease yet").await;
+        }
+        let sent = Instant::now();
+        // A renewal answered after `sent + l` is worthless: it is given up then.
+        let answer = {
+            let fut = renew(&inner, &m);
+            tokio::pin!(fut);
+            loop {
+                let expiry = valid_until.filter(|_| inner.lease.gate.is_open());
+                tokio::select! {
+                    r = &mut fut => break Some(r),
+                    _ = tokio::time::sleep_until(sent + l) => break None,
+                    _ = tokio::time::sleep_until(expiry.unwrap_or(sent)), if expiry.is_some() => {
+                        valid_until = None;
+                        close(&inner, "no renewal confirmed by the cluster within the lease").await;
+                    }
+                    _ = shutdown.changed() => return,
+                }
+            }
+        };
+        let problem = match answer {
+            Some(Ok(r)) if r.lost.is_empty() => {
+                if Instant::now() < sent + l {
+                    valid_until = Some(sent + l);
+                    open(&inner, &r.moved_vms).await;
+                }
+                String::new()
+            }
+            Some(Ok(r)) => {
+                valid_until = None;
+                close(
+                    &inner,
+                    "the cluster assigns this node's virtual disks to another member",
+                )
+                .await;
+                format!(
+                    "virtual disks {:?} are assigned to another member (taken over)",
+                    r.lost
+                )
+            }
+            Some(Err(e)) => format!("renewal failed: {e}"),
+            None => "renewal not confirmed within the lease".to_string(),
+        };
+        if problem != last_problem {
+            if !problem.is_empty() {
+                tracing::warn!(problem = %problem, "isolation lease");
+            }
+            last_problem = problem;
+        }
+        if !wait_watching(
+            &inner,
+            sent + renew_every(),
+            &mut valid_until,
+            &mut shutdown,
+        )
+        .await
+        {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_closed_gate_waits_then_fails_with_eio_and_an_opening_lets_requests_through() {
+        let g = Gate::new();
+        assert!(g.pass().await.is_ok(), "a new gate is open");
+        g.set(false);
+        let started = Instant::now();
+        let e = g.pass().await.unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EIO));
+        assert!(
+            started.elapsed() >= g.0.wait,
+            "gave up before the wait limit"
+        );
+
+        let waiter = {
+            let g = g.clone();
+            tokio::spawn(async move { g.pass().await })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!waiter.is_finished(), "passed a closed gate");
+        g.set(true);
+        assert!(waiter.await.unwrap().is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_adopted_disk_is_held_for_the_lease_plus_the_margin_from_first_sight() {
+        let lease = Lease::default();
+        let m = |ids: &[&str]| -> Vec<(String, String)> {
+            ids.iter()
+                .map(|i| (i.to_string(), format!("n-{i}")))
+                .collect()
+        };
+        assert!(lease.held_back(m(&["1/a"])).is_empty());
+        tokio::time::sleep(hold() - Duration::from_millis(10)).await;
+        assert!(lease.held_back(m(&["1/a"])).is_empty());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(lease.held_back(m(&["1/a"])), m(&["1/a"]));
+        // Not missing for a while: seen again later, the hold starts again.
+        assert!(lease.held_back(m(&["1/b"])).is_empty());
+        assert!(lease.held_back(m(&["1/a", "1/b"])).is_empty());
+        assert!(hold() > length() + Duration::from_secs(1));
+    }
+}
