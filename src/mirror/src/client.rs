@@ -358,6 +358,11 @@ pub(crate) fn gone(node: u64, what: &str) -> StoreError {
     }
 }
 
+/// A peer's error reply as a store error. A refusal that is not about the peer's device
+/// (`Fenced`: this node no longer owns the disk) must not become `StoreError::Io`: the engine
+/// takes Io for a failed device, drops that replica and acknowledges on the other one alone —
+/// exactly what a fence forbids. It stays a request error here, and the front ends answer it
+/// with EIO (an NBD client or guest must see a failed write, never "invalid argument").
 pub(crate) fn wire_to_store(node: u64, w: WireError) -> StoreError {
     match w {
         WireError::Store { kind, msg } => {

@@ -328,7 +328,11 @@ async fn open(inner: &NodeInner, moved: &HashSet<String>) {
         tracing::warn!("isolation lease: valid again; serving this node's virtual disks");
     }
     let paused: Vec<String> = lease.paused.lock().drain().collect();
+    let defined: HashSet<String> = inner.vms.defined().into_iter().map(|(n, _)| n).collect();
     for name in paused {
+        if !defined.contains(&name) {
+            continue; // forgotten meanwhile (moved away: `crate::harestart`)
+        }
         if moved.contains(&name) {
             tracing::warn!(vm = %name, "isolation lease: VM moved to another node; left paused");
             continue;

@@ -56,8 +56,8 @@
 //! Not done yet: automatic takeover with more than two data members (a chunk's second replica
 //! may then be on a third node, which the new owner cannot read yet); a manual
 //! `cairn vdisk takeover`; restarting the moved VMs (their local definitions stay on the old
-//! owner: logged as "needs a start on node N"); reads on an owner cut off from the majority are
-//! still served from its local copy until the takeover's fence stops its writes.
+//! owner: logged as "needs a start on node N"). (An owner cut off from the majority stops
+//! serving its disks and pauses its VMs once its isolation lease runs out: `crate::lease`.)
 //!
 //! Must never: attach a peer before the epoch is committed, attach this node's own disks as
 //! remote, or serve disks to anything without a certificate from this cluster's CA.
