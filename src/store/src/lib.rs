@@ -100,6 +100,7 @@ mod read;
 mod recover;
 mod store;
 mod types;
+mod versions;
 
 pub use error::{ErrorKind, Result, StoreError};
 pub use layout::{MAX_META_BYTES, MIN_DEVICE_BYTES};

@@ -22,8 +22,8 @@ pub(crate) struct Version {
     pub crc: u32,
 }
 
-pub(crate) type Versions = Vec<Version>;
 pub(crate) use crate::objmap::ObjMap;
+pub(crate) use crate::versions::Versions;
 
 /// A cheap hasher for `ObjectId` keys (two u64s chosen by us, not by an attacker), so the
 /// per-I/O map lookup costs a few multiplies instead of SipHash.

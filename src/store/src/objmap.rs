@@ -215,11 +215,11 @@ mod tests {
     use crate::maps::Version;
 
     fn v(gen: u64) -> Versions {
-        vec![Version {
+        Versions::One(Version {
             gen,
             phys: gen * 10,
             crc: gen as u32,
-        }]
+        })
     }
 
     /// Random inserts, removes and retains against a `BTreeMap`: same contents, same order,
@@ -284,7 +284,7 @@ mod tests {
     fn empty_and_reversed_ranges_are_empty() {
         let mut m = ObjMap::default();
         for b in 0..40 {
-            m.entry(b).or_default().extend(v(b + 1));
+            *m.entry(b).or_default() = v(b + 1);
         }
         assert!(m.is_flat());
         assert_eq!(m.range(10..10).count(), 0);

@@ -160,7 +160,7 @@ impl Store {
                 let st = inner.state.read();
                 match st.maps.objs.get(&obj) {
                     None => return Ok(Vec::new()),
-                    Some(m) => m.iter().map(|(b, vs)| (*b, vs.clone())).collect(),
+                    Some(m) => m.iter().map(|(b, vs)| (*b, vs.to_vec())).collect(),
                 }
             };
             // Every data version, read 64 at a time.
