@@ -14,6 +14,7 @@ use store::ObjectId;
 use crate::core::{GenGuard, Inner, SnapRt, VdiskRt};
 use crate::error::{EngineError, Result};
 use crate::io::zero_buf;
+use crate::readbuf::ReadData;
 use crate::{BLOCK_BYTES, CHUNK_BYTES};
 
 /// Largest single request (bounds memory per call; NBD and virtio requests are far smaller).
@@ -216,6 +217,52 @@ impl VdiskHandle {
             );
         }
         futures::future::try_join_all(futs).await.map(|_| ())
+    }
+
+    /// Read `len` bytes at `offset` into the engine's own buffers, handed over without a copy
+    /// (the verified device buffers themselves when the data lies in one run per chunk on the
+    /// device). For callers that pass the bytes on (the NBD server sending them on a socket);
+    /// same errors and zeros-for-unwritten rule as `read`.
+    pub async fn read_owned(&self, offset: u64, len: u64) -> Result<ReadData> {
+        let t = Instant::now();
+        let r = self.read_owned_counted(offset, len).await;
+        self.rt.io.read.record(len, t, r.is_ok());
+        r
+    }
+
+    async fn read_owned_counted(&self, offset: u64, len: u64) -> Result<ReadData> {
+        self.check(offset, len, false)?;
+        let mut out = ReadData::default();
+        if len == 0 {
+            return Ok(out);
+        }
+        self.inner.counters.reads.fetch_add(1, Ordering::Relaxed);
+        self.inner
+            .counters
+            .read_bytes
+            .fetch_add(len, Ordering::Relaxed);
+        let at_gen = self.at_gen();
+        // Whole blocks covering the request; each chunk's piece is one engine buffer.
+        let start = offset - offset % BLOCK_BYTES;
+        let end = (offset + len).div_ceil(BLOCK_BYTES) * BLOCK_BYTES;
+        let ps: Vec<Piece> = pieces(start, end - start).collect();
+        let futs = ps.iter().map(|p| {
+            self.inner.read_blocks_owned(
+                self.obj(p.chunk),
+                p.off / BLOCK_BYTES,
+                (p.len / BLOCK_BYTES) as u32,
+                at_gen,
+            )
+        });
+        let bufs = futures::future::try_join_all(futs).await?;
+        for (p, buf) in ps.iter().zip(bufs) {
+            // The part of this piece inside [offset, offset + len).
+            let abs = start + p.buf_off as u64;
+            let from = offset.max(abs) - abs;
+            let to = (offset + len).min(abs + p.len) - abs;
+            out.push(buf, from as usize..to as usize);
+        }
+        Ok(out)
     }
 
     /// Write `data` at `offset`; returns when every live replica holds it.

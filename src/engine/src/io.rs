@@ -38,6 +38,14 @@ pub(crate) enum Op {
     },
 }
 
+/// Where a read's verified data goes.
+pub(crate) enum ReadDest<'a> {
+    /// The caller's memory (exactly the blocks read).
+    Slice(&'a mut [u8]),
+    /// A buffer of the replica's own, handed over (set on success).
+    Owned(Option<AlignedBuf>),
+}
+
 /// A bad copy found while reading, repaired after the stripe lock is released.
 pub(crate) enum Repair {
     /// One version of one block failed its checksum on `bad`.
@@ -227,11 +235,45 @@ impl Inner {
         at_gen: u64,
         out: &mut [u8],
     ) -> Result<()> {
+        let nblocks = u32::try_from(out.len() / BLOCK_BYTES as usize)
+            .map_err(|_| EngineError::invalid("read too large"))?;
+        self.read_blocks_to(obj, block, nblocks, at_gen, &mut ReadDest::Slice(out))
+            .await
+    }
+
+    /// Read `nblocks` whole blocks of one chunk into a buffer of the engine's own (the verified
+    /// device buffer itself when the blocks lie in one run on the device: no copy).
+    pub(crate) async fn read_blocks_owned(
+        &self,
+        obj: ObjectId,
+        block: u64,
+        nblocks: u32,
+        at_gen: u64,
+    ) -> Result<AlignedBuf> {
+        let mut dest = ReadDest::Owned(None);
+        self.read_blocks_to(obj, block, nblocks, at_gen, &mut dest)
+            .await?;
+        match dest {
+            ReadDest::Owned(Some(b)) => Ok(b),
+            _ => Err(EngineError::io(format!(
+                "chunk {obj}: a read returned no buffer"
+            ))),
+        }
+    }
+
+    async fn read_blocks_to(
+        &self,
+        obj: ObjectId,
+        block: u64,
+        nblocks: u32,
+        at_gen: u64,
+        dest: &mut ReadDest<'_>,
+    ) -> Result<()> {
         self.ensure_reconciled(obj).await?;
         let mut repairs = Vec::new();
         let r = {
             let _l = self.stripe(obj).read().await;
-            self.read_locked(obj, block, at_gen, out, &mut repairs)
+            self.read_locked_to(obj, block, nblocks, at_gen, dest, &mut repairs)
                 .await
         };
         self.run_repairs(obj, repairs).await;
@@ -249,8 +291,34 @@ impl Inner {
     ) -> Result<()> {
         let nblocks = u32::try_from(out.len() / BLOCK_BYTES as usize)
             .map_err(|_| EngineError::invalid("read too large"))?;
+        self.read_locked_to(
+            obj,
+            block,
+            nblocks,
+            at_gen,
+            &mut ReadDest::Slice(out),
+            repairs,
+        )
+        .await
+    }
+
+    async fn read_locked_to(
+        &self,
+        obj: ObjectId,
+        block: u64,
+        nblocks: u32,
+        at_gen: u64,
+        dest: &mut ReadDest<'_>,
+        repairs: &mut Vec<Repair>,
+    ) -> Result<()> {
         let Some(holders) = self.index.get(obj) else {
-            out.fill(0); // thin: never written
+            // Thin: never written.
+            match dest {
+                ReadDest::Slice(out) => out.fill(0),
+                ReadDest::Owned(o) => {
+                    *o = Some(zero_buf(nblocks as usize * BLOCK_BYTES as usize));
+                }
+            }
             return Ok(());
         };
         let mut live = self.live_disks(holders);
@@ -275,11 +343,26 @@ impl Inner {
         let mut failures: Vec<(Arc<Disk>, StoreError)> = Vec::new();
         for d in &live {
             d.inflight.fetch_add(1, Ordering::Relaxed);
-            // Verified and copied block by block into the caller's memory (one pass).
-            let r = d
-                .replica
-                .read_into(obj, block, nblocks, at_gen, &mut *out)
-                .await;
+            let r = match dest {
+                // Verified and copied block by block into the caller's memory (one pass).
+                ReadDest::Slice(out) => {
+                    d.replica
+                        .read_into(obj, block, nblocks, at_gen, out)
+                        .await
+                }
+                // The replica's verified buffer is handed over as is.
+                ReadDest::Owned(o) => match d.replica.read(obj, block, nblocks, at_gen).await {
+                    Ok(buf) if buf.len() == nblocks as usize * BLOCK_BYTES as usize => {
+                        *o = Some(buf);
+                        Ok(())
+                    }
+                    Ok(buf) => Err(StoreError::InvalidArgument(format!(
+                        "replica returned {} bytes for a read of {nblocks} blocks",
+                        buf.len()
+                    ))),
+                    Err(e) => Err(e),
+                },
+            };
             d.inflight.fetch_sub(1, Ordering::Relaxed);
             d.reads.fetch_add(1, Ordering::Relaxed);
             match r {

@@ -87,6 +87,8 @@
 //!     pub fn read_only(&self) -> bool;
 //!     /// Any byte offset/length inside the disk (fast path when 4 KiB aligned).
 //!     pub async fn read(&self, offset: u64, buf: &mut [u8]) -> Result<()>;
+//!     /// The engine's verified buffers handed over (no copy): for callers that pass bytes on.
+//!     pub async fn read_owned(&self, offset: u64, len: u64) -> Result<ReadData>;
 //!     pub async fn write(&self, offset: u64, data: &[u8]) -> Result<()>;   // ack = all live replicas hold it
 //!     pub async fn flush(&self) -> Result<()>;                             // durable on all live replicas
 //!     pub async fn discard(&self, offset: u64, len: u64) -> Result<()>;   // frees space
@@ -123,6 +125,7 @@ mod io;
 mod meta;
 mod placement;
 mod pool;
+mod readbuf;
 mod rebuild;
 mod rebuild_copy;
 mod reconcile;
@@ -137,6 +140,7 @@ pub use handle::{VdiskHandle, MAX_IO_BYTES};
 pub use ids::seed_ids_for_this_thread;
 pub use meta::validate_name;
 pub use pool::Engine;
+pub use readbuf::{ReadData, ReadPart};
 pub use rebuild::{
     RebuildLimits, RebuildProfile, BUSY_WINDOW, DEFAULT_BUSY_BYTES_PER_SEC, MAX_YIELD,
 };

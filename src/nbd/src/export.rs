@@ -3,6 +3,7 @@
 
 use std::io;
 
+pub use bytes::Bytes;
 pub use futures::future::BoxFuture;
 
 use crate::proto;
@@ -16,6 +17,18 @@ pub trait NbdExport: Send + Sync + 'static {
 
     /// Fill `buf` with the bytes at `offset`.
     fn read<'a>(&'a self, offset: u64, buf: &'a mut [u8]) -> BoxFuture<'a, io::Result<()>>;
+
+    /// The `len` bytes at `offset` as buffers the reply is sent from, in order. The default
+    /// reads into a new buffer with `read`; an export that has verified buffers of its own (the
+    /// engine's) overrides it so the data reaches the socket without a copy. `len` is at most
+    /// `MAX_REQUEST_BYTES` (checked by the server).
+    fn read_owned(&self, offset: u64, len: u32) -> BoxFuture<'_, io::Result<Vec<Bytes>>> {
+        Box::pin(async move {
+            let mut buf = vec![0u8; len as usize];
+            self.read(offset, &mut buf).await?;
+            Ok(vec![Bytes::from(buf)])
+        })
+    }
 
     /// Store `data` at `offset` (durable only after a later `flush`).
     fn write<'a>(&'a self, offset: u64, data: &'a [u8]) -> BoxFuture<'a, io::Result<()>>;

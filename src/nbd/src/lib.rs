@@ -20,7 +20,7 @@ mod transmission;
 pub use device::DeviceExport;
 #[cfg(any(test, feature = "test-util"))]
 pub use export::RamExport;
-pub use export::{nbd_errno, BoxFuture, NbdExport};
+pub use export::{nbd_errno, BoxFuture, Bytes, NbdExport};
 pub use server::{Exports, NbdHandle, NbdServer, DEFAULT_ADDR, MAX_CONNECTIONS, MAX_NAME_BYTES};
 
 /// Largest READ or WRITE payload accepted (advertised as the maximum block size).

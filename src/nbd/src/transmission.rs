@@ -33,7 +33,8 @@ const HEADER_BYTES: usize = 28;
 /// A finished request: its reply and what it held of the connection's budget.
 struct Done {
     header: [u8; 16],
-    data: Option<Vec<u8>>,
+    /// A read's data, sent as is (the export's own buffers: no copy here).
+    data: Option<Vec<Bytes>>,
     cost_bytes: usize,
 }
 
@@ -51,12 +52,20 @@ async fn run(
     offset: u64,
     len: u64,
     fua: bool,
-) -> io::Result<Option<Vec<u8>>> {
+) -> io::Result<Option<Vec<Bytes>>> {
     let data = match op {
         Op::Read => {
-            let mut buf = vec![0u8; len as usize];
-            export.read(offset, &mut buf).await?;
-            return Ok(Some(buf));
+            // `decide` bounded the length by MAX_REQUEST_BYTES (a u32).
+            let len = u32::try_from(len).map_err(|_| io::ErrorKind::InvalidInput)?;
+            let parts = export.read_owned(offset, len).await?;
+            let got: usize = parts.iter().map(Bytes::len).sum();
+            if got != len as usize {
+                // A reply must carry exactly the requested bytes or the stream is lost.
+                return Err(io::Error::other(format!(
+                    "export returned {got} bytes for a read of {len}"
+                )));
+            }
+            return Ok(Some(parts));
         }
         Op::Write(data) => export.write(offset, &data).await.map(|_| None)?,
         Op::Flush => return export.flush().await.map(|_| None),
@@ -267,8 +276,8 @@ where
 
 async fn send<W: AsyncWrite + Unpin>(w: &mut W, d: &Done) -> io::Result<()> {
     w.write_all(&d.header).await?;
-    if let Some(data) = &d.data {
-        w.write_all(data).await?;
+    for part in d.data.iter().flatten() {
+        w.write_all(part).await?;
     }
     Ok(())
 }

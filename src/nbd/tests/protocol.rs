@@ -512,3 +512,96 @@ async fn request_on<W: AsyncWriteExt + Unpin>(
     b.extend_from_slice(&len.to_be_bytes());
     w.write_all(&b).await.unwrap();
 }
+
+/// Reads served from the export's own buffers (`read_owned`), split into uneven parts; the
+/// `short` export returns one byte too few for reads at offset 0.
+struct Parts {
+    ram: RamExport,
+    short: bool,
+}
+
+impl nbd::NbdExport for Parts {
+    fn size_bytes(&self) -> u64 {
+        self.ram.size_bytes()
+    }
+    fn read_only(&self) -> bool {
+        false
+    }
+    fn read<'a>(&'a self, _: u64, _: &'a mut [u8]) -> nbd::BoxFuture<'a, std::io::Result<()>> {
+        // Every read must go through `read_owned`.
+        Box::pin(async { Err(std::io::Error::from_raw_os_error(ENOTSUP as i32)) })
+    }
+    fn read_owned(&self, o: u64, len: u32) -> nbd::BoxFuture<'_, std::io::Result<Vec<nbd::Bytes>>> {
+        Box::pin(async move {
+            let mut all = vec![0u8; len as usize];
+            self.ram.read(o, &mut all).await?;
+            if self.short && o == 0 {
+                all.pop();
+            }
+            let all = nbd::Bytes::from(all);
+            // Parts of 1, 4095, 7 bytes, ... and the rest.
+            let mut parts = Vec::new();
+            let mut at = 0;
+            for n in [1usize, 4095, 7].into_iter().cycle() {
+                if at >= all.len() {
+                    break;
+                }
+                let end = (at + n).min(all.len());
+                parts.push(all.slice(at..end));
+                at = end;
+            }
+            Ok(parts)
+        })
+    }
+    fn write<'a>(&'a self, o: u64, d: &'a [u8]) -> nbd::BoxFuture<'a, std::io::Result<()>> {
+        self.ram.write(o, d)
+    }
+    fn flush(&self) -> nbd::BoxFuture<'_, std::io::Result<()>> {
+        self.ram.flush()
+    }
+    fn trim(&self, o: u64, l: u64) -> nbd::BoxFuture<'_, std::io::Result<()>> {
+        self.ram.trim(o, l)
+    }
+    fn write_zeroes(&self, o: u64, l: u64, t: bool) -> nbd::BoxFuture<'_, std::io::Result<()>> {
+        self.ram.write_zeroes(o, l, t)
+    }
+}
+
+#[tokio::test]
+async fn reads_are_sent_from_the_exports_own_buffers() {
+    let server = NbdServer::bind("127.0.0.1:0").await.unwrap();
+    let good = Arc::new(Parts {
+        ram: RamExport::new(1 << 20, false),
+        short: false,
+    });
+    let short = Arc::new(Parts {
+        ram: RamExport::new(1 << 20, false),
+        short: true,
+    });
+    let pattern: Vec<u8> = (0..1u32 << 20).map(|i| (i * 7 + i / 4096) as u8).collect();
+    good.ram.set_contents(0, &pattern);
+    short.ram.set_contents(0, &pattern);
+    server.add_export("good", good).unwrap();
+    server.add_export("short", short).unwrap();
+    let h = server.spawn().unwrap();
+    let mut s = connect_go(&h, "good").await;
+    for (handle, off, len) in [(1u64, 0u64, 1u32), (2, 5, 70_000), (3, 4096, 1 << 19)] {
+        request(&mut s, CMD_READ, 0, handle, off, len).await;
+        assert_eq!(simple(&mut s).await, (0, handle));
+        let mut d = vec![0u8; len as usize];
+        s.read_exact(&mut d).await.unwrap();
+        let o = off as usize;
+        assert!(d == pattern[o..o + d.len()], "read {off}+{len}");
+    }
+    // An export answering with the wrong length fails that read (no data follows the reply)
+    // and the connection goes on.
+    let mut s = connect_go(&h, "short").await;
+    request(&mut s, CMD_READ, 0, 1, 0, 4096).await;
+    assert_eq!(simple(&mut s).await, (EIO, 1));
+    request(&mut s, CMD_READ, 0, 2, 8192, 16).await;
+    assert_eq!(simple(&mut s).await, (0, 2));
+    let mut d = [0u8; 16];
+    s.read_exact(&mut d).await.unwrap();
+    assert_eq!(&d[..], &pattern[8192..8208]);
+    h.stop().await;
+}
