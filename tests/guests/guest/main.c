@@ -93,6 +93,7 @@ int guest_main(u32 start_info_pa) {
     if (has_word(cmdline, "hotplug")) run_hotplug_wait(si ? si->rsdp_paddr : 0);
     if (has_word(cmdline, "pci") || has_word(cmdline, "blk") || has_word(cmdline, "rng") ||
         has_word(cmdline, "blk-write") || has_word(cmdline, "blk-verify") || has_word(cmdline, "blk-mq") ||
+        has_word(cmdline, "blk-reset") ||
         has_word(cmdline, "bench-read") || has_word(cmdline, "bench-write") ||
         has_word(cmdline, "net") || has_word(cmdline, "net-offload") || has_word(cmdline, "net-mq") ||
         has_word(cmdline, "console"))

@@ -18,6 +18,8 @@ static struct vq blkqs[2], rngq;
 static struct vq *bq = &blkqs[0];
 static u16 bq_index;
 static int blk_nqueues = 1;
+/* The virtio-blk device's common configuration (for resets). */
+static u64 blk_common;
 static u8 data[BATCH][4096] __attribute__((aligned(4096)));
 static struct blk_req reqs[BATCH];
 static u8 status[BATCH];
@@ -238,6 +240,7 @@ static u64 blk_init(int want_mq) {
         if (nq >= 2) blk_nqueues = 2;
     }
     check(driver_ok(&d), "virtio-driver-ok", "device needs reset");
+    blk_common = d.common;
     u64 capacity = (u64)mmio_r32(d.device) | ((u64)mmio_r32(d.device + 4) << 32);
     puts("capacity-sectors ");
     put_dec(capacity);
@@ -286,7 +289,58 @@ static void run_blk_mq(const char *cmdline) {
     check(lapic_irr(0x41) && lapic_irr(0x42), "blk-mq-vectors", "queue vectors 0x41/0x42 not both pending");
 }
 
+/*
+ * Device reset with requests in flight ("blk-reset"): BATCH-1 writes of the pattern, then one
+ * read, in one notify. The host's disk holds every write until all of them arrived (plus a
+ * while) and answers reads at once; the device takes chains in ring order, so once the read is
+ * used, every write is in flight. The guest then resets the device, which must wait for them:
+ * when the reset write returns they are all answered OK, nothing lands in the old ring later,
+ * the device starts again, and every write reads back whole. Prints "reset-pending N": the
+ * writes still unanswered when the reset was written.
+ */
+static void run_blk_reset(const char *cmdline) {
+    u64 capacity = blk_init(0);
+    if (!capacity) return;
+    u64 seed = arg_u64(cmdline, "seed", 1), base = arg_u64(cmdline, "base", 2048);
+    int n = BATCH - 1;
+    u16 heads[BATCH];
+    for (int i = 0; i < n; i++) {
+        pattern(data[i], seed, base + 8 * (u64)i);
+        heads[i] = build_req(i, 1, base + 8 * (u64)i, data[i], 4096, 0);
+    }
+    memset(data[n], 0xAA, 4096);
+    heads[n] = build_req(n, 0, base, data[n], 4096, 1);
+    publish(bq, 0, heads, BATCH);
+    int first = 0;
+    for (u64 spin = 0; spin < 2000000000ull; spin++) {
+        barrier();
+        if (*(volatile u16 *)&bq->used.idx != bq->last_used) { first = 1; break; }
+        __asm__ volatile("pause");
+    }
+    check(first && bq->used.ring[bq->last_used % QSZ].id == heads[n], "blk-reset-read-first",
+          "the read did not complete ahead of the held writes");
+    int pending = 0;
+    for (int i = 0; i < n; i++) pending += *(volatile u8 *)&status[i] == 0xff;
+    mmio_w8(blk_common + 0x14, 0);
+    check(mmio_r8(blk_common + 0x14) == 0, "blk-reset-status-zero", "device status not 0 after reset");
+    u16 used = *(volatile u16 *)&bq->used.idx;
+    int answered = used == (u16)(bq->last_used + BATCH);
+    for (int i = 0; i < n; i++) answered = answered && *(volatile u8 *)&status[i] == 0;
+    check(answered, "blk-reset-drained", "in-flight writes not all answered OK when the reset returned");
+    for (u64 spin = 0; spin < 20000000ull; spin++) __asm__ volatile("pause");
+    check(*(volatile u16 *)&bq->used.idx == used, "blk-reset-quiet", "used ring written after reset");
+    puts("reset-pending ");
+    put_dec((u64)pending);
+    puts("\n");
+    check(blk_init(0) != 0, "blk-reset-reinit", "device did not start again after reset");
+    check(rw_batch(n, 0, base, seed, 1), "blk-reset-data", "writes in flight at reset did not read back whole");
+}
+
 static void run_blk(const char *cmdline) {
+    if (has_word(cmdline, "blk-reset")) {
+        run_blk_reset(cmdline);
+        return;
+    }
     if (has_word(cmdline, "blk-mq")) {
         run_blk_mq(cmdline);
         return;
@@ -777,7 +831,7 @@ int run_pci_tests(const char *cmdline) {
     (void)host;
     check(pci_r32(0, 0) != 0xffffffffu, "pci-host-bridge", "no device at 00:00.0");
     check(pci_r32(31, 0) == 0xffffffffu || pci_r32(31, 0) != 0, "pci-empty-slot", "");
-    if (has_word(cmdline, "blk") || has_word(cmdline, "blk-write") || has_word(cmdline, "blk-verify") || has_word(cmdline, "blk-mq")) run_blk(cmdline);
+    if (has_word(cmdline, "blk") || has_word(cmdline, "blk-write") || has_word(cmdline, "blk-verify") || has_word(cmdline, "blk-mq") || has_word(cmdline, "blk-reset")) run_blk(cmdline);
     if (has_word(cmdline, "rng")) run_rng();
     if (has_word(cmdline, "net")) run_net();
     if (has_word(cmdline, "net-offload")) run_net_offload();

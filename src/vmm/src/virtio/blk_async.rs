@@ -1,19 +1,21 @@
 //! virtio-blk queues served by an [`AsyncDisk`] (the engine): the queue thread walks and parses
-//! each chain and submits it as a task on the disk's runtime; the task runs the request and
-//! completes it itself (status byte, used ring, interrupt). No thread blocks per request and no
-//! thread hop sits between the engine's completion and the guest's.
+//! each chain and hands it to the queue's driver, one task on the disk's runtime that starts
+//! every request and polls them all itself; a request's end (data, status byte) runs right where
+//! the engine's completion woke the driver, and each pass puts its completions on the used ring
+//! together. No thread blocks per request, no task is spawned per request, and read buffers are
+//! reused.
 //!
 //! What it guarantees:
 //! - at most `limit` (the queue size) requests per queue in flight; at the limit the queue
 //!   thread stops taking chains and the next completion wakes it (backpressure, also against a
 //!   guest that offers one head twice);
-//! - completions are published in bursts: whichever task finds the burst list empty publishes
-//!   everything that arrives while it holds the queue, then raises one interrupt (or none, as
-//!   the event index or NO_INTERRUPT say);
+//! - completions are published in bursts: everything the driver finished in one pass goes on
+//!   the used ring at once, then one interrupt is raised (or none, as the event index or
+//!   NO_INTERRUPT say);
 //! - a FLUSH starts only after every write, discard and write-zeroes submitted before it on any
 //!   queue of the device completed ([`WriteOrder`]), then runs the disk's flush;
 //! - [`AsyncQueue::close`] (device reset, hot-unplug) waits for every in-flight request; if one
-//!   is stuck past the bound it closes the gate, after which no task touches guest memory.
+//!   is stuck past the bound it closes the gate, after which no request touches guest memory.
 //!
 //! It must never write guest memory through anything but a walked, checked [`Chain`], and never
 //! after `close` returned.
@@ -23,10 +25,13 @@ use crate::backend::AsyncDisk;
 use crate::memory::GuestMemoryMmap;
 use crate::stats::DeviceCounters;
 use blockdev::AlignedBuf;
+use futures::stream::{FuturesUnordered, StreamExt};
+use futures::task::AtomicWaker;
 use parking_lot::{Condvar, Mutex, RwLock};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::Bytes;
@@ -116,7 +121,7 @@ impl WriteOrder {
     }
 }
 
-/// One queue's state, shared by its queue thread and its request tasks.
+/// One queue's state, shared by its queue thread and its driver task.
 pub struct AsyncQueue {
     queue: Mutex<Queue>,
     mem: Arc<GuestMemoryMmap>,
@@ -128,16 +133,24 @@ pub struct AsyncQueue {
     size: u64,
     read_only: bool,
     queue_index: usize,
-    /// Requests taken from the ring and not yet finished (published or abandoned).
+    /// Requests taken from the ring and not yet published (or abandoned after close).
     inflight: AtomicUsize,
     limit: usize,
     /// The queue thread stopped at the limit and wants a kick from the next completion.
     throttled: AtomicBool,
     /// Written to wake the queue thread (a clone of its notify eventfd).
     kick: EventFd,
+    /// Parsed requests handed from the queue thread to the driver. Reserved to `limit`.
+    incoming: Mutex<Vec<(InFlight, Req)>>,
+    /// The driver task's waker (the queue thread wakes it once per pass).
+    driver: AtomicWaker,
+    /// The driver task ended (runtime shut down): the queue thread answers requests itself.
+    driver_gone: AtomicBool,
     /// Completions waiting for the used ring: (head, used length). Reserved to `limit`.
     burst: Mutex<Vec<(u16, u32)>>,
-    /// False once closed: tasks still running afterwards leave guest memory alone.
+    /// Read buffers kept for reuse (at most `limit`), so a read allocates nothing.
+    bufs: Mutex<Vec<AlignedBuf>>,
+    /// False once closed: requests still running afterwards leave guest memory alone.
     live: RwLock<bool>,
     closing: AtomicBool,
     drained: (Mutex<()>, Condvar),
@@ -169,9 +182,12 @@ pub struct QueueSetup {
     pub limit: usize,
 }
 
-/// A request in flight. Finishing it publishes the outcome; dropping it unfinished (the task
-/// was cancelled, e.g. the runtime shut down) completes it with IOERR, so every request taken
-/// from the ring is answered and counted out exactly once.
+/// Largest read buffer kept for reuse (bigger reads allocate; guests mostly read 4-128 KiB).
+const KEEP_BUF_BYTES: usize = 128 << 10;
+
+/// A request in flight. Finishing it stages the outcome for the used ring; dropping it
+/// unfinished (the driver was dropped, e.g. the runtime shut down) completes it with IOERR and
+/// publishes, so every request taken from the ring is answered and counted out exactly once.
 struct InFlight {
     q: Arc<AsyncQueue>,
     head: u16,
@@ -179,12 +195,15 @@ struct InFlight {
     start: Instant,
     /// The write epoch to end (writes, discards, write-zeroes).
     epoch: Option<u64>,
+    /// A flush's target: the epoch whose writes it waits for.
+    flush_after: Option<u64>,
     finished: bool,
 }
 
 impl InFlight {
-    /// Writes `data` (reads, GET_ID) and the status into the chain, queues the completion and
-    /// publishes the burst. Nothing touches guest memory once the queue is closed.
+    /// Writes `data` (reads, GET_ID) and the status into the chain and stages the completion;
+    /// [`AsyncQueue::publish`] puts it on the used ring. Nothing touches guest memory once the
+    /// queue is closed (the request is then only counted out).
     fn finish(&mut self, out: Outcome, data: Option<&[u8]>) {
         self.finished = true;
         if let Some(ep) = self.epoch.take() {
@@ -193,6 +212,8 @@ impl InFlight {
         let q = &self.q;
         let live = q.live.read();
         if !*live {
+            drop(live);
+            q.release(1);
             return;
         }
         let mut out = out;
@@ -212,7 +233,7 @@ impl InFlight {
         q.counters
             .latency_ns_total
             .fetch_add(ns, std::sync::atomic::Ordering::Relaxed);
-        q.complete(self.head, used);
+        q.burst.lock().push((self.head, used));
     }
 }
 
@@ -220,24 +241,105 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         if !self.finished {
             self.finish(Outcome::IOERR, None);
-        }
-        let q = &self.q;
-        let left = q.inflight.fetch_sub(1, SeqCst) - 1;
-        if q.throttled.swap(false, SeqCst) {
-            let _ = q.kick.write(1);
-        }
-        if left == 0 && q.closing.load(SeqCst) {
-            let _g = q.drained.0.lock();
-            q.drained.1.notify_all();
+            self.q.publish();
         }
     }
 }
 
+/// Marks the driver gone when its task ends or is dropped, and answers what it left queued.
+struct DriverGone(Arc<AsyncQueue>);
+
+impl Drop for DriverGone {
+    fn drop(&mut self) {
+        self.0.driver_gone.store(true, SeqCst);
+        self.0.drop_incoming();
+    }
+}
+
+/// Runs one request on the disk and finishes it.
+async fn run(mut job: InFlight, req: Req) {
+    let q = job.q.clone();
+    match req {
+        Req::Flush => {
+            q.counters.flush_ops.fetch_add(1, SeqCst);
+            if let Some(target) = job.flush_after {
+                q.order.wait(target).await;
+            }
+            let r = q.disk.flush().await;
+            job.finish(outcome(r.is_ok(), 0), None);
+        }
+        Req::Read { off, len } => {
+            let (buf, r) = q.disk.read(off, q.take_buf(len), len).await;
+            if r.is_ok() {
+                q.counters.count_read(len);
+            }
+            match buf.get(..len) {
+                Some(data) => job.finish(outcome(r.is_ok(), len as u64), Some(data)),
+                None => job.finish(Outcome::IOERR, None),
+            }
+            q.put_buf(buf);
+        }
+        Req::Write { off, len } => {
+            let mut buf = AlignedBuf::for_overwrite(len);
+            let gathered = {
+                let live = q.live.read();
+                *live && job.chain.gather(&q.mem, 16, &mut buf[..len])
+            };
+            let ok = gathered && q.disk.write(off, buf, len).await.is_ok();
+            if ok {
+                q.counters.count_write(len);
+            }
+            job.finish(outcome(ok, 0), None);
+        }
+        Req::Discard { off, len } | Req::WriteZeroes { off, len } => {
+            let r = if matches!(req, Req::WriteZeroes { .. }) {
+                q.disk.write_zeroes(off, len).await
+            } else {
+                q.disk.discard(off, len).await
+            };
+            q.counters.discard_ops.fetch_add(1, SeqCst);
+            job.finish(outcome(r.is_ok(), 0), None);
+        }
+        // Answered on the queue thread; never handed over.
+        Req::GetId { .. } | Req::Done(_) => job.finish(Outcome::IOERR, None),
+    }
+}
+
+/// The queue's driver: one task on the disk's runtime that starts the requests the queue
+/// thread hands over and polls them all itself, so a completion the engine signals runs the
+/// request's end on the same worker (no task per request, no spawn per request), and every
+/// completion of one pass goes on the used ring together with at most one interrupt.
+async fn drive(q: Arc<AsyncQueue>) {
+    let _gone = DriverGone(q.clone());
+    let mut running = FuturesUnordered::new();
+    let mut batch: Vec<(InFlight, Req)> = Vec::with_capacity(q.limit);
+    std::future::poll_fn(|cx| {
+        // Registered before looking, so a hand-over after the look wakes this task again.
+        q.driver.register(cx.waker());
+        std::mem::swap(&mut *q.incoming.lock(), &mut batch);
+        for (job, req) in batch.drain(..) {
+            running.push(run(job, req));
+        }
+        let mut finished = false;
+        while let Poll::Ready(Some(())) = running.poll_next_unpin(cx) {
+            finished = true;
+        }
+        if finished {
+            q.publish();
+        }
+        if running.is_empty() && q.closing.load(SeqCst) && q.incoming.lock().is_empty() {
+            return Poll::Ready(());
+        }
+        Poll::Pending
+    })
+    .await
+}
+
 impl AsyncQueue {
-    /// State for one queue.
+    /// State for one queue; starts its driver task on the disk's runtime.
     pub fn new(queue: Queue, setup: QueueSetup) -> Arc<Self> {
         let limit = setup.limit.max(1);
-        Arc::new(Self {
+        let q = Arc::new(Self {
             queue: Mutex::new(queue),
             mem: setup.mem,
             disk: setup.disk,
@@ -252,11 +354,17 @@ impl AsyncQueue {
             limit,
             throttled: AtomicBool::new(false),
             kick: setup.kick,
+            incoming: Mutex::new(Vec::with_capacity(limit)),
+            driver: AtomicWaker::new(),
+            driver_gone: AtomicBool::new(false),
             burst: Mutex::new(Vec::with_capacity(limit)),
+            bufs: Mutex::new(Vec::with_capacity(limit)),
             live: RwLock::new(true),
             closing: AtomicBool::new(false),
             drained: (Mutex::new(()), Condvar::new()),
-        })
+        });
+        q.disk.runtime().spawn(drive(q.clone()));
+        q
     }
 
     /// Requests in flight now.
@@ -264,41 +372,73 @@ impl AsyncQueue {
         self.inflight.load(SeqCst)
     }
 
-    /// Adds one completion to the burst; the caller that found the burst empty publishes it
-    /// (and whatever joins it meanwhile) and raises at most one interrupt per pass.
-    fn complete(&self, head: u16, len: u32) {
-        let lead = {
-            let mut b = self.burst.lock();
-            b.push((head, len));
-            b.len() == 1
-        };
-        if !lead {
+    /// Counts out `n` requests: wakes a throttled queue thread and a waiting `close`.
+    fn release(&self, n: usize) {
+        if n == 0 {
             return;
         }
-        loop {
+        let left = self.inflight.fetch_sub(n, SeqCst) - n;
+        if self.throttled.swap(false, SeqCst) {
+            let _ = self.kick.write(1);
+        }
+        if left == 0 && self.closing.load(SeqCst) {
+            let _g = self.drained.0.lock();
+            self.drained.1.notify_all();
+        }
+    }
+
+    /// Puts every staged completion on the used ring and raises at most one interrupt (none
+    /// if the event index or NO_INTERRUPT say so), then counts them out.
+    fn publish(&self) {
+        let n = {
+            let live = self.live.read();
             let mut q = self.queue.lock();
             let mut b = self.burst.lock();
-            if b.is_empty() {
-                return;
-            }
+            let n = b.len();
             let mut ok = true;
             for (h, l) in b.drain(..) {
-                ok &= q.add_used(&*self.mem, h, l).is_ok();
+                ok &= *live && q.add_used(&*self.mem, h, l).is_ok();
             }
             drop(b);
-            let notify = ok && q.needs_notification(&*self.mem).unwrap_or(true);
+            let notify = n > 0 && ok && q.needs_notification(&*self.mem).unwrap_or(true);
             drop(q);
             if notify {
                 (self.irq)();
             }
+            n
+        };
+        self.release(n);
+    }
+
+    /// A read buffer of at least `len` bytes (a kept one if it fits).
+    fn take_buf(&self, len: usize) -> AlignedBuf {
+        match self.bufs.lock().pop() {
+            Some(b) if b.len() >= len => b,
+            _ => AlignedBuf::for_overwrite(len),
         }
     }
 
-    /// Takes every available chain (up to the in-flight limit) and submits it. Called by the
-    /// queue thread on each kick.
+    /// Keeps `buf` for a later read (bounded in count and size).
+    fn put_buf(&self, buf: AlignedBuf) {
+        let mut bufs = self.bufs.lock();
+        if bufs.len() < self.limit && buf.len() <= KEEP_BUF_BYTES {
+            bufs.push(buf);
+        }
+    }
+
+    /// Answers every request handed over but not started (the driver is gone) with IOERR.
+    fn drop_incoming(&self) {
+        let left: Vec<(InFlight, Req)> = std::mem::take(&mut *self.incoming.lock());
+        drop(left);
+    }
+
+    /// Takes every available chain (up to the in-flight limit), parses it and hands it to the
+    /// driver task (one wake per pass). Called by the queue thread on each kick.
     pub fn poll(self: &Arc<Self>) {
         let mem = self.mem.clone();
-        loop {
+        let mut handed = false;
+        let mut staged = false;
+        'outer: loop {
             let mut q = self.queue.lock();
             if q.event_idx_enabled() {
                 let _ = q.disable_notification(&*mem);
@@ -308,7 +448,7 @@ impl AsyncQueue {
                     // Ask for a kick, then look again: a completion between the two sees it.
                     self.throttled.store(true, SeqCst);
                     if self.inflight.load(SeqCst) >= self.limit {
-                        return;
+                        break 'outer;
                     }
                     self.throttled.store(false, SeqCst);
                 }
@@ -324,29 +464,49 @@ impl AsyncQueue {
                     &mem,
                     chain.map(|d| (d.addr().0, d.len(), d.is_write_only())),
                 ) {
-                    Ok(c) => self.submit(head, c, start),
+                    Ok(c) => {
+                        if self.submit(head, c, start) {
+                            handed = true;
+                        } else {
+                            staged = true;
+                        }
+                    }
                     Err(_) => {
                         // No usable status byte: answer with a zero length.
                         self.counters.errors.fetch_add(1, SeqCst);
-                        self.complete(head, 0);
-                        self.inflight.fetch_sub(1, SeqCst);
+                        self.burst.lock().push((head, 0));
+                        staged = true;
                     }
                 }
                 q = self.queue.lock();
             }
             if !q.event_idx_enabled() || !q.enable_notification(&*mem).unwrap_or(false) {
-                return;
+                break;
             }
+        }
+        if handed {
+            self.driver.wake();
+            if self.driver_gone.load(SeqCst) {
+                self.drop_incoming();
+            }
+        }
+        if staged {
+            self.publish();
         }
     }
 
-    fn submit(self: &Arc<Self>, head: u16, chain: Chain, start: Instant) {
+    /// Parses one chain; answers it here if no disk I/O is needed (returns false), else hands
+    /// it to the driver (returns true).
+    fn submit(self: &Arc<Self>, head: u16, chain: Chain, start: Instant) -> bool {
         let req = parse(&self.mem, &chain, self.size, self.read_only);
-        let epoch = match req {
+        // The order is fixed here, in ring order: writes join the current epoch, a flush
+        // closes it and later waits for it.
+        let (epoch, flush_after) = match req {
             Req::Write { .. } | Req::Discard { .. } | Req::WriteZeroes { .. } => {
-                Some(self.order.begin_write())
+                (Some(self.order.begin_write()), None)
             }
-            _ => None,
+            Req::Flush => (None, Some(self.order.begin_flush())),
+            _ => (None, None),
         };
         let mut job = InFlight {
             q: self.clone(),
@@ -354,61 +514,22 @@ impl AsyncQueue {
             chain,
             start,
             epoch,
+            flush_after,
             finished: false,
         };
         match req {
-            Req::Done(out) => job.finish(out, None),
+            Req::Done(out) => {
+                job.finish(out, None);
+                false
+            }
             Req::GetId { len } => {
                 let serial = self.serial;
                 job.finish(Outcome::ok(len as u64), Some(&serial[..len]));
+                false
             }
-            Req::Flush => {
-                let target = self.order.begin_flush();
-                self.disk.runtime().spawn(async move {
-                    let q = job.q.clone();
-                    q.counters.flush_ops.fetch_add(1, SeqCst);
-                    q.order.wait(target).await;
-                    let r = q.disk.flush().await;
-                    job.finish(outcome(r.is_ok(), 0), None);
-                });
-            }
-            Req::Read { off, len } => {
-                self.disk.runtime().spawn(async move {
-                    let q = job.q.clone();
-                    let (buf, r) = q.disk.read(off, AlignedBuf::for_overwrite(len), len).await;
-                    if r.is_ok() {
-                        q.counters.count_read(len);
-                    }
-                    job.finish(outcome(r.is_ok(), len as u64), Some(&buf[..len]));
-                });
-            }
-            Req::Write { off, len } => {
-                self.disk.runtime().spawn(async move {
-                    let q = job.q.clone();
-                    let mut buf = AlignedBuf::for_overwrite(len);
-                    let gathered = {
-                        let live = q.live.read();
-                        *live && job.chain.gather(&q.mem, 16, &mut buf[..len])
-                    };
-                    let ok = gathered && q.disk.write(off, buf, len).await.is_ok();
-                    if ok {
-                        q.counters.count_write(len);
-                    }
-                    job.finish(outcome(ok, 0), None);
-                });
-            }
-            Req::Discard { off, len } | Req::WriteZeroes { off, len } => {
-                let zero = matches!(req, Req::WriteZeroes { .. });
-                self.disk.runtime().spawn(async move {
-                    let q = job.q.clone();
-                    let r = if zero {
-                        q.disk.write_zeroes(off, len).await
-                    } else {
-                        q.disk.discard(off, len).await
-                    };
-                    q.counters.discard_ops.fetch_add(1, SeqCst);
-                    job.finish(outcome(r.is_ok(), 0), None);
-                });
+            _ => {
+                self.incoming.lock().push((job, req));
+                true
             }
         }
     }
@@ -416,9 +537,10 @@ impl AsyncQueue {
     /// Stops taking part in the device: waits up to `timeout` for every request in flight to
     /// finish, then closes the gate so that a request still running never touches guest memory.
     /// Returns the number of requests abandoned (0 when all drained). The queue thread must be
-    /// stopped first.
+    /// stopped first. The driver task ends once nothing is left running.
     pub fn close(&self, timeout: Duration) -> usize {
         self.closing.store(true, SeqCst);
+        self.driver.wake();
         let deadline = Instant::now() + timeout;
         {
             let mut g = self.drained.0.lock();
@@ -429,7 +551,9 @@ impl AsyncQueue {
             }
         }
         *self.live.write() = false;
-        self.inflight.load(SeqCst)
+        let left = self.inflight.load(SeqCst);
+        self.driver.wake();
+        left
     }
 }
 
