@@ -287,6 +287,21 @@ pub enum Command {
         id: String,
         spec: String,
     },
+    /// Takeover with three or more data members: as [`Command::MoveVdisks`], but rejected
+    /// while `from` has an outdated holder (any, not only `to`): the new owner gathers the
+    /// chunks from every surviving holder, so one outdated copy would lose writes `from`
+    /// acknowledged. Last, so the older commands' encoding stays.
+    TakeOver {
+        from: NodeId,
+        to: NodeId,
+    },
+    /// Member `id` is reachable at new addresses (its host's address changed; it announced
+    /// them itself, see `readdress`). Both must be `ip:port`.
+    SetMemberAddr {
+        id: NodeId,
+        addr: String,
+        join_addr: String,
+    },
 }
 
 /// What applying a command produced.
@@ -390,6 +405,24 @@ impl ClusterState {
                     },
                 );
                 return Ok(CommandResult::NodeId(id));
+            }
+            SetMemberAddr {
+                id,
+                addr,
+                join_addr,
+            } => {
+                if [addr, join_addr]
+                    .iter()
+                    .any(|a| a.parse::<std::net::SocketAddr>().is_err())
+                {
+                    return Err(reject("a member address must be ip:port"));
+                }
+                let m = self
+                    .members
+                    .get_mut(id)
+                    .ok_or_else(|| reject("no such member"))?;
+                m.addr = addr.clone();
+                m.join_addr = join_addr.clone();
             }
             SetMemberState { id, state } => {
                 let m = self
@@ -548,6 +581,7 @@ impl ClusterState {
                     .ok_or_else(|| reject("no such schedule"))?;
             }
             MoveVdisks { from, to } => return self.move_vdisks(*from, *to),
+            TakeOver { from, to } => return self.take_over(*from, *to),
             Outdate {
                 owner,
                 holder,

@@ -11,14 +11,25 @@
 //! on it is an ordinary virtual disk of this node: the maintenance pass re-mirrors its chunks
 //! onto the other node's disks like any under-replicated chunk.
 //!
+//! With three or more data nodes a chunk's replicas may both sit on other nodes than this
+//! one: [`Engine::adopt_vdisk_gathered`] takes, besides the copy held here, the chunks other
+//! holders keep (fetched through the caller, over the mirror transport, after the caller
+//! fenced every holder's copy); each is written to one of this node's disks (its placement's
+//! disk on this node if there is one, else the one with most room). Copies held on other
+//! nodes are theirs to delete, once the adopted disk is recorded (the holder sees it
+//! described by its new owner; see the node's takeover).
+//!
 //! Owns: [`VdiskRecord`] (what an owner tells its holders) and the adoption itself.
 //! Must never: adopt over an existing name, record the disk before its data is durable, or
 //! delete the held copy before the adopted disk is recorded.
 
+use std::collections::BTreeSet;
+use std::future::Future;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use store::ObjectId;
+use store::{BlockVersions, ObjectId};
 
 use crate::core::now_unix;
 use crate::error::{EngineError, Result};
@@ -138,11 +149,52 @@ impl Engine {
         out
     }
 
+    /// Delete every object held in this node's own stores under `source` (a hosted id): a
+    /// copy another node adopted. Returns the objects deleted. The caller makes sure the copy
+    /// is retired and its new owner recorded the adopted disk.
+    pub async fn drop_held(&self, source: u64) -> Result<u64> {
+        if source & FOREIGN_VDISK_BIT == 0 {
+            return Err(EngineError::invalid(format!(
+                "object id {source:#x} is not a held copy"
+            )));
+        }
+        let mut n = 0;
+        for (d, obj) in self.held(source) {
+            d.replica
+                .delete_object(obj)
+                .await
+                .map_err(|e| EngineError::store(format!("deleting held chunk {obj}"), e))?;
+            d.write_seq.fetch_add(1, Ordering::Release);
+            n += 1;
+        }
+        Ok(n)
+    }
+
     /// Turn the copy held under hosted id `source` into the local virtual disk `rec.name`
     /// (see the module docs). The held objects are deleted once the disk is recorded. Blocks
     /// written after `rec` was sent are kept (the generation is raised past every version
     /// found); a snapshot taken after it was sent is not listed (its versions are pruned).
     pub async fn adopt_vdisk(&self, rec: &VdiskRecord, source: u64) -> Result<VdiskInfo> {
+        let none = |_: u64| async { Err::<Vec<BlockVersions>, String>("no other holder".into()) };
+        self.adopt_vdisk_gathered(rec, source, &[], none).await
+    }
+
+    /// [`Engine::adopt_vdisk`] gathering from other holders too: `remote` lists the chunks
+    /// other nodes hold (the caller fenced those copies first); each one not held here is
+    /// fetched with `fetch(chunk)` (every version of every block, checked by the fetcher) and
+    /// written to a disk of this node. A failed fetch fails the adoption before anything is
+    /// recorded (nothing partial is ever adopted; what was copied is removed again).
+    pub async fn adopt_vdisk_gathered<F, Fut>(
+        &self,
+        rec: &VdiskRecord,
+        source: u64,
+        remote: &[u64],
+        fetch: F,
+    ) -> Result<VdiskInfo>
+    where
+        F: Fn(u64) -> Fut,
+        Fut: Future<Output = std::result::Result<Vec<BlockVersions>, String>>,
+    {
         rec.validate()?;
         if source & FOREIGN_VDISK_BIT == 0 {
             return Err(EngineError::invalid(format!(
@@ -165,42 +217,76 @@ impl Engine {
             .await?;
         // Until recorded, the new id's objects must not look like orphans.
         inner.building.lock().insert(new_id);
-        let r = self.adopt_reserved(rec, source, new_id).await;
+        let mut copied = Vec::new();
+        let r = self
+            .adopt_reserved(rec, source, new_id, remote, fetch, &mut copied)
+            .await;
+        if r.is_err() {
+            // Nothing was recorded: the copies made so far go again (an interrupted run's
+            // leftovers are orphans the next open removes).
+            for (d, dst) in copied {
+                inner.index.remove_slot(dst, d.slot);
+                if d.replica.delete_object(dst).await.is_ok() {
+                    d.write_seq.fetch_add(1, Ordering::Release);
+                }
+            }
+        }
         inner.building.lock().remove(&new_id);
         r
     }
 
-    async fn adopt_reserved(
+    async fn adopt_reserved<F, Fut>(
         &self,
         rec: &VdiskRecord,
         source: u64,
         new_id: u64,
-    ) -> Result<VdiskInfo> {
+        remote: &[u64],
+        fetch: F,
+        copied: &mut Vec<(Arc<crate::core::Disk>, ObjectId)>,
+    ) -> Result<VdiskInfo>
+    where
+        F: Fn(u64) -> Fut,
+        Fut: Future<Output = std::result::Result<Vec<BlockVersions>, String>>,
+    {
         let inner = &self.inner;
         let held = self.held(source);
         let mut max_gen = 0u64;
+        let mut here = BTreeSet::new();
         for (d, obj) in &held {
+            if !here.insert(obj.chunk) {
+                continue; // a second copy here (a move in progress on the old owner's side)
+            }
             let versions = d
                 .replica
                 .export_object(*obj)
                 .await
                 .map_err(|e| EngineError::store(format!("reading held chunk {obj}"), e))?;
-            for b in &versions {
-                for v in &b.versions {
-                    max_gen = max_gen.max(v.gen);
-                }
+            max_gen = max_gen.max(newest_gen(&versions));
+            self.import_adopted(d, new_id, obj.chunk, versions, copied)
+                .await?;
+        }
+        let elsewhere: BTreeSet<u64> = remote
+            .iter()
+            .copied()
+            .filter(|c| !here.contains(c))
+            .collect();
+        for chunk in elsewhere {
+            if chunk >= rec.size_bytes.div_ceil(crate::CHUNK_BYTES) {
+                return Err(EngineError::Corrupt(format!(
+                    "a holder lists chunk {chunk} of {:?}, past its size",
+                    rec.name
+                )));
             }
-            let dst = ObjectId {
-                vdisk: new_id,
-                chunk: obj.chunk,
-            };
-            let _l = inner.stripe(dst).write().await;
-            d.replica
-                .import_object(dst, versions)
-                .await
-                .map_err(|e| EngineError::store(format!("copying held chunk {obj}"), e))?;
-            d.write_seq.fetch_add(1, Ordering::Release);
-            inner.index.add(dst, d.slot);
+            let versions = fetch(chunk).await.map_err(|e| {
+                EngineError::Degraded(format!(
+                    "fetching chunk {chunk} of {:?} from another holder: {e}",
+                    rec.name
+                ))
+            })?;
+            max_gen = max_gen.max(newest_gen(&versions));
+            let d = self.adopt_target(rec.seed, chunk)?;
+            self.import_adopted(&d, new_id, chunk, versions, copied)
+                .await?;
         }
         if max_gen >= u64::MAX / 2 {
             return Err(EngineError::Corrupt(format!(
@@ -261,4 +347,61 @@ impl Engine {
         inner.kick_bg();
         self.vdisk(&nv.name)
     }
+
+    /// Write one adopted chunk as object (`new_id`, `chunk`) on `d`.
+    async fn import_adopted(
+        &self,
+        d: &Arc<crate::core::Disk>,
+        new_id: u64,
+        chunk: u64,
+        versions: Vec<BlockVersions>,
+        copied: &mut Vec<(Arc<crate::core::Disk>, ObjectId)>,
+    ) -> Result<()> {
+        let inner = &self.inner;
+        let dst = ObjectId {
+            vdisk: new_id,
+            chunk,
+        };
+        let _l = inner.stripe(dst).write().await;
+        d.replica
+            .import_object(dst, versions)
+            .await
+            .map_err(|e| EngineError::store(format!("copying held chunk {chunk}"), e))?;
+        d.write_seq.fetch_add(1, Ordering::Release);
+        inner.index.add(dst, d.slot);
+        copied.push((d.clone(), dst));
+        Ok(())
+    }
+
+    /// The disk of this node a chunk fetched from another holder goes to: the one placement
+    /// picks on this node, else the live local disk with the most free blocks.
+    fn adopt_target(&self, seed: u64, chunk: u64) -> Result<Arc<crate::core::Disk>> {
+        let inner = &self.inner;
+        let me = inner.cfg.node_id;
+        let view = inner.view.read().clone();
+        let placed = view.place_in(seed, chunk, None);
+        let local: Vec<Arc<crate::core::Disk>> = inner
+            .disks
+            .read()
+            .iter()
+            .filter(|d| d.node_id == me && d.live())
+            .cloned()
+            .collect();
+        if let Some(d) = local.iter().find(|d| placed.contains(d.slot)) {
+            return Ok(d.clone());
+        }
+        local
+            .into_iter()
+            .max_by_key(|d| d.replica.space().free_blocks)
+            .ok_or_else(|| EngineError::Degraded("this node has no live disk to adopt onto".into()))
+    }
+}
+
+/// The newest generation among `versions`.
+fn newest_gen(versions: &[BlockVersions]) -> u64 {
+    versions
+        .iter()
+        .flat_map(|b| b.versions.iter().map(|v| v.gen))
+        .max()
+        .unwrap_or(0)
 }

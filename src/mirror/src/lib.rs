@@ -4,7 +4,8 @@
 //! resync when it returns.
 //!
 //! Owns: the replica protocol (`wire`), the durable epoch table and the writer's epoch book
-//! (`fence`), both ends of the protocol (`server`, `client`), and the mirrored-I/O benchmark.
+//! (`fence`), both ends of the protocol (`server`, `client`), handing a retired held copy to
+//! the node taking it over (`held`), and the mirrored-I/O benchmark.
 //! Must never: write a peer store's metadata slot or close it, accept a mutation with an older
 //! epoch than the newest it has recorded, trust bytes from a peer without validating them, or
 //! decide who owns a virtual disk (the cluster layer sets epochs).
@@ -27,6 +28,10 @@
 //! srv.retire(old_owner_id, vdisk_id).await?;                 // and raise_for on other peers
 //! let rec = /* from srv.described() */;
 //! engine.adopt_vdisk(&rec, hosted_id(old_owner_id, vdisk_id)).await?;
+//! // with three or more data nodes, the chunks other holders keep come too (`held`):
+//! link.raise_for(old_owner_id, vdisk_id, u64::MAX).await?;  // every holder, before reading
+//! let listed = link.held_objects(old_owner_id, vdisk_id).await?;      // (disk, chunk)
+//! engine.adopt_vdisk_gathered(&rec, source, &chunks, |chunk| /* link.export_held(..) */).await?;
 //! ```
 #![forbid(unsafe_code)]
 
@@ -35,6 +40,7 @@ mod client;
 mod described;
 mod error;
 mod fence;
+mod held;
 mod replica;
 mod server;
 pub mod wire;

@@ -4,7 +4,9 @@
 //! Objects of other nodes' virtual disks live in our stores under `wire::hosted_id` (the
 //! `FOREIGN_VDISK_BIT`, the writing peer's node id from its certificate, its virtual disk id),
 //! so they never mix with this node's own nor with another peer's, and a peer only ever reaches
-//! its own copies. Epochs are kept per hosted id too. The server never writes a store's metadata slot and never
+//! its own copies — except a *retired* copy (epoch maximum after a takeover: nobody can change
+//! it any more), which any member may list and export to gather a taken-over virtual disk
+//! (`Req::HeldObjects`, `Req::HeldExport`; see `held`). Epochs are kept per hosted id too. The server never writes a store's metadata slot and never
 //! closes a store (the local engine owns both). A request that fails validation, names an
 //! unknown disk, carries an old epoch or an old session gets a typed error reply.
 
@@ -418,7 +420,79 @@ impl ReplicaServer {
                 from_gen,
                 to_gen,
             ))),
+            Req::HeldObjects {
+                home,
+                vdisk,
+                from_chunk,
+            } => {
+                self.check_retired(home, vdisk)?;
+                let (chunks, more) = self.held_objects(hosted_id(home, vdisk), from_chunk);
+                Ok(Body::Held { chunks, more })
+            }
+            Req::HeldExport {
+                disk,
+                home,
+                vdisk,
+                chunk,
+                from_block,
+            } => {
+                self.check_retired(home, vdisk)?;
+                let obj = ObjectId {
+                    vdisk: hosted_id(home, vdisk),
+                    chunk,
+                };
+                let v = self.disk(&disk)?.export_object(obj).await.map_err(se)?;
+                let (blocks, next_block) = crate::held::page(v, from_block);
+                Ok(Body::HeldPart { blocks, next_block })
+            }
         }
+    }
+
+    /// Held copies are handed to other nodes only once retired: nothing can change them then.
+    fn check_retired(&self, home: u64, vdisk: u64) -> std::result::Result<(), WireError> {
+        if self.epochs.current(hosted_id(home, vdisk)) == u64::MAX {
+            Ok(())
+        } else {
+            Err(WireError::NotRetired { home, vdisk })
+        }
+    }
+
+    /// (disk, chunk) of the objects stored under `hosted` on every served disk, sorted by
+    /// chunk, from `from_chunk` on, cut at a chunk boundary near [`MAX_HELD_LIST`].
+    fn held_objects(&self, hosted: u64, from_chunk: u64) -> (Vec<(String, u64)>, bool) {
+        let disks: Vec<(String, Arc<dyn Replica>)> = self
+            .disks
+            .read()
+            .iter()
+            .map(|(id, (_, r))| (id.clone(), r.clone()))
+            .collect();
+        let mut out: Vec<(String, u64)> = Vec::new();
+        for (id, r) in disks {
+            out.extend(
+                r.objects()
+                    .into_iter()
+                    .filter(|o| {
+                        o.vdisk == hosted
+                            && o.chunk != engine::PRUNE_MARK_CHUNK
+                            && o.chunk >= from_chunk
+                    })
+                    .map(|o| (id.clone(), o.chunk)),
+            );
+        }
+        out.sort_by(|a, b| (a.1, &a.0).cmp(&(b.1, &b.0)));
+        if out.len() <= MAX_HELD_LIST {
+            return (out, false);
+        }
+        // The rest starts at the chunk of the first entry left out; never split a chunk's
+        // holders over two answers.
+        let cut_chunk = out[MAX_HELD_LIST].1;
+        if cut_chunk == out[0].1 {
+            // One chunk on more disks than the bound (never in practice): send that chunk.
+            out.retain(|(_, c)| *c == cut_chunk);
+        } else {
+            out.retain(|(_, c)| *c < cut_chunk);
+        }
+        (out, true)
     }
 }
 
@@ -451,6 +525,30 @@ pub(crate) fn to_wire(v: Vec<BlockVersions>) -> Vec<WireBlock> {
 }
 
 pub(crate) fn from_wire(v: Vec<WireBlock>) -> Vec<BlockVersions> {
+    // Every block is gathered into one buffer and handed out as windows of it, so the import
+    // writes each allocated run with one request (a buffer per block cost one write each). A
+    // version whose data is not one block keeps a buffer of its own (the import refuses it).
+    const BS: usize = 4096;
+    let whole = |d: &Option<crate::wire::Bytes>| d.as_ref().is_some_and(|d| d.0.len() == BS);
+    let n = v
+        .iter()
+        .flat_map(|b| b.versions.iter())
+        .filter(|x| whole(&x.data))
+        .count();
+    let mut blocks = if n == 0 {
+        Vec::new()
+    } else {
+        let mut buf = AlignedBuf::for_overwrite(n * BS);
+        let mut at = 0;
+        for d in v.iter().flat_map(|b| b.versions.iter()).map(|x| &x.data) {
+            if let Some(d) = d.as_ref().filter(|d| d.0.len() == BS) {
+                buf[at..at + BS].copy_from_slice(&d.0);
+                at += BS;
+            }
+        }
+        store::BlockData::blocks_of(buf)
+    }
+    .into_iter();
     v.into_iter()
         .map(|b| BlockVersions {
             block: b.block,
@@ -459,7 +557,13 @@ pub(crate) fn from_wire(v: Vec<WireBlock>) -> Vec<BlockVersions> {
                 .into_iter()
                 // Checksummed here, once: the peer's export checked its data against its map
                 // and TLS carried it; the import takes this crc as it is.
-                .map(|x| VersionData::new(x.gen, x.data.map(|d| AlignedBuf::from_slice(&d.0))))
+                .map(|x| match x.data {
+                    Some(d) if d.0.len() == BS => match blocks.next() {
+                        Some(blk) => VersionData::of_block(x.gen, blk),
+                        None => VersionData::new(x.gen, Some(AlignedBuf::from_slice(&d.0))),
+                    },
+                    d => VersionData::new(x.gen, d.map(|d| AlignedBuf::from_slice(&d.0))),
+                })
                 .collect(),
         })
         .collect()

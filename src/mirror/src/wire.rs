@@ -205,6 +205,46 @@ pub enum Req {
     Describe {
         vdisks: Vec<engine::VdiskRecord>,
     },
+    /// The chunks of node `home`'s virtual disk `vdisk` held on this server's disks, from chunk
+    /// `from_chunk` on (at most [`MAX_HELD_LIST`] per answer). Answered only once that copy is
+    /// retired (see [`Req::HeldExport`]).
+    HeldObjects {
+        home: u64,
+        vdisk: u64,
+        from_chunk: u64,
+    },
+    /// Every version of the blocks of the held copy of `home`'s `vdisk`, chunk `chunk`, on
+    /// `disk`, from block `from_block` on, at most [`MAX_HELD_PART_BYTES`] of data per answer
+    /// (at least one block): a node taking that virtual disk over gathers the chunks other
+    /// holders keep. Answered only for a copy whose epoch is the maximum (retired: its owner
+    /// can never write it again), so nothing is copied that could still change.
+    HeldExport {
+        disk: String,
+        home: u64,
+        vdisk: u64,
+        chunk: u64,
+        from_block: u64,
+    },
+}
+
+/// Bound on the chunks one [`Req::HeldObjects`] answer lists.
+pub const MAX_HELD_LIST: usize = 16384;
+/// Bound on the block data one [`Req::HeldExport`] answer carries (one block's versions may
+/// exceed it: a page always carries at least one block).
+pub const MAX_HELD_PART_BYTES: usize = 8 << 20;
+
+/// One version of one block of a held copy, with its CRC32C (checked by the receiver).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HeldVersion {
+    pub gen: u64,
+    pub crc: u32,
+    pub data: Option<Bytes>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HeldBlock {
+    pub block: u64,
+    pub versions: Vec<HeldVersion>,
 }
 
 /// Bound on the virtual disks one `Describe` may carry.
@@ -326,6 +366,19 @@ impl Req {
                         .map_err(|e| WireError::BadRequest(format!("describe: {e}")))?;
                 }
             }
+            Req::HeldObjects { home, vdisk, .. } | Req::HeldExport { home, vdisk, .. } => {
+                if *vdisk > MAX_WIRE_VDISK || *home > MAX_HOME_NODE {
+                    return bad("held copy: virtual disk or node id out of range".into());
+                }
+                if let Req::HeldExport {
+                    chunk, from_block, ..
+                } = self
+                {
+                    if *chunk == engine::PRUNE_MARK_CHUNK || *from_block >= engine::CHUNK_BLOCKS {
+                        return bad("held copy: bad chunk or block".into());
+                    }
+                }
+            }
             Req::Hello { .. }
             | Req::Ping { .. }
             | Req::Objects { .. }
@@ -371,6 +424,9 @@ pub enum WireError {
     Store { kind: StoreKind, msg: String },
     #[error("replica server: {0}")]
     Server(String),
+    /// A held copy was asked for before it was retired (its owner might still change it).
+    #[error("the copy of node {home}'s virtual disk {vdisk} held here is not retired")]
+    NotRetired { home: u64, vdisk: u64 },
 }
 
 /// `store::ErrorKind` on the wire.
@@ -401,6 +457,16 @@ pub enum Body {
         corrupt: Vec<(ObjectId, u64, u64)>,
     },
     Blocks(Vec<u64>),
+    /// (disk id, chunk) of a held copy, sorted by chunk; `more`: ask again past the last.
+    Held {
+        chunks: Vec<(String, u64)>,
+        more: bool,
+    },
+    /// Blocks of a held chunk in ascending order; `next_block`: ask again from there.
+    HeldPart {
+        blocks: Vec<HeldBlock>,
+        next_block: Option<u64>,
+    },
 }
 
 /// Every reply names the server's instance (random per process start), so a client notices a
@@ -486,6 +552,24 @@ mod tests {
         assert!(raise(1, 3).validate().is_ok());
         assert!(raise(MAX_HOME_NODE + 1, 3).validate().is_err());
         assert!(raise(1, MAX_WIRE_VDISK + 1).validate().is_err());
+        let list = |home, vdisk| Req::HeldObjects {
+            home,
+            vdisk,
+            from_chunk: 0,
+        };
+        assert!(list(1, 3).validate().is_ok());
+        assert!(list(MAX_HOME_NODE + 1, 3).validate().is_err());
+        assert!(list(1, MAX_WIRE_VDISK + 1).validate().is_err());
+        let export = |chunk, from_block| Req::HeldExport {
+            disk: "d".into(),
+            home: 1,
+            vdisk: 3,
+            chunk,
+            from_block,
+        };
+        assert!(export(5, 255).validate().is_ok());
+        assert!(export(5, 256).validate().is_err(), "block past the chunk");
+        assert!(export(engine::PRUNE_MARK_CHUNK, 0).validate().is_err());
     }
 
     #[test]

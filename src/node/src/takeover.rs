@@ -14,24 +14,41 @@
 //!
 //! # Takeover (the survivor)
 //! Each tick, for every other data member that the failure detector shows `Down` for longer than
-//! the takeover delay ([`delay`]: `CAIRN_TAKEOVER_DELAY_MS`, default 20 s, `off` disables it),
-//! that owns virtual disks in the cluster state, and when this node is the only other data
-//! member (with two data nodes every chunk has its second replica here; with more, a chunk may
-//! sit on a third node, so automatic takeover is not attempted and this is logged), this node
-//! commits `Command::MoveVdisks { from, to: me }` through raft: the member's virtual disks,
-//! snapshot records and VM assignments become this node's, and the placement map's version
-//! rises; that version is the takeover's epoch (strictly above any before). A majority is
-//! needed, so two survivors cannot both win, and a node cut off from the majority changes
-//! nothing.
+//! the takeover delay ([`delay`]: `CAIRN_TAKEOVER_DELAY_MS`, default 20 s, `off` disables it)
+//! and that owns virtual disks in the cluster state, one survivor takes them over:
+//! - with two data members, the other one, committing `Command::MoveVdisks { from, to: me }`;
+//! - with three or more, the survivor with the lowest id among the active data members this
+//!   node sees up (`taker_rank`); should it not have taken over one delay later, the next one
+//!   in line tries, and so on. It commits `Command::TakeOver { from, to: me }`, which the
+//!   cluster refuses while any holder of `from` is outdated (the new owner gathers chunks from
+//!   every holder, so one outdated copy would lose acknowledged writes).
+//!
+//! Either way the member's virtual disks, snapshot records and VM assignments become this
+//! node's and the placement map's version rises; that version is the takeover's epoch
+//! (strictly above any before). A majority is needed and the first commit moves everything (a
+//! second finds nothing left to move), so two survivors can never both win, and a node cut
+//! off from the majority changes nothing.
 //!
 //! Then (and after any restart, until done) every virtual disk the cluster state assigns to this
-//! node that the engine does not have is *adopted*: the held copy is fenced forever first
-//! (`ReplicaServer::retire`: its epoch goes to the maximum here and on the other peers, so the
-//! old owner, alive behind a partition or restarted with a newer epoch, can never write it
-//! again: its writes fail instead of being acknowledged alone), then `Engine::adopt_vdisk`
-//! copies it into a local virtual disk, which is from then on served and mirrored like any
-//! other (the maintenance pass re-mirrors it onto the other node's disks; while that node is
-//! away the chunks are tracked and copied when it returns).
+//! node that the engine does not have is *adopted* (`gather`):
+//! 1. every other data member but the old owner must be reachable: each may hold chunks (with
+//!    three or more data nodes a chunk's two replicas may both be on other nodes than this
+//!    one), so with one of them unreachable the takeover of that disk waits and says so —
+//!    never a partial disk;
+//! 2. every holder's copy is fenced forever, before anything is read: this node's
+//!    (`ReplicaServer::retire`) and each other holder's (`PeerLink::raise_for` to the maximum
+//!    epoch), so the old owner, alive behind a partition or restarted with a newer epoch, can
+//!    never write any of them again (its writes fail instead of being acknowledged alone);
+//! 3. the other holders list the chunks they keep (`PeerLink::held_objects`, answered only for a
+//!    retired copy); `Engine::adopt_vdisk_gathered` copies the chunks held here and fetches the
+//!    others (`PeerLink::export_held`: every block version, in checksummed pages) into a local
+//!    virtual disk, recorded only once all of it is durable; from then on it is served and
+//!    mirrored like any other (the maintenance pass re-mirrors it; a holder that is away gets
+//!    the chunks when it returns).
+//!
+//! The copies on the other holders stay until the adopted disk is recorded: a holder drops its
+//! retired copy once the disk's new owner describes that disk to it (it describes only what
+//! its engine recorded) and the cluster assigns the disk to that owner.
 //!
 //! # The old owner's return
 //! Each tick, a local virtual disk whose name the cluster state assigns to another member is a
@@ -45,18 +62,21 @@
 //! and starts it if it was meant to run, and the returning old owner stops and forgets its copy
 //! of the VM (before its stale disks are dropped).
 //!
-//! Must never: adopt without first fencing the held copy, take over from a member that is not
-//! down past the delay, or drop a local disk the holder did not confirm as retired.
+//! Must never: adopt without first fencing every holder's copy, adopt a disk part of which
+//! may sit on an unreachable member, take over from a member that is not down past the delay,
+//! or drop a local disk the holder did not confirm as retired.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cluster::{ClusterNode, Command, CommandResult, NodeHealth, Role};
+use cluster::{ClusterNode, Command, CommandResult, MemberStatus, NodeHealth, Role};
 use engine::VdiskRecord;
 use mirror::{MirrorError, PeerLink, ReplicaServer};
 
 use crate::NodeInner;
+
+mod gather;
 
 /// Default takeover delay (see the module docs).
 pub(crate) const DEFAULT_DELAY: Duration = Duration::from_secs(20);
@@ -112,7 +132,8 @@ pub(crate) async fn step(
     describe(inner, links, t).await;
     maybe_take_over(m, t).await;
     crate::harestart::forget_moved(inner, m).await;
-    adopt_assigned(inner, m, server, links, t).await;
+    gather::adopt_assigned(inner, m, server, links, t).await;
+    gather::drop_adopted(inner, m, server).await;
     crate::harestart::step(inner, m, &mut t.ha).await;
     drop_stale(inner, m, links, t).await;
 }
@@ -144,7 +165,25 @@ async fn describe(inner: &NodeInner, links: &[(u64, Arc<PeerLink>)], t: &mut Tak
     }
 }
 
-/// Commit a takeover of a member down past the delay (two data members only).
+/// This node's place in the line of survivors that may take `lost`'s virtual disks over
+/// (0 = first), or None when it is not in line. The line: active data members other than
+/// `lost` that this node sees up (itself included), by id — every survivor computes the same
+/// line from the same view, and a differing view costs at most a refused second commit.
+fn taker_rank(data: &[&MemberStatus], me: u64, lost: u64) -> Option<usize> {
+    let mut line: Vec<u64> = data
+        .iter()
+        .filter(|y| {
+            y.id != lost
+                && y.state == cluster::MemberState::Active
+                && (y.id == me || y.health == NodeHealth::Up)
+        })
+        .map(|y| y.id)
+        .collect();
+    line.sort_unstable();
+    line.iter().position(|id| *id == me)
+}
+
+/// Commit a takeover of a member down past the delay (see the module docs).
 async fn maybe_take_over(m: &Arc<ClusterNode>, t: &mut Takeover) {
     let Some(delay) = delay() else { return };
     let me = m.id();
@@ -170,30 +209,51 @@ async fn maybe_take_over(m: &Arc<ClusterNode>, t: &mut Takeover) {
         if down_for < delay {
             continue;
         }
-        let owned = m.read(|s| {
-            s.vdisks
+        let (owned, outdated) = m.read(|s| {
+            let owned = s
+                .vdisks
                 .keys()
                 .filter(|id| cluster::vdisk_owner(id) == Some(x.id))
-                .count()
+                .count();
+            let outdated: Vec<u64> = s
+                .outdated
+                .iter()
+                .filter(|(o, _)| *o == x.id)
+                .map(|(_, h)| *h)
+                .collect();
+            (owned, outdated)
         });
         if owned == 0 {
             continue;
         }
-        if data.len() != 2 {
-            t.once(format!(
-                "member {} is down with {owned} virtual disks, but automatic takeover needs \
-                 exactly two data members (with more, a chunk's other replica may be on a third)",
-                x.id
-            ));
-            continue;
-        }
+        let cmd = if data.len() == 2 {
+            Command::MoveVdisks { from: x.id, to: me }
+        } else {
+            let Some(rank) = taker_rank(&data, me, x.id) else {
+                continue;
+            };
+            // The first in line after the delay; each next one a delay later, should the
+            // ones before it not have taken over (their commit moves everything away).
+            if down_for < delay.saturating_mul(rank as u32 + 1) {
+                continue;
+            }
+            if !outdated.is_empty() {
+                t.once(format!(
+                    "member {} is down with {owned} virtual disks, but the copies members \
+                     {outdated:?} hold are outdated (it wrote without them): no takeover \
+                     until it returns",
+                    x.id
+                ));
+                continue;
+            }
+            Command::TakeOver { from: x.id, to: me }
+        };
         tracing::warn!(
             member = x.id,
             down_ms = down_for.as_millis() as u64,
             vdisks = owned,
             "takeover: member down past the takeover delay; taking its virtual disks over"
         );
-        let cmd = Command::MoveVdisks { from: x.id, to: me };
         match tokio::time::timeout(PROPOSE_TIMEOUT, m.propose(cmd)).await {
             Ok(Ok(CommandResult::PlacementVersion(epoch))) => {
                 tracing::warn!(
@@ -205,90 +265,6 @@ async fn maybe_take_over(m: &Arc<ClusterNode>, t: &mut Takeover) {
             Ok(Ok(other)) => t.once(format!("taking over member {} refused: {other:?}", x.id)),
             Ok(Err(e)) => tracing::warn!(from = x.id, error = %e, "takeover: no commit"),
             Err(_) => tracing::warn!(from = x.id, "takeover: no commit in time"),
-        }
-    }
-}
-
-/// Adopt every virtual disk the cluster assigns to this node that the engine lacks.
-async fn adopt_assigned(
-    inner: &NodeInner,
-    m: &Arc<ClusterNode>,
-    server: &ReplicaServer,
-    links: &[(u64, Arc<PeerLink>)],
-    t: &mut Takeover,
-) {
-    let me = m.id();
-    let assigned: Vec<(String, String)> = m.read(|s| {
-        s.vdisks
-            .values()
-            .filter(|v| cluster::vdisk_owner(&v.id) == Some(me))
-            .map(|v| (v.id.clone(), v.name.clone()))
-            .collect()
-    });
-    let local: HashSet<String> = inner.engine.vdisks().into_iter().map(|v| v.name).collect();
-    let missing: Vec<_> = assigned
-        .into_iter()
-        .filter(|(_, n)| !local.contains(n))
-        .collect();
-    // Served only once the old owner's isolation lease has surely run out (`crate::lease`).
-    let missing = inner.lease.held_back(missing);
-    if missing.is_empty() {
-        return;
-    }
-    let described = server.described();
-    for (id, name) in missing {
-        // The newest description of that name by another node.
-        let found = described
-            .iter()
-            .filter(|(home, _)| *home != me)
-            .flat_map(|(home, list)| list.iter().map(move |r| (*home, r)))
-            .filter(|(_, r)| r.name == name)
-            .max_by_key(|(_, r)| r.gen);
-        let Some((home, rec)) = found else {
-            // A reservation in progress looks the same for a moment: only say so once.
-            t.once(format!(
-                "virtual disk {name} ({id}) is assigned to this node, but no copy held here \
-                 describes it"
-            ));
-            continue;
-        };
-        let _g = inner.cluster.vdisk_lock.lock().await;
-        if inner.engine.vdisk(&name).is_ok() {
-            continue;
-        }
-        let started = Instant::now();
-        // Fence first: from here on the old owner can never change this copy.
-        if let Err(e) = server.retire(home, rec.id).await {
-            tracing::warn!(vdisk = %name, error = %e, "takeover: fencing the held copy failed");
-            continue;
-        }
-        for (peer, link) in links {
-            if *peer == home {
-                continue;
-            }
-            if let Err(e) = link.raise_for(home, rec.id, u64::MAX).await {
-                tracing::warn!(vdisk = %name, member = peer, error = %e, "takeover: fencing the copy on a peer failed");
-            }
-        }
-        let source = mirror::hosted_id(home, rec.id);
-        let held = inner.engine.held_chunks(source);
-        match inner.engine.adopt_vdisk(rec, source).await {
-            Ok(v) => {
-                if let Err(e) = server.forget_described(home, rec.id).await {
-                    tracing::warn!(vdisk = %name, error = %e, "takeover: forgetting the description");
-                }
-                tracing::warn!(
-                    vdisk = %name,
-                    from = home,
-                    chunks = held,
-                    size = v.size_bytes,
-                    took_ms = started.elapsed().as_millis() as u64,
-                    "takeover: virtual disk adopted from the held copy; served by this node now"
-                );
-            }
-            Err(e) => {
-                tracing::warn!(vdisk = %name, error = %e, "takeover: adopting the held copy failed; retried")
-            }
         }
     }
 }
@@ -514,5 +490,52 @@ pub(crate) async fn clear_outdated(inner: &NodeInner, permit: &AlonePermit) {
                 tracing::debug!(holder = h, result = ?other.map(|r| r.map_err(|e| e.to_string())), "clearing the outdated record")
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(id: u64, health: NodeHealth, state: cluster::MemberState) -> MemberStatus {
+        MemberStatus {
+            id,
+            name: format!("n{id}"),
+            addr: "127.0.0.1:1".into(),
+            role: Role::Data,
+            state,
+            voter: true,
+            health,
+            last_seen_ms_ago: None,
+        }
+    }
+
+    #[test]
+    fn the_lowest_healthy_active_survivor_is_first_in_line() {
+        use cluster::MemberState::{Active, Draining};
+        use NodeHealth::{Down, Unknown, Up};
+        let ms = [
+            member(1, Down, Active),
+            member(2, Unknown, Active),
+            member(3, Up, Draining),
+            member(4, Up, Active),
+            member(5, Up, Active),
+        ];
+        let data: Vec<&MemberStatus> = ms.iter().collect();
+        // Node 4 sees itself and 5 up; 2 is not known up, 3 is leaving.
+        assert_eq!(taker_rank(&data, 4, 1), Some(0));
+        assert_eq!(taker_rank(&data, 5, 1), Some(1));
+        assert_eq!(
+            taker_rank(&data, 3, 1),
+            None,
+            "a draining member never takes over"
+        );
+        // A node always counts itself as up: 2's own view puts it first.
+        assert_eq!(taker_rank(&data, 2, 1), Some(0));
+        assert_eq!(
+            taker_rank(&data, 1, 1),
+            None,
+            "the lost member is not in line"
+        );
     }
 }

@@ -98,6 +98,22 @@ impl ClusterState {
         self.outdated.retain(|(o, _)| *o != from);
         Ok(CommandResult::PlacementVersion(self.placement.version))
     }
+
+    /// `Command::TakeOver`: the new owner gathers `from`'s chunks from every holder, so no
+    /// holder of `from` may be outdated.
+    pub(super) fn take_over(
+        &mut self,
+        from: NodeId,
+        to: NodeId,
+    ) -> Result<CommandResult, CommandResult> {
+        if let Some((_, holder)) = self.outdated.iter().find(|(o, _)| *o == from) {
+            return Err(reject(format!(
+                "member {holder}'s copies of member {from}'s virtual disks are outdated (the \
+                 owner wrote without them); taking over would lose acknowledged writes"
+            )));
+        }
+        self.move_vdisks(from, to)
+    }
 }
 
 #[cfg(test)]
@@ -188,5 +204,55 @@ mod tests {
         ));
         assert_eq!(vdisk_owner("12/x/y"), Some(12));
         assert_eq!(vdisk_owner("x"), None);
+    }
+
+    #[test]
+    fn take_over_is_refused_while_any_holder_is_outdated() {
+        let mut s = init();
+        s.members.insert(2, member(2, Role::Data));
+        s.members.insert(3, member(3, Role::Data));
+        s.apply(&Command::CreateVdisk(vdisk("1/a")));
+        s.apply(&Command::PutVm(VmDef {
+            id: "vm".into(),
+            name: "vm".into(),
+            vcpus: 1,
+            memory_mib: 64,
+            vdisks: vec!["1/a".into()],
+            node: Some(1),
+            power: VmPower::Running,
+        }));
+        let v0 = s.placement.version;
+        assert_eq!(
+            s.apply(&Command::Outdate {
+                owner: 1,
+                holder: 3,
+                epoch: v0
+            }),
+            CommandResult::Ok
+        );
+        let before = s.clone();
+        // Member 3's copies are outdated: neither 2 nor 3 may take 1's disks over (2 would
+        // gather the chunks 3 holds), while MoveVdisks only looks at its own target.
+        for to in [2, 3] {
+            let r = s.apply(&Command::TakeOver { from: 1, to });
+            let refused = matches!(&r, CommandResult::Rejected(m) if m.contains("outdated"));
+            assert!(refused, "take over by {to}: {r:?}");
+        }
+        assert_eq!(s, before, "a refused takeover changes nothing");
+        s.apply(&Command::ClearOutdated {
+            owner: 1,
+            holder: 3,
+        });
+        assert_eq!(
+            s.apply(&Command::TakeOver { from: 1, to: 2 }),
+            CommandResult::PlacementVersion(v0 + 1)
+        );
+        assert!(s.vdisks.contains_key("2/a"));
+        assert_eq!(s.vms["vm"].node, Some(2));
+        assert_eq!(s.taken_over.get(&1), Some(&(v0 + 1)));
+        // The loser's commit finds nothing left to move.
+        let second = s.apply(&Command::TakeOver { from: 1, to: 3 });
+        let lost = matches!(second, CommandResult::Rejected(_));
+        assert!(lost, "{second:?}");
     }
 }
