@@ -58,8 +58,8 @@ pub trait DiskBackend: Send + Sync {
     fn concurrency(&self) -> usize {
         1
     }
-    /// The same disk as an [`AsyncDisk`] if it has one: virtio-blk then runs each request as a
-    /// task on the backend's runtime instead of blocking a thread on it.
+    /// The same disk as an [`AsyncDisk`] if it has one: virtio-blk then runs its requests as
+    /// futures on the backend's runtime instead of blocking a thread on each.
     fn as_async(&self) -> Option<Arc<dyn AsyncDisk>> {
         None
     }
@@ -67,6 +67,9 @@ pub trait DiskBackend: Send + Sync {
 
 /// A boxed future of a backend operation (`'static`: it owns what it needs).
 pub type IoFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+/// What [`AsyncDisk::read_owned`] returns: the data as consecutive verified pieces.
+pub type OwnedRead = Result<engine::ReadData, BackendError>;
 
 /// The async side of a backend whose I/O is async by nature (the engine). Offsets and lengths
 /// come already checked against the disk; buffers are owned by the operation while it runs.
@@ -80,6 +83,13 @@ pub trait AsyncDisk: Send + Sync {
         buf: AlignedBuf,
         len: usize,
     ) -> IoFuture<(AlignedBuf, Result<(), BackendError>)>;
+    /// Reads `len` bytes at `offset` into buffers of the disk's own, handed over whole (the
+    /// engine's verified device buffers), so the caller copies them once, straight to where they
+    /// go. `None`: the disk has no such read; use [`AsyncDisk::read`].
+    fn read_owned(&self, offset: u64, len: usize) -> Option<IoFuture<OwnedRead>> {
+        let _ = (offset, len);
+        None
+    }
     /// Writes the first `len` bytes of `buf` at `offset`.
     fn write(&self, offset: u64, buf: AlignedBuf, len: usize)
         -> IoFuture<Result<(), BackendError>>;

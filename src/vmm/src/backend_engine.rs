@@ -1,10 +1,10 @@
 //! [`DiskBackend`] on an engine virtual disk: the VM's disk calls the engine directly, no file,
 //! loop device or protocol in between. The engine is async (tokio): virtio-blk uses the
-//! [`AsyncDisk`] side, submitting each request as a task on the engine's runtime; the blocking
+//! [`AsyncDisk`] side, its requests polled by a driver task on the engine's runtime; the blocking
 //! [`DiskBackend`] calls (other users, tests) wait on the same futures through a runtime handle.
 //! Never blocks a runtime worker: the blocking calls are only for threads outside the runtime.
 
-use crate::backend::{check_range, AsyncDisk, BackendError, DiskBackend, IoFuture};
+use crate::backend::{check_range, AsyncDisk, BackendError, DiskBackend, IoFuture, OwnedRead};
 use blockdev::AlignedBuf;
 use engine::{ErrorKind, VdiskHandle};
 use std::sync::Arc;
@@ -91,6 +91,12 @@ impl AsyncDisk for EngineDisk {
             (buf, r)
         })
     }
+    fn read_owned(&self, offset: u64, len: usize) -> Option<IoFuture<OwnedRead>> {
+        let h = self.handle.clone();
+        Some(Box::pin(async move {
+            h.read_owned(offset, len as u64).await.map_err(map)
+        }))
+    }
     fn write(
         &self,
         offset: u64,
@@ -174,6 +180,18 @@ mod tests {
         let (_, r) = rt.block_on(a.read(0, AlignedBuf::for_overwrite(4096), 8192));
         assert!(matches!(r, Err(BackendError::OutOfRange { .. })), "{r:?}");
         rt.block_on(a.flush()).unwrap();
+        // The one-copy read: the engine's own pieces, one per chunk the range covers.
+        let across = engine::CHUNK_BYTES - 4096;
+        let w = fill(8192, 3);
+        let want = w[..8192].to_vec();
+        rt.block_on(a.write(across, w, 8192)).unwrap();
+        let owned = rt
+            .block_on(a.read_owned(across, 8192).expect("the engine reads owned"))
+            .unwrap();
+        assert_eq!(owned.parts().count(), 2, "one piece per chunk");
+        assert_eq!(owned.to_vec(), want);
+        let beyond = rt.block_on(a.read_owned(8 << 20, 4096).unwrap());
+        assert!(beyond.is_err(), "a range beyond the disk is refused");
         drop(a);
         drop(disk);
         rt.block_on(engine.shutdown()).unwrap();

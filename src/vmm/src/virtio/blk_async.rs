@@ -205,6 +205,11 @@ impl InFlight {
     /// [`AsyncQueue::publish`] puts it on the used ring. Nothing touches guest memory once the
     /// queue is closed (the request is then only counted out).
     fn finish(&mut self, out: Outcome, data: Option<&[u8]>) {
+        self.finish_with(out, data.map(Data::Bytes));
+    }
+
+    /// [`InFlight::finish`] for data in any form.
+    fn finish_with(&mut self, out: Outcome, data: Option<Data<'_>>) {
         self.finished = true;
         if let Some(ep) = self.epoch.take() {
             self.q.order.end_write(ep);
@@ -218,7 +223,7 @@ impl InFlight {
         }
         let mut out = out;
         if let Some(d) = data {
-            if out.status == S_OK && !self.chain.scatter(&q.mem, 0, d) {
+            if out.status == S_OK && !d.scatter(&self.chain, &q.mem) {
                 out = Outcome::IOERR;
             }
         }
@@ -234,6 +239,35 @@ impl InFlight {
             .latency_ns_total
             .fetch_add(ns, std::sync::atomic::Ordering::Relaxed);
         q.burst.lock().push((self.head, used));
+    }
+}
+
+/// Data a request returns to the guest.
+pub(super) enum Data<'a> {
+    /// One slice.
+    Bytes(&'a [u8]),
+    /// The disk's own pieces, in order, `len` bytes in all (copied once, straight from them).
+    Parts(&'a engine::ReadData, usize),
+}
+
+impl Data<'_> {
+    /// Copies the data into the chain's writable space; false if it does not fit or the
+    /// length is not the one asked for.
+    pub(super) fn scatter(&self, chain: &Chain, mem: &GuestMemoryMmap) -> bool {
+        match self {
+            Data::Bytes(d) => chain.scatter(mem, 0, d),
+            Data::Parts(r, len) => {
+                if r.len() != *len {
+                    return false;
+                }
+                let mut at = 0u64;
+                r.parts().all(|p| {
+                    let ok = chain.scatter(mem, at, p);
+                    at += p.len() as u64;
+                    ok
+                })
+            }
+        }
     }
 }
 
@@ -269,6 +303,16 @@ async fn run(mut job: InFlight, req: Req) {
             job.finish(outcome(r.is_ok(), 0), None);
         }
         Req::Read { off, len } => {
+            if let Some(read) = q.disk.read_owned(off, len) {
+                match read.await {
+                    Ok(data) => {
+                        q.counters.count_read(len);
+                        job.finish_with(Outcome::ok(len as u64), Some(Data::Parts(&data, len)));
+                    }
+                    Err(_) => job.finish(Outcome::IOERR, None),
+                }
+                return;
+            }
             let (buf, r) = q.disk.read(off, q.take_buf(len), len).await;
             if r.is_ok() {
                 q.counters.count_read(len);
