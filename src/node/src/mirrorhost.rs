@@ -50,13 +50,13 @@
 //!
 //! Takeover: each tick also describes this node's virtual disks to its peers, takes over the
 //! virtual disks of a data member down past the takeover delay (`CAIRN_TAKEOVER_DELAY_MS`,
-//! default 20 s), adopts what raft assigned to this node from the copies held here, and drops
-//! stale local copies of disks another node took over (all in `crate::takeover`).
+//! default 20 s), adopts what raft assigned to this node from the copies held here and on the
+//! other holders, and drops stale local copies of disks another node took over (all in
+//! `crate::takeover`).
 //!
-//! Not done yet: automatic takeover with more than two data members (a chunk's second replica
-//! may then be on a third node, which the new owner cannot read yet); a manual
-//! `cairn vdisk takeover`; restarting the moved VMs (their local definitions stay on the old
-//! owner: logged as "needs a start on node N"). (An owner cut off from the majority stops
+//! With three or more data members one survivor takes over and gathers the chunks the other
+//! holders keep over this transport; the moved VMs restart there (`crate::harestart`). Not
+//! done yet: a manual `cairn vdisk takeover`. (An owner cut off from the majority stops
 //! serving its disks and pauses its VMs once its isolation lease runs out: `crate::lease`.)
 //!
 //! Must never: attach a peer before the epoch is committed, attach this node's own disks as
