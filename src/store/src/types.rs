@@ -71,6 +71,16 @@ impl VersionData {
             data,
         }
     }
+
+    /// A version holding `data` (one block, e.g. from `BlockData::blocks_of`), its crc
+    /// computed here.
+    pub fn of_block(gen: u64, data: BlockData) -> Self {
+        VersionData {
+            gen,
+            crc: crc32c::crc32c(&data),
+            data: Some(data),
+        }
+    }
 }
 
 /// One block of an export's data: a window of a larger shared buffer (an export reads runs of
@@ -92,6 +102,18 @@ impl BlockData {
             off: 0,
             len,
         }
+    }
+
+    /// Each block of `buf` in turn, as windows of it (no copy): blocks received one by one
+    /// (from a peer) and gathered into one buffer are written by an import with one request
+    /// per run instead of one per block. A partial last block is left out.
+    pub fn blocks_of(buf: blockdev::AlignedBuf) -> Vec<BlockData> {
+        let bs = crate::layout::BS as usize;
+        let n = buf.len() / bs;
+        let seg = buf.into_write();
+        (0..n)
+            .map(|i| BlockData::window(seg.clone(), i * bs, bs))
+            .collect()
     }
 
     /// Bytes `off..off + len` of `seg`.
