@@ -279,18 +279,10 @@ impl Inner {
         self.rebuild.begin(work.len() as u64);
         self.prime_pacing();
         // Copies run in batches: one intent record and one flush per target disk for many
-        // chunks (see `rebuild_copy`).
-        for batch in work.chunks(REBALANCE_BATCH) {
-            if self.shutting_down.load(Ordering::Acquire) {
-                break;
-            }
-            let b = self.move_batch(batch).await;
-            pending += b.pending;
-            changed |= b.changed;
-            if b.stop {
-                break;
-            }
-        }
+        // chunks, one batch's flush overlapping the next one's copies (see `rebuild_copy`).
+        let b = self.move_batches(&work, REBALANCE_BATCH).await;
+        pending += b.pending;
+        changed |= b.changed;
         // Make moves durable so the old copies' removal cannot be undone by a crash.
         if changed {
             if let Err(e) = self.flush_all().await {

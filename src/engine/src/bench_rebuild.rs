@@ -66,6 +66,18 @@ pub struct RebuildLine {
     pub cpu_ms: f64,
 }
 
+/// If `CAIRN_PERF_CTL` names a `perf record --control=fifo:...` control FIFO, send it `cmd`
+/// ("enable" / "disable"), so a profile (`perf record -D -1 --control ...`) covers only the
+/// rebuilds, not the set-up. Best effort: a profile is a diagnostic.
+fn perf_ctl(cmd: &str) {
+    if let Some(p) = std::env::var_os("CAIRN_PERF_CTL") {
+        use std::io::Write;
+        if let Ok(mut f) = std::fs::OpenOptions::new().write(true).open(p) {
+            let _ = writeln!(f, "{cmd}");
+        }
+    }
+}
+
 /// User + system CPU time of this process so far, ms (from /proc/self/stat; 0 without it).
 fn cpu_ms() -> f64 {
     let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
@@ -224,6 +236,7 @@ async fn one_rebuild(opts: &RebuildOpts, ram_source: bool, metric: &str) -> Resu
     let before = e1.stats().rebalance.bytes_copied;
     let prof0 = e1.rebuild_profile();
     let cpu0 = cpu_ms();
+    perf_ctl("enable");
     let start = Instant::now();
     let why = store::StoreError::Io {
         context: "bench: node 3 lost".into(),
@@ -236,6 +249,7 @@ async fn one_rebuild(opts: &RebuildOpts, ram_source: bool, metric: &str) -> Resu
         ));
     }
     let secs = start.elapsed().as_secs_f64();
+    perf_ctl("disable");
     let cpu = cpu_ms() - cpu0;
     let bytes = e1.stats().rebalance.bytes_copied - before;
     if e1.pool().degraded_chunks != 0 {

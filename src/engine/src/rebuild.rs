@@ -21,10 +21,15 @@
 //! where a rebuild's time goes. Phases of copies in flight at once overlap: their sum may
 //! exceed the wall time.
 //!
+//! Clock: pacing reads tokio's clock (the wall clock, except in a runtime with paused time,
+//! where the throttle test runs it deterministically); the profile reads the wall clock.
+//!
 //! Must never: hold a stripe lock while it waits (pacing happens before the chunk is locked).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+
+use tokio::time::Instant as PaceInstant;
 
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
@@ -112,7 +117,7 @@ impl Bucket {
 #[derive(Debug)]
 struct Pace {
     bucket: Bucket,
-    last_refill: Instant,
+    last_refill: PaceInstant,
 }
 
 #[derive(Debug, Default)]
@@ -128,6 +133,10 @@ pub struct RebuildProfile {
     /// Chunk copies finished and the bytes they moved.
     pub chunks: u64,
     pub bytes: u64,
+    /// Bytes charged to the throttle, counted as each copy lands (before its batch makes it
+    /// durable; a copy that is later undone still counts: it was device traffic).
+    #[serde(default)]
+    pub charged_bytes: u64,
     /// Waiting for the throttle (queued guest I/O, the ceiling).
     pub pace_ns: u64,
     /// Waiting for the chunk's stripe lock (guest I/O on the chunk).
@@ -147,6 +156,7 @@ pub struct RebuildProfile {
 pub(crate) struct ProfileCounters {
     chunks: AtomicU64,
     bytes: AtomicU64,
+    charged_bytes: AtomicU64,
     pace_ns: AtomicU64,
     lock_ns: AtomicU64,
     export_ns: AtomicU64,
@@ -196,6 +206,7 @@ impl ProfileCounters {
         RebuildProfile {
             chunks: l(&self.chunks),
             bytes: l(&self.bytes),
+            charged_bytes: l(&self.charged_bytes),
             pace_ns: l(&self.pace_ns),
             lock_ns: l(&self.lock_ns),
             export_ns: l(&self.export_ns),
@@ -216,13 +227,13 @@ pub(crate) struct RebuildCtl {
     pace: Mutex<Pace>,
     /// Guest operations counted at the last look, and when that count last changed.
     seen_ops: AtomicU64,
-    ops_changed: Mutex<Instant>,
+    ops_changed: Mutex<PaceInstant>,
     pass: Mutex<Pass>,
 }
 
 impl Default for RebuildCtl {
     fn default() -> Self {
-        let now = Instant::now();
+        let now = PaceInstant::now();
         RebuildCtl {
             limits: Mutex::new(RebuildLimits::default()),
             pace: Mutex::new(Pace {
@@ -231,7 +242,7 @@ impl Default for RebuildCtl {
             }),
             profile: ProfileCounters::default(),
             seen_ops: AtomicU64::new(0),
-            ops_changed: Mutex::new(now - BUSY_WINDOW * 2),
+            ops_changed: Mutex::new(now.checked_sub(BUSY_WINDOW * 2).unwrap_or(now)),
             pass: Mutex::new(Pass::default()),
         }
     }
@@ -310,7 +321,7 @@ impl RebuildCtl {
     /// Whether guests did I/O within `BUSY_WINDOW` (given their total operation count now).
     fn guest_busy(&self, ops_now: u64) -> bool {
         if self.seen_ops.swap(ops_now, Ordering::AcqRel) != ops_now {
-            *self.ops_changed.lock() = Instant::now();
+            *self.ops_changed.lock() = PaceInstant::now();
             return true;
         }
         self.ops_changed.lock().elapsed() < BUSY_WINDOW
@@ -318,6 +329,9 @@ impl RebuildCtl {
 
     /// Charge a finished copy's bytes to the bucket.
     pub(crate) fn charge(&self, bytes: u64) {
+        self.profile
+            .charged_bytes
+            .fetch_add(bytes, Ordering::Relaxed);
         self.pace.lock().bucket.charge(bytes);
     }
 }
@@ -348,7 +362,8 @@ impl Inner {
     /// wait for the bucket (see the module docs). Called with no lock held.
     pub(crate) async fn pace_copy(&self, src: &Disk, dst: &Disk) {
         let ctl = &self.rebuild;
-        let t0 = Instant::now();
+        let t_prof = Instant::now();
+        let t0 = PaceInstant::now();
         let mut yielded = false;
         while (src.inflight.load(Ordering::Relaxed) > 0 || dst.inflight.load(Ordering::Relaxed) > 0)
             && t0.elapsed() < MAX_YIELD
@@ -361,7 +376,7 @@ impl Inner {
         let ceiling = ctl.limits().ceiling(busy);
         let wait = {
             let mut p = ctl.pace.lock();
-            let now = Instant::now();
+            let now = PaceInstant::now();
             let dt = now.duration_since(p.last_refill);
             p.last_refill = now;
             p.bucket.refill(dt);
@@ -386,7 +401,7 @@ impl Inner {
         if !wait.is_zero() {
             tokio::time::sleep(wait.min(Duration::from_secs(5))).await;
         }
-        ctl.profile.add(Phase::Pace, t0);
+        ctl.profile.add(Phase::Pace, t_prof);
     }
 }
 

@@ -12,6 +12,10 @@
 //!    here a restart keeps those copies;
 //! 5. only then are the replicas placement no longer wants dropped, chunk by chunk.
 //!
+//! Batches are pipelined: steps 3-5 of one batch run while the next batch does steps 1-2, so
+//! the devices keep copying during a flush. Each batch still takes its steps in order, and a
+//! batch's intents are recorded before any of its imports.
+//!
 //! A crash before 4 leaves the intents: opening the target disk deletes its copies, and the old
 //! replicas, never dropped, still hold every chunk. A target whose flush fails (or that went
 //! away) is taken out of its chunks' holders again and keeps its intents, so its copies are
@@ -64,9 +68,66 @@ struct Copied {
     failed: Vec<(Arc<Disk>, StoreError)>,
 }
 
+/// A batch past steps 1-2: its intents are recorded and its copies made (not yet durable).
+struct Started {
+    intents: Vec<(String, ObjectId)>,
+    copied: Vec<Copied>,
+    out: BatchOutcome,
+}
+
 impl Inner {
-    /// Bring every chunk of `batch` to its target placement (see the module docs).
-    pub(crate) async fn move_batch(&self, batch: &[(ObjectId, Slots)]) -> BatchOutcome {
+    /// Bring every chunk of `work` to its target placement, `batch` chunks at a time (see the
+    /// module docs), pipelined: while one batch's copies run, the previous batch is flushed,
+    /// recorded and its old replicas dropped, so the targets never sit idle during a flush.
+    /// Each batch keeps its own order of steps; only different batches overlap. Stops between
+    /// batches when the engine shuts down or intents cannot be recorded.
+    pub(crate) async fn move_batches(
+        &self,
+        work: &[(ObjectId, Slots)],
+        batch: usize,
+    ) -> BatchOutcome {
+        let mut out = BatchOutcome::default();
+        let mut add = |b: BatchOutcome| {
+            out.pending += b.pending;
+            out.changed |= b.changed;
+            out.stop |= b.stop;
+        };
+        let mut prev: Option<Started> = None;
+        let mut batches = work.chunks(batch.max(1));
+        loop {
+            let next = if self.shutting_down.load(Ordering::Acquire) {
+                None
+            } else {
+                batches.next()
+            };
+            let Some(next) = next else {
+                break;
+            };
+            let finish_prev = async {
+                match prev.take() {
+                    Some(p) => Some(self.finish_batch(p).await),
+                    None => None,
+                }
+            };
+            let (done, started) = futures::join!(finish_prev, self.start_batch(next));
+            if let Some(d) = done {
+                add(d);
+            }
+            if started.out.stop {
+                add(started.out);
+                break;
+            }
+            prev = Some(started);
+        }
+        if let Some(p) = prev {
+            add(self.finish_batch(p).await);
+        }
+        // Chunks never started (shutdown or a stop) stay pending for the next pass.
+        out
+    }
+
+    /// Steps 1 and 2 of a batch: record its intents, then make its copies.
+    async fn start_batch(&self, batch: &[(ObjectId, Slots)]) -> Started {
         let prof = &self.rebuild.profile;
         let mut out = BatchOutcome::default();
         let intents: Vec<(String, ObjectId)> = batch
@@ -98,15 +159,35 @@ impl Inner {
                 tracing::warn!(error = %e, "recording copy intents failed");
                 out.pending += batch.len() as u64;
                 out.stop = true;
-                return out;
+                return Started {
+                    intents: Vec::new(),
+                    copied: Vec::new(),
+                    out,
+                };
             }
         }
         // Step 2: copies, several chunks at once so each device keeps requests in flight.
-        let mut copied: Vec<Copied> = futures::stream::iter(batch.iter().copied())
+        let copied: Vec<Copied> = futures::stream::iter(batch.iter().copied())
             .map(|(obj, target)| self.copy_missing(obj, target))
             .buffer_unordered(REBUILD_PARALLEL)
             .collect()
             .await;
+        Started {
+            intents,
+            copied,
+            out,
+        }
+    }
+
+    /// Steps 3 to 5 of a batch whose copies are made: flush each target once, clear the
+    /// intents of the durable copies, then drop the replicas placement no longer wants.
+    async fn finish_batch(&self, started: Started) -> BatchOutcome {
+        let prof = &self.rebuild.profile;
+        let Started {
+            intents,
+            mut copied,
+            mut out,
+        } = started;
         let failed: Vec<(Arc<Disk>, StoreError)> =
             copied.iter_mut().flat_map(|c| c.failed.drain(..)).collect();
         for (d, e) in &failed {
