@@ -107,6 +107,38 @@ async fn a_survivor_gathers_the_chunks_another_holder_keeps() {
         "a failed adoption left a disk"
     );
     assert_eq!(n2.engine.held_chunks(source), here, "the held copy stays");
+    // So does a holder that cannot deliver one of its chunks: nothing partial is adopted.
+    let held_here: std::collections::BTreeSet<u64> = n2
+        .engine
+        .local_replicas()
+        .iter()
+        .flat_map(|(_, r)| r.objects())
+        .filter(|o| o.vdisk == source)
+        .map(|o| o.chunk)
+        .collect();
+    let last = *remote
+        .iter()
+        .filter(|c| !held_here.contains(c))
+        .last()
+        .unwrap();
+    let flaky = |chunk: u64| {
+        let f = fetch(chunk);
+        async move {
+            if chunk == last {
+                return Err("holder went away".to_string());
+            }
+            f.await
+        }
+    };
+    let e = n2
+        .engine
+        .adopt_vdisk_gathered(&rec, source, &remote, flaky)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("holder went away"), "{e}");
+    assert!(n2.engine.vdisk("v").is_err(), "a partial disk was adopted");
+    assert_eq!(n2.engine.held_chunks(source), here, "the held copy stays");
+    fetched.store(0, std::sync::atomic::Ordering::SeqCst);
 
     let adopted = n2
         .engine
