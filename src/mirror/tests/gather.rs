@@ -116,11 +116,7 @@ async fn a_survivor_gathers_the_chunks_another_holder_keeps() {
         .filter(|o| o.vdisk == source)
         .map(|o| o.chunk)
         .collect();
-    let last = *remote
-        .iter()
-        .filter(|c| !held_here.contains(c))
-        .last()
-        .unwrap();
+    let last = *remote.iter().rfind(|c| !held_here.contains(c)).unwrap();
     let flaky = |chunk: u64| {
         let f = fetch(chunk);
         async move {
