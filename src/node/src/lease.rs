@@ -27,7 +27,13 @@
 //! A node alone (no cluster, a single data member, a witness) never closes its gate. Node-
 //! private virtual disks (the raft log's) are never gated: the renewal itself needs them.
 //!
-//! Checking the gate costs one atomic load per request.
+//! Checking the gate costs one atomic load per request (and a monotonic clock read while a
+//! lease is in force: the gate holds the lease's end, so it shuts on time even when the lease
+//! task runs late, as on a node waking from a freeze). Guests are stopped by the pause, not by
+//! a gate in the virtio path: requests a guest issued before the pause complete (from the
+//! local copy, which is still the newest: the survivor serves nothing until the hold below
+//! ends), and a user resuming a VM on an isolated node sees it paused again at the next
+//! renewal attempt (`vm start` waits for the gate like I/O does).
 //!
 //! # The survivor ([`Lease::adoptable`])
 //! A virtual disk the cluster assigns to this node that the engine lacks came from a takeover
@@ -60,7 +66,7 @@
 //! disk before the hold has passed.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -121,11 +127,21 @@ pub(crate) fn hold() -> Duration {
 }
 
 /// The node's I/O gate: open while the lease is valid (or none is needed).
+///
+/// It holds the lease's end itself, so a request arriving after it is refused even if the
+/// lease task has not run yet (a node waking from a freeze): an atomic load and, while a lease
+/// is in force, a monotonic clock read.
 #[derive(Clone)]
 pub(crate) struct Gate(Arc<GateInner>);
 
+/// `GateInner::until_ms` when no lease is needed.
+const ALWAYS: u64 = u64::MAX;
+
 struct GateInner {
-    open: AtomicBool,
+    /// Requests pass while `base.elapsed()` is below this many milliseconds ([`ALWAYS`]: no
+    /// lease needed; 0: closed).
+    until_ms: AtomicU64,
+    base: std::time::Instant,
     opened: Notify,
     wait: Duration,
 }
@@ -133,21 +149,39 @@ struct GateInner {
 impl Gate {
     fn new() -> Gate {
         Gate(Arc::new(GateInner {
-            open: AtomicBool::new(true),
+            until_ms: AtomicU64::new(ALWAYS),
+            base: std::time::Instant::now(),
             opened: Notify::new(),
             wait: wait_limit(),
         }))
     }
 
     pub(crate) fn is_open(&self) -> bool {
-        self.0.open.load(Ordering::Acquire)
+        match self.0.until_ms.load(Ordering::Acquire) {
+            ALWAYS => true,
+            0 => false,
+            until => (self.0.base.elapsed().as_millis() as u64) < until,
+        }
     }
 
-    fn set(&self, open: bool) {
-        let was = self.0.open.swap(open, Ordering::AcqRel);
-        if open && !was {
-            self.0.opened.notify_waiters();
-        }
+    /// Whether the gate is open for good (no lease needed).
+    fn always(&self) -> bool {
+        self.0.until_ms.load(Ordering::Acquire) == ALWAYS
+    }
+
+    /// Open until `end` (rounded down to the millisecond), or for good.
+    fn open_until(&self, end: Option<std::time::Instant>) {
+        let until = match end {
+            None => ALWAYS,
+            Some(e) if e <= std::time::Instant::now() => 0,
+            Some(e) => (e.saturating_duration_since(self.0.base).as_millis() as u64).max(1),
+        };
+        self.0.until_ms.store(until, Ordering::Release);
+        self.0.opened.notify_waiters();
+    }
+
+    fn close(&self) {
+        self.0.until_ms.store(0, Ordering::Release);
     }
 
     /// Returns at once while the gate is open; else waits for it up to the wait limit, then
@@ -189,6 +223,8 @@ pub(crate) fn closed_error() -> control::ControlError {
 /// The lease's state, kept in the node.
 pub(crate) struct Lease {
     gate: Gate,
+    /// What was last logged: valid (or not needed) or not.
+    shown_valid: AtomicBool,
     /// VMs this lease paused (resumed when it is valid again).
     paused: parking_lot::Mutex<HashSet<String>>,
     /// Virtual disks assigned to this node but not here yet, and when that was first seen.
@@ -199,6 +235,7 @@ impl Default for Lease {
     fn default() -> Self {
         Lease {
             gate: Gate::new(),
+            shown_valid: AtomicBool::new(true),
             paused: Default::default(),
             seen_missing: Default::default(),
         }
@@ -296,8 +333,8 @@ async fn renew(inner: &NodeInner, m: &ClusterNode) -> Result<Renewal, String> {
 /// Close the gate and pause every running VM (recording which).
 async fn close(inner: &NodeInner, why: &str) {
     let lease = &inner.lease;
-    if lease.gate.is_open() {
-        lease.gate.set(false);
+    lease.gate.close();
+    if lease.shown_valid.swap(false, Ordering::AcqRel) {
         tracing::warn!(
             reason = why,
             "isolation lease: not valid; this node's virtual disks are not served and its VMs \
@@ -320,11 +357,12 @@ async fn close(inner: &NodeInner, why: &str) {
     }
 }
 
-/// Open the gate and resume the VMs this lease paused, except those moved away.
-async fn open(inner: &NodeInner, moved: &HashSet<String>) {
+/// Open the gate until `end` (or for good) and resume the VMs this lease paused, except those
+/// moved away.
+async fn open(inner: &NodeInner, end: Option<Instant>, moved: &HashSet<String>) {
     let lease = &inner.lease;
-    if !lease.gate.is_open() {
-        lease.gate.set(true);
+    lease.gate.open_until(end.map(Instant::into_std));
+    if !lease.shown_valid.swap(true, Ordering::AcqRel) {
         tracing::warn!("isolation lease: valid again; serving this node's virtual disks");
     }
     let paused: Vec<String> = lease.paused.lock().drain().collect();
@@ -355,7 +393,7 @@ async fn wait_watching(
     shutdown: &mut watch::Receiver<bool>,
 ) -> bool {
     loop {
-        let expiry = valid_until.filter(|_| inner.lease.gate.is_open());
+        let expiry = *valid_until;
         tokio::select! {
             _ = tokio::time::sleep_until(until) => return true,
             _ = tokio::time::sleep_until(expiry.unwrap_or(until)), if expiry.is_some_and(|e| e < until) => {
@@ -374,8 +412,8 @@ pub(crate) async fn run(inner: Arc<NodeInner>, mut shutdown: watch::Receiver<boo
     loop {
         let Some(m) = needed(&inner) else {
             valid_until = None;
-            if !inner.lease.gate.is_open() || !inner.lease.paused.lock().is_empty() {
-                open(&inner, &HashSet::new()).await;
+            if !inner.lease.gate.always() || !inner.lease.paused.lock().is_empty() {
+                open(&inner, None, &HashSet::new()).await;
             }
             tokio::select! {
                 _ = tokio::time::sleep(IDLE_TICK) => continue,
@@ -393,7 +431,7 @@ pub(crate) async fn run(inner: Arc<NodeInner>, mut shutdown: watch::Receiver<boo
             let fut = renew(&inner, &m);
             tokio::pin!(fut);
             loop {
-                let expiry = valid_until.filter(|_| inner.lease.gate.is_open());
+                let expiry = valid_until;
                 tokio::select! {
                     r = &mut fut => break Some(r),
                     _ = tokio::time::sleep_until(sent + l) => break None,
@@ -409,7 +447,7 @@ pub(crate) async fn run(inner: Arc<NodeInner>, mut shutdown: watch::Receiver<boo
             Some(Ok(r)) if r.lost.is_empty() => {
                 if Instant::now() < sent + l {
                     valid_until = Some(sent + l);
-                    open(&inner, &r.moved_vms).await;
+                    open(&inner, valid_until, &r.moved_vms).await;
                 }
                 String::new()
             }
@@ -455,7 +493,7 @@ mod tests {
     async fn a_closed_gate_waits_then_fails_with_eio_and_an_opening_lets_requests_through() {
         let g = Gate::new();
         assert!(g.pass().await.is_ok(), "a new gate is open");
-        g.set(false);
+        g.close();
         let started = Instant::now();
         let e = g.pass().await.unwrap_err();
         assert_eq!(e.raw_os_error(), Some(libc::EIO));
@@ -470,8 +508,24 @@ mod tests {
         };
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert!(!waiter.is_finished(), "passed a closed gate");
-        g.set(true);
+        g.open_until(None);
         assert!(waiter.await.unwrap().is_ok());
+    }
+
+    #[test]
+    fn the_gate_shuts_by_itself_when_the_lease_ends() {
+        let g = Gate::new();
+        assert!(g.is_open() && g.always());
+        let now = std::time::Instant::now();
+        g.open_until(Some(now + Duration::from_secs(3600)));
+        assert!(g.is_open() && !g.always());
+        // A lease that ended while nobody closed the gate (a node waking from a freeze).
+        g.open_until(Some(now));
+        assert!(!g.is_open());
+        g.open_until(Some(now - Duration::from_secs(1)));
+        assert!(!g.is_open());
+        g.close();
+        assert!(!g.is_open());
     }
 
     #[tokio::test(start_paused = true)]

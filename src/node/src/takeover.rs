@@ -30,7 +30,10 @@
 //! off from the majority changes nothing.
 //!
 //! Then (and after any restart, until done) every virtual disk the cluster state assigns to this
-//! node that the engine does not have is *adopted* (`gather`):
+//! node that the engine does not have is *adopted* (`gather`), once it has been seen so for the
+//! isolation lease's hold (L + max(2 s, L/2), 7.5 s by default), by which time the old owner,
+//! if alive behind a partition, has surely stopped serving it (`crate::lease` gives the timing
+//! argument, with the takeover delay and asymmetric partitions):
 //! 1. every other data member but the old owner must be reachable: each may hold chunks (with
 //!    three or more data nodes a chunk's two replicas may both be on other nodes than this
 //!    one), so with one of them unreachable the takeover of that disk waits and says so —
