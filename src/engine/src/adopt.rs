@@ -28,6 +28,7 @@ use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use store::{BlockVersions, ObjectId};
 
@@ -38,6 +39,9 @@ use crate::pool::Engine;
 use crate::replica::FOREIGN_VDISK_BIT;
 use crate::types::VdiskInfo;
 use crate::{BLOCK_BYTES, MAX_VDISK_BYTES};
+
+/// Chunks fetched from other holders at once during an adoption.
+const FETCH_AHEAD: usize = 4;
 
 /// A snapshot as its owner describes it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -270,14 +274,21 @@ impl Engine {
             .copied()
             .filter(|c| !here.contains(c))
             .collect();
-        for chunk in elsewhere {
-            if chunk >= rec.size_bytes.div_ceil(crate::CHUNK_BYTES) {
-                return Err(EngineError::Corrupt(format!(
-                    "a holder lists chunk {chunk} of {:?}, past its size",
-                    rec.name
-                )));
-            }
-            let versions = fetch(chunk).await.map_err(|e| {
+        let chunks = rec.size_bytes.div_ceil(crate::CHUNK_BYTES);
+        if let Some(past) = elsewhere.iter().find(|c| **c >= chunks) {
+            return Err(EngineError::Corrupt(format!(
+                "a holder lists chunk {past} of {:?}, past its size",
+                rec.name
+            )));
+        }
+        // A few fetches in flight while earlier chunks are written (bounded memory: at most
+        // FETCH_AHEAD chunks' histories at once).
+        let fetch = &fetch;
+        let mut fetched = futures::stream::iter(elsewhere)
+            .map(|chunk| async move { (chunk, fetch(chunk).await) })
+            .buffered(FETCH_AHEAD);
+        while let Some((chunk, r)) = fetched.next().await {
+            let versions = r.map_err(|e| {
                 EngineError::Degraded(format!(
                     "fetching chunk {chunk} of {:?} from another holder: {e}",
                     rec.name
