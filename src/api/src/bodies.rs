@@ -1,6 +1,46 @@
 //! Request bodies of `/api/v1`, strict: unknown fields are an error, so a typo is never ignored.
 
+use control::{format_size, ControlError, MAX_VDISK_SIZE_BYTES};
 use serde::Deserialize;
+
+/// `size` in a body: a positive number with a binary unit (`512M`, `10G`, `1GiB`, `8K`), as
+/// openapi.json's `SizeText` pattern says, so every size the document allows is whole 4 KiB
+/// blocks: at most 7 digits, and K only in multiples of 4. Plain bytes go in `size_bytes`. A
+/// well-formed size past what any pool allows (1 PiB) is refused like one past this pool's
+/// limit (409): the request is well formed, the pool cannot hold it.
+pub(crate) fn size_text(text: &str) -> Result<u64, ControlError> {
+    let bad = || {
+        ControlError::invalid(format!(
+            "size {text:?} is not a size like 512M, 10G or 2T (a number of up to 7 digits and a \
+             unit K, M, G, T or P; K in multiples of 4); give plain bytes as size_bytes"
+        ))
+    };
+    let s = text.trim_matches([' ', '\t']);
+    let digits_end = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(digits_end);
+    let num = num.trim_start_matches('0');
+    if num.is_empty() || num.len() > 7 {
+        return Err(bad());
+    }
+    let n: u64 = num.parse().map_err(|_| bad())?;
+    let shift = match unit.to_ascii_uppercase().as_str() {
+        "K" | "KB" | "KIB" if n.is_multiple_of(4) => 10,
+        "M" | "MB" | "MIB" => 20,
+        "G" | "GB" | "GIB" => 30,
+        "T" | "TB" | "TIB" => 40,
+        "P" | "PB" | "PIB" => 50,
+        _ => return Err(bad()),
+    };
+    let bytes = u128::from(n) << shift;
+    if bytes > u128::from(MAX_VDISK_SIZE_BYTES) {
+        return Err(ControlError::conflict(format!(
+            "size {text:?} is more than any pool allows for one virtual disk ({} at most, and no \
+             more than the pool's logical limit, see GET /api/v1/pool)",
+            format_size(MAX_VDISK_SIZE_BYTES)
+        )));
+    }
+    Ok(bytes as u64)
+}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -125,4 +165,41 @@ pub(crate) struct ClusterTokenBody {
     #[serde(default)]
     pub(crate) witness: bool,
     pub(crate) ttl_secs: Option<u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn size_text_takes_exactly_the_documented_forms() {
+        assert_eq!(size_text("8M").unwrap(), 8 << 20);
+        assert_eq!(size_text(" 10GiB\t").unwrap(), 10 << 30);
+        assert_eq!(size_text("8k").unwrap(), 8 << 10);
+        assert_eq!(size_text("0012kb").unwrap(), 12 << 10);
+        assert_eq!(size_text("1P").unwrap(), MAX_VDISK_SIZE_BYTES);
+        // Not whole 4 KiB blocks, no unit, zero, too many digits, other space: bad input.
+        for bad in [
+            "6K",
+            "4096",
+            "4096B",
+            "0M",
+            "00",
+            "12345678M",
+            "1.5G",
+            "\n8M",
+            "8X",
+            "",
+        ] {
+            let e = size_text(bad).unwrap_err();
+            assert_eq!(e.code, control::ErrorCode::InvalidArgument, "{bad:?}");
+        }
+        // Well formed but more than any pool holds: a conflict, like past this pool's limit.
+        let e = size_text("2P").unwrap_err();
+        assert_eq!(e.code, control::ErrorCode::Conflict);
+        assert_eq!(
+            size_text("9999999P").unwrap_err().code,
+            control::ErrorCode::Conflict
+        );
+    }
 }

@@ -110,8 +110,33 @@ pub fn parse_json<T: for<'de> serde::Deserialize<'de>>(b: &[u8]) -> Result<T, Co
     if b.is_empty() {
         return Err(ControlError::invalid("a JSON request body is required"));
     }
-    serde_json::from_slice(b)
-        .map_err(|e| ControlError::invalid(format!("the request body is not valid: {e}")))
+    let bad =
+        |e: serde_json::Error| ControlError::invalid(format!("the request body is not valid: {e}"));
+    let mut v: serde_json::Value = serde_json::from_slice(b).map_err(bad)?;
+    whole_numbers(&mut v);
+    T::deserialize(v).map_err(bad)
+}
+
+/// JSON Schema counts `280.0` as an integer, so a body the document calls valid may carry one
+/// where a count is expected: every number with no fraction becomes an integer before the body
+/// is read (a real fraction, `2.5` vCPUs, is still refused by the field's type).
+fn whole_numbers(v: &mut serde_json::Value) {
+    use serde_json::Value;
+    match v {
+        Value::Number(n) => {
+            if let Some(f) = n.as_f64().filter(|_| n.is_f64()) {
+                // Every whole f64 in these ranges converts exactly.
+                if f.fract() == 0.0 && (0.0..18_446_744_073_709_551_616.0).contains(&f) {
+                    *v = Value::from(f as u64);
+                } else if f.fract() == 0.0 && (-9_223_372_036_854_775_808.0..0.0).contains(&f) {
+                    *v = Value::from(f as i64);
+                }
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(whole_numbers),
+        Value::Object(o) => o.values_mut().for_each(whole_numbers),
+        _ => {}
+    }
 }
 
 pub fn cookie<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -185,7 +210,8 @@ pub fn paging(q: &[(String, String)]) -> Result<(usize, Option<String>), Control
                     })?;
             }
             "cursor" if !v.is_empty() => {
-                if v.len() > 256 {
+                // Characters, as the document's maxLength counts them.
+                if v.chars().count() > 256 {
                     return Err(ControlError::invalid("cursor is too long"));
                 }
                 cursor = Some(v.clone());

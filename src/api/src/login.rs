@@ -35,7 +35,7 @@ pub(crate) async fn login(
         return Ok(r);
     }
     let b: LoginBody = h::parse_json(body)?;
-    if b.user.len() > 64 || b.password.len() > crate::users::MAX_PASSWORD_LEN {
+    if b.user.chars().count() > 64 || b.password.chars().count() > crate::users::MAX_PASSWORD_LEN {
         return Err(ControlError::invalid("user or password is too long"));
     }
     let st2 = st.clone();

@@ -165,9 +165,16 @@ pub enum Found {
 /// Longest accepted path segment (names are at most 64 bytes; ids shorter).
 const MAX_SEGMENT: usize = 256;
 
+/// The route for `method` on `path`. Routing is exact: of the patterns that match the path, only
+/// the most specific ones count (a literal segment beats a `{x}` at the first place they
+/// differ), so `/disks/probe` is the probe endpoint and never the disk `probe`; a method the
+/// path does not have is a 405 listing that path's own methods. The names the literal routes
+/// take are refused when a virtual disk is created ([`is_reserved_name`]).
 pub fn find(method: &Method, path: &str) -> Found {
     let segs: Vec<&str> = path.trim_end_matches('/').split('/').collect();
-    let mut allowed = Vec::new();
+    // Literal flags of the best pattern so far, and its routes with their parameters.
+    type Candidates<'a> = Vec<(&'a Method, R, Vec<String>)>;
+    let mut best: Option<(Vec<bool>, Candidates)> = None;
     for (m, pat, r) in ROUTES {
         let psegs: Vec<&str> = pat.split('/').collect();
         if psegs.len() != segs.len() {
@@ -188,17 +195,35 @@ pub fn find(method: &Method, path: &str) -> Found {
         if !ok {
             continue;
         }
-        // A literal route wins over a pattern (`/disks/scrub` is not `/disks/{id}`).
+        let key: Vec<bool> = psegs.iter().map(|p| !p.starts_with('{')).collect();
+        match &mut best {
+            Some((k, routes)) if *k == key => routes.push((m, *r, params)),
+            Some((k, _)) if *k > key => {}
+            _ => best = Some((key, vec![(m, *r, params)])),
+        }
+    }
+    let Some((_, routes)) = best else {
+        return Found::NotFound;
+    };
+    let mut allowed = Vec::new();
+    for (m, r, params) in routes {
         if m == method || (method == Method::HEAD && *m == Method::GET) {
-            return Found::Route(*r, params);
+            return Found::Route(r, params);
         }
         allowed.push(m.clone());
     }
-    if allowed.is_empty() {
-        Found::NotFound
-    } else {
-        Found::WrongMethod(allowed)
-    }
+    Found::WrongMethod(allowed)
+}
+
+/// Whether `name` is a literal route right under `collection` (`is_reserved_name("/vdisks",
+/// "import")`): an object of that name could not be reached at `collection/{name}`.
+pub fn is_reserved_name(collection: &str, name: &str) -> bool {
+    ROUTES.iter().any(|(_, pat, _)| {
+        pat.strip_prefix(collection)
+            .and_then(|rest| rest.strip_prefix('/'))
+            .and_then(|rest| rest.split('/').next())
+            == Some(name)
+    })
 }
 
 #[cfg(test)]
@@ -226,5 +251,28 @@ mod tests {
             Found::WrongMethod(_)
         ));
         assert!(matches!(find(&Method::GET, "/nope"), Found::NotFound));
+    }
+
+    #[test]
+    fn literal_paths_route_exactly() {
+        let allow = |m: Method, p: &str| match find(&m, p) {
+            Found::WrongMethod(ms) => ms,
+            _ => panic!("{m} {p}: not a 405"),
+        };
+        // Before: DELETE /disks/probe deleted a disk "probe"; GET listed DELETE and POST.
+        assert_eq!(allow(Method::DELETE, "/disks/probe"), [Method::POST]);
+        assert_eq!(allow(Method::GET, "/disks/probe"), [Method::POST]);
+        assert_eq!(allow(Method::GET, "/vdisks/import"), [Method::POST]);
+        assert_eq!(
+            allow(Method::PUT, "/vdisks/x"),
+            [Method::GET, Method::PATCH, Method::DELETE]
+        );
+        assert!(
+            matches!(find(&Method::POST, "/vdisks/import/clone"), Found::Route(R::VdiskClone, p) if p == ["import"])
+        );
+        assert!(is_reserved_name("/vdisks", "import"));
+        assert!(!is_reserved_name("/vdisks", "imported"));
+        assert!(is_reserved_name("/disks", "probe") && is_reserved_name("/disks", "scrub"));
+        assert!(!is_reserved_name("/vms", "import"));
     }
 }

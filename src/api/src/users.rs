@@ -137,9 +137,10 @@ pub fn validate_password(pw: &str) -> std::result::Result<(), String> {
             "the password is too short: use at least {MIN_PASSWORD_LEN} characters"
         ));
     }
-    if pw.len() > MAX_PASSWORD_LEN {
+    // Characters, as the document's maxLength counts them (at most 1 KiB of UTF-8).
+    if n > MAX_PASSWORD_LEN {
         return Err(format!(
-            "the password is longer than {MAX_PASSWORD_LEN} bytes"
+            "the password is longer than {MAX_PASSWORD_LEN} characters"
         ));
     }
     Ok(())
@@ -367,7 +368,8 @@ impl Directory {
         ttl_secs: u64,
     ) -> std::result::Result<(TokenView, String), (control::ErrorCode, String)> {
         use control::ErrorCode as C;
-        if name.is_empty() || name.len() > 64 || name.chars().any(|c| c.is_control()) {
+        // Characters, not bytes, as the document's maxLength counts them.
+        if name.is_empty() || name.chars().count() > 64 || name.chars().any(|c| c.is_control()) {
             return Err((
                 C::InvalidArgument,
                 "token name must be 1-64 printable characters".into(),

@@ -255,7 +255,7 @@ fn qget<'a>(q: &'a [(String, String)], k: &str) -> Option<&'a str> {
 fn size_of(size_bytes: Option<u64>, size: Option<&str>) -> Result<u64, ControlError> {
     match (size_bytes, size) {
         (Some(n), None) => Ok(n),
-        (None, Some(s)) => control::parse_size(s),
+        (None, Some(s)) => size_text(s),
         (Some(_), Some(_)) => Err(ControlError::invalid("give size_bytes or size, not both")),
         (None, None) => Err(ControlError::invalid(
             "size_bytes (or size, like \"10G\") is required",
@@ -728,6 +728,16 @@ pub(crate) async fn list(st: &State, c: &Caller, req: Request, q: &[(String, Str
 pub(crate) async fn task(st: &Arc<State>, c: &Caller, req: Request) -> Out {
     debug_assert!(is_long(&req));
     st.precheck(c, &req)?;
+    // A new disk named like a route (`import`) is refused now, not as a failed task (the node
+    // refuses it too, for the CLI).
+    if let Request::VdiskClone { name, .. } | Request::VdiskImport { name, .. } = &req {
+        if crate::routes::is_reserved_name("/vdisks", name) {
+            return Err(ControlError::new(
+                ErrorCode::AlreadyExists,
+                format!("the name {name:?} is reserved (it is the API's /vdisks/{name} endpoint); choose another name"),
+            ));
+        }
+    }
     let exists = match &req {
         Request::VdiskClone { source, .. } => Some(source.clone()),
         Request::VdiskExport { name, .. } => Some(name.clone()),

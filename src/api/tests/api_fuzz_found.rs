@@ -59,6 +59,53 @@ async fn on(
     )
 }
 
+/// Send `method path` announcing a 200 KiB body but only its first KiB, and read the answer's
+/// status and `Connection` header (the server answers without waiting for the rest).
+async fn unread_answer(
+    h: &Harness,
+    method: &str,
+    path: &str,
+    token: &str,
+) -> (u16, Option<String>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tcp = tokio::net::TcpStream::connect(h.addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = h.tls.connect(name, tcp).await.unwrap();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nhost: localhost\r\nauthorization: Bearer {token}\r\n\
+         content-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        200 << 10
+    );
+    tls.write_all(head.as_bytes()).await.unwrap();
+    tls.write_all(&[b' '; 1024]).await.unwrap();
+    tls.flush().await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tokio::time::timeout(std::time::Duration::from_secs(60), tls.read(&mut buf))
+            .await
+            .expect("an answer within 60 s")
+            .expect("the answer is readable");
+        assert!(
+            n > 0,
+            "closed before the answer's header: {:?}",
+            String::from_utf8_lossy(&got)
+        );
+        got.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&got).to_ascii_lowercase();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("a status line");
+    let conn = text
+        .lines()
+        .find_map(|l| l.strip_prefix("connection:"))
+        .map(|v| v.trim().to_string());
+    (status, conn)
+}
+
 async fn admin_token(a: &common::Client) -> String {
     let t = a
         .post("/api/v1/tokens", json!({"name": "fuzz-found"}))
@@ -72,23 +119,21 @@ async fn an_answer_that_leaves_the_body_unread_closes_the_connection() {
     let h = Harness::start().await.unwrap();
     let a = h.admin().await;
     let token = admin_token(&a).await;
-    // Larger than a socket buffer, so the server cannot have it all read before it answers.
-    let big = vec![b' '; 200 << 10];
+    // The request announces a large body and sends only its start, so the server answers before
+    // the body is read (as when schemathesis' body was still in flight). Only the start is sent:
+    // a client still writing when the server closes would see a broken pipe instead of the
+    // answer (this test was flaky that way under load), and what is checked is the answer.
 
     // 405 (PUT is not a method of /nbd): the body is never read. This is what schemathesis hit:
     // the next request on the same connection failed mid-send ("EOF in violation of protocol").
-    let mut c = connection(&h).await;
-    let (status, conn, body) = on(&mut c, "PUT", "/api/v1/nbd", &token, big.clone()).await;
-    assert_eq!(status, 405, "{body}");
+    let (status, conn) = unread_answer(&h, "PUT", "/api/v1/nbd", &token).await;
+    assert_eq!(status, 405);
     assert_eq!(conn.as_deref(), Some("close"), "405 with an unread body");
-    assert_eq!(body["error"]["code"], "method_not_allowed");
 
     // 401 before the body is needed, and a GET (which never reads one): the same.
-    let mut c = connection(&h).await;
-    let (status, conn, _) = on(&mut c, "POST", "/api/v1/vdisks", "wrong", big.clone()).await;
+    let (status, conn) = unread_answer(&h, "POST", "/api/v1/vdisks", "wrong").await;
     assert_eq!((status, conn.as_deref()), (401, Some("close")));
-    let mut c = connection(&h).await;
-    let (status, conn, _) = on(&mut c, "GET", "/api/v1/pool", &token, b"{}".to_vec()).await;
+    let (status, conn) = unread_answer(&h, "GET", "/api/v1/pool", &token).await;
     assert_eq!((status, conn.as_deref()), (200, Some("close")));
 
     // A mutation that read its body keeps the connection, and the next request on it works.

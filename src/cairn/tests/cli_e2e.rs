@@ -23,7 +23,8 @@ fn vdisk_lifecycle_and_bad_input() {
     assert_eq!(n.ok(&["vdisk", "show", "a"])["value"]["size_bytes"], 2 * G);
 
     // Bad input: clear error, documented exit code, nothing changed.
-    let err = n.fails(&["vdisk", "resize", "a", "1G"], 2);
+    // A shrink is refused by the disk's current size (its state): a conflict, exit 4.
+    let err = n.fails(&["vdisk", "resize", "a", "1G"], 4);
     assert!(err.contains("grow"), "{err}");
     for size in [
         "10X",
@@ -43,9 +44,11 @@ fn vdisk_lifecycle_and_bad_input() {
     n.fails(&["vdisk", "show", "nope"], 3);
     n.fails(&["vdisk", "delete", "nope"], 3);
     n.fails(&["vdisk", "resize", "nope", "4G"], 3);
-    // Larger than the pool's logical limit.
+    // Larger than the pool's logical limit: the request is the caller's to change (exit 4,
+    // a conflict naming the limit and the free space), not the pool out of room (exit 5).
     let o = n.cli(&["vdisk", "create", "huge", "1P"]);
-    assert!(o.code == 5 || o.code == 2, "{}", o.stderr);
+    assert_eq!(o.code, 4, "{}", o.stderr);
+    assert!(o.stderr.contains("logical limit"), "{}", o.stderr);
     assert_eq!(n.vdisk_names(), ["a"]);
     assert_eq!(n.ok(&["vdisk", "show", "a"])["value"]["size_bytes"], 2 * G);
 
@@ -202,7 +205,8 @@ fn disks_join_foreign_data_is_refused_and_state_survives_restart() {
 
     // Bad disk paths.
     n.fails(&["disk", "add", "/nonexistent/disk.img"], 3);
-    n.fails(&["disk", "add", &dir.path().display().to_string()], 2);
+    // A directory is a well-formed path to the wrong kind of object: a conflict, exit 4.
+    n.fails(&["disk", "add", &dir.path().display().to_string()], 4);
     let small = dir.path().join("small.img");
     std::fs::File::create(&small)
         .unwrap()

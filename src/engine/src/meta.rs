@@ -15,8 +15,11 @@ use crate::types::DiskState;
 pub(crate) const META_FORMAT: u32 = 1;
 /// The store's metadata slot holds at most 1 MiB; stay well below it.
 pub(crate) const MAX_META_BYTES: usize = 900 * 1024;
-/// Bounded by the metadata size in practice (about 200 bytes per disk in a 900 KiB slot).
-pub(crate) const MAX_VDISKS: usize = 4096;
+/// A count bound; the metadata size binds first: a virtual disk's record is about 145 bytes
+/// plus its name, so the 900 KiB slot holds ~5,800 disks with 11-byte names and ~4,400 with
+/// 64-byte names (then `encode` refuses the change with the sizes; the node answers 409).
+/// Beyond that needs the metadata split over more than one slot (a format change).
+pub(crate) const MAX_VDISKS: usize = 8192;
 pub(crate) const MAX_SNAPSHOTS_PER_VDISK: usize = 256;
 pub(crate) const MAX_SNAPSHOTS_TOTAL: usize = 4096;
 pub(crate) const MAX_DISKS: usize = 256;

@@ -43,7 +43,10 @@ impl Controller for NodeController {
             } else {
                 // Counted on drop, so a mutation whose caller went away midway still counts.
                 let _changed = req.is_mutation().then(|| Changed(&self.inner.changes));
-                self.dispatch(&req).await
+                // A bound reached by a definition is the caller's to change (409), see admission.
+                self.dispatch(&req)
+                    .await
+                    .map_err(|err| crate::admission::map_error(&req, err))
             };
             if req.is_mutation() || result.is_err() {
                 self.inner.audit(&actor, &req, &result, started.elapsed());
@@ -126,6 +129,8 @@ impl NodeController {
             }
             Request::PoolInfo => Reply::Pool(convert::pool(engine.pool())),
             Request::VdiskCreate { name, size_bytes } => {
+                crate::admission::refuse_reserved_vdisk_name(name)?;
+                crate::admission::check_vdisk_size(engine, name, *size_bytes)?;
                 Reply::Vdisk(self.create_vdisk_recorded(name, *size_bytes).await?)
             }
             Request::VdiskList => {
@@ -143,8 +148,9 @@ impl NodeController {
             }
             Request::VdiskResize { name, size_bytes } => {
                 let cur = engine.vdisk(name).map_err(e)?;
+                // The current size is the disk's state: a shrink is a conflict with it (409).
                 if *size_bytes < cur.size_bytes {
-                    return Err(ControlError::invalid(format!(
+                    return Err(ControlError::conflict(format!(
                         "{name} is {}; virtual disks can only grow, not shrink to {}",
                         control::format_size(cur.size_bytes),
                         control::format_size(*size_bytes)
@@ -153,6 +159,7 @@ impl NodeController {
                 if *size_bytes == cur.size_bytes {
                     Reply::Vdisk(convert::vdisk(cur))
                 } else {
+                    crate::admission::check_vdisk_size(engine, name, *size_bytes)?;
                     Reply::Vdisk(convert::vdisk(
                         engine.resize_vdisk(name, *size_bytes).await.map_err(e)?,
                     ))
@@ -175,11 +182,13 @@ impl NodeController {
                 source,
                 snapshot,
                 name,
-            } => Reply::Vdisk(
+            } => Reply::Vdisk({
+                crate::admission::refuse_reserved_vdisk_name(name)?;
                 self.clone_vdisk_recorded(source, snapshot.as_deref(), name)
-                    .await?,
-            ),
+                    .await?
+            }),
             Request::VdiskImport { name, file } => {
+                crate::admission::refuse_reserved_vdisk_name(name)?;
                 let pool_paths = self.pool_paths();
                 let t = transfer::import(
                     engine,
@@ -246,13 +255,16 @@ impl NodeController {
                 Reply::Done
             }
             Request::SnapshotDiff { vdisk, from, to } => Reply::Ranges(
-                engine
-                    .changed_ranges(vdisk, from, to.as_deref())
-                    .await
-                    .map_err(e)?
-                    .into_iter()
-                    .map(|(offset, len)| Range { offset, len })
-                    .collect(),
+                match crate::admission::diff_order(engine, vdisk, from, to.as_deref())? {
+                    Some(none) => none,
+                    None => engine
+                        .changed_ranges(vdisk, from, to.as_deref())
+                        .await
+                        .map_err(e)?
+                        .into_iter()
+                        .map(|(offset, len)| Range { offset, len })
+                        .collect(),
+                },
             ),
             Request::NbdStart {
                 vdisk,

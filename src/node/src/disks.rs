@@ -109,7 +109,8 @@ pub(crate) fn check_disk_path(path: &Path) -> std::result::Result<PathBuf, Contr
         .map_err(|e| ControlError::new(ErrorCode::Io, format!("disk {}: {e}", path.display())))?;
     let ft = meta.file_type();
     if !(ft.is_file() || ft.is_block_device()) {
-        return Err(ControlError::invalid(format!(
+        // A well-formed path whose object is of the wrong kind: the host's state refuses it.
+        return Err(ControlError::conflict(format!(
             "{} is not a regular file or a block device",
             path.display()
         )));

@@ -10,6 +10,7 @@
 //! outside `controller` (front ends only forward).
 #![forbid(unsafe_code)]
 
+mod admission;
 mod clusterctl;
 mod clusterhost;
 mod config;

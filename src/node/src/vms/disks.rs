@@ -74,7 +74,7 @@ impl Vms {
             let mut s = live.lock();
             s.check_idle()?;
             if s.def.disks.len() >= control::MAX_VM_DISKS {
-                return Err(ControlError::invalid(format!(
+                return Err(ControlError::conflict(format!(
                     "{} already has {} disks, the most a VM can have",
                     s.def.name,
                     control::MAX_VM_DISKS

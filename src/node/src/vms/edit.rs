@@ -96,7 +96,8 @@ fn apply(def: &VmDef, c: &VmChange) -> Result<(VmDef, Vec<&'static str>), Contro
         a.sort();
         b.sort();
         if a != b {
-            return Err(ControlError::invalid(format!(
+            // Which disks the VM has is its state, not the request's form: a conflict.
+            return Err(ControlError::conflict(format!(
                 "disks must list the VM's disks ({}) in the new order; attach or detach a disk to change which it has",
                 def.disks.join(", ")
             )));

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use control::{ControlError, ErrorCode, Request, VmNicSpec, VmView};
 use engine::Engine;
 
-use super::{blocking, is_active, view, Slot, VmDef, Vms, MAX_VMS};
+use super::{blocking, is_active, too_many_vms, view, Slot, VmDef, Vms, MAX_VMS};
 
 impl Vms {
     /// The definition of `name` as exported to the cluster (JSON).
@@ -48,9 +48,7 @@ impl Vms {
             ));
         }
         if self.slots.lock().len() >= MAX_VMS {
-            return Err(ControlError::invalid(format!(
-                "this node already has {MAX_VMS} VMs"
-            )));
+            return Err(too_many_vms());
         }
         for d in &def.disks {
             engine.vdisk(d).map_err(crate::convert::error)?;
