@@ -345,11 +345,7 @@ impl Inner {
             d.inflight.fetch_add(1, Ordering::Relaxed);
             let r = match dest {
                 // Verified and copied block by block into the caller's memory (one pass).
-                ReadDest::Slice(out) => {
-                    d.replica
-                        .read_into(obj, block, nblocks, at_gen, out)
-                        .await
-                }
+                ReadDest::Slice(out) => d.replica.read_into(obj, block, nblocks, at_gen, out).await,
                 // The replica's verified buffer is handed over as is.
                 ReadDest::Owned(o) => match d.replica.read(obj, block, nblocks, at_gen).await {
                     Ok(buf) if buf.len() == nblocks as usize * BLOCK_BYTES as usize => {
