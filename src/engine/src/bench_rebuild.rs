@@ -4,17 +4,19 @@
 //! Set-up: three engines, one per node, on io_uring files pre-written like a block device.
 //! Node 1 owns a virtual disk and attaches node 2's and node 3's disks as its remote replicas
 //! (the replica objects of those engines, as `mirror` does over the network, minus the
-//! network), so each chunk has one replica on node 1 and one on node 2 or 3. The virtual disk
-//! is filled, then node 3 is lost (its disk given up, as after the grace period) and the
-//! rebuild copies node 3's share from node 1 onto node 2. Ours = bytes rebuilt / time until
+//! network); placement spreads each chunk's two replicas over two of the three nodes. The
+//! virtual disk is filled, then node 3 is lost (its disk given up, as after the grace period)
+//! and the rebuild copies node 3's share: chunks it shared with node 1 from node 1 onto node
+//! 2, those it shared with node 2 from node 2 onto node 1 (a profile of the RAM line shows
+//! about half the imports landing on node 1's RAM disk). Ours = bytes rebuilt / time until
 //! redundancy is back. Anchor = sequential 1 MiB writes (QD 4, one flush at the end) of as
 //! many bytes as were rebuilt, on a fresh file before the fill and on node 3's file after the
 //! rebuild: the higher of the two (a busy machine only ever makes the ratio look worse).
 //!
 //! Two lines, because this machine has one device and a cluster has one per node:
 //! - `rebuild_after_node_loss_mib_s`: node 1's disk is in RAM, standing for the surviving
-//!   node's own device; the rebuild's device traffic is the target's writes, as on node 2 of
-//!   a real cluster. The target's write bandwidth is the ideal.
+//!   node's own device; the rebuild's device traffic is node 2's: writes of the chunks copied
+//!   onto it, reads of those copied from it. The device's write bandwidth is the ideal.
 //! - `rebuild_after_node_loss_one_device_mib_s`: node 1's disk is a file on the same device
 //!   too, so the rebuild reads and writes one device at once; its ideal is well below the
 //!   write bandwidth (fio reading one file and writing another at once gets about 0.6x).
