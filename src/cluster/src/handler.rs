@@ -49,6 +49,11 @@ impl Handler for PeerHandler {
             PeerRequest::Admit(r) => PeerResponse::Admitted(node.admit(r).await),
             PeerRequest::Promote { id } => PeerResponse::Done(node.promote(id).await),
             PeerRequest::Remove { id } => PeerResponse::Done(node.remove(id).await),
+            PeerRequest::SetAddr {
+                id,
+                addr,
+                join_addr,
+            } => PeerResponse::Done(node.set_addr(peer, id, addr, join_addr).await),
             PeerRequest::Ping => {
                 let m = node.raft.metrics().borrow().clone();
                 PeerResponse::Pong {

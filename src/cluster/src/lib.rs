@@ -19,6 +19,7 @@ pub mod medium;
 pub mod membership;
 pub mod network;
 mod node;
+mod readdress;
 pub mod sm_store;
 pub mod state;
 pub mod types;

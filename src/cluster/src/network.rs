@@ -72,6 +72,13 @@ pub enum PeerRequest {
     },
     /// Liveness probe for the failure detector.
     Ping,
+    /// Member `id` (the caller itself) is at these addresses now (sent to the leader). Last,
+    /// so the older requests' encoding stays.
+    SetAddr {
+        id: NodeId,
+        addr: String,
+        join_addr: String,
+    },
 }
 
 /// Replies, one variant per request kind. Errors cross the wire as text.

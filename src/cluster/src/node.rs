@@ -263,6 +263,8 @@ impl ClusterNode {
         });
         node.start_servers().await?;
         crate::health::spawn_detector(Arc::downgrade(&node));
+        // Reopened on another address (the host's changed): tell the cluster.
+        node.spawn_announce();
         Ok(node)
     }
 

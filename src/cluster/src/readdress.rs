@@ -1,0 +1,160 @@
+//! A member's new address: when the host's address changes (a new DHCP lease), the member is
+//! reopened on the new address and announces it; the leader updates raft's membership node
+//! (how peers reach it) and the member's entry in the cluster state ([`Command::SetMemberAddr`]).
+//!
+//! Owns the announce and its leader side. Must never: let a member change another member's
+//! address (only the member itself, identified by its certificate, may announce its own), or
+//! record an address that does not parse.
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use openraft::ChangeMembers;
+
+use crate::network::{PeerRequest, PeerResponse};
+use crate::node::ClusterNode;
+use crate::state::{Command, CommandResult};
+use crate::types::{CairnNode, NodeId};
+use crate::Error;
+
+/// How often a reopened member retries its announce while no leader takes it.
+const ANNOUNCE_RETRY: Duration = Duration::from_secs(1);
+
+impl ClusterNode {
+    /// Whether the cluster knows this member at other addresses than the ones it listens on.
+    pub fn address_is_stale(&self) -> bool {
+        let (addr, join_addr) = (
+            self.cfg().rpc_addr.to_string(),
+            self.cfg().join_addr.to_string(),
+        );
+        let me = self.id();
+        let in_state = self.read(|s| {
+            s.members
+                .get(&me)
+                .map(|m| m.addr != addr || m.join_addr != join_addr)
+        });
+        let in_raft = self
+            .raft()
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .get_node(&me)
+            .map(|n| n.addr != addr);
+        in_state.unwrap_or(false) || in_raft.unwrap_or(false)
+    }
+
+    /// Tells the cluster this member is at its configured addresses now (through the leader;
+    /// once committed, peers use them).
+    pub async fn announce_address(&self) -> Result<(), Error> {
+        let (id, addr, join_addr) = (
+            self.id(),
+            self.cfg().rpc_addr.to_string(),
+            self.cfg().join_addr.to_string(),
+        );
+        match self
+            .to_leader(|| PeerRequest::SetAddr {
+                id,
+                addr: addr.clone(),
+                join_addr: join_addr.clone(),
+            })
+            .await?
+        {
+            PeerResponse::Done(r) => r.map_err(Error::Rejected),
+            other => Err(Error::Raft(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    /// Announces in the background until the cluster has this member's addresses (a reopened
+    /// member whose address changed: it may take an election before a leader answers).
+    pub(crate) fn spawn_announce(self: &std::sync::Arc<Self>) {
+        let weak = std::sync::Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                let Some(node) = weak.upgrade() else { return };
+                if node.is_stopped() {
+                    return;
+                }
+                // Until a leader is known the applied state may still be catching up.
+                if !node.address_is_stale() {
+                    if node.leader().is_some() {
+                        return;
+                    }
+                    drop(node);
+                    tokio::time::sleep(ANNOUNCE_RETRY).await;
+                    continue;
+                }
+                match node.announce_address().await {
+                    Ok(()) => {
+                        tracing::info!(addr = %node.cfg().rpc_addr, "announced this member's new address");
+                    }
+                    Err(e) => tracing::info!(error = %e, "announcing the new address; retrying"),
+                }
+                drop(node);
+                tokio::time::sleep(ANNOUNCE_RETRY).await;
+            }
+        });
+    }
+
+    /// Leader side of an announce from member `peer` (others forward to the leader).
+    pub(crate) async fn set_addr(
+        &self,
+        peer: Option<NodeId>,
+        id: NodeId,
+        addr: String,
+        join_addr: String,
+    ) -> Result<(), String> {
+        if peer != Some(id) {
+            return Err(format!(
+                "only member {id} itself may announce its address (asked by {peer:?})"
+            ));
+        }
+        for a in [&addr, &join_addr] {
+            a.parse::<SocketAddr>()
+                .map_err(|_| format!("address {a:?} is not ip:port"))?;
+        }
+        if !self.is_leader() {
+            return Err("not the leader; send it to the leader".into());
+        }
+        let role = self
+            .read(|s| s.members.get(&id).map(|m| m.role))
+            .ok_or_else(|| format!("no member {id}"))?;
+        let in_raft = self
+            .raft()
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .get_node(&id)
+            .is_some();
+        if in_raft {
+            // Only the node entry changes (same voters): raft reaches it at the new address.
+            self.raft()
+                .change_membership(
+                    ChangeMembers::SetNodes(BTreeMap::from([(
+                        id,
+                        CairnNode {
+                            addr: addr.clone(),
+                            role,
+                        },
+                    )])),
+                    false,
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        match self
+            .propose_local(Command::SetMemberAddr {
+                id,
+                addr,
+                join_addr,
+            })
+            .await
+            .map_err(|e| format!("{e:?}"))?
+        {
+            CommandResult::Ok => Ok(()),
+            CommandResult::Rejected(m) => Err(m),
+            other => Err(format!("{other:?}")),
+        }
+    }
+}
