@@ -54,12 +54,24 @@ async fn main() -> anyhow::Result<()> {
             region_bytes: region,
             flush_every: 0,
         };
+        let cpu0 = cpu_secs();
         let r = run(&h, &w).await?;
+        let cpu_us = (cpu_secs() - cpu0) / r.ops.max(1) as f64 * 1e6;
         println!(
             "{}",
-            serde_json::json!({"pattern": format!("{pattern:?}"), "bs": bs, "qd": qd, "result": r})
+            serde_json::json!({"pattern": format!("{pattern:?}"), "bs": bs, "qd": qd,
+                "cpu_us_per_io": cpu_us, "result": r})
         );
     }
     e.shutdown().await?;
     Ok(())
+}
+
+/// CPU seconds (user + system) this process has used (USER_HZ = 100).
+fn cpu_secs() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let tick = |i: usize| f.get(i).and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
+    (tick(11) + tick(12)) / 100.0
 }
