@@ -1,6 +1,6 @@
 //! [`DiskBackend`] on an engine virtual disk: the VM's disk calls the engine directly, no file,
 //! loop device or protocol in between. The engine is async (tokio): virtio-blk uses the
-//! [`AsyncDisk`] side, its requests polled by a driver task on the engine's runtime; the blocking
+//! [`AsyncDisk`] side, each request a task on the engine's runtime; the blocking
 //! [`DiskBackend`] calls (other users, tests) wait on the same futures through a runtime handle.
 //! Never blocks a runtime worker: the blocking calls are only for threads outside the runtime.
 

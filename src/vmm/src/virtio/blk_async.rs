@@ -1,17 +1,17 @@
 //! virtio-blk queues served by an [`AsyncDisk`] (the engine): the queue thread walks and parses
-//! each chain and hands it to the queue's driver, one task on the disk's runtime that starts
-//! every request and polls them all itself; a request's end (data, status byte) runs right where
-//! the engine's completion woke the driver, and each pass puts its completions on the used ring
-//! together. No thread blocks per request, no task is spawned per request, and read buffers are
-//! reused.
+//! each chain and starts it as a task on the disk's runtime; the task runs the request, writes
+//! its data and status byte and publishes it, together with whatever else completed meanwhile.
+//! No thread blocks per request; tasks spread over the runtime's workers. Engine reads are
+//! copied once, from the engine's verified buffers straight into guest memory; other disks'
+//! read buffers are reused.
 //!
 //! What it guarantees:
 //! - at most `limit` (the queue size) requests per queue in flight; at the limit the queue
 //!   thread stops taking chains and the next completion wakes it (backpressure, also against a
 //!   guest that offers one head twice);
-//! - completions are published in bursts: everything the driver finished in one pass goes on
-//!   the used ring at once, then one interrupt is raised (or none, as the event index or
-//!   NO_INTERRUPT say);
+//! - completions are published in bursts: a finished request is staged, and whoever publishes
+//!   puts every staged completion on the used ring at once, then raises one interrupt (or none,
+//!   as the event index or NO_INTERRUPT say); a request counts as in flight until published;
 //! - a FLUSH starts only after every write, discard and write-zeroes submitted before it on any
 //!   queue of the device completed ([`WriteOrder`]), then runs the disk's flush;
 //! - [`AsyncQueue::close`] (device reset, hot-unplug) waits for every in-flight request; if one
@@ -25,13 +25,10 @@ use crate::backend::AsyncDisk;
 use crate::memory::GuestMemoryMmap;
 use crate::stats::DeviceCounters;
 use blockdev::AlignedBuf;
-use futures::stream::{FuturesUnordered, StreamExt};
-use futures::task::AtomicWaker;
 use parking_lot::{Condvar, Mutex, RwLock};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
-use std::task::Poll;
 use std::time::{Duration, Instant};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::Bytes;
@@ -121,7 +118,7 @@ impl WriteOrder {
     }
 }
 
-/// One queue's state, shared by its queue thread and its driver task.
+/// One queue's state, shared by its queue thread and its request tasks.
 pub struct AsyncQueue {
     queue: Mutex<Queue>,
     mem: Arc<GuestMemoryMmap>,
@@ -140,12 +137,6 @@ pub struct AsyncQueue {
     throttled: AtomicBool,
     /// Written to wake the queue thread (a clone of its notify eventfd).
     kick: EventFd,
-    /// Parsed requests handed from the queue thread to the driver. Reserved to `limit`.
-    incoming: Mutex<Vec<(InFlight, Req)>>,
-    /// The driver task's waker (the queue thread wakes it once per pass).
-    driver: AtomicWaker,
-    /// The driver task ended (runtime shut down): the queue thread answers requests itself.
-    driver_gone: AtomicBool,
     /// Completions waiting for the used ring: (head, used length). Reserved to `limit`.
     burst: Mutex<Vec<(u16, u32)>>,
     /// Read buffers kept for reuse (at most `limit`), so a read allocates nothing.
@@ -186,7 +177,7 @@ pub struct QueueSetup {
 const KEEP_BUF_BYTES: usize = 128 << 10;
 
 /// A request in flight. Finishing it stages the outcome for the used ring; dropping it
-/// unfinished (the driver was dropped, e.g. the runtime shut down) completes it with IOERR and
+/// unfinished (its task was cancelled, e.g. the runtime shut down) completes it with IOERR and
 /// publishes, so every request taken from the ring is answered and counted out exactly once.
 struct InFlight {
     q: Arc<AsyncQueue>,
@@ -280,16 +271,6 @@ impl Drop for InFlight {
     }
 }
 
-/// Marks the driver gone when its task ends or is dropped, and answers what it left queued.
-struct DriverGone(Arc<AsyncQueue>);
-
-impl Drop for DriverGone {
-    fn drop(&mut self) {
-        self.0.driver_gone.store(true, SeqCst);
-        self.0.drop_incoming();
-    }
-}
-
 /// Runs one request on the disk and finishes it.
 async fn run(mut job: InFlight, req: Req) {
     let q = job.q.clone();
@@ -349,41 +330,11 @@ async fn run(mut job: InFlight, req: Req) {
     }
 }
 
-/// The queue's driver: one task on the disk's runtime that starts the requests the queue
-/// thread hands over and polls them all itself, so a completion the engine signals runs the
-/// request's end on the same worker (no task per request, no spawn per request), and every
-/// completion of one pass goes on the used ring together with at most one interrupt.
-async fn drive(q: Arc<AsyncQueue>) {
-    let _gone = DriverGone(q.clone());
-    let mut running = FuturesUnordered::new();
-    let mut batch: Vec<(InFlight, Req)> = Vec::with_capacity(q.limit);
-    std::future::poll_fn(|cx| {
-        // Registered before looking, so a hand-over after the look wakes this task again.
-        q.driver.register(cx.waker());
-        std::mem::swap(&mut *q.incoming.lock(), &mut batch);
-        for (job, req) in batch.drain(..) {
-            running.push(run(job, req));
-        }
-        let mut finished = false;
-        while let Poll::Ready(Some(())) = running.poll_next_unpin(cx) {
-            finished = true;
-        }
-        if finished {
-            q.publish();
-        }
-        if running.is_empty() && q.closing.load(SeqCst) && q.incoming.lock().is_empty() {
-            return Poll::Ready(());
-        }
-        Poll::Pending
-    })
-    .await
-}
-
 impl AsyncQueue {
-    /// State for one queue; starts its driver task on the disk's runtime.
+    /// State for one queue.
     pub fn new(queue: Queue, setup: QueueSetup) -> Arc<Self> {
         let limit = setup.limit.max(1);
-        let q = Arc::new(Self {
+        Arc::new(Self {
             queue: Mutex::new(queue),
             mem: setup.mem,
             disk: setup.disk,
@@ -398,17 +349,12 @@ impl AsyncQueue {
             limit,
             throttled: AtomicBool::new(false),
             kick: setup.kick,
-            incoming: Mutex::new(Vec::with_capacity(limit)),
-            driver: AtomicWaker::new(),
-            driver_gone: AtomicBool::new(false),
             burst: Mutex::new(Vec::with_capacity(limit)),
             bufs: Mutex::new(Vec::with_capacity(limit)),
             live: RwLock::new(true),
             closing: AtomicBool::new(false),
             drained: (Mutex::new(()), Condvar::new()),
-        });
-        q.disk.runtime().spawn(drive(q.clone()));
-        q
+        })
     }
 
     /// Requests in flight now.
@@ -470,17 +416,10 @@ impl AsyncQueue {
         }
     }
 
-    /// Answers every request handed over but not started (the driver is gone) with IOERR.
-    fn drop_incoming(&self) {
-        let left: Vec<(InFlight, Req)> = std::mem::take(&mut *self.incoming.lock());
-        drop(left);
-    }
-
-    /// Takes every available chain (up to the in-flight limit), parses it and hands it to the
-    /// driver task (one wake per pass). Called by the queue thread on each kick.
+    /// Takes every available chain (up to the in-flight limit), parses it and starts it.
+    /// Called by the queue thread on each kick.
     pub fn poll(self: &Arc<Self>) {
         let mem = self.mem.clone();
-        let mut handed = false;
         let mut staged = false;
         'outer: loop {
             let mut q = self.queue.lock();
@@ -508,13 +447,7 @@ impl AsyncQueue {
                     &mem,
                     chain.map(|d| (d.addr().0, d.len(), d.is_write_only())),
                 ) {
-                    Ok(c) => {
-                        if self.submit(head, c, start) {
-                            handed = true;
-                        } else {
-                            staged = true;
-                        }
-                    }
+                    Ok(c) => staged |= !self.submit(head, c, start),
                     Err(_) => {
                         // No usable status byte: answer with a zero length.
                         self.counters.errors.fetch_add(1, SeqCst);
@@ -528,19 +461,13 @@ impl AsyncQueue {
                 break;
             }
         }
-        if handed {
-            self.driver.wake();
-            if self.driver_gone.load(SeqCst) {
-                self.drop_incoming();
-            }
-        }
         if staged {
             self.publish();
         }
     }
 
-    /// Parses one chain; answers it here if no disk I/O is needed (returns false), else hands
-    /// it to the driver (returns true).
+    /// Parses one chain; answers it here if no disk I/O is needed (returns false, the caller
+    /// publishes), else starts its task (returns true).
     fn submit(self: &Arc<Self>, head: u16, chain: Chain, start: Instant) -> bool {
         let req = parse(&self.mem, &chain, self.size, self.read_only);
         // The order is fixed here, in ring order: writes join the current epoch, a flush
@@ -572,7 +499,11 @@ impl AsyncQueue {
                 false
             }
             _ => {
-                self.incoming.lock().push((job, req));
+                self.disk.runtime().spawn(async move {
+                    let q = job.q.clone();
+                    run(job, req).await;
+                    q.publish();
+                });
                 true
             }
         }
@@ -581,10 +512,9 @@ impl AsyncQueue {
     /// Stops taking part in the device: waits up to `timeout` for every request in flight to
     /// finish, then closes the gate so that a request still running never touches guest memory.
     /// Returns the number of requests abandoned (0 when all drained). The queue thread must be
-    /// stopped first. The driver task ends once nothing is left running.
+    /// stopped first.
     pub fn close(&self, timeout: Duration) -> usize {
         self.closing.store(true, SeqCst);
-        self.driver.wake();
         let deadline = Instant::now() + timeout;
         {
             let mut g = self.drained.0.lock();
@@ -595,9 +525,7 @@ impl AsyncQueue {
             }
         }
         *self.live.write() = false;
-        let left = self.inflight.load(SeqCst);
-        self.driver.wake();
-        left
+        self.inflight.load(SeqCst)
     }
 }
 
