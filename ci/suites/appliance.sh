@@ -4,7 +4,9 @@
 # serial setup wizard (tests/appliance/drive.py): SeaBIOS from CD (serial and VGA screen; a reboot
 # keeps the cluster id, CA, API certificate, admin password and virtual disk bytes), OVMF
 # from a USB stick, PID 1's recovery from a failing node service, and live network changes
-# (static, VLAN) plus the hardware watchdog (i6300esb). Also checks the ISO is byte-reproducible.
+# (static, VLAN) plus the hardware watchdog (i6300esb), and two appliances joined into one cluster
+# over a private link between them (a second NIC; QEMU socket netdev on 127.0.0.1), one of
+# them rebooted. Also checks the ISO is byte-reproducible.
 # Prints suite-pass:/suite-fail: lines; exits non-zero on any failure.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -59,14 +61,17 @@ else
 fi
 
 export APPLIANCE_WORK="$work" CAIRN_ISO="$iso" CAIRN_KERNEL="$work/img1/bzImage" CAIRN_INITRD="$work/img1/initrd.img"
-for scenario in bios-cd pid1-fail live uefi-usb; do
+for scenario in bios-cd pid1-fail live uefi-usb join; do
   s0=$(date +%s)
   if python3 tests/appliance/drive.py "$scenario"; then
     pass "$scenario"
   else
     bad "$scenario"
     echo "--- last serial output of $scenario:"
-    tail -n 40 "$work/$scenario.log" 2>/dev/null
+    # (join has one log per appliance: join1.log, join2.log)
+    for f in "$work/$scenario.log" "$work/$scenario"[0-9].log; do
+      [ -f "$f" ] && { echo "--- $f:"; tail -n 40 "$f"; }
+    done
   fi
   echo "appliance: $scenario took $(( $(date +%s) - s0 )) s"
 done

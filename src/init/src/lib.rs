@@ -139,6 +139,7 @@ pub fn pid1_main() -> ! {
                     node_id: random_node_id(),
                     hostname: setup.hostname,
                     net: setup.net,
+                    cluster_net: setup.cluster_net,
                     cluster: match &join {
                         None => "created".into(),
                         Some(j) => format!("joining {}", j.address),
@@ -158,6 +159,13 @@ pub fn pid1_main() -> ! {
     boot::set_hostname(&rec.hostname);
     if let Err(e) = net::apply(&rec.net, DHCP_TIMEOUT) {
         logln!("network: {e} (the node starts anyway; fix it from the menu)");
+    }
+    if let Some(c) = &rec.cluster_net {
+        if let Err(e) = net::apply_cluster(c) {
+            // The cluster address is still this link's: the node starts, other members cannot
+            // reach it until the link is there.
+            logln!("network: cluster link: {e}");
+        }
     }
     let (svc_rec, fail, on_fatal) = (rec.clone(), cmd.fail_node, cmd.on_fatal);
     let spawned = std::thread::Builder::new()

@@ -20,6 +20,16 @@ fn status(t: &mut dyn Term, rec: &NodeRecord) {
         Some((a, _)) => t.say(&format!("UI: https://{a}:{}/", service::API_PORT)),
         None => t.say("UI: no network address (choose 1 to set up the network)"),
     }
+    if let Some(c) = &rec.cluster_net {
+        match net::cluster_addr() {
+            Some(a) => t.say(&format!(
+                "Cluster link: {} {a}:{}",
+                c.iface,
+                crate::wizard::CLUSTER_PORT
+            )),
+            None => t.say(&format!("Cluster link: {} not up (see the log)", c.iface)),
+        }
+    }
     let h = service::health();
     if h.running {
         let state = if h.degraded_chunks == 0 {
@@ -63,12 +73,20 @@ fn confirm(t: &mut dyn Term, what: &str) -> bool {
 
 /// Asks for a new network configuration and, once confirmed, applies it live (the previous one
 /// comes back if the new one fails) and then stores it in the record for the next boots.
-fn change_network(t: &mut dyn Term) {
+fn change_network(t: &mut dyn Term, rec: &NodeRecord) {
     let inv = hw::inventory();
     let Ok(n) = ask_network(t, &inv) else {
         t.say("Nothing was changed.");
         return;
     };
+    if rec.cluster_net.as_ref().is_some_and(|c| c.iface == n.iface) {
+        // Its address is the cluster's, which the other members know: it is not moved here.
+        t.say(&format!(
+            "error: {} is the cluster link; the management network needs another link. Nothing was changed.",
+            n.iface
+        ));
+        return;
+    }
     t.say(&format!("New network: {n} (applied now, without a reboot)"));
     if !confirm(t, "Apply it?") {
         t.say("Nothing was changed.");
@@ -107,7 +125,7 @@ pub fn run(t: &mut dyn Term, rec: &NodeRecord) -> ! {
         };
         match choice.trim() {
             "" => {}
-            "1" => change_network(t),
+            "1" => change_network(t, rec),
             "2" => {
                 for l in log::recent(0, 50) {
                     t.say(&l.text);

@@ -19,6 +19,37 @@ pub enum NetMode {
     },
 }
 
+/// A second link for the cluster's own traffic (member RPC, replication), apart from the
+/// management network: a static address on a private segment. Never gets a gateway or DNS, so
+/// it cannot take over the management network's default route.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterNet {
+    pub iface: String,
+    pub addr: Ipv4Addr,
+    pub prefix: u8,
+}
+
+impl fmt::Display for ClusterNet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} static {}/{}", self.iface, self.addr, self.prefix)
+    }
+}
+
+/// Parses the cluster link's "ADDRESS/PREFIX" (validated like a static management address; a
+/// gateway or DNS server is refused: the cluster segment is local).
+pub fn parse_cluster_addr(line: &str) -> Result<(Ipv4Addr, u8), String> {
+    if line.split_whitespace().count() > 1 {
+        return Err(
+            "give only ADDRESS/PREFIX for the cluster link (no gateway or DNS), e.g. 10.10.0.1/24"
+                .into(),
+        );
+    }
+    match parse_static(line)? {
+        NetMode::Static { addr, prefix, .. } => Ok((addr, prefix)),
+        NetMode::Dhcp => Err("the cluster link takes a static ADDRESS/PREFIX".into()),
+    }
+}
+
 /// The management network.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NetConfig {
@@ -135,7 +166,9 @@ pub fn parse_vlan(s: &str) -> Result<Option<u16>, String> {
         .ok_or_else(|| format!("VLAN id {s:?} must be a number from 1 to 4094 (or empty for none)"))
 }
 
-pub use crate::netlive::{apply, loopback_up, replace, status, NetStatus};
+pub use crate::netlive::{
+    apply, apply_cluster, cluster_addr, loopback_up, replace, status, NetStatus,
+};
 
 #[cfg(test)]
 mod tests {
@@ -170,6 +203,21 @@ mod tests {
             .unwrap_err()
             .contains("cannot be used"));
         assert!(parse_static("").is_err());
+    }
+
+    #[test]
+    fn cluster_addresses_are_static_and_local() {
+        assert_eq!(
+            parse_cluster_addr("10.10.0.1/24").unwrap(),
+            ("10.10.0.1".parse().unwrap(), 24)
+        );
+        assert!(parse_cluster_addr("10.10.0.1/24 10.10.0.254")
+            .unwrap_err()
+            .contains("no gateway"));
+        assert!(parse_cluster_addr("10.10.0.1")
+            .unwrap_err()
+            .contains("prefix"));
+        assert!(parse_cluster_addr("").is_err());
     }
 
     #[test]

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
-use crate::net::{NetConfig, NetMode};
+use crate::net::{ClusterNet, NetConfig, NetMode};
 use crate::netlink::{if_index, Netlink};
 use crate::{dhcp, logln};
 
@@ -89,6 +89,39 @@ pub fn loopback_up() {
     if let Err(e) = r {
         logln!("loopback: {e}");
     }
+}
+
+/// The cluster link as applied (its address is the cluster's; see `service`).
+static CLUSTER_APPLIED: Mutex<Option<ClusterNet>> = Mutex::new(None);
+
+/// Brings the cluster link up with its static address (at boot, once). An address the link
+/// already has is fine (the same configuration applied again).
+pub fn apply_cluster(c: &ClusterNet) -> Result<(), String> {
+    let mut nl = Netlink::open().map_err(|e| format!("netlink: {e}"))?;
+    let index = if_index(&c.iface).map_err(|e| format!("no link {}: {e}", c.iface))?;
+    nl.link_up(index)
+        .map_err(|e| format!("{}: link up: {e}", c.iface))?;
+    match nl.add_addr(index, c.addr, c.prefix) {
+        Err(e) if e.raw_os_error() != Some(libc::EEXIST) => {
+            return Err(format!(
+                "{}: add address {}/{}: {e}",
+                c.iface, c.addr, c.prefix
+            ))
+        }
+        _ => {}
+    }
+    *CLUSTER_APPLIED.lock().unwrap_or_else(|p| p.into_inner()) = Some(c.clone());
+    logln!("network: cluster link {c}");
+    Ok(())
+}
+
+/// The cluster link's address, once applied.
+pub fn cluster_addr() -> Option<Ipv4Addr> {
+    CLUSTER_APPLIED
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .as_ref()
+        .map(|c| c.addr)
 }
 
 /// Applies the first configuration at boot. With DHCP, waits up to `dhcp_timeout` for the

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::net::NetConfig;
+use crate::net::{ClusterNet, NetConfig};
 
 /// The virtual disk that holds the record.
 pub const RECORD_VDISK: &str = "cairn-node-config";
@@ -33,6 +33,10 @@ pub struct NodeRecord {
     pub node_id: u64,
     pub hostname: String,
     pub net: NetConfig,
+    /// The cluster link, when the cluster's traffic has a link of its own (absent in records
+    /// written before it existed: the cluster then uses the management address).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_net: Option<ClusterNet>,
     /// "created" (this node created the cluster) or the address it joined.
     pub cluster: String,
     pub created_unix: u64,
@@ -102,6 +106,11 @@ mod tests {
                 vlan: Some(5),
                 mode: NetMode::Dhcp,
             },
+            cluster_net: Some(ClusterNet {
+                iface: "eth1".into(),
+                addr: "10.10.0.1".parse().unwrap(),
+                prefix: 24,
+            }),
             cluster: "created".into(),
             created_unix: 1,
             api_files: [("users.json".to_string(), "{}".to_string())].into(),
@@ -124,5 +133,21 @@ mod tests {
         long[12..16].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(matches!(decode(&long), Err(RecordError::Damaged(_))));
         assert!(matches!(decode(&b[..10]), Err(RecordError::Missing)));
+    }
+
+    #[test]
+    fn a_record_without_a_cluster_link_still_reads() {
+        // As written before the cluster link existed.
+        let mut old = rec();
+        old.cluster_net = None;
+        let json = serde_json::to_string(&old).unwrap();
+        assert!(!json.contains("cluster_net"));
+        let mut b = Vec::new();
+        b.extend_from_slice(MAGIC);
+        b.extend_from_slice(&VERSION.to_le_bytes());
+        b.extend_from_slice(&(json.len() as u32).to_le_bytes());
+        b.extend_from_slice(&crc32c::crc32c(json.as_bytes()).to_le_bytes());
+        b.extend_from_slice(json.as_bytes());
+        assert_eq!(decode(&b).unwrap(), old);
     }
 }

@@ -260,10 +260,14 @@ pub fn run(
         // member id, and a joined node stays joined. No pool disk is an error, never a new
         // cluster.
         cfg.raft_place = node::RaftPlace::Pool;
-        // Other nodes reach this one's cluster member on its management address.
-        cfg.cluster_listen = crate::net::status()
-            .and_then(|s| s.addr)
-            .map(|(ip, _)| SocketAddr::from((ip, crate::wizard::CLUSTER_PORT)));
+        // Other nodes reach this one's cluster member on the cluster link's address when it
+        // has one, else on its management address.
+        let cluster_ip = match &rec.cluster_net {
+            Some(c) => Some(c.addr),
+            None => crate::net::status().and_then(|s| s.addr).map(|(ip, _)| ip),
+        };
+        cfg.cluster_listen =
+            cluster_ip.map(|ip| SocketAddr::from((ip, crate::wizard::CLUSTER_PORT)));
         let node = node::Node::start(cfg)
             .await
             .map_err(|e| format!("node: {e}"))?;

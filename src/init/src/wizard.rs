@@ -4,7 +4,7 @@
 //! final confirmation, and every bad answer gets an `error:` line and the same question again.
 
 use crate::hw::{human, DiskKind, Inventory};
-use crate::net::{parse_static, parse_vlan, NetConfig, NetMode};
+use crate::net::{parse_cluster_addr, parse_static, parse_vlan, ClusterNet, NetConfig, NetMode};
 
 /// Most attempts at one question before the wizard starts over (a stuck script must not loop
 /// forever on one field).
@@ -41,6 +41,9 @@ pub enum ClusterChoice {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Setup {
     pub net: NetConfig,
+    /// A link of its own for the cluster's traffic (asked only when the machine has more than
+    /// one link).
+    pub cluster_net: Option<ClusterNet>,
     pub hostname: String,
     pub cluster: ClusterChoice,
 }
@@ -220,6 +223,60 @@ pub fn ask_network(t: &mut dyn Term, inv: &Inventory) -> Result<NetConfig, Abort
     Ok(NetConfig { iface, vlan, mode })
 }
 
+/// Asks whether the cluster's traffic gets a link of its own (only on a machine with more than
+/// one link; empty = the management network carries it), and that link's static address.
+pub fn ask_cluster_net(
+    t: &mut dyn Term,
+    inv: &Inventory,
+    net: &NetConfig,
+) -> Result<Option<ClusterNet>, Abort> {
+    if inv.nics.len() < 2 {
+        return Ok(None);
+    }
+    let names: Vec<String> = inv.nics.iter().map(|n| n.name.clone()).collect();
+    let iface = ask_valid(
+        t,
+        "Cluster network link (empty: the management network)",
+        "",
+        |s| {
+            if s.is_empty() {
+                Ok(None)
+            } else if s == net.iface {
+                Err(format!(
+                    "{s} already carries the management network; choose another link or leave it empty"
+                ))
+            } else if names.iter().any(|n| n == s) {
+                Ok(Some(s.to_string()))
+            } else {
+                Err(format!(
+                    "no network link named {s:?} (have: {})",
+                    names.join(", ")
+                ))
+            }
+        },
+    )?;
+    let Some(iface) = iface else { return Ok(None) };
+    let (addr, prefix) = ask_valid(
+        t,
+        &format!("Cluster address on {iface} (ADDRESS/PREFIX)"),
+        "",
+        |s| {
+            let (addr, prefix) = parse_cluster_addr(s)?;
+            if let NetMode::Static { addr: m, .. } = &net.mode {
+                if *m == addr {
+                    return Err(format!("{addr} is the management address already"));
+                }
+            }
+            Ok((addr, prefix))
+        },
+    )?;
+    Ok(Some(ClusterNet {
+        iface,
+        addr,
+        prefix,
+    }))
+}
+
 /// Runs the whole wizard until a confirmed [`Setup`].
 pub fn run(t: &mut dyn Term, inv: &Inventory) -> Result<Setup, Abort> {
     loop {
@@ -237,6 +294,7 @@ pub fn run(t: &mut dyn Term, inv: &Inventory) -> Result<Setup, Abort> {
             );
         }
         let net = ask_network(t, inv)?;
+        let cluster_net = ask_cluster_net(t, inv, &net)?;
         let hostname = ask_valid(t, "Hostname", "cairn", validate_hostname)?;
         let choice = ask_valid(
             t,
@@ -269,6 +327,9 @@ pub fn run(t: &mut dyn Term, inv: &Inventory) -> Result<Setup, Abort> {
         t.say("");
         t.say("Summary:");
         t.say(&format!("  network:  {net}"));
+        if let Some(c) = &cluster_net {
+            t.say(&format!("  cluster network: {c}"));
+        }
         t.say(&format!("  hostname: {hostname}"));
         match &cluster {
             ClusterChoice::Create { .. } => t.say("  cluster:  create a new cluster (user admin)"),
@@ -292,6 +353,7 @@ pub fn run(t: &mut dyn Term, inv: &Inventory) -> Result<Setup, Abort> {
         if ok {
             return Ok(Setup {
                 net,
+                cluster_net,
                 hostname,
                 cluster,
             });
@@ -437,6 +499,87 @@ mod tests {
         assert!(out.contains("error: \"10.0.0.1:0\": the port must be"));
         assert!(out.contains("error: join token:"));
         assert!(out.contains("join the cluster of 10.0.0.1:8444"));
+    }
+
+    #[test]
+    fn a_second_link_can_carry_the_cluster() {
+        let mut two = inv();
+        two.nics.push(Nic {
+            name: "eth1".into(),
+            mac: "52:54:00:00:01:01".into(),
+            link_up: true,
+        });
+        let mut s = Script {
+            input: [
+                "",
+                "",
+                "10.0.2.20/24",
+                "eth0",
+                "eth7",
+                "eth1",
+                "10.10.0.1/24 10.10.0.254",
+                "10.10.0.1",
+                "10.0.2.20/24",
+                "10.10.0.1/24",
+                "node1",
+                "create",
+                "password1-long",
+                "password1-long",
+                "yes",
+            ]
+            .into(),
+            out: Vec::new(),
+        };
+        let setup = run(&mut s, &two).unwrap();
+        assert_eq!(
+            setup.cluster_net,
+            Some(ClusterNet {
+                iface: "eth1".into(),
+                addr: "10.10.0.1".parse().unwrap(),
+                prefix: 24,
+            })
+        );
+        let out = s.out.join("\n");
+        assert!(out.contains("error: eth0 already carries the management network"));
+        assert!(out.contains("error: no network link named \"eth7\""));
+        assert!(out.contains("(no gateway or DNS)"));
+        assert!(out.contains("error: 10.0.2.20 is the management address already"));
+        assert!(out.contains("cluster network: eth1 static 10.10.0.1/24"));
+
+        // Empty: the management network carries the cluster; one link: not even asked.
+        let mut s = Script {
+            input: [
+                "",
+                "",
+                "",
+                "",
+                "node1",
+                "create",
+                "password1-long",
+                "password1-long",
+                "yes",
+            ]
+            .into(),
+            out: Vec::new(),
+        };
+        assert_eq!(run(&mut s, &two).unwrap().cluster_net, None);
+        let mut s = Script {
+            input: [
+                "",
+                "",
+                "",
+                "node1",
+                "create",
+                "password1-long",
+                "password1-long",
+                "yes",
+            ]
+            .into(),
+            out: Vec::new(),
+        };
+        let setup = run(&mut s, &inv()).unwrap();
+        assert_eq!(setup.cluster_net, None);
+        assert!(!s.out.join("\n").contains("Cluster network link"));
     }
 
     #[test]
