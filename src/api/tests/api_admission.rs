@@ -127,3 +127,64 @@ async fn route_names_are_reserved_and_literal_routes_answer_exactly() {
     assert_eq!(got.as_deref(), Some("GET, PATCH, DELETE"));
     h.stop().await;
 }
+
+/// What schemathesis' "schema-valid input accepted" check found: input the document allows is
+/// taken, and refusals that depend on the objects' state are conflicts, not bad input.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schema_valid_input_is_accepted_and_state_refusals_are_conflicts() {
+    let h = Harness::start().await.unwrap();
+    let a = h.admin().await;
+    // JSON Schema counts 8388608.0 as an integer.
+    let r = a
+        .post(
+            "/api/v1/vdisks",
+            json!({"name": "d", "size_bytes": 8388608.0}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    assert_eq!(r.json["size_bytes"], 8 << 20);
+    let r = a
+        .post("/api/v1/vdisks", json!({"name": "e", "size_bytes": 4096.5}))
+        .await;
+    assert_eq!(
+        r.status, 400,
+        "a real fraction is still refused: {}",
+        r.text
+    );
+
+    // Size text: exactly the documented pattern; past any pool (1 PiB) a conflict.
+    let r = a.patch("/api/v1/vdisks/d", json!({"size": "6K"})).await;
+    assert_eq!(r.status, 400, "not whole 4 KiB blocks: {}", r.text);
+    let r = a.patch("/api/v1/vdisks/d", json!({"size": "2P"})).await;
+    assert_eq!(r.status, 409, "{}", r.text);
+    let r = a.patch("/api/v1/vdisks/d", json!({"size": "16M"})).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    // A shrink is refused by the disk's current size: a conflict.
+    let r = a.patch("/api/v1/vdisks/d", json!({"size": "8M"})).await;
+    assert_eq!(r.status, 409, "{}", r.text);
+    assert!(r.text.contains("grow"), "{}", r.text);
+
+    // Diff: the same snapshot twice has no changes; a newer `from` says which way round.
+    for s in ["s1", "s2"] {
+        let r = a
+            .post("/api/v1/vdisks/d/snapshots", json!({"name": s}))
+            .await;
+        assert_eq!(r.status, 201, "{}", r.text);
+    }
+    let r = a.get("/api/v1/vdisks/d/diff?from=s1&to=s1").await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.json["ranges"], json!([]));
+    let r = a.get("/api/v1/vdisks/d/diff?from=s2&to=s1").await;
+    assert_eq!(r.status, 409, "{}", r.text);
+    assert!(r.text.contains("from=s1, to=s2"), "{}", r.text);
+    let r = a.get("/api/v1/vdisks/d/diff?from=s1&to=nope").await;
+    assert_eq!(r.status, 404, "{}", r.text);
+    let r = a.get("/api/v1/vdisks/d/diff?from=s1&to=s2").await;
+    assert_eq!(r.status, 200, "{}", r.text);
+
+    // Numeric cursors of the id lists; an empty one is the first page.
+    assert_eq!(a.get("/api/v1/audit?cursor=").await.status, 200);
+    assert_eq!(a.get("/api/v1/audit?cursor=123").await.status, 200);
+    assert_eq!(a.get("/api/v1/audit?cursor=x").await.status, 400);
+    h.stop().await;
+}
