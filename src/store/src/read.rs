@@ -139,12 +139,12 @@ impl Inner {
             ));
         }
         let dst: &mut [u8] = match dest {
-            Dest::Owned(o) => o.insert(AlignedBuf::zeroed(n * bs)),
-            Dest::Slice(s) => {
-                zero_holes(plan, n, s);
-                s
-            }
+            // Every block is either a hole (zeroed here) or copied below: no zeroing pass over
+            // the whole buffer first.
+            Dest::Owned(o) => o.insert(AlignedBuf::for_overwrite(n * bs)),
+            Dest::Slice(s) => s,
         };
+        zero_holes(plan, n, dst);
         let runs = runs(plan);
         // Every run in flight at once.
         let reads = runs.iter().map(|&(i, len)| {
