@@ -97,8 +97,13 @@ fn writes_data(req: &Request) -> bool {
 
 /// A bound reached by a definition (create, resize, clone, snapshot, attach, add) is a
 /// conflict with the pool's state, not the server out of room.
+/// A scrub asked for while one runs is refused by the pool's state (409), not a node too busy
+/// to answer (503, a server error that says "retry": a retry gets the same answer until the
+/// running scrub ends).
 pub(crate) fn map_error(req: &Request, err: ControlError) -> ControlError {
-    if err.code == ErrorCode::NoSpace && !writes_data(req) {
+    let bound = err.code == ErrorCode::NoSpace && !writes_data(req);
+    let scrubbing = err.code == ErrorCode::Busy && matches!(req, Request::DiskScrub);
+    if bound || scrubbing {
         ControlError::conflict(err.message)
     } else {
         err
@@ -126,6 +131,13 @@ mod tests {
         assert_eq!(map_error(&import, bound).code, ErrorCode::NoSpace);
         let other = ControlError::not_found("no such disk");
         assert_eq!(map_error(&create, other.clone()), other);
+        // The soak run's finding: a second scrub answered 503.
+        let running = ControlError::new(ErrorCode::Busy, "busy: a scrub is already running");
+        assert_eq!(
+            map_error(&Request::DiskScrub, running.clone()).code,
+            ErrorCode::Conflict
+        );
+        assert_eq!(map_error(&create, running).code, ErrorCode::Busy);
     }
 
     #[test]
