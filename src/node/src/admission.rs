@@ -103,7 +103,11 @@ fn writes_data(req: &Request) -> bool {
 pub(crate) fn map_error(req: &Request, err: ControlError) -> ControlError {
     let bound = err.code == ErrorCode::NoSpace && !writes_data(req);
     let scrubbing = err.code == ErrorCode::Busy && matches!(req, Request::DiskScrub);
-    if bound || scrubbing {
+    // The id was checked before dispatch: what the engine refuses then is the disk's state
+    // (already removed or draining), found by the fuzz run as a 400.
+    let disk_state =
+        err.code == ErrorCode::InvalidArgument && matches!(req, Request::DiskRemove { .. });
+    if bound || scrubbing || disk_state {
         ControlError::conflict(err.message)
     } else {
         err
@@ -138,6 +142,13 @@ mod tests {
             ErrorCode::Conflict
         );
         assert_eq!(map_error(&create, running).code, ErrorCode::Busy);
+        let removed = ControlError::invalid("disk d0 is Removed");
+        let remove = Request::DiskRemove { disk: "d0".into() };
+        assert_eq!(
+            map_error(&remove, removed.clone()).code,
+            ErrorCode::Conflict
+        );
+        assert_eq!(map_error(&create, removed).code, ErrorCode::InvalidArgument);
     }
 
     #[test]
