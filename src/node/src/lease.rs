@@ -24,7 +24,9 @@
 //! running VM is paused (guests issue no I/O while paused). When a renewal succeeds again (a
 //! short partition healed without a takeover) the gate opens and the VMs this lease paused are
 //! resumed — except VMs the cluster moved to another node, which `crate::harestart` stops.
-//! A node alone (no cluster, a single data member, a witness) never closes its gate. Node-
+//! A node alone (no cluster, a single data member, a witness) never closes its gate, nor does
+//! one whose other voters are no majority without it (two data members and no witness: no
+//! takeover can commit while either is cut off, so there is nothing to protect). Node-
 //! private virtual disks (the raft log's) are never gated: the renewal itself needs them.
 //!
 //! Checking the gate costs one atomic load per request (and a monotonic clock read while a
@@ -279,7 +281,8 @@ struct Renewal {
     moved_vms: HashSet<String>,
 }
 
-/// The member whose lease this node needs: a data member with at least one other data member.
+/// The member whose lease this node needs: a data member with at least one other data member,
+/// in a cluster whose other voters could commit a takeover without it.
 fn needed(inner: &NodeInner) -> Option<Arc<ClusterNode>> {
     let m = inner.cluster.member().ok()?;
     if m.role() != Role::Data {
@@ -292,7 +295,22 @@ fn needed(inner: &NodeInner) -> Option<Arc<ClusterNode>> {
             .filter(|x| x.id != me && x.role == Role::Data)
             .count()
     });
-    (peers > 0).then_some(m)
+    let status = m.status();
+    let voters = status.members.iter().filter(|x| x.voter).count();
+    let others = status
+        .members
+        .iter()
+        .filter(|x| x.voter && x.id != me)
+        .count();
+    (peers > 0 && others_could_take_over(voters, others)).then_some(m)
+}
+
+/// Whether the voters other than this node form a majority of all voters: only then can a
+/// takeover of this node's disks commit while it is cut off. Two data voters and no witness
+/// can never (each needs the other), so there the lease would only pause the survivor's VMs
+/// when its peer dies, and protect nothing.
+fn others_could_take_over(voters: usize, others: usize) -> bool {
+    others > voters / 2
 }
 
 async fn renew(inner: &NodeInner, m: &ClusterNode) -> Result<Renewal, String> {
@@ -488,6 +506,18 @@ pub(crate) async fn run(inner: Arc<NodeInner>, mut shutdown: watch::Receiver<boo
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_lease_is_needed_only_where_the_others_could_commit_a_takeover() {
+        // Two data members, no witness: the survivor alone is no majority.
+        assert!(!others_could_take_over(2, 1));
+        // Two data members and a witness, or three data members.
+        assert!(others_could_take_over(3, 2));
+        assert!(others_could_take_over(4, 3));
+        // Four voters: the other three are a majority; a learner (not a voter) always needs one.
+        assert!(others_could_take_over(4, 4));
+        assert!(!others_could_take_over(1, 0));
+    }
 
     #[tokio::test(start_paused = true)]
     async fn a_closed_gate_waits_then_fails_with_eio_and_an_opening_lets_requests_through() {
