@@ -183,9 +183,10 @@ mod tests {
             check_disk_path(&dir.path().join("nope")).unwrap_err().code,
             ErrorCode::NotFound
         );
+        // A directory: a well-formed path whose object is of the wrong kind (a conflict).
         assert_eq!(
             check_disk_path(dir.path()).unwrap_err().code,
-            ErrorCode::InvalidArgument
+            ErrorCode::Conflict
         );
         let small = dir.path().join("small.img");
         fs::write(&small, vec![0u8; 8192]).unwrap();
