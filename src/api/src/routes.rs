@@ -267,9 +267,8 @@ mod tests {
             allow(Method::PUT, "/vdisks/x"),
             [Method::GET, Method::PATCH, Method::DELETE]
         );
-        assert!(
-            matches!(find(&Method::POST, "/vdisks/import/clone"), Found::Route(R::VdiskClone, p) if p == ["import"])
-        );
+        let clone_of_import = matches!(find(&Method::POST, "/vdisks/import/clone"), Found::Route(R::VdiskClone, p) if p == ["import"]);
+        assert!(clone_of_import);
         assert!(is_reserved_name("/vdisks", "import"));
         assert!(!is_reserved_name("/vdisks", "imported"));
         assert!(is_reserved_name("/disks", "probe") && is_reserved_name("/disks", "scrub"));

@@ -63,10 +63,8 @@ async fn a_survivor_gathers_the_chunks_another_holder_keeps() {
     // Node 1 is lost; node 2 takes over. Before node 3's copy is retired it hands out nothing.
     let l23 = link(&n2, &n3, Arc::new(EpochBook::new(9)));
     let early = l23.held_objects(1, v.id).await.unwrap_err();
-    assert!(
-        matches!(early, MirrorError::Peer(WireError::NotRetired { .. })),
-        "{early}"
-    );
+    let not_retired = matches!(early, MirrorError::Peer(WireError::NotRetired { .. }));
+    assert!(not_retired, "{early}");
     n2.server.retire(1, v.id).await.unwrap();
     l23.raise_for(1, v.id, u64::MAX).await.unwrap();
     // The old owner can write neither copy any more.

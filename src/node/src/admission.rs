@@ -87,21 +87,18 @@ fn free_bytes(pool: &engine::PoolInfo) -> u64 {
     pool.usable_bytes.saturating_sub(pool.used_raw_bytes / 2)
 }
 
-/// Requests whose "no space" is real: data was being written and the pool ran out.
-fn writes_data(req: &Request) -> bool {
-    matches!(
-        req,
-        Request::VdiskImport { .. } | Request::VdiskExport { .. }
-    )
-}
-
 /// A bound reached by a definition (create, resize, clone, snapshot, attach, add) is a
 /// conflict with the pool's state, not the server out of room.
 /// A scrub asked for while one runs is refused by the pool's state (409), not a node too busy
 /// to answer (503, a server error that says "retry": a retry gets the same answer until the
 /// running scrub ends).
 pub(crate) fn map_error(req: &Request, err: ControlError) -> ControlError {
-    let bound = err.code == ErrorCode::NoSpace && !writes_data(req);
+    // A "no space" is real only where data was being written and the pool ran out.
+    let writes_data = matches!(
+        req,
+        Request::VdiskImport { .. } | Request::VdiskExport { .. }
+    );
+    let bound = err.code == ErrorCode::NoSpace && !writes_data;
     let scrubbing = err.code == ErrorCode::Busy && matches!(req, Request::DiskScrub);
     // The id was checked before dispatch: what the engine refuses then is the disk's state
     // (already removed or draining), found by the fuzz run as a 400.
