@@ -12,8 +12,8 @@
 //!   connection is refused or reset);
 //! - heartbeats every 250 ms notice an idle peer going away (two misses) and coming back;
 //! - this module checks every [`WATCH_TICK`]: a returning holder's dirty chunks are copied from
-//!   the surviving replica (under each chunk's stripe lock, so writers wait for that chunk
-//!   only); a holder away for longer than the grace period (default [`DEFAULT_GRACE`],
+//!   the surviving replica in batches (`resync`: under each chunk's stripe lock, so writers
+//!   wait for that chunk only; one intent record and one flush per batch); a holder away for longer than the grace period (default [`DEFAULT_GRACE`],
 //!   `Engine::set_remote_grace`) is marked Failed and its chunks re-mirrored elsewhere.
 //!
 //! It never decides who owns a virtual disk: fencing epochs are set by the cluster layer on the
@@ -31,8 +31,10 @@ use crate::core::{Disk, Inner};
 use crate::error::{EngineError, Result};
 use crate::meta::DiskMeta;
 use crate::pool::Engine;
-use crate::replica::{Reachability, Replica, PRUNE_MARK_CHUNK};
+use crate::replica::{Reachability, Replica};
 use crate::types::{DiskInfo, DiskState};
+
+mod resync;
 
 /// How often reachability is checked and resync runs.
 pub const WATCH_TICK: Duration = Duration::from_millis(200);
@@ -86,6 +88,9 @@ pub(crate) struct RemoteCtl {
     grace: Mutex<Duration>,
     counts: Mutex<HashMap<u16, Counts>>,
     watching: std::sync::atomic::AtomicBool,
+    /// Held by the resync running now (the watcher's and `remote_tick`'s rounds never overlap
+    /// their copies and intents).
+    resync: tokio::sync::Mutex<()>,
 }
 
 impl Default for RemoteCtl {
@@ -94,6 +99,7 @@ impl Default for RemoteCtl {
             grace: Mutex::new(DEFAULT_GRACE),
             counts: Mutex::new(HashMap::new()),
             watching: std::sync::atomic::AtomicBool::new(false),
+            resync: tokio::sync::Mutex::new(()),
         }
     }
 }
@@ -334,7 +340,7 @@ async fn watch_round(inner: &Inner, ctl: &RemoteCtl) {
             Reachability::Back | Reachability::Up => {
                 let dirty = d.replica.dirty_objects();
                 if !dirty.is_empty() {
-                    resync_disk(inner, ctl, &d, dirty).await;
+                    resync::resync_disk(inner, ctl, &d, dirty).await;
                 }
                 if d.replica.dirty_objects().is_empty()
                     && d.replica.reachability() == Reachability::Back
@@ -345,84 +351,5 @@ async fn watch_round(inner: &Inner, ctl: &RemoteCtl) {
                 }
             }
         }
-    }
-}
-
-/// Copy each dirty chunk from a reachable replica to `d` (or drop `d`'s copy of a chunk that
-/// is no longer placed there). One chunk at a time, each paced like a rebuild's copies (it
-/// yields to queued guest I/O and is charged to the same ceiling), then under its stripe lock.
-async fn resync_disk(inner: &Inner, ctl: &RemoteCtl, d: &Arc<Disk>, dirty: Vec<ObjectId>) {
-    inner.prime_pacing();
-    for obj in dirty {
-        if inner.shutting_down.load(Ordering::Acquire)
-            || d.replica.reachability() == Reachability::Away
-            || !d.live()
-        {
-            return;
-        }
-        if obj.chunk == PRUNE_MARK_CHUNK {
-            // A prune missed while away: redo it with the current snapshot list.
-            let gens = inner
-                .meta_snapshot()
-                .and_then(|m| m.vdisk_by_id(obj.vdisk).map(|v| v.snap_gens()));
-            d.replica.mark_clean(obj);
-            if let Some(gens) = gens {
-                if let Err(e) = d.replica.prune(obj.vdisk, gens).await {
-                    tracing::warn!(disk = %d.name, error = %e, "replaying a prune failed");
-                    d.replica.mark_dirty(obj);
-                }
-            }
-            continue;
-        }
-        // Paced like a rebuild (guest I/O keeps priority), before the chunk is locked.
-        if let Some(src) = inner.index.get(obj).and_then(|h| {
-            inner
-                .live_disks(h)
-                .into_iter()
-                .find(|x| x.slot != d.slot && x.replica.reachability() == Reachability::Up)
-        }) {
-            inner.pace_copy(&src, d).await;
-        }
-        let _l = inner.stripe(obj).write().await;
-        let holders = inner.index.get(obj);
-        let src = holders.and_then(|h| {
-            inner
-                .live_disks(h)
-                .into_iter()
-                .find(|x| x.slot != d.slot && x.replica.reachability() == Reachability::Up)
-        });
-        match (holders, src) {
-            (Some(h), Some(src)) if h.contains(d.slot) => {
-                d.replica.mark_clean(obj);
-                match inner.copy_object(obj, &src, d).await {
-                    Ok(bytes) => {
-                        inner.rebuild.charge(bytes);
-                        let mut c = ctl.counts.lock();
-                        let e = c.entry(d.slot).or_default();
-                        e.chunks += 1;
-                        e.bytes += bytes;
-                    }
-                    Err(err) => {
-                        d.replica.mark_dirty(obj);
-                        tracing::warn!(%obj, disk = %d.name, error = ?err.map(|e| e.to_string()), "resync copy failed");
-                    }
-                }
-            }
-            (Some(h), None) if h.contains(d.slot) => {
-                // No good source reachable now: keep it dirty (reads skip it).
-            }
-            _ => {
-                // Deleted or moved meanwhile: the peer's copy is stale.
-                d.replica.mark_clean(obj);
-                if let Err(e) = d.replica.delete_object(obj).await {
-                    tracing::warn!(%obj, disk = %d.name, error = %e, "dropping a stale copy failed");
-                    d.replica.mark_dirty(obj);
-                } else {
-                    d.write_seq.fetch_add(1, Ordering::Release);
-                }
-            }
-        }
-        drop(_l);
-        tokio::task::yield_now().await;
     }
 }
