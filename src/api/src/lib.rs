@@ -121,6 +121,30 @@ pub fn bootstrap_admin(state_dir: &std::path::Path) -> Result<Option<String>> {
     Ok(Some(pw))
 }
 
+/// How often what the node did by itself (takeovers, HA restarts) is moved into the event list
+/// and the audit log.
+const NODE_EVENTS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Moves the node's own events (`Controller::take_node_events`) into the event list and the
+/// audit log (as user `system`, via `internal`) until the API stops.
+async fn node_events(st: std::sync::Weak<state::State>) {
+    loop {
+        tokio::time::sleep(NODE_EVENTS_EVERY).await;
+        let Some(st) = st.upgrade() else { return };
+        for e in st.controller.take_node_events() {
+            let severity = match e.severity.as_str() {
+                "error" => "error",
+                "warning" => "warning",
+                _ => "info",
+            };
+            st.event(severity, &e.action, e.message.clone());
+            st.audit.record(
+                "system", "internal", "", &e.action, &e.target, "ok", &e.message,
+            );
+        }
+    }
+}
+
 /// Start the HTTPS server and the statistics sampler.
 pub async fn serve(cfg: ApiConfig, controller: Arc<dyn Controller>) -> Result<ApiHandle> {
     std::fs::create_dir_all(&cfg.state_dir)
@@ -162,6 +186,14 @@ pub async fn serve(cfg: ApiConfig, controller: Arc<dyn Controller>) -> Result<Ap
         tokio::select! {
             _ = stats::run_sampler(weak, controller, period) => {}
             _ = sampler_stop.changed() => {}
+        }
+    });
+    let mut events_stop = stop_rx.clone();
+    let events_state = Arc::downgrade(&st);
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = node_events(events_state) => {}
+            _ = events_stop.changed() => {}
         }
     });
     let task = tokio::spawn(server::accept_loop(

@@ -645,7 +645,10 @@ async fn dispatch(
         // Any control request as-is (the CLI's `--server` mode): same policy, validation and
         // audit as the REST routes; long operations run to completion before answering.
         R::Control => {
-            let req: Request = h::parse_json(body)?;
+            let v: Value = h::parse_json(body)?;
+            let req = Request::from_json(v).map_err(|e| {
+                ControlError::invalid(format!("the request body is not valid: {e}"))
+            })?;
             let reply = st.control(c, req).await?;
             Ok((
                 200,

@@ -31,6 +31,42 @@ pub struct ClusterMemberView {
     /// `up`, `down` or `unknown` (heartbeats; see the cluster crate's health module).
     pub health: String,
     pub last_seen_ms_ago: Option<u64>,
+    /// The member's isolation lease. For the answering node: `held`, `expired` or
+    /// `not_needed` (details in [`ClusterView::lease`]); for another member what the cluster's
+    /// rule says of it, `needed` or `not_needed` (its own status tells whether it holds one).
+    /// None from a node that does not report leases.
+    #[serde(default)]
+    pub lease: Option<String>,
+}
+
+/// The answering node's isolation lease (a data node cut off from the majority stops serving
+/// when it runs out), and the virtual disks a takeover moved here that wait for the old
+/// owner's lease to run out before they are served.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseView {
+    /// `held`, `expired` (or never obtained since the start) or `not_needed`.
+    pub state: String,
+    /// Time left on a held lease.
+    pub remaining_ms: Option<u64>,
+    /// The lease length L, one value for the whole cluster.
+    pub length_ms: u64,
+    /// Why the lease is not held (empty when it is, or none is needed).
+    #[serde(default)]
+    pub problem: String,
+    #[serde(default)]
+    pub awaiting_adoption: Vec<AdoptionView>,
+}
+
+/// A virtual disk assigned to this node by a takeover, not served before `held_until_unix_ms`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdoptionView {
+    pub vdisk: String,
+    /// Its cluster id (`<original owner>/<name>`).
+    pub id: String,
+    /// Time left of the hold (0: passed; adoption runs or waits for something else).
+    pub held_for_ms: u64,
+    /// When the hold ends (wall clock, milliseconds since the Unix epoch).
+    pub held_until_unix_ms: u64,
 }
 
 /// Data redundancy as this node's engine reports it.
@@ -145,6 +181,26 @@ pub struct ClusterView {
     pub snapshots: usize,
     pub vms: Vec<String>,
     pub data: ClusterDataView,
+    /// The answering node's isolation lease (None: a witness, or a node that does not report
+    /// it).
+    #[serde(default)]
+    pub lease: Option<LeaseView>,
+}
+
+/// Something a node did by itself, without a request (a takeover, an HA restart of a VM), for
+/// the API's event list and audit log ([`crate::Controller::take_node_events`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeEvent {
+    /// Increasing per node start.
+    pub id: u64,
+    pub time_unix: u64,
+    /// `info`, `warning` or `error`.
+    pub severity: String,
+    /// `vdisk_takeover`, `vdisk_adopt`, `vm_takeover`, `vm_ha_restart`, `vm_moved_away`, ...
+    pub action: String,
+    /// The virtual disk, VM or member acted on.
+    pub target: String,
+    pub message: String,
 }
 
 /// The answer to `cluster_token`: a one-time secret, shown once.
@@ -168,9 +224,9 @@ pub(crate) fn validate_token_ttl(ttl_secs: Option<u64>) -> Result<(), ControlErr
 }
 
 pub(crate) fn validate_join(address: &str, token: &str) -> Result<(), ControlError> {
-    address.parse::<std::net::SocketAddr>().map_err(|_| {
+    crate::parse::parse_socket_addr(address).ok_or_else(|| {
         ControlError::invalid(format!(
-            "cluster address {address:?} is not ip:port (example: 127.0.0.2:7440)"
+            "cluster address {address:?} is not ip:port (examples: 127.0.0.2:7440, [fd00::2]:7440)"
         ))
     })?;
     if token.is_empty() || token.len() > MAX_TOKEN_LEN || !token.is_ascii() {
@@ -182,7 +238,7 @@ pub(crate) fn validate_join(address: &str, token: &str) -> Result<(), ControlErr
 }
 
 pub(crate) fn validate_member(node: &str) -> Result<(), ControlError> {
-    if node.is_empty() || node.len() > 256 {
+    if node.is_empty() || node.chars().count() > 256 {
         return Err(ControlError::invalid(
             "member must be a node id or name (see `cairn cluster status`)",
         ));

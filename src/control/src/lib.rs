@@ -19,11 +19,14 @@ mod request;
 mod vm;
 
 pub use cluster::{
-    ClusterDataView, ClusterMemberView, ClusterTokenView, ClusterView, DrainView, RebuildView,
-    RemoteReplicaView, DEFAULT_TOKEN_TTL_SECS, MAX_TOKEN_TTL_SECS,
+    AdoptionView, ClusterDataView, ClusterMemberView, ClusterTokenView, ClusterView, DrainView,
+    LeaseView, NodeEvent, RebuildView, RemoteReplicaView, DEFAULT_TOKEN_TTL_SECS,
+    MAX_TOKEN_TTL_SECS,
 };
 pub use error::{ControlError, ErrorCode, EXIT_OK, EXIT_UNREACHABLE};
-pub use parse::{format_size, parse_size, validate_name, MAX_NAME_LEN, MAX_VDISK_SIZE_BYTES};
+pub use parse::{
+    format_size, parse_size, parse_socket_addr, validate_name, MAX_NAME_LEN, MAX_VDISK_SIZE_BYTES,
+};
 pub use policy::{allowed, Actor, Role, Via};
 pub use reply::{
     DiskProbeView, DiskView, NbdExportView, PoolView, Range, Reply, SnapshotView, StatsView,
@@ -61,6 +64,12 @@ pub trait Controller: Send + Sync + 'static {
     /// are not tracked and nothing may be cached.
     fn generation(&self) -> Option<u64> {
         None
+    }
+
+    /// What the node did by itself since the last call (takeovers, HA restarts), oldest first,
+    /// for the front end's event list and audit log. Each is returned once. Default: nothing.
+    fn take_node_events(&self) -> Vec<NodeEvent> {
+        Vec::new()
     }
 
     /// Attach to a VM's serial console for an interactive session (the web console). Outside

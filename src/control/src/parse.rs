@@ -110,6 +110,32 @@ pub(crate) fn validate_vdisk_size(size_bytes: u64) -> Result<(), ControlError> {
     Ok(())
 }
 
+/// Parse `ip:port` as the API documents it: dotted IPv4 (`127.0.0.1:10809`) or bracketed IPv6
+/// of hex groups (`[::1]:10809`, `[fd00::5]:0`); the port is decimal 0-65535 without leading
+/// zeros. Stricter than `SocketAddr`'s parser on purpose: no zone ids (`%eth0`), no IPv4 inside
+/// IPv6 and no `080` ports, so the OpenAPI pattern and the node accept exactly the same text.
+pub fn parse_socket_addr(text: &str) -> Option<std::net::SocketAddr> {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+    let (host, port) = text.rsplit_once(':')?;
+    let port_ok = !port.is_empty()
+        && port.bytes().all(|b| b.is_ascii_digit())
+        && (port == "0" || !port.starts_with('0'));
+    if !port_ok {
+        return None;
+    }
+    let port: u16 = port.parse().ok()?;
+    let ip = if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        if !v6.bytes().all(|b| b.is_ascii_hexdigit() || b == b':') {
+            return None;
+        }
+        IpAddr::V6(v6.parse::<Ipv6Addr>().ok()?)
+    } else {
+        // Rust's IPv4 parser already refuses leading zeros and anything but four decimal parts.
+        IpAddr::V4(host.parse::<Ipv4Addr>().ok()?)
+    };
+    Some(SocketAddr::new(ip, port))
+}
+
 /// Check a host path given to the node (disk files, import/export images): absolute, bounded,
 /// no NUL. The node resolves nothing relative to its own working directory.
 pub(crate) fn validate_path(what: &str, path: &str) -> Result<(), ControlError> {
@@ -168,6 +194,39 @@ mod tests {
                 ErrorCode::InvalidArgument,
                 "{bad:?}"
             );
+        }
+    }
+
+    #[test]
+    fn socket_addresses_are_parsed_strictly() {
+        for (good, want) in [
+            ("127.0.0.1:10809", "127.0.0.1:10809"),
+            ("0.0.0.0:0", "0.0.0.0:0"),
+            ("[::1]:10809", "[::1]:10809"),
+            ("[fd00::5]:65535", "[fd00::5]:65535"),
+            ("[1:2:3:4:5:6:7::]:1", "[1:2:3:4:5:6:7:0]:1"),
+            ("[0001:ABCD::]:80", "[1:abcd::]:80"),
+        ] {
+            let got = parse_socket_addr(good).unwrap_or_else(|| panic!("{good} refused"));
+            assert_eq!(got.to_string(), want);
+        }
+        for bad in [
+            "",
+            "127.0.0.1",
+            "127.0.0.1:",
+            "127.0.0.1:080",
+            "127.0.0.1:65536",
+            "127.0.0.01:1",
+            "localhost:80",
+            "::1:80",
+            "[::1]",
+            "[::1%2]:80",
+            "[::ffff:1.2.3.4]:80",
+            "[1:2:3:4:5:6:7:8::]:1",
+            "[::1]:+80",
+            " 127.0.0.1:80",
+        ] {
+            assert!(parse_socket_addr(bad).is_none(), "{bad:?} accepted");
         }
     }
 

@@ -222,6 +222,26 @@ pub enum Request {
 }
 
 impl Request {
+    /// Read a request from JSON, refusing fields its action does not have. The derived reader
+    /// already does so for actions with fields; one without fields (`disk_list`) would take
+    /// `{"action":"disk_list","x":1}`, so every given field must be one the request has.
+    pub fn from_json(v: serde_json::Value) -> Result<Request, serde_json::Error> {
+        use serde::de::Error as _;
+        let given: Vec<String> = v
+            .as_object()
+            .map(|o| o.keys().cloned().collect())
+            .unwrap_or_default();
+        let req: Request = serde_json::from_value(v)?;
+        let known = serde_json::to_value(&req)?;
+        if let Some(k) = given.iter().find(|k| known.get(k.as_str()).is_none()) {
+            return Err(serde_json::Error::custom(format!(
+                "unknown field `{k}`: action `{}` takes no such field",
+                req.action()
+            )));
+        }
+        Ok(req)
+    }
+
     /// Whether executing this request changes state (and so is audited and needs more than the
     /// read-only role).
     pub fn is_mutation(&self) -> bool {
@@ -303,7 +323,7 @@ impl Request {
             | Request::NbdStop { .. } => Ok(()),
             Request::DiskAdd { path } | Request::DiskProbe { path } => validate_path("disk", path),
             Request::DiskRemove { disk } => {
-                if disk.is_empty() || disk.len() > 256 {
+                if disk.is_empty() || disk.chars().count() > 256 {
                     Err(ControlError::invalid("disk id is empty or too long"))
                 } else {
                     Ok(())
@@ -367,9 +387,9 @@ impl Request {
                     snap(s)?;
                 }
                 if let Some(l) = listen {
-                    l.parse::<std::net::SocketAddr>().map_err(|_| {
+                    crate::parse::parse_socket_addr(l).ok_or_else(|| {
                         ControlError::invalid(format!(
-                            "listen address {l:?} is not ip:port (example: 127.0.0.1:10809)"
+                            "listen address {l:?} is not ip:port (examples: 127.0.0.1:10809, [::1]:10809)"
                         ))
                     })?;
                 }
@@ -463,6 +483,22 @@ mod tests {
         assert!(
             serde_json::from_str::<Request>(r#"{"action":"vdisk_get","name":"a","extra":1}"#)
                 .is_err()
+        );
+        // Actions without fields take no others either (the OpenAPI document says so).
+        let read = |s: &str| Request::from_json(serde_json::from_str(s).unwrap());
+        assert!(read(r#"{"action":"disk_list","x":1}"#).is_err());
+        assert!(read(r#"{"action":"disk_list","x":null}"#).is_err());
+        assert!(read(r#"{"action":"nbd_stop","id":1,"x":1}"#).is_err());
+        assert_eq!(
+            read(r#"{"action":"disk_list"}"#).unwrap(),
+            Request::DiskList
+        );
+        assert_eq!(
+            read(r#"{"action":"vm_console","name":"a"}"#).unwrap(),
+            Request::VmConsole {
+                name: "a".into(),
+                max_bytes: None
+            }
         );
         let clone: Request =
             serde_json::from_str(r#"{"action":"vdisk_clone","source":"a","name":"b"}"#).unwrap();

@@ -178,9 +178,10 @@ pub(crate) fn validate_update(
         validate_name("new VM", n)?;
     }
     if let Some(d) = description {
-        if d.len() > MAX_DESCRIPTION_LEN || d.bytes().any(|b| b == 0) {
+        // Characters, as the OpenAPI document counts them (at most 4 KiB of UTF-8).
+        if d.chars().count() > MAX_DESCRIPTION_LEN || d.contains('\0') {
             return Err(ControlError::invalid(format!(
-                "a VM description is at most {MAX_DESCRIPTION_LEN} bytes of text"
+                "a VM description is at most {MAX_DESCRIPTION_LEN} characters of text"
             )));
         }
     }
@@ -284,6 +285,7 @@ pub struct VmStatsView {
 /// A NIC as a request gives it: the host tap device it is wired to, and its MAC address
 /// (the node picks a stable locally administered one when it is left out).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct VmNicSpec {
     pub tap: String,
     #[serde(default)]

@@ -31,8 +31,9 @@ pub struct NodeConfig {
     pub api_listen: Option<SocketAddr>,
     /// How often `data_dir/disks/` is checked for new disk files.
     pub disk_watch_interval: Duration,
-    /// Cluster address (member RPC; the join endpoint is the next port). Fixed at the first
-    /// start in `cluster.json`; None there picks a free loopback pair.
+    /// Cluster address (member RPC; the join endpoint is the next port). Saved at the first
+    /// start in `cluster.json`; None there picks a free loopback pair. A different address at a
+    /// later start moves the member there (see [`check_cluster_readdress`]).
     pub cluster_listen: Option<SocketAddr>,
     /// Create this node's raft member on first start (a one-member cluster); when off, the
     /// node has no member until it joins a cluster.
@@ -43,6 +44,9 @@ pub struct NodeConfig {
     /// (an existing DATA/cluster moves onto the pool once); the appliance (no persistent DATA)
     /// uses Pool.
     pub raft_place: RaftPlace,
+    /// Memory the running VMs may hold together, in MiB; None: the host's RAM less a reserve
+    /// for the host (1/8, at least 512 MiB). A start beyond it is refused (409).
+    pub vm_ram_limit_mib: Option<u64>,
 }
 
 /// Where a node's raft state lives.
@@ -71,6 +75,7 @@ impl NodeConfig {
             cluster_listen: None,
             host_cluster: true,
             raft_place: RaftPlace::Auto,
+            vm_ram_limit_mib: None,
         }
     }
 
@@ -82,5 +87,82 @@ impl NodeConfig {
         self.socket_path
             .clone()
             .unwrap_or_else(|| self.data_dir.join("cairn.sock"))
+    }
+}
+
+/// Whether this node may move its cluster address from `old` (saved at an earlier start, or the
+/// one it runs on) to `new`. The move itself goes through the cluster's readdress path (the
+/// member reopens on `new` and announces it; the leader updates raft and the member entry).
+/// Refused, with the reason, when other members could not use `new`:
+/// - an unspecified, multicast or broadcast IP is not an address a peer can connect to;
+/// - the port after `new`'s (the join endpoint) and the one after that (the mirror) must exist;
+/// - moving from a routable address onto loopback when the cluster has members elsewhere
+///   (`other_members_remote`): they could never reach it again.
+pub fn check_cluster_readdress(
+    old: SocketAddr,
+    new: SocketAddr,
+    other_members_remote: bool,
+) -> Result<(), String> {
+    let ip = new.ip();
+    let unusable = ip.is_unspecified()
+        || ip.is_multicast()
+        || matches!(ip, IpAddr::V4(v4) if v4.is_broadcast());
+    if unusable {
+        return Err(format!(
+            "cannot move the cluster address from {old} to {new}: {ip} is not an address other \
+             members can connect to (give this host's own address on the cluster network)"
+        ));
+    }
+    if new.port() == 0 || new.port() > u16::MAX - 2 {
+        return Err(format!(
+            "cannot move the cluster address from {old} to {new}: the member needs port {} and \
+             the two after it (join endpoint, mirror)",
+            new.port()
+        ));
+    }
+    if ip.is_loopback() && !old.ip().is_loopback() && other_members_remote {
+        return Err(format!(
+            "cannot move the cluster address from {old} to {new}: the cluster has members on \
+             other hosts, which could never reach a loopback address (remove this node from the \
+             cluster first, or give an address they can reach)"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn a(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn readdress_to_a_reachable_address_is_allowed() {
+        check_cluster_readdress(a("10.0.2.15:8444"), a("10.0.2.20:8444"), true).unwrap();
+        check_cluster_readdress(a("127.0.0.1:7000"), a("127.0.0.9:7100"), false).unwrap();
+        // Loopback to routable is fine (peers on this host reach a local address too).
+        check_cluster_readdress(a("127.0.0.1:7000"), a("10.0.0.5:7000"), true).unwrap();
+        // A one-member cluster (or one whose members are all local) may go to loopback.
+        check_cluster_readdress(a("10.0.2.15:8444"), a("127.0.0.1:8444"), false).unwrap();
+    }
+
+    #[test]
+    fn readdress_refusals_say_why() {
+        let e = check_cluster_readdress(a("10.0.2.15:8444"), a("0.0.0.0:8444"), false).unwrap_err();
+        assert!(e.contains("not an address other members can connect to"), "{e}");
+        let e = check_cluster_readdress(a("10.0.2.15:8444"), a("224.0.0.1:8444"), false)
+            .unwrap_err();
+        assert!(e.contains("not an address"), "{e}");
+        let e = check_cluster_readdress(a("10.0.2.15:8444"), a("255.255.255.255:8444"), false)
+            .unwrap_err();
+        assert!(e.contains("not an address"), "{e}");
+        let e = check_cluster_readdress(a("10.0.2.15:8444"), a("10.0.2.16:65534"), false)
+            .unwrap_err();
+        assert!(e.contains("two after it"), "{e}");
+        let e =
+            check_cluster_readdress(a("10.0.2.15:8444"), a("127.0.0.1:8444"), true).unwrap_err();
+        assert!(e.contains("members on other hosts"), "{e}");
     }
 }

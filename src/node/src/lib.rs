@@ -18,6 +18,7 @@ mod controller;
 mod convert;
 mod disks;
 mod error;
+mod events;
 mod exports;
 mod filedev;
 mod harestart;
@@ -34,7 +35,7 @@ mod vms;
 mod witness;
 
 pub use config::{
-    NodeConfig, RaftPlace, DEFAULT_DISK_COUNT, DEFAULT_DISK_SIZE_BYTES, MIN_DISK_SIZE_BYTES,
+    check_cluster_readdress, NodeConfig, RaftPlace, DEFAULT_DISK_COUNT, DEFAULT_DISK_SIZE_BYTES, MIN_DISK_SIZE_BYTES,
 };
 pub use controller::NodeController;
 pub use disks::open_device;
@@ -67,6 +68,8 @@ pub(crate) struct NodeInner {
     pub(crate) mirror: mirrorhost::MirrorHost,
     /// The isolation lease and the I/O gate it drives (see `lease`).
     pub(crate) lease: lease::Lease,
+    /// What the node did by itself, for the API (see `events`).
+    pub(crate) events: events::NodeEvents,
     pub(crate) started: Instant,
     pub(crate) requests: AtomicU64,
     /// Mutations executed so far (see `Controller::generation`).
@@ -157,10 +160,11 @@ impl Node {
             engine,
             disks: Default::default(),
             exports: Default::default(),
-            vms: vms::Vms::load(&data)?,
+            vms: vms::Vms::load(&data, cfg.vm_ram_limit_mib)?,
             cluster,
             mirror: Default::default(),
             lease: Default::default(),
+            events: Default::default(),
             started: Instant::now(),
             requests: AtomicU64::new(0),
             changes: AtomicU64::new(0),
@@ -257,6 +261,16 @@ impl Node {
 
     pub fn config(&self) -> &NodeConfig {
         &self.inner.cfg
+    }
+
+    /// Moves this node's cluster member to `addr` while it runs (the host's address changed):
+    /// the member reopens there and announces it to the cluster. Refused (nothing changes)
+    /// when other members could not use `addr`; see `config::check_cluster_readdress`.
+    pub async fn set_cluster_addr(
+        &self,
+        addr: std::net::SocketAddr,
+    ) -> std::result::Result<(), control::ControlError> {
+        self.inner.cluster.readdress(addr).await
     }
 
     /// Stop serving, end NBD exports, and flush and checkpoint the engine.

@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 
 mod disks;
 mod edit;
+mod ram;
 mod spec;
 mod watch;
 
@@ -100,6 +101,8 @@ pub(crate) struct Vms {
     slots: parking_lot::Mutex<BTreeMap<String, SlotRef>>,
     /// Serializes create/delete so the saved file always matches the map.
     save: tokio::sync::Mutex<()>,
+    /// Starts admitted by RAM (see `ram`).
+    ram: Arc<ram::RamBudget>,
 }
 
 /// How long a running guest has to release a disk being detached, unless the request says.
@@ -241,8 +244,9 @@ async fn blocking<T: Send + 'static>(
 }
 
 impl Vms {
-    /// Load the definitions saved in `data_dir` (a missing file means none).
-    pub(crate) fn load(data_dir: &Path) -> crate::Result<Vms> {
+    /// Load the definitions saved in `data_dir` (a missing file means none). Running VMs
+    /// may hold `ram_limit_mib` of memory together (None: the host's RAM less a reserve).
+    pub(crate) fn load(data_dir: &Path, ram_limit_mib: Option<u64>) -> crate::Result<Vms> {
         let file = data_dir.join("vms.json");
         let defs: Vec<VmDef> = match std::fs::read(&file) {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
@@ -262,6 +266,7 @@ impl Vms {
             file,
             slots: parking_lot::Mutex::new(slots),
             save: Default::default(),
+            ram: Arc::new(ram::RamBudget::new(ram::RamLimit::new(ram_limit_mib))),
         })
     }
 
@@ -386,6 +391,8 @@ impl Vms {
         let slot = self.get(name)?;
         let def = slot.lock().def.clone();
         let rt = tokio::runtime::Handle::current();
+        let all = self.slots.lock().clone();
+        let ram = self.ram.clone();
         let mut disks = Vec::with_capacity(def.disks.len());
         for d in &def.disks {
             let handle = engine.open_vdisk(d).map_err(crate::convert::error)?;
@@ -430,8 +437,11 @@ impl Vms {
             cfg.memory_bytes = def.memory_mib << 20;
             cfg.disks = disks;
             cfg.nets = nets_of(&def)?;
-            let mut vm = vmm::Vm::create(cfg).map_err(|e| cannot_start(&def.name, e))?;
-            vm.start().map_err(|e| cannot_start(&def.name, e))?;
+            let vm = ram.start(&def.name, def.memory_mib, &all, || {
+                let mut vm = vmm::Vm::create(cfg).map_err(|e| cannot_start(&def.name, e))?;
+                vm.start().map_err(|e| cannot_start(&def.name, e))?;
+                Ok(vm)
+            })?;
             s.vm = Some(vm);
             s.note = None;
             Ok(view(&mut s))

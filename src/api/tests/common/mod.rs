@@ -21,12 +21,18 @@ pub struct Harness {
 
 impl Harness {
     pub async fn start() -> Result<Harness> {
+        Harness::start_with(|_| {}).await
+    }
+
+    /// Like [`Harness::start`], with the node's configuration changed by `tune` first.
+    pub async fn start_with(tune: impl FnOnce(&mut node::NodeConfig)) -> Result<Harness> {
         let dir = tempfile::tempdir()?;
         let mut cfg = node::NodeConfig::new(dir.path().join("data"));
         cfg.disk_count = 2;
         cfg.disk_size_bytes = node::MIN_DISK_SIZE_BYTES.max(128 << 20);
         cfg.api_listen = None;
         cfg.node_name = Some("test-node".into());
+        tune(&mut cfg);
         let n = node::Node::start(cfg).await.context("start node")?;
         let state = dir.path().join("api");
         let pw = api::bootstrap_admin(&state)?.context("first start gives a password")?;

@@ -204,7 +204,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn import_and_forget_round_trip() {
         let dir = tempfile::tempdir().unwrap();
-        let vms = Vms::load(dir.path()).unwrap();
+        let vms = Vms::load(dir.path(), None).unwrap();
         let engine = engine(dir.path()).await;
         engine.create_vdisk("d1", 1 << 20).await.unwrap();
         let spec = serde_json::to_string(&def()).unwrap();
@@ -212,7 +212,7 @@ mod tests {
         assert_eq!(v.state, "defined");
         assert_eq!(vms.spec_of("web").as_deref(), Some(spec.as_str()));
         // Saved: a reload sees it.
-        assert_eq!(Vms::load(dir.path()).unwrap().defined().len(), 1);
+        assert_eq!(Vms::load(dir.path(), None).unwrap().defined().len(), 1);
         // Twice: refused, nothing changed.
         let e = vms.import(&engine, &spec).await.unwrap_err();
         assert_eq!(e.code, ErrorCode::AlreadyExists);
@@ -233,7 +233,7 @@ mod tests {
         );
         assert!(!vms.forget("web").await.unwrap());
         assert!(vms.defined().is_empty());
-        assert!(Vms::load(dir.path()).unwrap().defined().is_empty());
+        assert!(Vms::load(dir.path(), None).unwrap().defined().is_empty());
         engine.shutdown().await.unwrap();
     }
 }

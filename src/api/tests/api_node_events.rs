@@ -1,0 +1,213 @@
+//! What a node does by itself (a takeover, an HA restart of a VM: `Controller::take_node_events`)
+//! reaches the API's event list and audit log. The node is real; a thin controller in front of
+//! it hands out two such events, as the node's takeover and HA restart code would. Also: the
+//! cluster status with its isolation lease fields is what the OpenAPI document says.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use control::{Actor, BoxFuture, ControlResult, Controller, NodeEvent, Request};
+
+struct WithEvents {
+    node: Arc<dyn Controller>,
+    pending: parking_lot::Mutex<Vec<NodeEvent>>,
+    taken: std::sync::atomic::AtomicUsize,
+}
+
+impl Controller for WithEvents {
+    fn execute(&self, actor: Actor, req: Request) -> BoxFuture<'_, ControlResult> {
+        self.node.execute(actor, req)
+    }
+
+    fn generation(&self) -> Option<u64> {
+        self.node.generation()
+    }
+
+    fn take_node_events(&self) -> Vec<NodeEvent> {
+        self.taken
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        std::mem::take(&mut *self.pending.lock())
+    }
+}
+
+fn event(id: u64, severity: &str, action: &str, target: &str, message: &str) -> NodeEvent {
+    NodeEvent {
+        id,
+        time_unix: 1,
+        severity: severity.into(),
+        action: action.into(),
+        target: target.into(),
+        message: message.into(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn takeovers_and_ha_restarts_reach_the_event_list_and_the_audit_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = node::NodeConfig::new(dir.path().join("data"));
+    cfg.disk_count = 2;
+    cfg.disk_size_bytes = node::MIN_DISK_SIZE_BYTES.max(128 << 20);
+    cfg.api_listen = None;
+    let n = node::Node::start(cfg).await.unwrap();
+    let state = dir.path().join("api");
+    let pw = api::bootstrap_admin(&state).unwrap().unwrap();
+    let ctl = Arc::new(WithEvents {
+        node: n.controller(),
+        pending: parking_lot::Mutex::new(vec![
+            event(
+                1,
+                "warning",
+                "vdisk_takeover",
+                "b",
+                "member b (2) was lost; this node took its virtual disks over (epoch 7)",
+            ),
+            event(
+                2,
+                "warning",
+                "vm_ha_restart",
+                "web",
+                "VM web restarted on this node after its node was lost (attempt 1)",
+            ),
+        ]),
+        taken: Default::default(),
+    });
+    let acfg = api::ApiConfig::new("127.0.0.1:0".parse().unwrap(), state.clone());
+    let h = api::serve(acfg, ctl.clone()).await.unwrap();
+    let harness = common::Harness {
+        addr: h.local_addr,
+        tls: common::connector(&state).unwrap(),
+        dir,
+        node: Some(n),
+        api: Some(h),
+        admin_password: pw,
+    };
+    let admin = harness.admin().await;
+    let t = Instant::now();
+    let events = loop {
+        let r = admin.get("/api/v1/events").await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        let items = r.json["items"].as_array().cloned().unwrap_or_default();
+        if items.iter().any(|e| e["kind"] == "vm_ha_restart") {
+            break items;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "the node's events never reached /events: {}",
+            r.text
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let takeover = events
+        .iter()
+        .find(|e| e["kind"] == "vdisk_takeover")
+        .expect("the takeover is listed");
+    assert_eq!(takeover["severity"], "warning");
+    assert!(takeover["message"]
+        .as_str()
+        .unwrap()
+        .contains("took its virtual disks over"));
+    let r = admin.get("/api/v1/audit").await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let audit = r.json["items"].as_array().unwrap();
+    let restart = audit
+        .iter()
+        .find(|e| e["action"] == "vm_ha_restart")
+        .unwrap_or_else(|| panic!("no HA restart in the audit log: {}", r.text));
+    assert_eq!(restart["user"], "system");
+    assert_eq!(restart["via"], "internal");
+    assert_eq!(restart["target"], "web");
+    assert_eq!(restart["result"], "ok");
+    assert!(audit.iter().any(|e| e["action"] == "vdisk_takeover"));
+    // Each event is listed once, however often the API asks.
+    let before = ctl.taken.load(std::sync::atomic::Ordering::Relaxed);
+    while ctl.taken.load(std::sync::atomic::Ordering::Relaxed) < before + 2 {
+        assert!(
+            t.elapsed() < Duration::from_secs(120),
+            "the API stopped asking"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let r = admin.get("/api/v1/events").await;
+    let n = r.json["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "vdisk_takeover")
+        .count();
+    assert_eq!(n, 1, "{}", r.text);
+    harness.stop().await;
+}
+
+/// `GET /cluster`'s answer, with and without the lease fields, fits the document's `Cluster`
+/// schema; a lease state the document does not name does not.
+#[test]
+fn cluster_status_with_the_lease_fits_the_openapi_schema() {
+    let doc: serde_json::Value = serde_json::from_str(api::OPENAPI_JSON).unwrap();
+    let root = serde_json::json!({
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$ref": "#/components/schemas/Cluster",
+        "components": doc["components"],
+    });
+    let v = jsonschema::validator_for(&root).expect("schema compiles");
+    let member = |id: u64, lease: Option<&str>| control::ClusterMemberView {
+        id,
+        name: format!("n{id}"),
+        address: "127.0.0.1:7440".into(),
+        role: "data".into(),
+        state: "active".into(),
+        voter: true,
+        leader: id == 1,
+        health: "up".into(),
+        last_seen_ms_ago: Some(10),
+        lease: lease.map(str::to_string),
+    };
+    let mut view = control::ClusterView {
+        cluster_id: "c".into(),
+        me: 1,
+        leader: Some(1),
+        term: 2,
+        commit_index: Some(9),
+        last_log_index: Some(9),
+        placement_version: 3,
+        members: vec![
+            member(1, Some("held")),
+            member(2, Some("needed")),
+            member(3, None),
+        ],
+        vdisks: vec!["d".into()],
+        snapshots: 0,
+        vms: vec![],
+        data: Default::default(),
+        lease: Some(control::LeaseView {
+            state: "held".into(),
+            remaining_ms: Some(2500),
+            length_ms: 5000,
+            problem: String::new(),
+            awaiting_adoption: vec![control::AdoptionView {
+                vdisk: "d2".into(),
+                id: "3/d2".into(),
+                held_for_ms: 4000,
+                held_until_unix_ms: 1_800_000_000_000,
+            }],
+        }),
+    };
+    let json = serde_json::to_value(&view).unwrap();
+    let errors: Vec<String> = v.iter_errors(&json).map(|e| e.to_string()).collect();
+    assert!(errors.is_empty(), "{errors:?}\n{json}");
+    view.lease = None;
+    assert!(v.is_valid(&serde_json::to_value(&view).unwrap()));
+    let mut bad = json.clone();
+    bad["lease"]["state"] = "maybe".into();
+    assert!(
+        !v.is_valid(&bad),
+        "an unknown lease state passes the schema"
+    );
+    bad = json;
+    bad["members"][0]["lease"] = "sometimes".into();
+    assert!(
+        !v.is_valid(&bad),
+        "an unknown member lease passes the schema"
+    );
+}
