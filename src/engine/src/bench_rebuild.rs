@@ -1,7 +1,8 @@
 //! `cairn bench cluster`'s rebuild figures: how fast redundancy is rebuilt after a node is
 //! lost, against the device's sequential write bandwidth measured in the same run.
 //!
-//! Set-up: three engines, one per node, on io_uring files pre-written like a block device.
+//! Set-up: three engines, one per node, on io_uring files pre-written like a block device
+//! (through the same O_DIRECT device, so none of them sits in the page cache).
 //! Node 1 owns a virtual disk and attaches node 2's and node 3's disks as its remote replicas
 //! (the replica objects of those engines, as `mirror` does over the network, minus the
 //! network); placement spreads each chunk's two replicas over two of the three nodes. The
@@ -9,14 +10,21 @@
 //! and the rebuild copies node 3's share: chunks it shared with node 1 from node 1 onto node
 //! 2, those it shared with node 2 from node 2 onto node 1 (a profile of the RAM line shows
 //! about half the imports landing on node 1's RAM disk). Ours = bytes rebuilt / time until
-//! redundancy is back. Anchor = sequential 1 MiB writes (QD 4, one flush at the end) of as
-//! many bytes as were rebuilt, on a fresh file before the fill and on node 3's file after the
-//! rebuild: the higher of the two (a busy machine only ever makes the ratio look worse).
+//! redundancy is back. Anchor = sequential 1 MiB writes (QD 4, one buffer written over and
+//! over, one flush at the end) through the same io_uring device type as the engine's disks
+//! (O_DIRECT unless the file system refuses it, then neither uses it), in the same directory,
+//! on files pre-written the same way: once before the fill on a fresh file of half the data
+//! (about the bytes a rebuild moves), once after the rebuild over as many bytes as were
+//! rebuilt on node 3's file (the same size as the nodes' files); the higher of the two (a busy
+//! machine only ever makes the ratio look worse). The rebuild's device traffic is about as many
+//! bytes (reads and writes mixed), so 1.0 would be a rebuild as fast as the device writes.
 //!
 //! Two lines, because this machine has one device and a cluster has one per node:
 //! - `rebuild_after_node_loss_mib_s`: node 1's disk is in RAM, standing for the surviving
-//!   node's own device; the rebuild's device traffic is node 2's: writes of the chunks copied
-//!   onto it, reads of those copied from it. The device's write bandwidth is the ideal.
+//!   node's own device (written over once before use, so its memory's first-touch page faults
+//!   are not charged to the rebuild; `CAIRN_BENCH_RAM_PRETOUCH=0` skips that); the rebuild's
+//!   device traffic is node 2's: writes of the chunks copied onto it, reads of those copied
+//!   from it. The device's write bandwidth is the ideal.
 //! - `rebuild_after_node_loss_one_device_mib_s`: node 1's disk is a file on the same device
 //!   too, so the rebuild reads and writes one device at once; its ideal is well below the
 //!   write bandwidth (fio reading one file and writing another at once gets about 0.6x).
@@ -120,30 +128,67 @@ async fn engine_with_disk(
     .await?;
     let p = dir.join(format!("rebuild-node{node}.img"));
     let dev: Arc<dyn BlockDevice> = if ram {
-        Arc::new(blockdev::RamDevice::new(format!("ram-node{node}"), size))
+        let d: Arc<dyn BlockDevice> =
+            Arc::new(blockdev::RamDevice::new(format!("ram-node{node}"), size));
+        if pretouch_ram() {
+            fill_zeros(&d, &p).await?;
+        }
+        d
     } else {
-        prewrite_file(&p, size)?;
+        prewrite_file(&p, size).await?;
         blockdev::open_device(&p).map_err(io_err(&p))?
     };
     e.add_disk(dev).await?;
     Ok((e, p))
 }
 
-/// Creates `path` filled with `bytes` zero bytes, synced: every block allocated and written,
-/// as on a block device (a sparse file's first writes allocate, which the file system makes
-/// far slower than overwrites, and which a real disk never does). The engine adopts a disk
-/// whose first MiB is blank, so zeros.
-fn prewrite_file(path: &Path, bytes: u64) -> Result<()> {
+/// Whether the RAM disk is written over once before use (`CAIRN_BENCH_RAM_PRETOUCH=0` turns
+/// it off, to compare with older figures). A fresh RAM device's memory is mapped on its first
+/// write: those page faults would be charged to the rebuild's imports onto it, a cost no real
+/// device has.
+fn pretouch_ram() -> bool {
+    std::env::var("CAIRN_BENCH_RAM_PRETOUCH").map_or(true, |v| v != "0")
+}
+
+/// Writes zeros over the whole of `dev` (1 MiB at a time, queue depth 4), then flushes it.
+async fn fill_zeros(dev: &Arc<dyn BlockDevice>, what: &Path) -> Result<()> {
+    use futures::StreamExt;
+    let step: u64 = 1 << 20;
+    let size = dev.info().size_bytes;
+    let zeros = AlignedBuf::zeroed(step as usize).into_write();
+    let tail = AlignedBuf::zeroed((size % step) as usize).into_write();
+    let mut writes = futures::stream::iter((0..size.div_ceil(step)).map(|i| {
+        let off = i * step;
+        let buf = if size - off >= step {
+            zeros.clone()
+        } else {
+            tail.clone()
+        };
+        dev.write_at(off, buf)
+    }))
+    .buffer_unordered(4);
+    while let Some(r) = writes.next().await {
+        r.map_err(io_err(what))?;
+    }
+    dev.flush().await.map_err(io_err(what))
+}
+
+/// Creates `path` filled with `bytes` zero bytes, written through the same O_DIRECT io_uring
+/// device the engine and the anchor use, then flushed: every block allocated and written, as
+/// on a block device (a sparse file's first writes allocate, which the file system makes far
+/// slower than overwrites, and which a real disk never does), and nothing of it left in the
+/// page cache (buffered writes would leave the file cached, and the first direct write over
+/// each cached range would pay for dropping those pages, in the anchor or the rebuild
+/// depending on what was written before). The engine adopts a disk whose first MiB is blank,
+/// so zeros.
+async fn prewrite_file(path: &Path, bytes: u64) -> Result<()> {
     let err = |e: std::io::Error| EngineError::io(format!("{}: {e}", path.display()));
     let f = std::fs::File::create(path).map_err(err)?;
     f.set_len(bytes).map_err(err)?;
-    let zeros = vec![0u8; 1 << 20];
-    let mut off = 0;
-    while off < bytes {
-        let n = (bytes - off).min(zeros.len() as u64) as usize;
-        std::os::unix::fs::FileExt::write_all_at(&f, &zeros[..n], off).map_err(err)?;
-        off += n as u64;
-    }
+    drop(f);
+    let dev: Arc<dyn BlockDevice> = blockdev::open_device(path).map_err(io_err(path))?;
+    fill_zeros(&dev, path).await?;
+    let f = std::fs::File::open(path).map_err(err)?;
     f.sync_all().map_err(err)
 }
 
@@ -215,7 +260,7 @@ async fn one_rebuild(opts: &RebuildOpts, ram_source: bool, metric: &str) -> Resu
     }
     // The anchor's first run, on a fresh file of its own (node 3's is in use until the loss).
     let pa = opts.dir.join("rebuild-anchor.img");
-    prewrite_file(&pa, data / 2)?;
+    prewrite_file(&pa, data / 2).await?;
     let anchor_before = seq_write_mibs(&pa, data / 2).await;
     let _ = std::fs::remove_file(&pa);
     let anchor_before = anchor_before?;
