@@ -205,9 +205,9 @@ fn status(v: &ClusterView) -> String {
         v.me,
     );
     let header = [
-        "ID", "NAME", "ADDRESS", "ROLE", "STATE", "VOTER", "HEALTH", "SEEN",
+        "ID", "NAME", "ADDRESS", "ROLE", "STATE", "VOTER", "HEALTH", "SEEN", "LEASE",
     ];
-    let rows: Vec<[String; 8]> = v
+    let rows: Vec<[String; 9]> = v
         .members
         .iter()
         .map(|m| {
@@ -221,6 +221,7 @@ fn status(v: &ClusterView) -> String {
                 m.health.clone(),
                 m.last_seen_ms_ago
                     .map_or("-".into(), |ms| format!("{:.1}s ago", ms as f64 / 1000.0)),
+                m.lease.as_deref().unwrap_or("-").replace('_', " "),
             ]
         })
         .collect();
@@ -247,12 +248,55 @@ fn status(v: &ClusterView) -> String {
         v.snapshots,
         v.vms.len()
     ));
+    if let Some(l) = &v.lease {
+        out.push_str(&lease_lines(l));
+    }
     out.push_str(&data_line(&v.data));
     for d in &v.data.draining {
         out.push_str(&drain_line(d, &control::RebuildView::default()));
         out.push('\n');
     }
     out.push_str(&mirror_lines(&v.data));
+    out
+}
+
+/// This node's isolation lease and the virtual disks waiting for adoption here.
+fn lease_lines(l: &control::LeaseView) -> String {
+    let secs = |ms: u64| format!("{:.1} s", ms as f64 / 1000.0);
+    let mut out = format!("lease (this node, L = {}): ", secs(l.length_ms));
+    match (l.state.as_str(), l.remaining_ms) {
+        ("held", Some(ms)) => out.push_str(&format!(
+            "held, {} left
+",
+            secs(ms)
+        )),
+        ("expired", _) => out.push_str(&format!(
+            "EXPIRED ({}): this node's virtual disks are not served and its VMs are paused
+",
+            l.problem
+        )),
+        ("not_needed", _) => out.push_str(
+            "not needed
+",
+        ),
+        (other, _) => out.push_str(&format!(
+            "{other}
+"
+        )),
+    }
+    for a in &l.awaiting_adoption {
+        out.push_str(&format!(
+            "  taken over, waiting for adoption: {} ({}), {}
+",
+            a.vdisk,
+            a.id,
+            if a.held_for_ms > 0 {
+                format!("held {} more (old owner's lease)", secs(a.held_for_ms))
+            } else {
+                "hold passed".to_string()
+            }
+        ));
+    }
     out
 }
 
@@ -379,5 +423,34 @@ mod tests {
             hosted_chunks_left: 0,
         };
         assert!(drain_line(&dv, &control::RebuildView::default()).contains("57 chunks here"));
+    }
+
+    #[test]
+    fn lease_lines_say_held_expired_and_what_waits_for_adoption() {
+        let mut l = control::LeaseView {
+            state: "held".into(),
+            remaining_ms: Some(3200),
+            length_ms: 5000,
+            ..Default::default()
+        };
+        let s = lease_lines(&l);
+        assert!(
+            s.contains("L = 5.0 s") && s.contains("held, 3.2 s left"),
+            "{s}"
+        );
+        l.state = "expired".into();
+        l.remaining_ms = None;
+        l.problem = "renewal not confirmed within the lease".into();
+        l.awaiting_adoption.push(control::AdoptionView {
+            vdisk: "d1".into(),
+            id: "1/d1".into(),
+            held_for_ms: 4500,
+            held_until_unix_ms: 1,
+        });
+        let s = lease_lines(&l);
+        assert!(s.contains("EXPIRED (renewal not confirmed"), "{s}");
+        assert!(s.contains("d1 (1/d1), held 4.5 s more"), "{s}");
+        l.state = "not_needed".into();
+        assert!(lease_lines(&l).contains("not needed"));
     }
 }

@@ -159,6 +159,15 @@ impl ClusterNode {
     /// Creates a new cluster with this node as its first (data) member: makes the cluster CA,
     /// issues this node's certificate, initialises raft and records the cluster in its state.
     pub async fn create(cfg: NodeConfig) -> Result<Arc<ClusterNode>, Error> {
+        ClusterNode::create_with_lease(cfg, 0).await
+    }
+
+    /// [`ClusterNode::create`], recording the cluster-wide isolation lease length
+    /// (`ClusterState::lease_ms`; 0: not set).
+    pub async fn create_with_lease(
+        cfg: NodeConfig,
+        lease_ms: u64,
+    ) -> Result<Arc<ClusterNode>, Error> {
         if cfg.has_member()? {
             return Err(Error::Config(
                 "data directory already belongs to a cluster".into(),
@@ -197,6 +206,7 @@ impl ClusterNode {
                 cluster_id,
                 ca,
                 first,
+                lease_ms,
             })
             .await?
         {

@@ -18,6 +18,8 @@ pub const MAX_DISKS_PER_NODE: usize = 256;
 pub const MAX_OBJECTS: usize = 100_000;
 /// Largest node-side VM definition ([`Command::PutVmSpec`]).
 pub const MAX_VM_SPEC_BYTES: usize = 64 << 10;
+/// Longest isolation lease a cluster may be created with ([`ClusterState::lease_ms`]).
+pub const MAX_LEASE_MS: u64 = 120_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MemberState {
@@ -185,6 +187,11 @@ pub struct ClusterState {
     /// own format, opaque here), by VM id, so another node can restart the VM after taking its
     /// disks over. Removed with the VM.
     pub vm_specs: BTreeMap<String, String>,
+    /// The isolation lease length in milliseconds, one value for every member (the node's
+    /// lease module explains why it must be): set when the cluster is created. 0: a cluster
+    /// created before this field existed (members fall back to their own setting).
+    #[serde(default)]
+    pub lease_ms: u64,
 }
 
 /// A change to the cluster state.
@@ -197,6 +204,9 @@ pub enum Command {
         cluster_id: String,
         ca: ClusterCa,
         first: Member,
+        /// The cluster-wide isolation lease length ([`ClusterState::lease_ms`]); 0: not set.
+        #[serde(default)]
+        lease_ms: u64,
     },
     IssueJoinToken {
         token_hash: String,
@@ -353,6 +363,7 @@ impl ClusterState {
                 cluster_id,
                 ca,
                 first,
+                lease_ms,
             } => {
                 if self.ca.is_some() {
                     return Err(reject("cluster already initialised"));
@@ -362,6 +373,7 @@ impl ClusterState {
                 self.ca = Some(ca.clone());
                 self.members.insert(first.id, first.clone());
                 self.next_node_id = first.id.saturating_add(1).max(self.next_node_id);
+                self.lease_ms = (*lease_ms).min(MAX_LEASE_MS);
             }
             IssueJoinToken {
                 token_hash,
@@ -650,9 +662,40 @@ mod tests {
             cluster_id: "c".into(),
             ca,
             first: member(1, Role::Data),
+            lease_ms: 3000,
         });
         assert_eq!(r, CommandResult::Ok);
         s
+    }
+
+    #[test]
+    fn the_lease_length_is_set_once_at_creation_and_defaults_to_unset() {
+        let mut s = init();
+        assert_eq!(s.lease_ms, 3000);
+        // A second InitCluster (even with another length) changes nothing.
+        let again = s.apply(&Command::InitCluster {
+            cluster_id: "d".into(),
+            ca: ClusterCa::generate("d").unwrap(),
+            first: member(2, Role::Data),
+            lease_ms: 9000,
+        });
+        assert!(matches!(again, CommandResult::Rejected(_)), "{again:?}");
+        assert_eq!(s.lease_ms, 3000);
+        // A command and a state from a binary without the field load as "not set".
+        let mut v = serde_json::to_value(&s).unwrap();
+        v.as_object_mut().unwrap().remove("lease_ms");
+        let old: ClusterState = serde_json::from_value(v).unwrap();
+        assert_eq!(old.lease_ms, 0);
+        // Bounded: a proposer cannot set an absurd lease.
+        let mut t = ClusterState::default();
+        let r = t.apply(&Command::InitCluster {
+            cluster_id: "e".into(),
+            ca: ClusterCa::generate("e").unwrap(),
+            first: member(1, Role::Data),
+            lease_ms: u64::MAX,
+        });
+        assert_eq!(r, CommandResult::Ok);
+        assert_eq!(t.lease_ms, MAX_LEASE_MS);
     }
 
     #[test]

@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use cluster::{Command, MemberState, Role};
 use control::{
-    ClusterDataView, ControlError, DrainView, ErrorCode, RebuildView, Reply, Request, VdiskView,
-    VmView,
+    AdoptionView, ClusterDataView, ClusterView, ControlError, DrainView, ErrorCode, LeaseView,
+    RebuildView, Reply, Request, VdiskView, VmView,
 };
 
 use crate::clusterhost::ClusterHost;
@@ -82,7 +82,7 @@ impl NodeController {
     pub(crate) async fn cluster_request(&self, req: &Request) -> Result<Reply, ControlError> {
         let host = &self.inner.cluster;
         match req {
-            Request::ClusterStatus => Ok(Reply::Cluster(Box::new(host.status(self.data_view())?))),
+            Request::ClusterStatus => Ok(Reply::Cluster(Box::new(self.status_view()?))),
             Request::ClusterToken { witness, ttl_secs } => {
                 Ok(Reply::ClusterToken(host.token(*witness, *ttl_secs).await?))
             }
@@ -98,7 +98,7 @@ impl NodeController {
                     .count();
                 let local = own + self.inner.vms.list().await?.len();
                 host.join(a, token, local).await?;
-                Ok(Reply::Cluster(Box::new(host.status(self.data_view())?)))
+                Ok(Reply::Cluster(Box::new(self.status_view()?)))
             }
             Request::ClusterRemove { node, force } => self.remove_member(node, *force).await,
             other => Err(ControlError::internal(format!(
@@ -106,6 +106,53 @@ impl NodeController {
                 other.action()
             ))),
         }
+    }
+
+    /// `cluster status` with this node's isolation lease.
+    fn status_view(&self) -> Result<ClusterView, ControlError> {
+        let mut v = self.inner.cluster.status(self.data_view())?;
+        let me = v.me;
+        let Some(mine) = v.members.iter_mut().find(|x| x.id == me) else {
+            return Ok(v);
+        };
+        if mine.role != "data" {
+            return Ok(v); // a witness has no lease
+        }
+        let st = self.inner.lease.state();
+        let state = match (st.needed, st.remaining) {
+            (false, _) => "not_needed",
+            (true, Some(_)) => "held",
+            (true, None) => "expired",
+        };
+        mine.lease = Some(state.to_string());
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        v.lease = Some(LeaseView {
+            state: state.to_string(),
+            remaining_ms: st.remaining.map(|d| d.as_millis() as u64),
+            length_ms: st.length.as_millis() as u64,
+            problem: if st.needed && st.remaining.is_none() {
+                if st.problem.is_empty() {
+                    "no renewal confirmed by the cluster yet".to_string()
+                } else {
+                    st.problem
+                }
+            } else {
+                String::new()
+            },
+            awaiting_adoption: st
+                .waiting
+                .into_iter()
+                .map(|(id, vdisk, left)| AdoptionView {
+                    vdisk,
+                    id,
+                    held_for_ms: left.as_millis() as u64,
+                    held_until_unix_ms: now_ms + left.as_millis() as u64,
+                })
+                .collect(),
+        });
+        Ok(v)
     }
 
     fn data_view(&self) -> ClusterDataView {
@@ -265,7 +312,7 @@ impl NodeController {
                 return Ok(Reply::Done);
             }
             if t.elapsed() >= DRAIN_WAIT {
-                return Ok(Reply::Cluster(Box::new(host.status(self.data_view())?)));
+                return Ok(Reply::Cluster(Box::new(self.status_view()?)));
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }

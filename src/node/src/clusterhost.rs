@@ -207,7 +207,7 @@ impl ClusterHost {
         let member = if has {
             Some(ClusterNode::open(cfg).await)
         } else if self.role == Role::Data && create {
-            Some(ClusterNode::create(cfg).await)
+            Some(ClusterNode::create_with_lease(cfg, crate::lease::creation_length_ms()).await)
         } else {
             None
         };
@@ -258,6 +258,18 @@ impl ClusterHost {
                 s.vms.values().map(|v| v.name.clone()).collect(),
             )
         });
+        let voters = st.members.iter().filter(|x| x.voter).count();
+        let data_members = st.members.iter().filter(|x| x.role == Role::Data).count();
+        // What the lease rule says of each member (`crate::lease::needs_lease`).
+        let lease_rule = |x: &cluster::MemberStatus| {
+            let needs = crate::lease::needs_lease(
+                x.role == Role::Data,
+                data_members.saturating_sub(1),
+                voters,
+                voters - usize::from(x.voter),
+            );
+            if needs { "needed" } else { "not_needed" }.to_string()
+        };
         Ok(ClusterView {
             cluster_id: st.cluster_id,
             me: st.me,
@@ -270,6 +282,7 @@ impl ClusterHost {
                 .members
                 .into_iter()
                 .map(|x| ClusterMemberView {
+                    lease: Some(lease_rule(&x)),
                     id: x.id,
                     name: x.name,
                     address: x.addr,
@@ -295,6 +308,7 @@ impl ClusterHost {
             snapshots,
             vms,
             data,
+            lease: None,
         })
     }
 

@@ -59,6 +59,10 @@ impl Controller for NodeController {
         Some(self.inner.changes.load(Ordering::Acquire))
     }
 
+    fn take_node_events(&self) -> Vec<control::NodeEvent> {
+        self.inner.events.take()
+    }
+
     fn console_port(
         &self,
         actor: Actor,

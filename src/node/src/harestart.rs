@@ -230,13 +230,25 @@ pub(crate) async fn forget_moved(inner: &NodeInner, m: &ClusterNode) {
             continue;
         };
         match inner.vms.forget(&name).await {
-            Ok(true) => tracing::warn!(
+            Ok(true) => {
+                crate::events::record(
+                    inner,
+                    "warning",
+                    "vm_moved_away",
+                    &name,
+                    format!(
+                        "VM {name} was moved to node {to} with its disks while this node was \
+                         hung or cut off; its machine here was killed"
+                    ),
+                );
+                tracing::warn!(
                 vm = %name,
                 node = to,
                 "takeover: VM {name} was moved to node {to} with its disks while this node was \
                  hung or cut off; its machine still ran here and is killed (its disks are \
                  fenced), its definition here dropped: it runs on node {to}"
-            ),
+                )
+            }
             Ok(false) => tracing::warn!(
                 vm = %name,
                 node = to,
@@ -307,12 +319,24 @@ pub(crate) async fn step(inner: &NodeInner, m: &ClusterNode, ha: &mut HaRestart)
             continue;
         };
         match inner.vms.import(&inner.engine, spec).await {
-            Ok(_) => tracing::warn!(
-                vm = %a.name,
-                start = a.run,
-                "takeover: VM {} defined on this node with its disks (taken over)",
-                a.name
-            ),
+            Ok(_) => {
+                tracing::warn!(
+                    vm = %a.name,
+                    start = a.run,
+                    "takeover: VM {} defined on this node with its disks (taken over)",
+                    a.name
+                );
+                crate::events::record(
+                    inner,
+                    "warning",
+                    "vm_takeover",
+                    &a.name,
+                    format!(
+                        "VM {} defined on this node with its disks (taken over from a lost node)",
+                        a.name
+                    ),
+                );
+            }
             Err(e) => {
                 ha.once(format!(
                     "VM {} ({}) was moved to this node, but its definition was refused: {}",
@@ -361,11 +385,23 @@ pub(crate) async fn step(inner: &NodeInner, m: &ClusterNode, ha: &mut HaRestart)
             continue;
         }
         match start_vm(inner, &name).await {
-            Ok(_) => tracing::warn!(
-                vm = %name,
-                attempts = p.attempts + 1,
-                "takeover: VM {name} restarted on this node after its node was lost"
-            ),
+            Ok(_) => {
+                tracing::warn!(
+                    vm = %name,
+                    attempts = p.attempts + 1,
+                    "takeover: VM {name} restarted on this node after its node was lost"
+                );
+                crate::events::record(
+                    inner,
+                    "warning",
+                    "vm_ha_restart",
+                    &name,
+                    format!(
+                        "VM {name} restarted on this node after its node was lost (attempt {})",
+                        p.attempts + 1
+                    ),
+                );
+            }
             Err(e) => {
                 p.attempts += 1;
                 let wait = backoff(p.attempts);
@@ -383,6 +419,15 @@ pub(crate) async fn step(inner: &NodeInner, m: &ClusterNode, ha: &mut HaRestart)
                     retry_in_s = wait.as_secs(),
                     "takeover: VM {name} could not be restarted on this node"
                 );
+                if p.attempts == 1 {
+                    crate::events::record(
+                        inner,
+                        "error",
+                        "vm_ha_restart",
+                        &name,
+                        format!("VM {name} {note}"),
+                    );
+                }
                 inner.vms.set_note(&name, Some(note));
                 ha.pending.insert(id, p);
             }

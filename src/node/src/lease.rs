@@ -15,8 +15,13 @@
 //! confirms its leadership; on a follower a no-op is committed through the leader and applied
 //! here) whose read also checks that the cluster state still assigns this node's virtual
 //! disks to it. A renewal that succeeds makes the lease valid until the moment it was *sent*
-//! (monotonic clock) plus the lease length L ([`length`]: `CAIRN_LEASE_MS`, default 5 s; every
-//! member must use the same value). When the lease is not valid — expired, never obtained
+//! (monotonic clock) plus the lease length L. L is one value for the whole cluster, kept in
+//! the replicated state (`ClusterState::lease_ms`, [`resolve_length`]): the argument below
+//! compares the old owner's L with the survivor's hold, so two members using different values
+//! would break it. It is set when the cluster is created (`CAIRN_LEASE_MS` of the creating
+//! node, 0.5-120 s, default 5 s); a member whose `CAIRN_LEASE_MS` disagrees warns and uses the
+//! cluster's. (A cluster created before the field existed has none: there each member uses
+//! its own setting, as before.) When the lease is not valid — expired, never obtained
 //! since the start, or a renewal saw a disk of this node assigned to another member — the
 //! node's I/O gate ([`Gate`]) closes: NBD exports and image transfers of this node's virtual
 //! disks wait for it to open again, up to [`wait_limit`] (`CAIRN_LEASE_WAIT_MS`, default 30 s)
@@ -101,9 +106,25 @@ fn env_ms(name: &str, default: Duration, min: Duration, max: Duration) -> Durati
     }
 }
 
-/// The lease length L: `CAIRN_LEASE_MS` (0.5-120 s), else 5 s. Same on every member.
-pub(crate) fn length() -> Duration {
-    env_ms("CAIRN_LEASE_MS", DEFAULT_LENGTH, MIN_LENGTH, MAX_LENGTH)
+/// This node's `CAIRN_LEASE_MS` (0.5-120 s), if set.
+fn env_length() -> Option<Duration> {
+    std::env::var_os("CAIRN_LEASE_MS")
+        .map(|_| env_ms("CAIRN_LEASE_MS", DEFAULT_LENGTH, MIN_LENGTH, MAX_LENGTH))
+}
+
+/// The lease length a new cluster is created with: `CAIRN_LEASE_MS`, else 5 s.
+pub(crate) fn creation_length_ms() -> u64 {
+    env_length().unwrap_or(DEFAULT_LENGTH).as_millis() as u64
+}
+
+/// The lease length L in force, from the cluster's value (`cluster_ms`, 0: none recorded) and
+/// this node's setting; also whether the setting disagrees with the cluster (to be warned of).
+pub(crate) fn resolve_length(env: Option<Duration>, cluster_ms: u64) -> (Duration, bool) {
+    if cluster_ms == 0 {
+        return (env.unwrap_or(DEFAULT_LENGTH), false);
+    }
+    let l = Duration::from_millis(cluster_ms).clamp(MIN_LENGTH, MAX_LENGTH);
+    (l, env.is_some_and(|e| e != l))
 }
 
 /// How long a request waits at a closed gate before failing with EIO: `CAIRN_LEASE_WAIT_MS`
@@ -117,14 +138,13 @@ pub(crate) fn wait_limit() -> Duration {
     )
 }
 
-/// How often the lease is renewed: a fifth of its length.
-pub(crate) fn renew_every() -> Duration {
-    length() / 5
+/// How often a lease of length `l` is renewed: a fifth of it.
+fn renew_every(l: Duration) -> Duration {
+    l / 5
 }
 
 /// How long a node taking disks over waits before serving them: L + max(2 s, L/2).
-pub(crate) fn hold() -> Duration {
-    let l = length();
+pub(crate) fn hold_for(l: Duration) -> Duration {
     l + (l / 2).max(Duration::from_secs(2))
 }
 
@@ -229,8 +249,16 @@ pub(crate) struct Lease {
     shown_valid: AtomicBool,
     /// VMs this lease paused (resumed when it is valid again).
     paused: parking_lot::Mutex<HashSet<String>>,
-    /// Virtual disks assigned to this node but not here yet, and when that was first seen.
-    seen_missing: parking_lot::Mutex<HashMap<String, Instant>>,
+    /// Virtual disks assigned to this node but not here yet: `id -> (name, first seen)`.
+    seen_missing: parking_lot::Mutex<HashMap<String, (String, Instant)>>,
+    /// L in force (ms), as last resolved ([`Lease::refresh_length`]).
+    length_ms: AtomicU64,
+    /// The cluster value a disagreeing `CAIRN_LEASE_MS` was last warned about (0: none).
+    warned_for: AtomicU64,
+    /// Whether this node needs a lease (as the lease task last found).
+    needed: AtomicBool,
+    /// Why the lease is not valid, as the lease task last found (empty: no problem).
+    problem: parking_lot::Mutex<String>,
 }
 
 impl Default for Lease {
@@ -240,8 +268,24 @@ impl Default for Lease {
             shown_valid: AtomicBool::new(true),
             paused: Default::default(),
             seen_missing: Default::default(),
+            length_ms: AtomicU64::new(DEFAULT_LENGTH.as_millis() as u64),
+            warned_for: AtomicU64::new(0),
+            needed: AtomicBool::new(false),
+            problem: Default::default(),
         }
     }
+}
+
+/// A snapshot of the lease for `cluster status`.
+pub(crate) struct LeaseState {
+    pub length: Duration,
+    /// None: no lease needed here.
+    pub needed: bool,
+    /// Time left on the lease (None: not valid).
+    pub remaining: Option<Duration>,
+    pub problem: String,
+    /// Virtual disks waiting for adoption: `(id, name, time left of the hold)`.
+    pub waiting: Vec<(String, String, Duration)>,
 }
 
 impl Lease {
@@ -249,25 +293,77 @@ impl Lease {
         self.gate.clone()
     }
 
+    /// L in force (see [`resolve_length`]).
+    pub(crate) fn length(&self) -> Duration {
+        Duration::from_millis(self.length_ms.load(Ordering::Acquire))
+    }
+
+    /// Re-reads L from the cluster state (`cluster_ms`) and this node's setting; warns once per
+    /// cluster value when the setting disagrees.
+    fn refresh_length(&self, cluster_ms: u64) -> Duration {
+        let env = env_length();
+        let (l, disagrees) = resolve_length(env, cluster_ms);
+        if disagrees && self.warned_for.swap(cluster_ms, Ordering::AcqRel) != cluster_ms {
+            tracing::warn!(
+                env_ms = env.map(|e| e.as_millis() as u64),
+                cluster_ms = l.as_millis() as u64,
+                "isolation lease: CAIRN_LEASE_MS differs from the cluster's lease length; using                  the cluster's (every member must use the same one)"
+            );
+        }
+        self.length_ms
+            .store(l.as_millis() as u64, Ordering::Release);
+        l
+    }
+
+    /// The lease as `cluster status` shows it.
+    pub(crate) fn state(&self) -> LeaseState {
+        let g = &self.gate.0;
+        let remaining = match g.until_ms.load(Ordering::Acquire) {
+            0 | ALWAYS => None,
+            until => Some(Duration::from_millis(until).saturating_sub(g.base.elapsed()))
+                .filter(|d| !d.is_zero()),
+        };
+        let hold = hold_for(self.length());
+        let waiting = self
+            .seen_missing
+            .lock()
+            .iter()
+            .map(|(id, (name, first))| {
+                (
+                    id.clone(),
+                    name.clone(),
+                    hold.saturating_sub(first.elapsed()),
+                )
+            })
+            .collect();
+        LeaseState {
+            length: self.length(),
+            needed: self.needed.load(Ordering::Acquire),
+            remaining,
+            problem: self.problem.lock().clone(),
+            waiting,
+        }
+    }
+
     /// Of `missing` (virtual disks assigned to this node that it lacks: `(id, name)`), those
     /// seen so for [`hold`] — adoptable now. Remembers when each was first seen.
     pub(crate) fn held_back(&self, missing: Vec<(String, String)>) -> Vec<(String, String)> {
-        let hold = hold();
+        let hold = hold_for(self.length());
         let mut seen = self.seen_missing.lock();
         seen.retain(|k, _| missing.iter().any(|(id, _)| id == k));
         missing
             .into_iter()
             .filter(|(id, name)| {
-                let first = *seen.entry(id.clone()).or_insert_with(|| {
+                let first = seen.entry(id.clone()).or_insert_with(|| {
                     tracing::warn!(
                         vdisk = %name,
                         hold_ms = hold.as_millis() as u64,
                         "takeover: waiting for the old owner's isolation lease to run out before \
                          serving this virtual disk"
                     );
-                    Instant::now()
+                    (name.clone(), Instant::now())
                 });
-                first.elapsed() >= hold
+                first.1.elapsed() >= hold
             })
             .collect()
     }
@@ -302,7 +398,13 @@ fn needed(inner: &NodeInner) -> Option<Arc<ClusterNode>> {
         .iter()
         .filter(|x| x.voter && x.id != me)
         .count();
-    (peers > 0 && others_could_take_over(voters, others)).then_some(m)
+    needs_lease(true, peers, voters, others).then_some(m)
+}
+
+/// The rule of [`needed`] for any member: a data member (`data`) with `data_peers` other data
+/// members, among `voters` voters of which `others` are not it.
+pub(crate) fn needs_lease(data: bool, data_peers: usize, voters: usize, others: usize) -> bool {
+    data && data_peers > 0 && others_could_take_over(voters, others)
 }
 
 /// Whether the voters other than this node form a majority of all voters: only then can a
@@ -428,8 +530,13 @@ pub(crate) async fn run(inner: Arc<NodeInner>, mut shutdown: watch::Receiver<boo
     let mut valid_until: Option<Instant> = None;
     let mut last_problem = String::new();
     loop {
-        let Some(m) = needed(&inner) else {
+        let cluster_ms = inner.cluster.member().map_or(0, |m| m.read(|s| s.lease_ms));
+        let l = inner.lease.refresh_length(cluster_ms);
+        let need = needed(&inner);
+        inner.lease.needed.store(need.is_some(), Ordering::Release);
+        let Some(m) = need else {
             valid_until = None;
+            inner.lease.problem.lock().clear();
             if !inner.lease.gate.always() || !inner.lease.paused.lock().is_empty() {
                 open(&inner, None, &HashSet::new()).await;
             }
@@ -438,7 +545,6 @@ pub(crate) async fn run(inner: Arc<NodeInner>, mut shutdown: watch::Receiver<boo
                 _ = shutdown.changed() => return,
             }
         };
-        let l = length();
         if valid_until.is_none() {
             // Never renewed since the start (or expired): nothing is served until a renewal.
             close(&inner, "no valid lease yet").await;
@@ -488,11 +594,12 @@ pub(crate) async fn run(inner: Arc<NodeInner>, mut shutdown: watch::Receiver<boo
             if !problem.is_empty() {
                 tracing::warn!(problem = %problem, "isolation lease");
             }
+            *inner.lease.problem.lock() = problem.clone();
             last_problem = problem;
         }
         if !wait_watching(
             &inner,
-            sent + renew_every(),
+            sent + renew_every(l),
             &mut valid_until,
             &mut shutdown,
         )
@@ -517,6 +624,10 @@ mod tests {
         // Four voters: the other three are a majority; a learner (not a voter) always needs one.
         assert!(others_could_take_over(4, 4));
         assert!(!others_could_take_over(1, 0));
+        assert!(needs_lease(true, 2, 3, 2));
+        assert!(!needs_lease(false, 2, 3, 2), "a witness");
+        assert!(!needs_lease(true, 0, 1, 0), "a single data member");
+        assert!(!needs_lease(true, 1, 2, 1), "two data members, no witness");
     }
 
     #[tokio::test(start_paused = true)]
@@ -566,14 +677,55 @@ mod tests {
                 .map(|i| (i.to_string(), format!("n-{i}")))
                 .collect()
         };
+        let hold = hold_for(lease.length());
         assert!(lease.held_back(m(&["1/a"])).is_empty());
-        tokio::time::sleep(hold() - Duration::from_millis(10)).await;
+        let st = lease.state();
+        assert_eq!(st.waiting.len(), 1);
+        assert_eq!(
+            (st.waiting[0].0.as_str(), st.waiting[0].1.as_str()),
+            ("1/a", "n-1/a")
+        );
+        assert_eq!(st.waiting[0].2, hold);
+        tokio::time::sleep(hold - Duration::from_millis(10)).await;
         assert!(lease.held_back(m(&["1/a"])).is_empty());
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert_eq!(lease.held_back(m(&["1/a"])), m(&["1/a"]));
         // Not missing for a while: seen again later, the hold starts again.
         assert!(lease.held_back(m(&["1/b"])).is_empty());
         assert!(lease.held_back(m(&["1/a", "1/b"])).is_empty());
-        assert!(hold() > length() + Duration::from_secs(1));
+        assert!(hold > lease.length() + Duration::from_secs(1));
+    }
+
+    #[test]
+    fn the_clusters_lease_length_wins_over_this_nodes_setting() {
+        let s = Duration::from_secs;
+        // No cluster value (a cluster created before it was recorded, or no cluster yet): the
+        // node's own setting, else the default.
+        assert_eq!(resolve_length(None, 0), (DEFAULT_LENGTH, false));
+        assert_eq!(resolve_length(Some(s(3)), 0), (s(3), false));
+        // The cluster's value, and whether the node's setting disagrees.
+        assert_eq!(resolve_length(None, 7000), (s(7), false));
+        assert_eq!(resolve_length(Some(s(7)), 7000), (s(7), false));
+        assert_eq!(resolve_length(Some(s(3)), 7000), (s(7), true));
+        // Bounded like the setting.
+        assert_eq!(resolve_length(None, 10), (MIN_LENGTH, false));
+        assert_eq!(resolve_length(None, u64::MAX), (MAX_LENGTH, false));
+
+        let lease = Lease::default();
+        assert_eq!(lease.refresh_length(9000), s(9));
+        assert_eq!(lease.length(), s(9));
+        assert_eq!(hold_for(s(9)), s(9) + Duration::from_millis(4500));
+        let st = lease.state();
+        assert!(!st.needed && st.remaining.is_none() && st.waiting.is_empty());
+        lease
+            .gate
+            .open_until(Some(std::time::Instant::now() + s(60)));
+        let left = lease
+            .state()
+            .remaining
+            .expect("a lease in force has time left");
+        assert!(left > s(50) && left <= s(60), "{left:?}");
+        lease.gate.close();
+        assert_eq!(lease.state().remaining, None);
     }
 }

@@ -133,7 +133,7 @@ pub(crate) async fn step(
     t: &mut Takeover,
 ) {
     describe(inner, links, t).await;
-    maybe_take_over(m, t).await;
+    maybe_take_over(inner, m, t).await;
     crate::harestart::forget_moved(inner, m).await;
     gather::adopt_assigned(inner, m, server, links, t).await;
     gather::drop_adopted(inner, m, server).await;
@@ -187,7 +187,7 @@ fn taker_rank(data: &[&MemberStatus], me: u64, lost: u64) -> Option<usize> {
 }
 
 /// Commit a takeover of a member down past the delay (see the module docs).
-async fn maybe_take_over(m: &Arc<ClusterNode>, t: &mut Takeover) {
+async fn maybe_take_over(inner: &NodeInner, m: &Arc<ClusterNode>, t: &mut Takeover) {
     let Some(delay) = delay() else { return };
     let me = m.id();
     let status = m.status();
@@ -263,6 +263,17 @@ async fn maybe_take_over(m: &Arc<ClusterNode>, t: &mut Takeover) {
                     from = x.id,
                     epoch,
                     "takeover: committed; this node owns the member's virtual disks now"
+                );
+                crate::events::record(
+                    inner,
+                    "warning",
+                    "vdisk_takeover",
+                    &x.name,
+                    format!(
+                        "member {} ({}) was lost; this node took its virtual disks over \
+                         (epoch {epoch})",
+                        x.name, x.id
+                    ),
                 );
             }
             Ok(Ok(other)) => t.once(format!("taking over member {} refused: {other:?}", x.id)),

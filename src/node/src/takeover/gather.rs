@@ -191,6 +191,17 @@ async fn adopt_one(
          {fetched} gathered from {} other holders); served by this node now",
         holders.len()
     );
+    crate::events::record(
+        inner,
+        "warning",
+        "vdisk_adopt",
+        &name,
+        format!(
+            "virtual disk {name} taken over from member {home}: adopted from the held copies \
+             ({held} chunks held here, {fetched} gathered from {} other holders)",
+            holders.len()
+        ),
+    );
     Ok(())
 }
 
