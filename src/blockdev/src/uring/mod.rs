@@ -13,6 +13,8 @@
 //! (O_EXCL).
 
 mod ring;
+#[cfg(test)]
+mod ring_tests;
 
 use std::fs::{File, OpenOptions};
 use std::io;

@@ -4,7 +4,13 @@
 //! kernel is done with it), and a semaphore that bounds in-flight requests to the slot count, so
 //! the submission and completion queues can never overflow. Completions arrive through an
 //! eventfd registered with the tokio reactor: the reaper task wakes the waiting futures, lets
-//! them run, then submits everything they queued with one `io_uring_enter`.
+//! them run, then submits everything they queued with one `io_uring_enter`. The same "plug"
+//! ([`Ring::plug`]) lets any caller queue several requests and submit them with one call.
+//!
+//! The ring is set up so that a completion does not interrupt the submitting thread with an
+//! IPI (COOP_TASKRUN: the kernel finishes it at that thread's next kernel entry, or wakes it if
+//! it sleeps), and so that one bad entry in a batch fails only itself (SUBMIT_ALL). Kernels
+//! without these flags get a plain ring.
 //!
 //! It must never free or reuse a slot (and its buffer) before the kernel's completion for it was
 //! reaped, even when the request future was dropped.
@@ -55,8 +61,9 @@ struct Core {
     in_kernel: usize,
     /// Entries pushed to the submission queue that no `io_uring_enter` has been asked to take.
     unsubmitted: usize,
-    /// The reaper will submit after the futures it just woke have run: they only queue.
-    reaper_submits: bool,
+    /// Live plugs ([`Ring::plug`]): while any is held, requests only queue; the last one to go
+    /// submits everything queued.
+    plugs: usize,
 }
 
 pub(crate) struct Ring {
@@ -76,7 +83,18 @@ impl Ring {
     /// A ring with `depth` slots (a power of two), the file registered as fixed file 0, and its
     /// reaper spawned on the current tokio runtime.
     pub(crate) fn start(file: std::fs::File, depth: u32) -> io::Result<Arc<Ring>> {
-        let uring = IoUring::builder().setup_cqsize(depth * 2).build(depth)?;
+        let uring = match IoUring::builder()
+            .setup_cqsize(depth * 2)
+            .setup_coop_taskrun()
+            .setup_submit_all()
+            .build(depth)
+        {
+            // Older kernels (< 5.19) refuse the flags: a plain ring works the same, slower.
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                IoUring::builder().setup_cqsize(depth * 2).build(depth)?
+            }
+            r => r?,
+        };
         uring.submitter().register_files(&[file.as_raw_fd()])?;
         // SAFETY: eventfd has no memory-safety preconditions; the result is checked below.
         let efd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
@@ -95,7 +113,7 @@ impl Ring {
             in_flight: 0,
             in_kernel: 0,
             unsubmitted: 0,
-            reaper_submits: false,
+            plugs: 0,
         };
         let ring = Arc::new(Ring {
             uring,
@@ -153,7 +171,7 @@ impl Ring {
             );
             drop(sq);
             core.unsubmitted += 1;
-            (idx, !core.reaper_submits)
+            (idx, core.plugs == 0)
         };
         if submit_now {
             self.submit_pending();
@@ -166,22 +184,46 @@ impl Ring {
         poll_fn(|cx| guard.poll(cx)).await
     }
 
-    /// One `io_uring_enter` for everything queued, unless nothing is.
+    /// Hold submissions: requests started while the plug lives only queue their entries; dropping
+    /// the last plug submits them all with one `io_uring_enter`.
+    pub(crate) fn plug(&self) -> Plug<'_> {
+        self.core.lock().plugs += 1;
+        Plug { ring: self }
+    }
+
+    /// One `io_uring_enter` for everything queued, unless nothing is or a plug holds it. Loops
+    /// until the kernel took every entry, so nothing queued is left behind when it returns.
     fn submit_pending(&self) {
-        let n = std::mem::take(&mut self.core.lock().unsubmitted);
-        if n == 0 {
-            return;
-        }
         for _ in 0..1000 {
+            {
+                let mut core = self.core.lock();
+                if core.unsubmitted == 0 || core.plugs > 0 {
+                    return;
+                }
+                core.unsubmitted = 0;
+            }
             match self.uring.submit() {
-                Ok(_) => return,
+                Ok(_) => {}
                 Err(e) if is_transient(&e) => std::thread::yield_now(),
                 Err(_) => break,
             }
+            // The kernel stops short of the whole queue only in rare cases (no memory for a
+            // request; a bad entry on kernels without SUBMIT_ALL): what it left is still ours.
+            let mut core = self.core.lock();
+            // SAFETY: SubmissionQueues are only created while holding `core`.
+            let left = unsafe { self.uring.submission_shared() }.len();
+            if left == 0 {
+                return;
+            }
+            core.unsubmitted = core.unsubmitted.max(left);
         }
         // The entries stay in the queue; the next submit (any request's or the reaper's) takes
         // them. Nothing is freed, so the kernel can never see a dangling buffer.
-        self.core.lock().unsubmitted += n;
+        let mut core = self.core.lock();
+        // SAFETY: SubmissionQueues are only created while holding `core`.
+        let left = unsafe { self.uring.submission_shared() }.len();
+        core.unsubmitted = core.unsubmitted.max(left);
+        drop(core);
         self.notify.notify_one();
     }
 
@@ -231,6 +273,14 @@ impl Ring {
     fn in_flight(&self) -> usize {
         self.core.lock().in_flight
     }
+
+    /// Entries in the submission queue that the kernel has not taken yet.
+    #[cfg(test)]
+    pub(crate) fn queued_for_test(&self) -> usize {
+        let _core = self.core.lock();
+        // SAFETY: SubmissionQueues are only created while holding `core`.
+        unsafe { self.uring.submission_shared() }.len()
+    }
 }
 
 fn is_transient(e: &io::Error) -> bool {
@@ -251,6 +301,24 @@ impl Drop for Ring {
                 Err(_) => break,
             }
             self.reap();
+        }
+    }
+}
+
+/// Held submissions (see [`Ring::plug`]); the last one dropped submits what was queued.
+pub(crate) struct Plug<'a> {
+    ring: &'a Ring,
+}
+
+impl Drop for Plug<'_> {
+    fn drop(&mut self) {
+        let last = {
+            let mut core = self.ring.core.lock();
+            core.plugs -= 1;
+            core.plugs == 0
+        };
+        if last {
+            self.ring.submit_pending();
         }
     }
 }
@@ -352,10 +420,10 @@ async fn reap_loop(ring: Arc<Ring>, afd: AsyncFd<OwnedFd>) {
         }
         if ring.reap() {
             // The queue is busy: let the woken futures run first, and submit whatever they
-            // queue with one syscall. (At low depth this would only add latency.)
-            ring.core.lock().reaper_submits = true;
+            // queue with one syscall when the plug goes. (At low depth this would only add
+            // latency.)
+            let _plug = ring.plug();
             tokio::task::yield_now().await;
-            ring.core.lock().reaper_submits = false;
         }
         ring.submit_pending();
     }
