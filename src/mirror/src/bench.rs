@@ -72,6 +72,43 @@ async fn engine_on_files(
     Ok(e)
 }
 
+/// If `CAIRN_PERF_CTL` names a `perf record --control=fifo:...` control FIFO, send it `cmd`
+/// ("enable" / "disable"), so a profile (`perf record -D -1 --control ...`) covers only the
+/// mirrored queue-depth-32 run. Best effort: a profile is a diagnostic.
+fn perf_ctl(cmd: &str) {
+    if let Some(p) = std::env::var_os("CAIRN_PERF_CTL") {
+        use std::io::Write;
+        if let Ok(mut f) = std::fs::OpenOptions::new().write(true).open(p) {
+            let _ = writeln!(f, "{cmd}");
+        }
+    }
+}
+
+/// User + system CPU time of this process so far, ms (from /proc/self/stat; 0 without it).
+fn cpu_ms() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line (11 and 12 after the name), in
+    // USER_HZ ticks (100 per second on Linux).
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) * 10.0
+}
+
+/// Runs `w` on `h`, returning the result and the process's CPU time per I/O (µs).
+async fn run_timed(
+    h: &engine::VdiskHandle,
+    w: &Workload,
+) -> Result<(engine::bench::BenchResult, f64)> {
+    let c0 = cpu_ms();
+    let r = engine::bench::run(h, w).await?;
+    let cpu_us = (cpu_ms() - c0) * 1000.0 / (r.ops.max(1) as f64);
+    Ok((r, cpu_us))
+}
+
 /// Mean latency (µs) of QD1 4 KiB store writes on `r`, over `dur`, on a scratch object.
 async fn store_write_lat(r: &Arc<dyn Replica>, dur: Duration) -> Result<f64> {
     let obj = ObjectId {
@@ -178,7 +215,9 @@ pub async fn mirrored_io(opts: &BenchOpts) -> Result<Vec<BenchLine>> {
     let model = local_us + rtt_us + remote_us;
     tracing::info!(local_us, rtt_us, remote_us, "mirrored write model parts");
 
-    let qd32 = engine::bench::run(&hm, &workload(32, dur)).await?;
+    perf_ctl("enable");
+    let (qd32, qd32_cpu) = run_timed(&hm, &workload(32, dur)).await?;
+    perf_ctl("disable");
     e1.shutdown().await?;
     e2.shutdown().await?;
     drop(handle);
@@ -187,7 +226,7 @@ pub async fn mirrored_io(opts: &BenchOpts) -> Result<Vec<BenchLine>> {
     es.create_vdisk("s", VDISK_BYTES).await?;
     let hs = es.open_vdisk("s")?;
     engine::bench::prefill(&hs, REGION).await?;
-    let single = engine::bench::run(&hs, &workload(32, dur)).await?;
+    let (single, single_cpu) = run_timed(&hs, &workload(32, dur)).await?;
     es.shutdown().await?;
 
     Ok(vec![
@@ -204,6 +243,14 @@ pub async fn mirrored_io(opts: &BenchOpts) -> Result<Vec<BenchLine>> {
             single.iops,
             "single-node engine, two disks",
             true,
+        ),
+        // Where the difference goes: CPU of the whole process (both nodes) per write.
+        line(
+            "mirrored_write_4k_qd32_cpu_us_per_io",
+            qd32_cpu,
+            single_cpu,
+            "single-node engine, two disks",
+            false,
         ),
     ])
 }

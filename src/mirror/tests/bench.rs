@@ -23,7 +23,7 @@ async fn mirrored_io_bench_runs() {
         }
         Err(e) => panic!("{e}"),
     };
-    assert_eq!(lines.len(), 2);
+    assert_eq!(lines.len(), 3);
     for l in &lines {
         println!("{}", serde_json::to_string(l).unwrap());
         assert!(l.ours > 0.0 && l.anchor > 0.0, "{l:?}");

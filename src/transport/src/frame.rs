@@ -93,24 +93,29 @@ impl Frame {
         r: &mut R,
         max_frame_bytes: u32,
     ) -> Result<Option<Frame>, Error> {
-        let mut len_bytes = [0u8; 4];
-        match r.read_exact(&mut len_bytes).await {
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-            Err(e) => return Err(e.into()),
+        // The length, kind and id together, so the payload lands where it stays (no shift).
+        let mut head = [0u8; FRAME_HEADER_BYTES];
+        let mut got = 0;
+        while got < head.len() {
+            match r.read(&mut head[got..]).await? {
+                0 if got == 0 => return Ok(None),
+                0 => return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into()),
+                n => got += n,
+            }
+            if got >= 4 {
+                // Refuse a bad length before waiting for the rest of the header.
+                check_len(
+                    u32::from_le_bytes([head[0], head[1], head[2], head[3]]),
+                    max_frame_bytes,
+                )?;
+            }
         }
-        let len = u32::from_le_bytes(len_bytes);
-        check_len(len, max_frame_bytes)?;
+        let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
+        let (kind, id) = parse_kind_id(&head[4..])?;
         // Bounded by check_len above.
-        let mut body = vec![0u8; len as usize];
-        r.read_exact(&mut body).await?;
-        let (kind, id) = parse_kind_id(&body)?;
-        body.drain(..9);
-        Ok(Some(Frame {
-            kind,
-            id,
-            payload: body,
-        }))
+        let mut payload = vec![0u8; (len - LEN_COVERED_HEADER_BYTES) as usize];
+        r.read_exact(&mut payload).await?;
+        Ok(Some(Frame { kind, id, payload }))
     }
 
     /// Writes the frame (without flushing).

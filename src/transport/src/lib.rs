@@ -35,3 +35,15 @@ pub type NodeId = u64;
 
 /// Hard ceiling for any frame, whatever the configuration says.
 pub const MAX_FRAME_BYTES_LIMIT: u32 = 64 * 1024 * 1024;
+
+/// Bytes read from a connection's socket at a time. rustls asks its transport for at most
+/// 4 KiB per read, which made one `recv` per 4 KiB; reading through this buffer takes whatever
+/// the socket holds in one call (many frames when the peer batched them).
+const SOCKET_READ_BUF_BYTES: usize = 64 * 1024;
+
+/// A socket whose reads are buffered (writes pass straight through, vectored).
+pub(crate) fn read_buffered(
+    tcp: tokio::net::TcpStream,
+) -> tokio::io::BufReader<tokio::net::TcpStream> {
+    tokio::io::BufReader::with_capacity(SOCKET_READ_BUF_BYTES, tcp)
+}

@@ -167,10 +167,13 @@ async fn serve_conn<H: Handler>(
     handler: Arc<H>,
 ) -> Result<(), Error> {
     tcp.set_nodelay(true)?;
-    let tls = tokio::time::timeout(cfg.handshake_timeout, acceptor.accept(tcp))
-        .await
-        .map_err(|_| Error::Tls("handshake timed out".into()))?
-        .map_err(|e| Error::Tls(e.to_string()))?;
+    let tls = tokio::time::timeout(
+        cfg.handshake_timeout,
+        acceptor.accept(crate::read_buffered(tcp)),
+    )
+    .await
+    .map_err(|_| Error::Tls("handshake timed out".into()))?
+    .map_err(|e| Error::Tls(e.to_string()))?;
     // rustls has verified any certificate against the CA already; no certificate at all is
     // only possible when the TLS config does not ask for one (the join endpoint).
     let peer = match tls.get_ref().1.peer_certificates() {
