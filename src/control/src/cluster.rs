@@ -61,7 +61,7 @@ pub struct LeaseView {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AdoptionView {
     pub vdisk: String,
-    /// Its cluster id (`<original owner>/<name>`).
+    /// Its cluster id (`<owner>/<name>`: after a takeover, the new owner's).
     pub id: String,
     /// Time left of the hold (0: passed; adoption runs or waits for something else).
     pub held_for_ms: u64,
