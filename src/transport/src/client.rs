@@ -13,7 +13,7 @@ use std::time::Duration;
 use rustls_pki_types::ServerName;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::task::JoinHandle;
@@ -449,73 +449,12 @@ async fn writer_loop<W: tokio::io::AsyncWrite + Unpin>(
     max_frame_bytes: u32,
     conn: std::sync::Weak<Conn>,
 ) {
-    if write_frames(wr, &mut rx, max_frame_bytes).await.is_err() {
+    if crate::writer::write_frames(wr, &mut rx, max_frame_bytes)
+        .await
+        .is_err()
+    {
         if let Some(c) = conn.upgrade() {
             c.close();
         }
     }
-}
-
-/// Stop adding frames to a batch past this many bytes (one `write_all` + flush).
-const BATCH_BYTES: usize = 1024 * 1024;
-/// Scheduler passes a writer waits for more frames before writing what it has.
-const GATHER_ROUNDS: usize = 2;
-
-/// Writes queued frames, many per write: whatever is queued, and — before writing — whatever
-/// the tasks running beside this one queue next.
-///
-/// Why the yield: with many requests in flight, replies (or completions) arrive in bursts that
-/// wake many tasks at once, and each queues one frame. Writing as soon as the first arrives
-/// would cost one TLS record and one `writev` (and, on the peer, one wake-up and one read) per
-/// frame. `yield_now` lets every task that is already runnable on this worker run first, so
-/// the burst's frames go out together. Alone (one request in flight) it costs one trip
-/// through the scheduler, well under a microsecond next to a network round trip. Nothing is
-/// held back waiting for frames that are not already on their way.
-pub(crate) async fn write_frames<W: tokio::io::AsyncWrite + Unpin>(
-    mut wr: W,
-    rx: &mut mpsc::Receiver<Frame>,
-    max_frame_bytes: u32,
-) -> Result<(), Error> {
-    let mut buf = Vec::with_capacity(64 * 1024);
-    while let Some(first) = rx.recv().await {
-        buf.clear();
-        first.encode_into(&mut buf, max_frame_bytes)?;
-        drain_into(&mut buf, rx, max_frame_bytes)?;
-        // Gather while the burst keeps coming: each round must add frames, and a few rounds at
-        // most, so a steady stream still goes out in pieces instead of waiting for a full batch.
-        for _ in 0..GATHER_ROUNDS {
-            if buf.len() >= BATCH_BYTES {
-                break;
-            }
-            tokio::task::yield_now().await;
-            let before = buf.len();
-            drain_into(&mut buf, rx, max_frame_bytes)?;
-            if buf.len() == before {
-                break;
-            }
-        }
-        wr.write_all(&buf).await?;
-        wr.flush().await?;
-        if buf.capacity() > 4 * BATCH_BYTES {
-            // One huge frame (a chunk export) must not pin its buffer for the connection's life.
-            buf = Vec::with_capacity(64 * 1024);
-        }
-    }
-    let _ = wr.shutdown().await;
-    Ok(())
-}
-
-/// Appends every frame already queued to `buf`, up to about [`BATCH_BYTES`].
-fn drain_into(
-    buf: &mut Vec<u8>,
-    rx: &mut mpsc::Receiver<Frame>,
-    max_frame_bytes: u32,
-) -> Result<(), Error> {
-    while buf.len() < BATCH_BYTES {
-        match rx.try_recv() {
-            Ok(f) => f.encode_into(buf, max_frame_bytes)?,
-            Err(_) => break,
-        }
-    }
-    Ok(())
 }

@@ -18,6 +18,7 @@ mod pki;
 mod server;
 mod stream;
 mod tls;
+mod writer;
 
 pub use client::{Client, ClientConfig};
 pub use codec::{decode, encode};

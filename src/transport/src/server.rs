@@ -188,7 +188,7 @@ async fn serve_conn<H: Handler>(
     let (tx, mut rx) = mpsc::channel::<Frame>(cfg.write_queue_frames.max(1));
     let max = cfg.max_frame_bytes;
     let _writer = AbortOnDrop(tokio::spawn(async move {
-        crate::client::write_frames(wr, &mut rx, max).await
+        crate::writer::write_frames(wr, &mut rx, max).await
     }));
     let inflight = Arc::new(Semaphore::new(cfg.max_in_flight_per_conn.max(1)));
     let streams: Streams = Arc::new(Mutex::new(HashMap::new()));

@@ -501,3 +501,57 @@ async fn a_slow_call_timing_out_keeps_a_live_connection() {
     c.call(&Req::WhoAmI).await.unwrap();
     assert_eq!(relay.accepted.load(Ordering::SeqCst), 1, "same connection");
 }
+
+/// Many calls in flight at once on one connection (their requests and replies share writes):
+/// each gets its own answer — the refusals among them touch no other call — and when the
+/// server dies with a burst in flight, every call not yet answered fails; none is reported
+/// done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_calls_succeeds_and_fails_call_by_call() {
+    let ca = ClusterCa::generate("t").unwrap();
+    let (a, b) = (ca.issue(1).unwrap(), ca.issue(2).unwrap());
+    let (srv, h) = serve("127.0.0.13", &a, ServerConfig::default()).await;
+    let c = client(srv.local_addr(), &b, 1, ClientConfig::default());
+    let mut tasks = Vec::new();
+    for i in 0..60u32 {
+        let c = c.clone();
+        tasks.push(tokio::spawn(async move {
+            let req = if i % 3 == 0 {
+                Req::Fail
+            } else {
+                Req::Echo(format!("call {i}"))
+            };
+            (i, c.call(&req).await)
+        }));
+    }
+    for t in tasks {
+        match t.await.unwrap() {
+            (i, Err(Error::Remote(m))) if i % 3 == 0 => assert_eq!(m, "refused"),
+            (i, Ok(r)) if i % 3 != 0 => assert_eq!(r, Resp::Echo(format!("call {i}"))),
+            (i, other) => panic!("call {i}: {other:?}"),
+        }
+    }
+    assert_eq!(h.calls.load(Ordering::SeqCst), 60);
+
+    // The server dies while 32 calls wait for their answers.
+    let mut tasks = Vec::new();
+    for _ in 0..32 {
+        let c = c.clone();
+        tasks.push(tokio::spawn(
+            async move { c.call(&Req::Sleep(60_000)).await },
+        ));
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while h.active.load(Ordering::SeqCst) < 32 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "calls never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    srv.shutdown();
+    for t in tasks {
+        let r = t.await.unwrap();
+        assert!(matches!(r, Err(Error::Closed)), "{r:?}");
+    }
+}
