@@ -62,6 +62,13 @@ impl Default for MirrorConfig {
     }
 }
 
+/// An encoded mutation: its bytes, the session its fence carries, its timeout.
+pub(crate) struct Outgoing {
+    pub(crate) payload: Vec<u8>,
+    pub(crate) session: u64,
+    pub(crate) timeout: Duration,
+}
+
 /// Why a call failed.
 pub(crate) enum CallErr {
     /// The peer could not be reached or did not answer: go away.
@@ -153,7 +160,25 @@ impl PeerLink {
         req: &Req,
         timeout: Duration,
     ) -> std::result::Result<Body, CallErr> {
-        match self.client.call_timeout(req, timeout).await {
+        let r = self.client.call_timeout(req, timeout).await;
+        self.answer(r)
+    }
+
+    /// A request already encoded (see `wire::WriteRef`).
+    pub(crate) async fn call_encoded(
+        &self,
+        payload: Vec<u8>,
+        timeout: Duration,
+    ) -> std::result::Result<Body, CallErr> {
+        let r = self.client.call_encoded(payload, timeout).await;
+        self.answer(r)
+    }
+
+    fn answer(
+        &self,
+        r: std::result::Result<Resp, transport::Error>,
+    ) -> std::result::Result<Body, CallErr> {
+        match r {
             Ok(resp) => {
                 let prev = self.instance.swap(resp.instance, Ordering::AcqRel);
                 if prev != 0 && prev != resp.instance {
@@ -427,6 +452,28 @@ impl RemoteReplica {
     /// Send a mutation unless the replica is away or one of `check` is dirty (then record
     /// `mark` as dirty and succeed).
     pub(crate) async fn mutate(&self, check: &[ObjectId], mark: &[ObjectId], req: Req) -> R<()> {
+        let session = req.fence().map_or(0, |f| f.session);
+        let timeout = match req {
+            Req::Import { .. } => self.link.cfg.bulk_timeout,
+            _ => self.link.cfg.call_timeout,
+        };
+        let payload = transport::encode(&req, u64::from(MAX_MSG_BYTES))
+            .map_err(|e| StoreError::InvalidArgument(format!("request: {e}")))?;
+        let out = Outgoing {
+            payload,
+            session,
+            timeout,
+        };
+        self.mutate_encoded(check, mark, out).await
+    }
+
+    /// `mutate` with the request already encoded.
+    pub(crate) async fn mutate_encoded(
+        &self,
+        check: &[ObjectId],
+        mark: &[ObjectId],
+        out: Outgoing,
+    ) -> R<()> {
         let alone = {
             let mut st = self.st.lock();
             if st.mode == Reachability::Away || check.iter().any(|o| st.dirty.contains(o)) {
@@ -439,12 +486,8 @@ impl RemoteReplica {
         if alone {
             return self.without_holder().await;
         }
-        let session = req.fence().map_or(0, |f| f.session);
-        let timeout = match req {
-            Req::Import { .. } => self.link.cfg.bulk_timeout,
-            _ => self.link.cfg.call_timeout,
-        };
-        let r = self.link.call(&req, timeout).await;
+        let session = out.session;
+        let r = self.link.call_encoded(out.payload, out.timeout).await;
         {
             let mut st = self.st.lock();
             self.note_restart(&mut st);

@@ -9,7 +9,7 @@ use blockdev::{AlignedBuf, BoxFuture, WriteBuf};
 use engine::{Reachability, Replica, PRUNE_MARK_CHUNK};
 use store::{BlockVersions, ObjectId, ScrubReport, Space, StoreError};
 
-use crate::client::{wire_to_store, CallErr, RemoteReplica};
+use crate::client::{wire_to_store, CallErr, Outgoing, RemoteReplica};
 use crate::server::{from_wire, to_wire};
 use crate::wire::*;
 
@@ -26,17 +26,26 @@ impl Replica for RemoteReplica {
         pin: u64,
     ) -> BoxFuture<'_, R<()>> {
         Box::pin(async move {
-            let req = Req::Write {
-                disk: self.disk.id.clone(),
+            // Encoded straight from the caller's buffer: the hot path's one copy of the data
+            // before TLS is the transport's batch buffer.
+            let req = WriteRef {
+                disk: &self.disk.id,
                 fence: self.fence(obj.vdisk),
                 obj,
                 block,
-                data: Bytes(data.as_slice().to_vec()),
-                crcs: crcs.to_vec(),
+                data: data.as_slice(),
+                crcs: &crcs,
                 gen,
                 pin,
             };
-            self.mutate(&[obj], &[obj], req).await
+            let payload = transport::encode(&req, u64::from(MAX_MSG_BYTES))
+                .map_err(|e| StoreError::InvalidArgument(format!("write request: {e}")))?;
+            let out = Outgoing {
+                payload,
+                session: req.fence.session,
+                timeout: self.link.cfg.call_timeout,
+            };
+            self.mutate_encoded(&[obj], &[obj], out).await
         })
     }
 

@@ -227,6 +227,44 @@ pub enum Req {
     },
 }
 
+/// A [`Req::Write`] borrowing its data: encodes to exactly the bytes of the owned request
+/// (the wire format is `Req`'s), without copying the block data into a request first.
+pub(crate) struct WriteRef<'a> {
+    pub disk: &'a str,
+    pub fence: Fence,
+    pub obj: ObjectId,
+    pub block: u64,
+    pub data: &'a [u8],
+    pub crcs: &'a [u32],
+    pub gen: u64,
+    pub pin: u64,
+}
+
+/// `Req::Write`'s variant index (its place in `Req`: Hello, Ping, Objects, Write).
+const WRITE_VARIANT: u32 = 3;
+
+impl Serialize for WriteRef<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStructVariant;
+        struct Raw<'a>(&'a [u8]);
+        impl Serialize for Raw<'_> {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_bytes(self.0)
+            }
+        }
+        let mut v = s.serialize_struct_variant("Req", WRITE_VARIANT, "Write", 8)?;
+        v.serialize_field("disk", self.disk)?;
+        v.serialize_field("fence", &self.fence)?;
+        v.serialize_field("obj", &self.obj)?;
+        v.serialize_field("block", &self.block)?;
+        v.serialize_field("data", &Raw(self.data))?;
+        v.serialize_field("crcs", self.crcs)?;
+        v.serialize_field("gen", &self.gen)?;
+        v.serialize_field("pin", &self.pin)?;
+        v.end()
+    }
+}
+
 /// Bound on the chunks one [`Req::HeldObjects`] answer lists.
 pub const MAX_HELD_LIST: usize = 16384;
 /// Bound on the block data one [`Req::HeldExport`] answer carries (one block's versions may
@@ -570,6 +608,40 @@ mod tests {
         assert!(export(5, 255).validate().is_ok());
         assert!(export(5, 256).validate().is_err(), "block past the chunk");
         assert!(export(engine::PRUNE_MARK_CHUNK, 0).validate().is_err());
+    }
+
+    #[test]
+    fn a_borrowed_write_encodes_as_the_owned_one() {
+        let o = ObjectId { vdisk: 3, chunk: 9 };
+        let data: Vec<u8> = (0..8192u32).map(|i| (i * 7) as u8).collect();
+        let crcs = store::block_crcs(&data);
+        let owned = Req::Write {
+            disk: "disk-1".into(),
+            fence: f(3),
+            obj: o,
+            block: 17,
+            data: Bytes(data.clone()),
+            crcs: crcs.clone(),
+            gen: 1 << 40,
+            pin: 5,
+        };
+        let borrowed = WriteRef {
+            disk: "disk-1",
+            fence: f(3),
+            obj: o,
+            block: 17,
+            data: &data,
+            crcs: &crcs,
+            gen: 1 << 40,
+            pin: 5,
+        };
+        let limit = u64::from(MAX_MSG_BYTES);
+        let bytes = transport::encode(&borrowed, limit).unwrap();
+        assert_eq!(bytes, transport::encode(&owned, limit).unwrap());
+        match transport::decode::<Req>(&bytes, limit).unwrap() {
+            Req::Write { data: d, block, .. } => assert_eq!((d.0, block), (data, 17)),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

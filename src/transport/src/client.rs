@@ -195,6 +195,20 @@ impl<Req: Serialize, Resp: DeserializeOwned> Client<Req, Resp> {
     /// in-flight slot, sending and the reply.
     pub async fn call_timeout(&self, req: &Req, timeout: Duration) -> Result<Resp, Error> {
         let payload = encode(req, u64::from(self.inner.cfg.max_frame_bytes))?;
+        self.call_encoded(payload, timeout).await
+    }
+
+    /// Like [`Client::call_timeout`] with the request already encoded (`encode` of a value
+    /// that encodes exactly as some `Req` does: a caller may serialize a borrowed view of a
+    /// large request instead of building an owned copy first).
+    pub async fn call_encoded(&self, payload: Vec<u8>, timeout: Duration) -> Result<Resp, Error> {
+        if payload.len() > self.inner.cfg.max_frame_bytes as usize {
+            return Err(Error::Encode(format!(
+                "request of {} bytes exceeds the limit of {}",
+                payload.len(),
+                self.inner.cfg.max_frame_bytes
+            )));
+        }
         // One timer for the whole call (connecting, a slot, sending, the reply): a timer per
         // step cost three timer-wheel entries per request.
         let mut sent: Option<(Arc<Conn>, u64)> = None;
