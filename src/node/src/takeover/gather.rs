@@ -195,7 +195,7 @@ async fn adopt_one(
         inner,
         "warning",
         "vdisk_adopt",
-        &name,
+        name,
         format!(
             "virtual disk {name} taken over from member {home}: adopted from the held copies \
              ({held} chunks held here, {fetched} gathered from {} other holders)",
