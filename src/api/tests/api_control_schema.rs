@@ -155,6 +155,7 @@ fn control_bodies_match_the_document() {
         json!({"action": "vm_update", "name": "v"}),
         json!({"action": "vm_update", "name": "v", "vcpus": null}),
         json!({"action": "vm_update", "name": "v", "nics": [{"tap": "t", "x": 1}]}),
+        json!({"action": "vm_update", "name": "v", "nics": [{"tap": ".."}]}),
         json!({"action": "vm_stop", "name": "v", "timeout_ms": 600001}),
         json!({"action": "vm_console", "name": "v", "max_bytes": 0}),
         json!({"action": "cluster_token", "ttl_secs": 0}),

@@ -53,13 +53,9 @@ async fn vm_edit_validation_conflicts_and_records() {
         (json!({"cmdline": "a\nb"}), "one line"),
         (
             json!({"description": "x".repeat(1025)}),
-            "at most 1024 bytes",
+            "at most 1024 characters",
         ),
         (json!({"disks": ["d1", "d1"]}), "listed twice"),
-        (
-            json!({"nics": [{"tap": "t0"}, {"tap": "t0"}]}),
-            "used by two NICs",
-        ),
         (
             json!({"nics": [{"tap": "much-too-long-tap"}]}),
             "tap device name",
@@ -141,7 +137,17 @@ async fn vm_edit_validation_conflicts_and_records() {
             json!({"nics": [{"tap": "cairn-t0"}, {"tap": "x1", "mac": derived}]}),
         )
         .await,
-        400,
+        409,
+        "used by two NICs",
+    );
+    // So may two NICs not share a tap device: a conflict between them, like the MAC.
+    err_has(
+        &a.patch(
+            "/api/v1/vms/v1",
+            json!({"nics": [{"tap": "t0"}, {"tap": "t0"}]}),
+        )
+        .await,
+        409,
         "used by two NICs",
     );
 

@@ -141,15 +141,17 @@ fn validate_nics(nics: &[VmNicSpec]) -> Result<(), ControlError> {
                 i + 1
             )));
         }
+        // Two NICs claiming one tap device (or MAC address) are in each other's way: a
+        // conflict, like a disk another VM uses (the document cannot say "unique by field").
         if nics[..i].iter().any(|o| o.tap == *t) {
-            return Err(ControlError::invalid(format!(
+            return Err(ControlError::conflict(format!(
                 "tap device {t} is used by two NICs"
             )));
         }
         if let Some(m) = &n.mac {
             let m = parse_mac(m)?;
             if macs.contains(&m) {
-                return Err(ControlError::invalid(format!(
+                return Err(ControlError::conflict(format!(
                     "MAC address {} is used by two NICs",
                     format_mac(m)
                 )));

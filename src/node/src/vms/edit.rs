@@ -47,7 +47,7 @@ fn new_nics(def: &VmDef, specs: &[VmNicSpec]) -> Result<Vec<NicDef>, ControlErro
             },
         };
         if out.iter().any(|o| o.mac == mac) {
-            return Err(ControlError::invalid(format!(
+            return Err(ControlError::conflict(format!(
                 "MAC address {mac} is used by two NICs"
             )));
         }
