@@ -2,9 +2,13 @@
 //! reopened on the new address and announces it; the leader updates raft's membership node
 //! (how peers reach it) and the member's entry in the cluster state ([`Command::SetMemberAddr`]).
 //!
+//! A running member moves the same way: the node host stops it and reopens it on the new
+//! address (see the node crate's cluster host), and the reopened member announces.
+//!
 //! Owns the announce and its leader side. Must never: let a member change another member's
-//! address (only the member itself, identified by its certificate, may announce its own), or
-//! record an address that does not parse.
+//! address (only the member itself, identified by its certificate, may announce its own),
+//! record an address that does not parse, or move a member onto loopback while other members
+//! are on other hosts (they could never reach it again).
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -42,6 +46,17 @@ impl ClusterNode {
             .get_node(&me)
             .map(|n| n.addr != addr);
         in_state.unwrap_or(false) || in_raft.unwrap_or(false)
+    }
+
+    /// Whether another member of the cluster is at a non-loopback address (on another host):
+    /// such a cluster can never reach this member on a loopback address.
+    pub fn has_remote_members(&self) -> bool {
+        let me = self.id();
+        self.read(|s| {
+            s.members
+                .values()
+                .any(|m| m.id != me && !addr_is_loopback(&m.addr))
+        })
     }
 
     /// Tells the cluster this member is at its configured addresses now (through the leader;
@@ -84,6 +99,14 @@ impl ClusterNode {
                     tokio::time::sleep(ANNOUNCE_RETRY).await;
                     continue;
                 }
+                if node.cfg().rpc_addr.ip().is_loopback() && node.has_remote_members() {
+                    // The leader refuses it too; saying so once is enough.
+                    tracing::error!(
+                        addr = %node.cfg().rpc_addr,
+                        "not announcing a loopback cluster address to members on other hosts"
+                    );
+                    return;
+                }
                 match node.announce_address().await {
                     Ok(()) => {
                         tracing::info!(addr = %node.cfg().rpc_addr, "announced this member's new address");
@@ -115,6 +138,17 @@ impl ClusterNode {
         }
         if !self.is_leader() {
             return Err("not the leader; send it to the leader".into());
+        }
+        let remote_others = self.read(|s| {
+            s.members
+                .values()
+                .any(|m| m.id != id && !addr_is_loopback(&m.addr))
+        });
+        if addr_is_loopback(&addr) && remote_others {
+            return Err(format!(
+                "member {id} cannot move to the loopback address {addr}: members on other hosts \
+                 could never reach it"
+            ));
         }
         let role = self
             .read(|s| s.members.get(&id).map(|m| m.role))
@@ -157,4 +191,11 @@ impl ClusterNode {
             other => Err(format!("{other:?}")),
         }
     }
+}
+
+/// Whether `addr` (ip:port as the state keeps it) is on loopback; an unparsable one is not.
+fn addr_is_loopback(addr: &str) -> bool {
+    addr.parse::<SocketAddr>()
+        .map(|a| a.ip().is_loopback())
+        .unwrap_or(false)
 }

@@ -1,7 +1,10 @@
 //! Applying the management network to the kernel, and replacing it live (no reboot): parent link
 //! up, VLAN link, static address or DHCP (a smoltcp client thread), default route, and the
 //! node's resolver file. Owns the record of what this node applied, so that exactly that can be
-//! taken down again.
+//! taken down again. A DHCP renewal with another address replaces the address on the link, a
+//! lost lease takes it off; any new management address (renewal, menu change) is announced on
+//! the console and handed to the node service, which moves the cluster member when the
+//! cluster runs on the management network.
 //!
 //! Must never touch an address, route or link it did not create (other than bringing the chosen
 //! parent link up), and must never leave a running node with neither configuration: when a new
@@ -274,6 +277,7 @@ fn set_addr(
     a.dns = dns.to_vec();
     write_resolv(dns);
     logln!("network: {link} {addr}/{prefix} gateway {gw:?} dns {dns:?}");
+    note_address(addr);
     Ok(a.status())
 }
 
@@ -295,20 +299,26 @@ fn dhcp_thread(
         }
     };
     let mut first = Some(first);
+    let mut tracker = dhcp::LeaseTracker::default();
     loop {
         if !current() {
             logln!("network: DHCP client on {link} stopped");
             return;
         }
         // Short slices, so a replaced configuration stops this thread within a second.
-        match client.next_event(Duration::from_secs(1)) {
-            Ok(Some(l)) => {
-                let mut g = applied();
-                // Checked under the lock take_down() also holds: a stale client never applies.
-                let a = match g.as_mut() {
-                    Some(a) if current() && a.index == index => a,
-                    _ => return,
-                };
+        let ev = match client.next_event(Duration::from_secs(1)) {
+            Ok(ev) => ev,
+            Err(_) => continue,
+        };
+        let mut g = applied();
+        // Checked under the lock take_down() also holds: a stale client never applies.
+        let a = match g.as_mut() {
+            Some(a) if current() && a.index == index => a,
+            _ => return,
+        };
+        match tracker.on_event(ev) {
+            dhcp::LeaseAction::Nothing => {}
+            dhcp::LeaseAction::Apply { lease: l, .. } => {
                 let r = set_addr(&mut nl, a, l.addr, l.prefix, l.router, &l.dns);
                 drop(g);
                 if let Some(tx) = first.take() {
@@ -317,11 +327,50 @@ fn dhcp_thread(
                     logln!("network: applying a renewed lease: {e}");
                 }
             }
-            // smoltcp reports "deconfigured" once at start too; only a real loss is news.
-            Ok(None) if first.is_none() => {
-                logln!("network: DHCP lease lost on {link}; still trying")
+            dhcp::LeaseAction::Drop { addr } => {
+                // The address is no longer ours to use: off the link until a lease comes
+                // back (the client keeps trying; the node keeps its cluster address).
+                clear_addr(&mut nl, a);
+                drop(g);
+                logln!(
+                    "network: DHCP lease for {addr} lost on {link}; address removed, still trying"
+                );
             }
-            Ok(None) | Err(_) => {}
         }
+    }
+}
+
+/// Takes the applied link's address and default route off (a lost lease).
+fn clear_addr(nl: &mut Netlink, a: &mut Applied) {
+    if let Some(g) = a.gateway.take() {
+        let _ = ignore_gone(nl.del_default_route(a.index, g));
+    }
+    if let Some((ip, p)) = a.addr.take() {
+        if let Err(e) = ignore_gone(nl.del_addr(a.index, ip, p)) {
+            logln!("network: removing {ip}/{p}: {e}");
+        }
+    }
+}
+
+/// The management address most recently put on a link (kept when it goes away, so the next
+/// one can be told apart from it).
+static LAST_ADDR: Mutex<Option<Ipv4Addr>> = Mutex::new(None);
+
+/// Says where the UI is when the management address changes and lets the node service move
+/// its cluster member (`service::address_changed`). The first address (at boot) is no change.
+fn note_address(addr: Ipv4Addr) {
+    let before = LAST_ADDR
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .replace(addr);
+    match before {
+        Some(b) if b != addr => {
+            logln!(
+                "network: address changed from {b} to {addr}; UI now at https://{addr}:{}/",
+                crate::service::API_PORT
+            );
+            crate::service::address_changed();
+        }
+        _ => {}
     }
 }

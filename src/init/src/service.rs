@@ -1,6 +1,7 @@
 //! The node service on the appliance: the same `node::Node` as `cairn node`, on the machine's
 //! blank and Cairn block devices, plus the HTTPS API on :8443, and the configuration record kept
-//! in the pool. Owns the appliance data directory (/run/cairn/node, in RAM) and its rebuilding
+//! in the pool; the cluster member follows the node's address when it changes (see
+//! [`address_changed`]). Owns the appliance data directory (/run/cairn/node, in RAM) and its rebuilding
 //! from the record at each boot; the raft state is not in it but on the pool (`node::raftdisk`). Must never hand a disk with other data to the node (only
 //! blank and Cairn disks are linked into its disk directory).
 
@@ -50,6 +51,52 @@ pub fn stop_requested() -> bool {
 }
 
 static RUNNING: Mutex<Option<Running>> = Mutex::new(None);
+/// Woken when the management address changes (see [`address_changed`]).
+static ADDRESS_CHANGED: tokio::sync::Notify = tokio::sync::Notify::const_new();
+
+/// The management address changed (a DHCP renewal with another address, a lease back after a
+/// loss, a new address from the menu): the running node moves its cluster member when the
+/// cluster runs on the management network. Never blocks.
+pub fn address_changed() {
+    ADDRESS_CHANGED.notify_one();
+}
+
+/// Where this node's cluster member should listen: the cluster link's address when it has
+/// one, else the management address (None while the management network has none).
+fn wanted_cluster_addr(rec: &NodeRecord) -> Option<SocketAddr> {
+    let ip = match &rec.cluster_net {
+        Some(c) => c.addr,
+        None => crate::net::status()
+            .and_then(|s| s.addr)
+            .map(|(ip, _)| ip)?,
+    };
+    Some(SocketAddr::from((ip, crate::wizard::CLUSTER_PORT)))
+}
+
+/// Moves the cluster member to where it should be, if it is not there (checked after every
+/// address change and every `SYNC_EVERY`, so a change during start-up or a failed move is
+/// caught up). A lost lease is no move: the member keeps its address until a new one comes.
+/// `refused`: the last target that was refused, said once rather than every round.
+async fn follow_address(node: &node::Node, rec: &NodeRecord, refused: &mut Option<SocketAddr>) {
+    let Some(want) = wanted_cluster_addr(rec) else {
+        return;
+    };
+    let now = node.cluster_addr();
+    if now == want {
+        return;
+    }
+    match node.set_cluster_addr(want).await {
+        Ok(()) => {
+            *refused = None;
+            logln!("the cluster member moved from {now} to {want}; it announces the new address to the cluster");
+        }
+        Err(e) if *refused != Some(want) => {
+            *refused = Some(want);
+            logln!("the cluster member stays at {now}: {}", e.message);
+        }
+        Err(_) => {}
+    }
+}
 static STOPPED: (Mutex<bool>, Condvar) = (Mutex::new(false), Condvar::new());
 
 fn rt() -> Result<tokio::runtime::Runtime, String> {
@@ -262,12 +309,7 @@ pub fn run(
         cfg.raft_place = node::RaftPlace::Pool;
         // Other nodes reach this one's cluster member on the cluster link's address when it
         // has one, else on its management address.
-        let cluster_ip = match &rec.cluster_net {
-            Some(c) => Some(c.addr),
-            None => crate::net::status().and_then(|s| s.addr).map(|(ip, _)| ip),
-        };
-        cfg.cluster_listen =
-            cluster_ip.map(|ip| SocketAddr::from((ip, crate::wizard::CLUSTER_PORT)));
+        cfg.cluster_listen = wanted_cluster_addr(&rec);
         let node = node::Node::start(cfg)
             .await
             .map_err(|e| format!("node: {e}"))?;
@@ -293,9 +335,12 @@ pub fn run(
             engine.pool().disks,
             crate::hw::human(engine.pool().usable_bytes)
         );
+        let mut refused = None;
         loop {
+            follow_address(&node, &rec, &mut refused).await;
             tokio::select! {
                 _ = &mut stop_rx => break,
+                _ = ADDRESS_CHANGED.notified() => {}
                 _ = tokio::time::sleep(SYNC_EVERY) => {
                     let files = snapshot_api_files();
                     let changed = {

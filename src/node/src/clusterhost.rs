@@ -25,6 +25,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{NodeError, Result};
 
+mod readdress;
+
 /// How long `cluster join` waits for the cluster address to be reachable before giving up
 /// (and changing nothing).
 const REACH_TIMEOUT: Duration = Duration::from_secs(3);
@@ -69,23 +71,25 @@ fn pick_loopback() -> Result<SocketAddr> {
     ))
 }
 
-/// The cluster address: the one recorded at the first start, else `flag`, else a free
-/// loopback pair. A different `flag` later is refused: the other members know the old one.
-fn addresses(data: &Path, flag: Option<SocketAddr>) -> Result<SocketAddr> {
+/// The cluster address: the one recorded at an earlier start, else `flag`, else a free
+/// loopback pair; with the one it moved from when `flag` differs from the recorded one (the
+/// member then reopens on `flag` and announces it: `readdress`).
+fn addresses(data: &Path, flag: Option<SocketAddr>) -> Result<(SocketAddr, Option<SocketAddr>)> {
     let path = data.join("cluster.json");
     match std::fs::read(&path) {
         Ok(bytes) => {
             let a: Addrs = serde_json::from_slice(&bytes)
                 .map_err(|e| NodeError::Config(format!("{}: {e}", path.display())))?;
-            if let Some(f) = flag {
-                if f != a.address {
-                    return Err(NodeError::Config(format!(
-                        "this node's cluster address is {} (fixed at its first start; other members know it), not {f}",
-                        a.address
-                    )));
+            match flag {
+                Some(f) if f != a.address => {
+                    // Whether the cluster is elsewhere is known once the member is open.
+                    crate::config::check_cluster_readdress(a.address, f, false)
+                        .map_err(NodeError::Config)?;
+                    save_address(data, f)?;
+                    Ok((f, Some(a.address)))
                 }
+                _ => Ok((a.address, None)),
             }
-            Ok(a.address)
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let address = match flag {
@@ -97,16 +101,22 @@ fn addresses(data: &Path, flag: Option<SocketAddr>) -> Result<SocketAddr> {
                     "cluster address {address}: the join endpoint needs the next port free"
                 )));
             }
-            let bytes = serde_json::to_vec(&Addrs { address })
-                .map_err(|e| NodeError::Config(e.to_string()))?;
-            let tmp = path.with_extension("tmp");
-            std::fs::write(&tmp, bytes)
-                .and_then(|_| std::fs::rename(&tmp, &path))
-                .map_err(|e| NodeError::io("write", &path, e))?;
-            Ok(address)
+            save_address(data, address)?;
+            Ok((address, None))
         }
         Err(e) => Err(NodeError::io("read", &path, e)),
     }
+}
+
+/// Writes `DATA/cluster.json` (whole, through a rename).
+fn save_address(data: &Path, address: SocketAddr) -> Result<()> {
+    let path = data.join("cluster.json");
+    let bytes =
+        serde_json::to_vec(&Addrs { address }).map_err(|e| NodeError::Config(e.to_string()))?;
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes)
+        .and_then(|_| std::fs::rename(&tmp, &path))
+        .map_err(|e| NodeError::io("write", &path, e))
 }
 
 /// Map a cluster error to what a front end shows.
@@ -143,7 +153,10 @@ fn role_name(r: Role) -> &'static str {
 /// The node's seat in the cluster.
 pub(crate) struct ClusterHost {
     dir: PathBuf,
-    address: SocketAddr,
+    /// Changes only under `join_lock` (`readdress`).
+    address: parking_lot::Mutex<SocketAddr>,
+    /// The address the last start moved this node from (checked once the member is open).
+    moved_from: parking_lot::Mutex<Option<SocketAddr>>,
     name: String,
     role: Role,
     member: parking_lot::Mutex<Option<Arc<ClusterNode>>>,
@@ -178,10 +191,11 @@ impl ClusterHost {
         flag: Option<SocketAddr>,
         role: Role,
     ) -> Result<ClusterHost> {
-        let address = addresses(data, flag)?;
+        let (address, moved_from) = addresses(data, flag)?;
         Ok(ClusterHost {
             dir: data.join("cluster"),
-            address,
+            address: parking_lot::Mutex::new(address),
+            moved_from: parking_lot::Mutex::new(moved_from),
             name: name.to_string(),
             role,
             member: parking_lot::Mutex::new(None),
@@ -198,7 +212,7 @@ impl ClusterHost {
         create: bool,
         media: Option<Arc<dyn cluster::RaftMedia>>,
     ) -> Result<()> {
-        let address = self.address;
+        let address = self.address();
         *self.media.lock() = media;
         let cfg = self.node_cfg()?;
         let has = cfg
@@ -214,6 +228,10 @@ impl ClusterHost {
         if let Some(m) = member {
             let m = m.map_err(|e| NodeError::Config(format!("cluster member: {e}")))?;
             tracing::info!(id = m.id(), %address, cluster = m.cluster_id(), "cluster member running");
+            let moved_from = self.moved_from.lock().take();
+            if let Some(old) = moved_from {
+                self.check_moved(&m, old, address).await?;
+            }
             *self.member.lock() = Some(m);
         }
         Ok(())
@@ -223,8 +241,8 @@ impl ClusterHost {
         Ok(cluster::NodeConfig {
             data_dir: self.dir.clone(),
             name: self.name.clone(),
-            rpc_addr: self.address,
-            join_addr: join_addr_of(self.address)
+            rpc_addr: self.address(),
+            join_addr: join_addr_of(self.address())
                 .ok_or_else(|| NodeError::Config("cluster port out of range".into()))?,
             timings: RaftTimings::default(),
             media: self.media.lock().clone(),
@@ -232,7 +250,7 @@ impl ClusterHost {
     }
 
     pub(crate) fn address(&self) -> SocketAddr {
-        self.address
+        *self.address.lock()
     }
 
     pub(crate) fn member(&self) -> std::result::Result<Arc<ClusterNode>, ControlError> {
@@ -328,7 +346,7 @@ impl ClusterHost {
             token,
             role: role_name(role).into(),
             expires_in_secs: ttl,
-            address: self.address.to_string(),
+            address: self.address().to_string(),
         })
     }
 
@@ -387,7 +405,7 @@ impl ClusterHost {
         })?;
         let join_addr = join_addr_of(address)
             .ok_or_else(|| ControlError::invalid("cluster address port out of range"))?;
-        if address == self.address {
+        if address == self.address() {
             return Err(ControlError::invalid(
                 "that is this node's own cluster address; give the address of a member of the cluster to join",
             ));
@@ -448,7 +466,7 @@ impl ClusterHost {
                 .map_err(|e| ControlError::internal(format!("set the solo cluster aside: {e}")))?;
         }
         let t = std::time::Instant::now();
-        while !ports_free(self.address) && t.elapsed() < PORT_FREE_WAIT {
+        while !ports_free(self.address()) && t.elapsed() < PORT_FREE_WAIT {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let cfg = self
@@ -485,7 +503,7 @@ impl ClusterHost {
                 }
                 if had_member {
                     let t = std::time::Instant::now();
-                    while !ports_free(self.address) && t.elapsed() < PORT_FREE_WAIT {
+                    while !ports_free(self.address()) && t.elapsed() < PORT_FREE_WAIT {
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
                     match self.node_cfg() {
@@ -781,17 +799,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn cluster_address_is_fixed_once_chosen() {
+    fn cluster_address_is_kept_and_moves_only_when_asked() {
         let d = tempfile::tempdir().unwrap();
-        let a = addresses(d.path(), None).unwrap();
+        let (a, moved) = addresses(d.path(), None).unwrap();
         assert!(a.ip().is_loopback());
-        assert_eq!(addresses(d.path(), None).unwrap(), a);
-        assert_eq!(addresses(d.path(), Some(a)).unwrap(), a);
+        assert_eq!(moved, None);
+        assert_eq!(addresses(d.path(), None).unwrap(), (a, None));
+        assert_eq!(addresses(d.path(), Some(a)).unwrap(), (a, None));
+        // Another address: adopted (and saved), saying where from.
         let other = SocketAddr::new(a.ip(), a.port().wrapping_add(7));
-        assert!(matches!(
-            addresses(d.path(), Some(other)),
-            Err(NodeError::Config(_))
-        ));
+        assert_eq!(addresses(d.path(), Some(other)).unwrap(), (other, Some(a)));
+        assert_eq!(addresses(d.path(), None).unwrap(), (other, None));
+        // One no peer can use: refused, the saved one unchanged.
+        let unusable: SocketAddr = "0.0.0.0:7000".parse().unwrap();
+        let err = addresses(d.path(), Some(unusable)).unwrap_err().to_string();
+        assert!(err.contains("not an address other members"), "{err}");
+        assert_eq!(addresses(d.path(), None).unwrap(), (other, None));
         assert!(join_addr_of("127.0.0.1:65535".parse().unwrap()).is_none());
     }
 

@@ -151,15 +151,18 @@ mod tests {
     #[test]
     fn readdress_refusals_say_why() {
         let e = check_cluster_readdress(a("10.0.2.15:8444"), a("0.0.0.0:8444"), false).unwrap_err();
-        assert!(e.contains("not an address other members can connect to"), "{e}");
-        let e = check_cluster_readdress(a("10.0.2.15:8444"), a("224.0.0.1:8444"), false)
-            .unwrap_err();
+        assert!(
+            e.contains("not an address other members can connect to"),
+            "{e}"
+        );
+        let e =
+            check_cluster_readdress(a("10.0.2.15:8444"), a("224.0.0.1:8444"), false).unwrap_err();
         assert!(e.contains("not an address"), "{e}");
         let e = check_cluster_readdress(a("10.0.2.15:8444"), a("255.255.255.255:8444"), false)
             .unwrap_err();
         assert!(e.contains("not an address"), "{e}");
-        let e = check_cluster_readdress(a("10.0.2.15:8444"), a("10.0.2.16:65534"), false)
-            .unwrap_err();
+        let e =
+            check_cluster_readdress(a("10.0.2.15:8444"), a("10.0.2.16:65534"), false).unwrap_err();
         assert!(e.contains("two after it"), "{e}");
         let e =
             check_cluster_readdress(a("10.0.2.15:8444"), a("127.0.0.1:8444"), true).unwrap_err();
