@@ -400,7 +400,11 @@ async fn connect(inner: &Inner) -> Result<Arc<Conn>, Error> {
     });
     let max = inner.cfg.max_frame_bytes;
     let weak = Arc::downgrade(&conn);
-    let writer = tokio::spawn(writer_loop(wr, rx, max, weak.clone()));
+    let inflight = crate::writer::InFlight {
+        sem: conn.inflight.clone(),
+        max: inner.cfg.max_in_flight.max(1),
+    };
+    let writer = tokio::spawn(writer_loop(wr, rx, max, inflight, weak.clone()));
     let reader = tokio::spawn(async move {
         loop {
             let frame = match Frame::read_from(&mut rd, max).await {
@@ -461,9 +465,10 @@ async fn writer_loop<W: tokio::io::AsyncWrite + Unpin>(
     wr: W,
     mut rx: mpsc::Receiver<Frame>,
     max_frame_bytes: u32,
+    inflight: crate::writer::InFlight,
     conn: std::sync::Weak<Conn>,
 ) {
-    if crate::writer::write_frames(wr, &mut rx, max_frame_bytes)
+    if crate::writer::write_frames(wr, &mut rx, max_frame_bytes, inflight)
         .await
         .is_err()
     {

@@ -187,10 +187,14 @@ async fn serve_conn<H: Handler>(
     let (mut rd, wr) = tokio::io::split(tls);
     let (tx, mut rx) = mpsc::channel::<Frame>(cfg.write_queue_frames.max(1));
     let max = cfg.max_frame_bytes;
-    let _writer = AbortOnDrop(tokio::spawn(async move {
-        crate::writer::write_frames(wr, &mut rx, max).await
-    }));
     let inflight = Arc::new(Semaphore::new(cfg.max_in_flight_per_conn.max(1)));
+    let busy = crate::writer::InFlight {
+        sem: inflight.clone(),
+        max: cfg.max_in_flight_per_conn.max(1),
+    };
+    let _writer = AbortOnDrop(tokio::spawn(async move {
+        crate::writer::write_frames(wr, &mut rx, max, busy).await
+    }));
     let streams: Streams = Arc::new(Mutex::new(HashMap::new()));
     let result = async {
         while let Some(frame) = Frame::read_from(&mut rd, max).await? {

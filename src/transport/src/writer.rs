@@ -4,8 +4,10 @@
 //! Must never: reorder frames (a stream's chunks and its end follow their request), hold a
 //! frame back waiting for frames that are not already on their way, or report a batch written
 //! when the write failed (the connection is then closed and every call on it fails).
+use std::sync::Arc;
+
 use tokio::io::AsyncWriteExt;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Semaphore};
 
 use crate::frame::Frame;
 use crate::Error;
@@ -15,20 +17,34 @@ const BATCH_BYTES: usize = 1024 * 1024;
 /// Scheduler passes a writer waits for more frames before writing what it has.
 const GATHER_ROUNDS: usize = 2;
 
-/// Writes queued frames, many per write: whatever is queued, and — before writing — whatever
-/// the tasks running beside this one queue next.
+/// The connection's requests in flight: a semaphore each holds a permit of while it runs.
+pub(crate) struct InFlight {
+    pub(crate) sem: Arc<Semaphore>,
+    pub(crate) max: usize,
+}
+
+impl InFlight {
+    /// Whether requests other than one are running (so more frames may be on their way).
+    fn others(&self) -> bool {
+        self.max.saturating_sub(self.sem.available_permits()) > 1
+    }
+}
+
+/// Writes queued frames, many per write: whatever is queued, and — before writing, while other
+/// requests are in flight — whatever the tasks running beside this one queue next.
 ///
 /// Why the yield: with many requests in flight, replies (or completions) arrive in bursts that
 /// wake many tasks at once, and each queues one frame. Writing as soon as the first arrives
 /// would cost one TLS record and one `writev` (and, on the peer, one wake-up and one read) per
 /// frame. `yield_now` lets every task that is already runnable on this worker run first, so
-/// the burst's frames go out together. Alone (one request in flight) it costs one trip
-/// through the scheduler, well under a microsecond next to a network round trip. Nothing is
-/// held back waiting for frames that are not already on their way.
+/// the burst's frames go out together. With one request in flight there is nothing to wait
+/// for and the frame is written at once (queue depth 1 latency unchanged). Nothing is held
+/// back waiting for frames that are not already on their way.
 pub(crate) async fn write_frames<W: tokio::io::AsyncWrite + Unpin>(
     mut wr: W,
     rx: &mut mpsc::Receiver<Frame>,
     max_frame_bytes: u32,
+    inflight: InFlight,
 ) -> Result<(), Error> {
     let mut buf = Vec::with_capacity(64 * 1024);
     while let Some(first) = rx.recv().await {
@@ -38,7 +54,7 @@ pub(crate) async fn write_frames<W: tokio::io::AsyncWrite + Unpin>(
         // Gather while the burst keeps coming: each round must add frames, and a few rounds at
         // most, so a steady stream still goes out in pieces instead of waiting for a full batch.
         for _ in 0..GATHER_ROUNDS {
-            if buf.len() >= BATCH_BYTES {
+            if buf.len() >= BATCH_BYTES || !inflight.others() {
                 break;
             }
             tokio::task::yield_now().await;
@@ -79,7 +95,7 @@ mod tests {
     use super::*;
     use crate::frame::FrameKind;
     use std::pin::Pin;
-    use std::sync::{Arc, Mutex};
+    use std::sync::Mutex;
     use std::task::{Context, Poll};
 
     /// Records every write; fails once `fail_after` bytes were taken.
@@ -143,6 +159,13 @@ mod tests {
         v
     }
 
+    /// `n` requests in flight on a connection allowing 64.
+    fn busy(n: u32) -> InFlight {
+        let sem = Arc::new(Semaphore::new(64));
+        sem.try_acquire_many(n).unwrap().forget();
+        InFlight { sem, max: 64 }
+    }
+
     fn decode_all(mut b: &[u8]) -> Vec<Frame> {
         let mut out = Vec::new();
         while let Some((f, used)) = Frame::decode(b, 1 << 20).unwrap() {
@@ -161,20 +184,22 @@ mod tests {
         }
         drop(tx);
         let rec = Recorder::default();
-        write_frames(rec.clone(), &mut rx, 1 << 20).await.unwrap();
+        write_frames(rec.clone(), &mut rx, 1 << 20, busy(1))
+            .await
+            .unwrap();
         assert_eq!(decode_all(&rec.bytes()), frames());
         assert_eq!(rec.count(), 1, "40 queued frames, one write");
     }
 
-    /// Frames sent by tasks that become runnable only after the writer was woken still join
-    /// the writer's batch (the writer lets them run before it writes).
-    #[tokio::test(flavor = "current_thread")]
-    async fn a_burst_of_senders_shares_one_write() {
+    /// Frames sent by tasks that become runnable only after the writer was woken join the
+    /// writer's batch while requests are in flight (the writer lets them run before it
+    /// writes); alone, the first frame goes out at once. Returns the writes made.
+    async fn burst(inflight: InFlight) -> usize {
         let (tx, mut rx) = mpsc::channel(128);
         let rec = Recorder::default();
         let writer = tokio::spawn({
             let rec = rec.clone();
-            async move { write_frames(rec, &mut rx, 1 << 20).await }
+            async move { write_frames(rec, &mut rx, 1 << 20, inflight).await }
         });
         tokio::task::yield_now().await; // the writer now waits for its first frame
         let all = frames();
@@ -211,7 +236,21 @@ mod tests {
         rest.sort();
         want.sort();
         assert_eq!(rest, want);
-        assert_eq!(rec.count(), 1, "one write for the whole burst");
+        rec.count()
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_burst_of_senders_shares_one_write() {
+        assert_eq!(burst(busy(32)).await, 1, "one write for the whole burst");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_lone_request_is_written_without_waiting() {
+        assert_eq!(
+            burst(busy(1)).await,
+            2,
+            "the first frame alone, then the rest"
+        );
     }
 
     #[tokio::test(flavor = "current_thread")]
@@ -224,7 +263,7 @@ mod tests {
             fail_after: Some(10_000),
             ..Recorder::default()
         };
-        let r = write_frames(rec.clone(), &mut rx, 1 << 20).await;
+        let r = write_frames(rec.clone(), &mut rx, 1 << 20, busy(8)).await;
         assert!(matches!(r, Err(Error::Io(_))), "{r:?}");
         assert_eq!(rec.bytes().len(), 10_000);
     }
