@@ -48,7 +48,7 @@ struct Wrk {
 }
 
 fn wrk(url: &str, token: Option<&str>, a: &ApiBenchArgs) -> Result<Wrk> {
-    let mut cmd = Command::new("wrk");
+    let mut cmd = Command::new(ensure_tool("wrk", "wrk")?);
     cmd.args([
         "-t2",
         &format!("-c{}", a.connections),
@@ -77,6 +77,38 @@ fn wrk(url: &str, token: Option<&str>, a: &ApiBenchArgs) -> Result<Wrk> {
         bail!("wrk saw error answers from {url}:\n{text}");
     }
     Ok(Wrk { rps, p99_ms: p99 })
+}
+
+/// Where `bin` is on PATH (or in /usr/sbin, where nginx lives).
+fn find_tool(bin: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/sbin")])
+        .map(|d| d.join(bin))
+        .find(|p| p.is_file())
+}
+
+/// The load generator and the anchor must be there: install a missing one from apt (as
+/// ci/setup.sh would), and say plainly when that is not possible instead of measuring nothing.
+fn ensure_tool(bin: &str, apt_pkg: &str) -> Result<PathBuf> {
+    if let Some(p) = find_tool(bin) {
+        return Ok(p);
+    }
+    eprintln!("{bin} is missing: installing the Debian package {apt_pkg}");
+    let ok = Command::new("apt-get")
+        .args(["install", "-y", "-q", "--no-install-recommends", apt_pkg])
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    match find_tool(bin) {
+        Some(p) => Ok(p),
+        None => bail!(
+            "cannot measure: {bin} is not installed and `apt-get install {apt_pkg}` {} \
+             (install it by hand, or run ci/setup.sh)",
+            if ok { "did not provide it" } else { "failed" }
+        ),
+    }
 }
 
 fn parse_ms(v: &str) -> Result<f64> {
@@ -133,7 +165,54 @@ pub fn run(a: ApiBenchArgs) -> i32 {
     }
 }
 
+/// Compressed bytes of the JavaScript and CSS the UI's first page load fetches: every script
+/// and stylesheet `index.html` names (lazily loaded chunks, such as the console's, are not
+/// fetched on first load), as the server sends them to a browser that accepts gzip. `None`
+/// when the binary carries no built UI.
+fn ui_first_load(base: &str) -> Result<Option<(u64, usize)>> {
+    let index = Command::new("curl")
+        .args(["-skf", &format!("{base}/")])
+        .output()
+        .context("run curl")?;
+    let html = String::from_utf8_lossy(&index.stdout).to_string();
+    let assets: Vec<&str> = html
+        .split(['"', '\''])
+        .filter(|t| t.starts_with('/') && (t.ends_with(".js") || t.ends_with(".css")))
+        .collect();
+    if assets.is_empty() {
+        return Ok(None);
+    }
+    let mut total = 0u64;
+    for path in &assets {
+        let out = Command::new("curl")
+            .args([
+                "-skf",
+                "-H",
+                "Accept-Encoding: gzip, br",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{size_download}",
+                &format!("{base}{path}"),
+            ])
+            .output()
+            .context("run curl")?;
+        if !out.status.success() {
+            bail!("GET {path} (named by index.html) failed");
+        }
+        total += String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse::<u64>()
+            .with_context(|| format!("size of {path}"))?;
+    }
+    Ok(Some((total, assets.len())))
+}
+
 async fn bench(a: &ApiBenchArgs) -> Result<()> {
+    // Before the long set-up: without these there is nothing to measure.
+    ensure_tool("curl", "curl")?;
+    ensure_tool("wrk", "wrk")?;
+    ensure_tool("nginx", "nginx-light")?;
     let _ = std::fs::remove_dir_all(&a.dir);
     std::fs::create_dir_all(&a.dir)?;
     let mut cfg = node::NodeConfig::new(a.dir.join("node"));
@@ -226,6 +305,21 @@ async fn bench(a: &ApiBenchArgs) -> Result<()> {
     let vm_list_url = format!("{base}/api/v1/vms?limit={}", a.page);
     let vm_get_url = format!("{base}/api/v1/vms/vm-{:05}", vms / 2);
 
+    // The UI's first load (target: <= 250 KB of compressed JavaScript and CSS).
+    match ui_first_load(&base)? {
+        Some((bytes, files)) => println!(
+            "{}",
+            serde_json::json!({"bench": "api", "metric": "ui_first_load_kb",
+                "ours": (bytes as f64 / 1000.0 * 10.0).round() / 10.0, "target_max": 250,
+                "files": files, "what": "compressed JS + CSS named by index.html"})
+        ),
+        None => println!(
+            "{}",
+            serde_json::json!({"bench": "api", "metric": "ui_first_load_kb", "ours": null,
+                "note": "this binary carries no built UI (build ui/ first)"})
+        ),
+    }
+
     // The anchor: nginx serving the very same bodies as static files over TLS.
     let www = a.dir.join("www");
     std::fs::create_dir_all(&www)?;
@@ -261,7 +355,8 @@ async fn bench(a: &ApiBenchArgs) -> Result<()> {
             w = www.display()
         ),
     )?;
-    let mut nginx = Command::new("nginx")
+    let nginx_bin = ensure_tool("nginx", "nginx-light")?;
+    let mut nginx = Command::new(&nginx_bin)
         .args([
             "-c",
             &conf.display().to_string(),
@@ -316,7 +411,7 @@ async fn bench(a: &ApiBenchArgs) -> Result<()> {
         Ok(())
     })();
     // SIGKILL on the master would orphan its workers: ask it to stop them first.
-    let stopped = Command::new("nginx")
+    let stopped = Command::new(&nginx_bin)
         .args([
             "-c",
             &conf.display().to_string(),
