@@ -4,7 +4,7 @@
 # serial setup wizard (tests/appliance/drive.py): SeaBIOS from CD (serial and VGA screen; a reboot
 # keeps the cluster id, CA, API certificate, admin password and virtual disk bytes), OVMF
 # from a USB stick, PID 1's recovery from a failing node service, and live network changes
-# (static, VLAN) plus the hardware watchdog (i6300esb), and two appliances joined into one cluster
+# (static, VLAN; the cluster member follows the address and commits there) plus the hardware watchdog (i6300esb), and two appliances joined into one cluster
 # over a private link between them (a second NIC; QEMU socket netdev on 127.0.0.1), one of
 # them rebooted. Also checks the ISO is byte-reproducible.
 # Prints suite-pass:/suite-fail: lines; exits non-zero on any failure.

@@ -692,13 +692,26 @@ def live():
         if not api_down(port):
             fail("live: the API still answers on the old DHCP address")
         ok("live: the API moved to the static address without a reboot (old address gone)")
+        # The cluster runs on the management network here: its member follows the address.
+        vm.expect(re.escape("UI now at https://10.0.2.20:8443/"), 30, "the new UI address on the console")
+        moved = lambda want: lambda c: [m["address"] for m in c["members"]] == [want] \
+            and c["leader"] is not None
+        wait_cluster(api, vm, "the member at 10.0.2.20:8444", moved("10.0.2.20:8444"), 60)
+        st, b = api.call("POST", "/vdisks", {"name": "after-readdress", "size_bytes": 32 << 20})
+        if st not in (200, 201):
+            fail(f"live: create vdisk after the address change -> {st} {b}")
+        ok("live: the cluster member moved to 10.0.2.20:8444 without a reboot and commits there")
         change_net(vm, "42", "10.0.42.2/24", r"network applied: eth0\.42 10\.0\.42\.2/24$")
         time.sleep(4)  # the VLAN link's IPv6 start-up (DAD, router solicitation) goes out tagged
         if not api_down(port_static):
             fail("live: the API still answers on the untagged static address after the VLAN change")
         change_net(vm, "", "dhcp", r"network applied: eth0 10\.0\.2\.15/24$")
-        Api(port).wait_health(30)
-        ok("live: back on DHCP without a reboot, the API answers again")
+        back = Api(port)
+        back.wait_health(30)
+        if back.login(PASSWORD) != 200:
+            fail("live: login back on the DHCP address failed")
+        wait_cluster(back, vm, "the member back at 10.0.2.15:8444", moved("10.0.2.15:8444"), 60)
+        ok("live: back on DHCP without a reboot, the API answers again and the member is at 10.0.2.15:8444")
         vlan_frames = pcap_vlan_frames(pcap, 42)
         if vlan_frames == 0:
             fail("live: no frame tagged with VLAN 42 reached the wire")

@@ -1,0 +1,210 @@
+//! A node whose address changes stays in its cluster: two data nodes on 127.0.0.x.
+//! - `cairn node` restarted with another `--cluster-listen` adopts it (the member announces it;
+//!   the other node's view and raft follow; commands from the moved node commit), and refuses
+//!   with a clear error an address peers cannot use (nothing changes: the old one still works).
+//! - A running node moved live (`Node::set_cluster_addr`, what the appliance's PID 1 calls on
+//!   a DHCP renewal with another address): same checks, no restart.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{cli_at as cli, free_cluster_addr, wait_until, ClusterProc as Proc};
+
+fn member_addr(s: &serde_json::Value, name: &str) -> Option<String> {
+    s["members"]
+        .as_array()?
+        .iter()
+        .find(|m| m["name"] == name)
+        .and_then(|m| m["address"].as_str().map(String::from))
+}
+
+#[test]
+fn cairn_node_adopts_a_new_cluster_address() {
+    let tmp = tempfile::Builder::new()
+        .prefix("cairn-readdress-")
+        .tempdir()
+        .unwrap();
+    let root = tmp.path();
+    let a = Proc::start(root, "a", "127.0.0.2", false);
+    let mut b = Proc::start(root, "b", "127.0.0.3", false);
+    b.join(&a);
+    let old = b.addr;
+    wait_until(60, "a sees b", || {
+        member_addr(&a.status(), "b") == Some(old.to_string())
+    });
+
+    // An address no peer can connect to: refused, saying why; nothing changes.
+    b.stop();
+    let bad = format!("0.0.0.0:{}", old.port());
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args(["node", "--no-api", "--data"])
+        .arg(&b.data)
+        .args(["--cluster-listen", &bad])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("not an address other members can connect to"),
+        "{err}"
+    );
+
+    // Another host address: adopted and announced.
+    b.addr = free_cluster_addr("127.0.0.7");
+    let new = b.addr.to_string();
+    b.restart();
+    wait_until(60, "the moved member's address in a's view", || {
+        member_addr(&a.status(), "b").as_deref() == Some(new.as_str())
+    });
+    wait_until(60, "the moved member's own view", || {
+        let s = b.status();
+        member_addr(&s, "b").as_deref() == Some(new.as_str()) && !s["leader"].is_null()
+    });
+    // It takes part at the new address: its definitions commit and a sees them.
+    b.ok(&["vdisk", "create", "after-move", "16M"]);
+    wait_until(60, "b's vdisk in a's state", || {
+        a.status()["vdisks"]
+            .as_array()
+            .is_some_and(|v| v.iter().any(|n| n == "after-move"))
+    });
+    assert!(
+        b.log().contains("announced this member's new address"),
+        "{}",
+        b.log()
+    );
+    // Saved: a plain restart (same flag) keeps it.
+    b.stop();
+    b.restart();
+    assert_eq!(member_addr(&b.status(), "b"), Some(new));
+    let o = cli(&b.data, &["cluster", "status"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+}
+
+#[test]
+fn a_running_node_moves_its_member_live() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let tmp = tempfile::Builder::new()
+            .prefix("cairn-readdress-live-")
+            .tempdir()
+            .unwrap();
+        let start = |name: &str, ip: &str| {
+            let mut cfg = node::NodeConfig::new(tmp.path().join(name));
+            cfg.disk_count = 2;
+            cfg.disk_size_bytes = 256 << 20;
+            cfg.node_name = Some(name.into());
+            cfg.api_listen = None;
+            cfg.cluster_listen = Some(free_cluster_addr(ip));
+            node::Node::start(cfg)
+        };
+        let a = start("a", "127.0.0.2").await.unwrap();
+        let b = start("b", "127.0.0.3").await.unwrap();
+        let admin = || control::Actor {
+            user: "test".into(),
+            role: control::Role::Admin,
+            via: control::Via::Internal,
+        };
+        let token = match a
+            .controller()
+            .execute(
+                admin(),
+                control::Request::ClusterToken {
+                    witness: false,
+                    ttl_secs: None,
+                },
+            )
+            .await
+            .unwrap()
+        {
+            control::Reply::ClusterToken(t) => t.token,
+            other => panic!("token: {other:?}"),
+        };
+        b.controller()
+            .execute(
+                admin(),
+                control::Request::ClusterJoin {
+                    address: a.cluster_addr().to_string(),
+                    token,
+                },
+            )
+            .await
+            .unwrap();
+        let view = |n: &node::Node| {
+            let c = n.controller();
+            async move {
+                match c
+                    .execute(admin(), control::Request::ClusterStatus)
+                    .await
+                    .unwrap()
+                {
+                    control::Reply::Cluster(v) => *v,
+                    other => panic!("status: {other:?}"),
+                }
+            }
+        };
+        let addr_of = |v: &control::ClusterView, name: &str| {
+            v.members
+                .iter()
+                .find(|m| m.name == name)
+                .map(|m| m.address.clone())
+        };
+        let wait = |what: &'static str| {
+            let deadline = std::time::Instant::now() + Duration::from_secs(60);
+            move || {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{what}: not within 60 s"
+                );
+            }
+        };
+
+        // Refused: nothing peers can use; the member stays where it was.
+        let before = b.cluster_addr();
+        let e = b
+            .set_cluster_addr("0.0.0.0:7000".parse().unwrap())
+            .await
+            .unwrap_err();
+        assert!(e.message.contains("not an address"), "{}", e.message);
+        assert_eq!(b.cluster_addr(), before);
+
+        let new = free_cluster_addr("127.0.0.8");
+        b.set_cluster_addr(new).await.unwrap();
+        assert_eq!(b.cluster_addr(), new);
+        let tick = wait("a sees b at its new address");
+        while addr_of(&view(&a).await, "b") != Some(new.to_string()) {
+            tick();
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        // Commands from the moved member commit and reach the other.
+        let tick = wait("b's vdisk created after the move");
+        loop {
+            let r = b
+                .controller()
+                .execute(
+                    admin(),
+                    control::Request::VdiskCreate {
+                        name: "live-moved".into(),
+                        size_bytes: 16 << 20,
+                    },
+                )
+                .await;
+            if r.is_ok() {
+                break;
+            }
+            tick();
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        let tick = wait("b's vdisk in a's view");
+        while !view(&a).await.vdisks.iter().any(|n| n == "live-moved") {
+            tick();
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        b.shutdown().await.unwrap();
+        a.shutdown().await.unwrap();
+    });
+}
