@@ -11,11 +11,13 @@
 mod buf;
 mod error;
 pub mod fault;
+mod malloc;
 mod ram;
 mod uring;
 
 pub use buf::{AlignedBuf, WriteBuf};
 pub use error::{BlockError, ErrorKind, Result};
+pub use malloc::tune_allocator;
 pub use fault::{FaultDevice, FaultOp, FaultStats, PowerCutPolicy, PowerCutReport, Trigger};
 pub use ram::RamDevice;
 pub use uring::{create_sparse_file, open_device, UringDevice, UringOptions};

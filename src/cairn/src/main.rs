@@ -21,6 +21,8 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    // Before any thread exists: large I/O buffers are reused instead of mapped fresh each time.
+    blockdev::tune_allocator();
     // Appliance hook (owned by the appliance work): as PID 1, `cairn` is the init system.
     if std::process::id() == 1 {
         init::pid1_main()

@@ -3,6 +3,8 @@
 //! [DATA_MIB]`. Prints its JSON lines (see `engine::bench_rebuild`).
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // As `cairn` does: the figure must be the product's, with its allocator settings.
+    blockdev::tune_allocator();
     let mut args = std::env::args().skip(1);
     let dir = std::path::PathBuf::from(args.next().unwrap_or_else(|| "bench-rebuild".into()));
     let mib: u64 = args.next().map_or(Ok(1024), |s| s.parse())?;
