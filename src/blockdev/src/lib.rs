@@ -17,8 +17,8 @@ mod uring;
 
 pub use buf::{AlignedBuf, WriteBuf};
 pub use error::{BlockError, ErrorKind, Result};
-pub use malloc::tune_allocator;
 pub use fault::{FaultDevice, FaultOp, FaultStats, PowerCutPolicy, PowerCutReport, Trigger};
+pub use malloc::tune_allocator;
 pub use ram::RamDevice;
 pub use uring::{create_sparse_file, open_device, UringDevice, UringOptions};
 
