@@ -115,7 +115,7 @@ fn import_export_round_trip_and_bad_files() {
     assert!(e.contains("qcow2"), "{e}");
     let e = n.fails(
         &["vdisk", "import", "x", &dir.path().display().to_string()],
-        2,
+        4,
     );
     assert!(e.contains("not a regular file"), "{e}");
     n.fails(&["vdisk", "import", "x", &p("missing.raw")], 3);

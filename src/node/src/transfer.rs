@@ -125,7 +125,9 @@ pub(crate) fn check_import_source(
 ) -> Result<(u64, u64), ControlError> {
     let meta = std::fs::metadata(file).map_err(|e| io_err("image", file, e))?;
     if !meta.is_file() {
-        return Err(ControlError::invalid(format!(
+        // A well-formed path naming a directory or device: the host's state refuses it (as a
+        // directory given as a pool disk), not the request's shape.
+        return Err(ControlError::conflict(format!(
             "{} is not a regular file",
             file.display()
         )));
@@ -406,7 +408,7 @@ mod tests {
             .contains("qcow2"));
         assert_eq!(
             check_import_source(dir.path(), &[]).unwrap_err().code,
-            ErrorCode::InvalidArgument
+            ErrorCode::Conflict
         );
         assert_eq!(
             check_import_source(&p("ok.raw"), &[]).unwrap(),
