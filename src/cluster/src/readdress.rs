@@ -67,6 +67,14 @@ impl ClusterNode {
             self.cfg().rpc_addr.to_string(),
             self.cfg().join_addr.to_string(),
         );
+        if self.is_leader() {
+            // The leader itself moved: raft's record of it names the old address, so asking
+            // "the leader" over the network would go there.
+            return self
+                .set_addr(Some(id), id, addr, join_addr)
+                .await
+                .map_err(Error::Rejected);
+        }
         match self
             .to_leader(|| PeerRequest::SetAddr {
                 id,
