@@ -204,6 +204,14 @@ fn a_running_node_moves_its_member_live() {
             tick();
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+        // The other one (the leader, which applies its own announce) moves too.
+        let a_new = free_cluster_addr("127.0.0.9");
+        a.set_cluster_addr(a_new).await.unwrap();
+        let tick = wait("b sees a at its new address");
+        while addr_of(&view(&b).await, "a") != Some(a_new.to_string()) {
+            tick();
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
         b.shutdown().await.unwrap();
         a.shutdown().await.unwrap();
     });
