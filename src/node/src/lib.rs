@@ -35,7 +35,8 @@ mod vms;
 mod witness;
 
 pub use config::{
-    check_cluster_readdress, NodeConfig, RaftPlace, DEFAULT_DISK_COUNT, DEFAULT_DISK_SIZE_BYTES, MIN_DISK_SIZE_BYTES,
+    check_cluster_readdress, NodeConfig, RaftPlace, DEFAULT_DISK_COUNT, DEFAULT_DISK_SIZE_BYTES,
+    MIN_DISK_SIZE_BYTES,
 };
 pub use controller::NodeController;
 pub use disks::open_device;
