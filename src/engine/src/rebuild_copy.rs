@@ -76,6 +76,33 @@ struct Started {
 }
 
 impl Inner {
+    /// Step 1 of a copy batch (rebuild, drain and resync alike): count the batch as a copy in
+    /// progress and record its intents durably, so a crash mid-copy drops the half-written
+    /// replicas on restart. On failure the count is given back and nothing was recorded; the
+    /// caller must not copy.
+    pub(crate) async fn begin_copy_batch(
+        &self,
+        intents: &[(String, ObjectId)],
+    ) -> crate::Result<()> {
+        self.copies_in_progress.fetch_add(1, Ordering::AcqRel);
+        if intents.is_empty() {
+            return Ok(());
+        }
+        let add = intents.to_vec();
+        let t = Instant::now();
+        let r = self
+            .update_meta(move |m| {
+                m.importing.extend(add);
+                Ok(())
+            })
+            .await;
+        self.rebuild.profile.add(Phase::Meta, t);
+        if r.is_err() {
+            self.copies_in_progress.fetch_sub(1, Ordering::AcqRel);
+        }
+        r
+    }
+
     /// Bring every chunk of `work` to its target placement, `batch` chunks at a time (see the
     /// module docs), pipelined: while one batch's copies run, the previous batch is flushed,
     /// recorded and its old replicas dropped, so the targets never sit idle during a flush.
@@ -128,7 +155,6 @@ impl Inner {
 
     /// Steps 1 and 2 of a batch: record its intents, then make its copies.
     async fn start_batch(&self, batch: &[(ObjectId, Slots)]) -> Started {
-        let prof = &self.rebuild.profile;
         let mut out = BatchOutcome::default();
         let intents: Vec<(String, ObjectId)> = batch
             .iter()
@@ -143,28 +169,15 @@ impl Inner {
                     .collect::<Vec<_>>()
             })
             .collect();
-        self.copies_in_progress.fetch_add(1, Ordering::AcqRel);
-        if !intents.is_empty() {
-            let add = intents.clone();
-            let t = Instant::now();
-            let r = self
-                .update_meta(move |m| {
-                    m.importing.extend(add);
-                    Ok(())
-                })
-                .await;
-            prof.add(Phase::Meta, t);
-            if let Err(e) = r {
-                self.copies_in_progress.fetch_sub(1, Ordering::AcqRel);
-                tracing::warn!(error = %e, "recording copy intents failed");
-                out.pending += batch.len() as u64;
-                out.stop = true;
-                return Started {
-                    intents: Vec::new(),
-                    copied: Vec::new(),
-                    out,
-                };
-            }
+        if let Err(e) = self.begin_copy_batch(&intents).await {
+            tracing::warn!(error = %e, "recording copy intents failed");
+            out.pending += batch.len() as u64;
+            out.stop = true;
+            return Started {
+                intents: Vec::new(),
+                copied: Vec::new(),
+                out,
+            };
         }
         // Step 2: copies, several chunks at once so each device keeps requests in flight.
         let copied: Vec<Copied> = futures::stream::iter(batch.iter().copied())

@@ -123,28 +123,14 @@ pub(super) async fn resync_disk(
 
 /// Steps 1 and 2; None if the intents could not be recorded (the chunks stay dirty).
 async fn start_batch(inner: &Inner, d: &Arc<Disk>, batch: &[ObjectId]) -> Option<Started> {
-    let prof = &inner.rebuild.profile;
     let intents: Vec<(String, ObjectId)> = batch
         .iter()
         .filter(|o| inner.index.get(**o).is_some_and(|h| h.contains(d.slot)))
         .map(|o| (d.id.clone(), *o))
         .collect();
-    inner.copies_in_progress.fetch_add(1, Ordering::AcqRel);
-    if !intents.is_empty() {
-        let add = intents.clone();
-        let t = Instant::now();
-        let r = inner
-            .update_meta(move |m| {
-                m.importing.extend(add);
-                Ok(())
-            })
-            .await;
-        prof.add(Phase::Meta, t);
-        if let Err(e) = r {
-            inner.copies_in_progress.fetch_sub(1, Ordering::AcqRel);
-            tracing::warn!(disk = %d.name, error = %e, "recording resync intents failed");
-            return None;
-        }
+    if let Err(e) = inner.begin_copy_batch(&intents).await {
+        tracing::warn!(disk = %d.name, error = %e, "recording resync intents failed");
+        return None;
     }
     let intended: Vec<ObjectId> = intents.iter().map(|(_, o)| *o).collect();
     let intended = &intended;
