@@ -172,11 +172,25 @@ fn a_running_node_moves_its_member_live() {
         assert!(e.message.contains("not an address"), "{}", e.message);
         assert_eq!(b.cluster_addr(), before);
 
+        // b mirrors to a (and serves a) on its first address before it moves.
+        let first = std::net::SocketAddr::new(before.ip(), before.port() + 2).to_string();
+        let tick = wait("b's mirror endpoint on its first address");
+        while view(&b).await.data.mirror_listen.as_deref() != Some(first.as_str()) {
+            tick();
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
         let new = free_cluster_addr("127.0.0.8");
         b.set_cluster_addr(new).await.unwrap();
         assert_eq!(b.cluster_addr(), new);
         let tick = wait("a sees b at its new address");
         while addr_of(&view(&a).await, "b") != Some(new.to_string()) {
+            tick();
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        // Its mirror endpoint (cluster port + 2) follows, so peers can mirror to it again.
+        let want = std::net::SocketAddr::new(new.ip(), new.port() + 2).to_string();
+        let tick = wait("b's mirror endpoint on its new address");
+        while view(&b).await.data.mirror_listen.as_deref() != Some(want.as_str()) {
             tick();
             tokio::time::sleep(Duration::from_millis(200)).await;
         }

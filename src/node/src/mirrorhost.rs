@@ -270,11 +270,17 @@ async fn step(inner: &NodeInner, running: &mut Option<Running>) {
 
     // Serve this node's disks (again: disks may have been added).
     r.server.serve_engine(engine);
+    let Some(addr) = mirror_addr(inner.cluster.address()) else {
+        r.warn("cluster port too high for a mirror endpoint".into());
+        return;
+    };
+    // The member moved while running (a DHCP renewal, `cairn node` on a new address): peers
+    // now mirror to the new address (they follow Member.addr), so listen there instead.
+    if let Some(h) = r.handle.as_ref().filter(|h| h.local_addr() != addr) {
+        tracing::info!(old = %h.local_addr(), new = %addr, "mirror: the cluster address moved");
+        r.handle = None;
+    }
     if r.handle.is_none() {
-        let Some(addr) = mirror_addr(inner.cluster.address()) else {
-            r.warn("cluster port too high for a mirror endpoint".into());
-            return;
-        };
         match r.server.start(addr, &r.identity).await {
             Ok(h) => {
                 tracing::info!(%addr, member = me, "mirror: serving this node's disks to peers");
