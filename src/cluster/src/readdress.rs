@@ -51,11 +51,15 @@ impl ClusterNode {
     /// Whether another member of the cluster is at a non-loopback address (on another host):
     /// such a cluster can never reach this member on a loopback address.
     pub fn has_remote_members(&self) -> bool {
-        let me = self.id();
+        self.others_remote(self.id())
+    }
+
+    /// Whether a member other than `id` is at a non-loopback address.
+    fn others_remote(&self, id: u64) -> bool {
         self.read(|s| {
             s.members
                 .values()
-                .any(|m| m.id != me && !addr_is_loopback(&m.addr))
+                .any(|m| m.id != id && !addr_is_loopback(&m.addr))
         })
     }
 
@@ -147,12 +151,7 @@ impl ClusterNode {
         if !self.is_leader() {
             return Err("not the leader; send it to the leader".into());
         }
-        let remote_others = self.read(|s| {
-            s.members
-                .values()
-                .any(|m| m.id != id && !addr_is_loopback(&m.addr))
-        });
-        if addr_is_loopback(&addr) && remote_others {
+        if addr_is_loopback(&addr) && self.others_remote(id) {
             return Err(format!(
                 "member {id} cannot move to the loopback address {addr}: members on other hosts \
                  could never reach it"
