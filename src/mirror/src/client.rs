@@ -517,7 +517,9 @@ impl RemoteReplica {
             return Ok(());
         }
         Err(StoreError::InvalidArgument(format!(
-            "node {} is unreachable and the cluster did not confirm that this node may write              without it (no majority reachable, or this node's virtual disks were taken over              by another node); write refused",
+            "node {} is unreachable and the cluster did not confirm that this node may write \
+             without it (no majority reachable, or this node's virtual disks were taken over \
+             by another node); write refused",
             self.link.node_id
         )))
     }

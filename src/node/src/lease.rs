@@ -279,7 +279,7 @@ impl Default for Lease {
 /// A snapshot of the lease for `cluster status`.
 pub(crate) struct LeaseState {
     pub length: Duration,
-    /// None: no lease needed here.
+    /// Whether this node needs a lease at all.
     pub needed: bool,
     /// Time left on the lease (None: not valid).
     pub remaining: Option<Duration>,
@@ -307,7 +307,8 @@ impl Lease {
             tracing::warn!(
                 env_ms = env.map(|e| e.as_millis() as u64),
                 cluster_ms = l.as_millis() as u64,
-                "isolation lease: CAIRN_LEASE_MS differs from the cluster's lease length; using                  the cluster's (every member must use the same one)"
+                "isolation lease: CAIRN_LEASE_MS differs from the cluster's lease length; using \
+                 the cluster's (every member must use the same one)"
             );
         }
         self.length_ms
