@@ -132,7 +132,11 @@ async fn write_eio_fails_the_disk_and_re_mirrors() -> anyhow::Result<()> {
     fd[1].fail(FaultOp::Write, Trigger::Always);
     let second = pattern(11, DATA as usize);
     h.write(DATA, &second).await?; // acknowledged on the surviving replicas
+    // Placement may have kept every new chunk off disk 1; rewriting the first region (same
+    // bytes) reaches the replicas disk 1 already holds.
+    h.write(0, &first).await?;
     h.flush().await?;
+    assert!(fd[1].stats().write_errors >= 1, "disk 1 was never written");
     let failed: Vec<_> = e
         .disks()
         .into_iter()
