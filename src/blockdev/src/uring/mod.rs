@@ -12,6 +12,8 @@
 //! It never retries a failed write or flush, and never opens a block device that is in use
 //! (O_EXCL).
 
+#[cfg(test)]
+mod reap_tests;
 mod ring;
 #[cfg(test)]
 mod ring_tests;

@@ -2,10 +2,21 @@
 //!
 //! Owns the ring, a fixed table of in-flight slots (each holding the request's buffer until the
 //! kernel is done with it), and a semaphore that bounds in-flight requests to the slot count, so
-//! the submission and completion queues can never overflow. Completions arrive through an
-//! eventfd registered with the tokio reactor: the reaper task wakes the waiting futures, lets
-//! them run, then submits everything they queued with one `io_uring_enter`. The same "plug"
-//! ([`Ring::plug`]) lets any caller queue several requests and submit them with one call.
+//! the submission and completion queues can never overflow.
+//!
+//! Completions are reaped by whoever is at hand: a thread that has just called `io_uring_enter`
+//! to submit reaps the completion queue before it returns (its own finished requests are posted
+//! on the way out of that call) and wakes their futures. The reaper task, woken through an
+//! eventfd registered with the tokio reactor, is only needed when nobody submits: it wakes the
+//! waiting futures, lets them run, then submits everything they queued with one
+//! `io_uring_enter`. The same "plug" ([`Ring::plug`]) lets any caller queue several requests and
+//! submit them with one call.
+//!
+//! The eventfd is switched off (IORING_CQ_EVENTFD_DISABLED) while anyone who will look at the
+//! completion queue afterwards is at work — a submitter inside `io_uring_enter`, or the reaper
+//! between its wake-up and going back to sleep — so a busy ring does not signal it per
+//! completion. Whoever switches it back on reaps once more afterwards; a completion posted while
+//! it was off is therefore always reaped, and one posted after signals the reaper.
 //!
 //! The ring is set up so that a completion does not interrupt the submitting thread with an
 //! IPI (COOP_TASKRUN: the kernel finishes it at that thread's next kernel entry, or wakes it if
@@ -13,12 +24,13 @@
 //! without these flags get a plain ring.
 //!
 //! It must never free or reuse a slot (and its buffer) before the kernel's completion for it was
-//! reaped, even when the request future was dropped.
+//! reaped, even when the request future was dropped, and must never reap a completion twice
+//! (the completion queue is only read under the core lock).
 
 use std::future::poll_fn;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{fence, AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
@@ -59,8 +71,12 @@ struct Core {
     in_flight: usize,
     /// Requests the kernel has (pushed, completion not yet reaped).
     in_kernel: usize,
-    /// Entries pushed to the submission queue that no `io_uring_enter` has been asked to take.
-    unsubmitted: usize,
+    /// A thread is in the submit loop ([`Ring::submit_pending`]): others leave their entries in
+    /// the queue for it, since it looks at the queue again after each `io_uring_enter`.
+    submitting: bool,
+    /// Callers that will reap after they are done (see [`Ring::quiet_begin`]); while any is
+    /// about, the eventfd is off.
+    quiet: usize,
     /// Live plugs ([`Ring::plug`]): while any is held, requests only queue; the last one to go
     /// submits everything queued.
     plugs: usize,
@@ -112,7 +128,8 @@ impl Ring {
             free: (0..n).rev().collect(),
             in_flight: 0,
             in_kernel: 0,
-            unsubmitted: 0,
+            submitting: false,
+            quiet: 0,
             plugs: 0,
         };
         let ring = Arc::new(Ring {
@@ -170,8 +187,7 @@ impl Ring {
                 "submission queue full despite the in-flight bound"
             );
             drop(sq);
-            core.unsubmitted += 1;
-            (idx, core.plugs == 0)
+            (idx, core.plugs == 0 && !core.submitting)
         };
         if submit_now {
             self.submit_pending();
@@ -191,79 +207,128 @@ impl Ring {
         Plug { ring: self }
     }
 
-    /// One `io_uring_enter` for everything queued, unless nothing is or a plug holds it. Loops
-    /// until the kernel took every entry, so nothing queued is left behind when it returns.
+    /// Entries in the submission queue the kernel has not taken yet. Callers hold `core`.
+    fn queued(&self, _core: &Core) -> usize {
+        // SAFETY: SubmissionQueues are only created while holding `core` (the argument proves
+        // the caller holds it); this one only reads the head and tail.
+        unsafe { self.uring.submission_shared() }.len()
+    }
+
+    /// One `io_uring_enter` for everything queued, unless nothing is, a plug holds it, or
+    /// another thread is already submitting (it takes these entries on its next round). Loops
+    /// until the kernel took every entry, so nothing queued is left behind when it returns;
+    /// reaps the completion queue after each call and wakes the finished requests.
     fn submit_pending(&self) {
-        for _ in 0..1000 {
-            {
-                let mut core = self.core.lock();
-                if core.unsubmitted == 0 || core.plugs > 0 {
-                    return;
-                }
-                core.unsubmitted = 0;
+        let mut wakers = Vec::new();
+        {
+            let mut core = self.core.lock();
+            if core.plugs > 0 || core.submitting || self.queued(&core) == 0 {
+                return;
             }
+            core.submitting = true;
+            self.quiet_begin(&mut core);
+        }
+        let mut done = false;
+        for _ in 0..1000 {
             match self.uring.submit() {
                 Ok(_) => {}
                 Err(e) if is_transient(&e) => std::thread::yield_now(),
                 Err(_) => break,
             }
             // The kernel stops short of the whole queue only in rare cases (no memory for a
-            // request; a bad entry on kernels without SUBMIT_ALL): what it left is still ours.
+            // request; a bad entry on kernels without SUBMIT_ALL): what it left is still ours,
+            // as is whatever other threads queued meanwhile.
             let mut core = self.core.lock();
-            // SAFETY: SubmissionQueues are only created while holding `core`.
-            let left = unsafe { self.uring.submission_shared() }.len();
-            if left == 0 {
-                return;
+            self.reap_locked(&mut core, &mut wakers);
+            if core.plugs > 0 || self.queued(&core) == 0 {
+                done = true;
+                break;
             }
-            core.unsubmitted = core.unsubmitted.max(left);
         }
-        // The entries stay in the queue; the next submit (any request's or the reaper's) takes
-        // them. Nothing is freed, so the kernel can never see a dangling buffer.
         let mut core = self.core.lock();
-        // SAFETY: SubmissionQueues are only created while holding `core`.
-        let left = unsafe { self.uring.submission_shared() }.len();
-        core.unsubmitted = core.unsubmitted.max(left);
+        core.submitting = false;
+        self.quiet_end(&mut core, &mut wakers);
         drop(core);
-        self.notify.notify_one();
+        if !done {
+            // The entries stay in the queue; the next submit (any request's or the reaper's)
+            // takes them. Nothing is freed, so the kernel can never see a dangling buffer.
+            self.notify.notify_one();
+        }
+        for w in wakers {
+            w.wake();
+        }
     }
 
-    /// Move every completion into its slot and wake the futures. Returns whether the queue is
-    /// busy: completions arrived while others are still in the kernel.
+    /// Someone will reap the completion queue after this (in [`Ring::quiet_end`]): the kernel
+    /// need not signal the eventfd meanwhile.
+    fn quiet_begin(&self, core: &mut Core) {
+        core.quiet += 1;
+        if core.quiet == 1 {
+            // SAFETY: CompletionQueues are only created while holding `core`.
+            unsafe { self.uring.completion_shared() }.disable_eventfd();
+        }
+    }
+
+    /// The end of a [`Ring::quiet_begin`]. The last one switches the eventfd back on and then
+    /// reaps: a completion posted while it was off is reaped here, one posted later signals it.
+    /// (The kernel stores the queue tail, then a full barrier, then reads the flag; this side
+    /// stores the flag, a full barrier, then reads the tail: one of the two sees the other.)
+    fn quiet_end(&self, core: &mut Core, wakers: &mut Vec<Waker>) {
+        core.quiet -= 1;
+        if core.quiet == 0 {
+            // SAFETY: CompletionQueues are only created while holding `core`.
+            unsafe { self.uring.completion_shared() }.enable_eventfd();
+            fence(Ordering::SeqCst);
+        }
+        self.reap_locked(core, wakers);
+    }
+
+    /// Move every posted completion into its slot; the wakers of finished requests go to
+    /// `wakers` (woken by the caller once `core` is released). Returns how many were reaped.
+    fn reap_locked(&self, core: &mut Core, wakers: &mut Vec<Waker>) -> usize {
+        // SAFETY: CompletionQueues are only created while holding `core`; dropping it (at the
+        // end of this fn) hands the consumed entries back to the kernel.
+        let cq = unsafe { self.uring.completion_shared() };
+        let mut freed = 0;
+        let mut reaped = 0;
+        for cqe in cq {
+            reaped += 1;
+            let idx = cqe.user_data() as usize;
+            let Some(slot) = core.slots.get_mut(idx) else {
+                continue;
+            };
+            match std::mem::replace(slot, Slot::Free) {
+                Slot::Waiting { waker, hold } => {
+                    *slot = Slot::Done {
+                        res: cqe.result(),
+                        hold,
+                    };
+                    wakers.extend(waker);
+                }
+                Slot::Abandoned { .. } => {
+                    core.free.push(idx);
+                    core.in_flight -= 1;
+                    freed += 1;
+                }
+                other => *slot = other,
+            }
+        }
+        if freed > 0 {
+            self.permits.add_permits(freed);
+        }
+        core.in_kernel -= reaped;
+        reaped
+    }
+
+    /// Reap and wake; returns whether the queue is busy: completions arrived while others are
+    /// still in the kernel.
     fn reap(&self) -> bool {
         let mut wakers = Vec::new();
-        let busy;
-        {
+        let busy = {
             let mut core = self.core.lock();
-            // SAFETY: CompletionQueues are only created while holding `core`.
-            let cq = unsafe { self.uring.completion_shared() };
-            let mut freed = 0;
-            let mut reaped = 0;
-            for cqe in cq {
-                reaped += 1;
-                let idx = cqe.user_data() as usize;
-                let Some(slot) = core.slots.get_mut(idx) else {
-                    continue;
-                };
-                match std::mem::replace(slot, Slot::Free) {
-                    Slot::Waiting { waker, hold } => {
-                        *slot = Slot::Done {
-                            res: cqe.result(),
-                            hold,
-                        };
-                        wakers.extend(waker);
-                    }
-                    Slot::Abandoned { .. } => {
-                        core.free.push(idx);
-                        core.in_flight -= 1;
-                        freed += 1;
-                    }
-                    other => *slot = other,
-                }
-            }
-            self.permits.add_permits(freed);
-            core.in_kernel -= reaped;
-            busy = reaped > 0 && core.in_kernel > 0;
-        }
+            let reaped = self.reap_locked(&mut core, &mut wakers);
+            reaped > 0 && core.in_kernel > 0
+        };
         for w in wakers {
             w.wake();
         }
@@ -277,9 +342,46 @@ impl Ring {
     /// Entries in the submission queue that the kernel has not taken yet.
     #[cfg(test)]
     pub(crate) fn queued_for_test(&self) -> usize {
+        let core = self.core.lock();
+        self.queued(&core)
+    }
+
+    /// (requests holding a slot, requests whose completion is not reaped yet)
+    #[cfg(test)]
+    pub(crate) fn counts_for_test(&self) -> (usize, usize) {
+        let core = self.core.lock();
+        (core.in_flight, core.in_kernel)
+    }
+
+    /// Act as a submitter at work: the eventfd goes off until [`Ring::quiet_end_for_test`].
+    #[cfg(test)]
+    pub(crate) fn quiet_begin_for_test(&self) {
+        self.quiet_begin(&mut self.core.lock());
+    }
+
+    #[cfg(test)]
+    pub(crate) fn quiet_end_for_test(&self) {
+        let mut wakers = Vec::new();
+        self.quiet_end(&mut self.core.lock(), &mut wakers);
+        for w in wakers {
+            w.wake();
+        }
+    }
+
+    /// Completions posted and not reaped yet.
+    #[cfg(test)]
+    pub(crate) fn posted_for_test(&self) -> usize {
         let _core = self.core.lock();
-        // SAFETY: SubmissionQueues are only created while holding `core`.
-        unsafe { self.uring.submission_shared() }.len()
+        // SAFETY: CompletionQueues are only created while holding `core`.
+        unsafe { self.uring.completion_shared() }.len()
+    }
+
+    /// Whether the kernel would signal the eventfd for a new completion now.
+    #[cfg(test)]
+    pub(crate) fn eventfd_enabled_for_test(&self) -> bool {
+        let _core = self.core.lock();
+        // SAFETY: CompletionQueues are only created while holding `core`.
+        !unsafe { self.uring.completion_shared() }.eventfd_disabled()
     }
 }
 
@@ -408,6 +510,7 @@ async fn reap_loop(ring: Arc<Ring>, afd: AsyncFd<OwnedFd>) {
         if ring.closing.load(Ordering::Acquire) && ring.in_flight() == 0 {
             return;
         }
+        // Parked only while the eventfd is on: `quiet_end` switched it on and reaped after.
         tokio::select! {
             ready = afd.readable() => match ready {
                 // Edge-triggered: clearing before reaping cannot lose a completion, since any
@@ -418,13 +521,19 @@ async fn reap_loop(ring: Arc<Ring>, afd: AsyncFd<OwnedFd>) {
             },
             _ = ring.notify.notified() => {}
         }
-        if ring.reap() {
+        ring.quiet_begin(&mut ring.core.lock());
+        while ring.reap() {
             // The queue is busy: let the woken futures run first, and submit whatever they
-            // queue with one syscall when the plug goes. (At low depth this would only add
-            // latency.)
+            // queue with one syscall when the plug goes; then look again, with the eventfd
+            // still off. (At low depth this would only add latency.)
             let _plug = ring.plug();
             tokio::task::yield_now().await;
         }
         ring.submit_pending();
+        let mut wakers = Vec::new();
+        ring.quiet_end(&mut ring.core.lock(), &mut wakers);
+        for w in wakers {
+            w.wake();
+        }
     }
 }
