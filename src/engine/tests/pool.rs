@@ -62,9 +62,12 @@ async fn added_disks_take_a_share_and_data_stays() -> anyhow::Result<()> {
     assert_eq!(disks.len(), 4);
     let total: u64 = disks.iter().map(|d| d.used_bytes).sum();
     for d in &disks {
-        // ~1/4 of the replicas each (weights equal); allow wide slack but not "nothing".
+        // Placement is random per pool: each of the 24 chunks puts a replica on a given disk
+        // with odds 1/2, so a disk holds Binomial(24, 1/2) of them (12 on average). A tenth
+        // of the total (5 chunks) was missed about 1 run in 300; a twentieth (3 chunks) about
+        // 1 in 14,000. Still fails if a new disk took no share.
         assert!(
-            d.used_bytes > total / 10,
+            d.used_bytes > total / 20,
             "disk {} got too little: {:?}",
             d.name,
             disks
