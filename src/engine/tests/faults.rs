@@ -131,7 +131,8 @@ async fn write_eio_fails_the_disk_and_re_mirrors() -> anyhow::Result<()> {
     h.flush().await?;
     fd[1].fail(FaultOp::Write, Trigger::Always);
     let second = pattern(11, DATA as usize);
-    h.write(DATA, &second).await?; // acknowledged on the surviving replicas
+    // Acknowledged on the surviving replicas.
+    h.write(DATA, &second).await?;
     // Placement may have kept every new chunk off disk 1; rewriting the first region (same
     // bytes) reaches the replicas disk 1 already holds.
     h.write(0, &first).await?;
