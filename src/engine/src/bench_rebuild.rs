@@ -74,6 +74,78 @@ pub struct RebuildLine {
     /// CPU time of this process (all threads, user + system) during the rebuild, ms (0 if
     /// /proc is not there): near 2x `secs` on two cores means CPU-bound.
     pub cpu_ms: f64,
+    /// The machine's 1-minute load average when the line was taken (0 without /proc): the
+    /// figure's context on a shared machine.
+    #[serde(default)]
+    pub load_1m: f64,
+}
+
+/// Several runs of one line: the median and range of the ratio (and of ours and the anchor),
+/// so one noisy run does not make the figure.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RebuildSummary {
+    pub bench: &'static str,
+    pub metric: String,
+    pub runs: usize,
+    pub ratio_median: f64,
+    pub ratio_min: f64,
+    pub ratio_max: f64,
+    pub ours_median_mib_s: f64,
+    pub anchor_median_mib_s: f64,
+    pub secs_median: f64,
+    pub load_min: f64,
+    pub load_max: f64,
+}
+
+/// Median of `v` (mean of the middle two for an even count); 0 for none.
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// One summary per metric of `lines` (in the order the metrics first appear).
+pub fn summarize(lines: &[RebuildLine]) -> Vec<RebuildSummary> {
+    let mut metrics: Vec<&str> = Vec::new();
+    for l in lines {
+        if !metrics.contains(&l.metric.as_str()) {
+            metrics.push(&l.metric);
+        }
+    }
+    metrics
+        .into_iter()
+        .map(|m| {
+            let of: Vec<&RebuildLine> = lines.iter().filter(|l| l.metric == m).collect();
+            let col =
+                |f: fn(&RebuildLine) -> f64| -> Vec<f64> { of.iter().map(|l| f(l)).collect() };
+            let ratios = col(|l| l.ratio);
+            let loads = col(|l| l.load_1m);
+            RebuildSummary {
+                bench: "cluster",
+                metric: m.to_string(),
+                runs: of.len(),
+                ratio_median: median(&mut ratios.clone()),
+                ratio_min: ratios.iter().copied().fold(f64::INFINITY, f64::min),
+                ratio_max: ratios.iter().copied().fold(0.0, f64::max),
+                ours_median_mib_s: median(&mut col(|l| l.ours)),
+                anchor_median_mib_s: median(&mut col(|l| l.anchor)),
+                secs_median: median(&mut col(|l| l.secs)),
+                load_min: loads.iter().copied().fold(f64::INFINITY, f64::min),
+                load_max: loads.iter().copied().fold(0.0, f64::max),
+            }
+        })
+        .collect()
+}
+
+/// The machine's 1-minute load average (0 without /proc/loadavg).
+pub fn load_1m() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0.0)
 }
 
 /// If `CAIRN_PERF_CTL` names a `perf record --control=fifo:...` control FIFO, send it `cmd`
@@ -89,7 +161,7 @@ fn perf_ctl(cmd: &str) {
 }
 
 /// User + system CPU time of this process so far, ms (from /proc/self/stat; 0 without it).
-fn cpu_ms() -> f64 {
+pub(crate) fn cpu_ms() -> f64 {
     let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
         return 0.0;
     };
@@ -115,7 +187,7 @@ fn io_err(p: &Path) -> impl Fn(blockdev::BlockError) -> EngineError + '_ {
 }
 
 /// An engine (node `node`) with one disk: a pre-written file in `dir`, or RAM.
-async fn engine_with_disk(
+pub(crate) async fn engine_with_disk(
     dir: &Path,
     node: u64,
     size: u64,
@@ -181,7 +253,7 @@ async fn fill_zeros(dev: &Arc<dyn BlockDevice>, what: &Path) -> Result<()> {
 /// each cached range would pay for dropping those pages, in the anchor or the rebuild
 /// depending on what was written before). The engine adopts a disk whose first MiB is blank,
 /// so zeros.
-async fn prewrite_file(path: &Path, bytes: u64) -> Result<()> {
+pub(crate) async fn prewrite_file(path: &Path, bytes: u64) -> Result<()> {
     let err = |e: std::io::Error| EngineError::io(format!("{}: {e}", path.display()));
     let f = std::fs::File::create(path).map_err(err)?;
     f.set_len(bytes).map_err(err)?;
@@ -194,7 +266,7 @@ async fn prewrite_file(path: &Path, bytes: u64) -> Result<()> {
 
 /// Sequential 1 MiB writes at queue depth 4 over `len` bytes of the file, one flush at the
 /// end; MiB/s.
-async fn seq_write_mibs(path: &Path, len: u64) -> Result<f64> {
+pub(crate) async fn seq_write_mibs(path: &Path, len: u64) -> Result<f64> {
     let dev: Arc<dyn BlockDevice> = blockdev::open_device(path).map_err(io_err(path))?;
     let step = crate::CHUNK_BYTES;
     let n = (len / step).max(1);
@@ -220,26 +292,35 @@ async fn seq_write_mibs(path: &Path, len: u64) -> Result<f64> {
 
 /// Runs the rebuild benchmark and returns its JSON lines (see the module docs).
 pub async fn rebuild_after_node_loss(opts: &RebuildOpts) -> Result<Vec<RebuildLine>> {
-    std::fs::create_dir_all(&opts.dir)
-        .map_err(|e| EngineError::io(format!("{}: {e}", opts.dir.display())))?;
     let mut lines = Vec::new();
-    for (ram_source, metric) in [
-        (true, "rebuild_after_node_loss_mib_s"),
-        (false, "rebuild_after_node_loss_one_device_mib_s"),
-    ] {
-        let r = one_rebuild(opts, ram_source, metric).await;
-        for n in 1..=3 {
-            let _ = std::fs::remove_file(opts.dir.join(format!("rebuild-node{n}.img")));
-        }
-        lines.push(r?);
+    for ram_source in [true, false] {
+        lines.push(rebuild_line(opts, ram_source).await?);
     }
     Ok(lines)
 }
 
+/// One run of one line: `ram_source` picks the RAM line (node 1's disk in RAM) or the
+/// one-device line. Removes its files afterwards.
+pub async fn rebuild_line(opts: &RebuildOpts, ram_source: bool) -> Result<RebuildLine> {
+    std::fs::create_dir_all(&opts.dir)
+        .map_err(|e| EngineError::io(format!("{}: {e}", opts.dir.display())))?;
+    let metric = if ram_source {
+        "rebuild_after_node_loss_mib_s"
+    } else {
+        "rebuild_after_node_loss_one_device_mib_s"
+    };
+    let r = one_rebuild(opts, ram_source, metric).await;
+    for n in 1..=3 {
+        let _ = std::fs::remove_file(opts.dir.join(format!("rebuild-node{n}.img")));
+    }
+    r
+}
+
 async fn one_rebuild(opts: &RebuildOpts, ram_source: bool, metric: &str) -> Result<RebuildLine> {
     let data = opts.data_bytes.clamp(64 << 20, 8 << 30) / crate::CHUNK_BYTES * crate::CHUNK_BYTES;
-    // Node 1 holds every chunk; node 2 must be able to take all of them after the loss.
-    let size = data + data / 2 + (256 << 20);
+    // Node 1 holds every chunk; node 2 must be able to take all of them after the loss (plus
+    // room for the store's own records).
+    let size = data + data / 4 + (256 << 20);
     let (e1, _) = engine_with_disk(&opts.dir, 1, size, ram_source).await?;
     let (e2, _) = engine_with_disk(&opts.dir, 2, size, false).await?;
     let (e3, p3) = engine_with_disk(&opts.dir, 3, size, false).await?;
@@ -335,5 +416,6 @@ async fn one_rebuild(opts: &RebuildOpts, ram_source: bool, metric: &str) -> Resu
         flushes: prof.flushes - prof0.flushes,
         chunks: prof.chunks - prof0.chunks,
         cpu_ms: cpu,
+        load_1m: load_1m(),
     })
 }

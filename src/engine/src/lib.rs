@@ -117,6 +117,7 @@ mod adopt;
 mod background;
 pub mod bench;
 pub mod bench_rebuild;
+pub mod bench_resync;
 mod core;
 mod error;
 mod handle;
