@@ -79,7 +79,7 @@ enum Data<'a> {
     /// The caller's bytes (copied into an aligned buffer).
     Slice(&'a [u8]),
     /// A buffer handed over whole: block-aligned length, written without a copy.
-    Owned(blockdev::AlignedBuf),
+    Owned(blockdev::WriteBuf),
 }
 
 impl Data<'_> {
@@ -276,26 +276,32 @@ impl VdiskHandle {
     /// Write the first `len` bytes of `buf` at `offset`, taking the buffer: a caller that fills
     /// an aligned buffer itself (virtio-blk gathering guest memory) saves the copy `write` makes.
     /// Block-aligned requests go to the replicas straight from `buf`; others fall back to
-    /// `write`'s path. `len` beyond the buffer is an invalid-argument error.
+    /// `write`'s path. `len` beyond the buffer is an invalid-argument error. The buffer comes
+    /// back for reuse unless something still holds it (a replica write that outlived the call).
     pub async fn write_owned(
         &self,
         offset: u64,
         buf: blockdev::AlignedBuf,
         len: usize,
-    ) -> Result<()> {
+    ) -> (Option<blockdev::AlignedBuf>, Result<()>) {
         let t = Instant::now();
-        let r = if len > buf.len() {
-            Err(EngineError::invalid(format!(
+        let (back, r) = if len > buf.len() {
+            let e = EngineError::invalid(format!(
                 "write of {len} bytes from a {}-byte buffer",
                 buf.len()
-            )))
+            ));
+            (Some(buf), Err(e))
         } else if aligned(offset) && aligned(len as u64) && len == buf.len() {
-            self.write_counted(offset, Data::Owned(buf)).await
+            let shared = Arc::new(buf);
+            let wb = blockdev::WriteBuf::new(shared.clone());
+            let r = self.write_counted(offset, Data::Owned(wb)).await;
+            (Arc::try_unwrap(shared).ok(), r)
         } else {
-            self.write_counted(offset, Data::Slice(&buf[..len])).await
+            let r = self.write_counted(offset, Data::Slice(&buf[..len])).await;
+            (Some(buf), r)
         };
         self.rt.io.write.record(len as u64, t, r.is_ok());
-        r
+        (back, r)
     }
 
     async fn write_counted(&self, offset: u64, data: Data<'_>) -> Result<()> {
@@ -313,7 +319,7 @@ impl VdiskHandle {
         let g = self.rt.enter();
         let wb = match data {
             // `write_owned` passes its buffer only for whole, aligned blocks.
-            Data::Owned(b) => b.into_write(),
+            Data::Owned(b) => b,
             Data::Slice(d) if aligned(offset) && aligned(len) => {
                 blockdev::AlignedBuf::from_slice(d).into_write()
             }

@@ -90,9 +90,14 @@ pub trait AsyncDisk: Send + Sync {
         let _ = (offset, len);
         None
     }
-    /// Writes the first `len` bytes of `buf` at `offset`.
-    fn write(&self, offset: u64, buf: AlignedBuf, len: usize)
-        -> IoFuture<Result<(), BackendError>>;
+    /// Writes the first `len` bytes of `buf` at `offset`; gives the buffer back for reuse
+    /// when nothing else holds it any more.
+    fn write(
+        &self,
+        offset: u64,
+        buf: AlignedBuf,
+        len: usize,
+    ) -> IoFuture<(Option<AlignedBuf>, Result<(), BackendError>)>;
     /// Makes every write completed before the call durable.
     fn flush(&self) -> IoFuture<Result<(), BackendError>>;
     /// Frees `len` bytes at `offset` (reads return zeros).

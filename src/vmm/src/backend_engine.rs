@@ -102,9 +102,12 @@ impl AsyncDisk for EngineDisk {
         offset: u64,
         buf: AlignedBuf,
         len: usize,
-    ) -> IoFuture<Result<(), BackendError>> {
+    ) -> IoFuture<(Option<AlignedBuf>, Result<(), BackendError>)> {
         let h = self.handle.clone();
-        Box::pin(async move { h.write_owned(offset, buf, len).await.map_err(map) })
+        Box::pin(async move {
+            let (back, r) = h.write_owned(offset, buf, len).await;
+            (back, r.map_err(map))
+        })
     }
     fn flush(&self) -> IoFuture<Result<(), BackendError>> {
         let h = self.handle.clone();
@@ -162,11 +165,13 @@ mod tests {
         // Whole blocks: the buffer goes to the engine as it is.
         let w = fill(8192, 1);
         let expect = w[..8192].to_vec();
-        rt.block_on(a.write(1 << 20, w, 8192)).unwrap();
+        let (back, r) = rt.block_on(a.write(1 << 20, w, 8192));
+        r.unwrap();
+        assert_eq!(back.map(|b| b.len()), Some(8192), "the buffer comes back");
         // One sector inside a block: the read-modify-write path.
         let s = fill(512, 9);
         let sector = s[..512].to_vec();
-        rt.block_on(a.write((1 << 20) + 512, s, 512)).unwrap();
+        rt.block_on(a.write((1 << 20) + 512, s, 512)).1.unwrap();
         let (back, r) = rt.block_on(a.read(1 << 20, AlignedBuf::for_overwrite(8192), 8192));
         r.unwrap();
         let mut want = expect.clone();
@@ -175,8 +180,9 @@ mod tests {
         let mut sync_back = vec![0u8; 8192];
         DiskBackend::read(&disk, 1 << 20, &mut sync_back).unwrap();
         assert_eq!(sync_back, want);
-        let err = rt.block_on(a.write(0, AlignedBuf::for_overwrite(4096), 8192));
+        let (back, err) = rt.block_on(a.write(0, AlignedBuf::for_overwrite(4096), 8192));
         assert!(matches!(err, Err(BackendError::Io(_))), "{err:?}");
+        assert!(back.is_some(), "a refused write gives its buffer back");
         let (_, r) = rt.block_on(a.read(0, AlignedBuf::for_overwrite(4096), 8192));
         assert!(matches!(r, Err(BackendError::OutOfRange { .. })), "{r:?}");
         rt.block_on(a.flush()).unwrap();
@@ -184,7 +190,7 @@ mod tests {
         let across = engine::CHUNK_BYTES - 4096;
         let w = fill(8192, 3);
         let want = w[..8192].to_vec();
-        rt.block_on(a.write(across, w, 8192)).unwrap();
+        rt.block_on(a.write(across, w, 8192)).1.unwrap();
         let owned = rt
             .block_on(a.read_owned(across, 8192).expect("the engine reads owned"))
             .unwrap();

@@ -120,12 +120,20 @@ fn parse_iops(out: &str, tsc_hz: f64) -> Result<f64> {
     }
 }
 
+/// What one run of our VMM gave: debug output, time to the first debug write, and host CPU
+/// outside the vCPU threads from start to exit (see [`crate::bench_cpu`]).
+struct OursRun {
+    out: String,
+    boot: Duration,
+    host_cpu_ns: u64,
+}
+
 fn ours_run(
     opts: &BenchOptions,
     elf: &Path,
     cmdline: &str,
     backend: Arc<dyn DiskBackend>,
-) -> Result<(String, Duration)> {
+) -> Result<OursRun> {
     let boot = BootConfig {
         kernel: elf.to_path_buf(),
         initrd: None,
@@ -140,8 +148,12 @@ fn ours_run(
     });
     let t0 = Instant::now();
     let mut vm = Vm::create(cfg)?;
+    let cpu0 = crate::bench_cpu::process_cpu_ns();
     vm.start()?;
     let reason = vm.wait_exit(Duration::from_secs(300));
+    let host_cpu_ns = crate::bench_cpu::process_cpu_ns()
+        .saturating_sub(cpu0)
+        .saturating_sub(vm.stats().vcpu_time_ns);
     let out = String::from_utf8_lossy(&vm.debug_output()).into_owned();
     let boot = vm
         .started_at()
@@ -155,7 +167,11 @@ fn ours_run(
         )));
     }
     let _ = opts;
-    Ok((out, boot))
+    Ok(OursRun {
+        out,
+        boot,
+        host_cpu_ns,
+    })
 }
 
 /// QEMU arguments for the benchmark disk: `drive` on virtio-blk-pci with an iothread.
@@ -173,15 +189,26 @@ fn blk_args(drive: &str) -> Vec<String> {
     .collect()
 }
 
-/// Runs QEMU (`vcpus` vCPUs, `devices` as extra arguments) on the guest; returns (debug output,
-/// time to first debug byte, RSS overhead bytes).
+/// What one QEMU run gave.
+pub(crate) struct QemuRun {
+    /// Debug-port output.
+    pub out: String,
+    /// Time to the first debug byte.
+    pub first: Duration,
+    /// RSS overhead bytes (measured for the `spin` guest only).
+    pub rss_overhead: u64,
+    /// CPU of its non-vCPU threads, sampled (see [`crate::bench_cpu`]).
+    pub host_cpu_ns: u64,
+}
+
+/// Runs QEMU (`vcpus` vCPUs, `devices` as extra arguments) on the guest.
 pub(crate) fn qemu_run(
     opts: &BenchOptions,
     elf: &Path,
     cmdline: &str,
     devices: &[String],
     vcpus: u8,
-) -> Result<(String, Duration, u64)> {
+) -> Result<QemuRun> {
     let measure_memory = cmdline == "spin";
     let t0 = Instant::now();
     let mut child = Command::new(&opts.qemu)
@@ -194,6 +221,9 @@ pub(crate) fn qemu_run(
             "128",
             "-nodefaults",
             "-no-user-config",
+            // Named threads ("CPU 0/KVM", "IO io0"): the CPU sampler leaves the vCPUs out.
+            "-name",
+            "bench,debug-threads=on",
             "-smp",
         ])
         .arg(vcpus.to_string())
@@ -223,6 +253,7 @@ pub(crate) fn qemu_run(
         .spawn()
         .map_err(io_err("spawn qemu"))?;
     let pid = child.id();
+    let sampler = crate::bench_cpu::ThreadSampler::start(pid);
     let mut stdout = child
         .stdout
         .take()
@@ -246,11 +277,12 @@ pub(crate) fn qemu_run(
         }
     }
     let _ = child.wait();
-    Ok((
-        String::from_utf8_lossy(&out).into_owned(),
-        first.unwrap_or_default(),
+    Ok(QemuRun {
+        out: String::from_utf8_lossy(&out).into_owned(),
+        first: first.unwrap_or_default(),
         rss_overhead,
-    ))
+        host_cpu_ns: sampler.finish(),
+    })
 }
 
 /// RSS of `pid` minus the resident part of its guest RAM mapping (the mapping of `ram_bytes`).
@@ -364,12 +396,12 @@ pub fn run(opts: &BenchOptions) -> Result<Vec<BenchLine>> {
     let ram: Arc<dyn DiskBackend> = Arc::new(RamDisk::new(opts.disk_bytes));
     let (mut o, mut a, mut om, mut am) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..opts.runs.max(1) {
-        let (_, boot) = ours_run(opts, &elf, "hello", ram.clone())?;
+        let boot = ours_run(opts, &elf, "hello", ram.clone())?.boot;
         o.push(boot.as_secs_f64() * 1000.0);
         om.push(ours_memory(&elf)? as f64 / (1 << 20) as f64);
-        let (_, qboot, qmem) = qemu_run(opts, &elf, "spin", &blk_args(&null_drive), 1)?;
-        a.push(qboot.as_secs_f64() * 1000.0);
-        am.push(qmem as f64 / (1 << 20) as f64);
+        let q = qemu_run(opts, &elf, "spin", &blk_args(&null_drive), 1)?;
+        a.push(q.first.as_secs_f64() * 1000.0);
+        am.push(q.rss_overhead as f64 / (1 << 20) as f64);
     }
     emit(
         BenchLine::new(
@@ -414,10 +446,12 @@ fn prewrite_file(path: &Path, bytes: u64, fill: u8) -> Result<()> {
 
 /// Developer knobs for profiling one side (read from the environment, never set by `cairn
 /// bench`): `CAIRN_BENCH_VMM_QD=32` runs only that queue depth, `CAIRN_BENCH_VMM_ANCHOR=off`
-/// skips QEMU (its figure then reads 0), so `perf` sees only Cairn's process.
+/// skips QEMU (its figure then reads 0), so `perf` sees only Cairn's process;
+/// `CAIRN_BENCH_VMM_EACH=1` also prints every run's figures, not only the medians.
 struct ProbeKnobs {
     qd: Option<u32>,
     anchor: bool,
+    each: bool,
 }
 
 impl ProbeKnobs {
@@ -427,6 +461,7 @@ impl ProbeKnobs {
                 .ok()
                 .and_then(|v| v.parse().ok()),
             anchor: std::env::var("CAIRN_BENCH_VMM_ANCHOR").as_deref() != Ok("off"),
+            each: std::env::var("CAIRN_BENCH_VMM_EACH").as_deref() == Ok("1"),
         }
     }
 
@@ -505,19 +540,21 @@ pub fn run_disks(opts: &BenchOptions, kinds: &[&str]) -> Result<Vec<BenchLine>> 
                     continue;
                 }
                 let cmd = format!("bench-{op} qd={qd} ops={}", opts.ops);
-                let mut o = Vec::new();
-                let mut a = Vec::new();
+                let (mut o, mut a, mut oc, mut ac) =
+                    (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+                let per_io_us = |ns: u64| ns as f64 / 1000.0 / opts.ops.max(1) as f64;
                 for _ in 0..opts.runs.max(1) {
-                    o.push(parse_iops(
-                        &ours_run(opts, &elf, &cmd, ours_backend.clone())?.0,
-                        tsc_hz,
-                    )?);
+                    let r = ours_run(opts, &elf, &cmd, ours_backend.clone())?;
+                    o.push(parse_iops(&r.out, tsc_hz)?);
+                    oc.push(per_io_us(r.host_cpu_ns));
                     if probe.anchor {
-                        a.push(parse_iops(
-                            &qemu_run(opts, &elf, &cmd, &blk_args(drive), 1)?.0,
-                            tsc_hz,
-                        )?);
+                        let q = qemu_run(opts, &elf, &cmd, &blk_args(drive), 1)?;
+                        a.push(parse_iops(&q.out, tsc_hz)?);
+                        ac.push(per_io_us(q.host_cpu_ns));
                     }
+                }
+                if probe.each {
+                    println!("runs {kind}-{op} qd{qd}: iops {o:.0?} vs {a:.0?}; host cpu us/io {oc:.1?} vs {ac:.1?}");
                 }
                 emit(
                     BenchLine::new(
@@ -526,6 +563,16 @@ pub fn run_disks(opts: &BenchOptions, kinds: &[&str]) -> Result<Vec<BenchLine>> 
                         median(a),
                         anchor_name,
                         true,
+                    ),
+                    &mut lines,
+                );
+                emit(
+                    BenchLine::new(
+                        &format!("{kind}_rand{op}_qd{qd}_host_cpu_us_per_io"),
+                        median(oc),
+                        median(ac),
+                        anchor_name,
+                        false,
                     ),
                     &mut lines,
                 );

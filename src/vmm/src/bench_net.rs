@@ -139,8 +139,8 @@ fn run_in_namespace(
         for _ in 0..opts.runs.max(1) {
             let run = || -> Result<(f64, f64)> {
                 let ours = parse_bps(&ours(elf, &cmd, pairs)?, tsc_hz)?;
-                let (out, _, _) = qemu_run(opts, elf, &cmd, &qemu_net_args(pairs), pairs)?;
-                Ok((ours, parse_bps(&out, tsc_hz)?))
+                let q = qemu_run(opts, elf, &cmd, &qemu_net_args(pairs), pairs)?;
+                Ok((ours, parse_bps(&q.out, tsc_hz)?))
             };
             match run() {
                 Ok((x, y)) => {

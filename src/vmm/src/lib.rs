@@ -65,6 +65,7 @@ pub mod backend;
 pub mod backend_engine;
 pub mod backend_file;
 pub mod bench;
+pub mod bench_cpu;
 pub mod bench_net;
 pub mod boot;
 pub mod bus;

@@ -81,7 +81,7 @@ impl AsyncDisk for HeldDisk {
         offset: u64,
         buf: blockdev::AlignedBuf,
         len: usize,
-    ) -> IoFuture<Result<(), BackendError>> {
+    ) -> IoFuture<(Option<blockdev::AlignedBuf>, Result<(), BackendError>)> {
         let d = self.0.clone();
         Box::pin(async move {
             let n = d.started.fetch_add(1, Ordering::SeqCst) + 1;
@@ -101,7 +101,7 @@ impl AsyncDisk for HeldDisk {
             tokio::time::sleep(HOLD).await;
             let r = d.ram.write(offset, &buf[..len]);
             d.finished.fetch_add(1, Ordering::SeqCst);
-            r
+            (Some(buf), r)
         })
     }
     fn flush(&self) -> IoFuture<Result<(), BackendError>> {

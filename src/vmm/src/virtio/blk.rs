@@ -8,7 +8,7 @@
 //! memory, sector ranges inside the disk, request size bounds. A bad request completes with
 //! IOERR/UNSUPP; nothing the guest writes can fail the VM or the host.
 
-use super::blk_async::{AsyncQueue, QueueSetup, WriteOrder, DRAIN_TIMEOUT};
+use super::blk_async::{AsyncQueue, QueueSetup, StopDriversOnDrop, WriteOrder, DRAIN_TIMEOUT};
 use super::{
     ActivateContext, QueueIrq, VirtioDevice, Worker, F_EVENT_IDX, F_INDIRECT_DESC, F_VERSION_1,
     TYPE_BLOCK,
@@ -538,8 +538,8 @@ impl Blk {
 }
 
 impl Blk {
-    /// Per queue: a queue thread that parses chains and starts each as a task on the disk's
-    /// runtime.
+    /// Per queue: a queue thread that parses chains and hands each to one of the queue's
+    /// driver tasks on the disk's runtime.
     fn activate_async(&mut self, mut ctx: ActivateContext, disk: Arc<dyn AsyncDisk>) -> Result<()> {
         let queues = std::mem::take(&mut ctx.queues);
         let max_inflight = queues.iter().map(|q| usize::from(q.queue.size())).sum();
@@ -567,7 +567,9 @@ impl Blk {
                     limit,
                 },
             );
-            let polled = q.clone();
+            // The queue thread owns the drivers' stop: when it ends (reset, VM deleted), the
+            // drivers end too, once their requests finished.
+            let polled = StopDriversOnDrop(q.clone());
             let w = Worker::spawn(
                 format!("{}-q{}", ctx.name, aq.index),
                 ctx.seccomp,
@@ -575,7 +577,7 @@ impl Blk {
                 aq.notify,
                 None,
                 move |_| {
-                    polled.poll();
+                    polled.0.poll();
                     true
                 },
             )?;

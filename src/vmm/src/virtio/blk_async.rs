@@ -1,9 +1,10 @@
 //! virtio-blk queues served by an [`AsyncDisk`] (the engine): the queue thread walks and parses
-//! each chain and starts it as a task on the disk's runtime; the task runs the request, writes
-//! its data and status byte and publishes it, together with whatever else completed meanwhile.
-//! No thread blocks per request; tasks spread over the runtime's workers. Engine reads are
-//! copied once, from the engine's verified buffers straight into guest memory; other disks'
-//! read buffers are reused.
+//! each chain and hands it to one of the queue's drivers ([`super::blk_driver`]: long-lived
+//! tasks on the disk's runtime, one per worker, so no task is spawned per request); the request
+//! runs there, writes its data and status byte, and the driver publishes every completion of
+//! its pass at once. No thread blocks per request. Engine reads are copied once, from the
+//! engine's verified buffers straight into guest memory; read and write buffers are reused
+//! (the engine hands a write's buffer back when no replica holds it any more).
 //!
 //! What it guarantees:
 //! - at most `limit` (the queue size) requests per queue in flight; at the limit the queue
@@ -21,13 +22,17 @@
 //! after `close` returned.
 
 use super::blk::{parse, Chain, Outcome, Req, SERIAL_BYTES, S_OK};
+use super::blk_driver::{drive, Driver, ReqFuture};
 use crate::backend::AsyncDisk;
 use crate::memory::GuestMemoryMmap;
 use crate::stats::DeviceCounters;
 use blockdev::AlignedBuf;
 use parking_lot::{Condvar, Mutex, RwLock};
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+use std::sync::atomic::{
+    AtomicBool, AtomicUsize,
+    Ordering::{Relaxed, SeqCst},
+};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use virtio_queue::{Queue, QueueT};
@@ -139,8 +144,11 @@ pub struct AsyncQueue {
     kick: EventFd,
     /// Completions waiting for the used ring: (head, used length). Reserved to `limit`.
     burst: Mutex<Vec<(u16, u32)>>,
-    /// Read buffers kept for reuse (at most `limit`), so a read allocates nothing.
+    /// Read and write buffers kept for reuse (at most `limit`), so a request allocates none.
     bufs: Mutex<Vec<AlignedBuf>>,
+    /// The tasks that run this queue's requests, and the next one to deal a request to.
+    drivers: Vec<Arc<Driver<Job>>>,
+    next_driver: AtomicUsize,
     /// False once closed: requests still running afterwards leave guest memory alone.
     live: RwLock<bool>,
     closing: AtomicBool,
@@ -173,7 +181,13 @@ pub struct QueueSetup {
     pub limit: usize,
 }
 
-/// Largest read buffer kept for reuse (bigger reads allocate; guests mostly read 4-128 KiB).
+/// A parsed request on its way to a driver.
+type Job = (InFlight, Req);
+
+/// Most drivers per queue (one per runtime worker up to this).
+const MAX_DRIVERS: usize = 4;
+
+/// Largest buffer kept for reuse (bigger reads allocate; guests mostly read 4-128 KiB).
 const KEEP_BUF_BYTES: usize = 128 << 10;
 
 /// A request in flight. Finishing it stages the outcome for the used ring; dropping it
@@ -305,12 +319,21 @@ async fn run(mut job: InFlight, req: Req) {
             q.put_buf(buf);
         }
         Req::Write { off, len } => {
-            let mut buf = AlignedBuf::for_overwrite(len);
+            let mut buf = q.take_buf(len);
             let gathered = {
                 let live = q.live.read();
                 *live && job.chain.gather(&q.mem, 16, &mut buf[..len])
             };
-            let ok = gathered && q.disk.write(off, buf, len).await.is_ok();
+            let ok = if gathered {
+                let (back, r) = q.disk.write(off, buf, len).await;
+                if let Some(b) = back {
+                    q.put_buf(b);
+                }
+                r.is_ok()
+            } else {
+                q.put_buf(buf);
+                false
+            };
             if ok {
                 q.counters.count_write(len);
             }
@@ -332,9 +355,15 @@ async fn run(mut job: InFlight, req: Req) {
 
 impl AsyncQueue {
     /// State for one queue.
+    /// Starts its drivers on the disk's runtime; they end after [`AsyncQueue::close`] (or
+    /// [`AsyncQueue::stop_drivers`]) once their requests finished.
     pub fn new(queue: Queue, setup: QueueSetup) -> Arc<Self> {
         let limit = setup.limit.max(1);
-        Arc::new(Self {
+        let workers = setup.disk.runtime().metrics().num_workers();
+        let drivers = (0..workers.clamp(1, MAX_DRIVERS))
+            .map(|_| Driver::new(limit))
+            .collect();
+        let q = Arc::new(Self {
             queue: Mutex::new(queue),
             mem: setup.mem,
             disk: setup.disk,
@@ -351,10 +380,27 @@ impl AsyncQueue {
             kick: setup.kick,
             burst: Mutex::new(Vec::with_capacity(limit)),
             bufs: Mutex::new(Vec::with_capacity(limit)),
+            drivers,
+            next_driver: AtomicUsize::new(0),
             live: RwLock::new(true),
             closing: AtomicBool::new(false),
             drained: (Mutex::new(()), Condvar::new()),
-        })
+        });
+        for d in &q.drivers {
+            let published = q.clone();
+            let start = |(job, req): Job| -> ReqFuture { Box::pin(run(job, req)) };
+            q.disk
+                .runtime()
+                .spawn(drive(d.clone(), start, move || published.publish()));
+        }
+        q
+    }
+
+    /// Lets the drivers end once their requests finished. No request may be submitted after.
+    pub fn stop_drivers(&self) {
+        for d in &self.drivers {
+            d.stop();
+        }
     }
 
     /// Requests in flight now.
@@ -400,15 +446,22 @@ impl AsyncQueue {
         self.release(n);
     }
 
-    /// A read buffer of at least `len` bytes (a kept one if it fits).
+    /// A buffer of `len` bytes rounded up to whole blocks, as [`AlignedBuf::for_overwrite`]
+    /// sizes it (a kept one of exactly that size if there is one: the engine writes straight
+    /// from a buffer only when the request fills it).
     fn take_buf(&self, len: usize) -> AlignedBuf {
-        match self.bufs.lock().pop() {
-            Some(b) if b.len() >= len => b,
-            _ => AlignedBuf::for_overwrite(len),
+        let want = len.max(1).div_ceil(blockdev::BLOCK_SIZE) * blockdev::BLOCK_SIZE;
+        let mut bufs = self.bufs.lock();
+        match bufs.iter().rposition(|b| b.len() == want) {
+            Some(i) => bufs.swap_remove(i),
+            None => {
+                drop(bufs);
+                AlignedBuf::for_overwrite(len)
+            }
         }
     }
 
-    /// Keeps `buf` for a later read (bounded in count and size).
+    /// Keeps `buf` for a later request (bounded in count and size).
     fn put_buf(&self, buf: AlignedBuf) {
         let mut bufs = self.bufs.lock();
         if bufs.len() < self.limit && buf.len() <= KEEP_BUF_BYTES {
@@ -421,6 +474,8 @@ impl AsyncQueue {
     pub fn poll(self: &Arc<Self>) {
         let mem = self.mem.clone();
         let mut staged = false;
+        // Drivers that got requests in this pass (each is woken once, at the end).
+        let mut handed = [false; MAX_DRIVERS];
         'outer: loop {
             let mut q = self.queue.lock();
             if q.event_idx_enabled() {
@@ -447,7 +502,10 @@ impl AsyncQueue {
                     &mem,
                     chain.map(|d| (d.addr().0, d.len(), d.is_write_only())),
                 ) {
-                    Ok(c) => staged |= !self.submit(head, c, start),
+                    Ok(c) => match self.submit(head, c, start) {
+                        Some(d) => handed[d] = true,
+                        None => staged = true,
+                    },
                     Err(_) => {
                         // No usable status byte: answer with a zero length.
                         self.counters.errors.fetch_add(1, SeqCst);
@@ -461,14 +519,17 @@ impl AsyncQueue {
                 break;
             }
         }
+        for (d, _) in self.drivers.iter().zip(handed).filter(|(_, h)| *h) {
+            d.kick();
+        }
         if staged {
             self.publish();
         }
     }
 
-    /// Parses one chain; answers it here if no disk I/O is needed (returns false, the caller
-    /// publishes), else starts its task (returns true).
-    fn submit(self: &Arc<Self>, head: u16, chain: Chain, start: Instant) -> bool {
+    /// Parses one chain; answers it here if no disk I/O is needed (returns None, the caller
+    /// publishes), else hands it to a driver (returns the driver's index; the caller kicks it).
+    fn submit(self: &Arc<Self>, head: u16, chain: Chain, start: Instant) -> Option<usize> {
         let req = parse(&self.mem, &chain, self.size, self.read_only);
         // The order is fixed here, in ring order: writes join the current epoch, a flush
         // closes it and later waits for it.
@@ -491,20 +552,17 @@ impl AsyncQueue {
         match req {
             Req::Done(out) => {
                 job.finish(out, None);
-                false
+                None
             }
             Req::GetId { len } => {
                 let serial = self.serial;
                 job.finish(Outcome::ok(len as u64), Some(&serial[..len]));
-                false
+                None
             }
             _ => {
-                self.disk.runtime().spawn(async move {
-                    let q = job.q.clone();
-                    run(job, req).await;
-                    q.publish();
-                });
-                true
+                let n = self.next_driver.fetch_add(1, Relaxed) % self.drivers.len();
+                self.drivers[n].push((job, req));
+                Some(n)
             }
         }
     }
@@ -525,7 +583,17 @@ impl AsyncQueue {
             }
         }
         *self.live.write() = false;
+        self.stop_drivers();
         self.inflight.load(SeqCst)
+    }
+}
+
+/// Stops a queue's drivers when dropped (held by its queue thread).
+pub struct StopDriversOnDrop(pub Arc<AsyncQueue>);
+
+impl Drop for StopDriversOnDrop {
+    fn drop(&mut self) {
+        self.0.stop_drivers();
     }
 }
 

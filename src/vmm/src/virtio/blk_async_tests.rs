@@ -79,20 +79,19 @@ impl AsyncDisk for Gated {
         offset: u64,
         buf: AlignedBuf,
         len: usize,
-    ) -> IoFuture<Result<(), BackendError>> {
+    ) -> IoFuture<(Option<AlignedBuf>, Result<(), BackendError>)> {
         let d = self.0.clone();
         Box::pin(async move {
             d.log.lock().push(Ev::WriteStart(offset));
             if d.hold_writes.load(Ordering::SeqCst) {
-                d.gate
-                    .acquire()
-                    .await
-                    .map_err(|e| BackendError::Io(e.to_string()))?
-                    .forget();
+                match d.gate.acquire().await {
+                    Ok(p) => p.forget(),
+                    Err(e) => return (Some(buf), Err(BackendError::Io(e.to_string()))),
+                }
             }
             let r = d.ram.write(offset, &buf[..len]);
             d.log.lock().push(Ev::WriteEnd(offset));
-            r
+            (Some(buf), r)
         })
     }
     fn flush(&self) -> IoFuture<Result<(), BackendError>> {

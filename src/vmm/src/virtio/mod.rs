@@ -5,6 +5,7 @@ pub mod blk;
 pub mod blk_async;
 #[cfg(test)]
 mod blk_async_tests;
+mod blk_driver;
 pub mod blk_pool;
 #[cfg(test)]
 mod blk_tests;
