@@ -12,9 +12,11 @@
 //!    here a restart keeps those copies;
 //! 5. only then are the replicas placement no longer wants dropped, chunk by chunk.
 //!
-//! Batches are pipelined: steps 3-5 of one batch run while the next batch does steps 1-2, so
-//! the devices keep copying during a flush. Each batch still takes its steps in order, and a
-//! batch's intents are recorded before any of its imports.
+//! Batches are pipelined: while one batch does step 2, the batch before it does steps 3-5 and
+//! the batch after it step 1, so the devices keep copying during flushes and metadata writes.
+//! Each batch still takes its steps in order, and a batch's intents are recorded before any of
+//! its imports. A batch whose intents were recorded but that is never copied (shutdown) leaves
+//! intents that cover no import; the maintenance pass clears them.
 //!
 //! A crash before 4 leaves the intents: opening the target disk deletes its copies, and the old
 //! replicas, never dropped, still hold every chunk. A target whose flush fails (or that went
@@ -68,6 +70,13 @@ struct Copied {
     failed: Vec<(Arc<Disk>, StoreError)>,
 }
 
+/// A batch past step 1: its intents are recorded (or `out.stop` says they could not be).
+struct Intended<'a> {
+    batch: &'a [(ObjectId, Slots)],
+    intents: Vec<(String, ObjectId)>,
+    out: BatchOutcome,
+}
+
 /// A batch past steps 1-2: its intents are recorded and its copies made (not yet durable).
 struct Started {
     intents: Vec<(String, ObjectId)>,
@@ -105,9 +114,10 @@ impl Inner {
 
     /// Bring every chunk of `work` to its target placement, `batch` chunks at a time (see the
     /// module docs), pipelined: while one batch's copies run, the previous batch is flushed,
-    /// recorded and its old replicas dropped, so the targets never sit idle during a flush.
-    /// Each batch keeps its own order of steps; only different batches overlap. Stops between
-    /// batches when the engine shuts down or intents cannot be recorded.
+    /// recorded and its old replicas dropped, and the next batch's intents are recorded, so
+    /// the devices never sit idle during a flush or a metadata write. Each batch keeps its own
+    /// order of steps; only different batches overlap. Stops between batches when the engine
+    /// shuts down or intents cannot be recorded.
     pub(crate) async fn move_batches(
         &self,
         work: &[(ObjectId, Slots)],
@@ -119,32 +129,49 @@ impl Inner {
             out.changed |= b.changed;
             out.stop |= b.stop;
         };
+        let stopping = || self.shutting_down.load(Ordering::Acquire);
         let mut prev: Option<Started> = None;
         let mut batches = work.chunks(batch.max(1));
+        // The next batch, its intents recorded while the batch before it copied.
+        let mut ready: Option<Intended<'_>> = None;
         loop {
-            let next = if self.shutting_down.load(Ordering::Acquire) {
-                None
-            } else {
-                batches.next()
+            let cur = match ready.take() {
+                Some(r) if stopping() => {
+                    add(self.abandon_batch(r));
+                    break;
+                }
+                Some(r) => r,
+                None => {
+                    let Some(b) = batches.next().filter(|_| !stopping()) else {
+                        break;
+                    };
+                    self.intend_batch(b).await
+                }
             };
-            let Some(next) = next else {
+            if cur.out.stop {
+                add(cur.out);
                 break;
-            };
+            }
+            let upcoming = batches.next().filter(|_| !stopping());
             let finish_prev = async {
                 match prev.take() {
                     Some(p) => Some(self.finish_batch(p).await),
                     None => None,
                 }
             };
-            let (done, started) = futures::join!(finish_prev, self.start_batch(next));
+            let intend_next = async {
+                match upcoming {
+                    Some(b) => Some(self.intend_batch(b).await),
+                    None => None,
+                }
+            };
+            let (done, started, next) =
+                futures::join!(finish_prev, self.copy_batch(cur), intend_next);
             if let Some(d) = done {
                 add(d);
             }
-            if started.out.stop {
-                add(started.out);
-                break;
-            }
             prev = Some(started);
+            ready = next;
         }
         if let Some(p) = prev {
             add(self.finish_batch(p).await);
@@ -153,8 +180,8 @@ impl Inner {
         out
     }
 
-    /// Steps 1 and 2 of a batch: record its intents, then make its copies.
-    async fn start_batch(&self, batch: &[(ObjectId, Slots)]) -> Started {
+    /// Step 1 of a batch: record its intents.
+    async fn intend_batch<'a>(&self, batch: &'a [(ObjectId, Slots)]) -> Intended<'a> {
         let mut out = BatchOutcome::default();
         let intents: Vec<(String, ObjectId)> = batch
             .iter()
@@ -173,22 +200,37 @@ impl Inner {
             tracing::warn!(error = %e, "recording copy intents failed");
             out.pending += batch.len() as u64;
             out.stop = true;
-            return Started {
-                intents: Vec::new(),
-                copied: Vec::new(),
-                out,
-            };
         }
-        // Step 2: copies, several chunks at once so each device keeps requests in flight.
-        let copied: Vec<Copied> = futures::stream::iter(batch.iter().copied())
+        Intended {
+            batch,
+            intents,
+            out,
+        }
+    }
+
+    /// A batch whose intents are recorded but that will not be copied (the engine shuts
+    /// down): its chunks stay pending; its intents cover no import, so the maintenance pass
+    /// clears them (a target that never received the chunk has nothing to delete).
+    fn abandon_batch(&self, i: Intended<'_>) -> BatchOutcome {
+        self.copies_in_progress.fetch_sub(1, Ordering::AcqRel);
+        BatchOutcome {
+            pending: i.batch.len() as u64,
+            ..BatchOutcome::default()
+        }
+    }
+
+    /// Step 2 of a batch whose intents are recorded: make its copies, several chunks at once
+    /// so each device keeps requests in flight.
+    async fn copy_batch(&self, i: Intended<'_>) -> Started {
+        let copied: Vec<Copied> = futures::stream::iter(i.batch.iter().copied())
             .map(|(obj, target)| self.copy_missing(obj, target))
             .buffer_unordered(REBUILD_PARALLEL)
             .collect()
             .await;
         Started {
-            intents,
+            intents: i.intents,
             copied,
-            out,
+            out: i.out,
         }
     }
 

@@ -1,7 +1,8 @@
 //! Resync of a returning peer: its dirty chunks are copied from a reachable replica in batches,
 //! crash safe with one intent record, one flush of the peer and one completion record per batch
-//! (instead of all three per chunk), and pipelined like a rebuild (`rebuild_copy`): one batch's
-//! flush and completion record overlap the next batch's copies.
+//! (instead of all three per chunk), and pipelined like a rebuild (`rebuild_copy`): while one
+//! batch copies, the batch before it is flushed and recorded and the batch after it records
+//! its intents, so the copies never wait for a metadata write.
 //!
 //! Per batch:
 //! 1. the copy intents of the batch's chunks that the peer holds are recorded (one metadata
@@ -49,6 +50,12 @@ enum Step {
     Nothing,
 }
 
+/// A batch past step 1: its intents are recorded.
+struct Intended<'a> {
+    batch: &'a [ObjectId],
+    intents: Vec<(String, ObjectId)>,
+}
+
 /// A batch past steps 1-2.
 struct Started {
     intents: Vec<(String, ObjectId)>,
@@ -85,19 +92,47 @@ pub(super) async fn resync_disk(
     let (prunes, chunks): (Vec<ObjectId>, Vec<ObjectId>) =
         dirty.into_iter().partition(|o| o.chunk == PRUNE_MARK_CHUNK);
     let mut prev: Option<Started> = None;
-    for batch in chunks.chunks(RESYNC_BATCH) {
-        if must_stop(inner, d) {
-            break;
-        }
+    let mut batches = chunks.chunks(RESYNC_BATCH);
+    // The next batch, its intents recorded while the batch before it copied.
+    let mut ready: Option<Intended<'_>> = None;
+    loop {
+        let cur = match ready.take() {
+            Some(_) if must_stop(inner, d) => {
+                // Recorded, never copied: its chunks stay dirty; its intents cover no import
+                // and the maintenance pass clears them.
+                inner.copies_in_progress.fetch_sub(1, Ordering::AcqRel);
+                break;
+            }
+            Some(r) => r,
+            None => {
+                let Some(b) = batches.next().filter(|_| !must_stop(inner, d)) else {
+                    break;
+                };
+                match intend_batch(inner, d, b).await {
+                    Some(i) => i,
+                    None => break,
+                }
+            }
+        };
+        let upcoming = batches.next().filter(|_| !must_stop(inner, d));
         let finish_prev = async {
             if let Some(p) = prev.take() {
                 finish_batch(inner, ctl, d, p).await;
             }
         };
-        let ((), started) = futures::join!(finish_prev, start_batch(inner, d, batch));
-        match started {
-            Some(s) => prev = Some(s),
-            None => break,
+        let intend_next = async {
+            match upcoming {
+                Some(b) => Some(intend_batch(inner, d, b).await),
+                None => None,
+            }
+        };
+        let ((), started, next) =
+            futures::join!(finish_prev, copy_batch(inner, d, cur), intend_next);
+        prev = Some(started);
+        match next {
+            Some(Some(i)) => ready = Some(i),
+            Some(None) => break, // intents not recorded: the rest stays dirty
+            None => {}
         }
     }
     if let Some(p) = prev {
@@ -121,8 +156,12 @@ pub(super) async fn resync_disk(
     }
 }
 
-/// Steps 1 and 2; None if the intents could not be recorded (the chunks stay dirty).
-async fn start_batch(inner: &Inner, d: &Arc<Disk>, batch: &[ObjectId]) -> Option<Started> {
+/// Step 1; None if the intents could not be recorded (the chunks stay dirty).
+async fn intend_batch<'a>(
+    inner: &Inner,
+    d: &Arc<Disk>,
+    batch: &'a [ObjectId],
+) -> Option<Intended<'a>> {
     let intents: Vec<(String, ObjectId)> = batch
         .iter()
         .filter(|o| inner.index.get(**o).is_some_and(|h| h.contains(d.slot)))
@@ -132,6 +171,12 @@ async fn start_batch(inner: &Inner, d: &Arc<Disk>, batch: &[ObjectId]) -> Option
         tracing::warn!(disk = %d.name, error = %e, "recording resync intents failed");
         return None;
     }
+    Some(Intended { batch, intents })
+}
+
+/// Step 2 of a batch whose intents are recorded.
+async fn copy_batch(inner: &Inner, d: &Arc<Disk>, i: Intended<'_>) -> Started {
+    let Intended { batch, intents } = i;
     let intended: Vec<ObjectId> = intents.iter().map(|(_, o)| *o).collect();
     let intended = &intended;
     let steps: Vec<Step> = futures::stream::iter(batch.iter().copied())
@@ -139,7 +184,7 @@ async fn start_batch(inner: &Inner, d: &Arc<Disk>, batch: &[ObjectId]) -> Option
         .buffer_unordered(REBUILD_PARALLEL)
         .collect()
         .await;
-    Some(Started { intents, steps })
+    Started { intents, steps }
 }
 
 /// Step 2 for one chunk (paced first, then under its stripe lock).
