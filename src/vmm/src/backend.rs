@@ -58,8 +58,8 @@ pub trait DiskBackend: Send + Sync {
     fn concurrency(&self) -> usize {
         1
     }
-    /// The same disk as an [`AsyncDisk`] if it has one: virtio-blk then runs each request as a
-    /// task on the backend's runtime instead of blocking a thread on it.
+    /// The same disk as an [`AsyncDisk`] if it has one: virtio-blk then runs its requests as
+    /// futures on the backend's runtime instead of blocking a thread on each.
     fn as_async(&self) -> Option<Arc<dyn AsyncDisk>> {
         None
     }

@@ -1,6 +1,6 @@
 //! [`DiskBackend`] on an engine virtual disk: the VM's disk calls the engine directly, no file,
 //! loop device or protocol in between. The engine is async (tokio): virtio-blk uses the
-//! [`AsyncDisk`] side, each request a task on the engine's runtime; the blocking
+//! [`AsyncDisk`] side, its requests run by driver tasks on the engine's runtime; the blocking
 //! [`DiskBackend`] calls (other users, tests) wait on the same futures through a runtime handle.
 //! Never blocks a runtime worker: the blocking calls are only for threads outside the runtime.
 
@@ -17,7 +17,7 @@ pub struct EngineDisk {
 }
 
 impl EngineDisk {
-    /// Wraps `handle`; `rt` is the engine's runtime (requests run as tasks there; the blocking
+    /// Wraps `handle`; `rt` is the engine's runtime (requests run there; the blocking
     /// calls block the calling thread, which must not be a runtime worker).
     pub fn new(handle: VdiskHandle, rt: tokio::runtime::Handle) -> Self {
         Self { handle, rt }

@@ -3,8 +3,8 @@
 //!
 //! Each queue has its own thread. Memory-speed backends run requests inline with a bounce
 //! buffer allocated once; blocking backends (files) spread them over I/O lanes
-//! ([`super::blk_pool`]); async backends (the engine) get each request as a task on their
-//! runtime ([`super::blk_async`]). Every guest value is checked: chain length and direction, addresses inside guest
+//! ([`super::blk_pool`]); async backends (the engine) get their requests run by driver
+//! tasks on their runtime ([`super::blk_async`]). Every guest value is checked: chain length and direction, addresses inside guest
 //! memory, sector ranges inside the disk, request size bounds. A bad request completes with
 //! IOERR/UNSUPP; nothing the guest writes can fail the VM or the host.
 
