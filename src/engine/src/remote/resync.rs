@@ -1,8 +1,10 @@
 //! Resync of a returning peer: its dirty chunks are copied from a reachable replica in batches,
 //! crash safe with one intent record, one flush of the peer and one completion record per batch
-//! (instead of all three per chunk), and pipelined like a rebuild (`rebuild_copy`): while one
-//! batch copies, the batch before it is flushed and recorded and the batch after it records
-//! its intents, so the copies never wait for a metadata write.
+//! (instead of all three per chunk), and pipelined like a rebuild (`rebuild_copy`): one batch's
+//! flush and completion record overlap the next batch's copies. Unlike a rebuild, the next
+//! batch's intents are not recorded during the current batch's copies: measured (`bench_rebuild
+//! ... resync`, 7 alternated pairs, load 20-24) it was slower, median 356 -> 298 MiB/s (likely
+//! because each intent record also flushes the peer's device while the copies write to it).
 //!
 //! Per batch:
 //! 1. the copy intents of the batch's chunks that the peer holds are recorded (one metadata
@@ -50,12 +52,6 @@ enum Step {
     Nothing,
 }
 
-/// A batch past step 1: its intents are recorded.
-struct Intended<'a> {
-    batch: &'a [ObjectId],
-    intents: Vec<(String, ObjectId)>,
-}
-
 /// A batch past steps 1-2.
 struct Started {
     intents: Vec<(String, ObjectId)>,
@@ -92,47 +88,19 @@ pub(super) async fn resync_disk(
     let (prunes, chunks): (Vec<ObjectId>, Vec<ObjectId>) =
         dirty.into_iter().partition(|o| o.chunk == PRUNE_MARK_CHUNK);
     let mut prev: Option<Started> = None;
-    let mut batches = chunks.chunks(RESYNC_BATCH);
-    // The next batch, its intents recorded while the batch before it copied.
-    let mut ready: Option<Intended<'_>> = None;
-    loop {
-        let cur = match ready.take() {
-            Some(_) if must_stop(inner, d) => {
-                // Recorded, never copied: its chunks stay dirty; its intents cover no import
-                // and the maintenance pass clears them.
-                inner.copies_in_progress.fetch_sub(1, Ordering::AcqRel);
-                break;
-            }
-            Some(r) => r,
-            None => {
-                let Some(b) = batches.next().filter(|_| !must_stop(inner, d)) else {
-                    break;
-                };
-                match intend_batch(inner, d, b).await {
-                    Some(i) => i,
-                    None => break,
-                }
-            }
-        };
-        let upcoming = batches.next().filter(|_| !must_stop(inner, d));
+    for batch in chunks.chunks(RESYNC_BATCH) {
+        if must_stop(inner, d) {
+            break;
+        }
         let finish_prev = async {
             if let Some(p) = prev.take() {
                 finish_batch(inner, ctl, d, p).await;
             }
         };
-        let intend_next = async {
-            match upcoming {
-                Some(b) => Some(intend_batch(inner, d, b).await),
-                None => None,
-            }
-        };
-        let ((), started, next) =
-            futures::join!(finish_prev, copy_batch(inner, d, cur), intend_next);
-        prev = Some(started);
-        match next {
-            Some(Some(i)) => ready = Some(i),
-            Some(None) => break, // intents not recorded: the rest stays dirty
-            None => {}
+        let ((), started) = futures::join!(finish_prev, start_batch(inner, d, batch));
+        match started {
+            Some(s) => prev = Some(s),
+            None => break,
         }
     }
     if let Some(p) = prev {
@@ -156,12 +124,8 @@ pub(super) async fn resync_disk(
     }
 }
 
-/// Step 1; None if the intents could not be recorded (the chunks stay dirty).
-async fn intend_batch<'a>(
-    inner: &Inner,
-    d: &Arc<Disk>,
-    batch: &'a [ObjectId],
-) -> Option<Intended<'a>> {
+/// Steps 1 and 2; None if the intents could not be recorded (the chunks stay dirty).
+async fn start_batch(inner: &Inner, d: &Arc<Disk>, batch: &[ObjectId]) -> Option<Started> {
     let intents: Vec<(String, ObjectId)> = batch
         .iter()
         .filter(|o| inner.index.get(**o).is_some_and(|h| h.contains(d.slot)))
@@ -171,12 +135,6 @@ async fn intend_batch<'a>(
         tracing::warn!(disk = %d.name, error = %e, "recording resync intents failed");
         return None;
     }
-    Some(Intended { batch, intents })
-}
-
-/// Step 2 of a batch whose intents are recorded.
-async fn copy_batch(inner: &Inner, d: &Arc<Disk>, i: Intended<'_>) -> Started {
-    let Intended { batch, intents } = i;
     let intended: Vec<ObjectId> = intents.iter().map(|(_, o)| *o).collect();
     let intended = &intended;
     let steps: Vec<Step> = futures::stream::iter(batch.iter().copied())
@@ -184,7 +142,7 @@ async fn copy_batch(inner: &Inner, d: &Arc<Disk>, i: Intended<'_>) -> Started {
         .buffer_unordered(REBUILD_PARALLEL)
         .collect()
         .await;
-    Started { intents, steps }
+    Some(Started { intents, steps })
 }
 
 /// Step 2 for one chunk (paced first, then under its stripe lock).
