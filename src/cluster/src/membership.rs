@@ -15,7 +15,7 @@ use openraft::ChangeMembers;
 use sha2::{Digest, Sha256};
 use transport::{Client, ClientConfig, CLUSTER_SERVER_NAME};
 
-use crate::network::{AdmitRequest, AdmitResponse, PeerRequest, PeerResponse};
+use crate::network::{AdmitRequest, AdmitResponse, PeerRequest, PeerResponse, ProposeError};
 use crate::node::{now_ms, random_hex, save_joined, ClusterNode, NodeConfig};
 use crate::state::{Command, CommandResult, MemberState};
 use crate::types::{CairnNode, NodeId, Role};
@@ -26,6 +26,12 @@ const TOKEN_PREFIX: &str = "cairn1";
 pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 /// How long the leader waits for a new learner to catch up before giving up on a promote.
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a leader that removed itself keeps offering the record of it to the remaining
+/// voters: their election (leader lease plus election timeout) and one commit, with room for
+/// a loaded machine.
+const REMOVED_LEADER_DEADLINE: Duration = Duration::from_secs(30);
+/// One offer to one remaining voter.
+const REMOVED_LEADER_ATTEMPT: Duration = Duration::from_secs(2);
 
 /// A parsed join token.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -292,8 +298,14 @@ impl ClusterNode {
                 .await
                 .map_err(|e| e.to_string())?;
         }
-        // After removing itself the old leader is no longer leader: route through the new one.
-        let r = if self.is_leader() {
+        // A leader that removed itself steps down as soon as that is committed (openraft makes
+        // it a learner nobody tells who leads next): a local write would be refused or left
+        // hanging, so the record goes to the remaining voters until one of them leads.
+        let r = if id == self.id {
+            self.propose_via_others(Command::RemoveMember { id })
+                .await
+                .map_err(|e| e.to_string())?
+        } else if self.is_leader() {
             self.propose_local(Command::RemoveMember { id })
                 .await
                 .map_err(|e| format!("{e:?}"))?
@@ -306,6 +318,56 @@ impl ClusterNode {
             CommandResult::Ok | CommandResult::Rejected(_) => Ok(()),
             other => Err(format!("{other:?}")),
         }
+    }
+
+    /// Commits `cmd` through whichever other voter leads, retried while they elect one (for a
+    /// leader that has just removed itself). Applies at most once (request id).
+    async fn propose_via_others(&self, cmd: Command) -> Result<CommandResult, Error> {
+        let cmd = Command::Once {
+            request: random_hex(16),
+            cmd: Box::new(cmd),
+        };
+        let deadline = tokio::time::Instant::now() + REMOVED_LEADER_DEADLINE;
+        let mut maybe_sent: Option<String> = None;
+        loop {
+            let others: Vec<(NodeId, String)> = {
+                let m = self.raft.metrics().borrow().membership_config.clone();
+                m.membership()
+                    .voter_ids()
+                    .filter(|v| *v != self.id)
+                    .filter_map(|v| m.membership().get_node(&v).map(|n| (v, n.addr.clone())))
+                    .collect()
+            };
+            for (v, addr) in others {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                let req = PeerRequest::Propose(cmd.clone());
+                match self
+                    .forward(v, &addr, req, left.min(REMOVED_LEADER_ATTEMPT))
+                    .await
+                {
+                    Ok(PeerResponse::Proposed(Ok(r))) => return Ok(r),
+                    Ok(PeerResponse::Proposed(Err(ProposeError::NotLeader))) => {}
+                    Ok(PeerResponse::Proposed(Err(ProposeError::Indeterminate(e)))) => {
+                        maybe_sent = Some(e)
+                    }
+                    Ok(other) => {
+                        return Err(Error::Indeterminate(format!("unexpected reply {other:?}")))
+                    }
+                    Err(e) => maybe_sent = Some(e.to_string()),
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err(match maybe_sent {
+            Some(e) => Error::Indeterminate(e),
+            None => Error::NoLeader,
+        })
     }
 
     async fn forward_done(&self, req: impl Fn() -> PeerRequest) -> Result<(), String> {
