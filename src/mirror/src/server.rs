@@ -265,13 +265,14 @@ impl ReplicaServer {
             } => {
                 // TLS protects the bytes in flight; this catches a sender that checksummed
                 // something else than it sent.
-                if store::block_crcs(&data.0) != crcs {
+                if store::block_crcs(data.as_slice()) != crcs {
                     return Err(WireError::BadRequest(
                         "block checksums do not match the data".into(),
                     ));
                 }
                 let r = self.disk(&disk)?;
-                let buf = AlignedBuf::from_slice(&data.0).into_write();
+                // Whole blocks (validated): the decoded buffer is exactly the data.
+                let buf = data.into_buf().into_write();
                 r.write_with_crcs(to_local(obj), block, buf, crcs.into(), gen, pin)
                     .await
                     .map_err(se)?;

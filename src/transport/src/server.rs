@@ -1,6 +1,8 @@
 //! The serving side: accepts mutual-TLS connections from cluster members, reads framed requests
 //! and runs them on a [`Handler`], at most `max_in_flight` at a time per connection (beyond
-//! that we stop reading, so TCP pushes back on the peer).
+//! that we stop reading, so TCP pushes back on the peer). A connection's requests run
+//! concurrently inside its own task (no task per request); when the connection ends, the ones
+//! already started still run to their end.
 //!
 //! A peer whose certificate does not chain to the cluster CA fails the handshake and never
 //! reaches a handler. A peer that breaks protocol is disconnected.
@@ -10,6 +12,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::stream::{FuturesUnordered, StreamExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::net::{TcpListener, TcpStream};
@@ -146,13 +149,8 @@ async fn accept_loop<H: Handler>(
             (acceptor.clone(), cfg.clone(), handler.clone(), stop.clone());
         tokio::spawn(async move {
             let _permit = permit;
-            tokio::select! {
-                r = serve_conn(tcp, acceptor, cfg, handler) => {
-                    if let Err(e) = r {
-                        tracing::debug!("transport: connection ended: {e}");
-                    }
-                }
-                _ = stop.changed() => {}
+            if let Err(e) = serve_conn(tcp, acceptor, cfg, handler, &mut stop).await {
+                tracing::debug!("transport: connection ended: {e}");
             }
         });
     }
@@ -165,15 +163,19 @@ async fn serve_conn<H: Handler>(
     acceptor: TlsAcceptor,
     cfg: ServerConfig,
     handler: Arc<H>,
+    stop: &mut watch::Receiver<bool>,
 ) -> Result<(), Error> {
     tcp.set_nodelay(true)?;
-    let tls = tokio::time::timeout(
+    let handshake = tokio::time::timeout(
         cfg.handshake_timeout,
         acceptor.accept(crate::read_buffered(tcp)),
-    )
-    .await
-    .map_err(|_| Error::Tls("handshake timed out".into()))?
-    .map_err(|e| Error::Tls(e.to_string()))?;
+    );
+    let tls = tokio::select! {
+        t = handshake => t
+            .map_err(|_| Error::Tls("handshake timed out".into()))?
+            .map_err(|e| Error::Tls(e.to_string()))?,
+        _ = stop.changed() => return Ok(()),
+    };
     // rustls has verified any certificate against the CA already; no certificate at all is
     // only possible when the TLS config does not ask for one (the join endpoint).
     let peer = match tls.get_ref().1.peer_certificates() {
@@ -184,70 +186,110 @@ async fn serve_conn<H: Handler>(
         )?),
         None => None,
     };
-    let (mut rd, wr) = tokio::io::split(tls);
+    let (rd, wr) = tokio::io::split(tls);
     let (tx, mut rx) = mpsc::channel::<Frame>(cfg.write_queue_frames.max(1));
     let max = cfg.max_frame_bytes;
-    let inflight = Arc::new(Semaphore::new(cfg.max_in_flight_per_conn.max(1)));
+    let max_in_flight = cfg.max_in_flight_per_conn.max(1);
+    let inflight = Arc::new(Semaphore::new(max_in_flight));
     let busy = crate::writer::InFlight {
         sem: inflight.clone(),
-        max: cfg.max_in_flight_per_conn.max(1),
+        max: max_in_flight,
     };
-    let _writer = AbortOnDrop(tokio::spawn(async move {
+    let writer = AbortOnDrop(tokio::spawn(async move {
         crate::writer::write_frames(wr, &mut rx, max, busy).await
     }));
     let streams: Streams = Arc::new(Mutex::new(HashMap::new()));
-    let result = async {
-        while let Some(frame) = Frame::read_from(&mut rd, max).await? {
-            match frame.kind {
-                FrameKind::Request | FrameKind::StreamRequest => {
-                    let permit = inflight
-                        .clone()
-                        .acquire_owned()
-                        .await
-                        .map_err(|_| Error::Closed)?;
-                    let body = if frame.kind == FrameKind::StreamRequest {
-                        Some(open_stream(&streams, &tx, frame.id, cfg.stream_window_chunks).await?)
-                    } else {
-                        None
-                    };
-                    let (handler, tx, streams) = (handler.clone(), tx.clone(), streams.clone());
-                    tokio::spawn(async move {
-                        let reply =
-                            run_handler(&*handler, peer, frame.id, &frame.payload, body, max).await;
-                        lock(&streams).remove(&frame.id);
-                        let _ = tx.send(reply).await;
-                        drop(permit);
-                    });
-                }
-                FrameKind::Chunk | FrameKind::End => {
-                    let chunk = (frame.kind == FrameKind::Chunk).then_some(frame.payload);
-                    let is_end = chunk.is_none();
-                    let sender = lock(&streams).get(&frame.id).cloned();
-                    if let Some(sender) = sender {
-                        // The channel holds exactly the granted window (+1 for End): a full
-                        // channel means the peer ignored flow control.
-                        match sender.try_send(chunk) {
-                            Ok(()) => {}
-                            Err(mpsc::error::TrySendError::Full(_)) => {
-                                return Err(Error::Stream("peer exceeded its credit".into()));
-                            }
-                            Err(mpsc::error::TrySendError::Closed(_)) => {}
-                        }
-                        if is_end {
-                            lock(&streams).remove(&frame.id);
-                        }
+    // Requests run inside this task, not one spawned task each: a burst of requests then
+    // costs no task spawns, and their completions (io_uring, replies) wake this one task
+    // instead of one task per request, each of which could wake another worker thread.
+    let mut running = FuturesUnordered::new();
+    let mut next = std::pin::pin!(read_next(rd, max));
+    let result = loop {
+        // At the in-flight bound, stop reading (TCP pushes back on the peer) and only run.
+        let full = running.len() >= max_in_flight;
+        let frame = tokio::select! {
+            biased;
+            Some(()) = running.next(), if !running.is_empty() => continue,
+            r = next.as_mut(), if !full => r,
+            _ = stop.changed() => break Ok(()),
+        };
+        let (rd, frame) = frame;
+        let frame = match frame {
+            Ok(Some(f)) => f,
+            Ok(None) => break Ok(()),
+            Err(e) => break Err(e),
+        };
+        next.set(read_next(rd, max));
+        match frame.kind {
+            FrameKind::Request | FrameKind::StreamRequest => {
+                // Bounded by `running.len()` above: a permit is always free here. The writer
+                // counts permits to know whether more replies are on their way.
+                let Ok(permit) = inflight.clone().try_acquire_owned() else {
+                    break Err(Error::Closed);
+                };
+                let body = if frame.kind == FrameKind::StreamRequest {
+                    match open_stream(&streams, &tx, frame.id, cfg.stream_window_chunks).await {
+                        Ok(b) => Some(b),
+                        Err(e) => break Err(e),
                     }
-                    // Unknown id: the handler already finished and dropped its stream.
+                } else {
+                    None
+                };
+                let (handler, tx, streams) = (handler.clone(), tx.clone(), streams.clone());
+                running.push(async move {
+                    let reply =
+                        run_handler(&*handler, peer, frame.id, &frame.payload, body, max).await;
+                    if frame.kind == FrameKind::StreamRequest {
+                        lock(&streams).remove(&frame.id);
+                    }
+                    let _ = tx.send(reply).await;
+                    drop(permit);
+                });
+            }
+            FrameKind::Chunk | FrameKind::End => {
+                let chunk = (frame.kind == FrameKind::Chunk).then_some(frame.payload);
+                let is_end = chunk.is_none();
+                let sender = lock(&streams).get(&frame.id).cloned();
+                if let Some(sender) = sender {
+                    // The channel holds exactly the granted window (+1 for End): a full
+                    // channel means the peer ignored flow control.
+                    match sender.try_send(chunk) {
+                        Ok(()) => {}
+                        Err(mpsc::error::TrySendError::Full(_)) => {
+                            break Err(Error::Stream("peer exceeded its credit".into()));
+                        }
+                        Err(mpsc::error::TrySendError::Closed(_)) => {}
+                    }
+                    if is_end {
+                        lock(&streams).remove(&frame.id);
+                    }
                 }
-                other => {
-                    return Err(Error::BadFrame(format!("unexpected {other:?} from client")));
-                }
+                // Unknown id: the handler already finished and dropped its stream.
+            }
+            other => {
+                break Err(Error::BadFrame(format!("unexpected {other:?} from client")));
             }
         }
-        Ok(())
+    };
+    // The connection is done, but requests it started run to their end, as they would in
+    // tasks of their own: a write half-done on a store must not be cut off by a peer hanging
+    // up. Their replies go nowhere (the writer is stopped first, so nothing waits for it).
+    drop(writer);
+    drop(tx);
+    if !running.is_empty() {
+        tokio::spawn(async move { while running.next().await.is_some() {} });
     }
-    .await;
     result
+}
+
+/// Reads the next frame, handing the reader back with it (so the read can live in a
+/// `select!` across loop turns without being cancelled half-way).
+async fn read_next<R: tokio::io::AsyncRead + Unpin>(
+    mut rd: R,
+    max: u32,
+) -> (R, Result<Option<Frame>, Error>) {
+    let r = Frame::read_from(&mut rd, max).await;
+    (rd, r)
 }
 
 /// Cuts the writer (and so the connection) when the connection task ends or is dropped by

@@ -555,3 +555,47 @@ async fn a_burst_of_calls_succeeds_and_fails_call_by_call() {
         assert!(matches!(r, Err(Error::Closed)), "{r:?}");
     }
 }
+
+/// Waits (generously: the machine may be loaded) until no handler of `h` is running; panics
+/// after 60 s. A handler cut off half-way never gets there.
+async fn wait_idle(h: &TestHandler, what: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while h.active.load(Ordering::SeqCst) != 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: a running request was cut off"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn requests_run_to_their_end_when_the_connection_goes() {
+    // Requests run inside the connection's task: when the connection ends (the peer hangs up,
+    // or the server shuts down) the requests already started must still finish, as they would
+    // in tasks of their own (a store write must not be dropped half-way).
+    let ca = ClusterCa::generate("t").unwrap();
+    let (a, b) = (ca.issue(1).unwrap(), ca.issue(2).unwrap());
+    for shutdown in [false, true] {
+        let (srv, h) = serve("127.0.0.14", &a, ServerConfig::default()).await;
+        let c = client(srv.local_addr(), &b, 1, ClientConfig::default());
+        let call = {
+            let c = c.clone();
+            tokio::spawn(async move { c.call(&Req::Sleep(1500)).await })
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while h.active.load(Ordering::SeqCst) == 0 {
+            assert!(tokio::time::Instant::now() < deadline, "call never arrived");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        if shutdown {
+            srv.shutdown();
+        } else {
+            c.disconnect().await;
+        }
+        assert!(matches!(call.await.unwrap(), Err(Error::Closed)));
+        wait_idle(&h, if shutdown { "shutdown" } else { "hang-up" }).await;
+        assert_eq!(h.calls.load(Ordering::SeqCst), 1);
+        drop(srv);
+    }
+}
