@@ -272,11 +272,24 @@ async fn storage_endpoints_end_to_end() {
     assert_eq!(a.get("/api/v1/nothing").await.status, 404);
 
     // Stats, events, alerts, audit.
-    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
     let s = a.get("/api/v1/stats").await;
     assert_eq!(s.status, 200);
     assert!(s.json["mem_total_bytes"].as_u64().unwrap() > 0);
-    let hist = a.get("/api/v1/stats/history?limit=2").await;
+    // The sampler records every 200 ms here; wait for two samples rather than a fixed pause
+    // (a loaded machine can delay the sampler's first ticks).
+    let t = std::time::Instant::now();
+    let hist = loop {
+        let h = a.get("/api/v1/stats/history?limit=2").await;
+        if h.json["items"].as_array().is_some_and(|i| i.len() >= 2) {
+            break h;
+        }
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(30),
+            "fewer than two stats samples after 30 s: {}",
+            h.text
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
     assert_eq!(hist.json["items"].as_array().unwrap().len(), 2);
     assert_eq!(a.get("/api/v1/stats/history?since_ms=x").await.status, 400);
     assert!(
