@@ -73,6 +73,13 @@ pub(crate) struct CloneBody {
 }
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+pub(crate) struct TakeoverBody {
+    pub(crate) to: String,
+    #[serde(default)]
+    pub(crate) force: bool,
+}
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct ImportBody {
     pub(crate) name: String,
     pub(crate) file: String,

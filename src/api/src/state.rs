@@ -93,6 +93,8 @@ pub fn is_long(req: &Request) -> bool {
             | Request::DiskScrub
             // A graceful stop waits for the guest (10 s by default, up to 10 min).
             | Request::VmStop { force: false, .. }
+            // A planned move waits for the target to serve the disk.
+            | Request::VdiskTakeover { .. }
     )
 }
 
@@ -136,6 +138,7 @@ pub fn target_of(req: &Request) -> String {
             _ => name.clone(),
         },
         Request::ClusterRemove { node, .. } => node.clone(),
+        Request::VdiskTakeover { name, to, .. } => format!("{name} -> {to}"),
         Request::ClusterToken { witness, .. } => {
             if *witness {
                 "witness".into()

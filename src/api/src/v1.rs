@@ -379,6 +379,19 @@ async fn dispatch(
             )
             .await
         }
+        R::VdiskTakeover => {
+            let b: crate::bodies::TakeoverBody = h::parse_json(body)?;
+            task(
+                st,
+                c,
+                Request::VdiskTakeover {
+                    name: param(0),
+                    to: b.to,
+                    force: b.force,
+                },
+            )
+            .await
+        }
         R::VdiskImport => {
             let b: ImportBody = h::parse_json(body)?;
             task(

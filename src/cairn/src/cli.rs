@@ -187,6 +187,17 @@ pub enum VdiskCmd {
         #[arg(long)]
         snapshot: Option<String>,
     },
+    /// Planned move of a disk to another data node (clustering): its holder stops serving
+    /// it and flushes, NODE (id or name) adopts it from its replicas and serves it. Refused
+    /// while a running VM uses it; a stopped VM's disk or an NBD-exported one only with
+    /// --force (the exports are stopped).
+    Takeover {
+        name: String,
+        #[arg(long)]
+        to: String,
+        #[arg(long)]
+        force: bool,
+    },
     /// Export a disk (or snapshot) over NBD.
     Nbd {
         name: String,

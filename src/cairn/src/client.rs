@@ -58,6 +58,7 @@ fn request(cmd: Command) -> Result<Request, ControlError> {
                 snapshot,
                 file: abs(&file)?,
             },
+            VdiskCmd::Takeover { name, to, force } => Request::VdiskTakeover { name, to, force },
             VdiskCmd::Nbd {
                 name,
                 snapshot,

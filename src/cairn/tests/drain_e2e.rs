@@ -3,7 +3,8 @@
 //! remove c` marks c draining, a re-mirrors its chunks from c onto b, and only then c leaves
 //! raft: afterwards b holds a replica of every chunk, nothing is degraded, the data reads
 //! back. Removing b next is refused (one data node could not keep two replicas on two nodes)
-//! and b stays a member.
+//! and b stays a member. b owns a disk too: the removal (run on a) waits until b's chunks
+//! are off c as well.
 
 mod common;
 
@@ -81,6 +82,31 @@ fn remove_drains_the_node_first() {
                 && s["data"]["rebuilding"] == false
         },
     );
+    // b owns a disk too: its chunks on c must be drained before c leaves, whichever member
+    // runs the removal.
+    let x = b.ok(&["vdisk", "create", "n", "8M"]);
+    assert_eq!(x["value"]["name"], "n");
+    let x = b.ok(&["vdisk", "nbd", "n"]);
+    let (b_addr, b_export) = (
+        x["value"]["listen"].as_str().unwrap().to_string(),
+        x["value"]["export_name"].as_str().unwrap().to_string(),
+    );
+    let mut b_model = Vec::new();
+    {
+        let mut nbd = NbdClient::connect(&b_addr, &b_export).unwrap();
+        for i in 0..8 {
+            let d = pattern(900 + i, MIB as usize);
+            nbd.write(i * MIB, &d).unwrap();
+            b_model.extend_from_slice(&d);
+        }
+        nbd.flush().unwrap();
+    }
+    wait_until(30, "b's chunks mirrored, placement settled", || {
+        let s = b.status();
+        remotes_in_sync(&s, 4)
+            && s["data"]["degraded_chunks"] == 0
+            && s["data"]["rebuilding"] == false
+    });
     let on_c = hosted(&c);
     assert!(on_c > 0, "placement put nothing on c");
 
@@ -105,6 +131,21 @@ fn remove_drains_the_node_first() {
             let back = nbd.read(i * MIB, MIB as usize).unwrap();
             let want = &model[(i * MIB) as usize..((i + 1) * MIB) as usize];
             assert!(back == want, "chunk {i} changed by the drain");
+        }
+    }
+
+    // The removal ran on a, yet waited for b too: none of b's chunks lost its second copy.
+    let sb = b.status();
+    assert_eq!(
+        sb["data"]["degraded_chunks"], 0,
+        "b degraded after c left: {sb}"
+    );
+    {
+        let mut nbd = NbdClient::connect(&b_addr, &b_export).unwrap();
+        for i in 0..8u64 {
+            let back = nbd.read(i * MIB, MIB as usize).unwrap();
+            let want = &b_model[(i * MIB) as usize..((i + 1) * MIB) as usize];
+            assert!(back == want, "b's chunk {i} changed by the drain");
         }
     }
 

@@ -54,6 +54,10 @@ impl Handler for PeerHandler {
                 addr,
                 join_addr,
             } => PeerResponse::Done(node.set_addr(peer, id, addr, join_addr).await),
+            PeerRequest::App(r) => PeerResponse::App(match peer {
+                Some(from) => node.handle_app(from, r).await,
+                None => Err("members only".into()),
+            }),
             PeerRequest::Ping => {
                 let m = node.raft.metrics().borrow().clone();
                 PeerResponse::Pong {

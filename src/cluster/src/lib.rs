@@ -6,6 +6,7 @@
 //! or acknowledge a change before a quorum has it durably.
 #![forbid(unsafe_code)]
 
+mod app;
 pub mod bench;
 pub mod dedup;
 mod error;
@@ -24,6 +25,7 @@ pub mod sm_store;
 pub mod state;
 pub mod types;
 
+pub use app::{AppHandler, MAX_APP_BYTES};
 pub use error::Error;
 pub use health::{ClusterStatus, MemberStatus, NodeHealth};
 pub use log_store::{LogStore, RecoveryReport};

@@ -79,6 +79,9 @@ pub enum PeerRequest {
         addr: String,
         join_addr: String,
     },
+    /// An application call (`crate::app`), opaque here. Last, so the older requests' encoding
+    /// stays.
+    App(Vec<u8>),
 }
 
 /// Replies, one variant per request kind. Errors cross the wire as text.
@@ -96,6 +99,8 @@ pub enum PeerResponse {
         leader: Option<NodeId>,
         term: u64,
     },
+    /// The answer to [`PeerRequest::App`]. Last, so the older replies' encoding stays.
+    App(Result<Vec<u8>, String>),
 }
 
 pub type PeerClient = Client<PeerRequest, PeerResponse>;

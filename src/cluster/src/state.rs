@@ -312,6 +312,14 @@ pub enum Command {
         addr: String,
         join_addr: String,
     },
+    /// A planned move of one virtual disk (id `"{owner}/{name}"`) to data member `to`, by its
+    /// live owner (`cairn vdisk takeover`): re-keyed `"{to}/{name}"` with its snapshot records;
+    /// VMs keep their node. Bumps the placement version and returns it. Rejected if the disk
+    /// is unknown, `to` is not another data member, or any holder of the owner is outdated.
+    MoveVdisk {
+        id: String,
+        to: NodeId,
+    },
 }
 
 /// What applying a command produced.
@@ -594,6 +602,7 @@ impl ClusterState {
             }
             MoveVdisks { from, to } => return self.move_vdisks(*from, *to),
             TakeOver { from, to } => return self.take_over(*from, *to),
+            MoveVdisk { id, to } => return self.move_vdisk(id, *to),
             Outdate {
                 owner,
                 holder,

@@ -31,10 +31,11 @@ pub struct ClusterMemberView {
     /// `up`, `down` or `unknown` (heartbeats; see the cluster crate's health module).
     pub health: String,
     pub last_seen_ms_ago: Option<u64>,
-    /// The member's isolation lease. For the answering node: `held`, `expired` or
-    /// `not_needed` (details in [`ClusterView::lease`]); for another member what the cluster's
-    /// rule says of it, `needed` or `not_needed` (its own status tells whether it holds one).
-    /// None from a node that does not report leases.
+    /// The member's isolation lease: `held`, `expired` or `not_needed` as each data member
+    /// reports it (the answering node's details in [`ClusterView::lease`]), `unreachable` for
+    /// a data member that does not answer in time; for a witness, and in a witness's answer,
+    /// what the cluster's rule says, `needed` or `not_needed`. None from a node that does not
+    /// report leases.
     #[serde(default)]
     pub lease: Option<String>,
 }

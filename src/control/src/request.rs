@@ -219,6 +219,15 @@ pub enum Request {
         #[serde(default)]
         force: bool,
     },
+    /// A planned move of virtual disk `name` to data member `to` (id or name): its holder
+    /// stops serving it and flushes, `to` adopts it from the replicas and serves it. Refused
+    /// under a running VM; a stopped VM or NBD exports of it only with `force`.
+    VdiskTakeover {
+        name: String,
+        to: String,
+        #[serde(default)]
+        force: bool,
+    },
 }
 
 impl Request {
@@ -305,6 +314,7 @@ impl Request {
             Request::ClusterToken { .. } => "cluster_token",
             Request::ClusterJoin { .. } => "cluster_join",
             Request::ClusterRemove { .. } => "cluster_remove",
+            Request::VdiskTakeover { .. } => "vdisk_takeover",
         }
     }
 
@@ -459,6 +469,10 @@ impl Request {
                 crate::cluster::validate_join(address, token)
             }
             Request::ClusterRemove { node, .. } => crate::cluster::validate_member(node),
+            Request::VdiskTakeover { name, to, .. } => {
+                vd(name)?;
+                crate::cluster::validate_member(to)
+            }
         }
     }
 }

@@ -19,6 +19,11 @@ use control::{
 use crate::clusterhost::ClusterHost;
 use crate::controller::NodeController;
 use crate::convert;
+use crate::takeover::{manual, peer};
+use crate::NodeInner;
+
+/// The lease states a member may report about itself.
+const LEASE_STATES: [&str; 3] = ["held", "expired", "not_needed"];
 
 /// How long one `cluster_remove` request waits for a member's drain before it answers with the
 /// progress (the CLI asks again until the member is gone).
@@ -77,12 +82,40 @@ pub(crate) fn drain_capacity(
     Ok(())
 }
 
+/// What still depends on member `id`'s disks, as this node sees it: its chunks on `id`'s disks
+/// (or, when this node is `id`, the copies of other nodes' chunks it holds).
+pub(crate) fn drain_left_here(inner: &NodeInner, id: u64, name: String, me: u64) -> DrainView {
+    let engine = &inner.engine;
+    if id == me {
+        DrainView {
+            node: id,
+            name,
+            chunks_left: 0,
+            hosted_chunks_left: mirror::hosted_objects(engine),
+        }
+    } else {
+        DrainView {
+            node: id,
+            name,
+            chunks_left: engine.chunks_on_node(id),
+            hosted_chunks_left: 0,
+        }
+    }
+}
+
 impl NodeController {
     /// `cluster_status`, `cluster_token`, `cluster_join`, `cluster_remove`.
     pub(crate) async fn cluster_request(&self, req: &Request) -> Result<Reply, ControlError> {
         let host = &self.inner.cluster;
         match req {
-            Request::ClusterStatus => Ok(Reply::Cluster(Box::new(self.status_view()?))),
+            Request::ClusterStatus => {
+                let mut v = self.status_view()?;
+                self.members_leases(&mut v).await;
+                Ok(Reply::Cluster(Box::new(v)))
+            }
+            Request::VdiskTakeover { name, to, force } => {
+                self.vdisk_takeover(name, to, *force).await
+            }
             Request::ClusterToken { witness, ttl_secs } => {
                 Ok(Reply::ClusterToken(host.token(*witness, *ttl_secs).await?))
             }
@@ -106,6 +139,104 @@ impl NodeController {
                 other.action()
             ))),
         }
+    }
+
+    /// Each other data member's real lease state, asked over the member transport (all at
+    /// once, each bounded by `LEASE_ASK_TIMEOUT`): `held`, `expired`, `not_needed`, or
+    /// `unreachable` when it does not answer (or is down for the failure detector).
+    async fn members_leases(&self, v: &mut ClusterView) {
+        let Ok(m) = self.inner.cluster.member() else {
+            return;
+        };
+        let me = v.me;
+        let asks = v
+            .members
+            .iter()
+            .filter(|x| x.id != me && x.role == "data")
+            .map(|x| {
+                let (id, down, m) = (x.id, x.health == "down", m.clone());
+                async move {
+                    if down {
+                        return (id, "unreachable".to_string());
+                    }
+                    let call = &peer::Call::Lease;
+                    match peer::call(&m, id, call, peer::LEASE_ASK_TIMEOUT).await {
+                        Ok(peer::Answer::Lease { state })
+                            if LEASE_STATES.contains(&state.as_str()) =>
+                        {
+                            (id, state)
+                        }
+                        _ => (id, "unreachable".to_string()),
+                    }
+                }
+            });
+        for (id, state) in futures::future::join_all(asks).await {
+            if let Some(x) = v.members.iter_mut().find(|x| x.id == id) {
+                x.lease = Some(state);
+            }
+        }
+    }
+
+    /// `vdisk_takeover`: a planned move, run on the disk's holder (forwarded there when this
+    /// node is not it; see `crate::takeover::manual`).
+    async fn vdisk_takeover(
+        &self,
+        name: &str,
+        to: &str,
+        force: bool,
+    ) -> Result<Reply, ControlError> {
+        let m = self.inner.cluster.member()?;
+        let me = m.id();
+        let (to_id, _) = manual::target_of(&m, to)?;
+        let owner = m
+            .read_fresh(|s| {
+                s.vdisks
+                    .values()
+                    .find(|d| d.name == name)
+                    .and_then(|d| cluster::vdisk_owner(&d.id))
+            })
+            .await
+            .map_err(|e| ControlError::new(ErrorCode::Unavailable, e.to_string()))?;
+        let Some(owner) = owner else {
+            return Err(ControlError::new(
+                ErrorCode::NotFound,
+                format!("no virtual disk {name} in the cluster"),
+            ));
+        };
+        if owner == to_id {
+            return Err(ControlError::new(
+                ErrorCode::Conflict,
+                format!("virtual disk {name} is already served by {to}"),
+            ));
+        }
+        let v = if owner == me {
+            manual::move_out(&self.inner, name, to_id, force).await?
+        } else {
+            let call = peer::Call::MoveOut {
+                name: name.to_string(),
+                to: to_id,
+                force,
+            };
+            match peer::call(&m, owner, &call, peer::MOVE_TIMEOUT).await {
+                Ok(peer::Answer::Vdisk(Some(v))) => v,
+                Ok(_) => {
+                    return Err(ControlError::internal(
+                        "the holder answered the move with something else",
+                    ))
+                }
+                Err(e) if e.code == ErrorCode::Unavailable => {
+                    return Err(ControlError::new(
+                        ErrorCode::Unavailable,
+                        format!(
+                            "the holder of {name} (member {owner}) cannot be asked to move it:                              {} (a dead holder's disks are taken over automatically)",
+                            e.message
+                        ),
+                    ))
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        Ok(Reply::Vdisk(v))
     }
 
     /// `cluster status` with this node's isolation lease.
@@ -195,22 +326,36 @@ impl NodeController {
 
     /// What still depends on member `id`'s disks, as this node sees it.
     fn drain_left(&self, id: u64, name: String, me: u64) -> DrainView {
-        let engine = &self.inner.engine;
-        if id == me {
-            DrainView {
-                node: id,
-                name,
-                chunks_left: 0,
-                hosted_chunks_left: mirror::hosted_objects(engine),
+        drain_left_here(&self.inner, id, name, me)
+    }
+
+    /// Chunks left to drain from member `id` on every other data member (asked over the
+    /// member transport, each bounded), or why that is not known yet (a member that does not
+    /// answer: its chunks may still be on `id`).
+    async fn drain_left_elsewhere(&self, m: &cluster::ClusterNode, id: u64) -> Result<u64, String> {
+        let me = m.id();
+        let others: Vec<u64> = m.read(|s| {
+            s.members
+                .values()
+                .filter(|x| x.role == Role::Data && x.id != me && x.id != id)
+                .map(|x| x.id)
+                .collect()
+        });
+        let asks = others.iter().map(|peer_id| {
+            let call = peer::Call::DrainLeft { id };
+            async move {
+                match peer::call(m, *peer_id, &call, peer::STEP_TIMEOUT).await {
+                    Ok(peer::Answer::Left(n)) => Ok(n),
+                    Ok(_) => Err(format!("member {peer_id} answered something else")),
+                    Err(e) => Err(e.message),
+                }
             }
-        } else {
-            DrainView {
-                node: id,
-                name,
-                chunks_left: engine.chunks_on_node(id),
-                hosted_chunks_left: 0,
-            }
+        });
+        let mut total = 0u64;
+        for r in futures::future::join_all(asks).await {
+            total = total.saturating_add(r?);
         }
+        Ok(total)
     }
 
     /// `cluster remove NODE`: a data member is first marked draining (after checking that the
@@ -221,7 +366,9 @@ impl NodeController {
     /// once (a dead node being replaced). A witness holds no data and leaves at once.
     ///
     /// The wait sees this node's chunks (and, when this node is the one leaving, the copies of
-    /// every other node's chunks it holds); each other node drains its own chunks likewise.
+    /// every other node's chunks it holds), and asks every other data member for its own
+    /// chunks left on the leaving one (`Call::DrainLeft`): the member leaves only when none
+    /// is left anywhere, and not while a data member does not answer.
     async fn remove_member(&self, node: &str, force: bool) -> Result<Reply, ControlError> {
         let host = &self.inner.cluster;
         if force {
@@ -306,12 +453,21 @@ impl NodeController {
         tokio::time::sleep(DRAIN_FIRST_LOOK).await;
         loop {
             let left = self.drain_left(target.id, name.clone(), me);
-            if left.chunks_left == 0 && left.hosted_chunks_left == 0 {
+            let here_done = left.chunks_left == 0 && left.hosted_chunks_left == 0;
+            let elsewhere = if here_done {
+                self.drain_left_elsewhere(&m, target.id).await
+            } else {
+                Err("this node's chunks first".into())
+            };
+            if here_done && elsewhere == Ok(0) {
                 host.remove(node, false).await?;
                 tracing::info!(member = target.id, "drained member removed");
                 return Ok(Reply::Done);
             }
             if t.elapsed() >= DRAIN_WAIT {
+                if let (true, Err(why)) = (here_done, &elsewhere) {
+                    tracing::info!(member = target.id, reason = %why, "drain: waiting for the other members");
+                }
                 return Ok(Reply::Cluster(Box::new(self.status_view()?)));
             }
             tokio::time::sleep(Duration::from_millis(200)).await;

@@ -397,7 +397,8 @@ impl NodeController {
             Request::ClusterStatus
             | Request::ClusterToken { .. }
             | Request::ClusterJoin { .. }
-            | Request::ClusterRemove { .. } => self.cluster_request(req).await?,
+            | Request::ClusterRemove { .. }
+            | Request::VdiskTakeover { .. } => self.cluster_request(req).await?,
             _ => {
                 return Err(ControlError::invalid(format!(
                     "{} is not supported by this node",

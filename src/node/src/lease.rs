@@ -90,6 +90,8 @@ pub(crate) const DEFAULT_WAIT: Duration = Duration::from_secs(30);
 const MIN_LENGTH: Duration = Duration::from_millis(500);
 const MAX_LENGTH: Duration = Duration::from_secs(120);
 const MAX_WAIT: Duration = Duration::from_secs(600);
+/// How long a planned move's release waits for the disk to be seen missing here.
+const RELEASE_KEPT: Duration = Duration::from_secs(600);
 /// How often "is a lease needed here" is looked at while none is.
 const IDLE_TICK: Duration = Duration::from_millis(500);
 
@@ -251,6 +253,12 @@ pub(crate) struct Lease {
     paused: parking_lot::Mutex<HashSet<String>>,
     /// Virtual disks assigned to this node but not here yet: `id -> (name, first seen)`.
     seen_missing: parking_lot::Mutex<HashMap<String, (String, Instant)>>,
+    /// Virtual disk ids whose old owner said it stopped serving them (a planned move,
+    /// `crate::takeover::manual`): adopted without the hold.
+    released: parking_lot::Mutex<HashMap<String, Instant>>,
+    /// Local virtual disks this node handed over by a planned move: their new assignment is
+    /// no reason to close the gate (they are not served here any more).
+    handed: parking_lot::Mutex<HashSet<String>>,
     /// L in force (ms), as last resolved ([`Lease::refresh_length`]).
     length_ms: AtomicU64,
     /// The cluster value a disagreeing `CAIRN_LEASE_MS` was last warned about (0: none).
@@ -268,6 +276,8 @@ impl Default for Lease {
             shown_valid: AtomicBool::new(true),
             paused: Default::default(),
             seen_missing: Default::default(),
+            released: Default::default(),
+            handed: Default::default(),
             length_ms: AtomicU64::new(DEFAULT_LENGTH.as_millis() as u64),
             warned_for: AtomicU64::new(0),
             needed: AtomicBool::new(false),
@@ -346,15 +356,40 @@ impl Lease {
         }
     }
 
+    /// Virtual disk `id`, assigned to this node, was released by its old owner after it
+    /// stopped serving it (a planned move): no hold before adopting it.
+    pub(crate) fn release(&self, id: &str) {
+        let mut r = self.released.lock();
+        // Kept a while (a tick may not see the disk missing yet), not forever.
+        r.retain(|_, at| at.elapsed() < RELEASE_KEPT);
+        r.insert(id.to_string(), Instant::now());
+    }
+
+    /// This node hands local virtual disk `name` over by a planned move (`on`), or keeps it
+    /// after all (`!on`).
+    pub(crate) fn hand_over(&self, name: &str, on: bool) {
+        let mut h = self.handed.lock();
+        if on {
+            h.insert(name.to_string());
+        } else {
+            h.remove(name);
+        }
+    }
+
     /// Of `missing` (virtual disks assigned to this node that it lacks: `(id, name)`), those
-    /// seen so for [`hold`] — adoptable now. Remembers when each was first seen.
+    /// seen so for [`hold`], or released by their old owner — adoptable now. Remembers when
+    /// each was first seen.
     pub(crate) fn held_back(&self, missing: Vec<(String, String)>) -> Vec<(String, String)> {
         let hold = hold_for(self.length());
         let mut seen = self.seen_missing.lock();
         seen.retain(|k, _| missing.iter().any(|(id, _)| id == k));
+        let released = self.released.lock();
         missing
             .into_iter()
             .filter(|(id, name)| {
+                if released.contains_key(id) {
+                    return true;
+                }
                 let first = seen.entry(id.clone()).or_insert_with(|| {
                     tracing::warn!(
                         vdisk = %name,
@@ -426,29 +461,36 @@ async fn renew(inner: &NodeInner, m: &ClusterNode) -> Result<Renewal, String> {
         .filter(|n| !crate::internal::is_internal_vdisk(n))
         .collect();
     let defined: Vec<String> = inner.vms.defined().into_iter().map(|(n, _)| n).collect();
-    m.read_fresh(|s| {
-        let lost = local
-            .iter()
-            .filter(|n| {
-                s.vdisks
-                    .values()
-                    .any(|d| d.name == **n && cluster::vdisk_owner(&d.id) != Some(me))
-            })
-            .cloned()
-            .collect();
-        let moved_vms = defined
-            .iter()
-            .filter(|n| {
-                let here = s.vms.values().any(|v| v.name == **n && v.node == Some(me));
-                let away = s.vms.values().any(|v| v.name == **n && v.node != Some(me));
-                away && !here
-            })
-            .cloned()
-            .collect();
-        Renewal { lost, moved_vms }
-    })
-    .await
-    .map_err(|e| e.to_string())
+    let r = m
+        .read_fresh(|s| {
+            let lost = local
+                .iter()
+                .filter(|n| {
+                    s.vdisks
+                        .values()
+                        .any(|d| d.name == **n && cluster::vdisk_owner(&d.id) != Some(me))
+                })
+                .cloned()
+                .collect();
+            let moved_vms = defined
+                .iter()
+                .filter(|n| {
+                    let here = s.vms.values().any(|v| v.name == **n && v.node == Some(me));
+                    let away = s.vms.values().any(|v| v.name == **n && v.node != Some(me));
+                    away && !here
+                })
+                .cloned()
+                .collect();
+            Renewal { lost, moved_vms }
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    // A disk handed over by a planned move is not lost (it is no longer served here); once
+    // it is dropped here, forget it.
+    let mut h = inner.lease.handed.lock();
+    h.retain(|n| local.contains(n));
+    let lost = r.lost.into_iter().filter(|n| !h.contains(n)).collect();
+    Ok(Renewal { lost, ..r })
 }
 
 /// Close the gate and pause every running VM (recording which).

@@ -213,6 +213,10 @@ impl Node {
             shutdown_rx.clone(),
         )));
         // The isolation lease: a node cut off from the majority stops serving (see lease).
+        tasks.push(tokio::spawn(takeover::peer::run(
+            inner.clone(),
+            shutdown_rx.clone(),
+        )));
         tasks.push(tokio::spawn(lease::run(inner.clone(), shutdown_rx)));
         let api_ctl = Arc::new(NodeController {
             inner: inner.clone(),

@@ -80,6 +80,8 @@ use mirror::{MirrorError, PeerLink, ReplicaServer};
 use crate::NodeInner;
 
 mod gather;
+pub(crate) mod manual;
+pub(crate) mod peer;
 
 /// Default takeover delay (see the module docs).
 pub(crate) const DEFAULT_DELAY: Duration = Duration::from_secs(20);

@@ -79,6 +79,10 @@ fn a_v1_binary_refuses_every_current_command_and_result() {
         Command::RemoveMember { id: 1 },
         Command::DeleteVm { id: "x".into() },
         Command::MoveVdisks { from: 1, to: 2 },
+        Command::MoveVdisk {
+            id: "1/a".into(),
+            to: 2,
+        },
         once(0),
         once(2),
     ];

@@ -38,20 +38,63 @@ impl ClusterState {
                  would lose acknowledged writes",
             ));
         }
+        self.rehome(&moving, from, to, true)?;
+        self.taken_over.insert(from, self.placement.version);
+        self.outdated.retain(|(o, _)| *o != from);
+        Ok(CommandResult::PlacementVersion(self.placement.version))
+    }
+
+    /// `Command::MoveVdisk`: one virtual disk handed over by its live owner (a planned move,
+    /// `cairn vdisk takeover`). The owner keeps its other disks and its write epoch (no
+    /// `taken_over` entry); VMs keep their node (the owner refuses a move under a VM unless
+    /// forced). Rejected while any holder of the owner is outdated: the new owner gathers the
+    /// chunks from every holder but the old owner.
+    pub(super) fn move_vdisk(
+        &mut self,
+        id: &str,
+        to: NodeId,
+    ) -> Result<CommandResult, CommandResult> {
+        let Some(from) = vdisk_owner(id).filter(|_| self.vdisks.contains_key(id)) else {
+            return Err(reject(format!("no virtual disk {id}")));
+        };
+        match self.members.get(&to) {
+            Some(m) if m.role == Role::Data && to != from => {}
+            _ => return Err(reject("the target must be another data member")),
+        }
+        if let Some((_, holder)) = self.outdated.iter().find(|(o, _)| *o == from) {
+            return Err(reject(format!(
+                "member {holder}'s copies of member {from}'s virtual disks are outdated (the \
+                 owner wrote without them); moving would lose acknowledged writes"
+            )));
+        }
+        self.rehome(&[id.to_string()], from, to, false)?;
+        Ok(CommandResult::PlacementVersion(self.placement.version))
+    }
+
+    /// Re-key virtual disks `moving` (all owned by `from`) as `to`'s, with their snapshot
+    /// records, schedules and VM references; `move_vms`: VMs on `from` that use them are
+    /// assigned to `to`. Bumps the placement version. Checked whole before anything changes.
+    fn rehome(
+        &mut self,
+        moving: &[String],
+        from: NodeId,
+        to: NodeId,
+        move_vms: bool,
+    ) -> Result<(), CommandResult> {
         let renamed = |id: &str| match id.split_once('/') {
-            Some((_, name)) if vdisk_owner(id) == Some(from) => format!("{to}/{name}"),
+            Some((_, name)) if moving.iter().any(|m| m == id) => format!("{to}/{name}"),
             _ => id.to_string(),
         };
         // Checked whole before anything changes: a clash leaves the state as it was.
-        for id in &moving {
+        for id in moving {
             let new = renamed(id);
             if self.vdisks.contains_key(&new) {
                 return Err(reject(format!("virtual disk {new} exists")));
             }
         }
         for id in moving {
-            if let Some(mut v) = self.vdisks.remove(&id) {
-                v.id = renamed(&id);
+            if let Some(mut v) = self.vdisks.remove(id) {
+                v.id = renamed(id);
                 self.vdisks.insert(v.id.clone(), v);
             }
         }
@@ -60,7 +103,7 @@ impl ClusterState {
         let snap_ids: Vec<String> = self
             .snapshots
             .values()
-            .filter(|x| vdisk_owner(&x.vdisk) == Some(from))
+            .filter(|x| moving.contains(&x.vdisk))
             .map(|x| x.id.clone())
             .collect();
         let mut rekeyed = BTreeMap::new();
@@ -87,16 +130,14 @@ impl ClusterState {
             s.vdisk = renamed(&s.vdisk);
         }
         for vm in self.vms.values_mut() {
-            let uses = vm.vdisks.iter().any(|d| vdisk_owner(d) == Some(from));
+            let uses = vm.vdisks.iter().any(|d| moving.contains(d));
             vm.vdisks = vm.vdisks.iter().map(|d| renamed(d)).collect();
-            if uses && vm.node == Some(from) {
+            if move_vms && uses && vm.node == Some(from) {
                 vm.node = Some(to);
             }
         }
         self.placement.version += 1;
-        self.taken_over.insert(from, self.placement.version);
-        self.outdated.retain(|(o, _)| *o != from);
-        Ok(CommandResult::PlacementVersion(self.placement.version))
+        Ok(())
     }
 
     /// `Command::TakeOver`: the new owner gathers `from`'s chunks from every holder, so no
@@ -120,6 +161,106 @@ impl ClusterState {
 mod tests {
     use super::super::tests::{init, member, vdisk};
     use super::super::*;
+
+    #[test]
+    fn move_vdisk_hands_one_disk_over_and_leaves_the_owner_its_others() {
+        let mut s = init();
+        s.members.insert(2, member(2, Role::Data));
+        s.members.insert(3, member(3, Role::Witness));
+        s.apply(&Command::CreateVdisk(vdisk("1/a")));
+        s.apply(&Command::CreateVdisk(vdisk("1/b")));
+        s.apply(&Command::CreateVdisk(vdisk("2/b")));
+        s.apply(&Command::CreateSnapshot(SnapshotDef {
+            id: "1/a@s".into(),
+            vdisk: "1/a".into(),
+            name: "s".into(),
+        }));
+        s.apply(&Command::PutVm(VmDef {
+            id: "vm".into(),
+            name: "vm".into(),
+            vcpus: 1,
+            memory_mib: 64,
+            vdisks: vec!["1/a".into(), "1/b".into()],
+            node: Some(1),
+            power: VmPower::Stopped,
+        }));
+        let v0 = s.placement.version;
+        let before = s.clone();
+        for bad in [
+            Command::MoveVdisk {
+                id: "1/a".into(),
+                to: 3,
+            },
+            Command::MoveVdisk {
+                id: "1/a".into(),
+                to: 1,
+            },
+            Command::MoveVdisk {
+                id: "1/a".into(),
+                to: 9,
+            },
+            Command::MoveVdisk {
+                id: "1/x".into(),
+                to: 2,
+            },
+            Command::MoveVdisk {
+                id: "nonsense".into(),
+                to: 2,
+            },
+            // 2 already has a disk with b's key.
+            Command::MoveVdisk {
+                id: "1/b".into(),
+                to: 2,
+            },
+        ] {
+            let rejected = matches!(s.apply(&bad), CommandResult::Rejected(_));
+            assert!(rejected, "{bad:?} must be rejected");
+        }
+        assert_eq!(s, before, "a rejected move changes nothing");
+        s.outdated.insert((1, 2));
+        assert!(matches!(
+            s.apply(&Command::MoveVdisk {
+                id: "1/a".into(),
+                to: 2
+            }),
+            CommandResult::Rejected(_)
+        ));
+        s.outdated.clear();
+        assert_eq!(
+            s.apply(&Command::MoveVdisk {
+                id: "1/a".into(),
+                to: 2
+            }),
+            CommandResult::PlacementVersion(v0 + 1)
+        );
+        assert!(s.vdisks.contains_key("2/a") && !s.vdisks.contains_key("1/a"));
+        assert!(
+            s.vdisks.contains_key("1/b"),
+            "the owner keeps its other disks"
+        );
+        assert_eq!(s.snapshots["2/a@s"].vdisk, "2/a");
+        assert_eq!(
+            s.vms["vm"].vdisks,
+            vec!["2/a".to_string(), "1/b".to_string()]
+        );
+        assert_eq!(
+            s.vms["vm"].node,
+            Some(1),
+            "a planned move leaves VMs where they are"
+        );
+        assert!(
+            !s.taken_over.contains_key(&1),
+            "the owner was not taken over: it may still write alone"
+        );
+        assert_eq!(
+            s.apply(&Command::Outdate {
+                owner: 1,
+                holder: 2,
+                epoch: 0
+            }),
+            CommandResult::Ok
+        );
+    }
 
     #[test]
     fn move_vdisks_hands_a_members_disks_snapshots_and_vms_over() {

@@ -1,0 +1,297 @@
+//! A planned move of one virtual disk to another data node: `cairn vdisk takeover NAME --to
+//! NODE` (for maintenance, or to bring a disk next to where its VM will run).
+//!
+//! # Steps (on the disk's holder; any member forwards the request to it)
+//! 1. Refuse, changing nothing, when: the target is not another active data member, or is not
+//!    up; any other data member is not up (each may hold chunks the target gathers); any
+//!    holder's copy is not up to date (a replica disk not in sync, or chunks degraded): the
+//!    target adopts from the copies held elsewhere, never from this node's; a running or
+//!    paused VM uses the disk (always: a guest must never lose its disk under it — stop it
+//!    first); a stopped VM here uses it, or NBD exports serve it (unless `force`: the exports
+//!    are stopped, and the VM will not start here until the disk comes back).
+//! 2. Stop serving: exports stopped, the disk flushed (durable on every replica), and the
+//!    lease renewal told the disk leaves (`Lease::hand_over`) so its move does not close the
+//!    gate for the node's other disks.
+//! 3. Commit `Command::MoveVdisk` (new id `"{to}/{name}"`, placement version bumped: the epoch).
+//! 4. Tell the target the holder stopped (`Call::Released`): it adopts at its next takeover tick
+//!    without the isolation lease's hold (that hold guards against an owner serving behind a
+//!    partition; this one said it stopped, and committed the move itself). The adoption fences
+//!    every holder's copy first, as any takeover (`super::gather`).
+//! 5. Wait (bounded) until the target serves the disk, and answer with its view. The stale local
+//!    copy is dropped by `super::drop_stale` once the target's fence is seen.
+//!
+//! Must never: move a disk out from under a running guest, move it when the target could not
+//! gather every chunk, or leave it served by both nodes.
+
+use std::time::{Duration, Instant};
+
+use cluster::{Command, CommandResult, MemberState, NodeHealth, Role};
+use control::{ControlError, ErrorCode, VdiskView};
+
+use super::peer::{self, Call, STEP_TIMEOUT};
+use super::PROPOSE_TIMEOUT;
+use crate::NodeInner;
+
+/// How long the holder waits for the target to serve the moved disk.
+const SERVE_WAIT: Duration = Duration::from_secs(90);
+
+fn conflict(msg: String) -> ControlError {
+    ControlError::new(ErrorCode::Conflict, msg)
+}
+
+/// Resolve member `node` (id or name) to its id, refusing anything but an active data member.
+pub(crate) fn target_of(
+    m: &cluster::ClusterNode,
+    node: &str,
+) -> Result<(u64, String), ControlError> {
+    let st = m.status();
+    let x = st
+        .members
+        .iter()
+        .find(|x| x.name == node || x.id.to_string() == node)
+        .ok_or_else(|| {
+            ControlError::new(ErrorCode::NotFound, format!("no cluster member {node}"))
+        })?;
+    if x.role != Role::Data {
+        return Err(ControlError::invalid(format!(
+            "member {} is a witness: it keeps no data and serves no virtual disks",
+            x.name
+        )));
+    }
+    if x.state != MemberState::Active {
+        return Err(conflict(format!(
+            "member {} is not active (joining or draining): it takes no virtual disks",
+            x.name
+        )));
+    }
+    Ok((x.id, x.name.clone()))
+}
+
+/// The holder's side (see the module docs). Ok: the target serves the disk (its view).
+pub(crate) async fn move_out(
+    inner: &NodeInner,
+    name: &str,
+    to: u64,
+    force: bool,
+) -> Result<VdiskView, ControlError> {
+    let m = inner.cluster.member()?;
+    let me = m.id();
+    let id = format!("{me}/{name}");
+    if !m.read(|s| s.vdisks.contains_key(&id)) || inner.engine.vdisk(name).is_err() {
+        return Err(ControlError::new(
+            ErrorCode::NotFound,
+            format!("virtual disk {name} is not served by this node"),
+        ));
+    }
+    if to == me {
+        return Err(conflict(format!(
+            "virtual disk {name} is already on this node"
+        )));
+    }
+    let st = m.status();
+    let target =
+        st.members.iter().find(|x| x.id == to).ok_or_else(|| {
+            ControlError::new(ErrorCode::NotFound, format!("no cluster member {to}"))
+        })?;
+    let tname = target.name.clone();
+    for x in st
+        .members
+        .iter()
+        .filter(|x| x.role == Role::Data && x.id != me)
+    {
+        if x.health != NodeHealth::Up {
+            let why = if x.id == to {
+                format!("the target {} is not up", x.name)
+            } else {
+                format!(
+                    "member {} is not up (it may hold chunks the target must gather)",
+                    x.name
+                )
+            };
+            return Err(ControlError::new(
+                ErrorCode::Unavailable,
+                format!("cannot move {name}: {why}"),
+            ));
+        }
+    }
+    copies_in_sync(inner, &m, name, &tname)?;
+    if let Some(vm) = inner.vms.active_user_of(name) {
+        return Err(conflict(format!(
+            "virtual disk {name} is used by VM {vm}, which is running on this node: stop the \
+             VM first (a planned move never pulls a disk from under a guest)"
+        )));
+    }
+    if !force {
+        if let Some(vm) = inner.vms.user_of(name) {
+            return Err(conflict(format!(
+                "virtual disk {name} is attached to VM {vm} (stopped) on this node: detach it, \
+                 or pass --force (the VM will not start here until the disk comes back)"
+            )));
+        }
+        let exports: Vec<String> = inner
+            .exports
+            .list()
+            .into_iter()
+            .filter(|e| e.vdisk == name)
+            .map(|e| format!("{} ({})", e.id, e.listen))
+            .collect();
+        if !exports.is_empty() {
+            return Err(conflict(format!(
+                "virtual disk {name} is exported over NBD here (exports {}): stop them, or pass \
+                 --force to stop them (their clients lose the connection)",
+                exports.join(", ")
+            )));
+        }
+    }
+
+    // Stop serving, under the lock every virtual disk change takes.
+    let started = Instant::now();
+    let epoch = {
+        let _g = inner.cluster.vdisk_lock.lock().await;
+        if let Some(vm) = inner.vms.active_user_of(name) {
+            return Err(conflict(format!(
+                "virtual disk {name} is used by VM {vm}, which was started meanwhile"
+            )));
+        }
+        for e in inner.exports.list() {
+            if e.vdisk == name {
+                inner.exports.stop(e.id).await?;
+            }
+        }
+        let h = inner
+            .engine
+            .open_vdisk(name)
+            .map_err(crate::convert::error)?;
+        h.flush().await.map_err(crate::convert::error)?;
+        drop(h);
+        inner.lease.hand_over(name, true);
+        let cmd = Command::MoveVdisk { id: id.clone(), to };
+        let r = tokio::time::timeout(PROPOSE_TIMEOUT, m.propose(cmd)).await;
+        match r {
+            Ok(Ok(CommandResult::PlacementVersion(epoch))) => epoch,
+            other => {
+                // Not committed (or unknown): this node keeps the disk. An unknown outcome is
+                // settled by the cluster state: if it did commit, the takeover tick sees it.
+                let committed = m
+                    .read_fresh(|s| !s.vdisks.contains_key(&id))
+                    .await
+                    .unwrap_or(false);
+                if !committed {
+                    inner.lease.hand_over(name, false);
+                    let why = match other {
+                        Ok(Ok(CommandResult::Rejected(why))) => {
+                            return Err(conflict(format!("the cluster refused the move: {why}")))
+                        }
+                        Ok(Ok(o)) => format!("{o:?}"),
+                        Ok(Err(e)) => e.to_string(),
+                        Err(_) => "no commit in time".into(),
+                    };
+                    return Err(ControlError::new(
+                        ErrorCode::Unavailable,
+                        format!("moving {name} was not committed ({why}); it stays here"),
+                    ));
+                }
+                m.read(|s| s.placement.version)
+            }
+        }
+    };
+    tracing::warn!(vdisk = %name, to, epoch, "planned move committed; the target adopts the disk");
+    crate::events::record(
+        inner,
+        "info",
+        "vdisk_move",
+        name,
+        format!(
+            "virtual disk {name} handed over to member {tname} ({to}) by a planned move \
+             (epoch {epoch}); this node stopped serving it"
+        ),
+    );
+    let new_id = format!("{to}/{name}");
+    if let Err(e) = peer::call(&m, to, &Call::Released { id: new_id }, STEP_TIMEOUT).await {
+        // Not fatal: the target adopts after the lease hold instead.
+        tracing::warn!(vdisk = %name, error = %e.message, "planned move: the target was not told");
+    }
+    let deadline = Instant::now() + SERVE_WAIT;
+    loop {
+        let ask = Call::Serving {
+            name: name.to_string(),
+        };
+        if let Ok(peer::Answer::Vdisk(Some(v))) = peer::call(&m, to, &ask, STEP_TIMEOUT).await {
+            tracing::warn!(
+                vdisk = %name,
+                to,
+                took_ms = started.elapsed().as_millis() as u64,
+                "planned move done: the target serves the disk"
+            );
+            return Ok(v);
+        }
+        if Instant::now() >= deadline {
+            return Err(ControlError::new(
+                ErrorCode::Busy,
+                format!(
+                    "virtual disk {name} is moved to {tname} in the cluster (epoch {epoch}), but \
+                     {tname} does not serve it yet after {} s; `cairn cluster status` shows its \
+                     adoption",
+                    SERVE_WAIT.as_secs()
+                ),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Refuse unless every copy the target would gather from is complete: each other data
+/// member's replica disks in sync, no chunk degraded, no holder recorded as outdated.
+fn copies_in_sync(
+    inner: &NodeInner,
+    m: &cluster::ClusterNode,
+    name: &str,
+    tname: &str,
+) -> Result<(), ControlError> {
+    let me = m.id();
+    let outdated: Vec<u64> = m.read(|s| {
+        s.outdated
+            .iter()
+            .filter(|(o, _)| *o == me)
+            .map(|(_, h)| *h)
+            .collect()
+    });
+    if !outdated.is_empty() {
+        return Err(conflict(format!(
+            "cannot move {name}: the copies on members {outdated:?} are outdated (written \
+             without them); wait for the resync"
+        )));
+    }
+    let remote: Vec<_> = inner
+        .engine
+        .remote_disks()
+        .into_iter()
+        .filter(|d| d.state != engine::DiskState::Removed)
+        .collect();
+    let to = m.status();
+    let target = to.members.iter().find(|x| x.name == tname).map(|x| x.id);
+    if !remote.iter().any(|d| Some(d.node_id) == target) {
+        return Err(conflict(format!(
+            "cannot move {name}: {tname} holds no replica of this node's disks yet"
+        )));
+    }
+    for d in &remote {
+        if d.state != engine::DiskState::Active
+            || d.reachability != engine::Reachability::Up
+            || d.dirty_chunks > 0
+        {
+            return Err(conflict(format!(
+                "cannot move {name}: the replica disk {} on member {} is not up to date ({} \
+                 chunks to resync); wait for the resync",
+                d.name, d.node_id, d.dirty_chunks
+            )));
+        }
+    }
+    let degraded = inner.engine.pool().degraded_chunks;
+    if degraded > 0 {
+        return Err(conflict(format!(
+            "cannot move {name}: {degraded} chunks have a single copy; wait for the rebuild"
+        )));
+    }
+    Ok(())
+}

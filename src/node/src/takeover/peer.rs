@@ -1,0 +1,219 @@
+//! The node's calls to other members over the cluster's member transport
+//! (`ClusterNode::call_app`): a member's real lease state for `cluster status`, and the steps
+//! of a planned virtual disk move (`cairn vdisk takeover`, see `super::manual`) — forwarding the
+//! request to the disk's holder, telling the target the holder stopped serving, and asking it
+//! whether it serves the disk yet — and each member's chunks left on a draining member.
+//!
+//! Messages are JSON, bounded by `cluster::MAX_APP_BYTES`. Must never: answer a call that
+//! changes anything without checking it against the cluster state, or wait unbounded.
+
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use cluster::{ClusterNode, NodeId};
+use control::{ControlError, ErrorCode, VdiskView};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::NodeInner;
+
+/// How long `cluster status` waits for a member's lease state.
+pub(crate) const LEASE_ASK_TIMEOUT: Duration = Duration::from_millis(1500);
+/// How long a forwarded move may take on its holder (it waits for the target to serve).
+pub(crate) const MOVE_TIMEOUT: Duration = Duration::from_secs(120);
+/// Bound on the short calls of a move (release, serving probe).
+pub(crate) const STEP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A call from one member's node to another's.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum Call {
+    /// This member's isolation lease, as its own `cluster status` shows it.
+    Lease,
+    /// Move virtual disk `name` (held by the receiver) to member `to` (`super::manual`).
+    MoveOut {
+        name: String,
+        to: NodeId,
+        force: bool,
+    },
+    /// The caller, the old owner of virtual disk `id` (now assigned to the receiver), stopped
+    /// serving it and flushed it: no isolation lease hold is needed before adopting it.
+    Released { id: String },
+    /// Whether the receiver serves virtual disk `name` (adopted and assigned to it).
+    Serving { name: String },
+    /// How many of the receiver's chunks are still on member `id`'s disks (a drain).
+    DrainLeft { id: NodeId },
+}
+
+/// The answer to a [`Call`].
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum Answer {
+    Lease { state: String },
+    Vdisk(Option<VdiskView>),
+    Done,
+    Left(u64),
+}
+
+struct Handler {
+    inner: Weak<NodeInner>,
+}
+
+impl cluster::AppHandler for Handler {
+    fn handle(
+        &self,
+        from: NodeId,
+        req: Vec<u8>,
+    ) -> futures::future::BoxFuture<'static, Result<Vec<u8>, String>> {
+        let inner = self.inner.clone();
+        Box::pin(async move {
+            let inner = inner.upgrade().ok_or("node stopping")?;
+            let call: Call =
+                serde_json::from_slice(&req).map_err(|e| format!("unreadable call: {e}"))?;
+            let out: Result<Answer, ControlError> = answer(&inner, from, call).await;
+            serde_json::to_vec(&out).map_err(|e| e.to_string())
+        })
+    }
+}
+
+async fn answer(inner: &Arc<NodeInner>, from: NodeId, call: Call) -> Result<Answer, ControlError> {
+    match call {
+        Call::Lease => Ok(Answer::Lease {
+            state: own_lease_state(inner).to_string(),
+        }),
+        Call::MoveOut { name, to, force } => {
+            tracing::info!(vdisk = %name, to, asked_by = from, "planned move asked by a member");
+            super::manual::move_out(inner, &name, to, force)
+                .await
+                .map(|v| Answer::Vdisk(Some(v)))
+        }
+        Call::Released { id } => {
+            let m = inner.cluster.member()?;
+            let me = m.id();
+            let ours = m
+                .read_fresh(|s| s.vdisks.contains_key(&id) && cluster::vdisk_owner(&id) == Some(me))
+                .await
+                .map_err(|e| ControlError::new(ErrorCode::Unavailable, e.to_string()))?;
+            if !ours {
+                return Err(ControlError::new(
+                    ErrorCode::Conflict,
+                    format!("virtual disk {id} is not assigned to this node"),
+                ));
+            }
+            inner.lease.release(&id);
+            Ok(Answer::Done)
+        }
+        Call::Serving { name } => Ok(Answer::Vdisk(serving(inner, &name))),
+        Call::DrainLeft { id } => {
+            let me = inner.cluster.member()?.id();
+            let left = crate::clusterctl::drain_left_here(inner, id, String::new(), me);
+            Ok(Answer::Left(left.chunks_left + left.hosted_chunks_left))
+        }
+    }
+}
+
+/// This node's view of virtual disk `name` when it serves it: in the engine and assigned here.
+pub(crate) fn serving(inner: &NodeInner, name: &str) -> Option<VdiskView> {
+    let m = inner.cluster.member().ok()?;
+    let me = m.id();
+    let ours = m.read(|s| {
+        s.vdisks
+            .values()
+            .any(|d| d.name == name && cluster::vdisk_owner(&d.id) == Some(me))
+    });
+    if !ours {
+        return None;
+    }
+    inner.engine.vdisk(name).ok().map(crate::convert::vdisk)
+}
+
+/// This node's lease as `cluster status` names it: `held`, `expired` or `not_needed`.
+pub(crate) fn own_lease_state(inner: &NodeInner) -> &'static str {
+    let st = inner.lease.state();
+    match (st.needed, st.remaining) {
+        (false, _) => "not_needed",
+        (true, Some(_)) => "held",
+        (true, None) => "expired",
+    }
+}
+
+/// Send `call` to member `id`, waiting at most `timeout`. Err(Unavailable) when it does not
+/// answer; the member's own refusal as it gave it.
+pub(crate) async fn call(
+    m: &ClusterNode,
+    id: NodeId,
+    call: &Call,
+    timeout: Duration,
+) -> Result<Answer, ControlError> {
+    let req = serde_json::to_vec(call).map_err(|e| ControlError::internal(e.to_string()))?;
+    let out = match tokio::time::timeout(timeout, m.call_app(id, req, timeout)).await {
+        Ok(Ok(out)) => out,
+        Ok(Err(cluster::Error::Rejected(why))) => {
+            return Err(ControlError::new(
+                ErrorCode::Unavailable,
+                format!("member {id} refused the call: {why}"),
+            ))
+        }
+        Ok(Err(e)) => {
+            return Err(ControlError::new(
+                ErrorCode::Unavailable,
+                format!("member {id} did not answer: {e}"),
+            ))
+        }
+        Err(_) => {
+            return Err(ControlError::new(
+                ErrorCode::Unavailable,
+                format!(
+                    "member {id} did not answer within {} ms",
+                    timeout.as_millis()
+                ),
+            ))
+        }
+    };
+    serde_json::from_slice::<Result<Answer, ControlError>>(&out).map_err(|e| {
+        ControlError::new(
+            ErrorCode::Unavailable,
+            format!("member {id} answered something unreadable: {e}"),
+        )
+    })?
+}
+
+/// Keeps this node's handler registered on its cluster member (a member object appears on
+/// create, join or restart).
+pub(crate) async fn run(inner: Arc<NodeInner>, mut shutdown: watch::Receiver<bool>) {
+    let mut last: Option<Arc<ClusterNode>> = None;
+    loop {
+        if let Ok(m) = inner.cluster.member() {
+            if !last.as_ref().is_some_and(|l| Arc::ptr_eq(l, &m)) {
+                m.set_app_handler(Arc::new(Handler {
+                    inner: Arc::downgrade(&inner),
+                }));
+                last = Some(m);
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn calls_and_answers_round_trip_and_errors_keep_their_code() {
+        let c = Call::MoveOut {
+            name: "t".into(),
+            to: 2,
+            force: true,
+        };
+        let j = serde_json::to_vec(&c).unwrap();
+        let back: Call = serde_json::from_slice(&j).unwrap();
+        assert!(matches!(back, Call::MoveOut { name, to: 2, force: true } if name == "t"));
+        let refused: Result<Answer, ControlError> =
+            Err(ControlError::new(ErrorCode::Conflict, "in use"));
+        let j = serde_json::to_vec(&refused).unwrap();
+        let back: Result<Answer, ControlError> = serde_json::from_slice(&j).unwrap();
+        assert_eq!(back.unwrap_err().code, ErrorCode::Conflict);
+    }
+}
