@@ -18,6 +18,10 @@ use common::{
 const MIB: u64 = 1 << 20;
 const VDISK_MIB: u64 = 32;
 const DELAY_MS: u64 = 4000;
+/// What a survivor adds to the takeover delay before it serves an adopted disk: the isolation
+/// lease (its default length here, 5 s) plus the margin `node::lease::hold_for` adds (half of
+/// it, at least 2 s), so a cut-off owner has surely stopped first.
+const LEASE_HOLD_MS: u64 = 5000 + 2500;
 
 fn vdisks(p: &ClusterProc) -> Vec<serde_json::Value> {
     p.ok(&["vdisk", "list"])["value"]
@@ -122,16 +126,19 @@ fn a_dead_owners_vdisk_is_taken_over_and_its_return_is_fenced() {
     });
     println!("written and mirrored after {:?}", started.elapsed());
 
-    // The owner dies; b takes over within the delay and a few seconds.
+    // The owner dies; b takes over within the delay, the lease hold and a few seconds (quiet
+    // CI runs took 12-12.7 s, most of it delay and hold, against a bound that left out the hold).
     a.kill9();
     let t0 = Instant::now();
-    wait_until(DELAY_MS / 1000 + 30, "b taking the disk over", || {
-        has_vdisk(&b, "t").is_some()
-    });
+    wait_until(
+        (DELAY_MS + LEASE_HOLD_MS) / 1000 + 30,
+        "b taking the disk over",
+        || has_vdisk(&b, "t").is_some(),
+    );
     let took = t0.elapsed();
     println!("takeover after {took:?} (delay {DELAY_MS} ms)");
     assert!(
-        took < Duration::from_millis(DELAY_MS) + Duration::from_secs(12),
+        took < Duration::from_millis(DELAY_MS + LEASE_HOLD_MS) + Duration::from_secs(12),
         "takeover took {took:?}"
     );
     let vid_b = has_vdisk(&b, "t").unwrap();
@@ -252,8 +259,9 @@ fn a_hung_owner_cannot_write_after_the_takeover() {
     });
     // A writer on a that keeps going until its first error; every acknowledged write counts.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let progress = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let writer = {
-        let stop = stop.clone();
+        let (stop, progress) = (stop.clone(), progress.clone());
         let mut model = model.clone();
         std::thread::spawn(move || {
             let mut n = 0u64;
@@ -265,6 +273,7 @@ fn a_hung_owner_cannot_write_after_the_takeover() {
                     Ok(()) => {
                         model[off as usize..off as usize + d.len()].copy_from_slice(&d);
                         n += 1;
+                        progress.store(n, std::sync::atomic::Ordering::SeqCst);
                     }
                     Err(e) => {
                         err = Some(e.to_string());
@@ -275,7 +284,11 @@ fn a_hung_owner_cannot_write_after_the_takeover() {
             (model, n, err)
         })
     };
-    std::thread::sleep(Duration::from_millis(500));
+    // Hang a mid-stream once some writes are acknowledged (a fixed pause guarantees not even
+    // the first one on a loaded machine).
+    wait_until(30, "the writer on a acknowledging writes", || {
+        progress.load(std::sync::atomic::Ordering::SeqCst) >= 8
+    });
     a.signal("-STOP");
     let t0 = Instant::now();
     wait_until(
