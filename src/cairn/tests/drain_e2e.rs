@@ -87,6 +87,7 @@ fn remove_drains_the_node_first() {
     let x = b.ok(&["vdisk", "create", "n", "8M"]);
     assert_eq!(x["value"]["name"], "n");
     let x = b.ok(&["vdisk", "nbd", "n"]);
+    let b_export_id = x["value"]["id"].as_u64().unwrap().to_string();
     let (b_addr, b_export) = (
         x["value"]["listen"].as_str().unwrap().to_string(),
         x["value"]["export_name"].as_str().unwrap().to_string(),
@@ -148,6 +149,9 @@ fn remove_drains_the_node_first() {
             assert!(back == want, "b's chunk {i} changed by the drain");
         }
     }
+    // b must own nothing for the refusal below to be about the node count.
+    b.ok(&["nbd", "stop", &b_export_id]);
+    b.ok(&["vdisk", "delete", "n"]);
 
     // Removing b would leave a alone: refused, b stays.
     let o = cli_at(&a.data, &["cluster", "remove", "b"]);
