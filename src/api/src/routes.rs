@@ -3,6 +3,7 @@
 //! this table and `openapi.json` list the same operations.
 
 use http::Method;
+use std::sync::OnceLock;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum R {
@@ -167,54 +168,103 @@ pub enum Found {
 /// Longest accepted path segment (names are at most 64 bytes; ids shorter).
 const MAX_SEGMENT: usize = 256;
 
+/// One row of [`ROUTES`] split into segments once (routing runs on every request).
+struct Pattern {
+    method: &'static Method,
+    segs: Vec<&'static str>,
+    /// Per segment: a literal (true) or a `{x}` parameter (false).
+    literal: Vec<bool>,
+    r: R,
+}
+
+fn table() -> &'static [Pattern] {
+    static TABLE: OnceLock<Vec<Pattern>> = OnceLock::new();
+    TABLE.get_or_init(|| {
+        ROUTES
+            .iter()
+            .map(|(m, pat, r)| {
+                let segs: Vec<&'static str> = pat.split('/').collect();
+                Pattern {
+                    method: m,
+                    literal: segs.iter().map(|s| !s.starts_with('{')).collect(),
+                    segs,
+                    r: *r,
+                }
+            })
+            .collect()
+    })
+}
+
+/// More segments than any route has: such a path matches nothing.
+const MAX_SEGMENTS: usize = 8;
+
 /// The route for `method` on `path`. Routing is exact: of the patterns that match the path, only
 /// the most specific ones count (a literal segment beats a `{x}` at the first place they
 /// differ), so `/disks/probe` is the probe endpoint and never the disk `probe`; a method the
 /// path does not have is a 405 listing that path's own methods. The names the literal routes
 /// take are refused when a virtual disk is created ([`is_reserved_name`]).
 pub fn find(method: &Method, path: &str) -> Found {
-    let segs: Vec<&str> = path.trim_end_matches('/').split('/').collect();
-    // Literal flags of the best pattern so far, and its routes with their parameters.
-    type Candidates<'a> = Vec<(&'a Method, R, Vec<String>)>;
-    let mut best: Option<(Vec<bool>, Candidates)> = None;
-    for (m, pat, r) in ROUTES {
-        let psegs: Vec<&str> = pat.split('/').collect();
-        if psegs.len() != segs.len() {
+    let mut segs = [""; MAX_SEGMENTS];
+    let mut n = 0;
+    for s in path.trim_end_matches('/').split('/') {
+        if n == MAX_SEGMENTS {
+            return Found::NotFound;
+        }
+        segs[n] = s;
+        n += 1;
+    }
+    let segs = &segs[..n];
+    // The most specific matching pattern's literal flags, and the rows that have them (one per
+    // method: rows with equal flags that match the same path differ only in their method).
+    let mut best: Option<&[bool]> = None;
+    let mut rows: Vec<&Pattern> = Vec::new();
+    for p in table() {
+        if p.segs.len() != n {
             continue;
         }
-        let mut params = Vec::new();
-        let ok = psegs.iter().zip(&segs).all(|(p, s)| {
-            if p.starts_with('{') {
-                if s.is_empty() || s.len() > MAX_SEGMENT {
-                    return false;
+        let ok = p
+            .segs
+            .iter()
+            .zip(&p.literal)
+            .zip(segs)
+            .all(|((ps, lit), s)| {
+                if *lit {
+                    ps == s
+                } else {
+                    !s.is_empty() && s.len() <= MAX_SEGMENT
                 }
-                params.push(crate::http::pct_decode(s));
-                true
-            } else {
-                p == s
-            }
-        });
+            });
         if !ok {
             continue;
         }
-        let key: Vec<bool> = psegs.iter().map(|p| !p.starts_with('{')).collect();
-        match &mut best {
-            Some((k, routes)) if *k == key => routes.push((m, *r, params)),
-            Some((k, _)) if *k > key => {}
-            _ => best = Some((key, vec![(m, *r, params)])),
+        match best {
+            Some(k) if k == p.literal.as_slice() => rows.push(p),
+            Some(k) if k > p.literal.as_slice() => {}
+            _ => {
+                best = Some(&p.literal);
+                rows.clear();
+                rows.push(p);
+            }
         }
     }
-    let Some((_, routes)) = best else {
+    let Some(literal) = best else {
         return Found::NotFound;
     };
-    let mut allowed = Vec::new();
-    for (m, r, params) in routes {
-        if m == method || (method == Method::HEAD && *m == Method::GET) {
-            return Found::Route(r, params);
+    match rows
+        .iter()
+        .find(|p| p.method == method || (method == Method::HEAD && *p.method == Method::GET))
+    {
+        Some(p) => {
+            let params = segs
+                .iter()
+                .zip(literal)
+                .filter(|(_, lit)| !**lit)
+                .map(|(s, _)| crate::http::pct_decode(s))
+                .collect();
+            Found::Route(p.r, params)
         }
-        allowed.push(m.clone());
+        None => Found::WrongMethod(rows.iter().map(|p| p.method.clone()).collect()),
     }
-    Found::WrongMethod(allowed)
 }
 
 /// Whether `name` is a literal route right under `collection` (`is_reserved_name("/vdisks",
@@ -275,5 +325,18 @@ mod tests {
         assert!(!is_reserved_name("/vdisks", "imported"));
         assert!(is_reserved_name("/disks", "probe") && is_reserved_name("/disks", "scrub"));
         assert!(!is_reserved_name("/vms", "import"));
+    }
+
+    #[test]
+    fn segment_bound_exceeds_every_route_and_long_paths_miss() {
+        assert!(table().iter().all(|p| p.segs.len() < MAX_SEGMENTS));
+        let long = "/vms/x".repeat(MAX_SEGMENTS);
+        assert!(matches!(find(&Method::GET, &long), Found::NotFound));
+        // Trailing slashes are ignored as before; HEAD is answered by GET routes.
+        assert!(matches!(find(&Method::HEAD, "/vms/a/"), Found::Route(R::VmGet, p) if p == ["a"]));
+        assert!(matches!(
+            find(&Method::GET, "/vms//start"),
+            Found::NotFound | Found::WrongMethod(_)
+        ));
     }
 }

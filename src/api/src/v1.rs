@@ -112,7 +112,6 @@ async fn handle_route(
 ) -> Result<Resp, ControlError> {
     let q = h::query(req.uri().query());
     let method = req.method().clone();
-    let hdrs = req.headers().clone();
     let mutation = !matches!(method, Method::GET | Method::HEAD);
     match r {
         R::Health => return Ok(h::json(StatusCode::OK, &json!({"status": "ok"}))),
@@ -123,13 +122,14 @@ async fn handle_route(
         }
         _ => {}
     }
-    let caller = authenticate(st, &hdrs, peer)?;
+    let hdrs = req.headers();
+    let caller = authenticate(st, hdrs, peer)?;
     if mutation {
         if let Auth::Session { csrf, .. } = &caller.auth {
             if !csrf_ok(
                 csrf,
-                h::header_str(&hdrs, sessions::CSRF_HEADER),
-                h::cookie(&hdrs, sessions::CSRF_COOKIE),
+                h::header_str(hdrs, sessions::CSRF_HEADER),
+                h::cookie(hdrs, sessions::CSRF_COOKIE),
             ) {
                 return Err(err(
                     ErrorCode::Forbidden,
@@ -149,16 +149,18 @@ async fn handle_route(
             return Ok(resp);
         }
     }
+    // Read before the body consumes the request; a bad key is still reported after the body.
+    let idem_key = if mutation {
+        crate::idempotency::key_of(hdrs)
+    } else {
+        Ok(None)
+    };
     let body = if mutation {
         h::read_body(req.into_body(), h::MAX_BODY_BYTES).await?
     } else {
         bytes::Bytes::new()
     };
-    let idem_key = if mutation {
-        crate::idempotency::key_of(&hdrs)?
-    } else {
-        None
-    };
+    let idem_key = idem_key?;
     // Stored answers are kept on disk for a day: one that carries a secret shown once (an API
     // token, a cluster join token) must never be, so such a request takes no key.
     if idem_key.is_some() && matches!(r, R::TokenCreate | R::ClusterToken) {
