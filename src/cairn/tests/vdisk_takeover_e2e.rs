@@ -161,6 +161,9 @@ fn a_vdisk_moves_on_purpose_and_each_members_lease_is_real() {
     // The old export is gone: its connection fails rather than serving anything.
     assert!(live.read(0, 4096).is_err(), "a's export of t still answers");
     drop(live);
+    // Nor can a new export on a serve its stale copy (before or after a drops it).
+    let e = refused(&a, &["vdisk", "nbd", "t"], 4);
+    assert!(e.contains("served by node"), "{e}");
     {
         let mut c = nbd(&b, &["t"]);
         check_all(&mut c, &model, "on b after the move");
@@ -180,8 +183,8 @@ fn a_vdisk_moves_on_purpose_and_each_members_lease_is_real() {
         assert_eq!(c.read(0, 4096).unwrap(), d);
     }
     wait_until(40, "a dropping its stale copy of t", || !has_vdisk(&a, "t"));
-    let e = refused(&a, &["vdisk", "nbd", "t"], 3);
-    assert!(!e.is_empty());
+    let e = refused(&a, &["vdisk", "nbd", "t"], 4);
+    assert!(e.contains("served by node"), "{e}");
     assert_eq!(lease_of(&a.status(), "a"), "held", "{}", a.log());
     let log_a = a.log();
     assert!(

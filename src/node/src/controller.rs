@@ -275,7 +275,8 @@ impl NodeController {
                 snapshot,
                 listen,
                 read_only,
-            } => Reply::NbdExport(
+            } => Reply::NbdExport({
+                crate::harestart::check_disk_here(&self.inner, vdisk)?;
                 self.inner
                     .exports
                     .start(
@@ -287,8 +288,8 @@ impl NodeController {
                         self.inner.cfg.nbd_bind_ip,
                         self.inner.lease.gate(),
                     )
-                    .await?,
-            ),
+                    .await?
+            }),
             Request::NbdStop { id } => {
                 self.inner.exports.stop(*id).await?;
                 Reply::Done

@@ -153,6 +153,22 @@ fn check_runs_here(inner: &NodeInner, name: &str) -> Result<(), ControlError> {
     })
 }
 
+/// Refuses to serve virtual disk `disk` here (an NBD export) when the cluster assigns it to
+/// another node: after a takeover or a planned move this node's copy is stale until dropped.
+pub(crate) fn check_disk_here(inner: &NodeInner, disk: &str) -> Result<(), ControlError> {
+    let Ok(m) = inner.cluster.member() else {
+        return Ok(());
+    };
+    let me = m.id();
+    m.read(|s| match disk_owner(s, disk).filter(|o| *o != me) {
+        Some(o) => Err(ControlError::conflict(format!(
+            "virtual disk {disk} is served by node {o}; export it there (this node's copy may \
+             be stale)"
+        ))),
+        None => Ok(()),
+    })
+}
+
 /// Start VM `name`: the one path for `vm start` and restarts after a takeover. Records in the
 /// cluster that the VM should run.
 pub(crate) async fn start_vm(inner: &NodeInner, name: &str) -> Result<VmView, ControlError> {
