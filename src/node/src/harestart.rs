@@ -131,42 +131,44 @@ fn record_id(s: &ClusterState, me: u64, name: &str) -> String {
         .map_or_else(|| format!("{me}/{name}"), |v| v.id.clone())
 }
 
+/// The first of `disks` the cluster assigns to another node, with that node (None outside a
+/// cluster).
+fn owned_elsewhere<'a>(inner: &NodeInner, disks: &'a [String]) -> Option<(&'a str, u64)> {
+    let m = inner.cluster.member().ok()?;
+    let me = m.id();
+    m.read(|s| {
+        disks.iter().find_map(|d| {
+            disk_owner(s, d)
+                .filter(|o| *o != me)
+                .map(|o| (d.as_str(), o))
+        })
+    })
+}
+
 /// Refuses to start `name` when one of its disks belongs to another node (taken over).
 fn check_runs_here(inner: &NodeInner, name: &str) -> Result<(), ControlError> {
-    let Ok(m) = inner.cluster.member() else {
-        return Ok(());
-    };
-    let me = m.id();
     let Some((_, disks)) = inner.vms.defined().into_iter().find(|(n, _)| n == name) else {
         return Ok(());
     };
-    m.read(|s| {
-        for d in &disks {
-            if let Some(o) = disk_owner(s, d).filter(|o| *o != me) {
-                return Err(ControlError::conflict(format!(
-                    "{name}'s virtual disk {d} belongs to node {o} now (taken over while this \
-                     node was away); the VM runs there"
-                )));
-            }
-        }
-        Ok(())
-    })
+    match owned_elsewhere(inner, &disks) {
+        Some((d, o)) => Err(ControlError::conflict(format!(
+            "{name}'s virtual disk {d} belongs to node {o} now (taken over while this node was \
+             away); the VM runs there"
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// Refuses to serve virtual disk `disk` here (an NBD export) when the cluster assigns it to
 /// another node: after a takeover or a planned move this node's copy is stale until dropped.
 pub(crate) fn check_disk_here(inner: &NodeInner, disk: &str) -> Result<(), ControlError> {
-    let Ok(m) = inner.cluster.member() else {
-        return Ok(());
-    };
-    let me = m.id();
-    m.read(|s| match disk_owner(s, disk).filter(|o| *o != me) {
-        Some(o) => Err(ControlError::conflict(format!(
+    match owned_elsewhere(inner, &[disk.to_string()]) {
+        Some((_, o)) => Err(ControlError::conflict(format!(
             "virtual disk {disk} is served by node {o}; export it there (this node's copy may \
              be stale)"
         ))),
         None => Ok(()),
-    })
+    }
 }
 
 /// Start VM `name`: the one path for `vm start` and restarts after a takeover. Records in the
