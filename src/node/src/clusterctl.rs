@@ -228,7 +228,8 @@ impl NodeController {
                     return Err(ControlError::new(
                         ErrorCode::Unavailable,
                         format!(
-                            "the holder of {name} (member {owner}) cannot be asked to move it:                              {} (a dead holder's disks are taken over automatically)",
+                            "the holder of {name} (member {owner}) cannot be asked to move it: \
+                             {} (a dead holder's disks are taken over automatically)",
                             e.message
                         ),
                     ))
