@@ -192,6 +192,14 @@ pub struct ClusterState {
     /// created before this field existed (members fall back to their own setting).
     #[serde(default)]
     pub lease_ms: u64,
+    /// Virtual disks (by id) whose last move was a planned hand-over, with the member that
+    /// handed each over ([`Command::MoveVdisk`] with `record`, [`Command::MoveVm`]): that
+    /// member stopped serving the disk itself, so finding its old copy assigned elsewhere is
+    /// no sign that it was cut off and taken over (its isolation lease stays valid, also after
+    /// a restart). Follows the disk when a takeover moves it on; dropped when the disk comes
+    /// back to that member or is deleted. Never names a disk's current owner.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub handed_over: BTreeMap<String, NodeId>,
 }
 
 /// A change to the cluster state.
@@ -317,6 +325,21 @@ pub enum Command {
     /// VMs keep their node. Bumps the placement version and returns it. Rejected if the disk
     /// is unknown, `to` is not another data member, or any holder of the owner is outdated.
     MoveVdisk {
+        id: String,
+        to: NodeId,
+        /// Record the hand-over in [`ClusterState::handed_over`]. False in entries written
+        /// before the field existed (which did not record it); every new move sets it.
+        #[serde(default)]
+        record: bool,
+    },
+    /// A planned move of stopped VM `id` with its virtual disks to data member `to`, by the
+    /// VM's node (`cairn vm move`): each of its disks that node owns is re-keyed as in
+    /// [`Command::MoveVdisk`] (recorded as handed over), disks already on `to` stay, and the
+    /// VM is assigned to `to`. Bumps the placement version and returns it. Rejected, changing
+    /// nothing, if the VM is unknown, has no node, is recorded as running, or uses a disk of
+    /// a third member; if `to` is not another data member; or if any holder of the VM's node
+    /// is outdated.
+    MoveVm {
         id: String,
         to: NodeId,
     },
@@ -512,6 +535,7 @@ impl ClusterState {
                 self.vdisks
                     .remove(id)
                     .ok_or_else(|| reject("no such virtual disk"))?;
+                self.handed_over.remove(id);
             }
             CreateSnapshot(s) => {
                 check_name(&s.id)?;
@@ -602,7 +626,8 @@ impl ClusterState {
             }
             MoveVdisks { from, to } => return self.move_vdisks(*from, *to),
             TakeOver { from, to } => return self.take_over(*from, *to),
-            MoveVdisk { id, to } => return self.move_vdisk(id, *to),
+            MoveVdisk { id, to, record } => return self.move_vdisk(id, *to, *record),
+            MoveVm { id, to } => return self.move_vm(id, *to),
             Outdate {
                 owner,
                 holder,

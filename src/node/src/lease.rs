@@ -256,9 +256,6 @@ pub(crate) struct Lease {
     /// Virtual disk ids whose old owner said it stopped serving them (a planned move,
     /// `crate::takeover::manual`): adopted without the hold.
     released: parking_lot::Mutex<HashMap<String, Instant>>,
-    /// Local virtual disks this node handed over by a planned move: their new assignment is
-    /// no reason to close the gate (they are not served here any more).
-    handed: parking_lot::Mutex<HashSet<String>>,
     /// L in force (ms), as last resolved ([`Lease::refresh_length`]).
     length_ms: AtomicU64,
     /// The cluster value a disagreeing `CAIRN_LEASE_MS` was last warned about (0: none).
@@ -277,7 +274,6 @@ impl Default for Lease {
             paused: Default::default(),
             seen_missing: Default::default(),
             released: Default::default(),
-            handed: Default::default(),
             length_ms: AtomicU64::new(DEFAULT_LENGTH.as_millis() as u64),
             warned_for: AtomicU64::new(0),
             needed: AtomicBool::new(false),
@@ -365,17 +361,6 @@ impl Lease {
         r.insert(id.to_string(), Instant::now());
     }
 
-    /// This node hands local virtual disk `name` over by a planned move (`on`), or keeps it
-    /// after all (`!on`).
-    pub(crate) fn hand_over(&self, name: &str, on: bool) {
-        let mut h = self.handed.lock();
-        if on {
-            h.insert(name.to_string());
-        } else {
-            h.remove(name);
-        }
-    }
-
     /// Of `missing` (virtual disks assigned to this node that it lacks: `(id, name)`), those
     /// seen so for [`hold`], or released by their old owner — adoptable now. Remembers when
     /// each was first seen.
@@ -407,7 +392,8 @@ impl Lease {
 
 /// What a renewal learned.
 struct Renewal {
-    /// This node's virtual disks the cluster assigns to another member.
+    /// This node's virtual disks the cluster assigns to another member, other than those it
+    /// handed over itself and no longer uses ([`lost_disks`]).
     lost: Vec<String>,
     /// VM names whose record moved to another member.
     moved_vms: HashSet<String>,
@@ -451,6 +437,31 @@ fn others_could_take_over(voters: usize, others: usize) -> bool {
     others > voters / 2
 }
 
+/// Of this node's local virtual disks `local`, those the cluster state `s` assigns to another
+/// member as if taken over (see [`Renewal::lost`]). A disk this node handed over itself by a
+/// planned move (`ClusterState::handed_over`, replicated, so a restart of either node changes
+/// nothing) is not lost while nothing here uses it (`in_use`: NBD exports, VMs that run or are
+/// paused): its old copy is merely waiting to be dropped. One still in use here would be
+/// served stale (a move whose commit this node gave up on and that committed after all): lost.
+fn lost_disks(
+    s: &cluster::ClusterState,
+    me: u64,
+    local: &[String],
+    in_use: &HashSet<String>,
+) -> Vec<String> {
+    local
+        .iter()
+        .filter(|n| {
+            s.vdisks.values().any(|d| {
+                d.name == **n
+                    && cluster::vdisk_owner(&d.id) != Some(me)
+                    && (s.handed_over.get(&d.id) != Some(&me) || in_use.contains(*n))
+            })
+        })
+        .cloned()
+        .collect()
+}
+
 async fn renew(inner: &NodeInner, m: &ClusterNode) -> Result<Renewal, String> {
     let me = m.id();
     let local: Vec<String> = inner
@@ -460,37 +471,29 @@ async fn renew(inner: &NodeInner, m: &ClusterNode) -> Result<Renewal, String> {
         .map(|v| v.name)
         .filter(|n| !crate::internal::is_internal_vdisk(n))
         .collect();
+    let mut in_use: HashSet<String> = inner.exports.list().into_iter().map(|e| e.vdisk).collect();
+    in_use.extend(
+        local
+            .iter()
+            .filter(|n| inner.vms.active_user_of(n).is_some())
+            .cloned(),
+    );
     let defined: Vec<String> = inner.vms.defined().into_iter().map(|(n, _)| n).collect();
-    let r = m
-        .read_fresh(|s| {
-            let lost = local
-                .iter()
-                .filter(|n| {
-                    s.vdisks
-                        .values()
-                        .any(|d| d.name == **n && cluster::vdisk_owner(&d.id) != Some(me))
-                })
-                .cloned()
-                .collect();
-            let moved_vms = defined
-                .iter()
-                .filter(|n| {
-                    let here = s.vms.values().any(|v| v.name == **n && v.node == Some(me));
-                    let away = s.vms.values().any(|v| v.name == **n && v.node != Some(me));
-                    away && !here
-                })
-                .cloned()
-                .collect();
-            Renewal { lost, moved_vms }
-        })
-        .await
-        .map_err(|e| e.to_string())?;
-    // A disk handed over by a planned move is not lost (it is no longer served here); once
-    // it is dropped here, forget it.
-    let mut h = inner.lease.handed.lock();
-    h.retain(|n| local.contains(n));
-    let lost = r.lost.into_iter().filter(|n| !h.contains(n)).collect();
-    Ok(Renewal { lost, ..r })
+    m.read_fresh(|s| {
+        let lost = lost_disks(s, me, &local, &in_use);
+        let moved_vms = defined
+            .iter()
+            .filter(|n| {
+                let here = s.vms.values().any(|v| v.name == **n && v.node == Some(me));
+                let away = s.vms.values().any(|v| v.name == **n && v.node != Some(me));
+                away && !here
+            })
+            .cloned()
+            .collect();
+        Renewal { lost, moved_vms }
+    })
+    .await
+    .map_err(|e| e.to_string())
 }
 
 /// Close the gate and pause every running VM (recording which).
@@ -770,5 +773,38 @@ mod tests {
         assert!(left > s(50) && left <= s(60), "{left:?}");
         lease.gate.close();
         assert_eq!(lease.state().remaining, None);
+    }
+
+    #[test]
+    fn a_disk_handed_over_on_purpose_is_not_lost_unless_still_used_here() {
+        let def = |id: &str, name: &str| cluster::VdiskDef {
+            id: id.into(),
+            name: name.into(),
+            size_bytes: 1 << 20,
+            parent_snapshot: None,
+        };
+        let mut s = cluster::ClusterState::default();
+        s.vdisks.insert("1/u".into(), def("1/u", "u"));
+        s.vdisks.insert("2/t".into(), def("2/t", "t"));
+        s.vdisks.insert("2/x".into(), def("2/x", "x"));
+        let local = ["t".to_string(), "u".to_string(), "x".to_string()];
+        let none = HashSet::new();
+        // No record: t and x were taken over from this node (it was cut off): lost.
+        assert_eq!(lost_disks(&s, 1, &local, &none), ["t", "x"]);
+        // This node handed t over itself; x went by a takeover, or by another member's move.
+        s.handed_over.insert("2/t".into(), 1);
+        s.handed_over.insert("2/x".into(), 3);
+        assert_eq!(lost_disks(&s, 1, &local, &none), ["x"]);
+        // The rule reads only the replicated state: a restarted node (state reloaded from its
+        // snapshot, nothing in memory) decides the same.
+        let reloaded: cluster::ClusterState =
+            serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
+        assert_eq!(lost_disks(&reloaded, 1, &local, &none), ["x"]);
+        // Still exported (or under a guest) here: its old copy would be served stale.
+        let used: HashSet<String> = ["t".to_string()].into();
+        assert_eq!(lost_disks(&s, 1, &local, &used), ["t", "x"]);
+        // The new owner's own disks are never lost to it.
+        let theirs = ["t".to_string(), "x".to_string()];
+        assert!(lost_disks(&s, 2, &theirs, &used).is_empty());
     }
 }

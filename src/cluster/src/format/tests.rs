@@ -82,6 +82,11 @@ fn a_v1_binary_refuses_every_current_command_and_result() {
         Command::MoveVdisk {
             id: "1/a".into(),
             to: 2,
+            record: true,
+        },
+        Command::MoveVm {
+            id: "1/v".into(),
+            to: 2,
         },
         once(0),
         once(2),

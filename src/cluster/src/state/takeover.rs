@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 
+use super::VmPower;
 use super::{reject, ClusterState, CommandResult};
 use crate::types::{NodeId, Role};
 
@@ -48,15 +49,65 @@ impl ClusterState {
     /// `cairn vdisk takeover`). The owner keeps its other disks and its write epoch (no
     /// `taken_over` entry); VMs keep their node (the owner refuses a move under a VM unless
     /// forced). Rejected while any holder of the owner is outdated: the new owner gathers the
-    /// chunks from every holder but the old owner.
+    /// chunks from every holder but the old owner. `record`: the hand-over is recorded in
+    /// `handed_over` (every move but those logged before the field existed).
     pub(super) fn move_vdisk(
         &mut self,
         id: &str,
         to: NodeId,
+        record: bool,
     ) -> Result<CommandResult, CommandResult> {
         let Some(from) = vdisk_owner(id).filter(|_| self.vdisks.contains_key(id)) else {
             return Err(reject(format!("no virtual disk {id}")));
         };
+        self.check_planned_target(from, to)?;
+        let moving = [id.to_string()];
+        self.rehome(&moving, from, to, false)?;
+        if record {
+            self.record_handed(&moving, from, to);
+        }
+        Ok(CommandResult::PlacementVersion(self.placement.version))
+    }
+
+    /// `Command::MoveVm`: stopped VM `id` and every disk of it its node owns, handed over to
+    /// `to` at once (a planned move, `cairn vm move`).
+    pub(super) fn move_vm(&mut self, id: &str, to: NodeId) -> Result<CommandResult, CommandResult> {
+        let Some(vm) = self.vms.get(id) else {
+            return Err(reject(format!("no VM {id}")));
+        };
+        let Some(from) = vm.node else {
+            return Err(reject(format!("VM {id} is assigned to no node")));
+        };
+        if vm.power == VmPower::Running {
+            return Err(reject(format!(
+                "VM {id} is recorded as running: stop it first"
+            )));
+        }
+        self.check_planned_target(from, to)?;
+        let mut moving = Vec::new();
+        for d in &vm.vdisks {
+            match vdisk_owner(d).filter(|_| self.vdisks.contains_key(d)) {
+                Some(o) if o == from => moving.push(d.clone()),
+                Some(o) if o == to => {}
+                _ => {
+                    return Err(reject(format!(
+                        "virtual disk {d} of VM {id} is neither on the VM's member {from} nor \
+                         on the target {to}"
+                    )))
+                }
+            }
+        }
+        self.rehome(&moving, from, to, false)?;
+        self.record_handed(&moving, from, to);
+        if let Some(vm) = self.vms.get_mut(id) {
+            vm.node = Some(to);
+        }
+        Ok(CommandResult::PlacementVersion(self.placement.version))
+    }
+
+    /// A planned move from live member `from` to `to`: `to` must be another data member, and
+    /// no holder of `from` outdated (the new owner gathers chunks from every holder).
+    fn check_planned_target(&self, from: NodeId, to: NodeId) -> Result<(), CommandResult> {
         match self.members.get(&to) {
             Some(m) if m.role == Role::Data && to != from => {}
             _ => return Err(reject("the target must be another data member")),
@@ -67,8 +118,17 @@ impl ClusterState {
                  owner wrote without them); moving would lose acknowledged writes"
             )));
         }
-        self.rehome(&[id.to_string()], from, to, false)?;
-        Ok(CommandResult::PlacementVersion(self.placement.version))
+        Ok(())
+    }
+
+    /// Record that `from` handed `moved` (their ids before the move) over to `to` by a planned
+    /// move.
+    fn record_handed(&mut self, moved: &[String], from: NodeId, to: NodeId) {
+        for id in moved {
+            if let Some((_, name)) = id.split_once('/') {
+                self.handed_over.insert(format!("{to}/{name}"), from);
+            }
+        }
     }
 
     /// Re-key virtual disks `moving` (all owned by `from`) as `to`'s, with their snapshot
@@ -96,6 +156,13 @@ impl ClusterState {
             if let Some(mut v) = self.vdisks.remove(id) {
                 v.id = renamed(id);
                 self.vdisks.insert(v.id.clone(), v);
+            }
+            // Who handed the disk over last stays known as it moves on (its old copy there is
+            // still no sign of its isolation), unless the disk comes back to it.
+            if let Some(by) = self.handed_over.remove(id) {
+                if by != to {
+                    self.handed_over.insert(renamed(id), by);
+                }
             }
         }
         // Snapshot ids are "{vdisk id}@{name}": re-keyed with their disk, so the new owner
@@ -190,27 +257,33 @@ mod tests {
             Command::MoveVdisk {
                 id: "1/a".into(),
                 to: 3,
+                record: true,
             },
             Command::MoveVdisk {
                 id: "1/a".into(),
                 to: 1,
+                record: true,
             },
             Command::MoveVdisk {
                 id: "1/a".into(),
                 to: 9,
+                record: true,
             },
             Command::MoveVdisk {
                 id: "1/x".into(),
                 to: 2,
+                record: true,
             },
             Command::MoveVdisk {
                 id: "nonsense".into(),
                 to: 2,
+                record: true,
             },
             // 2 already has a disk with b's key.
             Command::MoveVdisk {
                 id: "1/b".into(),
                 to: 2,
+                record: true,
             },
         ] {
             let rejected = matches!(s.apply(&bad), CommandResult::Rejected(_));
@@ -221,7 +294,8 @@ mod tests {
         assert!(matches!(
             s.apply(&Command::MoveVdisk {
                 id: "1/a".into(),
-                to: 2
+                to: 2,
+                record: true,
             }),
             CommandResult::Rejected(_)
         ));
@@ -229,7 +303,8 @@ mod tests {
         assert_eq!(
             s.apply(&Command::MoveVdisk {
                 id: "1/a".into(),
-                to: 2
+                to: 2,
+                record: true,
             }),
             CommandResult::PlacementVersion(v0 + 1)
         );
@@ -395,5 +470,174 @@ mod tests {
         let second = s.apply(&Command::TakeOver { from: 1, to: 3 });
         let lost = matches!(second, CommandResult::Rejected(_));
         assert!(lost, "{second:?}");
+    }
+
+    #[test]
+    fn a_planned_hand_over_is_recorded_follows_the_disk_and_survives_a_reload() {
+        let mut s = init();
+        s.members.insert(2, member(2, Role::Data));
+        s.members.insert(3, member(3, Role::Data));
+        s.apply(&Command::CreateVdisk(vdisk("1/a")));
+        s.apply(&Command::CreateVdisk(vdisk("1/b")));
+        // An entry logged before `record` existed moves the disk and records nothing.
+        let old: Command = serde_json::from_str(r#"{"MoveVdisk":{"id":"1/b","to":2}}"#).unwrap();
+        assert!(matches!(s.apply(&old), CommandResult::PlacementVersion(_)));
+        assert!(s.handed_over.is_empty(), "{:?}", s.handed_over);
+        assert!(matches!(
+            s.apply(&Command::MoveVdisk {
+                id: "1/a".into(),
+                to: 2,
+                record: true,
+            }),
+            CommandResult::PlacementVersion(_)
+        ));
+        assert_eq!(s.handed_over.get("2/a"), Some(&1));
+        // What a restarted member loads from its snapshot says the same.
+        let reloaded: ClusterState =
+            serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
+        assert_eq!(reloaded, s);
+        assert_eq!(reloaded.handed_over.get("2/a"), Some(&1));
+        // A state written before the field existed loads with nothing handed over, and a state
+        // with nothing handed over is written as before.
+        let mut v = serde_json::to_value(&s).unwrap();
+        v.as_object_mut().unwrap().remove("handed_over");
+        let older: ClusterState = serde_json::from_value(v).unwrap();
+        assert!(older.handed_over.is_empty());
+        assert!(!serde_json::to_string(&older)
+            .unwrap()
+            .contains("handed_over"));
+        // 2 is lost and 3 takes its disks over: 1 still handed `a` over (its old copy of it is
+        // no sign of 1's isolation), re-keyed with the disk.
+        assert!(matches!(
+            s.apply(&Command::TakeOver { from: 2, to: 3 }),
+            CommandResult::PlacementVersion(_)
+        ));
+        assert_eq!(s.handed_over.get("3/a"), Some(&1));
+        assert!(!s.handed_over.contains_key("2/a"));
+        // 3 hands it to 1; then 1 is lost and 3 takes it back: 3 owns it again, so no
+        // hand-over by 3 is recorded for it any more.
+        assert!(matches!(
+            s.apply(&Command::MoveVdisk {
+                id: "3/a".into(),
+                to: 1,
+                record: true,
+            }),
+            CommandResult::PlacementVersion(_)
+        ));
+        assert_eq!(s.handed_over.get("1/a"), Some(&3), "3 handed it back");
+        assert!(matches!(
+            s.apply(&Command::MoveVdisks { from: 1, to: 3 }),
+            CommandResult::PlacementVersion(_)
+        ));
+        assert!(
+            !s.handed_over.contains_key("3/a"),
+            "the disk came back to the member that handed it over: {:?}",
+            s.handed_over
+        );
+        assert!(s.handed_over.values().all(|by| *by != 3));
+        // Deleted with the disk.
+        assert!(matches!(
+            s.apply(&Command::MoveVdisk {
+                id: "3/a".into(),
+                to: 2,
+                record: true,
+            }),
+            CommandResult::PlacementVersion(_)
+        ));
+        assert_eq!(s.handed_over.get("2/a"), Some(&3));
+        assert_eq!(
+            s.apply(&Command::DeleteVdisk { id: "2/a".into() }),
+            CommandResult::Ok
+        );
+        assert!(s.handed_over.is_empty(), "{:?}", s.handed_over);
+    }
+
+    #[test]
+    fn move_vm_hands_a_stopped_vm_over_with_its_disks_or_changes_nothing() {
+        let mut s = init();
+        s.members.insert(2, member(2, Role::Data));
+        s.members.insert(3, member(3, Role::Data));
+        s.members.insert(4, member(4, Role::Witness));
+        for d in ["1/a", "1/b", "2/c", "3/d", "1/e"] {
+            s.apply(&Command::CreateVdisk(vdisk(d)));
+        }
+        s.apply(&Command::CreateSnapshot(SnapshotDef {
+            id: "1/a@s".into(),
+            vdisk: "1/a".into(),
+            name: "s".into(),
+        }));
+        let vm = |id: &str, disks: &[&str], power| VmDef {
+            id: id.into(),
+            name: id.into(),
+            vcpus: 1,
+            memory_mib: 64,
+            vdisks: disks.iter().map(|d| d.to_string()).collect(),
+            node: Some(1),
+            power,
+        };
+        s.apply(&Command::PutVm(vm(
+            "v",
+            &["1/a", "1/b", "2/c"],
+            VmPower::Stopped,
+        )));
+        s.apply(&Command::PutVm(vm("run", &["1/e"], VmPower::Running)));
+        s.apply(&Command::PutVm(vm("far", &["3/d"], VmPower::Stopped)));
+        let before = s.clone();
+        for (bad, why) in [
+            (("nope", 2), "no VM"),
+            (("run", 2), "running"),
+            (("v", 4), "data member"),
+            (("v", 1), "data member"),
+            (("v", 9), "data member"),
+            // Its disk is on 3: neither on the VM's member nor on the target.
+            (("far", 2), "neither"),
+        ] {
+            let r = s.apply(&Command::MoveVm {
+                id: bad.0.into(),
+                to: bad.1,
+            });
+            let refused = matches!(&r, CommandResult::Rejected(m) if m.contains(why));
+            assert!(refused, "{bad:?}: {r:?}");
+        }
+        s.outdated.insert((1, 3));
+        let r = s.apply(&Command::MoveVm {
+            id: "v".into(),
+            to: 2,
+        });
+        let refused = matches!(&r, CommandResult::Rejected(m) if m.contains("outdated"));
+        assert!(refused, "{r:?}");
+        s.outdated.clear();
+        assert_eq!(s, before, "a refused VM move changes nothing");
+
+        let v0 = s.placement.version;
+        assert_eq!(
+            s.apply(&Command::MoveVm {
+                id: "v".into(),
+                to: 2,
+            }),
+            CommandResult::PlacementVersion(v0 + 1)
+        );
+        assert_eq!(s.vms["v"].node, Some(2));
+        assert_eq!(
+            s.vms["v"].vdisks,
+            vec!["2/a".to_string(), "2/b".to_string(), "2/c".to_string()]
+        );
+        for d in ["2/a", "2/b", "2/c"] {
+            assert!(s.vdisks.contains_key(d), "{d}");
+        }
+        assert!(!s.vdisks.contains_key("1/a") && !s.vdisks.contains_key("1/b"));
+        assert_eq!(s.snapshots["2/a@s"].vdisk, "2/a");
+        assert_eq!(s.handed_over.get("2/a"), Some(&1));
+        assert_eq!(s.handed_over.get("2/b"), Some(&1));
+        assert!(
+            !s.handed_over.contains_key("2/c"),
+            "c was on the target already"
+        );
+        assert_eq!(s.vms["run"].node, Some(1), "other VMs stay");
+        assert!(s.vdisks.contains_key("1/e"), "other disks stay");
+        assert!(
+            !s.taken_over.contains_key(&1),
+            "a planned move is no takeover"
+        );
     }
 }

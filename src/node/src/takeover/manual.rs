@@ -9,16 +9,19 @@
 //!    paused VM uses the disk (always: a guest must never lose its disk under it — stop it
 //!    first); a stopped VM here uses it, or NBD exports serve it (unless `force`: the exports
 //!    are stopped, and the VM will not start here until the disk comes back).
-//! 2. Stop serving: exports stopped, the disk flushed (durable on every replica), and the
-//!    lease renewal told the disk leaves (`Lease::hand_over`) so its move does not close the
-//!    gate for the node's other disks.
-//! 3. Commit `Command::MoveVdisk` (new id `"{to}/{name}"`, placement version bumped: the epoch).
+//! 2. Stop serving: exports stopped, the disk flushed (durable on every replica).
+//! 3. Commit `Command::MoveVdisk` (new id `"{to}/{name}"`, placement version bumped: the epoch),
+//!    which records in the cluster state that this node handed the disk over
+//!    (`ClusterState::handed_over`): the isolation lease (`crate::lease`) then knows the disk's
+//!    new assignment is no takeover of this node and keeps serving its other disks — from the
+//!    replicated state, so also after a restart of this node before its old copy is dropped.
 //! 4. Tell the target the holder stopped (`Call::Released`): it adopts at its next takeover tick
 //!    without the isolation lease's hold (that hold guards against an owner serving behind a
 //!    partition; this one said it stopped, and committed the move itself). The adoption fences
 //!    every holder's copy first, as any takeover (`super::gather`).
-//! 5. Wait (bounded) until the target serves the disk, and answer with its view. The stale local
-//!    copy is dropped by `super::drop_stale` once the target's fence is seen.
+//! 5. Wait (bounded) until the target serves the disk, telling it again now and then (a target
+//!    restarted meanwhile forgot it), and answer with its view. The stale local copy is dropped
+//!    by `super::drop_stale` once the target's fence is seen.
 //!
 //! Must never: move a disk out from under a running guest, move it when the target could not
 //! gather every chunk, or leave it served by both nodes.
@@ -34,8 +37,10 @@ use crate::NodeInner;
 
 /// How long the holder waits for the target to serve the moved disk.
 const SERVE_WAIT: Duration = Duration::from_secs(90);
+/// How often the holder tells the target again that it stopped serving a moved disk.
+const RELEASE_AGAIN: Duration = Duration::from_secs(2);
 
-fn conflict(msg: String) -> ControlError {
+pub(crate) fn conflict(msg: String) -> ControlError {
     ControlError::new(ErrorCode::Conflict, msg)
 }
 
@@ -88,32 +93,7 @@ pub(crate) async fn move_out(
             "virtual disk {name} is already on this node"
         )));
     }
-    let st = m.status();
-    let target =
-        st.members.iter().find(|x| x.id == to).ok_or_else(|| {
-            ControlError::new(ErrorCode::NotFound, format!("no cluster member {to}"))
-        })?;
-    let tname = target.name.clone();
-    for x in st
-        .members
-        .iter()
-        .filter(|x| x.role == Role::Data && x.id != me)
-    {
-        if x.health != NodeHealth::Up {
-            let why = if x.id == to {
-                format!("the target {} is not up", x.name)
-            } else {
-                format!(
-                    "member {} is not up (it may hold chunks the target must gather)",
-                    x.name
-                )
-            };
-            return Err(ControlError::new(
-                ErrorCode::Unavailable,
-                format!("cannot move {name}: {why}"),
-            ));
-        }
-    }
+    let tname = members_up(&m, to, name)?;
     copies_in_sync(inner, &m, name, &tname)?;
     if let Some(vm) = inner.vms.active_user_of(name) {
         return Err(conflict(format!(
@@ -164,8 +144,11 @@ pub(crate) async fn move_out(
             .map_err(crate::convert::error)?;
         h.flush().await.map_err(crate::convert::error)?;
         drop(h);
-        inner.lease.hand_over(name, true);
-        let cmd = Command::MoveVdisk { id: id.clone(), to };
+        let cmd = Command::MoveVdisk {
+            id: id.clone(),
+            to,
+            record: true,
+        };
         let r = tokio::time::timeout(PROPOSE_TIMEOUT, m.propose(cmd)).await;
         match r {
             Ok(Ok(CommandResult::PlacementVersion(epoch))) => epoch,
@@ -177,7 +160,6 @@ pub(crate) async fn move_out(
                     .await
                     .unwrap_or(false);
                 if !committed {
-                    inner.lease.hand_over(name, false);
                     let why = match other {
                         Ok(Ok(CommandResult::Rejected(why))) => {
                             return Err(conflict(format!("the cluster refused the move: {why}")))
@@ -206,32 +188,69 @@ pub(crate) async fn move_out(
              (epoch {epoch}); this node stopped serving it"
         ),
     );
-    let new_id = format!("{to}/{name}");
-    if let Err(e) = peer::call(&m, to, &Call::Released { id: new_id }, STEP_TIMEOUT).await {
-        // Not fatal: the target adopts after the lease hold instead.
-        tracing::warn!(vdisk = %name, error = %e.message, "planned move: the target was not told");
-    }
+    let mut views = wait_served(&m, to, &tname, &[name.to_string()], epoch).await?;
+    tracing::warn!(
+        vdisk = %name,
+        to,
+        took_ms = started.elapsed().as_millis() as u64,
+        "planned move done: the target serves the disk"
+    );
+    views
+        .pop()
+        .ok_or_else(|| ControlError::internal("the target's view of the disk is missing"))
+}
+
+/// After a planned move of `names` to member `to` committed (at `epoch`): tell `to` this node
+/// stopped serving them (`Call::Released`), and wait (bounded) until it serves every one;
+/// their views, in order. The release is repeated every few seconds while `to` does not serve
+/// them yet: a target restarted meanwhile forgot it (it would adopt after the lease hold, which
+/// is safe, only slower).
+pub(crate) async fn wait_served(
+    m: &cluster::ClusterNode,
+    to: u64,
+    tname: &str,
+    names: &[String],
+    epoch: u64,
+) -> Result<Vec<VdiskView>, ControlError> {
     let deadline = Instant::now() + SERVE_WAIT;
+    let mut served: Vec<Option<VdiskView>> = vec![None; names.len()];
+    let mut next_release = Instant::now();
     loop {
-        let ask = Call::Serving {
-            name: name.to_string(),
-        };
-        if let Ok(peer::Answer::Vdisk(Some(v))) = peer::call(&m, to, &ask, STEP_TIMEOUT).await {
-            tracing::warn!(
-                vdisk = %name,
-                to,
-                took_ms = started.elapsed().as_millis() as u64,
-                "planned move done: the target serves the disk"
-            );
-            return Ok(v);
+        if Instant::now() >= next_release {
+            next_release = Instant::now() + RELEASE_AGAIN;
+            for (name, _) in names.iter().zip(&served).filter(|(_, v)| v.is_none()) {
+                let id = format!("{to}/{name}");
+                if let Err(e) = peer::call(m, to, &Call::Released { id }, STEP_TIMEOUT).await {
+                    // Not fatal: the target adopts after the lease hold instead.
+                    tracing::warn!(vdisk = %name, error = %e.message, "planned move: the target was not told");
+                }
+            }
+        }
+        for (name, slot) in names.iter().zip(served.iter_mut()) {
+            if slot.is_some() {
+                continue;
+            }
+            let ask = Call::Serving { name: name.clone() };
+            if let Ok(peer::Answer::Vdisk(Some(v))) = peer::call(m, to, &ask, STEP_TIMEOUT).await {
+                *slot = Some(v);
+            }
+        }
+        if served.iter().all(Option::is_some) {
+            return Ok(served.into_iter().flatten().collect());
         }
         if Instant::now() >= deadline {
+            let waiting: Vec<&str> = names
+                .iter()
+                .zip(&served)
+                .filter(|(_, v)| v.is_none())
+                .map(|(n, _)| n.as_str())
+                .collect();
             return Err(ControlError::new(
                 ErrorCode::Busy,
                 format!(
-                    "virtual disk {name} is moved to {tname} in the cluster (epoch {epoch}), but \
-                     {tname} does not serve it yet after {} s; `cairn cluster status` shows its \
-                     adoption",
+                    "virtual disks {waiting:?} are moved to {tname} in the cluster (epoch \
+                     {epoch}), but {tname} does not serve them yet after {} s; `cairn cluster \
+                     status` shows their adoption",
                     SERVE_WAIT.as_secs()
                 ),
             ));
@@ -240,9 +259,46 @@ pub(crate) async fn move_out(
     }
 }
 
+/// Refuse (unavailable) moving `what` to member `to` unless `to` and every other data member
+/// but this node are up (each may hold chunks the target must gather); `to`'s name.
+pub(crate) fn members_up(
+    m: &cluster::ClusterNode,
+    to: u64,
+    what: &str,
+) -> Result<String, ControlError> {
+    let me = m.id();
+    let st = m.status();
+    let target =
+        st.members.iter().find(|x| x.id == to).ok_or_else(|| {
+            ControlError::new(ErrorCode::NotFound, format!("no cluster member {to}"))
+        })?;
+    let tname = target.name.clone();
+    for x in st
+        .members
+        .iter()
+        .filter(|x| x.role == Role::Data && x.id != me)
+    {
+        if x.health != NodeHealth::Up {
+            let why = if x.id == to {
+                format!("the target {} is not up", x.name)
+            } else {
+                format!(
+                    "member {} is not up (it may hold chunks the target must gather)",
+                    x.name
+                )
+            };
+            return Err(ControlError::new(
+                ErrorCode::Unavailable,
+                format!("cannot move {what}: {why}"),
+            ));
+        }
+    }
+    Ok(tname)
+}
+
 /// Refuse unless every copy the target would gather from is complete: each other data
 /// member's replica disks in sync, no chunk degraded, no holder recorded as outdated.
-fn copies_in_sync(
+pub(crate) fn copies_in_sync(
     inner: &NodeInner,
     m: &cluster::ClusterNode,
     name: &str,
