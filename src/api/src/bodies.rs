@@ -80,6 +80,11 @@ pub(crate) struct TakeoverBody {
 }
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+pub(crate) struct VmMoveBody {
+    pub(crate) to: String,
+}
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct ImportBody {
     pub(crate) name: String,
     pub(crate) file: String,

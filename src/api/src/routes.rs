@@ -71,6 +71,7 @@ pub enum R {
     Cluster,
     VmConsoleWs,
     VmUpdate,
+    VmMove,
     ClusterToken,
     ClusterRemove,
 }
@@ -142,6 +143,7 @@ pub const ROUTES: &[(Method, &str, R)] = &[
     (Method::POST, "/vms/{name}/stop", R::VmStop),
     (Method::POST, "/vms/{name}/pause", R::VmPause),
     (Method::POST, "/vms/{name}/resume", R::VmResume),
+    (Method::POST, "/vms/{name}/move", R::VmMove),
     (Method::GET, "/vms/{name}/console", R::VmConsole),
     (Method::GET, "/vms/{name}/disks", R::VmDisks),
     (Method::POST, "/vms/{name}/disks", R::VmDiskAttach),

@@ -95,6 +95,8 @@ pub fn is_long(req: &Request) -> bool {
             | Request::VmStop { force: false, .. }
             // A planned move waits for the target to serve the disk.
             | Request::VdiskTakeover { .. }
+            // A planned VM move waits for the target to serve every disk and define the VM.
+            | Request::VmMove { .. }
     )
 }
 
@@ -138,7 +140,9 @@ pub fn target_of(req: &Request) -> String {
             _ => name.clone(),
         },
         Request::ClusterRemove { node, .. } => node.clone(),
-        Request::VdiskTakeover { name, to, .. } => format!("{name} -> {to}"),
+        Request::VdiskTakeover { name, to, .. } | Request::VmMove { name, to } => {
+            format!("{name} -> {to}")
+        }
         Request::ClusterToken { witness, .. } => {
             if *witness {
                 "witness".into()

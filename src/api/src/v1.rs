@@ -394,6 +394,18 @@ async fn dispatch(
             )
             .await
         }
+        R::VmMove => {
+            let b: crate::bodies::VmMoveBody = h::parse_json(body)?;
+            task(
+                st,
+                c,
+                Request::VmMove {
+                    name: param(0),
+                    to: b.to,
+                },
+            )
+            .await
+        }
         R::VdiskImport => {
             let b: ImportBody = h::parse_json(body)?;
             task(

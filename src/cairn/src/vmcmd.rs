@@ -93,6 +93,14 @@ pub enum VmCmd {
     /// Change a VM's definition. Everything but --description needs the VM stopped. --disk
     /// (repeat, in boot order) must list exactly the VM's current disks; --nic TAP[,MAC]
     /// (repeat) replaces every NIC, --no-nics removes them all.
+    /// Move a stopped VM with all its virtual disks to another data node (clustering): its node
+    /// hands the disks over, NODE (id or name) adopts them and defines the VM there, stopped
+    /// (`vm start` on NODE runs it). Refused while the VM runs or is paused.
+    Move {
+        name: String,
+        #[arg(long)]
+        to: String,
+    },
     Edit {
         name: String,
         #[arg(long, value_parser = name_arg)]
@@ -176,6 +184,7 @@ pub fn request(cmd: VmCmd) -> Result<Request, ControlError> {
             vcpus,
             memory,
             cmdline,
+        VmCmd::Move { name, to } => Request::VmMove { name, to },
             disks,
             nics,
             no_nics,

@@ -10,10 +10,21 @@
 //! stays valid: handing `t` over is not a takeover of a), drops its stale copy of `t` and
 //! refuses to export it. Both nodes record the move as a node event in their audit log.
 //! Lease column: each data member reports its own `held`; b killed shows `unreachable`.
+//!
+//! A planned move of a stopped VM with its disks (`cairn vm move NAME --to NODE`): refused,
+//! changing nothing, for an unknown VM or member, a witness, its own node, a target that is
+//! down (b hung by SIGSTOP), NBD exports of its disks, and while the guest runs or is paused;
+//! then the move, asked on b. The VM and both its disks are on b, the guest started there reads
+//! back what it wrote on a, and the data written over NBD on a reads the same on b. Both nodes
+//! restart after the move: a's lease stays valid and it serves its own disk (the cluster state,
+//! not a's memory, says it handed the disks over), b still has the VM and the disks.
 
 mod common;
 
 use common::{cli_at, in_sync, mirrored_pair, pattern, wait_until, ClusterProc, NbdClient};
+
+/// The tests run one after the other: 2 cores cannot host two clusters at once.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 const MIB: u64 = 1 << 20;
 const VDISK_MIB: u64 = 16;
@@ -85,6 +96,7 @@ fn audit(p: &ClusterProc) -> String {
 
 #[test]
 fn a_vdisk_moves_on_purpose_and_each_members_lease_is_real() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     // Inherited by the node processes (this file is its own test binary): nothing but the
     // planned move may move a disk here.
     std::env::set_var("CAIRN_TAKEOVER_DELAY_MS", "off");
@@ -202,5 +214,218 @@ fn a_vdisk_moves_on_purpose_and_each_members_lease_is_real() {
     wait_until(30, "a showing b's lease unreachable", || {
         lease_of(&a.status(), "b") == "unreachable"
     });
+    drop(w);
+}
+
+fn kvm_usable() -> bool {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok()
+}
+
+/// `vm show NAME` on `p`, or None when the VM is not defined there.
+fn vm(p: &ClusterProc, name: &str) -> Option<serde_json::Value> {
+    let o = cli_at(&p.data, &["--json", "vm", "show", name]);
+    (o.code == 0).then(|| o.json()["value"].clone())
+}
+
+fn console(p: &ClusterProc, name: &str) -> String {
+    p.ok(&["vm", "console", name])["value"]["output"]
+        .as_str()
+        .unwrap_or("")
+        .to_string()
+}
+
+/// Runs VM `name` on `p` until its guest exits; its console.
+fn run_to_end(p: &ClusterProc, name: &str) -> String {
+    p.ok(&["vm", "start", name]);
+    wait_until(60, "the guest to finish", || {
+        vm(p, name).is_some_and(|v| v["state"] == "stopped")
+    });
+    console(p, name)
+}
+
+/// What must hold after every refused VM move: g and its disks on a, nothing of it on b.
+fn still_on_a(a: &ClusterProc, b: &ClusterProc, disks: &[&str]) {
+    assert!(vm(a, "g").is_some(), "g left a");
+    assert!(vm(b, "g").is_none(), "g defined on b");
+    for d in disks {
+        assert!(has_vdisk(a, d) && !has_vdisk(b, d), "{d} moved");
+    }
+}
+
+#[test]
+fn a_stopped_vm_moves_with_its_disks_and_both_nodes_restart_after() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    std::env::set_var("CAIRN_TAKEOVER_DELAY_MS", "off");
+    let started = std::time::Instant::now();
+    let kvm = kvm_usable();
+    let tmp = tempfile::Builder::new()
+        .prefix("cairn-vmmove-")
+        .tempdir()
+        .unwrap();
+    let (mut a, mut b, w) = mirrored_pair(tmp.path());
+    let guest = test_guests::guest_elf_path();
+    // The guest checks its first disk's serial starts with "cairn-test-disk".
+    let disks = ["cairn-test-disk-mv", "g-data"];
+    a.ok(&["vdisk", "create", disks[0], "16M"]);
+    a.ok(&["vdisk", "create", disks[1], "8M"]);
+    a.ok(&["vdisk", "create", "keep", "4M"]);
+    let data = pattern(31, MIB as usize);
+    let export = {
+        let x = a.ok(&["vdisk", "nbd", "g-data"]);
+        let v = &x["value"];
+        let mut c = NbdClient::connect(
+            v["listen"].as_str().unwrap(),
+            v["export_name"].as_str().unwrap(),
+        )
+        .unwrap();
+        c.write(MIB, &data).unwrap();
+        c.flush().unwrap();
+        v["id"].to_string()
+    };
+    let kept = pattern(32, 4096);
+    {
+        let mut c = nbd(&a, &["keep"]);
+        c.write(0, &kept).unwrap();
+        c.flush().unwrap();
+    }
+    a.ok(&[
+        "vm",
+        "create",
+        "g",
+        "--memory",
+        "32M",
+        "--disk",
+        disks[0],
+        "--disk",
+        disks[1],
+        "--kernel",
+        guest,
+        "--cmdline",
+        "blk-write seed=7",
+    ]);
+    if kvm {
+        // The guest writes its pattern on a and flushes.
+        let out = run_to_end(&a, "g");
+        assert!(out.contains("result pass"), "{out}");
+        // Running, then paused: refused, and the guest goes on.
+        a.ok(&["vm", "edit", "g", "--cmdline", "wait-shutdown"]);
+        a.ok(&["vm", "start", "g"]);
+        wait_until(30, "g running on a", || {
+            vm(&a, "g").is_some_and(|v| v["state"] == "running")
+        });
+        let e = refused(&a, &["vm", "move", "g", "--to", "b"], 4);
+        assert!(e.contains("running: stop it first"), "{e}");
+        a.ok(&["vm", "pause", "g"]);
+        let e = refused(&b, &["vm", "move", "g", "--to", "b"], 4);
+        assert!(e.contains("paused: stop it first"), "{e}");
+        assert_eq!(vm(&a, "g").unwrap()["state"], "paused");
+        a.ok(&["vm", "stop", "g", "--force"]);
+    } else {
+        println!("skipped: /dev/kvm not usable; the guest does not run, only the move is checked");
+    }
+    a.ok(&["vm", "edit", "g", "--cmdline", "blk-verify seed=7"]);
+
+    // Refusals, each changing nothing.
+    let e = refused(&a, &["vm", "move", "nope", "--to", "b"], 3);
+    assert!(e.contains("no VM nope"), "{e}");
+    let e = refused(&a, &["vm", "move", "g", "--to", "zz"], 3);
+    assert!(e.contains("no cluster member zz"), "{e}");
+    let e = refused(&a, &["vm", "move", "g", "--to", "w"], 2);
+    assert!(e.contains("witness"), "{e}");
+    let e = refused(&b, &["vm", "move", "g", "--to", "a"], 4);
+    assert!(e.contains("already on a"), "{e}");
+    let e = refused(&b, &["vm", "move", "g", "--to", "b"], 4);
+    assert!(e.contains("exported over NBD"), "{e}");
+    a.ok(&["nbd", "stop", &export]);
+    still_on_a(&a, &b, &disks);
+    b.signal("-STOP");
+    wait_until(30, "a seeing b down", || {
+        common::faults::member_health(&a.status(), "b") == "down"
+    });
+    let e = refused(&a, &["vm", "move", "g", "--to", "b"], 7);
+    assert!(e.contains("the target b is not up"), "{e}");
+    b.signal("-CONT");
+    wait_until(30, "b up again and in sync", || {
+        let s = a.status();
+        common::faults::member_health(&s, "b") == "up" && lease_of(&s, "b") == "held"
+    });
+    still_on_a(&a, &b, &disks);
+    wait_until(30, "a's replicas on b in sync", || in_sync(&a.status(), 2));
+
+    // The move, asked on b: forwarded to a, which hands both disks and the VM over at once.
+    let moved = b.ok(&["vm", "move", "g", "--to", "b"]);
+    assert_eq!(moved["value"]["name"], "g", "{moved}");
+    assert_eq!(moved["value"]["disks"], serde_json::json!(disks), "{moved}");
+    assert!(vm(&a, "g").is_none(), "g still defined on a");
+    let on_b = vm(&b, "g").expect("g defined on b");
+    assert_ne!(
+        on_b["state"], "running",
+        "a stopped VM stays stopped: {on_b}"
+    );
+    for d in disks {
+        assert!(has_vdisk(&b, d), "{d} not served by b");
+    }
+    let e = refused(&a, &["vm", "start", "g"], 3);
+    assert!(e.contains("g"), "{e}");
+    {
+        let mut c = nbd(&b, &["g-data"]);
+        assert!(
+            c.read(MIB, MIB as usize).unwrap() == data,
+            "g-data differs on b"
+        );
+    }
+    let log_a = a.log();
+    assert!(
+        !log_a.contains("assigns this node's virtual disks to another member"),
+        "a's lease closed its gate over a planned move:\n{log_a}"
+    );
+    assert!(audit(&a).contains("\"vm_move\""), "{}", audit(&a));
+    assert!(audit(&b).contains("\"vm_move\""), "{}", audit(&b));
+
+    // Both nodes restart: the cluster state says a handed the disks over on purpose, so a's
+    // lease is valid again at once and it serves its own disk; b keeps the VM and the disks.
+    let before = a.log().len();
+    a.stop();
+    a.restart();
+    wait_until(30, "a holding its lease after the restart", || {
+        lease_of(&a.status(), "a") == "held"
+    });
+    {
+        let mut c = nbd(&a, &["keep"]);
+        assert_eq!(
+            c.read(0, 4096).unwrap(),
+            kept,
+            "keep on a after its restart"
+        );
+    }
+    let since = a.log()[before..].to_string();
+    assert!(
+        !since.contains("assigns this node's virtual disks to another member"),
+        "a's lease closed its gate after its restart:\n{since}"
+    );
+    b.stop();
+    b.restart();
+    wait_until(30, "b holding its lease after the restart", || {
+        lease_of(&b.status(), "b") == "held"
+    });
+    assert!(vm(&b, "g").is_some(), "g lost on b's restart");
+    assert!(vm(&a, "g").is_none(), "g back on a");
+    for d in disks {
+        assert!(
+            has_vdisk(&b, d) && !has_vdisk(&a, d),
+            "{d} after the restarts"
+        );
+    }
+    if kvm {
+        // The guest on b reads back the pattern it wrote on a.
+        let out = run_to_end(&b, "g");
+        assert!(out.contains("ok blk-verify-after-restart"), "{out}");
+        assert!(out.contains("result pass"), "{out}");
+    }
+    println!("done after {:?}", started.elapsed());
     drop(w);
 }

@@ -231,6 +231,13 @@ pub enum Request {
 }
 
 impl Request {
+    /// A planned move of stopped VM `name` with all its virtual disks to data member `to` (id
+    /// or name): the VM's node hands the disks over at once, `to` adopts them and defines the
+    /// VM (stopped: `vm_start` on `to` runs it). Refused while the VM runs or is paused.
+    VmMove {
+        name: String,
+        to: String,
+    },
     /// Read a request from JSON, refusing fields its action does not have. The derived reader
     /// already does so for actions with fields; one without fields (`disk_list`) would take
     /// `{"action":"disk_list","x":1}`, so every given field must be one the request has.
@@ -318,6 +325,7 @@ impl Request {
         }
     }
 
+            Request::VmMove { .. } => "vm_move",
     /// Check names, sizes and paths without touching any state. The controller calls this
     /// before anything else, so bad input never changes anything.
     pub fn validate(&self) -> Result<(), ControlError> {
@@ -478,6 +486,10 @@ impl Request {
 }
 
 #[cfg(test)]
+            Request::VmMove { name, to } => {
+                validate_name("VM", name)?;
+                crate::cluster::validate_member(to)
+            }
 mod tests {
     use super::*;
 

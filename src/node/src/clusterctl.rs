@@ -116,6 +116,7 @@ impl NodeController {
             Request::VdiskTakeover { name, to, force } => {
                 self.vdisk_takeover(name, to, *force).await
             }
+            Request::VmMove { name, to } => self.vm_move(name, to).await,
             Request::ClusterToken { witness, ttl_secs } => {
                 Ok(Reply::ClusterToken(host.token(*witness, *ttl_secs).await?))
             }
@@ -175,6 +176,53 @@ impl NodeController {
                 x.lease = Some(state);
             }
         }
+    }
+
+    /// `vm_move`: a planned move of a stopped VM with its disks, run on the VM's node
+    /// (forwarded there when this node is not it; see `crate::takeover::vm_move`).
+    async fn vm_move(&self, name: &str, to: &str) -> Result<Reply, ControlError> {
+        let m = self.inner.cluster.member()?;
+        let me = m.id();
+        let (to_id, _) = manual::target_of(&m, to)?;
+        let here = self.inner.vms.defined().iter().any(|(n, _)| n == name);
+        let node = if here {
+            Some(me)
+        } else {
+            m.read_fresh(|s| s.vms.values().find(|v| v.name == name).and_then(|v| v.node))
+                .await
+                .map_err(|e| ControlError::new(ErrorCode::Unavailable, e.to_string()))?
+        };
+        let Some(node) = node else {
+            return Err(ControlError::new(
+                ErrorCode::NotFound,
+                format!("no VM {name} in the cluster"),
+            ));
+        };
+        if node == to_id {
+            return Err(ControlError::new(
+                ErrorCode::Conflict,
+                format!("VM {name} is already on {to}"),
+            ));
+        }
+        let v = if node == me {
+            crate::takeover::vm_move::move_vm_out(&self.inner, name, to_id).await?
+        } else {
+            let call = peer::Call::MoveVm {
+                name: name.to_string(),
+                to: to_id,
+            };
+            match peer::call(&m, node, &call, peer::MOVE_TIMEOUT).await {
+                Ok(peer::Answer::Vm(Some(v))) => v,
+                Ok(_) => {
+                    return Err(ControlError::internal(
+                        "the VM's node answered the move with something else",
+                    ))
+                }
+                // The VM's node's own refusal as it gave it, or that it did not answer.
+                Err(e) => return Err(e),
+            }
+        };
+        Ok(Reply::Vm(Box::new(v)))
     }
 
     /// `vdisk_takeover`: a planned move, run on the disk's holder (forwarded there when this

@@ -399,7 +399,8 @@ impl NodeController {
             | Request::ClusterToken { .. }
             | Request::ClusterJoin { .. }
             | Request::ClusterRemove { .. }
-            | Request::VdiskTakeover { .. } => self.cluster_request(req).await?,
+            | Request::VdiskTakeover { .. }
+            | Request::VmMove { .. } => self.cluster_request(req).await?,
             _ => {
                 return Err(ControlError::invalid(format!(
                     "{} is not supported by this node",

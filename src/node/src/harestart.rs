@@ -12,7 +12,7 @@
 //!
 //! # The new owner ([`step`], each mirror tick after the adoptions)
 //! A VM the cluster assigns to this node that is not defined here can only come from a
-//! takeover: once every one of its virtual disks is adopted (served here), it is defined from
+//! takeover, or from a planned move (`cairn vm move`, `crate::takeover::vm_move`): once every one of its virtual disks is adopted (served here), it is defined from
 //! the recorded definition, and started if it should run — through [`start_vm`], the same path
 //! as `vm start`. A failed start (too little memory, the kernel file missing here, KVM not
 //! usable) is logged with its reason, shown by `vm show` as `last_exit`, and tried again after
@@ -350,7 +350,8 @@ pub(crate) async fn step(inner: &NodeInner, m: &ClusterNode, ha: &mut HaRestart)
                     "vm_takeover",
                     &a.name,
                     format!(
-                        "VM {} defined on this node with its disks (taken over from a lost node)",
+                        "VM {} defined on this node with its disks (taken over from a lost node, \
+                         or moved here by `vm move`)",
                         a.name
                     ),
                 );

@@ -82,6 +82,7 @@ use crate::NodeInner;
 mod gather;
 pub(crate) mod manual;
 pub(crate) mod peer;
+pub(crate) mod vm_move;
 
 /// Default takeover delay (see the module docs).
 pub(crate) const DEFAULT_DELAY: Duration = Duration::from_secs(20);

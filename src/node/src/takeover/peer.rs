@@ -2,7 +2,8 @@
 //! (`ClusterNode::call_app`): a member's real lease state for `cluster status`, and the steps
 //! of a planned virtual disk move (`cairn vdisk takeover`, see `super::manual`) — forwarding the
 //! request to the disk's holder, telling the target the holder stopped serving, and asking it
-//! whether it serves the disk yet — and each member's chunks left on a draining member.
+//! whether it serves the disk yet — the same for a planned move of a VM with its disks
+//! (`cairn vm move`, see `super::vm_move`), and each member's chunks left on a draining member.
 //!
 //! Messages are JSON, bounded by `cluster::MAX_APP_BYTES`. Must never: answer a call that
 //! changes anything without checking it against the cluster state, or wait unbounded.
@@ -11,7 +12,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use cluster::{ClusterNode, NodeId};
-use control::{ControlError, ErrorCode, VdiskView};
+use control::{ControlError, ErrorCode, VdiskView, VmView};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
@@ -42,6 +43,11 @@ pub(crate) enum Call {
     Serving { name: String },
     /// How many of the receiver's chunks are still on member `id`'s disks (a drain).
     DrainLeft { id: NodeId },
+    /// Move VM `name` (defined on the receiver) with its disks to member `to`
+    /// (`super::vm_move`).
+    MoveVm { name: String, to: NodeId },
+    /// The receiver's view of VM `name`, if it is defined there and assigned to it.
+    VmDefined { name: String },
 }
 
 /// The answer to a [`Call`].
@@ -49,6 +55,7 @@ pub(crate) enum Call {
 pub(crate) enum Answer {
     Lease { state: String },
     Vdisk(Option<VdiskView>),
+    Vm(Option<VmView>),
     Done,
     Left(u64),
 }
@@ -102,6 +109,23 @@ async fn answer(inner: &Arc<NodeInner>, from: NodeId, call: Call) -> Result<Answ
             Ok(Answer::Done)
         }
         Call::Serving { name } => Ok(Answer::Vdisk(serving(inner, &name))),
+        Call::MoveVm { name, to } => {
+            tracing::info!(vm = %name, to, asked_by = from, "planned VM move asked by a member");
+            super::vm_move::move_vm_out(inner, &name, to)
+                .await
+                .map(|v| Answer::Vm(Some(v)))
+        }
+        Call::VmDefined { name } => {
+            let m = inner.cluster.member()?;
+            let me = m.id();
+            let ours = m.read(|s| s.vms.values().any(|v| v.name == name && v.node == Some(me)));
+            let defined = inner.vms.defined().iter().any(|(n, _)| *n == name);
+            Ok(Answer::Vm(if ours && defined {
+                inner.vms.get_view(&name).await.ok()
+            } else {
+                None
+            }))
+        }
         Call::DrainLeft { id } => {
             let me = inner.cluster.member()?.id();
             let left = crate::clusterctl::drain_left_here(inner, id, String::new(), me);

@@ -100,6 +100,45 @@ impl Vms {
             .is_some_and(|vm| vm.state() == vmm::VmState::Stopped)
     }
 
+    /// Claim stopped VM `name` for a planned move to another node (`cairn vm move`): refused
+    /// while it runs or is paused ("stop it first") or another change is under way; once
+    /// claimed, starts and other changes are refused until [`Vms::unclaim`] or
+    /// [`Vms::forget`], so it cannot start between the move's checks and its commit.
+    pub(crate) async fn claim_for_move(&self, name: &str) -> Result<(), ControlError> {
+        let slot = self.get(name)?;
+        let who = name.to_string();
+        blocking(move || {
+            let mut s = slot.lock();
+            s.check_idle()?;
+            if let Some(vm) = s.vm.as_mut() {
+                if is_active(vm) {
+                    let state = if vm.state() == vmm::VmState::Paused {
+                        "paused"
+                    } else {
+                        "running"
+                    };
+                    return Err(ControlError::conflict(format!(
+                        "VM {who} is {state}: stop it first (cairn vm stop {who}); a planned move \
+                         never moves a live guest"
+                    )));
+                }
+            }
+            s.busy = Some("being moved to another node".into());
+            Ok(())
+        })
+        .await
+    }
+
+    /// Give up a claim of [`Vms::claim_for_move`] (the move did not happen).
+    pub(crate) fn unclaim(&self, name: &str) {
+        if let Some(slot) = self.slots.lock().get(name).cloned() {
+            let mut s = slot.lock();
+            if s.busy.as_deref() == Some("being moved to another node") {
+                s.busy = None;
+            }
+        }
+    }
+
     /// Whether `name` has a running or paused machine.
     pub(crate) fn is_running(&self, name: &str) -> bool {
         let Some(slot) = self.slots.lock().get(name).cloned() else {
