@@ -76,6 +76,14 @@ pub enum VmCmd {
     Resume { name: String },
     /// Delete a stopped VM (its virtual disks are kept).
     Delete { name: String },
+    /// Move a stopped VM with all its virtual disks to another data node (clustering): its node
+    /// hands the disks over, NODE (id or name) adopts them and defines the VM there, stopped
+    /// (`vm start` on NODE runs it). Refused while the VM runs or is paused.
+    Move {
+        name: String,
+        #[arg(long)]
+        to: String,
+    },
     /// Attach a virtual disk to a VM: at once if it runs (a new virtio-blk device appears to
     /// the guest), at its next start otherwise.
     Attach { name: String, vdisk: String },
@@ -93,14 +101,6 @@ pub enum VmCmd {
     /// Change a VM's definition. Everything but --description needs the VM stopped. --disk
     /// (repeat, in boot order) must list exactly the VM's current disks; --nic TAP[,MAC]
     /// (repeat) replaces every NIC, --no-nics removes them all.
-    /// Move a stopped VM with all its virtual disks to another data node (clustering): its node
-    /// hands the disks over, NODE (id or name) adopts them and defines the VM there, stopped
-    /// (`vm start` on NODE runs it). Refused while the VM runs or is paused.
-    Move {
-        name: String,
-        #[arg(long)]
-        to: String,
-    },
     Edit {
         name: String,
         #[arg(long, value_parser = name_arg)]
@@ -165,6 +165,7 @@ pub fn request(cmd: VmCmd) -> Result<Request, ControlError> {
         VmCmd::Pause { name } => Request::VmPause { name },
         VmCmd::Resume { name } => Request::VmResume { name },
         VmCmd::Delete { name } => Request::VmDelete { name },
+        VmCmd::Move { name, to } => Request::VmMove { name, to },
         VmCmd::Attach { name, vdisk } => Request::VmDiskAttach { name, vdisk },
         VmCmd::Detach {
             name,
@@ -184,7 +185,6 @@ pub fn request(cmd: VmCmd) -> Result<Request, ControlError> {
             vcpus,
             memory,
             cmdline,
-        VmCmd::Move { name, to } => Request::VmMove { name, to },
             disks,
             nics,
             no_nics,

@@ -228,9 +228,6 @@ pub enum Request {
         #[serde(default)]
         force: bool,
     },
-}
-
-impl Request {
     /// A planned move of stopped VM `name` with all its virtual disks to data member `to` (id
     /// or name): the VM's node hands the disks over at once, `to` adopts them and defines the
     /// VM (stopped: `vm_start` on `to` runs it). Refused while the VM runs or is paused.
@@ -238,6 +235,9 @@ impl Request {
         name: String,
         to: String,
     },
+}
+
+impl Request {
     /// Read a request from JSON, refusing fields its action does not have. The derived reader
     /// already does so for actions with fields; one without fields (`disk_list`) would take
     /// `{"action":"disk_list","x":1}`, so every given field must be one the request has.
@@ -322,10 +322,10 @@ impl Request {
             Request::ClusterJoin { .. } => "cluster_join",
             Request::ClusterRemove { .. } => "cluster_remove",
             Request::VdiskTakeover { .. } => "vdisk_takeover",
+            Request::VmMove { .. } => "vm_move",
         }
     }
 
-            Request::VmMove { .. } => "vm_move",
     /// Check names, sizes and paths without touching any state. The controller calls this
     /// before anything else, so bad input never changes anything.
     pub fn validate(&self) -> Result<(), ControlError> {
@@ -481,15 +481,15 @@ impl Request {
                 vd(name)?;
                 crate::cluster::validate_member(to)
             }
+            Request::VmMove { name, to } => {
+                validate_name("VM", name)?;
+                crate::cluster::validate_member(to)
+            }
         }
     }
 }
 
 #[cfg(test)]
-            Request::VmMove { name, to } => {
-                validate_name("VM", name)?;
-                crate::cluster::validate_member(to)
-            }
 mod tests {
     use super::*;
 
