@@ -212,7 +212,7 @@ impl NodeController {
                 to: to_id,
             };
             match peer::call(&m, node, &call, peer::MOVE_TIMEOUT).await {
-                Ok(peer::Answer::Vm(Some(v))) => v,
+                Ok(peer::Answer::Vm(Some(v))) => *v,
                 Ok(_) => {
                     return Err(ControlError::internal(
                         "the VM's node answered the move with something else",

@@ -55,7 +55,7 @@ pub(crate) enum Call {
 pub(crate) enum Answer {
     Lease { state: String },
     Vdisk(Option<VdiskView>),
-    Vm(Option<VmView>),
+    Vm(Option<Box<VmView>>),
     Done,
     Left(u64),
 }
@@ -113,7 +113,7 @@ async fn answer(inner: &Arc<NodeInner>, from: NodeId, call: Call) -> Result<Answ
             tracing::info!(vm = %name, to, asked_by = from, "planned VM move asked by a member");
             super::vm_move::move_vm_out(inner, &name, to)
                 .await
-                .map(|v| Answer::Vm(Some(v)))
+                .map(|v| Answer::Vm(Some(Box::new(v))))
         }
         Call::VmDefined { name } => {
             let m = inner.cluster.member()?;
@@ -121,7 +121,7 @@ async fn answer(inner: &Arc<NodeInner>, from: NodeId, call: Call) -> Result<Answ
             let ours = m.read(|s| s.vms.values().any(|v| v.name == name && v.node == Some(me)));
             let defined = inner.vms.defined().iter().any(|(n, _)| *n == name);
             Ok(Answer::Vm(if ours && defined {
-                inner.vms.get_view(&name).await.ok()
+                inner.vms.get_view(&name).await.ok().map(Box::new)
             } else {
                 None
             }))

@@ -168,7 +168,7 @@ pub(crate) async fn move_vm_out(
                 took_ms = started.elapsed().as_millis() as u64,
                 "planned VM move done: the target has the VM and serves its disks"
             );
-            return Ok(v);
+            return Ok(*v);
         }
         if Instant::now() >= deadline {
             return Err(ControlError::new(
