@@ -140,6 +140,8 @@ pub(crate) struct VmCreateBody {
     pub(crate) disks: Vec<String>,
     pub(crate) kernel: String,
     pub(crate) cmdline: Option<String>,
+    #[serde(default)]
+    pub(crate) nics: Vec<control::VmNicSpec>,
 }
 /// `POST /vms/{name}/disks`: attach an existing virtual disk.
 #[derive(Deserialize)]

@@ -34,6 +34,7 @@ pub(crate) async fn dispatch(
                 disks: b.disks,
                 kernel: b.kernel,
                 cmdline: b.cmdline,
+                nics: b.nics,
             };
             simple(st, c, req, 201).await
         }

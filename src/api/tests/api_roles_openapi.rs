@@ -221,6 +221,7 @@ fn rows() -> Vec<(&'static str, &'static str, Option<Value>, Rule)> {
                 disks: vec![],
                 kernel: "/k".into(),
                 cmdline: None,
+                nics: vec![],
             }),
         ),
         (
@@ -535,7 +536,8 @@ async fn openapi_matches_routes_and_live_answers() {
     let kernel = h.dir.path().join("not-a-kernel.bin");
     std::fs::write(&kernel, [0u8; 4096]).unwrap();
     let vm_body = json!({"name": "v1", "vcpus": 1, "memory_mib": 64, "disks": ["o1"],
-        "kernel": kernel.display().to_string()});
+        "kernel": kernel.display().to_string(),
+        "nics": [{"tap": "t0", "bridge": "br0"}, {"tap": "t1", "mac": "02:00:00:00:00:01"}]});
     let calls: Vec<(&str, &str, &str, Option<Value>)> = vec![
         ("get", "/health", "/api/v1/health", None),
         ("get", "/auth/me", "/api/v1/auth/me", None),

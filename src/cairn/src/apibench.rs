@@ -279,6 +279,7 @@ async fn bench(a: &ApiBenchArgs) -> Result<()> {
             disks: vec![format!("bench-{:05}", i % defined.max(1))],
             kernel: kernel.display().to_string(),
             cmdline: None,
+            nics: Vec::new(),
         };
         match ctl.execute(Actor::internal("bench"), req).await {
             Ok(_) => vms += 1,

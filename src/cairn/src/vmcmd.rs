@@ -20,18 +20,31 @@ fn mem_arg(s: &str) -> Result<u64, String> {
     Ok(bytes >> 20)
 }
 
-/// A NIC as `TAP` or `TAP,MAC` (the node checks both; a missing MAC is kept or generated).
+/// A NIC as `TAP[,MAC][,bridge=BRIDGE]` (the node checks the names and the MAC; a missing MAC
+/// is kept or generated; with a bridge the tap joins it when the VM starts).
 fn nic_arg(s: &str) -> Result<control::VmNicSpec, String> {
-    let (tap, mac) = match s.split_once(',') {
-        Some((t, m)) => (t, Some(m.to_string())),
-        None => (s, None),
-    };
+    let mut parts = s.split(',');
+    let tap = parts.next().unwrap_or_default();
     if tap.is_empty() {
         return Err(format!("NIC {s:?}: the tap device name is empty"));
+    }
+    let (mut mac, mut bridge) = (None, None);
+    for p in parts {
+        let slot = match p.strip_prefix("bridge=") {
+            Some(b) => (&mut bridge, b),
+            None => (&mut mac, p),
+        };
+        if slot.0.is_some() || slot.1.is_empty() {
+            return Err(format!(
+                "NIC {s:?}: expected TAP[,MAC][,bridge=BRIDGE], each at most once"
+            ));
+        }
+        *slot.0 = Some(slot.1.to_string());
     }
     Ok(control::VmNicSpec {
         tap: tap.to_string(),
         mac,
+        bridge,
     })
 }
 
@@ -54,6 +67,10 @@ pub enum VmCmd {
         /// Kernel command line.
         #[arg(long)]
         cmdline: Option<String>,
+        /// A NIC on a host tap device (repeat for more: net0, net1, ...); with bridge= the tap
+        /// joins that bridge when the VM starts.
+        #[arg(long = "nic", value_name = "TAP[,MAC][,bridge=BRIDGE]", value_parser = nic_arg)]
+        nics: Vec<control::VmNicSpec>,
     },
     /// List VMs.
     List,
@@ -99,8 +116,8 @@ pub enum VmCmd {
         timeout_ms: Option<u64>,
     },
     /// Change a VM's definition. Everything but --description needs the VM stopped. --disk
-    /// (repeat, in boot order) must list exactly the VM's current disks; --nic TAP[,MAC]
-    /// (repeat) replaces every NIC, --no-nics removes them all.
+    /// (repeat, in boot order) must list exactly the VM's current disks; --nic
+    /// TAP[,MAC][,bridge=BRIDGE] (repeat) replaces every NIC, --no-nics removes them all.
     Edit {
         name: String,
         #[arg(long, value_parser = name_arg)]
@@ -116,7 +133,7 @@ pub enum VmCmd {
         cmdline: Option<String>,
         #[arg(long = "disk", value_name = "VDISK")]
         disks: Vec<String>,
-        #[arg(long = "nic", value_name = "TAP[,MAC]", value_parser = nic_arg, conflicts_with = "no_nics")]
+        #[arg(long = "nic", value_name = "TAP[,MAC][,bridge=BRIDGE]", value_parser = nic_arg, conflicts_with = "no_nics")]
         nics: Vec<control::VmNicSpec>,
         #[arg(long)]
         no_nics: bool,
@@ -139,6 +156,7 @@ pub fn request(cmd: VmCmd) -> Result<Request, ControlError> {
             disks,
             kernel,
             cmdline,
+            nics,
         } => Request::VmCreate {
             name,
             vcpus,
@@ -149,6 +167,7 @@ pub fn request(cmd: VmCmd) -> Result<Request, ControlError> {
                 .display()
                 .to_string(),
             cmdline,
+            nics,
         },
         VmCmd::List => Request::VmList,
         VmCmd::Show { name } => Request::VmGet { name },
@@ -227,7 +246,11 @@ fn show(v: &VmView) -> String {
         out += &format!("about:    {}\n", v.description);
     }
     for n in &v.nics {
-        out += &format!("nic {}:   tap {} mac {}\n", n.id, n.tap, n.mac);
+        out += &format!("nic {}:   tap {} mac {}", n.id, n.tap, n.mac);
+        if let Some(b) = &n.bridge {
+            out += &format!(" bridge {b}");
+        }
+        out.push('\n');
     }
     if let Some(op) = &v.operation {
         out += &format!("busy:     {op}\n");
@@ -309,6 +332,19 @@ mod tests {
         let n = nic_arg("tap1,52:54:00:12:34:56").unwrap();
         assert_eq!(n.mac.as_deref(), Some("52:54:00:12:34:56"));
         assert!(nic_arg(",52:54:00:12:34:56").is_err());
+        let n = nic_arg("tap2,bridge=br0").unwrap();
+        assert_eq!((n.mac, n.bridge.as_deref()), (None, Some("br0")));
+        let n = nic_arg("tap3,bridge=br1,02:00:00:00:00:03").unwrap();
+        assert_eq!(n.mac.as_deref(), Some("02:00:00:00:00:03"));
+        assert_eq!(n.bridge.as_deref(), Some("br1"));
+        for bad in [
+            "t,bridge=a,bridge=b",
+            "t,02:00:00:00:00:01,02:00:00:00:00:02",
+            "t,",
+            "t,bridge=",
+        ] {
+            assert!(nic_arg(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

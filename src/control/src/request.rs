@@ -123,6 +123,9 @@ pub enum Request {
         kernel: String,
         #[serde(default)]
         cmdline: Option<String>,
+        /// NICs, `net0`, `net1`, ... in this order (checked like `vm_update`'s).
+        #[serde(default)]
+        nics: Vec<crate::vm::VmNicSpec>,
     },
     VmList,
     VmGet {
@@ -421,6 +424,7 @@ impl Request {
                 disks,
                 kernel,
                 cmdline,
+                nics,
             } => crate::vm::validate_create(
                 name,
                 *vcpus,
@@ -428,6 +432,7 @@ impl Request {
                 disks,
                 kernel,
                 cmdline.as_deref(),
+                nics,
             ),
             Request::VmGet { name }
             | Request::VmStart { name }

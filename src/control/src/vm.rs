@@ -39,6 +39,7 @@ pub(crate) fn validate_create(
     disks: &[String],
     kernel: &str,
     cmdline: Option<&str>,
+    nics: &[VmNicSpec],
 ) -> Result<(), ControlError> {
     validate_name("VM", name)?;
     validate_vcpus(vcpus)?;
@@ -48,7 +49,7 @@ pub(crate) fn validate_create(
     if let Some(c) = cmdline {
         validate_cmdline(c)?;
     }
-    Ok(())
+    validate_nics(nics)
 }
 
 fn validate_vcpus(vcpus: u8) -> Result<(), ControlError> {
@@ -119,6 +120,17 @@ pub fn format_mac(mac: [u8; 6]) -> String {
         .join(":")
 }
 
+/// A Linux network interface name we accept for a tap or bridge: 1-15 letters, digits, '-',
+/// '_' or '.', and not `.` or `..`.
+fn is_ifname(t: &str) -> bool {
+    !t.is_empty()
+        && t.len() <= MAX_TAP_NAME_LEN
+        && t.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        && t != "."
+        && t != ".."
+}
+
 fn validate_nics(nics: &[VmNicSpec]) -> Result<(), ControlError> {
     if nics.len() > MAX_VM_NICS {
         return Err(ControlError::invalid(format!(
@@ -129,17 +141,25 @@ fn validate_nics(nics: &[VmNicSpec]) -> Result<(), ControlError> {
     let mut macs = Vec::with_capacity(nics.len());
     for (i, n) in nics.iter().enumerate() {
         let t = &n.tap;
-        let ok = !t.is_empty()
-            && t.len() <= MAX_TAP_NAME_LEN
-            && t.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
-            && t != "."
-            && t != "..";
-        if !ok {
+        if !is_ifname(t) {
             return Err(ControlError::invalid(format!(
                 "NIC {} tap device name {t:?} must be 1-{MAX_TAP_NAME_LEN} letters, digits, '-', '_' or '.'",
                 i + 1
             )));
+        }
+        if let Some(b) = &n.bridge {
+            if !is_ifname(b) {
+                return Err(ControlError::invalid(format!(
+                    "NIC {} bridge name {b:?} must be 1-{MAX_TAP_NAME_LEN} letters, digits, '-', '_' or '.'",
+                    i + 1
+                )));
+            }
+            if b == t {
+                return Err(ControlError::invalid(format!(
+                    "NIC {} names {t} as both its tap device and its bridge",
+                    i + 1
+                )));
+            }
         }
         // Two NICs claiming one tap device (or MAC address) are in each other's way: a
         // conflict, like a disk another VM uses (the document cannot say "unique by field").
@@ -284,22 +304,29 @@ pub struct VmStatsView {
     pub nics: Vec<VmDeviceStatsView>,
 }
 
-/// A NIC as a request gives it: the host tap device it is wired to, and its MAC address
-/// (the node picks a stable locally administered one when it is left out).
+/// A NIC as a request gives it: the host tap device it is wired to, its MAC address (the
+/// node picks a stable locally administered one when it is left out), and the Linux bridge
+/// (on the node, existing already) the tap joins when the VM starts. Without a bridge the tap
+/// is only brought up: whoever made it wires it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VmNicSpec {
     pub tap: String,
     #[serde(default)]
     pub mac: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bridge: Option<String>,
 }
 
-/// A NIC of a VM: `net0`, `net1`, ... in order, the host tap device, the guest MAC address.
+/// A NIC of a VM: `net0`, `net1`, ... in order, the host tap device, the guest MAC address,
+/// the bridge its tap joins at start (if any).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VmNicView {
     pub id: String,
     pub tap: String,
     pub mac: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bridge: Option<String>,
 }
 
 /// A VM: its definition, state and (once it ran) statistics.
@@ -366,6 +393,7 @@ mod tests {
             disks: vec!["d1".into()],
             kernel: kernel.into(),
             cmdline: None,
+            nics: Vec::new(),
         }
     }
 
@@ -384,6 +412,7 @@ mod tests {
             disks: vec!["d".into(), "d".into()],
             kernel: "/k".into(),
             cmdline: None,
+            nics: Vec::new(),
         };
         assert!(twice.validate().is_err());
         let stop = Request::VmStop {
@@ -397,6 +426,51 @@ mod tests {
             max_bytes: Some(0),
         };
         assert!(con.validate().is_err());
+    }
+
+    #[test]
+    fn vm_create_nics_are_checked_like_an_update() {
+        let with = |list: Vec<(&str, Option<&str>)>| {
+            let mut r = create(1, 128, "/k.elf");
+            if let Request::VmCreate { nics, .. } = &mut r {
+                *nics = list
+                    .into_iter()
+                    .map(|(t, b)| crate::VmNicSpec {
+                        tap: t.into(),
+                        mac: None,
+                        bridge: b.map(Into::into),
+                    })
+                    .collect();
+            }
+            r.validate()
+        };
+        with(vec![("tap0", Some("br0")), ("tap1", None)]).unwrap();
+        let e = with(vec![("tap0", None), ("tap0", Some("br0"))]).unwrap_err();
+        assert_eq!(e.code, crate::ErrorCode::Conflict, "{}", e.message);
+        for bad in ["", "br/0", "..", "a-much-too-long-bridge"] {
+            let e = with(vec![("tap0", Some(bad))]).unwrap_err();
+            assert_eq!(e.code, crate::ErrorCode::InvalidArgument, "{bad:?}");
+            assert!(e.message.contains("bridge name"), "{}", e.message);
+        }
+        let e = with(vec![("tap0", Some("tap0"))]).unwrap_err();
+        assert!(e.message.contains("both"), "{}", e.message);
+        // Old clients leave `nics` (and `bridge`) out.
+        let r: Request = serde_json::from_value(serde_json::json!({"action": "vm_create",
+            "name": "v", "vcpus": 1, "memory_mib": 64, "kernel": "/k"}))
+        .unwrap();
+        assert_eq!(r, create_named("v"));
+    }
+
+    fn create_named(name: &str) -> Request {
+        Request::VmCreate {
+            name: name.into(),
+            vcpus: 1,
+            memory_mib: 64,
+            disks: Vec::new(),
+            kernel: "/k".into(),
+            cmdline: None,
+            nics: Vec::new(),
+        }
     }
 
     fn update() -> Request {
@@ -443,6 +517,7 @@ mod tests {
                         .map(|(t, m)| crate::VmNicSpec {
                             tap: t.into(),
                             mac: m.map(Into::into),
+                            bridge: None,
                         })
                         .collect(),
                 );

@@ -303,6 +303,7 @@ impl NodeController {
                 disks,
                 kernel,
                 cmdline,
+                nics,
             } => {
                 let vm = self
                     .inner
@@ -315,6 +316,7 @@ impl NodeController {
                         disks,
                         kernel,
                         cmdline.as_deref(),
+                        nics,
                     )
                     .await?;
                 self.record_vm(&vm).await;

@@ -52,11 +52,14 @@ struct VmDef {
     created_unix: u64,
 }
 
-/// A NIC: the host tap device it is wired to and the guest's MAC address. Its id is `net<i>`.
+/// A NIC: the host tap device it is wired to, the guest's MAC address, and the bridge the tap
+/// joins at start (none: the tap is only brought up). Its id is `net<i>`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct NicDef {
     tap: String,
     mac: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    bridge: Option<String>,
 }
 
 struct Slot {
@@ -224,6 +227,7 @@ fn view(slot: &mut Slot) -> VmView {
                 id: format!("net{i}"),
                 tap: n.tap.clone(),
                 mac: n.mac.clone(),
+                bridge: n.bridge.clone(),
             })
             .collect(),
         kernel: d.kernel.clone(),
@@ -338,6 +342,7 @@ impl Vms {
         disks: &[String],
         kernel: &str,
         cmdline: Option<&str>,
+        nics: &[control::VmNicSpec],
     ) -> Result<VmView, ControlError> {
         let _g = self.save.lock().await;
         if self.slots.lock().contains_key(name) {
@@ -353,7 +358,7 @@ impl Vms {
             engine.vdisk(d).map_err(crate::convert::error)?;
         }
         check_kernel(Path::new(kernel))?;
-        let def = VmDef {
+        let mut def = VmDef {
             name: name.to_string(),
             description: String::new(),
             vcpus,
@@ -367,6 +372,8 @@ impl Vms {
                 .map(|d| d.as_secs())
                 .unwrap_or(0),
         };
+        // MACs left out are derived from the name and creation time, as `vm_update` does.
+        def.nics = edit::new_nics(&def, nics)?;
         self.persist(&self.defs_with(Some(&def), None))?;
         let slot = Arc::new(parking_lot::Mutex::new(Slot::new(def)));
         let v = view(&mut slot.lock());
@@ -439,6 +446,13 @@ impl Vms {
             cfg.nets = nets_of(&def)?;
             let vm = ram.start(&def.name, def.memory_mib, &all, || {
                 let mut vm = vmm::Vm::create(cfg).map_err(|e| cannot_start(&def.name, e))?;
+                // The taps exist now (the VMM opened them): join the bridges, bring them up.
+                for n in &def.nics {
+                    if let Err(e) = vmm::virtio::tap::wire(&n.tap, n.bridge.as_deref()) {
+                        vm.delete();
+                        return Err(cannot_start(&def.name, e));
+                    }
+                }
                 vm.start().map_err(|e| cannot_start(&def.name, e))?;
                 Ok(vm)
             })?;

@@ -29,6 +29,7 @@ fn create(name: &str, vcpus: u8, mem: u64, disks: &[&str], kernel: &str) -> Requ
         disks: disks.iter().map(|d| d.to_string()).collect(),
         kernel: kernel.into(),
         cmdline: Some("hello".into()),
+        nics: Vec::new(),
     }
 }
 

@@ -36,7 +36,7 @@ fn derived_mac(def: &VmDef, tap: &str, index: usize) -> [u8; 6] {
 }
 
 /// The new NIC list: a NIC without a MAC keeps the one its tap had, or gets a derived one.
-fn new_nics(def: &VmDef, specs: &[VmNicSpec]) -> Result<Vec<NicDef>, ControlError> {
+pub(super) fn new_nics(def: &VmDef, specs: &[VmNicSpec]) -> Result<Vec<NicDef>, ControlError> {
     let mut out: Vec<NicDef> = Vec::with_capacity(specs.len());
     for (i, n) in specs.iter().enumerate() {
         let mac = match &n.mac {
@@ -54,6 +54,7 @@ fn new_nics(def: &VmDef, specs: &[VmNicSpec]) -> Result<Vec<NicDef>, ControlErro
         out.push(NicDef {
             tap: n.tap.clone(),
             mac,
+            bridge: n.bridge.clone(),
         });
     }
     Ok(out)
@@ -180,6 +181,7 @@ mod tests {
             nics: vec![NicDef {
                 tap: "tap0".into(),
                 mac: "02:00:00:00:00:01".into(),
+                bridge: None,
             }],
             kernel: "/k".into(),
             cmdline: String::new(),
@@ -221,10 +223,12 @@ mod tests {
             VmNicSpec {
                 tap: "tap0".into(),
                 mac: None,
+                bridge: None,
             },
             VmNicSpec {
                 tap: "tap1".into(),
                 mac: None,
+                bridge: None,
             },
         ];
         let nics = new_nics(&d, &specs).unwrap();
@@ -236,10 +240,12 @@ mod tests {
             VmNicSpec {
                 tap: "tap0".into(),
                 mac: None,
+                bridge: None,
             },
             VmNicSpec {
                 tap: "tap9".into(),
                 mac: Some("02:00:00:00:00:01".into()),
+                bridge: None,
             },
         ];
         assert!(new_nics(&d, &clash).is_err());

@@ -158,6 +158,7 @@ fn check_spec(def: &VmDef) -> Result<(), ControlError> {
         disks: def.disks.clone(),
         kernel: def.kernel.clone(),
         cmdline: Some(def.cmdline.clone()),
+        nics: Vec::new(),
     }
     .validate()?;
     Request::VmUpdate {
@@ -174,6 +175,7 @@ fn check_spec(def: &VmDef) -> Result<(), ControlError> {
                 .map(|n| VmNicSpec {
                     tap: n.tap.clone(),
                     mac: Some(n.mac.clone()),
+                    bridge: n.bridge.clone(),
                 })
                 .collect(),
         ),
@@ -193,6 +195,7 @@ mod tests {
             memory_mib: 64,
             disks: vec!["d1".into()],
             nics: vec![super::super::NicDef {
+                bridge: None,
                 tap: "tap0".into(),
                 mac: "52:54:00:12:34:56".into(),
             }],

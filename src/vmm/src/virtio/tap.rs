@@ -20,6 +20,8 @@ const TUNSETQUEUE: libc::c_ulong = 0x4004_54d9;
 /// Most queues one tap may have here (the kernel allows more; a VM never needs them).
 pub const MAX_TAP_QUEUES: usize = 16;
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+/// Add an interface (by index) to a Linux bridge (linux/sockios.h).
+const SIOCBRADDIF: libc::c_ulong = 0x89a2;
 const TUNSETVNETHDRSZ: libc::c_ulong = 0x4004_54d8;
 const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
 /// TUNSETOFFLOAD: the reader (we, for the guest) accepts partial checksums.
@@ -34,6 +36,101 @@ struct IfReq {
     name: [u8; 16],
     flags: libc::c_short,
     _pad: [u8; 22],
+}
+
+/// Whether `name` is an interface name we create or look up: 1-15 letters, digits, '-', '_'
+/// or '.', and not `.` or `..` (what Linux accepts, less the characters that need quoting).
+fn valid_ifname(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() < 16
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        && name != "."
+        && name != ".."
+}
+
+fn ifreq_name(name: &str) -> [libc::c_char; libc::IFNAMSIZ] {
+    let mut n = [0 as libc::c_char; libc::IFNAMSIZ];
+    for (d, b) in n.iter_mut().zip(name.bytes()) {
+        *d = b as libc::c_char;
+    }
+    n
+}
+
+/// Wires an open tap on the host side, in the calling thread's network namespace: with
+/// `bridge`, makes it a port of that existing Linux bridge (what libvirt's bridged networking
+/// does); then brings it up, so frames flow from the first one the guest sends. A tap that
+/// lives only as long as the VM holds it leaves the bridge by itself when the VM stops.
+pub fn wire(tap: &str, bridge: Option<&str>) -> Result<()> {
+    for n in std::iter::once(tap).chain(bridge) {
+        if !valid_ifname(n) {
+            return Err(VmmError::InvalidConfig(format!(
+                "bad network interface name {n:?}"
+            )));
+        }
+    }
+    // SAFETY: plain socket creation; the fd is owned by `sock` below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(VmmError::Io {
+            what: "socket for interface ioctls",
+            source: io::Error::last_os_error(),
+        });
+    }
+    // SAFETY: `fd` is a fresh socket nobody else owns.
+    let sock = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let ctap = std::ffi::CString::new(tap)
+        .map_err(|_| VmmError::InvalidConfig(format!("bad tap name {tap:?}")))?;
+    // SAFETY: `ctap` is a valid NUL-terminated string.
+    let index = unsafe { libc::if_nametoindex(ctap.as_ptr()) };
+    if index == 0 {
+        return Err(VmmError::InvalidConfig(format!(
+            "tap {tap}: {}",
+            io::Error::last_os_error()
+        )));
+    }
+    if let Some(b) = bridge {
+        // SAFETY: ifreq is plain data; all zeroes is a valid value.
+        let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+        req.ifr_name = ifreq_name(b);
+        req.ifr_ifru.ifru_ifindex = index as libc::c_int;
+        // SAFETY: SIOCBRADDIF reads an ifreq (the bridge's name and the port's index), which
+        // `req` is; the socket is ours.
+        if unsafe { libc::ioctl(sock.as_raw_fd(), SIOCBRADDIF, &req) } < 0 {
+            let e = io::Error::last_os_error();
+            let why = match e.raw_os_error() {
+                Some(libc::ENODEV) => format!("there is no bridge named {b}"),
+                Some(libc::EOPNOTSUPP) | Some(libc::EINVAL) => format!("{b} is not a bridge"),
+                Some(libc::EBUSY) => format!(
+                    "tap {tap} is a port of a bridge already (leave the NIC's bridge out for a tap you wire yourself)"
+                ),
+                _ => format!("cannot add tap {tap} to bridge {b}: {e}"),
+            };
+            return Err(VmmError::InvalidConfig(why));
+        }
+    }
+    // SAFETY: ifreq is plain data; all zeroes is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    req.ifr_name = ifreq_name(tap);
+    // SAFETY: SIOCGIFFLAGS fills the flags of the ifreq we own.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) } < 0 {
+        return Err(VmmError::Io {
+            what: "SIOCGIFFLAGS",
+            source: io::Error::last_os_error(),
+        });
+    }
+    // SAFETY: SIOCGIFFLAGS set the flags member of the union; reading it back is reading plain data.
+    let flags = unsafe { req.ifr_ifru.ifru_flags };
+    req.ifr_ifru.ifru_flags = flags | libc::IFF_UP as libc::c_short;
+    // SAFETY: SIOCSIFFLAGS reads the ifreq we own.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) } < 0 {
+        return Err(VmmError::Io {
+            what: "SIOCSIFFLAGS",
+            source: io::Error::last_os_error(),
+        });
+    }
+    Ok(())
 }
 
 /// An open tap (or one queue of a multi-queue tap).
@@ -102,12 +199,8 @@ impl Tap {
     }
 
     fn open_with(name: &str, vnet_hdr_len: i32, extra_flags: libc::c_short) -> Result<Tap> {
-        if name.is_empty()
-            || name.len() >= 16
-            || !name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        {
+        // The names the control surface accepts ('.' included), so a NIC it took can start.
+        if !valid_ifname(name) {
             return Err(VmmError::InvalidConfig(format!("bad tap name {name:?}")));
         }
         let file = OpenOptions::new()
