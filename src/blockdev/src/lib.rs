@@ -9,6 +9,7 @@
 //! After a failed flush a device is poisoned: every later call fails with `ErrorKind::Poisoned`.
 
 mod buf;
+mod crc;
 mod error;
 pub mod fault;
 mod malloc;
@@ -16,6 +17,7 @@ mod ram;
 mod uring;
 
 pub use buf::{AlignedBuf, WriteBuf};
+pub use crc::crc32c;
 pub use error::{BlockError, ErrorKind, Result};
 pub use fault::{FaultDevice, FaultOp, FaultStats, PowerCutPolicy, PowerCutReport, Trigger};
 pub use malloc::tune_allocator;

@@ -205,7 +205,7 @@ impl Store {
             let bad = wanted
                 .iter()
                 .zip(&data)
-                .find(|((_, v), buf)| crc32c::crc32c(buf) != v.crc);
+                .find(|((_, v), buf)| blockdev::crc32c(buf) != v.crc);
             if let Some((&(block, v), _)) = bad {
                 // The version may have been replaced (and its block reused) while we read.
                 attempt += 1;
@@ -365,7 +365,7 @@ impl Store {
         if good.len() != BS as usize {
             return Err(StoreError::invalid("repair data must be exactly one block"));
         }
-        let crc = crc32c::crc32c(good.as_slice());
+        let crc = blockdev::crc32c(good.as_slice());
         let old_phys = {
             let st = inner.state.read();
             let v = st
@@ -460,7 +460,7 @@ impl Store {
                 for &(phys, block, gen, crc) in &entries[i..j] {
                     let o = ((phys - start) * BS) as usize;
                     report.checked_blocks += 1;
-                    if crc32c::crc32c(&buf[o..o + BS as usize]) != crc {
+                    if blockdev::crc32c(&buf[o..o + BS as usize]) != crc {
                         // Same race as in read: only report it if the version is still there.
                         let st = inner.state.read();
                         let still = st

@@ -38,7 +38,7 @@ fn verify_copy(src: &[u8], run: &[Entry], dst: &mut [u8]) -> Option<Entry> {
     let bs = BS as usize;
     for (j, e) in run.iter().enumerate() {
         let block = &src[j * bs..(j + 1) * bs];
-        if crc32c::crc32c(block) != e.2 {
+        if blockdev::crc32c(block) != e.2 {
             return Some(*e);
         }
         dst[e.0 * bs..(e.0 + 1) * bs].copy_from_slice(block);
@@ -129,7 +129,7 @@ impl Inner {
                         // Verified in place: the device buffer is what we return.
                         let bad = plan
                             .iter()
-                            .find(|e| crc32c::crc32c(&buf[e.0 * bs..(e.0 + 1) * bs]) != e.2)
+                            .find(|e| blockdev::crc32c(&buf[e.0 * bs..(e.0 + 1) * bs]) != e.2)
                             .copied();
                         *o = Some(buf);
                         bad

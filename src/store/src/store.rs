@@ -527,7 +527,7 @@ impl Inner {
 
 /// The crc32c of every block of `data` (what `Store::write_with_crcs` expects).
 pub fn block_crcs(data: &[u8]) -> Vec<u32> {
-    data.chunks(BS as usize).map(crc32c::crc32c).collect()
+    data.chunks(BS as usize).map(blockdev::crc32c).collect()
 }
 
 impl Store {

@@ -67,7 +67,7 @@ impl VersionData {
         let data = data.map(BlockData::new);
         VersionData {
             gen,
-            crc: data.as_deref().map_or(0, crc32c::crc32c),
+            crc: data.as_deref().map_or(0, blockdev::crc32c),
             data,
         }
     }
@@ -77,7 +77,7 @@ impl VersionData {
     pub fn of_block(gen: u64, data: BlockData) -> Self {
         VersionData {
             gen,
-            crc: crc32c::crc32c(&data),
+            crc: blockdev::crc32c(&data),
             data: Some(data),
         }
     }
