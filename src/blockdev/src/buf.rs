@@ -1,10 +1,13 @@
 //! Buffers aligned for O_DIRECT, owned by the I/O while it is in flight.
 //!
-//! Freed buffers of the common I/O sizes (powers of two from 4 KiB to 4 MiB) are kept in a small
-//! bounded pool and handed out again: a stream of 1 MiB requests otherwise pays for fresh pages
-//! (page faults and kernel page clearing) and a full memset on every request. Pooled memory is
-//! always initialised (every buffer starts zeroed and is only ever written through safe slices),
-//! so handing it out again never exposes uninitialised memory.
+//! Freed buffers up to 4 MiB are kept in a small bounded pool, by size class (powers of two from
+//! 4 KiB to 4 MiB), and handed out again: a stream of 1 MiB requests otherwise pays for fresh
+//! pages (page faults and kernel page clearing) and a full memset on every request. A buffer of
+//! another length up to 4 MiB (one physical run of a fragmented read, say 3 blocks) is carved
+//! from its class's allocation (the next power of two), so it is pooled too instead of costing
+//! a zeroed allocation and a free each time. Pooled memory is always initialised (every
+//! allocation starts zeroed and is only ever written through safe slices), so handing it out
+//! again never exposes uninitialised memory.
 
 use std::alloc::{self, Layout};
 use std::ops::{Deref, DerefMut, Range};
@@ -26,6 +29,17 @@ struct Idle(NonNull<u8>);
 unsafe impl Send for Idle {}
 
 static POOL: [Mutex<Vec<Idle>>; POOL_CLASSES] = [const { Mutex::new(Vec::new()) }; POOL_CLASSES];
+
+/// The allocation size for a buffer of `len` bytes (a multiple of `BLOCK_SIZE`): its class's
+/// size when it has one below the pool's largest, else `len` itself.
+fn capacity_for(len: usize) -> usize {
+    let pooled = len.next_power_of_two();
+    if class_of(pooled).is_some() {
+        pooled
+    } else {
+        len
+    }
+}
 
 fn class_of(len: usize) -> Option<usize> {
     let blocks = len / BLOCK_SIZE;
@@ -58,6 +72,8 @@ fn pool_give(ptr: NonNull<u8>, len: usize) -> bool {
 pub struct AlignedBuf {
     ptr: NonNull<u8>,
     len: usize,
+    /// Bytes allocated (`capacity_for(len)`), all initialised; `len` of them are in use.
+    cap: usize,
     /// Taken from the pool and not yet cleared (only `zeroed` cares).
     recycled: bool,
 }
@@ -84,20 +100,24 @@ impl AlignedBuf {
     /// uninitialised memory.
     pub fn for_overwrite(len: usize) -> Self {
         let len = len.max(1).div_ceil(BLOCK_SIZE) * BLOCK_SIZE;
-        if let Some(ptr) = pool_take(len) {
+        let cap = capacity_for(len);
+        if let Some(ptr) = pool_take(cap) {
             return Self {
                 ptr,
                 len,
+                cap,
                 recycled: true,
             };
         }
-        let layout = Self::layout(len);
-        // SAFETY: layout has non-zero size (len >= BLOCK_SIZE) and a valid power-of-two alignment.
+        let layout = Self::layout(cap);
+        // SAFETY: layout has non-zero size (cap >= len >= BLOCK_SIZE) and a valid power-of-two
+        // alignment.
         let raw = unsafe { alloc::alloc_zeroed(layout) };
         let ptr = NonNull::new(raw).unwrap_or_else(|| alloc::handle_alloc_error(layout));
         Self {
             ptr,
             len,
+            cap,
             recycled: false,
         }
     }
@@ -143,12 +163,12 @@ impl AlignedBuf {
 
 impl Drop for AlignedBuf {
     fn drop(&mut self) {
-        if pool_give(self.ptr, self.len) {
+        if pool_give(self.ptr, self.cap) {
             return;
         }
-        // SAFETY: ptr was allocated in `for_overwrite` with exactly this layout (pooled
-        // allocations keep their class's layout) and is freed once.
-        unsafe { alloc::dealloc(self.ptr.as_ptr(), Self::layout(self.len)) }
+        // SAFETY: ptr was allocated in `for_overwrite` with exactly this layout (`cap` bytes;
+        // pooled allocations keep their class's layout) and is freed once.
+        unsafe { alloc::dealloc(self.ptr.as_ptr(), Self::layout(self.cap)) }
     }
 }
 
@@ -270,5 +290,37 @@ mod tests {
         assert_eq!(class_of(3 * BLOCK_SIZE), None);
         assert_eq!(class_of(BLOCK_SIZE << 10), Some(10));
         assert_eq!(class_of(BLOCK_SIZE << 11), None);
+    }
+
+    #[test]
+    fn odd_lengths_are_carved_from_their_class() {
+        assert_eq!(capacity_for(3 * BLOCK_SIZE), 4 * BLOCK_SIZE);
+        assert_eq!(capacity_for(BLOCK_SIZE), BLOCK_SIZE);
+        assert_eq!(
+            capacity_for((BLOCK_SIZE << 10) - BLOCK_SIZE),
+            BLOCK_SIZE << 10
+        );
+        assert_eq!(
+            capacity_for((BLOCK_SIZE << 10) + BLOCK_SIZE),
+            (BLOCK_SIZE << 10) + BLOCK_SIZE
+        );
+        // A dirty 4-block allocation handed out again as a 3-block buffer: only 3 blocks show,
+        // `zeroed` clears them, and the buffer goes back to the 4-block class when dropped.
+        let mut a = AlignedBuf::for_overwrite(4 * BLOCK_SIZE);
+        a.fill(0xee);
+        drop(a);
+        let mut b = AlignedBuf::zeroed(3 * BLOCK_SIZE);
+        assert_eq!(b.len(), 3 * BLOCK_SIZE);
+        assert!(b.iter().all(|&x| x == 0));
+        b.fill(0x11);
+        let w = b.into_write();
+        assert_eq!(w.len(), 3 * BLOCK_SIZE);
+        assert!(w.as_slice().iter().all(|&x| x == 0x11));
+        drop(w);
+        let c = AlignedBuf::from_slice(&[9u8; 4 * BLOCK_SIZE]);
+        assert!(
+            c.iter().all(|&x| x == 9),
+            "a full-class buffer sees all of its bytes"
+        );
     }
 }

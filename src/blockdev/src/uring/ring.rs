@@ -42,6 +42,10 @@ use tokio::sync::{Notify, Semaphore};
 
 use crate::{AlignedBuf, WriteBuf};
 
+/// Wakers of finished requests, collected under the core lock and woken after it (inline: a
+/// reap allocates nothing unless many requests finish at once).
+type Wakers = smallvec::SmallVec<[Waker; 8]>;
+
 /// The buffer a request lends the kernel while it is in flight.
 pub(crate) enum Hold {
     None,
@@ -153,6 +157,11 @@ impl Ring {
 
     /// Submit `entry` and wait for its result (a negative errno or a byte count).
     ///
+    /// The first poll queues the entry with the task's waker in place, and (unless a plug holds
+    /// submissions or another thread is submitting) submits it, all under one take of the core
+    /// lock; the submit loop then reaps under a second one. A request that completes while it
+    /// is submitted is woken like any other and finishes on its next poll.
+    ///
     /// # Safety
     /// Every address in `entry` must point into the buffer held by `hold` (heap memory that
     /// stays put while `hold` lives), and its fd must be fixed file 0.
@@ -162,42 +171,66 @@ impl Ring {
             .acquire()
             .await
             .expect("the semaphore is never closed");
-        let (idx, submit_now) = {
-            let mut core = self.core.lock();
-            // Checked under the lock the reaper's exit path also takes, so no request can slip
-            // in after the final drain.
-            if self.reaper_gone.load(Ordering::Acquire) {
-                return (-libc::ESHUTDOWN, hold);
+        let mut start = Some((entry, hold, permit));
+        let mut guard: Option<SlotGuard<'_>> = None;
+        poll_fn(|cx| {
+            if let Some(g) = guard.as_mut() {
+                return g.poll(cx);
             }
-            permit.forget();
-            let idx = core.free.pop().expect("a permit guarantees a free slot");
-            core.slots[idx] = Slot::Waiting { waker: None, hold };
-            core.in_flight += 1;
-            core.in_kernel += 1;
-            // SAFETY: SubmissionQueues are only created while holding `core`, so this is the
-            // only one; it is dropped (publishing the tail) before the lock is released.
-            let mut sq = unsafe { self.uring.submission_shared() };
-            let entry = entry.user_data(idx as u64);
-            // SAFETY: the buffer `entry` points to lives in slot `idx` until its completion is
-            // reaped (a dropped future only marks the slot abandoned), per this fn's contract.
-            let pushed = unsafe { sq.push(&entry) };
-            // In-flight requests are bounded by the slot count = SQ size, so there is room.
-            assert!(
-                pushed.is_ok(),
-                "submission queue full despite the in-flight bound"
-            );
-            drop(sq);
-            (idx, core.plugs == 0 && !core.submitting)
-        };
-        if submit_now {
-            self.submit_pending();
-        }
-        let mut guard = SlotGuard {
-            ring: self,
-            idx,
-            finished: false,
-        };
-        poll_fn(|cx| guard.poll(cx)).await
+            let (entry, hold, permit) = start.take().expect("polled again after it finished");
+            let (idx, submit_now) = {
+                let mut core = self.core.lock();
+                // Checked under the lock the reaper's exit path also takes, so no request can
+                // slip in after the final drain.
+                if self.reaper_gone.load(Ordering::Acquire) {
+                    return Poll::Ready((-libc::ESHUTDOWN, hold));
+                }
+                permit.forget();
+                let idx = core.free.pop().expect("a permit guarantees a free slot");
+                core.slots[idx] = Slot::Waiting {
+                    waker: Some(cx.waker().clone()),
+                    hold,
+                };
+                core.in_flight += 1;
+                core.in_kernel += 1;
+                // SAFETY: SubmissionQueues are only created while holding `core`, so this is
+                // the only one; it is dropped (publishing the tail) before the lock is released.
+                let mut sq = unsafe { self.uring.submission_shared() };
+                let entry = entry.user_data(idx as u64);
+                // SAFETY: the buffer `entry` points to lives in slot `idx` until its completion
+                // is reaped (a dropped future only marks the slot abandoned), per this fn's
+                // contract.
+                let pushed = unsafe { sq.push(&entry) };
+                // In-flight requests are bounded by the slot count = SQ size, so there is room.
+                assert!(
+                    pushed.is_ok(),
+                    "submission queue full despite the in-flight bound"
+                );
+                drop(sq);
+                let go = core.plugs == 0 && !core.submitting;
+                if go {
+                    core.submitting = true;
+                    self.quiet_begin(&mut core);
+                }
+                (idx, go)
+            };
+            let g = guard.insert(SlotGuard {
+                ring: self,
+                idx,
+                finished: false,
+            });
+            if submit_now {
+                if let Some(done) = self.submit_loop(Some(idx)) {
+                    // Finished inside its own io_uring_enter: the result is ours already.
+                    g.finished = true;
+                    return Poll::Ready(done);
+                }
+            }
+            // The waker is in the slot: a completion reaped by anyone wakes the task, and the
+            // next poll takes the result.
+            Poll::Pending
+        })
+        .await
     }
 
     /// Hold submissions: requests started while the plug lives only queue their entries; dropping
@@ -219,7 +252,6 @@ impl Ring {
     /// until the kernel took every entry, so nothing queued is left behind when it returns;
     /// reaps the completion queue after each call and wakes the finished requests.
     fn submit_pending(&self) {
-        let mut wakers = Vec::new();
         {
             let mut core = self.core.lock();
             if core.plugs > 0 || core.submitting || self.queued(&core) == 0 {
@@ -228,7 +260,19 @@ impl Ring {
             core.submitting = true;
             self.quiet_begin(&mut core);
         }
+        self.submit_loop(None);
+    }
+
+    /// The submit loop of [`Ring::submit_pending`], entered with `submitting` set and a
+    /// [`Ring::quiet_begin`] done by the caller. The check that the queue is empty and the end
+    /// of `submitting` happen under one take of the lock: an entry another thread queues
+    /// meanwhile (leaving it to us, since we are submitting) is never stranded. If the request
+    /// in slot `mine` finished meanwhile, its slot is freed under that same lock and its result
+    /// returned (its waker was still woken, as for any completion).
+    fn submit_loop(&self, mine: Option<usize>) -> Option<(i32, Hold)> {
+        let mut wakers = Wakers::new();
         let mut done = false;
+        let mut last = None;
         for _ in 0..1000 {
             match self.uring.submit() {
                 Ok(_) => {}
@@ -242,13 +286,18 @@ impl Ring {
             self.reap_locked(&mut core, &mut wakers);
             if core.plugs > 0 || self.queued(&core) == 0 {
                 done = true;
+                last = Some(core);
                 break;
             }
         }
-        let mut core = self.core.lock();
+        let mut core = last.unwrap_or_else(|| self.core.lock());
         core.submitting = false;
         self.quiet_end(&mut core, &mut wakers);
+        let out = mine.and_then(|idx| take_done(&mut core, idx));
         drop(core);
+        if out.is_some() {
+            self.permits.add_permits(1);
+        }
         if !done {
             // The entries stay in the queue; the next submit (any request's or the reaper's)
             // takes them. Nothing is freed, so the kernel can never see a dangling buffer.
@@ -257,6 +306,7 @@ impl Ring {
         for w in wakers {
             w.wake();
         }
+        out
     }
 
     /// Someone will reap the completion queue after this (in [`Ring::quiet_end`]): the kernel
@@ -273,7 +323,7 @@ impl Ring {
     /// reaps: a completion posted while it was off is reaped here, one posted later signals it.
     /// (The kernel stores the queue tail, then a full barrier, then reads the flag; this side
     /// stores the flag, a full barrier, then reads the tail: one of the two sees the other.)
-    fn quiet_end(&self, core: &mut Core, wakers: &mut Vec<Waker>) {
+    fn quiet_end(&self, core: &mut Core, wakers: &mut Wakers) {
         core.quiet -= 1;
         if core.quiet == 0 {
             // SAFETY: CompletionQueues are only created while holding `core`.
@@ -285,7 +335,7 @@ impl Ring {
 
     /// Move every posted completion into its slot; the wakers of finished requests go to
     /// `wakers` (woken by the caller once `core` is released). Returns how many were reaped.
-    fn reap_locked(&self, core: &mut Core, wakers: &mut Vec<Waker>) -> usize {
+    fn reap_locked(&self, core: &mut Core, wakers: &mut Wakers) -> usize {
         // SAFETY: CompletionQueues are only created while holding `core`; dropping it (at the
         // end of this fn) hands the consumed entries back to the kernel.
         let cq = unsafe { self.uring.completion_shared() };
@@ -323,7 +373,7 @@ impl Ring {
     /// Reap and wake; returns whether the queue is busy: completions arrived while others are
     /// still in the kernel.
     fn reap(&self) -> bool {
-        let mut wakers = Vec::new();
+        let mut wakers = Wakers::new();
         let busy = {
             let mut core = self.core.lock();
             let reaped = self.reap_locked(&mut core, &mut wakers);
@@ -361,7 +411,7 @@ impl Ring {
 
     #[cfg(test)]
     pub(crate) fn quiet_end_for_test(&self) {
-        let mut wakers = Vec::new();
+        let mut wakers = Wakers::new();
         self.quiet_end(&mut self.core.lock(), &mut wakers);
         for w in wakers {
             w.wake();
@@ -425,6 +475,21 @@ impl Drop for Plug<'_> {
     }
 }
 
+/// If slot `idx` holds a finished request, free the slot (its permit is the caller's to give
+/// back once the lock is released) and return the result.
+fn take_done(core: &mut Core, idx: usize) -> Option<(i32, Hold)> {
+    let slot = &mut core.slots[idx];
+    if !matches!(slot, Slot::Done { .. }) {
+        return None;
+    }
+    let Slot::Done { res, hold } = std::mem::replace(slot, Slot::Free) else {
+        unreachable!("checked Done above")
+    };
+    core.free.push(idx);
+    core.in_flight -= 1;
+    Some((res, hold))
+}
+
 /// The request's claim on its slot; dropping it early abandons the slot to the reaper.
 struct SlotGuard<'a> {
     ring: &'a Ring,
@@ -445,15 +510,11 @@ impl SlotGuard<'_> {
                 Poll::Pending
             }
             Slot::Done { .. } => {
-                let Slot::Done { res, hold } = std::mem::replace(slot, Slot::Free) else {
-                    unreachable!("matched Done above")
-                };
-                core.free.push(self.idx);
-                core.in_flight -= 1;
+                let done = take_done(&mut core, self.idx).expect("matched Done above");
                 self.finished = true;
                 drop(core);
                 self.ring.permits.add_permits(1);
-                Poll::Ready((res, hold))
+                Poll::Ready(done)
             }
             Slot::Free | Slot::Abandoned { .. } => {
                 panic!("slot {} lost while its request was waiting", self.idx)
@@ -530,7 +591,7 @@ async fn reap_loop(ring: Arc<Ring>, afd: AsyncFd<OwnedFd>) {
             tokio::task::yield_now().await;
         }
         ring.submit_pending();
-        let mut wakers = Vec::new();
+        let mut wakers = Wakers::new();
         ring.quiet_end(&mut ring.core.lock(), &mut wakers);
         for w in wakers {
             w.wake();
