@@ -58,6 +58,25 @@ pub struct VmSample {
     pub disk_latency_us: f64,
     pub net_rx_bytes_per_sec: f64,
     pub net_tx_bytes_per_sec: f64,
+    /// Each NIC (`net0`, ...), in the VM's order.
+    pub nics: Vec<NicSample>,
+}
+
+/// One NIC of a VM: totals since the VM's machine was built (rx: frames the guest received,
+/// tx: frames it sent; bytes without the virtio-net header; errors: frames dropped), and
+/// their rates over the last sample period.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct NicSample {
+    pub id: String,
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+    pub errors: u64,
+    pub rx_packets_per_sec: f64,
+    pub rx_bytes_per_sec: f64,
+    pub tx_packets_per_sec: f64,
+    pub tx_bytes_per_sec: f64,
 }
 
 #[derive(Debug, Clone, Serialize, Default)]
@@ -130,8 +149,8 @@ struct Prev {
     at: Option<std::time::Instant>,
     totals: Option<[u64; 4]>,
     disks: HashMap<String, (u64, u64)>,
-    /// Per VM: cpu_time_ns, then disk read ops, write ops, read bytes, write bytes, net rx, tx.
-    vms: HashMap<String, [u64; 7]>,
+    /// Per VM: its counters in the last VM list sampled.
+    vms: HashMap<String, VmCounters>,
     /// Per vdisk: read ops, write ops, read bytes, write bytes, read and write latency sums (us).
     vdisks: HashMap<String, [u64; 6]>,
 }
@@ -171,14 +190,22 @@ fn vdisk_rates(s: &mut VdiskSample, now: &[u64; 6], before: &[u64; 6], secs: f64
 /// VMs reported per sample (a node defines at most 256).
 pub const MAX_VMS_PER_SAMPLE: usize = 256;
 
-fn vm_sample(v: &control::VmView, prev: Option<&[u64; 7]>, secs: f64) -> (VmSample, [u64; 7]) {
+/// One VM's counters: cpu_time_ns, then disk read ops, write ops, read bytes, write bytes,
+/// net rx bytes, tx bytes; and per NIC (by id) rx packets, rx bytes, tx packets, tx bytes.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct VmCounters {
+    sums: [u64; 7],
+    nics: Vec<(String, [u64; 4])>,
+}
+
+fn vm_sample(v: &control::VmView, prev: Option<&VmCounters>, secs: f64) -> (VmSample, VmCounters) {
     let mut s = VmSample {
         name: v.name.clone(),
         state: v.state.clone(),
         ..Default::default()
     };
     let Some(st) = &v.stats else {
-        return (s, [0; 7]);
+        return (s, VmCounters::default());
     };
     s.memory_bytes = st.memory_bytes;
     let mut now = [st.cpu_time_ns, 0, 0, 0, 0, 0, 0];
@@ -192,14 +219,41 @@ fn vm_sample(v: &control::VmView, prev: Option<&[u64; 7]>, secs: f64) -> (VmSamp
         lat_sum += d.mean_latency_ns as f64 * ops as f64;
         lat_ops += ops;
     }
+    let mut nics = Vec::with_capacity(st.nics.len());
     for n in &st.nics {
         now[5] += n.read_bytes;
         now[6] += n.write_bytes;
+        let c = [n.read_ops, n.read_bytes, n.write_ops, n.write_bytes];
+        let mut ns = NicSample {
+            id: n.id.clone(),
+            rx_packets: c[0],
+            rx_bytes: c[1],
+            tx_packets: c[2],
+            tx_bytes: c[3],
+            errors: n.errors,
+            ..Default::default()
+        };
+        // A VM sampled before, but without this NIC's counters (it was not running then):
+        // everything the NIC counted happened since.
+        let before = prev.map(|p| {
+            p.nics
+                .iter()
+                .find(|(id, _)| *id == n.id)
+                .map_or([0; 4], |(_, c)| *c)
+        });
+        if let Some(p) = before {
+            ns.rx_packets_per_sec = rate(c[0], p[0], secs);
+            ns.rx_bytes_per_sec = rate(c[1], p[1], secs);
+            ns.tx_packets_per_sec = rate(c[2], p[2], secs);
+            ns.tx_bytes_per_sec = rate(c[3], p[3], secs);
+        }
+        s.nics.push(ns);
+        nics.push((n.id.clone(), c));
     }
     if lat_ops > 0 {
         s.disk_latency_us = lat_sum / lat_ops as f64 / 1000.0;
     }
-    if let Some(p) = prev {
+    if let Some(p) = prev.map(|p| &p.sums) {
         s.cpu_percent = rate(now[0], p[0], secs) / 1e7;
         s.disk_read_iops = rate(now[1], p[1], secs);
         s.disk_write_iops = rate(now[2], p[2], secs);
@@ -208,7 +262,7 @@ fn vm_sample(v: &control::VmView, prev: Option<&[u64; 7]>, secs: f64) -> (VmSamp
         s.net_rx_bytes_per_sec = rate(now[5], p[5], secs);
         s.net_tx_bytes_per_sec = rate(now[6], p[6], secs);
     }
-    (s, now)
+    (s, VmCounters { sums: now, nics })
 }
 
 /// Run the sampler until the hub is dropped by everyone else.
@@ -473,6 +527,16 @@ mod tests {
         assert_eq!(s.disk_write_iops, 50.0);
         assert_eq!(s.disk_write_bytes_per_sec, 50.0 * 4096.0);
         assert_eq!(s.net_rx_bytes_per_sec, 100.0 * 4096.0);
+        let n = &s.nics[0];
+        assert_eq!((n.id.as_str(), n.rx_packets, n.tx_packets), ("n", 100, 50));
+        assert_eq!(
+            (n.rx_packets_per_sec, n.tx_bytes_per_sec),
+            (100.0, 50.0 * 4096.0)
+        );
+        // A VM seen before without this NIC's counters (not running then): all of them are new.
+        let defined = VmCounters::default();
+        let (s, _) = vm_sample(&view(0, 10, 5), Some(&defined), 2.0);
+        assert_eq!(s.nics[0].rx_packets_per_sec, 5.0);
         assert_eq!(s.disk_latency_us, 50.0);
         assert_eq!(s.memory_bytes, 64 << 20);
     }
