@@ -152,6 +152,8 @@ pub async fn serve(cfg: ApiConfig, controller: Arc<dyn Controller>) -> Result<Ap
     let certs = tls::CertStore::open(&cfg.state_dir)?;
     let tls_cfg = tls::server_config(certs.clone())?;
     let hub = Arc::new(stats::StatsHub::default());
+    // Shared by the list requests and the sampler: one fetch of each list a second serves both.
+    let lists = Arc::new(lists::ListCache::new(cfg.list_cache));
     let st = Arc::new(state::State {
         controller: controller.clone(),
         directory: users::Directory::open(&cfg.state_dir)?,
@@ -159,7 +161,7 @@ pub async fn serve(cfg: ApiConfig, controller: Arc<dyn Controller>) -> Result<Ap
         limiter: Default::default(),
         audit: audit::AuditLog::open(&cfg.state_dir),
         idempotency: idempotency::IdempotencyCache::open(&cfg.state_dir),
-        lists: lists::ListCache::new(cfg.list_cache),
+        lists: lists.clone(),
         tasks: tasks::Tasks::open(&cfg.state_dir),
         stats: hub.clone(),
         certs,
@@ -184,7 +186,7 @@ pub async fn serve(cfg: ApiConfig, controller: Arc<dyn Controller>) -> Result<Ap
     let period = cfg.stats_period;
     tokio::spawn(async move {
         tokio::select! {
-            _ = stats::run_sampler(weak, controller, period) => {}
+            _ = stats::run_sampler(weak, controller, lists, period) => {}
             _ = sampler_stop.changed() => {}
         }
     });

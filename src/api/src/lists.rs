@@ -13,6 +13,11 @@
 //! controller that does not count changes gets no caching. While one request re-fetches a list
 //! that only aged, the others get the aged copy (at most [`AGED_MAX`] old) instead of waiting.
 //!
+//! The statistics sampler takes its VM and virtual disk lists from here too (once a second,
+//! like [`FRESH`]): a list it fetched serves the requests of the next second, and a list a
+//! request fetched since its last tick serves the sampler, so the node answers each list about
+//! once a second instead of once for each of them.
+//!
 //! What it must never do: answer without the caller's role check and input validation (both
 //! run on every request, hit or miss), or keep unbounded data (one list per kind, at most
 //! [`MAX_PAGES`] encoded pages of it).
@@ -21,7 +26,7 @@ use crate::http::{self as h, Resp};
 use crate::routes::R;
 use crate::state::{Caller, State};
 use bytes::Bytes;
-use control::{ControlError, Reply, Request, VdiskView, VmView};
+use control::{Actor, ControlError, Controller, Reply, Request, VdiskView, VmView};
 use http::StatusCode;
 use parking_lot::{Mutex, RwLock};
 use serde::Serialize;
@@ -40,7 +45,7 @@ pub const AGED_MAX: Duration = Duration::from_secs(5);
 pub const MAX_PAGES: usize = 64;
 
 /// One kept list, sorted by name.
-struct Kept<T> {
+pub(crate) struct Kept<T> {
     generation: u64,
     at: Instant,
     items: Vec<T>,
@@ -64,14 +69,25 @@ impl<T: Serialize> Kept<T> {
         }
     }
 
-    fn fresh(&self, generation: Option<u64>) -> bool {
-        generation == Some(self.generation) && self.at.elapsed() < FRESH
+    fn fresh(&self, generation: Option<u64>, ages: &Ages) -> bool {
+        generation == Some(self.generation) && self.at.elapsed() < ages.fresh
     }
 
     /// Good enough to answer while another request is fetching a newer copy: nothing changed
     /// through the controller since, and it is not much older than [`FRESH`].
-    fn servable_while_refreshing(&self, generation: Option<u64>) -> bool {
-        generation == Some(self.generation) && self.at.elapsed() < AGED_MAX
+    fn servable_while_refreshing(&self, generation: Option<u64>, ages: &Ages) -> bool {
+        generation == Some(self.generation) && self.at.elapsed() < ages.aged_max
+    }
+
+    /// The list, sorted by name.
+    pub(crate) fn items(&self) -> &[T] {
+        &self.items
+    }
+
+    /// When the node answered it: the statistics sampler turns counter deltas between two
+    /// lists into rates over the time between them.
+    pub(crate) fn fetched_at(&self) -> Instant {
+        self.at
     }
 
     /// One page: items after `cursor`, at most `limit`, and the next page's cursor (null on
@@ -127,10 +143,36 @@ fn encode_page<T: Serialize>(
     .unwrap_or_default()
 }
 
+/// How old a kept list may be: [`FRESH`] and [`AGED_MAX`] (tests stretch them so that a slow
+/// machine cannot age a list between two steps).
+#[derive(Debug, Clone, Copy)]
+struct Ages {
+    fresh: Duration,
+    aged_max: Duration,
+}
+
+const AGES: Ages = Ages {
+    fresh: FRESH,
+    aged_max: AGED_MAX,
+};
+
+/// What a caller may take from a kept list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Need {
+    /// A request: a fresh list; while someone else fetches, an aged one will do.
+    Fresh,
+    /// The statistics sampler: a fresh list fetched after the one it sampled last (fetched at
+    /// the given instant), so that its rates cover a real interval. It waits for a fetch under
+    /// way rather than start another.
+    FetchedAfter(Option<Instant>),
+}
+
 /// One kind of list: the kept copy and a lock so that a miss under load asks the node once.
 struct Slot<T> {
     kept: RwLock<Option<Arc<Kept<T>>>>,
     fill: tokio::sync::Mutex<()>,
+    /// Lists asked of the node, by requests and the sampler together.
+    fetches: std::sync::atomic::AtomicU64,
 }
 
 impl<T> Default for Slot<T> {
@@ -138,64 +180,76 @@ impl<T> Default for Slot<T> {
         Slot {
             kept: RwLock::new(None),
             fill: tokio::sync::Mutex::new(()),
+            fetches: std::sync::atomic::AtomicU64::new(0),
         }
     }
 }
 
 impl<T: Serialize> Slot<T> {
-    fn current(&self, generation: Option<u64>) -> Option<Arc<Kept<T>>> {
+    fn current(&self, generation: Option<u64>, ages: &Ages, need: Need) -> Option<Arc<Kept<T>>> {
         self.kept
             .read()
             .as_ref()
-            .filter(|k| k.fresh(generation))
+            .filter(|k| k.fresh(generation, ages))
+            .filter(|k| match need {
+                Need::Fresh => true,
+                Need::FetchedAfter(last) => last.is_none_or(|t| k.at > t),
+            })
             .cloned()
     }
 
-    fn aged(&self, generation: Option<u64>) -> Option<Arc<Kept<T>>> {
+    fn aged(&self, generation: Option<u64>, ages: &Ages) -> Option<Arc<Kept<T>>> {
         self.kept
             .read()
             .as_ref()
-            .filter(|k| k.servable_while_refreshing(generation))
+            .filter(|k| k.servable_while_refreshing(generation, ages))
             .cloned()
     }
 
-    /// The list as the node has it now (or kept since the last change, briefly). The caller
-    /// has checked the role and the request already.
-    async fn get(
+    /// The list as the node has it now (or kept since the last change, briefly), fetched with
+    /// `fetch` when nothing kept will do. A request's caller has checked the role and the
+    /// request already. Requests and the sampler share what is kept, so that together they ask
+    /// the node about once per [`FRESH`] rather than once each.
+    async fn get<F, Fut>(
         &self,
-        st: &State,
-        c: &Caller,
-        req: Request,
+        cache: &ListCache,
+        ctl: &dyn Controller,
+        need: Need,
         key: fn(&T) -> &str,
-        take: fn(Reply) -> Option<Vec<T>>,
-    ) -> Result<Arc<Kept<T>>, ControlError> {
-        let before = st.lists.generation(st);
-        if let Some(k) = self.current(before) {
+        fetch: F,
+    ) -> Result<Arc<Kept<T>>, ControlError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<Vec<T>, ControlError>>,
+    {
+        let ages = &cache.ages;
+        let before = cache.generation(ctl);
+        if let Some(k) = self.current(before, ages, need) {
             return Ok(k);
         }
-        // With nothing to keep, every request asks the node (no queueing behind one another).
+        // With nothing to keep, every caller asks the node (no queueing behind one another).
         let _filling = match before {
             Some(_) => match self.fill.try_lock() {
                 Ok(g) => Some(g),
-                // Someone is fetching already: a list that only aged is served meanwhile; after
-                // a change, wait for the fetch (a caller must see its own change).
-                Err(_) => match self.aged(before) {
-                    Some(k) => return Ok(k),
-                    None => Some(self.fill.lock().await),
+                // Someone is fetching already: a request is served a list that only aged
+                // meanwhile; after a change, and for the sampler, wait for that fetch (a caller
+                // must see its own change; the sampler then takes what it brought).
+                Err(_) => match (need, self.aged(before, ages)) {
+                    (Need::Fresh, Some(k)) => return Ok(k),
+                    _ => Some(self.fill.lock().await),
                 },
             },
             None => None,
         };
         // Read before asking: a change that lands meanwhile moves the counter past it, so the
         // list kept here is never taken for one fetched after that change.
-        let generation = st.lists.generation(st);
-        if let Some(k) = self.current(generation) {
+        let generation = cache.generation(ctl);
+        if let Some(k) = self.current(generation, ages, need) {
             return Ok(k);
         }
-        let action = req.action();
-        let items = take(st.run(c, req).await?).ok_or_else(|| {
-            ControlError::internal(format!("the node answered {action} with something else"))
-        })?;
+        self.fetches
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let items = fetch().await?;
         let kept = Arc::new(Kept::new(generation.unwrap_or(0), items, key));
         if generation.is_some() {
             *self.kept.write() = Some(kept.clone());
@@ -204,9 +258,10 @@ impl<T: Serialize> Slot<T> {
     }
 }
 
-/// The cached lists of one server.
+/// The cached lists of one server, shared by its requests and its statistics sampler.
 pub struct ListCache {
     enabled: bool,
+    ages: Ages,
     vdisks: Slot<VdiskView>,
     vms: Slot<VmView>,
 }
@@ -215,15 +270,73 @@ impl ListCache {
     pub fn new(enabled: bool) -> ListCache {
         ListCache {
             enabled,
+            ages: AGES,
             vdisks: Slot::default(),
             vms: Slot::default(),
         }
     }
 
     /// The node's change counter, or none when caching is off.
-    fn generation(&self, st: &State) -> Option<u64> {
-        self.enabled.then(|| st.controller.generation()).flatten()
+    fn generation(&self, ctl: &dyn Controller) -> Option<u64> {
+        self.enabled.then(|| ctl.generation()).flatten()
     }
+
+    /// The VM list for the statistics sampler (see [`Need::FetchedAfter`]).
+    pub(crate) async fn sampled_vms(
+        &self,
+        ctl: &dyn Controller,
+        after: Option<Instant>,
+    ) -> Result<Arc<Kept<VmView>>, ControlError> {
+        let need = Need::FetchedAfter(after);
+        let fetch = || internal_fetch(ctl, Request::VmList, take_vms);
+        self.vms.get(self, ctl, need, vm_key, fetch).await
+    }
+
+    /// The virtual disk list for the statistics sampler (see [`Need::FetchedAfter`]).
+    pub(crate) async fn sampled_vdisks(
+        &self,
+        ctl: &dyn Controller,
+        after: Option<Instant>,
+    ) -> Result<Arc<Kept<VdiskView>>, ControlError> {
+        let need = Need::FetchedAfter(after);
+        let fetch = || internal_fetch(ctl, Request::VdiskList, take_vdisks);
+        self.vdisks.get(self, ctl, need, vdisk_key, fetch).await
+    }
+
+    /// Lists asked of the node so far (VMs, virtual disks), by requests and the sampler.
+    #[cfg(test)]
+    pub(crate) fn fetches(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (
+            self.vms.fetches.load(Relaxed),
+            self.vdisks.fetches.load(Relaxed),
+        )
+    }
+}
+
+/// A list asked of the node by the api itself (the sampler), not on behalf of a caller.
+async fn internal_fetch<T>(
+    ctl: &dyn Controller,
+    req: Request,
+    take: fn(Reply) -> Option<Vec<T>>,
+) -> Result<Vec<T>, ControlError> {
+    let action = req.action();
+    take(ctl.execute(Actor::internal("stats"), req).await?).ok_or_else(|| {
+        ControlError::internal(format!("the node answered {action} with something else"))
+    })
+}
+
+/// A list asked of the node for a caller (checked already).
+async fn caller_fetch<T>(
+    st: &State,
+    c: &Caller,
+    req: Request,
+    take: fn(Reply) -> Option<Vec<T>>,
+) -> Result<Vec<T>, ControlError> {
+    let action = req.action();
+    take(st.run(c, req).await?).ok_or_else(|| {
+        ControlError::internal(format!("the node answered {action} with something else"))
+    })
 }
 
 fn vdisk_key(v: &VdiskView) -> &str {
@@ -268,34 +381,51 @@ pub(crate) async fn serve(
             let page = if r == R::Vdisks {
                 let req = Request::VdiskList;
                 st.precheck(c, &req)?;
-                let k = cache.vdisks.get(st, c, req, vdisk_key, take_vdisks).await?;
+                let k = vdisks_for(st, c).await?;
                 k.page(vdisk_key, limit, cur)
             } else {
                 let req = Request::VmList;
                 st.precheck(c, &req)?;
-                let k = cache.vms.get(st, c, req, vm_key, take_vms).await?;
+                let k = vms_for(st, c).await?;
                 k.page(vm_key, limit, cur)
             };
             Ok(Some(ok(page)))
         }
         // Without a change counter nothing is kept: ask the node for the one item.
-        R::VdiskGet | R::VmGet if cache.generation(st).is_none() => Ok(None),
+        R::VdiskGet | R::VmGet if cache.generation(st.controller.as_ref()).is_none() => Ok(None),
         R::VdiskGet => {
             let req = Request::VdiskGet { name: name() };
             st.precheck(c, &req)?;
-            let k = cache
-                .vdisks
-                .get(st, c, Request::VdiskList, vdisk_key, take_vdisks);
-            Ok(item_or_none(k.await, vdisk_key, &name()).map(ok))
+            Ok(item_or_none(vdisks_for(st, c).await, vdisk_key, &name()).map(ok))
         }
         R::VmGet => {
             let req = Request::VmGet { name: name() };
             st.precheck(c, &req)?;
-            let k = cache.vms.get(st, c, Request::VmList, vm_key, take_vms);
-            Ok(item_or_none(k.await, vm_key, &name()).map(ok))
+            Ok(item_or_none(vms_for(st, c).await, vm_key, &name()).map(ok))
         }
         _ => Ok(None),
     }
+}
+
+/// The VM list for a request (role and input checked already).
+async fn vms_for(st: &State, c: &Caller) -> Result<Arc<Kept<VmView>>, ControlError> {
+    let fetch = || caller_fetch(st, c, Request::VmList, take_vms);
+    let ctl = st.controller.as_ref();
+    st.lists
+        .vms
+        .get(&st.lists, ctl, Need::Fresh, vm_key, fetch)
+        .await
+}
+
+/// The virtual disk list for a request (role and input checked already).
+async fn vdisks_for(st: &State, c: &Caller) -> Result<Arc<Kept<VdiskView>>, ControlError> {
+    let fetch = || caller_fetch(st, c, Request::VdiskList, take_vdisks);
+    let ctl = st.controller.as_ref();
+    let cache = &st.lists;
+    cache
+        .vdisks
+        .get(cache, ctl, Need::Fresh, vdisk_key, fetch)
+        .await
 }
 
 /// A single get served from the kept list; any failure to have one leaves it to the node.
@@ -310,6 +440,7 @@ fn item_or_none<T: Serialize>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
     fn names(b: &[u8]) -> (Vec<String>, Option<String>) {
         let v: serde_json::Value = serde_json::from_slice(b).unwrap();
@@ -367,29 +498,181 @@ mod tests {
         assert!(kept.pages.lock().len() <= MAX_PAGES);
     }
 
+    /// A node with one VM whose NIC counters the test moves; it counts the lists it is asked.
+    #[derive(Default)]
+    struct FakeNode {
+        generation: AtomicU64,
+        tx_packets: AtomicU64,
+        vm_lists: AtomicU64,
+        vdisk_lists: AtomicU64,
+    }
+
+    impl Controller for FakeNode {
+        fn execute(
+            &self,
+            _: Actor,
+            req: Request,
+        ) -> control::BoxFuture<'_, control::ControlResult> {
+            Box::pin(async move {
+                match req {
+                    Request::VmList => {
+                        self.vm_lists.fetch_add(1, Relaxed);
+                        let tx = self.tx_packets.load(Relaxed);
+                        Ok(Reply::Vms(vec![vm_view(tx)]))
+                    }
+                    Request::VdiskList => {
+                        self.vdisk_lists.fetch_add(1, Relaxed);
+                        Ok(Reply::Vdisks(Vec::new()))
+                    }
+                    _ => Err(ControlError::internal("not asked of this fake")),
+                }
+            })
+        }
+
+        fn generation(&self) -> Option<u64> {
+            Some(self.generation.load(Relaxed))
+        }
+    }
+
+    fn vm_view(tx_packets: u64) -> VmView {
+        let nic = control::VmDeviceStatsView {
+            id: "net0".into(),
+            read_ops: 0,
+            read_bytes: 0,
+            write_ops: tx_packets,
+            write_bytes: tx_packets * 60,
+            flush_ops: 0,
+            discard_ops: 0,
+            errors: 0,
+            mean_latency_ns: 0,
+        };
+        VmView {
+            name: "vm1".into(),
+            description: String::new(),
+            state: "running".into(),
+            operation: None,
+            vcpus: 1,
+            memory_mib: 64,
+            disks: Vec::new(),
+            nics: Vec::new(),
+            kernel: "/k".into(),
+            cmdline: String::new(),
+            created_unix: 0,
+            last_exit: None,
+            stats: Some(control::VmStatsView {
+                cpu_time_ns: 0,
+                vcpu_exits: 0,
+                memory_bytes: 64 << 20,
+                disks: Vec::new(),
+                nics: vec![nic],
+            }),
+        }
+    }
+
+    /// Makes the kept list `by` older, as if that much time had passed since it was fetched.
+    fn pass_time<T: Serialize + Clone>(slot: &Slot<T>, by: Duration, key: fn(&T) -> &str) {
+        let mut kept = slot.kept.write();
+        if let Some(old) = kept.take() {
+            let mut aged = Kept::new(old.generation, old.items.clone(), key);
+            aged.at = old
+                .at
+                .checked_sub(by)
+                .expect("the clock runs longer than a minute");
+            *kept = Some(Arc::new(aged));
+        }
+    }
+
+    /// Requests for the VM list and the statistics sampler, one sampler tick per period of
+    /// [`FRESH`]: together they ask the node for each list once a period. (Before they shared
+    /// it, the sampler asked every tick and the requests once more every [`FRESH`]: twice.)
+    /// Time is simulated (kept lists are aged by hand, and "fresh" is stretched to 30 s) so no
+    /// pause of a loaded machine changes the counts.
+    #[tokio::test]
+    async fn requests_and_the_sampler_share_one_fetch_per_period() {
+        let node = FakeNode::default();
+        let period = Duration::from_secs(30);
+        let cache = ListCache {
+            ages: Ages {
+                fresh: period,
+                aged_max: period * 5,
+            },
+            ..ListCache::new(true)
+        };
+        let request = || {
+            let fetch = || internal_fetch(&node, Request::VmList, take_vms);
+            cache.vms.get(&cache, &node, Need::Fresh, vm_key, fetch)
+        };
+        let mut prev = crate::stats::Prev::default();
+        let nic = |s: &crate::stats::Sample| s.vms[0].nics[0].clone();
+        for n in 1..=6u64 {
+            node.tx_packets.store(n * 10, Relaxed);
+            // Requests come before the sampler's tick in odd periods, after it in even ones.
+            if n % 2 == 1 {
+                for _ in 0..3 {
+                    assert_eq!(request().await.unwrap().items()[0].name, "vm1");
+                }
+            }
+            let s = crate::stats::sample(&mut prev, &node, &cache).await;
+            if n % 2 == 0 {
+                for _ in 0..3 {
+                    let k = request().await.unwrap();
+                    let st = k.items()[0].stats.as_ref().unwrap();
+                    assert_eq!(st.nics[0].write_ops, n * 10, "the list the sampler fetched");
+                }
+            }
+            assert_eq!(nic(&s).tx_packets, n * 10, "the sample is of this period");
+            if n > 1 {
+                assert!(nic(&s).tx_packets_per_sec > 0.0, "{:?}", nic(&s));
+            }
+            let asked = (node.vm_lists.load(Relaxed), node.vdisk_lists.load(Relaxed));
+            assert_eq!(asked, (n, n), "period {n}: one fetch of each list");
+            assert_eq!(cache.fetches(), asked);
+            pass_time(&cache.vms, period, vm_key);
+            pass_time(&cache.vdisks, period, vdisk_key);
+        }
+        // A change through the node: the next request must see it and fetches at once; the
+        // sampler's next tick takes that list instead of asking again.
+        node.generation.fetch_add(1, Relaxed);
+        node.tx_packets.store(100, Relaxed);
+        request().await.unwrap();
+        let s = crate::stats::sample(&mut prev, &node, &cache).await;
+        assert_eq!(nic(&s).tx_packets, 100);
+        assert_eq!(node.vm_lists.load(Relaxed), 7);
+        // Without a change counter nothing is kept: every caller asks.
+        let off = ListCache::new(false);
+        let before = node.vm_lists.load(Relaxed);
+        crate::stats::sample(&mut crate::stats::Prev::default(), &node, &off).await;
+        let fetch = || internal_fetch(&node, Request::VmList, take_vms);
+        off.vms
+            .get(&off, &node, Need::Fresh, vm_key, fetch)
+            .await
+            .unwrap();
+        assert_eq!(node.vm_lists.load(Relaxed), before + 2);
+    }
+
     #[test]
     fn freshness_needs_same_generation_and_youth() {
         let kept = Kept::new(5, vec!["a".to_string()], key);
-        assert!(kept.fresh(Some(5)));
-        assert!(!kept.fresh(Some(6)), "a change makes it stale");
-        assert!(!kept.fresh(None), "no change counter, no caching");
+        assert!(kept.fresh(Some(5), &AGES));
+        assert!(!kept.fresh(Some(6), &AGES), "a change makes it stale");
+        assert!(!kept.fresh(None, &AGES), "no change counter, no caching");
         let old = Kept {
             at: Instant::now() - FRESH - Duration::from_millis(1),
             ..Kept::new(5, vec!["a".to_string()], key)
         };
-        assert!(!old.fresh(Some(5)), "counters move without changes");
+        assert!(!old.fresh(Some(5), &AGES), "counters move without changes");
         assert!(
-            old.servable_while_refreshing(Some(5)),
+            old.servable_while_refreshing(Some(5), &AGES),
             "an aged list answers while another request fetches"
         );
         assert!(
-            !old.servable_while_refreshing(Some(6)),
+            !old.servable_while_refreshing(Some(6), &AGES),
             "never once something changed"
         );
         let ancient = Kept {
             at: Instant::now() - AGED_MAX - Duration::from_millis(1),
             ..Kept::new(5, vec!["a".to_string()], key)
         };
-        assert!(!ancient.servable_while_refreshing(Some(5)));
+        assert!(!ancient.servable_while_refreshing(Some(5), &AGES));
     }
 }

@@ -67,7 +67,7 @@ pub struct State {
     pub limiter: LoginLimiter,
     pub audit: AuditLog,
     pub idempotency: IdempotencyCache,
-    pub lists: crate::lists::ListCache,
+    pub lists: Arc<crate::lists::ListCache>,
     pub tasks: Tasks,
     pub stats: Arc<StatsHub>,
     pub certs: Arc<CertStore>,

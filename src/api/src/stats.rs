@@ -1,9 +1,12 @@
 //! Live statistics: sampled once a second, the last hour kept in a ring buffer, new samples
 //! broadcast to SSE subscribers. Node CPU and memory come from /proc; pool, disk and virtual
-//! disk figures from the controller's `Stats` and `VdiskList` requests (as the `internal` actor).
+//! disk figures from the controller's `Stats` request (as the `internal` actor); VM and virtual
+//! disk lists from the list cache (`lists`), which the sampler shares with the requests for
+//! those lists, so that the node is asked for each list about once a second, not twice.
 //! Counters are turned into per-second rates here. Never blocks a request: the sampler owns the
 //! only writer; readers clone.
 
+use crate::lists::ListCache;
 use crate::state::{Caller, State};
 use control::{Actor, ControlError, Controller, Reply, Request};
 use parking_lot::Mutex;
@@ -143,14 +146,18 @@ impl StatsHub {
     }
 }
 
+/// What the sampler remembers from its last sample.
 #[derive(Default)]
-struct Prev {
+pub(crate) struct Prev {
     cpu: Option<(u64, u64)>,
     at: Option<std::time::Instant>,
     totals: Option<[u64; 4]>,
     disks: HashMap<String, (u64, u64)>,
     /// Per VM: its counters in the last VM list sampled.
     vms: HashMap<String, VmCounters>,
+    /// When the node answered the last VM and virtual disk lists sampled.
+    vms_at: Option<std::time::Instant>,
+    vdisks_at: Option<std::time::Instant>,
     /// Per vdisk: read ops, write ops, read bytes, write bytes, read and write latency sums (us).
     vdisks: HashMap<String, [u64; 6]>,
 }
@@ -266,9 +273,10 @@ fn vm_sample(v: &control::VmView, prev: Option<&VmCounters>, secs: f64) -> (VmSa
 }
 
 /// Run the sampler until the hub is dropped by everyone else.
-pub async fn run_sampler(
+pub(crate) async fn run_sampler(
     hub: std::sync::Weak<StatsHub>,
     controller: Arc<dyn Controller>,
+    lists: Arc<ListCache>,
     period: Duration,
 ) {
     let mut prev = Prev::default();
@@ -277,7 +285,7 @@ pub async fn run_sampler(
     loop {
         tick.tick().await;
         let Some(hub) = hub.upgrade() else { return };
-        let s = sample(&mut prev, controller.as_ref()).await;
+        let s = sample(&mut prev, controller.as_ref(), &lists).await;
         hub.push(s);
     }
 }
@@ -293,7 +301,11 @@ fn rate(now: u64, before: u64, secs: f64) -> f64 {
     now.saturating_sub(before) as f64 / secs
 }
 
-async fn sample(prev: &mut Prev, controller: &dyn Controller) -> Sample {
+pub(crate) async fn sample(
+    prev: &mut Prev,
+    controller: &dyn Controller,
+    lists: &ListCache,
+) -> Sample {
     let now = std::time::Instant::now();
     let secs = prev
         .at
@@ -323,7 +335,7 @@ async fn sample(prev: &mut Prev, controller: &dyn Controller) -> Sample {
     }
     let actor = Actor::internal("stats");
     let mut vdisk_io: HashMap<String, [u64; 6]> = HashMap::new();
-    if let Ok(Reply::Stats(st)) = controller.execute(actor.clone(), Request::Stats).await {
+    if let Ok(Reply::Stats(st)) = controller.execute(actor, Request::Stats).await {
         s.pool_used_bytes = st.pool.used_raw_bytes;
         s.pool_raw_bytes = st.pool.raw_bytes;
         s.degraded_chunks = st.pool.degraded_chunks;
@@ -385,17 +397,27 @@ async fn sample(prev: &mut Prev, controller: &dyn Controller) -> Sample {
         }
         prev.disks = next;
     }
-    if let Ok(Reply::Vms(vms)) = controller.execute(actor.clone(), Request::VmList).await {
+    if let Ok(vms) = lists.sampled_vms(controller, prev.vms_at).await {
+        // Counter deltas over the time between the two lists (either may have been fetched
+        // for a request a little before this tick).
+        let at = vms.fetched_at();
+        let secs = prev
+            .vms_at
+            .map(|a| at.duration_since(a).as_secs_f64())
+            .unwrap_or(0.0);
         let mut next = HashMap::new();
-        for v in vms.iter().take(MAX_VMS_PER_SAMPLE) {
+        for v in vms.items().iter().take(MAX_VMS_PER_SAMPLE) {
             let (vs, counters) = vm_sample(v, prev.vms.get(&v.name), secs);
             s.vms.push(vs);
             next.insert(v.name.clone(), counters);
         }
         prev.vms = next;
+        prev.vms_at = Some(at);
     }
-    if let Ok(Reply::Vdisks(v)) = controller.execute(actor, Request::VdiskList).await {
+    if let Ok(v) = lists.sampled_vdisks(controller, prev.vdisks_at).await {
+        prev.vdisks_at = Some(v.fetched_at());
         s.vdisks = v
+            .items()
             .iter()
             .take(MAX_VDISKS_PER_SAMPLE)
             .map(|d| {
