@@ -32,7 +32,8 @@
 //! Where the time went: each line carries the rebuild's profile (`Engine::rebuild_profile`):
 //! milliseconds spent pacing, waiting for chunk locks, exporting (read + verify), importing
 //! (write + map records), flushing targets and recording intents, summed over the copies in
-//! flight at once, the number of target flushes, and the process's CPU time.
+//! flight at once, the number of target flushes, and the process's CPU time; and what the device
+//! read and wrote meanwhile (more than the rebuild's own traffic: other processes were using it).
 //!
 //! It only measures; correctness lives in the tests. Must never run against a pool in use.
 
@@ -78,6 +79,12 @@ pub struct RebuildLine {
     /// figure's context on a shared machine.
     #[serde(default)]
     pub load_1m: f64,
+    /// What the block device holding the files read and wrote during the rebuild, MiB, from
+    /// the kernel's counters (0 where they are not there): the rebuild's own traffic is about
+    /// `bytes` (the RAM line) or twice that (one device); much more means other processes used
+    /// the device meanwhile, and the figure is not the engine's alone.
+    pub device_read_mib: f64,
+    pub device_written_mib: f64,
 }
 
 /// Several runs of one line: the median and range of the ratio (and of ours and the anchor),
@@ -146,6 +153,50 @@ pub fn load_1m() -> f64 {
         .ok()
         .and_then(|s| s.split_whitespace().next()?.parse().ok())
         .unwrap_or(0.0)
+}
+
+/// Bytes read and written so far by the block device that holds `path` (the whole-device or
+/// partition line of /proc/diskstats with the file system's device number); None where there
+/// is no such line (tmpfs, overlay, no /proc).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct DeviceIo {
+    pub read_bytes: u64,
+    pub written_bytes: u64,
+}
+
+impl DeviceIo {
+    pub(crate) fn of(path: &Path) -> Option<DeviceIo> {
+        use std::os::unix::fs::MetadataExt;
+        let dev = std::fs::metadata(path).ok()?.dev();
+        // glibc's major()/minor() encoding of a dev_t.
+        let major = ((dev >> 8) & 0xfff) | ((dev >> 32) & !0xfff);
+        let minor = (dev & 0xff) | ((dev >> 12) & !0xff);
+        let stats = std::fs::read_to_string("/proc/diskstats").ok()?;
+        stats.lines().find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let num = |i: usize| f.get(i).and_then(|x| x.parse::<u64>().ok());
+            if num(0)? != major || num(1)? != minor {
+                return None;
+            }
+            // Sectors read and written (fields 6 and 10 of the line) are 512 bytes each.
+            Some(DeviceIo {
+                read_bytes: num(5)? * 512,
+                written_bytes: num(9)? * 512,
+            })
+        })
+    }
+
+    /// MiB read and written since `before` (zeros if either reading is missing).
+    pub(crate) fn since(now: Option<DeviceIo>, before: Option<DeviceIo>) -> (f64, f64) {
+        let mib = |b: u64| b as f64 / f64::from(1u32 << 20);
+        match (now, before) {
+            (Some(n), Some(b)) => (
+                mib(n.read_bytes.saturating_sub(b.read_bytes)),
+                mib(n.written_bytes.saturating_sub(b.written_bytes)),
+            ),
+            _ => (0.0, 0.0),
+        }
+    }
 }
 
 /// If `CAIRN_PERF_CTL` names a `perf record --control=fifo:...` control FIFO, send it `cmd`
@@ -364,6 +415,7 @@ async fn one_rebuild(opts: &RebuildOpts, ram_source: bool, metric: &str) -> Resu
     let before = e1.stats().rebalance.bytes_copied;
     let prof0 = e1.rebuild_profile();
     let cpu0 = cpu_ms();
+    let io0 = DeviceIo::of(&opts.dir);
     perf_ctl("enable");
     let start = Instant::now();
     let why = store::StoreError::Io {
@@ -379,6 +431,7 @@ async fn one_rebuild(opts: &RebuildOpts, ram_source: bool, metric: &str) -> Resu
     let secs = start.elapsed().as_secs_f64();
     perf_ctl("disable");
     let cpu = cpu_ms() - cpu0;
+    let (device_read_mib, device_written_mib) = DeviceIo::since(DeviceIo::of(&opts.dir), io0);
     let bytes = e1.stats().rebalance.bytes_copied - before;
     if e1.pool().degraded_chunks != 0 {
         return Err(EngineError::Degraded(
@@ -417,5 +470,7 @@ async fn one_rebuild(opts: &RebuildOpts, ram_source: bool, metric: &str) -> Resu
         chunks: prof.chunks - prof0.chunks,
         cpu_ms: cpu,
         load_1m: load_1m(),
+        device_read_mib,
+        device_written_mib,
     })
 }

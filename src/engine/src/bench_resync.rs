@@ -13,6 +13,12 @@
 //! writes at queue depth 4 over as many bytes on a fresh pre-written file in the same
 //! directory, once before and once after (the higher of the two).
 //!
+//! The resync moves about half a gigabyte in a few tenths of a second, so the figure swings
+//! with the device's speed in that window: under load some runs take three times as long with
+//! the same CPU time and the same bytes on the device (`device_written_mib`: nothing else
+//! wrote to it meanwhile), their time spent waiting for the peer's writes (`import_ms`). The
+//! device itself was slower then; the anchor, taken before and after, cannot see that.
+//!
 //! It only measures; correctness lives in the tests (`tests/rebuild_resync.rs`). Must never
 //! run against a pool in use.
 
@@ -25,7 +31,9 @@ use blockdev::{AlignedBuf, BoxFuture, WriteBuf};
 use parking_lot::Mutex;
 use store::{BlockVersions, ObjectId, ScrubReport, Space, StoreError};
 
-use crate::bench_rebuild::{cpu_ms, engine_with_disk, load_1m, prewrite_file, seq_write_mibs};
+use crate::bench_rebuild::{
+    cpu_ms, engine_with_disk, load_1m, prewrite_file, seq_write_mibs, DeviceIo,
+};
 use crate::error::{EngineError, Result};
 use crate::replica::{Reachability, Replica, PRUNE_MARK_CHUNK};
 use crate::RemoteDisk;
@@ -55,6 +63,11 @@ pub struct ResyncLine {
     pub flushes: u64,
     pub cpu_ms: f64,
     pub load_1m: f64,
+    /// What the block device holding the files read and wrote during the resync, MiB (see
+    /// `RebuildLine`): the resync's own traffic is about `bytes` written; more means other
+    /// processes wrote to the device meanwhile (a slow run under load is such a run).
+    pub device_read_mib: f64,
+    pub device_written_mib: f64,
 }
 
 /// A peer replica that can go away and come back (see the module docs).
@@ -251,6 +264,7 @@ async fn one_resync(dir: &std::path::Path, data_bytes: u64, changed: u64) -> Res
     let before = e1.remote_disks().first().map_or(0, |s| s.resynced_bytes);
     let prof0 = e1.rebuild_profile();
     let cpu0 = cpu_ms();
+    let io0 = DeviceIo::of(dir);
     // Back: the resync runs inside the round (the watcher would start it within a tick).
     let start = Instant::now();
     peer.back.store(true, Ordering::Release);
@@ -263,6 +277,7 @@ async fn one_resync(dir: &std::path::Path, data_bytes: u64, changed: u64) -> Res
     }
     let secs = start.elapsed().as_secs_f64();
     let cpu = cpu_ms() - cpu0;
+    let (device_read_mib, device_written_mib) = DeviceIo::since(DeviceIo::of(dir), io0);
     let prof = e1.rebuild_profile();
     let bytes = e1.remote_disks().first().map_or(0, |s| s.resynced_bytes) - before;
     drop(h);
@@ -296,5 +311,7 @@ async fn one_resync(dir: &std::path::Path, data_bytes: u64, changed: u64) -> Res
         flushes: prof.flushes - prof0.flushes,
         cpu_ms: cpu,
         load_1m: load_1m(),
+        device_read_mib,
+        device_written_mib,
     })
 }
