@@ -1,5 +1,7 @@
 //! Quick engine benchmark on two file-backed (io_uring, O_DIRECT) disks:
-//! `cargo run --release -p engine --example engine_bench -- DIR [SECONDS] [RandRead32]`.
+//! `cargo run --release -p engine --example engine_bench -- DIR [SECONDS] [RandWrite32,SeqRead4]`
+//! (the named patterns only, in the order given: `SeqRead4` after `RandWrite32` reads data the
+//! random writes scattered, as `cairn bench engine`'s sequence does).
 //! The system-level comparison against fio is `cairn bench engine`; this is a developer tool.
 
 use std::sync::Arc;
@@ -32,20 +34,27 @@ async fn main() -> anyhow::Result<()> {
     let h = e.open_vdisk("bench")?;
     prefill(&h, region).await?;
     let h = Arc::new(h);
-    for (pattern, bs, qd) in [
+    let all = [
         (Pattern::RandRead, 4096, 1),
         (Pattern::RandRead, 4096, 32),
         (Pattern::RandWrite, 4096, 1),
         (Pattern::RandWrite, 4096, 32),
         (Pattern::SeqRead, 1 << 20, 4),
         (Pattern::SeqWrite, 1 << 20, 4),
-    ] {
-        if only
-            .as_deref()
-            .is_some_and(|o| o != format!("{pattern:?}{qd}"))
-        {
-            continue;
-        }
+    ];
+    let chosen = match only.as_deref() {
+        None => all.to_vec(),
+        Some(list) => list
+            .split(',')
+            .map(|name| {
+                all.iter()
+                    .find(|(p, _, qd)| format!("{p:?}{qd}") == name)
+                    .copied()
+                    .ok_or_else(|| anyhow::anyhow!("unknown pattern {name}"))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?,
+    };
+    for (pattern, bs, qd) in chosen {
         let w = Workload {
             pattern,
             request_bytes: bs,

@@ -245,6 +245,21 @@ impl VdiskHandle {
         // Whole blocks covering the request; each chunk's piece is one engine buffer.
         let start = offset - offset % BLOCK_BYTES;
         let end = (offset + len).div_ceil(BLOCK_BYTES) * BLOCK_BYTES;
+        if start / CHUNK_BYTES == (end - 1) / CHUNK_BYTES {
+            // Inside one chunk (every 4 KiB read): one buffer, nothing to gather.
+            let buf = self
+                .inner
+                .read_blocks_owned(
+                    self.obj(start / CHUNK_BYTES),
+                    (start % CHUNK_BYTES) / BLOCK_BYTES,
+                    ((end - start) / BLOCK_BYTES) as u32,
+                    at_gen,
+                )
+                .await?;
+            let from = (offset - start) as usize;
+            out.push(buf, from..from + len as usize);
+            return Ok(out);
+        }
         let ps: Vec<Piece> = pieces(start, end - start).collect();
         let futs = ps.iter().map(|p| {
             self.inner.read_blocks_owned(

@@ -133,16 +133,19 @@ impl Inner {
                 Op::Rollback { snap_gen } => d.replica.rollback_object(obj, *snap_gen, gen, pin),
             }
         }
-        let results: Vec<std::result::Result<(), StoreError>> = if live.len() == 2 {
-            let (a, b) = futures::future::join(
-                issue(&live[0], obj, op, gen, pin),
-                issue(&live[1], obj, op, gen, pin),
-            )
-            .await;
-            vec![a, b]
-        } else {
-            futures::future::join_all(live.iter().map(|d| issue(d, obj, op, gen, pin))).await
-        };
+        let results: smallvec::SmallVec<[std::result::Result<(), StoreError>; 4]> =
+            if live.len() == 2 {
+                let (a, b) = futures::future::join(
+                    issue(&live[0], obj, op, gen, pin),
+                    issue(&live[1], obj, op, gen, pin),
+                )
+                .await;
+                smallvec::smallvec![a, b]
+            } else {
+                futures::future::join_all(live.iter().map(|d| issue(d, obj, op, gen, pin)))
+                    .await
+                    .into()
+            };
         let mut ok = 0;
         let mut other = None;
         let mut took = None;

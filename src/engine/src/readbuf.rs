@@ -28,10 +28,11 @@ impl AsRef<[u8]> for ReadPart {
     }
 }
 
-/// The bytes of one read, as consecutive parts (one per chunk the read covered).
+/// The bytes of one read, as consecutive parts (one per chunk the read covered; a read inside
+/// one chunk, the common case, keeps its part inline: no allocation).
 #[derive(Default)]
 pub struct ReadData {
-    parts: Vec<ReadPart>,
+    parts: smallvec::SmallVec<[ReadPart; 1]>,
     len: usize,
 }
 
@@ -70,7 +71,7 @@ impl ReadData {
     }
 
     pub fn into_parts(self) -> Vec<ReadPart> {
-        self.parts
+        self.parts.into_vec()
     }
 
     /// Copy the data into `out` (exactly `len()` bytes, else nothing is copied and false).

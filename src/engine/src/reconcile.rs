@@ -353,7 +353,7 @@ pub(crate) mod tests {
     }
 
     fn replicas(e: &Engine, obj: ObjectId) -> Vec<Arc<Disk>> {
-        e.inner.live_disks(e.inner.index.get(obj).unwrap())
+        e.inner.live_disks(e.inner.index.get(obj).unwrap()).to_vec()
     }
 
     /// Bug found by the simulation (seed 87): after an unclean open, a read served one

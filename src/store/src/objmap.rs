@@ -148,10 +148,13 @@ impl ObjMap {
         let lo = r.start.min(FLAT as u64) as usize;
         let hi = end.min(FLAT as u64) as usize;
         let flat = self.flat.get(lo..hi).unwrap_or_default();
+        // A table-held object's tree is usually empty; even then a range search walks its
+        // root (a cache miss per object on a random write's generation check).
+        let tree = (!self.tree.is_empty()).then(|| self.tree.range(r.start..end));
         flat.iter()
             .enumerate()
             .filter_map(move |(i, s)| s.as_ref().map(|vs| (&KEYS[lo + i], vs)))
-            .chain(self.tree.range(r.start..end))
+            .chain(tree.into_iter().flatten())
     }
 
     /// Every entry, ascending by block.

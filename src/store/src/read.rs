@@ -74,24 +74,34 @@ fn zero_holes(plan: &[Entry], n: usize, dst: &mut [u8]) {
 }
 
 impl Inner {
-    /// The visible version of every block of the range that has data.
-    fn plan(&self, obj: ObjectId, block: u64, n: usize, at_gen: u64) -> Vec<Entry> {
+    /// The visible version of every block of the range that has data, into `out` (cleared
+    /// first; a single-block read fills `one` instead and allocates nothing). Returns the plan.
+    fn plan<'p>(
+        &self,
+        obj: ObjectId,
+        block: u64,
+        n: usize,
+        at_gen: u64,
+        one: &'p mut Option<Entry>,
+        out: &'p mut Vec<Entry>,
+    ) -> &'p [Entry] {
         let st = self.state.read();
-        match st.maps.objs.get(&obj) {
-            None => Vec::new(),
+        out.clear();
+        let Some(m) = st.maps.objs.get(&obj) else {
+            return out;
+        };
+        if n == 1 {
             // Point lookup for single-block reads (cheaper than a range walk).
-            Some(m) if n == 1 => m
+            *one = m
                 .get(&block)
                 .and_then(|vs| visible_data(vs, at_gen))
-                .map(|v| vec![(0, v.phys, v.crc, v.gen)])
-                .unwrap_or_default(),
-            Some(m) => m
-                .range(block..block + n as u64)
-                .filter_map(|(b, vs)| {
-                    visible_data(vs, at_gen).map(|v| ((b - block) as usize, v.phys, v.crc, v.gen))
-                })
-                .collect(),
+                .map(|v| (0, v.phys, v.crc, v.gen));
+            return one.as_slice();
         }
+        out.extend(m.range(block..block + n as u64).filter_map(|(b, vs)| {
+            visible_data(vs, at_gen).map(|v| ((b - block) as usize, v.phys, v.crc, v.gen))
+        }));
+        out
     }
 
     /// Whether `obj`'s block still shows the version `e` (a concurrent write may have replaced
@@ -179,16 +189,17 @@ impl Inner {
             }
         }
         let mut attempt = 0;
+        let (mut one, mut many) = (None, Vec::new());
         loop {
-            let plan = self.plan(obj, block, n, at_gen);
-            let (nruns, bad) = self.read_plan(&plan, n, dest).await?;
+            let plan = self.plan(obj, block, n, at_gen, &mut one, &mut many);
+            let (nruns, bad) = self.read_plan(plan, n, dest).await?;
             let Some(e) = bad else {
                 let data: &[u8] = match dest {
                     Dest::Owned(o) => o.as_deref().unwrap_or_default(),
                     Dest::Slice(s) => s,
                 };
-                if crate::defrag::worth_it(n, &plan, nruns)
-                    && self.defrag(obj, block, &plan, data).await > 0
+                if crate::defrag::worth_it(n, plan, nruns)
+                    && self.defrag(obj, block, plan, data).await > 0
                 {
                     // The moves are journal records like any other: keep the buffer bounded.
                     self.maybe_flush().await?;
