@@ -388,6 +388,10 @@ fn a_stopped_vm_moves_with_its_disks_and_both_nodes_restart_after() {
 
     // Both nodes restart: the cluster state says a handed the disks over on purpose, so a's
     // lease is valid again at once and it serves its own disk; b keeps the VM and the disks.
+    // (Whether a still holds its old copies now depends on timing: it drops them once b
+    // confirms it fenced them. The lease rule must not care.)
+    let stale = disks.iter().filter(|d| has_vdisk(&a, d)).count();
+    println!("a restarts holding {stale} stale copies");
     let before = a.log().len();
     a.stop();
     a.restart();
@@ -415,11 +419,11 @@ fn a_stopped_vm_moves_with_its_disks_and_both_nodes_restart_after() {
     assert!(vm(&b, "g").is_some(), "g lost on b's restart");
     assert!(vm(&a, "g").is_none(), "g back on a");
     for d in disks {
-        assert!(
-            has_vdisk(&b, d) && !has_vdisk(&a, d),
-            "{d} after the restarts"
-        );
+        assert!(has_vdisk(&b, d), "{d} not served by b after the restarts");
     }
+    wait_until(40, "a dropping its stale copies", || {
+        disks.iter().all(|d| !has_vdisk(&a, d))
+    });
     if kvm {
         // The guest on b reads back the pattern it wrote on a.
         let out = run_to_end(&b, "g");
