@@ -4,11 +4,14 @@
 //! Each queue has its own thread. Memory-speed backends run requests inline with a bounce
 //! buffer allocated once; blocking backends (files) spread them over I/O lanes
 //! ([`super::blk_pool`]); async backends (the engine) get their requests run by driver
-//! tasks on their runtime ([`super::blk_async`]). Every guest value is checked: chain length and direction, addresses inside guest
-//! memory, sector ranges inside the disk, request size bounds. A bad request completes with
-//! IOERR/UNSUPP; nothing the guest writes can fail the VM or the host.
+//! tasks on their runtime ([`super::blk_async`]). Inline and engine queue threads busy-poll
+//! their ring for a short adaptive window after each request ([`super::PollWindow`]) before
+//! they re-arm notifications and sleep. Every guest value is checked: chain length and
+//! direction, addresses inside guest memory, sector ranges inside the disk, request size
+//! bounds. A bad request completes with IOERR/UNSUPP; nothing the guest writes can fail the VM
+//! or the host, and a ring index past the queue size is looked at once per kick, never spun on.
 
-use super::blk_async::{AsyncQueue, QueueSetup, StopDriversOnDrop, WriteOrder, DRAIN_TIMEOUT};
+use super::blk_async::{AsyncQueue, PolledAsyncQueue, QueueSetup, WriteOrder, DRAIN_TIMEOUT};
 use super::{
     ActivateContext, QueueIrq, VirtioDevice, Worker, F_EVENT_IDX, F_INDIRECT_DESC, F_VERSION_1,
     TYPE_BLOCK,
@@ -18,7 +21,6 @@ use crate::config::DiskConfig;
 use crate::error::{io_err, Result};
 use crate::memory::GuestMemoryMmap;
 use crate::stats::DeviceCounters;
-use parking_lot::Mutex;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
@@ -52,6 +54,9 @@ const F_FLUSH: u64 = 1 << 9;
 const F_MQ: u64 = 1 << 12;
 const F_DISCARD: u64 = 1 << 13;
 const F_WRITE_ZEROES: u64 = 1 << 14;
+
+/// Longest poll window of an engine-backed queue thread (see [`super::PollWindow`]).
+const ASYNC_POLL_MAX: std::time::Duration = super::POLL_MAX;
 
 /// Maximum data segments per request we advertise.
 pub const SEG_MAX: u32 = 64;
@@ -453,44 +458,105 @@ impl BlkQueueHandler {
         }
     }
 
-    /// Drains the queue; returns true if the guest must be interrupted.
-    pub fn process_queue(&mut self, queue: &mut Queue) -> bool {
+    /// Takes and completes every chain available now, leaving guest notifications off (see
+    /// [`super::PolledQueue`]). Returns whether it took any chain and whether the guest must
+    /// be interrupted.
+    pub fn serve_available(&mut self, queue: &mut Queue) -> (bool, bool) {
         let mem = self.mem.clone();
+        // Notifications need no turning off: with the event index the guest kicks only when
+        // it passes the avail_event that arming last wrote; without it, it always kicks.
         let mut used_any = false;
-        loop {
-            if queue.event_idx_enabled() {
-                let _ = queue.disable_notification(&*mem);
-            }
-            while let Some(chain) = queue.pop_descriptor_chain(&*mem) {
-                self.counters.count_queue(self.queue_index);
-                let t0 = Instant::now();
-                let head = chain.head_index();
-                let walked = Chain::walk(
-                    &mem,
-                    chain.map(|d| (d.addr().0, d.len(), d.is_write_only())),
-                );
-                let used_len = match walked {
-                    Ok(c) => self.complete(&c),
-                    Err(_) => {
-                        self.counters.errors.fetch_add(1, Ordering::Relaxed);
-                        0
-                    }
-                };
-                let elapsed = u64::try_from(t0.elapsed().as_nanos()).unwrap_or(u64::MAX);
-                self.counters
-                    .latency_ns_total
-                    .fetch_add(elapsed, Ordering::Relaxed);
-                if queue.add_used(&*mem, head, used_len).is_err() {
-                    // The used ring is unusable (bad address): stop serving this kick.
-                    return used_any;
+        while let Some(chain) = queue.pop_descriptor_chain(&*mem) {
+            self.counters.count_queue(self.queue_index);
+            let t0 = Instant::now();
+            let head = chain.head_index();
+            let walked = Chain::walk(
+                &mem,
+                chain.map(|d| (d.addr().0, d.len(), d.is_write_only())),
+            );
+            let used_len = match walked {
+                Ok(c) => self.complete(&c),
+                Err(_) => {
+                    self.counters.errors.fetch_add(1, Ordering::Relaxed);
+                    0
                 }
-                used_any = true;
+            };
+            let elapsed = u64::try_from(t0.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            self.counters
+                .latency_ns_total
+                .fetch_add(elapsed, Ordering::Relaxed);
+            if queue.add_used(&*mem, head, used_len).is_err() {
+                // The used ring is unusable (bad address): stop serving until the next kick.
+                return (false, used_any);
             }
-            if !queue.event_idx_enabled() || !queue.enable_notification(&*mem).unwrap_or(false) {
+            used_any = true;
+        }
+        (
+            used_any,
+            used_any && queue.needs_notification(&*mem).unwrap_or(true),
+        )
+    }
+
+    /// Drains the queue and re-arms guest notifications; returns true if the guest must be
+    /// interrupted. A ring index that points past what can be taken ends it after one more
+    /// look (it never spins on it).
+    pub fn process_queue(&mut self, queue: &mut Queue) -> bool {
+        let mut interrupt = false;
+        let mut rearmed = false;
+        loop {
+            let (took, irq) = self.serve_available(queue);
+            interrupt |= irq;
+            if !took && rearmed {
                 break;
             }
+            if !arm(queue, &self.mem) {
+                break;
+            }
+            rearmed = true;
         }
-        used_any && queue.needs_notification(&*mem).unwrap_or(true)
+        interrupt
+    }
+}
+
+/// Turns guest notifications of `queue` back on (the event index: avail_event catches up);
+/// true if chains arrived meanwhile.
+pub(super) fn arm(queue: &mut Queue, mem: &GuestMemoryMmap) -> bool {
+    if queue.event_idx_enabled() {
+        queue.enable_notification(mem).unwrap_or(false)
+    } else {
+        pending(queue, mem)
+    }
+}
+
+/// Whether the guest made chains available that were not taken yet.
+pub(super) fn pending(queue: &Queue, mem: &GuestMemoryMmap) -> bool {
+    queue
+        .avail_idx(mem, std::sync::atomic::Ordering::Acquire)
+        .is_ok_and(|i| i.0 != queue.next_avail())
+}
+
+/// A queue served inline on its own thread (memory-speed backends), busy-polled between kicks.
+struct InlineQueue {
+    handler: BlkQueueHandler,
+    queue: Queue,
+    irq: QueueIrq,
+}
+
+impl super::PolledQueue for InlineQueue {
+    fn serve(&mut self) -> bool {
+        let (took, irq) = self.handler.serve_available(&mut self.queue);
+        if irq {
+            self.irq.trigger();
+        }
+        took
+    }
+
+    fn pending(&mut self) -> bool {
+        pending(&self.queue, &self.handler.mem)
+    }
+
+    fn arm(&mut self) -> bool {
+        arm(&mut self.queue, &self.handler.mem)
     }
 }
 
@@ -569,17 +635,15 @@ impl Blk {
             );
             // The queue thread owns the drivers' stop: when it ends (reset, VM deleted), the
             // drivers end too, once their requests finished.
-            let polled = StopDriversOnDrop(q.clone());
-            let w = Worker::spawn(
+            let w = Worker::spawn_polled(
                 format!("{}-q{}", ctx.name, aq.index),
-                ctx.seccomp,
-                ctx.cpu.clone(),
-                aq.notify,
-                None,
-                move |_| {
-                    polled.0.poll();
-                    true
+                super::ThreadEnv {
+                    seccomp: ctx.seccomp,
+                    cpu: ctx.cpu.clone(),
                 },
+                aq.notify,
+                ASYNC_POLL_MAX,
+                PolledAsyncQueue(q.clone()),
             )?;
             self.asyncs.push((w, q));
         }
@@ -640,27 +704,25 @@ impl VirtioDevice for Blk {
                 self.pools.push(pool);
                 continue;
             }
-            let mut handler = BlkQueueHandler::new(
+            let handler = BlkQueueHandler::new(
                 self.backend.clone(),
                 ctx.mem.clone(),
                 &self.id,
                 self.counters.clone(),
             )
             .with_queue_index(aq.index);
-            let queue = Mutex::new(aq.queue);
-            let irq: QueueIrq = aq.irq;
-            let w = Worker::spawn(
+            let w = Worker::spawn_polled(
                 format!("{}-q{}", ctx.name, aq.index),
-                ctx.seccomp,
-                ctx.cpu.clone(),
+                super::ThreadEnv {
+                    seccomp: ctx.seccomp,
+                    cpu: ctx.cpu.clone(),
+                },
                 aq.notify,
-                None,
-                move |_| {
-                    let mut q = queue.lock();
-                    if handler.process_queue(&mut q) {
-                        irq.trigger();
-                    }
-                    true
+                super::POLL_MAX,
+                InlineQueue {
+                    handler,
+                    queue: aq.queue,
+                    irq: aq.irq,
                 },
             )?;
             self.workers.push(w);

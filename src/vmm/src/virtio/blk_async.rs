@@ -469,62 +469,91 @@ impl AsyncQueue {
         }
     }
 
-    /// Takes every available chain (up to the in-flight limit), parses it and starts it.
-    /// Called by the queue thread on each kick.
+    /// Takes every available chain (up to the in-flight limit), parses it and starts it, then
+    /// re-arms guest notifications (what a kick without polling does). A ring index that points
+    /// past what can be taken ends it after one more look.
     pub fn poll(self: &Arc<Self>) {
-        let mem = self.mem.clone();
-        let mut staged = false;
-        // Drivers that got requests in this pass (each is woken once, at the end).
-        let mut handed = [false; MAX_DRIVERS];
-        'outer: loop {
-            let mut q = self.queue.lock();
-            if q.event_idx_enabled() {
-                let _ = q.disable_notification(&*mem);
-            }
-            loop {
-                if self.inflight.load(SeqCst) >= self.limit {
-                    // Ask for a kick, then look again: a completion between the two sees it.
-                    self.throttled.store(true, SeqCst);
-                    if self.inflight.load(SeqCst) >= self.limit {
-                        break 'outer;
-                    }
-                    self.throttled.store(false, SeqCst);
-                }
-                let Some(chain) = q.pop_descriptor_chain(&*mem) else {
-                    break;
-                };
-                drop(q);
-                self.counters.count_queue(self.queue_index);
-                self.inflight.fetch_add(1, SeqCst);
-                let head = chain.head_index();
-                let start = Instant::now();
-                match Chain::walk(
-                    &mem,
-                    chain.map(|d| (d.addr().0, d.len(), d.is_write_only())),
-                ) {
-                    Ok(c) => match self.submit(head, c, start) {
-                        Some(d) => handed[d] = true,
-                        None => staged = true,
-                    },
-                    Err(_) => {
-                        // No usable status byte: answer with a zero length.
-                        self.counters.errors.fetch_add(1, SeqCst);
-                        self.burst.lock().push((head, 0));
-                        staged = true;
-                    }
-                }
-                q = self.queue.lock();
-            }
-            if !q.event_idx_enabled() || !q.enable_notification(&*mem).unwrap_or(false) {
+        let mut rearmed = false;
+        loop {
+            let took = self.take_available();
+            if !took && rearmed {
                 break;
             }
+            if !self.arm() {
+                break;
+            }
+            rearmed = true;
         }
+    }
+
+    /// Takes every available chain (up to the in-flight limit), parses it and starts it, with
+    /// guest notifications left off; returns whether it took any.
+    pub fn take_available(self: &Arc<Self>) -> bool {
+        let mem = self.mem.clone();
+        let mut staged = false;
+        let mut took = false;
+        // Drivers that got requests in this pass (each is woken once, at the end).
+        let mut handed = [false; MAX_DRIVERS];
+        // Notifications need no turning off: with the event index the guest kicks only when
+        // it passes the avail_event that arming last wrote; without it, it always kicks.
+        let mut q = self.queue.lock();
+        loop {
+            if self.inflight.load(SeqCst) >= self.limit {
+                // Ask for a kick, then look again: a completion between the two sees it.
+                self.throttled.store(true, SeqCst);
+                if self.inflight.load(SeqCst) >= self.limit {
+                    break;
+                }
+                self.throttled.store(false, SeqCst);
+            }
+            let Some(chain) = q.pop_descriptor_chain(&*mem) else {
+                break;
+            };
+            drop(q);
+            took = true;
+            self.counters.count_queue(self.queue_index);
+            self.inflight.fetch_add(1, SeqCst);
+            let head = chain.head_index();
+            let start = Instant::now();
+            match Chain::walk(
+                &mem,
+                chain.map(|d| (d.addr().0, d.len(), d.is_write_only())),
+            ) {
+                Ok(c) => match self.submit(head, c, start) {
+                    Some(d) => handed[d] = true,
+                    None => staged = true,
+                },
+                Err(_) => {
+                    // No usable status byte: answer with a zero length.
+                    self.counters.errors.fetch_add(1, SeqCst);
+                    self.burst.lock().push((head, 0));
+                    staged = true;
+                }
+            }
+            q = self.queue.lock();
+        }
+        drop(q);
         for (d, _) in self.drivers.iter().zip(handed).filter(|(_, h)| *h) {
             d.kick();
         }
         if staged {
             self.publish();
         }
+        took
+    }
+
+    /// Turns guest notifications back on; true if chains arrived meanwhile.
+    pub fn arm(&self) -> bool {
+        super::blk::arm(&mut self.queue.lock(), &self.mem)
+    }
+
+    /// Whether the guest made chains available that were not taken yet (and there is room
+    /// to take them).
+    pub fn pending(&self) -> bool {
+        if self.inflight.load(Relaxed) >= self.limit {
+            return false;
+        }
+        super::blk::pending(&self.queue.lock(), &self.mem)
     }
 
     /// Parses one chain; answers it here if no disk I/O is needed (returns None, the caller
@@ -588,10 +617,25 @@ impl AsyncQueue {
     }
 }
 
-/// Stops a queue's drivers when dropped (held by its queue thread).
-pub struct StopDriversOnDrop(pub Arc<AsyncQueue>);
+/// The queue thread's side of an [`AsyncQueue`] ([`super::Worker::spawn_polled`]); stops the
+/// queue's drivers when dropped, i.e. when the queue thread ends (reset, VM deleted).
+pub struct PolledAsyncQueue(pub Arc<AsyncQueue>);
 
-impl Drop for StopDriversOnDrop {
+impl super::PolledQueue for PolledAsyncQueue {
+    fn serve(&mut self) -> bool {
+        self.0.take_available()
+    }
+
+    fn pending(&mut self) -> bool {
+        self.0.pending()
+    }
+
+    fn arm(&mut self) -> bool {
+        self.0.arm()
+    }
+}
+
+impl Drop for PolledAsyncQueue {
     fn drop(&mut self) {
         self.0.stop_drivers();
     }

@@ -7,7 +7,7 @@ use crate::stats::DeviceCounters;
 use std::sync::Arc;
 use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
 use virtio_queue::mock::MockSplitQueue;
-use virtio_queue::Queue;
+use virtio_queue::{Queue, QueueT};
 use vm_memory::{Address, Bytes, GuestAddress};
 
 const QLEN: u16 = 16;
@@ -282,6 +282,23 @@ fn descriptor_loop_terminates() {
         uidx, 1,
         "the looping chain is completed (as failed), not spun on"
     );
+}
+
+#[test]
+fn ring_index_past_the_queue_size_is_not_spun_on() {
+    let mut r = Rig::new(false);
+    let vq = MockSplitQueue::new(&*r.mem, QLEN);
+    let mut q: Queue = vq.create_queue().unwrap();
+    q.set_event_idx(true);
+    // The guest claims QLEN + 5 new chains: more than the ring holds, so none can be taken,
+    // and the index stays "pending" however often the device re-arms.
+    r.mem
+        .write_obj(QLEN + 5, vq.avail_addr().unchecked_add(2))
+        .unwrap();
+    assert!(!r.handler.process_queue(&mut q), "nothing to interrupt for");
+    let uidx: u16 = r.mem.read_obj(vq.used_addr().unchecked_add(2)).unwrap();
+    assert_eq!(uidx, 0, "no chain taken from a garbage index");
+    assert_eq!(r.handler.serve_available(&mut q), (false, false));
 }
 
 #[test]

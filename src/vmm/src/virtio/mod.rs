@@ -1,5 +1,6 @@
 //! virtio devices (1.x, modern) and the pieces they share: the device trait the PCI transport
-//! drives, queue interrupts, and the per-queue I/O thread fed by an ioeventfd.
+//! drives, queue interrupts, and the per-queue I/O thread fed by an ioeventfd (virtio-blk's
+//! busy-polls its ring for a short, adaptive window after each request before it sleeps).
 
 pub mod blk;
 pub mod blk_async;
@@ -20,9 +21,10 @@ use crate::memory::GuestMemoryMmap;
 use crate::pci::msix::{Msix, NO_VECTOR};
 use crate::stats::{DeviceCounters, ThreadCpu};
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 use virtio_queue::Queue;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -130,9 +132,71 @@ pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
     }
 }
 
+/// Longest time a polled queue thread keeps looking at its ring after its last request before
+/// it sleeps (QEMU's iothread default, `poll-max-ns`, is the same 32 us).
+pub const POLL_MAX: Duration = Duration::from_micros(32);
+/// Where a grown poll window starts.
+const POLL_START: Duration = Duration::from_micros(4);
+
+/// A queue that a [`Worker`] busy-polls between guest notifications
+/// ([`Worker::spawn_polled`]). While the thread polls, the guest's notifications stay off: a
+/// guest that adds requests then does not exit to kick, and the thread finds them without a
+/// wake-up.
+pub trait PolledQueue: Send + 'static {
+    /// Serves every request available now, leaving guest notifications off; returns whether
+    /// it took any (a pass that took none ends the polling: the ring's index may be garbage).
+    fn serve(&mut self) -> bool;
+    /// Whether the guest made requests available that `serve` has not taken (a cheap look at
+    /// the ring's index).
+    fn pending(&mut self) -> bool;
+    /// Turns guest notifications back on before the thread sleeps; true if requests arrived
+    /// in between (the thread then serves them instead of sleeping).
+    fn arm(&mut self) -> bool;
+}
+
+/// How long a polled queue thread polls, adapted like QEMU's adaptive polling: a guest that
+/// comes back soon after the window closed grows it (up to [`POLL_MAX`]); one that comes back
+/// later than that shrinks it, down to no polling, so a slow or idle guest costs no spinning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PollWindow {
+    ns: u64,
+    max: u64,
+}
+
+impl PollWindow {
+    /// A window that may grow to `max`, starting there.
+    pub fn new(max: Duration) -> Self {
+        let max = u64::try_from(max.as_nanos()).unwrap_or(u64::MAX);
+        Self { ns: max, max }
+    }
+
+    /// The current window.
+    pub fn get(&self) -> Duration {
+        Duration::from_nanos(self.ns)
+    }
+
+    /// The guest came back `idle` after the last request was served (polling included) and
+    /// had to kick.
+    pub fn woke_after(&mut self, idle: Duration) {
+        let idle = u64::try_from(idle.as_nanos()).unwrap_or(u64::MAX);
+        let start = u64::try_from(POLL_START.as_nanos()).unwrap_or(0);
+        if idle <= self.ns {
+            // The kick came in the window's last moments: the window is right.
+        } else if idle > self.max {
+            self.ns /= 2;
+            if self.ns < start {
+                self.ns = 0;
+            }
+        } else {
+            self.ns = (self.ns * 2).clamp(start, self.max);
+        }
+    }
+}
+
 /// Handle to a running I/O thread.
 pub struct Worker {
     stop: EventFd,
+    stopping: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -200,12 +264,74 @@ impl Worker {
             .map_err(io_err("spawn device thread"))?;
         Ok(Worker {
             stop,
+            stopping: Arc::new(AtomicBool::new(false)),
+            thread: Some(thread),
+        })
+    }
+
+    /// Spawns a thread that serves `queue` on each kick of `notify` and then polls it for a
+    /// while ([`PollWindow`], at most `poll_max`) before sleeping again, until stopped.
+    pub fn spawn_polled(
+        name: String,
+        env: ThreadEnv,
+        notify: EventFd,
+        poll_max: Duration,
+        mut queue: impl PolledQueue,
+    ) -> Result<Worker> {
+        let stop = EventFd::new(libc::EFD_NONBLOCK).map_err(io_err("worker stop eventfd"))?;
+        let stop2 = stop.try_clone().map_err(io_err("clone eventfd"))?;
+        let stopping = Arc::new(AtomicBool::new(false));
+        let stopping2 = stopping.clone();
+        let thread = std::thread::Builder::new()
+            .name(name)
+            .spawn(move || {
+                let _cpu = env.cpu.enter();
+                if env.seccomp && crate::seccomp::apply(crate::seccomp::ThreadKind::Device).is_err()
+                {
+                    return;
+                }
+                let mut window = PollWindow::new(poll_max);
+                let mut fds = [
+                    libc::pollfd {
+                        fd: notify.as_raw_fd(),
+                        events: libc::POLLIN,
+                        revents: 0,
+                    },
+                    libc::pollfd {
+                        fd: stop2.as_raw_fd(),
+                        events: libc::POLLIN,
+                        revents: 0,
+                    },
+                ];
+                // Serve anything queued before the first kick.
+                let mut idle_since = serve_and_poll(&mut queue, &window, &stopping2);
+                loop {
+                    // SAFETY: `fds` is a valid array of pollfd for its whole length.
+                    let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+                    if n < 0 {
+                        continue;
+                    }
+                    if fds[1].revents != 0 || stopping2.load(Ordering::Acquire) {
+                        return;
+                    }
+                    if fds[0].revents != 0 {
+                        let _ = notify.read();
+                        window.woke_after(idle_since.elapsed());
+                        idle_since = serve_and_poll(&mut queue, &window, &stopping2);
+                    }
+                }
+            })
+            .map_err(io_err("spawn device thread"))?;
+        Ok(Worker {
+            stop,
+            stopping,
             thread: Some(thread),
         })
     }
 
     /// Stops and joins the thread.
     pub fn stop(&mut self) {
+        self.stopping.store(true, Ordering::Release);
         let _ = self.stop.write(1);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
@@ -213,8 +339,160 @@ impl Worker {
     }
 }
 
+/// Serves `queue`, polls it for `window`, serves again whatever came, and so on, until the window
+/// passes with nothing new and notifications are back on (or the worker is stopping). Returns
+/// when the last request was served.
+fn serve_and_poll(
+    queue: &mut impl PolledQueue,
+    window: &PollWindow,
+    stopping: &AtomicBool,
+) -> Instant {
+    // Set when notifications were re-armed with requests pending: the next pass must take some,
+    // else the ring's index is garbage and the thread sleeps rather than spin on it.
+    let mut rearmed = false;
+    loop {
+        let took = queue.serve();
+        let served = Instant::now();
+        if stopping.load(Ordering::Acquire) {
+            queue.arm();
+            return served;
+        }
+        if !took {
+            if rearmed || !queue.arm() {
+                return served;
+            }
+            rearmed = true;
+            continue;
+        }
+        rearmed = false;
+        let deadline = served + window.get();
+        let mut found = false;
+        while !found && Instant::now() < deadline {
+            for _ in 0..32 {
+                if queue.pending() {
+                    found = true;
+                    break;
+                }
+                std::hint::spin_loop();
+            }
+        }
+        if found {
+            continue;
+        }
+        if !queue.arm() {
+            return served;
+        }
+        rearmed = true;
+    }
+}
+
 impl Drop for Worker {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+#[cfg(test)]
+mod poll_tests {
+    use super::*;
+
+    /// A queue whose guest adds `more` requests one at a time while the thread polls, and whose
+    /// ring index may be garbage (always pending, nothing to take).
+    struct Fake {
+        more: usize,
+        garbage: bool,
+        serves: usize,
+        arms: usize,
+    }
+
+    impl PolledQueue for Fake {
+        fn serve(&mut self) -> bool {
+            self.serves += 1;
+            !self.garbage
+        }
+        fn pending(&mut self) -> bool {
+            if self.garbage {
+                return true;
+            }
+            if self.more > 0 {
+                self.more -= 1;
+                return true;
+            }
+            false
+        }
+        fn arm(&mut self) -> bool {
+            self.arms += 1;
+            self.garbage
+        }
+    }
+
+    #[test]
+    fn polling_serves_what_arrives_then_arms_once() {
+        let mut q = Fake {
+            more: 3,
+            garbage: false,
+            serves: 0,
+            arms: 0,
+        };
+        let w = PollWindow::new(Duration::from_millis(1));
+        serve_and_poll(&mut q, &w, &AtomicBool::new(false));
+        // The first pass plus one per request found while polling; the last window expires
+        // (it sees nothing more) and notifications are re-armed once.
+        assert_eq!((q.serves, q.arms), (4, 1));
+    }
+
+    #[test]
+    fn a_garbage_ring_index_is_not_spun_on() {
+        let mut q = Fake {
+            more: 0,
+            garbage: true,
+            serves: 0,
+            arms: 0,
+        };
+        let w = PollWindow::new(Duration::from_millis(1));
+        serve_and_poll(&mut q, &w, &AtomicBool::new(false));
+        assert_eq!(
+            (q.serves, q.arms),
+            (2, 1),
+            "one more look after re-arming, then sleep"
+        );
+    }
+
+    #[test]
+    fn a_stopping_worker_stops_polling() {
+        let mut q = Fake {
+            more: 1000,
+            garbage: false,
+            serves: 0,
+            arms: 0,
+        };
+        let w = PollWindow::new(Duration::from_millis(1));
+        serve_and_poll(&mut q, &w, &AtomicBool::new(true));
+        assert_eq!((q.serves, q.arms), (1, 1));
+    }
+
+    #[test]
+    fn window_grows_for_a_quick_guest_and_shrinks_to_nothing_for_a_slow_one() {
+        let us = Duration::from_micros;
+        let mut w = PollWindow::new(us(32));
+        assert_eq!(w.get(), us(32));
+        // Kicks that come long after the window: halve, then stop polling below the start.
+        for _ in 0..3 {
+            w.woke_after(us(1000));
+        }
+        assert_eq!(w.get(), us(4));
+        w.woke_after(us(1000));
+        assert_eq!(w.get(), Duration::ZERO);
+        // A kick soon after the window closed: grow (from the start size, then doubling).
+        w.woke_after(us(10));
+        assert_eq!(w.get(), us(4));
+        w.woke_after(us(10));
+        assert_eq!(w.get(), us(8));
+        w.woke_after(us(20));
+        assert_eq!(w.get(), us(16));
+        w.woke_after(us(20));
+        assert_eq!(w.get(), us(32));
+        w.woke_after(us(31));
+        assert_eq!(w.get(), us(32), "never past the maximum");
     }
 }
