@@ -599,3 +599,85 @@ async fn requests_run_to_their_end_when_the_connection_goes() {
         drop(srv);
     }
 }
+
+thread_local! {
+    /// Depth of `Scoped::around_poll` calls on this thread.
+    static IN_AROUND_POLL: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// Counts how often a request's code ran outside the handler's `around_poll`.
+#[derive(Default)]
+struct Scoped {
+    polls: AtomicUsize,
+    outside: AtomicUsize,
+}
+
+impl Scoped {
+    fn check(&self) {
+        if IN_AROUND_POLL.with(|d| d.get()) == 0 {
+            self.outside.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+impl Handler for Scoped {
+    type Request = Req;
+    type Response = Resp;
+    async fn handle(
+        &self,
+        _: Option<u64>,
+        req: Req,
+        _: Option<StreamRx>,
+    ) -> Result<Resp, RemoteError> {
+        self.check();
+        if let Req::Sleep(ms) = req {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
+        // Resumed by the timer: still inside a poll of the connection.
+        self.check();
+        Ok(Resp::Slept)
+    }
+
+    fn around_poll<R>(&self, poll: impl FnOnce() -> R) -> R {
+        self.polls.fetch_add(1, Ordering::SeqCst);
+        IN_AROUND_POLL.with(|d| d.set(d.get() + 1));
+        let r = poll();
+        IN_AROUND_POLL.with(|d| d.set(d.get() - 1));
+        r
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_run_inside_the_handlers_around_poll() {
+    let ca = ClusterCa::generate("t").unwrap();
+    let (a, b) = (ca.issue(1).unwrap(), ca.issue(2).unwrap());
+    let h = Arc::new(Scoped::default());
+    let addr: SocketAddr = "127.0.0.15:0".parse().unwrap();
+    let srv = Server::bind(
+        addr,
+        server_tls_config(&a).unwrap(),
+        ServerConfig::default(),
+        h.clone(),
+    )
+    .await
+    .unwrap();
+    let c = client(srv.local_addr(), &b, 1, ClientConfig::default());
+    let calls: Vec<_> = (0..32)
+        .map(|i| {
+            let c = c.clone();
+            tokio::spawn(async move { c.call(&Req::Sleep(i % 4)).await })
+        })
+        .collect();
+    for call in calls {
+        assert_eq!(call.await.unwrap().unwrap(), Resp::Slept);
+    }
+    assert!(
+        h.polls.load(Ordering::SeqCst) > 0,
+        "around_poll was never called"
+    );
+    assert_eq!(
+        h.outside.load(Ordering::SeqCst),
+        0,
+        "request code ran outside around_poll"
+    );
+}
