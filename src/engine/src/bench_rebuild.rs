@@ -29,6 +29,12 @@
 //!   too, so the rebuild reads and writes one device at once; its ideal is well below the
 //!   write bandwidth (fio reading one file and writing another at once gets about 0.6x).
 //!
+//! Beside the anchor (not instead of it), each line carries the device's throughput for the
+//! rebuild's own mix of 1 MiB reads and writes (`mixed_rw_mib_s`, measured before the fill on
+//! the anchor's file) and ours over it: on a device whose mixed throughput is below its write
+//! bandwidth, that is the RAM line's ceiling, and it tells the engine's share of a shortfall
+//! from the device's.
+//!
 //! Where the time went: each line carries the rebuild's profile (`Engine::rebuild_profile`):
 //! milliseconds spent pacing, waiting for chunk locks, exporting (read + verify), importing
 //! (write + map records), flushing targets and recording intents, summed over the copies in
@@ -63,6 +69,14 @@ pub struct RebuildLine {
     pub pass_mib_s: f64,
     /// The two anchor measurements (before the fill, after the rebuild).
     pub anchor_runs_mib_s: [f64; 2],
+    /// Context, not the anchor: the same device's throughput for the rebuild's own mix, 1 MiB
+    /// reads and writes alternating at queue depth 4 (reads and writes counted), measured
+    /// before the fill, and ours over it. The RAM line's device traffic is that mix over about
+    /// `bytes`, so a rebuild as fast as the device allows reaches 1.0 of it there (and the
+    /// anchor ratio is then this over the write anchor); the one-device line moves every byte
+    /// twice, so 0.5.
+    pub mixed_rw_mib_s: f64,
+    pub ratio_to_mixed: f64,
     /// Where the rebuild's time went, summed over copies in flight (ms), and target flushes.
     pub pace_ms: f64,
     pub lock_ms: f64,
@@ -100,6 +114,8 @@ pub struct RebuildSummary {
     pub ours_median_mib_s: f64,
     pub anchor_median_mib_s: f64,
     pub secs_median: f64,
+    /// Median of ours over the device's mixed read/write throughput (see `RebuildLine`).
+    pub ratio_to_mixed_median: f64,
     pub load_min: f64,
     pub load_max: f64,
 }
@@ -140,6 +156,7 @@ pub fn summarize(lines: &[RebuildLine]) -> Vec<RebuildSummary> {
                 ours_median_mib_s: median(&mut col(|l| l.ours)),
                 anchor_median_mib_s: median(&mut col(|l| l.anchor)),
                 secs_median: median(&mut col(|l| l.secs)),
+                ratio_to_mixed_median: median(&mut col(|l| l.ratio_to_mixed)),
                 load_min: loads.iter().copied().fold(f64::INFINITY, f64::min),
                 load_max: loads.iter().copied().fold(0.0, f64::max),
             }
@@ -341,6 +358,40 @@ pub(crate) async fn seq_write_mibs(path: &Path, len: u64) -> Result<f64> {
     Ok((n * step) as f64 / secs / f64::from(1u32 << 20))
 }
 
+/// 1 MiB reads of the first half of the file and writes of the second half, alternating, at
+/// queue depth 4 over `len` bytes in all, one flush at the end; MiB/s of reads and writes.
+pub(crate) async fn mixed_rw_mibs(path: &Path, len: u64) -> Result<f64> {
+    use futures::{FutureExt, StreamExt};
+    let dev: Arc<dyn BlockDevice> = blockdev::open_device(path).map_err(io_err(path))?;
+    let step = crate::CHUNK_BYTES;
+    let half = (len / step / 2).max(1);
+    let pattern: Vec<u8> = (0..step).map(|i| (i as u8) | 1).collect();
+    let data = AlignedBuf::from_slice(&pattern).into_write();
+    let n = 2 * half;
+    let start = Instant::now();
+    let mut next = 0u64;
+    let mut inflight = futures::stream::FuturesUnordered::new();
+    while next < n || !inflight.is_empty() {
+        while next < n && inflight.len() < 4 {
+            let i = next / 2;
+            inflight.push(if next.is_multiple_of(2) {
+                dev.read_at(i * step, AlignedBuf::for_overwrite(step as usize))
+                    .map(|r| r.map(drop))
+                    .boxed()
+            } else {
+                dev.write_at((half + i) * step, data.clone()).boxed()
+            });
+            next += 1;
+        }
+        if let Some(r) = inflight.next().await {
+            r.map_err(io_err(path))?;
+        }
+    }
+    dev.flush().await.map_err(io_err(path))?;
+    let secs = start.elapsed().as_secs_f64().max(1e-9);
+    Ok((n * step) as f64 / secs / f64::from(1u32 << 20))
+}
+
 /// Runs the rebuild benchmark and returns its JSON lines (see the module docs).
 pub async fn rebuild_after_node_loss(opts: &RebuildOpts) -> Result<Vec<RebuildLine>> {
     let mut lines = Vec::new();
@@ -394,8 +445,13 @@ async fn one_rebuild(opts: &RebuildOpts, ram_source: bool, metric: &str) -> Resu
     let pa = opts.dir.join("rebuild-anchor.img");
     prewrite_file(&pa, data / 2).await?;
     let anchor_before = seq_write_mibs(&pa, data / 2).await;
+    let mixed = match anchor_before {
+        Ok(_) => mixed_rw_mibs(&pa, data / 2).await,
+        Err(_) => Ok(0.0),
+    };
     let _ = std::fs::remove_file(&pa);
     let anchor_before = anchor_before?;
+    let mixed = mixed?;
     e1.create_vdisk("rebuild", data).await?;
     let h = e1.open_vdisk("rebuild")?;
     crate::bench::prefill(&h, data).await?;
@@ -460,6 +516,8 @@ async fn one_rebuild(opts: &RebuildOpts, ram_source: bool, metric: &str) -> Resu
         secs,
         pass_mib_s,
         anchor_runs_mib_s: [anchor_before, anchor_after],
+        mixed_rw_mib_s: mixed,
+        ratio_to_mixed: if mixed > 0.0 { ours / mixed } else { 0.0 },
         pace_ms: ms(prof.pace_ns, prof0.pace_ns),
         lock_ms: ms(prof.lock_ns, prof0.lock_ns),
         export_ms: ms(prof.export_ns, prof0.export_ns),
