@@ -587,11 +587,4 @@ impl Handler for ServerHandler {
             result,
         })
     }
-
-    /// A burst of mirrored writes (many frames from one network read, all started in one poll
-    /// of the connection) reaches each disk with one `io_uring_enter`: one system call and, on
-    /// a virtio disk, one doorbell (a VM exit) instead of one per write.
-    fn around_poll<T>(&self, poll: impl FnOnce() -> T) -> T {
-        blockdev::UringDevice::submit_batched(poll)
-    }
 }

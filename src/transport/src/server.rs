@@ -72,14 +72,6 @@ pub trait Handler: Send + Sync + 'static {
         req: Self::Request,
         body: Option<StreamRx>,
     ) -> impl Future<Output = Result<Self::Response, RemoteError>> + Send;
-
-    /// Runs `poll`, one poll of a connection's task (reading the frames at hand, starting
-    /// their requests, running those in flight), inside whatever the handler wants around it:
-    /// e.g. holding back the I/O submissions of a burst of requests so they go out together.
-    /// `poll` never blocks. By default it runs as it is.
-    fn around_poll<R>(&self, poll: impl FnOnce() -> R) -> R {
-        poll()
-    }
 }
 
 /// Binds and runs servers.
@@ -212,78 +204,72 @@ async fn serve_conn<H: Handler>(
     // instead of one task per request, each of which could wake another worker thread.
     let mut running = FuturesUnordered::new();
     let mut next = std::pin::pin!(read_next(rd, max));
-    let serve = async {
-        loop {
-            // At the in-flight bound, stop reading (TCP pushes back on the peer) and only run.
-            let full = running.len() >= max_in_flight;
-            let frame = tokio::select! {
-                biased;
-                Some(()) = running.next(), if !running.is_empty() => continue,
-                r = next.as_mut(), if !full => r,
-                _ = stop.changed() => break Ok(()),
-            };
-            let (rd, frame) = frame;
-            let frame = match frame {
-                Ok(Some(f)) => f,
-                Ok(None) => break Ok(()),
-                Err(e) => break Err(e),
-            };
-            next.set(read_next(rd, max));
-            match frame.kind {
-                FrameKind::Request | FrameKind::StreamRequest => {
-                    // Bounded by `running.len()` above: a permit is always free here. The writer
-                    // counts permits to know whether more replies are on their way.
-                    let Ok(permit) = inflight.clone().try_acquire_owned() else {
-                        break Err(Error::Closed);
-                    };
-                    let body = if frame.kind == FrameKind::StreamRequest {
-                        match open_stream(&streams, &tx, frame.id, cfg.stream_window_chunks).await {
-                            Ok(b) => Some(b),
-                            Err(e) => break Err(e),
-                        }
-                    } else {
-                        None
-                    };
-                    let (handler, tx, streams) = (handler.clone(), tx.clone(), streams.clone());
-                    running.push(async move {
-                        let reply =
-                            run_handler(&*handler, peer, frame.id, &frame.payload, body, max).await;
-                        if frame.kind == FrameKind::StreamRequest {
-                            lock(&streams).remove(&frame.id);
-                        }
-                        let _ = tx.send(reply).await;
-                        drop(permit);
-                    });
-                }
-                FrameKind::Chunk | FrameKind::End => {
-                    let chunk = (frame.kind == FrameKind::Chunk).then_some(frame.payload);
-                    let is_end = chunk.is_none();
-                    let sender = lock(&streams).get(&frame.id).cloned();
-                    if let Some(sender) = sender {
-                        // The channel holds exactly the granted window (+1 for End): a full
-                        // channel means the peer ignored flow control.
-                        match sender.try_send(chunk) {
-                            Ok(()) => {}
-                            Err(mpsc::error::TrySendError::Full(_)) => {
-                                break Err(Error::Stream("peer exceeded its credit".into()));
-                            }
-                            Err(mpsc::error::TrySendError::Closed(_)) => {}
-                        }
-                        if is_end {
-                            lock(&streams).remove(&frame.id);
-                        }
+    let result = loop {
+        // At the in-flight bound, stop reading (TCP pushes back on the peer) and only run.
+        let full = running.len() >= max_in_flight;
+        let frame = tokio::select! {
+            biased;
+            Some(()) = running.next(), if !running.is_empty() => continue,
+            r = next.as_mut(), if !full => r,
+            _ = stop.changed() => break Ok(()),
+        };
+        let (rd, frame) = frame;
+        let frame = match frame {
+            Ok(Some(f)) => f,
+            Ok(None) => break Ok(()),
+            Err(e) => break Err(e),
+        };
+        next.set(read_next(rd, max));
+        match frame.kind {
+            FrameKind::Request | FrameKind::StreamRequest => {
+                // Bounded by `running.len()` above: a permit is always free here. The writer
+                // counts permits to know whether more replies are on their way.
+                let Ok(permit) = inflight.clone().try_acquire_owned() else {
+                    break Err(Error::Closed);
+                };
+                let body = if frame.kind == FrameKind::StreamRequest {
+                    match open_stream(&streams, &tx, frame.id, cfg.stream_window_chunks).await {
+                        Ok(b) => Some(b),
+                        Err(e) => break Err(e),
                     }
-                    // Unknown id: the handler already finished and dropped its stream.
+                } else {
+                    None
+                };
+                let (handler, tx, streams) = (handler.clone(), tx.clone(), streams.clone());
+                running.push(async move {
+                    let reply =
+                        run_handler(&*handler, peer, frame.id, &frame.payload, body, max).await;
+                    if frame.kind == FrameKind::StreamRequest {
+                        lock(&streams).remove(&frame.id);
+                    }
+                    let _ = tx.send(reply).await;
+                    drop(permit);
+                });
+            }
+            FrameKind::Chunk | FrameKind::End => {
+                let chunk = (frame.kind == FrameKind::Chunk).then_some(frame.payload);
+                let is_end = chunk.is_none();
+                let sender = lock(&streams).get(&frame.id).cloned();
+                if let Some(sender) = sender {
+                    // The channel holds exactly the granted window (+1 for End): a full
+                    // channel means the peer ignored flow control.
+                    match sender.try_send(chunk) {
+                        Ok(()) => {}
+                        Err(mpsc::error::TrySendError::Full(_)) => {
+                            break Err(Error::Stream("peer exceeded its credit".into()));
+                        }
+                        Err(mpsc::error::TrySendError::Closed(_)) => {}
+                    }
+                    if is_end {
+                        lock(&streams).remove(&frame.id);
+                    }
                 }
-                other => {
-                    break Err(Error::BadFrame(format!("unexpected {other:?} from client")));
-                }
+                // Unknown id: the handler already finished and dropped its stream.
+            }
+            other => {
+                break Err(Error::BadFrame(format!("unexpected {other:?} from client")));
             }
         }
-    };
-    let result = {
-        let mut serve = std::pin::pin!(serve);
-        std::future::poll_fn(|cx| handler.around_poll(|| serve.as_mut().poll(cx))).await
     };
     // The connection is done, but requests it started run to their end, as they would in
     // tasks of their own: a write half-done on a store must not be cut off by a peer hanging

@@ -12,7 +12,6 @@
 //! It never retries a failed write or flush, and never opens a block device that is in use
 //! (O_EXCL).
 
-mod batch;
 #[cfg(test)]
 mod reap_tests;
 mod ring;
@@ -192,21 +191,6 @@ impl UringDevice {
             block_device,
             poisoned: AtomicBool::new(false),
         })
-    }
-
-    /// Runs `f` with this thread's io_uring submissions held back: requests that `f` starts
-    /// on io_uring devices only queue their entries, and when `f` returns each device gets
-    /// everything queued with one `io_uring_enter` — one system call instead of one per
-    /// request, and the block layer sees one batch (on a virtio disk one doorbell, a VM exit,
-    /// instead of one each).
-    ///
-    /// Meant for one poll of a task that starts many requests at once (a burst of requests
-    /// decoded from one network read). `f` must not block its thread waiting for a request it
-    /// started: that request reaches the kernel only after `f` returns. (Polling futures is
-    /// fine: a request started inside returns `Pending` and completes later as usual.) Nested
-    /// calls join the outer batch. Devices other than io_uring ones are unaffected.
-    pub fn submit_batched<R>(f: impl FnOnce() -> R) -> R {
-        batch::submit_batched(f)
     }
 
     /// False if the file system refused O_DIRECT and the device uses the page cache.

@@ -10,8 +10,7 @@
 //! eventfd registered with the tokio reactor, is only needed when nobody submits: it wakes the
 //! waiting futures, lets them run, then submits everything they queued with one
 //! `io_uring_enter`. The same "plug" ([`Ring::plug`]) lets any caller queue several requests and
-//! submit them with one call, and a thread's batch (`UringDevice::submit_batched`) does it for
-//! whatever that thread starts on any ring during one call.
+//! submit them with one call.
 //!
 //! The eventfd is switched off (IORING_CQ_EVENTFD_DISABLED) while anyone who will look at the
 //! completion queue afterwards is at work — a submitter inside `io_uring_enter`, or the reaper
@@ -32,7 +31,7 @@ use std::future::poll_fn;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{fence, AtomicBool, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
 use io_uring::{squeue, IoUring};
@@ -88,8 +87,6 @@ struct Core {
 }
 
 pub(crate) struct Ring {
-    /// This ring itself, for a thread's batch to hold on to (see `super::batch`).
-    me: Weak<Ring>,
     // Declared before `file`: the ring (and its fixed-file reference) goes first.
     uring: IoUring,
     core: Mutex<Core>,
@@ -139,8 +136,7 @@ impl Ring {
             quiet: 0,
             plugs: 0,
         };
-        let ring = Arc::new_cyclic(|me| Ring {
-            me: me.clone(),
+        let ring = Arc::new(Ring {
             uring,
             core: Mutex::new(core),
             permits: Semaphore::new(n),
@@ -151,11 +147,6 @@ impl Ring {
         });
         tokio::spawn(reap_loop(ring.clone(), afd));
         Ok(ring)
-    }
-
-    /// This ring as an `Arc` (`None` only while it is being dropped).
-    pub(super) fn arc(&self) -> Option<Arc<Ring>> {
-        self.me.upgrade()
     }
 
     /// Ask the reaper to exit once nothing is in flight (the device was dropped).
@@ -216,7 +207,7 @@ impl Ring {
                     "submission queue full despite the in-flight bound"
                 );
                 drop(sq);
-                let go = core.plugs == 0 && !core.submitting && !super::batch::defer(self);
+                let go = core.plugs == 0 && !core.submitting;
                 if go {
                     core.submitting = true;
                     self.quiet_begin(&mut core);
@@ -260,7 +251,7 @@ impl Ring {
     /// another thread is already submitting (it takes these entries on its next round). Loops
     /// until the kernel took every entry, so nothing queued is left behind when it returns;
     /// reaps the completion queue after each call and wakes the finished requests.
-    pub(super) fn submit_pending(&self) {
+    fn submit_pending(&self) {
         {
             let mut core = self.core.lock();
             if core.plugs > 0 || core.submitting || self.queued(&core) == 0 {

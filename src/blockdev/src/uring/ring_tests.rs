@@ -1,12 +1,10 @@
 //! Batched submission through a plug: requests queued together go to the kernel in one call,
 //! each completes with its own result, a bad entry fails only itself, and nothing queued is
-//! left behind when the plug goes; the same for a thread's batch
-//! (`UringDevice::submit_batched`).
+//! left behind when the plug goes.
 
 use std::future::Future;
 use std::io::Write;
 use std::pin::Pin;
-use std::task::{Context, Poll, Waker};
 
 use io_uring::{opcode, squeue, types};
 
@@ -171,94 +169,4 @@ async fn dropping_plugged_requests_keeps_the_ring_usable() {
     {
         check_read(i + 8, r);
     }
-}
-
-/// Polls every future once inside a thread batch: each queues its entry and none finishes.
-fn start_all_now(futs: &mut [Run<'_>]) {
-    let mut cx = Context::from_waker(Waker::noop());
-    for f in futs.iter_mut() {
-        assert!(
-            f.as_mut().poll(&mut cx).is_pending(),
-            "a batched request finished before the batch ended"
-        );
-    }
-}
-
-/// Starts `run` outside any batch, checks it went to the kernel at once, and waits for it.
-async fn start_alone(mut run: Run<'_>, ring: &Ring) -> (i32, Hold) {
-    let first = futures::poll!(run.as_mut());
-    assert_eq!(
-        queued(ring),
-        0,
-        "outside a batch a request is submitted at once"
-    );
-    match first {
-        Poll::Ready(r) => r, // the submitter reaped it already
-        Poll::Pending => run.await,
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_thread_batch_submits_every_ring_it_touched_when_it_ends() {
-    let a = Ring::start(pattern_file("thread-batch-a"), 64).unwrap();
-    let b = Ring::start(pattern_file("thread-batch-b"), 64).unwrap();
-    let mut futs: Vec<Run<'_>> = (0..8)
-        .map(|i| read_block(if i % 2 == 0 { &a } else { &b }, i))
-        .collect();
-    super::batch::submit_batched(|| {
-        start_all_now(&mut futs[..4]);
-        assert_eq!(
-            (queued(&a), queued(&b)),
-            (2, 2),
-            "held while the batch is open"
-        );
-        // A nested batch joins the outer one: its end submits nothing.
-        super::batch::submit_batched(|| start_all_now(&mut futs[4..]));
-        assert_eq!(
-            (queued(&a), queued(&b)),
-            (4, 4),
-            "the outer batch still holds all"
-        );
-    });
-    assert_eq!(
-        (queued(&a), queued(&b)),
-        (0, 0),
-        "the batch's end submitted both rings"
-    );
-    for (i, r) in futures::future::join_all(futs)
-        .await
-        .into_iter()
-        .enumerate()
-    {
-        check_read(i, r);
-    }
-    // Outside a batch a request goes to the kernel at once.
-    check_read(9, start_alone(read_block(&a, 9), &a).await);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_thread_batch_that_panics_still_submits() {
-    let ring = Ring::start(pattern_file("thread-batch-panic"), 64).unwrap();
-    let mut futs: Vec<Run<'_>> = (0..4).map(|i| read_block(&ring, i)).collect();
-    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        super::batch::submit_batched(|| {
-            start_all_now(&mut futs);
-            panic!("mid-batch");
-        })
-    }));
-    assert!(r.is_err(), "the closure panicked");
-    assert_eq!(
-        queued(&ring),
-        0,
-        "the unwinding batch submitted what it held"
-    );
-    for (i, r) in futures::future::join_all(futs)
-        .await
-        .into_iter()
-        .enumerate()
-    {
-        check_read(i, r);
-    }
-    // The thread is out of the batch: the next request is not held.
-    check_read(5, start_alone(read_block(&ring, 5), &ring).await);
 }
