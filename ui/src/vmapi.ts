@@ -23,7 +23,7 @@ export interface VmView {
   vcpus: number;
   memory_mib: number;
   disks: string[];
-  nics?: { id: string; tap: string; mac: string }[];
+  nics?: { id: string; tap: string; mac: string; bridge?: string | null }[];
   kernel: string;
   cmdline: string;
   created_unix: number;
@@ -66,7 +66,7 @@ async function vmCall<T>(method: string, path: string, body: unknown, req: Recor
 
 export const vmApi = {
   list: listVms,
-  create: (b: { name: string; vcpus: number; memory_mib: number; disks: string[]; kernel: string; cmdline?: string }) =>
+  create: (b: { name: string; vcpus: number; memory_mib: number; disks: string[]; kernel: string; cmdline?: string; nics?: Record<string, string>[] }) =>
     vmCall<VmView>('POST', '/vms', b, { action: 'vm_create', ...b }),
   start: (name: string) => vmCall<VmView>('POST', `/vms/${enc(name)}/start`, {}, { action: 'vm_start', name }),
   stop: (name: string, force: boolean, timeout_ms?: number) => {
@@ -76,6 +76,8 @@ export const vmApi = {
   pause: (name: string) => vmCall<VmView>('POST', `/vms/${enc(name)}/pause`, {}, { action: 'vm_pause', name }),
   resume: (name: string) => vmCall<VmView>('POST', `/vms/${enc(name)}/resume`, {}, { action: 'vm_resume', name }),
   remove: (name: string) => vmCall<void>('DELETE', `/vms/${enc(name)}`, undefined, { action: 'vm_delete', name }),
+  /** Move a stopped VM with all its disks to cluster member `to` (a task; returns once it is there). */
+  move: (name: string, to: string) => vmCall<VmView>('POST', `/vms/${enc(name)}/move`, { to }, { action: 'vm_move', name, to }),
   /** Change a VM; `body` holds only the changed fields (see vmeditfmt.ts). */
   update: (name: string, body: Record<string, unknown>) => {
     const { name: new_name, ...rest } = body;
@@ -102,6 +104,8 @@ export const diskApi = {
   snapshot: (d: string, name: string) => api('POST', `/vdisks/${enc(d)}/snapshots`, { name }),
   rollback: (d: string, snap: string, onTask?: (t: Task) => void) =>
     api('POST', `/vdisks/${enc(d)}/snapshots/${enc(snap)}/rollback`, {}).then((r) => follow(r, onTask)),
+  /** Hand disk `d` over to cluster member `to` (a task; returns once `to` serves it). */
+  move: (d: string, to: string) => api('POST', `/vdisks/${enc(d)}/takeover`, { to }).then((r) => follow(r)),
 };
 
 /** A step of a multi-step action (create wizard, VM snapshot, VM clone) and its state. */

@@ -5,6 +5,7 @@
 export interface NicRow {
   tap: string;
   mac: string; // empty: the node keeps the tap's address or derives one
+  bridge: string; // empty: the tap joins no bridge (it is only brought up)
 }
 
 export interface VmEditForm {
@@ -24,7 +25,7 @@ export interface VmLike {
   memory_mib: number;
   cmdline: string;
   disks: string[];
-  nics?: { id: string; tap: string; mac: string }[];
+  nics?: { id: string; tap: string; mac: string; bridge?: string | null }[];
 }
 
 const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
@@ -40,7 +41,7 @@ export function formOf(vm: VmLike): VmEditForm {
     memory_mib: String(vm.memory_mib),
     cmdline: vm.cmdline,
     disks: [...vm.disks],
-    nics: (vm.nics ?? []).map((n) => ({ tap: n.tap, mac: n.mac })),
+    nics: (vm.nics ?? []).map((n) => ({ tap: n.tap, mac: n.mac, bridge: n.bridge ?? '' })),
   };
 }
 
@@ -54,7 +55,33 @@ export function moved<T>(list: T[], i: number, by: number): T[] {
 }
 
 function sameNics(a: NicRow[], b: NicRow[]): boolean {
-  return a.length === b.length && a.every((n, i) => n.tap === b[i].tap && n.mac.toLowerCase() === b[i].mac.toLowerCase());
+  return a.length === b.length && a.every((n, i) => n.tap === b[i].tap && n.mac.toLowerCase() === b[i].mac.toLowerCase() && n.bridge === b[i].bridge);
+}
+
+/** The `nics` list the node takes (VM create and edit) from the form's rows, or the first
+ *  mistake in words. A card without a MAC or bridge leaves that field out. */
+export function nicsBody(rows: NicRow[]): { nics: Record<string, string>[] } | { error: string } {
+  if (rows.length > MAX_NICS) return { error: `A VM has at most ${MAX_NICS} network cards.` };
+  const taps = new Set<string>();
+  const out: Record<string, string>[] = [];
+  for (const [i, n] of rows.entries()) {
+    const tap = n.tap.trim();
+    if (!TAP_RE.test(tap) || tap === '.' || tap === '..') {
+      return { error: `Network card ${i + 1}: the tap device name must be 1-15 letters, digits, ".", "_" or "-".` };
+    }
+    if (taps.has(tap)) return { error: `Network card ${i + 1}: tap device ${tap} is already used by another card.` };
+    taps.add(tap);
+    const mac = n.mac.trim();
+    if (mac && !MAC_RE.test(mac)) return { error: `Network card ${i + 1}: the MAC address must look like 02:00:00:00:00:01.` };
+    if (mac && parseInt(mac.slice(0, 2), 16) & 1) return { error: `Network card ${i + 1}: ${mac} is a multicast address; use a unicast one (first byte even).` };
+    const bridge = (n.bridge ?? '').trim();
+    if (bridge && (!TAP_RE.test(bridge) || bridge === '.' || bridge === '..')) {
+      return { error: `Network card ${i + 1}: the bridge name must be 1-15 letters, digits, ".", "_" or "-".` };
+    }
+    if (bridge && bridge === tap) return { error: `Network card ${i + 1}: the bridge cannot be the card's own tap device.` };
+    out.push({ tap, ...(mac ? { mac: mac.toLowerCase() } : {}), ...(bridge ? { bridge } : {}) });
+  }
+  return { nics: out };
 }
 
 /** The PATCH /vms/{name} body with only the changed fields, or the first mistake in words. */
@@ -80,22 +107,12 @@ export function editBody(vm: VmLike, f: VmEditForm): { body: Record<string, unkn
     body.cmdline = f.cmdline;
   }
   if (f.disks.join('\n') !== vm.disks.join('\n')) body.disks = [...f.disks];
-  if (f.nics.length > MAX_NICS) return { error: `A VM has at most ${MAX_NICS} network cards.` };
-  const taps = new Set<string>();
-  for (const [i, n] of f.nics.entries()) {
-    const tap = n.tap.trim();
-    if (!TAP_RE.test(tap) || tap === '.' || tap === '..') {
-      return { error: `Network card ${i + 1}: the tap device name must be 1-15 letters, digits, ".", "_" or "-".` };
-    }
-    if (taps.has(tap)) return { error: `Network card ${i + 1}: tap device ${tap} is already used by another card.` };
-    taps.add(tap);
-    const mac = n.mac.trim();
-    if (mac && !MAC_RE.test(mac)) return { error: `Network card ${i + 1}: the MAC address must look like 02:00:00:00:00:01.` };
-    if (mac && parseInt(mac.slice(0, 2), 16) & 1) return { error: `Network card ${i + 1}: ${mac} is a multicast address; use a unicast one (first byte even).` };
-  }
-  const rows = f.nics.map((n) => ({ tap: n.tap.trim(), mac: n.mac.trim() }));
-  const before = (vm.nics ?? []).map((n) => ({ tap: n.tap, mac: n.mac }));
-  if (!sameNics(rows, before)) body.nics = rows.map((n) => (n.mac ? { tap: n.tap, mac: n.mac.toLowerCase() } : { tap: n.tap }));
+  const nics = nicsBody(f.nics);
+  if ('error' in nics) return nics;
+  const before = (vm.nics ?? []).map((n) => ({ tap: n.tap, mac: n.mac, bridge: n.bridge ?? '' }));
+  const rows = f.nics.map((n) => ({ tap: n.tap.trim(), mac: n.mac.trim(), bridge: (n.bridge ?? '').trim() }));
+  // The node replaces the whole list: every card is sent with its bridge, or it would lose it.
+  if (!sameNics(rows, before)) body.nics = nics.nics;
   if (Object.keys(body).length === 0) return { error: 'Nothing changed.' };
   return { body };
 }

@@ -140,6 +140,32 @@ async function vmSteps() {
     if (disks.items.some((d) => d.name === 'vm1-extra')) throw new Error('vm1-extra was left behind');
     await page.getByRole('button', { name: 'Cancel' }).click();
   });
+  await step('the wizard takes network cards, explains a bad one, and the VM is made with them', async () => {
+    await page.getByRole('button', { name: 'New VM' }).click();
+    await page.getByLabel('VM name').fill('vmn');
+    await page.getByLabel('Memory (MiB)').fill('64');
+    await page.getByRole('button', { name: 'Next' }).click();
+    await page.getByRole('button', { name: 'Next' }).click();
+    await page.getByLabel('Kernel file on the node').fill(guestKernel);
+    await page.getByRole('button', { name: 'Add a network card' }).click();
+    await page.getByLabel('Card 1 tap device').fill('cairn-vmn0');
+    await page.getByLabel('Card 1 bridge').fill('cairn-vmn0');
+    await page.getByRole('button', { name: 'Next' }).click();
+    await page.getByRole('alert').filter({ hasText: "Network card 1: the bridge cannot be the card's own tap device." }).waitFor();
+    await page.getByLabel('Card 1 bridge').fill('cairn-brn');
+    await page.getByRole('button', { name: 'Next' }).click();
+    await page.getByRole('heading', { name: /step 4 of 4/ }).waitFor();
+    await page.getByText('cairn-vmn0 on bridge cairn-brn').waitFor();
+    await page.getByRole('button', { name: 'Create VM' }).click();
+    await vmState('vmn', 'defined');
+    const v = await page.evaluate(() => fetch('/api/v1/vms/vmn').then((r) => r.json()));
+    const nic = v.nics?.[0];
+    if (v.nics?.length !== 1 || nic.tap !== 'cairn-vmn0' || nic.bridge !== 'cairn-brn' || !/^02(:[0-9a-f]{2}){5}$/.test(nic.mac)) {
+      throw new Error(`created: ${JSON.stringify(v)}`);
+    }
+    await rowButton('vmn', 'Delete').click();
+    await vmRow('vmn').waitFor({ state: 'detached' });
+  });
   if (kvm !== 'kvm') {
     console.log('skipped: VM power actions and console (no usable /dev/kvm here)');
   } else {
@@ -210,6 +236,7 @@ async function vmSteps() {
     await form.getByRole('button', { name: 'move vm1-data up' }).click();
     await form.getByRole('button', { name: 'Add a network card' }).click();
     await form.getByLabel('Card 1 tap device').fill('cairn-ui0');
+    await form.getByLabel('Card 1 bridge').fill('cairn-br0');
     await shot('15a-vm-edit');
     await form.getByRole('button', { name: 'Save changes' }).click();
     await form.waitFor({ state: 'detached' });
@@ -217,7 +244,7 @@ async function vmSteps() {
     await vmRow('vm1').getByRole('cell', { name: '96 MiB', exact: true }).waitFor();
     const v = await page.evaluate(() => fetch('/api/v1/vms/vm1').then((r) => r.json()));
     const nic = v.nics?.[0];
-    if (v.vcpus !== 2 || v.memory_mib !== 96 || v.disks[0] !== 'vm1-data' || v.nics.length !== 1 || nic.tap !== 'cairn-ui0' || !/^02(:[0-9a-f]{2}){5}$/.test(nic.mac)) {
+    if (v.vcpus !== 2 || v.memory_mib !== 96 || v.disks[0] !== 'vm1-data' || v.nics.length !== 1 || nic.tap !== 'cairn-ui0' || nic.bridge !== 'cairn-br0' || !/^02(:[0-9a-f]{2}){5}$/.test(nic.mac)) {
       throw new Error(`saved: ${JSON.stringify(v)}`);
     }
     // Rename; the row follows. Then back, dropping the card (nothing here provides the tap).
@@ -225,6 +252,8 @@ async function vmSteps() {
     await form.getByLabel('Name').fill('vm1-renamed');
     await form.getByRole('button', { name: 'Save changes' }).click();
     await vmRow('vm1-renamed').waitFor();
+    const renamed = await page.evaluate(() => fetch('/api/v1/vms/vm1-renamed').then((r) => r.json()));
+    if (renamed.nics?.[0]?.bridge !== 'cairn-br0') throw new Error(`the rename lost the bridge: ${JSON.stringify(renamed)}`);
     await rowButton('vm1-renamed', 'Edit').click();
     form = page.getByRole('form', { name: 'edit vm1-renamed' });
     await form.getByLabel('Name').fill('vm1');
@@ -246,6 +275,12 @@ async function vmSteps() {
     await page.getByText('Clone vm1 to vm2: done.').waitFor();
     await vmState('vm2', 'defined');
     await shot('15-vm-snapshots');
+  });
+  await step('a move of a stopped VM to a member that does not exist is refused in words', async () => {
+    answers.push('nowhere');
+    await rowButton('vm2', 'Move').click();
+    await page.getByRole('alert').filter({ hasText: 'no cluster member nowhere' }).waitFor();
+    await vmState('vm2', 'defined');
   });
   await step('delete a VM after confirming', async () => {
     await rowButton('vm2', 'Delete').click();

@@ -47,6 +47,37 @@ test('NICs: add, keep MAC case-insensitively, empty MAC left to the node', () =>
   assert.deepEqual(f.editBody(vm, removed), { body: { nics: [] } });
 });
 
+test('NICs: a bridge is kept when another field of the list changes, and can be set or cleared', () => {
+  const bridged = { ...vm, nics: [{ id: 'net0', tap: 'tap0', mac: '02:00:00:00:00:01', bridge: 'br0' }] };
+  assert.deepEqual(f.editBody(bridged, f.formOf(bridged)), { error: 'Nothing changed.' });
+  // The node replaces the whole list: a card added next to a bridged one must not lose br0.
+  const add = f.formOf(bridged);
+  add.nics = [...add.nics, { tap: 'tap1', mac: '', bridge: '' }];
+  assert.deepEqual(f.editBody(bridged, add), { body: { nics: [{ tap: 'tap0', mac: '02:00:00:00:00:01', bridge: 'br0' }, { tap: 'tap1' }] } });
+  const cleared = f.formOf(bridged);
+  cleared.nics[0].bridge = ' ';
+  assert.deepEqual(f.editBody(bridged, cleared), { body: { nics: [{ tap: 'tap0', mac: '02:00:00:00:00:01' }] } });
+  const set = f.formOf(vm);
+  set.nics[0].bridge = 'br1';
+  assert.deepEqual(f.editBody(vm, set), { body: { nics: [{ tap: 'tap0', mac: '02:00:00:00:00:01', bridge: 'br1' }] } });
+  const own = f.formOf(vm);
+  own.nics[0].bridge = 'tap0';
+  assert.match(f.editBody(vm, own).error, /cannot be the card's own tap/);
+  const bad = f.formOf(vm);
+  bad.nics[0].bridge = 'br 0';
+  assert.match(f.editBody(vm, bad).error, /bridge name must be/);
+});
+
+test('nicsBody: the create wizard gets the same checks and leaves empty fields out', () => {
+  assert.deepEqual(f.nicsBody([]), { nics: [] });
+  assert.deepEqual(f.nicsBody([{ tap: ' t0 ', mac: '02:AA:00:00:00:01', bridge: ' br0 ' }, { tap: 't1', mac: '', bridge: '' }]), {
+    nics: [{ tap: 't0', mac: '02:aa:00:00:00:01', bridge: 'br0' }, { tap: 't1' }],
+  });
+  assert.match(f.nicsBody([{ tap: 't0', mac: '', bridge: '' }, { tap: 't0', mac: '', bridge: '' }]).error, /already used/);
+  assert.match(f.nicsBody([{ tap: '', mac: '', bridge: '' }]).error, /tap device name/);
+  assert.match(f.nicsBody(Array.from({ length: 9 }, (_, i) => ({ tap: `t${i}`, mac: '', bridge: '' }))).error, /at most 8/);
+});
+
 test('mistakes are explained before asking the node', () => {
   const bad = (patch, re) => {
     const r = f.editBody(vm, { ...f.formOf(vm), ...patch });

@@ -1,6 +1,7 @@
 import { useState } from 'preact/hooks';
 import { api, fmtBytes, fmtTime } from '../api';
 import { html, ErrorBox, Note, Progress, useAction, useLoad, Field } from '../ui';
+import { diskApi } from '../vmapi';
 
 function Snapshots({ vd, act, canWrite }: { vd: any; act: ReturnType<typeof useAction>; canWrite: boolean }) {
   const snaps = useLoad<any>(`/vdisks/${encodeURIComponent(vd.name)}/snapshots?limit=1000`);
@@ -65,10 +66,11 @@ export function Vdisks({ role }: { role: string }) {
               <button onClick=${() => { const n = prompt(`Snapshot name for ${v.name}:`, `snap-${new Date().toISOString().slice(0, 19).replace(/[:T]/g, '-')}`); if (n) act.run(`Snapshot ${v.name}`, () => api('POST', `/vdisks/${encodeURIComponent(v.name)}/snapshots`, { name: n })).then(() => setOpen(v.name)); }}>Snapshot</button>
               <button onClick=${() => { const n = prompt(`Name of the clone of ${v.name}:`, `${v.name}-clone`); if (n) act.run(`Clone ${v.name}`, () => api('POST', `/vdisks/${encodeURIComponent(v.name)}/clone`, { name: n })); }}>Clone</button>
               <button onClick=${() => { const s = prompt(`New size of ${v.name} (grow only):`, fmtBytes(v.size_bytes * 2).replace(/ |iB/g, '')); if (s) act.run(`Grow ${v.name}`, () => api('PATCH', `/vdisks/${encodeURIComponent(v.name)}`, { size: s })); }}>Grow</button>
+              <button title="hand the disk over to another cluster member, which serves it from then on" onClick=${() => { const to = prompt(`Move ${v.name} to which cluster member (name or id)? It must not be in use by a running VM.`); if (to && to.trim()) act.run(`Move ${v.name} to ${to.trim()}`, () => diskApi.move(v.name, to.trim())); }}>Move</button>
               <button class="danger" onClick=${() => confirm(`Delete ${v.name}? Its data is gone for good (clones keep theirs).`) && act.run(`Delete ${v.name}`, () => api('DELETE', `/vdisks/${encodeURIComponent(v.name)}`))}>Delete</button>` : null}
           </td>
         </tr>
-        ${open === v.name ? html`<tr><td colspan="6"><${Snapshots} vd=${v} act=${act} canWrite=${canWrite} /></td></tr>` : null}`)}
+        ${open === v.name ? html`<tr><td colspan="7"><${Snapshots} vd=${v} act=${act} canWrite=${canWrite} /></td></tr>` : null}`)}
       </tbody>
     </table></div>
     ${admin ? html`<form class="inline" aria-label="import a raw image" onSubmit=${(e: Event) => { e.preventDefault(); act.run(`Import ${imp.name}`, () => api('POST', '/vdisks/import', imp)); }}>

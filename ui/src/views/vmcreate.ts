@@ -1,10 +1,11 @@
-// The VM create wizard: basics, disks (new, existing, or a clone), boot, review. Creating runs
+// The VM create wizard: basics, disks (new, existing, or a clone), boot and network cards, review. Creating runs
 // as a list of steps with progress; if a step fails, disks this run created are deleted again
 // so a failed create leaves nothing half-made behind.
 import { useEffect, useRef, useState } from 'preact/hooks';
 import { explain } from '../api';
 import { html, ErrorBox, Field } from '../ui';
 import { diskApi, Step, vmApi } from '../vmapi';
+import { nicsBody, NicRow, MAX_NICS } from '../vmeditfmt';
 
 type DiskMode = 'new' | 'existing' | 'clone';
 interface DiskRow {
@@ -16,7 +17,7 @@ interface DiskRow {
 }
 
 const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
-const STEPS = ['Basics', 'Disks', 'Boot', 'Review'];
+const STEPS = ['Basics', 'Disks', 'Boot & network', 'Review'];
 
 export function StepList({ steps, label }: { steps: Step[]; label: string }) {
   if (!steps.length) return null;
@@ -49,6 +50,7 @@ export function CreateWizard({ onDone, onCancel }: { onDone: (name: string) => v
   const [disks, setDisks] = useState<DiskRow[]>([]);
   const [kernel, setKernel] = useState('');
   const [cmdline, setCmdline] = useState('console=ttyS0');
+  const [nics, setNics] = useState<NicRow[]>([]);
   const [startAfter, setStartAfter] = useState(false);
   const [existing, setExisting] = useState<any[]>([]);
   const [error, setError] = useState<string | null>(null);
@@ -60,6 +62,7 @@ export function CreateWizard({ onDone, onCancel }: { onDone: (name: string) => v
   }, []);
   useEffect(() => heading.current?.focus(), [step]);
 
+  const setNic = (i: number, n: Partial<NicRow>) => setNics(nics.map((x, j) => (j === i ? { ...x, ...n } : x)));
   const setDisk = (i: number, d: Partial<DiskRow>) => setDisks(disks.map((x, j) => (j === i ? { ...x, ...d } : x)));
   const addDisk = () => setDisks([...disks, { mode: 'new', name: `${name || 'vm'}-disk${disks.length}`, size: '10G', source: existing[0]?.name ?? '', snapshot: '' }]);
 
@@ -86,6 +89,8 @@ export function CreateWizard({ onDone, onCancel }: { onDone: (name: string) => v
     if (s === 2) {
       if (!kernel.startsWith('/')) return 'The kernel is an absolute path of a file on the node, like /var/lib/cairn/vmlinuz.';
       if (cmdline.length > 2048) return 'The kernel command line is at most 2048 characters.';
+      const n = nicsBody(nics);
+      if ('error' in n) return n.error;
     }
     return null;
   };
@@ -140,6 +145,7 @@ export function CreateWizard({ onDone, onCancel }: { onDone: (name: string) => v
         disks: disks.map((d) => (d.mode === 'existing' ? d.source : d.name)),
         kernel,
         cmdline: cmdline || undefined,
+        ...(nics.length ? { nics: (nicsBody(nics) as { nics: Record<string, string>[] }).nics } : {}),
       });
       upd(i, { state: 'done' });
       i++;
@@ -195,8 +201,18 @@ export function CreateWizard({ onDone, onCancel }: { onDone: (name: string) => v
     body = html`<div class="grid2">
       <${Field} label="Kernel file on the node" id="w-kernel" hint="absolute path of a PVH ELF or bzImage"><input id="w-kernel" value=${kernel} onInput=${(e: any) => setKernel(e.currentTarget.value)} placeholder="/var/lib/cairn/images/vmlinuz" /></${Field}>
       <${Field} label="Kernel command line" id="w-cmdline" hint="one line; console=ttyS0 sends the console to the browser"><input id="w-cmdline" value=${cmdline} onInput=${(e: any) => setCmdline(e.currentTarget.value)} /></${Field}>
-      <p class="muted">Network cards: this node does not attach NICs to VMs yet.</p>
-    </div>`;
+    </div>
+    <fieldset>
+      <legend>Network cards</legend>
+      <p class="muted">Each card is a tap device on the node, made when the VM starts; with a bridge (one that exists on the node) the tap joins it.</p>
+      ${nics.map((n, i) => html`<div class="nic-row" data-nic=${i}>
+        <${Field} label=${`Card ${i + 1} tap device`} id=${`wn-tap-${i}`}><input id=${`wn-tap-${i}`} value=${n.tap} maxLength="15" onInput=${(e: any) => setNic(i, { tap: e.currentTarget.value })} /></${Field}>
+        <${Field} label=${`Card ${i + 1} MAC address`} id=${`wn-mac-${i}`} hint="empty: chosen by the node"><input id=${`wn-mac-${i}`} class="mono" value=${n.mac} placeholder="02:00:00:00:00:01" onInput=${(e: any) => setNic(i, { mac: e.currentTarget.value })} /></${Field}>
+        <${Field} label=${`Card ${i + 1} bridge`} id=${`wn-br-${i}`} hint="empty: none"><input id=${`wn-br-${i}`} value=${n.bridge} maxLength="15" onInput=${(e: any) => setNic(i, { bridge: e.currentTarget.value })} /></${Field}>
+        <button type="button" class="danger" onClick=${() => setNics(nics.filter((_, j) => j !== i))}>Remove card ${i + 1}</button>
+      </div>`)}
+      ${nics.length < MAX_NICS ? html`<button type="button" onClick=${() => setNics([...nics, { tap: `${(name || 'vm').slice(0, 11)}-n${nics.length}`, mac: '', bridge: '' }])}>Add a network card</button>` : null}
+    </fieldset>`;
   } else {
     body = html`<div>
       <dl class="facts">
@@ -206,6 +222,7 @@ export function CreateWizard({ onDone, onCancel }: { onDone: (name: string) => v
         <dt>Disks</dt><dd>${disks.length ? disks.map((d) => (d.mode === 'new' ? `${d.name} (new, ${d.size})` : d.mode === 'clone' ? `${d.name} (clone of ${d.source}${d.snapshot ? '@' + d.snapshot : ''})` : d.source)).join(', ') : 'none'}</dd>
         <dt>Kernel</dt><dd class="mono">${kernel}</dd>
         <dt>Command line</dt><dd class="mono">${cmdline || '(empty)'}</dd>
+        <dt>Network cards</dt><dd class="mono">${nics.length ? nics.map((n) => `${n.tap.trim()}${n.mac.trim() ? ' ' + n.mac.trim() : ''}${n.bridge.trim() ? ' on bridge ' + n.bridge.trim() : ''}`).join('; ') : 'none'}</dd>
       </dl>
       <label class="check"><input type="checkbox" checked=${startAfter} onChange=${(e: any) => setStartAfter(e.currentTarget.checked)} /> Start the VM after creating it</label>
     </div>`;

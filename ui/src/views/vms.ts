@@ -168,7 +168,7 @@ function VmDisks({ vm, canWrite, reload }: { vm: VmView; canWrite: boolean; relo
       <dt>Kernel</dt><dd class="mono">${vm.kernel}</dd>
       <dt>Command line</dt><dd class="mono">${vm.cmdline || '(empty)'}</dd>
       <dt>Created</dt><dd>${fmtTime(vm.created_unix)}</dd>
-      <dt>Network cards</dt><dd class="mono" data-fact="nics">${(vm.nics ?? []).map((n) => `${n.id}: ${n.tap} ${n.mac}`).join('; ') || 'none'}</dd>
+      <dt>Network cards</dt><dd class="mono" data-fact="nics">${(vm.nics ?? []).map((n) => `${n.id}: ${n.tap} ${n.mac}${n.bridge ? ` on bridge ${n.bridge}` : ''}`).join('; ') || 'none'}</dd>
       <dt>Last stop</dt><dd>${vm.last_exit ?? '–'}</dd>
       <dt>Memory in use</dt><dd>${vm.stats ? fmtBytes(vm.stats.memory_bytes) : '–'}</dd>
     </dl>
@@ -214,6 +214,7 @@ export function Vms({ role }: { role: string }) {
         <button type="button" class="danger" onClick=${() => confirm(`Force ${n} off now? The guest gets no chance to save anything.`) && act.run(`Force stop ${n}`, () => vmApi.stop(n, true))}>Force stop</button>` : null}
       ${v.state === 'running' ? html`<button type="button" onClick=${() => act.run(`Pause ${n}`, () => vmApi.pause(n))}>Pause</button>` : null}
       ${v.state === 'paused' ? html`<button type="button" onClick=${() => act.run(`Resume ${n}`, () => vmApi.resume(n))}>Resume</button>` : null}
+      ${!running ? html`<button type="button" title="move the stopped VM and its disks to another cluster member" onClick=${() => { const to = prompt(`Move VM ${n} with all its disks to which cluster member (name or id)?`); if (to && to.trim()) act.run(`Move ${n} to ${to.trim()}`, () => vmApi.move(n, to.trim())); }}>Move</button>` : null}
       ${!running ? html`<button type="button" class="danger" onClick=${() => confirm(`Delete VM ${n}? Its definition is removed; its virtual disks are kept.`) && act.run(`Delete ${n}`, () => vmApi.remove(n)).then(() => { if (console === n) setConsole(null); })}>Delete</button>` : null}`;
   };
   return html`<section aria-labelledby="vms-h">
