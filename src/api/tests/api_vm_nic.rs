@@ -214,7 +214,7 @@ async fn nic_end_to_end() -> Result<(), String> {
     // Bad NICs are refused before anything is defined.
     for (nics, status, words) in [
         (json!([{"tap": TAP, "bridge": "br/0"}]), 400, "bridge name"),
-        (json!([{"tap": TAP, "bridge": TAP}]), 400, "both"),
+        (json!([{"tap": TAP, "bridge": TAP}]), 409, "both"),
         (json!([{"tap": TAP}, {"tap": TAP}]), 409, "two NICs"),
         (json!([{"tap": TAP, "colour": "red"}]), 400, "colour"),
     ] {

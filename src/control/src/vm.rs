@@ -154,8 +154,10 @@ fn validate_nics(nics: &[VmNicSpec]) -> Result<(), ControlError> {
                     i + 1
                 )));
             }
+            // Valid names that get in each other's way (the document cannot say "differs from
+            // the tap"): a conflict, like a tap two NICs claim, not a malformed request.
             if b == t {
-                return Err(ControlError::invalid(format!(
+                return Err(ControlError::conflict(format!(
                     "NIC {} names {t} as both its tap device and its bridge",
                     i + 1
                 )));
@@ -453,6 +455,7 @@ mod tests {
             assert!(e.message.contains("bridge name"), "{}", e.message);
         }
         let e = with(vec![("tap0", Some("tap0"))]).unwrap_err();
+        assert_eq!(e.code, crate::ErrorCode::Conflict, "{}", e.message);
         assert!(e.message.contains("both"), "{}", e.message);
         // Old clients leave `nics` (and `bridge`) out.
         let r: Request = serde_json::from_value(serde_json::json!({"action": "vm_create",
