@@ -211,6 +211,20 @@ impl Worker {
         cpu: Arc<ThreadCpu>,
         notify: EventFd,
         extra: Option<RawFd>,
+        on_event: impl FnMut(bool) -> bool + Send + 'static,
+    ) -> Result<Worker> {
+        let env = ThreadEnv { seccomp, cpu };
+        Self::spawn_with(name, env, notify, extra, Arc::default(), on_event)
+    }
+
+    /// [`Worker::spawn`] with the flag [`Worker::stop`] sets before it signals the thread
+    /// (a polling thread reads it to leave its poll loop).
+    fn spawn_with(
+        name: String,
+        env: ThreadEnv,
+        notify: EventFd,
+        extra: Option<RawFd>,
+        stopping: Arc<AtomicBool>,
         mut on_event: impl FnMut(bool) -> bool + Send + 'static,
     ) -> Result<Worker> {
         let stop = EventFd::new(libc::EFD_NONBLOCK).map_err(io_err("worker stop eventfd"))?;
@@ -218,8 +232,9 @@ impl Worker {
         let thread = std::thread::Builder::new()
             .name(name)
             .spawn(move || {
-                let _cpu = cpu.enter();
-                if seccomp && crate::seccomp::apply(crate::seccomp::ThreadKind::Device).is_err() {
+                let _cpu = env.cpu.enter();
+                if env.seccomp && crate::seccomp::apply(crate::seccomp::ThreadKind::Device).is_err()
+                {
                     return;
                 }
                 // Serve anything queued before the first kick.
@@ -264,7 +279,7 @@ impl Worker {
             .map_err(io_err("spawn device thread"))?;
         Ok(Worker {
             stop,
-            stopping: Arc::new(AtomicBool::new(false)),
+            stopping,
             thread: Some(thread),
         })
     }
@@ -278,54 +293,17 @@ impl Worker {
         poll_max: Duration,
         mut queue: impl PolledQueue,
     ) -> Result<Worker> {
-        let stop = EventFd::new(libc::EFD_NONBLOCK).map_err(io_err("worker stop eventfd"))?;
-        let stop2 = stop.try_clone().map_err(io_err("clone eventfd"))?;
         let stopping = Arc::new(AtomicBool::new(false));
         let stopping2 = stopping.clone();
-        let thread = std::thread::Builder::new()
-            .name(name)
-            .spawn(move || {
-                let _cpu = env.cpu.enter();
-                if env.seccomp && crate::seccomp::apply(crate::seccomp::ThreadKind::Device).is_err()
-                {
-                    return;
-                }
-                let mut window = PollWindow::new(poll_max);
-                let mut fds = [
-                    libc::pollfd {
-                        fd: notify.as_raw_fd(),
-                        events: libc::POLLIN,
-                        revents: 0,
-                    },
-                    libc::pollfd {
-                        fd: stop2.as_raw_fd(),
-                        events: libc::POLLIN,
-                        revents: 0,
-                    },
-                ];
-                // Serve anything queued before the first kick.
-                let mut idle_since = serve_and_poll(&mut queue, &window, &stopping2);
-                loop {
-                    // SAFETY: `fds` is a valid array of pollfd for its whole length.
-                    let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
-                    if n < 0 {
-                        continue;
-                    }
-                    if fds[1].revents != 0 || stopping2.load(Ordering::Acquire) {
-                        return;
-                    }
-                    if fds[0].revents != 0 {
-                        let _ = notify.read();
-                        window.woke_after(idle_since.elapsed());
-                        idle_since = serve_and_poll(&mut queue, &window, &stopping2);
-                    }
-                }
-            })
-            .map_err(io_err("spawn device thread"))?;
-        Ok(Worker {
-            stop,
-            stopping,
-            thread: Some(thread),
+        let mut window = PollWindow::new(poll_max);
+        // None until the first pass (the one before any kick), which adapts nothing.
+        let mut idle_since: Option<Instant> = None;
+        Self::spawn_with(name, env, notify, None, stopping, move |_| {
+            if let Some(t) = idle_since {
+                window.woke_after(t.elapsed());
+            }
+            idle_since = Some(serve_and_poll(&mut queue, &window, &stopping2));
+            false
         })
     }
 
