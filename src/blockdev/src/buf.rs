@@ -8,13 +8,16 @@
 //! a zeroed allocation and a free each time. Pooled memory is always initialised (every
 //! allocation starts zeroed and is only ever written through safe slices), so handing it out
 //! again never exposes uninitialised memory.
+//!
+//! Buffers from 128 KiB to 1 MiB come from the registered-buffer arena (`arena.rs`) while it
+//! exists and has a free slot, so the io_uring backend can use READ_FIXED / WRITE_FIXED on them.
 
 use std::alloc::{self, Layout};
 use std::ops::{Deref, DerefMut, Range};
 use std::ptr::NonNull;
 use std::sync::{Arc, Mutex};
 
-use crate::BLOCK_SIZE;
+use crate::{arena, BLOCK_SIZE};
 
 /// Size classes kept: `BLOCK_SIZE << 0 ..= BLOCK_SIZE << 10` (4 KiB to 4 MiB).
 const POOL_CLASSES: usize = 11;
@@ -76,6 +79,8 @@ pub struct AlignedBuf {
     cap: usize,
     /// Taken from the pool and not yet cleared (only `zeroed` cares).
     recycled: bool,
+    /// A slot of the registered-buffer arena (given back there, never freed).
+    in_arena: bool,
 }
 
 // SAFETY: AlignedBuf uniquely owns its allocation, like a Box<[u8]>.
@@ -101,12 +106,24 @@ impl AlignedBuf {
     pub fn for_overwrite(len: usize) -> Self {
         let len = len.max(1).div_ceil(BLOCK_SIZE) * BLOCK_SIZE;
         let cap = capacity_for(len);
+        if (arena::MIN_BYTES..=arena::SLOT_BYTES).contains(&cap) {
+            if let Some(ptr) = arena::get().and_then(|a| a.take()) {
+                return Self {
+                    ptr,
+                    len,
+                    cap,
+                    recycled: true,
+                    in_arena: true,
+                };
+            }
+        }
         if let Some(ptr) = pool_take(cap) {
             return Self {
                 ptr,
                 len,
                 cap,
                 recycled: true,
+                in_arena: false,
             };
         }
         let layout = Self::layout(cap);
@@ -119,6 +136,7 @@ impl AlignedBuf {
             len,
             cap,
             recycled: false,
+            in_arena: false,
         }
     }
 
@@ -163,6 +181,11 @@ impl AlignedBuf {
 
 impl Drop for AlignedBuf {
     fn drop(&mut self) {
+        if self.in_arena {
+            let given = arena::get().is_some_and(|a| a.give(self.ptr));
+            debug_assert!(given, "an arena buffer outside the arena");
+            return;
+        }
         if pool_give(self.ptr, self.cap) {
             return;
         }

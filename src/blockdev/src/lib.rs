@@ -8,6 +8,7 @@
 //!
 //! After a failed flush a device is poisoned: every later call fails with `ErrorKind::Poisoned`.
 
+mod arena;
 mod buf;
 mod crc;
 mod error;

@@ -13,6 +13,8 @@
 //! (O_EXCL).
 
 #[cfg(test)]
+mod fixed_tests;
+#[cfg(test)]
 mod reap_tests;
 mod ring;
 #[cfg(test)]
@@ -193,6 +195,12 @@ impl UringDevice {
         })
     }
 
+    /// Whether the ring has the registered-buffer arena (large buffers then skip per-request
+    /// page pinning); false if the kernel refused the registration.
+    pub fn has_fixed_buffers(&self) -> bool {
+        self.ring.fixed_buffers().is_some()
+    }
+
     /// False if the file system refused O_DIRECT and the device uses the page cache.
     pub fn is_direct(&self) -> bool {
         self.direct
@@ -245,10 +253,19 @@ impl UringDevice {
             // SAFETY: done + n <= len, so the pointer range lies inside the held buffer.
             let ptr = unsafe { b.as_mut_ptr().add(done) };
             let pos = offset + done as u64;
-            let entry = opcode::Read::new(types::Fixed(0), ptr, n as u32)
-                .offset(pos)
-                .build();
-            // SAFETY: `entry` points into the buffer moved into `hold`; fd is fixed file 0.
+            let entry = match self.ring.fixed_buffers() {
+                // Pinned at registration: the kernel skips pinning the pages per request.
+                Some(a) if a.contains(ptr, n) => {
+                    opcode::ReadFixed::new(types::Fixed(0), ptr, n as u32, 0)
+                        .offset(pos)
+                        .build()
+                }
+                _ => opcode::Read::new(types::Fixed(0), ptr, n as u32)
+                    .offset(pos)
+                    .build(),
+            };
+            // SAFETY: `entry` points into the buffer moved into `hold` (for READ_FIXED, inside
+            // the arena the ring registered as buffer 0); fd is fixed file 0.
             let (res, h) = unsafe { self.ring.run(entry, hold) }.await;
             hold = h;
             match res {
@@ -276,10 +293,18 @@ impl UringDevice {
             // SAFETY: done + n <= len, so the pointer range lies inside the held window.
             let ptr = unsafe { d.as_ptr().add(done) };
             let pos = offset + done as u64;
-            let entry = opcode::Write::new(types::Fixed(0), ptr, n as u32)
-                .offset(pos)
-                .build();
-            // SAFETY: `entry` points into the buffer moved into `hold`; fd is fixed file 0.
+            let entry = match self.ring.fixed_buffers() {
+                Some(a) if a.contains(ptr, n) => {
+                    opcode::WriteFixed::new(types::Fixed(0), ptr, n as u32, 0)
+                        .offset(pos)
+                        .build()
+                }
+                _ => opcode::Write::new(types::Fixed(0), ptr, n as u32)
+                    .offset(pos)
+                    .build(),
+            };
+            // SAFETY: `entry` points into the buffer moved into `hold` (for WRITE_FIXED, inside
+            // the arena the ring registered as buffer 0); fd is fixed file 0.
             let (res, h) = unsafe { self.ring.run(entry, hold) }.await;
             hold = h;
             match res {

@@ -23,6 +23,11 @@
 //! it sleeps), and so that one bad entry in a batch fails only itself (SUBMIT_ALL). Kernels
 //! without these flags get a plain ring.
 //!
+//! The registered-buffer arena (`arena.rs`) is registered with the ring as buffer 0 when the
+//! kernel accepts it (it may refuse: RLIMIT_MEMLOCK for a process without CAP_IPC_LOCK, old
+//! kernels); [`Ring::fixed_buffers`] says whether it did, and requests on arena memory may then
+//! use READ_FIXED / WRITE_FIXED. Without it every request uses plain READ / WRITE.
+//!
 //! It must never free or reuse a slot (and its buffer) before the kernel's completion for it was
 //! reaped, even when the request future was dropped, and must never reap a completion twice
 //! (the completion queue is only read under the core lock).
@@ -40,6 +45,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 use tokio::sync::{Notify, Semaphore};
 
+use crate::arena::{self, Arena};
 use crate::{AlignedBuf, WriteBuf};
 
 /// Wakers of finished requests, collected under the core lock and woken after it (inline: a
@@ -95,6 +101,9 @@ pub(crate) struct Ring {
     closing: AtomicBool,
     /// The reaper task is gone (its runtime shut down): new requests fail instead of hanging.
     reaper_gone: AtomicBool,
+    /// The arena is registered as buffer 0 (it lives as long as the process, so for as long as
+    /// the ring may use it).
+    fixed: Option<&'static Arena>,
     /// Kept open for as long as the ring may reference it.
     _file: std::fs::File,
 }
@@ -116,6 +125,11 @@ impl Ring {
             r => r?,
         };
         uring.submitter().register_files(&[file.as_raw_fd()])?;
+        let fixed = arena::get_or_create().filter(|a| {
+            // SAFETY: the arena is mapped for the life of the process and never unmapped or
+            // remapped, so the region stays valid for as long as the ring exists.
+            unsafe { uring.submitter().register_buffers(&[a.iovec()]) }.is_ok()
+        });
         // SAFETY: eventfd has no memory-safety preconditions; the result is checked below.
         let efd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
         if efd < 0 {
@@ -143,10 +157,17 @@ impl Ring {
             notify: Notify::new(),
             closing: AtomicBool::new(false),
             reaper_gone: AtomicBool::new(false),
+            fixed,
             _file: file,
         });
         tokio::spawn(reap_loop(ring.clone(), afd));
         Ok(ring)
+    }
+
+    /// The registered arena, if this ring has it as buffer 0: a request whose memory lies wholly
+    /// inside it may use READ_FIXED / WRITE_FIXED with buffer index 0.
+    pub(crate) fn fixed_buffers(&self) -> Option<&'static Arena> {
+        self.fixed
     }
 
     /// Ask the reaper to exit once nothing is in flight (the device was dropped).
@@ -164,7 +185,8 @@ impl Ring {
     ///
     /// # Safety
     /// Every address in `entry` must point into the buffer held by `hold` (heap memory that
-    /// stays put while `hold` lives), and its fd must be fixed file 0.
+    /// stays put while `hold` lives), and its fd must be fixed file 0. A READ_FIXED / WRITE_FIXED
+    /// entry must name buffer 0 and lie inside the arena [`Ring::fixed_buffers`] returned.
     pub(crate) async unsafe fn run(&self, entry: squeue::Entry, hold: Hold) -> (i32, Hold) {
         let permit = self
             .permits
