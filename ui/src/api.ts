@@ -105,16 +105,8 @@ export async function waitTask(id: number, onTick: (t: Task) => void): Promise<T
   throw new ApiError(504, 'timeout', 'the task did not finish within an hour');
 }
 
-export function fmtBytes(n: number): string {
-  const u = ['B', 'KiB', 'MiB', 'GiB', 'TiB', 'PiB'];
-  let i = 0;
-  let v = n;
-  while (v >= 1024 && i < u.length - 1) {
-    v /= 1024;
-    i++;
-  }
-  return `${v < 10 && i > 0 ? v.toFixed(1) : Math.round(v)} ${u[i]}`;
-}
+// Kept here for the views that import it from the API module; it lives with the other figures.
+export { fmtBytes } from './statsfmt';
 
 export function fmtTime(unix: number | null | undefined): string {
   if (!unix) return '';

@@ -1,6 +1,6 @@
-import { useEffect, useState } from 'preact/hooks';
-import { api, fmtBytes } from '../api';
+import { fmtBytes } from '../api';
 import { Chart } from '../chart';
+import { useLiveSamples } from '../live';
 import { html, ErrorBox, useLoad } from '../ui';
 
 interface Sample {
@@ -27,40 +27,10 @@ function columns(s: Sample[]): number[][] {
 }
 
 export function Dashboard() {
-  const [samples, setSamples] = useState<Sample[]>([]);
-  const [live, setLive] = useState(false);
+  const { samples, live } = useLiveSamples<Sample>(KEEP);
   const alerts = useLoad<any>('/alerts', 5000);
   const pool = useLoad<any>('/pool', 5000);
   const nodes = useLoad<any>('/nodes', 5000);
-  useEffect(() => {
-    let stopped = false;
-    api<{ items: Sample[] }>('GET', `/stats/history?limit=${KEEP}`)
-      .then((h) => {
-        if (stopped) return;
-        // Live samples may already have arrived: keep them and put the older history before.
-        setSamples((cur) => {
-          const first = cur.length ? cur[0].time_ms : Infinity;
-          const merged = h.items.filter((s) => s.time_ms < first).concat(cur);
-          return merged.slice(Math.max(0, merged.length - KEEP));
-        });
-      })
-      .catch(() => {});
-    const es = new EventSource('/api/v1/stats/stream');
-    es.addEventListener('sample', (ev: MessageEvent) => {
-      const s = JSON.parse(ev.data) as Sample;
-      setLive(true);
-      setSamples((cur) => {
-        if (cur.length && cur[cur.length - 1].time_ms >= s.time_ms) return cur;
-        const next = cur.concat([s]);
-        return next.length > KEEP ? next.slice(next.length - KEEP) : next;
-      });
-    });
-    es.onerror = () => setLive(false);
-    return () => {
-      stopped = true;
-      es.close();
-    };
-  }, []);
   const cols = columns(samples);
   const last = samples[samples.length - 1];
   const p = pool.data;

@@ -1,6 +1,7 @@
 // Virtual machines: the list with state and live statistics (rates from the difference of two
-// samples), power actions, the create wizard, a VM's disks with snapshots and clone, and the
-// serial console. Every action shows progress and explains failures in words.
+// samples), power actions, the create wizard, a VM's details (disks with snapshots and clone,
+// network cards with live rates), and the serial console. Every action shows progress and
+// explains failures in words.
 import { useEffect, useRef, useState } from 'preact/hooks';
 import { explain, fmtBytes, fmtTime } from '../api';
 import { html, ErrorBox, Note, Progress, useAction } from '../ui';
@@ -8,6 +9,7 @@ import { diskApi, Step, vmApi, VmView } from '../vmapi';
 import { CreateWizard, StepList } from './vmcreate';
 import { Console } from './console';
 import { VmEdit } from './vmedit';
+import { VmNics } from './vmnet';
 
 interface Rates {
   cpu: number | null; // percent of the VM's vCPUs
@@ -88,7 +90,8 @@ function fmtRate(r: Rates | undefined, k: keyof Rates, f: (n: number) => string)
   return v == null ? '–' : f(v);
 }
 
-/** A VM's disks: live counters, snapshots taken of all of them at once, roll back, clone. */
+/** A VM's details: disks with live counters, network cards (vmnet.ts), snapshots taken of all
+ * disks at once, roll back, clone. */
 function VmDisks({ vm, canWrite, reload }: { vm: VmView; canWrite: boolean; reload: () => void }) {
   const [snaps, setSnaps] = useState<Record<string, string[]>>({});
   const [steps, setSteps] = useState<Step[]>([]);
@@ -184,6 +187,7 @@ function VmDisks({ vm, canWrite, reload }: { vm: VmView; canWrite: boolean; relo
           <td>${(snaps[d] ?? []).join(', ') || '–'}</td></tr>`;
       })}</tbody>
     </table></div>`}
+    <${VmNics} vm=${vm} />
     ${canWrite ? html`<div class="buttons">
       ${vm.disks.length ? html`<button type="button" disabled=${busy} onClick=${snapshotVm}>Snapshot all disks</button>` : null}
       <button type="button" disabled=${busy} onClick=${() => cloneVm(null)}>Clone VM</button>
@@ -238,7 +242,7 @@ export function Vms({ role }: { role: string }) {
             ${canWrite ? power(v) : null}
             ${canWrite ? html`<button type="button" aria-expanded=${editing === v.name} onClick=${() => setEditing(editing === v.name ? null : v.name)}>Edit</button>` : null}
             <button type="button" onClick=${() => setConsole(console === v.name ? null : v.name)} aria-pressed=${console === v.name}>Console</button>
-            <button type="button" aria-expanded=${open === v.name} onClick=${() => setOpen(open === v.name ? null : v.name)}>Disks & snapshots</button>
+            <button type="button" aria-expanded=${open === v.name} title="disks, network cards and snapshots" onClick=${() => setOpen(open === v.name ? null : v.name)}>Details</button>
           </td>
         </tr>
         ${editing === v.name ? html`<tr><td colspan="8"><${VmEdit} key=${v.name} vm=${v} onCancel=${() => setEditing(null)} onDone=${(n: string) => { setEditing(null); if (open === v.name) setOpen(n); reload(); }} /></td></tr>` : null}
