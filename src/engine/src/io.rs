@@ -204,7 +204,7 @@ impl Inner {
         pin: u64,
     ) -> Result<()> {
         debug_assert!(block + (data.len() / BLOCK_BYTES as usize) as u64 <= CHUNK_BLOCKS);
-        let crcs = store::block_crcs(data.as_slice()).into();
+        let crcs = store::block_crcs_shared(data.as_slice());
         self.ensure_reconciled(obj).await?;
         let _l = self.stripe(obj).read().await;
         let holders = self.holders_or_place(obj, seed)?;

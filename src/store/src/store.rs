@@ -480,6 +480,18 @@ impl Inner {
 
     /// Write `data` to the allocated runs, one device I/O per run.
     pub async fn write_runs(&self, runs: &[(u64, u64)], data: &WriteBuf) -> Result<()> {
+        let err = |e| StoreError::dev(format!("writing data on {}", self.dev.info().name), e);
+        if let &[(s, l)] = runs {
+            // One run (the common case): no list of futures to allocate.
+            return self
+                .dev
+                .write_at(
+                    self.layout().data_offset(s),
+                    data.slice(0..(l * BS) as usize),
+                )
+                .await
+                .map_err(err);
+        }
         let mut off = 0usize;
         let mut ios = Vec::with_capacity(runs.len());
         for &(s, l) in runs {
@@ -491,12 +503,10 @@ impl Inner {
             off += len;
         }
         // Fragmented free space: all runs in flight at once, not one after another.
-        let res = if ios.len() == 1 {
-            ios.pop().expect("one").await
-        } else {
-            futures::future::try_join_all(ios).await.map(|_| ())
-        };
-        res.map_err(|e| StoreError::dev(format!("writing data on {}", self.dev.info().name), e))
+        futures::future::try_join_all(ios)
+            .await
+            .map(|_| ())
+            .map_err(err)
     }
 
     /// Allocate, and if the only thing missing is space freed since the last flush, flush
@@ -527,6 +537,12 @@ impl Inner {
 
 /// The crc32c of every block of `data` (what `Store::write_with_crcs` expects).
 pub fn block_crcs(data: &[u8]) -> Vec<u32> {
+    data.chunks(BS as usize).map(blockdev::crc32c).collect()
+}
+
+/// `block_crcs` in one shared allocation (collected straight into the `Arc`, not through a
+/// `Vec` that is then copied), for a write that hands the checksums to every replica.
+pub fn block_crcs_shared(data: &[u8]) -> Arc<[u32]> {
     data.chunks(BS as usize).map(blockdev::crc32c).collect()
 }
 
