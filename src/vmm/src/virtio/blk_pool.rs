@@ -85,7 +85,8 @@ impl Pool {
 
 struct Shared {
     queue: Mutex<Queue>,
-    irq: QueueIrq,
+    /// Interrupts the guest (the queue's [`QueueIrq`]).
+    irq: Box<dyn Fn() + Send + Sync>,
     mem: Arc<GuestMemoryMmap>,
     counters: Arc<DeviceCounters>,
 }
@@ -101,8 +102,52 @@ impl Shared {
             && q.needs_notification(&*self.mem).unwrap_or(true)
         {
             drop(q);
-            self.irq.trigger();
+            (self.irq)();
         }
+    }
+}
+
+/// Hands every chain available to the lanes and re-arms guest notifications. A ring index that
+/// points past what can be taken ends it after one more look (it never spins on it, as
+/// [`BlkQueueHandler::process_queue`]).
+fn dispatch(shared: &Shared, jobs: &Jobs, qindex: usize) {
+    let mem = shared.mem.clone();
+    let mut rearmed = false;
+    loop {
+        let mut took = false;
+        let mut q = shared.queue.lock();
+        if q.event_idx_enabled() {
+            let _ = q.disable_notification(&*mem);
+        }
+        while let Some(chain) = q.pop_descriptor_chain(&*mem) {
+            took = true;
+            shared.counters.count_queue(qindex);
+            let start = Instant::now();
+            let head = chain.head_index();
+            match Chain::walk(
+                &mem,
+                chain.map(|d| (d.addr().0, d.len(), d.is_write_only())),
+            ) {
+                Ok(chain) => {
+                    drop(q);
+                    jobs.push(Job { head, chain, start });
+                    q = shared.queue.lock();
+                }
+                Err(_) => {
+                    shared.counters.errors.fetch_add(1, Ordering::Relaxed);
+                    drop(q);
+                    shared.add_used(head, 0, start);
+                    q = shared.queue.lock();
+                }
+            }
+        }
+        if !took && rearmed {
+            break;
+        }
+        if !q.event_idx_enabled() || !q.enable_notification(&*mem).unwrap_or(false) {
+            break;
+        }
+        rearmed = true;
     }
 }
 
@@ -117,9 +162,10 @@ pub fn spawn(
 ) -> Result<Pool> {
     // In-flight requests never exceed the queue size, so that bounds the channel.
     let bound = usize::from(aq.queue.max_size());
+    let irq: QueueIrq = aq.irq;
     let shared = Arc::new(Shared {
         queue: Mutex::new(aq.queue),
-        irq: aq.irq,
+        irq: Box::new(move || irq.trigger()),
         mem: ctx.mem.clone(),
         counters: counters.clone(),
     });
@@ -158,37 +204,7 @@ pub fn spawn(
         aq.notify,
         None,
         move |_| {
-            let mem = dshared.mem.clone();
-            loop {
-                let mut q = dshared.queue.lock();
-                if q.event_idx_enabled() {
-                    let _ = q.disable_notification(&*mem);
-                }
-                while let Some(chain) = q.pop_descriptor_chain(&*mem) {
-                    dshared.counters.count_queue(qindex);
-                    let start = Instant::now();
-                    let head = chain.head_index();
-                    match Chain::walk(
-                        &mem,
-                        chain.map(|d| (d.addr().0, d.len(), d.is_write_only())),
-                    ) {
-                        Ok(chain) => {
-                            drop(q);
-                            tx.0.push(Job { head, chain, start });
-                            q = dshared.queue.lock();
-                        }
-                        Err(_) => {
-                            dshared.counters.errors.fetch_add(1, Ordering::Relaxed);
-                            drop(q);
-                            dshared.add_used(head, 0, start);
-                            q = dshared.queue.lock();
-                        }
-                    }
-                }
-                if !q.event_idx_enabled() || !q.enable_notification(&*mem).unwrap_or(false) {
-                    break;
-                }
-            }
+            dispatch(&dshared, &tx.0, qindex);
             true
         },
     )?;
@@ -196,4 +212,41 @@ pub fn spawn(
         dispatcher,
         lanes: handles,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use virtio_queue::mock::MockSplitQueue;
+    use vm_memory::{Address, Bytes, GuestAddress};
+
+    #[test]
+    fn ring_index_past_the_queue_size_is_not_spun_on() {
+        const QLEN: u16 = 16;
+        let mem = Arc::new(GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap());
+        let vq = MockSplitQueue::new(&*mem, QLEN);
+        let mut q: Queue = vq.create_queue().unwrap();
+        q.set_event_idx(true);
+        // The guest claims QLEN + 5 new chains: more than the ring holds, so none can be
+        // taken, and the index stays "pending" however often the dispatcher re-arms.
+        mem.write_obj(QLEN + 5, vq.avail_addr().unchecked_add(2))
+            .unwrap();
+        let shared = Shared {
+            queue: Mutex::new(q),
+            irq: Box::new(|| panic!("nothing completed, nothing to interrupt for")),
+            mem: mem.clone(),
+            counters: Arc::default(),
+        };
+        let jobs = Jobs {
+            state: Mutex::new((VecDeque::new(), false)),
+            ready: Condvar::new(),
+        };
+        dispatch(&shared, &jobs, 0);
+        assert!(
+            jobs.state.lock().0.is_empty(),
+            "no chain taken from a garbage index"
+        );
+        let uidx: u16 = mem.read_obj(vq.used_addr().unchecked_add(2)).unwrap();
+        assert_eq!(uidx, 0);
+    }
 }
