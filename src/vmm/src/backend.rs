@@ -52,6 +52,33 @@ pub trait DiskBackend: Send + Sync {
     fn discard(&self, offset: u64, len: u64) -> Result<(), BackendError>;
     /// Writes zeros over `len` bytes at `offset`.
     fn write_zeroes(&self, offset: u64, len: u64) -> Result<(), BackendError>;
+    /// Lends the disk's own bytes of `offset..offset+len` to `f`, piece by piece and in order,
+    /// as (position in the request, bytes), so the caller copies them once, straight to where
+    /// they go (guest memory) instead of through a buffer of its own. `f` returns false when its
+    /// destination failed; the read then stops with an error. `None`: the disk keeps no bytes
+    /// it can lend (files, the engine); use [`DiskBackend::read`].
+    fn read_direct(
+        &self,
+        offset: u64,
+        len: usize,
+        f: &mut dyn FnMut(usize, &[u8]) -> bool,
+    ) -> Option<Result<(), BackendError>> {
+        let _ = (offset, len, f);
+        None
+    }
+    /// The write side of [`DiskBackend::read_direct`]: lends the disk's bytes of
+    /// `offset..offset+len` piece by piece for `f` to fill (position in the request, bytes). If
+    /// `f` returns false the write fails and, like a failed write on any disk, the range may be
+    /// partly written. `None`: use [`DiskBackend::write`].
+    fn write_direct(
+        &self,
+        offset: u64,
+        len: usize,
+        f: &mut dyn FnMut(usize, &mut [u8]) -> bool,
+    ) -> Option<Result<(), BackendError>> {
+        let _ = (offset, len, f);
+        None
+    }
     /// How many requests per queue are worth running at once. 1 (the default) serves requests
     /// inline on the queue thread (best for memory-speed backends); more spreads them over that
     /// many I/O lanes (for backends that block on devices or the network).
@@ -121,7 +148,11 @@ pub struct RamDisk {
     chunks: Vec<RwLock<Option<Box<[u8]>>>>,
 }
 
-const CHUNK_BYTES: u64 = 1 << 20;
+/// Bytes per chunk.
+pub(crate) const CHUNK_BYTES: u64 = 1 << 20;
+
+/// What [`RamDisk::lend`] lends for chunks never written.
+static ZEROS: [u8; 4096] = [0; 4096];
 
 impl RamDisk {
     /// A zero-filled disk of `size_bytes` (rounded up to 512).
@@ -151,6 +182,67 @@ impl RamDisk {
             let n = (CHUNK_BYTES - within).min(len - done);
             f(idx, within as usize, n as usize, done as usize);
             done += n;
+        }
+    }
+
+    /// [`DiskBackend::read_direct`]: chunks never written are lent as zeros.
+    fn lend(
+        &self,
+        offset: u64,
+        len: usize,
+        f: &mut dyn FnMut(usize, &[u8]) -> bool,
+    ) -> Result<(), BackendError> {
+        check_range(offset, len as u64, self.size)?;
+        let mut ok = true;
+        Self::pieces(offset, len as u64, |idx, within, n, at| {
+            if !ok {
+                return;
+            }
+            match self.chunks[idx].read().as_ref() {
+                Some(c) => ok = f(at, &c[within..within + n]),
+                None => {
+                    let mut done = 0;
+                    while ok && done < n {
+                        let k = (n - done).min(ZEROS.len());
+                        ok = f(at + done, &ZEROS[..k]);
+                        done += k;
+                    }
+                }
+            }
+        });
+        if ok {
+            Ok(())
+        } else {
+            Err(BackendError::Io(
+                "destination of a direct read failed".into(),
+            ))
+        }
+    }
+
+    /// [`DiskBackend::write_direct`].
+    fn lend_mut(
+        &self,
+        offset: u64,
+        len: usize,
+        f: &mut dyn FnMut(usize, &mut [u8]) -> bool,
+    ) -> Result<(), BackendError> {
+        if self.read_only {
+            return Err(BackendError::ReadOnly);
+        }
+        check_range(offset, len as u64, self.size)?;
+        let mut ok = true;
+        Self::pieces(offset, len as u64, |idx, within, n, at| {
+            if !ok {
+                return;
+            }
+            let mut chunk = self.chunks[idx].write();
+            let c = chunk.get_or_insert_with(|| vec![0u8; CHUNK_BYTES as usize].into_boxed_slice());
+            ok = f(at, &mut c[within..within + n]);
+        });
+        if ok {
+            Ok(())
+        } else {
+            Err(BackendError::Io("source of a direct write failed".into()))
         }
     }
 
@@ -203,6 +295,24 @@ impl DiskBackend for RamDisk {
         Ok(())
     }
 
+    fn read_direct(
+        &self,
+        offset: u64,
+        len: usize,
+        f: &mut dyn FnMut(usize, &[u8]) -> bool,
+    ) -> Option<Result<(), BackendError>> {
+        Some(self.lend(offset, len, f))
+    }
+
+    fn write_direct(
+        &self,
+        offset: u64,
+        len: usize,
+        f: &mut dyn FnMut(usize, &mut [u8]) -> bool,
+    ) -> Option<Result<(), BackendError>> {
+        Some(self.lend_mut(offset, len, f))
+    }
+
     fn flush(&self) -> Result<(), BackendError> {
         Ok(())
     }
@@ -251,5 +361,49 @@ mod tests {
         ));
         let ro = RamDisk::new(4096).read_only();
         assert_eq!(ro.write(0, &[1]), Err(BackendError::ReadOnly));
+    }
+
+    #[test]
+    fn ram_disk_lends_its_bytes_piece_by_piece() {
+        let d = RamDisk::new(3 << 20);
+        let data: Vec<u8> = (0..8192u32).map(|i| (i % 251) as u8).collect();
+        let off = CHUNK_BYTES - 4096;
+        let mut pieces = Vec::new();
+        let r = d.write_direct(off, data.len(), &mut |at, piece| {
+            pieces.push((at, piece.len()));
+            piece.copy_from_slice(&data[at..at + piece.len()]);
+            true
+        });
+        assert_eq!(r, Some(Ok(())));
+        assert_eq!(
+            pieces,
+            [(0, 4096), (4096, 4096)],
+            "cut at the chunk boundary"
+        );
+        let mut back = vec![0u8; 8192];
+        let r = d.read_direct(off, back.len(), &mut |at, piece| {
+            back[at..at + piece.len()].copy_from_slice(piece);
+            true
+        });
+        assert_eq!(r, Some(Ok(())));
+        assert_eq!(back, data);
+        // A destination that fails stops the read at that piece, as an error.
+        let mut calls = 0;
+        let r = d.read_direct(off, 8192, &mut |_, _| {
+            calls += 1;
+            false
+        });
+        assert!(matches!(r, Some(Err(BackendError::Io(_)))));
+        assert_eq!(calls, 1);
+        let r = d.write_direct(off, 8192, &mut |_, _| false);
+        assert!(matches!(r, Some(Err(BackendError::Io(_)))));
+        // Bounds and read-only are checked before anything is lent.
+        let r = d.read_direct(3 << 20, 512, &mut |_, _| panic!("lent out of range"));
+        assert!(matches!(r, Some(Err(BackendError::OutOfRange { .. }))));
+        let r = d.write_direct(u64::MAX - 10, 512, &mut |_, _| panic!("lent out of range"));
+        assert!(matches!(r, Some(Err(BackendError::OutOfRange { .. }))));
+        let ro = RamDisk::new(4096).read_only();
+        let r = ro.write_direct(0, 512, &mut |_, _| panic!("lent a read-only disk"));
+        assert_eq!(r, Some(Err(BackendError::ReadOnly)));
     }
 }

@@ -403,16 +403,37 @@ impl BlkQueueHandler {
         match req {
             Req::Done(out) => out,
             Req::Read { off, len } => {
-                let buf = &mut self.bounce[self.bounce_off..self.bounce_off + len];
-                if self.backend.read(off, buf).is_err() || !chain.scatter(&mem, 0, buf) {
+                // Straight from the disk's bytes into the chain when the disk lends them (one
+                // copy), else through the bounce buffer.
+                let direct = self.backend.read_direct(off, len, &mut |at, piece| {
+                    chain.scatter(&mem, at as u64, piece)
+                });
+                let ok = match direct {
+                    Some(r) => r.is_ok(),
+                    None => {
+                        let buf = &mut self.bounce[self.bounce_off..self.bounce_off + len];
+                        self.backend.read(off, buf).is_ok() && chain.scatter(&mem, 0, buf)
+                    }
+                };
+                if !ok {
                     return ioerr;
                 }
                 self.counters.count_read(len);
                 Outcome::ok(len as u64)
             }
             Req::Write { off, len } => {
-                let buf = &mut self.bounce[self.bounce_off..self.bounce_off + len];
-                if !chain.gather(&mem, 16, buf) || self.backend.write(off, buf).is_err() {
+                // The data follows the 16-byte header in the chain's readable space.
+                let direct = self.backend.write_direct(off, len, &mut |at, piece| {
+                    chain.gather(&mem, 16 + at as u64, piece)
+                });
+                let ok = match direct {
+                    Some(r) => r.is_ok(),
+                    None => {
+                        let buf = &mut self.bounce[self.bounce_off..self.bounce_off + len];
+                        chain.gather(&mem, 16, buf) && self.backend.write(off, buf).is_ok()
+                    }
+                };
+                if !ok {
                     return ioerr;
                 }
                 self.counters.count_write(len);

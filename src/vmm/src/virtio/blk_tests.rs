@@ -1,7 +1,7 @@
 //! virtio-blk without a guest: chains built in memory with virtio-queue's mock split queue.
 
 use super::blk::*;
-use crate::backend::{DiskBackend, RamDisk};
+use crate::backend::{DiskBackend, RamDisk, CHUNK_BYTES};
 use crate::memory::GuestMemoryMmap;
 use crate::stats::DeviceCounters;
 use std::sync::Arc;
@@ -26,8 +26,13 @@ struct Rig {
 
 impl Rig {
     fn new(read_only: bool) -> Rig {
-        let mem = Arc::new(GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x100_0000)]).unwrap());
-        let disk = RamDisk::new(1 << 20);
+        Self::with_memory(read_only, &[(GuestAddress(0), 0x100_0000)], 1 << 20)
+    }
+
+    /// A rig whose guest memory is made of `ranges`, on a RAM disk of `disk_bytes`.
+    fn with_memory(read_only: bool, ranges: &[(GuestAddress, usize)], disk_bytes: u64) -> Rig {
+        let mem = Arc::new(GuestMemoryMmap::from_ranges(ranges).unwrap());
+        let disk = RamDisk::new(disk_bytes);
         let backend = Arc::new(if read_only { disk.read_only() } else { disk });
         let counters = Arc::new(DeviceCounters::default());
         let handler = BlkQueueHandler::new(
@@ -347,4 +352,96 @@ fn indirect_descriptor_table() {
     // An indirect table that lies outside guest memory fails the request, not the device.
     r.header(T_IN, 0);
     assert_eq!(r.run(&[(0xdead_0000_0000, 48, INDIRECT)]).1, 0);
+}
+
+/// Two adjacent guest regions split at `DATA + 0x800`, on a disk of two RAM disk chunks: data
+/// descriptors straddle the region boundary and the request straddles the chunk boundary, so
+/// the RAM disk's one direct copy is cut at both.
+#[test]
+fn direct_copies_cross_guest_regions_and_disk_chunks() {
+    let split = DATA + 0x800;
+    let ranges = [
+        (GuestAddress(0), split as usize),
+        (GuestAddress(split), 0x100_0000 - split as usize),
+    ];
+    let mut r = Rig::with_memory(false, &ranges, 2 * CHUNK_BYTES);
+    let pattern: Vec<u8> = (0..8192u32).map(|i| (i % 253) as u8).collect();
+    r.mem.write_slice(&pattern, GuestAddress(DATA)).unwrap();
+    // 2048 bytes before the chunk boundary; the data in two descriptors, the first crossing
+    // the region split.
+    let sector = (CHUNK_BYTES - 2048) / 512;
+    let descs = [
+        (HDR, 16, 0),
+        (DATA, 4096, 0),
+        (DATA + 4096, 4096, 0),
+        (STATUS, 1, WRITE),
+    ];
+    r.header(T_OUT, sector);
+    assert_eq!(r.run(&descs), (S_OK, 1));
+    let mut back = vec![0u8; 8192];
+    r.backend.read(sector * 512, &mut back).unwrap();
+    assert_eq!(back, pattern);
+    // Read it back through descriptors cut differently (1 KiB then 7 KiB).
+    r.mem.write_slice(&[0u8; 8192], GuestAddress(DATA)).unwrap();
+    r.header(T_IN, sector);
+    let descs = [
+        (HDR, 16, 0),
+        (DATA + 0x400, 1024, WRITE),
+        (DATA + 0x1000, 7168, WRITE),
+        (STATUS, 1, WRITE),
+    ];
+    assert_eq!(r.run(&descs), (S_OK, 8193));
+    let mut got = vec![0u8; 8192];
+    r.mem
+        .read_slice(&mut got[..1024], GuestAddress(DATA + 0x400))
+        .unwrap();
+    r.mem
+        .read_slice(&mut got[1024..], GuestAddress(DATA + 0x1000))
+        .unwrap();
+    assert_eq!(got, pattern);
+}
+
+#[test]
+fn direct_read_of_never_written_space_is_zeros() {
+    let mut r = Rig::with_memory(false, &[(GuestAddress(0), 0x100_0000)], 2 << 20);
+    // Longer than the RAM disk's zero block, so it is lent in several pieces.
+    let len = 3 * 4096 + 512;
+    r.mem
+        .write_slice(&vec![0xee; len], GuestAddress(DATA))
+        .unwrap();
+    r.header(T_IN, 8);
+    assert_eq!(r.run(&rw(len as u32, false)), (S_OK, len as u32 + 1));
+    let mut got = vec![0xffu8; len];
+    r.mem.read_slice(&mut got, GuestAddress(DATA)).unwrap();
+    assert!(got.iter().all(|b| *b == 0));
+}
+
+/// A chain checked against guest memory that the queue's own memory does not have (as if the
+/// memory had gone): the direct copy fails cleanly with IOERR, for reads and writes.
+#[test]
+fn a_direct_copy_that_fails_in_guest_memory_is_ioerr() {
+    let mut r = Rig::new(false);
+    r.backend.write(0, &[0x11; 4096]).unwrap();
+    let bigger = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x200_0000)]).unwrap();
+    let gone = 0x180_0000u64; // inside `bigger`, past the rig's 16 MiB
+    for (rtype, data_flags) in [(T_IN, true), (T_OUT, false)] {
+        r.header(rtype, 0);
+        let chain = Chain::walk(
+            &bigger,
+            [
+                (HDR, 16, false),
+                (gone, 4096, data_flags),
+                (STATUS, 1, true),
+            ]
+            .into_iter(),
+        )
+        .unwrap();
+        assert_eq!(r.handler.execute(&chain), Outcome::IOERR);
+    }
+    let mut back = [0u8; 4096];
+    r.backend.read(0, &mut back).unwrap();
+    assert_eq!(
+        back, [0x11; 4096],
+        "the write whose source was unreadable changed nothing"
+    );
 }
