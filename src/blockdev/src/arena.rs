@@ -5,7 +5,7 @@
 //! for the duration of the I/O (and unpin them after): about 15% of the CPU of a 1 MiB read
 //! (perf, session 10). A buffer inside a registered region was pinned once, at registration, so
 //! READ_FIXED / WRITE_FIXED skip that work. Small buffers gain little (one page) and stay in the
-//! ordinary pool (`buf.rs`); a buffer from 128 KiB to 1 MiB takes a slot while one is free and
+//! ordinary pool (`buf.rs`); a buffer from 256 KiB to 1 MiB takes a slot while one is free and
 //! falls back to the pool when all are taken.
 //!
 //! The arena is mapped once, the first time a ring asks for it, and never unmapped, moved or
@@ -25,8 +25,10 @@ pub(crate) const SLOT_BYTES: usize = 1 << 20;
 /// Slots in the arena (at most 64: the free set is one `u64`). 16 MiB stays pinned for the life
 /// of the process; that covers a few streams of 1 MiB requests at queue depth 4-8.
 const SLOTS: usize = 16;
-/// The smallest buffer worth a slot.
-pub(crate) const MIN_BYTES: usize = 128 << 10;
+/// The smallest buffer worth a slot: a quarter of one, so a slot is never mostly idle, and
+/// above the 128 KiB that callers keep in pools of their own for long (vmm's per-queue request
+/// buffers), which would otherwise hold slots while doing no I/O.
+pub(crate) const MIN_BYTES: usize = 256 << 10;
 /// The arena's start is aligned to this, so transparent huge pages can back it (fewer pages to
 /// pin and to describe per ring).
 const HUGE_PAGE_BYTES: usize = 2 << 20;

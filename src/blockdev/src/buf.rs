@@ -9,7 +9,7 @@
 //! allocation starts zeroed and is only ever written through safe slices), so handing it out
 //! again never exposes uninitialised memory.
 //!
-//! Buffers from 128 KiB to 1 MiB come from the registered-buffer arena (`arena.rs`) while it
+//! Buffers from 256 KiB to 1 MiB come from the registered-buffer arena (`arena.rs`) while it
 //! exists and has a free slot, so the io_uring backend can use READ_FIXED / WRITE_FIXED on them.
 
 use std::alloc::{self, Layout};
