@@ -200,6 +200,12 @@ pub struct ClusterState {
     /// back to that member or is deleted. Never names a disk's current owner.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub handed_over: BTreeMap<String, NodeId>,
+    /// VMs (by id) whose last move was a planned one ([`Command::MoveVm`] with `record`), with
+    /// the member that handed each over: the receiving node reports it as received by a move,
+    /// not as taken over from a lost node. Dropped when a takeover moves the VM on, when its
+    /// record is put on another node, and with the VM. Never names the VM's current node.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub vms_handed_over: BTreeMap<String, NodeId>,
 }
 
 /// A change to the cluster state.
@@ -342,6 +348,10 @@ pub enum Command {
     MoveVm {
         id: String,
         to: NodeId,
+        /// Record the VM's hand-over in [`ClusterState::vms_handed_over`]. False in entries
+        /// written before the field existed (which did not record it); every new move sets it.
+        #[serde(default)]
+        record: bool,
     },
 }
 
@@ -577,11 +587,15 @@ impl ClusterState {
                         _ => return Err(reject("VMs run only on data nodes")),
                     }
                 }
+                if self.vms.get(&vm.id).map(|v| v.node) != Some(vm.node) {
+                    self.vms_handed_over.remove(&vm.id);
+                }
                 self.vms.insert(vm.id.clone(), vm.clone());
             }
             DeleteVm { id } => {
                 self.vms.remove(id).ok_or_else(|| reject("no such VM"))?;
                 self.vm_specs.remove(id);
+                self.vms_handed_over.remove(id);
             }
             PutVmSpec { id, spec } => {
                 if !self.vms.contains_key(id) {
@@ -627,7 +641,7 @@ impl ClusterState {
             MoveVdisks { from, to } => return self.move_vdisks(*from, *to),
             TakeOver { from, to } => return self.take_over(*from, *to),
             MoveVdisk { id, to, record } => return self.move_vdisk(id, *to, *record),
-            MoveVm { id, to } => return self.move_vm(id, *to),
+            MoveVm { id, to, record } => return self.move_vm(id, *to, *record),
             Outdate {
                 owner,
                 holder,

@@ -87,6 +87,7 @@ fn a_v1_binary_refuses_every_current_command_and_result() {
         Command::MoveVm {
             id: "1/v".into(),
             to: 2,
+            record: true,
         },
         once(0),
         once(2),

@@ -70,8 +70,14 @@ impl ClusterState {
     }
 
     /// `Command::MoveVm`: stopped VM `id` and every disk of it its node owns, handed over to
-    /// `to` at once (a planned move, `cairn vm move`).
-    pub(super) fn move_vm(&mut self, id: &str, to: NodeId) -> Result<CommandResult, CommandResult> {
+    /// `to` at once (a planned move, `cairn vm move`). `record`: the VM's hand-over is recorded
+    /// in `vms_handed_over` (every move but those logged before the field existed).
+    pub(super) fn move_vm(
+        &mut self,
+        id: &str,
+        to: NodeId,
+        record: bool,
+    ) -> Result<CommandResult, CommandResult> {
         let Some(vm) = self.vms.get(id) else {
             return Err(reject(format!("no VM {id}")));
         };
@@ -101,6 +107,11 @@ impl ClusterState {
         self.record_handed(&moving, from, to);
         if let Some(vm) = self.vms.get_mut(id) {
             vm.node = Some(to);
+        }
+        if record {
+            self.vms_handed_over.insert(id.to_string(), from);
+        } else {
+            self.vms_handed_over.remove(id);
         }
         Ok(CommandResult::PlacementVersion(self.placement.version))
     }
@@ -201,6 +212,8 @@ impl ClusterState {
             vm.vdisks = vm.vdisks.iter().map(|d| renamed(d)).collect();
             if move_vms && uses && vm.node == Some(from) {
                 vm.node = Some(to);
+                // Taken over, not handed over: the new node reports a takeover.
+                self.vms_handed_over.remove(&vm.id);
             }
         }
         self.placement.version += 1;
@@ -595,6 +608,7 @@ mod tests {
             let r = s.apply(&Command::MoveVm {
                 id: bad.0.into(),
                 to: bad.1,
+                record: true,
             });
             let refused = matches!(&r, CommandResult::Rejected(m) if m.contains(why));
             assert!(refused, "{bad:?}: {r:?}");
@@ -603,6 +617,7 @@ mod tests {
         let r = s.apply(&Command::MoveVm {
             id: "v".into(),
             to: 2,
+            record: true,
         });
         let refused = matches!(&r, CommandResult::Rejected(m) if m.contains("outdated"));
         assert!(refused, "{r:?}");
@@ -614,6 +629,7 @@ mod tests {
             s.apply(&Command::MoveVm {
                 id: "v".into(),
                 to: 2,
+                record: true,
             }),
             CommandResult::PlacementVersion(v0 + 1)
         );
@@ -639,5 +655,69 @@ mod tests {
             !s.taken_over.contains_key(&1),
             "a planned move is no takeover"
         );
+        assert_eq!(s.vms_handed_over.get("v"), Some(&1));
+    }
+
+    #[test]
+    fn a_vm_handed_over_is_recorded_until_a_takeover_moves_it_on_or_it_goes() {
+        let mut s = init();
+        s.members.insert(2, member(2, Role::Data));
+        s.members.insert(3, member(3, Role::Data));
+        for d in ["1/a", "1/b"] {
+            s.apply(&Command::CreateVdisk(vdisk(d)));
+        }
+        let vm = |id: &str, disk: &str| VmDef {
+            id: id.into(),
+            name: id.into(),
+            vcpus: 1,
+            memory_mib: 64,
+            vdisks: vec![disk.into()],
+            node: Some(1),
+            power: VmPower::Stopped,
+        };
+        s.apply(&Command::PutVm(vm("v", "1/a")));
+        s.apply(&Command::PutVm(vm("w", "1/b")));
+        // Logged before the field existed: moved, not recorded (as that binary did).
+        let old: Command = serde_json::from_str(r#"{"MoveVm":{"id":"w","to":2}}"#).unwrap();
+        assert_eq!(
+            old,
+            Command::MoveVm {
+                id: "w".into(),
+                to: 2,
+                record: false
+            }
+        );
+        assert!(matches!(s.apply(&old), CommandResult::PlacementVersion(_)));
+        assert!(s.vms_handed_over.is_empty(), "{:?}", s.vms_handed_over);
+        let moved = s.apply(&Command::MoveVm {
+            id: "v".into(),
+            to: 2,
+            record: true,
+        });
+        assert!(
+            matches!(moved, CommandResult::PlacementVersion(_)),
+            "{moved:?}"
+        );
+        assert_eq!(s.vms_handed_over.get("v"), Some(&1));
+        // Survives a snapshot of the state; an older state without the field reads as empty.
+        let json = serde_json::to_string(&s).unwrap();
+        let reloaded: ClusterState = serde_json::from_str(&json).unwrap();
+        assert_eq!(reloaded.vms_handed_over.get("v"), Some(&1));
+        let bare = serde_json::to_value(init()).unwrap();
+        assert!(bare.get("vms_handed_over").is_none(), "{bare}");
+        let older: ClusterState = serde_json::from_value(bare).unwrap();
+        assert!(older.vms_handed_over.is_empty());
+        // Node 2 is lost and 3 takes its disks over: v was taken over from 2, not handed.
+        let r = s.apply(&Command::MoveVdisks { from: 2, to: 3 });
+        assert!(matches!(r, CommandResult::PlacementVersion(_)), "{r:?}");
+        assert_eq!(s.vms["v"].node, Some(3));
+        assert!(s.vms_handed_over.is_empty(), "{:?}", s.vms_handed_over);
+        // Deleting a VM drops its record.
+        s.vms_handed_over.insert("w".into(), 1);
+        assert_eq!(
+            s.apply(&Command::DeleteVm { id: "w".into() }),
+            CommandResult::Ok
+        );
+        assert!(s.vms_handed_over.is_empty());
     }
 }
