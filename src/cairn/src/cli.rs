@@ -189,8 +189,10 @@ pub enum VdiskCmd {
     },
     /// Planned move of a disk to another data node (clustering): its holder stops serving
     /// it and flushes, NODE (id or name) adopts it from its replicas and serves it. Refused
-    /// while a running VM uses it; a stopped VM's disk or an NBD-exported one only with
-    /// --force (the exports are stopped).
+    /// while a chunk of the disk is not up to date on the other nodes, and while a VM on its
+    /// node uses it, running or stopped, even with --force: move the VM with all its disks
+    /// (`cairn vm move VM --to NODE`) or detach the disk first. An NBD-exported disk only
+    /// with --force (the exports are stopped).
     Takeover {
         name: String,
         #[arg(long)]

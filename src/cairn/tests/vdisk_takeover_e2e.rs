@@ -4,18 +4,19 @@
 //!
 //! On node a: disk `t` (written in full, snapshotted, rewritten in part) and disk `u`. The
 //! refusals change nothing (unknown disk or node, a witness or the holder as target, a stopped
-//! VM using the disk, an NBD export of it); then the move, asked on b (the target, not the
-//! holder: the request is forwarded), with --force stopping the export. b then serves every
-//! acknowledged write and the snapshot and takes new writes; a keeps serving `u` (its lease
-//! stays valid: handing `t` over is not a takeover of a), drops its stale copy of `t` and
-//! refuses to export it. Both nodes record the move as a node event in their audit log.
+//! VM using the disk, even with --force, an NBD export of it); then the move, asked on b (the
+//! target, not the holder: the request is forwarded), with --force stopping the export. b then
+//! serves every acknowledged write and the snapshot and takes new writes; a keeps serving `u`
+//! (its lease stays valid: handing `t` over is not a takeover of a), drops its stale copy of
+//! `t` and refuses to export it. Both nodes record the move as a node event in their audit log.
 //! Lease column: each data member reports its own `held`; b killed shows `unreachable`.
 //!
 //! A planned move of a stopped VM with its disks (`cairn vm move NAME --to NODE`): refused,
 //! changing nothing, for an unknown VM or member, a witness, its own node, a target that is
 //! down (b hung by SIGSTOP), NBD exports of its disks, and while the guest runs or is paused;
-//! then the move, asked on b. The VM and both its disks are on b, the guest started there reads
-//! back what it wrote on a, and the data written over NBD on a reads the same on b. Both nodes
+//! then the move, asked on b. The VM and both its disks are on b (which records that it
+//! received the VM by a move, not a takeover), the guest started there reads back what it
+//! wrote on a, and the data written over NBD on a reads the same on b. Both nodes
 //! restart after the move: a's lease stays valid and it serves its own disk (the cluster state,
 //! not a's memory, says it handed the disks over), b still has the VM and the disks.
 
@@ -94,6 +95,16 @@ fn audit(p: &ClusterProc) -> String {
     std::fs::read_to_string(p.data.join("audit.log")).unwrap_or_default()
 }
 
+/// The node events `p` recorded by itself (`user: system` in its audit log) as `action`.
+fn node_events(p: &ClusterProc, action: &str) -> Vec<String> {
+    let tag = format!("\"action\":\"{action}\"");
+    audit(p)
+        .lines()
+        .filter(|l| l.contains("\"user\":\"system\"") && l.contains(&tag))
+        .map(str::to_string)
+        .collect()
+}
+
 #[test]
 fn a_vdisk_moves_on_purpose_and_each_members_lease_is_real() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -155,6 +166,10 @@ fn a_vdisk_moves_on_purpose_and_each_members_lease_is_real() {
     ]);
     let e = refused(&a, &["vdisk", "takeover", "t", "--to", "b"], 4);
     assert!(e.contains("attached to VM v (stopped)"), "{e}");
+    // Nor with --force: the disk alone would leave v behind, unable to start; the VM moves
+    // whole. (The export stays: nothing was stopped.)
+    let e = refused(&a, &["vdisk", "takeover", "t", "--to", "b", "--force"], 4);
+    assert!(e.contains("cairn vm move v --to b"), "{e}");
     a.ok(&["vm", "delete", "v"]);
     // Asked on b: forwarded to a, which refuses because of the export.
     let e = refused(&b, &["vdisk", "takeover", "t", "--to", "b"], 4);
@@ -385,6 +400,16 @@ fn a_stopped_vm_moves_with_its_disks_and_both_nodes_restart_after() {
     );
     assert!(audit(&a).contains("\"vm_move\""), "{}", audit(&a));
     assert!(audit(&b).contains("\"vm_move\""), "{}", audit(&b));
+    // b records the receiving side of the move, not an HA takeover.
+    let received = node_events(&b, "vm_move");
+    assert!(
+        received
+            .iter()
+            .any(|l| l.contains("received from a (") && l.contains("by a planned move")),
+        "{}",
+        audit(&b)
+    );
+    assert_eq!(node_events(&b, "vm_takeover"), Vec::<String>::new());
 
     // Both nodes restart: the cluster state says a handed the disks over on purpose, so a's
     // lease is valid again at once and it serves its own disk; b keeps the VM and the disks.

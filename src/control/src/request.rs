@@ -224,7 +224,8 @@ pub enum Request {
     },
     /// A planned move of virtual disk `name` to data member `to` (id or name): its holder
     /// stops serving it and flushes, `to` adopts it from the replicas and serves it. Refused
-    /// under a running VM; a stopped VM or NBD exports of it only with `force`.
+    /// while a VM on its holder uses it, running or stopped, `force` or not (`vm_move` moves a
+    /// VM with its disks); NBD exports of it only with `force`.
     VdiskTakeover {
         name: String,
         to: String,

@@ -633,8 +633,9 @@ impl NodeController {
         crate::harestart::record_vm(&self.inner, vm, None).await;
     }
 
-    pub(crate) async fn record_vm_deleted(&self, name: &str) {
-        crate::harestart::record_vm_deleted(&self.inner, name).await;
+    /// Remove the cluster record of VM `name`, defined here on `disks` until now.
+    pub(crate) async fn record_vm_deleted(&self, name: &str, disks: &[String]) {
+        crate::harestart::record_vm_deleted(&self.inner, name, disks).await;
     }
 }
 

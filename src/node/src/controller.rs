@@ -345,8 +345,16 @@ impl NodeController {
                 Reply::Vm(Box::new(self.inner.vms.pause(name, false).await?))
             }
             Request::VmDelete { name } => {
+                let disks = self
+                    .inner
+                    .vms
+                    .defined()
+                    .into_iter()
+                    .find(|(n, _)| n == name)
+                    .map(|(_, d)| d)
+                    .unwrap_or_default();
                 self.inner.vms.delete(name).await?;
-                self.record_vm_deleted(name).await;
+                self.record_vm_deleted(name, &disks).await;
                 Reply::Done
             }
             Request::VmConsole { name, max_bytes } => {
@@ -392,7 +400,7 @@ impl NodeController {
                 };
                 let (vm, renamed_from) = self.inner.vms.update(name, change).await?;
                 if let Some(old) = renamed_from {
-                    self.record_vm_deleted(&old).await;
+                    self.record_vm_deleted(&old, &vm.disks).await;
                 }
                 self.record_vm(&vm).await;
                 Reply::Vm(Box::new(vm))

@@ -14,7 +14,14 @@
 //! A VM the cluster assigns to this node that is not defined here can only come from a
 //! takeover, or from a planned move (`cairn vm move`, `crate::takeover::vm_move`): once every one of its virtual disks is adopted (served here), it is defined from
 //! the recorded definition, and started if it should run — through [`start_vm`], the same path
-//! as `vm start`. A failed start (too little memory, the kernel file missing here, KVM not
+//! as `vm start`. Its node event says which: `vm_move` ("received from NODE by a planned
+//! move") when the cluster records the VM as handed over (`ClusterState::vms_handed_over`),
+//! else `vm_takeover`. A VM moved here whose name a VM defined here already has (VM names are
+//! unique per node, not per cluster) is neither defined nor started, and neither VM nor record
+//! is changed: an error event (`vm_name_clash`) says so once and how to resolve it (rename or
+//! delete the VM defined here; the moved one is then defined at the next tick). Renaming the
+//! moved VM instead would surprise whoever addresses it by name, and changes to the local VM
+//! meanwhile go to its own record ([`record_id`] tells the two apart by their disks). A failed start (too little memory, the kernel file missing here, KVM not
 //! usable) is logged with its reason, shown by `vm show` as `last_exit`, and tried again after
 //! 30 s, doubling up to 10 min, while the cluster still says the VM should run here; the other
 //! VMs start regardless. A VM already defined here is never started by this module (a node
@@ -58,10 +65,13 @@ struct Pending {
 }
 
 impl HaRestart {
-    fn once(&mut self, what: String) {
-        if self.logged.insert(what.clone()) {
+    /// Logs `what` unless it was logged already; whether it was new.
+    fn once(&mut self, what: String) -> bool {
+        let new = self.logged.insert(what.clone());
+        if new {
             tracing::warn!(problem = %what, "HA restart");
         }
+        new
     }
 }
 
@@ -74,6 +84,9 @@ struct Assigned {
     disks: Vec<String>,
     run: bool,
     spec: Option<String>,
+    /// The member that handed it over by a planned move (`vm move`), if that was its last
+    /// move; None: it came by a takeover (or was always here).
+    handed_by: Option<u64>,
 }
 
 /// The name of virtual disk `id` (ids are `"{owner}/{name}"`).
@@ -95,8 +108,61 @@ fn assigned_to(s: &ClusterState, me: u64) -> Vec<Assigned> {
             disks: vm.vdisks.iter().map(|d| disk_name(s, d)).collect(),
             run: vm.power == VmPower::Running,
             spec: s.vm_specs.get(&vm.id).cloned(),
+            handed_by: s.vms_handed_over.get(&vm.id).copied(),
         })
         .collect()
+}
+
+/// What a VM moved here whose name a VM defined here already has is told (see [`step`]).
+fn clash_text(a: &Assigned) -> String {
+    let how = if a.handed_by.is_some() {
+        "was moved to this node by `vm move`"
+    } else {
+        "was taken over by this node from a lost node"
+    };
+    let then = if a.run {
+        "defined and started"
+    } else {
+        "defined (stopped)"
+    };
+    format!(
+        "VM {name} ({id}) {how}, but another VM named {name} is defined here: the moved VM is \
+         not defined or started here, and nothing of either is changed. Rename the VM defined \
+         here (cairn vm edit {name} --rename NEW) or delete it; the moved VM is then {then} \
+         within a few seconds",
+        name = a.name,
+        id = a.id,
+    )
+}
+
+/// The node event for VM `a` defined here from the cluster's record: (level, kind, text). A
+/// planned move is the receiving side of `vm move`; anything else came by a takeover.
+fn defined_event(s: &ClusterState, a: &Assigned) -> (&'static str, &'static str, String) {
+    match a.handed_by {
+        Some(from) => {
+            let by = s.members.get(&from).map_or_else(
+                || format!("member {from}"),
+                |x| format!("{} ({from})", x.name),
+            );
+            (
+                "info",
+                "vm_move",
+                format!(
+                    "VM {} received from {by} by a planned move (`vm move`): defined on this \
+                     node with its disks",
+                    a.name
+                ),
+            )
+        }
+        None => (
+            "warning",
+            "vm_takeover",
+            format!(
+                "VM {} defined on this node with its disks, taken over from a lost node",
+                a.name
+            ),
+        ),
+    }
 }
 
 /// The node a VM defined here (`name` on `disks`) was moved to, if a takeover moved it: no
@@ -122,13 +188,27 @@ fn disk_owner(s: &ClusterState, disk: &str) -> Option<u64> {
         .and_then(|d| cluster::vdisk_owner(&d.id))
 }
 
-/// The id of this node's cluster record of VM `name` (a VM taken over keeps the id it was
-/// created with, `"{first node}/{name}"`).
-fn record_id(s: &ClusterState, me: u64, name: &str) -> String {
-    s.vms
+/// The id of this node's cluster record of VM `name` defined here on `disks` (a VM taken
+/// over keeps the id it was created with, `"{first node}/{name}"`). Two records of one name
+/// can be on this node while a VM moved here clashes with the one defined here (see [`step`]):
+/// the record with the same disks, else this node's own id, else the first — never the moved
+/// VM's record for a change of the VM defined here.
+fn record_id(s: &ClusterState, me: u64, name: &str, disks: &[String]) -> String {
+    let own = format!("{me}/{name}");
+    let mine: Vec<&VmDef> = s
+        .vms
         .values()
-        .find(|v| v.node == Some(me) && v.name == name)
-        .map_or_else(|| format!("{me}/{name}"), |v| v.id.clone())
+        .filter(|v| v.node == Some(me) && v.name == name)
+        .collect();
+    let wanted: HashSet<&str> = disks.iter().map(String::as_str).collect();
+    let same_disks = mine.iter().find(|v| {
+        let theirs: Vec<String> = v.vdisks.iter().map(|d| disk_name(s, d)).collect();
+        theirs.len() == wanted.len() && theirs.iter().all(|d| wanted.contains(d.as_str()))
+    });
+    same_disks
+        .or_else(|| mine.iter().find(|v| v.id == own))
+        .or_else(|| mine.first())
+        .map_or(own, |v| v.id.clone())
 }
 
 /// The first of `disks` the cluster assigns to another node, with that node (None outside a
@@ -196,7 +276,7 @@ pub(crate) async fn record_vm(inner: &NodeInner, vm: &VmView, power: Option<VmPo
     };
     let me = m.id();
     let (id, had, vdisks) = m.read(|s| {
-        let id = record_id(s, me, &vm.name);
+        let id = record_id(s, me, &vm.name, &vm.disks);
         let had = s.vms.get(&id).map(|v| v.power);
         let vdisks = vm
             .disks
@@ -228,12 +308,12 @@ pub(crate) async fn record_vm(inner: &NodeInner, vm: &VmView, power: Option<VmPo
     }
 }
 
-/// Remove this node's cluster record of VM `name`.
-pub(crate) async fn record_vm_deleted(inner: &NodeInner, name: &str) {
+/// Remove this node's cluster record of VM `name`, which was defined here on `disks`.
+pub(crate) async fn record_vm_deleted(inner: &NodeInner, name: &str, disks: &[String]) {
     let Ok(m) = inner.cluster.member() else {
         return;
     };
-    let id = m.read(|s| record_id(s, m.id(), name));
+    let id = m.read(|s| record_id(s, m.id(), name, disks));
     inner
         .cluster
         .record("vm", |_| Command::DeleteVm { id })
@@ -315,11 +395,12 @@ pub(crate) async fn step(inner: &NodeInner, m: &ClusterNode, ha: &mut HaRestart)
         match defined.get(&a.name) {
             Some(d) if *d == a.disks => continue,
             Some(_) => {
-                ha.once(format!(
-                    "VM {} ({}) was moved to this node, but another VM of that name is defined \
-                     here; not defined or started",
-                    a.name, a.id
-                ));
+                // Never renamed behind the admin's back (scripts and the UI address VMs by
+                // name) nor defined over the VM here: refused, said once as an error event.
+                let text = clash_text(a);
+                if ha.once(text.clone()) {
+                    crate::events::record(inner, "error", "vm_name_clash", &a.name, text);
+                }
                 continue;
             }
             None => {}
@@ -338,23 +419,9 @@ pub(crate) async fn step(inner: &NodeInner, m: &ClusterNode, ha: &mut HaRestart)
         };
         match inner.vms.import(&inner.engine, spec).await {
             Ok(_) => {
-                tracing::warn!(
-                    vm = %a.name,
-                    start = a.run,
-                    "takeover: VM {} defined on this node with its disks (taken over)",
-                    a.name
-                );
-                crate::events::record(
-                    inner,
-                    "warning",
-                    "vm_takeover",
-                    &a.name,
-                    format!(
-                        "VM {} defined on this node with its disks (taken over from a lost node, \
-                         or moved here by `vm move`)",
-                        a.name
-                    ),
-                );
+                let (level, kind, text) = m.read(|s| defined_event(s, a));
+                tracing::warn!(vm = %a.name, start = a.run, kind, "{text}");
+                crate::events::record(inner, level, kind, &a.name, text);
             }
             Err(e) => {
                 ha.once(format!(
@@ -510,10 +577,85 @@ mod tests {
         assert!(a[1].run && !a[0].run);
         assert_eq!(a[1].spec.as_deref(), Some("{}"));
         assert_eq!(a[0].spec, None);
-        assert_eq!(record_id(&s, 2, "web"), "1/web");
-        assert_eq!(record_id(&s, 2, "new"), "2/new");
+        assert_eq!(record_id(&s, 2, "web", &["a".into(), "b".into()]), "1/web");
+        assert_eq!(record_id(&s, 2, "web", &["a".into()]), "1/web");
+        assert_eq!(record_id(&s, 2, "new", &[]), "2/new");
         assert_eq!(disk_owner(&s, "b"), Some(2));
         assert_eq!(disk_owner(&s, "zz"), None);
+    }
+
+    #[test]
+    fn a_vm_moved_onto_a_name_in_use_is_refused_and_never_touches_the_local_record() {
+        let mut s = state();
+        // Node 2 has its own VM "web" on disk c when 1/web (disks a, b) is taken over to it.
+        s.vms.get_mut("2/db").unwrap().name = "web".into();
+        let moved = assigned_to(&s, 2)
+            .into_iter()
+            .find(|a| a.id == "1/web")
+            .unwrap();
+        let text = clash_text(&moved);
+        assert!(
+            text.contains("VM web (1/web) was taken over by this node"),
+            "{text}"
+        );
+        assert!(text.contains("cairn vm edit web --rename NEW"), "{text}");
+        assert!(text.contains("then defined and started"), "{text}");
+        // Changes to the local web (on c) go to its own record, whatever the map order; the
+        // moved VM's record is found by its disks.
+        assert_eq!(record_id(&s, 2, "web", &["c".into()]), "2/db");
+        assert_eq!(record_id(&s, 2, "web", &["b".into(), "a".into()]), "1/web");
+        // Disks changed in the same edit: this node's own id when it has one.
+        s.vms.insert(
+            "2/web".into(),
+            VmDef {
+                id: "2/web".into(),
+                ..s.vms["2/db"].clone()
+            },
+        );
+        s.vms.remove("2/db");
+        assert_eq!(record_id(&s, 2, "web", &["c".into(), "z".into()]), "2/web");
+        s.vms_handed_over.insert("1/web".into(), 1);
+        let moved = assigned_to(&s, 2)
+            .into_iter()
+            .find(|a| a.id == "1/web")
+            .unwrap();
+        assert!(clash_text(&moved).contains("was moved to this node by `vm move`"));
+    }
+
+    #[test]
+    fn a_vm_received_by_a_planned_move_is_no_takeover() {
+        let mut s = state();
+        s.members.insert(
+            1,
+            cluster::Member {
+                id: 1,
+                name: "alpha".into(),
+                addr: "127.0.0.1:1".into(),
+                join_addr: "127.0.0.1:2".into(),
+                role: cluster::Role::Data,
+                state: cluster::MemberState::Active,
+            },
+        );
+        let web = |s: &ClusterState| {
+            assigned_to(s, 2)
+                .into_iter()
+                .find(|a| a.name == "web")
+                .unwrap()
+        };
+        let (level, kind, text) = defined_event(&s, &web(&s));
+        assert_eq!((level, kind), ("warning", "vm_takeover"), "{text}");
+        assert!(text.contains("taken over from a lost node"), "{text}");
+        assert!(!text.contains("vm move"), "{text}");
+        s.vms_handed_over.insert("1/web".into(), 1);
+        let (level, kind, text) = defined_event(&s, &web(&s));
+        assert_eq!((level, kind), ("info", "vm_move"), "{text}");
+        assert!(
+            text.contains("received from alpha (1) by a planned move"),
+            "{text}"
+        );
+        s.members.clear();
+        let (_, _, text) = defined_event(&s, &web(&s));
+        assert!(text.contains("received from member 1"), "{text}");
     }
 
     #[test]

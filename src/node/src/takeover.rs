@@ -79,6 +79,7 @@ use mirror::{MirrorError, PeerLink, ReplicaServer};
 
 use crate::NodeInner;
 
+pub(crate) mod copies;
 mod gather;
 pub(crate) mod manual;
 pub(crate) mod peer;

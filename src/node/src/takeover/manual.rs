@@ -3,12 +3,15 @@
 //!
 //! # Steps (on the disk's holder; any member forwards the request to it)
 //! 1. Refuse, changing nothing, when: the target is not another active data member, or is not
-//!    up; any other data member is not up (each may hold chunks the target gathers); any
-//!    holder's copy is not up to date (a replica disk not in sync, or chunks degraded): the
-//!    target adopts from the copies held elsewhere, never from this node's; a running or
-//!    paused VM uses the disk (always: a guest must never lose its disk under it — stop it
-//!    first); a stopped VM here uses it, or NBD exports serve it (unless `force`: the exports
-//!    are stopped, and the VM will not start here until the disk comes back).
+//!    up; any other data member is not up (each may hold chunks the target gathers); a chunk
+//!    of this disk has no up-to-date copy on another member, or fewer live copies than its
+//!    mirroring asks (`super::copies`, judged per disk): the target adopts from the copies
+//!    held elsewhere, never from this node's; a running or paused VM uses the disk (always: a
+//!    guest must never lose its disk under it — stop it first); a VM defined here uses it,
+//!    stopped or not, unless that VM's record is on the target (moving a disk next to its
+//!    VM): `--force` does not change that — `cairn vm move` moves a VM with all its disks, a
+//!    disk moved away alone would leave the VM here unable to start; NBD exports serve it
+//!    (unless `force`: the exports are stopped).
 //! 2. Stop serving: exports stopped, the disk flushed (durable on every replica).
 //! 3. Commit `Command::MoveVdisk` (new id `"{to}/{name}"`, placement version bumped: the epoch),
 //!    which records in the cluster state that this node handed the disk over
@@ -94,20 +97,22 @@ pub(crate) async fn move_out(
         )));
     }
     let tname = members_up(&m, to, name)?;
-    copies_in_sync(inner, &m, name, &tname)?;
     if let Some(vm) = inner.vms.active_user_of(name) {
         return Err(conflict(format!(
             "virtual disk {name} is used by VM {vm}, which is running on this node: stop the \
              VM first (a planned move never pulls a disk from under a guest)"
         )));
     }
+    // Even with --force: the disk alone would leave its VM here, defined but unable to start
+    // (and a later `vm move` of it refused, its disk on another node). The VM moves whole.
+    if let Some(vm) = inner.vms.user_of(name) {
+        return Err(conflict(format!(
+            "virtual disk {name} is attached to VM {vm} (stopped) on this node: move the VM \
+             with all its disks (cairn vm move {vm} --to {tname}), or detach the disk from it \
+             first; --force never moves a disk away from its VM"
+        )));
+    }
     if !force {
-        if let Some(vm) = inner.vms.user_of(name) {
-            return Err(conflict(format!(
-                "virtual disk {name} is attached to VM {vm} (stopped) on this node: detach it, \
-                 or pass --force (the VM will not start here until the disk comes back)"
-            )));
-        }
         let exports: Vec<String> = inner
             .exports
             .list()
@@ -124,6 +129,9 @@ pub(crate) async fn move_out(
         }
     }
 
+    // Last (it asks every other member): whatever else is in the way is said first.
+    copies_in_sync(inner, &m, name, &tname, name).await?;
+
     // Stop serving, under the lock every virtual disk change takes.
     let started = Instant::now();
     let epoch = {
@@ -131,6 +139,12 @@ pub(crate) async fn move_out(
         if let Some(vm) = inner.vms.active_user_of(name) {
             return Err(conflict(format!(
                 "virtual disk {name} is used by VM {vm}, which was started meanwhile"
+            )));
+        }
+        if let Some(vm) = inner.vms.user_of(name) {
+            return Err(conflict(format!(
+                "virtual disk {name} was attached to VM {vm} meanwhile: move the VM with its \
+                 disks (cairn vm move {vm} --to {tname})"
             )));
         }
         for e in inner.exports.list() {
@@ -296,58 +310,27 @@ pub(crate) fn members_up(
     Ok(tname)
 }
 
-/// Refuse unless every copy the target would gather from is complete: each other data
-/// member's replica disks in sync, no chunk degraded, no holder recorded as outdated.
-pub(crate) fn copies_in_sync(
+/// Refuse unless the target can gather every chunk of virtual disk `name` up to date from the
+/// members other than this one (`super::copies`: judged for this disk alone; a resync or
+/// rebuild of other disks is no reason to wait). `what` names the move in the error.
+pub(crate) async fn copies_in_sync(
     inner: &NodeInner,
     m: &cluster::ClusterNode,
     name: &str,
     tname: &str,
+    what: &str,
 ) -> Result<(), ControlError> {
-    let me = m.id();
-    let outdated: Vec<u64> = m.read(|s| {
-        s.outdated
-            .iter()
-            .filter(|(o, _)| *o == me)
-            .map(|(_, h)| *h)
-            .collect()
-    });
-    if !outdated.is_empty() {
-        return Err(conflict(format!(
-            "cannot move {name}: the copies on members {outdated:?} are outdated (written \
-             without them); wait for the resync"
-        )));
-    }
-    let remote: Vec<_> = inner
+    let st = m.status();
+    let target = st.members.iter().find(|x| x.name == tname).map(|x| x.id);
+    let linked = inner
         .engine
         .remote_disks()
         .into_iter()
-        .filter(|d| d.state != engine::DiskState::Removed)
-        .collect();
-    let to = m.status();
-    let target = to.members.iter().find(|x| x.name == tname).map(|x| x.id);
-    if !remote.iter().any(|d| Some(d.node_id) == target) {
+        .any(|d| Some(d.node_id) == target && d.state != engine::DiskState::Removed);
+    if !linked {
         return Err(conflict(format!(
-            "cannot move {name}: {tname} holds no replica of this node's disks yet"
+            "cannot move {what}: {tname} holds no replica of this node's disks yet"
         )));
     }
-    for d in &remote {
-        if d.state != engine::DiskState::Active
-            || d.reachability != engine::Reachability::Up
-            || d.dirty_chunks > 0
-        {
-            return Err(conflict(format!(
-                "cannot move {name}: the replica disk {} on member {} is not up to date ({} \
-                 chunks to resync); wait for the resync",
-                d.name, d.node_id, d.dirty_chunks
-            )));
-        }
-    }
-    let degraded = inner.engine.pool().degraded_chunks;
-    if degraded > 0 {
-        return Err(conflict(format!(
-            "cannot move {name}: {degraded} chunks have a single copy; wait for the rebuild"
-        )));
-    }
-    Ok(())
+    super::copies::disk_up_to_date(inner, m, name, what).await
 }

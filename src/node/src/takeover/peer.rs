@@ -3,7 +3,9 @@
 //! of a planned virtual disk move (`cairn vdisk takeover`, see `super::manual`) — forwarding the
 //! request to the disk's holder, telling the target the holder stopped serving, and asking it
 //! whether it serves the disk yet — the same for a planned move of a VM with its disks
-//! (`cairn vm move`, see `super::vm_move`), and each member's chunks left on a draining member.
+//! (`cairn vm move`, see `super::vm_move`), which chunks of the caller's disk a member holds
+//! (the up-to-date check before a move, `super::copies`), and each member's chunks left on a
+//! draining member.
 //!
 //! Messages are JSON, bounded by `cluster::MAX_APP_BYTES`. Must never: answer a call that
 //! changes anything without checking it against the cluster state, or wait unbounded.
@@ -48,6 +50,9 @@ pub(crate) enum Call {
     MoveVm { name: String, to: NodeId },
     /// The receiver's view of VM `name`, if it is defined there and assigned to it.
     VmDefined { name: String },
+    /// Which chunks of the caller's virtual disk `vdisk` (its engine id) the receiver holds,
+    /// from chunk `from_chunk` on (`super::copies`, before a planned move).
+    HeldChunks { vdisk: u64, from_chunk: u64 },
 }
 
 /// The answer to a [`Call`].
@@ -58,6 +63,7 @@ pub(crate) enum Answer {
     Vm(Option<Box<VmView>>),
     Done,
     Left(u64),
+    Held(super::copies::HeldPage),
 }
 
 struct Handler {
@@ -125,6 +131,9 @@ async fn answer(inner: &Arc<NodeInner>, from: NodeId, call: Call) -> Result<Answ
             } else {
                 None
             }))
+        }
+        Call::HeldChunks { vdisk, from_chunk } => {
+            super::copies::held_page(inner, from, vdisk, from_chunk).map(Answer::Held)
         }
         Call::DrainLeft { id } => {
             let me = inner.cluster.member()?.id();

@@ -5,12 +5,15 @@
 //! 1. Refuse, changing nothing, when: the VM is running or paused (stop it first); the target is
 //!    not another active data member, or is not up; any other data member is not up; a disk of
 //!    the VM is on a third member, is exported over NBD here, or is used by another VM here;
-//!    any holder's copy of this node's disks is not up to date (as `super::manual`).
+//!    a disk that moves is not up to date on the other members (as `super::manual`: judged
+//!    per disk, see `super::copies`).
 //! 2. Claim the VM (`Vms::claim_for_move`: no start from then on), record its definition and
 //!    its stopped state in the cluster, and flush every disk that moves.
 //! 3. Commit `Command::MoveVm`: the VM and each of its disks this node owns are assigned to the
 //!    target at once, the disks recorded as handed over (`ClusterState::handed_over`: the
-//!    isolation lease of this node stays valid, also after a restart).
+//!    isolation lease of this node stays valid, also after a restart) and the VM too
+//!    (`ClusterState::vms_handed_over`: the target reports it received the VM by a move, not
+//!    that it took it over from a lost node).
 //! 4. Forget the VM here, tell the target every disk was released and wait (bounded) until it
 //!    serves them all (`super::manual::wait_served`) and has defined the VM
 //!    (`crate::harestart` defines it from the recorded definition once its disks are served);
@@ -91,7 +94,7 @@ pub(crate) async fn move_vm_out(
                 "VM {name}'s virtual disk {d} is not served by this node yet (being adopted?)"
             )));
         }
-        copies_in_sync(inner, &m, d, &tname)?;
+        copies_in_sync(inner, &m, d, &tname, &what).await?;
         let exports: Vec<String> = inner
             .exports
             .list()
@@ -219,6 +222,7 @@ async fn commit(
     let cmd = Command::MoveVm {
         id: id.to_string(),
         to,
+        record: true,
     };
     match tokio::time::timeout(PROPOSE_TIMEOUT, m.propose(cmd)).await {
         Ok(Ok(CommandResult::PlacementVersion(epoch))) => Ok(epoch),
