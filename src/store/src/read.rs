@@ -98,6 +98,8 @@ impl Inner {
                 .map(|v| (0, v.phys, v.crc, v.gen));
             return one.as_slice();
         }
+        // At most `n` entries: one allocation, not a doubling series (256 entries for 1 MiB).
+        out.reserve(n);
         out.extend(m.range(block..block + n as u64).filter_map(|(b, vs)| {
             visible_data(vs, at_gen).map(|v| ((b - block) as usize, v.phys, v.crc, v.gen))
         }));
