@@ -156,40 +156,48 @@ impl Store {
         let mut attempt = 0;
         loop {
             inner.check_ok()?;
-            let snapshot: Vec<(u64, Vec<crate::maps::Version>)> = {
+            // Under the lock, one flat copy of the history: each block with its version count,
+            // and every version (oldest first per block). No allocation per block.
+            let (blocks, versions): (Vec<(u64, usize)>, Vec<crate::maps::Version>) = {
                 let st = inner.state.read();
-                match st.maps.objs.get(&obj) {
-                    None => return Ok(Vec::new()),
-                    Some(m) => m.iter().map(|(b, vs)| (*b, vs.to_vec())).collect(),
+                let Some(m) = st.maps.objs.get(&obj) else {
+                    return Ok(Vec::new());
+                };
+                let mut blocks = Vec::with_capacity(m.len());
+                let mut versions = Vec::with_capacity(m.len());
+                for (b, vs) in m.iter() {
+                    blocks.push((*b, vs.len()));
+                    versions.extend_from_slice(vs);
                 }
+                (blocks, versions)
             };
-            // Every data version, read 64 at a time.
-            let wanted: Vec<(u64, crate::maps::Version)> = snapshot
-                .iter()
-                .flat_map(|(b, vs)| vs.iter().filter(|v| v.phys != TOMB).map(move |v| (*b, *v)))
-                .collect();
+            let with_data = || versions.iter().filter(|v| v.phys != TOMB);
             // Physically contiguous versions are read as one request, and at most
             // EXPORT_READ_BLOCKS blocks are in flight at once (memory stays bounded however
             // long the history). Per-block 4 KiB reads made the device's IOPS the limit of a
-            // rebuild.
-            let mut groups: Vec<Vec<(u64, u64)>> = Vec::new();
+            // rebuild. `runs` are (first physical block, blocks); `groups` split them into
+            // rounds of reads.
+            let mut runs: Vec<(u64, u64)> = Vec::new();
+            let mut groups: Vec<std::ops::Range<usize>> = Vec::new();
             let mut in_group = EXPORT_READ_BLOCKS;
-            for (_, v) in &wanted {
+            for v in with_data() {
                 if in_group == EXPORT_READ_BLOCKS {
-                    groups.push(Vec::new());
+                    groups.push(runs.len()..runs.len());
                     in_group = 0;
+                } else if let Some((_, n)) = runs.last_mut().filter(|(s, n)| *s + *n == v.phys) {
+                    *n += 1;
+                    in_group += 1;
+                    continue;
                 }
-                let g = groups.last_mut().expect("pushed above");
-                match g.last_mut() {
-                    Some((s, n)) if *s + *n == v.phys => *n += 1,
-                    _ => g.push((v.phys, 1)),
-                }
+                runs.push((v.phys, 1));
+                groups.last_mut().expect("pushed above").end = runs.len();
                 in_group += 1;
             }
             // Each read's buffer is shared by the blocks it holds (windows, no copy per block).
-            let mut data: Vec<BlockData> = Vec::with_capacity(wanted.len());
-            for group in &groups {
-                let reads = group
+            let nwanted = with_data().count();
+            let mut data: Vec<BlockData> = Vec::with_capacity(nwanted);
+            for group in groups {
+                let reads = runs[group]
                     .iter()
                     .map(|&(s, n)| inner.dev_read(inner.layout().data_offset(s), n, "data"));
                 for buf in futures::future::try_join_all(reads).await? {
@@ -202,11 +210,15 @@ impl Store {
                 }
             }
             // The one checksum pass of a copy: the import takes these crcs as they are.
-            let bad = wanted
+            let bad = versions
                 .iter()
+                .enumerate()
+                .filter(|(_, v)| v.phys != TOMB)
                 .zip(&data)
-                .find(|((_, v), buf)| blockdev::crc32c(buf) != v.crc);
-            if let Some((&(block, v), _)) = bad {
+                .find(|((_, v), buf)| blockdev::crc32c(buf) != v.crc)
+                .map(|((i, v), _)| (i, *v));
+            if let Some((i, v)) = bad {
+                let block = block_of(&blocks, i);
                 // The version may have been replaced (and its block reused) while we read.
                 attempt += 1;
                 if self.version_phys(obj, block, v.gen) == Some(v.phys) || attempt >= 3 {
@@ -223,10 +235,12 @@ impl Store {
                 continue;
             }
             let mut data = data.into_iter();
-            let mut out = Vec::with_capacity(snapshot.len());
-            for (block, vs) in snapshot {
+            let mut out = Vec::with_capacity(blocks.len());
+            let mut vs = versions.iter();
+            for (block, count) in blocks {
                 let versions = vs
-                    .iter()
+                    .by_ref()
+                    .take(count)
                     .map(|v| {
                         if v.phys == TOMB {
                             VersionData {
@@ -270,16 +284,22 @@ impl Store {
     pub async fn import_object(&self, obj: ObjectId, versions: Vec<BlockVersions>) -> Result<()> {
         let inner = &*self.inner;
         inner.check_ok()?;
-        let mut seen = BTreeSet::new();
         let mut ndata = 0u64;
         let mut nvers = 0u64;
+        // An export lists blocks in ascending order: then the check for duplicates is a
+        // comparison with the previous block, with no set to build. Any other order is
+        // checked by sorting a copy.
+        let mut ascending = true;
+        let mut prev: Option<u64> = None;
         for bv in &versions {
-            if bv.block >= 1 << 40 || !seen.insert(bv.block) {
+            if bv.block >= 1 << 40 || prev == Some(bv.block) {
                 return Err(StoreError::invalid(format!(
                     "import of {obj}: block {} duplicated or out of range",
                     bv.block
                 )));
             }
+            ascending &= prev.is_none_or(|p| p < bv.block);
+            prev = Some(bv.block);
             if bv.versions.is_empty() || !bv.versions.windows(2).all(|w| w[0].gen < w[1].gen) {
                 return Err(StoreError::invalid(format!(
                     "import of {obj} block {}: versions not strictly ordered",
@@ -299,6 +319,16 @@ impl Store {
                     None => {}
                 }
                 nvers += 1;
+            }
+        }
+        if !ascending {
+            let mut blocks: Vec<u64> = versions.iter().map(|bv| bv.block).collect();
+            blocks.sort_unstable();
+            if let Some(w) = blocks.windows(2).find(|w| w[0] == w[1]) {
+                return Err(StoreError::invalid(format!(
+                    "import of {obj}: block {} duplicated or out of range",
+                    w[0]
+                )));
             }
         }
         if ndata == 0 && nvers == 0 {
@@ -530,6 +560,19 @@ impl Store {
         }
         Ok(())
     }
+}
+
+/// The block that the `i`th version of a flat export history belongs to (`blocks` holds each
+/// block with its version count, in the history's order).
+fn block_of(blocks: &[(u64, usize)], i: usize) -> u64 {
+    let mut first = 0;
+    for &(block, count) in blocks {
+        if i < first + count {
+            return block;
+        }
+        first += count;
+    }
+    unreachable!("version {i} is beyond the history")
 }
 
 /// Write `blocks` (one per allocated block, in order) to `runs`: one request per stretch that
