@@ -14,7 +14,7 @@ use smoltcp::wire::{
     Ipv4Repr, UdpPacket, UdpRepr,
 };
 
-use super::{Client, Lease, LeaseAction, LeaseTracker};
+use super::{Client, Lease, LeaseAction, LeaseTracker, FRAME_FILTER};
 
 const CLIENT_MAC: [u8; 6] = [0x52, 0x54, 0, 0x12, 0x34, 0x56];
 const SERVER_MAC: [u8; 6] = [0x52, 0x55, 10, 0, 2, 2];
@@ -180,8 +180,9 @@ fn arp_reply(frame: &EthernetFrame<&[u8]>) -> Option<Vec<u8>> {
     Some(buf)
 }
 
-/// Parses a client frame: the DHCP ask and its transaction id, if it is one.
-fn ask_of(frame: &EthernetFrame<&[u8]>) -> Option<(Ask, u32)> {
+/// Parses a client frame: the DHCP ask, its transaction id and the IPv4 destination, if it is
+/// one.
+fn ask_of(frame: &EthernetFrame<&[u8]>) -> Option<(Ask, u32, Ipv4Addr)> {
     let ip = Ipv4Packet::new_checked(frame.payload()).ok()?;
     let udp = UdpPacket::new_checked(ip.payload()).ok()?;
     if udp.dst_port() != 67 {
@@ -197,7 +198,7 @@ fn ask_of(frame: &EthernetFrame<&[u8]>) -> Option<(Ask, u32)> {
         }
         _ => return None,
     };
-    Some((ask, d.transaction_id))
+    Some((ask, d.transaction_id, ip.dst_addr()))
 }
 
 /// The client, a clock and the tracker: the network side as `netlive` runs it.
@@ -206,6 +207,8 @@ struct Rig {
     now: Instant,
     tracker: LeaseTracker,
     asks: Vec<Ask>,
+    /// Every ask with when it was sent and where to.
+    sent: Vec<(Instant, Ask, Ipv4Addr)>,
 }
 
 impl Rig {
@@ -216,6 +219,7 @@ impl Rig {
             now,
             tracker: LeaseTracker::default(),
             asks: Vec::new(),
+            sent: Vec::new(),
         }
     }
 
@@ -237,8 +241,9 @@ impl Rig {
                 };
                 let answer = match frame.ethertype() {
                     EthernetProtocol::Arp => arp_reply(&frame),
-                    EthernetProtocol::Ipv4 => ask_of(&frame).and_then(|(ask, xid)| {
+                    EthernetProtocol::Ipv4 => ask_of(&frame).and_then(|(ask, xid, dst)| {
                         self.asks.push(ask);
+                        self.sent.push((self.now, ask, dst));
                         script(ask).map(|(kind, a)| reply(xid, kind, a))
                     }),
                     _ => None,
@@ -321,6 +326,29 @@ fn a_renewal_with_the_same_address_changes_nothing() {
         renewals >= 2,
         "only {renewals} renewals in two lease periods"
     );
+    assert_eq!(r.tracker.current().map(|l| l.addr), Some(ip("10.0.2.15")));
+}
+
+/// RFC 2131 4.4.5: at half the lease the client renews with the server that gave it, unicast
+/// (after finding its MAC with ARP); broadcasting (rebinding) is for when that server does not
+/// answer by 7/8 of the lease.
+#[test]
+fn renewals_are_unicast_to_the_server_from_half_the_lease() {
+    let mut r = Rig::new();
+    leased(&mut r, ip("10.0.2.15"));
+    let t0 = r.now;
+    let from = r.sent.len();
+    // Until just before the rebinding time: renewals acknowledged, nothing changes.
+    assert_eq!(r.run(50, &mut serving(ip("10.0.2.15"))), None);
+    let renewals: Vec<_> = r.sent[from..]
+        .iter()
+        .filter(|(_, a, _)| *a == Ask::Request(ip("10.0.2.15")))
+        .collect();
+    let Some((at, _, dst)) = renewals.first() else {
+        panic!("no renewal before the rebinding time; sent {:?}", r.sent);
+    };
+    assert_eq!(*dst, SERVER_IP, "the renewal was not unicast to the server");
+    assert_eq!((*at - t0).secs(), u64::from(LEASE_SECS / 2));
     assert_eq!(r.tracker.current().map(|l| l.addr), Some(ip("10.0.2.15")));
 }
 
@@ -418,4 +446,103 @@ fn the_tracker_reports_only_changes() {
             moved_from: None
         }
     );
+}
+
+/// Runs a classic BPF program (the instructions [`FRAME_FILTER`] uses) on a frame the way the
+/// kernel does: the number of bytes kept, 0 = dropped (a load past the end drops too).
+fn run_bpf(prog: &[libc::sock_filter], frame: &[u8]) -> u32 {
+    let load = |off: usize, n: usize| {
+        frame
+            .get(off..off + n)
+            .map(|b| b.iter().fold(0u32, |v, c| v << 8 | u32::from(*c)))
+    };
+    let (mut a, mut x, mut pc) = (0u32, 0u32, 0usize);
+    loop {
+        let i = prog[pc];
+        pc += 1;
+        let k = i.k as usize;
+        let loaded = match i.code {
+            0x28 => load(k, 2),
+            0x30 => load(k, 1),
+            0x48 => load(x as usize + k, 2),
+            0xb1 => {
+                let Some(b) = load(k, 1) else { return 0 };
+                x = 4 * (b & 0xf);
+                continue;
+            }
+            0x15 | 0x45 => {
+                let hit = if i.code == 0x15 {
+                    a == i.k
+                } else {
+                    a & i.k != 0
+                };
+                pc += usize::from(if hit { i.jt } else { i.jf });
+                continue;
+            }
+            0x06 => return i.k,
+            c => panic!("BPF instruction {c:#x} not modelled"),
+        };
+        match loaded {
+            Some(v) => a = v,
+            None => return 0,
+        }
+    }
+}
+
+/// The packet socket takes DHCP replies and ARP replies only: never the node's own traffic to
+/// the address smoltcp now shares with the kernel.
+#[test]
+fn the_packet_socket_takes_only_dhcp_and_arp_replies() {
+    let pass = |f: &[u8]| run_bpf(&FRAME_FILTER, f) > 0;
+    let offer = reply(1, DhcpMessageType::Offer, ip("10.0.2.15"));
+    assert!(pass(&offer), "a DHCP reply was filtered out");
+    let edit = |at: usize, bytes: &[u8]| {
+        let mut f = offer.clone();
+        f[at..at + bytes.len()].copy_from_slice(bytes);
+        f
+    };
+    assert!(!pass(&edit(23, &[6])), "TCP passed");
+    assert!(!pass(&edit(23, &[1])), "ICMP passed");
+    assert!(!pass(&edit(34, &[0x04, 0xd2])), "UDP from port 1234 passed");
+    assert!(
+        !pass(&edit(36, &[0, 67])),
+        "UDP to port 67 (a client's ask) passed"
+    );
+    assert!(!pass(&edit(20, &[0x20, 0])), "a first fragment passed");
+    assert!(!pass(&edit(20, &[0, 1])), "a later fragment passed");
+    assert!(!pass(&edit(12, &[0x86, 0xdd])), "IPv6 passed");
+    assert!(!pass(&offer[..30]), "a truncated frame passed");
+    // IP options move the UDP header: the ports are read after them.
+    let mut opts = offer.clone();
+    opts[14] = 0x46;
+    opts.splice(34..34, [1u8, 1, 1, 0]);
+    assert!(pass(&opts), "a DHCP reply with IP options was filtered out");
+    opts[41] = 67;
+    assert!(!pass(&opts), "UDP to port 67 after IP options passed");
+
+    let ask = {
+        let mut f = vec![0u8; 14 + 28];
+        let mut e = EthernetFrame::new_unchecked(&mut f[..]);
+        EthernetRepr {
+            src_addr: EthernetAddress(CLIENT_MAC),
+            dst_addr: EthernetAddress::BROADCAST,
+            ethertype: EthernetProtocol::Arp,
+        }
+        .emit(&mut e);
+        ArpRepr::EthernetIpv4 {
+            operation: ArpOperation::Request,
+            source_hardware_addr: EthernetAddress(CLIENT_MAC),
+            source_protocol_addr: v4(ip("10.0.2.15")),
+            target_hardware_addr: EthernetAddress([0; 6]),
+            target_protocol_addr: v4(SERVER_IP),
+        }
+        .emit(&mut ArpPacket::new_unchecked(e.payload_mut()));
+        f
+    };
+    assert!(
+        !pass(&ask),
+        "an ARP request passed (the kernel answers those)"
+    );
+    let answer = arp_reply(&EthernetFrame::new_checked(&ask[..]).unwrap()).unwrap();
+    assert!(pass(&answer), "an ARP reply was filtered out");
 }
