@@ -1,6 +1,7 @@
 //! Embeds the web UI (`ui/dist`, built by `npm run build` in `ui/`) into the binary, gzip
-//! pre-compressed with content-hash ETags. If the UI was not built, embeds one page that says so
-//! and how to build it, so `cargo build` alone never fails.
+//! pre-compressed with content-hash ETags, with the brotli copies (`name.br`) that the UI build
+//! made of its text files (a copy older than its file is stale and left out). If the UI was not
+//! built, embeds one page that says so and how to build it, so `cargo build` alone never fails.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -61,7 +62,8 @@ fn main() {
         );
         println!("cargo:rerun-if-changed={}", ui.display());
     }
-    let mut files: Vec<(String, Vec<u8>)> = Vec::new();
+    // Path, content, and the UI build's brotli copy of it if there is a current one.
+    let mut files: Vec<(String, Vec<u8>, Option<PathBuf>)> = Vec::new();
     if built {
         let mut paths = Vec::new();
         walk(&dist, &mut paths);
@@ -78,15 +80,21 @@ fn main() {
             {
                 continue;
             }
-            files.push((format!("/{rel}"), std::fs::read(&p).unwrap()));
+            let br = PathBuf::from(format!("{}.br", p.display()));
+            let modified = |f: &Path| std::fs::metadata(f).and_then(|m| m.modified()).ok();
+            let br = match (modified(&br), modified(&p)) {
+                (Some(b), Some(f)) if b >= f => Some(br),
+                _ => None,
+            };
+            files.push((format!("/{rel}"), std::fs::read(&p).unwrap(), br));
         }
     } else {
-        files.push(("/index.html".into(), NOT_BUILT.as_bytes().to_vec()));
+        files.push(("/index.html".into(), NOT_BUILT.as_bytes().to_vec(), None));
     }
     let mut code = String::new();
     code.push_str(&format!("const UI_BUILT: bool = {built};\n"));
     code.push_str("static ASSETS: &[Asset] = &[\n");
-    for (i, (path, data)) in files.iter().enumerate() {
+    for (i, (path, data, br)) in files.iter().enumerate() {
         use sha2::Digest;
         let etag = format!("\"{}\"", &hex(&sha2::Sha256::digest(data))[..20]);
         let raw = out.join(format!("asset{i}"));
@@ -103,8 +111,14 @@ fn main() {
         } else {
             "None".into()
         };
+        let br = match br {
+            Some(b) if compressible => {
+                format!("Some(include_bytes!({:?}))", b.display().to_string())
+            }
+            _ => "None".into(),
+        };
         code.push_str(&format!(
-            "    Asset {{ path: {path:?}, content_type: {ct:?}, raw: include_bytes!({:?}), gzip: {gz}, etag: {etag:?} }},\n",
+            "    Asset {{ path: {path:?}, content_type: {ct:?}, raw: include_bytes!({:?}), gzip: {gz}, br: {br}, etag: {etag:?} }},\n",
             raw.display().to_string()
         ));
     }

@@ -45,6 +45,12 @@ await ctx.grantPermissions(['clipboard-read', 'clipboard-write'], { origin: new 
 let failed = false;
 const page = ctx.pages()[0] ?? (await ctx.newPage());
 page.setDefaultTimeout(20000);
+// How the node sent the app's main script: brotli (the UI build's .br copy) to a browser that
+// accepts it. That the page then runs at all shows the copy decodes to the script.
+let scriptEncoding = null;
+page.on('response', (r) => {
+  if (/\/assets\/index-[^/]*\.js$/.test(r.url())) scriptEncoding = r.headers()['content-encoding'] ?? 'none';
+});
 const consoleErrors = [];
 page.on('console', (m) => m.type() === 'error' && consoleErrors.push(m.text()));
 const answers = [];
@@ -381,6 +387,7 @@ try {
   await step('login page loads over HTTPS', async () => {
     await page.goto(url);
     await page.getByLabel('User name').waitFor();
+    if (scriptEncoding !== 'br') throw new Error(`the main script came with content-encoding ${scriptEncoding}, want br`);
     await shot('01-login');
   });
   await step('wrong password is explained', async () => {
