@@ -4,7 +4,9 @@
 # serial setup wizard (tests/appliance/drive.py): SeaBIOS from CD (serial and VGA screen; a reboot
 # keeps the cluster id, CA, API certificate, admin password and virtual disk bytes), OVMF
 # from a USB stick, PID 1's recovery from a failing node service, and live network changes
-# (static, VLAN; the cluster member follows the address and commits there) plus the hardware watchdog (i6300esb), and two appliances joined into one cluster
+# (static, VLAN; the cluster member follows the address and commits there) plus the hardware watchdog (i6300esb),
+# a DHCP lease that changes address on renewal (a tap link in a network namespace the test
+# makes, served by the test's own DHCP server; the API and the cluster member follow), and two appliances joined into one cluster
 # over a private link between them (a second NIC; QEMU socket netdev on 127.0.0.1), one of
 # them rebooted. Also checks the ISO is byte-reproducible.
 # Prints suite-pass:/suite-fail: lines; exits non-zero on any failure.
@@ -61,7 +63,7 @@ else
 fi
 
 export APPLIANCE_WORK="$work" CAIRN_ISO="$iso" CAIRN_KERNEL="$work/img1/bzImage" CAIRN_INITRD="$work/img1/initrd.img"
-for scenario in bios-cd pid1-fail live uefi-usb join; do
+for scenario in bios-cd pid1-fail live dhcp-renew uefi-usb join; do
   s0=$(date +%s)
   if python3 tests/appliance/drive.py "$scenario"; then
     pass "$scenario"
