@@ -55,32 +55,48 @@ struct Pending {
     credits: Option<Arc<Semaphore>>,
 }
 
+/// Request ids are sequential and chosen here (a peer's reply only looks one up, it never
+/// inserts): a multiplicative hash spreads them with one multiply instead of a SipHash per
+/// insert and lookup.
+#[derive(Default, Clone, Copy)]
+struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(*b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+type PendingMap = HashMap<u64, Pending, std::hash::BuildHasherDefault<IdHasher>>;
+
 struct Conn {
     tx: mpsc::Sender<Frame>,
-    pending: Mutex<HashMap<u64, Pending>>,
+    pending: Mutex<PendingMap>,
     next_id: AtomicU64,
     inflight: Arc<Semaphore>,
     closed: AtomicBool,
     tasks: Mutex<Vec<JoinHandle<()>>>,
-    /// When the connection was made; `last_rx_us` counts from here.
-    born: Instant,
-    /// Microseconds after `born` at which the last frame arrived from the server.
-    last_rx_us: AtomicU64,
+    /// Frames that arrived from the server so far (a counter: no clock read per reply).
+    rx_frames: AtomicU64,
 }
 
 impl Conn {
-    fn now_us(&self) -> u64 {
-        self.born.elapsed().as_micros() as u64
-    }
-
     /// After a call timed out: if nothing at all arrived on this connection since the call was
-    /// sent, the peer (or the path to it) is gone, not just slow. Such a connection is closed so
-    /// the next call dials afresh instead of queueing behind TCP's backed-off retransmissions
-    /// (after a healed partition that can take tens of seconds). A connection that is still
-    /// carrying other replies is kept: one slow request must not fail its neighbours.
-    fn close_if_silent_since(&self, sent_us: u64) {
-        // `<=`: a reply cannot arrive in the same microsecond its request was sent.
-        if self.last_rx_us.load(Ordering::SeqCst) <= sent_us {
+    /// sent (`rx_at_send`: [`Conn::rx_frames`] then), the peer (or the path to it) is gone, not
+    /// just slow. Such a connection is closed so the next call dials afresh instead of queueing
+    /// behind TCP's backed-off retransmissions (after a healed partition that can take tens of
+    /// seconds). A connection that is still carrying other replies is kept: one slow request
+    /// must not fail its neighbours.
+    fn close_if_silent_since(&self, rx_at_send: u64) {
+        if self.rx_frames.load(Ordering::SeqCst) == rx_at_send {
             self.close();
         }
     }
@@ -221,14 +237,22 @@ impl<Req: Serialize, Resp: DeserializeOwned> Client<Req, Resp> {
                 .await
                 .map_err(|_| Error::Closed)?;
             let (id, rx) = register(&conn, None);
-            let _guard = PendingGuard { conn: &conn, id };
-            sent = Some((conn.clone(), conn.now_us()));
+            let mut guard = PendingGuard {
+                conn: &conn,
+                id,
+                armed: true,
+            };
+            sent = Some((conn.clone(), conn.rx_frames.load(Ordering::SeqCst)));
             send(&conn, Frame::new(FrameKind::Request, id, payload)).await?;
-            rx.await.map_err(|_| Error::Closed)?
+            let r = rx.await;
+            // Resolved either way means the entry is gone already: the reader removed it to
+            // answer, or `close` drained it. No second lock and lookup per call.
+            guard.armed = false;
+            r.map_err(|_| Error::Closed)?
         })
         .await;
-        if let (Err(Error::Timeout { .. }), Some((conn, sent_us))) = (&reply, &sent) {
-            conn.close_if_silent_since(*sent_us);
+        if let (Err(Error::Timeout { .. }), Some((conn, rx_at_send))) = (&reply, &sent) {
+            conn.close_if_silent_since(*rx_at_send);
         }
         decode(&reply?, u64::from(self.inner.cfg.max_frame_bytes))
     }
@@ -257,7 +281,11 @@ impl<Req: Serialize, Resp: DeserializeOwned> Client<Req, Resp> {
         .await?;
         let credits = Arc::new(Semaphore::new(0));
         let (id, rx) = register(&conn, Some(credits.clone()));
-        let _guard = PendingGuard { conn: &conn, id };
+        let _guard = PendingGuard {
+            conn: &conn,
+            id,
+            armed: true,
+        };
         send(&conn, Frame::new(FrameKind::StreamRequest, id, payload)).await?;
         let max_chunk = self.inner.cfg.max_frame_bytes as usize - crate::FRAME_HEADER_BYTES;
         let mut buf = vec![0u8; self.inner.cfg.chunk_bytes.clamp(1, max_chunk)];
@@ -306,15 +334,19 @@ impl<Req: Serialize, Resp: DeserializeOwned> Client<Req, Resp> {
     }
 }
 
-/// Removes a request's pending entry however the call ends (a late reply is then dropped).
+/// Removes a request's pending entry however the call ends (a late reply is then dropped),
+/// unless disarmed once the entry is known to be gone.
 struct PendingGuard<'a> {
     conn: &'a Conn,
     id: u64,
+    armed: bool,
 }
 
 impl Drop for PendingGuard<'_> {
     fn drop(&mut self) {
-        lock(&self.conn.pending).remove(&self.id);
+        if self.armed {
+            lock(&self.conn.pending).remove(&self.id);
+        }
     }
 }
 
@@ -390,13 +422,12 @@ async fn connect(inner: &Inner) -> Result<Arc<Conn>, Error> {
     let (tx, rx) = mpsc::channel(inner.cfg.write_queue_frames.max(1));
     let conn = Arc::new(Conn {
         tx,
-        pending: Mutex::new(HashMap::new()),
+        pending: Mutex::new(PendingMap::default()),
         next_id: AtomicU64::new(1),
         inflight: Arc::new(Semaphore::new(inner.cfg.max_in_flight.max(1))),
         closed: AtomicBool::new(false),
         tasks: Mutex::new(Vec::new()),
-        born: Instant::now(),
-        last_rx_us: AtomicU64::new(0),
+        rx_frames: AtomicU64::new(0),
     });
     let max = inner.cfg.max_frame_bytes;
     let weak = Arc::downgrade(&conn);
@@ -412,7 +443,7 @@ async fn connect(inner: &Inner) -> Result<Arc<Conn>, Error> {
                 Ok(None) | Err(_) => break,
             };
             let Some(conn) = weak.upgrade() else { break };
-            conn.last_rx_us.fetch_max(conn.now_us(), Ordering::SeqCst);
+            conn.rx_frames.fetch_add(1, Ordering::SeqCst);
             if !on_client_frame(&conn, frame) {
                 break;
             }

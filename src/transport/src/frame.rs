@@ -112,9 +112,16 @@ impl Frame {
         }
         let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
         let (kind, id) = parse_kind_id(&head[4..])?;
-        // Bounded by check_len above.
-        let mut payload = vec![0u8; (len - LEN_COVERED_HEADER_BYTES) as usize];
-        r.read_exact(&mut payload).await?;
+        // Bounded by check_len above. Read into the spare capacity: zeroing a payload that the
+        // read overwrites at once cost a pass over every request's data.
+        let n = (len - LEN_COVERED_HEADER_BYTES) as usize;
+        let mut payload = Vec::with_capacity(n);
+        while payload.len() < n {
+            let want = (n - payload.len()) as u64;
+            if (&mut *r).take(want).read_buf(&mut payload).await? == 0 {
+                return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+            }
+        }
         Ok(Some(Frame { kind, id, payload }))
     }
 
@@ -236,6 +243,29 @@ mod tests {
         );
         assert_eq!(Frame::read_from(&mut r, 1024).await.unwrap(), Some(f));
         assert_eq!(Frame::read_from(&mut r, 1024).await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn payload_read_in_pieces_and_cut_short() {
+        let f = Frame::new(
+            FrameKind::Request,
+            9,
+            (0..=255u8).cycle().take(5000).collect(),
+        );
+        let mut b = Vec::new();
+        f.encode_into(&mut b, 1 << 20).unwrap();
+        // One byte per read: the payload is gathered over many reads.
+        let mut slow = tokio::io::BufReader::with_capacity(1, &b[..]);
+        assert_eq!(
+            Frame::read_from(&mut slow, 1 << 20).await.unwrap(),
+            Some(f.clone())
+        );
+        // The stream ends inside the payload: an error, never a short frame.
+        let mut cut = &b[..b.len() - 1];
+        match Frame::read_from(&mut cut, 1 << 20).await {
+            Err(Error::Io(e)) => assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof),
+            other => panic!("expected an early end, got {other:?}"),
+        }
     }
 
     proptest! {
