@@ -869,6 +869,13 @@ def dhcp_renew():
                   30, "the address change in the log ring")
         vm.expect(re.escape(f"UI: https://{b}:8443/"), 30, "the status screen's new UI address")
         ok("dhcp-renew: the change is in the node's log (menu: show logs) and on the status screen")
+        # The same ring through the HTTPS API.
+        change = f"network: address changed from {a} to {b}; UI now at https://{b}:8443/"
+        st, body = api.call("GET", "/system/log?limit=1000")
+        texts = [line["text"] for line in body.get("lines", [])] if st == 200 else []
+        if not any(change in t for t in texts):
+            fail(f"dhcp-renew: GET /system/log -> {st}: the address change is not among its {len(texts)} lines")
+        ok("dhcp-renew: the API serves the same log (GET /system/log)")
 
         since = time.time()
         wait_log(f"acknowledged renewal of {b}", lambda x: x["t"] >= since and renewed(b)(x))

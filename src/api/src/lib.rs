@@ -33,6 +33,8 @@ mod server;
 mod sessions;
 mod sse;
 mod state;
+mod syslog;
+pub use syslog::{LogLine, LogSource};
 pub mod stats;
 mod tasks;
 pub mod tls;
@@ -66,6 +68,8 @@ pub struct ApiConfig {
     /// Keep the virtual disk and VM lists between changes (see `lists`). Off only to measure
     /// what it saves (`cairn bench api --no-list-cache`).
     pub list_cache: bool,
+    /// The node's system log, when the process running it keeps one (`GET /system/log`).
+    pub system_log: Option<LogSource>,
 }
 
 impl ApiConfig {
@@ -76,6 +80,7 @@ impl ApiConfig {
             stats_period: Duration::from_secs(1),
             max_connections: 1024,
             list_cache: true,
+            system_log: None,
         }
     }
 }
@@ -168,6 +173,7 @@ pub async fn serve(cfg: ApiConfig, controller: Arc<dyn Controller>) -> Result<Ap
         events: Default::default(),
         sse_clients: Default::default(),
         started: std::time::Instant::now(),
+        system_log: cfg.system_log.clone(),
     });
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await

@@ -74,6 +74,7 @@ pub struct State {
     pub events: Mutex<(u64, VecDeque<Event>)>,
     pub sse_clients: std::sync::atomic::AtomicUsize,
     pub started: std::time::Instant,
+    pub system_log: Option<crate::LogSource>,
 }
 
 impl std::fmt::Debug for State {

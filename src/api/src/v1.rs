@@ -642,6 +642,7 @@ async fn dispatch(
             let items = st.audit.list(before, limit + 1);
             Ok((200, id_page(items, limit, |e| e.id)))
         }
+        R::SystemLog => Ok((200, crate::syslog::page(st.system_log.as_ref(), q)?)),
         R::Stats => Ok((
             200,
             st.stats

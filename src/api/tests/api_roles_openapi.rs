@@ -171,6 +171,7 @@ fn rows() -> Vec<(&'static str, &'static str, Option<Value>, Rule)> {
         ("GET", "/api/v1/events", None, Anyone),
         ("GET", "/api/v1/alerts", None, Anyone),
         ("GET", "/api/v1/audit", None, Anyone),
+        ("GET", "/api/v1/system/log", None, Anyone),
         ("GET", "/api/v1/stats", None, Anyone),
         ("GET", "/api/v1/stats/history?limit=1", None, Anyone),
         ("GET", "/api/v1/users", None, AdminOnly),
@@ -617,6 +618,8 @@ async fn openapi_matches_routes_and_live_answers() {
         ("get", "/tokens", "/api/v1/tokens", None),
         ("get", "/certificate", "/api/v1/certificate", None),
         ("get", "/audit", "/api/v1/audit", None),
+        ("get", "/system/log", "/api/v1/system/log?after=1", None),
+        ("get", "/system/log", "/api/v1/system/log?after=x", None),
         ("get", "/stats", "/api/v1/stats", None),
         (
             "get",

@@ -32,8 +32,40 @@ fn outs() -> Option<&'static Outs> {
     .as_ref()
 }
 
+/// Keeps each line of `text` in the system log the API serves (`init::log`'s ring), without
+/// the terminal's colour codes.
+fn keep(text: &str) {
+    for line in text.lines() {
+        let line = without_ansi(line);
+        if !line.trim().is_empty() {
+            init::log::record(&line);
+        }
+    }
+}
+
+/// `s` without ANSI escape sequences (ESC '[' ... final letter), as tracing colours its output.
+fn without_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c != '\u{1b}' {
+            out.push(c);
+            continue;
+        }
+        if chars.next() == Some('[') {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        }
+    }
+    out
+}
+
 /// Writes `text` to stdout without waiting for the reader (queued; counted when dropped).
 fn say(text: &str) {
+    keep(text);
     match outs() {
         Some(o) => {
             if !o.stdout.push(text) {
@@ -49,6 +81,7 @@ struct QueuedStderr;
 
 impl std::io::Write for QueuedStderr {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        keep(&String::from_utf8_lossy(buf));
         match outs() {
             Some(o) => {
                 if !o.stderr.push(&String::from_utf8_lossy(buf)) {
@@ -89,6 +122,7 @@ pub fn run(a: NodeArgs) -> i32 {
     cfg.nbd_bind_ip = a.nbd_bind;
     cfg.api_listen = if a.no_api { None } else { Some(a.api_listen) };
     cfg.cluster_listen = a.cluster_listen;
+    cfg.system_log = Some(init::log::api_source());
     let result = node::run(cfg, |n| {
         let pool = n.engine().pool();
         say(&format!(
@@ -138,4 +172,30 @@ pub fn init_tracing() {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn colour_codes_are_left_out_of_the_kept_log() {
+        assert_eq!(
+            without_ansi("\u{1b}[2m2026-11-26\u{1b}[0m \u{1b}[32m INFO\u{1b}[0m node: up"),
+            "2026-11-26  INFO node: up"
+        );
+        assert_eq!(without_ansi("plain ünïcode"), "plain ünïcode");
+        // A lone escape at the end, or one not followed by '[', is dropped with its next char.
+        assert_eq!(without_ansi("a\u{1b}"), "a");
+        assert_eq!(without_ansi("a\u{1b}Xb"), "ab");
+        let seq = init::log::record("before");
+        keep("\u{1b}[1mone\u{1b}[0m\n\ntwo\n");
+        // (Other tests of this binary may log meanwhile: only ours, and any colour code.)
+        let kept: Vec<String> = init::log::recent(seq, 1000)
+            .into_iter()
+            .map(|l| l.text)
+            .filter(|t| t == "one" || t == "two" || t.contains('\u{1b}'))
+            .collect();
+        assert_eq!(kept, ["one", "two"]);
+    }
 }

@@ -295,6 +295,20 @@ pub fn recent(after_seq: u64, max: usize) -> Vec<LogLine> {
     newer.into_iter().skip(skip).cloned().collect()
 }
 
+/// The ring as the HTTPS API reads it (`GET /api/v1/system/log`).
+pub fn api_source() -> api::LogSource {
+    api::LogSource::new(|after, max| {
+        recent(after, max)
+            .into_iter()
+            .map(|l| api::LogLine {
+                seq: l.seq,
+                unix_ms: l.unix_ms,
+                text: l.text,
+            })
+            .collect()
+    })
+}
+
 /// `log!`-style formatting helper.
 #[macro_export]
 macro_rules! logln {

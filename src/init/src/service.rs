@@ -307,6 +307,7 @@ pub fn run(
         // member id, and a joined node stays joined. No pool disk is an error, never a new
         // cluster.
         cfg.raft_place = node::RaftPlace::Pool;
+        cfg.system_log = Some(crate::log::api_source());
         // Other nodes reach this one's cluster member on the cluster link's address when it
         // has one, else on its management address.
         cfg.cluster_listen = wanted_cluster_addr(&rec);

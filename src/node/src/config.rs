@@ -47,6 +47,9 @@ pub struct NodeConfig {
     /// Memory the running VMs may hold together, in MiB; None: the host's RAM less a reserve
     /// for the host (1/8, at least 512 MiB). A start beyond it is refused (409).
     pub vm_ram_limit_mib: Option<u64>,
+    /// The system log the HTTPS API serves (`GET /api/v1/system/log`): the lines the process
+    /// running the node keeps (the appliance's PID 1, `cairn node`); None: the API answers 404.
+    pub system_log: Option<api::LogSource>,
 }
 
 /// Where a node's raft state lives.
@@ -76,6 +79,7 @@ impl NodeConfig {
             host_cluster: true,
             raft_place: RaftPlace::Auto,
             vm_ram_limit_mib: None,
+            system_log: None,
         }
     }
 

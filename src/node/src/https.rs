@@ -23,9 +23,9 @@ pub(crate) async fn start(
         );
         println!("(shown only now; change it under Users & tokens)");
     }
-    let handle = api::serve(api::ApiConfig::new(listen, state), controller)
-        .await
-        .map_err(err)?;
+    let mut api_cfg = api::ApiConfig::new(listen, state);
+    api_cfg.system_log = cfg.system_log.clone();
+    let handle = api::serve(api_cfg, controller).await.map_err(err)?;
     println!("Web UI and API: https://{}/", handle.local_addr);
     Ok(Some(handle))
 }

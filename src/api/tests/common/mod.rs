@@ -42,6 +42,20 @@ impl Harness {
         );
         let mut acfg = api::ApiConfig::new("127.0.0.1:0".parse()?, state.clone());
         acfg.stats_period = std::time::Duration::from_millis(200);
+        // Stands in for the ring of the process running the node (`init::log`, which depends
+        // on this crate): three lines.
+        acfg.system_log = Some(api::LogSource::new(|after, max| {
+            let newer: Vec<api::LogLine> = (1..=3u64)
+                .filter(|s| *s > after)
+                .map(|seq| api::LogLine {
+                    seq,
+                    unix_ms: 1_700_000_000_000 + seq,
+                    text: format!("test line {seq}"),
+                })
+                .collect();
+            let skip = newer.len().saturating_sub(max);
+            newer.into_iter().skip(skip).collect()
+        }));
         let h = api::serve(acfg, n.controller()).await?;
         let addr = h.local_addr;
         let tls = connector(&state)?;
