@@ -40,20 +40,14 @@ use crate::rebuild::Phase;
 use crate::replica::{is_device_failure, Reachability};
 use crate::types::DiskState;
 
-/// Chunk copies in flight at once in a returning peer's resync (each keeps one request in
-/// flight per device at a time: a read on the source, then a write on the target).
+/// Chunk moves in flight at once within a batch (each keeps one request in flight per device
+/// at a time: a read on the source, then a write on the target). 8 and 16 were no faster in
+/// the rebuild benchmark. Session 10 (`bench_rebuild DIR 4096 1 ram|dev`, alternated): 8 won
+/// 6 of 9 RAM-line pairs at load 6-19 but lost all 3 at load 5 (1144-1461 vs 1518-1758
+/// MiB/s) and all 3 one-device pairs (547-754 vs 593-804): deeper device queues make each
+/// target flush and metadata write several times slower (flush_ms 920-1930 vs 160-750), and
+/// a batch's copies wait for the batch before it to finish. 16 was slower everywhere.
 pub(crate) const REBUILD_PARALLEL: usize = 4;
-
-/// Chunk moves in flight at once within a rebuild / rebalance batch. Each keeps one request in
-/// flight at a time, and after a node loss half the moves read a surviving device and half
-/// write it, so 4 moves left that device fewer than 4 requests on average: below the queue
-/// depth of the benchmark's anchor (sequential writes at QD 4) and of its read/write mix. 8
-/// keeps about 4 there (`bench_rebuild DIR 4096 1 ram` alternated, session 10, load 6-19:
-/// median 1333 MiB/s vs 964 over 9 pairs, faster in 6; ratio median 0.77 vs 0.58). 16 was
-/// slower (1000-1040 vs 1430-1880 MiB/s: each chunk's data is out of cache by its checksum,
-/// and target flushes queue behind more writes). The throttle's overdraft is one chunk per
-/// move in flight (see `rebuild`).
-pub(crate) const MOVE_PARALLEL: usize = 8;
 
 /// What a batch did, for the pass.
 #[derive(Debug, Default)]
@@ -234,7 +228,7 @@ impl Inner {
     async fn copy_batch(&self, i: Intended<'_>) -> Started {
         let copied: Vec<Copied> = futures::stream::iter(i.batch.iter().copied())
             .map(|(obj, target)| self.copy_missing(obj, target))
-            .buffer_unordered(MOVE_PARALLEL)
+            .buffer_unordered(REBUILD_PARALLEL)
             .collect()
             .await;
         Started {
