@@ -10,6 +10,7 @@ import { Cluster } from './views/cluster';
 import { Vdisks } from './views/vdisks';
 import { Vms } from './views/vms';
 import { Tasks } from './views/tasks';
+import { SystemLog } from './views/syslog';
 import { Users } from './views/users';
 import { Settings } from './views/settings';
 import './style.css';
@@ -21,6 +22,7 @@ const VIEWS: [string, string][] = [
   ['vdisks', 'Virtual disks'],
   ['vms', 'VMs'],
   ['tasks', 'Tasks & audit'],
+  ['log', 'System log'],
   ['users', 'Users & tokens'],
   ['settings', 'Settings'],
 ];
@@ -70,6 +72,7 @@ function App() {
     case 'vdisks': body = html`<${Vdisks} role=${me.role} />`; break;
     case 'vms': body = html`<${Vms} role=${me.role} />`; break;
     case 'tasks': body = html`<${Tasks} />`; break;
+    case 'log': body = html`<${SystemLog} />`; break;
     case 'users': body = html`<${Users} me=${me} />`; break;
     case 'settings': body = html`<${Settings} role=${me.role} />`; break;
     default: body = html`<${Dashboard} />`;

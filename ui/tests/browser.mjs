@@ -1,7 +1,7 @@
 // Browser test of the web UI in real headless Chromium (Debian's /usr/bin/chromium, driven by
 // playwright-core): log in, create a disk, snapshot it, clone the snapshot, watch a live chart
-// move, visit every view (screenshots at laptop and phone widths), check the cluster view, check
-// labels, log out.
+// move, visit every view (screenshots at laptop and phone widths), check the cluster view and the
+// system log view, check labels, log out.
 // Usage: node ui/tests/browser.mjs URL USER PASSWORD ARTIFACT_DIR
 import { chromium } from 'playwright-core';
 import { spawn, execFileSync } from 'node:child_process';
@@ -452,6 +452,65 @@ try {
     await page.getByText('SHA-256').waitFor();
     await shot('08-settings');
   });
+  // The system log view's requests (the `after` each asked for, and when), to see it follow the
+  // log while open and stop asking once left.
+  const logPolls = [];
+  const onLogRequest = (r) => {
+    const m = r.url().match(/\/api\/v1\/system\/log\?after=(\d+)/);
+    if (m) logPolls.push({ after: Number(m[1]), at: Date.now() });
+  };
+  page.on('request', onLogRequest);
+  let logLeftAt = 0;
+  await step("system log: the node's own lines with their time, followed, filtered, fits a phone", async () => {
+    const firstAnswer = page.waitForResponse((r) => r.url().includes('/api/v1/system/log?after=0&') && r.status() === 200);
+    await go('log');
+    const first = await (await firstAnswer).json();
+    const table = page.getByRole('table', { name: 'system log lines' });
+    // Lines `cairn node` printed when it started (its output is kept in the log it serves).
+    const running = table.locator('tbody tr').filter({ hasText: /cairn node ui-test \(id [0-9a-f]+\) running/ });
+    const cli = table.locator('tbody tr').filter({ hasText: 'CLI: cairn --data' });
+    await running.waitFor();
+    await cli.waitFor();
+    const when = (await running.locator('td').first().textContent()) ?? '';
+    if (!/^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}$/.test(when)) throw new Error(`time shown as ${JSON.stringify(when)}`);
+    const filter = page.getByLabel('Show only lines containing');
+    await filter.fill('RUNNING');
+    await cli.waitFor({ state: 'detached' });
+    await running.waitFor();
+    await page.getByText(/^\d+ of \d+ lines match/).waitFor();
+    await page.setViewportSize({ width: 390, height: 844 });
+    await page.waitForTimeout(200);
+    const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+    if (overflow > 2) throw new Error(`system log page is ${overflow}px wider than the phone screen`);
+    await shot('06b-phone-system-log');
+    await page.setViewportSize({ width: 1280, height: 860 });
+    // A line written while the view is open appears on its own, and the filter applies to it:
+    // the node logs each audited action, here a create it refuses (web1 exists), changing nothing.
+    await filter.fill('action="vdisk_create" error=');
+    const refused = table.locator('tbody tr').filter({ hasText: 'action="vdisk_create" error=' });
+    const before = await refused.count();
+    const status = await page.evaluate(() => {
+      const csrf = document.cookie.match(/(?:^|;\s*)cairn_csrf=([^;]+)/)?.[1] ?? '';
+      return fetch('/api/v1/vdisks', {
+        method: 'POST',
+        headers: { 'Content-Type': 'application/json', 'X-CSRF-Token': csrf },
+        body: JSON.stringify({ name: 'web1', size: '64M' }),
+      }).then((r) => r.status);
+    });
+    if (status !== 409) throw new Error(`creating web1 again answered ${status}, want 409`);
+    await refused.nth(before).waitFor({ timeout: 6000 });
+    await cli.waitFor({ state: 'detached' });
+    await filter.fill('');
+    await cli.waitFor();
+    // Following: the view asks again on its own, for what came after the last line it got.
+    for (let i = 0; i < 50 && !logPolls.some((p) => p.after === first.last_seq && first.last_seq > 0); i++) await page.waitForTimeout(100);
+    if (!logPolls.some((p) => p.after === first.last_seq)) {
+      throw new Error(`no request after=${first.last_seq}; asked ${JSON.stringify(logPolls.map((p) => p.after))}`);
+    }
+    await shot('06a-system-log');
+    await go('tasks');
+    logLeftAt = Date.now();
+  });
   await step('cluster view: the single node is the one member, leader and up, refreshed live', async () => {
     await go('cluster');
     await page.getByRole('heading', { name: 'Cluster', exact: true }).waitFor();
@@ -475,6 +534,15 @@ try {
     if (overflow > 2) throw new Error(`cluster page is ${overflow}px wider than the phone screen`);
     await shot('04c-phone-cluster');
     await page.setViewportSize({ width: 1280, height: 860 });
+  });
+  await step('system log: no more requests once the view was left', async () => {
+    // The view asks 2 s after each answer; 2.7 s after leaving, a view that kept asking would
+    // have. A request already on its way when the view was left may arrive just after.
+    const wait = logLeftAt + 2700 - Date.now();
+    if (wait > 0) await page.waitForTimeout(wait);
+    page.off('request', onLogRequest);
+    const late = logPolls.filter((p) => p.at > logLeftAt + 300);
+    if (late.length) throw new Error(`${late.length} requests after leaving, first ${late[0].at - logLeftAt} ms after`);
   });
   await step('cluster: create a witness join token, shown once with the exact join command, copied', async () => {
     await go('cluster');
@@ -523,7 +591,7 @@ try {
   });
   await vmSteps();
   await step('every control has a label', async () => {
-    for (const view of ['vdisks', 'users', 'settings', 'disks', 'cluster', 'vms']) {
+    for (const view of ['vdisks', 'users', 'settings', 'disks', 'cluster', 'vms', 'log']) {
       await go(view);
       await page.waitForTimeout(300);
       const unlabelled = await page.evaluate(() =>

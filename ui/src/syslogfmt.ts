@@ -1,0 +1,70 @@
+// The system log view's logic, apart from the DOM so it can be checked on its own
+// (ui/tests/syslogfmt.test.mjs): pages of GET /api/v1/system/log merged into the window of lines
+// the view keeps, a line's local time, the filter, and the "skipped" wording.
+// No imports: the unit tests load this file alone.
+
+/** One line (schema SystemLogLine in the node's OpenAPI document). */
+export interface LogLine {
+  seq: number;
+  unix_ms: number;
+  text: string;
+}
+
+/** One answer of GET /system/log (schema SystemLogPage). */
+export interface LogPage {
+  lines: LogLine[];
+  last_seq: number;
+  skipped: number;
+}
+
+/** What the view has read so far: the newest lines, oldest first, and where to read on. */
+export interface LogState {
+  lines: LogLine[];
+  /** Pass as `after` in the next request. */
+  after: number;
+  /** Lines the node had but the view never got (over a page's limit, or dropped from memory). */
+  skipped: number;
+}
+
+export const EMPTY_LOG: LogState = { lines: [], after: 0, skipped: 0 };
+
+/**
+ * `page` added to `state`: its lines after the ones already kept (a line seen before, by its
+ * sequence number, is not kept twice), only the newest `keep`, and the skipped count summed.
+ * A page that does not move the cursor forward leaves the state as it is (the same object).
+ */
+export function mergeLogPage(state: LogState, page: LogPage, keep: number): LogState {
+  const lastKept = state.lines.length ? state.lines[state.lines.length - 1].seq : state.after;
+  const fresh = (page.lines ?? []).filter((l) => l.seq > lastKept);
+  const skipped = Number.isFinite(page.skipped) && page.skipped > 0 ? page.skipped : 0;
+  const after = Math.max(state.after, Number.isFinite(page.last_seq) ? page.last_seq : 0, lastKept);
+  if (!fresh.length && !skipped && after === state.after) return state;
+  const lines = fresh.length ? state.lines.concat(fresh) : state.lines;
+  return {
+    lines: lines.length > keep ? lines.slice(lines.length - keep) : lines,
+    after,
+    skipped: state.skipped + skipped,
+  };
+}
+
+const pad = (n: number, w = 2) => String(n).padStart(w, '0');
+
+/** "2026-11-26 23:05:07.009": when a line was written, in the browser's time zone. */
+export function fmtLogTime(unixMs: number): string {
+  if (!Number.isFinite(unixMs) || unixMs < 0) return '';
+  const d = new Date(unixMs);
+  return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())} ` +
+    `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}.${pad(d.getMilliseconds(), 3)}`;
+}
+
+/** The lines whose text holds `query` (any case; surrounding spaces ignored); all for none. */
+export function filterLog(lines: LogLine[], query: string): LogLine[] {
+  const q = query.trim().toLowerCase();
+  return q ? lines.filter((l) => l.text.toLowerCase().includes(q)) : lines;
+}
+
+/** "skipped 1 line", "skipped 1,234 lines"; empty when nothing was skipped. */
+export function fmtSkipped(n: number): string {
+  if (!Number.isFinite(n) || n <= 0) return '';
+  return `skipped ${n.toLocaleString('en-US')} ${n === 1 ? 'line' : 'lines'}`;
+}
