@@ -15,6 +15,8 @@ export interface LogPage {
   lines: LogLine[];
   last_seq: number;
   skipped: number;
+  /** Names the node's process: its sequence numbers start again at 1 when it restarts. */
+  boot_id?: string;
 }
 
 /** What the view has read so far: the newest lines, oldest first, and where to read on. */
@@ -24,6 +26,8 @@ export interface LogState {
   after: number;
   /** Lines the node had but the view never got (over a page's limit, or dropped from memory). */
   skipped: number;
+  /** The boot_id of the pages read so far. */
+  boot?: string;
 }
 
 export const EMPTY_LOG: LogState = { lines: [], after: 0, skipped: 0 };
@@ -32,18 +36,26 @@ export const EMPTY_LOG: LogState = { lines: [], after: 0, skipped: 0 };
  * `page` added to `state`: its lines after the ones already kept (a line seen before, by its
  * sequence number, is not kept twice), only the newest `keep`, and the skipped count summed.
  * A page that does not move the cursor forward leaves the state as it is (the same object).
+ * A page from another run of the node's process (another boot_id: its numbers started again at
+ * 1, and the page only holds lines past the old cursor) starts the view over: nothing kept, read
+ * again from the first line.
  */
 export function mergeLogPage(state: LogState, page: LogPage, keep: number): LogState {
+  const boot = typeof page.boot_id === 'string' ? page.boot_id : state.boot;
+  if (state.boot !== undefined && boot !== state.boot) {
+    return { lines: [], after: 0, skipped: 0, boot };
+  }
   const lastKept = state.lines.length ? state.lines[state.lines.length - 1].seq : state.after;
   const fresh = (page.lines ?? []).filter((l) => l.seq > lastKept);
   const skipped = Number.isFinite(page.skipped) && page.skipped > 0 ? page.skipped : 0;
   const after = Math.max(state.after, Number.isFinite(page.last_seq) ? page.last_seq : 0, lastKept);
-  if (!fresh.length && !skipped && after === state.after) return state;
+  if (!fresh.length && !skipped && after === state.after && boot === state.boot) return state;
   const lines = fresh.length ? state.lines.concat(fresh) : state.lines;
   return {
     lines: lines.length > keep ? lines.slice(lines.length - keep) : lines,
     after,
     skipped: state.skipped + skipped,
+    boot,
   };
 }
 

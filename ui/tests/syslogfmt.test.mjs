@@ -79,3 +79,24 @@ test('skipped in words, nothing when none', () => {
   assert.equal(f.fmtSkipped(2), 'skipped 2 lines');
   assert.equal(f.fmtSkipped(1234), 'skipped 1,234 lines');
 });
+
+test('a page from a restarted node starts the view over from the first line', () => {
+  const booted = (seqs, id) => ({ ...page(seqs), boot_id: id });
+  let st = f.mergeLogPage(f.EMPTY_LOG, booted([1, 2, 3], 'a'), 10);
+  assert.equal(st.boot, 'a');
+  st = f.mergeLogPage(st, booted([4], 'a'), 10);
+  assert.deepEqual(seqs(st), [1, 2, 3, 4]);
+  // The node restarted: asked for after=4, it gives its new line 5 (lines 1-4 of the new run
+  // would be lost). The view forgets the old run and asks again from 0.
+  st = f.mergeLogPage(st, booted([5], 'b'), 10);
+  assert.deepEqual(seqs(st), []);
+  assert.equal(st.after, 0);
+  assert.equal(st.boot, 'b');
+  st = f.mergeLogPage(st, booted([1, 2, 3, 4, 5], 'b'), 10);
+  assert.deepEqual(seqs(st), [1, 2, 3, 4, 5]);
+  assert.equal(st.after, 5);
+  // A page without a boot id (an older node) keeps the one known.
+  st = f.mergeLogPage(st, page([6]), 10);
+  assert.equal(st.boot, 'b');
+  assert.deepEqual(seqs(st), [1, 2, 3, 4, 5, 6]);
+});

@@ -37,8 +37,21 @@ impl std::fmt::Debug for LogSource {
     }
 }
 
-/// `GET /system/log?after=N&limit=M`: `{"lines": [...], "last_seq": S}`, lines oldest first;
-/// poll again with `after=S`. When more than `limit` lines are newer than `after`, the newest
+/// Names this process's log: sequence numbers start again at 1 when the process running the
+/// node starts again, so a reader that sees another `boot_id` starts over from `after=0`.
+/// (The time this process first served its log, in ms, and its pid; unique across restarts.)
+fn boot_id() -> &'static str {
+    static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ID.get_or_init(|| {
+        let ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        format!("{ms:x}-{}", std::process::id())
+    })
+}
+
+/// `GET /system/log?after=N&limit=M`: `{"lines": [...], "last_seq": S, "skipped": K,
+/// "boot_id": B}`, lines oldest first; poll again with `after=S` (from 0 if `boot_id` changed). When more than `limit` lines are newer than `after`, the newest
 /// `limit` are given and `skipped` says how many older ones were left out (also counting lines
 /// the ring dropped before anyone read them).
 pub(crate) fn page(
@@ -64,7 +77,7 @@ pub(crate) fn page(
     let skipped = lines
         .first()
         .map_or(0, |l| l.seq.saturating_sub(after.saturating_add(1)));
-    Ok(json!({"lines": lines, "last_seq": last_seq, "skipped": skipped}))
+    Ok(json!({"lines": lines, "last_seq": last_seq, "skipped": skipped, "boot_id": boot_id()}))
 }
 
 #[cfg(test)]
@@ -111,7 +124,13 @@ mod tests {
         assert_eq!(newer["last_seq"], 5);
         // Nothing new: the cursor stays where it was.
         let none = page(Some(&s), &q(&[("after", "5")])).unwrap();
-        assert_eq!(none, json!({"lines": [], "last_seq": 5, "skipped": 0}));
+        assert_eq!(
+            none,
+            json!({"lines": [], "last_seq": 5, "skipped": 0, "boot_id": boot_id()})
+        );
+        // One process, one boot id; it names the process.
+        assert_eq!(all["boot_id"], newer["boot_id"]);
+        assert!(boot_id().ends_with(&format!("-{}", std::process::id())));
         // More than the limit: the newest, and how many were left out.
         let last_two = page(Some(&s), &q(&[("after", "0"), ("limit", "2")])).unwrap();
         assert_eq!(last_two["lines"][0]["seq"], 4);
