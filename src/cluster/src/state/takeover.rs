@@ -694,10 +694,9 @@ mod tests {
             to: 2,
             record: true,
         });
-        assert!(
-            matches!(moved, CommandResult::PlacementVersion(_)),
-            "{moved:?}"
-        );
+        let CommandResult::PlacementVersion(_) = moved else {
+            panic!("the move was not applied: {moved:?}")
+        };
         assert_eq!(s.vms_handed_over.get("v"), Some(&1));
         // Survives a snapshot of the state; an older state without the field reads as empty.
         let json = serde_json::to_string(&s).unwrap();
