@@ -142,3 +142,105 @@ fn a_member_address_must_be_ip_and_port() {
     assert_eq!(s.members[&1].addr, "10.0.0.2:8444");
     assert_eq!(s.members[&1].join_addr, "10.0.0.2:8445");
 }
+
+/// Two members (the appliance's smallest cluster): the one that joined is powered off, the
+/// other keeps trying to commit (so its log may run ahead with entries no quorum has), and
+/// the powered-off one comes back on a new address. Neither can make a quorum alone and the
+/// one that stayed reaches the other only at the old address: the returning member must still
+/// get its new address committed, and both commit again afterwards. `was_leader`: the
+/// returning member led the cluster when it went away (the other then campaigns in vain).
+async fn back_on_a_new_address_after_a_power_off(was_leader: bool, ips: [&str; 3]) {
+    let dir = tempfile::tempdir().unwrap();
+    let a = ClusterNode::create(config(dir.path(), ips[0], "a"))
+        .await
+        .expect("create");
+    let t = a
+        .issue_join_token(Role::Data, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let b = ClusterNode::join(config(dir.path(), ips[1], "b"), &t, a.cfg_join_addr())
+        .await
+        .expect("join");
+    let id = b.id();
+    // The leader wanted when b goes away; an election started by the one that should lead
+    // can lose (the other's lease, a split vote), so it is tried again.
+    let want = if was_leader { &b } else { &a };
+    let mut tries = 0;
+    while wait_leader(&[&a, &b], Duration::from_secs(20)).await != want.id() {
+        tries += 1;
+        assert!(tries <= 10, "{} never won an election", want.id());
+        want.raft()
+            .trigger()
+            .elect()
+            .await
+            .expect("trigger an election");
+        let t0 = std::time::Instant::now();
+        while t0.elapsed() < Duration::from_secs(3) && a.leader() != Some(want.id()) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    assert_eq!(b.propose(vdisk("before")).await.unwrap(), CommandResult::Ok);
+
+    // Power off: b stops; a goes on trying to commit (the attempt cannot reach a quorum).
+    let mut cfg = b.cfg().clone();
+    b.shutdown().await;
+    drop(b);
+    let a2 = a.clone();
+    let pending = tokio::spawn(async move { a2.propose(vdisk("while-away")).await });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // Power on with another lease.
+    cfg.rpc_addr = free_addr(ips[2]);
+    cfg.join_addr = free_addr(ips[2]);
+    let new_addr = cfg.rpc_addr.to_string();
+    let back = ClusterNode::open(cfg).await.expect("reopen");
+    let want = (Some(new_addr.clone()), Some(new_addr.clone()));
+    wait_for(
+        "both members knowing the new address",
+        Duration::from_secs(60),
+        || known_at(&a, id) == want && known_at(&back, id) == want,
+    )
+    .await;
+    assert!(!back.address_is_stale());
+    // Whether the attempt made while b was away committed is up to timing (it may have
+    // given up first); it must not hang.
+    let _ = pending.await;
+    assert_eq!(
+        back.propose(vdisk("from-moved")).await.unwrap(),
+        CommandResult::Ok
+    );
+    assert_eq!(
+        a.propose(vdisk("after-move")).await.unwrap(),
+        CommandResult::Ok
+    );
+    wait_for(
+        "both commands on both members",
+        Duration::from_secs(30),
+        || {
+            [&a, &back].iter().all(|n| {
+                n.read(|s| {
+                    s.vdisks.contains_key("after-move") && s.vdisks.contains_key("from-moved")
+                })
+            })
+        },
+    )
+    .await;
+    let leaders = (a.leader(), back.leader());
+    assert!(
+        leaders.0.is_some() && leaders.0 == leaders.1,
+        "one leader both agree on: {leaders:?}"
+    );
+    back.shutdown().await;
+    a.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn of_two_members_a_follower_comes_back_on_a_new_address() {
+    back_on_a_new_address_after_a_power_off(false, ["127.0.0.81", "127.0.0.82", "127.0.0.83"])
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn of_two_members_the_leader_comes_back_on_a_new_address() {
+    back_on_a_new_address_after_a_power_off(true, ["127.0.0.84", "127.0.0.85", "127.0.0.86"]).await;
+}
