@@ -1,7 +1,10 @@
 //! Embeds the web UI (`ui/dist`, built by `npm run build` in `ui/`) into the binary, gzip
-//! pre-compressed with content-hash ETags, with the brotli copies (`name.br`) that the UI build
-//! made of its text files (a copy older than its file is stale and left out). If the UI was not
-//! built, embeds one page that says so and how to build it, so `cargo build` alone never fails.
+//! pre-compressed, with the brotli copies (`name.br`) that the UI build made of its text files
+//! (a copy older than its file is stale and left out). Each encoding of a file has its own strong
+//! ETag, a hash of exactly the bytes sent (RFC 9110 8.8.3: a strong validator differs between
+//! content codings), so it depends on the build alone, never on when the binary started. If the
+//! UI was not built, embeds one page that says so and how to build it, so `cargo build` alone
+//! never fails.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -45,6 +48,23 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
 
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// The strong ETag of one encoding of a file: the start of the SHA-256 of the bytes sent. Keep in
+/// step with `assets::tests::etags_are_hashes_of_the_bytes_sent`.
+fn etag(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    format!("\"{}\"", &hex(&sha2::Sha256::digest(bytes))[..20])
+}
+
+/// Rust source for one `Encoded` value: the file `path` embedded, and the ETag of `bytes` (its
+/// content).
+fn encoded(path: &Path, bytes: &[u8]) -> String {
+    format!(
+        "Encoded {{ bytes: include_bytes!({:?}), etag: {:?} }}",
+        path.display().to_string(),
+        etag(bytes)
+    )
 }
 
 fn main() {
@@ -95,8 +115,6 @@ fn main() {
     code.push_str(&format!("const UI_BUILT: bool = {built};\n"));
     code.push_str("static ASSETS: &[Asset] = &[\n");
     for (i, (path, data, br)) in files.iter().enumerate() {
-        use sha2::Digest;
-        let etag = format!("\"{}\"", &hex(&sha2::Sha256::digest(data))[..20]);
         let raw = out.join(format!("asset{i}"));
         std::fs::write(&raw, data).unwrap();
         let ct = content_type(Path::new(path));
@@ -107,19 +125,24 @@ fn main() {
             let g = e.finish().unwrap();
             let gp = out.join(format!("asset{i}.gz"));
             std::fs::write(&gp, &g).unwrap();
-            format!("Some(include_bytes!({:?}))", gp.display().to_string())
+            format!("Some({})", encoded(&gp, &g))
         } else {
             "None".into()
         };
         let br = match br {
             Some(b) if compressible => {
-                format!("Some(include_bytes!({:?}))", b.display().to_string())
+                // A copy, so the bytes embedded are the ones hashed even if the UI is rebuilt
+                // meanwhile.
+                let copy = out.join(format!("asset{i}.br"));
+                let bytes = std::fs::read(b).unwrap();
+                std::fs::write(&copy, &bytes).unwrap();
+                format!("Some({})", encoded(&copy, &bytes))
             }
             _ => "None".into(),
         };
         code.push_str(&format!(
-            "    Asset {{ path: {path:?}, content_type: {ct:?}, raw: include_bytes!({:?}), gzip: {gz}, br: {br}, etag: {etag:?} }},\n",
-            raw.display().to_string()
+            "    Asset {{ path: {path:?}, content_type: {ct:?}, raw: {}, gzip: {gz}, br: {br} }},\n",
+            encoded(&raw, data)
         ));
     }
     code.push_str("];\n");
