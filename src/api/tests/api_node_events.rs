@@ -140,8 +140,9 @@ async fn takeovers_and_ha_restarts_reach_the_event_list_and_the_audit_log() {
     harness.stop().await;
 }
 
-/// `GET /cluster`'s answer, with and without the lease fields, fits the document's `Cluster`
-/// schema; a lease state the document does not name does not.
+/// `GET /cluster`'s answer, with and without the lease fields, with a witness and draining
+/// members, fits the document's `Cluster` schema; a lease state the document does not name
+/// does not, nor a drain past 100%.
 #[test]
 fn cluster_status_with_the_lease_fits_the_openapi_schema() {
     let doc: serde_json::Value = serde_json::from_str(api::OPENAPI_JSON).unwrap();
@@ -175,11 +176,37 @@ fn cluster_status_with_the_lease_fits_the_openapi_schema() {
             member(1, Some("held")),
             member(2, Some("needed")),
             member(3, None),
+            control::ClusterMemberView {
+                role: "witness".into(),
+                ..member(4, Some("unreachable"))
+            },
         ],
         vdisks: vec!["d".into()],
         snapshots: 0,
         vms: vec![],
-        data: Default::default(),
+        data: control::ClusterDataView {
+            draining: vec![
+                control::DrainView {
+                    node: 2,
+                    name: "n2".into(),
+                    chunks_left: 4,
+                    hosted_chunks_left: 0,
+                    progress: Some(control::DrainProgressView {
+                        chunks_left: 30,
+                        chunks_at_start: 120,
+                        percent: 75,
+                        eta_secs: Some(12),
+                    }),
+                },
+                control::DrainView {
+                    node: 3,
+                    name: "n3".into(),
+                    progress: None,
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        },
         lease: Some(control::LeaseView {
             state: "held".into(),
             remaining_ms: Some(2500),
@@ -204,6 +231,9 @@ fn cluster_status_with_the_lease_fits_the_openapi_schema() {
         !v.is_valid(&bad),
         "an unknown lease state passes the schema"
     );
+    bad = json.clone();
+    bad["data"]["draining"][0]["progress"]["percent"] = 140.into();
+    assert!(!v.is_valid(&bad), "a drain over 100% passes the schema");
     bad = json;
     bad["members"][0]["lease"] = "sometimes".into();
     assert!(

@@ -123,15 +123,25 @@ fn remove_waiting(target: &Target, req: &Request, node: &str) -> Result<Reply, C
     }
 }
 
+/// One draining member: its own account of the whole drain when it gave one (progress and time
+/// left), and what still depends on it here.
 fn drain_line(d: &control::DrainView, r: &control::RebuildView) -> String {
     let mut s = format!("draining {} (member {}): ", d.name, d.node);
-    if d.hosted_chunks_left > 0 {
-        s.push_str(&format!(
-            "{} chunks of other nodes still on its disks",
-            d.hosted_chunks_left
-        ));
-    } else {
-        s.push_str(&format!("{} chunks here still on its disks", d.chunks_left));
+    match &d.progress {
+        Some(p) => {
+            s.push_str(&format!(
+                "{} of {} chunks still on its disks ({}% moved), ",
+                p.chunks_left, p.chunks_at_start, p.percent
+            ));
+            match p.eta_secs {
+                Some(t) => s.push_str(&format!("about {} left", duration_text(t))),
+                None => s.push_str("time left not known yet"),
+            }
+        }
+        None => s.push_str("its own progress not known (it did not answer)"),
+    }
+    if d.hosted_chunks_left == 0 && d.chunks_left > 0 {
+        s.push_str(&format!("; {} chunks of this node on it", d.chunks_left));
     }
     if r.running {
         s.push_str(&format!("; {}", rebuild_text(r)));
@@ -251,7 +261,15 @@ fn status(v: &ClusterView) -> String {
     if let Some(l) = &v.lease {
         out.push_str(&lease_lines(l));
     }
-    out.push_str(&data_line(&v.data));
+    let witness = v
+        .members
+        .iter()
+        .any(|m| m.id == v.me && m.role == "witness");
+    if witness {
+        out.push_str("data: none on this node (a witness holds no disks)\n");
+    } else {
+        out.push_str(&data_line(&v.data));
+    }
     for d in &v.data.draining {
         out.push_str(&drain_line(d, &control::RebuildView::default()));
         out.push('\n');
@@ -265,29 +283,17 @@ fn lease_lines(l: &control::LeaseView) -> String {
     let secs = |ms: u64| format!("{:.1} s", ms as f64 / 1000.0);
     let mut out = format!("lease (this node, L = {}): ", secs(l.length_ms));
     match (l.state.as_str(), l.remaining_ms) {
-        ("held", Some(ms)) => out.push_str(&format!(
-            "held, {} left
-",
-            secs(ms)
-        )),
+        ("held", Some(ms)) => out.push_str(&format!("held, {} left\n", secs(ms))),
         ("expired", _) => out.push_str(&format!(
-            "EXPIRED ({}): this node's virtual disks are not served and its VMs are paused
-",
+            "EXPIRED ({}): this node's virtual disks are not served and its VMs are paused\n",
             l.problem
         )),
-        ("not_needed", _) => out.push_str(
-            "not needed
-",
-        ),
-        (other, _) => out.push_str(&format!(
-            "{other}
-"
-        )),
+        ("not_needed", _) => out.push_str("not needed\n"),
+        (other, _) => out.push_str(&format!("{other}\n")),
     }
     for a in &l.awaiting_adoption {
         out.push_str(&format!(
-            "  taken over, waiting for adoption: {} ({}), {}
-",
+            "  taken over, waiting for adoption: {} ({}), {}\n",
             a.vdisk,
             a.id,
             if a.held_for_ms > 0 {
@@ -416,13 +422,83 @@ mod tests {
         assert!(data_line(&d).contains("not known yet"));
         let idle = control::ClusterDataView::default();
         assert!(data_line(&idle).contains("fully redundant"));
-        let dv = control::DrainView {
+    }
+
+    /// Every member's answer shows a draining member's own progress and time left; without it
+    /// (it did not answer) the line says so, and this node's chunks on it are shown either way.
+    #[test]
+    fn drain_lines_show_the_members_own_progress_and_time_left() {
+        let mut dv = control::DrainView {
             node: 3,
             name: "c".into(),
             chunks_left: 57,
             hosted_chunks_left: 0,
+            progress: None,
         };
-        assert!(drain_line(&dv, &control::RebuildView::default()).contains("57 chunks here"));
+        let idle = control::RebuildView::default();
+        let s = drain_line(&dv, &idle);
+        assert!(s.contains("progress not known"), "{s}");
+        assert!(s.contains("57 chunks of this node on it"), "{s}");
+        dv.progress = Some(control::DrainProgressView {
+            chunks_left: 300,
+            chunks_at_start: 1200,
+            percent: 75,
+            eta_secs: Some(130),
+        });
+        let s = drain_line(&dv, &idle);
+        assert_eq!(
+            s,
+            "draining c (member 3): 300 of 1200 chunks still on its disks (75% moved), about \
+             2m 10s left; 57 chunks of this node on it"
+        );
+        if let Some(p) = dv.progress.as_mut() {
+            p.eta_secs = None;
+        }
+        assert!(drain_line(&dv, &idle).contains("time left not known yet"));
+    }
+
+    /// A witness's own answer says it holds no data instead of a redundancy line.
+    #[test]
+    fn a_witness_status_shows_its_role_and_no_data() {
+        let member = |id: u64, role: &str, lease: &str| control::ClusterMemberView {
+            id,
+            name: format!("n{id}"),
+            address: format!("127.0.0.{id}:7440"),
+            role: role.into(),
+            state: "active".into(),
+            voter: true,
+            leader: id == 1,
+            health: "up".into(),
+            last_seen_ms_ago: Some(300),
+            lease: Some(lease.into()),
+        };
+        let mut v = ClusterView {
+            cluster_id: "c1".into(),
+            me: 3,
+            leader: Some(1),
+            term: 2,
+            commit_index: Some(9),
+            last_log_index: Some(9),
+            placement_version: 1,
+            members: vec![
+                member(1, "data", "held"),
+                member(2, "data", "unreachable"),
+                member(3, "witness", "not_needed"),
+            ],
+            vdisks: vec![],
+            snapshots: 0,
+            vms: vec![],
+            data: control::ClusterDataView::default(),
+            lease: None,
+        };
+        let s = status(&v);
+        assert!(s.contains("data: none on this node (a witness"), "{s}");
+        assert!(!s.contains("fully redundant"), "{s}");
+        let row = s.lines().find(|l| l.starts_with("3 ")).unwrap_or_default();
+        assert!(row.contains("witness") && row.contains("0.3s ago"), "{row}");
+        assert!(row.contains("not needed"), "{row}");
+        v.me = 1;
+        assert!(status(&v).contains("fully redundant"));
     }
 
     #[test]

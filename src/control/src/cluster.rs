@@ -32,10 +32,11 @@ pub struct ClusterMemberView {
     pub health: String,
     pub last_seen_ms_ago: Option<u64>,
     /// The member's isolation lease: `held`, `expired` or `not_needed` as each data member
-    /// reports it (the answering node's details in [`ClusterView::lease`]), `unreachable` for
-    /// a data member that does not answer in time; for a witness, and in a witness's answer,
-    /// what the cluster's rule says, `needed` or `not_needed`. None from a node that does not
-    /// report leases.
+    /// reports it (the answering node's details in [`ClusterView::lease`]); `not_needed` for a
+    /// witness that answers (it has no lease); `unreachable` for any other member that does not
+    /// answer in time. Every member is asked when the status is made, by a data node or a
+    /// witness alike, so this also says who is reachable now (a witness lists itself
+    /// `not_needed`). None from a node that does not report leases.
     #[serde(default)]
     pub lease: Option<String>,
 }
@@ -141,6 +142,25 @@ pub struct DrainView {
     /// When the answering node is the member itself: copies of other nodes' chunks it still
     /// holds.
     pub hosted_chunks_left: u64,
+    /// The whole drain as the member itself reports it (asked when the status is made, so
+    /// every member's answer shows every draining member's progress); None when it does not
+    /// answer in time (or does not report it).
+    #[serde(default)]
+    pub progress: Option<DrainProgressView>,
+}
+
+/// A draining member's own account of its drain: the chunk copies of every node still on its
+/// disks.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DrainProgressView {
+    pub chunks_left: u64,
+    /// The most chunks it held since it first looked at its drain (the drain's size, as far
+    /// as it saw it).
+    pub chunks_at_start: u64,
+    /// Moved of `chunks_at_start`, in percent.
+    pub percent: u32,
+    /// Seconds left at the rate seen since then; None before the first chunk moved.
+    pub eta_secs: Option<u64>,
 }
 
 /// One disk of another node that holds replicas of this node's virtual disks.

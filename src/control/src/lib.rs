@@ -19,9 +19,9 @@ mod request;
 mod vm;
 
 pub use cluster::{
-    AdoptionView, ClusterDataView, ClusterMemberView, ClusterTokenView, ClusterView, DrainView,
-    LeaseView, NodeEvent, RebuildView, RemoteReplicaView, DEFAULT_TOKEN_TTL_SECS,
-    MAX_TOKEN_TTL_SECS,
+    AdoptionView, ClusterDataView, ClusterMemberView, ClusterTokenView, ClusterView,
+    DrainProgressView, DrainView, LeaseView, NodeEvent, RebuildView, RemoteReplicaView,
+    DEFAULT_TOKEN_TTL_SECS, MAX_TOKEN_TTL_SECS,
 };
 pub use error::{ControlError, ErrorCode, EXIT_OK, EXIT_UNREACHABLE};
 pub use parse::{

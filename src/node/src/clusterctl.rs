@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use cluster::{Command, MemberState, Role};
 use control::{
-    AdoptionView, ClusterDataView, ClusterView, ControlError, DrainView, ErrorCode, LeaseView,
-    RebuildView, Reply, Request, VdiskView, VmView,
+    AdoptionView, ClusterDataView, ClusterView, ControlError, DrainProgressView, DrainView,
+    ErrorCode, LeaseView, RebuildView, Reply, Request, VdiskView, VmView,
 };
 
 use crate::clusterhost::ClusterHost;
@@ -21,6 +21,10 @@ use crate::controller::NodeController;
 use crate::convert;
 use crate::takeover::{manual, peer};
 use crate::NodeInner;
+
+mod drainprogress;
+
+pub(crate) use drainprogress::DrainTrack;
 
 /// The lease states a member may report about itself.
 const LEASE_STATES: [&str; 3] = ["held", "expired", "not_needed"];
@@ -92,6 +96,7 @@ pub(crate) fn drain_left_here(inner: &NodeInner, id: u64, name: String, me: u64)
             name,
             chunks_left: 0,
             hosted_chunks_left: mirror::hosted_objects(engine),
+            progress: None,
         }
     } else {
         DrainView {
@@ -99,6 +104,100 @@ pub(crate) fn drain_left_here(inner: &NodeInner, id: u64, name: String, me: u64)
             name,
             chunks_left: engine.chunks_on_node(id),
             hosted_chunks_left: 0,
+            progress: None,
+        }
+    }
+}
+
+/// This node's own drain as it counts it now: the copies of other nodes' chunks still on its
+/// disks (see `drainprogress`).
+pub(crate) fn own_drain_progress(inner: &NodeInner) -> DrainProgressView {
+    let left = mirror::hosted_objects(&inner.engine);
+    inner.cluster.drain.observe(left, std::time::Instant::now())
+}
+
+/// The members the cluster state marks draining, by id with their names.
+pub(crate) fn draining_members(m: &cluster::ClusterNode) -> Vec<(u64, String)> {
+    m.read(|s| {
+        s.members
+            .values()
+            .filter(|x| x.state == MemberState::Draining)
+            .map(|x| (x.id, x.name.clone()))
+            .collect()
+    })
+}
+
+/// What `cluster status` asks the other members before it answers, all at once: each one's
+/// lease (and so whether it answers, [`members_leases`]) and each draining member's own
+/// progress ([`drains_progress`]).
+pub(crate) async fn ask_members(m: &cluster::ClusterNode, v: &mut ClusterView) {
+    let me = v.me;
+    let draining: Vec<u64> = v
+        .data
+        .draining
+        .iter()
+        .filter(|d| d.node != me && d.progress.is_none())
+        .map(|d| d.node)
+        .collect();
+    let (_, drains) = futures::join!(members_leases(m, v), drains_progress(m, &draining));
+    for (id, p) in drains {
+        if let Some(d) = v.data.draining.iter_mut().find(|d| d.node == id) {
+            d.progress = p;
+        }
+    }
+}
+
+/// Each of the draining members `ids`, asked for its own progress (bounded by
+/// `LEASE_ASK_TIMEOUT`, all at once); None for one that does not answer.
+async fn drains_progress(
+    m: &cluster::ClusterNode,
+    ids: &[u64],
+) -> Vec<(u64, Option<DrainProgressView>)> {
+    let asks = ids.iter().map(|id| async move {
+        let call = &peer::Call::DrainProgress;
+        match peer::call(m, *id, call, peer::LEASE_ASK_TIMEOUT).await {
+            Ok(peer::Answer::Drain(p)) => (*id, Some(p)),
+            _ => (*id, None),
+        }
+    });
+    futures::future::join_all(asks).await
+}
+
+/// Each other member's lease state, asked over the member transport (all at once, each bounded
+/// by `LEASE_ASK_TIMEOUT`): it also says who answers now, not only whose heartbeat came last.
+/// A data member reports `held`, `expired` or `not_needed`; a witness has no lease and is
+/// `not_needed` once it answers at all (it refuses node calls); either is `unreachable` when it
+/// does not answer (or is down for the failure detector). Data nodes and witnesses both ask.
+async fn members_leases(m: &cluster::ClusterNode, v: &mut ClusterView) {
+    let me = v.me;
+    let asks = v.members.iter().filter(|x| x.id != me).map(|x| {
+        let (id, down, witness) = (x.id, x.health == "down", x.role == "witness");
+        async move {
+            if down {
+                return (id, "unreachable".to_string());
+            }
+            if witness {
+                let reachable = peer::answers(m, id, peer::LEASE_ASK_TIMEOUT).await;
+                let state = if reachable {
+                    "not_needed"
+                } else {
+                    "unreachable"
+                };
+                return (id, state.to_string());
+            }
+            let call = &peer::Call::Lease;
+            let state = match peer::call(m, id, call, peer::LEASE_ASK_TIMEOUT).await {
+                Ok(peer::Answer::Lease { state }) if LEASE_STATES.contains(&state.as_str()) => {
+                    state
+                }
+                _ => "unreachable".to_string(),
+            };
+            (id, state)
+        }
+    });
+    for (id, state) in futures::future::join_all(asks).await {
+        if let Some(x) = v.members.iter_mut().find(|x| x.id == id) {
+            x.lease = Some(state);
         }
     }
 }
@@ -110,7 +209,9 @@ impl NodeController {
         match req {
             Request::ClusterStatus => {
                 let mut v = self.status_view()?;
-                self.members_leases(&mut v).await;
+                if let Ok(m) = self.inner.cluster.member() {
+                    ask_members(&m, &mut v).await;
+                }
                 Ok(Reply::Cluster(Box::new(v)))
             }
             Request::VdiskTakeover { name, to, force } => {
@@ -139,42 +240,6 @@ impl NodeController {
                 "{} is not a cluster request",
                 other.action()
             ))),
-        }
-    }
-
-    /// Each other data member's real lease state, asked over the member transport (all at
-    /// once, each bounded by `LEASE_ASK_TIMEOUT`): `held`, `expired`, `not_needed`, or
-    /// `unreachable` when it does not answer (or is down for the failure detector).
-    async fn members_leases(&self, v: &mut ClusterView) {
-        let Ok(m) = self.inner.cluster.member() else {
-            return;
-        };
-        let me = v.me;
-        let asks = v
-            .members
-            .iter()
-            .filter(|x| x.id != me && x.role == "data")
-            .map(|x| {
-                let (id, down, m) = (x.id, x.health == "down", m.clone());
-                async move {
-                    if down {
-                        return (id, "unreachable".to_string());
-                    }
-                    let call = &peer::Call::Lease;
-                    match peer::call(&m, id, call, peer::LEASE_ASK_TIMEOUT).await {
-                        Ok(peer::Answer::Lease { state })
-                            if LEASE_STATES.contains(&state.as_str()) =>
-                        {
-                            (id, state)
-                        }
-                        _ => (id, "unreachable".to_string()),
-                    }
-                }
-            });
-        for (id, state) in futures::future::join_all(asks).await {
-            if let Some(x) = v.members.iter_mut().find(|x| x.id == id) {
-                x.lease = Some(state);
-            }
         }
     }
 
@@ -357,16 +422,19 @@ impl NodeController {
         };
         if let Ok(m) = self.inner.cluster.member() {
             let me = m.id();
-            let draining: Vec<(u64, String)> = m.read(|s| {
-                s.members
-                    .values()
-                    .filter(|x| x.state == MemberState::Draining)
-                    .map(|x| (x.id, x.name.clone()))
-                    .collect()
-            });
+            let draining = draining_members(&m);
+            if !draining.iter().any(|(id, _)| *id == me) {
+                self.inner.cluster.drain.reset();
+            }
             v.draining = draining
                 .into_iter()
-                .map(|(id, name)| self.drain_left(id, name, me))
+                .map(|(id, name)| {
+                    let mut d = self.drain_left(id, name, me);
+                    if id == me {
+                        d.progress = Some(own_drain_progress(&self.inner));
+                    }
+                    d
+                })
                 .collect();
         }
         self.inner.mirror.fill(engine, &mut v);
@@ -517,7 +585,9 @@ impl NodeController {
                 if let (true, Err(why)) = (here_done, &elsewhere) {
                     tracing::info!(member = target.id, reason = %why, "drain: waiting for the other members");
                 }
-                return Ok(Reply::Cluster(Box::new(self.status_view()?)));
+                let mut v = self.status_view()?;
+                ask_members(&m, &mut v).await;
+                return Ok(Reply::Cluster(Box::new(v)));
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }

@@ -167,6 +167,8 @@ pub(crate) struct ClusterHost {
     /// Held from a virtual disk's reservation to the engine's create (and across a delete), so
     /// a reservation this node is still acting on is never mistaken for a stale one.
     pub(crate) vdisk_lock: tokio::sync::Mutex<()>,
+    /// This node's own drain, as it last counted it (`clusterctl::drainprogress`).
+    pub(crate) drain: crate::clusterctl::DrainTrack,
 }
 
 impl ClusterHost {
@@ -202,6 +204,7 @@ impl ClusterHost {
             media: parking_lot::Mutex::new(None),
             join_lock: tokio::sync::Mutex::new(()),
             vdisk_lock: tokio::sync::Mutex::new(()),
+            drain: Default::default(),
         })
     }
 

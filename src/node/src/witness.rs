@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use control::{
-    allowed, Actor, BoxFuture, ClusterDataView, ControlError, ControlResult, Controller, ErrorCode,
-    Reply, Request,
+    allowed, Actor, BoxFuture, ClusterDataView, ControlError, ControlResult, Controller, DrainView,
+    ErrorCode, Reply, Request,
 };
 use tokio::sync::watch;
 
@@ -43,9 +43,24 @@ impl Controller for WitnessController {
             }
             req.validate()?;
             let result = match &req {
-                Request::ClusterStatus => Ok(Reply::Cluster(Box::new(
-                    self.host.status(ClusterDataView::default())?,
-                ))),
+                Request::ClusterStatus => {
+                    let mut v = self.host.status(ClusterDataView::default())?;
+                    // Each member's reachability as this witness sees it now (a data member
+                    // cut off from the other data node may still reach the witness), and each
+                    // draining member's progress as it reports it (no chunks here).
+                    if let Ok(m) = self.host.member() {
+                        v.data.draining = crate::clusterctl::draining_members(&m)
+                            .into_iter()
+                            .map(|(node, name)| DrainView {
+                                node,
+                                name,
+                                ..DrainView::default()
+                            })
+                            .collect();
+                        crate::clusterctl::ask_members(&m, &mut v).await;
+                    }
+                    Ok(Reply::Cluster(Box::new(v)))
+                }
                 Request::ClusterToken { witness, ttl_secs } => self
                     .host
                     .token(*witness, *ttl_secs)

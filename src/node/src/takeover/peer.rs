@@ -4,8 +4,8 @@
 //! request to the disk's holder, telling the target the holder stopped serving, and asking it
 //! whether it serves the disk yet — the same for a planned move of a VM with its disks
 //! (`cairn vm move`, see `super::vm_move`), which chunks of the caller's disk a member holds
-//! (the up-to-date check before a move, `super::copies`), and each member's chunks left on a
-//! draining member.
+//! (the up-to-date check before a move, `super::copies`), each member's chunks left on a
+//! draining member, and a draining member's own progress.
 //!
 //! Messages are JSON, bounded by `cluster::MAX_APP_BYTES`. Must never: answer a call that
 //! changes anything without checking it against the cluster state, or wait unbounded.
@@ -53,6 +53,9 @@ pub(crate) enum Call {
     /// Which chunks of the caller's virtual disk `vdisk` (its engine id) the receiver holds,
     /// from chunk `from_chunk` on (`super::copies`, before a planned move).
     HeldChunks { vdisk: u64, from_chunk: u64 },
+    /// The receiver's own drain: chunks of every node still on its disks, progress, time left
+    /// (`cluster status` on any member).
+    DrainProgress,
 }
 
 /// The answer to a [`Call`].
@@ -64,6 +67,7 @@ pub(crate) enum Answer {
     Done,
     Left(u64),
     Held(super::copies::HeldPage),
+    Drain(control::DrainProgressView),
 }
 
 struct Handler {
@@ -135,6 +139,7 @@ async fn answer(inner: &Arc<NodeInner>, from: NodeId, call: Call) -> Result<Answ
         Call::HeldChunks { vdisk, from_chunk } => {
             super::copies::held_page(inner, from, vdisk, from_chunk).map(Answer::Held)
         }
+        Call::DrainProgress => Ok(Answer::Drain(crate::clusterctl::own_drain_progress(inner))),
         Call::DrainLeft { id } => {
             let me = inner.cluster.member()?.id();
             let left = crate::clusterctl::drain_left_here(inner, id, String::new(), me);
@@ -207,6 +212,18 @@ pub(crate) async fn call(
             format!("member {id} answered something unreadable: {e}"),
         )
     })?
+}
+
+/// Whether member `id` answers a call within `timeout` at all: with an answer, or with a
+/// refusal (a witness takes no node calls and refuses them), as opposed to no answer.
+pub(crate) async fn answers(m: &ClusterNode, id: NodeId, timeout: Duration) -> bool {
+    let Ok(req) = serde_json::to_vec(&Call::Lease) else {
+        return false;
+    };
+    match tokio::time::timeout(timeout, m.call_app(id, req, timeout)).await {
+        Ok(Ok(_)) | Ok(Err(cluster::Error::Rejected(_))) => true,
+        Ok(Err(_)) | Err(_) => false,
+    }
 }
 
 /// Keeps this node's handler registered on its cluster member (a member object appears on
