@@ -329,7 +329,8 @@ pub enum Command {
     /// A planned move of one virtual disk (id `"{owner}/{name}"`) to data member `to`, by its
     /// live owner (`cairn vdisk takeover`): re-keyed `"{to}/{name}"` with its snapshot records;
     /// VMs keep their node. Bumps the placement version and returns it. Rejected if the disk
-    /// is unknown, `to` is not another data member, or any holder of the owner is outdated.
+    /// is unknown, `to` is not another data member, or a holder of the owner is outdated that
+    /// is not in `unused_outdated`.
     MoveVdisk {
         id: String,
         to: NodeId,
@@ -337,14 +338,21 @@ pub enum Command {
         /// before the field existed (which did not record it); every new move sets it.
         #[serde(default)]
         record: bool,
+        /// Members recorded outdated for the owner that, as the owner found after it stopped
+        /// writing the moved disks, hold no chunk of them: the target never gathers from them,
+        /// so they do not hold the move back. Empty (and not written) in entries from before
+        /// the field existed, and in every move while no holder is outdated: then any outdated
+        /// holder refuses the move, as it always did.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        unused_outdated: Vec<NodeId>,
     },
     /// A planned move of stopped VM `id` with its virtual disks to data member `to`, by the
     /// VM's node (`cairn vm move`): each of its disks that node owns is re-keyed as in
     /// [`Command::MoveVdisk`] (recorded as handed over), disks already on `to` stay, and the
     /// VM is assigned to `to`. Bumps the placement version and returns it. Rejected, changing
     /// nothing, if the VM is unknown, has no node, is recorded as running, or uses a disk of
-    /// a third member; if `to` is not another data member; or if any holder of the VM's node
-    /// is outdated.
+    /// a third member; if `to` is not another data member; or if a holder of the VM's node is
+    /// outdated that is not in `unused_outdated`.
     MoveVm {
         id: String,
         to: NodeId,
@@ -352,6 +360,9 @@ pub enum Command {
         /// written before the field existed (which did not record it); every new move sets it.
         #[serde(default)]
         record: bool,
+        /// As in [`Command::MoveVdisk`]: outdated members holding no chunk of the moved disks.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        unused_outdated: Vec<NodeId>,
     },
 }
 
@@ -640,8 +651,18 @@ impl ClusterState {
             }
             MoveVdisks { from, to } => return self.move_vdisks(*from, *to),
             TakeOver { from, to } => return self.take_over(*from, *to),
-            MoveVdisk { id, to, record } => return self.move_vdisk(id, *to, *record),
-            MoveVm { id, to, record } => return self.move_vm(id, *to, *record),
+            MoveVdisk {
+                id,
+                to,
+                record,
+                unused_outdated,
+            } => return self.move_vdisk(id, *to, *record, unused_outdated),
+            MoveVm {
+                id,
+                to,
+                record,
+                unused_outdated,
+            } => return self.move_vm(id, *to, *record, unused_outdated),
             Outdate {
                 owner,
                 holder,

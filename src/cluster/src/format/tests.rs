@@ -72,6 +72,30 @@ fn command_in_json_is_inline_as_before() {
     assert_eq!(serde_json::from_str::<Command>(&j).unwrap(), once(1));
 }
 
+/// A planned move with no outdated member to name is written exactly as before the list
+/// existed (older members in a mixed cluster read it), and an entry without it reads as empty.
+#[test]
+fn planned_moves_write_the_unused_outdated_list_only_when_there_is_one() {
+    let plain = Command::MoveVdisk {
+        id: "1/a".into(),
+        to: 2,
+        record: true,
+        unused_outdated: vec![],
+    };
+    let j = serde_json::to_string(&plain).unwrap();
+    assert_eq!(j, r#"{"MoveVdisk":{"id":"1/a","to":2,"record":true}}"#);
+    assert_eq!(serde_json::from_str::<Command>(&j).unwrap(), plain);
+    let named = Command::MoveVm {
+        id: "v".into(),
+        to: 2,
+        record: true,
+        unused_outdated: vec![3],
+    };
+    let j = serde_json::to_string(&named).unwrap();
+    assert!(j.contains(r#""unused_outdated":[3]"#), "{j}");
+    assert_eq!(from_bincode::<Command>(&to_bincode(&named)).unwrap(), named);
+}
+
 #[test]
 fn a_v1_binary_refuses_every_current_command_and_result() {
     let cmds = [
@@ -83,11 +107,13 @@ fn a_v1_binary_refuses_every_current_command_and_result() {
             id: "1/a".into(),
             to: 2,
             record: true,
+            unused_outdated: vec![],
         },
         Command::MoveVm {
             id: "1/v".into(),
             to: 2,
             record: true,
+            unused_outdated: vec![],
         },
         once(0),
         once(2),

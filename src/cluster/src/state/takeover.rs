@@ -48,19 +48,21 @@ impl ClusterState {
     /// `Command::MoveVdisk`: one virtual disk handed over by its live owner (a planned move,
     /// `cairn vdisk takeover`). The owner keeps its other disks and its write epoch (no
     /// `taken_over` entry); VMs keep their node (the owner refuses a move under a VM unless
-    /// forced). Rejected while any holder of the owner is outdated: the new owner gathers the
-    /// chunks from every holder but the old owner. `record`: the hand-over is recorded in
-    /// `handed_over` (every move but those logged before the field existed).
+    /// forced). Rejected while a holder of the owner is outdated, unless the owner found it
+    /// holds none of the disk's chunks (`unused_outdated`, see [`Self::check_planned_target`]).
+    /// `record`: the hand-over is recorded in `handed_over` (every move but those logged
+    /// before the field existed).
     pub(super) fn move_vdisk(
         &mut self,
         id: &str,
         to: NodeId,
         record: bool,
+        unused_outdated: &[NodeId],
     ) -> Result<CommandResult, CommandResult> {
         let Some(from) = vdisk_owner(id).filter(|_| self.vdisks.contains_key(id)) else {
             return Err(reject(format!("no virtual disk {id}")));
         };
-        self.check_planned_target(from, to)?;
+        self.check_planned_target(from, to, unused_outdated)?;
         let moving = [id.to_string()];
         self.rehome(&moving, from, to, false)?;
         if record {
@@ -77,6 +79,7 @@ impl ClusterState {
         id: &str,
         to: NodeId,
         record: bool,
+        unused_outdated: &[NodeId],
     ) -> Result<CommandResult, CommandResult> {
         let Some(vm) = self.vms.get(id) else {
             return Err(reject(format!("no VM {id}")));
@@ -89,7 +92,7 @@ impl ClusterState {
                 "VM {id} is recorded as running: stop it first"
             )));
         }
-        self.check_planned_target(from, to)?;
+        self.check_planned_target(from, to, unused_outdated)?;
         let mut moving = Vec::new();
         for d in &vm.vdisks {
             match vdisk_owner(d).filter(|_| self.vdisks.contains_key(d)) {
@@ -117,16 +120,37 @@ impl ClusterState {
     }
 
     /// A planned move from live member `from` to `to`: `to` must be another data member, and
-    /// no holder of `from` outdated (the new owner gathers chunks from every holder).
-    fn check_planned_target(&self, from: NodeId, to: NodeId) -> Result<(), CommandResult> {
+    /// no holder of `from` outdated unless it is in `unused_outdated`.
+    ///
+    /// Why: the new owner gathers the moved disks' chunks from every member but the old owner
+    /// and takes the first copy it finds of each, so an outdated copy of a moved chunk could be
+    /// the one it takes, losing writes the owner acknowledged. Which members hold chunks of
+    /// which disk is not in this state; the owner lists it. It names in `unused_outdated` the
+    /// outdated members it found to hold no chunk of the moved disks, asked after it stopped
+    /// writing them (so none can receive one written without it later). A member outdated
+    /// after that look is not in the list and refuses the move, as does every outdated member
+    /// in an entry written before the list existed. So a move is never made while an outdated
+    /// copy of a moved chunk exists, and an outdated member holding only other disks' chunks
+    /// no longer holds back every planned move of its owner.
+    fn check_planned_target(
+        &self,
+        from: NodeId,
+        to: NodeId,
+        unused_outdated: &[NodeId],
+    ) -> Result<(), CommandResult> {
         match self.members.get(&to) {
             Some(m) if m.role == Role::Data && to != from => {}
             _ => return Err(reject("the target must be another data member")),
         }
-        if let Some((_, holder)) = self.outdated.iter().find(|(o, _)| *o == from) {
+        if let Some((_, holder)) = self
+            .outdated
+            .iter()
+            .find(|(o, h)| *o == from && !unused_outdated.contains(h))
+        {
             return Err(reject(format!(
                 "member {holder}'s copies of member {from}'s virtual disks are outdated (the \
-                 owner wrote without them); moving would lose acknowledged writes"
+                 owner wrote without them) and may include chunks of the moved disks; moving \
+                 would lose acknowledged writes"
             )));
         }
         Ok(())
@@ -271,32 +295,38 @@ mod tests {
                 id: "1/a".into(),
                 to: 3,
                 record: true,
+                unused_outdated: vec![],
             },
             Command::MoveVdisk {
                 id: "1/a".into(),
                 to: 1,
                 record: true,
+                unused_outdated: vec![],
             },
             Command::MoveVdisk {
                 id: "1/a".into(),
                 to: 9,
                 record: true,
+                unused_outdated: vec![],
             },
             Command::MoveVdisk {
                 id: "1/x".into(),
                 to: 2,
                 record: true,
+                unused_outdated: vec![],
             },
             Command::MoveVdisk {
                 id: "nonsense".into(),
                 to: 2,
                 record: true,
+                unused_outdated: vec![],
             },
             // 2 already has a disk with b's key.
             Command::MoveVdisk {
                 id: "1/b".into(),
                 to: 2,
                 record: true,
+                unused_outdated: vec![],
             },
         ] {
             let rejected = matches!(s.apply(&bad), CommandResult::Rejected(_));
@@ -309,6 +339,7 @@ mod tests {
                 id: "1/a".into(),
                 to: 2,
                 record: true,
+                unused_outdated: vec![],
             }),
             CommandResult::Rejected(_)
         ));
@@ -318,6 +349,7 @@ mod tests {
                 id: "1/a".into(),
                 to: 2,
                 record: true,
+                unused_outdated: vec![],
             }),
             CommandResult::PlacementVersion(v0 + 1)
         );
@@ -501,6 +533,7 @@ mod tests {
                 id: "1/a".into(),
                 to: 2,
                 record: true,
+                unused_outdated: vec![],
             }),
             CommandResult::PlacementVersion(_)
         ));
@@ -534,6 +567,7 @@ mod tests {
                 id: "3/a".into(),
                 to: 1,
                 record: true,
+                unused_outdated: vec![],
             }),
             CommandResult::PlacementVersion(_)
         ));
@@ -554,6 +588,7 @@ mod tests {
                 id: "3/a".into(),
                 to: 2,
                 record: true,
+                unused_outdated: vec![],
             }),
             CommandResult::PlacementVersion(_)
         ));
@@ -563,6 +598,72 @@ mod tests {
             CommandResult::Ok
         );
         assert!(s.handed_over.is_empty(), "{:?}", s.handed_over);
+    }
+
+    /// An outdated member holds back only planned moves of disks it may hold chunks of: one
+    /// the owner found holding none (`unused_outdated`) lets the move through; one not named
+    /// (outdated after the owner looked, or any in an entry from before the list) refuses it,
+    /// for a disk move and a VM move alike, changing nothing.
+    #[test]
+    fn an_outdated_member_holds_back_only_moves_of_disks_it_may_hold() {
+        let mut s = init();
+        s.members.insert(2, member(2, Role::Data));
+        s.members.insert(3, member(3, Role::Data));
+        s.apply(&Command::CreateVdisk(vdisk("1/a")));
+        s.apply(&Command::CreateVdisk(vdisk("1/b")));
+        s.apply(&Command::PutVm(VmDef {
+            id: "vm".into(),
+            name: "vm".into(),
+            vcpus: 1,
+            memory_mib: 64,
+            vdisks: vec!["1/b".into()],
+            node: Some(1),
+            power: VmPower::Stopped,
+        }));
+        s.outdated.insert((1, 3));
+        s.outdated.insert((2, 1)); // another owner's record is no matter here
+        let move_a = |unused: Vec<NodeId>| Command::MoveVdisk {
+            id: "1/a".into(),
+            to: 2,
+            record: true,
+            unused_outdated: unused,
+        };
+        let before = s.clone();
+        for unused in [vec![], vec![2]] {
+            let CommandResult::Rejected(why) = s.apply(&move_a(unused)) else {
+                panic!("a move past an outdated member not found unused must be refused");
+            };
+            assert!(why.contains("member 3's copies"), "{why}");
+        }
+        assert_eq!(s, before, "a refused move changes nothing");
+        let v0 = s.placement.version;
+        assert_eq!(
+            s.apply(&move_a(vec![3])),
+            CommandResult::PlacementVersion(v0 + 1)
+        );
+        assert!(s.vdisks.contains_key("2/a"));
+        // Member 2 outdated after the owner's look: a VM move naming only 3 is refused.
+        s.outdated.insert((1, 2));
+        let move_vm = |unused: Vec<NodeId>| Command::MoveVm {
+            id: "vm".into(),
+            to: 3,
+            record: true,
+            unused_outdated: unused,
+        };
+        let before = s.clone();
+        let CommandResult::Rejected(why) = s.apply(&move_vm(vec![3])) else {
+            panic!("a VM move past an outdated member not found unused must be refused");
+        };
+        assert!(why.contains("member 2's copies"), "{why}");
+        assert_eq!(s, before);
+        assert_eq!(
+            s.apply(&move_vm(vec![2, 3])),
+            CommandResult::PlacementVersion(v0 + 2)
+        );
+        assert_eq!(s.vms["vm"].node, Some(3));
+        assert!(s.vdisks.contains_key("3/b"));
+        // The owner's copies elsewhere on those members stay recorded as outdated.
+        assert!(s.outdated.contains(&(1, 3)) && s.outdated.contains(&(1, 2)));
     }
 
     #[test]
@@ -609,6 +710,7 @@ mod tests {
                 id: bad.0.into(),
                 to: bad.1,
                 record: true,
+                unused_outdated: vec![],
             });
             let refused = matches!(&r, CommandResult::Rejected(m) if m.contains(why));
             assert!(refused, "{bad:?}: {r:?}");
@@ -618,6 +720,7 @@ mod tests {
             id: "v".into(),
             to: 2,
             record: true,
+            unused_outdated: vec![],
         });
         let refused = matches!(&r, CommandResult::Rejected(m) if m.contains("outdated"));
         assert!(refused, "{r:?}");
@@ -630,6 +733,7 @@ mod tests {
                 id: "v".into(),
                 to: 2,
                 record: true,
+                unused_outdated: vec![],
             }),
             CommandResult::PlacementVersion(v0 + 1)
         );
@@ -684,7 +788,8 @@ mod tests {
             Command::MoveVm {
                 id: "w".into(),
                 to: 2,
-                record: false
+                record: false,
+                unused_outdated: vec![],
             }
         );
         assert!(matches!(s.apply(&old), CommandResult::PlacementVersion(_)));
@@ -693,6 +798,7 @@ mod tests {
             id: "v".into(),
             to: 2,
             record: true,
+            unused_outdated: vec![],
         });
         let CommandResult::PlacementVersion(_) = moved else {
             panic!("the move was not applied: {moved:?}")

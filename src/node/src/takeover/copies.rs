@@ -13,7 +13,10 @@
 //! a copy counts when that disk is attached here, active, up and has no chunk left to resync,
 //! and H's copies are not recorded as outdated in the cluster (this node wrote without H: until
 //! the resync clears the record, any of H's copies may lack a write, also after a restart of
-//! this node, which forgets which chunks were written alone).
+//! this node, which forgets which chunks were written alone). An outdated H that holds any
+//! chunk of the disk refuses the move (the target takes the first copy it finds of a chunk);
+//! one that holds none is no matter: the move names it in `unused_outdated` (asked again once
+//! the disk is no longer written), and the cluster lets the move through only past those.
 //!
 //! Must never: let a move through when a chunk of the moved disk may exist only on this node
 //! or only in an outdated copy.
@@ -180,30 +183,32 @@ pub(crate) fn check(
             }
         }
     }
+    // The target takes the first copy of a chunk it finds: an outdated one must not be there
+    // at all (the cluster refuses the move otherwise, see `unused_outdated`).
+    let outdated: Vec<u64> = holders
+        .iter()
+        .filter(|h| h.outdated && !h.chunks.is_empty())
+        .map(|h| h.node)
+        .collect();
+    if !outdated.is_empty() {
+        return Err(format!(
+            "virtual disk {name} is not up to date on the other members: the copies on members \
+             {outdated:?} are outdated (this node wrote without them) until their resync ends, \
+             and hold chunks of it that the target could adopt. Wait and try again (`cairn \
+             cluster status` shows the resync)"
+        ));
+    }
     let stale: Vec<u64> = chunks
         .iter()
         .filter(|(_, (_, current))| !current)
         .map(|(c, _)| *c)
         .collect();
     if let Some(first) = stale.first() {
-        let outdated: Vec<u64> = holders
-            .iter()
-            .filter(|h| h.outdated)
-            .map(|h| h.node)
-            .collect();
-        let why = if outdated.is_empty() {
-            "a resync or rebuild is still copying them".to_string()
-        } else {
-            format!(
-                "the copies on members {outdated:?} are outdated (this node wrote without them) \
-                 until their resync ends"
-            )
-        };
         return Err(format!(
             "virtual disk {name} is not up to date on the other members: {} of its chunks \
              (chunk {first} first) have no up-to-date copy but this node's, and the target \
-             adopts from those copies; {why}. Wait and try again (`cairn cluster status` shows \
-             the resync)",
+             adopts from those copies; a resync or rebuild is still copying them. Wait and try \
+             again (`cairn cluster status` shows the resync)",
             stale.len()
         ));
     }
@@ -293,6 +298,43 @@ pub(crate) async fn disk_up_to_date(
         .map_err(|why| conflict(format!("cannot move {what}: {why}")))
 }
 
+/// The members recorded outdated for this node that hold no chunk of any of its virtual disks
+/// `vdisks` (engine ids), for `Command::MoveVdisk` / `Command::MoveVm` (`unused_outdated`):
+/// only those may be outdated when the move commits. Asked after the caller stopped writing the
+/// disks (none can receive a chunk written without it from then on). A member that does not
+/// answer, or holds a chunk, is left out: the cluster then refuses the move, changing nothing.
+pub(crate) async fn unused_outdated(m: &ClusterNode, vdisks: &[u64]) -> Vec<u64> {
+    let me = m.id();
+    let outdated: Vec<u64> = m.read(|s| {
+        s.outdated
+            .iter()
+            .filter(|(o, h)| *o == me && *h != me)
+            .map(|(_, h)| *h)
+            .collect()
+    });
+    let mut unused = Vec::new();
+    for id in outdated {
+        let mut holds = false;
+        for vdisk in vdisks {
+            let call = Call::HeldChunks {
+                vdisk: *vdisk,
+                from_chunk: 0,
+            };
+            holds = match peer::call(m, id, &call, STEP_TIMEOUT).await {
+                Ok(peer::Answer::Held(p)) => !p.chunks.is_empty() || p.more,
+                _ => true,
+            };
+            if holds {
+                break;
+            }
+        }
+        if !holds {
+            unused.push(id);
+        }
+    }
+    unused
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -342,11 +384,22 @@ mod tests {
     }
 
     #[test]
-    fn an_outdated_holder_counts_for_nothing_and_says_so() {
+    fn an_outdated_holder_of_a_chunk_refuses_and_one_holding_none_is_no_matter() {
         let mut b = holder(2, &[("b1", 0)], &["b1"], &["b1"]);
         b.outdated = true;
         let e = check("t", &set(&[0]), &[b], 2).unwrap_err();
         assert!(e.contains("members [2] are outdated"), "{e}");
+        // Even with a current copy on a third member: the target might take the outdated one.
+        let mut b = holder(2, &[("b1", 0)], &["b1"], &["b1"]);
+        b.outdated = true;
+        let c = holder(3, &[("c1", 0)], &["c1"], &["c1"]);
+        let e = check("t", &set(&[0]), &[b, c], 2).unwrap_err();
+        assert!(e.contains("could adopt"), "{e}");
+        // Outdated, but none of this disk's chunks are there: judged on the others alone.
+        let mut b = holder(2, &[], &[], &["b1"]);
+        b.outdated = true;
+        let c = holder(3, &[("c1", 0)], &["c1"], &["c1"]);
+        assert_eq!(check("t", &set(&[0]), &[b, c], 2), Ok(()));
     }
 
     #[test]

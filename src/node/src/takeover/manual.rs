@@ -158,10 +158,13 @@ pub(crate) async fn move_out(
             .map_err(crate::convert::error)?;
         h.flush().await.map_err(crate::convert::error)?;
         drop(h);
+        // No longer written: outdated members holding none of it may stay outdated.
+        let vid = inner.engine.vdisk(name).map_err(crate::convert::error)?.id;
         let cmd = Command::MoveVdisk {
             id: id.clone(),
             to,
             record: true,
+            unused_outdated: super::copies::unused_outdated(&m, &[vid]).await,
         };
         let r = tokio::time::timeout(PROPOSE_TIMEOUT, m.propose(cmd)).await;
         match r {

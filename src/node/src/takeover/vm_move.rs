@@ -215,14 +215,18 @@ async fn commit(
         ));
     }
     let _g = inner.cluster.vdisk_lock.lock().await;
+    let mut ids = Vec::new();
     for d in moving {
         let h = inner.engine.open_vdisk(d).map_err(crate::convert::error)?;
         h.flush().await.map_err(crate::convert::error)?;
+        ids.push(inner.engine.vdisk(d).map_err(crate::convert::error)?.id);
     }
+    // No longer written: outdated members holding none of them may stay outdated.
     let cmd = Command::MoveVm {
         id: id.to_string(),
         to,
         record: true,
+        unused_outdated: super::copies::unused_outdated(m, &ids).await,
     };
     match tokio::time::timeout(PROPOSE_TIMEOUT, m.propose(cmd)).await {
         Ok(Ok(CommandResult::PlacementVersion(epoch))) => Ok(epoch),
