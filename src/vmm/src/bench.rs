@@ -447,11 +447,14 @@ fn prewrite_file(path: &Path, bytes: u64, fill: u8) -> Result<()> {
 /// Developer knobs for profiling one side (read from the environment, never set by `cairn
 /// bench`): `CAIRN_BENCH_VMM_QD=32` runs only that queue depth, `CAIRN_BENCH_VMM_ANCHOR=off`
 /// skips QEMU (its figure then reads 0), so `perf` sees only Cairn's process;
-/// `CAIRN_BENCH_VMM_EACH=1` also prints every run's figures, not only the medians.
+/// `CAIRN_BENCH_VMM_EACH=1` also prints every run's figures, not only the medians;
+/// `CAIRN_BENCH_VMM_WORKERS=N` gives the disk's runtime N workers instead of 2 (how
+/// the engine path fares with fewer threads to wake per request).
 struct ProbeKnobs {
     qd: Option<u32>,
     anchor: bool,
     each: bool,
+    workers: usize,
 }
 
 impl ProbeKnobs {
@@ -462,6 +465,11 @@ impl ProbeKnobs {
                 .and_then(|v| v.parse().ok()),
             anchor: std::env::var("CAIRN_BENCH_VMM_ANCHOR").as_deref() != Ok("off"),
             each: std::env::var("CAIRN_BENCH_VMM_EACH").as_deref() == Ok("1"),
+            workers: std::env::var("CAIRN_BENCH_VMM_WORKERS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .filter(|w| *w > 0)
+                .unwrap_or(2),
         }
     }
 
@@ -504,8 +512,9 @@ pub fn run_disks(opts: &BenchOptions, kinds: &[&str]) -> Result<Vec<BenchLine>> 
     let ram: Arc<dyn DiskBackend> = Arc::new(ram_disk);
     let filedisk: Arc<dyn DiskBackend> =
         Arc::new(FileDisk::open(&file, false, true).map_err(|e| VmmError::Backend(e.to_string()))?);
+    let probe = ProbeKnobs::from_env();
     let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(probe.workers)
         .enable_all()
         .build()
         .map_err(io_err("tokio runtime"))?;
@@ -525,7 +534,6 @@ pub fn run_disks(opts: &BenchOptions, kinds: &[&str]) -> Result<Vec<BenchLine>> 
         None => ram.clone(),
     };
     let raw = "qemu raw file cache=none aio=io_uring";
-    let probe = ProbeKnobs::from_env();
     for (kind, ours_backend, drive, anchor_name) in [
         ("ram", &ram, &null_drive, "qemu null-co"),
         ("file", &filedisk, &file_drive, raw),
