@@ -9,7 +9,8 @@
 //! serves every acknowledged write and the snapshot and takes new writes; a keeps serving `u`
 //! (its lease stays valid: handing `t` over is not a takeover of a), drops its stale copy of
 //! `t` and refuses to export it. Both nodes record the move as a node event in their audit log.
-//! Lease column: each data member reports its own `held`; b killed shows `unreachable`.
+//! Lease column: each data member reports its own `held`, the witness `not_needed`, on a's
+//! view and on the witness's own; b killed, then the witness, show `unreachable`.
 //!
 //! A planned move of a stopped VM with its disks (`cairn vm move NAME --to NODE`): refused,
 //! changing nothing, for an unknown VM or member, a witness, its own node, a target that is
@@ -115,7 +116,7 @@ fn a_vdisk_moves_on_purpose_and_each_members_lease_is_real() {
         .prefix("cairn-vtakeover-")
         .tempdir()
         .unwrap();
-    let (a, mut b, w) = mirrored_pair(tmp.path());
+    let (a, mut b, mut w) = mirrored_pair(tmp.path());
 
     // Each data member reports its own lease: both hold one (two data nodes + a witness).
     wait_until(30, "a and b reporting held leases", || {
@@ -123,7 +124,17 @@ fn a_vdisk_moves_on_purpose_and_each_members_lease_is_real() {
         lease_of(&s, "a") == "held" && lease_of(&s, "b") == "held"
     });
     assert_eq!(lease_of(&b.status(), "a"), "held");
+    // The witness answers (it has no lease), and asks the data members itself.
     assert_eq!(lease_of(&a.status(), "w"), "not_needed");
+    wait_until(30, "the witness showing a's and b's leases held", || {
+        let s = w.status();
+        lease_of(&s, "a") == "held" && lease_of(&s, "b") == "held"
+    });
+    let text = cli_at(&w.data, &["cluster", "status"]).stdout;
+    assert!(
+        text.contains("data: none on this node (a witness"),
+        "{text}"
+    );
 
     a.ok(&["vdisk", "create", "t", &format!("{VDISK_MIB}M")]);
     a.ok(&["vdisk", "create", "u", "4M"]);
@@ -229,7 +240,14 @@ fn a_vdisk_moves_on_purpose_and_each_members_lease_is_real() {
     wait_until(30, "a showing b's lease unreachable", || {
         lease_of(&a.status(), "b") == "unreachable"
     });
-    drop(w);
+    wait_until(30, "the witness showing b unreachable", || {
+        lease_of(&w.status(), "b") == "unreachable"
+    });
+    // So does a witness that does not answer.
+    w.kill9();
+    wait_until(30, "a showing the witness unreachable", || {
+        lease_of(&a.status(), "w") == "unreachable"
+    });
 }
 
 fn kvm_usable() -> bool {
