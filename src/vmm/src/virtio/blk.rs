@@ -1,8 +1,9 @@
 //! virtio-blk on a [`DiskBackend`]: request parsing (the descriptor-chain walk and every
 //! validation), request execution, and the per-queue I/O threads.
 //!
-//! Each queue has its own thread. Memory-speed backends run requests inline with a bounce
-//! buffer allocated once; blocking backends (files) spread them over I/O lanes
+//! Each queue has its own thread. Memory-speed backends run requests inline, copying straight
+//! between the disk's bytes and guest memory when the disk lends them (else through a bounce
+//! buffer allocated on first use); blocking backends (files) spread them over I/O lanes
 //! ([`super::blk_pool`]); async backends (the engine) get their requests run by driver
 //! tasks on their runtime ([`super::blk_async`]). Inline and engine queue threads busy-poll
 //! their ring for a short adaptive window after each request ([`super::PollWindow`]) before
@@ -352,21 +353,41 @@ pub fn parse(mem: &GuestMemoryMmap, chain: &Chain, size: u64, read_only: bool) -
     }
 }
 
+/// The buffer a request's data passes through when the backend lends no bytes of its own
+/// ([`DiskBackend::read_direct`]): allocated on first use, so a handler on a RAM disk (which
+/// lends its bytes) never holds one.
+#[derive(Default)]
+struct Bounce {
+    buf: Vec<u8>,
+    /// Start of the 4 KiB-aligned window in `buf` (O_DIRECT backends need aligned buffers).
+    off: usize,
+}
+
+impl Bounce {
+    /// The first `len` bytes (at most [`MAX_REQUEST_BYTES`]) of the aligned window.
+    fn get(&mut self, len: usize) -> &mut [u8] {
+        if self.buf.is_empty() {
+            self.buf = vec![0u8; MAX_REQUEST_BYTES + 4096];
+            self.off = self.buf.as_ptr().align_offset(4096).min(4096);
+        }
+        &mut self.buf[self.off..self.off + len]
+    }
+}
+
 /// Serves one queue: parses chains, calls the backend, completes requests.
 pub struct BlkQueueHandler {
     backend: Arc<dyn DiskBackend>,
     mem: Arc<GuestMemoryMmap>,
     serial: [u8; SERIAL_BYTES],
     counters: Arc<DeviceCounters>,
-    bounce: Vec<u8>,
-    /// Start of the 4 KiB-aligned window in `bounce` (O_DIRECT backends need aligned buffers).
-    bounce_off: usize,
+    bounce: Bounce,
     read_only: bool,
     queue_index: usize,
 }
 
 impl BlkQueueHandler {
-    /// A handler for one queue of the disk (allocates its bounce buffer once).
+    /// A handler for one queue of the disk (its bounce buffer comes with the first request that
+    /// needs one).
     pub fn new(
         backend: Arc<dyn DiskBackend>,
         mem: Arc<GuestMemoryMmap>,
@@ -375,15 +396,12 @@ impl BlkQueueHandler {
     ) -> Self {
         let s = serial_bytes(serial);
         let read_only = backend.read_only();
-        let bounce = vec![0u8; MAX_REQUEST_BYTES + 4096];
-        let bounce_off = bounce.as_ptr().align_offset(4096).min(4096);
         Self {
             backend,
             mem,
             serial: s,
             counters,
-            bounce,
-            bounce_off,
+            bounce: Bounce::default(),
             read_only,
             queue_index: 0,
         }
@@ -411,7 +429,7 @@ impl BlkQueueHandler {
                 let ok = match direct {
                     Some(r) => r.is_ok(),
                     None => {
-                        let buf = &mut self.bounce[self.bounce_off..self.bounce_off + len];
+                        let buf = self.bounce.get(len);
                         self.backend.read(off, buf).is_ok() && chain.scatter(&mem, 0, buf)
                     }
                 };
@@ -429,7 +447,7 @@ impl BlkQueueHandler {
                 let ok = match direct {
                     Some(r) => r.is_ok(),
                     None => {
-                        let buf = &mut self.bounce[self.bounce_off..self.bounce_off + len];
+                        let buf = self.bounce.get(len);
                         chain.gather(&mem, 16, buf) && self.backend.write(off, buf).is_ok()
                     }
                 };
@@ -465,6 +483,12 @@ impl BlkQueueHandler {
                 Outcome::ok(0)
             }
         }
+    }
+
+    /// Bytes of bounce buffer this handler holds (0 until a backend without direct access
+    /// needed one).
+    pub fn bounce_bytes(&self) -> usize {
+        self.bounce.buf.len()
     }
 
     /// Executes `chain` and writes its status byte; returns the used length to report.

@@ -445,3 +445,63 @@ fn a_direct_copy_that_fails_in_guest_memory_is_ioerr() {
         "the write whose source was unreadable changed nothing"
     );
 }
+
+/// A RAM disk without its direct copies: every request goes through the bounce buffer.
+struct NoLending(RamDisk);
+
+impl DiskBackend for NoLending {
+    fn size_bytes(&self) -> u64 {
+        self.0.size_bytes()
+    }
+    fn read_only(&self) -> bool {
+        false
+    }
+    fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), crate::backend::BackendError> {
+        self.0.read(offset, buf)
+    }
+    fn write(&self, offset: u64, data: &[u8]) -> Result<(), crate::backend::BackendError> {
+        self.0.write(offset, data)
+    }
+    fn flush(&self) -> Result<(), crate::backend::BackendError> {
+        Ok(())
+    }
+    fn discard(&self, offset: u64, len: u64) -> Result<(), crate::backend::BackendError> {
+        self.0.discard(offset, len)
+    }
+    fn write_zeroes(&self, offset: u64, len: u64) -> Result<(), crate::backend::BackendError> {
+        self.0.write_zeroes(offset, len)
+    }
+}
+
+#[test]
+fn bounce_buffer_only_for_a_backend_that_lends_no_bytes() {
+    let pattern: Vec<u8> = (0..8192u32).map(|i| (i * 13) as u8).collect();
+    // The RAM disk lends its bytes: reads and writes never allocate a bounce buffer.
+    let mut r = Rig::new(false);
+    r.mem.write_slice(&pattern, GuestAddress(DATA)).unwrap();
+    r.header(T_OUT, 16);
+    assert_eq!(r.run(&rw(8192, true)), (S_OK, 1));
+    r.header(T_IN, 16);
+    assert_eq!(r.run(&rw(8192, false)), (S_OK, 8193));
+    assert_eq!(r.handler.bounce_bytes(), 0);
+    // A backend without direct copies gets one on its first request, and the data is right.
+    let disk = Arc::new(NoLending(RamDisk::new(1 << 20)));
+    r.handler = BlkQueueHandler::new(
+        disk.clone() as Arc<dyn DiskBackend>,
+        r.mem.clone(),
+        "serial-123",
+        r.counters.clone(),
+    );
+    assert_eq!(r.handler.bounce_bytes(), 0);
+    r.header(T_OUT, 16);
+    assert_eq!(r.run(&rw(8192, true)), (S_OK, 1));
+    assert!(r.handler.bounce_bytes() >= MAX_REQUEST_BYTES);
+    let mut back = vec![0u8; 8192];
+    disk.read(16 * 512, &mut back).unwrap();
+    assert_eq!(back, pattern);
+    r.mem.write_slice(&[0u8; 8192], GuestAddress(DATA)).unwrap();
+    r.header(T_IN, 16);
+    assert_eq!(r.run(&rw(8192, false)), (S_OK, 8193));
+    r.mem.read_slice(&mut back, GuestAddress(DATA)).unwrap();
+    assert_eq!(back, pattern);
+}
