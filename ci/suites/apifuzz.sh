@@ -141,6 +141,11 @@ def before_call(context, case, kwargs):
     if isinstance(case.body, dict) and case.body.get("action") in ("cluster_remove", "cluster_join"):
         case.body.clear()
         case.body["action"] = "cluster_status"
+    # GET /system/log takes after or before, not both (400), which parameters in the document
+    # cannot say: one of them, so the rest of the operation's answers stay checked as valid.
+    query = case.query or {}
+    if case.path == "/system/log" and "after" in query and "before" in query:
+        del query["before"]
 PY
 tok_id=$(printf '%s' "$tok" | cut -d_ -f2)
 export SCHEMATHESIS_HOOKS=apifuzz_hooks PYTHONPATH="$work/hooks" APIFUZZ_SANDBOX="$work/sandbox" \

@@ -34,7 +34,7 @@ mod sessions;
 mod sse;
 mod state;
 mod syslog;
-pub use syslog::{LogLine, LogSource};
+pub use syslog::{LogLine, LogRange, LogRead, LogSource};
 pub mod stats;
 mod tasks;
 pub mod tls;

@@ -620,6 +620,18 @@ async fn openapi_matches_routes_and_live_answers() {
         ("get", "/audit", "/api/v1/audit", None),
         ("get", "/system/log", "/api/v1/system/log?after=1", None),
         ("get", "/system/log", "/api/v1/system/log?after=x", None),
+        (
+            "get",
+            "/system/log",
+            "/api/v1/system/log?before=3&limit=1",
+            None,
+        ),
+        (
+            "get",
+            "/system/log",
+            "/api/v1/system/log?after=1&before=3",
+            None,
+        ),
         ("get", "/stats", "/api/v1/stats", None),
         (
             "get",
@@ -731,6 +743,8 @@ async fn openapi_matches_routes_and_live_answers() {
         ("patch /api/v1/vms/none", 404),
         ("post /api/v1/cluster/tokens", 201),
         ("delete /api/v1/cluster/members/nobody", 404),
+        ("get /api/v1/system/log?before=3&limit=1", 200),
+        ("get /api/v1/system/log?after=1&before=3", 400),
     ];
     for (call, status) in want {
         assert!(

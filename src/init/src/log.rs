@@ -259,12 +259,87 @@ fn truncate(s: &str) -> &str {
     &s[..end]
 }
 
+/// How far the time a line's text starts with may be from the time it is recorded and still be
+/// taken for the same moment (the writer's clock read, then the line queued and recorded).
+const OWN_TIME_SLACK_MS: u64 = 60_000;
+
+/// `text` without the UTC time it starts with (`2026-11-26T12:34:56.123456Z  INFO ...`, as
+/// tracing writes it) when that is the moment `unix_ms` already says: each kept line carries its
+/// own time, and a reader would see it twice. A time that is not this moment is part of what the
+/// line says and stays.
+fn without_own_time(text: &str, unix_ms: u64) -> &str {
+    let b = text.as_bytes();
+    let digits = |r: std::ops::Range<usize>| -> Option<u64> {
+        let d = b.get(r)?;
+        d.iter()
+            .all(u8::is_ascii_digit)
+            .then(|| d.iter().fold(0u64, |n, c| n * 10 + u64::from(c - b'0')))
+    };
+    let sep = |i: usize, c: u8| b.get(i) == Some(&c);
+    let parsed = (|| {
+        let (y, mo, d) = (digits(0..4)?, digits(5..7)?, digits(8..10)?);
+        let (h, mi, s) = (digits(11..13)?, digits(14..16)?, digits(17..19)?);
+        let seps = [(4, b'-'), (7, b'-'), (10, b'T'), (13, b':'), (16, b':')];
+        if !seps.iter().all(|&(i, c)| sep(i, c))
+            || !(1..=12).contains(&mo)
+            || !(1..=31).contains(&d)
+            || h > 23
+            || mi > 59
+            || s > 60
+        {
+            return None;
+        }
+        // The fraction of a second, then 'Z' (UTC: another offset is not this clock's time).
+        let mut i = 19;
+        let mut frac_ms = 0;
+        if sep(i, b'.') {
+            let start = i + 1;
+            i = start;
+            while b.get(i).is_some_and(u8::is_ascii_digit) {
+                i += 1;
+            }
+            if i == start {
+                return None;
+            }
+            // Milliseconds: the first three digits, as many as there are.
+            let n = (i - start).min(3);
+            frac_ms = digits(start..start + n)? * [100, 10, 1][n - 1];
+        }
+        if !sep(i, b'Z') || !(i + 1 == b.len() || b[i + 1].is_ascii_whitespace()) {
+            return None;
+        }
+        // Days since 1970-01-01 of a proleptic Gregorian date (years 0000-9999 only here).
+        let (y, m) = if mo <= 2 {
+            (y + 399, mo + 9)
+        } else {
+            (y + 400, mo - 3)
+        };
+        let days = (y / 400) * 146_097 + (y % 400) * 365 + (y % 400) / 4 - (y % 400) / 100
+            + (153 * m + 2) / 5
+            + d
+            - 1;
+        // 1970-01-01 is day 719,468 of this count shifted by 400 years (146,097 days).
+        let days = days.checked_sub(719_468 + 146_097)?;
+        let ms = ((days * 24 + h) * 60 + mi) * 60_000 + s * 1000 + frac_ms;
+        Some((ms, i + 1))
+    })();
+    match parsed {
+        Some((ms, end)) if ms.abs_diff(unix_ms) <= OWN_TIME_SLACK_MS => text[end..].trim_start(),
+        _ => text,
+    }
+}
+
 /// Records one line in the ring (without printing it).
 pub fn record(text: &str) -> u64 {
     let unix_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0);
+    record_at(text, unix_ms)
+}
+
+fn record_at(text: &str, unix_ms: u64) -> u64 {
+    let text = without_own_time(text.trim_end(), unix_ms);
     let mut ring = RING.lock().unwrap_or_else(|p| p.into_inner());
     let seq = ring.next_seq;
     ring.next_seq += 1;
@@ -274,7 +349,7 @@ pub fn record(text: &str) -> u64 {
     ring.lines.push_back(LogLine {
         seq,
         unix_ms,
-        text: truncate(text.trim_end()).to_string(),
+        text: truncate(text).to_string(),
     });
     seq
 }
@@ -289,23 +364,47 @@ pub fn log(text: &str) {
 
 /// The newest `max` lines with a sequence number above `after_seq`, oldest first.
 pub fn recent(after_seq: u64, max: usize) -> Vec<LogLine> {
-    let ring = RING.lock().unwrap_or_else(|p| p.into_inner());
-    let newer: Vec<&LogLine> = ring.lines.iter().filter(|l| l.seq > after_seq).collect();
-    let skip = newer.len().saturating_sub(max);
-    newer.into_iter().skip(skip).cloned().collect()
+    between(after_seq, u64::MAX, max).0
+}
+
+/// The newest `max` lines with `after_seq < seq < before_seq`, oldest first, and how many kept
+/// lines are older than the first of them (than `before_seq` when there are none).
+pub fn between(after_seq: u64, before_seq: u64, max: usize) -> (Vec<LogLine>, u64) {
+    read_ring(&lock(&RING).lines, after_seq, before_seq, max)
+}
+
+fn read_ring(
+    lines: &VecDeque<LogLine>,
+    after_seq: u64,
+    before_seq: u64,
+    max: usize,
+) -> (Vec<LogLine>, u64) {
+    // Kept lines are in sequence order with no gaps: positions follow from sequence numbers.
+    let first = lines.front().map_or(0, |l| l.seq);
+    let index = |seq: u64| {
+        usize::try_from(seq.saturating_sub(first)).map_or(lines.len(), |i| i.min(lines.len()))
+    };
+    let start = index(after_seq.saturating_add(1));
+    let end = index(before_seq).max(start);
+    let start = start.max(end.saturating_sub(max));
+    (lines.range(start..end).cloned().collect(), start as u64)
 }
 
 /// The ring as the HTTPS API reads it (`GET /api/v1/system/log`).
 pub fn api_source() -> api::LogSource {
-    api::LogSource::new(|after, max| {
-        recent(after, max)
-            .into_iter()
-            .map(|l| api::LogLine {
-                seq: l.seq,
-                unix_ms: l.unix_ms,
-                text: l.text,
-            })
-            .collect()
+    api::LogSource::new(|r| {
+        let (lines, older) = between(r.after, r.before, r.max);
+        api::LogRead {
+            lines: lines
+                .into_iter()
+                .map(|l| api::LogLine {
+                    seq: l.seq,
+                    unix_ms: l.unix_ms,
+                    text: l.text,
+                })
+                .collect(),
+            older,
+        }
     })
 }
 
@@ -348,8 +447,12 @@ impl Write for LineWriter {
 mod tests {
     use super::*;
 
+    /// Held by a test that fills the ring, and by one that reads its own line back from it.
+    static RING_FLOOD: Mutex<()> = Mutex::new(());
+
     #[test]
     fn ring_keeps_order_bounds_and_cuts_long_lines() {
+        let _flood = lock(&RING_FLOOD);
         let first = record("alpha");
         let long = "x".repeat(MAX_LINE_BYTES * 2);
         record(&long);
@@ -368,6 +471,102 @@ mod tests {
         );
         assert!(all.windows(2).all(|w| w[0].seq < w[1].seq));
         assert_eq!(recent(0, 3).len(), 3);
+    }
+
+    #[test]
+    fn a_line_does_not_say_its_own_time_twice() {
+        // 2026-11-26T12:34:56.789Z
+        let at = 1_795_696_496_789;
+        // (text, what is kept of it; None: all of it)
+        let cases: [(&str, Option<&str>); 17] = [
+            // tracing's own format, and other fractions of the same moment
+            (
+                "2026-11-26T12:34:56.789012Z  INFO node: up",
+                Some("INFO node: up"),
+            ),
+            ("2026-11-26T12:34:56Z ready", Some("ready")),
+            ("2026-11-26T12:34:56.7Z x", Some("x")),
+            ("2026-11-26T12:35:50.000Z", Some("")),
+            // a minute off, either way: still the moment the line was written
+            ("2026-11-26T12:35:56.789Z late", Some("late")),
+            ("2026-11-26T12:33:56.789Z early", Some("early")),
+            // another moment is what the line says, not when it was written
+            ("2026-11-26T12:35:56.790Z later", None),
+            ("2025-11-26T12:34:56.789Z a year ago", None),
+            // not a UTC time at its start
+            ("2026-11-26T12:34:56.789+01:00 x", None),
+            ("2026-11-26T12:34:56.789ZINFO", None),
+            ("2026-11-26 12:34:56.789Z x", None),
+            ("2026-11-26T12:34:56.Z x", None),
+            ("2026-13-26T12:34:56Z x", None),
+            ("x 2026-11-26T12:34:56Z", None),
+            ("2026-11-2", None),
+            ("ünïcode 2026", None),
+            ("", None),
+        ];
+        for (text, want) in cases {
+            assert_eq!(without_own_time(text, at), want.unwrap_or(text), "{text:?}");
+        }
+        // Dates around leap days and the epoch come out as the same instant.
+        assert_eq!(
+            without_own_time("2024-02-29T23:59:59Z a", 1_709_251_199_000),
+            "a"
+        );
+        assert_eq!(
+            without_own_time("2000-01-01T00:00:00Z b", 946_684_800_000),
+            "b"
+        );
+        assert_eq!(without_own_time("1970-01-01T00:00:00Z c", 0), "c");
+        // In the ring: the text without it, the time in its own field.
+        let _flood = lock(&RING_FLOOD);
+        let seq = record_at("2026-11-26T12:34:56.789012Z  WARN api: slow", at);
+        let kept: Vec<LogLine> = recent(seq - 1, usize::MAX)
+            .into_iter()
+            .filter(|l| l.seq == seq)
+            .collect();
+        assert_eq!(
+            kept,
+            [LogLine {
+                seq,
+                unix_ms: at,
+                text: "WARN api: slow".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn the_ring_is_read_forward_and_back() {
+        // Lines 11..=20 kept (1..=10 dropped).
+        let ring: VecDeque<LogLine> = (11..=20)
+            .map(|seq| LogLine {
+                seq,
+                unix_ms: seq,
+                text: seq.to_string(),
+            })
+            .collect();
+        let read = |after, before, max| {
+            let (lines, older) = read_ring(&ring, after, before, max);
+            (lines.iter().map(|l| l.seq).collect::<Vec<_>>(), older)
+        };
+        // (after, before, max) -> (seqs, older than the first of them)
+        type Case = ((u64, u64, usize), (Vec<u64>, u64));
+        let cases: [Case; 11] = [
+            ((0, u64::MAX, 100), ((11..=20).collect(), 0)),
+            ((0, u64::MAX, 3), (vec![18, 19, 20], 7)),
+            ((15, u64::MAX, 100), ((16..=20).collect(), 5)),
+            ((20, u64::MAX, 100), (vec![], 10)),
+            ((u64::MAX, u64::MAX, 100), (vec![], 10)),
+            ((0, 15, 2), (vec![13, 14], 2)),
+            ((0, 15, 100), ((11..=14).collect(), 0)),
+            ((0, 11, 100), (vec![], 0)),
+            ((0, 3, 100), (vec![], 0)),
+            ((0, 21, 1), (vec![20], 9)),
+            ((0, 0, 100), (vec![], 0)),
+        ];
+        for (q, want) in cases {
+            assert_eq!(read(q.0, q.1, q.2), want, "{q:?}");
+        }
+        assert_eq!(read_ring(&VecDeque::new(), 0, u64::MAX, 5), (vec![], 0));
     }
 
     /// Reads `r` until `want` shows up (or fails after a bound).

@@ -44,17 +44,15 @@ impl Harness {
         acfg.stats_period = std::time::Duration::from_millis(200);
         // Stands in for the ring of the process running the node (`init::log`, which depends
         // on this crate): three lines.
-        acfg.system_log = Some(api::LogSource::new(|after, max| {
-            let newer: Vec<api::LogLine> = (1..=3u64)
-                .filter(|s| *s > after)
-                .map(|seq| api::LogLine {
-                    seq,
-                    unix_ms: 1_700_000_000_000 + seq,
-                    text: format!("test line {seq}"),
-                })
-                .collect();
-            let skip = newer.len().saturating_sub(max);
-            newer.into_iter().skip(skip).collect()
+        let lines: Vec<api::LogLine> = (1..=3u64)
+            .map(|seq| api::LogLine {
+                seq,
+                unix_ms: 1_700_000_000_000 + seq,
+                text: format!("test line {seq}"),
+            })
+            .collect();
+        acfg.system_log = Some(api::LogSource::new(move |r| {
+            api::LogSource::read_slice(&lines, r)
         }));
         let h = api::serve(acfg, n.controller()).await?;
         let addr = h.local_addr;
