@@ -499,6 +499,9 @@ try {
     });
     if (status !== 409) throw new Error(`creating web1 again answered ${status}, want 409`);
     await refused.nth(before).waitFor({ timeout: 6000 });
+    // A tracing line: its own time is in the time column, not again at the start of its text.
+    const said = (await refused.nth(before).locator('td').nth(1).textContent()) ?? '';
+    if (/^\d{4}-\d\d-\d\dT/.test(said)) throw new Error(`the line says its time twice: ${JSON.stringify(said)}`);
     await cli.waitFor({ state: 'detached' });
     await filter.fill('');
     await cli.waitFor();

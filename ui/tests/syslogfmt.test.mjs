@@ -100,3 +100,41 @@ test('a page from a restarted node starts the view over from the first line', ()
   assert.equal(st.boot, 'b');
   assert.deepEqual(seqs(st), [1, 2, 3, 4, 5, 6]);
 });
+
+test('older pages go in front, until the node keeps nothing older', () => {
+  const withOlder = (seqs, older, skipped = 0) => ({ ...page(seqs, skipped), older });
+  // The first page: the newest lines, 7 older ones skipped of which the node still keeps 5.
+  let st = f.mergeLogPage(f.EMPTY_LOG, withOlder([8, 9, 10], 5, 7), 10);
+  assert.equal(st.older, 5);
+  assert.equal(st.skipped, 7);
+  // Following does not change what is older than the first line.
+  st = f.mergeLogPage(st, withOlder([11], 10), 10);
+  assert.equal(st.older, 5);
+  // before=8: lines 5-7 (the newest before it), 2 older still; they were among the skipped.
+  st = f.mergeOlderPage(st, withOlder([5, 6, 7], 2), 10);
+  assert.deepEqual(seqs(st), [5, 6, 7, 8, 9, 10, 11]);
+  assert.equal(st.older, 2);
+  assert.equal(st.skipped, 4);
+  assert.equal(st.after, 11);
+  // A line already kept is not kept twice; the count never goes below 0.
+  st = f.mergeOlderPage(st, withOlder([3, 4, 5], 0), 10);
+  assert.deepEqual(seqs(st), [3, 4, 5, 6, 7, 8, 9, 10, 11]);
+  assert.equal(st.older, 0);
+  assert.equal(st.skipped, 2);
+  st = f.mergeOlderPage({ ...st, skipped: 1 }, withOlder([1, 2], 0), 10);
+  assert.equal(st.skipped, 0);
+  // Over the window, the newest stay; nothing older than them is offered.
+  st = f.mergeOlderPage(f.mergeLogPage(f.EMPTY_LOG, withOlder([5, 6, 7], 4), 4), withOlder([2, 3, 4], 1), 4);
+  assert.deepEqual(seqs(st), [4, 5, 6, 7]);
+  assert.equal(st.older, 0);
+  // Nonsense from the wire counts as nothing.
+  st = f.mergeLogPage(f.EMPTY_LOG, withOlder([5], -2), 4);
+  assert.equal(st.older, 0);
+});
+
+test('an older page from another run of the node is left out', () => {
+  const booted = (seqs, id, older) => ({ ...page(seqs), boot_id: id, older });
+  const st = f.mergeLogPage(f.EMPTY_LOG, booted([5, 6], 'a', 4), 10);
+  assert.equal(f.mergeOlderPage(st, booted([1, 2], 'b', 0), 10), st);
+  assert.deepEqual(seqs(f.mergeOlderPage(st, booted([3, 4], 'a', 2), 10)), [3, 4, 5, 6]);
+});
