@@ -1,7 +1,7 @@
 //! The node's cluster member: a `cluster::ClusterNode` created on first start (a cluster of
 //! one), reopened on every later start, and replaced by membership in another cluster on
 //! `cluster join`. Also the bridge from control requests (status, token, join, remove) and
-//! from object definitions (virtual disks, snapshots, VMs) to raft.
+//! (in `records`) from object definitions (virtual disks, snapshots, VMs) to raft.
 //!
 //! On disk: `DATA/cluster.json` (this node's cluster address, fixed once chosen); the member's
 //! identity, raft log and snapshot on its [`cluster::RaftMedia`]: the pool's raft vdisk
@@ -14,10 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use cluster::{
-    ClusterNode, Command, CommandResult, JoinToken, MemberState, NodeHealth, RaftTimings, Role,
-    SnapshotDef, VdiskDef,
-};
+use cluster::{ClusterNode, JoinToken, MemberState, NodeHealth, RaftTimings, Role};
 use control::{
     ClusterDataView, ClusterMemberView, ClusterTokenView, ClusterView, ControlError, ErrorCode,
 };
@@ -26,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{NodeError, Result};
 
 mod readdress;
+mod records;
 
 /// How long `cluster join` waits for the cluster address to be reachable before giving up
 /// (and changing nothing).
@@ -531,228 +529,6 @@ impl ClusterHost {
             m.shutdown().await;
         }
     }
-
-    // ---- object definitions
-
-    fn vdisk_id(me: u64, name: &str) -> String {
-        format!("{me}/{name}")
-    }
-
-    /// Reserves a virtual disk name cluster-wide before the engine creates it. A definition
-    /// this node left behind (crash between reserve and create) is reclaimed.
-    pub(crate) async fn reserve_vdisk(
-        &self,
-        name: &str,
-        size_bytes: u64,
-        parent_snapshot: Option<String>,
-        exists_locally: impl Fn(&str) -> bool,
-    ) -> std::result::Result<(), ControlError> {
-        let Ok(m) = self.member() else {
-            return Ok(());
-        };
-        let def = VdiskDef {
-            id: Self::vdisk_id(m.id(), name),
-            name: name.to_string(),
-            size_bytes,
-            parent_snapshot,
-        };
-        for _ in 0..2 {
-            match m
-                .propose(Command::CreateVdisk(def.clone()))
-                .await
-                .map_err(cluster_error)?
-            {
-                CommandResult::Rejected(msg) => {
-                    let holder = m.read(|s| {
-                        s.vdisks
-                            .values()
-                            .find(|v| v.name == name)
-                            .map(|v| v.id.clone())
-                    });
-                    match holder {
-                        Some(id) if id == def.id && !exists_locally(name) => {
-                            tracing::warn!(vdisk = name, "released a stale cluster record");
-                            m.propose(Command::DeleteVdisk { id })
-                                .await
-                                .map_err(cluster_error)?;
-                        }
-                        Some(id) => {
-                            return Err(ControlError::new(
-                                ErrorCode::AlreadyExists,
-                                format!(
-                                    "virtual disk {name} already exists in the cluster (defined by member {})",
-                                    id.split('/').next().unwrap_or("?")
-                                ),
-                            ))
-                        }
-                        None => return Err(ControlError::conflict(msg)),
-                    }
-                }
-                _ => return Ok(()),
-            }
-        }
-        Err(ControlError::conflict(format!(
-            "virtual disk {name}: its cluster definition keeps changing; retry"
-        )))
-    }
-
-    /// Drops this node's definition of `name` (and its snapshots') from the cluster state.
-    pub(crate) async fn release_vdisk(&self, name: &str) -> std::result::Result<(), ControlError> {
-        let Ok(m) = self.member() else {
-            return Ok(());
-        };
-        let id = Self::vdisk_id(m.id(), name);
-        let snaps: Vec<String> = m.read(|s| {
-            s.snapshots
-                .values()
-                .filter(|x| x.vdisk == id)
-                .map(|x| x.id.clone())
-                .collect()
-        });
-        for s in snaps {
-            m.propose(Command::DeleteSnapshot { id: s })
-                .await
-                .map_err(cluster_error)?;
-        }
-        // Always proposed, whatever this member's (possibly lagging) copy of the state says:
-        // the leader's state decides, and "no such virtual disk" means already released.
-        match m
-            .propose(Command::DeleteVdisk { id: id.clone() })
-            .await
-            .map_err(cluster_error)?
-        {
-            CommandResult::Rejected(msg) if msg.contains("snapshots") => {
-                // Snapshot records this member had not applied yet: wait for them, then retry.
-                tokio::time::sleep(Duration::from_millis(300)).await;
-                let snaps: Vec<String> = m.read(|s| {
-                    s.snapshots
-                        .values()
-                        .filter(|x| x.vdisk == id)
-                        .map(|x| x.id.clone())
-                        .collect()
-                });
-                for s in snaps {
-                    m.propose(Command::DeleteSnapshot { id: s })
-                        .await
-                        .map_err(cluster_error)?;
-                }
-                match m
-                    .propose(Command::DeleteVdisk { id })
-                    .await
-                    .map_err(cluster_error)?
-                {
-                    CommandResult::Rejected(msg) if !msg.contains("no such") => {
-                        Err(ControlError::conflict(msg))
-                    }
-                    _ => Ok(()),
-                }
-            }
-            CommandResult::Rejected(msg) if !msg.contains("no such") => {
-                Err(ControlError::conflict(msg))
-            }
-            _ => Ok(()),
-        }
-    }
-
-    /// Records a definition change that already happened on this node. Best effort: the
-    /// local object exists either way; a failure is logged (and the vdisk reconcile at
-    /// start repairs vdisk records).
-    pub(crate) async fn record(&self, what: &str, cmd: impl FnOnce(u64) -> Command) {
-        let Ok(m) = self.member() else { return };
-        match m.propose(cmd(m.id())).await {
-            Ok(CommandResult::Rejected(msg)) => {
-                tracing::warn!(what, reason = %msg, "cluster state refused a record")
-            }
-            Ok(_) => {}
-            Err(e) => tracing::warn!(what, error = %e, "could not record in the cluster state"),
-        }
-    }
-
-    pub(crate) fn snapshot_cmd(me: u64, vdisk: &str, name: &str) -> Command {
-        let vid = Self::vdisk_id(me, vdisk);
-        Command::CreateSnapshot(SnapshotDef {
-            id: format!("{vid}@{name}"),
-            vdisk: vid,
-            name: name.to_string(),
-        })
-    }
-
-    pub(crate) fn snapshot_delete_cmd(me: u64, vdisk: &str, name: &str) -> Command {
-        Command::DeleteSnapshot {
-            id: format!("{}@{name}", Self::vdisk_id(me, vdisk)),
-        }
-    }
-
-    /// Makes the cluster state agree with the engine about this node's virtual disks: records
-    /// the ones it lacks (made before clustering, or a crash before the record) and releases
-    /// this node's records of disks the engine does not have (a crash between the reservation
-    /// and the engine's create). Runs at start under the vdisk lock, so no create is in flight;
-    /// retries while there is no leader, for a bounded time.
-    pub(crate) async fn reconcile_vdisks(&self, engine: &engine::Engine) {
-        let _g = self.vdisk_lock.lock().await;
-        let Ok(m) = self.member() else { return };
-        let me = m.id();
-        let prefix = format!("{me}/");
-        for attempt in 0..20u32 {
-            if attempt > 0 {
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-            let local: Vec<(String, u64)> = engine
-                .vdisks()
-                .into_iter()
-                // The node's own internal disks are per node, never cluster objects.
-                .filter(|v| !crate::internal::is_internal_vdisk(&v.name))
-                .map(|v| (v.name, v.size_bytes))
-                .collect();
-            let stale: Vec<String> = m.read(|s| {
-                s.vdisks
-                    .values()
-                    .filter(|v| {
-                        v.id.starts_with(&prefix) && !local.iter().any(|(n, _)| *n == v.name)
-                    })
-                    .map(|v| v.name.clone())
-                    .collect()
-            });
-            let mut failed = false;
-            for name in stale {
-                match self.release_vdisk(&name).await {
-                    Ok(()) => tracing::warn!(vdisk = %name, "released a stale cluster record"),
-                    Err(e) => {
-                        tracing::debug!(vdisk = %name, error = %e.message, "release failed");
-                        failed = true;
-                    }
-                }
-            }
-            for (name, size_bytes) in &local {
-                let id = Self::vdisk_id(me, name);
-                if m.read(|s| s.vdisks.contains_key(&id)) {
-                    continue;
-                }
-                let def = VdiskDef {
-                    id,
-                    name: name.clone(),
-                    size_bytes: *size_bytes,
-                    parent_snapshot: None,
-                };
-                match m.propose(Command::CreateVdisk(def)).await {
-                    Ok(CommandResult::Rejected(msg)) => {
-                        tracing::warn!(vdisk = %name, reason = %msg, "local virtual disk not recorded in the cluster")
-                    }
-                    // Made before clustering, or its delete was cut short between the release
-                    // and the engine's delete: the disk is kept (never deleted behind the
-                    // user's back) and named again.
-                    Ok(_) => {
-                        tracing::warn!(vdisk = %name, "recorded a local virtual disk in the cluster")
-                    }
-                    Err(_) => failed = true,
-                }
-            }
-            if !failed {
-                return;
-            }
-        }
-        tracing::warn!("cluster reconcile gave up (no leader); retried at next start");
-    }
 }
 
 /// What a failed join shows: a bad or used token is the user's input, an unreachable cluster is
@@ -800,6 +576,7 @@ pub(crate) fn owned_by(s: &cluster::ClusterState, id: u64) -> (String, Vec<Strin
 #[cfg(test)]
 mod tests {
     use super::*;
+    use cluster::VdiskDef;
 
     #[test]
     fn cluster_address_is_kept_and_moves_only_when_asked() {
