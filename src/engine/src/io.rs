@@ -622,7 +622,21 @@ impl Inner {
         src: &Arc<Disk>,
         dst: &Arc<Disk>,
     ) -> std::result::Result<u64, Option<StoreError>> {
+        self.import_copy_gated(obj, src, dst, None).await
+    }
+
+    /// `import_copy` whose export and import each hold one permit of `io` (when given) while
+    /// they run, so many copies in flight keep at most that many requests on the devices.
+    /// Nothing else is waited for while a permit is held.
+    pub(crate) async fn import_copy_gated(
+        &self,
+        obj: ObjectId,
+        src: &Arc<Disk>,
+        dst: &Arc<Disk>,
+        io: Option<&tokio::sync::Semaphore>,
+    ) -> std::result::Result<u64, Option<StoreError>> {
         let prof = &self.rebuild.profile;
+        let p = copy_permit(io).await;
         let t = Instant::now();
         let versions = match src.replica.export_object(obj).await {
             Ok(v) => v,
@@ -632,12 +646,14 @@ impl Inner {
             }
         };
         prof.add(Phase::Export, t);
+        drop(p);
         let bytes: u64 = versions
             .iter()
             .map(|b| b.versions.iter().filter(|v| v.data.is_some()).count() as u64 * BLOCK_BYTES)
             .sum();
         self.index.remove_slot(obj, dst.slot);
         // The import replaces any older (partial or stale) copy on `dst` itself.
+        let _p = copy_permit(io).await;
         let t = Instant::now();
         dst.replica
             .import_object(obj, versions)
@@ -645,6 +661,17 @@ impl Inner {
             .map_err(Some)?;
         prof.add(Phase::Import, t);
         Ok(bytes)
+    }
+}
+
+/// One permit of `io`, if given. The semaphore is never closed; if it were, the copy would
+/// just go ungated.
+async fn copy_permit(
+    io: Option<&tokio::sync::Semaphore>,
+) -> Option<tokio::sync::SemaphorePermit<'_>> {
+    match io {
+        Some(s) => s.acquire().await.ok(),
+        None => None,
     }
 }
 
