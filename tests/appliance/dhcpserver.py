@@ -5,6 +5,10 @@ client is to have now. When the test changes that address, the next REQUEST for 
 changes address on renewal, the way a real server does it (a server never ACKs a renewal with
 another address).
 
+Leases can be per client: `move_to(addr, mac)` sets the address of the client with that MAC
+(e.g. two appliances on one bridge, each with its own lease); a client without one of its own
+gets the default address (`addr`, or `move_to(addr)`).
+
 Every message is recorded (`log`): what was asked, whether it was a renewal (ciaddr set, no
 requested-address option) and whether it came unicast to the server (a renewal) or broadcast
 (selecting, rebinding), and what was answered.
@@ -56,12 +60,13 @@ def parse(pkt):
 class DhcpServer:
     """Serves `ifname` from `server_ip` (already on the link) with `/prefix` leases of
     `lease` seconds (renewal at `t1`, rebinding at `t2`). `addr` is the address to hand out;
-    set it with `move_to`."""
+    set it with `move_to`; `leases` (MAC "52:54:00:..." -> address) gives clients their own."""
 
-    def __init__(self, ifname, server_ip, prefix, addr, lease=16, t1=4, t2=12):
+    def __init__(self, ifname, server_ip, prefix, addr=None, lease=16, t1=4, t2=12, leases=None):
         self.server_ip, self.prefix, self.lease, self.t1, self.t2 = server_ip, prefix, lease, t1, t2
         self.lock = threading.Lock()
         self.addr = addr
+        self.leases = {m.lower(): a for m, a in (leases or {}).items()}
         self.log = []
         self.s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -74,10 +79,14 @@ class DhcpServer:
         self.thread = threading.Thread(target=self._serve, name="dhcp-server", daemon=True)
         self.thread.start()
 
-    def move_to(self, addr):
-        """From now on the client is to have `addr`: a request for any other address is refused."""
+    def move_to(self, addr, mac=None):
+        """From now on the client (the one with `mac`; None: every client without a lease of
+        its own) is to have `addr`: a request for any other address is refused."""
         with self.lock:
-            self.addr = addr
+            if mac is None:
+                self.addr = addr
+            else:
+                self.leases[mac.lower()] = addr
 
     def entries(self):
         with self.lock:
@@ -121,11 +130,14 @@ class DhcpServer:
             req = parse(data)
             if req is None:
                 continue
+            mac = ":".join(f"{b:02x}" for b in req["chaddr"][:6])
             with self.lock:
-                addr = self.addr
-            e = {"t": time.time(), "type": NAMES.get(req["type"], str(req["type"])), "from": src[0],
+                addr = self.leases.get(mac, self.addr)
+            e = {"t": time.time(), "type": NAMES.get(req["type"], str(req["type"])), "from": src[0], "mac": mac,
                  "unicast": dst == self.server_ip, "ciaddr": req["ciaddr"], "requested": req["requested"]}
-            if req["type"] == DISCOVER:
+            if addr is None:
+                e["answer"] = "none (no lease for this client)"
+            elif req["type"] == DISCOVER:
                 self._reply(req, OFFER, addr)
                 e["answer"] = f"OFFER {addr}"
             elif req["type"] == REQUEST:

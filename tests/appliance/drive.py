@@ -26,8 +26,13 @@ Scenarios (argv[1]):
             a network namespace the test makes, served by the test's DHCP server (dhcpserver.py) with
             short leases: a renewal refused and another address offered moves the node (API
             on the new address only, cluster member there, the change in the log ring).
+  rejoin-dhcp two appliances on a bridge in the test's own namespace, a DHCP lease each (by MAC):
+            1 creates a cluster, 2's wizard joins it; 2 is shut down, its lease moves, it is
+            powered on again on the new address: the cluster follows (member address committed,
+            both up in GET /cluster and cluster status on either, vdisks made on either reach the other).
 Prints `ok: ...` lines; exits non-zero with `FAIL: ...` on the first failed check.
-Only 127.0.0.1 is used on the host side (and 10.99.0.0/24 inside dhcp-renew's own namespace).
+Only 127.0.0.1 is used on the host side (and 10.99.0.0/24 and 10.99.1.0/24 inside dhcp-renew's and
+rejoin-dhcp's own namespaces).
 """
 import hashlib, http.cookiejar, json, os, re, shutil, socket, ssl, subprocess, sys, time
 import urllib.request
@@ -891,6 +896,178 @@ def dhcp_renew():
         srv.stop()
 
 
+def netns_bridge(bridge, addr, taps):
+    """Inside the test's namespace: loopback up, a bridge with `addr` (the DHCP server's side)
+    and a tap link for each QEMU on it, so the appliances reach each other and the server and
+    nothing else. Checksums are computed here, as in `netns_tap`. Skips when no tap can be made."""
+    r = subprocess.run(["ip", "link", "add", bridge, "type", "bridge"], capture_output=True, text=True)
+    if r.returncode != 0:
+        print(f"skipped: cannot make a bridge: {r.stderr.strip()}", flush=True)
+        sys.exit(0)
+    for tap in taps:
+        r = subprocess.run(["ip", "tuntap", "add", "dev", tap, "mode", "tap"], capture_output=True, text=True)
+        if r.returncode != 0:
+            print(f"skipped: cannot make a tap link: {r.stderr.strip()}", flush=True)
+            sys.exit(0)
+    cmds = [["ip", "link", "set", "lo", "up"], ["ip", "addr", "add", addr, "dev", bridge],
+            ["ip", "link", "set", bridge, "up"], ["ethtool", "-K", bridge, "tx", "off"]]
+    for tap in taps:
+        cmds += [["ip", "link", "set", tap, "master", bridge], ["ip", "link", "set", tap, "up"],
+                 ["ethtool", "-K", tap, "tx", "off"]]
+    for cmd in cmds:
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        if r.returncode != 0:
+            fail(f"{' '.join(cmd)}: {r.stderr.strip()}")
+
+
+def control(api, vm, action):
+    """POST /control {"action": ...}: what `cairn <command> --server` sends (the reply is
+    {"kind": ..., "value": ...})."""
+    st, b = api.call("POST", "/control", {"action": action})
+    if st != 200:
+        fail(f"{vm.name}: POST /control {action} -> {st} {b}")
+    return b
+
+
+def rejoin_dhcp():
+    """Two appliances on one bridge in a network namespace of the test's own, each with its own
+    DHCP lease from the test's server (by MAC). Appliance 1's wizard creates a cluster on its
+    management address, appliance 2's wizard joins it (token from 1's API, 1's address).
+    Appliance 2 is shut down from its menu, its lease moves to another address, and it is
+    powered on again: it comes back configured on the new address, and the cluster follows
+    (its member address updated and committed, the same member id, both members up and one
+    leader in both appliances' GET /cluster and `cluster status`), the API answers on the new
+    address, and vdisks made on either appliance after the move reach the other."""
+    own_netns("rejoin-dhcp")
+    from dhcpserver import DhcpServer
+    server, a, b, b2 = "10.99.1.1", "10.99.1.50", "10.99.1.60", "10.99.1.77"
+    mac = {1: "52:54:00:c1:00:01", 2: "52:54:00:c1:00:02"}
+    netns_bridge("br0", f"{server}/24", ["tap1", "tap2"])
+    srv = DhcpServer("br0", server, 24, leases={mac[1]: a, mac[2]: b})
+    disks = {}
+    for i in (1, 2):
+        disks[i] = [os.path.join(OUT, f"rejoin{i}-nvme{k}.raw") for k in range(2)]
+        make_disk(disks[i][0]); make_disk(disks[i][1])
+
+    def boot(i):
+        net = ["-netdev", f"tap,id=n0,ifname=tap{i},script=no,downscript=no,vnet_hdr=off",
+               "-device", f"virtio-net-pci,netdev=n0,mac={mac[i]}"]
+        args = ["-kernel", KERNEL, "-initrd", INITRD, "-append", "console=ttyS0,115200 no_timer_check"]
+        return Vm(f"rejoin-dhcp{i}", args + nvme(disks[i][0], "n0") + nvme(disks[i][1], "n1"), 0, net=net)
+
+    def lease_log():
+        return "; ".join(f"{x['mac'][-2:]} {x['type']} {x['ciaddr']}->{x['answer']}" for x in srv.entries())
+
+    vms = {}
+    try:
+        vms[1] = v1 = boot(1)
+        vms[2] = v2 = boot(2)
+        wizard(v1, False)
+        v1.expect(r"network: eth0 " + re.escape(f"{a}/24"), 60, "appliance 1's lease")
+        a1 = Api(8443, a)
+        a1.wait_health(60, f"on {a}")
+        if a1.login(PASSWORD) != 200:
+            fail(f"rejoin-dhcp1: login on {a} failed")
+        c1 = wait_cluster(a1, v1, f"the member at {a}:8444",
+                          lambda c: [m["address"] for m in c["members"]] == [f"{a}:8444"]
+                          and c["leader"] is not None, 60)
+        st, t = a1.call("POST", "/cluster/tokens")
+        if st != 201 or value(t)["address"] != f"{a}:8444":
+            fail(f"rejoin-dhcp1: POST /cluster/tokens -> {st} {t}")
+        ok(f"rejoin-dhcp1: leased {a}, created cluster {c1['cluster_id']} there; join token issued")
+
+        wizard(v2, False, join=(f"{a}:8444", value(t)["token"]))
+        v2.expect(r"network: eth0 " + re.escape(f"{b}/24"), 60, "appliance 2's lease")
+        m = v2.expect(r"(joined the cluster of \S+|cluster join failed: .*)\n", 180, "the join")
+        if not m.group(1).startswith("joined"):
+            fail(f"rejoin-dhcp2: {m.group(1)}")
+        a2 = Api(8443, b)
+        a2.wait_health(60, f"on {b}")
+        if a2.login(PASSWORD) != 200:
+            fail(f"rejoin-dhcp2: login on {b} failed")
+
+        def members_at(addrs):
+            def pred(c):
+                ms = c["members"]
+                return (c["cluster_id"] == c1["cluster_id"] and c["leader"] is not None
+                        and sorted(m["address"] for m in ms) == sorted(f"{x}:8444" for x in addrs)
+                        and all(m["health"] == "up" for m in ms))
+            return pred
+        c2 = wait_cluster(a2, v2, f"members at {a} and {b}, both up", members_at([a, b]))
+        wait_cluster(a1, v1, f"members at {a} and {b}, both up", members_at([a, b]))
+        me2 = c2["me"]
+        st, body = a2.call("POST", "/vdisks", {"name": "before-move", "size_bytes": 32 << 20})
+        if st not in (200, 201):
+            fail(f"rejoin-dhcp2: create vdisk -> {st} {body}")
+        wait_cluster(a1, v1, "appliance 2's vdisk", lambda c: "before-move" in c["vdisks"])
+        ok(f"rejoin-dhcp2: leased {b} and joined through the wizard as member {me2}; both appliances "
+           f"list {a}:8444 and {b}:8444 up; its vdisk is in appliance 1's state")
+
+        # Shut down from the menu; while it is off its lease moves to another address.
+        v2.send("4")
+        v2.answer("Type yes to confirm: ", "yes")
+        v2.expect(r"system going down: PowerOff", 60)
+        try:
+            v2.qemu.wait(60)
+        except subprocess.TimeoutExpired:
+            fail("rejoin-dhcp2: QEMU did not exit after the power-off")
+        v2.stop()
+        srv.move_to(b2, mac[2])
+        wait_cluster(a1, v1, "appliance 2 seen down",
+                     lambda c: any(m["id"] == me2 and m["health"] == "down" for m in c["members"]), 60)
+        ok(f"rejoin-dhcp2: powered off from the menu; appliance 1 shows member {me2} down; its lease is now {b2}")
+
+        powered_on = time.time()
+        vms[2] = v2 = boot(2)
+        m = v2.expect(r"(configured node rejoin-dhcp2-node|=== Cairn setup ===)", 180, "the node after power-on")
+        if "setup" in m.group(0):
+            fail("rejoin-dhcp2: the wizard ran again after the power-on")
+        v2.expect(r"network: eth0 " + re.escape(f"{b2}/24"), 60, "appliance 2's new lease")
+        # (at the start when the lease came first, else when the member follows it)
+        v2.expect(r"(cluster address|the cluster member moved from \S+ to) " + re.escape(f"{b2}:8444"), 120,
+                  "the cluster member on the new address")
+        acks = [x for x in srv.entries() if x["t"] >= powered_on and x["mac"] == mac[2] and x["answer"].startswith("ACK")]
+        if not acks or any(x["answer"] != f"ACK {b2}" for x in acks):
+            fail(f"rejoin-dhcp2: after power-on want only {b2} acknowledged; the server saw: {lease_log()}")
+        a2 = Api(8443, b2)
+        a2.wait_health(60, f"on {b2}")
+        if a2.login(PASSWORD) != 200:
+            fail(f"rejoin-dhcp2: login on {b2} failed")
+        if not api_down(8443, b):
+            fail(f"rejoin-dhcp2: something still answers on the old address {b}")
+        ok(f"rejoin-dhcp2: back without the wizard on {b2} (the server acknowledged only {b2}); the API answers there")
+
+        c2 = wait_cluster(a2, v2, f"members at {a} and {b2}, both up", members_at([a, b2]))
+        c1 = wait_cluster(a1, v1, f"members at {a} and {b2}, both up", members_at([a, b2]))
+        if c2["me"] != me2:
+            fail(f"rejoin-dhcp2: came back as member {c2['me']}, not {me2}")
+        if c1["leader"] != c2["leader"]:
+            fail(f"rejoin-dhcp: the appliances name different leaders ({c1['leader']}, {c2['leader']})")
+        for api, vm in ((a1, v1), (a2, v2)):
+            r = control(api, vm, "cluster_status")
+            ms = value(r).get("members") if isinstance(r, dict) and r.get("kind") == "cluster" else None
+            if ms is None or sorted(x["address"] for x in ms) != sorted([f"{a}:8444", f"{b2}:8444"]) \
+                    or any(x["health"] != "up" for x in ms):
+                fail(f"{vm.name}: cluster status shows {ms}, want {a}:8444 and {b2}:8444 up")
+        ok(f"rejoin-dhcp: member {me2} is at {b2}:8444 in both appliances' GET /cluster and cluster status, "
+           f"both members up, one leader ({c1['leader']})")
+
+        st, body = a2.call("POST", "/vdisks", {"name": "after-move-2", "size_bytes": 32 << 20})
+        if st not in (200, 201):
+            fail(f"rejoin-dhcp2: create vdisk on {b2} -> {st} {body}")
+        st, body = a1.call("POST", "/vdisks", {"name": "after-move-1", "size_bytes": 32 << 20})
+        if st not in (200, 201):
+            fail(f"rejoin-dhcp1: create vdisk after the move -> {st} {body}")
+        want = {"before-move", "after-move-1", "after-move-2"}
+        wait_cluster(a1, v1, "the vdisks made after the move", lambda c: want <= set(c["vdisks"]))
+        wait_cluster(a2, v2, "the vdisks made after the move", lambda c: want <= set(c["vdisks"]))
+        ok("rejoin-dhcp: after the move both appliances commit (a vdisk made on either is in the other's state)")
+    finally:
+        for vm in vms.values():
+            vm.stop()
+        srv.stop()
+
+
 def cpio_newc(entries):
     """entries: (name, mode, data_bytes, rdev_major, rdev_minor); fixed mtime/uid 0."""
     out = bytearray()
@@ -979,4 +1156,4 @@ def bench():
 
 if __name__ == "__main__":
     {"bios-cd": bios_cd, "join": join, "uefi-usb": uefi_usb, "pid1-fail": pid1_fail, "live": live,
-     "dhcp-renew": dhcp_renew, "bench": bench}[sys.argv[1]]()
+     "dhcp-renew": dhcp_renew, "rejoin-dhcp": rejoin_dhcp, "bench": bench}[sys.argv[1]]()
