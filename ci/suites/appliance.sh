@@ -8,7 +8,9 @@
 # a DHCP lease that changes address on renewal (a tap link in a network namespace the test
 # makes, served by the test's own DHCP server; the API and the cluster member follow), and two appliances joined into one cluster
 # over a private link between them (a second NIC; QEMU socket netdev on 127.0.0.1), one of
-# them rebooted. Also checks the ISO is byte-reproducible.
+# them rebooted, and two appliances on one bridge (in a namespace the test makes, a DHCP lease each
+# by MAC) where the joined one is shut down and powered on again on a new lease: the cluster follows
+# (its member address committed, both up, both commit). Also checks the ISO is byte-reproducible.
 # Prints suite-pass:/suite-fail: lines; exits non-zero on any failure.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -63,14 +65,14 @@ else
 fi
 
 export APPLIANCE_WORK="$work" CAIRN_ISO="$iso" CAIRN_KERNEL="$work/img1/bzImage" CAIRN_INITRD="$work/img1/initrd.img"
-for scenario in bios-cd pid1-fail live dhcp-renew uefi-usb join; do
+for scenario in bios-cd pid1-fail live dhcp-renew uefi-usb join rejoin-dhcp; do
   s0=$(date +%s)
   if python3 tests/appliance/drive.py "$scenario"; then
     pass "$scenario"
   else
     bad "$scenario"
     echo "--- last serial output of $scenario:"
-    # (join has one log per appliance: join1.log, join2.log)
+    # (join and rejoin-dhcp have one log per appliance: join1.log, join2.log, ...)
     for f in "$work/$scenario.log" "$work/$scenario"[0-9].log; do
       [ -f "$f" ] && { echo "--- $f:"; tail -n 40 "$f"; }
     done
