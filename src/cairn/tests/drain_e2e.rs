@@ -4,7 +4,7 @@
 //! raft: afterwards b holds a replica of every chunk, nothing is degraded, the data reads
 //! back. Removing b next is refused (one data node could not keep two replicas on two nodes)
 //! and b stays a member. b owns a disk too: the removal (run on a) waits until b's chunks
-//! are off c as well.
+//! are off c as well. While b is hung, a's status shows c's drain in progress as c reports it.
 
 mod common;
 
@@ -40,6 +40,9 @@ fn members(p: &ClusterProc) -> Vec<String> {
 
 #[test]
 fn remove_drains_the_node_first() {
+    // Inherited by the node processes (this file is its own test binary): b hung for a while
+    // below must not have its disk taken over.
+    std::env::set_var("CAIRN_TAKEOVER_DELAY_MS", "off");
     let started = Instant::now();
     let tmp = tempfile::Builder::new()
         .prefix("cairn-drain-")
@@ -111,9 +114,35 @@ fn remove_drains_the_node_first() {
     let on_c = hosted(&c);
     assert!(on_c > 0, "placement put nothing on c");
 
-    // Drain and remove c: the command waits (printing progress) until c holds nothing.
+    // Drain and remove c: the command waits (printing progress) until c holds nothing. b is
+    // hung (SIGSTOP) at first, so nothing can leave c yet (a's copies there can only go to b,
+    // b's own cannot move): the drain is seen in progress, as c itself reports it, on the
+    // status of a member that is not c, and on c's own.
+    b.signal("-STOP");
     let t = Instant::now();
-    let o = cli_at(&a.data, &["cluster", "remove", "c"]);
+    let data = a.data.clone();
+    let remover = std::thread::spawn(move || cli_at(&data, &["cluster", "remove", "c"]));
+    let progress_of = |s: &serde_json::Value| {
+        s["data"]["draining"]
+            .as_array()
+            .and_then(|d| d.iter().find(|x| x["name"] == "c"))
+            .map(|x| x["progress"].clone())
+            .unwrap_or_default()
+    };
+    let left = |p: &serde_json::Value| p["chunks_left"].as_u64().unwrap_or(0);
+    wait_until(20, "a showing c's own drain progress", || {
+        let p = progress_of(&a.status());
+        left(&p) > 0 && p["chunks_at_start"].as_u64() >= p["chunks_left"].as_u64()
+    });
+    let p = progress_of(&c.status());
+    assert!(left(&p) > 0, "c's own view of its drain: {p}");
+    let text = cli_at(&a.data, &["cluster", "status"]).stdout;
+    assert!(
+        text.contains("draining c (member") && text.contains("chunks still on its disks"),
+        "{text}"
+    );
+    b.signal("-CONT");
+    let o = remover.join().expect("the remover thread");
     assert_eq!(o.code, 0, "remove c: {}{}", o.stdout, o.stderr);
     println!(
         "c ({on_c} chunks) drained and removed in {:?}; progress printed: {:?}",
