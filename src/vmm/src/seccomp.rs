@@ -61,9 +61,6 @@ fn common() -> Vec<libc::c_long> {
         libc::SYS_statx,
         libc::SYS_rseq,
         libc::SYS_set_robust_list,
-        // A sleep interrupted by io_uring task work (completions of requests this thread
-        // submitted) resumes through it.
-        libc::SYS_restart_syscall,
         // Device activation runs on the vCPU that wrote DRIVER_OK: it creates eventfds and
         // spawns the device's I/O threads, which then install their own (narrower) filter.
         libc::SYS_eventfd2,

@@ -1,15 +1,10 @@
 //! virtio-blk queues served by an [`AsyncDisk`] (the engine): the queue thread walks and parses
-//! each chain and makes it a future in a slot of one of the queue's drivers
-//! ([`super::blk_driver`]: long-lived tasks on the disk's runtime, one per worker, so no task
-//! is spawned per request). A request that is alone in flight is polled for the first time on
-//! the queue thread itself, so it reaches the disk (and its io_uring entry the kernel) without
-//! waking a runtime worker; with others in flight the driver starts it (the queue thread
-//! stays free to take chains, and the engine work spreads over the workers). The driver polls
-//! it on when what it waits for wakes it; the request writes its data and status byte, and
-//! whoever polled publishes every completion of its pass at once. No thread blocks per
-//! request. Engine reads are copied once, from the engine's verified buffers straight into
-//! guest memory; read and write buffers are reused (the engine hands a write's buffer back
-//! when no replica holds it any more).
+//! each chain and hands it to one of the queue's drivers ([`super::blk_driver`]: long-lived
+//! tasks on the disk's runtime, one per worker, so no task is spawned per request); the request
+//! runs there, writes its data and status byte, and the driver publishes every completion of
+//! its pass at once. No thread blocks per request. Engine reads are copied once, from the
+//! engine's verified buffers straight into guest memory; read and write buffers are reused
+//! (the engine hands a write's buffer back when no replica holds it any more).
 //!
 //! What it guarantees:
 //! - at most `limit` (the queue size) requests per queue in flight; at the limit the queue
@@ -27,7 +22,7 @@
 //! after `close` returned.
 
 use super::blk::{parse, Chain, Outcome, Req, SERIAL_BYTES, S_OK};
-use super::blk_driver::{drive, Driver};
+use super::blk_driver::{drive, Driver, ReqFuture};
 use crate::backend::AsyncDisk;
 use crate::memory::GuestMemoryMmap;
 use crate::stats::DeviceCounters;
@@ -142,8 +137,6 @@ pub struct AsyncQueue {
     queue_index: usize,
     /// Requests taken from the ring and not yet published (or abandoned after close).
     inflight: AtomicUsize,
-    /// Requests the queue thread started itself (first poll there) and not yet finished.
-    started_here: AtomicUsize,
     limit: usize,
     /// The queue thread stopped at the limit and wants a kick from the next completion.
     throttled: AtomicBool,
@@ -153,9 +146,8 @@ pub struct AsyncQueue {
     burst: Mutex<Vec<(u16, u32)>>,
     /// Read and write buffers kept for reuse (at most `limit`), so a request allocates none.
     bufs: Mutex<Vec<AlignedBuf>>,
-    /// The slots and tasks that run this queue's requests, and the next one to deal a request
-    /// to.
-    drivers: Vec<Arc<Driver>>,
+    /// The tasks that run this queue's requests, and the next one to deal a request to.
+    drivers: Vec<Arc<Driver<Job>>>,
     next_driver: AtomicUsize,
     /// False once closed: requests still running afterwards leave guest memory alone.
     live: RwLock<bool>,
@@ -189,6 +181,9 @@ pub struct QueueSetup {
     pub limit: usize,
 }
 
+/// A parsed request on its way to a driver.
+type Job = (InFlight, Req);
+
 /// Most drivers per queue (one per runtime worker up to this).
 const MAX_DRIVERS: usize = 4;
 
@@ -208,8 +203,6 @@ struct InFlight {
     /// A flush's target: the epoch whose writes it waits for.
     flush_after: Option<u64>,
     finished: bool,
-    /// Counted in [`AsyncQueue::started_here`].
-    here: bool,
 }
 
 impl InFlight {
@@ -223,9 +216,6 @@ impl InFlight {
     /// [`InFlight::finish`] for data in any form.
     fn finish_with(&mut self, out: Outcome, data: Option<Data<'_>>) {
         self.finished = true;
-        if std::mem::take(&mut self.here) {
-            self.q.started_here.fetch_sub(1, SeqCst);
-        }
         if let Some(ep) = self.epoch.take() {
             self.q.order.end_write(ep);
         }
@@ -385,7 +375,6 @@ impl AsyncQueue {
             read_only: setup.read_only,
             queue_index: setup.queue_index,
             inflight: AtomicUsize::new(0),
-            started_here: AtomicUsize::new(0),
             limit,
             throttled: AtomicBool::new(false),
             kick: setup.kick,
@@ -399,9 +388,10 @@ impl AsyncQueue {
         });
         for d in &q.drivers {
             let published = q.clone();
+            let start = |(job, req): Job| -> ReqFuture { Box::pin(run(job, req)) };
             q.disk
                 .runtime()
-                .spawn(drive(d.clone(), move || published.publish()));
+                .spawn(drive(d.clone(), start, move || published.publish()));
         }
         q
     }
@@ -502,8 +492,8 @@ impl AsyncQueue {
         let mem = self.mem.clone();
         let mut staged = false;
         let mut took = false;
-        // Requests are first polled here: they may reach the runtime's timers and reactor.
-        let _rt = self.disk.runtime().enter();
+        // Drivers that got requests in this pass (each is woken once, at the end).
+        let mut handed = [false; MAX_DRIVERS];
         // Notifications need no turning off: with the event index the guest kicks only when
         // it passes the avail_event that arming last wrote; without it, it always kicks.
         let mut q = self.queue.lock();
@@ -522,16 +512,17 @@ impl AsyncQueue {
             drop(q);
             took = true;
             self.counters.count_queue(self.queue_index);
-            // Alone in flight: started here (no worker wake-up to reach the disk); with others
-            // in flight the workers start it (see `submit`).
-            let alone = self.inflight.fetch_add(1, SeqCst) == 0;
+            self.inflight.fetch_add(1, SeqCst);
             let head = chain.head_index();
             let start = Instant::now();
             match Chain::walk(
                 &mem,
                 chain.map(|d| (d.addr().0, d.len(), d.is_write_only())),
             ) {
-                Ok(c) => staged |= self.submit(head, c, start, alone),
+                Ok(c) => match self.submit(head, c, start) {
+                    Some(d) => handed[d] = true,
+                    None => staged = true,
+                },
                 Err(_) => {
                     // No usable status byte: answer with a zero length.
                     self.counters.errors.fetch_add(1, SeqCst);
@@ -542,6 +533,9 @@ impl AsyncQueue {
             q = self.queue.lock();
         }
         drop(q);
+        for (d, _) in self.drivers.iter().zip(handed).filter(|(_, h)| *h) {
+            d.kick();
+        }
         if staged {
             self.publish();
         }
@@ -554,28 +548,17 @@ impl AsyncQueue {
     }
 
     /// Whether the guest made chains available that were not taken yet (and there is room
-    /// to take them). The queue thread asks it while it polls; if a request it started is
-    /// still running, each look also enters the kernel once: the io_uring completion of a
-    /// request is finished by task work on the thread that submitted it, run at that thread's
-    /// next kernel entry (the rings use COOP_TASKRUN), so a thread spinning in user space would
-    /// hold its own request back until its poll window closed.
+    /// to take them).
     pub fn pending(&self) -> bool {
-        if self.started_here.load(Relaxed) > 0 {
-            // The cheapest way in and out of the kernel (not sched_yield: on a busy host that
-            // hands the CPU away).
-            // SAFETY: gettid takes no arguments and touches no memory.
-            unsafe { libc::gettid() };
-        }
         if self.inflight.load(Relaxed) >= self.limit {
             return false;
         }
         super::blk::pending(&self.queue.lock(), &self.mem)
     }
 
-    /// Parses one chain; answers it here if no disk I/O is needed, else puts it in a slot of a
-    /// driver. Returns true if it finished here (the caller publishes).
-    /// `here`: poll it here first (the request is alone in flight), else let a driver start it.
-    fn submit(self: &Arc<Self>, head: u16, chain: Chain, start: Instant, here: bool) -> bool {
+    /// Parses one chain; answers it here if no disk I/O is needed (returns None, the caller
+    /// publishes), else hands it to a driver (returns the driver's index; the caller kicks it).
+    fn submit(self: &Arc<Self>, head: u16, chain: Chain, start: Instant) -> Option<usize> {
         let req = parse(&self.mem, &chain, self.size, self.read_only);
         // The order is fixed here, in ring order: writes join the current epoch, a flush
         // closes it and later waits for it.
@@ -594,27 +577,21 @@ impl AsyncQueue {
             epoch,
             flush_after,
             finished: false,
-            here: false,
         };
         match req {
             Req::Done(out) => {
                 job.finish(out, None);
-                true
+                None
             }
             Req::GetId { len } => {
                 let serial = self.serial;
                 job.finish(Outcome::ok(len as u64), Some(&serial[..len]));
-                true
+                None
             }
             _ => {
                 let n = self.next_driver.fetch_add(1, Relaxed) % self.drivers.len();
-                if here {
-                    self.started_here.fetch_add(1, SeqCst);
-                    job.here = true;
-                    self.drivers[n].start(Box::pin(run(job, req)))
-                } else {
-                    self.drivers[n].hand(Box::pin(run(job, req)))
-                }
+                self.drivers[n].push((job, req));
+                Some(n)
             }
         }
     }
