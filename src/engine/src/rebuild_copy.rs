@@ -60,9 +60,11 @@ pub(crate) const REBUILD_PARALLEL: usize = 4;
 /// longer wait for that (see [`UNFINISHED_AHEAD`]) and the 8 moves share
 /// [`COPY_IO_PARALLEL`] requests; against 4 moves with the old pipeline, alternated at load
 /// 10-19, the RAM line won 3 of 4 pairs (median 1115 vs 666 MiB/s, ratio 0.54 vs 0.415), the
-/// one-device line lost 5 of 6 (median 662 vs 754 MiB/s). 16 was slower everywhere (each
-/// chunk's data is out of cache by its checksum). The throttle's overdraft is one chunk per
-/// move in flight (see `rebuild`).
+/// one-device line lost 5 of 6 (median 662 vs 754 MiB/s); at load 1-3.3 the RAM line won all
+/// 5 pairs (1138-1992 vs 932-1634 MiB/s, ratio median 0.47 vs 0.41, 0.53 vs 0.46 of the
+/// mix) and the one-device line 2 of 3, the third even (857-1357 vs 868-1103; ratio 0.27-0.40
+/// vs 0.28-0.32). 16 was slower everywhere (each chunk's data is out of cache by its
+/// checksum). The throttle's overdraft is one chunk per move in flight (see `rebuild`).
 pub(crate) const MOVE_PARALLEL: usize = 8;
 
 /// Copied batches that may queue for their flush and intent record (besides the one being
