@@ -70,3 +70,46 @@ export function drainLeft(view: any, id: number): number | null {
   const row = d.find((x: any) => x?.node === id);
   return row ? Number(row.chunks_left ?? 0) + Number(row.hosted_chunks_left ?? 0) : 0;
 }
+
+/** A member's isolation lease as the status answer words it, for the members table. */
+export function leaseText(lease: string | null | undefined): string {
+  switch (lease) {
+    case 'held':
+      return 'held';
+    case 'expired':
+      return 'expired';
+    case 'not_needed':
+      return 'not needed';
+    case 'unreachable':
+      return 'unreachable';
+    default:
+      return '–';
+  }
+}
+
+/** CSS class for a lease word: an expired lease or a member that does not answer is bad. */
+export function leaseClass(lease: string | null | undefined): string {
+  if (lease === 'held' || lease === 'not_needed') return 'ok';
+  if (lease === 'expired' || lease === 'unreachable') return 'bad';
+  return 'muted';
+}
+
+export interface DrainRow {
+  node: number;
+  name: string;
+  chunks_left: number;
+  hosted_chunks_left: number;
+  progress?: { chunks_left: number; chunks_at_start: number; percent: number; eta_secs: number | null } | null;
+}
+
+/** One sentence for a member being drained, e.g. "c: 9 of 20 chunks still on its disks (55%
+ *  moved), about 9 s left". Without the member's own answer, only what this node knows. */
+export function drainText(d: DrainRow): string {
+  const p = d.progress;
+  if (!p) {
+    const mine = Number(d.chunks_left ?? 0) + Number(d.hosted_chunks_left ?? 0);
+    return `${d.name}: ${plural(mine, 'chunk')} of this node still on its disks; it did not answer, so its whole progress is unknown`;
+  }
+  const eta = p.eta_secs == null ? 'time left not known yet' : `about ${fmtSpan(p.eta_secs)} left`;
+  return `${d.name}: ${p.chunks_left} of ${plural(p.chunks_at_start, 'chunk')} still on its disks (${p.percent}% moved), ${eta}`;
+}

@@ -65,3 +65,30 @@ test('drainLeft: chunks left while draining, null once removed', () => {
   // The member is no longer draining (another one is): nothing left for it.
   assert.equal(f.drainLeft({ data: { draining: [{ node: 4, chunks_left: 9 }] } }, 3), 0);
 });
+
+test('leaseText and leaseClass for every word the status answer uses', () => {
+  assert.equal(f.leaseText('held'), 'held');
+  assert.equal(f.leaseText('not_needed'), 'not needed');
+  assert.equal(f.leaseText('unreachable'), 'unreachable');
+  assert.equal(f.leaseText('expired'), 'expired');
+  assert.equal(f.leaseText(null), '–');
+  assert.equal(f.leaseText('something new'), '–');
+  assert.equal(f.leaseClass('held'), 'ok');
+  assert.equal(f.leaseClass('not_needed'), 'ok');
+  assert.equal(f.leaseClass('unreachable'), 'bad');
+  assert.equal(f.leaseClass('expired'), 'bad');
+  assert.equal(f.leaseClass(undefined), 'muted');
+});
+
+test('drainText with the member answering, before the first chunk moved, and without its answer', () => {
+  const row = { node: 3, name: 'c', chunks_left: 4, hosted_chunks_left: 5 };
+  assert.equal(
+    f.drainText({ ...row, progress: { chunks_left: 9, chunks_at_start: 20, percent: 55, eta_secs: 9 } }),
+    'c: 9 of 20 chunks still on its disks (55% moved), about 9 s left',
+  );
+  assert.equal(
+    f.drainText({ ...row, progress: { chunks_left: 1, chunks_at_start: 1, percent: 0, eta_secs: null } }),
+    'c: 1 of 1 chunk still on its disks (0% moved), time left not known yet',
+  );
+  assert.equal(f.drainText({ ...row, progress: null }), 'c: 9 chunks of this node still on its disks; it did not answer, so its whole progress is unknown');
+});

@@ -4,7 +4,7 @@
 import { useState } from 'preact/hooks';
 import { html, ErrorBox, Note, useLoad } from '../ui';
 import { JoinToken, RemoveMember } from './clustermembers';
-import { fmtAgo, healthClass, plural, replicaText, RemoteReplica } from '../clusterfmt';
+import { drainText, DrainRow, fmtAgo, healthClass, leaseClass, leaseText, plural, replicaText, RemoteReplica } from '../clusterfmt';
 import './cluster.css';
 
 interface Member {
@@ -17,6 +17,7 @@ interface Member {
   leader: boolean;
   health: string;
   last_seen_ms_ago: number | null;
+  lease?: string | null;
 }
 
 interface ClusterView {
@@ -34,6 +35,7 @@ interface ClusterView {
   data: {
     degraded_chunks: number;
     rebuilding: boolean;
+    draining?: DrainRow[];
     remote_replicas?: RemoteReplica[];
     stale_chunks?: number;
     hosted_chunks?: number;
@@ -44,8 +46,8 @@ interface ClusterView {
 
 function Members({ c, admin, onRemoved }: { c: ClusterView; admin: boolean; onRemoved: (msg: string | null, err: string | null) => void }) {
   return html`<div class="table-wrap"><table aria-label="cluster members">
-    <thead><tr><th scope="col">Name</th><th scope="col">ID</th><th scope="col">Address</th><th scope="col">Role</th><th scope="col">State</th><th scope="col">Health</th>${admin ? html`<th scope="col">Actions</th>` : null}</tr></thead>
-    <tbody>${c.members.map((m) => html`<tr data-member=${m.name} data-health=${m.health} data-leader=${m.leader ? 'yes' : 'no'}>
+    <thead><tr><th scope="col">Name</th><th scope="col">ID</th><th scope="col">Address</th><th scope="col">Role</th><th scope="col">State</th><th scope="col">Health</th><th scope="col">Lease</th>${admin ? html`<th scope="col">Actions</th>` : null}</tr></thead>
+    <tbody>${c.members.map((m) => html`<tr data-member=${m.name} data-health=${m.health} data-lease=${m.lease ?? 'none'} data-leader=${m.leader ? 'yes' : 'no'}>
       <td>${m.name}${m.id === c.me ? html` <small class="muted">(this node)</small>` : null}
         ${m.leader ? html` <span class="badge leader" title="the raft leader">leader</span>` : null}</td>
       <td>${m.id}</td>
@@ -54,6 +56,7 @@ function Members({ c, admin, onRemoved }: { c: ClusterView; admin: boolean; onRe
       <td>${m.state}</td>
       <td><span class=${healthClass(m.health)}>${m.health}</span>
         ${m.id === c.me ? null : html` <small class="muted">seen ${fmtAgo(m.last_seen_ms_ago)}</small>`}</td>
+      <td><span class=${leaseClass(m.lease)}>${leaseText(m.lease)}</span></td>
       ${admin ? html`<td>${m.id === c.me ? html`<span class="muted">this node</span>` : html`<${RemoveMember} id=${m.id} name=${m.name} onDone=${onRemoved} />`}</td>` : null}
     </tr>`)}</tbody>
   </table></div>`;
@@ -64,7 +67,10 @@ function Data({ c }: { c: ClusterView }) {
   const names: Record<number, string> = {};
   for (const m of c.members) names[m.id] = m.name;
   const reps = d.remote_replicas ?? [];
-  return html`<dl class="facts" aria-label="data on this node">
+  const drains = d.draining ?? [];
+  return html`${drains.length === 0 ? null : html`<h4>Members being drained</h4>
+    <ul aria-label="members being drained">${drains.map((r) => html`<li data-draining=${r.name}>${drainText(r)}</li>`)}</ul>`}
+    <dl class="facts" aria-label="data on this node">
       <dt>Degraded chunks</dt><dd data-fact="degraded" class=${d.degraded_chunks ? 'bad' : 'ok'}>${d.degraded_chunks}</dd>
       <dt>Rebuilding</dt><dd data-fact="rebuilding">${d.rebuilding ? 'yes, a rebuild is running' : 'no'}</dd>
       <dt>Stale chunks</dt><dd>${d.stale_chunks ?? 0} <small class="muted">(written while a replica was away)</small></dd>
