@@ -2,6 +2,22 @@
 use super::super::tests::{init, member, vdisk};
 use super::super::*;
 
+/// Why a command was rejected; None when it was applied.
+fn rejection(r: &CommandResult) -> Option<&str> {
+    match r {
+        CommandResult::Rejected(m) => Some(m),
+        _ => None,
+    }
+}
+
+/// The placement map's new version when a command moved it on.
+fn placement_version(r: &CommandResult) -> Option<u64> {
+    match r {
+        CommandResult::PlacementVersion(v) => Some(*v),
+        _ => None,
+    }
+}
+
 #[test]
 fn move_vdisk_hands_one_disk_over_and_leaves_the_owner_its_others() {
     let mut s = init();
@@ -65,20 +81,18 @@ fn move_vdisk_hands_one_disk_over_and_leaves_the_owner_its_others() {
             unused_outdated: vec![],
         },
     ] {
-        let rejected = matches!(s.apply(&bad), CommandResult::Rejected(_));
+        let rejected = rejection(&s.apply(&bad)).is_some();
         assert!(rejected, "{bad:?} must be rejected");
     }
     assert_eq!(s, before, "a rejected move changes nothing");
     s.outdated.insert((1, 2));
-    assert!(matches!(
-        s.apply(&Command::MoveVdisk {
-            id: "1/a".into(),
-            to: 2,
-            record: true,
-            unused_outdated: vec![],
-        }),
-        CommandResult::Rejected(_)
-    ));
+    assert!(rejection(&s.apply(&Command::MoveVdisk {
+        id: "1/a".into(),
+        to: 2,
+        record: true,
+        unused_outdated: vec![],
+    }))
+    .is_some());
     s.outdated.clear();
     assert_eq!(
         s.apply(&Command::MoveVdisk {
@@ -146,7 +160,7 @@ fn move_vdisks_hands_a_members_disks_snapshots_and_vms_over() {
         Command::MoveVdisks { from: 1, to: 1 },
         Command::MoveVdisks { from: 4, to: 2 },
     ] {
-        let rejected = matches!(s.apply(&bad), CommandResult::Rejected(_));
+        let rejected = rejection(&s.apply(&bad)).is_some();
         assert!(rejected, "{bad:?} must be rejected");
     }
     assert_eq!(s, before, "a rejected takeover changes nothing");
@@ -163,20 +177,15 @@ fn move_vdisks_hands_a_members_disks_snapshots_and_vms_over() {
         vec!["2/a".to_string(), "2/b".to_string()]
     );
     assert_eq!(s.vms["vm"].node, Some(2));
-    assert!(matches!(
-        s.apply(&Command::MoveVdisks { from: 1, to: 2 }),
-        CommandResult::Rejected(_)
-    ));
+    assert!(rejection(&s.apply(&Command::MoveVdisks { from: 1, to: 2 })).is_some());
     // The old incarnation (epoch before the takeover) may not write alone any more; a
     // later one may.
-    assert!(matches!(
-        s.apply(&Command::Outdate {
-            owner: 1,
-            holder: 2,
-            epoch: v0
-        }),
-        CommandResult::Rejected(_)
-    ));
+    assert!(rejection(&s.apply(&Command::Outdate {
+        owner: 1,
+        holder: 2,
+        epoch: v0
+    }))
+    .is_some());
     assert_eq!(
         s.apply(&Command::Outdate {
             owner: 1,
@@ -187,18 +196,12 @@ fn move_vdisks_hands_a_members_disks_snapshots_and_vms_over() {
     );
     // An outdated holder cannot take over; once resynced it can.
     s.apply(&Command::CreateVdisk(vdisk("1/c")));
-    assert!(matches!(
-        s.apply(&Command::MoveVdisks { from: 1, to: 2 }),
-        CommandResult::Rejected(_)
-    ));
+    assert!(rejection(&s.apply(&Command::MoveVdisks { from: 1, to: 2 })).is_some());
     s.apply(&Command::ClearOutdated {
         owner: 1,
         holder: 2,
     });
-    assert!(matches!(
-        s.apply(&Command::MoveVdisks { from: 1, to: 2 }),
-        CommandResult::PlacementVersion(_)
-    ));
+    assert!(placement_version(&s.apply(&Command::MoveVdisks { from: 1, to: 2 })).is_some());
     assert_eq!(vdisk_owner("12/x/y"), Some(12));
     assert_eq!(vdisk_owner("x"), None);
 }
@@ -232,7 +235,7 @@ fn take_over_is_refused_while_any_holder_is_outdated() {
     // gather the chunks 3 holds), while MoveVdisks only looks at its own target.
     for to in [2, 3] {
         let r = s.apply(&Command::TakeOver { from: 1, to });
-        let refused = matches!(&r, CommandResult::Rejected(m) if m.contains("outdated"));
+        let refused = rejection(&r).is_some_and(|m| m.contains("outdated"));
         assert!(refused, "take over by {to}: {r:?}");
     }
     assert_eq!(s, before, "a refused takeover changes nothing");
@@ -249,7 +252,7 @@ fn take_over_is_refused_while_any_holder_is_outdated() {
     assert_eq!(s.taken_over.get(&1), Some(&(v0 + 1)));
     // The loser's commit finds nothing left to move.
     let second = s.apply(&Command::TakeOver { from: 1, to: 3 });
-    let lost = matches!(second, CommandResult::Rejected(_));
+    let lost = rejection(&second).is_some();
     assert!(lost, "{second:?}");
 }
 
@@ -262,17 +265,15 @@ fn a_planned_hand_over_is_recorded_follows_the_disk_and_survives_a_reload() {
     s.apply(&Command::CreateVdisk(vdisk("1/b")));
     // An entry logged before `record` existed moves the disk and records nothing.
     let old: Command = serde_json::from_str(r#"{"MoveVdisk":{"id":"1/b","to":2}}"#).unwrap();
-    assert!(matches!(s.apply(&old), CommandResult::PlacementVersion(_)));
+    assert!(placement_version(&s.apply(&old)).is_some());
     assert!(s.handed_over.is_empty(), "{:?}", s.handed_over);
-    assert!(matches!(
-        s.apply(&Command::MoveVdisk {
-            id: "1/a".into(),
-            to: 2,
-            record: true,
-            unused_outdated: vec![],
-        }),
-        CommandResult::PlacementVersion(_)
-    ));
+    assert!(placement_version(&s.apply(&Command::MoveVdisk {
+        id: "1/a".into(),
+        to: 2,
+        record: true,
+        unused_outdated: vec![],
+    }))
+    .is_some());
     assert_eq!(s.handed_over.get("2/a"), Some(&1));
     // What a restarted member loads from its snapshot says the same.
     let reloaded: ClusterState = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
@@ -289,28 +290,20 @@ fn a_planned_hand_over_is_recorded_follows_the_disk_and_survives_a_reload() {
         .contains("handed_over"));
     // 2 is lost and 3 takes its disks over: 1 still handed `a` over (its old copy of it is
     // no sign of 1's isolation), re-keyed with the disk.
-    assert!(matches!(
-        s.apply(&Command::TakeOver { from: 2, to: 3 }),
-        CommandResult::PlacementVersion(_)
-    ));
+    assert!(placement_version(&s.apply(&Command::TakeOver { from: 2, to: 3 })).is_some());
     assert_eq!(s.handed_over.get("3/a"), Some(&1));
     assert!(!s.handed_over.contains_key("2/a"));
     // 3 hands it to 1; then 1 is lost and 3 takes it back: 3 owns it again, so no
     // hand-over by 3 is recorded for it any more.
-    assert!(matches!(
-        s.apply(&Command::MoveVdisk {
-            id: "3/a".into(),
-            to: 1,
-            record: true,
-            unused_outdated: vec![],
-        }),
-        CommandResult::PlacementVersion(_)
-    ));
+    assert!(placement_version(&s.apply(&Command::MoveVdisk {
+        id: "3/a".into(),
+        to: 1,
+        record: true,
+        unused_outdated: vec![],
+    }))
+    .is_some());
     assert_eq!(s.handed_over.get("1/a"), Some(&3), "3 handed it back");
-    assert!(matches!(
-        s.apply(&Command::MoveVdisks { from: 1, to: 3 }),
-        CommandResult::PlacementVersion(_)
-    ));
+    assert!(placement_version(&s.apply(&Command::MoveVdisks { from: 1, to: 3 })).is_some());
     assert!(
         !s.handed_over.contains_key("3/a"),
         "the disk came back to the member that handed it over: {:?}",
@@ -318,15 +311,13 @@ fn a_planned_hand_over_is_recorded_follows_the_disk_and_survives_a_reload() {
     );
     assert!(s.handed_over.values().all(|by| *by != 3));
     // Deleted with the disk.
-    assert!(matches!(
-        s.apply(&Command::MoveVdisk {
-            id: "3/a".into(),
-            to: 2,
-            record: true,
-            unused_outdated: vec![],
-        }),
-        CommandResult::PlacementVersion(_)
-    ));
+    assert!(placement_version(&s.apply(&Command::MoveVdisk {
+        id: "3/a".into(),
+        to: 2,
+        record: true,
+        unused_outdated: vec![],
+    }))
+    .is_some());
     assert_eq!(s.handed_over.get("2/a"), Some(&3));
     assert_eq!(
         s.apply(&Command::DeleteVdisk { id: "2/a".into() }),
@@ -447,7 +438,7 @@ fn move_vm_hands_a_stopped_vm_over_with_its_disks_or_changes_nothing() {
             record: true,
             unused_outdated: vec![],
         });
-        let refused = matches!(&r, CommandResult::Rejected(m) if m.contains(why));
+        let refused = rejection(&r).is_some_and(|m| m.contains(why));
         assert!(refused, "{bad:?}: {r:?}");
     }
     s.outdated.insert((1, 3));
@@ -457,7 +448,7 @@ fn move_vm_hands_a_stopped_vm_over_with_its_disks_or_changes_nothing() {
         record: true,
         unused_outdated: vec![],
     });
-    let refused = matches!(&r, CommandResult::Rejected(m) if m.contains("outdated"));
+    let refused = rejection(&r).is_some_and(|m| m.contains("outdated"));
     assert!(refused, "{r:?}");
     s.outdated.clear();
     assert_eq!(s, before, "a refused VM move changes nothing");
@@ -527,7 +518,7 @@ fn a_vm_handed_over_is_recorded_until_a_takeover_moves_it_on_or_it_goes() {
             unused_outdated: vec![],
         }
     );
-    assert!(matches!(s.apply(&old), CommandResult::PlacementVersion(_)));
+    assert!(placement_version(&s.apply(&old)).is_some());
     assert!(s.vms_handed_over.is_empty(), "{:?}", s.vms_handed_over);
     let moved = s.apply(&Command::MoveVm {
         id: "v".into(),
@@ -549,7 +540,7 @@ fn a_vm_handed_over_is_recorded_until_a_takeover_moves_it_on_or_it_goes() {
     assert!(older.vms_handed_over.is_empty());
     // Node 2 is lost and 3 takes its disks over: v was taken over from 2, not handed.
     let r = s.apply(&Command::MoveVdisks { from: 2, to: 3 });
-    assert!(matches!(r, CommandResult::PlacementVersion(_)), "{r:?}");
+    assert!(placement_version(&r).is_some(), "{r:?}");
     assert_eq!(s.vms["v"].node, Some(3));
     assert!(s.vms_handed_over.is_empty(), "{:?}", s.vms_handed_over);
     // Deleting a VM drops its record.
