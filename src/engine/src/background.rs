@@ -20,7 +20,7 @@ use crate::types::DiskState;
 /// Chunk copies whose intents are recorded together and made durable with one flush per
 /// target disk (128 MiB at most: the flush and the two metadata writes of a batch stall its
 /// copies, so at 32 they took a fifth of a rebuild's time).
-const REBALANCE_BATCH: usize = 128;
+pub(crate) const REBALANCE_BATCH: usize = 128;
 
 pub(crate) fn spawn_maintenance(inner: &Arc<Inner>) {
     let weak: Weak<Inner> = Arc::downgrade(inner);
@@ -280,7 +280,7 @@ impl Inner {
         self.prime_pacing();
         // Copies run in batches: one intent record and one flush per target disk for many
         // chunks, one batch's flush overlapping the next one's copies (see `rebuild_copy`).
-        let b = self.move_batches(&work, REBALANCE_BATCH).await;
+        let b = self.move_batches(&work, self.rebuild.batch()).await;
         pending += b.pending;
         changed |= b.changed;
         // Make moves durable so the old copies' removal cannot be undone by a crash.
@@ -401,6 +401,13 @@ impl Engine {
 
     pub fn rebuild_limits(&self) -> crate::RebuildLimits {
         self.inner.rebuild.limits()
+    }
+
+    /// For tests only: chunks per rebuild copy batch (default 128, at least 1), from the next
+    /// pass on. Small batches let a test cut power while several batches are in the pipeline.
+    #[doc(hidden)]
+    pub fn set_rebalance_batch(&self, chunks: usize) {
+        self.inner.rebuild.set_batch(chunks);
     }
 
     /// Progress of the current (or last) rebuild pass (also in `stats().rebalance.rebuild`).

@@ -26,7 +26,7 @@
 //!
 //! Must never: hold a stripe lock while it waits (pacing happens before the chunk is locked).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::time::Instant as PaceInstant;
@@ -229,6 +229,8 @@ pub(crate) struct RebuildCtl {
     seen_ops: AtomicU64,
     ops_changed: Mutex<PaceInstant>,
     pass: Mutex<Pass>,
+    /// Chunks per copy batch (`REBALANCE_BATCH` unless a test sets fewer).
+    batch: AtomicUsize,
 }
 
 impl Default for RebuildCtl {
@@ -244,6 +246,7 @@ impl Default for RebuildCtl {
             seen_ops: AtomicU64::new(0),
             ops_changed: Mutex::new(now.checked_sub(BUSY_WINDOW * 2).unwrap_or(now)),
             pass: Mutex::new(Pass::default()),
+            batch: AtomicUsize::new(crate::background::REBALANCE_BATCH),
         }
     }
 }
@@ -254,6 +257,12 @@ impl RebuildCtl {
     }
     pub(crate) fn limits(&self) -> RebuildLimits {
         *self.limits.lock()
+    }
+    pub(crate) fn set_batch(&self, chunks: usize) {
+        self.batch.store(chunks.max(1), Ordering::Relaxed);
+    }
+    pub(crate) fn batch(&self) -> usize {
+        self.batch.load(Ordering::Relaxed)
     }
 
     /// A pass starts with `total` chunks to move. A pass with nothing to move keeps the
