@@ -32,35 +32,11 @@ fn outs() -> Option<&'static Outs> {
     .as_ref()
 }
 
-/// Keeps each line of `text` in the system log the API serves (`init::log`'s ring), without
-/// the terminal's colour codes.
+/// Keeps each line of `text` in the system log the API serves (`init::log`'s ring).
 fn keep(text: &str) {
-    for line in text.lines() {
-        let line = without_ansi(line);
-        if !line.trim().is_empty() {
-            init::log::record(&line);
-        }
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        init::log::record(line);
     }
-}
-
-/// `s` without ANSI escape sequences (ESC '[' ... final letter), as tracing colours its output.
-fn without_ansi(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        if c != '\u{1b}' {
-            out.push(c);
-            continue;
-        }
-        if chars.next() == Some('[') {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        }
-    }
-    out
 }
 
 /// Writes `text` to stdout without waiting for the reader (queued; counted when dropped).
@@ -81,7 +57,6 @@ struct QueuedStderr;
 
 impl std::io::Write for QueuedStderr {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        keep(&String::from_utf8_lossy(buf));
         match outs() {
             Some(o) => {
                 if !o.stderr.push(&String::from_utf8_lossy(buf)) {
@@ -155,14 +130,30 @@ pub fn run(a: NodeArgs) -> i32 {
     }
 }
 
-/// Tracing to stderr through the queue (see the module docs).
+/// Tracing to stderr through the queue (see the module docs), and to the system log the API
+/// serves.
 fn init_queued_tracing() {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_from_env("CAIRN_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(|| QueuedStderr)
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(tracing_subscriber::fmt::layer().with_writer(|| QueuedStderr))
+        .with(ring_layer())
         .try_init();
+}
+
+/// The system log's copy of the tracing output: the ring keeps each line's time in its own
+/// field and shows no terminal colours, so neither is written into the text.
+fn ring_layer<S>() -> impl tracing_subscriber::Layer<S>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    tracing_subscriber::fmt::layer()
+        .with_ansi(false)
+        .without_time()
+        .with_writer(init::log::LineWriter::ring_only)
 }
 
 pub fn init_tracing() {
@@ -179,23 +170,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn colour_codes_are_left_out_of_the_kept_log() {
-        assert_eq!(
-            without_ansi("\u{1b}[2m2026-11-26\u{1b}[0m \u{1b}[32m INFO\u{1b}[0m node: up"),
-            "2026-11-26  INFO node: up"
-        );
-        assert_eq!(without_ansi("plain ünïcode"), "plain ünïcode");
-        // A lone escape at the end, or one not followed by '[', is dropped with its next char.
-        assert_eq!(without_ansi("a\u{1b}"), "a");
-        assert_eq!(without_ansi("a\u{1b}Xb"), "ab");
+    fn the_kept_log_has_each_line_without_colours_or_its_time() {
+        use tracing_subscriber::layer::SubscriberExt;
         let seq = init::log::record("before");
-        keep("\u{1b}[1mone\u{1b}[0m\n\ntwo\n");
-        // (Other tests of this binary may log meanwhile: only ours, and any colour code.)
+        keep("one\n\ntwo\n");
+        let subscriber = tracing_subscriber::registry().with(ring_layer());
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::warn!(disk = "d1", "kept-line-check");
+        });
+        // (Other tests of this binary may log meanwhile: only ours.)
         let kept: Vec<String> = init::log::recent(seq, 1000)
             .into_iter()
             .map(|l| l.text)
-            .filter(|t| t == "one" || t == "two" || t.contains('\u{1b}'))
+            .filter(|t| t == "one" || t == "two" || t.contains("kept-line-check"))
             .collect();
-        assert_eq!(kept, ["one", "two"]);
+        assert_eq!(kept.len(), 3, "{kept:?}");
+        assert_eq!(kept[..2], ["one", "two"]);
+        // No escape code, and the level first: no time before it.
+        assert!(!kept[2].contains('\u{1b}'), "{:?}", kept[2]);
+        assert!(kept[2].starts_with("WARN "), "{:?}", kept[2]);
+        assert!(
+            kept[2].ends_with("kept-line-check disk=\"d1\""),
+            "{:?}",
+            kept[2]
+        );
     }
 }
