@@ -20,14 +20,8 @@ pub const RING_LINES: usize = 2000;
 /// Longest line kept (longer ones are cut, so one bad message cannot eat the ring).
 pub const MAX_LINE_BYTES: usize = 1024;
 
-/// One logged line.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct LogLine {
-    /// Sequence number, increasing from 1 since boot: readers poll "everything after N".
-    pub seq: u64,
-    pub unix_ms: u64,
-    pub text: String,
-}
+/// One logged line (the API's type: the ring is what `GET /api/v1/system/log` serves).
+pub use api::LogLine;
 
 struct Ring {
     lines: VecDeque<LogLine>,
@@ -295,42 +289,21 @@ pub fn recent(after_seq: u64, max: usize) -> Vec<LogLine> {
 /// The newest `max` lines with `after_seq < seq < before_seq`, oldest first, and how many kept
 /// lines are older than the first of them (than `before_seq` when there are none).
 pub fn between(after_seq: u64, before_seq: u64, max: usize) -> (Vec<LogLine>, u64) {
-    read_ring(&lock(&RING).lines, after_seq, before_seq, max)
+    let read = read_ring(api::LogRange {
+        after: after_seq,
+        before: before_seq,
+        max,
+    });
+    (read.lines, read.older)
 }
 
-fn read_ring(
-    lines: &VecDeque<LogLine>,
-    after_seq: u64,
-    before_seq: u64,
-    max: usize,
-) -> (Vec<LogLine>, u64) {
-    // Kept lines are in sequence order with no gaps: positions follow from sequence numbers.
-    let first = lines.front().map_or(0, |l| l.seq);
-    let index = |seq: u64| {
-        usize::try_from(seq.saturating_sub(first)).map_or(lines.len(), |i| i.min(lines.len()))
-    };
-    let start = index(after_seq.saturating_add(1));
-    let end = index(before_seq).max(start);
-    let start = start.max(end.saturating_sub(max));
-    (lines.range(start..end).cloned().collect(), start as u64)
+fn read_ring(r: api::LogRange) -> api::LogRead {
+    api::LogSource::read_slice(lock(&RING).lines.make_contiguous(), r)
 }
 
 /// The ring as the HTTPS API reads it (`GET /api/v1/system/log`).
 pub fn api_source() -> api::LogSource {
-    api::LogSource::new(|r| {
-        let (lines, older) = between(r.after, r.before, r.max);
-        api::LogRead {
-            lines: lines
-                .into_iter()
-                .map(|l| api::LogLine {
-                    seq: l.seq,
-                    unix_ms: l.unix_ms,
-                    text: l.text,
-                })
-                .collect(),
-            older,
-        }
-    })
+    api::LogSource::new(read_ring)
 }
 
 /// `log!`-style formatting helper.
@@ -423,13 +396,17 @@ mod tests {
     #[test]
     fn the_ring_is_read_forward_and_back() {
         // Lines 11..=20 kept (1..=10 dropped).
-        let ring: VecDeque<LogLine> = (11..=20)
+        let ring: Vec<LogLine> = (11..=20)
             .map(|seq| LogLine {
                 seq,
                 unix_ms: seq,
                 text: seq.to_string(),
             })
             .collect();
+        let read_ring = |ring: &[LogLine], after, before, max| {
+            let r = api::LogSource::read_slice(ring, api::LogRange { after, before, max });
+            (r.lines, r.older)
+        };
         let read = |after, before, max| {
             let (lines, older) = read_ring(&ring, after, before, max);
             (lines.iter().map(|l| l.seq).collect::<Vec<_>>(), older)
@@ -452,7 +429,7 @@ mod tests {
         for (q, want) in cases {
             assert_eq!(read(q.0, q.1, q.2), want, "{q:?}");
         }
-        assert_eq!(read_ring(&VecDeque::new(), 0, u64::MAX, 5), (vec![], 0));
+        assert_eq!(read_ring(&[], 0, u64::MAX, 5), (vec![], 0));
     }
 
     /// Reads `r` until `want` shows up (or fails after a bound).
