@@ -133,10 +133,7 @@ fn drain_line(d: &control::DrainView, r: &control::RebuildView) -> String {
                 "{} of {} chunks still on its disks ({}% moved), ",
                 p.chunks_left, p.chunks_at_start, p.percent
             ));
-            match p.eta_secs {
-                Some(t) => s.push_str(&format!("about {} left", duration_text(t))),
-                None => s.push_str("time left not known yet"),
-            }
+            s.push_str(&eta_text(p.eta_secs));
         }
         None => s.push_str("its own progress not known (it did not answer)"),
     }
@@ -147,6 +144,14 @@ fn drain_line(d: &control::DrainView, r: &control::RebuildView) -> String {
         s.push_str(&format!("; {}", rebuild_text(r)));
     }
     s
+}
+
+/// "about 2m 10s left", or that it is not known yet (nothing moved so far).
+fn eta_text(eta_secs: Option<u64>) -> String {
+    match eta_secs {
+        Some(t) => format!("about {} left", duration_text(t)),
+        None => "time left not known yet".into(),
+    }
 }
 
 /// "rebuilding 40/120 chunks (33%), 85.3 MiB/s, about 2m 10s left".
@@ -161,10 +166,7 @@ fn rebuild_text(r: &control::RebuildView) -> String {
             control::format_size(r.rate_bytes_per_sec)
         ));
     }
-    match r.eta_secs {
-        Some(t) => s.push_str(&format!(", about {} left", duration_text(t))),
-        None => s.push_str(", time left not known yet"),
-    }
+    s.push_str(&format!(", {}", eta_text(r.eta_secs)));
     if r.ceiling_bytes_per_sec > 0 {
         s.push_str(&format!(
             " (limited to {}/s{})",
