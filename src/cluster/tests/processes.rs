@@ -5,6 +5,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
 
@@ -16,12 +17,19 @@ struct Proc {
     args: Vec<String>,
 }
 
+/// An address on `ip` with a port that is free now, taken below the kernel's ephemeral range
+/// (32768 and up), so no port-0 bind or outgoing connection of a test running alongside can
+/// take it between this check and the node's own bind (a CI run once lost it that way).
 fn free(ip: &str) -> String {
-    TcpListener::bind(format!("{ip}:0"))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .to_string()
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let base = 20_000 + (std::process::id() % 8_000) as u16;
+    for _ in 0..4_000 {
+        let port = base + NEXT.fetch_add(1, Ordering::Relaxed) % 4_000;
+        if let Ok(l) = TcpListener::bind((ip, port)) {
+            return l.local_addr().unwrap().to_string();
+        }
+    }
+    panic!("no free port on {ip} in {base}..{}", base + 4_000);
 }
 
 fn node_args(dir: &Path, name: &str, ip: &str) -> Vec<String> {
