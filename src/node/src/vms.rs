@@ -448,7 +448,7 @@ impl Vms {
                 let mut vm = vmm::Vm::create(cfg).map_err(|e| cannot_start(&def.name, e))?;
                 // The taps exist now (the VMM opened them): join the bridges, bring them up.
                 for n in &def.nics {
-                    if let Err(e) = vmm::virtio::tap::wire(&n.tap, n.bridge.as_deref()) {
+                    if let Err(e) = vmm::virtio::tap::wire(&n.tap, n.bridge.as_deref(), None) {
                         vm.delete();
                         return Err(cannot_start(&def.name, e));
                     }

@@ -60,9 +60,16 @@ fn ifreq_name(name: &str) -> [libc::c_char; libc::IFNAMSIZ] {
 
 /// Wires an open tap on the host side, in the calling thread's network namespace: with
 /// `bridge`, makes it a port of that existing Linux bridge (what libvirt's bridged networking
-/// does); then brings it up, so frames flow from the first one the guest sends. A tap that
-/// lives only as long as the VM holds it leaves the bridge by itself when the VM stops.
-pub fn wire(tap: &str, bridge: Option<&str>) -> Result<()> {
+/// does), with `vlan` a port on that VLAN only, untagged towards the guest (VLAN filtering is
+/// turned on on the bridge; see [`super::bridge_vlan`]); then brings it up, so frames flow
+/// from the first one the guest sends. On an error the tap stays down. A tap that lives only
+/// as long as the VM holds it leaves the bridge by itself when the VM stops.
+pub fn wire(tap: &str, bridge: Option<&str>, vlan: Option<u16>) -> Result<()> {
+    if let (Some(v), None) = (vlan, bridge) {
+        return Err(VmmError::InvalidConfig(format!(
+            "tap {tap} is on VLAN {v} but joins no bridge (the VLAN is set on its bridge port)"
+        )));
+    }
     for n in std::iter::once(tap).chain(bridge) {
         if !valid_ifname(n) {
             return Err(VmmError::InvalidConfig(format!(
@@ -108,6 +115,20 @@ pub fn wire(tap: &str, bridge: Option<&str>) -> Result<()> {
                 _ => format!("cannot add tap {tap} to bridge {b}: {e}"),
             };
             return Err(VmmError::InvalidConfig(why));
+        }
+        if let Some(vid) = vlan {
+            let cb = std::ffi::CString::new(b)
+                .map_err(|_| VmmError::InvalidConfig(format!("bad bridge name {b:?}")))?;
+            // SAFETY: `cb` is a valid NUL-terminated string.
+            let bridge_index = unsafe { libc::if_nametoindex(cb.as_ptr()) };
+            if bridge_index == 0 {
+                return Err(VmmError::InvalidConfig(format!(
+                    "bridge {b}: {}",
+                    io::Error::last_os_error()
+                )));
+            }
+            super::bridge_vlan::set_access_vlan(bridge_index, b, index, tap, vid)
+                .map_err(VmmError::InvalidConfig)?;
         }
     }
     // SAFETY: ifreq is plain data; all zeroes is a valid value.
