@@ -58,6 +58,8 @@ pub(crate) struct Disk {
     pub node_id: u64,
     pub size_bytes: u64,
     pub replica: Arc<dyn Replica>,
+    /// `replica.local_store()`, kept at hand for the read and write paths.
+    pub local: Option<Arc<store::Store>>,
     state: AtomicU8,
     /// Bumped by every acknowledged change; a flush makes everything up to the value it read
     /// durable, so a flush with nothing new to cover is skipped.
@@ -89,6 +91,7 @@ impl Disk {
             name,
             node_id,
             size_bytes,
+            local: replica.local_store().cloned(),
             replica,
             state: AtomicU8::new(state_code(state)),
             write_seq: AtomicU64::new(0),

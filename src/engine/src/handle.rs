@@ -449,7 +449,7 @@ impl VdiskHandle {
                     }
                     match self.inner.holders_or_place(obj, self.rt.seed) {
                         Ok(h) => {
-                            let crcs = store::block_crcs(&buf).into();
+                            let crcs = crate::io::block_crcs(&buf);
                             let op = crate::io::Op::Write {
                                 block: start / BLOCK_BYTES,
                                 data: buf.into_write(),

@@ -23,11 +23,12 @@ use crate::{BLOCK_BYTES, CHUNK_BLOCKS};
 /// One mutation sent to every live replica of a chunk.
 #[derive(Clone)]
 pub(crate) enum Op {
-    /// `crcs` = `store::block_crcs(data)`: checksummed once, not once per replica.
+    /// `crcs` = `store::block_crcs(data)`: checksummed once, not once per replica (inline up
+    /// to 64 KiB of data: a small write allocates nothing for them).
     Write {
         block: u64,
         data: WriteBuf,
-        crcs: Arc<[u32]>,
+        crcs: Crcs,
     },
     Discard {
         block: u64,
@@ -36,6 +37,16 @@ pub(crate) enum Op {
     Rollback {
         snap_gen: u64,
     },
+}
+
+/// A write's block checksums.
+pub(crate) type Crcs = smallvec::SmallVec<[u32; 16]>;
+
+/// `store::block_crcs(data)` as [`Crcs`].
+pub(crate) fn block_crcs(data: &[u8]) -> Crcs {
+    data.chunks(BLOCK_BYTES as usize)
+        .map(blockdev::crc32c)
+        .collect()
 }
 
 /// Where a read's verified data goes.
@@ -114,35 +125,63 @@ impl Inner {
                 "chunk {obj}: every replica is on a failed disk"
             )));
         }
+        // The checksums in one shared allocation, only if a holder other than a local store
+        // (which borrows them) takes the write.
+        let shared_crcs: Option<Arc<[u32]>> = match op {
+            Op::Write { crcs, .. } if live.iter().any(|d| d.local.is_none()) => {
+                Some(Arc::from(&crcs[..]))
+            }
+            _ => None,
+        };
+        // A local store's write is called directly (no boxed future per request); any other
+        // request goes through the `Replica` trait.
         fn issue<'a>(
             d: &'a Arc<Disk>,
             obj: ObjectId,
-            op: &Op,
+            op: &'a Op,
+            shared_crcs: Option<&Arc<[u32]>>,
             gen: u64,
             pin: u64,
-        ) -> blockdev::BoxFuture<'a, std::result::Result<(), StoreError>> {
+        ) -> impl std::future::Future<Output = std::result::Result<(), StoreError>> + 'a {
+            use futures::future::Either;
             d.inflight.fetch_add(1, Ordering::Relaxed);
-            match op {
-                Op::Write { block, data, crcs } => {
+            match (op, &d.local, shared_crcs) {
+                (Op::Write { block, data, crcs }, Some(s), _) => {
+                    Either::Left(s.write_with_crcs(obj, *block, data.clone(), crcs, gen, pin))
+                }
+                (Op::Write { block, data, .. }, None, Some(c)) => Either::Right(
                     d.replica
-                        .write_with_crcs(obj, *block, data.clone(), crcs.clone(), gen, pin)
+                        .write_with_crcs(obj, *block, data.clone(), c.clone(), gen, pin),
+                ),
+                (Op::Write { block, data, crcs }, None, None) => {
+                    Either::Right(d.replica.write_with_crcs(
+                        obj,
+                        *block,
+                        data.clone(),
+                        Arc::from(&crcs[..]),
+                        gen,
+                        pin,
+                    ))
                 }
-                Op::Discard { block, nblocks } => {
-                    d.replica.discard(obj, *block, *nblocks, gen, pin)
+                (Op::Discard { block, nblocks }, _, _) => {
+                    Either::Right(d.replica.discard(obj, *block, *nblocks, gen, pin))
                 }
-                Op::Rollback { snap_gen } => d.replica.rollback_object(obj, *snap_gen, gen, pin),
+                (Op::Rollback { snap_gen }, _, _) => {
+                    Either::Right(d.replica.rollback_object(obj, *snap_gen, gen, pin))
+                }
             }
         }
+        let sc = shared_crcs.as_ref();
         let results: smallvec::SmallVec<[std::result::Result<(), StoreError>; 4]> =
             if live.len() == 2 {
                 let (a, b) = futures::future::join(
-                    issue(&live[0], obj, op, gen, pin),
-                    issue(&live[1], obj, op, gen, pin),
+                    issue(&live[0], obj, op, sc, gen, pin),
+                    issue(&live[1], obj, op, sc, gen, pin),
                 )
                 .await;
                 smallvec::smallvec![a, b]
             } else {
-                futures::future::join_all(live.iter().map(|d| issue(d, obj, op, gen, pin)))
+                futures::future::join_all(live.iter().map(|d| issue(d, obj, op, sc, gen, pin)))
                     .await
                     .into()
             };
@@ -204,7 +243,7 @@ impl Inner {
         pin: u64,
     ) -> Result<()> {
         debug_assert!(block + (data.len() / BLOCK_BYTES as usize) as u64 <= CHUNK_BLOCKS);
-        let crcs = store::block_crcs_shared(data.as_slice());
+        let crcs = block_crcs(data.as_slice());
         self.ensure_reconciled(obj).await?;
         let _l = self.stripe(obj).read().await;
         let holders = self.holders_or_place(obj, seed)?;
@@ -346,21 +385,33 @@ impl Inner {
         let mut failures: Vec<(Arc<Disk>, StoreError)> = Vec::new();
         for d in &live {
             d.inflight.fetch_add(1, Ordering::Relaxed);
-            let r = match dest {
+            // A local store is read directly (no boxed future per request).
+            let r = match (&mut *dest, &d.local) {
                 // Verified and copied block by block into the caller's memory (one pass).
-                ReadDest::Slice(out) => d.replica.read_into(obj, block, nblocks, at_gen, out).await,
+                (ReadDest::Slice(out), Some(s)) => {
+                    s.read_into(obj, block, nblocks, at_gen, out).await
+                }
+                (ReadDest::Slice(out), None) => {
+                    d.replica.read_into(obj, block, nblocks, at_gen, out).await
+                }
                 // The replica's verified buffer is handed over as is.
-                ReadDest::Owned(o) => match d.replica.read(obj, block, nblocks, at_gen).await {
-                    Ok(buf) if buf.len() == nblocks as usize * BLOCK_BYTES as usize => {
-                        *o = Some(buf);
-                        Ok(())
+                (ReadDest::Owned(o), local) => {
+                    let read = match local {
+                        Some(s) => s.read(obj, block, nblocks, at_gen).await,
+                        None => d.replica.read(obj, block, nblocks, at_gen).await,
+                    };
+                    match read {
+                        Ok(buf) if buf.len() == nblocks as usize * BLOCK_BYTES as usize => {
+                            *o = Some(buf);
+                            Ok(())
+                        }
+                        Ok(buf) => Err(StoreError::InvalidArgument(format!(
+                            "replica returned {} bytes for a read of {nblocks} blocks",
+                            buf.len()
+                        ))),
+                        Err(e) => Err(e),
                     }
-                    Ok(buf) => Err(StoreError::InvalidArgument(format!(
-                        "replica returned {} bytes for a read of {nblocks} blocks",
-                        buf.len()
-                    ))),
-                    Err(e) => Err(e),
-                },
+                }
             };
             d.inflight.fetch_sub(1, Ordering::Relaxed);
             d.reads.fetch_add(1, Ordering::Relaxed);
@@ -633,10 +684,10 @@ impl Inner {
         obj: ObjectId,
         src: &Arc<Disk>,
         dst: &Arc<Disk>,
-        io: Option<&tokio::sync::Semaphore>,
+        io: Option<(&tokio::sync::Semaphore, &tokio::sync::Semaphore)>,
     ) -> std::result::Result<u64, Option<StoreError>> {
         let prof = &self.rebuild.profile;
-        let p = copy_permit(io).await;
+        let p = copy_permit(io.map(|g| g.0)).await;
         let t = Instant::now();
         let versions = match src.replica.export_object(obj).await {
             Ok(v) => v,
@@ -653,7 +704,7 @@ impl Inner {
             .sum();
         self.index.remove_slot(obj, dst.slot);
         // The import replaces any older (partial or stale) copy on `dst` itself.
-        let _p = copy_permit(io).await;
+        let _p = copy_permit(io.map(|g| g.1)).await;
         let t = Instant::now();
         dst.replica
             .import_object(obj, versions)

@@ -133,6 +133,11 @@ pub trait Replica: Send + Sync + 'static {
     fn mark_dirty(&self, _obj: ObjectId) {}
     /// Deferred work done and nothing dirty: let the holder count as fully in sync again.
     fn resync_done(&self) {}
+    /// The store itself when the holder is a disk of this node: the engine's hot paths then
+    /// call it directly (no boxed future per request). Same semantics as the methods above.
+    fn local_store(&self) -> Option<&Arc<Store>> {
+        None
+    }
 }
 
 /// A replica on a disk of this node.
@@ -236,6 +241,9 @@ impl Replica for LocalReplica {
     }
     fn space(&self) -> Space {
         self.0.space()
+    }
+    fn local_store(&self) -> Option<&Arc<Store>> {
+        Some(&self.0)
     }
 }
 
