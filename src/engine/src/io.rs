@@ -684,10 +684,10 @@ impl Inner {
         obj: ObjectId,
         src: &Arc<Disk>,
         dst: &Arc<Disk>,
-        io: Option<(&tokio::sync::Semaphore, &tokio::sync::Semaphore)>,
+        io: Option<&tokio::sync::Semaphore>,
     ) -> std::result::Result<u64, Option<StoreError>> {
         let prof = &self.rebuild.profile;
-        let p = copy_permit(io.map(|g| g.0)).await;
+        let p = copy_permit(io).await;
         let t = Instant::now();
         let versions = match src.replica.export_object(obj).await {
             Ok(v) => v,
@@ -704,7 +704,7 @@ impl Inner {
             .sum();
         self.index.remove_slot(obj, dst.slot);
         // The import replaces any older (partial or stale) copy on `dst` itself.
-        let _p = copy_permit(io.map(|g| g.1)).await;
+        let _p = copy_permit(io).await;
         let t = Instant::now();
         dst.replica
             .import_object(obj, versions)
