@@ -78,10 +78,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cluster::{ClusterNode, Role};
-use tokio::sync::{watch, Notify};
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::NodeInner;
+
+mod gate;
+pub(crate) use gate::{closed_error, Gate};
 
 /// Default lease length (see the module docs).
 pub(crate) const DEFAULT_LENGTH: Duration = Duration::from_secs(5);
@@ -148,100 +151,6 @@ fn renew_every(l: Duration) -> Duration {
 /// How long a node taking disks over waits before serving them: L + max(2 s, L/2).
 pub(crate) fn hold_for(l: Duration) -> Duration {
     l + (l / 2).max(Duration::from_secs(2))
-}
-
-/// The node's I/O gate: open while the lease is valid (or none is needed).
-///
-/// It holds the lease's end itself, so a request arriving after it is refused even if the
-/// lease task has not run yet (a node waking from a freeze): an atomic load and, while a lease
-/// is in force, a monotonic clock read.
-#[derive(Clone)]
-pub(crate) struct Gate(Arc<GateInner>);
-
-/// `GateInner::until_ms` when no lease is needed.
-const ALWAYS: u64 = u64::MAX;
-
-struct GateInner {
-    /// Requests pass while `base.elapsed()` is below this many milliseconds ([`ALWAYS`]: no
-    /// lease needed; 0: closed).
-    until_ms: AtomicU64,
-    base: std::time::Instant,
-    opened: Notify,
-    wait: Duration,
-}
-
-impl Gate {
-    fn new() -> Gate {
-        Gate(Arc::new(GateInner {
-            until_ms: AtomicU64::new(ALWAYS),
-            base: std::time::Instant::now(),
-            opened: Notify::new(),
-            wait: wait_limit(),
-        }))
-    }
-
-    pub(crate) fn is_open(&self) -> bool {
-        match self.0.until_ms.load(Ordering::Acquire) {
-            ALWAYS => true,
-            0 => false,
-            until => (self.0.base.elapsed().as_millis() as u64) < until,
-        }
-    }
-
-    /// Whether the gate is open for good (no lease needed).
-    fn always(&self) -> bool {
-        self.0.until_ms.load(Ordering::Acquire) == ALWAYS
-    }
-
-    /// Open until `end` (rounded down to the millisecond), or for good.
-    fn open_until(&self, end: Option<std::time::Instant>) {
-        let until = match end {
-            None => ALWAYS,
-            Some(e) if e <= std::time::Instant::now() => 0,
-            Some(e) => (e.saturating_duration_since(self.0.base).as_millis() as u64).max(1),
-        };
-        self.0.until_ms.store(until, Ordering::Release);
-        self.0.opened.notify_waiters();
-    }
-
-    fn close(&self) {
-        self.0.until_ms.store(0, Ordering::Release);
-    }
-
-    /// Returns at once while the gate is open; else waits for it up to the wait limit, then
-    /// fails with EIO.
-    pub(crate) async fn pass(&self) -> std::io::Result<()> {
-        if self.is_open() {
-            return Ok(());
-        }
-        self.wait_open().await
-    }
-
-    #[cold]
-    async fn wait_open(&self) -> std::io::Result<()> {
-        let deadline = Instant::now() + self.0.wait;
-        loop {
-            let opened = self.0.opened.notified();
-            tokio::pin!(opened);
-            // Registered before the check, so an opening in between is not missed.
-            opened.as_mut().enable();
-            if self.is_open() {
-                return Ok(());
-            }
-            if tokio::time::timeout_at(deadline, opened).await.is_err() {
-                return Err(std::io::Error::from_raw_os_error(libc::EIO));
-            }
-        }
-    }
-}
-
-/// The error a closed gate gives a control request (an image transfer).
-pub(crate) fn closed_error() -> control::ControlError {
-    control::ControlError::new(
-        control::ErrorCode::Io,
-        "this node is cut off from the cluster's majority (its isolation lease expired): its \
-         virtual disks are not served until it is back",
-    )
 }
 
 /// The lease's state, kept in the node.
@@ -324,12 +233,7 @@ impl Lease {
 
     /// The lease as `cluster status` shows it.
     pub(crate) fn state(&self) -> LeaseState {
-        let g = &self.gate.0;
-        let remaining = match g.until_ms.load(Ordering::Acquire) {
-            0 | ALWAYS => None,
-            until => Some(Duration::from_millis(until).saturating_sub(g.base.elapsed()))
-                .filter(|d| !d.is_zero()),
-        };
+        let remaining = self.gate.remaining();
         let hold = hold_for(self.length());
         let waiting = self
             .seen_missing
@@ -657,154 +561,4 @@ pub(crate) async fn run(inner: Arc<NodeInner>, mut shutdown: watch::Receiver<boo
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_lease_is_needed_only_where_the_others_could_commit_a_takeover() {
-        // Two data members, no witness: the survivor alone is no majority.
-        assert!(!others_could_take_over(2, 1));
-        // Two data members and a witness, or three data members.
-        assert!(others_could_take_over(3, 2));
-        assert!(others_could_take_over(4, 3));
-        // Four voters: the other three are a majority; a learner (not a voter) always needs one.
-        assert!(others_could_take_over(4, 4));
-        assert!(!others_could_take_over(1, 0));
-        assert!(needs_lease(true, 2, 3, 2));
-        assert!(!needs_lease(false, 2, 3, 2), "a witness");
-        assert!(!needs_lease(true, 0, 1, 0), "a single data member");
-        assert!(!needs_lease(true, 1, 2, 1), "two data members, no witness");
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_closed_gate_waits_then_fails_with_eio_and_an_opening_lets_requests_through() {
-        let g = Gate::new();
-        assert!(g.pass().await.is_ok(), "a new gate is open");
-        g.close();
-        let started = Instant::now();
-        let e = g.pass().await.unwrap_err();
-        assert_eq!(e.raw_os_error(), Some(libc::EIO));
-        assert!(
-            started.elapsed() >= g.0.wait,
-            "gave up before the wait limit"
-        );
-
-        let waiter = {
-            let g = g.clone();
-            tokio::spawn(async move { g.pass().await })
-        };
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        assert!(!waiter.is_finished(), "passed a closed gate");
-        g.open_until(None);
-        assert!(waiter.await.unwrap().is_ok());
-    }
-
-    #[test]
-    fn the_gate_shuts_by_itself_when_the_lease_ends() {
-        let g = Gate::new();
-        assert!(g.is_open() && g.always());
-        let now = std::time::Instant::now();
-        g.open_until(Some(now + Duration::from_secs(3600)));
-        assert!(g.is_open() && !g.always());
-        // A lease that ended while nobody closed the gate (a node waking from a freeze).
-        g.open_until(Some(now));
-        assert!(!g.is_open());
-        g.open_until(Some(now - Duration::from_secs(1)));
-        assert!(!g.is_open());
-        g.close();
-        assert!(!g.is_open());
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn an_adopted_disk_is_held_for_the_lease_plus_the_margin_from_first_sight() {
-        let lease = Lease::default();
-        let m = |ids: &[&str]| -> Vec<(String, String)> {
-            ids.iter()
-                .map(|i| (i.to_string(), format!("n-{i}")))
-                .collect()
-        };
-        let hold = hold_for(lease.length());
-        assert!(lease.held_back(m(&["1/a"])).is_empty());
-        let st = lease.state();
-        assert_eq!(st.waiting.len(), 1);
-        assert_eq!(
-            (st.waiting[0].0.as_str(), st.waiting[0].1.as_str()),
-            ("1/a", "n-1/a")
-        );
-        assert_eq!(st.waiting[0].2, hold);
-        tokio::time::sleep(hold - Duration::from_millis(10)).await;
-        assert!(lease.held_back(m(&["1/a"])).is_empty());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        assert_eq!(lease.held_back(m(&["1/a"])), m(&["1/a"]));
-        // Not missing for a while: seen again later, the hold starts again.
-        assert!(lease.held_back(m(&["1/b"])).is_empty());
-        assert!(lease.held_back(m(&["1/a", "1/b"])).is_empty());
-        assert!(hold > lease.length() + Duration::from_secs(1));
-    }
-
-    #[test]
-    fn the_clusters_lease_length_wins_over_this_nodes_setting() {
-        let s = Duration::from_secs;
-        // No cluster value (a cluster created before it was recorded, or no cluster yet): the
-        // node's own setting, else the default.
-        assert_eq!(resolve_length(None, 0), (DEFAULT_LENGTH, false));
-        assert_eq!(resolve_length(Some(s(3)), 0), (s(3), false));
-        // The cluster's value, and whether the node's setting disagrees.
-        assert_eq!(resolve_length(None, 7000), (s(7), false));
-        assert_eq!(resolve_length(Some(s(7)), 7000), (s(7), false));
-        assert_eq!(resolve_length(Some(s(3)), 7000), (s(7), true));
-        // Bounded like the setting.
-        assert_eq!(resolve_length(None, 10), (MIN_LENGTH, false));
-        assert_eq!(resolve_length(None, u64::MAX), (MAX_LENGTH, false));
-
-        let lease = Lease::default();
-        assert_eq!(lease.refresh_length(9000), s(9));
-        assert_eq!(lease.length(), s(9));
-        assert_eq!(hold_for(s(9)), s(9) + Duration::from_millis(4500));
-        let st = lease.state();
-        assert!(!st.needed && st.remaining.is_none() && st.waiting.is_empty());
-        lease
-            .gate
-            .open_until(Some(std::time::Instant::now() + s(60)));
-        let left = lease
-            .state()
-            .remaining
-            .expect("a lease in force has time left");
-        assert!(left > s(50) && left <= s(60), "{left:?}");
-        lease.gate.close();
-        assert_eq!(lease.state().remaining, None);
-    }
-
-    #[test]
-    fn a_disk_handed_over_on_purpose_is_not_lost_unless_still_used_here() {
-        let def = |id: &str, name: &str| cluster::VdiskDef {
-            id: id.into(),
-            name: name.into(),
-            size_bytes: 1 << 20,
-            parent_snapshot: None,
-        };
-        let mut s = cluster::ClusterState::default();
-        s.vdisks.insert("1/u".into(), def("1/u", "u"));
-        s.vdisks.insert("2/t".into(), def("2/t", "t"));
-        s.vdisks.insert("2/x".into(), def("2/x", "x"));
-        let local = ["t".to_string(), "u".to_string(), "x".to_string()];
-        let none = HashSet::new();
-        // No record: t and x were taken over from this node (it was cut off): lost.
-        assert_eq!(lost_disks(&s, 1, &local, &none), ["t", "x"]);
-        // This node handed t over itself; x went by a takeover, or by another member's move.
-        s.handed_over.insert("2/t".into(), 1);
-        s.handed_over.insert("2/x".into(), 3);
-        assert_eq!(lost_disks(&s, 1, &local, &none), ["x"]);
-        // The rule reads only the replicated state: a restarted node (state reloaded from its
-        // snapshot, nothing in memory) decides the same.
-        let reloaded: cluster::ClusterState =
-            serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
-        assert_eq!(lost_disks(&reloaded, 1, &local, &none), ["x"]);
-        // Still exported (or under a guest) here: its old copy would be served stale.
-        let used: HashSet<String> = ["t".to_string()].into();
-        assert_eq!(lost_disks(&s, 1, &local, &used), ["t", "x"]);
-        // The new owner's own disks are never lost to it.
-        let theirs = ["t".to_string(), "x".to_string()];
-        assert!(lost_disks(&s, 2, &theirs, &used).is_empty());
-    }
-}
+mod tests;
