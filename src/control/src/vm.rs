@@ -27,6 +27,10 @@ pub const MAX_VM_NICS: usize = 8;
 pub const MAX_DESCRIPTION_LEN: usize = 1024;
 /// Longest host tap device name (Linux IFNAMSIZ - 1).
 pub const MAX_TAP_NAME_LEN: usize = 15;
+/// Lowest and highest 802.1Q VLAN id a NIC may be on (0 means "priority tag only" and 4095 is
+/// reserved, so neither names a network).
+pub const MIN_VLAN_ID: u16 = 1;
+pub const MAX_VLAN_ID: u16 = 4094;
 /// Graceful stop timeout when the request does not say.
 pub const DEFAULT_STOP_TIMEOUT_MS: u64 = 10_000;
 /// Longest graceful stop timeout.
@@ -163,6 +167,17 @@ fn validate_nics(nics: &[VmNicSpec]) -> Result<(), ControlError> {
                 )));
             }
         }
+        if let Some(v) = n.vlan {
+            validate_vlan(i, v)?;
+            // The VLAN is a property of the tap's port on the bridge: without a bridge there is
+            // no port to put on it, and a tap wired by hand would silently ignore it.
+            if n.bridge.is_none() {
+                return Err(ControlError::invalid(format!(
+                    "NIC {} is on VLAN {v} but has no bridge: the VLAN is set on the tap's port of its bridge, so give the bridge too",
+                    i + 1
+                )));
+            }
+        }
         // Two NICs claiming one tap device (or MAC address) are in each other's way: a
         // conflict, like a disk another VM uses (the document cannot say "unique by field").
         if nics[..i].iter().any(|o| o.tap == *t) {
@@ -180,6 +195,17 @@ fn validate_nics(nics: &[VmNicSpec]) -> Result<(), ControlError> {
             }
             macs.push(m);
         }
+    }
+    Ok(())
+}
+
+/// A NIC's VLAN id (`i` counts from 0) must name a network: 1 to 4094.
+fn validate_vlan(i: usize, vlan: u16) -> Result<(), ControlError> {
+    if !(MIN_VLAN_ID..=MAX_VLAN_ID).contains(&vlan) {
+        return Err(ControlError::invalid(format!(
+            "NIC {} VLAN id {vlan} must be from {MIN_VLAN_ID} to {MAX_VLAN_ID} (0 and 4095 are reserved by 802.1Q)",
+            i + 1
+        )));
     }
     Ok(())
 }
@@ -309,7 +335,8 @@ pub struct VmStatsView {
 /// A NIC as a request gives it: the host tap device it is wired to, its MAC address (the
 /// node picks a stable locally administered one when it is left out), and the Linux bridge
 /// (on the node, existing already) the tap joins when the VM starts. Without a bridge the tap
-/// is only brought up: whoever made it wires it.
+/// is only brought up: whoever made it wires it. With a VLAN (1-4094, needs a bridge) the
+/// tap's bridge port carries only that VLAN, untagged towards the guest (Proxmox's `tag=`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VmNicSpec {
@@ -318,10 +345,12 @@ pub struct VmNicSpec {
     pub mac: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bridge: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vlan: Option<u16>,
 }
 
 /// A NIC of a VM: `net0`, `net1`, ... in order, the host tap device, the guest MAC address,
-/// the bridge its tap joins at start (if any).
+/// the bridge its tap joins at start (if any) and the VLAN of its port there (if any).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VmNicView {
     pub id: String,
@@ -329,6 +358,8 @@ pub struct VmNicView {
     pub mac: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bridge: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vlan: Option<u16>,
 }
 
 /// A VM: its definition, state and (once it ran) statistics.
@@ -441,6 +472,7 @@ mod tests {
                         tap: t.into(),
                         mac: None,
                         bridge: b.map(Into::into),
+                        vlan: None,
                     })
                     .collect();
             }
@@ -462,6 +494,63 @@ mod tests {
             "name": "v", "vcpus": 1, "memory_mib": 64, "kernel": "/k"}))
         .unwrap();
         assert_eq!(r, create_named("v"));
+    }
+
+    #[test]
+    fn nic_vlans_are_1_to_4094_on_a_bridge() {
+        let with = |bridge: Option<&str>, vlan: Option<u16>| {
+            let mut r = create(1, 128, "/k.elf");
+            if let Request::VmCreate { nics, .. } = &mut r {
+                nics.push(crate::VmNicSpec {
+                    tap: "tap0".into(),
+                    mac: None,
+                    bridge: bridge.map(Into::into),
+                    vlan,
+                });
+            }
+            r.validate()
+        };
+        with(Some("br0"), Some(1)).unwrap();
+        with(Some("br0"), Some(4094)).unwrap();
+        with(Some("br0"), None).unwrap();
+        for bad in [0, 4095, 4096, u16::MAX] {
+            let e = with(Some("br0"), Some(bad)).unwrap_err();
+            assert_eq!(e.code, crate::ErrorCode::InvalidArgument, "{bad}");
+            assert!(
+                e.message
+                    .contains(&format!("VLAN id {bad} must be from 1 to 4094")),
+                "{}",
+                e.message
+            );
+        }
+        let e = with(None, Some(10)).unwrap_err();
+        assert_eq!(e.code, crate::ErrorCode::InvalidArgument);
+        assert!(e.message.contains("no bridge"), "{}", e.message);
+        // On the wire: `vlan` is left out when there is none (what older clients and nodes
+        // wrote), and read back when given.
+        let n = crate::VmNicSpec {
+            tap: "t".into(),
+            mac: None,
+            bridge: Some("br0".into()),
+            vlan: None,
+        };
+        let v = serde_json::to_value(&n).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"tap": "t", "mac": null, "bridge": "br0"})
+        );
+        let old: crate::VmNicSpec =
+            serde_json::from_value(serde_json::json!({"tap": "t", "bridge": "br0"})).unwrap();
+        assert_eq!(old, n);
+        let tagged: crate::VmNicSpec =
+            serde_json::from_value(serde_json::json!({"tap": "t", "bridge": "br0", "vlan": 10}))
+                .unwrap();
+        assert_eq!(tagged.vlan, Some(10));
+        // Not a number that fits: refused by the decoder, not wrapped.
+        assert!(serde_json::from_value::<crate::VmNicSpec>(
+            serde_json::json!({"tap": "t", "bridge": "br0", "vlan": 70000})
+        )
+        .is_err());
     }
 
     fn create_named(name: &str) -> Request {
@@ -521,6 +610,7 @@ mod tests {
                             tap: t.into(),
                             mac: m.map(Into::into),
                             bridge: None,
+                            vlan: None,
                         })
                         .collect(),
                 );

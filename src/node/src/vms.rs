@@ -52,14 +52,19 @@ struct VmDef {
     created_unix: u64,
 }
 
-/// A NIC: the host tap device it is wired to, the guest's MAC address, and the bridge the tap
-/// joins at start (none: the tap is only brought up). Its id is `net<i>`.
+/// A NIC: the host tap device it is wired to, the guest's MAC address, the bridge the tap
+/// joins at start (none: the tap is only brought up) and the VLAN of its port there (none: the
+/// bridge's default, untagged). Its id is `net<i>`. Part of the definition exported to the
+/// cluster (`spec_of`): optional fields are left out when empty, so a definition without them
+/// reads and writes exactly as before they existed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct NicDef {
     tap: String,
     mac: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     bridge: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    vlan: Option<u16>,
 }
 
 struct Slot {
@@ -228,6 +233,7 @@ fn view(slot: &mut Slot) -> VmView {
                 tap: n.tap.clone(),
                 mac: n.mac.clone(),
                 bridge: n.bridge.clone(),
+                vlan: n.vlan,
             })
             .collect(),
         kernel: d.kernel.clone(),
@@ -448,7 +454,7 @@ impl Vms {
                 let mut vm = vmm::Vm::create(cfg).map_err(|e| cannot_start(&def.name, e))?;
                 // The taps exist now (the VMM opened them): join the bridges, bring them up.
                 for n in &def.nics {
-                    if let Err(e) = vmm::virtio::tap::wire(&n.tap, n.bridge.as_deref(), None) {
+                    if let Err(e) = vmm::virtio::tap::wire(&n.tap, n.bridge.as_deref(), n.vlan) {
                         vm.delete();
                         return Err(cannot_start(&def.name, e));
                     }

@@ -55,6 +55,7 @@ pub(super) fn new_nics(def: &VmDef, specs: &[VmNicSpec]) -> Result<Vec<NicDef>, 
             tap: n.tap.clone(),
             mac,
             bridge: n.bridge.clone(),
+            vlan: n.vlan,
         });
     }
     Ok(out)
@@ -182,6 +183,7 @@ mod tests {
                 tap: "tap0".into(),
                 mac: "02:00:00:00:00:01".into(),
                 bridge: None,
+                vlan: None,
             }],
             kernel: "/k".into(),
             cmdline: String::new(),
@@ -224,11 +226,13 @@ mod tests {
                 tap: "tap0".into(),
                 mac: None,
                 bridge: None,
+                vlan: None,
             },
             VmNicSpec {
                 tap: "tap1".into(),
                 mac: None,
                 bridge: None,
+                vlan: None,
             },
         ];
         let nics = new_nics(&d, &specs).unwrap();
@@ -241,11 +245,13 @@ mod tests {
                 tap: "tap0".into(),
                 mac: None,
                 bridge: None,
+                vlan: None,
             },
             VmNicSpec {
                 tap: "tap9".into(),
                 mac: Some("02:00:00:00:00:01".into()),
                 bridge: None,
+                vlan: None,
             },
         ];
         assert!(new_nics(&d, &clash).is_err());

@@ -176,6 +176,7 @@ fn check_spec(def: &VmDef) -> Result<(), ControlError> {
                     tap: n.tap.clone(),
                     mac: Some(n.mac.clone()),
                     bridge: n.bridge.clone(),
+                    vlan: n.vlan,
                 })
                 .collect(),
         ),
@@ -196,6 +197,7 @@ mod tests {
             disks: vec!["d1".into()],
             nics: vec![super::super::NicDef {
                 bridge: None,
+                vlan: None,
                 tap: "tap0".into(),
                 mac: "52:54:00:12:34:56".into(),
             }],
@@ -220,6 +222,39 @@ mod tests {
         let mut d = def();
         d.memory_mib = u64::MAX;
         assert!(check_spec(&d).is_err());
+    }
+
+    /// A definition as nodes before NIC VLANs exported it (no `vlan` key) still reads, as a
+    /// NIC without a VLAN, and writes back byte for byte: replicas that exported it and nodes
+    /// that import it agree on the bytes. One with a VLAN keeps it, checked like `vm create`.
+    #[test]
+    fn definitions_from_before_nic_vlans_read_and_write_unchanged() {
+        let old = r#"{"name":"web","description":"","vcpus":1,"memory_mib":64,"disks":["d1"],"nics":[{"tap":"tap0","mac":"52:54:00:12:34:56","bridge":"br0"},{"tap":"tap1","mac":"52:54:00:12:34:57"}],"kernel":"/k","cmdline":"console=ttyS0","created_unix":1}"#;
+        let def: VmDef = serde_json::from_str(old).unwrap();
+        assert_eq!(def.nics[0].bridge.as_deref(), Some("br0"));
+        assert_eq!((def.nics[0].vlan, def.nics[1].vlan), (None, None));
+        check_spec(&def).unwrap();
+        assert_eq!(serde_json::to_string(&def).unwrap(), old);
+
+        let tagged = old.replacen(r#""bridge":"br0""#, r#""bridge":"br0","vlan":10"#, 1);
+        let def: VmDef = serde_json::from_str(&tagged).unwrap();
+        assert_eq!(def.nics[0].vlan, Some(10));
+        check_spec(&def).unwrap();
+        assert_eq!(serde_json::to_string(&def).unwrap(), tagged);
+        for bad in [r#""vlan":0"#, r#""vlan":4095"#] {
+            let def: VmDef =
+                serde_json::from_str(&tagged.replacen(r#""vlan":10"#, bad, 1)).unwrap();
+            let e = check_spec(&def).unwrap_err();
+            assert!(
+                e.message.contains("must be from 1 to 4094"),
+                "{}",
+                e.message
+            );
+        }
+        // A VLAN on the NIC without a bridge cannot be applied: refused, not dropped.
+        let mut def: VmDef = serde_json::from_str(&tagged).unwrap();
+        def.nics[0].bridge = None;
+        assert!(check_spec(&def).unwrap_err().message.contains("no bridge"));
     }
 
     /// An engine over two sparse file disks in `dir`.
