@@ -23,7 +23,7 @@ export interface VmView {
   vcpus: number;
   memory_mib: number;
   disks: string[];
-  nics?: { id: string; tap: string; mac: string; bridge?: string | null }[];
+  nics?: { id: string; tap: string; mac: string; bridge?: string | null; vlan?: number | null }[];
   kernel: string;
   cmdline: string;
   created_unix: number;
@@ -66,7 +66,7 @@ async function vmCall<T>(method: string, path: string, body: unknown, req: Recor
 
 export const vmApi = {
   list: listVms,
-  create: (b: { name: string; vcpus: number; memory_mib: number; disks: string[]; kernel: string; cmdline?: string; nics?: Record<string, string>[] }) =>
+  create: (b: { name: string; vcpus: number; memory_mib: number; disks: string[]; kernel: string; cmdline?: string; nics?: Record<string, string | number>[] }) =>
     vmCall<VmView>('POST', '/vms', b, { action: 'vm_create', ...b }),
   start: (name: string) => vmCall<VmView>('POST', `/vms/${enc(name)}/start`, {}, { action: 'vm_start', name }),
   stop: (name: string, force: boolean, timeout_ms?: number) => {

@@ -6,6 +6,7 @@ export interface NicRow {
   tap: string;
   mac: string; // empty: the node keeps the tap's address or derives one
   bridge: string; // empty: the tap joins no bridge (it is only brought up)
+  vlan?: string; // empty: the bridge's default VLAN, untagged; else 1-4094 (needs a bridge)
 }
 
 export interface VmEditForm {
@@ -25,7 +26,7 @@ export interface VmLike {
   memory_mib: number;
   cmdline: string;
   disks: string[];
-  nics?: { id: string; tap: string; mac: string; bridge?: string | null }[];
+  nics?: { id: string; tap: string; mac: string; bridge?: string | null; vlan?: number | null }[];
 }
 
 const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
@@ -41,7 +42,7 @@ export function formOf(vm: VmLike): VmEditForm {
     memory_mib: String(vm.memory_mib),
     cmdline: vm.cmdline,
     disks: [...vm.disks],
-    nics: (vm.nics ?? []).map((n) => ({ tap: n.tap, mac: n.mac, bridge: n.bridge ?? '' })),
+    nics: (vm.nics ?? []).map((n) => ({ tap: n.tap, mac: n.mac, bridge: n.bridge ?? '', vlan: n.vlan != null ? String(n.vlan) : '' })),
   };
 }
 
@@ -55,15 +56,17 @@ export function moved<T>(list: T[], i: number, by: number): T[] {
 }
 
 function sameNics(a: NicRow[], b: NicRow[]): boolean {
-  return a.length === b.length && a.every((n, i) => n.tap === b[i].tap && n.mac.toLowerCase() === b[i].mac.toLowerCase() && n.bridge === b[i].bridge);
+  return a.length === b.length && a.every((n, i) => n.tap === b[i].tap && n.mac.toLowerCase() === b[i].mac.toLowerCase() && n.bridge === b[i].bridge && (n.vlan ?? '') === (b[i].vlan ?? ''));
 }
 
+export type NicBody = Record<string, string | number>;
+
 /** The `nics` list the node takes (VM create and edit) from the form's rows, or the first
- *  mistake in words. A card without a MAC or bridge leaves that field out. */
-export function nicsBody(rows: NicRow[]): { nics: Record<string, string>[] } | { error: string } {
+ *  mistake in words. A card without a MAC, bridge or VLAN leaves that field out. */
+export function nicsBody(rows: NicRow[]): { nics: NicBody[] } | { error: string } {
   if (rows.length > MAX_NICS) return { error: `A VM has at most ${MAX_NICS} network cards.` };
   const taps = new Set<string>();
-  const out: Record<string, string>[] = [];
+  const out: NicBody[] = [];
   for (const [i, n] of rows.entries()) {
     const tap = n.tap.trim();
     if (!TAP_RE.test(tap) || tap === '.' || tap === '..') {
@@ -79,7 +82,13 @@ export function nicsBody(rows: NicRow[]): { nics: Record<string, string>[] } | {
       return { error: `Network card ${i + 1}: the bridge name must be 1-15 letters, digits, ".", "_" or "-".` };
     }
     if (bridge && bridge === tap) return { error: `Network card ${i + 1}: the bridge cannot be the card's own tap device.` };
-    out.push({ tap, ...(mac ? { mac: mac.toLowerCase() } : {}), ...(bridge ? { bridge } : {}) });
+    const vlanText = (n.vlan ?? '').trim();
+    const vlan = Number(vlanText);
+    if (vlanText && (!/^[0-9]{1,4}$/.test(vlanText) || vlan < 1 || vlan > 4094)) {
+      return { error: `Network card ${i + 1}: the VLAN must be a whole number from 1 to 4094 (0 and 4095 are reserved), or empty for none.` };
+    }
+    if (vlanText && !bridge) return { error: `Network card ${i + 1}: a VLAN needs a bridge (the VLAN is set on the tap's port of that bridge).` };
+    out.push({ tap, ...(mac ? { mac: mac.toLowerCase() } : {}), ...(bridge ? { bridge } : {}), ...(vlanText ? { vlan } : {}) });
   }
   return { nics: out };
 }
@@ -109,9 +118,9 @@ export function editBody(vm: VmLike, f: VmEditForm): { body: Record<string, unkn
   if (f.disks.join('\n') !== vm.disks.join('\n')) body.disks = [...f.disks];
   const nics = nicsBody(f.nics);
   if ('error' in nics) return nics;
-  const before = (vm.nics ?? []).map((n) => ({ tap: n.tap, mac: n.mac, bridge: n.bridge ?? '' }));
-  const rows = f.nics.map((n) => ({ tap: n.tap.trim(), mac: n.mac.trim(), bridge: (n.bridge ?? '').trim() }));
-  // The node replaces the whole list: every card is sent with its bridge, or it would lose it.
+  const before = formOf(vm).nics;
+  const rows = f.nics.map((n) => ({ tap: n.tap.trim(), mac: n.mac.trim(), bridge: (n.bridge ?? '').trim(), vlan: (n.vlan ?? '').trim() }));
+  // The node replaces the whole list: every card is sent with its bridge and VLAN, or it would lose them.
   if (!sameNics(rows, before)) body.nics = nics.nics;
   if (Object.keys(body).length === 0) return { error: 'Nothing changed.' };
   return { body };

@@ -68,6 +68,31 @@ test('NICs: a bridge is kept when another field of the list changes, and can be 
   assert.match(f.editBody(vm, bad).error, /bridge name must be/);
 });
 
+test('NICs: a VLAN is sent as a number with its bridge, kept, changed or cleared, and checked', () => {
+  const tagged = { ...vm, nics: [{ id: 'net0', tap: 'tap0', mac: '02:00:00:00:00:01', bridge: 'br0', vlan: 10 }] };
+  assert.equal(f.formOf(tagged).nics[0].vlan, '10');
+  assert.deepEqual(f.editBody(tagged, f.formOf(tagged)), { error: 'Nothing changed.' });
+  // A card added next to a tagged one keeps its VLAN (the node replaces the whole list).
+  const add = f.formOf(tagged);
+  add.nics = [...add.nics, { tap: 'tap1', mac: '', bridge: '', vlan: '' }];
+  assert.deepEqual(f.editBody(tagged, add), {
+    body: { nics: [{ tap: 'tap0', mac: '02:00:00:00:00:01', bridge: 'br0', vlan: 10 }, { tap: 'tap1' }] },
+  });
+  const moved = f.formOf(tagged);
+  moved.nics[0].vlan = ' 20 ';
+  assert.deepEqual(f.editBody(tagged, moved), { body: { nics: [{ tap: 'tap0', mac: '02:00:00:00:00:01', bridge: 'br0', vlan: 20 }] } });
+  const cleared = f.formOf(tagged);
+  cleared.nics[0].vlan = '';
+  assert.deepEqual(f.editBody(tagged, cleared), { body: { nics: [{ tap: 'tap0', mac: '02:00:00:00:00:01', bridge: 'br0' }] } });
+  for (const v of ['0', '4095', '10.5', 'ten', '-1', '00000']) {
+    const bad = f.formOf(tagged);
+    bad.nics[0].vlan = v;
+    assert.match(f.editBody(tagged, bad).error, /Network card 1: the VLAN must be a whole number from 1 to 4094/, v);
+  }
+  assert.deepEqual(f.nicsBody([{ tap: 't0', mac: '', bridge: 'br0', vlan: '4094' }]), { nics: [{ tap: 't0', bridge: 'br0', vlan: 4094 }] });
+  assert.match(f.nicsBody([{ tap: 't0', mac: '', bridge: ' ', vlan: '10' }]).error, /a VLAN needs a bridge/);
+});
+
 test('nicsBody: the create wizard gets the same checks and leaves empty fields out', () => {
   assert.deepEqual(f.nicsBody([]), { nics: [] });
   assert.deepEqual(f.nicsBody([{ tap: ' t0 ', mac: '02:AA:00:00:00:01', bridge: ' br0 ' }, { tap: 't1', mac: '', bridge: '' }]), {

@@ -1,5 +1,5 @@
 // The VM edit form: name, description, vCPUs, memory, command line, disk order (the first disk
-// boots) and network cards (host tap device, MAC, bridge). Sends only what changed (PATCH /vms/{name});
+// boots) and network cards (host tap device, MAC, bridge, VLAN). Sends only what changed (PATCH /vms/{name});
 // the node refuses changes that need the VM stopped while it runs, and the form says so before
 // asking. The checks live in ../vmeditfmt.ts.
 import { useState } from 'preact/hooks';
@@ -14,7 +14,7 @@ export function VmEdit({ vm, onDone, onCancel }: { vm: VmView; onDone: (name: st
   const [busy, setBusy] = useState(false);
   const running = vm.state === 'running' || vm.state === 'paused';
   const set = (k: keyof VmEditForm) => (e: any) => setF({ ...f, [k]: e.currentTarget.value });
-  const setNic = (i: number, k: 'tap' | 'mac' | 'bridge', v: string) => setF({ ...f, nics: f.nics.map((n, j) => (j === i ? { ...n, [k]: v } : n)) });
+  const setNic = (i: number, k: 'tap' | 'mac' | 'bridge' | 'vlan', v: string) => setF({ ...f, nics: f.nics.map((n, j) => (j === i ? { ...n, [k]: v } : n)) });
   const save = async (e: Event) => {
     e.preventDefault();
     setError(null);
@@ -67,9 +67,11 @@ export function VmEdit({ vm, onDone, onCancel }: { vm: VmView; onDone: (name: st
           <input id=${id(`mac-${i}`)} class="mono" value=${n.mac} placeholder="02:00:00:00:00:01" disabled=${running} onInput=${(e: any) => setNic(i, 'mac', e.currentTarget.value)} /><//>
         <${Field} label=${`Card ${i + 1} bridge`} id=${id(`br-${i}`)} hint="an existing bridge on the node the tap joins at start; empty: none">
           <input id=${id(`br-${i}`)} value=${n.bridge} maxLength="15" disabled=${running} onInput=${(e: any) => setNic(i, 'bridge', e.currentTarget.value)} /><//>
+        <${Field} label=${`Card ${i + 1} VLAN`} id=${id(`vlan-${i}`)} hint="1-4094: the tap's bridge port carries only this VLAN, untagged to the VM (needs a bridge); empty: none">
+          <input id=${id(`vlan-${i}`)} value=${n.vlan ?? ''} inputMode="numeric" maxLength="4" disabled=${running} onInput=${(e: any) => setNic(i, 'vlan', e.currentTarget.value)} /><//>
         <button type="button" class="danger" disabled=${running} onClick=${() => setF({ ...f, nics: f.nics.filter((_, j) => j !== i) })}>Remove card ${i + 1}</button>
       </div>`)}
-      ${f.nics.length < MAX_NICS ? html`<button type="button" disabled=${running} onClick=${() => setF({ ...f, nics: [...f.nics, { tap: '', mac: '', bridge: '' }] })}>Add a network card</button>` : null}
+      ${f.nics.length < MAX_NICS ? html`<button type="button" disabled=${running} onClick=${() => setF({ ...f, nics: [...f.nics, { tap: '', mac: '', bridge: '', vlan: '' }] })}>Add a network card</button>` : null}
     </fieldset>
     <div class="buttons">
       <button type="submit" disabled=${busy}>${busy ? 'Saving…' : 'Save changes'}</button>
