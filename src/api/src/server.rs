@@ -53,6 +53,18 @@ pub async fn accept_loop(
             (acceptor.clone(), st.clone(), builder.clone(), stop.clone());
         tokio::spawn(async move {
             let _permit = permit;
+            // A client that reached the node on an address its certificate does not name (a
+            // new DHCP lease) would fail the name check: name it first (see `tls`).
+            if let Ok(local) = tcp.local_addr() {
+                if st.certs.needs_name(local.ip()) {
+                    let certs = st.certs.clone();
+                    let named =
+                        tokio::task::spawn_blocking(move || certs.name_address(local.ip())).await;
+                    if let Ok(Err(e)) = named {
+                        tracing::warn!("TLS certificate for {}: {e}", local.ip());
+                    }
+                }
+            }
             let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(t)) => t,
                 _ => return,

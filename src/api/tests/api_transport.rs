@@ -228,3 +228,86 @@ async fn cli_client_over_https() {
     );
     h.stop().await;
 }
+
+/// A node whose address changes after its certificate was made (a new DHCP lease): a client
+/// that saved the node's certificate before reaches it through the new address, without an
+/// "insecure" switch. The node names the address in a certificate it re-issues with the same
+/// key, so even a client that checks names the way a browser does (rustls's own verifier, no
+/// pinning rule) accepts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_reach_the_node_through_an_address_its_certificate_did_not_name() {
+    use rustls::pki_types::pem::PemObject;
+    // 127.0.0.2 is a loopback address but not one of the host's /32 local routes, so the
+    // certificate made at start does not name it.
+    let h = Harness::start_on("127.0.0.2:0".parse().unwrap(), |_| {})
+        .await
+        .unwrap();
+    let pinned = std::fs::read(h.dir.path().join("api/tls/cert.pem")).unwrap();
+    let (_, pem) = x509_parser::pem::parse_x509_pem(&pinned).unwrap();
+    let at_start = pem.parse_x509().unwrap();
+    let san = at_start.subject_alternative_name().unwrap().unwrap();
+    let named = |ip: [u8; 4]| {
+        san.value
+            .general_names
+            .iter()
+            .any(|n| matches!(n, x509_parser::extensions::GeneralName::IPAddress(a) if *a == ip))
+    };
+    assert!(named([127, 0, 0, 1]), "{san:?}");
+    assert!(!named([127, 0, 0, 2]), "{san:?}");
+
+    // rustls's standard verifier, trusting the certificate saved at start, checking the name.
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_slice_iter(&pinned) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(h.addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.2").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(name, tcp)
+        .await;
+    assert!(tls.is_ok(), "{:?}", tls.err());
+
+    let a = h.admin().await;
+    let cert = a.get("/api/v1/certificate").await;
+    let names = cert.json["names"].as_array().unwrap();
+    assert!(names.iter().any(|n| n == "127.0.0.2"), "{}", cert.text);
+    let now = rustls::pki_types::CertificateDer::from_pem_slice(
+        cert.json["cert_pem"].as_str().unwrap().as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(
+        x509_parser::parse_x509_certificate(&now)
+            .unwrap()
+            .1
+            .public_key()
+            .raw,
+        at_start.public_key().raw,
+        "same key"
+    );
+
+    // The CLI's client, with the saved certificate as its --ca-cert.
+    let t = a
+        .post(
+            "/api/v1/tokens",
+            serde_json::json!({"name": "cli", "role": "operator"}),
+        )
+        .await;
+    let token = t.json["token"].as_str().unwrap().to_string();
+    let url = format!("https://127.0.0.2:{}", h.addr.port());
+    let r = api::client::call(&url, &token, &pinned, &control::Request::VdiskList).await;
+    assert!(matches!(r, Ok(control::Reply::Vdisks(_))), "{r:?}");
+    // Still no accept-anything: a certificate the client does not trust is refused there.
+    let (other, _) = api::tls::self_signed().unwrap();
+    let e = api::client::call(&url, &token, other.as_bytes(), &control::Request::VdiskList)
+        .await
+        .unwrap_err();
+    assert!(e.message.contains("TLS"), "{}", e.message);
+    h.stop().await;
+}

@@ -24,8 +24,15 @@ const HEADER_BYTES: usize = 20;
 pub const MAX_RECORD_BYTES: usize = RECORD_VDISK_BYTES as usize - HEADER_BYTES;
 
 /// Files of the HTTPS API's state directory the record carries across reboots (the appliance's
-/// filesystems are all in RAM).
-pub const API_STATE_FILES: [&str; 4] = ["users.json", "tokens.json", "tls/cert.pem", "tls/key.pem"];
+/// filesystems are all in RAM). `tls/origin` says whether the certificate is the node's own
+/// (re-issued when its address changes) or an upload (never touched).
+pub const API_STATE_FILES: [&str; 5] = [
+    "users.json",
+    "tokens.json",
+    "tls/cert.pem",
+    "tls/key.pem",
+    "tls/origin",
+];
 
 /// Who this node is and how it is set up.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

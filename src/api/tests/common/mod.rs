@@ -26,6 +26,14 @@ impl Harness {
 
     /// Like [`Harness::start`], with the node's configuration changed by `tune` first.
     pub async fn start_with(tune: impl FnOnce(&mut node::NodeConfig)) -> Result<Harness> {
+        Harness::start_on("127.0.0.1:0".parse()?, tune).await
+    }
+
+    /// Like [`Harness::start_with`], with the API listening on `listen`.
+    pub async fn start_on(
+        listen: SocketAddr,
+        tune: impl FnOnce(&mut node::NodeConfig),
+    ) -> Result<Harness> {
         let dir = tempfile::tempdir()?;
         let mut cfg = node::NodeConfig::new(dir.path().join("data"));
         cfg.disk_count = 2;
@@ -40,7 +48,7 @@ impl Harness {
             api::bootstrap_admin(&state)?.is_none(),
             "second start prints nothing"
         );
-        let mut acfg = api::ApiConfig::new("127.0.0.1:0".parse()?, state.clone());
+        let mut acfg = api::ApiConfig::new(listen, state.clone());
         acfg.stats_period = std::time::Duration::from_millis(200);
         // Stands in for the ring of the process running the node (`init::log`, which depends
         // on this crate): three lines.
