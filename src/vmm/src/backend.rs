@@ -85,6 +85,13 @@ pub trait DiskBackend: Send + Sync {
     fn concurrency(&self) -> usize {
         1
     }
+    /// The host file this disk is, byte for byte (offset 0 of the disk is offset 0 of the file,
+    /// over [`DiskBackend::size_bytes`]), if it is one: virtio-blk then reads and writes it
+    /// through an io_uring of each queue thread's own, straight from and to guest memory.
+    /// Writes through it must mean what [`DiskBackend::write`] means.
+    fn host_file(&self) -> Option<Arc<std::fs::File>> {
+        None
+    }
     /// The same disk as an [`AsyncDisk`] if it has one: virtio-blk then runs its requests as
     /// futures on the backend's runtime instead of blocking a thread on each.
     fn as_async(&self) -> Option<Arc<dyn AsyncDisk>> {

@@ -6,13 +6,14 @@ use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
+use std::sync::Arc;
 
 /// Requests in flight per queue on a file (positional I/O blocks, so lanes give queue depth).
 pub const FILE_LANES: usize = 16;
 
 /// A file-backed disk.
 pub struct FileDisk {
-    file: File,
+    file: Arc<File>,
     size: u64,
     read_only: bool,
 }
@@ -35,7 +36,7 @@ impl FileDisk {
             .len()
             & !511;
         Ok(Self {
-            file,
+            file: Arc::new(file),
             size,
             read_only,
         })
@@ -65,6 +66,9 @@ impl DiskBackend for FileDisk {
     }
     fn concurrency(&self) -> usize {
         FILE_LANES
+    }
+    fn host_file(&self) -> Option<Arc<File>> {
+        Some(self.file.clone())
     }
     fn read_only(&self) -> bool {
         self.read_only

@@ -58,6 +58,9 @@ fn common() -> Vec<libc::c_long> {
         libc::SYS_ppoll,
         libc::SYS_getrandom,
         libc::SYS_io_uring_enter,
+        // A thread asleep in poll(2) that io_uring wakes to finish a completion on it (task
+        // work) returns to user space and the kernel restarts its poll through this call.
+        libc::SYS_restart_syscall,
         libc::SYS_statx,
         libc::SYS_rseq,
         libc::SYS_set_robust_list,

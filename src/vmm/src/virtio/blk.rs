@@ -3,11 +3,13 @@
 //!
 //! Each queue has its own thread. Memory-speed backends run requests inline, copying straight
 //! between the disk's bytes and guest memory when the disk lends them (else through a bounce
-//! buffer allocated on first use); blocking backends (files) spread them over I/O lanes
-//! ([`super::blk_pool`]); async backends (the engine) get their requests run by driver
-//! tasks on their runtime ([`super::blk_async`]). Inline and engine queue threads busy-poll
-//! their ring for a short adaptive window after each request ([`super::PollWindow`]) before
-//! they re-arm notifications and sleep. Every guest value is checked: chain length and
+//! buffer allocated on first use); a disk that is a host file is read and written through an
+//! io_uring of the queue thread's own ([`super::blk_uring`]); other blocking backends (and
+//! files when the kernel refuses rings) spread them over I/O lanes ([`super::blk_pool`]);
+//! async backends (the engine) get their requests run by driver tasks on their runtime
+//! ([`super::blk_async`]). Inline, file and engine queue threads busy-poll their ring for a
+//! short adaptive window after each request ([`super::PollWindow`]) before they re-arm
+//! notifications and sleep. Every guest value is checked: chain length and
 //! direction, addresses inside guest memory, sector ranges inside the disk, request size
 //! bounds. A bad request completes with IOERR/UNSUPP; nothing the guest writes can fail the VM
 //! or the host, and a ring index past the queue size is looked at once per kick, never spun on.
@@ -168,6 +170,21 @@ impl Chain {
         self.copy(mem, true, from, buf.len(), |m, addr, at, n| {
             m.write_slice(&buf[at..at + n], addr).is_ok()
         })
+    }
+
+    /// Visits the guest pieces of `len` bytes at offset `from` of the chain's readable (`write`
+    /// false) or writable space, in order, as (address, length); false if the chain does not
+    /// cover the range or `f` refused a piece. Every piece lies inside guest memory (the walk
+    /// checked each segment).
+    pub(super) fn pieces(
+        &self,
+        mem: &GuestMemoryMmap,
+        write: bool,
+        from: u64,
+        len: usize,
+        mut f: impl FnMut(GuestAddress, usize) -> bool,
+    ) -> bool {
+        self.copy(mem, write, from, len, |_, addr, _, n| f(addr, n))
     }
 
     fn copy(
@@ -670,6 +687,9 @@ pub struct Blk {
     workers: Vec<Worker>,
     pools: Vec<super::blk_pool::Pool>,
     asyncs: Vec<(Worker, Arc<AsyncQueue>)>,
+    /// Per queue, the io_uring of a disk that is a host file ([`super::blk_uring`]); empty
+    /// for other disks or if the kernel refused the rings (then lanes serve the file).
+    rings: Vec<super::blk_uring::RingHome>,
     config: [u8; 60],
 }
 
@@ -689,6 +709,13 @@ impl Blk {
         config[48..52].copy_from_slice(&MAX_DISCARD_SECTORS.to_le_bytes());
         config[52..56].copy_from_slice(&1u32.to_le_bytes());
         config[56] = 1;
+        // Made here, outside the sandbox: a device thread may not set up rings.
+        let rings: Option<Vec<_>> = cfg.backend.host_file().and_then(|f| {
+            (0..cfg.queues)
+                .map(|_| super::blk_uring::QueueRing::new(f.clone(), cfg.queue_size))
+                .map(|r| r.map(|r| Arc::new(parking_lot::Mutex::new(Some(r)))))
+                .collect()
+        });
         Self {
             backend: cfg.backend.clone(),
             id: cfg.id.clone(),
@@ -698,6 +725,7 @@ impl Blk {
             workers: Vec::new(),
             pools: Vec::new(),
             asyncs: Vec::new(),
+            rings: rings.unwrap_or_default(),
             config,
         }
     }
@@ -751,6 +779,53 @@ impl Blk {
     }
 }
 
+impl Blk {
+    /// Serves `aq` through its queue's own io_uring ([`super::blk_uring`]) if the disk is a
+    /// host file and the ring is at hand; else gives the queue back.
+    fn activate_uring(
+        &self,
+        ctx: &ActivateContext,
+        aq: super::ActiveQueue,
+    ) -> std::result::Result<Result<Worker>, super::ActiveQueue> {
+        let Some(home) = self.rings.get(usize::from(aq.index)) else {
+            return Err(aq);
+        };
+        let Some(ring) = home.lock().take() else {
+            return Err(aq);
+        };
+        let handler = BlkQueueHandler::new(
+            self.backend.clone(),
+            ctx.mem.clone(),
+            &self.id,
+            self.counters.clone(),
+        )
+        .with_queue_index(aq.index);
+        let setup = super::blk_uring::UringSetup {
+            queue: aq.queue,
+            irq: Box::new(move || aq.irq.trigger()),
+            mem: ctx.mem.clone(),
+            handler,
+            counters: self.counters.clone(),
+            size: self.backend.size_bytes(),
+            read_only: self.backend.read_only(),
+            queue_index: usize::from(aq.index),
+        };
+        let mut q = super::blk_uring::UringQueue::new(home.clone(), ring, setup);
+        let fd = q.completion_fd();
+        Ok(Worker::spawn(
+            format!("{}-q{}", ctx.name, aq.index),
+            ctx.seccomp,
+            ctx.cpu.clone(),
+            aq.notify,
+            Some(fd),
+            move |completions| {
+                q.on_event(completions);
+                true
+            },
+        ))
+    }
+}
+
 impl VirtioDevice for Blk {
     fn device_type(&self) -> u32 {
         TYPE_BLOCK
@@ -792,6 +867,13 @@ impl VirtioDevice for Blk {
             .concurrency()
             .clamp(1, super::blk_pool::MAX_LANES);
         for aq in std::mem::take(&mut ctx.queues) {
+            let aq = match self.activate_uring(&ctx, aq) {
+                Ok(w) => {
+                    self.workers.push(w?);
+                    continue;
+                }
+                Err(aq) => aq,
+            };
             if lanes > 1 {
                 let pool = super::blk_pool::spawn(
                     &ctx,

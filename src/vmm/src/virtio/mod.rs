@@ -10,6 +10,7 @@ mod blk_driver;
 pub mod blk_pool;
 #[cfg(test)]
 mod blk_tests;
+pub mod blk_uring;
 pub mod bridge_vlan;
 pub mod console;
 pub mod net;
