@@ -20,32 +20,59 @@ fn mem_arg(s: &str) -> Result<u64, String> {
     Ok(bytes >> 20)
 }
 
-/// A NIC as `TAP[,MAC][,bridge=BRIDGE]` (the node checks the names and the MAC; a missing MAC
-/// is kept or generated; with a bridge the tap joins it when the VM starts).
+/// A NIC as `TAP[,MAC][,bridge=BRIDGE][,vlan=N]` (the node checks the names and the MAC; a
+/// missing MAC is kept or generated; with a bridge the tap joins it when the VM starts, on
+/// VLAN N untagged when given).
 fn nic_arg(s: &str) -> Result<control::VmNicSpec, String> {
+    const FORM: &str = "TAP[,MAC][,bridge=BRIDGE][,vlan=N]";
     let mut parts = s.split(',');
     let tap = parts.next().unwrap_or_default();
     if tap.is_empty() {
         return Err(format!("NIC {s:?}: the tap device name is empty"));
     }
-    let (mut mac, mut bridge) = (None, None);
+    let (mut mac, mut bridge, mut vlan) = (None, None, None);
     for p in parts {
+        if let Some(v) = p.strip_prefix("vlan=") {
+            if vlan.is_some() {
+                return Err(format!("NIC {s:?}: expected {FORM}, each at most once"));
+            }
+            vlan = Some(vlan_arg(v).map_err(|e| format!("NIC {s:?}: {e}"))?);
+            continue;
+        }
         let slot = match p.strip_prefix("bridge=") {
             Some(b) => (&mut bridge, b),
             None => (&mut mac, p),
         };
         if slot.0.is_some() || slot.1.is_empty() {
-            return Err(format!(
-                "NIC {s:?}: expected TAP[,MAC][,bridge=BRIDGE], each at most once"
-            ));
+            return Err(format!("NIC {s:?}: expected {FORM}, each at most once"));
         }
         *slot.0 = Some(slot.1.to_string());
+    }
+    if vlan.is_some() && bridge.is_none() {
+        return Err(format!(
+            "NIC {s:?}: vlan= needs bridge= (the VLAN is set on the tap's port of its bridge)"
+        ));
     }
     Ok(control::VmNicSpec {
         tap: tap.to_string(),
         mac,
         bridge,
+        vlan,
     })
+}
+
+/// An 802.1Q VLAN id, 1 to 4094.
+fn vlan_arg(v: &str) -> Result<u16, String> {
+    v.parse::<u16>()
+        .ok()
+        .filter(|n| (control::MIN_VLAN_ID..=control::MAX_VLAN_ID).contains(n))
+        .ok_or_else(|| {
+            format!(
+                "VLAN id {v:?} must be a number from {} to {}",
+                control::MIN_VLAN_ID,
+                control::MAX_VLAN_ID
+            )
+        })
 }
 
 #[derive(Debug, Subcommand)]
@@ -68,8 +95,9 @@ pub enum VmCmd {
         #[arg(long)]
         cmdline: Option<String>,
         /// A NIC on a host tap device (repeat for more: net0, net1, ...); with bridge= the tap
-        /// joins that bridge when the VM starts.
-        #[arg(long = "nic", value_name = "TAP[,MAC][,bridge=BRIDGE]", value_parser = nic_arg)]
+        /// joins that bridge when the VM starts, with vlan= (1-4094) on that VLAN only, untagged
+        /// towards the guest (the node turns VLAN filtering on on the bridge).
+        #[arg(long = "nic", value_name = "TAP[,MAC][,bridge=BRIDGE][,vlan=N]", value_parser = nic_arg)]
         nics: Vec<control::VmNicSpec>,
     },
     /// List VMs.
@@ -117,7 +145,7 @@ pub enum VmCmd {
     },
     /// Change a VM's definition. Everything but --description needs the VM stopped. --disk
     /// (repeat, in boot order) must list exactly the VM's current disks; --nic
-    /// TAP[,MAC][,bridge=BRIDGE] (repeat) replaces every NIC, --no-nics removes them all.
+    /// TAP[,MAC][,bridge=BRIDGE][,vlan=N] (repeat) replaces every NIC, --no-nics removes them all.
     Edit {
         name: String,
         #[arg(long, value_parser = name_arg)]
@@ -133,7 +161,7 @@ pub enum VmCmd {
         cmdline: Option<String>,
         #[arg(long = "disk", value_name = "VDISK")]
         disks: Vec<String>,
-        #[arg(long = "nic", value_name = "TAP[,MAC][,bridge=BRIDGE]", value_parser = nic_arg, conflicts_with = "no_nics")]
+        #[arg(long = "nic", value_name = "TAP[,MAC][,bridge=BRIDGE][,vlan=N]", value_parser = nic_arg, conflicts_with = "no_nics")]
         nics: Vec<control::VmNicSpec>,
         #[arg(long)]
         no_nics: bool,
@@ -250,6 +278,9 @@ fn show(v: &VmView) -> String {
         if let Some(b) = &n.bridge {
             out += &format!(" bridge {b}");
         }
+        if let Some(v) = n.vlan {
+            out += &format!(" vlan {v}");
+        }
         out.push('\n');
     }
     if let Some(op) = &v.operation {
@@ -344,6 +375,24 @@ mod tests {
             "t,bridge=",
         ] {
             assert!(nic_arg(bad).is_err(), "{bad}");
+        }
+        let n = nic_arg("tap4,bridge=br0,vlan=10").unwrap();
+        assert_eq!((n.bridge.as_deref(), n.vlan), (Some("br0"), Some(10)));
+        let n = nic_arg("tap5,vlan=4094,02:00:00:00:00:05,bridge=br0").unwrap();
+        assert_eq!(
+            (n.mac.as_deref(), n.vlan),
+            (Some("02:00:00:00:00:05"), Some(4094))
+        );
+        for (bad, why) in [
+            ("t,bridge=br0,vlan=0", "from 1 to 4094"),
+            ("t,bridge=br0,vlan=4095", "from 1 to 4094"),
+            ("t,bridge=br0,vlan=ten", "from 1 to 4094"),
+            ("t,bridge=br0,vlan=", "from 1 to 4094"),
+            ("t,bridge=br0,vlan=1,vlan=2", "at most once"),
+            ("t,vlan=10", "needs bridge="),
+        ] {
+            let e = nic_arg(bad).unwrap_err();
+            assert!(e.contains(why), "{bad}: {e}");
         }
     }
 
