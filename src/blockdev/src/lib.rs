@@ -61,6 +61,13 @@ pub trait BlockDevice: Send + Sync + 'static {
 
     /// Tell the device a range is unused (may free space; later reads return zeros or old data).
     fn discard(&self, offset: u64, len: u64) -> BoxFuture<'_, Result<()>>;
+
+    /// The io_uring device itself, when this is one: a caller on the hot path (the store's data
+    /// reads and writes) then awaits [`UringDevice::read`] / [`UringDevice::write`] directly,
+    /// without a boxed future per request. Same semantics as `read_at` / `write_at`.
+    fn as_uring(&self) -> Option<&UringDevice> {
+        None
+    }
 }
 
 /// Check an I/O request against a device's geometry; every backend calls this first.

@@ -17,6 +17,10 @@
 //! Owns only "which data blocks may be handed out". It never decides when a block is free:
 //! the maps (refcounts) and the deferred-free rule in the store do.
 
+/// Allocated (first block, blocks) runs: a small write's one or two runs stay inline (no heap
+/// allocation per write).
+pub type Runs = smallvec::SmallVec<[(u64, u64); 2]>;
+
 /// Blocks per segment (1 MiB).
 pub(crate) const SEG_BLOCKS: u64 = 256;
 /// Allocations of at most this many blocks fill holes; larger ones take empty segments.
@@ -221,7 +225,7 @@ impl Allocator {
 
     /// Mark `start..start + len` used (all free) and append it to `out`, merging with the run
     /// before it when adjacent.
-    fn take_run(&mut self, start: u64, len: u64, out: &mut Vec<(u64, u64)>) {
+    fn take_run(&mut self, start: u64, len: u64, out: &mut Runs) {
         for b in start..start + len {
             self.take(b);
         }
@@ -262,7 +266,7 @@ impl Allocator {
         if n == 0 || self.free < n {
             return None;
         }
-        let mut out = Vec::with_capacity(1);
+        let mut out = Runs::new();
         if self.ext_cursor < self.nbits && self.free_run_len(self.ext_cursor, n) == n {
             let start = self.ext_cursor;
             self.take_run(start, n, &mut out);
@@ -316,7 +320,7 @@ impl Allocator {
 
     /// Allocate exactly `n` blocks as a list of (start, len) runs appended to `out`,
     /// or nothing at all when fewer than `n` are free.
-    pub fn alloc(&mut self, n: u64, out: &mut Vec<(u64, u64)>) -> bool {
+    pub fn alloc(&mut self, n: u64, out: &mut Runs) -> bool {
         if n == 0 || self.free < n {
             return n == 0;
         }
@@ -331,7 +335,7 @@ impl Allocator {
 
     /// Take empty segments (or the free run after the last extent) for up to `n` blocks;
     /// returns how many are still needed (no empty segment left).
-    fn alloc_extents(&mut self, n: u64, out: &mut Vec<(u64, u64)>) -> u64 {
+    fn alloc_extents(&mut self, n: u64, out: &mut Runs) -> u64 {
         let mut need = n;
         while need > 0 {
             if self.ext_cursor < self.nbits {
@@ -359,7 +363,7 @@ impl Allocator {
 
     /// Take `need` blocks from holes in partly used segments, opening an empty segment only
     /// when no hole is left. Requires `free >= need`.
-    fn fill_holes(&mut self, mut need: u64, out: &mut Vec<(u64, u64)>) {
+    fn fill_holes(&mut self, mut need: u64, out: &mut Runs) {
         while need > 0 {
             let pos = if self.hole_cursor >= self.nbits {
                 0
@@ -422,7 +426,7 @@ mod tests {
     #[test]
     fn contiguous_run_or_nothing() {
         let mut a = Allocator::new(300);
-        let mut runs = Vec::new();
+        let mut runs = Runs::new();
         assert!(a.alloc(300, &mut runs));
         // Free holes of 3, 70 and 10 blocks.
         for b in (5..8).chain(100..170).chain(250..260) {
@@ -445,15 +449,15 @@ mod tests {
     #[test]
     fn contiguous_then_fragmented_then_full() {
         let mut a = Allocator::new(130);
-        let mut runs = Vec::new();
+        let mut runs = Runs::new();
         assert!(a.alloc(100, &mut runs));
-        assert_eq!(runs, vec![(0, 100)]);
+        assert_eq!(runs.to_vec(), vec![(0, 100)]);
         for b in (10..20).step_by(2) {
             a.release(b);
         }
         runs.clear();
         assert!(a.alloc(30, &mut runs));
-        assert_eq!(runs, vec![(100, 30)]);
+        assert_eq!(runs.to_vec(), vec![(100, 30)]);
         runs.clear();
         assert!(!a.alloc(6, &mut runs), "only 5 free");
         assert!(runs.is_empty());
@@ -473,7 +477,7 @@ mod tests {
         // 16 objects of one segment each, written whole.
         let mut where_: Vec<u64> = Vec::new();
         for _ in 0..16 {
-            let mut runs = Vec::new();
+            let mut runs = Runs::new();
             assert!(a.alloc(SEG_BLOCKS, &mut runs));
             assert_eq!(runs.len(), 1, "a whole-segment write is one run");
             where_.extend(runs[0].0..runs[0].0 + SEG_BLOCKS);
@@ -486,7 +490,7 @@ mod tests {
             x ^= x >> 7;
             x ^= x << 17;
             let k = (x % where_.len() as u64) as usize;
-            let mut runs = Vec::new();
+            let mut runs = Runs::new();
             assert!(a.alloc(1, &mut runs));
             pending.push(std::mem::replace(&mut where_[k], runs[0].0));
             if i % 500 == 0 {
@@ -510,20 +514,24 @@ mod tests {
     #[test]
     fn large_writes_are_contiguous_and_small_ones_fill_holes() {
         let mut a = Allocator::new(10 * SEG_BLOCKS + 17);
-        let mut runs = Vec::new();
+        let mut runs = Runs::new();
         assert!(a.alloc(3 * SEG_BLOCKS + 5, &mut runs));
-        assert_eq!(runs, vec![(0, 3 * SEG_BLOCKS + 5)]);
+        assert_eq!(runs.to_vec(), vec![(0, 3 * SEG_BLOCKS + 5)]);
         // Holes in the first segment.
         for b in [3, 4, 5, 90] {
             a.release(b);
         }
         runs.clear();
         assert!(a.alloc(4, &mut runs));
-        assert_eq!(runs, vec![(3, 3), (90, 1)], "small writes take the holes");
+        assert_eq!(
+            runs.to_vec(),
+            vec![(3, 3), (90, 1)],
+            "small writes take the holes"
+        );
         runs.clear();
         assert!(a.alloc(16, &mut runs));
         assert_eq!(
-            runs,
+            runs.to_vec(),
             vec![(3 * SEG_BLOCKS + 5, 16)],
             "a larger write continues after the last extent"
         );

@@ -342,7 +342,7 @@ impl Store {
         let runs = if ndata > 0 {
             inner.alloc_or_flush(ndata, None).await?
         } else {
-            Vec::new()
+            Default::default()
         };
         let blocks: Vec<&BlockData> = versions
             .iter()

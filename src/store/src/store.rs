@@ -13,7 +13,7 @@ use std::sync::Arc;
 use blockdev::{AlignedBuf, BlockDevice, WriteBuf};
 use parking_lot::{Mutex, RwLock};
 
-use crate::alloc::Allocator;
+use crate::alloc::{Allocator, Runs};
 use crate::codec::{Record, Writer};
 use crate::disk::{encode_maps, BatchHdr, CkptHdr};
 use crate::error::{Result, StoreError};
@@ -197,10 +197,13 @@ impl Inner {
     }
 
     pub async fn dev_read(&self, offset: u64, nblocks: u64, what: &str) -> Result<AlignedBuf> {
-        self.dev
-            .read_at(offset, AlignedBuf::for_overwrite((nblocks * BS) as usize))
-            .await
-            .map_err(|e| StoreError::dev(format!("reading {what} on {}", self.dev.info().name), e))
+        let buf = AlignedBuf::for_overwrite((nblocks * BS) as usize);
+        // An io_uring device is awaited directly: no boxed future per read.
+        let r = match self.dev.as_uring() {
+            Some(u) => u.read(offset, buf).await,
+            None => self.dev.read_at(offset, buf).await,
+        };
+        r.map_err(|e| StoreError::dev(format!("reading {what} on {}", self.dev.info().name), e))
     }
 
     /// Apply a record to the maps and log it. Called with `state` held exclusively, which
@@ -417,13 +420,7 @@ impl Inner {
 
     /// `alloc`, after checking that no block of the write has a newer generation (one lock
     /// acquisition for both).
-    fn alloc_for_write(
-        &self,
-        obj: ObjectId,
-        block: u64,
-        n: u64,
-        gen: u64,
-    ) -> Result<Vec<(u64, u64)>> {
+    fn alloc_for_write(&self, obj: ObjectId, block: u64, n: u64, gen: u64) -> Result<Runs> {
         let st = self.state.write();
         if let Some(m) = st.maps.objs.get(&obj) {
             for (b, vs) in m.range(block..block + n) {
@@ -438,7 +435,7 @@ impl Inner {
     }
 
     /// Allocate `n` data blocks (never overcommits) and reserve `n` versions.
-    pub fn alloc(&self, n: u64) -> Result<Vec<(u64, u64)>> {
+    pub fn alloc(&self, n: u64) -> Result<Runs> {
         self.alloc_locked(self.state.write(), n)
     }
 
@@ -446,7 +443,7 @@ impl Inner {
         &self,
         mut st: parking_lot::RwLockWriteGuard<'_, State>,
         n: u64,
-    ) -> Result<Vec<(u64, u64)>> {
+    ) -> Result<Runs> {
         let cap = self.layout().version_cap;
         if st.maps.nversions + st.inflight + n > cap {
             return Err(StoreError::NoSpace(format!(
@@ -454,7 +451,7 @@ impl Inner {
                 st.maps.nversions
             )));
         }
-        let mut runs = Vec::new();
+        let mut runs = Runs::new();
         if !st.alloc.alloc(n, &mut runs) {
             return Err(StoreError::NoSpace(format!(
                 "{n} blocks wanted, {} free of {}",
@@ -482,15 +479,17 @@ impl Inner {
     pub async fn write_runs(&self, runs: &[(u64, u64)], data: &WriteBuf) -> Result<()> {
         let err = |e| StoreError::dev(format!("writing data on {}", self.dev.info().name), e);
         if let &[(s, l)] = runs {
-            // One run (the common case): no list of futures to allocate.
-            return self
-                .dev
-                .write_at(
-                    self.layout().data_offset(s),
-                    data.slice(0..(l * BS) as usize),
-                )
-                .await
-                .map_err(err);
+            // One run (the common case): no list of futures to allocate, and an io_uring device
+            // is awaited directly (no boxed future).
+            let (off, part) = (
+                self.layout().data_offset(s),
+                data.slice(0..(l * BS) as usize),
+            );
+            let r = match self.dev.as_uring() {
+                Some(u) => u.write(off, part).await,
+                None => self.dev.write_at(off, part).await,
+            };
+            return r.map_err(err);
         }
         let mut off = 0usize;
         let mut ios = Vec::with_capacity(runs.len());
@@ -515,7 +514,7 @@ impl Inner {
         &self,
         n: u64,
         check: Option<(ObjectId, u64, u64)>,
-    ) -> Result<Vec<(u64, u64)>> {
+    ) -> Result<Runs> {
         let attempt = || match check {
             Some((obj, block, gen)) => self.alloc_for_write(obj, block, n, gen),
             None => self.alloc(n),

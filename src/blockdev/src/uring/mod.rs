@@ -240,7 +240,8 @@ impl UringDevice {
         )
     }
 
-    async fn read(&self, offset: u64, buf: AlignedBuf) -> Result<AlignedBuf> {
+    /// `read_at` as a plain future (no box): read `buf.len()` bytes at `offset` into `buf`.
+    pub async fn read(&self, offset: u64, buf: AlignedBuf) -> Result<AlignedBuf> {
         self.check(offset, buf.len() as u64)?;
         let len = buf.len();
         let mut hold = Hold::Read(buf);
@@ -280,7 +281,8 @@ impl UringDevice {
         Ok(b)
     }
 
-    async fn write(&self, offset: u64, data: WriteBuf) -> Result<()> {
+    /// `write_at` as a plain future (no box): write `data` at `offset`.
+    pub async fn write(&self, offset: u64, data: WriteBuf) -> Result<()> {
         self.check(offset, data.len() as u64)?;
         let len = data.len();
         let mut hold = Hold::Write(data);
@@ -376,5 +378,9 @@ impl BlockDevice for UringDevice {
 
     fn discard(&self, offset: u64, len: u64) -> BoxFuture<'_, Result<()>> {
         Box::pin(self.punch(offset, len))
+    }
+
+    fn as_uring(&self) -> Option<&UringDevice> {
+        Some(self)
     }
 }
