@@ -31,6 +31,24 @@ pub struct ClusterBenchArgs {
     pub dir: PathBuf,
 }
 
+/// `cairn bench cluster-peer` (hidden): node 2 of the mirrored-I/O benchmark, in a process of
+/// its own (see `mirror::bench::serve_peer`).
+#[derive(Debug, clap::Args)]
+pub struct ClusterPeerArgs {
+    /// The cluster CA (JSON with its key) to issue this node's identity from.
+    #[arg(long)]
+    pub ca: PathBuf,
+    /// Data directory.
+    #[arg(long)]
+    pub dir: PathBuf,
+    /// Address to serve on.
+    #[arg(long)]
+    pub listen: std::net::SocketAddr,
+    /// Size of the disk file.
+    #[arg(long)]
+    pub disk_bytes: u64,
+}
+
 pub fn run_vmm(a: VmmBenchArgs) -> i32 {
     if !vmm::kvm_available() {
         println!("skipped: /dev/kvm not available");
@@ -48,6 +66,32 @@ pub fn run_vmm(a: VmmBenchArgs) -> i32 {
         Ok(_) => 0,
         Err(e) => {
             eprintln!("cairn bench vmm: {e:#}");
+            1
+        }
+    }
+}
+
+pub fn run_cluster_peer(a: ClusterPeerArgs) -> i32 {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cairn bench cluster-peer: cannot start a runtime: {e}");
+            return 1;
+        }
+    };
+    let opts = mirror::bench::PeerOpts {
+        ca: a.ca,
+        dir: a.dir,
+        listen: a.listen,
+        disk_bytes: a.disk_bytes,
+    };
+    match rt.block_on(mirror::bench::serve_peer(&opts)) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("cairn bench cluster-peer: {e}");
             1
         }
     }
@@ -87,6 +131,11 @@ pub fn run_cluster(a: ClusterBenchArgs) -> i32 {
             duration: Duration::from_secs(a.seconds.max(1)),
             ips: ["127.0.0.54".into(), "127.0.0.55".into()],
             disk_bytes: 1 << 30,
+            // Node 2 runs in a process of its own: this program, as `cluster-peer`.
+            peer: mirror::bench::PeerCommand {
+                program: std::env::current_exe()?,
+                args: vec!["bench".into(), "cluster-peer".into()],
+            },
         };
         for line in mirror::bench::mirrored_io(&mopts).await? {
             println!("{}", serde_json::to_string(&line)?);

@@ -255,6 +255,9 @@ pub enum BenchCmd {
     /// The VMM against QEMU on the same test guest and backing file (see BENCHMARKS.md).
     Vmm(crate::benchmore::VmmBenchArgs),
     /// Metadata commits of a three-member cluster against openraft's in-memory store, and
-    /// mirrored I/O between two engines over mutual TLS against one engine.
+    /// mirrored I/O between two node processes over mutual TLS against one engine.
     Cluster(crate::benchmore::ClusterBenchArgs),
+    /// Node 2 of `cairn bench cluster`'s mirrored I/O, started by it as a separate process.
+    #[command(hide = true)]
+    ClusterPeer(crate::benchmore::ClusterPeerArgs),
 }

@@ -34,6 +34,7 @@ fn main() -> ExitCode {
         cli::Command::Bench(cli::BenchCmd::Api(b)) => apibench::run(b),
         cli::Command::Bench(cli::BenchCmd::Vmm(b)) => benchmore::run_vmm(b),
         cli::Command::Bench(cli::BenchCmd::Cluster(b)) => benchmore::run_cluster(b),
+        cli::Command::Bench(cli::BenchCmd::ClusterPeer(b)) => benchmore::run_cluster_peer(b),
         cli::Command::Witness(w) => clustercmd::run_witness(w),
         cli::Command::Cluster(c) => clustercmd::run(&args.target, args.json, c),
         cmd => client::run(&args.target, args.json, cmd),

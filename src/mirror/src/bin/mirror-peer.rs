@@ -3,6 +3,9 @@
 //! Prints `listening <addr>` once serving, then runs until killed.
 //!
 //! Usage: mirror-peer --ca CA.json --node ID --addr IP:PORT --dir DIR
+//!
+//! `mirror-peer bench --ca CA.json --dir DIR --listen IP:PORT --disk-bytes N` is instead node 2
+//! of the mirrored-I/O benchmark (`mirror::bench::serve_peer`), for the benchmark's test.
 #![forbid(unsafe_code)]
 
 use std::path::PathBuf;
@@ -30,6 +33,16 @@ async fn main() {
 
 async fn run() -> Res<()> {
     let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("bench") {
+        let opts = mirror::bench::PeerOpts {
+            ca: arg(&args, "--ca")?.into(),
+            dir: arg(&args, "--dir")?.into(),
+            listen: arg(&args, "--listen")?.parse()?,
+            disk_bytes: arg(&args, "--disk-bytes")?.parse()?,
+        };
+        mirror::bench::serve_peer(&opts).await?;
+        return Ok(());
+    }
     let ca: transport::ClusterCa = serde_json::from_slice(&std::fs::read(arg(&args, "--ca")?)?)?;
     let node: u64 = arg(&args, "--node")?.parse()?;
     let addr: std::net::SocketAddr = arg(&args, "--addr")?.parse()?;
