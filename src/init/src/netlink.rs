@@ -1,190 +1,62 @@
-//! rtnetlink over a raw NETLINK_ROUTE socket: bring links up, create and delete VLAN links, add
-//! and remove IPv4 addresses and the default route. Owns the message encoding (a handful of fixed structs and
-//! attributes, built by hand to keep dependencies small). Must never assume a request worked
-//! without the kernel's ACK.
+//! The node's own rtnetlink requests: bring links up, create and delete VLAN links, add and
+//! remove IPv4 addresses and the default route. The framing and the socket that waits for each
+//! ACK are `rtnl`'s (shared with the VMM's tap wiring); this module owns the requests. Must
+//! never assume a request worked without the kernel's ACK.
 
 use std::io;
 use std::net::Ipv4Addr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
-const NLMSG_ERROR: u16 = 2;
-const NLM_F_REQUEST: u16 = 0x1;
-const NLM_F_ACK: u16 = 0x4;
-const NLM_F_REPLACE: u16 = 0x100;
-const NLM_F_EXCL: u16 = 0x200;
-const NLM_F_CREATE: u16 = 0x400;
-const RTM_NEWLINK: u16 = 16;
-const RTM_DELLINK: u16 = 17;
-const RTM_NEWADDR: u16 = 20;
-const RTM_DELADDR: u16 = 21;
-const RTM_NEWROUTE: u16 = 24;
-const RTM_DELROUTE: u16 = 25;
-const IFLA_IFNAME: u16 = 3;
-const IFLA_LINK: u16 = 5;
-const IFLA_LINKINFO: u16 = 18;
-const IFLA_INFO_KIND: u16 = 1;
-const IFLA_INFO_DATA: u16 = 2;
+pub use rtnl::if_index;
+use rtnl::{
+    Msg, IFLA_IFNAME, IFLA_INFO_DATA, IFLA_INFO_KIND, IFLA_LINK, IFLA_LINKINFO, NLA_F_NESTED,
+    NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE, RTM_DELADDR, RTM_DELLINK, RTM_DELROUTE, RTM_NEWADDR,
+    RTM_NEWLINK, RTM_NEWROUTE,
+};
+
 const IFLA_VLAN_ID: u16 = 1;
 const IFA_ADDRESS: u16 = 1;
 const IFA_LOCAL: u16 = 2;
 const IFA_BROADCAST: u16 = 4;
 const RTA_OIF: u16 = 4;
 const RTA_GATEWAY: u16 = 5;
-const NLA_F_NESTED: u16 = 0x8000;
 
-/// Builds one netlink request: header, fixed part, attributes (4-byte aligned).
-#[derive(Debug)]
-struct Msg {
-    buf: Vec<u8>,
-    nests: Vec<usize>,
-}
-
-fn align4(n: usize) -> usize {
-    (n + 3) & !3
-}
-
-impl Msg {
-    fn new(kind: u16, flags: u16, seq: u32) -> Msg {
-        let mut buf = Vec::with_capacity(256);
-        buf.extend_from_slice(&0u32.to_ne_bytes()); // length, patched in finish()
-        buf.extend_from_slice(&kind.to_ne_bytes());
-        buf.extend_from_slice(&(flags | NLM_F_REQUEST | NLM_F_ACK).to_ne_bytes());
-        buf.extend_from_slice(&seq.to_ne_bytes());
-        buf.extend_from_slice(&0u32.to_ne_bytes());
-        Msg {
-            buf,
-            nests: Vec::new(),
-        }
-    }
-    fn raw(&mut self, b: &[u8]) -> &mut Self {
-        self.buf.extend_from_slice(b);
-        self.buf.resize(align4(self.buf.len()), 0);
-        self
-    }
-    fn attr(&mut self, kind: u16, payload: &[u8]) -> &mut Self {
-        let len = (4 + payload.len()) as u16;
-        self.buf.extend_from_slice(&len.to_ne_bytes());
-        self.buf.extend_from_slice(&kind.to_ne_bytes());
-        self.raw(payload)
-    }
-    fn begin_nest(&mut self, kind: u16) -> &mut Self {
-        self.nests.push(self.buf.len());
-        self.buf.extend_from_slice(&0u16.to_ne_bytes());
-        self.buf
-            .extend_from_slice(&(kind | NLA_F_NESTED).to_ne_bytes());
-        self
-    }
-    fn end_nest(&mut self) -> &mut Self {
-        if let Some(start) = self.nests.pop() {
-            let len = (self.buf.len() - start) as u16;
-            self.buf[start..start + 2].copy_from_slice(&len.to_ne_bytes());
-        }
-        self
-    }
-    fn finish(mut self) -> Vec<u8> {
-        let len = self.buf.len() as u32;
-        self.buf[0..4].copy_from_slice(&len.to_ne_bytes());
-        self.buf
-    }
-}
-
-fn ifinfomsg(index: i32, flags: u32, change: u32) -> [u8; 16] {
-    let mut b = [0u8; 16];
-    b[0] = libc::AF_UNSPEC as u8;
-    b[4..8].copy_from_slice(&index.to_ne_bytes());
-    b[8..12].copy_from_slice(&flags.to_ne_bytes());
-    b[12..16].copy_from_slice(&change.to_ne_bytes());
-    b
+fn ifinfomsg(index: u32, flags: u32, change: u32) -> [u8; 16] {
+    rtnl::ifinfomsg(libc::AF_UNSPEC as u8, index, flags, change)
 }
 
 /// An open rtnetlink socket.
 #[derive(Debug)]
-pub struct Netlink {
-    fd: OwnedFd,
-    seq: u32,
-}
+pub struct Netlink(rtnl::Socket);
 
 impl Netlink {
     pub fn open() -> io::Result<Netlink> {
-        // SAFETY: plain socket(2) call; the result is checked before use.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                libc::NETLINK_ROUTE,
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `fd` is a fresh descriptor we own exclusively.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        Ok(Netlink { fd, seq: 1 })
+        rtnl::Socket::open().map(Netlink)
     }
 
     /// Sends one request and waits for its ACK (or error).
     fn request(&mut self, msg: Msg) -> io::Result<()> {
-        let seq = self.seq;
-        self.seq = self.seq.wrapping_add(1);
-        let mut bytes = msg.finish();
-        bytes[8..12].copy_from_slice(&seq.to_ne_bytes());
-        // SAFETY: `bytes` is a valid buffer of the given length for the duration of the call.
-        let n = unsafe { libc::send(self.fd.as_raw_fd(), bytes.as_ptr().cast(), bytes.len(), 0) };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let mut buf = vec![0u8; 8192];
-        for _ in 0..16 {
-            // SAFETY: `buf` is writable for its whole length.
-            let n =
-                unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-            if n < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            let mut off = 0usize;
-            let n = n as usize;
-            while off + 16 <= n {
-                let len =
-                    u32::from_ne_bytes(buf[off..off + 4].try_into().unwrap_or([0; 4])) as usize;
-                let kind = u16::from_ne_bytes([buf[off + 4], buf[off + 5]]);
-                let mseq = u32::from_ne_bytes(buf[off + 8..off + 12].try_into().unwrap_or([0; 4]));
-                if len < 16 || off + len > n {
-                    return Err(io::Error::other("malformed netlink reply"));
-                }
-                if kind == NLMSG_ERROR && mseq == seq && len >= 20 {
-                    let err =
-                        i32::from_ne_bytes(buf[off + 16..off + 20].try_into().unwrap_or([0; 4]));
-                    return if err == 0 {
-                        Ok(())
-                    } else {
-                        Err(io::Error::from_raw_os_error(-err))
-                    };
-                }
-                off += align4(len);
-            }
-        }
-        Err(io::Error::other("no netlink ACK"))
+        self.0.request(msg)
     }
 
     /// Sets a link administratively up.
     pub fn link_up(&mut self, index: u32) -> io::Result<()> {
-        let mut m = Msg::new(RTM_NEWLINK, 0, 0);
+        let mut m = Msg::new(RTM_NEWLINK, 0);
         let up = libc::IFF_UP as u32;
-        m.raw(&ifinfomsg(index as i32, up, up));
+        m.raw(&ifinfomsg(index, up, up));
         self.request(m)
     }
 
     /// Creates `name` as VLAN `vid` on top of link `parent`.
     pub fn add_vlan(&mut self, parent: u32, name: &str, vid: u16) -> io::Result<()> {
-        let mut m = Msg::new(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, 0);
+        let mut m = Msg::new(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL);
         let mut n = name.as_bytes().to_vec();
         n.push(0);
         m.raw(&ifinfomsg(0, 0, 0))
             .attr(IFLA_IFNAME, &n)
             .attr(IFLA_LINK, &parent.to_ne_bytes())
-            .begin_nest(IFLA_LINKINFO)
+            .begin_nest(IFLA_LINKINFO | NLA_F_NESTED)
             .attr(IFLA_INFO_KIND, b"vlan")
-            .begin_nest(IFLA_INFO_DATA)
+            .begin_nest(IFLA_INFO_DATA | NLA_F_NESTED)
             .attr(IFLA_VLAN_ID, &vid.to_ne_bytes())
             .end_nest()
             .end_nest();
@@ -225,14 +97,14 @@ impl Netlink {
 
     /// Deletes a link (used for VLAN links this node created; its addresses and routes go too).
     pub fn del_link(&mut self, index: u32) -> io::Result<()> {
-        let mut m = Msg::new(RTM_DELLINK, 0, 0);
-        m.raw(&ifinfomsg(index as i32, 0, 0));
+        let mut m = Msg::new(RTM_DELLINK, 0);
+        m.raw(&ifinfomsg(index, 0, 0));
         self.request(m)
     }
 }
 
 fn addr_msg(kind: u16, flags: u16, index: u32, addr: Ipv4Addr, prefix: u8) -> Msg {
-    let mut m = Msg::new(kind, flags, 0);
+    let mut m = Msg::new(kind, flags);
     let mut fixed = [0u8; 8];
     fixed[0] = libc::AF_INET as u8;
     fixed[1] = prefix;
@@ -251,7 +123,7 @@ fn addr_msg(kind: u16, flags: u16, index: u32, addr: Ipv4Addr, prefix: u8) -> Ms
 }
 
 fn route_msg(kind: u16, flags: u16, index: u32, gw: Ipv4Addr) -> Msg {
-    let mut m = Msg::new(kind, flags, 0);
+    let mut m = Msg::new(kind, flags);
     let mut fixed = [0u8; 12];
     fixed[0] = libc::AF_INET as u8;
     fixed[4] = libc::RT_TABLE_MAIN;
@@ -262,45 +134,4 @@ fn route_msg(kind: u16, flags: u16, index: u32, gw: Ipv4Addr) -> Msg {
         .attr(RTA_GATEWAY, &gw.octets())
         .attr(RTA_OIF, &index.to_ne_bytes());
     m
-}
-
-/// Interface index of a link in the calling thread's network namespace (if_nametoindex, not
-/// sysfs: /sys shows the namespace it was mounted in, which need not be ours).
-pub fn if_index(name: &str) -> io::Result<u32> {
-    let c = std::ffi::CString::new(name)
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "link name with a NUL byte"))?;
-    // SAFETY: `c` is a valid NUL-terminated string for the duration of the call.
-    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
-    if i == 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(i)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn nested_attributes_are_length_patched_and_aligned() {
-        let mut m = Msg::new(RTM_NEWLINK, 0, 7);
-        m.raw(&ifinfomsg(0, 0, 0))
-            .begin_nest(IFLA_LINKINFO)
-            .attr(IFLA_INFO_KIND, b"vlan")
-            .end_nest();
-        let b = m.finish();
-        assert_eq!(b.len() % 4, 0);
-        assert_eq!(
-            u32::from_ne_bytes(b[0..4].try_into().unwrap()) as usize,
-            b.len()
-        );
-        // nest header at 32: its length covers the header (4) + the kind attribute (4+4).
-        assert_eq!(u16::from_ne_bytes([b[32], b[33]]), 12);
-        assert_eq!(
-            u16::from_ne_bytes([b[34], b[35]]),
-            IFLA_LINKINFO | NLA_F_NESTED
-        );
-        assert_eq!(&b[40..44], b"vlan");
-    }
 }
