@@ -66,7 +66,7 @@ pub(crate) fn spawn_maintenance(inner: &Arc<Inner>) {
 
 impl Inner {
     /// One round of background work; true if it changed something (run again soon).
-    pub(crate) async fn maintenance_pass(self: &Arc<Self>) -> bool {
+    pub(crate) async fn maintenance_pass(&self) -> bool {
         // Intents left by a previous run were dealt with when their disks were opened; those of
         // copies that failed here left a partial object behind, removed (durably) first.
         let intents = self
@@ -228,7 +228,7 @@ impl Inner {
     }
 
     /// Bring every chunk to its placement: copy missing replicas, then drop extra ones.
-    async fn rebalance_pass(self: &Arc<Self>) -> Result<bool> {
+    async fn rebalance_pass(&self) -> Result<bool> {
         let Some(meta) = self.meta_snapshot() else {
             return Ok(false);
         };

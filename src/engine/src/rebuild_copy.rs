@@ -3,10 +3,10 @@
 //! per target disk for the whole batch instead of both per chunk:
 //!
 //! 1. the batch's copy intents are recorded (one metadata write);
-//! 2. each chunk (a few at once, each its own task, paced first, then under its stripe lock)
-//!    is exported from a live holder and imported on each missing target. The target joins the
-//!    chunk's holders in memory at once, so guest writes from then on reach it too and the copy
-//!    cannot go stale, but nothing durable says it is complete;
+//! 2. each chunk (a few at once, each paced first, then under its stripe lock) is exported from
+//!    a live holder and imported on each missing target. The target joins the chunk's holders
+//!    in memory at once, so guest writes from then on reach it too and the copy cannot go
+//!    stale, but nothing durable says it is complete;
 //! 3. every target of the batch is flushed once;
 //! 4. the intents of the copies whose target flushed are cleared (one metadata write): from
 //!    here a restart keeps those copies;
@@ -81,39 +81,6 @@ const UNFINISHED_AHEAD: usize = 1;
 /// one device shared by source and target (the one-device line) the queue stays at 4, where
 /// 8 moves alone made it 8 and lost.
 const COPY_IO_PARALLEL: usize = 4;
-
-/// One chunk's move running as its own task, so the moves' CPU work (checksums, copies
-/// between buffers, map updates) spreads over the runtime's threads instead of one task
-/// polling them all. Dropping it (the pass is dropped) aborts the move, as dropping the move's
-/// future did when it ran inside the pass's task.
-struct AbortOnDrop(tokio::task::JoinHandle<Copied>);
-
-impl AbortOnDrop {
-    /// The move's outcome. A panic in it is the pass's panic; a move cancelled because the
-    /// runtime shuts down made no copy this pass counts (its intent stays, so whatever it left
-    /// is deleted on the next open) and leaves the chunk pending.
-    async fn join(mut self, obj: ObjectId, target: Slots) -> Copied {
-        match (&mut self.0).await {
-            Ok(c) => c,
-            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-            Err(_) => Copied {
-                obj,
-                target,
-                made: Vec::new(),
-                bytes: 0,
-                tried: Vec::new(),
-                pending: 1,
-                failed: Vec::new(),
-            },
-        }
-    }
-}
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
 
 /// What a batch did, for the pass.
 #[derive(Debug, Default)]
@@ -199,12 +166,12 @@ impl Inner {
     /// batches when the engine shuts down or intents cannot be recorded; batches already
     /// copied are still finished.
     pub(crate) async fn move_batches(
-        self: &Arc<Self>,
+        &self,
         work: &[(ObjectId, Slots)],
         batch: usize,
     ) -> BatchOutcome {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Started>(UNFINISHED_AHEAD);
-        let io = &Arc::new(tokio::sync::Semaphore::new(COPY_IO_PARALLEL));
+        let io = &tokio::sync::Semaphore::new(COPY_IO_PARALLEL);
         let copy_side = async move {
             let stopping = || self.shutting_down.load(Ordering::Acquire);
             let mut out = BatchOutcome::default();
@@ -301,19 +268,9 @@ impl Inner {
 
     /// Step 2 of a batch whose intents are recorded: make its copies, several chunks at once
     /// so each device keeps requests in flight.
-    async fn copy_batch(
-        self: &Arc<Self>,
-        i: Intended<'_>,
-        io: &Arc<tokio::sync::Semaphore>,
-    ) -> Started {
+    async fn copy_batch(&self, i: Intended<'_>, io: &tokio::sync::Semaphore) -> Started {
         let copied: Vec<Copied> = futures::stream::iter(i.batch.iter().copied())
-            .map(|(obj, target)| {
-                let (me, io) = (self.clone(), io.clone());
-                let task = AbortOnDrop(tokio::spawn(async move {
-                    me.copy_missing(obj, target, &io).await
-                }));
-                task.join(obj, target)
-            })
+            .map(|(obj, target)| self.copy_missing(obj, target, io))
             .buffer_unordered(MOVE_PARALLEL)
             .collect()
             .await;
