@@ -242,7 +242,10 @@ impl UringQueue {
                 if let Some(r) = self.ring.as_ref() {
                     let _ = r.efd.read();
                 }
-                if self.in_kernel > 0 && self.ready() {
+                // Completions only: chains still pending here are ones the passes above could
+                // not take (no free slot, or a ring index past the queue size), and looking
+                // at them would spin until the kernel's requests are done.
+                if self.completions_ready() {
                     continue;
                 }
                 break;
@@ -254,14 +257,15 @@ impl UringQueue {
 
     /// Whether a pass would find work: a chain it can take, or a completion to collect.
     fn ready(&mut self) -> bool {
+        self.completions_ready() || (!self.free.is_empty() && pending(&self.queue, &self.mem))
+    }
+
+    /// Whether the kernel has a completion for this thread to collect (or to finish first).
+    fn completions_ready(&mut self) -> bool {
         let Some(r) = self.ring.as_mut() else {
             return false;
         };
-        if self.in_kernel > 0 && (r.ring.submission().taskrun() || !r.ring.completion().is_empty())
-        {
-            return true;
-        }
-        !self.free.is_empty() && pending(&self.queue, &self.mem)
+        self.in_kernel > 0 && (r.ring.submission().taskrun() || !r.ring.completion().is_empty())
     }
 
     /// Takes every chain available (while a slot is free), starts reads, writes and flushes on
@@ -722,5 +726,132 @@ mod tests {
             drop(q);
             assert!(home.lock().is_some(), "a dropped queue gives the ring back");
         }
+    }
+
+    /// More requests than the ring has slots (a ring made for a queue of 2 under a queue of 32):
+    /// the rest wait in the guest's ring until a slot frees, and every one is served once with
+    /// its own data.
+    #[test]
+    fn more_requests_than_ring_slots_all_complete() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("disk");
+        let content: Vec<u8> = (0..1u32 << 20).map(|i| (i / 512) as u8).collect();
+        std::fs::write(&path, &content).unwrap();
+        let disk = Arc::new(FileDisk::open(&path, false, false).unwrap());
+        let Some(ring) = QueueRing::new(disk.host_file().unwrap(), 2) else {
+            println!("skipped: io_uring unavailable");
+            return;
+        };
+        assert_eq!(ring.slots, 2);
+        let mem = Arc::new(GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x100_0000)]).unwrap());
+        let vq = MockSplitQueue::new(&*mem, QLEN);
+        let counters = Arc::new(DeviceCounters::default());
+        let handler = BlkQueueHandler::new(
+            disk.clone() as Arc<dyn DiskBackend>,
+            mem.clone(),
+            "serial-slots",
+            counters.clone(),
+        );
+        let mut q = UringQueue::new(
+            Arc::new(Mutex::new(None)),
+            ring,
+            UringSetup {
+                queue: vq.create_queue().unwrap(),
+                irq: Box::new(|| {}),
+                mem: mem.clone(),
+                handler,
+                counters: counters.clone(),
+                size: disk.size_bytes(),
+                read_only: false,
+                queue_index: 0,
+            },
+        );
+        // Requests 0..8 read sectors 3 * r into their own 4 KiB buffer.
+        for r in 0..8u16 {
+            let buf = DATA + u64::from(r) * 0x1_0000;
+            push(&mem, &vq, r, T_IN, 3 * u64::from(r), &[(buf, 4096, WRITE)]);
+        }
+        run_until(&mut q, &mem, &vq, 8);
+        for r in 0..8u64 {
+            assert_eq!(mem.read_obj::<u8>(GuestAddress(STATUS + r)).unwrap(), S_OK);
+            let mut back = vec![0u8; 4096];
+            mem.read_slice(&mut back, GuestAddress(DATA + r * 0x1_0000))
+                .unwrap();
+            let off = (3 * r * 512) as usize;
+            assert!(
+                back == content[off..off + 4096],
+                "request {r} read its own sectors"
+            );
+        }
+        assert_eq!(counters.read_ops.load(Ordering::Relaxed), 8);
+        assert_eq!(q.in_kernel, 0);
+    }
+
+    /// A guest that moves its avail index past the queue size while a request is still in the
+    /// kernel: the thread looks at the index, then sleeps (returns to its poll) instead of
+    /// spinning on it until the request completes. The "file" is a pipe nobody writes yet, so
+    /// the read stays in the kernel until the test lets it finish.
+    #[test]
+    fn a_bad_avail_index_is_not_spun_on_while_requests_are_in_the_kernel() {
+        use std::io::Write;
+        use std::os::fd::FromRawFd;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("disk");
+        std::fs::write(&path, vec![0u8; 1 << 20]).unwrap();
+        let disk = Arc::new(FileDisk::open(&path, false, false).unwrap());
+        let mut fds = [0; 2];
+        // SAFETY: pipe(2) fills the two-element array.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        // SAFETY: both descriptors were just created and are owned by nobody else.
+        let (rd, mut wr) = unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) };
+        let Some(ring) = QueueRing::new(Arc::new(rd), QLEN) else {
+            println!("skipped: io_uring unavailable");
+            return;
+        };
+        let mem = Arc::new(GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x100_0000)]).unwrap());
+        let vq = MockSplitQueue::new(&*mem, QLEN);
+        let counters = Arc::new(DeviceCounters::default());
+        let handler = BlkQueueHandler::new(
+            disk.clone() as Arc<dyn DiskBackend>,
+            mem.clone(),
+            "serial-spin",
+            counters.clone(),
+        );
+        let mut q = UringQueue::new(
+            Arc::new(Mutex::new(None)),
+            ring,
+            UringSetup {
+                queue: vq.create_queue().unwrap(),
+                irq: Box::new(|| {}),
+                mem: mem.clone(),
+                handler,
+                counters,
+                size: disk.size_bytes(),
+                read_only: false,
+                queue_index: 0,
+            },
+        );
+        push(&mem, &vq, 0, T_IN, 0, &[(DATA, 4096, WRITE)]);
+        q.on_event(false);
+        assert_eq!(q.in_kernel, 1, "the read waits on the empty pipe");
+        let avail = vq.avail_addr().unchecked_add(2);
+        mem.write_obj(1u16 + 3 * QLEN, avail).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let t = std::thread::spawn(move || {
+            q.on_event(false);
+            let _ = tx.send(());
+            q
+        });
+        // A safety net, not a timing: a correct thread returns at once; a spinning one only
+        // when the read completes, which the pipe write below lets it do.
+        let returned = rx.recv_timeout(std::time::Duration::from_secs(10)).is_ok();
+        wr.write_all(&[0x77u8; 4096]).unwrap();
+        let q = t.join().unwrap();
+        assert!(returned, "the thread spun on a bad avail index");
+        mem.write_obj(1u16, avail).unwrap();
+        // Dropping waits for the read and publishes it.
+        drop(q);
+        assert_eq!(used_idx(&mem, &vq), 1);
+        assert_eq!(mem.read_obj::<u8>(GuestAddress(DATA)).unwrap(), 0x77);
     }
 }
