@@ -592,6 +592,36 @@ mod tests {
         mem.read_obj(vq.used_addr().unchecked_add(2)).unwrap()
     }
 
+    /// The queue under test over `disk` (its sizes and handler) and `ring`, with fresh
+    /// counters, which it returns too.
+    fn uring_queue(
+        disk: &Arc<FileDisk>,
+        ring: QueueRing,
+        mem: &Arc<GuestMemoryMmap>,
+        vq: &MockSplitQueue<GuestMemoryMmap>,
+        home: RingHome,
+        irq: Box<dyn Fn() + Send>,
+    ) -> (UringQueue, Arc<DeviceCounters>) {
+        let counters = Arc::new(DeviceCounters::default());
+        let handler = BlkQueueHandler::new(
+            disk.clone() as Arc<dyn DiskBackend>,
+            mem.clone(),
+            "serial-uring",
+            counters.clone(),
+        );
+        let setup = UringSetup {
+            queue: vq.create_queue().unwrap(),
+            irq,
+            mem: mem.clone(),
+            handler,
+            counters: counters.clone(),
+            size: disk.size_bytes(),
+            read_only: false,
+            queue_index: 0,
+        };
+        (UringQueue::new(home, ring, setup), counters)
+    }
+
     /// Runs the queue (as its thread would on kicks and completions) until `want` requests
     /// were published; no time bound beyond a generous safety net.
     fn run_until(
@@ -635,32 +665,13 @@ mod tests {
             let mem =
                 Arc::new(GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x100_0000)]).unwrap());
             let vq = MockSplitQueue::new(&*mem, QLEN);
-            let counters = Arc::new(DeviceCounters::default());
             let irqs = Arc::new(AtomicUsize::new(0));
             let irqs2 = irqs.clone();
-            let handler = BlkQueueHandler::new(
-                disk.clone() as Arc<dyn DiskBackend>,
-                mem.clone(),
-                "serial-uring",
-                counters.clone(),
-            );
             let home: RingHome = Arc::new(Mutex::new(None));
-            let mut q = UringQueue::new(
-                home.clone(),
-                ring,
-                UringSetup {
-                    queue: vq.create_queue().unwrap(),
-                    irq: Box::new(move || {
-                        irqs2.fetch_add(1, Ordering::Relaxed);
-                    }),
-                    mem: mem.clone(),
-                    handler,
-                    counters: counters.clone(),
-                    size: disk.size_bytes(),
-                    read_only: false,
-                    queue_index: 0,
-                },
-            );
+            let irq = Box::new(move || {
+                irqs2.fetch_add(1, Ordering::Relaxed);
+            });
+            let (mut q, counters) = uring_queue(&disk, ring, &mem, &vq, home.clone(), irq);
             let pattern: Vec<u8> = (0..8192u32).map(|i| (i % 251) as u8 ^ 0x5a).collect();
             mem.write_slice(&pattern, GuestAddress(DATA)).unwrap();
             // The write as two 4 KiB segments.
@@ -745,27 +756,8 @@ mod tests {
         assert_eq!(ring.slots, 2);
         let mem = Arc::new(GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x100_0000)]).unwrap());
         let vq = MockSplitQueue::new(&*mem, QLEN);
-        let counters = Arc::new(DeviceCounters::default());
-        let handler = BlkQueueHandler::new(
-            disk.clone() as Arc<dyn DiskBackend>,
-            mem.clone(),
-            "serial-slots",
-            counters.clone(),
-        );
-        let mut q = UringQueue::new(
-            Arc::new(Mutex::new(None)),
-            ring,
-            UringSetup {
-                queue: vq.create_queue().unwrap(),
-                irq: Box::new(|| {}),
-                mem: mem.clone(),
-                handler,
-                counters: counters.clone(),
-                size: disk.size_bytes(),
-                read_only: false,
-                queue_index: 0,
-            },
-        );
+        let home = Arc::new(Mutex::new(None));
+        let (mut q, counters) = uring_queue(&disk, ring, &mem, &vq, home, Box::new(|| {}));
         // Requests 0..8 read sectors 3 * r into their own 4 KiB buffer.
         for r in 0..8u16 {
             let buf = DATA + u64::from(r) * 0x1_0000;
@@ -810,27 +802,8 @@ mod tests {
         };
         let mem = Arc::new(GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x100_0000)]).unwrap());
         let vq = MockSplitQueue::new(&*mem, QLEN);
-        let counters = Arc::new(DeviceCounters::default());
-        let handler = BlkQueueHandler::new(
-            disk.clone() as Arc<dyn DiskBackend>,
-            mem.clone(),
-            "serial-spin",
-            counters.clone(),
-        );
-        let mut q = UringQueue::new(
-            Arc::new(Mutex::new(None)),
-            ring,
-            UringSetup {
-                queue: vq.create_queue().unwrap(),
-                irq: Box::new(|| {}),
-                mem: mem.clone(),
-                handler,
-                counters,
-                size: disk.size_bytes(),
-                read_only: false,
-                queue_index: 0,
-            },
-        );
+        let home = Arc::new(Mutex::new(None));
+        let (mut q, _counters) = uring_queue(&disk, ring, &mem, &vq, home, Box::new(|| {}));
         push(&mem, &vq, 0, T_IN, 0, &[(DATA, 4096, WRITE)]);
         q.on_event(false);
         assert_eq!(q.in_kernel, 1, "the read waits on the empty pipe");
