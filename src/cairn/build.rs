@@ -7,8 +7,8 @@ fn main() {
     if os == "linux" && env == "gnu" {
         // Compact relative relocations (DT_RELR, glibc >= 2.36, binutils >= 2.38): the PIE's
         // ~75 000 R_X86_64_RELATIVE entries take ~860 KiB as RELA, all read by the loader at
-        // start and resident for the life of the process (every VM process and the node pay
-        // it); as RELR they take a few KiB. The relocated pages themselves are unchanged.
+        // start and resident for the life of the process (the node, whose VMs run inside it, and
+        // every other cairn process pay it); as RELR they take a few KiB. The relocated pages themselves are unchanged.
         println!("cargo:rustc-link-arg-bins=-Wl,-z,pack-relative-relocs");
     }
 }
