@@ -449,7 +449,10 @@ try {
     await page.getByRole('cell', { name: 'admin' }).first().waitFor();
     await shot('07-users');
     await go('settings');
-    await page.getByText('SHA-256').waitFor();
+    await page.getByText('SHA-256', { exact: true }).waitFor();
+    // The key's fingerprint, which survives the node re-issuing its certificate.
+    const key = await page.getByText('Key SHA-256', { exact: true }).locator('xpath=following-sibling::dd[1]').innerText();
+    if (!/^[0-9a-f]{64}$/.test(key.trim())) throw new Error(`key fingerprint not shown: ${key}`);
     await shot('08-settings');
   });
   // The system log view's requests (the `after` each asked for, and when), to see it follow the

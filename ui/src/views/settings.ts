@@ -19,6 +19,7 @@ export function Settings({ role }: { role: string }) {
       <dt>Names</dt><dd>${c.names.join(', ')}</dd>
       <dt>Valid</dt><dd>${fmtTime(c.not_before_unix)} to ${fmtTime(c.not_after_unix)}</dd>
       <dt>SHA-256</dt><dd class="mono">${c.sha256_fingerprint}</dd>
+      ${c.key_sha256 ? html`<dt>Key SHA-256</dt><dd class="mono" title="Stays the same when the node re-issues its own certificate for a new address">${c.key_sha256}</dd>` : null}
     </dl>` : null}
     ${role === 'admin' ? html`<form aria-label="replace the certificate" onSubmit=${(e: Event) => { e.preventDefault(); act.run('Replace certificate', () => api('PUT', '/certificate', pem)); }}>
       <p class="muted">Paste a PEM certificate chain and its private key. They are checked first; a bad pair is refused and the current certificate stays.</p>
