@@ -9,6 +9,9 @@
 //! 8021q). Without it the test checks that `wire` says so and leaves the tap down (so a VM
 //! never comes up on the default VLAN instead of its own), then reports itself skipped.
 
+mod common;
+
+use common::{in_private_netns, ip};
 use std::time::{Duration, Instant};
 use vmm::virtio::tap::{wire, Tap};
 
@@ -18,21 +21,6 @@ const ETHERTYPE: [u8; 2] = [0x88, 0xb5];
 const VNET_HDR_LEN: usize = 12;
 /// How long a frame that should arrive may take (a bound for a hung kernel, not a measure).
 const ARRIVAL_LIMIT: Duration = Duration::from_secs(5);
-
-fn ip(args: &[&str]) -> Result<(), String> {
-    let out = std::process::Command::new("ip")
-        .args(args)
-        .output()
-        .map_err(|e| format!("ip {args:?}: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "ip {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
-}
 
 /// A broadcast frame from `src` with our ethertype and `tag` as payload, VLAN-tagged by the
 /// sender itself when `dot1q` is given, behind a zero vnet header.
@@ -176,20 +164,8 @@ fn nic_vlans_keep_frames_apart_on_one_bridge() {
         println!("skipped: /dev/net/tun not available");
         return;
     }
-    let r = std::thread::spawn(|| {
-        // SAFETY: unshare only changes this thread's network namespace; the taps and the
-        // bridge live and die with it (the thread ends, the namespace goes).
-        if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
-            return Err(format!(
-                "cannot create a network namespace: {}",
-                std::io::Error::last_os_error()
-            ));
-        }
-        scenario()
-    })
-    .join()
-    .expect("the namespace thread panicked");
-    if let Err(why) = r {
+    // The taps and the bridge live and die with the namespace.
+    if let Some(Err(why)) = in_private_netns(|| Some(scenario())) {
         println!("skipped: {why}");
     }
 }

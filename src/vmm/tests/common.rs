@@ -52,3 +52,41 @@ pub fn assert_pass(reason: &Option<ExitReason>, out: &str, expect: &[&str]) {
         );
     }
 }
+
+/// Runs `f` on a thread of its own inside a new network namespace: the threads it spawns (a
+/// VM's included) and the `ip` children inherit it, and the namespace goes when they end, so
+/// nothing a test makes there reaches the host. `None`, after printing the skip line, when no
+/// namespace can be made; a panic in `f` is the test's own.
+pub fn in_private_netns<T: Send + 'static>(
+    f: impl FnOnce() -> Option<T> + Send + 'static,
+) -> Option<T> {
+    std::thread::spawn(move || {
+        // SAFETY: unshare(2) with a plain flag; it only changes this thread's network namespace.
+        if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+            println!(
+                "skipped: cannot create a network namespace: {}",
+                std::io::Error::last_os_error()
+            );
+            return None;
+        }
+        f()
+    })
+    .join()
+    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+}
+
+/// Runs `ip args...` in the calling thread's network namespace (children inherit it).
+pub fn ip(args: &[&str]) -> Result<(), String> {
+    let out = std::process::Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| format!("ip {args:?}: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "ip {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}

@@ -99,16 +99,7 @@ fn ping_pong_in_netns(
         println!("skipped: /dev/net/tun not available");
         return None;
     }
-    std::thread::spawn(move || {
-        // SAFETY: unshare only changes this thread's network namespace; the VM's threads are
-        // spawned from here and inherit it, so the tap lives and dies in the private namespace.
-        if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
-            println!(
-                "skipped: cannot create a network namespace: {}",
-                std::io::Error::last_os_error()
-            );
-            return None;
-        }
+    in_private_netns(move || {
         if precreate_mq {
             let add = [
                 "tuntap",
@@ -162,8 +153,6 @@ fn ping_pong_in_netns(
         unsafe { libc::close(sock) };
         Some((reason, out, stats))
     })
-    .join()
-    .unwrap()
 }
 
 #[test]
@@ -197,22 +186,6 @@ fn virtio_net_single_pair_on_a_precreated_multiqueue_tap() {
     assert!(stats.nics[0].read_ops >= 1, "{:?}", stats.nics[0]);
 }
 
-/// Runs `ip args...` in the calling thread's network namespace (children inherit it).
-fn ip(args: &[&str]) -> Result<(), String> {
-    let out = std::process::Command::new("ip")
-        .args(args)
-        .output()
-        .map_err(|e| format!("ip {args:?}: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "ip {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        ))
-    }
-}
-
 /// Checksum offload both ways through the tap, verified by the host's own UDP stack: the guest
 /// sends a datagram carrying only the pseudo-header sum plus NEEDS_CSUM (delivered only if the
 /// vnet header reached the tap), and the reply reaches the guest still marked as offloaded
@@ -227,15 +200,7 @@ fn virtio_net_checksum_offload_through_the_tap() {
         return;
     }
     const TAP1: &str = "cairn-tap1";
-    let result = std::thread::spawn(|| {
-        // SAFETY: unshare only changes this thread's network namespace (see the test above).
-        if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
-            println!(
-                "skipped: cannot create a network namespace: {}",
-                std::io::Error::last_os_error()
-            );
-            return None;
-        }
+    let result = in_private_netns(|| {
         let mut cfg = guest_config("net-offload", "net-offload");
         cfg.nets.push(NetConfig {
             id: "nic0".into(),
@@ -280,9 +245,7 @@ fn virtio_net_checksum_offload_through_the_tap() {
         let out = String::from_utf8_lossy(&vm.debug_output()).into_owned();
         vm.delete();
         Some((host_saw, reason, out))
-    })
-    .join()
-    .unwrap();
+    });
     let Some((host_saw, reason, out)) = result else {
         return;
     };
@@ -343,15 +306,7 @@ fn virtio_net_multiqueue_one_pair_per_vcpu() {
         return;
     }
     const TAP2: &str = "cairn-tap2";
-    let result = std::thread::spawn(|| {
-        // SAFETY: unshare only changes this thread's network namespace (see the first test).
-        if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
-            println!(
-                "skipped: cannot create a network namespace: {}",
-                std::io::Error::last_os_error()
-            );
-            return None;
-        }
+    let result = in_private_netns(|| {
         let mut cfg = guest_config("netmq", "net-mq");
         cfg.vcpus = 2;
         cfg.nets.push(NetConfig {
@@ -394,9 +349,7 @@ fn virtio_net_multiqueue_one_pair_per_vcpu() {
         // SAFETY: closing our socket.
         unsafe { libc::close(sock) };
         Some((pings, reason, out))
-    })
-    .join()
-    .unwrap();
+    });
     let Some((pings, reason, out)) = result else {
         return;
     };
