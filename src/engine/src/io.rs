@@ -149,19 +149,13 @@ impl Inner {
                 (Op::Write { block, data, crcs }, Some(s), _) => {
                     Either::Left(s.write_with_crcs(obj, *block, data.clone(), crcs, gen, pin))
                 }
-                (Op::Write { block, data, .. }, None, Some(c)) => Either::Right(
-                    d.replica
-                        .write_with_crcs(obj, *block, data.clone(), c.clone(), gen, pin),
-                ),
-                (Op::Write { block, data, crcs }, None, None) => {
-                    Either::Right(d.replica.write_with_crcs(
-                        obj,
-                        *block,
-                        data.clone(),
-                        Arc::from(&crcs[..]),
-                        gen,
-                        pin,
-                    ))
+                // `shared_crcs` is there whenever a disk has no local store.
+                (Op::Write { block, data, crcs }, None, shared) => {
+                    let c = shared.cloned().unwrap_or_else(|| Arc::from(&crcs[..]));
+                    Either::Right(
+                        d.replica
+                            .write_with_crcs(obj, *block, data.clone(), c, gen, pin),
+                    )
                 }
                 (Op::Discard { block, nblocks }, _, _) => {
                     Either::Right(d.replica.discard(obj, *block, *nblocks, gen, pin))

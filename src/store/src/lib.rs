@@ -105,7 +105,7 @@ mod versions;
 pub use error::{ErrorKind, Result, StoreError};
 pub use layout::{MAX_META_BYTES, MIN_DEVICE_BYTES};
 pub use ops::AreaOffsets;
-pub use store::{block_crcs, block_crcs_shared, Store, MAX_IO_BLOCKS};
+pub use store::{block_crcs, Store, MAX_IO_BLOCKS};
 pub use types::{
     BlockData, BlockVersions, Label, ObjectId, Probe, ScrubReport, Space, StoreStats, VersionData,
 };

@@ -539,12 +539,6 @@ pub fn block_crcs(data: &[u8]) -> Vec<u32> {
     data.chunks(BS as usize).map(blockdev::crc32c).collect()
 }
 
-/// `block_crcs` in one shared allocation (collected straight into the `Arc`, not through a
-/// `Vec` that is then copied), for a write that hands the checksums to every replica.
-pub fn block_crcs_shared(data: &[u8]) -> Arc<[u32]> {
-    data.chunks(BS as usize).map(blockdev::crc32c).collect()
-}
-
 impl Store {
     pub async fn write(
         &self,
