@@ -65,7 +65,27 @@ pub fn create_memory(ranges: &[(GuestAddress, usize)]) -> Result<GuestMemoryMmap
             )));
         }
     }
-    GuestMemoryMmap::from_ranges(ranges).map_err(|e| VmmError::Memory(format!("mmap: {e}")))
+    let mem =
+        GuestMemoryMmap::from_ranges(ranges).map_err(|e| VmmError::Memory(format!("mmap: {e}")))?;
+    for region in mem.iter() {
+        advise_guest_ram(region.as_ptr(), region.len());
+    }
+    Ok(mem)
+}
+
+/// Asks the kernel to back guest RAM with transparent huge pages (fewer TLB misses for the
+/// guest, and 2 MiB second-level mappings for KVM: what QEMU asks for too) and to leave it out
+/// of core dumps (a crashed node must not write its guests' data to disk). Advice only: a
+/// kernel without THP refuses the first with EINVAL and the guest runs on 4 KiB pages.
+fn advise_guest_ram(addr: *mut u8, len: u64) {
+    let Ok(len) = usize::try_from(len) else {
+        return;
+    };
+    for advice in [libc::MADV_HUGEPAGE, libc::MADV_DONTDUMP] {
+        // SAFETY: `addr..addr + len` is one whole mapping vm-memory just created and owns;
+        // madvise with these advices changes no contents and unmaps nothing.
+        unsafe { libc::madvise(addr.cast(), len, advice) };
+    }
 }
 
 /// Registers every region with KVM as a memory slot.
@@ -113,6 +133,47 @@ mod tests {
     fn hole_crossing_is_rejected() {
         let err = create_memory(&[(GuestAddress(MMIO_START - 0x1000), 0x2000)]).unwrap_err();
         assert!(err.to_string().contains("MMIO hole"), "{err}");
+    }
+
+    /// The "VmFlags:" line of the smaps entry of the mapping starting at `addr`.
+    fn vm_flags(addr: usize) -> Option<String> {
+        let smaps = std::fs::read_to_string("/proc/self/smaps").ok()?;
+        let mut ours = false;
+        for line in smaps.lines() {
+            if let Some((range, _)) = line.split_once(' ') {
+                if let Some((start, _)) = range.split_once('-') {
+                    if let Ok(start) = usize::from_str_radix(start, 16) {
+                        ours = start == addr;
+                        continue;
+                    }
+                }
+            }
+            if ours {
+                if let Some(flags) = line.strip_prefix("VmFlags:") {
+                    return Some(flags.trim().to_string());
+                }
+            }
+        }
+        None
+    }
+
+    #[test]
+    fn guest_ram_asks_for_huge_pages_and_stays_out_of_core_dumps() {
+        let m = create_memory(&ram_ranges(8 << 20).unwrap()).unwrap();
+        let region = m.iter().next().unwrap();
+        let flags = vm_flags(region.as_ptr() as usize).expect("the guest RAM mapping is in smaps");
+        let flags: Vec<&str> = flags.split_whitespace().collect();
+        assert!(
+            flags.contains(&"dd"),
+            "not left out of core dumps: {flags:?}"
+        );
+        let thp = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled");
+        match thp {
+            Ok(mode) if !mode.contains("[never]") => {
+                assert!(flags.contains(&"hg"), "no huge-page advice: {flags:?}")
+            }
+            _ => eprintln!("skipped: huge-page advice (kernel without transparent huge pages)"),
+        }
     }
 
     #[test]
