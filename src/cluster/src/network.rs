@@ -112,6 +112,10 @@ pub struct PeerClients {
     tls: Arc<rustls::ClientConfig>,
     cfg: ClientConfig,
     cache: Arc<Mutex<HashMap<(NodeId, String), PeerClient>>>,
+    /// Members that told this member themselves (over mutual TLS, see
+    /// [`PeerClients::note_moved`]) that they moved: id -> (address raft knows, address they
+    /// are at now). Used while raft still names the old address.
+    moved: Arc<Mutex<HashMap<NodeId, (String, String)>>>,
     /// Fault injection: when set, this node neither sends nor accepts member traffic.
     isolated: Arc<std::sync::atomic::AtomicBool>,
 }
@@ -132,6 +136,7 @@ impl PeerClients {
             tls,
             cfg,
             cache: Arc::new(Mutex::new(HashMap::new())),
+            moved: Arc::default(),
             isolated: Arc::default(),
         })
     }
@@ -144,8 +149,31 @@ impl PeerClients {
         self.isolated.store(on, std::sync::atomic::Ordering::SeqCst);
     }
 
+    /// Member `id` said (itself: the caller checked its certificate) that it is at `new`
+    /// now, while raft still names `old`: until raft does, a call meant for `id` at `old`
+    /// goes to `new`. Without a leader nobody can commit the new address, and the member
+    /// that moved may be unable to win an election (its log behind): the others must reach
+    /// it at its new address to lead. Safe: a peer is always checked to present node `id`'s
+    /// certificate, wherever it is reached.
+    pub(crate) fn note_moved(&self, id: NodeId, old: String, new: String) {
+        let mut moved = self.moved.lock().unwrap_or_else(|e| e.into_inner());
+        if old == new {
+            moved.remove(&id);
+        } else {
+            moved.insert(id, (old, new));
+        }
+    }
+
     /// The client for node `id` at `addr` (the peer must present node `id`'s certificate).
     pub fn get(&self, id: NodeId, addr: &str) -> Result<PeerClient, Error> {
+        let addr = {
+            let moved = self.moved.lock().unwrap_or_else(|e| e.into_inner());
+            match moved.get(&id) {
+                Some((old, new)) if old == addr => new.clone(),
+                _ => addr.to_string(),
+            }
+        };
+        let addr = addr.as_str();
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(c) = cache.get(&(id, addr.to_string())) {
             return Ok(c.clone());

@@ -123,12 +123,48 @@ impl ClusterNode {
                     Ok(()) => {
                         tracing::info!(addr = %node.cfg().rpc_addr, "announced this member's new address");
                     }
-                    Err(e) => tracing::info!(error = %e, "announcing the new address; retrying"),
+                    Err(e) => {
+                        tracing::info!(error = %e, "announcing the new address; retrying");
+                        // No leader took it: maybe none can be elected while the others
+                        // look for this member at its old address. Tell each of them.
+                        node.announce_to_every_member().await;
+                    }
                 }
                 drop(node);
                 tokio::time::sleep(ANNOUNCE_RETRY).await;
             }
         });
+    }
+
+    /// Sends this member's addresses to every other member (not only a leader): one that
+    /// is not the leader answers no, but calls this member at its new address from then on
+    /// (`PeerClients::note_moved`), so it can win an election and commit the announce.
+    async fn announce_to_every_member(&self) {
+        let me = self.id();
+        let (addr, join_addr) = (
+            self.cfg().rpc_addr.to_string(),
+            self.cfg().join_addr.to_string(),
+        );
+        let others: Vec<(NodeId, String)> = self
+            .raft()
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .nodes()
+            .filter(|(id, _)| **id != me)
+            .map(|(id, n)| (*id, n.addr.clone()))
+            .collect();
+        let calls = others.into_iter().map(|(id, at)| {
+            let req = PeerRequest::SetAddr {
+                id: me,
+                addr: addr.clone(),
+                join_addr: join_addr.clone(),
+            };
+            async move { self.forward(id, &at, req, ANNOUNCE_RETRY).await }
+        });
+        // Answers do not matter: a leader among them commits it, the others only note it.
+        let _ = futures::future::join_all(calls).await;
     }
 
     /// Leader side of an announce from member `peer` (others forward to the leader).
@@ -148,27 +184,31 @@ impl ClusterNode {
             a.parse::<SocketAddr>()
                 .map_err(|_| format!("address {a:?} is not ip:port"))?;
         }
-        if !self.is_leader() {
-            return Err("not the leader; send it to the leader".into());
-        }
         if addr_is_loopback(&addr) && self.others_remote(id) {
             return Err(format!(
                 "member {id} cannot move to the loopback address {addr}: members on other hosts \
                  could never reach it"
             ));
         }
-        let role = self
-            .read(|s| s.members.get(&id).map(|m| m.role))
-            .ok_or_else(|| format!("no member {id}"))?;
-        let in_raft = self
+        let known = self
             .raft()
             .metrics()
             .borrow()
             .membership_config
             .membership()
             .get_node(&id)
-            .is_some();
-        if in_raft {
+            .map(|n| n.addr.clone());
+        if !self.is_leader() {
+            // Reach it there until a leader commits the address (see `note_moved`).
+            if let Some(old) = known {
+                self.clients.note_moved(id, old, addr);
+            }
+            return Err("not the leader; send it to the leader".into());
+        }
+        let role = self
+            .read(|s| s.members.get(&id).map(|m| m.role))
+            .ok_or_else(|| format!("no member {id}"))?;
+        if known.is_some() {
             // Only the node entry changes (same voters): raft reaches it at the new address.
             self.raft()
                 .change_membership(

@@ -244,3 +244,99 @@ async fn of_two_members_a_follower_comes_back_on_a_new_address() {
 async fn of_two_members_the_leader_comes_back_on_a_new_address() {
     back_on_a_new_address_after_a_power_off(true, ["127.0.0.84", "127.0.0.85", "127.0.0.86"]).await;
 }
+
+/// Two members after a site power cut: the one that led had appended an entry no quorum has
+/// (its partner was already off), both go down, and the partner comes back on a new address.
+/// Neither can lead alone: the partner's vote is refused (its log is behind), and the one that
+/// stayed campaigns at the partner's old address. Nobody leads, so no leader can take the
+/// announce: the one that stayed must learn the new address from the partner itself, win
+/// its election there, and then commit the announce.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn of_two_members_the_one_behind_comes_back_on_a_new_address_after_both_went_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = ClusterNode::create(config(dir.path(), "127.0.0.87", "a"))
+        .await
+        .expect("create");
+    let t = a
+        .issue_join_token(Role::Data, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let b = ClusterNode::join(config(dir.path(), "127.0.0.88", "b"), &t, a.cfg_join_addr())
+        .await
+        .expect("join");
+    let id = b.id();
+    let mut tries = 0;
+    while wait_leader(&[&a, &b], Duration::from_secs(20)).await != a.id() {
+        tries += 1;
+        assert!(tries <= 10, "a never won an election");
+        a.raft()
+            .trigger()
+            .elect()
+            .await
+            .expect("trigger an election");
+        let t0 = std::time::Instant::now();
+        while t0.elapsed() < Duration::from_secs(3) && a.leader() != Some(a.id()) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    assert_eq!(a.propose(vdisk("before")).await.unwrap(), CommandResult::Ok);
+
+    // b goes off; a appends an entry that cannot commit, then goes off too.
+    let mut b_cfg = b.cfg().clone();
+    b.shutdown().await;
+    drop(b);
+    let a2 = a.clone();
+    let pending = tokio::spawn(async move { a2.propose(vdisk("while-away")).await });
+    wait_for(
+        "a's log holding an entry no quorum has",
+        Duration::from_secs(20),
+        || {
+            let m = a.raft().metrics().borrow().clone();
+            m.last_log_index > m.last_applied.map(|l| l.index)
+        },
+    )
+    .await;
+    let a_cfg = a.cfg().clone();
+    a.shutdown().await;
+    pending.abort();
+    drop(a);
+
+    // Power returns: b first, on a new address, and campaigns while a is still off (so a,
+    // once back, sees a newer term and does not simply go on leading); then a.
+    b_cfg.rpc_addr = free_addr("127.0.0.89");
+    b_cfg.join_addr = free_addr("127.0.0.89");
+    let new_addr = b_cfg.rpc_addr.to_string();
+    let back = ClusterNode::open(b_cfg).await.expect("reopen b");
+    wait_for("b campaigning alone", Duration::from_secs(20), || {
+        back.raft().metrics().borrow().current_term > 1
+    })
+    .await;
+    let a = ClusterNode::open(a_cfg).await.expect("reopen a");
+    let want = (Some(new_addr.clone()), Some(new_addr.clone()));
+    wait_for(
+        "both members knowing b's new address",
+        Duration::from_secs(60),
+        || known_at(&a, id) == want && known_at(&back, id) == want,
+    )
+    .await;
+    assert_eq!(
+        back.propose(vdisk("from-moved")).await.unwrap(),
+        CommandResult::Ok
+    );
+    wait_for(
+        "every command on both members",
+        Duration::from_secs(30),
+        || {
+            [&a, &back].iter().all(|n| {
+                n.read(|s| {
+                    ["before", "while-away", "from-moved"]
+                        .iter()
+                        .all(|v| s.vdisks.contains_key(*v))
+                })
+            })
+        },
+    )
+    .await;
+    back.shutdown().await;
+    a.shutdown().await;
+}
