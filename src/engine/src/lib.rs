@@ -119,6 +119,7 @@ pub mod bench;
 pub mod bench_rebuild;
 pub mod bench_resync;
 mod core;
+mod direct;
 mod error;
 mod handle;
 mod ids;
@@ -136,6 +137,7 @@ mod types;
 mod vdisks;
 
 pub use adopt::{SnapRecord, VdiskRecord};
+pub use direct::DirectRead;
 pub use error::{EngineError, ErrorKind, Result};
 pub use handle::{VdiskHandle, MAX_IO_BYTES};
 pub use ids::seed_ids_for_this_thread;

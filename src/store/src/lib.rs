@@ -97,6 +97,7 @@ mod maps;
 mod objmap;
 mod ops;
 mod read;
+pub use read::DirectRun;
 mod recover;
 mod store;
 mod types;

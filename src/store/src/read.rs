@@ -262,6 +262,63 @@ impl Store {
     }
 }
 
+/// Where a read's data lies when a caller reads the device itself ([`Store::direct_plan`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DirectRun {
+    /// The device's descriptor (open as long as the store is).
+    pub fd: std::os::fd::RawFd,
+    /// Byte offset of the first block on the device.
+    pub offset: u64,
+    /// The descriptor is O_DIRECT: buffers must be 512-byte aligned.
+    pub direct: bool,
+}
+
+impl Store {
+    /// For a reader with an io_uring of its own (a VM's queue thread): where the visible
+    /// versions of blocks `block..block + nblocks` lie, if they are one run on an io_uring
+    /// device and every block has data (no hole: holes read as zeros on the ordinary path),
+    /// with each block's checksum pushed to `crcs` in order. None otherwise (`crcs` then holds
+    /// unspecified entries). Reads nothing and changes nothing.
+    ///
+    /// The plan is only a snapshot of the map: a concurrent write, discard or copy may move a
+    /// block and its old place be reused before the caller reads it. The caller must therefore
+    /// check every block it read against `crcs` and, on any mismatch, read again through
+    /// [`Store::read`] (which re-plans) rather than report corruption: `read` treats a
+    /// checksum that still matches as the version's data in the same way.
+    pub fn direct_plan(
+        &self,
+        obj: ObjectId,
+        block: u64,
+        nblocks: u32,
+        at_gen: u64,
+        crcs: &mut impl Extend<u32>,
+    ) -> Option<DirectRun> {
+        let inner = &self.inner;
+        let dev = inner.dev.as_uring()?;
+        if nblocks == 0 || inner.check_ok().is_err() || dev.is_poisoned() {
+            return None;
+        }
+        check_obj_range(block, u64::from(nblocks)).ok()?;
+        let st = inner.state.read();
+        let m = st.maps.objs.get(&obj)?;
+        let mut first = None;
+        for i in 0..u64::from(nblocks) {
+            let v = visible_data(m.get(&(block + i))?, at_gen)?;
+            match first {
+                None => first = Some(v.phys),
+                Some(p) if v.phys == p + i => {}
+                Some(_) => return None,
+            }
+            crcs.extend(std::iter::once(v.crc));
+        }
+        Some(DirectRun {
+            fd: dev.raw_fd(),
+            offset: inner.layout().data_offset(first?),
+            direct: dev.is_direct(),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

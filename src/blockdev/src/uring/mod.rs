@@ -64,6 +64,8 @@ const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
 pub struct UringDevice {
     info: DeviceInfo,
     ring: Arc<Ring>,
+    /// The file's descriptor (the ring owns the file, so it stays open as long as we live).
+    fd: std::os::fd::RawFd,
     direct: bool,
     block_device: bool,
     poisoned: AtomicBool,
@@ -176,6 +178,7 @@ impl UringDevice {
             ));
         }
         let depth = opts.queue_depth.clamp(1, 4096).next_power_of_two();
+        let fd = file.as_raw_fd();
         let ring = Ring::start(file, depth).map_err(|e| err("io_uring setup", e))?;
         let name = if direct {
             name
@@ -189,6 +192,7 @@ impl UringDevice {
                 supports_discard: true,
             },
             ring,
+            fd,
             direct,
             block_device,
             poisoned: AtomicBool::new(false),
@@ -199,6 +203,14 @@ impl UringDevice {
     /// page pinning); false if the kernel refused the registration.
     pub fn has_fixed_buffers(&self) -> bool {
         self.ring.fixed_buffers().is_some()
+    }
+
+    /// The open file's descriptor, for a reader with an io_uring of its own (a VM's queue
+    /// thread reading verified data straight into guest memory). Valid while this device
+    /// lives; whoever uses it must keep the device alive until its requests completed, and
+    /// must not write through it (the device owns every write and flush).
+    pub fn raw_fd(&self) -> std::os::fd::RawFd {
+        self.fd
     }
 
     /// False if the file system refused O_DIRECT and the device uses the page cache.
