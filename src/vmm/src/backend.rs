@@ -124,6 +124,13 @@ pub trait AsyncDisk: Send + Sync {
         let _ = (offset, len);
         None
     }
+    /// The engine virtual disk behind this disk, if it is one: virtio-blk then reads the
+    /// plain cases straight from a local replica's device on the queue thread's own io_uring
+    /// ([`engine::VdiskHandle::plan_direct_read`]; [`crate::virtio::blk_direct`]), everything
+    /// else through the methods here.
+    fn engine_handle(&self) -> Option<&engine::VdiskHandle> {
+        None
+    }
     /// Writes the first `len` bytes of `buf` at `offset`; gives the buffer back for reuse
     /// when nothing else holds it any more.
     fn write(

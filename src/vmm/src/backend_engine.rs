@@ -97,6 +97,9 @@ impl AsyncDisk for EngineDisk {
             h.read_owned(offset, len as u64).await.map_err(map)
         }))
     }
+    fn engine_handle(&self) -> Option<&VdiskHandle> {
+        Some(&self.handle)
+    }
     fn write(
         &self,
         offset: u64,

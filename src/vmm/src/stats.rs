@@ -34,6 +34,11 @@ pub struct DeviceCounters {
     pub interrupts: AtomicU64,
     /// Requests taken from each queue (multi-queue balance; queue >= 15 counts in the last).
     pub queue_requests: [AtomicU64; QUEUE_STATS],
+    /// Engine disks: reads served straight from a replica's device by the queue thread (also
+    /// counted in `read_ops`), and ones it tried and handed to the engine's ordinary path
+    /// (counted there when they complete).
+    pub direct_reads: AtomicU64,
+    pub direct_fallbacks: AtomicU64,
 }
 
 /// A snapshot of [`DeviceCounters`].
@@ -62,6 +67,10 @@ pub struct DeviceStats {
     /// Requests taken from each queue, by queue index (trailing idle queues left out).
     #[serde(default)]
     pub queue_requests: Vec<u64>,
+    /// Engine disks: reads (of `read_ops`) the queue thread served straight from a replica's
+    /// device, every block checked against the engine's checksum.
+    #[serde(default)]
+    pub direct_reads: u64,
 }
 
 impl DeviceCounters {
@@ -98,6 +107,7 @@ impl DeviceCounters {
             errors: l(&self.errors),
             mean_latency_ns: l(&self.latency_ns_total).checked_div(ops).unwrap_or(0),
             interrupts: l(&self.interrupts),
+            direct_reads: l(&self.direct_reads),
             queue_requests: {
                 let mut q: Vec<u64> = self.queue_requests.iter().map(l).collect();
                 while q.last() == Some(&0) {

@@ -687,8 +687,9 @@ pub struct Blk {
     workers: Vec<Worker>,
     pools: Vec<super::blk_pool::Pool>,
     asyncs: Vec<(Worker, Arc<AsyncQueue>)>,
-    /// Per queue, the io_uring of a disk that is a host file ([`super::blk_uring`]); empty
-    /// for other disks or if the kernel refused the rings (then lanes serve the file).
+    /// Per queue, the io_uring of a disk that is a host file ([`super::blk_uring`]) or an
+    /// engine disk (direct reads, [`super::blk_direct`]); empty for other disks or if the
+    /// kernel refused the rings (then lanes serve the file, the engine serves every read).
     rings: Vec<super::blk_uring::RingHome>,
     config: [u8; 60],
 }
@@ -710,12 +711,25 @@ impl Blk {
         config[52..56].copy_from_slice(&1u32.to_le_bytes());
         config[56] = 1;
         // Made here, outside the sandbox: a device thread may not set up rings.
-        let rings: Option<Vec<_>> = cfg.backend.host_file().and_then(|f| {
+        // An engine disk's queues get rings without a file, for direct reads
+        // ([`super::blk_direct`]).
+        let engine = cfg
+            .backend
+            .as_async()
+            .is_some_and(|a| a.engine_handle().is_some());
+        let rings: Option<Vec<_>> = if engine {
             (0..cfg.queues)
-                .map(|_| super::blk_uring::QueueRing::new(f.clone(), cfg.queue_size))
+                .map(|_| super::blk_uring::QueueRing::unbound(cfg.queue_size))
                 .map(|r| r.map(|r| Arc::new(parking_lot::Mutex::new(Some(r)))))
                 .collect()
-        });
+        } else {
+            cfg.backend.host_file().and_then(|f| {
+                (0..cfg.queues)
+                    .map(|_| super::blk_uring::QueueRing::new(f.clone(), cfg.queue_size))
+                    .map(|r| r.map(|r| Arc::new(parking_lot::Mutex::new(Some(r)))))
+                    .collect()
+            })
+        };
         Self {
             backend: cfg.backend.clone(),
             id: cfg.id.clone(),
@@ -745,6 +759,12 @@ impl Blk {
                 .map_err(io_err("clone queue eventfd"))?;
             let irq = aq.irq;
             let limit = usize::from(aq.queue.size());
+            let direct = match (disk.engine_handle(), self.rings.get(usize::from(aq.index))) {
+                (Some(h), Some(home)) => {
+                    super::blk_direct::DirectReads::new(home.clone(), h.clone())
+                }
+                _ => None,
+            };
             let q = AsyncQueue::new(
                 aq.queue,
                 QueueSetup {
@@ -771,7 +791,7 @@ impl Blk {
                 },
                 aq.notify,
                 ASYNC_POLL_MAX,
-                PolledAsyncQueue(q.clone()),
+                PolledAsyncQueue::new(q.clone(), direct),
             )?;
             self.asyncs.push((w, q));
         }

@@ -22,6 +22,7 @@
 //! after `close` returned.
 
 use super::blk::{parse, Chain, Outcome, Req, SERIAL_BYTES, S_OK};
+use super::blk_direct::DirectReads;
 use super::blk_driver::{drive, Driver, ReqFuture};
 use crate::backend::AsyncDisk;
 use crate::memory::GuestMemoryMmap;
@@ -193,11 +194,11 @@ const KEEP_BUF_BYTES: usize = 128 << 10;
 /// A request in flight. Finishing it stages the outcome for the used ring; dropping it
 /// unfinished (its task was cancelled, e.g. the runtime shut down) completes it with IOERR and
 /// publishes, so every request taken from the ring is answered and counted out exactly once.
-struct InFlight {
+pub(super) struct InFlight {
     q: Arc<AsyncQueue>,
     head: u16,
-    chain: Chain,
-    start: Instant,
+    pub(super) chain: Chain,
+    pub(super) start: Instant,
     /// The write epoch to end (writes, discards, write-zeroes).
     epoch: Option<u64>,
     /// A flush's target: the epoch whose writes it waits for.
@@ -206,10 +207,15 @@ struct InFlight {
 }
 
 impl InFlight {
+    /// Guest memory (mapped while the request lives).
+    pub(super) fn mem(&self) -> &GuestMemoryMmap {
+        &self.q.mem
+    }
+
     /// Writes `data` (reads, GET_ID) and the status into the chain and stages the completion;
     /// [`AsyncQueue::publish`] puts it on the used ring. Nothing touches guest memory once the
     /// queue is closed (the request is then only counted out).
-    fn finish(&mut self, out: Outcome, data: Option<&[u8]>) {
+    pub(super) fn finish(&mut self, out: Outcome, data: Option<&[u8]>) {
         self.finish_with(out, data.map(Data::Bytes));
     }
 
@@ -425,7 +431,7 @@ impl AsyncQueue {
 
     /// Puts every staged completion on the used ring and raises at most one interrupt (none
     /// if the event index or NO_INTERRUPT say so), then counts them out.
-    fn publish(&self) {
+    pub(super) fn publish(&self) {
         let n = {
             let live = self.live.read();
             let mut q = self.queue.lock();
@@ -489,6 +495,15 @@ impl AsyncQueue {
     /// Takes every available chain (up to the in-flight limit), parses it and starts it, with
     /// guest notifications left off; returns whether it took any.
     pub fn take_available(self: &Arc<Self>) -> bool {
+        self.take_available_with(None)
+    }
+
+    /// [`AsyncQueue::take_available`], reading what it can through `direct` (the queue
+    /// thread's own ring; see [`super::blk_direct`]).
+    pub(super) fn take_available_with(
+        self: &Arc<Self>,
+        mut direct: Option<&mut DirectReads>,
+    ) -> bool {
         let mem = self.mem.clone();
         let mut staged = false;
         let mut took = false;
@@ -519,7 +534,7 @@ impl AsyncQueue {
                 &mem,
                 chain.map(|d| (d.addr().0, d.len(), d.is_write_only())),
             ) {
-                Ok(c) => match self.submit(head, c, start) {
+                Ok(c) => match self.submit(head, c, start, direct.as_deref_mut()) {
                     Some(d) => handed[d] = true,
                     None => staged = true,
                 },
@@ -533,6 +548,9 @@ impl AsyncQueue {
             q = self.queue.lock();
         }
         drop(q);
+        if let Some(d) = direct {
+            d.submit();
+        }
         for (d, _) in self.drivers.iter().zip(handed).filter(|(_, h)| *h) {
             d.kick();
         }
@@ -557,8 +575,15 @@ impl AsyncQueue {
     }
 
     /// Parses one chain; answers it here if no disk I/O is needed (returns None, the caller
-    /// publishes), else hands it to a driver (returns the driver's index; the caller kicks it).
-    fn submit(self: &Arc<Self>, head: u16, chain: Chain, start: Instant) -> Option<usize> {
+    /// publishes), starts a read on `direct` if it can (returns None, nothing to publish yet),
+    /// else hands it to a driver (returns the driver's index; the caller kicks it).
+    fn submit(
+        self: &Arc<Self>,
+        head: u16,
+        chain: Chain,
+        start: Instant,
+        direct: Option<&mut DirectReads>,
+    ) -> Option<usize> {
         let req = parse(&self.mem, &chain, self.size, self.read_only);
         // The order is fixed here, in ring order: writes join the current epoch, a flush
         // closes it and later waits for it.
@@ -588,12 +613,30 @@ impl AsyncQueue {
                 job.finish(Outcome::ok(len as u64), Some(&serial[..len]));
                 None
             }
-            _ => {
-                let n = self.next_driver.fetch_add(1, Relaxed) % self.drivers.len();
-                self.drivers[n].push((job, req));
-                Some(n)
-            }
+            Req::Read { off, len } => match direct {
+                Some(d) => d.start(job, off, len).map(|job| self.hand_over(job, req)),
+                None => Some(self.hand_over(job, req)),
+            },
+            _ => Some(self.hand_over(job, req)),
         }
+    }
+
+    /// Gives a parsed request to the next driver; returns its index (the caller kicks it).
+    fn hand_over(&self, job: InFlight, req: Req) -> usize {
+        let n = self.next_driver.fetch_add(1, Relaxed) % self.drivers.len();
+        self.drivers[n].push((job, req));
+        n
+    }
+
+    /// Runs a read on the disk's ordinary path (a direct read that did not verify).
+    pub(super) fn redo_read(&self, job: InFlight, off: u64, len: usize) {
+        let n = self.hand_over(job, Req::Read { off, len });
+        self.drivers[n].kick();
+    }
+
+    /// The device's counters.
+    pub(super) fn counters(&self) -> &DeviceCounters {
+        &self.counters
     }
 
     /// Stops taking part in the device: waits up to `timeout` for every request in flight to
@@ -617,27 +660,55 @@ impl AsyncQueue {
     }
 }
 
-/// The queue thread's side of an [`AsyncQueue`] ([`super::Worker::spawn_polled`]); stops the
-/// queue's drivers when dropped, i.e. when the queue thread ends (reset, VM deleted).
-pub struct PolledAsyncQueue(pub Arc<AsyncQueue>);
+/// The queue thread's side of an [`AsyncQueue`] ([`super::Worker::spawn_polled`]), with the
+/// thread's own ring for direct reads when the disk has them; stops the queue's drivers when
+/// dropped, i.e. when the queue thread ends (reset, VM deleted), after every direct read the
+/// kernel still has completed.
+pub struct PolledAsyncQueue {
+    q: Arc<AsyncQueue>,
+    direct: Option<DirectReads>,
+}
+
+impl PolledAsyncQueue {
+    /// The thread's side of `q`, reading through `direct` where it can.
+    pub fn new(q: Arc<AsyncQueue>, direct: Option<DirectReads>) -> Self {
+        Self { q, direct }
+    }
+}
 
 impl super::PolledQueue for PolledAsyncQueue {
     fn serve(&mut self) -> bool {
-        self.0.take_available()
+        // Completions first: they free slots (and in-flight room) for the chains.
+        let reaped = self.direct.as_mut().is_some_and(|d| d.reap(&self.q));
+        self.q.take_available_with(self.direct.as_mut()) || reaped
     }
 
     fn pending(&mut self) -> bool {
-        self.0.pending()
+        self.direct
+            .as_mut()
+            .is_some_and(DirectReads::completions_ready)
+            || self.q.pending()
     }
 
     fn arm(&mut self) -> bool {
-        self.0.arm()
+        self.q.arm()
+    }
+
+    fn completion_fd(&self) -> Option<std::os::fd::RawFd> {
+        self.direct.as_ref().map(DirectReads::completion_fd)
+    }
+
+    fn settle(&mut self) -> bool {
+        self.direct.as_mut().is_some_and(DirectReads::settle)
     }
 }
 
 impl Drop for PolledAsyncQueue {
     fn drop(&mut self) {
-        self.0.stop_drivers();
+        if let Some(d) = self.direct.as_mut() {
+            d.drain(&self.q);
+        }
+        self.q.stop_drivers();
     }
 }
 

@@ -42,21 +42,37 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestMemoryBackend};
 use vmm_sys_util::eventfd::EventFd;
 
-/// One queue's io_uring: the file as fixed file 0 and an eventfd signalled on each completion.
+/// One queue's io_uring: the file as fixed file 0 (or no file, for a ring that reads devices
+/// given per request: [`super::blk_direct`]) and an eventfd signalled on each completion.
 pub struct QueueRing {
     // Declared before the file: the ring (and its reference to the fixed file) goes first.
-    ring: IoUring,
-    efd: EventFd,
-    slots: usize,
+    pub(super) ring: IoUring,
+    pub(super) efd: EventFd,
+    pub(super) slots: usize,
     /// The file was opened O_DIRECT: buffers must be 512-byte aligned.
     direct: bool,
-    _file: Arc<File>,
+    _file: Option<Arc<File>>,
 }
 
 impl QueueRing {
     /// A ring for a queue of `queue_size` on `file`; None if the kernel refuses io_uring (the
     /// queue then uses the lanes path).
     pub fn new(file: Arc<File>, queue_size: u16) -> Option<QueueRing> {
+        let mut r = Self::unbound(queue_size)?;
+        r.ring
+            .submitter()
+            .register_files(&[file.as_raw_fd()])
+            .ok()?;
+        // SAFETY: F_GETFL on a descriptor we hold open; no memory is passed.
+        let flags = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) };
+        r.direct = flags >= 0 && flags & libc::O_DIRECT != 0;
+        r._file = Some(file);
+        Some(r)
+    }
+
+    /// A ring for a queue of `queue_size` with no file of its own; None if the kernel refuses
+    /// io_uring.
+    pub fn unbound(queue_size: u16) -> Option<QueueRing> {
         let depth = u32::from(queue_size.max(1)).next_power_of_two();
         let ring = match IoUring::builder()
             .setup_cqsize(depth * 2)
@@ -71,18 +87,55 @@ impl QueueRing {
                 .ok()?,
             r => r.ok()?,
         };
-        ring.submitter().register_files(&[file.as_raw_fd()]).ok()?;
         let efd = EventFd::new(libc::EFD_NONBLOCK).ok()?;
         ring.submitter().register_eventfd(efd.as_raw_fd()).ok()?;
-        // SAFETY: F_GETFL on a descriptor we hold open; no memory is passed.
-        let flags = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) };
         Some(QueueRing {
             ring,
             efd,
             slots: depth as usize,
-            direct: flags >= 0 && flags & libc::O_DIRECT != 0,
-            _file: file,
+            direct: false,
+            _file: None,
         })
+    }
+
+    /// Whether the kernel has a completion for the ring's thread to collect (or to finish
+    /// first, COOP_TASKRUN).
+    pub(super) fn completions_ready(&mut self) -> bool {
+        self.ring.submission().taskrun() || !self.ring.completion().is_empty()
+    }
+
+    /// Hands the queued entries to the kernel. If it takes none now (no memory), they stay
+    /// queued and the next submit or reap takes them.
+    pub(super) fn submit(&mut self) {
+        for _ in 0..3 {
+            match self.ring.submit() {
+                Ok(_) => break,
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+                Err(_) => break,
+            }
+        }
+    }
+
+    /// Finishes the kernel's pending work on this thread (entries left queued go in with it)
+    /// and moves every posted completion, as (user data, result), into `done`.
+    pub(super) fn collect(&mut self, done: &mut Vec<(usize, i32)>) {
+        let queued = !self.ring.submission().is_empty();
+        if queued || self.ring.submission().taskrun() {
+            let _ = self.ring.submit();
+        }
+        done.extend(
+            self.ring
+                .completion()
+                .map(|c| (c.user_data() as usize, c.result())),
+        );
+    }
+
+    /// Waits for at least one completion; false if the ring cannot be waited on.
+    pub(super) fn wait_one(&mut self) -> bool {
+        match self.ring.submit_and_wait(1) {
+            Ok(_) => true,
+            Err(e) => matches!(e.raw_os_error(), Some(libc::EINTR | libc::EAGAIN)),
+        }
     }
 
     /// The eventfd that becomes readable when a completion is posted.
@@ -265,7 +318,7 @@ impl UringQueue {
         let Some(r) = self.ring.as_mut() else {
             return false;
         };
-        self.in_kernel > 0 && (r.ring.submission().taskrun() || !r.ring.completion().is_empty())
+        self.in_kernel > 0 && r.completions_ready()
     }
 
     /// Takes every chain available (while a slot is free), starts reads, writes and flushes on
@@ -400,17 +453,10 @@ impl UringQueue {
         Ok(())
     }
 
-    /// Hands the queued entries to the kernel. If it takes none now (no memory), they stay
-    /// queued and the next submit or reap takes them.
+    /// Hands the queued entries to the kernel.
     fn submit(&mut self) {
         if let Some(r) = self.ring.as_mut() {
-            for _ in 0..3 {
-                match r.ring.submit() {
-                    Ok(_) => break,
-                    Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
-                    Err(_) => break,
-                }
-            }
+            r.submit();
         }
     }
 
@@ -423,18 +469,8 @@ impl UringQueue {
         if self.in_kernel == 0 {
             return false;
         }
-        // The flag says the kernel has completions to finish on this thread (COOP_TASKRUN);
-        // entries left queued by a failed submit go in with it.
-        let queued = !r.ring.submission().is_empty();
-        if queued || r.ring.submission().taskrun() {
-            let _ = r.ring.submit();
-        }
         let mut done = std::mem::take(&mut self.done);
-        done.extend(
-            r.ring
-                .completion()
-                .map(|c| (c.user_data() as usize, c.result())),
-        );
+        r.collect(&mut done);
         let mut published = false;
         for &(idx, res) in &done {
             published |= self.finish(idx, res);
@@ -515,13 +551,9 @@ impl Drop for UringQueue {
             let Some(r) = self.ring.as_mut() else {
                 return;
             };
-            match r.ring.submit_and_wait(1) {
-                Ok(_) => {}
-                Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR | libc::EAGAIN)) => {}
-                Err(_) => {
-                    std::mem::forget(self.ring.take());
-                    return;
-                }
+            if !r.wait_one() {
+                std::mem::forget(self.ring.take());
+                return;
             }
             published |= self.reap();
         }

@@ -6,6 +6,9 @@ pub mod blk;
 pub mod blk_async;
 #[cfg(test)]
 mod blk_async_tests;
+pub mod blk_direct;
+#[cfg(test)]
+mod blk_direct_tests;
 mod blk_driver;
 pub mod blk_pool;
 #[cfg(test)]
@@ -154,6 +157,17 @@ pub trait PolledQueue: Send + 'static {
     /// Turns guest notifications back on before the thread sleeps; true if requests arrived
     /// in between (the thread then serves them instead of sleeping).
     fn arm(&mut self) -> bool;
+    /// A descriptor that becomes readable when the queue has completions of its own to
+    /// collect (an io_uring's eventfd); the thread sleeps on it too. `serve` collects them
+    /// and `pending` reports them.
+    fn completion_fd(&self) -> Option<RawFd> {
+        None
+    }
+    /// Called just before the thread sleeps: clears the completion descriptor and says
+    /// whether completions are ready after all (the thread then serves instead of sleeping).
+    fn settle(&mut self) -> bool {
+        false
+    }
 }
 
 /// How long a polled queue thread polls, adapted like QEMU's adaptive polling: a guest that
@@ -300,12 +314,14 @@ impl Worker {
         let mut window = PollWindow::new(poll_max);
         // None until the first pass (the one before any kick), which adapts nothing.
         let mut idle_since: Option<Instant> = None;
-        Self::spawn_with(name, env, notify, None, stopping, move |_| {
-            if let Some(t) = idle_since {
+        let extra = queue.completion_fd();
+        Self::spawn_with(name, env, notify, extra, stopping, move |completions| {
+            // Only a kick tells how long the guest stayed away.
+            if let (Some(t), false) = (idle_since, completions) {
                 window.woke_after(t.elapsed());
             }
             idle_since = Some(serve_and_poll(&mut queue, &window, &stopping2));
-            false
+            extra.is_some()
         })
     }
 
@@ -339,6 +355,9 @@ fn serve_and_poll(
         }
         if !took {
             if rearmed || !queue.arm() {
+                if queue.settle() {
+                    continue;
+                }
                 return served;
             }
             rearmed = true;
@@ -360,6 +379,9 @@ fn serve_and_poll(
             continue;
         }
         if !queue.arm() {
+            if queue.settle() {
+                continue;
+            }
             return served;
         }
         rearmed = true;
