@@ -310,7 +310,9 @@ impl ClusterNode {
         Ok(())
     }
 
-    pub(crate) fn is_stopped(&self) -> bool {
+    /// Whether this member was shut down ([`ClusterNode::shutdown`]): nothing it proposes
+    /// commits any more.
+    pub fn is_stopped(&self) -> bool {
         self.stopped.load(std::sync::atomic::Ordering::SeqCst)
     }
 
@@ -472,6 +474,29 @@ impl ClusterNode {
             Some(e) => Error::Indeterminate(e),
             None => last_err,
         })
+    }
+
+    /// A fresh request id for [`Command::Once`], for a caller that proposes a tagged command
+    /// itself so that it can settle an unknown outcome ([`ClusterNode::settle`]).
+    pub fn request_id() -> String {
+        random_hex(16)
+    }
+
+    /// Settles the outcome of tagged command `request` ([`Command::Once`]) after its proposal
+    /// ended without a definite answer (`Error::Indeterminate`, or the caller gave up waiting):
+    /// commits `Once { request, Noop }`. The state machine applies at most one command per id,
+    /// so once this commits the tagged command can never apply any more, even if a copy of it
+    /// is still on its way to a leader. Returns the result recorded for the id: the tagged
+    /// command's own if it applied first, else the no-op's `CommandResult::Ok` (a caller whose
+    /// command can itself answer `Ok` cannot tell the two apart: use it for commands that
+    /// answer something else). Err: this fence's own outcome is unknown (no quorum in time);
+    /// calling again with the same id settles the same way.
+    pub async fn settle(&self, request: &str) -> Result<CommandResult, Error> {
+        self.propose(Command::Once {
+            request: request.to_string(),
+            cmd: Box::new(Command::Noop),
+        })
+        .await
     }
 
     /// Commits on this node only if it is the leader (used by the peer handler so forwarded

@@ -162,3 +162,52 @@ async fn a_fresh_read_on_a_follower_sees_what_the_leader_just_committed() {
         n.shutdown().await;
     }
 }
+
+/// The fence that settles an unknown outcome (`ClusterNode::settle`): a tagged command whose
+/// id was settled first never applies, however late its copy arrives; one that applied first
+/// answers with its own result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_settled_request_never_applies_later_and_an_applied_one_answers_its_result() {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = three_data_members(dir.path(), ["127.0.0.57", "127.0.0.58", "127.0.0.59"]).await;
+    let all: Vec<&Arc<ClusterNode>> = nodes.iter().collect();
+    let leader = wait_leader(&all, Duration::from_secs(20)).await;
+    let via = nodes.iter().find(|n| n.id() != leader).unwrap().clone();
+    let once = |id: &str, cmd: Command| Command::Once {
+        request: id.into(),
+        cmd: Box::new(cmd),
+    };
+
+    // Settled before its command ever reached a leader: the late copy is a no-op.
+    let late = ClusterNode::request_id();
+    assert_eq!(via.settle(&late).await.unwrap(), CommandResult::Ok);
+    assert_eq!(
+        via.propose(once(&late, vdisk("late"))).await.unwrap(),
+        CommandResult::Ok,
+        "the late copy answers the fence's result"
+    );
+    // Applied first: settling answers the command's own result, and changes nothing.
+    assert_eq!(
+        via.propose(vdisk("taken")).await.unwrap(),
+        CommandResult::Ok
+    );
+    let dup = ClusterNode::request_id();
+    let refused = via.propose(once(&dup, vdisk("taken"))).await.unwrap();
+    assert!(matches!(refused, CommandResult::Rejected(_)), "{refused:?}");
+    assert_eq!(via.settle(&dup).await.unwrap(), refused);
+    assert_eq!(
+        via.settle(&dup).await.unwrap(),
+        refused,
+        "settles alike twice"
+    );
+    for n in &nodes {
+        let names = n
+            .read_fresh(|s| s.vdisks.keys().cloned().collect::<Vec<_>>())
+            .await
+            .unwrap();
+        assert_eq!(names, vec!["taken".to_string()], "member {}", n.id());
+    }
+    for n in &nodes {
+        n.shutdown().await;
+    }
+}

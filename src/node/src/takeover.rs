@@ -82,6 +82,7 @@ use crate::NodeInner;
 pub(crate) mod copies;
 mod gather;
 pub(crate) mod manual;
+pub(crate) mod outcome;
 pub(crate) mod peer;
 pub(crate) mod vm_move;
 

@@ -18,6 +18,10 @@
 //!    (`ClusterState::handed_over`): the isolation lease (`crate::lease`) then knows the disk's
 //!    new assignment is no takeover of this node and keeps serving its other disks — from the
 //!    replicated state, so also after a restart of this node before its old copy is dropped.
+//!    A commit whose answer is lost is settled by the cluster (`super::outcome`) before this
+//!    node acts: it hands the disk over only if the move committed, and keeps it only if the
+//!    move can no longer commit; while the cluster cannot say, it hands nothing over (the
+//!    exports it stopped stay stopped), and finishes the step in the background once it can.
 //! 4. Tell the target the holder stopped (`Call::Released`): it adopts at its next takeover tick
 //!    without the isolation lease's hold (that hold guards against an owner serving behind a
 //!    partition; this one said it stopped, and committed the move itself). The adoption fences
@@ -29,13 +33,14 @@
 //! Must never: move a disk out from under a running guest, move it when the target could not
 //! gather every chunk, or leave it served by both nodes.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cluster::{Command, CommandResult, MemberState, NodeHealth, Role};
+use cluster::{Command, MemberState, NodeHealth, Role};
 use control::{ControlError, ErrorCode, VdiskView};
 
+use super::outcome::Outcome;
 use super::peer::{self, Call, STEP_TIMEOUT};
-use super::PROPOSE_TIMEOUT;
 use crate::NodeInner;
 
 /// How long the holder waits for the target to serve the moved disk.
@@ -77,7 +82,7 @@ pub(crate) fn target_of(
 
 /// The holder's side (see the module docs). Ok: the target serves the disk (its view).
 pub(crate) async fn move_out(
-    inner: &NodeInner,
+    inner: &Arc<NodeInner>,
     name: &str,
     to: u64,
     force: bool,
@@ -166,34 +171,76 @@ pub(crate) async fn move_out(
             record: true,
             unused_outdated: super::copies::unused_outdated(&m, &[vid]).await,
         };
-        let r = tokio::time::timeout(PROPOSE_TIMEOUT, m.propose(cmd)).await;
-        match r {
-            Ok(Ok(CommandResult::PlacementVersion(epoch))) => epoch,
-            other => {
-                // Not committed (or unknown): this node keeps the disk. An unknown outcome is
-                // settled by the cluster state: if it did commit, the takeover tick sees it.
-                let committed = m
-                    .read_fresh(|s| !s.vdisks.contains_key(&id))
-                    .await
-                    .unwrap_or(false);
-                if !committed {
-                    let why = match other {
-                        Ok(Ok(CommandResult::Rejected(why))) => {
-                            return Err(conflict(format!("the cluster refused the move: {why}")))
+        match super::outcome::commit(&m, cmd).await {
+            Outcome::Moved(epoch) => epoch,
+            Outcome::Refused(why) => {
+                return Err(conflict(format!("the cluster refused the move: {why}")))
+            }
+            Outcome::NotMoved(why) => {
+                return Err(ControlError::new(
+                    ErrorCode::Unavailable,
+                    format!("moving {name} was not committed ({why}); it stays here"),
+                ))
+            }
+            Outcome::Unknown { request, why } => {
+                // The disk stays unexported here until the cluster says what happened.
+                let (inner, m2, name2, tname2) =
+                    (inner.clone(), m.clone(), name.to_string(), tname.clone());
+                super::outcome::settle_later(
+                    m.clone(),
+                    request,
+                    why.clone(),
+                    move |o| async move {
+                        match o {
+                            Outcome::Moved(epoch) => {
+                                handed_over(&inner, &name2, to, &tname2, epoch);
+                                if let Err(e) = wait_served(
+                                    &m2,
+                                    to,
+                                    &tname2,
+                                    std::slice::from_ref(&name2),
+                                    epoch,
+                                )
+                                .await
+                                {
+                                    tracing::warn!(vdisk = %name2, error = %e.message, "planned move");
+                                }
+                            }
+                            other => tracing::warn!(
+                                vdisk = %name2,
+                                outcome = ?other,
+                                "planned move did not happen: the disk stays on this node"
+                            ),
                         }
-                        Ok(Ok(o)) => format!("{o:?}"),
-                        Ok(Err(e)) => e.to_string(),
-                        Err(_) => "no commit in time".into(),
-                    };
-                    return Err(ControlError::new(
-                        ErrorCode::Unavailable,
-                        format!("moving {name} was not committed ({why}); it stays here"),
-                    ));
-                }
-                m.read(|s| s.placement.version)
+                    },
+                );
+                return Err(ControlError::new(
+                    ErrorCode::Unavailable,
+                    format!(
+                        "whether moving {name} to {tname} committed is not known yet ({why}); \
+                         this node finds out as soon as the cluster answers, then hands the \
+                         disk over if it did or keeps it if not (`cairn vdisk list` shows \
+                         where it is)"
+                    ),
+                ));
             }
         }
     };
+    handed_over(inner, name, to, &tname, epoch);
+    let mut views = wait_served(&m, to, &tname, &[name.to_string()], epoch).await?;
+    tracing::warn!(
+        vdisk = %name,
+        to,
+        took_ms = started.elapsed().as_millis() as u64,
+        "planned move done: the target serves the disk"
+    );
+    views
+        .pop()
+        .ok_or_else(|| ControlError::internal("the target's view of the disk is missing"))
+}
+
+/// Logs and records (node event) that virtual disk `name` was handed over to `to` at `epoch`.
+fn handed_over(inner: &NodeInner, name: &str, to: u64, tname: &str, epoch: u64) {
     tracing::warn!(vdisk = %name, to, epoch, "planned move committed; the target adopts the disk");
     crate::events::record(
         inner,
@@ -205,16 +252,6 @@ pub(crate) async fn move_out(
              (epoch {epoch}); this node stopped serving it"
         ),
     );
-    let mut views = wait_served(&m, to, &tname, &[name.to_string()], epoch).await?;
-    tracing::warn!(
-        vdisk = %name,
-        to,
-        took_ms = started.elapsed().as_millis() as u64,
-        "planned move done: the target serves the disk"
-    );
-    views
-        .pop()
-        .ok_or_else(|| ControlError::internal("the target's view of the disk is missing"))
 }
 
 /// After a planned move of `names` to member `to` committed (at `epoch`): tell `to` this node

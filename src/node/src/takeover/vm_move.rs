@@ -14,6 +14,9 @@
 //!    isolation lease of this node stays valid, also after a restart) and the VM too
 //!    (`ClusterState::vms_handed_over`: the target reports it received the VM by a move, not
 //!    that it took it over from a lost node).
+//!    A commit whose answer is lost is settled by the cluster (`super::outcome`): the VM stays
+//!    claimed (no start here) until the cluster says whether the move committed, in the
+//!    background if that takes long; then step 4 runs, or the claim is given up.
 //! 4. Forget the VM here, tell the target every disk was released and wait (bounded) until it
 //!    serves them all (`super::manual::wait_served`) and has defined the VM
 //!    (`crate::harestart` defines it from the recorded definition once its disks are served);
@@ -22,14 +25,15 @@
 //! Must never: move a running or paused guest, move part of a VM (one command moves it whole),
 //! or leave the VM startable on both nodes.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cluster::{Command, CommandResult, VmPower};
+use cluster::{Command, VmPower};
 use control::{ControlError, ErrorCode, VmView};
 
 use super::manual::{conflict, copies_in_sync, members_up, wait_served};
+use super::outcome::Outcome;
 use super::peer::{self, Call, STEP_TIMEOUT};
-use super::PROPOSE_TIMEOUT;
 use crate::NodeInner;
 
 /// How long the VM's node waits for the target to define the VM once its disks are served.
@@ -37,7 +41,7 @@ const DEFINE_WAIT: Duration = Duration::from_secs(60);
 
 /// The VM's node's side (see the module docs). Ok: the target's view of the VM.
 pub(crate) async fn move_vm_out(
-    inner: &NodeInner,
+    inner: &Arc<NodeInner>,
     name: &str,
     to: u64,
 ) -> Result<VmView, ControlError> {
@@ -136,28 +140,49 @@ pub(crate) async fn move_vm_out(
 
     inner.vms.claim_for_move(name).await?;
     let started = Instant::now();
-    let r = commit(inner, &m, name, &id, to, &moving).await;
-    let epoch = match r {
-        Ok(epoch) => epoch,
+    let epoch = match commit(inner, &m, name, &id, to, &moving).await {
+        Ok(Outcome::Moved(epoch)) => epoch,
+        Ok(Outcome::Refused(why)) => {
+            inner.vms.unclaim(name);
+            return Err(conflict(format!("the cluster refused the move: {why}")));
+        }
+        Ok(Outcome::NotMoved(why)) => {
+            inner.vms.unclaim(name);
+            return Err(ControlError::new(
+                ErrorCode::Unavailable,
+                format!("moving VM {name} was not committed ({why}); it stays here"),
+            ));
+        }
+        Ok(Outcome::Unknown { request, why }) => {
+            // Still claimed: it must not start here while it may be the target's.
+            let (inner2, m2, name2, tname2) =
+                (inner.clone(), m.clone(), name.to_string(), tname.clone());
+            super::outcome::settle_later(m.clone(), request, why.clone(), move |o| async move {
+                if let Outcome::Moved(epoch) = o {
+                    handed_over(&inner2, &name2, to, &tname2, &moving, epoch).await;
+                    if let Err(e) = wait_served(&m2, to, &tname2, &moving, epoch).await {
+                        tracing::warn!(vm = %name2, error = %e.message, "planned VM move");
+                    }
+                } else {
+                    tracing::warn!(vm = %name2, outcome = ?o, "planned VM move did not happen: the VM stays here");
+                    inner2.vms.unclaim(&name2);
+                }
+            });
+            return Err(ControlError::new(
+                ErrorCode::Unavailable,
+                format!(
+                    "whether moving VM {name} to {tname} committed is not known yet ({why}); \
+                     the VM cannot start here until this node finds out, as soon as the cluster \
+                     answers: it then hands the VM over if the move committed, or keeps it"
+                ),
+            ));
+        }
         Err(e) => {
             inner.vms.unclaim(name);
             return Err(e);
         }
     };
-    tracing::warn!(vm = %name, to, epoch, disks = ?moving, "planned VM move committed");
-    if let Err(e) = inner.vms.forget(name).await {
-        tracing::warn!(vm = %name, error = %e.message, "planned VM move: forgetting the VM here");
-    }
-    crate::events::record(
-        inner,
-        "info",
-        "vm_move",
-        name,
-        format!(
-            "VM {name} handed over to member {tname} ({to}) with its virtual disks {moving:?} \
-             by a planned move (epoch {epoch}); it is no longer defined on this node"
-        ),
-    );
+    handed_over(inner, name, to, &tname, &moving, epoch).await;
     wait_served(&m, to, &tname, &moving, epoch).await?;
     let deadline = Instant::now() + DEFINE_WAIT;
     loop {
@@ -188,15 +213,16 @@ pub(crate) async fn move_vm_out(
     }
 }
 
-/// Steps 2-3 (see the module docs) with the VM claimed: the placement version of the move.
+/// Steps 2-3 (see the module docs) with the VM claimed: what became of the move. Err: nothing
+/// was proposed.
 async fn commit(
     inner: &NodeInner,
-    m: &cluster::ClusterNode,
+    m: &Arc<cluster::ClusterNode>,
     name: &str,
     id: &str,
     to: u64,
     moving: &[String],
-) -> Result<u64, ControlError> {
+) -> Result<Outcome, ControlError> {
     let view = inner.vms.get_view(name).await?;
     // The definition the target defines the VM from, and "stopped" (a guest that ended on its
     // own may still be recorded as running), committed before the move.
@@ -228,29 +254,30 @@ async fn commit(
         record: true,
         unused_outdated: super::copies::unused_outdated(m, &ids).await,
     };
-    match tokio::time::timeout(PROPOSE_TIMEOUT, m.propose(cmd)).await {
-        Ok(Ok(CommandResult::PlacementVersion(epoch))) => Ok(epoch),
-        Ok(Ok(CommandResult::Rejected(why))) => {
-            Err(conflict(format!("the cluster refused the move: {why}")))
-        }
-        other => {
-            // Unknown outcome: settled by the cluster state.
-            let moved = m
-                .read_fresh(|s| s.vms.get(id).and_then(|v| v.node) == Some(to))
-                .await
-                .unwrap_or(false);
-            if moved {
-                return Ok(m.read(|s| s.placement.version));
-            }
-            let why = match other {
-                Ok(Ok(o)) => format!("{o:?}"),
-                Ok(Err(e)) => e.to_string(),
-                Err(_) => "no commit in time".into(),
-            };
-            Err(ControlError::new(
-                ErrorCode::Unavailable,
-                format!("moving VM {name} was not committed ({why}); it stays here"),
-            ))
-        }
+    Ok(super::outcome::commit(m, cmd).await)
+}
+
+/// Step 4's start, once the move committed at `epoch`: forget the VM here, log and record it.
+async fn handed_over(
+    inner: &NodeInner,
+    name: &str,
+    to: u64,
+    tname: &str,
+    moving: &[String],
+    epoch: u64,
+) {
+    tracing::warn!(vm = %name, to, epoch, disks = ?moving, "planned VM move committed");
+    if let Err(e) = inner.vms.forget(name).await {
+        tracing::warn!(vm = %name, error = %e.message, "planned VM move: forgetting the VM here");
     }
+    crate::events::record(
+        inner,
+        "info",
+        "vm_move",
+        name,
+        format!(
+            "VM {name} handed over to member {tname} ({to}) with its virtual disks {moving:?} \
+             by a planned move (epoch {epoch}); it is no longer defined on this node"
+        ),
+    );
 }

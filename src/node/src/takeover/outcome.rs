@@ -1,0 +1,207 @@
+//! The outcome of a planned move's commit (`Command::MoveVdisk`, `Command::MoveVm`), which the
+//! mover must know before it acts on it: committed, it no longer owns the disks (or the VM)
+//! and hands them over; not committed, it keeps them.
+//!
+//! A proposal can end without an answer (a leader change, a forward that timed out, no quorum
+//! in time) after which its entry may still commit: a copy on its way to a leader, an entry a
+//! leader appended before it heard from a quorum. A fresh read right after proves nothing
+//! (the entry can commit after it). So the move is proposed under a request id of its own
+//! (`Command::Once`) and an unknown outcome is settled by the cluster (`ClusterNode::settle`):
+//! a no-op under the same id commits, and the state machine applies whichever of the two comes
+//! first and never the other. The fence's answer is the truth: the move's placement version
+//! (or rejection) if the move applied, the no-op's `Ok` if it never will.
+//!
+//! While even the fence gets no answer (no quorum), the outcome stays unknown: the mover keeps
+//! what it froze (the VM claimed, the disk's exports stopped) and [`settle_later`] asks again
+//! in the background until the cluster answers, then finishes the move or gives it up.
+//!
+//! Test hook: `CAIRN_TEST_MOVE_FAULTS`, a comma-separated list consumed one entry per move
+//! commit of this process: `late` (the proposal is held back and reported as unanswered; the
+//! held copy is proposed only once the mover settled the outcome — a copy delayed in the
+//! network past the mover's decision), `lost-reply` (the proposal commits, its answer is
+//! dropped), `none`.
+//!
+//! Must never: act on a guess — hand over what did not move, or keep what did.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use cluster::{ClusterNode, Command, CommandResult};
+
+use super::PROPOSE_TIMEOUT;
+
+/// How long a mover settles an unknown outcome before it answers its caller (and goes on in
+/// the background): one full proposal deadline and a little.
+const SETTLE_WAIT: Duration = Duration::from_secs(20);
+/// Pause between two attempts to settle.
+const SETTLE_AGAIN: Duration = Duration::from_secs(1);
+/// Pause between two background attempts.
+const SETTLE_LATER_AGAIN: Duration = Duration::from_secs(3);
+
+/// What became of a move's proposal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// Committed and applied: the placement version of the move.
+    Moved(u64),
+    /// Applied and refused by the state machine: nothing changed.
+    Refused(String),
+    /// Never applies (it failed before any copy could reach a leader, or was fenced): why the
+    /// proposal failed.
+    NotMoved(String),
+    /// Not known yet: `request` settles it ([`settle`], [`settle_later`]).
+    Unknown { request: String, why: String },
+}
+
+/// Commits move `cmd` and finds out what became of it (see the module docs). Waits at most
+/// about `PROPOSE_TIMEOUT + SETTLE_WAIT`.
+pub(crate) async fn commit(m: &Arc<ClusterNode>, cmd: Command) -> Outcome {
+    let request = ClusterNode::request_id();
+    let tagged = Command::Once {
+        request: request.clone(),
+        cmd: Box::new(cmd),
+    };
+    let fault = next_fault();
+    let mut held = None;
+    let answered = match fault {
+        Fault::Late => {
+            tracing::warn!("fault injection: holding the move's proposal back");
+            held = Some(tagged);
+            Err("no answer (fault injection: the proposal was held back)".to_string())
+        }
+        Fault::LostReply => {
+            let r = tokio::time::timeout(PROPOSE_TIMEOUT, m.propose(tagged)).await;
+            tracing::warn!(answer = ?r, "fault injection: the move's answer is dropped");
+            Err("the answer was lost (fault injection)".to_string())
+        }
+        Fault::None => match tokio::time::timeout(PROPOSE_TIMEOUT, m.propose(tagged)).await {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("no commit in time".to_string()),
+        },
+    };
+    let outcome = match answered {
+        Ok(CommandResult::PlacementVersion(epoch)) => Outcome::Moved(epoch),
+        Ok(CommandResult::Rejected(why)) => Outcome::Refused(why),
+        // Not an answer a move gives: let the cluster say what it recorded.
+        Ok(other) => settle(m, &request, format!("unexpected answer {other:?}")).await,
+        Err(why) => settle(m, &request, why).await,
+    };
+    if let Some(cmd) = held {
+        let m = m.clone();
+        tokio::spawn(async move {
+            let r = m.propose(cmd).await;
+            tracing::warn!(answer = ?r, "fault injection: the held-back move proposal was answered");
+        });
+    }
+    outcome
+}
+
+/// One attempt to settle `request` (see the module docs); `why` the proposal's failure.
+async fn settle_once(m: &ClusterNode, request: &str, why: &str) -> Outcome {
+    match m.settle(request).await {
+        Ok(CommandResult::PlacementVersion(epoch)) => Outcome::Moved(epoch),
+        Ok(CommandResult::Rejected(r)) => Outcome::Refused(r),
+        Ok(CommandResult::Ok) => Outcome::NotMoved(why.to_string()),
+        Ok(other) => Outcome::Unknown {
+            request: request.to_string(),
+            why: format!("{why}; the cluster recorded an unexpected answer {other:?}"),
+        },
+        Err(e) => Outcome::Unknown {
+            request: request.to_string(),
+            why: format!("{why}; settling it: {e}"),
+        },
+    }
+}
+
+/// Settles `request` within [`SETTLE_WAIT`]; still `Unknown` if the cluster did not answer.
+pub(crate) async fn settle(m: &ClusterNode, request: &str, why: String) -> Outcome {
+    let deadline = Instant::now() + SETTLE_WAIT;
+    loop {
+        let o = settle_once(m, request, &why).await;
+        if !matches!(o, Outcome::Unknown { .. }) || Instant::now() >= deadline {
+            if let Outcome::Unknown { why, .. } = &o {
+                tracing::warn!(request, why = %why, "a move's outcome is still unknown");
+            }
+            return o;
+        }
+        tokio::time::sleep(SETTLE_AGAIN).await;
+    }
+}
+
+/// Settles `request` in the background, however long the cluster takes, then runs `then` with
+/// the outcome (never `Unknown`). Gives up only when this member's raft stops (the node shuts
+/// down).
+pub(crate) fn settle_later<F, Fut>(m: Arc<ClusterNode>, request: String, why: String, then: F)
+where
+    F: FnOnce(Outcome) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    tokio::spawn(async move {
+        loop {
+            if m.is_stopped() {
+                tracing::warn!(request = %request, "node stopping: a move's outcome stays unsettled");
+                return;
+            }
+            let o = settle_once(&m, &request, &why).await;
+            if !matches!(o, Outcome::Unknown { .. }) {
+                tracing::warn!(request = %request, outcome = ?o, "a move's unknown outcome is settled");
+                then(o).await;
+                return;
+            }
+            tokio::time::sleep(SETTLE_LATER_AGAIN).await;
+        }
+    });
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    None,
+    Late,
+    LostReply,
+}
+
+/// The faults left to inject (`CAIRN_TEST_MOVE_FAULTS`), read on first use.
+static FAULTS: Mutex<Option<VecDeque<Fault>>> = Mutex::new(None);
+
+fn parse_faults(v: &str) -> VecDeque<Fault> {
+    v.split(',')
+        .map(str::trim)
+        .filter(|x| !x.is_empty())
+        .map(|x| match x {
+            "late" => Fault::Late,
+            "lost-reply" => Fault::LostReply,
+            "none" => Fault::None,
+            other => {
+                tracing::warn!(fault = %other, "CAIRN_TEST_MOVE_FAULTS: unknown fault ignored");
+                Fault::None
+            }
+        })
+        .collect()
+}
+
+fn next_fault() -> Fault {
+    let mut f = FAULTS.lock().unwrap_or_else(|e| e.into_inner());
+    f.get_or_insert_with(|| {
+        std::env::var("CAIRN_TEST_MOVE_FAULTS")
+            .map(|v| parse_faults(&v))
+            .unwrap_or_default()
+    })
+    .pop_front()
+    .unwrap_or(Fault::None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn faults_are_read_in_order_and_unknown_ones_are_none() {
+        assert_eq!(
+            parse_faults(" late,lost-reply,,bogus,none"),
+            VecDeque::from([Fault::Late, Fault::LostReply, Fault::None, Fault::None])
+        );
+        assert!(parse_faults("").is_empty());
+    }
+}
