@@ -25,7 +25,9 @@
 //! usable) is logged with its reason, shown by `vm show` as `last_exit`, and tried again after
 //! 30 s, doubling up to 10 min, while the cluster still says the VM should run here; the other
 //! VMs start regardless. A VM already defined here is never started by this module (a node
-//! restart does not start VMs, with or without HA).
+//! restart does not start VMs, with or without HA) — except one whose restart this node still
+//! owed when it stopped: owed restarts are saved in the data directory (`pending`) and tried
+//! again at once when the node is back.
 //!
 //! # The old owner ([`forget_moved`], each tick before stale disks are dropped)
 //! A VM defined here whose cluster record now sits on another node with the same disks was
@@ -38,6 +40,7 @@
 //! stopped, retry a failing start sooner than the back-off, or delete a cluster record.
 
 use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use cluster::{ClusterNode, ClusterState, Command, VmDef, VmPower};
@@ -49,19 +52,19 @@ use crate::NodeInner;
 const FIRST_RETRY: Duration = Duration::from_secs(30);
 const MAX_RETRY: Duration = Duration::from_secs(600);
 
+mod pending;
+use pending::Pending;
+
 /// Restarts under way on this node (kept with the running mirror).
 #[derive(Default)]
 pub(crate) struct HaRestart {
-    /// VMs defined here after a takeover that should run and have not started yet, by id.
+    /// VMs defined here after a takeover that should run and have not started yet, by id;
+    /// also in `file` ([`pending`]).
     pending: HashMap<String, Pending>,
+    /// Where `pending` is kept; None until loaded (at the first [`step`]).
+    file: Option<PathBuf>,
     /// Problems already logged (logged once while they persist).
     logged: HashSet<String>,
-}
-
-struct Pending {
-    name: String,
-    attempts: u32,
-    next: Instant,
 }
 
 impl HaRestart {
@@ -72,6 +75,33 @@ impl HaRestart {
             tracing::warn!(problem = %what, "HA restart");
         }
         new
+    }
+
+    /// Loads the owed restarts saved by an earlier run of this node, once.
+    fn load(&mut self, data_dir: &Path) {
+        if self.file.is_none() {
+            let file = data_dir.join(pending::FILE);
+            self.pending.extend(pending::load(&file));
+            if !self.pending.is_empty() {
+                let names: Vec<&str> = self.pending.values().map(|p| p.name.as_str()).collect();
+                tracing::warn!(vms = ?names, "HA restart: restarts owed before this node restarted are tried again now");
+            }
+            self.file = Some(file);
+        }
+    }
+
+    /// Saves the owed restarts (a failure is logged once; the next change writes them again).
+    fn save(&mut self) {
+        let Some(file) = &self.file else {
+            return;
+        };
+        if let Err(e) = pending::save(file, &self.pending) {
+            self.once(format!(
+                "the owed restarts could not be saved in {}: {e}; a restart of this node \
+                 before the next change would forget them",
+                file.display()
+            ));
+        }
     }
 }
 
@@ -362,6 +392,7 @@ pub(crate) async fn forget_moved(inner: &NodeInner, m: &ClusterNode) {
 /// run, retry failed starts with back-off.
 pub(crate) async fn step(inner: &NodeInner, m: &ClusterNode, ha: &mut HaRestart) {
     let me = m.id();
+    ha.load(&inner.cfg.data_dir);
     let assigned = m.read(|s| assigned_to(s, me));
     let defined: HashMap<String, Vec<String>> = inner.vms.defined().into_iter().collect();
     // Guests that ended on their own are no longer meant to run.
@@ -389,7 +420,9 @@ pub(crate) async fn step(inner: &NodeInner, m: &ClusterNode, ha: &mut HaRestart)
         }
     }
     for a in &assigned {
-        if ha.pending.contains_key(&a.id) {
+        // (An owed restart whose VM is not defined: this node stopped between saving it and
+        // defining the VM. Defined now.)
+        if ha.pending.contains_key(&a.id) && defined.contains_key(&a.name) {
             continue;
         }
         match defined.get(&a.name) {
@@ -417,6 +450,18 @@ pub(crate) async fn step(inner: &NodeInner, m: &ClusterNode, ha: &mut HaRestart)
             ));
             continue;
         };
+        if a.run {
+            // Saved before the VM is defined here (see `pending`).
+            ha.pending.insert(
+                a.id.clone(),
+                Pending {
+                    name: a.name.clone(),
+                    attempts: 0,
+                    next: Instant::now(),
+                },
+            );
+            ha.save();
+        }
         match inner.vms.import(&inner.engine, spec).await {
             Ok(_) => {
                 let (level, kind, text) = m.read(|s| defined_event(s, a));
@@ -428,18 +473,11 @@ pub(crate) async fn step(inner: &NodeInner, m: &ClusterNode, ha: &mut HaRestart)
                     "VM {} ({}) was moved to this node, but its definition was refused: {}",
                     a.name, a.id, e.message
                 ));
+                if ha.pending.remove(&a.id).is_some() {
+                    ha.save();
+                }
                 continue;
             }
-        }
-        if a.run {
-            ha.pending.insert(
-                a.id.clone(),
-                Pending {
-                    name: a.name.clone(),
-                    attempts: 0,
-                    next: Instant::now(),
-                },
-            );
         }
     }
     // Starts due now; a VM no longer meant to run here (stopped, deleted, moved) is let go.
@@ -448,6 +486,7 @@ pub(crate) async fn step(inner: &NodeInner, m: &ClusterNode, ha: &mut HaRestart)
         .filter(|a| a.run)
         .map(|a| a.id.as_str())
         .collect();
+    let owed = ha.pending.len();
     ha.pending.retain(|id, p| {
         let keep = wanted.contains(id.as_str());
         if !keep {
@@ -455,6 +494,9 @@ pub(crate) async fn step(inner: &NodeInner, m: &ClusterNode, ha: &mut HaRestart)
         }
         keep
     });
+    if ha.pending.len() != owed {
+        ha.save();
+    }
     let now = Instant::now();
     let due: Vec<String> = ha
         .pending
@@ -468,10 +510,13 @@ pub(crate) async fn step(inner: &NodeInner, m: &ClusterNode, ha: &mut HaRestart)
         };
         let name = p.name.clone();
         if inner.vms.is_running(&name) {
+            // Started meanwhile (by hand): nothing owed any more.
+            ha.save();
             continue;
         }
         match start_vm(inner, &name).await {
             Ok(_) => {
+                ha.save();
                 tracing::warn!(
                     vm = %name,
                     attempts = p.attempts + 1,
@@ -516,6 +561,7 @@ pub(crate) async fn step(inner: &NodeInner, m: &ClusterNode, ha: &mut HaRestart)
                 }
                 inner.vms.set_note(&name, Some(note));
                 ha.pending.insert(id, p);
+                ha.save();
             }
         }
     }
