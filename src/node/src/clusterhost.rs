@@ -202,7 +202,10 @@ impl ClusterHost {
             media: parking_lot::Mutex::new(None),
             join_lock: tokio::sync::Mutex::new(()),
             vdisk_lock: tokio::sync::Mutex::new(()),
-            drain: Default::default(),
+            drain: crate::clusterctl::DrainTrack::persisted(
+                data.join("drain-progress.json"),
+                std::time::Instant::now(),
+            ),
         })
     }
 

@@ -5,10 +5,18 @@
 //! The draining member counts the chunk copies of other nodes still on its disks; the most it
 //! counted since it first looked is the drain's size, and the rate since that moment gives the
 //! time left. It looks whenever it is asked (`Call::DrainProgress`) or makes its own status.
-//! Nothing is persisted: after a restart the count starts again from the first look.
-//! Must never: block on anything (it is read inside status requests).
+//! The peak and when it was first seen are kept in `DATA/drain-progress.json` (written only
+//! when the peak changes, so rarely), so a restart of the draining member keeps the drain's
+//! size and rate instead of counting afresh from its first look after the restart; the file
+//! is removed once the member is not draining. It is a display aid: written without a sync
+//! (a power cut may lose the last change; the count then starts again, as it did before the
+//! file existed), and an unreadable file is ignored.
+//! Must never: block on anything but a small file write (it is read inside status requests).
 
-use std::time::{Duration, Instant};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
 
 use control::{DrainProgressView, RebuildView};
 
@@ -19,13 +27,84 @@ struct Peak {
     at: Instant,
 }
 
+/// The peak as saved: `at` as wall-clock time (an `Instant` means nothing after a restart).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SavedPeak {
+    chunks: u64,
+    at_unix_ms: u64,
+}
+
+/// Largest file read.
+const MAX_FILE_BYTES: u64 = 4096;
+
 /// This node's view of its own drain (one per node: a member drains once, then leaves).
 #[derive(Debug, Default)]
 pub(crate) struct DrainTrack {
     peak: parking_lot::Mutex<Option<Peak>>,
+    /// Where the peak is kept (None: in memory only).
+    file: Option<PathBuf>,
+}
+
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn read_peak(file: &Path) -> Option<SavedPeak> {
+    let f = std::fs::File::open(file).ok()?;
+    let mut b = Vec::new();
+    std::io::Read::read_to_end(&mut std::io::Read::take(f, MAX_FILE_BYTES), &mut b).ok()?;
+    match serde_json::from_slice(&b) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            tracing::warn!(file = %file.display(), error = %e, "drain progress: saved count ignored");
+            None
+        }
+    }
 }
 
 impl DrainTrack {
+    /// A track kept in `file`, starting from the peak saved there by an earlier run (its time
+    /// mapped onto this run's clock: `now` minus its age by the wall clock; a time in the
+    /// future counts as now).
+    pub(crate) fn persisted(file: PathBuf, now: Instant) -> DrainTrack {
+        let peak = read_peak(&file).map(|p| {
+            let age_ms = unix_ms(SystemTime::now()).saturating_sub(p.at_unix_ms);
+            Peak {
+                chunks: p.chunks,
+                at: now
+                    .checked_sub(Duration::from_millis(age_ms))
+                    .unwrap_or(now),
+            }
+        });
+        DrainTrack {
+            peak: parking_lot::Mutex::new(peak),
+            file: Some(file),
+        }
+    }
+
+    fn save(&self, pk: Peak, now: Instant) {
+        let Some(file) = &self.file else {
+            return;
+        };
+        let at = SystemTime::now()
+            .checked_sub(now.saturating_duration_since(pk.at))
+            .unwrap_or_else(SystemTime::now);
+        let saved = SavedPeak {
+            chunks: pk.chunks,
+            at_unix_ms: unix_ms(at),
+        };
+        let tmp = file.with_extension("json.tmp");
+        let r = serde_json::to_vec(&saved)
+            .map_err(std::io::Error::other)
+            .and_then(|b| std::fs::write(&tmp, b))
+            .and_then(|()| std::fs::rename(&tmp, file));
+        if let Err(e) = r {
+            tracing::warn!(file = %file.display(), error = %e, "drain progress: count not saved");
+        }
+    }
+
     /// Record that `left` chunk copies are still on this node's disks at `now`, and the
     /// progress that makes.
     pub(crate) fn observe(&self, left: u64, now: Instant) -> DrainProgressView {
@@ -38,6 +117,7 @@ impl DrainTrack {
                     at: now,
                 };
                 *p = Some(pk);
+                self.save(pk, now);
                 pk
             }
         };
@@ -46,7 +126,11 @@ impl DrainTrack {
 
     /// This node is not draining (any more): a later drain counts afresh.
     pub(crate) fn reset(&self) {
-        *self.peak.lock() = None;
+        if self.peak.lock().take().is_some() {
+            if let Some(file) = &self.file {
+                let _ = std::fs::remove_file(file);
+            }
+        }
     }
 }
 
@@ -98,6 +182,42 @@ mod tests {
             t.observe(7, t0 + Duration::from_secs(40)).chunks_at_start,
             7
         );
+    }
+
+    #[test]
+    fn a_restart_keeps_the_drains_size_and_rate() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("drain-progress.json");
+        let t0 = Instant::now();
+        let t = DrainTrack::persisted(file.clone(), t0);
+        assert_eq!(t.observe(100, t0).chunks_at_start, 100);
+        drop(t);
+        // The member restarts with 75 left: the size is kept, not counted afresh.
+        let t1 = Instant::now();
+        let back = DrainTrack::persisted(file.clone(), t1);
+        let v = back.observe(75, t1);
+        assert_eq!((v.chunks_at_start, v.percent), (100, 25), "counted afresh");
+        // A peak first seen 10 s ago by the wall clock: 25 moved in 10 s, 75 left take 30 s.
+        let ten_s_ago = unix_ms(SystemTime::now()) - 10_000;
+        std::fs::write(
+            &file,
+            format!("{{\"chunks\":100,\"at_unix_ms\":{ten_s_ago}}}"),
+        )
+        .unwrap();
+        let t2 = Instant::now();
+        let eta = DrainTrack::persisted(file.clone(), t2)
+            .observe(75, t2)
+            .eta_secs;
+        assert!(matches!(eta, Some(30..=31)), "{eta:?}");
+        // Not draining any more: the file goes, a later drain counts afresh.
+        back.reset();
+        assert!(!file.exists());
+        let again = DrainTrack::persisted(file.clone(), t1);
+        assert_eq!(again.observe(7, t1).chunks_at_start, 7);
+        // An unreadable file is ignored.
+        std::fs::write(&file, b"{").unwrap();
+        let bad = DrainTrack::persisted(file, t1);
+        assert_eq!(bad.observe(3, t1).chunks_at_start, 3);
     }
 
     #[test]
