@@ -3,6 +3,8 @@
 //! (the named patterns only, in the order given: `SeqRead4` after `RandWrite32` reads data the
 //! random writes scattered, as `cairn bench engine`'s sequence does).
 //! The system-level comparison against fio is `cairn bench engine`; this is a developer tool.
+//! Prints CPU time and context switches (all, and voluntary: the process's own sleeps, which
+//! load does not inflate the way it does preemptions) per I/O.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,7 +28,10 @@ async fn main() -> anyhow::Result<()> {
     for i in 0..2 {
         let path = format!("{dir}/disk{i}.img");
         let _ = std::fs::remove_file(&path);
-        blockdev::create_sparse_file(&path, 2 << 30)?;
+        // Written in full, as `cairn bench engine` does: a write into a hole of a sparse file
+        // makes the file system allocate, and io_uring hands such writes to its worker threads
+        // (each a context switch), which the figures should not include.
+        write_zero_file(&path, 2 << 30)?;
         e.add_disk(blockdev::open_device(&path)?).await?;
     }
     let region = 512u64 << 20;
@@ -63,17 +68,58 @@ async fn main() -> anyhow::Result<()> {
             region_bytes: region,
             flush_every: 0,
         };
-        let cpu0 = cpu_secs();
+        let (cpu0, cs0) = (cpu_secs(), context_switches());
         let r = run(&h, &w).await?;
-        let cpu_us = (cpu_secs() - cpu0) / r.ops.max(1) as f64 * 1e6;
+        let ops = r.ops.max(1) as f64;
+        let cpu_us = (cpu_secs() - cpu0) / ops * 1e6;
+        let cs = context_switches();
+        let per_io = |now: u64, then: u64| now.saturating_sub(then) as f64 / ops;
         println!(
             "{}",
             serde_json::json!({"pattern": format!("{pattern:?}"), "bs": bs, "qd": qd,
-                "cpu_us_per_io": cpu_us, "result": r})
+                "cpu_us_per_io": cpu_us, "switches_per_io": per_io(cs.0 + cs.1, cs0.0 + cs0.1),
+                "voluntary_switches_per_io": per_io(cs.0, cs0.0), "result": r})
         );
     }
     e.shutdown().await?;
     Ok(())
+}
+
+/// A file of `size` bytes written in full (no holes).
+fn write_zero_file(path: &str, size: u64) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path)?;
+    let chunk = vec![0u8; 4 << 20];
+    let mut left = size;
+    while left > 0 {
+        let n = left.min(chunk.len() as u64) as usize;
+        f.write_all(&chunk[..n])?;
+        left -= n as u64;
+    }
+    f.sync_all()
+}
+
+/// Context switches (voluntary, involuntary) of every thread of this process so far; threads
+/// that ended meanwhile are not counted (the runtime's workers live for the whole run).
+/// Voluntary ones are the process's own sleeps and wake-ups; involuntary ones grow with the
+/// machine's load (preemption).
+fn context_switches() -> (u64, u64) {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return (0, 0);
+    };
+    let (mut vol, mut invol) = (0, 0);
+    for t in tasks.flatten() {
+        let status = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
+        for line in status.lines() {
+            let count = |v: &str| v.trim().parse::<u64>().unwrap_or(0);
+            if let Some(v) = line.strip_prefix("voluntary_ctxt_switches:") {
+                vol += count(v);
+            } else if let Some(v) = line.strip_prefix("nonvoluntary_ctxt_switches:") {
+                invol += count(v);
+            }
+        }
+    }
+    (vol, invol)
 }
 
 /// CPU seconds (user + system) this process has used (USER_HZ = 100).
