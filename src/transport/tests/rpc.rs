@@ -599,3 +599,92 @@ async fn requests_run_to_their_end_when_the_connection_goes() {
         drop(srv);
     }
 }
+
+#[tokio::test]
+async fn replies_to_a_caller_that_reads_late_all_arrive_whole_and_in_order() {
+    // The connection's task writes its replies itself. A caller that sends a burst and reads
+    // only later fills the socket (24 MiB of replies), so the server's writes stop half-way
+    // and resume; every reply must still arrive whole, once, and a streamed request's credit
+    // frames (sent by its handler) must come before its reply.
+    use tokio::io::AsyncWriteExt;
+    use transport::{encode, Frame, FrameKind};
+    const MAX: u32 = 16 * 1024 * 1024;
+    const N: u64 = 96;
+    let text = |id: u64| {
+        char::from(b'a' + (id % 26) as u8)
+            .to_string()
+            .repeat(256 * 1024)
+    };
+    let ca = ClusterCa::generate("t").unwrap();
+    let (a, b) = (ca.issue(1).unwrap(), ca.issue(2).unwrap());
+    let (srv, h) = serve("127.0.0.15", &a, ServerConfig::default()).await;
+    let tcp = tokio::net::TcpStream::connect(srv.local_addr())
+        .await
+        .unwrap();
+    let tls = tokio_rustls::TlsConnector::from(client_tls_config(&b).unwrap())
+        .connect(node_server_name(1), tcp)
+        .await
+        .unwrap();
+    let (mut rd, mut wr) = tokio::io::split(tls);
+    let writer = tokio::spawn(async move {
+        let mut buf = Vec::new();
+        let upload = encode(&Req::Upload, u64::from(MAX)).unwrap();
+        Frame::new(FrameKind::StreamRequest, 0, upload)
+            .encode_into(&mut buf, MAX)
+            .unwrap();
+        for c in 0..3u8 {
+            Frame::new(FrameKind::Chunk, 0, vec![c; 1000])
+                .encode_into(&mut buf, MAX)
+                .unwrap();
+        }
+        Frame::new(FrameKind::End, 0, Vec::new())
+            .encode_into(&mut buf, MAX)
+            .unwrap();
+        for id in 1..=N {
+            let req = encode(&Req::Echo(text(id)), u64::from(MAX)).unwrap();
+            Frame::new(FrameKind::Request, id, req)
+                .encode_into(&mut buf, MAX)
+                .unwrap();
+        }
+        // Blocks once the server stops reading (its replies are not being taken).
+        wr.write_all(&buf).await.unwrap();
+        wr.flush().await.unwrap();
+        wr
+    });
+    // Let the replies pile up before reading any (how far they get does not matter).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut echoed = std::collections::BTreeSet::new();
+    let (mut credits, mut uploaded) = (0, None);
+    while echoed.len() < N as usize || uploaded.is_none() {
+        let f = tokio::time::timeout(Duration::from_secs(30), Frame::read_from(&mut rd, MAX))
+            .await
+            .expect("a reply never came")
+            .unwrap()
+            .expect("the server closed the connection");
+        match (f.kind, f.id) {
+            (FrameKind::Credit, 0) => {
+                assert_eq!(uploaded, None, "a credit frame came after its reply");
+                credits += 1;
+            }
+            (FrameKind::Response, 0) => {
+                let r: Resp = transport::decode(&f.payload, u64::from(MAX)).unwrap();
+                uploaded = Some(r);
+            }
+            (FrameKind::Response, id) => {
+                let r: Resp = transport::decode(&f.payload, u64::from(MAX)).unwrap();
+                assert_eq!(r, Resp::Echo(text(id)), "reply {id}");
+                assert!(echoed.insert(id), "reply {id} came twice");
+            }
+            other => panic!("unexpected frame {other:?}"),
+        }
+    }
+    // The first window, then one credit per chunk the handler took.
+    assert_eq!(credits, 4);
+    let sum = (0..3u8).fold(0u64, |s, c| {
+        (0..1000).fold(s, |s, _| s.wrapping_mul(31).wrapping_add(u64::from(c)))
+    });
+    assert_eq!(uploaded, Some(Resp::Uploaded { bytes: 3000, sum }));
+    assert_eq!(echoed, (1..=N).collect());
+    assert_eq!(h.calls.load(Ordering::SeqCst), N as usize + 1);
+    drop(writer.await.unwrap());
+}
