@@ -195,8 +195,8 @@ pub(crate) struct QemuRun {
     pub out: String,
     /// Time to the first debug byte.
     pub first: Duration,
-    /// RSS overhead bytes (measured for the `spin` guest only).
-    pub rss_overhead: u64,
+    /// Memory overhead (measured for the `spin` guest only).
+    pub mem_overhead: MemOverhead,
     /// CPU of its non-vCPU threads, sampled (see [`crate::bench_cpu`]).
     pub host_cpu_ns: u64,
 }
@@ -260,7 +260,7 @@ pub(crate) fn qemu_run(
         .ok_or(VmmError::Timeout("qemu stdout"))?;
     let mut out = Vec::new();
     let mut first = None;
-    let mut rss_overhead = 0u64;
+    let mut mem_overhead = None;
     let mut buf = [0u8; 4096];
     loop {
         let n = stdout.read(&mut buf).map_err(io_err("read qemu output"))?;
@@ -269,10 +269,10 @@ pub(crate) fn qemu_run(
         }
         first.get_or_insert_with(|| t0.elapsed());
         out.extend_from_slice(&buf[..n]);
-        if measure_memory && rss_overhead == 0 && out.windows(8).any(|w| w == b"cmdline ") {
+        if measure_memory && mem_overhead.is_none() && out.windows(8).any(|w| w == b"cmdline ") {
             // The guest has booted and now spins: measure, then stop it.
             std::thread::sleep(Duration::from_millis(200));
-            rss_overhead = process_overhead(pid, 128 << 20);
+            mem_overhead = Some(process_overhead(pid, 128 << 20));
             let _ = child.kill();
         }
     }
@@ -280,34 +280,47 @@ pub(crate) fn qemu_run(
     Ok(QemuRun {
         out: String::from_utf8_lossy(&out).into_owned(),
         first: first.unwrap_or_default(),
-        rss_overhead,
+        mem_overhead: mem_overhead.unwrap_or_default(),
         host_cpu_ns: sampler.finish(),
     })
 }
 
-/// RSS of `pid` minus the resident part of its guest RAM mapping (the mapping of `ram_bytes`).
-fn process_overhead(pid: u32, ram_bytes: u64) -> u64 {
-    let Ok(smaps) = std::fs::read_to_string(format!("/proc/{pid}/smaps")) else {
-        return 0;
-    };
-    let (mut total, mut guest, mut in_guest) = (0u64, 0u64, false);
+/// Memory a VMM process holds beyond its guest RAM, from `/proc/<pid>/smaps` (Firecracker's
+/// method: every mapping except the guest RAM one, the mapping of exactly `ram_bytes`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct MemOverhead {
+    /// Resident bytes (RSS), the figure the target is set on.
+    pub rss: u64,
+    /// The anonymous part of `rss`: heap, stacks, relocated data, the process's own pages. The
+    /// rest is file-backed and clean (code and read-only data of the binary and its libraries,
+    /// pages of the page cache that other processes share and the kernel can drop).
+    pub anon: u64,
+}
+
+/// [`MemOverhead`] of `pid` (zero if its smaps cannot be read).
+fn process_overhead(pid: u32, ram_bytes: u64) -> MemOverhead {
+    std::fs::read_to_string(format!("/proc/{pid}/smaps"))
+        .map(|s| overhead_from_smaps(&s, ram_bytes))
+        .unwrap_or_default()
+}
+
+/// Sums `Rss:` and `Anonymous:` over the mappings of an smaps text, leaving out those whose
+/// `Size:` is `ram_bytes`.
+fn overhead_from_smaps(smaps: &str, ram_bytes: u64) -> MemOverhead {
+    let kib = |v: &str| v.trim().trim_end_matches(" kB").parse::<u64>().ok();
+    let (mut m, mut in_guest) = (MemOverhead::default(), false);
     for line in smaps.lines() {
-        if let Some(kb) = line
-            .strip_prefix("Size:")
-            .and_then(|v| v.trim().trim_end_matches(" kB").parse::<u64>().ok())
-        {
+        if let Some(kb) = line.strip_prefix("Size:").and_then(kib) {
             in_guest = kb * 1024 == ram_bytes;
-        } else if let Some(kb) = line
-            .strip_prefix("Rss:")
-            .and_then(|v| v.trim().trim_end_matches(" kB").parse::<u64>().ok())
-        {
-            total += kb * 1024;
-            if in_guest {
-                guest += kb * 1024;
-            }
+        } else if in_guest {
+            continue;
+        } else if let Some(kb) = line.strip_prefix("Rss:").and_then(kib) {
+            m.rss += kb * 1024;
+        } else if let Some(kb) = line.strip_prefix("Anonymous:").and_then(kib) {
+            m.anon += kb * 1024;
         }
     }
-    total.saturating_sub(guest)
+    m
 }
 
 /// Environment variable that turns `run` into the memory-measurement child (see `ours_memory`).
@@ -343,7 +356,7 @@ fn memory_child(elf: &Path) -> Result<Vec<BenchLine>> {
 
 /// Our VMM's memory overhead measured like QEMU's: a separate process (this executable, re-run
 /// with the same arguments and `CHILD_ENV` set) holding one idle VM; RSS minus resident guest RAM.
-fn ours_memory(elf: &Path) -> Result<u64> {
+fn ours_memory(elf: &Path) -> Result<MemOverhead> {
     let exe = std::env::current_exe().map_err(io_err("current exe"))?;
     let mut child = Command::new(exe)
         .args(std::env::args_os().skip(1))
@@ -395,13 +408,18 @@ pub fn run(opts: &BenchOptions) -> Result<Vec<BenchLine>> {
     );
     let ram: Arc<dyn DiskBackend> = Arc::new(RamDisk::new(opts.disk_bytes));
     let (mut o, mut a, mut om, mut am) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut oa, mut aa) = (Vec::new(), Vec::new());
+    let mib = |b: u64| b as f64 / (1 << 20) as f64;
     for _ in 0..opts.runs.max(1) {
         let boot = ours_run(opts, &elf, "hello", ram.clone())?.boot;
         o.push(boot.as_secs_f64() * 1000.0);
-        om.push(ours_memory(&elf)? as f64 / (1 << 20) as f64);
+        let m = ours_memory(&elf)?;
+        om.push(mib(m.rss));
+        oa.push(mib(m.anon));
         let q = qemu_run(opts, &elf, "spin", &blk_args(&null_drive), 1)?;
         a.push(q.first.as_secs_f64() * 1000.0);
-        am.push(q.rss_overhead as f64 / (1 << 20) as f64);
+        am.push(mib(q.mem_overhead.rss));
+        aa.push(mib(q.mem_overhead.anon));
     }
     emit(
         BenchLine::new(
@@ -418,6 +436,18 @@ pub fn run(opts: &BenchOptions) -> Result<Vec<BenchLine>> {
             "vmm_memory_overhead_mib",
             median(om),
             median(am),
+            "qemu",
+            false,
+        ),
+        &mut lines,
+    );
+    // The anonymous part alone: memory the process holds for itself, without the code pages
+    // it maps from the page cache (which fault-around maps 64 KiB at a time).
+    emit(
+        BenchLine::new(
+            "vmm_memory_overhead_anon_mib",
+            median(oa),
+            median(aa),
             "qemu",
             false,
         ),
@@ -644,4 +674,36 @@ fn engine_backend(
         engine,
         Arc::new(crate::EngineDisk::new(handle, rt.handle().clone())),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overhead_leaves_out_the_guest_ram_mapping_only() {
+        let smaps = "\
+55d000000000-55d000400000 r-xp 00000000 fe:01 123 /usr/bin/cairn
+Size:               4096 kB
+Rss:                1024 kB
+Anonymous:             0 kB
+7f0000000000-7f0008000000 rw-p 00000000 00:00 0
+Size:             131072 kB
+Rss:              131072 kB
+Anonymous:        131072 kB
+7f0010000000-7f0010100000 rw-p 00000000 00:00 0 [heap]
+Size:               1024 kB
+Rss:                 512 kB
+Anonymous:           512 kB
+";
+        let m = overhead_from_smaps(smaps, 128 << 20);
+        assert_eq!(
+            m,
+            MemOverhead {
+                rss: (1024 + 512) << 10,
+                anon: 512 << 10,
+            }
+        );
+        assert_eq!(overhead_from_smaps("", 128 << 20), MemOverhead::default());
+    }
 }
