@@ -1,17 +1,20 @@
 //! Direct reads for virtio-blk queues on an engine virtual disk: the queue thread asks the
 //! engine where a read's blocks lie ([`engine::VdiskHandle::plan_direct_read`]: a local
-//! replica's device, one run of bytes, every block's checksum), submits a READV from that device
-//! straight into the guest's buffers on its own io_uring, reaps the completion, checks every
-//! block's checksum over the bytes in guest memory and publishes the request itself. The request
-//! never leaves the queue thread (the ordinary path goes queue thread -> runtime worker ->
-//! the device's reaper -> worker -> queue thread).
+//! replica's device, one run of bytes, every block's checksum), submits a READ from that device
+//! into a buffer of its own on its own io_uring, reaps the completion, checks every block's
+//! checksum, copies the data into the guest's buffers and publishes the request itself. The
+//! request never leaves the queue thread (the ordinary path goes queue thread -> runtime worker
+//! -> the device's reaper -> worker -> queue thread).
+//!
+//! The device is never read straight into guest memory: until its checksum is checked, a block
+//! read may be another disk's data (a block freed and reused after the plan was made, see
+//! `engine::direct`), which a guest watching its buffer must never see. One copy of the bytes
+//! is cheap next to the thread hops this path saves.
 //!
 //! Everything else takes the ordinary path ([`super::blk_async`]), unchanged: writes, flushes,
 //! reads the engine does not plan (holes, ranges across chunks, remote-only, degraded, moving or
-//! fragmented chunks), guest buffers that do not split into whole blocks (every 4 KiB block
-//! must lie in one guest segment, so each is checked where it landed) or that O_DIRECT cannot
-//! take, and, after the fact, a read that failed, came back short or has ANY block whose
-//! checksum does not match. Such a read is redone whole by the engine, which verifies, fails
+//! fragmented chunks), reads over [`MAX_DIRECT`], and, after the fact, a read that failed, came
+//! back short or has ANY block whose checksum does not match. Such a read is redone whole by the engine, which verifies, fails
 //! over and repairs as always; this path never marks a replica bad or repairs anything, since a
 //! mismatch here may be the guest changing its own buffer or a block that moved after the plan
 //! (why a moved block is caught: see `engine::direct`). So a read never returns data whose
@@ -21,30 +24,33 @@
 //! back when the thread ends; an ending thread first waits for every read the kernel still has
 //! (its buffers are guest memory) and finishes it.
 
-use super::blk::{Outcome, MAX_CHAIN};
+use super::blk::Outcome;
 use super::blk_async::{AsyncQueue, InFlight};
 use super::blk_uring::{QueueRing, RingHome};
+use blockdev::AlignedBuf;
 use engine::{DirectRead, VdiskHandle};
 use io_uring::{opcode, types};
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::Ordering::Relaxed;
-use vm_memory::GuestMemoryBackend;
+use vm_memory::{Bytes, GuestAddress};
 
 /// Bytes per checksummed block.
 const BLOCK: usize = engine::BLOCK_BYTES as usize;
 
-/// One read in the kernel: its request, where it reads from, and the guest buffers it fills.
+/// The largest read served here (what the engine plans without allocating); larger ones take
+/// the ordinary path.
+pub const MAX_DIRECT: usize = 128 << 10;
+
+/// A slot keeps its buffer for the next read up to this size; a larger one goes back to the
+/// buffer pool when its read ends, so idle slots never hold much memory.
+const KEEP_BUF: usize = 16 << 10;
+
+/// One read in the kernel: its request, where it reads from, and the buffer it reads into.
 struct Slot {
-    iov: [libc::iovec; MAX_CHAIN],
-    n: usize,
+    buf: Option<AlignedBuf>,
     plan: DirectRead,
     job: Option<(InFlight, u64, usize)>,
 }
-
-const NO_IOV: libc::iovec = libc::iovec {
-    iov_base: std::ptr::null_mut(),
-    iov_len: 0,
-};
 
 /// A queue thread's direct reads (see the module documentation).
 pub struct DirectReads {
@@ -60,11 +66,6 @@ pub struct DirectReads {
     /// Completions of one reap, reserved to the slot count.
     done: Vec<(usize, i32)>,
 }
-
-// SAFETY: the raw pointers in a slot's iovecs point into guest memory, which the slot's request
-// (its queue's `mem`) keeps mapped while it is in the kernel; only the queue thread that owns
-// this value reads or writes them.
-unsafe impl Send for DirectReads {}
 
 impl DirectReads {
     /// Direct reads of `handle` through the ring in `home` (taken out; it goes back when this
@@ -95,10 +96,12 @@ impl DirectReads {
         let (Some(r), Some(&idx)) = (self.ring.as_mut(), self.free.last()) else {
             return Some(job);
         };
+        if len > MAX_DIRECT {
+            return Some(job);
+        }
         let slot = self.slots[idx].get_or_insert_with(|| {
             Box::new(Slot {
-                iov: [NO_IOV; MAX_CHAIN],
-                n: 0,
+                buf: None,
                 plan: DirectRead::new(),
                 job: None,
             })
@@ -109,48 +112,23 @@ impl DirectReads {
         {
             return Some(job);
         }
-        let mem = job.mem();
-        let direct = slot.plan.direct();
-        let (iov, mut n, mut at) = (&mut slot.iov, 0usize, 0usize);
-        // Whole blocks per segment, so each block is checked where it landed.
-        let covered = job.chain.pieces(mem, true, 0, len, |addr, plen| {
-            if !at.is_multiple_of(BLOCK) || !plen.is_multiple_of(BLOCK) {
-                return false;
-            }
-            let Some(v) = iov.get_mut(n) else {
-                return false;
-            };
-            let Ok(s) = mem.get_slice(addr, plen) else {
-                return false;
-            };
-            if s.len() != plen {
-                return false;
-            }
-            let p = s.ptr_guard_mut().as_ptr();
-            if direct && !(p as usize).is_multiple_of(512) {
-                return false;
-            }
-            *v = libc::iovec {
-                iov_base: p.cast(),
-                iov_len: plen,
-            };
-            n += 1;
-            at += plen;
-            true
-        });
-        if !covered || at != len {
+        let Ok(len32) = u32::try_from(len) else {
             slot.plan.release();
             return Some(job);
-        }
-        slot.n = n;
-        let entry = opcode::Readv::new(types::Fd(slot.plan.fd()), slot.iov.as_ptr(), n as u32)
+        };
+        // Aligned for O_DIRECT; pooled, so a steady stream of reads allocates nothing.
+        let buf = match slot.buf.take() {
+            Some(b) if b.len() == len => slot.buf.insert(b),
+            _ => slot.buf.insert(AlignedBuf::for_overwrite(len)),
+        };
+        let entry = opcode::Read::new(types::Fd(slot.plan.fd()), buf.as_mut_ptr(), len32)
             .offset(slot.plan.offset())
             .build()
             .user_data(idx as u64);
-        // SAFETY: the iovecs live in the boxed slot `idx`, which stays put and is not reused
-        // until this entry's completion is reaped; they point into guest memory that the
-        // request keeps mapped (and the thread waits for the kernel before it ends); the fd
-        // stays open while the slot's plan holds the replica's store.
+        // SAFETY: the buffer lives in the boxed slot `idx`, which stays put and is neither
+        // reused nor dropped until this entry's completion is reaped (the thread waits for the
+        // kernel before it ends, and leaks the slots if it cannot); the fd stays open while the
+        // slot's plan holds the replica's store.
         if unsafe { r.ring.submission().push(&entry) }.is_err() {
             slot.plan.release();
             return Some(job);
@@ -209,8 +187,13 @@ impl DirectReads {
             };
             self.free.push(idx);
             self.in_kernel -= 1;
-            let ok = usize::try_from(res).ok() == Some(len) && verified(slot);
+            let ok = usize::try_from(res).ok() == Some(len)
+                && verified(slot)
+                && slot.buf.as_ref().is_some_and(|b| to_guest(&job, &b[..len]));
             slot.plan.release();
+            if slot.buf.as_ref().is_some_and(|b| b.len() > KEEP_BUF) {
+                slot.buf = None;
+            }
             let c = q.counters();
             if ok {
                 c.count_read(len);
@@ -263,22 +246,32 @@ impl Drop for DirectReads {
     }
 }
 
-/// Whether every block the slot's read put in guest memory has the checksum its plan expects.
+/// Whether every block of the slot's buffer has the checksum its plan expects.
 fn verified(slot: &Slot) -> bool {
-    let mut i = 0;
-    for v in &slot.iov[..slot.n] {
-        for b in 0..v.iov_len / BLOCK {
-            // SAFETY: the segment lies in guest memory, mapped while the request lives (it is in
-            // hand here), and is `iov_len` bytes long (checked when the read started). The guest
-            // may change it meanwhile: then the checksum does not match and the read is redone.
-            let block = unsafe {
-                std::slice::from_raw_parts(v.iov_base.cast::<u8>().add(b * BLOCK), BLOCK)
-            };
-            if !slot.plan.block_ok(i, block) {
+    let Some(buf) = slot.buf.as_ref() else {
+        return false;
+    };
+    let blocks = slot.plan.blocks();
+    buf.len() >= blocks * BLOCK
+        && buf
+            .chunks_exact(BLOCK)
+            .take(blocks)
+            .enumerate()
+            .all(|(i, block)| slot.plan.block_ok(i, block))
+}
+
+/// Copies verified `data` into the request's guest buffers; false if they do not take it all
+/// (the ordinary path then answers the request, with the same checks as always).
+fn to_guest(job: &InFlight, data: &[u8]) -> bool {
+    let mem = job.mem();
+    let mut at = 0usize;
+    job.chain
+        .pieces(mem, true, 0, data.len(), |addr: GuestAddress, n| {
+            let Some(piece) = data.get(at..at + n) else {
                 return false;
-            }
-            i += 1;
-        }
-    }
-    i == slot.plan.blocks()
+            };
+            at += n;
+            mem.write_slice(piece, addr).is_ok()
+        })
+        && at == data.len()
 }
