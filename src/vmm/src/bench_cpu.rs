@@ -112,9 +112,13 @@ mod tests {
         assert!(process_cpu_ns() > before);
         assert!(is_vcpu("CPU 0/KVM"));
         assert!(!is_vcpu("IO io0"));
-        // Sampling this very process sees at least this thread's time.
+        // Sampling this very process sees at least this thread's time, once the sampler has
+        // run (on a loaded machine it may not get a CPU for a while: wait for its first pass).
         let s = ThreadSampler::start(std::process::id());
-        std::thread::sleep(Duration::from_millis(20));
+        let t0 = std::time::Instant::now();
+        while s.seen.lock().unwrap().is_empty() && t0.elapsed() < Duration::from_secs(30) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
         assert!(s.finish() > 0);
     }
 }
