@@ -50,6 +50,12 @@ pub struct NodeConfig {
     /// The system log the HTTPS API serves (`GET /api/v1/system/log`): the lines the process
     /// running the node keeps (the appliance's PID 1, `cairn node`); None: the API answers 404.
     pub system_log: Option<api::LogSource>,
+    /// The bridge a VM NIC's tap joins when the NIC names none: the appliance's bridge over its
+    /// uplink, named by PID 1, which made it (`init::netlive::BRIDGE`). Filled into `vm create`
+    /// and `vm update` requests before they are checked, so a NIC with a VLAN needs no bridge
+    /// either and the definition shows the bridge. None (`cairn node`): such a tap is only
+    /// brought up.
+    pub vm_bridge: Option<String>,
 }
 
 /// Where a node's raft state lives.
@@ -80,6 +86,7 @@ impl NodeConfig {
             raft_place: RaftPlace::Auto,
             vm_ram_limit_mib: None,
             system_log: None,
+            vm_bridge: None,
         }
     }
 

@@ -28,6 +28,7 @@ impl Controller for NodeController {
     fn execute(&self, actor: Actor, req: Request) -> BoxFuture<'_, ControlResult> {
         Box::pin(async move {
             let started = Instant::now();
+            let req = with_default_bridge(req, self.inner.cfg.vm_bridge.as_deref());
             self.inner.requests.fetch_add(1, Ordering::Relaxed);
             let result = if !allowed(actor.role, &req) {
                 Err(ControlError::new(
@@ -87,6 +88,23 @@ impl Controller for NodeController {
         );
         Ok(Arc::new(self.inner.vms.console_port(name, can_type)?))
     }
+}
+
+/// `req` with `bridge` (the node's default, see `NodeConfig::vm_bridge`) given to every NIC of
+/// a `vm create` or `vm update` that names no bridge; any other request, or no default, as is.
+fn with_default_bridge(mut req: Request, bridge: Option<&str>) -> Request {
+    let Some(bridge) = bridge else { return req };
+    let nics = match &mut req {
+        Request::VmCreate { nics, .. } => nics,
+        Request::VmUpdate {
+            nics: Some(nics), ..
+        } => nics,
+        _ => return req,
+    };
+    for n in nics.iter_mut().filter(|n| n.bridge.is_none()) {
+        n.bridge = Some(bridge.to_string());
+    }
+    req
 }
 
 /// Bumps the node's change counter ([`Controller::generation`]) when a mutation ends.
@@ -612,5 +630,85 @@ impl NodeController {
             let result = self.add_disk(&canon, false).await.map(Reply::Disk);
             self.inner.audit(&actor, &req, &result, started.elapsed());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use control::VmNicSpec;
+
+    fn nic(tap: &str, bridge: Option<&str>, vlan: Option<u16>) -> VmNicSpec {
+        VmNicSpec {
+            tap: tap.into(),
+            mac: None,
+            bridge: bridge.map(Into::into),
+            vlan,
+        }
+    }
+
+    fn update(nics: Option<Vec<VmNicSpec>>) -> Request {
+        Request::VmUpdate {
+            name: "web".into(),
+            new_name: None,
+            description: None,
+            vcpus: None,
+            memory_mib: None,
+            cmdline: None,
+            disks: None,
+            nics,
+        }
+    }
+
+    fn nics_of(req: &Request) -> Vec<VmNicSpec> {
+        match req {
+            Request::VmCreate { nics, .. } => nics.clone(),
+            Request::VmUpdate { nics, .. } => nics.clone().unwrap_or_default(),
+            r => panic!("{r:?}"),
+        }
+    }
+
+    #[test]
+    fn nics_without_a_bridge_get_the_nodes_default_and_named_ones_keep_theirs() {
+        let create = Request::VmCreate {
+            name: "web".into(),
+            vcpus: 1,
+            memory_mib: 64,
+            disks: Vec::new(),
+            kernel: "/k".into(),
+            cmdline: None,
+            nics: vec![
+                nic("tap0", None, None),
+                nic("tap1", Some("br9"), None),
+                nic("tap2", None, Some(10)),
+            ],
+        };
+        let filled = with_default_bridge(create.clone(), Some("cairn0"));
+        assert_eq!(
+            nics_of(&filled),
+            vec![
+                nic("tap0", Some("cairn0"), None),
+                nic("tap1", Some("br9"), None),
+                nic("tap2", Some("cairn0"), Some(10)),
+            ]
+        );
+        // Now a VLAN without a bridge of its own passes the checks; without the default it
+        // is refused as before.
+        filled.validate().unwrap();
+        let e = create.clone().validate().unwrap_err();
+        assert!(e.message.contains("no bridge"), "{}", e.message);
+        assert_eq!(with_default_bridge(create.clone(), None), create);
+
+        let up = with_default_bridge(update(Some(vec![nic("tap0", None, None)])), Some("cairn0"));
+        assert_eq!(nics_of(&up), vec![nic("tap0", Some("cairn0"), None)]);
+        // An update that leaves the NICs alone stays so; other requests are untouched.
+        assert_eq!(
+            with_default_bridge(update(None), Some("cairn0")),
+            update(None)
+        );
+        assert_eq!(
+            with_default_bridge(Request::VmList, Some("cairn0")),
+            Request::VmList
+        );
     }
 }

@@ -204,3 +204,49 @@ async fn vm_roles_bad_input_persistence_and_busy_disks() {
     .unwrap();
     n.shutdown().await.unwrap();
 }
+
+/// A node told its default bridge (the appliance's, named by PID 1) puts NICs that name no
+/// bridge on it, so a NIC with only a VLAN is accepted; a NIC's own bridge is kept. The
+/// definition (and so `vm show`) says which bridge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nics_without_a_bridge_join_the_nodes_default_bridge() {
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = dir.path().join("kernel.elf");
+    std::fs::write(&kernel, b"\x7fELF not really").unwrap();
+    let mut c = cfg(dir.path());
+    c.vm_bridge = Some("cairn0".into());
+    let n = Node::start(c).await.unwrap();
+    let ctl = n.controller();
+    let nic = |tap: &str, bridge: Option<&str>, vlan: Option<u16>| control::VmNicSpec {
+        tap: tap.into(),
+        mac: None,
+        bridge: bridge.map(Into::into),
+        vlan,
+    };
+    let mut req = create("web", 1, 64, &[], kernel.to_str().unwrap());
+    if let Request::VmCreate { nics, .. } = &mut req {
+        *nics = vec![
+            nic("tap0", None, None),
+            nic("tap1", None, Some(10)),
+            nic("tap2", Some("br9"), None),
+        ];
+    }
+    let v = match ctl.execute(actor(Role::Operator), req).await.unwrap() {
+        Reply::Vm(v) => v,
+        r => panic!("{r:?}"),
+    };
+    let got: Vec<(Option<&str>, Option<u16>)> = v
+        .nics
+        .iter()
+        .map(|n| (n.bridge.as_deref(), n.vlan))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (Some("cairn0"), None),
+            (Some("cairn0"), Some(10)),
+            (Some("br9"), None)
+        ]
+    );
+    n.shutdown().await.unwrap();
+}
