@@ -30,17 +30,10 @@ pub struct Lease {
     pub dns: Vec<Ipv4Addr>,
 }
 
+/// The link's MAC, read in this thread's network namespace (a bridge made in a test's
+/// namespace is not in /sys, which shows the namespace it was mounted in).
 fn mac_of(ifname: &str) -> Result<[u8; 6], String> {
-    let s = std::fs::read_to_string(format!("/sys/class/net/{ifname}/address"))
-        .map_err(|e| format!("{ifname}: no MAC address: {e}"))?;
-    let parts: Vec<u8> = s
-        .trim()
-        .split(':')
-        .filter_map(|p| u8::from_str_radix(p, 16).ok())
-        .collect();
-    parts
-        .try_into()
-        .map_err(|_| format!("{ifname}: malformed MAC address {s:?}"))
+    crate::netlink::link_mac(ifname).map_err(|e| format!("{ifname}: no MAC address: {e}"))
 }
 
 fn random_seed() -> u64 {

@@ -1,14 +1,36 @@
-//! Applying the management network to the kernel, and replacing it live (no reboot): parent link
-//! up, VLAN link, static address or DHCP (a smoltcp client thread), default route, and the
-//! node's resolver file. Owns the record of what this node applied, so that exactly that can be
-//! taken down again. A DHCP renewal with another address replaces the address on the link, a
-//! lost lease takes it off; any new management address (renewal, menu change) is announced on
-//! the console and handed to the node service, which moves the cluster member when the
-//! cluster runs on the management network.
+//! Applying the management network to the kernel, and replacing it live (no reboot): the
+//! node's bridge over the uplink, VLAN link, static address or DHCP (a smoltcp client thread),
+//! default route, and the node's resolver file. Owns the record of what this node applied, so
+//! that exactly that can be taken down again. A DHCP renewal with another address replaces the
+//! address on the link, a lost lease takes it off; any new management address (renewal, menu
+//! change) is announced on the console and handed to the node service, which moves the cluster
+//! member when the cluster runs on the management network.
+//!
+//! The bridge ([`BRIDGE`], as in Scale HC3, where every VM NIC sits on a bridge over the node's
+//! uplink): made once over the chosen uplink, with the uplink's MAC (so a DHCP server sees the
+//! same client as before), and kept when the configuration changes (VM taps may be its ports);
+//! a new uplink replaces the old one as its port. Layout:
+//!
+//! ```text
+//!   no VLAN:    eth0 ── port of cairn0 ── cairn0 holds the address, routes; VM taps join cairn0
+//!   VLAN 42:    eth0 ── port of cairn0 (VM taps, untagged and their own VLANs)
+//!                 └── eth0.42 holds the address, routes
+//! ```
+//!
+//! With a management VLAN the VLAN link sits on the uplink, beside the bridge, not on the
+//! bridge: the kernel hands a frame tagged 42 to eth0.42 before the bridge sees it, so the
+//! management network does not depend on the bridge's VLAN state. When a VM NIC with a VLAN
+//! later turns VLAN filtering on on cairn0 (see `vmm::virtio::bridge_vlan`), a VLAN link on
+//! cairn0 would lose its frames (the uplink port and the bridge itself carry only VLAN 1 by
+//! default); this one keeps them. The price: VMs cannot share the management VLAN. The uplink
+//! port also carries VLANs 2-4094 tagged (a trunk, as on Proxmox's VLAN-aware bridges), so the
+//! VMs' VLANs reach the wire once filtering is on; a kernel without bridge VLAN filtering
+//! refuses that, which is logged (and it cannot start VLAN NICs anyway).
 //!
 //! Must never touch an address, route or link it did not create (other than bringing the chosen
-//! parent link up), and must never leave a running node with neither configuration: when a new
-//! one cannot be applied, the previous one is restored.
+//! parent link up and making it the bridge's port), and must never leave a running node with
+//! neither configuration: when a new one cannot be applied, the previous one is restored; when
+//! the bridge cannot be made, the uplink is configured directly and the reason logged.
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -17,13 +39,23 @@ use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use crate::net::{ClusterNet, NetConfig, NetMode};
-use crate::netlink::{if_index, Netlink};
+use crate::netlink::{if_index, link_mac, Netlink};
 use crate::{dhcp, logln};
+
+/// The bridge PID 1 makes over the management uplink; VM NICs that name no bridge join it
+/// (the node learns the name from [`bridge`]).
+pub const BRIDGE: &str = "cairn0";
+
+/// VLANs the uplink carries tagged as the bridge's port (all but the default, 1).
+const TRUNK_VLANS: (u16, u16) = (2, 4094);
 
 /// What the network is now (for the status screen).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NetStatus {
+    /// The link as configured: the uplink, or its VLAN link.
     pub link: String,
+    /// The bridge that holds the address for `link` (None: `link` holds it itself).
+    pub bridge: Option<String>,
     pub addr: Option<(Ipv4Addr, u8)>,
     pub gateway: Option<Ipv4Addr>,
     pub dns: Vec<Ipv4Addr>,
@@ -33,7 +65,11 @@ pub struct NetStatus {
 #[derive(Debug)]
 struct Applied {
     cfg: NetConfig,
+    /// The link as configured (the uplink or its VLAN link), as the console shows it.
     link: String,
+    /// The bridge holding the address instead of `link` (no VLAN, the bridge made).
+    bridge: Option<String>,
+    /// The link holding the address: the bridge, or `link`.
     index: u32,
     /// The VLAN link was created here (and is deleted when the configuration goes).
     created_vlan: bool,
@@ -46,6 +82,7 @@ impl Applied {
     fn status(&self) -> NetStatus {
         NetStatus {
             link: self.link.clone(),
+            bridge: self.bridge.clone(),
             addr: self.addr,
             gateway: self.gateway,
             dns: self.dns.clone(),
@@ -53,7 +90,17 @@ impl Applied {
     }
 }
 
+/// The bridge as made here, and its port.
+#[derive(Debug)]
+struct Bridge {
+    index: u32,
+    /// The uplink that is its port (name, index); None after a failed change of uplink.
+    uplink: Option<(String, u32)>,
+}
+
 static APPLIED: Mutex<Option<Applied>> = Mutex::new(None);
+/// Taken only inside a replacement (`REPLACING`), or to read it.
+static BRIDGE_MADE: Mutex<Option<Bridge>> = Mutex::new(None);
 /// Serializes whole replacements (take down + bring up + maybe restore).
 static REPLACING: Mutex<()> = Mutex::new(());
 /// The DHCP thread whose number this is may apply leases; every other one stops.
@@ -192,6 +239,17 @@ fn bring_up(cfg: &NetConfig, dhcp_timeout: Duration) -> Result<NetStatus, String
     let parent = if_index(&cfg.iface).map_err(|e| format!("no link {}: {e}", cfg.iface))?;
     nl.link_up(parent)
         .map_err(|e| format!("{}: link up: {e}", cfg.iface))?;
+    let bridge = match ensure_bridge(&mut nl, &cfg.iface, parent) {
+        Ok(index) => Some(index),
+        Err(e) => {
+            logln!(
+                "network: no bridge {BRIDGE} over {}: {e}; configuring {} directly (VM NICs have no bridge to join)",
+                cfg.iface,
+                cfg.iface
+            );
+            None
+        }
+    };
     let (link, created_vlan) = match cfg.vlan {
         None => (cfg.iface.clone(), false),
         Some(vid) => {
@@ -206,11 +264,18 @@ fn bring_up(cfg: &NetConfig, dhcp_timeout: Duration) -> Result<NetStatus, String
             (name, created)
         }
     };
-    let index = if_index(&link).map_err(|e| format!("{link}: {e}"))?;
+    // Without a VLAN the bridge holds the address; a VLAN link stays on the uplink (see the
+    // module's layout).
+    let (index, on_bridge) = match (cfg.vlan, bridge) {
+        (None, Some(b)) => (b, Some(BRIDGE.to_string())),
+        _ => (if_index(&link).map_err(|e| format!("{link}: {e}"))?, None),
+    };
+    let holder = on_bridge.clone().unwrap_or_else(|| link.clone());
     // Recorded before anything else can fail, so a failure is taken down completely.
     *applied() = Some(Applied {
         cfg: cfg.clone(),
         link: link.clone(),
+        bridge: on_bridge,
         index,
         created_vlan,
         addr: None,
@@ -218,7 +283,7 @@ fn bring_up(cfg: &NetConfig, dhcp_timeout: Duration) -> Result<NetStatus, String
         dns: Vec::new(),
     });
     nl.link_up(index)
-        .map_err(|e| format!("{link}: link up: {e}"))?;
+        .map_err(|e| format!("{holder}: link up: {e}"))?;
     match &cfg.mode {
         NetMode::Static {
             addr,
@@ -231,20 +296,128 @@ fn bring_up(cfg: &NetConfig, dhcp_timeout: Duration) -> Result<NetStatus, String
             set_addr(&mut nl, a, *addr, *prefix, *gateway, dns)
         }
         NetMode::Dhcp => {
-            logln!("network: DHCP on {link}");
+            if holder == link {
+                logln!("network: DHCP on {link}");
+            } else {
+                logln!("network: DHCP on {link} (bridge {holder})");
+            }
             let generation = DHCP_GENERATION.fetch_add(1, Ordering::SeqCst) + 1;
             // The smoltcp device is not Send: the client lives on its own thread (renewals),
             // and hands the first lease back here.
             let (tx, rx) = std::sync::mpsc::channel::<Result<NetStatus, String>>();
-            let thread_link = link.clone();
+            let (thread_link, thread_holder) = (link.clone(), holder);
             std::thread::Builder::new()
                 .name("dhcp".into())
-                .spawn(move || dhcp_thread(thread_link, index, generation, tx))
+                .spawn(move || dhcp_thread(thread_link, thread_holder, index, generation, tx))
                 .map_err(|e| format!("dhcp thread: {e}"))?;
             rx.recv_timeout(dhcp_timeout + Duration::from_secs(1))
                 .map_err(|_| format!("{link}: no DHCP lease within {} s", dhcp_timeout.as_secs()))?
         }
     }
+}
+
+/// The bridge VM NICs join when they name none: [`BRIDGE`] once it was made over the uplink
+/// (None: it could not be, or no network was applied yet).
+pub fn bridge() -> Option<String> {
+    let g = BRIDGE_MADE.lock().unwrap_or_else(|p| p.into_inner());
+    g.as_ref()
+        .filter(|b| b.uplink.is_some())
+        .map(|_| BRIDGE.to_string())
+}
+
+/// Makes [`BRIDGE`] (once, with the uplink's MAC) and the uplink its port (instead of an
+/// earlier uplink, whose MAC the bridge then gives up for the new one's); returns the bridge's
+/// index. A bridge made here whose port cannot be added is deleted again; one already made
+/// (VM taps may be its ports) is kept. Never takes over a link of that name made by someone
+/// else.
+fn ensure_bridge(nl: &mut Netlink, uplink: &str, uplink_index: u32) -> Result<u32, String> {
+    let mut g = BRIDGE_MADE.lock().unwrap_or_else(|p| p.into_inner());
+    let ours = g
+        .as_ref()
+        .map(|b| b.index)
+        .filter(|i| if_index(BRIDGE).ok() == Some(*i));
+    if let (Some(index), Some(b)) = (ours, g.as_ref()) {
+        if b.uplink.as_ref().map(|u| u.1) == Some(uplink_index) {
+            return Ok(index);
+        }
+    }
+    let mac = link_mac(uplink).map_err(|e| format!("{uplink} has no MAC address: {e}"))?;
+    let (index, created) = match ours {
+        Some(index) => (index, false),
+        None => {
+            *g = None;
+            if if_index(BRIDGE).is_ok() {
+                return Err(format!(
+                    "a link named {BRIDGE} exists that this node did not make"
+                ));
+            }
+            nl.add_bridge(BRIDGE, mac).map_err(|e| {
+                if e.raw_os_error() == Some(libc::EOPNOTSUPP) {
+                    "this kernel cannot make bridges (CONFIG_BRIDGE)".to_string()
+                } else {
+                    format!("create bridge {BRIDGE}: {e}")
+                }
+            })?;
+            let index = if_index(BRIDGE).map_err(|e| format!("{BRIDGE} after creating it: {e}"))?;
+            (index, true)
+        }
+    };
+    let undo = |nl: &mut Netlink, g: &mut Option<Bridge>, why: String| {
+        if created {
+            if let Err(e) = nl.del_link(index) {
+                logln!("network: deleting {BRIDGE} again: {e}");
+            }
+            *g = None;
+        } else {
+            *g = Some(Bridge {
+                index,
+                uplink: None,
+            });
+        }
+        Err(why)
+    };
+    if !created {
+        // Another uplink was the port: it leaves, and the bridge takes the new one's MAC.
+        if let Some((old, old_index)) = g.as_ref().and_then(|b| b.uplink.clone()) {
+            if let Err(e) = nl.set_master(old_index, 0) {
+                if e.raw_os_error() != Some(libc::ENODEV) {
+                    logln!("network: taking {old} out of {BRIDGE}: {e}");
+                }
+            }
+        }
+        if let Err(e) = nl.set_mac(index, mac) {
+            return undo(
+                nl,
+                &mut g,
+                format!("give {BRIDGE} the MAC of {uplink}: {e}"),
+            );
+        }
+    }
+    if let Err(e) = nl.set_master(uplink_index, index) {
+        return undo(nl, &mut g, format!("make {uplink} a port of {BRIDGE}: {e}"));
+    }
+    if let Err(e) = nl.link_up(index) {
+        let _ = nl.set_master(uplink_index, 0);
+        return undo(nl, &mut g, format!("{BRIDGE}: link up: {e}"));
+    }
+    *g = Some(Bridge {
+        index,
+        uplink: Some((uplink.to_string(), uplink_index)),
+    });
+    drop(g);
+    logln!("network: bridge {BRIDGE} over {uplink} (VM NICs join it)");
+    match nl.add_port_vlans(uplink_index, TRUNK_VLANS.0, TRUNK_VLANS.1) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => logln!(
+            "network: {uplink} carries no VM VLANs: this kernel has no bridge VLAN filtering"
+        ),
+        Err(e) => logln!(
+            "network: {uplink} does not carry VLANs {}-{} for VMs: {e}",
+            TRUNK_VLANS.0,
+            TRUNK_VLANS.1
+        ),
+    }
+    Ok(index)
 }
 
 /// Puts `addr/prefix` (and the default route via `gw`) on the applied link, replacing the
@@ -257,7 +430,7 @@ fn set_addr(
     gw: Option<Ipv4Addr>,
     dns: &[Ipv4Addr],
 ) -> Result<NetStatus, String> {
-    let link = a.link.clone();
+    let link = a.bridge.clone().unwrap_or_else(|| a.link.clone());
     if let Some(old_gw) = a.gateway.filter(|g| Some(*g) != gw) {
         let _ = ignore_gone(nl.del_default_route(a.index, old_gw));
         a.gateway = None;
@@ -276,13 +449,24 @@ fn set_addr(
     }
     a.dns = dns.to_vec();
     write_resolv(dns);
-    logln!("network: {link} {addr}/{prefix} gateway {gw:?} dns {dns:?}");
+    let on = a
+        .bridge
+        .as_ref()
+        .map(|b| format!(" on bridge {b}"))
+        .unwrap_or_default();
+    logln!(
+        "network: {} {addr}/{prefix}{on} gateway {gw:?} dns {dns:?}",
+        a.link
+    );
     note_address(addr);
     Ok(a.status())
 }
 
+/// The DHCP client of `link` (as configured; named in messages), running on `holder`, the link
+/// that holds the address (the bridge, or `link` itself), index `index`.
 fn dhcp_thread(
     link: String,
+    holder: String,
     index: u32,
     generation: u64,
     first: std::sync::mpsc::Sender<Result<NetStatus, String>>,
@@ -290,7 +474,7 @@ fn dhcp_thread(
     let current = || DHCP_GENERATION.load(Ordering::SeqCst) == generation;
     let setup = Netlink::open()
         .map_err(|e| format!("netlink: {e}"))
-        .and_then(|nl| Ok((nl, dhcp::Client::new(&link)?)));
+        .and_then(|nl| Ok((nl, dhcp::Client::new(&holder)?)));
     let (mut nl, mut client) = match setup {
         Ok(x) => x,
         Err(e) => {

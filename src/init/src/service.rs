@@ -311,6 +311,9 @@ pub fn run(
         // Other nodes reach this one's cluster member on the cluster link's address when it
         // has one, else on its management address.
         cfg.cluster_listen = wanted_cluster_addr(&rec);
+        // VM NICs that name no bridge join the bridge the network set-up made over the uplink
+        // (none when it could not: then they are only brought up, as with `cairn node`).
+        cfg.vm_bridge = crate::netlive::bridge();
         let node = node::Node::start(cfg)
             .await
             .map_err(|e| format!("node: {e}"))?;
