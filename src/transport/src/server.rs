@@ -1,8 +1,7 @@
 //! The serving side: accepts mutual-TLS connections from cluster members, reads framed requests
 //! and runs them on a [`Handler`], at most `max_in_flight` at a time per connection (beyond
 //! that we stop reading, so TCP pushes back on the peer). A connection's requests run
-//! concurrently inside its own task (no task per request), and that task writes their replies
-//! too, many per TLS write, when nothing else is ready; when the connection ends, the requests
+//! concurrently inside its own task (no task per request); when the connection ends, the ones
 //! already started still run to their end.
 //!
 //! A peer whose certificate does not chain to the cluster CA fails the handshake and never
@@ -10,9 +9,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use futures::stream::{FuturesUnordered, StreamExt};
@@ -37,7 +34,6 @@ pub struct ServerConfig {
     pub handshake_timeout: Duration,
     /// Chunks a streamed body may have buffered before the sender must wait for credit.
     pub stream_window_chunks: u32,
-    /// Frames handlers may queue on their own (stream credit) before they wait.
     pub write_queue_frames: usize,
 }
 
@@ -191,84 +187,63 @@ async fn serve_conn<H: Handler>(
         None => None,
     };
     let (rd, wr) = tokio::io::split(tls);
-    // Frames a handler sends on its own (credit for a streamed body); replies come back from
-    // the request futures themselves.
     let (tx, mut rx) = mpsc::channel::<Frame>(cfg.write_queue_frames.max(1));
     let max = cfg.max_frame_bytes;
     let max_in_flight = cfg.max_in_flight_per_conn.max(1);
-    let mut out = Out::new(wr);
+    let inflight = Arc::new(Semaphore::new(max_in_flight));
+    let busy = crate::writer::InFlight {
+        sem: inflight.clone(),
+        max: max_in_flight,
+    };
+    let writer = AbortOnDrop(tokio::spawn(async move {
+        crate::writer::write_frames(wr, &mut rx, max, busy).await
+    }));
     let streams: Streams = Arc::new(Mutex::new(HashMap::new()));
     // Requests run inside this task, not one spawned task each: a burst of requests then
     // costs no task spawns, and their completions (io_uring, replies) wake this one task
     // instead of one task per request, each of which could wake another worker thread.
-    // Replies are written by this task too, not handed to a writer task: everything that is
-    // ready (finished requests, frames read) is taken first, and only when nothing more is
-    // the replies gathered meanwhile go out in one TLS write — one wake-up per burst, no
-    // channel hop and no second task to wake.
     let mut running = FuturesUnordered::new();
     let mut next = std::pin::pin!(read_next(rd, max));
     let result = loop {
-        // At the in-flight bound, or with replies piling up unwritten (the peer does not read),
-        // stop reading (TCP pushes back on the peer) and only run and write.
-        let full = running.len() >= max_in_flight || out.backlog() >= OUT_BACKLOG_BYTES;
-        let writing = out.pending();
-        let event = tokio::select! {
+        // At the in-flight bound, stop reading (TCP pushes back on the peer) and only run.
+        let full = running.len() >= max_in_flight;
+        let frame = tokio::select! {
             biased;
-            Some(reply) = running.next(), if !running.is_empty() => Event::Reply(reply),
-            Some(frame) = rx.recv() => Event::Sent(frame),
-            r = next.as_mut(), if !full => Event::Read(r),
-            w = std::future::poll_fn(|cx| out.poll_write_out(cx)), if writing => Event::Wrote(w),
+            Some(()) = running.next(), if !running.is_empty() => continue,
+            r = next.as_mut(), if !full => r,
             _ = stop.changed() => break Ok(()),
         };
-        let frame = match event {
-            Event::Reply(reply) => {
-                // Frames a handler sent before it finished go out before its reply.
-                let mut pushed = Ok(());
-                while let (Ok(()), Ok(f)) = (&pushed, rx.try_recv()) {
-                    pushed = out.push(&f, max);
-                }
-                match pushed.and_then(|()| out.push(&reply, max)) {
-                    Ok(()) => continue,
-                    Err(e) => break Err(e),
-                }
-            }
-            Event::Sent(f) => match out.push(&f, max) {
-                Ok(()) => continue,
-                Err(e) => break Err(e),
-            },
-            Event::Wrote(w) => match w {
-                Ok(()) => continue,
-                Err(e) => break Err(e),
-            },
-            Event::Read((rd, frame)) => {
-                next.set(read_next(rd, max));
-                match frame {
-                    Ok(Some(f)) => f,
-                    Ok(None) => break Ok(()),
-                    Err(e) => break Err(e),
-                }
-            }
+        let (rd, frame) = frame;
+        let frame = match frame {
+            Ok(Some(f)) => f,
+            Ok(None) => break Ok(()),
+            Err(e) => break Err(e),
         };
+        next.set(read_next(rd, max));
         match frame.kind {
             FrameKind::Request | FrameKind::StreamRequest => {
+                // Bounded by `running.len()` above: a permit is always free here. The writer
+                // counts permits to know whether more replies are on their way.
+                let Ok(permit) = inflight.clone().try_acquire_owned() else {
+                    break Err(Error::Closed);
+                };
                 let body = if frame.kind == FrameKind::StreamRequest {
-                    let (body, credit) =
-                        open_stream(&streams, &tx, frame.id, cfg.stream_window_chunks);
-                    if let Err(e) = out.push(&credit, max) {
-                        break Err(e);
+                    match open_stream(&streams, &tx, frame.id, cfg.stream_window_chunks).await {
+                        Ok(b) => Some(b),
+                        Err(e) => break Err(e),
                     }
-                    Some(body)
                 } else {
                     None
                 };
-                let (handler, streams) = (handler.clone(), streams.clone());
+                let (handler, tx, streams) = (handler.clone(), tx.clone(), streams.clone());
                 running.push(async move {
                     let reply =
                         run_handler(&*handler, peer, frame.id, &frame.payload, body, max).await;
                     if frame.kind == FrameKind::StreamRequest {
                         lock(&streams).remove(&frame.id);
                     }
-                    reply
+                    let _ = tx.send(reply).await;
+                    drop(permit);
                 });
             }
             FrameKind::Chunk | FrameKind::End => {
@@ -298,94 +273,13 @@ async fn serve_conn<H: Handler>(
     };
     // The connection is done, but requests it started run to their end, as they would in
     // tasks of their own: a write half-done on a store must not be cut off by a peer hanging
-    // up. Their replies go nowhere (the connection closes when this returns).
-    drop(out);
+    // up. Their replies go nowhere (the writer is stopped first, so nothing waits for it).
+    drop(writer);
     drop(tx);
     if !running.is_empty() {
         tokio::spawn(async move { while running.next().await.is_some() {} });
     }
     result
-}
-
-/// Unwritten reply bytes past which a connection stops reading requests until the peer takes
-/// some (the replies of requests already running still join them, so the most is this plus
-/// `max_in_flight_per_conn` replies).
-const OUT_BACKLOG_BYTES: usize = 1024 * 1024;
-
-/// What woke a connection's task.
-enum Event<R> {
-    /// A finished request's reply.
-    Reply(Frame),
-    /// A frame a handler sent on its own (stream credit).
-    Sent(Frame),
-    /// A frame read (with the reader handed back).
-    Read((R, Result<Option<Frame>, Error>)),
-    /// The replies gathered so far were written (or the write failed).
-    Wrote(Result<(), Error>),
-}
-
-/// A connection's outgoing bytes: frames are encoded onto the end of one buffer, which is
-/// written from where the last write stopped. A frame added while a write is under way simply
-/// joins the bytes still to go; nothing is reordered.
-struct Out<W> {
-    wr: W,
-    buf: Vec<u8>,
-    /// Bytes of `buf` the TLS layer has taken.
-    written: usize,
-    /// The TLS layer took bytes it may still hold (a flush is owed).
-    unflushed: bool,
-}
-
-impl<W: tokio::io::AsyncWrite + Unpin> Out<W> {
-    fn new(wr: W) -> Self {
-        Out {
-            wr,
-            buf: Vec::with_capacity(64 * 1024),
-            written: 0,
-            unflushed: false,
-        }
-    }
-
-    /// Encodes `f` behind what is queued. A frame over the limit fails without adding bytes.
-    fn push(&mut self, f: &Frame, max_frame_bytes: u32) -> Result<(), Error> {
-        f.encode_into(&mut self.buf, max_frame_bytes)
-    }
-
-    /// Bytes queued and not yet taken by the TLS layer.
-    fn backlog(&self) -> usize {
-        self.buf.len() - self.written
-    }
-
-    /// Whether anything is left to write or flush.
-    fn pending(&self) -> bool {
-        self.backlog() > 0 || self.unflushed
-    }
-
-    /// Writes and flushes everything queued; `Pending` while the socket is full (what was
-    /// taken stays taken, the rest goes when polled again).
-    fn poll_write_out(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
-        while self.written < self.buf.len() {
-            let n = ready!(Pin::new(&mut self.wr).poll_write(cx, &self.buf[self.written..]))?;
-            if n == 0 {
-                return Poll::Ready(Err(
-                    std::io::Error::from(std::io::ErrorKind::WriteZero).into()
-                ));
-            }
-            self.written += n;
-            self.unflushed = true;
-        }
-        if self.unflushed {
-            ready!(Pin::new(&mut self.wr).poll_flush(cx))?;
-            self.unflushed = false;
-        }
-        self.buf.clear();
-        self.written = 0;
-        if self.buf.capacity() > 4 * OUT_BACKLOG_BYTES {
-            // One huge reply (a chunk export) must not pin its buffer for the connection's life.
-            self.buf = Vec::with_capacity(64 * 1024);
-        }
-        Poll::Ready(Ok(()))
-    }
 }
 
 /// Reads the next frame, handing the reader back with it (so the read can live in a
@@ -398,25 +292,38 @@ async fn read_next<R: tokio::io::AsyncRead + Unpin>(
     (rd, r)
 }
 
-/// Opens the receiving end of a streamed body; returns it and the frame granting the sender
-/// its first window.
-fn open_stream(
+/// Cuts the writer (and so the connection) when the connection task ends or is dropped by
+/// shutdown, instead of leaving it to outlive the server.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+async fn open_stream(
     streams: &Streams,
     tx: &mpsc::Sender<Frame>,
     id: u64,
     window: u32,
-) -> (StreamRx, Frame) {
+) -> Result<StreamRx, Error> {
     let window = window.max(1);
     let (stx, srx) = mpsc::channel(window as usize + 1);
     lock(streams).insert(id, stx);
-    let credit = Frame::new(FrameKind::Credit, id, window.to_le_bytes().to_vec());
-    let body = StreamRx {
+    tx.send(Frame::new(
+        FrameKind::Credit,
+        id,
+        window.to_le_bytes().to_vec(),
+    ))
+    .await
+    .map_err(|_| Error::Closed)?;
+    Ok(StreamRx {
         id,
         rx: srx,
         out: tx.clone(),
         done: false,
-    };
-    (body, credit)
+    })
 }
 
 async fn run_handler<H: Handler>(
@@ -443,102 +350,4 @@ async fn run_handler<H: Handler>(
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A socket that takes at most `per_write` bytes per call and is full (Pending, woken at
-    /// once) every other call; flushes are full the first time too.
-    #[derive(Default)]
-    struct Trickle {
-        got: Vec<u8>,
-        calls: usize,
-        per_write: usize,
-        flushes: usize,
-    }
-
-    impl tokio::io::AsyncWrite for Trickle {
-        fn poll_write(
-            mut self: Pin<&mut Self>,
-            cx: &mut Context<'_>,
-            buf: &[u8],
-        ) -> Poll<std::io::Result<usize>> {
-            self.calls += 1;
-            if self.calls.is_multiple_of(2) {
-                cx.waker().wake_by_ref();
-                return Poll::Pending;
-            }
-            let n = buf.len().min(self.per_write);
-            self.got.extend_from_slice(&buf[..n]);
-            Poll::Ready(Ok(n))
-        }
-        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-            self.flushes += 1;
-            if !self.flushes.is_multiple_of(2) {
-                cx.waker().wake_by_ref();
-                return Poll::Pending;
-            }
-            Poll::Ready(Ok(()))
-        }
-        fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-            Poll::Ready(Ok(()))
-        }
-    }
-
-    fn frame(i: u64) -> Frame {
-        Frame::new(
-            FrameKind::Response,
-            i,
-            vec![i as u8; (i as usize * 331) % 3000],
-        )
-    }
-
-    #[test]
-    fn frames_added_while_the_socket_is_full_go_out_after_the_rest() {
-        let mut out = Out::new(Trickle {
-            per_write: 700,
-            ..Trickle::default()
-        });
-        let waker = futures::task::noop_waker();
-        let mut cx = Context::from_waker(&waker);
-        let mut pushed = 0;
-        let mut polls = 0;
-        // Frames join between every poll, including while a write is stuck half-way.
-        while pushed < 50 || out.pending() {
-            if pushed < 50 {
-                out.push(&frame(pushed), 1 << 20).unwrap();
-                pushed += 1;
-            }
-            if out.poll_write_out(&mut cx).is_ready() {
-                assert!(!out.pending());
-                assert_eq!(out.backlog(), 0);
-            }
-            polls += 1;
-            assert!(polls < 10_000, "the writer made no progress");
-        }
-        let mut got = Vec::new();
-        let mut b = &out.wr.got[..];
-        while let Some((f, used)) = Frame::decode(b, 1 << 20).unwrap() {
-            got.push(f);
-            b = &b[used..];
-        }
-        assert!(b.is_empty(), "a partial frame was written");
-        assert_eq!(got, (0..50).map(frame).collect::<Vec<_>>());
-        assert!(out.wr.flushes >= 2, "written bytes were never flushed");
-    }
-
-    #[test]
-    fn an_oversized_reply_adds_nothing() {
-        let mut out = Out::new(Trickle::default());
-        out.push(&frame(1), 1 << 20).unwrap();
-        let before = out.backlog();
-        let big = Frame::new(FrameKind::Response, 2, vec![0; 200]);
-        assert!(matches!(
-            out.push(&big, 100),
-            Err(Error::FrameTooLarge { .. })
-        ));
-        assert_eq!(out.backlog(), before);
-    }
 }

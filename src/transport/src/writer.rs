@@ -1,5 +1,5 @@
-//! The one writer task of a client connection: frames queued by many tasks go out in order,
-//! many per TLS write. (A server connection's task writes its replies itself: `server`.)
+//! The one writer task of a connection (client and server side alike): frames queued by many
+//! tasks go out in order, many per TLS write.
 //!
 //! Must never: reorder frames (a stream's chunks and its end follow their request), hold a
 //! frame back waiting for frames that are not already on their way, or report a batch written

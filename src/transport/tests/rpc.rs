@@ -602,10 +602,10 @@ async fn requests_run_to_their_end_when_the_connection_goes() {
 
 #[tokio::test]
 async fn replies_to_a_caller_that_reads_late_all_arrive_whole_and_in_order() {
-    // The connection's task writes its replies itself. A caller that sends a burst and reads
-    // only later fills the socket (24 MiB of replies), so the server's writes stop half-way
-    // and resume; every reply must still arrive whole, once, and a streamed request's credit
-    // frames (sent by its handler) must come before its reply.
+    // A caller that sends a burst and reads only later fills the socket (24 MiB of replies),
+    // so the server's writes stop half-way and resume while it stops reading; every reply must
+    // still arrive whole, once, and a streamed request's credit frames (sent by its handler)
+    // must come before its reply.
     use tokio::io::AsyncWriteExt;
     use transport::{encode, Frame, FrameKind};
     const MAX: u32 = 16 * 1024 * 1024;
