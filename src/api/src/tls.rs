@@ -307,6 +307,7 @@ fn validate(
             }
         }
     }
+    let fp = fingerprints(&certs[0], &leaf);
     let info = CertInfo {
         subject: leaf.subject().to_string(),
         issuer: leaf.issuer().to_string(),
@@ -314,8 +315,8 @@ fn validate(
         names,
         not_before_unix: nb,
         not_after_unix: na,
-        sha256_fingerprint: crate::files::sha256_hex(&certs[0]),
-        key_sha256: crate::files::sha256_hex(leaf.public_key().raw),
+        sha256_fingerprint: fp.certificate,
+        key_sha256: fp.key,
     };
     let ips = info.names.iter().filter_map(|n| n.parse().ok()).collect();
     let ck = CertifiedKey::new(certs, signing);
@@ -327,6 +328,35 @@ fn validate(
         ips,
         origin,
     })
+}
+
+/// The SHA-256 fingerprints of a certificate, lowercase hex: the ones [`CertInfo`] carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fingerprints {
+    /// Of the certificate's DER bytes (what a browser shows as its SHA-256 fingerprint).
+    pub certificate: String,
+    /// Of its public key (SubjectPublicKeyInfo), the same across the node's re-issues.
+    pub key: String,
+}
+
+fn fingerprints(der: &[u8], leaf: &x509_parser::certificate::X509Certificate<'_>) -> Fingerprints {
+    Fingerprints {
+        certificate: crate::files::sha256_hex(der),
+        key: crate::files::sha256_hex(leaf.public_key().raw),
+    }
+}
+
+/// The fingerprints of the first certificate (the leaf) in a PEM file such as
+/// `state_dir/tls/cert.pem`, for showing where the API cannot be asked (the appliance's
+/// console). Checks nothing but that it parses.
+pub fn pem_fingerprints(cert_pem: &[u8]) -> std::result::Result<Fingerprints, String> {
+    let der = CertificateDer::pem_slice_iter(cert_pem)
+        .next()
+        .ok_or("no certificate found (expected a PEM 'BEGIN CERTIFICATE' block)")?
+        .map_err(|e| format!("the certificate is not valid PEM: {e}"))?;
+    let (_, leaf) = x509_parser::parse_x509_certificate(&der)
+        .map_err(|e| format!("the certificate cannot be parsed: {e}"))?;
+    Ok(fingerprints(&der, &leaf))
 }
 
 /// A fresh self-signed certificate (PEM cert, PEM key) for this host's names and addresses.
@@ -472,6 +502,48 @@ mod tests {
         assert_ne!(info.sha256_fingerprint, first.sha256_fingerprint);
         let again = CertStore::open(dir.path()).unwrap();
         assert_eq!(again.info(), info);
+    }
+
+    #[test]
+    fn pem_fingerprints_are_the_ones_the_api_shows() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CertStore::open(dir.path()).unwrap();
+        let check = |store: &CertStore| {
+            let fp = pem_fingerprints(store.cert_pem().unwrap().as_bytes()).unwrap();
+            let info = store.info();
+            assert_eq!(fp.certificate, info.sha256_fingerprint);
+            assert_eq!(fp.key, info.key_sha256);
+            for h in [&fp.certificate, &fp.key] {
+                assert_eq!(h.len(), 64, "{h}");
+                assert!(h
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
+            }
+            fp
+        };
+        let generated = check(&store);
+        // A re-issue for a new address: another certificate, the same key.
+        assert!(store.name_address("192.0.2.7".parse().unwrap()).unwrap());
+        let reissued = check(&store);
+        assert_ne!(reissued.certificate, generated.certificate);
+        assert_eq!(reissued.key, generated.key);
+        // A chain: the leaf (first block) counts, not what follows it.
+        let (c, k) = self_signed().unwrap();
+        let (other, _) = self_signed().unwrap();
+        store
+            .replace(format!("{c}{other}").as_bytes(), k.as_bytes())
+            .unwrap();
+        assert_eq!(check(&store), pem_fingerprints(c.as_bytes()).unwrap());
+        assert_ne!(
+            pem_fingerprints(other.as_bytes()),
+            pem_fingerprints(c.as_bytes())
+        );
+        // Bad input is an error that says what is wrong.
+        let e = pem_fingerprints(b"").unwrap_err();
+        assert!(e.contains("no certificate found"), "{e}");
+        let e = pem_fingerprints(b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
+            .unwrap_err();
+        assert!(e.contains("cannot be parsed"), "{e}");
     }
 
     /// Whether a client that trusts `trusted_pem` (as `cairn --ca-cert` does) accepts `served`

@@ -20,6 +20,10 @@ fn status(t: &mut dyn Term, rec: &NodeRecord) {
         Some((a, _)) => t.say(&format!("UI: https://{a}:{}/", service::API_PORT)),
         None => t.say("UI: no network address (choose 1 to set up the network)"),
     }
+    let cert = std::path::Path::new(service::DATA_DIR).join(CERT_FILE);
+    for l in certificate_lines(std::fs::read(&cert)) {
+        t.say(&l);
+    }
     if let Some(c) = &rec.cluster_net {
         match net::cluster_addr() {
             Some(a) => t.say(&format!(
@@ -48,6 +52,34 @@ fn status(t: &mut dyn Term, rec: &NodeRecord) {
     }
     t.say(&format!("Memory: node RSS {} MiB", rss_kib() / 1024));
     t.say("1) network  2) show logs  3) reboot  4) shut down  5) reset node  (enter: refresh)");
+}
+
+/// The API's certificate in use, under the node's data directory (the API owns the file and
+/// rewrites it when it re-issues the certificate or an admin uploads one).
+const CERT_FILE: &str = "api/tls/cert.pem";
+
+/// The status screen's lines about the UI's certificate: its SHA-256 fingerprint, which a
+/// browser shows at the first visit (a person compares it before trusting the certificate), and
+/// its key's, which stays when the node re-issues the certificate for a new address. Lowercase
+/// hex as the API (`GET /api/v1/certificate`) and the web UI's Settings show them; one value a
+/// line, each line within 80 columns, so a script reads them with a fixed prefix.
+/// `read`: the certificate file's contents.
+fn certificate_lines(read: std::io::Result<Vec<u8>>) -> Vec<String> {
+    match read {
+        Ok(pem) => match api::tls::pem_fingerprints(&pem) {
+            Ok(fp) => vec![
+                "UI certificate (check it at the first visit; its key stays across addresses):"
+                    .into(),
+                format!("  SHA-256     {}", fp.certificate),
+                format!("  Key SHA-256 {}", fp.key),
+            ],
+            Err(e) => vec![format!("UI certificate: unreadable: {e}")],
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            vec!["UI certificate: not made yet (enter: refresh)".into()]
+        }
+        Err(e) => vec![format!("UI certificate: unreadable: {e}")],
+    }
 }
 
 /// Resident memory of this process (PID 1 runs the node service), from /proc/self/status.
@@ -152,5 +184,90 @@ pub fn run(t: &mut dyn Term, rec: &NodeRecord) -> ! {
             "3" | "4" | "5" => t.say("Nothing was changed."),
             other => t.say(&format!("error: no menu entry {other:?}")),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A directory of its own under the system's temporary directory, removed when dropped.
+    struct TempDir(std::path::PathBuf);
+    impl TempDir {
+        fn new(name: &str) -> TempDir {
+            let p = std::env::temp_dir().join(format!("init-{name}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&p);
+            std::fs::create_dir_all(&p).unwrap();
+            TempDir(p)
+        }
+    }
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn is_hex64(s: &str) -> bool {
+        s.len() == 64
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    }
+
+    #[test]
+    fn the_status_screen_shows_the_fingerprints_the_api_serves() {
+        // The certificate the node's API makes, in the layout the node keeps it in.
+        let dir = TempDir::new("status-cert");
+        let store = api::tls::CertStore::open(&dir.0).unwrap();
+        let info = store.info();
+        let lines = certificate_lines(std::fs::read(dir.0.join("tls/cert.pem")));
+        assert_eq!(
+            lines,
+            [
+                "UI certificate (check it at the first visit; its key stays across addresses):"
+                    .to_string(),
+                format!("  SHA-256     {}", info.sha256_fingerprint),
+                format!("  Key SHA-256 {}", info.key_sha256),
+            ]
+        );
+        // What a script on the serial line reads: a fixed prefix, 64 hex digits, nothing after.
+        assert!(
+            is_hex64(&lines[1]["  SHA-256     ".len()..]),
+            "{}",
+            lines[1]
+        );
+        assert!(
+            is_hex64(&lines[2]["  Key SHA-256 ".len()..]),
+            "{}",
+            lines[2]
+        );
+        assert!(lines.iter().all(|l| l.len() <= 80), "{lines:?}");
+
+        // After a re-issue for a new address the screen shows the new certificate, same key.
+        assert!(store.name_address("192.0.2.9".parse().unwrap()).unwrap());
+        let again = certificate_lines(std::fs::read(dir.0.join("tls/cert.pem")));
+        assert_eq!(
+            again[1],
+            format!("  SHA-256     {}", store.info().sha256_fingerprint)
+        );
+        assert_ne!(again[1], lines[1]);
+        assert_eq!(again[2], lines[2]);
+    }
+
+    #[test]
+    fn a_missing_or_bad_certificate_is_said_in_one_line() {
+        let missing = std::io::Error::from(std::io::ErrorKind::NotFound);
+        assert_eq!(
+            certificate_lines(Err(missing)),
+            ["UI certificate: not made yet (enter: refresh)"]
+        );
+        let denied = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        let l = certificate_lines(Err(denied));
+        assert_eq!(l.len(), 1);
+        assert!(l[0].starts_with("UI certificate: unreadable: "), "{l:?}");
+        let l = certificate_lines(Ok(b"not a certificate".to_vec()));
+        assert_eq!(
+            l,
+            ["UI certificate: unreadable: no certificate found (expected a PEM 'BEGIN CERTIFICATE' block)"]
+        );
     }
 }
