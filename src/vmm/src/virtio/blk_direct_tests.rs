@@ -318,3 +318,32 @@ fn a_corrupt_replica_block_is_read_again_by_the_engine_which_repairs_it() {
     drop(rig);
     p.rt.block_on(p.engine.shutdown()).unwrap();
 }
+
+/// A read whose submit the kernel refused (EAGAIN, ENOMEM) stays queued in the ring: the queue
+/// thread must count that as work of its own and not go to sleep on the ring's eventfd, which
+/// nothing would ever signal (a lost wake-up: the guest's request would hang). Collecting then
+/// hands it to the kernel and returns its completion.
+#[test]
+fn an_entry_left_queued_by_a_refused_submit_keeps_the_thread_awake() {
+    let Some(mut r) = QueueRing::unbound(QLEN) else {
+        println!("skipped: io_uring unavailable");
+        return;
+    };
+    assert!(!r.completions_ready(), "an idle ring has nothing");
+    let nop = io_uring::opcode::Nop::new().build().user_data(7);
+    // SAFETY: a NOP references no memory.
+    unsafe { r.ring.submission().push(&nop) }.unwrap();
+    assert!(
+        r.completions_ready(),
+        "an entry still queued is work for the ring's thread"
+    );
+    let mut done = Vec::new();
+    while done.is_empty() {
+        r.collect(&mut done);
+        if done.is_empty() {
+            assert!(r.wait_one());
+        }
+    }
+    assert_eq!(done, vec![(7, 0)]);
+    assert!(!r.completions_ready(), "nothing left");
+}

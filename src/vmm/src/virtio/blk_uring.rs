@@ -99,9 +99,14 @@ impl QueueRing {
     }
 
     /// Whether the kernel has a completion for the ring's thread to collect (or to finish
-    /// first, COOP_TASKRUN).
+    /// first, COOP_TASKRUN), or entries a refused submit (EAGAIN, ENOMEM) left queued: nothing
+    /// signals the eventfd for those until they are handed to the kernel, so the thread must
+    /// not sleep on it (`collect` submits them).
     pub(super) fn completions_ready(&mut self) -> bool {
-        self.ring.submission().taskrun() || !self.ring.completion().is_empty()
+        let sq = self.ring.submission();
+        let kernel_work = sq.taskrun() || !sq.is_empty();
+        drop(sq);
+        kernel_work || !self.ring.completion().is_empty()
     }
 
     /// Hands the queued entries to the kernel. If it takes none now (no memory), they stay
