@@ -99,9 +99,37 @@ fn plans_plain_reads_refuses_the_rest_and_a_stale_plan_never_verifies() {
         b,
         "a new plan sees the write"
     );
+
+    // A snapshot's handle plans the version as of the snapshot (at_gen), not the live one:
+    // its checksums are the old data's and its bytes on the device are the old data.
+    rt.block_on(engine.create_snapshot("d", "s")).unwrap();
+    rt.block_on(h.write(0, &a[..bs])).unwrap();
+    rt.block_on(h.flush()).unwrap();
+    let snap = engine.open_snapshot("d", "s").unwrap();
+    let mut s = DirectRead::new();
+    assert!(
+        snap.plan_direct_read(0, BLOCK_BYTES, &mut s),
+        "snapshot block"
+    );
+    let old = pread(s.fd(), s.offset(), bs);
+    assert_eq!(old, b, "the snapshot's version");
+    assert!(s.block_ok(0, &old) && !s.block_ok(0, &a[..bs]));
+    assert!(h.plan_direct_read(0, BLOCK_BYTES, &mut q));
+    assert_eq!(pread(q.fd(), q.offset(), bs), a[..bs], "the live version");
+    assert!(q.block_ok(0, &a[..bs]) && !q.block_ok(0, &b));
+
+    // A deleted disk plans nothing (the ordinary path answers, with its error).
+    rt.block_on(engine.delete_vdisk("d")).unwrap();
+    assert!(
+        !h.plan_direct_read(BLOCK_BYTES, BLOCK_BYTES, &mut q),
+        "deleted"
+    );
+    assert!(!snap.plan_direct_read(0, BLOCK_BYTES, &mut s), "deleted");
     p.release();
     q.release();
+    s.release();
     drop(h);
+    drop(snap);
     rt.block_on(engine.shutdown()).unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }
