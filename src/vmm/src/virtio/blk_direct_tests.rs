@@ -347,3 +347,41 @@ fn an_entry_left_queued_by_a_refused_submit_keeps_the_thread_awake() {
     assert_eq!(done, vec![(7, 0)]);
     assert!(!r.completions_ready(), "nothing left");
 }
+
+/// A queue thread that ends (device reset, VM stopped) while its direct reads are still in the
+/// kernel first waits for them and answers each with its verified data, and only then gives its
+/// ring back: no read is dropped unanswered and no buffer freed under the kernel.
+#[test]
+fn a_queue_ending_with_reads_in_the_kernel_answers_them_first() {
+    let Some(p) = pool() else { return };
+    let h = p.disk.as_async().unwrap().engine_handle().unwrap().clone();
+    let a = pattern(64 << 10, 3);
+    p.rt.block_on(h.write(0, &a)).unwrap();
+    let mem_arc = guest_memory();
+    let mem: &GuestMemoryMmap = &mem_arc;
+    let Some(mut rig) = Rig::new(&p, mem, mem_arc.clone()) else {
+        return;
+    };
+    let reqs: Vec<(u16, u64)> = (0..4u64)
+        .map(|i| (rig.read(i * 32, &[(DATA + i * 0x1_0000, 16 << 10)]), i))
+        .collect();
+    assert!(rig.pq.serve(), "the reads were taken");
+    let used_at = rig.vq.used_addr().unchecked_add(2);
+    let (counters, home) = (rig.counters.clone(), rig.home.clone());
+    // The thread's side of the queue goes, as when its thread ends.
+    drop(rig);
+    let used: u16 = mem.read_obj(used_at).unwrap();
+    assert_eq!(used, 4, "every read was answered");
+    for (r, i) in reqs {
+        let st: u8 = mem.read_obj(GuestAddress(STATUS + u64::from(r))).unwrap();
+        assert_eq!(st, S_OK, "request {r}");
+        let mut got = vec![0u8; 16 << 10];
+        mem.read_slice(&mut got, GuestAddress(DATA + i * 0x1_0000))
+            .unwrap();
+        let at = (i * (16 << 10)) as usize;
+        assert_eq!(got, a[at..at + (16 << 10)], "request {r}");
+    }
+    assert_eq!(counters.direct_reads.load(Relaxed), 4);
+    assert!(home.lock().is_some(), "the ring went back, empty");
+    p.rt.block_on(p.engine.shutdown()).unwrap();
+}
