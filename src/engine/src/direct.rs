@@ -31,6 +31,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::core::Disk;
 use crate::handle::VdiskHandle;
 use crate::{BLOCK_BYTES, CHUNK_BYTES};
 
@@ -40,6 +41,8 @@ use crate::{BLOCK_BYTES, CHUNK_BYTES};
 pub struct DirectRead {
     /// Keeps the replica's store, hence its device and descriptor, alive while the read runs.
     store: Option<Arc<store::Store>>,
+    /// The replica's disk (its read count).
+    disk: Option<Arc<Disk>>,
     fd: RawFd,
     offset: u64,
     direct: bool,
@@ -98,6 +101,7 @@ impl DirectRead {
     /// Lets the device go (call once the read completed).
     pub fn release(&mut self) {
         self.store = None;
+        self.disk = None;
     }
 }
 
@@ -168,6 +172,7 @@ impl VdiskHandle {
             plan.crcs.clear();
             if let Some(run) = s.direct_plan(obj, block, nblocks, at_gen, &mut plan.crcs) {
                 plan.store = Some(s.clone());
+                plan.disk = Some(d.clone());
                 plan.fd = run.fd;
                 plan.offset = run.offset;
                 plan.direct = run.direct;
@@ -177,9 +182,13 @@ impl VdiskHandle {
         false
     }
 
-    /// Counts a direct read that completed with verified data in the disk's statistics, as
-    /// [`VdiskHandle::read`] counts its own (`start`: when the request began).
-    pub fn count_direct_read(&self, len: u64, start: Instant) {
+    /// Counts a direct read that completed with verified data in the disk's statistics and
+    /// its replica disk's (`plan`'s, still held), as [`VdiskHandle::read`] counts its own
+    /// (`start`: when the request began).
+    pub fn count_direct_read(&self, plan: &DirectRead, len: u64, start: Instant) {
+        if let Some(d) = &plan.disk {
+            d.reads.fetch_add(1, Ordering::Relaxed);
+        }
         let c = &self.inner.counters;
         c.reads.fetch_add(1, Ordering::Relaxed);
         c.read_bytes.fetch_add(len, Ordering::Relaxed);

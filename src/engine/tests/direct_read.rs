@@ -68,6 +68,17 @@ fn plans_plain_reads_refuses_the_rest_and_a_stale_plan_never_verifies() {
     let on_dev = pread(p.fd(), p.offset(), 2 * bs);
     assert_eq!(on_dev, a, "the plan points at the data");
     assert!(p.block_ok(0, &on_dev[..bs]) && p.block_ok(1, &on_dev[bs..]));
+    // A verified direct read counts once for the disk and once for the replica's disk it read,
+    // as an ordinary read does.
+    let disk_reads = |e: &Engine| e.stats().disks.iter().map(|d| d.reads).sum::<u64>();
+    let (before, disks_before) = (engine.stats().reads, disk_reads(&engine));
+    h.count_direct_read(&p, 2 * BLOCK_BYTES, std::time::Instant::now());
+    assert_eq!(engine.stats().reads - before, 1);
+    assert_eq!(
+        disk_reads(&engine) - disks_before,
+        1,
+        "the replica's disk read it"
+    );
     assert!(!p.block_ok(0, &b), "other bytes do not verify");
 
     let mut q = DirectRead::new();

@@ -190,6 +190,11 @@ impl DirectReads {
             let ok = usize::try_from(res).ok() == Some(len)
                 && verified(slot)
                 && slot.buf.as_ref().is_some_and(|b| to_guest(&job, &b[..len]));
+            if ok {
+                // Before the release: the plan names the replica's disk that read it.
+                self.handle
+                    .count_direct_read(&slot.plan, len as u64, job.start);
+            }
             slot.plan.release();
             if slot.buf.as_ref().is_some_and(|b| b.len() > KEEP_BUF) {
                 slot.buf = None;
@@ -198,7 +203,6 @@ impl DirectReads {
             if ok {
                 c.count_read(len);
                 c.direct_reads.fetch_add(1, Relaxed);
-                self.handle.count_direct_read(len as u64, job.start);
                 job.finish(Outcome::ok(len as u64), None);
                 staged = true;
             } else {
