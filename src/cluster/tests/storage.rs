@@ -355,3 +355,84 @@ mod fuzz {
         }
     }
 }
+
+/// `ClusterNode::settle` relies on the request log: once the no-op fence for an id applied, a
+/// late copy of the tagged command under that id must never apply, and an id whose command
+/// applied first answers that command's result. Both must hold on a member that restarted from
+/// the snapshot (the log before it compacted away) and on one that installed the snapshot
+/// from a leader.
+#[test]
+fn a_settled_request_stays_settled_after_a_snapshot_reopen_and_install() {
+    let dir = TempDir::new().unwrap();
+    let once = |term: u64, index: u64, request: &str, cmd: Command| Entry {
+        log_id: log_id(term, index),
+        payload: EntryPayload::Normal(Command::Once {
+            request: request.into(),
+            cmd: Box::new(cmd),
+        }),
+    };
+    let vdisk = |name: &str| match cmd_entry(1, 0, name).payload {
+        EntryPayload::Normal(c) => c,
+        _ => unreachable!(),
+    };
+    rt().block_on(async {
+        let mut sm = StateMachineStore::open(dir.path()).unwrap();
+        let members = Membership::<u64, CairnNode>::new(vec![BTreeSet::from([1])], None);
+        let r = sm
+            .apply(vec![
+                Entry {
+                    log_id: log_id(1, 1),
+                    payload: EntryPayload::Membership(members),
+                },
+                cmd_entry(1, 2, "a"),
+                // Settled before its command reached a leader.
+                once(1, 3, "fenced", Command::Noop),
+                // Applied first (refused: the name is taken), settled after.
+                once(1, 4, "applied", vdisk("a")),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(r[2], CommandResult::Ok);
+        let refused = r[3].clone();
+        assert!(matches!(refused, CommandResult::Rejected(_)), "{refused:?}");
+        let snap = sm
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        let data = snap.snapshot.into_inner();
+
+        let check = |sm: StateMachineStore, label: &'static str| {
+            let refused = refused.clone();
+            async move {
+                let mut sm = sm;
+                let r = sm
+                    .apply(vec![
+                        once(2, 5, "fenced", vdisk("late")),
+                        once(2, 6, "applied", Command::Noop),
+                    ])
+                    .await
+                    .unwrap();
+                assert_eq!(r[0], CommandResult::Ok, "{label}: the fence's result");
+                assert_eq!(r[1], refused, "{label}: the command's own result");
+                let names: Vec<String> = sm.reader().read().state.vdisks.keys().cloned().collect();
+                assert_eq!(
+                    names,
+                    vec!["a".to_string()],
+                    "{label}: the late copy applied"
+                );
+            }
+        };
+        // Restarted from the snapshot alone.
+        check(StateMachineStore::open(dir.path()).unwrap(), "reopened").await;
+        // A member that received the snapshot from a leader.
+        let other = TempDir::new().unwrap();
+        let mut fresh = StateMachineStore::open(other.path()).unwrap();
+        fresh
+            .install_snapshot(&snap.meta, Box::new(std::io::Cursor::new(data)))
+            .await
+            .unwrap();
+        check(fresh, "installed").await;
+    });
+}
