@@ -69,8 +69,13 @@ impl DrainTrack {
     /// mapped onto this run's clock: `now` minus its age by the wall clock; a time in the
     /// future counts as now).
     pub(crate) fn persisted(file: PathBuf, now: Instant) -> DrainTrack {
+        DrainTrack::persisted_at(file, now, SystemTime::now())
+    }
+
+    /// [`DrainTrack::persisted`] with the wall clock reading `wall` at `now`.
+    fn persisted_at(file: PathBuf, now: Instant, wall: SystemTime) -> DrainTrack {
         let peak = read_peak(&file).map(|p| {
-            let age_ms = unix_ms(SystemTime::now()).saturating_sub(p.at_unix_ms);
+            let age_ms = unix_ms(wall).saturating_sub(p.at_unix_ms);
             Peak {
                 chunks: p.chunks,
                 at: now
@@ -198,17 +203,19 @@ mod tests {
         let v = back.observe(75, t1);
         assert_eq!((v.chunks_at_start, v.percent), (100, 25), "counted afresh");
         // A peak first seen 10 s ago by the wall clock: 25 moved in 10 s, 75 left take 30 s.
-        let ten_s_ago = unix_ms(SystemTime::now()) - 10_000;
+        // (The wall clock is given, so the figure does not depend on how fast this test runs.)
+        let wall = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let ten_s_ago = unix_ms(wall) - 10_000;
         std::fs::write(
             &file,
             format!("{{\"chunks\":100,\"at_unix_ms\":{ten_s_ago}}}"),
         )
         .unwrap();
         let t2 = Instant::now();
-        let eta = DrainTrack::persisted(file.clone(), t2)
+        let eta = DrainTrack::persisted_at(file.clone(), t2, wall)
             .observe(75, t2)
             .eta_secs;
-        assert!(matches!(eta, Some(30..=31)), "{eta:?}");
+        assert_eq!(eta, Some(30));
         // Not draining any more: the file goes, a later drain counts afresh.
         back.reset();
         assert!(!file.exists());
