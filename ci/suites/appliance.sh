@@ -10,7 +10,9 @@
 # over a private link between them (a second NIC; QEMU socket netdev on 127.0.0.1), one of
 # them rebooted, and two appliances on one bridge (in a namespace the test makes, a DHCP lease each
 # by MAC) where the joined one is shut down and powered on again on a new lease: the cluster follows
-# (its member address committed, both up, both commit). Also checks the ISO is byte-reproducible.
+# (its member address committed, both up, both commit). Every HTTPS connection is pinned to the
+# certificate key the node's console shows (the certificate is self-signed); after an address
+# change the served certificate must name the new address. Also checks the ISO is byte-reproducible.
 # Prints suite-pass:/suite-fail: lines; exits non-zero on any failure.
 set -uo pipefail
 cd "$(dirname "$0")/../.."

@@ -30,11 +30,17 @@ Scenarios (argv[1]):
             1 creates a cluster, 2's wizard joins it; 2 is shut down, its lease moves, it is
             powered on again on the new address: the cluster follows (member address committed,
             both up in GET /cluster and cluster status on either, vdisks made on either reach the other).
+Certificates: the node's certificate is self-signed, so the tests check it as a careful admin
+would: they read its SHA-256 and its key's SHA-256 off the console's status screen, every HTTPS
+connection must be served that key (it stays when the node re-issues the certificate for a new
+address) and the certificate the console shows (after a re-issue, once the screen is refreshed);
+dhcp-renew and rejoin-dhcp also check, with the served certificate as the only trust anchor, that
+it names the new address. Only `bench` connects unpinned.
 Prints `ok: ...` lines; exits non-zero with `FAIL: ...` on the first failed check.
 Only 127.0.0.1 is used on the host side (and 10.99.0.0/24 and 10.99.1.0/24 inside dhcp-renew's and
 rejoin-dhcp's own namespaces).
 """
-import hashlib, http.cookiejar, json, os, re, shutil, socket, ssl, subprocess, sys, time
+import functools, hashlib, http.client, http.cookiejar, json, os, re, shutil, socket, ssl, subprocess, sys, time
 import urllib.request
 
 OUT = os.environ["APPLIANCE_WORK"]
@@ -191,14 +197,144 @@ class Vm:
             pass
 
 
+def der_element(b, i):
+    """The DER element at b[i]: (tag, where its contents start, where it ends)."""
+    if i + 2 > len(b):
+        raise ValueError("DER cut short")
+    tag, n, i = b[i], b[i + 1], i + 2
+    if n & 0x80:
+        k = n & 0x7F
+        n, i = int.from_bytes(b[i:i + k], "big"), i + k
+    if i + n > len(b):
+        raise ValueError("DER element longer than its certificate")
+    return tag, i, i + n
+
+
+def key_sha256(der):
+    """SHA-256 of a DER certificate's SubjectPublicKeyInfo: what the node shows as the key's
+    SHA-256 (console, GET /certificate key_sha256, the web UI's Settings)."""
+    _, cert, _ = der_element(der, 0)
+    _, i, _ = der_element(der, cert)  # tbsCertificate's contents
+    if der[i] == 0xA0:  # [0] version
+        i = der_element(der, i)[2]
+    for _ in range(5):  # serialNumber, signature, issuer, validity, subject
+        i = der_element(der, i)[2]
+    tag, _, end = der_element(der, i)
+    if tag != 0x30:
+        raise ValueError("no SubjectPublicKeyInfo where the certificate should have it")
+    return hashlib.sha256(der[i:end]).hexdigest()
+
+
+class Pin:
+    """The UI certificate as a careful admin checks it: read off the node's console (status
+    screen), then every HTTPS connection must be served a certificate with that key (the key
+    stays when the node re-issues its certificate for a new address), and the certificate
+    served must be the one the console shows (see `confirm`). A mismatch fails the test."""
+
+    def __init__(self, vm, cert, key):
+        self.vm, self.cert, self.key = vm, cert, key
+        self.served = None  # the last certificate served (DER)
+
+    def check(self, der, where):
+        if not der:
+            fail(f"{self.vm.name}: no certificate served at {where}")
+        try:
+            got = key_sha256(der)
+        except ValueError as e:
+            fail(f"{self.vm.name}: the certificate served at {where} cannot be read: {e}")
+        if got != self.key:
+            fail(f"{self.vm.name}: the certificate served at {where} has key SHA-256 {got}, "
+                 f"the console shows {self.key}")
+        self.served = der
+
+    def confirm(self):
+        """The certificate served last is the one the console shows: at once, or (after the node
+        re-issued it for a new address, with the same key) once the status screen is refreshed."""
+        if self.served is None:
+            fail(f"{self.vm.name}: no HTTPS connection yet to compare with the console")
+        got = hashlib.sha256(self.served).hexdigest()
+        if got == self.cert:
+            return "as first shown"
+        cert, key = console_certificate(self.vm)
+        if (cert, key) != (got, self.key):
+            fail(f"{self.vm.name}: served certificate SHA-256 {got}; after a refresh the console "
+                 f"shows {cert} (key {key}, pinned {self.key})")
+        self.cert = cert
+        return "after a refresh (re-issued for a new address, same key)"
+
+
+def console_certificate(vm, timeout=120):
+    """Refreshes the console's status screen (enter at the menu) until it shows the UI
+    certificate; returns (certificate SHA-256, key SHA-256) as shown. Leaves vm.pos where it
+    was, so what the scenario waits for next is found even if printed before."""
+    keep = vm.pos
+    deadline = time.time() + timeout
+    try:
+        while True:
+            vm._read()
+            vm.pos = len(vm.buf)
+            vm.send("")
+            vm.expect(r"\nUI certificate", 60, "the status screen's UI certificate")
+            m = vm.expect(r"(: not made yet.*|: unreadable: .*| \(.*\):)\n", 10)
+            if m.group(1).startswith(":"):
+                # (not made yet, or caught while the node service writes it at start)
+                if time.time() > deadline:
+                    fail(f"{vm.name}: the console shows no UI certificate within {timeout} s: "
+                         f"UI certificate{m.group(1)}")
+                time.sleep(3)
+                continue
+            # (one line each; a log line of another thread may come between them)
+            cert = vm.expect(r"(?m)^  SHA-256     ([0-9a-f]{64})$", 10, "the certificate's SHA-256").group(1)
+            key = vm.expect(r"(?m)^  Key SHA-256 ([0-9a-f]{64})$", 10, "the key's SHA-256").group(1)
+            return cert, key
+    finally:
+        vm.pos = keep
+
+
+def console_pin(vm):
+    """The pin a person takes off the console before the first browser visit."""
+    cert, key = console_certificate(vm)
+    ok(f"{vm.name}: the console shows the UI certificate, SHA-256 {cert[:16]}..., key {key[:16]}...")
+    return Pin(vm, cert, key)
+
+
+class PinnedConnection(http.client.HTTPSConnection):
+    """An HTTPS connection that hands the certificate it was served to a Pin before any request."""
+
+    def __init__(self, pin, host, **kw):
+        super().__init__(host, **kw)
+        self.pin = pin
+
+    def connect(self):
+        super().connect()
+        self.pin.check(self.sock.getpeercert(binary_form=True), f"{self.host}:{self.port}")
+
+
+class PinnedHandler(urllib.request.HTTPSHandler):
+    def __init__(self, pin, context):
+        super().__init__(context=context)
+        self.pin, self.ctx = pin, context
+
+    def https_open(self, req):
+        return self.do_open(functools.partial(PinnedConnection, self.pin), req, context=self.ctx)
+
+
+def unverified_context():
+    """TLS without the system's trust roots: the certificate is self-signed; a Pin checks it."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
 class Api:
-    def __init__(self, port, host="127.0.0.1"):
-        ctx = ssl.create_default_context()
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
+    def __init__(self, port, host="127.0.0.1", pin=None):
+        """pin: the console's UI certificate (a Pin), checked on every connection; None only
+        for the boot benchmark, which measures time to the first answer."""
+        ctx = unverified_context()
+        https = PinnedHandler(pin, ctx) if pin else urllib.request.HTTPSHandler(context=ctx)
         self.jar = http.cookiejar.CookieJar()
-        self.op = urllib.request.build_opener(urllib.request.HTTPSHandler(context=ctx),
-                                              urllib.request.HTTPCookieProcessor(self.jar))
+        self.op = urllib.request.build_opener(https, urllib.request.HTTPCookieProcessor(self.jar))
         self.base = f"https://{host}:{port}/api/v1"
         self.csrf = ""
 
@@ -238,17 +374,51 @@ def value(b):
     return b["value"] if isinstance(b, dict) and "value" in b else b
 
 
-def tls_fingerprint(port):
+def served_certificate(host, port, pin):
+    """The certificate (DER) the HTTPS API serves at host:port, checked against the pin."""
+    with socket.create_connection((host, port), timeout=30) as raw:
+        with unverified_context().wrap_socket(raw) as t:
+            der = t.getpeercert(binary_form=True)
+    pin.check(der, f"{host}:{port}")
+    return der
+
+
+def tls_fingerprint(port, pin):
     """SHA-256 of the certificate the HTTPS API presents."""
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    with socket.create_connection(("127.0.0.1", port), timeout=30) as raw:
-        with ctx.wrap_socket(raw) as t:
-            return hashlib.sha256(t.getpeercert(binary_form=True)).hexdigest()
+    return hashlib.sha256(served_certificate("127.0.0.1", port, pin)).hexdigest()
 
 
-def identity(api, vm, port):
+def check_names_address(vm, addr, pin, port=8443):
+    """The certificate served on https://addr:port/ names addr: a client that takes that
+    certificate as its trust anchor and checks the name (as `cairn --ca-cert` and a browser
+    with a stored exception do) accepts it. Returns the names it carries."""
+    der = served_certificate(addr, port, pin)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # checks the chain and the name
+    ctx.load_verify_locations(cadata=der)
+    try:
+        with socket.create_connection((addr, port), timeout=30) as raw:
+            with ctx.wrap_socket(raw, server_hostname=addr) as t:
+                again = t.getpeercert(binary_form=True)
+                names = [v for _, v in t.getpeercert().get("subjectAltName", ())]
+    except ssl.SSLCertVerificationError as e:
+        fail(f"{vm.name}: the certificate served on {addr} does not pass a name check for {addr}: "
+             f"{e.verify_message}")
+    pin.check(again, f"{addr}:{port}")
+    return names
+
+
+def check_api_certificate(api, vm, pin):
+    """GET /certificate (logged in) names the certificate and key the console shows."""
+    st, b = api.call("GET", "/certificate")
+    if st != 200:
+        fail(f"{vm.name}: GET /certificate -> {st} {b}")
+    c = value(b)
+    if (c.get("sha256_fingerprint"), c.get("key_sha256")) != (pin.cert, pin.key):
+        fail(f"{vm.name}: GET /certificate shows {c.get('sha256_fingerprint')} key {c.get('key_sha256')}, "
+             f"the console {pin.cert} key {pin.key}")
+
+
+def identity(api, vm, port, pin):
     """What must survive a reboot: cluster id, member id, the members (id, cluster address,
     role), cluster CA fingerprint (the middle of a join token), the API's certificate."""
     st, b = api.call("GET", "/cluster")
@@ -264,7 +434,7 @@ def identity(api, vm, port):
         fail(f"{vm.name}: join token {token[:20]}... is not cairn1.<CA fingerprint>.<secret>")
     return {"cluster_id": c["cluster_id"], "member_id": c["me"],
             "members": sorted((m["id"], m["address"], m["role"]) for m in c["members"]),
-            "ca_fingerprint": parts[1], "api_certificate": tls_fingerprint(port)}
+            "ca_fingerprint": parts[1], "api_certificate": tls_fingerprint(port, pin)}
 
 
 def nbd_start(api, vm, vdisk):
@@ -386,14 +556,18 @@ def bios_cd():
         vm.expect(r"network: eth0 10\.0\.2\.\d+/24", 60, "DHCP lease from slirp")
         ok("bios-cd: DHCP lease applied")
         vm.expect(r"Choice: ", 180, "status menu")
-        api = Api(port)
+        pin = console_pin(vm)
+        api = Api(port, pin=pin)
         api.wait_health()
+        ok(f"bios-cd: the API's certificate (key pinned) is the one the console shows, {pin.confirm()}")
         st = api.login(PASSWORD + "wrong")
         if st != 401:
             fail(f"bios-cd: wrong password login -> {st}, want 401")
         if api.login(PASSWORD) != 200:
             fail("bios-cd: admin login with the wizard's password failed")
         ok("bios-cd: HTTPS API login through the port forward with the wizard's password")
+        check_api_certificate(api, vm, pin)
+        ok("bios-cd: GET /certificate names the certificate and key the console shows")
         check_pool(api, vm, 2)
         st, b = api.call("POST", "/vdisks", {"name": "vol1", "size_bytes": 64 << 20})
         if st not in (200, 201):
@@ -406,7 +580,7 @@ def bios_cd():
         nbdcopy(vm, pattern, nbd_uri)
         nbd_stop(api, vm, export)
         ok(f"bios-cd: {DATA_VDISK_BYTES >> 20} MiB of random bytes written to data1 over NBD")
-        before = identity(api, vm, port)
+        before = identity(api, vm, port, pin)
         ok(f"bios-cd: cluster {before['cluster_id']}, member {before['member_id']}, "
            f"CA {before['ca_fingerprint'][:16]}..., API certificate {before['api_certificate'][:16]}...")
         # Let the API-state sync put the TLS key and users into the record, then reboot.
@@ -420,14 +594,20 @@ def bios_cd():
             fail("bios-cd: the wizard ran again after reboot")
         vm.expect(r"Choice: ", 180, "status menu after reboot")
         ok("bios-cd: rebooted straight to service, no wizard")
-        api = Api(port)
+        pin2 = console_pin(vm)
+        if (pin2.cert, pin2.key) != (pin.cert, pin.key):
+            fail(f"bios-cd: after the reboot the console shows certificate {pin2.cert} key {pin2.key}, "
+                 f"before {pin.cert} key {pin.key}")
+        pin = pin2
+        api = Api(port, pin=pin)
         api.wait_health()
+        ok(f"bios-cd: after the reboot the console shows the same certificate, served {pin.confirm()}")
         if api.login(PASSWORD + "wrong") != 401:
             fail("bios-cd: a wrong password is not refused after reboot")
         if api.login(PASSWORD) != 200:
             fail("bios-cd: login after reboot failed (users not kept)")
         ok("bios-cd: the admin password is kept (and a wrong one still refused)")
-        after = identity(api, vm, port)
+        after = identity(api, vm, port, pin)
         for k, v in before.items():
             if after[k] != v:
                 fail(f"bios-cd: {k} changed across the reboot: {v} -> {after[k]}")
@@ -479,8 +659,10 @@ def uefi_usb():
         ok(f"uefi-usb: OVMF booted the USB stick, PID 1 up in {time.time() - vm.started:.1f} s")
         wizard(vm, False)
         vm.expect(r"Choice: ", 180, "status menu")
-        api = Api(port)
+        pin = console_pin(vm)
+        api = Api(port, pin=pin)
         api.wait_health()
+        ok(f"uefi-usb: the API serves the certificate the console shows, {pin.confirm()}")
         if api.login(PASSWORD) != 200:
             fail("uefi-usb: admin login failed")
         ok("uefi-usb: HTTPS API login")
@@ -565,8 +747,10 @@ def join():
             fail(f"join1: the cluster listens on {m.group(1)}, not on the private link {addr[1]}:8444")
         v1.pos = start
         v1.expect(re.escape(f"Cluster link: eth1 {addr[1]}:8444"), 60, "the status screen")
-        apis[1] = a1 = Api(p1)
+        pin1 = console_pin(v1)
+        apis[1] = a1 = Api(p1, pin=pin1)
         a1.wait_health()
+        ok(f"join1: the API serves the certificate the console shows, {pin1.confirm()}")
         if a1.login(PASSWORD) != 200:
             fail("join1: admin login failed")
         c1 = cluster_view(a1, v1)
@@ -584,8 +768,10 @@ def join():
         m = v2.expect(r"(joined the cluster of \S+|cluster join failed: .*)\n", 240, "the join")
         if not m.group(1).startswith("joined"):
             fail(f"join2: {m.group(1)}")
-        apis[2] = a2 = Api(p2)
+        pin2 = console_pin(v2)
+        apis[2] = a2 = Api(p2, pin=pin2)
         a2.wait_health()
+        ok(f"join2: the API serves the certificate the console shows, {pin2.confirm()}")
         if a2.login(PASSWORD) != 200:
             fail("join2: admin login (its own admin account) failed")
         two = lambda c: c["cluster_id"] == c1["cluster_id"] and sorted(
@@ -617,8 +803,10 @@ def join():
             fail("join2: the wizard ran again after reboot")
         v2.expect(r"network: cluster link eth1 static " + re.escape(f"{addr[2]}/24"), 120,
                   "the cluster link after reboot")
-        a2 = Api(p2)
+        v2.expect(r"Choice: ", 180, "the menu after reboot")
+        a2 = Api(p2, pin=pin2)
         a2.wait_health()
+        ok(f"join2: after the reboot the API serves the same key, the certificate {pin2.confirm()}")
         if a2.login(PASSWORD) != 200:
             fail("join2: login after reboot failed")
         c2r = wait_cluster(a2, v2, "membership after reboot",
@@ -668,9 +856,9 @@ def change_net(vm, vlan, address, want):
     ok(f"{vm.name}: live network change -> {m.group(1)}")
 
 
-def api_down(port, host="127.0.0.1"):
+def api_down(port, host="127.0.0.1", *, pin):
     try:
-        Api(port, host).call("GET", "/health", timeout=5)
+        Api(port, host, pin).call("GET", "/health", timeout=5)
     except Exception:
         return True
     return False
@@ -695,13 +883,17 @@ def live():
             fail(f"live: PID 1 armed {m.group(1)!r}, not the i6300ESB")
         ok(f"live: PID 1 armed the {m.group(1)} ({m.group(2)}, timeout {m.group(3)} s)")
         vm.expect(r"configured node", 180)
-        Api(port).wait_health()
+        vm.expect(r"Choice: ", 180, "the menu")
+        pin = console_pin(vm)
+        Api(port, pin=pin).wait_health()
+        ok(f"live: the API serves the certificate the console shows, {pin.confirm()}")
         change_net(vm, "", "10.0.2.20/24 10.0.2.2 10.0.2.3", r"network applied: eth0 10\.0\.2\.20/24$")
-        api = Api(port_static)
+        api = Api(port_static, pin=pin)
         api.wait_health(30)
+        ok(f"live: on the static address the API serves the pinned key, the console's certificate {pin.confirm()}")
         if api.login(PASSWORD) != 200:
             fail("live: login on the new static address failed")
-        if not api_down(port):
+        if not api_down(port, pin=pin):
             fail("live: the API still answers on the old DHCP address")
         ok("live: the API moved to the static address without a reboot (old address gone)")
         # The cluster runs on the management network here: its member follows the address.
@@ -717,10 +909,10 @@ def live():
         ok("live: the cluster member moved to 10.0.2.20:8444 without a reboot and commits there")
         change_net(vm, "42", "10.0.42.2/24", r"network applied: eth0\.42 10\.0\.42\.2/24$")
         time.sleep(4)  # the VLAN link's IPv6 start-up (DAD, router solicitation) goes out tagged
-        if not api_down(port_static):
+        if not api_down(port_static, pin=pin):
             fail("live: the API still answers on the untagged static address after the VLAN change")
         change_net(vm, "", "dhcp", r"network applied: eth0 10\.0\.2\.15/24$")
-        back = Api(port)
+        back = Api(port, pin=pin)
         back.wait_health(30)
         if back.login(PASSWORD) != 200:
             fail("live: login back on the DHCP address failed")
@@ -809,8 +1001,10 @@ def dhcp_renew():
     try:
         wizard(vm, False)
         vm.expect(r"network: eth0 " + re.escape(f"{a}/24"), 60, "the first lease on eth0")
-        api = Api(8443, a)
+        pin = console_pin(vm)
+        api = Api(8443, a, pin)
         api.wait_health(60, f"on {a}")
+        ok(f"dhcp-renew: the API serves the certificate the console shows, {pin.confirm()}")
         if api.login(PASSWORD) != 200:
             fail(f"dhcp-renew: login on {a} failed")
         member_at = lambda ip: lambda c: [m["address"] for m in c["members"]] == [f"{ip}:8444"] \
@@ -854,11 +1048,15 @@ def dhcp_renew():
         if steps[:3] != want or not log[0].get("renewal") or log[0]["ciaddr"] != a:
             fail(f"dhcp-renew: the server saw {steps}, want a renewal of {a} refused, then {want[1:]}")
         ok(f"dhcp-renew: renewal of {a} refused (NAK), {b} offered and acknowledged; the node took {b}")
-        api = Api(8443, b)
+        api = Api(8443, b, pin)
         api.wait_health(60, f"on {b}")
+        how = pin.confirm()
+        names = check_names_address(vm, b, pin)
+        ok(f"dhcp-renew: on {b} the API serves the pinned key in a certificate naming {b} ({', '.join(names)}); "
+           f"the console shows it {how}")
         if api.login(PASSWORD) != 200:
             fail(f"dhcp-renew: login on {b} failed")
-        if not api_down(8443, a):
+        if not api_down(8443, a, pin=pin):
             fail(f"dhcp-renew: the API still answers on the old address {a}")
         ok(f"dhcp-renew: the API answers on {b} and no longer on {a}, without a reboot")
         wait_cluster(api, vm, f"the member at {b}:8444", member_at(b), 60)
@@ -964,8 +1162,10 @@ def rejoin_dhcp():
         vms[2] = v2 = boot(2)
         wizard(v1, False)
         v1.expect(r"network: eth0 " + re.escape(f"{a}/24"), 60, "appliance 1's lease")
-        a1 = Api(8443, a)
+        pin1 = console_pin(v1)
+        a1 = Api(8443, a, pin1)
         a1.wait_health(60, f"on {a}")
+        ok(f"rejoin-dhcp1: the API serves the certificate the console shows, {pin1.confirm()}")
         if a1.login(PASSWORD) != 200:
             fail(f"rejoin-dhcp1: login on {a} failed")
         c1 = wait_cluster(a1, v1, f"the member at {a}:8444",
@@ -981,8 +1181,10 @@ def rejoin_dhcp():
         m = v2.expect(r"(joined the cluster of \S+|cluster join failed: .*)\n", 180, "the join")
         if not m.group(1).startswith("joined"):
             fail(f"rejoin-dhcp2: {m.group(1)}")
-        a2 = Api(8443, b)
+        pin2 = console_pin(v2)
+        a2 = Api(8443, b, pin2)
         a2.wait_health(60, f"on {b}")
+        ok(f"rejoin-dhcp2: the API serves the certificate the console shows, {pin2.confirm()}")
         if a2.login(PASSWORD) != 200:
             fail(f"rejoin-dhcp2: login on {b} failed")
 
@@ -1003,6 +1205,9 @@ def rejoin_dhcp():
         ok(f"rejoin-dhcp2: leased {b} and joined through the wizard as member {me2}; both appliances "
            f"list {a}:8444 and {b}:8444 up; its vdisk is in appliance 1's state")
 
+        names = check_names_address(v2, b, pin2)
+        if b2 in names:
+            fail(f"rejoin-dhcp2: the certificate names {b2} before the node ever had it: {names}")
         # Shut down from the menu; while it is off its lease moves to another address.
         v2.send("4")
         v2.answer("Type yes to confirm: ", "yes")
@@ -1029,11 +1234,17 @@ def rejoin_dhcp():
         acks = [x for x in srv.entries() if x["t"] >= powered_on and x["mac"] == mac[2] and x["answer"].startswith("ACK")]
         if not acks or any(x["answer"] != f"ACK {b2}" for x in acks):
             fail(f"rejoin-dhcp2: after power-on want only {b2} acknowledged; the server saw: {lease_log()}")
-        a2 = Api(8443, b2)
+        # The same node: its key (kept in its configuration record) is still the one pinned.
+        pin2.vm = v2
+        a2 = Api(8443, b2, pin2)
         a2.wait_health(60, f"on {b2}")
+        how = pin2.confirm()
+        names = check_names_address(v2, b2, pin2)
+        ok(f"rejoin-dhcp2: on {b2} the API serves the key pinned before the move, in a certificate naming {b2} "
+           f"({', '.join(names)}); the console shows it {how}")
         if a2.login(PASSWORD) != 200:
             fail(f"rejoin-dhcp2: login on {b2} failed")
-        if not api_down(8443, b):
+        if not api_down(8443, b, pin=pin2):
             fail(f"rejoin-dhcp2: something still answers on the old address {b}")
         ok(f"rejoin-dhcp2: back without the wizard on {b2} (the server acknowledged only {b2}); the API answers there")
 
@@ -1094,7 +1305,7 @@ def anchor_boot_s(kernel, initrd):
 def ours_boot_s(args, port):
     vm = Vm("bench-ours", args, port)
     try:
-        api = Api(port)
+        api = Api(port)  # unpinned: the benchmark times the first answer, the tests check the certificate
         deadline = time.time() + 240
         while time.time() < deadline:
             try:
