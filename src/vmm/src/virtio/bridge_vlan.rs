@@ -15,16 +15,11 @@
 //! stays down then and the VM does not start), or assume a request worked without the
 //! kernel's ACK.
 
-use rtnl::{Msg, Socket, IFLA_AF_SPEC, IFLA_INFO_DATA, IFLA_INFO_KIND, IFLA_LINKINFO};
+use rtnl::{vlan_info, Msg, Socket, IFLA_AF_SPEC, IFLA_INFO_DATA, IFLA_INFO_KIND, IFLA_LINKINFO};
+use rtnl::{AF_BRIDGE, BRIDGE_VLAN_INFO_PVID, BRIDGE_VLAN_INFO_UNTAGGED};
 use rtnl::{RTM_DELLINK, RTM_NEWLINK, RTM_SETLINK};
 
-const AF_BRIDGE: u8 = 7;
 const IFLA_BR_VLAN_FILTERING: u16 = 7;
-const IFLA_BRIDGE_VLAN_INFO: u16 = 2;
-const BRIDGE_VLAN_INFO_PVID: u16 = 0x2;
-const BRIDGE_VLAN_INFO_UNTAGGED: u16 = 0x4;
-const BRIDGE_VLAN_INFO_RANGE_BEGIN: u16 = 0x8;
-const BRIDGE_VLAN_INFO_RANGE_END: u16 = 0x10;
 /// Lowest and highest VLAN id that names a network (802.1Q reserves 0 and 4095).
 pub const MIN_VLAN_ID: u16 = 1;
 pub const MAX_VLAN_ID: u16 = 4094;
@@ -34,14 +29,6 @@ fn link_msg(kind: u16, family: u8, index: u32) -> Msg {
     let mut m = Msg::new(kind, 0);
     m.raw(&rtnl::ifinfomsg(family, index, 0, 0));
     m
-}
-
-/// Appends one `struct bridge_vlan_info` attribute.
-fn vlan_info(m: &mut Msg, flags: u16, vid: u16) -> &mut Msg {
-    let mut p = [0u8; 4];
-    p[..2].copy_from_slice(&flags.to_ne_bytes());
-    p[2..].copy_from_slice(&vid.to_ne_bytes());
-    m.attr(IFLA_BRIDGE_VLAN_INFO, &p)
 }
 
 /// `ip link set <bridge> type bridge vlan_filtering 1` (a no-op when it is on already).
@@ -58,11 +45,7 @@ fn filtering_on_msg(bridge: u32) -> Msg {
 
 /// `bridge vlan del dev <port> vid 1-4094`: the kernel skips VLANs the port does not have.
 fn all_vlans_off_msg(port: u32) -> Msg {
-    let mut m = link_msg(RTM_DELLINK, AF_BRIDGE, port);
-    m.begin_nest(IFLA_AF_SPEC);
-    vlan_info(&mut m, BRIDGE_VLAN_INFO_RANGE_BEGIN, MIN_VLAN_ID);
-    vlan_info(&mut m, BRIDGE_VLAN_INFO_RANGE_END, MAX_VLAN_ID).end_nest();
-    m
+    rtnl::port_vlan_range_msg(RTM_DELLINK, port, MIN_VLAN_ID, MAX_VLAN_ID)
 }
 
 /// `bridge vlan add dev <port> vid <vid> pvid untagged`.
@@ -112,6 +95,7 @@ pub(crate) fn set_access_vlan(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rtnl::IFLA_BRIDGE_VLAN_INFO;
     use rtnl::{NLM_F_ACK, NLM_F_REQUEST};
 
     fn u16_at(b: &[u8], at: usize) -> u16 {
