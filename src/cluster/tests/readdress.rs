@@ -143,28 +143,25 @@ fn a_member_address_must_be_ip_and_port() {
     assert_eq!(s.members[&1].join_addr, "10.0.0.2:8445");
 }
 
-/// Two members (the appliance's smallest cluster): the one that joined is powered off, the
-/// other keeps trying to commit (so its log may run ahead with entries no quorum has), and
-/// the powered-off one comes back on a new address. Neither can make a quorum alone and the
-/// one that stayed reaches the other only at the old address: the returning member must still
-/// get its new address committed, and both commit again afterwards. `was_leader`: the
-/// returning member led the cluster when it went away (the other then campaigns in vain).
-async fn back_on_a_new_address_after_a_power_off(was_leader: bool, ips: [&str; 3]) {
-    let dir = tempfile::tempdir().unwrap();
-    let a = ClusterNode::create(config(dir.path(), ips[0], "a"))
+/// Two members, a (created) and b (joined), with b leading when `b_leads` (else a), and
+/// "before" committed. An election started by the one that should lead can lose (the other's
+/// lease, a split vote), so it is tried again.
+async fn two_members(
+    dir: &std::path::Path,
+    ips: [&str; 2],
+    b_leads: bool,
+) -> (Arc<ClusterNode>, Arc<ClusterNode>) {
+    let a = ClusterNode::create(config(dir, ips[0], "a"))
         .await
         .expect("create");
     let t = a
         .issue_join_token(Role::Data, Duration::from_secs(60))
         .await
         .unwrap();
-    let b = ClusterNode::join(config(dir.path(), ips[1], "b"), &t, a.cfg_join_addr())
+    let b = ClusterNode::join(config(dir, ips[1], "b"), &t, a.cfg_join_addr())
         .await
         .expect("join");
-    let id = b.id();
-    // The leader wanted when b goes away; an election started by the one that should lead
-    // can lose (the other's lease, a split vote), so it is tried again.
-    let want = if was_leader { &b } else { &a };
+    let want = if b_leads { &b } else { &a };
     let mut tries = 0;
     while wait_leader(&[&a, &b], Duration::from_secs(20)).await != want.id() {
         tries += 1;
@@ -180,6 +177,19 @@ async fn back_on_a_new_address_after_a_power_off(was_leader: bool, ips: [&str; 3
         }
     }
     assert_eq!(b.propose(vdisk("before")).await.unwrap(), CommandResult::Ok);
+    (a, b)
+}
+
+/// Two members (the appliance's smallest cluster): the one that joined is powered off, the
+/// other keeps trying to commit (so its log may run ahead with entries no quorum has), and
+/// the powered-off one comes back on a new address. Neither can make a quorum alone and the
+/// one that stayed reaches the other only at the old address: the returning member must still
+/// get its new address committed, and both commit again afterwards. `was_leader`: the
+/// returning member led the cluster when it went away (the other then campaigns in vain).
+async fn back_on_a_new_address_after_a_power_off(was_leader: bool, ips: [&str; 3]) {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = two_members(dir.path(), [ips[0], ips[1]], was_leader).await;
+    let id = b.id();
 
     // Power off: b stops; a goes on trying to commit (the attempt cannot reach a quorum).
     let mut cfg = b.cfg().clone();
@@ -254,32 +264,8 @@ async fn of_two_members_the_leader_comes_back_on_a_new_address() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn of_two_members_the_one_behind_comes_back_on_a_new_address_after_both_went_down() {
     let dir = tempfile::tempdir().unwrap();
-    let a = ClusterNode::create(config(dir.path(), "127.0.0.87", "a"))
-        .await
-        .expect("create");
-    let t = a
-        .issue_join_token(Role::Data, Duration::from_secs(60))
-        .await
-        .unwrap();
-    let b = ClusterNode::join(config(dir.path(), "127.0.0.88", "b"), &t, a.cfg_join_addr())
-        .await
-        .expect("join");
+    let (a, b) = two_members(dir.path(), ["127.0.0.87", "127.0.0.88"], false).await;
     let id = b.id();
-    let mut tries = 0;
-    while wait_leader(&[&a, &b], Duration::from_secs(20)).await != a.id() {
-        tries += 1;
-        assert!(tries <= 10, "a never won an election");
-        a.raft()
-            .trigger()
-            .elect()
-            .await
-            .expect("trigger an election");
-        let t0 = std::time::Instant::now();
-        while t0.elapsed() < Duration::from_secs(3) && a.leader() != Some(a.id()) {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-    assert_eq!(a.propose(vdisk("before")).await.unwrap(), CommandResult::Ok);
 
     // b goes off; a appends an entry that cannot commit, then goes off too.
     let mut b_cfg = b.cfg().clone();
