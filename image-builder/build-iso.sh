@@ -5,7 +5,8 @@
 # cairn; zstd), grub-mkrescue. Reproducible: every timestamp comes from SOURCE_DATE_EPOCH (the
 # commit time) and the EFI FAT image's volume serial is pinned, so two builds of one commit are
 # byte-identical (cairn.iso included). Prints the image size. CAIRN_BIN=path: use that static
-# cairn instead of building one.
+# cairn instead of building one. `--bin-only`: build the static cairn and print its path, nothing
+# else (CI builds it in the background while the tests run).
 # Outputs (not in git): out/cairn.iso, out/bzImage, out/initrd.img, out/cairn.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -15,8 +16,16 @@ mkdir -p "$out"
 export SOURCE_DATE_EPOCH="${SOURCE_DATE_EPOCH:-$(git -C "$root" log -1 --format=%ct 2>/dev/null || echo 0)}"
 export TZ=UTC LC_ALL=C
 
-kernel="$("$here/build-kernel.sh" | tail -n1)"
-kdir="$(dirname "$kernel")/src"
+bin_only=0
+case "${1:-}" in
+  "") ;;
+  --bin-only) bin_only=1 ;;
+  *) echo "build-iso: unknown argument $1 (the only option is --bin-only)" >&2; exit 2 ;;
+esac
+if [ "$bin_only" -eq 0 ]; then
+  kernel="$("$here/build-kernel.sh" | tail -n1)"
+  kdir="$(dirname "$kernel")/src"
+fi
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$root/target}"
 if [ -n "${CAIRN_BIN:-}" ]; then
@@ -33,6 +42,7 @@ else
   bin="$CARGO_TARGET_DIR/x86_64-unknown-linux-gnu/release/cairn"
 fi
 if readelf -d "$bin" | grep -q "(NEEDED)"; then echo "build-iso: $bin is not static" >&2; exit 1; fi
+if [ "$bin_only" -eq 1 ]; then echo "$bin"; exit 0; fi
 cp "$bin" "$out/cairn"
 strip --strip-all -o "$out/cairn.stripped" "$out/cairn"
 # gen_init_cpio stores a file's own mtime: pin it.
