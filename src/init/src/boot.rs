@@ -151,9 +151,19 @@ pub fn spawn_signal_thread() {
         .unwrap_or_else(|e| logln!("cannot start the signal thread: {e}"));
 }
 
-/// The timeout PID 1 asks the watchdog driver for, and how often it kicks.
+/// The timeout PID 1 asks the watchdog driver for unless the command line names another
+/// (`cairn.watchdog_timeout`), and how often it kicks at most: three kicks fit in every timeout.
 pub const WATCHDOG_TIMEOUT_S: i32 = 30;
 const WATCHDOG_KICK_EVERY: Duration = Duration::from_secs(5);
+
+/// How often to kick a watchdog whose timeout is `timeout_s` (None: the driver's default, not
+/// known): every 5 s, or a third of a shorter timeout.
+fn kick_every(timeout_s: Option<i32>) -> Duration {
+    match timeout_s {
+        Some(t) if t > 0 => WATCHDOG_KICK_EVERY.min(Duration::from_secs((t as u64 / 3).max(1))),
+        _ => Duration::from_secs(1),
+    }
+}
 
 /// The open watchdog device, kept so a halt can disarm it (a halted box must stay halted).
 static WATCHDOG: Mutex<Option<File>> = Mutex::new(None);
@@ -205,23 +215,28 @@ fn open_best_watchdog() -> Option<(String, String, File)> {
     soft
 }
 
-/// Opens the best watchdog the machine has, sets its timeout to [`WATCHDOG_TIMEOUT_S`] and
+/// Opens the best watchdog the machine has, sets its timeout (`timeout_s`, else
+/// [`WATCHDOG_TIMEOUT_S`]) and
 /// kicks it from a thread. The kicks stop when PID 1 hangs badly enough to starve this thread,
 /// and the hardware resets the box. `starve_after` (a test hook, `cairn.watchdog_starve_after`)
 /// stops the kicks after that many seconds to prove the reset really happens.
-pub fn start_watchdog(starve_after: Option<u64>) {
+pub fn start_watchdog(timeout_s: Option<i32>, starve_after: Option<u64>) {
     let Some((path, identity, dev)) = open_best_watchdog() else {
         logln!("no hardware watchdog");
         return;
     };
-    let timeout = match sys::watchdog_set_timeout(dev.as_raw_fd(), WATCHDOG_TIMEOUT_S) {
-        Ok(t) => format!("{t} s"),
-        Err(e) => format!("driver default (setting {WATCHDOG_TIMEOUT_S} s: {e})"),
+    let want = timeout_s.unwrap_or(WATCHDOG_TIMEOUT_S);
+    let (timeout, every) = match sys::watchdog_set_timeout(dev.as_raw_fd(), want) {
+        Ok(t) => (format!("{t} s"), kick_every(Some(t))),
+        Err(e) => (
+            format!("driver default (setting {want} s: {e})"),
+            kick_every(None),
+        ),
     };
     *WATCHDOG.lock().unwrap_or_else(|p| p.into_inner()) = Some(dev);
     logln!(
         "watchdog armed: {identity} ({path}), timeout {timeout}, kicked every {} s",
-        WATCHDOG_KICK_EVERY.as_secs()
+        every.as_secs()
     );
     let started = std::time::Instant::now();
     let _ = std::thread::Builder::new()
@@ -237,7 +252,7 @@ pub fn start_watchdog(starve_after: Option<u64>) {
                 use std::io::Write;
                 let _ = f.write_all(b"k");
             }
-            std::thread::sleep(WATCHDOG_KICK_EVERY);
+            std::thread::sleep(every);
         });
 }
 
@@ -246,5 +261,22 @@ pub fn disarm_watchdog() {
     if let Some(mut f) = WATCHDOG.lock().unwrap_or_else(|p| p.into_inner()).take() {
         use std::io::Write;
         let _ = f.write_all(b"V");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn three_kicks_fit_in_every_timeout() {
+        assert_eq!(kick_every(Some(30)), Duration::from_secs(5));
+        assert_eq!(kick_every(Some(600)), Duration::from_secs(5));
+        assert_eq!(kick_every(Some(12)), Duration::from_secs(4));
+        assert_eq!(kick_every(Some(10)), Duration::from_secs(3));
+        assert_eq!(kick_every(Some(1)), Duration::from_secs(1));
+        // A driver that reports nonsense or keeps its own default: kick often.
+        assert_eq!(kick_every(Some(0)), Duration::from_secs(1));
+        assert_eq!(kick_every(None), Duration::from_secs(1));
     }
 }

@@ -4,6 +4,8 @@
 //! - `cairn.on_fatal=reboot|halt` — what PID 1 does after a fatal error (default reboot).
 //! - `cairn.fail_node=1` — test hook: the node service fails at once (proves PID 1 recovers).
 //! - `cairn.wizard=0` — skip the first-boot wizard (the node waits, configured by nothing).
+//! - `cairn.watchdog_timeout=S` — the hardware watchdog's timeout in seconds (10..=600, default
+//!   30): how long a hung node stays hung before the watchdog resets it.
 //! - `cairn.watchdog_starve_after=S` — test hook: PID 1 stops kicking the watchdog after S
 //!   seconds (1..=86400), which proves the hardware watchdog really resets a hung node.
 
@@ -20,6 +22,7 @@ pub struct Cmdline {
     pub on_fatal: OnFatal,
     pub fail_node: bool,
     pub wizard: bool,
+    pub watchdog_timeout: Option<i32>,
     pub watchdog_starve_after: Option<u64>,
 }
 
@@ -29,6 +32,7 @@ impl Default for Cmdline {
             on_fatal: OnFatal::Reboot,
             fail_node: false,
             wizard: true,
+            watchdog_timeout: None,
             watchdog_starve_after: None,
         }
     }
@@ -44,6 +48,9 @@ impl Cmdline {
                 ("cairn.on_fatal", "reboot") => c.on_fatal = OnFatal::Reboot,
                 ("cairn.fail_node", "1" | "") => c.fail_node = true,
                 ("cairn.wizard", "0") => c.wizard = false,
+                ("cairn.watchdog_timeout", s) => {
+                    c.watchdog_timeout = s.parse().ok().filter(|s| (10..=600).contains(s));
+                }
                 ("cairn.watchdog_starve_after", s) => {
                     c.watchdog_starve_after = s.parse().ok().filter(|s| (1..=86_400).contains(s));
                 }
@@ -72,8 +79,14 @@ mod tests {
         assert!(c.fail_node);
         assert!(c.wizard);
         assert_eq!(c.watchdog_starve_after, None);
-        let w = Cmdline::parse("cairn.watchdog_starve_after=75");
+        assert_eq!(c.watchdog_timeout, None);
+        let w = Cmdline::parse("cairn.watchdog_starve_after=75 cairn.watchdog_timeout=15");
         assert_eq!(w.watchdog_starve_after, Some(75));
+        assert_eq!(w.watchdog_timeout, Some(15));
+        for bad in ["9", "601", "-1", "x", ""] {
+            let w = Cmdline::parse(&format!("cairn.watchdog_timeout={bad}"));
+            assert_eq!(w.watchdog_timeout, None, "{bad}");
+        }
         for bad in ["0", "x", "86401", ""] {
             let w = Cmdline::parse(&format!("cairn.watchdog_starve_after={bad}"));
             assert_eq!(w.watchdog_starve_after, None, "{bad}");

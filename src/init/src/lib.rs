@@ -80,7 +80,7 @@ pub fn pid1_main() -> ! {
     }
     init_tracing();
     boot::spawn_signal_thread();
-    boot::start_watchdog(cmd.watchdog_starve_after);
+    boot::start_watchdog(cmd.watchdog_timeout, cmd.watchdog_starve_after);
     net::loopback_up();
     boot::set_hostname("cairn");
     let mut term = console::ConsoleTerm::start(consoles);
