@@ -318,7 +318,35 @@ impl Drop for GenGuard<'_> {
     }
 }
 
+/// [`GenGuard`] holding its disk's runtime state: kept by a direct write from its plan until
+/// it is recorded (or given up).
+pub(crate) struct OwnedGenGuard {
+    rt: Arc<VdiskRt>,
+    parity: usize,
+    pub gen: u64,
+    pub pin: u64,
+}
+
+impl Drop for OwnedGenGuard {
+    fn drop(&mut self) {
+        self.rt.inflight[self.parity].fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 impl VdiskRt {
+    /// [`VdiskRt::enter`] for a guard that outlives the borrow.
+    pub(crate) fn enter_owned(self: &Arc<Self>) -> OwnedGenGuard {
+        let g = self.gens.read();
+        let parity = (g.epoch & 1) as usize;
+        self.inflight[parity].fetch_add(1, Ordering::AcqRel);
+        OwnedGenGuard {
+            rt: self.clone(),
+            parity,
+            gen: g.gen,
+            pin: g.pin,
+        }
+    }
+
     pub(crate) fn new(id: u64, seed: u64, size_bytes: u64, gen: u64, pin: u64) -> Self {
         VdiskRt {
             id,
@@ -386,7 +414,7 @@ pub(crate) struct Inner {
     pub disks: RwLock<Vec<Arc<Disk>>>,
     pub view: RwLock<Arc<PlacementView>>,
     pub index: ChunkIndex,
-    stripes: Box<[tokio::sync::RwLock<()>]>,
+    stripes: Box<[Arc<tokio::sync::RwLock<()>>]>,
     pub vdisks: RwLock<HashMap<u64, Arc<VdiskRt>>>,
     /// Set once the engine has served anything; from then on the metadata in memory is the
     /// truth and background work (rebalance, orphan cleanup) may act on it.
@@ -429,7 +457,9 @@ impl Inner {
             disks: RwLock::new(Vec::new()),
             view: RwLock::new(Arc::new(PlacementView::default())),
             index: ChunkIndex::new(),
-            stripes: (0..STRIPES).map(|_| tokio::sync::RwLock::new(())).collect(),
+            stripes: (0..STRIPES)
+                .map(|_| Arc::new(tokio::sync::RwLock::new(())))
+                .collect(),
             vdisks: RwLock::new(HashMap::new()),
             in_use: AtomicBool::new(false),
             balanced_reads: AtomicBool::new(false),
@@ -456,6 +486,12 @@ impl Inner {
     }
 
     pub(crate) fn stripe(&self, obj: ObjectId) -> &tokio::sync::RwLock<()> {
+        self.stripe_arc(obj)
+    }
+
+    /// [`Inner::stripe`], shared: a guard that outlives a borrow (a direct write's, held on
+    /// the VMM's queue thread while its device writes run) is taken from this.
+    pub(crate) fn stripe_arc(&self, obj: ObjectId) -> &Arc<tokio::sync::RwLock<()>> {
         &self.stripes[(mix64(obj.vdisk.rotate_left(32) ^ obj.chunk) % STRIPES as u64) as usize]
     }
 

@@ -195,3 +195,211 @@ impl VdiskHandle {
         self.rt.io.read.record(len, start, true);
     }
 }
+
+/// One replica of a planned direct write: fresh blocks on a local io_uring device.
+struct WriteTarget {
+    store: Arc<store::Store>,
+    disk: Arc<Disk>,
+    alloc: store::DirectAlloc,
+}
+
+/// A direct write's plan (see [`VdiskHandle::plan_direct_write`]). While planned it holds what
+/// the ordinary write holds for its whole duration: the disk's generation (a snapshot waits
+/// for it) and the chunk's stripe lock shared (a resync, rebuild, rebalance or rollback of the
+/// chunk waits for it), plus fresh blocks on every replica. Reusable: finishing it (or planning
+/// again) lets them go; dropping it unfinished gives the blocks back.
+#[derive(Default)]
+pub struct DirectWrite {
+    targets: smallvec::SmallVec<[WriteTarget; 2]>,
+    crcs: smallvec::SmallVec<[u32; 32]>,
+    obj: Option<store::ObjectId>,
+    block: u64,
+    len: u64,
+    // Dropped after the targets are settled (field order): the guards go last.
+    stripe: Option<tokio::sync::OwnedRwLockReadGuard<()>>,
+    gen: Option<crate::core::OwnedGenGuard>,
+}
+
+impl std::fmt::Debug for DirectWrite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "DirectWrite({} replicas, {} blocks)",
+            self.targets.len(),
+            self.crcs.len()
+        )
+    }
+}
+
+impl DirectWrite {
+    /// An empty plan.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Replicas to write (each with [`DirectWrite::target`]); 0 when nothing is planned.
+    pub fn replicas(&self) -> usize {
+        self.targets.len()
+    }
+
+    /// Replica `i`'s device descriptor, the byte offset to write the whole range at, and
+    /// whether the descriptor is O_DIRECT (512-byte aligned buffers). Write through it only
+    /// the bytes the plan was made from, once; the descriptor is open while the plan is held.
+    pub fn target(&self, i: usize) -> Option<(RawFd, u64, bool)> {
+        self.targets
+            .get(i)
+            .map(|t| (t.alloc.run.fd, t.alloc.run.offset, t.alloc.run.direct))
+    }
+
+    /// Gives back whatever is planned (blocks first, then the guards).
+    fn clear(&mut self) {
+        for t in self.targets.drain(..) {
+            t.store.direct_write_abort(t.alloc);
+            t.disk.inflight.fetch_sub(1, Ordering::Relaxed);
+        }
+        self.crcs.clear();
+        self.obj = None;
+        self.stripe = None;
+        self.gen = None;
+    }
+}
+
+impl Drop for DirectWrite {
+    fn drop(&mut self) {
+        self.clear();
+    }
+}
+
+impl VdiskHandle {
+    /// Plans a direct write of `data` (whole blocks) at `offset` into `plan`: the safe common
+    /// case only, where the ordinary path would write one chunk already stored, at the disk's
+    /// current generation, to every replica through a local store on an io_uring device, with
+    /// nothing else in its way. Then fresh blocks are allocated on every replica (the old
+    /// versions stay: snapshots and clones keep theirs, and a crash before the next flush
+    /// leaves the old data), the checksums of `data` are taken, and the caller writes `data`
+    /// to every [`DirectWrite::target`] itself and ends with
+    /// [`VdiskHandle::finish_direct_write`]. The caller must not change `data` in between.
+    ///
+    /// False when the ordinary path must take the write (`plan` is then empty): not planned
+    /// are partial blocks, ranges across chunks or past the end, a chunk never written (its
+    /// placement is chosen by the ordinary path), a read-only, deleted or rolling-back disk,
+    /// a chunk not yet reconciled after an unclean shutdown or held by a mover, a failed,
+    /// remote or non-io_uring replica, a pool not yet marked in use, space that needs a flush
+    /// first, fragmented free space, or a journal that wants a flush (the ordinary path starts
+    /// it). Never waits; allocates nothing for writes up to 128 KiB.
+    pub fn plan_direct_write(&self, offset: u64, data: &[u8], plan: &mut DirectWrite) -> bool {
+        plan.clear();
+        let ok = self.plan_write(offset, data, plan);
+        if !ok {
+            plan.clear();
+        }
+        ok
+    }
+
+    fn plan_write(&self, offset: u64, data: &[u8], plan: &mut DirectWrite) -> bool {
+        let inner = &self.inner;
+        let len = data.len() as u64;
+        if len == 0
+            || self.snap.is_some()
+            || !offset.is_multiple_of(BLOCK_BYTES)
+            || !len.is_multiple_of(BLOCK_BYTES)
+            || offset / CHUNK_BYTES != (offset + len - 1) / CHUNK_BYTES
+            || offset
+                .checked_add(len)
+                .is_none_or(|end| end > self.size_bytes())
+            || inner.shutting_down.load(Ordering::Acquire)
+            || !inner.unclean_marked.load(Ordering::Acquire)
+            || self.rt.deleted.load(Ordering::Acquire)
+            || self.rt.rolling_back.load(Ordering::Acquire)
+        {
+            return false;
+        }
+        let obj = store::ObjectId {
+            vdisk: self.rt.id,
+            chunk: offset / CHUNK_BYTES,
+        };
+        let block = (offset % CHUNK_BYTES) / BLOCK_BYTES;
+        let Ok(nblocks) = u32::try_from(len / BLOCK_BYTES) else {
+            return false;
+        };
+        // The ordinary write's guards, in its order: generation, then the stripe (shared).
+        let g = self.rt.enter_owned();
+        if !inner.reconciled(obj) {
+            return false;
+        }
+        let Ok(stripe) = inner.stripe_arc(obj).clone().try_read_owned() else {
+            return false;
+        };
+        plan.gen = Some(g);
+        plan.stripe = Some(stripe);
+        let Some(holders) = inner.index.get(obj) else {
+            return false;
+        };
+        let live = inner.live_disks(holders);
+        if live.is_empty() || live.len() != holders.as_slice().len() {
+            return false;
+        }
+        let gen = plan.gen.as_ref().map_or(0, |g| g.gen);
+        for d in live.iter() {
+            let Some(s) = &d.local else {
+                return false;
+            };
+            let Some(alloc) = s.direct_write_alloc(obj, block, nblocks, gen) else {
+                return false;
+            };
+            d.inflight.fetch_add(1, Ordering::Relaxed);
+            plan.targets.push(WriteTarget {
+                store: s.clone(),
+                disk: d.clone(),
+                alloc,
+            });
+        }
+        plan.crcs
+            .extend(data.chunks(BLOCK_BYTES as usize).map(blockdev::crc32c));
+        plan.obj = Some(obj);
+        plan.block = block;
+        plan.len = len;
+        true
+    }
+
+    /// Ends a planned direct write. `written`: every replica's device write completed in
+    /// full. Then the new versions are recorded on every replica with the plan's checksums
+    /// (durable with the next flush, which covers them as it covers any acknowledged write)
+    /// and the write is counted, and true comes back: the write may be acknowledged.
+    /// Otherwise the fresh blocks go back, nothing changed, and false comes back: the caller
+    /// does the whole write again through [`VdiskHandle::write`] (which fails over, marks a
+    /// failed disk, and so on). `start`: when the request began. The plan is empty after.
+    pub fn finish_direct_write(
+        &self,
+        plan: &mut DirectWrite,
+        written: bool,
+        start: Instant,
+    ) -> bool {
+        let (Some(obj), Some(gen)) = (plan.obj, plan.gen.as_ref()) else {
+            plan.clear();
+            return false;
+        };
+        if !written {
+            plan.clear();
+            return false;
+        }
+        let (g, pin) = (gen.gen, gen.pin);
+        for t in plan.targets.drain(..) {
+            // Cannot fail: the plan took one checksum per block.
+            let ok = t
+                .store
+                .direct_write_commit(t.alloc, obj, plan.block, &plan.crcs, g, pin);
+            debug_assert!(ok);
+            t.disk.inflight.fetch_sub(1, Ordering::Relaxed);
+            t.disk.writes.fetch_add(1, Ordering::Relaxed);
+            // After the records: a flush that reads this covers them.
+            t.disk.write_seq.fetch_add(1, Ordering::Release);
+        }
+        let c = &self.inner.counters;
+        c.writes.fetch_add(1, Ordering::Relaxed);
+        c.write_bytes.fetch_add(plan.len, Ordering::Relaxed);
+        self.rt.io.write.record(plan.len, start, true);
+        plan.clear();
+        true
+    }
+}

@@ -137,7 +137,7 @@ mod types;
 mod vdisks;
 
 pub use adopt::{SnapRecord, VdiskRecord};
-pub use direct::DirectRead;
+pub use direct::{DirectRead, DirectWrite};
 pub use error::{EngineError, ErrorKind, Result};
 pub use handle::{VdiskHandle, MAX_IO_BYTES};
 pub use ids::seed_ids_for_this_thread;

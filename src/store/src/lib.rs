@@ -90,6 +90,7 @@
 mod alloc;
 mod codec;
 mod defrag;
+mod direct;
 mod disk;
 mod error;
 mod layout;
@@ -97,6 +98,7 @@ mod maps;
 mod objmap;
 mod ops;
 mod read;
+pub use direct::DirectAlloc;
 pub use read::DirectRun;
 mod recover;
 mod store;

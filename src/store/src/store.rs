@@ -218,7 +218,7 @@ impl Inner {
     }
 
     /// Journal bytes beyond which a write pays for a flush (bounded buffer).
-    fn jbuf_limit(&self) -> usize {
+    pub(crate) fn jbuf_limit(&self) -> usize {
         let ring_bytes = (self.layout().journal_blocks * BS) as usize;
         (ring_bytes / 8).min(1 << 20)
     }
@@ -420,7 +420,13 @@ impl Inner {
 
     /// `alloc`, after checking that no block of the write has a newer generation (one lock
     /// acquisition for both).
-    fn alloc_for_write(&self, obj: ObjectId, block: u64, n: u64, gen: u64) -> Result<Runs> {
+    pub(crate) fn alloc_for_write(
+        &self,
+        obj: ObjectId,
+        block: u64,
+        n: u64,
+        gen: u64,
+    ) -> Result<Runs> {
         let st = self.state.write();
         if let Some(m) = st.maps.objs.get(&obj) {
             for (b, vs) in m.range(block..block + n) {
