@@ -5,7 +5,7 @@
 export interface NicRow {
   tap: string;
   mac: string; // empty: the node keeps the tap's address or derives one
-  bridge: string; // empty: the tap joins no bridge (it is only brought up)
+  bridge: string; // empty: the node's default bridge, if it has one (the appliance's); NO_BRIDGE: none, the tap is only brought up
   vlan?: string; // empty: the bridge's default VLAN, untagged; else 1-4094 (needs a bridge)
 }
 
@@ -33,6 +33,9 @@ const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
 const TAP_RE = /^[A-Za-z0-9._-]{1,15}$/;
 const MAC_RE = /^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$/;
 export const MAX_NICS = 8;
+/** The bridge a card names for "no bridge, a plain tap": a card left empty joins the node's
+ *  default bridge when it has one, so a card without a bridge is shown and sent back so. */
+export const NO_BRIDGE = 'none';
 
 export function formOf(vm: VmLike): VmEditForm {
   return {
@@ -42,8 +45,17 @@ export function formOf(vm: VmLike): VmEditForm {
     memory_mib: String(vm.memory_mib),
     cmdline: vm.cmdline,
     disks: [...vm.disks],
-    nics: (vm.nics ?? []).map((n) => ({ tap: n.tap, mac: n.mac, bridge: n.bridge ?? '', vlan: n.vlan != null ? String(n.vlan) : '' })),
+    nics: (vm.nics ?? []).map((n) => ({ tap: n.tap, mac: n.mac, bridge: n.bridge ?? NO_BRIDGE, vlan: n.vlan != null ? String(n.vlan) : '' })),
   };
+}
+
+/** How a card's bridge reads after its tap and MAC: `bridge` as the form or the node gives it
+ *  (`''` in a form: the node's default; in a VM the node sent, no bridge is `null`). */
+export function bridgeWords(bridge: string | null | undefined, fromForm: boolean): string {
+  const b = (bridge ?? '').trim();
+  if (b === NO_BRIDGE || (!b && !fromForm)) return ' on no bridge (a plain tap)';
+  if (!b) return " on the node's default bridge, if it has one";
+  return ` on bridge ${b}`;
 }
 
 /** Move item `i` of `list` by `by` places (a new array; out-of-range moves change nothing). */
@@ -62,7 +74,8 @@ function sameNics(a: NicRow[], b: NicRow[]): boolean {
 export type NicBody = Record<string, string | number>;
 
 /** The `nics` list the node takes (VM create and edit) from the form's rows, or the first
- *  mistake in words. A card without a MAC, bridge or VLAN leaves that field out. */
+ *  mistake in words. A card without a MAC, bridge or VLAN leaves that field out (no bridge:
+ *  the node's default); bridge "none" is sent as such (a plain tap). */
 export function nicsBody(rows: NicRow[]): { nics: NicBody[] } | { error: string } {
   if (rows.length > MAX_NICS) return { error: `A VM has at most ${MAX_NICS} network cards.` };
   const taps = new Set<string>();
@@ -78,16 +91,21 @@ export function nicsBody(rows: NicRow[]): { nics: NicBody[] } | { error: string 
     if (mac && !MAC_RE.test(mac)) return { error: `Network card ${i + 1}: the MAC address must look like 02:00:00:00:00:01.` };
     if (mac && parseInt(mac.slice(0, 2), 16) & 1) return { error: `Network card ${i + 1}: ${mac} is a multicast address; use a unicast one (first byte even).` };
     const bridge = (n.bridge ?? '').trim();
+    const none = bridge === NO_BRIDGE;
+    if (!none && bridge.toLowerCase() === NO_BRIDGE) {
+      return { error: `Network card ${i + 1}: write "${NO_BRIDGE}" in lower case for no bridge.` };
+    }
     if (bridge && (!TAP_RE.test(bridge) || bridge === '.' || bridge === '..')) {
       return { error: `Network card ${i + 1}: the bridge name must be 1-15 letters, digits, ".", "_" or "-".` };
     }
-    if (bridge && bridge === tap) return { error: `Network card ${i + 1}: the bridge cannot be the card's own tap device.` };
+    if (bridge && !none && bridge === tap) return { error: `Network card ${i + 1}: the bridge cannot be the card's own tap device.` };
     const vlanText = (n.vlan ?? '').trim();
     const vlan = Number(vlanText);
     if (vlanText && (!/^[0-9]{1,4}$/.test(vlanText) || vlan < 1 || vlan > 4094)) {
       return { error: `Network card ${i + 1}: the VLAN must be a whole number from 1 to 4094 (0 and 4095 are reserved), or empty for none.` };
     }
-    if (vlanText && !bridge) return { error: `Network card ${i + 1}: a VLAN needs a bridge (the VLAN is set on the tap's port of that bridge).` };
+    // Left empty, the node's default bridge carries the VLAN (a node without one says so).
+    if (vlanText && none) return { error: `Network card ${i + 1}: a VLAN needs a bridge, not "${NO_BRIDGE}" (the VLAN is set on the tap's port of that bridge).` };
     out.push({ tap, ...(mac ? { mac: mac.toLowerCase() } : {}), ...(bridge ? { bridge } : {}), ...(vlanText ? { vlan } : {}) });
   }
   return { nics: out };

@@ -37,26 +37,30 @@ test('disk order: moving the second disk up makes it the boot disk', () => {
 
 test('NICs: add, keep MAC case-insensitively, empty MAC left to the node', () => {
   const same = f.formOf(vm);
-  same.nics = [{ tap: 'tap0', mac: '02:00:00:00:00:01'.toUpperCase() }];
+  same.nics = [{ tap: 'tap0', mac: '02:00:00:00:00:01'.toUpperCase(), bridge: 'none' }];
   assert.deepEqual(f.editBody(vm, same), { error: 'Nothing changed.' });
   const add = f.formOf(vm);
   add.nics = [...add.nics, { tap: 'tap1', mac: '' }];
-  assert.deepEqual(f.editBody(vm, add), { body: { nics: [{ tap: 'tap0', mac: '02:00:00:00:00:01' }, { tap: 'tap1' }] } });
+  assert.deepEqual(f.editBody(vm, add), { body: { nics: [{ tap: 'tap0', mac: '02:00:00:00:00:01', bridge: 'none' }, { tap: 'tap1' }] } });
   const removed = f.formOf(vm);
   removed.nics = [];
   assert.deepEqual(f.editBody(vm, removed), { body: { nics: [] } });
 });
 
-test('NICs: a bridge is kept when another field of the list changes, and can be set or cleared', () => {
+test('NICs: a bridge is kept when another field of the list changes, and can be set, emptied or made none', () => {
   const bridged = { ...vm, nics: [{ id: 'net0', tap: 'tap0', mac: '02:00:00:00:00:01', bridge: 'br0' }] };
   assert.deepEqual(f.editBody(bridged, f.formOf(bridged)), { error: 'Nothing changed.' });
   // The node replaces the whole list: a card added next to a bridged one must not lose br0.
   const add = f.formOf(bridged);
   add.nics = [...add.nics, { tap: 'tap1', mac: '', bridge: '' }];
   assert.deepEqual(f.editBody(bridged, add), { body: { nics: [{ tap: 'tap0', mac: '02:00:00:00:00:01', bridge: 'br0' }, { tap: 'tap1' }] } });
+  // Emptied: the node's default bridge (if it has one); none: no bridge at all.
   const cleared = f.formOf(bridged);
   cleared.nics[0].bridge = ' ';
   assert.deepEqual(f.editBody(bridged, cleared), { body: { nics: [{ tap: 'tap0', mac: '02:00:00:00:00:01' }] } });
+  const none = f.formOf(bridged);
+  none.nics[0].bridge = 'none';
+  assert.deepEqual(f.editBody(bridged, none), { body: { nics: [{ tap: 'tap0', mac: '02:00:00:00:00:01', bridge: 'none' }] } });
   const set = f.formOf(vm);
   set.nics[0].bridge = 'br1';
   assert.deepEqual(f.editBody(vm, set), { body: { nics: [{ tap: 'tap0', mac: '02:00:00:00:00:01', bridge: 'br1' }] } });
@@ -90,7 +94,28 @@ test('NICs: a VLAN is sent as a number with its bridge, kept, changed or cleared
     assert.match(f.editBody(tagged, bad).error, /Network card 1: the VLAN must be a whole number from 1 to 4094/, v);
   }
   assert.deepEqual(f.nicsBody([{ tap: 't0', mac: '', bridge: 'br0', vlan: '4094' }]), { nics: [{ tap: 't0', bridge: 'br0', vlan: 4094 }] });
-  assert.match(f.nicsBody([{ tap: 't0', mac: '', bridge: ' ', vlan: '10' }]).error, /a VLAN needs a bridge/);
+  assert.match(f.nicsBody([{ tap: 't0', mac: '', bridge: 'none', vlan: '10' }]).error, /Network card 1: a VLAN needs a bridge, not "none"/);
+  // Without a bridge of its own the node's default carries it (a node without one says so).
+  assert.deepEqual(f.nicsBody([{ tap: 't0', mac: '', bridge: ' ', vlan: '10' }]), { nics: [{ tap: 't0', vlan: 10 }] });
+});
+
+test('NICs: a card without a bridge is shown as none and sent back so, not onto the default bridge', () => {
+  // vm's card has no bridge (a plain tap): a node with a default bridge would put a card sent
+  // without one on it, so the form starts at "none" and an edit elsewhere in the list keeps it.
+  assert.equal(f.formOf(vm).nics[0].bridge, 'none');
+  assert.deepEqual(f.editBody(vm, f.formOf(vm)), { error: 'Nothing changed.' });
+  const other = f.formOf(vm);
+  other.nics[0].mac = '02:00:00:00:00:02';
+  assert.deepEqual(f.editBody(vm, other), { body: { nics: [{ tap: 'tap0', mac: '02:00:00:00:00:02', bridge: 'none' }] } });
+  // A tap may be called none: "none" is not a bridge name, so it is not the card's own tap.
+  assert.deepEqual(f.nicsBody([{ tap: 'none', mac: '', bridge: 'none' }]), { nics: [{ tap: 'none', bridge: 'none' }] });
+  for (const typo of ['None', ' NONE ']) {
+    assert.match(f.nicsBody([{ tap: 't0', mac: '', bridge: typo }]).error, /Network card 1: write "none" in lower case for no bridge/, typo);
+  }
+  assert.equal(f.bridgeWords('none', true), ' on no bridge (a plain tap)');
+  assert.equal(f.bridgeWords('', true), " on the node's default bridge, if it has one");
+  assert.equal(f.bridgeWords(null, false), ' on no bridge (a plain tap)');
+  assert.equal(f.bridgeWords('br0', false), ' on bridge br0');
 });
 
 test('nicsBody: the create wizard gets the same checks and leaves empty fields out', () => {

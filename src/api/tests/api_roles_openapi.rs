@@ -538,7 +538,8 @@ async fn openapi_matches_routes_and_live_answers() {
     std::fs::write(&kernel, [0u8; 4096]).unwrap();
     let vm_body = json!({"name": "v1", "vcpus": 1, "memory_mib": 64, "disks": ["o1"],
         "kernel": kernel.display().to_string(),
-        "nics": [{"tap": "t0", "bridge": "br0"}, {"tap": "t1", "mac": "02:00:00:00:00:01"}]});
+        "nics": [{"tap": "t0", "bridge": "br0"}, {"tap": "t1", "mac": "02:00:00:00:00:01"},
+            {"tap": "t2", "bridge": "none"}]});
     let calls: Vec<(&str, &str, &str, Option<Value>)> = vec![
         ("get", "/health", "/api/v1/health", None),
         ("get", "/auth/me", "/api/v1/auth/me", None),

@@ -247,6 +247,62 @@ async fn vm_edit_validation_conflicts_and_records() {
     h.stop().await;
 }
 
+/// On a node with a default bridge (the appliance's), a NIC left without a bridge joins it and
+/// one on bridge `none` stays a plain tap, through create and an edit that sends the list
+/// back; misspellings and a VLAN on none are refused with why, and nothing changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bridge_none_keeps_a_plain_tap_on_a_node_with_a_default_bridge() {
+    let h = Harness::start_with(|c| c.vm_bridge = Some("cairn0".into()))
+        .await
+        .unwrap();
+    let a = h.admin().await;
+    let kernel = h.dir.path().join("not-a-kernel.bin");
+    std::fs::write(&kernel, [0u8; 4096]).unwrap();
+    let r = a
+        .post(
+            "/api/v1/vms",
+            json!({"name": "v", "vcpus": 1, "memory_mib": 64,
+                "kernel": kernel.display().to_string(),
+                "nics": [{"tap": "t0"}, {"tap": "t1", "bridge": "none"}]}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let bridges = |v: &Value| -> Vec<Value> {
+        v["nics"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["bridge"].clone())
+            .collect()
+    };
+    let want = vec![json!("cairn0"), Value::Null];
+    assert_eq!(bridges(&r.json), want);
+    let t1_mac = r.json["nics"][1]["mac"].clone();
+
+    // Sent back as shown, with none for the plain tap: nothing moves.
+    let r = a
+        .patch(
+            "/api/v1/vms/v",
+            json!({"nics": [{"tap": "t0", "bridge": "cairn0"}, {"tap": "t1", "bridge": "none"}]}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(bridges(&r.json), want);
+    assert_eq!(r.json["nics"][1]["mac"], t1_mac);
+    for (nic, words) in [
+        (json!({"tap": "t1", "bridge": "None"}), "in lower case"),
+        (
+            json!({"tap": "t1", "bridge": "none", "vlan": 10}),
+            "its bridge is none",
+        ),
+    ] {
+        let r = a.patch("/api/v1/vms/v", json!({ "nics": [nic] })).await;
+        err_has(&r, 400, words);
+    }
+    assert_eq!(bridges(&a.get("/api/v1/vms/v").await.json), want);
+    h.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_tokens_and_member_removal() {
     let h = Harness::start().await.unwrap();

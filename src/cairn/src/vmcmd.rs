@@ -20,11 +20,12 @@ fn mem_arg(s: &str) -> Result<u64, String> {
     Ok(bytes >> 20)
 }
 
-/// A NIC as `TAP[,MAC][,bridge=BRIDGE][,vlan=N]` (the node checks the names and the MAC; a
-/// missing MAC is kept or generated; with a bridge the tap joins it when the VM starts, on
-/// VLAN N untagged when given).
+/// A NIC as `TAP[,MAC][,bridge=BRIDGE|none][,vlan=N]` (the node checks the names and the
+/// MAC; a missing MAC is kept or generated; with a bridge the tap joins it when the VM starts,
+/// on VLAN N untagged when given; without one the node's default bridge, if it has one;
+/// `bridge=none`: a plain tap, even there).
 fn nic_arg(s: &str) -> Result<control::VmNicSpec, String> {
-    const FORM: &str = "TAP[,MAC][,bridge=BRIDGE][,vlan=N]";
+    const FORM: &str = "TAP[,MAC][,bridge=BRIDGE|none][,vlan=N]";
     let mut parts = s.split(',');
     let tap = parts.next().unwrap_or_default();
     if tap.is_empty() {
@@ -48,9 +49,12 @@ fn nic_arg(s: &str) -> Result<control::VmNicSpec, String> {
         }
         *slot.0 = Some(slot.1.to_string());
     }
-    if vlan.is_some() && bridge.is_none() {
+    // Without bridge= the node gives the NIC its default bridge, or refuses the VLAN if it has
+    // none; with bridge=none there is never a bridge port to put the VLAN on.
+    if vlan.is_some() && bridge.as_deref() == Some(control::NO_BRIDGE) {
         return Err(format!(
-            "NIC {s:?}: vlan= needs bridge= (the VLAN is set on the tap's port of its bridge)"
+            "NIC {s:?}: vlan= needs a bridge, not bridge={} (the VLAN is set on the tap's port of its bridge)",
+            control::NO_BRIDGE
         ));
     }
     Ok(control::VmNicSpec {
@@ -95,9 +99,11 @@ pub enum VmCmd {
         #[arg(long)]
         cmdline: Option<String>,
         /// A NIC on a host tap device (repeat for more: net0, net1, ...); with bridge= the tap
-        /// joins that bridge when the VM starts, with vlan= (1-4094) on that VLAN only, untagged
-        /// towards the guest (the node turns VLAN filtering on on the bridge).
-        #[arg(long = "nic", value_name = "TAP[,MAC][,bridge=BRIDGE][,vlan=N]", value_parser = nic_arg)]
+        /// joins that bridge when the VM starts, without it the node's default bridge if it has
+        /// one (the appliance's), with bridge=none no bridge (a plain tap, for a host-only
+        /// network); with vlan= (1-4094) on that VLAN only, untagged towards the guest (the
+        /// node turns VLAN filtering on on the bridge).
+        #[arg(long = "nic", value_name = "TAP[,MAC][,bridge=BRIDGE|none][,vlan=N]", value_parser = nic_arg)]
         nics: Vec<control::VmNicSpec>,
     },
     /// List VMs.
@@ -145,7 +151,9 @@ pub enum VmCmd {
     },
     /// Change a VM's definition. Everything but --description needs the VM stopped. --disk
     /// (repeat, in boot order) must list exactly the VM's current disks; --nic
-    /// TAP[,MAC][,bridge=BRIDGE][,vlan=N] (repeat) replaces every NIC, --no-nics removes them all.
+    /// TAP[,MAC][,bridge=BRIDGE|none][,vlan=N] (repeat) replaces every NIC (say bridge=none for
+    /// a NIC `vm show` lists with bridge none, or it joins the node's default bridge if it has
+    /// one), --no-nics removes them all.
     Edit {
         name: String,
         #[arg(long, value_parser = name_arg)]
@@ -161,7 +169,7 @@ pub enum VmCmd {
         cmdline: Option<String>,
         #[arg(long = "disk", value_name = "VDISK")]
         disks: Vec<String>,
-        #[arg(long = "nic", value_name = "TAP[,MAC][,bridge=BRIDGE][,vlan=N]", value_parser = nic_arg, conflicts_with = "no_nics")]
+        #[arg(long = "nic", value_name = "TAP[,MAC][,bridge=BRIDGE|none][,vlan=N]", value_parser = nic_arg, conflicts_with = "no_nics")]
         nics: Vec<control::VmNicSpec>,
         #[arg(long)]
         no_nics: bool,
@@ -274,10 +282,12 @@ fn show(v: &VmView) -> String {
         out += &format!("about:    {}\n", v.description);
     }
     for n in &v.nics {
-        out += &format!("nic {}:   tap {} mac {}", n.id, n.tap, n.mac);
-        if let Some(b) = &n.bridge {
-            out += &format!(" bridge {b}");
-        }
+        // Always said, in the form --nic takes back: a NIC without one is a plain tap.
+        let bridge = n.bridge.as_deref().unwrap_or(control::NO_BRIDGE);
+        out += &format!(
+            "nic {}:   tap {} mac {} bridge {bridge}",
+            n.id, n.tap, n.mac
+        );
         if let Some(v) = n.vlan {
             out += &format!(" vlan {v}");
         }
@@ -389,11 +399,58 @@ mod tests {
             ("t,bridge=br0,vlan=ten", "from 1 to 4094"),
             ("t,bridge=br0,vlan=", "from 1 to 4094"),
             ("t,bridge=br0,vlan=1,vlan=2", "at most once"),
-            ("t,vlan=10", "needs bridge="),
+            ("t,bridge=none,vlan=10", "needs a bridge, not bridge=none"),
         ] {
             let e = nic_arg(bad).unwrap_err();
             assert!(e.contains(why), "{bad}: {e}");
         }
+        // bridge=none is passed on as the word (the node keeps a plain tap); a VLAN without
+        // bridge= is the node's to judge (its default bridge, if it has one).
+        let n = nic_arg("tap6,bridge=none").unwrap();
+        assert_eq!(n.bridge.as_deref(), Some(control::NO_BRIDGE));
+        let n = nic_arg("tap7,vlan=10").unwrap();
+        assert_eq!((n.bridge, n.vlan), (None, Some(10)));
+    }
+
+    #[test]
+    fn show_says_each_nics_bridge_none_included() {
+        let nic = |id: &str, bridge: Option<&str>, vlan: Option<u16>| control::VmNicView {
+            id: id.into(),
+            tap: format!("tap-{id}"),
+            mac: "02:00:00:00:00:01".into(),
+            bridge: bridge.map(Into::into),
+            vlan,
+        };
+        let v = VmView {
+            name: "web".into(),
+            description: String::new(),
+            state: "defined".into(),
+            operation: None,
+            vcpus: 1,
+            memory_mib: 64,
+            disks: Vec::new(),
+            nics: vec![
+                nic("net0", Some("cairn0"), Some(10)),
+                nic("net1", None, None),
+            ],
+            kernel: "/k".into(),
+            cmdline: String::new(),
+            created_unix: 0,
+            last_exit: None,
+            stats: None,
+        };
+        let out = show(&v);
+        let lines: Vec<&str> = out.lines().filter(|l| l.starts_with("nic ")).collect();
+        assert_eq!(
+            lines,
+            [
+                "nic net0:   tap tap-net0 mac 02:00:00:00:00:01 bridge cairn0 vlan 10",
+                "nic net1:   tap tap-net1 mac 02:00:00:00:00:01 bridge none",
+            ]
+        );
+        // What it says parses back into the NIC --nic gives.
+        let back = nic_arg("tap-net1,02:00:00:00:00:01,bridge=none").unwrap();
+        assert_eq!(back.bridge.as_deref(), Some("none"));
     }
 
     #[test]

@@ -37,7 +37,7 @@ pub use vm::{
     format_mac, parse_mac, ConsoleChunk, ConsolePlace, ConsoleView, VmDeviceStatsView, VmNicSpec,
     VmNicView, VmStatsView, VmView, DEFAULT_CONSOLE_BYTES, DEFAULT_STOP_TIMEOUT_MS,
     MAX_CONSOLE_BYTES, MAX_VCPUS, MAX_VLAN_ID, MAX_VM_DISKS, MAX_VM_MEMORY_MIB, MAX_VM_NICS,
-    MIN_VLAN_ID, MIN_VM_MEMORY_MIB,
+    MIN_VLAN_ID, MIN_VM_MEMORY_MIB, NO_BRIDGE,
 };
 
 use std::future::Future;

@@ -31,6 +31,13 @@ pub const MAX_TAP_NAME_LEN: usize = 15;
 /// reserved, so neither names a network).
 pub const MIN_VLAN_ID: u16 = 1;
 pub const MAX_VLAN_ID: u16 = 4094;
+/// A NIC's `bridge` that says "no bridge": its tap is only brought up, for a host-only network
+/// or a tap wired by whoever made it, even on a node whose NICs join a default bridge when they
+/// name none (the appliance's, `NodeConfig::vm_bridge` in the node). Never stored: the
+/// definition then has no bridge, as a NIC that named none had before nodes had a default.
+/// Reserved, so a Linux bridge of that name cannot be named (any other case spelling is refused
+/// as a likely typo).
+pub const NO_BRIDGE: &str = "none";
 /// Graceful stop timeout when the request does not say.
 pub const DEFAULT_STOP_TIMEOUT_MS: u64 = 10_000;
 /// Longest graceful stop timeout.
@@ -151,7 +158,13 @@ fn validate_nics(nics: &[VmNicSpec]) -> Result<(), ControlError> {
                 i + 1
             )));
         }
-        if let Some(b) = &n.bridge {
+        if let Some(b) = n.bridge.as_deref().filter(|b| *b != NO_BRIDGE) {
+            if b.eq_ignore_ascii_case(NO_BRIDGE) {
+                return Err(ControlError::invalid(format!(
+                    "NIC {} bridge {b:?}: write {NO_BRIDGE} in lower case for no bridge",
+                    i + 1
+                )));
+            }
             if !is_ifname(b) {
                 return Err(ControlError::invalid(format!(
                     "NIC {} bridge name {b:?} must be 1-{MAX_TAP_NAME_LEN} letters, digits, '-', '_' or '.'",
@@ -171,6 +184,12 @@ fn validate_nics(nics: &[VmNicSpec]) -> Result<(), ControlError> {
             validate_vlan(i, v)?;
             // The VLAN is a property of the tap's port on the bridge: without a bridge there is
             // no port to put on it, and a tap wired by hand would silently ignore it.
+            if n.bridge.as_deref() == Some(NO_BRIDGE) {
+                return Err(ControlError::invalid(format!(
+                    "NIC {} is on VLAN {v} but its bridge is {NO_BRIDGE}: the VLAN is set on the tap's port of a bridge, so give a bridge or leave the VLAN out",
+                    i + 1
+                )));
+            }
             if n.bridge.is_none() {
                 return Err(ControlError::invalid(format!(
                     "NIC {} is on VLAN {v} but has no bridge: the VLAN is set on the tap's port of its bridge, so give the bridge too",
@@ -334,9 +353,11 @@ pub struct VmStatsView {
 
 /// A NIC as a request gives it: the host tap device it is wired to, its MAC address (the
 /// node picks a stable locally administered one when it is left out), and the Linux bridge
-/// (on the node, existing already) the tap joins when the VM starts. Without a bridge the tap
-/// is only brought up: whoever made it wires it. With a VLAN (1-4094, needs a bridge) the
-/// tap's bridge port carries only that VLAN, untagged towards the guest (Proxmox's `tag=`).
+/// (on the node, existing already) the tap joins when the VM starts. Left out, the node's
+/// default bridge when it has one (the appliance's), else none; [`NO_BRIDGE`]: none, even
+/// there. Without a bridge the tap is only brought up: whoever made it wires it. With a VLAN
+/// (1-4094, needs a bridge) the tap's bridge port carries only that VLAN, untagged towards the
+/// guest (Proxmox's `tag=`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VmNicSpec {
@@ -347,6 +368,14 @@ pub struct VmNicSpec {
     pub bridge: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vlan: Option<u16>,
+}
+
+impl VmNicSpec {
+    /// The bridge the tap joins as the definition keeps it: None for [`NO_BRIDGE`] (and for a
+    /// NIC that names none, which the node has given its default bridge first, if it has one).
+    pub fn bridge_to_join(&self) -> Option<&str> {
+        self.bridge.as_deref().filter(|b| *b != NO_BRIDGE)
+    }
 }
 
 /// A NIC of a VM: `net0`, `net1`, ... in order, the host tap device, the guest MAC address,
@@ -551,6 +580,53 @@ mod tests {
             serde_json::json!({"tap": "t", "bridge": "br0", "vlan": 70000})
         )
         .is_err());
+    }
+
+    #[test]
+    fn bridge_none_is_a_plain_tap_and_not_a_bridge_name() {
+        let with = |tap: &str, bridge: Option<&str>, vlan: Option<u16>| {
+            let mut r = create(1, 128, "/k.elf");
+            if let Request::VmCreate { nics, .. } = &mut r {
+                nics.push(crate::VmNicSpec {
+                    tap: tap.into(),
+                    mac: None,
+                    bridge: bridge.map(Into::into),
+                    vlan,
+                });
+            }
+            r.validate()
+        };
+        with("tap0", Some(crate::NO_BRIDGE), None).unwrap();
+        // Not a bridge name, so a tap called none is not "its own bridge".
+        with("none", Some("none"), None).unwrap();
+        for typo in ["None", "NONE", "nOnE"] {
+            let e = with("tap0", Some(typo), None).unwrap_err();
+            assert_eq!(e.code, crate::ErrorCode::InvalidArgument, "{typo}");
+            assert!(e.message.contains("in lower case"), "{}", e.message);
+        }
+        let e = with("tap0", Some("none"), Some(10)).unwrap_err();
+        assert_eq!(e.code, crate::ErrorCode::InvalidArgument);
+        assert!(
+            e.message
+                .contains("VLAN 10 but its bridge is none: the VLAN is set on the tap's port"),
+            "{}",
+            e.message
+        );
+
+        let nic = |bridge: Option<&str>| crate::VmNicSpec {
+            tap: "t".into(),
+            mac: None,
+            bridge: bridge.map(Into::into),
+            vlan: None,
+        };
+        assert_eq!(nic(Some("none")).bridge_to_join(), None);
+        assert_eq!(nic(None).bridge_to_join(), None);
+        assert_eq!(nic(Some("br0")).bridge_to_join(), Some("br0"));
+        // On the wire it is the bridge field's value, read and written as given.
+        let wire = serde_json::json!({"tap": "t", "mac": null, "bridge": "none"});
+        let n: crate::VmNicSpec = serde_json::from_value(wire.clone()).unwrap();
+        assert_eq!(n, nic(Some("none")));
+        assert_eq!(serde_json::to_value(&n).unwrap(), wire);
     }
 
     fn create_named(name: &str) -> Request {

@@ -54,7 +54,7 @@ pub struct NodeConfig {
     /// uplink, named by PID 1, which made it (`init::netlive::BRIDGE`). Filled into `vm create`
     /// and `vm update` requests before they are checked, so a NIC with a VLAN needs no bridge
     /// either and the definition shows the bridge. None (`cairn node`): such a tap is only
-    /// brought up.
+    /// brought up. A NIC that wants a plain tap here too says bridge `none` (`control::NO_BRIDGE`).
     pub vm_bridge: Option<String>,
 }
 

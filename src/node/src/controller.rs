@@ -92,6 +92,7 @@ impl Controller for NodeController {
 
 /// `req` with `bridge` (the node's default, see `NodeConfig::vm_bridge`) given to every NIC of
 /// a `vm create` or `vm update` that names no bridge; any other request, or no default, as is.
+/// A NIC whose bridge is `none` ([`control::NO_BRIDGE`]) named one: it keeps its plain tap.
 fn with_default_bridge(mut req: Request, bridge: Option<&str>) -> Request {
     let Some(bridge) = bridge else { return req };
     let nics = match &mut req {
@@ -681,6 +682,7 @@ mod tests {
                 nic("tap0", None, None),
                 nic("tap1", Some("br9"), None),
                 nic("tap2", None, Some(10)),
+                nic("tap3", Some("none"), None),
             ],
         };
         let filled = with_default_bridge(create.clone(), Some("cairn0"));
@@ -690,6 +692,7 @@ mod tests {
                 nic("tap0", Some("cairn0"), None),
                 nic("tap1", Some("br9"), None),
                 nic("tap2", Some("cairn0"), Some(10)),
+                nic("tap3", Some("none"), None),
             ]
         );
         // Now a VLAN without a bridge of its own passes the checks; without the default it
@@ -699,8 +702,20 @@ mod tests {
         assert!(e.message.contains("no bridge"), "{}", e.message);
         assert_eq!(with_default_bridge(create.clone(), None), create);
 
-        let up = with_default_bridge(update(Some(vec![nic("tap0", None, None)])), Some("cairn0"));
-        assert_eq!(nics_of(&up), vec![nic("tap0", Some("cairn0"), None)]);
+        let up = with_default_bridge(
+            update(Some(vec![
+                nic("tap0", None, None),
+                nic("tap1", Some("none"), None),
+            ])),
+            Some("cairn0"),
+        );
+        assert_eq!(
+            nics_of(&up),
+            vec![
+                nic("tap0", Some("cairn0"), None),
+                nic("tap1", Some("none"), None)
+            ]
+        );
         // An update that leaves the NICs alone stays so; other requests are untouched.
         assert_eq!(
             with_default_bridge(update(None), Some("cairn0")),

@@ -206,8 +206,9 @@ async fn vm_roles_bad_input_persistence_and_busy_disks() {
 }
 
 /// A node told its default bridge (the appliance's, named by PID 1) puts NICs that name no
-/// bridge on it, so a NIC with only a VLAN is accepted; a NIC's own bridge is kept. The
-/// definition (and so `vm show`) says which bridge.
+/// bridge on it, so a NIC with only a VLAN is accepted; a NIC's own bridge is kept, and a NIC
+/// on bridge `none` keeps a plain tap (a host-only network). The definition (and so `vm show`)
+/// says which bridge.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nics_without_a_bridge_join_the_nodes_default_bridge() {
     let dir = tempfile::tempdir().unwrap();
@@ -229,24 +230,59 @@ async fn nics_without_a_bridge_join_the_nodes_default_bridge() {
             nic("tap0", None, None),
             nic("tap1", None, Some(10)),
             nic("tap2", Some("br9"), None),
+            nic("tap3", Some(control::NO_BRIDGE), None),
         ];
     }
     let v = match ctl.execute(actor(Role::Operator), req).await.unwrap() {
         Reply::Vm(v) => v,
         r => panic!("{r:?}"),
     };
-    let got: Vec<(Option<&str>, Option<u16>)> = v
-        .nics
-        .iter()
-        .map(|n| (n.bridge.as_deref(), n.vlan))
-        .collect();
+    let bridges = |v: &control::VmView| -> Vec<(Option<String>, Option<u16>)> {
+        v.nics.iter().map(|n| (n.bridge.clone(), n.vlan)).collect()
+    };
+    let cairn0 = Some("cairn0".to_string());
     assert_eq!(
-        got,
+        bridges(&v),
         [
-            (Some("cairn0"), None),
-            (Some("cairn0"), Some(10)),
-            (Some("br9"), None)
+            (cairn0.clone(), None),
+            (cairn0.clone(), Some(10)),
+            (Some("br9".into()), None),
+            (None, None)
         ]
     );
+
+    // An edit that sends the plain tap back as none keeps it plain; left out, it would join
+    // the default bridge, which is why the edit forms send none for it.
+    let update = |nics: Vec<control::VmNicSpec>| Request::VmUpdate {
+        name: "web".into(),
+        new_name: None,
+        description: None,
+        vcpus: None,
+        memory_mib: None,
+        cmdline: None,
+        disks: None,
+        nics: Some(nics),
+    };
+    let kept = update(vec![nic("tap3", Some("none"), None)]);
+    let v = match ctl.execute(actor(Role::Operator), kept).await.unwrap() {
+        Reply::Vm(v) => v,
+        r => panic!("{r:?}"),
+    };
+    assert_eq!(bridges(&v), [(None, None)]);
+    let e = ctl
+        .execute(
+            actor(Role::Operator),
+            update(vec![nic("tap3", Some("none"), Some(10))]),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, ErrorCode::InvalidArgument);
+    assert!(e.message.contains("its bridge is none"), "{}", e.message);
+    let joined = update(vec![nic("tap3", None, None)]);
+    let v = match ctl.execute(actor(Role::Operator), joined).await.unwrap() {
+        Reply::Vm(v) => v,
+        r => panic!("{r:?}"),
+    };
+    assert_eq!(bridges(&v), [(cairn0, None)]);
     n.shutdown().await.unwrap();
 }

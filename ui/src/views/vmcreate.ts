@@ -5,7 +5,7 @@ import { useEffect, useRef, useState } from 'preact/hooks';
 import { explain } from '../api';
 import { html, ErrorBox, Field } from '../ui';
 import { diskApi, Step, vmApi } from '../vmapi';
-import { nicsBody, NicBody, NicRow, MAX_NICS } from '../vmeditfmt';
+import { bridgeWords, nicsBody, NicBody, NicRow, MAX_NICS } from '../vmeditfmt';
 
 type DiskMode = 'new' | 'existing' | 'clone';
 interface DiskRow {
@@ -204,12 +204,12 @@ export function CreateWizard({ onDone, onCancel }: { onDone: (name: string) => v
     </div>
     <fieldset>
       <legend>Network cards</legend>
-      <p class="muted">Each card is a tap device on the node, made when the VM starts; with a bridge (one that exists on the node) the tap joins it, and with a VLAN its port on the bridge carries that VLAN only, untagged to the VM.</p>
+      <p class="muted">Each card is a tap device on the node, made when the VM starts; with a bridge (one that exists on the node) the tap joins it, left empty the node's default bridge if it has one (an appliance's bridge over its uplink), and with "none" no bridge (a plain tap, for a host-only network); with a VLAN its port on the bridge carries that VLAN only, untagged to the VM.</p>
       ${nics.map((n, i) => html`<div class="nic-row" data-nic=${i}>
         <${Field} label=${`Card ${i + 1} tap device`} id=${`wn-tap-${i}`}><input id=${`wn-tap-${i}`} value=${n.tap} maxLength="15" onInput=${(e: any) => setNic(i, { tap: e.currentTarget.value })} /></${Field}>
         <${Field} label=${`Card ${i + 1} MAC address`} id=${`wn-mac-${i}`} hint="empty: chosen by the node"><input id=${`wn-mac-${i}`} class="mono" value=${n.mac} placeholder="02:00:00:00:00:01" onInput=${(e: any) => setNic(i, { mac: e.currentTarget.value })} /></${Field}>
-        <${Field} label=${`Card ${i + 1} bridge`} id=${`wn-br-${i}`} hint="empty: none"><input id=${`wn-br-${i}`} value=${n.bridge} maxLength="15" onInput=${(e: any) => setNic(i, { bridge: e.currentTarget.value })} /></${Field}>
-        <${Field} label=${`Card ${i + 1} VLAN`} id=${`wn-vlan-${i}`} hint="1-4094, needs a bridge; empty: none"><input id=${`wn-vlan-${i}`} value=${n.vlan ?? ''} inputMode="numeric" maxLength="4" onInput=${(e: any) => setNic(i, { vlan: e.currentTarget.value })} /></${Field}>
+        <${Field} label=${`Card ${i + 1} bridge`} id=${`wn-br-${i}`} hint="empty: the node's default, if any; none: no bridge"><input id=${`wn-br-${i}`} value=${n.bridge} maxLength="15" onInput=${(e: any) => setNic(i, { bridge: e.currentTarget.value })} /></${Field}>
+        <${Field} label=${`Card ${i + 1} VLAN`} id=${`wn-vlan-${i}`} hint="1-4094, needs a bridge (not none); empty: none"><input id=${`wn-vlan-${i}`} value=${n.vlan ?? ''} inputMode="numeric" maxLength="4" onInput=${(e: any) => setNic(i, { vlan: e.currentTarget.value })} /></${Field}>
         <button type="button" class="danger" onClick=${() => setNics(nics.filter((_, j) => j !== i))}>Remove card ${i + 1}</button>
       </div>`)}
       ${nics.length < MAX_NICS ? html`<button type="button" onClick=${() => setNics([...nics, { tap: `${(name || 'vm').slice(0, 11)}-n${nics.length}`, mac: '', bridge: '', vlan: '' }])}>Add a network card</button>` : null}
@@ -223,7 +223,7 @@ export function CreateWizard({ onDone, onCancel }: { onDone: (name: string) => v
         <dt>Disks</dt><dd>${disks.length ? disks.map((d) => (d.mode === 'new' ? `${d.name} (new, ${d.size})` : d.mode === 'clone' ? `${d.name} (clone of ${d.source}${d.snapshot ? '@' + d.snapshot : ''})` : d.source)).join(', ') : 'none'}</dd>
         <dt>Kernel</dt><dd class="mono">${kernel}</dd>
         <dt>Command line</dt><dd class="mono">${cmdline || '(empty)'}</dd>
-        <dt>Network cards</dt><dd class="mono">${nics.length ? nics.map((n) => `${n.tap.trim()}${n.mac.trim() ? ' ' + n.mac.trim() : ''}${n.bridge.trim() ? ' on bridge ' + n.bridge.trim() : ''}${(n.vlan ?? '').trim() ? ' VLAN ' + (n.vlan ?? '').trim() : ''}`).join('; ') : 'none'}</dd>
+        <dt>Network cards</dt><dd class="mono">${nics.length ? nics.map((n) => `${n.tap.trim()}${n.mac.trim() ? ' ' + n.mac.trim() : ''}${bridgeWords(n.bridge, true)}${(n.vlan ?? '').trim() ? ' VLAN ' + (n.vlan ?? '').trim() : ''}`).join('; ') : 'none'}</dd>
       </dl>
       <label class="check"><input type="checkbox" checked=${startAfter} onChange=${(e: any) => setStartAfter(e.currentTarget.checked)} /> Start the VM after creating it</label>
     </div>`;

@@ -65,9 +65,9 @@ export function VmEdit({ vm, onDone, onCancel }: { vm: VmView; onDone: (name: st
           <input id=${id(`tap-${i}`)} value=${n.tap} maxLength="15" disabled=${running} onInput=${(e: any) => setNic(i, 'tap', e.currentTarget.value)} /><//>
         <${Field} label=${`Card ${i + 1} MAC address`} id=${id(`mac-${i}`)} hint="empty: chosen by the node">
           <input id=${id(`mac-${i}`)} class="mono" value=${n.mac} placeholder="02:00:00:00:00:01" disabled=${running} onInput=${(e: any) => setNic(i, 'mac', e.currentTarget.value)} /><//>
-        <${Field} label=${`Card ${i + 1} bridge`} id=${id(`br-${i}`)} hint="an existing bridge on the node the tap joins at start; empty: none">
+        <${Field} label=${`Card ${i + 1} bridge`} id=${id(`br-${i}`)} hint="an existing bridge on the node the tap joins at start; empty: the node's default bridge, if it has one; none: no bridge (a plain tap)">
           <input id=${id(`br-${i}`)} value=${n.bridge} maxLength="15" disabled=${running} onInput=${(e: any) => setNic(i, 'bridge', e.currentTarget.value)} /><//>
-        <${Field} label=${`Card ${i + 1} VLAN`} id=${id(`vlan-${i}`)} hint="1-4094: the tap's bridge port carries only this VLAN, untagged to the VM (needs a bridge); empty: none">
+        <${Field} label=${`Card ${i + 1} VLAN`} id=${id(`vlan-${i}`)} hint="1-4094: the tap's bridge port carries only this VLAN, untagged to the VM (needs a bridge, not none); empty: none">
           <input id=${id(`vlan-${i}`)} value=${n.vlan ?? ''} inputMode="numeric" maxLength="4" disabled=${running} onInput=${(e: any) => setNic(i, 'vlan', e.currentTarget.value)} /><//>
         <button type="button" class="danger" disabled=${running} onClick=${() => setF({ ...f, nics: f.nics.filter((_, j) => j !== i) })}>Remove card ${i + 1}</button>
       </div>`)}

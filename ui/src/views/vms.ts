@@ -10,6 +10,7 @@ import { CreateWizard, StepList } from './vmcreate';
 import { Console } from './console';
 import { VmEdit } from './vmedit';
 import { VmNics } from './vmnet';
+import { bridgeWords } from '../vmeditfmt';
 
 interface Rates {
   cpu: number | null; // percent of the VM's vCPUs
@@ -171,7 +172,7 @@ function VmDisks({ vm, canWrite, reload }: { vm: VmView; canWrite: boolean; relo
       <dt>Kernel</dt><dd class="mono">${vm.kernel}</dd>
       <dt>Command line</dt><dd class="mono">${vm.cmdline || '(empty)'}</dd>
       <dt>Created</dt><dd>${fmtTime(vm.created_unix)}</dd>
-      <dt>Network cards</dt><dd class="mono" data-fact="nics">${(vm.nics ?? []).map((n) => `${n.id}: ${n.tap} ${n.mac}${n.bridge ? ` on bridge ${n.bridge}` : ''}${n.vlan != null ? ` VLAN ${n.vlan}` : ''}`).join('; ') || 'none'}</dd>
+      <dt>Network cards</dt><dd class="mono" data-fact="nics">${(vm.nics ?? []).map((n) => `${n.id}: ${n.tap} ${n.mac}${bridgeWords(n.bridge, false)}${n.vlan != null ? ` VLAN ${n.vlan}` : ''}`).join('; ') || 'none'}</dd>
       <dt>Last stop</dt><dd>${vm.last_exit ?? '–'}</dd>
       <dt>Memory in use</dt><dd>${vm.stats ? fmtBytes(vm.stats.memory_bytes) : '–'}</dd>
     </dl>

@@ -35,7 +35,9 @@ fn derived_mac(def: &VmDef, tap: &str, index: usize) -> [u8; 6] {
     [0x02, b[0], b[1], b[2], b[3], b[4]]
 }
 
-/// The new NIC list: a NIC without a MAC keeps the one its tap had, or gets a derived one.
+/// The new NIC list: a NIC without a MAC keeps the one its tap had, or gets a derived one; a
+/// NIC whose bridge is `none` ([`control::NO_BRIDGE`]) is kept without one, as a NIC that
+/// named no bridge before nodes had a default bridge.
 pub(super) fn new_nics(def: &VmDef, specs: &[VmNicSpec]) -> Result<Vec<NicDef>, ControlError> {
     let mut out: Vec<NicDef> = Vec::with_capacity(specs.len());
     for (i, n) in specs.iter().enumerate() {
@@ -54,7 +56,7 @@ pub(super) fn new_nics(def: &VmDef, specs: &[VmNicSpec]) -> Result<Vec<NicDef>, 
         out.push(NicDef {
             tap: n.tap.clone(),
             mac,
-            bridge: n.bridge.clone(),
+            bridge: n.bridge_to_join().map(str::to_string),
             vlan: n.vlan,
         });
     }
@@ -255,5 +257,32 @@ mod tests {
             },
         ];
         assert!(new_nics(&d, &clash).is_err());
+    }
+
+    #[test]
+    fn a_nic_on_bridge_none_is_kept_without_a_bridge() {
+        let d = def();
+        let spec = |bridge: Option<&str>| VmNicSpec {
+            tap: "tap0".into(),
+            mac: None,
+            bridge: bridge.map(Into::into),
+            vlan: None,
+        };
+        let nics = new_nics(&d, &[spec(Some(control::NO_BRIDGE))]).unwrap();
+        assert_eq!(nics, d.nics, "stored as a NIC without a bridge always was");
+        // So an edit that says none for the VM's plain tap changes nothing (no stop needed).
+        let c = VmChange {
+            nics: Some(vec![spec(Some("none"))]),
+            ..Default::default()
+        };
+        let (n, stop) = apply(&d, &c).unwrap();
+        assert_eq!((n.nics, stop), (d.nics.clone(), Vec::<&str>::new()));
+        let c = VmChange {
+            nics: Some(vec![spec(Some("br0"))]),
+            ..Default::default()
+        };
+        let (n, stop) = apply(&d, &c).unwrap();
+        assert_eq!(n.nics[0].bridge.as_deref(), Some("br0"));
+        assert_eq!(stop, ["NICs"]);
     }
 }
