@@ -91,9 +91,17 @@ pub struct ApiHandle {
     pub local_addr: SocketAddr,
     stop: tokio::sync::watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
+    certs: Arc<tls::CertStore>,
 }
 
 impl ApiHandle {
+    /// The certificate store the server serves from: whoever knows the host's address changed
+    /// (the appliance's PID 1) re-issues through it ([`tls::CertStore::name_address`]) at once,
+    /// rather than at the first connection on the new address.
+    pub fn certs(&self) -> Arc<tls::CertStore> {
+        self.certs.clone()
+    }
+
     /// Stop accepting, close connections, and wait for the accept loop to end.
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
@@ -169,7 +177,7 @@ pub async fn serve(cfg: ApiConfig, controller: Arc<dyn Controller>) -> Result<Ap
         lists: lists.clone(),
         tasks: tasks::Tasks::open(&cfg.state_dir),
         stats: hub.clone(),
-        certs,
+        certs: certs.clone(),
         events: Default::default(),
         sse_clients: Default::default(),
         started: std::time::Instant::now(),
@@ -216,5 +224,6 @@ pub async fn serve(cfg: ApiConfig, controller: Arc<dyn Controller>) -> Result<Ap
         local_addr,
         stop: stop_tx,
         task,
+        certs,
     })
 }

@@ -311,3 +311,49 @@ async fn clients_reach_the_node_through_an_address_its_certificate_did_not_name(
     assert!(e.message.contains("TLS"), "{}", e.message);
     h.stop().await;
 }
+
+/// The handle's certificate store is the one the server serves from: the appliance's PID 1
+/// re-issues through it when the management address changes, before any connection arrives
+/// on the new address (so its console shows the certificate that will be served), and the
+/// next handshake and GET /certificate give that certificate, with the same key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reissue_through_the_handle_is_served_at_the_next_handshake() {
+    use rustls::pki_types::pem::PemObject;
+    let h = Harness::start().await.unwrap();
+    let certs = h.api.as_ref().unwrap().certs();
+    let before = certs.info();
+    let ip: std::net::IpAddr = "192.0.2.77".parse().unwrap();
+    assert!(
+        !before.names.contains(&ip.to_string()),
+        "{:?}",
+        before.names
+    );
+    assert!(certs.name_address(ip).unwrap());
+
+    let pem = std::fs::read(h.dir.path().join("api/tls/cert.pem")).unwrap();
+    let in_file = rustls::pki_types::CertificateDer::from_pem_slice(&pem).unwrap();
+    let fp = api::tls::pem_fingerprints(&pem).unwrap();
+    assert_ne!(
+        fp.certificate, before.sha256_fingerprint,
+        "a new certificate"
+    );
+    assert_eq!(fp.key, before.key_sha256, "the same key");
+    let tls = connect(
+        &h,
+        client_cfg(&h, &[&rustls::version::TLS13], &[b"http/1.1"]),
+    )
+    .await;
+    let served = tls.get_ref().1.peer_certificates().unwrap()[0].clone();
+    assert_eq!(
+        served, in_file,
+        "the handshake serves the re-issued certificate"
+    );
+    drop(tls);
+
+    let a = h.admin().await;
+    let shown = a.get("/api/v1/certificate").await;
+    assert_eq!(shown.json["sha256_fingerprint"], fp.certificate.as_str());
+    let names = shown.json["names"].as_array().unwrap();
+    assert!(names.iter().any(|n| n == "192.0.2.77"), "{}", shown.text);
+    h.stop().await;
+}

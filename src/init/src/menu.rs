@@ -20,6 +20,9 @@ fn status(t: &mut dyn Term, rec: &NodeRecord) {
         Some((a, _)) => t.say(&format!("UI: https://{a}:{}/", service::API_PORT)),
         None => t.say("UI: no network address (choose 1 to set up the network)"),
     }
+    // The address may have changed since the node service last looked (the DHCP thread tells
+    // it, but asynchronously): name it now, so the lines below show what the UI serves on it.
+    service::name_ui_address();
     let cert = std::path::Path::new(service::DATA_DIR).join(CERT_FILE);
     for l in certificate_lines(std::fs::read(&cert)) {
         t.say(&l);
@@ -251,6 +254,67 @@ mod tests {
         );
         assert_ne!(again[1], lines[1]);
         assert_eq!(again[2], lines[2]);
+    }
+
+    #[test]
+    fn an_address_change_reissues_the_certificate_the_status_screen_shows() {
+        let dir = TempDir::new("status-readdress");
+        let store = api::tls::CertStore::open(&dir.0).unwrap();
+        let read = || certificate_lines(std::fs::read(dir.0.join("tls/cert.pem")));
+        let before = read();
+        // A documentation address: never one of this host's, so the certificate made at
+        // start does not name it, as after a DHCP renewal with a new address.
+        let ip: std::net::IpAddr = "192.0.2.44".parse().unwrap();
+        assert!(!store.info().names.contains(&ip.to_string()));
+        let line = service::name_in_certificate(&store, ip).expect("re-issued");
+        let info = store.info();
+        assert_eq!(
+            line,
+            format!(
+                "UI certificate re-issued (same key) to name 192.0.2.44: SHA-256 {}",
+                info.sha256_fingerprint
+            )
+        );
+        assert!(info.names.contains(&ip.to_string()), "{:?}", info.names);
+        // The screen now shows the certificate the API serves on that address, same key.
+        let after = read();
+        assert_eq!(
+            after[1],
+            format!("  SHA-256     {}", info.sha256_fingerprint)
+        );
+        assert_ne!(after[1], before[1]);
+        assert_eq!(after[2], before[2]);
+        // Named already: nothing more (each screen refresh asks).
+        assert_eq!(service::name_in_certificate(&store, ip), None);
+        assert_eq!(read(), after);
+
+        // An uploaded certificate is never re-issued.
+        let (c, k) = api::tls::self_signed().unwrap();
+        store.replace(c.as_bytes(), k.as_bytes()).unwrap();
+        let uploaded = read();
+        let other: std::net::IpAddr = "198.51.100.7".parse().unwrap();
+        assert_eq!(service::name_in_certificate(&store, other), None);
+        assert_eq!(read(), uploaded);
+    }
+
+    #[test]
+    fn a_failed_reissue_is_said_once_and_the_certificate_stays() {
+        let dir = TempDir::new("status-reissue-fails");
+        let store = api::tls::CertStore::open(&dir.0).unwrap();
+        let before = std::fs::read(dir.0.join("tls/cert.pem")).unwrap();
+        // The key the re-issue signs with is gone (a damaged data directory).
+        std::fs::remove_file(dir.0.join("tls/key.pem")).unwrap();
+        let ip: std::net::IpAddr = "192.0.2.45".parse().unwrap();
+        let line = service::name_in_certificate(&store, ip).expect("said");
+        assert!(
+            line.starts_with(
+                "UI certificate: cannot re-issue it to name 192.0.2.45 (the old one stays): "
+            ),
+            "{line}"
+        );
+        assert_eq!(std::fs::read(dir.0.join("tls/cert.pem")).unwrap(), before);
+        // Not retried (nor logged again) at every refresh of the screen.
+        assert_eq!(service::name_in_certificate(&store, ip), None);
     }
 
     #[test]

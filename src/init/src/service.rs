@@ -6,7 +6,7 @@
 //! blank and Cairn disks are linked into its disk directory).
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::{Condvar, Mutex};
 use std::time::Duration;
@@ -40,6 +40,8 @@ struct Running {
     engine: Engine,
     record: NodeRecord,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
+    /// The HTTPS API's certificate store, for [`name_ui_address`].
+    certs: Option<std::sync::Arc<api::tls::CertStore>>,
 }
 
 /// Set when the node is stopped on purpose (power request): its end is then not a failure.
@@ -59,6 +61,50 @@ static ADDRESS_CHANGED: tokio::sync::Notify = tokio::sync::Notify::const_new();
 /// cluster runs on the management network. Never blocks.
 pub fn address_changed() {
     ADDRESS_CHANGED.notify_one();
+}
+
+/// Puts the management address into the UI certificate as soon as it is known (re-issued with
+/// the same key, see [`name_in_certificate`]): called after every address change, every
+/// `SYNC_EVERY` and at each refresh of the console's status screen, so the screen shows the
+/// certificate the node serves on that address, not the one before the change (the API
+/// would otherwise re-issue only at the first HTTPS connection on the new address). Nothing
+/// while the node service or the address is not there. Blocks for the re-issue (file writes).
+pub fn name_ui_address() {
+    let Some(ip) = crate::net::status()
+        .and_then(|s| s.addr)
+        .map(|(ip, _)| IpAddr::V4(ip))
+    else {
+        return;
+    };
+    let certs = RUNNING
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .as_ref()
+        .and_then(|r| r.certs.clone());
+    if let Some(line) = certs.and_then(|c| name_in_certificate(&c, ip)) {
+        logln!("{line}");
+    }
+}
+
+/// Re-issues the UI certificate in `certs` so that it names `ip`, as the API does at the first
+/// connection on an address its certificate does not name: the same key, so a browser or
+/// script that trusts the key still does. Nothing when the certificate names `ip` already, is
+/// an upload (never touched), or a re-issue for `ip` failed within `api::tls::RETRY_AFTER`.
+/// The line to log when something happened.
+pub(crate) fn name_in_certificate(certs: &api::tls::CertStore, ip: IpAddr) -> Option<String> {
+    if !certs.needs_name(ip) {
+        return None;
+    }
+    match certs.name_address(ip) {
+        Ok(true) => Some(format!(
+            "UI certificate re-issued (same key) to name {ip}: SHA-256 {}",
+            certs.info().sha256_fingerprint
+        )),
+        Ok(false) => None,
+        Err(e) => Some(format!(
+            "UI certificate: cannot re-issue it to name {ip} (the old one stays): {e}"
+        )),
+    }
 }
 
 /// Where this node's cluster member should listen: the cluster link's address when it has
@@ -333,6 +379,7 @@ pub fn run(
             engine: engine.clone(),
             record: rec.clone(),
             stop: Some(stop_tx),
+            certs: node.api_certs(),
         });
         logln!(
             "node service running: {} disks, {} usable",
@@ -342,6 +389,9 @@ pub fn run(
         let mut refused = None;
         loop {
             follow_address(&node, &rec, &mut refused).await;
+            if let Err(e) = tokio::task::spawn_blocking(name_ui_address).await {
+                logln!("naming the address in the UI certificate: {e}");
+            }
             tokio::select! {
                 _ = &mut stop_rx => break,
                 _ = ADDRESS_CHANGED.notified() => {}

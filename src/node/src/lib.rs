@@ -259,6 +259,12 @@ impl Node {
         self.api.as_ref().map(|a| a.local_addr)
     }
 
+    /// The HTTPS API's certificate store (None when the API is disabled), for re-issuing the
+    /// node's own certificate when the host's address changes (see `api::ApiHandle::certs`).
+    pub fn api_certs(&self) -> Option<std::sync::Arc<api::tls::CertStore>> {
+        self.api.as_ref().map(|a| a.certs())
+    }
+
     /// This node's cluster address (member RPC; joiners use it with `cluster join`).
     pub fn cluster_addr(&self) -> std::net::SocketAddr {
         self.inner.cluster.address()
