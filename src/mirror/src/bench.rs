@@ -11,6 +11,9 @@
 //! - Mirrored 4 KiB random write IOPS at queue depth 32 versus a single-node engine with two
 //!   file disks in the same directory. Target >= 0.8 x.
 //!
+//! With `CAIRN_BENCH_DIAG` set, the queue-depth-32 runs also print (stderr) each process's CPU
+//! time and context switches per write, in total and by thread name.
+//!
 //! It never touches anything outside `dir` and 127.0.0.0/8. The child is killed and reaped and
 //! its directory removed however the run ends.
 
@@ -195,6 +198,86 @@ fn cpu_ms_of(pid: u32) -> f64 {
         return 0.0;
     };
     stat_cpu_ms(&stat)
+}
+
+/// One thread's counters so far (diagnostics, `CAIRN_BENCH_DIAG`).
+#[derive(Debug, Clone, Default)]
+struct ThreadCost {
+    /// Its name without a trailing number (`tokio-rt-worker`, `iou-wrk-`).
+    name: String,
+    /// Time on CPU, ms (schedstat: finer than stat's ticks).
+    run_ms: f64,
+    voluntary: u64,
+    involuntary: u64,
+}
+
+/// Every thread of process `pid` by thread id (empty without /proc).
+fn threads_of(pid: u32) -> std::collections::HashMap<String, ThreadCost> {
+    let mut out = std::collections::HashMap::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    for t in tasks.flatten() {
+        let Ok(status) = std::fs::read_to_string(t.path().join("status")) else {
+            continue;
+        };
+        let mut c = ThreadCost {
+            run_ms: std::fs::read_to_string(t.path().join("schedstat"))
+                .ok()
+                .and_then(|s| s.split_whitespace().next()?.parse::<f64>().ok())
+                .map_or(0.0, |ns| ns / 1e6),
+            ..ThreadCost::default()
+        };
+        for l in status.lines() {
+            let n = |x: &str| x.trim().parse::<u64>().unwrap_or(0);
+            if let Some(x) = l.strip_prefix("Name:") {
+                c.name = x
+                    .trim()
+                    .trim_end_matches(|ch: char| ch.is_ascii_digit())
+                    .into();
+            } else if let Some(x) = l.strip_prefix("voluntary_ctxt_switches:") {
+                c.voluntary = n(x);
+            } else if let Some(x) = l.strip_prefix("nonvoluntary_ctxt_switches:") {
+                c.involuntary = n(x);
+            }
+        }
+        out.insert(t.file_name().to_string_lossy().into_owned(), c);
+    }
+    out
+}
+
+/// With `CAIRN_BENCH_DIAG` set, prints to stderr what process `pid`'s threads spent per I/O
+/// between `before` (a `threads_of`) and now: CPU µs and context switches (voluntary,
+/// involuntary), in total and by thread name. Threads that ended meanwhile (idle io_uring
+/// workers do) are missing, so the figures are lower bounds.
+fn diag_costs(
+    what: &str,
+    pid: u32,
+    before: &std::collections::HashMap<String, ThreadCost>,
+    ops: u64,
+) {
+    if std::env::var_os("CAIRN_BENCH_DIAG").is_none() {
+        return;
+    }
+    let mut by: std::collections::BTreeMap<String, ThreadCost> = Default::default();
+    for (tid, now) in threads_of(pid) {
+        let was = before.get(&tid).cloned().unwrap_or_default();
+        for key in ["total".to_string(), now.name.clone()] {
+            let e = by.entry(key).or_default();
+            e.run_ms += (now.run_ms - was.run_ms).max(0.0);
+            e.voluntary += now.voluntary.saturating_sub(was.voluntary);
+            e.involuntary += now.involuntary.saturating_sub(was.involuntary);
+        }
+    }
+    let n = ops.max(1) as f64;
+    for (name, c) in by {
+        eprintln!(
+            "diag {what} {name:16} cpu_us {:6.2} vcs {:.3} ics {:.3}",
+            c.run_ms * 1000.0 / n,
+            c.voluntary as f64 / n,
+            c.involuntary as f64 / n
+        );
+    }
 }
 
 /// Node 2's process: killed and reaped when dropped, whatever happened before.
@@ -494,9 +577,12 @@ async fn with_peer(
 
     perf_ctl("enable");
     let peer_cpu0 = peer.cpu_ms();
+    let (own0, peer0) = (threads_of(std::process::id()), threads_of(peer.child.id()));
     let (qd32, own_cpu) = run_timed(&hm, &workload(32, dur)).await?;
     let peer_cpu = (peer.cpu_ms() - peer_cpu0) * 1000.0 / (qd32.ops.max(1) as f64);
     perf_ctl("disable");
+    diag_costs("mirrored node1", std::process::id(), &own0, qd32.ops);
+    diag_costs("mirrored node2", peer.child.id(), &peer0, qd32.ops);
     tracing::info!(
         own_cpu,
         peer_cpu,
@@ -526,7 +612,9 @@ async fn single_node(opts: &BenchOpts) -> Result<(f64, f64)> {
     es.create_vdisk("s", VDISK_BYTES).await?;
     let hs = es.open_vdisk("s")?;
     engine::bench::prefill(&hs, REGION).await?;
+    let before = threads_of(std::process::id());
     let (single, single_cpu) = run_timed(&hs, &workload(32, opts.duration)).await?;
+    diag_costs("single", std::process::id(), &before, single.ops);
     es.shutdown().await?;
     Ok((single.iops, single_cpu))
 }
