@@ -164,6 +164,16 @@ impl PeerLink {
         self.answer(r)
     }
 
+    /// `req` encoded for [`PeerLink::call_encoded`], into a buffer an earlier request left.
+    pub(crate) fn encode<T: serde::Serialize>(
+        &self,
+        req: &T,
+    ) -> std::result::Result<Vec<u8>, StoreError> {
+        self.client
+            .encode(req)
+            .map_err(|e| StoreError::InvalidArgument(format!("request: {e}")))
+    }
+
     /// A request already encoded (see `wire::WriteRef`).
     pub(crate) async fn call_encoded(
         &self,
@@ -457,8 +467,7 @@ impl RemoteReplica {
             Req::Import { .. } => self.link.cfg.bulk_timeout,
             _ => self.link.cfg.call_timeout,
         };
-        let payload = transport::encode(&req, u64::from(MAX_MSG_BYTES))
-            .map_err(|e| StoreError::InvalidArgument(format!("request: {e}")))?;
+        let payload = self.link.encode(&req)?;
         let out = Outgoing {
             payload,
             session,

@@ -38,8 +38,7 @@ impl Replica for RemoteReplica {
                 gen,
                 pin,
             };
-            let payload = transport::encode(&req, u64::from(MAX_MSG_BYTES))
-                .map_err(|e| StoreError::InvalidArgument(format!("write request: {e}")))?;
+            let payload = self.link.encode(&req)?;
             let out = Outgoing {
                 payload,
                 session: req.fence.session,

@@ -20,7 +20,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 
-use crate::codec::{decode, encode};
+use crate::codec::decode;
 use crate::frame::{Frame, FrameKind};
 use crate::Error;
 
@@ -156,6 +156,8 @@ struct Inner {
     addr: SocketAddr,
     server_name: ServerName<'static>,
     tls: Arc<rustls::ClientConfig>,
+    /// Request payload buffers the connections' writers hand back (see [`Client::encode`]).
+    spare: Arc<crate::writer::Spare>,
     /// Held while dialing, so concurrent callers make one connection.
     conn: tokio::sync::Mutex<Option<Arc<Conn>>>,
     /// The same connection, for the fast path (`conn` writes both, under its lock).
@@ -177,6 +179,7 @@ impl<Req: Serialize, Resp: DeserializeOwned> Client<Req, Resp> {
                 addr,
                 server_name,
                 tls,
+                spare: Arc::default(),
                 conn: tokio::sync::Mutex::new(None),
                 current: Mutex::new(None),
             }),
@@ -210,8 +213,17 @@ impl<Req: Serialize, Resp: DeserializeOwned> Client<Req, Resp> {
     /// One request, one response, with an explicit timeout covering connecting, waiting for an
     /// in-flight slot, sending and the reply.
     pub async fn call_timeout(&self, req: &Req, timeout: Duration) -> Result<Resp, Error> {
-        let payload = encode(req, u64::from(self.inner.cfg.max_frame_bytes))?;
+        let payload = self.encode(req)?;
         self.call_encoded(payload, timeout).await
+    }
+
+    /// Encodes a request for [`Client::call_encoded`] (like [`crate::encode`] with this
+    /// client's frame limit) into a buffer an earlier request on this client left behind once
+    /// it was sent: no allocation per request.
+    pub fn encode<T: Serialize>(&self, msg: &T) -> Result<Vec<u8>, Error> {
+        let mut payload = self.inner.spare.take();
+        crate::codec::encode_into(msg, &mut payload, u64::from(self.inner.cfg.max_frame_bytes))?;
+        Ok(payload)
     }
 
     /// Like [`Client::call_timeout`] with the request already encoded (`encode` of a value
@@ -266,7 +278,7 @@ impl<Req: Serialize, Resp: DeserializeOwned> Client<Req, Resp> {
         body: &mut R,
         stall_timeout: Duration,
     ) -> Result<Resp, Error> {
-        let payload = encode(req, u64::from(self.inner.cfg.max_frame_bytes))?;
+        let payload = self.encode(req)?;
         let conn = run_with_timeout(self.conn(), stall_timeout).await?;
         let _permit = run_with_timeout(
             async {
@@ -435,7 +447,14 @@ async fn connect(inner: &Inner) -> Result<Arc<Conn>, Error> {
         sem: conn.inflight.clone(),
         max: inner.cfg.max_in_flight.max(1),
     };
-    let writer = tokio::spawn(writer_loop(wr, rx, max, inflight, weak.clone()));
+    let writer = tokio::spawn(writer_loop(
+        wr,
+        rx,
+        max,
+        inflight,
+        inner.spare.clone(),
+        weak.clone(),
+    ));
     let reader = tokio::spawn(async move {
         loop {
             let frame = match Frame::read_from(&mut rd, max).await {
@@ -497,9 +516,10 @@ async fn writer_loop<W: tokio::io::AsyncWrite + Unpin>(
     mut rx: mpsc::Receiver<Frame>,
     max_frame_bytes: u32,
     inflight: crate::writer::InFlight,
+    spare: Arc<crate::writer::Spare>,
     conn: std::sync::Weak<Conn>,
 ) {
-    if crate::writer::write_frames(wr, &mut rx, max_frame_bytes, inflight)
+    if crate::writer::write_frames(wr, &mut rx, max_frame_bytes, inflight, Some(&spare))
         .await
         .is_err()
     {

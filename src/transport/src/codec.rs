@@ -23,6 +23,17 @@ pub fn encode<T: Serialize>(msg: &T, limit_bytes: u64) -> Result<Vec<u8>, Error>
         .map_err(|e| Error::Encode(e.to_string()))
 }
 
+/// Like [`encode`], appending to `out` (a caller's reused buffer).
+pub(crate) fn encode_into<T: Serialize>(
+    msg: &T,
+    out: &mut Vec<u8>,
+    limit_bytes: u64,
+) -> Result<(), Error> {
+    options(limit_bytes)
+        .serialize_into(out, msg)
+        .map_err(|e| Error::Encode(e.to_string()))
+}
+
 /// Decodes a message from untrusted bytes; never allocates more than `limit_bytes`.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8], limit_bytes: u64) -> Result<T, Error> {
     if bytes.len() as u64 > limit_bytes {

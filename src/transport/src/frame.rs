@@ -93,6 +93,21 @@ impl Frame {
         r: &mut R,
         max_frame_bytes: u32,
     ) -> Result<Option<Frame>, Error> {
+        let mut payload = Vec::new();
+        Ok(Self::read_into(r, max_frame_bytes, &mut payload)
+            .await?
+            .map(|(kind, id)| Frame { kind, id, payload }))
+    }
+
+    /// Like [`Frame::read_from`], with the payload read into `payload` (cleared first; its
+    /// allocation is reused): a reader of many frames allocates once instead of per frame.
+    /// Returns the frame's kind and id. On an error `payload` holds no frame.
+    pub async fn read_into<R: AsyncRead + Unpin>(
+        r: &mut R,
+        max_frame_bytes: u32,
+        payload: &mut Vec<u8>,
+    ) -> Result<Option<(FrameKind, u64)>, Error> {
+        payload.clear();
         // The length, kind and id together, so the payload lands where it stays (no shift).
         let mut head = [0u8; FRAME_HEADER_BYTES];
         let mut got = 0;
@@ -115,14 +130,14 @@ impl Frame {
         // Bounded by check_len above. Read into the spare capacity: zeroing a payload that the
         // read overwrites at once cost a pass over every request's data.
         let n = (len - LEN_COVERED_HEADER_BYTES) as usize;
-        let mut payload = Vec::with_capacity(n);
+        payload.reserve_exact(n);
         while payload.len() < n {
             let want = (n - payload.len()) as u64;
-            if (&mut *r).take(want).read_buf(&mut payload).await? == 0 {
+            if (&mut *r).take(want).read_buf(payload).await? == 0 {
                 return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
             }
         }
-        Ok(Some(Frame { kind, id, payload }))
+        Ok(Some((kind, id)))
     }
 
     /// Writes the frame (without flushing).
@@ -266,6 +281,38 @@ mod tests {
             Err(Error::Io(e)) => assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof),
             other => panic!("expected an early end, got {other:?}"),
         }
+    }
+
+    #[tokio::test]
+    async fn frames_read_into_one_buffer_keep_their_own_bytes() {
+        // A long frame, then shorter ones, then an empty one, all through one buffer: each
+        // payload is exactly its own (nothing left over from the longer one before).
+        let frames = [
+            Frame::new(FrameKind::Request, 1, vec![0xaa; 9000]),
+            Frame::new(FrameKind::Request, 2, b"short".to_vec()),
+            Frame::new(FrameKind::Chunk, 3, vec![0x55; 4096]),
+            Frame::new(FrameKind::End, 3, Vec::new()),
+        ];
+        let mut b = Vec::new();
+        for f in &frames {
+            f.encode_into(&mut b, 1 << 20).unwrap();
+        }
+        let mut r = &b[..];
+        let mut payload = Vec::new();
+        for f in &frames {
+            let got = Frame::read_into(&mut r, 1 << 20, &mut payload)
+                .await
+                .unwrap();
+            assert_eq!(got, Some((f.kind, f.id)));
+            assert_eq!(payload, f.payload);
+        }
+        assert_eq!(
+            Frame::read_into(&mut r, 1 << 20, &mut payload)
+                .await
+                .unwrap(),
+            None
+        );
+        assert!(payload.is_empty(), "no frame, no bytes");
     }
 
     proptest! {

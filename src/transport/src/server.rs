@@ -196,14 +196,17 @@ async fn serve_conn<H: Handler>(
         max: max_in_flight,
     };
     let writer = AbortOnDrop(tokio::spawn(async move {
-        crate::writer::write_frames(wr, &mut rx, max, busy).await
+        crate::writer::write_frames(wr, &mut rx, max, busy, None).await
     }));
     let streams: Streams = Arc::new(Mutex::new(HashMap::new()));
     // Requests run inside this task, not one spawned task each: a burst of requests then
     // costs no task spawns, and their completions (io_uring, replies) wake this one task
     // instead of one task per request, each of which could wake another worker thread.
     let mut running = FuturesUnordered::new();
-    let mut next = std::pin::pin!(read_next(rd, max));
+    // One payload buffer for the connection's frames: a request is decoded as soon as it is
+    // read (as its handler would first thing), so the buffer is free again for the next frame
+    // (an allocation per request of a few KiB cost malloc's slow path each time).
+    let mut next = std::pin::pin!(read_next(rd, max, Vec::new()));
     let result = loop {
         // At the in-flight bound, stop reading (TCP pushes back on the peer) and only run.
         let full = running.len() >= max_in_flight;
@@ -213,22 +216,23 @@ async fn serve_conn<H: Handler>(
             r = next.as_mut(), if !full => r,
             _ = stop.changed() => break Ok(()),
         };
-        let (rd, frame) = frame;
-        let frame = match frame {
+        let (rd, mut payload, frame) = frame;
+        let (kind, id) = match frame {
             Ok(Some(f)) => f,
             Ok(None) => break Ok(()),
             Err(e) => break Err(e),
         };
-        next.set(read_next(rd, max));
-        match frame.kind {
+        match kind {
             FrameKind::Request | FrameKind::StreamRequest => {
+                let req = decode::<H::Request>(&payload, u64::from(max));
+                next.set(read_next(rd, max, reusable(payload)));
                 // Bounded by `running.len()` above: a permit is always free here. The writer
                 // counts permits to know whether more replies are on their way.
                 let Ok(permit) = inflight.clone().try_acquire_owned() else {
                     break Err(Error::Closed);
                 };
-                let body = if frame.kind == FrameKind::StreamRequest {
-                    match open_stream(&streams, &tx, frame.id, cfg.stream_window_chunks).await {
+                let body = if kind == FrameKind::StreamRequest {
+                    match open_stream(&streams, &tx, id, cfg.stream_window_chunks).await {
                         Ok(b) => Some(b),
                         Err(e) => break Err(e),
                     }
@@ -237,19 +241,21 @@ async fn serve_conn<H: Handler>(
                 };
                 let (handler, tx, streams) = (handler.clone(), tx.clone(), streams.clone());
                 running.push(async move {
-                    let reply =
-                        run_handler(&*handler, peer, frame.id, &frame.payload, body, max).await;
-                    if frame.kind == FrameKind::StreamRequest {
-                        lock(&streams).remove(&frame.id);
+                    let reply = run_handler(&*handler, peer, id, req, body, max).await;
+                    if kind == FrameKind::StreamRequest {
+                        lock(&streams).remove(&id);
                     }
                     let _ = tx.send(reply).await;
                     drop(permit);
                 });
             }
             FrameKind::Chunk | FrameKind::End => {
-                let chunk = (frame.kind == FrameKind::Chunk).then_some(frame.payload);
+                // A chunk keeps its bytes (the handler takes them); the next frame gets a new
+                // buffer.
+                let chunk = (kind == FrameKind::Chunk).then(|| std::mem::take(&mut payload));
+                next.set(read_next(rd, max, reusable(payload)));
                 let is_end = chunk.is_none();
-                let sender = lock(&streams).get(&frame.id).cloned();
+                let sender = lock(&streams).get(&id).cloned();
                 if let Some(sender) = sender {
                     // The channel holds exactly the granted window (+1 for End): a full
                     // channel means the peer ignored flow control.
@@ -261,7 +267,7 @@ async fn serve_conn<H: Handler>(
                         Err(mpsc::error::TrySendError::Closed(_)) => {}
                     }
                     if is_end {
-                        lock(&streams).remove(&frame.id);
+                        lock(&streams).remove(&id);
                     }
                 }
                 // Unknown id: the handler already finished and dropped its stream.
@@ -282,14 +288,28 @@ async fn serve_conn<H: Handler>(
     result
 }
 
-/// Reads the next frame, handing the reader back with it (so the read can live in a
-/// `select!` across loop turns without being cancelled half-way).
+/// Reads the next frame into `payload`, handing the reader and the buffer back with its kind
+/// and id (so the read can live in a `select!` across loop turns without being cancelled
+/// half-way).
 async fn read_next<R: tokio::io::AsyncRead + Unpin>(
     mut rd: R,
     max: u32,
-) -> (R, Result<Option<Frame>, Error>) {
-    let r = Frame::read_from(&mut rd, max).await;
-    (rd, r)
+    mut payload: Vec<u8>,
+) -> (R, Vec<u8>, Result<Option<(FrameKind, u64)>, Error>) {
+    let r = Frame::read_into(&mut rd, max, &mut payload).await;
+    (rd, payload, r)
+}
+
+/// Frames whose payload the connection keeps reusing stay below this; a larger one (a chunk
+/// import) does not pin its allocation for the connection's life.
+const KEEP_PAYLOAD_BYTES: usize = 256 * 1024;
+
+fn reusable(payload: Vec<u8>) -> Vec<u8> {
+    if payload.capacity() > KEEP_PAYLOAD_BYTES {
+        Vec::new()
+    } else {
+        payload
+    }
 }
 
 /// Cuts the writer (and so the connection) when the connection task ends or is dropped by
@@ -330,12 +350,12 @@ async fn run_handler<H: Handler>(
     handler: &H,
     peer: Option<NodeId>,
     id: u64,
-    payload: &[u8],
+    req: Result<H::Request, Error>,
     body: Option<StreamRx>,
     max_frame_bytes: u32,
 ) -> Frame {
     let limit = u64::from(max_frame_bytes);
-    let result = match decode::<H::Request>(payload, limit) {
+    let result = match req {
         Ok(req) => handler.handle(peer, req, body).await,
         Err(e) => Err(RemoteError(format!("bad request: {e}"))),
     };

@@ -17,6 +17,39 @@ const BATCH_BYTES: usize = 1024 * 1024;
 /// Scheduler passes a writer waits for more frames before writing what it has.
 const GATHER_ROUNDS: usize = 2;
 
+/// Payload buffers handed back by the writer once their frame is in its batch, for the next
+/// requests to encode into (a request's few KiB cost malloc's slow path each time: too big
+/// for its per-thread cache). Bounded in count and in the size of what it keeps.
+#[derive(Default)]
+pub(crate) struct Spare(std::sync::Mutex<Vec<Vec<u8>>>);
+
+/// Buffers kept at most, and the largest capacity kept.
+const SPARE_COUNT: usize = 64;
+const SPARE_MAX_BYTES: usize = 64 * 1024;
+
+impl Spare {
+    /// An empty buffer, reused when one is at hand.
+    pub(crate) fn take(&self) -> Vec<u8> {
+        lock(&self.0).pop().unwrap_or_default()
+    }
+
+    fn give(&self, mut v: Vec<u8>) {
+        if v.capacity() == 0 || v.capacity() > SPARE_MAX_BYTES {
+            return;
+        }
+        v.clear();
+        let mut s = lock(&self.0);
+        if s.len() < SPARE_COUNT {
+            s.push(v);
+        }
+    }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Only pushes and pops under it: a panic elsewhere cannot leave it inconsistent.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// The connection's requests in flight: a semaphore each holds a permit of while it runs.
 pub(crate) struct InFlight {
     pub(crate) sem: Arc<Semaphore>,
@@ -45,12 +78,13 @@ pub(crate) async fn write_frames<W: tokio::io::AsyncWrite + Unpin>(
     rx: &mut mpsc::Receiver<Frame>,
     max_frame_bytes: u32,
     inflight: InFlight,
+    spare: Option<&Spare>,
 ) -> Result<(), Error> {
     let mut buf = Vec::with_capacity(64 * 1024);
     while let Some(first) = rx.recv().await {
         buf.clear();
-        first.encode_into(&mut buf, max_frame_bytes)?;
-        drain_into(&mut buf, rx, max_frame_bytes)?;
+        add(&mut buf, first, max_frame_bytes, spare)?;
+        drain_into(&mut buf, rx, max_frame_bytes, spare)?;
         // Gather while the burst keeps coming: each round must add frames, and a few rounds at
         // most, so a steady stream still goes out in pieces instead of waiting for a full batch.
         for _ in 0..GATHER_ROUNDS {
@@ -59,7 +93,7 @@ pub(crate) async fn write_frames<W: tokio::io::AsyncWrite + Unpin>(
             }
             tokio::task::yield_now().await;
             let before = buf.len();
-            drain_into(&mut buf, rx, max_frame_bytes)?;
+            drain_into(&mut buf, rx, max_frame_bytes, spare)?;
             if buf.len() == before {
                 break;
             }
@@ -80,12 +114,27 @@ fn drain_into(
     buf: &mut Vec<u8>,
     rx: &mut mpsc::Receiver<Frame>,
     max_frame_bytes: u32,
+    spare: Option<&Spare>,
 ) -> Result<(), Error> {
     while buf.len() < BATCH_BYTES {
         match rx.try_recv() {
-            Ok(f) => f.encode_into(buf, max_frame_bytes)?,
+            Ok(f) => add(buf, f, max_frame_bytes, spare)?,
             Err(_) => break,
         }
+    }
+    Ok(())
+}
+
+/// Appends `f` to `buf`; its payload buffer goes to `spare` when there is one.
+fn add(
+    buf: &mut Vec<u8>,
+    f: Frame,
+    max_frame_bytes: u32,
+    spare: Option<&Spare>,
+) -> Result<(), Error> {
+    f.encode_into(buf, max_frame_bytes)?;
+    if let Some(s) = spare {
+        s.give(f.payload);
     }
     Ok(())
 }
@@ -184,7 +233,7 @@ mod tests {
         }
         drop(tx);
         let rec = Recorder::default();
-        write_frames(rec.clone(), &mut rx, 1 << 20, busy(1))
+        write_frames(rec.clone(), &mut rx, 1 << 20, busy(1), None)
             .await
             .unwrap();
         assert_eq!(decode_all(&rec.bytes()), frames());
@@ -199,7 +248,7 @@ mod tests {
         let rec = Recorder::default();
         let writer = tokio::spawn({
             let rec = rec.clone();
-            async move { write_frames(rec, &mut rx, 1 << 20, inflight).await }
+            async move { write_frames(rec, &mut rx, 1 << 20, inflight, None).await }
         });
         tokio::task::yield_now().await; // the writer now waits for its first frame
         let all = frames();
@@ -254,6 +303,36 @@ mod tests {
     }
 
     #[tokio::test(flavor = "current_thread")]
+    async fn written_payloads_come_back_empty_and_bounded() {
+        // Every frame's payload is handed back once its bytes are in the batch; only buffers
+        // of a reusable size are kept, at most SPARE_COUNT of them.
+        let (tx, mut rx) = mpsc::channel(256);
+        for i in 0..(SPARE_COUNT as u64 + 10) {
+            tx.send(Frame::new(FrameKind::Request, i, vec![7; 4096]))
+                .await
+                .unwrap();
+        }
+        tx.send(Frame::new(
+            FrameKind::Request,
+            999,
+            vec![1; SPARE_MAX_BYTES + 1],
+        ))
+        .await
+        .unwrap();
+        drop(tx);
+        let spare = Spare::default();
+        let rec = Recorder::default();
+        write_frames(rec.clone(), &mut rx, 1 << 20, busy(1), Some(&spare))
+            .await
+            .unwrap();
+        assert_eq!(decode_all(&rec.bytes()).len(), SPARE_COUNT + 11);
+        let kept = std::mem::take(&mut *lock(&spare.0));
+        assert_eq!(kept.len(), SPARE_COUNT);
+        assert!(kept.iter().all(|v| v.is_empty() && v.capacity() == 4096));
+        assert!(spare.take().is_empty());
+    }
+
+    #[tokio::test(flavor = "current_thread")]
     async fn a_write_failing_mid_batch_is_an_error() {
         let (tx, mut rx) = mpsc::channel(128);
         for f in frames() {
@@ -263,7 +342,7 @@ mod tests {
             fail_after: Some(10_000),
             ..Recorder::default()
         };
-        let r = write_frames(rec.clone(), &mut rx, 1 << 20, busy(8)).await;
+        let r = write_frames(rec.clone(), &mut rx, 1 << 20, busy(8), None).await;
         assert!(matches!(r, Err(Error::Io(_))), "{r:?}");
         assert_eq!(rec.bytes().len(), 10_000);
     }

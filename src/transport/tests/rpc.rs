@@ -688,3 +688,51 @@ async fn replies_to_a_caller_that_reads_late_all_arrive_whole_and_in_order() {
     assert_eq!(h.calls.load(Ordering::SeqCst), N as usize + 1);
     drop(writer.await.unwrap());
 }
+
+#[tokio::test]
+async fn requests_of_mixed_sizes_on_one_connection_each_get_their_own_reply() {
+    // The server reads every request into one reused buffer and the client encodes into
+    // buffers its writer hands back: long and short requests, and one that does not decode,
+    // all at once on one connection, each answered with exactly its own bytes.
+    let ca = ClusterCa::generate("t").unwrap();
+    let (a, b) = (ca.issue(1).unwrap(), ca.issue(2).unwrap());
+    let (srv, h) = serve("127.0.0.16", &a, ServerConfig::default()).await;
+    let c = client(srv.local_addr(), &b, 1, ClientConfig::default());
+    let text = |i: usize| {
+        let len = if i.is_multiple_of(3) { 20_000 + i } else { i };
+        char::from(b'a' + (i % 26) as u8).to_string().repeat(len)
+    };
+    let calls = (0..48).map(|i| {
+        let c = c.clone();
+        async move {
+            if i == 17 {
+                // Not a request at all: refused by the server, the connection lives on.
+                let r = c
+                    .call_encoded(vec![0xff; 64], Duration::from_secs(10))
+                    .await;
+                assert!(
+                    matches!(&r, Err(Error::Remote(m)) if m.starts_with("bad request")),
+                    "{r:?}"
+                );
+            } else {
+                let r = c.call(&Req::Echo(text(i))).await.unwrap();
+                assert_eq!(r, Resp::Echo(text(i)), "call {i}");
+            }
+        }
+    });
+    futures::future::join_all(calls).await;
+    assert_eq!(h.calls.load(Ordering::SeqCst), 47);
+    // A sent request's buffer came back for the next one: it is empty, with room already.
+    assert_eq!(
+        c.call(&Req::Echo(text(3))).await.unwrap(),
+        Resp::Echo(text(3))
+    );
+    let reused = c.encode(&Req::WhoAmI).unwrap();
+    assert!(reused.capacity() > 1000, "capacity {}", reused.capacity());
+    assert_eq!(
+        c.call_encoded(reused, Duration::from_secs(10))
+            .await
+            .unwrap(),
+        Resp::Peer(2)
+    );
+}
