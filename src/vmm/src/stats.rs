@@ -39,6 +39,9 @@ pub struct DeviceCounters {
     /// (counted there when they complete).
     pub direct_reads: AtomicU64,
     pub direct_fallbacks: AtomicU64,
+    /// Engine disks: writes the queue thread wrote to every replica's device itself (also
+    /// counted in `write_ops`); ones it tried and handed back count in `direct_fallbacks`.
+    pub direct_writes: AtomicU64,
 }
 
 /// A snapshot of [`DeviceCounters`].
@@ -71,6 +74,10 @@ pub struct DeviceStats {
     /// device, every block checked against the engine's checksum.
     #[serde(default)]
     pub direct_reads: u64,
+    /// Engine disks: writes (of `write_ops`) the queue thread wrote to every replica's device
+    /// itself, recorded by the engine as its own writes are.
+    #[serde(default)]
+    pub direct_writes: u64,
 }
 
 impl DeviceCounters {
@@ -108,6 +115,7 @@ impl DeviceCounters {
             mean_latency_ns: l(&self.latency_ns_total).checked_div(ops).unwrap_or(0),
             interrupts: l(&self.interrupts),
             direct_reads: l(&self.direct_reads),
+            direct_writes: l(&self.direct_writes),
             queue_requests: {
                 let mut q: Vec<u64> = self.queue_requests.iter().map(l).collect();
                 while q.last() == Some(&0) {

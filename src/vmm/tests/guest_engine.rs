@@ -69,8 +69,9 @@ fn virtio_blk_on_an_engine_vdisk_survives_vm_restart() {
 }
 
 /// The same guest on an engine whose pool disks are io_uring files, as a node's are: the queue
-/// thread reads written blocks straight from a replica's device (the disk's `direct_reads`
-/// counts them), and everything the guest checks still holds, after a restart too.
+/// thread reads written blocks straight from a replica's device and writes overwrites to both
+/// replicas' devices itself (the disk's `direct_reads` and `direct_writes` count them), and
+/// everything the guest checks still holds, after a restart too.
 #[test]
 fn virtio_blk_reads_an_engine_vdisk_on_io_uring_devices_from_the_queue_thread() {
     if !kvm_or_skip() {
@@ -138,6 +139,9 @@ fn virtio_blk_reads_an_engine_vdisk_on_io_uring_devices_from_the_queue_thread() 
         ],
     );
     assert!(first.direct_reads > 0, "no direct read: {first:?}");
+    // Every write after a chunk's first one is an overwrite of a stored chunk: the queue
+    // thread writes it to both replicas itself.
+    assert!(first.direct_writes > 0, "no direct write: {first:?}");
     let second = run("engd2", "blk-verify seed=23", &["blk-verify-after-restart"]);
     assert!(second.direct_reads > 0, "no direct read: {second:?}");
     rt.block_on(engine.shutdown()).unwrap();

@@ -617,6 +617,12 @@ impl AsyncQueue {
                 Some(d) => d.start(job, off, len).map(|job| self.hand_over(job, req)),
                 None => Some(self.hand_over(job, req)),
             },
+            Req::Write { off, len } => match direct {
+                Some(d) => d
+                    .start_write(job, off, len)
+                    .map(|job| self.hand_over(job, req)),
+                None => Some(self.hand_over(job, req)),
+            },
             _ => Some(self.hand_over(job, req)),
         }
     }
@@ -631,6 +637,13 @@ impl AsyncQueue {
     /// Runs a read on the disk's ordinary path (a direct read that did not verify).
     pub(super) fn redo_read(&self, job: InFlight, off: u64, len: usize) {
         let n = self.hand_over(job, Req::Read { off, len });
+        self.drivers[n].kick();
+    }
+
+    /// Runs a write on the disk's ordinary path (a direct write that did not complete: it
+    /// gathers the guest's data again and writes it all).
+    pub(super) fn redo_write(&self, job: InFlight, off: u64, len: usize) {
+        let n = self.hand_over(job, Req::Write { off, len });
         self.drivers[n].kick();
     }
 

@@ -11,24 +11,40 @@
 //! `engine::direct`), which a guest watching its buffer must never see. One copy of the bytes
 //! is cheap next to the thread hops this path saves.
 //!
-//! Everything else takes the ordinary path ([`super::blk_async`]), unchanged: writes, flushes,
-//! reads the engine does not plan (holes, ranges across chunks, remote-only, degraded, moving or
-//! fragmented chunks), reads over [`MAX_DIRECT`], and, after the fact, a read that failed, came
-//! back short or has ANY block whose checksum does not match. Such a read is redone whole by the engine, which verifies, fails
-//! over and repairs as always; this path never marks a replica bad or repairs anything, since a
-//! mismatch here may be the guest changing its own buffer or a block that moved after the plan
-//! (why a moved block is caught: see `engine::direct`). So a read never returns data whose
-//! every block was not checked against the engine's checksum.
+//! Direct writes, the same way: for a write the engine plans
+//! ([`engine::VdiskHandle::plan_direct_write`]: one chunk already stored, every replica a local
+//! io_uring device, nothing moving it), the queue thread copies the guest's data into a buffer
+//! of its own (so the checksums the engine records are those of the bytes every replica gets,
+//! whatever the guest does to its memory meanwhile), puts one WRITE per replica on its ring,
+//! into fresh blocks the engine allocated, and once every one completed in full has the engine
+//! record the new versions ([`engine::VdiskHandle::finish_direct_write`]) before it answers the
+//! guest. The plan holds the guards the ordinary write holds (the disk's generation, the
+//! chunk's stripe lock shared) until then. A write that failed or came back short on any
+//! replica records nothing (its fresh blocks go back) and is redone whole by the engine. A
+//! later FLUSH covers it as any write: it is counted in the device's write order until
+//! answered, and recorded on its replica disks before that.
+//!
+//! Everything else takes the ordinary path ([`super::blk_async`]), unchanged: writes the
+//! engine does not plan (a chunk's first write, partial blocks, across chunks, a snapshot, a
+//! degraded, moving, remote or not yet reconciled chunk, fragmented free space, a journal that
+//! wants a flush), flushes, discards, reads the engine does not plan (holes, ranges across
+//! chunks, remote-only, degraded, moving or fragmented chunks), reads and writes over
+//! [`MAX_DIRECT`], and, after the fact, a read that failed, came back short or has ANY block
+//! whose checksum does not match. Such a read is redone whole by the engine, which verifies,
+//! fails over and repairs as always; this path never marks a replica bad or repairs anything,
+//! since a mismatch here may be the guest changing its own buffer or a block that moved after
+//! the plan (why a moved block is caught: see `engine::direct`). So a read never returns data
+//! whose every block was not checked against the engine's checksum.
 //!
 //! The ring is made with the device (outside the sandbox), lent to the queue thread and given
-//! back when the thread ends; an ending thread first waits for every read the kernel still has
-//! (its buffers are guest memory) and finishes it.
+//! back when the thread ends; an ending thread first waits for every read and write the kernel
+//! still has and finishes it (its buffers must outlive the kernel's use of them).
 
 use super::blk::Outcome;
 use super::blk_async::{AsyncQueue, InFlight};
 use super::blk_uring::{QueueRing, RingHome};
 use blockdev::AlignedBuf;
-use engine::{DirectRead, VdiskHandle};
+use engine::{DirectRead, DirectWrite, VdiskHandle};
 use io_uring::{opcode, types};
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::Ordering::Relaxed;
@@ -37,19 +53,54 @@ use vm_memory::{Bytes, GuestAddress};
 /// Bytes per checksummed block.
 const BLOCK: usize = engine::BLOCK_BYTES as usize;
 
-/// The largest read served here (what the engine plans without allocating); larger ones take
-/// the ordinary path.
+/// The largest read or write served here (what the engine plans without allocating); larger
+/// ones take the ordinary path.
 pub const MAX_DIRECT: usize = 128 << 10;
 
 /// A slot keeps its buffer for the next read up to this size; a larger one goes back to the
 /// buffer pool when its read ends, so idle slots never hold much memory.
 const KEEP_BUF: usize = 16 << 10;
 
-/// One read in the kernel: its request, where it reads from, and the buffer it reads into.
+/// One read or write in the kernel: its request, where it reads from (or writes to), and the
+/// buffer it reads into (or writes from).
 struct Slot {
     buf: Option<AlignedBuf>,
     plan: DirectRead,
+    wplan: DirectWrite,
     job: Option<(InFlight, u64, usize)>,
+    /// A write: its device writes (one per replica) still in the kernel, and whether every
+    /// one reaped so far wrote the whole range.
+    write: bool,
+    writes_left: usize,
+    written: bool,
+}
+
+impl Slot {
+    fn new() -> Box<Slot> {
+        Box::new(Slot {
+            buf: None,
+            plan: DirectRead::new(),
+            wplan: DirectWrite::new(),
+            job: None,
+            write: false,
+            writes_left: 0,
+            written: false,
+        })
+    }
+}
+
+/// A slot's buffer, `len` bytes (pooled: a steady stream of requests allocates nothing).
+fn slot_buf(buf: &mut Option<AlignedBuf>, len: usize) -> &mut AlignedBuf {
+    match buf.take() {
+        Some(b) if b.len() == len => buf.insert(b),
+        _ => buf.insert(AlignedBuf::for_overwrite(len)),
+    }
+}
+
+/// Entries the ring's submission queue has room for.
+fn sq_room(r: &mut QueueRing) -> usize {
+    let sq = r.ring.submission();
+    sq.capacity() - sq.len()
 }
 
 /// A queue thread's direct reads (see the module documentation).
@@ -99,13 +150,7 @@ impl DirectReads {
         if len > MAX_DIRECT {
             return Some(job);
         }
-        let slot = self.slots[idx].get_or_insert_with(|| {
-            Box::new(Slot {
-                buf: None,
-                plan: DirectRead::new(),
-                job: None,
-            })
-        });
+        let slot = self.slots[idx].get_or_insert_with(Slot::new);
         if !self
             .handle
             .plan_direct_read(off, len as u64, &mut slot.plan)
@@ -116,11 +161,8 @@ impl DirectReads {
             slot.plan.release();
             return Some(job);
         };
-        // Aligned for O_DIRECT; pooled, so a steady stream of reads allocates nothing.
-        let buf = match slot.buf.take() {
-            Some(b) if b.len() == len => slot.buf.insert(b),
-            _ => slot.buf.insert(AlignedBuf::for_overwrite(len)),
-        };
+        // Aligned for O_DIRECT.
+        let buf = slot_buf(&mut slot.buf, len);
         let entry = opcode::Read::new(types::Fd(slot.plan.fd()), buf.as_mut_ptr(), len32)
             .offset(slot.plan.offset())
             .build()
@@ -134,9 +176,86 @@ impl DirectReads {
             return Some(job);
         }
         slot.job = Some((job, off, len));
+        slot.write = false;
         self.free.pop();
         self.in_kernel += 1;
         self.queued += 1;
+        None
+    }
+
+    /// Starts `job`, a write of `len` bytes at `off`, on the ring if the engine plans it
+    /// ([`VdiskHandle::plan_direct_write`]): the guest's data is copied into the slot's buffer
+    /// (what the checksums are taken of and what every replica gets, whatever the guest does
+    /// to its memory meanwhile) and one WRITE per replica goes on the ring. Else gives the job
+    /// back for the ordinary path (None: started).
+    pub(super) fn start_write(&mut self, job: InFlight, off: u64, len: usize) -> Option<InFlight> {
+        let (Some(r), Some(&idx)) = (self.ring.as_mut(), self.free.last()) else {
+            return Some(job);
+        };
+        let Ok(len32) = u32::try_from(len) else {
+            return Some(job);
+        };
+        if len > MAX_DIRECT
+            || len == 0
+            || !len.is_multiple_of(BLOCK)
+            || !off.is_multiple_of(BLOCK as u64)
+        {
+            return Some(job);
+        }
+        let slot = self.slots[idx].get_or_insert_with(Slot::new);
+        let buf = slot_buf(&mut slot.buf, len);
+        if !job.chain.gather(job.mem(), 16, &mut buf[..]) {
+            // The ordinary path answers it (with the same checks).
+            return Some(job);
+        }
+        let Some(buf) = slot.buf.as_ref() else {
+            return Some(job);
+        };
+        if !self.handle.plan_direct_write(off, buf, &mut slot.wplan) {
+            return Some(job);
+        }
+        let n = slot.wplan.replicas();
+        // Room for every replica's entry at once, or none goes in.
+        if sq_room(r) < n {
+            r.submit();
+            self.queued = 0;
+        }
+        if sq_room(r) < n {
+            self.handle
+                .finish_direct_write(&mut slot.wplan, false, job.start);
+            return Some(job);
+        }
+        let mut pushed = 0;
+        for i in 0..n {
+            let Some((fd, at, _)) = slot.wplan.target(i) else {
+                continue;
+            };
+            let entry = opcode::Write::new(types::Fd(fd), buf.as_ptr(), len32)
+                .offset(at)
+                .build()
+                .user_data(idx as u64);
+            // SAFETY: the buffer lives in the boxed slot `idx`, which stays put and is neither
+            // changed, reused nor dropped until every entry's completion is reaped (the thread
+            // waits for the kernel before it ends, and leaks the slots if it cannot); the fd
+            // stays open while the slot's plan holds the replica's store.
+            if unsafe { r.ring.submission().push(&entry) }.is_ok() {
+                pushed += 1;
+            }
+        }
+        if pushed == 0 {
+            self.handle
+                .finish_direct_write(&mut slot.wplan, false, job.start);
+            return Some(job);
+        }
+        slot.job = Some((job, off, len));
+        slot.write = true;
+        slot.writes_left = pushed;
+        // A replica left out (never, with the room checked above) fails the write, which the
+        // engine then does again whole.
+        slot.written = pushed == n;
+        self.free.pop();
+        self.in_kernel += 1;
+        self.queued += pushed;
         None
     }
 
@@ -182,10 +301,41 @@ impl DirectReads {
             let Some(slot) = self.slots.get_mut(idx).and_then(|s| s.as_mut()) else {
                 continue;
             };
+            if slot.write {
+                if slot.writes_left == 0 || slot.job.is_none() {
+                    continue;
+                }
+                slot.writes_left -= 1;
+                let len = slot.job.as_ref().map_or(0, |j| j.2);
+                slot.written &= usize::try_from(res).ok() == Some(len);
+                if slot.writes_left > 0 {
+                    continue;
+                }
+            }
             let Some((mut job, off, len)) = slot.job.take() else {
                 continue;
             };
             self.free.push(idx);
+            if slot.write {
+                self.in_kernel -= 1;
+                let ok = self
+                    .handle
+                    .finish_direct_write(&mut slot.wplan, slot.written, job.start);
+                if slot.buf.as_ref().is_some_and(|b| b.len() > KEEP_BUF) {
+                    slot.buf = None;
+                }
+                let c = q.counters();
+                if ok {
+                    c.count_write(len);
+                    c.direct_writes.fetch_add(1, Relaxed);
+                    job.finish(Outcome::ok(0), None);
+                    staged = true;
+                } else {
+                    c.direct_fallbacks.fetch_add(1, Relaxed);
+                    q.redo_write(job, off, len);
+                }
+                continue;
+            }
             self.in_kernel -= 1;
             let ok = usize::try_from(res).ok() == Some(len)
                 && verified(slot)
