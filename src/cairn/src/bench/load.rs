@@ -1,5 +1,6 @@
-//! An in-process load generator for a virtual disk: N concurrent tasks (N = queue depth), each
-//! issuing one I/O at a time, like fio's io_uring engine at iodepth N.
+//! An in-process load generator for a virtual disk: N concurrent requesters (N = queue depth),
+//! each issuing one I/O at a time, all driven by one task, like fio's io_uring engine at
+//! iodepth N.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -60,51 +61,66 @@ pub fn cpu_secs() -> f64 {
 
 pub async fn run(handle: &VdiskHandle, p: Pattern, duration: Duration) -> Result<LoadResult> {
     let blocks = (p.span_bytes / p.block_bytes as u64).max(1);
-    let cursor = Arc::new(AtomicU64::new(0));
+    let cursor = AtomicU64::new(0);
     let deadline = Instant::now() + duration;
     let cpu0 = cpu_secs();
     let t0 = Instant::now();
-    let mut tasks = Vec::new();
-    for t in 0..p.qd {
-        let h = handle.clone();
-        let cursor = cursor.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut rng = rand::rngs::StdRng::seed_from_u64(t as u64 * 7919 + 1);
-            let mut buf = vec![0u8; p.block_bytes];
-            rng.fill(&mut buf[..]);
-            let mut lat = Vec::with_capacity(1 << 16);
-            while Instant::now() < deadline {
-                let block = if p.random {
-                    rng.gen_range(0..blocks)
-                } else {
-                    cursor.fetch_add(1, Ordering::Relaxed) % blocks
-                };
-                let off = block * p.block_bytes as u64;
-                let s = Instant::now();
-                if p.write {
-                    // Vary the data so nothing can shortcut identical blocks.
-                    buf[0] = buf[0].wrapping_add(1);
-                    h.write(off, &buf).await?;
-                } else {
-                    // The engine's verified buffers, taken as the NBD server takes them (no
-                    // copy into a buffer of ours: fio's anchor copies nothing either).
-                    let d = h.read_owned(off, p.block_bytes as u64).await?;
-                    std::hint::black_box(&d);
-                }
-                lat.push(s.elapsed().as_nanos() as u64);
-            }
-            anyhow::Ok(lat)
-        }));
-    }
-    let mut r = LoadResult::default();
-    for t in tasks {
-        let lat = t.await??;
-        r.ops += lat.len() as u64;
-        r.lat_ns.extend(lat);
-    }
+    // Every requester is driven by one task, as a VM queue's driver and an NBD connection
+    // drive their requests (and as fio's one job drives its queue): a burst of completions
+    // wakes one task, not one per requester, so the runtime has no reason to hand requesters
+    // to another worker thread.
+    let h = handle.clone();
+    let driver = tokio::spawn(async move {
+        let requesters = (0..p.qd).map(|t| requester(&h, p, t, blocks, &cursor, deadline));
+        let mut r = LoadResult::default();
+        for lat in engine::bench::drive_all(requesters.collect()).await {
+            let lat = lat?;
+            r.ops += lat.len() as u64;
+            r.lat_ns.extend(lat);
+        }
+        anyhow::Ok(r)
+    });
+    let mut r = driver.await??;
     r.secs = t0.elapsed().as_secs_f64();
     r.cpu_secs = cpu_secs() - cpu0;
     Ok(r)
+}
+
+/// One requester of `run` (number `t`): I/O after I/O until `deadline`; returns each one's
+/// latency (ns).
+async fn requester(
+    h: &VdiskHandle,
+    p: Pattern,
+    t: usize,
+    blocks: u64,
+    cursor: &AtomicU64,
+    deadline: Instant,
+) -> Result<Vec<u64>> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(t as u64 * 7919 + 1);
+    let mut buf = vec![0u8; p.block_bytes];
+    rng.fill(&mut buf[..]);
+    let mut lat = Vec::with_capacity(1 << 16);
+    while Instant::now() < deadline {
+        let block = if p.random {
+            rng.gen_range(0..blocks)
+        } else {
+            cursor.fetch_add(1, Ordering::Relaxed) % blocks
+        };
+        let off = block * p.block_bytes as u64;
+        let s = Instant::now();
+        if p.write {
+            // Vary the data so nothing can shortcut identical blocks.
+            buf[0] = buf[0].wrapping_add(1);
+            h.write(off, &buf).await?;
+        } else {
+            // The engine's verified buffers, taken as the NBD server takes them (no copy into
+            // a buffer of ours: fio's anchor copies nothing either).
+            let d = h.read_owned(off, p.block_bytes as u64).await?;
+            std::hint::black_box(&d);
+        }
+        lat.push(s.elapsed().as_nanos() as u64);
+    }
+    Ok(lat)
 }
 
 /// Write the whole span once (1 MiB sequential, QD 8) so later reads hit the device.
