@@ -167,6 +167,8 @@ pub(crate) struct ClusterHost {
     pub(crate) vdisk_lock: tokio::sync::Mutex<()>,
     /// This node's own drain, as it last counted it (`clusterctl::drainprogress`).
     pub(crate) drain: crate::clusterctl::DrainTrack,
+    /// Planned moves whose outcome is not known yet (`crate::takeover::settles`).
+    pub(crate) settles: crate::takeover::settles::Settles,
 }
 
 impl ClusterHost {
@@ -206,6 +208,7 @@ impl ClusterHost {
                 data.join("drain-progress.json"),
                 std::time::Instant::now(),
             ),
+            settles: crate::takeover::settles::Settles::open(data),
         })
     }
 

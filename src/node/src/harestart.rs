@@ -271,7 +271,11 @@ fn check_runs_here(inner: &NodeInner, name: &str) -> Result<(), ControlError> {
 
 /// Refuses to serve virtual disk `disk` here (an NBD export) when the cluster assigns it to
 /// another node: after a takeover or a planned move this node's copy is stale until dropped.
+/// Also while a planned move of it is not settled yet (`crate::takeover::settles`).
 pub(crate) fn check_disk_here(inner: &NodeInner, disk: &str) -> Result<(), ControlError> {
+    if let Some(why) = inner.cluster.settles.holds_vdisk(disk) {
+        return Err(ControlError::new(control::ErrorCode::Unavailable, why));
+    }
     match owned_elsewhere(inner, &[disk.to_string()]) {
         Some((_, o)) => Err(ControlError::conflict(format!(
             "virtual disk {disk} is served by node {o}; export it there (this node's copy may \
@@ -284,6 +288,9 @@ pub(crate) fn check_disk_here(inner: &NodeInner, disk: &str) -> Result<(), Contr
 /// Start VM `name`: the one path for `vm start` and restarts after a takeover. Records in the
 /// cluster that the VM should run.
 pub(crate) async fn start_vm(inner: &NodeInner, name: &str) -> Result<VmView, ControlError> {
+    if let Some(why) = inner.cluster.settles.holds_vm(name) {
+        return Err(ControlError::new(control::ErrorCode::Unavailable, why));
+    }
     check_runs_here(inner, name)?;
     // A node cut off from the majority starts nothing on disks it may no longer own (waits
     // for its isolation lease, bounded; see `crate::lease`).

@@ -183,6 +183,9 @@ impl Node {
             .cluster
             .open_member(inner.cfg.host_cluster, media)
             .await?;
+        // Moves whose outcome was not known when this node stopped: claimed again before any
+        // request is taken, settled in the background.
+        takeover::settles::resume(&inner);
         transfer::clean_interrupted_imports(&inner.engine, &data.join("importing")).await;
         {
             // The cluster's record of this node's virtual disks is made to match the engine;

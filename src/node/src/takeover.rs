@@ -84,6 +84,7 @@ mod gather;
 pub(crate) mod manual;
 pub(crate) mod outcome;
 pub(crate) mod peer;
+pub(crate) mod settles;
 pub(crate) mod vm_move;
 
 /// Default takeover delay (see the module docs).

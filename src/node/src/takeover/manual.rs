@@ -183,44 +183,31 @@ pub(crate) async fn move_out(
                 ))
             }
             Outcome::Unknown { request, why } => {
-                // The disk stays unexported here until the cluster says what happened.
-                let (inner, m2, name2, tname2) =
-                    (inner.clone(), m.clone(), name.to_string(), tname.clone());
-                super::outcome::settle_later(
-                    m.clone(),
-                    request,
-                    why.clone(),
-                    move |o| async move {
-                        match o {
-                            Outcome::Moved(epoch) => {
-                                handed_over(&inner, &name2, to, &tname2, epoch);
-                                if let Err(e) = wait_served(
-                                    &m2,
-                                    to,
-                                    &tname2,
-                                    std::slice::from_ref(&name2),
-                                    epoch,
-                                )
-                                .await
-                                {
-                                    tracing::warn!(vdisk = %name2, error = %e.message, "planned move");
-                                }
-                            }
-                            other => tracing::warn!(
-                                vdisk = %name2,
-                                outcome = ?other,
-                                "planned move did not happen: the disk stays on this node"
-                            ),
-                        }
+                // The disk stays unexported here until the cluster says what happened, also
+                // across a restart of this node.
+                let entry = super::settles::Entry {
+                    moved: super::settles::Moved::Vdisk {
+                        name: name.to_string(),
                     },
-                );
+                    from: me,
+                    to,
+                    to_name: tname.clone(),
+                    why: why.clone(),
+                };
+                let kept = match super::settles::pending(inner, &m, request, entry) {
+                    Ok(()) => String::new(),
+                    Err(e) => format!(
+                        " (this could not be saved: {e}; a restart of this node before then \
+                         forgets it)"
+                    ),
+                };
                 return Err(ControlError::new(
                     ErrorCode::Unavailable,
                     format!(
                         "whether moving {name} to {tname} committed is not known yet ({why}); \
                          this node finds out as soon as the cluster answers, then hands the \
                          disk over if it did or keeps it if not (`cairn vdisk list` shows \
-                         where it is)"
+                         where it is){kept}"
                     ),
                 ));
             }
@@ -240,7 +227,7 @@ pub(crate) async fn move_out(
 }
 
 /// Logs and records (node event) that virtual disk `name` was handed over to `to` at `epoch`.
-fn handed_over(inner: &NodeInner, name: &str, to: u64, tname: &str, epoch: u64) {
+pub(super) fn handed_over(inner: &NodeInner, name: &str, to: u64, tname: &str, epoch: u64) {
     tracing::warn!(vdisk = %name, to, epoch, "planned move committed; the target adopts the disk");
     crate::events::record(
         inner,

@@ -12,14 +12,20 @@
 //! (or rejection) if the move applied, the no-op's `Ok` if it never will.
 //!
 //! While even the fence gets no answer (no quorum), the outcome stays unknown: the mover keeps
-//! what it froze (the VM claimed, the disk's exports stopped) and [`settle_later`] asks again
-//! in the background until the cluster answers, then finishes the move or gives it up.
+//! what it froze (the VM claimed, the disk not exportable here) and [`settle_later`] asks again
+//! in the background until the cluster answers, then finishes the move or gives it up. The
+//! unsettled move is kept in the node's data folder meanwhile (`super::settles`), so a restart
+//! of the node keeps the claim and settles it again.
 //!
-//! Test hook: `CAIRN_TEST_MOVE_FAULTS`, a comma-separated list consumed one entry per move
-//! commit of this process: `late` (the proposal is held back and reported as unanswered; the
-//! held copy is proposed only once the mover settled the outcome — a copy delayed in the
-//! network past the mover's decision), `lost-reply` (the proposal commits, its answer is
-//! dropped), `none`.
+//! Test hook (debug builds only: a release build never reads it): `CAIRN_TEST_MOVE_FAULTS`, a
+//! comma-separated list consumed one entry per move commit of this process: `late` (the
+//! proposal is held back and reported as unanswered; the held copy is proposed only once the
+//! mover settled the outcome — a copy delayed in the network past the mover's decision),
+//! `lost-reply` (the proposal commits, its answer is dropped), `unknown` (the proposal is
+//! dropped and its outcome reported unknown at once, unsettled: the mover keeps the move
+//! pending), `none`. And `CAIRN_TEST_SETTLE_HOLD`, a file path: while that file exists, no
+//! settle attempt asks the cluster (each stays unknown), so a test can restart the mover while
+//! a move is pending.
 //!
 //! Must never: act on a guess — hand over what did not move, or keep what did.
 
@@ -70,6 +76,13 @@ pub(crate) async fn commit(m: &Arc<ClusterNode>, cmd: Command) -> Outcome {
             held = Some(tagged);
             Err("no answer (fault injection: the proposal was held back)".to_string())
         }
+        Fault::Unknown => {
+            tracing::warn!("fault injection: the move's proposal is dropped, its outcome unknown");
+            return Outcome::Unknown {
+                request,
+                why: "no answer (fault injection: the proposal was dropped)".to_string(),
+            };
+        }
         Fault::LostReply => {
             let r = tokio::time::timeout(PROPOSE_TIMEOUT, m.propose(tagged)).await;
             tracing::warn!(answer = ?r, "fault injection: the move's answer is dropped");
@@ -100,6 +113,12 @@ pub(crate) async fn commit(m: &Arc<ClusterNode>, cmd: Command) -> Outcome {
 
 /// One attempt to settle `request` (see the module docs); `why` the proposal's failure.
 async fn settle_once(m: &ClusterNode, request: &str, why: &str) -> Outcome {
+    if settle_held() {
+        return Outcome::Unknown {
+            request: request.to_string(),
+            why: format!("{why}; not settled yet (fault injection: settling is held)"),
+        };
+    }
     match m.settle(request).await {
         Ok(CommandResult::PlacementVersion(epoch)) => Outcome::Moved(epoch),
         Ok(CommandResult::Rejected(r)) => Outcome::Refused(r),
@@ -160,6 +179,7 @@ enum Fault {
     None,
     Late,
     LostReply,
+    Unknown,
 }
 
 /// The faults left to inject (`CAIRN_TEST_MOVE_FAULTS`), read on first use.
@@ -172,6 +192,7 @@ fn parse_faults(v: &str) -> VecDeque<Fault> {
         .map(|x| match x {
             "late" => Fault::Late,
             "lost-reply" => Fault::LostReply,
+            "unknown" => Fault::Unknown,
             "none" => Fault::None,
             other => {
                 tracing::warn!(fault = %other, "CAIRN_TEST_MOVE_FAULTS: unknown fault ignored");
@@ -181,15 +202,30 @@ fn parse_faults(v: &str) -> VecDeque<Fault> {
         .collect()
 }
 
-fn next_fault() -> Fault {
-    let mut f = FAULTS.lock().unwrap_or_else(|e| e.into_inner());
-    f.get_or_insert_with(|| {
+/// The faults a build injects: `CAIRN_TEST_MOVE_FAULTS` in a debug build (the tests run one);
+/// none in a release build, whatever the environment says.
+fn configured_faults() -> VecDeque<Fault> {
+    if cfg!(debug_assertions) {
         std::env::var("CAIRN_TEST_MOVE_FAULTS")
             .map(|v| parse_faults(&v))
             .unwrap_or_default()
-    })
-    .pop_front()
-    .unwrap_or(Fault::None)
+    } else {
+        VecDeque::new()
+    }
+}
+
+/// Whether settling is held (`CAIRN_TEST_SETTLE_HOLD`, debug builds only; see the module docs).
+fn settle_held() -> bool {
+    cfg!(debug_assertions)
+        && std::env::var_os("CAIRN_TEST_SETTLE_HOLD")
+            .is_some_and(|p| std::path::Path::new(&p).exists())
+}
+
+fn next_fault() -> Fault {
+    let mut f = FAULTS.lock().unwrap_or_else(|e| e.into_inner());
+    f.get_or_insert_with(configured_faults)
+        .pop_front()
+        .unwrap_or(Fault::None)
 }
 
 #[cfg(test)]
@@ -199,8 +235,14 @@ mod tests {
     #[test]
     fn faults_are_read_in_order_and_unknown_ones_are_none() {
         assert_eq!(
-            parse_faults(" late,lost-reply,,bogus,none"),
-            VecDeque::from([Fault::Late, Fault::LostReply, Fault::None, Fault::None])
+            parse_faults(" late,lost-reply,,bogus,none,unknown"),
+            VecDeque::from([
+                Fault::Late,
+                Fault::LostReply,
+                Fault::None,
+                Fault::None,
+                Fault::Unknown
+            ])
         );
         assert!(parse_faults("").is_empty());
     }

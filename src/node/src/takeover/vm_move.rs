@@ -154,26 +154,31 @@ pub(crate) async fn move_vm_out(
             ));
         }
         Ok(Outcome::Unknown { request, why }) => {
-            // Still claimed: it must not start here while it may be the target's.
-            let (inner2, m2, name2, tname2) =
-                (inner.clone(), m.clone(), name.to_string(), tname.clone());
-            super::outcome::settle_later(m.clone(), request, why.clone(), move |o| async move {
-                if let Outcome::Moved(epoch) = o {
-                    handed_over(&inner2, &name2, to, &tname2, &moving, epoch).await;
-                    if let Err(e) = wait_served(&m2, to, &tname2, &moving, epoch).await {
-                        tracing::warn!(vm = %name2, error = %e.message, "planned VM move");
-                    }
-                } else {
-                    tracing::warn!(vm = %name2, outcome = ?o, "planned VM move did not happen: the VM stays here");
-                    inner2.vms.unclaim(&name2);
-                }
-            });
+            // Still claimed, also across a restart of this node: it must not start here while
+            // it may be the target's.
+            let entry = super::settles::Entry {
+                moved: super::settles::Moved::Vm {
+                    name: name.to_string(),
+                    disks: moving,
+                },
+                from: me,
+                to,
+                to_name: tname.clone(),
+                why: why.clone(),
+            };
+            let kept = match super::settles::pending(inner, &m, request, entry) {
+                Ok(()) => String::new(),
+                Err(e) => format!(
+                    " (this could not be saved: {e}; a restart of this node before then \
+                     forgets it)"
+                ),
+            };
             return Err(ControlError::new(
                 ErrorCode::Unavailable,
                 format!(
                     "whether moving VM {name} to {tname} committed is not known yet ({why}); \
                      the VM cannot start here until this node finds out, as soon as the cluster \
-                     answers: it then hands the VM over if the move committed, or keeps it"
+                     answers: it then hands the VM over if the move committed, or keeps it{kept}"
                 ),
             ));
         }
@@ -258,7 +263,7 @@ async fn commit(
 }
 
 /// Step 4's start, once the move committed at `epoch`: forget the VM here, log and record it.
-async fn handed_over(
+pub(super) async fn handed_over(
     inner: &NodeInner,
     name: &str,
     to: u64,

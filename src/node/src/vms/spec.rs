@@ -13,6 +13,10 @@ use engine::Engine;
 
 use super::{blocking, is_active, too_many_vms, view, Slot, VmDef, Vms, MAX_VMS};
 
+/// What a VM claimed for a planned move is busy with (the start of it, when the move's outcome
+/// is not known yet).
+const MOVING: &str = "being moved to another node";
+
 impl Vms {
     /// The definition of `name` as exported to the cluster (JSON).
     pub(crate) fn spec_of(&self, name: &str) -> Option<String> {
@@ -123,17 +127,31 @@ impl Vms {
                     )));
                 }
             }
-            s.busy = Some("being moved to another node".into());
+            s.busy = Some(MOVING.into());
             Ok(())
         })
         .await
     }
 
-    /// Give up a claim of [`Vms::claim_for_move`] (the move did not happen).
+    /// Claims (or keeps claimed) VM `name` while a planned move of it to member `to` is not
+    /// settled (`crate::takeover::settles`), also after a restart of this node: changes are
+    /// refused, saying the move's outcome is not known yet, until [`Vms::unclaim`] or
+    /// [`Vms::forget`]. A VM not defined here is left alone.
+    pub(crate) fn claim_unsettled(&self, name: &str, to: u64, to_name: &str) {
+        if let Some(slot) = self.slots.lock().get(name).cloned() {
+            slot.lock().busy = Some(format!(
+                "{MOVING} (member {to_name}, {to}): move outcome not known yet, this node settles it as \
+                 soon as the cluster answers"
+            ));
+        }
+    }
+
+    /// Give up a claim of [`Vms::claim_for_move`] or [`Vms::claim_unsettled`] (the move did
+    /// not happen).
     pub(crate) fn unclaim(&self, name: &str) {
         if let Some(slot) = self.slots.lock().get(name).cloned() {
             let mut s = slot.lock();
-            if s.busy.as_deref() == Some("being moved to another node") {
+            if s.busy.as_deref().is_some_and(|b| b.starts_with(MOVING)) {
                 s.busy = None;
             }
         }

@@ -1,0 +1,416 @@
+//! Planned moves whose outcome is not known yet (see `super::outcome`), kept in
+//! `DATA/move-settles.json` as well as in memory, so a restart of this node before the cluster
+//! answers keeps what the mover froze: the VM stays claimed (it cannot start here) and the
+//! moved disks cannot be exported here, while the move may still commit and make them the
+//! target's. On start (`resume`) every kept entry is claimed again, before the node takes
+//! requests, and settled in the background; an entry is removed once the cluster answered and
+//! this node acted on the answer (handed the VM / disk over, or kept it).
+//!
+//! An entry is written before the mover answers "not known yet" (a failed write is logged and
+//! said in that answer: the claim then holds until the node restarts only).
+//!
+//! A bad file is never taken as "nothing pending": an entry that cannot be read is logged,
+//! kept in the file as it was (rewrites carry it over) and its request is not settled by this
+//! node (the admin checks where the VM or disk is, then removes it); a file that is not a JSON
+//! object at all is moved aside to `move-settles.json.unreadable` (a time suffix added if
+//! that exists; logged, with the name) so no later write replaces it.
+//!
+//! Must never: drop an entry before the cluster answered and the answer was acted on, or let a
+//! VM start (a disk be exported) here while its move may still commit elsewhere.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use super::outcome::Outcome;
+use crate::NodeInner;
+
+/// The file, under the node's data directory.
+pub(crate) const FILE: &str = "move-settles.json";
+/// Largest file read (an entry is a few hundred bytes; one per unsettled move).
+const MAX_FILE_BYTES: u64 = 8 << 20;
+
+/// What a pending move moves.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub(crate) enum Moved {
+    /// `cairn vm move`: the VM and those of its disks this node owned.
+    Vm { name: String, disks: Vec<String> },
+    /// `cairn vdisk takeover`: one virtual disk.
+    Vdisk { name: String },
+}
+
+impl Moved {
+    /// The virtual disks that must not be exported here while the move is unsettled.
+    fn disks(&self) -> Vec<String> {
+        match self {
+            Moved::Vm { disks, .. } => disks.clone(),
+            Moved::Vdisk { name } => vec![name.clone()],
+        }
+    }
+}
+
+/// One unsettled move (keyed by its request id).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Entry {
+    pub(crate) moved: Moved,
+    /// This node's id (the mover).
+    pub(crate) from: u64,
+    /// The target member's id and name.
+    pub(crate) to: u64,
+    pub(crate) to_name: String,
+    /// Why the proposal's outcome is unknown.
+    pub(crate) why: String,
+}
+
+/// What the file holds: readable entries, and those that are not (kept verbatim).
+#[derive(Debug, Default, PartialEq)]
+struct Contents {
+    entries: BTreeMap<String, Entry>,
+    bad: BTreeMap<String, serde_json::Value>,
+}
+
+/// Reads `file`. Ok with the readable entries and the unreadable ones (each with its error);
+/// Err: the file as a whole cannot be read (missing is Ok and empty).
+fn read(file: &Path) -> Result<(Contents, Vec<String>), String> {
+    let f = match std::fs::File::open(file) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Default::default()),
+        Err(e) => return Err(e.to_string()),
+    };
+    let mut b = Vec::new();
+    std::io::Read::read_to_end(&mut std::io::Read::take(f, MAX_FILE_BYTES + 1), &mut b)
+        .map_err(|e| e.to_string())?;
+    if b.len() as u64 > MAX_FILE_BYTES {
+        return Err(format!("longer than {MAX_FILE_BYTES} bytes"));
+    }
+    let raw: BTreeMap<String, serde_json::Value> =
+        serde_json::from_slice(&b).map_err(|e| format!("not a JSON object of moves: {e}"))?;
+    let mut c = Contents::default();
+    let mut errors = Vec::new();
+    for (request, v) in raw {
+        match serde_json::from_value::<Entry>(v.clone()) {
+            Ok(e) => {
+                c.entries.insert(request, e);
+            }
+            Err(e) => {
+                errors.push(format!("request {request}: {e}"));
+                c.bad.insert(request, v);
+            }
+        }
+    }
+    Ok((c, errors))
+}
+
+/// Writes `c` to `file` (temporary file, sync, rename, sync the directory).
+fn write(file: &Path, c: &Contents) -> std::io::Result<()> {
+    let mut all: BTreeMap<&str, serde_json::Value> =
+        c.bad.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+    for (k, e) in &c.entries {
+        all.insert(k, serde_json::to_value(e).map_err(std::io::Error::other)?);
+    }
+    let tmp: PathBuf = file.with_extension("json.tmp");
+    let go = || -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&serde_json::to_vec_pretty(&all).map_err(std::io::Error::other)?)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, file)?;
+        if let Some(dir) = file.parent() {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    };
+    go().inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })
+}
+
+/// The unsettled moves of this node (in `ClusterHost`).
+pub(crate) struct Settles {
+    file: PathBuf,
+    contents: parking_lot::Mutex<Contents>,
+}
+
+impl Settles {
+    /// Loads `DATA/move-settles.json` (see the module docs for a bad file).
+    pub(crate) fn open(data: &Path) -> Settles {
+        let file = data.join(FILE);
+        let contents = match read(&file) {
+            Ok((c, errors)) => {
+                for e in errors {
+                    tracing::error!(
+                        file = %file.display(),
+                        error = %e,
+                        "planned move: an unsettled move cannot be read; it is kept in the file \
+                         and not settled by this node: check where its VM or disk is (cairn vm \
+                         list, cairn vdisk list on every node), then remove the entry"
+                    );
+                }
+                c
+            }
+            Err(e) => {
+                // Never over an earlier unreadable file.
+                let mut aside = file.with_extension("json.unreadable");
+                if aside.exists() {
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_millis())
+                        .unwrap_or(0);
+                    aside = file.with_extension(format!("json.unreadable.{now}"));
+                }
+                let moved = std::fs::rename(&file, &aside);
+                tracing::error!(
+                    file = %file.display(),
+                    error = %e,
+                    moved_aside_to = %aside.display(),
+                    moved_aside = moved.is_ok(),
+                    "planned move: the unsettled moves cannot be read; VMs and disks whose move \
+                     may still commit elsewhere are NOT claimed here: check every VM and disk \
+                     named in that file on every node before starting or exporting it"
+                );
+                Contents::default()
+            }
+        };
+        Settles {
+            file,
+            contents: parking_lot::Mutex::new(contents),
+        }
+    }
+
+    /// Records `entry` under `request`; Err: it is kept in memory only.
+    pub(crate) fn add(&self, request: &str, entry: Entry) -> std::io::Result<()> {
+        let mut c = self.contents.lock();
+        c.entries.insert(request.to_string(), entry);
+        write(&self.file, &c)
+    }
+
+    /// Removes `request` (settled and acted on).
+    pub(crate) fn remove(&self, request: &str) -> std::io::Result<()> {
+        let mut c = self.contents.lock();
+        if c.entries.remove(request).is_none() {
+            return Ok(());
+        }
+        write(&self.file, &c)
+    }
+
+    /// Every readable entry.
+    pub(crate) fn entries(&self) -> Vec<(String, Entry)> {
+        let c = self.contents.lock();
+        c.entries
+            .iter()
+            .map(|(k, e)| (k.clone(), e.clone()))
+            .collect()
+    }
+
+    /// Why VM `name` cannot start here now, if an unsettled move holds it.
+    pub(crate) fn holds_vm(&self, name: &str) -> Option<String> {
+        let c = self.contents.lock();
+        c.entries.values().find_map(|e| match &e.moved {
+            Moved::Vm { name: n, .. } if n == name => Some(format!(
+                "VM {name} is being moved to member {} ({}): move outcome not known yet ({}); \
+                 it cannot start here until the cluster answers, then this node hands it over \
+                 if the move committed or keeps it",
+                e.to_name, e.to, e.why
+            )),
+            _ => None,
+        })
+    }
+
+    /// Why virtual disk `name` cannot be exported here now, if an unsettled move holds it.
+    pub(crate) fn holds_vdisk(&self, name: &str) -> Option<String> {
+        let c = self.contents.lock();
+        c.entries.values().find_map(|e| {
+            e.moved.disks().iter().any(|d| d == name).then(|| {
+                format!(
+                    "virtual disk {name} is being moved to member {} ({}): move outcome not \
+                     known yet ({}); it cannot be exported here until the cluster answers",
+                    e.to_name, e.to, e.why
+                )
+            })
+        })
+    }
+}
+
+/// Keeps `entry` (request `request`) claimed until the cluster settles it, then acts on the
+/// answer and forgets it; also after a restart ([`resume`]). Err: the entry could not be
+/// saved (it holds until this node restarts only).
+pub(crate) fn pending(
+    inner: &Arc<NodeInner>,
+    m: &Arc<cluster::ClusterNode>,
+    request: String,
+    entry: Entry,
+) -> std::io::Result<()> {
+    let saved = inner.cluster.settles.add(&request, entry.clone());
+    if let Err(e) = &saved {
+        tracing::error!(request = %request, error = %e, "planned move: the unsettled move could not be saved; a restart of this node before it is settled forgets its claim");
+    }
+    claim(inner, &entry);
+    settle_in_background(inner.clone(), m.clone(), request, entry);
+    saved
+}
+
+/// Claims every saved entry again and settles it in the background (at the node's start,
+/// before it takes requests; `m` None: this node has no cluster member, the claims then hold).
+pub(crate) fn resume(inner: &Arc<NodeInner>) {
+    let entries = inner.cluster.settles.entries();
+    if entries.is_empty() {
+        return;
+    }
+    let m = inner.cluster.member().ok();
+    for (request, entry) in entries {
+        tracing::warn!(request = %request, moved = ?entry.moved, to = entry.to, "planned move: unsettled before this node restarted; claimed again and settled now");
+        claim(inner, &entry);
+        match &m {
+            Some(m) => settle_in_background(inner.clone(), m.clone(), request, entry),
+            None => {
+                tracing::error!(request = %request, "planned move: unsettled, and this node has no cluster member to settle it with; it stays claimed")
+            }
+        }
+    }
+}
+
+fn claim(inner: &NodeInner, entry: &Entry) {
+    if let Moved::Vm { name, .. } = &entry.moved {
+        inner.vms.claim_unsettled(name, entry.to, &entry.to_name);
+    }
+}
+
+fn settle_in_background(
+    inner: Arc<NodeInner>,
+    m: Arc<cluster::ClusterNode>,
+    request: String,
+    entry: Entry,
+) {
+    let r = request.clone();
+    super::outcome::settle_later(m.clone(), request, entry.why.clone(), move |o| async move {
+        act(&inner, &m, &entry, o).await;
+        if let Err(e) = inner.cluster.settles.remove(&r) {
+            tracing::error!(request = %r, error = %e, "planned move: settled, but its entry could not be removed; it is settled again (same answer) at the next start");
+        }
+    });
+}
+
+/// Acts on a settled move: hands over what moved, keeps what did not.
+async fn act(inner: &NodeInner, m: &cluster::ClusterNode, entry: &Entry, o: Outcome) {
+    let (to, tname) = (entry.to, entry.to_name.as_str());
+    match (&entry.moved, o) {
+        (Moved::Vm { name, disks }, Outcome::Moved(epoch)) => {
+            super::vm_move::handed_over(inner, name, to, tname, disks, epoch).await;
+            if let Err(e) = super::manual::wait_served(m, to, tname, disks, epoch).await {
+                tracing::warn!(vm = %name, error = %e.message, "planned VM move");
+            }
+        }
+        (Moved::Vm { name, .. }, o) => {
+            tracing::warn!(vm = %name, outcome = ?o, "planned VM move did not happen: the VM stays here");
+            inner.vms.unclaim(name);
+        }
+        (Moved::Vdisk { name }, Outcome::Moved(epoch)) => {
+            super::manual::handed_over(inner, name, to, tname, epoch);
+            let one = std::slice::from_ref(name);
+            if let Err(e) = super::manual::wait_served(m, to, tname, one, epoch).await {
+                tracing::warn!(vdisk = %name, error = %e.message, "planned move");
+            }
+        }
+        (Moved::Vdisk { name }, o) => tracing::warn!(
+            vdisk = %name,
+            outcome = ?o,
+            "planned move did not happen: the disk stays on this node"
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vm_entry() -> Entry {
+        Entry {
+            moved: Moved::Vm {
+                name: "web".into(),
+                disks: vec!["web-root".into(), "web-data".into()],
+            },
+            from: 1,
+            to: 2,
+            to_name: "b".into(),
+            why: "no commit in time".into(),
+        }
+    }
+
+    #[test]
+    fn entries_survive_a_reload_and_are_removed_once_settled() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Settles::open(dir.path());
+        assert!(s.entries().is_empty(), "no file: nothing pending");
+        s.add("r1", vm_entry()).unwrap();
+        let disk = Entry {
+            moved: Moved::Vdisk { name: "db".into() },
+            ..vm_entry()
+        };
+        s.add("r2", disk.clone()).unwrap();
+        let back = Settles::open(dir.path());
+        assert_eq!(
+            back.entries(),
+            vec![("r1".to_string(), vm_entry()), ("r2".to_string(), disk)]
+        );
+        let held = back.holds_vdisk("web-data").unwrap();
+        assert!(held.contains("move outcome not known yet"), "{held}");
+        assert!(back.holds_vdisk("db").is_some());
+        assert_eq!(back.holds_vdisk("other"), None);
+        let held = back.holds_vm("web").unwrap();
+        assert!(held.contains("move outcome not known yet"), "{held}");
+        assert_eq!(back.holds_vm("db"), None);
+        back.remove("r2").unwrap();
+        back.remove("r2").unwrap();
+        assert_eq!(
+            Settles::open(dir.path()).entries(),
+            vec![("r1".to_string(), vm_entry())]
+        );
+        back.remove("r1").unwrap();
+        assert!(Settles::open(dir.path()).entries().is_empty());
+        assert!(!dir.path().join("move-settles.json.tmp").exists());
+    }
+
+    #[test]
+    fn a_bad_entry_is_kept_verbatim_and_the_others_still_hold() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join(FILE);
+        let good = serde_json::to_value(vm_entry()).unwrap();
+        let bad = serde_json::json!({"moved": {"kind": "vm", "name": 5}, "from": 1});
+        std::fs::write(
+            &file,
+            serde_json::to_vec(&serde_json::json!({"good": good, "bad": bad})).unwrap(),
+        )
+        .unwrap();
+        let (c, errors) = read(&file).unwrap();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].starts_with("request bad:"), "{errors:?}");
+        let s = Settles::open(dir.path());
+        assert_eq!(s.entries(), vec![("good".to_string(), vm_entry())]);
+        // A rewrite (the good one settled) keeps the unreadable entry as it was.
+        s.remove("good").unwrap();
+        let raw: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+        assert_eq!(raw, serde_json::json!({ "bad": bad }));
+        assert_eq!(c.bad.len(), 1);
+    }
+
+    #[test]
+    fn an_unreadable_file_is_refused_clearly_and_moved_aside_not_overwritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join(FILE);
+        std::fs::write(&file, b"not json").unwrap();
+        let e = read(&file).unwrap_err();
+        assert!(e.starts_with("not a JSON object of moves"), "{e}");
+        let s = Settles::open(dir.path());
+        assert!(s.entries().is_empty());
+        let aside = dir.path().join("move-settles.json.unreadable");
+        assert_eq!(std::fs::read(&aside).unwrap(), b"not json");
+        s.add("r1", vm_entry()).unwrap();
+        assert_eq!(std::fs::read(&aside).unwrap(), b"not json");
+        assert_eq!(Settles::open(dir.path()).entries().len(), 1);
+    }
+}
