@@ -546,8 +546,14 @@ def bios_cd():
         vm.expect(r"Cairn \S+ starting as PID 1", 180, "PID 1 banner")
         ok(f"bios-cd: kernel + PID 1 up in {time.time() - vm.started:.1f} s")
         vm.expect(r"Network link \[", 180, "the first wizard question")
-        screen = vm.vga_text()
-        for want in ("=== Cairn setup ===", "Disks:", "Network link ["):
+        # The screen's text console draws after the serial line (slower under emulation, more
+        # so with another QEMU on the machine): give it a few seconds to catch up.
+        wants = ("=== Cairn setup ===", "Disks:", "Network link [")
+        screen, until = vm.vga_text(), time.time() + 20
+        while not all(w in screen for w in wants) and time.time() < until:
+            time.sleep(0.5)
+            screen = vm.vga_text()
+        for want in wants:
             if want not in screen:
                 fail(f"bios-cd: the VGA screen does not show {want!r}: {screen[-400:]!r}")
         ok("bios-cd: the screen (VGA text console) shows the wizard too")
