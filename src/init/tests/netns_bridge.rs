@@ -163,6 +163,14 @@ fn body() -> Result<(), String> {
     assert_eq!(netlive::bridge().as_deref(), Some("cairn0"));
     let br = ip(&["-d", "link", "show", "cairn0"])?;
     assert!(br.contains("bridge forward_delay"), "not a bridge: {br}");
+    // The bridge's carrier follows its port's through the kernel's link watch, which reports
+    // a change up to a second later: wait for it rather than read the state at once.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut br = br;
+    while !br.contains("state UP") && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        br = ip(&["link", "show", "cairn0"])?;
+    }
     assert!(br.contains("state UP"), "{br}");
     assert_eq!(
         mac("cairn0")?,
