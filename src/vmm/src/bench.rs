@@ -19,7 +19,7 @@ use crate::backend_file::FileDisk;
 use crate::config::{DiskConfig, VmConfig};
 use crate::error::{io_err, kvm_err, Result, VmmError};
 use crate::{BootConfig, RamDisk, Vm};
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -326,14 +326,14 @@ fn overhead_from_smaps(smaps: &str, ram_bytes: u64) -> MemOverhead {
 /// Environment variable that turns `run` into the memory-measurement child (see `ours_memory`).
 pub const CHILD_ENV: &str = "CAIRN_VMM_BENCH_MEM_CHILD";
 
-/// Child mode: boot one 1 vCPU / 128 MiB VM with a RAM disk, say "ready", idle until killed.
-fn memory_child(elf: &Path) -> Result<Vec<BenchLine>> {
+/// Boots one idle 1 vCPU / 128 MiB VM with a RAM disk and waits for its first debug output.
+fn idle_vm(elf: &Path, name: &str) -> Result<Vm> {
     let boot = BootConfig {
         kernel: elf.to_path_buf(),
         initrd: None,
         cmdline: "spin".into(),
     };
-    let mut cfg = VmConfig::new("bench-mem", boot);
+    let mut cfg = VmConfig::new(name, boot);
     cfg.disks.push(DiskConfig {
         id: "d".into(),
         backend: Arc::new(RamDisk::new(64 << 20)),
@@ -348,44 +348,84 @@ fn memory_child(elf: &Path) -> Result<Vec<BenchLine>> {
     {
         std::thread::sleep(Duration::from_millis(5));
     }
+    Ok(vm)
+}
+
+/// Child mode: boot one idle VM, say "ready"; on a line from stdin boot a second one in the
+/// same process and say "ready2"; idle until killed (or 60 s).
+fn memory_child(elf: &Path) -> Result<Vec<BenchLine>> {
+    let first = idle_vm(elf, "bench-mem")?;
     println!("ready");
-    std::thread::sleep(Duration::from_secs(60));
-    vm.delete();
+    let mut line = String::new();
+    let mut second = None;
+    if std::io::stdin().read_line(&mut line).is_ok_and(|n| n > 0) {
+        second = Some(idle_vm(elf, "bench-mem-2")?);
+        println!("ready2");
+        std::thread::sleep(Duration::from_secs(60));
+    }
+    if let Some(vm) = second {
+        vm.delete();
+    }
+    first.delete();
     Ok(Vec::new())
+}
+
+/// Reads the child's stdout until `want` (a whole line) has been seen; false at end of file.
+fn wait_line(out: &mut impl Read, seen: &mut Vec<u8>, want: &str) -> Result<bool> {
+    let mut buf = [0u8; 64];
+    while !String::from_utf8_lossy(seen).lines().any(|l| l == want) {
+        let n = out.read(&mut buf).map_err(io_err("read child"))?;
+        if n == 0 {
+            return Ok(false);
+        }
+        seen.extend_from_slice(&buf[..n]);
+    }
+    Ok(true)
 }
 
 /// Our VMM's memory overhead measured like QEMU's: a separate process (this executable, re-run
 /// with the same arguments and `CHILD_ENV` set) holding one idle VM; RSS minus resident guest RAM.
-fn ours_memory(elf: &Path) -> Result<MemOverhead> {
+/// Also what a second VM adds in the same process: Cairn runs every VM of a node inside the node
+/// process, so that growth (not a whole process) is what each further VM costs the host.
+fn ours_memory(elf: &Path) -> Result<(MemOverhead, MemOverhead)> {
     let exe = std::env::current_exe().map_err(io_err("current exe"))?;
     let mut child = Command::new(exe)
         .args(std::env::args_os().skip(1))
         .env(CHILD_ENV, elf)
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .map_err(io_err("spawn memory child"))?;
-    let mut out = child
-        .stdout
-        .take()
-        .ok_or(VmmError::Timeout("child stdout"))?;
-    let mut buf = [0u8; 64];
-    let mut seen = Vec::new();
-    while !String::from_utf8_lossy(&seen).contains("ready") {
-        let n = out.read(&mut buf).map_err(io_err("read child"))?;
-        if n == 0 {
-            break;
+    let measured = (|| {
+        let mut out = child
+            .stdout
+            .take()
+            .ok_or(VmmError::Timeout("child stdout"))?;
+        let mut seen = Vec::new();
+        if !wait_line(&mut out, &mut seen, "ready")? {
+            return Err(VmmError::Backend("memory child did not start a VM".into()));
         }
-        seen.extend_from_slice(&buf[..n]);
-    }
-    std::thread::sleep(Duration::from_millis(200));
-    let overhead = process_overhead(child.id(), 128 << 20);
+        std::thread::sleep(Duration::from_millis(200));
+        let one = process_overhead(child.id(), 128 << 20);
+        let mut input = child.stdin.take().ok_or(VmmError::Timeout("child stdin"))?;
+        input.write_all(b"more\n").map_err(io_err("ask child"))?;
+        if !wait_line(&mut out, &mut seen, "ready2")? {
+            return Err(VmmError::Backend(
+                "memory child did not start a second VM".into(),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        let two = process_overhead(child.id(), 128 << 20);
+        let added = MemOverhead {
+            rss: two.rss.saturating_sub(one.rss),
+            anon: two.anon.saturating_sub(one.anon),
+        };
+        Ok((one, added))
+    })();
     let _ = child.kill();
     let _ = child.wait();
-    if !String::from_utf8_lossy(&seen).contains("ready") {
-        return Err(VmmError::Backend("memory child did not start a VM".into()));
-    }
-    Ok(overhead)
+    measured
 }
 
 /// Runs every metric and returns the lines (also printed to stdout as they complete).
@@ -408,14 +448,15 @@ pub fn run(opts: &BenchOptions) -> Result<Vec<BenchLine>> {
     );
     let ram: Arc<dyn DiskBackend> = Arc::new(RamDisk::new(opts.disk_bytes));
     let (mut o, mut a, mut om, mut am) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let (mut oa, mut aa) = (Vec::new(), Vec::new());
+    let (mut oa, mut aa, mut o2) = (Vec::new(), Vec::new(), Vec::new());
     let mib = |b: u64| b as f64 / (1 << 20) as f64;
     for _ in 0..opts.runs.max(1) {
         let boot = ours_run(opts, &elf, "hello", ram.clone())?.boot;
         o.push(boot.as_secs_f64() * 1000.0);
-        let m = ours_memory(&elf)?;
+        let (m, added) = ours_memory(&elf)?;
         om.push(mib(m.rss));
         oa.push(mib(m.anon));
+        o2.push(mib(added.rss));
         let q = qemu_run(opts, &elf, "spin", &blk_args(&null_drive), 1)?;
         a.push(q.first.as_secs_f64() * 1000.0);
         am.push(mib(q.mem_overhead.rss));
@@ -435,7 +476,7 @@ pub fn run(opts: &BenchOptions) -> Result<Vec<BenchLine>> {
         BenchLine::new(
             "vmm_memory_overhead_mib",
             median(om),
-            median(am),
+            median(am.clone()),
             "qemu",
             false,
         ),
@@ -448,6 +489,18 @@ pub fn run(opts: &BenchOptions) -> Result<Vec<BenchLine>> {
             "vmm_memory_overhead_anon_mib",
             median(oa),
             median(aa),
+            "qemu",
+            false,
+        ),
+        &mut lines,
+    );
+    // A further VM on a node: the node process's growth for a second identical VM, against a
+    // whole QEMU process (QEMU runs one process per VM).
+    emit(
+        BenchLine::new(
+            "vmm_memory_per_added_vm_mib",
+            median(o2),
+            median(am),
             "qemu",
             false,
         ),
