@@ -262,6 +262,23 @@ impl DirectWrite {
         self.stripe = None;
         self.gen = None;
     }
+
+    /// Gives up a plan whose device writes may still be running and can no longer be waited
+    /// for (the caller's ring failed): nothing is recorded and the guards go, so snapshots,
+    /// deletes and movers of the disk do not wait forever, but the fresh blocks stay taken
+    /// (never reused while a lost write may still land on them; a restart frees them, as
+    /// nothing references them) and each replica's store stays open (the descriptor number
+    /// cannot be reused under the write). For a rare failure: both are leaked for good.
+    pub fn abandon(&mut self) {
+        for t in self.targets.drain(..) {
+            t.disk.inflight.fetch_sub(1, Ordering::Relaxed);
+            std::mem::forget(t.store);
+        }
+        self.crcs.clear();
+        self.obj = None;
+        self.stripe = None;
+        self.gen = None;
+    }
 }
 
 impl Drop for DirectWrite {
@@ -379,7 +396,15 @@ impl VdiskHandle {
             plan.clear();
             return false;
         };
-        if !written {
+        // Nothing is recorded once the engine is shutting down (its last flush and the pool's
+        // clean mark may be done: a record now would be acknowledged yet lost, or reach one
+        // replica's journal and not the other's with nothing left to reconcile them), nor on a
+        // replica failed meanwhile: the ordinary path then writes the live replicas only, or
+        // fails the request.
+        if !written
+            || self.inner.shutting_down.load(Ordering::Acquire)
+            || plan.targets.iter().any(|t| !t.disk.live())
+        {
             plan.clear();
             return false;
         }

@@ -195,3 +195,105 @@ fn direct_writes_record_like_ordinary_ones_and_survive_a_crash() {
     rt.block_on(engine.shutdown()).unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A plan abandoned while its device writes may still run (the VMM's ring failed and cannot
+/// be waited for) records nothing and lets its guards go, so a snapshot and a delete of the
+/// disk do not wait for it forever (a plan leaked whole, as the queue thread used to leak its
+/// slots, held them for good), while its fresh blocks stay taken: a write that may still land
+/// there never hits blocks given to someone else.
+#[test]
+fn an_abandoned_direct_write_lets_its_guards_go_and_keeps_its_blocks() {
+    let dir = std::env::temp_dir().join(format!("engine-direct-abandon-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let rt = runtime();
+    let Some(engine) = open_engine(&rt, &dir) else {
+        let _ = std::fs::remove_dir_all(&dir);
+        return;
+    };
+    rt.block_on(engine.create_vdisk("d", 16 * MIB)).unwrap();
+    let h = engine.open_vdisk("d").unwrap();
+    let a = vec![0xa1u8; BS];
+    rt.block_on(h.write(0, &a)).unwrap();
+    let used = engine.pool().used_raw_bytes;
+
+    let b = vec![0xb2u8; BS];
+    let mut p = DirectWrite::new();
+    assert!(h.plan_direct_write(0, &b, &mut p));
+    let (fd, at, _) = p.target(0).unwrap();
+    pwrite(fd, at, &b);
+    p.abandon();
+    assert_eq!(p.replicas(), 0, "an abandoned plan is empty");
+    assert!(
+        !h.finish_direct_write(&mut p, true, Instant::now()),
+        "nothing left to record"
+    );
+    drop(p);
+    assert!(
+        engine.pool().used_raw_bytes > used,
+        "the fresh blocks stay taken"
+    );
+    assert_eq!(read(&rt, &h, 0, BS), a, "nothing recorded");
+    // The guards went: both wait for every write holding them (a hang here is the bug; the
+    // timeout only turns it into a failure).
+    let limit = Duration::from_secs(60);
+    rt.block_on(async { tokio::time::timeout(limit, engine.create_snapshot("d", "s")).await })
+        .expect("a snapshot waited for an abandoned write")
+        .unwrap();
+    assert!(
+        direct_write(&h, 0, &b),
+        "the chunk takes direct writes again"
+    );
+    assert_eq!(read(&rt, &h, 0, BS), b);
+    drop(h);
+    rt.block_on(async { tokio::time::timeout(limit, engine.delete_vdisk("d")).await })
+        .expect("a delete waited for an abandoned write")
+        .unwrap();
+    rt.block_on(engine.shutdown()).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A direct write whose device writes complete after the engine began shutting down is not
+/// recorded (its blocks go back and the caller redoes it on the ordinary path, which refuses):
+/// the shutdown's last flush and the pool's clean mark may already be done, so a record then
+/// would be acknowledged yet lost, or reach one replica's journal and not the other's.
+#[test]
+fn a_direct_write_finished_after_shutdown_is_not_recorded() {
+    let dir = std::env::temp_dir().join(format!("engine-direct-shutdown-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let rt = runtime();
+    let Some(engine) = open_engine(&rt, &dir) else {
+        let _ = std::fs::remove_dir_all(&dir);
+        return;
+    };
+    rt.block_on(engine.create_vdisk("d", 16 * MIB)).unwrap();
+    let h = engine.open_vdisk("d").unwrap();
+    let a = vec![0xa1u8; BS];
+    rt.block_on(h.write(0, &a)).unwrap();
+    let b = vec![0xb2u8; BS];
+    let mut p = DirectWrite::new();
+    assert!(h.plan_direct_write(0, &b, &mut p));
+    for i in 0..p.replicas() {
+        let (fd, at, _) = p.target(i).unwrap();
+        pwrite(fd, at, &b);
+    }
+    rt.block_on(engine.shutdown()).unwrap();
+    assert!(
+        !h.finish_direct_write(&mut p, true, Instant::now()),
+        "recorded after the shutdown"
+    );
+    assert_eq!(p.replicas(), 0);
+    assert!(
+        rt.block_on(h.write(0, &b)).is_err(),
+        "the ordinary path refuses it"
+    );
+    drop(h);
+    drop(engine);
+    drop(rt);
+    let rt = runtime();
+    let engine = open_engine(&rt, &dir).expect("reopened");
+    let h = engine.open_vdisk("d").unwrap();
+    assert_eq!(read(&rt, &h, 0, BS), a, "the old data");
+    drop(h);
+    rt.block_on(engine.shutdown()).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
