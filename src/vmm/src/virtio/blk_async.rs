@@ -687,6 +687,15 @@ impl PolledAsyncQueue {
     pub fn new(q: Arc<AsyncQueue>, direct: Option<DirectReads>) -> Self {
         Self { q, direct }
     }
+
+    /// For tests: gives up the direct ring as when it cannot be waited on
+    /// ([`DirectReads::leak`]).
+    #[cfg(test)]
+    pub(super) fn leak_direct(&mut self) {
+        if let Some(d) = self.direct.as_mut() {
+            d.leak();
+        }
+    }
 }
 
 impl super::PolledQueue for PolledAsyncQueue {

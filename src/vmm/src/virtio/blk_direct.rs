@@ -368,9 +368,9 @@ impl DirectReads {
         any
     }
 
-    /// Waits for every read the kernel still has and finishes it (the thread is ending). A
-    /// ring that cannot be waited on is leaked, with the reads' buffers' requests, rather than
-    /// freed under the kernel's feet.
+    /// Waits for every read and write the kernel still has and finishes it (the thread is
+    /// ending). A ring that cannot be waited on is leaked with the slots' buffers rather than
+    /// freed under the kernel's feet ([`DirectReads::leak`]).
     pub(super) fn drain(&mut self, q: &AsyncQueue) {
         self.submit();
         while self.in_kernel > 0 {
@@ -378,12 +378,29 @@ impl DirectReads {
                 return;
             };
             if !r.wait_one() {
-                std::mem::forget(self.ring.take());
-                std::mem::forget(std::mem::take(&mut self.slots));
+                self.leak();
                 return;
             }
             self.reap(q);
         }
+    }
+}
+
+impl DirectReads {
+    /// The kernel may still use the slots' buffers and cannot be waited for: the ring and
+    /// the buffers are leaked, but nothing else is held: a write's plan is abandoned (its
+    /// guards go, so a snapshot, delete or mover of the disk never waits for it forever;
+    /// nothing is recorded, its fresh blocks stay taken) and every request is answered with
+    /// an error by dropping it (the kernel only ever touches the slots' own buffers, never
+    /// guest memory; a write left unanswered would also hold every later FLUSH of the device
+    /// back for good). A read's plan is leaked with its buffer (it keeps the descriptor open).
+    pub(super) fn leak(&mut self) {
+        for slot in self.slots.iter_mut().flatten() {
+            slot.wplan.abandon();
+            drop(slot.job.take());
+        }
+        std::mem::forget(self.ring.take());
+        std::mem::forget(std::mem::take(&mut self.slots));
     }
 }
 
@@ -394,8 +411,7 @@ impl Drop for DirectReads {
         if self.in_kernel == 0 {
             *self.home.lock() = self.ring.take();
         } else {
-            std::mem::forget(self.ring.take());
-            std::mem::forget(std::mem::take(&mut self.slots));
+            self.leak();
         }
     }
 }

@@ -523,3 +523,43 @@ fn a_queue_ending_with_writes_in_the_kernel_answers_them_first() {
     assert!(got == a, "the engine recorded them");
     p.rt.block_on(p.engine.shutdown()).unwrap();
 }
+
+/// A queue whose ring cannot be waited on any more while its direct writes may still be in
+/// the kernel leaks the ring and the buffers only: each write is answered with an error and
+/// nothing is recorded, and the engine's guards go, so a snapshot of the disk (which waits for
+/// every write holding its generation) still completes; before, the slots were leaked whole and
+/// the snapshot, like any later FLUSH of the device, waited for good.
+#[test]
+fn a_queue_that_leaks_its_ring_answers_its_writes_and_lets_the_disk_go() {
+    let Some(p) = pool() else { return };
+    let h = p.disk.as_async().unwrap().engine_handle().unwrap().clone();
+    let old = pattern(64 << 10, 5);
+    p.rt.block_on(h.write(0, &old)).unwrap();
+    let mem_arc = guest_memory();
+    let mem: &GuestMemoryMmap = &mem_arc;
+    let Some(mut rig) = Rig::new(&p, mem, mem_arc.clone()) else {
+        return;
+    };
+    mem.write_slice(&pattern(64 << 10, 6), GuestAddress(DATA))
+        .unwrap();
+    let reqs: Vec<u16> = (0..4u64)
+        .map(|i| rig.write(i * 32, &[(DATA + i * (16 << 10), 16 << 10)]))
+        .collect();
+    assert!(rig.pq.serve(), "the writes were taken");
+    rig.pq.leak_direct();
+    let used: u16 = mem.read_obj(rig.vq.used_addr().unchecked_add(2)).unwrap();
+    assert_eq!(used, 4, "every write was answered");
+    for r in reqs {
+        assert_ne!(rig.status(r), S_OK, "request {r} answered with an error");
+    }
+    assert_eq!(rig.counters.direct_writes.load(Relaxed), 0, "none recorded");
+    let limit = std::time::Duration::from_secs(60);
+    p.rt.block_on(async { tokio::time::timeout(limit, p.engine.create_snapshot("d", "s")).await })
+        .expect("the snapshot waited for the leaked writes")
+        .unwrap();
+    drop(rig);
+    let mut got = vec![0u8; 64 << 10];
+    p.rt.block_on(h.read(0, &mut got)).unwrap();
+    assert!(got == old, "nothing recorded");
+    p.rt.block_on(p.engine.shutdown()).unwrap();
+}
