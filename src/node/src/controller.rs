@@ -380,6 +380,10 @@ impl NodeController {
                 Reply::Console(self.inner.vms.console(name, *max_bytes)?)
             }
             Request::VmDiskAttach { name, vdisk } => {
+                // A running VM would serve it at once: not while its planned move is unsettled.
+                if let Some(why) = self.inner.cluster.settles.holds_vdisk(vdisk) {
+                    return Err(ControlError::new(ErrorCode::Unavailable, why));
+                }
                 let vm = self.inner.vms.attach_disk(engine, name, vdisk).await?;
                 self.record_vm(&vm).await;
                 Reply::Vm(Box::new(vm))

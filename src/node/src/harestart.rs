@@ -291,6 +291,21 @@ pub(crate) async fn start_vm(inner: &NodeInner, name: &str) -> Result<VmView, Co
     if let Some(why) = inner.cluster.settles.holds_vm(name) {
         return Err(ControlError::new(control::ErrorCode::Unavailable, why));
     }
+    // A disk attached (or defined) since its own planned move left its outcome unknown: the
+    // VM would serve it while the move may still make it the target's.
+    let disks = inner
+        .vms
+        .defined()
+        .into_iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, d)| d)
+        .unwrap_or_default();
+    if let Some(why) = disks
+        .iter()
+        .find_map(|d| inner.cluster.settles.holds_vdisk(d))
+    {
+        return Err(ControlError::new(control::ErrorCode::Unavailable, why));
+    }
     check_runs_here(inner, name)?;
     // A node cut off from the majority starts nothing on disks it may no longer own (waits
     // for its isolation lease, bounded; see `crate::lease`).

@@ -11,9 +11,11 @@
 //!
 //! A bad file is never taken as "nothing pending": an entry that cannot be read is logged,
 //! kept in the file as it was (rewrites carry it over) and its request is not settled by this
-//! node (the admin checks where the VM or disk is, then removes it); a file that is not a JSON
-//! object at all is moved aside to `move-settles.json.unreadable` (a time suffix added if
-//! that exists; logged, with the name) so no later write replaces it.
+//! node (the admin checks where the VM or disk is, then removes it); meanwhile it holds every
+//! VM and disk whose name it holds anywhere. A file that is not a JSON object at all is moved
+//! aside to `move-settles.json.unreadable` (a time suffix added if that exists; logged, with
+//! the name) so no later write replaces it, and while that file exists no VM starts and no
+//! disk is exported here: which of them may still move elsewhere cannot be told.
 //!
 //! Must never: drop an entry before the cluster answered and the answer was acted on, or let a
 //! VM start (a disk be exported) here while its move may still commit elsewhere.
@@ -133,12 +135,15 @@ fn write(file: &Path, c: &Contents) -> std::io::Result<()> {
 pub(crate) struct Settles {
     file: PathBuf,
     contents: parking_lot::Mutex<Contents>,
+    /// Where an unreadable file was moved aside: everything is held while it exists.
+    unreadable: Option<PathBuf>,
 }
 
 impl Settles {
     /// Loads `DATA/move-settles.json` (see the module docs for a bad file).
     pub(crate) fn open(data: &Path) -> Settles {
         let file = data.join(FILE);
+        let mut unreadable = None;
         let contents = match read(&file) {
             Ok((c, errors)) => {
                 for e in errors {
@@ -168,17 +173,41 @@ impl Settles {
                     error = %e,
                     moved_aside_to = %aside.display(),
                     moved_aside = moved.is_ok(),
-                    "planned move: the unsettled moves cannot be read; VMs and disks whose move \
-                     may still commit elsewhere are NOT claimed here: check every VM and disk \
-                     named in that file on every node before starting or exporting it"
+                    "planned move: the unsettled moves cannot be read; no VM starts and no disk \
+                     is exported here until that file is removed: check every VM and disk named \
+                     in it on every node, then remove it"
                 );
+                unreadable = Some(if moved.is_ok() { aside } else { file.clone() });
                 Contents::default()
             }
         };
         Settles {
             file,
             contents: parking_lot::Mutex::new(contents),
+            unreadable,
         }
+    }
+
+    /// Why nothing may start or be exported here: the file could not be read at start and what
+    /// it held is still there (see the module docs).
+    fn holds_all(&self) -> Option<String> {
+        let p = self.unreadable.as_ref().filter(|p| p.exists())?;
+        Some(format!(
+            "the node's unsettled planned moves could not be read (kept as {}): a VM or disk whose \
+             move may still commit elsewhere cannot be told apart, so none starts or is exported \
+             here: check each VM and disk named in that file on every node, then remove it",
+            p.display()
+        ))
+    }
+
+    /// Why `name` is held by an entry that cannot be read: it names it somewhere.
+    fn held_by_bad(&self, c: &Contents, name: &str) -> Option<String> {
+        let (request, _) = c.bad.iter().find(|(_, v)| names(v, name))?;
+        Some(format!(
+            "{name} is named by unsettled planned move {request} in {}, which cannot be read: \
+             check where {name} is on every node, then remove that entry",
+            self.file.display()
+        ))
     }
 
     /// Records `entry` under `request`; Err: it is kept in memory only.
@@ -208,7 +237,13 @@ impl Settles {
 
     /// Why VM `name` cannot start here now, if an unsettled move holds it.
     pub(crate) fn holds_vm(&self, name: &str) -> Option<String> {
+        if let Some(why) = self.holds_all() {
+            return Some(why);
+        }
         let c = self.contents.lock();
+        if let Some(why) = self.held_by_bad(&c, name) {
+            return Some(why);
+        }
         c.entries.values().find_map(|e| match &e.moved {
             Moved::Vm { name: n, .. } if n == name => Some(format!(
                 "VM {name} is being moved to member {} ({}): move outcome not known yet ({}); \
@@ -222,7 +257,13 @@ impl Settles {
 
     /// Why virtual disk `name` cannot be exported here now, if an unsettled move holds it.
     pub(crate) fn holds_vdisk(&self, name: &str) -> Option<String> {
+        if let Some(why) = self.holds_all() {
+            return Some(why);
+        }
         let c = self.contents.lock();
+        if let Some(why) = self.held_by_bad(&c, name) {
+            return Some(why);
+        }
         c.entries.values().find_map(|e| {
             e.moved.disks().iter().any(|d| d == name).then(|| {
                 format!(
@@ -232,6 +273,16 @@ impl Settles {
                 )
             })
         })
+    }
+}
+
+/// Whether `v` holds the string `name` as a value anywhere (at any depth).
+fn names(v: &serde_json::Value, name: &str) -> bool {
+    match v {
+        serde_json::Value::String(s) => s == name,
+        serde_json::Value::Array(a) => a.iter().any(|x| names(x, name)),
+        serde_json::Value::Object(o) => o.values().any(|x| names(x, name)),
+        _ => false,
     }
 }
 
@@ -379,7 +430,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join(FILE);
         let good = serde_json::to_value(vm_entry()).unwrap();
-        let bad = serde_json::json!({"moved": {"kind": "vm", "name": 5}, "from": 1});
+        let bad =
+            serde_json::json!({"moved": {"kind": "vm", "name": 5, "disks": ["db"]}, "from": 1});
         std::fs::write(
             &file,
             serde_json::to_vec(&serde_json::json!({"good": good, "bad": bad})).unwrap(),
@@ -390,12 +442,79 @@ mod tests {
         assert!(errors[0].starts_with("request bad:"), "{errors:?}");
         let s = Settles::open(dir.path());
         assert_eq!(s.entries(), vec![("good".to_string(), vm_entry())]);
+        // What it names is held: its VM's name is no string, its disk's is.
+        let held = s.holds_vdisk("db").unwrap();
+        assert!(
+            held.contains("named by unsettled planned move bad"),
+            "{held}"
+        );
+        assert!(s.holds_vm("db").is_some());
+        assert_eq!(s.holds_vm("other"), None);
+        assert_eq!(s.holds_vdisk("moved"), None, "keys name nothing");
         // A rewrite (the good one settled) keeps the unreadable entry as it was.
         s.remove("good").unwrap();
         let raw: serde_json::Value =
             serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
         assert_eq!(raw, serde_json::json!({ "bad": bad }));
         assert_eq!(c.bad.len(), 1);
+    }
+
+    /// A disk whose planned move is unsettled cannot reach a guest another way: attached to a
+    /// VM (a running one would serve it at once), or a VM defined with it started.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_unsettled_disk_is_neither_attached_nor_started_with_another_vm() {
+        use control::{Actor, ErrorCode, Request, Role, Via};
+        let dir = tempfile::tempdir().unwrap();
+        let kernel = dir.path().join("kernel.elf");
+        std::fs::write(&kernel, b"\x7fELF not really").unwrap();
+        let mut cfg = crate::NodeConfig::new(dir.path().join("data"));
+        cfg.disk_count = 2;
+        cfg.disk_size_bytes = 128 << 20;
+        cfg.api_listen = None;
+        cfg.host_cluster = false;
+        let n = crate::Node::start(cfg).await.unwrap();
+        let ctl = n.controller();
+        let op = || Actor {
+            user: "op".into(),
+            role: Role::Operator,
+            via: Via::Api,
+        };
+        for d in ["d", "e"] {
+            let r = Request::VdiskCreate {
+                name: d.into(),
+                size_bytes: 64 << 20,
+            };
+            ctl.execute(op(), r).await.unwrap();
+        }
+        let create = |name: &str, disk: &str| Request::VmCreate {
+            name: name.into(),
+            vcpus: 1,
+            memory_mib: 128,
+            disks: vec![disk.into()],
+            kernel: kernel.to_str().unwrap().into(),
+            cmdline: None,
+            nics: Vec::new(),
+        };
+        ctl.execute(op(), create("h", "e")).await.unwrap();
+        let entry = Entry {
+            moved: Moved::Vdisk { name: "d".into() },
+            ..vm_entry()
+        };
+        n.inner.cluster.settles.add("r1", entry).unwrap();
+        let attach = Request::VmDiskAttach {
+            name: "h".into(),
+            vdisk: "d".into(),
+        };
+        let e = ctl.execute(op(), attach).await.unwrap_err();
+        assert_eq!(e.code, ErrorCode::Unavailable, "{e:?}");
+        assert!(e.message.contains("move outcome not known yet"), "{e:?}");
+        // Defined with it (nothing served yet), but not started.
+        ctl.execute(op(), create("g", "d")).await.unwrap();
+        let start = Request::VmStart { name: "g".into() };
+        let e = ctl.execute(op(), start).await.unwrap_err();
+        assert_eq!(e.code, ErrorCode::Unavailable, "{e:?}");
+        assert!(e.message.contains("move outcome not known yet"), "{e:?}");
+        n.shutdown().await.unwrap();
     }
 
     #[test]
@@ -409,8 +528,19 @@ mod tests {
         assert!(s.entries().is_empty());
         let aside = dir.path().join("move-settles.json.unreadable");
         assert_eq!(std::fs::read(&aside).unwrap(), b"not json");
+        // Not "nothing pending": what it held cannot be told, so nothing starts or is exported.
+        for held in [s.holds_vm("any"), s.holds_vdisk("any")] {
+            let held = held.unwrap();
+            assert!(held.contains("could not be read"), "{held}");
+            assert!(held.contains("move-settles.json.unreadable"), "{held}");
+        }
         s.add("r1", vm_entry()).unwrap();
         assert_eq!(std::fs::read(&aside).unwrap(), b"not json");
+        assert!(s.holds_vm("any").is_some(), "still, after a write");
+        // Once the admin removed it, only the real entries hold.
+        std::fs::remove_file(&aside).unwrap();
+        assert_eq!(s.holds_vm("any"), None);
+        assert!(s.holds_vm("web").is_some());
         assert_eq!(Settles::open(dir.path()).entries().len(), 1);
     }
 }
