@@ -211,7 +211,7 @@ fn moved_to(s: &ClusterState, me: u64, name: &str, disks: &[String]) -> Option<u
 }
 
 /// The member owning the virtual disk named `disk`, if the cluster knows it.
-fn disk_owner(s: &ClusterState, disk: &str) -> Option<u64> {
+pub(crate) fn disk_owner(s: &ClusterState, disk: &str) -> Option<u64> {
     s.vdisks
         .values()
         .find(|d| d.name == disk)

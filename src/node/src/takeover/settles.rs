@@ -349,6 +349,12 @@ fn settle_in_background(
 async fn act(inner: &NodeInner, m: &cluster::ClusterNode, entry: &Entry, o: Outcome) {
     let (to, tname) = (entry.to, entry.to_name.as_str());
     match (&entry.moved, o) {
+        (Moved::Vm { name, disks }, Outcome::Moved(epoch)) if came_back(m, disks) => {
+            // Settled again after a restart (its entry could not be removed), and the VM was
+            // moved back since: the one defined here is the cluster's now, never forgotten.
+            tracing::warn!(vm = %name, epoch, "planned VM move committed earlier, but its disks are this node's again: the VM defined here stays");
+            inner.vms.unclaim(name);
+        }
         (Moved::Vm { name, disks }, Outcome::Moved(epoch)) => {
             super::vm_move::handed_over(inner, name, to, tname, disks, epoch).await;
             if let Err(e) = super::manual::wait_served(m, to, tname, disks, epoch).await {
@@ -372,6 +378,17 @@ async fn act(inner: &NodeInner, m: &cluster::ClusterNode, entry: &Entry, o: Outc
             "planned move did not happen: the disk stays on this node"
         ),
     }
+}
+
+/// Whether every one of a moved VM's `disks` (at least one) is assigned to this node again.
+fn came_back(m: &cluster::ClusterNode, disks: &[String]) -> bool {
+    let me = m.id();
+    !disks.is_empty()
+        && m.read(|s| {
+            disks
+                .iter()
+                .all(|d| crate::harestart::disk_owner(s, d) == Some(me))
+        })
 }
 
 #[cfg(test)]
@@ -514,6 +531,79 @@ mod tests {
         let e = ctl.execute(op(), start).await.unwrap_err();
         assert_eq!(e.code, ErrorCode::Unavailable, "{e:?}");
         assert!(e.message.contains("move outcome not known yet"), "{e:?}");
+        n.shutdown().await.unwrap();
+    }
+
+    /// A committed VM move settled again after a restart (its entry was not removed) does not
+    /// forget a VM whose disks are this node's again (moved back since).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_vm_moved_back_is_not_forgotten_by_a_stale_entry() {
+        use control::{Actor, Request, Role, Via};
+        let dir = tempfile::tempdir().unwrap();
+        let kernel = dir.path().join("kernel.elf");
+        std::fs::write(&kernel, b"\x7fELF not really").unwrap();
+        let mut cfg = crate::NodeConfig::new(dir.path().join("data"));
+        cfg.disk_count = 2;
+        cfg.disk_size_bytes = 128 << 20;
+        cfg.api_listen = None;
+        let n = crate::Node::start(cfg).await.unwrap();
+        let ctl = n.controller();
+        let op = || Actor {
+            user: "op".into(),
+            role: Role::Operator,
+            via: Via::Api,
+        };
+        let r = Request::VdiskCreate {
+            name: "d".into(),
+            size_bytes: 64 << 20,
+        };
+        ctl.execute(op(), r).await.unwrap();
+        let r = Request::VmCreate {
+            name: "g".into(),
+            vcpus: 1,
+            memory_mib: 128,
+            disks: vec!["d".into()],
+            kernel: kernel.to_str().unwrap().into(),
+            cmdline: None,
+            nics: Vec::new(),
+        };
+        ctl.execute(op(), r).await.unwrap();
+        let m = n.inner.cluster.member().unwrap();
+        // The disk's record (committed by the create) names this node as its owner.
+        let me = m.id();
+        for i in 0.. {
+            if m.read(|s| crate::harestart::disk_owner(s, "d")) == Some(me) {
+                break;
+            }
+            assert!(i < 1000, "the disk's record never named this node");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        let entry = Entry {
+            moved: Moved::Vm {
+                name: "g".into(),
+                disks: vec!["d".into()],
+            },
+            from: me,
+            to: me + 1,
+            to_name: "b".into(),
+            why: "no commit in time".into(),
+        };
+        n.inner.vms.claim_unsettled("g", entry.to, &entry.to_name);
+        act(&n.inner, &m, &entry, Outcome::Moved(1)).await;
+        let defined: Vec<String> = n.inner.vms.defined().into_iter().map(|(v, _)| v).collect();
+        assert_eq!(defined, vec!["g".to_string()]);
+        // And unclaimed: it can be changed again.
+        let r = Request::VmUpdate {
+            name: "g".into(),
+            new_name: None,
+            description: Some("back".into()),
+            vcpus: None,
+            memory_mib: None,
+            cmdline: None,
+            disks: None,
+            nics: None,
+        };
+        ctl.execute(op(), r).await.unwrap();
         n.shutdown().await.unwrap();
     }
 
