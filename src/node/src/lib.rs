@@ -29,6 +29,7 @@ mod lease;
 mod mirrorhost;
 pub mod raftdisk;
 pub mod socket;
+mod statefile;
 mod takeover;
 mod transfer;
 mod vms;

@@ -8,7 +8,6 @@
 //! blocking pool, never on a runtime worker.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -681,21 +680,12 @@ fn too_many_vms() -> ControlError {
 }
 
 fn persist_to(file: &Path, defs: &[VmDef]) -> Result<(), ControlError> {
-    let tmp = file.with_extension("json.tmp");
-    let write = || -> std::io::Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&serde_json::to_vec_pretty(defs).map_err(std::io::Error::other)?)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, file)?;
-        if let Some(dir) = file.parent() {
-            std::fs::File::open(dir)?.sync_all()?;
-        }
-        Ok(())
-    };
-    write().map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        ControlError::new(ErrorCode::Io, format!("could not save VM definitions: {e}"))
-    })
+    serde_json::to_vec_pretty(defs)
+        .map_err(std::io::Error::other)
+        .and_then(|bytes| crate::statefile::replace(file, &bytes))
+        .map_err(|e| {
+            ControlError::new(ErrorCode::Io, format!("could not save VM definitions: {e}"))
+        })
 }
 
 /// Save `others`' definitions (locked one at a time, never the caller's own slot) plus `def`.

@@ -16,8 +16,7 @@
 //! then not owed any more — said so).
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
@@ -60,18 +59,10 @@ fn saved(pending: &HashMap<String, Pending>) -> BTreeMap<String, Saved> {
 /// The owed restarts saved in `file`, each due now. A missing file holds none.
 pub(super) fn load(file: &Path) -> HashMap<String, Pending> {
     let read = || -> Result<BTreeMap<String, Saved>, String> {
-        let f = match std::fs::File::open(file) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
-            Err(e) => return Err(e.to_string()),
-        };
-        let mut b = Vec::new();
-        std::io::Read::read_to_end(&mut std::io::Read::take(f, MAX_FILE_BYTES + 1), &mut b)
-            .map_err(|e| e.to_string())?;
-        if b.len() as u64 > MAX_FILE_BYTES {
-            return Err(format!("longer than {MAX_FILE_BYTES} bytes"));
+        match crate::statefile::read_bounded(file, MAX_FILE_BYTES)? {
+            None => Ok(BTreeMap::new()),
+            Some(b) => serde_json::from_slice(&b).map_err(|e| e.to_string()),
         }
-        serde_json::from_slice(&b).map_err(|e| e.to_string())
     };
     match read() {
         Ok(m) => {
@@ -104,20 +95,8 @@ pub(super) fn load(file: &Path) -> HashMap<String, Pending> {
 
 /// Writes `pending` to `file` (temporary file, sync, rename, sync the directory).
 pub(super) fn save(file: &Path, pending: &HashMap<String, Pending>) -> std::io::Result<()> {
-    let tmp: PathBuf = file.with_extension("json.tmp");
-    let write = || -> std::io::Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&serde_json::to_vec_pretty(&saved(pending)).map_err(std::io::Error::other)?)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, file)?;
-        if let Some(dir) = file.parent() {
-            std::fs::File::open(dir)?.sync_all()?;
-        }
-        Ok(())
-    };
-    write().inspect_err(|_| {
-        let _ = std::fs::remove_file(&tmp);
-    })
+    let bytes = serde_json::to_vec_pretty(&saved(pending)).map_err(std::io::Error::other)?;
+    crate::statefile::replace(file, &bytes)
 }
 
 #[cfg(test)]

@@ -194,13 +194,7 @@ pub(crate) async fn move_out(
                     to_name: tname.clone(),
                     why: why.clone(),
                 };
-                let kept = match super::settles::pending(inner, &m, request, entry) {
-                    Ok(()) => String::new(),
-                    Err(e) => format!(
-                        " (this could not be saved: {e}; a restart of this node before then \
-                         forgets it)"
-                    ),
-                };
+                let kept = super::settles::pending(inner, &m, request, entry);
                 return Err(ControlError::new(
                     ErrorCode::Unavailable,
                     format!(

@@ -21,7 +21,6 @@
 //! VM start (a disk be exported) here while its move may still commit elsewhere.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -79,17 +78,9 @@ struct Contents {
 /// Reads `file`. Ok with the readable entries and the unreadable ones (each with its error);
 /// Err: the file as a whole cannot be read (missing is Ok and empty).
 fn read(file: &Path) -> Result<(Contents, Vec<String>), String> {
-    let f = match std::fs::File::open(file) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Default::default()),
-        Err(e) => return Err(e.to_string()),
+    let Some(b) = crate::statefile::read_bounded(file, MAX_FILE_BYTES)? else {
+        return Ok(Default::default());
     };
-    let mut b = Vec::new();
-    std::io::Read::read_to_end(&mut std::io::Read::take(f, MAX_FILE_BYTES + 1), &mut b)
-        .map_err(|e| e.to_string())?;
-    if b.len() as u64 > MAX_FILE_BYTES {
-        return Err(format!("longer than {MAX_FILE_BYTES} bytes"));
-    }
     let raw: BTreeMap<String, serde_json::Value> =
         serde_json::from_slice(&b).map_err(|e| format!("not a JSON object of moves: {e}"))?;
     let mut c = Contents::default();
@@ -115,20 +106,8 @@ fn write(file: &Path, c: &Contents) -> std::io::Result<()> {
     for (k, e) in &c.entries {
         all.insert(k, serde_json::to_value(e).map_err(std::io::Error::other)?);
     }
-    let tmp: PathBuf = file.with_extension("json.tmp");
-    let go = || -> std::io::Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&serde_json::to_vec_pretty(&all).map_err(std::io::Error::other)?)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, file)?;
-        if let Some(dir) = file.parent() {
-            std::fs::File::open(dir)?.sync_all()?;
-        }
-        Ok(())
-    };
-    go().inspect_err(|_| {
-        let _ = std::fs::remove_file(&tmp);
-    })
+    let bytes = serde_json::to_vec_pretty(&all).map_err(std::io::Error::other)?;
+    crate::statefile::replace(file, &bytes)
 }
 
 /// The unsettled moves of this node (in `ClusterHost`).
@@ -287,21 +266,27 @@ fn names(v: &serde_json::Value, name: &str) -> bool {
 }
 
 /// Keeps `entry` (request `request`) claimed until the cluster settles it, then acts on the
-/// answer and forgets it; also after a restart ([`resume`]). Err: the entry could not be
-/// saved (it holds until this node restarts only).
+/// answer and forgets it; also after a restart ([`resume`]). Returns the words the caller's
+/// answer adds: nothing, or, when the entry could not be saved, that it holds until this node
+/// restarts only.
 pub(crate) fn pending(
     inner: &Arc<NodeInner>,
     m: &Arc<cluster::ClusterNode>,
     request: String,
     entry: Entry,
-) -> std::io::Result<()> {
+) -> String {
     let saved = inner.cluster.settles.add(&request, entry.clone());
     if let Err(e) = &saved {
         tracing::error!(request = %request, error = %e, "planned move: the unsettled move could not be saved; a restart of this node before it is settled forgets its claim");
     }
     claim(inner, &entry);
     settle_in_background(inner.clone(), m.clone(), request, entry);
-    saved
+    match saved {
+        Ok(()) => String::new(),
+        Err(e) => format!(
+            " (this could not be saved: {e}; a restart of this node before then forgets it)"
+        ),
+    }
 }
 
 /// Claims every saved entry again and settles it in the background (at the node's start,
