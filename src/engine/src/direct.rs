@@ -119,8 +119,9 @@ impl VdiskHandle {
         ok
     }
 
-    fn plan_direct(&self, offset: u64, len: u64, plan: &mut DirectRead) -> bool {
-        let inner = &self.inner;
+    /// Where a direct I/O of `len` bytes at `offset` lands: its chunk, first block and block
+    /// count. None unless it is whole blocks inside one chunk of this disk.
+    fn direct_span(&self, offset: u64, len: u64) -> Option<(store::ObjectId, u64, u32)> {
         if len == 0
             || !offset.is_multiple_of(BLOCK_BYTES)
             || !len.is_multiple_of(BLOCK_BYTES)
@@ -128,7 +129,23 @@ impl VdiskHandle {
             || offset
                 .checked_add(len)
                 .is_none_or(|end| end > self.size_bytes())
-            || inner.shutting_down.load(Ordering::Acquire)
+        {
+            return None;
+        }
+        let obj = store::ObjectId {
+            vdisk: self.rt.id,
+            chunk: offset / CHUNK_BYTES,
+        };
+        let nblocks = u32::try_from(len / BLOCK_BYTES).ok()?;
+        Some((obj, (offset % CHUNK_BYTES) / BLOCK_BYTES, nblocks))
+    }
+
+    fn plan_direct(&self, offset: u64, len: u64, plan: &mut DirectRead) -> bool {
+        let inner = &self.inner;
+        let Some((obj, block, nblocks)) = self.direct_span(offset, len) else {
+            return false;
+        };
+        if inner.shutting_down.load(Ordering::Acquire)
             || self.rt.deleted.load(Ordering::Acquire)
             || (self.snap.is_none() && self.rt.rolling_back.load(Ordering::Acquire))
             || self
@@ -138,14 +155,6 @@ impl VdiskHandle {
         {
             return false;
         }
-        let obj = store::ObjectId {
-            vdisk: self.rt.id,
-            chunk: offset / CHUNK_BYTES,
-        };
-        let block = (offset % CHUNK_BYTES) / BLOCK_BYTES;
-        let Ok(nblocks) = u32::try_from(len / BLOCK_BYTES) else {
-            return false;
-        };
         if !inner.reconciled(obj) {
             return false;
         }
@@ -315,15 +324,10 @@ impl VdiskHandle {
 
     fn plan_write(&self, offset: u64, data: &[u8], plan: &mut DirectWrite) -> bool {
         let inner = &self.inner;
-        let len = data.len() as u64;
-        if len == 0
-            || self.snap.is_some()
-            || !offset.is_multiple_of(BLOCK_BYTES)
-            || !len.is_multiple_of(BLOCK_BYTES)
-            || offset / CHUNK_BYTES != (offset + len - 1) / CHUNK_BYTES
-            || offset
-                .checked_add(len)
-                .is_none_or(|end| end > self.size_bytes())
+        let Some((obj, block, nblocks)) = self.direct_span(offset, data.len() as u64) else {
+            return false;
+        };
+        if self.snap.is_some()
             || inner.shutting_down.load(Ordering::Acquire)
             || !inner.unclean_marked.load(Ordering::Acquire)
             || self.rt.deleted.load(Ordering::Acquire)
@@ -331,14 +335,6 @@ impl VdiskHandle {
         {
             return false;
         }
-        let obj = store::ObjectId {
-            vdisk: self.rt.id,
-            chunk: offset / CHUNK_BYTES,
-        };
-        let block = (offset % CHUNK_BYTES) / BLOCK_BYTES;
-        let Ok(nblocks) = u32::try_from(len / BLOCK_BYTES) else {
-            return false;
-        };
         // The ordinary write's guards, in its order: generation, then the stripe (shared).
         let g = self.rt.enter_owned();
         if !inner.reconciled(obj) {
@@ -375,7 +371,7 @@ impl VdiskHandle {
             .extend(data.chunks(BLOCK_BYTES as usize).map(blockdev::crc32c));
         plan.obj = Some(obj);
         plan.block = block;
-        plan.len = len;
+        plan.len = data.len() as u64;
         true
     }
 
