@@ -130,6 +130,34 @@ fn submitters_reap_when_the_reaper_never_runs() {
 }
 
 #[test]
+fn a_runtime_gone_before_its_reaper_ever_ran_fails_requests_instead_of_hanging() {
+    // Submitters reap their own completions, so the reaper may never have run when its runtime
+    // shuts down (seen once in CI: blockdev's device_outliving_its_runtime_fails_cleanly hung).
+    let undriven = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let ring = {
+        let _in = undriven.enter();
+        Ring::start(pattern_file("reaper-never-ran"), 8).unwrap()
+    };
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    let mut n = pin!(nop(&ring));
+    assert_eq!(
+        n.as_mut().poll(&mut cx),
+        Poll::Ready(0),
+        "a nop reaped by its submitter"
+    );
+    drop(undriven);
+    let mut after = pin!(nop(&ring));
+    assert_eq!(
+        after.as_mut().poll(&mut cx),
+        Poll::Ready(-libc::ESHUTDOWN),
+        "a request after the runtime (and its never-run reaper) went"
+    );
+}
+
+#[test]
 fn concurrent_submitters_and_idle_periods_lose_no_wakeup() {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(3)

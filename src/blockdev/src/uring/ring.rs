@@ -160,7 +160,7 @@ impl Ring {
             fixed,
             _file: file,
         });
-        tokio::spawn(reap_loop(ring.clone(), afd));
+        tokio::spawn(reaper(ring.clone(), afd));
         Ok(ring)
     }
 
@@ -587,8 +587,19 @@ impl Drop for ReaperExit {
     }
 }
 
+/// The reaper task. Its exit guard exists from the start, not from its first poll: submitters
+/// reap their own completions, so a runtime can shut down without ever having run the reaper,
+/// and dropping the never-polled task must still make later requests fail with ESHUTDOWN
+/// (before, such requests waited for a reaper that was gone: a hang).
+fn reaper(ring: Arc<Ring>, afd: AsyncFd<OwnedFd>) -> impl std::future::Future<Output = ()> {
+    let exit = ReaperExit(ring.clone());
+    async move {
+        let _exit = exit;
+        reap_loop(ring, afd).await
+    }
+}
+
 async fn reap_loop(ring: Arc<Ring>, afd: AsyncFd<OwnedFd>) {
-    let _exit = ReaperExit(ring.clone());
     loop {
         if ring.closing.load(Ordering::Acquire) && ring.in_flight() == 0 {
             return;
