@@ -7,6 +7,7 @@ use std::future::Future;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::pin::pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -87,18 +88,25 @@ fn assert_settles(ring: &Ring, when: &str) {
     }
 }
 
-#[test]
-fn submitters_reap_when_the_reaper_never_runs() {
-    // The reaper is spawned on a runtime nobody drives, so it never runs: every completion
-    // must be reaped by a thread that submits.
+/// A ring whose reaper is spawned on a runtime nobody drives (returned, to drop when wanted):
+/// the reaper never runs, so submitters must reap.
+fn undriven_ring(name: &str) -> (tokio::runtime::Runtime, Arc<Ring>) {
     let undriven = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     let ring = {
         let _in = undriven.enter();
-        Ring::start(pattern_file("noreaper"), 8).unwrap()
+        Ring::start(pattern_file(name), 8).unwrap()
     };
+    (undriven, ring)
+}
+
+#[test]
+fn submitters_reap_when_the_reaper_never_runs() {
+    // The reaper is spawned on a runtime nobody drives, so it never runs: every completion
+    // must be reaped by a thread that submits.
+    let (undriven, ring) = undriven_ring("noreaper");
     let mut cx = Context::from_waker(std::task::Waker::noop());
     for round in 0..20 {
         let i = (round * 7) % BLOCKS;
@@ -133,14 +141,7 @@ fn submitters_reap_when_the_reaper_never_runs() {
 fn a_runtime_gone_before_its_reaper_ever_ran_fails_requests_instead_of_hanging() {
     // Submitters reap their own completions, so the reaper may never have run when its runtime
     // shuts down (seen once in CI: blockdev's device_outliving_its_runtime_fails_cleanly hung).
-    let undriven = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let ring = {
-        let _in = undriven.enter();
-        Ring::start(pattern_file("reaper-never-ran"), 8).unwrap()
-    };
+    let (undriven, ring) = undriven_ring("reaper-never-ran");
     let mut cx = Context::from_waker(std::task::Waker::noop());
     let mut n = pin!(nop(&ring));
     assert_eq!(
@@ -244,14 +245,7 @@ fn concurrent_submitters_and_idle_periods_lose_no_wakeup() {
 
 #[test]
 fn a_completion_posted_while_the_eventfd_is_off_is_reaped_when_it_goes_on() {
-    let undriven = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let ring = {
-        let _in = undriven.enter();
-        Ring::start(pattern_file("quiet"), 8).unwrap()
-    };
+    let (undriven, ring) = undriven_ring("quiet");
     let mut cx = Context::from_waker(std::task::Waker::noop());
     let mut posted_while_off = 0;
     for round in 0..20 {
