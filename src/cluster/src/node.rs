@@ -374,16 +374,28 @@ impl ClusterNode {
             cmd: Box::new(Command::Noop),
         })
         .await?;
-        let deadline = tokio::time::Instant::now() + QUORUM_WAIT;
-        while self.state.read().requests.get(&request).is_none() {
+        if !self.applied_here(&request, QUORUM_WAIT).await {
+            return Err(Error::Raft(
+                "this member did not apply the cluster's latest changes in time".into(),
+            ));
+        }
+        Ok(self.read(f))
+    }
+
+    /// Waits (at most `within`) until this member has applied tagged command `request`
+    /// ([`Command::Once`]) itself; whether it has. A proposal's answer comes from the leader
+    /// once the leader applied it: a follower that proposed may not have yet, and a caller
+    /// that acts on its own view next (a mover that must no longer serve what it handed over)
+    /// waits for it here first.
+    pub async fn applied_here(&self, request: &str, within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        while self.state.read().requests.get(request).is_none() {
             if tokio::time::Instant::now() >= deadline {
-                return Err(Error::Raft(
-                    "this member did not apply the cluster's latest changes in time".into(),
-                ));
+                return false;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        Ok(self.read(f))
+        true
     }
 
     /// The current leader, if known.

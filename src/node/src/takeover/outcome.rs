@@ -41,6 +41,8 @@ use super::PROPOSE_TIMEOUT;
 /// How long a mover settles an unknown outcome before it answers its caller (and goes on in
 /// the background): one full proposal deadline and a little.
 const SETTLE_WAIT: Duration = Duration::from_secs(20);
+/// How long a mover waits for its own view to show a move the leader answered as applied.
+const APPLY_WAIT: Duration = Duration::from_secs(10);
 /// Pause between two attempts to settle.
 const SETTLE_AGAIN: Duration = Duration::from_secs(1);
 /// Pause between two background attempts.
@@ -95,7 +97,10 @@ pub(crate) async fn commit(m: &Arc<ClusterNode>, cmd: Command) -> Outcome {
         },
     };
     let outcome = match answered {
-        Ok(CommandResult::PlacementVersion(epoch)) => Outcome::Moved(epoch),
+        Ok(CommandResult::PlacementVersion(epoch)) => {
+            seen_here(m, &request).await;
+            Outcome::Moved(epoch)
+        }
         Ok(CommandResult::Rejected(why)) => Outcome::Refused(why),
         // Not an answer a move gives: let the cluster say what it recorded.
         Ok(other) => settle(m, &request, format!("unexpected answer {other:?}")).await,
@@ -111,6 +116,20 @@ pub(crate) async fn commit(m: &Arc<ClusterNode>, cmd: Command) -> Outcome {
     outcome
 }
 
+/// A move the leader answered as applied: waits (bounded) until this member applied it too.
+/// The answer comes from the leader; a mover that follows may not have applied the move yet,
+/// and what it does next reads its own view (an export of the disk it handed over must be
+/// refused as "served by" the target, its stale copy dropped).
+async fn seen_here(m: &ClusterNode, request: &str) {
+    if !m.applied_here(request, APPLY_WAIT).await {
+        tracing::warn!(
+            request,
+            wait_s = APPLY_WAIT.as_secs(),
+            "a committed move is not applied on this member yet: it hands over regardless"
+        );
+    }
+}
+
 /// One attempt to settle `request` (see the module docs); `why` the proposal's failure.
 async fn settle_once(m: &ClusterNode, request: &str, why: &str) -> Outcome {
     if settle_held() {
@@ -120,7 +139,10 @@ async fn settle_once(m: &ClusterNode, request: &str, why: &str) -> Outcome {
         };
     }
     match m.settle(request).await {
-        Ok(CommandResult::PlacementVersion(epoch)) => Outcome::Moved(epoch),
+        Ok(CommandResult::PlacementVersion(epoch)) => {
+            seen_here(m, request).await;
+            Outcome::Moved(epoch)
+        }
         Ok(CommandResult::Rejected(r)) => Outcome::Refused(r),
         Ok(CommandResult::Ok) => Outcome::NotMoved(why.to_string()),
         Ok(other) => Outcome::Unknown {
