@@ -358,8 +358,9 @@ pub fn run(
         // has one, else on its management address.
         cfg.cluster_listen = wanted_cluster_addr(&rec);
         // VM NICs that name no bridge join the bridge the network set-up made over the uplink
-        // (none when it could not: then they are only brought up, as with `cairn node`).
-        cfg.vm_bridge = crate::netlive::bridge();
+        // (none when it could not: then they are only brought up, as with `cairn node`), as it
+        // is at each request: a bridge made later (the console's network menu) counts at once.
+        cfg.vm_bridge_source = Some(crate::netlive::bridge);
         let node = node::Node::start(cfg)
             .await
             .map_err(|e| format!("node: {e}"))?;

@@ -56,6 +56,10 @@ pub struct NodeConfig {
     /// either and the definition shows the bridge. None (`cairn node`): such a tap is only
     /// brought up. A NIC that wants a plain tap here too says bridge `none` (`control::NO_BRIDGE`).
     pub vm_bridge: Option<String>,
+    /// Where the default bridge comes from when it can change while the node runs (the
+    /// appliance: PID 1 makes the bridge when the uplink is configured, also later from the
+    /// console's menu): asked at each `vm create` / `vm update`, instead of `vm_bridge`.
+    pub vm_bridge_source: Option<fn() -> Option<String>>,
 }
 
 /// Where a node's raft state lives.
@@ -87,6 +91,15 @@ impl NodeConfig {
             vm_ram_limit_mib: None,
             system_log: None,
             vm_bridge: None,
+            vm_bridge_source: None,
+        }
+    }
+
+    /// The bridge a VM NIC that names none joins now (see `vm_bridge`, `vm_bridge_source`).
+    pub fn default_bridge(&self) -> Option<String> {
+        match self.vm_bridge_source {
+            Some(now) => now(),
+            None => self.vm_bridge.clone(),
         }
     }
 

@@ -28,7 +28,7 @@ impl Controller for NodeController {
     fn execute(&self, actor: Actor, req: Request) -> BoxFuture<'_, ControlResult> {
         Box::pin(async move {
             let started = Instant::now();
-            let req = with_default_bridge(req, self.inner.cfg.vm_bridge.as_deref());
+            let req = with_default_bridge(req, self.inner.cfg.default_bridge().as_deref());
             self.inner.requests.fetch_add(1, Ordering::Relaxed);
             let result = if !allowed(actor.role, &req) {
                 Err(ControlError::new(

@@ -286,3 +286,67 @@ async fn nics_without_a_bridge_join_the_nodes_default_bridge() {
     assert_eq!(bridges(&v), [(cairn0, None)]);
     n.shutdown().await.unwrap();
 }
+
+/// Whether the test's "appliance" has made its bridge yet (read by `live_bridge`).
+static BRIDGE_UP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+fn live_bridge() -> Option<String> {
+    BRIDGE_UP
+        .load(std::sync::atomic::Ordering::SeqCst)
+        .then(|| "cairn0".to_string())
+}
+
+/// A node whose default bridge can appear while it runs (the appliance makes its bridge when
+/// the uplink is configured, also later from the console) asks for it at each request: a NIC
+/// created before the bridge exists stays a plain tap, one created after joins it, and an
+/// edit after joins it too. Nothing needs a restart of the node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_default_bridge_is_asked_for_at_each_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = dir.path().join("kernel.elf");
+    std::fs::write(&kernel, b"\x7fELF not really").unwrap();
+    let mut c = cfg(dir.path());
+    c.vm_bridge = Some("ignored-when-a-source-is-set".into());
+    c.vm_bridge_source = Some(live_bridge);
+    let n = Node::start(c).await.unwrap();
+    let ctl = n.controller();
+    let with_nic = |name: &str| {
+        let mut req = create(name, 1, 64, &[], kernel.to_str().unwrap());
+        if let Request::VmCreate { nics, .. } = &mut req {
+            *nics = vec![control::VmNicSpec {
+                tap: format!("t-{name}"),
+                mac: None,
+                bridge: None,
+                vlan: None,
+            }];
+        }
+        req
+    };
+    let bridge_of = |r: Reply| match r {
+        Reply::Vm(v) => v.nics[0].bridge.clone(),
+        r => panic!("{r:?}"),
+    };
+    let before = ctl.execute(actor(Role::Operator), with_nic("a")).await;
+    assert_eq!(bridge_of(before.unwrap()), None);
+    BRIDGE_UP.store(true, std::sync::atomic::Ordering::SeqCst);
+    let after = ctl.execute(actor(Role::Operator), with_nic("b")).await;
+    assert_eq!(bridge_of(after.unwrap()), Some("cairn0".into()));
+    let edit = Request::VmUpdate {
+        name: "a".into(),
+        new_name: None,
+        description: None,
+        vcpus: None,
+        memory_mib: None,
+        cmdline: None,
+        disks: None,
+        nics: Some(vec![control::VmNicSpec {
+            tap: "t-a".into(),
+            mac: None,
+            bridge: None,
+            vlan: None,
+        }]),
+    };
+    let edited = ctl.execute(actor(Role::Operator), edit).await;
+    assert_eq!(bridge_of(edited.unwrap()), Some("cairn0".into()));
+    n.shutdown().await.unwrap();
+}
