@@ -122,7 +122,9 @@ fn mirrored_vdisk_survives_repeated_peer_faults() {
     wait_until(20, "b holding a replica of every chunk", || {
         b.status()["data"]["hosted_chunks"].as_u64() == Some(VDISK_MIB)
     });
-    assert!(in_sync(&a.status(), 2));
+    // a's view of its replicas (reachability comes from its failure detector: under load a
+    // heartbeat can be late for a moment), waited for rather than read once.
+    wait_until(20, "a's replicas on b in sync", || in_sync(&a.status(), 2));
     // b's replica server records a's epoch for the disk durably (fencing).
     let epochs: Vec<(u64, u64)> = serde_json::from_slice(
         &std::fs::read(b.data.join("mirror").join(&cluster_id).join("epochs.json")).unwrap(),
