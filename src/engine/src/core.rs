@@ -25,6 +25,10 @@ pub(crate) type LiveDisks = smallvec::SmallVec<[Arc<Disk>; 4]>;
 const INDEX_SHARDS: usize = 64;
 const STRIPES: usize = 1024;
 
+/// How long `Engine::shutdown` waits for the writes in flight by default (a device that does
+/// not answer must not hold a shutdown forever).
+pub const DEFAULT_SHUTDOWN_DRAIN: Duration = Duration::from_secs(30);
+
 pub(crate) fn now_unix() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -338,7 +342,9 @@ impl VdiskRt {
     pub(crate) fn enter_owned(self: &Arc<Self>) -> OwnedGenGuard {
         let g = self.gens.read();
         let parity = (g.epoch & 1) as usize;
-        self.inflight[parity].fetch_add(1, Ordering::AcqRel);
+        // SeqCst: a writer then checks `shutting_down`, which shutdown sets before it counts
+        // the writes in flight (`writes_in_flight`): one of the two sees the other.
+        self.inflight[parity].fetch_add(1, Ordering::SeqCst);
         OwnedGenGuard {
             rt: self.clone(),
             parity,
@@ -363,7 +369,9 @@ impl VdiskRt {
     pub(crate) fn enter(&self) -> GenGuard<'_> {
         let g = self.gens.read();
         let parity = (g.epoch & 1) as usize;
-        self.inflight[parity].fetch_add(1, Ordering::AcqRel);
+        // SeqCst: a writer then checks `shutting_down`, which shutdown sets before it counts
+        // the writes in flight (`writes_in_flight`): one of the two sees the other.
+        self.inflight[parity].fetch_add(1, Ordering::SeqCst);
         GenGuard {
             rt: self,
             parity,
@@ -371,6 +379,11 @@ impl VdiskRt {
             pin: g.pin,
         }
     }
+    /// Writes (and direct write plans, rollbacks) of this disk in flight now.
+    pub(crate) fn writes_in_flight(&self) -> u64 {
+        self.inflight[0].load(Ordering::SeqCst) + self.inflight[1].load(Ordering::SeqCst)
+    }
+
     /// Install new generation state, then wait until every write that saw the old one is done.
     /// Callers hold the op lock, so at most one change is in flight per disk.
     pub(crate) async fn change_gens(&self, gen: u64, pin: u64) {
@@ -415,6 +428,8 @@ pub(crate) struct Inner {
     pub view: RwLock<Arc<PlacementView>>,
     pub index: ChunkIndex,
     stripes: Box<[Arc<tokio::sync::RwLock<()>>]>,
+    /// Overlapping changes of a chunk in flight: every replica sees them in one order.
+    pub order: crate::order::WriteOrder,
     pub vdisks: RwLock<HashMap<u64, Arc<VdiskRt>>>,
     /// Set once the engine has served anything; from then on the metadata in memory is the
     /// truth and background work (rebalance, orphan cleanup) may act on it.
@@ -435,6 +450,8 @@ pub(crate) struct Inner {
     /// Shut down: no metadata is written any more.
     pub closed: AtomicBool,
     pub shutting_down: AtomicBool,
+    /// How long `Engine::shutdown` waits for the writes in flight.
+    pub shutdown_drain: Mutex<Duration>,
     /// Chunk copies (rebalance, resync) running now; see `PoolMeta::importing`.
     pub copies_in_progress: AtomicU64,
     /// Virtual disk ids whose objects are being created (a clone before it is recorded): not
@@ -460,6 +477,7 @@ impl Inner {
             stripes: (0..STRIPES)
                 .map(|_| Arc::new(tokio::sync::RwLock::new(())))
                 .collect(),
+            order: crate::order::WriteOrder::new(),
             vdisks: RwLock::new(HashMap::new()),
             in_use: AtomicBool::new(false),
             balanced_reads: AtomicBool::new(false),
@@ -472,6 +490,7 @@ impl Inner {
             bg: tokio::sync::Mutex::new(()),
             closed: AtomicBool::new(false),
             shutting_down: AtomicBool::new(false),
+            shutdown_drain: Mutex::new(DEFAULT_SHUTDOWN_DRAIN),
             copies_in_progress: AtomicU64::new(0),
             building: Mutex::new(std::collections::HashSet::new()),
             reconcile: Default::default(),

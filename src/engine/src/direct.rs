@@ -215,7 +215,8 @@ struct WriteTarget {
 /// A direct write's plan (see [`VdiskHandle::plan_direct_write`]). While planned it holds what
 /// the ordinary write holds for its whole duration: the disk's generation (a snapshot waits
 /// for it) and the chunk's stripe lock shared (a resync, rebuild, rebalance or rollback of the
-/// chunk waits for it), plus fresh blocks on every replica. Reusable: finishing it (or planning
+/// chunk waits for it), its place among the chunk's changes in flight (a write, discard or
+/// rollback of the same blocks waits for it), plus fresh blocks on every replica. Reusable: finishing it (or planning
 /// again) lets them go; dropping it unfinished gives the blocks back.
 #[derive(Default)]
 pub struct DirectWrite {
@@ -224,6 +225,8 @@ pub struct DirectWrite {
     obj: Option<store::ObjectId>,
     block: u64,
     len: u64,
+    /// In the chunk's changes in flight (see `order`): an overlapping change waits for it.
+    order: Option<crate::order::OwnedOrdered>,
     // Dropped after the targets are settled (field order): the guards go last.
     stripe: Option<tokio::sync::OwnedRwLockReadGuard<()>>,
     gen: Option<crate::core::OwnedGenGuard>,
@@ -268,6 +271,7 @@ impl DirectWrite {
         }
         self.crcs.clear();
         self.obj = None;
+        self.order = None;
         self.stripe = None;
         self.gen = None;
     }
@@ -285,6 +289,7 @@ impl DirectWrite {
         }
         self.crcs.clear();
         self.obj = None;
+        self.order = None;
         self.stripe = None;
         self.gen = None;
     }
@@ -312,7 +317,8 @@ impl VdiskHandle {
     /// a chunk not yet reconciled after an unclean shutdown or held by a mover, a failed,
     /// remote or non-io_uring replica, a pool not yet marked in use, space that needs a flush
     /// first, fragmented free space, or a journal that wants a flush (the ordinary path starts
-    /// it). Never waits; allocates nothing for writes up to 128 KiB.
+    /// it), or a change of the same blocks still in flight (the replicas would record the two
+    /// in either order). Never waits; allocates nothing for writes up to 128 KiB.
     pub fn plan_direct_write(&self, offset: u64, data: &[u8], plan: &mut DirectWrite) -> bool {
         plan.clear();
         let ok = self.plan_write(offset, data, plan);
@@ -337,7 +343,8 @@ impl VdiskHandle {
         }
         // The ordinary write's guards, in its order: generation, then the stripe (shared).
         let g = self.rt.enter_owned();
-        if !inner.reconciled(obj) {
+        // Again once in flight: a shutdown that began meanwhile waits for what is in flight.
+        if inner.shutting_down.load(Ordering::SeqCst) || !inner.reconciled(obj) {
             return false;
         }
         let Ok(stripe) = inner.stripe_arc(obj).clone().try_read_owned() else {
@@ -345,6 +352,14 @@ impl VdiskHandle {
         };
         plan.gen = Some(g);
         plan.stripe = Some(stripe);
+        // Not over a change of these blocks in flight (it would be recorded in either order).
+        let Some(o) = inner
+            .order
+            .try_enter_owned(obj, block..block + u64::from(nblocks))
+        else {
+            return false;
+        };
+        plan.order = Some(o);
         let Some(holders) = inner.index.get(obj) else {
             return false;
         };

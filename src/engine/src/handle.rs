@@ -153,6 +153,17 @@ impl VdiskHandle {
         }
     }
 
+    /// The write's generation guard, which also counts it in flight: a shutdown waits for
+    /// it, and one that began since `check` refuses it here (shutdown sets its flag, then
+    /// counts the writes in flight; this counts, then reads the flag).
+    fn enter_write(&self) -> Result<GenGuard<'_>> {
+        let g = self.rt.enter();
+        if self.inner.shutting_down.load(Ordering::SeqCst) {
+            return Err(EngineError::Busy("the engine is shutting down".into()));
+        }
+        Ok(g)
+    }
+
     fn obj(&self, chunk: u64) -> ObjectId {
         ObjectId {
             vdisk: self.rt.id,
@@ -331,7 +342,7 @@ impl VdiskHandle {
             .counters
             .write_bytes
             .fetch_add(len, Ordering::Relaxed);
-        let g = self.rt.enter();
+        let g = self.enter_write()?;
         let wb = match data {
             // `write_owned` passes its buffer only for whole, aligned blocks.
             Data::Owned(b) => b,
@@ -510,7 +521,7 @@ impl VdiskHandle {
         }
         self.inner.mark_unclean().await?;
         self.inner.counters.discards.fetch_add(1, Ordering::Relaxed);
-        let g = self.rt.enter();
+        let g = self.enter_write()?;
         for p in pieces(offset, len) {
             let a = p.off.div_ceil(BLOCK_BYTES) * BLOCK_BYTES;
             let b = (p.off + p.len) / BLOCK_BYTES * BLOCK_BYTES;

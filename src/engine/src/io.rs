@@ -110,7 +110,9 @@ impl Inner {
     }
 
     /// Send `op` to every live replica of `obj` at once; Ok when every live replica took it.
-    /// A replica whose device fails is marked Failed and no longer counts as live.
+    /// A replica whose device fails is marked Failed and no longer counts as live. Waits first
+    /// for earlier changes in flight of the same blocks (see `order`): the caller holds the
+    /// chunk's stripe lock (shared or exclusive).
     pub(crate) async fn replicate(
         &self,
         obj: ObjectId,
@@ -119,6 +121,16 @@ impl Inner {
         gen: u64,
         pin: u64,
     ) -> Result<()> {
+        // After every earlier change of these blocks in flight is done on every replica, and
+        // until this one is: every replica sees overlapping changes in one order.
+        let range = match op {
+            Op::Write { block, data, .. } => {
+                *block..*block + (data.len() as u64).div_ceil(BLOCK_BYTES)
+            }
+            Op::Discard { block, nblocks } => *block..*block + u64::from(*nblocks),
+            Op::Rollback { .. } => crate::order::WHOLE_CHUNK,
+        };
+        let ordered = self.order.enter(obj, range).await;
         let live = self.live_disks(holders);
         if live.is_empty() {
             return Err(EngineError::Degraded(format!(
@@ -179,6 +191,7 @@ impl Inner {
                     .await
                     .into()
             };
+        drop(ordered);
         let mut ok = 0;
         let mut other = None;
         let mut took = None;

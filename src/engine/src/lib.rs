@@ -77,7 +77,7 @@
 //!
 //!     pub fn start_scrub(&self) -> Result<()>;          // background
 //!     pub fn stats(&self) -> EngineStats;               // counters incl. scrub progress, repairs, checksum errors, per-disk I/O
-//!     pub async fn shutdown(&self) -> Result<()>;       // flush + checkpoint everything
+//!     pub async fn shutdown(&self) -> Result<()>;       // refuse writes, drain those in flight (bounded), flush + checkpoint
 //!     // additions: wait_rebalanced(timeout), wait_scrub(timeout); module `bench` (load generator)
 //! }
 //!
@@ -125,6 +125,7 @@ mod handle;
 mod ids;
 mod io;
 mod meta;
+mod order;
 mod placement;
 mod pool;
 mod readbuf;
@@ -136,6 +137,7 @@ mod replica;
 mod types;
 mod vdisks;
 
+pub use crate::core::DEFAULT_SHUTDOWN_DRAIN;
 pub use adopt::{SnapRecord, VdiskRecord};
 pub use direct::{DirectRead, DirectWrite};
 pub use error::{EngineError, ErrorKind, Result};

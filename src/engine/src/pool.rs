@@ -512,19 +512,31 @@ impl Engine {
         }
     }
 
-    /// Flush everything, record a clean shutdown in the pool metadata, close every store.
-    /// Further calls fail with Busy.
+    /// How long [`Engine::shutdown`] waits for the writes in flight before it gives up on
+    /// them (default [`DEFAULT_SHUTDOWN_DRAIN`](crate::DEFAULT_SHUTDOWN_DRAIN)).
+    pub fn set_shutdown_drain(&self, limit: std::time::Duration) {
+        *self.inner.shutdown_drain.lock() = limit;
+    }
+
+    /// Refuse new writes (Busy), wait for the writes in flight (direct write plans included),
+    /// flush everything, record a clean shutdown in the pool metadata, close every store.
+    /// Writes still in flight after the drain limit (`set_shutdown_drain`: a device that does
+    /// not answer) are given up with a logged error: the pool is then not marked clean (the
+    /// next open reconciles the replicas, one of which may hold such a write) and an error
+    /// comes back once the stores are closed. Further calls fail with Busy.
     pub async fn shutdown(&self) -> Result<()> {
         let inner = &self.inner;
-        if inner.shutting_down.swap(true, Ordering::AcqRel) {
+        // SeqCst: see `VdiskHandle::enter_write`.
+        if inner.shutting_down.swap(true, Ordering::SeqCst) {
             return Ok(());
         }
         inner.kick_bg();
+        let drained = self.drain_writes().await;
         // Background work stops at its next check; after this nothing else touches the disks.
         let _bg = inner.bg.lock().await;
         let _op = inner.op.lock().await;
         let flushed = inner.flush_all().await;
-        let mut result = flushed;
+        let mut result = flushed.and(drained);
         if result.is_ok() && inner.meta.read().is_some() {
             // A peer that missed writes must be compared in full at the next start, since the
             // list of what it missed does not survive this process.
@@ -554,5 +566,39 @@ impl Engine {
         }
         inner.closed.store(true, Ordering::Release);
         result
+    }
+
+    /// Waits until no write of any disk is in flight, up to the drain limit.
+    async fn drain_writes(&self) -> Result<()> {
+        let inner = &self.inner;
+        let limit = *inner.shutdown_drain.lock();
+        let start = std::time::Instant::now();
+        let mut pause = std::time::Duration::from_micros(100);
+        loop {
+            let n: u64 = inner
+                .vdisks
+                .read()
+                .values()
+                .map(|rt| rt.writes_in_flight())
+                .sum();
+            if n == 0 {
+                return Ok(());
+            }
+            if start.elapsed() >= limit {
+                tracing::error!(
+                    writes = n,
+                    waited_ms = limit.as_millis() as u64,
+                    "shutdown: writes still in flight (a device does not answer); giving up on \
+                     them, the pool is not marked clean"
+                );
+                return Err(EngineError::io(format!(
+                    "{n} writes still in flight after {:?} (a device does not answer); the pool is \
+                     not marked clean, its replicas are reconciled at the next start",
+                    limit
+                )));
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(std::time::Duration::from_millis(10));
+        }
     }
 }

@@ -170,6 +170,10 @@ impl Inner {
     pub(crate) async fn finish_rollback(&self, vid: u64, snap_gen: u64) -> Result<()> {
         if let Some(rt) = self.vdisk_rt(vid) {
             let g = rt.enter();
+            if self.shutting_down.load(Ordering::SeqCst) {
+                // Still recorded: the next open finishes it.
+                return Err(EngineError::Busy("the engine is shutting down".into()));
+            }
             for (obj, _) in self.index.of_vdisk(vid) {
                 let _l = self.stripe(obj).read().await;
                 let Some(holders) = self.index.get(obj) else {

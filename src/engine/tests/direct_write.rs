@@ -255,7 +255,8 @@ fn an_abandoned_direct_write_lets_its_guards_go_and_keeps_its_blocks() {
 /// A direct write whose device writes complete after the engine began shutting down is not
 /// recorded (its blocks go back and the caller redoes it on the ordinary path, which refuses):
 /// the shutdown's last flush and the pool's clean mark may already be done, so a record then
-/// would be acknowledged yet lost, or reach one replica's journal and not the other's.
+/// would be acknowledged yet lost, or reach one replica's journal and not the other's. The
+/// shutdown waits for the plan in flight meanwhile.
 #[test]
 fn a_direct_write_finished_after_shutdown_is_not_recorded() {
     let dir = std::env::temp_dir().join(format!("engine-direct-shutdown-{}", std::process::id()));
@@ -276,12 +277,24 @@ fn a_direct_write_finished_after_shutdown_is_not_recorded() {
         let (fd, at, _) = p.target(i).unwrap();
         pwrite(fd, at, &b);
     }
-    rt.block_on(engine.shutdown()).unwrap();
+    let sd = {
+        let e = engine.clone();
+        rt.spawn(async move { e.shutdown().await })
+    };
+    // Once the shutdown began, the ordinary path refuses writes (block 4: not the plan's).
+    while rt.block_on(h.write(4 * BLOCK_BYTES, &a)).is_ok() {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert!(
+        !sd.is_finished(),
+        "the shutdown waits for the plan in flight"
+    );
     assert!(
         !h.finish_direct_write(&mut p, true, Instant::now()),
         "recorded after the shutdown"
     );
     assert_eq!(p.replicas(), 0);
+    rt.block_on(sd).unwrap().unwrap();
     assert!(
         rt.block_on(h.write(0, &b)).is_err(),
         "the ordinary path refuses it"
@@ -293,6 +306,69 @@ fn a_direct_write_finished_after_shutdown_is_not_recorded() {
     let engine = open_engine(&rt, &dir).expect("reopened");
     let h = engine.open_vdisk("d").unwrap();
     assert_eq!(read(&rt, &h, 0, BS), a, "the old data");
+    drop(h);
+    rt.block_on(engine.shutdown()).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Overlapping changes in flight reach both replicas in one order, direct writes included: a
+/// direct write is not planned over a planned one of the same blocks (other blocks are), and
+/// an ordinary write of the same blocks waits until the planned one is recorded, so it is the
+/// last on every replica.
+#[test]
+fn overlapping_direct_and_ordinary_writes_keep_one_order() {
+    let dir = std::env::temp_dir().join(format!("engine-direct-order-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let rt = runtime();
+    let Some(engine) = open_engine(&rt, &dir) else {
+        let _ = std::fs::remove_dir_all(&dir);
+        return;
+    };
+    let id = rt.block_on(engine.create_vdisk("d", 16 * MIB)).unwrap().id;
+    let h = engine.open_vdisk("d").unwrap();
+    rt.block_on(h.write(0, &vec![0xa1u8; 2 * BS])).unwrap();
+    let b = vec![0xb2u8; BS];
+    let c = vec![0xc3u8; BS];
+    let mut p = DirectWrite::new();
+    assert!(h.plan_direct_write(0, &b, &mut p));
+    let mut q = DirectWrite::new();
+    assert!(
+        !h.plan_direct_write(0, &c, &mut q),
+        "over a planned write of the same block"
+    );
+    assert!(
+        direct_write(&h, BLOCK_BYTES, &c),
+        "another block of the chunk"
+    );
+    // An ordinary write of block 0 waits for the planned one.
+    let w = {
+        let (h, c) = (h.clone(), c.clone());
+        rt.spawn(async move { h.write(0, &c).await })
+    };
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(
+        !w.is_finished(),
+        "the ordinary write waits for the planned one"
+    );
+    for i in 0..p.replicas() {
+        let (fd, at, _) = p.target(i).unwrap();
+        pwrite(fd, at, &b);
+    }
+    assert!(h.finish_direct_write(&mut p, true, Instant::now()));
+    rt.block_on(w).unwrap().unwrap();
+    let obj = store::ObjectId {
+        vdisk: id,
+        chunk: 0,
+    };
+    for (info, r) in engine.local_replicas() {
+        let got = rt.block_on(r.read(obj, 0, 1, u64::MAX)).unwrap();
+        assert_eq!(
+            &got[..],
+            &c[..],
+            "the later write is the last on {}",
+            info.name
+        );
+    }
     drop(h);
     rt.block_on(engine.shutdown()).unwrap();
     let _ = std::fs::remove_dir_all(&dir);
