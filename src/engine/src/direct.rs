@@ -263,6 +263,21 @@ impl DirectWrite {
             .map(|t| (t.alloc.run.fd, t.alloc.run.offset, t.alloc.run.direct))
     }
 
+    /// Takes the checksums of `data`, the bytes to write (as long as planned): what is
+    /// recorded once written. The caller must write exactly these bytes to every target and
+    /// not change them in between. False (and the plan given back) if nothing is planned or
+    /// `data` is not as long; a plan without them is never recorded.
+    pub fn checksum_data(&mut self, data: &[u8]) -> bool {
+        if self.obj.is_none() || data.len() as u64 != self.len {
+            self.clear();
+            return false;
+        }
+        self.crcs.clear();
+        self.crcs
+            .extend(data.chunks(BLOCK_BYTES as usize).map(blockdev::crc32c));
+        true
+    }
+
     /// Gives back whatever is planned (blocks first, then the guards).
     fn clear(&mut self) {
         for t in self.targets.drain(..) {
@@ -320,17 +335,25 @@ impl VdiskHandle {
     /// it), or a change of the same blocks still in flight (the replicas would record the two
     /// in either order). Never waits; allocates nothing for writes up to 128 KiB.
     pub fn plan_direct_write(&self, offset: u64, data: &[u8], plan: &mut DirectWrite) -> bool {
+        self.plan_direct_write_len(offset, data.len() as u64, plan) && plan.checksum_data(data)
+    }
+
+    /// [`VdiskHandle::plan_direct_write`] of `len` bytes before the data is at hand: a caller
+    /// that must copy the data first (a VM's queue thread: the guest may change its memory)
+    /// copies it only for a write that was planned, then gives it to
+    /// [`DirectWrite::checksum_data`] before it writes any of it.
+    pub fn plan_direct_write_len(&self, offset: u64, len: u64, plan: &mut DirectWrite) -> bool {
         plan.clear();
-        let ok = self.plan_write(offset, data, plan);
+        let ok = self.plan_write(offset, len, plan);
         if !ok {
             plan.clear();
         }
         ok
     }
 
-    fn plan_write(&self, offset: u64, data: &[u8], plan: &mut DirectWrite) -> bool {
+    fn plan_write(&self, offset: u64, len: u64, plan: &mut DirectWrite) -> bool {
         let inner = &self.inner;
-        let Some((obj, block, nblocks)) = self.direct_span(offset, data.len() as u64) else {
+        let Some((obj, block, nblocks)) = self.direct_span(offset, len) else {
             return false;
         };
         if self.snap.is_some()
@@ -382,11 +405,9 @@ impl VdiskHandle {
                 alloc,
             });
         }
-        plan.crcs
-            .extend(data.chunks(BLOCK_BYTES as usize).map(blockdev::crc32c));
         plan.obj = Some(obj);
         plan.block = block;
-        plan.len = data.len() as u64;
+        plan.len = len;
         true
     }
 
@@ -413,6 +434,7 @@ impl VdiskHandle {
         // replica failed meanwhile: the ordinary path then writes the live replicas only, or
         // fails the request.
         if !written
+            || plan.crcs.len() as u64 * BLOCK_BYTES != plan.len
             || self.inner.shutting_down.load(Ordering::Acquire)
             || plan.targets.iter().any(|t| !t.disk.live())
         {
