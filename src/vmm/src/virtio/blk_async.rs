@@ -688,6 +688,12 @@ impl PolledAsyncQueue {
         Self { q, direct }
     }
 
+    /// For tests: the direct reads and writes.
+    #[cfg(test)]
+    pub(super) fn direct(&self) -> Option<&DirectReads> {
+        self.direct.as_ref()
+    }
+
     /// For tests: gives up the direct ring as when it cannot be waited on
     /// ([`DirectReads::leak`]).
     #[cfg(test)]

@@ -12,10 +12,11 @@
 //! is cheap next to the thread hops this path saves.
 //!
 //! Direct writes, the same way: for a write the engine plans
-//! ([`engine::VdiskHandle::plan_direct_write`]: one chunk already stored, every replica a local
-//! io_uring device, nothing moving it), the queue thread copies the guest's data into a buffer
-//! of its own (so the checksums the engine records are those of the bytes every replica gets,
-//! whatever the guest does to its memory meanwhile), puts one WRITE per replica on its ring,
+//! ([`engine::VdiskHandle::plan_direct_write_len`]: one chunk already stored, every replica a
+//! local io_uring device, nothing moving it), the queue thread then copies the guest's data
+//! into a buffer of its own (so the checksums the engine records are those of the bytes every
+//! replica gets, whatever the guest does to its memory meanwhile; a write not planned is not
+//! copied here, only by the ordinary path), puts one WRITE per replica on its ring,
 //! into fresh blocks the engine allocated, and once every one completed in full has the engine
 //! record the new versions ([`engine::VdiskHandle::finish_direct_write`]) before it answers the
 //! guest. The plan holds the guards the ordinary write holds (the disk's generation, the
@@ -184,10 +185,10 @@ impl DirectReads {
     }
 
     /// Starts `job`, a write of `len` bytes at `off`, on the ring if the engine plans it
-    /// ([`VdiskHandle::plan_direct_write`]): the guest's data is copied into the slot's buffer
-    /// (what the checksums are taken of and what every replica gets, whatever the guest does
-    /// to its memory meanwhile) and one WRITE per replica goes on the ring. Else gives the job
-    /// back for the ordinary path (None: started).
+    /// ([`VdiskHandle::plan_direct_write_len`]): then the guest's data is copied into the
+    /// slot's buffer (what the checksums are taken of and what every replica gets, whatever
+    /// the guest does to its memory meanwhile) and one WRITE per replica goes on the ring.
+    /// Else gives the job back for the ordinary path, uncopied (None: started).
     pub(super) fn start_write(&mut self, job: InFlight, off: u64, len: usize) -> Option<InFlight> {
         let (Some(r), Some(&idx)) = (self.ring.as_mut(), self.free.last()) else {
             return Some(job);
@@ -203,17 +204,26 @@ impl DirectReads {
             return Some(job);
         }
         let slot = self.slots[idx].get_or_insert_with(Slot::new);
+        // Planned before the copy: a write the engine does not plan (a chunk's first write, a
+        // change of the same blocks in flight...) is copied once, by the ordinary path only.
+        if !self
+            .handle
+            .plan_direct_write_len(off, len as u64, &mut slot.wplan)
+        {
+            return Some(job);
+        }
         let buf = slot_buf(&mut slot.buf, len);
-        if !job.chain.gather(job.mem(), 16, &mut buf[..]) {
-            // The ordinary path answers it (with the same checks).
+        // The checksums are those of this copy, which every replica gets.
+        if !job.chain.gather(job.mem(), 16, &mut buf[..]) || !slot.wplan.checksum_data(buf) {
+            // Nothing written: the fresh blocks go back; the ordinary path answers it (with
+            // the same checks).
+            self.handle
+                .finish_direct_write(&mut slot.wplan, false, job.start);
             return Some(job);
         }
         let Some(buf) = slot.buf.as_ref() else {
             return Some(job);
         };
-        if !self.handle.plan_direct_write(off, buf, &mut slot.wplan) {
-            return Some(job);
-        }
         let n = slot.wplan.replicas();
         // Room for every replica's entry at once, or none goes in.
         if sq_room(r) < n {
@@ -387,6 +397,16 @@ impl DirectReads {
 }
 
 impl DirectReads {
+    /// For tests: slots holding a buffer.
+    #[cfg(test)]
+    pub(super) fn buffers(&self) -> usize {
+        self.slots
+            .iter()
+            .flatten()
+            .filter(|s| s.buf.is_some())
+            .count()
+    }
+
     /// The kernel may still use the slots' buffers and cannot be waited for: the ring and
     /// the buffers are leaked, but nothing else is held: a write's plan is abandoned (its
     /// guards go, so a snapshot, delete or mover of the disk never waits for it forever;

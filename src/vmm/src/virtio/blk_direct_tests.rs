@@ -490,6 +490,43 @@ fn engine_writes_are_written_on_the_queue_thread_and_read_back() {
     p.rt.block_on(p.engine.shutdown()).unwrap();
 }
 
+/// A write the engine does not plan (to a chunk never written) is not copied on the queue
+/// thread: no slot takes a buffer for it, the ordinary path copies and writes it. A write it
+/// plans is copied there (its slot keeps the buffer) and written directly. Both read back.
+#[test]
+fn a_write_the_engine_does_not_plan_is_not_copied_on_the_queue_thread() {
+    let Some(p) = pool() else { return };
+    let h = p.disk.as_async().unwrap().engine_handle().unwrap().clone();
+    p.rt.block_on(h.write(0, &pattern(64 << 10, 1))).unwrap();
+    let mem_arc = guest_memory();
+    let mem: &GuestMemoryMmap = &mem_arc;
+    let Some(mut rig) = Rig::new(&p, mem, mem_arc.clone()) else {
+        return;
+    };
+    let a = pattern(4096, 21);
+    mem.write_slice(&a, GuestAddress(DATA)).unwrap();
+    let far = 2 * engine::CHUNK_BYTES;
+    let r = rig.write(far / 512, &[(DATA, 4096)]);
+    rig.run();
+    assert_eq!(rig.status(r), S_OK);
+    let cnt = rig.counters.clone();
+    assert_eq!(cnt.write_ops.load(Relaxed), 1);
+    assert_eq!(cnt.direct_writes.load(Relaxed), 0, "a chunk never written");
+    assert_eq!(rig.pq.direct().unwrap().buffers(), 0, "not copied here");
+    let r = rig.write(8, &[(DATA, 4096)]);
+    rig.run();
+    assert_eq!(rig.status(r), S_OK);
+    assert_eq!(cnt.direct_writes.load(Relaxed), 1, "an overwrite");
+    assert_eq!(rig.pq.direct().unwrap().buffers(), 1, "copied here");
+    drop(rig);
+    let mut got = vec![0u8; 4096];
+    p.rt.block_on(h.read(far, &mut got)).unwrap();
+    assert_eq!(got, a);
+    p.rt.block_on(h.read(4096, &mut got)).unwrap();
+    assert_eq!(got, a);
+    p.rt.block_on(p.engine.shutdown()).unwrap();
+}
+
 /// A queue thread that ends while its direct writes are still in the kernel waits for them,
 /// has the engine record them and answers each before its ring goes back.
 #[test]
