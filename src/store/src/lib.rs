@@ -41,6 +41,7 @@
 //! rollback_object(obj, snap_gen, gen, pin_gen)
 //! delete_object(obj)   prune(vdisk, snap_gens)   objects()   changed_blocks(obj, from, to)
 //! export_object(obj) / import_object(obj, versions)   (rebuild/rebalance with history)
+//! version_records(obj)                  (block, gen, crc) of every version, metadata only
 //! repair(obj, block, gen, good)           good must match the recorded crc of that version
 //! scrub() -> ScrubReport                  every referenced block read and verified
 //! put_meta(blob <= 1 MiB) / get_meta()    atomic: newest complete put survives any crash
@@ -111,4 +112,5 @@ pub use ops::AreaOffsets;
 pub use store::{block_crcs, Store, MAX_IO_BLOCKS};
 pub use types::{
     BlockData, BlockVersions, Label, ObjectId, Probe, ScrubReport, Space, StoreStats, VersionData,
+    VersionRecord,
 };

@@ -13,7 +13,7 @@ use crate::error::{Result, StoreError};
 use crate::layout::BS;
 use crate::maps::{visible_data, TOMB};
 use crate::store::{check_gen, Store};
-use crate::{BlockData, BlockVersions, ObjectId, ScrubReport, VersionData};
+use crate::{BlockData, BlockVersions, ObjectId, ScrubReport, VersionData, VersionRecord};
 
 /// Blocks an export reads at once (1 MiB).
 const EXPORT_READ_BLOCKS: u64 = 256;
@@ -147,6 +147,24 @@ impl Store {
                     != visible_data(vs, to_gen).map(|v| v.phys)
             })
             .map(|(b, _)| *b)
+            .collect()
+    }
+
+    /// Every version of every block of `obj` as recorded (ascending block, oldest version
+    /// first), from metadata only: a cheap comparison of two replicas before any data is read.
+    pub fn version_records(&self, obj: ObjectId) -> Vec<VersionRecord> {
+        let st = self.inner.state.read();
+        let Some(m) = st.maps.objs.get(&obj) else {
+            return Vec::new();
+        };
+        m.iter()
+            .flat_map(|(b, vs)| {
+                vs.iter().map(move |v| VersionRecord {
+                    block: *b,
+                    gen: v.gen,
+                    crc: (v.phys != TOMB).then_some(v.crc),
+                })
+            })
             .collect()
     }
 

@@ -149,6 +149,18 @@ pub struct BlockVersions {
     pub versions: Vec<VersionData>,
 }
 
+/// One version of one block as the store records it, without its data: what the replicas of
+/// a chunk must agree on (`Store::version_records`). Two replicas whose records are equal hold
+/// the same bytes wherever their data passes its checksum (which `scrub` verifies), short of a
+/// crc32c collision between two different writes of the same block and generation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VersionRecord {
+    pub block: u64,
+    pub gen: u64,
+    /// The crc32c of the version's data; None for a tombstone (reads as zeros).
+    pub crc: Option<u32>,
+}
+
 /// Result of `scrub`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ScrubReport {

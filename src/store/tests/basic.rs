@@ -95,6 +95,30 @@ async fn foreign_devices_are_refused_unwritten() {
     ));
 }
 
+/// The version records two replicas are compared by: every version, oldest first, with the
+/// crc of its data (None for a discard), in block order; no data is read.
+#[tokio::test]
+async fn version_records_list_history_without_data() {
+    let (_dev, s) = fresh(16).await;
+    let obj = o(1);
+    assert_eq!(s.version_records(obj), vec![]);
+    s.write(obj, 2, blk(1, 1), 1, 0).await.unwrap();
+    s.write(obj, 0, blk(2, 1), 1, 0).await.unwrap();
+    s.write(obj, 0, blk(3, 1), 2, 1).await.unwrap();
+    s.discard(obj, 2, 1, 2, 1).await.unwrap();
+    let crc = |fill: u8| Some(blockdev::crc32c(&[fill; BS]));
+    let rec = |block, gen, crc| store::VersionRecord { block, gen, crc };
+    assert_eq!(
+        s.version_records(obj),
+        vec![
+            rec(0, 1, crc(2)),
+            rec(0, 2, crc(3)),
+            rec(2, 1, crc(1)),
+            rec(2, 2, None),
+        ]
+    );
+}
+
 #[tokio::test]
 async fn versions_snapshots_and_space() {
     let (_dev, s) = fresh(16).await;
