@@ -1,7 +1,10 @@
 //! Background work: pruning snapshot versions no one needs, deleting orphaned objects of
 //! deleted disks, rebalancing chunk replicas onto the disks placement wants (disk added,
 //! draining, failed), and scrubbing. Guest I/O keeps priority: one chunk at a time, each under
-//! its stripe lock only for the copy of that chunk, yielding between chunks.
+//! its stripe lock only for the copy (or comparison) of that chunk, yielding between chunks.
+//!
+//! Scrub (`scrub`) verifies each replica against its checksums, then the replicas of every
+//! chunk against each other.
 //!
 //! It never acts before the engine is in use (until then the metadata may still be replaced by
 //! a newer copy from a disk added later).
@@ -14,8 +17,9 @@ use crate::core::{Disk, Inner};
 use crate::error::{EngineError, Result};
 use crate::placement::Slots;
 use crate::pool::Engine;
-use crate::replica::is_device_failure;
 use crate::types::DiskState;
+
+mod scrub;
 
 /// Chunk copies whose intents are recorded together and made durable with one flush per
 /// target disk (128 MiB at most: the flush and the two metadata writes of a batch stall its
@@ -332,65 +336,6 @@ impl Inner {
             }
         }
     }
-
-    async fn scrub_all(&self) {
-        let disks: Vec<Arc<Disk>> = self
-            .disks
-            .read()
-            .iter()
-            .filter(|d| d.live())
-            .cloned()
-            .collect();
-        self.scrub.lock().disks_total = disks.len() as u64;
-        for d in disks {
-            if self.shutting_down.load(Ordering::Acquire) {
-                break;
-            }
-            match d.replica.scrub().await {
-                Ok(report) => {
-                    self.scrub.lock().checked_blocks += report.checked_blocks;
-                    for (obj, block, gen) in report.corrupt {
-                        self.scrub.lock().corrupt_found += 1;
-                        d.checksum_errors.fetch_add(1, Ordering::Relaxed);
-                        let peers: Vec<Arc<Disk>> = self
-                            .index
-                            .get(obj)
-                            .map(|h| self.live_disks(h))
-                            .unwrap_or_default()
-                            .into_iter()
-                            .filter(|p| p.slot != d.slot)
-                            .collect();
-                        let mut fixed = false;
-                        for p in peers {
-                            if self.repair_one(obj, &d, &p, block, gen).await.is_ok() {
-                                fixed = true;
-                                break;
-                            }
-                        }
-                        let mut s = self.scrub.lock();
-                        if fixed {
-                            s.repaired += 1;
-                        } else {
-                            s.unrepairable += 1;
-                        }
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(disk = %d.name, error = %e, "scrub failed");
-                    if is_device_failure(&e) {
-                        let _ = self.fail_disk(&d, &e).await;
-                    }
-                }
-            }
-            self.scrub.lock().disks_done += 1;
-        }
-        if let Err(e) = self.flush_all().await {
-            tracing::warn!(error = %e, "flush after scrub failed");
-        }
-        let mut s = self.scrub.lock();
-        s.running = false;
-        s.passes += 1;
-    }
 }
 
 impl Engine {
@@ -438,7 +383,9 @@ impl Engine {
     }
 
     /// Verify every replica's blocks in the background; bad copies are repaired from the other
-    /// replica. Progress and results in `stats().scrub`.
+    /// replica. Then the replicas of each chunk are compared with each other and a differing
+    /// one is rewritten from one source (see `compare_replicas`). Progress and results in
+    /// `stats().scrub`.
     pub fn start_scrub(&self) -> Result<()> {
         let inner = self.inner.clone();
         {
@@ -452,6 +399,10 @@ impl Engine {
             s.corrupt_found = 0;
             s.repaired = 0;
             s.unrepairable = 0;
+            s.chunks_compared = 0;
+            s.replicas_differed = 0;
+            s.replicas_rewritten = 0;
+            s.replicas_not_compared = 0;
         }
         inner.in_use.store(true, Ordering::Release);
         tokio::spawn(async move {

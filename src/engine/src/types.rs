@@ -97,6 +97,21 @@ pub struct ScrubStats {
     pub corrupt_found: u64,
     pub repaired: u64,
     pub unrepairable: u64,
+    /// Chunks whose replicas were compared with each other (by their version records; see
+    /// `background::compare_replicas`).
+    #[serde(default)]
+    pub chunks_compared: u64,
+    /// Replicas found holding other versions than the chunk's chosen source.
+    #[serde(default)]
+    pub replicas_differed: u64,
+    /// Of those, replicas rewritten from the source (the rest stay counted as differing until
+    /// a later scrub or resync makes them equal).
+    #[serde(default)]
+    pub replicas_rewritten: u64,
+    /// Replicas left out of the comparison: another node's (the mirror protocol cannot list a
+    /// chunk's versions without its data) or unreachable now.
+    #[serde(default)]
+    pub replicas_not_compared: u64,
 }
 
 /// Progress of rebalance / re-mirroring.

@@ -49,6 +49,12 @@ async fn corruption_on_one_replica_is_detected_and_repaired() -> anyhow::Result<
     );
     assert_eq!(s.repairs, blocks.len() as u64, "100% repaired: {s:?}");
     assert_eq!(s.scrub.unrepairable, 0);
+    // A repaired block keeps its version record: the replicas of all 4 chunks compare equal.
+    assert_eq!(
+        (s.scrub.chunks_compared, s.scrub.replicas_differed),
+        (DATA / engine::CHUNK_BYTES, 0),
+        "{s:?}"
+    );
     // Now both replicas are good: a second scrub finds nothing, and disk 1 alone serves data.
     e.start_scrub()?;
     assert!(e.wait_scrub(Duration::from_secs(60)).await);
