@@ -4,8 +4,9 @@
 //! held while the file `CAIRN_TEST_SETTLE_HOLD` names exists (both debug builds only).
 //!
 //! The move is kept in a's `DATA/move-settles.json`: killed -9 and back up, a still refuses to
-//! start the VM or export its disk ("move outcome not known yet"). Once settling is let go, a
-//! finds the move never committed: the entry is removed and the VM starts on a, not on b.
+//! start the VM, export its disk or delete either ("move outcome not known yet"). Once settling
+//! is let go, a finds the move never committed: the entry is removed and the VM starts on a,
+//! not on b.
 //! (Kept only in a's memory before, the claim was lost with the restart: the VM could start on
 //! a while the move might still commit and make it b's.)
 
@@ -36,12 +37,18 @@ fn pending(p: &ClusterProc) -> Vec<String> {
     }
 }
 
-/// Neither the VM nor its disk may be used on `a` while the move is unsettled.
+/// Neither the VM nor its disk may be used, changed or deleted on `a` while the move is
+/// unsettled.
 fn claimed(a: &ClusterProc) {
     let e = refused(a, &["vm", "start", "g"], 7);
     assert!(e.contains("move outcome not known yet"), "{e}");
     let e = refused(a, &["vdisk", "nbd", "cairn-test-disk-ms"], 7);
     assert!(e.contains("move outcome not known yet"), "{e}");
+    let e = refused(a, &["vdisk", "delete", "cairn-test-disk-ms"], 7);
+    assert!(e.contains("move outcome not known yet"), "{e}");
+    assert!(e.contains("cannot be deleted here"), "{e}");
+    let e = refused(a, &["vm", "delete", "g"], 7);
+    assert!(e.contains("cannot be deleted here"), "{e}");
 }
 
 #[test]

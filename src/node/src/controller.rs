@@ -118,11 +118,45 @@ impl Drop for Changed<'_> {
 }
 
 impl NodeController {
+    /// Refuses a change to a VM or virtual disk that a planned move whose outcome is not known
+    /// yet holds (`crate::takeover::settles`): deleted, cloned, snapshotted, rolled back or
+    /// resized here, it might be the target's already, or the move might still make it so
+    /// (what this node did would be lost, or the target's copy would differ from the one it
+    /// adopted). Attaching a held disk is refused too: a running VM would serve it at once.
+    /// Starts and exports are refused where they happen (`crate::harestart`), moves in
+    /// `crate::takeover`.
+    fn refuse_held(&self, req: &Request) -> Result<(), ControlError> {
+        let s = &self.inner.cluster.settles;
+        let why = match req {
+            Request::VdiskResize { name, .. } => s.holds_vdisk(name, "be resized"),
+            Request::VdiskDelete { name } => s.holds_vdisk(name, "be deleted"),
+            Request::VdiskClone { source, .. } => s.holds_vdisk(source, "be cloned"),
+            Request::SnapshotCreate { vdisk, .. } => s.holds_vdisk(vdisk, "be snapshotted"),
+            Request::SnapshotDelete { vdisk, .. } => {
+                s.holds_vdisk(vdisk, "have its snapshots deleted")
+            }
+            Request::SnapshotRollback { vdisk, .. } => s.holds_vdisk(vdisk, "be rolled back"),
+            Request::VmDelete { name } => s.holds_vm(name, "be deleted"),
+            Request::VmUpdate { name, .. } | Request::VmDiskDetach { name, .. } => {
+                s.holds_vm(name, "be changed")
+            }
+            Request::VmDiskAttach { name, vdisk } => s
+                .holds_vm(name, "be changed")
+                .or_else(|| s.holds_vdisk(vdisk, "be attached to a VM")),
+            _ => None,
+        };
+        match why {
+            Some(why) => Err(ControlError::new(ErrorCode::Unavailable, why)),
+            None => Ok(()),
+        }
+    }
+
     async fn dispatch(&self, req: &Request) -> ControlResult {
         let engine = &self.inner.engine;
         let e = convert::error;
         // The node's own virtual disks (the appliance's record) are not the user's.
         crate::internal::refuse_internal(req)?;
+        self.refuse_held(req)?;
         Ok(match req {
             Request::DiskList => Reply::Disks(self.disk_views()),
             Request::DiskAdd { path } => Reply::Disk(self.add_disk(Path::new(path), true).await?),
@@ -380,10 +414,6 @@ impl NodeController {
                 Reply::Console(self.inner.vms.console(name, *max_bytes)?)
             }
             Request::VmDiskAttach { name, vdisk } => {
-                // A running VM would serve it at once: not while its planned move is unsettled.
-                if let Some(why) = self.inner.cluster.settles.holds_vdisk(vdisk) {
-                    return Err(ControlError::new(ErrorCode::Unavailable, why));
-                }
                 let vm = self.inner.vms.attach_disk(engine, name, vdisk).await?;
                 self.record_vm(&vm).await;
                 Reply::Vm(Box::new(vm))

@@ -273,7 +273,7 @@ fn check_runs_here(inner: &NodeInner, name: &str) -> Result<(), ControlError> {
 /// another node: after a takeover or a planned move this node's copy is stale until dropped.
 /// Also while a planned move of it is not settled yet (`crate::takeover::settles`).
 pub(crate) fn check_disk_here(inner: &NodeInner, disk: &str) -> Result<(), ControlError> {
-    if let Some(why) = inner.cluster.settles.holds_vdisk(disk) {
+    if let Some(why) = inner.cluster.settles.holds_vdisk(disk, "be exported") {
         return Err(ControlError::new(control::ErrorCode::Unavailable, why));
     }
     match owned_elsewhere(inner, &[disk.to_string()]) {
@@ -288,7 +288,7 @@ pub(crate) fn check_disk_here(inner: &NodeInner, disk: &str) -> Result<(), Contr
 /// Start VM `name`: the one path for `vm start` and restarts after a takeover. Records in the
 /// cluster that the VM should run.
 pub(crate) async fn start_vm(inner: &NodeInner, name: &str) -> Result<VmView, ControlError> {
-    if let Some(why) = inner.cluster.settles.holds_vm(name) {
+    if let Some(why) = inner.cluster.settles.holds_vm(name, "start") {
         return Err(ControlError::new(control::ErrorCode::Unavailable, why));
     }
     // A disk attached (or defined) since its own planned move left its outcome unknown: the
@@ -302,7 +302,7 @@ pub(crate) async fn start_vm(inner: &NodeInner, name: &str) -> Result<VmView, Co
         .unwrap_or_default();
     if let Some(why) = disks
         .iter()
-        .find_map(|d| inner.cluster.settles.holds_vdisk(d))
+        .find_map(|d| inner.cluster.settles.holds_vdisk(d, "be served by a VM"))
     {
         return Err(ControlError::new(control::ErrorCode::Unavailable, why));
     }

@@ -96,6 +96,9 @@ pub(crate) async fn move_out(
             format!("virtual disk {name} is not served by this node"),
         ));
     }
+    if let Some(why) = inner.cluster.settles.holds_vdisk(name, "be moved again") {
+        return Err(ControlError::new(ErrorCode::Unavailable, why));
+    }
     if to == me {
         return Err(conflict(format!(
             "virtual disk {name} is already on this node"
@@ -171,7 +174,10 @@ pub(crate) async fn move_out(
             record: true,
             unused_outdated: super::copies::unused_outdated(&m, &[vid]).await,
         };
-        match super::outcome::commit(&m, cmd).await {
+        let moved = super::settles::Moved::Vdisk {
+            name: name.to_string(),
+        };
+        match super::outcome::commit(&m, cmd, me, &moved).await {
             Outcome::Moved(epoch) => epoch,
             Outcome::Refused(why) => {
                 return Err(conflict(format!("the cluster refused the move: {why}")))
@@ -186,9 +192,7 @@ pub(crate) async fn move_out(
                 // The disk stays unexported here until the cluster says what happened, also
                 // across a restart of this node.
                 let entry = super::settles::Entry {
-                    moved: super::settles::Moved::Vdisk {
-                        name: name.to_string(),
-                    },
+                    moved,
                     from: me,
                     to,
                     to_name: tname.clone(),

@@ -11,6 +11,17 @@
 //! first and never the other. The fence's answer is the truth: the move's placement version
 //! (or rejection) if the move applied, the no-op's `Ok` if it never will.
 //!
+//! The cluster remembers the answers of the last `cluster::dedup::MAX_REMEMBERED` tagged
+//! commands only. A node down (or unable to reach a quorum) while more than that many commit
+//! gets the no-op's `Ok` from the fence even if its move applied long ago: the fence still
+//! settles (no copy of the move can apply after it), but its `Ok` no longer says "not moved".
+//! So an `Ok` is checked against where the cluster assigns what moved, read after the fence
+//! ([`Moved::still_on`]): still on the mover, it was not moved (or was moved back since: the
+//! mover keeps it either way); assigned elsewhere (or gone), the mover keeps nothing and hands
+//! it over as moved — whatever moved it, this node no longer owns it. Keeping the answers of
+//! claimed ids in the cluster instead would need the claim replicated before the move (a new
+//! command, so a format change) and a release after, and the claim could outlive its node.
+//!
 //! While even the fence gets no answer (no quorum), the outcome stays unknown: the mover keeps
 //! what it froze (the VM claimed, the disk not exportable here) and [`settle_later`] asks again
 //! in the background until the cluster answers, then finishes the move or gives it up. The
@@ -36,6 +47,7 @@ use std::time::{Duration, Instant};
 
 use cluster::{ClusterNode, Command, CommandResult};
 
+use super::settles::Moved;
 use super::PROPOSE_TIMEOUT;
 
 /// How long a mover settles an unknown outcome before it answers its caller (and goes on in
@@ -62,9 +74,14 @@ pub(crate) enum Outcome {
     Unknown { request: String, why: String },
 }
 
-/// Commits move `cmd` and finds out what became of it (see the module docs). Waits at most
-/// about `PROPOSE_TIMEOUT + SETTLE_WAIT`.
-pub(crate) async fn commit(m: &Arc<ClusterNode>, cmd: Command) -> Outcome {
+/// Commits move `cmd` of `moved` away from this node (`from`) and finds out what became of it
+/// (see the module docs). Waits at most about `PROPOSE_TIMEOUT + SETTLE_WAIT`.
+pub(crate) async fn commit(
+    m: &Arc<ClusterNode>,
+    cmd: Command,
+    from: u64,
+    moved: &Moved,
+) -> Outcome {
     let request = ClusterNode::request_id();
     let tagged = Command::Once {
         request: request.clone(),
@@ -103,8 +120,11 @@ pub(crate) async fn commit(m: &Arc<ClusterNode>, cmd: Command) -> Outcome {
         }
         Ok(CommandResult::Rejected(why)) => Outcome::Refused(why),
         // Not an answer a move gives: let the cluster say what it recorded.
-        Ok(other) => settle(m, &request, format!("unexpected answer {other:?}")).await,
-        Err(why) => settle(m, &request, why).await,
+        Ok(other) => {
+            let why = format!("unexpected answer {other:?}");
+            settle(m, &request, why, from, moved).await
+        }
+        Err(why) => settle(m, &request, why, from, moved).await,
     };
     if let Some(cmd) = held {
         let m = m.clone();
@@ -130,8 +150,15 @@ async fn seen_here(m: &ClusterNode, request: &str) {
     }
 }
 
-/// One attempt to settle `request` (see the module docs); `why` the proposal's failure.
-async fn settle_once(m: &ClusterNode, request: &str, why: &str) -> Outcome {
+/// One attempt to settle `request`, a move of `moved` from member `from` (see the module
+/// docs); `why` the proposal's failure.
+async fn settle_once(
+    m: &ClusterNode,
+    request: &str,
+    why: &str,
+    from: u64,
+    moved: &Moved,
+) -> Outcome {
     if settle_held() {
         return Outcome::Unknown {
             request: request.to_string(),
@@ -144,7 +171,29 @@ async fn settle_once(m: &ClusterNode, request: &str, why: &str) -> Outcome {
             Outcome::Moved(epoch)
         }
         Ok(CommandResult::Rejected(r)) => Outcome::Refused(r),
-        Ok(CommandResult::Ok) => Outcome::NotMoved(why.to_string()),
+        // The fence applied first, or the move's own answer was forgotten (see the module
+        // docs): where the cluster assigns it now tells, read after the fence.
+        Ok(CommandResult::Ok) => match m
+            .read_fresh(|s| (moved.still_on(s, from), s.placement.version))
+            .await
+        {
+            Ok((true, _)) => Outcome::NotMoved(why.to_string()),
+            Ok((false, epoch)) => {
+                tracing::warn!(
+                    request,
+                    moved = ?moved,
+                    epoch,
+                    "a move's outcome is settled, but the cluster no longer assigns what it \
+                     moves to this node (its answer to the move is forgotten, or it was taken \
+                     over meanwhile): handed over"
+                );
+                Outcome::Moved(epoch)
+            }
+            Err(e) => Outcome::Unknown {
+                request: request.to_string(),
+                why: format!("{why}; settled, but where the cluster assigns it now: {e}"),
+            },
+        },
         Ok(other) => Outcome::Unknown {
             request: request.to_string(),
             why: format!("{why}; the cluster recorded an unexpected answer {other:?}"),
@@ -156,11 +205,18 @@ async fn settle_once(m: &ClusterNode, request: &str, why: &str) -> Outcome {
     }
 }
 
-/// Settles `request` within [`SETTLE_WAIT`]; still `Unknown` if the cluster did not answer.
-pub(crate) async fn settle(m: &ClusterNode, request: &str, why: String) -> Outcome {
+/// Settles `request` (a move of `moved` from `from`) within [`SETTLE_WAIT`]; still `Unknown`
+/// if the cluster did not answer.
+pub(crate) async fn settle(
+    m: &ClusterNode,
+    request: &str,
+    why: String,
+    from: u64,
+    moved: &Moved,
+) -> Outcome {
     let deadline = Instant::now() + SETTLE_WAIT;
     loop {
-        let o = settle_once(m, request, &why).await;
+        let o = settle_once(m, request, &why, from, moved).await;
         if !matches!(o, Outcome::Unknown { .. }) || Instant::now() >= deadline {
             if let Outcome::Unknown { why, .. } = &o {
                 tracing::warn!(request, why = %why, "a move's outcome is still unknown");
@@ -171,11 +227,16 @@ pub(crate) async fn settle(m: &ClusterNode, request: &str, why: String) -> Outco
     }
 }
 
-/// Settles `request` in the background, however long the cluster takes, then runs `then` with
-/// the outcome (never `Unknown`). Gives up only when this member's raft stops (the node shuts
-/// down).
-pub(crate) fn settle_later<F, Fut>(m: Arc<ClusterNode>, request: String, why: String, then: F)
-where
+/// Settles `request` (a move of `moved` from `from`) in the background, however long the
+/// cluster takes, then runs `then` with the outcome (never `Unknown`). Gives up only when this
+/// member's raft stops (the node shuts down).
+pub(crate) fn settle_later<F, Fut>(
+    m: Arc<ClusterNode>,
+    request: String,
+    why: String,
+    (from, moved): (u64, Moved),
+    then: F,
+) where
     F: FnOnce(Outcome) -> Fut + Send + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
@@ -185,7 +246,7 @@ where
                 tracing::warn!(request = %request, "node stopping: a move's outcome stays unsettled");
                 return;
             }
-            let o = settle_once(&m, &request, &why).await;
+            let o = settle_once(&m, &request, &why, from, &moved).await;
             if !matches!(o, Outcome::Unknown { .. }) {
                 tracing::warn!(request = %request, outcome = ?o, "a move's unknown outcome is settled");
                 then(o).await;

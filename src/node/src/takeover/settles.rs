@@ -45,6 +45,21 @@ pub(crate) enum Moved {
 }
 
 impl Moved {
+    /// Whether cluster state `s` still assigns what moves to member `from` (the mover): the VM
+    /// record of that name on it, or the disk of that name owned by it. Read after the move's
+    /// fence committed (nothing can move it then but later commands), this tells "not moved
+    /// (or moved back since)" from "moved away", also when the cluster forgot the move's own
+    /// answer (`super::outcome`).
+    pub(crate) fn still_on(&self, s: &cluster::ClusterState, from: u64) -> bool {
+        match self {
+            Moved::Vm { name, .. } => s
+                .vms
+                .values()
+                .any(|v| v.name == *name && v.node == Some(from)),
+            Moved::Vdisk { name } => crate::harestart::disk_owner(s, name) == Some(from),
+        }
+    }
+
     /// The virtual disks that must not be exported here while the move is unsettled.
     fn disks(&self) -> Vec<String> {
         match self {
@@ -167,14 +182,15 @@ impl Settles {
         }
     }
 
-    /// Why nothing may start or be exported here: the file could not be read at start and what
-    /// it held is still there (see the module docs).
+    /// Why nothing may start, be exported or be changed here: the file could not be read at
+    /// start and what it held is still there (see the module docs).
     fn holds_all(&self) -> Option<String> {
         let p = self.unreadable.as_ref().filter(|p| p.exists())?;
         Some(format!(
             "the node's unsettled planned moves could not be read (kept as {}): a VM or disk whose \
-             move may still commit elsewhere cannot be told apart, so none starts or is exported \
-             here: check each VM and disk named in that file on every node, then remove it",
+             move may still commit elsewhere cannot be told apart, so none starts, is exported, \
+             changed or deleted here: check each VM and disk named in that file on every node, \
+             then remove it",
             p.display()
         ))
     }
@@ -214,8 +230,9 @@ impl Settles {
             .collect()
     }
 
-    /// Why VM `name` cannot start here now, if an unsettled move holds it.
-    pub(crate) fn holds_vm(&self, name: &str) -> Option<String> {
+    /// Why VM `name` cannot `doing` here now ("start", "be deleted", "be changed"), if an
+    /// unsettled move holds it: the answer says what to do.
+    pub(crate) fn holds_vm(&self, name: &str, doing: &str) -> Option<String> {
         if let Some(why) = self.holds_all() {
             return Some(why);
         }
@@ -225,17 +242,21 @@ impl Settles {
         }
         c.entries.values().find_map(|e| match &e.moved {
             Moved::Vm { name: n, .. } if n == name => Some(format!(
-                "VM {name} is being moved to member {} ({}): move outcome not known yet ({}); \
-                 it cannot start here until the cluster answers, then this node hands it over \
-                 if the move committed or keeps it",
-                e.to_name, e.to, e.why
+                "VM {name} is being moved to member {to_name} ({}): move outcome not known yet \
+                 ({}); it cannot {doing} here until the cluster answers. This node asks it again \
+                 in the background, then hands the VM over if the move committed or keeps it: \
+                 try again then, here if it stayed, on {to_name} if it moved",
+                e.to,
+                e.why,
+                to_name = e.to_name,
             )),
             _ => None,
         })
     }
 
-    /// Why virtual disk `name` cannot be exported here now, if an unsettled move holds it.
-    pub(crate) fn holds_vdisk(&self, name: &str) -> Option<String> {
+    /// Why virtual disk `name` cannot `doing` here now ("be exported", "be deleted", ...), if
+    /// an unsettled move holds it: the answer says what to do.
+    pub(crate) fn holds_vdisk(&self, name: &str, doing: &str) -> Option<String> {
         if let Some(why) = self.holds_all() {
             return Some(why);
         }
@@ -246,9 +267,13 @@ impl Settles {
         c.entries.values().find_map(|e| {
             e.moved.disks().iter().any(|d| d == name).then(|| {
                 format!(
-                    "virtual disk {name} is being moved to member {} ({}): move outcome not \
-                     known yet ({}); it cannot be exported here until the cluster answers",
-                    e.to_name, e.to, e.why
+                    "virtual disk {name} is being moved to member {to_name} ({}): move outcome \
+                     not known yet ({}); it cannot {doing} here until the cluster answers. This \
+                     node asks it again in the background: try again then, here if the move did \
+                     not commit, on {to_name} if it did",
+                    e.to,
+                    e.why,
+                    to_name = e.to_name,
                 )
             })
         })
@@ -322,12 +347,19 @@ fn settle_in_background(
     entry: Entry,
 ) {
     let r = request.clone();
-    super::outcome::settle_later(m.clone(), request, entry.why.clone(), move |o| async move {
-        act(&inner, &m, &entry, o).await;
-        if let Err(e) = inner.cluster.settles.remove(&r) {
-            tracing::error!(request = %r, error = %e, "planned move: settled, but its entry could not be removed; it is settled again (same answer) at the next start");
-        }
-    });
+    let what = (entry.from, entry.moved.clone());
+    super::outcome::settle_later(
+        m.clone(),
+        request,
+        entry.why.clone(),
+        what,
+        move |o| async move {
+            act(&inner, &m, &entry, o).await;
+            if let Err(e) = inner.cluster.settles.remove(&r) {
+                tracing::error!(request = %r, error = %e, "planned move: settled, but its entry could not be removed; it is settled again (same answer) at the next start");
+            }
+        },
+    );
 }
 
 /// Acts on a settled move: hands over what moved, keeps what did not.
@@ -393,6 +425,40 @@ mod tests {
         }
     }
 
+    /// A node on `dir` with two small pool disks and no API; `host_cluster`: a one-member
+    /// cluster of its own.
+    async fn start_node(dir: &Path, host_cluster: bool) -> crate::Node {
+        let mut cfg = crate::NodeConfig::new(dir.join("data"));
+        cfg.disk_count = 2;
+        cfg.disk_size_bytes = 128 << 20;
+        cfg.api_listen = None;
+        cfg.host_cluster = host_cluster;
+        crate::Node::start(cfg).await.unwrap()
+    }
+
+    fn op() -> control::Actor {
+        control::Actor {
+            user: "op".into(),
+            role: control::Role::Operator,
+            via: control::Via::Api,
+        }
+    }
+
+    /// `vm create NAME` on `disks` with a kernel that is no real one (never started here).
+    fn vm_create(dir: &Path, name: &str, disks: &[&str]) -> control::Request {
+        let kernel = dir.join("kernel.elf");
+        std::fs::write(&kernel, b"\x7fELF not really").unwrap();
+        control::Request::VmCreate {
+            name: name.into(),
+            vcpus: 1,
+            memory_mib: 128,
+            disks: disks.iter().map(|d| d.to_string()).collect(),
+            kernel: kernel.to_str().unwrap().into(),
+            cmdline: None,
+            nics: Vec::new(),
+        }
+    }
+
     #[test]
     fn entries_survive_a_reload_and_are_removed_once_settled() {
         let dir = tempfile::tempdir().unwrap();
@@ -409,13 +475,13 @@ mod tests {
             back.entries(),
             vec![("r1".to_string(), vm_entry()), ("r2".to_string(), disk)]
         );
-        let held = back.holds_vdisk("web-data").unwrap();
+        let held = back.holds_vdisk("web-data", "be exported").unwrap();
         assert!(held.contains("move outcome not known yet"), "{held}");
-        assert!(back.holds_vdisk("db").is_some());
-        assert_eq!(back.holds_vdisk("other"), None);
-        let held = back.holds_vm("web").unwrap();
+        assert!(back.holds_vdisk("db", "be exported").is_some());
+        assert_eq!(back.holds_vdisk("other", "be exported"), None);
+        let held = back.holds_vm("web", "start").unwrap();
         assert!(held.contains("move outcome not known yet"), "{held}");
-        assert_eq!(back.holds_vm("db"), None);
+        assert_eq!(back.holds_vm("db", "start"), None);
         back.remove("r2").unwrap();
         back.remove("r2").unwrap();
         assert_eq!(
@@ -445,14 +511,18 @@ mod tests {
         let s = Settles::open(dir.path());
         assert_eq!(s.entries(), vec![("good".to_string(), vm_entry())]);
         // What it names is held: its VM's name is no string, its disk's is.
-        let held = s.holds_vdisk("db").unwrap();
+        let held = s.holds_vdisk("db", "be exported").unwrap();
         assert!(
             held.contains("named by unsettled planned move bad"),
             "{held}"
         );
-        assert!(s.holds_vm("db").is_some());
-        assert_eq!(s.holds_vm("other"), None);
-        assert_eq!(s.holds_vdisk("moved"), None, "keys name nothing");
+        assert!(s.holds_vm("db", "start").is_some());
+        assert_eq!(s.holds_vm("other", "start"), None);
+        assert_eq!(
+            s.holds_vdisk("moved", "be exported"),
+            None,
+            "keys name nothing"
+        );
         // A rewrite (the good one settled) keeps the unreadable entry as it was.
         s.remove("good").unwrap();
         let raw: serde_json::Value =
@@ -465,22 +535,10 @@ mod tests {
     /// VM (a running one would serve it at once), or a VM defined with it started.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_unsettled_disk_is_neither_attached_nor_started_with_another_vm() {
-        use control::{Actor, ErrorCode, Request, Role, Via};
+        use control::{ErrorCode, Request};
         let dir = tempfile::tempdir().unwrap();
-        let kernel = dir.path().join("kernel.elf");
-        std::fs::write(&kernel, b"\x7fELF not really").unwrap();
-        let mut cfg = crate::NodeConfig::new(dir.path().join("data"));
-        cfg.disk_count = 2;
-        cfg.disk_size_bytes = 128 << 20;
-        cfg.api_listen = None;
-        cfg.host_cluster = false;
-        let n = crate::Node::start(cfg).await.unwrap();
+        let n = start_node(dir.path(), false).await;
         let ctl = n.controller();
-        let op = || Actor {
-            user: "op".into(),
-            role: Role::Operator,
-            via: Via::Api,
-        };
         for d in ["d", "e"] {
             let r = Request::VdiskCreate {
                 name: d.into(),
@@ -488,16 +546,9 @@ mod tests {
             };
             ctl.execute(op(), r).await.unwrap();
         }
-        let create = |name: &str, disk: &str| Request::VmCreate {
-            name: name.into(),
-            vcpus: 1,
-            memory_mib: 128,
-            disks: vec![disk.into()],
-            kernel: kernel.to_str().unwrap().into(),
-            cmdline: None,
-            nics: Vec::new(),
-        };
-        ctl.execute(op(), create("h", "e")).await.unwrap();
+        ctl.execute(op(), vm_create(dir.path(), "h", &["e"]))
+            .await
+            .unwrap();
         let entry = Entry {
             moved: Moved::Vdisk { name: "d".into() },
             ..vm_entry()
@@ -511,7 +562,9 @@ mod tests {
         assert_eq!(e.code, ErrorCode::Unavailable, "{e:?}");
         assert!(e.message.contains("move outcome not known yet"), "{e:?}");
         // Defined with it (nothing served yet), but not started.
-        ctl.execute(op(), create("g", "d")).await.unwrap();
+        ctl.execute(op(), vm_create(dir.path(), "g", &["d"]))
+            .await
+            .unwrap();
         let start = Request::VmStart { name: "g".into() };
         let e = ctl.execute(op(), start).await.unwrap_err();
         assert_eq!(e.code, ErrorCode::Unavailable, "{e:?}");
@@ -519,40 +572,151 @@ mod tests {
         n.shutdown().await.unwrap();
     }
 
+    /// A disk or VM whose planned move is unsettled is neither changed nor deleted here: it may
+    /// be the target's already (what this node did would be lost, or undo the target's) or
+    /// become so. Every such request is refused, saying why and what to do, and changes nothing;
+    /// once settled, the same requests pass.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_unsettled_disk_or_vm_is_neither_changed_nor_deleted() {
+        use control::{ErrorCode, Request};
+        let dir = tempfile::tempdir().unwrap();
+        let n = start_node(dir.path(), false).await;
+        let ctl = n.controller();
+        for d in ["d", "e"] {
+            let r = Request::VdiskCreate {
+                name: d.into(),
+                size_bytes: 64 << 20,
+            };
+            ctl.execute(op(), r).await.unwrap();
+        }
+        let snap = |vdisk: &str, name: &str| Request::SnapshotCreate {
+            vdisk: vdisk.into(),
+            name: name.into(),
+        };
+        ctl.execute(op(), snap("d", "s1")).await.unwrap();
+        ctl.execute(op(), vm_create(dir.path(), "h", &["e"]))
+            .await
+            .unwrap();
+        let disk = Entry {
+            moved: Moved::Vdisk { name: "d".into() },
+            ..vm_entry()
+        };
+        n.inner.cluster.settles.add("r1", disk).unwrap();
+        let vm = Entry {
+            moved: Moved::Vm {
+                name: "h".into(),
+                disks: vec!["e".into()],
+            },
+            ..vm_entry()
+        };
+        n.inner.cluster.settles.add("r2", vm).unwrap();
+        let resize = |name: &str| Request::VdiskResize {
+            name: name.into(),
+            size_bytes: 128 << 20,
+        };
+        let refused = [
+            (Request::VdiskDelete { name: "d".into() }, "be deleted"),
+            (Request::VdiskDelete { name: "e".into() }, "be deleted"),
+            (
+                Request::VdiskClone {
+                    source: "d".into(),
+                    snapshot: Some("s1".into()),
+                    name: "c".into(),
+                },
+                "be cloned",
+            ),
+            (resize("d"), "be resized"),
+            (snap("d", "s2"), "be snapshotted"),
+            (snap("e", "s2"), "be snapshotted"),
+            (
+                Request::SnapshotDelete {
+                    vdisk: "d".into(),
+                    name: "s1".into(),
+                },
+                "have its snapshots deleted",
+            ),
+            (
+                Request::SnapshotRollback {
+                    vdisk: "d".into(),
+                    name: "s1".into(),
+                },
+                "be rolled back",
+            ),
+            (Request::VmDelete { name: "h".into() }, "be deleted"),
+            (
+                Request::VmUpdate {
+                    name: "h".into(),
+                    new_name: Some("h2".into()),
+                    description: None,
+                    vcpus: None,
+                    memory_mib: None,
+                    cmdline: None,
+                    disks: None,
+                    nics: None,
+                },
+                "be changed",
+            ),
+            (
+                Request::VmDiskDetach {
+                    name: "h".into(),
+                    vdisk: "e".into(),
+                    force: true,
+                    timeout_ms: None,
+                },
+                "be changed",
+            ),
+        ];
+        for (r, doing) in &refused {
+            let e = ctl.execute(op(), r.clone()).await.unwrap_err();
+            assert_eq!(e.code, ErrorCode::Unavailable, "{r:?}: {e:?}");
+            for said in [
+                "move outcome not known yet",
+                &format!("it cannot {doing} here until the cluster answers"),
+                "try again then",
+            ] {
+                assert!(e.message.contains(said), "{r:?}: {e:?}");
+            }
+        }
+        // Nothing changed.
+        let engine = &n.inner.engine;
+        assert_eq!(engine.vdisk("d").unwrap().size_bytes, 64 << 20);
+        assert!(engine.vdisk("c").is_err(), "no clone made");
+        let snaps: Vec<String> = engine
+            .snapshots("d")
+            .unwrap()
+            .into_iter()
+            .map(|s| s.name)
+            .collect();
+        assert_eq!(snaps, vec!["s1".to_string()]);
+        assert!(engine.snapshots("e").unwrap().is_empty());
+        let defined = n.inner.vms.defined();
+        assert_eq!(defined, vec![("h".to_string(), vec!["e".to_string()])]);
+        // Settled (not moved): the same requests pass.
+        n.inner.cluster.settles.remove("r1").unwrap();
+        n.inner.cluster.settles.remove("r2").unwrap();
+        ctl.execute(op(), resize("d")).await.unwrap();
+        ctl.execute(op(), snap("e", "s2")).await.unwrap();
+        let e = Request::VmDelete { name: "h".into() };
+        ctl.execute(op(), e).await.unwrap();
+        n.shutdown().await.unwrap();
+    }
+
     /// A committed VM move settled again after a restart (its entry was not removed) does not
     /// forget a VM whose disks are this node's again (moved back since).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_vm_moved_back_is_not_forgotten_by_a_stale_entry() {
-        use control::{Actor, Request, Role, Via};
+        use control::Request;
         let dir = tempfile::tempdir().unwrap();
-        let kernel = dir.path().join("kernel.elf");
-        std::fs::write(&kernel, b"\x7fELF not really").unwrap();
-        let mut cfg = crate::NodeConfig::new(dir.path().join("data"));
-        cfg.disk_count = 2;
-        cfg.disk_size_bytes = 128 << 20;
-        cfg.api_listen = None;
-        let n = crate::Node::start(cfg).await.unwrap();
+        let n = start_node(dir.path(), true).await;
         let ctl = n.controller();
-        let op = || Actor {
-            user: "op".into(),
-            role: Role::Operator,
-            via: Via::Api,
-        };
         let r = Request::VdiskCreate {
             name: "d".into(),
             size_bytes: 64 << 20,
         };
         ctl.execute(op(), r).await.unwrap();
-        let r = Request::VmCreate {
-            name: "g".into(),
-            vcpus: 1,
-            memory_mib: 128,
-            disks: vec!["d".into()],
-            kernel: kernel.to_str().unwrap().into(),
-            cmdline: None,
-            nics: Vec::new(),
-        };
-        ctl.execute(op(), r).await.unwrap();
+        ctl.execute(op(), vm_create(dir.path(), "g", &["d"]))
+            .await
+            .unwrap();
         let m = n.inner.cluster.member().unwrap();
         // The disk's record (committed by the create) names this node as its owner.
         let me = m.id();
@@ -592,6 +756,78 @@ mod tests {
         n.shutdown().await.unwrap();
     }
 
+    /// The cluster remembers the answers of its last 8,192 tagged commands only: a move that
+    /// applied before this node came back may have its answer forgotten, and its fence then
+    /// answers the no-op's `Ok`. Settled from where the cluster assigns what moved: still here
+    /// is "not moved", elsewhere is "moved" (the old logic kept it as not moved). A request id
+    /// never proposed stands in for a forgotten one (the state machine cannot tell them apart),
+    /// the records for a move whose answer was forgotten.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_move_whose_answer_the_cluster_forgot_is_settled_from_where_it_is() {
+        use super::super::outcome::settle;
+        use control::Request;
+        let dir = tempfile::tempdir().unwrap();
+        let n = start_node(dir.path(), true).await;
+        let ctl = n.controller();
+        let r = Request::VdiskCreate {
+            name: "d".into(),
+            size_bytes: 64 << 20,
+        };
+        ctl.execute(op(), r).await.unwrap();
+        ctl.execute(op(), vm_create(dir.path(), "g", &["d"]))
+            .await
+            .unwrap();
+        let m = n.inner.cluster.member().unwrap();
+        let me = m.id();
+        let record =
+            |m: &cluster::ClusterNode| m.read(|s| s.vms.values().find(|v| v.name == "g").cloned());
+        for i in 0.. {
+            if record(&m).is_some_and(|v| v.node == Some(me)) {
+                break;
+            }
+            assert!(i < 1000, "the VM's record never named this node");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        let vm = Moved::Vm {
+            name: "g".into(),
+            disks: vec!["d".into()],
+        };
+        let disk = |name: &str| Moved::Vdisk { name: name.into() };
+        let forgotten = || cluster::ClusterNode::request_id();
+        let why = || "no commit in time".to_string();
+        assert_eq!(
+            settle(&m, &forgotten(), why(), me, &vm).await,
+            Outcome::NotMoved(why())
+        );
+        assert_eq!(
+            settle(&m, &forgotten(), why(), me, &disk("d")).await,
+            Outcome::NotMoved(why())
+        );
+        // Moved away (the VM's record on no node of this one, a disk owned by member 999).
+        let mut away = record(&m).unwrap();
+        away.node = None;
+        let put = m.propose(cluster::Command::PutVm(away)).await.unwrap();
+        assert_eq!(put, cluster::CommandResult::Ok);
+        let x = cluster::VdiskDef {
+            id: "999/x".into(),
+            name: "x".into(),
+            size_bytes: 64 << 20,
+            parent_snapshot: None,
+        };
+        let put = m.propose(cluster::Command::CreateVdisk(x)).await.unwrap();
+        assert_eq!(put, cluster::CommandResult::Ok);
+        let epoch = m.read(|s| s.placement.version);
+        assert_eq!(
+            settle(&m, &forgotten(), why(), me, &vm).await,
+            Outcome::Moved(epoch)
+        );
+        assert_eq!(
+            settle(&m, &forgotten(), why(), me, &disk("x")).await,
+            Outcome::Moved(epoch)
+        );
+        n.shutdown().await.unwrap();
+    }
+
     #[test]
     fn an_unreadable_file_is_refused_clearly_and_moved_aside_not_overwritten() {
         let dir = tempfile::tempdir().unwrap();
@@ -604,18 +840,21 @@ mod tests {
         let aside = dir.path().join("move-settles.json.unreadable");
         assert_eq!(std::fs::read(&aside).unwrap(), b"not json");
         // Not "nothing pending": what it held cannot be told, so nothing starts or is exported.
-        for held in [s.holds_vm("any"), s.holds_vdisk("any")] {
+        for held in [
+            s.holds_vm("any", "start"),
+            s.holds_vdisk("any", "be exported"),
+        ] {
             let held = held.unwrap();
             assert!(held.contains("could not be read"), "{held}");
             assert!(held.contains("move-settles.json.unreadable"), "{held}");
         }
         s.add("r1", vm_entry()).unwrap();
         assert_eq!(std::fs::read(&aside).unwrap(), b"not json");
-        assert!(s.holds_vm("any").is_some(), "still, after a write");
+        assert!(s.holds_vm("any", "start").is_some(), "still, after a write");
         // Once the admin removed it, only the real entries hold.
         std::fs::remove_file(&aside).unwrap();
-        assert_eq!(s.holds_vm("any"), None);
-        assert!(s.holds_vm("web").is_some());
+        assert_eq!(s.holds_vm("any", "start"), None);
+        assert!(s.holds_vm("web", "start").is_some());
         assert_eq!(Settles::open(dir.path()).entries().len(), 1);
     }
 }

@@ -53,6 +53,15 @@ pub(crate) async fn move_vm_out(
             format!("VM {name} is not defined on this node"),
         ));
     };
+    // An earlier move of it (or of one of its disks) whose outcome is not known yet.
+    let settles = &inner.cluster.settles;
+    let held = settles.holds_vm(name, "be moved again").or_else(|| {
+        let doing = format!("be moved with VM {name}");
+        disks.iter().find_map(|d| settles.holds_vdisk(d, &doing))
+    });
+    if let Some(why) = held {
+        return Err(ControlError::new(ErrorCode::Unavailable, why));
+    }
     if to == me {
         return Err(conflict(format!("VM {name} is already on this node")));
     }
@@ -253,7 +262,11 @@ async fn commit(
         record: true,
         unused_outdated: super::copies::unused_outdated(m, &ids).await,
     };
-    Ok(super::outcome::commit(m, cmd).await)
+    let moved = super::settles::Moved::Vm {
+        name: name.to_string(),
+        disks: moving.to_vec(),
+    };
+    Ok(super::outcome::commit(m, cmd, m.id(), &moved).await)
 }
 
 /// Step 4's start, once the move committed at `epoch`: forget the VM here, log and record it.
