@@ -154,6 +154,22 @@ fn ours_run(
     let host_cpu_ns = crate::bench_cpu::process_cpu_ns()
         .saturating_sub(cpu0)
         .saturating_sub(vm.stats().vcpu_time_ns);
+    if std::env::var("CAIRN_BENCH_VMM_EACH").as_deref() == Ok("1") {
+        // Where the time went: the disk's counters and the device threads' CPU.
+        let st = vm.stats();
+        for d in &st.disks {
+            println!(
+                "disk {}: writes {} direct {}, reads {} direct {}; device threads {:.1} ms, vcpu {:.1} ms",
+                d.id,
+                d.write_ops,
+                d.direct_writes,
+                d.read_ops,
+                d.direct_reads,
+                st.device_time_ns as f64 / 1e6,
+                st.vcpu_time_ns as f64 / 1e6
+            );
+        }
+    }
     let out = String::from_utf8_lossy(&vm.debug_output()).into_owned();
     let boot = vm
         .started_at()
@@ -511,9 +527,10 @@ pub fn run(opts: &BenchOptions) -> Result<Vec<BenchLine>> {
     Ok(lines)
 }
 
-/// Fills `path` (created or truncated) with `bytes` bytes of `fill` and syncs it, so every
-/// block is allocated and written before a measurement (the engine only adopts a pool disk
-/// whose first MiB is blank, so its files are filled with zeros).
+/// Fills `path` (created or truncated) with `bytes` bytes of `fill`, syncs it and drops it
+/// from the page cache, so every block is allocated and written before a measurement (the
+/// engine only adopts a pool disk whose first MiB is blank, so its files are filled with
+/// zeros).
 fn prewrite_file(path: &Path, bytes: u64, fill: u8) -> Result<()> {
     let f = std::fs::File::create(path).map_err(io_err("create bench file"))?;
     f.set_len(bytes).map_err(io_err("size bench file"))?;
@@ -525,13 +542,24 @@ fn prewrite_file(path: &Path, bytes: u64, fill: u8) -> Result<()> {
             .map_err(io_err("fill bench file"))?;
         off += n as u64;
     }
-    f.sync_all().map_err(io_err("sync bench file"))
+    f.sync_all().map_err(io_err("sync bench file"))?;
+    // Out of the page cache, like a real device: an O_DIRECT write over a cached page cannot
+    // be done without waiting (the page must go first), so io_uring hands every such write to
+    // a kernel worker thread. Left cached, the engine's writes into its pool files' free space
+    // (never written since the fill) would nearly all pay that, QEMU's into its file only the
+    // first time each block is written.
+    use std::os::fd::AsRawFd;
+    // SAFETY: advice on a descriptor we hold open; no memory is passed. Only advice: a file
+    // system that keeps the pages anyway (or has none) changes nothing measured.
+    unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    Ok(())
 }
 
 /// Developer knobs for profiling one side (read from the environment, never set by `cairn
 /// bench`): `CAIRN_BENCH_VMM_QD=32` runs only that queue depth, `CAIRN_BENCH_VMM_ANCHOR=off`
 /// skips QEMU (its figure then reads 0), so `perf` sees only Cairn's process;
-/// `CAIRN_BENCH_VMM_EACH=1` also prints every run's figures, not only the medians;
+/// `CAIRN_BENCH_VMM_EACH=1` also prints every run's figures, not only the medians, and per run
+/// of ours the disk's counters (direct writes among them) and the device threads' CPU;
 /// `CAIRN_BENCH_VMM_WORKERS=N` gives the disk's runtime N workers instead of 2 (how
 /// the engine path fares with fewer threads to wake per request).
 struct ProbeKnobs {
@@ -733,6 +761,46 @@ fn engine_backend(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A pre-written bench file is left out of the page cache: an O_DIRECT write over a cached
+    /// page goes to io_uring's worker threads, which the measurement must not include.
+    #[test]
+    fn a_prewritten_file_is_not_left_in_the_page_cache() {
+        use std::os::fd::AsRawFd;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let len = 4usize << 20;
+        prewrite_file(&path, len as u64, 0x5a).unwrap();
+        let f = std::fs::File::open(&path).unwrap();
+        // SAFETY: all zeros is a valid statfs (plain integers).
+        let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
+        // SAFETY: fstatfs fills the struct for a descriptor we hold open.
+        let r = unsafe { libc::fstatfs(f.as_raw_fd(), &mut fs) };
+        assert_eq!(r, 0);
+        if fs.f_type == libc::TMPFS_MAGIC {
+            println!("skipped: the temporary directory is on tmpfs (pages are the file)");
+            return;
+        }
+        // SAFETY: a read-only shared mapping of the whole file, unmapped below; mincore only
+        // writes one byte per page into `resident`, which has room for every page.
+        let resident = unsafe {
+            let at = libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                f.as_raw_fd(),
+                0,
+            );
+            assert_ne!(at, libc::MAP_FAILED);
+            let mut v = vec![0u8; len.div_ceil(4096)];
+            let r = libc::mincore(at, len, v.as_mut_ptr());
+            libc::munmap(at, len);
+            assert_eq!(r, 0);
+            v.iter().filter(|b| *b & 1 != 0).count()
+        };
+        assert!(resident < len / 4096 / 8, "{resident} pages still cached");
+    }
 
     #[test]
     fn overhead_leaves_out_the_guest_ram_mapping_only() {
