@@ -109,7 +109,7 @@ pub trait Replica: Send + Sync + 'static {
     fn scrub(&self) -> BoxFuture<'_, R<ScrubReport>>;
     /// Every version record of `obj` without its data (`Store::version_records`): scrub
     /// compares the replicas of a chunk by these before it reads any data. None: this holder
-    /// cannot list them without sending the chunk's data (the mirror protocol has no such
+    /// cannot list them now (a peer away, or one too old to know the mirror protocol's
     /// request), so scrub leaves it out of the comparison and counts it as not compared.
     fn version_records(&self, _obj: ObjectId) -> BoxFuture<'_, R<Option<Vec<VersionRecord>>>> {
         Box::pin(async { Ok(None) })

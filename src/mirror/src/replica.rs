@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use blockdev::{AlignedBuf, BoxFuture, WriteBuf};
 use engine::{Reachability, Replica, PRUNE_MARK_CHUNK};
-use store::{BlockVersions, ObjectId, ScrubReport, Space, StoreError};
+use store::{BlockVersions, ObjectId, ScrubReport, Space, StoreError, VersionRecord};
 
 use crate::client::{wire_to_store, CallErr, Outgoing, RemoteReplica};
 use crate::server::{from_wire, to_wire};
@@ -277,6 +277,34 @@ impl Replica for RemoteReplica {
                     )))
                 }
                 Err(e) => Err(e),
+            }
+        })
+    }
+
+    fn version_records(&self, obj: ObjectId) -> BoxFuture<'_, R<Option<Vec<VersionRecord>>>> {
+        Box::pin(async move {
+            let req = Req::VersionRecords {
+                disk: self.disk.id.clone(),
+                obj,
+            };
+            // Metadata only (no data crosses): bounded like any other call. Whatever keeps an
+            // answer from coming (the peer away or restarting, a peer too old to know the
+            // request) leaves the chunk uncompared, never a failed disk: listing reads no
+            // device.
+            match self.query(Some(obj), req, self.link.cfg.call_timeout).await {
+                Ok(Body::Records(r)) => Ok(Some(
+                    r.into_iter()
+                        .map(|(block, gen, crc)| VersionRecord { block, gen, crc })
+                        .collect(),
+                )),
+                Ok(other) => {
+                    tracing::warn!(node = self.link.node_id, %obj, reply = ?other, "scrub: a peer answered a version listing with something else");
+                    Ok(None)
+                }
+                Err(e) => {
+                    tracing::warn!(node = self.link.node_id, %obj, error = %e, "scrub: a peer did not list a chunk's versions; not compared");
+                    Ok(None)
+                }
             }
         })
     }

@@ -421,6 +421,17 @@ impl ReplicaServer {
                 from_gen,
                 to_gen,
             ))),
+            Req::VersionRecords { disk, obj } => {
+                let d = self.disk(&disk)?;
+                let records = d.version_records(to_local(obj)).await.map_err(se)?;
+                Ok(Body::Records(
+                    records
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|r| (r.block, r.gen, r.crc))
+                        .collect(),
+                ))
+            }
             Req::HeldObjects {
                 home,
                 vdisk,

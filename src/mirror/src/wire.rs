@@ -282,6 +282,14 @@ pub enum Req {
         chunk: u64,
         from_block: u64,
     },
+    /// The version records of object `obj` on `disk` (block, generation, crc of every version;
+    /// no data): scrub compares a chunk's replicas by them before it reads any data. A server
+    /// older than this request answers it with an error (it cannot decode it), which the
+    /// client takes as "not compared".
+    VersionRecords {
+        disk: String,
+        obj: ObjectId,
+    },
 }
 
 /// A [`Req::Write`] borrowing its data: encodes to exactly the bytes of the owned request
@@ -405,7 +413,8 @@ impl Req {
             Req::Rollback { obj, .. }
             | Req::Delete { obj, .. }
             | Req::Export { obj, .. }
-            | Req::Changed { obj, .. } => {
+            | Req::Changed { obj, .. }
+            | Req::VersionRecords { obj, .. } => {
                 if !obj_ok(obj) {
                     return bad(format!("object {obj}: reserved virtual disk id"));
                 }
@@ -562,6 +571,9 @@ pub enum Body {
         blocks: Vec<HeldBlock>,
         next_block: Option<u64>,
     },
+    /// An object's version records in the store's order: (block, generation, crc; None for a
+    /// tombstone).
+    Records(Vec<(u64, u64, Option<u32>)>),
 }
 
 /// Every reply names the server's instance (random per process start), so a client notices a

@@ -90,9 +90,10 @@ impl Inner {
     /// source (`compare_source`) over each differing replica, as a rebuild copies it.
     ///
     /// Chunks still pending a reconcile after an unclean shutdown are left to it (it compares
-    /// them with the crash rule before they serve I/O). Only replicas on this node's disks are
-    /// compared: another node's replica cannot list its versions without sending the chunk's
-    /// data (see `Replica::version_records`), and is counted in `replicas_not_compared`.
+    /// them with the crash rule before they serve I/O). A replica on another node lists its
+    /// records over the mirror protocol (metadata only); one that cannot (the peer away, or
+    /// too old to know the request: `Replica::version_records` is None) is counted in
+    /// `replicas_not_compared`.
     async fn compare_replicas(&self) {
         for (obj, holders) in self.index.all() {
             if self.shutting_down.load(Ordering::Acquire) {
