@@ -121,10 +121,15 @@ impl Inner {
         obj: ObjectId,
         to_fail: &mut Vec<(Arc<Disk>, StoreError)>,
     ) {
-        // Re-read under the lock: a mover may have changed the holders meanwhile.
+        // Re-read under the lock: a mover may have changed the holders meanwhile, and a
+        // failed change may have marked the chunk for reconcile (whose rule, not scrub's,
+        // picks its good replica).
         let Some(holders) = self.index.get(obj) else {
             return;
         };
+        if !self.reconciled(obj) {
+            return;
+        }
         let mut records: Vec<(Arc<Disk>, Vec<VersionRecord>)> = Vec::new();
         let mut not_compared = 0;
         for d in self.live_disks(holders) {
