@@ -71,6 +71,27 @@ pub fn run_vmm(a: VmmBenchArgs) -> i32 {
     }
 }
 
+/// The memory child of `cairn bench vmm` (see `vmm::bench::CHILD_ENV`): reached from `main`
+/// before the CLI is parsed. The child takes its guest from the file the parent names, so no
+/// option here matters.
+pub fn vmm_memory_child() -> i32 {
+    let opts = vmm::bench::BenchOptions {
+        work_dir: PathBuf::new(),
+        guest_elf: Vec::new(),
+        disk_bytes: 0,
+        ops: 0,
+        runs: 0,
+        qemu: String::new(),
+    };
+    match vmm::bench::run(&opts) {
+        Ok(_) => 0,
+        Err(e) => {
+            eprintln!("cairn bench vmm (memory child): {e:#}");
+            1
+        }
+    }
+}
+
 pub fn run_cluster_peer(a: ClusterPeerArgs) -> i32 {
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
