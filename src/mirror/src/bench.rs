@@ -93,11 +93,30 @@ async fn engine_on_files(
         let p = dir.join(format!("node{node}-disk{i}.img"));
         let _ = std::fs::remove_file(&p);
         let io = |e: blockdev::BlockError| MirrorError::State(format!("{}: {e}", p.display()));
-        blockdev::create_sparse_file(&p, size).map_err(io)?;
+        // Written in full, as `cairn bench engine` and the engine's bench tool do: a write into
+        // a hole of a sparse file makes the file system allocate, and io_uring hands such
+        // writes to its worker threads (a wake-up and a context switch each), which the
+        // figures should not include.
+        write_zero_file(&p, size)
+            .map_err(|e| MirrorError::State(format!("{}: {e}", p.display())))?;
         let dev = blockdev::open_device(&p).map_err(io)?;
         e.add_disk(dev).await?;
     }
     Ok(e)
+}
+
+/// A file of `size` zero bytes written in full (no holes) and synced.
+fn write_zero_file(path: &std::path::Path, size: u64) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path)?;
+    let chunk = vec![0u8; 4 << 20];
+    let mut left = size;
+    while left > 0 {
+        let n = left.min(chunk.len() as u64) as usize;
+        f.write_all(&chunk[..n])?;
+        left -= n as u64;
+    }
+    f.sync_all()
 }
 
 /// If `CAIRN_PERF_CTL` names a `perf record --control=fifo:...` control FIFO, send it `cmd`
