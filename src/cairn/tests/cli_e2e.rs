@@ -374,3 +374,20 @@ fn control_socket_answers_bad_frames_with_errors() {
     );
     assert!(n.vdisk_names().is_empty());
 }
+
+/// `cairn bench vmm` measures its VMM's memory in a child process holding one idle VM (the
+/// cairn binary re-run with `vmm::bench::CHILD_ENV` set), which starts before the CLI is parsed
+/// (the parser's code and heap would be counted as the VMM's). With the child's variable set, an
+/// argument the CLI would refuse (exit 2, "unexpected argument") never reaches it: the child
+/// itself answers, here with its error about a guest file that does not exist.
+#[test]
+fn the_memory_child_starts_before_the_cli_is_parsed() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .arg("--no-such-option")
+        .env(vmm::bench::CHILD_ENV, "/nonexistent/cairn-guest.elf")
+        .output()
+        .expect("run cairn");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("memory child"), "stderr: {err}");
+    assert_eq!(out.status.code(), Some(1), "stderr: {err}");
+}
