@@ -45,18 +45,24 @@ pub(crate) enum Moved {
 }
 
 impl Moved {
-    /// Whether cluster state `s` still assigns what moves to member `from` (the mover): the VM
-    /// record of that name on it, or the disk of that name owned by it. Read after the move's
-    /// fence committed (nothing can move it then but later commands), this tells "not moved
-    /// (or moved back since)" from "moved away", also when the cluster forgot the move's own
-    /// answer (`super::outcome`).
+    /// Whether cluster state `s` still assigns what moves to member `from` (the mover): a VM
+    /// record of that name on it and every disk that moved with the VM owned by it, or the
+    /// disk of that name owned by it. Read after the move's fence committed (nothing can move
+    /// it then but later commands), this tells "not moved (or moved back since)" from "moved
+    /// away", also when the cluster forgot the move's own answer (`super::outcome`). The VM's
+    /// disks decide, not its name alone: another VM of that name can be recorded on the mover
+    /// (one moved there whose name clashes, `crate::harestart`), and `Command::MoveVm` moves
+    /// the record and the disks at once.
     pub(crate) fn still_on(&self, s: &cluster::ClusterState, from: u64) -> bool {
+        let owned = |d: &String| crate::harestart::disk_owner(s, d) == Some(from);
         match self {
-            Moved::Vm { name, .. } => s
-                .vms
-                .values()
-                .any(|v| v.name == *name && v.node == Some(from)),
-            Moved::Vdisk { name } => crate::harestart::disk_owner(s, name) == Some(from),
+            Moved::Vm { name, disks } => {
+                s.vms
+                    .values()
+                    .any(|v| v.name == *name && v.node == Some(from))
+                    && disks.iter().all(owned)
+            }
+            Moved::Vdisk { name } => owned(name),
         }
     }
 
@@ -823,6 +829,28 @@ mod tests {
         );
         assert_eq!(
             settle(&m, &forgotten(), why(), me, &disk("x")).await,
+            Outcome::Moved(epoch)
+        );
+        // Another VM named g recorded on this node (one moved here whose name clashes): the
+        // disk that moved with g tells, not the name (before: taken for g, kept as not moved).
+        let clash = cluster::VmDef {
+            id: "7/g".into(),
+            name: "g".into(),
+            vcpus: 1,
+            memory_mib: 64,
+            vdisks: Vec::new(),
+            node: Some(me),
+            power: cluster::VmPower::Stopped,
+        };
+        let put = m.propose(cluster::Command::PutVm(clash)).await.unwrap();
+        assert_eq!(put, cluster::CommandResult::Ok);
+        let with_x = Moved::Vm {
+            name: "g".into(),
+            disks: vec!["x".into()],
+        };
+        let epoch = m.read(|s| s.placement.version);
+        assert_eq!(
+            settle(&m, &forgotten(), why(), me, &with_x).await,
             Outcome::Moved(epoch)
         );
         n.shutdown().await.unwrap();
