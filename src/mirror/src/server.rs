@@ -423,10 +423,17 @@ impl ReplicaServer {
             ))),
             Req::VersionRecords { disk, obj } => {
                 let d = self.disk(&disk)?;
-                let records = d.version_records(to_local(obj)).await.map_err(se)?;
+                // A replica that cannot list (not one of this server's own stores) says so: an
+                // empty list would read as a chunk with no versions, a difference.
+                let records = d
+                    .version_records(to_local(obj))
+                    .await
+                    .map_err(se)?
+                    .ok_or_else(|| {
+                        WireError::BadRequest(format!("disk {disk} cannot list versions"))
+                    })?;
                 Ok(Body::Records(
                     records
-                        .unwrap_or_default()
                         .into_iter()
                         .map(|r| (r.block, r.gen, r.crc))
                         .collect(),
