@@ -694,6 +694,12 @@ impl PolledAsyncQueue {
         self.direct.as_ref()
     }
 
+    /// For tests: the direct reads and writes, to change.
+    #[cfg(test)]
+    pub(super) fn direct_mut(&mut self) -> Option<&mut DirectReads> {
+        self.direct.as_mut()
+    }
+
     /// For tests: gives up the direct ring as when it cannot be waited on
     /// ([`DirectReads::leak`]).
     #[cfg(test)]

@@ -39,7 +39,9 @@
 //!
 //! The ring is made with the device (outside the sandbox), lent to the queue thread and given
 //! back when the thread ends; an ending thread first waits for every read and write the kernel
-//! still has and finishes it (its buffers must outlive the kernel's use of them).
+//! still has and finishes it (its buffers must outlive the kernel's use of them), for at most
+//! the ring's drain limit (30 s): past it (a hung device) the ring and the buffers are leaked
+//! and what is left answered with an error ([`DirectReads::leak`]).
 
 use super::blk::Outcome;
 use super::blk_async::{AsyncQueue, InFlight};
@@ -49,6 +51,7 @@ use engine::{DirectRead, DirectWrite, VdiskHandle};
 use io_uring::{opcode, types};
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::Ordering::Relaxed;
+use std::time::Instant;
 use vm_memory::{Bytes, GuestAddress};
 
 /// Bytes per checksummed block.
@@ -379,16 +382,27 @@ impl DirectReads {
     }
 
     /// Waits for every read and write the kernel still has and finishes it (the thread is
-    /// ending). A ring that cannot be waited on is leaked with the slots' buffers rather than
-    /// freed under the kernel's feet ([`DirectReads::leak`]).
+    /// ending). A ring that cannot be waited on, or whose reads and writes are not all back
+    /// within its drain limit ([`super::blk_uring::DRAIN_LIMIT`]: a hung device), is leaked with
+    /// the slots' buffers rather than freed under the kernel's feet, and what it still has is
+    /// answered with an error ([`DirectReads::leak`]), so the VM's stop or reset does not hang
+    /// with the device.
     pub(super) fn drain(&mut self, q: &AsyncQueue) {
         self.submit();
+        let Some(limit) = self.ring.as_ref().map(|r| r.drain_limit) else {
+            return;
+        };
+        let deadline = Instant::now() + limit;
         while self.in_kernel > 0 {
             let Some(r) = self.ring.as_mut() else {
                 return;
             };
-            if !r.wait_one() {
-                self.leak();
+            if !r.wait_one(deadline) {
+                // What came back meanwhile is finished as usual; the rest is given up.
+                self.reap(q);
+                if self.in_kernel > 0 {
+                    self.leak();
+                }
                 return;
             }
             self.reap(q);
@@ -405,6 +419,36 @@ impl DirectReads {
             .flatten()
             .filter(|s| s.buf.is_some())
             .count()
+    }
+
+    /// For tests: the device stops answering. The kernel gets a read from a pipe nobody ever
+    /// writes (or closes), then a NOP that waits for it (IO_DRAIN), behind which the kernel
+    /// holds every later request on the ring; neither belongs to a slot (their completions
+    /// would be ignored). A drain now gives up after `limit`. False if the ring is gone.
+    #[cfg(test)]
+    pub(super) fn hang_for_test(&mut self, limit: std::time::Duration) -> bool {
+        let Some(r) = self.ring.as_mut() else {
+            return false;
+        };
+        r.drain_limit = limit;
+        let mut fds = [0; 2];
+        // SAFETY: pipe(2) fills the two-element array.
+        if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
+            return false;
+        }
+        // Both ends stay open for good (the read never ends), and so does its buffer.
+        let buf: &'static mut [u8; 64] = Box::leak(Box::new([0u8; 64]));
+        let read = opcode::Read::new(types::Fd(fds[0]), buf.as_mut_ptr(), 64)
+            .build()
+            .user_data(u64::MAX);
+        let barrier = opcode::Nop::new()
+            .build()
+            .flags(io_uring::squeue::Flags::IO_DRAIN)
+            .user_data(u64::MAX);
+        // SAFETY: the buffer and the descriptor are never freed or closed.
+        let pushed = unsafe { r.ring.submission().push_multiple(&[read, barrier]) }.is_ok();
+        r.submit();
+        pushed
     }
 
     /// The kernel may still use the slots' buffers and cannot be waited for: the ring and

@@ -355,7 +355,8 @@ fn an_entry_left_queued_by_a_refused_submit_keeps_the_thread_awake() {
     while done.is_empty() {
         r.collect(&mut done);
         if done.is_empty() {
-            assert!(r.wait_one());
+            let far = std::time::Instant::now() + std::time::Duration::from_secs(60);
+            assert!(r.wait_one(far));
         }
     }
     assert_eq!(done, vec![(7, 0)]);
@@ -595,6 +596,66 @@ fn a_queue_that_leaks_its_ring_answers_its_writes_and_lets_the_disk_go() {
         .expect("the snapshot waited for the leaked writes")
         .unwrap();
     drop(rig);
+    let mut got = vec![0u8; 64 << 10];
+    p.rt.block_on(h.read(0, &mut got)).unwrap();
+    assert!(got == old, "nothing recorded");
+    p.rt.block_on(p.engine.shutdown()).unwrap();
+}
+
+/// A queue thread that ends while a hung device holds its direct reads and writes in the
+/// kernel stops waiting at its drain limit (30 s in production, 50 ms here): the ring and the
+/// buffers are leaked, each request is answered with an error, and the engine's guards go (a
+/// snapshot of the disk completes). Before, the drain waited for the device for good and the
+/// VM's stop hung with it. The device here never answers: the ring holds every request behind
+/// a read from a pipe nobody writes.
+#[test]
+fn a_queue_ending_on_a_hung_device_answers_with_errors_after_its_drain_limit() {
+    let Some(p) = pool() else { return };
+    let h = p.disk.as_async().unwrap().engine_handle().unwrap().clone();
+    let old = pattern(64 << 10, 7);
+    p.rt.block_on(h.write(0, &old)).unwrap();
+    let mem_arc = guest_memory();
+    let mem: &GuestMemoryMmap = &mem_arc;
+    let Some(mut rig) = Rig::new(&p, mem, mem_arc.clone()) else {
+        return;
+    };
+    let limit = std::time::Duration::from_millis(50);
+    assert!(rig.pq.direct_mut().unwrap().hang_for_test(limit));
+    mem.write_slice(&pattern(4096, 8), GuestAddress(DATA))
+        .unwrap();
+    let reqs = [
+        rig.read(0, &[(DATA + 0x1_0000, 4096)]),
+        rig.write(8, &[(DATA, 4096)]),
+    ];
+    assert!(rig.pq.serve(), "the requests were taken");
+    let used_at = rig.vq.used_addr().unchecked_add(2);
+    let Rig { pq, counters, .. } = rig;
+    // A safety net, not a timing: the drain gives up after 50 ms; before, it never returned.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        drop(pq);
+        let _ = tx.send(());
+    });
+    let ended = rx.recv_timeout(std::time::Duration::from_secs(20)).is_ok();
+    assert!(ended, "the queue waited for the hung device for good");
+    let used: u16 = mem.read_obj(used_at).unwrap();
+    assert_eq!(used, 2, "every request was answered");
+    for r in reqs {
+        let st: u8 = mem.read_obj(GuestAddress(STATUS + u64::from(r))).unwrap();
+        assert_ne!(st, S_OK, "request {r} answered with an error");
+    }
+    assert_eq!(
+        (
+            counters.direct_reads.load(Relaxed),
+            counters.direct_writes.load(Relaxed)
+        ),
+        (0, 0),
+        "neither went through"
+    );
+    let wait = std::time::Duration::from_secs(60);
+    p.rt.block_on(async { tokio::time::timeout(wait, p.engine.create_snapshot("d", "s")).await })
+        .expect("the snapshot waited for the abandoned write")
+        .unwrap();
     let mut got = vec![0u8; 64 << 10];
     p.rt.block_on(h.read(0, &mut got)).unwrap();
     assert!(got == old, "nothing recorded");

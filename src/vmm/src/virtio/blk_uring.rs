@@ -25,7 +25,10 @@
 //!   is never retried after a failure (a second fdatasync may report success for lost data);
 //!   discard, write-zeroes and GET_ID run synchronously on the thread;
 //! - a stopping thread waits for every request the kernel still has (their buffers are guest
-//!   memory) and publishes it before it gives the ring back.
+//!   memory) and publishes it before it gives the ring back, for at most [`DRAIN_LIMIT`]: past
+//!   it (a hung device) the ring is leaked with the guest memory mapping (the kernel may still
+//!   read or write it) and the requests left unanswered, so a stop or reset of the VM does not
+//!   hang with the device.
 
 use super::blk::{arm, parse, pending, BlkQueueHandler, Chain, Req, MAX_CHAIN, S_IOERR, S_OK};
 use super::PollWindow;
@@ -37,10 +40,15 @@ use std::fs::File;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestMemoryBackend};
 use vmm_sys_util::eventfd::EventFd;
+
+/// How long a stopping queue waits for the requests the kernel still has before it gives up on
+/// them (a hung device): long enough for any device that still answers, even one retrying its
+/// commands (a SCSI disk's timeout is 30 s), short enough that a VM stop does not hang for good.
+pub const DRAIN_LIMIT: Duration = Duration::from_secs(30);
 
 /// One queue's io_uring: the file as fixed file 0 (or no file, for a ring that reads devices
 /// given per request: [`super::blk_direct`]) and an eventfd signalled on each completion.
@@ -49,6 +57,8 @@ pub struct QueueRing {
     pub(super) ring: IoUring,
     pub(super) efd: EventFd,
     pub(super) slots: usize,
+    /// How long a stopping queue waits for the kernel ([`DRAIN_LIMIT`]; less in tests).
+    pub(super) drain_limit: Duration,
     /// The file was opened O_DIRECT: buffers must be 512-byte aligned.
     direct: bool,
     _file: Option<Arc<File>>,
@@ -93,6 +103,7 @@ impl QueueRing {
             ring,
             efd,
             slots: depth as usize,
+            drain_limit: DRAIN_LIMIT,
             direct: false,
             _file: None,
         })
@@ -135,12 +146,47 @@ impl QueueRing {
         );
     }
 
-    /// Waits for at least one completion; false if the ring cannot be waited on.
-    pub(super) fn wait_one(&mut self) -> bool {
-        match self.ring.submit_and_wait(1) {
-            Ok(_) => true,
-            Err(e) => matches!(e.raw_os_error(), Some(libc::EINTR | libc::EAGAIN)),
+    /// Waits for at least one completion, until `deadline` at the latest; false if the
+    /// deadline passed or the ring cannot be waited on. True may come back early (a signal, a
+    /// completion already collected): the caller reaps and asks again.
+    pub(super) fn wait_one(&mut self, deadline: Instant) -> bool {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
         }
+        if !self.ring.params().is_feature_ext_arg() {
+            return self.poll_one(left);
+        }
+        let ts = types::Timespec::from(left);
+        let args = types::SubmitArgs::new().timespec(&ts);
+        match self.ring.submitter().submit_with_args(1, &args) {
+            Ok(_) => true,
+            // ETIME: the time is up, which the next call sees.
+            Err(e) => matches!(
+                e.raw_os_error(),
+                Some(libc::EINTR | libc::EAGAIN | libc::ETIME)
+            ),
+        }
+    }
+
+    /// [`QueueRing::wait_one`] on a kernel whose io_uring_enter takes no timeout (before
+    /// 5.11): sleeps on the completion eventfd instead, cleared first (it may count
+    /// completions already collected) and the ring looked at after the clear.
+    fn poll_one(&mut self, left: Duration) -> bool {
+        let _ = self.efd.read();
+        self.submit();
+        if !self.ring.completion().is_empty() {
+            return true;
+        }
+        let mut pfd = libc::pollfd {
+            fd: self.efd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = i32::try_from(left.as_millis().max(1)).unwrap_or(i32::MAX);
+        // SAFETY: one pollfd, valid for the call.
+        let n = unsafe { libc::poll(&mut pfd, 1, ms) };
+        n > 0 || (n < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR))
     }
 
     /// The eventfd that becomes readable when a completion is posted.
@@ -549,23 +595,34 @@ impl UringQueue {
 
 impl Drop for UringQueue {
     /// Waits for what the kernel still has, publishes it, and gives the ring back. A ring that
-    /// cannot be waited on is leaked rather than freed under the kernel's feet.
+    /// cannot be waited on, or whose requests are not all back within its drain limit (a hung
+    /// device), is leaked rather than freed under the kernel's feet, with the guest memory
+    /// mapping (the kernel may still read or write it); its requests stay unanswered (the
+    /// queue is going away; answering one would let the guest reuse a buffer the kernel may
+    /// still write).
     fn drop(&mut self) {
         let mut published = false;
+        let deadline = Instant::now() + self.ring.as_ref().map_or(DRAIN_LIMIT, |r| r.drain_limit);
         while self.in_kernel > 0 {
             let Some(r) = self.ring.as_mut() else {
                 return;
             };
-            if !r.wait_one() {
-                std::mem::forget(self.ring.take());
-                return;
+            if !r.wait_one(deadline) {
+                published |= self.reap();
+                if self.in_kernel > 0 {
+                    std::mem::forget(self.mem.clone());
+                    std::mem::forget(self.ring.take());
+                    break;
+                }
             }
             published |= self.reap();
         }
         if published && self.queue.needs_notification(&*self.mem).unwrap_or(true) {
             (self.irq)();
         }
-        *self.home.lock() = self.ring.take();
+        if self.in_kernel == 0 {
+            *self.home.lock() = self.ring.take();
+        }
     }
 }
 
@@ -863,5 +920,81 @@ mod tests {
         drop(q);
         assert_eq!(used_idx(&mem, &vq), 1);
         assert_eq!(mem.read_obj::<u8>(GuestAddress(DATA)).unwrap(), 0x77);
+    }
+
+    /// A queue that ends while its file never answers a request (a hung device) stops waiting
+    /// at its drain limit (30 s in production, 50 ms here) instead of hanging its thread, and
+    /// so the VM's stop, for good: the ring is not given back (the kernel still has the read)
+    /// and the request is left unanswered. The "file" is a pipe nobody ever writes or closes.
+    #[test]
+    fn a_queue_ending_on_a_hung_file_gives_up_after_its_drain_limit() {
+        use std::os::fd::FromRawFd;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("disk");
+        std::fs::write(&path, vec![0u8; 1 << 20]).unwrap();
+        let disk = Arc::new(FileDisk::open(&path, false, false).unwrap());
+        let mut fds = [0; 2];
+        // SAFETY: pipe(2) fills the two-element array.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        // SAFETY: the read end was just created and is owned by nobody else. The write end
+        // stays open for good: the read never ends.
+        let rd = unsafe { File::from_raw_fd(fds[0]) };
+        let Some(mut ring) = QueueRing::new(Arc::new(rd), QLEN) else {
+            println!("skipped: io_uring unavailable");
+            return;
+        };
+        ring.drain_limit = std::time::Duration::from_millis(50);
+        let mem = Arc::new(GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x100_0000)]).unwrap());
+        let vq = MockSplitQueue::new(&*mem, QLEN);
+        let home: RingHome = Arc::new(Mutex::new(None));
+        let (mut q, _counters) = uring_queue(&disk, ring, &mem, &vq, home.clone(), Box::new(|| {}));
+        push(&mem, &vq, 0, T_IN, 0, &[(DATA, 4096, WRITE)]);
+        q.on_event(false);
+        assert_eq!(q.in_kernel, 1, "the read waits on the empty pipe");
+        // A safety net, not a timing: the drop gives up after 50 ms; before, it never returned.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            drop(q);
+            let _ = tx.send(());
+        });
+        let ended = rx.recv_timeout(std::time::Duration::from_secs(20)).is_ok();
+        assert!(ended, "the queue waited for the hung file for good");
+        assert!(
+            home.lock().is_none(),
+            "a ring the kernel still uses is not given back"
+        );
+        assert_eq!(used_idx(&mem, &vq), 0, "the read is left unanswered");
+    }
+
+    /// The wait of kernels whose io_uring_enter takes no timeout (before 5.11), run here on
+    /// any kernel: nothing back within the time given is false, a completion is true.
+    #[test]
+    fn the_eventfd_wait_of_older_kernels_ends_at_its_time() {
+        let Some(mut r) = QueueRing::unbound(QLEN) else {
+            println!("skipped: io_uring unavailable");
+            return;
+        };
+        let mut fds = [0; 2];
+        // SAFETY: pipe(2) fills the two-element array.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        // Both ends stay open for good (the read never ends), and so does its buffer.
+        let buf: &'static mut [u8; 8] = Box::leak(Box::new([0u8; 8]));
+        let read = opcode::Read::new(types::Fd(fds[0]), buf.as_mut_ptr(), 8)
+            .build()
+            .user_data(1);
+        // SAFETY: the buffer and the descriptor are never freed or closed.
+        unsafe { r.ring.submission().push(&read) }.unwrap();
+        let ms = std::time::Duration::from_millis(20);
+        assert!(!r.poll_one(ms), "nothing came back");
+        let nop = opcode::Nop::new().build().user_data(2);
+        // SAFETY: a NOP references no memory.
+        unsafe { r.ring.submission().push(&nop) }.unwrap();
+        let far = std::time::Duration::from_secs(60);
+        let mut done = Vec::new();
+        while done.is_empty() {
+            assert!(r.poll_one(far), "the NOP came back");
+            r.collect(&mut done);
+        }
+        assert_eq!(done, vec![(2, 0)]);
     }
 }
