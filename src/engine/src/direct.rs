@@ -5,8 +5,10 @@
 //! reads, then checks every block with [`DirectRead::block_ok`] and, on any mismatch, failure
 //! or short read, does the whole request again through [`VdiskHandle::read`] (which verifies,
 //! fails over and repairs as always). The direct path itself never marks a replica bad and
-//! never repairs: a mismatch there may be the caller's own memory changing under it (a guest
-//! scribbling on its buffer) or a block that moved after the plan was made.
+//! never repairs on a checksum mismatch: a mismatch there may be the caller's own memory
+//! changing under it (a guest scribbling on its buffer) or a block that moved after the plan
+//! was made. A device error on the caller's ring is the device's, though: the caller hands it
+//! to [`VdiskHandle::direct_device_error`], which does what the ordinary path does on it.
 //!
 //! Only the plain case is planned: a block-aligned range inside one chunk, every block with data
 //! (holes read as zeros on the ordinary path), all in one run on an io_uring device of a live
@@ -43,6 +45,8 @@ pub struct DirectRead {
     store: Option<Arc<store::Store>>,
     /// The replica's disk (its read count).
     disk: Option<Arc<Disk>>,
+    /// The chunk read (a device error there has it resynced).
+    obj: Option<store::ObjectId>,
     fd: RawFd,
     offset: u64,
     direct: bool,
@@ -102,6 +106,40 @@ impl DirectRead {
     pub fn release(&mut self) {
         self.store = None;
         self.disk = None;
+        self.obj = None;
+    }
+
+    /// This plan's read failed on the device with `errno` (the device's error, not the
+    /// caller's ring's): for [`VdiskHandle::direct_device_error`]. Call before the release;
+    /// None if nothing is planned.
+    pub fn device_error(&self, errno: i32) -> Option<DirectDeviceError> {
+        Some(DirectDeviceError {
+            disk: self.disk.clone()?,
+            obj: self.obj?,
+            errno,
+            write: false,
+        })
+    }
+}
+
+/// A replica device's error seen by a direct read or write on the caller's own ring (the
+/// engine never saw it): [`VdiskHandle::direct_device_error`] does what the ordinary path does
+/// on the same error.
+pub struct DirectDeviceError {
+    disk: Arc<Disk>,
+    obj: store::ObjectId,
+    errno: i32,
+    write: bool,
+}
+
+impl std::fmt::Debug for DirectDeviceError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let what = if self.write { "write" } else { "read" };
+        write!(
+            f,
+            "DirectDeviceError({what} of {} on {}: errno {})",
+            self.obj, self.disk.name, self.errno
+        )
     }
 }
 
@@ -182,6 +220,7 @@ impl VdiskHandle {
             if let Some(run) = s.direct_plan(obj, block, nblocks, at_gen, &mut plan.crcs) {
                 plan.store = Some(s.clone());
                 plan.disk = Some(d.clone());
+                plan.obj = Some(obj);
                 plan.fd = run.fd;
                 plan.offset = run.offset;
                 plan.direct = run.direct;
@@ -202,6 +241,48 @@ impl VdiskHandle {
         c.reads.fetch_add(1, Ordering::Relaxed);
         c.read_bytes.fetch_add(len, Ordering::Relaxed);
         self.rt.io.read.record(len, start, true);
+    }
+
+    /// Does what the ordinary path does on a device error the caller's ring saw
+    /// ([`DirectRead::device_error`], [`DirectWrite::device_error`]), which the caller then
+    /// redoes through the ordinary path: a write's disk is failed (fail-stop: it takes no more
+    /// I/O, is recorded Failed and its chunks are re-mirrored), a read's chunk is copied again
+    /// to that disk from a live replica (a resync, which fails the disk if it fails there
+    /// too). Best effort: a failure here is logged; the request's redo answers the guest.
+    pub async fn direct_device_error(&self, e: DirectDeviceError) {
+        let what = if e.write {
+            "direct write"
+        } else {
+            "direct read"
+        };
+        let err = store::StoreError::Io {
+            context: format!("{what} of {} on disk {}", e.obj, e.disk.name),
+            source: blockdev::BlockError::io(
+                blockdev::ErrorKind::Io,
+                format!("{}: {what}", e.disk.name),
+                std::io::Error::from_raw_os_error(e.errno),
+            ),
+        };
+        let inner = &self.inner;
+        let r = if e.write {
+            inner.fail_disk(&e.disk, &err).await
+        } else {
+            e.disk.errors.fetch_add(1, Ordering::Relaxed);
+            let good = inner.index.get(e.obj).and_then(|h| {
+                inner
+                    .live_disks(h)
+                    .iter()
+                    .find(|d| !Arc::ptr_eq(d, &e.disk))
+                    .cloned()
+            });
+            match good {
+                Some(good) if e.disk.live() => inner.resync_chunk(e.obj, &e.disk, &good).await,
+                _ => Ok(()),
+            }
+        };
+        if let Err(r) = r {
+            tracing::warn!(obj = %e.obj, disk = %e.disk.name, error = %r, "{what}: device error not handled");
+        }
     }
 }
 
@@ -276,6 +357,18 @@ impl DirectWrite {
         self.crcs
             .extend(data.chunks(BLOCK_BYTES as usize).map(blockdev::crc32c));
         true
+    }
+
+    /// Replica `i`'s write failed on the device with `errno` (the device's error, not the
+    /// caller's ring's): for [`VdiskHandle::direct_device_error`]. Call before the finish;
+    /// None if nothing is planned there.
+    pub fn device_error(&self, i: usize, errno: i32) -> Option<DirectDeviceError> {
+        Some(DirectDeviceError {
+            disk: self.targets.get(i)?.disk.clone(),
+            obj: self.obj?,
+            errno,
+            write: true,
+        })
     }
 
     /// Gives back whatever is planned (blocks first, then the guards).

@@ -139,7 +139,7 @@ mod vdisks;
 
 pub use crate::core::DEFAULT_SHUTDOWN_DRAIN;
 pub use adopt::{SnapRecord, VdiskRecord};
-pub use direct::{DirectRead, DirectWrite};
+pub use direct::{DirectDeviceError, DirectRead, DirectWrite};
 pub use error::{EngineError, ErrorKind, Result};
 pub use handle::{VdiskHandle, MAX_IO_BYTES};
 pub use ids::seed_ids_for_this_thread;

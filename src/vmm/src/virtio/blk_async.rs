@@ -647,6 +647,34 @@ impl AsyncQueue {
         self.drivers[n].kick();
     }
 
+    /// Has the engine do what its ordinary path does on a device error that a direct read or
+    /// write saw on the queue thread's ring ([`engine::VdiskHandle::direct_device_error`]),
+    /// then runs the request on the ordinary path: a write only once the engine is done (the
+    /// failed disk is out by then and the redo writes the live replicas), a read at once.
+    pub(super) fn redo_after_device_error(
+        &self,
+        job: InFlight,
+        req: Req,
+        handle: &engine::VdiskHandle,
+        e: engine::DirectDeviceError,
+    ) {
+        let h = handle.clone();
+        if let Req::Write { .. } = req {
+            self.disk.runtime().spawn(async move {
+                h.direct_device_error(e).await;
+                let q = job.q.clone();
+                let n = q.hand_over(job, req);
+                q.drivers[n].kick();
+            });
+            return;
+        }
+        self.disk
+            .runtime()
+            .spawn(async move { h.direct_device_error(e).await });
+        let n = self.hand_over(job, req);
+        self.drivers[n].kick();
+    }
+
     /// The device's counters.
     pub(super) fn counters(&self) -> &DeviceCounters {
         &self.counters

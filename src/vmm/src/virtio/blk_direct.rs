@@ -32,10 +32,14 @@
 //! chunks, remote-only, degraded, moving or fragmented chunks), reads and writes over
 //! [`MAX_DIRECT`], and, after the fact, a read that failed, came back short or has ANY block
 //! whose checksum does not match. Such a read is redone whole by the engine, which verifies,
-//! fails over and repairs as always; this path never marks a replica bad or repairs anything,
-//! since a mismatch here may be the guest changing its own buffer or a block that moved after
-//! the plan (why a moved block is caught: see `engine::direct`). So a read never returns data
-//! whose every block was not checked against the engine's checksum.
+//! fails over and repairs as always; this path never marks a replica bad or repairs anything
+//! on a checksum mismatch, since a mismatch here may be the guest changing its own buffer or a
+//! block that moved after the plan (why a moved block is caught: see `engine::direct`). So a
+//! read never returns data whose every block was not checked against the engine's checksum.
+//! A device error on the ring (a read or a replica's write failing with EIO, say) is the
+//! device's, though, and the engine does with it what its own path does
+//! ([`engine::VdiskHandle::direct_device_error`]: a write's disk is failed before the write is
+//! redone on the live replicas, a read's chunk is resynced on that disk beside the redo).
 //!
 //! The ring is made with the device (outside the sandbox), lent to the queue thread and given
 //! back when the thread ends; an ending thread first waits for every read and write the kernel
@@ -43,7 +47,7 @@
 //! the ring's drain limit (30 s): past it (a hung device) the ring and the buffers are leaked
 //! and what is left answered with an error ([`DirectReads::leak`]).
 
-use super::blk::Outcome;
+use super::blk::{Outcome, Req};
 use super::blk_async::{AsyncQueue, InFlight};
 use super::blk_uring::{QueueRing, RingHome};
 use blockdev::AlignedBuf;
@@ -77,6 +81,9 @@ struct Slot {
     write: bool,
     writes_left: usize,
     written: bool,
+    /// A write: a replica (index in the plan) whose write failed, with its result (the first
+    /// device error, else the first short count).
+    failed: Option<(usize, i32)>,
 }
 
 impl Slot {
@@ -89,6 +96,7 @@ impl Slot {
             write: false,
             writes_left: 0,
             written: false,
+            failed: None,
         })
     }
 }
@@ -120,6 +128,9 @@ pub struct DirectReads {
     queued: usize,
     /// Completions of one reap, reserved to the slot count.
     done: Vec<(usize, i32)>,
+    /// For tests: the next completion reaped fails with this errno instead (a device error).
+    #[cfg(test)]
+    pub(super) fail_next: Option<i32>,
 }
 
 impl DirectReads {
@@ -137,6 +148,8 @@ impl DirectReads {
             in_kernel: 0,
             queued: 0,
             done: Vec::with_capacity(n),
+            #[cfg(test)]
+            fail_next: None,
         })
     }
 
@@ -243,10 +256,11 @@ impl DirectReads {
             let Some((fd, at, _)) = slot.wplan.target(i) else {
                 continue;
             };
+            // The replica's index goes in the high half: a failed write names its disk.
             let entry = opcode::Write::new(types::Fd(fd), buf.as_ptr(), len32)
                 .offset(at)
                 .build()
-                .user_data(idx as u64);
+                .user_data(idx as u64 | (i as u64) << 32);
             // SAFETY: the buffer lives in the boxed slot `idx`, which stays put and is neither
             // changed, reused nor dropped until every entry's completion is reaped (the thread
             // waits for the kernel before it ends, and leaks the slots if it cannot); the fd
@@ -262,6 +276,7 @@ impl DirectReads {
         }
         slot.job = Some((job, off, len));
         slot.write = true;
+        slot.failed = None;
         slot.writes_left = pushed;
         // A replica left out (never, with the room checked above) fails the write, which the
         // engine then does again whole.
@@ -310,7 +325,11 @@ impl DirectReads {
         r.collect(&mut done);
         let any = !done.is_empty();
         let mut staged = false;
-        for &(idx, res) in &done {
+        for &(data, res) in &done {
+            #[cfg(test)]
+            let res = self.fail_next.take().map_or(res, |e| -e);
+            // A slot's index, and for a write the replica's (see `start_write`).
+            let (idx, replica) = (data & 0xffff_ffff, data >> 32);
             let Some(slot) = self.slots.get_mut(idx).and_then(|s| s.as_mut()) else {
                 continue;
             };
@@ -320,7 +339,13 @@ impl DirectReads {
                 }
                 slot.writes_left -= 1;
                 let len = slot.job.as_ref().map_or(0, |j| j.2);
-                slot.written &= usize::try_from(res).ok() == Some(len);
+                if usize::try_from(res).ok() != Some(len) {
+                    slot.written = false;
+                    // A device error wins over a short count.
+                    if slot.failed.is_none_or(|(_, r)| device_errno(r).is_none()) {
+                        slot.failed = Some((replica, res));
+                    }
+                }
                 if slot.writes_left > 0 {
                     continue;
                 }
@@ -331,6 +356,10 @@ impl DirectReads {
             self.free.push(idx);
             if slot.write {
                 self.in_kernel -= 1;
+                // Before the finish: the plan names the replicas' disks.
+                let err = slot
+                    .failed
+                    .and_then(|(i, res)| slot.wplan.device_error(i, device_errno(res)?));
                 let ok = self
                     .handle
                     .finish_direct_write(&mut slot.wplan, slot.written, job.start);
@@ -345,7 +374,11 @@ impl DirectReads {
                     staged = true;
                 } else {
                     c.direct_fallbacks.fetch_add(1, Relaxed);
-                    q.redo_write(job, off, len);
+                    let req = Req::Write { off, len };
+                    match err {
+                        Some(e) => q.redo_after_device_error(job, req, &self.handle, e),
+                        None => q.redo_write(job, off, len),
+                    }
                 }
                 continue;
             }
@@ -353,11 +386,14 @@ impl DirectReads {
             let ok = usize::try_from(res).ok() == Some(len)
                 && verified(slot)
                 && slot.buf.as_ref().is_some_and(|b| to_guest(&job, &b[..len]));
-            if ok {
-                // Before the release: the plan names the replica's disk that read it.
+            // Before the release: the plan names the replica's disk that read it.
+            let err = if ok {
                 self.handle
                     .count_direct_read(&slot.plan, len as u64, job.start);
-            }
+                None
+            } else {
+                device_errno(res).and_then(|e| slot.plan.device_error(e))
+            };
             slot.plan.release();
             if slot.buf.as_ref().is_some_and(|b| b.len() > KEEP_BUF) {
                 slot.buf = None;
@@ -370,7 +406,12 @@ impl DirectReads {
                 staged = true;
             } else {
                 c.direct_fallbacks.fetch_add(1, Relaxed);
-                q.redo_read(job, off, len);
+                match err {
+                    Some(e) => {
+                        q.redo_after_device_error(job, Req::Read { off, len }, &self.handle, e)
+                    }
+                    None => q.redo_read(job, off, len),
+                }
             }
         }
         done.clear();
@@ -478,6 +519,14 @@ impl Drop for DirectReads {
             self.leak();
         }
     }
+}
+
+/// The errno of a read's or write's result on the ring that is the device's error, which the
+/// engine's own device path would take as one (it takes every negative result, see
+/// `blockdev`): not the ring's own (a cancelled, interrupted or retried request), nor a short
+/// count (the ordinary path would go on).
+fn device_errno(res: i32) -> Option<i32> {
+    (res < 0 && !matches!(-res, libc::ECANCELED | libc::EINTR | libc::EAGAIN)).then_some(-res)
 }
 
 /// Whether every block of the slot's buffer has the checksum its plan expects.
