@@ -43,7 +43,8 @@ use crate::{BLOCK_BYTES, CHUNK_BYTES};
 pub struct DirectRead {
     /// Keeps the replica's store, hence its device and descriptor, alive while the read runs.
     store: Option<Arc<store::Store>>,
-    /// The replica's disk (its read count).
+    /// The replica's disk (its read count), whose in-flight I/O the plan counts in until its
+    /// release (the read balancing and the rebuild's pacing see it, as the ordinary read's).
     disk: Option<Arc<Disk>>,
     /// The chunk read (a device error there has it resynced).
     obj: Option<store::ObjectId>,
@@ -105,8 +106,20 @@ impl DirectRead {
     /// Lets the device go (call once the read completed).
     pub fn release(&mut self) {
         self.store = None;
-        self.disk = None;
+        if let Some(d) = self.disk.take() {
+            d.inflight.fetch_sub(1, Ordering::Relaxed);
+        }
         self.obj = None;
+    }
+
+    /// Gives up a plan whose read may still be running and can no longer be waited for (the
+    /// caller's ring failed or hung): the disk's in-flight count goes, the replica's store
+    /// stays open for good (the descriptor number cannot be reused under the read).
+    pub fn abandon(&mut self) {
+        if let Some(s) = self.store.take() {
+            std::mem::forget(s);
+        }
+        self.release();
     }
 
     /// This plan's read failed on the device with `errno` (the device's error, not the
@@ -140,6 +153,12 @@ impl std::fmt::Debug for DirectDeviceError {
             "DirectDeviceError({what} of {} on {}: errno {})",
             self.obj, self.disk.name, self.errno
         )
+    }
+}
+
+impl Drop for DirectRead {
+    fn drop(&mut self) {
+        self.release();
     }
 }
 
@@ -219,6 +238,7 @@ impl VdiskHandle {
             plan.crcs.clear();
             if let Some(run) = s.direct_plan(obj, block, nblocks, at_gen, &mut plan.crcs) {
                 plan.store = Some(s.clone());
+                d.inflight.fetch_add(1, Ordering::Relaxed);
                 plan.disk = Some(d.clone());
                 plan.obj = Some(obj);
                 plan.fd = run.fd;
@@ -552,5 +572,73 @@ impl VdiskHandle {
         self.rt.io.write.record(plan.len, start, true);
         plan.clear();
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Engine, EngineConfig};
+
+    /// A direct read counts in its replica disk's in-flight I/O from its plan to its release,
+    /// as the ordinary read counts its own (the read balancing and the rebuild's pacing look
+    /// at it); a plan dropped or given up for good lets it go, a refused one never takes it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_direct_read_counts_in_its_disks_in_flight_io() {
+        let dir =
+            std::env::temp_dir().join(format!("engine-direct-inflight-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let e = Engine::open(EngineConfig {
+            node_id: 1,
+            node_name: "direct".into(),
+        })
+        .await
+        .unwrap();
+        for i in 0..2 {
+            let path = dir.join(format!("d{i}.img"));
+            blockdev::create_sparse_file(&path, 64 << 20).unwrap();
+            match blockdev::open_device(&path) {
+                Ok(d) => {
+                    e.add_disk(d).await.unwrap();
+                }
+                Err(err) => {
+                    println!("skipped: io_uring device unavailable here: {err}");
+                    let _ = std::fs::remove_dir_all(&dir);
+                    return;
+                }
+            }
+        }
+        e.create_vdisk("d", 16 << 20).await.unwrap();
+        let h = e.open_vdisk("d").unwrap();
+        h.write(0, &[7u8; 8192]).await.unwrap();
+        h.flush().await.unwrap();
+        let inflight = || -> Vec<u64> {
+            let disks = e.inner.disks.read();
+            disks
+                .iter()
+                .map(|d| d.inflight.load(Ordering::Relaxed))
+                .collect()
+        };
+        let mut plan = DirectRead::new();
+        assert!(h.plan_direct_read(0, BLOCK_BYTES, &mut plan));
+        let held = inflight();
+        assert_eq!(held.iter().sum::<u64>(), 1, "{held:?}");
+        plan.release();
+        assert_eq!(inflight(), [0, 0], "released");
+        assert!(h.plan_direct_read(0, BLOCK_BYTES, &mut plan));
+        // Planning again replaces the plan: still one.
+        assert!(h.plan_direct_read(BLOCK_BYTES, BLOCK_BYTES, &mut plan));
+        assert_eq!(inflight().iter().sum::<u64>(), 1);
+        drop(plan);
+        assert_eq!(inflight(), [0, 0], "dropped");
+        let mut plan = DirectRead::new();
+        assert!(h.plan_direct_read(0, BLOCK_BYTES, &mut plan));
+        plan.abandon();
+        assert_eq!(inflight(), [0, 0], "abandoned");
+        // A hole is refused: nothing counted.
+        assert!(!h.plan_direct_read(CHUNK_BYTES, BLOCK_BYTES, &mut plan));
+        assert_eq!(inflight(), [0, 0], "refused");
+        e.shutdown().await.unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -498,10 +498,12 @@ impl DirectReads {
     /// nothing is recorded, its fresh blocks stay taken) and every request is answered with
     /// an error by dropping it (the kernel only ever touches the slots' own buffers, never
     /// guest memory; a write left unanswered would also hold every later FLUSH of the device
-    /// back for good). A read's plan is leaked with its buffer (it keeps the descriptor open).
+    /// back for good). A read's plan is abandoned too (its disk's in-flight count goes, its
+    /// store stays open for good: it keeps the descriptor open).
     pub(super) fn leak(&mut self) {
         for slot in self.slots.iter_mut().flatten() {
             slot.wplan.abandon();
+            slot.plan.abandon();
             drop(slot.job.take());
         }
         std::mem::forget(self.ring.take());
