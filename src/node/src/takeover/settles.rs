@@ -450,6 +450,35 @@ mod tests {
         }
     }
 
+    /// A one-member node with virtual disk `d` (64 MiB) and VM `g` on it, once the cluster
+    /// records both as this node's (the creates commit them; the state applies them here).
+    async fn node_with_vm_g(dir: &Path) -> crate::Node {
+        let n = start_node(dir, true).await;
+        let ctl = n.controller();
+        let r = control::Request::VdiskCreate {
+            name: "d".into(),
+            size_bytes: 64 << 20,
+        };
+        ctl.execute(op(), r).await.unwrap();
+        ctl.execute(op(), vm_create(dir, "g", &["d"]))
+            .await
+            .unwrap();
+        let m = n.inner.cluster.member().unwrap();
+        let me = m.id();
+        for i in 0.. {
+            let here = m.read(|s| {
+                crate::harestart::disk_owner(s, "d") == Some(me)
+                    && s.vms.values().any(|v| v.name == "g" && v.node == Some(me))
+            });
+            if here {
+                break;
+            }
+            assert!(i < 1000, "the cluster never recorded d and g on this node");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        n
+    }
+
     /// `vm create NAME` on `disks` with a kernel that is no real one (never started here).
     fn vm_create(dir: &Path, name: &str, disks: &[&str]) -> control::Request {
         let kernel = dir.join("kernel.elf");
@@ -713,26 +742,10 @@ mod tests {
     async fn a_vm_moved_back_is_not_forgotten_by_a_stale_entry() {
         use control::Request;
         let dir = tempfile::tempdir().unwrap();
-        let n = start_node(dir.path(), true).await;
+        let n = node_with_vm_g(dir.path()).await;
         let ctl = n.controller();
-        let r = Request::VdiskCreate {
-            name: "d".into(),
-            size_bytes: 64 << 20,
-        };
-        ctl.execute(op(), r).await.unwrap();
-        ctl.execute(op(), vm_create(dir.path(), "g", &["d"]))
-            .await
-            .unwrap();
         let m = n.inner.cluster.member().unwrap();
-        // The disk's record (committed by the create) names this node as its owner.
         let me = m.id();
-        for i in 0.. {
-            if m.read(|s| crate::harestart::disk_owner(s, "d")) == Some(me) {
-                break;
-            }
-            assert!(i < 1000, "the disk's record never named this node");
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
         let entry = Entry {
             moved: Moved::Vm {
                 name: "g".into(),
@@ -771,29 +784,12 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_move_whose_answer_the_cluster_forgot_is_settled_from_where_it_is() {
         use super::super::outcome::settle;
-        use control::Request;
         let dir = tempfile::tempdir().unwrap();
-        let n = start_node(dir.path(), true).await;
-        let ctl = n.controller();
-        let r = Request::VdiskCreate {
-            name: "d".into(),
-            size_bytes: 64 << 20,
-        };
-        ctl.execute(op(), r).await.unwrap();
-        ctl.execute(op(), vm_create(dir.path(), "g", &["d"]))
-            .await
-            .unwrap();
+        let n = node_with_vm_g(dir.path()).await;
         let m = n.inner.cluster.member().unwrap();
         let me = m.id();
         let record =
             |m: &cluster::ClusterNode| m.read(|s| s.vms.values().find(|v| v.name == "g").cloned());
-        for i in 0.. {
-            if record(&m).is_some_and(|v| v.node == Some(me)) {
-                break;
-            }
-            assert!(i < 1000, "the VM's record never named this node");
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
         let vm = Moved::Vm {
             name: "g".into(),
             disks: vec!["d".into()],
