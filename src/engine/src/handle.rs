@@ -227,7 +227,14 @@ impl VdiskHandle {
                     .read_blocks(self.obj(p.chunk), p.off / BLOCK_BYTES, at_gen, head),
             );
         }
-        futures::future::try_join_all(futs).await.map(|_| ())
+        // Every piece runs to its end even when another fails (as a write's pieces): a read
+        // dropped in flight would leave its replica's in-flight count raised for good (read
+        // balancing then shuns that disk) and skip the repair of a bad block it found.
+        futures::future::join_all(futs)
+            .await
+            .into_iter()
+            .find(Result::is_err)
+            .unwrap_or(Ok(()))
     }
 
     /// Read `len` bytes at `offset` into the engine's own buffers, handed over without a copy
@@ -280,7 +287,11 @@ impl VdiskHandle {
                 at_gen,
             )
         });
-        let bufs = futures::future::try_join_all(futs).await?;
+        // Every piece runs to its end, as in `read_aligned`.
+        let bufs = futures::future::join_all(futs)
+            .await
+            .into_iter()
+            .collect::<Result<Vec<_>>>()?;
         for (p, buf) in ps.iter().zip(bufs) {
             // The part of this piece inside [offset, offset + len).
             let abs = start + p.buf_off as u64;
