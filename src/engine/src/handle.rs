@@ -227,14 +227,7 @@ impl VdiskHandle {
                     .read_blocks(self.obj(p.chunk), p.off / BLOCK_BYTES, at_gen, head),
             );
         }
-        // Every piece runs to its end even when another fails (as a write's pieces): a read
-        // dropped in flight would leave its replica's in-flight count raised for good (read
-        // balancing then shuns that disk) and skip the repair of a bad block it found.
-        futures::future::join_all(futs)
-            .await
-            .into_iter()
-            .find(Result::is_err)
-            .unwrap_or(Ok(()))
+        every_piece(futs).await.map(|_| ())
     }
 
     /// Read `len` bytes at `offset` into the engine's own buffers, handed over without a copy
@@ -287,11 +280,7 @@ impl VdiskHandle {
                 at_gen,
             )
         });
-        // Every piece runs to its end, as in `read_aligned`.
-        let bufs = futures::future::join_all(futs)
-            .await
-            .into_iter()
-            .collect::<Result<Vec<_>>>()?;
+        let bufs = every_piece(futs).await?;
         for (p, buf) in ps.iter().zip(bufs) {
             // The part of this piece inside [offset, offset + len).
             let abs = start + p.buf_off as u64;
@@ -403,15 +392,7 @@ impl VdiskHandle {
                 g.pin,
             )
         });
-        // Every piece runs to its end even when another fails: a piece dropped in flight may
-        // be recorded on one replica and never on the other (the replicas then differ, each
-        // valid by its checksums; a peer may still apply what was sent), and it leaves the
-        // chunk's changes in flight before its replicas are done with it.
-        futures::future::join_all(futs)
-            .await
-            .into_iter()
-            .find(Result::is_err)
-            .unwrap_or(Ok(()))
+        every_piece(futs).await.map(|_| ())
     }
 
     /// Write one piece of a chunk: whole blocks directly, partial edge blocks by
@@ -603,6 +584,21 @@ mod tests {
         );
         assert_eq!(pieces(0, 0).count(), 0);
     }
+}
+
+/// The pieces of one request across chunks, each run to its end even when another fails; their
+/// results in order, or the first error. A write's piece dropped in flight may be recorded on
+/// one replica and never on the other (the replicas then differ, each valid by its checksums;
+/// a peer may still apply what was sent) and leaves the chunk's changes in flight before its
+/// replicas are done with it; a read's leaves its replica's in-flight count raised for good
+/// (read balancing then shuns that disk) and skips the repair of a bad block it found.
+async fn every_piece<T>(
+    pieces: impl IntoIterator<Item = impl std::future::Future<Output = Result<T>>>,
+) -> Result<Vec<T>> {
+    futures::future::join_all(pieces)
+        .await
+        .into_iter()
+        .collect()
 }
 
 /// A write across chunks whose piece of one chunk fails while the other's is in flight: the

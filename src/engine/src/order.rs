@@ -74,6 +74,28 @@ impl Done {
     }
 }
 
+impl Entry {
+    fn overlaps(&self, obj: ObjectId, range: &std::ops::Range<u64>) -> bool {
+        self.obj == obj && self.start < range.end && range.start < self.end
+    }
+}
+
+impl ShardState {
+    /// Records a change of `range` of `obj` in flight; its id.
+    fn push(&mut self, obj: ObjectId, range: std::ops::Range<u64>) -> u64 {
+        let id = self.next;
+        self.next += 1;
+        self.entries.push(Entry {
+            obj,
+            start: range.start,
+            end: range.end,
+            id,
+            done: None,
+        });
+        id
+    }
+}
+
 impl Shard {
     fn leave(&self, id: u64) {
         let done = {
@@ -135,21 +157,10 @@ impl WriteOrder {
         let mut waits: smallvec::SmallVec<[Arc<Done>; 2]> = smallvec::SmallVec::new();
         let id = {
             let mut s = shard.state.lock();
-            let id = s.next;
-            s.next += 1;
-            for e in s.entries.iter_mut() {
-                if e.obj == obj && e.start < range.end && range.start < e.end {
-                    waits.push(e.done.get_or_insert_with(Default::default).clone());
-                }
+            for e in s.entries.iter_mut().filter(|e| e.overlaps(obj, &range)) {
+                waits.push(e.done.get_or_insert_with(Default::default).clone());
             }
-            s.entries.push(Entry {
-                obj,
-                start: range.start,
-                end: range.end,
-                id,
-                done: None,
-            });
-            id
+            s.push(obj, range)
         };
         let me = Ordered { shard, id };
         for d in waits {
@@ -167,21 +178,10 @@ impl WriteOrder {
     ) -> Option<OwnedOrdered> {
         let shard = self.shard(obj);
         let mut s = shard.state.lock();
-        if s.entries
-            .iter()
-            .any(|e| e.obj == obj && e.start < range.end && range.start < e.end)
-        {
+        if s.entries.iter().any(|e| e.overlaps(obj, &range)) {
             return None;
         }
-        let id = s.next;
-        s.next += 1;
-        s.entries.push(Entry {
-            obj,
-            start: range.start,
-            end: range.end,
-            id,
-            done: None,
-        });
+        let id = s.push(obj, range);
         Some(OwnedOrdered {
             shard: shard.clone(),
             id,
