@@ -284,24 +284,27 @@ impl VdiskHandle {
             ),
         };
         let inner = &self.inner;
-        let r = if e.write {
-            inner.fail_disk(&e.disk, &err).await
-        } else {
-            e.disk.errors.fetch_add(1, Ordering::Relaxed);
-            let good = inner.index.get(e.obj).and_then(|h| {
-                inner
-                    .live_disks(h)
-                    .iter()
-                    .find(|d| !Arc::ptr_eq(d, &e.disk))
-                    .cloned()
-            });
-            match good {
-                Some(good) if e.disk.live() => inner.resync_chunk(e.obj, &e.disk, &good).await,
-                _ => Ok(()),
+        if e.write {
+            if let Err(r) = inner.fail_disk(&e.disk, &err).await {
+                tracing::warn!(obj = %e.obj, disk = %e.disk.name, error = %r, "{what}: device error not handled");
             }
-        };
-        if let Err(r) = r {
-            tracing::warn!(obj = %e.obj, disk = %e.disk.name, error = %r, "{what}: device error not handled");
+            return;
+        }
+        // As the ordinary read does with a device error: counted, then the chunk resynced
+        // there from a live replica (`run_repairs` logs a failure).
+        inner.note_read_error(&e.disk, &err);
+        let good = inner.index.get(e.obj).and_then(|h| {
+            inner
+                .live_disks(h)
+                .iter()
+                .find(|d| !Arc::ptr_eq(d, &e.disk))
+                .cloned()
+        });
+        if let Some(good) = good.filter(|_| e.disk.live()) {
+            let bad = e.disk.clone();
+            inner
+                .run_repairs(e.obj, vec![crate::io::Repair::Resync { bad, good }])
+                .await;
         }
     }
 }

@@ -456,7 +456,7 @@ impl Inner {
         })
     }
 
-    fn note_read_error(&self, d: &Disk, e: &StoreError) {
+    pub(crate) fn note_read_error(&self, d: &Disk, e: &StoreError) {
         if matches!(e.kind(), store::ErrorKind::Corrupt { .. }) {
             self.counters
                 .checksum_errors
