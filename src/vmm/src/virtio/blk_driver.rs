@@ -191,13 +191,16 @@ mod tests {
             .unwrap();
         let d: Arc<Driver<tokio::sync::oneshot::Receiver<()>>> = Driver::new(8);
         let done = Arc::new(AtomicUsize::new(0));
+        let started = Arc::new(AtomicUsize::new(0));
         let passes = Arc::new(AtomicUsize::new(0));
-        let (done2, passes2) = (done.clone(), passes.clone());
+        let (done2, started2, passes2) = (done.clone(), started.clone(), passes.clone());
         let task = rt.spawn(drive(
             d.clone(),
             move |rx| {
                 let done = done2.clone();
+                let started = started2.clone();
                 Box::pin(async move {
+                    started.fetch_add(1, SeqCst);
                     let _ = rx.await;
                     done.fetch_add(1, SeqCst);
                 })
@@ -218,6 +221,15 @@ mod tests {
         std::thread::sleep(std::time::Duration::from_millis(50));
         assert!(!task.is_finished(), "ended with jobs running");
         assert_eq!(done.load(SeqCst), 0);
+        // Every job running before any may finish (under load the driver may not have run its
+        // first pass yet): their ends then come in a later pass.
+        for _ in 0..2000 {
+            if started.load(SeqCst) == 8 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert_eq!(started.load(SeqCst), 8, "the driver never started its jobs");
         for tx in senders {
             tx.send(()).unwrap();
         }
