@@ -684,13 +684,8 @@ mod piece_tests {
         }
     }
 
-    /// Before, the pieces of a write across chunks were joined with `try_join_all`: the first
-    /// piece to fail dropped the others mid-flight, so a piece already recorded on one
-    /// replica was never recorded on the other (the replicas then differ, each valid by its
-    /// checksums), and the store's in-flight accounting of the dropped write leaked.
-    /// One thread: every step is ordered by yields only.
-    #[tokio::test]
-    async fn a_failed_piece_does_not_drop_another_half_applied() {
+    /// An engine on two gated RAM devices (one replica of every chunk on each), gates open.
+    async fn gated_engine() -> (Engine, Vec<Arc<Gate>>) {
         let e = Engine::open(EngineConfig {
             node_id: 1,
             node_name: "t".into(),
@@ -711,6 +706,17 @@ mod piece_tests {
         for g in &gates {
             e.add_disk(g.clone() as Arc<dyn BlockDevice>).await.unwrap();
         }
+        (e, gates)
+    }
+
+    /// Before, the pieces of a write across chunks were joined with `try_join_all`: the first
+    /// piece to fail dropped the others mid-flight, so a piece already recorded on one
+    /// replica was never recorded on the other (the replicas then differ, each valid by its
+    /// checksums), and the store's in-flight accounting of the dropped write leaked.
+    /// One thread: every step is ordered by yields only.
+    #[tokio::test]
+    async fn a_failed_piece_does_not_drop_another_half_applied() {
+        let (e, gates) = gated_engine().await;
         e.create_vdisk("v", 8 * CHUNK_BYTES).await.unwrap();
         let h = e.open_vdisk("v").unwrap();
         let obj = |chunk| ObjectId {
@@ -757,6 +763,70 @@ mod piece_tests {
                 "the second piece is not on {} (it holds {:#x}...), only on the other replica",
                 d.name,
                 got[0]
+            );
+        }
+        e.shutdown().await.unwrap();
+    }
+
+    /// A write whose caller drops it (a client gone, a timeout) after one replica recorded it
+    /// and while the other's device write is in flight. Before, the replicas then held
+    /// different data, each valid by its checksums, until scrub (a read returned one or the
+    /// other depending on the replica serving it), and both disks' in-flight counts stayed
+    /// raised. Now the chunk is reconciled before it serves I/O again.
+    #[tokio::test]
+    async fn a_write_dropped_mid_flight_leaves_the_replicas_agreeing() {
+        let (e, gates) = gated_engine().await;
+        e.create_vdisk("v", 8 * CHUNK_BYTES).await.unwrap();
+        let h = e.open_vdisk("v").unwrap();
+        h.write(0, &[0x11u8; BS]).await.unwrap();
+        let obj = ObjectId {
+            vdisk: h.rt.id,
+            chunk: 0,
+        };
+        let live = e.inner.live_disks(e.inner.index.get(obj).unwrap());
+        assert_eq!(live.len(), 2);
+        *gates[1].held.lock() = Some(vec![0xbb; BS]);
+        gates[1].open.store(false, Ordering::Release);
+        let w = {
+            let h = h.clone();
+            tokio::spawn(async move { h.write(0, &[0xbb; BS]).await })
+        };
+        // One replica holds the new data; the other's device write waits at the gate.
+        let mut recorded = 0;
+        for _ in 0..1000 {
+            recorded = 0;
+            for d in &live {
+                let got = d.replica.read(obj, 0, 1, u64::MAX).await.unwrap();
+                recorded += usize::from(got[0] == 0xbb);
+            }
+            if recorded == 1 && gates[1].waiting.load(Ordering::Acquire) == 1 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(recorded, 1, "one replica recorded the write");
+        assert_eq!(gates[1].waiting.load(Ordering::Acquire), 1);
+        w.abort();
+        assert!(w.await.unwrap_err().is_cancelled());
+        gates[1].open();
+        for d in &live {
+            assert_eq!(
+                d.inflight.load(Ordering::Relaxed),
+                0,
+                "{}: in-flight count given back",
+                d.name
+            );
+        }
+        // The next request on the chunk makes the replicas agree first.
+        let mut seen = vec![0u8; BS];
+        h.read(0, &mut seen).await.unwrap();
+        for d in &live {
+            let got = d.replica.read(obj, 0, 1, u64::MAX).await.unwrap();
+            assert_eq!(
+                got[..],
+                seen[..],
+                "{} differs from what the disk read returned",
+                d.name
             );
         }
         e.shutdown().await.unwrap();

@@ -178,6 +178,14 @@ impl Inner {
             }
         }
         let sc = shared_crcs.as_ref();
+        // From the first replica's request on, until every replica answered: a caller that
+        // drops this future meanwhile leaves the change on some replicas and not on others.
+        let mut issuing = Issuing {
+            inner: self,
+            obj,
+            live: &live,
+            armed: true,
+        };
         let results: smallvec::SmallVec<[std::result::Result<(), StoreError>; 4]> =
             if live.len() == 2 {
                 let (a, b) = futures::future::join(
@@ -191,6 +199,7 @@ impl Inner {
                     .await
                     .into()
             };
+        issuing.armed = false;
         drop(ordered);
         let mut ok = 0;
         let mut other = None;
@@ -237,6 +246,24 @@ impl Inner {
             )));
         }
         Ok(())
+    }
+
+    /// A change dropped while its replicas' requests were in flight (see [`Issuing`]): the
+    /// chunk is reconciled before it serves anything again, from a replica of this node if it
+    /// has one (a request sent to a peer may still be applied there; one to a local store
+    /// never is once dropped).
+    fn change_dropped(&self, obj: ObjectId, live: &[Arc<Disk>]) {
+        for d in live {
+            d.inflight.fetch_sub(1, Ordering::Relaxed);
+        }
+        let truth = live
+            .iter()
+            .find(|d| d.node_id == self.cfg.node_id)
+            .or(live.first());
+        if let Some(d) = truth {
+            tracing::warn!(%obj, "a change was dropped in flight; its replicas are reconciled before the chunk serves I/O again");
+            self.mark_suspect(obj, d.slot);
+        }
     }
 
     /// Write whole blocks of one chunk (stripe lock shared: many writers, no mover).
@@ -719,6 +746,28 @@ impl Inner {
             .map_err(Some)?;
         prof.add(Phase::Import, t);
         Ok(bytes)
+    }
+}
+
+/// Armed while a change's requests to its replicas are in flight. A caller may drop the
+/// change's future then (a request given up by its client, a timeout): the requests it had
+/// not finished are dropped with it, so the change may be recorded on one replica and not on
+/// the other (each copy valid by its checksums, but different: a read returns one or the
+/// other, and only scrub would notice). Dropped while armed, it marks the chunk for reconcile
+/// and gives back the replicas' in-flight counts (read balancing would shun them for good).
+/// Disarmed on the path that awaits every answer: nothing on the hot path but a flag.
+struct Issuing<'a> {
+    inner: &'a Inner,
+    obj: ObjectId,
+    live: &'a [Arc<Disk>],
+    armed: bool,
+}
+
+impl Drop for Issuing<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.inner.change_dropped(self.obj, self.live);
+        }
     }
 }
 
