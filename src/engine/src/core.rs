@@ -384,6 +384,26 @@ impl VdiskRt {
         self.inflight[0].load(Ordering::SeqCst) + self.inflight[1].load(Ordering::SeqCst)
     }
 
+    /// Waits until no write of this disk is in flight, up to `limit`; after it, how many
+    /// still are. The caller has fenced new writes first (a flag `enter_write` reads after it
+    /// counts itself in flight: SeqCst on both sides, so one of the two sees the other).
+    pub(crate) async fn drain_writes(&self, limit: Duration) -> std::result::Result<(), u64> {
+        let start = std::time::Instant::now();
+        let mut pause = Duration::from_micros(100);
+        loop {
+            let n = self.writes_in_flight();
+            if n == 0 {
+                return Ok(());
+            }
+            let waited = start.elapsed();
+            if waited >= limit {
+                return Err(n);
+            }
+            tokio::time::sleep(pause.min(limit - waited)).await;
+            pause = (pause * 2).min(Duration::from_millis(10));
+        }
+    }
+
     /// Install new generation state, then wait until every write that saw the old one is done.
     /// Callers hold the op lock, so at most one change is in flight per disk.
     pub(crate) async fn change_gens(&self, gen: u64, pin: u64) {
@@ -452,6 +472,8 @@ pub(crate) struct Inner {
     pub shutting_down: AtomicBool,
     /// How long `Engine::shutdown` waits for the writes in flight.
     pub shutdown_drain: Mutex<Duration>,
+    /// How long a rollback of a disk waits for the writes already admitted to that disk.
+    pub io_drain: Mutex<Duration>,
     /// Chunk copies (rebalance, resync) running now; see `PoolMeta::importing`.
     pub copies_in_progress: AtomicU64,
     /// Virtual disk ids whose objects are being created (a clone before it is recorded): not
@@ -491,6 +513,7 @@ impl Inner {
             closed: AtomicBool::new(false),
             shutting_down: AtomicBool::new(false),
             shutdown_drain: Mutex::new(DEFAULT_SHUTDOWN_DRAIN),
+            io_drain: Mutex::new(DEFAULT_SHUTDOWN_DRAIN),
             copies_in_progress: AtomicU64::new(0),
             building: Mutex::new(std::collections::HashSet::new()),
             reconcile: Default::default(),

@@ -482,8 +482,12 @@ impl VdiskHandle {
         }
         // The ordinary write's guards, in its order: generation, then the stripe (shared).
         let g = self.rt.enter_owned();
-        // Again once in flight: a shutdown that began meanwhile waits for what is in flight.
-        if inner.shutting_down.load(Ordering::SeqCst) || !inner.reconciled(obj) {
+        // Again once in flight: a shutdown or rollback that began meanwhile waits for what is
+        // in flight.
+        if inner.shutting_down.load(Ordering::SeqCst)
+            || self.rt.rolling_back.load(Ordering::SeqCst)
+            || !inner.reconciled(obj)
+        {
             return false;
         }
         let Ok(stripe) = inner.stripe_arc(obj).clone().try_read_owned() else {

@@ -153,13 +153,19 @@ impl VdiskHandle {
         }
     }
 
-    /// The write's generation guard, which also counts it in flight: a shutdown waits for
-    /// it, and one that began since `check` refuses it here (shutdown sets its flag, then
-    /// counts the writes in flight; this counts, then reads the flag).
+    /// The write's generation guard, which also counts it in flight: a shutdown or a
+    /// rollback waits for it, and one that began since `check` refuses it here (they set
+    /// their flag, then count the writes in flight; this counts, then reads the flags).
     fn enter_write(&self) -> Result<GenGuard<'_>> {
         let g = self.rt.enter();
         if self.inner.shutting_down.load(Ordering::SeqCst) {
             return Err(EngineError::Busy("the engine is shutting down".into()));
+        }
+        if self.rt.rolling_back.load(Ordering::SeqCst) {
+            return Err(EngineError::Busy(format!(
+                "{:?} is being rolled back",
+                self.name
+            )));
         }
         Ok(g)
     }

@@ -460,13 +460,35 @@ impl Engine {
         let snap_gen = v.snapshot(snap)?.gen;
         let id = v.id;
         let rt = inner.rt_for(v);
-        inner
-            .update_meta(|m| {
-                m.rollbacks.push((id, snap_gen));
-                Ok(())
-            })
-            .await?;
-        rt.rolling_back.store(true, Ordering::Release);
+        // New writes are refused from here on; those already admitted (past their checks) are
+        // waited for, else one would land after its chunk was rolled back and stay.
+        rt.rolling_back.store(true, Ordering::SeqCst);
+        let limit = *inner.io_drain.lock();
+        let recorded = match rt.drain_writes(limit).await {
+            Ok(()) => {
+                inner
+                    .update_meta(|m| {
+                        m.rollbacks.push((id, snap_gen));
+                        Ok(())
+                    })
+                    .await
+            }
+            Err(n) => Err(EngineError::Busy(format!(
+                "{vdisk:?}: {n} writes still in flight after {limit:?} (a device does not \
+                 answer); not rolled back"
+            ))),
+        };
+        if let Err(e) = recorded {
+            // Nothing changed: the disk serves again, unless an earlier rollback of it is
+            // still to be finished.
+            let pending = inner
+                .meta
+                .read()
+                .as_ref()
+                .is_some_and(|m| m.rollbacks.iter().any(|r| r.0 == id));
+            rt.rolling_back.store(pending, Ordering::Release);
+            return Err(e);
+        }
         inner.finish_rollback(id, snap_gen).await
     }
 
@@ -637,5 +659,97 @@ impl Engine {
             }
         }
         Ok(out)
+    }
+}
+
+/// Rollback and delete against writes already admitted to the disk (past their checks). One
+/// thread: a write is held before its chunk exists by the test holding the chunk's stripe
+/// lock; every other step is ordered by yields only.
+#[cfg(test)]
+mod fence_tests {
+    use std::sync::Arc;
+
+    use blockdev::{BlockDevice, RamDevice};
+    use store::ObjectId;
+
+    use crate::{Engine, EngineConfig, CHUNK_BYTES};
+
+    const BS: usize = crate::BLOCK_BYTES as usize;
+
+    async fn engine() -> Engine {
+        let e = Engine::open(EngineConfig {
+            node_id: 1,
+            node_name: "t".into(),
+        })
+        .await
+        .unwrap();
+        for i in 0..2 {
+            let d = Arc::new(RamDevice::new(format!("r{i}"), 64 << 20));
+            e.add_disk(d as Arc<dyn BlockDevice>).await.unwrap();
+        }
+        e
+    }
+
+    async fn settle(done: impl Fn() -> bool) {
+        for _ in 0..1000 {
+            if done() {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+    }
+
+    /// Before, a write that passed the "rolling back" check before the rollback began, to a
+    /// chunk the rollback did not list yet (or had rolled back already), landed after it and
+    /// stayed on both replicas: the disk no longer equalled the snapshot.
+    #[tokio::test]
+    async fn a_rollback_waits_for_writes_already_admitted() {
+        let e = engine().await;
+        e.create_vdisk("v", 4 * CHUNK_BYTES).await.unwrap();
+        let h = e.open_vdisk("v").unwrap();
+        h.write(0, &[1u8; BS]).await.unwrap();
+        e.create_snapshot("v", "s").await.unwrap();
+        let chunk1 = ObjectId {
+            vdisk: h.rt.id,
+            chunk: 1,
+        };
+        // A write to chunk 1 (empty in the snapshot), admitted, held before it creates the
+        // chunk.
+        let lock = e.inner.stripe(chunk1).write().await;
+        let w = {
+            let h = h.clone();
+            tokio::spawn(async move { h.write(CHUNK_BYTES, &[2u8; BS]).await })
+        };
+        settle(|| h.rt.writes_in_flight() == 1).await;
+        assert_eq!(h.rt.writes_in_flight(), 1);
+        let rb = {
+            let e = e.clone();
+            tokio::spawn(async move { e.rollback("v", "s").await })
+        };
+        settle(|| rb.is_finished()).await;
+        // Refused while the rollback runs (or waits to).
+        assert_eq!(
+            h.write(2 * CHUNK_BYTES, &[3u8; BS])
+                .await
+                .unwrap_err()
+                .kind(),
+            crate::ErrorKind::Busy
+        );
+        drop(lock);
+        w.await.unwrap().unwrap();
+        rb.await.unwrap().unwrap();
+        let mut got = vec![0u8; 3 * BS];
+        for (i, off) in [0, CHUNK_BYTES, 2 * CHUNK_BYTES].into_iter().enumerate() {
+            h.read(off, &mut got[i * BS..(i + 1) * BS]).await.unwrap();
+        }
+        let mut want = vec![0u8; 3 * BS];
+        want[..BS].fill(1);
+        assert!(
+            got == want,
+            "after the rollback the disk equals the snapshot (chunk 1 holds {:#x}, chunk 2 {:#x})",
+            got[BS],
+            got[2 * BS]
+        );
+        e.shutdown().await.unwrap();
     }
 }
