@@ -301,6 +301,8 @@ pub(crate) struct VdiskRt {
     pub deleted: AtomicBool,
     /// A rollback is running or must be redone: live I/O is refused (Busy) meanwhile.
     pub rolling_back: AtomicBool,
+    /// A delete is waiting for the writes in flight: I/O is refused (Busy) meanwhile.
+    pub deleting: AtomicBool,
     gens: RwLock<GenState>,
     inflight: [AtomicU64; 2],
     pub snaps: RwLock<HashMap<u64, Arc<SnapRt>>>,
@@ -360,6 +362,7 @@ impl VdiskRt {
             size_bytes: AtomicU64::new(size_bytes),
             deleted: AtomicBool::new(false),
             rolling_back: AtomicBool::new(false),
+            deleting: AtomicBool::new(false),
             gens: RwLock::new(GenState { gen, pin, epoch: 0 }),
             inflight: [AtomicU64::new(0), AtomicU64::new(0)],
             snaps: RwLock::new(HashMap::new()),
@@ -472,7 +475,7 @@ pub(crate) struct Inner {
     pub shutting_down: AtomicBool,
     /// How long `Engine::shutdown` waits for the writes in flight.
     pub shutdown_drain: Mutex<Duration>,
-    /// How long a rollback of a disk waits for the writes already admitted to that disk.
+    /// How long a rollback or delete of a disk waits for the writes already admitted to it.
     pub io_drain: Mutex<Duration>,
     /// Chunk copies (rebalance, resync) running now; see `PoolMeta::importing`.
     pub copies_in_progress: AtomicU64,

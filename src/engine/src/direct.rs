@@ -204,6 +204,7 @@ impl VdiskHandle {
         };
         if inner.shutting_down.load(Ordering::Acquire)
             || self.rt.deleted.load(Ordering::Acquire)
+            || self.rt.deleting.load(Ordering::Acquire)
             || (self.snap.is_none() && self.rt.rolling_back.load(Ordering::Acquire))
             || self
                 .snap
@@ -476,16 +477,18 @@ impl VdiskHandle {
             || inner.shutting_down.load(Ordering::Acquire)
             || !inner.unclean_marked.load(Ordering::Acquire)
             || self.rt.deleted.load(Ordering::Acquire)
+            || self.rt.deleting.load(Ordering::Acquire)
             || self.rt.rolling_back.load(Ordering::Acquire)
         {
             return false;
         }
         // The ordinary write's guards, in its order: generation, then the stripe (shared).
         let g = self.rt.enter_owned();
-        // Again once in flight: a shutdown or rollback that began meanwhile waits for what is
-        // in flight.
+        // Again once in flight: a shutdown, rollback or delete that began meanwhile waits for
+        // what is in flight.
         if inner.shutting_down.load(Ordering::SeqCst)
             || self.rt.rolling_back.load(Ordering::SeqCst)
+            || self.rt.deleting.load(Ordering::SeqCst)
             || !inner.reconciled(obj)
         {
             return false;

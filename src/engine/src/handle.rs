@@ -124,6 +124,12 @@ impl VdiskHandle {
                 self.name
             )));
         }
+        if self.rt.deleting.load(Ordering::Acquire) {
+            return Err(EngineError::Busy(format!(
+                "{:?} is being deleted",
+                self.name
+            )));
+        }
         if let Some(s) = &self.snap {
             if s.deleted.load(Ordering::Acquire) {
                 return Err(EngineError::not_found(format!(
@@ -153,8 +159,8 @@ impl VdiskHandle {
         }
     }
 
-    /// The write's generation guard, which also counts it in flight: a shutdown or a
-    /// rollback waits for it, and one that began since `check` refuses it here (they set
+    /// The write's generation guard, which also counts it in flight: a shutdown, a rollback
+    /// or a delete waits for it, and one that began since `check` refuses it here (they set
     /// their flag, then count the writes in flight; this counts, then reads the flags).
     fn enter_write(&self) -> Result<GenGuard<'_>> {
         let g = self.rt.enter();
@@ -164,6 +170,12 @@ impl VdiskHandle {
         if self.rt.rolling_back.load(Ordering::SeqCst) {
             return Err(EngineError::Busy(format!(
                 "{:?} is being rolled back",
+                self.name
+            )));
+        }
+        if self.rt.deleting.load(Ordering::SeqCst) {
+            return Err(EngineError::Busy(format!(
+                "{:?} is being deleted",
                 self.name
             )));
         }

@@ -350,19 +350,39 @@ impl Engine {
     }
 
     /// Delete a disk and all its snapshots. Clones keep their data (shared blocks are
-    /// reference counted in the stores).
+    /// reference counted in the stores). New I/O on the disk is refused (Busy) from the start,
+    /// and the writes already admitted are waited for first (else one landing after its chunk
+    /// was deleted would leave an orphan object); if some are still in flight after the drain
+    /// limit (30 s: a device that does not answer), Busy and nothing is deleted.
     pub async fn delete_vdisk(&self, name: &str) -> Result<()> {
         let inner = &self.inner;
         let _op = inner.op.lock().await;
         inner.mark_unclean().await?;
-        let id = inner
-            .update_meta(|m| {
-                let id = m.vdisk(name)?.id;
-                m.vdisks.retain(|v| v.id != id);
-                m.prune_pending.retain(|p| *p != id);
-                Ok(id)
-            })
-            .await?;
+        let rt = inner.rt_for(self.meta()?.vdisk(name)?);
+        let id = rt.id;
+        // SeqCst: see `VdiskHandle::enter_write`.
+        rt.deleting.store(true, Ordering::SeqCst);
+        let limit = *inner.io_drain.lock();
+        let removed = match rt.drain_writes(limit).await {
+            Ok(()) => {
+                inner
+                    .update_meta(|m| {
+                        m.vdisk(name)?;
+                        m.vdisks.retain(|v| v.id != id);
+                        m.prune_pending.retain(|p| *p != id);
+                        Ok(())
+                    })
+                    .await
+            }
+            Err(n) => Err(EngineError::Busy(format!(
+                "{name:?}: {n} writes still in flight after {limit:?} (a device does not \
+                 answer); not deleted"
+            ))),
+        };
+        if let Err(e) = removed {
+            rt.deleting.store(false, Ordering::Release);
+            return Err(e);
+        }
         if let Some(rt) = inner.vdisks.write().remove(&id) {
             rt.deleted.store(true, Ordering::Release);
             for s in rt.snaps.read().values() {
@@ -750,6 +770,108 @@ mod fence_tests {
             got[BS],
             got[2 * BS]
         );
+        e.shutdown().await.unwrap();
+    }
+
+    /// Objects of virtual disk `id` on any disk's store.
+    fn stored_objects(e: &Engine, id: u64) -> Vec<ObjectId> {
+        let disks = e.inner.disks.read().clone();
+        disks
+            .iter()
+            .flat_map(|d| d.replica.objects())
+            .filter(|o| o.vdisk == id)
+            .collect()
+    }
+
+    /// Before, a delete removed the disk's objects while a write admitted before it was still
+    /// on its way: the write then created its chunk again, an object of a disk that no longer
+    /// exists (an orphan until the maintenance pass). Now new I/O is refused at once and the
+    /// delete waits for the write.
+    #[tokio::test]
+    async fn a_delete_waits_for_writes_already_admitted() {
+        let e = engine().await;
+        e.create_vdisk("v", 4 * CHUNK_BYTES).await.unwrap();
+        let h = e.open_vdisk("v").unwrap();
+        h.write(0, &[1u8; BS]).await.unwrap();
+        let id = h.rt.id;
+        let chunk1 = ObjectId {
+            vdisk: id,
+            chunk: 1,
+        };
+        let lock = e.inner.stripe(chunk1).write().await;
+        let w = {
+            let h = h.clone();
+            tokio::spawn(async move { h.write(CHUNK_BYTES, &[2u8; BS]).await })
+        };
+        settle(|| h.rt.writes_in_flight() == 1).await;
+        assert_eq!(h.rt.writes_in_flight(), 1);
+        let del = {
+            let e = e.clone();
+            tokio::spawn(async move { e.delete_vdisk("v").await })
+        };
+        settle(|| del.is_finished()).await;
+        let err = h.write(2 * CHUNK_BYTES, &[3u8; BS]).await.unwrap_err();
+        assert_eq!(err.kind(), crate::ErrorKind::Busy);
+        assert!(err.to_string().contains("being deleted"), "{err}");
+        let mut buf = vec![0u8; BS];
+        let err = h.read(0, &mut buf).await.unwrap_err();
+        assert_eq!(err.kind(), crate::ErrorKind::Busy, "{err}");
+        assert!(
+            !del.is_finished(),
+            "the delete waits for the write in flight"
+        );
+        drop(lock);
+        w.await.unwrap().unwrap();
+        del.await.unwrap().unwrap();
+        assert_eq!(
+            stored_objects(&e, id),
+            Vec::<ObjectId>::new(),
+            "orphans left"
+        );
+        assert_eq!(e.vdisk("v").unwrap_err().kind(), crate::ErrorKind::NotFound);
+        let err = h.read(0, &mut buf).await.unwrap_err();
+        assert_eq!(err.kind(), crate::ErrorKind::NotFound, "{err}");
+        e.shutdown().await.unwrap();
+    }
+
+    /// A write that does not end (a device that does not answer) within the drain limit: the
+    /// delete and the rollback give up with Busy and change nothing; the disk serves again.
+    #[tokio::test]
+    async fn a_delete_or_rollback_past_the_drain_limit_changes_nothing() {
+        let e = engine().await;
+        *e.inner.io_drain.lock() = std::time::Duration::from_millis(20);
+        e.create_vdisk("v", 4 * CHUNK_BYTES).await.unwrap();
+        let h = e.open_vdisk("v").unwrap();
+        h.write(0, &[1u8; BS]).await.unwrap();
+        e.create_snapshot("v", "s").await.unwrap();
+        h.write(0, &[4u8; BS]).await.unwrap();
+        let chunk1 = ObjectId {
+            vdisk: h.rt.id,
+            chunk: 1,
+        };
+        let lock = e.inner.stripe(chunk1).write().await;
+        let w = {
+            let h = h.clone();
+            tokio::spawn(async move { h.write(CHUNK_BYTES, &[2u8; BS]).await })
+        };
+        settle(|| h.rt.writes_in_flight() == 1).await;
+        assert_eq!(h.rt.writes_in_flight(), 1);
+        let err = e.delete_vdisk("v").await.unwrap_err();
+        assert_eq!(err.kind(), crate::ErrorKind::Busy, "{err}");
+        assert!(err.to_string().contains("not deleted"), "{err}");
+        let err = e.rollback("v", "s").await.unwrap_err();
+        assert_eq!(err.kind(), crate::ErrorKind::Busy, "{err}");
+        assert!(err.to_string().contains("not rolled back"), "{err}");
+        drop(lock);
+        w.await.unwrap().unwrap();
+        // Nothing changed, and the disk takes I/O again.
+        assert_eq!(e.vdisk("v").unwrap().id, h.rt.id);
+        h.write(2 * CHUNK_BYTES, &[3u8; BS]).await.unwrap();
+        let mut got = vec![0u8; BS];
+        for (off, want) in [(0, 4u8), (CHUNK_BYTES, 2), (2 * CHUNK_BYTES, 3)] {
+            h.read(off, &mut got).await.unwrap();
+            assert!(got.iter().all(|&b| b == want), "at {off}: {:#x}", got[0]);
+        }
         e.shutdown().await.unwrap();
     }
 }
