@@ -38,29 +38,43 @@ const MAX_FILE_BYTES: u64 = 8 << 20;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub(crate) enum Moved {
-    /// `cairn vm move`: the VM and those of its disks this node owned.
-    Vm { name: String, disks: Vec<String> },
+    /// `cairn vm move`: the VM and those of its disks this node owned. `id`: the VM's record
+    /// in the cluster state (`cluster::VmDef::id`, which `Command::MoveVm` moves unchanged),
+    /// what tells this VM from another of the same name; None in entries written before it
+    /// was kept (those decide by the name).
+    Vm {
+        name: String,
+        disks: Vec<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<String>,
+    },
     /// `cairn vdisk takeover`: one virtual disk.
     Vdisk { name: String },
 }
 
 impl Moved {
-    /// Whether cluster state `s` still assigns what moves to member `from` (the mover): a VM
-    /// record of that name on it and every disk that moved with the VM owned by it, or the
-    /// disk of that name owned by it. Read after the move's fence committed (nothing can move
-    /// it then but later commands), this tells "not moved (or moved back since)" from "moved
-    /// away", also when the cluster forgot the move's own answer (`super::outcome`). The VM's
-    /// disks decide, not its name alone: another VM of that name can be recorded on the mover
-    /// (one moved there whose name clashes, `crate::harestart`), and `Command::MoveVm` moves
-    /// the record and the disks at once.
+    /// Whether cluster state `s` still assigns what moves to member `from` (the mover): the
+    /// VM's own record (by its id) on it and every disk that moved with the VM owned by it, or
+    /// the disk of that name owned by it. Read after the move's fence committed (nothing can
+    /// move it then but later commands), this tells "not moved (or moved back since)" from
+    /// "moved away", also when the cluster forgot the move's own answer (`super::outcome`).
+    /// Not the VM's name: another VM of that name can be recorded on the mover (one moved
+    /// there whose name clashes, `crate::harestart`), and a VM whose disks all stayed (or that
+    /// has none) has no disk to tell them apart; `Command::MoveVm` moves the record (its id
+    /// unchanged) and the disks at once. An entry without the id (written before it was kept)
+    /// falls back to a record of that name.
     pub(crate) fn still_on(&self, s: &cluster::ClusterState, from: u64) -> bool {
         let owned = |d: &String| crate::harestart::disk_owner(s, d) == Some(from);
         match self {
-            Moved::Vm { name, disks } => {
-                s.vms
-                    .values()
-                    .any(|v| v.name == *name && v.node == Some(from))
-                    && disks.iter().all(owned)
+            Moved::Vm { name, disks, id } => {
+                let record_here = match id {
+                    Some(id) => s.vms.get(id).is_some_and(|v| v.node == Some(from)),
+                    None => s
+                        .vms
+                        .values()
+                        .any(|v| v.name == *name && v.node == Some(from)),
+                };
+                record_here && disks.iter().all(owned)
             }
             Moved::Vdisk { name } => owned(name),
         }
@@ -372,13 +386,13 @@ fn settle_in_background(
 async fn act(inner: &NodeInner, m: &cluster::ClusterNode, entry: &Entry, o: Outcome) {
     let (to, tname) = (entry.to, entry.to_name.as_str());
     match (&entry.moved, o) {
-        (Moved::Vm { name, disks }, Outcome::Moved(epoch)) if came_back(m, disks) => {
+        (Moved::Vm { name, .. }, Outcome::Moved(epoch)) if came_back(m, &entry.moved) => {
             // Settled again after a restart (its entry could not be removed), and the VM was
             // moved back since: the one defined here is the cluster's now, never forgotten.
             tracing::warn!(vm = %name, epoch, "planned VM move committed earlier, but its disks are this node's again: the VM defined here stays");
             inner.vms.unclaim(name);
         }
-        (Moved::Vm { name, disks }, Outcome::Moved(epoch)) => {
+        (Moved::Vm { name, disks, .. }, Outcome::Moved(epoch)) => {
             super::vm_move::handed_over(inner, name, to, tname, disks, epoch).await;
             if let Err(e) = super::manual::wait_served(m, to, tname, disks, epoch).await {
                 tracing::warn!(vm = %name, error = %e.message, "planned VM move");
@@ -403,15 +417,18 @@ async fn act(inner: &NodeInner, m: &cluster::ClusterNode, entry: &Entry, o: Outc
     }
 }
 
-/// Whether every one of a moved VM's `disks` (at least one) is assigned to this node again.
-fn came_back(m: &cluster::ClusterNode, disks: &[String]) -> bool {
+/// Whether a moved VM is this node's again (moved back since): its record (by id) here and
+/// every disk that moved with it assigned here ([`Moved::still_on`]). An entry without the
+/// record's id needs at least one moved disk to tell (a record of that name here may be
+/// another VM's).
+fn came_back(m: &cluster::ClusterNode, moved: &Moved) -> bool {
     let me = m.id();
-    !disks.is_empty()
-        && m.read(|s| {
-            disks
-                .iter()
-                .all(|d| crate::harestart::disk_owner(s, d) == Some(me))
-        })
+    match moved {
+        Moved::Vm { disks, id, .. } if id.is_some() || !disks.is_empty() => {
+            m.read(|s| moved.still_on(s, me))
+        }
+        _ => false,
+    }
 }
 
 #[cfg(test)]
@@ -423,6 +440,7 @@ mod tests {
             moved: Moved::Vm {
                 name: "web".into(),
                 disks: vec!["web-root".into(), "web-data".into()],
+                id: Some("1/web".into()),
             },
             from: 1,
             to: 2,
@@ -526,6 +544,29 @@ mod tests {
         back.remove("r1").unwrap();
         assert!(Settles::open(dir.path()).entries().is_empty());
         assert!(!dir.path().join("move-settles.json.tmp").exists());
+    }
+
+    /// An entry written before the VM's record id was kept still reads (and decides by the
+    /// name); one with it keeps it.
+    #[test]
+    fn a_vm_entry_without_the_record_id_still_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = serde_json::json!({"r1": {
+            "moved": {"kind": "vm", "name": "web", "disks": ["web-root"]},
+            "from": 1, "to": 2, "to_name": "b", "why": "no commit in time"
+        }});
+        std::fs::write(dir.path().join(FILE), serde_json::to_vec(&old).unwrap()).unwrap();
+        let s = Settles::open(dir.path());
+        let want = Moved::Vm {
+            name: "web".into(),
+            disks: vec!["web-root".into()],
+            id: None,
+        };
+        assert_eq!(s.entries().len(), 1);
+        assert_eq!(s.entries()[0].1.moved, want);
+        s.add("r2", vm_entry()).unwrap();
+        let back = Settles::open(dir.path()).entries();
+        assert_eq!(back[1], ("r2".to_string(), vm_entry()));
     }
 
     #[test]
@@ -641,6 +682,7 @@ mod tests {
             moved: Moved::Vm {
                 name: "h".into(),
                 disks: vec!["e".into()],
+                id: None,
             },
             ..vm_entry()
         };
@@ -750,6 +792,7 @@ mod tests {
             moved: Moved::Vm {
                 name: "g".into(),
                 disks: vec!["d".into()],
+                id: None,
             },
             from: me,
             to: me + 1,
@@ -758,6 +801,21 @@ mod tests {
         };
         n.inner.vms.claim_unsettled("g", entry.to, &entry.to_name);
         act(&n.inner, &m, &entry, Outcome::Moved(1)).await;
+        let defined: Vec<String> = n.inner.vms.defined().into_iter().map(|(v, _)| v).collect();
+        assert_eq!(defined, vec!["g".to_string()]);
+        // A VM none of whose disks moved with it (all on the target already, or none): its
+        // record, by id, tells that it is back (before: no disk to tell, so forgotten).
+        let id = m.read(|s| s.vms.values().find(|v| v.name == "g").map(|v| v.id.clone()));
+        let no_disks = Entry {
+            moved: Moved::Vm {
+                name: "g".into(),
+                disks: Vec::new(),
+                id,
+            },
+            ..entry.clone()
+        };
+        n.inner.vms.claim_unsettled("g", entry.to, &entry.to_name);
+        act(&n.inner, &m, &no_disks, Outcome::Moved(1)).await;
         let defined: Vec<String> = n.inner.vms.defined().into_iter().map(|(v, _)| v).collect();
         assert_eq!(defined, vec!["g".to_string()]);
         // And unclaimed: it can be changed again.
@@ -790,15 +848,28 @@ mod tests {
         let me = m.id();
         let record =
             |m: &cluster::ClusterNode| m.read(|s| s.vms.values().find(|v| v.name == "g").cloned());
+        let record_by_id = |m: &cluster::ClusterNode, id: &str| m.read(|s| s.vms.get(id).cloned());
+        let g_id = record(&m).unwrap().id;
         let vm = Moved::Vm {
             name: "g".into(),
             disks: vec!["d".into()],
+            id: Some(g_id.clone()),
+        };
+        // A VM whose disks all stayed (or that has none) is told by its record's id alone.
+        let vm_no_disks = Moved::Vm {
+            name: "g".into(),
+            disks: Vec::new(),
+            id: Some(g_id.clone()),
         };
         let disk = |name: &str| Moved::Vdisk { name: name.into() };
         let forgotten = || cluster::ClusterNode::request_id();
         let why = || "no commit in time".to_string();
         assert_eq!(
             settle(&m, &forgotten(), why(), me, &vm).await,
+            Outcome::NotMoved(why())
+        );
+        assert_eq!(
+            settle(&m, &forgotten(), why(), me, &vm_no_disks).await,
             Outcome::NotMoved(why())
         );
         assert_eq!(
@@ -843,11 +914,27 @@ mod tests {
         let with_x = Moved::Vm {
             name: "g".into(),
             disks: vec!["x".into()],
+            id: None,
         };
         let epoch = m.read(|s| s.placement.version);
         assert_eq!(
             settle(&m, &forgotten(), why(), me, &with_x).await,
             Outcome::Moved(epoch)
+        );
+        // No disk moved with it: the record's id tells g (on no node) from the clash here
+        // (before: taken for g by its name, kept as not moved).
+        assert_eq!(
+            settle(&m, &forgotten(), why(), me, &vm_no_disks).await,
+            Outcome::Moved(epoch)
+        );
+        // Moved back: its own record on this node again.
+        let mut back = record_by_id(&m, &g_id).unwrap();
+        back.node = Some(me);
+        let put = m.propose(cluster::Command::PutVm(back)).await.unwrap();
+        assert_eq!(put, cluster::CommandResult::Ok);
+        assert_eq!(
+            settle(&m, &forgotten(), why(), me, &vm_no_disks).await,
+            Outcome::NotMoved(why())
         );
         n.shutdown().await.unwrap();
     }

@@ -169,6 +169,7 @@ pub(crate) async fn move_vm_out(
                 moved: super::settles::Moved::Vm {
                     name: name.to_string(),
                     disks: moving,
+                    id: Some(id),
                 },
                 from: me,
                 to,
@@ -265,6 +266,7 @@ async fn commit(
     let moved = super::settles::Moved::Vm {
         name: name.to_string(),
         disks: moving.to_vec(),
+        id: Some(id.to_string()),
     };
     Ok(super::outcome::commit(m, cmd, m.id(), &moved).await)
 }
