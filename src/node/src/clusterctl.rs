@@ -485,7 +485,9 @@ impl NodeController {
     /// The wait sees this node's chunks (and, when this node is the one leaving, the copies of
     /// every other node's chunks it holds), and asks every other data member for its own
     /// chunks left on the leaving one (`Call::DrainLeft`): the member leaves only when none
-    /// is left anywhere, and not while a data member does not answer.
+    /// is left anywhere, and not while a data member does not answer. Refused, before and
+    /// after the drain, while a planned move from or to the member is not settled on any
+    /// member (`crate::takeover::settles::refuse_removal_while_unsettled`).
     async fn remove_member(&self, node: &str, force: bool) -> Result<Reply, ControlError> {
         let host = &self.inner.cluster;
         if force {
@@ -527,6 +529,14 @@ impl NodeController {
                 vms.join(", ")
             )));
         }
+        // Asked again by `host.remove` before it leaves; said here before any draining starts.
+        crate::takeover::settles::refuse_removal_while_unsettled(
+            &host.settles,
+            &m,
+            target.id,
+            &name,
+        )
+        .await?;
         if target.state != MemberState::Draining {
             let remaining = members
                 .iter()

@@ -358,8 +358,9 @@ impl ClusterHost {
     }
 
     /// Removes a member named by id or name. Refused while the member still owns virtual
-    /// disks or VMs (they would stay behind, owned by nobody), unless `force` (a dead node being
-    /// replaced: its definitions are kept in the cluster state).
+    /// disks or VMs (they would stay behind, owned by nobody), or while a planned move from or
+    /// to a data member is not settled on some member (`crate::takeover::settles`), unless
+    /// `force` (a dead node being replaced: its definitions are kept in the cluster state).
     pub(crate) async fn remove(
         &self,
         node: &str,
@@ -391,6 +392,16 @@ impl ClusterHost {
                     vdisks.join(", "),
                     vms.join(", ")
                 )));
+            }
+            let data = m.read(|s| s.members.get(&id).map(|x| x.role)) == Some(cluster::Role::Data);
+            if data {
+                crate::takeover::settles::refuse_removal_while_unsettled(
+                    &self.settles,
+                    &m,
+                    id,
+                    &name,
+                )
+                .await?;
             }
         }
         m.remove_member(id).await.map_err(cluster_error)

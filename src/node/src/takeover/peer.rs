@@ -5,7 +5,8 @@
 //! whether it serves the disk yet — the same for a planned move of a VM with its disks
 //! (`cairn vm move`, see `super::vm_move`), which chunks of the caller's disk a member holds
 //! (the up-to-date check before a move, `super::copies`), each member's chunks left on a
-//! draining member, and a draining member's own progress.
+//! draining member, a draining member's own progress, and each member's unsettled moves
+//! involving a member about to be removed.
 //!
 //! Messages are JSON, bounded by `cluster::MAX_APP_BYTES`. Must never: answer a call that
 //! changes anything without checking it against the cluster state, or wait unbounded.
@@ -56,18 +57,25 @@ pub(crate) enum Call {
     /// The receiver's own drain: chunks of every node still on its disks, progress, time left
     /// (`cluster status` on any member).
     DrainProgress,
+    /// The receiver's planned moves not settled yet that involve member `member`
+    /// (`super::settles::Settles::involving`: before that member is removed).
+    PendingMoves { member: NodeId },
 }
 
 /// The answer to a [`Call`].
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum Answer {
-    Lease { state: String },
+    Lease {
+        state: String,
+    },
     Vdisk(Option<VdiskView>),
     Vm(Option<Box<VmView>>),
     Done,
     Left(u64),
     Held(super::copies::HeldPage),
     Drain(control::DrainProgressView),
+    /// Unsettled planned moves, each described.
+    Pending(Vec<String>),
 }
 
 struct Handler {
@@ -140,6 +148,10 @@ async fn answer(inner: &Arc<NodeInner>, from: NodeId, call: Call) -> Result<Answ
             super::copies::held_page(inner, from, vdisk, from_chunk).map(Answer::Held)
         }
         Call::DrainProgress => Ok(Answer::Drain(crate::clusterctl::own_drain_progress(inner))),
+        Call::PendingMoves { member } => {
+            let me = inner.cluster.member()?.id();
+            Ok(Answer::Pending(inner.cluster.settles.involving(me, member)))
+        }
         Call::DrainLeft { id } => {
             let me = inner.cluster.member()?.id();
             let left = crate::clusterctl::drain_left_here(inner, id, String::new(), me);

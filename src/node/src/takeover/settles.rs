@@ -300,6 +300,107 @@ impl Settles {
     }
 }
 
+impl Settles {
+    /// This node's unsettled moves that involve member `member` (moved from or to it; every one
+    /// when this node, `me`, is that member), each described for an error; an entry that cannot
+    /// be read, or a file that could not, counts (what it involves cannot be told).
+    pub(crate) fn involving(&self, me: u64, member: u64) -> Vec<String> {
+        let mut out: Vec<String> = self.holds_all().into_iter().collect();
+        let c = self.contents.lock();
+        for (request, e) in &c.entries {
+            if me != member && e.from != member && e.to != member {
+                continue;
+            }
+            let what = match &e.moved {
+                Moved::Vm { name, disks, .. } => format!("VM {name} with disks {disks:?}"),
+                Moved::Vdisk { name } => format!("virtual disk {name}"),
+            };
+            out.push(format!(
+                "request {request} on member {me}: {what} from member {} to {} ({}), not known \
+                 yet ({})",
+                e.from, e.to_name, e.to, e.why
+            ));
+        }
+        for request in c.bad.keys() {
+            out.push(format!(
+                "request {request} on member {me}: unreadable in {} (see its log)",
+                self.file.display()
+            ));
+        }
+        out
+    }
+}
+
+/// Every unsettled planned move in the cluster that involves member `member` (see
+/// [`Settles::involving`]): this node's (`here`) and each other data member's, asked over the
+/// member transport (`Call::PendingMoves`, bounded). Err: none found, but a member that may
+/// have some did not answer. `member` itself not answering is no such member: a move it made
+/// either committed (then nothing of it is left on it) or did not and may not any more (what
+/// it moved is still its own, which the caller refuses anyway); a move to it can only be on
+/// the others.
+pub(crate) async fn unsettled_involving(
+    here: &Settles,
+    m: &cluster::ClusterNode,
+    member: u64,
+) -> Result<Vec<String>, String> {
+    let me = m.id();
+    let mut out = here.involving(me, member);
+    let others: Vec<u64> = m.read(|s| {
+        s.members
+            .values()
+            .filter(|x| x.role == cluster::Role::Data && x.id != me)
+            .map(|x| x.id)
+            .collect()
+    });
+    let asks = others.iter().map(|peer_id| async move {
+        let call = super::peer::Call::PendingMoves { member };
+        let r = super::peer::call(m, *peer_id, &call, super::peer::STEP_TIMEOUT).await;
+        (*peer_id, r)
+    });
+    let mut unknown = None;
+    for (peer_id, r) in futures::future::join_all(asks).await {
+        match r {
+            Ok(super::peer::Answer::Pending(list)) => out.extend(list),
+            Ok(_) => unknown = Some(format!("member {peer_id} answered something else")),
+            Err(_) if peer_id == member => {}
+            Err(e) => unknown = Some(e.message),
+        }
+    }
+    match unknown {
+        Some(why) if out.is_empty() => Err(why),
+        _ => Ok(out),
+    }
+}
+
+/// Refuses removing member `member` (`name`) while a planned move from or to it is not settled
+/// (see [`unsettled_involving`]): a move to it may still commit and leave it owning a disk once
+/// it is gone, and a move from it is settled by it alone. `cairn cluster remove` (without
+/// `--force`) checks this before draining and again before the member leaves.
+pub(crate) async fn refuse_removal_while_unsettled(
+    here: &Settles,
+    m: &cluster::ClusterNode,
+    member: u64,
+    name: &str,
+) -> Result<(), control::ControlError> {
+    let unavailable =
+        |msg: String| control::ControlError::new(control::ErrorCode::Unavailable, msg);
+    match unsettled_involving(here, m, member).await {
+        Ok(list) if list.is_empty() => Ok(()),
+        Ok(list) => Err(unavailable(format!(
+            "member {name} cannot be removed yet: planned moves from or to it are not settled: \
+             [{}]. Each mover asks the cluster again in the background and hands over or keeps \
+             what it moved once it answers: try again then (or pass --force if the node is \
+             dead and being replaced)",
+            list.join("; ")
+        ))),
+        Err(why) => Err(unavailable(format!(
+            "member {name} cannot be removed yet: whether a planned move from or to it is still \
+             unsettled cannot be told ({why}): try again when every data member answers (or \
+             pass --force if the node is dead and being replaced)"
+        ))),
+    }
+}
+
 /// Whether `v` holds the string `name` as a value anywhere (at any depth).
 fn names(v: &serde_json::Value, name: &str) -> bool {
     match v {
@@ -936,6 +1037,80 @@ mod tests {
             settle(&m, &forgotten(), why(), me, &vm_no_disks).await,
             Outcome::NotMoved(why())
         );
+        n.shutdown().await.unwrap();
+    }
+
+    /// A member is not removed while a planned move from or to it is unsettled: a move to it
+    /// may still commit and leave it owning a disk once gone, one from it only it can settle.
+    /// Refused through the request `cairn cluster remove` sends, naming the moves, before any
+    /// draining starts; a move between other members does not hold it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_member_with_an_unsettled_move_is_not_removed() {
+        use cluster::{Command, CommandResult, MemberState, Role};
+        use control::{ErrorCode, Request};
+        let dir = tempfile::tempdir().unwrap();
+        let n = start_node(dir.path(), true).await;
+        let ctl = n.controller();
+        let m = n.inner.cluster.member().unwrap();
+        let me = m.id();
+        // A second data member b in the cluster state (admitted with a token; no node runs it).
+        let issue = Command::IssueJoinToken {
+            token_hash: "h".into(),
+            expires_ms: u64::MAX,
+            role: Role::Data,
+        };
+        assert_eq!(m.propose(issue).await.unwrap(), CommandResult::Ok);
+        let consume = Command::ConsumeJoinToken {
+            token_hash: "h".into(),
+            now_ms: 1,
+            name: "b".into(),
+            addr: "127.0.0.1:1".into(),
+            join_addr: "127.0.0.1:1".into(),
+        };
+        let CommandResult::NodeId(b) = m.propose(consume).await.unwrap() else {
+            panic!("b not admitted");
+        };
+        let to_b = Entry {
+            moved: Moved::Vdisk { name: "d".into() },
+            from: me,
+            to: b,
+            to_name: "b".into(),
+            why: "no commit in time".into(),
+        };
+        n.inner.cluster.settles.add("r1", to_b.clone()).unwrap();
+        let remove = |node: String| Request::ClusterRemove { node, force: false };
+        let admin = || control::Actor {
+            role: control::Role::Admin,
+            ..op()
+        };
+        let e = ctl.execute(admin(), remove("b".into())).await.unwrap_err();
+        assert_eq!(e.code, ErrorCode::Unavailable, "{e:?}");
+        for said in [
+            "member b cannot be removed yet",
+            &format!("request r1 on member {me}: virtual disk d from member {me} to b ({b})"),
+            "try again then",
+        ] {
+            assert!(e.message.contains(said), "{said:?} not in {e:?}");
+        }
+        let state = m.read(|s| s.members.get(&b).map(|x| x.state));
+        assert_eq!(state, Some(MemberState::Joining), "nothing changed");
+        // This node's own removal is held by each of its unsettled moves, wherever they go.
+        let elsewhere = Entry {
+            to: b + 100,
+            ..to_b
+        };
+        n.inner.cluster.settles.remove("r1").unwrap();
+        n.inner.cluster.settles.add("r2", elsewhere).unwrap();
+        let e = ctl
+            .execute(admin(), remove(me.to_string()))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code, ErrorCode::Unavailable, "{e:?}");
+        assert!(e.message.contains("request r2"), "{e:?}");
+        // A move between other members does not hold b: its removal goes on to the next check
+        // (here: too few data nodes would be left to drain it onto).
+        let e = ctl.execute(admin(), remove("b".into())).await.unwrap_err();
+        assert!(e.message.contains("would leave 1 data node"), "{e:?}");
         n.shutdown().await.unwrap();
     }
 
