@@ -124,7 +124,8 @@ impl NodeController {
     /// (what this node did would be lost, or the target's copy would differ from the one it
     /// adopted). Attaching a held disk is refused too: a running VM would serve it at once.
     /// Starts and exports are refused where they happen (`crate::harestart`), moves in
-    /// `crate::takeover`.
+    /// `crate::takeover`. The same for a disk whose local copy is from before it left and came
+    /// back, not replaced yet (`crate::takeover::gather::not_adopted_yet`).
     fn refuse_held(&self, req: &Request) -> Result<(), ControlError> {
         let s = &self.inner.cluster.settles;
         let why = match req {
@@ -145,6 +146,21 @@ impl NodeController {
                 .or_else(|| s.holds_vdisk(vdisk, "be attached to a VM")),
             _ => None,
         };
+        // A local copy from before the disk left and came back is neither served nor changed
+        // (a clone or snapshot of it would serve stale data; a change would be lost when it is
+        // replaced by the current copy).
+        let disk = match req {
+            Request::VdiskResize { name, .. } | Request::VdiskDelete { name } => Some(name),
+            Request::VdiskClone { source, .. } => Some(source),
+            Request::SnapshotCreate { vdisk, .. }
+            | Request::SnapshotDelete { vdisk, .. }
+            | Request::SnapshotRollback { vdisk, .. }
+            | Request::VmDiskAttach { vdisk, .. } => Some(vdisk),
+            _ => None,
+        };
+        let why = why.or_else(|| {
+            disk.and_then(|d| crate::takeover::gather::not_adopted_yet(&self.inner, d))
+        });
         match why {
             Some(why) => Err(ControlError::new(ErrorCode::Unavailable, why)),
             None => Ok(()),

@@ -271,9 +271,14 @@ fn check_runs_here(inner: &NodeInner, name: &str) -> Result<(), ControlError> {
 
 /// Refuses to serve virtual disk `disk` here (an NBD export) when the cluster assigns it to
 /// another node: after a takeover or a planned move this node's copy is stale until dropped.
-/// Also while a planned move of it is not settled yet (`crate::takeover::settles`).
+/// Also while a planned move of it is not settled yet (`crate::takeover::settles`), and while
+/// this node's copy is one from before the disk left and came back, not replaced yet
+/// (`crate::takeover::gather::not_adopted_yet`).
 pub(crate) fn check_disk_here(inner: &NodeInner, disk: &str) -> Result<(), ControlError> {
     if let Some(why) = inner.cluster.settles.holds_vdisk(disk, "be exported") {
+        return Err(ControlError::new(control::ErrorCode::Unavailable, why));
+    }
+    if let Some(why) = crate::takeover::gather::not_adopted_yet(inner, disk) {
         return Err(ControlError::new(control::ErrorCode::Unavailable, why));
     }
     match owned_elsewhere(inner, &[disk.to_string()]) {
@@ -300,10 +305,13 @@ pub(crate) async fn start_vm(inner: &NodeInner, name: &str) -> Result<VmView, Co
         .find(|(n, _)| n == name)
         .map(|(_, d)| d)
         .unwrap_or_default();
-    if let Some(why) = disks
-        .iter()
-        .find_map(|d| inner.cluster.settles.holds_vdisk(d, "be served by a VM"))
-    {
+    if let Some(why) = disks.iter().find_map(|d| {
+        inner
+            .cluster
+            .settles
+            .holds_vdisk(d, "be served by a VM")
+            .or_else(|| crate::takeover::gather::not_adopted_yet(inner, d))
+    }) {
         return Err(ControlError::new(control::ErrorCode::Unavailable, why));
     }
     check_runs_here(inner, name)?;

@@ -103,6 +103,9 @@ struct Shown {
 #[derive(Default)]
 pub(crate) struct MirrorHost {
     shown: parking_lot::Mutex<Shown>,
+    /// The replica server of the running mirror (kept after it stops: what it was told stays
+    /// true), for what peers described to this node (`crate::takeover::gather`).
+    server: parking_lot::Mutex<Option<Arc<ReplicaServer>>>,
 }
 
 struct Peer {
@@ -143,6 +146,17 @@ impl Running {
 }
 
 impl MirrorHost {
+    /// The replica server of the mirror, once one ran (None: this node never mirrored).
+    pub(crate) fn server(&self) -> Option<Arc<ReplicaServer>> {
+        self.server.lock().clone()
+    }
+
+    /// A replica server to read from, as if a mirror had run (tests).
+    #[cfg(test)]
+    pub(crate) fn set_server(&self, server: Arc<ReplicaServer>) {
+        *self.server.lock() = Some(server);
+    }
+
     /// Fills the mirror part of `cluster status`.
     pub(crate) fn fill(&self, engine: &Engine, view: &mut ClusterDataView) {
         let shown = self.shown.lock().clone();
@@ -248,6 +262,7 @@ async fn step(inner: &NodeInner, running: &mut Option<Running>) {
                 return;
             }
         };
+        *inner.mirror.server.lock() = Some(server.clone());
         let epochs = Arc::new(EpochBook::new(1));
         let permit = crate::takeover::AlonePermit::new(m.clone());
         epochs.set_alone_permit(permit.handle());

@@ -60,6 +60,13 @@
 //! epoch 0 answers `Fenced` with the current epoch); until then it is only reported, so a name
 //! clash that is not a takeover never deletes anything.
 //!
+//! The disk may come back (moved back, or taken back from its new owner) before that copy is
+//! dropped: the cluster assigns it here again while the current data is the other member's
+//! copy, which that member still describes here (same placement seed, not retired here). Such
+//! a local copy is never served, changed or moved (`gather::not_adopted_yet`); it is dropped
+//! once a holder confirms it retired, as above, and the disk is adopted from the current copy
+//! like any other (`gather::replace_stale`).
+//!
 //! VMs: the cluster's VM record moves with its disks (`node` = the new owner); once the disks
 //! are adopted, `crate::harestart` defines the VM here from the definition kept in the cluster
 //! and starts it if it was meant to run, and the returning old owner stops and forgets its copy
@@ -80,7 +87,7 @@ use mirror::{MirrorError, PeerLink, ReplicaServer};
 use crate::NodeInner;
 
 pub(crate) mod copies;
-mod gather;
+pub(crate) mod gather;
 pub(crate) mod manual;
 pub(crate) mod outcome;
 pub(crate) mod peer;

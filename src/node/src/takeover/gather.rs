@@ -39,7 +39,147 @@ fn description_of<'a>(
         .max_by_key(|(home, r)| (!retired_here(server, *home, r.id), r.gen))
 }
 
-/// Adopt every virtual disk the cluster assigns to this node that the engine lacks.
+/// The live description, by another member, of the same virtual disk as this node's local
+/// copy `name`, when the cluster assigns `name` to this node: that member adopted the disk
+/// (from a copy of this one: the same placement seed, kept by every adoption) and this node
+/// has not adopted it back from that member yet (adopting fences the copy held here, and a
+/// copy retired here is no live one). So the local copy is from before the disk left: moved
+/// away and back, or taken back, before this node dropped it (`super::drop_stale`). Such a
+/// copy is never served; [`replace_stale`] drops it once a holder confirms it was retired,
+/// and the disk is adopted from the newer owner's copy as any other.
+///
+/// A disk of this name deleted on that member and created here anew has another seed (each
+/// create draws one): not taken for it.
+fn newer_elsewhere(
+    inner: &NodeInner,
+    m: &ClusterNode,
+    described: &[(u64, Vec<VdiskRecord>)],
+    server: &ReplicaServer,
+    name: &str,
+) -> Option<(u64, VdiskRecord)> {
+    let me = m.id();
+    let assigned_here = m.read(|s| {
+        s.vdisks
+            .values()
+            .any(|v| v.name == name && cluster::vdisk_owner(&v.id) == Some(me))
+    });
+    if !assigned_here {
+        return None;
+    }
+    let local = inner
+        .engine
+        .vdisk_records()
+        .into_iter()
+        .find(|r| r.name == name)?;
+    described
+        .iter()
+        .filter(|(home, _)| *home != me)
+        .flat_map(|(home, list)| list.iter().map(move |r| (*home, r)))
+        .filter(|(home, r)| {
+            r.name == name && r.seed == local.seed && !retired_here(server, *home, r.id)
+        })
+        .max_by_key(|(_, r)| r.gen)
+        .map(|(home, r)| (home, r.clone()))
+}
+
+/// Why this node must not serve its local virtual disk `name` (an export, a VM, the answer to
+/// a mover asking whether it serves it): a newer copy of it is on another member, not adopted
+/// here yet ([`newer_elsewhere`]). None when nothing says so.
+pub(crate) fn not_adopted_yet(inner: &NodeInner, name: &str) -> Option<String> {
+    let server = inner.mirror.server()?;
+    let m = inner.cluster.member().ok()?;
+    let described = server.described();
+    let (home, _) = newer_elsewhere(inner, &m, &described, &server, name)?;
+    Some(format!(
+        "virtual disk {name} came back to this node, but its current data is still member \
+         {home}'s copy, not adopted here yet; this node's copy of it is from before it left \
+         and is never served: try again once this node adopted it (`cairn vdisk list` on \
+         {home} and here, the node log says why it waits)"
+    ))
+}
+
+/// Drops each local copy that [`newer_elsewhere`] finds stale once `retired(engine id)`
+/// confirms that a holder fenced it forever (some member adopted from it, so it is not the
+/// only current copy, and its replicas on that holder refuse this node's writes and deletes),
+/// so that [`adopt_assigned`] adopts the disk from the newer copy. Without that confirmation
+/// nothing is deleted (it stays unserved and is reported).
+pub(super) async fn replace_stale<F, Fut>(
+    inner: &NodeInner,
+    m: &ClusterNode,
+    server: &ReplicaServer,
+    t: &mut Takeover,
+    retired: F,
+) where
+    F: Fn(u64) -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let described = server.described();
+    let me = m.id();
+    // Names other members describe: in the steady state none is also a local disk's (names
+    // are unique in the cluster), so nothing more is looked at.
+    let theirs: HashSet<&str> = described
+        .iter()
+        .filter(|(home, _)| *home != me)
+        .flat_map(|(_, list)| list.iter().map(|r| r.name.as_str()))
+        .collect();
+    for v in inner.engine.vdisks() {
+        if !theirs.contains(v.name.as_str()) || crate::internal::is_internal_vdisk(&v.name) {
+            continue;
+        }
+        let Some((home, rec)) = newer_elsewhere(inner, m, &described, server, &v.name) else {
+            continue;
+        };
+        if !retired(v.id).await {
+            t.once(format!(
+                "virtual disk {} is assigned to this node again, but its local copy is from \
+                 before it moved to member {home} and no holder has confirmed that copy \
+                 retired yet: it is not served, and replaced by member {home}'s copy once one \
+                 does",
+                v.name
+            ));
+            continue;
+        }
+        let _g = inner.cluster.vdisk_lock.lock().await;
+        if inner.engine.vdisk(&v.name).ok().map(|x| x.id) != Some(v.id) {
+            continue;
+        }
+        for e in inner.exports.list() {
+            if e.vdisk == v.name {
+                let _ = inner.exports.stop(e.id).await;
+            }
+        }
+        match inner.engine.delete_vdisk(&v.name).await {
+            Ok(()) => {
+                tracing::warn!(
+                    vdisk = %v.name,
+                    from = home,
+                    gen = rec.gen,
+                    "takeover: this virtual disk came back before this node dropped its copy \
+                     from before it left; that stale copy is dropped and the disk is adopted \
+                     from member {home}'s copy"
+                );
+                crate::events::record(
+                    inner,
+                    "warning",
+                    "vdisk_stale_dropped",
+                    &v.name,
+                    format!(
+                        "virtual disk {} came back from member {home} before this node dropped \
+                         its copy from before the move: that stale copy was dropped, the \
+                         current one is adopted",
+                        v.name
+                    ),
+                );
+            }
+            Err(e) => {
+                tracing::warn!(vdisk = %v.name, error = %e, "dropping a stale copy failed")
+            }
+        }
+    }
+}
+
+/// Adopt every virtual disk the cluster assigns to this node that the engine lacks, or holds
+/// only a stale copy of ([`replace_stale`]).
 pub(super) async fn adopt_assigned(
     inner: &NodeInner,
     m: &Arc<ClusterNode>,
@@ -48,6 +188,15 @@ pub(super) async fn adopt_assigned(
     t: &mut Takeover,
 ) {
     let me = m.id();
+    let retired = |id: u64| async move {
+        for (_, link) in links {
+            if super::retired_on(link, me, id).await == Some(true) {
+                return true;
+            }
+        }
+        false
+    };
+    replace_stale(inner, m, server, t, retired).await;
     let (assigned, data_members): (Vec<(String, String)>, Vec<u64>) = m.read(|s| {
         let assigned = s
             .vdisks
@@ -258,5 +407,114 @@ pub(super) async fn drop_adopted(inner: &NodeInner, m: &Arc<ClusterNode>, server
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::takeover::settles::tests::{op, start_node};
+
+    /// A disk moved away (to member 999, which adopted it from this node's mirror) and back
+    /// before this node dropped its copy from before the move: that copy is never served
+    /// (export, snapshot, a mover's "serving?") while 999's copy is the current one, is not
+    /// dropped before a holder confirms it was retired, and then is replaced by the current
+    /// copy (adopted from what is held here: nothing, as 999 wrote zeros over it all). Before,
+    /// adoption skipped the disk (a copy of that name was here) and served the stale data.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_disk_moved_away_and_back_is_never_served_from_its_stale_copy() {
+        use control::{ErrorCode, Request};
+        let dir = tempfile::tempdir().unwrap();
+        let n = start_node(dir.path(), true).await;
+        let ctl = n.controller();
+        let create = Request::VdiskCreate {
+            name: "d".into(),
+            size_bytes: 64 << 20,
+        };
+        ctl.execute(op(), create).await.unwrap();
+        let m = n.inner.cluster.member().unwrap();
+        let me = m.id();
+        for i in 0.. {
+            let here = m.read(|s| s.vdisks.contains_key(&format!("{me}/d")));
+            if here {
+                break;
+            }
+            assert!(i < 1000, "the cluster never recorded d on this node");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        let engine = &n.inner.engine;
+        let stale_data = vec![0x5a; 4096];
+        {
+            let h = engine.open_vdisk("d").unwrap();
+            h.write(0, &stale_data).await.unwrap();
+            h.flush().await.unwrap();
+        }
+        let stale = engine
+            .vdisk_records()
+            .into_iter()
+            .find(|r| r.name == "d")
+            .unwrap();
+        // What 999 describes: the same disk (its seed), under its own engine id, newer.
+        let current = VdiskRecord {
+            id: 5,
+            gen: stale.gen + 1,
+            ..stale.clone()
+        };
+        let state = dir.path().join("mirror-state");
+        std::fs::create_dir_all(&state).unwrap();
+        let described = vec![(999u64, vec![current])];
+        std::fs::write(
+            state.join("described.json"),
+            serde_json::to_vec(&described).unwrap(),
+        )
+        .unwrap();
+        let server = ReplicaServer::new(me, &state).unwrap();
+        n.inner.mirror.set_server(server.clone());
+
+        // Never served, nor changed.
+        let export = Request::NbdStart {
+            vdisk: "d".into(),
+            snapshot: None,
+            listen: Some("127.0.0.1:0".into()),
+            read_only: true,
+        };
+        let snap = Request::SnapshotCreate {
+            vdisk: "d".into(),
+            name: "s".into(),
+        };
+        for r in [export.clone(), snap] {
+            let e = ctl.execute(op(), r.clone()).await.unwrap_err();
+            assert_eq!(e.code, ErrorCode::Unavailable, "{r:?}: {e:?}");
+            assert!(e.message.contains("member 999's copy"), "{r:?}: {e:?}");
+        }
+        assert!(n.inner.exports.list().is_empty());
+        assert_eq!(crate::takeover::peer::serving(&n.inner, "d"), None);
+        assert!(engine.snapshots("d").unwrap().is_empty());
+
+        // Not dropped without a holder's word that the copy was retired.
+        let mut t = crate::takeover::Takeover::default();
+        replace_stale(&n.inner, &m, &server, &mut t, |_| async { false }).await;
+        assert_eq!(engine.vdisk("d").unwrap().id, stale.id);
+
+        // Confirmed: dropped, then adopted from the current copy.
+        let id = stale.id;
+        replace_stale(&n.inner, &m, &server, &mut t, |x| async move { x == id }).await;
+        assert!(engine.vdisk("d").is_err(), "the stale copy is still here");
+        n.inner.lease.release(&format!("{me}/d"));
+        adopt_assigned(&n.inner, &m, &server, &[], &mut t).await;
+        let now = engine.vdisk("d").unwrap();
+        assert_ne!(now.id, stale.id);
+        let mut got = vec![0u8; 4096];
+        engine
+            .open_vdisk("d")
+            .unwrap()
+            .read(0, &mut got)
+            .await
+            .unwrap();
+        assert_eq!(got, vec![0u8; 4096], "the stale data is served");
+        assert_eq!(not_adopted_yet(&n.inner, "d"), None);
+        assert!(crate::takeover::peer::serving(&n.inner, "d").is_some());
+        ctl.execute(op(), export).await.unwrap();
+        n.shutdown().await.unwrap();
     }
 }

@@ -96,7 +96,12 @@ pub(crate) async fn move_out(
             format!("virtual disk {name} is not served by this node"),
         ));
     }
-    if let Some(why) = inner.cluster.settles.holds_vdisk(name, "be moved again") {
+    if let Some(why) = inner
+        .cluster
+        .settles
+        .holds_vdisk(name, "be moved again")
+        .or_else(|| super::gather::not_adopted_yet(inner, name))
+    {
         return Err(ControlError::new(ErrorCode::Unavailable, why));
     }
     if to == me {

@@ -160,7 +160,9 @@ async fn answer(inner: &Arc<NodeInner>, from: NodeId, call: Call) -> Result<Answ
     }
 }
 
-/// This node's view of virtual disk `name` when it serves it: in the engine and assigned here.
+/// This node's view of virtual disk `name` when it serves it: in the engine and assigned here,
+/// and not a copy from before it left that is still to be replaced
+/// (`super::gather::not_adopted_yet`).
 pub(crate) fn serving(inner: &NodeInner, name: &str) -> Option<VdiskView> {
     let m = inner.cluster.member().ok()?;
     let me = m.id();
@@ -169,7 +171,7 @@ pub(crate) fn serving(inner: &NodeInner, name: &str) -> Option<VdiskView> {
             .values()
             .any(|d| d.name == name && cluster::vdisk_owner(&d.id) == Some(me))
     });
-    if !ours {
+    if !ours || super::gather::not_adopted_yet(inner, name).is_some() {
         return None;
     }
     inner.engine.vdisk(name).ok().map(crate::convert::vdisk)

@@ -533,7 +533,7 @@ fn came_back(m: &cluster::ClusterNode, moved: &Moved) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn vm_entry() -> Entry {
@@ -552,7 +552,7 @@ mod tests {
 
     /// A node on `dir` with two small pool disks and no API; `host_cluster`: a one-member
     /// cluster of its own.
-    async fn start_node(dir: &Path, host_cluster: bool) -> crate::Node {
+    pub(crate) async fn start_node(dir: &Path, host_cluster: bool) -> crate::Node {
         let mut cfg = crate::NodeConfig::new(dir.join("data"));
         cfg.disk_count = 2;
         cfg.disk_size_bytes = 128 << 20;
@@ -561,7 +561,7 @@ mod tests {
         crate::Node::start(cfg).await.unwrap()
     }
 
-    fn op() -> control::Actor {
+    pub(crate) fn op() -> control::Actor {
         control::Actor {
             user: "op".into(),
             role: control::Role::Operator,

@@ -107,6 +107,9 @@ pub(crate) async fn move_vm_out(
                 "VM {name}'s virtual disk {d} is not served by this node yet (being adopted?)"
             )));
         }
+        if let Some(why) = super::gather::not_adopted_yet(inner, d) {
+            return Err(ControlError::new(ErrorCode::Unavailable, why));
+        }
         copies_in_sync(inner, &m, d, &tname, &what).await?;
         let exports: Vec<String> = inner
             .exports
