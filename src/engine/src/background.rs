@@ -97,6 +97,7 @@ impl Inner {
         }
         self.redo_rollbacks().await;
         self.resync_after_crash().await;
+        self.reconcile_suspects().await;
         self.prune_pending().await;
         match self.rebalance_pass().await {
             Ok(changed) => changed,

@@ -629,6 +629,7 @@ mod piece_tests {
     use blockdev::{AlignedBuf, BlockDevice, BoxFuture, DeviceInfo, RamDevice, WriteBuf};
     use store::ObjectId;
 
+    use crate::core::LiveDisks;
     use crate::{Engine, EngineConfig, CHUNK_BYTES};
 
     const BS: usize = super::BLOCK_BYTES as usize;
@@ -787,12 +788,9 @@ mod piece_tests {
     }
 
     /// A write whose caller drops it (a client gone, a timeout) after one replica recorded it
-    /// and while the other's device write is in flight. Before, the replicas then held
-    /// different data, each valid by its checksums, until scrub (a read returned one or the
-    /// other depending on the replica serving it), and both disks' in-flight counts stayed
-    /// raised. Now the chunk is reconciled before it serves I/O again.
-    #[tokio::test]
-    async fn a_write_dropped_mid_flight_leaves_the_replicas_agreeing() {
+    /// and while the other's device write is in flight (held at its gate): the engine, the
+    /// handle, the chunk and its two replica disks.
+    async fn drop_write_mid_flight() -> (Engine, super::VdiskHandle, ObjectId, LiveDisks) {
         let (e, gates) = gated_engine().await;
         e.create_vdisk("v", 8 * CHUNK_BYTES).await.unwrap();
         let h = e.open_vdisk("v").unwrap();
@@ -835,7 +833,16 @@ mod piece_tests {
                 d.name
             );
         }
-        // The next request on the chunk makes the replicas agree first.
+        (e, h, obj, live)
+    }
+
+    /// Before, after a write dropped mid-flight the replicas held different data, each valid
+    /// by its checksums, until scrub (a read returned one or the other depending on the
+    /// replica serving it), and both disks' in-flight counts stayed raised. Now the chunk is
+    /// reconciled before it serves I/O again.
+    #[tokio::test]
+    async fn a_write_dropped_mid_flight_leaves_the_replicas_agreeing() {
+        let (e, h, obj, live) = drop_write_mid_flight().await;
         let mut seen = vec![0u8; BS];
         h.read(0, &mut seen).await.unwrap();
         for d in &live {
@@ -847,6 +854,26 @@ mod piece_tests {
                 d.name
             );
         }
+        e.shutdown().await.unwrap();
+    }
+
+    /// A chunk left suspect by a dropped write that no request touches again is reconciled by
+    /// the maintenance pass (else it stayed marked, and every request of the pool looked
+    /// itself up among the suspects, for good).
+    #[tokio::test]
+    async fn a_chunk_left_suspect_is_reconciled_without_a_request() {
+        let (e, _h, obj, live) = drop_write_mid_flight().await;
+        // The background task runs its pass within half a second; 20 s is a safety net.
+        for _ in 0..2000 {
+            if e.inner.reconciled(obj) {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert!(e.inner.reconciled(obj), "still suspect");
+        let a = live[0].replica.read(obj, 0, 1, u64::MAX).await.unwrap();
+        let b = live[1].replica.read(obj, 0, 1, u64::MAX).await.unwrap();
+        assert_eq!(a[..], b[..], "the replicas agree");
         e.shutdown().await.unwrap();
     }
 }

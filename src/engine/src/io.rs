@@ -263,6 +263,7 @@ impl Inner {
         if let Some(d) = truth {
             tracing::warn!(%obj, "a change was dropped in flight; its replicas are reconciled before the chunk serves I/O again");
             self.mark_suspect(obj, d.slot);
+            self.kick_bg();
         }
     }
 

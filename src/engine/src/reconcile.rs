@@ -108,6 +108,25 @@ impl Inner {
         }
     }
 
+    /// Reconcile the chunks marked suspect that no request has touched since (by the
+    /// maintenance pass): otherwise one stays marked until its next request, and while any is
+    /// marked every request of the pool looks itself up among them.
+    pub(crate) async fn reconcile_suspects(&self) {
+        let r = &self.reconcile;
+        if r.suspects_n.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        let objs: Vec<ObjectId> = r.suspects.lock().keys().copied().collect();
+        for obj in objs {
+            if self.shutting_down.load(Ordering::Acquire) {
+                return;
+            }
+            if let Err(e) = self.reconcile_chunk(obj).await {
+                tracing::warn!(%obj, error = %e, "reconciling a suspect chunk failed");
+            }
+        }
+    }
+
     /// Before any request on `obj`: reconcile it if it is pending. The caller holds no stripe
     /// lock. An error means no replica of the chunk could be read.
     pub(crate) async fn ensure_reconciled(&self, obj: ObjectId) -> Result<()> {
