@@ -606,10 +606,10 @@ mod tests {
 
 /// The pieces of one request across chunks, each run to its end even when another fails; their
 /// results in order, or the first error. A write's piece dropped in flight may be recorded on
-/// one replica and never on the other (the replicas then differ, each valid by its checksums;
-/// a peer may still apply what was sent) and leaves the chunk's changes in flight before its
-/// replicas are done with it; a read's leaves its replica's in-flight count raised for good
-/// (read balancing then shuns that disk) and skips the repair of a bad block it found.
+/// one replica and never on the other (its chunk must then be reconciled before it serves
+/// again; a peer may still apply what was sent) and leaves the chunk's changes in flight
+/// before its replicas are done with it; a read's leaves its replica's in-flight count raised
+/// for good (read balancing then shuns that disk) and skips the repair of a bad block it found.
 async fn every_piece<T>(
     pieces: impl IntoIterator<Item = impl std::future::Future<Output = Result<T>>>,
 ) -> Result<Vec<T>> {
