@@ -11,8 +11,20 @@
 //!
 //! Redirect-on-write frees old versions at random places; with plain next-fit those holes and
 //! the new blocks would spread live data evenly over the whole device and no free extent would
-//! survive a few sweeps of random overwrites. Filling holes first keeps live data packed and the
-//! rest empty, which is what lets a defragment (or a sequential rewrite) find room.
+//! survive a few sweeps of random overwrites. Filling holes keeps live data packed and the rest
+//! empty, which is what lets a defragment (or a sequential rewrite) find room.
+//!
+//! But holes left by random overwrites of packed data are single blocks, so small writes that
+//! fill them land one apart: the writes a busy writer submits together (a VM queue's batch at
+//! queue depth 32) each become a device request of their own, where adjacent blocks would be
+//! merged by the block layer into one. So while free space is plentiful in whole segments
+//! ([`Allocator::streaming`]: more than half of the free blocks lie in empty segments, and more
+//! than one segment in [`STREAM_RESERVE_DIV`] is empty), small writes stream instead: they
+//! continue right after the last small allocation, else open the next empty segment, and leave
+//! the holes alone. Past that reserve they fill holes again, which by then are as dense as the
+//! live data is sparse (spread over the segments not kept empty), so they come in runs whose
+//! length grows with the free space. The reserve of empty segments stays for large writes and
+//! the defragmenter, which need whole free extents.
 //!
 //! Owns only "which data blocks may be handed out". It never decides when a block is free:
 //! the maps (refcounts) and the deferred-free rule in the store do.
@@ -25,6 +37,9 @@ pub type Runs = smallvec::SmallVec<[(u64, u64); 2]>;
 pub(crate) const SEG_BLOCKS: u64 = 256;
 /// Allocations of at most this many blocks fill holes; larger ones take empty segments.
 pub(crate) const SMALL_MAX: u64 = 8;
+/// Small writes never stream into the last `1 / STREAM_RESERVE_DIV` of the segments that are
+/// empty (see the module documentation).
+pub(crate) const STREAM_RESERVE_DIV: u64 = 8;
 
 #[derive(Debug, Clone)]
 pub(crate) struct Allocator {
@@ -37,6 +52,8 @@ pub(crate) struct Allocator {
     partial: Vec<u64>,
     /// One bit per segment: none of its blocks is used.
     empty: Vec<u64>,
+    /// Segments whose `empty` bit is set.
+    nempty: u64,
     /// Block where the hole filler continues.
     hole_cursor: u64,
     /// Block right after the last extent handed out (a sequential stream continues there).
@@ -105,6 +122,7 @@ impl Allocator {
             seg_used: vec![0; nsegs as usize],
             partial: vec![0u64; swords],
             empty,
+            nempty: nsegs,
             hole_cursor: 0,
             ext_cursor: 0,
         }
@@ -142,6 +160,14 @@ impl Allocator {
             *c -= 1;
         }
         let c = u64::from(*c);
+        let was_empty = get_bit(&self.empty, s);
+        if was_empty != (c == 0) {
+            if was_empty {
+                self.nempty -= 1;
+            } else {
+                self.nempty += 1;
+            }
+        }
         put_bit(&mut self.empty, s, c == 0);
         put_bit(&mut self.partial, s, c > 0 && c < len);
     }
@@ -361,8 +387,18 @@ impl Allocator {
         need
     }
 
-    /// Take `need` blocks from holes in partly used segments, opening an empty segment only
-    /// when no hole is left. Requires `free >= need`.
+    /// Whether small writes stream into empty segments rather than fill holes: more than half
+    /// of the free blocks lie in empty segments, and more than one segment in
+    /// [`STREAM_RESERVE_DIV`] is empty. So at most half of the free space ends up in holes
+    /// among live data, and the rest stays in whole segments.
+    fn streaming(&self) -> bool {
+        self.nempty > self.nsegs() / STREAM_RESERVE_DIV && self.nempty * SEG_BLOCKS * 2 > self.free
+    }
+
+    /// Take `need` blocks for a small write: right after the last small allocation when free,
+    /// else from the next empty segment while [`Allocator::streaming`], else from holes in
+    /// partly used segments (opening an empty segment only when no hole is left). Requires
+    /// `free >= need`.
     fn fill_holes(&mut self, mut need: u64, out: &mut Runs) {
         while need > 0 {
             let pos = if self.hole_cursor >= self.nbits {
@@ -372,9 +408,14 @@ impl Allocator {
             };
             let seg = pos / SEG_BLOCKS;
             let seg_end = seg * SEG_BLOCKS + self.seg_len(seg);
-            // Stay in the current segment while it has free blocks after the cursor (a partial
-            // one: the cursor may also have just crossed into an empty segment).
-            let here = if get_bit(&self.partial, seg) {
+            let streaming = self.streaming();
+            // Streaming: continue right at the cursor if that block is free (else the next
+            // empty segment: the holes are left alone). Filling holes: stay in the current
+            // segment while it has free blocks after the cursor (a partial one: the cursor may
+            // also have just crossed into an empty segment).
+            let here = if streaming {
+                (!self.is_used(pos)).then_some(pos)
+            } else if get_bit(&self.partial, seg) {
                 self.find_free_in(pos, seg_end)
             } else {
                 None
@@ -383,9 +424,14 @@ impl Allocator {
                 Some(b) => b,
                 None => {
                     let n = self.nsegs();
-                    let s = next_set(&self.partial, n, seg + 1)
-                        .or_else(|| next_set(&self.empty, n, seg + 1))
-                        .expect("free blocks exist, so some segment has room");
+                    let s = if streaming {
+                        next_set(&self.empty, n, seg + 1)
+                            .or_else(|| next_set(&self.partial, n, seg + 1))
+                    } else {
+                        next_set(&self.partial, n, seg + 1)
+                            .or_else(|| next_set(&self.empty, n, seg + 1))
+                    }
+                    .expect("free blocks exist, so some segment has room");
                     let first = s * SEG_BLOCKS;
                     self.find_free_in(first, first + self.seg_len(s))
                         .expect("a partial or empty segment has a free block")
@@ -421,6 +467,26 @@ mod tests {
             );
         }
         assert_eq!(free, a.free_blocks());
+        let empty = (0..a.nsegs()).filter(|&s| get_bit(&a.empty, s)).count() as u64;
+        assert_eq!(a.nempty, empty, "count of empty segments");
+    }
+
+    /// One block at a time, `n` times: where each went.
+    fn singles(a: &mut Allocator, n: u64) -> Vec<u64> {
+        (0..n)
+            .map(|_| {
+                let mut runs = Runs::new();
+                assert!(a.alloc(1, &mut runs));
+                assert_eq!(runs.len(), 1);
+                runs[0].0
+            })
+            .collect()
+    }
+
+    fn release_all(a: &mut Allocator, blocks: impl IntoIterator<Item = u64>) {
+        for b in blocks {
+            a.release(b);
+        }
     }
 
     #[test]
@@ -468,10 +534,12 @@ mod tests {
         check_counts(&a);
     }
 
-    /// The property the policy exists for: random single-block overwrites of a packed data set
-    /// keep filling the holes they leave, so empty segments survive any number of sweeps.
+    /// Random single-block overwrites of a packed data set stream into empty segments only
+    /// until half of the free space is in holes, then fill the holes they leave: the reserve
+    /// of empty segments survives any number of sweeps, and with it whole free extents for a
+    /// defragment.
     #[test]
-    fn random_overwrites_keep_empty_segments() {
+    fn random_overwrites_keep_the_reserve_of_empty_segments() {
         let nsegs = 64u64;
         let mut a = Allocator::new(nsegs * SEG_BLOCKS);
         // 16 objects of one segment each, written whole.
@@ -485,6 +553,7 @@ mod tests {
         // Many sweeps of random overwrites; frees are released in batches (as at a flush).
         let mut x = 12345u64;
         let mut pending = Vec::new();
+        let mut min_empty = nsegs;
         for i in 0..(20 * nsegs * SEG_BLOCKS) {
             x ^= x << 13;
             x ^= x >> 7;
@@ -498,12 +567,14 @@ mod tests {
                     a.release(b);
                 }
             }
+            min_empty = min_empty.min(a.nempty);
         }
         check_counts(&a);
-        let empty = (0..nsegs).filter(|&s| get_bit(&a.empty, s)).count() as u64;
+        // Free: 48 segments, less at most two that pending frees hold.
         assert!(
-            empty >= nsegs - 16 - 4,
-            "live data stayed packed: {empty} of {nsegs} segments empty"
+            (22..40).contains(&min_empty),
+            "small writes streamed, but kept half of the free space in empty segments: \
+             at least {min_empty} empty"
         );
         // So a defragment of a whole segment finds room, in one extent.
         let start = a.alloc_contig(SEG_BLOCKS).expect("an empty segment");
@@ -511,8 +582,107 @@ mod tests {
         check_counts(&a);
     }
 
+    /// The placement property streaming exists for: with empty segments to spare, consecutive
+    /// small allocations are adjacent, across segment boundaries too, and leave the holes of
+    /// packed data alone.
     #[test]
-    fn large_writes_are_contiguous_and_small_ones_fill_holes() {
+    fn consecutive_small_writes_are_adjacent_while_space_is_plentiful() {
+        let mut a = Allocator::new(16 * SEG_BLOCKS);
+        let mut runs = Runs::new();
+        assert!(a.alloc(2 * SEG_BLOCKS, &mut runs), "packed data");
+        // Single-block holes in it, as random overwrites leave them.
+        let holes: Vec<u64> = (3..2 * SEG_BLOCKS).step_by(7).collect();
+        release_all(&mut a, holes.iter().copied());
+        let got = singles(&mut a, 3 * SEG_BLOCKS);
+        let want: Vec<u64> = (2 * SEG_BLOCKS..5 * SEG_BLOCKS).collect();
+        assert_eq!(got, want, "one after another from the first empty segment");
+        for &h in &holes {
+            assert!(!a.is_used(h), "hole {h} left alone");
+        }
+        // Mixed sizes up to SMALL_MAX continue the same run.
+        runs.clear();
+        for n in 1..=SMALL_MAX {
+            assert!(a.alloc(n, &mut runs));
+        }
+        let n: u64 = (1..=SMALL_MAX).sum();
+        assert_eq!(runs.to_vec(), vec![(5 * SEG_BLOCKS, n)]);
+        // A block taken under the cursor (by anything else) only moves the stream on to the
+        // next empty segment.
+        a.mark_used(5 * SEG_BLOCKS + n);
+        assert_eq!(singles(&mut a, 2), vec![6 * SEG_BLOCKS, 6 * SEG_BLOCKS + 1]);
+        check_counts(&a);
+    }
+
+    /// The stream wraps from the end of the area to the first empty segment after the start,
+    /// and every block stays usable: at the reserve small writes fill the holes, down to the
+    /// last free block.
+    #[test]
+    fn streaming_wraps_around_and_all_space_stays_usable() {
+        // Four whole segments and a short fifth one; a reserve of none.
+        let total = 4 * SEG_BLOCKS + 10;
+        let mut a = Allocator::new(total);
+        assert_eq!(a.nsegs() / STREAM_RESERVE_DIV, 0);
+        let mut runs = Runs::new();
+        assert!(a.alloc(2 * SEG_BLOCKS, &mut runs));
+        release_all(&mut a, [5, 6, 300]);
+        // Segments 2, 3 and the short 4 are streamed through to the end of the area.
+        let tail = 2 * SEG_BLOCKS + 10;
+        assert_eq!(
+            singles(&mut a, tail),
+            (2 * SEG_BLOCKS..total).collect::<Vec<_>>()
+        );
+        // Segment 0 emptied meanwhile: the stream wraps to it and runs on through it.
+        release_all(&mut a, (0..SEG_BLOCKS).filter(|b| ![5, 6].contains(b)));
+        check_counts(&a);
+        assert_eq!(singles(&mut a, 4), vec![0, 1, 2, 3]);
+        // With no empty segment left, the holes are filled: everything is handed out.
+        assert_eq!(
+            singles(&mut a, SEG_BLOCKS - 4),
+            (4..SEG_BLOCKS).collect::<Vec<_>>()
+        );
+        assert_eq!(a.nempty, 0);
+        assert_eq!(singles(&mut a, 1), vec![300]);
+        assert_eq!(a.free_blocks(), 0);
+        runs.clear();
+        assert!(!a.alloc(1, &mut runs), "full");
+        for b in 0..total {
+            assert!(a.is_used(b));
+        }
+        check_counts(&a);
+    }
+
+    /// At the reserve, small writes fill holes rather than open one more empty segment; once
+    /// frees empty a segment above the reserve, they stream again.
+    #[test]
+    fn small_writes_fill_holes_at_the_reserve() {
+        let nsegs = 16u64;
+        let reserve = nsegs / STREAM_RESERVE_DIV;
+        let mut a = Allocator::new(nsegs * SEG_BLOCKS);
+        let mut runs = Runs::new();
+        assert!(a.alloc((nsegs - reserve - 1) * SEG_BLOCKS, &mut runs));
+        release_all(&mut a, [10, 11, 700]);
+        // One empty segment above the reserve: streamed into, then the holes.
+        let first = (nsegs - reserve - 1) * SEG_BLOCKS;
+        let got = singles(&mut a, SEG_BLOCKS + 3);
+        assert_eq!(
+            got[..SEG_BLOCKS as usize].to_vec(),
+            (first..first + SEG_BLOCKS).collect::<Vec<_>>()
+        );
+        assert_eq!(a.nempty, reserve);
+        let mut rest = got[SEG_BLOCKS as usize..].to_vec();
+        rest.sort_unstable();
+        assert_eq!(rest, vec![10, 11, 700], "the holes, not the reserve");
+        assert_eq!(a.nempty, reserve);
+        // A segment freed whole puts the count above the reserve again: the stream goes on in
+        // the next empty segment after the cursor.
+        release_all(&mut a, SEG_BLOCKS..2 * SEG_BLOCKS);
+        let next = (nsegs - reserve) * SEG_BLOCKS;
+        assert_eq!(singles(&mut a, 2), vec![next, next + 1]);
+        check_counts(&a);
+    }
+
+    #[test]
+    fn large_writes_are_contiguous_and_small_ones_stream() {
         let mut a = Allocator::new(10 * SEG_BLOCKS + 17);
         let mut runs = Runs::new();
         assert!(a.alloc(3 * SEG_BLOCKS + 5, &mut runs));
@@ -525,9 +695,10 @@ mod tests {
         assert!(a.alloc(4, &mut runs));
         assert_eq!(
             runs.to_vec(),
-            vec![(3, 3), (90, 1)],
-            "small writes take the holes"
+            vec![(4 * SEG_BLOCKS, 4)],
+            "small writes stream into the next empty segment while empty ones are plentiful"
         );
+        assert!([3, 4, 5, 90].iter().all(|&b| !a.is_used(b)), "holes left");
         runs.clear();
         assert!(a.alloc(16, &mut runs));
         assert_eq!(

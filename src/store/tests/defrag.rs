@@ -141,9 +141,9 @@ async fn power_cut_after_a_move_keeps_old_or_new_block_never_garbage() {
 }
 
 /// The case the defragmenter used to lose: a device whose every object was overwritten at random
-/// for many sweeps (each freed block is reused after the next flush). Small writes fill the holes
-/// they leave, so free space stays in whole extents and each fragmented object, read whole, still
-/// finds one to move into.
+/// for many sweeps (each freed block is reused after the next flush). Small writes leave at least
+/// half of the free space in whole empty segments (they fill holes past that), so each fragmented
+/// object, read whole, still finds an extent to move into.
 #[tokio::test]
 async fn random_overwrite_sweeps_leave_room_to_defragment() {
     let dev = Arc::new(RamDevice::new("ram", 32 << 20));
