@@ -19,7 +19,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
-use crate::codec::{decode, encode};
+use crate::codec::{decode, encode_into};
 use crate::frame::{Frame, FrameKind};
 use crate::pki::node_id_from_cert;
 use crate::stream::StreamRx;
@@ -195,8 +195,12 @@ async fn serve_conn<H: Handler>(
         sem: inflight.clone(),
         max: max_in_flight,
     };
-    let writer = AbortOnDrop(tokio::spawn(async move {
-        crate::writer::write_frames(wr, &mut rx, max, busy, None).await
+    // Reply payloads come back from the writer once they are in its batch, for the next replies
+    // to encode into (no allocation per reply).
+    let spare = Arc::new(crate::writer::Spare::default());
+    let writer = AbortOnDrop(tokio::spawn({
+        let spare = spare.clone();
+        async move { crate::writer::write_frames(wr, &mut rx, max, busy, Some(&spare)).await }
     }));
     let streams: Streams = Arc::new(Mutex::new(HashMap::new()));
     // Requests run inside this task, not one spawned task each: a burst of requests then
@@ -239,9 +243,10 @@ async fn serve_conn<H: Handler>(
                 } else {
                     None
                 };
-                let (handler, tx, streams) = (handler.clone(), tx.clone(), streams.clone());
+                let (handler, tx, streams, spare) =
+                    (handler.clone(), tx.clone(), streams.clone(), spare.clone());
                 running.push(async move {
-                    let reply = run_handler(&*handler, peer, id, req, body, max).await;
+                    let reply = run_handler(&*handler, peer, id, req, body, max, &spare).await;
                     if kind == FrameKind::StreamRequest {
                         lock(&streams).remove(&id);
                     }
@@ -353,16 +358,20 @@ async fn run_handler<H: Handler>(
     req: Result<H::Request, Error>,
     body: Option<StreamRx>,
     max_frame_bytes: u32,
+    spare: &crate::writer::Spare,
 ) -> Frame {
     let limit = u64::from(max_frame_bytes);
     let result = match req {
         Ok(req) => handler.handle(peer, req, body).await,
         Err(e) => Err(RemoteError(format!("bad request: {e}"))),
     };
-    match result
-        .map_err(|e| e.0)
-        .and_then(|resp| encode(&resp, limit).map_err(|e| e.to_string()))
-    {
+    let encoded = result.map_err(|e| e.0).and_then(|resp| {
+        let mut bytes = spare.take();
+        encode_into(&resp, &mut bytes, limit)
+            .map(|()| bytes)
+            .map_err(|e| e.to_string())
+    });
+    match encoded {
         Ok(bytes) => Frame::new(FrameKind::Response, id, bytes),
         Err(msg) => Frame::new(FrameKind::Error, id, msg.into_bytes()),
     }

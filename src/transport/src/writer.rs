@@ -18,8 +18,9 @@ const BATCH_BYTES: usize = 1024 * 1024;
 const GATHER_ROUNDS: usize = 2;
 
 /// Payload buffers handed back by the writer once their frame is in its batch, for the next
-/// requests to encode into (a request's few KiB cost malloc's slow path each time: too big
-/// for its per-thread cache). Bounded in count and in the size of what it keeps.
+/// requests (client) or replies (server) to encode into (a request's few KiB cost malloc's slow
+/// path each time: too big for its per-thread cache). Bounded in count and in the size of what
+/// it keeps.
 #[derive(Default)]
 pub(crate) struct Spare(std::sync::Mutex<Vec<Vec<u8>>>);
 
