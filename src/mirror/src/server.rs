@@ -265,7 +265,8 @@ impl ReplicaServer {
             } => {
                 // TLS protects the bytes in flight; this catches a sender that checksummed
                 // something else than it sent.
-                if store::block_crcs(data.as_slice()) != crcs {
+                let sent = data.as_slice().chunks(4096).map(blockdev::crc32c);
+                if !sent.eq(crcs.iter().copied()) {
                     return Err(WireError::BadRequest(
                         "block checksums do not match the data".into(),
                     ));
@@ -273,7 +274,7 @@ impl ReplicaServer {
                 let r = self.disk(&disk)?;
                 // Whole blocks (validated): the decoded buffer is exactly the data.
                 let buf = data.into_buf().into_write();
-                r.write_with_crcs(to_local(obj), block, buf, crcs.into(), gen, pin)
+                r.write_with_crcs(to_local(obj), block, buf, crcs.0, gen, pin)
                     .await
                     .map_err(se)?;
                 Ok(Body::Unit)

@@ -88,6 +88,69 @@ impl<'de> Deserialize<'de> for BlockData {
     }
 }
 
+/// A write's block checksums, decoded straight into the shared slice the store write takes
+/// (decoding into a `Vec` and converting cost two allocations per write). On the wire exactly a
+/// `Vec<u32>` (a sequence of u32), so old and new peers read each other's writes.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Crcs(pub std::sync::Arc<[u32]>);
+
+impl std::ops::Deref for Crcs {
+    type Target = [u32];
+    fn deref(&self) -> &[u32] {
+        &self.0
+    }
+}
+
+impl From<Vec<u32>> for Crcs {
+    fn from(v: Vec<u32>) -> Crcs {
+        Crcs(v.into())
+    }
+}
+
+impl std::fmt::Debug for Crcs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Crcs({})", self.0.len())
+    }
+}
+
+impl Serialize for Crcs {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter())
+    }
+}
+
+impl<'de> Deserialize<'de> for Crcs {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Crcs;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a sequence of u32")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Crcs, A::Error> {
+                // Up to one chunk's checksums on the stack, then one allocation of the right
+                // size. More than that (refused by `validate`) still decodes, through a Vec
+                // bounded by the decoder's size limit, so the refusal is the usual typed one.
+                let mut head = [0u32; MAX_IO_BLOCKS as usize];
+                let mut n = 0;
+                while n < head.len() {
+                    match seq.next_element::<u32>()? {
+                        Some(c) => head[n] = c,
+                        None => return Ok(Crcs(std::sync::Arc::from(&head[..n]))),
+                    }
+                    n += 1;
+                }
+                let mut all = head.to_vec();
+                while let Some(c) = seq.next_element::<u32>()? {
+                    all.push(c);
+                }
+                Ok(Crcs(all.into()))
+            }
+        }
+        d.deserialize_seq(V)
+    }
+}
+
 /// Raw bytes, (de)serialized as one byte string instead of element by element.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct Bytes(pub Vec<u8>);
@@ -174,7 +237,7 @@ pub enum Req {
         obj: ObjectId,
         block: u64,
         data: BlockData,
-        crcs: Vec<u32>,
+        crcs: Crcs,
         gen: u64,
         pin: u64,
     },
@@ -603,7 +666,7 @@ mod tests {
             obj,
             block: 0,
             data: BlockData::copy_of(&vec![0; len]),
-            crcs: vec![0; ncrc],
+            crcs: vec![0; ncrc].into(),
             gen: 1,
             pin: 0,
         }
@@ -690,7 +753,7 @@ mod tests {
             obj: o,
             block: 17,
             data: BlockData::copy_of(&data),
-            crcs: crcs.clone(),
+            crcs: crcs.clone().into(),
             gen: 1 << 40,
             pin: 5,
         };
@@ -713,6 +776,35 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn checksums_travel_as_a_plain_u32_sequence() {
+        // `Crcs` replaced a `Vec<u32>`: a peer of either version must read the other's bytes.
+        let limit = u64::from(MAX_MSG_BYTES);
+        for n in [
+            0usize,
+            1,
+            2,
+            MAX_IO_BLOCKS as usize,
+            MAX_IO_BLOCKS as usize + 3,
+        ] {
+            let v: Vec<u32> = (0..n as u32).map(|i| i.wrapping_mul(0x9e37_79b9)).collect();
+            let old = transport::encode(&v, limit).unwrap();
+            let new = transport::encode(&Crcs::from(v.clone()), limit).unwrap();
+            assert_eq!(new, old, "{n} checksums");
+            let back: Crcs = transport::decode(&old, limit).unwrap();
+            assert_eq!(&back[..], &v[..], "{n} checksums");
+            assert_eq!(transport::decode::<Vec<u32>>(&new, limit).unwrap(), v);
+        }
+        // Too many for the data still decodes, and is refused as a bad request.
+        let o = ObjectId { vdisk: 3, chunk: 0 };
+        let bytes = transport::encode(&write(o, 4096, 300, f(3)), limit).unwrap();
+        let req: Req = transport::decode(&bytes, limit).unwrap();
+        assert_eq!(
+            req.validate(),
+            Err(WireError::BadRequest("300 checksums for 1 blocks".into()))
+        );
     }
 
     #[test]
