@@ -226,10 +226,10 @@ impl VdiskHandle {
             return false; // never written: zeros, the ordinary path's job
         };
         let mut live = inner.live_disks(holders);
-        // Both local copies share reads (alternating by 64 KiB stretch, as the ordinary path's
-        // tie-break does).
-        if live.len() > 1 && (obj.chunk ^ (block / 16)) & 1 == 1 {
-            live.swap(0, 1);
+        // As the ordinary read orders them: sticky to the first replica until the pool is
+        // known consistent, else the least loaded first.
+        if inner.balanced_reads.load(Ordering::Relaxed) {
+            least_loaded_first(&mut live, obj, block);
         }
         let at_gen = self.snap.as_ref().map_or(u64::MAX, |s| s.gen);
         for d in live.iter() {
@@ -307,6 +307,23 @@ impl VdiskHandle {
                 .run_repairs(e.obj, vec![crate::io::Repair::Resync { bad, good }])
                 .await;
         }
+    }
+}
+
+/// Puts the replica with the fewest I/Os in flight (its disk's `inflight`, which direct reads
+/// count in as the ordinary read's do) first, as the ordinary read's balancing does; a tie
+/// alternates by 64 KiB stretch of the chunk, so both copies share a sequential scan and an
+/// idle pair (a lone request at queue depth 1) still spreads its reads over both disks.
+fn least_loaded_first(live: &mut [Arc<Disk>], obj: store::ObjectId, block: u64) {
+    if live.len() < 2 {
+        return;
+    }
+    let (a, b) = (
+        live[0].inflight.load(Ordering::Relaxed),
+        live[1].inflight.load(Ordering::Relaxed),
+    );
+    if b < a || (a == b && (obj.chunk ^ (block / 16)) & 1 == 1) {
+        live.swap(0, 1);
     }
 }
 
@@ -590,13 +607,10 @@ mod tests {
     use super::*;
     use crate::{Engine, EngineConfig};
 
-    /// A direct read counts in its replica disk's in-flight I/O from its plan to its release,
-    /// as the ordinary read counts its own (the read balancing and the rebuild's pacing look
-    /// at it); a plan dropped or given up for good lets it go, a refused one never takes it.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_direct_read_counts_in_its_disks_in_flight_io() {
-        let dir =
-            std::env::temp_dir().join(format!("engine-direct-inflight-{}", std::process::id()));
+    /// An engine on two io_uring pool files in a fresh folder, with disk "d" (16 MiB) whose
+    /// first chunk holds data; None (after "skipped: ...") where io_uring is unavailable.
+    async fn two_file_disks(tag: &str) -> Option<(Engine, VdiskHandle, std::path::PathBuf)> {
+        let dir = std::env::temp_dir().join(format!("engine-direct-{tag}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let e = Engine::open(EngineConfig {
             node_id: 1,
@@ -614,14 +628,66 @@ mod tests {
                 Err(err) => {
                     println!("skipped: io_uring device unavailable here: {err}");
                     let _ = std::fs::remove_dir_all(&dir);
-                    return;
+                    return None;
                 }
             }
         }
         e.create_vdisk("d", 16 << 20).await.unwrap();
         let h = e.open_vdisk("d").unwrap();
-        h.write(0, &[7u8; 8192]).await.unwrap();
+        let data = vec![7u8; 256 << 10];
+        h.write(0, &data).await.unwrap();
         h.flush().await.unwrap();
+        Some((e, h, dir))
+    }
+
+    /// The slot of the disk a direct read of the block at `block` is planned on.
+    fn planned_disk(h: &VdiskHandle, block: u64) -> u16 {
+        let mut plan = DirectRead::new();
+        assert!(h.plan_direct_read(block * BLOCK_BYTES, BLOCK_BYTES, &mut plan));
+        plan.disk.as_ref().map(|d| d.slot).unwrap()
+    }
+
+    /// A direct read goes to the replica whose disk has the fewest I/Os in flight, as the
+    /// ordinary read does; with both equally busy it alternates by 64 KiB stretch.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_direct_read_takes_the_least_loaded_replica() {
+        let Some((e, h, dir)) = two_file_disks("balance").await else {
+            return;
+        };
+        let disks: Vec<Arc<Disk>> = e.inner.disks.read().iter().cloned().collect();
+        assert_eq!(disks.len(), 2);
+        // Idle: the two stretches of a tie go to different disks.
+        let (a, b) = (planned_disk(&h, 0), planned_disk(&h, 16));
+        assert_ne!(a, b, "a tie alternates by stretch");
+        // One disk busy: every read of either stretch goes to the other.
+        for busy in [a, b] {
+            let d = disks.iter().find(|d| d.slot == busy).unwrap();
+            d.inflight.fetch_add(3, Ordering::Relaxed);
+            for block in [0, 1, 16, 17, 32, 48] {
+                assert_ne!(
+                    planned_disk(&h, block),
+                    busy,
+                    "block {block}, disk {busy} busy"
+                );
+            }
+            d.inflight.fetch_sub(3, Ordering::Relaxed);
+        }
+        // Until the pool is known consistent, reads stay on the first replica (sticky).
+        e.inner.balanced_reads.store(false, Ordering::Release);
+        assert_eq!(planned_disk(&h, 0), planned_disk(&h, 16), "sticky");
+        e.inner.balanced_reads.store(true, Ordering::Release);
+        e.shutdown().await.unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A direct read counts in its replica disk's in-flight I/O from its plan to its release,
+    /// as the ordinary read counts its own (the read balancing and the rebuild's pacing look
+    /// at it); a plan dropped or given up for good lets it go, a refused one never takes it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_direct_read_counts_in_its_disks_in_flight_io() {
+        let Some((e, h, dir)) = two_file_disks("inflight").await else {
+            return;
+        };
         let inflight = || -> Vec<u64> {
             let disks = e.inner.disks.read();
             disks
