@@ -535,6 +535,7 @@ impl NodeController {
             &m,
             target.id,
             &name,
+            crate::takeover::settles::RemovalStep::BeforeDrain,
         )
         .await?;
         if target.state != MemberState::Draining {

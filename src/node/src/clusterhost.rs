@@ -400,6 +400,7 @@ impl ClusterHost {
                     &m,
                     id,
                     &name,
+                    crate::takeover::settles::RemovalStep::Leaving,
                 )
                 .await?;
             }

@@ -333,7 +333,8 @@ impl Settles {
 
 /// Every unsettled planned move in the cluster that involves member `member` (see
 /// [`Settles::involving`]): this node's (`here`) and each other data member's, asked over the
-/// member transport (`Call::PendingMoves`, bounded). Err: none found, but a member that may
+/// member transport (`Call::PendingMoves`, each bounded by `timeout`). Err: none found, but a
+/// member that may
 /// have some did not answer. `member` itself not answering is no such member: a move it made
 /// either committed (then nothing of it is left on it) or did not and may not any more (what
 /// it moved is still its own, which the caller refuses anyway); a move to it can only be on
@@ -342,6 +343,7 @@ pub(crate) async fn unsettled_involving(
     here: &Settles,
     m: &cluster::ClusterNode,
     member: u64,
+    timeout: std::time::Duration,
 ) -> Result<Vec<String>, String> {
     let me = m.id();
     let mut out = here.involving(me, member);
@@ -354,7 +356,7 @@ pub(crate) async fn unsettled_involving(
     });
     let asks = others.iter().map(|peer_id| async move {
         let call = super::peer::Call::PendingMoves { member };
-        let r = super::peer::call(m, *peer_id, &call, super::peer::STEP_TIMEOUT).await;
+        let r = super::peer::call(m, *peer_id, &call, timeout).await;
         (*peer_id, r)
     });
     let mut unknown = None;
@@ -372,19 +374,35 @@ pub(crate) async fn unsettled_involving(
     }
 }
 
+/// When `cairn cluster remove` (without `--force`) asks [`refuse_removal_while_unsettled`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RemovalStep {
+    /// Before a data member is drained: moves found refuse; a member that does not answer
+    /// soon does not hold the drain up (a drain goes on while a member is away, and the last
+    /// step asks again).
+    BeforeDrain,
+    /// Right before the member leaves: every data member but the leaving one must answer.
+    Leaving,
+}
+
 /// Refuses removing member `member` (`name`) while a planned move from or to it is not settled
 /// (see [`unsettled_involving`]): a move to it may still commit and leave it owning a disk once
 /// it is gone, and a move from it is settled by it alone. `cairn cluster remove` (without
-/// `--force`) checks this before draining and again before the member leaves.
+/// `--force`) checks this before draining and again before the member leaves (`step`).
 pub(crate) async fn refuse_removal_while_unsettled(
     here: &Settles,
     m: &cluster::ClusterNode,
     member: u64,
     name: &str,
+    step: RemovalStep,
 ) -> Result<(), control::ControlError> {
     let unavailable =
         |msg: String| control::ControlError::new(control::ErrorCode::Unavailable, msg);
-    match unsettled_involving(here, m, member).await {
+    let timeout = match step {
+        RemovalStep::BeforeDrain => super::peer::LEASE_ASK_TIMEOUT,
+        RemovalStep::Leaving => super::peer::STEP_TIMEOUT,
+    };
+    match unsettled_involving(here, m, member, timeout).await {
         Ok(list) if list.is_empty() => Ok(()),
         Ok(list) => Err(unavailable(format!(
             "member {name} cannot be removed yet: planned moves from or to it are not settled: \
@@ -393,6 +411,10 @@ pub(crate) async fn refuse_removal_while_unsettled(
              dead and being replaced)",
             list.join("; ")
         ))),
+        Err(why) if step == RemovalStep::BeforeDrain => {
+            tracing::info!(member, reason = %why, "removal: unsettled moves not known everywhere yet; asked again before the member leaves");
+            Ok(())
+        }
         Err(why) => Err(unavailable(format!(
             "member {name} cannot be removed yet: whether a planned move from or to it is still \
              unsettled cannot be told ({why}): try again when every data member answers (or \
@@ -1111,6 +1133,15 @@ pub(crate) mod tests {
         // (here: too few data nodes would be left to drain it onto).
         let e = ctl.execute(admin(), remove("b".into())).await.unwrap_err();
         assert!(e.message.contains("would leave 1 data node"), "{e:?}");
+        // Nothing pending here, and b, which may have some, does not answer: this node's drain
+        // may start (asked again before it leaves), but it may not leave.
+        n.inner.cluster.settles.remove("r2").unwrap();
+        let settles = &n.inner.cluster.settles;
+        let ask = |step| refuse_removal_while_unsettled(settles, &m, me, "a", step);
+        ask(RemovalStep::BeforeDrain).await.unwrap();
+        let e = ask(RemovalStep::Leaving).await.unwrap_err();
+        assert_eq!(e.code, ErrorCode::Unavailable, "{e:?}");
+        assert!(e.message.contains("cannot be told"), "{e:?}");
         n.shutdown().await.unwrap();
     }
 
