@@ -103,6 +103,29 @@ pub struct RebuildLine {
     pub meta_ms: f64,
     pub flushes: u64,
     pub chunks: u64,
+    /// Chunk copies summed from their pacing to their import's end (ms), waiting for a
+    /// request slot (ms), and the copying side held back by earlier batches' flushes and
+    /// intent records (ms).
+    #[serde(default)]
+    pub move_ms: f64,
+    #[serde(default)]
+    pub slot_wait_ms: f64,
+    #[serde(default)]
+    pub stall_ms: f64,
+    /// Over the rebuild's wall time: the mean number of chunk copies in flight, of export and
+    /// import requests in flight (both from the sums above), the share of the time an export
+    /// (read) and an import (write) were in flight together, and the share with no copy
+    /// request in flight during the pass.
+    #[serde(default)]
+    pub moves_in_flight: f64,
+    #[serde(default)]
+    pub exports_in_flight: f64,
+    #[serde(default)]
+    pub imports_in_flight: f64,
+    #[serde(default)]
+    pub overlap_share: f64,
+    #[serde(default)]
+    pub idle_share: f64,
     /// CPU time of this process (all threads, user + system) during the rebuild, ms (0 if
     /// /proc is not there): near 2x `secs` on two cores means CPU-bound.
     pub cpu_ms: f64,
@@ -549,6 +572,8 @@ async fn one_rebuild(opts: &RebuildOpts, ram_source: bool, metric: &str) -> Resu
     let pass_mib_s = e1.rebuild_progress().rate_bytes_per_sec as f64 / f64::from(1u32 << 20);
     let prof = e1.rebuild_profile();
     let ms = |a: u64, b: u64| a.saturating_sub(b) as f64 / 1e6;
+    // Nanoseconds summed over the rebuild, over its wall time: a mean count or a share.
+    let per_sec = |a: u64, b: u64| a.saturating_sub(b) as f64 / 1e9 / secs.max(1e-9);
     e1.shutdown().await?;
     e2.shutdown().await?;
     e3.shutdown().await?;
@@ -582,6 +607,14 @@ async fn one_rebuild(opts: &RebuildOpts, ram_source: bool, metric: &str) -> Resu
         meta_ms: ms(prof.meta_ns, prof0.meta_ns),
         flushes: prof.flushes - prof0.flushes,
         chunks: prof.chunks - prof0.chunks,
+        move_ms: ms(prof.move_ns, prof0.move_ns),
+        slot_wait_ms: ms(prof.slot_wait_ns, prof0.slot_wait_ns),
+        stall_ms: ms(prof.stall_ns, prof0.stall_ns),
+        moves_in_flight: per_sec(prof.move_ns, prof0.move_ns),
+        exports_in_flight: per_sec(prof.export_ns, prof0.export_ns),
+        imports_in_flight: per_sec(prof.import_ns, prof0.import_ns),
+        overlap_share: per_sec(prof.overlap_ns, prof0.overlap_ns),
+        idle_share: per_sec(prof.idle_ns, prof0.idle_ns),
         cpu_ms: cpu,
         load_1m: load_1m(),
         device_read_mib,

@@ -16,7 +16,7 @@ use crate::core::{Disk, Inner};
 use crate::error::{EngineError, Result};
 use crate::meta::VdiskMeta;
 use crate::placement::{PlacementView, Slots};
-use crate::rebuild::Phase;
+use crate::rebuild::{Kind, Phase};
 use crate::replica::is_device_failure;
 use crate::{BLOCK_BYTES, CHUNK_BLOCKS};
 
@@ -722,8 +722,9 @@ impl Inner {
         io: Option<&tokio::sync::Semaphore>,
     ) -> std::result::Result<u64, Option<StoreError>> {
         let prof = &self.rebuild.profile;
-        let p = copy_permit(io).await;
+        let p = copy_permit(io, prof).await;
         let t = Instant::now();
+        let counted = prof.in_flight(Kind::Export);
         let versions = match src.replica.export_object(obj).await {
             Ok(v) => v,
             Err(e) => {
@@ -731,6 +732,7 @@ impl Inner {
                 return Err(None);
             }
         };
+        drop(counted);
         prof.add(Phase::Export, t);
         drop(p);
         let bytes: u64 = versions
@@ -739,12 +741,14 @@ impl Inner {
             .sum();
         self.index.remove_slot(obj, dst.slot);
         // The import replaces any older (partial or stale) copy on `dst` itself.
-        let _p = copy_permit(io).await;
+        let _p = copy_permit(io, prof).await;
         let t = Instant::now();
+        let counted = prof.in_flight(Kind::Import);
         dst.replica
             .import_object(obj, versions)
             .await
             .map_err(Some)?;
+        drop(counted);
         prof.add(Phase::Import, t);
         Ok(bytes)
     }
@@ -772,15 +776,17 @@ impl Drop for Issuing<'_> {
     }
 }
 
-/// One permit of `io`, if given. The semaphore is never closed; if it were, the copy would
-/// just go ungated.
-async fn copy_permit(
-    io: Option<&tokio::sync::Semaphore>,
-) -> Option<tokio::sync::SemaphorePermit<'_>> {
-    match io {
-        Some(s) => s.acquire().await.ok(),
-        None => None,
-    }
+/// One permit of `io`, if given (waiting for it counts in the profile). The semaphore is
+/// never closed; if it were, the copy would just go ungated.
+async fn copy_permit<'a>(
+    io: Option<&'a tokio::sync::Semaphore>,
+    prof: &crate::rebuild::ProfileCounters,
+) -> Option<tokio::sync::SemaphorePermit<'a>> {
+    let io = io?;
+    let t = Instant::now();
+    let p = io.acquire().await.ok();
+    prof.add(Phase::SlotWait, t);
+    p
 }
 
 /// A zeroed aligned buffer for `len` bytes (whole blocks).

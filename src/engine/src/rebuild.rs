@@ -8,10 +8,13 @@
 //! - **Token bucket:** copied bytes are charged to a bucket refilled at a ceiling in bytes/s.
 //!   While guest I/O was seen in the last [`BUSY_WINDOW`] the ceiling is
 //!   `RebuildLimits::busy_bytes_per_sec`; on an idle engine it is `max_bytes_per_sec`, and 0
-//!   there means none: an idle system rebuilds at full device speed. A copy may overdraw the
-//!   bucket (its size is known only afterwards); the next one waits until the debt is repaid,
-//!   so over any stretch the bytes moved are at most the ceiling times the time plus one burst
-//!   and one chunk per copy in flight.
+//!   there means none: an idle system rebuilds at full device speed. A copy starts only when
+//!   the bucket is not in debt, and reserves one chunk at once (under the same lock as the
+//!   check), so copies in flight together cannot all start on the same tokens; the copy's
+//!   real size, known only afterwards, replaces the reservation (a copy that moves less, or
+//!   nothing, gives the rest back). Over any stretch the bytes moved are at most the ceiling
+//!   times the time plus one burst and one chunk per target of the last copy admitted,
+//!   however many copies are in flight.
 //!
 //! Progress: a pass counts the chunks it will move, then each one done and the bytes copied;
 //! rate and time left are derived from the pass's elapsed time. Idle: no estimate.
@@ -104,6 +107,10 @@ impl Bucket {
     pub(crate) fn charge(&mut self, bytes: u64) {
         self.tokens -= i128::from(bytes);
     }
+    /// Give back bytes charged but not moved (never above a full bucket).
+    pub(crate) fn refund(&mut self, bytes: u64) {
+        self.tokens = (self.tokens + i128::from(bytes)).min(i128::from(self.burst));
+    }
     /// How long until a copy may start (zero if tokens are not negative).
     pub(crate) fn wait(&self) -> Duration {
         if self.tokens >= 0 || self.rate == 0 {
@@ -150,6 +157,23 @@ pub struct RebuildProfile {
     pub flushes: u64,
     /// Recording copy intents and their completion in the pool metadata.
     pub meta_ns: u64,
+    /// Each chunk copy of a rebuild / rebalance batch from its pacing to its import's end,
+    /// summed: over a pass's wall time, the mean number of chunks in flight.
+    #[serde(default)]
+    pub move_ns: u64,
+    /// Waiting for a copy request slot (the bound on copy requests in flight).
+    #[serde(default)]
+    pub slot_wait_ns: u64,
+    /// The copying side of a rebuild waiting for earlier batches' flushes and intent records
+    /// (the pipeline held back by them).
+    #[serde(default)]
+    pub stall_ns: u64,
+    /// Wall time with both an export (read) and an import (write) in flight, and wall time
+    /// within a rebuild / rebalance pass with no copy request in flight at all.
+    #[serde(default)]
+    pub overlap_ns: u64,
+    #[serde(default)]
+    pub idle_ns: u64,
 }
 
 #[derive(Debug, Default)]
@@ -164,6 +188,65 @@ pub(crate) struct ProfileCounters {
     flush_ns: AtomicU64,
     flushes: AtomicU64,
     meta_ns: AtomicU64,
+    move_ns: AtomicU64,
+    slot_wait_ns: AtomicU64,
+    stall_ns: AtomicU64,
+    gauge: Mutex<Gauge>,
+}
+
+/// Copy requests in flight by kind, and the wall time integrated by what was in flight.
+#[derive(Debug, Default)]
+struct Gauge {
+    exports: u32,
+    imports: u32,
+    /// Rebuild / rebalance passes running (idle time counts only within one).
+    passes: u32,
+    since: Option<Instant>,
+    overlap_ns: u64,
+    idle_ns: u64,
+}
+
+impl Gauge {
+    /// Charge the time since the last change to what was in flight during it.
+    fn tick(&mut self) {
+        let now = Instant::now();
+        if let Some(s) = self.since {
+            let ns = u64::try_from(now.duration_since(s).as_nanos()).unwrap_or(u64::MAX);
+            if self.exports > 0 && self.imports > 0 {
+                self.overlap_ns += ns;
+            } else if self.exports == 0 && self.imports == 0 && self.passes > 0 {
+                self.idle_ns += ns;
+            }
+        }
+        self.since = Some(now);
+    }
+}
+
+/// What a [`InFlight`] guard counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Export,
+    Import,
+    Pass,
+}
+
+/// Counts one export, import or pass as in flight until dropped (see [`RebuildProfile`]).
+pub(crate) struct InFlight<'a> {
+    counters: &'a ProfileCounters,
+    kind: Kind,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        let mut g = self.counters.gauge.lock();
+        g.tick();
+        let c = match self.kind {
+            Kind::Export => &mut g.exports,
+            Kind::Import => &mut g.imports,
+            Kind::Pass => &mut g.passes,
+        };
+        *c = c.saturating_sub(1);
+    }
 }
 
 /// A phase of a chunk copy, for [`ProfileCounters::add`].
@@ -175,6 +258,9 @@ pub(crate) enum Phase {
     Import,
     Flush,
     Meta,
+    Move,
+    SlotWait,
+    Stall,
 }
 
 impl ProfileCounters {
@@ -191,8 +277,26 @@ impl ProfileCounters {
                 &self.flush_ns
             }
             Phase::Meta => &self.meta_ns,
+            Phase::Move => &self.move_ns,
+            Phase::SlotWait => &self.slot_wait_ns,
+            Phase::Stall => &self.stall_ns,
         };
         c.fetch_add(ns, Ordering::Relaxed);
+    }
+
+    /// Count an export, import or pass as in flight until the guard is dropped.
+    pub(crate) fn in_flight(&self, kind: Kind) -> InFlight<'_> {
+        let mut g = self.gauge.lock();
+        g.tick();
+        match kind {
+            Kind::Export => g.exports += 1,
+            Kind::Import => g.imports += 1,
+            Kind::Pass => g.passes += 1,
+        }
+        InFlight {
+            counters: self,
+            kind,
+        }
     }
 
     /// One chunk copy finished with `bytes` moved.
@@ -203,6 +307,11 @@ impl ProfileCounters {
 
     pub(crate) fn get(&self) -> RebuildProfile {
         let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let (overlap_ns, idle_ns) = {
+            let mut g = self.gauge.lock();
+            g.tick();
+            (g.overlap_ns, g.idle_ns)
+        };
         RebuildProfile {
             chunks: l(&self.chunks),
             bytes: l(&self.bytes),
@@ -214,6 +323,11 @@ impl ProfileCounters {
             flush_ns: l(&self.flush_ns),
             flushes: l(&self.flushes),
             meta_ns: l(&self.meta_ns),
+            move_ns: l(&self.move_ns),
+            slot_wait_ns: l(&self.slot_wait_ns),
+            stall_ns: l(&self.stall_ns),
+            overlap_ns,
+            idle_ns,
         }
     }
 }
@@ -336,12 +450,45 @@ impl RebuildCtl {
         self.ops_changed.lock().elapsed() < BUSY_WINDOW
     }
 
-    /// Charge a finished copy's bytes to the bucket.
+    /// Charge the bytes of a copy that was not paced (no ticket) to the bucket.
     pub(crate) fn charge(&self, bytes: u64) {
         self.profile
             .charged_bytes
             .fetch_add(bytes, Ordering::Relaxed);
         self.pace.lock().bucket.charge(bytes);
+    }
+}
+
+/// A chunk copy's admission by the throttle: the bytes reserved in the bucket when it was let
+/// in. The copy charges what it moves ([`PaceTicket::charge`]); what is left of the
+/// reservation is given back when the ticket is dropped.
+#[must_use = "a copy charges its bytes to its ticket"]
+pub(crate) struct PaceTicket<'a> {
+    ctl: &'a RebuildCtl,
+    reserved: u64,
+}
+
+impl PaceTicket<'_> {
+    /// A copy landed with `bytes` moved: they count against the reservation first, the rest
+    /// is charged to the bucket.
+    pub(crate) fn charge(&mut self, bytes: u64) {
+        self.ctl
+            .profile
+            .charged_bytes
+            .fetch_add(bytes, Ordering::Relaxed);
+        let covered = bytes.min(self.reserved);
+        self.reserved -= covered;
+        if bytes > covered {
+            self.ctl.pace.lock().bucket.charge(bytes - covered);
+        }
+    }
+}
+
+impl Drop for PaceTicket<'_> {
+    fn drop(&mut self) {
+        if self.reserved > 0 {
+            self.ctl.pace.lock().bucket.refund(self.reserved);
+        }
     }
 }
 
@@ -368,8 +515,9 @@ impl Inner {
     }
 
     /// Before copying a chunk from `src` to `dst`: give way to guest I/O queued on them, then
-    /// wait for the bucket (see the module docs). Called with no lock held.
-    pub(crate) async fn pace_copy(&self, src: &Disk, dst: &Disk) {
+    /// wait until the bucket is out of debt and reserve one chunk in it (see the module docs).
+    /// Called with no lock held; the copy charges what it moves to the ticket.
+    pub(crate) async fn pace_copy(&self, src: &Disk, dst: &Disk) -> PaceTicket<'_> {
         let ctl = &self.rebuild;
         let t_prof = Instant::now();
         let t0 = PaceInstant::now();
@@ -381,22 +529,40 @@ impl Inner {
             yielded = true;
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
-        let busy = yielded || ctl.guest_busy(guest_ops(self));
-        let ceiling = ctl.limits().ceiling(busy);
-        let wait = {
-            let mut p = ctl.pace.lock();
-            let now = PaceInstant::now();
-            let dt = now.duration_since(p.last_refill);
-            p.last_refill = now;
-            p.bucket.refill(dt);
-            p.bucket.set_rate(ceiling);
-            if ceiling == 0 {
-                // No ceiling: forget any debt so a later ceiling starts fresh.
-                p.bucket = Bucket::new(0, BURST_BYTES);
-                Duration::ZERO
-            } else {
-                p.bucket.wait()
+        let (ceiling, busy, reserved) = loop {
+            let busy = yielded || ctl.guest_busy(guest_ops(self));
+            let ceiling = ctl.limits().ceiling(busy);
+            // The check and the reservation under one lock: copies paced at once cannot all
+            // start on the same tokens.
+            let wait = {
+                let mut p = ctl.pace.lock();
+                let now = PaceInstant::now();
+                let dt = now.duration_since(p.last_refill);
+                p.last_refill = now;
+                p.bucket.refill(dt);
+                p.bucket.set_rate(ceiling);
+                if ceiling == 0 {
+                    // No ceiling: forget any debt so a later ceiling starts fresh.
+                    p.bucket = Bucket::new(0, BURST_BYTES);
+                    Duration::ZERO
+                } else {
+                    let w = p.bucket.wait();
+                    if w.is_zero() {
+                        p.bucket.charge(crate::CHUNK_BYTES);
+                    }
+                    w
+                }
+            };
+            if wait.is_zero() || self.shutting_down.load(Ordering::Acquire) {
+                let reserved = if wait.is_zero() && ceiling != 0 {
+                    crate::CHUNK_BYTES
+                } else {
+                    0
+                };
+                break (ceiling, busy, reserved);
             }
+            // Another copy may take the tokens first: look again after the wait.
+            tokio::time::sleep(wait.min(Duration::from_secs(5))).await;
         };
         {
             let mut g = ctl.pass.lock();
@@ -405,12 +571,11 @@ impl Inner {
             if yielded {
                 g.progress.guest_yields += 1;
             }
-            g.progress.throttled_ms += (wait.as_millis() as u64) + t0.elapsed().as_millis() as u64;
-        }
-        if !wait.is_zero() {
-            tokio::time::sleep(wait.min(Duration::from_secs(5))).await;
+            // Yielding to guests and waiting for the bucket.
+            g.progress.throttled_ms += t0.elapsed().as_millis() as u64;
         }
         ctl.profile.add(Phase::Pace, t_prof);
+        PaceTicket { ctl, reserved }
     }
 }
 
@@ -459,6 +624,66 @@ mod tests {
         assert_eq!(d.wait(), Duration::from_millis(500));
         d.refill(Duration::from_millis(500));
         assert!(d.wait().is_zero());
+    }
+
+    /// A ticket's reservation covers the copy's bytes; what it did not use goes back to the
+    /// bucket when it is dropped, and bytes beyond it become debt.
+    #[test]
+    fn a_ticket_gives_back_what_its_copy_did_not_move() {
+        let c = RebuildCtl::default();
+        let tokens = |c: &RebuildCtl| c.pace.lock().bucket.tokens;
+        c.pace.lock().bucket = Bucket::new(CHUNK, 2 * CHUNK);
+        // Admitted: one chunk reserved.
+        c.pace.lock().bucket.charge(CHUNK);
+        let mut t = PaceTicket {
+            ctl: &c,
+            reserved: CHUNK,
+        };
+        t.charge(CHUNK / 4);
+        drop(t);
+        assert_eq!(tokens(&c), i128::from(2 * CHUNK - CHUNK / 4));
+        // A copy onto two targets moves more than it reserved: the rest is charged.
+        c.pace.lock().bucket.charge(CHUNK);
+        let mut t = PaceTicket {
+            ctl: &c,
+            reserved: CHUNK,
+        };
+        t.charge(CHUNK);
+        t.charge(CHUNK);
+        drop(t);
+        assert_eq!(tokens(&c), -i128::from(CHUNK / 4));
+        assert_eq!(c.profile.get().charged_bytes, CHUNK / 4 + 2 * CHUNK);
+        // A copy that moved nothing gives its whole reservation back (never above a full
+        // bucket).
+        let mut b = Bucket::new(CHUNK, 2 * CHUNK);
+        b.charge(CHUNK);
+        b.refund(3 * CHUNK);
+        assert_eq!(b.tokens, i128::from(2 * CHUNK));
+    }
+
+    /// Overlap counts only the time an export and an import are both in flight; idle only
+    /// the time within a pass with neither.
+    #[test]
+    fn the_gauge_tells_overlap_from_idle() {
+        let p = ProfileCounters::default();
+        let nap = || std::thread::sleep(Duration::from_millis(3));
+        let e = p.in_flight(Kind::Export);
+        nap();
+        assert_eq!((p.get().overlap_ns, p.get().idle_ns), (0, 0));
+        let i = p.in_flight(Kind::Import);
+        nap();
+        drop(e);
+        let overlap = p.get().overlap_ns;
+        assert!(overlap >= 3_000_000, "{overlap}");
+        drop(i);
+        nap(); // nothing in flight, no pass: not idle time
+        assert_eq!(p.get().idle_ns, 0);
+        let pass = p.in_flight(Kind::Pass);
+        nap();
+        drop(pass);
+        let g = p.get();
+        assert!(g.idle_ns >= 3_000_000, "{g:?}");
+        assert_eq!(g.overlap_ns, overlap);
     }
 
     #[test]

@@ -40,7 +40,7 @@ use store::{ObjectId, StoreError};
 
 use crate::core::{Disk, Inner};
 use crate::placement::Slots;
-use crate::rebuild::Phase;
+use crate::rebuild::{Kind, Phase};
 use crate::replica::{is_device_failure, Reachability};
 use crate::types::DiskState;
 
@@ -64,14 +64,26 @@ pub(crate) const REBUILD_PARALLEL: usize = 4;
 /// 5 pairs (1138-1992 vs 932-1634 MiB/s, ratio median 0.47 vs 0.41, 0.53 vs 0.46 of the
 /// mix) and the one-device line 2 of 3, the third even (857-1357 vs 868-1103; ratio 0.27-0.40
 /// vs 0.28-0.32). 16 was slower everywhere (each chunk's data is out of cache by its
-/// checksum). The throttle's overdraft is one chunk per move in flight (see `rebuild`).
+/// checksum). Session 16's profile (`bench_rebuild`: `moves_in_flight`,
+/// `exports_in_flight` + `imports_in_flight`, `slot_wait_ms`; load 14-18): 7.4-7.8 of the 8
+/// moves in flight, 3.5-3.9 of the [`COPY_IO_PARALLEL`] requests, each move waiting about
+/// half its time for a request slot: the gate is the limit, not the moves. Tried there and
+/// not kept: a gate per disk (4 requests on each disk, 8 in all) with 16 moves, alternated
+/// old/new at load 11-28 (`bench_rebuild DIR 4096 1 ram`, `DIR 2048 1 dev`): the one-device
+/// line won 3 of 4 pairs (median 738 vs 558 MiB/s) but the RAM line lost all 5 (median 427
+/// vs 875): the RAM disk's copies (a memory copy under one lock, on the runtime's threads)
+/// then took 4 slots of their own and left the device idle (busy 0.19-0.47 vs 0.46-0.62).
+/// The throttle's overdraft no longer grows with the moves (each copy reserves its chunk
+/// when admitted; see `rebuild`).
 pub(crate) const MOVE_PARALLEL: usize = 8;
 
 /// Copied batches that may queue for their flush and intent record (besides the one being
 /// finished) while the next batch copies. Bounds how far the durable state may trail the
 /// copies: at most this many batches plus three (the one finishing, one copied or copying,
 /// the next one with its intents recorded) hold recorded intents, and all but the last hold
-/// copies that are not yet durable. Before session 11 that was three.
+/// copies that are not yet durable. Before session 11 that was three. Session 16's profile:
+/// the copying side waited for the finishing side (`stall_ms`) under 0.1 ms per rebuild, so
+/// flushes and intent records do not hold the copies back at this depth.
 const UNFINISHED_AHEAD: usize = 1;
 
 /// Copy requests (exports and imports) in flight at once over all the moves of a pass: the
@@ -170,6 +182,7 @@ impl Inner {
         work: &[(ObjectId, Slots)],
         batch: usize,
     ) -> BatchOutcome {
+        let _pass = self.rebuild.profile.in_flight(Kind::Pass);
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Started>(UNFINISHED_AHEAD);
         let io = &tokio::sync::Semaphore::new(COPY_IO_PARALLEL);
         let copy_side = async move {
@@ -206,7 +219,10 @@ impl Inner {
                 let (started, next) = futures::join!(self.copy_batch(cur, io), intend_next);
                 ready = next;
                 // Waits while UNFINISHED_AHEAD batches queue for their flush.
-                if let Err(unsent) = tx.send(started).await {
+                let t = Instant::now();
+                let sent = tx.send(started).await;
+                self.rebuild.profile.add(Phase::Stall, t);
+                if let Err(unsent) = sent {
                     // Only if the finishing side is gone, which it is not before this side
                     // ends; finish here rather than leave the copies undecided.
                     out.add(self.finish_batch(unsent.0).await);
@@ -270,7 +286,12 @@ impl Inner {
     /// so each device keeps requests in flight.
     async fn copy_batch(&self, i: Intended<'_>, io: &tokio::sync::Semaphore) -> Started {
         let copied: Vec<Copied> = futures::stream::iter(i.batch.iter().copied())
-            .map(|(obj, target)| self.copy_missing(obj, target, io))
+            .map(|(obj, target)| async move {
+                let t = Instant::now();
+                let c = self.copy_missing(obj, target, io).await;
+                self.rebuild.profile.add(Phase::Move, t);
+                c
+            })
             .buffer_unordered(MOVE_PARALLEL)
             .collect()
             .await;
@@ -409,16 +430,18 @@ impl Inner {
             pending: 0,
             failed: Vec::new(),
         };
-        if let Some((src, dst)) = self.index.get(obj).and_then(|h| {
+        let paced = self.index.get(obj).and_then(|h| {
             let dst = target
                 .as_slice()
                 .iter()
                 .find(|t| !h.contains(**t))
                 .and_then(|t| self.disk(*t))?;
             Some((self.live_disks(h).into_iter().next()?, dst))
-        }) {
-            self.pace_copy(&src, &dst).await;
-        }
+        });
+        let mut ticket = match paced {
+            Some((src, dst)) => Some(self.pace_copy(&src, &dst).await),
+            None => None,
+        };
         let t = Instant::now();
         let _l = self.stripe(obj).write().await;
         self.rebuild.profile.add(Phase::Lock, t);
@@ -439,7 +462,10 @@ impl Inner {
             for src in self.live_disks(holders) {
                 match self.import_copy_gated(obj, &src, &dst, Some(io)).await {
                     Ok(bytes) => {
-                        self.rebuild.charge(bytes);
+                        match ticket.as_mut() {
+                            Some(t) => t.charge(bytes),
+                            None => self.rebuild.charge(bytes),
+                        }
                         out.bytes += bytes;
                         // Guest writes from now on reach the copy too.
                         self.index.add(obj, dst.slot);

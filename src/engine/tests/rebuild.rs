@@ -85,11 +85,11 @@ async fn draining_a_node_rebuilds_elsewhere_with_progress() {
     let copied = e1.stats().rebalance.bytes_copied;
     assert!(copied >= on3 * MIB / 2, "copied {copied} for {on3} chunks");
     assert_eq!(p.ceiling_bytes_per_sec, ceiling);
-    // The ceiling held: never more than ceiling x time + one burst (4 chunks) + one chunk in
-    // flight per parallel move (8, the engine's MOVE_PARALLEL). A slow machine only makes
-    // this easier, never flaky.
+    // The ceiling held: never more than ceiling x time + one burst (4 chunks) + one chunk of
+    // overdraft, however many moves are in flight (each reserves its chunk when admitted). A
+    // slow machine only makes this easier, never flaky.
     let moved = copied - copied_before;
-    let allowed = (ceiling as f64 * took.as_secs_f64()) as u64 + 12 * MIB;
+    let allowed = (ceiling as f64 * took.as_secs_f64()) as u64 + 5 * MIB;
     assert!(
         moved <= allowed,
         "moved {moved} bytes in {took:?} under a {ceiling} B/s ceiling"

@@ -151,9 +151,10 @@ async fn resync_chunk(inner: &Inner, d: &Arc<Disk>, obj: ObjectId, intended: boo
         return Step::Nothing;
     }
     // Paced like a rebuild (guest I/O keeps priority), before the chunk is locked.
-    if let Some(src) = source(inner, obj, d) {
-        inner.pace_copy(&src, d).await;
-    }
+    let mut ticket = match source(inner, obj, d) {
+        Some(src) => Some(inner.pace_copy(&src, d).await),
+        None => None,
+    };
     let t = Instant::now();
     let _l = inner.stripe(obj).write().await;
     inner.rebuild.profile.add(Phase::Lock, t);
@@ -170,7 +171,10 @@ async fn resync_chunk(inner: &Inner, d: &Arc<Disk>, obj: ObjectId, intended: boo
             d.replica.mark_clean(obj);
             match inner.import_copy(obj, &src, d).await {
                 Ok(bytes) => {
-                    inner.rebuild.charge(bytes);
+                    match ticket.as_mut() {
+                        Some(t) => t.charge(bytes),
+                        None => inner.rebuild.charge(bytes),
+                    }
                     // Guest writes from now on reach the copy too.
                     inner.index.add(obj, d.slot);
                     Step::Copied(obj, bytes)
