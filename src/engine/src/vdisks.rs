@@ -20,6 +20,30 @@ use crate::pool::Engine;
 use crate::types::{SnapshotInfo, VdiskInfo, VdiskStats};
 use crate::{BLOCK_BYTES, CHUNK_BYTES, MAX_VDISK_BYTES, OVERCOMMIT};
 
+/// A disk's refusal of new I/O (`rolling_back`, `deleting`) raised by an operation that waits
+/// for the writes already admitted: if the operation ends before it recorded its change (an
+/// error, or its caller dropped it while it waited: a client gone, a timeout), the flag is put
+/// back to what the metadata says (`keep`), else the disk refused I/O until a restart.
+/// Forgotten once the change is recorded.
+struct Fence<'a> {
+    inner: &'a Inner,
+    flag: &'a std::sync::atomic::AtomicBool,
+    id: u64,
+    keep: fn(&crate::meta::PoolMeta, u64) -> bool,
+}
+
+impl Drop for Fence<'_> {
+    fn drop(&mut self) {
+        let keep = self
+            .inner
+            .meta
+            .read()
+            .as_ref()
+            .is_some_and(|m| (self.keep)(m, self.id));
+        self.flag.store(keep, Ordering::Release);
+    }
+}
+
 impl Inner {
     /// Runtime state for a disk recorded in the metadata (created on first use).
     pub(crate) fn rt_for(&self, v: &VdiskMeta) -> Arc<VdiskRt> {
@@ -362,6 +386,13 @@ impl Engine {
         let id = rt.id;
         // SeqCst: see `VdiskHandle::enter_write`.
         rt.deleting.store(true, Ordering::SeqCst);
+        // Not deleted after all (an error, or the caller gone while it waited): serves again.
+        let fence = Fence {
+            inner,
+            flag: &rt.deleting,
+            id,
+            keep: |m, id| m.vdisk_by_id(id).is_none(),
+        };
         let limit = *inner.io_drain.lock();
         let removed = match rt.drain_writes(limit).await {
             Ok(()) => {
@@ -379,10 +410,8 @@ impl Engine {
                  answer); not deleted"
             ))),
         };
-        if let Err(e) = removed {
-            rt.deleting.store(false, Ordering::Release);
-            return Err(e);
-        }
+        removed?;
+        std::mem::forget(fence);
         if let Some(rt) = inner.vdisks.write().remove(&id) {
             rt.deleted.store(true, Ordering::Release);
             for s in rt.snaps.read().values() {
@@ -483,6 +512,14 @@ impl Engine {
         // New writes are refused from here on; those already admitted (past their checks) are
         // waited for, else one would land after its chunk was rolled back and stay.
         rt.rolling_back.store(true, Ordering::SeqCst);
+        // Not recorded after all (an error, or the caller gone while it waited): the disk
+        // serves again, unless an earlier rollback of it is still to be finished.
+        let fence = Fence {
+            inner,
+            flag: &rt.rolling_back,
+            id,
+            keep: |m, id| m.rollbacks.iter().any(|r| r.0 == id),
+        };
         let limit = *inner.io_drain.lock();
         let recorded = match rt.drain_writes(limit).await {
             Ok(()) => {
@@ -498,17 +535,9 @@ impl Engine {
                  answer); not rolled back"
             ))),
         };
-        if let Err(e) = recorded {
-            // Nothing changed: the disk serves again, unless an earlier rollback of it is
-            // still to be finished.
-            let pending = inner
-                .meta
-                .read()
-                .as_ref()
-                .is_some_and(|m| m.rollbacks.iter().any(|r| r.0 == id));
-            rt.rolling_back.store(pending, Ordering::Release);
-            return Err(e);
-        }
+        recorded?;
+        // Recorded: from here a rollback not finished is finished by the maintenance pass.
+        std::mem::forget(fence);
         inner.finish_rollback(id, snap_gen).await
     }
 
@@ -867,6 +896,62 @@ mod fence_tests {
         // Nothing changed, and the disk takes I/O again.
         assert_eq!(e.vdisk("v").unwrap().id, h.rt.id);
         h.write(2 * CHUNK_BYTES, &[3u8; BS]).await.unwrap();
+        let mut got = vec![0u8; BS];
+        for (off, want) in [(0, 4u8), (CHUNK_BYTES, 2), (2 * CHUNK_BYTES, 3)] {
+            h.read(off, &mut got).await.unwrap();
+            assert!(got.iter().all(|&b| b == want), "at {off}: {:#x}", got[0]);
+        }
+        e.shutdown().await.unwrap();
+    }
+
+    /// A delete or rollback dropped by its caller while it waits for a write already admitted
+    /// (a client gone, a timeout): nothing was recorded, so the disk serves again. Before, its
+    /// flag stayed raised and the disk refused every request (Busy) until a restart.
+    #[tokio::test]
+    async fn a_delete_or_rollback_dropped_while_waiting_leaves_the_disk_serving() {
+        let e = engine().await;
+        e.create_vdisk("v", 4 * CHUNK_BYTES).await.unwrap();
+        let h = e.open_vdisk("v").unwrap();
+        h.write(0, &[1u8; BS]).await.unwrap();
+        e.create_snapshot("v", "s").await.unwrap();
+        h.write(0, &[4u8; BS]).await.unwrap();
+        let chunk1 = ObjectId {
+            vdisk: h.rt.id,
+            chunk: 1,
+        };
+        for rollback in [false, true] {
+            let lock = e.inner.stripe(chunk1).write().await;
+            let w = {
+                let h = h.clone();
+                tokio::spawn(async move { h.write(CHUNK_BYTES, &[2u8; BS]).await })
+            };
+            settle(|| h.rt.writes_in_flight() == 1).await;
+            assert_eq!(h.rt.writes_in_flight(), 1);
+            let op = {
+                let e = e.clone();
+                tokio::spawn(async move {
+                    if rollback {
+                        e.rollback("v", "s").await
+                    } else {
+                        e.delete_vdisk("v").await
+                    }
+                })
+            };
+            let flag = if rollback {
+                &h.rt.rolling_back
+            } else {
+                &h.rt.deleting
+            };
+            settle(|| flag.load(std::sync::atomic::Ordering::Acquire)).await;
+            assert!(flag.load(std::sync::atomic::Ordering::Acquire), "waiting");
+            op.abort();
+            assert!(op.await.unwrap_err().is_cancelled());
+            drop(lock);
+            w.await.unwrap().unwrap();
+            h.write(2 * CHUNK_BYTES, &[3u8; BS])
+                .await
+                .unwrap_or_else(|err| panic!("rollback {rollback}: {err}"));
+        }
         let mut got = vec![0u8; BS];
         for (off, want) in [(0, 4u8), (CHUNK_BYTES, 2), (2 * CHUNK_BYTES, 3)] {
             h.read(off, &mut got).await.unwrap();
