@@ -639,6 +639,8 @@ mod piece_tests {
         ram: RamDevice,
         held: parking_lot::Mutex<Option<Vec<u8>>>,
         open: AtomicBool,
+        /// Writes holding block `held` fail on the device at once.
+        fail: AtomicBool,
         waiting: AtomicUsize,
         changed: tokio::sync::Notify,
     }
@@ -671,6 +673,16 @@ mod piece_tests {
         }
         fn write_at(&self, offset: u64, data: WriteBuf) -> BoxFuture<'_, blockdev::Result<()>> {
             Box::pin(async move {
+                let held = |h: &Option<Vec<u8>>| {
+                    h.as_ref()
+                        .is_some_and(|h| data.as_slice().chunks(BS).any(|c| c == &h[..]))
+                };
+                if self.fail.load(Ordering::Acquire) && held(&self.held.lock()) {
+                    return Err(blockdev::BlockError::new(
+                        blockdev::ErrorKind::Io,
+                        "the gate fails this write",
+                    ));
+                }
                 if self.must_wait(data.as_slice()) {
                     self.waiting.fetch_add(1, Ordering::AcqRel);
                     loop {
@@ -717,6 +729,7 @@ mod piece_tests {
                     ram: RamDevice::new(format!("g{i}"), 64 << 20),
                     held: parking_lot::Mutex::new(None),
                     open: AtomicBool::new(true),
+                    fail: AtomicBool::new(false),
                     waiting: AtomicUsize::new(0),
                     changed: tokio::sync::Notify::new(),
                 })
@@ -875,5 +888,39 @@ mod piece_tests {
         let b = live[1].replica.read(obj, 0, 1, u64::MAX).await.unwrap();
         assert_eq!(a[..], b[..], "the replicas agree");
         e.shutdown().await.unwrap();
+    }
+
+    /// A write whose replicas both fail on the device, while the failed disks cannot be
+    /// recorded (the metadata refuses changes). Before, the first disk's record failing
+    /// returned at once: the second disk's in-flight count stayed raised for good (read
+    /// balancing then shunned it).
+    #[tokio::test]
+    async fn a_failed_disk_not_recorded_gives_back_every_in_flight_count() {
+        let (e, gates) = gated_engine().await;
+        e.create_vdisk("v", 8 * CHUNK_BYTES).await.unwrap();
+        let h = e.open_vdisk("v").unwrap();
+        h.write(0, &[0x11u8; BS]).await.unwrap();
+        let obj = ObjectId {
+            vdisk: h.rt.id,
+            chunk: 0,
+        };
+        let live = e.inner.live_disks(e.inner.index.get(obj).unwrap());
+        assert_eq!(live.len(), 2);
+        for g in &gates {
+            *g.held.lock() = Some(vec![0xcc; BS]);
+            g.fail.store(true, Ordering::Release);
+        }
+        e.inner.closed.store(true, Ordering::Release);
+        assert!(h.write(0, &[0xcc; BS]).await.is_err());
+        e.inner.closed.store(false, Ordering::Release);
+        for d in &live {
+            assert_eq!(
+                d.inflight.load(Ordering::Relaxed),
+                0,
+                "{}: in-flight count given back",
+                d.name
+            );
+        }
+        let _ = e.shutdown().await;
     }
 }

@@ -205,8 +205,12 @@ impl Inner {
         let mut other = None;
         let mut took = None;
         let mut refused_locally = false;
-        for (d, r) in live.iter().zip(results) {
+        // Every count first: a failed disk's `fail_disk` below may return early (its record
+        // failed) or be dropped with this future while it persists.
+        for d in live.iter() {
             d.inflight.fetch_sub(1, Ordering::Relaxed);
+        }
+        for (d, r) in live.iter().zip(results) {
             match r {
                 Ok(()) => {
                     ok += 1;
