@@ -182,6 +182,31 @@ impl VdiskHandle {
         Ok(g)
     }
 
+    /// After a read: a delete of the disk (or of the snapshot read) that began after the
+    /// read's checks removes chunks the read may not have reached yet (each waits only for a
+    /// read holding its chunk), which then read as zeros, never written; or, for a snapshot,
+    /// its versions may be pruned. Such a read fails as if it had begun after the delete
+    /// rather than return data the disk never held.
+    fn not_deleted_meanwhile(&self) -> Result<()> {
+        if self.rt.deleted.load(Ordering::Acquire) {
+            return Err(EngineError::not_found(format!(
+                "virtual disk {:?} was deleted",
+                self.name
+            )));
+        }
+        if self
+            .snap
+            .as_ref()
+            .is_some_and(|s| s.deleted.load(Ordering::Acquire))
+        {
+            return Err(EngineError::not_found(format!(
+                "snapshot of {:?} was deleted",
+                self.name
+            )));
+        }
+        Ok(())
+    }
+
     fn obj(&self, chunk: u64) -> ObjectId {
         ObjectId {
             vdisk: self.rt.id,
@@ -197,7 +222,10 @@ impl VdiskHandle {
     pub async fn read(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
         let t = Instant::now();
         let len = buf.len() as u64;
-        let r = self.read_counted(offset, buf).await;
+        let r = self
+            .read_counted(offset, buf)
+            .await
+            .and_then(|()| self.not_deleted_meanwhile());
         self.rt.io.read.record(len, t, r.is_ok());
         r
     }
@@ -254,7 +282,10 @@ impl VdiskHandle {
     /// same errors and zeros-for-unwritten rule as `read`.
     pub async fn read_owned(&self, offset: u64, len: u64) -> Result<ReadData> {
         let t = Instant::now();
-        let r = self.read_owned_counted(offset, len).await;
+        let r = self
+            .read_owned_counted(offset, len)
+            .await
+            .and_then(|d| self.not_deleted_meanwhile().map(|()| d));
         self.rt.io.read.record(len, t, r.is_ok());
         r
     }

@@ -959,4 +959,46 @@ mod fence_tests {
         }
         e.shutdown().await.unwrap();
     }
+
+    /// A read admitted before a delete, which reaches its chunk only after the delete removed
+    /// it (here: it reconciles the chunk first, then queues for the chunk behind the delete).
+    /// Before, it read the removed chunk as never written: zeros, Ok, data the disk never
+    /// held. Now it fails (NotFound), as a read begun after the delete.
+    #[tokio::test]
+    async fn a_read_overtaken_by_a_delete_returns_no_zeros() {
+        let e = engine().await;
+        e.create_vdisk("v", 4 * CHUNK_BYTES).await.unwrap();
+        let h = e.open_vdisk("v").unwrap();
+        h.write(0, &[1u8; BS]).await.unwrap();
+        let chunk0 = ObjectId {
+            vdisk: h.rt.id,
+            chunk: 0,
+        };
+        let holders = e.inner.index.get(chunk0).unwrap();
+        let good = e.inner.live_disks(holders)[0].slot;
+        e.inner.mark_suspect(chunk0, good);
+        let lock = e.inner.stripe(chunk0).write().await;
+        let r = {
+            let h = h.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; BS];
+                h.read(0, &mut buf).await.map(|()| buf)
+            })
+        };
+        settle(|| false).await;
+        let del = {
+            let e = e.clone();
+            tokio::spawn(async move { e.delete_vdisk("v").await })
+        };
+        settle(|| h.rt.deleted.load(std::sync::atomic::Ordering::Acquire)).await;
+        assert!(h.rt.deleted.load(std::sync::atomic::Ordering::Acquire));
+        settle(|| false).await;
+        drop(lock);
+        del.await.unwrap().unwrap();
+        match r.await.unwrap() {
+            Ok(buf) => panic!("the read returned {:#x} from a deleted chunk", buf[0]),
+            Err(err) => assert_eq!(err.kind(), crate::ErrorKind::NotFound, "{err}"),
+        }
+        e.shutdown().await.unwrap();
+    }
 }
