@@ -672,6 +672,8 @@ mod piece_tests {
         open: AtomicBool,
         /// Writes holding block `held` fail on the device at once.
         fail: AtomicBool,
+        /// Every read waits too until the gate opens.
+        hold_reads: AtomicBool,
         waiting: AtomicUsize,
         changed: tokio::sync::Notify,
     }
@@ -700,7 +702,24 @@ mod piece_tests {
             offset: u64,
             buf: AlignedBuf,
         ) -> BoxFuture<'_, blockdev::Result<AlignedBuf>> {
-            self.ram.read_at(offset, buf)
+            Box::pin(async move {
+                let wait = || {
+                    self.hold_reads.load(Ordering::Acquire) && !self.open.load(Ordering::Acquire)
+                };
+                if wait() {
+                    self.waiting.fetch_add(1, Ordering::AcqRel);
+                    loop {
+                        let n = self.changed.notified();
+                        tokio::pin!(n);
+                        n.as_mut().enable();
+                        if !wait() {
+                            break;
+                        }
+                        n.await;
+                    }
+                }
+                self.ram.read_at(offset, buf).await
+            })
         }
         fn write_at(&self, offset: u64, data: WriteBuf) -> BoxFuture<'_, blockdev::Result<()>> {
             Box::pin(async move {
@@ -761,6 +780,7 @@ mod piece_tests {
                     held: parking_lot::Mutex::new(None),
                     open: AtomicBool::new(true),
                     fail: AtomicBool::new(false),
+                    hold_reads: AtomicBool::new(false),
                     waiting: AtomicUsize::new(0),
                     changed: tokio::sync::Notify::new(),
                 })
@@ -953,5 +973,54 @@ mod piece_tests {
             );
         }
         let _ = e.shutdown().await;
+    }
+
+    /// A read whose caller drops it (a client gone, a timeout) while its replica's device
+    /// read is in flight gives back that disk's in-flight count. Before, it stayed raised for
+    /// good: read balancing then sent the pool's reads to the other replica.
+    #[tokio::test]
+    async fn a_read_dropped_mid_flight_gives_back_its_in_flight_count() {
+        let (e, gates) = gated_engine().await;
+        e.create_vdisk("v", 8 * CHUNK_BYTES).await.unwrap();
+        let h = e.open_vdisk("v").unwrap();
+        h.write(0, &[0x11u8; BS]).await.unwrap();
+        let obj = ObjectId {
+            vdisk: h.rt.id,
+            chunk: 0,
+        };
+        let live = e.inner.live_disks(e.inner.index.get(obj).unwrap());
+        for g in &gates {
+            g.hold_reads.store(true, Ordering::Release);
+            g.open.store(false, Ordering::Release);
+        }
+        let r = {
+            let h = h.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; BS];
+                h.read(0, &mut buf).await
+            })
+        };
+        let waiting = || {
+            gates
+                .iter()
+                .map(|g| g.waiting.load(Ordering::Acquire))
+                .sum::<usize>()
+        };
+        settle(|| waiting() == 1).await;
+        assert_eq!(waiting(), 1, "the read waits at its device");
+        r.abort();
+        assert!(r.await.unwrap_err().is_cancelled());
+        for g in &gates {
+            g.open();
+        }
+        for d in &live {
+            assert_eq!(
+                d.inflight.load(Ordering::Relaxed),
+                0,
+                "{}: in-flight count given back",
+                d.name
+            );
+        }
+        e.shutdown().await.unwrap();
     }
 }

@@ -423,7 +423,7 @@ impl Inner {
         }
         let mut failures: Vec<(Arc<Disk>, StoreError)> = Vec::new();
         for d in &live {
-            d.inflight.fetch_add(1, Ordering::Relaxed);
+            let counted = Counted::new(d);
             // A local store is read directly (no boxed future per request).
             let r = match (&mut *dest, &d.local) {
                 // Verified and copied block by block into the caller's memory (one pass).
@@ -452,7 +452,7 @@ impl Inner {
                     }
                 }
             };
-            d.inflight.fetch_sub(1, Ordering::Relaxed);
+            drop(counted);
             d.reads.fetch_add(1, Ordering::Relaxed);
             match r {
                 Ok(()) => {
@@ -755,6 +755,24 @@ impl Inner {
         drop(counted);
         prof.add(Phase::Import, t);
         Ok(bytes)
+    }
+}
+
+/// A read counted in its replica disk's in-flight I/O until dropped: also when its caller
+/// drops the read mid-flight (a client gone, a timeout), else the count stayed raised for good
+/// and read balancing shunned the disk.
+struct Counted<'a>(&'a Disk);
+
+impl<'a> Counted<'a> {
+    fn new(d: &'a Disk) -> Self {
+        d.inflight.fetch_add(1, Ordering::Relaxed);
+        Counted(d)
+    }
+}
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.0.inflight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
