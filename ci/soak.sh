@@ -10,6 +10,7 @@ run() { echo "=== $*"; if "$@"; then echo "suite-pass: $*"; else echo "suite-fai
 
 run env CAIRN_SOAK_CYCLES=20000 cargo test --release -p store --test crash
 run env CAIRN_POWERCUT_CYCLES=5000 cargo test --release -p engine --test powercut
+run env CAIRN_DIRECT_POWERCUT_CYCLES=2000 CAIRN_DIRECT_POWERCUT_SEED=$RANDOM cargo test --release -p engine --test direct_powercut -- --nocapture
 run env PROPTEST_CASES=2000 cargo test --release -p engine --test model
 run env PROPTEST_CASES=2000 cargo test --release -p store
 # Deterministic simulation of engine + cluster: thousands of seeds (the default run has 200).
