@@ -187,6 +187,9 @@ impl Node {
         // Moves whose outcome was not known when this node stopped: claimed again before any
         // request is taken, settled in the background.
         takeover::settles::resume(&inner);
+        // What peers described here, before any request is taken: a local copy from before a
+        // disk left and came back is refused from the start (`takeover::gather`).
+        inner.mirror.open_state(&inner);
         transfer::clean_interrupted_imports(&inner.engine, &data.join("importing")).await;
         {
             // The cluster's record of this node's virtual disks is made to match the engine;

@@ -151,6 +151,32 @@ impl MirrorHost {
         self.server.lock().clone()
     }
 
+    /// At node start, before the mirror first runs (its first tick, or never while this node
+    /// is alone or its peers are all draining): a replica server opened on the mirror's state
+    /// only to read what peers described to this node and which of their copies were retired
+    /// here. Without it, `crate::takeover::gather::not_adopted_yet` found nothing until the
+    /// mirror ran, so a local copy from before a disk left and came back could be exported,
+    /// started with a VM or answered as served to a mover right after a restart. The mirror
+    /// replaces it with its own server when it starts (both read the same files; this one
+    /// never serves or writes).
+    pub(crate) fn open_state(&self, inner: &NodeInner) {
+        let Ok(m) = inner.cluster.member() else {
+            return;
+        };
+        if m.role() != Role::Data || self.server.lock().is_some() {
+            return;
+        }
+        match ReplicaServer::new(m.id(), &state_dir(inner, m.cluster_id())) {
+            Ok(server) => {
+                let mut slot = self.server.lock();
+                if slot.is_none() {
+                    *slot = Some(server);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "mirror: reading the replica server state"),
+        }
+    }
+
     /// A replica server to read from, as if a mirror had run (tests).
     #[cfg(test)]
     pub(crate) fn set_server(&self, server: Arc<ReplicaServer>) {
@@ -250,11 +276,7 @@ async fn step(inner: &NodeInner, running: &mut Option<Running>) {
                 return;
             }
         };
-        let dir = inner
-            .cfg
-            .data_dir
-            .join("mirror")
-            .join(sanitize(m.cluster_id()));
+        let dir = state_dir(inner, m.cluster_id());
         let server = match ReplicaServer::new(me, &dir) {
             Ok(s) => s,
             Err(e) => {
@@ -442,6 +464,12 @@ async fn step(inner: &NodeInner, running: &mut Option<Running>) {
             r.peers.remove(&id);
         }
     }
+}
+
+/// The mirror's state directory (the replica server's epochs and peers' descriptions) for
+/// cluster `cluster_id`.
+pub(crate) fn state_dir(inner: &NodeInner, cluster_id: &str) -> std::path::PathBuf {
+    inner.cfg.data_dir.join("mirror").join(sanitize(cluster_id))
 }
 
 /// A cluster id as a directory name (it is hex, but never trust a name for a path).

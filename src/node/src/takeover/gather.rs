@@ -517,4 +517,66 @@ mod tests {
         ctl.execute(op(), export).await.unwrap();
         n.shutdown().await.unwrap();
     }
+
+    /// A node restarted with such a stale copy refuses it from its first request: what peers
+    /// described is read from the mirror's state at start, not only once the mirror runs (here
+    /// never: the node is alone). Before, `not_adopted_yet` found nothing until the mirror's
+    /// first tick, so the export served the stale copy.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_restarted_node_refuses_its_stale_copy_before_its_mirror_runs() {
+        use control::{ErrorCode, Request};
+        let dir = tempfile::tempdir().unwrap();
+        let n = start_node(dir.path(), true).await;
+        let create = Request::VdiskCreate {
+            name: "d".into(),
+            size_bytes: 64 << 20,
+        };
+        n.controller().execute(op(), create).await.unwrap();
+        let m = n.inner.cluster.member().unwrap();
+        let me = m.id();
+        for i in 0.. {
+            if m.read(|s| s.vdisks.contains_key(&format!("{me}/d"))) {
+                break;
+            }
+            assert!(i < 1000, "the cluster never recorded d on this node");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        let stale = n
+            .inner
+            .engine
+            .vdisk_records()
+            .into_iter()
+            .find(|r| r.name == "d")
+            .unwrap();
+        let state = crate::mirrorhost::state_dir(&n.inner, m.cluster_id());
+        drop(m);
+        n.shutdown().await.unwrap();
+        // Member 999 adopted d (the same disk: its seed) and holds the current copy.
+        let current = VdiskRecord {
+            id: 5,
+            gen: stale.gen + 1,
+            ..stale
+        };
+        std::fs::create_dir_all(&state).unwrap();
+        let described = vec![(999u64, vec![current])];
+        std::fs::write(
+            state.join("described.json"),
+            serde_json::to_vec(&described).unwrap(),
+        )
+        .unwrap();
+
+        let n = start_node(dir.path(), true).await;
+        let export = Request::NbdStart {
+            vdisk: "d".into(),
+            snapshot: None,
+            listen: Some("127.0.0.1:0".into()),
+            read_only: true,
+        };
+        let e = n.controller().execute(op(), export).await.unwrap_err();
+        assert_eq!(e.code, ErrorCode::Unavailable, "{e:?}");
+        assert!(e.message.contains("member 999's copy"), "{e:?}");
+        assert!(n.inner.exports.list().is_empty());
+        assert_eq!(crate::takeover::peer::serving(&n.inner, "d"), None);
+        n.shutdown().await.unwrap();
+    }
 }
