@@ -147,10 +147,12 @@ impl NodeController {
             _ => None,
         };
         // A local copy from before the disk left and came back is neither served nor changed
-        // (a clone or snapshot of it would serve stale data; a change would be lost when it is
-        // replaced by the current copy).
+        // (a clone, snapshot or export to a file of it would serve stale data; a change would
+        // be lost when it is replaced by the current copy).
         let disk = match req {
-            Request::VdiskResize { name, .. } | Request::VdiskDelete { name } => Some(name),
+            Request::VdiskResize { name, .. }
+            | Request::VdiskDelete { name }
+            | Request::VdiskExport { name, .. } => Some(name),
             Request::VdiskClone { source, .. } => Some(source),
             Request::SnapshotCreate { vdisk, .. }
             | Request::SnapshotDelete { vdisk, .. }

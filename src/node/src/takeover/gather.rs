@@ -482,14 +482,28 @@ mod tests {
             vdisk: "d".into(),
             name: "s".into(),
         };
-        for r in [export.clone(), snap] {
-            let e = ctl.execute(op(), r.clone()).await.unwrap_err();
+        let to_file = Request::VdiskExport {
+            name: "d".into(),
+            snapshot: None,
+            file: dir.path().join("d.img").display().to_string(),
+        };
+        // An export to a file is an admin's.
+        let admin = control::Actor {
+            role: control::Role::Admin,
+            ..op()
+        };
+        for r in [export.clone(), snap, to_file] {
+            let e = ctl.execute(admin.clone(), r.clone()).await.unwrap_err();
             assert_eq!(e.code, ErrorCode::Unavailable, "{r:?}: {e:?}");
             assert!(e.message.contains("member 999's copy"), "{r:?}: {e:?}");
         }
         assert!(n.inner.exports.list().is_empty());
         assert_eq!(crate::takeover::peer::serving(&n.inner, "d"), None);
         assert!(engine.snapshots("d").unwrap().is_empty());
+        assert!(
+            !dir.path().join("d.img").exists(),
+            "the stale copy was exported to a file"
+        );
 
         // Not dropped without a holder's word that the copy was retired.
         let mut t = crate::takeover::Takeover::default();
