@@ -68,11 +68,19 @@ pub(crate) const REBUILD_PARALLEL: usize = 4;
 /// `exports_in_flight` + `imports_in_flight`, `slot_wait_ms`; load 14-18): 7.4-7.8 of the 8
 /// moves in flight, 3.5-3.9 of the [`COPY_IO_PARALLEL`] requests, each move waiting about
 /// half its time for a request slot: the gate is the limit, not the moves. Tried there and
-/// not kept: a gate per disk (4 requests on each disk, 8 in all) with 16 moves, alternated
-/// old/new at load 11-28 (`bench_rebuild DIR 4096 1 ram`, `DIR 2048 1 dev`): the one-device
-/// line won 3 of 4 pairs (median 738 vs 558 MiB/s) but the RAM line lost all 5 (median 427
-/// vs 875): the RAM disk's copies (a memory copy under one lock, on the runtime's threads)
-/// then took 4 slots of their own and left the device idle (busy 0.19-0.47 vs 0.46-0.62).
+/// not kept: a gate per disk (4 requests on each disk, 8 in all) with 16 moves, 6 pairs
+/// alternated old/new at load 11-28 (`bench_rebuild DIR 4096 1 ram`, `DIR 2048 1 dev`): the
+/// one-device line won 3 (median 738 vs 558 MiB/s, range 339-933 vs 393-727), the RAM line
+/// lost 5 (median 418 vs 927, 272-734 vs 562-1283). Its requests in flight stayed at
+/// 3.7-3.8 in all while the device was busy less (0.19-0.53 vs 0.45-0.69). At load 4-6
+/// (4 pairs) it won 1 of 4 on each line, ratios even (RAM 0.60-0.66 vs 0.59-0.64,
+/// one-device 0.35-0.40 vs 0.36-0.45). There 14.6 of its 16 moves were in flight, about 11
+/// of them waiting for a slot, and 3.7 requests in flight over both disks, while the kernel
+/// saw the surviving node's device busy 0.6-0.7 at a queue of 2.0-2.9: likely a slot is
+/// held for more than the device's part of a request (the export's checksum pass, the
+/// import's map records, the wake-up after the completion), so 4 slots give the device
+/// fewer requests. Untried: 6 slots per disk, or a slot held only around the device
+/// request (in `store`).
 /// The throttle's overdraft no longer grows with the moves (each copy reserves its chunk
 /// when admitted; see `rebuild`).
 pub(crate) const MOVE_PARALLEL: usize = 8;
