@@ -83,6 +83,9 @@ struct Conn {
     next_id: AtomicU64,
     inflight: Arc<Semaphore>,
     closed: AtomicBool,
+    /// Silent after a call timed out while others still wait on it: no new calls (see
+    /// [`Conn::retire_if_silent_since`]); dropped with the last call holding it.
+    retired: AtomicBool,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     /// Frames that arrived from the server so far (a counter: no clock read per reply).
     rx_frames: AtomicU64,
@@ -90,15 +93,30 @@ struct Conn {
 
 impl Conn {
     /// After a call timed out: if nothing at all arrived on this connection since the call was
-    /// sent (`rx_at_send`: [`Conn::rx_frames`] then), the peer (or the path to it) is gone, not
-    /// just slow. Such a connection is closed so the next call dials afresh instead of queueing
-    /// behind TCP's backed-off retransmissions (after a healed partition that can take tens of
-    /// seconds). A connection that is still carrying other replies is kept: one slow request
-    /// must not fail its neighbours.
-    fn close_if_silent_since(&self, rx_at_send: u64) {
-        if self.rx_frames.load(Ordering::SeqCst) == rx_at_send {
-            self.close();
+    /// sent (`rx_at_send`: [`Conn::rx_frames`] then), the peer (or the path to it) may be gone,
+    /// not just slow. The next call then dials afresh instead of queueing behind TCP's
+    /// backed-off retransmissions (after a healed partition that can take tens of seconds). A
+    /// connection that is still carrying other replies is kept: one slow request must not fail
+    /// its neighbours. Nor does a silent connection fail the calls still waiting on it: a peer
+    /// busy with one long request (a VM move) can leave a short one (a raft heartbeat with a
+    /// few hundred ms to live) unanswered on a loaded machine, and closing then failed the long
+    /// one, whose outcome the caller could no longer learn. The connection is retired instead:
+    /// new calls go to a new one, and this one closes when its last waiting call ends (each
+    /// has its own timeout, so a dead peer still fails them).
+    fn retire_if_silent_since(&self, rx_at_send: u64) {
+        if self.rx_frames.load(Ordering::SeqCst) != rx_at_send {
+            return;
         }
+        if lock(&self.pending).is_empty() {
+            self.close();
+        } else {
+            self.retired.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// Whether new calls may use this connection.
+    fn usable(&self) -> bool {
+        !self.closed.load(Ordering::SeqCst) && !self.retired.load(Ordering::SeqCst)
     }
 
     fn close(&self) {
@@ -264,7 +282,7 @@ impl<Req: Serialize, Resp: DeserializeOwned> Client<Req, Resp> {
         })
         .await;
         if let (Err(Error::Timeout { .. }), Some((conn, rx_at_send))) = (&reply, &sent) {
-            conn.close_if_silent_since(*rx_at_send);
+            conn.retire_if_silent_since(*rx_at_send);
         }
         decode(&reply?, u64::from(self.inner.cfg.max_frame_bytes))
     }
@@ -327,13 +345,13 @@ impl<Req: Serialize, Resp: DeserializeOwned> Client<Req, Resp> {
         // Every call passes here: a live connection is found without the async lock (which
         // only serializes dialing).
         if let Some(c) = lock(&self.inner.current).as_ref() {
-            if !c.closed.load(Ordering::SeqCst) {
+            if c.usable() {
                 return Ok(c.clone());
             }
         }
         let mut slot = self.inner.conn.lock().await;
         if let Some(c) = slot.as_ref() {
-            if !c.closed.load(Ordering::SeqCst) {
+            if c.usable() {
                 return Ok(c.clone());
             }
         }
@@ -438,6 +456,7 @@ async fn connect(inner: &Inner) -> Result<Arc<Conn>, Error> {
         next_id: AtomicU64::new(1),
         inflight: Arc::new(Semaphore::new(inner.cfg.max_in_flight.max(1))),
         closed: AtomicBool::new(false),
+        retired: AtomicBool::new(false),
         tasks: Mutex::new(Vec::new()),
         rx_frames: AtomicU64::new(0),
     });

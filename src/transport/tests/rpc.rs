@@ -502,6 +502,37 @@ async fn a_slow_call_timing_out_keeps_a_live_connection() {
     assert_eq!(relay.accepted.load(Ordering::SeqCst), 1, "same connection");
 }
 
+/// A short call timing out on a connection where a long call still waits and nothing arrived
+/// meanwhile (a peer busy with the long request on a loaded machine, a raft heartbeat beside a
+/// forwarded VM move): before, the connection was closed and the long call failed with it
+/// although the peer went on to answer. Now new calls go to a new connection and the long
+/// call gets its answer on the old one.
+#[tokio::test]
+async fn a_short_call_timing_out_does_not_fail_a_long_one_waiting_beside_it() {
+    let ca = ClusterCa::generate("t").unwrap();
+    let (a, b) = (ca.issue(1).unwrap(), ca.issue(2).unwrap());
+    let (srv, h) = serve("127.0.0.17", &a, ServerConfig::default()).await;
+    let relay = Relay::start("127.0.0.17", srv.local_addr()).await;
+    let c = client(relay.addr, &b, 1, ClientConfig::default());
+    assert_eq!(c.call(&Req::WhoAmI).await.unwrap(), Resp::Peer(2));
+    let long = c.call_timeout(&Req::Sleep(1500), Duration::from_secs(20));
+    let short = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        c.call_timeout(&Req::Sleep(5_000), Duration::from_millis(300))
+            .await
+    };
+    let (l, s) = tokio::join!(long, short);
+    assert!(matches!(s, Err(Error::Timeout { .. })), "{s:?}");
+    assert_eq!(l.unwrap(), Resp::Slept, "the long call's answer");
+    assert_eq!(c.call(&Req::WhoAmI).await.unwrap(), Resp::Peer(2));
+    assert_eq!(
+        relay.accepted.load(Ordering::SeqCst),
+        2,
+        "new calls went to a new connection"
+    );
+    assert_eq!(h.calls.load(Ordering::SeqCst), 4);
+}
+
 /// Many calls in flight at once on one connection (their requests and replies share writes):
 /// each gets its own answer — the refusals among them touch no other call — and when the
 /// server dies with a burst in flight, every call not yet answered fails; none is reported
