@@ -851,11 +851,9 @@ mod piece_tests {
         e.shutdown().await.unwrap();
     }
 
-    /// A write whose caller drops it (a client gone, a timeout) after one replica recorded it
-    /// and while the other's device write is in flight (held at its gate): the engine, the
-    /// handle, the chunk and its two replica disks.
-    async fn drop_write_mid_flight() -> (Engine, super::VdiskHandle, ObjectId, LiveDisks) {
-        let (e, gates) = gated_engine().await;
+    /// Disk "v" on a gated engine with 0x11 written at its start: the handle, its chunk 0 and
+    /// that chunk's two replica disks.
+    async fn one_chunk_written(e: &Engine) -> (super::VdiskHandle, ObjectId, LiveDisks) {
         e.create_vdisk("v", 8 * CHUNK_BYTES).await.unwrap();
         let h = e.open_vdisk("v").unwrap();
         h.write(0, &[0x11u8; BS]).await.unwrap();
@@ -865,6 +863,15 @@ mod piece_tests {
         };
         let live = e.inner.live_disks(e.inner.index.get(obj).unwrap());
         assert_eq!(live.len(), 2);
+        (h, obj, live)
+    }
+
+    /// A write whose caller drops it (a client gone, a timeout) after one replica recorded it
+    /// and while the other's device write is in flight (held at its gate): the engine, the
+    /// handle, the chunk and its two replica disks.
+    async fn drop_write_mid_flight() -> (Engine, super::VdiskHandle, ObjectId, LiveDisks) {
+        let (e, gates) = gated_engine().await;
+        let (h, obj, live) = one_chunk_written(&e).await;
         *gates[1].held.lock() = Some(vec![0xbb; BS]);
         gates[1].open.store(false, Ordering::Release);
         let w = {
@@ -948,14 +955,7 @@ mod piece_tests {
     #[tokio::test]
     async fn a_failed_disk_not_recorded_gives_back_every_in_flight_count() {
         let (e, gates) = gated_engine().await;
-        e.create_vdisk("v", 8 * CHUNK_BYTES).await.unwrap();
-        let h = e.open_vdisk("v").unwrap();
-        h.write(0, &[0x11u8; BS]).await.unwrap();
-        let obj = ObjectId {
-            vdisk: h.rt.id,
-            chunk: 0,
-        };
-        let live = e.inner.live_disks(e.inner.index.get(obj).unwrap());
+        let (h, _obj, live) = one_chunk_written(&e).await;
         assert_eq!(live.len(), 2);
         for g in &gates {
             *g.held.lock() = Some(vec![0xcc; BS]);
@@ -981,14 +981,7 @@ mod piece_tests {
     #[tokio::test]
     async fn a_read_dropped_mid_flight_gives_back_its_in_flight_count() {
         let (e, gates) = gated_engine().await;
-        e.create_vdisk("v", 8 * CHUNK_BYTES).await.unwrap();
-        let h = e.open_vdisk("v").unwrap();
-        h.write(0, &[0x11u8; BS]).await.unwrap();
-        let obj = ObjectId {
-            vdisk: h.rt.id,
-            chunk: 0,
-        };
-        let live = e.inner.live_disks(e.inner.index.get(obj).unwrap());
+        let (h, _obj, live) = one_chunk_written(&e).await;
         for g in &gates {
             g.hold_reads.store(true, Ordering::Release);
             g.open.store(false, Ordering::Release);

@@ -748,6 +748,29 @@ mod fence_tests {
         }
     }
 
+    /// A write of 0x2 to chunk 1 of `h`, admitted (counted in flight) and held before it
+    /// reaches its chunk: the chunk's stripe lock stays taken until the returned guard drops.
+    async fn a_write_held_in_flight<'a>(
+        e: &'a Engine,
+        h: &crate::VdiskHandle,
+    ) -> (
+        tokio::sync::RwLockWriteGuard<'a, ()>,
+        tokio::task::JoinHandle<crate::Result<()>>,
+    ) {
+        let chunk1 = ObjectId {
+            vdisk: h.rt.id,
+            chunk: 1,
+        };
+        let lock = e.inner.stripe(chunk1).write().await;
+        let w = {
+            let h = h.clone();
+            tokio::spawn(async move { h.write(CHUNK_BYTES, &[2u8; BS]).await })
+        };
+        settle(|| h.rt.writes_in_flight() == 1).await;
+        assert_eq!(h.rt.writes_in_flight(), 1);
+        (lock, w)
+    }
+
     /// Before, a write that passed the "rolling back" check before the rollback began, to a
     /// chunk the rollback did not list yet (or had rolled back already), landed after it and
     /// stayed on both replicas: the disk no longer equalled the snapshot.
@@ -758,19 +781,9 @@ mod fence_tests {
         let h = e.open_vdisk("v").unwrap();
         h.write(0, &[1u8; BS]).await.unwrap();
         e.create_snapshot("v", "s").await.unwrap();
-        let chunk1 = ObjectId {
-            vdisk: h.rt.id,
-            chunk: 1,
-        };
         // A write to chunk 1 (empty in the snapshot), admitted, held before it creates the
         // chunk.
-        let lock = e.inner.stripe(chunk1).write().await;
-        let w = {
-            let h = h.clone();
-            tokio::spawn(async move { h.write(CHUNK_BYTES, &[2u8; BS]).await })
-        };
-        settle(|| h.rt.writes_in_flight() == 1).await;
-        assert_eq!(h.rt.writes_in_flight(), 1);
+        let (lock, w) = a_write_held_in_flight(&e, &h).await;
         let rb = {
             let e = e.clone();
             tokio::spawn(async move { e.rollback("v", "s").await })
@@ -823,17 +836,7 @@ mod fence_tests {
         let h = e.open_vdisk("v").unwrap();
         h.write(0, &[1u8; BS]).await.unwrap();
         let id = h.rt.id;
-        let chunk1 = ObjectId {
-            vdisk: id,
-            chunk: 1,
-        };
-        let lock = e.inner.stripe(chunk1).write().await;
-        let w = {
-            let h = h.clone();
-            tokio::spawn(async move { h.write(CHUNK_BYTES, &[2u8; BS]).await })
-        };
-        settle(|| h.rt.writes_in_flight() == 1).await;
-        assert_eq!(h.rt.writes_in_flight(), 1);
+        let (lock, w) = a_write_held_in_flight(&e, &h).await;
         let del = {
             let e = e.clone();
             tokio::spawn(async move { e.delete_vdisk("v").await })
@@ -874,17 +877,7 @@ mod fence_tests {
         h.write(0, &[1u8; BS]).await.unwrap();
         e.create_snapshot("v", "s").await.unwrap();
         h.write(0, &[4u8; BS]).await.unwrap();
-        let chunk1 = ObjectId {
-            vdisk: h.rt.id,
-            chunk: 1,
-        };
-        let lock = e.inner.stripe(chunk1).write().await;
-        let w = {
-            let h = h.clone();
-            tokio::spawn(async move { h.write(CHUNK_BYTES, &[2u8; BS]).await })
-        };
-        settle(|| h.rt.writes_in_flight() == 1).await;
-        assert_eq!(h.rt.writes_in_flight(), 1);
+        let (lock, w) = a_write_held_in_flight(&e, &h).await;
         let err = e.delete_vdisk("v").await.unwrap_err();
         assert_eq!(err.kind(), crate::ErrorKind::Busy, "{err}");
         assert!(err.to_string().contains("not deleted"), "{err}");
@@ -915,18 +908,8 @@ mod fence_tests {
         h.write(0, &[1u8; BS]).await.unwrap();
         e.create_snapshot("v", "s").await.unwrap();
         h.write(0, &[4u8; BS]).await.unwrap();
-        let chunk1 = ObjectId {
-            vdisk: h.rt.id,
-            chunk: 1,
-        };
         for rollback in [false, true] {
-            let lock = e.inner.stripe(chunk1).write().await;
-            let w = {
-                let h = h.clone();
-                tokio::spawn(async move { h.write(CHUNK_BYTES, &[2u8; BS]).await })
-            };
-            settle(|| h.rt.writes_in_flight() == 1).await;
-            assert_eq!(h.rt.writes_in_flight(), 1);
+            let (lock, w) = a_write_held_in_flight(&e, &h).await;
             let op = {
                 let e = e.clone();
                 tokio::spawn(async move {

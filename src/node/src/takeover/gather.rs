@@ -429,6 +429,15 @@ mod tests {
     use super::*;
     use crate::takeover::settles::tests::{op, start_node};
 
+    /// What peers describe (member id, its disk records), as the mirror keeps it in `state`.
+    fn describe(state: &std::path::Path, described: &[(u64, Vec<VdiskRecord>)]) {
+        std::fs::write(
+            state.join("described.json"),
+            serde_json::to_vec(described).unwrap(),
+        )
+        .unwrap();
+    }
+
     /// A disk moved away (to member 999, which adopted it from this node's mirror) and back
     /// before this node dropped its copy from before the move: that copy is never served
     /// (export, snapshot, a mover's "serving?") while 999's copy is the current one, is not
@@ -477,11 +486,7 @@ mod tests {
         let state = dir.path().join("mirror-state");
         std::fs::create_dir_all(&state).unwrap();
         let described = vec![(999u64, vec![current])];
-        std::fs::write(
-            state.join("described.json"),
-            serde_json::to_vec(&described).unwrap(),
-        )
-        .unwrap();
+        describe(&state, &described);
         let server = ReplicaServer::new(me, &state).unwrap();
         n.inner.mirror.set_server(server.clone());
 
@@ -587,11 +592,7 @@ mod tests {
         };
         std::fs::create_dir_all(&state).unwrap();
         let described = vec![(999u64, vec![current])];
-        std::fs::write(
-            state.join("described.json"),
-            serde_json::to_vec(&described).unwrap(),
-        )
-        .unwrap();
+        describe(&state, &described);
 
         let n = start_node(dir.path(), true).await;
         let export = Request::NbdStart {
@@ -654,11 +655,7 @@ mod tests {
         let state = dir.path().join("mirror-state");
         std::fs::create_dir_all(&state).unwrap();
         let described = vec![(999u64, vec![VdiskRecord { id: 5, ..d }])];
-        std::fs::write(
-            state.join("described.json"),
-            serde_json::to_vec(&described).unwrap(),
-        )
-        .unwrap();
+        describe(&state, &described);
         n.inner
             .mirror
             .set_server(ReplicaServer::new(me, &state).unwrap());
