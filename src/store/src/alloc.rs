@@ -721,4 +721,90 @@ mod tests {
         check_counts(&a);
         assert_eq!(a.free_blocks(), rest);
     }
+
+    /// Random mixes of small, large and contiguous allocations, blocks marked used and frees,
+    /// on pools of one short segment up to many (streaming and hole filling both run, and the
+    /// switch between them): no block is handed out twice or past the end, an allocation fails
+    /// exactly when fewer blocks are free, and the counts stay exact.
+    #[test]
+    fn random_operations_never_hand_out_a_block_twice() {
+        for nbits in [
+            1,
+            7,
+            SEG_BLOCKS,
+            SEG_BLOCKS + 1,
+            600,
+            5 * SEG_BLOCKS + 3,
+            40 * SEG_BLOCKS + 1,
+        ] {
+            for seed in 1..=6u64 {
+                let mut a = Allocator::new(nbits);
+                let mut taken = vec![false; nbits as usize];
+                let mut used: Vec<u64> = Vec::new();
+                let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ nbits;
+                let mut rnd = |m: u64| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x % m
+                };
+                let hand_out = |b: u64, taken: &mut Vec<bool>, used: &mut Vec<u64>| {
+                    assert!(b < nbits, "block {b} past the end ({nbits})");
+                    assert!(!taken[b as usize], "block {b} handed out twice");
+                    taken[b as usize] = true;
+                    used.push(b);
+                };
+                for _ in 0..2000 {
+                    match rnd(10) {
+                        0..=5 => {
+                            let n = if rnd(5) == 0 {
+                                1 + rnd(600)
+                            } else {
+                                1 + rnd(SMALL_MAX)
+                            };
+                            let free = a.free_blocks();
+                            let mut runs = Runs::new();
+                            assert_eq!(a.alloc(n, &mut runs), free >= n, "{n} of {free} free");
+                            let got: u64 = runs.iter().map(|r| r.1).sum();
+                            assert_eq!(got, if free >= n { n } else { 0 });
+                            for &(s, l) in &runs {
+                                for b in s..s + l {
+                                    hand_out(b, &mut taken, &mut used);
+                                }
+                            }
+                        }
+                        6 => {
+                            let n = 1 + rnd(300);
+                            if let Some(s) = a.alloc_contig(n) {
+                                for b in s..s + n {
+                                    hand_out(b, &mut taken, &mut used);
+                                }
+                            }
+                        }
+                        7 => {
+                            let b = rnd(nbits);
+                            if !taken[b as usize] {
+                                a.mark_used(b);
+                                hand_out(b, &mut taken, &mut used);
+                            }
+                        }
+                        _ => {
+                            for _ in 0..1 + rnd(20) {
+                                if used.is_empty() {
+                                    break;
+                                }
+                                let b = used.swap_remove(rnd(used.len() as u64) as usize);
+                                taken[b as usize] = false;
+                                a.release(b);
+                            }
+                        }
+                    }
+                }
+                for b in 0..nbits {
+                    assert_eq!(a.is_used(b), taken[b as usize], "block {b}");
+                }
+                check_counts(&a);
+            }
+        }
+    }
 }
