@@ -3,9 +3,9 @@
 //!
 //! The area is cut into segments of [`SEG_BLOCKS`] (1 MiB, one engine chunk). Two kinds of
 //! request get two kinds of space:
-//! - small writes (at most [`SMALL_MAX`] blocks: random 4 KiB overwrites) fill the holes of
-//!   segments that are already partly used, so they never eat into empty segments while holes
-//!   exist;
+//! - small writes (at most [`SMALL_MAX`] blocks: random 4 KiB overwrites) stream into empty
+//!   segments while those hold most of the free space, and past that fill the holes of
+//!   segments that are already partly used (see below);
 //! - larger writes (and the defragmenter) take whole empty segments, continuing where the last
 //!   extent ended, so a sequentially written range is one physical run.
 //!
@@ -35,10 +35,10 @@ pub type Runs = smallvec::SmallVec<[(u64, u64); 2]>;
 
 /// Blocks per segment (1 MiB).
 pub(crate) const SEG_BLOCKS: u64 = 256;
-/// Allocations of at most this many blocks fill holes; larger ones take empty segments.
+/// Allocations of at most this many blocks stream or fill holes; larger ones take empty segments.
 pub(crate) const SMALL_MAX: u64 = 8;
-/// Small writes never stream into the last `1 / STREAM_RESERVE_DIV` of the segments that are
-/// empty (see the module documentation).
+/// Small writes stop opening empty segments once at most one segment in `STREAM_RESERVE_DIV`
+/// is empty (see the module documentation).
 pub(crate) const STREAM_RESERVE_DIV: u64 = 8;
 
 #[derive(Debug, Clone)]
@@ -54,7 +54,7 @@ pub(crate) struct Allocator {
     empty: Vec<u64>,
     /// Segments whose `empty` bit is set.
     nempty: u64,
-    /// Block where the hole filler continues.
+    /// Block where the next small allocation continues (streaming or filling holes).
     hole_cursor: u64,
     /// Block right after the last extent handed out (a sequential stream continues there).
     ext_cursor: u64,
