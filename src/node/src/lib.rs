@@ -195,13 +195,7 @@ impl Node {
             // The cluster's record of this node's virtual disks is made to match the engine;
             // in the background, since it waits for a leader.
             let inner = inner.clone();
-            tokio::spawn(async move {
-                let arriving = |name: &str| takeover::gather::described_elsewhere(&inner, name);
-                inner
-                    .cluster
-                    .reconcile_vdisks(&inner.engine, arriving)
-                    .await
-            });
+            tokio::spawn(async move { inner.cluster.reconcile_vdisks(&inner.engine).await });
         }
 
         let (shutdown_tx, shutdown_rx) = watch::channel(false);

@@ -168,16 +168,7 @@ impl ClusterHost {
     /// this node's records of disks the engine does not have (a crash between the reservation
     /// and the engine's create). Runs at start under the vdisk lock, so no create is in flight;
     /// retries while there is no leader, for a bounded time.
-    ///
-    /// A record of a disk moved here and not adopted yet is no such leftover and is kept: one
-    /// a planned move handed to this node (`handed_over`), or one `arriving(name)` says another
-    /// member's copy is here to adopt from (a takeover's; `crate::takeover::gather`). Before,
-    /// a restart before the adoption released the record of a disk whose only current copy is
-    /// elsewhere, with its snapshots' records.
-    pub(crate) async fn reconcile_vdisks<F>(&self, engine: &engine::Engine, arriving: F)
-    where
-        F: Fn(&str) -> bool,
-    {
+    pub(crate) async fn reconcile_vdisks(&self, engine: &engine::Engine) {
         let _g = self.vdisk_lock.lock().await;
         let Ok(m) = self.member() else { return };
         let me = m.id();
@@ -197,18 +188,11 @@ impl ClusterHost {
                 s.vdisks
                     .values()
                     .filter(|v| {
-                        v.id.starts_with(&prefix)
-                            && !local.iter().any(|(n, _)| *n == v.name)
-                            && !s.handed_over.contains_key(&v.id)
+                        v.id.starts_with(&prefix) && !local.iter().any(|(n, _)| *n == v.name)
                     })
                     .map(|v| v.name.clone())
                     .collect()
             });
-            let (arrived, stale): (Vec<String>, Vec<String>) =
-                stale.into_iter().partition(|name| arriving(name));
-            for name in arrived {
-                tracing::info!(vdisk = %name, "virtual disk moved here, not adopted yet: its cluster record is kept");
-            }
             let mut failed = false;
             for name in stale {
                 match self.release_vdisk(&name).await {
