@@ -118,31 +118,18 @@ impl VdiskHandle {
                 self.name
             )));
         }
-        if self.rt.deleted.load(Ordering::Acquire) {
-            return Err(EngineError::not_found(format!(
-                "virtual disk {:?} was deleted",
-                self.name
-            )));
-        }
+        self.not_deleted_meanwhile()?;
         if self.rt.deleting.load(Ordering::Acquire) {
             return Err(EngineError::Busy(format!(
                 "{:?} is being deleted",
                 self.name
             )));
         }
-        if let Some(s) = &self.snap {
-            if s.deleted.load(Ordering::Acquire) {
-                return Err(EngineError::not_found(format!(
-                    "snapshot of {:?} was deleted",
-                    self.name
-                )));
-            }
-            if write {
-                return Err(EngineError::ReadOnly(format!(
-                    "snapshot of {:?} is read-only",
-                    self.name
-                )));
-            }
+        if self.snap.is_some() && write {
+            return Err(EngineError::ReadOnly(format!(
+                "snapshot of {:?} is read-only",
+                self.name
+            )));
         }
         if len > MAX_IO_BYTES {
             return Err(EngineError::invalid(format!(
