@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use common::faults::{vdisks, Cluster, CycleReport, Fault, Lan};
 use common::history::{
-    assert_linearizable, base_disk, final_reads, make_base, unissued_ops, Clients, Mix,
+    assert_linearizable, base_disk, dump_key, final_reads, make_base, unissued_ops, Clients, Mix,
     BASE_SNAPSHOT,
 };
 use common::{cli_at, ClusterProc};
@@ -118,16 +118,27 @@ fn run(members: &[(&str, bool)], default_cycles: usize) {
     );
     let dps: Vec<&ClusterProc> = data.iter().map(|&i| &c.procs[i]).collect();
     for k in &keys {
-        let holders = dps
+        let holders: Vec<&str> = dps
             .iter()
             .filter(|p| cli_at(&p.data, &["vdisk", "show", k]).code == 0)
-            .count();
-        assert!(holders <= 1, "{k} exists on {holders} nodes");
-        assert_eq!(
-            names.contains(k),
-            holders == 1,
-            "cluster and engines disagree on {k}"
-        );
+            .map(|p| p.name.as_str())
+            .collect();
+        let problem = if holders.len() > 1 {
+            Some(format!("{k} exists on nodes {holders:?}"))
+        } else if names.contains(k) != (holders.len() == 1) {
+            Some(format!(
+                "cluster and engines disagree on {k}: the cluster {} it, engines holding it: \
+                 {holders:?}",
+                if names.contains(k) { "holds" } else { "lacks" }
+            ))
+        } else {
+            None
+        };
+        if let Some(problem) = problem {
+            let all: Vec<&ClusterProc> = c.procs.iter().collect();
+            dump_key(&ops, k, &all);
+            panic!("{problem}");
+        }
     }
     let held: Vec<String> = keys.iter().filter(|k| names.contains(k)).cloned().collect();
     ops.extend(final_reads(

@@ -323,3 +323,21 @@ pub fn assert_linearizable(ops: &[Op<MetaInput, MetaOutput>], procs: &[&ClusterP
     }
     assert_eq!(outcome, Outcome::Linearizable);
 }
+
+/// Prints the operations on `key` in call order (and the unissued ones the nodes' logs show) and
+/// every node's log: what a failed check of that key needs to be understood.
+pub fn dump_key(ops: &[Op<MetaInput, MetaOutput>], key: &str, procs: &[&ClusterProc]) {
+    let mut on_key: Vec<_> = ops.iter().filter(|o| o.input.key() == key).collect();
+    on_key.sort_by_key(|o| o.call);
+    for o in on_key {
+        println!("{o:?}");
+    }
+    for p in procs {
+        for o in unissued_ops(p, &[key.to_string()]) {
+            println!("unissued on {}: {o:?}", p.name);
+        }
+    }
+    for p in procs {
+        println!("log of {}:\n{}", p.name, p.log());
+    }
+}

@@ -6,6 +6,7 @@
 //! Must never: leave a name reserved by this node that the engine refused, or record an object
 //! as this node's that it does not hold.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use cluster::{Command, CommandResult, SnapshotDef, VdiskDef};
@@ -184,15 +185,35 @@ impl ClusterHost {
                 .filter(|v| !crate::internal::is_internal_vdisk(&v.name))
                 .map(|v| (v.name, v.size_bytes))
                 .collect();
-            let stale: Vec<String> = m.read(|s| {
-                s.vdisks
-                    .values()
-                    .filter(|v| {
-                        v.id.starts_with(&prefix) && !local.iter().any(|(n, _)| *n == v.name)
-                    })
-                    .map(|v| v.name.clone())
-                    .collect()
-            });
+            // A fresh read: this node's own view may still lack a reservation its previous run
+            // proposed and the leader committed just before the kill (or a release it made),
+            // and reconciling against that view would leave the record behind for good.
+            let fresh = m
+                .read_fresh(|s| {
+                    let stale: Vec<String> = s
+                        .vdisks
+                        .values()
+                        .filter(|v| {
+                            v.id.starts_with(&prefix) && !local.iter().any(|(n, _)| *n == v.name)
+                        })
+                        .map(|v| v.name.clone())
+                        .collect();
+                    let recorded: HashSet<String> = s
+                        .vdisks
+                        .keys()
+                        .filter(|id| id.starts_with(&prefix))
+                        .cloned()
+                        .collect();
+                    (stale, recorded)
+                })
+                .await;
+            let (stale, recorded) = match fresh {
+                Ok(f) => f,
+                Err(e) => {
+                    tracing::debug!(error = %e, "cluster reconcile: no fresh view yet");
+                    continue;
+                }
+            };
             let mut failed = false;
             for name in stale {
                 match self.release_vdisk(&name).await {
@@ -205,7 +226,7 @@ impl ClusterHost {
             }
             for (name, size_bytes) in &local {
                 let id = Self::vdisk_id(me, name);
-                if m.read(|s| s.vdisks.contains_key(&id)) {
+                if recorded.contains(&id) {
                     continue;
                 }
                 let def = VdiskDef {
