@@ -655,17 +655,46 @@ impl NodeController {
             if let Err(e) = self.inner.cluster.release_vdisk(name).await {
                 tracing::warn!(vdisk = name, error = %e.message, "could not release the cluster record; the next create of this name here reclaims it");
             }
+        } else {
+            // A disk of that name was here without a record (its delete was cut short after the
+            // release and its record could not be made again): the reservation names it again,
+            // as the start-up reconcile would. Logged in the same words.
+            tracing::warn!(vdisk = name, "recorded a local virtual disk in the cluster");
         }
     }
 
+    /// Deletes a virtual disk: its cluster record first (the name is free cluster-wide from
+    /// then on), then the engine's disk. A clustered node marks the delete in
+    /// `DATA/deleting/NAME` before it starts, and keeps the mark while the outcome is not
+    /// settled (a kill between the two steps, a release whose commit is unknown, a record
+    /// that could not be made again): the start-up reconcile finishes such a delete when the
+    /// cluster no longer has the record, and keeps the disk when it still has, instead of
+    /// naming the disk again under a name another member may hold by then.
     pub(crate) async fn delete_vdisk_recorded(&self, name: &str) -> Result<(), ControlError> {
         let engine = &self.inner.engine;
         let _g = self.inner.cluster.vdisk_lock.lock().await;
         let info = engine.vdisk(name).map_err(convert::error)?;
-        self.inner.cluster.release_vdisk(name).await?;
+        let marker = match self.inner.cluster.member() {
+            Ok(_) => Some(crate::transfer::mark(&self.deleting_marks(), name)?),
+            Err(_) => None,
+        };
+        let unmark = || {
+            if let Some(m) = &marker {
+                let _ = std::fs::remove_file(m);
+            }
+        };
+        if let Err(e) = self.inner.cluster.release_vdisk(name).await {
+            // A clear refusal leaves the record: nothing to finish. Otherwise the release may
+            // still commit: the mark stays for the next start to settle.
+            if e.code != ErrorCode::Unavailable {
+                unmark();
+            }
+            return Err(e);
+        }
         if let Err(err) = engine.delete_vdisk(name).await {
             let size = info.size_bytes;
-            self.inner
+            let recorded = self
+                .inner
                 .cluster
                 .record("vdisk", |me| {
                     Command::CreateVdisk(cluster::VdiskDef {
@@ -676,9 +705,18 @@ impl NodeController {
                     })
                 })
                 .await;
+            if recorded {
+                unmark();
+            }
             return Err(convert::error(err));
         }
+        unmark();
         Ok(())
+    }
+
+    /// Where deletes in progress are marked (see [`Self::delete_vdisk_recorded`]).
+    pub(crate) fn deleting_marks(&self) -> std::path::PathBuf {
+        self.inner.cfg.data_dir.join("deleting")
     }
 
     pub(crate) async fn record_vdisk(&self, v: &VdiskView) {

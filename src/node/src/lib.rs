@@ -195,7 +195,13 @@ impl Node {
             // The cluster's record of this node's virtual disks is made to match the engine;
             // in the background, since it waits for a leader.
             let inner = inner.clone();
-            tokio::spawn(async move { inner.cluster.reconcile_vdisks(&inner.engine).await });
+            let deleting = data.join("deleting");
+            tokio::spawn(async move {
+                inner
+                    .cluster
+                    .reconcile_vdisks(&inner.engine, &deleting)
+                    .await
+            });
         }
 
         let (shutdown_tx, shutdown_rx) = watch::channel(false);

@@ -161,8 +161,10 @@ pub(crate) fn check_import_source(
 }
 
 /// Imports in progress are marked by a file `DATA/importing/NAME`, so that a disk whose import
-/// was cut short by a crash is deleted on the next start (`clean_interrupted_imports`).
-fn mark(marks: &Path, name: &str) -> Result<PathBuf, ControlError> {
+/// was cut short by a crash is deleted on the next start (`clean_interrupted_imports`); deletes
+/// in progress likewise under `DATA/deleting` (`ClusterHost::reconcile_vdisks`). Durable when
+/// it returns.
+pub(crate) fn mark(marks: &Path, name: &str) -> Result<PathBuf, ControlError> {
     std::fs::create_dir_all(marks).map_err(|e| io_err("create", marks, e))?;
     let m = marks.join(name);
     let f = File::create(&m).map_err(|e| io_err("create", &m, e))?;

@@ -7,6 +7,7 @@
 //! as this node's that it does not hold.
 
 use std::collections::HashSet;
+use std::path::Path;
 use std::time::Duration;
 
 use cluster::{Command, CommandResult, SnapshotDef, VdiskDef};
@@ -138,14 +139,19 @@ impl ClusterHost {
     /// Records a definition change that already happened on this node. Best effort: the
     /// local object exists either way; a failure is logged (and the vdisk reconcile at
     /// start repairs vdisk records).
-    pub(crate) async fn record(&self, what: &str, cmd: impl FnOnce(u64) -> Command) {
-        let Ok(m) = self.member() else { return };
+    /// Whether the record is in (false also without a cluster).
+    pub(crate) async fn record(&self, what: &str, cmd: impl FnOnce(u64) -> Command) -> bool {
+        let Ok(m) = self.member() else { return false };
         match m.propose(cmd(m.id())).await {
             Ok(CommandResult::Rejected(msg)) => {
-                tracing::warn!(what, reason = %msg, "cluster state refused a record")
+                tracing::warn!(what, reason = %msg, "cluster state refused a record");
+                false
             }
-            Ok(_) => {}
-            Err(e) => tracing::warn!(what, error = %e, "could not record in the cluster state"),
+            Ok(_) => true,
+            Err(e) => {
+                tracing::warn!(what, error = %e, "could not record in the cluster state");
+                false
+            }
         }
     }
 
@@ -169,7 +175,11 @@ impl ClusterHost {
     /// this node's records of disks the engine does not have (a crash between the reservation
     /// and the engine's create). Runs at start under the vdisk lock, so no create is in flight;
     /// retries while there is no leader, for a bounded time.
-    pub(crate) async fn reconcile_vdisks(&self, engine: &engine::Engine) {
+    ///
+    /// A disk whose delete was cut short (marked in `deleting`, see
+    /// `NodeController::delete_vdisk_recorded`) is never named again: its delete is finished if
+    /// the cluster released its record, and the mark dropped (the disk kept) if it did not.
+    pub(crate) async fn reconcile_vdisks(&self, engine: &engine::Engine, deleting: &Path) {
         let _g = self.vdisk_lock.lock().await;
         let Ok(m) = self.member() else { return };
         let me = m.id();
@@ -178,6 +188,7 @@ impl ClusterHost {
             if attempt > 0 {
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
+            let marked = marked_deletes(deleting);
             let local: Vec<(String, u64)> = engine
                 .vdisks()
                 .into_iter()
@@ -215,6 +226,36 @@ impl ClusterHost {
                 }
             };
             let mut failed = false;
+            // Deletes cut short: settled first, by what the fresh view says of the record.
+            let mut unsettled: HashSet<String> = HashSet::new();
+            for name in &marked {
+                let mark = deleting.join(name);
+                if !local.iter().any(|(n, _)| n == name) {
+                    let _ = std::fs::remove_file(&mark);
+                } else if recorded.contains(&Self::vdisk_id(me, name)) {
+                    // The release never committed: the delete did not happen.
+                    tracing::warn!(vdisk = %name, "a delete cut short before the cluster released the name: the disk is kept");
+                    let _ = std::fs::remove_file(&mark);
+                } else {
+                    match engine.delete_vdisk(name).await {
+                        Ok(()) => {
+                            tracing::warn!(vdisk = %name, "finished a delete cut short after the cluster released the name");
+                            let _ = std::fs::remove_file(&mark);
+                        }
+                        Err(e) if e.kind() == engine::ErrorKind::NotFound => {
+                            let _ = std::fs::remove_file(&mark);
+                        }
+                        Err(e) => {
+                            tracing::error!(vdisk = %name, error = %e, "could not finish a delete cut short; retried at the next start");
+                            unsettled.insert(name.clone());
+                        }
+                    }
+                }
+            }
+            let local: Vec<(String, u64)> = local
+                .into_iter()
+                .filter(|(n, _)| engine.vdisk(n).is_ok())
+                .collect();
             for name in stale {
                 match self.release_vdisk(&name).await {
                     Ok(()) => tracing::warn!(vdisk = %name, "released a stale cluster record"),
@@ -226,7 +267,7 @@ impl ClusterHost {
             }
             for (name, size_bytes) in &local {
                 let id = Self::vdisk_id(me, name);
-                if recorded.contains(&id) {
+                if recorded.contains(&id) || unsettled.contains(name) {
                     continue;
                 }
                 let def = VdiskDef {
@@ -254,4 +295,15 @@ impl ClusterHost {
         }
         tracing::warn!("cluster reconcile gave up (no leader); retried at next start");
     }
+}
+
+/// Names marked in `dir` as deletes in progress.
+fn marked_deletes(dir: &Path) -> Vec<String> {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    rd.filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str().map(str::to_string))
+        .filter(|n| engine::validate_name(n).is_ok())
+        .collect()
 }
