@@ -611,17 +611,10 @@ impl NodeController {
     ) -> Result<VdiskView, ControlError> {
         let engine = &self.inner.engine;
         let _g = self.inner.cluster.vdisk_lock.lock().await;
-        self.inner
-            .cluster
-            .reserve_vdisk(name, size_bytes, None, |n| engine.vdisk(n).is_ok())
-            .await?;
-        match engine.create_vdisk(name, size_bytes).await {
-            Ok(v) => Ok(convert::vdisk(v)),
-            Err(err) => {
-                self.unreserve(name).await;
-                Err(convert::error(err))
-            }
-        }
+        self.reserved(name, size_bytes, None, || {
+            engine.create_vdisk(name, size_bytes)
+        })
+        .await
     }
 
     pub(crate) async fn clone_vdisk_recorded(
@@ -635,25 +628,78 @@ impl NodeController {
         let size = engine.vdisk(source).map_err(convert::error)?.size_bytes;
         let me = self.inner.cluster.member_id().unwrap_or(0);
         let parent = snapshot.map(|s| format!("{me}/{source}@{s}"));
-        self.inner
+        self.reserved(name, size, parent, || {
+            engine.clone_vdisk(source, snapshot, name)
+        })
+        .await
+    }
+
+    /// Reserves `name` cluster-wide, then runs the engine's `create`; undoes the reservation
+    /// if the engine refuses. Called under the vdisk lock. A clustered node marks the create
+    /// in `DATA/creating/NAME` first and keeps the mark while a reservation may be left
+    /// without a disk (a kill before the engine's create, a reservation or release whose
+    /// commit is unknown): only such a marked record is this node's to reclaim, at its next
+    /// create of the name or at the next start. A record assigned here by a takeover or a move
+    /// before its disk is adopted looks the same otherwise, and releasing it would drop the
+    /// disk from the cluster.
+    async fn reserved<F>(
+        &self,
+        name: &str,
+        size: u64,
+        parent: Option<String>,
+        create: impl FnOnce() -> F,
+    ) -> Result<VdiskView, ControlError>
+    where
+        F: std::future::Future<Output = engine::Result<engine::VdiskInfo>>,
+    {
+        let engine = &self.inner.engine;
+        let creating = self.creating_marks();
+        let (marker, reclaim) = match self.inner.cluster.member() {
+            Ok(_) => {
+                let left = creating.join(name).exists() && engine.vdisk(name).is_err();
+                (Some(crate::transfer::mark(&creating, name)?), left)
+            }
+            Err(_) => (None, false),
+        };
+        let unmark = || {
+            if let Some(m) = &marker {
+                let _ = std::fs::remove_file(m);
+            }
+        };
+        if let Err(e) = self
+            .inner
             .cluster
-            .reserve_vdisk(name, size, parent, |n| engine.vdisk(n).is_ok())
-            .await?;
-        match engine.clone_vdisk(source, snapshot, name).await {
-            Ok(v) => Ok(convert::vdisk(v)),
+            .reserve_vdisk(name, size, parent, reclaim)
+            .await
+        {
+            // Not reserved for sure, unless the cluster did not confirm either way.
+            if e.code != ErrorCode::Unavailable {
+                unmark();
+            }
+            return Err(e);
+        }
+        match create().await {
+            Ok(v) => {
+                unmark();
+                Ok(convert::vdisk(v))
+            }
             Err(err) => {
-                self.unreserve(name).await;
+                if self.unreserve(name).await {
+                    unmark();
+                }
                 Err(convert::error(err))
             }
         }
     }
 
     /// Undo a reservation after the engine refused the create (unless a disk of that name is
-    /// here after all: then the record is right).
-    async fn unreserve(&self, name: &str) {
+    /// here after all: then the record is right). Whether the record is settled (released,
+    /// or naming the disk here).
+    async fn unreserve(&self, name: &str) -> bool {
         if self.inner.engine.vdisk(name).is_err() {
             if let Err(e) = self.inner.cluster.release_vdisk(name).await {
                 tracing::warn!(vdisk = name, error = %e.message, "could not release the cluster record; the next create of this name here reclaims it");
+                return false;
             }
         } else {
             // A disk of that name was here without a record (its delete was cut short after the
@@ -661,6 +707,7 @@ impl NodeController {
             // as the start-up reconcile would. Logged in the same words.
             tracing::warn!(vdisk = name, "recorded a local virtual disk in the cluster");
         }
+        true
     }
 
     /// Deletes a virtual disk: its cluster record first (the name is free cluster-wide from
@@ -717,6 +764,11 @@ impl NodeController {
     /// Where deletes in progress are marked (see [`Self::delete_vdisk_recorded`]).
     pub(crate) fn deleting_marks(&self) -> std::path::PathBuf {
         self.inner.cfg.data_dir.join("deleting")
+    }
+
+    /// Where creates in progress are marked (see [`Self::reserved`]).
+    pub(crate) fn creating_marks(&self) -> std::path::PathBuf {
+        self.inner.cfg.data_dir.join("creating")
     }
 
     pub(crate) async fn record_vdisk(&self, v: &VdiskView) {

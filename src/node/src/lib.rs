@@ -195,11 +195,11 @@ impl Node {
             // The cluster's record of this node's virtual disks is made to match the engine;
             // in the background, since it waits for a leader.
             let inner = inner.clone();
-            let deleting = data.join("deleting");
+            let (deleting, creating) = (data.join("deleting"), data.join("creating"));
             tokio::spawn(async move {
                 inner
                     .cluster
-                    .reconcile_vdisks(&inner.engine, &deleting)
+                    .reconcile_vdisks(&inner.engine, &deleting, &creating)
                     .await
             });
         }

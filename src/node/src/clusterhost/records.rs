@@ -20,14 +20,16 @@ impl ClusterHost {
         format!("{me}/{name}")
     }
 
-    /// Reserves a virtual disk name cluster-wide before the engine creates it. A definition
-    /// this node left behind (crash between reserve and create) is reclaimed.
+    /// Reserves a virtual disk name cluster-wide before the engine creates it. With `reclaim`
+    /// (the caller knows this node left a reservation of the name behind: a create cut short
+    /// between reserve and create), this node's definition of the name is released first;
+    /// without, it is a disk assigned here and not adopted yet, and the name is taken.
     pub(crate) async fn reserve_vdisk(
         &self,
         name: &str,
         size_bytes: u64,
         parent_snapshot: Option<String>,
-        exists_locally: impl Fn(&str) -> bool,
+        reclaim: bool,
     ) -> std::result::Result<(), ControlError> {
         let Ok(m) = self.member() else {
             return Ok(());
@@ -52,7 +54,7 @@ impl ClusterHost {
                             .map(|v| v.id.clone())
                     });
                     match holder {
-                        Some(id) if id == def.id && !exists_locally(name) => {
+                        Some(id) if id == def.id && reclaim => {
                             tracing::warn!(vdisk = name, "released a stale cluster record");
                             m.propose(Command::DeleteVdisk { id })
                                 .await
@@ -172,14 +174,22 @@ impl ClusterHost {
 
     /// Makes the cluster state agree with the engine about this node's virtual disks: records
     /// the ones it lacks (made before clustering, or a crash before the record) and releases
-    /// this node's records of disks the engine does not have (a crash between the reservation
-    /// and the engine's create). Runs at start under the vdisk lock, so no create is in flight;
-    /// retries while there is no leader, for a bounded time.
+    /// this node's records of disks the engine does not have when a create of that name was
+    /// cut short here (marked in `creating`, see `NodeController::reserved`: a crash between
+    /// the reservation and the engine's create). An unmarked record of a disk not here is one
+    /// assigned by a takeover or move and not adopted yet: left for the takeover to adopt.
+    /// Runs at start under the vdisk lock, so no create is in flight; retries while there is
+    /// no leader, for a bounded time.
     ///
     /// A disk whose delete was cut short (marked in `deleting`, see
     /// `NodeController::delete_vdisk_recorded`) is never named again: its delete is finished if
     /// the cluster released its record, and the mark dropped (the disk kept) if it did not.
-    pub(crate) async fn reconcile_vdisks(&self, engine: &engine::Engine, deleting: &Path) {
+    pub(crate) async fn reconcile_vdisks(
+        &self,
+        engine: &engine::Engine,
+        deleting: &Path,
+        creating: &Path,
+    ) {
         let _g = self.vdisk_lock.lock().await;
         let Ok(m) = self.member() else { return };
         let me = m.id();
@@ -188,7 +198,8 @@ impl ClusterHost {
             if attempt > 0 {
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
-            let marked = marked_deletes(deleting);
+            let marked = marked_names(deleting);
+            let creates = marked_names(creating);
             let local: Vec<(String, u64)> = engine
                 .vdisks()
                 .into_iter()
@@ -257,12 +268,25 @@ impl ClusterHost {
                 .filter(|(n, _)| engine.vdisk(n).is_ok())
                 .collect();
             for name in stale {
+                if !creates.contains(&name) {
+                    tracing::info!(vdisk = %name, "assigned to this node and not here: left for the takeover to adopt");
+                    continue;
+                }
                 match self.release_vdisk(&name).await {
-                    Ok(()) => tracing::warn!(vdisk = %name, "released a stale cluster record"),
+                    Ok(()) => {
+                        tracing::warn!(vdisk = %name, "released a stale cluster record");
+                        let _ = std::fs::remove_file(creating.join(&name));
+                    }
                     Err(e) => {
                         tracing::debug!(vdisk = %name, error = %e.message, "release failed");
                         failed = true;
                     }
+                }
+            }
+            // Creates that finished (the disk is here) or left nothing in the cluster.
+            for name in &creates {
+                if !recorded.contains(&Self::vdisk_id(me, name)) || engine.vdisk(name).is_ok() {
+                    let _ = std::fs::remove_file(creating.join(name));
                 }
             }
             for (name, size_bytes) in &local {
@@ -297,8 +321,8 @@ impl ClusterHost {
     }
 }
 
-/// Names marked in `dir` as deletes in progress.
-fn marked_deletes(dir: &Path) -> Vec<String> {
+/// Names marked in `dir` (creates or deletes in progress).
+fn marked_names(dir: &Path) -> Vec<String> {
     let Ok(rd) = std::fs::read_dir(dir) else {
         return Vec::new();
     };
