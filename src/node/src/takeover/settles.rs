@@ -407,7 +407,7 @@ pub(crate) async fn refuse_removal_while_unsettled(
         Ok(list) => Err(unavailable(format!(
             "member {name} cannot be removed yet: planned moves from or to it are not settled: \
              [{}]. Each mover asks the cluster again in the background and hands over or keeps \
-             what it moved once it answers: try again then (or pass --force if the node is \
+             what it moved once it answers: try again then (or pass --force if {name} is \
              dead and being replaced)",
             list.join("; ")
         ))),
@@ -417,8 +417,9 @@ pub(crate) async fn refuse_removal_while_unsettled(
         }
         Err(why) => Err(unavailable(format!(
             "member {name} cannot be removed yet: whether a planned move from or to it is still \
-             unsettled cannot be told ({why}): try again when every data member answers (or \
-             pass --force if the node is dead and being replaced)"
+             unsettled cannot be told ({why}): try again when every other data member answers \
+             (start a member that is down, or remove it first if it is dead), or pass --force if \
+             {name} itself is dead and being replaced"
         ))),
     }
 }
