@@ -140,8 +140,8 @@ impl ClusterHost {
 
     /// Records a definition change that already happened on this node. Best effort: the
     /// local object exists either way; a failure is logged (and the vdisk reconcile at
-    /// start repairs vdisk records).
-    /// Whether the record is in (false also without a cluster).
+    /// start repairs vdisk records). Returns whether the record is in (false also without a
+    /// cluster).
     pub(crate) async fn record(&self, what: &str, cmd: impl FnOnce(u64) -> Command) -> bool {
         let Ok(m) = self.member() else { return false };
         match m.propose(cmd(m.id())).await {
