@@ -43,6 +43,11 @@ pub struct EngineBenchArgs {
     pub skip_nbd: bool,
     #[arg(long)]
     pub skip_snapshot: bool,
+    /// Measure only these patterns (comma-separated: randread_4k_qd1, randread_4k_qd32,
+    /// randwrite_4k_qd1, randwrite_4k_qd32, seqread_1m, seqwrite_1m), in the usual order.
+    /// The reads after a random-write row read what it laid out: a row alone may differ.
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<String>,
     /// Leave the bench files in place afterwards.
     #[arg(long)]
     pub keep: bool,
@@ -98,6 +103,10 @@ pub fn run(args: EngineBenchArgs) -> i32 {
 }
 
 fn run_inner(a: &EngineBenchArgs) -> Result<()> {
+    let known: Vec<&str> = patterns(0).iter().map(|p| p.0).collect();
+    if let Some(bad) = a.only.iter().find(|s| !known.contains(&s.as_str())) {
+        anyhow::bail!("--only: no pattern {bad:?} (known: {})", known.join(", "));
+    }
     std::fs::create_dir_all(&a.dir).with_context(|| format!("create {}", a.dir.display()))?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -158,6 +167,17 @@ pub async fn engine_on(files: &[PathBuf], name: &str, size: u64) -> Result<(Engi
     Ok((engine, h))
 }
 
+/// The patterns `--only` keeps (all six without it).
+pub fn selected(
+    a: &EngineBenchArgs,
+    span: u64,
+) -> Vec<(&'static str, load::Pattern, &'static str, &'static str)> {
+    patterns(span)
+        .into_iter()
+        .filter(|p| a.only.is_empty() || a.only.iter().any(|s| s == p.0))
+        .collect()
+}
+
 /// The six I/O patterns: (metric stem, pattern for the engine, fio rw, fio bs, qd).
 pub fn patterns(span: u64) -> Vec<(&'static str, load::Pattern, &'static str, &'static str)> {
     let p = |write, random, block_bytes, qd| load::Pattern {
@@ -201,7 +221,7 @@ async fn engine_phase(
     let (engine, h) = engine_on(files, "bench", span).await?;
     load::prefill(&h, span).await?;
     let mut ours = Vec::new();
-    for (stem, pat, _, _) in patterns(span) {
+    for (stem, pat, _, _) in selected(a, span) {
         let mut iops = Vec::new();
         let mut cpu = Vec::new();
         for _ in 0..a.runs {
@@ -218,7 +238,8 @@ async fn engine_phase(
 
     // The anchor on the very same files (engine data is overwritten; it is not used again).
     let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
-    for ((stem, pat, our_iops, our_cpu), (_, _, rw, bs)) in ours.into_iter().zip(patterns(span)) {
+    for ((stem, pat, our_iops, our_cpu), (_, _, rw, bs)) in ours.into_iter().zip(selected(a, span))
+    {
         let mut iops = Vec::new();
         let mut cpu = Vec::new();
         for _ in 0..a.runs {

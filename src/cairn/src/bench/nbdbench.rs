@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use super::{engine_on, fio, load, median, patterns, EngineBenchArgs, Figure};
+use super::{engine_on, fio, load, median, selected, EngineBenchArgs, Figure};
 
 /// CPU seconds of another process (utime + stime; USER_HZ = 100).
 fn proc_cpu_secs(pid: u32) -> f64 {
@@ -147,7 +147,7 @@ pub async fn run(
     let fill = fio_args(&qsd.uri, "write", "1m", 8, span, None);
     tokio::task::spawn_blocking(move || fio::run(&fill)).await??;
 
-    for (stem, pat, rw, bs) in patterns(span) {
+    for (stem, pat, rw, bs) in selected(a, span) {
         let (mut ours, mut ours_cpu, mut anchor, mut anchor_cpu) = (vec![], vec![], vec![], vec![]);
         for _ in 0..a.runs {
             let (i, c) = measure(
