@@ -3,8 +3,10 @@
 //!
 //! Phases, each on files this command writes itself under `--dir`:
 //! 1. engine: a two-replica virtual disk on two pre-written files, driven in-process at QD 1 and
-//!    32 (4 KiB random) and 1 MiB sequential; then fio (io_uring, O_DIRECT) on the same files —
-//!    reads spread over both files, writes as two jobs writing both files (the mirror's work);
+//!    32 (4 KiB random) and 1 MiB sequential, against fio (io_uring, O_DIRECT) on the same files:
+//!    reads spread over both files, each read run followed at once by its fio run (fio only
+//!    reads, the engine stays open); writes as two jobs writing both files (the mirror's work),
+//!    once the engine is shut down (they overwrite its data);
 //! 2. NBD: fio's nbd engine against our NBD export and against qemu-storage-daemon serving a
 //!    qcow2 image on the same file system;
 //! 3. snapshots: create time on an empty disk vs after `--snapshot-fill` written, and p99 of the
@@ -48,6 +50,9 @@ pub struct EngineBenchArgs {
     /// The reads after a random-write row read what it laid out: a row alone may differ.
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
+    /// Also print each of our runs' latency percentiles (stderr).
+    #[arg(long)]
+    pub latency: bool,
     /// Leave the bench files in place afterwards.
     #[arg(long)]
     pub keep: bool,
@@ -212,69 +217,106 @@ pub fn patterns(span: u64) -> Vec<(&'static str, load::Pattern, &'static str, &'
     ]
 }
 
+/// One run of the anchor (fio) for a pattern: (IOPS per mirror, CPU us per I/O per mirror).
+fn anchor_run(
+    names: &[String],
+    pat: load::Pattern,
+    rw: &str,
+    bs: &str,
+    dur: Duration,
+) -> Result<(f64, f64)> {
+    let mut args: Vec<String> = [
+        "--ioengine=io_uring",
+        "--direct=1",
+        "--time_based",
+        "--group_reporting=0",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.push(format!("--runtime={}", dur.as_secs()));
+    args.push(format!("--size={}", pat.span_bytes));
+    args.push(format!("--rw={rw}"));
+    args.push(format!("--bs={bs}"));
+    args.push(format!("--iodepth={}", pat.qd));
+    let writers = pat.write;
+    if writers {
+        // The mirror's work: the same writes to both files, at the same depth.
+        for (i, n) in names.iter().enumerate() {
+            args.push(format!("--name=w{i}"));
+            args.push(format!("--filename={n}"));
+        }
+    } else {
+        args.push("--name=r".into());
+        args.push(format!("--filename={}", names.join(":")));
+        args.push("--file_service_type=random".into());
+    }
+    let r = fio::run(&args)?;
+    let per = if writers { 2.0 } else { 1.0 };
+    Ok((r.iops / per, r.cpu_secs / (r.ios / per).max(1.0) * 1e6))
+}
+
 async fn engine_phase(
     a: &EngineBenchArgs,
     files: &[PathBuf; 2],
     span: u64,
     dur: Duration,
 ) -> Result<()> {
+    let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
     let (engine, h) = engine_on(files, "bench", span).await?;
     load::prefill(&h, span).await?;
-    let mut ours = Vec::new();
-    for (stem, pat, _, _) in selected(a, span) {
-        let mut iops = Vec::new();
-        let mut cpu = Vec::new();
+    // Per pattern: (ours IOPS, ours CPU, anchor IOPS, anchor CPU), one entry per run.
+    let mut runs: Vec<[Vec<f64>; 4]> = Vec::new();
+    for (stem, pat, rw, bs) in selected(a, span) {
+        let mut m: [Vec<f64>; 4] = Default::default();
         for _ in 0..a.runs {
             let r = load::run(&h, pat, dur).await?;
-            iops.push(r.iops());
-            cpu.push(r.cpu_secs / r.ops.max(1) as f64 * 1e6);
+            if a.latency {
+                let q = |p| load::percentile(&r.lat_ns, p) / 1000.0;
+                eprintln!(
+                    "cairn bench engine: {stem}: ours {:.0} IOPS, latency p10 {:.0} p50 {:.0} \
+                     p90 {:.0} p99 {:.0} us",
+                    r.iops(),
+                    q(0.1),
+                    q(0.5),
+                    q(0.9),
+                    q(0.99)
+                );
+            }
+            m[0].push(r.iops());
+            m[1].push(r.cpu_secs / r.ops.max(1) as f64 * 1e6);
             h.flush().await?;
+            if !pat.write {
+                // The read anchor right after ours, on the same files (fio only reads them),
+                // so both see the same device and machine: with the anchors a minute or two
+                // later, the ratio also measured whatever the host did in between.
+                let (names, (rw, bs)) = (names.clone(), (rw.to_string(), bs.to_string()));
+                let (i, c) =
+                    tokio::task::spawn_blocking(move || anchor_run(&names, pat, &rw, &bs, dur))
+                        .await??;
+                m[2].push(i);
+                m[3].push(c);
+            }
         }
-        ours.push((stem, pat, median(iops), median(cpu)));
+        runs.push(m);
     }
     engine.shutdown().await?;
     drop(h);
     drop(engine);
 
-    // The anchor on the very same files (engine data is overwritten; it is not used again).
-    let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
-    for ((stem, pat, our_iops, our_cpu), (_, _, rw, bs)) in ours.into_iter().zip(selected(a, span))
-    {
-        let mut iops = Vec::new();
-        let mut cpu = Vec::new();
-        for _ in 0..a.runs {
-            let mut args: Vec<String> = [
-                "--ioengine=io_uring",
-                "--direct=1",
-                "--time_based",
-                "--group_reporting=0",
-            ]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-            args.push(format!("--runtime={}", dur.as_secs()));
-            args.push(format!("--size={span}"));
-            args.push(format!("--rw={rw}"));
-            args.push(format!("--bs={bs}"));
-            args.push(format!("--iodepth={}", pat.qd));
-            let writers = pat.write;
-            if writers {
-                // The mirror's work: the same writes to both files, at the same depth.
-                for (i, n) in names.iter().enumerate() {
-                    args.push(format!("--name=w{i}"));
-                    args.push(format!("--filename={n}"));
-                }
-            } else {
-                args.push("--name=r".into());
-                args.push(format!("--filename={}", names.join(":")));
-                args.push("--file_service_type=random".into());
+    // The write anchors on the very same files once the engine is done with them (they
+    // overwrite its data).
+    for ((_, pat, rw, bs), m) in selected(a, span).into_iter().zip(runs.iter_mut()) {
+        if pat.write {
+            for _ in 0..a.runs {
+                let (i, c) = anchor_run(&names, pat, rw, bs, dur)?;
+                m[2].push(i);
+                m[3].push(c);
             }
-            let r = fio::run(&args)?;
-            let per_mirror = if writers { r.iops / 2.0 } else { r.iops };
-            iops.push(per_mirror);
-            cpu.push(r.cpu_secs / (r.ios / if writers { 2.0 } else { 1.0 }).max(1.0) * 1e6);
         }
-        let (anchor_iops, anchor_cpu) = (median(iops), median(cpu));
+    }
+    for ((stem, pat, _, _), m) in selected(a, span).into_iter().zip(runs) {
+        let [our_iops, our_cpu, anchor_iops, anchor_cpu] = m.map(median);
         let seq = stem.starts_with("seq");
         Figure {
             metric: if seq {
