@@ -23,7 +23,7 @@ pub use error::{BlockError, ErrorKind, Result};
 pub use fault::{FaultDevice, FaultOp, FaultStats, PowerCutPolicy, PowerCutReport, Trigger};
 pub use malloc::tune_allocator;
 pub use ram::RamDevice;
-pub use uring::{create_sparse_file, open_device, UringDevice, UringOptions};
+pub use uring::{create_sparse_file, open_device, Plug, UringDevice, UringOptions};
 
 use std::future::Future;
 use std::pin::Pin;
@@ -66,6 +66,16 @@ pub trait BlockDevice: Send + Sync + 'static {
     /// reads and writes) then awaits [`UringDevice::read`] / [`UringDevice::write`] directly,
     /// without a boxed future per request. Same semantics as `read_at` / `write_at`.
     fn as_uring(&self) -> Option<&UringDevice> {
+        None
+    }
+
+    /// Hold back submissions to the hardware while the returned [`Plug`] lives: requests
+    /// started meanwhile (by anyone) only queue, and when the device's last plug goes they are
+    /// submitted together — one system call and one doorbell for the lot instead of one each.
+    /// For a caller about to start a burst of requests: take it, start them all (poll each
+    /// once), drop it. Never hold it while waiting for a request to finish (a plugged request
+    /// does not even start). `None` (the default) for devices with nothing to batch.
+    fn plug(&self) -> Option<Plug> {
         None
     }
 }

@@ -606,4 +606,18 @@ impl Handler for ServerHandler {
             result,
         })
     }
+
+    /// Requests that arrived together (a peer's burst of writes, several per socket read)
+    /// reach each served disk in one submission: its device is plugged while the connection
+    /// starts them (see `transport::Handler::batch`).
+    fn batch(&self) -> Option<transport::Batch> {
+        let plugs: Vec<blockdev::Plug> = self
+            .0
+            .disks
+            .read()
+            .values()
+            .filter_map(|(_, r)| r.local_store()?.plug())
+            .collect();
+        (!plugs.is_empty()).then(|| Box::new(plugs) as transport::Batch)
+    }
 }

@@ -695,6 +695,14 @@ impl Store {
         &self.inner.sb.label
     }
 
+    /// Hold back the device's submissions while the plug lives (see `BlockDevice::plug`): a
+    /// caller starting a burst of writes (a replica server decoding several peer requests from
+    /// one read) takes it, starts them all, and drops it, and the burst reaches the device
+    /// with one system call and one doorbell. `None` if the device has nothing to batch.
+    pub fn plug(&self) -> Option<blockdev::Plug> {
+        self.inner.dev.plug()
+    }
+
     /// Whether a failed flush or metadata write poisoned this store.
     pub fn is_poisoned(&self) -> bool {
         self.inner.poisoned.load(Ordering::Acquire)

@@ -25,7 +25,7 @@ pub use codec::{decode, encode};
 pub use error::Error;
 pub use frame::{Frame, FrameKind, FRAME_HEADER_BYTES};
 pub use pki::{node_id_from_cert, node_server_name, ClusterCa, NodeIdentity, CLUSTER_SERVER_NAME};
-pub use server::{Handler, RemoteError, Server, ServerConfig, ServerHandle};
+pub use server::{Batch, Handler, RemoteError, Server, ServerConfig, ServerHandle, MAX_BATCH};
 pub use stream::StreamRx;
 pub use tls::{
     client_tls_config, join_client_tls_config, join_server_tls_config, server_tls_config,

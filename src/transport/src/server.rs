@@ -72,6 +72,33 @@ pub trait Handler: Send + Sync + 'static {
         req: Self::Request,
         body: Option<StreamRx>,
     ) -> impl Future<Output = Result<Self::Response, RemoteError>> + Send;
+
+    /// Something to hold while the server starts a burst of requests that arrived together
+    /// (one socket read often carries several): taken before the first of them is started,
+    /// dropped once each has been polled and the connection has nothing more to read at once
+    /// (or [`MAX_BATCH`] frames were read under it), and always before the connection task
+    /// waits. A handler whose requests go to a device can hold the device's submissions
+    /// back meanwhile, so the burst reaches it in one go. `None` (the default): nothing held.
+    fn batch(&self) -> Option<Batch> {
+        None
+    }
+}
+
+/// What [`Handler::batch`] hands the server to hold (dropping it ends the batch).
+pub type Batch = Box<dyn Send>;
+
+/// Frames read under one [`Handler::batch`] at most (requests, and a streamed body's chunks): a
+/// peer sending without pause does not hold back the first of its requests behind ever more.
+pub const MAX_BATCH: usize = 32;
+
+/// One turn of a connection's loop.
+enum Step<F> {
+    /// A running request finished.
+    Ran,
+    /// The next frame (or the end of the connection, or a read error).
+    Read(F),
+    /// The server is shutting down.
+    Stop,
 }
 
 /// Binds and runs servers.
@@ -211,15 +238,48 @@ async fn serve_conn<H: Handler>(
     // read (as its handler would first thing), so the buffer is free again for the next frame
     // (an allocation per request of a few KiB cost malloc's slow path each time).
     let mut next = std::pin::pin!(read_next(rd, max, Vec::new()));
+    // The handler's batch while requests that arrived together are being started, and how
+    // many frames were read under it.
+    let mut batch: Option<Batch> = None;
+    let mut batched = 0usize;
     let result = loop {
         // At the in-flight bound, stop reading (TCP pushes back on the peer) and only run.
         let full = running.len() >= max_in_flight;
-        let frame = tokio::select! {
-            biased;
-            Some(()) = running.next(), if !running.is_empty() => continue,
-            r = next.as_mut(), if !full => r,
-            _ = stop.changed() => break Ok(()),
+        let step = {
+            let mut turn = std::pin::pin!(async {
+                tokio::select! {
+                    biased;
+                    // New requests are polled (started) here first, under the batch.
+                    Some(()) = running.next(), if !running.is_empty() => Step::Ran,
+                    r = next.as_mut(), if !full => Step::Read(r),
+                    _ = stop.changed() => Step::Stop,
+                }
+            });
+            // Nothing more can be done at once (every request waits, nothing more to read):
+            // the batch ends before the task waits, so what it held back goes now.
+            std::future::poll_fn(|cx| {
+                let p = turn.as_mut().poll(cx);
+                if p.is_pending() && batch.take().is_some() {
+                    batched = 0;
+                }
+                p
+            })
+            .await
         };
+        let frame = match step {
+            Step::Ran => continue,
+            Step::Read(r) => r,
+            Step::Stop => break Ok(()),
+        };
+        // Every frame read while a batch is held counts (a streamed body's chunks too): past
+        // the bound, what was started so far goes now.
+        if batch.is_some() {
+            batched += 1;
+            if batched > MAX_BATCH {
+                batch = None;
+                batched = 0;
+            }
+        }
         let (rd, mut payload, frame) = frame;
         let (kind, id) = match frame {
             Ok(Some(f)) => f,
@@ -243,6 +303,10 @@ async fn serve_conn<H: Handler>(
                 } else {
                     None
                 };
+                if batch.is_none() {
+                    batch = handler.batch();
+                    batched = 1;
+                }
                 let (handler, tx, streams, spare) =
                     (handler.clone(), tx.clone(), streams.clone(), spare.clone());
                 running.push(async move {
@@ -285,6 +349,7 @@ async fn serve_conn<H: Handler>(
     // The connection is done, but requests it started run to their end, as they would in
     // tasks of their own: a write half-done on a store must not be cut off by a peer hanging
     // up. Their replies go nowhere (the writer is stopped first, so nothing waits for it).
+    drop(batch);
     drop(writer);
     drop(tx);
     if !running.is_empty() {

@@ -767,3 +767,123 @@ async fn requests_of_mixed_sizes_on_one_connection_each_get_their_own_reply() {
         Resp::Peer(2)
     );
 }
+
+/// A handler with a batch ([`Handler::batch`]) whose requests can only finish once no batch is
+/// held: the server must let go of the batch whenever it would wait.
+#[derive(Default)]
+struct Batching {
+    /// Batches held now.
+    live: Arc<AtomicUsize>,
+    taken: AtomicUsize,
+    calls: AtomicUsize,
+    /// Requests whose handler first ran while no batch was held.
+    outside: AtomicUsize,
+    /// Requests started under the latest batch, and the most under any one.
+    in_batch: AtomicUsize,
+    most_in_batch: AtomicUsize,
+}
+
+struct Held(Arc<AtomicUsize>);
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl Handler for Batching {
+    type Request = Req;
+    type Response = Resp;
+    async fn handle(
+        &self,
+        _peer: Option<u64>,
+        req: Req,
+        _body: Option<StreamRx>,
+    ) -> Result<Resp, RemoteError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        if self.live.load(Ordering::SeqCst) == 0 {
+            self.outside.fetch_add(1, Ordering::SeqCst);
+        } else {
+            let n = self.in_batch.fetch_add(1, Ordering::SeqCst) + 1;
+            self.most_in_batch.fetch_max(n, Ordering::SeqCst);
+        }
+        // Like a device request held back by a plug: it only gets on once the batch is gone.
+        while self.live.load(Ordering::SeqCst) > 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        match req {
+            Req::Echo(s) => Ok(Resp::Echo(s)),
+            _ => Err(RemoteError("unexpected".into())),
+        }
+    }
+
+    fn batch(&self) -> Option<transport::Batch> {
+        self.live.fetch_add(1, Ordering::SeqCst);
+        self.taken.fetch_add(1, Ordering::SeqCst);
+        self.in_batch.store(0, Ordering::SeqCst);
+        Some(Box::new(Held(self.live.clone())))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_arriving_together_start_under_one_batch_released_before_waiting() {
+    let ca = ClusterCa::generate("t").unwrap();
+    let (a, b) = (ca.issue(1).unwrap(), ca.issue(2).unwrap());
+    let handler = Arc::new(Batching::default());
+    let addr: SocketAddr = "127.0.0.18:0".parse().unwrap();
+    let srv = Server::bind(
+        addr,
+        server_tls_config(&a).unwrap(),
+        ServerConfig::default(),
+        handler.clone(),
+    )
+    .await
+    .unwrap();
+    let cfg = ClientConfig {
+        call_timeout: Duration::from_secs(5),
+        ..ClientConfig::default()
+    };
+    let c = client(srv.local_addr(), &b, 1, cfg);
+    c.connect().await.unwrap();
+    let mut sent = 0;
+    for burst in 0..20 {
+        // Queued for the connection's writer together, so they travel in few TLS records.
+        let calls = (0..48).map(|i| {
+            let c = c.clone();
+            async move { c.call(&Req::Echo(format!("{burst}/{i}"))).await }
+        });
+        for (i, r) in futures::future::join_all(calls)
+            .await
+            .into_iter()
+            .enumerate()
+        {
+            // A batch held while the connection waited would leave these hanging (timeout).
+            assert_eq!(r.unwrap(), Resp::Echo(format!("{burst}/{i}")));
+        }
+        sent += 48;
+        if handler.taken.load(Ordering::SeqCst) < sent {
+            break;
+        }
+    }
+    assert_eq!(handler.calls.load(Ordering::SeqCst), sent);
+    assert_eq!(
+        handler.outside.load(Ordering::SeqCst),
+        0,
+        "every request is started under a batch"
+    );
+    let taken = handler.taken.load(Ordering::SeqCst);
+    assert!(
+        taken < sent,
+        "{sent} requests sent in bursts took {taken} batches: none shared one"
+    );
+    let most = handler.most_in_batch.load(Ordering::SeqCst);
+    assert!(
+        most <= transport::MAX_BATCH,
+        "{most} requests started under one batch, more than MAX_BATCH"
+    );
+    assert_eq!(
+        handler.live.load(Ordering::SeqCst),
+        0,
+        "no batch is left held"
+    );
+}

@@ -61,6 +61,18 @@ const MAX_OP_BYTES: usize = 1 << 30;
 // _IOR(0x12, 114, size_t): the size of a block device in bytes.
 const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
 
+/// Submissions of a [`UringDevice`] held back (see [`BlockDevice::plug`]); dropping the
+/// device's last one submits everything queued meanwhile with one `io_uring_enter`.
+pub struct Plug {
+    _held: ring::OwnedPlug,
+}
+
+impl std::fmt::Debug for Plug {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Plug")
+    }
+}
+
 pub struct UringDevice {
     info: DeviceInfo,
     ring: Arc<Ring>,
@@ -203,6 +215,19 @@ impl UringDevice {
     /// page pinning); false if the kernel refused the registration.
     pub fn has_fixed_buffers(&self) -> bool {
         self.ring.fixed_buffers().is_some()
+    }
+
+    /// Hold back submissions while the plug lives (see [`BlockDevice::plug`]).
+    pub fn plug(&self) -> Plug {
+        Plug {
+            _held: self.ring.plug_owned(),
+        }
+    }
+
+    /// `io_uring_enter` calls this device's ring made to submit so far (a diagnostic: fewer
+    /// calls than requests means requests went to the kernel in batches).
+    pub fn submit_calls(&self) -> u64 {
+        self.ring.submit_calls()
     }
 
     /// The open file's descriptor, for a reader with an io_uring of its own (a VM's queue
@@ -394,5 +419,9 @@ impl BlockDevice for UringDevice {
 
     fn as_uring(&self) -> Option<&UringDevice> {
         Some(self)
+    }
+
+    fn plug(&self) -> Option<Plug> {
+        Some(UringDevice::plug(self))
     }
 }

@@ -35,7 +35,7 @@
 use std::future::poll_fn;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::atomic::{fence, AtomicBool, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
@@ -104,6 +104,8 @@ pub(crate) struct Ring {
     /// The arena is registered as buffer 0 (it lives as long as the process, so for as long as
     /// the ring may use it).
     fixed: Option<&'static Arena>,
+    /// `io_uring_enter` calls made to submit (a diagnostic: requests per call show batching).
+    submit_calls: AtomicU64,
     /// Kept open for as long as the ring may reference it.
     _file: std::fs::File,
 }
@@ -158,6 +160,7 @@ impl Ring {
             closing: AtomicBool::new(false),
             reaper_gone: AtomicBool::new(false),
             fixed,
+            submit_calls: AtomicU64::new(0),
             _file: file,
         });
         tokio::spawn(reaper(ring.clone(), afd));
@@ -262,6 +265,30 @@ impl Ring {
         Plug { ring: self }
     }
 
+    /// [`Ring::plug`] that owns a reference to the ring (for a device's callers, who hold it
+    /// across their own polls rather than inside one borrow).
+    pub(crate) fn plug_owned(self: &Arc<Self>) -> OwnedPlug {
+        self.core.lock().plugs += 1;
+        OwnedPlug { ring: self.clone() }
+    }
+
+    /// The end of a plug: the last one to go submits what was queued.
+    fn unplug(&self) {
+        let last = {
+            let mut core = self.core.lock();
+            core.plugs -= 1;
+            core.plugs == 0
+        };
+        if last {
+            self.submit_pending();
+        }
+    }
+
+    /// `io_uring_enter` calls made to submit so far.
+    pub(crate) fn submit_calls(&self) -> u64 {
+        self.submit_calls.load(Ordering::Relaxed)
+    }
+
     /// Entries in the submission queue the kernel has not taken yet. Callers hold `core`.
     fn queued(&self, _core: &Core) -> usize {
         // SAFETY: SubmissionQueues are only created while holding `core` (the argument proves
@@ -296,6 +323,7 @@ impl Ring {
         let mut done = false;
         let mut last = None;
         for _ in 0..1000 {
+            self.submit_calls.fetch_add(1, Ordering::Relaxed);
             match self.uring.submit() {
                 Ok(_) => {}
                 Err(e) if is_transient(&e) => std::thread::yield_now(),
@@ -486,14 +514,18 @@ pub(crate) struct Plug<'a> {
 
 impl Drop for Plug<'_> {
     fn drop(&mut self) {
-        let last = {
-            let mut core = self.ring.core.lock();
-            core.plugs -= 1;
-            core.plugs == 0
-        };
-        if last {
-            self.ring.submit_pending();
-        }
+        self.ring.unplug();
+    }
+}
+
+/// Held submissions, like [`Plug`], owning a reference to the ring.
+pub(crate) struct OwnedPlug {
+    ring: Arc<Ring>,
+}
+
+impl Drop for OwnedPlug {
+    fn drop(&mut self) {
+        self.ring.unplug();
     }
 }
 

@@ -33,14 +33,29 @@ impl Node {
         disks: usize,
         dir: &std::path::Path,
     ) -> Node {
+        let devs = (0..disks)
+            .map(|i| {
+                Arc::new(RamDevice::new(format!("n{id}d{i}"), 96 * MIB)) as Arc<dyn BlockDevice>
+            })
+            .collect();
+        Node::start_on(ca, id, ip, devs, dir).await
+    }
+
+    /// A node whose pool is `devs`.
+    pub async fn start_on(
+        ca: &ClusterCa,
+        id: u64,
+        ip: &str,
+        devs: Vec<Arc<dyn BlockDevice>>,
+        dir: &std::path::Path,
+    ) -> Node {
         let engine = Engine::open(EngineConfig {
             node_id: id,
             node_name: format!("n{id}"),
         })
         .await
         .unwrap();
-        for i in 0..disks {
-            let d: Arc<dyn BlockDevice> = Arc::new(RamDevice::new(format!("n{id}d{i}"), 96 * MIB));
+        for d in devs {
             engine.add_disk(d).await.unwrap();
         }
         let identity = ca.issue(id).unwrap();
