@@ -12,7 +12,10 @@
 //!   file disks in the same directory. Target >= 0.8 x.
 //!
 //! With `CAIRN_BENCH_DIAG` set, the queue-depth-32 runs also print (stderr) each process's CPU
-//! time and context switches per write, in total and by thread name.
+//! time and context switches per write, in total and by thread name. With
+//! `CAIRN_BENCH_NO_BATCH` set, node 2's replica server sends each request to its disk on its
+//! own instead of plugging the disk for a burst (`ReplicaServer::set_batching`), for an A/B
+//! with one binary.
 //!
 //! It never touches anything outside `dir` and 127.0.0.0/8. The child is killed and reaped and
 //! its directory removed however the run ends.
@@ -436,6 +439,9 @@ pub async fn serve_peer(opts: &PeerOpts) -> Result<()> {
     let identity = ca.issue(2)?;
     let engine = engine_on_files(&opts.dir, 2, 1, opts.disk_bytes).await?;
     let srv = ReplicaServer::new(2, &opts.dir.join("node2-state"))?;
+    if std::env::var_os("CAIRN_BENCH_NO_BATCH").is_some() {
+        srv.set_batching(false);
+    }
     srv.serve_engine(&engine);
     let handle = srv.start(opts.listen, &identity).await?;
     let (tx, mut rx) = tokio::sync::mpsc::channel::<String>(4);

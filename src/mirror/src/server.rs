@@ -37,6 +37,9 @@ pub struct ReplicaServer {
     described: crate::described::Described,
     /// Highest session each peer node has opened.
     sessions: Mutex<HashMap<NodeId, u64>>,
+    /// Plug the served disks while a connection starts a burst of requests (see
+    /// [`ReplicaServer::set_batching`]).
+    batching: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for ReplicaServer {
@@ -110,6 +113,7 @@ impl ReplicaServer {
             epochs: EpochTable::open(state_dir)?,
             described: crate::described::Described::open(state_dir)?,
             sessions: Mutex::new(HashMap::new()),
+            batching: std::sync::atomic::AtomicBool::new(true),
         }))
     }
 
@@ -131,6 +135,14 @@ impl ReplicaServer {
                 replica,
             );
         }
+    }
+
+    /// Whether requests that arrive together are started under one plug of each served disk
+    /// (on by default: one submission and one doorbell per burst). Off, each request goes to
+    /// its device on its own, as before batching existed (for A/B measurements).
+    pub fn set_batching(&self, on: bool) {
+        self.batching
+            .store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Stop serving a disk.
@@ -611,6 +623,9 @@ impl Handler for ServerHandler {
     /// reach each served disk in one submission: its device is plugged while the connection
     /// starts them (see `transport::Handler::batch`).
     fn batch(&self) -> Option<transport::Batch> {
+        if !self.0.batching.load(std::sync::atomic::Ordering::Relaxed) {
+            return None;
+        }
         let plugs: Vec<blockdev::Plug> = self
             .0
             .disks
