@@ -763,12 +763,18 @@ impl NodeController {
 
     /// Where deletes in progress are marked (see [`Self::delete_vdisk_recorded`]).
     pub(crate) fn deleting_marks(&self) -> std::path::PathBuf {
-        self.inner.cfg.data_dir.join("deleting")
+        self.inner
+            .cfg
+            .data_dir
+            .join(crate::clusterhost::DELETING_DIR)
     }
 
     /// Where creates in progress are marked (see [`Self::reserved`]).
     pub(crate) fn creating_marks(&self) -> std::path::PathBuf {
-        self.inner.cfg.data_dir.join("creating")
+        self.inner
+            .cfg
+            .data_dir
+            .join(crate::clusterhost::CREATING_DIR)
     }
 
     pub(crate) async fn record_vdisk(&self, v: &VdiskView) {

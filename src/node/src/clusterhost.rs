@@ -24,6 +24,7 @@ use crate::error::{NodeError, Result};
 
 mod readdress;
 mod records;
+pub(crate) use records::{CREATING_DIR, DELETING_DIR};
 
 /// How long `cluster join` waits for the cluster address to be reachable before giving up
 /// (and changing nothing).

@@ -195,7 +195,8 @@ impl Node {
             // The cluster's record of this node's virtual disks is made to match the engine;
             // in the background, since it waits for a leader.
             let inner = inner.clone();
-            let (deleting, creating) = (data.join("deleting"), data.join("creating"));
+            use crate::clusterhost::{CREATING_DIR, DELETING_DIR};
+            let (deleting, creating) = (data.join(DELETING_DIR), data.join(CREATING_DIR));
             tokio::spawn(async move {
                 inner
                     .cluster

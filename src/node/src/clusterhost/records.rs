@@ -15,6 +15,12 @@ use control::{ControlError, ErrorCode};
 
 use super::{cluster_error, ClusterHost};
 
+/// Under the node's data folder: virtual disk deletes in progress, one empty file per name
+/// (`NodeController::delete_vdisk_recorded`).
+pub(crate) const DELETING_DIR: &str = "deleting";
+/// Under the node's data folder: virtual disk creates in progress (`NodeController::reserved`).
+pub(crate) const CREATING_DIR: &str = "creating";
+
 impl ClusterHost {
     fn vdisk_id(me: u64, name: &str) -> String {
         format!("{me}/{name}")
