@@ -311,6 +311,20 @@ pub(crate) struct MemOverhead {
     /// rest is file-backed and clean (code and read-only data of the binary and its libraries,
     /// pages of the page cache that other processes share and the kernel can drop).
     pub anon: u64,
+    /// The part of `rss` in shared libraries' mappings (`*.so*` files: libc, libm, the dynamic
+    /// loader...). A development build of Cairn links glibc dynamically and pays ~1.3 MiB here;
+    /// the shipped binary is static (`image-builder/build-iso.sh`) and maps none.
+    pub libs: u64,
+}
+
+/// The file of an smaps mapping header (`start-end perms offset dev inode [file]`; "" for an
+/// anonymous one), or None when `line` is not a header.
+fn mapping_file(line: &str) -> Option<&str> {
+    let mut words = line.split_whitespace();
+    let (start, end) = words.next()?.split_once('-')?;
+    u64::from_str_radix(start, 16).ok()?;
+    u64::from_str_radix(end, 16).ok()?;
+    Some(words.nth(4).unwrap_or(""))
 }
 
 /// [`MemOverhead`] of `pid` (zero if its smaps cannot be read).
@@ -324,14 +338,20 @@ fn process_overhead(pid: u32, ram_bytes: u64) -> MemOverhead {
 /// `Size:` is `ram_bytes`.
 fn overhead_from_smaps(smaps: &str, ram_bytes: u64) -> MemOverhead {
     let kib = |v: &str| v.trim().trim_end_matches(" kB").parse::<u64>().ok();
-    let (mut m, mut in_guest) = (MemOverhead::default(), false);
+    let (mut m, mut in_guest, mut in_lib) = (MemOverhead::default(), false, false);
     for line in smaps.lines() {
         if let Some(kb) = line.strip_prefix("Size:").and_then(kib) {
             in_guest = kb * 1024 == ram_bytes;
+        } else if let Some(file) = mapping_file(line) {
+            let name = file.rsplit('/').next().unwrap_or("");
+            in_lib = file.starts_with('/') && name.contains(".so");
         } else if in_guest {
             continue;
         } else if let Some(kb) = line.strip_prefix("Rss:").and_then(kib) {
             m.rss += kb * 1024;
+            if in_lib {
+                m.libs += kb * 1024;
+            }
         } else if let Some(kb) = line.strip_prefix("Anonymous:").and_then(kib) {
             m.anon += kb * 1024;
         }
@@ -436,6 +456,7 @@ fn ours_memory(elf: &Path) -> Result<(MemOverhead, MemOverhead)> {
         let added = MemOverhead {
             rss: two.rss.saturating_sub(one.rss),
             anon: two.anon.saturating_sub(one.anon),
+            libs: two.libs.saturating_sub(one.libs),
         };
         Ok((one, added))
     })();
@@ -465,6 +486,7 @@ pub fn run(opts: &BenchOptions) -> Result<Vec<BenchLine>> {
     let ram: Arc<dyn DiskBackend> = Arc::new(RamDisk::new(opts.disk_bytes));
     let (mut o, mut a, mut om, mut am) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut oa, mut aa, mut o2) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut ol, mut al) = (Vec::new(), Vec::new());
     let mib = |b: u64| b as f64 / (1 << 20) as f64;
     for _ in 0..opts.runs.max(1) {
         let boot = ours_run(opts, &elf, "hello", ram.clone())?.boot;
@@ -472,12 +494,14 @@ pub fn run(opts: &BenchOptions) -> Result<Vec<BenchLine>> {
         let (m, added) = ours_memory(&elf)?;
         om.push(mib(m.rss));
         oa.push(mib(m.anon));
+        ol.push(mib(m.libs));
         // In KiB: a further VM's growth is tens of KiB, below the MiB lines' one decimal.
         o2.push(added.rss as f64 / 1024.0);
         let q = qemu_run(opts, &elf, "spin", &blk_args(&null_drive), 1)?;
         a.push(q.first.as_secs_f64() * 1000.0);
         am.push(mib(q.mem_overhead.rss));
         aa.push(mib(q.mem_overhead.anon));
+        al.push(mib(q.mem_overhead.libs));
     }
     emit(
         BenchLine::new(
@@ -506,6 +530,18 @@ pub fn run(opts: &BenchOptions) -> Result<Vec<BenchLine>> {
             "vmm_memory_overhead_anon_mib",
             median(oa),
             median(aa),
+            "qemu",
+            false,
+        ),
+        &mut lines,
+    );
+    // The shared libraries' part of the first line: glibc & co. for a development build of
+    // Cairn, none for the shipped static binary; QEMU's dozens of libraries.
+    emit(
+        BenchLine::new(
+            "vmm_memory_overhead_shared_libs_mib",
+            median(ol),
+            median(al),
             "qemu",
             false,
         ),
@@ -809,6 +845,12 @@ mod tests {
 Size:               4096 kB
 Rss:                1024 kB
 Anonymous:             0 kB
+VmFlags: rd ex mr mw me sd
+7f0020000000-7f0020100000 r-xp 00026000 fe:01 456 /usr/lib/x86_64-linux-gnu/libc.so.6
+Size:               1024 kB
+Rss:                 256 kB
+Anonymous:             0 kB
+VmFlags: rd ex mr mw me sd
 7f0000000000-7f0008000000 rw-p 00000000 00:00 0
 Size:             131072 kB
 Rss:              131072 kB
@@ -822,8 +864,9 @@ Anonymous:           512 kB
         assert_eq!(
             m,
             MemOverhead {
-                rss: (1024 + 512) << 10,
+                rss: (1024 + 256 + 512) << 10,
                 anon: 512 << 10,
+                libs: 256 << 10,
             }
         );
         assert_eq!(overhead_from_smaps("", 128 << 20), MemOverhead::default());
