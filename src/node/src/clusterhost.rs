@@ -381,6 +381,45 @@ impl ClusterHost {
                 ))
             })?;
         if !force {
+            // Unsettled (and in-flight) planned moves are asked before the last look at what
+            // the member owns, not after: a move to it that commits after this ask was
+            // registered after it, so it saw the member draining and was refused
+            // (`crate::takeover::settles::InFlight`); one that committed before is seen below.
+            // Fresh: the drain was committed through the leader a moment ago.
+            let (name, role, state) = m
+                .read_fresh(|s| {
+                    s.members
+                        .get(&id)
+                        .map(|x| (x.name.clone(), x.role, x.state))
+                })
+                .await
+                .map_err(cluster_error)?
+                .unwrap_or_else(|| {
+                    (
+                        id.to_string(),
+                        cluster::Role::Data,
+                        cluster::MemberState::Active,
+                    )
+                });
+            if role == cluster::Role::Data && state != cluster::MemberState::Draining {
+                // Only a data node drains (a witness has no engine): its chunks' copies on the
+                // member would go with it.
+                return Err(ControlError::conflict(format!(
+                    "member {name} is a data member and is not drained: ask a data node to remove \
+                     it (it moves the member's data away first), or pass --force if the node is \
+                     dead and being replaced"
+                )));
+            }
+            if role == cluster::Role::Data {
+                crate::takeover::settles::refuse_removal_while_unsettled(
+                    &self.settles,
+                    &m,
+                    id,
+                    &name,
+                    crate::takeover::settles::RemovalStep::Leaving,
+                )
+                .await?;
+            }
             let (name, vdisks, vms) = m
                 .read_fresh(|s| owned_by(s, id))
                 .await
@@ -393,17 +432,6 @@ impl ClusterHost {
                     vdisks.join(", "),
                     vms.join(", ")
                 )));
-            }
-            let data = m.read(|s| s.members.get(&id).map(|x| x.role)) == Some(cluster::Role::Data);
-            if data {
-                crate::takeover::settles::refuse_removal_while_unsettled(
-                    &self.settles,
-                    &m,
-                    id,
-                    &name,
-                    crate::takeover::settles::RemovalStep::Leaving,
-                )
-                .await?;
             }
         }
         m.remove_member(id).await.map_err(cluster_error)

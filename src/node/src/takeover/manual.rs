@@ -110,6 +110,10 @@ pub(crate) async fn move_out(
         )));
     }
     let tname = members_up(&m, to, name)?;
+    let moved = super::settles::Moved::Vdisk {
+        name: name.to_string(),
+    };
+    let _flight = inner.cluster.settles.in_flight(moved, me, to, &tname);
     if let Some(vm) = inner.vms.active_user_of(name) {
         return Err(conflict(format!(
             "virtual disk {name} is used by VM {vm}, which is running on this node: stop the \
@@ -173,6 +177,7 @@ pub(crate) async fn move_out(
         drop(h);
         // No longer written: outdated members holding none of it may stay outdated.
         let vid = inner.engine.vdisk(name).map_err(crate::convert::error)?.id;
+        target_still_active(&m, to, &tname).await?;
         let cmd = Command::MoveVdisk {
             id: id.clone(),
             to,
@@ -300,6 +305,43 @@ pub(crate) async fn wait_served(
             ));
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Refuses (conflict) unless member `to` (`tname`) is still an active data member, read fresh
+/// (through the leader): called right before a planned move is proposed, with the move
+/// registered in flight (`super::settles::InFlight`), so a move never commits to a member
+/// that `cairn cluster remove` is draining or has removed meanwhile.
+pub(crate) async fn target_still_active(
+    m: &cluster::ClusterNode,
+    to: u64,
+    tname: &str,
+) -> Result<(), ControlError> {
+    let target = m
+        .read_fresh(|s| s.members.get(&to).map(|x| (x.role, x.state)))
+        .await
+        .map_err(|e| {
+            ControlError::new(
+                ErrorCode::Unavailable,
+                format!(
+                    "the target's state could not be read from the cluster ({e}); nothing moved"
+                ),
+            )
+        })?;
+    match target {
+        Some((Role::Data, MemberState::Active)) => Ok(()),
+        Some((_, MemberState::Draining)) => Err(conflict(format!(
+            "member {tname} is being removed from the cluster (draining since the move began): \
+             it takes no virtual disks; nothing moved"
+        ))),
+        Some(_) => Err(conflict(format!(
+            "member {tname} is not an active data member: it takes no virtual disks; nothing \
+             moved"
+        ))),
+        None => Err(ControlError::new(
+            ErrorCode::NotFound,
+            format!("member {tname} ({to}) left the cluster meanwhile; nothing moved"),
+        )),
     }
 }
 

@@ -151,6 +151,32 @@ pub(crate) struct Settles {
     contents: parking_lot::Mutex<Contents>,
     /// Where an unreadable file was moved aside: everything is held while it exists.
     unreadable: Option<PathBuf>,
+    /// Planned moves this node is making now ([`Settles::in_flight`]), by a sequence number;
+    /// in memory only (a restart ends them: one whose outcome was unknown is in `contents`).
+    flying: parking_lot::Mutex<(u64, BTreeMap<u64, Entry>)>,
+}
+
+/// A planned move this node is making, reported by [`Settles::involving`] (so `cairn cluster
+/// remove` of its target or source is refused) from before the move reads its target's state
+/// the last time until it has an outcome (and, if that is unknown, its entry is saved).
+/// Dropping it ends the report.
+///
+/// Why: the target is checked to be an active member (read fresh) right before the move is
+/// proposed, and the removal asks every member for unsettled moves before its last look at
+/// what the leaving member owns. A move this node registered before that ask is either still
+/// reported then (the removal is refused) or has committed before it (the last look sees the
+/// disk on the member and refuses); one registered after it reads the target after the drain
+/// was committed, sees it draining and is refused. So no move can commit to a member between
+/// the removal's last look and its leaving.
+pub(crate) struct InFlight<'a> {
+    settles: &'a Settles,
+    key: u64,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.settles.flying.lock().1.remove(&self.key);
+    }
 }
 
 impl Settles {
@@ -197,6 +223,7 @@ impl Settles {
         };
         Settles {
             file,
+            flying: Default::default(),
             contents: parking_lot::Mutex::new(contents),
             unreadable,
         }
@@ -301,20 +328,54 @@ impl Settles {
 }
 
 impl Settles {
+    /// Registers a planned move of `moved` from this node (`from`) to `to` (`to_name`) as in
+    /// progress until the returned guard is dropped (see [`InFlight`]).
+    pub(crate) fn in_flight(
+        &self,
+        moved: Moved,
+        from: u64,
+        to: u64,
+        to_name: &str,
+    ) -> InFlight<'_> {
+        let mut f = self.flying.lock();
+        f.0 += 1;
+        let key = f.0;
+        let entry = Entry {
+            moved,
+            from,
+            to,
+            to_name: to_name.to_string(),
+            why: "in progress".into(),
+        };
+        f.1.insert(key, entry);
+        InFlight { settles: self, key }
+    }
+
     /// This node's unsettled moves that involve member `member` (moved from or to it; every one
     /// when this node, `me`, is that member), each described for an error; an entry that cannot
     /// be read, or a file that could not, counts (what it involves cannot be told).
     pub(crate) fn involving(&self, me: u64, member: u64) -> Vec<String> {
         let mut out: Vec<String> = self.holds_all().into_iter().collect();
+        let involved = |e: &Entry| me == member || e.from == member || e.to == member;
+        let what = |e: &Entry| match &e.moved {
+            Moved::Vm { name, disks, .. } => format!("VM {name} with disks {disks:?}"),
+            Moved::Vdisk { name } => format!("virtual disk {name}"),
+        };
+        for e in self.flying.lock().1.values().filter(|e| involved(e)) {
+            out.push(format!(
+                "on member {me}: {} from member {} to {} ({}), being moved now",
+                what(e),
+                e.from,
+                e.to_name,
+                e.to
+            ));
+        }
         let c = self.contents.lock();
         for (request, e) in &c.entries {
-            if me != member && e.from != member && e.to != member {
+            if !involved(e) {
                 continue;
             }
-            let what = match &e.moved {
-                Moved::Vm { name, disks, .. } => format!("VM {name} with disks {disks:?}"),
-                Moved::Vdisk { name } => format!("virtual disk {name}"),
-            };
+            let what = what(e);
             out.push(format!(
                 "request {request} on member {me}: {what} from member {} to {} ({}), not known \
                  yet ({})",
@@ -1117,6 +1178,51 @@ pub(crate) mod tests {
         }
         let state = m.read(|s| s.members.get(&b).map(|x| x.state));
         assert_eq!(state, Some(MemberState::Joining), "nothing changed");
+        // A move being made now holds the removal the same way, until it has an outcome.
+        n.inner.cluster.settles.remove("r1").unwrap();
+        {
+            let moved = Moved::Vdisk { name: "e".into() };
+            let _flight = n.inner.cluster.settles.in_flight(moved, me, b, "b");
+            let e = ctl.execute(admin(), remove("b".into())).await.unwrap_err();
+            assert_eq!(e.code, ErrorCode::Unavailable, "{e:?}");
+            let said = format!("virtual disk e from member {me} to b ({b}), being moved now");
+            assert!(e.message.contains(&said), "{said:?} not in {e:?}");
+        }
+        assert!(n.inner.cluster.settles.involving(me, b).is_empty());
+        // Right before proposing, a move reads its target fresh: only an active data member.
+        let e = crate::takeover::manual::target_still_active(&m, b, "b")
+            .await
+            .unwrap_err();
+        assert!(e.message.contains("not an active data member"), "{e:?}");
+        let drain = Command::SetMemberState {
+            id: b,
+            state: MemberState::Draining,
+        };
+        assert_eq!(m.propose(drain).await.unwrap(), CommandResult::Ok);
+        let e = crate::takeover::manual::target_still_active(&m, b, "b")
+            .await
+            .unwrap_err();
+        assert!(
+            e.message.contains("being removed from the cluster"),
+            "{e:?}"
+        );
+        crate::takeover::manual::target_still_active(&m, me, "a")
+            .await
+            .unwrap();
+        let e = crate::takeover::manual::target_still_active(&m, b + 100, "z")
+            .await
+            .unwrap_err();
+        assert_eq!(e.code, ErrorCode::NotFound, "{e:?}");
+        // Back to joining: a data member that is not drained never leaves without --force
+        // (a witness, which cannot drain it, is refused so).
+        let undrain = Command::SetMemberState {
+            id: b,
+            state: MemberState::Joining,
+        };
+        assert_eq!(m.propose(undrain).await.unwrap(), CommandResult::Ok);
+        let e = n.inner.cluster.remove("b", false).await.unwrap_err();
+        assert!(e.message.contains("is not drained"), "{e:?}");
+        n.inner.cluster.settles.add("r1", to_b.clone()).unwrap();
         // This node's own removal is held by each of its unsettled moves, wherever they go.
         let elsewhere = Entry {
             to: b + 100,

@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use cluster::{Command, VmPower};
 use control::{ControlError, ErrorCode, VmView};
 
-use super::manual::{conflict, copies_in_sync, members_up, wait_served};
+use super::manual::{conflict, copies_in_sync, members_up, target_still_active, wait_served};
 use super::outcome::Outcome;
 use super::peer::{self, Call, STEP_TIMEOUT};
 use crate::NodeInner;
@@ -76,6 +76,12 @@ pub(crate) async fn move_vm_out(
     }
     let what = format!("VM {name}");
     let tname = members_up(&m, to, &what)?;
+    let flying = super::settles::Moved::Vm {
+        name: name.to_string(),
+        disks: disks.clone(),
+        id: None,
+    };
+    let _flight = inner.cluster.settles.in_flight(flying, me, to, &tname);
     // Which disks move: this node's; those on the target already stay; any other is refused.
     let mut moving = Vec::new();
     for d in &disks {
@@ -152,7 +158,7 @@ pub(crate) async fn move_vm_out(
 
     inner.vms.claim_for_move(name).await?;
     let started = Instant::now();
-    let epoch = match commit(inner, &m, name, &id, to, &moving).await {
+    let epoch = match commit(inner, &m, name, &id, (to, &tname), &moving).await {
         Ok(Outcome::Moved(epoch)) => epoch,
         Ok(Outcome::Refused(why)) => {
             inner.vms.unclaim(name);
@@ -232,7 +238,7 @@ async fn commit(
     m: &Arc<cluster::ClusterNode>,
     name: &str,
     id: &str,
-    to: u64,
+    (to, tname): (u64, &str),
     moving: &[String],
 ) -> Result<Outcome, ControlError> {
     let view = inner.vms.get_view(name).await?;
@@ -259,6 +265,7 @@ async fn commit(
         h.flush().await.map_err(crate::convert::error)?;
         ids.push(inner.engine.vdisk(d).map_err(crate::convert::error)?.id);
     }
+    target_still_active(m, to, tname).await?;
     // No longer written: outdated members holding none of them may stay outdated.
     let cmd = Command::MoveVm {
         id: id.to_string(),
