@@ -48,6 +48,43 @@ pub(crate) struct ReconcileState {
     /// it (the truth for the reconcile).
     suspects: Mutex<HashMap<ObjectId, u16>>,
     suspects_n: AtomicU64,
+    /// Maintenance passes run ([`Inner::reconcile_suspects`]), and the suspects whose reconcile
+    /// failed there: how often in a row, and the pass before which it is not tried again.
+    passes: AtomicU64,
+    failing: Mutex<HashMap<ObjectId, Backoff>>,
+}
+
+/// A suspect chunk the maintenance pass could not reconcile (no replica readable, a copy that
+/// fails): tried again after 1, 2, 4 ... at most [`MAX_BACKOFF_PASSES`] passes instead of every
+/// pass, and warned about at the 1st, 2nd, 4th, 8th ... failure instead of every time. A request
+/// on the chunk still tries at once (it must, before the chunk serves it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Backoff {
+    failures: u32,
+    next_pass: u64,
+}
+
+/// Longest wait between two maintenance-pass tries of a failing suspect, in passes.
+const MAX_BACKOFF_PASSES: u64 = 64;
+
+impl Backoff {
+    /// After a failure at pass `pass` (`prev`: the record of earlier ones, if any).
+    fn failed(prev: Option<Backoff>, pass: u64) -> Backoff {
+        let failures = prev.map_or(0, |b| b.failures).saturating_add(1);
+        let wait = 1u64
+            .checked_shl(failures.min(63))
+            .unwrap_or(u64::MAX)
+            .min(MAX_BACKOFF_PASSES);
+        Backoff {
+            failures,
+            next_pass: pass.saturating_add(wait),
+        }
+    }
+
+    /// Whether this failure is one to warn about (the 1st, 2nd, 4th, 8th ...).
+    fn warn(&self) -> bool {
+        self.failures.is_power_of_two()
+    }
 }
 
 impl ReconcileState {
@@ -116,13 +153,32 @@ impl Inner {
         if r.suspects_n.load(Ordering::Acquire) == 0 {
             return;
         }
-        let objs: Vec<ObjectId> = r.suspects.lock().keys().copied().collect();
+        let pass = r.passes.fetch_add(1, Ordering::AcqRel);
+        let objs: Vec<ObjectId> = {
+            let suspects = r.suspects.lock();
+            // Forget failures of chunks no longer suspect (reconciled by a request since).
+            r.failing.lock().retain(|o, _| suspects.contains_key(o));
+            suspects.keys().copied().collect()
+        };
         for obj in objs {
             if self.shutting_down.load(Ordering::Acquire) {
                 return;
             }
-            if let Err(e) = self.reconcile_chunk(obj).await {
-                tracing::warn!(%obj, error = %e, "reconciling a suspect chunk failed");
+            let prev = r.failing.lock().get(&obj).copied();
+            if prev.is_some_and(|b| pass < b.next_pass) {
+                continue;
+            }
+            match self.reconcile_chunk(obj).await {
+                Ok(_) => {
+                    r.failing.lock().remove(&obj);
+                }
+                Err(e) => {
+                    let b = Backoff::failed(prev, pass);
+                    r.failing.lock().insert(obj, b);
+                    if b.warn() {
+                        tracing::warn!(%obj, error = %e, failures = b.failures, retry_in_passes = b.next_pass - pass, "reconciling a suspect chunk failed; it stays suspect (a request on it tries again at once)");
+                    }
+                }
             }
         }
     }
@@ -342,6 +398,36 @@ impl Inner {
 
 #[cfg(test)]
 pub(crate) mod tests {
+    #[test]
+    fn a_failing_suspect_is_retried_ever_more_rarely_and_warned_about_at_powers_of_two() {
+        use super::{Backoff, MAX_BACKOFF_PASSES};
+        let mut b = None;
+        let (mut pass, mut tries, mut warned) = (0u64, Vec::new(), Vec::new());
+        while pass < 400 {
+            if b.is_none_or(|x: Backoff| pass >= x.next_pass) {
+                tries.push(pass);
+                let n = Backoff::failed(b, pass);
+                if n.warn() {
+                    warned.push(n.failures);
+                }
+                b = Some(n);
+            }
+            pass += 1;
+        }
+        assert_eq!(&tries[..8], &[0, 2, 6, 14, 30, 62, 126, 190]);
+        assert!(tries.windows(2).all(|w| w[1] - w[0] <= MAX_BACKOFF_PASSES));
+        assert_eq!(warned, vec![1, 2, 4, 8]);
+        // No overflow however long it fails.
+        let long = Backoff::failed(
+            Some(Backoff {
+                failures: u32::MAX,
+                next_pass: u64::MAX,
+            }),
+            u64::MAX - 1,
+        );
+        assert_eq!((long.failures, long.next_pass), (u32::MAX, u64::MAX));
+    }
+
     use std::sync::Arc;
 
     use blockdev::{AlignedBuf, BlockDevice, RamDevice};
