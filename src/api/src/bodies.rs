@@ -173,6 +173,13 @@ pub(crate) struct VmUpdateBody {
 }
 
 /// `POST /cluster/tokens`; an empty body means a data-node token valid one hour.
+/// `POST /cluster/members/{node}/locate`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ClusterLocateBody {
+    pub(crate) address: String,
+}
+
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ClusterTokenBody {

@@ -75,6 +75,7 @@ pub enum R {
     VmMove,
     ClusterToken,
     ClusterRemove,
+    ClusterLocate,
 }
 
 /// Every route: method, pattern under `/api/v1` (`{x}` is one path segment), handler.
@@ -155,6 +156,11 @@ pub const ROUTES: &[(Method, &str, R)] = &[
     (Method::PATCH, "/vms/{name}", R::VmUpdate),
     (Method::POST, "/cluster/tokens", R::ClusterToken),
     (Method::DELETE, "/cluster/members/{node}", R::ClusterRemove),
+    (
+        Method::POST,
+        "/cluster/members/{node}/locate",
+        R::ClusterLocate,
+    ),
 ];
 
 /// Routes anyone may call without logging in.

@@ -141,6 +141,7 @@ pub fn target_of(req: &Request) -> String {
             _ => name.clone(),
         },
         Request::ClusterRemove { node, .. } => node.clone(),
+        Request::ClusterLocate { node, address } => format!("{node} at {address}"),
         Request::VdiskTakeover { name, to, .. } | Request::VmMove { name, to } => {
             format!("{name} -> {to}")
         }

@@ -292,6 +292,7 @@ async fn dispatch(
         | R::VmUpdate
         | R::Cluster
         | R::ClusterToken
+        | R::ClusterLocate
         | R::ClusterRemove => crate::vms::dispatch(st, r, p, q, body, c).await,
         R::Health | R::OpenApi | R::Login => Err(ControlError::internal("handled before dispatch")),
         R::Logout => {

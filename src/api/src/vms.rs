@@ -4,7 +4,9 @@
 //! validation and audit in `State::control`). A graceful stop runs as a task, since it waits for
 //! the guest. Never touches a VM or the VMM directly.
 
-use crate::bodies::{ClusterTokenBody, VmCreateBody, VmDiskAttachBody, VmStopBody, VmUpdateBody};
+use crate::bodies::{
+    ClusterLocateBody, ClusterTokenBody, VmCreateBody, VmDiskAttachBody, VmStopBody, VmUpdateBody,
+};
 use crate::http as h;
 use crate::render::reply_value;
 use crate::routes::R;
@@ -126,6 +128,14 @@ pub(crate) async fn dispatch(
                 ttl_secs: b.ttl_secs,
             };
             simple(st, c, req, 201).await
+        }
+        R::ClusterLocate => {
+            let b: ClusterLocateBody = h::parse_json(body)?;
+            let req = Request::ClusterLocate {
+                node: name,
+                address: b.address,
+            };
+            recorded(st, c, req, 200).await
         }
         R::ClusterRemove => {
             let force = match q.iter().find(|(k, _)| k == "force") {

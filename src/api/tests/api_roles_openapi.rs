@@ -349,6 +349,15 @@ fn rows() -> Vec<(&'static str, &'static str, Option<Value>, Rule)> {
                 force: false,
             }),
         ),
+        (
+            "POST",
+            "/api/v1/cluster/members/nonode/locate",
+            Some(json!({"address": "127.0.0.9:7440"})),
+            Control(Request::ClusterLocate {
+                node: vd("x"),
+                address: "127.0.0.9:7440".into(),
+            }),
+        ),
         ("GET", "/api/v1/certificate", None, Anyone),
         (
             "PUT",

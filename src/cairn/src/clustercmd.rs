@@ -1,4 +1,4 @@
-//! `cairn cluster ...` (status, token, join, remove: control requests to the local node or
+//! `cairn cluster ...` (status, token, join, locate, remove: control requests to the local node or
 //! witness) and `cairn witness` (run a witness in the foreground).
 
 use std::path::PathBuf;
@@ -29,6 +29,16 @@ pub enum ClusterCmd {
         /// A token from `cairn cluster token` on a member.
         #[arg(long)]
         token: String,
+    },
+    /// Tell this node where member NODE (id or name) is now, when every member's cluster
+    /// address changed at once (a renumbered site, new DHCP leases) and none can reach another
+    /// to announce its own. NODE must answer there (with its certificate); once members reach
+    /// each other again, each moved member's new address is committed and the others follow.
+    Locate {
+        node: String,
+        /// The member's cluster address now (ip:port: the address it listens on).
+        #[arg(long)]
+        address: String,
     },
     /// Remove a member (by id or name) from the cluster. Refused while it owns virtual disks
     /// or VMs (they are listed); delete or move them first. A data node is drained first: its
@@ -65,6 +75,7 @@ fn request(cmd: ClusterCmd) -> Request {
         },
         ClusterCmd::Join { address, token } => Request::ClusterJoin { address, token },
         ClusterCmd::Remove { node, force } => Request::ClusterRemove { node, force },
+        ClusterCmd::Locate { node, address } => Request::ClusterLocate { node, address },
     }
 }
 

@@ -4,6 +4,9 @@
 //!   with a clear error an address peers cannot use (nothing changes: the old one still works).
 //! - A running node moved live (`Node::set_cluster_addr`, what the appliance's PID 1 calls on
 //!   a DHCP renewal with another address): same checks, no restart.
+//! - Every member moved at once (a renumbered site): none can reach another until the admin
+//!   tells one where another is (`cairn cluster locate`), which is checked (the member must
+//!   answer there with its own certificate); then both addresses are committed.
 
 mod common;
 
@@ -79,6 +82,96 @@ fn cairn_node_adopts_a_new_cluster_address() {
     assert_eq!(member_addr(&b.status(), "b"), Some(new));
     let o = cli(&b.data, &["cluster", "status"]);
     assert_eq!(o.code, 0, "{}", o.stderr);
+}
+
+#[test]
+fn members_that_all_moved_find_each_other_once_one_is_told_where_another_is() {
+    let tmp = tempfile::Builder::new()
+        .prefix("cairn-relocate-")
+        .tempdir()
+        .unwrap();
+    let root = tmp.path();
+    let mut a = Proc::start(root, "a", "127.0.0.2", false);
+    let mut b = Proc::start(root, "b", "127.0.0.3", false);
+    b.join(&a);
+    let b_old = b.addr.to_string();
+    wait_until(60, "a sees b", || {
+        member_addr(&a.status(), "b").as_deref() == Some(b_old.as_str())
+    });
+    a.ok(&["vdisk", "create", "before", "16M"]);
+
+    // Both move while stopped: each starts on its new address, the other's old one dead.
+    a.stop();
+    b.stop();
+    a.addr = free_cluster_addr("127.0.0.12");
+    b.addr = free_cluster_addr("127.0.0.13");
+    let (a_new, b_new) = (a.addr.to_string(), b.addr.to_string());
+    a.restart();
+    b.restart();
+    // Neither can commit its announce: each still names the other's old address.
+    std::thread::sleep(Duration::from_secs(3));
+    let still_apart = |a: &Proc, b: &Proc| {
+        let (sa, sb) = (a.status(), b.status());
+        assert_eq!(
+            member_addr(&sa, "b").as_deref(),
+            Some(b_old.as_str()),
+            "{sa}"
+        );
+        assert_ne!(
+            member_addr(&sb, "a").as_deref(),
+            Some(a_new.as_str()),
+            "{sb}"
+        );
+    };
+    still_apart(&a, &b);
+
+    // Told wrong: an address nobody listens on, and a's own (it answers, but not with b's
+    // certificate). Refused, saying why; nothing changes.
+    let nobody = free_cluster_addr("127.0.0.14").to_string();
+    for wrong in [nobody.as_str(), a_new.as_str()] {
+        let o = cli(&a.data, &["cluster", "locate", "b", "--address", wrong]);
+        assert_ne!(o.code, 0, "locate b at {wrong}: {}", o.stdout);
+        assert!(o.stderr.contains("did not answer"), "{}", o.stderr);
+    }
+    let o = cli(
+        &a.data,
+        &["cluster", "locate", "b", "--address", "not-an-address"],
+    );
+    assert_eq!(o.code, 2, "{}", o.stderr);
+    let o = cli(
+        &a.data,
+        &["cluster", "locate", "nosuch", "--address", &b_new],
+    );
+    assert_ne!(o.code, 0, "{}", o.stdout);
+    assert!(o.stderr.contains("no member"), "{}", o.stderr);
+    still_apart(&a, &b);
+
+    // Told right: they reach each other, elect a leader and commit both new addresses.
+    let o = cli(&a.data, &["cluster", "locate", "b", "--address", &b_new]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    for p in [&a, &b] {
+        wait_until(60, "both new addresses and a leader in each view", || {
+            let s = p.status();
+            !s["leader"].is_null()
+                && member_addr(&s, "a").as_deref() == Some(a_new.as_str())
+                && member_addr(&s, "b").as_deref() == Some(b_new.as_str())
+        });
+    }
+    // Both take part again: b's definitions commit and a sees them beside its own.
+    b.ok(&["vdisk", "create", "after", "16M"]);
+    wait_until(60, "b's vdisk in a's view", || {
+        a.status()["vdisks"]
+            .as_array()
+            .is_some_and(|v| v.iter().any(|n| n == "after") && v.iter().any(|n| n == "before"))
+    });
+    // Kept: a plain restart of both finds each other at once.
+    a.stop();
+    b.stop();
+    a.restart();
+    b.restart();
+    wait_until(60, "a leader after restarting both", || {
+        !a.status()["leader"].is_null()
+    });
 }
 
 #[test]

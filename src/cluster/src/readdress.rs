@@ -23,6 +23,8 @@ use crate::Error;
 
 /// How often a reopened member retries its announce while no leader takes it.
 const ANNOUNCE_RETRY: Duration = Duration::from_secs(1);
+/// How long [`ClusterNode::locate_member`] waits for the member to answer at its new address.
+const LOCATE_WAIT: Duration = Duration::from_secs(5);
 
 impl ClusterNode {
     /// Whether the cluster knows this member at other addresses than the ones it listens on.
@@ -134,6 +136,68 @@ impl ClusterNode {
                 tokio::time::sleep(ANNOUNCE_RETRY).await;
             }
         });
+    }
+
+    /// The admin says member `id` is at `addr` now (`cairn cluster locate`): for when every
+    /// member's address changed at once (a site renumbered, new DHCP leases after a power
+    /// cut), so no member can reach another to announce its own. Checked first: `id` must
+    /// answer a ping there, and the mutual-TLS handshake makes sure whoever answers holds
+    /// member `id`'s certificate, so a wrong address is refused and never used. Then this
+    /// member calls `id` there until raft names an address for it again (as for a member that
+    /// announced itself, [`crate::network::PeerClients::note_moved`]), and, if its own address
+    /// changed too, announces it to every member it can reach. Once enough members reach each
+    /// other to elect a leader, every moved member's announce commits and the others follow.
+    /// In memory only: a restart forgets it (the committed address is kept by then).
+    /// Errors: `Config` for bad input, `Rejected` when the member does not answer there.
+    pub async fn locate_member(&self, id: NodeId, addr: &str) -> Result<(), Error> {
+        if id == self.id() {
+            return Err(Error::Config(
+                "that is this member: its address is the one it listens on (cairn node \
+                 --cluster-listen)"
+                    .into(),
+            ));
+        }
+        let sock: SocketAddr = addr
+            .parse()
+            .map_err(|_| Error::Config(format!("address {addr:?} is not ip:port")))?;
+        if sock.ip().is_unspecified() || sock.port() == 0 {
+            return Err(Error::Config(format!(
+                "address {addr} is not one a member listens on (a host address and a port)"
+            )));
+        }
+        let known = self
+            .raft()
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .get_node(&id)
+            .map(|n| n.addr.clone())
+            .ok_or_else(|| Error::Config(format!("member {id} is not in this member's view")))?;
+        let addr = sock.to_string();
+        match self
+            .forward(id, &addr, PeerRequest::Ping, LOCATE_WAIT)
+            .await
+        {
+            Ok(PeerResponse::Pong { .. }) => {}
+            Ok(other) => {
+                return Err(Error::Raft(format!(
+                    "member {id} at {addr} answered a ping with {other:?}"
+                )))
+            }
+            Err(e) => {
+                return Err(Error::Rejected(format!(
+                    "member {id} did not answer at {addr} (it must run there and hold member \
+                     {id}'s certificate of this cluster): {e}"
+                )))
+            }
+        }
+        tracing::info!(member = id, old = %known, new = %addr, "told where a member is now; calling it there");
+        self.clients.note_moved(id, known, addr);
+        if self.address_is_stale() {
+            self.announce_to_every_member().await;
+        }
+        Ok(())
     }
 
     /// Sends this member's addresses to every other member (not only a leader): one that

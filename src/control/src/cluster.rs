@@ -244,12 +244,17 @@ pub(crate) fn validate_token_ttl(ttl_secs: Option<u64>) -> Result<(), ControlErr
     }
 }
 
-pub(crate) fn validate_join(address: &str, token: &str) -> Result<(), ControlError> {
+pub(crate) fn validate_address(address: &str) -> Result<(), ControlError> {
     crate::parse::parse_socket_addr(address).ok_or_else(|| {
         ControlError::invalid(format!(
             "cluster address {address:?} is not ip:port (examples: 127.0.0.2:7440, [fd00::2]:7440)"
         ))
     })?;
+    Ok(())
+}
+
+pub(crate) fn validate_join(address: &str, token: &str) -> Result<(), ControlError> {
+    validate_address(address)?;
     if token.is_empty() || token.len() > MAX_TOKEN_LEN || !token.is_ascii() {
         return Err(ControlError::invalid(
             "join token is empty, too long or not ASCII (get one with `cairn cluster token`)",

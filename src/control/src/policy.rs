@@ -77,6 +77,7 @@ pub fn allowed(role: Role, req: &Request) -> bool {
             // Cluster membership decides whose disks hold the data: admin only too.
             | Request::ClusterToken { .. }
             | Request::ClusterJoin { .. }
+            | Request::ClusterLocate { .. }
             | Request::ClusterRemove { .. }
     );
     match role {

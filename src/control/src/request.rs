@@ -215,6 +215,13 @@ pub enum Request {
         address: String,
         token: String,
     },
+    /// Tell this node that member `node` (id or name) is at cluster address `address` now:
+    /// for when every member's address changed at once and none can reach another to announce
+    /// its own. Checked there first (the member must answer with its certificate).
+    ClusterLocate {
+        node: String,
+        address: String,
+    },
     /// Remove a member (by id or name) from the cluster.
     ClusterRemove {
         node: String,
@@ -324,6 +331,7 @@ impl Request {
             Request::ClusterStatus => "cluster_status",
             Request::ClusterToken { .. } => "cluster_token",
             Request::ClusterJoin { .. } => "cluster_join",
+            Request::ClusterLocate { .. } => "cluster_locate",
             Request::ClusterRemove { .. } => "cluster_remove",
             Request::VdiskTakeover { .. } => "vdisk_takeover",
             Request::VmMove { .. } => "vm_move",
@@ -483,6 +491,10 @@ impl Request {
                 crate::cluster::validate_join(address, token)
             }
             Request::ClusterRemove { node, .. } => crate::cluster::validate_member(node),
+            Request::ClusterLocate { node, address } => {
+                crate::cluster::validate_member(node)?;
+                crate::cluster::validate_address(address)
+            }
             Request::VdiskTakeover { name, to, .. } => {
                 vd(name)?;
                 crate::cluster::validate_member(to)

@@ -203,7 +203,8 @@ async fn members_leases(m: &cluster::ClusterNode, v: &mut ClusterView) {
 }
 
 impl NodeController {
-    /// `cluster_status`, `cluster_token`, `cluster_join`, `cluster_remove`.
+    /// `cluster_status`, `cluster_token`, `cluster_join`, `cluster_locate`, `cluster_remove`,
+    /// `vdisk_takeover`, `vm_move`.
     pub(crate) async fn cluster_request(&self, req: &Request) -> Result<Reply, ControlError> {
         let host = &self.inner.cluster;
         match req {
@@ -236,6 +237,10 @@ impl NodeController {
                 Ok(Reply::Cluster(Box::new(self.status_view()?)))
             }
             Request::ClusterRemove { node, force } => self.remove_member(node, *force).await,
+            Request::ClusterLocate { node, address } => {
+                host.locate(node, address).await?;
+                Ok(Reply::Done)
+            }
             other => Err(ControlError::internal(format!(
                 "{} is not a cluster request",
                 other.action()

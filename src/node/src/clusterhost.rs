@@ -437,6 +437,33 @@ impl ClusterHost {
         m.remove_member(id).await.map_err(cluster_error)
     }
 
+    /// `cluster locate NODE ADDRESS`: member `node` (id or name) is at cluster address
+    /// `address` now (see `cluster::ClusterNode::locate_member`).
+    pub(crate) async fn locate(
+        &self,
+        node: &str,
+        address: &str,
+    ) -> std::result::Result<(), ControlError> {
+        let m = self.member()?;
+        let id = m
+            .read(|s| {
+                s.members
+                    .values()
+                    .find(|x| x.name == node || x.id.to_string() == node)
+                    .map(|x| x.id)
+            })
+            .ok_or_else(|| {
+                ControlError::not_found(format!(
+                    "no member {node:?} in this cluster (see `cairn cluster status`)"
+                ))
+            })?;
+        m.locate_member(id, address).await.map_err(|e| match e {
+            cluster::Error::Config(m) => ControlError::invalid(m),
+            cluster::Error::Rejected(m) => ControlError::new(ErrorCode::Unavailable, m),
+            e => ControlError::new(ErrorCode::Unavailable, e.to_string()),
+        })
+    }
+
     /// Joins the cluster of the member at `address` with `token`. `local_objects` is how many
     /// virtual disks and VMs this node holds outside the cluster state; only a fresh node
     /// (nothing defined, no other members) may join. On failure the node keeps its own

@@ -479,6 +479,7 @@ impl NodeController {
             Request::ClusterStatus
             | Request::ClusterToken { .. }
             | Request::ClusterJoin { .. }
+            | Request::ClusterLocate { .. }
             | Request::ClusterRemove { .. }
             | Request::VdiskTakeover { .. }
             | Request::VmMove { .. } => self.cluster_request(req).await?,

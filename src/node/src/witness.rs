@@ -78,6 +78,9 @@ impl Controller for WitnessController {
                 Request::ClusterRemove { node, force } => {
                     self.host.remove(node, *force).await.map(|_| Reply::Done)
                 }
+                Request::ClusterLocate { node, address } => {
+                    self.host.locate(node, address).await.map(|_| Reply::Done)
+                }
                 other => Err(ControlError::invalid(format!(
                     "this is a witness (a cluster vote only): it has no disks, virtual disks or VMs, so {} does not apply; ask a data node",
                     other.action()
