@@ -588,6 +588,14 @@ try {
       // Every member is asked at status time: the witness answers, so its lease reads not needed.
       await page.locator('tr[data-member="w1"][data-lease="not_needed"]').getByText('not needed').waitFor({ timeout: 20000 });
       await shot('04e-cluster-witness');
+      // New address (cluster locate): a wrong one is refused in the node's words; the right
+      // one (where it listens) is checked by the witness answering with its certificate.
+      answers.push('127.0.0.1:1');
+      await row.getByRole('button', { name: "Set w1's address" }).click();
+      await page.getByRole('alert').filter({ hasText: 'did not answer at 127.0.0.1:1' }).waitFor();
+      answers.push(`127.0.0.1:${port}`);
+      await row.getByRole('button', { name: "Set w1's address" }).click();
+      await page.getByText(`w1 answered at 127.0.0.1:${port}`).waitFor();
       await row.getByRole('button', { name: 'Remove w1' }).click();
       await page.getByText('Removed w1 from the cluster.').waitFor();
       await row.waitFor({ state: 'detached', timeout: 20000 });

@@ -3,7 +3,7 @@
 // and member removal (./clustermembers.ts). Polls GET /cluster every 3 s.
 import { useState } from 'preact/hooks';
 import { html, ErrorBox, Note, useLoad } from '../ui';
-import { JoinToken, RemoveMember } from './clustermembers';
+import { JoinToken, LocateMember, RemoveMember } from './clustermembers';
 import { drainText, DrainRow, fmtAgo, healthClass, leaseClass, leaseText, plural, replicaText, RemoteReplica } from '../clusterfmt';
 import './cluster.css';
 
@@ -57,7 +57,7 @@ function Members({ c, admin, onRemoved }: { c: ClusterView; admin: boolean; onRe
       <td><span class=${healthClass(m.health)}>${m.health}</span>
         ${m.id === c.me ? null : html` <small class="muted">seen ${fmtAgo(m.last_seen_ms_ago)}</small>`}</td>
       <td><span class=${leaseClass(m.lease)}>${leaseText(m.lease)}</span></td>
-      ${admin ? html`<td>${m.id === c.me ? html`<span class="muted">this node</span>` : html`<${RemoveMember} id=${m.id} name=${m.name} onDone=${onRemoved} />`}</td>` : null}
+      ${admin ? html`<td>${m.id === c.me ? html`<span class="muted">this node</span>` : html`<div class="buttons"><${RemoveMember} id=${m.id} name=${m.name} onDone=${onRemoved} /> <${LocateMember} id=${m.id} name=${m.name} address=${m.address} onDone=${onRemoved} /></div>`}</td>` : null}
     </tr>`)}</tbody>
   </table></div>`;
 }

@@ -1,7 +1,8 @@
 // Cluster membership from the UI (admin only): a one-time join token for a data node or a
 // witness, shown once with copy buttons and the exact `cairn cluster join` command; removing a
 // member after a confirmation, with the node's own words when it refuses (a member that still
-// owns virtual disks or VMs). Both go through the same node functions as `cairn cluster`.
+// owns virtual disks or VMs); telling this node a member's new address when every member's
+// address changed at once. All go through the same node functions as `cairn cluster`.
 import { useState } from 'preact/hooks';
 import { api, explain } from '../api';
 import { html, ErrorBox, Field } from '../ui';
@@ -110,3 +111,24 @@ export function RemoveMember({ id, name, onDone }: { id: number; name: string; o
   return html`<button type="button" class="danger" disabled=${busy} onClick=${remove}>Remove ${name}</button>`;
 }
 
+
+/** The "New address" button of one member row (`cairn cluster locate`): for when every
+ * member's address changed at once and none reaches another. Asks for the member's cluster
+ * address now; the node checks the member answers there with its own certificate. */
+export function LocateMember({ id, name, address, onDone }: { id: number; name: string; address: string; onDone: (msg: string | null, err: string | null) => void }) {
+  const [busy, setBusy] = useState(false);
+  const locate = async () => {
+    const at = prompt(`Where is ${name} (member ${id}) now? Its cluster address, ip:port. Only needed when every member's address changed at once, so none can reach another.`, address);
+    if (at === null || at.trim() === '') return;
+    setBusy(true);
+    try {
+      await api('POST', `/cluster/members/${encodeURIComponent(String(id))}/locate`, { address: at.trim() });
+      onDone(`${name} answered at ${at.trim()}: this node calls it there; the new addresses are committed once the members elect a leader.`, null);
+    } catch (err) {
+      onDone(null, `Setting ${name}'s address failed. ${explain(err)}`);
+    } finally {
+      setBusy(false);
+    }
+  };
+  return html`<button type="button" disabled=${busy} aria-label=${`Set ${name}'s address`} title="Tell this node where the member is now (after every member's address changed)" onClick=${locate}>New address…</button>`;
+}
