@@ -264,6 +264,23 @@ async fn maybe_take_over(inner: &NodeInner, m: &Arc<ClusterNode>, t: &mut Takeov
             }
             Command::TakeOver { from: x.id, to: me }
         };
+        // Reported in flight (so `cluster remove` of this node waits for it) from before this
+        // node reads its own state fresh until the proposal has an outcome: a node being
+        // drained never takes disks over (see `settles::InFlight`).
+        let moved = settles::Moved::Vdisk {
+            name: format!("the {owned} virtual disks of lost member {}", x.name),
+        };
+        let _flight = inner
+            .cluster
+            .settles
+            .in_flight(moved, x.id, me, "this node");
+        if let Err(e) = manual::target_still_active(m, me, "this node").await {
+            t.once(format!(
+                "member {} is down with {owned} virtual disks; not taken over here: {}",
+                x.id, e.message
+            ));
+            continue;
+        }
         tracing::warn!(
             member = x.id,
             down_ms = down_for.as_millis() as u64,
