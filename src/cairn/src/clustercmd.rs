@@ -265,6 +265,7 @@ fn status(v: &ClusterView) -> String {
     for r in &rows {
         out.push_str(&line(r.iter().map(String::as_str).collect()));
     }
+    out.push_str(&unreachable_hint(v));
     out.push_str(&format!(
         "objects: {} virtual disks, {} snapshots, {} VMs\n",
         v.vdisks.len(),
@@ -289,6 +290,21 @@ fn status(v: &ClusterView) -> String {
     }
     out.push_str(&mirror_lines(&v.data));
     out
+}
+
+/// When no other member is up: how to tell this node where one is, should every member's
+/// address have changed at once (`cairn cluster locate`); nothing otherwise.
+fn unreachable_hint(v: &ClusterView) -> String {
+    let others: Vec<&control::ClusterMemberView> =
+        v.members.iter().filter(|m| m.id != v.me).collect();
+    if others.is_empty() || others.iter().any(|m| m.health == "up") {
+        return String::new();
+    }
+    format!(
+        "no other member answers at the address above. If every member's address changed at \
+         once, tell this node where one is now: cairn cluster locate {} --address IP:PORT\n",
+        others[0].name
+    )
 }
 
 /// This node's isolation lease and the virtual disks waiting for adoption here.
@@ -407,6 +423,50 @@ pub fn run_witness(a: WitnessArgs) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn status_says_how_to_locate_members_when_none_answers() {
+        let member = |id: u64, name: &str, health: &str| control::ClusterMemberView {
+            id,
+            name: name.into(),
+            address: format!("127.0.0.{id}:7440"),
+            role: "data".into(),
+            state: "active".into(),
+            voter: true,
+            leader: false,
+            health: health.into(),
+            last_seen_ms_ago: None,
+            lease: None,
+        };
+        let mut v = ClusterView {
+            cluster_id: "c".into(),
+            me: 1,
+            leader: None,
+            term: 2,
+            commit_index: None,
+            last_log_index: None,
+            placement_version: 0,
+            members: vec![
+                member(1, "a", "up"),
+                member(2, "b", "down"),
+                member(3, "c", "unknown"),
+            ],
+            vdisks: Vec::new(),
+            snapshots: 0,
+            vms: Vec::new(),
+            data: control::ClusterDataView::default(),
+            lease: None,
+        };
+        let s = status(&v);
+        assert!(
+            s.contains("cairn cluster locate b --address IP:PORT"),
+            "{s}"
+        );
+        v.members[2].health = "up".into();
+        assert!(!status(&v).contains("cluster locate"));
+        v.members.truncate(1);
+        assert!(!status(&v).contains("cluster locate"), "a cluster of one");
+    }
 
     #[test]
     fn rebuild_progress_renders_percent_rate_and_time_left() {
