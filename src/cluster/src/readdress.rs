@@ -138,6 +138,17 @@ impl ClusterNode {
         });
     }
 
+    /// The address raft's membership names for member `id` (how peers reach it).
+    fn raft_addr(&self, id: NodeId) -> Option<String> {
+        self.raft()
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .get_node(&id)
+            .map(|n| n.addr.clone())
+    }
+
     /// The admin says member `id` is at `addr` now (`cairn cluster locate`): for when every
     /// member's address changed at once (a site renumbered, new DHCP leases after a power
     /// cut), so no member can reach another to announce its own. Checked first: `id` must
@@ -166,13 +177,7 @@ impl ClusterNode {
             )));
         }
         let known = self
-            .raft()
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .get_node(&id)
-            .map(|n| n.addr.clone())
+            .raft_addr(id)
             .ok_or_else(|| Error::Config(format!("member {id} is not in this member's view")))?;
         let addr = sock.to_string();
         match self
@@ -254,14 +259,7 @@ impl ClusterNode {
                  could never reach it"
             ));
         }
-        let known = self
-            .raft()
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .get_node(&id)
-            .map(|n| n.addr.clone());
+        let known = self.raft_addr(id);
         if !self.is_leader() {
             // Reach it there until a leader commits the address (see `note_moved`).
             if let Some(old) = known {

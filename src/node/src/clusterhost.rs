@@ -135,6 +135,21 @@ pub(crate) fn cluster_error(e: cluster::Error) -> ControlError {
     }
 }
 
+/// The id of member `node` (its id or name) in `m`'s view.
+fn member_named(m: &cluster::ClusterNode, node: &str) -> std::result::Result<u64, ControlError> {
+    m.read(|s| {
+        s.members
+            .values()
+            .find(|x| x.name == node || x.id.to_string() == node)
+            .map(|x| x.id)
+    })
+    .ok_or_else(|| {
+        ControlError::not_found(format!(
+            "no member {node:?} in this cluster (see `cairn cluster status`)"
+        ))
+    })
+}
+
 fn not_in_cluster() -> ControlError {
     ControlError::new(
         ErrorCode::Unavailable,
@@ -368,18 +383,7 @@ impl ClusterHost {
         force: bool,
     ) -> std::result::Result<(), ControlError> {
         let m = self.member()?;
-        let id = m
-            .read(|s| {
-                s.members
-                    .values()
-                    .find(|x| x.name == node || x.id.to_string() == node)
-                    .map(|x| x.id)
-            })
-            .ok_or_else(|| {
-                ControlError::not_found(format!(
-                    "no member {node:?} in this cluster (see `cairn cluster status`)"
-                ))
-            })?;
+        let id = member_named(&m, node)?;
         if !force {
             // Unsettled (and in-flight) planned moves are asked before the last look at what
             // the member owns, not after: a move to it that commits after this ask was
@@ -445,18 +449,7 @@ impl ClusterHost {
         address: &str,
     ) -> std::result::Result<(), ControlError> {
         let m = self.member()?;
-        let id = m
-            .read(|s| {
-                s.members
-                    .values()
-                    .find(|x| x.name == node || x.id.to_string() == node)
-                    .map(|x| x.id)
-            })
-            .ok_or_else(|| {
-                ControlError::not_found(format!(
-                    "no member {node:?} in this cluster (see `cairn cluster status`)"
-                ))
-            })?;
+        let id = member_named(&m, node)?;
         m.locate_member(id, address).await.map_err(|e| match e {
             cluster::Error::Config(m) => ControlError::invalid(m),
             cluster::Error::Rejected(m) => ControlError::new(ErrorCode::Unavailable, m),
