@@ -292,18 +292,25 @@ fn status(v: &ClusterView) -> String {
     out
 }
 
-/// When no other member is up: how to tell this node where one is, should every member's
-/// address have changed at once (`cairn cluster locate`); nothing otherwise.
+/// The members that do not answer, and how to tell this node where one is now should its
+/// address have changed while it could not announce it (every member moved at once:
+/// `cairn cluster locate`); nothing while every member answers.
 fn unreachable_hint(v: &ClusterView) -> String {
-    let others: Vec<&control::ClusterMemberView> =
-        v.members.iter().filter(|m| m.id != v.me).collect();
-    if others.is_empty() || others.iter().any(|m| m.health == "up") {
+    let away: Vec<&control::ClusterMemberView> = v
+        .members
+        .iter()
+        .filter(|m| m.id != v.me && m.health != "up")
+        .collect();
+    let Some(first) = away.first() else {
         return String::new();
-    }
+    };
+    let names: Vec<&str> = away.iter().map(|m| m.name.as_str()).collect();
     format!(
-        "no other member answers at the address above. If every member's address changed at \
-         once, tell this node where one is now: cairn cluster locate {} --address IP:PORT\n",
-        others[0].name
+        "not answering at the address above: {}. If a member's address changed while it could \
+         not announce it (every member moved at once), tell this node where it is now: cairn \
+         cluster locate {} --address IP:PORT\n",
+        names.join(", "),
+        first.name
     )
 }
 
@@ -459,7 +466,18 @@ mod tests {
         };
         let s = status(&v);
         assert!(
+            s.contains("not answering at the address above: b, c."),
+            "{s}"
+        );
+        assert!(
             s.contains("cairn cluster locate b --address IP:PORT"),
+            "{s}"
+        );
+        v.members[1].health = "up".into();
+        let s = status(&v);
+        assert!(s.contains("above: c."), "{s}");
+        assert!(
+            s.contains("cairn cluster locate c --address IP:PORT"),
             "{s}"
         );
         v.members[2].health = "up".into();
