@@ -939,6 +939,24 @@ pub(crate) mod tests {
                 assert!(e.message.contains(said), "{r:?}: {e:?}");
             }
         }
+        // Nor exported to a file (an admin request).
+        let out = dir.path().join("d-export.raw");
+        let export = Request::VdiskExport {
+            name: "d".into(),
+            snapshot: None,
+            file: out.display().to_string(),
+        };
+        let admin = control::Actor {
+            role: control::Role::Admin,
+            ..op()
+        };
+        let e = ctl.execute(admin, export).await.unwrap_err();
+        assert_eq!(e.code, ErrorCode::Unavailable, "{e:?}");
+        assert!(
+            e.message.contains("it cannot be exported to a file here"),
+            "{e:?}"
+        );
+        assert!(!out.exists(), "no file written");
         // Nothing changed.
         let engine = &n.inner.engine;
         assert_eq!(engine.vdisk("d").unwrap().size_bytes, 64 << 20);
