@@ -285,6 +285,8 @@ impl NodeController {
                 snapshot,
                 file,
             } => {
+                // As an NBD export: not a copy the cluster assigns to another node (stale).
+                crate::harestart::check_disk_here(&self.inner, name)?;
                 let handle = match snapshot {
                     Some(s) => engine.open_snapshot(name, s),
                     None => engine.open_vdisk(name),

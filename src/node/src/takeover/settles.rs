@@ -1267,6 +1267,31 @@ pub(crate) mod tests {
         let e = ask(RemovalStep::Leaving).await.unwrap_err();
         assert_eq!(e.code, ErrorCode::Unavailable, "{e:?}");
         assert!(e.message.contains("cannot be told"), "{e:?}");
+        // A local copy the cluster assigns to b now (moved there) is not exported to a file
+        // here, as it is not exported over NBD: it may be stale.
+        let create = Request::VdiskCreate {
+            name: "x".into(),
+            size_bytes: 16 << 20,
+        };
+        ctl.execute(admin(), create).await.unwrap();
+        let moved = Command::MoveVdisk {
+            id: format!("{me}/x"),
+            to: b,
+            record: true,
+            unused_outdated: Vec::new(),
+        };
+        let r = m.propose(moved).await.unwrap();
+        assert!(matches!(r, CommandResult::PlacementVersion(_)), "{r:?}");
+        let out = dir.path().join("x.raw");
+        let export = Request::VdiskExport {
+            name: "x".into(),
+            snapshot: None,
+            file: out.display().to_string(),
+        };
+        let e = ctl.execute(admin(), export).await.unwrap_err();
+        assert_eq!(e.code, ErrorCode::Conflict, "{e:?}");
+        assert!(e.message.contains(&format!("served by node {b}")), "{e:?}");
+        assert!(!out.exists(), "no file written");
         n.shutdown().await.unwrap();
     }
 
