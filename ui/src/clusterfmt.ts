@@ -113,3 +113,15 @@ export function drainText(d: DrainRow): string {
   const eta = p.eta_secs == null ? 'time left not known yet' : `about ${fmtSpan(p.eta_secs)} left`;
   return `${d.name}: ${p.chunks_left} of ${plural(p.chunks_at_start, 'chunk')} still on its disks (${p.percent}% moved), ${eta}`;
 }
+
+/** The members (other than this node, `me`) that do not answer, and what to do should their
+ * addresses have changed while they could not announce them; null while every one answers. */
+export function unreachableNote(members: { id: number; name: string; health: string }[], me: number, admin: boolean): string | null {
+  const away = members.filter((m) => m.id !== me && m.health !== 'up').map((m) => m.name);
+  if (away.length === 0) return null;
+  const what = `Not answering at the address shown: ${away.join(', ')}.`;
+  const how = admin
+    ? " If a member's address changed while it could not announce it (every member moved at once), tell this node where it is now with its New address button."
+    : " If a member's address changed while it could not announce it (every member moved at once), an admin tells this node where it is now.";
+  return what + how;
+}

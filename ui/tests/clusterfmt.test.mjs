@@ -92,3 +92,13 @@ test('drainText with the member answering, before the first chunk moved, and wit
   );
   assert.equal(f.drainText({ ...row, progress: null }), 'c: 9 chunks of this node still on its disks; it did not answer, so its whole progress is unknown');
 });
+
+test('unreachableNote names the members that do not answer, and what to do', () => {
+  const m = (id, name, health) => ({ id, name, health });
+  assert.equal(f.unreachableNote([m(1, 'a', 'up'), m(2, 'b', 'up')], 1, true), null);
+  assert.equal(f.unreachableNote([m(1, 'a', 'down')], 1, true), null, 'this node itself never counts');
+  const n = f.unreachableNote([m(1, 'a', 'up'), m(2, 'b', 'down'), m(3, 'w', 'unknown')], 1, true);
+  assert.match(n, /^Not answering at the address shown: b, w\./);
+  assert.match(n, /New address button/);
+  assert.match(f.unreachableNote([m(1, 'a', 'up'), m(2, 'b', 'down')], 1, false), /an admin tells this node/);
+});

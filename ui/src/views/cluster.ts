@@ -4,7 +4,7 @@
 import { useState } from 'preact/hooks';
 import { html, ErrorBox, Note, useLoad } from '../ui';
 import { JoinToken, LocateMember, RemoveMember } from './clustermembers';
-import { drainText, DrainRow, fmtAgo, healthClass, leaseClass, leaseText, plural, replicaText, RemoteReplica } from '../clusterfmt';
+import { drainText, DrainRow, fmtAgo, healthClass, leaseClass, leaseText, plural, replicaText, RemoteReplica, unreachableNote } from '../clusterfmt';
 import './cluster.css';
 
 interface Member {
@@ -119,6 +119,7 @@ export function Cluster({ role }: { role?: string }) {
       <${ErrorBox} error=${err} />
       <${Note} text=${msg} />
       <${Members} c=${c} admin=${admin} onRemoved=${onRemoved} />
+      <${Note} text=${unreachableNote(c.members, c.me, admin)} />
       ${admin ? html`<h3>Add a node</h3><${JoinToken} />` : null}
       <h3>Data on this node</h3>
       <${Data} c=${c} />`}
