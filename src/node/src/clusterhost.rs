@@ -398,13 +398,11 @@ impl ClusterHost {
                 })
                 .await
                 .map_err(cluster_error)?
-                .unwrap_or_else(|| {
-                    (
-                        id.to_string(),
-                        cluster::Role::Data,
-                        cluster::MemberState::Active,
-                    )
-                });
+                .ok_or_else(|| {
+                    ControlError::not_found(format!(
+                        "member {node:?} is no longer in this cluster (see `cairn cluster status`)"
+                    ))
+                })?;
             if role == cluster::Role::Data && state != cluster::MemberState::Draining {
                 // Only a data node drains (a witness has no engine): its chunks' copies on the
                 // member would go with it.
