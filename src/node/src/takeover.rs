@@ -267,14 +267,13 @@ async fn maybe_take_over(inner: &NodeInner, m: &Arc<ClusterNode>, t: &mut Takeov
         // Reported in flight (so `cluster remove` of this node waits for it) from before this
         // node reads its own state fresh until the proposal has an outcome: a node being
         // drained never takes disks over (see `settles::InFlight`).
-        let moved = settles::Moved::Vdisk {
-            name: format!("the {owned} virtual disks of lost member {}", x.name),
-        };
-        let _flight = inner
-            .cluster
-            .settles
-            .in_flight(moved, x.id, me, "this node");
-        if let Err(e) = manual::target_still_active(m, me, "this node").await {
+        let what = format!("a takeover of its {owned} virtual disks");
+        let my_name = data
+            .iter()
+            .find(|y| y.id == me)
+            .map_or("", |y| y.name.as_str());
+        let _flight = inner.cluster.settles.in_flight(what, x.id, me, my_name);
+        if let Err(e) = manual::target_still_active(m, me, my_name).await {
             t.once(format!(
                 "member {} is down with {owned} virtual disks; not taken over here: {}",
                 x.id, e.message

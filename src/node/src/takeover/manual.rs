@@ -110,10 +110,8 @@ pub(crate) async fn move_out(
         )));
     }
     let tname = members_up(&m, to, name)?;
-    let moved = super::settles::Moved::Vdisk {
-        name: name.to_string(),
-    };
-    let _flight = inner.cluster.settles.in_flight(moved, me, to, &tname);
+    let what = format!("virtual disk {name}");
+    let _flight = inner.cluster.settles.in_flight(what, me, to, &tname);
     if let Some(vm) = inner.vms.active_user_of(name) {
         return Err(conflict(format!(
             "virtual disk {name} is used by VM {vm}, which is running on this node: stop the \

@@ -151,9 +151,17 @@ pub(crate) struct Settles {
     contents: parking_lot::Mutex<Contents>,
     /// Where an unreadable file was moved aside: everything is held while it exists.
     unreadable: Option<PathBuf>,
-    /// Planned moves this node is making now ([`Settles::in_flight`]), by a sequence number;
-    /// in memory only (a restart ends them: one whose outcome was unknown is in `contents`).
-    flying: parking_lot::Mutex<(u64, BTreeMap<u64, Entry>)>,
+    /// Moves this node is making now ([`Settles::in_flight`]), by a sequence number; in
+    /// memory only (a restart ends them: one whose outcome was unknown is in `contents`).
+    flying: parking_lot::Mutex<(u64, BTreeMap<u64, Flying>)>,
+}
+
+/// A move in progress ([`Settles::in_flight`]): what moves, from and to which member.
+struct Flying {
+    what: String,
+    from: u64,
+    to: u64,
+    to_name: String,
 }
 
 /// A planned move this node is making, reported by [`Settles::involving`] (so `cairn cluster
@@ -328,11 +336,12 @@ impl Settles {
 }
 
 impl Settles {
-    /// Registers a planned move of `moved` from this node (`from`) to `to` (`to_name`) as in
-    /// progress until the returned guard is dropped (see [`InFlight`]).
+    /// Registers a move of `what` (described for an error: "virtual disk d") from member `from`
+    /// to `to` (`to_name`) as in progress until the returned guard is dropped (see
+    /// [`InFlight`]).
     pub(crate) fn in_flight(
         &self,
-        moved: Moved,
+        what: String,
         from: u64,
         to: u64,
         to_name: &str,
@@ -340,14 +349,16 @@ impl Settles {
         let mut f = self.flying.lock();
         f.0 += 1;
         let key = f.0;
-        let entry = Entry {
-            moved,
-            from,
-            to,
-            to_name: to_name.to_string(),
-            why: "in progress".into(),
-        };
-        f.1.insert(key, entry);
+        let to_name = to_name.to_string();
+        f.1.insert(
+            key,
+            Flying {
+                what,
+                from,
+                to,
+                to_name,
+            },
+        );
         InFlight { settles: self, key }
     }
 
@@ -356,26 +367,28 @@ impl Settles {
     /// be read, or a file that could not, counts (what it involves cannot be told).
     pub(crate) fn involving(&self, me: u64, member: u64) -> Vec<String> {
         let mut out: Vec<String> = self.holds_all().into_iter().collect();
-        let involved = |e: &Entry| me == member || e.from == member || e.to == member;
-        let what = |e: &Entry| match &e.moved {
-            Moved::Vm { name, disks, .. } => format!("VM {name} with disks {disks:?}"),
-            Moved::Vdisk { name } => format!("virtual disk {name}"),
-        };
-        for e in self.flying.lock().1.values().filter(|e| involved(e)) {
+        let involved = |from: u64, to: u64| me == member || from == member || to == member;
+        for f in self
+            .flying
+            .lock()
+            .1
+            .values()
+            .filter(|f| involved(f.from, f.to))
+        {
             out.push(format!(
                 "on member {me}: {} from member {} to {} ({}), being moved now",
-                what(e),
-                e.from,
-                e.to_name,
-                e.to
+                f.what, f.from, f.to_name, f.to
             ));
         }
         let c = self.contents.lock();
         for (request, e) in &c.entries {
-            if !involved(e) {
+            if !involved(e.from, e.to) {
                 continue;
             }
-            let what = what(e);
+            let what = match &e.moved {
+                Moved::Vm { name, disks, .. } => format!("VM {name} with disks {disks:?}"),
+                Moved::Vdisk { name } => format!("virtual disk {name}"),
+            };
             out.push(format!(
                 "request {request} on member {me}: {what} from member {} to {} ({}), not known \
                  yet ({})",
@@ -1199,8 +1212,8 @@ pub(crate) mod tests {
         // A move being made now holds the removal the same way, until it has an outcome.
         n.inner.cluster.settles.remove("r1").unwrap();
         {
-            let moved = Moved::Vdisk { name: "e".into() };
-            let _flight = n.inner.cluster.settles.in_flight(moved, me, b, "b");
+            let what = "virtual disk e".to_string();
+            let _flight = n.inner.cluster.settles.in_flight(what, me, b, "b");
             let e = ctl.execute(admin(), remove("b".into())).await.unwrap_err();
             assert_eq!(e.code, ErrorCode::Unavailable, "{e:?}");
             let said = format!("virtual disk e from member {me} to b ({b}), being moved now");
