@@ -285,8 +285,9 @@ impl NodeController {
                 snapshot,
                 file,
             } => {
-                // As an NBD export: not a copy the cluster assigns to another node (stale).
-                crate::harestart::check_disk_here(&self.inner, name)?;
+                // As an NBD export (the other checks are `refuse_held`'s): not a copy the
+                // cluster assigns to another node.
+                crate::harestart::refuse_owned_elsewhere(&self.inner, name)?;
                 let handle = match snapshot {
                     Some(s) => engine.open_snapshot(name, s),
                     None => engine.open_vdisk(name),

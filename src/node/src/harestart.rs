@@ -281,6 +281,12 @@ pub(crate) fn check_disk_here(inner: &NodeInner, disk: &str) -> Result<(), Contr
     if let Some(why) = crate::takeover::gather::not_adopted_yet(inner, disk) {
         return Err(ControlError::new(control::ErrorCode::Unavailable, why));
     }
+    refuse_owned_elsewhere(inner, disk)
+}
+
+/// Refuses to export virtual disk `disk` from here (over NBD or to a file) when the cluster
+/// assigns it to another node: this node's copy may be stale.
+pub(crate) fn refuse_owned_elsewhere(inner: &NodeInner, disk: &str) -> Result<(), ControlError> {
     match owned_elsewhere(inner, &[disk.to_string()]) {
         Some((_, o)) => Err(ControlError::conflict(format!(
             "virtual disk {disk} is served by node {o}; export it there (this node's copy may \
