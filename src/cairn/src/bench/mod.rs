@@ -267,7 +267,8 @@ async fn engine_phase(
     load::prefill(&h, span).await?;
     // Per pattern: (ours IOPS, ours CPU, anchor IOPS, anchor CPU), one entry per run.
     let mut runs: Vec<[Vec<f64>; 4]> = Vec::new();
-    for (stem, pat, rw, bs) in selected(a, span) {
+    let pats = selected(a, span);
+    for &(stem, pat, rw, bs) in &pats {
         let mut m: [Vec<f64>; 4] = Default::default();
         for _ in 0..a.runs {
             let r = load::run(&h, pat, dur).await?;
@@ -306,7 +307,7 @@ async fn engine_phase(
 
     // The write anchors on the very same files once the engine is done with them (they
     // overwrite its data).
-    for ((_, pat, rw, bs), m) in selected(a, span).into_iter().zip(runs.iter_mut()) {
+    for (&(_, pat, rw, bs), m) in pats.iter().zip(runs.iter_mut()) {
         if pat.write {
             for _ in 0..a.runs {
                 let (i, c) = anchor_run(&names, pat, rw, bs, dur)?;
@@ -315,7 +316,7 @@ async fn engine_phase(
             }
         }
     }
-    for ((stem, pat, _, _), m) in selected(a, span).into_iter().zip(runs) {
+    for (&(stem, pat, _, _), m) in pats.iter().zip(runs) {
         let [our_iops, our_cpu, anchor_iops, anchor_cpu] = m.map(median);
         let seq = stem.starts_with("seq");
         Figure {
