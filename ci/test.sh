@@ -4,6 +4,9 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 bash ci/setup.sh || { echo "ci: setup failed"; exit 1; }
+# A clean build gains nothing from incremental state (~8 GB of it in target/debug).
+export CARGO_INCREMENTAL=0
+echo "ci: $(df -h --output=avail . | tail -n 1 | tr -d ' ') free on the build disk"
 
 log=$(mktemp -d)/ci.log
 fail=0
