@@ -5,8 +5,8 @@
 //! - A running node moved live (`Node::set_cluster_addr`, what the appliance's PID 1 calls on
 //!   a DHCP renewal with another address): same checks, no restart.
 //! - Every member moved at once (a renumbered site): none can reach another until the admin
-//!   tells one where another is (`cairn cluster locate`), which is checked (the member must
-//!   answer there with its own certificate); then both addresses are committed.
+//!   tells one where the others are (`cairn cluster locate`), which is checked (the member must
+//!   answer there with its own certificate); then every new address is committed.
 
 mod common;
 
@@ -93,22 +93,29 @@ fn members_that_all_moved_find_each_other_once_one_is_told_where_another_is() {
     let root = tmp.path();
     let mut a = Proc::start(root, "a", "127.0.0.2", false);
     let mut b = Proc::start(root, "b", "127.0.0.3", false);
+    let mut w = Proc::start(root, "w", "127.0.0.4", true);
     b.join(&a);
-    let b_old = b.addr.to_string();
-    wait_until(60, "a sees b", || {
-        member_addr(&a.status(), "b").as_deref() == Some(b_old.as_str())
+    w.join(&a);
+    let (b_old, w_old) = (b.addr.to_string(), w.addr.to_string());
+    wait_until(60, "a sees b and w", || {
+        let s = a.status();
+        member_addr(&s, "b").as_deref() == Some(b_old.as_str())
+            && member_addr(&s, "w").as_deref() == Some(w_old.as_str())
     });
     a.ok(&["vdisk", "create", "before", "16M"]);
 
-    // Both move while stopped: each starts on its new address, the other's old one dead.
-    a.stop();
-    b.stop();
+    // All three move while stopped: each starts on its new address, the others' old ones dead.
+    for p in [&mut a, &mut b, &mut w] {
+        p.stop();
+    }
     a.addr = free_cluster_addr("127.0.0.12");
     b.addr = free_cluster_addr("127.0.0.13");
-    let (a_new, b_new) = (a.addr.to_string(), b.addr.to_string());
-    a.restart();
-    b.restart();
-    // Neither can commit its announce: each still names the other's old address.
+    w.addr = free_cluster_addr("127.0.0.15");
+    let (a_new, b_new, w_new) = (a.addr.to_string(), b.addr.to_string(), w.addr.to_string());
+    for p in [&mut a, &mut b, &mut w] {
+        p.restart();
+    }
+    // None can commit its announce: each still names the others' old addresses.
     std::thread::sleep(Duration::from_secs(3));
     let still_apart = |a: &Proc, b: &Proc| {
         let (sa, sb) = (a.status(), b.status());
@@ -124,6 +131,8 @@ fn members_that_all_moved_find_each_other_once_one_is_told_where_another_is() {
         );
     };
     still_apart(&a, &b);
+    let text = cli(&a.data, &["cluster", "status"]).stdout;
+    assert!(text.contains("cairn cluster locate b --address"), "{text}");
 
     // Told wrong: an address nobody listens on, and a's own (it answers, but not with b's
     // certificate). Refused, saying why; nothing changes.
@@ -146,31 +155,61 @@ fn members_that_all_moved_find_each_other_once_one_is_told_where_another_is() {
     assert!(o.stderr.contains("no member"), "{}", o.stderr);
     still_apart(&a, &b);
 
-    // Told right: they reach each other, elect a leader and commit both new addresses.
+    // Told where b is: a and b reach each other, elect a leader (two votes of three) and
+    // commit both new addresses. The witness is still away, and a's status says so.
     let o = cli(&a.data, &["cluster", "locate", "b", "--address", &b_new]);
     assert_eq!(o.code, 0, "{}", o.stderr);
     for p in [&a, &b] {
-        wait_until(60, "both new addresses and a leader in each view", || {
+        wait_until(
+            60,
+            "a's and b's new addresses and a leader in each view",
+            || {
+                let s = p.status();
+                !s["leader"].is_null()
+                    && member_addr(&s, "a").as_deref() == Some(a_new.as_str())
+                    && member_addr(&s, "b").as_deref() == Some(b_new.as_str())
+            },
+        );
+    }
+    let text = cli(&a.data, &["cluster", "status"]).stdout;
+    assert!(
+        text.contains("not answering at the address above: w.")
+            && text.contains("cairn cluster locate w --address"),
+        "{text}"
+    );
+    // Told (on the same node) where the witness is: it is reached there, learns the others'
+    // addresses from the log and its own announce commits.
+    let o = cli(&a.data, &["cluster", "locate", "w", "--address", &w_new]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    for p in [&a, &w] {
+        wait_until(60, "every new address in a's and w's views", || {
             let s = p.status();
             !s["leader"].is_null()
                 && member_addr(&s, "a").as_deref() == Some(a_new.as_str())
                 && member_addr(&s, "b").as_deref() == Some(b_new.as_str())
+                && member_addr(&s, "w").as_deref() == Some(w_new.as_str())
         });
     }
-    // Both take part again: b's definitions commit and a sees them beside its own.
+    // Every member takes part again: b's definitions commit and a sees them beside its own.
     b.ok(&["vdisk", "create", "after", "16M"]);
     wait_until(60, "b's vdisk in a's view", || {
         a.status()["vdisks"]
             .as_array()
             .is_some_and(|v| v.iter().any(|n| n == "after") && v.iter().any(|n| n == "before"))
     });
-    // Kept: a plain restart of both finds each other at once.
-    a.stop();
-    b.stop();
-    a.restart();
-    b.restart();
-    wait_until(60, "a leader after restarting both", || {
-        !a.status()["leader"].is_null()
+    // Kept: a plain restart of all three finds each other at once.
+    for p in [&mut a, &mut b, &mut w] {
+        p.stop();
+    }
+    for p in [&mut a, &mut b, &mut w] {
+        p.restart();
+    }
+    wait_until(60, "a leader after restarting all three", || {
+        let s = a.status();
+        !s["leader"].is_null()
+            && s["members"]
+                .as_array()
+                .is_some_and(|m| m.iter().all(|x| x["health"] == "up"))
     });
 }
 

@@ -58,6 +58,9 @@ impl Handler for PeerHandler {
                 Some(from) => node.handle_app(from, r).await,
                 None => Err("members only".into()),
             }),
+            PeerRequest::Located { id, addr } => {
+                PeerResponse::Done(node.located_by_member(peer, id, addr).await)
+            }
             PeerRequest::Ping => {
                 let m = node.raft.metrics().borrow().clone();
                 PeerResponse::Pong {

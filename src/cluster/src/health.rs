@@ -4,6 +4,12 @@
 //! each ping bounded by [`PING_TIMEOUT`]. A member is `Up` if a ping succeeded within the last
 //! [`DOWN_AFTER`], `Down` once that long has passed without one, and `Unknown` before the first
 //! answer. (Raft's own leader liveness uses its election timeout, see `RaftTimings`.)
+//!
+//! The same pings gate elections, a stand-in for raft's pre-vote (openraft 0.9 has none): a
+//! voter that reaches too few voters to win does not campaign. Without it a member cut off
+//! (unplugged, or every member renumbered and it not yet told where the others are) raised
+//! its term at every election timeout, and once a leader reached it again, its higher term
+//! deposed that leader, again and again while it kept campaigning with a log too old to win.
 //! Must never: block raft or hold a lock across a ping.
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
@@ -38,6 +44,15 @@ impl Health {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(id, Instant::now());
+    }
+
+    /// Whether member `id` answered a ping within [`DOWN_AFTER`].
+    fn is_up(&self, id: NodeId) -> bool {
+        self.last_ok
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&id)
+            .is_some_and(|t| t.elapsed() < DOWN_AFTER)
     }
 
     fn get(&self, id: NodeId, started: Instant) -> (NodeHealth, Option<u64>) {
@@ -92,6 +107,7 @@ pub(crate) fn spawn_detector(node: Weak<ClusterNode>) {
             if n.is_stopped() {
                 return;
             }
+            n.gate_elections();
             let targets: Vec<(NodeId, String)> = n.read(|s| {
                 s.members
                     .values()
@@ -113,6 +129,7 @@ pub(crate) fn spawn_detector(node: Weak<ClusterNode>) {
                         .is_ok()
                     {
                         n.health.record_ok(id);
+                        n.gate_elections();
                     }
                 }
             });
@@ -121,7 +138,49 @@ pub(crate) fn spawn_detector(node: Weak<ClusterNode>) {
     });
 }
 
+/// Whether `me` with the voters it reaches (`up`) makes a majority of every voter set of
+/// `configs` (two while membership changes jointly).
+fn majority_reached(
+    configs: &[std::collections::BTreeSet<NodeId>],
+    me: NodeId,
+    up: impl Fn(NodeId) -> bool,
+) -> bool {
+    configs.iter().all(|voters| {
+        let reached = voters.iter().filter(|&&v| v == me || up(v)).count();
+        reached * 2 > voters.len()
+    })
+}
+
 impl ClusterNode {
+    /// Lets raft campaign here only while this member reaches a majority of the voters
+    /// (itself included): see the module's note. A leader is not affected (it does not
+    /// campaign), nor is a member that reaches enough voters but whose log is behind (raft
+    /// refuses its vote requests without adopting its term).
+    pub(crate) fn gate_elections(&self) {
+        let configs = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .get_joint_config()
+            .clone();
+        let may = majority_reached(&configs, self.id, |v| self.health.is_up(v));
+        let was = self
+            .may_elect
+            .swap(may, std::sync::atomic::Ordering::SeqCst);
+        if was != may {
+            self.raft.runtime_config().elect(may);
+            if may {
+                tracing::info!("reaching a majority of the voters again: may campaign");
+            } else {
+                tracing::info!(
+                    "reaching too few voters to win an election: not campaigning until more answer"
+                );
+            }
+        }
+    }
+
     /// Members, leader and each member's health as this node sees them.
     pub fn status(&self) -> ClusterStatus {
         let m = self.raft.metrics().borrow().clone();
@@ -156,5 +215,32 @@ impl ClusterNode {
             placement_version: self.read(|s| s.placement.version),
             members,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::majority_reached;
+    use std::collections::BTreeSet;
+
+    #[test]
+    fn a_member_campaigns_only_while_it_reaches_a_majority_of_every_voter_set() {
+        let set = |v: &[u64]| v.iter().copied().collect::<BTreeSet<u64>>();
+        // Alone in a one-voter cluster: always.
+        assert!(majority_reached(&[set(&[1])], 1, |_| false));
+        // Three voters: itself and one more.
+        assert!(!majority_reached(&[set(&[1, 2, 3])], 1, |_| false));
+        assert!(majority_reached(&[set(&[1, 2, 3])], 1, |v| v == 3));
+        // Two voters: both.
+        assert!(!majority_reached(&[set(&[1, 2])], 1, |_| false));
+        assert!(majority_reached(&[set(&[1, 2])], 1, |v| v == 2));
+        // A learner (not in the set) cannot make up the majority.
+        assert!(!majority_reached(&[set(&[1, 2, 3])], 1, |v| v == 4));
+        // Joint membership: a majority of each set.
+        let joint = [set(&[1, 2, 3]), set(&[1, 4, 5])];
+        assert!(!majority_reached(&joint, 1, |v| v == 2));
+        assert!(majority_reached(&joint, 1, |v| v == 2 || v == 5));
+        // Not a voter at all: never counted as reached itself.
+        assert!(!majority_reached(&[set(&[2, 3, 4])], 1, |v| v == 2));
     }
 }

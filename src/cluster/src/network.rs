@@ -82,6 +82,13 @@ pub enum PeerRequest {
     /// An application call (`crate::app`), opaque here. Last, so the older requests' encoding
     /// stays.
     App(Vec<u8>),
+    /// The admin told the caller that member `id` answers at `addr` now (`cairn cluster
+    /// locate`), sent to the leader so it reaches `id` there too. Last, so the older requests'
+    /// encoding stays (an older leader cannot read it, and the hint is lost).
+    Located {
+        id: NodeId,
+        addr: String,
+    },
 }
 
 /// Replies, one variant per request kind. Errors cross the wire as text.
@@ -198,11 +205,15 @@ pub struct Network {
     pub clients: PeerClients,
 }
 
-/// One peer as openraft sees it.
+/// One peer as openraft sees it. The client is looked up at every call, not once: a
+/// replication stream lives as long as the leadership, and a member that moved
+/// ([`PeerClients::note_moved`]) must be reached at its new address by the stream already
+/// running (a leader's lease checks, which open new streams, did reach it there and kept it a
+/// follower that heard from its leader, while the old stream never replicated to it).
 #[derive(Debug)]
 pub struct PeerConn {
     target: NodeId,
-    client: Result<PeerClient, String>,
+    addr: String,
     clients: PeerClients,
 }
 
@@ -212,10 +223,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     async fn new_client(&mut self, target: NodeId, node: &CairnNode) -> PeerConn {
         PeerConn {
             target,
-            client: self
-                .clients
-                .get(target, &node.addr)
-                .map_err(|e| e.to_string()),
+            addr: node.addr.clone(),
             clients: self.clients.clone(),
         }
     }
@@ -236,9 +244,9 @@ impl PeerConn {
             return Err(RPCError::Unreachable(unreachable(&e)));
         }
         let client = self
-            .client
-            .as_ref()
-            .map_err(|e| RPCError::Unreachable(unreachable(&Error::Config(e.clone()))))?;
+            .clients
+            .get(self.target, &self.addr)
+            .map_err(|e| RPCError::Unreachable(unreachable(&e)))?;
         client.call_timeout(&req, ttl).await.map_err(|e| match e {
             transport::Error::Connect { .. } | transport::Error::Closed => {
                 RPCError::Unreachable(unreachable(&e))

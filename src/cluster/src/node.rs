@@ -124,6 +124,8 @@ pub struct ClusterNode {
     stopped: std::sync::atomic::AtomicBool,
     /// Fault injection: inbound member calls get no answer (see [`ClusterNode::set_silent`]).
     silent: std::sync::atomic::AtomicBool,
+    /// Whether raft may start elections here (see `health`'s election gate).
+    pub(crate) may_elect: std::sync::atomic::AtomicBool,
     /// The application's handler for member calls (`crate::app`).
     pub(crate) app: std::sync::Mutex<Option<Arc<dyn crate::app::AppHandler>>>,
     servers: std::sync::Mutex<Vec<ServerHandle>>,
@@ -271,6 +273,7 @@ impl ClusterNode {
             started: std::time::Instant::now(),
             stopped: std::sync::atomic::AtomicBool::new(false),
             silent: std::sync::atomic::AtomicBool::new(false),
+            may_elect: std::sync::atomic::AtomicBool::new(true),
             app: std::sync::Mutex::new(None),
             servers: std::sync::Mutex::new(Vec::new()),
         });

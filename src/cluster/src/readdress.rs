@@ -25,6 +25,8 @@ use crate::Error;
 const ANNOUNCE_RETRY: Duration = Duration::from_secs(1);
 /// How long [`ClusterNode::locate_member`] waits for the member to answer at its new address.
 const LOCATE_WAIT: Duration = Duration::from_secs(5);
+/// How long a member told where another is keeps trying to pass it on to a leader.
+const TELL_LEADER_FOR: Duration = Duration::from_secs(120);
 
 impl ClusterNode {
     /// Whether the cluster knows this member at other addresses than the ones it listens on.
@@ -160,7 +162,11 @@ impl ClusterNode {
     /// other to elect a leader, every moved member's announce commits and the others follow.
     /// In memory only: a restart forgets it (the committed address is kept by then).
     /// Errors: `Config` for bad input, `Rejected` when the member does not answer there.
-    pub async fn locate_member(&self, id: NodeId, addr: &str) -> Result<(), Error> {
+    pub async fn locate_member(
+        self: &std::sync::Arc<Self>,
+        id: NodeId,
+        addr: &str,
+    ) -> Result<(), Error> {
         if id == self.id() {
             return Err(Error::Config(
                 "that is this member: its address is the one it listens on (cairn node \
@@ -176,14 +182,28 @@ impl ClusterNode {
                 "address {addr} is not one a member listens on (a host address and a port)"
             )));
         }
+        self.raft_addr(id)
+            .ok_or_else(|| Error::Config(format!("member {id} is not in this member's view")))?;
+        let addr = sock.to_string();
+        self.reach_at(id, &addr).await?;
+        if self.address_is_stale() {
+            self.announce_to_every_member().await;
+        }
+        // The leader must reach it too (its appends bring the member the others' new
+        // addresses, and take its announce): tell it, in the background while none is known.
+        if !self.is_leader() {
+            self.spawn_tell_leader(id, addr);
+        }
+        Ok(())
+    }
+
+    /// Checks that member `id` answers at `addr` (mutual TLS: whoever answers holds `id`'s
+    /// certificate) and calls it there until raft names an address for it again.
+    async fn reach_at(&self, id: NodeId, addr: &str) -> Result<(), Error> {
         let known = self
             .raft_addr(id)
             .ok_or_else(|| Error::Config(format!("member {id} is not in this member's view")))?;
-        let addr = sock.to_string();
-        match self
-            .forward(id, &addr, PeerRequest::Ping, LOCATE_WAIT)
-            .await
-        {
+        match self.forward(id, addr, PeerRequest::Ping, LOCATE_WAIT).await {
             Ok(PeerResponse::Pong { .. }) => {}
             Ok(other) => {
                 return Err(Error::Raft(format!(
@@ -198,11 +218,78 @@ impl ClusterNode {
             }
         }
         tracing::info!(member = id, old = %known, new = %addr, "told where a member is now; calling it there");
-        self.clients.note_moved(id, known, addr);
-        if self.address_is_stale() {
-            self.announce_to_every_member().await;
-        }
+        self.clients.note_moved(id, known, addr.to_string());
         Ok(())
+    }
+
+    /// Passes a located member's address on to the leader ([`PeerRequest::Located`]),
+    /// retrying for [`TELL_LEADER_FOR`] while no leader is known or it does not answer; done
+    /// early once this member leads, or raft names that address.
+    fn spawn_tell_leader(self: &std::sync::Arc<Self>, id: NodeId, addr: String) {
+        let weak = std::sync::Arc::downgrade(self);
+        tokio::spawn(async move {
+            let until = std::time::Instant::now() + TELL_LEADER_FOR;
+            while std::time::Instant::now() < until {
+                let Some(me) = weak.upgrade() else { return };
+                if me.is_stopped() {
+                    return;
+                }
+                if me.is_leader() || me.raft_addr(id).as_deref() == Some(addr.as_str()) {
+                    return;
+                }
+                let leader = me.leader().and_then(|l| me.raft_addr(l).map(|a| (l, a)));
+                if let Some((lid, at)) = leader {
+                    let req = PeerRequest::Located {
+                        id,
+                        addr: addr.clone(),
+                    };
+                    match me.forward(lid, &at, req, LOCATE_WAIT).await {
+                        Ok(PeerResponse::Done(Ok(()))) => {
+                            tracing::info!(
+                                member = id,
+                                leader = lid,
+                                "told the leader where the member is"
+                            );
+                            return;
+                        }
+                        Ok(other) => {
+                            tracing::debug!(member = id, leader = lid, reply = ?other, "leader did not take the hint yet")
+                        }
+                        Err(e) => {
+                            tracing::debug!(member = id, leader = lid, error = %e, "leader did not take the hint yet")
+                        }
+                    }
+                }
+                drop(me);
+                tokio::time::sleep(ANNOUNCE_RETRY).await;
+            }
+        });
+    }
+
+    /// Leader side of [`PeerRequest::Located`] from member `peer`: reaches member `id` at
+    /// `addr` as the member that was told does (checked the same way, so a wrong hint is never
+    /// used).
+    pub(crate) async fn located_by_member(
+        &self,
+        peer: Option<NodeId>,
+        id: NodeId,
+        addr: String,
+    ) -> Result<(), String> {
+        if peer.is_none() {
+            return Err("members only".into());
+        }
+        if !self.is_leader() {
+            return Err("not the leader; send it to the leader".into());
+        }
+        if id == self.id() {
+            return Ok(());
+        }
+        let sock: SocketAddr = addr
+            .parse()
+            .map_err(|_| format!("address {addr:?} is not ip:port"))?;
+        self.reach_at(id, &sock.to_string())
+            .await
+            .map_err(|e| e.to_string())
     }
 
     /// Sends this member's addresses to every other member (not only a leader): one that
