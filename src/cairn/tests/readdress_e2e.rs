@@ -200,6 +200,20 @@ fn members_that_all_moved_find_each_other_once_one_is_told_where_another_is() {
                 && member_addr(&s, "w").as_deref() == Some(w_new.as_str())
         });
     }
+    // The hint went to the leader (unless the member told became the leader meanwhile, which
+    // then reached the witness itself).
+    let follower_leads = follower.status()["members"]
+        .as_array()
+        .and_then(|m| m.iter().find(|x| x["leader"] == true))
+        .is_some_and(|x| x["name"] == follower.name.as_str());
+    assert!(
+        follower_leads
+            || follower
+                .log()
+                .contains("told the leader where the member is"),
+        "no hint to the leader in {}'s log",
+        follower.name
+    );
     // Every member takes part again: b's definitions commit and a sees them beside its own.
     b.ok(&["vdisk", "create", "after", "16M"]);
     wait_until(60, "b's vdisk in a's view", || {

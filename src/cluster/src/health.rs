@@ -6,10 +6,15 @@
 //! answer. (Raft's own leader liveness uses its election timeout, see `RaftTimings`.)
 //!
 //! The same pings gate elections, a stand-in for raft's pre-vote (openraft 0.9 has none): a
-//! voter that reaches too few voters to win does not campaign. Without it a member cut off
-//! (unplugged, or every member renumbered and it not yet told where the others are) raised
-//! its term at every election timeout, and once a leader reached it again, its higher term
-//! deposed that leader, again and again while it kept campaigning with a log too old to win.
+//! voter that reaches too few voters to win does not campaign (reached: answered within
+//! [`DOWN_AFTER`] and its latest ping did not fail). Without it a member cut off (unplugged,
+//! or every member renumbered and it not yet told where the others are) raised its term at
+//! every election timeout, and once a leader reached it again, its higher term deposed that
+//! leader, again and again while it kept campaigning with a log too old to win. With it, a
+//! member cut off while running campaigns at most until its next ping times out (about one
+//! [`PING_TIMEOUT`]; its first campaign comes after the leader lease and an election timeout,
+//! so once or twice at most): reached again, it costs the cluster one election, not a series.
+//! One that starts cut off (a restart, a renumbered site) never campaigns.
 //! Must never: block raft or hold a lock across a ping.
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
@@ -36,23 +41,42 @@ pub enum NodeHealth {
 #[derive(Debug, Default, Clone)]
 pub(crate) struct Health {
     last_ok: Arc<Mutex<HashMap<NodeId, Instant>>>,
+    /// Members whose latest ping failed (or was not sent: isolated, bad address).
+    last_failed: Arc<Mutex<std::collections::HashSet<NodeId>>>,
 }
 
 impl Health {
-    fn record_ok(&self, id: NodeId) {
-        self.last_ok
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(id, Instant::now());
+    fn record(&self, id: NodeId, ok: bool) {
+        if ok {
+            self.last_ok
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(id, Instant::now());
+        }
+        let mut failed = self.last_failed.lock().unwrap_or_else(|e| e.into_inner());
+        if ok {
+            failed.remove(&id);
+        } else {
+            failed.insert(id);
+        }
     }
 
-    /// Whether member `id` answered a ping within [`DOWN_AFTER`].
-    fn is_up(&self, id: NodeId) -> bool {
-        self.last_ok
+    /// For the election gate: member `id` answered a ping within [`DOWN_AFTER`] and its
+    /// latest ping did not fail. Stricter than `Up`, so a member cut off stops campaigning
+    /// within about one ping timeout instead of [`DOWN_AFTER`].
+    fn reachable(&self, id: NodeId) -> bool {
+        let fresh = self
+            .last_ok
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(&id)
-            .is_some_and(|t| t.elapsed() < DOWN_AFTER)
+            .is_some_and(|t| t.elapsed() < DOWN_AFTER);
+        fresh
+            && !self
+                .last_failed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains(&id)
     }
 
     fn get(&self, id: NodeId, started: Instant) -> (NodeHealth, Option<u64>) {
@@ -97,6 +121,29 @@ pub struct ClusterStatus {
     pub members: Vec<MemberStatus>,
 }
 
+/// Whom the detector pings: every member raft knows, at the address raft calls it (what the
+/// election gate must judge: the state's address can lag raft's while a move commits, and a
+/// ping there would miss a member raft reaches), and members only the state knows yet (a
+/// joiner before raft adds it) at the state's address.
+fn ping_targets(n: &ClusterNode) -> Vec<(NodeId, String)> {
+    let mut targets: std::collections::BTreeMap<NodeId, String> = n
+        .raft
+        .metrics()
+        .borrow()
+        .membership_config
+        .membership()
+        .nodes()
+        .map(|(id, node)| (*id, node.addr.clone()))
+        .collect();
+    n.read(|s| {
+        for m in s.members.values() {
+            targets.entry(m.id).or_insert_with(|| m.addr.clone());
+        }
+    });
+    targets.remove(&n.id);
+    targets.into_iter().collect()
+}
+
 pub(crate) fn spawn_detector(node: Weak<ClusterNode>) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(PING_INTERVAL);
@@ -108,29 +155,24 @@ pub(crate) fn spawn_detector(node: Weak<ClusterNode>) {
                 return;
             }
             n.gate_elections();
-            let targets: Vec<(NodeId, String)> = n.read(|s| {
-                s.members
-                    .values()
-                    .filter(|m| m.id != n.id)
-                    .map(|m| (m.id, m.addr.clone()))
-                    .collect()
-            });
+            let targets = ping_targets(&n);
             let pings = targets.into_iter().map(|(id, addr)| {
                 let n = n.clone();
                 async move {
                     if n.is_isolated() {
+                        n.health.record(id, false);
                         return;
                     }
                     let Ok(c) = n.clients.get(id, &addr) else {
+                        n.health.record(id, false);
                         return;
                     };
-                    if c.call_timeout(&PeerRequest::Ping, PING_TIMEOUT)
+                    let ok = c
+                        .call_timeout(&PeerRequest::Ping, PING_TIMEOUT)
                         .await
-                        .is_ok()
-                    {
-                        n.health.record_ok(id);
-                        n.gate_elections();
-                    }
+                        .is_ok();
+                    n.health.record(id, ok);
+                    n.gate_elections();
                 }
             });
             futures::future::join_all(pings).await;
@@ -165,7 +207,7 @@ impl ClusterNode {
             .membership()
             .get_joint_config()
             .clone();
-        let may = majority_reached(&configs, self.id, |v| self.health.is_up(v));
+        let may = majority_reached(&configs, self.id, |v| self.health.reachable(v));
         let was = self
             .may_elect
             .swap(may, std::sync::atomic::Ordering::SeqCst);
@@ -220,8 +262,23 @@ impl ClusterNode {
 
 #[cfg(test)]
 mod tests {
-    use super::majority_reached;
+    use super::{majority_reached, Health};
     use std::collections::BTreeSet;
+
+    #[test]
+    fn a_member_whose_latest_ping_failed_does_not_count_for_the_election_gate() {
+        let h = Health::default();
+        assert!(!h.reachable(2), "never answered");
+        h.record(2, true);
+        assert!(h.reachable(2));
+        // Still Up for the status view (answered within DOWN_AFTER), not for the gate.
+        h.record(2, false);
+        assert!(!h.reachable(2));
+        assert_eq!(h.get(2, std::time::Instant::now()).0, super::NodeHealth::Up);
+        h.record(2, true);
+        assert!(h.reachable(2));
+        assert!(!h.reachable(3));
+    }
 
     #[test]
     fn a_member_campaigns_only_while_it_reaches_a_majority_of_every_voter_set() {

@@ -126,6 +126,9 @@ pub struct ClusterNode {
     silent: std::sync::atomic::AtomicBool,
     /// Whether raft may start elections here (see `health`'s election gate).
     pub(crate) may_elect: std::sync::atomic::AtomicBool,
+    /// Members this one was told the address of (`cluster locate`) and passes on to the
+    /// leader until raft names it (see `readdress`).
+    pub(crate) telling: std::sync::Mutex<std::collections::HashMap<NodeId, String>>,
     /// The application's handler for member calls (`crate::app`).
     pub(crate) app: std::sync::Mutex<Option<Arc<dyn crate::app::AppHandler>>>,
     servers: std::sync::Mutex<Vec<ServerHandle>>,
@@ -274,6 +277,7 @@ impl ClusterNode {
             stopped: std::sync::atomic::AtomicBool::new(false),
             silent: std::sync::atomic::AtomicBool::new(false),
             may_elect: std::sync::atomic::AtomicBool::new(true),
+            telling: std::sync::Mutex::new(std::collections::HashMap::new()),
             app: std::sync::Mutex::new(None),
             servers: std::sync::Mutex::new(Vec::new()),
         });

@@ -27,6 +27,8 @@ const ANNOUNCE_RETRY: Duration = Duration::from_secs(1);
 const LOCATE_WAIT: Duration = Duration::from_secs(5);
 /// How long a member told where another is keeps trying to pass it on to a leader.
 const TELL_LEADER_FOR: Duration = Duration::from_secs(120);
+/// How often the same leader is told again while raft does not name the address yet.
+const RETELL_AFTER: Duration = Duration::from_secs(10);
 
 impl ClusterNode {
     /// Whether the cluster knows this member at other addresses than the ones it listens on.
@@ -190,7 +192,8 @@ impl ClusterNode {
             self.announce_to_every_member().await;
         }
         // The leader must reach it too (its appends bring the member the others' new
-        // addresses, and take its announce): tell it, in the background while none is known.
+        // addresses, and take its announce): tell it, in the background until raft names
+        // the address.
         if !self.is_leader() {
             self.spawn_tell_leader(id, addr);
         }
@@ -222,41 +225,76 @@ impl ClusterNode {
         Ok(())
     }
 
-    /// Passes a located member's address on to the leader ([`PeerRequest::Located`]),
-    /// retrying for [`TELL_LEADER_FOR`] while no leader is known or it does not answer; done
-    /// early once this member leads, or raft names that address.
+    /// Passes a located member's address on to the leader ([`PeerRequest::Located`]) until
+    /// raft names that address for it (the leader keeps the hint in memory only, so a new
+    /// leader is told again, and the same one every [`RETELL_AFTER`]), for at most
+    /// [`TELL_LEADER_FOR`]; done early once this member leads. One task per located member:
+    /// locating it again only changes the address the running task passes on.
     fn spawn_tell_leader(self: &std::sync::Arc<Self>, id: NodeId, addr: String) {
+        {
+            let mut telling = self.telling.lock().unwrap_or_else(|e| e.into_inner());
+            let running = telling.contains_key(&id);
+            telling.insert(id, addr);
+            if running {
+                return;
+            }
+        }
         let weak = std::sync::Arc::downgrade(self);
         tokio::spawn(async move {
             let until = std::time::Instant::now() + TELL_LEADER_FOR;
-            while std::time::Instant::now() < until {
+            // (leader, address, when): told again on a new leader, a new address, or after
+            // RETELL_AFTER (the leader may have restarted and forgotten).
+            let mut told: Option<(NodeId, String, std::time::Instant)> = None;
+            loop {
                 let Some(me) = weak.upgrade() else { return };
-                if me.is_stopped() {
+                let addr = me
+                    .telling
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(&id)
+                    .cloned();
+                let done = match &addr {
+                    None => true,
+                    Some(a) => {
+                        me.is_stopped()
+                            || std::time::Instant::now() >= until
+                            || me.is_leader()
+                            || me.raft_addr(id).as_deref() == Some(a.as_str())
+                    }
+                };
+                if done {
+                    me.telling
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(&id);
                     return;
                 }
-                if me.is_leader() || me.raft_addr(id).as_deref() == Some(addr.as_str()) {
-                    return;
-                }
+                let addr = addr.unwrap_or_default();
                 let leader = me.leader().and_then(|l| me.raft_addr(l).map(|a| (l, a)));
                 if let Some((lid, at)) = leader {
-                    let req = PeerRequest::Located {
-                        id,
-                        addr: addr.clone(),
-                    };
-                    match me.forward(lid, &at, req, LOCATE_WAIT).await {
-                        Ok(PeerResponse::Done(Ok(()))) => {
-                            tracing::info!(
-                                member = id,
-                                leader = lid,
-                                "told the leader where the member is"
-                            );
-                            return;
-                        }
-                        Ok(other) => {
-                            tracing::debug!(member = id, leader = lid, reply = ?other, "leader did not take the hint yet")
-                        }
-                        Err(e) => {
-                            tracing::debug!(member = id, leader = lid, error = %e, "leader did not take the hint yet")
+                    let fresh = told.as_ref().is_some_and(|(l, a, at)| {
+                        *l == lid && *a == addr && at.elapsed() < RETELL_AFTER
+                    });
+                    if !fresh {
+                        let req = PeerRequest::Located {
+                            id,
+                            addr: addr.clone(),
+                        };
+                        match me.forward(lid, &at, req, LOCATE_WAIT).await {
+                            Ok(PeerResponse::Done(Ok(()))) => {
+                                tracing::info!(
+                                    member = id,
+                                    leader = lid,
+                                    "told the leader where the member is"
+                                );
+                                told = Some((lid, addr, std::time::Instant::now()));
+                            }
+                            Ok(other) => {
+                                tracing::debug!(member = id, leader = lid, reply = ?other, "leader did not take the hint yet")
+                            }
+                            Err(e) => {
+                                tracing::debug!(member = id, leader = lid, error = %e, "leader did not take the hint yet")
+                            }
                         }
                     }
                 }

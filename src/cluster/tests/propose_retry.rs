@@ -80,6 +80,54 @@ async fn follower_commits_soon_after_a_silent_leader_is_replaced() {
     }
 }
 
+/// A follower cut off from the others (its link dropping everything) stops campaigning once
+/// its pings fail (the election gate, a stand-in for raft's pre-vote): its term stays where
+/// it was instead of rising at every election timeout, so when the link heals it does not
+/// depose the leader with a higher term.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_cut_off_does_not_keep_raising_its_term() {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = three_data_members(dir.path(), ["127.0.0.54", "127.0.0.55", "127.0.0.56"]).await;
+    let all: Vec<&Arc<ClusterNode>> = nodes.iter().collect();
+    let leader = wait_leader(&all, Duration::from_secs(20)).await;
+    let lead = nodes.iter().find(|n| n.id() == leader).unwrap().clone();
+    let cut = nodes.iter().find(|n| n.id() != leader).unwrap().clone();
+    wait_for("the follower following", Duration::from_secs(20), || {
+        cut.leader() == Some(leader)
+    })
+    .await;
+    let before = cut.raft().metrics().borrow().current_term;
+
+    cut.set_silent(true);
+    // About ten election timeouts (400-800 ms each, after the 800 ms lease).
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let after = cut.raft().metrics().borrow().current_term;
+    assert!(
+        after <= before + 1,
+        "the cut-off follower went from term {before} to {after}"
+    );
+    assert_eq!(
+        lead.leader(),
+        Some(leader),
+        "the leader kept its place meanwhile"
+    );
+
+    cut.set_silent(false);
+    assert_eq!(
+        cut.propose(vdisk("after-the-cut")).await.unwrap(),
+        CommandResult::Ok
+    );
+    wait_for("every member applying it", Duration::from_secs(20), || {
+        nodes
+            .iter()
+            .all(|n| n.read(|s| s.vdisks.contains_key("after-the-cut")))
+    })
+    .await;
+    for n in &nodes {
+        n.shutdown().await;
+    }
+}
+
 fn entry(index: u64, cmd: Command) -> cluster::Entry {
     cluster::Entry {
         log_id: openraft::LogId::new(openraft::CommittedLeaderId::new(1, 1), index),

@@ -269,6 +269,7 @@ async fn of_two_members_the_one_behind_comes_back_on_a_new_address_after_both_we
 
     // b goes off; a appends an entry that cannot commit, then goes off too.
     let mut b_cfg = b.cfg().clone();
+    let term = b.raft().metrics().borrow().current_term;
     b.shutdown().await;
     drop(b);
     let a2 = a.clone();
@@ -293,8 +294,7 @@ async fn of_two_members_the_one_behind_comes_back_on_a_new_address_after_both_we
     b_cfg.join_addr = free_addr("127.0.0.89");
     let new_addr = b_cfg.rpc_addr.to_string();
     let back = ClusterNode::open(b_cfg).await.expect("reopen b");
-    let term = back.raft().metrics().borrow().current_term;
-    // Several election timeouts (400-800 ms each).
+    // Several election timeouts (400-800 ms each); its term is the one it went down with.
     tokio::time::sleep(Duration::from_secs(4)).await;
     assert_eq!(
         back.raft().metrics().borrow().current_term,
