@@ -125,3 +125,11 @@ export function unreachableNote(members: { id: number; name: string; health: str
     : " If a member's address changed while it could not announce it (every member moved at once), an admin tells this node where it is now.";
   return what + how;
 }
+
+/** Said when this node reaches too few voters to win an election (it starts none meanwhile:
+ *  the cluster status's `campaigns` is false); nothing otherwise. */
+export function campaignNote(campaigns: boolean | null | undefined): string | null {
+  return campaigns === false
+    ? 'This node reaches too few voters to win an election: it starts none until more answer (a leader shown here may be out of date).'
+    : null;
+}

@@ -102,3 +102,10 @@ test('unreachableNote names the members that do not answer, and what to do', () 
   assert.match(n, /New address button/);
   assert.match(f.unreachableNote([m(1, 'a', 'up'), m(2, 'b', 'down')], 1, false), /an admin tells this node/);
 });
+
+test('campaignNote speaks only when this node may not start an election', () => {
+  assert.equal(f.campaignNote(true), null);
+  assert.equal(f.campaignNote(null), null, 'a node that does not report it');
+  assert.equal(f.campaignNote(undefined), null);
+  assert.match(f.campaignNote(false), /reaches too few voters to win an election/);
+});

@@ -171,6 +171,7 @@ fn cluster_status_with_the_lease_fits_the_openapi_schema() {
         term: 2,
         commit_index: Some(9),
         last_log_index: Some(9),
+        campaigns: Some(true),
         placement_version: 3,
         members: vec![
             member(1, Some("held")),

@@ -265,6 +265,13 @@ fn status(v: &ClusterView) -> String {
     for r in &rows {
         out.push_str(&line(r.iter().map(String::as_str).collect()));
     }
+    if v.campaigns == Some(false) {
+        // Also under a leader: one restored at start-up, or a follower's, may be out of date.
+        out.push_str(
+            "this node reaches too few voters to win an election: it starts none until more \
+             answer\n",
+        );
+    }
     out.push_str(&unreachable_hint(v));
     out.push_str(&format!(
         "objects: {} virtual disks, {} snapshots, {} VMs\n",
@@ -452,6 +459,7 @@ mod tests {
             term: 2,
             commit_index: None,
             last_log_index: None,
+            campaigns: Some(false),
             placement_version: 0,
             members: vec![
                 member(1, "a", "up"),
@@ -469,13 +477,16 @@ mod tests {
             s.contains("not answering at the address above: b, c."),
             "{s}"
         );
+        assert!(s.contains("reaches too few voters"), "{s}");
         assert!(
             s.contains("cairn cluster locate b --address IP:PORT"),
             "{s}"
         );
         v.members[1].health = "up".into();
+        v.campaigns = Some(true);
         let s = status(&v);
         assert!(s.contains("above: c."), "{s}");
+        assert!(!s.contains("reaches too few voters"), "{s}");
         assert!(
             s.contains("cairn cluster locate c --address IP:PORT"),
             "{s}"
@@ -569,6 +580,7 @@ mod tests {
             leader: Some(1),
             term: 2,
             commit_index: Some(9),
+            campaigns: Some(true),
             last_log_index: Some(9),
             placement_version: 1,
             members: vec![

@@ -129,9 +129,15 @@ fn members_that_all_moved_find_each_other_once_one_is_told_where_another_is() {
             Some(a_new.as_str()),
             "{sb}"
         );
+        // Reaching no other voter, neither starts an election (its term would only depose a
+        // leader later), and says so.
+        for s in [&sa, &sb] {
+            assert_eq!(s["campaigns"], false, "{s}");
+        }
     };
     still_apart(&a, &b);
     let text = cli(&a.data, &["cluster", "status"]).stdout;
+    assert!(text.contains("reaches too few voters"), "{text}");
     assert!(text.contains("cairn cluster locate b --address"), "{text}");
 
     // Told wrong: an address nobody listens on, and a's own (it answers, but not with b's

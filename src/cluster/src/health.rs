@@ -119,6 +119,9 @@ pub struct ClusterStatus {
     pub term: u64,
     pub placement_version: u64,
     pub members: Vec<MemberStatus>,
+    /// Whether this member may start an election (the election gate: it reaches a majority
+    /// of the voters).
+    pub may_campaign: bool,
 }
 
 /// Whom the detector pings: every member raft knows, at the address raft calls it (what the
@@ -256,6 +259,7 @@ impl ClusterNode {
             term: m.current_term,
             placement_version: self.read(|s| s.placement.version),
             members,
+            may_campaign: self.may_elect.load(std::sync::atomic::Ordering::SeqCst),
         }
     }
 }

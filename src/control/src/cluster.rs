@@ -206,6 +206,11 @@ pub struct ClusterView {
     /// it).
     #[serde(default)]
     pub lease: Option<LeaseView>,
+    /// Whether the answering node may start a raft election: false while it reaches too few
+    /// voters to win one (it then waits for more to answer instead of raising its term). None
+    /// from a node that does not report it.
+    #[serde(default)]
+    pub campaigns: Option<bool>,
 }
 
 /// Something a node did by itself, without a request (a takeover, an HA restart of a VM), for

@@ -318,6 +318,7 @@ impl ClusterHost {
             term: st.term,
             commit_index: metrics.last_applied.map(|l| l.index),
             last_log_index: metrics.last_log_index,
+            campaigns: Some(st.may_campaign),
             placement_version: st.placement_version,
             members: st
                 .members

@@ -4,7 +4,7 @@
 import { useState } from 'preact/hooks';
 import { html, ErrorBox, Note, useLoad } from '../ui';
 import { JoinToken, LocateMember, RemoveMember } from './clustermembers';
-import { drainText, DrainRow, fmtAgo, healthClass, leaseClass, leaseText, plural, replicaText, RemoteReplica, unreachableNote } from '../clusterfmt';
+import { drainText, DrainRow, fmtAgo, healthClass, leaseClass, leaseText, plural, replicaText, RemoteReplica, unreachableNote, campaignNote } from '../clusterfmt';
 import './cluster.css';
 
 interface Member {
@@ -27,6 +27,8 @@ interface ClusterView {
   term: number;
   commit_index: number | null;
   last_log_index: number | null;
+  /** false while this node reaches too few voters to win an election (it does not start one) */
+  campaigns?: boolean | null;
   placement_version: number;
   members: Member[];
   vdisks: string[];
@@ -115,6 +117,7 @@ export function Cluster({ role }: { role?: string }) {
         <dt>Commit index</dt><dd>${c.commit_index ?? '–'}${c.last_log_index != null && c.last_log_index !== c.commit_index ? ` (log up to ${c.last_log_index})` : ''}</dd>
         <dt>Replicated objects</dt><dd>${plural(c.vdisks.length, 'virtual disk')}, ${plural(c.snapshots, 'snapshot')}, ${plural(c.vms.length, 'VM')}</dd>
       </dl>
+      <${Note} text=${campaignNote(c.campaigns)} />
       <h3>Members (${c.members.length})</h3>
       <${ErrorBox} error=${err} />
       <${Note} text=${msg} />
