@@ -40,53 +40,47 @@ pub enum NodeHealth {
 
 #[derive(Debug, Default, Clone)]
 pub(crate) struct Health {
-    last_ok: Arc<Mutex<HashMap<NodeId, Instant>>>,
-    /// Members whose latest ping failed (or was not sent: isolated, bad address).
-    last_failed: Arc<Mutex<std::collections::HashSet<NodeId>>>,
+    seen: Arc<Mutex<HashMap<NodeId, Seen>>>,
+}
+
+/// What the pings told of one member.
+#[derive(Debug, Default, Clone, Copy)]
+struct Seen {
+    /// When it last answered.
+    last_ok: Option<Instant>,
+    /// Its latest ping failed (or was not sent: isolated, bad address).
+    failed: bool,
 }
 
 impl Health {
     fn record(&self, id: NodeId, ok: bool) {
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        let s = seen.entry(id).or_default();
         if ok {
-            self.last_ok
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(id, Instant::now());
+            s.last_ok = Some(Instant::now());
         }
-        let mut failed = self.last_failed.lock().unwrap_or_else(|e| e.into_inner());
-        if ok {
-            failed.remove(&id);
-        } else {
-            failed.insert(id);
-        }
+        s.failed = !ok;
+    }
+
+    fn seen(&self, id: NodeId) -> Seen {
+        self.seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&id)
+            .copied()
+            .unwrap_or_default()
     }
 
     /// For the election gate: member `id` answered a ping within [`DOWN_AFTER`] and its
     /// latest ping did not fail. Stricter than `Up`, so a member cut off stops campaigning
     /// within about one ping timeout instead of [`DOWN_AFTER`].
     fn reachable(&self, id: NodeId) -> bool {
-        let fresh = self
-            .last_ok
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&id)
-            .is_some_and(|t| t.elapsed() < DOWN_AFTER);
-        fresh
-            && !self
-                .last_failed
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .contains(&id)
+        let s = self.seen(id);
+        !s.failed && s.last_ok.is_some_and(|t| t.elapsed() < DOWN_AFTER)
     }
 
     fn get(&self, id: NodeId, started: Instant) -> (NodeHealth, Option<u64>) {
-        let last = self
-            .last_ok
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&id)
-            .copied();
-        match last {
+        match self.seen(id).last_ok {
             Some(t) if t.elapsed() < DOWN_AFTER => {
                 (NodeHealth::Up, Some(t.elapsed().as_millis() as u64))
             }

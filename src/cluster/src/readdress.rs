@@ -184,8 +184,6 @@ impl ClusterNode {
                 "address {addr} is not one a member listens on (a host address and a port)"
             )));
         }
-        self.raft_addr(id)
-            .ok_or_else(|| Error::Config(format!("member {id} is not in this member's view")))?;
         let addr = sock.to_string();
         self.reach_at(id, &addr).await?;
         if self.address_is_stale() {
@@ -247,29 +245,20 @@ impl ClusterNode {
             let mut told: Option<(NodeId, String, std::time::Instant)> = None;
             loop {
                 let Some(me) = weak.upgrade() else { return };
-                let addr = me
-                    .telling
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .get(&id)
-                    .cloned();
-                let done = match &addr {
-                    None => true,
-                    Some(a) => {
-                        me.is_stopped()
-                            || std::time::Instant::now() >= until
-                            || me.is_leader()
-                            || me.raft_addr(id).as_deref() == Some(a.as_str())
+                let addr = {
+                    let mut telling = me.telling.lock().unwrap_or_else(|e| e.into_inner());
+                    let addr = telling.get(&id).cloned().filter(|a| {
+                        !me.is_stopped()
+                            && std::time::Instant::now() < until
+                            && !me.is_leader()
+                            && me.raft_addr(id).as_deref() != Some(a.as_str())
+                    });
+                    if addr.is_none() {
+                        telling.remove(&id);
                     }
+                    addr
                 };
-                if done {
-                    me.telling
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .remove(&id);
-                    return;
-                }
-                let addr = addr.unwrap_or_default();
+                let Some(addr) = addr else { return };
                 let leader = me.leader().and_then(|l| me.raft_addr(l).map(|a| (l, a)));
                 if let Some((lid, at)) = leader {
                     let fresh = told.as_ref().is_some_and(|(l, a, at)| {

@@ -122,9 +122,9 @@ impl NodeController {
     /// yet holds (`crate::takeover::settles`): deleted, cloned, snapshotted, rolled back or
     /// resized here, it might be the target's already, or the move might still make it so
     /// (what this node did would be lost, or the target's copy would differ from the one it
-    /// adopted). Attaching a held disk is refused too: a running VM would serve it at once,
-    /// and so is its export to a file. Starts and NBD exports are refused where they happen (`crate::harestart`), moves in
-    /// `crate::takeover`. The same for a disk whose local copy is from before it left and came
+    /// adopted). Attaching a held disk is refused too: a running VM would serve it at once;
+    /// and so is its export to a file. Starts and NBD exports are refused where they happen
+    /// (`crate::harestart`), moves in `crate::takeover`. The same for a disk whose local copy is from before it left and came
     /// back, not replaced yet (`crate::takeover::gather::not_adopted_yet`).
     fn refuse_held(&self, req: &Request) -> Result<(), ControlError> {
         let s = &self.inner.cluster.settles;

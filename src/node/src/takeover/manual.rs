@@ -110,7 +110,7 @@ pub(crate) async fn move_out(
         )));
     }
     let tname = members_up(&m, to, name)?;
-    let what = format!("virtual disk {name}");
+    let what = super::settles::describe_vdisk(name);
     let _flight = inner.cluster.settles.in_flight(what, me, to, &tname);
     if let Some(vm) = inner.vms.active_user_of(name) {
         return Err(conflict(format!(

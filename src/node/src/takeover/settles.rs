@@ -80,6 +80,14 @@ impl Moved {
         }
     }
 
+    /// What moves, for messages ("virtual disk d", "VM v with disks [..]").
+    fn describe(&self) -> String {
+        match self {
+            Moved::Vm { name, disks, .. } => describe_vm(name, disks),
+            Moved::Vdisk { name } => describe_vdisk(name),
+        }
+    }
+
     /// The virtual disks that must not be exported here while the move is unsettled.
     fn disks(&self) -> Vec<String> {
         match self {
@@ -87,6 +95,16 @@ impl Moved {
             Moved::Vdisk { name } => vec![name.clone()],
         }
     }
+}
+
+/// How a planned move of VM `name` with `disks` is named in messages (also while in flight).
+pub(crate) fn describe_vm(name: &str, disks: &[String]) -> String {
+    format!("VM {name} with disks {disks:?}")
+}
+
+/// How a planned move of virtual disk `name` is named in messages (also while in flight).
+pub(crate) fn describe_vdisk(name: &str) -> String {
+    format!("virtual disk {name}")
 }
 
 /// One unsettled move (keyed by its request id).
@@ -385,10 +403,7 @@ impl Settles {
             if !involved(e.from, e.to) {
                 continue;
             }
-            let what = match &e.moved {
-                Moved::Vm { name, disks, .. } => format!("VM {name} with disks {disks:?}"),
-                Moved::Vdisk { name } => format!("virtual disk {name}"),
-            };
+            let what = e.moved.describe();
             out.push(format!(
                 "request {request} on member {me}: {what} from member {} to {} ({}), not known \
                  yet ({})",

@@ -76,7 +76,7 @@ pub(crate) async fn move_vm_out(
     }
     let what = format!("VM {name}");
     let tname = members_up(&m, to, &what)?;
-    let flying = format!("VM {name} with disks {disks:?}");
+    let flying = super::settles::describe_vm(name, &disks);
     let _flight = inner.cluster.settles.in_flight(flying, me, to, &tname);
     // Which disks move: this node's; those on the target already stay; any other is refused.
     let mut moving = Vec::new();
