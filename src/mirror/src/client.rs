@@ -366,6 +366,34 @@ impl State {
     }
 }
 
+/// Armed while a mutation's request may be on its way to the peer. Dropped armed (the caller
+/// gave the mutation up: a guest's request cancelled, a client gone), the request may still
+/// be applied there at any time, after whatever the caller does next to the chunk (a
+/// reconcile's copy, a newer write sent once the chunk's lock is free). So the replica goes
+/// away with the objects dirty, as after a timeout: nothing more is sent under this session,
+/// and the next heartbeat opens a new one, which the peer admits only once no mutation of the
+/// old session is running or can start (the server's `Hello`); the resync that follows copies
+/// the objects from the surviving replica.
+struct Abandoned<'a> {
+    replica: &'a RemoteReplica,
+    mark: &'a [ObjectId],
+    session: u64,
+    armed: bool,
+}
+
+impl Drop for Abandoned<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let r = self.replica;
+        tracing::warn!(node = r.link.node_id, disk = %r.disk.name, "a change sent to the peer was given up before its answer; resyncing the replica under a new session");
+        let mut st = r.st.lock();
+        r.went_away(&mut st, self.session);
+        st.dirty.extend(self.mark.iter().copied());
+    }
+}
+
 /// A replica on a disk of another node.
 pub struct RemoteReplica {
     pub(crate) link: Arc<PeerLink>,
@@ -496,7 +524,14 @@ impl RemoteReplica {
             return self.without_holder().await;
         }
         let session = out.session;
+        let mut abandoned = Abandoned {
+            replica: self,
+            mark,
+            session,
+            armed: true,
+        };
         let r = self.link.call_encoded(out.payload, out.timeout).await;
+        abandoned.armed = false;
         {
             let mut st = self.st.lock();
             self.note_restart(&mut st);

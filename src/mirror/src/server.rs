@@ -204,6 +204,18 @@ impl ReplicaServer {
             .ok_or_else(|| WireError::NoDisk(id.to_string()))
     }
 
+    /// Refuses a mutation sent under a session older than the peer's latest `Hello`.
+    fn session_current(&self, peer: NodeId, f: &Fence) -> std::result::Result<(), WireError> {
+        let floor = self.sessions.lock().get(&peer).copied().unwrap_or(0);
+        if f.session < floor {
+            return Err(WireError::StaleSession {
+                sent: f.session,
+                current: floor,
+            });
+        }
+        Ok(())
+    }
+
     async fn serve(&self, peer: Option<NodeId>, req: Req) -> std::result::Result<Body, WireError> {
         req.validate()?;
         let peer = peer.ok_or_else(|| WireError::BadRequest("anonymous peer".into()))?;
@@ -212,32 +224,38 @@ impl ReplicaServer {
                 "node id {peer} out of range for a replica writer"
             )));
         }
-        if let Some(f) = req.fence() {
-            let floor = self.sessions.lock().get(&peer).copied().unwrap_or(0);
-            if f.session < floor {
-                return Err(WireError::StaleSession {
-                    sent: f.session,
-                    current: floor,
-                });
-            }
-        }
         let _admitted = match req.fence() {
-            Some(f) => Some(
-                self.epochs
+            Some(f) => {
+                // Checked first so a stale request raises no epoch, and again under the
+                // guard: a `Hello` raises the floor with every guard held
+                // (`EpochTable::quiesce`), so a mutation of an older session that passed the
+                // first check while the peer opened a new one is refused, never applied after
+                // the peer has started copying the chunks it left dirty.
+                self.session_current(peer, &f)?;
+                let g = self
+                    .epochs
                     .admit(hosted_id(peer, f.vdisk), f.epoch)
                     .await
-                    .map_err(|e| wire_vdisk(e, f.vdisk))?,
-            ),
+                    .map_err(|e| wire_vdisk(e, f.vdisk))?;
+                self.session_current(peer, &f)?;
+                Some(g)
+            }
             None => None,
         };
         let se = store_err;
         let to_local = |o| to_local(peer, o);
         match req {
             Req::Hello { session } => {
-                let mut s = self.sessions.lock();
-                let e = s.entry(peer).or_insert(0);
-                *e = (*e).max(session);
-                drop(s);
+                // No mutation of this peer's older session may still be running, or start,
+                // once a new session is open: the peer resyncs what it left dirty next. A
+                // `Hello` of the current session (the periodic attach) changes nothing and
+                // holds no writer back.
+                if session > self.sessions.lock().get(&peer).copied().unwrap_or(0) {
+                    let _quiet = self.epochs.quiesce().await;
+                    let mut s = self.sessions.lock();
+                    let e = s.entry(peer).or_insert(0);
+                    *e = (*e).max(session);
+                }
                 Ok(Body::Hello {
                     disks: self.disks(),
                 })

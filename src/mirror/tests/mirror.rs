@@ -175,6 +175,139 @@ async fn peer_away_then_back_resyncs_only_changed_chunks() {
     n2.engine.shutdown().await.unwrap();
 }
 
+/// A RAM disk that holds back writes of blocks filled with one byte value until released.
+struct Gated {
+    inner: blockdev::RamDevice,
+    hold: parking_lot::Mutex<Option<u8>>,
+    held: std::sync::atomic::AtomicUsize,
+    open: tokio::sync::watch::Sender<bool>,
+}
+
+impl Gated {
+    fn new(name: &str) -> Gated {
+        Gated {
+            inner: blockdev::RamDevice::new(name, 96 * MIB),
+            hold: parking_lot::Mutex::new(None),
+            held: std::sync::atomic::AtomicUsize::new(0),
+            open: tokio::sync::watch::channel(true).0,
+        }
+    }
+    fn hold(&self, fill: u8) {
+        *self.hold.lock() = Some(fill);
+        self.open.send_replace(false);
+    }
+    fn release(&self) {
+        *self.hold.lock() = None;
+        self.open.send_replace(true);
+    }
+    fn held(&self) -> usize {
+        self.held.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
+impl blockdev::BlockDevice for Gated {
+    fn info(&self) -> &blockdev::DeviceInfo {
+        self.inner.info()
+    }
+    fn read_at(
+        &self,
+        offset: u64,
+        buf: blockdev::AlignedBuf,
+    ) -> blockdev::BoxFuture<'_, blockdev::Result<blockdev::AlignedBuf>> {
+        self.inner.read_at(offset, buf)
+    }
+    fn write_at(
+        &self,
+        offset: u64,
+        data: blockdev::WriteBuf,
+    ) -> blockdev::BoxFuture<'_, blockdev::Result<()>> {
+        Box::pin(async move {
+            let fill = *self.hold.lock();
+            if fill.is_some_and(|f| data.as_slice().iter().all(|b| *b == f)) {
+                self.held.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+                let mut open = self.open.subscribe();
+                let _ = open.wait_for(|o| *o).await;
+            }
+            self.inner.write_at(offset, data).await
+        })
+    }
+    fn flush(&self) -> blockdev::BoxFuture<'_, blockdev::Result<()>> {
+        self.inner.flush()
+    }
+    fn discard(&self, offset: u64, len: u64) -> blockdev::BoxFuture<'_, blockdev::Result<()>> {
+        self.inner.discard(offset, len)
+    }
+}
+
+/// A write the owner gave up while the peer was still applying it (its guest request
+/// cancelled). Before, the peer's copy took that write *after* the owner had moved on: the
+/// chunk was reconciled and written again, then the abandoned write landed on the peer, so
+/// the replicas differed (each valid by its checksums) and a fail-over would read the
+/// abandoned write instead of the acknowledged one. Now the replica is left behind at once
+/// and comes back under a new session, which the peer opens only once the old session's
+/// mutations have ended; the resync then copies the chunk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_given_up_mid_flight_never_lands_on_the_peer_afterwards() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = ClusterCa::generate("t").unwrap();
+    let n1 = Node::start(&ca, 1, "127.0.0.2", 1, dir.path()).await;
+    let gate = Arc::new(Gated::new("n2d0"));
+    let n2 = Node::start_on(&ca, 2, "127.0.0.3", vec![gate.clone()], dir.path()).await;
+    let l12 = link(&n1, &n2, Arc::new(EpochBook::new(1)));
+    attach_peer(&n1.engine, &l12).await.unwrap();
+    let v = n1.engine.create_vdisk("v", SIZE).await.unwrap();
+    let h = n1.engine.open_vdisk("v").unwrap();
+    h.write(0, &[0xaa; 4096]).await.unwrap();
+    h.flush().await.unwrap();
+
+    gate.hold(0xbb);
+    let w = {
+        let h = h.clone();
+        tokio::spawn(async move { h.write(0, &[0xbb; 4096]).await })
+    };
+    wait_for(
+        "the peer to start the write",
+        Duration::from_secs(10),
+        || gate.held() == 1,
+    )
+    .await;
+    w.abort();
+    assert!(w.await.unwrap_err().is_cancelled());
+    assert_eq!(
+        n1.engine.remote_disks()[0].reachability,
+        Reachability::Away,
+        "a replica whose write was given up is left behind at once"
+    );
+    h.write(0, &[0xcc; 4096]).await.unwrap();
+    h.flush().await.unwrap();
+    // While the given-up write still runs on the peer, its replica cannot come back.
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(1) && !n1.engine.remotes_in_sync() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let early = n1.engine.remotes_in_sync();
+    gate.release();
+    assert!(
+        !early,
+        "resynced while a write of the old session was still running on the peer"
+    );
+    wait_for("resync", Duration::from_secs(20), || {
+        n1.engine.remotes_in_sync()
+    })
+    .await;
+    let mut got = vec![0u8; 4096];
+    h.read(0, &mut got).await.unwrap();
+    assert!(
+        got.iter().all(|b| *b == 0xcc),
+        "the acknowledged write reads"
+    );
+    // Let any straggler land before comparing.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(assert_replicas_identical(&n1, &n2, v.id, SIZE).await, 1);
+    n1.engine.shutdown().await.unwrap();
+    n2.engine.shutdown().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peer_away_past_grace_is_rebuilt_on_other_disks() {
     let dir = tempfile::tempdir().unwrap();
