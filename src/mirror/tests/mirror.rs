@@ -248,6 +248,22 @@ impl blockdev::BlockDevice for Gated {
 /// mutations have ended; the resync then copies the chunk.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_given_up_mid_flight_never_lands_on_the_peer_afterwards() {
+    late_write_on_the_peer(true).await;
+}
+
+/// The same with a peer slower than the call timeout: the write is acknowledged on the
+/// owner alone (the peer left behind) while the peer still applies it. Before, the heartbeat
+/// opened a new session at once, the resync copied the chunk, and the slow write landed
+/// after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_timed_out_never_lands_on_the_peer_after_the_resync() {
+    late_write_on_the_peer(false).await;
+}
+
+/// Block 0 is written 0xbb while the peer's device holds that write; the caller gives it up
+/// (`abort`) or it times out; then 0xcc is written and acknowledged. Whatever the peer does
+/// with 0xbb meanwhile, both replicas end up 0xcc.
+async fn late_write_on_the_peer(abort: bool) {
     let dir = tempfile::tempdir().unwrap();
     let ca = ClusterCa::generate("t").unwrap();
     let n1 = Node::start(&ca, 1, "127.0.0.2", 1, dir.path()).await;
@@ -271,16 +287,21 @@ async fn a_write_given_up_mid_flight_never_lands_on_the_peer_afterwards() {
         || gate.held() == 1,
     )
     .await;
-    w.abort();
-    assert!(w.await.unwrap_err().is_cancelled());
+    if abort {
+        w.abort();
+        assert!(w.await.unwrap_err().is_cancelled());
+    } else {
+        // Acknowledged once the peer is left behind (call timeout 1.5 s).
+        w.await.unwrap().unwrap();
+    }
     assert_eq!(
         n1.engine.remote_disks()[0].reachability,
         Reachability::Away,
-        "a replica whose write was given up is left behind at once"
+        "the replica is left behind at once"
     );
     h.write(0, &[0xcc; 4096]).await.unwrap();
     h.flush().await.unwrap();
-    // While the given-up write still runs on the peer, its replica cannot come back.
+    // While the late write still runs on the peer, its replica cannot come back.
     let t = Instant::now();
     while t.elapsed() < Duration::from_secs(1) && !n1.engine.remotes_in_sync() {
         tokio::time::sleep(Duration::from_millis(20)).await;
