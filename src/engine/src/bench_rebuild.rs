@@ -145,6 +145,13 @@ pub struct RebuildLine {
     pub device_busy: f64,
     #[serde(default)]
     pub device_queue: f64,
+    /// The mean size of the device's completed reads and writes meanwhile (KiB): near the
+    /// chunk size when the copies reach it as whole chunks, far below when they arrive split
+    /// (or when other processes' small requests dominate).
+    #[serde(default)]
+    pub device_read_kib_per_req: f64,
+    #[serde(default)]
+    pub device_write_kib_per_req: f64,
 }
 
 /// Several runs of one line: the median and range of the ratio (and of ours and the anchor),
@@ -229,6 +236,9 @@ pub fn load_1m() -> f64 {
 pub(crate) struct DeviceIo {
     pub read_bytes: u64,
     pub written_bytes: u64,
+    /// Reads and writes completed (fields 4 and 8 of the line).
+    pub reads: u64,
+    pub writes: u64,
     /// Milliseconds the device had requests in flight, and those milliseconds weighted by
     /// the requests in flight (fields 13 and 14 of the line).
     pub busy_ms: u64,
@@ -253,6 +263,8 @@ impl DeviceIo {
             Some(DeviceIo {
                 read_bytes: num(5)? * 512,
                 written_bytes: num(9)? * 512,
+                reads: num(3)?,
+                writes: num(7)?,
                 busy_ms: num(12).unwrap_or(0),
                 weighted_ms: num(13).unwrap_or(0),
             })
@@ -266,6 +278,31 @@ impl DeviceIo {
             (Some(n), Some(b)) => (
                 mib(n.read_bytes.saturating_sub(b.read_bytes)),
                 mib(n.written_bytes.saturating_sub(b.written_bytes)),
+            ),
+            _ => (0.0, 0.0),
+        }
+    }
+
+    /// The mean size in KiB of the reads and of the writes completed since `before` (zeros
+    /// if either reading is missing or nothing completed).
+    pub(crate) fn request_kib_since(now: Option<DeviceIo>, before: Option<DeviceIo>) -> (f64, f64) {
+        let mean = |bytes: u64, n: u64| {
+            if n == 0 {
+                0.0
+            } else {
+                bytes as f64 / 1024.0 / n as f64
+            }
+        };
+        match (now, before) {
+            (Some(n), Some(b)) => (
+                mean(
+                    n.read_bytes.saturating_sub(b.read_bytes),
+                    n.reads.saturating_sub(b.reads),
+                ),
+                mean(
+                    n.written_bytes.saturating_sub(b.written_bytes),
+                    n.writes.saturating_sub(b.writes),
+                ),
             ),
             _ => (0.0, 0.0),
         }
@@ -562,6 +599,7 @@ async fn one_rebuild(opts: &RebuildOpts, ram_source: bool, metric: &str) -> Resu
     let io1 = DeviceIo::of(&opts.dir);
     let (device_read_mib, device_written_mib) = DeviceIo::since(io1, io0);
     let (device_busy, device_queue) = DeviceIo::load_since(io1, io0, secs);
+    let (device_read_kib_per_req, device_write_kib_per_req) = DeviceIo::request_kib_since(io1, io0);
     let bytes = e1.stats().rebalance.bytes_copied - before;
     if e1.pool().degraded_chunks != 0 {
         return Err(EngineError::Degraded(
@@ -621,6 +659,8 @@ async fn one_rebuild(opts: &RebuildOpts, ram_source: bool, metric: &str) -> Resu
         device_written_mib,
         device_busy,
         device_queue,
+        device_read_kib_per_req,
+        device_write_kib_per_req,
     })
 }
 
@@ -635,6 +675,8 @@ mod tests {
         let before = DeviceIo {
             read_bytes: 0,
             written_bytes: 0,
+            reads: 0,
+            writes: 0,
             busy_ms: 10_000,
             weighted_ms: 50_000,
         };
@@ -648,6 +690,21 @@ mod tests {
             (0.5, 4.0)
         );
         assert_eq!(DeviceIo::load_since(None, Some(before), 2.0), (0.0, 0.0));
+        let moved = DeviceIo {
+            read_bytes: 8 << 20,
+            written_bytes: 1 << 20,
+            reads: 8,
+            writes: 4,
+            ..before
+        };
+        assert_eq!(
+            DeviceIo::request_kib_since(Some(moved), Some(before)),
+            (1024.0, 256.0)
+        );
+        assert_eq!(
+            DeviceIo::request_kib_since(Some(before), Some(before)),
+            (0.0, 0.0)
+        );
         assert_eq!(DeviceIo::load_since(Some(after), None, 2.0), (0.0, 0.0));
         assert_eq!(
             DeviceIo::load_since(Some(after), Some(before), 0.0),
