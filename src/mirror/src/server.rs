@@ -35,11 +35,58 @@ pub struct ReplicaServer {
     disks: RwLock<HashMap<String, Served>>,
     epochs: EpochTable,
     described: crate::described::Described,
-    /// Highest session each peer node has opened.
-    sessions: Mutex<HashMap<NodeId, u64>>,
+    /// Each peer node's sessions.
+    sessions: Mutex<HashMap<NodeId, Arc<PeerSession>>>,
     /// Plug the served disks while a connection starts a burst of requests (see
     /// [`ReplicaServer::set_batching`]).
     batching: std::sync::atomic::AtomicBool,
+}
+
+/// A peer node's sessions: the highest it opened (`Req::Hello`), and a gate every mutation it
+/// sends holds (shared) while it runs. A new session is opened with the gate held
+/// exclusively, so once a `Hello` returns no mutation of an older session is running, and
+/// any that arrives later is refused: the peer may then resync what it left dirty without a
+/// late write of the old session landing after the copy (a write it gave up, or one that
+/// timed out). Only that peer's mutations wait for the gate (it sends none while it reopens:
+/// its replicas are away).
+#[derive(Default)]
+struct PeerSession {
+    floor: std::sync::atomic::AtomicU64,
+    gate: Arc<tokio::sync::RwLock<()>>,
+}
+
+impl PeerSession {
+    fn check(&self, f: &Fence) -> std::result::Result<(), WireError> {
+        let floor = self.floor.load(std::sync::atomic::Ordering::Acquire);
+        if f.session < floor {
+            return Err(WireError::StaleSession {
+                sent: f.session,
+                current: floor,
+            });
+        }
+        Ok(())
+    }
+
+    /// Admits a mutation fenced with `f`: the guard to hold while it runs.
+    async fn admit(
+        &self,
+        f: &Fence,
+    ) -> std::result::Result<tokio::sync::OwnedRwLockReadGuard<()>, WireError> {
+        self.check(f)?;
+        let g = self.gate.clone().read_owned().await;
+        // Again under the gate: a new session may have opened while this one waited.
+        self.check(f)?;
+        Ok(g)
+    }
+
+    /// Opens `session` if it is newer, once no mutation of an older one runs.
+    async fn open(&self, session: u64) {
+        if session > self.floor.load(std::sync::atomic::Ordering::Acquire) {
+            let _x = self.gate.write().await;
+            self.floor
+                .fetch_max(session, std::sync::atomic::Ordering::AcqRel);
+        }
+    }
 }
 
 impl std::fmt::Debug for ReplicaServer {
@@ -204,16 +251,8 @@ impl ReplicaServer {
             .ok_or_else(|| WireError::NoDisk(id.to_string()))
     }
 
-    /// Refuses a mutation sent under a session older than the peer's latest `Hello`.
-    fn session_current(&self, peer: NodeId, f: &Fence) -> std::result::Result<(), WireError> {
-        let floor = self.sessions.lock().get(&peer).copied().unwrap_or(0);
-        if f.session < floor {
-            return Err(WireError::StaleSession {
-                sent: f.session,
-                current: floor,
-            });
-        }
-        Ok(())
+    fn session(&self, peer: NodeId) -> Arc<PeerSession> {
+        self.sessions.lock().entry(peer).or_default().clone()
     }
 
     async fn serve(&self, peer: Option<NodeId>, req: Req) -> std::result::Result<Body, WireError> {
@@ -226,19 +265,14 @@ impl ReplicaServer {
         }
         let _admitted = match req.fence() {
             Some(f) => {
-                // Checked first so a stale request raises no epoch, and again under the
-                // guard: a `Hello` raises the floor with every guard held
-                // (`EpochTable::quiesce`), so a mutation of an older session that passed the
-                // first check while the peer opened a new one is refused, never applied after
-                // the peer has started copying the chunks it left dirty.
-                self.session_current(peer, &f)?;
-                let g = self
+                // The session first: a stale request raises no epoch.
+                let s = self.session(peer).admit(&f).await?;
+                let e = self
                     .epochs
                     .admit(hosted_id(peer, f.vdisk), f.epoch)
                     .await
                     .map_err(|e| wire_vdisk(e, f.vdisk))?;
-                self.session_current(peer, &f)?;
-                Some(g)
+                Some((s, e))
             }
             None => None,
         };
@@ -246,16 +280,8 @@ impl ReplicaServer {
         let to_local = |o| to_local(peer, o);
         match req {
             Req::Hello { session } => {
-                // No mutation of this peer's older session may still be running, or start,
-                // once a new session is open: the peer resyncs what it left dirty next. A
-                // `Hello` of the current session (the periodic attach) changes nothing and
-                // holds no writer back.
-                if session > self.sessions.lock().get(&peer).copied().unwrap_or(0) {
-                    let _quiet = self.epochs.quiesce().await;
-                    let mut s = self.sessions.lock();
-                    let e = s.entry(peer).or_insert(0);
-                    *e = (*e).max(session);
-                }
+                // A `Hello` of the current session (the periodic attach) holds nothing back.
+                self.session(peer).open(session).await;
                 Ok(Body::Hello {
                     disks: self.disks(),
                 })
@@ -652,5 +678,49 @@ impl Handler for ServerHandler {
             .filter_map(|(_, r)| r.local_store()?.plug())
             .collect();
         (!plugs.is_empty()).then(|| Box::new(plugs) as transport::Batch)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fence(session: u64) -> Fence {
+        Fence {
+            vdisk: 1,
+            epoch: 1,
+            session,
+        }
+    }
+
+    /// A new session opens only once the older session's mutations have ended, and refuses
+    /// those still to come (or waiting at the gate); the current session's `Hello` (the
+    /// periodic attach) waits for nothing.
+    #[tokio::test]
+    async fn a_new_session_waits_for_the_old_ones_mutations_and_refuses_the_rest() {
+        let s = Arc::new(PeerSession::default());
+        s.open(5).await;
+        let running = s.admit(&fence(5)).await.unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(5), s.open(5))
+            .await
+            .expect("the same session opens at once");
+        let s2 = s.clone();
+        let opening = tokio::spawn(async move { s2.open(6).await });
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(!opening.is_finished(), "opened under a running mutation");
+        let s3 = s.clone();
+        let waiting = tokio::spawn(async move { s3.admit(&fence(5)).await.map(drop) });
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        drop(running);
+        opening.await.unwrap();
+        assert!(matches!(
+            waiting.await.unwrap(),
+            Err(WireError::StaleSession {
+                sent: 5,
+                current: 6
+            })
+        ));
+        assert!(s.admit(&fence(5)).await.is_err());
+        drop(s.admit(&fence(6)).await.unwrap());
     }
 }
