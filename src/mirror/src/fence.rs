@@ -108,19 +108,6 @@ impl EpochTable {
         Ok(())
     }
 
-    /// Waits until no admitted mutation of any virtual disk is still running and holds new
-    /// ones back until the guards are dropped. A peer's new session is opened under these
-    /// (`Req::Hello`): a mutation of an older session either ended before or checks the new
-    /// floor after, so none can land after the peer starts resyncing. Taken in shard order;
-    /// nothing else holds more than one shard.
-    pub async fn quiesce(&self) -> Vec<tokio::sync::RwLockWriteGuard<'_, ()>> {
-        let mut all = Vec::with_capacity(SHARDS);
-        for s in self.shards.iter() {
-            all.push(s.write().await);
-        }
-        all
-    }
-
     /// Admit a mutation with `epoch` for `vdisk`: returns a guard to hold while it runs. A
     /// higher epoch is recorded durably first.
     pub async fn admit(
@@ -271,36 +258,6 @@ mod tests {
         drop(g);
         raise.await.unwrap().unwrap();
         assert!(t.admit(1, 1).await.is_err());
-    }
-
-    #[tokio::test]
-    async fn quiesce_waits_for_admitted_writers_and_holds_new_ones() {
-        let dir = tempfile::tempdir().unwrap();
-        let t = Arc::new(EpochTable::open(dir.path()).unwrap());
-        let g = t.admit(1, 1).await.unwrap();
-        let t2 = t.clone();
-        let (held_tx, held_rx) = tokio::sync::oneshot::channel();
-        let (release_tx, release_rx) = tokio::sync::oneshot::channel::<()>();
-        let q = tokio::spawn(async move {
-            let all = t2.quiesce().await;
-            held_tx.send(()).unwrap();
-            let _ = release_rx.await;
-            drop(all);
-        });
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        assert!(
-            !q.is_finished(),
-            "quiesce must wait for the writer in flight"
-        );
-        drop(g);
-        held_rx.await.unwrap();
-        let t3 = t.clone();
-        let w = tokio::spawn(async move { t3.admit(9, 1).await.map(drop) });
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        assert!(!w.is_finished(), "a writer must wait while quiesced");
-        release_tx.send(()).unwrap();
-        q.await.unwrap();
-        w.await.unwrap().unwrap();
     }
 
     #[test]
