@@ -8,10 +8,12 @@
 //! succeeds, so the engine acknowledges on the surviving replica. Objects written since the
 //! peer's last completed flush are dirty too (a crashed peer may have lost them). Reads of an
 //! away or dirty replica fail at once (the engine reads the other replica). Heartbeats notice
-//! the peer coming back; the replica then opens a new session (older requests still queued at
-//! the peer are refused from then on) and reports `Back`; the engine copies the dirty objects
+//! the peer coming back; the replica then opens a new session (the peer opens it once none of
+//! the older session's requests is still running, and refuses those still queued from then
+//! on) and reports `Back`; the engine copies the dirty objects
 //! and calls `resync_done`. A reply from a new server instance (the peer restarted) also
-//! makes every unflushed object dirty.
+//! makes every unflushed object dirty. A mutation whose caller gives it up before the answer
+//! (its request may still land) leaves the replica away too, its objects dirty.
 //!
 //! Fencing: every mutation carries (virtual disk, epoch from the [`EpochBook`], session). A
 //! `Fenced` reply is an error to the caller (this node no longer owns the disk), never a reason
