@@ -200,6 +200,9 @@ impl PeerLink {
                     Ok(b) => Ok(b),
                     // A peer that lost its disks, or an old session: treat as unreachable.
                     Err(w @ (WireError::NoDisk(_) | WireError::StaleSession { .. })) => {
+                        if let WireError::StaleSession { current, .. } = w {
+                            self.move_past(current);
+                        }
                         Err(CallErr::Net(w.to_string()))
                     }
                     Err(w) => Err(CallErr::Wire(w)),
@@ -207,6 +210,26 @@ impl PeerLink {
             }
             Err(transport::Error::Remote(m)) => Err(CallErr::Wire(WireError::Server(m))),
             Err(e) => Err(CallErr::Net(e.to_string())),
+        }
+    }
+
+    /// The peer's floor for this node's sessions is `floor`. Normally this node's own session
+    /// is there already (the refusal was for a request sent before it opened the newest). If
+    /// it is below, this process started its sessions below its predecessor's (sessions
+    /// start at the clock, and the clock went back): every change would be refused for good.
+    /// So the next session is past the floor; opening it (the next `Hello`) still waits for
+    /// the peer to finish this node's older mutations.
+    fn move_past(&self, floor: u64) {
+        let mut s = self.session.lock();
+        if *s < floor {
+            tracing::warn!(
+                node = self.node_id,
+                ours = *s,
+                floor,
+                "peer refuses this node's sessions as older than one it saw before (this \
+                 host's clock went back?); moving past them"
+            );
+            *s = floor.saturating_add(1);
         }
     }
 

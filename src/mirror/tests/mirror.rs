@@ -329,6 +329,39 @@ async fn late_write_on_the_peer(abort: bool) {
     n2.engine.shutdown().await.unwrap();
 }
 
+/// A node's sessions start at its clock. After the clock went back (a clock ahead of time
+/// set right, then a restart), they start below the floor its predecessor left on the peer.
+/// Before, every change sent there was refused as from an old session, for good: the replica
+/// stayed away (and was rebuilt elsewhere after the grace period). Now the node moves its
+/// sessions past the peer's floor and the replica comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_behind_the_peers_floor_catch_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = ClusterCa::generate("t").unwrap();
+    let n1 = Node::start(&ca, 1, "127.0.0.2", 1, dir.path()).await;
+    let n2 = Node::start(&ca, 2, "127.0.0.3", 1, dir.path()).await;
+    let behind = link(&n1, &n2, Arc::new(EpochBook::new(1)));
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    // The predecessor: its later session is the peer's floor for node 1.
+    let ahead = link(&n1, &n2, Arc::new(EpochBook::new(1)));
+    ahead.disks().await.unwrap();
+    drop(ahead);
+    attach_peer(&n1.engine, &behind).await.unwrap();
+    let v = n1.engine.create_vdisk("v", SIZE).await.unwrap();
+    let h = n1.engine.open_vdisk("v").unwrap();
+    let mut model = vec![0u8; SIZE as usize];
+    write_and_model(&h, &mut model, 1, 0..16).await;
+    h.flush().await.unwrap();
+    wait_for("the replica in sync", Duration::from_secs(15), || {
+        n1.engine.remotes_in_sync()
+    })
+    .await;
+    assert_eq!(assert_replicas_identical(&n1, &n2, v.id, SIZE).await, 16);
+    verify_model(&h, &model).await;
+    n1.engine.shutdown().await.unwrap();
+    n2.engine.shutdown().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peer_away_past_grace_is_rebuilt_on_other_disks() {
     let dir = tempfile::tempdir().unwrap();
