@@ -233,15 +233,14 @@ impl PeerLink {
         }
     }
 
-    /// Open a session (a new one if `away_session` is still current) and list the peer's disks.
-    async fn hello(
-        &self,
-        away_session: Option<u64>,
-    ) -> std::result::Result<Vec<DiskDesc>, CallErr> {
+    /// Open a session and list the peer's disks. `after`: the newest session a returning
+    /// replica sent changes under; the session opened is newer (a new one if needed), so the
+    /// peer answers only once none of those changes can still land there.
+    async fn hello(&self, after: Option<u64>) -> std::result::Result<Vec<DiskDesc>, CallErr> {
         let session = {
             let mut s = self.session.lock();
-            if away_session == Some(*s) {
-                *s += 1;
+            if let Some(a) = after.filter(|a| *a >= *s) {
+                *s = a + 1;
             }
             *s
         };
@@ -344,7 +343,7 @@ impl PeerLink {
             st: Mutex::new(State {
                 mode: Reachability::Up,
                 since: None,
-                away_session: 0,
+                sent: 0,
                 dirty: HashSet::new(),
                 unflushed: HashMap::new(),
                 seq: 0,
@@ -368,8 +367,9 @@ fn call_err(e: CallErr) -> MirrorError {
 pub(crate) struct State {
     pub(crate) mode: Reachability,
     pub(crate) since: Option<Instant>,
-    /// The session in use when the replica went away.
-    away_session: u64,
+    /// The newest session this replica sent a change under (the session it reopens with
+    /// must be newer).
+    sent: u64,
     pub(crate) dirty: HashSet<ObjectId>,
     /// Objects written since the peer's last completed flush, with the write's sequence.
     pub(crate) unflushed: HashMap<ObjectId, u64>,
@@ -379,11 +379,10 @@ pub(crate) struct State {
 }
 
 impl State {
-    fn go_away(&mut self, session: u64) {
+    fn go_away(&mut self) {
         if self.mode != Reachability::Away {
             self.mode = Reachability::Away;
             self.since = Some(Instant::now());
-            self.away_session = session;
         }
         self.misses = 0;
         let lost: Vec<ObjectId> = self.unflushed.drain().map(|(o, _)| o).collect();
@@ -395,14 +394,13 @@ impl State {
 /// gave the mutation up: a guest's request cancelled, a client gone), the request may still
 /// be applied there at any time, after whatever the caller does next to the chunk (a
 /// reconcile's copy, a newer write sent once the chunk's lock is free). So the replica goes
-/// away with the objects dirty, as after a timeout: nothing more is sent under this session,
-/// and the next heartbeat opens a new one, which the peer admits only once no mutation of the
-/// old session is running or can start (the server's `Hello`); the resync that follows copies
-/// the objects from the surviving replica.
+/// away with the objects dirty, as after a timeout: nothing more is sent, and the next
+/// heartbeat opens a newer session, which the peer answers only once no mutation of the older
+/// ones is running or can start (the server's `Hello`); the resync that follows copies the
+/// objects from the surviving replica.
 struct Abandoned<'a> {
     replica: &'a RemoteReplica,
     mark: &'a [ObjectId],
-    session: u64,
     armed: bool,
 }
 
@@ -414,7 +412,7 @@ impl Drop for Abandoned<'_> {
         let r = self.replica;
         tracing::warn!(node = r.link.node_id, disk = %r.disk.name, "a change sent to the peer was given up before its answer; resyncing the replica under a new session");
         let mut st = r.st.lock();
-        r.went_away(&mut st, self.session);
+        r.went_away(&mut st);
         st.dirty.extend(self.mark.iter().copied());
     }
 }
@@ -504,12 +502,12 @@ impl RemoteReplica {
         }
     }
 
-    pub(crate) fn went_away(&self, st: &mut State, session: u64) {
+    pub(crate) fn went_away(&self, st: &mut State) {
         if st.mode != Reachability::Away {
             self.away_events.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(node = self.link.node_id, disk = %self.disk.name, "peer replica away; writes continue on the survivor");
         }
-        st.go_away(session);
+        st.go_away();
     }
 
     /// Send a mutation unless the replica is away or one of `check` is dirty (then record
@@ -542,17 +540,16 @@ impl RemoteReplica {
                 st.dirty.extend(mark.iter().copied());
                 true
             } else {
+                st.sent = st.sent.max(out.session);
                 false
             }
         };
         if alone {
             return self.without_holder().await;
         }
-        let session = out.session;
         let mut abandoned = Abandoned {
             replica: self,
             mark,
-            session,
             armed: true,
         };
         let r = self.link.call_encoded(out.payload, out.timeout).await;
@@ -570,7 +567,7 @@ impl RemoteReplica {
                     return Ok(());
                 }
                 Err(CallErr::Net(_)) => {
-                    self.went_away(&mut st, session);
+                    self.went_away(&mut st);
                     st.dirty.extend(mark.iter().copied());
                 }
                 Err(CallErr::Wire(w)) => return Err(wire_to_store(self.link.node_id, w)),
@@ -609,14 +606,13 @@ impl RemoteReplica {
                 return Err(gone(self.link.node_id, "replica stale until resynced"));
             }
         }
-        let session = self.link.session();
         let r = self.link.call(&req, timeout).await;
         let mut st = self.st.lock();
         self.note_restart(&mut st);
         match r {
             Ok(b) => Ok(b),
             Err(CallErr::Net(m)) => {
-                self.went_away(&mut st, session);
+                self.went_away(&mut st);
                 Err(gone(self.link.node_id, &m))
             }
             Err(CallErr::Wire(w)) => Err(wire_to_store(self.link.node_id, w)),
@@ -638,8 +634,8 @@ impl RemoteReplica {
         };
         match mode {
             Reachability::Away => {
-                let away_session = self.st.lock().away_session;
-                if self.link.hello(Some(away_session)).await.is_err() {
+                let sent = self.st.lock().sent;
+                if self.link.hello(Some(sent)).await.is_err() {
                     return;
                 }
                 if let Ok(Body::Space(s)) = self.link.call(&ping, self.link.cfg.call_timeout).await
@@ -655,7 +651,6 @@ impl RemoteReplica {
                 }
             }
             Reachability::Up | Reachability::Back => {
-                let session = self.link.session();
                 let r = self.link.call(&ping, self.link.cfg.call_timeout).await;
                 let mut st = self.st.lock();
                 self.note_restart(&mut st);
@@ -667,7 +662,7 @@ impl RemoteReplica {
                     _ => {
                         st.misses += 1;
                         if st.misses >= self.link.cfg.heartbeat_misses {
-                            self.went_away(&mut st, session);
+                            self.went_away(&mut st);
                         }
                     }
                 }

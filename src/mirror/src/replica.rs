@@ -106,7 +106,6 @@ impl Replica for RemoteReplica {
                 }
                 st.seq
             };
-            let session = self.link.session();
             let r = self
                 .link
                 .call(
@@ -124,7 +123,7 @@ impl Replica for RemoteReplica {
                     Ok(())
                 }
                 Err(CallErr::Net(_)) => {
-                    self.went_away(&mut st, session);
+                    self.went_away(&mut st);
                     Ok(())
                 }
                 Err(CallErr::Wire(w)) => Err(wire_to_store(self.link.node_id, w)),

@@ -42,49 +42,101 @@ pub struct ReplicaServer {
     batching: std::sync::atomic::AtomicBool,
 }
 
-/// A peer node's sessions: the highest it opened (`Req::Hello`), and a gate every mutation it
-/// sends holds (shared) while it runs. A new session is opened with the gate held
-/// exclusively, so once a `Hello` returns no mutation of an older session is running, and
-/// any that arrives later is refused: the peer may then resync what it left dirty without a
-/// late write of the old session landing after the copy (a write it gave up, or one that
-/// timed out). Only that peer's mutations wait for the gate (it sends none while it reopens:
-/// its replicas are away).
+/// How long a `Hello` waits for the older sessions' mutations still running here (a hung
+/// device keeps one running for good): past it, the new session is refused for now (the floor
+/// stays raised) and the peer asks again. Below the peer's call timeout, so the refusal
+/// arrives.
+const OPEN_WAIT: std::time::Duration = std::time::Duration::from_millis(1000);
+
+/// A peer node's sessions: the highest it opened (`Req::Hello`), and its mutations running
+/// here, counted by session. A `Hello` raises the floor first (later requests of older
+/// sessions are refused from then on), then answers only once none of the older sessions'
+/// mutations is still running: the peer may then resync what it left dirty without a late
+/// write of an old session landing after the copy (a write it gave up, or one that timed out).
+/// Mutations of the new session never wait for that.
 #[derive(Default)]
 struct PeerSession {
-    floor: std::sync::atomic::AtomicU64,
-    gate: Arc<tokio::sync::RwLock<()>>,
+    st: Mutex<SessionState>,
+    ended: tokio::sync::Notify,
+}
+
+#[derive(Default)]
+struct SessionState {
+    floor: u64,
+    /// Mutations running, by session.
+    running: std::collections::BTreeMap<u64, usize>,
+}
+
+/// A mutation admitted under a session: counted as running while this lives.
+struct Running {
+    peer: Arc<PeerSession>,
+    session: u64,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let mut st = self.peer.st.lock();
+        if let Some(n) = st.running.get_mut(&self.session) {
+            *n -= 1;
+            if *n == 0 {
+                st.running.remove(&self.session);
+                drop(st);
+                self.peer.ended.notify_waiters();
+            }
+        }
+    }
 }
 
 impl PeerSession {
-    fn check(&self, f: &Fence) -> std::result::Result<(), WireError> {
-        let floor = self.floor.load(std::sync::atomic::Ordering::Acquire);
-        if f.session < floor {
+    /// Admits a mutation fenced with `f` (refused if its session is older than the floor).
+    fn admit(self: &Arc<Self>, f: &Fence) -> std::result::Result<Running, WireError> {
+        let mut st = self.st.lock();
+        if f.session < st.floor {
             return Err(WireError::StaleSession {
                 sent: f.session,
-                current: floor,
+                current: st.floor,
             });
         }
-        Ok(())
+        *st.running.entry(f.session).or_insert(0) += 1;
+        Ok(Running {
+            peer: self.clone(),
+            session: f.session,
+        })
     }
 
-    /// Admits a mutation fenced with `f`: the guard to hold while it runs.
-    async fn admit(
+    /// Opens `session` (raises the floor to it unless higher already) and waits, at most
+    /// `wait`, until no mutation of an older session runs.
+    async fn open(
         &self,
-        f: &Fence,
-    ) -> std::result::Result<tokio::sync::OwnedRwLockReadGuard<()>, WireError> {
-        self.check(f)?;
-        let g = self.gate.clone().read_owned().await;
-        // Again under the gate: a new session may have opened while this one waited.
-        self.check(f)?;
-        Ok(g)
-    }
-
-    /// Opens `session` if it is newer, once no mutation of an older one runs.
-    async fn open(&self, session: u64) {
-        if session > self.floor.load(std::sync::atomic::Ordering::Acquire) {
-            let _x = self.gate.write().await;
-            self.floor
-                .fetch_max(session, std::sync::atomic::Ordering::AcqRel);
+        session: u64,
+        wait: std::time::Duration,
+    ) -> std::result::Result<(), WireError> {
+        {
+            let mut st = self.st.lock();
+            st.floor = st.floor.max(session);
+        }
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let ended = self.ended.notified();
+            tokio::pin!(ended);
+            // Registered before the look, so an end right after it still wakes this.
+            ended.as_mut().enable();
+            let older = self
+                .st
+                .lock()
+                .running
+                .range(..session)
+                .map(|(_, n)| *n)
+                .sum::<usize>();
+            if older == 0 {
+                return Ok(());
+            }
+            if tokio::time::timeout_at(deadline, ended).await.is_err() {
+                return Err(WireError::Server(format!(
+                    "{older} change(s) of this node's older sessions still running here (a slow \
+                     or hung device); the new session opens once they end"
+                )));
+            }
         }
     }
 }
@@ -266,7 +318,7 @@ impl ReplicaServer {
         let _admitted = match req.fence() {
             Some(f) => {
                 // The session first: a stale request raises no epoch.
-                let s = self.session(peer).admit(&f).await?;
+                let s = self.session(peer).admit(&f)?;
                 let e = self
                     .epochs
                     .admit(hosted_id(peer, f.vdisk), f.epoch)
@@ -280,8 +332,7 @@ impl ReplicaServer {
         let to_local = |o| to_local(peer, o);
         match req {
             Req::Hello { session } => {
-                // A `Hello` of the current session (the periodic attach) holds nothing back.
-                self.session(peer).open(session).await;
+                self.session(peer).open(session, OPEN_WAIT).await?;
                 Ok(Body::Hello {
                     disks: self.disks(),
                 })
@@ -693,34 +744,49 @@ mod tests {
         }
     }
 
-    /// A new session opens only once the older session's mutations have ended, and refuses
-    /// those still to come (or waiting at the gate); the current session's `Hello` (the
-    /// periodic attach) waits for nothing.
+    /// A new session opens only once the older sessions' mutations have ended, refuses
+    /// those still to come, never holds the new session's mutations back, and gives up after
+    /// its wait (a hung device) with the floor raised all the same.
     #[tokio::test]
     async fn a_new_session_waits_for_the_old_ones_mutations_and_refuses_the_rest() {
+        let wait = std::time::Duration::from_secs(5);
         let s = Arc::new(PeerSession::default());
-        s.open(5).await;
-        let running = s.admit(&fence(5)).await.unwrap();
-        tokio::time::timeout(std::time::Duration::from_secs(5), s.open(5))
+        s.open(5, wait).await.unwrap();
+        let running = s.admit(&fence(5)).unwrap();
+        tokio::time::timeout(wait, s.open(5, wait))
             .await
-            .expect("the same session opens at once");
+            .expect("the same session opens at once")
+            .unwrap();
         let s2 = s.clone();
-        let opening = tokio::spawn(async move { s2.open(6).await });
+        let opening = tokio::spawn(async move { s2.open(6, wait).await });
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         assert!(!opening.is_finished(), "opened under a running mutation");
-        let s3 = s.clone();
-        let waiting = tokio::spawn(async move { s3.admit(&fence(5)).await.map(drop) });
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        drop(running);
-        opening.await.unwrap();
         assert!(matches!(
-            waiting.await.unwrap(),
+            s.admit(&fence(5)).map(drop),
             Err(WireError::StaleSession {
                 sent: 5,
                 current: 6
             })
         ));
-        assert!(s.admit(&fence(5)).await.is_err());
-        drop(s.admit(&fence(6)).await.unwrap());
+        drop(
+            s.admit(&fence(6))
+                .expect("the new session is admitted meanwhile"),
+        );
+        drop(running);
+        tokio::time::timeout(wait, opening)
+            .await
+            .expect("opens once the old mutation ended")
+            .unwrap()
+            .unwrap();
+
+        let hung = s.admit(&fence(6)).unwrap();
+        let short = std::time::Duration::from_millis(50);
+        assert!(matches!(s.open(7, short).await, Err(WireError::Server(_))));
+        assert!(
+            s.admit(&fence(6)).is_err(),
+            "the floor is raised all the same"
+        );
+        drop(hung);
+        s.open(7, short).await.unwrap();
     }
 }

@@ -175,10 +175,10 @@ async fn peer_away_then_back_resyncs_only_changed_chunks() {
     n2.engine.shutdown().await.unwrap();
 }
 
-/// A RAM disk that holds back writes of blocks filled with one byte value until released.
+/// A RAM disk that holds back writes of blocks filled with given byte values until released.
 struct Gated {
     inner: blockdev::RamDevice,
-    hold: parking_lot::Mutex<Option<u8>>,
+    hold: parking_lot::Mutex<Vec<u8>>,
     held: std::sync::atomic::AtomicUsize,
     open: tokio::sync::watch::Sender<bool>,
 }
@@ -187,17 +187,17 @@ impl Gated {
     fn new(name: &str) -> Gated {
         Gated {
             inner: blockdev::RamDevice::new(name, 96 * MIB),
-            hold: parking_lot::Mutex::new(None),
+            hold: parking_lot::Mutex::new(Vec::new()),
             held: std::sync::atomic::AtomicUsize::new(0),
             open: tokio::sync::watch::channel(true).0,
         }
     }
     fn hold(&self, fill: u8) {
-        *self.hold.lock() = Some(fill);
+        self.hold.lock().push(fill);
         self.open.send_replace(false);
     }
     fn release(&self) {
-        *self.hold.lock() = None;
+        self.hold.lock().clear();
         self.open.send_replace(true);
     }
     fn held(&self) -> usize {
@@ -222,8 +222,11 @@ impl blockdev::BlockDevice for Gated {
         data: blockdev::WriteBuf,
     ) -> blockdev::BoxFuture<'_, blockdev::Result<()>> {
         Box::pin(async move {
-            let fill = *self.hold.lock();
-            if fill.is_some_and(|f| data.as_slice().iter().all(|b| *b == f)) {
+            let first = data.as_slice().first().copied();
+            let held = first.is_some_and(|f| {
+                self.hold.lock().contains(&f) && data.as_slice().iter().all(|b| *b == f)
+            });
+            if held {
                 self.held.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
                 let mut open = self.open.subscribe();
                 let _ = open.wait_for(|o| *o).await;
@@ -334,6 +337,139 @@ async fn late_write_on_the_peer(abort: bool) {
 /// Before, every change sent there was refused as from an old session, for good: the replica
 /// stayed away (and was rebuilt elsewhere after the grace period). Now the node moves its
 /// sessions past the peer's floor and the replica comes back.
+/// The peer has two disks, a and b. A write on a (session S) hangs on a's device; b's
+/// replica goes away (a write given up) and reopens under S+1, which the peer answers only
+/// once a's S write has ended; meanwhile a write of S+1 on a hangs too, and then a's S write is
+/// given up. Checks: (1) b reopening never holds a's new writes back (before: the reopen waited
+/// for a's write with an exclusive lock that queued every later write of this node behind it,
+/// so they timed out and a went away too); (2) a reopens under a session newer than every one
+/// it sent, so its S+1 write cannot land after its resync either (before: it reopened under
+/// S+1 and the peer, at S+1 already, waited for nothing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_write_holds_back_neither_the_other_disks_nor_the_fence() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = ClusterCa::generate("t").unwrap();
+    let n1 = Node::start(&ca, 1, "127.0.0.2", 1, dir.path()).await;
+    let (ga, gb) = (Arc::new(Gated::new("n2a")), Arc::new(Gated::new("n2b")));
+    let devs: Vec<Arc<dyn blockdev::BlockDevice>> = vec![ga.clone(), gb.clone()];
+    let n2 = Node::start_on(&ca, 2, "127.0.0.3", devs, dir.path()).await;
+    let l12 = link(&n1, &n2, Arc::new(EpochBook::new(1)));
+    attach_peer(&n1.engine, &l12).await.unwrap();
+    let v = n1.engine.create_vdisk("v", SIZE).await.unwrap();
+    let h = n1.engine.open_vdisk("v").unwrap();
+    let mut model = vec![0u8; SIZE as usize];
+    write_and_model(&h, &mut model, 1, 0..16).await;
+    h.flush().await.unwrap();
+    // Which of node 2's disks holds each chunk.
+    let hosted = mirror::wire::hosted_id(1, v.id);
+    let on = |disk: &str| -> Vec<u64> {
+        let (_, r) = n2
+            .engine
+            .local_replicas()
+            .into_iter()
+            .find(|(d, _)| d.name == disk)
+            .unwrap();
+        let mut c: Vec<u64> = r
+            .objects()
+            .into_iter()
+            .filter(|o| o.vdisk == hosted)
+            .map(|o| o.chunk)
+            .collect();
+        c.sort();
+        c
+    };
+    let (on_a, on_b) = (on("n2a"), on("n2b"));
+    assert!(on_a.len() >= 3 && !on_b.is_empty(), "a {on_a:?} b {on_b:?}");
+    let (x, y, w, z) = (on_a[0] * MIB, on_a[1] * MIB, on_a[2] * MIB, on_b[0] * MIB);
+    let reach = |name: &str| {
+        n1.engine
+            .remote_disks()
+            .into_iter()
+            .find(|d| d.name.ends_with(name))
+            .unwrap()
+            .reachability
+    };
+    let spawn_write = |at: u64, fill: u8| {
+        let h = h.clone();
+        tokio::spawn(async move { h.write(at, &[fill; 4096]).await })
+    };
+
+    ga.hold(0xbb);
+    let w1 = spawn_write(x, 0xbb);
+    wait_for("a to hold the first write", Duration::from_secs(10), || {
+        ga.held() == 1
+    })
+    .await;
+    gb.hold(0xdd);
+    let wb = spawn_write(z, 0xdd);
+    wait_for("b to hold its write", Duration::from_secs(10), || {
+        gb.held() == 1
+    })
+    .await;
+    wb.abort();
+    assert!(wb.await.unwrap_err().is_cancelled());
+    assert_eq!(reach("n2b"), Reachability::Away);
+    // b's heartbeats (every 100 ms) now ask for the new session, which waits for a's write.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    ga.hold(0xee);
+    let w2 = spawn_write(y, 0xee);
+    wait_for(
+        "a to hold the second write",
+        Duration::from_secs(10),
+        || ga.held() == 2,
+    )
+    .await;
+    // (1) a's other writes go on while b waits to come back (none waits for the call
+    // timeout, 1.5 s, after which a would be left behind).
+    for i in 0..4u64 {
+        let t = Instant::now();
+        h.write(w + i * 4096, &[0x11; 4096]).await.unwrap();
+        assert!(
+            t.elapsed() < Duration::from_millis(1400),
+            "a write to disk a took {:?} while b reopened",
+            t.elapsed()
+        );
+    }
+    assert_eq!(reach("n2a"), Reachability::Up, "a is not held back by b");
+    gb.release();
+    // (2) a's first write given up: a reopens past both of its writes.
+    w1.abort();
+    assert!(w1.await.unwrap_err().is_cancelled());
+    assert_eq!(reach("n2a"), Reachability::Away);
+    h.write(x, &[0xcc; 4096]).await.unwrap();
+    h.flush().await.unwrap();
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(1) && reach("n2a") == Reachability::Away {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let early = reach("n2a");
+    ga.release();
+    assert_eq!(
+        early,
+        Reachability::Away,
+        "a came back while its writes were still running on the peer"
+    );
+    // The held S+1 write timed out (acknowledged without the peer) or landed; either way it
+    // is the disk's data now.
+    w2.await.unwrap().unwrap();
+    wait_for("resync", Duration::from_secs(20), || {
+        n1.engine.remotes_in_sync()
+    })
+    .await;
+    let mut got = vec![0u8; 4096];
+    h.read(x, &mut got).await.unwrap();
+    assert!(
+        got.iter().all(|b| *b == 0xcc),
+        "the acknowledged write reads"
+    );
+    h.read(y, &mut got).await.unwrap();
+    assert!(got.iter().all(|b| *b == 0xee));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(assert_replicas_identical(&n1, &n2, v.id, SIZE).await, 16);
+    n1.engine.shutdown().await.unwrap();
+    n2.engine.shutdown().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_behind_the_peers_floor_catch_up() {
     let dir = tempfile::tempdir().unwrap();
