@@ -21,7 +21,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -177,12 +177,18 @@ impl PeerLink {
     }
 
     /// A request already encoded (see `wire::WriteRef`).
+    /// `sent`: set once the request is handed to the connection (see
+    /// `transport::Client::call_encoded_noting`).
     pub(crate) async fn call_encoded(
         &self,
         payload: Vec<u8>,
         timeout: Duration,
+        sent: &AtomicBool,
     ) -> std::result::Result<Body, CallErr> {
-        let r = self.client.call_encoded(payload, timeout).await;
+        let r = self
+            .client
+            .call_encoded_noting(payload, timeout, sent)
+            .await;
         self.answer(r)
     }
 
@@ -390,9 +396,9 @@ impl State {
     }
 }
 
-/// Armed while a mutation's request may be on its way to the peer. Dropped armed (the caller
-/// gave the mutation up: a guest's request cancelled, a client gone), the request may still
-/// be applied there at any time, after whatever the caller does next to the chunk (a
+/// Armed while a mutation's request may be on its way to the peer. Dropped armed once the
+/// request was handed to the connection (the caller gave the mutation up: a guest's request
+/// cancelled, a client gone), the request may still be applied there at any time, after whatever the caller does next to the chunk (a
 /// reconcile's copy, a newer write sent once the chunk's lock is free). So the replica goes
 /// away with the objects dirty, as after a timeout: nothing more is sent, and the next
 /// heartbeat opens a newer session, which the peer answers only once no mutation of the older
@@ -402,11 +408,14 @@ struct Abandoned<'a> {
     replica: &'a RemoteReplica,
     mark: &'a [ObjectId],
     armed: bool,
+    /// Set by the transport just before the request leaves: dropped before that (still
+    /// connecting, or waiting for an in-flight slot), nothing can reach the peer.
+    sent: AtomicBool,
 }
 
 impl Drop for Abandoned<'_> {
     fn drop(&mut self) {
-        if !self.armed {
+        if !self.armed || !self.sent.load(Ordering::Acquire) {
             return;
         }
         let r = self.replica;
@@ -551,8 +560,12 @@ impl RemoteReplica {
             replica: self,
             mark,
             armed: true,
+            sent: AtomicBool::new(false),
         };
-        let r = self.link.call_encoded(out.payload, out.timeout).await;
+        let r = self
+            .link
+            .call_encoded(out.payload, out.timeout, &abandoned.sent)
+            .await;
         abandoned.armed = false;
         {
             let mut st = self.st.lock();

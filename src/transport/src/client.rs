@@ -248,6 +248,19 @@ impl<Req: Serialize, Resp: DeserializeOwned> Client<Req, Resp> {
     /// that encodes exactly as some `Req` does: a caller may serialize a borrowed view of a
     /// large request instead of building an owned copy first).
     pub async fn call_encoded(&self, payload: Vec<u8>, timeout: Duration) -> Result<Resp, Error> {
+        self.call_encoded_noting(payload, timeout, &AtomicBool::new(false))
+            .await
+    }
+
+    /// [`Client::call_encoded`] that sets `sent` just before the request is handed to the
+    /// connection: a caller that gives the call up can tell a request that may reach the
+    /// peer (set) from one that never left (still connecting or waiting for a slot).
+    pub async fn call_encoded_noting(
+        &self,
+        payload: Vec<u8>,
+        timeout: Duration,
+        sent: &AtomicBool,
+    ) -> Result<Resp, Error> {
         if payload.len() > self.inner.cfg.max_frame_bytes as usize {
             return Err(Error::Encode(format!(
                 "request of {} bytes exceeds the limit of {}",
@@ -257,7 +270,7 @@ impl<Req: Serialize, Resp: DeserializeOwned> Client<Req, Resp> {
         }
         // One timer for the whole call (connecting, a slot, sending, the reply): a timer per
         // step cost three timer-wheel entries per request.
-        let mut sent: Option<(Arc<Conn>, u64)> = None;
+        let mut sent_on: Option<(Arc<Conn>, u64)> = None;
         let reply = until(Instant::now() + timeout, timeout, async {
             let conn = self.conn().await?;
             let _permit = conn
@@ -272,7 +285,8 @@ impl<Req: Serialize, Resp: DeserializeOwned> Client<Req, Resp> {
                 id,
                 armed: true,
             };
-            sent = Some((conn.clone(), conn.rx_frames.load(Ordering::SeqCst)));
+            sent_on = Some((conn.clone(), conn.rx_frames.load(Ordering::SeqCst)));
+            sent.store(true, Ordering::Release);
             send(&conn, Frame::new(FrameKind::Request, id, payload)).await?;
             let r = rx.await;
             // Resolved either way means the entry is gone already: the reader removed it to
@@ -281,7 +295,7 @@ impl<Req: Serialize, Resp: DeserializeOwned> Client<Req, Resp> {
             r.map_err(|_| Error::Closed)?
         })
         .await;
-        if let (Err(Error::Timeout { .. }), Some((conn, rx_at_send))) = (&reply, &sent) {
+        if let (Err(Error::Timeout { .. }), Some((conn, rx_at_send))) = (&reply, &sent_on) {
             conn.retire_if_silent_since(*rx_at_send);
         }
         decode(&reply?, u64::from(self.inner.cfg.max_frame_bytes))

@@ -887,3 +887,32 @@ async fn requests_arriving_together_start_under_one_batch_released_before_waitin
         "no batch is left held"
     );
 }
+
+/// `call_encoded_noting` says whether the request was handed to a connection: not when
+/// nothing could be reached (a caller giving such a call up knows nothing can land), yes when
+/// it went out.
+#[tokio::test]
+async fn a_call_says_whether_its_request_left() {
+    let ca = ClusterCa::generate("t").unwrap();
+    let (a, b) = (ca.issue(1).unwrap(), ca.issue(2).unwrap());
+    let closed = std::net::TcpListener::bind("127.0.0.18:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let c = client(closed, &b, 1, ClientConfig::default());
+    let sent = std::sync::atomic::AtomicBool::new(false);
+    let payload = c.encode(&Req::WhoAmI).unwrap();
+    let r = c
+        .call_encoded_noting(payload, Duration::from_secs(5), &sent)
+        .await;
+    assert!(r.is_err(), "{r:?}");
+    assert!(!sent.load(Ordering::Acquire), "nothing listened there");
+    let (srv, _h) = serve("127.0.0.18", &a, ServerConfig::default()).await;
+    let c = client(srv.local_addr(), &b, 1, ClientConfig::default());
+    let payload = c.encode(&Req::WhoAmI).unwrap();
+    let r = c
+        .call_encoded_noting(payload, Duration::from_secs(5), &sent)
+        .await;
+    assert_eq!(r.unwrap(), Resp::Peer(2));
+    assert!(sent.load(Ordering::Acquire));
+}
