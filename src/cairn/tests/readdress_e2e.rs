@@ -341,6 +341,25 @@ fn a_running_node_moves_its_member_live() {
             tick();
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+        // a's replicas on b's disks are up before b moves.
+        let b_id = view(&b).await.me;
+        let replicas_on_b_up = |v: &control::ClusterView| {
+            let on_b: Vec<_> = v
+                .data
+                .remote_replicas
+                .iter()
+                .filter(|r| r.node == b_id)
+                .collect();
+            !on_b.is_empty()
+                && on_b
+                    .iter()
+                    .all(|r| r.reachability == "up" && r.state == "active")
+        };
+        let tick = wait("a's replicas on b up");
+        while !replicas_on_b_up(&view(&a).await) {
+            tick();
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
         let new = free_cluster_addr("127.0.0.8");
         b.set_cluster_addr(new).await.unwrap();
         assert_eq!(b.cluster_addr(), new);
@@ -353,6 +372,15 @@ fn a_running_node_moves_its_member_live() {
         let want = std::net::SocketAddr::new(new.ip(), new.port() + 2).to_string();
         let tick = wait("b's mirror endpoint on its new address");
         while view(&b).await.data.mirror_listen.as_deref() != Some(want.as_str()) {
+            tick();
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        // a calls b's replicas at the new address: they come back (before, they stayed away
+        // until the 5 min grace period gave b's disks up and rebuilt their data elsewhere).
+        // Looked at past the heartbeats' notice (0.5 s) of the old address going dark.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let tick = wait("a's replicas on b up again at b's new address");
+        while !replicas_on_b_up(&view(&a).await) {
             tick();
             tokio::time::sleep(Duration::from_millis(200)).await;
         }

@@ -149,6 +149,21 @@ impl PeerLink {
         self.node_id
     }
 
+    /// Where the peer's replica server is called.
+    pub fn addr(&self) -> SocketAddr {
+        self.client.addr()
+    }
+
+    /// The peer's replica server moved to `addr` (its member moved): every replica on this
+    /// link calls it there from now on, so they come back (resyncing what they missed) instead
+    /// of staying away until the grace period gives their disks up.
+    pub async fn retarget(&self, addr: SocketAddr) {
+        if self.client.addr() != addr {
+            tracing::info!(node = self.node_id, old = %self.client.addr(), new = %addr, "mirror: peer moved; calling it at its new address");
+            self.client.retarget(addr).await;
+        }
+    }
+
     pub fn epochs(&self) -> &Arc<EpochBook> {
         &self.epochs
     }

@@ -498,6 +498,42 @@ async fn sessions_behind_the_peers_floor_catch_up() {
     n2.engine.shutdown().await.unwrap();
 }
 
+/// The peer's member moved (a new address): its replicas are called there and come back,
+/// resyncing only what was written meanwhile. Before, the link kept calling the old address:
+/// the replicas stayed away until the grace period gave their disks up and rebuilt their data
+/// elsewhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_moved_is_called_at_its_new_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = ClusterCa::generate("t").unwrap();
+    let n1 = Node::start(&ca, 1, "127.0.0.2", 1, dir.path()).await;
+    let mut n2 = Node::start(&ca, 2, "127.0.0.3", 1, dir.path()).await;
+    let l12 = link(&n1, &n2, Arc::new(EpochBook::new(1)));
+    attach_peer(&n1.engine, &l12).await.unwrap();
+    let v = n1.engine.create_vdisk("v", SIZE).await.unwrap();
+    let h = n1.engine.open_vdisk("v").unwrap();
+    let mut model = vec![0u8; SIZE as usize];
+    write_and_model(&h, &mut model, 1, 0..16).await;
+    h.flush().await.unwrap();
+    n2.move_server("127.0.0.4").await;
+    write_and_model(&h, &mut model, 2, [2u64, 7].into_iter()).await;
+    h.flush().await.unwrap();
+    assert_eq!(n1.engine.remote_disks()[0].reachability, Reachability::Away);
+    l12.retarget(n2.addr).await;
+    assert_eq!(l12.addr(), n2.addr);
+    wait_for("the replica back in sync", Duration::from_secs(15), || {
+        n1.engine.remotes_in_sync()
+    })
+    .await;
+    let st = &n1.engine.remote_disks()[0];
+    assert_eq!(st.state, DiskState::Active);
+    assert_eq!(st.resynced_chunks, 2, "only the chunks written meanwhile");
+    assert_eq!(assert_replicas_identical(&n1, &n2, v.id, SIZE).await, 16);
+    verify_model(&h, &model).await;
+    n1.engine.shutdown().await.unwrap();
+    n2.engine.shutdown().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peer_away_past_grace_is_rebuilt_on_other_disks() {
     let dir = tempfile::tempdir().unwrap();

@@ -381,7 +381,15 @@ async fn step(inner: &NodeInner, running: &mut Option<Running>) {
                 continue;
             }
         };
-        if r.peers.get(&p.id).is_none_or(|x| x.addr != addr) {
+        if let Some(peer) = r.peers.get_mut(&p.id).filter(|x| x.addr != addr) {
+            // The member moved: the replicas attached through this link call it there now
+            // (a new link would serve only disks attached from now on, leaving these away
+            // until the grace period rebuilt their data elsewhere).
+            peer.link.retarget(addr).await;
+            peer.addr = addr;
+            peer.next_try = now;
+        }
+        if !r.peers.contains_key(&p.id) {
             let link = match PeerLink::new(
                 p.id,
                 addr,

@@ -164,14 +164,15 @@ impl<Req, Resp> Clone for Client<Req, Resp> {
 impl<Req, Resp> std::fmt::Debug for Client<Req, Resp> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Client")
-            .field("addr", &self.inner.addr)
+            .field("addr", &*lock(&self.inner.addr))
             .finish()
     }
 }
 
 struct Inner {
     cfg: ClientConfig,
-    addr: SocketAddr,
+    /// Where the peer is; changed by [`Client::retarget`].
+    addr: Mutex<SocketAddr>,
     server_name: ServerName<'static>,
     tls: Arc<rustls::ClientConfig>,
     /// Request payload buffers the connections' writers hand back (see [`Client::encode`]).
@@ -194,7 +195,7 @@ impl<Req: Serialize, Resp: DeserializeOwned> Client<Req, Resp> {
         Client {
             inner: Arc::new(Inner {
                 cfg,
-                addr,
+                addr: Mutex::new(addr),
                 server_name,
                 tls,
                 spare: Arc::default(),
@@ -206,7 +207,14 @@ impl<Req: Serialize, Resp: DeserializeOwned> Client<Req, Resp> {
     }
 
     pub fn addr(&self) -> SocketAddr {
-        self.inner.addr
+        *lock(&self.inner.addr)
+    }
+
+    /// The peer moved to `addr`: later connections go there, and the current one (to the old
+    /// address) is closed, its calls failing with `Closed`.
+    pub async fn retarget(&self, addr: SocketAddr) {
+        *lock(&self.inner.addr) = addr;
+        self.disconnect().await;
     }
 
     /// Connects now (calls do this on their own); useful to surface handshake errors.
@@ -445,7 +453,7 @@ async fn send(conn: &Conn, frame: Frame) -> Result<(), Error> {
 }
 
 async fn connect(inner: &Inner) -> Result<Arc<Conn>, Error> {
-    let addr = inner.addr;
+    let addr = *lock(&inner.addr);
     let cerr = |reason: String| Error::Connect {
         addr: addr.to_string(),
         reason,

@@ -107,6 +107,23 @@ impl Node {
     }
 }
 
+impl Node {
+    /// A fresh server on another address (`ip`, any port), same state directory: the member
+    /// moved.
+    pub async fn move_server(&mut self, ip: &str) {
+        self.stop_server();
+        let server = ReplicaServer::new(self.id, &self.state_dir).unwrap();
+        server.serve_engine(&self.engine);
+        let handle = server
+            .start(format!("{ip}:0").parse().unwrap(), &self.identity)
+            .await
+            .unwrap();
+        self.addr = handle.local_addr();
+        self.server = server;
+        self.handle = Some(handle);
+    }
+}
+
 pub fn fast_cfg() -> MirrorConfig {
     MirrorConfig {
         call_timeout: Duration::from_millis(1500),
