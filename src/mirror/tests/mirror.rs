@@ -315,28 +315,9 @@ async fn late_write_on_the_peer(abort: bool) {
         !early,
         "resynced while a write of the old session was still running on the peer"
     );
-    wait_for("resync", Duration::from_secs(20), || {
-        n1.engine.remotes_in_sync()
-    })
-    .await;
-    let mut got = vec![0u8; 4096];
-    h.read(0, &mut got).await.unwrap();
-    assert!(
-        got.iter().all(|b| *b == 0xcc),
-        "the acknowledged write reads"
-    );
-    // Let any straggler land before comparing.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(assert_replicas_identical(&n1, &n2, v.id, SIZE).await, 1);
-    n1.engine.shutdown().await.unwrap();
-    n2.engine.shutdown().await.unwrap();
+    resynced_and_identical(&n1, &n2, &h, v.id, &[(0, 0xcc)], 1).await;
 }
 
-/// A node's sessions start at its clock. After the clock went back (a clock ahead of time
-/// set right, then a restart), they start below the floor its predecessor left on the peer.
-/// Before, every change sent there was refused as from an old session, for good: the replica
-/// stayed away (and was rebuilt elsewhere after the grace period). Now the node moves its
-/// sessions past the peer's floor and the replica comes back.
 /// The peer has two disks, a and b. A write on a (session S) hangs on a's device; b's
 /// replica goes away (a write given up) and reopens under S+1, which the peer answers only
 /// once a's S write has ended; meanwhile a write of S+1 on a hangs too, and then a's S write is
@@ -452,24 +433,43 @@ async fn a_late_write_holds_back_neither_the_other_disks_nor_the_fence() {
     // The held S+1 write timed out (acknowledged without the peer) or landed; either way it
     // is the disk's data now.
     w2.await.unwrap().unwrap();
+    resynced_and_identical(&n1, &n2, &h, v.id, &[(x, 0xcc), (y, 0xee)], 16).await;
+}
+
+/// Waits for the peer's replicas to be back in sync, checks that each `(offset, fill)` block
+/// reads as acknowledged and that both nodes hold the same `chunks` chunks, then shuts down.
+async fn resynced_and_identical(
+    n1: &Node,
+    n2: &Node,
+    h: &engine::VdiskHandle,
+    vid: u64,
+    blocks: &[(u64, u8)],
+    chunks: usize,
+) {
     wait_for("resync", Duration::from_secs(20), || {
         n1.engine.remotes_in_sync()
     })
     .await;
     let mut got = vec![0u8; 4096];
-    h.read(x, &mut got).await.unwrap();
-    assert!(
-        got.iter().all(|b| *b == 0xcc),
-        "the acknowledged write reads"
-    );
-    h.read(y, &mut got).await.unwrap();
-    assert!(got.iter().all(|b| *b == 0xee));
+    for &(at, fill) in blocks {
+        h.read(at, &mut got).await.unwrap();
+        assert!(
+            got.iter().all(|b| *b == fill),
+            "the acknowledged write reads at {at}"
+        );
+    }
+    // Let any straggler land before comparing.
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(assert_replicas_identical(&n1, &n2, v.id, SIZE).await, 16);
+    assert_eq!(assert_replicas_identical(n1, n2, vid, SIZE).await, chunks);
     n1.engine.shutdown().await.unwrap();
     n2.engine.shutdown().await.unwrap();
 }
 
+/// A node's sessions start at its clock. After the clock went back (a clock ahead of time
+/// set right, then a restart), they start below the floor its predecessor left on the peer.
+/// Before, every change sent there was refused as from an old session, for good: the replica
+/// stayed away (and was rebuilt elsewhere after the grace period). Now the node moves its
+/// sessions past the peer's floor and the replica comes back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_behind_the_peers_floor_catch_up() {
     let dir = tempfile::tempdir().unwrap();
