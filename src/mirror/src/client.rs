@@ -40,6 +40,7 @@ type R<T> = std::result::Result<T, StoreError>;
 #[derive(Debug, Clone)]
 pub struct MirrorConfig {
     /// A data request (read, write, flush, ...) not answered within this makes the peer away.
+    /// Keep it above the server's wait for a new session (1 s), so that answer arrives.
     pub call_timeout: Duration,
     pub connect_timeout: Duration,
     /// Export/import of a whole chunk and scrub may take longer.
@@ -73,8 +74,13 @@ pub(crate) struct Outgoing {
 
 /// Why a call failed.
 pub(crate) enum CallErr {
-    /// The peer could not be reached or did not answer: go away.
+    /// The peer could not be reached or did not answer: go away. A request that left may
+    /// still be applied there.
     Net(String),
+    /// The peer answered that it did not apply the request and cannot serve it now (it lost
+    /// the disk, or the request's session is older than its floor): go away, but nothing of
+    /// this request can land later.
+    Refused(String),
     /// The peer answered with an error.
     Wire(WireError),
 }
@@ -224,7 +230,7 @@ impl PeerLink {
                         if let WireError::StaleSession { current, .. } = w {
                             self.move_past(current);
                         }
-                        Err(CallErr::Net(w.to_string()))
+                        Err(CallErr::Refused(w.to_string()))
                     }
                     Err(w) => Err(CallErr::Wire(w)),
                 }
@@ -254,9 +260,10 @@ impl PeerLink {
         }
     }
 
-    /// Open a session and list the peer's disks. `after`: the newest session a returning
-    /// replica sent changes under; the session opened is newer (a new one if needed), so the
-    /// peer answers only once none of those changes can still land there.
+    /// Open a session and list the peer's disks. `after`: the newest session under which a
+    /// returning replica sent a change that may still land on the peer; the session opened is
+    /// newer (a new one if needed), and the peer answers only once no change of an older
+    /// session runs there or can start.
     async fn hello(&self, after: Option<u64>) -> std::result::Result<Vec<DiskDesc>, CallErr> {
         let session = {
             let mut s = self.session.lock();
@@ -364,7 +371,8 @@ impl PeerLink {
             st: Mutex::new(State {
                 mode: Reachability::Up,
                 since: None,
-                sent: 0,
+                inflight: 0,
+                unsure: 0,
                 dirty: HashSet::new(),
                 unflushed: HashMap::new(),
                 seq: 0,
@@ -380,7 +388,9 @@ impl PeerLink {
 
 fn call_err(e: CallErr) -> MirrorError {
     match e {
-        CallErr::Net(m) => MirrorError::Protocol(format!("peer unreachable: {m}")),
+        CallErr::Net(m) | CallErr::Refused(m) => {
+            MirrorError::Protocol(format!("peer unreachable: {m}"))
+        }
         CallErr::Wire(w) => MirrorError::Peer(w),
     }
 }
@@ -388,9 +398,13 @@ fn call_err(e: CallErr) -> MirrorError {
 pub(crate) struct State {
     pub(crate) mode: Reachability,
     pub(crate) since: Option<Instant>,
-    /// The newest session this replica sent a change under (the session it reopens with
-    /// must be newer).
-    sent: u64,
+    /// Changes sent and not answered yet (`mutate_encoded`); the replica reopens only once
+    /// none is left, so each one's outcome is known or counted in `unsure`.
+    inflight: u32,
+    /// The newest session of a change that left without a definite answer (timed out, its
+    /// connection lost, given up by its caller): it may still land on the peer, so the session
+    /// the replica reopens with must be newer (the peer then answers only once it cannot).
+    unsure: u64,
     pub(crate) dirty: HashSet<ObjectId>,
     /// Objects written since the peer's last completed flush, with the write's sequence.
     pub(crate) unflushed: HashMap<ObjectId, u64>,
@@ -422,6 +436,7 @@ impl State {
 struct Abandoned<'a> {
     replica: &'a RemoteReplica,
     mark: &'a [ObjectId],
+    session: u64,
     armed: bool,
     /// Set by the transport just before the request leaves: dropped before that (still
     /// connecting, or waiting for an in-flight slot), nothing can reach the peer.
@@ -430,14 +445,18 @@ struct Abandoned<'a> {
 
 impl Drop for Abandoned<'_> {
     fn drop(&mut self) {
-        if !self.armed || !self.sent.load(Ordering::Acquire) {
+        if !self.armed {
             return;
         }
         let r = self.replica;
-        tracing::warn!(node = r.link.node_id, disk = %r.disk.name, "a change sent to the peer was given up before its answer; resyncing the replica under a new session");
         let mut st = r.st.lock();
-        r.went_away(&mut st);
-        st.dirty.extend(self.mark.iter().copied());
+        st.inflight -= 1;
+        if self.sent.load(Ordering::Acquire) {
+            tracing::warn!(node = r.link.node_id, disk = %r.disk.name, "a change sent to the peer was given up before its answer; resyncing the replica under a new session");
+            st.unsure = st.unsure.max(self.session);
+            r.went_away(&mut st);
+            st.dirty.extend(self.mark.iter().copied());
+        }
     }
 }
 
@@ -564,7 +583,7 @@ impl RemoteReplica {
                 st.dirty.extend(mark.iter().copied());
                 true
             } else {
-                st.sent = st.sent.max(out.session);
+                st.inflight += 1;
                 false
             }
         };
@@ -574,6 +593,7 @@ impl RemoteReplica {
         let mut abandoned = Abandoned {
             replica: self,
             mark,
+            session: out.session,
             armed: true,
             sent: AtomicBool::new(false),
         };
@@ -584,6 +604,7 @@ impl RemoteReplica {
         abandoned.armed = false;
         {
             let mut st = self.st.lock();
+            st.inflight -= 1;
             self.note_restart(&mut st);
             match r {
                 Ok(_) => {
@@ -595,6 +616,13 @@ impl RemoteReplica {
                     return Ok(());
                 }
                 Err(CallErr::Net(_)) => {
+                    if abandoned.sent.load(Ordering::Acquire) {
+                        st.unsure = st.unsure.max(out.session);
+                    }
+                    self.went_away(&mut st);
+                    st.dirty.extend(mark.iter().copied());
+                }
+                Err(CallErr::Refused(_)) => {
                     self.went_away(&mut st);
                     st.dirty.extend(mark.iter().copied());
                 }
@@ -639,7 +667,7 @@ impl RemoteReplica {
         self.note_restart(&mut st);
         match r {
             Ok(b) => Ok(b),
-            Err(CallErr::Net(m)) => {
+            Err(CallErr::Net(m) | CallErr::Refused(m)) => {
                 self.went_away(&mut st);
                 Err(gone(self.link.node_id, &m))
             }
@@ -662,8 +690,15 @@ impl RemoteReplica {
         };
         match mode {
             Reachability::Away => {
-                let sent = self.st.lock().sent;
-                if self.link.hello(Some(sent)).await.is_err() {
+                let unsure = {
+                    let st = self.st.lock();
+                    if st.inflight > 0 {
+                        // Their outcomes come within the call timeout.
+                        return;
+                    }
+                    st.unsure
+                };
+                if self.link.hello(Some(unsure)).await.is_err() {
                     return;
                 }
                 if let Ok(Body::Space(s)) = self.link.call(&ping, self.link.cfg.call_timeout).await

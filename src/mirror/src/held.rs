@@ -118,7 +118,9 @@ fn accept_page(
 
 fn call_err(node: u64, e: CallErr) -> MirrorError {
     match e {
-        CallErr::Net(m) => MirrorError::Protocol(format!("node {node} unreachable: {m}")),
+        CallErr::Net(m) | CallErr::Refused(m) => {
+            MirrorError::Protocol(format!("node {node} unreachable: {m}"))
+        }
         CallErr::Wire(w) => MirrorError::Peer(w),
     }
 }

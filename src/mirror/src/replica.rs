@@ -122,7 +122,7 @@ impl Replica for RemoteReplica {
                     st.unflushed.retain(|_, s| *s > upto);
                     Ok(())
                 }
-                Err(CallErr::Net(_)) => {
+                Err(CallErr::Net(_) | CallErr::Refused(_)) => {
                     self.went_away(&mut st);
                     Ok(())
                 }
