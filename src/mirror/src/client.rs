@@ -425,14 +425,16 @@ impl State {
     }
 }
 
-/// Armed while a mutation's request may be on its way to the peer. Dropped armed once the
-/// request was handed to the connection (the caller gave the mutation up: a guest's request
-/// cancelled, a client gone), the request may still be applied there at any time, after whatever the caller does next to the chunk (a
-/// reconcile's copy, a newer write sent once the chunk's lock is free). So the replica goes
-/// away with the objects dirty, as after a timeout: nothing more is sent, and the next
-/// heartbeat opens a newer session, which the peer answers only once no mutation of the older
-/// ones is running or can start (the server's `Hello`); the resync that follows copies the
-/// objects from the surviving replica.
+/// Armed while a mutation's request may be on its way to the peer. Dropped armed (the caller
+/// gave the mutation up: a guest's request cancelled, a client gone) after the request was
+/// handed to the connection, the request may still be applied there at any time, after
+/// whatever the caller does next to the chunk (a reconcile's copy, a newer write sent once the
+/// chunk's lock is free). So the replica goes away with the objects dirty, as after a timeout:
+/// nothing more is sent, and once its other changes in flight have answered it reopens under a
+/// session newer than this one, which the peer answers only once no mutation of an older
+/// session is running or can start (the server's `Hello`); the resync that follows copies the
+/// objects from the surviving replica. Dropped before the request left, only the in-flight
+/// count goes.
 struct Abandoned<'a> {
     replica: &'a RemoteReplica,
     mark: &'a [ObjectId],
