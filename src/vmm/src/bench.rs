@@ -93,7 +93,7 @@ impl BenchLine {
 /// Host TSC frequency as KVM reports it for a vCPU (guests see the same rate by default).
 pub fn host_tsc_hz() -> Result<f64> {
     let kvm = kvm_ioctls::Kvm::new().map_err(kvm_err("open /dev/kvm"))?;
-    let vm = kvm.create_vm().map_err(kvm_err("create_vm"))?;
+    let vm = crate::machine::create_vm(&kvm).map_err(kvm_err("create_vm"))?;
     let vcpu = vm.create_vcpu(0).map_err(kvm_err("create_vcpu"))?;
     let khz = vcpu.get_tsc_khz().map_err(kvm_err("get_tsc_khz"))?;
     Ok(f64::from(khz) * 1000.0)

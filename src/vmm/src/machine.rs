@@ -49,12 +49,28 @@ pub struct Machine {
     pub started_at: Option<Instant>,
 }
 
+/// `KVM_CREATE_VM`, again when interrupted: the kernel may give up with EINTR (a signal
+/// arrived, or PVM was busy setting the VM up; seen once in a CI run here) and nothing was
+/// created then. Bounded: a kernel that keeps refusing gets its error through.
+pub(crate) fn create_vm(kvm: &Kvm) -> std::result::Result<VmFd, kvm_ioctls::Error> {
+    let mut tries = 0;
+    loop {
+        match kvm.create_vm() {
+            Err(e) if e.errno() == libc::EINTR && tries < 50 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            r => return r,
+        }
+    }
+}
+
 impl Machine {
     /// Builds the machine for `cfg`: memory, irqchip, devices, kernel loaded, vCPUs created.
     pub fn build(cfg: &VmConfig) -> Result<Machine> {
         cfg.validate()?;
         let kvm = Kvm::new().map_err(kvm_err("open /dev/kvm"))?;
-        let vm = Arc::new(kvm.create_vm().map_err(kvm_err("create_vm"))?);
+        let vm = Arc::new(create_vm(&kvm).map_err(kvm_err("create_vm"))?);
         // TSS and identity map are only required on Intel VMX; PVM may refuse them harmlessly.
         let _ = vm.set_tss_address(layout::KVM_TSS_ADDRESS);
         let _ = vm.set_identity_map_address(layout::KVM_IDENTITY_MAP_ADDRESS);

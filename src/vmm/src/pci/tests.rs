@@ -22,7 +22,7 @@ fn rig() -> Option<Rig> {
         println!("skipped: /dev/kvm not available");
         return None;
     };
-    let vm = Arc::new(kvm.create_vm().expect("create_vm"));
+    let vm = Arc::new(crate::machine::create_vm(&kvm).expect("create_vm"));
     vm.create_irq_chip().expect("irqchip");
     let mem = Arc::new(
         crate::memory::create_memory(&crate::memory::ram_ranges(16 << 20).unwrap()).unwrap(),
@@ -234,7 +234,7 @@ fn hot_add_avoids_a_range_the_guest_took() {
         println!("skipped: /dev/kvm not available");
         return;
     };
-    let vm = Arc::new(kvm.create_vm().expect("create_vm"));
+    let vm = Arc::new(crate::machine::create_vm(&kvm).expect("create_vm"));
     vm.create_irq_chip().expect("irqchip");
     let mem = Arc::new(
         crate::memory::create_memory(&crate::memory::ram_ranges(16 << 20).unwrap()).unwrap(),
