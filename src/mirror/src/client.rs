@@ -455,9 +455,7 @@ impl Drop for Abandoned<'_> {
         st.inflight -= 1;
         if self.sent.load(Ordering::Acquire) {
             tracing::warn!(node = r.link.node_id, disk = %r.disk.name, "a change sent to the peer was given up before its answer; resyncing the replica under a new session");
-            st.unsure = st.unsure.max(self.session);
-            r.went_away(&mut st);
-            st.dirty.extend(self.mark.iter().copied());
+            r.missed(&mut st, self.mark, Some(self.session));
         }
     }
 }
@@ -547,6 +545,16 @@ impl RemoteReplica {
         }
     }
 
+    /// A change of `mark` was not applied, or its outcome is unknown: the replica goes away
+    /// with those objects dirty. `unsure`: its session, when it may still land on the peer.
+    fn missed(&self, st: &mut State, mark: &[ObjectId], unsure: Option<u64>) {
+        if let Some(s) = unsure {
+            st.unsure = st.unsure.max(s);
+        }
+        self.went_away(st);
+        st.dirty.extend(mark.iter().copied());
+    }
+
     pub(crate) fn went_away(&self, st: &mut State) {
         if st.mode != Reachability::Away {
             self.away_events.fetch_add(1, Ordering::Relaxed);
@@ -618,16 +626,10 @@ impl RemoteReplica {
                     return Ok(());
                 }
                 Err(CallErr::Net(_)) => {
-                    if abandoned.sent.load(Ordering::Acquire) {
-                        st.unsure = st.unsure.max(out.session);
-                    }
-                    self.went_away(&mut st);
-                    st.dirty.extend(mark.iter().copied());
+                    let left = abandoned.sent.load(Ordering::Acquire);
+                    self.missed(&mut st, mark, left.then_some(out.session));
                 }
-                Err(CallErr::Refused(_)) => {
-                    self.went_away(&mut st);
-                    st.dirty.extend(mark.iter().copied());
-                }
+                Err(CallErr::Refused(_)) => self.missed(&mut st, mark, None),
                 Err(CallErr::Wire(w)) => return Err(wire_to_store(self.link.node_id, w)),
             }
         }
