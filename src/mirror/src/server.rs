@@ -89,17 +89,19 @@ impl Drop for Running {
 
 impl PeerSession {
     /// Admits a mutation fenced with `f` (refused if its session is older than the floor).
-    fn admit(self: &Arc<Self>, f: &Fence) -> std::result::Result<Running, WireError> {
-        let mut st = self.st.lock();
-        if f.session < st.floor {
-            return Err(WireError::StaleSession {
-                sent: f.session,
-                current: st.floor,
-            });
+    fn admit(self: Arc<Self>, f: &Fence) -> std::result::Result<Running, WireError> {
+        {
+            let mut st = self.st.lock();
+            if f.session < st.floor {
+                return Err(WireError::StaleSession {
+                    sent: f.session,
+                    current: st.floor,
+                });
+            }
+            *st.running.entry(f.session).or_insert(0) += 1;
         }
-        *st.running.entry(f.session).or_insert(0) += 1;
         Ok(Running {
-            peer: self.clone(),
+            peer: self,
             session: f.session,
         })
     }
@@ -752,7 +754,7 @@ mod tests {
         let wait = std::time::Duration::from_secs(5);
         let s = Arc::new(PeerSession::default());
         s.open(5, wait).await.unwrap();
-        let running = s.admit(&fence(5)).unwrap();
+        let running = s.clone().admit(&fence(5)).unwrap();
         tokio::time::timeout(wait, s.open(5, wait))
             .await
             .expect("the same session opens at once")
@@ -762,14 +764,15 @@ mod tests {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         assert!(!opening.is_finished(), "opened under a running mutation");
         assert!(matches!(
-            s.admit(&fence(5)).map(drop),
+            s.clone().admit(&fence(5)).map(drop),
             Err(WireError::StaleSession {
                 sent: 5,
                 current: 6
             })
         ));
         drop(
-            s.admit(&fence(6))
+            s.clone()
+                .admit(&fence(6))
                 .expect("the new session is admitted meanwhile"),
         );
         drop(running);
@@ -779,11 +782,11 @@ mod tests {
             .unwrap()
             .unwrap();
 
-        let hung = s.admit(&fence(6)).unwrap();
+        let hung = s.clone().admit(&fence(6)).unwrap();
         let short = std::time::Duration::from_millis(50);
         assert!(matches!(s.open(7, short).await, Err(WireError::Server(_))));
         assert!(
-            s.admit(&fence(6)).is_err(),
+            s.clone().admit(&fence(6)).is_err(),
             "the floor is raised all the same"
         );
         drop(hung);
