@@ -64,7 +64,7 @@ pub fn size_arg(s: &str) -> Result<u64, String> {
 }
 
 fn name_arg(s: &str) -> Result<String, String> {
-    control::validate_name("name", s).map_err(|e| e.message)?;
+    control::validate_name("the", s).map_err(|e| e.message)?;
     Ok(s.to_string())
 }
 
