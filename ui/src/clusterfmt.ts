@@ -57,6 +57,17 @@ export function plural(n: number, one: string, many = `${one}s`): string {
   return `${n} ${n === 1 ? one : many}`;
 }
 
+/** The dashboard's line on the members: "1 member, up", "3 of 3 members up", "2 of 3 members up
+ *  (c does not answer)". A member counts as up only when its heartbeats say so. */
+export function membersUpText(members: { name: string; health: string }[]): string {
+  const down = members.filter((m) => m.health !== 'up').map((m) => m.name);
+  const up = members.length - down.length;
+  if (members.length === 1) return down.length ? `1 member, ${members[0].health}` : '1 member, up';
+  const head = `${up} of ${members.length} members up`;
+  if (down.length === 0) return head;
+  return `${head} (${down.join(', ')} ${down.length === 1 ? 'does' : 'do'} not answer)`;
+}
+
 /** The command to run on the joining machine, exactly as the CLI takes it. */
 export function joinCommand(address: string, token: string): string {
   const q = (s: string) => (/^[A-Za-z0-9._:\/@=+-]+$/.test(s) ? s : `'${s.replace(/'/g, `'\\''`)}'`);

@@ -404,6 +404,9 @@ try {
     const before = await points();
     await page.waitForFunction((b) => Number(document.querySelector('#chart-cpu')?.getAttribute('data-points')) >= b + 2, before, { timeout: 15000 });
     await page.getByText('Live', { exact: true }).waitFor();
+    // The health card counts the cluster's members (this single node: one, answering).
+    await page.getByText('1 member, up', { exact: true }).waitFor();
+    await page.getByText('All good: no alerts.').waitFor();
     await shot('02-dashboard');
   });
   await step('create a virtual disk', async () => {

@@ -109,3 +109,15 @@ test('campaignNote speaks only when this node may not start an election', () => 
   assert.equal(f.campaignNote(undefined), null);
   assert.match(f.campaignNote(false), /reaches too few voters to win an election/);
 });
+
+test('membersUpText: one member, all up, some not answering', () => {
+  assert.equal(f.membersUpText([{ name: 'a', health: 'up' }]), '1 member, up');
+  assert.equal(f.membersUpText([{ name: 'a', health: 'unknown' }]), '1 member, unknown');
+  const up = (n) => ({ name: n, health: 'up' });
+  assert.equal(f.membersUpText([up('a'), up('b'), up('w')]), '3 of 3 members up');
+  assert.equal(f.membersUpText([up('a'), { name: 'b', health: 'down' }, up('w')]), '2 of 3 members up (b does not answer)');
+  assert.equal(
+    f.membersUpText([up('a'), { name: 'b', health: 'down' }, { name: 'w', health: 'unknown' }]),
+    '1 of 3 members up (b, w do not answer)',
+  );
+});

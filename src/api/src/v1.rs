@@ -535,7 +535,18 @@ async fn dispatch(
                 .collect();
             Ok((200, id_page(items, limit, |e| e.id)))
         }
-        R::Alerts => Ok((200, json!({"items": crate::sse::alerts(st)}))),
+        R::Alerts => {
+            let mut items = crate::sse::alerts(st);
+            // The cluster's part: what this node sees of the others (its own view, plus each
+            // member's lease, asked with a short timeout as `GET /cluster` does).
+            match st.control(c, Request::ClusterStatus).await {
+                Ok(Reply::Cluster(v)) => items.extend(crate::sse::cluster_alerts(&v)),
+                Ok(_) => {}
+                Err(e) => items.push(json!({"severity": "warning", "kind": "cluster_unknown",
+                    "message": format!("the cluster's state is not known here: {}", e.message)})),
+            }
+            Ok((200, json!({ "items": items })))
+        }
         R::Users | R::UserGet => {
             if c.role != control::Role::Admin && !(r == R::UserGet && param(0) == c.user) {
                 return Err(err(ErrorCode::Forbidden, "only an admin may list users"));

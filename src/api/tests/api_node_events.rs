@@ -242,3 +242,112 @@ fn cluster_status_with_the_lease_fits_the_openapi_schema() {
         "an unknown member lease passes the schema"
     );
 }
+
+/// A real node whose cluster status also lists a second member that stopped answering, with
+/// this node's copies on it away (what the node reports once a peer dies; a thin controller
+/// adds them to the real node's own status).
+struct WithPeerDown {
+    node: Arc<dyn Controller>,
+}
+
+impl Controller for WithPeerDown {
+    fn execute(&self, actor: Actor, req: Request) -> BoxFuture<'_, ControlResult> {
+        let status = req == Request::ClusterStatus;
+        let f = self.node.execute(actor, req);
+        Box::pin(async move {
+            let mut reply = f.await?;
+            if let (true, control::Reply::Cluster(v)) = (status, &mut reply) {
+                v.members.push(control::ClusterMemberView {
+                    id: 2,
+                    name: "b".into(),
+                    address: "127.0.0.2:7440".into(),
+                    role: "data".into(),
+                    state: "active".into(),
+                    voter: true,
+                    leader: false,
+                    health: "down".into(),
+                    last_seen_ms_ago: Some(9_000),
+                    lease: Some("unreachable".into()),
+                });
+                v.data.remote_replicas.push(control::RemoteReplicaView {
+                    disk: "b-disk0".into(),
+                    node: 2,
+                    state: "active".into(),
+                    reachability: "away".into(),
+                    away_secs: 9,
+                    dirty_chunks: 3,
+                    ..Default::default()
+                });
+            }
+            Ok(reply)
+        })
+    }
+
+    fn generation(&self) -> Option<u64> {
+        self.node.generation()
+    }
+}
+
+/// `GET /alerts` carries the cluster's trouble as well as the node's own: a member that does
+/// not answer and this node's copies on it, in words, each with its kind; the dashboard shows
+/// them. Without them it reported "no alerts" while a member was dead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_that_stopped_answering_is_an_alert() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = node::NodeConfig::new(dir.path().join("data"));
+    cfg.disk_count = 2;
+    cfg.disk_size_bytes = node::MIN_DISK_SIZE_BYTES.max(128 << 20);
+    cfg.api_listen = None;
+    let n = node::Node::start(cfg).await.unwrap();
+    let state = dir.path().join("api");
+    let pw = api::bootstrap_admin(&state).unwrap().unwrap();
+    let ctl = Arc::new(WithPeerDown {
+        node: n.controller(),
+    });
+    let acfg = api::ApiConfig::new("127.0.0.1:0".parse().unwrap(), state.clone());
+    let h = api::serve(acfg, ctl).await.unwrap();
+    let harness = common::Harness {
+        addr: h.local_addr,
+        tls: common::connector(&state).unwrap(),
+        dir,
+        node: Some(n),
+        api: Some(h),
+        admin_password: pw,
+    };
+    let admin = harness.admin().await;
+    let t = Instant::now();
+    let items = loop {
+        let r = admin.get("/api/v1/alerts").await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        let items = r.json["items"].as_array().cloned().unwrap_or_default();
+        // Until the single node has elected itself, "no quorum" is true and said too.
+        if !items.iter().any(|a| a["kind"] == "no_quorum") {
+            break items;
+        }
+        assert!(t.elapsed() < Duration::from_secs(30), "{}", r.text);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let of = |kind: &str| {
+        items
+            .iter()
+            .find(|a| a["kind"] == kind)
+            .unwrap_or_else(|| panic!("no {kind} alert in {items:?}"))
+    };
+    let down = of("member_down");
+    assert_eq!(down["severity"], "critical");
+    assert_eq!(
+        down["message"],
+        "member b (127.0.0.2:7440) does not answer: last answered 9 s ago"
+    );
+    let away = of("replicas_away");
+    assert_eq!(away["severity"], "warning");
+    let msg = away["message"].as_str().unwrap();
+    assert!(
+        msg.starts_with("copies on b are out of reach (1 disk for 9 s)")
+            && msg.contains("3 chunks"),
+        "{msg}"
+    );
+    // The node's own members (itself) raise nothing.
+    assert_eq!(items.len(), 2, "{items:?}");
+    harness.stop().await;
+}

@@ -1,6 +1,7 @@
 import { fmtBytes } from '../api';
 import { Chart } from '../chart';
 import { useLiveSamples } from '../live';
+import { membersUpText } from '../clusterfmt';
 import { html, ErrorBox, useLoad } from '../ui';
 
 interface Sample {
@@ -30,7 +31,7 @@ export function Dashboard() {
   const { samples, live } = useLiveSamples<Sample>(KEEP);
   const alerts = useLoad<any>('/alerts', 5000);
   const pool = useLoad<any>('/pool', 5000);
-  const nodes = useLoad<any>('/nodes', 5000);
+  const cluster = useLoad<any>('/cluster', 5000);
   const cols = columns(samples);
   const last = samples[samples.length - 1];
   const p = pool.data;
@@ -44,7 +45,7 @@ export function Dashboard() {
         ${items.length === 0
           ? html`<p class="ok">All good: no alerts.</p>`
           : html`<ul class="alerts">${items.map((a) => html`<li class=${a.severity}>${a.message}</li>`)}</ul>`}
-        <p>${nodes.data ? `${nodes.data.items.length} node(s) up` : ''}</p>
+        <p>${cluster.data ? membersUpText(cluster.data.members) : ''}</p>
       </div>
       <div class="card">
         <h3>Capacity</h3>
