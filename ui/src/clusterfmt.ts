@@ -68,6 +68,23 @@ export function membersUpText(members: { name: string; health: string }[]): stri
   return `${head} (${down.join(', ')} ${down.length === 1 ? 'does' : 'do'} not answer)`;
 }
 
+/** The whole cluster's disks: the raw and used bytes of their own disks the data members
+ *  reported (used by every node's chunks), how many reported, and the data members that did not
+ *  (their disks are then missing from the sum). */
+export function clusterCapacity(members: { name: string; role: string; stats?: { raw_bytes: number; used_raw_bytes: number } | null }[]):
+  { raw: number; used: number; nodes: number; missing: string[] } {
+  let raw = 0, used = 0, nodes = 0;
+  const missing: string[] = [];
+  for (const m of members) {
+    if (m.role === 'witness') continue;
+    if (!m.stats) { missing.push(m.name); continue; }
+    raw += m.stats.raw_bytes;
+    used += m.stats.used_raw_bytes;
+    nodes += 1;
+  }
+  return { raw, used, nodes, missing };
+}
+
 /** The command to run on the joining machine, exactly as the CLI takes it. */
 export function joinCommand(address: string, token: string): string {
   const q = (s: string) => (/^[A-Za-z0-9._:\/@=+-]+$/.test(s) ? s : `'${s.replace(/'/g, `'\\''`)}'`);

@@ -591,6 +591,14 @@ try {
       // Every member is asked at status time: the witness answers, so its lease reads not needed.
       await page.locator('tr[data-member="w1"][data-lease="not_needed"]').getByText('not needed').waitFor({ timeout: 20000 });
       await shot('04e-cluster-witness');
+      // The node list is the cluster's: the witness is in it, answering; the dashboard counts it.
+      await go('disks');
+      await page.locator('tr[data-node="w1"]').filter({ hasText: 'witness' }).filter({ hasText: 'up' }).waitFor({ timeout: 20000 });
+      await page.locator('tr[data-node]').filter({ hasText: '(this node)' }).first().waitFor();
+      await go('dashboard');
+      await page.getByText('2 of 2 members up', { exact: true }).waitFor({ timeout: 20000 });
+      await go('cluster');
+      await row.waitFor();
       // New address (cluster locate): a wrong one is refused in the node's words; the right
       // one (where it listens) is checked by the witness answering with its certificate.
       answers.push('127.0.0.1:1');

@@ -121,3 +121,17 @@ test('membersUpText: one member, all up, some not answering', () => {
     '1 of 3 members up (b, w do not answer)',
   );
 });
+
+test('clusterCapacity: sums the data members that reported, names the others, skips witnesses', () => {
+  const pool = (raw, used) => ({ raw_bytes: raw, used_raw_bytes: used });
+  assert.deepEqual(
+    f.clusterCapacity([
+      { name: 'a', role: 'data', stats: pool(100, 10) },
+      { name: 'b', role: 'data', stats: pool(200, 30) },
+      { name: 'c', role: 'data', stats: null },
+      { name: 'w', role: 'witness' },
+    ]),
+    { raw: 300, used: 40, nodes: 2, missing: ['c'] },
+  );
+  assert.deepEqual(f.clusterCapacity([]), { raw: 0, used: 0, nodes: 0, missing: [] });
+});

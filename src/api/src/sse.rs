@@ -218,6 +218,7 @@ mod tests {
             health: health.into(),
             last_seen_ms_ago: Some(42_000),
             lease: None,
+            stats: None,
         }
     }
 

@@ -439,8 +439,11 @@ pub(crate) async fn sample(
     s
 }
 
-/// The node as `GET /nodes` lists it: identity, uptime, CPU and memory from the last sample.
-pub(crate) async fn node_view(st: &State, c: &Caller) -> Result<Value, ControlError> {
+/// The cluster's nodes as `GET /nodes` lists them: this node (identity, uptime, CPU and memory
+/// from its last sample) and every other member as the cluster status shows it, with
+/// the figures it reported when asked (none for one that does not answer). Without a cluster
+/// status (none reachable here), this node alone.
+pub(crate) async fn node_views(st: &State, c: &Caller) -> Result<Vec<Value>, ControlError> {
     let reply = st.control(c, Request::Stats).await?;
     let Reply::Stats(s) = reply else {
         return Err(ControlError::internal(
@@ -448,9 +451,10 @@ pub(crate) async fn node_view(st: &State, c: &Caller) -> Result<Value, ControlEr
         ));
     };
     let latest = st.stats.latest();
-    Ok(json!({
+    let mut me = json!({
         "id": s.node_id,
         "name": s.node_name,
+        "this_node": true,
         "uptime_secs": s.uptime_secs,
         "state": "up",
         "cpu_count": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
@@ -459,8 +463,52 @@ pub(crate) async fn node_view(st: &State, c: &Caller) -> Result<Value, ControlEr
         "mem_total_bytes": latest.as_ref().map(|l| l.mem_total_bytes).unwrap_or(0),
         "disks": s.disks.len(),
         "vdisks": s.vdisks,
+        "raw_bytes": s.pool.raw_bytes,
+        "used_raw_bytes": s.pool.used_raw_bytes,
         "version": env!("CARGO_PKG_VERSION"),
-    }))
+    });
+    let Ok(Reply::Cluster(v)) = st.control(c, Request::ClusterStatus).await else {
+        return Ok(vec![me]);
+    };
+    let mut out = Vec::with_capacity(v.members.len());
+    for m in &v.members {
+        if m.id == v.me {
+            if let Some(x) = &m.stats {
+                me["disks"] = json!(x.disks.len());
+                me["raw_bytes"] = json!(x.raw_bytes);
+                me["used_raw_bytes"] = json!(x.used_raw_bytes);
+            }
+            me["id"] = json!(m.id);
+            me["address"] = json!(m.address);
+            me["role"] = json!(m.role);
+            me["leader"] = json!(m.leader);
+            continue;
+        }
+        let mut n = json!({
+            "id": m.id,
+            "name": m.name,
+            "this_node": false,
+            "address": m.address,
+            "role": m.role,
+            "leader": m.leader,
+            "state": m.health,
+            "uptime_secs": null,
+        });
+        if let Some(x) = &m.stats {
+            n["uptime_secs"] = json!(x.uptime_secs);
+            n["cpu_count"] = json!(x.cpu_count);
+            n["mem_used_bytes"] = json!(x.mem_used_bytes);
+            n["mem_total_bytes"] = json!(x.mem_total_bytes);
+            n["disks"] = json!(x.disks.len());
+            n["vdisks"] = json!(x.vdisks);
+            n["raw_bytes"] = json!(x.raw_bytes);
+            n["used_raw_bytes"] = json!(x.used_raw_bytes);
+            n["version"] = json!(x.version);
+        }
+        out.push(n);
+    }
+    out.insert(0, me);
+    Ok(out)
 }
 
 /// (busy, total) jiffies from the first line of /proc/stat.

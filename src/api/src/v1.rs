@@ -312,19 +312,20 @@ async fn dispatch(
             } else {
                 None
             };
-            let node = crate::stats::node_view(st, c).await?;
+            let nodes = crate::stats::node_views(st, c).await?;
             if let Some((limit, cursor)) = paging {
                 let key = |n: &Value| n["name"].as_str().unwrap_or_default().to_string();
-                return Ok((200, h::page(vec![node], key, limit, cursor.as_deref())));
+                return Ok((200, h::page(nodes, key, limit, cursor.as_deref())));
             }
             let id = param(0);
-            if node["id"].as_u64().map(|n| n.to_string()).as_deref() == Some(id.as_str())
-                || node["name"].as_str() == Some(id.as_str())
-            {
-                Ok((200, node))
-            } else {
-                Err(ControlError::not_found(format!("no node {id:?}")))
-            }
+            nodes
+                .into_iter()
+                .find(|n| {
+                    n["id"].as_u64().map(|n| n.to_string()).as_deref() == Some(id.as_str())
+                        || n["name"].as_str() == Some(id.as_str())
+                })
+                .map(|n| (200, n))
+                .ok_or_else(|| ControlError::not_found(format!("no node {id:?}")))
         }
         R::Disks => list(st, c, Request::DiskList, q).await,
         R::DiskAdd => {

@@ -163,6 +163,7 @@ fn cluster_status_with_the_lease_fits_the_openapi_schema() {
         health: "up".into(),
         last_seen_ms_ago: Some(10),
         lease: lease.map(str::to_string),
+        stats: None,
     };
     let mut view = control::ClusterView {
         cluster_id: "c".into(),
@@ -268,6 +269,7 @@ impl Controller for WithPeerDown {
                     health: "down".into(),
                     last_seen_ms_ago: Some(9_000),
                     lease: Some("unreachable".into()),
+                    stats: None,
                 });
                 v.data.remote_replicas.push(control::RemoteReplicaView {
                     disk: "b-disk0".into(),

@@ -451,6 +451,7 @@ mod tests {
             health: health.into(),
             last_seen_ms_ago: None,
             lease: None,
+            stats: None,
         };
         let mut v = ClusterView {
             cluster_id: "c".into(),
@@ -573,6 +574,7 @@ mod tests {
             health: "up".into(),
             last_seen_ms_ago: Some(300),
             lease: Some(lease.into()),
+            stats: None,
         };
         let mut v = ClusterView {
             cluster_id: "c1".into(),

@@ -130,6 +130,35 @@ fn two_data_nodes_and_a_witness_survive_kill9_and_sigstop() {
         text.contains("witness") && text.contains("leader"),
         "{text}"
     );
+    // Each data member reports its own figures with the status: its own two disks (not the
+    // other member's, which its pool also uses), their size summed, memory; the witness none.
+    let b_dir = b.data.display().to_string();
+    wait_for(10, "b's figures in a's status", || {
+        let s = a.status();
+        let member = s["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"] == "b")
+            .cloned()
+            .unwrap();
+        let st = &member["stats"];
+        let disks = st["disks"].as_array().cloned().unwrap_or_default();
+        disks.len() == 2
+            && disks
+                .iter()
+                .all(|d| d["path"].as_str().is_some_and(|p| p.starts_with(&b_dir)))
+            && st["raw_bytes"] == 2 * (256u64 << 20)
+            && st["mem_total_bytes"].as_u64().unwrap_or(0) > 0
+    });
+    let s = a.status();
+    let w_stats = s["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "w")
+        .map(|m| m["stats"].clone());
+    assert_eq!(w_stats, Some(serde_json::Value::Null), "{s}");
     // Definitions are cluster-wide: b sees a's disk, and may not reuse its name.
     wait_for(10, "b sees a's vdisk", || {
         vdisks(&b.status()).contains(&"before".to_string())

@@ -39,6 +39,28 @@ pub struct ClusterMemberView {
     /// `not_needed`). None from a node that does not report leases.
     #[serde(default)]
     pub lease: Option<String>,
+    /// The member's own figures (capacity, disks, memory), as it reports them when the status
+    /// is made; None for a member that does not answer in time, a witness, or a node that does
+    /// not report them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stats: Option<MemberStatsView>,
+}
+
+/// A data member's own figures, for the cluster-wide node and disk lists and totals.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberStatsView {
+    pub uptime_secs: u64,
+    pub version: String,
+    pub cpu_count: u64,
+    pub mem_used_bytes: u64,
+    pub mem_total_bytes: u64,
+    /// The member's own disks (not the other members' disks its pool also uses), and their
+    /// sizes and used bytes summed: every node's chunks stored on them count.
+    pub disks: Vec<crate::DiskView>,
+    pub raw_bytes: u64,
+    pub used_raw_bytes: u64,
+    /// Virtual disks this member serves (its own, not the node's internal ones).
+    pub vdisks: u64,
 }
 
 /// The answering node's isolation lease (a data node cut off from the majority stops serving

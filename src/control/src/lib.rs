@@ -20,8 +20,8 @@ mod vm;
 
 pub use cluster::{
     AdoptionView, ClusterDataView, ClusterMemberView, ClusterTokenView, ClusterView,
-    DrainProgressView, DrainView, LeaseView, NodeEvent, RebuildView, RemoteReplicaView,
-    DEFAULT_TOKEN_TTL_SECS, MAX_TOKEN_TTL_SECS,
+    DrainProgressView, DrainView, LeaseView, MemberStatsView, NodeEvent, RebuildView,
+    RemoteReplicaView, DEFAULT_TOKEN_TTL_SECS, MAX_TOKEN_TTL_SECS,
 };
 pub use error::{ControlError, ErrorCode, EXIT_OK, EXIT_UNREACHABLE};
 pub use parse::{

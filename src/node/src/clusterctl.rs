@@ -13,7 +13,7 @@ use std::time::Duration;
 use cluster::{Command, MemberState, Role};
 use control::{
     AdoptionView, ClusterDataView, ClusterView, ControlError, DrainProgressView, DrainView,
-    ErrorCode, LeaseView, RebuildView, Reply, Request, VdiskView, VmView,
+    ErrorCode, LeaseView, MemberStatsView, RebuildView, Reply, Request, VdiskView, VmView,
 };
 
 use crate::clusterhost::ClusterHost;
@@ -109,6 +109,52 @@ pub(crate) fn drain_left_here(inner: &NodeInner, id: u64, name: String, me: u64)
     }
 }
 
+/// This node's own figures for the cluster-wide node and disk lists (`GET /nodes`, the web
+/// UI's Nodes and disks view), as `Call::Stats` answers them.
+pub(crate) fn own_stats(inner: &NodeInner) -> MemberStatsView {
+    let engine = &inner.engine;
+    let (mem_used_bytes, mem_total_bytes) = memory().unwrap_or((0, 0));
+    // The pool also lists the other members' disks (as remote replicas): only this node's own.
+    let disks: Vec<control::DiskView> = engine
+        .disks()
+        .into_iter()
+        .filter(|d| d.node_id == inner.node_id)
+        .map(convert::disk)
+        .collect();
+    MemberStatsView {
+        uptime_secs: inner.started.elapsed().as_secs(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        cpu_count: std::thread::available_parallelism().map_or(1, |n| n.get() as u64),
+        mem_used_bytes,
+        mem_total_bytes,
+        raw_bytes: disks.iter().map(|d| d.size_bytes).sum(),
+        used_raw_bytes: disks.iter().map(|d| d.used_bytes).sum(),
+        disks,
+        vdisks: engine
+            .vdisks()
+            .iter()
+            .filter(|v| !crate::internal::is_internal_vdisk(&v.name))
+            .count() as u64,
+    }
+}
+
+/// (used, total) bytes of memory from /proc/meminfo (used = total - available).
+fn memory() -> Option<(u64, u64)> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let field = |name: &str| -> Option<u64> {
+        let line = text.lines().find(|l| l.starts_with(name))?;
+        let kib: u64 = line[name.len()..]
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()?;
+        Some(kib * 1024)
+    };
+    let total = field("MemTotal:")?;
+    Some((total.saturating_sub(field("MemAvailable:")?), total))
+}
+
 /// This node's own drain as it counts it now: the copies of other nodes' chunks still on its
 /// disks (see `drainprogress`).
 pub(crate) fn own_drain_progress(inner: &NodeInner) -> DrainProgressView {
@@ -139,12 +185,43 @@ pub(crate) async fn ask_members(m: &cluster::ClusterNode, v: &mut ClusterView) {
         .filter(|d| d.node != me && d.progress.is_none())
         .map(|d| d.node)
         .collect();
-    let (_, drains) = futures::join!(members_leases(m, v), drains_progress(m, &draining));
+    // Other data members that are not down are asked for their figures.
+    let data: Vec<u64> = v
+        .members
+        .iter()
+        .filter(|x| x.id != me && x.role != "witness" && x.health != "down")
+        .map(|x| x.id)
+        .collect();
+    let (_, drains, stats) = futures::join!(
+        members_leases(m, v),
+        drains_progress(m, &draining),
+        members_stats(m, &data)
+    );
+    for (id, s) in stats {
+        if let Some(x) = v.members.iter_mut().find(|x| x.id == id) {
+            x.stats = s;
+        }
+    }
     for (id, p) in drains {
         if let Some(d) = v.data.draining.iter_mut().find(|d| d.node == id) {
             d.progress = p;
         }
     }
+}
+
+/// Each of the members `ids`, asked for its own figures (bounded by `LEASE_ASK_TIMEOUT`, all
+/// at once); None for one that does not answer (or is too old to).
+async fn members_stats(
+    m: &cluster::ClusterNode,
+    ids: &[u64],
+) -> Vec<(u64, Option<MemberStatsView>)> {
+    let asks = ids.iter().map(|&id| async move {
+        match peer::call(m, id, &peer::Call::Stats, peer::LEASE_ASK_TIMEOUT).await {
+            Ok(peer::Answer::Stats(s)) => (id, Some(*s)),
+            _ => (id, None),
+        }
+    });
+    futures::future::join_all(asks).await
 }
 
 /// Each of the draining members `ids`, asked for its own progress (bounded by
@@ -210,6 +287,9 @@ impl NodeController {
         match req {
             Request::ClusterStatus => {
                 let mut v = self.status_view()?;
+                if let Some(me) = v.members.iter_mut().find(|x| x.id == v.me) {
+                    me.stats = Some(own_stats(&self.inner));
+                }
                 if let Ok(m) = self.inner.cluster.member() {
                     ask_members(&m, &mut v).await;
                 }

@@ -325,6 +325,7 @@ impl ClusterHost {
                 .into_iter()
                 .map(|x| ClusterMemberView {
                     lease: Some(lease_rule(&x)),
+                    stats: None,
                     id: x.id,
                     name: x.name,
                     address: x.addr,

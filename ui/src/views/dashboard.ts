@@ -1,7 +1,7 @@
 import { fmtBytes } from '../api';
 import { Chart } from '../chart';
 import { useLiveSamples } from '../live';
-import { membersUpText } from '../clusterfmt';
+import { clusterCapacity, membersUpText } from '../clusterfmt';
 import { html, ErrorBox, useLoad } from '../ui';
 
 interface Sample {
@@ -35,7 +35,11 @@ export function Dashboard() {
   const cols = columns(samples);
   const last = samples[samples.length - 1];
   const p = pool.data;
-  const usedPct = p && p.raw_bytes ? Math.round((100 * p.used_raw_bytes) / p.raw_bytes) : 0;
+  const whole = cluster.data ? clusterCapacity(cluster.data.members) : null;
+  // More than one data node: the cluster's disks are every data node's own, summed.
+  const many = whole != null && whole.nodes + whole.missing.length > 1;
+  const pct = (used: number, raw: number) => (raw ? Math.round((100 * used) / raw) : 0);
+  const usedPct = p ? pct(p.used_raw_bytes, p.raw_bytes) : 0;
   const items: any[] = alerts.data?.items ?? [];
   return html`<section aria-labelledby="dash-h">
     <h2 id="dash-h">Dashboard</h2>
@@ -49,7 +53,11 @@ export function Dashboard() {
       </div>
       <div class="card">
         <h3>Capacity</h3>
-        ${p
+        ${p && many && whole
+          ? html`<p data-cluster-capacity>Whole cluster: ${fmtBytes(whole.used)} of ${fmtBytes(whole.raw)} raw used (${pct(whole.used, whole.raw)}%) on ${whole.nodes} data nodes${whole.missing.length ? ` (${whole.missing.join(', ')} did not report)` : ''}</p>
+              <progress max="100" value=${pct(whole.used, whole.raw)} aria-label="cluster disks used">${pct(whole.used, whole.raw)}%</progress>
+              <p>${fmtBytes(p.used_raw_bytes)} of it holds this node's virtual disks; ${fmtBytes(p.usable_bytes)} usable with two copies, ${p.disks} disks${p.rebalancing ? ', rebalancing' : ''}</p>`
+          : p
           ? html`<p>${fmtBytes(p.used_raw_bytes)} of ${fmtBytes(p.raw_bytes)} raw used (${usedPct}%)</p>
               <progress max="100" value=${usedPct} aria-label="pool used">${usedPct}%</progress>
               <p>${fmtBytes(p.usable_bytes)} usable with two copies, ${p.disks} disks${p.rebalancing ? ', rebalancing' : ''}</p>`

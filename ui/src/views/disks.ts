@@ -1,5 +1,6 @@
 import { useState } from 'preact/hooks';
 import { api, fmtBytes } from '../api';
+import { healthClass } from '../clusterfmt';
 import { html, ErrorBox, Note, Progress, useAction, useLoad, Field } from '../ui';
 
 export function Disks({ role }: { role: string }) {
@@ -14,11 +15,15 @@ export function Disks({ role }: { role: string }) {
     <h3>Nodes</h3>
     <${ErrorBox} error=${nodes.error} />
     <div class="table-wrap"><table>
-      <thead><tr><th scope="col">Name</th><th scope="col">State</th><th scope="col">CPUs</th><th scope="col">Memory</th><th scope="col">Uptime</th><th scope="col">Version</th></tr></thead>
-      <tbody>${(nodes.data?.items ?? []).map((n: any) => html`<tr>
-        <td>${n.name}</td><td>${n.state}</td><td>${n.cpu_count}</td>
-        <td>${fmtBytes(n.mem_used_bytes)} / ${fmtBytes(n.mem_total_bytes)}</td>
-        <td>${Math.round(n.uptime_secs / 60)} min</td><td>${n.version}</td></tr>`)}</tbody>
+      <thead><tr><th scope="col">Name</th><th scope="col">Role</th><th scope="col">State</th><th scope="col">CPUs</th><th scope="col">Memory</th><th scope="col">Own disks used</th><th scope="col">Uptime</th><th scope="col">Version</th></tr></thead>
+      <tbody>${(nodes.data?.items ?? []).map((n: any) => html`<tr data-node=${n.name}>
+        <td>${n.name}${n.this_node ? html` <span class="muted">(this node)</span>` : null}</td>
+        <td>${n.role ?? 'data'}${n.leader ? ', leader' : ''}</td>
+        <td class=${healthClass(n.state)}>${n.state}</td>
+        <td>${n.cpu_count ?? '–'}</td>
+        <td>${n.mem_total_bytes ? `${fmtBytes(n.mem_used_bytes)} / ${fmtBytes(n.mem_total_bytes)}` : '–'}</td>
+        <td>${n.raw_bytes ? `${fmtBytes(n.used_raw_bytes)} of ${fmtBytes(n.raw_bytes)}` : '–'}</td>
+        <td>${n.uptime_secs == null ? '–' : `${Math.round(n.uptime_secs / 60)} min`}</td><td>${n.version ?? '–'}</td></tr>`)}</tbody>
     </table></div>
     <h3>Disks</h3>
     <${ErrorBox} error=${disks.error || act.error} />

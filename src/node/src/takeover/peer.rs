@@ -60,6 +60,8 @@ pub(crate) enum Call {
     /// The receiver's planned moves not settled yet that involve member `member`
     /// (`super::settles::Settles::involving`: before that member is removed).
     PendingMoves { member: NodeId },
+    /// The receiver's own figures (capacity, disks, memory) for the cluster-wide lists.
+    Stats,
 }
 
 /// The answer to a [`Call`].
@@ -76,6 +78,7 @@ pub(crate) enum Answer {
     Drain(control::DrainProgressView),
     /// Unsettled planned moves, each described.
     Pending(Vec<String>),
+    Stats(Box<control::MemberStatsView>),
 }
 
 struct Handler {
@@ -148,6 +151,7 @@ async fn answer(inner: &Arc<NodeInner>, from: NodeId, call: Call) -> Result<Answ
             super::copies::held_page(inner, from, vdisk, from_chunk).map(Answer::Held)
         }
         Call::DrainProgress => Ok(Answer::Drain(crate::clusterctl::own_drain_progress(inner))),
+        Call::Stats => Ok(Answer::Stats(Box::new(crate::clusterctl::own_stats(inner)))),
         Call::PendingMoves { member } => {
             let me = inner.cluster.member()?.id();
             Ok(Answer::Pending(inner.cluster.settles.involving(me, member)))
