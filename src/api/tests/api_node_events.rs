@@ -43,8 +43,10 @@ fn event(id: u64, severity: &str, action: &str, target: &str, message: &str) -> 
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn takeovers_and_ha_restarts_reach_the_event_list_and_the_audit_log() {
+/// A real node with the API in front of the controller `wrap` makes of it.
+async fn behind<C: Controller + 'static>(
+    wrap: impl FnOnce(Arc<dyn Controller>) -> Arc<C>,
+) -> (common::Harness, Arc<C>) {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = node::NodeConfig::new(dir.path().join("data"));
     cfg.disk_count = 2;
@@ -53,26 +55,7 @@ async fn takeovers_and_ha_restarts_reach_the_event_list_and_the_audit_log() {
     let n = node::Node::start(cfg).await.unwrap();
     let state = dir.path().join("api");
     let pw = api::bootstrap_admin(&state).unwrap().unwrap();
-    let ctl = Arc::new(WithEvents {
-        node: n.controller(),
-        pending: parking_lot::Mutex::new(vec![
-            event(
-                1,
-                "warning",
-                "vdisk_takeover",
-                "b",
-                "member b (2) was lost; this node took its virtual disks over (epoch 7)",
-            ),
-            event(
-                2,
-                "warning",
-                "vm_ha_restart",
-                "web",
-                "VM web restarted on this node after its node was lost (attempt 1)",
-            ),
-        ]),
-        taken: Default::default(),
-    });
+    let ctl = wrap(n.controller());
     let acfg = api::ApiConfig::new("127.0.0.1:0".parse().unwrap(), state.clone());
     let h = api::serve(acfg, ctl.clone()).await.unwrap();
     let harness = common::Harness {
@@ -83,6 +66,34 @@ async fn takeovers_and_ha_restarts_reach_the_event_list_and_the_audit_log() {
         api: Some(h),
         admin_password: pw,
     };
+    (harness, ctl)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn takeovers_and_ha_restarts_reach_the_event_list_and_the_audit_log() {
+    let (harness, ctl) = behind(|node| {
+        Arc::new(WithEvents {
+            node,
+            pending: parking_lot::Mutex::new(vec![
+                event(
+                    1,
+                    "warning",
+                    "vdisk_takeover",
+                    "b",
+                    "member b (2) was lost; this node took its virtual disks over (epoch 7)",
+                ),
+                event(
+                    2,
+                    "warning",
+                    "vm_ha_restart",
+                    "web",
+                    "VM web restarted on this node after its node was lost (attempt 1)",
+                ),
+            ]),
+            taken: Default::default(),
+        })
+    })
+    .await;
     let admin = harness.admin().await;
     let t = Instant::now();
     let events = loop {
@@ -295,27 +306,7 @@ impl Controller for WithPeerDown {
 /// them. Without them it reported "no alerts" while a member was dead.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_that_stopped_answering_is_an_alert() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut cfg = node::NodeConfig::new(dir.path().join("data"));
-    cfg.disk_count = 2;
-    cfg.disk_size_bytes = node::MIN_DISK_SIZE_BYTES.max(128 << 20);
-    cfg.api_listen = None;
-    let n = node::Node::start(cfg).await.unwrap();
-    let state = dir.path().join("api");
-    let pw = api::bootstrap_admin(&state).unwrap().unwrap();
-    let ctl = Arc::new(WithPeerDown {
-        node: n.controller(),
-    });
-    let acfg = api::ApiConfig::new("127.0.0.1:0".parse().unwrap(), state.clone());
-    let h = api::serve(acfg, ctl).await.unwrap();
-    let harness = common::Harness {
-        addr: h.local_addr,
-        tls: common::connector(&state).unwrap(),
-        dir,
-        node: Some(n),
-        api: Some(h),
-        admin_password: pw,
-    };
+    let (harness, _) = behind(|node| Arc::new(WithPeerDown { node })).await;
     let admin = harness.admin().await;
     let t = Instant::now();
     let items = loop {
