@@ -228,9 +228,18 @@ fn status(v: &ClusterView) -> String {
         v.me,
     );
     let header = [
-        "ID", "NAME", "ADDRESS", "ROLE", "STATE", "VOTER", "HEALTH", "SEEN", "LEASE",
+        "ID",
+        "NAME",
+        "ADDRESS",
+        "ROLE",
+        "STATE",
+        "VOTER",
+        "HEALTH",
+        "SEEN",
+        "LEASE",
+        "OWN DISKS USED",
     ];
-    let rows: Vec<[String; 9]> = v
+    let rows: Vec<[String; 10]> = v
         .members
         .iter()
         .map(|m| {
@@ -245,6 +254,13 @@ fn status(v: &ClusterView) -> String {
                 m.last_seen_ms_ago
                     .map_or("-".into(), |ms| format!("{:.1}s ago", ms as f64 / 1000.0)),
                 m.lease.as_deref().unwrap_or("-").replace('_', " "),
+                m.stats.as_ref().map_or("-".into(), |x| {
+                    format!(
+                        "{} of {}",
+                        control::format_size(x.used_raw_bytes),
+                        control::format_size(x.raw_bytes)
+                    )
+                }),
             ]
         })
         .collect();
@@ -604,6 +620,24 @@ mod tests {
         assert!(row.contains("not needed"), "{row}");
         v.me = 1;
         assert!(status(&v).contains("fully redundant"));
+        // A data member that reported its figures shows how full its own disks are.
+        v.members[0].stats = Some(control::MemberStatsView {
+            uptime_secs: 60,
+            version: "0.1.0".into(),
+            cpu_count: 2,
+            mem_used_bytes: 1 << 30,
+            mem_total_bytes: 4 << 30,
+            disks: vec![],
+            raw_bytes: 2 << 30,
+            used_raw_bytes: 512 << 20,
+            vdisks: 1,
+        });
+        let s = status(&v);
+        assert!(s.contains("OWN DISKS USED"), "{s}");
+        let row = s.lines().find(|l| l.starts_with("1* ")).unwrap_or_default();
+        assert!(row.ends_with("512 MiB of 2 GiB"), "{row}");
+        let row = s.lines().find(|l| l.starts_with("2 ")).unwrap_or_default();
+        assert!(row.ends_with(" -"), "{row}");
     }
 
     #[test]
