@@ -159,6 +159,34 @@ fn two_data_nodes_and_a_witness_survive_kill9_and_sigstop() {
         .find(|m| m["name"] == "w")
         .map(|m| m["stats"].clone());
     assert_eq!(w_stats, Some(serde_json::Value::Null), "{s}");
+    // a's pool lists b's disks too (it keeps copies there), marked remote; removing one from a
+    // is refused in words (drained from a, the copies would only come back), nothing changes.
+    let remote = || {
+        a.ok(&["disk", "list"])["value"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["remote"] == true)
+            .cloned()
+    };
+    wait_for(20, "b's disks in a's pool", || remote().is_some());
+    let theirs = remote().unwrap();
+    assert!(
+        theirs["path"].as_str().unwrap().contains(&b_dir),
+        "{theirs}"
+    );
+    let id = theirs["id"].as_str().unwrap();
+    let o = cli(&a.data, &["disk", "remove", id]);
+    assert_ne!(o.code, 0, "{}", o.stdout);
+    assert!(o.stderr.contains("is on another member"), "{}", o.stderr);
+    let after = a.ok(&["disk", "list"])["value"].clone();
+    let same = after
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["id"] == theirs["id"])
+        .cloned();
+    assert_eq!(same.map(|d| d["state"].clone()), Some("active".into()));
     // Definitions are cluster-wide: b sees a's disk, and may not reuse its name.
     wait_for(10, "b sees a's vdisk", || {
         vdisks(&b.status()).contains(&"before".to_string())

@@ -16,6 +16,10 @@ pub struct DiskView {
     /// `active`, `draining`, `removed` or `failed`.
     pub state: String,
     pub errors: u64,
+    /// On another member: this node's pool keeps copies on it, but it is added and removed
+    /// on that member. False in answers from nodes that do not say.
+    #[serde(default)]
+    pub remote: bool,
 }
 
 /// What a file or device holds, found without claiming it.

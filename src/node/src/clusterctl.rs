@@ -119,7 +119,7 @@ pub(crate) fn own_stats(inner: &NodeInner) -> MemberStatsView {
         .disks()
         .into_iter()
         .filter(|d| d.node_id == inner.node_id)
-        .map(convert::disk)
+        .map(|d| convert::disk(d, inner.node_id))
         .collect();
     MemberStatsView {
         uptime_secs: inner.started.elapsed().as_secs(),

@@ -181,6 +181,19 @@ impl NodeController {
             Request::DiskList => Reply::Disks(self.disk_views()),
             Request::DiskAdd { path } => Reply::Disk(self.add_disk(Path::new(path), true).await?),
             Request::DiskRemove { disk } => {
+                // Another member's disk (this pool keeps copies on it) is that member's to
+                // remove: drained from here, the copies would only come back.
+                if let Some(d) = engine
+                    .disks()
+                    .into_iter()
+                    .find(|d| (d.id == *disk || d.name == *disk) && d.node_id != self.inner.node_id)
+                {
+                    return Err(ControlError::conflict(format!(
+                        "disk {} is on another member (node {}): remove it there (cairn disk \
+                         remove {} on that node)",
+                        d.name, d.node_id, d.id
+                    )));
+                }
                 // The engine refuses to drain the last active disk as "no space" (its data
                 // would have nowhere to go). To the caller that is a request the pool's state
                 // refuses (409), not a server out of room (507, which reads as our fault).
@@ -191,7 +204,7 @@ impl NodeController {
                         e(err)
                     }
                 })?;
-                Reply::Disk(convert::disk(info))
+                Reply::Disk(convert::disk(info, self.inner.node_id))
             }
             Request::DiskScrub => {
                 engine.start_scrub().map_err(e)?;
@@ -502,7 +515,7 @@ impl NodeController {
             .engine
             .disks()
             .into_iter()
-            .map(convert::disk)
+            .map(|d| convert::disk(d, self.inner.node_id))
             .collect()
     }
 
@@ -607,7 +620,7 @@ impl NodeController {
                 .add_disk(dev)
                 .await
                 .map_err(convert::error)?;
-            Ok(convert::disk(info))
+            Ok(convert::disk(info, self.inner.node_id))
         }
         .await;
         match &result {

@@ -22,7 +22,9 @@ pub(crate) fn error(e: EngineError) -> ControlError {
     ControlError::new(code, e.to_string())
 }
 
-pub(crate) fn disk(d: DiskInfo) -> DiskView {
+/// A pool disk as the API shows it; `local_node` is this node's engine id (a disk with another
+/// node id is a member's, used for copies).
+pub(crate) fn disk(d: DiskInfo, local_node: u64) -> DiskView {
     let state = match d.state {
         DiskState::Active => "active",
         DiskState::Draining => "draining",
@@ -43,6 +45,7 @@ pub(crate) fn disk(d: DiskInfo) -> DiskView {
         used_bytes: d.used_bytes,
         state,
         errors: d.errors,
+        remote: d.node_id != local_node,
     }
 }
 

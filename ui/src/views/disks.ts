@@ -34,7 +34,7 @@ export function Disks({ role }: { role: string }) {
       <tbody>${(disks.data?.items ?? []).map((d: any) => html`<tr>
         <td>${d.name}</td><td class="mono">${d.path}</td><td>${d.state}</td>
         <td>${fmtBytes(d.used_bytes)}</td><td>${fmtBytes(d.size_bytes)}</td><td>${d.errors}</td>
-        ${admin ? html`<td><button class="danger" onClick=${() => confirm(`Drain and remove disk ${d.name}?`) && act.run(`Remove disk ${d.name}`, () => api('DELETE', `/disks/${encodeURIComponent(d.id)}`))}>Remove</button></td>` : null}
+        ${admin ? d.remote ? html`<td class="muted">on its own node</td>` : html`<td><button class="danger" onClick=${() => confirm(`Drain and remove disk ${d.name}?`) && act.run(`Remove disk ${d.name}`, () => api('DELETE', `/disks/${encodeURIComponent(d.id)}`))}>Remove</button></td>` : null}
       </tr>`)}</tbody>
     </table></div>
     ${!ro ? html`<p><button onClick=${() => act.run('Scrub', () => api('POST', '/disks/scrub', {}))}>Verify all data (scrub)</button></p>` : null}
