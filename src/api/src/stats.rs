@@ -98,6 +98,64 @@ pub struct Sample {
     pub disks: Vec<DiskSample>,
     pub vdisks: Vec<VdiskSample>,
     pub vms: Vec<VmSample>,
+    /// The whole cluster, from the figures its members report (refreshed every
+    /// [`CLUSTER_PERIOD`], so a sample repeats the last one in between); None until the first.
+    pub cluster: Option<ClusterSample>,
+}
+
+/// How often the sampler asks the cluster for its members' figures (each ask is one short call
+/// per member).
+pub const CLUSTER_PERIOD: Duration = Duration::from_secs(5);
+
+/// Cluster totals: members, and the I/O and disks of the data members that reported.
+#[derive(Debug, Clone, Serialize, Default, PartialEq)]
+pub struct ClusterSample {
+    pub members: usize,
+    pub members_up: usize,
+    pub data_nodes: usize,
+    /// Data members whose figures are in the totals (the others did not answer in time).
+    pub reporting: usize,
+    pub read_iops: f64,
+    pub write_iops: f64,
+    pub read_bytes_per_sec: f64,
+    pub write_bytes_per_sec: f64,
+    /// The data members' own disks: size and use (by every node's chunks).
+    pub raw_bytes: u64,
+    pub used_raw_bytes: u64,
+}
+
+/// Each member's I/O counters by member id, and when they were read.
+pub(crate) type MemberIo = HashMap<u64, (control::MemberIoView, std::time::Instant)>;
+
+/// The totals of `v`, with I/O rates over the time since each member's counters in `before`;
+/// returns them and the counters to keep for next time.
+pub(crate) fn cluster_sample(
+    v: &control::ClusterView,
+    before: &MemberIo,
+    now: std::time::Instant,
+) -> (ClusterSample, MemberIo) {
+    let mut c = ClusterSample {
+        members: v.members.len(),
+        members_up: v.members.iter().filter(|m| m.health == "up").count(),
+        data_nodes: v.members.iter().filter(|m| m.role != "witness").count(),
+        ..Default::default()
+    };
+    let mut next = HashMap::new();
+    for m in &v.members {
+        let Some(x) = &m.stats else { continue };
+        c.reporting += 1;
+        c.raw_bytes += x.raw_bytes;
+        c.used_raw_bytes += x.used_raw_bytes;
+        if let Some((p, at)) = before.get(&m.id) {
+            let secs = now.duration_since(*at).as_secs_f64();
+            c.read_iops += rate(x.io.reads, p.reads, secs);
+            c.write_iops += rate(x.io.writes, p.writes, secs);
+            c.read_bytes_per_sec += rate(x.io.read_bytes, p.read_bytes, secs);
+            c.write_bytes_per_sec += rate(x.io.write_bytes, p.write_bytes, secs);
+        }
+        next.insert(m.id, (x.io, now));
+    }
+    (c, next)
 }
 
 #[derive(Debug)]
@@ -158,6 +216,10 @@ pub(crate) struct Prev {
     /// When the node answered the last VM and virtual disk lists sampled.
     vms_at: Option<std::time::Instant>,
     vdisks_at: Option<std::time::Instant>,
+    /// When the cluster was last asked, each member's I/O counters then, and the totals.
+    cluster_at: Option<std::time::Instant>,
+    cluster_io: MemberIo,
+    cluster: Option<ClusterSample>,
     /// Per vdisk: read ops, write ops, read bytes, write bytes, read and write latency sums (us).
     vdisks: HashMap<String, [u64; 6]>,
 }
@@ -397,6 +459,19 @@ pub(crate) async fn sample(
         }
         prev.disks = next;
     }
+    if prev
+        .cluster_at
+        .is_none_or(|a| now.duration_since(a) >= CLUSTER_PERIOD)
+    {
+        prev.cluster_at = Some(now);
+        let actor = Actor::internal("stats");
+        if let Ok(Reply::Cluster(v)) = controller.execute(actor, Request::ClusterStatus).await {
+            let (c, io) = cluster_sample(&v, &prev.cluster_io, std::time::Instant::now());
+            prev.cluster = Some(c);
+            prev.cluster_io = io;
+        }
+    }
+    s.cluster = prev.cluster.clone();
     if let Ok(vms) = lists.sampled_vms(controller, prev.vms_at).await {
         // Counter deltas over the time between the two lists (either may have been fetched
         // for a request a little before this tick).
@@ -546,6 +621,88 @@ fn read_mem() -> Option<(u64, u64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn member(id: u64, role: &str, health: &str) -> control::ClusterMemberView {
+        control::ClusterMemberView {
+            id,
+            name: format!("n{id}"),
+            address: String::new(),
+            role: role.into(),
+            state: "active".into(),
+            voter: true,
+            leader: false,
+            health: health.into(),
+            last_seen_ms_ago: None,
+            lease: None,
+            stats: None,
+        }
+    }
+
+    fn figures(raw: u64, used: u64, reads: u64, writes: u64) -> control::MemberStatsView {
+        control::MemberStatsView {
+            uptime_secs: 1,
+            version: String::new(),
+            cpu_count: 2,
+            mem_used_bytes: 0,
+            mem_total_bytes: 0,
+            disks: vec![],
+            raw_bytes: raw,
+            used_raw_bytes: used,
+            vdisks: 0,
+            io: control::MemberIoView {
+                reads,
+                writes,
+                read_bytes: reads * 4096,
+                write_bytes: writes * 4096,
+            },
+        }
+    }
+
+    #[test]
+    fn cluster_totals_add_the_members_that_reported_and_rate_their_io() {
+        let mut a = member(1, "data", "up");
+        let mut b = member(2, "data", "up");
+        let c = member(3, "data", "down");
+        let w = member(4, "witness", "up");
+        a.stats = Some(figures(100, 10, 1000, 500));
+        b.stats = Some(figures(200, 30, 0, 2000));
+        let mut v = control::ClusterView {
+            cluster_id: String::new(),
+            me: 1,
+            leader: Some(1),
+            term: 1,
+            commit_index: None,
+            last_log_index: None,
+            placement_version: 0,
+            members: vec![a, b, c, w],
+            vdisks: vec![],
+            snapshots: 0,
+            vms: vec![],
+            data: Default::default(),
+            lease: None,
+            campaigns: None,
+        };
+        let t0 = std::time::Instant::now();
+        // First look: sizes, no rates yet.
+        let (first, io) = cluster_sample(&v, &HashMap::new(), t0);
+        assert_eq!(
+            (
+                first.members,
+                first.members_up,
+                first.data_nodes,
+                first.reporting
+            ),
+            (4, 3, 3, 2)
+        );
+        assert_eq!((first.raw_bytes, first.used_raw_bytes), (300, 40));
+        assert_eq!((first.read_iops, first.write_iops), (0.0, 0.0));
+        // Two seconds later a did 400 more reads, b 1000 more writes.
+        v.members[0].stats = Some(figures(100, 10, 1400, 500));
+        v.members[1].stats = Some(figures(200, 30, 0, 3000));
+        let (next, _) = cluster_sample(&v, &io, t0 + Duration::from_secs(2));
+        assert_eq!((next.read_iops, next.write_iops), (200.0, 500.0));
+        assert_eq!(next.write_bytes_per_sec, 500.0 * 4096.0);
+    }
 
     #[test]
     fn proc_readers_give_sane_values() {

@@ -631,6 +631,7 @@ mod tests {
             raw_bytes: 2 << 30,
             used_raw_bytes: 512 << 20,
             vdisks: 1,
+            io: Default::default(),
         });
         let s = status(&v);
         assert!(s.contains("OWN DISKS USED"), "{s}");

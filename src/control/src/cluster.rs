@@ -61,6 +61,19 @@ pub struct MemberStatsView {
     pub used_raw_bytes: u64,
     /// Virtual disks this member serves (its own, not the node's internal ones).
     pub vdisks: u64,
+    /// Its virtual disks' I/O since it started, for cluster-wide rates (the asker divides the
+    /// change between two answers by the time between them). Zero from older nodes.
+    #[serde(default)]
+    pub io: MemberIoView,
+}
+
+/// Counters of a member's virtual disk I/O since it started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberIoView {
+    pub reads: u64,
+    pub writes: u64,
+    pub read_bytes: u64,
+    pub write_bytes: u64,
 }
 
 /// The answering node's isolation lease (a data node cut off from the majority stops serving

@@ -20,7 +20,7 @@ mod vm;
 
 pub use cluster::{
     AdoptionView, ClusterDataView, ClusterMemberView, ClusterTokenView, ClusterView,
-    DrainProgressView, DrainView, LeaseView, MemberStatsView, NodeEvent, RebuildView,
+    DrainProgressView, DrainView, LeaseView, MemberIoView, MemberStatsView, NodeEvent, RebuildView,
     RemoteReplicaView, DEFAULT_TOKEN_TTL_SECS, MAX_TOKEN_TTL_SECS,
 };
 pub use error::{ControlError, ErrorCode, EXIT_OK, EXIT_UNREACHABLE};

@@ -135,6 +135,15 @@ pub(crate) fn own_stats(inner: &NodeInner) -> MemberStatsView {
             .iter()
             .filter(|v| !crate::internal::is_internal_vdisk(&v.name))
             .count() as u64,
+        io: {
+            let e = engine.stats();
+            control::MemberIoView {
+                reads: e.reads,
+                writes: e.writes,
+                read_bytes: e.read_bytes,
+                write_bytes: e.write_bytes,
+            }
+        },
     }
 }
 

@@ -13,6 +13,7 @@ interface Sample {
   write_iops: number;
   pool_used_bytes: number;
   pool_raw_bytes: number;
+  cluster?: { data_nodes: number; reporting: number; read_iops: number; write_iops: number; read_bytes_per_sec: number; write_bytes_per_sec: number } | null;
 }
 
 const KEEP = 600; // ten minutes on screen
@@ -68,7 +69,10 @@ export function Dashboard() {
         <h3>Now</h3>
         ${last
           ? html`<p>CPU ${last.cpu_percent.toFixed(0)}% · RAM ${fmtBytes(last.mem_used_bytes)} of ${fmtBytes(last.mem_total_bytes)}</p>
-              <p>${(last.read_iops + last.write_iops).toFixed(0)} IOPS</p>`
+              <p>${last.cluster && last.cluster.data_nodes > 1 ? 'This node: ' : ''}${(last.read_iops + last.write_iops).toFixed(0)} IOPS</p>
+              ${last.cluster && last.cluster.data_nodes > 1
+                ? html`<p data-cluster-io>Whole cluster: ${(last.cluster.read_iops + last.cluster.write_iops).toFixed(0)} IOPS, ${fmtBytes(last.cluster.read_bytes_per_sec + last.cluster.write_bytes_per_sec)}/s (${last.cluster.reporting} of ${last.cluster.data_nodes} data nodes reporting, every 5 s)</p>`
+                : null}`
           : html`<p>Waiting for statistics…</p>`}
         <p class="muted" id="live-state">${live ? 'Live' : 'Connecting…'}</p>
       </div>
