@@ -85,6 +85,21 @@ export function clusterCapacity(members: { name: string; role: string; stats?: {
   return { raw, used, nodes, missing };
 }
 
+/** The names the cluster records (`all`) that this node's own list (`here`) lacks, sorted:
+ *  virtual disks or VMs another member holds (managed on that member). */
+export function elsewhere(all: string[] | null | undefined, here: string[]): string[] {
+  const mine = new Set(here);
+  return (all ?? []).filter((n) => !mine.has(n)).sort();
+}
+
+/** The note under a list of this node's own virtual disks or VMs naming those other members
+ *  hold; null when there are none. */
+export function elsewhereNote(what: string, names: string[]): string | null {
+  if (names.length === 0) return null;
+  const shown = names.slice(0, 20).join(', ') + (names.length > 20 ? `, and ${names.length - 20} more` : '');
+  return `Listed here: this node's ${what}. Other cluster members hold ${plural(names.length, what.replace(/s$/, ''))} more (${shown}): manage them in that member's web UI or with its CLI.`;
+}
+
 /** The command to run on the joining machine, exactly as the CLI takes it. */
 export function joinCommand(address: string, token: string): string {
   const q = (s: string) => (/^[A-Za-z0-9._:\/@=+-]+$/.test(s) ? s : `'${s.replace(/'/g, `'\\''`)}'`);

@@ -1,5 +1,6 @@
 import { useState } from 'preact/hooks';
 import { api, fmtBytes, fmtTime } from '../api';
+import { elsewhere, elsewhereNote } from '../clusterfmt';
 import { html, ErrorBox, Note, Progress, useAction, useLoad, Field } from '../ui';
 import { diskApi } from '../vmapi';
 
@@ -33,11 +34,13 @@ function ioText(s: any): string {
 
 export function Vdisks({ role }: { role: string }) {
   const list = useLoad<any>('/vdisks?limit=1000', 10000);
+  // The cluster records every member's disks; this list is this node's own.
+  const cluster = useLoad<any>('/cluster', 10000);
   // The latest live sample (refreshed every 2 s) carries each disk's I/O over the last second.
   const live = useLoad<any>('/stats', 2000);
   const io: Record<string, any> = {};
   for (const s of live.data?.vdisks ?? []) io[s.name] = s;
-  const act = useAction(() => list.reload());
+  const act = useAction(() => { list.reload(); cluster.reload(); });
   const [name, setName] = useState('');
   const [size, setSize] = useState('10G');
   const [imp, setImp] = useState({ name: '', file: '' });
@@ -45,8 +48,10 @@ export function Vdisks({ role }: { role: string }) {
   const canWrite = role !== 'read_only';
   const admin = role === 'admin';
   const items: any[] = list.data?.items ?? [];
+  const others = list.data && cluster.data ? elsewhere(cluster.data.vdisks, items.map((v) => v.name)) : [];
   return html`<section aria-labelledby="vd-h">
     <h2 id="vd-h">Virtual disks</h2>
+    <${Note} text=${elsewhereNote('virtual disks', others)} />
     <${ErrorBox} error=${list.error || act.error} />
     <${Note} text=${act.done} />
     <${Progress} running=${act.running} />
@@ -55,7 +60,7 @@ export function Vdisks({ role }: { role: string }) {
       <${Field} label="Size" id="vd-size" hint="like 512M, 10G, 2T"><input id="vd-size" value=${size} onInput=${(e: any) => setSize(e.currentTarget.value)} required /></${Field}>
       <button type="submit" disabled=${!!act.running}>Create disk</button>
     </form>` : null}
-    ${items.length === 0 && list.data ? html`<p class="muted">No virtual disks yet.</p>` : null}
+    ${items.length === 0 && list.data ? html`<p class="muted">${others.length ? 'No virtual disks on this node.' : 'No virtual disks yet.'}</p>` : null}
     <div class="table-wrap"><table>
       <thead><tr><th scope="col">Name</th><th scope="col">Size</th><th scope="col">Used</th><th scope="col">Snapshots</th><th scope="col">I/O now</th><th scope="col">Created</th><th scope="col">Actions</th></tr></thead>
       <tbody>${items.map((v) => html`<tr data-vdisk=${v.name}>

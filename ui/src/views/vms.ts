@@ -4,7 +4,8 @@
 // explains failures in words.
 import { useEffect, useRef, useState } from 'preact/hooks';
 import { explain, fmtBytes, fmtTime } from '../api';
-import { html, ErrorBox, Note, Progress, useAction } from '../ui';
+import { elsewhere, elsewhereNote } from '../clusterfmt';
+import { html, ErrorBox, Note, Progress, useAction, useLoad } from '../ui';
 import { diskApi, Step, vmApi, VmView } from '../vmapi';
 import { CreateWizard, StepList } from './vmcreate';
 import { Console } from './console';
@@ -203,13 +204,16 @@ function VmDisks({ vm, canWrite, reload }: { vm: VmView; canWrite: boolean; relo
 
 export function Vms({ role }: { role: string }) {
   const { vms, rates, error, reload } = useVms();
-  const act = useAction(reload);
+  // The cluster records every member's VMs; this list is this node's own.
+  const cluster = useLoad<any>('/cluster', 10000);
+  const act = useAction(() => { reload(); cluster.reload(); });
   const [wizard, setWizard] = useState(false);
   const [open, setOpen] = useState<string | null>(null);
   const [console, setConsole] = useState<string | null>(null);
   const [editing, setEditing] = useState<string | null>(null);
   const canWrite = role !== 'read_only';
   const items = vms ?? [];
+  const others = vms && cluster.data ? elsewhere(cluster.data.vms, items.map((v) => v.name)) : [];
   const power = (v: VmView) => {
     const n = v.name;
     const running = v.state === 'running' || v.state === 'paused';
@@ -224,12 +228,13 @@ export function Vms({ role }: { role: string }) {
   };
   return html`<section aria-labelledby="vms-h">
     <h2 id="vms-h">Virtual machines</h2>
+    <${Note} text=${elsewhereNote('VMs', others)} />
     <${ErrorBox} error=${error || act.error} />
     <${Note} text=${act.done} />
     <${Progress} running=${act.running} />
     ${canWrite && !wizard ? html`<p><button type="button" onClick=${() => setWizard(true)}>New VM</button></p>` : null}
     ${wizard ? html`<${CreateWizard} onCancel=${() => setWizard(false)} onDone=${(n: string) => { setWizard(false); reload(); setOpen(n); }} />` : null}
-    ${vms && items.length === 0 ? html`<p class="empty">No VMs yet.</p>` : null}
+    ${vms && items.length === 0 ? html`<p class="empty">${others.length ? 'No VMs on this node.' : 'No VMs yet.'}</p>` : null}
     ${items.length > 0 ? html`<div class="table-wrap"><table class="vm-table" aria-label="virtual machines">
       <thead><tr><th scope="col">Name</th><th scope="col">State</th><th scope="col">vCPUs</th><th scope="col">Memory</th><th scope="col">CPU</th><th scope="col">Disk IOPS</th><th scope="col">Disk I/O</th><th scope="col">Actions</th></tr></thead>
       <tbody>${items.map((v) => html`<tr data-vm=${v.name} data-state=${v.state}>
