@@ -108,6 +108,9 @@ pub fn run(target: &Target, json: bool, cmd: Command) -> i32 {
                 );
             } else {
                 print!("{}", render::reply(&reply));
+                if let Some(note) = elsewhere(target, &reply) {
+                    println!("{note}");
+                }
             }
             control::EXIT_OK
         }
@@ -119,5 +122,56 @@ pub fn run(target: &Target, json: bool, cmd: Command) -> i32 {
             eprintln!("cairn: error: {}", e.message);
             e.exit_code()
         }
+    }
+}
+
+/// Under a list of this node's own virtual disks or VMs: those the cluster records that other
+/// members hold (each member serves and manages its own), or None (none, another reply, or no
+/// cluster status to compare with).
+fn elsewhere(target: &Target, reply: &control::Reply) -> Option<String> {
+    let (what, here): (&str, Vec<&str>) = match reply {
+        control::Reply::Vdisks(v) => ("virtual disks", v.iter().map(|d| d.name.as_str()).collect()),
+        control::Reply::Vms(v) => ("VMs", v.iter().map(|m| m.name.as_str()).collect()),
+        _ => return None,
+    };
+    let Ok(control::Reply::Cluster(c)) = crate::remote::call(target, &Request::ClusterStatus)
+    else {
+        return None;
+    };
+    let all = if what == "VMs" { &c.vms } else { &c.vdisks };
+    elsewhere_note(what, all, &here)
+}
+
+/// The note itself: the names in `all` missing from `here`, sorted, or None.
+fn elsewhere_note(what: &str, all: &[String], here: &[&str]) -> Option<String> {
+    let mut others: Vec<&str> = all
+        .iter()
+        .map(String::as_str)
+        .filter(|n| !here.contains(n))
+        .collect();
+    if others.is_empty() {
+        return None;
+    }
+    others.sort_unstable();
+    Some(format!(
+        "(this node's {what}; other cluster members hold {} more: {} — list them there)",
+        others.len(),
+        others.join(", ")
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_note_names_what_other_members_hold() {
+        let all = ["web".to_string(), "db".into(), "bd".into()];
+        assert_eq!(
+            super::elsewhere_note("VMs", &all, &["web", "db", "bd"]),
+            None
+        );
+        assert_eq!(
+            super::elsewhere_note("virtual disks", &all, &["web"]).as_deref(),
+            Some("(this node's virtual disks; other cluster members hold 2 more: bd, db — list them there)")
+        );
     }
 }
