@@ -604,7 +604,7 @@ fn read_cpu() -> Option<(u64, u64)> {
 }
 
 /// (used, total) bytes from /proc/meminfo (used = total - available).
-fn read_mem() -> Option<(u64, u64)> {
+pub fn read_mem() -> Option<(u64, u64)> {
     let t = std::fs::read_to_string("/proc/meminfo").ok()?;
     let field = |k: &str| {
         t.lines()

@@ -113,7 +113,7 @@ pub(crate) fn drain_left_here(inner: &NodeInner, id: u64, name: String, me: u64)
 /// UI's Nodes and disks view), as `Call::Stats` answers them.
 pub(crate) fn own_stats(inner: &NodeInner) -> MemberStatsView {
     let engine = &inner.engine;
-    let (mem_used_bytes, mem_total_bytes) = memory().unwrap_or((0, 0));
+    let (mem_used_bytes, mem_total_bytes) = api::stats::read_mem().unwrap_or((0, 0));
     // The pool also lists the other members' disks (as remote replicas): only this node's own.
     let disks: Vec<control::DiskView> = engine
         .disks()
@@ -145,23 +145,6 @@ pub(crate) fn own_stats(inner: &NodeInner) -> MemberStatsView {
             }
         },
     }
-}
-
-/// (used, total) bytes of memory from /proc/meminfo (used = total - available).
-fn memory() -> Option<(u64, u64)> {
-    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let field = |name: &str| -> Option<u64> {
-        let line = text.lines().find(|l| l.starts_with(name))?;
-        let kib: u64 = line[name.len()..]
-            .trim()
-            .trim_end_matches("kB")
-            .trim()
-            .parse()
-            .ok()?;
-        Some(kib * 1024)
-    };
-    let total = field("MemTotal:")?;
-    Some((total.saturating_sub(field("MemAvailable:")?), total))
 }
 
 /// This node's own drain as it counts it now: the copies of other nodes' chunks still on its
