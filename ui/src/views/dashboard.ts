@@ -1,7 +1,7 @@
 import { fmtBytes } from '../api';
 import { Chart } from '../chart';
 import { useLiveSamples } from '../live';
-import { clusterCapacity, membersUpText } from '../clusterfmt';
+import { clusterCapacity, membersUpText, plural } from '../clusterfmt';
 import { html, ErrorBox, useLoad } from '../ui';
 
 interface Sample {
@@ -55,9 +55,9 @@ export function Dashboard() {
       <div class="card">
         <h3>Capacity</h3>
         ${p && many && whole
-          ? html`<p data-cluster-capacity>Whole cluster: ${fmtBytes(whole.used)} of ${fmtBytes(whole.raw)} raw used (${pct(whole.used, whole.raw)}%) on ${whole.nodes} data nodes${whole.missing.length ? ` (${whole.missing.join(', ')} did not report)` : ''}</p>
+          ? html`<p data-cluster-capacity>Whole cluster: ${fmtBytes(whole.used)} of ${fmtBytes(whole.raw)} raw used (${pct(whole.used, whole.raw)}%) on ${plural(whole.nodes, 'data node')}${whole.missing.length ? ` (${whole.missing.join(', ')} did not report)` : ''}</p>
               <progress max="100" value=${pct(whole.used, whole.raw)} aria-label="cluster disks used">${pct(whole.used, whole.raw)}%</progress>
-              <p>${fmtBytes(p.used_raw_bytes)} of it holds this node's virtual disks; ${fmtBytes(p.usable_bytes)} usable with two copies, ${p.disks} disks${p.rebalancing ? ', rebalancing' : ''}</p>`
+              <p>This node's virtual disks take ${fmtBytes(p.used_raw_bytes)} with both copies; its pool: ${fmtBytes(p.usable_bytes)} usable with two copies, ${p.disks} disks${p.rebalancing ? ', rebalancing' : ''}</p>`
           : p
           ? html`<p>${fmtBytes(p.used_raw_bytes)} of ${fmtBytes(p.raw_bytes)} raw used (${usedPct}%)</p>
               <progress max="100" value=${usedPct} aria-label="pool used">${usedPct}%</progress>
