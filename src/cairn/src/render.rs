@@ -60,7 +60,13 @@ pub fn reply(r: &Reply) -> String {
                         d.path.clone(),
                         format_size(d.size_bytes),
                         format_size(d.used_bytes),
-                        d.state.clone(),
+                        // Another member's disk (this pool keeps copies there): added and
+                        // removed on that member.
+                        if d.remote {
+                            format!("{}, member {}'s", d.state, d.node_id)
+                        } else {
+                            d.state.clone()
+                        },
                         d.errors.to_string(),
                     ]
                 })
@@ -220,5 +226,27 @@ mod tests {
         assert_eq!(super::when(0), "1970-01-01 00:00 UTC");
         assert_eq!(super::when(951_782_400), "2000-02-29 00:00 UTC");
         assert_eq!(super::when(1_795_628_654), "2026-11-25 17:44 UTC");
+    }
+
+    #[test]
+    fn another_members_disk_says_whose_it_is() {
+        let disk = |remote: bool, node_id: u64| control::DiskView {
+            id: "d".into(),
+            name: "p".into(),
+            path: "p".into(),
+            node_id,
+            size_bytes: 1 << 30,
+            used_bytes: 0,
+            state: "active".into(),
+            errors: 0,
+            remote,
+        };
+        let out = super::reply(&control::Reply::Disks(vec![disk(false, 77), disk(true, 2)]));
+        let rows: Vec<&str> = out.lines().skip(1).collect();
+        assert!(
+            rows[0].contains("active") && !rows[0].contains("member"),
+            "{out}"
+        );
+        assert!(rows[1].contains("active, member 2's"), "{out}");
     }
 }

@@ -6,6 +6,10 @@ import { html, ErrorBox, Note, Progress, useAction, useLoad, Field } from '../ui
 export function Disks({ role }: { role: string }) {
   const nodes = useLoad<any>('/nodes', 5000);
   const disks = useLoad<any>('/disks?limit=1000', 5000);
+  // How this node reaches the other members' disks (its copies on them), by disk name.
+  const cluster = useLoad<any>('/cluster', 5000);
+  const reach: Record<string, string> = {};
+  for (const r of cluster.data?.data?.remote_replicas ?? []) reach[r.disk] = r.reachability;
   const act = useAction(() => disks.reload());
   const [path, setPath] = useState('');
   const admin = role === 'admin';
@@ -32,7 +36,8 @@ export function Disks({ role }: { role: string }) {
     <div class="table-wrap"><table>
       <thead><tr><th scope="col">Name</th><th scope="col">Path</th><th scope="col">State</th><th scope="col">Used</th><th scope="col">Size</th><th scope="col">Errors</th>${admin ? html`<th scope="col">Actions</th>` : null}</tr></thead>
       <tbody>${(disks.data?.items ?? []).map((d: any) => html`<tr>
-        <td>${d.name}</td><td class="mono">${d.path}</td><td>${d.state}</td>
+        <td>${d.name}</td><td class="mono">${d.path}</td>
+        <td class=${d.remote && reach[d.name] && reach[d.name] !== 'up' ? 'warn' : ''}>${d.state}${d.remote && reach[d.name] && reach[d.name] !== 'up' ? `, ${reach[d.name]}` : ''}</td>
         <td>${fmtBytes(d.used_bytes)}</td><td>${fmtBytes(d.size_bytes)}</td><td>${d.errors}</td>
         ${admin ? d.remote ? html`<td class="muted">on its own node</td>` : html`<td><button class="danger" onClick=${() => confirm(`Drain and remove disk ${d.name}?`) && act.run(`Remove disk ${d.name}`, () => api('DELETE', `/disks/${encodeURIComponent(d.id)}`))}>Remove</button></td>` : null}
       </tr>`)}</tbody>
