@@ -100,6 +100,10 @@ pub fn alerts(st: &State) -> Vec<Value> {
 pub fn cluster_alerts(v: &control::ClusterView) -> Vec<Value> {
     let mut out = Vec::new();
     let alert = |severity: &str, kind: &str, message: String| json!({"severity": severity, "kind": kind, "message": message});
+    let disks_word = |n: usize| match n {
+        1 => "1 disk".to_string(),
+        n => format!("{n} disks"),
+    };
     let name_of = |id: u64| {
         v.members
             .iter()
@@ -178,11 +182,7 @@ pub fn cluster_alerts(v: &control::ClusterView) -> Vec<Value> {
                 "copies on {} are out of reach ({} for {secs} s): {written} when it answers \
                  again (if it stays away 5 min in all, they are re-mirrored elsewhere)",
                 name_of(node),
-                if disks == 1 {
-                    "1 disk".to_string()
-                } else {
-                    format!("{disks} disks")
-                },
+                disks_word(disks),
             ),
         ));
     }
@@ -194,7 +194,7 @@ pub fn cluster_alerts(v: &control::ClusterView) -> Vec<Value> {
                 "copies on {} were given up ({}): the data they held is re-mirrored onto the other \
                  nodes",
                 name_of(node),
-                if disks == 1 { "1 disk".to_string() } else { format!("{disks} disks") },
+                disks_word(disks),
             ),
         ));
     }
@@ -212,40 +212,28 @@ mod tests {
             name: name.into(),
             address: format!("127.0.0.{id}:7000"),
             role: role.into(),
-            state: "active".into(),
-            voter: true,
-            leader: id == 1,
             health: health.into(),
             last_seen_ms_ago: Some(42_000),
-            lease: None,
-            stats: None,
+            ..Default::default()
         }
     }
 
     /// Three members seen from member 1, all answering, a leader, nothing away.
     fn healthy() -> ClusterView {
         ClusterView {
-            cluster_id: "c".into(),
             me: 1,
             leader: Some(1),
-            term: 3,
-            commit_index: Some(9),
-            last_log_index: Some(9),
-            placement_version: 1,
             members: vec![
                 member(1, "a", "data", "up"),
                 member(2, "b", "data", "up"),
                 member(3, "w", "witness", "up"),
             ],
-            vdisks: vec![],
-            snapshots: 0,
-            vms: vec![],
-            data: Default::default(),
             lease: Some(LeaseView {
                 state: "held".into(),
                 ..Default::default()
             }),
             campaigns: Some(true),
+            ..Default::default()
         }
     }
 

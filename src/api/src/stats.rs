@@ -514,76 +514,71 @@ pub(crate) async fn sample(
     s
 }
 
-/// The cluster's nodes as `GET /nodes` lists them: this node (identity, uptime, CPU and memory
-/// from its last sample) and every other member as the cluster status shows it, with
-/// the figures it reported when asked (none for one that does not answer). Without a cluster
-/// status (none reachable here), this node alone.
+/// The cluster's nodes as `GET /nodes` lists them: every member as the cluster status shows it,
+/// with the figures it reported when asked (none for one that does not answer), this node's CPU
+/// and memory from its last sample. Without a cluster status (none reachable here), this node
+/// alone, from its own stats.
 pub(crate) async fn node_views(st: &State, c: &Caller) -> Result<Vec<Value>, ControlError> {
-    let reply = st.control(c, Request::Stats).await?;
-    let Reply::Stats(s) = reply else {
+    let latest = st.stats.latest();
+    let live = |n: &mut Value| {
+        n["this_node"] = json!(true);
+        n["state"] = json!("up");
+        n["cpu_percent"] = json!(latest.as_ref().map_or(0.0, |l| l.cpu_percent));
+        n["mem_used_bytes"] = json!(latest.as_ref().map_or(0, |l| l.mem_used_bytes));
+        n["mem_total_bytes"] = json!(latest.as_ref().map_or(0, |l| l.mem_total_bytes));
+    };
+    if let Ok(Reply::Cluster(v)) = st.control(c, Request::ClusterStatus).await {
+        let mut out: Vec<Value> = v.members.iter().map(member_view).collect();
+        if let Some(me) = v.members.iter().position(|m| m.id == v.me) {
+            live(&mut out[me]);
+        }
+        return Ok(out);
+    }
+    let Reply::Stats(s) = st.control(c, Request::Stats).await? else {
         return Err(ControlError::internal(
             "the node answered stats with something else",
         ));
     };
-    let latest = st.stats.latest();
     let mut me = json!({
         "id": s.node_id,
         "name": s.node_name,
-        "this_node": true,
         "uptime_secs": s.uptime_secs,
-        "state": "up",
         "cpu_count": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
-        "cpu_percent": latest.as_ref().map(|l| l.cpu_percent).unwrap_or(0.0),
-        "mem_used_bytes": latest.as_ref().map(|l| l.mem_used_bytes).unwrap_or(0),
-        "mem_total_bytes": latest.as_ref().map(|l| l.mem_total_bytes).unwrap_or(0),
         "disks": s.disks.len(),
         "vdisks": s.vdisks,
         "raw_bytes": s.pool.raw_bytes,
         "used_raw_bytes": s.pool.used_raw_bytes,
         "version": env!("CARGO_PKG_VERSION"),
     });
-    let Ok(Reply::Cluster(v)) = st.control(c, Request::ClusterStatus).await else {
-        return Ok(vec![me]);
-    };
-    let mut out = Vec::with_capacity(v.members.len());
-    for m in &v.members {
-        if m.id == v.me {
-            if let Some(x) = &m.stats {
-                me["disks"] = json!(x.disks.len());
-                me["raw_bytes"] = json!(x.raw_bytes);
-                me["used_raw_bytes"] = json!(x.used_raw_bytes);
-            }
-            me["id"] = json!(m.id);
-            me["address"] = json!(m.address);
-            me["role"] = json!(m.role);
-            me["leader"] = json!(m.leader);
-            continue;
-        }
-        let mut n = json!({
-            "id": m.id,
-            "name": m.name,
-            "this_node": false,
-            "address": m.address,
-            "role": m.role,
-            "leader": m.leader,
-            "state": m.health,
-            "uptime_secs": null,
-        });
-        if let Some(x) = &m.stats {
-            n["uptime_secs"] = json!(x.uptime_secs);
-            n["cpu_count"] = json!(x.cpu_count);
-            n["mem_used_bytes"] = json!(x.mem_used_bytes);
-            n["mem_total_bytes"] = json!(x.mem_total_bytes);
-            n["disks"] = json!(x.disks.len());
-            n["vdisks"] = json!(x.vdisks);
-            n["raw_bytes"] = json!(x.raw_bytes);
-            n["used_raw_bytes"] = json!(x.used_raw_bytes);
-            n["version"] = json!(x.version);
-        }
-        out.push(n);
+    live(&mut me);
+    Ok(vec![me])
+}
+
+/// One member in `GET /nodes`: what the cluster status says of it, and the figures it reported
+/// (uptime null and no figures when it did not answer).
+fn member_view(m: &control::ClusterMemberView) -> Value {
+    let mut n = json!({
+        "id": m.id,
+        "name": m.name,
+        "this_node": false,
+        "address": m.address,
+        "role": m.role,
+        "leader": m.leader,
+        "state": m.health,
+        "uptime_secs": null,
+    });
+    if let Some(x) = &m.stats {
+        n["uptime_secs"] = json!(x.uptime_secs);
+        n["cpu_count"] = json!(x.cpu_count);
+        n["mem_used_bytes"] = json!(x.mem_used_bytes);
+        n["mem_total_bytes"] = json!(x.mem_total_bytes);
+        n["disks"] = json!(x.disks.len());
+        n["vdisks"] = json!(x.vdisks);
+        n["raw_bytes"] = json!(x.raw_bytes);
+        n["used_raw_bytes"] = json!(x.used_raw_bytes);
+        n["version"] = json!(x.version);
     }
-    out.insert(0, me);
-    Ok(out)
+    n
 }
 
 /// (busy, total) jiffies from the first line of /proc/stat.
@@ -626,35 +621,23 @@ mod tests {
         control::ClusterMemberView {
             id,
             name: format!("n{id}"),
-            address: String::new(),
             role: role.into(),
-            state: "active".into(),
-            voter: true,
-            leader: false,
             health: health.into(),
-            last_seen_ms_ago: None,
-            lease: None,
-            stats: None,
+            ..Default::default()
         }
     }
 
     fn figures(raw: u64, used: u64, reads: u64, writes: u64) -> control::MemberStatsView {
         control::MemberStatsView {
-            uptime_secs: 1,
-            version: String::new(),
-            cpu_count: 2,
-            mem_used_bytes: 0,
-            mem_total_bytes: 0,
-            disks: vec![],
             raw_bytes: raw,
             used_raw_bytes: used,
-            vdisks: 0,
             io: control::MemberIoView {
                 reads,
                 writes,
                 read_bytes: reads * 4096,
                 write_bytes: writes * 4096,
             },
+            ..Default::default()
         }
     }
 
@@ -667,20 +650,9 @@ mod tests {
         a.stats = Some(figures(100, 10, 1000, 500));
         b.stats = Some(figures(200, 30, 0, 2000));
         let mut v = control::ClusterView {
-            cluster_id: String::new(),
             me: 1,
-            leader: Some(1),
-            term: 1,
-            commit_index: None,
-            last_log_index: None,
-            placement_version: 0,
             members: vec![a, b, c, w],
-            vdisks: vec![],
-            snapshots: 0,
-            vms: vec![],
-            data: Default::default(),
-            lease: None,
-            campaigns: None,
+            ..Default::default()
         };
         let t0 = std::time::Instant::now();
         // First look: sizes, no rates yet.

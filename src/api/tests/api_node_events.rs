@@ -274,13 +274,10 @@ impl Controller for WithPeerDown {
                     name: "b".into(),
                     address: "127.0.0.2:7440".into(),
                     role: "data".into(),
-                    state: "active".into(),
-                    voter: true,
-                    leader: false,
                     health: "down".into(),
                     last_seen_ms_ago: Some(9_000),
                     lease: Some("unreachable".into()),
-                    stats: None,
+                    ..Default::default()
                 });
                 v.data.remote_replicas.push(control::RemoteReplicaView {
                     disk: "b-disk0".into(),

@@ -16,7 +16,7 @@ pub const DEFAULT_TOKEN_TTL_SECS: u64 = 3600;
 pub const MAX_TOKEN_LEN: usize = 512;
 
 /// One member of the cluster as the answering node sees it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterMemberView {
     pub id: u64,
     pub name: String,
@@ -47,7 +47,7 @@ pub struct ClusterMemberView {
 }
 
 /// A data member's own figures, for the cluster-wide node and disk lists and totals.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MemberStatsView {
     pub uptime_secs: u64,
     pub version: String,
@@ -219,7 +219,7 @@ pub struct RemoteReplicaView {
 }
 
 /// The answer to `cluster_status`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterView {
     pub cluster_id: String,
     /// The answering node's member id.
