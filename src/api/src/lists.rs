@@ -314,14 +314,20 @@ impl ListCache {
     }
 }
 
-/// A list asked of the node by the api itself (the sampler), not on behalf of a caller.
+/// A list asked of the node by the api itself (the sampler), not on behalf of a caller. Asked
+/// as the API asks (in a cluster: with every member's items, each naming its member), since
+/// requests are served what the sampler fetched; the sampler keeps this node's own.
 async fn internal_fetch<T>(
     ctl: &dyn Controller,
     req: Request,
     take: fn(Reply) -> Option<Vec<T>>,
 ) -> Result<Vec<T>, ControlError> {
     let action = req.action();
-    take(ctl.execute(Actor::internal("stats"), req).await?).ok_or_else(|| {
+    let actor = Actor {
+        via: control::Via::Api,
+        ..Actor::internal("stats")
+    };
+    take(ctl.execute(actor, req).await?).ok_or_else(|| {
         ControlError::internal(format!("the node answered {action} with something else"))
     })
 }
@@ -566,6 +572,7 @@ mod tests {
                 disks: Vec::new(),
                 nics: vec![nic],
             }),
+            node: None,
         }
     }
 

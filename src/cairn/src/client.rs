@@ -125,9 +125,11 @@ pub fn run(target: &Target, json: bool, cmd: Command) -> i32 {
     }
 }
 
-/// Under a list of this node's own virtual disks or VMs: those the cluster records that other
-/// members hold (each member serves and manages its own), or None (none, another reply, or no
-/// cluster status to compare with).
+/// Under a list of virtual disks or VMs: those the cluster records that the list does not
+/// show, or None (none, another reply, or no cluster status to compare with). Over the socket
+/// the list is this node's own (each member manages its own from its CLI); through a node's
+/// API (`--server`) it is every member's, and what is missing is on members that did not
+/// answer.
 fn elsewhere(target: &Target, reply: &control::Reply) -> Option<String> {
     let (what, here): (&str, Vec<&str>) = match reply {
         control::Reply::Vdisks(v) => ("virtual disks", v.iter().map(|d| d.name.as_str()).collect()),
@@ -139,11 +141,12 @@ fn elsewhere(target: &Target, reply: &control::Reply) -> Option<String> {
         return None;
     };
     let all = if what == "VMs" { &c.vms } else { &c.vdisks };
-    elsewhere_note(what, all, &here)
+    elsewhere_note(what, all, &here, target.server.is_some())
 }
 
-/// The note itself: the names in `all` missing from `here`, sorted, or None.
-fn elsewhere_note(what: &str, all: &[String], here: &[&str]) -> Option<String> {
+/// The note itself: the names in `all` missing from `here`, sorted, or None. `whole`: `here`
+/// is every member's list (through the API).
+fn elsewhere_note(what: &str, all: &[String], here: &[&str], whole: bool) -> Option<String> {
     let mut others: Vec<&str> = all
         .iter()
         .map(String::as_str)
@@ -153,11 +156,20 @@ fn elsewhere_note(what: &str, all: &[String], here: &[&str]) -> Option<String> {
         return None;
     }
     others.sort_unstable();
-    Some(format!(
-        "(this node's {what}; other cluster members hold {} more: {} — list them there)",
-        others.len(),
-        others.join(", ")
-    ))
+    Some(if whole {
+        format!(
+            "(the cluster records {} more {what} on members that did not answer: {})",
+            others.len(),
+            others.join(", ")
+        )
+    } else {
+        format!(
+            "(this node's {what}; other cluster members hold {} more: {} — list them there, or \
+             through any node's API: cairn --server)",
+            others.len(),
+            others.join(", ")
+        )
+    })
 }
 
 #[cfg(test)]
@@ -166,12 +178,19 @@ mod tests {
     fn the_note_names_what_other_members_hold() {
         let all = ["web".to_string(), "db".into(), "bd".into()];
         assert_eq!(
-            super::elsewhere_note("VMs", &all, &["web", "db", "bd"]),
+            super::elsewhere_note("VMs", &all, &["web", "db", "bd"], false),
             None
         );
         assert_eq!(
-            super::elsewhere_note("virtual disks", &all, &["web"]).as_deref(),
-            Some("(this node's virtual disks; other cluster members hold 2 more: bd, db — list them there)")
+            super::elsewhere_note("virtual disks", &all, &["web"], false).as_deref(),
+            Some(
+                "(this node's virtual disks; other cluster members hold 2 more: bd, db — list \
+                 them there, or through any node's API: cairn --server)"
+            )
+        );
+        assert_eq!(
+            super::elsewhere_note("VMs", &all, &["web", "db"], true).as_deref(),
+            Some("(the cluster records 1 more VMs on members that did not answer: bd)")
         );
     }
 }

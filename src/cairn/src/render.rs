@@ -27,6 +27,11 @@ fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
     out
 }
 
+/// The member a listed item is on: its name, or `this node` (the node answering).
+pub fn node_word(node: Option<&str>) -> String {
+    node.unwrap_or("this node").to_string()
+}
+
 /// `2026-11-25 17:44 UTC` from seconds since the epoch (no time-zone library: UTC only).
 fn when(unix: u64) -> String {
     let days = (unix / 86_400) as i64;
@@ -99,29 +104,44 @@ pub fn reply(r: &Reply) -> String {
             p.degraded_chunks,
             if p.rebalancing { "yes" } else { "no" }
         ),
-        Reply::Vdisks(v) => table(
-            &["NAME", "SIZE", "USED", "SNAPSHOTS", "CREATED"],
-            v.iter()
+        Reply::Vdisks(v) => {
+            // Through a node's API the list is every member's: each names its member.
+            let nodes = v.iter().any(|v| v.node.is_some());
+            let mut head = vec!["NAME", "SIZE", "USED", "SNAPSHOTS", "CREATED"];
+            if nodes {
+                head.push("NODE");
+            }
+            let rows = v
+                .iter()
                 .map(|v| {
-                    vec![
+                    let mut row = vec![
                         v.name.clone(),
                         format_size(v.size_bytes),
                         format_size(v.used_bytes),
                         v.snapshots.to_string(),
                         when(v.created_unix),
-                    ]
+                    ];
+                    if nodes {
+                        row.push(node_word(v.node.as_deref()));
+                    }
+                    row
                 })
-                .collect(),
-        ),
+                .collect();
+            table(&head, rows)
+        }
         Reply::Vdisk(v) => format!(
-            "name:       {}\nid:         {}\nsize:       {} ({} bytes)\nused:       {}\nsnapshots:  {}\ncreated:    {}\n",
+            "name:       {}\nid:         {}\nsize:       {} ({} bytes)\nused:       {}\nsnapshots:  {}\ncreated:    {}\n{}",
             v.name,
             v.id,
             format_size(v.size_bytes),
             v.size_bytes,
             format_size(v.used_bytes),
             v.snapshots,
-            when(v.created_unix)
+            when(v.created_unix),
+            v.node
+                .as_ref()
+                .map(|n| format!("node:       {n}\n"))
+                .unwrap_or_default()
         ),
         Reply::Snapshots(s) => table(
             &["DISK", "SNAPSHOT", "ID", "CREATED"],

@@ -278,6 +278,9 @@ fn show(v: &VmView) -> String {
         v.cmdline,
         v.disks.join(", ")
     );
+    if let Some(n) = &v.node {
+        out += &format!("node:     {n}\n");
+    }
     if !v.description.is_empty() {
         out += &format!("about:    {}\n", v.description);
     }
@@ -327,17 +330,28 @@ pub fn render(r: &Reply) -> Option<String> {
     Some(match r {
         Reply::Vm(v) => show(v),
         Reply::Vms(vs) => {
+            // Through a node's API the list is every member's: each names its member.
+            let nodes = vs.iter().any(|v| v.node.is_some());
+            let node = |v: &VmView| match nodes {
+                true => format!("{:<12} ", crate::render::node_word(v.node.as_deref())),
+                false => String::new(),
+            };
             let mut out = format!(
-                "{:<24} {:<8} {:>5} {:>10}  DISKS\n",
-                "NAME", "STATE", "VCPUS", "MEMORY"
+                "{:<24} {:<8} {:>5} {:>10}  {}DISKS\n",
+                "NAME",
+                "STATE",
+                "VCPUS",
+                "MEMORY",
+                if nodes { "NODE         " } else { "" }
             );
             for v in vs {
                 out += &format!(
-                    "{:<24} {:<8} {:>5} {:>6} MiB  {}\n",
+                    "{:<24} {:<8} {:>5} {:>6} MiB  {}{}\n",
                     v.name,
                     v.state,
                     v.vcpus,
                     v.memory_mib,
+                    node(v),
                     v.disks.join(",")
                 );
             }
@@ -438,6 +452,7 @@ mod tests {
             created_unix: 0,
             last_exit: None,
             stats: None,
+            node: None,
         };
         let out = show(&v);
         let lines: Vec<&str> = out.lines().filter(|l| l.starts_with("nic ")).collect();

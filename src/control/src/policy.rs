@@ -22,9 +22,11 @@ pub enum Role {
 pub enum Via {
     /// The local CLI over the node's unix socket (only its owner can connect).
     Cli,
-    /// The HTTPS API.
+    /// The HTTPS API. In a cluster it manages every member's virtual disks and VMs: a request
+    /// about one another member holds is carried out there, and the lists name every member's
+    /// (the node's `forward` module). The CLI on the socket manages its own node only.
     Api,
-    /// Another node of the cluster.
+    /// Another node of the cluster (a request it took through its API and passed on here).
     Peer,
     /// A schedule or the node itself (disk directory watcher, boot).
     Internal,

@@ -53,6 +53,10 @@ pub struct VdiskView {
     pub used_bytes: u64,
     pub snapshots: usize,
     pub created_unix: u64,
+    /// The cluster member that holds it, when that is not the node answering (the API of any
+    /// member lists every member's virtual disks, see `Via::Api`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -269,6 +269,12 @@ impl Request {
         Ok(req)
     }
 
+    /// Whether this is the list of virtual disks or of VMs (which the API of a cluster member
+    /// answers with every member's).
+    pub fn is_list(&self) -> bool {
+        matches!(self, Request::VdiskList | Request::VmList)
+    }
+
     /// Whether executing this request changes state (and so is audited and needs more than the
     /// read-only role).
     pub fn is_mutation(&self) -> bool {

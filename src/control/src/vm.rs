@@ -416,6 +416,10 @@ pub struct VmView {
     /// Why the guest last stopped (`exit code 0`, `stopped`, ...).
     pub last_exit: Option<String>,
     pub stats: Option<VmStatsView>,
+    /// The cluster member that holds it, when that is not the node answering (the API of any
+    /// member lists every member's VMs, see `Via::Api`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 /// Where a console reader is in one output stream: which log (each machine of a VM has its

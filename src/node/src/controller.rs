@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use control::{
     allowed, Actor, BoxFuture, ControlError, ControlResult, Controller, DiskView, ErrorCode, Range,
-    Reply, Request, StatsView,
+    Reply, Request, StatsView, Via,
 };
 
 use crate::disks::{self, Seen};
@@ -44,10 +44,25 @@ impl Controller for NodeController {
             } else {
                 // Counted on drop, so a mutation whose caller went away midway still counts.
                 let _changed = req.is_mutation().then(|| Changed(&self.inner.changes));
-                // A bound reached by a definition is the caller's to change (409), see admission.
-                self.dispatch(&req)
-                    .await
-                    .map_err(|err| crate::admission::map_error(&req, err))
+                let holder = match actor.via {
+                    Via::Api => crate::forward::holder(&self.inner, &req),
+                    _ => Ok(None),
+                };
+                match holder {
+                    Err(e) => Err(e),
+                    // Another member holds what it is about: carried out there.
+                    Ok(Some((id, name))) => {
+                        crate::forward::run_there(&self.inner, (id, &name), &actor, &req).await
+                    }
+                    // A bound reached by a definition is the caller's to change (409), see
+                    // admission.
+                    Ok(None) => match self.dispatch(&req).await {
+                        Ok(r) if actor.via == Via::Api && req.is_list() => {
+                            Ok(crate::forward::with_others(&self.inner, &actor, r).await)
+                        }
+                        other => other.map_err(|err| crate::admission::map_error(&req, err)),
+                    },
+                }
             };
             if req.is_mutation() || result.is_err() {
                 self.inner.audit(&actor, &req, &result, started.elapsed());
@@ -80,6 +95,17 @@ impl Controller for NodeController {
             ));
         }
         watch.validate()?;
+        if actor.via == Via::Api {
+            if let Some((_, member)) = crate::forward::holder(&self.inner, &watch)? {
+                return Err(ControlError::new(
+                    ErrorCode::Conflict,
+                    format!(
+                        "VM {name} runs on member {member}: its live console is on {member}'s \
+                         web UI (this node shows its recent output)"
+                    ),
+                ));
+            }
+        }
         let can_type = allowed(
             actor.role,
             &Request::VmStart {

@@ -77,6 +77,7 @@ pub(crate) fn vdisk(v: VdiskInfo) -> VdiskView {
         used_bytes: v.used_bytes,
         snapshots: v.snapshots,
         created_unix: v.created_unix,
+        node: None,
     }
 }
 

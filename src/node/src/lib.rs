@@ -21,6 +21,7 @@ mod error;
 mod events;
 mod exports;
 mod filedev;
+mod forward;
 mod harestart;
 mod https;
 mod identity;

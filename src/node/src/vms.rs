@@ -240,6 +240,7 @@ fn view(slot: &mut Slot) -> VmView {
         created_unix: d.created_unix,
         last_exit,
         stats,
+        node: None,
     }
 }
 

@@ -6,7 +6,9 @@
 //! (`cairn vm move`, see `super::vm_move`), which chunks of the caller's disk a member holds
 //! (the up-to-date check before a move, `super::copies`), each member's chunks left on a
 //! draining member, a draining member's own progress, and each member's unsettled moves
-//! involving a member about to be removed.
+//! involving a member about to be removed. And the requests a member's API takes about
+//! another member's virtual disks and VMs, with the pages of each member's own lists
+//! (`crate::forward`).
 //!
 //! Messages are JSON, bounded by `cluster::MAX_APP_BYTES`. Must never: answer a call that
 //! changes anything without checking it against the cluster state, or wait unbounded.
@@ -62,6 +64,19 @@ pub(crate) enum Call {
     PendingMoves { member: NodeId },
     /// The receiver's own figures (capacity, disks, memory) for the cluster-wide lists.
     Stats,
+    /// Carry out `req` here for `actor`, who asked it through the caller's API: the caller
+    /// found the virtual disk or VM it names assigned to the receiver (`crate::forward`).
+    Execute {
+        actor: control::Actor,
+        req: control::Request,
+    },
+    /// A page of the receiver's own virtual disks (`vms`: its VMs), by name after `after`,
+    /// for the caller's API lists (`crate::forward`).
+    ListPage {
+        actor: control::Actor,
+        vms: bool,
+        after: Option<String>,
+    },
 }
 
 /// The answer to a [`Call`].
@@ -79,6 +94,16 @@ pub(crate) enum Answer {
     /// Unsettled planned moves, each described.
     Pending(Vec<String>),
     Stats(Box<control::MemberStatsView>),
+    Executed(Box<control::Reply>),
+    /// Virtual disks (or VMs) in name order; `more`: the list goes on after the last.
+    VdiskPage {
+        items: Vec<VdiskView>,
+        more: bool,
+    },
+    VmPage {
+        items: Vec<VmView>,
+        more: bool,
+    },
 }
 
 struct Handler {
@@ -152,6 +177,12 @@ async fn answer(inner: &Arc<NodeInner>, from: NodeId, call: Call) -> Result<Answ
         }
         Call::DrainProgress => Ok(Answer::Drain(crate::clusterctl::own_drain_progress(inner))),
         Call::Stats => Ok(Answer::Stats(Box::new(crate::clusterctl::own_stats(inner)))),
+        Call::Execute { actor, req } => crate::forward::execute_here(inner, from, actor, req)
+            .await
+            .map(|r| Answer::Executed(Box::new(r))),
+        Call::ListPage { actor, vms, after } => {
+            crate::forward::list_page(inner, from, actor, vms, after.as_deref()).await
+        }
         Call::PendingMoves { member } => {
             let me = inner.cluster.member()?.id();
             Ok(Answer::Pending(inner.cluster.settles.involving(me, member)))

@@ -1,0 +1,199 @@
+//! The API of one member manages the whole cluster: two real nodes in one cluster (a with the
+//! API, b without), and through a's API the virtual disks and VMs b holds are listed (naming
+//! b), read, changed and deleted — carried out by b, as b's own controller then shows.
+
+mod common;
+
+use common::Harness;
+use control::{Actor, Controller, Reply, Request};
+use serde_json::{json, Value};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn err_has(r: &common::Resp, status: u16, words: &str) {
+    assert_eq!(r.status, status, "{}", r.text);
+    let m = r.json["error"]["message"].as_str().unwrap_or_default();
+    assert!(m.contains(words), "want {words:?} in {m:?}");
+}
+
+/// `req` (as JSON) on b's own controller, as its local CLI would ask.
+async fn on_b(b: &Arc<dyn Controller>, req: Value) -> Reply {
+    let req: Request = serde_json::from_value(req).expect("a request");
+    b.execute(Actor::local_cli(), req)
+        .await
+        .unwrap_or_else(|e| panic!("b refused: {e}"))
+}
+
+async fn b_snapshots(b: &Arc<dyn Controller>, vdisk: &str) -> Vec<String> {
+    match on_b(b, json!({"action": "snapshot_list", "vdisk": vdisk})).await {
+        Reply::Snapshots(s) => s.into_iter().map(|s| s.name).collect(),
+        other => panic!("snapshot list answered {other:?}"),
+    }
+}
+
+async fn b_vdisks(b: &Arc<dyn Controller>) -> Vec<String> {
+    match on_b(b, json!({"action": "vdisk_list"})).await {
+        Reply::Vdisks(v) => v.into_iter().map(|v| v.name).collect(),
+        other => panic!("vdisk list answered {other:?}"),
+    }
+}
+
+/// The item named `name` in a's list at `path`, once it is there (the cluster records b's
+/// creates shortly after them).
+async fn listed(a: &common::Client, path: &str, name: &str) -> Value {
+    let t0 = Instant::now();
+    loop {
+        let r = a.get(path).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        let hit = r.json["items"]
+            .as_array()
+            .and_then(|l| l.iter().find(|x| x["name"] == name).cloned());
+        if let Some(x) = hit {
+            return x;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "{name} never in {path}: {}",
+            r.text
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_members_api_manages_what_another_member_holds() {
+    let h = Harness::start().await.unwrap();
+    let a = h.admin().await;
+    // b: a second node in the same process, without an API, joined to a's cluster.
+    let dir_b = tempfile::tempdir().unwrap();
+    let mut cfg = node::NodeConfig::new(dir_b.path().join("data"));
+    cfg.disk_count = 2;
+    cfg.disk_size_bytes = node::MIN_DISK_SIZE_BYTES.max(128 << 20);
+    cfg.api_listen = None;
+    cfg.node_name = Some("b".into());
+    let nb = node::Node::start(cfg).await.unwrap();
+    let b = nb.controller();
+    let t = a.post("/api/v1/cluster/tokens", json!({})).await;
+    assert_eq!(t.status, 201, "{}", t.text);
+    on_b(
+        &b,
+        json!({"action": "cluster_join", "address": t.json["address"], "token": t.json["token"]}),
+    )
+    .await;
+    on_b(
+        &b,
+        json!({"action": "vdisk_create", "name": "bd", "size_bytes": 8 << 20}),
+    )
+    .await;
+    on_b(
+        &b,
+        json!({"action": "snapshot_create", "vdisk": "bd", "name": "s1"}),
+    )
+    .await;
+    assert_eq!(
+        a.post("/api/v1/vdisks", json!({"name": "ad", "size": "8M"}))
+            .await
+            .status,
+        201
+    );
+
+    // The list names b's disk and its member; a's own names none.
+    let bd = listed(&a, "/api/v1/vdisks", "bd").await;
+    assert_eq!(bd["node"], "b", "{bd}");
+    assert_eq!(bd["size_bytes"], 8 << 20, "{bd}");
+    let ad = listed(&a, "/api/v1/vdisks", "ad").await;
+    assert!(ad.get("node").is_none(), "{ad}");
+    let g = a.get("/api/v1/vdisks/bd").await;
+    assert_eq!(g.status, 200, "{}", g.text);
+    assert_eq!(g.json["node"], "b", "{}", g.text);
+
+    // Snapshots of b's disk, through a: listed, taken and deleted on b.
+    let s = a.get("/api/v1/vdisks/bd/snapshots").await;
+    assert_eq!(s.status, 200, "{}", s.text);
+    assert!(s.text.contains("\"s1\""), "{}", s.text);
+    let r = a
+        .post("/api/v1/vdisks/bd/snapshots", json!({"name": "s2"}))
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    assert_eq!(b_snapshots(&b, "bd").await, ["s1", "s2"]);
+    let r = a.delete("/api/v1/vdisks/bd/snapshots/s1").await;
+    assert!(r.status == 200 || r.status == 204, "{}", r.text);
+    assert_eq!(b_snapshots(&b, "bd").await, ["s2"]);
+    // b's refusals come back as b gave them.
+    err_has(
+        &a.post("/api/v1/vdisks/bd/snapshots", json!({"name": "s2"}))
+            .await,
+        409,
+        "s2",
+    );
+    // Grown on b.
+    let r = a.patch("/api/v1/vdisks/bd", json!({"size": "16M"})).await;
+    assert!(r.status < 300, "{}", r.text);
+    if r.status == 202 {
+        let t = a.wait_task(r.json["id"].as_u64().unwrap()).await;
+        assert_eq!(t["state"], "succeeded", "{t}");
+    }
+    match on_b(&b, json!({"action": "vdisk_get", "name": "bd"})).await {
+        Reply::Vdisk(v) => assert_eq!(v.size_bytes, 16 << 20),
+        other => panic!("{other:?}"),
+    }
+
+    // The role is checked on a (and again on b): a read-only user reads but changes nothing.
+    let ro = h.user_with_token(&a, "rita", "read_only").await;
+    assert_eq!(ro.get("/api/v1/vdisks/bd").await.status, 200);
+    assert_eq!(
+        ro.post("/api/v1/vdisks/bd/snapshots", json!({"name": "s3"}))
+            .await
+            .status,
+        403
+    );
+    assert_eq!(b_snapshots(&b, "bd").await, ["s2"]);
+
+    // A VM goes where its disks are: created through a on bd, it is b's. One on disks of two
+    // members is refused in words.
+    let vm = |disks: Value| {
+        json!({"name": "bv", "vcpus": 1, "memory_mib": 64, "disks": disks,
+            "kernel": test_guests::guest_elf_path()})
+    };
+    err_has(
+        &a.post("/api/v1/vms", vm(json!(["bd", "ad"]))).await,
+        409,
+        "bd on member b, ad on this node",
+    );
+    let r = a.post("/api/v1/vms", vm(json!(["bd"]))).await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    assert_eq!(r.json["node"], "b", "{}", r.text);
+    // Listed through a, changed and deleted on b.
+    let bv = listed(&a, "/api/v1/vms", "bv").await;
+    assert_eq!(bv["node"], "b", "{bv}");
+    let r = a
+        .patch("/api/v1/vms/bv", json!({"description": "set through a"}))
+        .await;
+    assert!(r.status < 300, "{}", r.text);
+    match on_b(&b, json!({"action": "vm_get", "name": "bv"})).await {
+        Reply::Vm(v) => assert_eq!(v.description, "set through a"),
+        other => panic!("{other:?}"),
+    }
+    let r = a.delete("/api/v1/vms/bv").await;
+    assert!(r.status < 300, "{}", r.text);
+    if r.status == 202 {
+        let t = a.wait_task(r.json["id"].as_u64().unwrap()).await;
+        assert_eq!(t["state"], "succeeded", "{t}");
+    }
+    match on_b(&b, json!({"action": "vm_list"})).await {
+        Reply::Vms(v) => assert!(v.is_empty(), "{v:?}"),
+        other => panic!("{other:?}"),
+    }
+
+    // Deleted on b; a's own disk stays.
+    let r = a.delete("/api/v1/vdisks/bd").await;
+    assert!(r.status < 300, "{}", r.text);
+    if r.status == 202 {
+        let t = a.wait_task(r.json["id"].as_u64().unwrap()).await;
+        assert_eq!(t["state"], "succeeded", "{t}");
+    }
+    assert_eq!(b_vdisks(&b).await, Vec::<String>::new());
+    assert_eq!(a.get("/api/v1/vdisks/ad").await.status, 200);
+    nb.shutdown().await.unwrap();
+    h.stop().await;
+}

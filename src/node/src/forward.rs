@@ -1,0 +1,554 @@
+//! The web UI and REST API of every member manage the whole cluster (issue 5): a request that
+//! came in through the API ([`Via::Api`]) about a virtual disk or VM the cluster assigns to
+//! another member is carried out by that member (a peer call, [`Call::Execute`]), and the lists
+//! of virtual disks and VMs add every other member's (in pages, [`Call::ListPage`]), each of
+//! those items naming its member (`node`). The CLI on a node's unix socket keeps managing that
+//! node only, and so do the node's own tasks.
+//!
+//! What it must never do: carry out a request on another member that the caller's role does
+//! not allow (the receiver checks the role again too), pass a request on twice (what arrives
+//! from a member is never passed on), pass on what a planned move not settled here still
+//! claims (refused here, as before), or let a list wait unbounded for a member.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cluster::{NodeHealth, NodeId, Role};
+use control::{
+    Actor, ControlError, ControlResult, Controller, ErrorCode, Reply, Request, VdiskView, Via,
+    VmView,
+};
+use serde::Serialize;
+
+use crate::controller::NodeController;
+use crate::takeover::peer::{self, Answer, Call};
+use crate::NodeInner;
+
+/// How long a request carried out on another member may take (a VM stop waits for its guest,
+/// a clone or delete for the engine), as it would here.
+const EXECUTE_TIMEOUT: Duration = Duration::from_secs(300);
+/// Bound on one page of another member's list.
+const PAGE_TIMEOUT: Duration = peer::LEASE_ASK_TIMEOUT;
+/// Bound on all of one member's list: past it, the list goes without that member's items
+/// (the UI names what the cluster has and no list showed).
+const LIST_TIMEOUT: Duration = Duration::from_secs(3);
+/// Encoded list items in one page, well under the member transport's bound on a reply.
+const PAGE_BYTES: usize = cluster::MAX_APP_BYTES / 4 * 3;
+
+/// What a request is about, by name.
+enum About<'a> {
+    Vdisk(&'a str),
+    Vm(&'a str),
+}
+
+/// The virtual disk or VM `req` is about, for the requests another member carries out when it
+/// holds that disk or VM. Creates and imports happen on the node asked; NBD exports and
+/// exports to a file are of this node's host.
+fn about(req: &Request) -> Option<About<'_>> {
+    Some(match req {
+        Request::VdiskGet { name }
+        | Request::VdiskResize { name, .. }
+        | Request::VdiskDelete { name } => About::Vdisk(name),
+        Request::VdiskClone { source, .. } => About::Vdisk(source),
+        Request::SnapshotCreate { vdisk, .. }
+        | Request::SnapshotList { vdisk }
+        | Request::SnapshotDelete { vdisk, .. }
+        | Request::SnapshotRollback { vdisk, .. }
+        | Request::SnapshotDiff { vdisk, .. } => About::Vdisk(vdisk),
+        Request::VmGet { name }
+        | Request::VmStart { name }
+        | Request::VmStop { name, .. }
+        | Request::VmPause { name }
+        | Request::VmResume { name }
+        | Request::VmDelete { name }
+        | Request::VmConsole { name, .. }
+        | Request::VmDiskAttach { name, .. }
+        | Request::VmDiskDetach { name, .. }
+        | Request::VmUpdate { name, .. } => About::Vm(name),
+        _ => return None,
+    })
+}
+
+/// The other member (id, name) the cluster assigns what `req` is about to; None when it is
+/// this node's, not in the cluster, or claimed by a planned move not settled here (then this
+/// node refuses it in words, as before). A new VM goes where its disks are; one whose disks
+/// are on different members is refused.
+pub(crate) fn holder(
+    inner: &NodeInner,
+    req: &Request,
+) -> Result<Option<(NodeId, String)>, ControlError> {
+    if let Request::VmCreate { name, disks, .. } = req {
+        return vm_home(inner, name, disks);
+    }
+    Ok(holder_of(inner, req))
+}
+
+/// Where VM `name` on `disks` is to be created: the member that holds all of them when that
+/// is another one.
+fn vm_home(
+    inner: &NodeInner,
+    name: &str,
+    disks: &[String],
+) -> Result<Option<(NodeId, String)>, ControlError> {
+    let Ok(m) = inner.cluster.member() else {
+        return Ok(None);
+    };
+    let me = m.id();
+    let (owners, names) = m.read(|s| {
+        let owners: Vec<NodeId> = disks
+            .iter()
+            .map(|d| crate::harestart::disk_owner(s, d).unwrap_or(me))
+            .collect();
+        let names: HashMap<NodeId, String> = s
+            .members
+            .iter()
+            .map(|(id, x)| (*id, x.name.clone()))
+            .collect();
+        (owners, names)
+    });
+    let Some(&first) = owners.first() else {
+        return Ok(None);
+    };
+    if owners.iter().any(|o| *o != first) {
+        let wheres: Vec<String> = disks
+            .iter()
+            .zip(&owners)
+            .map(|(d, o)| match (*o == me, names.get(o)) {
+                (true, _) | (false, None) => format!("{d} on this node"),
+                (false, Some(n)) => format!("{d} on member {n}"),
+            })
+            .collect();
+        return Err(ControlError::new(
+            ErrorCode::Conflict,
+            format!(
+                "VM {name} would run where its virtual disks are, and they are on different \
+                 members ({}): move them to one member first (cairn vdisk takeover)",
+                wheres.join(", ")
+            ),
+        ));
+    }
+    if first == me || inner.cluster.settles.holds_vdisk(&disks[0], "x").is_some() {
+        return Ok(None);
+    }
+    Ok(names.get(&first).map(|n| (first, n.clone())))
+}
+
+fn holder_of(inner: &NodeInner, req: &Request) -> Option<(NodeId, String)> {
+    let what = about(req)?;
+    let m = inner.cluster.member().ok()?;
+    let me = m.id();
+    let settles = &inner.cluster.settles;
+    let owner = match what {
+        About::Vdisk(d) => {
+            if settles.holds_vdisk(d, "be changed").is_some() {
+                return None;
+            }
+            m.read(|s| crate::harestart::disk_owner(s, d))?
+        }
+        About::Vm(v) => {
+            if settles.holds_vm(v, "be changed").is_some() {
+                return None;
+            }
+            m.read(|s| {
+                let mut named = s.vms.values().filter(|x| x.name == v);
+                // One of that name assigned here (a VM moved here may share a name with one
+                // defined here): this node's.
+                if named.clone().any(|x| x.node == Some(me)) {
+                    return None;
+                }
+                named.find_map(|x| x.node)
+            })?
+        }
+    };
+    if owner == me {
+        return None;
+    }
+    let name = m.read(|s| s.members.get(&owner).map(|x| x.name.clone()))?;
+    Some((owner, name))
+}
+
+/// Carries out `req` on member `to` (named `to_name`) for `actor`: its answer, with views
+/// naming that member, or its refusal as it gave it.
+pub(crate) async fn run_there(
+    inner: &NodeInner,
+    (to, to_name): (NodeId, &str),
+    actor: &Actor,
+    req: &Request,
+) -> ControlResult {
+    let m = inner.cluster.member()?;
+    let call = Call::Execute {
+        actor: actor.clone(),
+        req: req.clone(),
+    };
+    match peer::call(&m, to, &call, EXECUTE_TIMEOUT).await {
+        Ok(Answer::Executed(r)) => Ok(naming(*r, to_name)),
+        Ok(_) => Err(ControlError::internal(format!(
+            "member {to_name} answered {} with something else",
+            req.action()
+        ))),
+        Err(e) => Err(from_member(e, to, to_name, req)),
+    }
+}
+
+/// A failed call to member `to` in words that name it; its own refusals as they are.
+fn from_member(e: ControlError, to: NodeId, to_name: &str, req: &Request) -> ControlError {
+    let Some(rest) = e.message.strip_prefix(&format!("member {to} ")) else {
+        return e;
+    };
+    let what = match about(req) {
+        Some(About::Vdisk(d)) => format!("virtual disk {d}"),
+        Some(About::Vm(v)) => format!("VM {v}"),
+        None => match req {
+            Request::VmCreate { name, .. } => format!("new VM {name}'s disk"),
+            _ => "it".to_string(),
+        },
+    };
+    let message = if rest.contains("unreadable call") {
+        format!(
+            "{what} is on member {to_name}, which runs an older Cairn that takes no requests \
+             from other members: use {to_name}'s own web UI or CLI"
+        )
+    } else {
+        format!("{what} is on member {to_name}, which could not be asked: it {rest}")
+    };
+    ControlError::new(e.code, message)
+}
+
+/// `r` with its virtual disk or VM views naming member `name`.
+fn naming(r: Reply, name: &str) -> Reply {
+    match r {
+        Reply::Vdisk(mut v) => {
+            v.node = Some(name.to_string());
+            Reply::Vdisk(v)
+        }
+        Reply::Vm(mut v) => {
+            v.node = Some(name.to_string());
+            Reply::Vm(v)
+        }
+        other => other,
+    }
+}
+
+/// Receives a request another member took through its API: carried out here for the same
+/// person and role (checked again), unless it is not one that is passed on, or the cluster
+/// assigns what it names to yet another member by now (the caller's view was behind).
+pub(crate) async fn execute_here(
+    inner: &Arc<NodeInner>,
+    from: NodeId,
+    actor: Actor,
+    req: Request,
+) -> ControlResult {
+    if about(&req).is_none() && !matches!(req, Request::VmCreate { .. }) {
+        return Err(ControlError::new(
+            ErrorCode::Forbidden,
+            format!("{} is not carried out for another member", req.action()),
+        ));
+    }
+    if let Some((_, name)) = holder(inner, &req)? {
+        return Err(ControlError::new(
+            ErrorCode::Conflict,
+            format!(
+                "member {name} holds it now, not this one; ask again ({})",
+                req.action().replace('_', " ")
+            ),
+        ));
+    }
+    tracing::debug!(action = req.action(), from, user = %actor.user, "request from a member");
+    let actor = Actor {
+        via: Via::Peer,
+        ..actor
+    };
+    NodeController {
+        inner: inner.clone(),
+    }
+    .execute(actor, req)
+    .await
+}
+
+/// One page of this node's own virtual disks (`vms`: VMs) after name `after`, for member
+/// `from`'s API list.
+pub(crate) async fn list_page(
+    inner: &Arc<NodeInner>,
+    from: NodeId,
+    actor: Actor,
+    vms: bool,
+    after: Option<&str>,
+) -> Result<Answer, ControlError> {
+    tracing::trace!(from, vms, "list page asked by a member");
+    let ctl = NodeController {
+        inner: inner.clone(),
+    };
+    let actor = Actor {
+        via: Via::Peer,
+        ..actor
+    };
+    let req = if vms {
+        Request::VmList
+    } else {
+        Request::VdiskList
+    };
+    match ctl.execute(actor, req).await? {
+        Reply::Vdisks(v) => {
+            let (items, more) = page(v, after, |x| &x.name);
+            Ok(Answer::VdiskPage { items, more })
+        }
+        Reply::Vms(v) => {
+            let (items, more) = page(v, after, |x| &x.name);
+            Ok(Answer::VmPage { items, more })
+        }
+        _ => Err(ControlError::internal(
+            "a list answered with something else",
+        )),
+    }
+}
+
+/// The items named after `after`, in name order, as many as fit in [`PAGE_BYTES`] encoded (at
+/// least one); whether more follow.
+fn page<T: Serialize>(
+    mut items: Vec<T>,
+    after: Option<&str>,
+    key: fn(&T) -> &str,
+) -> (Vec<T>, bool) {
+    items.sort_by(|a, b| key(a).cmp(key(b)));
+    let mut out = Vec::new();
+    let mut bytes = 0;
+    let mut rest = items
+        .into_iter()
+        .filter(|x| after.is_none_or(|a| key(x) > a))
+        .peekable();
+    while let Some(x) = rest.peek() {
+        let len = serde_json::to_vec(x).map_or(PAGE_BYTES, |b| b.len() + 1);
+        if !out.is_empty() && bytes + len > PAGE_BYTES {
+            return (out, true);
+        }
+        bytes += len;
+        out.extend(rest.next());
+    }
+    (out, false)
+}
+
+/// `reply` (this node's list of virtual disks or VMs) with every other data member's added
+/// that answers in time, each of those naming its member. A name listed twice (this node's
+/// stale copy of a disk taken over, not dropped yet) is shown once: the holder's.
+pub(crate) async fn with_others(inner: &NodeInner, actor: &Actor, reply: Reply) -> Reply {
+    let Ok(m) = inner.cluster.member() else {
+        return reply;
+    };
+    let me = m.id();
+    let others: Vec<(NodeId, String)> = m
+        .status()
+        .members
+        .into_iter()
+        .filter(|x| x.id != me && x.role == Role::Data && x.health != NodeHealth::Down)
+        .map(|x| (x.id, x.name))
+        .collect();
+    if others.is_empty() {
+        return reply;
+    }
+    let owners = |names: &mut dyn Iterator<Item = &str>| -> HashMap<String, NodeId> {
+        let names: Vec<&str> = names.collect();
+        m.read(|s| {
+            names
+                .iter()
+                .filter_map(|n| crate::harestart::disk_owner(s, n).map(|o| (n.to_string(), o)))
+                .collect()
+        })
+    };
+    match reply {
+        Reply::Vdisks(here) => {
+            let theirs = gather(
+                &m,
+                &others,
+                actor,
+                false,
+                |a| match a {
+                    Answer::VdiskPage { items, more } => Some((items, more)),
+                    _ => None,
+                },
+                |v: &VdiskView| &v.name,
+            )
+            .await;
+            let owner = owners(&mut theirs.iter().map(|(_, _, v)| v.name.as_str()));
+            let items = merge(here, theirs, |v| &v.name, |v, n| v.node = n, &owner, me);
+            Reply::Vdisks(items)
+        }
+        Reply::Vms(here) => {
+            let theirs = gather(
+                &m,
+                &others,
+                actor,
+                true,
+                |a| match a {
+                    Answer::VmPage { items, more } => Some((items, more)),
+                    _ => None,
+                },
+                |v: &VmView| &v.name,
+            )
+            .await;
+            // A VM's holder is the member its record names.
+            let owner: HashMap<String, NodeId> = m.read(|s| {
+                s.vms
+                    .values()
+                    .filter_map(|x| x.node.map(|n| (x.name.clone(), n)))
+                    .filter(|(_, n)| *n != me)
+                    .collect()
+            });
+            let items = merge(here, theirs, |v| &v.name, |v, n| v.node = n, &owner, me);
+            Reply::Vms(items)
+        }
+        other => other,
+    }
+}
+
+/// This node's items and the others' (member id, name, item), one per name, sorted by name:
+/// where a name comes twice, the item of the member `owner` names (this node's otherwise).
+fn merge<T>(
+    here: Vec<T>,
+    theirs: Vec<(NodeId, String, T)>,
+    key: fn(&T) -> &str,
+    set_node: fn(&mut T, Option<String>),
+    owner: &HashMap<String, NodeId>,
+    me: NodeId,
+) -> Vec<T> {
+    let mut by_name: HashMap<String, (NodeId, T)> = HashMap::new();
+    let here = here.into_iter().map(|x| (me, None, x));
+    let theirs = theirs.into_iter().map(|(id, n, x)| (id, Some(n), x));
+    for (id, node, mut x) in here.chain(theirs) {
+        let name = key(&x).to_string();
+        let right = owner.get(&name).copied().unwrap_or(me);
+        if let Some((had, _)) = by_name.get(&name) {
+            if *had == right || id != right {
+                continue;
+            }
+        }
+        set_node(&mut x, node);
+        by_name.insert(name, (id, x));
+    }
+    let mut out: Vec<T> = by_name.into_values().map(|(_, x)| x).collect();
+    out.sort_by(|a, b| key(a).cmp(key(b)));
+    out
+}
+
+/// Every page of each of `members`' own lists (all members at once, each bounded by
+/// [`LIST_TIMEOUT`]); a member that does not answer in time (or is too old to) adds nothing.
+async fn gather<T>(
+    m: &cluster::ClusterNode,
+    members: &[(NodeId, String)],
+    actor: &Actor,
+    vms: bool,
+    take: fn(Answer) -> Option<(Vec<T>, bool)>,
+    key: fn(&T) -> &str,
+) -> Vec<(NodeId, String, T)> {
+    let asks = members.iter().map(|(id, name)| async move {
+        let started = Instant::now();
+        let mut got: Vec<T> = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let call = Call::ListPage {
+                actor: actor.clone(),
+                vms,
+                after: after.clone(),
+            };
+            let left = LIST_TIMEOUT.saturating_sub(started.elapsed());
+            let answer = peer::call(m, *id, &call, left.min(PAGE_TIMEOUT)).await;
+            let Some((items, more)) = answer.ok().and_then(take) else {
+                tracing::debug!(member = %name, vms, "a member's list did not come");
+                return Vec::new();
+            };
+            let last = items.last().map(|_| got.len() + items.len() - 1);
+            got.extend(items);
+            match (more, last) {
+                (true, Some(i)) => after = Some(key(&got[i]).to_string()),
+                _ => break,
+            }
+        }
+        got.into_iter()
+            .map(|x| (*id, name.clone(), x))
+            .collect::<Vec<_>>()
+    });
+    futures::future::join_all(asks)
+        .await
+        .into_iter()
+        .flatten()
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn disk(name: &str, size: u64) -> VdiskView {
+        VdiskView {
+            name: name.into(),
+            id: 0,
+            size_bytes: size,
+            used_bytes: 0,
+            snapshots: 0,
+            created_unix: 0,
+            node: None,
+        }
+    }
+
+    #[test]
+    fn pages_follow_on_by_name_and_stay_under_the_bound() {
+        let many: Vec<VdiskView> = (0..20_000)
+            .rev()
+            .map(|i| disk(&format!("d{i:05}"), 1))
+            .collect();
+        let mut seen = Vec::new();
+        let mut after: Option<String> = None;
+        let mut pages = 0;
+        loop {
+            let (items, more) = page(many.clone(), after.as_deref(), |v| &v.name);
+            pages += 1;
+            let bytes = serde_json::to_vec(&items).unwrap().len();
+            assert!(bytes <= PAGE_BYTES + 2, "page of {bytes} bytes");
+            assert!(!items.is_empty());
+            after = items.last().map(|v| v.name.clone());
+            seen.extend(items.into_iter().map(|v| v.name));
+            if !more {
+                break;
+            }
+        }
+        assert!(pages > 1, "20000 disks fit one page");
+        let want: Vec<String> = (0..20_000).map(|i| format!("d{i:05}")).collect();
+        assert_eq!(seen, want);
+        // Past the end: nothing, and no more.
+        let (items, more) = page(many, Some("zz"), |v| &v.name);
+        assert!(items.is_empty() && !more);
+    }
+
+    #[test]
+    fn merged_lists_name_each_once_the_holders_copy_winning() {
+        let me = 1;
+        let here = vec![disk("a", 1), disk("t", 1), disk("u", 1)];
+        let theirs = vec![
+            (2, "b".to_string(), disk("t", 2)),
+            (2, "b".to_string(), disk("x", 2)),
+            (3, "c".to_string(), disk("u", 3)),
+        ];
+        // t was taken over by b (this node's copy is stale); u is this node's (c's is stale).
+        let owner: HashMap<String, NodeId> = [
+            ("t".to_string(), 2),
+            ("u".to_string(), 1),
+            ("x".to_string(), 2),
+        ]
+        .into();
+        let set = |v: &mut VdiskView, n: Option<String>| v.node = n;
+        let out = merge(here, theirs, |v| &v.name, set, &owner, me);
+        let got: Vec<(&str, Option<&str>, u64)> = out
+            .iter()
+            .map(|v| (v.name.as_str(), v.node.as_deref(), v.size_bytes))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("a", None, 1),
+                ("t", Some("b"), 2),
+                ("u", None, 1),
+                ("x", Some("b"), 2)
+            ]
+        );
+    }
+}
