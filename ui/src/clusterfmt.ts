@@ -85,19 +85,31 @@ export function clusterCapacity(members: { name: string; role: string; stats?: {
   return { raw, used, nodes, missing };
 }
 
-/** The names the cluster records (`all`) that this node's own list (`here`) lacks, sorted:
- *  virtual disks or VMs another member holds (managed on that member). */
+/** The names the cluster records (`all`) that a list (`here`) lacks, sorted: the list names
+ *  every member's virtual disks or VMs, so these are on members that did not answer it. */
 export function elsewhere(all: string[] | null | undefined, here: string[]): string[] {
   const mine = new Set(here);
   return (all ?? []).filter((n) => !mine.has(n)).sort();
 }
 
-/** The note under a list of this node's own virtual disks or VMs naming those other members
- *  hold; null when there are none. */
+/** The note over a list naming what the cluster records and the list could not show; null
+ *  when there is none. */
 export function elsewhereNote(what: string, names: string[]): string | null {
   if (names.length === 0) return null;
   const shown = names.slice(0, 20).join(', ') + (names.length > 20 ? `, and ${names.length - 20} more` : '');
-  return `Listed here: this node's ${what}. Other cluster members hold ${plural(names.length, what.replace(/s$/, ''))} more (${shown}): manage them in that member's web UI or with its CLI.`;
+  return `The cluster records ${plural(names.length, what.replace(/s$/, ''))} more (${shown}) on members that did not answer just now: they are not listed until those members answer.`;
+}
+
+/** Where a listed virtual disk or VM is: its member's name, or "this node" (the one whose
+ *  web UI this is). */
+export function nodeWord(node: string | null | undefined): string {
+  return node ? node : 'this node';
+}
+
+/** Whether a list spans members (some item is on another member): then it shows a Node
+ *  column. */
+export function spansMembers(items: { node?: string | null }[]): boolean {
+  return items.some((x) => !!x.node);
 }
 
 /** The command to run on the joining machine, exactly as the CLI takes it. */

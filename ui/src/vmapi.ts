@@ -29,6 +29,8 @@ export interface VmView {
   created_unix: number;
   last_exit: string | null;
   stats: { cpu_time_ns: number; vcpu_exits: number; memory_bytes: number; disks: VmDevStats[]; nics: VmDevStats[] } | null;
+  /** The cluster member that holds it, when not the node whose web UI this is. */
+  node?: string | null;
 }
 
 async function ctl<T>(req: Record<string, unknown>): Promise<T> {

@@ -136,15 +136,24 @@ test('clusterCapacity: sums the data members that reported, names the others, sk
   assert.deepEqual(f.clusterCapacity([]), { raw: 0, used: 0, nodes: 0, missing: [] });
 });
 
-test('elsewhere / elsewhereNote: what other members hold, or nothing', () => {
+test('elsewhere / elsewhereNote: what the cluster records and a list could not show', () => {
   assert.deepEqual(f.elsewhere(['web', 'db', 'bd'], ['web']), ['bd', 'db']);
   assert.deepEqual(f.elsewhere(null, ['web']), []);
   assert.equal(f.elsewhereNote('VMs', []), null);
   assert.equal(
     f.elsewhereNote('virtual disks', ['bd']),
-    "Listed here: this node's virtual disks. Other cluster members hold 1 virtual disk more (bd): manage them in that member's web UI or with its CLI.",
+    'The cluster records 1 virtual disk more (bd) on members that did not answer just now: they are not listed until those members answer.',
   );
   const many = Array.from({ length: 23 }, (_, i) => `v${String(i).padStart(2, '0')}`);
   const note = f.elsewhereNote('VMs', many);
-  assert.match(note, /hold 23 VMs more \(v00, .*v19, and 3 more\)/);
+  assert.match(note, /records 23 VMs more \(v00, .*v19, and 3 more\)/);
+});
+
+test('nodeWord / spansMembers: where a listed item is', () => {
+  assert.equal(f.nodeWord('b'), 'b');
+  assert.equal(f.nodeWord(undefined), 'this node');
+  assert.equal(f.nodeWord(null), 'this node');
+  assert.equal(f.spansMembers([{ name: 'a' }, { name: 'b', node: null }]), false);
+  assert.equal(f.spansMembers([{ name: 'a' }, { name: 'b', node: 'b' }]), true);
+  assert.equal(f.spansMembers([]), false);
 });

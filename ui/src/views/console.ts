@@ -2,6 +2,7 @@
 // xterm is loaded only when a console opens, so the first page load stays small. Binary frames
 // are console bytes; text frames are JSON notes from the node (hello, error, closed).
 import { useEffect, useRef, useState } from 'preact/hooks';
+import { api, explain } from '../api';
 import { html, ErrorBox } from '../ui';
 
 type Status = 'connecting' | 'live' | 'closed';
@@ -78,5 +79,32 @@ export function Console({ vm, onClose }: { vm: string; onClose: () => void }) {
     </div>
     <${ErrorBox} error=${error} />
     <div class="term" ref=${box} role="group" aria-label=${`serial console of ${vm}`} data-bytes="0"></div>
+  </section>`;
+}
+
+/** The console of a VM another cluster member runs: its recent output, fetched through this
+ *  node (which asks that member) every 2 s. Watching only: typing needs the live console of
+ *  the member's own web UI. */
+export function RemoteConsole({ vm, node, onClose }: { vm: string; node: string; onClose: () => void }) {
+  const [output, setOutput] = useState<string>('');
+  const [error, setError] = useState<string | null>(null);
+  useEffect(() => {
+    let gone = false;
+    const fetchOnce = () =>
+      api('GET', `/vms/${encodeURIComponent(vm)}/console?max_bytes=16384`)
+        .then((c: any) => { if (!gone) { setOutput(c.output ?? ''); setError(null); } })
+        .catch((e: any) => { if (!gone) setError(explain(e)); });
+    fetchOnce();
+    const t = setInterval(fetchOnce, 2000);
+    return () => { gone = true; clearInterval(t); };
+  }, [vm]);
+  return html`<section class="console" aria-labelledby="con-h">
+    <div class="console-head">
+      <h3 id="con-h">Console of ${vm}</h3>
+      <span class="muted console-status" role="status">recent output from member ${node}, refreshed every 2 s — to type, open ${node}'s web UI</span>
+      <button type="button" onClick=${onClose}>Close console</button>
+    </div>
+    <${ErrorBox} error=${error} />
+    <pre class="term remote" aria-label=${`recent console output of ${vm}`}>${output}</pre>
   </section>`;
 }

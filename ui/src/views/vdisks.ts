@@ -1,6 +1,6 @@
 import { useState } from 'preact/hooks';
 import { api, fmtBytes, fmtTime } from '../api';
-import { elsewhere, elsewhereNote } from '../clusterfmt';
+import { elsewhere, elsewhereNote, nodeWord, spansMembers } from '../clusterfmt';
 import { html, ErrorBox, Note, Progress, useAction, useLoad, Field } from '../ui';
 import { diskApi } from '../vmapi';
 
@@ -34,7 +34,7 @@ function ioText(s: any): string {
 
 export function Vdisks({ role }: { role: string }) {
   const list = useLoad<any>('/vdisks?limit=1000', 10000);
-  // The cluster records every member's disks; this list is this node's own.
+  // The list names every member's disks; the cluster record says which ones it could not.
   const cluster = useLoad<any>('/cluster', 10000);
   // The latest live sample (refreshed every 2 s) carries each disk's I/O over the last second.
   const live = useLoad<any>('/stats', 2000);
@@ -49,6 +49,7 @@ export function Vdisks({ role }: { role: string }) {
   const admin = role === 'admin';
   const items: any[] = list.data?.items ?? [];
   const others = list.data && cluster.data ? elsewhere(cluster.data.vdisks, items.map((v) => v.name)) : [];
+  const spans = spansMembers(items);
   return html`<section aria-labelledby="vd-h">
     <h2 id="vd-h">Virtual disks</h2>
     <${Note} text=${elsewhereNote('virtual disks', others)} />
@@ -60,11 +61,11 @@ export function Vdisks({ role }: { role: string }) {
       <${Field} label="Size" id="vd-size" hint="like 512M, 10G, 2T"><input id="vd-size" value=${size} onInput=${(e: any) => setSize(e.currentTarget.value)} required /></${Field}>
       <button type="submit" disabled=${!!act.running}>Create disk</button>
     </form>` : null}
-    ${items.length === 0 && list.data ? html`<p class="muted">${others.length ? 'No virtual disks on this node.' : 'No virtual disks yet.'}</p>` : null}
+    ${items.length === 0 && list.data ? html`<p class="muted">${others.length ? 'No virtual disks listed.' : 'No virtual disks yet.'}</p>` : null}
     <div class="table-wrap"><table>
-      <thead><tr><th scope="col">Name</th><th scope="col">Size</th><th scope="col">Used</th><th scope="col">Snapshots</th><th scope="col">I/O now</th><th scope="col">Created</th><th scope="col">Actions</th></tr></thead>
+      <thead><tr><th scope="col">Name</th>${spans ? html`<th scope="col">Node</th>` : null}<th scope="col">Size</th><th scope="col">Used</th><th scope="col">Snapshots</th><th scope="col">I/O now</th><th scope="col">Created</th><th scope="col">Actions</th></tr></thead>
       <tbody>${items.map((v) => html`<tr data-vdisk=${v.name}>
-          <td>${v.name}</td><td>${fmtBytes(v.size_bytes)}</td><td>${fmtBytes(v.used_bytes)}</td><td>${v.snapshots}</td><td data-io=${v.name}>${ioText(io[v.name])}</td><td>${fmtTime(v.created_unix)}</td>
+          <td>${v.name}</td>${spans ? html`<td data-node=${nodeWord(v.node)}>${nodeWord(v.node)}</td>` : null}<td>${fmtBytes(v.size_bytes)}</td><td>${fmtBytes(v.used_bytes)}</td><td>${v.snapshots}</td><td data-io=${v.name}>${ioText(io[v.name])}</td><td>${fmtTime(v.created_unix)}</td>
           <td class="actions">
             <button aria-expanded=${open === v.name} onClick=${() => setOpen(open === v.name ? null : v.name)}>Snapshots</button>
             ${canWrite ? html`
@@ -75,7 +76,7 @@ export function Vdisks({ role }: { role: string }) {
               <button class="danger" onClick=${() => confirm(`Delete ${v.name}? Its data is gone for good (clones keep theirs).`) && act.run(`Delete ${v.name}`, () => api('DELETE', `/vdisks/${encodeURIComponent(v.name)}`))}>Delete</button>` : null}
           </td>
         </tr>
-        ${open === v.name ? html`<tr><td colspan="7"><${Snapshots} vd=${v} act=${act} canWrite=${canWrite} /></td></tr>` : null}`)}
+        ${open === v.name ? html`<tr><td colspan=${spans ? 8 : 7}><${Snapshots} vd=${v} act=${act} canWrite=${canWrite} /></td></tr>` : null}`)}
       </tbody>
     </table></div>
     ${admin ? html`<form class="inline" aria-label="import a raw image" onSubmit=${(e: Event) => { e.preventDefault(); act.run(`Import ${imp.name}`, () => api('POST', '/vdisks/import', imp)); }}>

@@ -4,11 +4,11 @@
 // explains failures in words.
 import { useEffect, useRef, useState } from 'preact/hooks';
 import { explain, fmtBytes, fmtTime } from '../api';
-import { elsewhere, elsewhereNote } from '../clusterfmt';
+import { elsewhere, elsewhereNote, nodeWord, spansMembers } from '../clusterfmt';
 import { html, ErrorBox, Note, Progress, useAction, useLoad } from '../ui';
 import { diskApi, Step, vmApi, VmView } from '../vmapi';
 import { CreateWizard, StepList } from './vmcreate';
-import { Console } from './console';
+import { Console, RemoteConsole } from './console';
 import { VmEdit } from './vmedit';
 import { VmNics } from './vmnet';
 import { bridgeWords } from '../vmeditfmt';
@@ -204,16 +204,19 @@ function VmDisks({ vm, canWrite, reload }: { vm: VmView; canWrite: boolean; relo
 
 export function Vms({ role }: { role: string }) {
   const { vms, rates, error, reload } = useVms();
-  // The cluster records every member's VMs; this list is this node's own.
+  // The list names every member's VMs; the cluster record says which ones it could not.
   const cluster = useLoad<any>('/cluster', 10000);
   const act = useAction(() => { reload(); cluster.reload(); });
   const [wizard, setWizard] = useState(false);
   const [open, setOpen] = useState<string | null>(null);
   const [console, setConsole] = useState<string | null>(null);
+  const consoleVm = (vms ?? []).find((v) => v.name === console);
   const [editing, setEditing] = useState<string | null>(null);
   const canWrite = role !== 'read_only';
   const items = vms ?? [];
   const others = vms && cluster.data ? elsewhere(cluster.data.vms, items.map((v) => v.name)) : [];
+  const spans = spansMembers(items);
+  const cols = spans ? 9 : 8;
   const power = (v: VmView) => {
     const n = v.name;
     const running = v.state === 'running' || v.state === 'paused';
@@ -234,11 +237,12 @@ export function Vms({ role }: { role: string }) {
     <${Progress} running=${act.running} />
     ${canWrite && !wizard ? html`<p><button type="button" onClick=${() => setWizard(true)}>New VM</button></p>` : null}
     ${wizard ? html`<${CreateWizard} onCancel=${() => setWizard(false)} onDone=${(n: string) => { setWizard(false); reload(); setOpen(n); }} />` : null}
-    ${vms && items.length === 0 ? html`<p class="empty">${others.length ? 'No VMs on this node.' : 'No VMs yet.'}</p>` : null}
+    ${vms && items.length === 0 ? html`<p class="empty">${others.length ? 'No VMs listed.' : 'No VMs yet.'}</p>` : null}
     ${items.length > 0 ? html`<div class="table-wrap"><table class="vm-table" aria-label="virtual machines">
-      <thead><tr><th scope="col">Name</th><th scope="col">State</th><th scope="col">vCPUs</th><th scope="col">Memory</th><th scope="col">CPU</th><th scope="col">Disk IOPS</th><th scope="col">Disk I/O</th><th scope="col">Actions</th></tr></thead>
+      <thead><tr><th scope="col">Name</th>${spans ? html`<th scope="col">Node</th>` : null}<th scope="col">State</th><th scope="col">vCPUs</th><th scope="col">Memory</th><th scope="col">CPU</th><th scope="col">Disk IOPS</th><th scope="col">Disk I/O</th><th scope="col">Actions</th></tr></thead>
       <tbody>${items.map((v) => html`<tr data-vm=${v.name} data-state=${v.state}>
           <td>${v.name}${v.description ? html`<br /><small class="muted">${v.description}</small>` : null}${v.operation ? html`<br /><small class="note" role="status">${v.operation}…</small>` : null}</td>
+          ${spans ? html`<td data-node=${nodeWord(v.node)}>${nodeWord(v.node)}</td>` : null}
           <td class=${'vm-state ' + v.state}>${STATE_WORDS[v.state] ?? v.state}${v.last_exit && v.state === 'stopped' ? html` <small class="muted">(${v.last_exit})</small>` : null}</td>
           <td>${v.vcpus}</td><td>${v.memory_mib} MiB</td>
           <td>${fmtRate(rates[v.name], 'cpu', (x) => `${x.toFixed(0)} %`)}</td>
@@ -251,10 +255,11 @@ export function Vms({ role }: { role: string }) {
             <button type="button" aria-expanded=${open === v.name} title="disks, network cards and snapshots" onClick=${() => setOpen(open === v.name ? null : v.name)}>Details</button>
           </td>
         </tr>
-        ${editing === v.name ? html`<tr><td colspan="8"><${VmEdit} key=${v.name} vm=${v} onCancel=${() => setEditing(null)} onDone=${(n: string) => { setEditing(null); if (open === v.name) setOpen(n); reload(); }} /></td></tr>` : null}
-        ${open === v.name ? html`<tr><td colspan="8"><${VmDisks} vm=${v} canWrite=${canWrite} reload=${reload} /></td></tr>` : null}`)}
+        ${editing === v.name ? html`<tr><td colspan=${cols}><${VmEdit} key=${v.name} vm=${v} onCancel=${() => setEditing(null)} onDone=${(n: string) => { setEditing(null); if (open === v.name) setOpen(n); reload(); }} /></td></tr>` : null}
+        ${open === v.name ? html`<tr><td colspan=${cols}><${VmDisks} vm=${v} canWrite=${canWrite} reload=${reload} /></td></tr>` : null}`)}
       </tbody>
     </table></div>` : null}
-    ${console ? html`<${Console} key=${console} vm=${console} onClose=${() => setConsole(null)} />` : null}
+    ${console && consoleVm?.node ? html`<${RemoteConsole} key=${console} vm=${console} node=${consoleVm.node} onClose=${() => setConsole(null)} />` : null}
+    ${console && !consoleVm?.node ? html`<${Console} key=${console} vm=${console} onClose=${() => setConsole(null)} />` : null}
   </section>`;
 }
