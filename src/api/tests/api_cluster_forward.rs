@@ -60,6 +60,22 @@ async fn listed(a: &common::Client, path: &str, name: &str) -> Value {
     }
 }
 
+/// Waits until a's view of the cluster records `name` among its `what` (`vdisks`, `vms`): what
+/// a passes on goes by that record.
+async fn recorded(a: &common::Client, what: &str, name: &str) {
+    let t0 = Instant::now();
+    while !a.get("/api/v1/cluster").await.json[what]
+        .as_array()
+        .is_some_and(|v| v.iter().any(|n| n == name))
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "{name} never recorded"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_members_api_manages_what_another_member_holds() {
     let h = Harness::start().await.unwrap();
@@ -97,6 +113,7 @@ async fn a_members_api_manages_what_another_member_holds() {
         201
     );
 
+    recorded(&a, "vdisks", "bd").await;
     // The list names b's disk and its member; a's own names none.
     let bd = listed(&a, "/api/v1/vdisks", "bd").await;
     assert_eq!(bd["node"], "b", "{bd}");
@@ -166,6 +183,14 @@ async fn a_members_api_manages_what_another_member_holds() {
     // Listed through a, changed and deleted on b.
     let bv = listed(&a, "/api/v1/vms", "bv").await;
     assert_eq!(bv["node"], "b", "{bv}");
+    // VM names are the cluster's: another bv, on a's disk, is refused (once a's view of the
+    // cluster records b's).
+    recorded(&a, "vms", "bv").await;
+    err_has(
+        &a.post("/api/v1/vms", vm(json!(["ad"]))).await,
+        409,
+        "a VM named bv exists on member b",
+    );
     let r = a
         .patch("/api/v1/vms/bv", json!({"description": "set through a"}))
         .await;

@@ -420,6 +420,7 @@ impl NodeController {
                 cmdline,
                 nics,
             } => {
+                crate::forward::refuse_vm_name_elsewhere(&self.inner, name)?;
                 let vm = self
                     .inner
                     .vms
@@ -504,6 +505,9 @@ impl NodeController {
                 disks,
                 nics,
             } => {
+                if let Some(n) = new_name.as_deref().filter(|n| n != name) {
+                    crate::forward::refuse_vm_name_elsewhere(&self.inner, n)?;
+                }
                 let change = crate::vms::VmChange {
                     new_name: new_name.clone(),
                     description: description.clone(),

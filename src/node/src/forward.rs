@@ -168,6 +168,33 @@ fn holder_of(inner: &NodeInner, req: &Request) -> Option<(NodeId, String)> {
     Some((owner, name))
 }
 
+/// Refuses VM name `name` for a new (or renamed) VM here when the cluster records a VM of that
+/// name on another member: with every member's VMs in one list and addressed by name, two of
+/// one name would be one too many (and a takeover would bring them onto one node).
+pub(crate) fn refuse_vm_name_elsewhere(inner: &NodeInner, name: &str) -> Result<(), ControlError> {
+    let Ok(m) = inner.cluster.member() else {
+        return Ok(());
+    };
+    let me = m.id();
+    let other = m.read(|s| {
+        s.vms
+            .values()
+            .filter(|v| v.name == name && v.node != Some(me))
+            .find_map(|v| {
+                v.node
+                    .and_then(|n| s.members.get(&n))
+                    .map(|x| x.name.clone())
+            })
+    });
+    match other {
+        Some(member) => Err(ControlError::new(
+            ErrorCode::AlreadyExists,
+            format!("a VM named {name} exists on member {member}: VM names are the cluster's"),
+        )),
+        None => Ok(()),
+    }
+}
+
 /// Carries out `req` on member `to` (named `to_name`) for `actor`: its answer, with views
 /// naming that member, or its refusal as it gave it.
 pub(crate) async fn run_there(
