@@ -76,6 +76,69 @@ async fn recorded(a: &common::Client, what: &str, name: &str) {
     }
 }
 
+fn kvm_usable() -> bool {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok()
+}
+
+/// b's VM bv started through a, its live console read and typed on through a's port (the one
+/// a's console WebSocket uses), a read-only user's port watching only; stopped through a.
+async fn console_through_a(h: &Harness, a: &common::Client) {
+    let r = a.post("/api/v1/vms/bv/start", json!({})).await;
+    assert!(r.status < 300, "{}", r.text);
+    let ctl = h.node.as_ref().unwrap().controller();
+    let api_actor = |role| Actor {
+        user: "admin".into(),
+        role,
+        via: control::Via::Api,
+    };
+    let port = ctl
+        .console_port(api_actor(control::Role::Operator), "bv")
+        .expect("a console port on b's VM through a");
+    assert!(port.can_type());
+    let t0 = Instant::now();
+    let mut text = String::new();
+    while !text.contains("ok pvh-magic") {
+        let p = port.clone();
+        let chunks = tokio::task::spawn_blocking(move || p.output_since(&[], 1 << 20))
+            .await
+            .unwrap()
+            .expect("reads by place")
+            .expect("the output from b");
+        text = chunks
+            .iter()
+            .map(|c| String::from_utf8_lossy(&c.bytes).into_owned())
+            .collect();
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "no guest output through a: {text:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let p = port.clone();
+    let typed = tokio::task::spawn_blocking(move || p.input(b"hello"))
+        .await
+        .unwrap();
+    assert!(typed.is_ok(), "{typed:?}");
+    let ro = ctl
+        .console_port(api_actor(control::Role::ReadOnly), "bv")
+        .unwrap();
+    assert!(!ro.can_type());
+    let typed = tokio::task::spawn_blocking(move || ro.input(b"x"))
+        .await
+        .unwrap();
+    assert_eq!(typed.unwrap_err().code, control::ErrorCode::Forbidden);
+    let r = a.post("/api/v1/vms/bv/stop", json!({"force": true})).await;
+    assert!(r.status < 300, "{}", r.text);
+    if r.status == 202 {
+        let t = a.wait_task(r.json["id"].as_u64().unwrap()).await;
+        assert_eq!(t["state"], "succeeded", "{t}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_members_api_manages_what_another_member_holds() {
     let h = Harness::start().await.unwrap();
@@ -198,6 +261,11 @@ async fn a_members_api_manages_what_another_member_holds() {
     match on_b(&b, json!({"action": "vm_get", "name": "bv"})).await {
         Reply::Vm(v) => assert_eq!(v.description, "set through a"),
         other => panic!("{other:?}"),
+    }
+    if kvm_usable() {
+        console_through_a(&h, &a).await;
+    } else {
+        println!("skipped: the console part (no usable /dev/kvm here)");
     }
     let r = a.delete("/api/v1/vms/bv").await;
     assert!(r.status < 300, "{}", r.text);

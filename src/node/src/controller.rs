@@ -95,23 +95,28 @@ impl Controller for NodeController {
             ));
         }
         watch.validate()?;
-        if actor.via == Via::Api {
-            if let Some((_, member)) = crate::forward::holder(&self.inner, &watch)? {
-                return Err(ControlError::new(
-                    ErrorCode::Conflict,
-                    format!(
-                        "VM {name} runs on member {member}: its live console is on {member}'s \
-                         web UI (this node shows its recent output)"
-                    ),
-                ));
-            }
-        }
         let can_type = allowed(
             actor.role,
             &Request::VmStart {
                 name: name.to_string(),
             },
         );
+        if actor.via == Via::Api {
+            // Another member runs it: that member's console, through peer calls.
+            if let Some((to, member)) = crate::forward::holder(&self.inner, &watch)? {
+                let rt = tokio::runtime::Handle::try_current()
+                    .map_err(|e| ControlError::internal(e.to_string()))?;
+                return Ok(Arc::new(crate::forward::console::RemotePort {
+                    inner: self.inner.clone(),
+                    to,
+                    member,
+                    actor,
+                    name: name.to_string(),
+                    can_type,
+                    rt,
+                }));
+            }
+        }
         Ok(Arc::new(self.inner.vms.console_port(name, can_type)?))
     }
 }

@@ -21,6 +21,8 @@ use control::{
 };
 use serde::Serialize;
 
+pub(crate) mod console;
+
 use crate::controller::NodeController;
 use crate::takeover::peer::{self, Answer, Call};
 use crate::NodeInner;

@@ -2,12 +2,11 @@
 // xterm is loaded only when a console opens, so the first page load stays small. Binary frames
 // are console bytes; text frames are JSON notes from the node (hello, error, closed).
 import { useEffect, useRef, useState } from 'preact/hooks';
-import { api, explain } from '../api';
 import { html, ErrorBox } from '../ui';
 
 type Status = 'connecting' | 'live' | 'closed';
 
-export function Console({ vm, onClose }: { vm: string; onClose: () => void }) {
+export function Console({ vm, node, onClose }: { vm: string; node?: string | null; onClose: () => void }) {
   const box = useRef<HTMLDivElement>(null);
   const [status, setStatus] = useState<Status>('connecting');
   const [canType, setCanType] = useState(false);
@@ -70,7 +69,8 @@ export function Console({ vm, onClose }: { vm: string; onClose: () => void }) {
       term?.dispose();
     };
   }, [vm]);
-  const label = { connecting: 'connecting…', live: canType ? 'live — click in the console to type' : 'live — watching only (your role cannot type)', closed: 'disconnected' }[status];
+  const where = node ? ` (runs on member ${node}, through this node)` : '';
+  const label = { connecting: 'connecting…', live: (canType ? 'live — click in the console to type' : 'live — watching only (your role cannot type)') + where, closed: 'disconnected' }[status];
   return html`<section class="console" aria-labelledby="con-h">
     <div class="console-head">
       <h3 id="con-h">Console of ${vm}</h3>
@@ -82,29 +82,3 @@ export function Console({ vm, onClose }: { vm: string; onClose: () => void }) {
   </section>`;
 }
 
-/** The console of a VM another cluster member runs: its recent output, fetched through this
- *  node (which asks that member) every 2 s. Watching only: typing needs the live console of
- *  the member's own web UI. */
-export function RemoteConsole({ vm, node, onClose }: { vm: string; node: string; onClose: () => void }) {
-  const [output, setOutput] = useState<string>('');
-  const [error, setError] = useState<string | null>(null);
-  useEffect(() => {
-    let gone = false;
-    const fetchOnce = () =>
-      api('GET', `/vms/${encodeURIComponent(vm)}/console?max_bytes=16384`)
-        .then((c: any) => { if (!gone) { setOutput(c.output ?? ''); setError(null); } })
-        .catch((e: any) => { if (!gone) setError(explain(e)); });
-    fetchOnce();
-    const t = setInterval(fetchOnce, 2000);
-    return () => { gone = true; clearInterval(t); };
-  }, [vm]);
-  return html`<section class="console" aria-labelledby="con-h">
-    <div class="console-head">
-      <h3 id="con-h">Console of ${vm}</h3>
-      <span class="muted console-status" role="status">recent output from member ${node}, refreshed every 2 s — to type, open ${node}'s web UI</span>
-      <button type="button" onClick=${onClose}>Close console</button>
-    </div>
-    <${ErrorBox} error=${error} />
-    <pre class="term remote" aria-label=${`recent console output of ${vm}`}>${output}</pre>
-  </section>`;
-}

@@ -8,7 +8,7 @@ import { elsewhere, elsewhereNote, nodeWord, spansMembers } from '../clusterfmt'
 import { html, ErrorBox, Note, Progress, useAction, useLoad } from '../ui';
 import { diskApi, Step, vmApi, VmView } from '../vmapi';
 import { CreateWizard, StepList } from './vmcreate';
-import { Console, RemoteConsole } from './console';
+import { Console } from './console';
 import { VmEdit } from './vmedit';
 import { VmNics } from './vmnet';
 import { bridgeWords } from '../vmeditfmt';
@@ -259,7 +259,6 @@ export function Vms({ role }: { role: string }) {
         ${open === v.name ? html`<tr><td colspan=${cols}><${VmDisks} vm=${v} canWrite=${canWrite} reload=${reload} /></td></tr>` : null}`)}
       </tbody>
     </table></div>` : null}
-    ${console && consoleVm?.node ? html`<${RemoteConsole} key=${console} vm=${console} node=${consoleVm.node} onClose=${() => setConsole(null)} />` : null}
-    ${console && !consoleVm?.node ? html`<${Console} key=${console} vm=${console} onClose=${() => setConsole(null)} />` : null}
+    ${console ? html`<${Console} key=${console} vm=${console} node=${consoleVm?.node} onClose=${() => setConsole(null)} />` : null}
   </section>`;
 }

@@ -77,6 +77,20 @@ pub(crate) enum Call {
         vms: bool,
         after: Option<String>,
     },
+    /// VM `name`'s console output after the reader's places `seen` (log id, bytes seen), at
+    /// most `max_bytes` per stream, for the caller's API (`crate::forward::console`).
+    ConsoleSince {
+        actor: control::Actor,
+        name: String,
+        seen: Vec<(u64, u64)>,
+        max_bytes: u64,
+    },
+    /// Type `hex` (bytes, hex) on VM `name`'s serial console.
+    ConsoleInput {
+        actor: control::Actor,
+        name: String,
+        hex: String,
+    },
 }
 
 /// The answer to a [`Call`].
@@ -104,6 +118,9 @@ pub(crate) enum Answer {
         items: Vec<VmView>,
         more: bool,
     },
+    Console(Vec<crate::forward::console::Chunk>),
+    /// Console bytes accepted.
+    Typed(usize),
 }
 
 struct Handler {
@@ -180,6 +197,15 @@ async fn answer(inner: &Arc<NodeInner>, from: NodeId, call: Call) -> Result<Answ
         Call::Execute { actor, req } => crate::forward::execute_here(inner, from, actor, req)
             .await
             .map(|r| Answer::Executed(Box::new(r))),
+        Call::ConsoleSince {
+            actor,
+            name,
+            seen,
+            max_bytes,
+        } => crate::forward::console::since_here(inner, actor, &name, seen, max_bytes).await,
+        Call::ConsoleInput { actor, name, hex } => {
+            crate::forward::console::input_here(inner, actor, &name, &hex).await
+        }
         Call::ListPage { actor, vms, after } => {
             crate::forward::list_page(inner, from, actor, vms, after.as_deref()).await
         }
