@@ -1,5 +1,5 @@
 //! The API of one member manages the whole cluster: two real nodes in one cluster (a with the
-//! API, b without), and through a's API the virtual disks and VMs b holds are listed (naming
+//! API, a follower; b without, the leader), and through a's API the virtual disks and VMs b holds are listed (naming
 //! b), read, changed and deleted — carried out by b, as b's own controller then shows.
 
 mod common;
@@ -152,13 +152,16 @@ async fn a_members_api_manages_what_another_member_holds() {
     cfg.node_name = Some("b".into());
     let nb = node::Node::start(cfg).await.unwrap();
     let b = nb.controller();
-    let t = a.post("/api/v1/cluster/tokens", json!({})).await;
-    assert_eq!(t.status, 201, "{}", t.text);
-    on_b(
-        &b,
-        json!({"action": "cluster_join", "address": t.json["address"], "token": t.json["token"]}),
-    )
-    .await;
+    // a joins b's cluster: a follower, whose view of the cluster may lag a commit on b.
+    let Reply::ClusterToken(t) = on_b(&b, json!({"action": "cluster_token"})).await else {
+        panic!("no token from b");
+    };
+    let ctl_a = h.node.as_ref().unwrap().controller();
+    let join = json!({"action": "cluster_join", "address": t.address, "token": t.token});
+    ctl_a
+        .execute(Actor::local_cli(), serde_json::from_value(join).unwrap())
+        .await
+        .expect("a joins b's cluster");
     on_b(
         &b,
         json!({"action": "vdisk_create", "name": "bd", "size_bytes": 8 << 20}),
@@ -216,6 +219,30 @@ async fn a_members_api_manages_what_another_member_holds() {
     match on_b(&b, json!({"action": "vdisk_get", "name": "bd"})).await {
         Reply::Vdisk(v) => assert_eq!(v.size_bytes, 16 << 20),
         other => panic!("{other:?}"),
+    }
+
+    // A clone of b's disk is made on b; acted on through a at once (a catches up with the
+    // cluster when a name is new to it).
+    let r = a
+        .post(
+            "/api/v1/vdisks/bd/clone",
+            json!({"name": "bd-c", "snapshot": "s2"}),
+        )
+        .await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    let t = a.wait_task(r.json["id"].as_u64().unwrap()).await;
+    assert_eq!(t["state"], "succeeded", "{t}");
+    assert!(b_vdisks(&b).await.contains(&"bd-c".to_string()));
+    let r = a
+        .post("/api/v1/vdisks/bd-c/snapshots", json!({"name": "c1"}))
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    assert_eq!(b_snapshots(&b, "bd-c").await, ["c1"]);
+    let r = a.delete("/api/v1/vdisks/bd-c").await;
+    assert!(r.status < 300, "{}", r.text);
+    if r.status == 202 {
+        let t = a.wait_task(r.json["id"].as_u64().unwrap()).await;
+        assert_eq!(t["state"], "succeeded", "{t}");
     }
 
     // The role is checked on a (and again on b): a read-only user reads but changes nothing.

@@ -45,7 +45,7 @@ impl Controller for NodeController {
                 // Counted on drop, so a mutation whose caller went away midway still counts.
                 let _changed = req.is_mutation().then(|| Changed(&self.inner.changes));
                 let holder = match actor.via {
-                    Via::Api => crate::forward::holder(&self.inner, &req),
+                    Via::Api => crate::forward::holder_now(&self.inner, &req).await,
                     _ => Ok(None),
                 };
                 match holder {

@@ -86,6 +86,58 @@ pub(crate) fn holder(
     Ok(holder_of(inner, req))
 }
 
+/// [`holder`], with this node's view of the cluster brought up to date first when `req`
+/// names something neither that view records nor this node has: a disk another member just
+/// cloned, a VM it just created, may be committed and not applied here yet. At most one such
+/// catch-up per [`CATCH_UP_EVERY`] (on a follower it is a raft write): names that exist
+/// nowhere are refused as before, without one each.
+pub(crate) async fn holder_now(
+    inner: &NodeInner,
+    req: &Request,
+) -> Result<Option<(NodeId, String)>, ControlError> {
+    let found = holder(inner, req)?;
+    if found.is_some() || !unknown_here(inner, req) {
+        return Ok(found);
+    }
+    let Ok(m) = inner.cluster.member() else {
+        return Ok(found);
+    };
+    {
+        let mut last = LAST_CATCH_UP.lock();
+        if last.is_some_and(|t| t.elapsed() < CATCH_UP_EVERY) {
+            return Ok(found);
+        }
+        *last = Some(Instant::now());
+    }
+    let _ = tokio::time::timeout(CATCH_UP_TIMEOUT, m.read_fresh(|_| ())).await;
+    holder(inner, req)
+}
+
+/// See [`holder_now`].
+const CATCH_UP_EVERY: Duration = Duration::from_millis(500);
+const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(2);
+static LAST_CATCH_UP: parking_lot::Mutex<Option<Instant>> = parking_lot::Mutex::new(None);
+
+/// Whether `req` names a virtual disk or VM (or a new VM's disk) that this node's view of the
+/// cluster does not record and this node does not have.
+fn unknown_here(inner: &NodeInner, req: &Request) -> bool {
+    let Ok(m) = inner.cluster.member() else {
+        return false;
+    };
+    let disk_unknown = |d: &str| {
+        inner.engine.vdisk(d).is_err() && m.read(|s| !s.vdisks.values().any(|x| x.name == d))
+    };
+    match (req, about(req)) {
+        (Request::VmCreate { disks, .. }, _) => disks.iter().any(|d| disk_unknown(d)),
+        (_, Some(About::Vdisk(d))) => disk_unknown(d),
+        (_, Some(About::Vm(v))) => {
+            !inner.vms.defined().iter().any(|(n, _)| n == v)
+                && m.read(|s| !s.vms.values().any(|x| x.name == v))
+        }
+        (_, None) => false,
+    }
+}
+
 /// Where VM `name` on `disks` is to be created: the member that holds all of them when that
 /// is another one.
 fn vm_home(
