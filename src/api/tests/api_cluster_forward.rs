@@ -281,6 +281,19 @@ async fn a_members_api_manages_what_another_member_holds() {
         409,
         "a VM named bv exists on member b",
     );
+    // A VM of a's cannot take b's disk: said in words.
+    let mut av = vm(json!(["ad"]));
+    av["name"] = json!("av");
+    let r = a.post("/api/v1/vms", av).await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    assert!(r.json.get("node").is_none(), "{}", r.text);
+    err_has(
+        &a.post("/api/v1/vms/av/disks", json!({"vdisk": "bd"})).await,
+        409,
+        "virtual disk bd is on member b and VM av runs on this node",
+    );
+    let r = a.delete("/api/v1/vms/av").await;
+    assert!(r.status < 300, "{}", r.text);
     let r = a
         .patch("/api/v1/vms/bv", json!({"description": "set through a"}))
         .await;

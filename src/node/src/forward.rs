@@ -83,7 +83,32 @@ pub(crate) fn holder(
     if let Request::VmCreate { name, disks, .. } = req {
         return vm_home(inner, name, disks);
     }
-    Ok(holder_of(inner, req))
+    let found = holder_of(inner, req);
+    let attach = match req {
+        Request::VmDiskAttach { name, vdisk }
+            if found.is_none() && inner.vms.defined().iter().any(|(n, _)| n == name) =>
+        {
+            Some((name, vdisk))
+        }
+        _ => None,
+    };
+    if let Some((name, vdisk)) = attach {
+        // The VM is this node's: a disk another member holds cannot be served to it here.
+        let disk = Request::VdiskGet {
+            name: vdisk.clone(),
+        };
+        if let Some((_, member)) = holder_of(inner, &disk) {
+            return Err(ControlError::new(
+                ErrorCode::Conflict,
+                format!(
+                    "virtual disk {vdisk} is on member {member} and VM {name} runs on this \
+                     node: a VM's disks are on the member that runs it (move one of them \
+                     first: cairn vdisk takeover, cairn vm move)"
+                ),
+            ));
+        }
+    }
+    Ok(found)
 }
 
 /// [`holder`], with this node's view of the cluster brought up to date first when `req`

@@ -176,7 +176,7 @@ export function CreateWizard({ onDone, onCancel }: { onDone: (name: string) => v
     </select></${Field}>
     ${d.mode !== 'new' ? html`<${Field} label=${d.mode === 'clone' ? 'Clone of' : 'Virtual disk'} id=${`wd-src-${i}`}><select id=${`wd-src-${i}`} value=${d.source} onChange=${(e: any) => setDisk(i, { source: e.currentTarget.value, snapshot: '' })}>
         <option value="">choose…</option>
-        ${existing.map((x) => html`<option value=${x.name}>${x.name}</option>`)}
+        ${existing.map((x) => html`<option value=${x.name}>${x.name}${x.node ? ` (on ${x.node})` : ''}</option>`)}
       </select></${Field}>` : null}
     ${d.mode === 'clone' ? html`<${Field} label="From" id=${`wd-snap-${i}`}><${SnapshotPick} id=${`wd-snap-${i}`} source=${d.source} value=${d.snapshot} onPick=${(s: string) => setDisk(i, { snapshot: s })} /></${Field}>` : null}
     ${d.mode !== 'existing' ? html`<${Field} label="New disk name" id=${`wd-name-${i}`}><input id=${`wd-name-${i}`} value=${d.name} onInput=${(e: any) => setDisk(i, { name: e.currentTarget.value })} /></${Field}>` : null}
@@ -199,7 +199,7 @@ export function CreateWizard({ onDone, onCancel }: { onDone: (name: string) => v
     </div>`;
   } else if (step === 2) {
     body = html`<div class="grid2">
-      <${Field} label="Kernel file on the node" id="w-kernel" hint="absolute path of a PVH ELF or bzImage"><input id="w-kernel" value=${kernel} onInput=${(e: any) => setKernel(e.currentTarget.value)} placeholder="/var/lib/cairn/images/vmlinuz" /></${Field}>
+      <${Field} label="Kernel file on the node" id="w-kernel" hint="absolute path of a PVH ELF or bzImage on the node that runs the VM: the member holding its disks"><input id="w-kernel" value=${kernel} onInput=${(e: any) => setKernel(e.currentTarget.value)} placeholder="/var/lib/cairn/images/vmlinuz" /></${Field}>
       <${Field} label="Kernel command line" id="w-cmdline" hint="one line; console=ttyS0 sends the console to the browser"><input id="w-cmdline" value=${cmdline} onInput=${(e: any) => setCmdline(e.currentTarget.value)} /></${Field}>
     </div>
     <fieldset>
