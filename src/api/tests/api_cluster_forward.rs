@@ -327,6 +327,45 @@ async fn a_members_api_manages_what_another_member_holds() {
     }
     assert_eq!(b_vdisks(&b).await, Vec::<String>::new());
     assert_eq!(a.get("/api/v1/vdisks/ad").await.status, 200);
+
+    // One of b's own disks, as a's pool lists it (a keeps copies there), removed through a: b
+    // drains it.
+    let Reply::Disks(own_b) = on_b(&b, json!({"action": "disk_list"})).await else {
+        panic!("no disk list from b");
+    };
+    let b_disk = own_b
+        .iter()
+        .find(|d| !d.remote)
+        .expect("b has disks")
+        .clone();
+    let t0 = Instant::now();
+    let listed_on_a = loop {
+        let l = a.get("/api/v1/disks").await;
+        let hit = l.json["items"]
+            .as_array()
+            .and_then(|v| v.iter().find(|d| d["id"] == b_disk.id.as_str()).cloned());
+        if let Some(d) = hit {
+            break d;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(30), "{}", l.text);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(listed_on_a["remote"], true, "{listed_on_a}");
+    let name_on_a = listed_on_a["name"].as_str().unwrap().to_string();
+    assert_ne!(name_on_a, b_disk.name, "a names b's disk after its host");
+    // By the name a gives it (passed on by id: b names it by its path alone).
+    let r = a
+        .post(
+            "/api/v1/control",
+            json!({"action": "disk_remove", "disk": name_on_a}),
+        )
+        .await;
+    assert!(r.status < 300, "{}", r.text);
+    let Reply::Disks(after) = on_b(&b, json!({"action": "disk_list"})).await else {
+        panic!("no disk list from b");
+    };
+    let state = &after.iter().find(|d| d.id == b_disk.id).unwrap().state;
+    assert!(state == "draining" || state == "removed", "{state}");
     nb.shutdown().await.unwrap();
     h.stop().await;
 }

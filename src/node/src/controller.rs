@@ -221,7 +221,7 @@ impl NodeController {
                 {
                     return Err(ControlError::conflict(format!(
                         "disk {} is on another member (node {}): remove it there (cairn disk \
-                         remove {} on that node)",
+                         remove {} on that node), or through any member's web UI or API",
                         d.name, d.node_id, d.id
                     )));
                 }

@@ -83,6 +83,9 @@ pub(crate) fn holder(
     if let Request::VmCreate { name, disks, .. } = req {
         return vm_home(inner, name, disks);
     }
+    if let Request::DiskRemove { disk } = req {
+        return Ok(disk_home(inner, disk).map(|(id, member, _)| (id, member)));
+    }
     let found = holder_of(inner, req);
     let attach = match req {
         Request::VmDiskAttach { name, vdisk }
@@ -160,6 +163,39 @@ fn unknown_here(inner: &NodeInner, req: &Request) -> bool {
                 && m.read(|s| !s.vms.values().any(|x| x.name == v))
         }
         (_, None) => false,
+    }
+}
+
+/// The other member (id, name) whose own disk `disk` (id or name) is, with the disk's id:
+/// this node's pool lists the other members' disks too (it keeps copies there), and removing
+/// one is that member's work. None for a disk of this node's, or one it does not list.
+fn disk_home(inner: &NodeInner, disk: &str) -> Option<(NodeId, String, String)> {
+    let disks = inner.engine.disks();
+    let matches = |d: &&engine::DiskInfo| d.id == disk || d.name == disk;
+    if disks
+        .iter()
+        .filter(matches)
+        .any(|d| d.node_id == inner.node_id)
+    {
+        return None;
+    }
+    let d = disks
+        .iter()
+        .find(|d| matches(d) && d.node_id != inner.node_id)?;
+    let m = inner.cluster.member().ok()?;
+    let member = m.read(|s| s.members.get(&d.node_id).map(|x| x.name.clone()))?;
+    Some((d.node_id, member, d.id.clone()))
+}
+
+/// `req` as the member that holds what it names takes it: a disk by its id (this node names
+/// another member's disks after their host and path, that member by its path alone).
+fn as_passed_on(inner: &NodeInner, req: &Request) -> Request {
+    match req {
+        Request::DiskRemove { disk } => match disk_home(inner, disk) {
+            Some((_, _, id)) => Request::DiskRemove { disk: id },
+            None => req.clone(),
+        },
+        other => other.clone(),
     }
 }
 
@@ -285,7 +321,7 @@ pub(crate) async fn run_there(
     let m = inner.cluster.member()?;
     let call = Call::Execute {
         actor: actor.clone(),
-        req: req.clone(),
+        req: as_passed_on(inner, req),
     };
     match peer::call(&m, to, &call, EXECUTE_TIMEOUT).await {
         Ok(Answer::Executed(r)) => Ok(naming(*r, to_name)),
@@ -307,6 +343,7 @@ fn from_member(e: ControlError, to: NodeId, to_name: &str, req: &Request) -> Con
         Some(About::Vm(v)) => format!("VM {v}"),
         None => match req {
             Request::VmCreate { name, .. } => format!("new VM {name}'s disk"),
+            Request::DiskRemove { disk } => format!("disk {disk}"),
             _ => "it".to_string(),
         },
     };
@@ -345,7 +382,8 @@ pub(crate) async fn execute_here(
     actor: Actor,
     req: Request,
 ) -> ControlResult {
-    if about(&req).is_none() && !matches!(req, Request::VmCreate { .. }) {
+    let passed_on = matches!(req, Request::VmCreate { .. } | Request::DiskRemove { .. });
+    if about(&req).is_none() && !passed_on {
         return Err(ControlError::new(
             ErrorCode::Forbidden,
             format!("{} is not carried out for another member", req.action()),

@@ -11,6 +11,8 @@ export function Disks({ role }: { role: string }) {
   const reach: Record<string, string> = {};
   for (const r of cluster.data?.data?.remote_replicas ?? []) reach[r.disk] = r.reachability;
   const act = useAction(() => disks.reload());
+  // Another member's disk is removed by that member (this node passes the request on).
+  const memberName = (id: number) => `member ${(cluster.data?.members ?? []).find((m: any) => m.id === id)?.name ?? id}`;
   const [path, setPath] = useState('');
   const admin = role === 'admin';
   const ro = role === 'read_only';
@@ -39,7 +41,7 @@ export function Disks({ role }: { role: string }) {
         <td>${d.name}</td><td class="mono">${d.path}</td>
         <td class=${d.remote && reach[d.name] && reach[d.name] !== 'up' ? 'warn' : ''}>${d.state}${d.remote && reach[d.name] && reach[d.name] !== 'up' ? `, ${reach[d.name]}` : ''}</td>
         <td>${fmtBytes(d.used_bytes)}</td><td>${fmtBytes(d.size_bytes)}</td><td>${d.errors}</td>
-        ${admin ? d.remote ? html`<td class="muted">on its own node</td>` : html`<td><button class="danger" onClick=${() => confirm(`Drain and remove disk ${d.name}?`) && act.run(`Remove disk ${d.name}`, () => api('DELETE', `/disks/${encodeURIComponent(d.id)}`))}>Remove</button></td>` : null}
+        ${admin ? html`<td><button class="danger" onClick=${() => confirm(d.remote ? `Drain and remove disk ${d.name} from ${memberName(d.node_id)}? That member moves its data off it first.` : `Drain and remove disk ${d.name}?`) && act.run(`Remove disk ${d.name}`, () => api('DELETE', `/disks/${encodeURIComponent(d.id)}`))}>Remove</button></td>` : null}
       </tr>`)}</tbody>
     </table></div>
     ${!ro ? html`<p><button onClick=${() => act.run('Scrub', () => api('POST', '/disks/scrub', {}))}>Verify all data (scrub)</button></p>` : null}
