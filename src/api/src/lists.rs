@@ -26,7 +26,7 @@ use crate::http::{self as h, Resp};
 use crate::routes::R;
 use crate::state::{Caller, State};
 use bytes::Bytes;
-use control::{Actor, ControlError, Controller, Reply, Request, VdiskView, VmView};
+use control::{Actor, ControlError, Controller, Reply, Request, VdiskView, Via, VmView};
 use http::StatusCode;
 use parking_lot::{Mutex, RwLock};
 use serde::Serialize;
@@ -287,8 +287,12 @@ impl ListCache {
         ctl: &dyn Controller,
         after: Option<Instant>,
     ) -> Result<Arc<Kept<VmView>>, ControlError> {
+        if ctl.spans_members() {
+            let items = internal_fetch(ctl, Via::Internal, Request::VmList, take_vms).await?;
+            return Ok(Arc::new(Kept::new(0, items, vm_key)));
+        }
         let need = Need::FetchedAfter(after);
-        let fetch = || internal_fetch(ctl, Request::VmList, take_vms);
+        let fetch = || internal_fetch(ctl, Via::Api, Request::VmList, take_vms);
         self.vms.get(self, ctl, need, vm_key, fetch).await
     }
 
@@ -298,8 +302,12 @@ impl ListCache {
         ctl: &dyn Controller,
         after: Option<Instant>,
     ) -> Result<Arc<Kept<VdiskView>>, ControlError> {
+        if ctl.spans_members() {
+            let items = internal_fetch(ctl, Via::Internal, Request::VdiskList, take_vdisks).await?;
+            return Ok(Arc::new(Kept::new(0, items, vdisk_key)));
+        }
         let need = Need::FetchedAfter(after);
-        let fetch = || internal_fetch(ctl, Request::VdiskList, take_vdisks);
+        let fetch = || internal_fetch(ctl, Via::Api, Request::VdiskList, take_vdisks);
         self.vdisks.get(self, ctl, need, vdisk_key, fetch).await
     }
 
@@ -314,17 +322,21 @@ impl ListCache {
     }
 }
 
-/// A list asked of the node by the api itself (the sampler), not on behalf of a caller. Asked
-/// as the API asks (in a cluster: with every member's items, each naming its member), since
-/// requests are served what the sampler fetched; the sampler keeps this node's own.
+/// A list asked of the node by the api itself (the sampler), not on behalf of a caller. To be
+/// shared with requests it is asked as the API asks (`Via::Api`), which only a node whose
+/// lists name no other member's items ([`Controller::spans_members`]) does: then it is this
+/// node's own. In a cluster the sampler asks for this node's own (`Via::Internal`) and keeps
+/// it to itself: every member's lists each second would cost each member a list per page, and
+/// the time spent asking them would skew the rates.
 async fn internal_fetch<T>(
     ctl: &dyn Controller,
+    via: Via,
     req: Request,
     take: fn(Reply) -> Option<Vec<T>>,
 ) -> Result<Vec<T>, ControlError> {
     let action = req.action();
     let actor = Actor {
-        via: control::Via::Api,
+        via,
         ..Actor::internal("stats")
     };
     take(ctl.execute(actor, req).await?).ok_or_else(|| {
@@ -606,7 +618,7 @@ mod tests {
             ..ListCache::new(true)
         };
         let request = || {
-            let fetch = || internal_fetch(&node, Request::VmList, take_vms);
+            let fetch = || internal_fetch(&node, Via::Api, Request::VmList, take_vms);
             cache.vms.get(&cache, &node, Need::Fresh, vm_key, fetch)
         };
         let mut prev = crate::stats::Prev::default();
@@ -649,7 +661,7 @@ mod tests {
         let off = ListCache::new(false);
         let before = node.vm_lists.load(Relaxed);
         crate::stats::sample(&mut crate::stats::Prev::default(), &node, &off).await;
-        let fetch = || internal_fetch(&node, Request::VmList, take_vms);
+        let fetch = || internal_fetch(&node, Via::Api, Request::VmList, take_vms);
         off.vms
             .get(&off, &node, Need::Fresh, vm_key, fetch)
             .await

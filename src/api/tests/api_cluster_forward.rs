@@ -186,6 +186,25 @@ async fn a_members_api_manages_what_another_member_holds() {
     assert_eq!(bd["size_bytes"], 8 << 20, "{bd}");
     let ad = listed(&a, "/api/v1/vdisks", "ad").await;
     assert!(ad.get("node").is_none(), "{ad}");
+    // a's live samples are a's own: its disk, not b's (b's samples are b's).
+    let t0 = Instant::now();
+    loop {
+        let st = a.get("/api/v1/stats").await;
+        let names: Vec<&str> = st.json["vdisks"]
+            .as_array()
+            .map(|v| v.iter().filter_map(|d| d["name"].as_str()).collect())
+            .unwrap_or_default();
+        assert!(
+            !names.contains(&"bd"),
+            "b's disk in a's samples: {}",
+            st.text
+        );
+        if names.contains(&"ad") {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(30), "{}", st.text);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let g = a.get("/api/v1/vdisks/bd").await;
     assert_eq!(g.status, 200, "{}", g.text);
     assert_eq!(g.json["node"], "b", "{}", g.text);

@@ -67,6 +67,13 @@ pub trait Controller: Send + Sync + 'static {
         None
     }
 
+    /// Whether the node's API lists (virtual disks, VMs) name other members' items too (a
+    /// cluster with another data member): a front end that wants only this node's own asks
+    /// with another [`Via`] then. Default: no.
+    fn spans_members(&self) -> bool {
+        false
+    }
+
     /// What the node did by itself since the last call (takeovers, HA restarts), oldest first,
     /// for the front end's event list and audit log. Each is returned once. Default: nothing.
     fn take_node_events(&self) -> Vec<NodeEvent> {

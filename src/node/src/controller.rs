@@ -28,6 +28,9 @@ impl Controller for NodeController {
     fn execute(&self, actor: Actor, req: Request) -> BoxFuture<'_, ControlResult> {
         Box::pin(async move {
             let started = Instant::now();
+            // As asked: passed on so, the member that runs the VM gives it its own default
+            // bridge.
+            let asked = req.clone();
             let req = with_default_bridge(req, self.inner.cfg.default_bridge().as_deref());
             self.inner.requests.fetch_add(1, Ordering::Relaxed);
             let result = if !allowed(actor.role, &req) {
@@ -52,7 +55,7 @@ impl Controller for NodeController {
                     Err(e) => Err(e),
                     // Another member holds what it is about: carried out there.
                     Ok(Some((id, name))) => {
-                        crate::forward::run_there(&self.inner, (id, &name), &actor, &req).await
+                        crate::forward::run_there(&self.inner, (id, &name), &actor, &asked).await
                     }
                     // A bound reached by a definition is the caller's to change (409), see
                     // admission.
@@ -73,6 +76,10 @@ impl Controller for NodeController {
 
     fn generation(&self) -> Option<u64> {
         Some(self.inner.changes.load(Ordering::Acquire))
+    }
+
+    fn spans_members(&self) -> bool {
+        crate::forward::spans_members(&self.inner)
     }
 
     fn take_node_events(&self) -> Vec<control::NodeEvent> {

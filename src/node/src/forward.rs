@@ -27,9 +27,16 @@ use crate::controller::NodeController;
 use crate::takeover::peer::{self, Answer, Call};
 use crate::NodeInner;
 
-/// How long a request carried out on another member may take (a VM stop waits for its guest,
-/// a clone or delete for the engine), as it would here.
+/// How long a request carried out on another member may take (a clone or delete waits for the
+/// engine), as it would here; a VM stop or disk detach waits its own timeout on top.
 const EXECUTE_TIMEOUT: Duration = Duration::from_secs(300);
+/// Requests passed on at once from this node; more wait for a turn. They share each member's
+/// connection with raft, whose messages must not wait behind them.
+const MAX_PASSED_ON: usize = 16;
+static PASSED_ON: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX_PASSED_ON);
+/// A VM's console output passed on between members: its JSON (control bytes escaped up to six
+/// times their size) stays under the member transport's bound.
+const MAX_CONSOLE_PASSED_ON: u64 = 32 << 10;
 /// Bound on one page of another member's list.
 const PAGE_TIMEOUT: Duration = peer::LEASE_ASK_TIMEOUT;
 /// Bound on all of one member's list: past it, the list goes without that member's items
@@ -195,8 +202,28 @@ fn as_passed_on(inner: &NodeInner, req: &Request) -> Request {
             Some((_, _, id)) => Request::DiskRemove { disk: id },
             None => req.clone(),
         },
+        // The newest output only, so that the answer fits between members.
+        Request::VmConsole { name, max_bytes } => Request::VmConsole {
+            name: name.clone(),
+            max_bytes: Some(
+                max_bytes
+                    .unwrap_or(control::DEFAULT_CONSOLE_BYTES)
+                    .min(MAX_CONSOLE_PASSED_ON),
+            ),
+        },
         other => other.clone(),
     }
+}
+
+/// How long `req` may take on the member it is passed on to.
+fn execute_timeout(req: &Request) -> Duration {
+    let waits = match req {
+        Request::VmStop { timeout_ms, .. } | Request::VmDiskDetach { timeout_ms, .. } => {
+            timeout_ms.unwrap_or(control::DEFAULT_STOP_TIMEOUT_MS)
+        }
+        _ => 0,
+    };
+    EXECUTE_TIMEOUT + Duration::from_millis(waits)
 }
 
 /// Where VM `name` on `disks` is to be created: the member that holds all of them when that
@@ -323,7 +350,11 @@ pub(crate) async fn run_there(
         actor: actor.clone(),
         req: as_passed_on(inner, req),
     };
-    match peer::call(&m, to, &call, EXECUTE_TIMEOUT).await {
+    let _turn = PASSED_ON
+        .acquire()
+        .await
+        .map_err(|e| ControlError::internal(e.to_string()))?;
+    match peer::call(&m, to, &call, execute_timeout(req)).await {
         Ok(Answer::Executed(r)) => Ok(naming(*r, to_name)),
         Ok(_) => Err(ControlError::internal(format!(
             "member {to_name} answered {} with something else",
@@ -347,7 +378,16 @@ fn from_member(e: ControlError, to: NodeId, to_name: &str, req: &Request) -> Con
             _ => "it".to_string(),
         },
     };
-    let message = if rest.contains("unreadable call") {
+    let message = if rest.contains("answered with over") {
+        return ControlError::new(
+            ErrorCode::InvalidArgument,
+            format!(
+                "the answer about {what} is too large to pass on between members (over {} \
+                 KiB): ask for less, or ask member {to_name} itself",
+                cluster::MAX_APP_BYTES >> 10
+            ),
+        );
+    } else if rest.contains("unreadable call") {
         format!(
             "{what} is on member {to_name}, which runs an older Cairn that takes no requests \
              from other members: use {to_name}'s own web UI or CLI"
@@ -370,6 +410,19 @@ fn naming(r: Reply, name: &str) -> Reply {
             Reply::Vm(v)
         }
         other => other,
+    }
+}
+
+/// Refuses a passed-on request from `from` unless it is a data member of this cluster.
+pub(crate) fn from_data_member(inner: &NodeInner, from: NodeId) -> Result<(), ControlError> {
+    let m = inner.cluster.member()?;
+    let data = m.read(|s| s.members.get(&from).map(|x| x.role == Role::Data));
+    match data {
+        Some(true) => Ok(()),
+        _ => Err(ControlError::new(
+            ErrorCode::Forbidden,
+            format!("member {from} is not a data member: it passes on no requests"),
+        )),
     }
 }
 
@@ -472,6 +525,19 @@ fn page<T: Serialize>(
     (out, false)
 }
 
+/// Whether the cluster has a data member besides this node (whose items the API lists add).
+pub(crate) fn spans_members(inner: &NodeInner) -> bool {
+    let Ok(m) = inner.cluster.member() else {
+        return false;
+    };
+    let me = m.id();
+    m.read(|s| {
+        s.members
+            .iter()
+            .any(|(id, x)| *id != me && x.role == Role::Data)
+    })
+}
+
 /// `reply` (this node's list of virtual disks or VMs) with every other data member's added
 /// that answers in time, each of those naming its member. A name listed twice (this node's
 /// stale copy of a disk taken over, not dropped yet) is shown once: the holder's.
@@ -530,12 +596,19 @@ pub(crate) async fn with_others(inner: &NodeInner, actor: &Actor, reply: Reply) 
                 |v: &VmView| &v.name,
             )
             .await;
-            // A VM's holder is the member its record names.
+            // A VM's holder is the member its record names; a name recorded here too is this
+            // node's (as requests about it are, see `holder`).
             let owner: HashMap<String, NodeId> = m.read(|s| {
+                let here: std::collections::HashSet<&str> = s
+                    .vms
+                    .values()
+                    .filter(|x| x.node == Some(me))
+                    .map(|x| x.name.as_str())
+                    .collect();
                 s.vms
                     .values()
+                    .filter(|x| !here.contains(x.name.as_str()))
                     .filter_map(|x| x.node.map(|n| (x.name.clone(), n)))
-                    .filter(|(_, n)| *n != me)
                     .collect()
             });
             let items = merge(here, theirs, |v| &v.name, |v, n| v.node = n, &owner, me);
@@ -661,6 +734,22 @@ mod tests {
         // Past the end: nothing, and no more.
         let (items, more) = page(many, Some("zz"), |v| &v.name);
         assert!(items.is_empty() && !more);
+    }
+
+    #[test]
+    fn a_passed_on_stop_may_wait_its_own_timeout() {
+        let stop = |t| Request::VmStop {
+            name: "v".into(),
+            force: false,
+            timeout_ms: t,
+        };
+        assert_eq!(
+            execute_timeout(&stop(Some(600_000))),
+            EXECUTE_TIMEOUT + Duration::from_secs(600)
+        );
+        assert!(execute_timeout(&stop(None)) > EXECUTE_TIMEOUT);
+        let get = Request::VdiskGet { name: "d".into() };
+        assert_eq!(execute_timeout(&get), EXECUTE_TIMEOUT);
     }
 
     #[test]

@@ -85,6 +85,13 @@ export function CreateWizard({ onDone, onCancel }: { onDone: (name: string) => v
         if (d.mode !== 'existing' && existing.some((x) => x.name === d.name)) return `Disk ${i + 1}: a virtual disk named ${d.name} already exists; pick it as an existing disk or choose another name.`;
         if (names.indexOf(names[i]) !== i) return `Disk ${i + 1}: ${names[i]} is listed twice.`;
       }
+      // A VM runs where its disks are: a new disk is made on this node, an existing one (or a
+      // clone of it) is on its source's member.
+      const where = disks.map((d) => (d.mode === 'new' ? null : existing.find((x) => x.name === d.source)?.node ?? null));
+      if (new Set(where).size > 1) {
+        const says = disks.map((d, i) => `${d.mode === 'new' ? d.name : d.source} on ${where[i] ? `member ${where[i]}` : 'this node'}`);
+        return `A VM's disks must all be on one cluster member, and these are not (${says.join(', ')}). Use disks of one member, or move one first.`;
+      }
     }
     if (s === 2) {
       if (!kernel.startsWith('/')) return 'The kernel is an absolute path of a file on the node, like /var/lib/cairn/vmlinuz.';

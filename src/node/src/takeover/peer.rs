@@ -145,6 +145,17 @@ impl cluster::AppHandler for Handler {
 }
 
 async fn answer(inner: &Arc<NodeInner>, from: NodeId, call: Call) -> Result<Answer, ControlError> {
+    if matches!(
+        call,
+        Call::Execute { .. }
+            | Call::ListPage { .. }
+            | Call::ConsoleSince { .. }
+            | Call::ConsoleInput { .. }
+    ) {
+        // Requests someone made through a member's API: only a data member has an API whose
+        // requests are passed on (a witness serves none).
+        crate::forward::from_data_member(inner, from)?;
+    }
     match call {
         Call::Lease => Ok(Answer::Lease {
             state: own_lease_state(inner).to_string(),
