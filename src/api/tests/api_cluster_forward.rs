@@ -5,16 +5,11 @@
 mod common;
 
 use common::Harness;
+use common::{err_has, kvm_usable};
 use control::{Actor, Controller, Reply, Request};
 use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-fn err_has(r: &common::Resp, status: u16, words: &str) {
-    assert_eq!(r.status, status, "{}", r.text);
-    let m = r.json["error"]["message"].as_str().unwrap_or_default();
-    assert!(m.contains(words), "want {words:?} in {m:?}");
-}
 
 /// `req` (as JSON) on b's own controller, as its local CLI would ask.
 async fn on_b(b: &Arc<dyn Controller>, req: Value) -> Reply {
@@ -74,14 +69,6 @@ async fn recorded(a: &common::Client, what: &str, name: &str) {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-fn kvm_usable() -> bool {
-    std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_ok()
 }
 
 /// b's VM bv started through a, its live console read and typed on through a's port (the one

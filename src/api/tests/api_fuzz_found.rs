@@ -5,16 +5,11 @@
 
 mod common;
 use bytes::Bytes;
+use common::err_has;
 use common::Harness;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
-
-fn err_has(r: &common::Resp, status: u16, words: &str) {
-    assert_eq!(r.status, status, "{}", r.text);
-    let m = r.json["error"]["message"].as_str().unwrap_or_default();
-    assert!(m.contains(words), "want {words:?} in {m:?}");
-}
 
 /// One HTTP/1.1 connection for several requests (the common client opens one per request).
 async fn connection(h: &Harness) -> hyper::client::conn::http1::SendRequest<Full<Bytes>> {

@@ -6,14 +6,9 @@
 
 mod common;
 use common::Harness;
+use common::{err_has, kvm_usable};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
-
-fn err_has(r: &common::Resp, status: u16, words: &str) {
-    assert_eq!(r.status, status, "{}", r.text);
-    let m = r.json["error"]["message"].as_str().unwrap_or_default();
-    assert!(m.contains(words), "want {words:?} in {m:?}");
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vm_edit_validation_conflicts_and_records() {
@@ -397,14 +392,6 @@ async fn cluster_tokens_and_member_removal() {
         .iter()
         .any(|t| t["action"] == "cluster_remove" && t["state"] == "failed"));
     h.stop().await;
-}
-
-fn kvm_usable() -> bool {
-    std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_ok()
 }
 
 /// Waits up to 20 s for `f` on the VM's view.

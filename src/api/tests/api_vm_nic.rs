@@ -10,6 +10,7 @@
 
 mod common;
 
+use common::kvm_usable;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
@@ -19,14 +20,6 @@ const GUEST_MAC: [u8; 6] = [0x52, 0x54, 0, 0x12, 0x34, 0x56];
 const ETHERTYPE: [u8; 2] = [0x88, 0xb5];
 /// The guest's ping and our pong are both minimum-size Ethernet frames.
 const FRAME_BYTES: u64 = 60;
-
-fn kvm_usable() -> bool {
-    std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_ok()
-}
 
 fn ip(args: &[&str]) -> Result<(), String> {
     let out = std::process::Command::new("ip")

@@ -3,15 +3,8 @@
 
 mod common;
 
+use common::kvm_usable;
 use serde_json::json;
-
-fn kvm_usable() -> bool {
-    std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_ok()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_start_beyond_the_nodes_vm_memory_is_a_conflict() {

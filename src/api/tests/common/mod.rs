@@ -276,3 +276,19 @@ impl Client {
         panic!("task {id} did not finish in 30 s");
     }
 }
+
+/// Whether this machine can run the test guest (KVM).
+pub fn kvm_usable() -> bool {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok()
+}
+
+/// `r` is a refusal with `status` whose message says `words`.
+pub fn err_has(r: &Resp, status: u16, words: &str) {
+    assert_eq!(r.status, status, "{}", r.text);
+    let m = r.json["error"]["message"].as_str().unwrap_or_default();
+    assert!(m.contains(words), "want {words:?} in {m:?}");
+}
