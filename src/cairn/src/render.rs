@@ -269,4 +269,30 @@ mod tests {
         );
         assert!(rows[1].contains("active, member 2's"), "{out}");
     }
+
+    #[test]
+    fn a_list_through_the_api_names_each_disks_member() {
+        let vd = |name: &str, node: Option<&str>| control::VdiskView {
+            name: name.into(),
+            id: 1,
+            size_bytes: 1 << 20,
+            used_bytes: 0,
+            snapshots: 0,
+            created_unix: 0,
+            node: node.map(Into::into),
+        };
+        // Over the socket (no member named): no NODE column.
+        let own = super::reply(&control::Reply::Vdisks(vec![vd("a", None)]));
+        assert!(!own.contains("NODE"), "{own}");
+        let all = super::reply(&control::Reply::Vdisks(vec![
+            vd("a", None),
+            vd("b", Some("n2")),
+        ]));
+        let lines: Vec<&str> = all.lines().collect();
+        assert!(lines[0].ends_with("NODE"), "{all}");
+        assert!(lines[1].trim_end().ends_with("this node"), "{all}");
+        assert!(lines[2].trim_end().ends_with("n2"), "{all}");
+        let one = super::reply(&control::Reply::Vdisk(vd("b", Some("n2"))));
+        assert!(one.contains("node:       n2"), "{one}");
+    }
 }
