@@ -367,8 +367,21 @@ fn lease_lines(l: &control::LeaseView) -> String {
 
 /// Degraded and rebuilding data as this node's engine sees it.
 fn data_line(d: &control::ClusterDataView) -> String {
-    if d.degraded_chunks == 0 && !d.rebuilding && !d.rebuild.running {
+    // Copies on another member's disk out of reach: this node writes alone meanwhile.
+    let away = d
+        .remote_replicas
+        .iter()
+        .filter(|r| r.state == "active" && r.reachability == "away")
+        .count();
+    if d.degraded_chunks == 0 && !d.rebuilding && !d.rebuild.running && away == 0 {
         return "data: fully redundant on this node's view\n".to_string();
+    }
+    if d.degraded_chunks == 0 && !d.rebuilding && !d.rebuild.running {
+        return format!(
+            "data: not redundant while {away} of the other members' disks holding this node's \
+             copies are out of reach (writes land here alone; those copies catch up when they \
+             answer)\n"
+        );
     }
     let mut s = format!("data: {} degraded chunks", d.degraded_chunks);
     if d.rebuild.running {
@@ -541,6 +554,24 @@ mod tests {
         assert!(data_line(&d).contains("not known yet"));
         let idle = control::ClusterDataView::default();
         assert!(data_line(&idle).contains("fully redundant"));
+        // Copies on a member that is away: not redundant, said so.
+        let mut away = control::ClusterDataView {
+            remote_replicas: vec![control::RemoteReplicaView {
+                disk: "node2:/d0".into(),
+                node: 2,
+                state: "active".into(),
+                reachability: "away".into(),
+                away_secs: 30,
+                dirty_chunks: 0,
+                resynced_chunks: 0,
+                resyncs: 0,
+            }],
+            ..Default::default()
+        };
+        let s = data_line(&away);
+        assert!(s.contains("not redundant while 1 of"), "{s}");
+        away.remote_replicas[0].reachability = "up".into();
+        assert!(data_line(&away).contains("fully redundant"));
     }
 
     /// Every member's answer shows a draining member's own progress and time left; without it

@@ -262,6 +262,26 @@ fn mirrored_vdisk_survives_repeated_peer_faults() {
         in_sync(&s, 2) && s["data"]["rebuilding"] == false
     });
 
+    // a restarts while b is down: b's disks (never reached since the start) are listed away
+    // and the data is not called redundant; when b is back, its copies catch up.
+    b.stop();
+    a.kill9();
+    a.restart();
+    wait_until(30, "b's disks away on a after its restart", || {
+        let s = a.status();
+        let r = remotes(&s);
+        r.len() == 2 && r.iter().all(|x| x["reachability"] == "away")
+    });
+    let text = common::cli_at(&a.data, &["cluster", "status"]).stdout;
+    assert!(text.contains("data: not redundant while 2 of"), "{text}");
+    b.restart();
+    wait_until(60, "a's replicas on b in sync after both came back", || {
+        let s = a.status();
+        in_sync(&s, 2) && s["data"]["rebuilding"] == false
+    });
+    let text = common::cli_at(&a.data, &["cluster", "status"]).stdout;
+    assert!(text.contains("fully redundant"), "{text}");
+
     // Both replicas byte-identical: stop cleanly, then compare the two nodes' disks.
     a.stop();
     b.stop();

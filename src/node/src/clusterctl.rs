@@ -514,7 +514,11 @@ impl NodeController {
                 })
                 .collect();
         }
-        self.inner.mirror.fill(engine, &mut v);
+        self.inner.mirror.fill(
+            engine,
+            (self.inner.node_id, self.inner.started.elapsed()),
+            &mut v,
+        );
         v
     }
 

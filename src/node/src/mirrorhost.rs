@@ -78,6 +78,9 @@ use crate::NodeInner;
 
 /// How often membership is looked at.
 pub(crate) const TICK: Duration = Duration::from_millis(500);
+/// After a start, how long a member's disk may stay unattached before the status calls it
+/// away (a member that answers is attached within a few ticks).
+const AWAY_AT_START_AFTER: Duration = Duration::from_secs(5);
 /// Pause between attach attempts for one peer after a success / a failure.
 const ATTACH_EVERY: Duration = Duration::from_secs(5);
 const ATTACH_RETRY: Duration = Duration::from_secs(2);
@@ -183,8 +186,13 @@ impl MirrorHost {
         *self.server.lock() = Some(server);
     }
 
-    /// Fills the mirror part of `cluster status`.
-    pub(crate) fn fill(&self, engine: &Engine, view: &mut ClusterDataView) {
+    /// Fills the mirror part of `cluster status` for node `own`, up for `uptime`.
+    pub(crate) fn fill(
+        &self,
+        engine: &Engine,
+        (own, uptime): (u64, Duration),
+        view: &mut ClusterDataView,
+    ) {
         let shown = self.shown.lock().clone();
         view.write_epoch = shown.epoch;
         view.mirror_listen = shown.listen.map(|a| a.to_string());
@@ -209,6 +217,33 @@ impl MirrorHost {
                 resyncs: r.resyncs,
             })
             .collect();
+        // Another member's disk this pool keeps copies on and has not reached since this node
+        // started (the member was down then): the mirror attaches a disk only once its member
+        // answers, so it was not listed at all and the data looked fully redundant. Away since
+        // the start at least; its copies are all checked and resynced when it comes back.
+        if uptime >= AWAY_AT_START_AFTER {
+            let listed: Vec<String> = view
+                .remote_replicas
+                .iter()
+                .map(|r| r.disk.clone())
+                .collect();
+            for d in engine.disks() {
+                let live = matches!(d.state, DiskState::Active | DiskState::Draining);
+                if d.node_id == own || d.attached || !live || listed.contains(&d.name) {
+                    continue;
+                }
+                view.remote_replicas.push(RemoteReplicaView {
+                    disk: d.name,
+                    node: d.node_id,
+                    state: format!("{:?}", d.state).to_lowercase(),
+                    reachability: "away".into(),
+                    away_secs: uptime.as_secs(),
+                    dirty_chunks: 0,
+                    resynced_chunks: 0,
+                    resyncs: 0,
+                });
+            }
+        }
         view.stale_chunks = view.remote_replicas.iter().map(|r| r.dirty_chunks).sum();
     }
 }
