@@ -157,7 +157,9 @@ pub fn cluster_alerts(v: &control::ClusterView) -> Vec<Value> {
         ));
     }
     // This node's replicas on other nodes, one alert per node and kind of trouble.
-    let mut away: std::collections::BTreeMap<u64, (usize, u64, u64)> = Default::default();
+    // Per node: disks away, the longest away, chunks written meanwhile, and whether any was
+    // not reached since this node started.
+    let mut away: std::collections::BTreeMap<u64, (usize, u64, u64, bool)> = Default::default();
     let mut failed: std::collections::BTreeMap<u64, usize> = Default::default();
     for r in &v.data.remote_replicas {
         if r.state == "failed" {
@@ -167,24 +169,33 @@ pub fn cluster_alerts(v: &control::ClusterView) -> Vec<Value> {
             e.0 += 1;
             e.1 = e.1.max(r.away_secs);
             e.2 += r.dirty_chunks;
+            e.3 |= r.since_start;
         }
     }
-    for (node, (disks, secs, dirty)) in away {
-        let written = match dirty {
-            0 => "writes land on this node alone and are copied there".to_string(),
-            1 => "1 chunk written meanwhile is copied there".to_string(),
-            n => format!("{n} chunks written meanwhile are copied there"),
-        };
-        out.push(alert(
-            "warning",
-            "replicas_away",
+    for (node, (disks, secs, dirty, since_start)) in away {
+        let message = if since_start {
+            // Not attached since this node started: no give-up clock runs for these copies.
+            format!(
+                "copies on {} are out of reach ({}, not reached since this node started {secs} s \
+                 ago): writes land on this node alone; every copy there is checked and caught \
+                 up when it answers (they are not re-mirrored elsewhere meanwhile)",
+                name_of(node),
+                disks_word(disks),
+            )
+        } else {
+            let written = match dirty {
+                0 => "writes land on this node alone and are copied there".to_string(),
+                1 => "1 chunk written meanwhile is copied there".to_string(),
+                n => format!("{n} chunks written meanwhile are copied there"),
+            };
             format!(
                 "copies on {} are out of reach ({} for {secs} s): {written} when it answers \
                  again (if it stays away 5 min in all, they are re-mirrored elsewhere)",
                 name_of(node),
                 disks_word(disks),
-            ),
-        ));
+            )
+        };
+        out.push(alert("warning", "replicas_away", message));
     }
     for (node, disks) in failed {
         out.push(alert(
@@ -340,5 +351,14 @@ mod tests {
         let a = cluster_alerts(&v);
         let away = a[0]["message"].as_str().unwrap();
         assert!(away.contains("writes land on this node alone"), "{away}");
+        // Not reached since this node started: no promise of a re-mirror after 5 min.
+        v.data.remote_replicas[0].since_start = true;
+        let a = cluster_alerts(&v);
+        let away = a[0]["message"].as_str().unwrap();
+        assert!(
+            away.contains("not reached since this node started"),
+            "{away}"
+        );
+        assert!(!away.contains("5 min"), "{away}");
     }
 }

@@ -565,6 +565,7 @@ mod tests {
                 dirty_chunks: 0,
                 resynced_chunks: 0,
                 resyncs: 0,
+                since_start: false,
             }],
             ..Default::default()
         };

@@ -270,7 +270,9 @@ fn mirrored_vdisk_survives_repeated_peer_faults() {
     wait_until(30, "b's disks away on a after its restart", || {
         let s = a.status();
         let r = remotes(&s);
-        r.len() == 2 && r.iter().all(|x| x["reachability"] == "away")
+        r.len() == 2
+            && r.iter()
+                .all(|x| x["reachability"] == "away" && x["since_start"] == true)
     });
     let text = common::cli_at(&a.data, &["cluster", "status"]).stdout;
     assert!(text.contains("data: not redundant while 2 of"), "{text}");

@@ -216,6 +216,11 @@ pub struct RemoteReplicaView {
     pub resynced_chunks: u64,
     /// Times the node came back and was resynced.
     pub resyncs: u64,
+    /// Not reached since this node started (its member was down then): listed from the pool's
+    /// record, not attached, so no give-up clock runs for it; when its member answers, every
+    /// copy on it is checked and caught up.
+    #[serde(default)]
+    pub since_start: bool,
 }
 
 /// The answer to `cluster_status`.

@@ -215,6 +215,7 @@ impl MirrorHost {
                 dirty_chunks: r.dirty_chunks,
                 resynced_chunks: r.resynced_chunks,
                 resyncs: r.resyncs,
+                since_start: false,
             })
             .collect();
         // Another member's disk this pool keeps copies on and has not reached since this node
@@ -241,6 +242,7 @@ impl MirrorHost {
                     dirty_chunks: 0,
                     resynced_chunks: 0,
                     resyncs: 0,
+                    since_start: true,
                 });
             }
         }
