@@ -789,7 +789,20 @@ pub(crate) async fn task(st: &Arc<State>, c: &Caller, req: Request) -> Out {
         _ => None,
     };
     if let Some(name) = exists {
-        st.run(c, Request::VdiskGet { name }).await?;
+        let found = st.run(c, Request::VdiskGet { name: name.clone() }).await?;
+        // Another member's disk (the node passed the check on): a file export writes on this
+        // node's host and reads this node's copy, so it is that member's to do.
+        if let (Request::VdiskExport { .. }, Reply::Vdisk(v)) = (&req, &found) {
+            if let Some(member) = &v.node {
+                return Err(err(
+                    ErrorCode::Conflict,
+                    format!(
+                        "virtual disk {name} is on member {member}: export it there (the file is \
+                         written on the host of the member that holds the disk)"
+                    ),
+                ));
+            }
+        }
     }
     if let Request::VmStop { name, .. } = &req {
         // A stop of a VM that is not running is refused now, not as a failed task.

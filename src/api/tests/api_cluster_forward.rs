@@ -196,6 +196,17 @@ async fn a_members_api_manages_what_another_member_holds() {
     assert_eq!(g.status, 200, "{}", g.text);
     assert_eq!(g.json["node"], "b", "{}", g.text);
 
+    // A file export is of the host of the member that holds the disk: refused here, now.
+    err_has(
+        &a.post(
+            "/api/v1/vdisks/bd/export",
+            json!({"file": "/tmp/never-written.img"}),
+        )
+        .await,
+        409,
+        "virtual disk bd is on member b: export it there",
+    );
+
     // Snapshots of b's disk, through a: listed, taken and deleted on b.
     let s = a.get("/api/v1/vdisks/bd/snapshots").await;
     assert_eq!(s.status, 200, "{}", s.text);
