@@ -33,7 +33,6 @@ const EXECUTE_TIMEOUT: Duration = Duration::from_secs(300);
 /// Requests passed on at once from this node; more wait for a turn. They share each member's
 /// connection with raft, whose messages must not wait behind them.
 const MAX_PASSED_ON: usize = 16;
-static PASSED_ON: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX_PASSED_ON);
 /// A VM's console output passed on between members: its JSON (control bytes escaped up to six
 /// times their size) stays under the member transport's bound.
 const MAX_CONSOLE_PASSED_ON: u64 = 32 << 10;
@@ -44,6 +43,107 @@ const PAGE_TIMEOUT: Duration = peer::LEASE_ASK_TIMEOUT;
 const LIST_TIMEOUT: Duration = Duration::from_secs(3);
 /// Encoded list items in one page, well under the member transport's bound on a reply.
 const PAGE_BYTES: usize = cluster::MAX_APP_BYTES / 4 * 3;
+
+/// This node's share of passing requests on (one per node, in `NodeInner`).
+pub(crate) struct Forwarding {
+    /// Turns for requests passed on at once ([`MAX_PASSED_ON`]).
+    turns: tokio::sync::Semaphore,
+    /// When this node last caught up with the cluster for a name new to it ([`holder_now`]).
+    last_catch_up: parking_lot::Mutex<Option<Instant>>,
+}
+
+impl Default for Forwarding {
+    fn default() -> Self {
+        Forwarding {
+            turns: tokio::sync::Semaphore::new(MAX_PASSED_ON),
+            last_catch_up: parking_lot::Mutex::new(None),
+        }
+    }
+}
+
+/// A virtual disk or VM view as the lists carry it between members.
+pub(crate) trait Listed: Serialize + Sized {
+    /// Whether these are VMs (else virtual disks), as [`Call::ListPage`] asks.
+    const VMS: bool;
+    fn name(&self) -> &str;
+    /// Names the member that holds it (None: the node answering).
+    fn set_node(&mut self, node: Option<String>);
+    fn into_page(items: Vec<Self>, more: bool) -> Answer;
+    fn from_page(a: Answer) -> Option<(Vec<Self>, bool)>;
+}
+
+impl Listed for VdiskView {
+    const VMS: bool = false;
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn set_node(&mut self, node: Option<String>) {
+        self.node = node;
+    }
+    fn into_page(items: Vec<Self>, more: bool) -> Answer {
+        Answer::VdiskPage { items, more }
+    }
+    fn from_page(a: Answer) -> Option<(Vec<Self>, bool)> {
+        match a {
+            Answer::VdiskPage { items, more } => Some((items, more)),
+            _ => None,
+        }
+    }
+}
+
+impl Listed for VmView {
+    const VMS: bool = true;
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn set_node(&mut self, node: Option<String>) {
+        self.node = node;
+    }
+    fn into_page(items: Vec<Self>, more: bool) -> Answer {
+        Answer::VmPage { items, more }
+    }
+    fn from_page(a: Answer) -> Option<(Vec<Self>, bool)> {
+        match a {
+            Answer::VmPage { items, more } => Some((items, more)),
+            _ => None,
+        }
+    }
+}
+
+/// The name of member `id`, as this node's view of the cluster has it.
+fn member_name(m: &cluster::ClusterNode, id: NodeId) -> Option<String> {
+    m.read(|s| s.members.get(&id).map(|x| x.name.clone()))
+}
+
+/// `actor`'s request as member `from` passed it on: carried out by this node's controller,
+/// which checks the role again and passes nothing on further ([`Via::Peer`]). Only a data
+/// member passes requests on (a witness has no API whose requests it could pass on).
+pub(crate) fn as_peer(
+    inner: &Arc<NodeInner>,
+    from: NodeId,
+    actor: Actor,
+) -> Result<(NodeController, Actor), ControlError> {
+    let m = inner.cluster.member()?;
+    if m.read(|s| s.members.get(&from).map(|x| x.role)) != Some(Role::Data) {
+        return Err(ControlError::new(
+            ErrorCode::Forbidden,
+            format!("member {from} is not a data member: it passes on no requests"),
+        ));
+    }
+    let ctl = NodeController {
+        inner: inner.clone(),
+    };
+    let actor = Actor {
+        via: Via::Peer,
+        ..actor
+    };
+    Ok((ctl, actor))
+}
+
+/// Whether `req` is one another member may pass on to this one.
+fn taken_from_members(req: &Request) -> bool {
+    about(req).is_some() || matches!(req, Request::VmCreate { .. } | Request::DiskRemove { .. })
+}
 
 /// What a request is about, by name.
 enum About<'a> {
@@ -138,7 +238,7 @@ pub(crate) async fn holder_now(
         return Ok(found);
     };
     {
-        let mut last = LAST_CATCH_UP.lock();
+        let mut last = inner.forward.last_catch_up.lock();
         if last.is_some_and(|t| t.elapsed() < CATCH_UP_EVERY) {
             return Ok(found);
         }
@@ -151,7 +251,6 @@ pub(crate) async fn holder_now(
 /// See [`holder_now`].
 const CATCH_UP_EVERY: Duration = Duration::from_millis(500);
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(2);
-static LAST_CATCH_UP: parking_lot::Mutex<Option<Instant>> = parking_lot::Mutex::new(None);
 
 /// Whether `req` names a virtual disk or VM (or a new VM's disk) that this node's view of the
 /// cluster does not record and this node does not have.
@@ -190,7 +289,7 @@ fn disk_home(inner: &NodeInner, disk: &str) -> Option<(NodeId, String, String)> 
         .iter()
         .find(|d| matches(d) && d.node_id != inner.node_id)?;
     let m = inner.cluster.member().ok()?;
-    let member = m.read(|s| s.members.get(&d.node_id).map(|x| x.name.clone()))?;
+    let member = member_name(&m, d.node_id)?;
     Some((d.node_id, member, d.id.clone()))
 }
 
@@ -306,8 +405,7 @@ fn holder_of(inner: &NodeInner, req: &Request) -> Option<(NodeId, String)> {
     if owner == me {
         return None;
     }
-    let name = m.read(|s| s.members.get(&owner).map(|x| x.name.clone()))?;
-    Some((owner, name))
+    Some((owner, member_name(&m, owner)?))
 }
 
 /// Refuses VM name `name` for a new (or renamed) VM here when the cluster records a VM of that
@@ -350,7 +448,9 @@ pub(crate) async fn run_there(
         actor: actor.clone(),
         req: as_passed_on(inner, req),
     };
-    let _turn = PASSED_ON
+    let _turn = inner
+        .forward
+        .turns
         .acquire()
         .await
         .map_err(|e| ControlError::internal(e.to_string()))?;
@@ -378,16 +478,14 @@ fn from_member(e: ControlError, to: NodeId, to_name: &str, req: &Request) -> Con
             _ => "it".to_string(),
         },
     };
-    let message = if rest.contains("answered with over") {
-        return ControlError::new(
-            ErrorCode::InvalidArgument,
-            format!(
-                "the answer about {what} is too large to pass on between members (over {} \
-                 KiB): ask for less, or ask member {to_name} itself",
-                cluster::MAX_APP_BYTES >> 10
-            ),
-        );
-    } else if rest.contains("unreadable call") {
+    if rest.contains("answered with over") {
+        return ControlError::invalid(format!(
+            "the answer about {what} is too large to pass on between members (over {} KiB): \
+             ask for less, or ask member {to_name} itself",
+            cluster::MAX_APP_BYTES >> 10
+        ));
+    }
+    let message = if rest.contains("unreadable call") {
         format!(
             "{what} is on member {to_name}, which runs an older Cairn that takes no requests \
              from other members: use {to_name}'s own web UI or CLI"
@@ -413,19 +511,6 @@ fn naming(r: Reply, name: &str) -> Reply {
     }
 }
 
-/// Refuses a passed-on request from `from` unless it is a data member of this cluster.
-pub(crate) fn from_data_member(inner: &NodeInner, from: NodeId) -> Result<(), ControlError> {
-    let m = inner.cluster.member()?;
-    let data = m.read(|s| s.members.get(&from).map(|x| x.role == Role::Data));
-    match data {
-        Some(true) => Ok(()),
-        _ => Err(ControlError::new(
-            ErrorCode::Forbidden,
-            format!("member {from} is not a data member: it passes on no requests"),
-        )),
-    }
-}
-
 /// Receives a request another member took through its API: carried out here for the same
 /// person and role (checked again), unless it is not one that is passed on, or the cluster
 /// assigns what it names to yet another member by now (the caller's view was behind).
@@ -435,8 +520,8 @@ pub(crate) async fn execute_here(
     actor: Actor,
     req: Request,
 ) -> ControlResult {
-    let passed_on = matches!(req, Request::VmCreate { .. } | Request::DiskRemove { .. });
-    if about(&req).is_none() && !passed_on {
+    let (ctl, actor) = as_peer(inner, from, actor)?;
+    if !taken_from_members(&req) {
         return Err(ControlError::new(
             ErrorCode::Forbidden,
             format!("{} is not carried out for another member", req.action()),
@@ -452,15 +537,7 @@ pub(crate) async fn execute_here(
         ));
     }
     tracing::debug!(action = req.action(), from, user = %actor.user, "request from a member");
-    let actor = Actor {
-        via: Via::Peer,
-        ..actor
-    };
-    NodeController {
-        inner: inner.clone(),
-    }
-    .execute(actor, req)
-    .await
+    ctl.execute(actor, req).await
 }
 
 /// One page of this node's own virtual disks (`vms`: VMs) after name `after`, for member
@@ -473,46 +550,35 @@ pub(crate) async fn list_page(
     after: Option<&str>,
 ) -> Result<Answer, ControlError> {
     tracing::trace!(from, vms, "list page asked by a member");
-    let ctl = NodeController {
-        inner: inner.clone(),
-    };
-    let actor = Actor {
-        via: Via::Peer,
-        ..actor
-    };
+    let (ctl, actor) = as_peer(inner, from, actor)?;
     let req = if vms {
         Request::VmList
     } else {
         Request::VdiskList
     };
     match ctl.execute(actor, req).await? {
-        Reply::Vdisks(v) => {
-            let (items, more) = page(v, after, |x| &x.name);
-            Ok(Answer::VdiskPage { items, more })
-        }
-        Reply::Vms(v) => {
-            let (items, more) = page(v, after, |x| &x.name);
-            Ok(Answer::VmPage { items, more })
-        }
+        Reply::Vdisks(v) => Ok(page_answer(v, after)),
+        Reply::Vms(v) => Ok(page_answer(v, after)),
         _ => Err(ControlError::internal(
             "a list answered with something else",
         )),
     }
 }
 
+fn page_answer<T: Listed>(items: Vec<T>, after: Option<&str>) -> Answer {
+    let (items, more) = page(items, after);
+    T::into_page(items, more)
+}
+
 /// The items named after `after`, in name order, as many as fit in [`PAGE_BYTES`] encoded (at
 /// least one); whether more follow.
-fn page<T: Serialize>(
-    mut items: Vec<T>,
-    after: Option<&str>,
-    key: fn(&T) -> &str,
-) -> (Vec<T>, bool) {
-    items.sort_by(|a, b| key(a).cmp(key(b)));
+fn page<T: Listed>(mut items: Vec<T>, after: Option<&str>) -> (Vec<T>, bool) {
+    items.sort_by(|a, b| a.name().cmp(b.name()));
     let mut out = Vec::new();
     let mut bytes = 0;
     let mut rest = items
         .into_iter()
-        .filter(|x| after.is_none_or(|a| key(x) > a))
+        .filter(|x| after.is_none_or(|a| x.name() > a))
         .peekable();
     while let Some(x) = rest.peek() {
         let len = serde_json::to_vec(x).map_or(PAGE_BYTES, |b| b.len() + 1);
@@ -556,48 +622,20 @@ pub(crate) async fn with_others(inner: &NodeInner, actor: &Actor, reply: Reply) 
     if others.is_empty() {
         return reply;
     }
-    let owners = |names: &mut dyn Iterator<Item = &str>| -> HashMap<String, NodeId> {
-        let names: Vec<&str> = names.collect();
-        m.read(|s| {
-            names
-                .iter()
-                .filter_map(|n| crate::harestart::disk_owner(s, n).map(|o| (n.to_string(), o)))
-                .collect()
-        })
-    };
+    // Who holds each name, where it may come twice: a disk's owner; a VM's member as its
+    // record names it, this node's where one of that name is recorded here too (as requests
+    // about it go, see `holder`).
     match reply {
         Reply::Vdisks(here) => {
-            let theirs = gather(
-                &m,
-                &others,
-                actor,
-                false,
-                |a| match a {
-                    Answer::VdiskPage { items, more } => Some((items, more)),
-                    _ => None,
-                },
-                |v: &VdiskView| &v.name,
-            )
-            .await;
-            let owner = owners(&mut theirs.iter().map(|(_, _, v)| v.name.as_str()));
-            let items = merge(here, theirs, |v| &v.name, |v, n| v.node = n, &owner, me);
-            Reply::Vdisks(items)
+            let owner: HashMap<String, NodeId> = m.read(|s| {
+                s.vdisks
+                    .values()
+                    .filter_map(|d| cluster::vdisk_owner(&d.id).map(|o| (d.name.clone(), o)))
+                    .collect()
+            });
+            Reply::Vdisks(merge(here, gather(&m, &others, actor).await, &owner, me))
         }
         Reply::Vms(here) => {
-            let theirs = gather(
-                &m,
-                &others,
-                actor,
-                true,
-                |a| match a {
-                    Answer::VmPage { items, more } => Some((items, more)),
-                    _ => None,
-                },
-                |v: &VmView| &v.name,
-            )
-            .await;
-            // A VM's holder is the member its record names; a name recorded here too is this
-            // node's (as requests about it are, see `holder`).
             let owner: HashMap<String, NodeId> = m.read(|s| {
                 let here: std::collections::HashSet<&str> = s
                     .vms
@@ -611,8 +649,7 @@ pub(crate) async fn with_others(inner: &NodeInner, actor: &Actor, reply: Reply) 
                     .filter_map(|x| x.node.map(|n| (x.name.clone(), n)))
                     .collect()
             });
-            let items = merge(here, theirs, |v| &v.name, |v, n| v.node = n, &owner, me);
-            Reply::Vms(items)
+            Reply::Vms(merge(here, gather(&m, &others, actor).await, &owner, me))
         }
         other => other,
     }
@@ -620,11 +657,9 @@ pub(crate) async fn with_others(inner: &NodeInner, actor: &Actor, reply: Reply) 
 
 /// This node's items and the others' (member id, name, item), one per name, sorted by name:
 /// where a name comes twice, the item of the member `owner` names (this node's otherwise).
-fn merge<T>(
+fn merge<T: Listed>(
     here: Vec<T>,
     theirs: Vec<(NodeId, String, T)>,
-    key: fn(&T) -> &str,
-    set_node: fn(&mut T, Option<String>),
     owner: &HashMap<String, NodeId>,
     me: NodeId,
 ) -> Vec<T> {
@@ -632,31 +667,29 @@ fn merge<T>(
     let here = here.into_iter().map(|x| (me, None, x));
     let theirs = theirs.into_iter().map(|(id, n, x)| (id, Some(n), x));
     for (id, node, mut x) in here.chain(theirs) {
-        let name = key(&x).to_string();
+        let name = x.name().to_string();
         let right = owner.get(&name).copied().unwrap_or(me);
         if let Some((had, _)) = by_name.get(&name) {
             if *had == right || id != right {
                 continue;
             }
         }
-        set_node(&mut x, node);
+        x.set_node(node);
         by_name.insert(name, (id, x));
     }
     let mut out: Vec<T> = by_name.into_values().map(|(_, x)| x).collect();
-    out.sort_by(|a, b| key(a).cmp(key(b)));
+    out.sort_by(|a, b| a.name().cmp(b.name()));
     out
 }
 
 /// Every page of each of `members`' own lists (all members at once, each bounded by
 /// [`LIST_TIMEOUT`]); a member that does not answer in time (or is too old to) adds nothing.
-async fn gather<T>(
+async fn gather<T: Listed>(
     m: &cluster::ClusterNode,
     members: &[(NodeId, String)],
     actor: &Actor,
-    vms: bool,
-    take: fn(Answer) -> Option<(Vec<T>, bool)>,
-    key: fn(&T) -> &str,
 ) -> Vec<(NodeId, String, T)> {
+    let vms = T::VMS;
     let asks = members.iter().map(|(id, name)| async move {
         let started = Instant::now();
         let mut got: Vec<T> = Vec::new();
@@ -669,14 +702,14 @@ async fn gather<T>(
             };
             let left = LIST_TIMEOUT.saturating_sub(started.elapsed());
             let answer = peer::call(m, *id, &call, left.min(PAGE_TIMEOUT)).await;
-            let Some((items, more)) = answer.ok().and_then(take) else {
+            let Some((items, more)) = answer.ok().and_then(T::from_page) else {
                 tracing::debug!(member = %name, vms, "a member's list did not come");
                 return Vec::new();
             };
             let last = items.last().map(|_| got.len() + items.len() - 1);
             got.extend(items);
             match (more, last) {
-                (true, Some(i)) => after = Some(key(&got[i]).to_string()),
+                (true, Some(i)) => after = Some(got[i].name().to_string()),
                 _ => break,
             }
         }
@@ -717,7 +750,7 @@ mod tests {
         let mut after: Option<String> = None;
         let mut pages = 0;
         loop {
-            let (items, more) = page(many.clone(), after.as_deref(), |v| &v.name);
+            let (items, more) = page(many.clone(), after.as_deref());
             pages += 1;
             let bytes = serde_json::to_vec(&items).unwrap().len();
             assert!(bytes <= PAGE_BYTES + 2, "page of {bytes} bytes");
@@ -732,7 +765,7 @@ mod tests {
         let want: Vec<String> = (0..20_000).map(|i| format!("d{i:05}")).collect();
         assert_eq!(seen, want);
         // Past the end: nothing, and no more.
-        let (items, more) = page(many, Some("zz"), |v| &v.name);
+        let (items, more) = page(many, Some("zz"));
         assert!(items.is_empty() && !more);
     }
 
@@ -768,8 +801,7 @@ mod tests {
             ("x".to_string(), 2),
         ]
         .into();
-        let set = |v: &mut VdiskView, n: Option<String>| v.node = n;
-        let out = merge(here, theirs, |v| &v.name, set, &owner, me);
+        let out = merge(here, theirs, &owner, me);
         let got: Vec<(&str, Option<&str>, u64)> = out
             .iter()
             .map(|v| (v.name.as_str(), v.node.as_deref(), v.size_bytes))

@@ -73,6 +73,8 @@ pub(crate) struct NodeInner {
     pub(crate) lease: lease::Lease,
     /// What the node did by itself, for the API (see `events`).
     pub(crate) events: events::NodeEvents,
+    /// Requests passed on to other members (see `forward`).
+    pub(crate) forward: forward::Forwarding,
     pub(crate) started: Instant,
     pub(crate) requests: AtomicU64,
     /// Mutations executed so far (see `Controller::generation`).
@@ -168,6 +170,7 @@ impl Node {
             mirror: Default::default(),
             lease: Default::default(),
             events: Default::default(),
+            forward: Default::default(),
             started: Instant::now(),
             requests: AtomicU64::new(0),
             changes: AtomicU64::new(0),

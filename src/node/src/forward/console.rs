@@ -13,10 +13,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cluster::NodeId;
-use control::{Actor, ConsoleChunk, ConsolePlace, ControlError, ErrorCode, Via};
+use control::{Actor, ConsoleChunk, ConsolePlace, ControlError, ErrorCode};
 use serde::{Deserialize, Serialize};
 
-use crate::controller::NodeController;
 use crate::takeover::peer::{self, Answer, Call};
 use crate::NodeInner;
 
@@ -127,30 +126,26 @@ impl control::ConsolePort for RemotePort {
 
 /// The receiving side: VM `name`'s port here for `actor` (as a member passed it on), role
 /// checked here again.
-async fn port_here(
+fn port_here(
     inner: &Arc<NodeInner>,
+    from: NodeId,
     actor: Actor,
     name: &str,
 ) -> Result<Arc<dyn control::ConsolePort>, ControlError> {
-    let actor = Actor {
-        via: Via::Peer,
-        ..actor
-    };
-    let ctl = NodeController {
-        inner: inner.clone(),
-    };
+    let (ctl, actor) = super::as_peer(inner, from, actor)?;
     control::Controller::console_port(&ctl, actor, name)
 }
 
 /// Answers [`Call::ConsoleSince`].
 pub(crate) async fn since_here(
     inner: &Arc<NodeInner>,
+    from: NodeId,
     actor: Actor,
     name: &str,
     seen: Vec<(u64, u64)>,
     max_bytes: u64,
 ) -> Result<Answer, ControlError> {
-    let port = port_here(inner, actor, name).await?;
+    let port = port_here(inner, from, actor, name)?;
     let max = (max_bytes as usize).min(MAX_STREAM_BYTES);
     let places: Vec<ConsolePlace> = seen
         .into_iter()
@@ -189,11 +184,12 @@ pub(crate) async fn since_here(
 /// Answers [`Call::ConsoleInput`].
 pub(crate) async fn input_here(
     inner: &Arc<NodeInner>,
+    from: NodeId,
     actor: Actor,
     name: &str,
     hex: &str,
 ) -> Result<Answer, ControlError> {
-    let port = port_here(inner, actor, name).await?;
+    let port = port_here(inner, from, actor, name)?;
     let bytes = from_hex(hex)?;
     let n = tokio::task::spawn_blocking(move || port.input(&bytes))
         .await

@@ -145,17 +145,6 @@ impl cluster::AppHandler for Handler {
 }
 
 async fn answer(inner: &Arc<NodeInner>, from: NodeId, call: Call) -> Result<Answer, ControlError> {
-    if matches!(
-        call,
-        Call::Execute { .. }
-            | Call::ListPage { .. }
-            | Call::ConsoleSince { .. }
-            | Call::ConsoleInput { .. }
-    ) {
-        // Requests someone made through a member's API: only a data member has an API whose
-        // requests are passed on (a witness serves none).
-        crate::forward::from_data_member(inner, from)?;
-    }
     match call {
         Call::Lease => Ok(Answer::Lease {
             state: own_lease_state(inner).to_string(),
@@ -213,9 +202,9 @@ async fn answer(inner: &Arc<NodeInner>, from: NodeId, call: Call) -> Result<Answ
             name,
             seen,
             max_bytes,
-        } => crate::forward::console::since_here(inner, actor, &name, seen, max_bytes).await,
+        } => crate::forward::console::since_here(inner, from, actor, &name, seen, max_bytes).await,
         Call::ConsoleInput { actor, name, hex } => {
-            crate::forward::console::input_here(inner, actor, &name, &hex).await
+            crate::forward::console::input_here(inner, from, actor, &name, &hex).await
         }
         Call::ListPage { actor, vms, after } => {
             crate::forward::list_page(inner, from, actor, vms, after.as_deref()).await
