@@ -103,7 +103,7 @@ export function elsewhereNote(what: string, names: string[]): string | null {
 /** Where a listed virtual disk or VM is: its member's name, or "this node" (the one whose
  *  web UI this is). */
 export function nodeWord(node: string | null | undefined): string {
-  return node ? node : 'this node';
+  return node || 'this node';
 }
 
 /** Whether a list spans members (some item is on another member): then it shows a Node

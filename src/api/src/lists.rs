@@ -281,7 +281,8 @@ impl ListCache {
         self.enabled.then(|| ctl.generation()).flatten()
     }
 
-    /// The VM list for the statistics sampler (see [`Need::FetchedAfter`]).
+    /// The VM list for the statistics sampler (see [`Need::FetchedAfter`]): this node's own
+    /// (see [`internal_fetch`]).
     pub(crate) async fn sampled_vms(
         &self,
         ctl: &dyn Controller,
@@ -296,7 +297,8 @@ impl ListCache {
         self.vms.get(self, ctl, need, vm_key, fetch).await
     }
 
-    /// The virtual disk list for the statistics sampler (see [`Need::FetchedAfter`]).
+    /// The virtual disk list for the statistics sampler (see [`Need::FetchedAfter`]): this
+    /// node's own (see [`internal_fetch`]).
     pub(crate) async fn sampled_vdisks(
         &self,
         ctl: &dyn Controller,

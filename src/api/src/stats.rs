@@ -481,9 +481,8 @@ pub(crate) async fn sample(
             .map(|a| at.duration_since(a).as_secs_f64())
             .unwrap_or(0.0);
         let mut next = HashMap::new();
-        // This node's own (the list also names other members' VMs, see `internal_fetch`).
-        let own = vms.items().iter().filter(|v| v.node.is_none());
-        for v in own.take(MAX_VMS_PER_SAMPLE) {
+        // This node's own: `ListCache::sampled_vms` lists no other member's.
+        for v in vms.items().iter().take(MAX_VMS_PER_SAMPLE) {
             let (vs, counters) = vm_sample(v, prev.vms.get(&v.name), secs);
             s.vms.push(vs);
             next.insert(v.name.clone(), counters);
@@ -496,7 +495,6 @@ pub(crate) async fn sample(
         s.vdisks = v
             .items()
             .iter()
-            .filter(|d| d.node.is_none())
             .take(MAX_VDISKS_PER_SAMPLE)
             .map(|d| {
                 let mut vs = VdiskSample {

@@ -147,6 +147,7 @@ fn elsewhere(target: &Target, reply: &control::Reply) -> Option<String> {
 /// The note itself: the names in `all` missing from `here`, sorted, or None. `whole`: `here`
 /// is every member's list (through the API).
 fn elsewhere_note(what: &str, all: &[String], here: &[&str], whole: bool) -> Option<String> {
+    let here: std::collections::HashSet<&str> = here.iter().copied().collect();
     let mut others: Vec<&str> = all
         .iter()
         .map(String::as_str)

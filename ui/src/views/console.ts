@@ -81,4 +81,3 @@ export function Console({ vm, node, onClose }: { vm: string; node?: string | nul
     <div class="term" ref=${box} role="group" aria-label=${`serial console of ${vm}`} data-bytes="0"></div>
   </section>`;
 }
-

@@ -10,6 +10,7 @@ export function Disks({ role }: { role: string }) {
   const cluster = useLoad<any>('/cluster', 5000);
   const reach: Record<string, string> = {};
   for (const r of cluster.data?.data?.remote_replicas ?? []) reach[r.disk] = r.reachability;
+  const notUp = (d: any) => d.remote && reach[d.name] && reach[d.name] !== 'up';
   const act = useAction(() => disks.reload());
   // Another member's disk is removed by that member (this node passes the request on).
   const memberName = (id: number) => `member ${(cluster.data?.members ?? []).find((m: any) => m.id === id)?.name ?? id}`;
@@ -39,7 +40,7 @@ export function Disks({ role }: { role: string }) {
       <thead><tr><th scope="col">Name</th><th scope="col">Path</th><th scope="col">State</th><th scope="col">Used</th><th scope="col">Size</th><th scope="col">Errors</th>${admin ? html`<th scope="col">Actions</th>` : null}</tr></thead>
       <tbody>${(disks.data?.items ?? []).map((d: any) => html`<tr>
         <td>${d.name}</td><td class="mono">${d.path}</td>
-        <td class=${d.remote && reach[d.name] && reach[d.name] !== 'up' ? 'warn' : ''}>${d.state}${d.remote && reach[d.name] && reach[d.name] !== 'up' ? `, ${reach[d.name]}` : ''}</td>
+        <td class=${notUp(d) ? 'warn' : ''}>${d.state}${notUp(d) ? `, ${reach[d.name]}` : ''}</td>
         <td>${fmtBytes(d.used_bytes)}</td><td>${fmtBytes(d.size_bytes)}</td><td>${d.errors}</td>
         ${admin ? html`<td><button class="danger" onClick=${() => confirm(d.remote ? `Drain and remove disk ${d.name} from ${memberName(d.node_id)}? That member moves its data off it first.` : `Drain and remove disk ${d.name}?`) && act.run(`Remove disk ${d.name}`, () => api('DELETE', `/disks/${encodeURIComponent(d.id)}`))}>Remove</button></td>` : null}
       </tr>`)}</tbody>

@@ -210,10 +210,10 @@ export function Vms({ role }: { role: string }) {
   const [wizard, setWizard] = useState(false);
   const [open, setOpen] = useState<string | null>(null);
   const [console, setConsole] = useState<string | null>(null);
-  const consoleVm = (vms ?? []).find((v) => v.name === console);
   const [editing, setEditing] = useState<string | null>(null);
   const canWrite = role !== 'read_only';
   const items = vms ?? [];
+  const consoleVm = items.find((v) => v.name === console);
   const others = vms && cluster.data ? elsewhere(cluster.data.vms, items.map((v) => v.name)) : [];
   const spans = spansMembers(items);
   const cols = spans ? 9 : 8;
